@@ -1,0 +1,80 @@
+//! The error type of every [`UsagePlans`](crate::UsagePlans) operation.
+
+use std::fmt;
+
+/// What went wrong, in the terms the admin API maps to AWS errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// An id that names nothing: AWS `NotFoundException` (404).
+    NotFound,
+    /// A duplicate or a state clash: AWS `ConflictException` (409).
+    Conflict,
+    /// Invalid input: AWS `BadRequestException` (400).
+    BadRequest,
+    /// The counter store failed (e.g. Redis unreachable).
+    Store,
+}
+
+/// An operation that was refused; nothing was changed.
+///
+/// ```
+/// use tower_usage_plans::{ErrorKind, UsagePlans};
+///
+/// let plans = UsagePlans::new();
+/// let err = plans.usage_plan("nope").unwrap_err();
+/// assert_eq!(err.kind(), ErrorKind::NotFound);
+/// assert_eq!(err.message(), "Invalid Usage Plan ID specified");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+}
+
+impl Error {
+    /// An error of `kind` with a human-readable `message`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::BadRequest, message)
+    }
+
+    pub(crate) fn conflict(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Conflict, message)
+    }
+
+    pub(crate) fn plan_not_found() -> Self {
+        Self::new(ErrorKind::NotFound, "Invalid Usage Plan ID specified")
+    }
+
+    pub(crate) fn key_not_found() -> Self {
+        Self::new(ErrorKind::NotFound, "Invalid API Key identifier specified")
+    }
+
+    /// The kind of failure.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The message, worded like AWS's where AWS has one.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,170 @@
+//! Where the layer finds a request's API key.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+
+use http::header::HeaderName;
+use http::request::Parts;
+
+/// An API key that an earlier layer (an authorizer) decided for this
+/// request; read by [`KeySource::authorizer`]. AWS's `AUTHORIZER` source.
+///
+/// ```
+/// use tower_usage_plans::AuthorizerKey;
+///
+/// let mut request = http::Request::new(());
+/// request.extensions_mut().insert(AuthorizerKey::new("alice-key-0123456789abcdef"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorizerKey(String);
+
+impl AuthorizerKey {
+    /// The key value an authorizer chose.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The key value.
+    pub fn value(&self) -> &str {
+        &self.0
+    }
+}
+
+type Extract = dyn Fn(&Parts) -> Option<String> + Send + Sync;
+
+/// Where to read the API key from. The default is the `x-api-key` header,
+/// as in AWS.
+///
+/// ```
+/// use tower_usage_plans::KeySource;
+///
+/// let header = KeySource::header("x-api-key");
+/// let query = KeySource::query("api_key");
+/// let custom = KeySource::custom(|parts| {
+///     let auth = parts.headers.get("authorization")?.to_str().ok()?;
+///     auth.strip_prefix("ApiKey ").map(str::to_owned)
+/// });
+/// # drop((header, query, custom));
+/// ```
+#[derive(Clone)]
+pub struct KeySource(Source);
+
+#[derive(Clone)]
+enum Source {
+    Header(HeaderName),
+    Query(Arc<str>),
+    Authorizer,
+    Custom(Arc<Extract>),
+}
+
+impl KeySource {
+    /// A request header.
+    ///
+    /// # Panics
+    /// If `name` is not a valid header name (a programming error).
+    pub fn header(name: &str) -> Self {
+        Self(Source::Header(
+            HeaderName::try_from(name).expect("KeySource::header: invalid header name"),
+        ))
+    }
+
+    /// A query-string parameter (percent-decoded).
+    pub fn query(name: &str) -> Self {
+        Self(Source::Query(name.into()))
+    }
+
+    /// An [`AuthorizerKey`] placed in the request extensions by an earlier
+    /// layer.
+    pub fn authorizer() -> Self {
+        Self(Source::Authorizer)
+    }
+
+    /// A closure over the request head.
+    pub fn custom(extract: impl Fn(&Parts) -> Option<String> + Send + Sync + 'static) -> Self {
+        Self(Source::Custom(Arc::new(extract)))
+    }
+
+    /// The key of this request, borrowed where possible.
+    pub(crate) fn extract<'a>(&self, parts: &'a Parts) -> Option<Cow<'a, [u8]>> {
+        match &self.0 {
+            Source::Header(name) => parts.headers.get(name).map(|v| Cow::Borrowed(v.as_bytes())),
+            Source::Query(name) => query_param(parts.uri.query()?, name),
+            Source::Authorizer => parts
+                .extensions
+                .get::<AuthorizerKey>()
+                .map(|k| Cow::Owned(k.0.clone().into_bytes())),
+            Source::Custom(extract) => extract(parts).map(|k| Cow::Owned(k.into_bytes())),
+        }
+        .filter(|key| !key.is_empty())
+    }
+}
+
+impl Default for KeySource {
+    fn default() -> Self {
+        Self(Source::Header(HeaderName::from_static("x-api-key")))
+    }
+}
+
+impl fmt::Debug for KeySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Source::Header(name) => write!(f, "KeySource::header({name:?})"),
+            Source::Query(name) => write!(f, "KeySource::query({name:?})"),
+            Source::Authorizer => f.write_str("KeySource::authorizer()"),
+            Source::Custom(_) => f.write_str("KeySource::custom(..)"),
+        }
+    }
+}
+
+fn query_param<'a>(query: &'a str, name: &str) -> Option<Cow<'a, [u8]>> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(k).as_ref() == name.as_bytes()).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> Cow<'_, [u8]> {
+    percent_encoding::percent_decode_str(s).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(uri: &str, header: Option<&str>) -> Parts {
+        let mut builder = http::Request::builder().uri(uri);
+        if let Some(h) = header {
+            builder = builder.header("x-api-key", h);
+        }
+        builder.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn header_query_authorizer_custom() {
+        let p = parts("/x?a=1&api_key=k%2B1&b", Some("hdr"));
+        assert_eq!(
+            KeySource::default().extract(&p).as_deref(),
+            Some(&b"hdr"[..])
+        );
+        assert_eq!(
+            KeySource::query("api_key").extract(&p).as_deref(),
+            Some(&b"k+1"[..])
+        );
+        assert_eq!(KeySource::query("missing").extract(&p), None);
+        assert_eq!(KeySource::authorizer().extract(&p), None);
+        let mut p2 = parts("/", None);
+        p2.extensions.insert(AuthorizerKey::new("auth"));
+        assert_eq!(
+            KeySource::authorizer().extract(&p2).as_deref(),
+            Some(&b"auth"[..])
+        );
+        let custom = KeySource::custom(|p| Some(p.uri.path().to_owned()));
+        assert_eq!(custom.extract(&p).as_deref(), Some(&b"/x"[..]));
+    }
+
+    #[test]
+    fn empty_key_is_no_key() {
+        assert_eq!(KeySource::default().extract(&parts("/", Some(""))), None);
+    }
+}

@@ -1,0 +1,142 @@
+//! The per-request policy shared by the service and its future: resolve
+//! the key, ask the store, and turn the answer into "forward" or "refuse".
+
+use http::request::Parts;
+use http::Response;
+
+use super::headers::RateLimitHeaders;
+use super::{Refusal, RefusalResponse, UsageContext};
+use crate::key::KeySource;
+use crate::registry::{digest, Stage};
+use crate::route::MethodRoute;
+use crate::store::{Decision, DecisionRequest, StoreFuture, Verdict};
+use crate::{Result, UsagePlans};
+
+/// What the layer does when its counter store fails.
+///
+/// ```
+/// use tower_usage_plans::{StoreFailure, UsagePlanLayer, UsagePlans};
+///
+/// let layer = UsagePlanLayer::new(UsagePlans::new()).with_store_failure(StoreFailure::FailClosed);
+/// # drop(layer);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StoreFailure {
+    /// Admit the request, uncounted, and log it (AWS's behaviour).
+    #[default]
+    FailOpen,
+    /// Refuse with 503 `{"message":"Service Unavailable"}`.
+    FailClosed,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) plans: UsagePlans,
+    pub(crate) stage: Stage,
+    pub(crate) key_source: KeySource,
+    pub(crate) unmetered: Vec<MethodRoute>,
+    pub(crate) legacy_headers: bool,
+    pub(crate) store_failure: StoreFailure,
+}
+
+/// A metered request on its way to the store.
+pub(crate) struct Pending {
+    pub(crate) decision: StoreFuture<Decision>,
+    pub(crate) context: UsageContext,
+}
+
+/// What to do with a request once the store has answered.
+pub(crate) enum Next<B> {
+    Forward(Option<RateLimitHeaders>),
+    Refuse(Response<B>),
+}
+
+impl Config {
+    pub(crate) fn is_unmetered(&self, parts: &Parts) -> bool {
+        self.unmetered
+            .iter()
+            .any(|r| r.matches(&parts.method, parts.uri.path()))
+    }
+
+    /// Resolves key → plan → throttle and quota, and starts the decision.
+    pub(crate) fn start(&self, parts: &Parts) -> Result<Pending, Refusal> {
+        let key = self.key_source.extract(parts).ok_or(Refusal::MissingKey)?;
+        let digest = digest(&key);
+        let now = self.plans.clock().now();
+        self.plans.with_route(&digest, |route| {
+            let route = route.ok_or(Refusal::InvalidKey)?;
+            if !route.enabled {
+                return Err(Refusal::DisabledKey);
+            }
+            let binding = route.binding_for(&self.stage).ok_or(Refusal::NoPlan)?;
+            let request = DecisionRequest {
+                counter: &binding.counter,
+                throttle: binding
+                    .plan
+                    .throttle_for(&self.stage, &parts.method, parts.uri.path()),
+                quota: binding.plan.quota(),
+                now,
+            };
+            Ok(Pending {
+                decision: self.plans.store().decide(&request),
+                context: UsageContext {
+                    key_id: binding.counter.key_id.clone(),
+                    plan_id: binding.counter.plan_id.clone(),
+                },
+            })
+        })
+    }
+
+    /// Turns the store's answer into forward (with headers) or a refusal.
+    pub(crate) fn finish<B, R: RefusalResponse<B>>(
+        &self,
+        refusal: &R,
+        answer: Result<Decision>,
+    ) -> Next<B> {
+        let decision = match answer {
+            Ok(decision) => decision,
+            Err(error) => {
+                tracing::warn!(%error, policy = ?self.store_failure, "counter store failed");
+                return match self.store_failure {
+                    StoreFailure::FailOpen => Next::Forward(None),
+                    StoreFailure::FailClosed => {
+                        Next::Refuse(self.refuse(refusal, Refusal::StoreUnavailable, None))
+                    }
+                };
+            }
+        };
+        let (verdict, retry_after) = match decision.verdict {
+            Verdict::Admitted => {
+                return Next::Forward(RateLimitHeaders::new(&decision, None, self.legacy_headers))
+            }
+            Verdict::Throttled => (
+                Refusal::Throttled,
+                decision.throttle.map(|t| t.retry_after_secs),
+            ),
+            Verdict::QuotaExceeded => {
+                (Refusal::QuotaExceeded, decision.quota.map(|q| q.reset_secs))
+            }
+        };
+        let headers = RateLimitHeaders::new(
+            &decision,
+            Some(retry_after.unwrap_or(1).max(1)),
+            self.legacy_headers,
+        );
+        Next::Refuse(self.refuse(refusal, verdict, headers))
+    }
+
+    /// The refusal response, with its headers and reason attached.
+    pub(crate) fn refuse<B, R: RefusalResponse<B>>(
+        &self,
+        refusal: &R,
+        reason: Refusal,
+        headers: Option<RateLimitHeaders>,
+    ) -> Response<B> {
+        let mut response = refusal.response(reason);
+        if let Some(headers) = headers {
+            headers.apply(response.headers_mut());
+        }
+        response.extensions_mut().insert(reason);
+        response
+    }
+}

@@ -1,0 +1,138 @@
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use super::decide::{Config, Next};
+use super::headers::RateLimitHeaders;
+use super::RefusalResponse;
+use crate::store::{Decision, StoreFuture};
+
+pin_project! {
+    /// The response future of [`UsagePlanService`](super::UsagePlanService).
+    pub struct ResponseFuture<S, ReqBody, R>
+    where
+        S: Service<Request<ReqBody>>,
+    {
+        #[pin]
+        state: State<S, ReqBody, R>,
+    }
+}
+
+/// What a request waiting on a networked store keeps.
+struct Waiting<S, ReqBody, R> {
+    inner: S,
+    request: Request<ReqBody>,
+    config: Arc<Config>,
+    refusal: R,
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, ReqBody, R>
+    where
+        S: Service<Request<ReqBody>>,
+    {
+        Deciding {
+            decision: StoreFuture<Decision>,
+            waiting: Option<Waiting<S, ReqBody, R>>,
+        },
+        Forwarding {
+            #[pin]
+            future: S::Future,
+            headers: Option<RateLimitHeaders>,
+        },
+        Refused {
+            response: Option<S::Response>,
+        },
+    }
+}
+
+impl<S: Service<Request<ReqBody>>, ReqBody, R> ResponseFuture<S, ReqBody, R> {
+    pub(crate) fn forward(future: S::Future, headers: Option<RateLimitHeaders>) -> Self {
+        Self {
+            state: State::Forwarding { future, headers },
+        }
+    }
+
+    pub(crate) fn refused(response: S::Response) -> Self {
+        Self {
+            state: State::Refused {
+                response: Some(response),
+            },
+        }
+    }
+
+    pub(crate) fn deciding(
+        decision: StoreFuture<Decision>,
+        inner: S,
+        request: Request<ReqBody>,
+        config: Arc<Config>,
+        refusal: R,
+    ) -> Self {
+        Self {
+            state: State::Deciding {
+                decision,
+                waiting: Some(Waiting {
+                    inner,
+                    request,
+                    config,
+                    refusal,
+                }),
+            },
+        }
+    }
+}
+
+impl<S, ReqBody, ResBody, R> Future for ResponseFuture<S, ReqBody, R>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    R: RefusalResponse<ResBody>,
+{
+    type Output = Result<Response<ResBody>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Deciding { decision, waiting } => {
+                    let answer = ready!(Pin::new(decision).poll(cx));
+                    let Waiting {
+                        mut inner,
+                        request,
+                        config,
+                        refusal,
+                    } = waiting
+                        .take()
+                        .expect("ResponseFuture polled after completion");
+                    let next = match config.finish(&refusal, answer) {
+                        Next::Forward(headers) => State::Forwarding {
+                            future: inner.call(request),
+                            headers,
+                        },
+                        Next::Refuse(response) => State::Refused {
+                            response: Some(response),
+                        },
+                    };
+                    this.state.set(next);
+                }
+                StateProj::Forwarding { future, headers } => {
+                    let mut response = ready!(future.poll(cx))?;
+                    if let Some(headers) = headers.take() {
+                        headers.apply(response.headers_mut());
+                    }
+                    return Poll::Ready(Ok(response));
+                }
+                StateProj::Refused { response } => {
+                    return Poll::Ready(Ok(response
+                        .take()
+                        .expect("ResponseFuture polled after completion")));
+                }
+            }
+        }
+    }
+}

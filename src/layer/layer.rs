@@ -1,0 +1,141 @@
+use std::sync::Arc;
+
+use http::request::Parts;
+use tower_layer::Layer;
+
+use super::decide::{Config, StoreFailure};
+use super::{AwsRefusal, UsagePlanService};
+use crate::key::KeySource;
+use crate::registry::Stage;
+use crate::route::MethodRoute;
+use crate::UsagePlans;
+
+/// Applies [`UsagePlans`] to every request of the wrapped service: API key,
+/// usage plan, throttle, quota, rate-limit headers.
+///
+/// ```
+/// use tower_usage_plans::{KeySource, UsagePlanLayer, UsagePlans};
+///
+/// let plans = UsagePlans::new();
+/// let layer = UsagePlanLayer::new(plans)
+///     .with_stage("petstore", "prod")
+///     .with_key_source(KeySource::header("x-api-key"))
+///     .unmetered("GET", "/health")
+///     .with_legacy_headers(true);
+/// let app: axum::Router = axum::Router::new()
+///     .route("/", axum::routing::get(|| async { "hello" }))
+///     .layer(layer);
+/// # drop(app);
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct UsagePlanLayer<R = AwsRefusal> {
+    config: Arc<Config>,
+    refusal: R,
+}
+
+impl UsagePlanLayer {
+    /// A layer for the stage `gateway:prod`, reading the key from the
+    /// `x-api-key` header and answering refusals like AWS.
+    pub fn new(plans: UsagePlans) -> Self {
+        Self {
+            config: Arc::new(Config {
+                plans,
+                stage: Stage {
+                    api_id: "gateway".into(),
+                    stage: "prod".into(),
+                },
+                key_source: KeySource::default(),
+                unmetered: Vec::new(),
+                legacy_headers: false,
+                store_failure: StoreFailure::FailOpen,
+            }),
+            refusal: AwsRefusal,
+        }
+    }
+}
+
+impl<R> UsagePlanLayer<R> {
+    fn config_mut(&mut self) -> &mut Config {
+        Arc::make_mut(&mut self.config)
+    }
+
+    /// The stage `api_id:stage` this layer serves: plans listing it (or
+    /// listing no stage) apply, and its per-method throttles.
+    pub fn with_stage(mut self, api_id: &str, stage: &str) -> Self {
+        self.config_mut().stage = Stage {
+            api_id: api_id.into(),
+            stage: stage.into(),
+        };
+        self
+    }
+
+    /// Where to read the API key (default: header `x-api-key`).
+    pub fn with_key_source(mut self, key_source: KeySource) -> Self {
+        self.config_mut().key_source = key_source;
+        self
+    }
+
+    /// Lets `method` (`"GET"`, or `"*"` for any) on the resource path
+    /// `path` (templates such as `/pets/{id}` and `/{proxy+}` allowed) pass
+    /// without a key, uncounted: AWS's `apiKeyRequired=false`.
+    ///
+    /// # Panics
+    /// If `method` or `path` is malformed (a programming error).
+    pub fn unmetered(mut self, method: &str, path: &str) -> Self {
+        let route = MethodRoute::new(method, path)
+            .unwrap_or_else(|e| panic!("UsagePlanLayer::unmetered({method:?}, {path:?}): {e}"));
+        self.config_mut().unmetered.push(route);
+        self
+    }
+
+    /// Adds `X-RateLimit-Limit`, `X-RateLimit-Remaining` and
+    /// `X-RateLimit-Reset` (the quota's, else the throttle's) next to the
+    /// IETF `RateLimit` headers.
+    pub fn with_legacy_headers(mut self, enabled: bool) -> Self {
+        self.config_mut().legacy_headers = enabled;
+        self
+    }
+
+    /// What to do when the counter store fails: admit (the default, AWS's
+    /// behaviour) or answer 503.
+    pub fn with_store_failure(mut self, policy: StoreFailure) -> Self {
+        self.config_mut().store_failure = policy;
+        self
+    }
+
+    /// Replaces the refusal responses, e.g. with a closure
+    /// `Fn(Refusal) -> Response<B>`.
+    ///
+    /// ```
+    /// use axum::body::Body;
+    /// use tower_usage_plans::{Refusal, UsagePlanLayer, UsagePlans};
+    ///
+    /// let layer = UsagePlanLayer::new(UsagePlans::new()).with_refusal_response(|refusal: Refusal| {
+    ///     http::Response::builder()
+    ///         .status(refusal.status())
+    ///         .body(Body::from(format!("refused: {}", refusal.message())))
+    ///         .unwrap()
+    /// });
+    /// # drop(layer);
+    /// ```
+    pub fn with_refusal_response<R2>(self, refusal: R2) -> UsagePlanLayer<R2> {
+        UsagePlanLayer {
+            config: self.config,
+            refusal,
+        }
+    }
+
+    /// Whether a request head is on an unmetered route.
+    pub fn is_unmetered(&self, parts: &Parts) -> bool {
+        self.config.is_unmetered(parts)
+    }
+}
+
+impl<S, R: Clone> Layer<S> for UsagePlanLayer<R> {
+    type Service = UsagePlanService<S, R>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        UsagePlanService::new(inner, self.config.clone(), self.refusal.clone())
+    }
+}

@@ -1,0 +1,116 @@
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+
+/// Why the layer refused a request. Put into the refusal's response
+/// extensions, so outer layers can tell the cases apart.
+///
+/// ```
+/// use http::StatusCode;
+/// use tower_usage_plans::Refusal;
+///
+/// assert_eq!(Refusal::QuotaExceeded.status(), StatusCode::TOO_MANY_REQUESTS);
+/// assert_eq!(Refusal::QuotaExceeded.message(), "Limit Exceeded");
+/// assert_eq!(Refusal::DisabledKey.status(), StatusCode::FORBIDDEN);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// The request carried no API key (403).
+    MissingKey,
+    /// No key has this value (403).
+    InvalidKey,
+    /// The key is disabled (403).
+    DisabledKey,
+    /// The key is in no plan covering this stage (403).
+    NoPlan,
+    /// The throttle's bucket is empty (429 "Too Many Requests").
+    Throttled,
+    /// The quota of the period is used up (429 "Limit Exceeded").
+    QuotaExceeded,
+    /// The counter store failed and the policy is fail-closed (503).
+    StoreUnavailable,
+}
+
+impl Refusal {
+    /// The HTTP status AWS answers with.
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::MissingKey | Self::InvalidKey | Self::DisabledKey | Self::NoPlan => {
+                StatusCode::FORBIDDEN
+            }
+            Self::Throttled | Self::QuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
+            Self::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The `message` of AWS's JSON body.
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::MissingKey | Self::InvalidKey | Self::DisabledKey | Self::NoPlan => "Forbidden",
+            Self::Throttled => "Too Many Requests",
+            Self::QuotaExceeded => "Limit Exceeded",
+            Self::StoreUnavailable => "Service Unavailable",
+        }
+    }
+
+    /// AWS's error type, sent as `x-amzn-ErrorType`.
+    pub fn error_type(self) -> &'static str {
+        match self {
+            Self::MissingKey | Self::InvalidKey | Self::DisabledKey | Self::NoPlan => {
+                "ForbiddenException"
+            }
+            Self::Throttled => "TooManyRequestsException",
+            Self::QuotaExceeded => "LimitExceededException",
+            Self::StoreUnavailable => "ServiceUnavailableException",
+        }
+    }
+}
+
+/// Builds the response for a refused request. Implemented by
+/// [`AwsRefusal`] and by closures `Fn(&Refusal) -> Response<B>`.
+pub trait RefusalResponse<B> {
+    /// The response for `refusal`; the layer then adds the rate-limit
+    /// headers and puts `refusal` in its extensions.
+    fn response(&self, refusal: Refusal) -> Response<B>;
+}
+
+impl<B, F> RefusalResponse<B> for F
+where
+    F: Fn(Refusal) -> Response<B>,
+{
+    fn response(&self, refusal: Refusal) -> Response<B> {
+        self(refusal)
+    }
+}
+
+/// The default refusal: AWS's status, JSON body (`{"message":"Forbidden"}`,
+/// `{"message":"Too Many Requests"}`, `{"message":"Limit Exceeded"}`) and
+/// `x-amzn-ErrorType` header.
+///
+/// ```
+/// use tower_usage_plans::{AwsRefusal, Refusal, RefusalResponse};
+///
+/// let response: http::Response<String> = AwsRefusal.response(Refusal::QuotaExceeded);
+/// assert_eq!(response.body(), r#"{"message":"Limit Exceeded"}"#);
+/// assert_eq!(response.headers()["x-amzn-errortype"], "LimitExceededException");
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AwsRefusal;
+
+impl<B: From<Bytes>> RefusalResponse<B> for AwsRefusal {
+    fn response(&self, refusal: Refusal) -> Response<B> {
+        let body = format!(r#"{{"message":"{}"}}"#, refusal.message());
+        let mut response = Response::new(B::from(Bytes::from(body)));
+        *response.status_mut() = refusal.status();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(
+            "x-amzn-errortype",
+            HeaderValue::from_static(refusal.error_type()),
+        );
+        response
+    }
+}

@@ -1,0 +1,127 @@
+//! The token bucket behind every throttle.
+
+use crate::model::Throttle;
+use crate::store::ThrottleState;
+
+const NANOS_PER_SEC: f64 = 1e9;
+
+/// Tokens and the time they were last counted. A new bucket is full.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Bucket {
+    tokens: f64,
+    updated: i64,
+}
+
+impl Bucket {
+    pub(crate) fn full(throttle: &Throttle, now: i64) -> Self {
+        Self {
+            tokens: f64::from(throttle.burst_limit),
+            updated: now,
+        }
+    }
+
+    /// Adds the tokens earned since the last update, up to the burst limit
+    /// (which may have been lowered since).
+    pub(crate) fn refill(&mut self, throttle: &Throttle, now: i64) {
+        let burst = f64::from(throttle.burst_limit);
+        if now > self.updated {
+            let earned = (now - self.updated) as f64 / NANOS_PER_SEC * throttle.rate_limit;
+            self.tokens += earned;
+            self.updated = now;
+        }
+        self.tokens = self.tokens.min(burst);
+    }
+
+    pub(crate) fn has_token(&self) -> bool {
+        self.tokens >= 1.0
+    }
+
+    pub(crate) fn take(&mut self) {
+        self.tokens -= 1.0;
+    }
+
+    /// What the headers say about the bucket now.
+    pub(crate) fn state(&self, throttle: &Throttle) -> ThrottleState {
+        let whole = self.tokens.floor().max(0.0);
+        ThrottleState {
+            burst_limit: throttle.burst_limit,
+            tokens: whole as u32,
+            next_token_secs: if self.tokens >= f64::from(throttle.burst_limit) {
+                0
+            } else {
+                secs_until(whole + 1.0 - self.tokens, throttle.rate_limit)
+            },
+            retry_after_secs: secs_until(1.0 - self.tokens, throttle.rate_limit),
+        }
+    }
+}
+
+/// Whole seconds (rounded up) until `missing` tokens have been earned; at
+/// least 1 when anything is missing. A rate of zero never refills: a day.
+fn secs_until(missing: f64, rate: f64) -> u64 {
+    if missing <= 0.0 {
+        return 0;
+    }
+    if rate <= 0.0 {
+        return super::NEVER_SECS;
+    }
+    ((missing / rate).ceil() as u64).clamp(1, super::NEVER_SECS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEC: i64 = 1_000_000_000;
+
+    #[test]
+    fn burst_then_refill_at_rate() {
+        let throttle = Throttle::new(2.0, 3).unwrap();
+        let mut bucket = Bucket::full(&throttle, 0);
+        for _ in 0..3 {
+            bucket.refill(&throttle, 0);
+            assert!(bucket.has_token());
+            bucket.take();
+        }
+        bucket.refill(&throttle, 0);
+        assert!(!bucket.has_token());
+        assert_eq!(bucket.state(&throttle).retry_after_secs, 1);
+        bucket.refill(&throttle, SEC / 2); // 0.5 s at 2/s = 1 token
+        assert!(bucket.has_token());
+        bucket.refill(&throttle, 100 * SEC);
+        assert_eq!(bucket.state(&throttle).tokens, 3, "capped at burst");
+    }
+
+    #[test]
+    fn fractional_rate() {
+        let throttle = Throttle::new(0.1, 1).unwrap();
+        let mut bucket = Bucket::full(&throttle, 0);
+        bucket.take();
+        bucket.refill(&throttle, 9 * SEC);
+        assert!(!bucket.has_token());
+        assert_eq!(bucket.state(&throttle).retry_after_secs, 1);
+        bucket.refill(&throttle, 10 * SEC);
+        assert!(bucket.has_token());
+    }
+
+    #[test]
+    fn lowered_burst_clamps_tokens() {
+        let mut bucket = Bucket::full(&Throttle::new(1.0, 10).unwrap(), 0);
+        let lower = Throttle::new(1.0, 2).unwrap();
+        bucket.refill(&lower, 0);
+        assert_eq!(bucket.state(&lower).tokens, 2);
+    }
+
+    #[test]
+    fn zero_rate_never_refills() {
+        let throttle = Throttle::new(0.0, 1).unwrap();
+        let mut bucket = Bucket::full(&throttle, 0);
+        bucket.take();
+        bucket.refill(&throttle, 1_000 * SEC);
+        assert!(!bucket.has_token());
+        assert_eq!(
+            bucket.state(&throttle).retry_after_secs,
+            crate::limit::NEVER_SECS
+        );
+    }
+}

@@ -1,0 +1,14 @@
+//! The usage-plan resources, with serde names that match the AWS wire format.
+
+mod key;
+mod plan;
+mod quota;
+mod throttle;
+mod usage;
+
+pub(crate) use key::validate_key_value;
+pub use key::{ApiKey, NewApiKey, StageKey, UsagePlanKey, MAX_KEY_VALUE_LEN, MIN_KEY_VALUE_LEN};
+pub use plan::{ApiStage, NewUsagePlan, UsagePlan};
+pub use quota::{Quota, QuotaPeriod};
+pub use throttle::Throttle;
+pub use usage::Usage;

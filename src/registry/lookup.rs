@@ -1,0 +1,162 @@
+//! The data plane's read-only view of the registry: for each key digest,
+//! what the layer needs to decide a request. Rebuilt by the admin plane on
+//! every change, read by the layer without locks beyond a map shard's.
+
+use std::sync::Arc;
+
+use http::Method;
+use sha2::{Digest, Sha256};
+
+use crate::model::{Throttle, UsagePlan};
+use crate::route::MethodRoute;
+use crate::store::{CounterKey, QuotaRule, ThrottleRule};
+
+/// SHA-256 of a key value: the map key of every lookup.
+pub(crate) type KeyDigest = [u8; 32];
+
+pub(crate) fn digest(value: &[u8]) -> KeyDigest {
+    Sha256::digest(value).into()
+}
+
+/// A hasher for digests, which are already uniformly random: their first
+/// eight bytes are the hash.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct DigestHasher(u64);
+
+impl std::hash::Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // `[u8; 32]` hashes as its length then its bytes; keep the bytes.
+        if bytes.len() >= 8 {
+            let mut head = [0; 8];
+            head.copy_from_slice(&bytes[..8]);
+            self.0 = u64::from_ne_bytes(head);
+        }
+    }
+
+    fn write_usize(&mut self, _: usize) {}
+}
+
+pub(crate) type DigestBuildHasher = std::hash::BuildHasherDefault<DigestHasher>;
+
+/// The stage a layer serves: `api_id:stage`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Stage {
+    pub(crate) api_id: Box<str>,
+    pub(crate) stage: Box<str>,
+}
+
+/// A plan as the data plane sees it.
+#[derive(Debug)]
+pub(crate) struct PlanRuntime {
+    /// Empty: the plan covers every stage.
+    stages: Vec<StageRuntime>,
+    throttle: Option<Throttle>,
+    quota: Option<QuotaRule>,
+}
+
+#[derive(Debug)]
+struct StageRuntime {
+    stage: Stage,
+    /// Most specific first.
+    methods: Vec<(MethodRoute, (Box<str>, Throttle))>,
+}
+
+impl PlanRuntime {
+    pub(crate) fn new(plan: &UsagePlan, created: i64) -> Self {
+        let stages = plan
+            .api_stages
+            .iter()
+            .map(|s| {
+                let mut methods: Vec<_> = s
+                    .throttle
+                    .iter()
+                    .filter_map(|(key, throttle)| {
+                        // Keys were validated when the plan was saved.
+                        MethodRoute::parse(key)
+                            .ok()
+                            .map(|r| (r, (key.as_str().into(), *throttle)))
+                    })
+                    .collect();
+                MethodRoute::sort_by_specificity(&mut methods);
+                StageRuntime {
+                    stage: Stage {
+                        api_id: s.api_id.as_str().into(),
+                        stage: s.stage.as_str().into(),
+                    },
+                    methods,
+                }
+            })
+            .collect();
+        Self {
+            stages,
+            throttle: plan.throttle,
+            quota: plan.quota.map(|quota| QuotaRule {
+                quota,
+                plan_created: created,
+            }),
+        }
+    }
+
+    pub(crate) fn covers(&self, stage: &Stage) -> bool {
+        self.stages.is_empty() || self.stages.iter().any(|s| s.stage == *stage)
+    }
+
+    pub(crate) fn quota(&self) -> Option<QuotaRule> {
+        self.quota
+    }
+
+    /// The throttle for a request: the most specific method throttle of
+    /// the stage, else the plan's.
+    pub(crate) fn throttle_for(
+        &self,
+        stage: &Stage,
+        method: &Method,
+        path: &str,
+    ) -> Option<ThrottleRule<'_>> {
+        let method_throttle = self
+            .stages
+            .iter()
+            .find(|s| s.stage == *stage)
+            .and_then(|s| {
+                s.methods
+                    .iter()
+                    .find(|(route, _)| route.matches(method, path))
+            });
+        match method_throttle {
+            Some((_, (key, throttle))) => Some(ThrottleRule {
+                method: Some(key),
+                throttle: *throttle,
+            }),
+            None => self.throttle.map(|throttle| ThrottleRule {
+                method: None,
+                throttle,
+            }),
+        }
+    }
+}
+
+/// A key's membership of one plan.
+#[derive(Debug)]
+pub(crate) struct Binding {
+    pub(crate) plan: Arc<PlanRuntime>,
+    pub(crate) counter: CounterKey,
+}
+
+/// What a key value resolves to.
+#[derive(Debug)]
+pub(crate) struct KeyRoute {
+    pub(crate) enabled: bool,
+    pub(crate) bindings: Vec<Binding>,
+}
+
+impl KeyRoute {
+    /// The binding of the plan covering `stage` (at most one, by the
+    /// association rules).
+    pub(crate) fn binding_for(&self, stage: &Stage) -> Option<&Binding> {
+        self.bindings.iter().find(|b| b.plan.covers(stage))
+    }
+}

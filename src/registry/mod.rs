@@ -1,0 +1,732 @@
+//! [`UsagePlans`]: the shared handle on plans, keys, their associations and
+//! their counters. The admin API and Rust callers change state only
+//! through it; the layer reads its lookup view.
+
+mod lookup;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use jiff::civil::Date;
+use parking_lot::Mutex;
+use rand::distr::{Alphanumeric, SampleString};
+
+pub(crate) use lookup::{digest, KeyDigest, KeyRoute, Stage};
+use lookup::{Binding, DigestBuildHasher, PlanRuntime};
+
+use crate::clock::{Clock, SystemClock};
+use crate::error::{Error, ErrorKind, Result};
+use crate::limit::period;
+use crate::model::{
+    validate_key_value, ApiKey, NewApiKey, NewUsagePlan, Usage, UsagePlan, UsagePlanKey,
+};
+use crate::store::{CounterKey, CounterStore, MemoryStore};
+
+/// The longest date range GetUsage answers in one call.
+pub const MAX_USAGE_DAYS: i64 = 366;
+
+/// The shared, cheaply cloneable handle on usage plans, API keys and their
+/// counters. Clones share the same state; changes are enforced by every
+/// layer built from it on the very next request.
+///
+/// ```
+/// use tower_usage_plans::{NewApiKey, NewUsagePlan, Quota, QuotaPeriod, UsagePlans};
+///
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let plans = UsagePlans::new();
+/// let plan = plans
+///     .create_usage_plan(NewUsagePlan::new("basic").with_quota(Quota::new(100, QuotaPeriod::Day)))
+///     .unwrap();
+/// let key = plans.create_api_key(NewApiKey::new("alice").enabled(true)).unwrap();
+/// plans.add_key_to_plan(&plan.id, &key.id).unwrap();
+///
+/// // AWS UpdateUsage: grant 500 more requests for the current period.
+/// let usage = plans.set_remaining(&plan.id, &key.id, 500).await.unwrap();
+/// assert_eq!(usage.values[&key.id], vec![[0, 500]]);
+/// # });
+/// ```
+#[derive(Clone)]
+pub struct UsagePlans {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// The admin plane's truth; only writers take it.
+    control: Mutex<Control>,
+    /// The data plane's view, keyed by key digest.
+    routes: DashMap<KeyDigest, KeyRoute, DigestBuildHasher>,
+    store: Arc<dyn CounterStore>,
+    clock: Arc<dyn Clock>,
+    hash_only: bool,
+}
+
+#[derive(Default)]
+struct Control {
+    plans: BTreeMap<String, PlanEntry>,
+    keys: BTreeMap<String, KeyEntry>,
+    by_digest: HashMap<KeyDigest, String>,
+}
+
+struct PlanEntry {
+    plan: UsagePlan,
+    created: i64,
+    keys: BTreeSet<String>,
+    runtime: Arc<PlanRuntime>,
+}
+
+struct KeyEntry {
+    key: ApiKey,
+    digest: KeyDigest,
+    plans: BTreeSet<String>,
+}
+
+/// Builds a [`UsagePlans`] with a chosen store, clock or key storage.
+///
+/// ```
+/// use std::sync::Arc;
+/// use tower_usage_plans::{store::MemoryStore, ManualClock, UsagePlans};
+///
+/// let clock = ManualClock::new("2026-01-01T00:00:00Z".parse().unwrap());
+/// let plans = UsagePlans::builder()
+///     .store(Arc::new(MemoryStore::new()))
+///     .clock(clock)
+///     .hash_only(true)
+///     .build();
+/// # drop(plans);
+/// ```
+#[must_use]
+pub struct UsagePlansBuilder {
+    store: Arc<dyn CounterStore>,
+    clock: Arc<dyn Clock>,
+    hash_only: bool,
+}
+
+impl UsagePlansBuilder {
+    /// Where counters live (default: a [`MemoryStore`]).
+    pub fn store(mut self, store: Arc<dyn CounterStore>) -> Self {
+        self.store = store;
+        self
+    }
+
+    /// Where time comes from (default: [`SystemClock`]).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Keep only the SHA-256 digest of key values: the value is shown once,
+    /// when the key is created (default: `false`, values are kept so
+    /// `includeValue=true` works as in AWS).
+    pub fn hash_only(mut self, hash_only: bool) -> Self {
+        self.hash_only = hash_only;
+        self
+    }
+
+    /// The handle.
+    pub fn build(self) -> UsagePlans {
+        UsagePlans {
+            inner: Arc::new(Inner {
+                control: Mutex::new(Control::default()),
+                routes: DashMap::default(),
+                store: self.store,
+                clock: self.clock,
+                hash_only: self.hash_only,
+            }),
+        }
+    }
+}
+
+impl Default for UsagePlans {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for UsagePlans {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let control = self.inner.control.lock();
+        f.debug_struct("UsagePlans")
+            .field("plans", &control.plans.len())
+            .field("keys", &control.keys.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl UsagePlans {
+    /// In-memory counters, the system clock, key values kept.
+    pub fn new() -> Self {
+        Self::builder().build()
+    }
+
+    /// A builder to choose the store, the clock and key storage.
+    pub fn builder() -> UsagePlansBuilder {
+        UsagePlansBuilder {
+            store: Arc::new(MemoryStore::new()),
+            clock: Arc::new(SystemClock),
+            hash_only: false,
+        }
+    }
+
+    /// The counter store.
+    pub fn store(&self) -> &Arc<dyn CounterStore> {
+        &self.inner.store
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &dyn Clock {
+        &*self.inner.clock
+    }
+
+    pub(crate) fn now_secs(&self) -> i64 {
+        self.inner.clock.now().as_second()
+    }
+
+    /// Runs `f` on the data plane's view of the key with this digest.
+    pub(crate) fn with_route<T>(
+        &self,
+        digest: &KeyDigest,
+        f: impl FnOnce(Option<&KeyRoute>) -> T,
+    ) -> T {
+        match self.inner.routes.get(digest) {
+            Some(route) => f(Some(&route)),
+            None => f(None),
+        }
+    }
+
+    // ---- usage plans ----------------------------------------------------
+
+    /// Creates a plan.
+    ///
+    /// # Errors
+    /// `BadRequest` for an empty name, a negative or NaN rate, an offset
+    /// above the limit, or a malformed method-throttle key.
+    pub fn create_usage_plan(&self, input: NewUsagePlan) -> Result<UsagePlan> {
+        let mut control = self.inner.control.lock();
+        let id = unique_id(|id| control.plans.contains_key(id));
+        let plan = input.into_plan(id.clone());
+        plan.validate()?;
+        let created = self.now_secs();
+        let runtime = Arc::new(PlanRuntime::new(&plan, created));
+        control.plans.insert(
+            id,
+            PlanEntry {
+                plan: plan.clone(),
+                created,
+                keys: BTreeSet::new(),
+                runtime,
+            },
+        );
+        Ok(plan)
+    }
+
+    /// One plan.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown id.
+    pub fn usage_plan(&self, plan_id: &str) -> Result<UsagePlan> {
+        let control = self.inner.control.lock();
+        control.plan(plan_id).map(|p| p.plan.clone())
+    }
+
+    /// Every plan, ordered by id.
+    pub fn usage_plans(&self) -> Vec<UsagePlan> {
+        let control = self.inner.control.lock();
+        control.plans.values().map(|p| p.plan.clone()).collect()
+    }
+
+    /// The plans `key_id` belongs to, ordered by id.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown key.
+    pub fn usage_plans_of_key(&self, key_id: &str) -> Result<Vec<UsagePlan>> {
+        let control = self.inner.control.lock();
+        let key = control.key(key_id)?;
+        Ok(key
+            .plans
+            .iter()
+            .map(|id| control.plans[id].plan.clone())
+            .collect())
+    }
+
+    /// Changes a plan with `edit`, as one validated step: if `edit` fails,
+    /// or the result is invalid, or it would put one of its keys in two
+    /// plans covering the same stage, nothing changes.
+    ///
+    /// ```
+    /// use tower_usage_plans::{NewUsagePlan, Throttle, UsagePlans};
+    ///
+    /// let plans = UsagePlans::new();
+    /// let plan = plans.create_usage_plan(NewUsagePlan::new("p")).unwrap();
+    /// let plan = plans
+    ///     .update_usage_plan(&plan.id, |p| {
+    ///         p.throttle = Some(Throttle::new(5.0, 10)?);
+    ///         Ok(())
+    ///     })
+    ///     .unwrap();
+    /// assert_eq!(plan.throttle.unwrap().burst_limit, 10);
+    /// ```
+    ///
+    /// # Errors
+    /// `NotFound`, `BadRequest` (invalid result or changed id), `Conflict`,
+    /// or whatever `edit` returns.
+    pub fn update_usage_plan(
+        &self,
+        plan_id: &str,
+        edit: impl FnOnce(&mut UsagePlan) -> Result<()>,
+    ) -> Result<UsagePlan> {
+        let mut control = self.inner.control.lock();
+        let entry = control.plan(plan_id)?;
+        let mut plan = entry.plan.clone();
+        edit(&mut plan)?;
+        if plan.id != plan_id {
+            return Err(Error::bad_request("The usage plan id cannot be changed"));
+        }
+        plan.validate()?;
+        for key_id in &entry.keys {
+            control.check_no_overlap(key_id, &plan)?;
+        }
+        let entry = control.plans.get_mut(plan_id).expect("checked above");
+        entry.runtime = Arc::new(PlanRuntime::new(&plan, entry.created));
+        entry.plan = plan.clone();
+        let keys: Vec<String> = entry.keys.iter().cloned().collect();
+        for key_id in keys {
+            self.refresh_route(&control, &key_id);
+        }
+        Ok(plan)
+    }
+
+    /// Deletes a plan; its keys leave it and its counters are dropped.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown id.
+    pub fn delete_usage_plan(&self, plan_id: &str) -> Result<()> {
+        let mut control = self.inner.control.lock();
+        let entry = control
+            .plans
+            .remove(plan_id)
+            .ok_or_else(Error::plan_not_found)?;
+        for key_id in &entry.keys {
+            if let Some(key) = control.keys.get_mut(key_id) {
+                key.plans.remove(plan_id);
+            }
+            self.refresh_route(&control, key_id);
+            self.forget_counter(plan_id, key_id);
+        }
+        Ok(())
+    }
+
+    // ---- API keys -------------------------------------------------------
+
+    /// Creates a key; the result always shows the value (even in
+    /// hash-only mode, where this is the only time it is shown).
+    ///
+    /// # Errors
+    /// `BadRequest` for a value under 20 or over 128 characters or a name
+    /// over 1024; `Conflict` ("API Key already exists") for a value in use.
+    pub fn create_api_key(&self, input: NewApiKey) -> Result<ApiKey> {
+        let mut control = self.inner.control.lock();
+        let value = match input.value {
+            Some(value) => value,
+            None => Alphanumeric.sample_string(&mut rand::rng(), 40),
+        };
+        validate_key_value(&value)?;
+        let digest = digest(value.as_bytes());
+        if control.by_digest.contains_key(&digest) {
+            return Err(Error::conflict("API Key already exists"));
+        }
+        let now = self.now_secs();
+        let id = unique_id(|id| control.keys.contains_key(id));
+        let key = ApiKey {
+            id: id.clone(),
+            value: Some(value),
+            name: input.name,
+            customer_id: input.customer_id,
+            description: input.description,
+            enabled: input.enabled,
+            created_date: now,
+            last_updated_date: now,
+            stage_keys: input
+                .stage_keys
+                .into_iter()
+                .filter_map(|s| Some(format!("{}/{}", s.rest_api_id?, s.stage_name?)))
+                .collect(),
+            tags: input.tags,
+        };
+        key.validate()?;
+        let mut stored = key.clone();
+        if self.inner.hash_only {
+            stored.value = None;
+        }
+        control.by_digest.insert(digest, id.clone());
+        control.keys.insert(
+            id.clone(),
+            KeyEntry {
+                key: stored,
+                digest,
+                plans: BTreeSet::new(),
+            },
+        );
+        self.refresh_route(&control, &id);
+        Ok(key)
+    }
+
+    /// One key, with its value where it is kept.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown id.
+    pub fn api_key(&self, key_id: &str) -> Result<ApiKey> {
+        let control = self.inner.control.lock();
+        control.key(key_id).map(|k| k.key.clone())
+    }
+
+    /// The key whose value is `value`, if any.
+    pub fn api_key_by_value(&self, value: &str) -> Option<ApiKey> {
+        let control = self.inner.control.lock();
+        let id = control.by_digest.get(&digest(value.as_bytes()))?;
+        Some(control.keys[id].key.clone())
+    }
+
+    /// Every key, ordered by id, with values where they are kept.
+    pub fn api_keys(&self) -> Vec<ApiKey> {
+        let control = self.inner.control.lock();
+        control.keys.values().map(|k| k.key.clone()).collect()
+    }
+
+    /// Changes a key with `edit` as one validated step. The id, value and
+    /// creation date cannot change.
+    ///
+    /// ```
+    /// use tower_usage_plans::{NewApiKey, UsagePlans};
+    ///
+    /// let plans = UsagePlans::new();
+    /// let key = plans.create_api_key(NewApiKey::new("k").enabled(true)).unwrap();
+    /// let key = plans.update_api_key(&key.id, |k| { k.enabled = false; Ok(()) }).unwrap();
+    /// assert!(!key.enabled);
+    /// ```
+    ///
+    /// # Errors
+    /// `NotFound`, `BadRequest`, or whatever `edit` returns.
+    pub fn update_api_key(
+        &self,
+        key_id: &str,
+        edit: impl FnOnce(&mut ApiKey) -> Result<()>,
+    ) -> Result<ApiKey> {
+        let mut control = self.inner.control.lock();
+        let entry = control.key(key_id)?;
+        let mut key = entry.key.clone();
+        edit(&mut key)?;
+        if key.id != entry.key.id
+            || key.value != entry.key.value
+            || key.created_date != entry.key.created_date
+        {
+            return Err(Error::bad_request(
+                "The id, value and createdDate of an API key cannot be changed",
+            ));
+        }
+        key.validate()?;
+        key.last_updated_date = self.now_secs();
+        control.keys.get_mut(key_id).expect("checked above").key = key.clone();
+        self.refresh_route(&control, key_id);
+        Ok(key)
+    }
+
+    /// Deletes a key: it leaves its plans and stops working at once.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown id.
+    pub fn delete_api_key(&self, key_id: &str) -> Result<()> {
+        let mut control = self.inner.control.lock();
+        let entry = control
+            .keys
+            .remove(key_id)
+            .ok_or_else(Error::key_not_found)?;
+        control.by_digest.remove(&entry.digest);
+        self.inner.routes.remove(&entry.digest);
+        for plan_id in &entry.plans {
+            if let Some(plan) = control.plans.get_mut(plan_id) {
+                plan.keys.remove(key_id);
+            }
+            self.forget_counter(plan_id, key_id);
+        }
+        Ok(())
+    }
+
+    // ---- plan keys ------------------------------------------------------
+
+    /// Puts a key in a plan.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown plan or key; `Conflict` when the key is
+    /// already in this plan or in another plan covering a common stage.
+    pub fn add_key_to_plan(&self, plan_id: &str, key_id: &str) -> Result<UsagePlanKey> {
+        let mut control = self.inner.control.lock();
+        let plan = control.plan(plan_id)?;
+        let key = control.key(key_id)?;
+        if plan.keys.contains(key_id) {
+            return Err(Error::conflict(format!(
+                "API Key {key_id} is already in usage plan {plan_id}"
+            )));
+        }
+        let plan = plan.plan.clone();
+        control.check_no_overlap(key_id, &plan)?;
+        let member = UsagePlanKey::from(&key.key);
+        control
+            .plans
+            .get_mut(plan_id)
+            .expect("checked")
+            .keys
+            .insert(key_id.to_owned());
+        control
+            .keys
+            .get_mut(key_id)
+            .expect("checked")
+            .plans
+            .insert(plan_id.to_owned());
+        self.refresh_route(&control, key_id);
+        Ok(member)
+    }
+
+    /// Takes a key out of a plan; its counter in that plan is dropped.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown plan or key, or a key not in the plan.
+    pub fn remove_key_from_plan(&self, plan_id: &str, key_id: &str) -> Result<()> {
+        let mut control = self.inner.control.lock();
+        control.membership(plan_id, key_id)?;
+        control
+            .plans
+            .get_mut(plan_id)
+            .expect("checked")
+            .keys
+            .remove(key_id);
+        control
+            .keys
+            .get_mut(key_id)
+            .expect("checked")
+            .plans
+            .remove(plan_id);
+        self.refresh_route(&control, key_id);
+        self.forget_counter(plan_id, key_id);
+        Ok(())
+    }
+
+    /// The keys of a plan, ordered by key id.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown plan.
+    pub fn usage_plan_keys(&self, plan_id: &str) -> Result<Vec<UsagePlanKey>> {
+        let control = self.inner.control.lock();
+        let plan = control.plan(plan_id)?;
+        Ok(plan
+            .keys
+            .iter()
+            .map(|id| UsagePlanKey::from(&control.keys[id].key))
+            .collect())
+    }
+
+    /// One key of a plan.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown plan or key, or a key not in the plan.
+    pub fn usage_plan_key(&self, plan_id: &str, key_id: &str) -> Result<UsagePlanKey> {
+        let control = self.inner.control.lock();
+        control.membership(plan_id, key_id)?;
+        Ok(UsagePlanKey::from(&control.keys[key_id].key))
+    }
+
+    // ---- usage ----------------------------------------------------------
+
+    /// Sets a key's remaining quota for the current period only — up or
+    /// down, even above the limit; the next period starts from the limit
+    /// again (AWS UpdateUsage). Enforced on the very next request.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown plan or key or a key not in the plan;
+    /// `BadRequest` for a plan without a quota; `Store` if the store fails.
+    pub async fn set_remaining(
+        &self,
+        plan_id: &str,
+        key_id: &str,
+        remaining: u64,
+    ) -> Result<Usage> {
+        let (counter, rule) = {
+            let control = self.inner.control.lock();
+            let plan = control.membership(plan_id, key_id)?;
+            let rule = plan.runtime.quota().ok_or_else(|| {
+                Error::bad_request(format!("Usage plan {plan_id} has no quota to update"))
+            })?;
+            (CounterKey::new(plan_id, key_id), rule)
+        };
+        let now = self.inner.clock.now();
+        let today = self
+            .inner
+            .store
+            .set_remaining(&counter, &rule, now, remaining)
+            .await?;
+        let date = period::date_of_day(now.as_second().div_euclid(period::DAY_SECS)).to_string();
+        Ok(Usage {
+            usage_plan_id: plan_id.to_owned(),
+            start_date: date.clone(),
+            end_date: date,
+            position: None,
+            values: BTreeMap::from([(key_id.to_owned(), vec![today])]),
+        })
+    }
+
+    /// `[used, remaining]` per UTC day from `start` to `end` inclusive, for
+    /// one key of the plan or all of them (AWS GetUsage, unpaged).
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown plan or key or a key not in the plan;
+    /// `BadRequest` when `end` is before `start` or the range is longer
+    /// than [`MAX_USAGE_DAYS`]; `Store` if the store fails.
+    pub async fn usage(
+        &self,
+        plan_id: &str,
+        key_id: Option<&str>,
+        start: Date,
+        end: Date,
+    ) -> Result<Usage> {
+        let days = period::day_of_date(end) - period::day_of_date(start) + 1;
+        if days < 1 {
+            return Err(Error::bad_request(
+                "The end date must not be before the start date",
+            ));
+        }
+        if days > MAX_USAGE_DAYS {
+            return Err(Error::bad_request(format!(
+                "The date range must not exceed {MAX_USAGE_DAYS} days"
+            )));
+        }
+        let (keys, rule) = {
+            let control = self.inner.control.lock();
+            let plan = match key_id {
+                Some(key_id) => control.membership(plan_id, key_id)?,
+                None => control.plan(plan_id)?,
+            };
+            let keys: Vec<String> = match key_id {
+                Some(key_id) => vec![key_id.to_owned()],
+                None => plan.keys.iter().cloned().collect(),
+            };
+            (keys, plan.runtime.quota())
+        };
+        let now = self.inner.clock.now();
+        let mut values = BTreeMap::new();
+        for key_id in keys {
+            let counter = CounterKey::new(plan_id, &key_id);
+            let days = self
+                .inner
+                .store
+                .usage(&counter, rule.as_ref(), now, start, end)
+                .await?;
+            values.insert(key_id, days);
+        }
+        Ok(Usage {
+            usage_plan_id: plan_id.to_owned(),
+            start_date: start.to_string(),
+            end_date: end.to_string(),
+            position: None,
+            values,
+        })
+    }
+
+    // ---- internals ------------------------------------------------------
+
+    /// Rebuilds the data plane's view of one key from the control state.
+    fn refresh_route(&self, control: &Control, key_id: &str) {
+        let Some(entry) = control.keys.get(key_id) else {
+            return;
+        };
+        let bindings = entry
+            .plans
+            .iter()
+            .map(|plan_id| Binding {
+                plan: control.plans[plan_id].runtime.clone(),
+                counter: CounterKey::new(plan_id, key_id),
+            })
+            .collect();
+        self.inner.routes.insert(
+            entry.digest,
+            KeyRoute {
+                enabled: entry.key.enabled,
+                bindings,
+            },
+        );
+    }
+
+    fn forget_counter(&self, plan_id: &str, key_id: &str) {
+        let store = self.inner.store.clone();
+        let mut forget = store.forget(&CounterKey::new(plan_id, key_id));
+        match forget.take_ready() {
+            Some(Err(e)) => tracing::warn!(plan_id, key_id, error = %e, "could not drop counter"),
+            Some(Ok(())) => {}
+            // A networked store: finish in the background if a runtime runs.
+            None => match tokio::runtime::Handle::try_current() {
+                Ok(handle) => {
+                    handle.spawn(async move {
+                        if let Err(e) = forget.await {
+                            tracing::warn!(error = %e, "could not drop counter");
+                        }
+                    });
+                }
+                Err(_) => tracing::warn!(plan_id, key_id, "no runtime to drop counter"),
+            },
+        }
+    }
+}
+
+impl Control {
+    fn plan(&self, plan_id: &str) -> Result<&PlanEntry> {
+        self.plans.get(plan_id).ok_or_else(Error::plan_not_found)
+    }
+
+    fn key(&self, key_id: &str) -> Result<&KeyEntry> {
+        self.keys.get(key_id).ok_or_else(Error::key_not_found)
+    }
+
+    /// The plan, if the key exists and is in it.
+    fn membership(&self, plan_id: &str, key_id: &str) -> Result<&PlanEntry> {
+        let plan = self.plan(plan_id)?;
+        self.key(key_id)?;
+        if !plan.keys.contains(key_id) {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "Invalid API Key identifier specified: {key_id} is not in usage plan {plan_id}"
+                ),
+            ));
+        }
+        Ok(plan)
+    }
+
+    /// A key may be in at most one plan per stage.
+    fn check_no_overlap(&self, key_id: &str, plan: &UsagePlan) -> Result<()> {
+        let Some(key) = self.keys.get(key_id) else {
+            return Ok(());
+        };
+        for other_id in key.plans.iter().filter(|id| **id != plan.id) {
+            if self.plans[other_id].plan.overlaps(plan) {
+                return Err(Error::conflict(format!(
+                    "API Key {key_id} is already in usage plan {other_id}, which covers a stage of usage plan {}",
+                    plan.id
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A fresh 10-character lower-case alphanumeric id, like AWS's.
+fn unique_id(taken: impl Fn(&str) -> bool) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    loop {
+        let id: String = (0..10)
+            .map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char)
+            .collect();
+        if !taken(&id) {
+            return id;
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! The counter-store seam: every admitted or refused request is one
+//! [`CounterStore::decide`] call, so a store can make the whole decision —
+//! throttle and quota together — atomically, in memory or in one server
+//! round trip.
+//!
+//! Every store keeps the same rules (`aws-semantics.md` §3): a quota never
+//! admits more than its remaining count, a throttle never more than
+//! `burst + rate × elapsed`, and refused requests cost nothing.
+
+mod future;
+mod memory;
+
+use std::sync::Arc;
+
+use jiff::civil::Date;
+use jiff::Timestamp;
+
+pub use future::StoreFuture;
+pub use memory::MemoryStore;
+
+use crate::model::{Quota, Throttle};
+
+/// Identifies one (plan, key) counter.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CounterKey {
+    /// The usage plan's id.
+    pub plan_id: Arc<str>,
+    /// The API key's id.
+    pub key_id: Arc<str>,
+}
+
+impl CounterKey {
+    /// The counter of `key_id` in `plan_id`.
+    pub fn new(plan_id: &str, key_id: &str) -> Self {
+        Self {
+            plan_id: plan_id.into(),
+            key_id: key_id.into(),
+        }
+    }
+}
+
+/// A throttle to apply: the plan's (`method: None`) or one method's bucket.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ThrottleRule<'a> {
+    /// The method-throttle key (`"/pets/GET"`) whose bucket applies; `None`
+    /// for the plan-wide bucket.
+    pub method: Option<&'a str>,
+    /// Rate and burst.
+    pub throttle: Throttle,
+}
+
+/// A quota to apply, with the plan's creation time (its offset applies in
+/// the period that contains it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaRule {
+    /// Limit, offset and period.
+    pub quota: Quota,
+    /// When the plan was created, Unix seconds.
+    pub plan_created: i64,
+}
+
+impl QuotaRule {
+    /// The requests allowed in the period starting at `period_start`
+    /// (Unix seconds): the limit, less the offset in the initial period.
+    pub fn limit_for_period(&self, period_start: i64) -> u64 {
+        if period_start <= self.plan_created {
+            self.quota.limit.saturating_sub(self.quota.offset)
+        } else {
+            self.quota.limit
+        }
+    }
+}
+
+/// One request to decide.
+#[derive(Debug, Clone, Copy)]
+pub struct DecisionRequest<'a> {
+    /// Whose counter.
+    pub counter: &'a CounterKey,
+    /// The throttle that applies, if any.
+    pub throttle: Option<ThrottleRule<'a>>,
+    /// The quota that applies, if any.
+    pub quota: Option<QuotaRule>,
+    /// The time of the request.
+    pub now: Timestamp,
+}
+
+/// The outcome of a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Counted: one token and one unit of quota spent.
+    Admitted,
+    /// The bucket is empty; nothing was spent.
+    Throttled,
+    /// The quota is exhausted; nothing was spent.
+    QuotaExceeded,
+}
+
+/// A bucket's state after a decision, for the rate-limit headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ThrottleState {
+    /// Bucket capacity.
+    pub burst_limit: u32,
+    /// Whole tokens left.
+    pub tokens: u32,
+    /// Seconds until one more token (0 when full).
+    pub next_token_secs: u64,
+    /// Seconds until a request can be admitted (0 when one can be now).
+    pub retry_after_secs: u64,
+}
+
+/// A quota's state after a decision, for the rate-limit headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaState {
+    /// The plan's limit per period.
+    pub limit: u64,
+    /// Requests left in this period.
+    pub remaining: u64,
+    /// Length of the current period in seconds.
+    pub period_secs: u64,
+    /// Seconds until the period ends.
+    pub reset_secs: u64,
+}
+
+/// A decision and the counters' state after it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// Admitted or why not.
+    pub verdict: Verdict,
+    /// The bucket, when a throttle applied.
+    pub throttle: Option<ThrottleState>,
+    /// The quota, when one applied.
+    pub quota: Option<QuotaState>,
+}
+
+/// One day's `[used, remaining]`.
+pub type DayUsage = [u64; 2];
+
+/// Where counters live. Implemented in memory by [`MemoryStore`]; shaped
+/// so a networked store can answer each call in one round trip.
+///
+/// Implementations must pass the crate's store conformance suite
+/// (`tests/store_conformance.rs`).
+pub trait CounterStore: Send + Sync + 'static {
+    /// Decides one request: refill, check the throttle, then the quota;
+    /// spend a token and a unit of quota only if both allow it.
+    fn decide(&self, request: &DecisionRequest<'_>) -> StoreFuture<Decision>;
+
+    /// Sets the remaining quota of the current period (AWS UpdateUsage);
+    /// returns today's `[used, remaining]`.
+    fn set_remaining(
+        &self,
+        counter: &CounterKey,
+        quota: &QuotaRule,
+        now: Timestamp,
+        remaining: u64,
+    ) -> StoreFuture<DayUsage>;
+
+    /// `[used, remaining]` per UTC day from `first` to `last` inclusive.
+    /// `remaining` is 0 when no quota applies.
+    fn usage(
+        &self,
+        counter: &CounterKey,
+        quota: Option<&QuotaRule>,
+        now: Timestamp,
+        first: Date,
+        last: Date,
+    ) -> StoreFuture<Vec<DayUsage>>;
+
+    /// Drops a counter (its key left the plan, or the plan is gone).
+    fn forget(&self, counter: &CounterKey) -> StoreFuture<()>;
+}
