@@ -90,8 +90,9 @@ where
 /// ```
 /// use tower_usage_plans::{AwsRefusal, Refusal, RefusalResponse};
 ///
-/// let response: http::Response<String> = AwsRefusal.response(Refusal::QuotaExceeded);
-/// assert_eq!(response.body(), r#"{"message":"Limit Exceeded"}"#);
+/// let response: http::Response<http_body_util::Full<bytes::Bytes>> =
+///     AwsRefusal.response(Refusal::QuotaExceeded);
+/// assert_eq!(response.status(), 429);
 /// assert_eq!(response.headers()["x-amzn-errortype"], "LimitExceededException");
 /// ```
 #[derive(Debug, Clone, Copy, Default)]

@@ -212,7 +212,8 @@ def pytest_runtest_makereport(item, call):
     """Attach the tail of the gateway log to every failing test's report."""
     outcome = yield
     rep = outcome.get_result()
-    if rep.failed and _GATEWAY is not None:
+    # setup/teardown failures of the gateway fixture carry the log in their own message
+    if rep.failed and rep.when == "call" and _GATEWAY is not None:
         rep.sections.append(("gateway log (last 150 lines)", _GATEWAY.log_tail(150)))
 
 

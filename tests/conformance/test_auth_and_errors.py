@@ -73,7 +73,7 @@ def test_unknown_access_key_is_unrecognized_client(client_factory):
     assert err["ResponseMetadata"]["HTTPStatusCode"] == 403
 
 
-def test_expired_signature_is_rejected(signed_request, util):
+def test_expired_signature_is_rejected(signed_request):
     old = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=2)
     resp = signed_request("GET", "/usageplans", when=old)
     _assert_aws_error(resp, 403, "InvalidSignatureException")
@@ -173,7 +173,7 @@ def test_request_ids(apigw, make_plan, expect_error):
 # -- raw wire shapes (what Smithy SDKs need, beyond what boto3 tolerates) ------------------
 
 
-def test_raw_wire_shapes(signed_request, metered_key, make_key, attach, data_get, today):
+def test_raw_wire_shapes(signed_request, metered_key, data_get, today):
     plan, key = metered_key(throttle={"rateLimit": 0.5, "burstLimit": 9},
                             quota={"limit": 40, "period": "DAY"})
     assert data_get(key["value"]).status == 200

@@ -1,0 +1,465 @@
+//! The layer's behaviour: refusals, headers, throttles, per-method
+//! throttles, unmetered routes and extensions — with a controlled clock.
+
+mod support;
+
+use std::time::Duration;
+
+use axum::body::Body;
+use http::{Request, Response, StatusCode};
+use support::*;
+use tower::{service_fn, ServiceExt};
+use tower_usage_plans::{
+    ApiStage, AuthorizerKey, KeySource, NewApiKey, NewUsagePlan, Quota, QuotaPeriod, Refusal,
+    Throttle, UsageContext, UsagePlanLayer,
+};
+
+const NOW: &str = "2026-11-28T12:00:00Z";
+
+#[tokio::test]
+async fn forbidden_for_missing_unknown_disabled_and_planless_keys() {
+    let clock = clock(NOW);
+    let plans = plans_with_clock(&clock);
+    let (_, key_id) = plan_with_key(&plans, NewUsagePlan::new("p"), KEY);
+    plans
+        .create_api_key(
+            NewApiKey::new("no plan")
+                .with_value("planless-key-0123456789")
+                .enabled(true),
+        )
+        .unwrap();
+    let layer = UsagePlanLayer::new(plans.clone());
+
+    let missing = send(&layer, "GET", "/", None).await;
+    let unknown = get(&layer, "unknown-key-0123456789abc").await;
+    let planless = get(&layer, "planless-key-0123456789").await;
+    plans
+        .update_api_key(&key_id, |k| {
+            k.enabled = false;
+            Ok(())
+        })
+        .unwrap();
+    let disabled = get(&layer, KEY).await;
+
+    for (response, reason) in [
+        (missing, Refusal::MissingKey),
+        (unknown, Refusal::InvalidKey),
+        (planless, Refusal::NoPlan),
+        (disabled, Refusal::DisabledKey),
+    ] {
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        assert_eq!(response.extensions().get::<Refusal>(), Some(&reason));
+        assert_eq!(header(&response, "content-type"), Some("application/json"));
+        assert_eq!(
+            header(&response, "x-amzn-errortype"),
+            Some("ForbiddenException")
+        );
+        assert_eq!(header(&response, "ratelimit"), None, "403s are not metered");
+        assert_eq!(body_string(response).await, r#"{"message":"Forbidden"}"#);
+    }
+}
+
+#[tokio::test]
+async fn quota_refusal_is_aws_shaped_with_headers() {
+    let clock = clock(NOW);
+    let plans = plans_with_clock(&clock);
+    plan_with_key(
+        &plans,
+        NewUsagePlan::new("p").with_quota(Quota::new(2, QuotaPeriod::Day)),
+        KEY,
+    );
+    let layer = UsagePlanLayer::new(plans);
+
+    let first = get(&layer, KEY).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(
+        header(&first, "ratelimit-policy"),
+        Some(r#""quota";q=2;w=86400"#)
+    );
+    // 12:00 UTC: twelve hours to the end of the day.
+    assert_eq!(header(&first, "ratelimit"), Some(r#""quota";r=1;t=43200"#));
+    assert_eq!(header(&first, "retry-after"), None);
+    assert_eq!(get(&layer, KEY).await.status(), StatusCode::OK);
+
+    let refused = get(&layer, KEY).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        refused.extensions().get::<Refusal>(),
+        Some(&Refusal::QuotaExceeded)
+    );
+    assert_eq!(
+        header(&refused, "x-amzn-errortype"),
+        Some("LimitExceededException")
+    );
+    assert_eq!(header(&refused, "content-type"), Some("application/json"));
+    assert_eq!(header(&refused, "retry-after"), Some("43200"));
+    assert_eq!(
+        header(&refused, "ratelimit"),
+        Some(r#""quota";r=0;t=43200"#)
+    );
+    assert_eq!(
+        body_string(refused).await,
+        r#"{"message":"Limit Exceeded"}"#
+    );
+}
+
+#[tokio::test]
+async fn throttle_burst_then_refill_with_controlled_time() {
+    let clock = clock(NOW);
+    let plans = plans_with_clock(&clock);
+    plan_with_key(
+        &plans,
+        NewUsagePlan::new("p").with_throttle(Throttle::new(0.5, 2).unwrap()),
+        KEY,
+    );
+    let layer = UsagePlanLayer::new(plans);
+
+    let first = get(&layer, KEY).await;
+    assert_eq!(
+        header(&first, "ratelimit-policy"),
+        Some(r#""throttle";q=2;w=1"#)
+    );
+    assert_eq!(header(&first, "ratelimit"), Some(r#""throttle";r=1;t=2"#));
+    assert_eq!(get(&layer, KEY).await.status(), StatusCode::OK);
+
+    let throttled = get(&layer, KEY).await;
+    assert_eq!(throttled.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        throttled.extensions().get::<Refusal>(),
+        Some(&Refusal::Throttled)
+    );
+    assert_eq!(
+        header(&throttled, "retry-after"),
+        Some("2"),
+        "one token at 0.5/s takes 2 s"
+    );
+    assert_eq!(
+        header(&throttled, "x-amzn-errortype"),
+        Some("TooManyRequestsException")
+    );
+    assert_eq!(
+        body_string(throttled).await,
+        r#"{"message":"Too Many Requests"}"#
+    );
+
+    clock.advance(Duration::from_millis(1_999));
+    assert_eq!(
+        get(&layer, KEY).await.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "not yet"
+    );
+    clock.advance(Duration::from_millis(1));
+    assert_eq!(
+        get(&layer, KEY).await.status(),
+        StatusCode::OK,
+        "Retry-After was exact"
+    );
+    assert_eq!(
+        get(&layer, KEY).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+
+    clock.advance(Duration::from_secs(3600));
+    for _ in 0..2 {
+        assert_eq!(
+            get(&layer, KEY).await.status(),
+            StatusCode::OK,
+            "refills up to burst"
+        );
+    }
+    assert_eq!(
+        get(&layer, KEY).await.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "but no further"
+    );
+}
+
+#[tokio::test]
+async fn refused_requests_cost_nothing() {
+    let clock = clock(NOW);
+    let plans = plans_with_clock(&clock);
+    let (plan, key_id) = plan_with_key(
+        &plans,
+        NewUsagePlan::new("p")
+            .with_throttle(Throttle::new(1.0, 1).unwrap())
+            .with_quota(Quota::new(2, QuotaPeriod::Day)),
+        KEY,
+    );
+    let layer = UsagePlanLayer::new(plans.clone());
+
+    assert_eq!(get(&layer, KEY).await.status(), StatusCode::OK);
+    for _ in 0..5 {
+        // Throttled: no quota spent.
+        assert_eq!(
+            get(&layer, KEY).await.extensions().get::<Refusal>(),
+            Some(&Refusal::Throttled)
+        );
+    }
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(
+        get(&layer, KEY).await.status(),
+        StatusCode::OK,
+        "quota still had one left"
+    );
+    clock.advance(Duration::from_secs(1));
+    let refused = get(&layer, KEY).await;
+    assert_eq!(
+        refused.extensions().get::<Refusal>(),
+        Some(&Refusal::QuotaExceeded)
+    );
+    // Quota-refused: no token spent, so after a grant the very next request passes.
+    assert_eq!(
+        header(&refused, "ratelimit"),
+        Some(r#""throttle";r=1;t=0, "quota";r=0;t=43198"#)
+    );
+    plans.set_remaining(&plan.id, &key_id, 1).await.unwrap();
+    assert_eq!(get(&layer, KEY).await.status(), StatusCode::OK);
+
+    let today = plans
+        .clock()
+        .now()
+        .to_zoned(tower_usage_plans::jiff::tz::TimeZone::UTC)
+        .date();
+    let usage = plans
+        .usage(&plan.id, Some(&key_id), today, today)
+        .await
+        .unwrap();
+    assert_eq!(
+        usage.values[&key_id],
+        vec![[3, 0]],
+        "only admitted requests are used"
+    );
+}
+
+#[tokio::test]
+async fn method_throttles_override_the_plan_with_templates() {
+    let clock = clock(NOW);
+    let plans = plans_with_clock(&clock);
+    let stage = ApiStage::new("petstore", "prod")
+        .with_method_throttle("/pets/{id}/GET", Throttle::new(1.0, 1).unwrap())
+        .with_method_throttle("/files/{proxy+}/*", Throttle::new(1.0, 2).unwrap())
+        .with_method_throttle("//GET", Throttle::new(1.0, 3).unwrap());
+    plan_with_key(
+        &plans,
+        NewUsagePlan::new("p")
+            .with_api_stage(stage)
+            .with_throttle(Throttle::new(1.0, 100).unwrap()),
+        KEY,
+    );
+    let layer = UsagePlanLayer::new(plans).with_stage("petstore", "prod");
+
+    let pet = send(&layer, "GET", "/pets/7", Some(KEY)).await;
+    assert_eq!(
+        header(&pet, "ratelimit-policy"),
+        Some(r#""throttle";q=1;w=1"#)
+    );
+    assert_eq!(
+        send(&layer, "GET", "/pets/8", Some(KEY)).await.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "one bucket for the template"
+    );
+    // Another method of the same path uses the plan's bucket.
+    let post = send(&layer, "POST", "/pets/7", Some(KEY)).await;
+    assert_eq!(post.status(), StatusCode::OK);
+    assert_eq!(
+        header(&post, "ratelimit-policy"),
+        Some(r#""throttle";q=100;w=1"#)
+    );
+
+    let file = send(&layer, "PUT", "/files/a/b/c", Some(KEY)).await;
+    assert_eq!(
+        header(&file, "ratelimit-policy"),
+        Some(r#""throttle";q=2;w=1"#),
+        "greedy {{proxy+}}, any method"
+    );
+    let root = send(&layer, "GET", "/", Some(KEY)).await;
+    assert_eq!(
+        header(&root, "ratelimit-policy"),
+        Some(r#""throttle";q=3;w=1"#),
+        "//GET is the root"
+    );
+}
+
+#[tokio::test]
+async fn stages_decide_which_plan_applies() {
+    let clock = clock(NOW);
+    let plans = plans_with_clock(&clock);
+    plan_with_key(
+        &plans,
+        NewUsagePlan::new("p").with_api_stage(ApiStage::new("api", "prod")),
+        KEY,
+    );
+    let prod = UsagePlanLayer::new(plans.clone()).with_stage("api", "prod");
+    let beta = UsagePlanLayer::new(plans).with_stage("api", "beta");
+    assert_eq!(get(&prod, KEY).await.status(), StatusCode::OK);
+    let refused = get(&beta, KEY).await;
+    assert_eq!(
+        refused.extensions().get::<Refusal>(),
+        Some(&Refusal::NoPlan)
+    );
+}
+
+#[tokio::test]
+async fn unmetered_routes_pass_without_key_and_count_nothing() {
+    let clock = clock(NOW);
+    let plans = plans_with_clock(&clock);
+    let (plan, key_id) = plan_with_key(
+        &plans,
+        NewUsagePlan::new("p").with_quota(Quota::new(1, QuotaPeriod::Day)),
+        KEY,
+    );
+    let layer = UsagePlanLayer::new(plans.clone())
+        .unmetered("GET", "/health")
+        .unmetered("*", "/public/{proxy+}");
+
+    let health = send(&layer, "GET", "/health", None).await;
+    assert_eq!(health.status(), StatusCode::OK);
+    assert_eq!(header(&health, "ratelimit"), None);
+    assert_eq!(
+        send(&layer, "POST", "/public/a/b", Some(KEY))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(&layer, "POST", "/health", None).await.status(),
+        StatusCode::FORBIDDEN,
+        "only GET is unmetered"
+    );
+    assert_eq!(
+        get(&layer, KEY).await.status(),
+        StatusCode::OK,
+        "the quota of 1 is untouched"
+    );
+    let today = plans
+        .clock()
+        .now()
+        .to_zoned(tower_usage_plans::jiff::tz::TimeZone::UTC)
+        .date();
+    assert_eq!(
+        plans
+            .usage(&plan.id, Some(&key_id), today, today)
+            .await
+            .unwrap()
+            .values[&key_id],
+        vec![[1, 0]]
+    );
+}
+
+#[tokio::test]
+async fn admitted_requests_carry_usage_context() {
+    let plans = tower_usage_plans::UsagePlans::new();
+    let (plan, key_id) = plan_with_key(&plans, NewUsagePlan::new("p"), KEY);
+    let service = tower::Layer::layer(
+        &UsagePlanLayer::new(plans),
+        service_fn(|request: Request<Body>| async move {
+            let usage = request.extensions().get::<UsageContext>().cloned().unwrap();
+            Ok::<_, std::convert::Infallible>(Response::new(Body::from(format!(
+                "{}/{}",
+                usage.plan_id(),
+                usage.key_id()
+            ))))
+        }),
+    );
+    let response = service
+        .oneshot(
+            Request::get("/")
+                .header("x-api-key", KEY)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        body_string(response).await,
+        format!("{}/{}", plan.id, key_id)
+    );
+}
+
+#[tokio::test]
+async fn other_key_sources() {
+    let plans = tower_usage_plans::UsagePlans::new();
+    plan_with_key(&plans, NewUsagePlan::new("p"), KEY);
+    let query = UsagePlanLayer::new(plans.clone()).with_key_source(KeySource::query("api_key"));
+    assert_eq!(
+        send(&query, "GET", &format!("/x?api_key={KEY}"), None)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(&query, "GET", "/x", Some(KEY)).await.status(),
+        StatusCode::FORBIDDEN
+    );
+
+    let authorizer = tower::Layer::layer(
+        &UsagePlanLayer::new(plans).with_key_source(KeySource::authorizer()),
+        service_fn(echo),
+    );
+    let mut request = Request::get("/").body(Body::empty()).unwrap();
+    request.extensions_mut().insert(AuthorizerKey::new(KEY));
+    assert_eq!(
+        authorizer.oneshot(request).await.unwrap().status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn custom_refusal_and_legacy_headers() {
+    let plans = tower_usage_plans::UsagePlans::new();
+    plan_with_key(
+        &plans,
+        NewUsagePlan::new("p").with_quota(Quota::new(1, QuotaPeriod::Day)),
+        KEY,
+    );
+    let layer = UsagePlanLayer::new(plans)
+        .with_legacy_headers(true)
+        .with_refusal_response(|refusal: Refusal| {
+            Response::builder()
+                .status(refusal.status())
+                .body(Body::from(format!("no: {refusal:?}")))
+                .unwrap()
+        });
+    let service = tower::Layer::layer(&layer, service_fn(echo));
+    let request = || {
+        Request::get("/")
+            .header("x-api-key", KEY)
+            .body(Body::empty())
+            .unwrap()
+    };
+    let ok = service.clone().oneshot(request()).await.unwrap();
+    assert_eq!(header(&ok, "x-ratelimit-limit"), Some("1"));
+    assert_eq!(header(&ok, "x-ratelimit-remaining"), Some("0"));
+    let refused = service.oneshot(request()).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(
+        refused.headers().contains_key("retry-after"),
+        "headers added to custom refusals too"
+    );
+    assert_eq!(body_string(refused).await, "no: QuotaExceeded");
+}
+
+#[tokio::test]
+async fn admin_changes_apply_on_the_next_request() {
+    let plans = tower_usage_plans::UsagePlans::new();
+    let (plan, key_id) = plan_with_key(&plans, NewUsagePlan::new("p"), KEY);
+    let layer = UsagePlanLayer::new(plans.clone());
+    assert_eq!(get(&layer, KEY).await.status(), StatusCode::OK);
+    plans
+        .update_usage_plan(&plan.id, |p| {
+            p.throttle = Some(Throttle::new(1.0, 0)?);
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(
+        get(&layer, KEY).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    plans.remove_key_from_plan(&plan.id, &key_id).unwrap();
+    assert_eq!(get(&layer, KEY).await.status(), StatusCode::FORBIDDEN);
+    plans.delete_api_key(&key_id).unwrap();
+    assert_eq!(
+        get(&layer, KEY).await.extensions().get::<Refusal>(),
+        Some(&Refusal::InvalidKey)
+    );
+}

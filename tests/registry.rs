@@ -1,0 +1,204 @@
+//! The Rust API refuses bad input with typed errors and changes nothing.
+
+use tower_usage_plans::{
+    ApiStage, ErrorKind, NewApiKey, NewUsagePlan, Quota, QuotaPeriod, Throttle, UsagePlans,
+};
+
+fn kind<T: std::fmt::Debug>(result: tower_usage_plans::Result<T>) -> ErrorKind {
+    result.unwrap_err().kind()
+}
+
+#[test]
+fn bad_plans_are_refused() {
+    let plans = UsagePlans::new();
+    assert!(Throttle::new(f64::NAN, 1).is_err());
+    assert!(Throttle::new(-1.0, 1).is_err());
+    assert!(Throttle::new(f64::INFINITY, 1).is_err());
+    let nan = Throttle {
+        burst_limit: 1,
+        rate_limit: f64::NAN,
+    };
+    assert_eq!(
+        kind(plans.create_usage_plan(NewUsagePlan::new("p").with_throttle(nan))),
+        ErrorKind::BadRequest
+    );
+    assert_eq!(
+        kind(plans.create_usage_plan(NewUsagePlan::new(" "))),
+        ErrorKind::BadRequest
+    );
+    let offset = Quota {
+        limit: 1,
+        offset: 2,
+        period: QuotaPeriod::Day,
+    };
+    assert_eq!(
+        kind(plans.create_usage_plan(NewUsagePlan::new("p").with_quota(offset))),
+        ErrorKind::BadRequest
+    );
+    let bad_method =
+        ApiStage::new("a", "s").with_method_throttle("pets/GET", Throttle::new(1.0, 1).unwrap());
+    assert_eq!(
+        kind(plans.create_usage_plan(NewUsagePlan::new("p").with_api_stage(bad_method))),
+        ErrorKind::BadRequest
+    );
+    let twice = NewUsagePlan::new("p")
+        .with_api_stage(ApiStage::new("a", "s"))
+        .with_api_stage(ApiStage::new("a", "s"));
+    assert_eq!(kind(plans.create_usage_plan(twice)), ErrorKind::BadRequest);
+    assert!(plans.usage_plans().is_empty(), "nothing was created");
+}
+
+#[test]
+fn negative_limits_do_not_deserialize() {
+    assert!(serde_json::from_str::<Quota>(r#"{"limit":-1,"period":"DAY"}"#).is_err());
+    assert!(serde_json::from_str::<Throttle>(r#"{"burstLimit":-1,"rateLimit":1}"#).is_err());
+    assert!(serde_json::from_str::<Quota>(r#"{"limit":1,"period":"YEAR"}"#).is_err());
+}
+
+#[test]
+fn bad_keys_are_refused() {
+    let plans = UsagePlans::new();
+    assert_eq!(
+        kind(plans.create_api_key(NewApiKey::new("k").with_value("short"))),
+        ErrorKind::BadRequest
+    );
+    assert_eq!(
+        kind(plans.create_api_key(NewApiKey::new("k").with_value("x".repeat(129)))),
+        ErrorKind::BadRequest
+    );
+    assert_eq!(
+        kind(plans.create_api_key(NewApiKey::new("k").with_value("has space 0123456789abc"))),
+        ErrorKind::BadRequest
+    );
+    assert_eq!(
+        kind(plans.create_api_key(NewApiKey::new("n".repeat(1025)))),
+        ErrorKind::BadRequest
+    );
+    let key = plans
+        .create_api_key(NewApiKey::new("k").with_value("a-valid-key-0123456789"))
+        .unwrap();
+    let dup = plans
+        .create_api_key(NewApiKey::new("k2").with_value("a-valid-key-0123456789"))
+        .unwrap_err();
+    assert_eq!(
+        (dup.kind(), dup.message()),
+        (ErrorKind::Conflict, "API Key already exists")
+    );
+    assert_eq!(plans.api_keys().len(), 1);
+    let changed = plans.update_api_key(&key.id, |k| {
+        k.value = Some("another-value-0123456789".into());
+        Ok(())
+    });
+    assert_eq!(kind(changed), ErrorKind::BadRequest);
+    assert_eq!(plans.api_key(&key.id).unwrap(), key, "unchanged");
+}
+
+#[test]
+fn generated_values_and_ids_look_like_aws() {
+    let plans = UsagePlans::new();
+    let key = plans.create_api_key(NewApiKey::new("k")).unwrap();
+    assert!(!key.enabled, "keys are disabled unless enabled, as in AWS");
+    assert_eq!(key.id.len(), 10);
+    assert!(key
+        .id
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
+    assert_eq!(key.value.as_ref().unwrap().len(), 40);
+    assert_eq!(
+        plans
+            .api_key_by_value(key.value.as_ref().unwrap())
+            .unwrap()
+            .id,
+        key.id
+    );
+}
+
+#[test]
+fn hash_only_shows_the_value_once() {
+    let plans = UsagePlans::builder().hash_only(true).build();
+    let key = plans
+        .create_api_key(NewApiKey::new("k").enabled(true))
+        .unwrap();
+    let value = key.value.clone().unwrap();
+    assert_eq!(plans.api_key(&key.id).unwrap().value, None);
+    assert_eq!(
+        plans.api_key_by_value(&value).unwrap().id,
+        key.id,
+        "still found by digest"
+    );
+}
+
+#[test]
+fn unknown_ids_are_not_found() {
+    let plans = UsagePlans::new();
+    let plan = plans.create_usage_plan(NewUsagePlan::new("p")).unwrap();
+    let key = plans.create_api_key(NewApiKey::new("k")).unwrap();
+    assert_eq!(kind(plans.usage_plan("x")), ErrorKind::NotFound);
+    assert_eq!(
+        kind(plans.update_usage_plan("x", |_| Ok(()))),
+        ErrorKind::NotFound
+    );
+    assert_eq!(kind(plans.delete_usage_plan("x")), ErrorKind::NotFound);
+    assert_eq!(kind(plans.api_key("x")), ErrorKind::NotFound);
+    assert_eq!(kind(plans.delete_api_key("x")), ErrorKind::NotFound);
+    assert_eq!(
+        kind(plans.add_key_to_plan("x", &key.id)),
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        kind(plans.add_key_to_plan(&plan.id, "x")),
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        kind(plans.usage_plan_key(&plan.id, &key.id)),
+        ErrorKind::NotFound,
+        "not a member"
+    );
+    assert_eq!(
+        kind(plans.remove_key_from_plan(&plan.id, &key.id)),
+        ErrorKind::NotFound
+    );
+}
+
+#[test]
+fn one_plan_per_stage_per_key() {
+    let plans = UsagePlans::new();
+    let a = plans
+        .create_usage_plan(NewUsagePlan::new("a").with_api_stage(ApiStage::new("api", "prod")))
+        .unwrap();
+    let b = plans
+        .create_usage_plan(NewUsagePlan::new("b").with_api_stage(ApiStage::new("api", "beta")))
+        .unwrap();
+    let key = plans.create_api_key(NewApiKey::new("k")).unwrap();
+    plans.add_key_to_plan(&a.id, &key.id).unwrap();
+    assert_eq!(
+        kind(plans.add_key_to_plan(&a.id, &key.id)),
+        ErrorKind::Conflict,
+        "already in"
+    );
+    plans.add_key_to_plan(&b.id, &key.id).unwrap();
+    // Giving b the stage of a would put the key in two plans for api:prod.
+    let overlap = plans.update_usage_plan(&b.id, |p| {
+        p.api_stages.push(ApiStage::new("api", "prod"));
+        Ok(())
+    });
+    assert_eq!(kind(overlap), ErrorKind::Conflict);
+    assert_eq!(
+        plans.usage_plan(&b.id).unwrap().api_stages.len(),
+        1,
+        "unchanged"
+    );
+    assert_eq!(plans.usage_plans_of_key(&key.id).unwrap().len(), 2);
+}
+
+#[test]
+fn deleting_a_plan_releases_its_keys() {
+    let plans = UsagePlans::new();
+    let plan = plans.create_usage_plan(NewUsagePlan::new("p")).unwrap();
+    let key = plans.create_api_key(NewApiKey::new("k")).unwrap();
+    plans.add_key_to_plan(&plan.id, &key.id).unwrap();
+    plans.delete_usage_plan(&plan.id).unwrap();
+    assert!(plans.usage_plans_of_key(&key.id).unwrap().is_empty());
+    let again = plans.create_usage_plan(NewUsagePlan::new("p2")).unwrap();
+    plans.add_key_to_plan(&again.id, &key.id).unwrap();
+}

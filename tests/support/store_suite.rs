@@ -1,0 +1,206 @@
+//! The store conformance suite: every `CounterStore` must pass it. A store
+//! test calls `run_all` with a fresh store (and nothing else using it).
+
+use std::sync::Arc;
+
+use tower_usage_plans::jiff::civil::Date;
+use tower_usage_plans::jiff::Timestamp;
+use tower_usage_plans::store::{
+    CounterKey, CounterStore, DecisionRequest, QuotaRule, ThrottleRule, Verdict,
+};
+use tower_usage_plans::{Quota, QuotaPeriod, Throttle};
+
+const T0: &str = "2026-11-28T12:00:00Z";
+
+fn at(s: &str) -> Timestamp {
+    s.parse().unwrap()
+}
+
+fn quota(limit: u64) -> QuotaRule {
+    QuotaRule {
+        quota: Quota::new(limit, QuotaPeriod::Day),
+        plan_created: 0,
+    }
+}
+
+async fn decide(
+    store: &dyn CounterStore,
+    counter: &CounterKey,
+    throttle: Option<Throttle>,
+    quota: Option<QuotaRule>,
+    now: Timestamp,
+) -> tower_usage_plans::store::Decision {
+    let request = DecisionRequest {
+        counter,
+        throttle: throttle.map(|throttle| ThrottleRule {
+            method: None,
+            throttle,
+        }),
+        quota,
+        now,
+    };
+    store.decide(&request).await.unwrap()
+}
+
+pub async fn run_all(store: Arc<dyn CounterStore>) {
+    quota_is_exact(&*store).await;
+    throttle_refills(&*store).await;
+    refusals_cost_nothing(&*store).await;
+    set_remaining_and_usage(&*store).await;
+    forget_resets(&*store).await;
+    concurrent_decisions_are_exact(store).await;
+}
+
+async fn quota_is_exact(store: &dyn CounterStore) {
+    let counter = CounterKey::new("suite-plan", "quota-exact");
+    for i in 0..3 {
+        let d = decide(store, &counter, None, Some(quota(3)), at(T0)).await;
+        assert_eq!(d.verdict, Verdict::Admitted);
+        assert_eq!(d.quota.unwrap().remaining, 2 - i);
+    }
+    let d = decide(store, &counter, None, Some(quota(3)), at(T0)).await;
+    assert_eq!(d.verdict, Verdict::QuotaExceeded);
+    assert_eq!(d.quota.unwrap().reset_secs, 12 * 3600);
+    let next_day = decide(
+        store,
+        &counter,
+        None,
+        Some(quota(3)),
+        at("2026-11-29T00:00:00Z"),
+    )
+    .await;
+    assert_eq!(next_day.verdict, Verdict::Admitted);
+}
+
+async fn throttle_refills(store: &dyn CounterStore) {
+    let counter = CounterKey::new("suite-plan", "throttle");
+    let throttle = Some(Throttle::new(1.0, 2).unwrap());
+    let now = at(T0);
+    assert_eq!(
+        decide(store, &counter, throttle, None, now).await.verdict,
+        Verdict::Admitted
+    );
+    assert_eq!(
+        decide(store, &counter, throttle, None, now).await.verdict,
+        Verdict::Admitted
+    );
+    let refused = decide(store, &counter, throttle, None, now).await;
+    assert_eq!(refused.verdict, Verdict::Throttled);
+    assert_eq!(refused.throttle.unwrap().retry_after_secs, 1);
+    let later = at("2026-11-28T12:00:01Z");
+    assert_eq!(
+        decide(store, &counter, throttle, None, later).await.verdict,
+        Verdict::Admitted
+    );
+}
+
+async fn refusals_cost_nothing(store: &dyn CounterStore) {
+    let counter = CounterKey::new("suite-plan", "free-refusals");
+    let throttle = Some(Throttle::new(1.0, 1).unwrap());
+    let now = at(T0);
+    assert_eq!(
+        decide(store, &counter, throttle, Some(quota(2)), now)
+            .await
+            .verdict,
+        Verdict::Admitted
+    );
+    let throttled = decide(store, &counter, throttle, Some(quota(2)), now).await;
+    assert_eq!(
+        (throttled.verdict, throttled.quota.unwrap().remaining),
+        (Verdict::Throttled, 1)
+    );
+    let later = at("2026-11-28T12:00:01Z");
+    assert_eq!(
+        decide(store, &counter, throttle, Some(quota(2)), later)
+            .await
+            .verdict,
+        Verdict::Admitted
+    );
+    let much_later = at("2026-11-28T12:00:05Z");
+    let exceeded = decide(store, &counter, throttle, Some(quota(2)), much_later).await;
+    assert_eq!(
+        (exceeded.verdict, exceeded.throttle.unwrap().tokens),
+        (Verdict::QuotaExceeded, 1)
+    );
+}
+
+async fn set_remaining_and_usage(store: &dyn CounterStore) {
+    let counter = CounterKey::new("suite-plan", "usage");
+    let now = at(T0);
+    decide(store, &counter, None, Some(quota(5)), now).await;
+    assert_eq!(
+        store
+            .set_remaining(&counter, &quota(5), now, 7)
+            .await
+            .unwrap(),
+        [1, 7]
+    );
+    assert_eq!(
+        decide(store, &counter, None, Some(quota(5)), now)
+            .await
+            .quota
+            .unwrap()
+            .remaining,
+        6
+    );
+    let day = |s: &str| s.parse::<Date>().unwrap();
+    let usage = store
+        .usage(
+            &counter,
+            Some(&quota(5)),
+            now,
+            day("2026-11-27"),
+            day("2026-11-29"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(usage, vec![[0, 5], [2, 6], [0, 5]]);
+    let unknown = CounterKey::new("suite-plan", "never-used");
+    let usage = store
+        .usage(
+            &unknown,
+            Some(&quota(5)),
+            now,
+            day("2026-11-28"),
+            day("2026-11-28"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(usage, vec![[0, 5]]);
+}
+
+async fn forget_resets(store: &dyn CounterStore) {
+    let counter = CounterKey::new("suite-plan", "forget");
+    decide(store, &counter, None, Some(quota(1)), at(T0)).await;
+    store.forget(&counter).await.unwrap();
+    assert_eq!(
+        decide(store, &counter, None, Some(quota(1)), at(T0))
+            .await
+            .verdict,
+        Verdict::Admitted
+    );
+}
+
+async fn concurrent_decisions_are_exact(store: Arc<dyn CounterStore>) {
+    let counter = CounterKey::new("suite-plan", "concurrent");
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut admitted = 0u64;
+                for _ in 0..250 {
+                    let d = decide(&*store, &counter, None, Some(quota(1000)), at(T0)).await;
+                    admitted += u64::from(d.verdict == Verdict::Admitted);
+                }
+                admitted
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for task in tasks {
+        total += task.await.unwrap();
+    }
+    // 2,000 attempts on a quota of 1,000.
+    assert_eq!(total, 1000);
+}
