@@ -33,6 +33,8 @@
 #![deny(unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+#[cfg(feature = "admin")]
+pub mod admin;
 mod clock;
 mod error;
 mod key;
@@ -43,6 +45,8 @@ mod registry;
 mod route;
 pub mod store;
 
+#[cfg(feature = "admin")]
+pub use admin::{AdminCredentials, AdminService};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, ErrorKind, Result};
 pub use key::{AuthorizerKey, KeySource};

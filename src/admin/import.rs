@@ -1,0 +1,148 @@
+//! ImportApiKeys: API keys from AWS's CSV "API key file format".
+
+use crate::model::NewApiKey;
+use crate::{Error, Result, UsagePlans};
+
+/// Imported key values must be at least this long (AWS's file-format rule).
+const MIN_IMPORTED_VALUE_LEN: usize = 30;
+
+/// One valid row of the file.
+#[derive(Debug)]
+struct Row {
+    name: String,
+    value: String,
+    description: Option<String>,
+    enabled: bool,
+    plan_ids: Vec<String>,
+}
+
+/// The keys imported and the rows skipped.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct Imported {
+    pub(crate) ids: Vec<String>,
+    pub(crate) warnings: Vec<String>,
+}
+
+/// Imports the CSV `body`. With `fail_on_warnings`, any bad row refuses the
+/// whole file and nothing is imported. A value imported before is updated
+/// (name, description, enabled) instead of duplicated.
+pub(crate) fn import(plans: &UsagePlans, body: &[u8], fail_on_warnings: bool) -> Result<Imported> {
+    let (rows, mut warnings) = parse(body, plans)?;
+    if fail_on_warnings && !warnings.is_empty() {
+        return Err(Error::bad_request(format!(
+            "Invalid API key file: {}",
+            warnings.join("; ")
+        )));
+    }
+    let mut ids = Vec::with_capacity(rows.len());
+    for (line, row) in rows {
+        match import_row(plans, row) {
+            Ok(id) => ids.push(id),
+            Err(e) => warnings.push(format!("line {line}: {}", e.message())),
+        }
+    }
+    Ok(Imported { ids, warnings })
+}
+
+fn import_row(plans: &UsagePlans, row: Row) -> Result<String> {
+    let id = match plans.api_key_by_value(&row.value) {
+        Some(existing) => {
+            plans.update_api_key(&existing.id, |key| {
+                key.name = Some(row.name.clone());
+                key.description = row.description.clone();
+                key.enabled = row.enabled;
+                Ok(())
+            })?;
+            existing.id
+        }
+        None => {
+            let mut input = NewApiKey::new(row.name)
+                .with_value(row.value)
+                .enabled(row.enabled);
+            input.description = row.description;
+            plans.create_api_key(input)?.id
+        }
+    };
+    for plan_id in &row.plan_ids {
+        let already = plans.usage_plan_key(plan_id, &id).is_ok();
+        if !already {
+            plans.add_key_to_plan(plan_id, &id)?;
+        }
+    }
+    Ok(id)
+}
+
+/// Valid rows with their line numbers, and a warning for each bad row.
+fn parse(body: &[u8], plans: &UsagePlans) -> Result<(Vec<(usize, Row)>, Vec<String>)> {
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(body);
+    let headers = reader
+        .headers()
+        .map_err(|e| Error::bad_request(format!("Invalid API key file: {e}")))?
+        .clone();
+    let column = |name: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(name));
+    let (Some(name_col), Some(key_col)) = (column("name"), column("key")) else {
+        return Err(Error::bad_request(
+            "Invalid API key file: the header must name the columns Name and Key",
+        ));
+    };
+    let (description_col, enabled_col, plans_col) = (
+        column("description"),
+        column("enabled"),
+        column("usageplanids"),
+    );
+    let mut rows = Vec::new();
+    let mut warnings = Vec::new();
+    for (i, record) in reader.records().enumerate() {
+        let line = i + 2;
+        let record = match record {
+            Ok(record) => record,
+            Err(e) => {
+                warnings.push(format!("line {line}: {e}"));
+                continue;
+            }
+        };
+        let field = |col: Option<usize>| col.and_then(|c| record.get(c)).filter(|v| !v.is_empty());
+        let row = (|| {
+            let value = field(Some(key_col)).ok_or("missing Key")?.to_owned();
+            if value.chars().count() < MIN_IMPORTED_VALUE_LEN {
+                return Err(format!(
+                    "Key must be at least {MIN_IMPORTED_VALUE_LEN} characters"
+                ));
+            }
+            crate::model::validate_key_value(&value).map_err(|e| e.message().to_owned())?;
+            let enabled = match field(enabled_col) {
+                None => true,
+                Some(v) if v.eq_ignore_ascii_case("true") => true,
+                Some(v) if v.eq_ignore_ascii_case("false") => false,
+                Some(v) => return Err(format!("Enabled must be TRUE or FALSE, not '{v}'")),
+            };
+            let plan_ids: Vec<String> = field(plans_col)
+                .map(|v| {
+                    v.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default();
+            if let Some(unknown) = plan_ids.iter().find(|id| plans.usage_plan(id).is_err()) {
+                return Err(format!("unknown usage plan '{unknown}'"));
+            }
+            Ok(Row {
+                name: field(Some(name_col)).ok_or("missing Name")?.to_owned(),
+                value,
+                description: field(description_col).map(str::to_owned),
+                enabled,
+                plan_ids,
+            })
+        })();
+        match row {
+            Ok(row) => rows.push((line, row)),
+            Err(why) => warnings.push(format!("line {line}: {why}")),
+        }
+    }
+    Ok((rows, warnings))
+}

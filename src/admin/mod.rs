@@ -1,0 +1,169 @@
+//! [`AdminService`]: the usage-plan and API-key subset of the Amazon API
+//! Gateway REST API, wire-compatible with the AWS CLI, boto3 and the AWS
+//! SDKs, over the same [`UsagePlans`] handle the layer reads.
+//!
+//! Every request must be signed with SigV4 (service `apigateway`, any
+//! region) by one of the configured [`AdminCredentials`].
+//!
+//! ```
+//! use tower_usage_plans::{AdminCredentials, AdminService, UsagePlans};
+//!
+//! let plans = UsagePlans::new();
+//! let admin = AdminService::new(plans.clone(), AdminCredentials::new().with("AKIDEXAMPLE", "local-secret"));
+//! // Serve it on its own listener, or mount it into axum:
+//! let app: axum::Router = axum::Router::new().nest_service("/", admin);
+//! # drop(app);
+//! ```
+//!
+//! Then drive it with the AWS tools:
+//! ```text
+//! aws apigateway update-usage --usage-plan-id PLAN --key-id KEY \
+//!     --patch-operations op=replace,path=/remaining,value=10 --endpoint-url http://127.0.0.1:8081
+//! ```
+
+mod import;
+mod ops;
+mod patch;
+pub(crate) mod sigv4;
+mod wire;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use tower_service::Service;
+
+pub use sigv4::AdminCredentials;
+use wire::AwsError;
+
+use crate::UsagePlans;
+
+/// The largest request body the admin API reads (1 MiB).
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// The admin API as a tower `Service`: parses AWS wire requests, calls
+/// [`UsagePlans`], renders AWS wire responses and errors. It keeps no state
+/// of its own; clones are cheap.
+#[derive(Clone, Debug)]
+pub struct AdminService {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    plans: UsagePlans,
+    credentials: AdminCredentials,
+}
+
+impl AdminService {
+    /// The admin API over `plans`, accepting requests signed by
+    /// `credentials` (none: every request is refused).
+    pub fn new(plans: UsagePlans, credentials: AdminCredentials) -> Self {
+        Self {
+            inner: Arc::new(Inner { plans, credentials }),
+        }
+    }
+
+    /// The handle this service changes.
+    pub fn plans(&self) -> &UsagePlans {
+        &self.inner.plans
+    }
+}
+
+impl<B> Service<Request<B>> for AdminService
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    #[inline]
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let request_id = uuid::Uuid::new_v4().to_string();
+            let method = request.method().clone();
+            let path = request.uri().path().to_owned();
+            let mut response = inner
+                .handle(request)
+                .await
+                .unwrap_or_else(AwsError::into_response);
+            if let Ok(id) = HeaderValue::from_str(&request_id) {
+                response.headers_mut().insert("x-amzn-requestid", id);
+            }
+            tracing::info!(%method, %path, status = response.status().as_u16(), request_id, "admin request");
+            Ok(response)
+        })
+    }
+}
+
+impl Inner {
+    async fn handle<B>(&self, request: Request<B>) -> wire::WireResult
+    where
+        B: http_body::Body,
+        B::Error: std::error::Error + Send + Sync + 'static,
+    {
+        let (parts, body) = request.into_parts();
+        let declared = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+            return Err(too_large());
+        }
+        let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+            Err(e) => {
+                return Err(AwsError::bad_request(format!(
+                    "Could not read the request body: {e}"
+                )))
+            }
+        };
+        sigv4::verify(&parts, &body, &self.credentials, SystemTime::now())
+            .map_err(|e| AwsError::new(StatusCode::FORBIDDEN, e.code(), e.message()))?;
+        let segments = path_segments(parts.uri.path())?;
+        let call = ops::Call {
+            plans: &self.plans,
+            query: wire::Query::parse(parts.uri.query()),
+            body: &body,
+        };
+        ops::dispatch(&parts.method, &segments, call).await
+    }
+}
+
+fn too_large() -> AwsError {
+    AwsError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "RequestEntityTooLargeException",
+        format!("Request body is larger than {MAX_BODY_BYTES} bytes"),
+    )
+}
+
+/// Splits the raw path on `/`, then percent-decodes each segment (a `%2F`
+/// inside an id stays part of the id).
+fn path_segments(path: &str) -> Result<Vec<String>, AwsError> {
+    path.split('/')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8()
+                .map(|s| s.into_owned())
+                .map_err(|_| AwsError::bad_request("Invalid path: segments must be UTF-8"))
+        })
+        .collect()
+}

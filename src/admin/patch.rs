@@ -1,0 +1,406 @@
+//! AWS patch operations (`{"op","path","value"}`, JSON-Pointer paths) on
+//! plans, keys and usage. Each function applies a whole list to a draft;
+//! the registry commits the draft only if every operation succeeded.
+
+use serde::Deserialize;
+
+use crate::model::{ApiKey, ApiStage, Quota, QuotaPeriod, Throttle, UsagePlan};
+use crate::{Error, ErrorKind, Result};
+
+/// The body of every Update* operation.
+#[derive(Debug, Deserialize)]
+pub(crate) struct PatchRequest {
+    #[serde(default, rename = "patchOperations")]
+    pub(crate) operations: Vec<PatchOperation>,
+}
+
+/// One AWS `PatchOperation`; `value` is always a string on the wire.
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct PatchOperation {
+    pub(crate) op: String,
+    pub(crate) path: String,
+    #[serde(default)]
+    pub(crate) value: Option<String>,
+}
+
+impl PatchOperation {
+    fn unsupported(&self) -> Error {
+        Error::bad_request(format!(
+            "Invalid patch operation: op '{}' is not supported on path '{}'",
+            self.op, self.path
+        ))
+    }
+
+    fn value(&self) -> Result<&str> {
+        self.value.as_deref().ok_or_else(|| {
+            Error::bad_request(format!(
+                "Invalid patch operation: '{}' on '{}' needs a value",
+                self.op, self.path
+            ))
+        })
+    }
+
+    fn integer<T: std::str::FromStr>(&self) -> Result<T> {
+        let value = self.value()?;
+        value
+            .parse::<T>()
+            .ok()
+            .filter(|_| value.bytes().all(|b| b.is_ascii_digit()))
+            .ok_or_else(|| {
+                Error::bad_request(format!(
+                    "Invalid value '{value}' for {}: expected a non-negative integer",
+                    self.path
+                ))
+            })
+    }
+
+    fn number(&self) -> Result<f64> {
+        let value = self.value()?;
+        value
+            .parse::<f64>()
+            .ok()
+            .filter(|n| n.is_finite() && *n >= 0.0)
+            .ok_or_else(|| {
+                Error::bad_request(format!(
+                    "Invalid value '{value}' for {}: expected a non-negative number",
+                    self.path
+                ))
+            })
+    }
+
+    fn boolean(&self) -> Result<bool> {
+        match self.value()? {
+            v if v.eq_ignore_ascii_case("true") => Ok(true),
+            v if v.eq_ignore_ascii_case("false") => Ok(false),
+            v => Err(Error::bad_request(format!(
+                "Invalid value '{v}' for {}: expected true or false",
+                self.path
+            ))),
+        }
+    }
+
+    /// `add` and `replace` both set a value.
+    fn sets(&self) -> bool {
+        matches!(self.op.as_str(), "add" | "replace")
+    }
+}
+
+/// Decodes one JSON-Pointer segment (`~1` is `/`, `~0` is `~`).
+fn unescape(segment: &str) -> String {
+    segment.replace("~1", "/").replace("~0", "~")
+}
+
+/// The new remaining quota of an UpdateUsage: `replace /remaining` only.
+pub(crate) fn remaining(operations: &[PatchOperation]) -> Result<u64> {
+    if operations.is_empty() {
+        return Err(Error::bad_request("Invalid patch: no patch operations"));
+    }
+    let mut remaining = None;
+    for op in operations {
+        if op.path != "/remaining" {
+            return Err(Error::bad_request(format!(
+                "Invalid patch path '{}': only /remaining can be updated",
+                op.path
+            )));
+        }
+        if op.op != "replace" {
+            return Err(op.unsupported());
+        }
+        remaining = Some(op.integer::<u64>()?);
+    }
+    remaining.ok_or_else(|| Error::bad_request("Invalid patch: no patch operations"))
+}
+
+/// Applies UpdateApiKey operations to a draft key.
+pub(crate) fn apply_to_key(key: &mut ApiKey, operations: &[PatchOperation]) -> Result<()> {
+    for op in operations {
+        match (op.op.as_str(), op.path.as_str()) {
+            ("replace", "/name") => key.name = Some(op.value()?.to_owned()),
+            ("replace", "/description") => key.description = Some(op.value()?.to_owned()),
+            ("remove", "/description") => key.description = None,
+            ("replace", "/customerId") => key.customer_id = Some(op.value()?.to_owned()),
+            ("remove", "/customerId") => key.customer_id = None,
+            ("replace", "/enabled") => key.enabled = op.boolean()?,
+            (_, "/value") => {
+                return Err(Error::bad_request(
+                    "The value of an API key cannot be changed",
+                ))
+            }
+            _ => return Err(op.unsupported()),
+        }
+    }
+    Ok(())
+}
+
+/// Applies UpdateUsagePlan operations to a draft plan.
+pub(crate) fn apply_to_plan(plan: &mut UsagePlan, operations: &[PatchOperation]) -> Result<()> {
+    for op in operations {
+        apply_plan_op(plan, op)?;
+    }
+    Ok(())
+}
+
+fn apply_plan_op(plan: &mut UsagePlan, op: &PatchOperation) -> Result<()> {
+    let set = op.sets();
+    match (op.op.as_str(), op.path.as_str()) {
+        ("replace", "/name") => {
+            plan.name = op.value()?.to_owned();
+        }
+        (_, "/description") if set => plan.description = Some(op.value()?.to_owned()),
+        ("remove", "/description") => plan.description = None,
+        (_, "/productCode") if set => plan.product_code = Some(op.value()?.to_owned()),
+        ("remove", "/productCode") => plan.product_code = None,
+        (_, "/throttle/rateLimit") if set => throttle(plan).rate_limit = op.number()?,
+        (_, "/throttle/burstLimit") if set => throttle(plan).burst_limit = op.integer()?,
+        ("remove", "/throttle") => plan.throttle = None,
+        (_, "/quota/limit") if set => quota(plan).limit = op.integer()?,
+        (_, "/quota/offset") if set => quota(plan).offset = op.integer()?,
+        (_, "/quota/period") if set => quota(plan).period = op.value()?.parse()?,
+        ("remove", "/quota") => plan.quota = None,
+        ("add", "/apiStages") => {
+            let (api_id, stage) = stage_name(op.value()?)?;
+            if plan.api_stages.iter().any(|s| s.is(&api_id, &stage)) {
+                return Err(Error::conflict(format!(
+                    "API stage {api_id}:{stage} is already in the plan"
+                )));
+            }
+            plan.api_stages.push(ApiStage::new(api_id, stage));
+        }
+        ("remove", "/apiStages") => {
+            let (api_id, stage) = stage_name(op.value()?)?;
+            let before = plan.api_stages.len();
+            plan.api_stages.retain(|s| !s.is(&api_id, &stage));
+            if plan.api_stages.len() == before {
+                return Err(stage_not_found(&api_id, &stage));
+            }
+        }
+        (_, path) if path.starts_with("/apiStages/") => {
+            apply_stage_op(plan, op, &path["/apiStages/".len()..])?
+        }
+        _ => return Err(op.unsupported()),
+    }
+    Ok(())
+}
+
+/// `/apiStages/{apiId}:{stage}/throttle[/{resourcePath}/{httpMethod}[/rateLimit|/burstLimit]]`.
+fn apply_stage_op(plan: &mut UsagePlan, op: &PatchOperation, rest: &str) -> Result<()> {
+    let (stage_segment, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    let (api_id, stage_name) = stage_name(&unescape(stage_segment))?;
+    let stage = plan
+        .api_stages
+        .iter_mut()
+        .find(|s| s.is(&api_id, &stage_name))
+        .ok_or_else(|| stage_not_found(&api_id, &stage_name))?;
+    if tail == "throttle" {
+        return match op.op.as_str() {
+            "remove" => {
+                stage.throttle.clear();
+                Ok(())
+            }
+            "replace" | "add" => {
+                stage.throttle = serde_json::from_str(op.value()?).map_err(|e| {
+                    Error::bad_request(format!(
+                        "Invalid value for {}: expected a JSON map of method throttles: {e}",
+                        op.path
+                    ))
+                })?;
+                Ok(())
+            }
+            _ => Err(op.unsupported()),
+        };
+    }
+    let method_path = tail
+        .strip_prefix("throttle/")
+        .ok_or_else(|| op.unsupported())?;
+    let field = ["rateLimit", "burstLimit"]
+        .into_iter()
+        .find(|f| method_path.ends_with(&format!("/{f}")));
+    match (field, op.op.as_str()) {
+        (Some(field), "replace" | "add") => {
+            let key = unescape(&method_path[..method_path.len() - field.len() - 1]);
+            let throttle = stage.throttle.entry(key).or_insert(Throttle {
+                burst_limit: 0,
+                rate_limit: 0.0,
+            });
+            if field == "rateLimit" {
+                throttle.rate_limit = op.number()?;
+            } else {
+                throttle.burst_limit = op.integer()?;
+            }
+        }
+        (None, "remove") => {
+            let key = unescape(method_path);
+            if stage.throttle.remove(&key).is_none() {
+                return Err(Error::new(
+                    ErrorKind::NotFound,
+                    format!("No method throttle '{key}' in API stage {api_id}:{stage_name}"),
+                ));
+            }
+        }
+        _ => return Err(op.unsupported()),
+    }
+    Ok(())
+}
+
+fn throttle(plan: &mut UsagePlan) -> &mut Throttle {
+    plan.throttle.get_or_insert(Throttle {
+        burst_limit: 0,
+        rate_limit: 0.0,
+    })
+}
+
+fn quota(plan: &mut UsagePlan) -> &mut Quota {
+    plan.quota.get_or_insert(Quota::new(0, QuotaPeriod::Day))
+}
+
+fn stage_name(value: &str) -> Result<(String, String)> {
+    match value.split_once(':') {
+        Some((api, stage)) if !api.is_empty() && !stage.is_empty() => {
+            Ok((api.to_owned(), stage.to_owned()))
+        }
+        _ => Err(Error::bad_request(format!(
+            "Invalid API stage '{value}': expected '{{apiId}}:{{stage}}'"
+        ))),
+    }
+}
+
+fn stage_not_found(api_id: &str, stage: &str) -> Error {
+    Error::new(
+        ErrorKind::NotFound,
+        format!("Invalid stage identifier specified: {api_id}:{stage} is not in the plan"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(op: &str, path: &str, value: Option<&str>) -> PatchOperation {
+        PatchOperation {
+            op: op.into(),
+            path: path.into(),
+            value: value.map(Into::into),
+        }
+    }
+
+    fn plan() -> UsagePlan {
+        crate::model::NewUsagePlan::new("p")
+            .with_api_stage(ApiStage::new("abc", "prod"))
+            .into_plan("id".into())
+    }
+
+    #[test]
+    fn remaining_accepts_only_replace_of_a_non_negative_integer() {
+        assert_eq!(
+            remaining(&[op("replace", "/remaining", Some("10"))]).unwrap(),
+            10
+        );
+        for bad in [
+            op("replace", "/remaining", Some("-1")),
+            op("replace", "/remaining", Some("1.5")),
+            op("replace", "/remaining", Some("+1")),
+            op("replace", "/remaining", Some("")),
+            op("replace", "/remaining", None),
+            op("add", "/remaining", Some("1")),
+            op("remove", "/remaining", None),
+            op("copy", "/remaining", Some("1")),
+            op("replace", "/used", Some("1")),
+        ] {
+            assert!(remaining(&[bad.clone()]).is_err(), "{bad:?}");
+        }
+        assert!(remaining(&[]).is_err());
+    }
+
+    #[test]
+    fn method_throttles_raw_and_escaped() {
+        let mut p = plan();
+        apply_to_plan(
+            &mut p,
+            &[
+                op(
+                    "replace",
+                    "/apiStages/abc:prod/throttle//pets/GET/rateLimit",
+                    Some("1.5"),
+                ),
+                op(
+                    "replace",
+                    "/apiStages/abc:prod/throttle/~1pets~1GET/burstLimit",
+                    Some("3"),
+                ),
+                op(
+                    "replace",
+                    "/apiStages/abc:prod/throttle///GET/burstLimit",
+                    Some("4"),
+                ),
+            ],
+        )
+        .unwrap();
+        let t = &p.api_stages[0].throttle;
+        assert_eq!(
+            t["/pets/GET"],
+            Throttle {
+                burst_limit: 3,
+                rate_limit: 1.5
+            }
+        );
+        assert_eq!(t["//GET"].burst_limit, 4);
+        apply_to_plan(
+            &mut p,
+            &[op(
+                "remove",
+                "/apiStages/abc:prod/throttle//pets/GET",
+                Some(""),
+            )],
+        )
+        .unwrap();
+        assert!(!p.api_stages[0].throttle.contains_key("/pets/GET"));
+        assert!(apply_to_plan(
+            &mut p,
+            &[op(
+                "replace",
+                "/apiStages/x:y/throttle//a/GET/rateLimit",
+                Some("1")
+            )]
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn plan_fields() {
+        let mut p = plan();
+        apply_to_plan(
+            &mut p,
+            &[
+                op("replace", "/throttle/rateLimit", Some("0.5")),
+                op("replace", "/throttle/burstLimit", Some("7")),
+                op("replace", "/quota/limit", Some("100")),
+                op("replace", "/quota/period", Some("WEEK")),
+                op("add", "/apiStages", Some("api:beta")),
+                op("remove", "/apiStages", Some("abc:prod")),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            p.throttle,
+            Some(Throttle {
+                burst_limit: 7,
+                rate_limit: 0.5
+            })
+        );
+        assert_eq!(p.quota, Some(Quota::new(100, QuotaPeriod::Week)));
+        assert_eq!(p.api_stages, vec![ApiStage::new("api", "beta")]);
+        for bad in [
+            op("replace", "/throttle/rateLimit", Some("-1")),
+            op("replace", "/throttle/rateLimit", Some("NaN")),
+            op("replace", "/quota/limit", Some("-5")),
+            op("replace", "/quota/period", Some("YEAR")),
+            op("replace", "/nope", Some("x")),
+            op("move", "/name", Some("x")),
+        ] {
+            assert!(
+                apply_to_plan(&mut p.clone(), &[bad.clone()]).is_err(),
+                "{bad:?}"
+            );
+        }
+    }
+}

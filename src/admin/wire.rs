@@ -1,0 +1,256 @@
+//! AWS wire details: JSON responses, AWS-shaped errors, query parameters
+//! and pagination.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+use serde::Serialize;
+
+use crate::{Error, ErrorKind};
+
+/// The admin service's response body.
+pub(crate) type Body = Full<Bytes>;
+
+/// The longest page a list operation returns.
+pub(crate) const MAX_PAGE: usize = 500;
+const DEFAULT_PAGE: usize = 25;
+
+/// An AWS-shaped error: status, `x-amzn-ErrorType`, `{"message": ...}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AwsError {
+    pub(crate) status: StatusCode,
+    pub(crate) code: &'static str,
+    pub(crate) message: String,
+}
+
+impl AwsError {
+    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "BadRequestException", message)
+    }
+
+    pub(crate) fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "NotFoundException", message)
+    }
+}
+
+impl From<Error> for AwsError {
+    fn from(error: Error) -> Self {
+        let (status, code) = match error.kind() {
+            ErrorKind::NotFound => (StatusCode::NOT_FOUND, "NotFoundException"),
+            ErrorKind::Conflict => (StatusCode::CONFLICT, "ConflictException"),
+            ErrorKind::BadRequest => (StatusCode::BAD_REQUEST, "BadRequestException"),
+            ErrorKind::Store => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailableException",
+            ),
+        };
+        Self::new(status, code, error.message())
+    }
+}
+
+pub(crate) type WireResult = Result<Response<Body>, AwsError>;
+
+/// A JSON response with `status`.
+pub(crate) fn json(status: StatusCode, value: &impl Serialize) -> WireResult {
+    let body = serde_json::to_vec(value).map_err(|e| {
+        AwsError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalServerErrorException",
+            e.to_string(),
+        )
+    })?;
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
+}
+
+/// 202 with no body: the answer to every delete.
+pub(crate) fn accepted() -> WireResult {
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = StatusCode::ACCEPTED;
+    Ok(response)
+}
+
+impl AwsError {
+    pub(crate) fn into_response(self) -> Response<Body> {
+        #[derive(Serialize)]
+        struct Message<'a> {
+            message: &'a str,
+        }
+        let body = serde_json::to_vec(&Message {
+            message: &self.message,
+        })
+        .unwrap_or_default();
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        *response.status_mut() = self.status;
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert("x-amzn-errortype", HeaderValue::from_static(self.code));
+        response
+    }
+}
+
+/// Parses a JSON body into `T`; an empty body is `{}`.
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, AwsError> {
+    let body = if body.iter().all(u8::is_ascii_whitespace) {
+        &b"{}"[..]
+    } else {
+        body
+    };
+    serde_json::from_slice(body)
+        .map_err(|e| AwsError::bad_request(format!("Invalid request body: {e}")))
+}
+
+/// The decoded query string.
+#[derive(Debug, Default)]
+pub(crate) struct Query(Vec<(String, String)>);
+
+impl Query {
+    pub(crate) fn parse(raw: Option<&str>) -> Self {
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(&s.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        Self(
+            raw.unwrap_or("")
+                .split('&')
+                .filter(|p| !p.is_empty())
+                .map(|p| {
+                    let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                    (decode(k), decode(v))
+                })
+                .collect(),
+        )
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub(crate) fn flag(&self, name: &str) -> Result<bool, AwsError> {
+        match self.get(name) {
+            None => Ok(false),
+            Some(v) if v.eq_ignore_ascii_case("true") => Ok(true),
+            Some(v) if v.eq_ignore_ascii_case("false") => Ok(false),
+            Some(v) => Err(AwsError::bad_request(format!(
+                "Invalid value '{v}' for {name}: expected true or false"
+            ))),
+        }
+    }
+
+    pub(crate) fn required(&self, name: &str) -> Result<&str, AwsError> {
+        self.get(name)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| AwsError::bad_request(format!("Missing required parameter: {name}")))
+    }
+
+    /// `limit` and `position` of a list operation.
+    pub(crate) fn page(&self) -> Result<Page, AwsError> {
+        let limit = match self.get("limit") {
+            None => DEFAULT_PAGE,
+            Some(v) => v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=MAX_PAGE).contains(n))
+                .ok_or_else(|| {
+                    AwsError::bad_request(format!(
+                        "Invalid limit '{v}': must be an integer from 1 to {MAX_PAGE}"
+                    ))
+                })?,
+        };
+        let after = match self.get("position").filter(|p| !p.is_empty()) {
+            None => None,
+            Some(p) => Some(
+                hex::decode(p)
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .ok_or_else(|| AwsError::bad_request("Invalid position"))?,
+            ),
+        };
+        Ok(Page { limit, from: after })
+    }
+}
+
+/// One page of an id-ordered list: items from the id `from` on, at most
+/// `limit` of them. The position names the first id of the next page, so
+/// paging stays correct while items are added or deleted.
+#[derive(Debug)]
+pub(crate) struct Page {
+    limit: usize,
+    from: Option<String>,
+}
+
+impl Page {
+    /// The page of `items` (sorted by `id`) and the next position, if any.
+    pub(crate) fn apply<T>(
+        &self,
+        items: Vec<T>,
+        id: impl Fn(&T) -> &str,
+    ) -> (Vec<T>, Option<String>) {
+        let mut rest: Vec<T> = items
+            .into_iter()
+            .filter(|item| self.from.as_deref().is_none_or(|from| id(item) >= from))
+            .collect();
+        let next = rest.get(self.limit).map(|item| hex::encode(id(item)));
+        rest.truncate(self.limit);
+        (rest, next)
+    }
+}
+
+/// A list response: `{"item": [...], "position": "..."}`.
+#[derive(Serialize)]
+pub(crate) struct List<T> {
+    pub(crate) item: Vec<T>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) position: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_end() {
+        let q = Query::parse(Some("limit=2"));
+        let (first, pos) = q.page().unwrap().apply(vec!["a", "b", "c"], |s| s);
+        assert_eq!(first, ["a", "b"]);
+        let q = Query::parse(Some(&format!("limit=2&position={}", pos.unwrap())));
+        let (second, pos) = q.page().unwrap().apply(vec!["a", "b", "c"], |s| s);
+        assert_eq!((second, pos), (vec!["c"], None));
+    }
+
+    #[test]
+    fn bad_page_parameters() {
+        for q in ["limit=0", "limit=501", "limit=x", "position=zz"] {
+            assert!(Query::parse(Some(q)).page().is_err(), "{q}");
+        }
+    }
+
+    #[test]
+    fn query_decoding() {
+        let q = Query::parse(Some("name=a%20b&flag=TRUE&x"));
+        assert_eq!(q.get("name"), Some("a b"));
+        assert!(q.flag("flag").unwrap());
+        assert_eq!(q.get("x"), Some(""));
+        assert!(Query::parse(Some("f=yes")).flag("f").is_err());
+    }
+}
