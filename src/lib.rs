@@ -37,6 +37,8 @@
 pub mod admin;
 mod clock;
 mod error;
+#[cfg(feature = "gateway")]
+pub mod gateway;
 mod key;
 pub mod layer;
 mod limit;
@@ -58,7 +60,9 @@ pub use model::{
     ApiKey, ApiStage, NewApiKey, NewUsagePlan, Quota, QuotaPeriod, Throttle, Usage, UsagePlan,
     UsagePlanKey,
 };
-pub use registry::{UsagePlans, UsagePlansBuilder, MAX_USAGE_DAYS};
+pub use registry::{
+    KeySnapshot, PlanSnapshot, RegistrySnapshot, UsagePlans, UsagePlansBuilder, MAX_USAGE_DAYS,
+};
 
 /// Re-exported for [`UsagePlans::usage`] dates and [`Clock`] times.
 pub use jiff;

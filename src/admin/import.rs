@@ -72,8 +72,10 @@ fn import_row(plans: &UsagePlans, row: Row) -> Result<String> {
     Ok(id)
 }
 
-/// Valid rows with their line numbers, and a warning for each bad row.
-fn parse(body: &[u8], plans: &UsagePlans) -> Result<(Vec<(usize, Row)>, Vec<String>)> {
+/// Valid rows with their line numbers, and a warning per bad row.
+type Parsed = (Vec<(usize, Row)>, Vec<String>);
+
+fn parse(body: &[u8], plans: &UsagePlans) -> Result<Parsed> {
     let mut reader = csv::ReaderBuilder::new()
         .flexible(true)
         .trim(csv::Trim::All)

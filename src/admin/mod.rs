@@ -10,8 +10,12 @@
 //!
 //! let plans = UsagePlans::new();
 //! let admin = AdminService::new(plans.clone(), AdminCredentials::new().with("AKIDEXAMPLE", "local-secret"));
-//! // Serve it on its own listener, or mount it into axum:
-//! let app: axum::Router = axum::Router::new().nest_service("/", admin);
+//! // Serve it on its own listener, or let an axum app hand it every route it
+//! // does not serve itself. (Mount it at the root: SigV4 signs the path the
+//! // client sent, so a prefix-stripping `nest_service` breaks signatures.)
+//! let app: axum::Router = axum::Router::new()
+//!     .route("/healthz", axum::routing::get(|| async { "ok" }))
+//!     .fallback_service(admin);
 //! # drop(app);
 //! ```
 //!

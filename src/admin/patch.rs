@@ -306,7 +306,7 @@ mod tests {
             op("copy", "/remaining", Some("1")),
             op("replace", "/used", Some("1")),
         ] {
-            assert!(remaining(&[bad.clone()]).is_err(), "{bad:?}");
+            assert!(remaining(std::slice::from_ref(&bad)).is_err(), "{bad:?}");
         }
         assert!(remaining(&[]).is_err());
     }
@@ -398,7 +398,7 @@ mod tests {
             op("move", "/name", Some("x")),
         ] {
             assert!(
-                apply_to_plan(&mut p.clone(), &[bad.clone()]).is_err(),
+                apply_to_plan(&mut p.clone(), std::slice::from_ref(&bad)).is_err(),
                 "{bad:?}"
             );
         }

@@ -138,6 +138,11 @@ impl AdminCredentials {
         Ok(creds)
     }
 
+    /// Adds (or replaces) every pair of `other`.
+    pub fn extend(&mut self, other: AdminCredentials) {
+        self.keys.extend(other.keys);
+    }
+
     /// `true` when no access key is configured.
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
@@ -459,7 +464,7 @@ fn parse_authorization(value: &str) -> Result<ParsedAuthorization<'_>, AuthError
         ("Signature", &signature),
         ("SignedHeaders", &signed_headers),
     ] {
-        if slot.map_or(true, str::is_empty) {
+        if slot.is_none_or(str::is_empty) {
             missing.push_str(&format!(
                 "Authorization header requires '{name}' parameter. "
             ));

@@ -6,7 +6,7 @@ use crate::store::ThrottleState;
 const NANOS_PER_SEC: f64 = 1e9;
 
 /// Tokens and the time they were last counted. A new bucket is full.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Bucket {
     tokens: f64,
     updated: i64,

@@ -15,7 +15,7 @@ use crate::store::{DayUsage, Decision, DecisionRequest, QuotaRule, QuotaState, V
 const HISTORY_DAYS: i64 = 100;
 const NANOS_PER_SEC: i64 = 1_000_000_000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Period {
     kind: QuotaPeriod,
     start: i64,
@@ -30,7 +30,7 @@ pub(crate) struct DayRecord {
 }
 
 /// The state of one (plan, key) counter.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Counter {
     period: Option<Period>,
     /// Admitted in the current period.

@@ -3,6 +3,7 @@
 //! through it; the layer reads its lookup view.
 
 mod lookup;
+mod snapshot;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -15,6 +16,7 @@ use rand::distr::{Alphanumeric, SampleString};
 
 pub(crate) use lookup::{digest, KeyDigest, KeyRoute, Stage};
 use lookup::{Binding, DigestBuildHasher, PlanRuntime};
+pub use snapshot::{KeySnapshot, PlanSnapshot, RegistrySnapshot};
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, ErrorKind, Result};
@@ -167,6 +169,16 @@ impl UsagePlans {
             clock: Arc::new(SystemClock),
             hash_only: false,
         }
+    }
+
+    /// How many usage plans exist.
+    pub fn plan_count(&self) -> usize {
+        self.inner.control.lock().plans.len()
+    }
+
+    /// How many API keys exist.
+    pub fn key_count(&self) -> usize {
+        self.inner.control.lock().keys.len()
     }
 
     /// The counter store.

@@ -64,6 +64,48 @@ impl MemoryStore {
     }
 }
 
+/// One counter's saved state (opaque), for persistence.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct CounterSnapshot {
+    /// The plan's id.
+    pub plan_id: String,
+    /// The key's id.
+    pub key_id: String,
+    state: Counter,
+}
+
+impl MemoryStore {
+    /// A copy of every counter.
+    ///
+    /// ```
+    /// use tower_usage_plans::store::MemoryStore;
+    ///
+    /// let store = MemoryStore::new();
+    /// let copy = MemoryStore::new();
+    /// copy.restore(store.snapshot());
+    /// assert!(copy.is_empty());
+    /// ```
+    pub fn snapshot(&self) -> Vec<CounterSnapshot> {
+        self.counters
+            .iter()
+            .map(|entry| CounterSnapshot {
+                plan_id: entry.key().plan_id.to_string(),
+                key_id: entry.key().key_id.to_string(),
+                state: entry.value().lock().clone(),
+            })
+            .collect()
+    }
+
+    /// Replaces every counter with the snapshot's.
+    pub fn restore(&self, counters: Vec<CounterSnapshot>) {
+        self.counters.clear();
+        for c in counters {
+            self.counters
+                .insert(CounterKey::new(&c.plan_id, &c.key_id), Mutex::new(c.state));
+        }
+    }
+}
+
 impl CounterStore for MemoryStore {
     fn decide(&self, request: &DecisionRequest<'_>) -> StoreFuture<Decision> {
         StoreFuture::ready(Ok(self.with_counter(request.counter, |c| c.decide(request))))

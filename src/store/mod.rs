@@ -16,7 +16,7 @@ use jiff::civil::Date;
 use jiff::Timestamp;
 
 pub use future::StoreFuture;
-pub use memory::MemoryStore;
+pub use memory::{CounterSnapshot, MemoryStore};
 
 use crate::model::{Quota, Throttle};
 

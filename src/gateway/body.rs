@@ -1,0 +1,83 @@
+//! The gateway's response body: a buffered one (refusals, echo, errors) or
+//! the upstream's, streamed through.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use pin_project_lite::pin_project;
+
+/// Errors of a streamed body.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+pin_project! {
+    /// A buffered body or the upstream's streamed body.
+    pub struct GatewayBody {
+        #[pin]
+        inner: Inner,
+    }
+}
+
+pin_project! {
+    #[project = InnerProj]
+    enum Inner {
+        Full { #[pin] body: Full<Bytes> },
+        Upstream { #[pin] body: Incoming },
+    }
+}
+
+impl From<Bytes> for GatewayBody {
+    fn from(bytes: Bytes) -> Self {
+        Self {
+            inner: Inner::Full {
+                body: Full::new(bytes),
+            },
+        }
+    }
+}
+
+impl From<String> for GatewayBody {
+    fn from(text: String) -> Self {
+        Bytes::from(text).into()
+    }
+}
+
+impl From<Incoming> for GatewayBody {
+    fn from(body: Incoming) -> Self {
+        Self {
+            inner: Inner::Upstream { body },
+        }
+    }
+}
+
+impl Body for GatewayBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.project().inner.project() {
+            InnerProj::Full { body } => body.poll_frame(cx).map_err(|never| match never {}),
+            InnerProj::Upstream { body } => body.poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Full { body } => body.is_end_stream(),
+            Inner::Upstream { body } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Full { body } => body.size_hint(),
+            Inner::Upstream { body } => body.size_hint(),
+        }
+    }
+}

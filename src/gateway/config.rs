@@ -1,0 +1,240 @@
+//! The gateway's configuration: a TOML file, overridden by command-line
+//! flags (`clap`), validated into a [`GatewayConfig`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::admin::AdminCredentials;
+use crate::model::{NewApiKey, NewUsagePlan};
+
+/// Command-line flags (DESIGN.md §4). Every flag overrides the file.
+#[derive(Debug, Default, Parser)]
+#[command(
+    name = "gateway",
+    about = "API usage plans (keys, throttles, quotas) in front of any HTTP upstream"
+)]
+pub struct Cli {
+    /// TOML configuration: listeners, upstream, stage, admin credentials, plans and keys.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Data-plane listener [default: 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Admin API listener [default: 127.0.0.1:8081].
+    #[arg(long, value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Prometheus metrics listener (off unless set).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Where admitted requests go; without it a built-in echo upstream answers.
+    #[arg(long, value_name = "URL")]
+    pub upstream: Option<String>,
+    /// Seconds to wait for the upstream's response head before a 504 [default: 30].
+    #[arg(long, value_name = "SECS")]
+    pub upstream_timeout: Option<f64>,
+    /// The stage this gateway serves [default: gateway:prod].
+    #[arg(long, value_name = "API_ID:STAGE")]
+    pub stage: Option<String>,
+    /// SigV4 credentials for the admin API (repeatable).
+    #[arg(long = "admin-credentials", value_name = "AKID:SECRET")]
+    pub admin_credentials: Vec<String>,
+    /// Keep plans, keys and counters across restarts.
+    #[arg(long, value_name = "PATH")]
+    pub state_file: Option<PathBuf>,
+    /// Share plans, keys and counters with other replicas via Redis.
+    #[arg(long, value_name = "URL")]
+    pub redis: Option<String>,
+}
+
+/// The TOML file. Field names are snake_case; plans and keys use the AWS
+/// wire names (`apiStages`, `rateLimit`, ...), as in CreateUsagePlan.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    admin_listen: Option<SocketAddr>,
+    metrics_listen: Option<SocketAddr>,
+    upstream: Option<String>,
+    upstream_timeout_secs: Option<f64>,
+    stage: Option<String>,
+    state_file: Option<PathBuf>,
+    redis: Option<String>,
+    #[serde(default)]
+    admin_credentials: Vec<FileCredential>,
+    #[serde(default)]
+    keys: Vec<NewApiKey>,
+    #[serde(default)]
+    plans: Vec<FilePlan>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCredential {
+    access_key_id: String,
+    secret_access_key: String,
+}
+
+/// A plan to create at start, with the names of the keys to put in it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct FilePlan {
+    /// The plan, in CreateUsagePlan's shape.
+    #[serde(flatten)]
+    pub plan: NewUsagePlan,
+    /// Names of keys (from `[[keys]]`) to associate.
+    #[serde(default)]
+    pub keys: Vec<String>,
+}
+
+/// Everything the gateway needs to start, validated.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Data-plane listener.
+    pub listen: SocketAddr,
+    /// Admin API listener.
+    pub admin_listen: SocketAddr,
+    /// Prometheus listener, if any.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Upstream base URL (`http://host:port[/prefix]`); `None`: echo.
+    pub upstream: Option<http::Uri>,
+    /// Upstream response-head timeout.
+    pub upstream_timeout: Duration,
+    /// `(api_id, stage)`.
+    pub stage: (String, String),
+    /// Admin API credentials.
+    pub admin_credentials: AdminCredentials,
+    /// State file, if any.
+    pub state_file: Option<PathBuf>,
+    /// Keys to create at start (matched by value, else by name).
+    pub keys: Vec<NewApiKey>,
+    /// Plans to create at start (matched by name).
+    pub plans: Vec<FilePlan>,
+    /// How often the state file is written.
+    pub flush_interval: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            listen: ([127, 0, 0, 1], 8080).into(),
+            admin_listen: ([127, 0, 0, 1], 8081).into(),
+            metrics_listen: None,
+            upstream: None,
+            upstream_timeout: Duration::from_secs(30),
+            stage: ("gateway".into(), "prod".into()),
+            admin_credentials: AdminCredentials::new(),
+            state_file: None,
+            keys: Vec::new(),
+            plans: Vec::new(),
+            flush_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+/// The environment variable with extra `AKID:SECRET,...` admin credentials.
+pub const CREDENTIALS_ENV: &str = "USAGE_PLANS_ADMIN_CREDENTIALS";
+
+impl GatewayConfig {
+    /// Reads the file named by `--config` (if any), applies the flags and
+    /// `USAGE_PLANS_ADMIN_CREDENTIALS`, and validates the result.
+    ///
+    /// # Errors
+    /// A message naming the file and field that is wrong.
+    pub fn from_cli(cli: Cli) -> Result<Self, String> {
+        let file = match &cli.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let mut config = Self::default();
+        if let Some(redis) = cli.redis.or(file.redis) {
+            return Err(format!(
+                "--redis {redis}: sharing state through Redis is not available in this build yet"
+            ));
+        }
+        config.listen = cli.listen.or(file.listen).unwrap_or(config.listen);
+        config.admin_listen = cli
+            .admin_listen
+            .or(file.admin_listen)
+            .unwrap_or(config.admin_listen);
+        config.metrics_listen = cli.metrics_listen.or(file.metrics_listen);
+        config.upstream = match cli.upstream.or(file.upstream) {
+            Some(url) => Some(parse_upstream(&url)?),
+            None => None,
+        };
+        if let Some(secs) = cli.upstream_timeout.or(file.upstream_timeout_secs) {
+            if !(secs.is_finite() && secs > 0.0) {
+                return Err(format!(
+                    "upstream_timeout_secs: {secs} must be a positive number of seconds"
+                ));
+            }
+            config.upstream_timeout = Duration::from_secs_f64(secs);
+        }
+        if let Some(stage) = cli.stage.or(file.stage) {
+            config.stage = match stage.split_once(':') {
+                Some((api, name)) if !api.is_empty() && !name.is_empty() => {
+                    (api.into(), name.into())
+                }
+                _ => return Err(format!("stage: '{stage}' must be API_ID:STAGE")),
+            };
+        }
+        for c in file.admin_credentials {
+            if c.access_key_id.is_empty() || c.secret_access_key.is_empty() {
+                return Err(
+                    "admin_credentials: access_key_id and secret_access_key must not be empty"
+                        .into(),
+                );
+            }
+            config
+                .admin_credentials
+                .insert(c.access_key_id, c.secret_access_key);
+        }
+        if let Ok(list) = std::env::var(CREDENTIALS_ENV) {
+            if !list.trim().is_empty() {
+                let parsed = AdminCredentials::parse_list(&list)
+                    .map_err(|e| format!("{CREDENTIALS_ENV}: {e}"))?;
+                config.admin_credentials.extend(parsed);
+            }
+        }
+        for entry in &cli.admin_credentials {
+            let parsed = AdminCredentials::parse_list(entry)
+                .map_err(|e| format!("--admin-credentials: {e}"))?;
+            config.admin_credentials.extend(parsed);
+        }
+        config.state_file = cli.state_file.or(file.state_file);
+        for plan in &file.plans {
+            for key in &plan.keys {
+                if !file
+                    .keys
+                    .iter()
+                    .any(|k| k.name.as_deref() == Some(key.as_str()))
+                {
+                    return Err(format!(
+                        "plans.keys: plan '{}' names key '{key}', which no [[keys]] entry has",
+                        plan.plan.name
+                    ));
+                }
+            }
+        }
+        config.keys = file.keys;
+        config.plans = file.plans;
+        Ok(config)
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn parse_upstream(url: &str) -> Result<http::Uri, String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("upstream: '{url}' is not a URL: {e}"))?;
+    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+        return Err(format!("upstream: '{url}' must be an http://host:port URL"));
+    }
+    Ok(uri)
+}

@@ -1,0 +1,373 @@
+//! The gateway: [`UsagePlanLayer`] in front of any HTTP upstream, the
+//! [`AdminService`] on its own listener, Prometheus metrics, a state file
+//! and graceful shutdown. `examples/gateway.rs` is a thin `main` over
+//! [`Gateway::start`]; tests start it in process.
+//!
+//! ```no_run
+//! use tower_usage_plans::gateway::{Gateway, GatewayConfig};
+//!
+//! # async fn run() -> Result<(), String> {
+//! let gateway = Gateway::start(GatewayConfig::default()).await?;
+//! println!("data plane on {}", gateway.data_addr());
+//! gateway.shutdown().await
+//! # }
+//! ```
+
+mod body;
+mod config;
+mod metrics;
+mod proxy;
+mod state;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderName, Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tower_layer::Layer;
+use tower_service::Service;
+
+pub use body::{BoxError, GatewayBody};
+pub use config::{Cli, FilePlan, GatewayConfig, CREDENTIALS_ENV};
+
+use crate::store::{CounterStore, MemoryStore};
+use crate::{AdminService, Error, ErrorKind, NewUsagePlan, UsagePlanLayer, UsagePlans};
+
+/// How long in-flight requests may take to finish after a shutdown signal.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running gateway.
+#[derive(Debug)]
+pub struct Gateway {
+    data_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+    plans: UsagePlans,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<Result<(), String>>,
+}
+
+impl Gateway {
+    /// Restores the state file, creates the configured plans and keys,
+    /// binds every listener and starts serving.
+    ///
+    /// # Errors
+    /// A clear message for a corrupt state file, a bad plan or key in the
+    /// configuration, or a listener that cannot bind.
+    pub async fn start(config: GatewayConfig) -> Result<Self, String> {
+        let store = Arc::new(MemoryStore::new());
+        let plans = UsagePlans::builder()
+            .store(store.clone() as Arc<dyn CounterStore>)
+            .build();
+        if let Some(path) = &config.state_file {
+            if state::load(path, &plans, &store)? {
+                tracing::info!(path = %path.display(), "state restored");
+            }
+        }
+        provision(&plans, &config)?;
+
+        let bind = |addr: SocketAddr, what: &'static str| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("{what} {addr}: {e}"))
+        };
+        let data = bind(config.listen, "listen").await?;
+        let admin = bind(config.admin_listen, "admin-listen").await?;
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some(bind(addr, "metrics-listen").await?),
+            None => None,
+        };
+        let data_addr = data.local_addr().map_err(|e| e.to_string())?;
+        let admin_addr = admin.local_addr().map_err(|e| e.to_string())?;
+        let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+
+        let (stop, stopped) = watch::channel(false);
+        let graceful = Arc::new(GracefulShutdown::new());
+        let mut servers = Vec::new();
+
+        let layer = UsagePlanLayer::new(plans.clone()).with_stage(&config.stage.0, &config.stage.1);
+        let upstream = Arc::new(proxy::Upstream::new(
+            config.upstream.clone(),
+            config.upstream_timeout,
+        ));
+        let key_header = HeaderName::from_static("x-api-key");
+        servers.push(tokio::spawn(serve(
+            data,
+            stopped.clone(),
+            graceful.clone(),
+            move |remote| metrics::Metered {
+                inner: layer.layer(proxy::Proxy {
+                    upstream: upstream.clone(),
+                    key_header: key_header.clone(),
+                    remote,
+                }),
+            },
+        )));
+        let admin_service = AdminService::new(plans.clone(), config.admin_credentials.clone());
+        servers.push(tokio::spawn(serve(
+            admin,
+            stopped.clone(),
+            graceful.clone(),
+            move |_| admin_service.clone(),
+        )));
+        if let Some(listener) = metrics_listener {
+            let handle = metrics::handle();
+            servers.push(tokio::spawn(serve(
+                listener,
+                stopped.clone(),
+                graceful.clone(),
+                move |_| MetricsEndpoint(handle),
+            )));
+        }
+        if config.upstream.is_none() {
+            tracing::info!("no --upstream: admitted requests get the built-in echo");
+        }
+        tracing::info!("data plane listening on http://{data_addr}");
+        tracing::info!("admin API listening on http://{admin_addr}");
+        if let Some(addr) = metrics_addr {
+            tracing::info!("metrics listening on http://{addr}");
+        }
+
+        let task = tokio::spawn(run(
+            plans.clone(),
+            store,
+            config,
+            stopped,
+            graceful,
+            servers,
+        ));
+        Ok(Self {
+            data_addr,
+            admin_addr,
+            metrics_addr,
+            plans,
+            stop,
+            task,
+        })
+    }
+
+    /// The data plane's address.
+    pub fn data_addr(&self) -> SocketAddr {
+        self.data_addr
+    }
+
+    /// The admin API's address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The metrics endpoint's address, if enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The plans, keys and counters this gateway enforces.
+    pub fn plans(&self) -> &UsagePlans {
+        &self.plans
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to 10 s) and
+    /// writes the state file a last time.
+    ///
+    /// # Errors
+    /// If the final state write fails.
+    pub async fn shutdown(self) -> Result<(), String> {
+        let _ = self.stop.send(true);
+        self.task
+            .await
+            .map_err(|e| format!("gateway task failed: {e}"))?
+    }
+
+    /// Serves until `signal` completes, then shuts down gracefully.
+    ///
+    /// # Errors
+    /// As [`Gateway::shutdown`].
+    pub async fn run_until(self, signal: impl Future<Output = ()>) -> Result<(), String> {
+        let mut stopped = self.stop.subscribe();
+        tokio::select! {
+            () = signal => tracing::info!("shutdown signal received"),
+            _ = stopped.changed() => {}
+        }
+        self.shutdown().await
+    }
+}
+
+/// Creates the configured keys and plans that do not exist yet (keys
+/// matched by value, else name; plans by name) and their associations.
+fn provision(plans: &UsagePlans, config: &GatewayConfig) -> Result<(), String> {
+    let mut key_ids = std::collections::HashMap::new();
+    for key in &config.keys {
+        let existing = match &key.value {
+            Some(value) => plans.api_key_by_value(value),
+            None => plans.api_keys().into_iter().find(|k| k.name == key.name),
+        };
+        let id = match existing {
+            Some(existing) => existing.id,
+            None => {
+                plans
+                    .create_api_key(key.clone())
+                    .map_err(|e| format!("keys '{}': {e}", key.name.as_deref().unwrap_or("")))?
+                    .id
+            }
+        };
+        if let Some(name) = &key.name {
+            key_ids.insert(name.clone(), id);
+        }
+    }
+    for entry in &config.plans {
+        let existing = plans
+            .usage_plans()
+            .into_iter()
+            .find(|p| p.name == entry.plan.name);
+        let plan_id = match existing {
+            Some(plan) => plan.id,
+            None => {
+                plans
+                    .create_usage_plan(NewUsagePlan::clone(&entry.plan))
+                    .map_err(|e| format!("plans '{}': {e}", entry.plan.name))?
+                    .id
+            }
+        };
+        for key_name in &entry.keys {
+            let key_id = &key_ids[key_name];
+            match plans.add_key_to_plan(&plan_id, key_id) {
+                Ok(_) => {}
+                Err(e)
+                    if e.kind() == ErrorKind::Conflict
+                        && plans.usage_plan_key(&plan_id, key_id).is_ok() => {}
+                Err(e) => {
+                    return Err(format!(
+                        "plans '{}' keys '{key_name}': {}",
+                        entry.plan.name,
+                        Error::to_string(&e)
+                    ))
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Flushes the state file while serving; on stop drains and flushes.
+async fn run(
+    plans: UsagePlans,
+    store: Arc<MemoryStore>,
+    config: GatewayConfig,
+    mut stopped: watch::Receiver<bool>,
+    graceful: Arc<GracefulShutdown>,
+    servers: Vec<JoinHandle<()>>,
+) -> Result<(), String> {
+    let mut writer = config.state_file.clone().map(state::StateWriter::new);
+    let mut tick = tokio::time::interval(config.flush_interval);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                ::metrics::gauge!("usage_plans_plans").set(plans.plan_count() as f64);
+                ::metrics::gauge!("usage_plans_keys").set(plans.key_count() as f64);
+                if let Some(writer) = writer.as_mut() {
+                    if let Err(e) = writer.save(&plans, &store) {
+                        tracing::error!(error = %e, "could not write the state file");
+                    }
+                }
+            }
+            _ = stopped.changed() => break,
+        }
+    }
+    for server in servers {
+        let _ = server.await;
+    }
+    let graceful =
+        Arc::try_unwrap(graceful).map_err(|_| "connections still referenced".to_owned())?;
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("in-flight requests did not finish within {DRAIN_TIMEOUT:?}");
+    }
+    if let Some(writer) = writer.as_mut() {
+        writer
+            .save(&plans, &store)
+            .map_err(|e| format!("could not write the state file: {e}"))?;
+        tracing::info!("state flushed");
+    }
+    tracing::info!("gateway stopped");
+    Ok(())
+}
+
+/// Accepts connections until stopped; each is served by `make(remote)`.
+async fn serve<S, B>(
+    listener: TcpListener,
+    mut stopped: watch::Receiver<bool>,
+    graceful: Arc<GracefulShutdown>,
+    make: impl Fn(SocketAddr) -> S,
+) where
+    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    continue;
+                }
+            },
+            _ = stopped.changed() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(make(remote)))
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+/// `GET` anything: the Prometheus text exposition.
+#[derive(Clone, Copy)]
+struct MetricsEndpoint(Option<&'static metrics_exporter_prometheus::PrometheusHandle>);
+
+impl Service<Request<Incoming>> for MetricsEndpoint {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _request: Request<Incoming>) -> Self::Future {
+        let text = self.0.map(|h| h.render()).unwrap_or_default();
+        let mut response = Response::new(Full::new(Bytes::from(text)));
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; version=0.0.4"),
+        );
+        std::future::ready(Ok(response))
+    }
+}

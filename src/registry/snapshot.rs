@@ -1,0 +1,156 @@
+//! Saving and restoring the whole registry (the gateway's state file).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::lookup::PlanRuntime;
+use super::{Control, KeyDigest, KeyEntry, PlanEntry, UsagePlans};
+use crate::error::{Error, Result};
+use crate::model::{ApiKey, UsagePlan};
+
+/// Every plan, key and association, as plain data.
+///
+/// ```
+/// use tower_usage_plans::{NewApiKey, NewUsagePlan, UsagePlans};
+///
+/// let plans = UsagePlans::new();
+/// let plan = plans.create_usage_plan(NewUsagePlan::new("p")).unwrap();
+/// let key = plans.create_api_key(NewApiKey::new("k")).unwrap();
+/// plans.add_key_to_plan(&plan.id, &key.id).unwrap();
+///
+/// let copy = UsagePlans::new();
+/// copy.restore(plans.snapshot()).unwrap();
+/// assert_eq!(copy.usage_plan_keys(&plan.id).unwrap().len(), 1);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RegistrySnapshot {
+    /// Plans with their creation time and member key ids.
+    pub plans: Vec<PlanSnapshot>,
+    /// Keys with the digest of their value.
+    pub keys: Vec<KeySnapshot>,
+}
+
+/// One plan in a [`RegistrySnapshot`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanSnapshot {
+    /// The plan.
+    pub plan: UsagePlan,
+    /// Creation time, Unix seconds (the quota offset's initial period).
+    pub created: i64,
+    /// Member key ids.
+    pub keys: Vec<String>,
+}
+
+/// One key in a [`RegistrySnapshot`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeySnapshot {
+    /// The key (without value in hash-only mode).
+    pub key: ApiKey,
+    /// Hex SHA-256 of the value.
+    pub digest: String,
+}
+
+impl UsagePlans {
+    /// A copy of every plan, key and association.
+    pub fn snapshot(&self) -> RegistrySnapshot {
+        let control = self.inner.control.lock();
+        RegistrySnapshot {
+            plans: control
+                .plans
+                .values()
+                .map(|p| PlanSnapshot {
+                    plan: p.plan.clone(),
+                    created: p.created,
+                    keys: p.keys.iter().cloned().collect(),
+                })
+                .collect(),
+            keys: control
+                .keys
+                .values()
+                .map(|k| KeySnapshot {
+                    key: k.key.clone(),
+                    digest: k.digest.iter().map(|b| format!("{b:02x}")).collect(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Replaces every plan, key and association with the snapshot's.
+    /// Counters live in the store and are restored there.
+    ///
+    /// # Errors
+    /// `BadRequest` for an inconsistent snapshot (invalid plan, bad digest,
+    /// unknown member, duplicate value); nothing changes then.
+    pub fn restore(&self, snapshot: RegistrySnapshot) -> Result<()> {
+        let mut next = Control::default();
+        for k in snapshot.keys {
+            k.key.validate()?;
+            let digest = parse_digest(&k.digest)?;
+            if let Some(value) = &k.key.value {
+                if super::digest(value.as_bytes()) != digest {
+                    return Err(Error::bad_request(format!(
+                        "key {}: digest does not match value",
+                        k.key.id
+                    )));
+                }
+            }
+            if next.by_digest.insert(digest, k.key.id.clone()).is_some()
+                || next.keys.contains_key(&k.key.id)
+            {
+                return Err(Error::bad_request(format!(
+                    "key {}: duplicate id or value",
+                    k.key.id
+                )));
+            }
+            next.keys.insert(
+                k.key.id.clone(),
+                KeyEntry {
+                    key: k.key,
+                    digest,
+                    plans: BTreeSet::new(),
+                },
+            );
+        }
+        for p in snapshot.plans {
+            p.plan.validate()?;
+            let id = p.plan.id.clone();
+            for key_id in &p.keys {
+                let key = next.keys.get_mut(key_id).ok_or_else(|| {
+                    Error::bad_request(format!("plan {id}: unknown key {key_id}"))
+                })?;
+                key.plans.insert(id.clone());
+            }
+            next.plans.insert(
+                id,
+                PlanEntry {
+                    runtime: Arc::new(PlanRuntime::new(&p.plan, p.created)),
+                    plan: p.plan,
+                    created: p.created,
+                    keys: p.keys.into_iter().collect(),
+                },
+            );
+        }
+        let mut control = self.inner.control.lock();
+        *control = next;
+        self.inner.routes.clear();
+        let ids: Vec<String> = control.keys.keys().cloned().collect();
+        for id in ids {
+            self.refresh_route(&control, &id);
+        }
+        Ok(())
+    }
+}
+
+fn parse_digest(hex: &str) -> Result<KeyDigest> {
+    let bad = || Error::bad_request(format!("invalid key digest '{hex}'"));
+    if hex.len() != 64 || !hex.is_ascii() {
+        return Err(bad());
+    }
+    let mut digest = [0u8; 32];
+    for (i, byte) in digest.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    Ok(digest)
+}
