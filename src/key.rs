@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use http::header::HeaderName;
-use http::request::Parts;
+use http::{Extensions, HeaderMap, Method, Request, Uri};
 
 /// An API key that an earlier layer (an authorizer) decided for this
 /// request; read by [`KeySource::authorizer`]. AWS's `AUTHORIZER` source.
@@ -31,7 +31,40 @@ impl AuthorizerKey {
     }
 }
 
-type Extract = dyn Fn(&Parts) -> Option<String> + Send + Sync;
+/// The parts of a request the layer reads, borrowed from the request.
+///
+/// ```
+/// use tower_usage_plans::RequestHead;
+///
+/// let request = http::Request::get("/pets?api_key=k").body(()).unwrap();
+/// let head = RequestHead::of(&request);
+/// assert_eq!(head.uri.query(), Some("api_key=k"));
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct RequestHead<'a> {
+    /// The method.
+    pub method: &'a Method,
+    /// The URI as received.
+    pub uri: &'a Uri,
+    /// The headers.
+    pub headers: &'a HeaderMap,
+    /// The extensions earlier layers put in.
+    pub extensions: &'a Extensions,
+}
+
+impl<'a> RequestHead<'a> {
+    /// Borrows the head of `request`.
+    pub fn of<B>(request: &'a Request<B>) -> Self {
+        Self {
+            method: request.method(),
+            uri: request.uri(),
+            headers: request.headers(),
+            extensions: request.extensions(),
+        }
+    }
+}
+
+type Extract = dyn Fn(&RequestHead<'_>) -> Option<String> + Send + Sync;
 
 /// Where to read the API key from. The default is the `x-api-key` header,
 /// as in AWS.
@@ -41,8 +74,8 @@ type Extract = dyn Fn(&Parts) -> Option<String> + Send + Sync;
 ///
 /// let header = KeySource::header("x-api-key");
 /// let query = KeySource::query("api_key");
-/// let custom = KeySource::custom(|parts| {
-///     let auth = parts.headers.get("authorization")?.to_str().ok()?;
+/// let custom = KeySource::custom(|head| {
+///     let auth = head.headers.get("authorization")?.to_str().ok()?;
 ///     auth.strip_prefix("ApiKey ").map(str::to_owned)
 /// });
 /// # drop((header, query, custom));
@@ -81,20 +114,22 @@ impl KeySource {
     }
 
     /// A closure over the request head.
-    pub fn custom(extract: impl Fn(&Parts) -> Option<String> + Send + Sync + 'static) -> Self {
+    pub fn custom(
+        extract: impl Fn(&RequestHead<'_>) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
         Self(Source::Custom(Arc::new(extract)))
     }
 
     /// The key of this request, borrowed where possible.
-    pub(crate) fn extract<'a>(&self, parts: &'a Parts) -> Option<Cow<'a, [u8]>> {
+    pub(crate) fn extract<'a>(&self, head: &RequestHead<'a>) -> Option<Cow<'a, [u8]>> {
         match &self.0 {
-            Source::Header(name) => parts.headers.get(name).map(|v| Cow::Borrowed(v.as_bytes())),
-            Source::Query(name) => query_param(parts.uri.query()?, name),
-            Source::Authorizer => parts
+            Source::Header(name) => head.headers.get(name).map(|v| Cow::Borrowed(v.as_bytes())),
+            Source::Query(name) => query_param(head.uri.query()?, name),
+            Source::Authorizer => head
                 .extensions
                 .get::<AuthorizerKey>()
-                .map(|k| Cow::Owned(k.0.clone().into_bytes())),
-            Source::Custom(extract) => extract(parts).map(|k| Cow::Owned(k.into_bytes())),
+                .map(|k| Cow::Borrowed(k.0.as_bytes())),
+            Source::Custom(extract) => extract(head).map(|k| Cow::Owned(k.into_bytes())),
         }
         .filter(|key| !key.is_empty())
     }
@@ -132,39 +167,42 @@ fn percent_decode(s: &str) -> Cow<'_, [u8]> {
 mod tests {
     use super::*;
 
-    fn parts(uri: &str, header: Option<&str>) -> Parts {
+    fn parts(uri: &str, header: Option<&str>) -> Request<()> {
         let mut builder = http::Request::builder().uri(uri);
         if let Some(h) = header {
             builder = builder.header("x-api-key", h);
         }
-        builder.body(()).unwrap().into_parts().0
+        builder.body(()).unwrap()
+    }
+
+    fn extract(source: &KeySource, request: &Request<()>) -> Option<Vec<u8>> {
+        source
+            .extract(&RequestHead::of(request))
+            .map(Cow::into_owned)
     }
 
     #[test]
     fn header_query_authorizer_custom() {
         let p = parts("/x?a=1&api_key=k%2B1&b", Some("hdr"));
+        assert_eq!(extract(&KeySource::default(), &p), Some(b"hdr".to_vec()));
         assert_eq!(
-            KeySource::default().extract(&p).as_deref(),
-            Some(&b"hdr"[..])
+            extract(&KeySource::query("api_key"), &p),
+            Some(b"k+1".to_vec())
         );
-        assert_eq!(
-            KeySource::query("api_key").extract(&p).as_deref(),
-            Some(&b"k+1"[..])
-        );
-        assert_eq!(KeySource::query("missing").extract(&p), None);
-        assert_eq!(KeySource::authorizer().extract(&p), None);
+        assert_eq!(extract(&KeySource::query("missing"), &p), None);
+        assert_eq!(extract(&KeySource::authorizer(), &p), None);
         let mut p2 = parts("/", None);
-        p2.extensions.insert(AuthorizerKey::new("auth"));
+        p2.extensions_mut().insert(AuthorizerKey::new("auth"));
         assert_eq!(
-            KeySource::authorizer().extract(&p2).as_deref(),
-            Some(&b"auth"[..])
+            extract(&KeySource::authorizer(), &p2),
+            Some(b"auth".to_vec())
         );
-        let custom = KeySource::custom(|p| Some(p.uri.path().to_owned()));
-        assert_eq!(custom.extract(&p).as_deref(), Some(&b"/x"[..]));
+        let custom = KeySource::custom(|head| Some(head.uri.path().to_owned()));
+        assert_eq!(extract(&custom, &p), Some(b"/x".to_vec()));
     }
 
     #[test]
     fn empty_key_is_no_key() {
-        assert_eq!(KeySource::default().extract(&parts("/", Some(""))), None);
+        assert_eq!(extract(&KeySource::default(), &parts("/", Some(""))), None);
     }
 }

@@ -43,6 +43,7 @@ mod key;
 pub mod layer;
 mod limit;
 pub mod model;
+mod prehashed;
 mod registry;
 mod route;
 pub mod store;
@@ -51,7 +52,7 @@ pub mod store;
 pub use admin::{AdminCredentials, AdminService};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, ErrorKind, Result};
-pub use key::{AuthorizerKey, KeySource};
+pub use key::{AuthorizerKey, KeySource, RequestHead};
 pub use layer::{
     AwsRefusal, Refusal, RefusalResponse, StoreFailure, UsageContext, UsagePlanLayer,
     UsagePlanService,
@@ -63,6 +64,11 @@ pub use model::{
 pub use registry::{
     KeySnapshot, PlanSnapshot, RegistrySnapshot, UsagePlans, UsagePlansBuilder, MAX_USAGE_DAYS,
 };
+
+/// The README's examples, compiled as doc tests.
+#[cfg(all(doctest, feature = "admin"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 
 /// Re-exported for [`UsagePlans::usage`] dates and [`Clock`] times.
 pub use jiff;

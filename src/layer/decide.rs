@@ -1,12 +1,11 @@
 //! The per-request policy shared by the service and its future: resolve
 //! the key, ask the store, and turn the answer into "forward" or "refuse".
 
-use http::request::Parts;
 use http::Response;
 
 use super::headers::RateLimitHeaders;
 use super::{Refusal, RefusalResponse, UsageContext};
-use crate::key::KeySource;
+use crate::key::{KeySource, RequestHead};
 use crate::registry::{digest, Stage};
 use crate::route::MethodRoute;
 use crate::store::{Decision, DecisionRequest, StoreFuture, Verdict};
@@ -52,15 +51,15 @@ pub(crate) enum Next<B> {
 }
 
 impl Config {
-    pub(crate) fn is_unmetered(&self, parts: &Parts) -> bool {
+    pub(crate) fn is_unmetered(&self, head: &RequestHead<'_>) -> bool {
         self.unmetered
             .iter()
-            .any(|r| r.matches(&parts.method, parts.uri.path()))
+            .any(|r| r.matches(head.method, head.uri.path()))
     }
 
     /// Resolves key → plan → throttle and quota, and starts the decision.
-    pub(crate) fn start(&self, parts: &Parts) -> Result<Pending, Refusal> {
-        let key = self.key_source.extract(parts).ok_or(Refusal::MissingKey)?;
+    pub(crate) fn start(&self, head: &RequestHead<'_>) -> Result<Pending, Refusal> {
+        let key = self.key_source.extract(head).ok_or(Refusal::MissingKey)?;
         let digest = digest(&key);
         let now = self.plans.clock().now();
         self.plans.with_route(&digest, |route| {
@@ -73,16 +72,13 @@ impl Config {
                 counter: &binding.counter,
                 throttle: binding
                     .plan
-                    .throttle_for(&self.stage, &parts.method, parts.uri.path()),
+                    .throttle_for(&self.stage, head.method, head.uri.path()),
                 quota: binding.plan.quota(),
                 now,
             };
             Ok(Pending {
                 decision: self.plans.store().decide(&request),
-                context: UsageContext {
-                    key_id: binding.counter.key_id.clone(),
-                    plan_id: binding.counter.plan_id.clone(),
-                },
+                context: UsageContext(binding.counter.clone()),
             })
         })
     }

@@ -39,7 +39,9 @@ pin_project! {
     {
         Deciding {
             decision: StoreFuture<Decision>,
-            waiting: Option<Waiting<S, ReqBody, R>>,
+            // Boxed: only a networked store needs it, and it keeps the
+            // future small for the in-memory path.
+            waiting: Option<Box<Waiting<S, ReqBody, R>>>,
         },
         Forwarding {
             #[pin]
@@ -77,12 +79,12 @@ impl<S: Service<Request<ReqBody>>, ReqBody, R> ResponseFuture<S, ReqBody, R> {
         Self {
             state: State::Deciding {
                 decision,
-                waiting: Some(Waiting {
+                waiting: Some(Box::new(Waiting {
                     inner,
                     request,
                     config,
                     refusal,
-                }),
+                })),
             },
         }
     }
@@ -106,7 +108,7 @@ where
                         request,
                         config,
                         refusal,
-                    } = waiting
+                    } = *waiting
                         .take()
                         .expect("ResponseFuture polled after completion");
                     let next = match config.finish(&refusal, answer) {

@@ -2,8 +2,7 @@
 //! `draft-ietf-httpapi-ratelimit-headers` structured fields, `Retry-After`
 //! on every 429, and optionally the legacy `X-RateLimit-*` trio.
 
-use std::fmt::Write;
-
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::store::Decision;
@@ -26,35 +25,33 @@ pub(crate) struct RateLimitHeaders {
 impl RateLimitHeaders {
     /// `None` when no policy applied (a plan without throttle or quota).
     pub(crate) fn new(decision: &Decision, retry_after: Option<u64>, legacy: bool) -> Option<Self> {
-        let mut policy = String::new();
-        let mut state = String::new();
+        let mut policy = Field::default();
+        let mut state = Field::default();
         if let Some(t) = &decision.throttle {
-            let _ = write!(policy, "\"throttle\";q={};w=1", t.burst_limit);
-            let _ = write!(state, "\"throttle\";r={};t={}", t.tokens, t.next_token_secs);
+            policy.item(b"\"throttle\";q=", t.burst_limit.into(), b";w=", 1);
+            state.item(
+                b"\"throttle\";r=",
+                t.tokens.into(),
+                b";t=",
+                t.next_token_secs,
+            );
         }
         if let Some(q) = &decision.quota {
-            let sep = if policy.is_empty() { "" } else { ", " };
-            let _ = write!(policy, "{sep}\"quota\";q={};w={}", q.limit, q.period_secs);
-            let _ = write!(state, "{sep}\"quota\";r={};t={}", q.remaining, q.reset_secs);
+            policy.item(b"\"quota\";q=", q.limit, b";w=", q.period_secs);
+            state.item(b"\"quota\";r=", q.remaining, b";t=", q.reset_secs);
         }
-        if policy.is_empty() {
-            return None;
-        }
-        let legacy = legacy.then(|| {
-            let (limit, remaining, reset) = match (&decision.quota, &decision.throttle) {
-                (Some(q), _) => (q.limit, q.remaining, q.reset_secs),
-                (None, Some(t)) => (
-                    u64::from(t.burst_limit),
-                    u64::from(t.tokens),
-                    t.next_token_secs,
-                ),
-                (None, None) => unreachable!("a policy applied"),
-            };
-            [limit.into(), remaining.into(), reset.into()]
-        });
+        let legacy = match (legacy, &decision.quota, &decision.throttle) {
+            (false, _, _) | (true, None, None) => None,
+            (true, Some(q), _) => Some([q.limit.into(), q.remaining.into(), q.reset_secs.into()]),
+            (true, None, Some(t)) => Some([
+                t.burst_limit.into(),
+                t.tokens.into(),
+                t.next_token_secs.into(),
+            ]),
+        };
         Some(Self {
-            policy: HeaderValue::try_from(policy).ok()?,
-            state: HeaderValue::try_from(state).ok()?,
+            policy: policy.into_value()?,
+            state: state.into_value()?,
             retry_after: retry_after.map(HeaderValue::from),
             legacy,
         })
@@ -71,6 +68,33 @@ impl RateLimitHeaders {
             headers.insert(X_RATELIMIT_REMAINING.clone(), remaining);
             headers.insert(X_RATELIMIT_RESET.clone(), reset);
         }
+    }
+}
+
+/// A structured-field list built without `fmt` machinery.
+#[derive(Default)]
+struct Field(Vec<u8>);
+
+impl Field {
+    fn item(&mut self, name: &[u8], first: u64, second_name: &[u8], second: u64) {
+        if self.0.is_empty() {
+            self.0.reserve(64);
+        } else {
+            self.0.extend_from_slice(b", ");
+        }
+        let mut digits = itoa::Buffer::new();
+        self.0.extend_from_slice(name);
+        self.0.extend_from_slice(digits.format(first).as_bytes());
+        self.0.extend_from_slice(second_name);
+        self.0.extend_from_slice(digits.format(second).as_bytes());
+    }
+
+    /// `None` when empty: no policy, no header.
+    fn into_value(self) -> Option<HeaderValue> {
+        if self.0.is_empty() {
+            return None;
+        }
+        HeaderValue::from_maybe_shared(Bytes::from(self.0)).ok()
     }
 }
 

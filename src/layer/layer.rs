@@ -1,11 +1,10 @@
 use std::sync::Arc;
 
-use http::request::Parts;
 use tower_layer::Layer;
 
 use super::decide::{Config, StoreFailure};
 use super::{AwsRefusal, UsagePlanService};
-use crate::key::KeySource;
+use crate::key::{KeySource, RequestHead};
 use crate::registry::Stage;
 use crate::route::MethodRoute;
 use crate::UsagePlans;
@@ -126,9 +125,9 @@ impl<R> UsagePlanLayer<R> {
         }
     }
 
-    /// Whether a request head is on an unmetered route.
-    pub fn is_unmetered(&self, parts: &Parts) -> bool {
-        self.config.is_unmetered(parts)
+    /// Whether a request is on an unmetered route.
+    pub fn is_unmetered(&self, head: &RequestHead<'_>) -> bool {
+        self.config.is_unmetered(head)
     }
 }
 

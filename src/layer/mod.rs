@@ -44,7 +44,7 @@ mod layer;
 mod refusal;
 mod service;
 
-use std::sync::Arc;
+use crate::store::CounterKey;
 
 pub use decide::StoreFailure;
 pub use future::ResponseFuture;
@@ -65,19 +65,16 @@ pub use service::UsagePlanService;
 /// # let _ = handler;
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UsageContext {
-    key_id: Arc<str>,
-    plan_id: Arc<str>,
-}
+pub struct UsageContext(CounterKey);
 
 impl UsageContext {
     /// The API key's id (never its value).
     pub fn key_id(&self) -> &str {
-        &self.key_id
+        self.0.key_id()
     }
 
     /// The usage plan's id.
     pub fn plan_id(&self) -> &str {
-        &self.plan_id
+        self.0.plan_id()
     }
 }

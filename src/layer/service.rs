@@ -7,6 +7,7 @@ use tower_service::Service;
 use super::decide::{Config, Next, Pending};
 use super::future::ResponseFuture;
 use super::RefusalResponse;
+use crate::key::RequestHead;
 
 /// The middleware built by [`UsagePlanLayer`](super::UsagePlanLayer).
 /// Refusals are answered in `call`, without calling the inner service.
@@ -56,24 +57,21 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let (mut parts, body) = request.into_parts();
-        if self.config.is_unmetered(&parts) {
-            return ResponseFuture::forward(
-                self.inner.call(Request::from_parts(parts, body)),
-                None,
-            );
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let head = RequestHead::of(&request);
+        if self.config.is_unmetered(&head) {
+            return ResponseFuture::forward(self.inner.call(request), None);
         }
         let Pending {
             mut decision,
             context,
-        } = match self.config.start(&parts) {
+        } = match self.config.start(&head) {
             Ok(pending) => pending,
             Err(reason) => {
                 return ResponseFuture::refused(self.config.refuse(&self.refusal, reason, None))
             }
         };
-        parts.extensions.insert(context);
+        request.extensions_mut().insert(context);
         let Some(answer) = decision.take_ready() else {
             // The store answers later: the ready inner service goes with the
             // future, a fresh clone stays here.
@@ -82,15 +80,13 @@ where
             return ResponseFuture::deciding(
                 decision,
                 ready,
-                Request::from_parts(parts, body),
+                request,
                 self.config.clone(),
                 self.refusal.clone(),
             );
         };
         match self.config.finish(&self.refusal, answer) {
-            Next::Forward(headers) => {
-                ResponseFuture::forward(self.inner.call(Request::from_parts(parts, body)), headers)
-            }
+            Next::Forward(headers) => ResponseFuture::forward(self.inner.call(request), headers),
             Next::Refuse(response) => ResponseFuture::refused(response),
         }
     }

@@ -18,30 +18,6 @@ pub(crate) fn digest(value: &[u8]) -> KeyDigest {
     Sha256::digest(value).into()
 }
 
-/// A hasher for digests, which are already uniformly random: their first
-/// eight bytes are the hash.
-#[derive(Default, Clone, Copy)]
-pub(crate) struct DigestHasher(u64);
-
-impl std::hash::Hasher for DigestHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // `[u8; 32]` hashes as its length then its bytes; keep the bytes.
-        if bytes.len() >= 8 {
-            let mut head = [0; 8];
-            head.copy_from_slice(&bytes[..8]);
-            self.0 = u64::from_ne_bytes(head);
-        }
-    }
-
-    fn write_usize(&mut self, _: usize) {}
-}
-
-pub(crate) type DigestBuildHasher = std::hash::BuildHasherDefault<DigestHasher>;
-
 /// The stage a layer serves: `api_id:stage`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Stage {

@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 use rand::distr::{Alphanumeric, SampleString};
 
 pub(crate) use lookup::{digest, KeyDigest, KeyRoute, Stage};
-use lookup::{Binding, DigestBuildHasher, PlanRuntime};
+use lookup::{Binding, PlanRuntime};
 pub use snapshot::{KeySnapshot, PlanSnapshot, RegistrySnapshot};
 
 use crate::clock::{Clock, SystemClock};
@@ -58,7 +58,7 @@ struct Inner {
     /// The admin plane's truth; only writers take it.
     control: Mutex<Control>,
     /// The data plane's view, keyed by key digest.
-    routes: DashMap<KeyDigest, KeyRoute, DigestBuildHasher>,
+    routes: DashMap<KeyDigest, KeyRoute, crate::prehashed::Prehashed>,
     store: Arc<dyn CounterStore>,
     clock: Arc<dyn Clock>,
     hash_only: bool,

@@ -35,7 +35,7 @@ use crate::limit::Counter;
 /// ```
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    counters: DashMap<CounterKey, Mutex<Counter>>,
+    counters: DashMap<CounterKey, Mutex<Counter>, crate::prehashed::Prehashed>,
 }
 
 impl MemoryStore {
@@ -89,8 +89,8 @@ impl MemoryStore {
         self.counters
             .iter()
             .map(|entry| CounterSnapshot {
-                plan_id: entry.key().plan_id.to_string(),
-                key_id: entry.key().key_id.to_string(),
+                plan_id: entry.key().plan_id().to_owned(),
+                key_id: entry.key().key_id().to_owned(),
                 state: entry.value().lock().clone(),
             })
             .collect()

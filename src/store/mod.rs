@@ -10,6 +10,8 @@
 mod future;
 mod memory;
 
+use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use jiff::civil::Date;
@@ -20,22 +22,68 @@ pub use memory::{CounterSnapshot, MemoryStore};
 
 use crate::model::{Quota, Throttle};
 
-/// Identifies one (plan, key) counter.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct CounterKey {
-    /// The usage plan's id.
-    pub plan_id: Arc<str>,
-    /// The API key's id.
-    pub key_id: Arc<str>,
+/// Identifies one (plan, key) counter. Cheap to clone (one `Arc`) and to
+/// look up (its hash is computed once, at creation).
+///
+/// ```
+/// use tower_usage_plans::store::CounterKey;
+///
+/// let key = CounterKey::new("plan", "key");
+/// assert_eq!((key.plan_id(), key.key_id()), ("plan", "key"));
+/// assert_eq!(key, CounterKey::new("plan", "key"));
+/// ```
+#[derive(Clone)]
+pub struct CounterKey(Arc<CounterIds>);
+
+struct CounterIds {
+    plan_id: Box<str>,
+    key_id: Box<str>,
+    hash: u64,
 }
 
 impl CounterKey {
     /// The counter of `key_id` in `plan_id`.
     pub fn new(plan_id: &str, key_id: &str) -> Self {
-        Self {
+        let mut hasher = std::hash::DefaultHasher::new();
+        (plan_id, key_id).hash(&mut hasher);
+        Self(Arc::new(CounterIds {
             plan_id: plan_id.into(),
             key_id: key_id.into(),
-        }
+            hash: hasher.finish(),
+        }))
+    }
+
+    /// The usage plan's id.
+    pub fn plan_id(&self) -> &str {
+        &self.0.plan_id
+    }
+
+    /// The API key's id.
+    pub fn key_id(&self) -> &str {
+        &self.0.key_id
+    }
+}
+
+impl PartialEq for CounterKey {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+            || (self.0.hash == other.0.hash
+                && self.0.plan_id == other.0.plan_id
+                && self.0.key_id == other.0.key_id)
+    }
+}
+
+impl Eq for CounterKey {}
+
+impl Hash for CounterKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.0.hash);
+    }
+}
+
+impl fmt::Debug for CounterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CounterKey({}/{})", self.0.plan_id, self.0.key_id)
     }
 }
 

@@ -1,0 +1,127 @@
+//! One request through an in-process axum router (no sockets): bare, with
+//! `tower_governor` keyed by `x-api-key` (headers on), and with
+//! `UsagePlanLayer` (throttle + quota + RateLimit headers) — added with
+//! `Router::layer` and wrapped around the whole router. What each layer
+//! *adds* to bare is the number to compare.
+//!
+//! `cargo bench --bench stack`
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::routing::get;
+use axum::Router;
+use criterion::{criterion_group, criterion_main, Criterion};
+use http::Request;
+use tower::{Layer, Service};
+use tower_governor::governor::GovernorConfigBuilder;
+use tower_governor::key_extractor::KeyExtractor;
+use tower_governor::{GovernorError, GovernorLayer};
+use tower_usage_plans::{
+    NewApiKey, NewUsagePlan, Quota, QuotaPeriod, Throttle, UsagePlanLayer, UsagePlans,
+};
+
+const KEYS: usize = 1_000;
+
+/// What a tower_governor user keys on to limit per API key.
+#[derive(Clone)]
+struct ApiKeyHeader;
+
+impl KeyExtractor for ApiKeyHeader {
+    type Key = String;
+
+    fn extract<T>(&self, req: &Request<T>) -> Result<String, GovernorError> {
+        req.headers()
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .ok_or(GovernorError::UnableToExtractKey)
+    }
+}
+
+fn keys() -> Vec<String> {
+    (0..KEYS).map(|i| format!("bench-key-{i:020}")).collect()
+}
+
+fn plans(values: &[String]) -> UsagePlans {
+    let plans = UsagePlans::new();
+    let plan = plans
+        .create_usage_plan(
+            NewUsagePlan::new("bench")
+                .with_throttle(Throttle::new(1e12, u32::MAX).unwrap())
+                .with_quota(Quota::new(u64::MAX / 2, QuotaPeriod::Month)),
+        )
+        .unwrap();
+    for value in values {
+        let key = plans
+            .create_api_key(NewApiKey::new("k").with_value(value).enabled(true))
+            .unwrap();
+        plans.add_key_to_plan(&plan.id, &key.id).unwrap();
+    }
+    plans
+}
+
+fn stack(c: &mut Criterion) {
+    let values = keys();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let router = || Router::new().route("/", get(|| async { "hello" }));
+
+    let governor = GovernorConfigBuilder::default()
+        .per_nanosecond(1)
+        .burst_size(u32::MAX)
+        .key_extractor(ApiKeyHeader)
+        .use_headers()
+        .finish()
+        .unwrap();
+    let governor = GovernorLayer {
+        config: Arc::new(governor),
+    };
+    let ours = UsagePlanLayer::new(plans(&values));
+
+    let mut bare = router();
+    let mut with_governor = router().layer(governor);
+    let mut with_ours = router().layer(ours.clone());
+    let mut wrapped = ours.layer(router());
+
+    let mut i = 0usize;
+    let mut next = move || {
+        i = (i + 1) % KEYS;
+        Request::get("/")
+            .header("x-api-key", &values[i])
+            .body(Body::empty())
+            .unwrap()
+    };
+    let mut group = c.benchmark_group("stack");
+    group.bench_function("bare", |b| {
+        b.iter(|| runtime.block_on(bare.call(next())).unwrap())
+    });
+    group.bench_function("tower_governor", |b| {
+        b.iter(|| {
+            let response = runtime.block_on(with_governor.call(next())).unwrap();
+            assert_eq!(response.status(), 200);
+        })
+    });
+    group.bench_function("usage_plans_router_layer", |b| {
+        b.iter(|| {
+            let response = runtime.block_on(with_ours.call(next())).unwrap();
+            assert_eq!(response.status(), 200);
+        })
+    });
+    group.bench_function("usage_plans_around_router", |b| {
+        b.iter(|| {
+            let response = runtime.block_on(wrapped.call(next())).unwrap();
+            assert_eq!(response.status(), 200);
+        })
+    });
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
+    targets = stack
+}
+criterion_main!(benches);
