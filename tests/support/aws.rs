@@ -1,0 +1,377 @@
+//! A SigV4-signing admin client (signing like boto3) and a data-plane
+//! client, both over real sockets, plus the servers they talk to.
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::{HashSet, VecDeque};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::task::{Context, Poll};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use aws_credential_types::Credentials;
+use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
+use aws_sigv4::sign::v4::SigningParams;
+use aws_smithy_runtime_api::client::identity::Identity;
+use axum::{routing::get, Router};
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
+use tower_usage_plans::{AdminCredentials, AdminService, UsagePlanLayer, UsagePlans};
+
+pub const AKID: &str = "AKIDTEST";
+pub const SECRET: &str = "test-secret";
+
+/// Status, headers and the JSON body (`Null` when the body is empty).
+pub type Resp = (StatusCode, HeaderMap, Value);
+pub type Req = Request<Full<Bytes>>;
+
+/// The admin API, a data plane wearing the layer, both on the same
+/// `UsagePlans`, each on its own real socket.
+pub struct Env {
+    pub plans: UsagePlans,
+    pub admin: Admin,
+    data: SocketAddr,
+}
+
+pub async fn env() -> Env {
+    env_with(UsagePlans::new()).await
+}
+
+pub async fn env_with(plans: UsagePlans) -> Env {
+    let admin = AdminService::new(plans.clone(), AdminCredentials::new().with(AKID, SECRET));
+    let admin_addr = serve(Router::new().fallback_service(admin)).await;
+    let data = serve(
+        Router::new()
+            .route("/pets", get(|| async { "pets" }))
+            .layer(UsagePlanLayer::new(plans.clone())),
+    )
+    .await;
+    Env {
+        plans,
+        admin: Admin {
+            addr: admin_addr,
+            http: Client::builder(TokioExecutor::new()).build_http(),
+            request_ids: Mutex::default(),
+        },
+        data,
+    }
+}
+
+async fn serve(app: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+impl Env {
+    /// `GET /pets` on the data plane with `x-api-key: key`.
+    pub async fn data(&self, key: Option<&str>) -> (StatusCode, String) {
+        let mut request = Request::get(format!("http://{}/pets", self.data));
+        if let Some(key) = key {
+            request = request.header("x-api-key", key);
+        }
+        let response = self
+            .admin
+            .http
+            .request(request.body(Full::default()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+}
+
+pub struct Admin {
+    addr: SocketAddr,
+    http: Client<HttpConnector, Full<Bytes>>,
+    request_ids: Mutex<HashSet<String>>,
+}
+
+impl Admin {
+    /// An unsigned request with boto3's headers: `host` (with port),
+    /// `accept`, and `content-type` when given.
+    pub fn unsigned(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: &[u8],
+    ) -> Req {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.addr))
+            .header("host", self.addr.to_string())
+            .header("accept", "application/json");
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        request
+            .body(Full::new(Bytes::copy_from_slice(body)))
+            .unwrap()
+    }
+
+    /// The same request, SigV4-signed (`apigateway`, `us-east-1`) over
+    /// `body`: adds `x-amz-date` and `authorization`.
+    pub fn signed_as(&self, akid: &str, secret: &str, request: Req, body: &[u8]) -> Req {
+        self.signed_at(akid, secret, request, body, SystemTime::now())
+    }
+
+    /// Signed as of `time`.
+    pub fn signed_at(
+        &self,
+        akid: &str,
+        secret: &str,
+        mut request: Req,
+        body: &[u8],
+        time: SystemTime,
+    ) -> Req {
+        let identity: Identity = Credentials::new(akid, secret, None, None, "test").into();
+        let params = SigningParams::builder()
+            .identity(&identity)
+            .region("us-east-1")
+            .name("apigateway")
+            .time(time)
+            .settings(SigningSettings::default())
+            .build()
+            .unwrap()
+            .into();
+        let headers: Vec<(String, String)> = request
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.as_str().to_owned(), v.to_str().unwrap().to_owned()))
+            .collect();
+        let uri = request.uri().to_string();
+        let signable = SignableRequest::new(
+            request.method().as_str(),
+            &uri,
+            headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+            SignableBody::Bytes(body),
+        )
+        .unwrap();
+        let (instructions, _) = sign(signable, &params).unwrap().into_parts();
+        instructions.apply_to_request_http1x(&mut request);
+        request
+    }
+
+    pub fn signed(&self, method: &str, path: &str, content_type: Option<&str>, body: &[u8]) -> Req {
+        let request = self.unsigned(method, path, content_type, body);
+        self.signed_as(AKID, SECRET, request, body)
+    }
+
+    /// Sends, checks the request id (present, a UUID, never seen before)
+    /// and parses the body as JSON.
+    pub async fn send(&self, request: Req) -> Resp {
+        self.read(self.http.request(request).await.unwrap()).await
+    }
+
+    /// Sends `request` with its body streamed as `chunks` (no
+    /// Content-Length: `Transfer-Encoding: chunked`).
+    pub async fn send_chunked(&self, request: Req, chunks: Vec<Bytes>) -> Resp {
+        let client: Client<HttpConnector, Chunked> =
+            Client::builder(TokioExecutor::new()).build_http();
+        let request = request.map(|_| Chunked(chunks.into()));
+        self.read(client.request(request).await.unwrap()).await
+    }
+
+    async fn read(&self, response: Response<Incoming>) -> Resp {
+        let (parts, body) = response.into_parts();
+        let id = parts
+            .headers
+            .get("x-amzn-RequestId")
+            .expect("x-amzn-RequestId");
+        let id = id.to_str().unwrap().to_owned();
+        assert_eq!(id.len(), 36, "request id {id}");
+        assert!(
+            self.request_ids.lock().unwrap().insert(id),
+            "request id reused"
+        );
+        let body = body.collect().await.unwrap().to_bytes();
+        let value = if body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&body)
+                .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&body)))
+        };
+        (parts.status, parts.headers, value)
+    }
+
+    pub async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: &[u8],
+    ) -> Resp {
+        self.send(self.signed(method, path, content_type, body))
+            .await
+    }
+
+    pub async fn get(&self, path: &str) -> Resp {
+        self.raw("GET", path, None, b"").await
+    }
+
+    pub async fn delete(&self, path: &str) -> Resp {
+        self.raw("DELETE", path, None, b"").await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Resp {
+        let body = serde_json::to_vec(&body).unwrap();
+        self.raw("POST", path, Some("application/json"), &body)
+            .await
+    }
+
+    pub async fn patch(&self, path: &str, body: Value) -> Resp {
+        let body = serde_json::to_vec(&body).unwrap();
+        self.raw("PATCH", path, Some("application/json"), &body)
+            .await
+    }
+
+    /// `PATCH path` with `patchOperations` made of `(op, path, value)`.
+    pub async fn patch_ops(&self, path: &str, ops: &[(&str, &str, &str)]) -> Resp {
+        let ops: Vec<Value> = ops
+            .iter()
+            .map(|(op, path, value)| json!({"op": op, "path": path, "value": value}))
+            .collect();
+        self.patch(path, json!({ "patchOperations": ops })).await
+    }
+
+    /// Creates an enabled key named `name` with `value`; 201 or panic.
+    pub async fn create_key(&self, name: &str, value: &str) -> Value {
+        let (status, _, key) = self
+            .post(
+                "/apikeys",
+                json!({"name": name, "value": value, "enabled": true}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{key}");
+        key
+    }
+
+    /// Creates a plan from `body`; 201 or panic.
+    pub async fn create_plan(&self, body: Value) -> Value {
+        let (status, _, plan) = self.post("/usageplans", body).await;
+        assert_eq!(status, StatusCode::CREATED, "{plan}");
+        plan
+    }
+
+    /// CreateUsagePlanKey; 201 or panic.
+    pub async fn add_key(&self, plan: &Value, key: &Value) -> Value {
+        let (status, _, member) = self
+            .post(
+                &format!("/usageplans/{}/keys", plan["id"].as_str().unwrap()),
+                json!({"keyId": key["id"], "keyType": "API_KEY"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{member}");
+        member
+    }
+
+    /// Follows `position` through a list operation with `limit=2`; the
+    /// pages (the list must end within 20 pages).
+    pub async fn pages(&self, path: &str, items: &str) -> Vec<Value> {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let mut pages = Vec::new();
+        let mut position: Option<String> = None;
+        loop {
+            assert!(pages.len() < 20, "pagination does not end: {pages:?}");
+            let url = match &position {
+                None => format!("{path}{sep}limit=2"),
+                Some(p) => format!("{path}{sep}limit=2&position={p}"),
+            };
+            let (status, _, page) = self.get(&url).await;
+            assert_eq!(status, StatusCode::OK, "{page}");
+            let len = match &page[items] {
+                Value::Array(a) => a.len(),
+                Value::Object(o) => o.len(),
+                other => panic!("no {items}: {other}"),
+            };
+            position = page.get("position").map(|p| p.as_str().unwrap().to_owned());
+            assert!(len <= 2, "{page}");
+            assert!(
+                position.is_none() || len == 2,
+                "short page with a position: {page}"
+            );
+            pages.push(page);
+            if position.is_none() {
+                return pages;
+            }
+        }
+    }
+}
+
+/// Asserts an AWS error: status, `x-amzn-ErrorType` (up to a `:`), JSON
+/// content type and a body of exactly `{"message": "..."}`; the message.
+#[track_caller]
+pub fn assert_error(resp: &Resp, status: u16, code: &str) -> String {
+    let (s, headers, body) = resp;
+    assert_eq!(s.as_u16(), status, "{body}");
+    let error_type = headers
+        .get("x-amzn-ErrorType")
+        .unwrap_or_else(|| panic!("no x-amzn-ErrorType: {body}"));
+    let error_type = error_type.to_str().unwrap();
+    assert_eq!(error_type.split(':').next(), Some(code), "{body}");
+    assert_eq!(headers["content-type"], "application/json");
+    let object = body
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {body}"));
+    assert_eq!(object.len(), 1, "{body}");
+    let message = body["message"].as_str().expect("message is a string");
+    assert!(!message.is_empty());
+    message.to_owned()
+}
+
+/// A JSON integer (not a string, not a float).
+#[track_caller]
+pub fn int(v: &Value) -> i64 {
+    assert!(v.is_i64() || v.is_u64(), "not a JSON integer: {v}");
+    v.as_i64().unwrap()
+}
+
+pub fn str_of<'a>(v: &'a Value, field: &str) -> &'a str {
+    v[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("{field} is not a string in {v}"))
+}
+
+pub fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// Today's UTC date, `yyyy-MM-dd`.
+pub fn today() -> String {
+    tower_usage_plans::jiff::Timestamp::now()
+        .to_zoned(tower_usage_plans::jiff::tz::TimeZone::UTC)
+        .date()
+        .to_string()
+}
+
+/// A request body of several frames and no known length.
+pub struct Chunked(VecDeque<Bytes>);
+
+impl Body for Chunked {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
