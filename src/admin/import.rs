@@ -72,6 +72,34 @@ fn import_row(plans: &UsagePlans, row: Row) -> Result<String> {
     Ok(id)
 }
 
+/// The row's plans exist, and joining them would not put the key in two
+/// plans covering one stage — found here, so `failonwarnings` can refuse
+/// the file before anything is written.
+fn check_plans(plans: &UsagePlans, value: &str, plan_ids: &[String]) -> Result<(), String> {
+    let mut joined = match plans.api_key_by_value(value) {
+        Some(key) => plans
+            .usage_plans_of_key(&key.id)
+            .map_err(|e| e.message().to_owned())?,
+        None => Vec::new(),
+    };
+    for id in plan_ids {
+        let plan = plans
+            .usage_plan(id)
+            .map_err(|_| format!("unknown usage plan '{id}'"))?;
+        if joined.iter().any(|p| p.id == plan.id) {
+            continue;
+        }
+        if let Some(other) = joined.iter().find(|p| p.overlaps(&plan)) {
+            return Err(format!(
+                "usage plans '{}' and '{}' cover a common stage; a key can be in only one",
+                other.id, plan.id
+            ));
+        }
+        joined.push(plan);
+    }
+    Ok(())
+}
+
 /// Valid rows with their line numbers, and a warning per bad row.
 type Parsed = (Vec<(usize, Row)>, Vec<String>);
 
@@ -130,9 +158,7 @@ fn parse(body: &[u8], plans: &UsagePlans) -> Result<Parsed> {
                         .collect()
                 })
                 .unwrap_or_default();
-            if let Some(unknown) = plan_ids.iter().find(|id| plans.usage_plan(id).is_err()) {
-                return Err(format!("unknown usage plan '{unknown}'"));
-            }
+            check_plans(plans, &value, &plan_ids)?;
             Ok(Row {
                 name: field(Some(name_col)).ok_or("missing Name")?.to_owned(),
                 value,

@@ -150,8 +150,12 @@ fn apply_plan_op(plan: &mut UsagePlan, op: &PatchOperation) -> Result<()> {
         ("remove", "/description") => plan.description = None,
         (_, "/productCode") if set => plan.product_code = Some(op.value()?.to_owned()),
         ("remove", "/productCode") => plan.product_code = None,
-        (_, "/throttle/rateLimit") if set => throttle(plan).rate_limit = op.number()?,
-        (_, "/throttle/burstLimit") if set => throttle(plan).burst_limit = op.integer()?,
+        (_, "/throttle/rateLimit") if set => {
+            set_throttle_field(&mut plan.throttle, "rateLimit", op)?
+        }
+        (_, "/throttle/burstLimit") if set => {
+            set_throttle_field(&mut plan.throttle, "burstLimit", op)?
+        }
         ("remove", "/throttle") => plan.throttle = None,
         (_, "/quota/limit") if set => quota(plan).limit = op.integer()?,
         (_, "/quota/offset") if set => quota(plan).offset = op.integer()?,
@@ -218,15 +222,9 @@ fn apply_stage_op(plan: &mut UsagePlan, op: &PatchOperation, rest: &str) -> Resu
     match (field, op.op.as_str()) {
         (Some(field), "replace" | "add") => {
             let key = unescape(&method_path[..method_path.len() - field.len() - 1]);
-            let throttle = stage.throttle.entry(key).or_insert(Throttle {
-                burst_limit: 0,
-                rate_limit: 0.0,
-            });
-            if field == "rateLimit" {
-                throttle.rate_limit = op.number()?;
-            } else {
-                throttle.burst_limit = op.integer()?;
-            }
+            let mut throttle = stage.throttle.get(&key).copied();
+            set_throttle_field(&mut throttle, field, op)?;
+            stage.throttle.extend(throttle.map(|t| (key, t)));
         }
         (None, "remove") => {
             let key = unescape(method_path);
@@ -242,11 +240,28 @@ fn apply_stage_op(plan: &mut UsagePlan, op: &PatchOperation, rest: &str) -> Resu
     Ok(())
 }
 
-fn throttle(plan: &mut UsagePlan) -> &mut Throttle {
-    plan.throttle.get_or_insert(Throttle {
+/// Sets `rateLimit` or `burstLimit`. A throttle that this sets up from
+/// nothing takes its other field from the given one (burst = ⌈rate⌉, at
+/// least 1; rate = burst per second) rather than a zero that would refuse
+/// every request.
+fn set_throttle_field(slot: &mut Option<Throttle>, field: &str, op: &PatchOperation) -> Result<()> {
+    let fresh = slot.is_none();
+    let throttle = slot.get_or_insert(Throttle {
         burst_limit: 0,
         rate_limit: 0.0,
-    })
+    });
+    if field == "rateLimit" {
+        throttle.rate_limit = op.number()?;
+        if fresh {
+            throttle.burst_limit = (throttle.rate_limit.ceil() as u32).max(1);
+        }
+    } else {
+        throttle.burst_limit = op.integer()?;
+        if fresh {
+            throttle.rate_limit = f64::from(throttle.burst_limit);
+        }
+    }
+    Ok(())
 }
 
 fn quota(plan: &mut UsagePlan) -> &mut Quota {
@@ -363,6 +378,36 @@ mod tests {
             )]
         )
         .is_err());
+    }
+
+    #[test]
+    fn a_throttle_set_up_from_one_field_does_not_block() {
+        let mut p = plan();
+        apply_to_plan(&mut p, &[op("replace", "/throttle/rateLimit", Some("2.5"))]).unwrap();
+        assert_eq!(
+            p.throttle,
+            Some(Throttle {
+                burst_limit: 3,
+                rate_limit: 2.5
+            })
+        );
+        let mut p = plan();
+        apply_to_plan(
+            &mut p,
+            &[op(
+                "add",
+                "/apiStages/abc:prod/throttle//a/GET/burstLimit",
+                Some("4"),
+            )],
+        )
+        .unwrap();
+        assert_eq!(
+            p.api_stages[0].throttle["/a/GET"],
+            Throttle {
+                burst_limit: 4,
+                rate_limit: 4.0
+            }
+        );
     }
 
     #[test]
