@@ -21,8 +21,11 @@ async fn main() -> std::process::ExitCode {
         .init();
     let result = async {
         let config = GatewayConfig::from_cli(Cli::parse())?;
+        // Before the "listening" lines: a SIGTERM right after them must
+        // shut down gracefully, not kill the process.
+        let signal = shutdown_signal()?;
         let gateway = Gateway::start(config).await?;
-        gateway.run_until(shutdown_signal()).await
+        gateway.run_until(signal).await
     }
     .await;
     match result {
@@ -34,18 +37,27 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-/// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Ctrl-C or SIGTERM; the handlers are installed at once.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, String> {
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("install SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
+        use tokio::signal::unix::{signal, SignalKind};
+        let install = |kind: SignalKind, name: &str| {
+            signal(kind).map_err(|e| format!("cannot install the {name} handler: {e}"))
+        };
+        let mut interrupt = install(SignalKind::interrupt(), "SIGINT")?;
+        let mut terminate = install(SignalKind::terminate(), "SIGTERM")?;
+        Ok(async move {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+        })
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    {
+        Ok(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+    }
 }

@@ -68,7 +68,7 @@ struct FileConfig {
     #[serde(default)]
     keys: Vec<NewApiKey>,
     #[serde(default)]
-    plans: Vec<FilePlan>,
+    plans: Vec<toml::Table>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -79,13 +79,12 @@ struct FileCredential {
 }
 
 /// A plan to create at start, with the names of the keys to put in it.
-#[derive(Debug, Clone, Deserialize)]
+/// In the file: a `[[plans]]` table in CreateUsagePlan's shape plus `keys`.
+#[derive(Debug, Clone)]
 pub struct FilePlan {
     /// The plan, in CreateUsagePlan's shape.
-    #[serde(flatten)]
     pub plan: NewUsagePlan,
     /// Names of keys (from `[[keys]]`) to associate.
-    #[serde(default)]
     pub keys: Vec<String>,
 }
 
@@ -144,9 +143,9 @@ impl GatewayConfig {
     /// # Errors
     /// A message naming the file and field that is wrong.
     pub fn from_cli(cli: Cli) -> Result<Self, String> {
-        let file = match &cli.config {
+        let (file, plans) = match &cli.config {
             Some(path) => read_file(path)?,
-            None => FileConfig::default(),
+            None => (FileConfig::default(), Vec::new()),
         };
         let mut config = Self::default();
         if let Some(redis) = cli.redis.or(file.redis) {
@@ -204,7 +203,7 @@ impl GatewayConfig {
             config.admin_credentials.extend(parsed);
         }
         config.state_file = cli.state_file.or(file.state_file);
-        for plan in &file.plans {
+        for plan in &plans {
             for key in &plan.keys {
                 if !file
                     .keys
@@ -219,14 +218,52 @@ impl GatewayConfig {
             }
         }
         config.keys = file.keys;
-        config.plans = file.plans;
+        config.plans = plans;
         Ok(config)
     }
 }
 
-fn read_file(path: &Path) -> Result<FileConfig, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+/// The file, with its `[[plans]]` read apart from their `keys`.
+fn read_file(path: &Path) -> Result<(FileConfig, Vec<FilePlan>), String> {
+    let at = |e: String| format!("{}: {e}", path.display());
+    let text = std::fs::read_to_string(path).map_err(|e| at(e.to_string()))?;
+    let mut file: FileConfig = strict(toml::Deserializer::new(&text), "").map_err(at)?;
+    let plans = std::mem::take(&mut file.plans)
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut table)| {
+            let keys = match table.remove("keys") {
+                None => Vec::new(),
+                Some(keys) => keys
+                    .try_into()
+                    .map_err(|e| at(format!("plans[{i}].keys: {e}")))?,
+            };
+            let plan = strict(toml::Value::Table(table), &format!("plans[{i}]."))
+                .map_err(|e| at(format!("plans[{i}]: {e}")))?;
+            Ok(FilePlan { plan, keys })
+        })
+        .collect::<Result<_, String>>()?;
+    Ok((file, plans))
+}
+
+/// Deserializes `input`, refusing unknown fields anywhere: the model's
+/// types accept them (AWS clients send extras), but in a config a misspelt
+/// `enabeld` or `qouta` must be an error, not a key quietly disabled.
+fn strict<'de, T, D>(input: D, prefix: &str) -> Result<T, String>
+where
+    T: serde::de::DeserializeOwned,
+    D: serde::Deserializer<'de>,
+    D::Error: std::fmt::Display,
+{
+    let mut unknown = None;
+    let value = serde_ignored::deserialize(input, |field| {
+        unknown.get_or_insert_with(|| field.to_string());
+    })
+    .map_err(|e| e.to_string())?;
+    match unknown {
+        Some(field) => Err(format!("{prefix}{field}: unknown field")),
+        None => Ok(value),
+    }
 }
 
 fn parse_upstream(url: &str) -> Result<http::Uri, String> {

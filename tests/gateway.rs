@@ -1,0 +1,510 @@
+#![cfg(feature = "gateway")]
+//! The gateway in process (`Gateway::start`), over real sockets, in front of
+//! a real hyper upstream started by each test: what is forwarded, what is
+//! stripped, streaming both ways, upstream errors, and restarts with a
+//! state file. Synchronisation is by channels only; every wait has a
+//! deadline so a regression fails instead of hanging.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::{Body, Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Notify};
+use tower_usage_plans::gateway::{FilePlan, Gateway, GatewayConfig};
+use tower_usage_plans::jiff::{tz::TimeZone, Timestamp};
+use tower_usage_plans::{NewApiKey, NewUsagePlan, Quota, QuotaPeriod};
+
+const KEY: &str = "gateway-test-key-0123456789";
+/// How long any single wait may take before the test fails.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Awaits `future`, failing the test after [`DEADLINE`].
+async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(DEADLINE, future)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// A unique, empty directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        static SEQ: AtomicUsize = AtomicUsize::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let path = std::env::temp_dir().join(format!(
+            "tower-usage-plans-{tag}-{}-{nanos}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path).unwrap();
+        Self(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// One key (`KEY`, named "tester") in one plan ("testing") with a daily
+/// quota of `limit`; listeners on ephemeral ports; the echo upstream.
+fn config(limit: u64) -> GatewayConfig {
+    GatewayConfig {
+        listen: ([127, 0, 0, 1], 0).into(),
+        admin_listen: ([127, 0, 0, 1], 0).into(),
+        keys: vec![NewApiKey::new("tester").with_value(KEY).enabled(true)],
+        plans: vec![FilePlan {
+            plan: NewUsagePlan::new("testing").with_quota(Quota::new(limit, QuotaPeriod::Day)),
+            keys: vec!["tester".into()],
+        }],
+        ..GatewayConfig::default()
+    }
+}
+
+/// Sends one request on a fresh HTTP/1.1 connection.
+async fn send<B>(addr: SocketAddr, request: Request<B>) -> Response<Incoming>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let stream = within("connect", TcpStream::connect(addr)).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake::<_, B>(TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    within("the response head", sender.send_request(request))
+        .await
+        .unwrap()
+}
+
+/// `GET path` with `key` in `x-api-key`: status, headers, whole body.
+async fn get(addr: SocketAddr, path: &str, key: Option<&str>) -> (StatusCode, HeaderMap, Bytes) {
+    let mut request = Request::get(path).header("host", "gateway.test");
+    if let Some(key) = key {
+        request = request.header("x-api-key", key);
+    }
+    let response = send(addr, request.body(Empty::<Bytes>::new()).unwrap()).await;
+    let (parts, body) = response.into_parts();
+    let body = within("the response body", body.collect())
+        .await
+        .unwrap()
+        .to_bytes();
+    (parts.status, parts.headers, body)
+}
+
+fn json(body: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(body)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
+}
+
+/// A hyper HTTP/1.1 server on an ephemeral port answering with `handler`.
+async fn upstream<F, Fut, B>(handler: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request| {
+                    let response = handler(request);
+                    async move { Ok::<_, Infallible>(response.await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn with_upstream(mut config: GatewayConfig, base: &str) -> GatewayConfig {
+    config.upstream = Some(base.parse().unwrap());
+    config
+}
+
+/// Reads `body` until `len` bytes came (the transport may split chunks).
+async fn read_exactly(body: &mut Incoming, len: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    while out.len() < len {
+        let frame = within("a body frame", body.frame())
+            .await
+            .expect("the body ended early")
+            .unwrap();
+        if let Ok(data) = frame.into_data() {
+            out.extend_from_slice(&data);
+        }
+    }
+    out
+}
+
+/// 100 KiB covering every byte value, so nothing can pass as text.
+fn big_chunk() -> Bytes {
+    (0..100 * 1024)
+        .map(|i| (i % 251) as u8)
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+/// A body whose chunks the test sends one by one; it ends when the sender
+/// is dropped.
+struct ChannelBody(mpsc::Receiver<Bytes>);
+
+fn channel_body() -> (mpsc::Sender<Bytes>, ChannelBody) {
+    let (tx, rx) = mpsc::channel(4);
+    (tx, ChannelBody(rx))
+}
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|c| Ok(Frame::data(c))))
+    }
+}
+
+/// What the upstream reports to the test while it handles one request.
+enum Seen {
+    Head(http::request::Parts),
+    Data(Bytes),
+    End,
+    Responding(mpsc::Sender<Bytes>),
+}
+
+#[tokio::test]
+async fn forwards_request_and_response_streaming_both_ways() {
+    let (seen_tx, mut seen) = mpsc::unbounded_channel::<Seen>();
+    let upstream_addr = upstream(move |request: Request<Incoming>| {
+        let seen_tx = seen_tx.clone();
+        async move {
+            let (parts, mut body) = request.into_parts();
+            seen_tx.send(Seen::Head(parts)).unwrap();
+            // Report every piece of the request body the moment it arrives.
+            while let Some(frame) = body.frame().await {
+                if let Ok(data) = frame.unwrap().into_data() {
+                    seen_tx.send(Seen::Data(data)).unwrap();
+                }
+            }
+            seen_tx.send(Seen::End).unwrap();
+            // Answer with a body the test feeds chunk by chunk.
+            let (sender, body) = channel_body();
+            seen_tx.send(Seen::Responding(sender)).unwrap();
+            Response::builder()
+                .status(StatusCode::CREATED)
+                .header("x-upstream", "yes")
+                .header("connection", "x-upstream-hop")
+                .header("x-upstream-hop", "secret")
+                .header("keep-alive", "timeout=5")
+                .body(body)
+                .unwrap()
+        }
+    })
+    .await;
+    let gateway = Gateway::start(with_upstream(
+        config(100),
+        &format!("http://{upstream_addr}/v1"),
+    ))
+    .await
+    .unwrap();
+    let key_id = gateway.plans().api_key_by_value(KEY).unwrap().id;
+
+    let (request_body, body) = channel_body();
+    let request = Request::put("/a/b%20c?x=1&y=two&y=3")
+        .header("host", "gateway.test")
+        .header("x-api-key", KEY)
+        .header("x-api-key-id", "spoofed-by-the-client")
+        .header("x-custom-end", "kept")
+        .header("x-multi", "one")
+        .header("x-multi", "two")
+        .header("x-forwarded-for", "203.0.113.7")
+        .header("connection", "x-custom")
+        .header("x-custom", "hop-only")
+        .header("te", "trailers")
+        .header("upgrade", "websocket")
+        .header("keep-alive", "timeout=5")
+        .header("proxy-connection", "keep-alive")
+        .body(body)
+        .unwrap();
+    let gateway_addr = gateway.data_addr();
+    let response = tokio::spawn(async move { send(gateway_addr, request).await });
+
+    // The request body streams: the upstream sees the first chunk while the
+    // client still holds the rest.
+    let first = Bytes::from_static(b"first\x00\xff chunk");
+    request_body.send(first.clone()).await.unwrap();
+    let Seen::Head(head) = within("the upstream request", seen.recv()).await.unwrap() else {
+        panic!("the upstream did not see the head first");
+    };
+    let mut received = Vec::new();
+    while received.len() < first.len() {
+        match within("the first request chunk", seen.recv())
+            .await
+            .unwrap()
+        {
+            Seen::Data(data) => received.extend_from_slice(&data),
+            _ => panic!("the request body ended before the client finished it"),
+        }
+    }
+    assert_eq!(received, first);
+    let rest = big_chunk();
+    request_body.send(rest.clone()).await.unwrap();
+    drop(request_body);
+    loop {
+        match within("the rest of the request body", seen.recv())
+            .await
+            .unwrap()
+        {
+            Seen::Data(data) => received.extend_from_slice(&data),
+            Seen::End => break,
+            _ => panic!("unexpected report"),
+        }
+    }
+    assert_eq!(received, [&first[..], &rest[..]].concat(), "request body");
+
+    // Method, path (under the base prefix), query, headers.
+    assert_eq!(head.method, http::Method::PUT);
+    assert_eq!(head.uri.path(), "/v1/a/b%20c");
+    assert_eq!(head.uri.query(), Some("x=1&y=two&y=3"));
+    let h = &head.headers;
+    assert_eq!(h["x-custom-end"], "kept");
+    let multi: Vec<_> = h.get_all("x-multi").iter().collect();
+    assert_eq!(multi, ["one", "two"]);
+    assert!(
+        h.get("x-api-key").is_none(),
+        "the client's key leaked upstream"
+    );
+    let ids: Vec<_> = h.get_all("x-api-key-id").iter().collect();
+    assert_eq!(ids, [key_id.as_str()], "the key id, and only ours");
+    assert_eq!(h["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+    let forwarded = h["forwarded"].to_str().unwrap();
+    assert!(
+        forwarded.contains("for=127.0.0.1"),
+        "forwarded: {forwarded}"
+    );
+    assert_eq!(h["host"], upstream_addr.to_string().as_str());
+    for hop in [
+        "connection",
+        "x-custom",
+        "te",
+        "upgrade",
+        "keep-alive",
+        "proxy-connection",
+    ] {
+        assert!(
+            h.get(hop).is_none(),
+            "hop-by-hop {hop} was forwarded: {h:?}"
+        );
+    }
+
+    // The response body streams: the client reads the first chunk while the
+    // upstream still holds the rest.
+    let Seen::Responding(response_body) =
+        within("the upstream response", seen.recv()).await.unwrap()
+    else {
+        panic!("the upstream did not answer");
+    };
+    let first = Bytes::from_static(b"\xfe\x00first response chunk");
+    response_body.send(first.clone()).await.unwrap();
+    let response = within("the gateway response", response).await.unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(response.headers()["x-upstream"], "yes");
+    assert!(response.headers().get("x-upstream-hop").is_none());
+    assert!(response.headers().get("keep-alive").is_none());
+    let mut body = response.into_body();
+    assert_eq!(read_exactly(&mut body, first.len()).await, first);
+    let rest = big_chunk();
+    response_body.send(rest.clone()).await.unwrap();
+    response_body
+        .send(Bytes::from_static(b"last"))
+        .await
+        .unwrap();
+    drop(response_body);
+    let tail = within("the rest of the response", body.collect())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(tail, [&rest[..], b"last"].concat(), "response body");
+
+    gateway.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn echo_upstream_describes_the_request_without_the_key() {
+    let gateway = Gateway::start(config(100)).await.unwrap();
+    let key_id = gateway.plans().api_key_by_value(KEY).unwrap().id;
+
+    let (status, _, body) = get(gateway.data_addr(), "/pets/1?kind=cat", Some(KEY)).await;
+    assert_eq!(status, StatusCode::OK);
+    let echo = json(&body);
+    assert_eq!(echo["method"], "GET");
+    assert_eq!(echo["path"], "/pets/1");
+    assert_eq!(echo["query"], "kind=cat");
+    assert_eq!(echo["keyId"], key_id.as_str());
+    assert_eq!(echo["headers"]["x-api-key-id"], key_id.as_str());
+    assert!(echo["headers"].get("x-api-key").is_none(), "{echo}");
+    assert_eq!(echo["headers"]["x-forwarded-for"], "127.0.0.1");
+
+    let (status, headers, body) = get(gateway.data_addr(), "/pets/1", None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(headers["x-amzn-errortype"], "ForbiddenException");
+    assert_eq!(json(&body), serde_json::json!({"message": "Forbidden"}));
+
+    gateway.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn upstream_down_is_502_json() {
+    // A port nothing listens on: bind it, note it, free it.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let gateway = Gateway::start(with_upstream(config(100), &format!("http://{closed}")))
+        .await
+        .unwrap();
+
+    let (status, headers, body) = get(gateway.data_addr(), "/anything", Some(KEY)).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(headers["content-type"], "application/json");
+    let body = json(&body);
+    assert!(body["message"].is_string(), "{body}");
+
+    gateway.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn slow_upstream_is_504_json() {
+    let (arrived_tx, mut arrived) = mpsc::unbounded_channel::<()>();
+    // The upstream takes the request and never answers: it waits on a
+    // notification nobody sends.
+    let hold = Arc::new(Notify::new());
+    let held = hold.clone();
+    let upstream_addr = upstream(move |_request: Request<Incoming>| {
+        let arrived_tx = arrived_tx.clone();
+        let held = held.clone();
+        async move {
+            arrived_tx.send(()).unwrap();
+            held.notified().await;
+            Response::new(Full::new(Bytes::from_static(b"too late")))
+        }
+    })
+    .await;
+    let mut config = with_upstream(config(100), &format!("http://{upstream_addr}"));
+    config.upstream_timeout = Duration::from_millis(100);
+    let gateway = Gateway::start(config).await.unwrap();
+
+    let (status, headers, body) = get(gateway.data_addr(), "/slow", Some(KEY)).await;
+    within("the upstream to have been reached", arrived.recv())
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(headers["content-type"], "application/json");
+    let body = json(&body);
+    assert!(body["message"].is_string(), "{body}");
+
+    gateway.shutdown().await.unwrap();
+    drop(hold);
+}
+
+/// `[used, remaining]` of `KEY` today, as GetUsage reports it.
+async fn used_today(gateway: &Gateway) -> [u64; 2] {
+    let plans = gateway.plans();
+    let plan = plans
+        .usage_plans()
+        .into_iter()
+        .find(|p| p.name == "testing")
+        .unwrap();
+    let key = plans.api_key_by_value(KEY).unwrap();
+    let today = Timestamp::now().to_zoned(TimeZone::UTC).date();
+    let usage = plans
+        .usage(&plan.id, Some(&key.id), today, today)
+        .await
+        .unwrap();
+    usage.values[&key.id][0]
+}
+
+#[tokio::test]
+async fn restart_with_a_state_file_keeps_used_exactly() {
+    const LIMIT: u64 = 7;
+    const N: u64 = 4;
+    let dir = TempDir::new("restart");
+    let mut config = config(LIMIT);
+    config.state_file = Some(dir.0.join("state.json"));
+
+    let gateway = Gateway::start(config.clone()).await.unwrap();
+    let ids = (
+        gateway.plans().usage_plans()[0].id.clone(),
+        gateway.plans().api_key_by_value(KEY).unwrap().id,
+    );
+    for _ in 0..N {
+        let (status, _, _) = get(gateway.data_addr(), "/", Some(KEY)).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    assert_eq!(used_today(&gateway).await, [N, LIMIT - N]);
+    gateway.shutdown().await.unwrap();
+
+    // Same configuration, same state file: nothing provisioned twice, the
+    // same ids, and the counter exactly where it was.
+    let gateway = Gateway::start(config.clone()).await.unwrap();
+    assert_eq!(gateway.plans().usage_plans().len(), 1);
+    assert_eq!(gateway.plans().api_keys().len(), 1);
+    assert_eq!(gateway.plans().usage_plans()[0].id, ids.0);
+    assert_eq!(gateway.plans().api_key_by_value(KEY).unwrap().id, ids.1);
+    assert_eq!(used_today(&gateway).await, [N, LIMIT - N]);
+
+    // The quota continues from there: exactly LIMIT - N more.
+    for _ in N..LIMIT {
+        let (status, _, _) = get(gateway.data_addr(), "/", Some(KEY)).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let (status, headers, body) = get(gateway.data_addr(), "/", Some(KEY)).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(headers["x-amzn-errortype"], "LimitExceededException");
+    assert_eq!(
+        json(&body),
+        serde_json::json!({"message": "Limit Exceeded"})
+    );
+    assert_eq!(used_today(&gateway).await, [LIMIT, 0]);
+    gateway.shutdown().await.unwrap();
+
+    // And once more: the refusal cost nothing and was not lost.
+    let gateway = Gateway::start(config).await.unwrap();
+    assert_eq!(used_today(&gateway).await, [LIMIT, 0]);
+    gateway.shutdown().await.unwrap();
+}

@@ -1,0 +1,778 @@
+#![cfg(feature = "gateway")]
+//! The real example binary (`target/debug/examples/gateway`): crash safety
+//! of the state file (`kill -9`), refusal to start on a corrupt state file
+//! or a bad configuration, graceful shutdown on SIGTERM, the metrics
+//! endpoint, and the quick-start flow with the real AWS CLI.
+//!
+//! The binary is not built here: build it first with
+//! `cargo build --example gateway --features gateway` (or `cargo test
+//! --all-features`, which builds the examples). Addresses come from its log
+//! lines; every child process is killed when its guard drops, also when a
+//! test fails.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+const DEMO_KEY: &str = "demo-key-0123456789abcdef";
+const KEY: &str = "binary-test-key-0123456789";
+/// How long any single wait may take before the test fails.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(DEADLINE, future)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+// ---- the binary ---------------------------------------------------------
+
+/// `target/debug/examples/gateway`, beside this test's own executable
+/// (`target/debug/deps/`) or under the manifest's `target/`. Missing or
+/// older than the sources is an error: it is never built from here.
+fn binary() -> PathBuf {
+    let name = format!("gateway{}", std::env::consts::EXE_SUFFIX);
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("examples").join(&name)));
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let under_manifest = manifest.join("target/debug/examples").join(&name);
+    let path = beside
+        .filter(|p| p.is_file())
+        .or_else(|| under_manifest.is_file().then(|| under_manifest.clone()))
+        .unwrap_or_else(|| {
+            panic!(
+                "the example binary {} does not exist: build it first with \
+                 `cargo build --example gateway --features gateway`",
+                under_manifest.display()
+            )
+        });
+    let built = std::fs::metadata(&path).unwrap().modified().unwrap();
+    let mut sources = vec![manifest.join("examples/gateway.rs")];
+    collect_rs(&manifest.join("src"), &mut sources);
+    if let Some(newer) = sources.iter().find(|source| {
+        std::fs::metadata(source)
+            .and_then(|m| m.modified())
+            .is_ok_and(|modified| modified > built)
+    }) {
+        panic!(
+            "the example binary {} is older than {}: rebuild it with \
+             `cargo build --example gateway --features gateway`",
+            path.display(),
+            newer.display()
+        );
+    }
+    path
+}
+
+fn collect_rs(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            collect_rs(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// A running gateway process. Dropping it kills the process.
+struct Proc {
+    child: Child,
+    /// stdout lines not consumed yet.
+    lines: mpsc::UnboundedReceiver<String>,
+    /// Everything printed so far, for failure messages.
+    output: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // SIGKILL now (a no-op if it already exited); tokio reaps it.
+        let _ = self.child.start_kill();
+    }
+}
+
+fn spawn(args: &[&str], cwd: &Path) -> Proc {
+    let mut child = Command::new(binary())
+        .args(args)
+        .current_dir(cwd)
+        .env("RUST_LOG", "info")
+        .env_remove("USAGE_PLANS_ADMIN_CREDENTIALS")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the example binary");
+    let output = Arc::new(Mutex::new(String::new()));
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let (tx, lines) = mpsc::unbounded_channel();
+    let readers = vec![
+        read_lines(child.stdout.take().unwrap(), output.clone(), None, Some(tx)),
+        read_lines(
+            child.stderr.take().unwrap(),
+            output.clone(),
+            Some(stderr.clone()),
+            None,
+        ),
+    ];
+    Proc {
+        child,
+        lines,
+        output,
+        stderr,
+        readers,
+    }
+}
+
+fn read_lines(
+    pipe: impl AsyncRead + Unpin + Send + 'static,
+    output: Arc<Mutex<String>>,
+    copy: Option<Arc<Mutex<String>>>,
+    tx: Option<mpsc::UnboundedSender<String>>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(pipe).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            for sink in std::iter::once(&output).chain(copy.as_ref()) {
+                let mut sink = sink.lock().unwrap();
+                sink.push_str(&line);
+                sink.push('\n');
+            }
+            if let Some(tx) = &tx {
+                let _ = tx.send(line);
+            }
+        }
+    })
+}
+
+impl Proc {
+    fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    /// The next stdout line containing `needle`.
+    async fn wait_for(&mut self, needle: &str) -> String {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
+                Ok(Some(line)) if line.contains(needle) => return line,
+                Ok(Some(_)) => {}
+                Ok(None) => panic!(
+                    "the gateway ended before logging {needle:?}; output:\n{}",
+                    self.output()
+                ),
+                Err(_) => panic!(
+                    "the gateway did not log {needle:?} in time; output:\n{}",
+                    self.output()
+                ),
+            }
+        }
+    }
+
+    /// The address logged as `<what> listening on http://ADDR`.
+    async fn address(&mut self, what: &str) -> SocketAddr {
+        let needle = format!("{what} listening on http://");
+        let line = self.wait_for(&needle).await;
+        let rest = &line[line.find(&needle).unwrap() + needle.len()..];
+        let addr = rest.split_whitespace().next().unwrap_or_default();
+        addr.parse()
+            .unwrap_or_else(|e| panic!("bad address in {line:?}: {e}"))
+    }
+
+    /// Data plane and admin API addresses (logged in that order).
+    async fn ready(&mut self) -> (SocketAddr, SocketAddr) {
+        let data = self.address("data plane").await;
+        let admin = self.address("admin API").await;
+        (data, admin)
+    }
+
+    /// Sends `signal` (e.g. "TERM") with kill(1).
+    fn signal(&self, signal: &str) {
+        let pid = self.child.id().expect("the gateway is running").to_string();
+        let status = std::process::Command::new("kill")
+            .args(["-s", signal, &pid])
+            .status()
+            .expect("run kill(1)");
+        assert!(status.success(), "kill -s {signal} {pid} failed");
+    }
+
+    /// Waits for the process to exit; returns its status and stderr.
+    async fn exit(&mut self) -> (ExitStatus, String) {
+        let status = match tokio::time::timeout(DEADLINE, self.child.wait()).await {
+            Ok(status) => status.unwrap(),
+            Err(_) => panic!(
+                "the gateway did not exit in time; output:\n{}",
+                self.output()
+            ),
+        };
+        for reader in self.readers.drain(..) {
+            within("the gateway's output to end", reader).await.unwrap();
+        }
+        let stderr = self.stderr.lock().unwrap().clone();
+        (status, stderr)
+    }
+}
+
+// ---- files ----------------------------------------------------------------
+
+/// A unique, empty directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        static SEQ: AtomicUsize = AtomicUsize::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let path = std::env::temp_dir().join(format!(
+            "tower-usage-plans-bin-{tag}-{}-{nanos}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path).unwrap();
+        Self(path)
+    }
+
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.0.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Ephemeral listeners, `KEY` (named "tester") in plan "testing" with a
+/// daily quota of `limit`, plus `extra` TOML.
+fn config_text(limit: u64, extra: &str) -> String {
+    format!(
+        r#"listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+{extra}
+
+[[keys]]
+name = "tester"
+value = "{KEY}"
+enabled = true
+
+[[plans]]
+name = "testing"
+quota = {{ limit = {limit}, period = "DAY" }}
+keys = ["tester"]
+"#
+    )
+}
+
+/// The sum of every counter's `used` in a state file, `None` while the
+/// file is missing. (The file's counter layout is internal; this reads
+/// `counters[].state.used`, as written by `src/gateway/state.rs`.)
+fn used_in_state_file(path: &Path) -> Option<u64> {
+    let bytes = std::fs::read(path).ok()?;
+    let state: serde_json::Value = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
+    let counters = state["counters"].as_array().expect("a counters array");
+    Some(
+        counters
+            .iter()
+            .map(|c| c["state"]["used"].as_u64().expect("counters[].state.used"))
+            .sum(),
+    )
+}
+
+/// Polls the state file (it is written on an interval) until it records
+/// `used` requests.
+async fn until_state_file_records(path: &Path, used: u64) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let seen = used_in_state_file(path);
+        if seen == Some(used) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} never recorded {used} requests (last seen: {seen:?})",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ---- HTTP ---------------------------------------------------------------
+
+async fn send<B>(addr: SocketAddr, request: Request<B>) -> Response<Incoming>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = within("connect", TcpStream::connect(addr)).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake::<_, B>(TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    within("the response head", sender.send_request(request))
+        .await
+        .unwrap()
+}
+
+async fn get(addr: SocketAddr, path: &str, key: Option<&str>) -> (StatusCode, HeaderMap, Bytes) {
+    let mut request = Request::get(path).header("host", addr.to_string());
+    if let Some(key) = key {
+        request = request.header("x-api-key", key);
+    }
+    let response = send(addr, request.body(Empty::<Bytes>::new()).unwrap()).await;
+    let (parts, body) = response.into_parts();
+    let body = within("the response body", body.collect())
+        .await
+        .unwrap()
+        .to_bytes();
+    (parts.status, parts.headers, body)
+}
+
+async fn status(addr: SocketAddr, key: Option<&str>) -> StatusCode {
+    get(addr, "/pets", key).await.0
+}
+
+// ---- tests ----------------------------------------------------------------
+
+#[tokio::test]
+async fn kill_9_keeps_every_flushed_count_and_the_state_file_readable() {
+    const LIMIT: u64 = 7;
+    const N: u64 = 4;
+    let dir = TempDir::new("kill9");
+    let state = dir.0.join("state.json");
+    let config = dir.write(
+        "gateway.toml",
+        &config_text(
+            LIMIT,
+            &format!("state_file = {:?}", state.to_str().unwrap()),
+        ),
+    );
+    let args = ["--config", config.to_str().unwrap()];
+
+    let mut gateway = spawn(&args, &dir.0);
+    let (data, _) = gateway.ready().await;
+    for _ in 0..N {
+        assert_eq!(status(data, Some(KEY)).await, StatusCode::OK);
+    }
+    until_state_file_records(&state, N).await;
+    within("kill -9", gateway.child.kill()).await.unwrap();
+    drop(gateway);
+
+    // The next start succeeds (the file is whole) and continues from N:
+    // exactly LIMIT - N more requests, then the quota refuses.
+    let mut gateway = spawn(&args, &dir.0);
+    let (data, _) = gateway.ready().await;
+    for i in N..LIMIT {
+        assert_eq!(
+            status(data, Some(KEY)).await,
+            StatusCode::OK,
+            "request {} after the restart",
+            i - N + 1
+        );
+    }
+    let (code, _, body) = get(data, "/pets", Some(KEY)).await;
+    assert_eq!(code, StatusCode::TOO_MANY_REQUESTS, "used was not {N}");
+    assert_eq!(&body[..], br#"{"message":"Limit Exceeded"}"#);
+}
+
+#[tokio::test]
+async fn a_corrupt_or_unreadable_state_file_stops_the_start_naming_the_file() {
+    let dir = TempDir::new("corrupt");
+    let config = dir.write("gateway.toml", &config_text(5, ""));
+    let cases = [
+        ("garbage.json", Some("{this is not json")),
+        ("empty.json", Some("")),
+        ("truncated.json", Some(r#"{"version":1,"registry":{"#)),
+        ("a-directory.json", None),
+    ];
+    for (name, contents) in cases {
+        let path = dir.0.join(name);
+        match contents {
+            Some(text) => std::fs::write(&path, text).unwrap(),
+            None => std::fs::create_dir(&path).unwrap(),
+        }
+        let mut gateway = spawn(
+            &[
+                "--config",
+                config.to_str().unwrap(),
+                "--state-file",
+                path.to_str().unwrap(),
+            ],
+            &dir.0,
+        );
+        let (status, stderr) = gateway.exit().await;
+        assert!(!status.success(), "{name}: started anyway ({status})");
+        assert!(
+            stderr.contains(path.to_str().unwrap()),
+            "{name}: the message does not name the file: {stderr}"
+        );
+        if let Some(text) = contents {
+            // Left alone for the operator to inspect.
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_bad_configuration_exits_non_zero_naming_the_field() {
+    let dir = TempDir::new("badconfig");
+    let listeners = "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n";
+    let key = format!("[[keys]]\nname = \"tester\"\nvalue = \"{KEY}\"\nenabled = true\n");
+    // (file contents, extra flags, what the message must name)
+    let cases: Vec<(String, Vec<&str>, Vec<&str>)> = vec![
+        (
+            format!("{listeners}lisen = \"127.0.0.1:0\"\n"),
+            vec![],
+            vec!["lisen"],
+        ),
+        (
+            format!("{listeners}stage = \"no-colon\"\n"),
+            vec![],
+            vec!["stage", "no-colon"],
+        ),
+        (listeners.to_owned(), vec!["--stage", ":prod"], vec!["stage"]),
+        (
+            format!("{listeners}{key}[[plans]]\nname = \"p\"\nkeys = [\"tester\", \"ghost\"]\n"),
+            vec![],
+            vec!["plans.keys", "ghost"],
+        ),
+        (
+            format!("{listeners}[[plans]]\nname = \"p\"\nqouta = {{ limit = 5, period = \"DAY\" }}\n"),
+            vec![],
+            vec!["qouta"],
+        ),
+        (
+            format!("{listeners}[[keys]]\nname = \"k\"\nvalue = \"{KEY}\"\nenabeld = true\n"),
+            vec![],
+            vec!["enabeld"],
+        ),
+        (
+            format!("{listeners}[[plans]]\nname = \"p\"\nthrottle = {{ rateLimit = 1.0, burstLimit = 2, brust = 3 }}\n"),
+            vec![],
+            vec!["brust"],
+        ),
+        (
+            format!("{listeners}upstream = \"ftp://example.com\"\n"),
+            vec![],
+            vec!["upstream"],
+        ),
+        (
+            format!("{listeners}upstream_timeout_secs = -1\n"),
+            vec![],
+            vec!["upstream_timeout_secs"],
+        ),
+        ("listen = \"not an address\"\n".to_owned(), vec![], vec!["listen"]),
+    ];
+    for (i, (text, flags, names)) in cases.into_iter().enumerate() {
+        let config = dir.write(&format!("case{i}.toml"), &text);
+        let mut args = vec!["--config", config.to_str().unwrap()];
+        args.extend(flags);
+        let mut gateway = spawn(&args, &dir.0);
+        let (status, stderr) = gateway.exit().await;
+        assert!(
+            !status.success(),
+            "started with a bad configuration ({status}):\n{text}"
+        );
+        for name in names {
+            assert!(
+                stderr.contains(name),
+                "the message does not name {name:?}:\n{stderr}\nconfig:\n{text}"
+            );
+        }
+    }
+
+    // A missing configuration file is named too.
+    let missing = dir.0.join("missing.toml");
+    let mut gateway = spawn(&["--config", missing.to_str().unwrap()], &dir.0);
+    let (status, stderr) = gateway.exit().await;
+    assert!(!status.success());
+    assert!(stderr.contains(missing.to_str().unwrap()), "{stderr}");
+}
+
+/// An upstream that reports each request and answers it only when the
+/// test says so.
+async fn held_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<oneshot::Sender<()>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (arrived_tx, arrived) = mpsc::unbounded_channel::<oneshot::Sender<()>>();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let arrived_tx = arrived_tx.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |_request: Request<Incoming>| {
+                    let arrived_tx = arrived_tx.clone();
+                    async move {
+                        let (release, released) = oneshot::channel();
+                        let _ = arrived_tx.send(release);
+                        let _ = released.await;
+                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(
+                            Bytes::from_static(b"finished"),
+                        )))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, arrived)
+}
+
+#[tokio::test]
+async fn sigterm_lets_the_in_flight_request_finish_then_exits_0() {
+    let dir = TempDir::new("sigterm");
+    let state = dir.0.join("state.json");
+    let (upstream, mut arrived) = held_upstream().await;
+    let config = dir.write(
+        "gateway.toml",
+        &config_text(
+            100,
+            &format!(
+                "upstream = \"http://{upstream}\"\nstate_file = {:?}",
+                state.to_str().unwrap()
+            ),
+        ),
+    );
+    let mut gateway = spawn(&["--config", config.to_str().unwrap()], &dir.0);
+    let (data, _) = gateway.ready().await;
+
+    let in_flight = tokio::spawn(async move { get(data, "/slow", Some(KEY)).await });
+    let release = within("the request to reach the upstream", arrived.recv())
+        .await
+        .unwrap();
+    gateway.signal("TERM");
+    gateway.wait_for("shutdown signal received").await;
+    release.send(()).unwrap();
+
+    let (code, _, body) = within("the in-flight response", in_flight).await.unwrap();
+    assert_eq!(code, StatusCode::OK);
+    assert_eq!(&body[..], b"finished");
+    let (status, stderr) = gateway.exit().await;
+    assert!(status.success(), "exit status {status}; stderr: {stderr}");
+    // The final flush recorded the request.
+    assert_eq!(used_in_state_file(&state), Some(1));
+}
+
+#[tokio::test]
+async fn sigterm_right_after_ready_is_graceful() {
+    let dir = TempDir::new("sigterm-ready");
+    let state = dir.0.join("state.json");
+    let config = dir.write(
+        "gateway.toml",
+        &config_text(100, &format!("state_file = {:?}", state.to_str().unwrap())),
+    );
+    let mut gateway = spawn(&["--config", config.to_str().unwrap()], &dir.0);
+    gateway.ready().await;
+    gateway.signal("TERM");
+    let (status, stderr) = gateway.exit().await;
+    assert!(status.success(), "exit status {status}; stderr: {stderr}");
+    assert_eq!(used_in_state_file(&state), Some(0), "state flushed on exit");
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_outcome() {
+    let dir = TempDir::new("metrics");
+    let config = dir.write(
+        "gateway.toml",
+        &format!(
+            r#"listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+metrics_listen = "127.0.0.1:0"
+
+[[keys]]
+name = "quota"
+value = "{KEY}"
+enabled = true
+
+[[keys]]
+name = "throttle"
+value = "throttled-key-0123456789"
+enabled = true
+
+[[plans]]
+name = "one a day"
+quota = {{ limit = 1, period = "DAY" }}
+keys = ["quota"]
+
+[[plans]]
+name = "never"
+throttle = {{ rateLimit = 1.0, burstLimit = 0 }}
+keys = ["throttle"]
+"#
+        ),
+    );
+    let mut gateway = spawn(&["--config", config.to_str().unwrap()], &dir.0);
+    let (data, _) = gateway.ready().await;
+    let metrics = gateway.address("metrics").await;
+
+    assert_eq!(status(data, Some(KEY)).await, StatusCode::OK);
+    assert_eq!(status(data, Some(KEY)).await, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(status(data, None).await, StatusCode::FORBIDDEN);
+    assert_eq!(
+        status(data, Some("unknown-key-0123456789")).await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        status(data, Some("throttled-key-0123456789")).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+
+    let (code, headers, body) = get(metrics, "/metrics", None).await;
+    assert_eq!(code, StatusCode::OK);
+    assert!(headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    for (outcome, count) in [
+        ("admitted", 1),
+        ("quota_exceeded", 1),
+        ("forbidden", 2),
+        ("throttled", 1),
+    ] {
+        let line = format!("usage_plans_requests_total{{outcome=\"{outcome}\"}} {count}");
+        assert!(
+            text.lines().any(|l| l == line),
+            "no line {line:?} in:\n{text}"
+        );
+    }
+    assert!(
+        text.contains("usage_plans_decision_seconds_bucket"),
+        "no decision latency histogram in:\n{text}"
+    );
+}
+
+/// `aws apigateway <args>` against `admin` with the demo credentials;
+/// the parsed JSON output.
+async fn aws(admin: SocketAddr, home: &Path, args: &[&str]) -> serde_json::Value {
+    let config = home.join("aws-config");
+    let credentials = home.join("aws-credentials");
+    std::fs::write(&config, "").unwrap();
+    std::fs::write(&credentials, "").unwrap();
+    let mut command = Command::new("aws");
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("AWS_") {
+            command.env_remove(name);
+        }
+    }
+    let endpoint = format!("http://{admin}");
+    command
+        .arg("apigateway")
+        .args(args)
+        .args(["--endpoint-url", &endpoint, "--region", "us-east-1"])
+        .args(["--output", "json"])
+        .env("AWS_ACCESS_KEY_ID", "AKIDLOCALDEMO")
+        .env("AWS_SECRET_ACCESS_KEY", "local-demo-secret-do-not-use")
+        .env("AWS_CONFIG_FILE", &config)
+        .env("AWS_SHARED_CREDENTIALS_FILE", &credentials)
+        .env("AWS_MAX_ATTEMPTS", "1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_PAGER", "")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let output = match within("the AWS CLI", command.output()).await {
+        Ok(output) => output,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            panic!("the AWS CLI (`aws`) is not on PATH; this test runs the real one")
+        }
+        Err(e) => panic!("cannot run the AWS CLI: {e}"),
+    };
+    assert!(
+        output.status.success(),
+        "`aws apigateway {}` failed ({}): {}",
+        args.join(" "),
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "`aws apigateway {}` printed no JSON ({e}): {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stdout)
+        )
+    })
+}
+
+/// The id of the item named `name` in a GetUsagePlans / GetApiKeys output.
+fn id_named(list: &serde_json::Value, name: &str) -> String {
+    let items = list["items"].as_array().expect("items");
+    let found: Vec<_> = items.iter().filter(|i| i["name"] == name).collect();
+    assert_eq!(found.len(), 1, "one item named {name:?} in {list}");
+    found[0]["id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn quick_start_demo_config_and_the_aws_cli() {
+    let home = TempDir::new("quickstart");
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut gateway = spawn(
+        &[
+            "--config",
+            "examples/gateway.toml",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ],
+        manifest,
+    );
+    let (data, admin) = gateway.ready().await;
+
+    // The demo quota: 5 a day.
+    for i in 1..=5 {
+        assert_eq!(
+            status(data, Some(DEMO_KEY)).await,
+            StatusCode::OK,
+            "request {i}"
+        );
+    }
+    let (code, _, body) = get(data, "/pets", Some(DEMO_KEY)).await;
+    assert_eq!(code, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(&body[..], br#"{"message":"Limit Exceeded"}"#);
+
+    let plan = id_named(&aws(admin, &home.0, &["get-usage-plans"]).await, "demo");
+    let key = id_named(&aws(admin, &home.0, &["get-api-keys"]).await, "demo");
+    let updated = aws(
+        admin,
+        &home.0,
+        &[
+            "update-usage",
+            "--usage-plan-id",
+            &plan,
+            "--key-id",
+            &key,
+            "--patch-operations",
+            "op=replace,path=/remaining,value=10",
+        ],
+    )
+    .await;
+    assert_eq!(updated["items"][&key][0][1], 10, "{updated}");
+
+    assert_eq!(status(data, Some(DEMO_KEY)).await, StatusCode::OK);
+}
