@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# Load comparison over real sockets (wrk on one core, the server pinned to the
+# other), interleaved A B C A B C so drift hits every variant alike.
+#
+#   bash benches/load.sh [ROUNDS] [SECONDS]
+#
+# Part 1: bare axum vs axum + tower_governor vs axum + UsagePlanLayer, 1,000
+#         rotating keys, then one hot key. Prints req/s, p50 and ratios to bare.
+# Part 2: the gateway example vs nginx (proxy_pass, upstream keepalive), both
+#         pinned to core 0 in front of the same upstream on core 1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${1:-3}
+SECS=${2:-5}
+CONNS=${CONNS:-32}
+
+need() { command -v "$1" >/dev/null || { apt-get update -qq && apt-get install -y -qq "$2" >/dev/null; }; }
+need wrk wrk
+need nginx nginx
+need taskset util-linux
+
+cargo build --release --quiet --example bench_server --example gateway --features gateway
+BIN=target/release/examples
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() { for p in "${PIDS[@]:-}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
+
+# run_wrk PORT HOT -> "req/s p50_us non2xx"
+run_wrk() {
+  HOT_KEY=$2 taskset -c 1 wrk -t1 -c"$CONNS" -d"${SECS}s" --latency -s benches/keys.lua "http://127.0.0.1:$1/" > "$WORK/wrk.txt"
+  local rps p50 bad
+  rps=$(awk '/Requests\/sec/ {print $2}' "$WORK/wrk.txt")
+  p50=$(awk '$1=="50%" {v=$2; if (v ~ /us$/) {sub("us","",v); print v} else if (v ~ /ms$/) {sub("ms","",v); print v*1000} else {sub("s","",v); print v*1000000}}' "$WORK/wrk.txt")
+  bad=$(awk '/Non-2xx/ {print $NF}' "$WORK/wrk.txt"); bad=${bad:-0}
+  echo "$rps $p50 $bad"
+}
+
+median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+
+declare -A RPS P50
+part1() {
+  local hot=$1 label=$2 port=19100
+  for round in $(seq "$ROUNDS"); do
+    for mode in bare governor usage-plans; do
+      port=$((port + 1))
+      taskset -c 0 "$BIN/bench_server" "$mode" "127.0.0.1:$port" > /dev/null & local pid=$!
+      PIDS+=("$pid"); wait_port "$port"
+      read -r rps p50 bad < <(run_wrk "$port" "$hot")
+      kill "$pid"; wait "$pid" 2>/dev/null || true
+      [ "$bad" = 0 ] || { echo "$mode answered $bad non-2xx responses" >&2; exit 1; }
+      RPS[$mode]+="$rps "; P50[$mode]+="$p50 "
+      printf '  round %s %-12s %10.0f req/s  p50 %6.0f us\n' "$round" "$mode" "$rps" "$p50"
+    done
+  done
+  local base; base=$(echo "${RPS[bare]}" | tr ' ' '\n' | grep . | median)
+  echo "$label (median of $ROUNDS rounds, ${SECS}s each, $CONNS connections):"
+  for mode in bare governor usage-plans; do
+    local m p; m=$(echo "${RPS[$mode]}" | tr ' ' '\n' | grep . | median); p=$(echo "${P50[$mode]}" | tr ' ' '\n' | grep . | median)
+    printf '  %-12s %10.0f req/s  p50 %6.0f us  ratio to bare %.3f\n' "$mode" "$m" "$p" "$(echo "$m / $base" | bc -l)"
+  done
+  RPS=(); P50=()
+}
+
+echo "== Part 1: in-app middleware (server on core 0, wrk on core 1)"
+part1 0 "1,000 rotating keys"
+part1 1 "one hot key"
+
+echo "== Part 2: gateway vs nginx in front of the same upstream"
+UP=19200
+taskset -c 1 "$BIN/bench_server" upstream "127.0.0.1:$UP" > /dev/null & PIDS+=($!); wait_port $UP
+{
+  echo 'admin_credentials = [{ access_key_id = "AKIDBENCH", secret_access_key = "bench-secret" }]'
+  for i in $(seq 0 999); do printf '[[keys]]\nname = "k%d"\nvalue = "bench-key-%020d"\nenabled = true\n' "$i" "$i"; done
+  echo '[[plans]]'; echo 'name = "bench"'
+  echo 'throttle = { rateLimit = 1e12, burstLimit = 4000000000 }'
+  echo 'quota = { limit = 4000000000000000000, period = "MONTH" }'
+  printf 'keys = ['; for i in $(seq 0 999); do printf '"k%d",' "$i"; done; echo ']'
+} > "$WORK/gateway.toml"
+cat > "$WORK/nginx.conf" <<NGINX
+worker_processes 1;
+daemon off;
+error_log $WORK/nginx-error.log;
+pid $WORK/nginx.pid;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  upstream backend { server 127.0.0.1:$UP; keepalive 64; }
+  server {
+    listen 127.0.0.1:PORT;
+    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+NGINX
+port=19300
+for round in $(seq "$ROUNDS"); do
+  for mode in gateway nginx; do
+    port=$((port + 1))
+    if [ "$mode" = gateway ]; then
+      RUST_LOG=warn taskset -c 0 "$BIN/gateway" --config "$WORK/gateway.toml" --listen "127.0.0.1:$port" \
+        --admin-listen 127.0.0.1:0 --upstream "http://127.0.0.1:$UP" > "$WORK/gateway.log" 2>&1 & pid=$!
+    else
+      sed "s/PORT/$port/" "$WORK/nginx.conf" > "$WORK/nginx-$port.conf"
+      taskset -c 0 nginx -c "$WORK/nginx-$port.conf" -p "$WORK" > /dev/null 2>&1 & pid=$!
+    fi
+    PIDS+=("$pid"); wait_port "$port"
+    read -r rps p50 bad < <(run_wrk "$port" 0)
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+    [ "$bad" = 0 ] || { echo "$mode answered $bad non-2xx responses" >&2; exit 1; }
+    RPS[$mode]+="$rps "; P50[$mode]+="$p50 "
+    printf '  round %s %-8s %10.0f req/s  p50 %6.0f us\n' "$round" "$mode" "$rps" "$p50"
+  done
+done
+g=$(echo "${RPS[gateway]}" | tr ' ' '\n' | grep . | median); n=$(echo "${RPS[nginx]}" | tr ' ' '\n' | grep . | median)
+printf 'gateway %.0f req/s, nginx %.0f req/s: gateway/nginx = %.3f\n' "$g" "$n" "$(echo "$g / $n" | bc -l)"
