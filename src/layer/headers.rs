@@ -2,7 +2,7 @@
 //! `draft-ietf-httpapi-ratelimit-headers` structured fields, `Retry-After`
 //! on every 429, and optionally the legacy `X-RateLimit-*` trio.
 
-use bytes::Bytes;
+use bytes::BytesMut;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::store::Decision;
@@ -25,11 +25,17 @@ pub(crate) struct RateLimitHeaders {
 impl RateLimitHeaders {
     /// `None` when no policy applied (a plan without throttle or quota).
     pub(crate) fn new(decision: &Decision, retry_after: Option<u64>, legacy: bool) -> Option<Self> {
-        let mut policy = Field::default();
-        let mut state = Field::default();
+        // Both values share one buffer: one allocation for the pair.
+        let mut buf = Field(BytesMut::with_capacity(192));
         if let Some(t) = &decision.throttle {
-            policy.item(b"\"throttle\";q=", t.burst_limit.into(), b";w=", 1);
-            state.item(
+            buf.item(b"\"throttle\";q=", t.burst_limit.into(), b";w=", 1);
+        }
+        if let Some(q) = &decision.quota {
+            buf.item(b"\"quota\";q=", q.limit, b";w=", q.period_secs);
+        }
+        let policy = buf.split()?;
+        if let Some(t) = &decision.throttle {
+            buf.item(
                 b"\"throttle\";r=",
                 t.tokens.into(),
                 b";t=",
@@ -37,9 +43,9 @@ impl RateLimitHeaders {
             );
         }
         if let Some(q) = &decision.quota {
-            policy.item(b"\"quota\";q=", q.limit, b";w=", q.period_secs);
-            state.item(b"\"quota\";r=", q.remaining, b";t=", q.reset_secs);
+            buf.item(b"\"quota\";r=", q.remaining, b";t=", q.reset_secs);
         }
+        let state = buf.split()?;
         let legacy = match (legacy, &decision.quota, &decision.throttle) {
             (false, _, _) | (true, None, None) => None,
             (true, Some(q), _) => Some([q.limit.into(), q.remaining.into(), q.reset_secs.into()]),
@@ -50,14 +56,15 @@ impl RateLimitHeaders {
             ]),
         };
         Some(Self {
-            policy: policy.into_value()?,
-            state: state.into_value()?,
+            policy,
+            state,
             retry_after: retry_after.map(HeaderValue::from),
             legacy,
         })
     }
 
     pub(crate) fn apply(self, headers: &mut HeaderMap) {
+        headers.reserve(if self.legacy.is_some() { 6 } else { 3 });
         headers.insert(RATELIMIT_POLICY.clone(), self.policy);
         headers.insert(RATELIMIT.clone(), self.state);
         if let Some(retry_after) = self.retry_after {
@@ -71,15 +78,12 @@ impl RateLimitHeaders {
     }
 }
 
-/// A structured-field list built without `fmt` machinery.
-#[derive(Default)]
-struct Field(Vec<u8>);
+/// Structured-field lists written without `fmt` machinery.
+struct Field(BytesMut);
 
 impl Field {
     fn item(&mut self, name: &[u8], first: u64, second_name: &[u8], second: u64) {
-        if self.0.is_empty() {
-            self.0.reserve(64);
-        } else {
+        if !self.0.is_empty() {
             self.0.extend_from_slice(b", ");
         }
         let mut digits = itoa::Buffer::new();
@@ -89,12 +93,13 @@ impl Field {
         self.0.extend_from_slice(digits.format(second).as_bytes());
     }
 
-    /// `None` when empty: no policy, no header.
-    fn into_value(self) -> Option<HeaderValue> {
+    /// The list written so far as a header value; `None` when empty (no
+    /// policy, no header).
+    fn split(&mut self) -> Option<HeaderValue> {
         if self.0.is_empty() {
             return None;
         }
-        HeaderValue::from_maybe_shared(Bytes::from(self.0)).ok()
+        HeaderValue::from_maybe_shared(self.0.split().freeze()).ok()
     }
 }
 
