@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# The project's test command (the README's): every Rust test (the gateway
-# binary tests run the example, so it is built first), then the conformance
-# suite that drives the gateway with the real boto3 and AWS CLI.
+# The project's test command (the README's): starts the Redis servers the
+# Redis tests use (scripts/redis.sh; needs redis-server), builds the gateway
+# example (the binary tests run it), runs every Rust test, then the
+# conformance suite that drives the gateway with the real boto3 and AWS CLI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+redis_dir=$(mktemp -d)
+trap 'bash scripts/redis.sh stop "$redis_dir"' EXIT
+eval "$(bash scripts/redis.sh start "$redis_dir")"
 
 cargo build --example gateway --features gateway
 cargo test --all-features

@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::admin::AdminCredentials;
 use crate::model::{NewApiKey, NewUsagePlan};
+use crate::StoreFailure;
 
 /// Command-line flags (DESIGN.md §4). Every flag overrides the file.
 #[derive(Debug, Default, Parser)]
@@ -45,9 +46,13 @@ pub struct Cli {
     /// Keep plans, keys and counters across restarts.
     #[arg(long, value_name = "PATH")]
     pub state_file: Option<PathBuf>,
-    /// Share plans, keys and counters with other replicas via Redis.
+    /// Share plans, keys and counters with other replicas via Redis
+    /// (`redis://host:port`, or `redis+cluster://host:port,host:port,...`).
     #[arg(long, value_name = "URL")]
     pub redis: Option<String>,
+    /// When Redis fails: admit uncounted (open, the default) or answer 503 (closed).
+    #[arg(long, value_name = "open|closed")]
+    pub redis_failure: Option<String>,
 }
 
 /// The TOML file. Field names are snake_case; plans and keys use the AWS
@@ -63,6 +68,7 @@ struct FileConfig {
     stage: Option<String>,
     state_file: Option<PathBuf>,
     redis: Option<String>,
+    redis_failure: Option<String>,
     #[serde(default)]
     admin_credentials: Vec<FileCredential>,
     #[serde(default)]
@@ -107,6 +113,10 @@ pub struct GatewayConfig {
     pub admin_credentials: AdminCredentials,
     /// State file, if any.
     pub state_file: Option<PathBuf>,
+    /// Redis URL: counters and the registry shared with other replicas.
+    pub redis: Option<String>,
+    /// What the data plane does when Redis fails.
+    pub store_failure: StoreFailure,
     /// Keys to create at start (matched by value, else by name).
     pub keys: Vec<NewApiKey>,
     /// Plans to create at start (matched by name).
@@ -129,6 +139,8 @@ impl Default for GatewayConfig {
             keys: Vec::new(),
             plans: Vec::new(),
             flush_interval: Duration::from_millis(500),
+            redis: None,
+            store_failure: StoreFailure::FailOpen,
         }
     }
 }
@@ -147,11 +159,16 @@ impl GatewayConfig {
             Some(path) => read_file(path)?,
             None => (FileConfig::default(), Vec::new()),
         };
-        let mut config = Self::default();
-        if let Some(redis) = cli.redis.or(file.redis) {
-            return Err(format!(
-                "--redis {redis}: sharing state through Redis is not available in this build yet"
-            ));
+        let mut config = Self {
+            redis: cli.redis.or(file.redis),
+            ..Self::default()
+        };
+        if let Some(policy) = cli.redis_failure.or(file.redis_failure) {
+            config.store_failure = match policy.as_str() {
+                "open" => StoreFailure::FailOpen,
+                "closed" => StoreFailure::FailClosed,
+                other => return Err(format!("redis_failure: '{other}' must be open or closed")),
+            };
         }
         config.listen = cli.listen.or(file.listen).unwrap_or(config.listen);
         config.admin_listen = cli
@@ -203,6 +220,9 @@ impl GatewayConfig {
             config.admin_credentials.extend(parsed);
         }
         config.state_file = cli.state_file.or(file.state_file);
+        if config.state_file.is_some() && config.redis.is_some() {
+            return Err("state_file: not used with --redis (Redis keeps the state)".into());
+        }
         for plan in &plans {
             for key in &plan.keys {
                 if !file

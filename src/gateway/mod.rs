@@ -17,6 +17,7 @@ mod body;
 mod config;
 mod metrics;
 mod proxy;
+mod replicas;
 mod state;
 
 use std::convert::Infallible;
@@ -42,7 +43,7 @@ use tower_service::Service;
 pub use body::{BoxError, GatewayBody};
 pub use config::{Cli, FilePlan, GatewayConfig, CREDENTIALS_ENV};
 
-use crate::store::{CounterStore, MemoryStore};
+use crate::store::{CounterStore, MemoryStore, RedisStore};
 use crate::{AdminService, Error, ErrorKind, NewUsagePlan, UsagePlanLayer, UsagePlans};
 
 /// How long in-flight requests may take to finish after a shutdown signal.
@@ -67,16 +68,32 @@ impl Gateway {
     /// A clear message for a corrupt state file, a bad plan or key in the
     /// configuration, or a listener that cannot bind.
     pub async fn start(config: GatewayConfig) -> Result<Self, String> {
-        let store = Arc::new(MemoryStore::new());
-        let plans = UsagePlans::builder()
-            .store(store.clone() as Arc<dyn CounterStore>)
-            .build();
-        if let Some(path) = &config.state_file {
-            if state::load(path, &plans, &store)? {
-                tracing::info!(path = %path.display(), "state restored");
+        let (plans, mut backing) = match &config.redis {
+            Some(url) => {
+                let store = RedisStore::connect(url)
+                    .await
+                    .map_err(|e| format!("--redis {url}: {e}"))?;
+                let plans = UsagePlans::builder().store(Arc::new(store)).build();
+                let replica = replicas::Replica::join(url, plans.clone()).await?;
+                tracing::info!(url, "sharing counters and the registry through Redis");
+                (plans, Backing::Redis(replica))
             }
-        }
+            None => {
+                let store = Arc::new(MemoryStore::new());
+                let plans = UsagePlans::builder()
+                    .store(store.clone() as Arc<dyn CounterStore>)
+                    .build();
+                if let Some(path) = &config.state_file {
+                    if state::load(path, &plans, &store)? {
+                        tracing::info!(path = %path.display(), "state restored");
+                    }
+                }
+                let writer = config.state_file.clone().map(state::StateWriter::new);
+                (plans, Backing::Memory { store, writer })
+            }
+        };
         provision(&plans, &config)?;
+        backing.persist(&plans).await?;
 
         let bind = |addr: SocketAddr, what: &'static str| async move {
             TcpListener::bind(addr)
@@ -97,7 +114,9 @@ impl Gateway {
         let graceful = Arc::new(GracefulShutdown::new());
         let mut servers = Vec::new();
 
-        let layer = UsagePlanLayer::new(plans.clone()).with_stage(&config.stage.0, &config.stage.1);
+        let layer = UsagePlanLayer::new(plans.clone())
+            .with_stage(&config.stage.0, &config.stage.1)
+            .with_store_failure(config.store_failure);
         let upstream = Arc::new(proxy::Upstream::new(
             config.upstream.clone(),
             config.upstream_timeout,
@@ -142,7 +161,7 @@ impl Gateway {
 
         let task = tokio::spawn(run(
             plans.clone(),
-            store,
+            backing,
             config,
             stopped,
             graceful,
@@ -260,26 +279,62 @@ fn provision(plans: &UsagePlans, config: &GatewayConfig) -> Result<(), String> {
     Ok(())
 }
 
-/// Flushes the state file while serving; on stop drains and flushes.
+/// Where plans, keys and counters outlive the process.
+enum Backing {
+    /// In memory, optionally saved to a state file.
+    Memory {
+        store: Arc<MemoryStore>,
+        writer: Option<state::StateWriter>,
+    },
+    /// Counters in Redis; the registry shared with the other replicas.
+    Redis(replicas::Replica),
+}
+
+impl Backing {
+    /// How often `persist` runs while serving.
+    fn interval(&self, config: &GatewayConfig) -> Duration {
+        match self {
+            Self::Memory { .. } => config.flush_interval,
+            Self::Redis(_) => replicas::SYNC_INTERVAL,
+        }
+    }
+
+    /// Writes the state file, or syncs the registry with the other replicas.
+    async fn persist(&mut self, plans: &UsagePlans) -> Result<(), String> {
+        match self {
+            Self::Memory { writer: None, .. } => Ok(()),
+            Self::Memory {
+                store,
+                writer: Some(writer),
+            } => writer
+                .save(plans, store)
+                .map_err(|e| format!("could not write the state file: {e}")),
+            Self::Redis(replica) => replica
+                .sync()
+                .await
+                .map_err(|e| format!("could not sync the registry through Redis: {e}")),
+        }
+    }
+}
+
+/// Persists (state file or Redis) while serving; on stop drains and
+/// persists a last time.
 async fn run(
     plans: UsagePlans,
-    store: Arc<MemoryStore>,
+    mut backing: Backing,
     config: GatewayConfig,
     mut stopped: watch::Receiver<bool>,
     graceful: Arc<GracefulShutdown>,
     servers: Vec<JoinHandle<()>>,
 ) -> Result<(), String> {
-    let mut writer = config.state_file.clone().map(state::StateWriter::new);
-    let mut tick = tokio::time::interval(config.flush_interval);
+    let mut tick = tokio::time::interval(backing.interval(&config));
     loop {
         tokio::select! {
             _ = tick.tick() => {
                 ::metrics::gauge!("usage_plans_plans").set(plans.plan_count() as f64);
                 ::metrics::gauge!("usage_plans_keys").set(plans.key_count() as f64);
-                if let Some(writer) = writer.as_mut() {
-                    if let Err(e) = writer.save(&plans, &store) {
-                        tracing::error!(error = %e, "could not write the state file");
-                    }
+                if let Err(e) = backing.persist(&plans).await {
+                    tracing::error!(error = %e, "could not persist");
                 }
             }
             _ = stopped.changed() => break,
@@ -296,12 +351,8 @@ async fn run(
     {
         tracing::warn!("in-flight requests did not finish within {DRAIN_TIMEOUT:?}");
     }
-    if let Some(writer) = writer.as_mut() {
-        writer
-            .save(&plans, &store)
-            .map_err(|e| format!("could not write the state file: {e}"))?;
-        tracing::info!("state flushed");
-    }
+    backing.persist(&plans).await?;
+    tracing::info!("state flushed");
     tracing::info!("gateway stopped");
     Ok(())
 }

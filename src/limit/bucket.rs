@@ -22,6 +22,12 @@ impl Bucket {
 
     /// Adds the tokens earned since the last update, up to the burst limit
     /// (which may have been lowered since).
+    /// A bucket holding `tokens` at time `updated` (a store's fields).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn with_tokens(tokens: f64, updated: i64) -> Self {
+        Self { tokens, updated }
+    }
+
     pub(crate) fn refill(&mut self, throttle: &Throttle, now: i64) {
         let burst = f64::from(throttle.burst_limit);
         if now > self.updated {

@@ -192,12 +192,35 @@ impl Counter {
     }
 
     fn quota_state(&self, rule: &QuotaRule, now: i64) -> QuotaState {
-        let (start, end) = self.period.map_or((now, now), |p| (p.start, p.end));
-        QuotaState {
-            limit: rule.quota.limit,
-            remaining: self.remaining(rule),
-            period_secs: u64::try_from(end - start).unwrap_or(0),
-            reset_secs: u64::try_from(end - now).unwrap_or(0).max(1),
+        let bounds = self.period.map_or((now, now), |p| (p.start, p.end));
+        quota_state(rule, self.remaining(rule), bounds, now)
+    }
+
+    /// A counter rebuilt from a store's fields: the current period
+    /// (`kind, start, end`), its `used` and `allowance`, and the daily
+    /// `(day, used, remaining)` records in any order. Buckets are not needed
+    /// to answer usage.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn restored(
+        period: Option<(QuotaPeriod, i64, i64)>,
+        used: u64,
+        allowance: Option<u64>,
+        mut days: Vec<(i64, u64, u64)>,
+    ) -> Self {
+        days.sort_unstable_by_key(|d| d.0);
+        Self {
+            period: period.map(|(kind, start, end)| Period { kind, start, end }),
+            used,
+            allowance,
+            buckets: Vec::new(),
+            days: days
+                .into_iter()
+                .map(|(day, used, remaining)| DayRecord {
+                    day,
+                    used,
+                    remaining,
+                })
+                .collect(),
         }
     }
 
@@ -222,6 +245,22 @@ impl Counter {
         {
             self.days.pop_front();
         }
+    }
+}
+
+/// The quota's header state with `remaining` left in the period
+/// `[start, end)` at `now` (Unix seconds).
+pub(crate) fn quota_state(
+    rule: &QuotaRule,
+    remaining: u64,
+    (start, end): (i64, i64),
+    now: i64,
+) -> QuotaState {
+    QuotaState {
+        limit: rule.quota.limit,
+        remaining,
+        period_secs: u64::try_from(end - start).unwrap_or(0),
+        reset_secs: u64::try_from(end - now).unwrap_or(0).max(1),
     }
 }
 

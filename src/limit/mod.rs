@@ -5,6 +5,10 @@ mod bucket;
 mod counter;
 pub(crate) mod period;
 
+#[cfg_attr(not(feature = "redis"), allow(unused_imports))]
+pub(crate) use bucket::Bucket;
+#[cfg_attr(not(feature = "redis"), allow(unused_imports))]
+pub(crate) use counter::quota_state;
 pub(crate) use counter::Counter;
 
 /// Retry-After for something that will not refill on its own (a zero rate).

@@ -11,8 +11,10 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 use jiff::civil::Date;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 use rand::distr::{Alphanumeric, SampleString};
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 pub(crate) use lookup::{digest, KeyDigest, KeyRoute, Stage};
 use lookup::{Binding, PlanRuntime};
@@ -57,6 +59,8 @@ pub struct UsagePlans {
 struct Inner {
     /// The admin plane's truth; only writers take it.
     control: Mutex<Control>,
+    /// Bumped by every write to `control` (replicas sync on it).
+    generation: AtomicU64,
     /// The data plane's view, keyed by key digest.
     routes: DashMap<KeyDigest, KeyRoute, crate::prehashed::Prehashed>,
     store: Arc<dyn CounterStore>,
@@ -131,6 +135,7 @@ impl UsagePlansBuilder {
         UsagePlans {
             inner: Arc::new(Inner {
                 control: Mutex::new(Control::default()),
+                generation: AtomicU64::new(0),
                 routes: DashMap::default(),
                 store: self.store,
                 clock: self.clock,
@@ -168,6 +173,22 @@ impl UsagePlans {
             store: Arc::new(MemoryStore::new()),
             clock: Arc::new(SystemClock),
             hash_only: false,
+        }
+    }
+
+    /// A number that changes whenever plans, keys or associations may have
+    /// changed (counters aside): what replicas compare to know they must
+    /// share their registry.
+    pub fn generation(&self) -> u64 {
+        self.inner.generation.load(Ordering::Acquire)
+    }
+
+    /// Takes the control state for writing; the generation moves on when
+    /// the write ends.
+    fn write(&self) -> Writer<'_> {
+        Writer {
+            guard: self.inner.control.lock(),
+            generation: &self.inner.generation,
         }
     }
 
@@ -215,7 +236,7 @@ impl UsagePlans {
     /// `BadRequest` for an empty name, a negative or NaN rate, an offset
     /// above the limit, or a malformed method-throttle key.
     pub fn create_usage_plan(&self, input: NewUsagePlan) -> Result<UsagePlan> {
-        let mut control = self.inner.control.lock();
+        let mut control = self.write();
         let id = unique_id(|id| control.plans.contains_key(id));
         let plan = input.into_plan(id.clone());
         plan.validate()?;
@@ -288,7 +309,7 @@ impl UsagePlans {
         plan_id: &str,
         edit: impl FnOnce(&mut UsagePlan) -> Result<()>,
     ) -> Result<UsagePlan> {
-        let mut control = self.inner.control.lock();
+        let mut control = self.write();
         let entry = control.plan(plan_id)?;
         let mut plan = entry.plan.clone();
         edit(&mut plan)?;
@@ -314,7 +335,7 @@ impl UsagePlans {
     /// # Errors
     /// `NotFound` for an unknown id.
     pub fn delete_usage_plan(&self, plan_id: &str) -> Result<()> {
-        let mut control = self.inner.control.lock();
+        let mut control = self.write();
         let entry = control
             .plans
             .remove(plan_id)
@@ -338,7 +359,7 @@ impl UsagePlans {
     /// `BadRequest` for a value under 20 or over 128 characters or a name
     /// over 1024; `Conflict` ("API Key already exists") for a value in use.
     pub fn create_api_key(&self, input: NewApiKey) -> Result<ApiKey> {
-        let mut control = self.inner.control.lock();
+        let mut control = self.write();
         let value = match input.value {
             Some(value) => value,
             None => Alphanumeric.sample_string(&mut rand::rng(), 40),
@@ -425,7 +446,7 @@ impl UsagePlans {
         key_id: &str,
         edit: impl FnOnce(&mut ApiKey) -> Result<()>,
     ) -> Result<ApiKey> {
-        let mut control = self.inner.control.lock();
+        let mut control = self.write();
         let entry = control.key(key_id)?;
         let mut key = entry.key.clone();
         edit(&mut key)?;
@@ -449,7 +470,7 @@ impl UsagePlans {
     /// # Errors
     /// `NotFound` for an unknown id.
     pub fn delete_api_key(&self, key_id: &str) -> Result<()> {
-        let mut control = self.inner.control.lock();
+        let mut control = self.write();
         let entry = control
             .keys
             .remove(key_id)
@@ -473,7 +494,7 @@ impl UsagePlans {
     /// `NotFound` for an unknown plan or key; `Conflict` when the key is
     /// already in this plan or in another plan covering a common stage.
     pub fn add_key_to_plan(&self, plan_id: &str, key_id: &str) -> Result<UsagePlanKey> {
-        let mut control = self.inner.control.lock();
+        let mut control = self.write();
         let plan = control.plan(plan_id)?;
         let key = control.key(key_id)?;
         if plan.keys.contains(key_id) {
@@ -505,7 +526,7 @@ impl UsagePlans {
     /// # Errors
     /// `NotFound` for an unknown plan or key, or a key not in the plan.
     pub fn remove_key_from_plan(&self, plan_id: &str, key_id: &str) -> Result<()> {
-        let mut control = self.inner.control.lock();
+        let mut control = self.write();
         control.membership(plan_id, key_id)?;
         control
             .plans
@@ -686,6 +707,31 @@ impl UsagePlans {
                 Err(_) => tracing::warn!(plan_id, key_id, "no runtime to drop counter"),
             },
         }
+    }
+}
+
+struct Writer<'a> {
+    guard: MutexGuard<'a, Control>,
+    generation: &'a AtomicU64,
+}
+
+impl Deref for Writer<'_> {
+    type Target = Control;
+
+    fn deref(&self) -> &Control {
+        &self.guard
+    }
+}
+
+impl DerefMut for Writer<'_> {
+    fn deref_mut(&mut self) -> &mut Control {
+        &mut self.guard
+    }
+}
+
+impl Drop for Writer<'_> {
+    fn drop(&mut self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 }
 

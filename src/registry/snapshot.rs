@@ -132,7 +132,7 @@ impl UsagePlans {
                 },
             );
         }
-        let mut control = self.inner.control.lock();
+        let mut control = self.write();
         *control = next;
         self.inner.routes.clear();
         let ids: Vec<String> = control.keys.keys().cloned().collect();

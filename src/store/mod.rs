@@ -9,6 +9,8 @@
 
 mod future;
 mod memory;
+#[cfg(feature = "redis")]
+mod redis;
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
@@ -17,6 +19,8 @@ use std::sync::Arc;
 use jiff::civil::Date;
 use jiff::Timestamp;
 
+#[cfg(feature = "redis")]
+pub use self::redis::RedisStore;
 pub use future::StoreFuture;
 pub use memory::{CounterSnapshot, MemoryStore};
 

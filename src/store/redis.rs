@@ -1,0 +1,340 @@
+//! [`RedisStore`]: counters shared by every replica through Redis (or a
+//! Redis Cluster), each decision one atomic server-side script.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use jiff::civil::Date;
+use jiff::Timestamp;
+use redis::aio::ConnectionManager;
+use redis::cluster_async::ClusterConnection;
+use redis::{FromRedisValue, Script, ScriptInvocation};
+
+use super::{
+    CounterKey, CounterStore, DayUsage, Decision, DecisionRequest, QuotaRule, StoreFuture, Verdict,
+};
+use crate::clock::to_nanos;
+use crate::error::{Error, ErrorKind, Result};
+use crate::limit::period::{self, DAY_SECS};
+use crate::limit::{quota_state, Bucket, Counter};
+use crate::model::QuotaPeriod;
+
+const SCRIPT: &str = include_str!("redis.lua");
+/// History GetUsage may read, plus a margin: a counter untouched this long expires.
+const TTL_SECS: i64 = 101 * DAY_SECS;
+
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+/// Counters in Redis: a whole decision — throttle and quota, refused
+/// requests free — is one `EVALSHA` round trip, atomic on the server, so
+/// any number of replicas stay exact. Keys are hash-tagged per (plan, key)
+/// (`tup:{plan:key}`), so they work on Redis Cluster, and expire 101 days
+/// after their last use (the usage history GetUsage reads).
+///
+/// Replicas pass their own clock to the script: keep them in sync (NTP).
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use tower_usage_plans::store::RedisStore;
+/// use tower_usage_plans::UsagePlans;
+///
+/// # async fn run() -> tower_usage_plans::Result<()> {
+/// let store = RedisStore::connect("redis://127.0.0.1:6379").await?;
+/// let plans = UsagePlans::builder().store(Arc::new(store)).build();
+/// # drop(plans); Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisStore {
+    connection: Connection,
+    script: Script,
+    prefix: String,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+fn store_error(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::new(ErrorKind::Store, format!("Redis {what}: {e}"))
+}
+
+impl RedisStore {
+    /// Connects to `redis://host:port[/db]`, or to a cluster with
+    /// `redis+cluster://host1:port1,host2:port2,...`. Reconnects on its own
+    /// after a connection is lost.
+    ///
+    /// # Errors
+    /// `Store` if the URL is invalid or the server cannot be reached.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let connection = match url.strip_prefix("redis+cluster://") {
+            Some(nodes) => {
+                let nodes: Vec<String> = nodes
+                    .split(',')
+                    .map(|n| format!("redis://{}", n.trim()))
+                    .collect();
+                let client = redis::cluster::ClusterClient::new(nodes)
+                    .map_err(|e| store_error("cluster URL", e))?;
+                Connection::Cluster(
+                    client
+                        .get_async_connection()
+                        .await
+                        .map_err(|e| store_error("connect", e))?,
+                )
+            }
+            None => {
+                let client = redis::Client::open(url).map_err(|e| store_error("URL", e))?;
+                Connection::Single(
+                    ConnectionManager::new(client)
+                        .await
+                        .map_err(|e| store_error("connect", e))?,
+                )
+            }
+        };
+        Ok(Self {
+            connection,
+            script: Script::new(SCRIPT),
+            prefix: "tup:".to_owned(),
+            timeout: Duration::from_millis(250),
+        })
+    }
+
+    /// Prefixes every key (default `tup:`), e.g. to share one Redis
+    /// between deployments or tests.
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// How long a call may take before it counts as a store failure
+    /// (default 250 ms); the layer's `StoreFailure` policy then decides.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    fn key(&self, counter: &CounterKey) -> String {
+        format!(
+            "{}{{{}:{}}}",
+            self.prefix,
+            counter.plan_id(),
+            counter.key_id()
+        )
+    }
+
+    /// Runs `command` with the store's timeout on a clone of the connection.
+    fn run<T, F, Fut>(&self, command: F) -> StoreFuture<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Connection) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = redis::RedisResult<T>> + Send,
+    {
+        let connection = self.connection.clone();
+        let timeout = self.timeout;
+        StoreFuture::boxed(async move {
+            match tokio::time::timeout(timeout, command(connection)).await {
+                Ok(result) => result.map_err(|e| store_error("error", e)),
+                Err(_) => Err(store_error(
+                    "timeout",
+                    format!("no answer within {timeout:?}"),
+                )),
+            }
+        })
+    }
+}
+
+impl Connection {
+    async fn invoke<T: FromRedisValue>(
+        &mut self,
+        invocation: ScriptInvocation<'_>,
+    ) -> redis::RedisResult<T> {
+        match self {
+            Self::Single(c) => invocation.invoke_async(c).await,
+            Self::Cluster(c) => invocation.invoke_async(c).await,
+        }
+    }
+
+    async fn query<T: FromRedisValue>(&mut self, command: &redis::Cmd) -> redis::RedisResult<T> {
+        match self {
+            Self::Single(c) => command.query_async(c).await,
+            Self::Cluster(c) => command.query_async(c).await,
+        }
+    }
+}
+
+/// The script's arguments after the operation name.
+struct Args {
+    now_us: i64,
+    now: i64,
+    day: i64,
+    bucket: String,
+    rate: f64,
+    burst: u32,
+    period: Option<(QuotaPeriod, i64, i64, u64)>,
+    set_to: u64,
+}
+
+impl Args {
+    fn new(now: Timestamp, quota: Option<&QuotaRule>) -> Self {
+        let now_us = to_nanos(now) / 1_000;
+        let secs = now_us.div_euclid(1_000_000);
+        Self {
+            now_us,
+            now: secs,
+            day: secs.div_euclid(DAY_SECS),
+            bucket: String::new(),
+            rate: 0.0,
+            burst: 0,
+            period: quota.map(|rule| {
+                let (start, end) = period::bounds(rule.quota.period, secs);
+                (rule.quota.period, start, end, rule.limit_for_period(start))
+            }),
+            set_to: 0,
+        }
+    }
+
+    fn invocation<'a>(&self, script: &'a Script, key: &str, op: &str) -> ScriptInvocation<'a> {
+        let mut invocation = script.key(key);
+        let (kind, start, end, limit) = match self.period {
+            Some((kind, start, end, limit)) => (kind.as_str(), start, end, limit),
+            None => ("", 0, 0, 0),
+        };
+        invocation
+            .arg(op)
+            .arg(self.now_us)
+            .arg(self.now)
+            .arg(self.day)
+            .arg(&self.bucket)
+            .arg(self.rate)
+            .arg(self.burst)
+            .arg(kind)
+            .arg(start)
+            .arg(end)
+            .arg(limit)
+            .arg(self.set_to)
+            .arg(TTL_SECS);
+        invocation
+    }
+}
+
+impl CounterStore for RedisStore {
+    fn decide(&self, request: &DecisionRequest<'_>) -> StoreFuture<Decision> {
+        let mut args = Args::new(request.now, request.quota.as_ref());
+        if let Some(rule) = &request.throttle {
+            args.bucket = format!("b:{}", rule.method.unwrap_or(""));
+            args.rate = rule.throttle.rate_limit;
+            args.burst = rule.throttle.burst_limit;
+        }
+        let (key, script) = (self.key(request.counter), self.script.clone());
+        let (throttle, quota) = (request.throttle.map(|t| t.throttle), request.quota);
+        self.run(move |mut connection| async move {
+            let (verdict, tokens, remaining): (u8, String, u64) = connection
+                .invoke(args.invocation(&script, &key, "decide"))
+                .await?;
+            let tokens: f64 = tokens.parse().unwrap_or(0.0);
+            Ok(Decision {
+                verdict: match verdict {
+                    0 => Verdict::Admitted,
+                    1 => Verdict::Throttled,
+                    _ => Verdict::QuotaExceeded,
+                },
+                throttle: throttle
+                    .map(|t| Bucket::with_tokens(tokens, args.now_us * 1_000).state(&t)),
+                quota: quota
+                    .as_ref()
+                    .zip(args.period)
+                    .map(|(rule, (_, start, end, _))| {
+                        quota_state(rule, remaining, (start, end), args.now)
+                    }),
+            })
+        })
+    }
+
+    fn set_remaining(
+        &self,
+        counter: &CounterKey,
+        quota: &QuotaRule,
+        now: Timestamp,
+        remaining: u64,
+    ) -> StoreFuture<DayUsage> {
+        let mut args = Args::new(now, Some(quota));
+        args.set_to = remaining;
+        let (key, script) = (self.key(counter), self.script.clone());
+        self.run(move |mut connection| async move {
+            let (used, remaining): (u64, u64) = connection
+                .invoke(args.invocation(&script, &key, "set"))
+                .await?;
+            Ok([used, remaining])
+        })
+    }
+
+    fn usage(
+        &self,
+        counter: &CounterKey,
+        quota: Option<&QuotaRule>,
+        now: Timestamp,
+        first: Date,
+        last: Date,
+    ) -> StoreFuture<Vec<DayUsage>> {
+        let key = self.key(counter);
+        let quota = quota.copied();
+        self.run(move |mut connection| async move {
+            let fields: HashMap<String, String> =
+                connection.query(redis::cmd("HGETALL").arg(&key)).await?;
+            let mut counter = restore(&fields);
+            Ok(counter.usage(quota.as_ref(), to_nanos(now), first, last))
+        })
+    }
+
+    fn forget(&self, counter: &CounterKey) -> StoreFuture<()> {
+        let key = self.key(counter);
+        self.run(move |mut connection| async move {
+            connection.query(redis::cmd("DEL").arg(&key)).await
+        })
+    }
+}
+
+/// The counter a hash describes (period, used, allowance, daily records).
+fn restore(fields: &HashMap<String, String>) -> Counter {
+    let number = |name: &str| fields.get(name).and_then(|v| v.parse::<i64>().ok());
+    let period = fields
+        .get("pk")
+        .and_then(|kind| kind.parse::<QuotaPeriod>().ok())
+        .zip(number("ps").zip(number("pe")))
+        .map(|(kind, (start, end))| (kind, start, end));
+    let mut days: HashMap<i64, (u64, u64)> = HashMap::new();
+    for (name, value) in fields {
+        let Some(rest) = name.strip_prefix("d:") else {
+            continue;
+        };
+        let Some((day, which)) = rest.split_once(':') else {
+            continue;
+        };
+        let (Ok(day), Ok(value)) = (day.parse::<i64>(), value.parse::<u64>()) else {
+            continue;
+        };
+        let entry = days.entry(day).or_default();
+        match which {
+            "u" => entry.0 = value,
+            "r" => entry.1 = value,
+            _ => {}
+        }
+    }
+    Counter::restored(
+        period,
+        number("used").map_or(0, |u| u.max(0) as u64),
+        number("allow").map(|a| a.max(0) as u64),
+        days.into_iter()
+            .map(|(day, (used, remaining))| (day, used, remaining))
+            .collect(),
+    )
+}

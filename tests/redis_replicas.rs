@@ -1,0 +1,252 @@
+//! Gateway replicas sharing one real Redis: exact quotas across replicas,
+//! admin changes on one enforced by the other, and the failure policies
+//! while Redis is down. Each test runs its own `redis-server`.
+#![cfg(all(feature = "gateway", feature = "redis"))]
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tower_usage_plans::gateway::{FilePlan, Gateway, GatewayConfig};
+use tower_usage_plans::jiff::tz::TimeZone;
+use tower_usage_plans::{NewApiKey, NewUsagePlan, Quota, QuotaPeriod, StoreFailure};
+
+const KEY: &str = "replica-key-0123456789abcdef";
+
+/// A `redis-server` of this test's own, killed on drop.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start() -> Self {
+        let port = free_port();
+        Self::start_on(port)
+    }
+
+    fn start_on(port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (apt-get install -y redis-server)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not open port {port}"
+            );
+            std::thread::yield_now();
+        }
+        Self { child, port }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn config(redis: &str, quota: u64, failure: StoreFailure) -> GatewayConfig {
+    GatewayConfig {
+        listen: ([127, 0, 0, 1], 0).into(),
+        admin_listen: ([127, 0, 0, 1], 0).into(),
+        redis: Some(redis.to_owned()),
+        store_failure: failure,
+        keys: vec![NewApiKey::new("replica").with_value(KEY).enabled(true)],
+        plans: vec![FilePlan {
+            plan: NewUsagePlan::new("shared").with_quota(Quota::new(quota, QuotaPeriod::Day)),
+            keys: vec!["replica".into()],
+        }],
+        ..GatewayConfig::default()
+    }
+}
+
+async fn status(
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Empty<bytes::Bytes>>,
+    addr: SocketAddr,
+) -> u16 {
+    let request = http::Request::get(format!("http://{addr}/x"))
+        .header("x-api-key", KEY)
+        .body(Empty::new())
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    let status = response.status().as_u16();
+    response.into_body().collect().await.unwrap();
+    status
+}
+
+fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Empty<bytes::Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_admit_exactly_the_quota_and_share_admin_changes() {
+    let redis = Redis::start();
+    let a = Gateway::start(config(&redis.url(), 300, StoreFailure::FailOpen))
+        .await
+        .unwrap();
+    let b = Gateway::start(config(&redis.url(), 300, StoreFailure::FailOpen))
+        .await
+        .unwrap();
+    let plan = a.plans().usage_plans()[0].clone();
+    assert_eq!(
+        b.plans().usage_plans(),
+        vec![plan.clone()],
+        "B joined A's registry, created nothing"
+    );
+    let key_id = a.plans().api_key_by_value(KEY).unwrap().id;
+
+    let client = client();
+    let next = Arc::new(AtomicU64::new(0));
+    let admitted = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..32)
+        .map(|i| {
+            let addr = if i % 2 == 0 {
+                a.data_addr()
+            } else {
+                b.data_addr()
+            };
+            let (client, next, admitted) = (client.clone(), next.clone(), admitted.clone());
+            tokio::spawn(async move {
+                while next.fetch_add(1, Ordering::Relaxed) < 900 {
+                    match status(&client, addr).await {
+                        200 => {
+                            admitted.fetch_add(1, Ordering::Relaxed);
+                        }
+                        429 => {}
+                        other => panic!("unexpected {other}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    assert_eq!(
+        admitted.load(Ordering::Relaxed),
+        300,
+        "exactly the quota across both replicas"
+    );
+
+    // UpdateUsage through A is enforced by B at once: counters live in Redis.
+    a.plans().set_remaining(&plan.id, &key_id, 2).await.unwrap();
+    assert_eq!(status(&client, b.data_addr()).await, 200);
+    assert_eq!(status(&client, b.data_addr()).await, 200);
+    assert_eq!(status(&client, b.data_addr()).await, 429);
+    let today = a.plans().clock().now().to_zoned(TimeZone::UTC).date();
+    let usage = b
+        .plans()
+        .usage(&plan.id, Some(&key_id), today, today)
+        .await
+        .unwrap();
+    assert_eq!(usage.values[&key_id], vec![[302, 0]]);
+
+    // A registry change on A reaches B within the sync interval.
+    a.plans()
+        .update_api_key(&key_id, |k| {
+            k.enabled = false;
+            Ok(())
+        })
+        .unwrap();
+    let started = Instant::now();
+    while status(&client, b.data_addr()).await != 403 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "B never saw the key disabled"
+        );
+        tokio::task::yield_now().await;
+    }
+    println!(
+        "key disabled on A was enforced by B after {:?}",
+        started.elapsed()
+    );
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_fails_open_or_closed_and_enforcement_resumes() {
+    let mut redis = Redis::start();
+    let port = redis.port;
+    let open = Gateway::start(config(&redis.url(), 2, StoreFailure::FailOpen))
+        .await
+        .unwrap();
+    let closed = Gateway::start(config(&redis.url(), 2, StoreFailure::FailClosed))
+        .await
+        .unwrap();
+    let client = client();
+    assert_eq!(status(&client, open.data_addr()).await, 200);
+    assert_eq!(status(&client, closed.data_addr()).await, 200);
+    assert_eq!(
+        status(&client, open.data_addr()).await,
+        429,
+        "the shared quota of 2 is spent"
+    );
+
+    redis.stop();
+    assert_eq!(
+        status(&client, open.data_addr()).await,
+        200,
+        "fail-open admits while Redis is down"
+    );
+    assert_eq!(
+        status(&client, closed.data_addr()).await,
+        503,
+        "fail-closed answers 503"
+    );
+
+    // A new, empty Redis on the same port: counting starts again from the quota.
+    let _redis = Redis::start_on(port);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status(&client, closed.data_addr()).await == 503 {
+        assert!(
+            Instant::now() < deadline,
+            "fail-closed replica never reconnected"
+        );
+        tokio::task::yield_now().await;
+    }
+    // The request that got through was the first of the new period's 2.
+    assert_eq!(status(&client, open.data_addr()).await, 200);
+    assert_eq!(
+        status(&client, open.data_addr()).await,
+        429,
+        "enforcement resumed"
+    );
+    open.shutdown().await.unwrap();
+    closed.shutdown().await.unwrap();
+}
