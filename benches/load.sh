@@ -64,9 +64,11 @@ part1() {
   RPS=(); P50=()
 }
 
-echo "== Part 1: in-app middleware (server on core 0, wrk on core 1)"
-part1 0 "1,000 rotating keys"
-part1 1 "one hot key"
+if [ "${ONLY:-}" != gateway ]; then
+  echo "== Part 1: in-app middleware (server on core 0, wrk on core 1)"
+  part1 0 "1,000 rotating keys"
+  part1 1 "one hot key"
+fi
 
 echo "== Part 2: gateway vs nginx in front of the same upstream"
 UP=19200

@@ -161,7 +161,12 @@ impl Counter {
             .find(|(m, _)| m.as_deref() == method)
         {
             Some((_, b)) => *b = bucket,
-            None => self.buckets.push((method.map(Into::into), bucket)),
+            None => {
+                // Most counters have one bucket: grow exactly, not by doubling
+                // (a counter exists per active key; bytes add up).
+                self.buckets.reserve_exact(1);
+                self.buckets.push((method.map(Into::into), bucket));
+            }
         }
     }
 
@@ -232,11 +237,15 @@ impl Counter {
                 last.remaining = remaining;
             }
             Some(last) if last.day > day => {} // the clock stepped back: keep history monotonic
-            _ => self.days.push_back(DayRecord {
-                day,
-                used: admitted,
-                remaining,
-            }),
+            _ => {
+                // Once a day: exact growth keeps idle history small.
+                self.days.reserve_exact(1);
+                self.days.push_back(DayRecord {
+                    day,
+                    used: admitted,
+                    remaining,
+                });
+            }
         }
         while self
             .days

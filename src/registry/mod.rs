@@ -85,7 +85,40 @@ struct PlanEntry {
 struct KeyEntry {
     key: ApiKey,
     digest: KeyDigest,
-    plans: BTreeSet<String>,
+    plans: PlanIds,
+}
+
+/// The plans of one key: a sorted, exactly sized list. Keys are many and
+/// in few plans (at most one per stage); a `BTreeSet` node costs ~300 bytes.
+#[derive(Default)]
+struct PlanIds(Vec<String>);
+
+impl PlanIds {
+    fn insert(&mut self, id: String) {
+        if let Err(at) = self.0.binary_search(&id) {
+            self.0.reserve_exact(1);
+            self.0.insert(at, id);
+        }
+    }
+
+    fn remove(&mut self, id: &str) {
+        if let Ok(at) = self.0.binary_search_by(|p| p.as_str().cmp(id)) {
+            self.0.remove(at);
+        }
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, String> {
+        self.0.iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a PlanIds {
+    type Item = &'a String;
+    type IntoIter = std::slice::Iter<'a, String>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
 }
 
 /// Builds a [`UsagePlans`] with a chosen store, clock or key storage.
@@ -398,7 +431,7 @@ impl UsagePlans {
             KeyEntry {
                 key: stored,
                 digest,
-                plans: BTreeSet::new(),
+                plans: PlanIds::default(),
             },
         );
         self.refresh_route(&control, &id);

@@ -1,6 +1,5 @@
 //! Saving and restoring the whole registry (the gateway's state file).
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -109,7 +108,7 @@ impl UsagePlans {
                 KeyEntry {
                     key: k.key,
                     digest,
-                    plans: BTreeSet::new(),
+                    plans: super::PlanIds::default(),
                 },
             );
         }

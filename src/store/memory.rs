@@ -35,7 +35,9 @@ use crate::limit::Counter;
 /// ```
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    counters: DashMap<CounterKey, Mutex<Counter>, crate::prehashed::Prehashed>,
+    // Boxed: the map's tables stay small (a 16-byte slot, often half
+    // empty after a resize), the counter lives in an exact-size allocation.
+    counters: DashMap<CounterKey, Box<Mutex<Counter>>, crate::prehashed::Prehashed>,
 }
 
 impl MemoryStore {
@@ -100,8 +102,10 @@ impl MemoryStore {
     pub fn restore(&self, counters: Vec<CounterSnapshot>) {
         self.counters.clear();
         for c in counters {
-            self.counters
-                .insert(CounterKey::new(&c.plan_id, &c.key_id), Mutex::new(c.state));
+            self.counters.insert(
+                CounterKey::new(&c.plan_id, &c.key_id),
+                Box::new(Mutex::new(c.state)),
+            );
         }
     }
 }
