@@ -66,7 +66,7 @@ pub use registry::{
 };
 
 /// The README's examples, compiled as doc tests.
-#[cfg(all(doctest, feature = "admin"))]
+#[cfg(all(doctest, feature = "gateway"))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
