@@ -14,7 +14,9 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use http::{Request, Response};
 use tower::{service_fn, Layer, ServiceExt};
 use tower_usage_plans::store::{CounterStore, MemoryStore, RedisStore};
-use tower_usage_plans::{NewApiKey, NewUsagePlan, Quota, QuotaPeriod, Throttle, UsagePlanLayer, UsagePlans};
+use tower_usage_plans::{
+    NewApiKey, NewUsagePlan, Quota, QuotaPeriod, Throttle, UsagePlanLayer, UsagePlans,
+};
 
 const KEYS: usize = 1_000;
 const IN_FLIGHT: u64 = 32;
@@ -29,9 +31,22 @@ impl Drop for RedisServer {
 }
 
 fn redis_server() -> (RedisServer, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
         .stdout(Stdio::null())
         .spawn()
         .expect("redis-server must be installed");
@@ -53,15 +68,24 @@ fn plans(store: Arc<dyn CounterStore>, values: &[String]) -> UsagePlans {
         )
         .unwrap();
     for value in values {
-        let key = plans.create_api_key(NewApiKey::new("k").with_value(value).enabled(true)).unwrap();
+        let key = plans
+            .create_api_key(NewApiKey::new("k").with_value(value).enabled(true))
+            .unwrap();
         plans.add_key_to_plan(&plan.id, &key.id).unwrap();
     }
     plans
 }
 
 /// `iters` requests, `IN_FLIGHT` at a time; the wall time.
-fn run(runtime: &tokio::runtime::Runtime, layer: &UsagePlanLayer, values: &Arc<Vec<String>>, iters: u64) -> Duration {
-    let service = layer.layer(service_fn(|_r: Request<()>| async { Ok::<_, Infallible>(Response::new(bytes::Bytes::new())) }));
+fn run(
+    runtime: &tokio::runtime::Runtime,
+    layer: &UsagePlanLayer,
+    values: &Arc<Vec<String>>,
+    iters: u64,
+) -> Duration {
+    let service = layer.layer(service_fn(|_r: Request<()>| async {
+        Ok::<_, Infallible>(Response::new(bytes::Bytes::new()))
+    }));
     runtime.block_on(async {
         let start = Instant::now();
         let tasks: Vec<_> = (0..IN_FLIGHT)
@@ -69,7 +93,10 @@ fn run(runtime: &tokio::runtime::Runtime, layer: &UsagePlanLayer, values: &Arc<V
                 let (service, values) = (service.clone(), values.clone());
                 tokio::spawn(async move {
                     for i in (t..iters).step_by(IN_FLIGHT as usize) {
-                        let request = Request::get("/").header("x-api-key", &values[i as usize % KEYS]).body(()).unwrap();
+                        let request = Request::get("/")
+                            .header("x-api-key", &values[i as usize % KEYS])
+                            .body(())
+                            .unwrap();
                         let response = service.clone().oneshot(request).await.unwrap();
                         assert_eq!(response.status(), 200);
                     }
@@ -84,16 +111,26 @@ fn run(runtime: &tokio::runtime::Runtime, layer: &UsagePlanLayer, values: &Arc<V
 }
 
 fn stores(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let values: Arc<Vec<String>> = Arc::new((0..KEYS).map(|i| format!("bench-key-{i:020}")).collect());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let values: Arc<Vec<String>> =
+        Arc::new((0..KEYS).map(|i| format!("bench-key-{i:020}")).collect());
     let (_server, url) = redis_server();
-    let redis: Arc<dyn CounterStore> = Arc::new(runtime.block_on(RedisStore::connect(&url)).unwrap());
+    let redis: Arc<dyn CounterStore> =
+        Arc::new(runtime.block_on(RedisStore::connect(&url)).unwrap());
     let memory = UsagePlanLayer::new(plans(Arc::new(MemoryStore::new()), &values));
     let redis = UsagePlanLayer::new(plans(redis, &values));
 
     let mut group = c.benchmark_group("store");
-    group.bench_function("memory", |b| b.iter_custom(|iters| run(&runtime, &memory, &values, iters)));
-    group.bench_function("redis", |b| b.iter_custom(|iters| run(&runtime, &redis, &values, iters)));
+    group.bench_function("memory", |b| {
+        b.iter_custom(|iters| run(&runtime, &memory, &values, iters))
+    });
+    group.bench_function("redis", |b| {
+        b.iter_custom(|iters| run(&runtime, &redis, &values, iters))
+    });
     group.finish();
 }
 

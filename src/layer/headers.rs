@@ -13,18 +13,32 @@ static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limi
 static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 
-/// The header values for one decision.
-#[derive(Debug, Clone)]
+/// The headers of one decision, built when they are applied: the future
+/// that carries them to the response stays small (a `Decision` is ~80
+/// bytes; four header values would be ~250).
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct RateLimitHeaders {
-    policy: HeaderValue,
-    state: HeaderValue,
-    retry_after: Option<HeaderValue>,
-    legacy: Option<[HeaderValue; 3]>,
+    decision: Decision,
+    retry_after: Option<u64>,
+    legacy: bool,
 }
 
 impl RateLimitHeaders {
     /// `None` when no policy applied (a plan without throttle or quota).
     pub(crate) fn new(decision: &Decision, retry_after: Option<u64>, legacy: bool) -> Option<Self> {
+        (decision.throttle.is_some() || decision.quota.is_some()).then_some(Self {
+            decision: *decision,
+            retry_after,
+            legacy,
+        })
+    }
+
+    pub(crate) fn apply(self, headers: &mut HeaderMap) {
+        let Self {
+            decision,
+            retry_after,
+            legacy,
+        } = self;
         // Both values share one buffer: one allocation for the pair.
         let mut buf = Field(BytesMut::with_capacity(192));
         if let Some(t) = &decision.throttle {
@@ -33,7 +47,7 @@ impl RateLimitHeaders {
         if let Some(q) = &decision.quota {
             buf.item(b"\"quota\";q=", q.limit, b";w=", q.period_secs);
         }
-        let policy = buf.split()?;
+        let policy = buf.split();
         if let Some(t) = &decision.throttle {
             buf.item(
                 b"\"throttle\";r=",
@@ -45,35 +59,24 @@ impl RateLimitHeaders {
         if let Some(q) = &decision.quota {
             buf.item(b"\"quota\";r=", q.remaining, b";t=", q.reset_secs);
         }
-        let state = buf.split()?;
-        let legacy = match (legacy, &decision.quota, &decision.throttle) {
-            (false, _, _) | (true, None, None) => None,
-            (true, Some(q), _) => Some([q.limit.into(), q.remaining.into(), q.reset_secs.into()]),
-            (true, None, Some(t)) => Some([
-                t.burst_limit.into(),
-                t.tokens.into(),
-                t.next_token_secs.into(),
-            ]),
-        };
-        Some(Self {
-            policy,
-            state,
-            retry_after: retry_after.map(HeaderValue::from),
-            legacy,
-        })
-    }
-
-    pub(crate) fn apply(self, headers: &mut HeaderMap) {
-        headers.reserve(if self.legacy.is_some() { 6 } else { 3 });
-        headers.insert(RATELIMIT_POLICY.clone(), self.policy);
-        headers.insert(RATELIMIT.clone(), self.state);
-        if let Some(retry_after) = self.retry_after {
-            headers.insert(http::header::RETRY_AFTER, retry_after);
+        let state = buf.split();
+        if let (Some(policy), Some(state)) = (policy, state) {
+            headers.insert(RATELIMIT_POLICY.clone(), policy);
+            headers.insert(RATELIMIT.clone(), state);
         }
-        if let Some([limit, remaining, reset]) = self.legacy {
-            headers.insert(X_RATELIMIT_LIMIT.clone(), limit);
-            headers.insert(X_RATELIMIT_REMAINING.clone(), remaining);
-            headers.insert(X_RATELIMIT_RESET.clone(), reset);
+        if let Some(retry_after) = retry_after {
+            headers.insert(http::header::RETRY_AFTER, retry_after.into());
+        }
+        let trio = match (&decision.quota, &decision.throttle) {
+            _ if !legacy => None,
+            (Some(q), _) => Some((q.limit, q.remaining, q.reset_secs)),
+            (None, Some(t)) => Some((t.burst_limit.into(), t.tokens.into(), t.next_token_secs)),
+            (None, None) => None,
+        };
+        if let Some((limit, remaining, reset)) = trio {
+            headers.insert(X_RATELIMIT_LIMIT.clone(), limit.into());
+            headers.insert(X_RATELIMIT_REMAINING.clone(), remaining.into());
+            headers.insert(X_RATELIMIT_RESET.clone(), reset.into());
         }
     }
 }
