@@ -12,6 +12,7 @@ use axum::body::Body;
 use criterion::{criterion_group, criterion_main, Criterion};
 use dashmap::DashMap;
 use tower::{service_fn, Layer, Service};
+use tower_usage_plans::model::MAX_COUNT;
 use tower_usage_plans::store::{
     CounterKey, CounterStore, DecisionRequest, MemoryStore, QuotaRule, ThrottleRule, Verdict,
 };
@@ -22,12 +23,12 @@ use tower_usage_plans::{
 const KEYS: usize = 1_000;
 
 fn throttle() -> Throttle {
-    Throttle::new(1e12, u32::MAX).unwrap()
+    Throttle::new(1e12, MAX_COUNT as u32).unwrap()
 }
 
 fn quota() -> QuotaRule {
     QuotaRule {
-        quota: Quota::new(u64::MAX / 2, QuotaPeriod::Month),
+        quota: Quota::new(MAX_COUNT, QuotaPeriod::Month),
         plan_created: 0,
     }
 }
@@ -124,7 +125,7 @@ fn layer(c: &mut Criterion) {
         .create_usage_plan(
             NewUsagePlan::new("bench")
                 .with_throttle(throttle())
-                .with_quota(Quota::new(u64::MAX / 2, QuotaPeriod::Month)),
+                .with_quota(Quota::new(MAX_COUNT, QuotaPeriod::Month)),
         )
         .unwrap();
     let values: Vec<String> = (0..KEYS).map(|i| format!("bench-key-{i:020}")).collect();

@@ -77,8 +77,8 @@ taskset -c 1 "$BIN/bench_server" upstream "127.0.0.1:$UP" > /dev/null & PIDS+=($
   echo 'admin_credentials = [{ access_key_id = "AKIDBENCH", secret_access_key = "bench-secret" }]'
   for i in $(seq 0 999); do printf '[[keys]]\nname = "k%d"\nvalue = "bench-key-%020d"\nenabled = true\n' "$i" "$i"; done
   echo '[[plans]]'; echo 'name = "bench"'
-  echo 'throttle = { rateLimit = 1e12, burstLimit = 4000000000 }'
-  echo 'quota = { limit = 4000000000000000000, period = "MONTH" }'
+  echo 'throttle = { rateLimit = 1e12, burstLimit = 2000000000 }'
+  echo 'quota = { limit = 2000000000, period = "MONTH" }'
   printf 'keys = ['; for i in $(seq 0 999); do printf '"k%d",' "$i"; done; echo ']'
 } > "$WORK/gateway.toml"
 cat > "$WORK/nginx.conf" <<NGINX

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{Request, Response};
 use tower::{service_fn, Layer, ServiceExt};
+use tower_usage_plans::model::MAX_COUNT;
 use tower_usage_plans::store::{CounterStore, MemoryStore, RedisStore};
 use tower_usage_plans::{
     NewApiKey, NewUsagePlan, Quota, QuotaPeriod, Throttle, UsagePlanLayer, UsagePlans,
@@ -63,8 +64,8 @@ fn plans(store: Arc<dyn CounterStore>, values: &[String]) -> UsagePlans {
     let plan = plans
         .create_usage_plan(
             NewUsagePlan::new("bench")
-                .with_throttle(Throttle::new(1e12, u32::MAX).unwrap())
-                .with_quota(Quota::new(u64::MAX / 4, QuotaPeriod::Month)),
+                .with_throttle(Throttle::new(1e12, MAX_COUNT as u32).unwrap())
+                .with_quota(Quota::new(MAX_COUNT, QuotaPeriod::Month)),
         )
         .unwrap();
     for value in values {

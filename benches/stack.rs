@@ -18,6 +18,7 @@ use tower::{Layer, Service};
 use tower_governor::governor::GovernorConfigBuilder;
 use tower_governor::key_extractor::KeyExtractor;
 use tower_governor::{GovernorError, GovernorLayer};
+use tower_usage_plans::model::MAX_COUNT;
 use tower_usage_plans::{
     NewApiKey, NewUsagePlan, Quota, QuotaPeriod, Throttle, UsagePlanLayer, UsagePlans,
 };
@@ -49,8 +50,8 @@ fn plans(values: &[String]) -> UsagePlans {
     let plan = plans
         .create_usage_plan(
             NewUsagePlan::new("bench")
-                .with_throttle(Throttle::new(1e12, u32::MAX).unwrap())
-                .with_quota(Quota::new(u64::MAX / 2, QuotaPeriod::Month)),
+                .with_throttle(Throttle::new(1e12, MAX_COUNT as u32).unwrap())
+                .with_quota(Quota::new(MAX_COUNT, QuotaPeriod::Month)),
         )
         .unwrap();
     for value in values {

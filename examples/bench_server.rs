@@ -16,6 +16,7 @@ use axum::Router;
 use tower_governor::governor::GovernorConfigBuilder;
 use tower_governor::key_extractor::KeyExtractor;
 use tower_governor::{GovernorError, GovernorLayer};
+use tower_usage_plans::model::MAX_COUNT;
 use tower_usage_plans::{
     NewApiKey, NewUsagePlan, Quota, QuotaPeriod, Throttle, UsagePlanLayer, UsagePlans,
 };
@@ -74,8 +75,8 @@ fn plans() -> Result<UsagePlans, Box<dyn std::error::Error>> {
     let plans = UsagePlans::new();
     let plan = plans.create_usage_plan(
         NewUsagePlan::new("bench")
-            .with_throttle(Throttle::new(1e12, u32::MAX)?)
-            .with_quota(Quota::new(u64::MAX / 2, QuotaPeriod::Month)),
+            .with_throttle(Throttle::new(1e12, MAX_COUNT as u32)?)
+            .with_quota(Quota::new(MAX_COUNT, QuotaPeriod::Month)),
     )?;
     for i in 0..KEYS {
         let key = plans.create_api_key(

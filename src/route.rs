@@ -1,6 +1,8 @@
 //! API Gateway resource paths (`/pets/{id}`, `/files/{proxy+}`) and the
 //! `"/resource/path/METHOD"` keys of per-method throttles.
 
+use std::borrow::Cow;
+
 use http::Method;
 
 use crate::error::{Error, Result};
@@ -9,6 +11,63 @@ use crate::error::{Error, Result};
 enum Segment {
     Literal(Box<str>),
     Param,
+}
+
+/// The path as routes see it: percent-encoded unreserved characters
+/// decoded, empty and `.` segments dropped, `..` resolved — so `/pets//1`,
+/// `/pets/./1`, `/x/../pets/1` and `/pet%73/1` all meet the throttle of
+/// `/pets/{id}`. Borrowed when there is nothing to do (the common case).
+pub(crate) fn normalize(path: &str) -> Cow<'_, str> {
+    if !path.contains("//") && !path.contains("/.") && !path.contains('%') {
+        return Cow::Borrowed(path);
+    }
+    let mut segments: Vec<String> = Vec::new();
+    for raw in path.split('/') {
+        let segment = decode_unreserved(raw);
+        match segment.as_str() {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            _ => segments.push(segment),
+        }
+    }
+    let mut out = String::with_capacity(path.len());
+    for segment in &segments {
+        out.push('/');
+        out.push_str(segment);
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    Cow::Owned(out)
+}
+
+/// Decodes `%XX` where it stands for an unreserved character (RFC 3986
+/// §2.3); other escapes, such as `%2F`, stay as they are.
+fn decode_unreserved(segment: &str) -> String {
+    let bytes = segment.as_bytes();
+    let mut out = String::with_capacity(segment.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let decoded = std::str::from_utf8(&bytes[i + 1..i + 3])
+                .ok()
+                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+                .filter(|b| b.is_ascii_alphanumeric() || b"-._~".contains(b));
+            if let Some(b) = decoded {
+                out.push(char::from(b));
+                i += 3;
+                continue;
+            }
+        }
+        // Copy up to the next '%' as is (keeps multi-byte characters whole).
+        let from = if bytes[i] == b'%' { i + 1 } else { i };
+        let next = segment[from..].find('%').map_or(bytes.len(), |n| from + n);
+        out.push_str(&segment[i..next]);
+        i = next;
+    }
+    out
 }
 
 /// A resource path template: literal segments, `{param}` segments matching
@@ -132,6 +191,7 @@ impl MethodRoute {
         })
     }
 
+    /// Whether the route matches; `path` must be [`normalize`]d.
     pub(crate) fn matches(&self, method: &Method, path: &str) -> bool {
         self.method.as_ref().is_none_or(|m| m == method) && self.path.matches(path)
     }
@@ -178,6 +238,26 @@ mod tests {
         assert!(r.matches(&Method::GET, "/files/a/b/c"));
         assert!(!r.matches(&Method::GET, "/files"));
         assert!(route("/{proxy+}/ANY").matches(&Method::GET, "/x/y"));
+    }
+
+    #[test]
+    fn paths_are_normalized_before_matching() {
+        let r = route("/pets/{id}/GET");
+        for path in [
+            "/pets//1",
+            "/pets/./1",
+            "/x/../pets/1",
+            "/pet%73/1",
+            "/pets/1/",
+        ] {
+            assert!(r.matches(&Method::GET, &normalize(path)), "{path}");
+        }
+        assert_eq!(normalize("/a%2Fb"), "/a%2Fb", "an encoded slash stays");
+        assert_eq!(normalize("/../.."), "/");
+        assert_eq!(normalize("/%e2%82%ac/%7E"), "/%e2%82%ac/~");
+        assert_eq!(normalize("/%"), "/%");
+        assert_eq!(normalize("/€%41/é%zz"), "/€A/é%zz");
+        assert!(matches!(normalize("/pets/1"), Cow::Borrowed(_)));
     }
 
     #[test]

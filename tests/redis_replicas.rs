@@ -250,3 +250,62 @@ async fn redis_down_fails_open_or_closed_and_enforcement_resumes() {
     open.shutdown().await.unwrap();
     closed.shutdown().await.unwrap();
 }
+
+/// `scripts/test.sh` starts a 3-node Redis Cluster and sets `REDIS_CLUSTER_URL`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_a_redis_cluster() {
+    let url = std::env::var("REDIS_CLUSTER_URL")
+        .unwrap_or_else(|_| "redis+cluster://127.0.0.1:6391".into());
+    // The cluster outlives the test: names and values of this run only.
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let value = format!("cluster-key-{run}");
+    let config = || GatewayConfig {
+        listen: ([127, 0, 0, 1], 0).into(),
+        admin_listen: ([127, 0, 0, 1], 0).into(),
+        redis: Some(url.clone()),
+        keys: vec![NewApiKey::new(format!("k{run}"))
+            .with_value(&value)
+            .enabled(true)],
+        plans: vec![FilePlan {
+            plan: NewUsagePlan::new(format!("cluster-{run}"))
+                .with_quota(Quota::new(20, QuotaPeriod::Day)),
+            keys: vec![format!("k{run}")],
+        }],
+        ..GatewayConfig::default()
+    };
+    let a = Gateway::start(config())
+        .await
+        .unwrap_or_else(|e| panic!("no Redis Cluster at {url}: {e}"));
+    let b = Gateway::start(config()).await.unwrap();
+    let plan_name = format!("cluster-{run}");
+    assert_eq!(
+        b.plans()
+            .usage_plans()
+            .iter()
+            .filter(|p| p.name == plan_name)
+            .count(),
+        1
+    );
+    let client = client();
+    let mut admitted = 0;
+    for i in 0..60 {
+        let addr = if i % 2 == 0 {
+            a.data_addr()
+        } else {
+            b.data_addr()
+        };
+        let request = http::Request::get(format!("http://{addr}/x"))
+            .header("x-api-key", &value)
+            .body(Empty::new())
+            .unwrap();
+        let response = client.request(request).await.unwrap();
+        admitted += u32::from(response.status() == 200);
+        response.into_body().collect().await.unwrap();
+    }
+    assert_eq!(admitted, 20);
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}

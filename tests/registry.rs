@@ -202,3 +202,29 @@ fn deleting_a_plan_releases_its_keys() {
     let again = plans.create_usage_plan(NewUsagePlan::new("p2")).unwrap();
     plans.add_key_to_plan(&again.id, &key.id).unwrap();
 }
+
+#[tokio::test]
+async fn counts_above_aws_integer_are_refused() {
+    let plans = UsagePlans::new();
+    let too_big = tower_usage_plans::model::MAX_COUNT + 1;
+    let quota = NewUsagePlan::new("p").with_quota(Quota::new(too_big, QuotaPeriod::Day));
+    assert_eq!(kind(plans.create_usage_plan(quota)), ErrorKind::BadRequest);
+    let burst = NewUsagePlan::new("p").with_throttle(Throttle {
+        burst_limit: u32::MAX,
+        rate_limit: 1.0,
+    });
+    assert_eq!(kind(plans.create_usage_plan(burst)), ErrorKind::BadRequest);
+    let plan = plans
+        .create_usage_plan(NewUsagePlan::new("p").with_quota(Quota::new(10, QuotaPeriod::Day)))
+        .unwrap();
+    let key = plans.create_api_key(NewApiKey::new("k")).unwrap();
+    plans.add_key_to_plan(&plan.id, &key.id).unwrap();
+    assert_eq!(
+        plans
+            .set_remaining(&plan.id, &key.id, too_big)
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::BadRequest
+    );
+}

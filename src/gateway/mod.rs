@@ -70,12 +70,13 @@ impl Gateway {
     pub async fn start(config: GatewayConfig) -> Result<Self, String> {
         let (plans, mut backing) = match &config.redis {
             Some(url) => {
+                let shown = replicas::redacted(url);
                 let store = RedisStore::connect(url)
                     .await
-                    .map_err(|e| format!("--redis {url}: {e}"))?;
+                    .map_err(|e| format!("--redis {shown}: {e}"))?;
                 let plans = UsagePlans::builder().store(Arc::new(store)).build();
                 let replica = replicas::Replica::join(url, plans.clone()).await?;
-                tracing::info!(url, "sharing counters and the registry through Redis");
+                tracing::info!(url = %shown, "sharing counters and the registry through Redis");
                 (plans, Backing::Redis(replica))
             }
             None => {

@@ -6,20 +6,32 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use crate::store::redis::Connection;
 
 use crate::{RegistrySnapshot, UsagePlans};
 
-const SNAPSHOT_KEY: &str = "tup:registry";
-const VERSION_KEY: &str = "tup:registry:version";
+// One hash tag: both keys live in one cluster slot, so they can change
+// together in one transaction.
+const SNAPSHOT_KEY: &str = "tup:{registry}";
+const VERSION_KEY: &str = "tup:{registry}:version";
 
 /// How often a replica compares its registry with Redis's: changes reach
 /// every replica within about this long.
 pub(crate) const SYNC_INTERVAL: Duration = Duration::from_millis(200);
 
+/// The URL without its password, for logs and errors.
+pub(crate) fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
 /// One replica's view of the shared registry.
 pub(crate) struct Replica {
-    connection: ConnectionManager,
+    connection: Connection,
     plans: UsagePlans,
     /// The local generation last published or restored.
     generation: u64,
@@ -30,10 +42,10 @@ pub(crate) struct Replica {
 impl Replica {
     /// Connects; restores the shared registry if there is one.
     pub(crate) async fn join(url: &str, plans: UsagePlans) -> Result<Self, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("--redis {url}: {e}"))?;
-        let connection = ConnectionManager::new(client)
+        let url_shown = redacted(url);
+        let connection = Connection::open(url)
             .await
-            .map_err(|e| format!("--redis {url}: {e}"))?;
+            .map_err(|e| format!("--redis {url_shown}: {e}"))?;
         let mut replica = Self {
             connection,
             generation: plans.generation(),
@@ -68,12 +80,15 @@ impl Replica {
     async fn push(&mut self) -> Result<(), String> {
         let generation = self.plans.generation();
         let json = serde_json::to_string(&self.plans.snapshot()).map_err(|e| e.to_string())?;
-        let (version,): (i64,) = redis::pipe()
-            .atomic()
-            .set(SNAPSHOT_KEY, json)
-            .ignore()
-            .incr(VERSION_KEY, 1)
-            .query_async(&mut self.connection)
+        let (version,): (i64,) = self
+            .connection
+            .pipeline(
+                redis::pipe()
+                    .atomic()
+                    .set(SNAPSHOT_KEY, json)
+                    .ignore()
+                    .incr(VERSION_KEY, 1),
+            )
             .await
             .map_err(|e| e.to_string())?;
         self.generation = generation;
@@ -83,9 +98,9 @@ impl Replica {
 
     /// Restores the shared registry if it is newer; `false` if Redis has none.
     async fn pull(&mut self) -> Result<bool, String> {
-        let version: Option<i64> = redis::cmd("GET")
-            .arg(VERSION_KEY)
-            .query_async(&mut self.connection)
+        let version: Option<i64> = self
+            .connection
+            .query(redis::cmd("GET").arg(VERSION_KEY))
             .await
             .map_err(|e| e.to_string())?;
         let Some(version) = version else {
@@ -94,11 +109,9 @@ impl Replica {
         if version == self.version {
             return Ok(true);
         }
-        let (json, latest): (Option<String>, Option<i64>) = redis::pipe()
-            .atomic()
-            .get(SNAPSHOT_KEY)
-            .get(VERSION_KEY)
-            .query_async(&mut self.connection)
+        let (json, latest): (Option<String>, Option<i64>) = self
+            .connection
+            .pipeline(redis::pipe().atomic().get(SNAPSHOT_KEY).get(VERSION_KEY))
             .await
             .map_err(|e| e.to_string())?;
         let (Some(json), Some(version)) = (json, latest.or(Some(version))) else {

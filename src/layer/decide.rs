@@ -7,7 +7,7 @@ use super::headers::RateLimitHeaders;
 use super::{Refusal, RefusalResponse, UsageContext};
 use crate::key::{KeySource, RequestHead};
 use crate::registry::{digest, Stage};
-use crate::route::MethodRoute;
+use crate::route::{normalize, MethodRoute};
 use crate::store::{Decision, DecisionRequest, StoreFuture, Verdict};
 use crate::{Result, UsagePlans};
 
@@ -54,7 +54,7 @@ impl Config {
     pub(crate) fn is_unmetered(&self, head: &RequestHead<'_>) -> bool {
         self.unmetered
             .iter()
-            .any(|r| r.matches(head.method, head.uri.path()))
+            .any(|r| r.matches(head.method, &normalize(head.uri.path())))
     }
 
     /// Resolves key → plan → throttle and quota, and starts the decision.
@@ -70,9 +70,11 @@ impl Config {
             let binding = route.binding_for(&self.stage).ok_or(Refusal::NoPlan)?;
             let request = DecisionRequest {
                 counter: &binding.counter,
-                throttle: binding
-                    .plan
-                    .throttle_for(&self.stage, head.method, head.uri.path()),
+                throttle: binding.plan.throttle_for(
+                    &self.stage,
+                    head.method,
+                    &normalize(head.uri.path()),
+                ),
                 quota: binding.plan.quota(),
                 now,
             };
@@ -105,9 +107,14 @@ impl Config {
             Verdict::Admitted => {
                 return Next::Forward(RateLimitHeaders::new(&decision, None, self.legacy_headers))
             }
+            // Throttled with the quota also spent: no retry succeeds before
+            // the period ends, whatever the bucket says.
             Verdict::Throttled => (
                 Refusal::Throttled,
-                decision.throttle.map(|t| t.retry_after_secs),
+                decision.throttle.map(|t| match decision.quota {
+                    Some(q) if q.remaining == 0 => t.retry_after_secs.max(q.reset_secs),
+                    _ => t.retry_after_secs,
+                }),
             ),
             Verdict::QuotaExceeded => {
                 (Refusal::QuotaExceeded, decision.quota.map(|q| q.reset_secs))

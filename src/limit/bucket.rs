@@ -57,7 +57,12 @@ impl Bucket {
             } else {
                 secs_until(whole + 1.0 - self.tokens, throttle.rate_limit)
             },
-            retry_after_secs: secs_until(1.0 - self.tokens, throttle.rate_limit),
+            // A bucket that holds no whole token never admits anything.
+            retry_after_secs: if throttle.burst_limit == 0 {
+                super::NEVER_SECS
+            } else {
+                secs_until(1.0 - self.tokens, throttle.rate_limit)
+            },
         }
     }
 }

@@ -12,3 +12,7 @@ pub use plan::{ApiStage, NewUsagePlan, UsagePlan};
 pub use quota::{Quota, QuotaPeriod};
 pub use throttle::Throttle;
 pub use usage::Usage;
+
+/// The largest limit, offset, burst or remaining count: AWS's `Integer`
+/// (32-bit signed), which the Smithy SDKs read these fields as.
+pub const MAX_COUNT: u64 = i32::MAX as u64;

@@ -93,6 +93,13 @@ impl Quota {
     }
 
     pub(crate) fn validate(&self) -> Result<()> {
+        if self.limit > super::MAX_COUNT {
+            return Err(Error::bad_request(format!(
+                "Invalid quota: limit {} is larger than {}",
+                self.limit,
+                super::MAX_COUNT
+            )));
+        }
         if self.offset > self.limit {
             return Err(Error::bad_request(format!(
                 "Invalid quota: offset {} is larger than limit {}",

@@ -41,6 +41,13 @@ impl Throttle {
     }
 
     pub(crate) fn validate(&self) -> Result<()> {
+        if u64::from(self.burst_limit) > super::MAX_COUNT {
+            return Err(Error::bad_request(format!(
+                "Invalid burstLimit {}: must be at most {}",
+                self.burst_limit,
+                super::MAX_COUNT
+            )));
+        }
         if !self.rate_limit.is_finite() || self.rate_limit < 0.0 {
             return Err(Error::bad_request(format!(
                 "Invalid rateLimit {}: must be a finite number >= 0",

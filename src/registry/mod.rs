@@ -222,6 +222,7 @@ impl UsagePlans {
         Writer {
             guard: self.inner.control.lock(),
             generation: &self.inner.generation,
+            changed: false,
         }
     }
 
@@ -617,6 +618,12 @@ impl UsagePlans {
         key_id: &str,
         remaining: u64,
     ) -> Result<Usage> {
+        if remaining > crate::model::MAX_COUNT {
+            return Err(Error::bad_request(format!(
+                "Invalid remaining {remaining}: must be at most {}",
+                crate::model::MAX_COUNT
+            )));
+        }
         let (counter, rule) = {
             let control = self.inner.control.lock();
             let plan = control.membership(plan_id, key_id)?;
@@ -746,6 +753,9 @@ impl UsagePlans {
 struct Writer<'a> {
     guard: MutexGuard<'a, Control>,
     generation: &'a AtomicU64,
+    /// Set by the first mutable access: a refused operation (which only
+    /// reads before failing) does not move the generation.
+    changed: bool,
 }
 
 impl Deref for Writer<'_> {
@@ -758,13 +768,16 @@ impl Deref for Writer<'_> {
 
 impl DerefMut for Writer<'_> {
     fn deref_mut(&mut self) -> &mut Control {
+        self.changed = true;
         &mut self.guard
     }
 }
 
 impl Drop for Writer<'_> {
     fn drop(&mut self) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        if self.changed {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
     }
 }
 

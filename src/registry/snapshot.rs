@@ -115,6 +115,9 @@ impl UsagePlans {
         for p in snapshot.plans {
             p.plan.validate()?;
             let id = p.plan.id.clone();
+            if next.plans.contains_key(&id) {
+                return Err(Error::bad_request(format!("plan {id}: duplicate id")));
+            }
             for key_id in &p.keys {
                 let key = next.keys.get_mut(key_id).ok_or_else(|| {
                     Error::bad_request(format!("plan {id}: unknown key {key_id}"))
@@ -133,11 +136,15 @@ impl UsagePlans {
         }
         let mut control = self.write();
         *control = next;
-        self.inner.routes.clear();
+        // Upsert every route, then drop the ones whose keys are gone: a key
+        // that stays never misses its route (no 403 while restoring).
         let ids: Vec<String> = control.keys.keys().cloned().collect();
         for id in ids {
             self.refresh_route(&control, &id);
         }
+        self.inner
+            .routes
+            .retain(|digest, _| control.by_digest.contains_key(digest));
         Ok(())
     }
 }

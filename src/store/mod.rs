@@ -10,7 +10,7 @@
 mod future;
 mod memory;
 #[cfg(feature = "redis")]
-mod redis;
+pub(crate) mod redis;
 
 use std::fmt;
 use std::hash::{Hash, Hasher};

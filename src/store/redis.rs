@@ -23,8 +23,9 @@ const SCRIPT: &str = include_str!("redis.lua");
 /// History GetUsage may read, plus a margin: a counter untouched this long expires.
 const TTL_SECS: i64 = 101 * DAY_SECS;
 
+/// A connection to one server (reconnecting) or to a cluster.
 #[derive(Clone)]
-enum Connection {
+pub(crate) enum Connection {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
 }
@@ -153,6 +154,44 @@ impl RedisStore {
 }
 
 impl Connection {
+    /// `redis://…` (one server) or `redis+cluster://host:port,host:port,…`.
+    pub(crate) async fn open(url: &str) -> Result<Self> {
+        Ok(match url.strip_prefix("redis+cluster://") {
+            Some(nodes) => {
+                let nodes: Vec<String> = nodes
+                    .split(',')
+                    .map(|n| format!("redis://{}", n.trim()))
+                    .collect();
+                let client = redis::cluster::ClusterClient::new(nodes)
+                    .map_err(|e| store_error("cluster URL", e))?;
+                Self::Cluster(
+                    client
+                        .get_async_connection()
+                        .await
+                        .map_err(|e| store_error("connect", e))?,
+                )
+            }
+            None => {
+                let client = redis::Client::open(url).map_err(|e| store_error("URL", e))?;
+                Self::Single(
+                    ConnectionManager::new(client)
+                        .await
+                        .map_err(|e| store_error("connect", e))?,
+                )
+            }
+        })
+    }
+
+    pub(crate) async fn pipeline<T: FromRedisValue>(
+        &mut self,
+        pipe: &redis::Pipeline,
+    ) -> redis::RedisResult<T> {
+        match self {
+            Self::Single(c) => pipe.query_async(c).await,
+            Self::Cluster(c) => pipe.query_async(c).await,
+        }
+    }
+
     async fn invoke<T: FromRedisValue>(
         &mut self,
         invocation: ScriptInvocation<'_>,
@@ -163,7 +202,10 @@ impl Connection {
         }
     }
 
-    async fn query<T: FromRedisValue>(&mut self, command: &redis::Cmd) -> redis::RedisResult<T> {
+    pub(crate) async fn query<T: FromRedisValue>(
+        &mut self,
+        command: &redis::Cmd,
+    ) -> redis::RedisResult<T> {
         match self {
             Self::Single(c) => command.query_async(c).await,
             Self::Cluster(c) => command.query_async(c).await,
