@@ -7,7 +7,7 @@ use crate::{Error, Result, UsagePlans};
 const MIN_IMPORTED_VALUE_LEN: usize = 30;
 
 /// One valid row of the file.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Row {
     name: String,
     value: String,
@@ -34,14 +34,35 @@ pub(crate) fn import(plans: &UsagePlans, body: &[u8], fail_on_warnings: bool) ->
             warnings.join("; ")
         )));
     }
+    if fail_on_warnings {
+        // Rows can clash with each other (one value, overlapping plans):
+        // import into a scratch copy first, so a refused file changes nothing.
+        let scratch = UsagePlans::new();
+        scratch.restore(plans.snapshot())?;
+        let (_, rehearsal) = import_rows(&scratch, rows.clone());
+        if !rehearsal.is_empty() {
+            return Err(Error::bad_request(format!(
+                "Invalid API key file: {}",
+                rehearsal.join("; ")
+            )));
+        }
+    }
+    let (ids, row_warnings) = import_rows(plans, rows);
+    warnings.extend(row_warnings);
+    Ok(Imported { ids, warnings })
+}
+
+/// Imports valid rows; the ids imported and a warning per row that failed.
+fn import_rows(plans: &UsagePlans, rows: Vec<(usize, Row)>) -> (Vec<String>, Vec<String>) {
     let mut ids = Vec::with_capacity(rows.len());
+    let mut warnings = Vec::new();
     for (line, row) in rows {
         match import_row(plans, row) {
             Ok(id) => ids.push(id),
             Err(e) => warnings.push(format!("line {line}: {}", e.message())),
         }
     }
-    Ok(Imported { ids, warnings })
+    (ids, warnings)
 }
 
 fn import_row(plans: &UsagePlans, row: Row) -> Result<String> {
@@ -173,4 +194,29 @@ fn parse(body: &[u8], plans: &UsagePlans) -> Result<Parsed> {
         }
     }
     Ok((rows, warnings))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::NewUsagePlan;
+
+    #[test]
+    fn a_refused_file_changes_nothing_even_when_rows_clash() {
+        let plans = UsagePlans::new();
+        let a = plans.create_usage_plan(NewUsagePlan::new("a")).unwrap();
+        let b = plans.create_usage_plan(NewUsagePlan::new("b")).unwrap();
+        // Plans without stages overlap: one value cannot join both.
+        let value = "v".repeat(30);
+        let csv = format!(
+            "name,key,usageplanIds\nk1,{value},{}\nk2,{value},{}\n",
+            a.id, b.id
+        );
+        let err = import(&plans, csv.as_bytes(), true).unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::BadRequest);
+        assert!(plans.api_keys().is_empty(), "nothing imported");
+        // Without failonwarnings the first row lands and the second warns.
+        let imported = import(&plans, csv.as_bytes(), false).unwrap();
+        assert_eq!((imported.ids.len(), imported.warnings.len()), (1, 1));
+    }
 }

@@ -227,12 +227,16 @@ async fn get_usage(call: Call<'_>, plan_id: &str) -> WireResult {
     let (start, end) = (date("startDate")?, date("endDate")?);
     let page = call.query.page()?;
     let key_id = call.query.get("keyId").filter(|k| !k.is_empty());
-    let mut usage = call.plans.usage(plan_id, key_id, start, end).await?;
-    let (values, position) = page.apply(
-        std::mem::take(&mut usage.values).into_iter().collect(),
-        |(k, _)| k,
-    );
-    usage.values = values.into_iter().collect();
+    // Page the key ids first: the store is asked only for this page's keys.
+    let mut position = None;
+    let mut usage = call
+        .plans
+        .usage_of(plan_id, key_id, start, end, |keys| {
+            let (keys, next) = page.apply(keys, |k| k);
+            position = next;
+            keys
+        })
+        .await?;
     usage.position = position;
     json(StatusCode::OK, &usage)
 }

@@ -186,7 +186,8 @@ impl GatewayConfig {
                     "upstream_timeout_secs: {secs} must be a positive number of seconds"
                 ));
             }
-            config.upstream_timeout = Duration::from_secs_f64(secs);
+            config.upstream_timeout = Duration::try_from_secs_f64(secs)
+                .map_err(|e| format!("upstream_timeout_secs: {secs}: {e}"))?;
         }
         if let Some(stage) = cli.stage.or(file.stage) {
             config.stage = match stage.split_once(':') {

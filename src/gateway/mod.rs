@@ -309,6 +309,7 @@ impl Backing {
                 writer: Some(writer),
             } => writer
                 .save(plans, store)
+                .await
                 .map_err(|e| format!("could not write the state file: {e}")),
             Self::Redis(replica) => replica
                 .sync()

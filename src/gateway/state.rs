@@ -58,19 +58,37 @@ impl StateWriter {
         Self { path, last: None }
     }
 
-    pub(crate) fn save(&mut self, plans: &UsagePlans, store: &MemoryStore) -> std::io::Result<()> {
+    /// Takes the snapshot here, then serializes and writes it on a
+    /// blocking thread: fsync must not stall the data plane's runtime.
+    pub(crate) async fn save(
+        &mut self,
+        plans: &UsagePlans,
+        store: &MemoryStore,
+    ) -> std::io::Result<()> {
         let state = StateFile {
             version: VERSION,
             registry: plans.snapshot(),
             counters: store.snapshot(),
         };
-        let bytes = serde_json::to_vec(&state).map_err(std::io::Error::other)?;
-        if self.last.as_deref() == Some(&bytes[..]) {
-            return Ok(());
-        }
-        write_atomically(&self.path, &bytes)?;
-        self.last = Some(bytes);
-        Ok(())
+        let path = self.path.clone();
+        let last = self.last.take();
+        let (result, last) = tokio::task::spawn_blocking(move || {
+            let bytes = match serde_json::to_vec(&state) {
+                Ok(bytes) => bytes,
+                Err(e) => return (Err(std::io::Error::other(e)), last),
+            };
+            if last.as_deref() == Some(&bytes[..]) {
+                return (Ok(()), last);
+            }
+            match write_atomically(&path, &bytes) {
+                Ok(()) => (Ok(()), Some(bytes)),
+                Err(e) => (Err(e), last),
+            }
+        })
+        .await
+        .map_err(std::io::Error::other)?;
+        self.last = last;
+        result
     }
 }
 
@@ -80,7 +98,12 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
-    let mut file = std::fs::File::create(&tmp)?;
+    // The file holds API key values: readable by the gateway's user only.
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&tmp)?;
     file.write_all(bytes)?;
     file.sync_all()?;
     drop(file);

@@ -662,6 +662,20 @@ impl UsagePlans {
         start: Date,
         end: Date,
     ) -> Result<Usage> {
+        self.usage_of(plan_id, key_id, start, end, |keys| keys)
+            .await
+    }
+
+    /// [`usage`](Self::usage) for the keys `select` picks from the plan's
+    /// key ids (sorted): the admin API pages before asking the store.
+    pub(crate) async fn usage_of(
+        &self,
+        plan_id: &str,
+        key_id: Option<&str>,
+        start: Date,
+        end: Date,
+        select: impl FnOnce(Vec<String>) -> Vec<String>,
+    ) -> Result<Usage> {
         let days = period::day_of_date(end) - period::day_of_date(start) + 1;
         if days < 1 {
             return Err(Error::bad_request(
@@ -683,7 +697,7 @@ impl UsagePlans {
                 Some(key_id) => vec![key_id.to_owned()],
                 None => plan.keys.iter().cloned().collect(),
             };
-            (keys, plan.runtime.quota())
+            (select(keys), plan.runtime.quota())
         };
         let now = self.inner.clock.now();
         let mut values = BTreeMap::new();

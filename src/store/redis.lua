@@ -35,8 +35,13 @@ local function record(admitted)
   if redis.call('HSETNX', k, prefix .. ':u', admitted) == 0 then
     redis.call('HINCRBY', k, prefix .. ':u', admitted)
   else
-    local old = 'd:' .. (tonumber(day) - 100)
-    redis.call('HDEL', k, old .. ':u', old .. ':r')
+    -- A new day: drop every day before the 100 kept (as counter.rs does).
+    local oldest = tonumber(day) - 99
+    local dmin = tonumber(redis.call('HGET', k, 'dmin')) or tonumber(day)
+    for d = dmin, oldest - 1 do
+      redis.call('HDEL', k, 'd:' .. d .. ':u', 'd:' .. d .. ':r')
+    end
+    redis.call('HSET', k, 'dmin', math.max(dmin, oldest))
   end
   redis.call('HSET', k, prefix .. ':r', remaining)
 end

@@ -48,6 +48,7 @@ pub async fn run_all(store: Arc<dyn CounterStore>) {
     refusals_cost_nothing(&*store).await;
     set_remaining_and_usage(&*store).await;
     forget_resets(&*store).await;
+    history_keeps_a_hundred_days(&*store).await;
     concurrent_decisions_are_exact(store).await;
 }
 
@@ -203,4 +204,22 @@ async fn concurrent_decisions_are_exact(store: Arc<dyn CounterStore>) {
     }
     // 2,000 attempts on a quota of 1,000.
     assert_eq!(total, 1000);
+}
+
+async fn history_keeps_a_hundred_days(store: &dyn CounterStore) {
+    let counter = CounterKey::new("suite-plan", "history");
+    let day = |s: &str| s.parse::<Date>().unwrap();
+    for when in [
+        "2026-01-01T12:00:00Z",
+        "2026-03-02T12:00:00Z",
+        "2026-05-01T12:00:00Z",
+    ] {
+        decide(store, &counter, None, Some(quota(5)), at(when)).await;
+    }
+    let now = at("2026-05-01T12:00:00Z");
+    let usage = |d: &'static str| store.usage(&counter, Some(&quota(5)), now, day(d), day(d));
+    // 2026-01-01 is 120 days back: dropped. 2026-03-02 is 60 days back: kept.
+    assert_eq!(usage("2026-01-01").await.unwrap(), vec![[0, 5]]);
+    assert_eq!(usage("2026-03-02").await.unwrap(), vec![[1, 4]]);
+    assert_eq!(usage("2026-05-01").await.unwrap(), vec![[1, 4]]);
 }
