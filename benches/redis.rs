@@ -1,4 +1,4 @@
-//! Throughput of the layer with `RedisStore` as a ratio of the in-memory
+//! Throughput of the layer with `RedisStore` (plain and leased) as a ratio of the in-memory
 //! store, measured in the same run: 32 requests in flight on a 2-worker
 //! runtime, 1,000 keys, against a `redis-server` this bench starts on a free
 //! port (Debian's `redis-server` must be installed).
@@ -14,7 +14,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use http::{Request, Response};
 use tower::{service_fn, Layer, ServiceExt};
 use tower_usage_plans::model::MAX_COUNT;
-use tower_usage_plans::store::{CounterStore, MemoryStore, RedisStore};
+use tower_usage_plans::store::{CounterStore, LeaseConfig, MemoryStore, RedisStore};
 use tower_usage_plans::{
     NewApiKey, NewUsagePlan, Quota, QuotaPeriod, Throttle, UsagePlanLayer, UsagePlans,
 };
@@ -120,10 +120,18 @@ fn stores(c: &mut Criterion) {
     let values: Arc<Vec<String>> =
         Arc::new((0..KEYS).map(|i| format!("bench-key-{i:020}")).collect());
     let (_server, url) = redis_server();
-    let redis: Arc<dyn CounterStore> =
-        Arc::new(runtime.block_on(RedisStore::connect(&url)).unwrap());
+    let plain = runtime
+        .block_on(RedisStore::connect(&url))
+        .unwrap()
+        .with_prefix("plain:");
+    let leased = runtime
+        .block_on(RedisStore::connect(&url))
+        .unwrap()
+        .with_prefix("leased:")
+        .with_leases(LeaseConfig::default());
     let memory = UsagePlanLayer::new(plans(Arc::new(MemoryStore::new()), &values));
-    let redis = UsagePlanLayer::new(plans(redis, &values));
+    let redis = UsagePlanLayer::new(plans(Arc::new(plain), &values));
+    let redis_leased = UsagePlanLayer::new(plans(Arc::new(leased), &values));
 
     let mut group = c.benchmark_group("store");
     group.bench_function("memory", |b| {
@@ -131,6 +139,9 @@ fn stores(c: &mut Criterion) {
     });
     group.bench_function("redis", |b| {
         b.iter_custom(|iters| run(&runtime, &redis, &values, iters))
+    });
+    group.bench_function("redis_leased", |b| {
+        b.iter_custom(|iters| run(&runtime, &redis_leased, &values, iters))
     });
     group.finish();
 }

@@ -81,7 +81,17 @@ fn free_port() -> u16 {
 }
 
 fn config(redis: &str, quota: u64, failure: StoreFailure) -> GatewayConfig {
+    config_with(redis, quota, failure, false)
+}
+
+fn config_with(
+    redis: &str,
+    quota: u64,
+    failure: StoreFailure,
+    redis_leases: bool,
+) -> GatewayConfig {
     GatewayConfig {
+        redis_leases,
         listen: ([127, 0, 0, 1], 0).into(),
         admin_listen: ([127, 0, 0, 1], 0).into(),
         redis: Some(redis.to_owned()),
@@ -113,23 +123,8 @@ fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Empty<
     Client::builder(TokioExecutor::new()).build_http()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_replicas_admit_exactly_the_quota_and_share_admin_changes() {
-    let redis = Redis::start();
-    let a = Gateway::start(config(&redis.url(), 300, StoreFailure::FailOpen))
-        .await
-        .unwrap();
-    let b = Gateway::start(config(&redis.url(), 300, StoreFailure::FailOpen))
-        .await
-        .unwrap();
-    let plan = a.plans().usage_plans()[0].clone();
-    assert_eq!(
-        b.plans().usage_plans(),
-        vec![plan.clone()],
-        "B joined A's registry, created nothing"
-    );
-    let key_id = a.plans().api_key_by_value(KEY).unwrap().id;
-
+/// 32 clients over two replicas, 900 requests; how many were admitted.
+async fn admitted_across_two_replicas(a: &Gateway, b: &Gateway) -> u64 {
     let client = client();
     let next = Arc::new(AtomicU64::new(0));
     let admitted = Arc::new(AtomicU64::new(0));
@@ -157,11 +152,96 @@ async fn two_replicas_admit_exactly_the_quota_and_share_admin_changes() {
     for worker in workers {
         worker.await.unwrap();
     }
+    admitted.load(Ordering::Relaxed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leased_replicas_admit_exactly_the_quota_and_honour_update_usage() {
+    let redis = Redis::start();
+    let a = Gateway::start(config_with(&redis.url(), 300, StoreFailure::FailOpen, true))
+        .await
+        .unwrap();
+    let b = Gateway::start(config_with(&redis.url(), 300, StoreFailure::FailOpen, true))
+        .await
+        .unwrap();
     assert_eq!(
-        admitted.load(Ordering::Relaxed),
+        admitted_across_two_replicas(&a, &b).await,
+        300,
+        "exact with leases too"
+    );
+
+    // Leases out on both replicas, then UpdateUsage sets 10: no more than 10
+    // are admitted across both.
+    let plan = a.plans().usage_plans()[0].clone();
+    let key_id = a.plans().api_key_by_value(KEY).unwrap().id;
+    a.plans()
+        .set_remaining(&plan.id, &key_id, 200)
+        .await
+        .unwrap();
+    let client = client();
+    for _ in 0..20 {
+        assert_eq!(status(&client, a.data_addr()).await, 200);
+        assert_eq!(status(&client, b.data_addr()).await, 200);
+    }
+    b.plans()
+        .set_remaining(&plan.id, &key_id, 10)
+        .await
+        .unwrap();
+    let mut after = 0;
+    for i in 0..100 {
+        let addr = if i % 2 == 0 {
+            a.data_addr()
+        } else {
+            b.data_addr()
+        };
+        after += u32::from(status(&client, addr).await == 200);
+    }
+    assert!(after <= 10, "UpdateUsage to 10 admitted {after}");
+    // Given back on shutdown: the shared counter holds only what was admitted.
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+    let today = tower_usage_plans::jiff::Timestamp::now()
+        .to_zoned(TimeZone::UTC)
+        .date();
+    let c = Gateway::start(config(&redis.url(), 300, StoreFailure::FailOpen))
+        .await
+        .unwrap();
+    let usage = c
+        .plans()
+        .usage(&plan.id, Some(&key_id), today, today)
+        .await
+        .unwrap();
+    assert_eq!(
+        usage.values[&key_id][0][0],
+        300 + 40 + u64::from(after),
+        "used counts admitted requests only"
+    );
+    c.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_admit_exactly_the_quota_and_share_admin_changes() {
+    let redis = Redis::start();
+    let a = Gateway::start(config(&redis.url(), 300, StoreFailure::FailOpen))
+        .await
+        .unwrap();
+    let b = Gateway::start(config(&redis.url(), 300, StoreFailure::FailOpen))
+        .await
+        .unwrap();
+    let plan = a.plans().usage_plans()[0].clone();
+    assert_eq!(
+        b.plans().usage_plans(),
+        vec![plan.clone()],
+        "B joined A's registry, created nothing"
+    );
+    let key_id = a.plans().api_key_by_value(KEY).unwrap().id;
+
+    assert_eq!(
+        admitted_across_two_replicas(&a, &b).await,
         300,
         "exactly the quota across both replicas"
     );
+    let client = client();
 
     // UpdateUsage through A is enforced by B at once: counters live in Redis.
     a.plans().set_remaining(&plan.id, &key_id, 2).await.unwrap();

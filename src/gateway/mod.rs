@@ -43,7 +43,7 @@ use tower_service::Service;
 pub use body::{BoxError, GatewayBody};
 pub use config::{Cli, FilePlan, GatewayConfig, CREDENTIALS_ENV};
 
-use crate::store::{CounterStore, MemoryStore, RedisStore};
+use crate::store::{CounterStore, LeaseConfig, MemoryStore, RedisStore};
 use crate::{AdminService, Error, ErrorKind, NewUsagePlan, UsagePlanLayer, UsagePlans};
 
 /// How long in-flight requests may take to finish after a shutdown signal.
@@ -71,13 +71,16 @@ impl Gateway {
         let (plans, mut backing) = match &config.redis {
             Some(url) => {
                 let shown = replicas::redacted(url);
-                let store = RedisStore::connect(url)
+                let mut store = RedisStore::connect(url)
                     .await
                     .map_err(|e| format!("--redis {shown}: {e}"))?;
-                let plans = UsagePlans::builder().store(Arc::new(store)).build();
+                if config.redis_leases {
+                    store = store.with_leases(LeaseConfig::default());
+                }
+                let plans = UsagePlans::builder().store(Arc::new(store.clone())).build();
                 let replica = replicas::Replica::join(url, plans.clone()).await?;
                 tracing::info!(url = %shown, "sharing counters and the registry through Redis");
-                (plans, Backing::Redis(replica))
+                (plans, Backing::Redis(replica, store))
             }
             None => {
                 let store = Arc::new(MemoryStore::new());
@@ -288,7 +291,7 @@ enum Backing {
         writer: Option<state::StateWriter>,
     },
     /// Counters in Redis; the registry shared with the other replicas.
-    Redis(replicas::Replica),
+    Redis(replicas::Replica, RedisStore),
 }
 
 impl Backing {
@@ -296,7 +299,7 @@ impl Backing {
     fn interval(&self, config: &GatewayConfig) -> Duration {
         match self {
             Self::Memory { .. } => config.flush_interval,
-            Self::Redis(_) => replicas::SYNC_INTERVAL,
+            Self::Redis(..) => replicas::SYNC_INTERVAL,
         }
     }
 
@@ -311,10 +314,19 @@ impl Backing {
                 .save(plans, store)
                 .await
                 .map_err(|e| format!("could not write the state file: {e}")),
-            Self::Redis(replica) => replica
+            Self::Redis(replica, _) => replica
                 .sync()
                 .await
                 .map_err(|e| format!("could not sync the registry through Redis: {e}")),
+        }
+    }
+
+    /// Gives leased quota back (Redis with leases); nothing otherwise.
+    async fn release(&self) {
+        if let Self::Redis(_, store) = self {
+            if let Err(e) = store.give_back_leases().await {
+                tracing::warn!(error = %e, "could not give leased quota back");
+            }
         }
     }
 }
@@ -353,6 +365,7 @@ async fn run(
     {
         tracing::warn!("in-flight requests did not finish within {DRAIN_TIMEOUT:?}");
     }
+    backing.release().await;
     backing.persist(&plans).await?;
     tracing::info!("state flushed");
     tracing::info!("gateway stopped");

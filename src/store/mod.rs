@@ -8,6 +8,8 @@
 //! `burst + rate × elapsed`, and refused requests cost nothing.
 
 mod future;
+#[cfg(feature = "redis")]
+mod lease;
 mod memory;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
@@ -22,6 +24,8 @@ use jiff::Timestamp;
 #[cfg(feature = "redis")]
 pub use self::redis::RedisStore;
 pub use future::StoreFuture;
+#[cfg(feature = "redis")]
+pub use lease::LeaseConfig;
 pub use memory::{CounterSnapshot, MemoryStore};
 
 use crate::model::{Quota, Throttle};

@@ -3,11 +3,20 @@
 -- spend a token and a unit of quota only if both allow it. Mirrors
 -- src/limit/counter.rs; the caller computes calendar bounds.
 --
+-- "lease" also gives back what a replica's previous lease left unspent and
+-- grants a new slice (quota units and tokens) that the replica spends
+-- locally. Leased units count as used until given back, and UpdateUsage
+-- ("set") leaves room for them, so no replica can ever admit more than the
+-- quota. Slices shrink with the remaining quota (an eighth of it), down to
+-- none: near the limit every request is decided here.
+--
 -- KEYS[1]  the counter hash ("<prefix>{<plan>:<key>}")
--- ARGV     op ("decide" | "set" ), now_us, now_secs, day,
---          bucket field ("" = no throttle), rate, burst,
---          period kind ("" = no quota), period start, period end, period limit,
---          remaining (for "set"), ttl secs
+-- ARGV     1 op ("decide" | "lease" | "return" | "set"), 2 now_us, 3 now_secs, 4 day,
+--          5 bucket field ("" = no throttle), 6 rate, 7 burst,
+--          8 period kind ("" = no quota), 9 period start, 10 period end,
+--          11 period limit, 12 remaining (for "set"), 13 ttl secs,
+--          14 returned units, 15 units of the returned lease, 16 returned tokens,
+--          17 period start of the returned lease, 18 wanted units, 19 wanted tokens
 local k = KEYS[1]
 local op = ARGV[1]
 local now_us, now = tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -15,26 +24,36 @@ local day = ARGV[4]
 local bf, rate, burst = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
 local kind, pstart, pend, plimit = ARGV[8], ARGV[9], tonumber(ARGV[10]), tonumber(ARGV[11])
 local set_to, ttl = tonumber(ARGV[12]), tonumber(ARGV[13])
+local ret_q, ret_granted, ret_t = tonumber(ARGV[14]) or 0, tonumber(ARGV[15]) or 0, tonumber(ARGV[16]) or 0
+local ret_pstart = ARGV[17] or ""
+local want_q, want_t = tonumber(ARGV[18]) or 0, tonumber(ARGV[19]) or 0
 
-local used, allow, remaining = 0, nil, 0
+local used, allow, leased, remaining = 0, nil, 0, 0
+local function quota_left()
+  return math.max((allow or plimit) - used, 0)
+end
 if kind ~= "" then
-  local q = redis.call('HMGET', k, 'pk', 'pe', 'used', 'allow')
+  local q = redis.call('HMGET', k, 'pk', 'pe', 'used', 'allow', 'leased')
   if q[1] == kind and q[2] and now < tonumber(q[2]) then
     used = tonumber(q[3]) or 0
     allow = tonumber(q[4])
+    leased = tonumber(q[5]) or 0
   else
     -- A new period (or a new period kind): start from the limit.
     redis.call('HSET', k, 'pk', kind, 'ps', pstart, 'pe', pend, 'used', 0)
-    redis.call('HDEL', k, 'allow')
+    redis.call('HDEL', k, 'allow', 'leased')
   end
-  remaining = math.max((allow or plimit) - used, 0)
+  remaining = quota_left()
 end
 
-local function record(admitted)
+-- Adds `delta` (negative for units given back) to today's used count.
+local function record(delta)
   local prefix = 'd:' .. day
-  if redis.call('HSETNX', k, prefix .. ':u', admitted) == 0 then
-    redis.call('HINCRBY', k, prefix .. ':u', admitted)
+  local current = redis.call('HGET', k, prefix .. ':u')
+  if current then
+    redis.call('HSET', k, prefix .. ':u', math.max(tonumber(current) + delta, 0))
   else
+    redis.call('HSET', k, prefix .. ':u', math.max(delta, 0))
     -- A new day: drop every day before the 100 kept (as counter.rs does).
     local oldest = tonumber(day) - 99
     local dmin = tonumber(redis.call('HGET', k, 'dmin')) or tonumber(day)
@@ -47,19 +66,28 @@ local function record(admitted)
 end
 
 if op == 'set' then
-  allow = used + set_to
-  remaining = set_to
+  -- Leased units may still be spent: the new remaining includes them.
+  allow = used - leased + set_to
+  remaining = quota_left()
   redis.call('HSET', k, 'allow', allow)
   record(0)
   redis.call('EXPIRE', k, ttl)
-  return { tonumber(redis.call('HGET', k, 'd:' .. day .. ':u')), remaining }
+  return { tonumber(redis.call('HGET', k, 'd:' .. day .. ':u')), set_to }
 end
 
-local tokens = 0
+if (op == 'lease' or op == 'return') and kind ~= "" and ret_pstart == pstart and ret_granted > 0 then
+  used = math.max(used - ret_q, 0)
+  leased = math.max(leased - ret_granted, 0)
+  remaining = quota_left()
+  redis.call('HSET', k, 'used', used, 'leased', leased)
+  record(-ret_q)
+end
+
+-- The bucket, refilled up to now, with the returned tokens back in it.
+local tokens, updated = 0, now_us
 if bf ~= "" then
   local t = redis.call('HMGET', k, bf .. ':t', bf .. ':u')
-  tokens = tonumber(t[1])
-  local updated = tonumber(t[2])
+  tokens, updated = tonumber(t[1]), tonumber(t[2])
   if tokens == nil then
     tokens, updated = burst, now_us
   end
@@ -67,9 +95,19 @@ if bf ~= "" then
     tokens = tokens + (now_us - updated) / 1e6 * rate
     updated = now_us
   end
-  if tokens > burst then tokens = burst end
-  -- 0 admitted, 1 throttled, 2 quota exceeded
-  local verdict = 0
+  tokens = math.min(tokens + ret_t, burst)
+end
+
+if op == 'return' then
+  if bf ~= "" then
+    redis.call('HSET', k, bf .. ':t', tostring(tokens), bf .. ':u', updated)
+  end
+  redis.call('EXPIRE', k, ttl)
+  return { 0, tostring(tokens), remaining, 0, 0 }
+end
+
+local verdict = 0 -- 0 admitted, 1 throttled, 2 quota exceeded
+if bf ~= "" then
   if tokens < 1 then
     verdict = 1
   elseif kind ~= "" and remaining < 1 then
@@ -78,20 +116,38 @@ if bf ~= "" then
     tokens = tokens - 1
   end
   redis.call('HSET', k, bf .. ':t', tostring(tokens), bf .. ':u', updated)
-  if verdict ~= 0 then
-    redis.call('EXPIRE', k, ttl)
-    return { verdict, tostring(tokens), remaining }
-  end
 elseif kind ~= "" and remaining < 1 then
+  verdict = 2
+end
+if verdict ~= 0 then
   redis.call('EXPIRE', k, ttl)
-  return { 2, "0", remaining }
+  return { verdict, tostring(tokens), remaining, 0, 0 }
 end
 
 used = used + 1
-if kind ~= "" then
-  remaining = remaining - 1
-  redis.call('HSET', k, 'used', used)
+remaining = math.max(remaining - 1, 0)
+local q_take, t_take = 0, 0
+if op == 'lease' then
+  local grant = true
+  if kind ~= "" then
+    q_take = math.min(want_q, math.floor(remaining / 8))
+    grant = q_take > 0
+  end
+  if bf ~= "" then
+    t_take = math.min(want_t, math.floor(tokens / 2))
+    grant = grant and t_take > 0
+  end
+  if grant then
+    used, leased, remaining = used + q_take, leased + q_take, remaining - q_take
+    tokens = tokens - t_take
+    if bf ~= "" then redis.call('HSET', k, bf .. ':t', tostring(tokens)) end
+  else
+    q_take, t_take = 0, 0
+  end
 end
-record(1)
+if kind ~= "" then
+  redis.call('HSET', k, 'used', used, 'leased', leased)
+end
+record(1 + q_take)
 redis.call('EXPIRE', k, ttl)
-return { 0, tostring(tokens), remaining }
+return { 0, tostring(tokens), remaining, q_take, t_take }

@@ -2,6 +2,7 @@
 //! Redis Cluster), each decision one atomic server-side script.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::civil::Date;
@@ -10,6 +11,7 @@ use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 use redis::{FromRedisValue, Script, ScriptInvocation};
 
+use super::lease::{self, Lease, LeaseConfig, Leases, Unspent};
 use super::{
     CounterKey, CounterStore, DayUsage, Decision, DecisionRequest, QuotaRule, StoreFuture, Verdict,
 };
@@ -54,6 +56,7 @@ pub struct RedisStore {
     script: Script,
     prefix: String,
     timeout: Duration,
+    leases: Option<Arc<Leases>>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -77,36 +80,55 @@ impl RedisStore {
     /// # Errors
     /// `Store` if the URL is invalid or the server cannot be reached.
     pub async fn connect(url: &str) -> Result<Self> {
-        let connection = match url.strip_prefix("redis+cluster://") {
-            Some(nodes) => {
-                let nodes: Vec<String> = nodes
-                    .split(',')
-                    .map(|n| format!("redis://{}", n.trim()))
-                    .collect();
-                let client = redis::cluster::ClusterClient::new(nodes)
-                    .map_err(|e| store_error("cluster URL", e))?;
-                Connection::Cluster(
-                    client
-                        .get_async_connection()
-                        .await
-                        .map_err(|e| store_error("connect", e))?,
-                )
-            }
-            None => {
-                let client = redis::Client::open(url).map_err(|e| store_error("URL", e))?;
-                Connection::Single(
-                    ConnectionManager::new(client)
-                        .await
-                        .map_err(|e| store_error("connect", e))?,
-                )
-            }
-        };
+        let connection = Connection::open(url).await?;
         Ok(Self {
             connection,
             script: Script::new(SCRIPT),
             prefix: "tup:".to_owned(),
             timeout: Duration::from_millis(250),
+            leases: None,
         })
+    }
+
+    /// Spends leased slices of quota and tokens locally: a round trip only
+    /// when a lease runs out or expires. Still exact — leased units count as
+    /// used in Redis until given back, and slices shrink to nothing near
+    /// the limit — but GetUsage counts a lease's unspent units as used
+    /// until they are given back (on expiry, or [`give_back_leases`](Self::give_back_leases)).
+    pub fn with_leases(mut self, config: LeaseConfig) -> Self {
+        self.leases = Some(Arc::new(Leases::new(config)));
+        self
+    }
+
+    /// Gives every lease's unspent units and tokens back (call it on
+    /// shutdown).
+    ///
+    /// # Errors
+    /// `Store` if Redis cannot be reached; the units stay counted as used
+    /// until their period ends.
+    pub async fn give_back_leases(&self) -> Result<()> {
+        let Some(leases) = &self.leases else {
+            return Ok(());
+        };
+        for ((counter, bucket), lease) in leases.drain() {
+            let now = jiff::Timestamp::now();
+            let mut args = Args::new(now, lease.quota.as_ref());
+            if let Some(throttle) = lease.throttle {
+                args.bucket = format!("b:{bucket}");
+                args.rate = throttle.rate_limit;
+                args.burst = throttle.burst_limit;
+            }
+            args.unspent = lease.unspent;
+            let (key, script) = (self.key(&counter), self.script.clone());
+            let _: (u8, String, u64, u64, u64) = self
+                .run(move |mut connection| async move {
+                    connection
+                        .invoke(args.invocation(&script, &key, "return"))
+                        .await
+                })
+                .await?;
+        }
+        Ok(())
     }
 
     /// Prefixes every key (default `tup:`), e.g. to share one Redis
@@ -182,6 +204,7 @@ impl Connection {
         })
     }
 
+    #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
     pub(crate) async fn pipeline<T: FromRedisValue>(
         &mut self,
         pipe: &redis::Pipeline,
@@ -223,6 +246,8 @@ struct Args {
     burst: u32,
     period: Option<(QuotaPeriod, i64, i64, u64)>,
     set_to: u64,
+    unspent: Unspent,
+    want: (u64, u64),
 }
 
 impl Args {
@@ -241,6 +266,8 @@ impl Args {
                 (rule.quota.period, start, end, rule.limit_for_period(start))
             }),
             set_to: 0,
+            unspent: Unspent::default(),
+            want: (0, 0),
         }
     }
 
@@ -263,7 +290,13 @@ impl Args {
             .arg(end)
             .arg(limit)
             .arg(self.set_to)
-            .arg(TTL_SECS);
+            .arg(TTL_SECS)
+            .arg(self.unspent.units)
+            .arg(self.unspent.granted)
+            .arg(self.unspent.tokens)
+            .arg(self.unspent.period_start)
+            .arg(self.want.0)
+            .arg(self.want.1);
         invocation
     }
 }
@@ -271,6 +304,19 @@ impl Args {
 impl CounterStore for RedisStore {
     fn decide(&self, request: &DecisionRequest<'_>) -> StoreFuture<Decision> {
         let mut args = Args::new(request.now, request.quota.as_ref());
+        let mut op = "decide";
+        let mut slot = None;
+        if let Some(leases) = &self.leases {
+            let period = args.period.map(|(_, start, end, _)| (start, end));
+            if let Some(decision) = leases.try_spend(request, args.now_us, period) {
+                return StoreFuture::ready(Ok(decision));
+            }
+            let key = lease::slot_key(request);
+            args.unspent = leases.take_unspent(&key);
+            args.want = (leases.config.max_units, leases.config.max_tokens);
+            slot = Some((leases.clone(), key));
+            op = "lease";
+        }
         if let Some(rule) = &request.throttle {
             args.bucket = format!("b:{}", rule.method.unwrap_or(""));
             args.rate = rule.throttle.rate_limit;
@@ -279,10 +325,33 @@ impl CounterStore for RedisStore {
         let (key, script) = (self.key(request.counter), self.script.clone());
         let (throttle, quota) = (request.throttle.map(|t| t.throttle), request.quota);
         self.run(move |mut connection| async move {
-            let (verdict, tokens, remaining): (u8, String, u64) = connection
-                .invoke(args.invocation(&script, &key, "decide"))
-                .await?;
+            let (verdict, tokens, remaining, units, leased_tokens): (u8, String, u64, u64, u64) =
+                connection
+                    .invoke(args.invocation(&script, &key, op))
+                    .await?;
             let tokens: f64 = tokens.parse().unwrap_or(0.0);
+            if let (Some((leases, slot)), true) = (slot, units > 0 || leased_tokens > 0) {
+                let period = args
+                    .period
+                    .map_or((0, 0), |(_, start, end, _)| (start, end));
+                leases.keep(
+                    slot,
+                    Lease {
+                        unspent: Unspent {
+                            units,
+                            granted: units,
+                            tokens: leased_tokens,
+                            period_start: period.0,
+                        },
+                        period_end: period.1,
+                        expires_us: args.now_us
+                            + i64::try_from(leases.config.ttl.as_micros()).unwrap_or(i64::MAX),
+                        shared_remaining: remaining,
+                        throttle,
+                        quota,
+                    },
+                );
+            }
             Ok(Decision {
                 verdict: match verdict {
                     0 => Verdict::Admitted,
@@ -295,7 +364,7 @@ impl CounterStore for RedisStore {
                     .as_ref()
                     .zip(args.period)
                     .map(|(rule, (_, start, end, _))| {
-                        quota_state(rule, remaining, (start, end), args.now)
+                        quota_state(rule, remaining + units, (start, end), args.now)
                     }),
             })
         })

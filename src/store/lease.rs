@@ -1,0 +1,176 @@
+//! The local side of leases: slices of quota and tokens that a replica took
+//! from Redis and spends without a round trip.
+
+use std::time::Duration;
+
+use dashmap::DashMap;
+use parking_lot::Mutex;
+
+use super::{CounterKey, Decision, DecisionRequest, QuotaRule, QuotaState, ThrottleState, Verdict};
+use crate::model::Throttle;
+
+/// How big and how long-lived leases are.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_usage_plans::store::LeaseConfig;
+///
+/// let config = LeaseConfig { max_units: 32, max_tokens: 8, ttl: Duration::from_millis(500) };
+/// # drop(config);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseConfig {
+    /// The most quota units one lease takes (it takes at most an eighth of
+    /// what remains, so slices shrink to nothing near the limit).
+    pub max_units: u64,
+    /// The most throttle tokens one lease takes (at most half the bucket).
+    pub max_tokens: u64,
+    /// How long a lease may be spent before it is given back.
+    pub ttl: Duration,
+}
+
+impl Default for LeaseConfig {
+    fn default() -> Self {
+        Self {
+            max_units: 64,
+            max_tokens: 16,
+            ttl: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What a lease still holds, to give back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Unspent {
+    pub(crate) units: u64,
+    pub(crate) granted: u64,
+    pub(crate) tokens: u64,
+    /// The quota period the units belong to (Unix seconds).
+    pub(crate) period_start: i64,
+}
+
+/// One lease, as granted.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Lease {
+    pub(crate) unspent: Unspent,
+    pub(crate) period_end: i64,
+    pub(crate) expires_us: i64,
+    /// The shared remaining quota when granted (for the headers).
+    pub(crate) shared_remaining: u64,
+    /// The rules it was granted under, to give it back.
+    pub(crate) throttle: Option<Throttle>,
+    pub(crate) quota: Option<QuotaRule>,
+}
+
+/// The leases of one replica, per (counter, bucket).
+#[derive(Debug, Default)]
+pub(crate) struct Leases {
+    pub(crate) config: LeaseConfig,
+    slots: DashMap<(CounterKey, Box<str>), Mutex<Lease>>,
+}
+
+/// A lease per counter and bucket (plan-wide or one method's).
+pub(crate) type Slot = (CounterKey, Box<str>);
+
+pub(crate) fn slot_key(request: &DecisionRequest<'_>) -> Slot {
+    let bucket = request.throttle.and_then(|t| t.method).unwrap_or("");
+    (request.counter.clone(), bucket.into())
+}
+
+impl Leases {
+    pub(crate) fn new(config: LeaseConfig) -> Self {
+        Self {
+            config,
+            slots: DashMap::new(),
+        }
+    }
+
+    /// Spends one unit and one token of a live lease, if it has them.
+    pub(crate) fn try_spend(
+        &self,
+        request: &DecisionRequest<'_>,
+        now_us: i64,
+        period: Option<(i64, i64)>,
+    ) -> Option<Decision> {
+        let slot = self.slots.get(&slot_key(request))?;
+        let mut lease = slot.lock();
+        let live = now_us < lease.expires_us
+            && request.quota.is_none_or(|_| {
+                lease.unspent.units > 0
+                    && period.is_some_and(|(start, _)| start == lease.unspent.period_start)
+            })
+            && request.throttle.is_none_or(|_| lease.unspent.tokens > 0);
+        if !live {
+            return None;
+        }
+        if request.quota.is_some() {
+            lease.unspent.units -= 1;
+        }
+        if request.throttle.is_some() {
+            lease.unspent.tokens -= 1;
+        }
+        let now = now_us.div_euclid(1_000_000);
+        Some(Decision {
+            verdict: Verdict::Admitted,
+            throttle: request.throttle.map(|rule| {
+                let burst = rule.throttle.burst_limit;
+                let tokens = u32::try_from(lease.unspent.tokens).unwrap_or(u32::MAX);
+                ThrottleState {
+                    burst_limit: burst,
+                    tokens,
+                    next_token_secs: if tokens < burst && rule.throttle.rate_limit > 0.0 {
+                        (1.0 / rule.throttle.rate_limit).ceil() as u64
+                    } else {
+                        0
+                    },
+                    retry_after_secs: 0,
+                }
+            }),
+            quota: request.quota.map(|rule| QuotaState {
+                limit: rule.quota.limit,
+                remaining: lease.shared_remaining + lease.unspent.units,
+                period_secs: u64::try_from(lease.period_end - lease.unspent.period_start)
+                    .unwrap_or(0),
+                reset_secs: u64::try_from(lease.period_end - now).unwrap_or(0).max(1),
+            }),
+        })
+    }
+
+    /// Takes what the lease of this slot still holds.
+    pub(crate) fn take_unspent(&self, slot: &Slot) -> Unspent {
+        self.slots
+            .get(slot)
+            .map(|slot| std::mem::take(&mut slot.lock().unspent))
+            .unwrap_or_default()
+    }
+
+    /// Keeps a new lease; one granted to a concurrent request is merged in.
+    pub(crate) fn keep(&self, slot: Slot, lease: Lease) {
+        let slot = self.slots.entry(slot).or_default();
+        let mut current = slot.lock();
+        if current.unspent.granted > 0 && current.unspent.period_start == lease.unspent.period_start
+        {
+            current.unspent.units += lease.unspent.units;
+            current.unspent.granted += lease.unspent.granted;
+            current.unspent.tokens += lease.unspent.tokens;
+            current.expires_us = current.expires_us.min(lease.expires_us);
+            current.shared_remaining = lease.shared_remaining;
+        } else {
+            *current = lease;
+        }
+    }
+
+    /// Takes every lease that still holds something, to give it all back.
+    pub(crate) fn drain(&self) -> Vec<(Slot, Lease)> {
+        self.slots
+            .iter()
+            .map(|slot| {
+                let mut lease = slot.lock();
+                let taken = *lease;
+                lease.unspent = Unspent::default();
+                (slot.key().clone(), taken)
+            })
+            .filter(|(_, lease)| lease.unspent.granted > 0 || lease.unspent.tokens > 0)
+            .collect()
+    }
+}
