@@ -16,15 +16,11 @@ use tower_usage_plans::model::MAX_COUNT;
 use tower_usage_plans::store::{
     CounterKey, CounterStore, DecisionRequest, MemoryStore, QuotaRule, ThrottleRule, Verdict,
 };
-use tower_usage_plans::{
-    NewApiKey, NewUsagePlan, Quota, QuotaPeriod, Throttle, UsagePlanLayer, UsagePlans,
-};
+use tower_usage_plans::{Quota, QuotaPeriod, UsagePlanLayer};
 
-const KEYS: usize = 1_000;
-
-fn throttle() -> Throttle {
-    Throttle::new(1e12, MAX_COUNT as u32).unwrap()
-}
+#[path = "support.rs"]
+mod support;
+use support::{throttle, KEYS};
 
 fn quota() -> QuotaRule {
     QuotaRule {
@@ -120,21 +116,8 @@ fn decisions(c: &mut Criterion) {
 /// One request through the whole layer (key digest, lookup, decision,
 /// headers) around a service that answers at once.
 fn layer(c: &mut Criterion) {
-    let plans = UsagePlans::new();
-    let plan = plans
-        .create_usage_plan(
-            NewUsagePlan::new("bench")
-                .with_throttle(throttle())
-                .with_quota(Quota::new(MAX_COUNT, QuotaPeriod::Month)),
-        )
-        .unwrap();
-    let values: Vec<String> = (0..KEYS).map(|i| format!("bench-key-{i:020}")).collect();
-    for value in &values {
-        let key = plans
-            .create_api_key(NewApiKey::new("k").with_value(value).enabled(true))
-            .unwrap();
-        plans.add_key_to_plan(&plan.id, &key.id).unwrap();
-    }
+    let values = support::keys();
+    let plans = support::plans(Arc::new(MemoryStore::new()), &values);
     let bare = service_fn(|_req: http::Request<Body>| async {
         Ok::<_, std::convert::Infallible>(http::Response::new(Body::empty()))
     });

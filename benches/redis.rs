@@ -6,76 +6,23 @@
 //! `cargo bench --features redis --bench redis`
 
 use std::convert::Infallible;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{Request, Response};
 use tower::{service_fn, Layer, ServiceExt};
-use tower_usage_plans::model::MAX_COUNT;
-use tower_usage_plans::store::{CounterStore, LeaseConfig, MemoryStore, RedisStore};
-use tower_usage_plans::{
-    NewApiKey, NewUsagePlan, Quota, QuotaPeriod, Throttle, UsagePlanLayer, UsagePlans,
-};
+use tower_usage_plans::store::{LeaseConfig, MemoryStore, RedisStore};
+use tower_usage_plans::UsagePlanLayer;
 
-const KEYS: usize = 1_000;
+#[path = "../tests/support/redis_server.rs"]
+mod redis_server;
+#[path = "support.rs"]
+mod support;
+use redis_server::Redis;
+use support::{plans, KEYS};
+
 const IN_FLIGHT: u64 = 32;
-
-struct RedisServer(Child);
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn redis_server() -> (RedisServer, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server must be installed");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "redis-server did not start");
-        std::thread::yield_now();
-    }
-    (RedisServer(child), format!("redis://127.0.0.1:{port}"))
-}
-
-fn plans(store: Arc<dyn CounterStore>, values: &[String]) -> UsagePlans {
-    let plans = UsagePlans::builder().store(store).build();
-    let plan = plans
-        .create_usage_plan(
-            NewUsagePlan::new("bench")
-                .with_throttle(Throttle::new(1e12, MAX_COUNT as u32).unwrap())
-                .with_quota(Quota::new(MAX_COUNT, QuotaPeriod::Month)),
-        )
-        .unwrap();
-    for value in values {
-        let key = plans
-            .create_api_key(NewApiKey::new("k").with_value(value).enabled(true))
-            .unwrap();
-        plans.add_key_to_plan(&plan.id, &key.id).unwrap();
-    }
-    plans
-}
 
 /// `iters` requests, `IN_FLIGHT` at a time; the wall time.
 fn run(
@@ -119,7 +66,8 @@ fn stores(c: &mut Criterion) {
         .unwrap();
     let values: Arc<Vec<String>> =
         Arc::new((0..KEYS).map(|i| format!("bench-key-{i:020}")).collect());
-    let (_server, url) = redis_server();
+    let server = Redis::start();
+    let url = server.url();
     let plain = runtime
         .block_on(RedisStore::connect(&url))
         .unwrap()

@@ -16,52 +16,13 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use http::Request;
 use tower::{Layer, Service};
 use tower_governor::governor::GovernorConfigBuilder;
-use tower_governor::key_extractor::KeyExtractor;
-use tower_governor::{GovernorError, GovernorLayer};
-use tower_usage_plans::model::MAX_COUNT;
-use tower_usage_plans::{
-    NewApiKey, NewUsagePlan, Quota, QuotaPeriod, Throttle, UsagePlanLayer, UsagePlans,
-};
+use tower_governor::GovernorLayer;
+use tower_usage_plans::store::MemoryStore;
+use tower_usage_plans::UsagePlanLayer;
 
-const KEYS: usize = 1_000;
-
-/// What a tower_governor user keys on to limit per API key.
-#[derive(Clone)]
-struct ApiKeyHeader;
-
-impl KeyExtractor for ApiKeyHeader {
-    type Key = String;
-
-    fn extract<T>(&self, req: &Request<T>) -> Result<String, GovernorError> {
-        req.headers()
-            .get("x-api-key")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-            .ok_or(GovernorError::UnableToExtractKey)
-    }
-}
-
-fn keys() -> Vec<String> {
-    (0..KEYS).map(|i| format!("bench-key-{i:020}")).collect()
-}
-
-fn plans(values: &[String]) -> UsagePlans {
-    let plans = UsagePlans::new();
-    let plan = plans
-        .create_usage_plan(
-            NewUsagePlan::new("bench")
-                .with_throttle(Throttle::new(1e12, MAX_COUNT as u32).unwrap())
-                .with_quota(Quota::new(MAX_COUNT, QuotaPeriod::Month)),
-        )
-        .unwrap();
-    for value in values {
-        let key = plans
-            .create_api_key(NewApiKey::new("k").with_value(value).enabled(true))
-            .unwrap();
-        plans.add_key_to_plan(&plan.id, &key.id).unwrap();
-    }
-    plans
-}
+#[path = "support.rs"]
+mod support;
+use support::{keys, plans, ApiKeyHeader, KEYS};
 
 fn stack(c: &mut Criterion) {
     let values = keys();
@@ -80,7 +41,7 @@ fn stack(c: &mut Criterion) {
     let governor = GovernorLayer {
         config: Arc::new(governor),
     };
-    let ours = UsagePlanLayer::new(plans(&values));
+    let ours = UsagePlanLayer::new(plans(Arc::new(MemoryStore::new()), &values));
 
     let mut bare = router();
     let mut with_governor = router().layer(governor);

@@ -14,29 +14,13 @@ use std::sync::Arc;
 use axum::routing::get;
 use axum::Router;
 use tower_governor::governor::GovernorConfigBuilder;
-use tower_governor::key_extractor::KeyExtractor;
-use tower_governor::{GovernorError, GovernorLayer};
-use tower_usage_plans::model::MAX_COUNT;
-use tower_usage_plans::{
-    NewApiKey, NewUsagePlan, Quota, QuotaPeriod, Throttle, UsagePlanLayer, UsagePlans,
-};
+use tower_governor::GovernorLayer;
+use tower_usage_plans::store::MemoryStore;
+use tower_usage_plans::UsagePlanLayer;
 
-const KEYS: usize = 1_000;
-
-#[derive(Clone)]
-struct ApiKeyHeader;
-
-impl KeyExtractor for ApiKeyHeader {
-    type Key = String;
-
-    fn extract<T>(&self, req: &http::Request<T>) -> Result<String, GovernorError> {
-        req.headers()
-            .get("x-api-key")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-            .ok_or(GovernorError::UnableToExtractKey)
-    }
-}
+#[path = "../benches/support.rs"]
+mod support;
+use support::ApiKeyHeader;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -57,7 +41,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 config: Arc::new(config),
             })
         }
-        "usage-plans" => app.layer(UsagePlanLayer::new(plans()?)),
+        "usage-plans" => app.layer(UsagePlanLayer::new(support::plans(
+            Arc::new(MemoryStore::new()),
+            &support::keys(),
+        ))),
         other => return Err(format!("unknown mode {other}").into()),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -69,22 +56,4 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         axum::serve(listener, app).await?;
         Ok(())
     })
-}
-
-fn plans() -> Result<UsagePlans, Box<dyn std::error::Error>> {
-    let plans = UsagePlans::new();
-    let plan = plans.create_usage_plan(
-        NewUsagePlan::new("bench")
-            .with_throttle(Throttle::new(1e12, MAX_COUNT as u32)?)
-            .with_quota(Quota::new(MAX_COUNT, QuotaPeriod::Month)),
-    )?;
-    for i in 0..KEYS {
-        let key = plans.create_api_key(
-            NewApiKey::new("k")
-                .with_value(format!("bench-key-{i:020}"))
-                .enabled(true),
-        )?;
-        plans.add_key_to_plan(&plan.id, &key.id)?;
-    }
-    Ok(plans)
 }

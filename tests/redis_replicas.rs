@@ -3,8 +3,10 @@
 //! while Redis is down. Each test runs its own `redis-server`.
 #![cfg(all(feature = "gateway", feature = "redis"))]
 
+#[path = "support/redis_server.rs"]
+mod redis_server;
+
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,73 +14,12 @@ use std::time::{Duration, Instant};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use redis_server::Redis;
 use tower_usage_plans::gateway::{FilePlan, Gateway, GatewayConfig};
 use tower_usage_plans::jiff::tz::TimeZone;
 use tower_usage_plans::{NewApiKey, NewUsagePlan, Quota, QuotaPeriod, StoreFailure};
 
 const KEY: &str = "replica-key-0123456789abcdef";
-
-/// A `redis-server` of this test's own, killed on drop.
-struct Redis {
-    child: Child,
-    port: u16,
-}
-
-impl Redis {
-    fn start() -> Self {
-        let port = free_port();
-        Self::start_on(port)
-    }
-
-    fn start_on(port: u16) -> Self {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (apt-get install -y redis-server)");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not open port {port}"
-            );
-            std::thread::yield_now();
-        }
-        Self { child, port }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn config(redis: &str, quota: u64, failure: StoreFailure) -> GatewayConfig {
     config_with(redis, quota, failure, false)
