@@ -44,8 +44,11 @@ async fn axum_app_answers_200_403_and_429_as_the_readme_says() {
         .unwrap();
     let stdout = child.stdout.take().unwrap();
     let _guard = Example(child);
+    let mut stdout = BufReader::new(stdout);
     let mut first = String::new();
-    BufReader::new(stdout).read_line(&mut first).unwrap();
+    stdout.read_line(&mut first).unwrap();
+    // Keep reading: the example prints more, and a closed pipe would kill it.
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
     let addr = first
         .trim()
         .strip_prefix("listening on http://")
