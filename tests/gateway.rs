@@ -5,12 +5,14 @@
 //! state file. Synchronisation is by channels only; every wait has a
 //! deadline so a regression fails instead of hanging.
 
+#[path = "support/net.rs"]
+mod net;
+use net::{send, within, TempDir};
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -21,50 +23,15 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body, Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Notify};
 use tower_usage_plans::gateway::{FilePlan, Gateway, GatewayConfig};
 use tower_usage_plans::jiff::{tz::TimeZone, Timestamp};
 use tower_usage_plans::{NewApiKey, NewUsagePlan, Quota, QuotaPeriod};
 
 const KEY: &str = "gateway-test-key-0123456789";
-/// How long any single wait may take before the test fails.
-const DEADLINE: Duration = Duration::from_secs(30);
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// Awaits `future`, failing the test after [`DEADLINE`].
-async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(DEADLINE, future)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-}
-
-/// A unique, empty directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        static SEQ: AtomicUsize = AtomicUsize::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let path = std::env::temp_dir().join(format!(
-            "tower-usage-plans-{tag}-{}-{nanos}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&path).unwrap();
-        Self(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// One key (`KEY`, named "tester") in one plan ("testing") with a daily
 /// quota of `limit`; listeners on ephemeral ports; the echo upstream.
@@ -79,24 +46,6 @@ fn config(limit: u64) -> GatewayConfig {
         }],
         ..GatewayConfig::default()
     }
-}
-
-/// Sends one request on a fresh HTTP/1.1 connection.
-async fn send<B>(addr: SocketAddr, request: Request<B>) -> Response<Incoming>
-where
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
-    let stream = within("connect", TcpStream::connect(addr)).await.unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake::<_, B>(TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(connection);
-    within("the response head", sender.send_request(request))
-        .await
-        .unwrap()
 }
 
 /// `GET path` with `key` in `x-api-key`: status, headers, whole body.

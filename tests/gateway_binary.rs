@@ -10,12 +10,15 @@
 //! lines; every child process is killed when its guard drops, also when a
 //! test fails.
 
+#[path = "support/net.rs"]
+mod net;
+use net::{send, within, TempDir, DEADLINE};
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
@@ -24,21 +27,13 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 const DEMO_KEY: &str = "demo-key-0123456789abcdef";
 const KEY: &str = "binary-test-key-0123456789";
-/// How long any single wait may take before the test fails.
-const DEADLINE: Duration = Duration::from_secs(30);
-
-async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(DEADLINE, future)
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-}
 
 // ---- the binary ---------------------------------------------------------
 
@@ -233,38 +228,6 @@ impl Proc {
 
 // ---- files ----------------------------------------------------------------
 
-/// A unique, empty directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        static SEQ: AtomicUsize = AtomicUsize::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let path = std::env::temp_dir().join(format!(
-            "tower-usage-plans-bin-{tag}-{}-{nanos}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&path).unwrap();
-        Self(path)
-    }
-
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Ephemeral listeners, `KEY` (named "tester") in plan "testing" with a
 /// daily quota of `limit`, plus `extra` TOML.
 fn config_text(limit: u64, extra: &str) -> String {
@@ -321,23 +284,6 @@ async fn until_state_file_records(path: &Path, used: u64) {
 }
 
 // ---- HTTP ---------------------------------------------------------------
-
-async fn send<B>(addr: SocketAddr, request: Request<B>) -> Response<Incoming>
-where
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let stream = within("connect", TcpStream::connect(addr)).await.unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake::<_, B>(TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(connection);
-    within("the response head", sender.send_request(request))
-        .await
-        .unwrap()
-}
 
 async fn get(addr: SocketAddr, path: &str, key: Option<&str>) -> (StatusCode, HeaderMap, Bytes) {
     let mut request = Request::get(path).header("host", addr.to_string());
