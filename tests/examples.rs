@@ -80,3 +80,24 @@ async fn axum_app_answers_200_403_and_429_as_the_readme_says() {
     }
     assert_eq!(statuses, [200, 200, 200, 200, 200, 429]);
 }
+
+#[test]
+fn memory_probe_runs_and_reports_bytes_per_key() {
+    let path = example_path("memory");
+    assert!(
+        path.exists(),
+        "{} is missing: `cargo test` builds it",
+        path.display()
+    );
+    let output = Command::new(&path).arg("2000").output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).unwrap();
+    let row: Vec<&str> = text.lines().last().unwrap().split_whitespace().collect();
+    assert_eq!(row[0], "2000", "{text}");
+    let total: f64 = row[3].parse().unwrap();
+    assert!(total > 0.0, "resident growth was measured: {text}");
+}
