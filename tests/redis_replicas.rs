@@ -330,3 +330,38 @@ async fn replicas_share_a_redis_cluster() {
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_registry_changes_on_two_replicas_are_both_kept() {
+    let redis = Redis::start();
+    let a = Gateway::start(config(&redis.url(), 10, StoreFailure::FailOpen))
+        .await
+        .unwrap();
+    let b = Gateway::start(config(&redis.url(), 10, StoreFailure::FailOpen))
+        .await
+        .unwrap();
+    // Within one sync interval: neither has seen the other's key yet.
+    let on_a = a
+        .plans()
+        .create_api_key(NewApiKey::new("made-on-a"))
+        .unwrap();
+    let on_b = b
+        .plans()
+        .create_api_key(NewApiKey::new("made-on-b"))
+        .unwrap();
+    let started = Instant::now();
+    while [&a, &b]
+        .iter()
+        .any(|g| g.plans().api_key(&on_a.id).is_err() || g.plans().api_key(&on_b.id).is_err())
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "a change was lost"
+        );
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(a.plans().api_keys().len(), 3);
+    assert_eq!(b.plans().api_keys().len(), 3);
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}

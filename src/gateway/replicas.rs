@@ -29,14 +29,30 @@ pub(crate) fn redacted(url: &str) -> String {
     }
 }
 
+/// Publishes `snapshot` as the next version if Redis still holds
+/// `expected` (0: none yet); -1 when another replica published first.
+const PUBLISH: &str = r"
+if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[2] then return -1 end
+redis.call('SET', KEYS[1], ARGV[1])
+return redis.call('INCR', KEYS[2])
+";
+
+/// How many times a replica merges and retries when others keep publishing.
+const PUBLISH_ATTEMPTS: usize = 8;
+
 /// One replica's view of the shared registry.
 pub(crate) struct Replica {
     connection: Connection,
     plans: UsagePlans,
+    publish: redis::Script,
     /// The local generation last published or restored.
     generation: u64,
+    /// A merge brought in local changes that are not published yet.
+    pending: bool,
     /// The Redis version last published or restored.
     version: i64,
+    /// The registry as of `version`: the base of three-way merges.
+    base: RegistrySnapshot,
 }
 
 impl Replica {
@@ -49,18 +65,22 @@ impl Replica {
         let mut replica = Self {
             connection,
             generation: plans.generation(),
+            pending: false,
+            base: plans.snapshot(),
             plans,
+            publish: redis::Script::new(PUBLISH),
             version: 0,
         };
         replica
-            .pull()
+            .sync()
             .await
-            .map_err(|e| format!("--redis {url}: {e}"))?;
+            .map_err(|e| format!("--redis {url_shown}: {e}"))?;
         Ok(replica)
     }
 
-    /// Publishes local changes, or restores a newer shared registry; puts
-    /// the registry back if Redis lost it (a restart without persistence).
+    /// Restores what other replicas published and publishes local changes.
+    /// Changes made on two replicas at once are merged (three-way, per plan
+    /// and key; a plan's members set-wise), never lost.
     pub(crate) async fn sync(&mut self) -> Result<(), String> {
         // The connection reconnects after a failed command: one retry
         // covers a Redis that came back since the last sync.
@@ -71,60 +91,302 @@ impl Replica {
     }
 
     async fn sync_once(&mut self) -> Result<(), String> {
-        if self.plans.generation() != self.generation || !self.pull().await? {
-            self.push().await?;
+        for _ in 0..PUBLISH_ATTEMPTS {
+            self.pull().await?;
+            if !self.changed() {
+                return Ok(());
+            }
+            if self.publish().await? {
+                return Ok(());
+            }
         }
-        Ok(())
+        Err("the shared registry kept changing; will retry".into())
     }
 
-    async fn push(&mut self) -> Result<(), String> {
+    /// Publishes the local registry unless another replica published
+    /// since the last pull; `false` then.
+    async fn publish(&mut self) -> Result<bool, String> {
         let generation = self.plans.generation();
-        let json = serde_json::to_string(&self.plans.snapshot()).map_err(|e| e.to_string())?;
-        let (version,): (i64,) = self
+        let snapshot = self.plans.snapshot();
+        let json = serde_json::to_string(&snapshot).map_err(|e| e.to_string())?;
+        let mut invocation = self.publish.key(SNAPSHOT_KEY);
+        invocation
+            .key(VERSION_KEY)
+            .arg(json)
+            .arg(self.version.to_string());
+        let version: i64 = self
             .connection
-            .pipeline(
-                redis::pipe()
-                    .atomic()
-                    .set(SNAPSHOT_KEY, json)
-                    .ignore()
-                    .incr(VERSION_KEY, 1),
-            )
+            .invoke(invocation)
             .await
             .map_err(|e| e.to_string())?;
+        if version < 0 {
+            return Ok(false);
+        }
         self.generation = generation;
+        self.pending = false;
         self.version = version;
-        Ok(())
+        self.base = snapshot;
+        Ok(true)
     }
 
-    /// Restores the shared registry if it is newer; `false` if Redis has none.
-    async fn pull(&mut self) -> Result<bool, String> {
-        let version: Option<i64> = self
-            .connection
-            .query(redis::cmd("GET").arg(VERSION_KEY))
-            .await
-            .map_err(|e| e.to_string())?;
-        let Some(version) = version else {
-            return Ok(false);
-        };
-        if version == self.version {
-            return Ok(true);
-        }
-        let (json, latest): (Option<String>, Option<i64>) = self
+    /// Whether this replica holds changes the others have not seen.
+    fn changed(&self) -> bool {
+        self.pending || self.plans.generation() != self.generation
+    }
+
+    /// Takes in what other replicas published since the last sync, merged
+    /// with local changes not yet published.
+    async fn pull(&mut self) -> Result<(), String> {
+        let (json, version): (Option<String>, Option<i64>) = self
             .connection
             .pipeline(redis::pipe().atomic().get(SNAPSHOT_KEY).get(VERSION_KEY))
             .await
             .map_err(|e| e.to_string())?;
-        let (Some(json), Some(version)) = (json, latest.or(Some(version))) else {
-            return Ok(false);
+        let (Some(json), Some(version)) = (json, version) else {
+            // Nothing shared yet (or Redis lost it): what we have is new.
+            if self.version != 0 {
+                self.version = 0;
+                self.base = RegistrySnapshot::default();
+                self.pending = true;
+            }
+            return Ok(());
         };
-        let snapshot: RegistrySnapshot =
+        if version == self.version {
+            return Ok(());
+        }
+        let remote: RegistrySnapshot =
             serde_json::from_str(&json).map_err(|e| format!("shared registry is corrupt: {e}"))?;
+        let changed_here = self.changed();
+        let next = if changed_here {
+            merge(&self.base, &self.plans.snapshot(), &remote)
+        } else {
+            remote.clone()
+        };
         self.plans
-            .restore(snapshot)
+            .restore(next)
             .map_err(|e| format!("shared registry is inconsistent: {e}"))?;
         self.generation = self.plans.generation();
+        self.pending = changed_here;
         self.version = version;
-        tracing::info!(version, "registry restored from Redis");
-        Ok(true)
+        self.base = remote;
+        tracing::info!(
+            version,
+            merged = changed_here,
+            "registry restored from Redis"
+        );
+        Ok(())
+    }
+}
+
+/// A plan's settings, without its members.
+fn body(plan: Option<&crate::PlanSnapshot>) -> Option<(&crate::UsagePlan, i64)> {
+    plan.map(|p| (&p.plan, p.created))
+}
+
+/// Three-way merge of registries: per plan and per key, a side that changed
+/// it since `base` wins, local first; a plan's members merge set-wise
+/// (both sides' additions kept, both sides' removals applied); members that
+/// no longer exist are dropped.
+pub(crate) fn merge(
+    base: &RegistrySnapshot,
+    local: &RegistrySnapshot,
+    remote: &RegistrySnapshot,
+) -> RegistrySnapshot {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    fn pick<'a, T: PartialEq>(
+        base: Option<&'a T>,
+        local: Option<&'a T>,
+        remote: Option<&'a T>,
+    ) -> Option<&'a T> {
+        if local != base {
+            local
+        } else {
+            remote
+        }
+    }
+    fn by_id<T>(items: &[T], id: impl Fn(&T) -> &str) -> BTreeMap<&str, &T> {
+        items.iter().map(|item| (id(item), item)).collect()
+    }
+
+    let (bk, lk, rk) = (
+        by_id(&base.keys, |k| &k.key.id),
+        by_id(&local.keys, |k| &k.key.id),
+        by_id(&remote.keys, |k| &k.key.id),
+    );
+    let key_ids: BTreeSet<&str> = bk
+        .keys()
+        .chain(lk.keys())
+        .chain(rk.keys())
+        .copied()
+        .collect();
+    let keys: Vec<_> = key_ids
+        .iter()
+        .filter_map(|id| {
+            pick(
+                bk.get(id).copied(),
+                lk.get(id).copied(),
+                rk.get(id).copied(),
+            )
+            .cloned()
+        })
+        .collect();
+    let live: BTreeSet<&str> = keys.iter().map(|k| k.key.id.as_str()).collect();
+
+    let (bp, lp, rp) = (
+        by_id(&base.plans, |p| &p.plan.id),
+        by_id(&local.plans, |p| &p.plan.id),
+        by_id(&remote.plans, |p| &p.plan.id),
+    );
+    let plan_ids: BTreeSet<&str> = bp
+        .keys()
+        .chain(lp.keys())
+        .chain(rp.keys())
+        .copied()
+        .collect();
+    let plans = plan_ids
+        .iter()
+        .filter_map(|id| {
+            let (b, l, r) = (
+                bp.get(id).copied(),
+                lp.get(id).copied(),
+                rp.get(id).copied(),
+            );
+            // Existence: a side that created or deleted the plan decides.
+            let present = if l.is_some() != b.is_some() {
+                l.is_some()
+            } else {
+                r.is_some()
+            };
+            if !present {
+                return None;
+            }
+            // Its settings: the side that changed them, local first; its
+            // members: below, set-wise.
+            let mut plan = match (l, r) {
+                (Some(l), _) if body(Some(l)) != body(b) => l.clone(),
+                (_, Some(r)) => r.clone(),
+                (Some(l), None) => l.clone(),
+                (None, None) => return None,
+            };
+            let members = |p: Option<&crate::PlanSnapshot>| -> BTreeSet<String> {
+                p.map(|p| p.keys.iter().cloned().collect())
+                    .unwrap_or_default()
+            };
+            let (bm, lm, rm) = (members(b), members(l), members(r));
+            let added: BTreeSet<String> = lm
+                .difference(&bm)
+                .chain(rm.difference(&bm))
+                .cloned()
+                .collect();
+            let removed: BTreeSet<String> = bm
+                .difference(&lm)
+                .chain(bm.difference(&rm))
+                .cloned()
+                .collect();
+            plan.keys = bm
+                .union(&added)
+                .filter(|k| !removed.contains(*k) && live.contains(k.as_str()))
+                .cloned()
+                .collect();
+            Some(plan)
+        })
+        .collect();
+    RegistrySnapshot { plans, keys }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{NewApiKey, NewUsagePlan};
+
+    /// A base with one plan holding one key, as three replicas see it.
+    fn base() -> (UsagePlans, String, String) {
+        let plans = UsagePlans::new();
+        let plan = plans.create_usage_plan(NewUsagePlan::new("p")).unwrap();
+        let key = plans
+            .create_api_key(NewApiKey::new("k").enabled(true))
+            .unwrap();
+        plans.add_key_to_plan(&plan.id, &key.id).unwrap();
+        (plans, plan.id, key.id)
+    }
+
+    fn copy(of: &UsagePlans) -> UsagePlans {
+        let copy = UsagePlans::new();
+        copy.restore(of.snapshot()).unwrap();
+        copy
+    }
+
+    #[test]
+    fn changes_on_both_sides_are_kept() {
+        let (origin, plan_id, key_id) = base();
+        let (local, remote) = (copy(&origin), copy(&origin));
+        let mine = local.create_api_key(NewApiKey::new("mine")).unwrap();
+        local.add_key_to_plan(&plan_id, &mine.id).unwrap();
+        let theirs = remote.create_api_key(NewApiKey::new("theirs")).unwrap();
+        remote
+            .update_usage_plan(&plan_id, |p| {
+                p.description = Some("remote".into());
+                Ok(())
+            })
+            .unwrap();
+        local
+            .update_api_key(&key_id, |k| {
+                k.enabled = false;
+                Ok(())
+            })
+            .unwrap();
+
+        let merged = merge(&origin.snapshot(), &local.snapshot(), &remote.snapshot());
+        let result = UsagePlans::new();
+        result.restore(merged).unwrap();
+        assert!(result.api_key(&mine.id).is_ok(), "local creation kept");
+        assert!(result.api_key(&theirs.id).is_ok(), "remote creation kept");
+        assert!(
+            !result.api_key(&key_id).unwrap().enabled,
+            "local change kept"
+        );
+        assert_eq!(
+            result.usage_plan(&plan_id).unwrap().description.as_deref(),
+            Some("remote")
+        );
+        let members: Vec<String> = result
+            .usage_plan_keys(&plan_id)
+            .unwrap()
+            .into_iter()
+            .map(|k| k.id)
+            .collect();
+        assert!(
+            members.contains(&mine.id) && members.contains(&key_id),
+            "{members:?}"
+        );
+    }
+
+    #[test]
+    fn members_merge_set_wise_and_deletions_apply() {
+        let (origin, plan_id, key_id) = base();
+        let (local, remote) = (copy(&origin), copy(&origin));
+        let a = local.create_api_key(NewApiKey::new("a")).unwrap();
+        let b = remote.create_api_key(NewApiKey::new("b")).unwrap();
+        // Both sides put a new key in the plan (after taking k out locally).
+        local.remove_key_from_plan(&plan_id, &key_id).unwrap();
+        local.add_key_to_plan(&plan_id, &a.id).unwrap();
+        remote.delete_api_key(&key_id).unwrap();
+        let merged = merge(&origin.snapshot(), &local.snapshot(), &remote.snapshot());
+        let result = UsagePlans::new();
+        result.restore(merged).unwrap();
+        let members: Vec<String> = result
+            .usage_plan_keys(&plan_id)
+            .unwrap()
+            .into_iter()
+            .map(|k| k.id)
+            .collect();
+        assert_eq!(
+            members,
+            vec![a.id.clone()],
+            "k removed locally and deleted remotely; a added locally"
+        );
+        assert!(result.api_key(&key_id).is_err(), "remote deletion applied");
+        assert!(result.api_key(&b.id).is_ok());
     }
 }

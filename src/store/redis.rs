@@ -215,7 +215,7 @@ impl Connection {
         }
     }
 
-    async fn invoke<T: FromRedisValue>(
+    pub(crate) async fn invoke<T: FromRedisValue>(
         &mut self,
         invocation: ScriptInvocation<'_>,
     ) -> redis::RedisResult<T> {
