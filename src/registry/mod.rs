@@ -638,6 +638,18 @@ impl UsagePlans {
             .store
             .set_remaining(&counter, &rule, now, remaining)
             .await?;
+        // The key may have left the plan while the store answered: then
+        // its counter must not outlive the membership.
+        let still_member = self
+            .inner
+            .control
+            .lock()
+            .membership(plan_id, key_id)
+            .is_ok();
+        if !still_member {
+            self.forget_counter(plan_id, key_id);
+            return Err(Error::key_not_found());
+        }
         let date = period::date_of_day(now.as_second().div_euclid(period::DAY_SECS)).to_string();
         Ok(Usage {
             usage_plan_id: plan_id.to_owned(),
