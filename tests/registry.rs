@@ -228,3 +228,31 @@ async fn counts_above_aws_integer_are_refused() {
         ErrorKind::BadRequest
     );
 }
+
+#[test]
+fn inconsistent_snapshots_are_refused_and_change_nothing() {
+    let plans = UsagePlans::new();
+    let p1 = plans.create_usage_plan(NewUsagePlan::new("p1")).unwrap();
+    plans.create_usage_plan(NewUsagePlan::new("p2")).unwrap();
+    let key = plans.create_api_key(NewApiKey::new("k")).unwrap();
+    plans.add_key_to_plan(&p1.id, &key.id).unwrap();
+    let good = plans.snapshot();
+
+    // The key in two plans that both cover every stage.
+    let mut overlapping = good.clone();
+    for plan in &mut overlapping.plans {
+        plan.keys = vec![key.id.clone()];
+    }
+    assert_eq!(
+        plans.restore(overlapping).unwrap_err().kind(),
+        ErrorKind::BadRequest
+    );
+    // A plan id twice.
+    let mut twice = good.clone();
+    twice.plans.push(twice.plans[0].clone());
+    assert_eq!(
+        plans.restore(twice).unwrap_err().kind(),
+        ErrorKind::BadRequest
+    );
+    assert_eq!(plans.snapshot(), good, "unchanged");
+}

@@ -291,8 +291,29 @@ pub(crate) fn merge(
                 .collect();
             Some(plan)
         })
-        .collect();
-    RegistrySnapshot { plans, keys }
+        .collect::<Vec<_>>();
+    RegistrySnapshot {
+        plans: one_plan_per_stage(plans),
+        keys,
+    }
+}
+
+/// Both sides may have put one key in two plans covering a common stage;
+/// keep the key in the first such plan (by id) only.
+fn one_plan_per_stage(mut plans: Vec<crate::PlanSnapshot>) -> Vec<crate::PlanSnapshot> {
+    let mut holding: std::collections::HashMap<String, Vec<crate::UsagePlan>> = Default::default();
+    for plan in &mut plans {
+        let settings = plan.plan.clone();
+        plan.keys.retain(|key| {
+            let held = holding.entry(key.clone()).or_default();
+            let clash = held.iter().any(|other| other.overlaps(&settings));
+            if !clash {
+                held.push(settings.clone());
+            }
+            !clash
+        });
+    }
+    plans
 }
 
 #[cfg(test)]
@@ -360,6 +381,26 @@ mod tests {
             members.contains(&mine.id) && members.contains(&key_id),
             "{members:?}"
         );
+    }
+
+    #[test]
+    fn a_key_put_in_two_overlapping_plans_keeps_one() {
+        let origin = UsagePlans::new();
+        let p1 = origin.create_usage_plan(NewUsagePlan::new("p1")).unwrap();
+        let p2 = origin.create_usage_plan(NewUsagePlan::new("p2")).unwrap();
+        let k = origin.create_api_key(NewApiKey::new("k")).unwrap();
+        let (local, remote) = (copy(&origin), copy(&origin));
+        local.add_key_to_plan(&p1.id, &k.id).unwrap();
+        remote.add_key_to_plan(&p2.id, &k.id).unwrap();
+        let result = UsagePlans::new();
+        result
+            .restore(merge(
+                &origin.snapshot(),
+                &local.snapshot(),
+                &remote.snapshot(),
+            ))
+            .unwrap();
+        assert_eq!(result.usage_plans_of_key(&k.id).unwrap().len(), 1);
     }
 
     #[test]

@@ -134,6 +134,15 @@ impl UsagePlans {
                 },
             );
         }
+        // A key in at most one plan per stage, as every write ensures.
+        for (key_id, key) in &next.keys {
+            for plan_id in &key.plans {
+                next.check_no_overlap(key_id, &next.plans[plan_id].plan)
+                    .map_err(|e| {
+                        Error::bad_request(format!("inconsistent snapshot: {}", e.message()))
+                    })?;
+            }
+        }
         let mut control = self.write();
         *control = next;
         // Upsert every route, then drop the ones whose keys are gone: a key
