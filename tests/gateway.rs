@@ -7,7 +7,7 @@
 
 #[path = "support/net.rs"]
 mod net;
-use net::{send, within, TempDir};
+use net::{get, send, within, TempDir};
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -18,8 +18,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Empty, Full};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -46,21 +46,6 @@ fn config(limit: u64) -> GatewayConfig {
         }],
         ..GatewayConfig::default()
     }
-}
-
-/// `GET path` with `key` in `x-api-key`: status, headers, whole body.
-async fn get(addr: SocketAddr, path: &str, key: Option<&str>) -> (StatusCode, HeaderMap, Bytes) {
-    let mut request = Request::get(path).header("host", "gateway.test");
-    if let Some(key) = key {
-        request = request.header("x-api-key", key);
-    }
-    let response = send(addr, request.body(Empty::<Bytes>::new()).unwrap()).await;
-    let (parts, body) = response.into_parts();
-    let body = within("the response body", body.collect())
-        .await
-        .unwrap()
-        .to_bytes();
-    (parts.status, parts.headers, body)
 }
 
 fn json(body: &[u8]) -> serde_json::Value {

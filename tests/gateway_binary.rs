@@ -12,7 +12,7 @@
 
 #[path = "support/net.rs"]
 mod net;
-use net::{send, within, TempDir, DEADLINE};
+use net::{get, within, TempDir, DEADLINE};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -21,8 +21,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Empty, Full};
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -284,20 +284,6 @@ async fn until_state_file_records(path: &Path, used: u64) {
 }
 
 // ---- HTTP ---------------------------------------------------------------
-
-async fn get(addr: SocketAddr, path: &str, key: Option<&str>) -> (StatusCode, HeaderMap, Bytes) {
-    let mut request = Request::get(path).header("host", addr.to_string());
-    if let Some(key) = key {
-        request = request.header("x-api-key", key);
-    }
-    let response = send(addr, request.body(Empty::<Bytes>::new()).unwrap()).await;
-    let (parts, body) = response.into_parts();
-    let body = within("the response body", body.collect())
-        .await
-        .unwrap()
-        .to_bytes();
-    (parts.status, parts.headers, body)
-}
 
 async fn status(addr: SocketAddr, key: Option<&str>) -> StatusCode {
     get(addr, "/pets", key).await.0

@@ -208,19 +208,17 @@ pub(crate) fn merge(
     fn by_id<T>(items: &[T], id: impl Fn(&T) -> &str) -> BTreeMap<&str, &T> {
         items.iter().map(|item| (id(item), item)).collect()
     }
+    /// Every id any of the three sides has.
+    fn all_ids<'a, T>(sides: [&BTreeMap<&'a str, T>; 3]) -> BTreeSet<&'a str> {
+        sides.iter().flat_map(|side| side.keys().copied()).collect()
+    }
 
     let (bk, lk, rk) = (
         by_id(&base.keys, |k| &k.key.id),
         by_id(&local.keys, |k| &k.key.id),
         by_id(&remote.keys, |k| &k.key.id),
     );
-    let key_ids: BTreeSet<&str> = bk
-        .keys()
-        .chain(lk.keys())
-        .chain(rk.keys())
-        .copied()
-        .collect();
-    let keys: Vec<_> = key_ids
+    let keys: Vec<_> = all_ids([&bk, &lk, &rk])
         .iter()
         .filter_map(|id| {
             pick(
@@ -238,13 +236,7 @@ pub(crate) fn merge(
         by_id(&local.plans, |p| &p.plan.id),
         by_id(&remote.plans, |p| &p.plan.id),
     );
-    let plan_ids: BTreeSet<&str> = bp
-        .keys()
-        .chain(lp.keys())
-        .chain(rp.keys())
-        .copied()
-        .collect();
-    let plans = plan_ids
+    let plans = all_ids([&bp, &lp, &rp])
         .iter()
         .filter_map(|id| {
             let (b, l, r) = (

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use http::{Request, Response};
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty};
 use hyper::body::{Body, Incoming};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -79,4 +81,23 @@ where
     within("the response head", sender.send_request(request))
         .await
         .unwrap()
+}
+
+/// `GET path` with `key` in `x-api-key`: status, headers, whole body.
+pub async fn get(
+    addr: SocketAddr,
+    path: &str,
+    key: Option<&str>,
+) -> (StatusCode, HeaderMap, Bytes) {
+    let mut request = Request::get(path).header("host", addr.to_string());
+    if let Some(key) = key {
+        request = request.header("x-api-key", key);
+    }
+    let response = send(addr, request.body(Empty::<Bytes>::new()).unwrap()).await;
+    let (parts, body) = response.into_parts();
+    let body = within("the response body", body.collect())
+        .await
+        .unwrap()
+        .to_bytes();
+    (parts.status, parts.headers, body)
 }
