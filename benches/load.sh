@@ -18,6 +18,7 @@ need() { command -v "$1" >/dev/null || { apt-get update -qq && apt-get install -
 need wrk wrk
 need nginx nginx
 need taskset util-linux
+need bc bc
 
 cargo build --release --quiet --example bench_server --example gateway --features gateway
 BIN=target/release/examples
