@@ -35,6 +35,12 @@ pub(crate) fn handle() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
+/// Whether a recorder is installed (a metrics listener is configured):
+/// without one, the data path reads no clocks for metrics.
+pub(crate) fn enabled() -> bool {
+    HANDLE.get().is_some_and(Option::is_some)
+}
+
 /// The label of a response's outcome.
 fn outcome<B>(response: &Response<B>) -> &'static str {
     match response.extensions().get::<Refusal>() {
@@ -65,11 +71,20 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        if !enabled() {
+            return MeteredFuture {
+                future: self.inner.call(request),
+                enabled: false,
+            };
+        }
         let started = Instant::now();
         // With the in-memory store the layer decides inside `call`.
         let future = self.inner.call(request);
         metrics::histogram!("usage_plans_decision_seconds").record(started.elapsed().as_secs_f64());
-        MeteredFuture { future }
+        MeteredFuture {
+            future,
+            enabled: true,
+        }
     }
 }
 
@@ -77,6 +92,7 @@ pin_project! {
     pub(crate) struct MeteredFuture<F> {
         #[pin]
         future: F,
+        enabled: bool,
     }
 }
 
@@ -87,8 +103,9 @@ where
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let result = std::task::ready!(self.project().future.poll(cx));
-        if let Ok(response) = &result {
+        let this = self.project();
+        let result = std::task::ready!(this.future.poll(cx));
+        if let (true, Ok(response)) = (*this.enabled, &result) {
             metrics::counter!("usage_plans_requests_total", "outcome" => outcome(response))
                 .increment(1);
         }

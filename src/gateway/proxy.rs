@@ -128,11 +128,13 @@ async fn forward(
         parts.headers.insert(header::HOST, authority);
     }
     parts.version = http::Version::HTTP_11;
-    let started = Instant::now();
+    let started = super::metrics::enabled().then(Instant::now);
     let result =
         tokio::time::timeout(timeout, client.request(Request::from_parts(parts, body))).await;
-    metrics::histogram!("usage_plans_upstream_duration_seconds")
-        .record(started.elapsed().as_secs_f64());
+    if let Some(started) = started {
+        metrics::histogram!("usage_plans_upstream_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+    }
     match result {
         Ok(Ok(response)) => {
             let (mut parts, body) = response.into_parts();
