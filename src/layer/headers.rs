@@ -2,7 +2,8 @@
 //! `draft-ietf-httpapi-ratelimit-headers` structured fields, `Retry-After`
 //! on every 429, and optionally the legacy `X-RateLimit-*` trio.
 
-use bytes::BytesMut;
+use std::cell::RefCell;
+
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::store::Decision;
@@ -39,17 +40,13 @@ impl RateLimitHeaders {
             retry_after,
             legacy,
         } = self;
-        // Both values share one buffer: one allocation for the pair.
-        let mut buf = Field(BytesMut::with_capacity(192));
+        let policy = Policy {
+            burst: decision.throttle.map(|t| t.burst_limit),
+            quota: decision.quota.map(|q| (q.limit, q.period_secs)),
+        };
+        let mut state = Field::default();
         if let Some(t) = &decision.throttle {
-            buf.item(b"\"throttle\";q=", t.burst_limit.into(), b";w=", 1);
-        }
-        if let Some(q) = &decision.quota {
-            buf.item(b"\"quota\";q=", q.limit, b";w=", q.period_secs);
-        }
-        let policy = buf.split();
-        if let Some(t) = &decision.throttle {
-            buf.item(
+            state.item(
                 b"\"throttle\";r=",
                 t.tokens.into(),
                 b";t=",
@@ -57,10 +54,9 @@ impl RateLimitHeaders {
             );
         }
         if let Some(q) = &decision.quota {
-            buf.item(b"\"quota\";r=", q.remaining, b";t=", q.reset_secs);
+            state.item(b"\"quota\";r=", q.remaining, b";t=", q.reset_secs);
         }
-        let state = buf.split();
-        if let (Some(policy), Some(state)) = (policy, state) {
+        if let (Some(policy), Some(state)) = (policy.value(), state.value()) {
             headers.insert(RATELIMIT_POLICY.clone(), policy);
             headers.insert(RATELIMIT.clone(), state);
         }
@@ -81,28 +77,96 @@ impl RateLimitHeaders {
     }
 }
 
-/// Structured-field lists written without `fmt` machinery.
-struct Field(BytesMut);
+/// What `RateLimit-Policy` says: it changes only with a plan's settings
+/// (and a month's length), so each thread keeps the last few it built and
+/// hands out clones (a reference count on a buffer of its own: no
+/// allocation, no cache line shared with another thread).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Policy {
+    burst: Option<u32>,
+    /// Limit and period length in seconds.
+    quota: Option<(u64, u64)>,
+}
 
-impl Field {
-    fn item(&mut self, name: &[u8], first: u64, second_name: &[u8], second: u64) {
-        if !self.0.is_empty() {
-            self.0.extend_from_slice(b", ");
-        }
-        let mut digits = itoa::Buffer::new();
-        self.0.extend_from_slice(name);
-        self.0.extend_from_slice(digits.format(first).as_bytes());
-        self.0.extend_from_slice(second_name);
-        self.0.extend_from_slice(digits.format(second).as_bytes());
+/// Policies a thread remembers; a plan has one, or a few with method
+/// throttles or in a month-long quota.
+const POLICIES_PER_THREAD: usize = 8;
+
+thread_local! {
+    static POLICIES: RefCell<Vec<(Policy, HeaderValue)>> =
+        RefCell::new(Vec::with_capacity(POLICIES_PER_THREAD));
+}
+
+impl Policy {
+    fn value(self) -> Option<HeaderValue> {
+        POLICIES.with_borrow_mut(|cache| {
+            if let Some((_, value)) = cache.iter().find(|(policy, _)| *policy == self) {
+                return Some(value.clone());
+            }
+            let value = self.build()?;
+            if cache.len() == POLICIES_PER_THREAD {
+                cache.remove(0);
+            }
+            cache.push((self, value.clone()));
+            Some(value)
+        })
     }
 
-    /// The list written so far as a header value; `None` when empty (no
-    /// policy, no header).
-    fn split(&mut self) -> Option<HeaderValue> {
-        if self.0.is_empty() {
+    fn build(self) -> Option<HeaderValue> {
+        let mut field = Field::default();
+        if let Some(burst) = self.burst {
+            field.item(b"\"throttle\";q=", burst.into(), b";w=", 1);
+        }
+        if let Some((limit, period_secs)) = self.quota {
+            field.item(b"\"quota\";q=", limit, b";w=", period_secs);
+        }
+        field.value()
+    }
+}
+
+/// A structured-field list of at most two items, written on the stack
+/// without `fmt` machinery.
+struct Field {
+    buf: [u8; Field::CAPACITY],
+    len: usize,
+}
+
+impl Default for Field {
+    fn default() -> Self {
+        Self {
+            buf: [0; Field::CAPACITY],
+            len: 0,
+        }
+    }
+}
+
+impl Field {
+    /// Two items of two names (≤ 13 bytes) and two `u64`s (≤ 20 digits),
+    /// with the separator.
+    const CAPACITY: usize = 2 * (13 + 20 + 3 + 20) + 2;
+
+    fn push(&mut self, bytes: &[u8]) {
+        self.buf[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
+    }
+
+    fn item(&mut self, name: &[u8], first: u64, second_name: &[u8], second: u64) {
+        if self.len > 0 {
+            self.push(b", ");
+        }
+        let mut digits = itoa::Buffer::new();
+        self.push(name);
+        self.push(digits.format(first).as_bytes());
+        self.push(second_name);
+        self.push(digits.format(second).as_bytes());
+    }
+
+    /// The list as a header value; `None` when empty (no policy, no header).
+    fn value(&self) -> Option<HeaderValue> {
+        if self.len == 0 {
             return None;
         }
-        HeaderValue::from_maybe_shared(self.0.split().freeze()).ok()
+        HeaderValue::from_bytes(&self.buf[..self.len]).ok()
     }
 }
 
