@@ -2,8 +2,6 @@
 //! history. Pure and deterministic — time is passed in — so every store
 //! that keeps counters in process shares it, and the Redis script mirrors it.
 
-use std::collections::VecDeque;
-
 use jiff::civil::Date;
 
 use super::bucket::Bucket;
@@ -37,9 +35,11 @@ pub(crate) struct Counter {
     used: u64,
     /// Set by UpdateUsage: the total allowed in the current period.
     allowance: Option<u64>,
-    /// The plan bucket (`None`) and per-method buckets.
-    buckets: Vec<(Option<Box<str>>, Bucket)>,
-    days: VecDeque<DayRecord>,
+    /// The plan bucket (`None`) and per-method buckets. Exactly sized, as
+    /// is the history: a counter exists per active key, and bytes add up.
+    buckets: Box<[(Option<Box<str>>, Bucket)]>,
+    /// Oldest first.
+    days: Vec<DayRecord>,
 }
 
 impl Counter {
@@ -103,7 +103,7 @@ impl Counter {
         self.roll(rule, now);
         self.allowance = Some(self.used.saturating_add(remaining));
         self.record(now, 0, remaining);
-        let today = self.days.back().map_or(0, |d| d.used);
+        let today = self.days.last().map_or(0, |d| d.used);
         [today, remaining]
     }
 
@@ -162,10 +162,10 @@ impl Counter {
         {
             Some((_, b)) => *b = bucket,
             None => {
-                // Most counters have one bucket: grow exactly, not by doubling
-                // (a counter exists per active key; bytes add up).
-                self.buckets.reserve_exact(1);
-                self.buckets.push((method.map(Into::into), bucket));
+                let mut buckets = std::mem::take(&mut self.buckets).into_vec();
+                buckets.reserve_exact(1);
+                buckets.push((method.map(Into::into), bucket));
+                self.buckets = buckets.into_boxed_slice();
             }
         }
     }
@@ -217,7 +217,7 @@ impl Counter {
             period: period.map(|(kind, start, end)| Period { kind, start, end }),
             used,
             allowance,
-            buckets: Vec::new(),
+            buckets: Box::default(),
             days: days
                 .into_iter()
                 .map(|(day, used, remaining)| DayRecord {
@@ -231,7 +231,7 @@ impl Counter {
 
     fn record(&mut self, now: i64, admitted: u64, remaining: u64) {
         let day = now.div_euclid(DAY_SECS);
-        match self.days.back_mut() {
+        match self.days.last_mut() {
             Some(last) if last.day == day => {
                 last.used += admitted;
                 last.remaining = remaining;
@@ -240,19 +240,20 @@ impl Counter {
             _ => {
                 // Once a day: exact growth keeps idle history small.
                 self.days.reserve_exact(1);
-                self.days.push_back(DayRecord {
+                self.days.push(DayRecord {
                     day,
                     used: admitted,
                     remaining,
                 });
             }
         }
-        while self
+        let expired = self
             .days
-            .front()
-            .is_some_and(|d| d.day <= day - HISTORY_DAYS)
-        {
-            self.days.pop_front();
+            .iter()
+            .take_while(|d| d.day <= day - HISTORY_DAYS)
+            .count();
+        if expired > 0 {
+            self.days.drain(..expired);
         }
     }
 }

@@ -1,3 +1,6 @@
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use dashmap::DashMap;
 use jiff::civil::Date;
 use jiff::Timestamp;
@@ -33,11 +36,41 @@ use crate::limit::Counter;
 /// #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f).unwrap()
 /// # }
 /// ```
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MemoryStore {
-    // Boxed: the map's tables stay small (a 16-byte slot, often half
-    // empty after a resize), the counter lives in an exact-size allocation.
-    counters: DashMap<CounterKey, Box<Mutex<Counter>>, crate::prehashed::Prehashed>,
+    /// Tells this store's cells from another's in a [`CounterKey`].
+    id: u64,
+    // Behind an `Arc`: the map's tables stay small (a 16-byte slot, often
+    // half empty after a resize), the counter lives in an exact-size
+    // allocation, and a `CounterKey` can keep a handle to it.
+    counters: DashMap<CounterKey, Arc<Cell>, crate::prehashed::Prehashed>,
+}
+
+/// One counter, and whether the store has let go of it (a [`CounterKey`]
+/// may still hold it; a decision that finds it forgotten looks again).
+type Cell = Mutex<Slot>;
+
+#[derive(Debug, Default)]
+struct Slot {
+    counter: Counter,
+    forgotten: bool,
+}
+
+/// Where a [`CounterKey`] remembers its counter: which store, which cell.
+#[derive(Debug)]
+pub(crate) struct CachedCell {
+    store: u64,
+    cell: Arc<Cell>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+        Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            counters: DashMap::default(),
+        }
+    }
 }
 
 impl MemoryStore {
@@ -56,13 +89,32 @@ impl MemoryStore {
         self.counters.is_empty()
     }
 
+    /// Runs `f` on the key's counter, creating it if needed. The hot path
+    /// is the cell the key remembers: no map lookup, one lock.
     fn with_counter<T>(&self, key: &CounterKey, f: impl FnOnce(&mut Counter) -> T) -> T {
-        if let Some(counter) = self.counters.get(key) {
-            return f(&mut counter.lock());
+        if let Some(cached) = key.cell().get() {
+            if cached.store == self.id {
+                let mut slot = cached.cell.lock();
+                if !slot.forgotten {
+                    return f(&mut slot.counter);
+                }
+            }
         }
-        let counter = self.counters.entry(key.clone()).or_default();
-        let result = f(&mut counter.lock());
-        result
+        loop {
+            let cell = match self.counters.get(key) {
+                Some(cell) => cell.clone(),
+                None => self.counters.entry(key.clone()).or_default().clone(),
+            };
+            let _ = key.cell().set(CachedCell {
+                store: self.id,
+                cell: cell.clone(),
+            });
+            let mut slot = cell.lock();
+            // Forgotten between the lookup and the lock: look again.
+            if !slot.forgotten {
+                return f(&mut slot.counter);
+            }
+        }
     }
 }
 
@@ -93,18 +145,25 @@ impl MemoryStore {
             .map(|entry| CounterSnapshot {
                 plan_id: entry.key().plan_id().to_owned(),
                 key_id: entry.key().key_id().to_owned(),
-                state: entry.value().lock().clone(),
+                state: entry.value().lock().counter.clone(),
             })
             .collect()
     }
 
     /// Replaces every counter with the snapshot's.
     pub fn restore(&self, counters: Vec<CounterSnapshot>) {
-        self.counters.clear();
+        self.counters.retain(|_, cell| {
+            cell.lock().forgotten = true;
+            false
+        });
         for c in counters {
+            let slot = Slot {
+                counter: c.state,
+                forgotten: false,
+            };
             self.counters.insert(
                 CounterKey::new(&c.plan_id, &c.key_id),
-                Box::new(Mutex::new(c.state)),
+                Arc::new(Mutex::new(slot)),
             );
         }
     }
@@ -136,14 +195,70 @@ impl CounterStore for MemoryStore {
         last: Date,
     ) -> StoreFuture<Vec<DayUsage>> {
         let days = match self.counters.get(counter) {
-            Some(c) => c.lock().usage(quota, to_nanos(now), first, last),
+            Some(c) => c.lock().counter.usage(quota, to_nanos(now), first, last),
             None => Counter::default().usage(quota, to_nanos(now), first, last),
         };
         StoreFuture::ready(Ok(days))
     }
 
     fn forget(&self, counter: &CounterKey) -> StoreFuture<()> {
-        self.counters.remove(counter);
+        if let Some((_, cell)) = self.counters.remove(counter) {
+            cell.lock().forgotten = true;
+        }
         StoreFuture::ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Quota, QuotaPeriod};
+    use crate::store::Verdict;
+
+    fn decide(store: &MemoryStore, counter: &CounterKey) -> Verdict {
+        let request = DecisionRequest {
+            counter,
+            throttle: None,
+            quota: Some(QuotaRule {
+                quota: Quota::new(1, QuotaPeriod::Day),
+                plan_created: 0,
+            }),
+            now: Timestamp::UNIX_EPOCH,
+        };
+        let mut answer = store.decide(&request);
+        answer.take_ready().unwrap().unwrap().verdict
+    }
+
+    #[test]
+    fn a_key_that_remembers_its_counter_sees_it_forgotten() {
+        let store = MemoryStore::new();
+        let key = CounterKey::new("plan", "key");
+        assert_eq!(decide(&store, &key), Verdict::Admitted);
+        assert_eq!(decide(&store, &key), Verdict::QuotaExceeded);
+        let _ = store.forget(&key);
+        assert_eq!(decide(&store, &key), Verdict::Admitted, "a fresh counter");
+        assert_eq!(store.len(), 1);
+    }
+
+    #[test]
+    fn restore_replaces_the_counters_keys_remember() {
+        let store = MemoryStore::new();
+        let key = CounterKey::new("plan", "key");
+        assert_eq!(decide(&store, &key), Verdict::Admitted);
+        let spent = store.snapshot();
+        store.restore(Vec::new());
+        assert_eq!(decide(&store, &key), Verdict::Admitted);
+        store.restore(spent);
+        assert_eq!(decide(&store, &key), Verdict::QuotaExceeded);
+    }
+
+    #[test]
+    fn one_key_in_two_stores_counts_in_each() {
+        let (first, second) = (MemoryStore::new(), MemoryStore::new());
+        let key = CounterKey::new("plan", "key");
+        assert_eq!(decide(&first, &key), Verdict::Admitted);
+        assert_eq!(decide(&second, &key), Verdict::Admitted);
+        assert_eq!(decide(&second, &key), Verdict::QuotaExceeded);
+        assert_eq!(decide(&first, &key), Verdict::QuotaExceeded);
     }
 }

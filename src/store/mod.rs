@@ -16,7 +16,7 @@ pub(crate) mod redis;
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use jiff::civil::Date;
 use jiff::Timestamp;
@@ -31,7 +31,9 @@ pub use memory::{CounterSnapshot, MemoryStore};
 use crate::model::{Quota, Throttle};
 
 /// Identifies one (plan, key) counter. Cheap to clone (one `Arc`) and to
-/// look up (its hash is computed once, at creation).
+/// look up (its hash is computed once, at creation); a [`MemoryStore`]
+/// remembers in it where the counter lives, so the next decision on this
+/// key needs no lookup at all.
 ///
 /// ```
 /// use tower_usage_plans::store::CounterKey;
@@ -47,6 +49,8 @@ struct CounterIds {
     plan_id: Box<str>,
     key_id: Box<str>,
     hash: u64,
+    /// The counter a [`MemoryStore`] found for this key last time.
+    cell: OnceLock<memory::CachedCell>,
 }
 
 impl CounterKey {
@@ -58,7 +62,12 @@ impl CounterKey {
             plan_id: plan_id.into(),
             key_id: key_id.into(),
             hash: hasher.finish(),
+            cell: OnceLock::new(),
         }))
+    }
+
+    pub(crate) fn cell(&self) -> &OnceLock<memory::CachedCell> {
+        &self.0.cell
     }
 
     /// The usage plan's id.
