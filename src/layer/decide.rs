@@ -70,11 +70,9 @@ impl Config {
             let binding = route.binding_for(&self.stage).ok_or(Refusal::NoPlan)?;
             let request = DecisionRequest {
                 counter: &binding.counter,
-                throttle: binding.plan.throttle_for(
-                    &self.stage,
-                    head.method,
-                    &normalize(head.uri.path()),
-                ),
+                throttle: binding
+                    .plan
+                    .throttle_for(&self.stage, head.method, head.uri.path()),
                 quota: binding.plan.quota(),
                 now,
             };

@@ -3,7 +3,10 @@
 use crate::model::Throttle;
 use crate::store::ThrottleState;
 
-const NANOS_PER_SEC: f64 = 1e9;
+/// Multiplying by it, not dividing by 1e9: a division costs ~15 cycles on
+/// the hot path. `1e-9` rounds up, so a refill is never short of a token
+/// at an exact boundary (1 s at 1/s earns at least 1.0).
+const SECS_PER_NANO: f64 = 1e-9;
 
 /// Tokens and the time they were last counted. A new bucket is full.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -31,7 +34,7 @@ impl Bucket {
     pub(crate) fn refill(&mut self, throttle: &Throttle, now: i64) {
         let burst = f64::from(throttle.burst_limit);
         if now > self.updated {
-            let earned = (now - self.updated) as f64 / NANOS_PER_SEC * throttle.rate_limit;
+            let earned = (now - self.updated) as f64 * SECS_PER_NANO * throttle.rate_limit;
             self.tokens += earned;
             self.updated = now;
         }
@@ -48,10 +51,13 @@ impl Bucket {
 
     /// What the headers say about the bucket now.
     pub(crate) fn state(&self, throttle: &Throttle) -> ThrottleState {
-        let whole = self.tokens.floor().max(0.0);
+        // Casts truncate (and saturate): `floor` for the non-negative, without
+        // a libm call on the hot path.
+        let tokens = self.tokens.max(0.0) as u32;
+        let whole = f64::from(tokens);
         ThrottleState {
             burst_limit: throttle.burst_limit,
-            tokens: whole as u32,
+            tokens,
             next_token_secs: if self.tokens >= f64::from(throttle.burst_limit) {
                 0
             } else {
@@ -76,7 +82,14 @@ fn secs_until(missing: f64, rate: f64) -> u64 {
     if rate <= 0.0 {
         return super::NEVER_SECS;
     }
-    ((missing / rate).ceil() as u64).clamp(1, super::NEVER_SECS)
+    let secs = missing / rate;
+    let whole = secs as u64;
+    let up = if (whole as f64) < secs {
+        whole + 1
+    } else {
+        whole
+    };
+    up.clamp(1, super::NEVER_SECS)
 }
 
 #[cfg(test)]

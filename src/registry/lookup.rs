@@ -8,7 +8,7 @@ use http::Method;
 use sha2::{Digest, Sha256};
 
 use crate::model::{Throttle, UsagePlan};
-use crate::route::MethodRoute;
+use crate::route::{normalize, MethodRoute};
 use crate::store::{CounterKey, QuotaRule, ThrottleRule};
 
 /// SHA-256 of a key value: the map key of every lookup.
@@ -85,8 +85,9 @@ impl PlanRuntime {
         self.quota
     }
 
-    /// The throttle for a request: the most specific method throttle of
-    /// the stage, else the plan's.
+    /// The throttle for a request to `path` (as received): the most
+    /// specific method throttle of the stage, else the plan's. The path is
+    /// normalised only when the stage has method throttles.
     pub(crate) fn throttle_for(
         &self,
         stage: &Stage,
@@ -96,11 +97,12 @@ impl PlanRuntime {
         let method_throttle = self
             .stages
             .iter()
-            .find(|s| s.stage == *stage)
+            .find(|s| s.stage == *stage && !s.methods.is_empty())
             .and_then(|s| {
+                let path = normalize(path);
                 s.methods
                     .iter()
-                    .find(|(route, _)| route.matches(method, path))
+                    .find(|(route, _)| route.matches(method, &path))
             });
         match method_throttle {
             Some((_, (key, throttle))) => Some(ThrottleRule {
