@@ -1,7 +1,7 @@
 //! Where time comes from, so tests can control it.
 
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -13,19 +13,76 @@ pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> Timestamp;
 }
 
-/// The system's wall clock.
+/// The system's wall clock, read cheaply: the CPU's time-stamp counter
+/// (through `quanta`, ~10 ns) plus an offset to the system clock taken
+/// again every quarter of a second, so a stepped or slewed system clock is
+/// followed within that time. Where the counter is not reliable, `quanta`
+/// reads the OS clock instead.
 ///
 /// ```
 /// use tower_usage_plans::{Clock, SystemClock};
 ///
-/// assert!(SystemClock.now().as_second() > 1_700_000_000);
+/// let now = SystemClock.now();
+/// assert!(now.as_second() > 1_700_000_000);
+/// let system = jiff::Timestamp::now();
+/// assert!((system - now).get_milliseconds().abs() < 1_000);
 /// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> Timestamp {
-        Timestamp::now()
+        from_nanos(Anchor::get().wall_nanos())
+    }
+}
+
+/// How often the offset to the system clock is read again.
+const REFRESH_NANOS: i64 = 250_000_000;
+
+/// The counter's reading at start, and the system clock's offset to it.
+struct Anchor {
+    counter: quanta::Clock,
+    /// The counter's raw reading at start.
+    start: u64,
+    /// Wall-clock nanoseconds minus counter nanoseconds since `start`.
+    offset: AtomicI64,
+    /// Counter nanoseconds at the last offset reading.
+    refreshed: AtomicI64,
+}
+
+impl Anchor {
+    fn get() -> &'static Anchor {
+        static ANCHOR: OnceLock<Anchor> = OnceLock::new();
+        ANCHOR.get_or_init(|| {
+            let counter = quanta::Clock::new();
+            let start = counter.raw();
+            let anchor = Anchor {
+                counter,
+                start,
+                offset: AtomicI64::new(0),
+                refreshed: AtomicI64::new(0),
+            };
+            anchor.refresh(0);
+            anchor
+        })
+    }
+
+    fn wall_nanos(&self) -> i64 {
+        let elapsed = self.counter.delta_as_nanos(self.start, self.counter.raw());
+        let elapsed = i64::try_from(elapsed).unwrap_or(i64::MAX);
+        // Two separate loads may mix an old offset with a new refresh time:
+        // that reading is off by one refresh's correction, at most.
+        if elapsed.saturating_sub(self.refreshed.load(Ordering::Relaxed)) >= REFRESH_NANOS {
+            return self.refresh(elapsed);
+        }
+        elapsed.saturating_add(self.offset.load(Ordering::Relaxed))
+    }
+
+    fn refresh(&self, elapsed: i64) -> i64 {
+        let wall = to_nanos(Timestamp::now());
+        self.offset.store(wall - elapsed, Ordering::Relaxed);
+        self.refreshed.store(elapsed, Ordering::Relaxed);
+        wall
     }
 }
 
@@ -66,12 +123,66 @@ impl ManualClock {
 
 impl Clock for ManualClock {
     fn now(&self) -> Timestamp {
-        Timestamp::from_nanosecond(i128::from(self.nanos.load(Ordering::SeqCst)))
-            .unwrap_or(Timestamp::MAX)
+        from_nanos(self.nanos.load(Ordering::SeqCst))
     }
 }
 
 /// Nanoseconds since the Unix epoch, saturating (the counters' time unit).
+/// In `i64` arithmetic: the `i128` of `as_nanosecond` costs on the hot path.
 pub(crate) fn to_nanos(at: Timestamp) -> i64 {
-    i64::try_from(at.as_nanosecond()).unwrap_or(i64::MAX)
+    at.as_second()
+        .checked_mul(NANOS_PER_SEC)
+        .and_then(|n| n.checked_add(i64::from(at.subsec_nanosecond())))
+        .unwrap_or(if at.as_second() < 0 {
+            i64::MIN
+        } else {
+            i64::MAX
+        })
+}
+
+/// The timestamp `nanos` after the Unix epoch.
+pub(crate) fn from_nanos(nanos: i64) -> Timestamp {
+    let (secs, subsec) = (
+        nanos.div_euclid(NANOS_PER_SEC),
+        nanos.rem_euclid(NANOS_PER_SEC),
+    );
+    // Any i64 of nanoseconds is within jiff's range (±9999 years).
+    Timestamp::new(secs, subsec as i32).unwrap_or(Timestamp::MAX)
+}
+
+const NANOS_PER_SEC: i64 = 1_000_000_000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nanos_round_trip_both_sides_of_the_epoch() {
+        for nanos in [0, 1, -1, 1_764_000_000_123_456_789, -86_400_000_000_001] {
+            assert_eq!(to_nanos(from_nanos(nanos)), nanos);
+        }
+        assert_eq!(
+            from_nanos(1_500_000_000).to_string(),
+            "1970-01-01T00:00:01.5Z"
+        );
+    }
+
+    #[test]
+    fn far_timestamps_saturate() {
+        assert_eq!(to_nanos(Timestamp::MAX), i64::MAX);
+        assert_eq!(to_nanos(Timestamp::MIN), i64::MIN);
+    }
+
+    #[test]
+    fn system_clock_moves_forward_with_the_system() {
+        let before = Timestamp::now();
+        let ours = SystemClock.now();
+        let after = Timestamp::now();
+        // The counter's offset was read at most a refresh ago; allow for it.
+        let slack = jiff::SignedDuration::from_millis(5);
+        assert!(
+            ours >= before - slack && ours <= after + slack,
+            "{before} {ours} {after}"
+        );
+    }
 }
