@@ -16,7 +16,7 @@ use tower_usage_plans::model::MAX_COUNT;
 use tower_usage_plans::store::{
     CounterKey, CounterStore, DecisionRequest, MemoryStore, QuotaRule, ThrottleRule, Verdict,
 };
-use tower_usage_plans::{Quota, QuotaPeriod, UsagePlanLayer};
+use tower_usage_plans::{Clock, Quota, QuotaPeriod, SystemClock, Throttle, UsagePlanLayer};
 
 #[path = "support.rs"]
 mod support;
@@ -29,15 +29,16 @@ fn quota() -> QuotaRule {
     }
 }
 
-fn decide(store: &MemoryStore, counter: &CounterKey) {
+/// One decision as the layer makes it: the layer's clock, the plan's rules.
+fn decide(store: &MemoryStore, counter: &CounterKey, rules: &(Throttle, QuotaRule)) {
     let request = DecisionRequest {
         counter,
         throttle: Some(ThrottleRule {
             method: None,
-            throttle: throttle(),
+            throttle: rules.0,
         }),
-        quota: Some(quota()),
-        now: tower_usage_plans::jiff::Timestamp::now(),
+        quota: Some(rules.1),
+        now: SystemClock.now(),
     };
     let decision = futures_ready(store.decide(&request));
     assert_eq!(decision.verdict, Verdict::Admitted);
@@ -83,8 +84,10 @@ fn decisions(c: &mut Criterion) {
         .map(|n| (n.clone(), AtomicI64::new(i64::MAX)))
         .collect();
     let store = MemoryStore::new();
+    let rules = (throttle(), quota());
+    let rules = &rules;
     for counter in &counters {
-        decide(&store, counter);
+        decide(&store, counter, rules);
     }
 
     let mut group = c.benchmark_group("decision");
@@ -99,7 +102,7 @@ fn decisions(c: &mut Criterion) {
         group.bench_function(format!("ours/{threads}t_{KEYS}keys"), |b| {
             b.iter_custom(|iters| {
                 threaded(iters, threads, |i| {
-                    decide(&store, &counters[i as usize % KEYS])
+                    decide(&store, &counters[i as usize % KEYS], rules)
                 })
             })
         });
@@ -107,7 +110,7 @@ fn decisions(c: &mut Criterion) {
             b.iter_custom(|iters| threaded(iters, threads, |_| baseline(&map, &names[0])))
         });
         group.bench_function(format!("ours/{threads}t_hot_key"), |b| {
-            b.iter_custom(|iters| threaded(iters, threads, |_| decide(&store, &counters[0])))
+            b.iter_custom(|iters| threaded(iters, threads, |_| decide(&store, &counters[0], rules)))
         });
     }
     group.finish();
