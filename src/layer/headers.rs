@@ -3,8 +3,11 @@
 //! on every 429, and optionally the legacy `X-RateLimit-*` trio.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::OnceLock;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
+use parking_lot::Mutex;
 
 use crate::store::Decision;
 
@@ -77,11 +80,13 @@ impl RateLimitHeaders {
     }
 }
 
-/// What `RateLimit-Policy` says: it changes only with a plan's settings
-/// (and a month's length), so each thread keeps the last few it built and
-/// hands out clones (a reference count on a buffer of its own: no
-/// allocation, no cache line shared with another thread).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What `RateLimit-Policy` says. It changes only with a plan's settings
+/// (and a month's length), so its values are interned: built once, kept
+/// for the life of the process, and cloned per request without an
+/// allocation or a reference count. Each thread remembers the last few it
+/// used; a process interns at most [`INTERNED_POLICIES`] distinct ones
+/// (~64 bytes each) and builds any beyond that per request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Policy {
     burst: Option<u32>,
     /// Limit and period length in seconds.
@@ -92,27 +97,48 @@ struct Policy {
 /// throttles or in a month-long quota.
 const POLICIES_PER_THREAD: usize = 8;
 
+/// Distinct policies a process keeps: far more than plans' settings ever
+/// take, and a bound on what interning can hold (~64 KiB).
+const INTERNED_POLICIES: usize = 1024;
+
 thread_local! {
-    static POLICIES: RefCell<Vec<(Policy, HeaderValue)>> =
+    static RECENT_POLICIES: RefCell<Vec<(Policy, HeaderValue)>> =
         RefCell::new(Vec::with_capacity(POLICIES_PER_THREAD));
 }
 
 impl Policy {
     fn value(self) -> Option<HeaderValue> {
-        POLICIES.with_borrow_mut(|cache| {
-            if let Some((_, value)) = cache.iter().find(|(policy, _)| *policy == self) {
+        RECENT_POLICIES.with_borrow_mut(|recent| {
+            if let Some((_, value)) = recent.iter().find(|(policy, _)| *policy == self) {
                 return Some(value.clone());
             }
-            let value = self.build()?;
-            if cache.len() == POLICIES_PER_THREAD {
-                cache.remove(0);
+            let value = self.interned()?;
+            if recent.len() == POLICIES_PER_THREAD {
+                recent.remove(0);
             }
-            cache.push((self, value.clone()));
+            recent.push((self, value.clone()));
             Some(value)
         })
     }
 
-    fn build(self) -> Option<HeaderValue> {
+    /// The process-wide value, interned on first use while there is room.
+    fn interned(self) -> Option<HeaderValue> {
+        static INTERNED: OnceLock<Mutex<HashMap<Policy, HeaderValue>>> = OnceLock::new();
+        let mut interned = INTERNED.get_or_init(Mutex::default).lock();
+        if let Some(value) = interned.get(&self) {
+            return Some(value.clone());
+        }
+        let field = self.field();
+        if interned.len() >= INTERNED_POLICIES {
+            return field.value();
+        }
+        let text: &'static str = Box::leak(field.as_str()?.into());
+        let value = HeaderValue::from_static(text);
+        interned.insert(self, value.clone());
+        Some(value)
+    }
+
+    fn field(self) -> Field {
         let mut field = Field::default();
         if let Some(burst) = self.burst {
             field.item(b"\"throttle\";q=", burst.into(), b";w=", 1);
@@ -120,7 +146,7 @@ impl Policy {
         if let Some((limit, period_secs)) = self.quota {
             field.item(b"\"quota\";q=", limit, b";w=", period_secs);
         }
-        field.value()
+        field
     }
 }
 
@@ -163,10 +189,13 @@ impl Field {
 
     /// The list as a header value; `None` when empty (no policy, no header).
     fn value(&self) -> Option<HeaderValue> {
-        if self.len == 0 {
-            return None;
-        }
-        HeaderValue::from_bytes(&self.buf[..self.len]).ok()
+        HeaderValue::from_str(self.as_str()?).ok()
+    }
+
+    /// The list written so far; `None` when empty.
+    fn as_str(&self) -> Option<&str> {
+        let text = std::str::from_utf8(&self.buf[..self.len]).ok()?;
+        (!text.is_empty()).then_some(text)
     }
 }
 
