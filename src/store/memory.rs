@@ -235,7 +235,7 @@ mod tests {
         let key = CounterKey::new("plan", "key");
         assert_eq!(decide(&store, &key), Verdict::Admitted);
         assert_eq!(decide(&store, &key), Verdict::QuotaExceeded);
-        let _ = store.forget(&key);
+        store.forget(&key).take_ready().unwrap().unwrap();
         assert_eq!(decide(&store, &key), Verdict::Admitted, "a fresh counter");
         assert_eq!(store.len(), 1);
     }
