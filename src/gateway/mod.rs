@@ -131,11 +131,11 @@ impl Gateway {
             stopped.clone(),
             graceful.clone(),
             move |remote| metrics::Metered {
-                inner: layer.layer(proxy::Proxy {
-                    upstream: upstream.clone(),
-                    key_header: key_header.clone(),
+                inner: layer.layer(proxy::Proxy::new(
+                    upstream.clone(),
+                    key_header.clone(),
                     remote,
-                }),
+                )),
             },
         )));
         let admin_service = AdminService::new(plans.clone(), config.admin_credentials.clone());

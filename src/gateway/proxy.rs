@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -29,39 +30,91 @@ const ECHO_MAX_BODY: usize = 1024 * 1024;
 #[derive(Clone, Debug)]
 pub(crate) enum Upstream {
     Echo,
-    Http {
-        client: Box<Client<HttpConnector, Incoming>>,
-        base: Uri,
-        timeout: Duration,
-    },
+    Http(Box<HttpUpstream>),
+}
+
+/// A pooled client and what every forwarded request shares, computed once.
+#[derive(Clone, Debug)]
+pub(crate) struct HttpUpstream {
+    client: Client<HttpConnector, Incoming>,
+    scheme: Scheme,
+    authority: Authority,
+    /// The base URL's path without its trailing `/` (often empty).
+    prefix: Box<str>,
+    /// `Host` for the upstream: its authority.
+    host: HeaderValue,
+    timeout: Duration,
 }
 
 impl Upstream {
+    /// The echo without `base`; else `base` (an `http://host:port[/path]`
+    /// URL, as the configuration checks) with a pooled client.
     pub(crate) fn new(base: Option<Uri>, timeout: Duration) -> Self {
-        match base {
-            None => Self::Echo,
-            Some(base) => {
-                let mut connector = HttpConnector::new();
-                connector.set_nodelay(true);
-                let client = Client::builder(TokioExecutor::new())
-                    .pool_idle_timeout(Duration::from_secs(60))
-                    .build(connector);
-                Self::Http {
-                    client: Box::new(client),
-                    base,
-                    timeout,
-                }
-            }
-        }
+        let Some(base) = base else {
+            return Self::Echo;
+        };
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        let parts = base.into_parts();
+        let scheme = parts.scheme.unwrap_or(Scheme::HTTP);
+        let authority = parts
+            .authority
+            .unwrap_or_else(|| Authority::from_static("localhost"));
+        let prefix = parts
+            .path_and_query
+            .as_ref()
+            .map_or("", |pq| pq.path().trim_end_matches('/'))
+            .into();
+        let host = HeaderValue::from_str(authority.as_str())
+            .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
+        Self::Http(Box::new(HttpUpstream {
+            client,
+            scheme,
+            authority,
+            prefix,
+            host,
+            timeout,
+        }))
     }
 }
 
 /// Forwards one connection's admitted requests.
 #[derive(Clone, Debug)]
 pub(crate) struct Proxy {
-    pub(crate) upstream: Arc<Upstream>,
-    pub(crate) key_header: HeaderName,
-    pub(crate) remote: SocketAddr,
+    upstream: Arc<Upstream>,
+    key_header: HeaderName,
+    client: Arc<ClientAddress>,
+}
+
+/// The client of one connection, as the forwarding headers name it.
+#[derive(Debug)]
+struct ClientAddress {
+    ip: HeaderValue,
+    /// `for=…;proto=http`, a `forwarded` element without its host.
+    forwarded: String,
+}
+
+impl Proxy {
+    pub(crate) fn new(upstream: Arc<Upstream>, key_header: HeaderName, remote: SocketAddr) -> Self {
+        let ip = remote.ip().to_string();
+        let node = if remote.is_ipv6() {
+            format!("\"[{ip}]\"")
+        } else {
+            ip.clone()
+        };
+        let client = ClientAddress {
+            ip: HeaderValue::from_str(&ip).expect("an IP address is a valid header value"),
+            forwarded: format!("for={node};proto=http"),
+        };
+        Self {
+            upstream,
+            key_header,
+            client: Arc::new(client),
+        }
+    }
 }
 
 impl Service<Request<Incoming>> for Proxy {
@@ -81,11 +134,7 @@ impl Service<Request<Incoming>> for Proxy {
         Box::pin(async move {
             Ok(match &*upstream {
                 Upstream::Echo => echo(request).await,
-                Upstream::Http {
-                    client,
-                    base,
-                    timeout,
-                } => forward(client, base, *timeout, request).await,
+                Upstream::Http(http) => forward(http, request).await,
             })
         })
     }
@@ -99,38 +148,36 @@ impl Proxy {
         prepare_headers(
             &mut parts.headers,
             &self.key_header,
-            self.remote,
+            &self.client,
             original_host,
         );
         if let Some(usage) = parts.extensions.get::<UsageContext>() {
             if let Ok(id) = HeaderValue::from_str(usage.key_id()) {
-                parts.headers.insert("x-api-key-id", id);
+                parts.headers.insert(X_API_KEY_ID.clone(), id);
             }
         }
     }
 }
 
-async fn forward(
-    client: &Client<HttpConnector, Incoming>,
-    base: &Uri,
-    timeout: Duration,
-    request: Request<Incoming>,
-) -> Response<GatewayBody> {
+static X_API_KEY_ID: HeaderName = HeaderName::from_static("x-api-key-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+async fn forward(upstream: &HttpUpstream, request: Request<Incoming>) -> Response<GatewayBody> {
     let (mut parts, body) = request.into_parts();
-    parts.uri = match upstream_uri(base, &parts.uri) {
+    parts.uri = match upstream.uri_for(&parts.uri) {
         Some(uri) => uri,
         None => return error(StatusCode::BAD_GATEWAY, "Bad Gateway"),
     };
-    if let Some(authority) = base
-        .authority()
-        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    {
-        parts.headers.insert(header::HOST, authority);
-    }
+    parts.headers.insert(header::HOST, upstream.host.clone());
     parts.version = http::Version::HTTP_11;
     let started = super::metrics::enabled().then(Instant::now);
-    let result =
-        tokio::time::timeout(timeout, client.request(Request::from_parts(parts, body))).await;
+    let timeout = upstream.timeout;
+    let result = tokio::time::timeout(
+        timeout,
+        upstream.client.request(Request::from_parts(parts, body)),
+    )
+    .await;
     if let Some(started) = started {
         metrics::histogram!("usage_plans_upstream_duration_seconds")
             .record(started.elapsed().as_secs_f64());
@@ -152,16 +199,23 @@ async fn forward(
     }
 }
 
-/// `base` + the request's path and query.
-fn upstream_uri(base: &Uri, request: &Uri) -> Option<Uri> {
-    let prefix = base.path().trim_end_matches('/');
-    let path_and_query = request.path_and_query().map_or("/", |pq| pq.as_str());
-    Uri::builder()
-        .scheme(base.scheme_str()?)
-        .authority(base.authority()?.as_str())
-        .path_and_query(format!("{prefix}{path_and_query}"))
-        .build()
-        .ok()
+impl HttpUpstream {
+    /// The base URL + the request's path and query. Without a base path the
+    /// request's own path and query are shared, not copied or parsed again.
+    fn uri_for(&self, request: &Uri) -> Option<Uri> {
+        let path_and_query = match (request.path_and_query(), self.prefix.is_empty()) {
+            (Some(pq), true) => pq.clone(),
+            (pq, _) => {
+                let pq = pq.map_or("/", PathAndQuery::as_str);
+                PathAndQuery::try_from(format!("{}{pq}", self.prefix)).ok()?
+            }
+        };
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(path_and_query);
+        Uri::from_parts(parts).ok()
+    }
 }
 
 /// Removes hop-by-hop headers and the client's API key; records the client
@@ -169,38 +223,43 @@ fn upstream_uri(base: &Uri, request: &Uri) -> Option<Uri> {
 fn prepare_headers(
     headers: &mut HeaderMap,
     key_header: &HeaderName,
-    remote: SocketAddr,
+    client: &ClientAddress,
     host: Option<HeaderValue>,
 ) {
     strip_hop_by_hop(headers);
     headers.remove(key_header);
-    headers.remove("x-api-key-id");
-    let ip = remote.ip().to_string();
-    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(previous) => format!("{previous}, {ip}"),
-        None => ip.clone(),
+    headers.remove(&X_API_KEY_ID);
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::to_str) {
+        Some(Ok(previous)) => {
+            HeaderValue::from_str(&format!("{previous}, {}", client.forwarded_ip())).ok()
+        }
+        _ => Some(client.ip.clone()),
     };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-        headers.insert("x-forwarded-for", value);
+    if let Some(value) = forwarded_for {
+        headers.insert(X_FORWARDED_FOR.clone(), value);
     }
-    let node = if remote.is_ipv6() {
-        format!("\"[{ip}]\"")
-    } else {
-        ip
-    };
-    let mut element = format!("for={node};proto=http");
+    let mut element = String::with_capacity(client.forwarded.len() + 64);
+    if let Some(Ok(previous)) = headers.get(header::FORWARDED).map(HeaderValue::to_str) {
+        element.push_str(previous);
+        element.push_str(", ");
+    }
+    element.push_str(&client.forwarded);
     if let Some(host) = host.as_ref().and_then(|h| h.to_str().ok()) {
-        element.push_str(&format!(";host=\"{host}\""));
+        element.push_str(";host=\"");
+        element.push_str(host);
+        element.push('"');
     }
-    let forwarded = match headers.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
-        Some(previous) => format!("{previous}, {element}"),
-        None => element,
-    };
-    if let Ok(value) = HeaderValue::from_str(&forwarded) {
+    if let Ok(value) = HeaderValue::from_str(&element) {
         headers.insert(header::FORWARDED, value);
     }
     if let Some(host) = host {
-        headers.insert("x-forwarded-host", host);
+        headers.insert(X_FORWARDED_HOST.clone(), host);
+    }
+}
+
+impl ClientAddress {
+    fn forwarded_ip(&self) -> &str {
+        self.ip.to_str().unwrap_or_default()
     }
 }
 
@@ -278,4 +337,32 @@ async fn echo(request: Request<Incoming>) -> Response<GatewayBody> {
         HeaderValue::from_static("application/json"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn http(base: &str) -> HttpUpstream {
+        match Upstream::new(Some(base.parse().unwrap()), Duration::from_secs(1)) {
+            Upstream::Http(http) => *http,
+            Upstream::Echo => unreachable!(),
+        }
+    }
+
+    #[tokio::test]
+    async fn upstream_uri_joins_the_base_path_and_the_request() {
+        let request: Uri = "/pets/1?limit=2".parse().unwrap();
+        let cases = [
+            ("http://127.0.0.1:9", "http://127.0.0.1:9/pets/1?limit=2"),
+            ("http://127.0.0.1:9/", "http://127.0.0.1:9/pets/1?limit=2"),
+            ("http://up:80/api/", "http://up:80/api/pets/1?limit=2"),
+            ("http://up:80/api", "http://up:80/api/pets/1?limit=2"),
+        ];
+        for (base, expected) in cases {
+            let upstream = http(base);
+            assert_eq!(upstream.uri_for(&request).unwrap().to_string(), expected);
+        }
+        assert_eq!(http("http://up:80/api").host, "up:80");
+    }
 }
