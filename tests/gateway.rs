@@ -442,3 +442,147 @@ async fn restart_with_a_state_file_keeps_used_exactly() {
     assert_eq!(used_today(&gateway).await, [LIMIT, 0]);
     gateway.shutdown().await.unwrap();
 }
+
+/// An upstream that numbers its connections and answers each request with
+/// its connection's number; `/close` also closes that connection, `/slow`
+/// never answers, `/pair` answers once two `/pair` requests are in.
+async fn numbering_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let pair = Arc::new(tokio::sync::Barrier::new(2));
+    tokio::spawn(async move {
+        let mut number = 0u32;
+        while let Ok((stream, _)) = listener.accept().await {
+            number += 1;
+            let pair = pair.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request: Request<Incoming>| {
+                    let pair = pair.clone();
+                    async move {
+                        let mut response =
+                            Response::new(Full::new(Bytes::from(number.to_string())));
+                        match request.uri().path() {
+                            "/close" => {
+                                response
+                                    .headers_mut()
+                                    .insert("connection", "close".parse().unwrap());
+                            }
+                            "/slow" => std::future::pending::<()>().await,
+                            "/pair" => {
+                                pair.wait().await;
+                            }
+                            _ => {}
+                        }
+                        Ok::<_, Infallible>(response)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// `GET path` on an open client connection: status and body.
+async fn get_on(
+    sender: &mut hyper::client::conn::http1::SendRequest<http_body_util::Empty<Bytes>>,
+    path: &str,
+) -> (StatusCode, String) {
+    let request = Request::get(path)
+        .header("x-api-key", KEY)
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    within("ready", sender.ready()).await.unwrap();
+    let response = within("the response", sender.send_request(request))
+        .await
+        .unwrap();
+    let status = response.status();
+    let body = within("the body", response.into_body().collect())
+        .await
+        .unwrap()
+        .to_bytes();
+    (status, String::from_utf8(body.to_vec()).unwrap())
+}
+
+#[tokio::test]
+async fn a_client_connection_keeps_its_own_upstream_connection_and_replaces_it_when_it_ends() {
+    let upstream_addr = numbering_upstream().await;
+    let mut config = with_upstream(config(100), &format!("http://{upstream_addr}"));
+    config.upstream_timeout = Duration::from_millis(200);
+    let gateway = Gateway::start(config).await.unwrap();
+    let stream = tokio::net::TcpStream::connect(gateway.data_addr())
+        .await
+        .unwrap();
+    let (mut client, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+
+    // One upstream connection for the client connection's requests.
+    assert_eq!(
+        get_on(&mut client, "/a").await,
+        (StatusCode::OK, "1".into())
+    );
+    assert_eq!(
+        get_on(&mut client, "/b").await,
+        (StatusCode::OK, "1".into())
+    );
+    // The upstream closes it: the next request gets a new one, not a 502.
+    assert_eq!(
+        get_on(&mut client, "/close").await,
+        (StatusCode::OK, "1".into())
+    );
+    assert_eq!(
+        get_on(&mut client, "/c").await,
+        (StatusCode::OK, "2".into())
+    );
+    // A timed-out request gives its connection up; the next one connects anew.
+    let (status, _) = get_on(&mut client, "/slow").await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(
+        get_on(&mut client, "/d").await,
+        (StatusCode::OK, "3".into())
+    );
+
+    gateway.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn concurrent_http2_streams_of_one_connection_are_all_forwarded() {
+    let upstream_addr = numbering_upstream().await;
+    let gateway = Gateway::start(with_upstream(
+        config(100),
+        &format!("http://{upstream_addr}"),
+    ))
+    .await
+    .unwrap();
+    let stream = tokio::net::TcpStream::connect(gateway.data_addr())
+        .await
+        .unwrap();
+    let (client, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+
+    // The upstream answers `/pair` only once both are in: the second must
+    // not wait for the first's connection.
+    let pair = || {
+        let mut client = client.clone();
+        async move {
+            let request = Request::get("http://gateway.test/pair")
+                .header("x-api-key", KEY)
+                .body(http_body_util::Empty::<Bytes>::new())
+                .unwrap();
+            client.send_request(request).await.unwrap().status()
+        }
+    };
+    let (first, second) = within("both streams", async { tokio::join!(pair(), pair()) }).await;
+    assert_eq!((first, second), (StatusCode::OK, StatusCode::OK));
+
+    gateway.shutdown().await.unwrap();
+}

@@ -15,6 +15,7 @@
 
 mod body;
 mod config;
+mod connection;
 mod metrics;
 mod proxy;
 mod replicas;

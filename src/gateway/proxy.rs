@@ -21,6 +21,7 @@ use hyper_util::rt::TokioExecutor;
 use tower_service::Service;
 
 use super::body::GatewayBody;
+use super::connection::{OwnConnection, OwnError};
 use crate::UsageContext;
 
 /// The largest request body the echo upstream reads back.
@@ -87,6 +88,7 @@ pub(crate) struct Proxy {
     upstream: Arc<Upstream>,
     key_header: HeaderName,
     client: Arc<ClientAddress>,
+    own: Arc<OwnConnection>,
 }
 
 /// The client of one connection, as the forwarding headers name it.
@@ -113,6 +115,7 @@ impl Proxy {
             upstream,
             key_header,
             client: Arc::new(client),
+            own: Arc::default(),
         }
     }
 }
@@ -131,10 +134,11 @@ impl Service<Request<Incoming>> for Proxy {
         self.prepare(&mut parts);
         let request = Request::from_parts(parts, body);
         let upstream = self.upstream.clone();
+        let own = self.own.clone();
         Box::pin(async move {
             Ok(match &*upstream {
                 Upstream::Echo => echo(request).await,
-                Upstream::Http(http) => forward(http, request).await,
+                Upstream::Http(http) => forward(http, &own, request).await,
             })
         })
     }
@@ -163,10 +167,14 @@ static X_API_KEY_ID: HeaderName = HeaderName::from_static("x-api-key-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-async fn forward(upstream: &HttpUpstream, request: Request<Incoming>) -> Response<GatewayBody> {
+async fn forward(
+    upstream: &HttpUpstream,
+    own: &OwnConnection,
+    request: Request<Incoming>,
+) -> Response<GatewayBody> {
     let (mut parts, body) = request.into_parts();
-    parts.uri = match upstream.uri_for(&parts.uri) {
-        Some(uri) => uri,
+    parts.uri = match upstream.path_and_query_for(&parts.uri) {
+        Some(path_and_query) => Uri::from(path_and_query),
         None => return error(StatusCode::BAD_GATEWAY, "Bad Gateway"),
     };
     parts.headers.insert(header::HOST, upstream.host.clone());
@@ -175,7 +183,7 @@ async fn forward(upstream: &HttpUpstream, request: Request<Incoming>) -> Respons
     let timeout = upstream.timeout;
     let result = tokio::time::timeout(
         timeout,
-        upstream.client.request(Request::from_parts(parts, body)),
+        upstream.send(own, Request::from_parts(parts, body)),
     )
     .await;
     if let Some(started) = started {
@@ -200,20 +208,48 @@ async fn forward(upstream: &HttpUpstream, request: Request<Incoming>) -> Respons
 }
 
 impl HttpUpstream {
-    /// The base URL + the request's path and query. Without a base path the
-    /// request's own path and query are shared, not copied or parsed again.
-    fn uri_for(&self, request: &Uri) -> Option<Uri> {
-        let path_and_query = match (request.path_and_query(), self.prefix.is_empty()) {
-            (Some(pq), true) => pq.clone(),
+    /// Sends `request` (origin-form) over the client connection's own
+    /// upstream connection, or through the pool when that one is busy.
+    async fn send(
+        &self,
+        own: &OwnConnection,
+        request: Request<Incoming>,
+    ) -> Result<Response<Incoming>, String> {
+        match own.send(&self.authority, request).await {
+            Ok(response) => Ok(response),
+            Err(OwnError::Failed(e)) => Err(e),
+            Err(OwnError::Busy(mut request)) => {
+                // The pool wants the absolute form.
+                let path_and_query = request.uri().path_and_query().cloned();
+                *request.uri_mut() = self
+                    .absolute(path_and_query)
+                    .ok_or("no upstream URI for the request")?;
+                self.client
+                    .request(*request)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    /// The base URL's path + the request's path and query. Without a base
+    /// path the request's own are shared, not copied or parsed again.
+    fn path_and_query_for(&self, request: &Uri) -> Option<PathAndQuery> {
+        match (request.path_and_query(), self.prefix.is_empty()) {
+            (Some(pq), true) => Some(pq.clone()),
             (pq, _) => {
                 let pq = pq.map_or("/", PathAndQuery::as_str);
-                PathAndQuery::try_from(format!("{}{pq}", self.prefix)).ok()?
+                PathAndQuery::try_from(format!("{}{pq}", self.prefix)).ok()
             }
-        };
+        }
+    }
+
+    /// `http://authority` + `path_and_query`.
+    fn absolute(&self, path_and_query: Option<PathAndQuery>) -> Option<Uri> {
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(self.scheme.clone());
         parts.authority = Some(self.authority.clone());
-        parts.path_and_query = Some(path_and_query);
+        parts.path_and_query = path_and_query;
         Uri::from_parts(parts).ok()
     }
 }
@@ -361,7 +397,11 @@ mod tests {
         ];
         for (base, expected) in cases {
             let upstream = http(base);
-            assert_eq!(upstream.uri_for(&request).unwrap().to_string(), expected);
+            let path_and_query = upstream.path_and_query_for(&request);
+            assert_eq!(
+                upstream.absolute(path_and_query).unwrap().to_string(),
+                expected
+            );
         }
         assert_eq!(http("http://up:80/api").host, "up:80");
     }
