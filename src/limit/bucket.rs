@@ -82,6 +82,12 @@ fn secs_until(missing: f64, rate: f64) -> u64 {
     if rate <= 0.0 {
         return super::NEVER_SECS;
     }
+    // At most a second away (any rate of 1/s or more, for one token): no
+    // division on the hot path. Exact: `missing <= rate` iff the quotient
+    // is at most 1.
+    if missing <= rate {
+        return 1;
+    }
     let secs = missing / rate;
     let whole = secs as u64;
     let up = if (whole as f64) < secs {

@@ -27,19 +27,105 @@ pub(crate) struct DayRecord {
     remaining: u64,
 }
 
-/// The state of one (plan, key) counter.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+/// The state of one (plan, key) counter. What every decision touches —
+/// period, counts, the plan's bucket, today's record — is inline, so a
+/// decision reads and writes one allocation; per-method buckets and
+/// earlier days live beside it, exactly sized (a counter exists per active
+/// key, and bytes add up). Saved in the shape of [`CounterState`].
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(from = "CounterState", into = "CounterState")]
 pub(crate) struct Counter {
     period: Option<Period>,
     /// Admitted in the current period.
     used: u64,
-    /// Set by UpdateUsage: the total allowed in the current period.
+    /// Set by UpdateUsage: the total allowed in the current period;
+    /// [`NO_ALLOWANCE`] when not set.
+    allowance: u64,
+    /// The plan's bucket.
+    bucket: Option<Bucket>,
+    /// The latest day's record, the one admissions update.
+    latest: Option<DayRecord>,
+    /// Per-method buckets.
+    method_buckets: Box<[(Box<str>, Bucket)]>,
+    /// The days before `latest`, oldest first.
+    earlier: Vec<DayRecord>,
+}
+
+const NO_ALLOWANCE: u64 = u64::MAX;
+
+impl Default for Counter {
+    fn default() -> Self {
+        Self {
+            period: None,
+            used: 0,
+            allowance: NO_ALLOWANCE,
+            bucket: None,
+            latest: None,
+            method_buckets: Box::default(),
+            earlier: Vec::new(),
+        }
+    }
+}
+
+/// How a counter is saved (state files): its buckets and days as lists.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CounterState {
+    period: Option<Period>,
+    used: u64,
     allowance: Option<u64>,
-    /// The plan bucket (`None`) and per-method buckets. Exactly sized, as
-    /// is the history: a counter exists per active key, and bytes add up.
-    buckets: Box<[(Option<Box<str>>, Bucket)]>,
+    /// The plan bucket (`None`) and per-method buckets.
+    buckets: Vec<(Option<Box<str>>, Bucket)>,
     /// Oldest first.
     days: Vec<DayRecord>,
+}
+
+impl From<CounterState> for Counter {
+    fn from(state: CounterState) -> Self {
+        let mut counter = Counter::restored(
+            state.period.map(|p| (p.kind, p.start, p.end)),
+            state.used,
+            state.allowance,
+            state
+                .days
+                .into_iter()
+                .map(|d| (d.day, d.used, d.remaining))
+                .collect(),
+        );
+        let mut methods = Vec::new();
+        for (method, bucket) in state.buckets {
+            match method {
+                None => counter.bucket = Some(bucket),
+                Some(method) => methods.push((method, bucket)),
+            }
+        }
+        counter.method_buckets = methods.into_boxed_slice();
+        counter
+    }
+}
+
+impl From<Counter> for CounterState {
+    fn from(counter: Counter) -> Self {
+        let allowance = counter.allowance();
+        let buckets = counter
+            .bucket
+            .map(|b| (None, b))
+            .into_iter()
+            .chain(
+                Vec::from(counter.method_buckets)
+                    .into_iter()
+                    .map(|(m, b)| (Some(m), b)),
+            )
+            .collect();
+        let mut days = counter.earlier;
+        days.extend(counter.latest);
+        Self {
+            period: counter.period,
+            used: counter.used,
+            allowance,
+            buckets,
+            days,
+        }
+    }
 }
 
 impl Counter {
@@ -48,12 +134,6 @@ impl Counter {
     pub(crate) fn decide(&mut self, request: &DecisionRequest<'_>) -> Decision {
         let now_nanos = crate::clock::to_nanos(request.now);
         let now = now_nanos.div_euclid(NANOS_PER_SEC);
-        let bucket = request.throttle.map(|rule| {
-            let mut bucket = self.bucket(rule.method, &rule.throttle, now_nanos);
-            bucket.refill(&rule.throttle, now_nanos);
-            (bucket, rule.throttle)
-        });
-        let throttle_ok = bucket.as_ref().is_none_or(|(b, _)| b.has_token());
         if let Some(rule) = &request.quota {
             self.roll(rule, now);
         }
@@ -61,19 +141,21 @@ impl Counter {
             .quota
             .as_ref()
             .is_none_or(|rule| self.remaining(rule) > 0);
+        let mut throttle_ok = true;
+        let throttle = request.throttle.map(|rule| {
+            let bucket = self.bucket_mut(rule.method, &rule.throttle, now_nanos);
+            bucket.refill(&rule.throttle, now_nanos);
+            throttle_ok = bucket.has_token();
+            if throttle_ok && quota_ok {
+                bucket.take();
+            }
+            bucket.state(&rule.throttle)
+        });
         let verdict = match (throttle_ok, quota_ok) {
             (false, _) => Verdict::Throttled,
             (true, false) => Verdict::QuotaExceeded,
             (true, true) => Verdict::Admitted,
         };
-        let mut throttle = None;
-        if let Some((mut bucket, rule)) = bucket {
-            if verdict == Verdict::Admitted {
-                bucket.take();
-            }
-            self.store_bucket(request.throttle.and_then(|r| r.method), bucket);
-            throttle = Some(bucket.state(&rule));
-        }
         if verdict == Verdict::Admitted {
             self.used += 1;
             let remaining = request
@@ -101,9 +183,10 @@ impl Counter {
     ) -> DayUsage {
         let now = now_nanos.div_euclid(NANOS_PER_SEC);
         self.roll(rule, now);
-        self.allowance = Some(self.used.saturating_add(remaining));
+        // Capped below the "not set" mark (remaining is at most i32::MAX).
+        self.allowance = self.used.saturating_add(remaining).min(NO_ALLOWANCE - 1);
         self.record(now, 0, remaining);
-        let today = self.days.last().map_or(0, |d| d.used);
+        let today = self.latest.map_or(0, |d| d.used);
         [today, remaining]
     }
 
@@ -122,9 +205,9 @@ impl Counter {
         }
         let (first, last) = (period::day_of_date(first), period::day_of_date(last));
         let mut out = Vec::with_capacity(usize::try_from(last - first + 1).unwrap_or(0));
-        let mut earlier = self.days.iter().rev().find(|d| d.day < first).copied();
+        let mut earlier = self.days().rev().find(|d| d.day < first).copied();
         for day in first..=last {
-            let record = self.days.iter().find(|d| d.day == day).copied();
+            let record = self.days().find(|d| d.day == day).copied();
             let used = record.map_or(0, |r| r.used);
             let remaining = match rule {
                 None => 0,
@@ -142,32 +225,39 @@ impl Counter {
         out
     }
 
-    fn bucket(
+    /// Every daily record, oldest first.
+    fn days(&self) -> impl DoubleEndedIterator<Item = &DayRecord> {
+        self.earlier.iter().chain(&self.latest)
+    }
+
+    fn allowance(&self) -> Option<u64> {
+        (self.allowance != NO_ALLOWANCE).then_some(self.allowance)
+    }
+
+    /// The bucket of the plan (`method: None`) or of one method; a new one
+    /// is full.
+    fn bucket_mut(
         &mut self,
         method: Option<&str>,
         throttle: &crate::model::Throttle,
         now: i64,
-    ) -> Bucket {
-        self.buckets
-            .iter()
-            .find(|(m, _)| m.as_deref() == method)
-            .map_or_else(|| Bucket::full(throttle, now), |(_, b)| *b)
-    }
-
-    fn store_bucket(&mut self, method: Option<&str>, bucket: Bucket) {
-        match self
-            .buckets
-            .iter_mut()
-            .find(|(m, _)| m.as_deref() == method)
-        {
-            Some((_, b)) => *b = bucket,
+    ) -> &mut Bucket {
+        let Some(method) = method else {
+            return self
+                .bucket
+                .get_or_insert_with(|| Bucket::full(throttle, now));
+        };
+        let at = match self.method_buckets.iter().position(|(m, _)| **m == *method) {
+            Some(at) => at,
             None => {
-                let mut buckets = std::mem::take(&mut self.buckets).into_vec();
+                let mut buckets = std::mem::take(&mut self.method_buckets).into_vec();
                 buckets.reserve_exact(1);
-                buckets.push((method.map(Into::into), bucket));
-                self.buckets = buckets.into_boxed_slice();
+                buckets.push((method.into(), Bucket::full(throttle, now)));
+                self.method_buckets = buckets.into_boxed_slice();
+                self.method_buckets.len() - 1
             }
-        }
+        };
+        &mut self.method_buckets[at].1
     }
 
     /// Starts a new period when the current one has ended (or the plan's
@@ -185,13 +275,13 @@ impl Counter {
             end,
         });
         self.used = 0;
-        self.allowance = None;
+        self.allowance = NO_ALLOWANCE;
     }
 
     fn remaining(&self, rule: &QuotaRule) -> u64 {
         let start = self.period.map_or(0, |p| p.start);
         let allowed = self
-            .allowance
+            .allowance()
             .unwrap_or_else(|| rule.limit_for_period(start));
         allowed.saturating_sub(self.used)
     }
@@ -213,47 +303,55 @@ impl Counter {
         mut days: Vec<(i64, u64, u64)>,
     ) -> Self {
         days.sort_unstable_by_key(|d| d.0);
+        let mut earlier: Vec<DayRecord> = days
+            .into_iter()
+            .map(|(day, used, remaining)| DayRecord {
+                day,
+                used,
+                remaining,
+            })
+            .collect();
+        let latest = earlier.pop();
+        earlier.shrink_to_fit();
         Self {
             period: period.map(|(kind, start, end)| Period { kind, start, end }),
             used,
-            allowance,
-            buckets: Box::default(),
-            days: days
-                .into_iter()
-                .map(|(day, used, remaining)| DayRecord {
-                    day,
-                    used,
-                    remaining,
-                })
-                .collect(),
+            allowance: allowance.map_or(NO_ALLOWANCE, |a| a.min(NO_ALLOWANCE - 1)),
+            bucket: None,
+            latest,
+            method_buckets: Box::default(),
+            earlier,
         }
     }
 
     fn record(&mut self, now: i64, admitted: u64, remaining: u64) {
         let day = now.div_euclid(DAY_SECS);
-        match self.days.last_mut() {
+        match &mut self.latest {
             Some(last) if last.day == day => {
                 last.used += admitted;
                 last.remaining = remaining;
+                return;
             }
-            Some(last) if last.day > day => {} // the clock stepped back: keep history monotonic
-            _ => {
-                // Once a day: exact growth keeps idle history small.
-                self.days.reserve_exact(1);
-                self.days.push(DayRecord {
-                    day,
-                    used: admitted,
-                    remaining,
-                });
-            }
+            Some(last) if last.day > day => return, // the clock stepped back: keep history monotonic
+            _ => {}
+        }
+        let today = DayRecord {
+            day,
+            used: admitted,
+            remaining,
+        };
+        if let Some(previous) = self.latest.replace(today) {
+            // Once a day: exact growth keeps idle history small.
+            self.earlier.reserve_exact(1);
+            self.earlier.push(previous);
         }
         let expired = self
-            .days
+            .earlier
             .iter()
             .take_while(|d| d.day <= day - HISTORY_DAYS)
             .count();
         if expired > 0 {
-            self.days.drain(..expired);
+            self.earlier.drain(..expired);
         }
     }
 }
@@ -276,4 +374,74 @@ pub(crate) fn quota_state(
 
 fn same_period(kind: QuotaPeriod, a: i64, b: i64) -> bool {
     period::bounds(kind, a * DAY_SECS).0 == period::bounds(kind, b * DAY_SECS).0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Quota, Throttle};
+    use crate::store::{CounterKey, ThrottleRule};
+
+    const DAY: i64 = DAY_SECS * NANOS_PER_SEC;
+
+    fn admit(counter: &mut Counter, method: Option<&str>, at_nanos: i64) -> Verdict {
+        let key = CounterKey::new("p", "k");
+        let request = DecisionRequest {
+            counter: &key,
+            throttle: Some(ThrottleRule {
+                method,
+                throttle: Throttle::new(1.0, 5).unwrap(),
+            }),
+            quota: Some(QuotaRule {
+                quota: Quota::new(100, QuotaPeriod::Month),
+                plan_created: 0,
+            }),
+            now: crate::clock::from_nanos(at_nanos),
+        };
+        counter.decide(&request).verdict
+    }
+
+    #[test]
+    fn saved_in_the_list_shape_and_restored_whole() {
+        let mut counter = Counter::default();
+        let start = 20_000 * DAY; // a day in 2024
+        assert_eq!(admit(&mut counter, None, start), Verdict::Admitted);
+        assert_eq!(
+            admit(&mut counter, Some("/pets/GET"), start),
+            Verdict::Admitted
+        );
+        assert_eq!(admit(&mut counter, None, start + DAY), Verdict::Admitted);
+        counter.set_remaining(
+            &QuotaRule {
+                quota: Quota::new(100, QuotaPeriod::Month),
+                plan_created: 0,
+            },
+            start + DAY,
+            40,
+        );
+
+        let saved = serde_json::to_value(&counter).unwrap();
+        assert_eq!(saved["used"], 3);
+        assert_eq!(saved["allowance"], 43);
+        assert_eq!(saved["buckets"].as_array().unwrap().len(), 2);
+        assert_eq!(saved["buckets"][0][0], serde_json::Value::Null);
+        assert_eq!(saved["buckets"][1][0], "/pets/GET");
+        let days = saved["days"].as_array().unwrap();
+        assert_eq!(days.len(), 2);
+        assert_eq!((&days[0]["used"], &days[1]["used"]), (&2.into(), &1.into()));
+
+        let restored: Counter = serde_json::from_value(saved.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&restored).unwrap(), saved);
+    }
+
+    #[test]
+    fn history_keeps_a_hundred_days() {
+        let mut counter = Counter::default();
+        for day in 0..150 {
+            admit(&mut counter, None, (20_000 + day) * DAY);
+        }
+        assert_eq!(counter.days().count(), HISTORY_DAYS as usize);
+        assert_eq!(counter.days().next().unwrap().day, 20_050);
+        assert_eq!(counter.latest.unwrap().day, 20_149);
+    }
 }
