@@ -38,7 +38,7 @@ fn decide(store: &MemoryStore, counter: &CounterKey, rules: &(Throttle, QuotaRul
             throttle: rules.0,
         }),
         quota: Some(rules.1),
-        now: SystemClock.now(),
+        now: SystemClock.now_nanos(),
     };
     let decision = futures_ready(store.decide(&request));
     assert_eq!(decision.verdict, Verdict::Admitted);

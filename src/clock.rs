@@ -11,6 +11,49 @@ use jiff::Timestamp;
 pub trait Clock: Send + Sync + 'static {
     /// The current time.
     fn now(&self) -> Timestamp;
+
+    /// The current time in nanoseconds, what every decision reads. Override
+    /// it when the clock has nanoseconds at hand: a `Timestamp` costs a
+    /// division and range checks to build, ~10 ns on the hot path.
+    fn now_nanos(&self) -> UnixNanos {
+        self.now().into()
+    }
+}
+
+/// A time as nanoseconds since the Unix epoch (saturating at ±292 years):
+/// what counters compute with.
+///
+/// ```
+/// use tower_usage_plans::UnixNanos;
+///
+/// let at: UnixNanos = "2026-11-28T00:00:01.5Z".parse::<jiff::Timestamp>().unwrap().into();
+/// assert_eq!(at.get() % 1_000_000_000, 500_000_000);
+/// assert_eq!(at.to_timestamp().to_string(), "2026-11-28T00:00:01.5Z");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UnixNanos(i64);
+
+impl UnixNanos {
+    /// `nanos` after the epoch.
+    pub fn new(nanos: i64) -> Self {
+        Self(nanos)
+    }
+
+    /// Nanoseconds after the epoch.
+    pub fn get(self) -> i64 {
+        self.0
+    }
+
+    /// The same time as a `Timestamp`.
+    pub fn to_timestamp(self) -> Timestamp {
+        from_nanos(self.0)
+    }
+}
+
+impl From<Timestamp> for UnixNanos {
+    fn from(at: Timestamp) -> Self {
+        Self(to_nanos(at))
+    }
 }
 
 /// The system's wall clock, read cheaply: the CPU's time-stamp counter
@@ -32,7 +75,11 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> Timestamp {
-        from_nanos(Anchor::get().wall_nanos())
+        self.now_nanos().to_timestamp()
+    }
+
+    fn now_nanos(&self) -> UnixNanos {
+        UnixNanos(Anchor::get().wall_nanos())
     }
 }
 
@@ -124,6 +171,10 @@ impl ManualClock {
 impl Clock for ManualClock {
     fn now(&self) -> Timestamp {
         from_nanos(self.nanos.load(Ordering::SeqCst))
+    }
+
+    fn now_nanos(&self) -> UnixNanos {
+        UnixNanos(self.nanos.load(Ordering::SeqCst))
     }
 }
 

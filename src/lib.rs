@@ -50,7 +50,7 @@ pub mod store;
 
 #[cfg(feature = "admin")]
 pub use admin::{AdminCredentials, AdminService};
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use clock::{Clock, ManualClock, SystemClock, UnixNanos};
 pub use error::{Error, ErrorKind, Result};
 pub use key::{AuthorizerKey, KeySource, RequestHead};
 pub use layer::{

@@ -61,7 +61,7 @@ impl Config {
     pub(crate) fn start(&self, head: &RequestHead<'_>) -> Result<Pending, Refusal> {
         let key = self.key_source.extract(head).ok_or(Refusal::MissingKey)?;
         let digest = digest(&key);
-        let now = self.plans.clock().now();
+        let now = self.plans.clock().now_nanos();
         self.plans.with_route(&digest, |route| {
             let route = route.ok_or(Refusal::InvalidKey)?;
             if !route.enabled {

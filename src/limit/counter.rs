@@ -132,7 +132,7 @@ impl Counter {
     /// Decides one request; spends a token and a unit of quota only when
     /// both allow it.
     pub(crate) fn decide(&mut self, request: &DecisionRequest<'_>) -> Decision {
-        let now_nanos = crate::clock::to_nanos(request.now);
+        let now_nanos = request.now.get();
         let now = now_nanos.div_euclid(NANOS_PER_SEC);
         if let Some(rule) = &request.quota {
             self.roll(rule, now);
@@ -396,7 +396,7 @@ mod tests {
                 quota: Quota::new(100, QuotaPeriod::Month),
                 plan_created: 0,
             }),
-            now: crate::clock::from_nanos(at_nanos),
+            now: crate::UnixNanos::new(at_nanos),
         };
         counter.decide(&request).verdict
     }

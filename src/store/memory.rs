@@ -26,7 +26,7 @@ use crate::limit::Counter;
 ///     counter: &counter,
 ///     throttle: None,
 ///     quota: Some(QuotaRule { quota: Quota::new(1, QuotaPeriod::Day), plan_created: 0 }),
-///     now: jiff::Timestamp::now(),
+///     now: jiff::Timestamp::now().into(),
 /// };
 /// let first = futures_now(store.decide(&request));
 /// let second = futures_now(store.decide(&request));
@@ -223,7 +223,7 @@ mod tests {
                 quota: Quota::new(1, QuotaPeriod::Day),
                 plan_created: 0,
             }),
-            now: Timestamp::UNIX_EPOCH,
+            now: Timestamp::UNIX_EPOCH.into(),
         };
         let mut answer = store.decide(&request);
         answer.take_ready().unwrap().unwrap().verdict

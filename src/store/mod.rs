@@ -29,6 +29,7 @@ pub use lease::LeaseConfig;
 pub use memory::{CounterSnapshot, MemoryStore};
 
 use crate::model::{Quota, Throttle};
+use crate::UnixNanos;
 
 /// Identifies one (plan, key) counter. Cheap to clone (one `Arc`) and to
 /// look up (its hash is computed once, at creation); a [`MemoryStore`]
@@ -146,7 +147,7 @@ pub struct DecisionRequest<'a> {
     /// The quota that applies, if any.
     pub quota: Option<QuotaRule>,
     /// The time of the request.
-    pub now: Timestamp,
+    pub now: UnixNanos,
 }
 
 /// The outcome of a decision.

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use jiff::civil::Date;
 use jiff::Timestamp;
+
+use crate::UnixNanos;
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 use redis::{FromRedisValue, Script, ScriptInvocation};
@@ -112,7 +114,7 @@ impl RedisStore {
         };
         for ((counter, bucket), lease) in leases.drain() {
             let now = jiff::Timestamp::now();
-            let mut args = Args::new(now, lease.quota.as_ref());
+            let mut args = Args::new(now.into(), lease.quota.as_ref());
             if let Some(throttle) = lease.throttle {
                 args.bucket = format!("b:{bucket}");
                 args.rate = throttle.rate_limit;
@@ -251,8 +253,8 @@ struct Args {
 }
 
 impl Args {
-    fn new(now: Timestamp, quota: Option<&QuotaRule>) -> Self {
-        let now_us = to_nanos(now) / 1_000;
+    fn new(now: UnixNanos, quota: Option<&QuotaRule>) -> Self {
+        let now_us = now.get() / 1_000;
         let secs = now_us.div_euclid(1_000_000);
         Self {
             now_us,
@@ -377,7 +379,7 @@ impl CounterStore for RedisStore {
         now: Timestamp,
         remaining: u64,
     ) -> StoreFuture<DayUsage> {
-        let mut args = Args::new(now, Some(quota));
+        let mut args = Args::new(now.into(), Some(quota));
         args.set_to = remaining;
         let (key, script) = (self.key(counter), self.script.clone());
         self.run(move |mut connection| async move {

@@ -37,7 +37,7 @@ async fn decide(
             throttle,
         }),
         quota,
-        now,
+        now: now.into(),
     };
     store.decide(&request).await.unwrap()
 }
