@@ -520,24 +520,16 @@ async fn a_client_connection_keeps_its_own_upstream_connection_and_replaces_it_w
         .unwrap();
     tokio::spawn(connection);
 
-    // One upstream connection for the client connection's requests.
-    assert_eq!(
-        get_on(&mut client, "/a").await,
-        (StatusCode::OK, "1".into())
-    );
-    assert_eq!(
-        get_on(&mut client, "/b").await,
-        (StatusCode::OK, "1".into())
-    );
-    // The upstream closes it: the next request gets a new one, not a 502.
-    assert_eq!(
-        get_on(&mut client, "/close").await,
-        (StatusCode::OK, "1".into())
-    );
-    assert_eq!(
-        get_on(&mut client, "/c").await,
-        (StatusCode::OK, "2".into())
-    );
+    // One upstream connection (the upstream numbers them) serves the client
+    // connection's requests; when the upstream closes it after `/close`,
+    // the next request gets a new one, not a 502.
+    for (path, upstream_connection) in [("/a", "1"), ("/b", "1"), ("/close", "1"), ("/c", "2")] {
+        assert_eq!(
+            get_on(&mut client, path).await,
+            (StatusCode::OK, upstream_connection.to_owned()),
+            "{path}"
+        );
+    }
     // A timed-out request gives its connection up; the next one connects anew.
     let (status, _) = get_on(&mut client, "/slow").await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
