@@ -202,6 +202,9 @@ impl UsagePlans {
 
     /// A builder to choose the store, the clock and key storage.
     pub fn builder() -> UsagePlansBuilder {
+        // The system clock calibrates its counter (~1 ms) on first use:
+        // here, not in the first request.
+        SystemClock.now_nanos();
         UsagePlansBuilder {
             store: Arc::new(MemoryStore::new()),
             clock: Arc::new(SystemClock),
