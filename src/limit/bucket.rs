@@ -89,6 +89,10 @@ fn secs_until(missing: f64, rate: f64) -> u64 {
         return 1;
     }
     let secs = missing / rate;
+    // A tiny rate: beyond the cap (and beyond what a u64 holds).
+    if secs >= super::NEVER_SECS as f64 {
+        return super::NEVER_SECS;
+    }
     let whole = secs as u64;
     let up = if (whole as f64) < secs {
         whole + 1
@@ -140,6 +144,18 @@ mod tests {
         let lower = Throttle::new(1.0, 2).unwrap();
         bucket.refill(&lower, 0);
         assert_eq!(bucket.state(&lower).tokens, 2);
+    }
+
+    #[test]
+    fn tiny_rates_wait_the_cap_not_an_overflow() {
+        for rate in [1e-20, 1e-300, f64::MIN_POSITIVE / 4.0] {
+            let throttle = Throttle::new(rate, 1).unwrap();
+            let mut bucket = Bucket::full(&throttle, 0);
+            bucket.take();
+            let state = bucket.state(&throttle);
+            assert_eq!(state.retry_after_secs, crate::limit::NEVER_SECS, "{rate}");
+            assert_eq!(state.next_token_secs, crate::limit::NEVER_SECS, "{rate}");
+        }
     }
 
     #[test]
