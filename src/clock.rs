@@ -68,7 +68,7 @@ impl From<Timestamp> for UnixNanos {
 /// let now = SystemClock.now();
 /// assert!(now.as_second() > 1_700_000_000);
 /// let system = jiff::Timestamp::now();
-/// assert!((system - now).get_milliseconds().abs() < 1_000);
+/// assert!((system.as_millisecond() - now.as_millisecond()).abs() < 1_000);
 /// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemClock;
@@ -85,6 +85,10 @@ impl Clock for SystemClock {
 
 /// How often the offset to the system clock is read again.
 const REFRESH_NANOS: i64 = 250_000_000;
+
+/// How far apart two counter readings around a system-clock reading may be
+/// for the pair to count (else the thread was interrupted in between).
+const PAIRING_NANOS: i64 = 50_000;
 
 /// The counter's reading at start, and the system clock's offset to it.
 struct Anchor {
@@ -109,26 +113,49 @@ impl Anchor {
                 offset: AtomicI64::new(0),
                 refreshed: AtomicI64::new(0),
             };
-            anchor.refresh(0);
+            anchor.refresh();
             anchor
         })
     }
 
+    /// Counter nanoseconds since `start`; negative if the counter went back
+    /// (a virtual machine moved to another host, say).
+    fn elapsed(&self) -> i64 {
+        let raw = self.counter.raw();
+        let nanos = |from, to| i64::try_from(self.counter.delta_as_nanos(from, to)).unwrap_or(i64::MAX);
+        if raw >= self.start {
+            nanos(self.start, raw)
+        } else {
+            -nanos(raw, self.start)
+        }
+    }
+
     fn wall_nanos(&self) -> i64 {
-        let elapsed = self.counter.delta_as_nanos(self.start, self.counter.raw());
-        let elapsed = i64::try_from(elapsed).unwrap_or(i64::MAX);
+        let elapsed = self.elapsed();
         // Two separate loads may mix an old offset with a new refresh time:
         // that reading is off by one refresh's correction, at most.
-        if elapsed.saturating_sub(self.refreshed.load(Ordering::Relaxed)) >= REFRESH_NANOS {
-            return self.refresh(elapsed);
+        let since = elapsed.saturating_sub(self.refreshed.load(Ordering::Relaxed));
+        if !(0..REFRESH_NANOS).contains(&since) {
+            return self.refresh();
         }
         elapsed.saturating_add(self.offset.load(Ordering::Relaxed))
     }
 
-    fn refresh(&self, elapsed: i64) -> i64 {
-        let wall = to_nanos(Timestamp::now());
-        self.offset.store(wall - elapsed, Ordering::Relaxed);
-        self.refreshed.store(elapsed, Ordering::Relaxed);
+    /// Reads the system clock between two counter readings and keeps the
+    /// pair if nothing came between them; returns the system time.
+    fn refresh(&self) -> i64 {
+        let mut wall = to_nanos(Timestamp::now());
+        for _ in 0..3 {
+            let before = self.elapsed();
+            wall = to_nanos(Timestamp::now());
+            let after = self.elapsed();
+            if after.saturating_sub(before) <= PAIRING_NANOS {
+                let midpoint = before + (after - before) / 2;
+                self.offset.store(wall - midpoint, Ordering::Relaxed);
+                self.refreshed.store(midpoint, Ordering::Relaxed);
+                break;
+            }
+        }
         wall
     }
 }

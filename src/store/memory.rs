@@ -161,10 +161,15 @@ impl MemoryStore {
                 counter: c.state,
                 forgotten: false,
             };
-            self.counters.insert(
+            // A decision between the clearing and now may have made (and a
+            // key remembered) a fresh cell: mark it, so that key looks again.
+            let replaced = self.counters.insert(
                 CounterKey::new(&c.plan_id, &c.key_id),
                 Arc::new(Mutex::new(slot)),
             );
+            if let Some(replaced) = replaced {
+                replaced.lock().forgotten = true;
+            }
         }
     }
 }
