@@ -21,7 +21,7 @@ use hyper_util::rt::TokioExecutor;
 use tower_service::Service;
 
 use super::body::GatewayBody;
-use super::connection::{OwnConnection, OwnError};
+use super::connection::{OwnConnection, OwnError, SpareConnections};
 use crate::UsageContext;
 
 /// The largest request body the echo upstream reads back.
@@ -45,6 +45,8 @@ pub(crate) struct HttpUpstream {
     /// `Host` for the upstream: its authority.
     host: HeaderValue,
     timeout: Duration,
+    /// Upstream connections of ended client connections.
+    spares: Arc<SpareConnections>,
 }
 
 impl Upstream {
@@ -78,6 +80,7 @@ impl Upstream {
             prefix,
             host,
             timeout,
+            spares: Arc::default(),
         }))
     }
 }
@@ -111,11 +114,15 @@ impl Proxy {
             ip: HeaderValue::from_str(&ip).expect("an IP address is a valid header value"),
             forwarded: format!("for={node};proto=http"),
         };
+        let spares = match &*upstream {
+            Upstream::Http(http) => http.spares.clone(),
+            Upstream::Echo => Arc::default(),
+        };
         Self {
             upstream,
             key_header,
             client: Arc::new(client),
-            own: Arc::default(),
+            own: Arc::new(OwnConnection::new(spares)),
         }
     }
 }
