@@ -122,7 +122,8 @@ impl Anchor {
     /// (a virtual machine moved to another host, say).
     fn elapsed(&self) -> i64 {
         let raw = self.counter.raw();
-        let nanos = |from, to| i64::try_from(self.counter.delta_as_nanos(from, to)).unwrap_or(i64::MAX);
+        let nanos =
+            |from, to| i64::try_from(self.counter.delta_as_nanos(from, to)).unwrap_or(i64::MAX);
         if raw >= self.start {
             nanos(self.start, raw)
         } else {
