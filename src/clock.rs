@@ -104,18 +104,19 @@ struct Anchor {
 impl Anchor {
     fn get() -> &'static Anchor {
         static ANCHOR: OnceLock<Anchor> = OnceLock::new();
-        ANCHOR.get_or_init(|| {
-            let counter = quanta::Clock::new();
-            let start = counter.raw();
-            let anchor = Anchor {
-                counter,
-                start,
-                offset: AtomicI64::new(0),
-                refreshed: AtomicI64::new(0),
-            };
-            anchor.refresh();
-            anchor
-        })
+        ANCHOR.get_or_init(|| Anchor::new(quanta::Clock::new()))
+    }
+
+    fn new(counter: quanta::Clock) -> Anchor {
+        let start = counter.raw();
+        let anchor = Anchor {
+            counter,
+            start,
+            offset: AtomicI64::new(0),
+            refreshed: AtomicI64::new(0),
+        };
+        anchor.refresh();
+        anchor
     }
 
     /// Counter nanoseconds since `start`; negative if the counter went back
@@ -250,6 +251,48 @@ mod tests {
     fn far_timestamps_saturate() {
         assert_eq!(to_nanos(Timestamp::MAX), i64::MAX);
         assert_eq!(to_nanos(Timestamp::MIN), i64::MIN);
+    }
+
+    /// The system clock now, in nanoseconds.
+    fn system() -> i64 {
+        to_nanos(Timestamp::now())
+    }
+
+    /// `wall` within 5 ms of `[earliest, latest]` (the offset is read
+    /// between two counter readings; allow for that and for rounding).
+    fn assert_within(wall: i64, earliest: i64, latest: i64) {
+        const SLACK: i64 = 5_000_000;
+        assert!(
+            (earliest - SLACK..=latest + SLACK).contains(&wall),
+            "{wall} not within [{earliest}, {latest}]"
+        );
+    }
+
+    #[test]
+    fn a_counter_that_goes_back_does_not_take_the_time_back() {
+        let (counter, mock) = quanta::Clock::mock();
+        mock.increment(Duration::from_secs(10));
+        let anchor = Anchor::new(counter);
+        // The counter jumps 5 s back (a VM moved hosts, say): the time is
+        // the system's, not 5 s earlier, and it moves on from there.
+        mock.decrement(Duration::from_secs(5));
+        let (before, wall, after) = (system(), anchor.wall_nanos(), system());
+        assert_within(wall, before, after);
+        mock.increment(Duration::from_millis(100));
+        let wall = anchor.wall_nanos();
+        assert_within(wall, before + 100_000_000, system() + 100_000_000);
+    }
+
+    #[test]
+    fn a_counter_that_runs_fast_is_corrected_at_the_next_refresh() {
+        let (counter, mock) = quanta::Clock::mock();
+        let before = system();
+        let anchor = Anchor::new(counter);
+        // 300 ms of counter in no time: past the refresh interval, so the
+        // system clock is read again instead of running 300 ms ahead.
+        mock.increment(Duration::from_millis(300));
+        let wall = anchor.wall_nanos();
+        assert_within(wall, before, system());
     }
 
     #[test]
