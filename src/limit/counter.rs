@@ -262,12 +262,19 @@ impl Counter {
 
     /// Starts a new period when the current one has ended (or the plan's
     /// period changed); a clock that steps back keeps the current one.
+    #[inline]
     fn roll(&mut self, rule: &QuotaRule, now: i64) {
         if let Some(p) = self.period {
             if p.kind == rule.quota.period && now < p.end {
                 return;
             }
         }
+        self.start_period(rule, now);
+    }
+
+    /// Once a period: kept out of the decision's straight line.
+    #[cold]
+    fn start_period(&mut self, rule: &QuotaRule, now: i64) {
         let (start, end) = period::bounds(rule.quota.period, now);
         self.period = Some(Period {
             kind: rule.quota.period,
@@ -335,6 +342,12 @@ impl Counter {
             Some(last) if last.day > day => return, // the clock stepped back: keep history monotonic
             _ => {}
         }
+        self.start_day(day, admitted, remaining);
+    }
+
+    /// Once a day: kept out of the decision's straight line.
+    #[cold]
+    fn start_day(&mut self, day: i64, admitted: u64, remaining: u64) {
         let today = DayRecord {
             day,
             used: admitted,
