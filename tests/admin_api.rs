@@ -104,19 +104,11 @@ async fn api_key_create_get_update_delete() {
     assert!(!env.plans.api_key(&kid).unwrap().enabled);
 
     // DeleteApiKey: 202 and an empty body, then it is gone.
-    let (status, _, body) = a.delete(&format!("/apikeys/{kid}")).await;
-    assert_eq!((status, body), (StatusCode::ACCEPTED, Value::Null));
-    assert!(env.plans.api_key(&kid).is_err());
-    let gone = a.get(&format!("/apikeys/{kid}")).await;
     assert_eq!(
-        assert_error(&gone, 404, "NotFoundException"),
+        a.delete_then_gone(&format!("/apikeys/{kid}")).await,
         "Invalid API Key identifier specified"
     );
-    assert_error(
-        &a.delete(&format!("/apikeys/{kid}")).await,
-        404,
-        "NotFoundException",
-    );
+    assert!(env.plans.api_key(&kid).is_err());
     assert_eq!(env.plans.key_count(), 1);
 }
 
@@ -427,17 +419,9 @@ async fn usage_plan_create_get_update_delete() {
     }
     assert_eq!(removed["apiStages"].as_array().unwrap().len(), 1);
 
-    let (status, _, body) = a.delete(&format!("/usageplans/{pid}")).await;
-    assert_eq!((status, body), (StatusCode::ACCEPTED, Value::Null));
-    let gone = a.get(&format!("/usageplans/{pid}")).await;
     assert_eq!(
-        assert_error(&gone, 404, "NotFoundException"),
+        a.delete_then_gone(&format!("/usageplans/{pid}")).await,
         "Invalid Usage Plan ID specified"
-    );
-    assert_error(
-        &a.delete(&format!("/usageplans/{pid}")).await,
-        404,
-        "NotFoundException",
     );
     assert_eq!(env.plans.plan_count(), 1);
 }
@@ -524,18 +508,8 @@ async fn usage_plan_keys_create_get_list_delete() {
     names.sort();
     assert_eq!(names, ["alpha-1", "alpha-2"]);
 
-    let (status, _, body) = a.delete(&format!("/usageplans/{pid}/keys/{kid}")).await;
-    assert_eq!((status, body), (StatusCode::ACCEPTED, Value::Null));
-    assert_error(
-        &a.get(&format!("/usageplans/{pid}/keys/{kid}")).await,
-        404,
-        "NotFoundException",
-    );
-    assert_error(
-        &a.delete(&format!("/usageplans/{pid}/keys/{kid}")).await,
-        404,
-        "NotFoundException",
-    );
+    a.delete_then_gone(&format!("/usageplans/{pid}/keys/{kid}"))
+        .await;
     assert_eq!(env.plans.usage_plan_keys(pid).unwrap().len(), 2);
     // The key itself still exists.
     assert_eq!(a.get(&format!("/apikeys/{kid}")).await.0, StatusCode::OK);

@@ -223,6 +223,20 @@ impl Admin {
         self.raw("DELETE", path, None, b"").await
     }
 
+    /// DELETE `path`: 202 with an empty body; then GET and DELETE of it are
+    /// both `404 NotFoundException`. The GET's message.
+    pub async fn delete_then_gone(&self, path: &str) -> String {
+        let (status, _, body) = self.delete(path).await;
+        assert_eq!(
+            (status, body),
+            (StatusCode::ACCEPTED, Value::Null),
+            "{path}"
+        );
+        let message = assert_error(&self.get(path).await, 404, "NotFoundException");
+        assert_error(&self.delete(path).await, 404, "NotFoundException");
+        message
+    }
+
     pub async fn post(&self, path: &str, body: Value) -> Resp {
         let body = serde_json::to_vec(&body).unwrap();
         self.raw("POST", path, Some("application/json"), &body)
