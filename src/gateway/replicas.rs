@@ -324,6 +324,25 @@ mod tests {
         (plans, plan.id, key.id)
     }
 
+    /// The three-way merge of `local` and `remote` from `origin`, restored.
+    fn merged(origin: &UsagePlans, local: &UsagePlans, remote: &UsagePlans) -> UsagePlans {
+        let result = UsagePlans::new();
+        result
+            .restore(merge(
+                &origin.snapshot(),
+                &local.snapshot(),
+                &remote.snapshot(),
+            ))
+            .unwrap();
+        result
+    }
+
+    /// The ids of the plan's keys.
+    fn member_ids(plans: &UsagePlans, plan_id: &str) -> Vec<String> {
+        let members = plans.usage_plan_keys(plan_id).unwrap();
+        members.into_iter().map(|k| k.id).collect()
+    }
+
     fn copy(of: &UsagePlans) -> UsagePlans {
         let copy = UsagePlans::new();
         copy.restore(of.snapshot()).unwrap();
@@ -350,9 +369,7 @@ mod tests {
             })
             .unwrap();
 
-        let merged = merge(&origin.snapshot(), &local.snapshot(), &remote.snapshot());
-        let result = UsagePlans::new();
-        result.restore(merged).unwrap();
+        let result = merged(&origin, &local, &remote);
         assert!(result.api_key(&mine.id).is_ok(), "local creation kept");
         assert!(result.api_key(&theirs.id).is_ok(), "remote creation kept");
         assert!(
@@ -363,12 +380,7 @@ mod tests {
             result.usage_plan(&plan_id).unwrap().description.as_deref(),
             Some("remote")
         );
-        let members: Vec<String> = result
-            .usage_plan_keys(&plan_id)
-            .unwrap()
-            .into_iter()
-            .map(|k| k.id)
-            .collect();
+        let members = member_ids(&result, &plan_id);
         assert!(
             members.contains(&mine.id) && members.contains(&key_id),
             "{members:?}"
@@ -384,14 +396,7 @@ mod tests {
         let (local, remote) = (copy(&origin), copy(&origin));
         local.add_key_to_plan(&p1.id, &k.id).unwrap();
         remote.add_key_to_plan(&p2.id, &k.id).unwrap();
-        let result = UsagePlans::new();
-        result
-            .restore(merge(
-                &origin.snapshot(),
-                &local.snapshot(),
-                &remote.snapshot(),
-            ))
-            .unwrap();
+        let result = merged(&origin, &local, &remote);
         assert_eq!(result.usage_plans_of_key(&k.id).unwrap().len(), 1);
     }
 
@@ -405,15 +410,8 @@ mod tests {
         local.remove_key_from_plan(&plan_id, &key_id).unwrap();
         local.add_key_to_plan(&plan_id, &a.id).unwrap();
         remote.delete_api_key(&key_id).unwrap();
-        let merged = merge(&origin.snapshot(), &local.snapshot(), &remote.snapshot());
-        let result = UsagePlans::new();
-        result.restore(merged).unwrap();
-        let members: Vec<String> = result
-            .usage_plan_keys(&plan_id)
-            .unwrap()
-            .into_iter()
-            .map(|k| k.id)
-            .collect();
+        let result = merged(&origin, &local, &remote);
+        let members = member_ids(&result, &plan_id);
         assert_eq!(
             members,
             vec![a.id.clone()],
