@@ -11,7 +11,6 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use support::KEY;
-use tower_usage_plans::jiff::tz::TimeZone;
 use tower_usage_plans::{NewUsagePlan, Quota, QuotaPeriod, Throttle, UsagePlanLayer};
 
 const CLIENTS: u64 = 32;
@@ -77,14 +76,9 @@ async fn quota_is_exact_over_real_sockets() {
 
     assert_eq!(admitted.load(Ordering::Relaxed), QUOTA);
     assert_eq!(exceeded.load(Ordering::Relaxed), REQUESTS - QUOTA);
-    let today = plans.clock().now().to_zoned(TimeZone::UTC).date();
-    let usage = plans
-        .usage(&plan.id, Some(&key_id), today, today)
-        .await
-        .unwrap();
     assert_eq!(
-        usage.values[&key_id],
-        vec![[QUOTA, 0]],
+        support::usage::usage_today(&plans, &plan.id, &key_id).await,
+        [QUOTA, 0],
         "used == quota, remaining 0"
     );
 }

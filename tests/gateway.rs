@@ -7,7 +7,10 @@
 
 #[path = "support/net.rs"]
 mod net;
+#[path = "support/usage.rs"]
+mod usage;
 use net::{get, send, within, TempDir};
+use usage::usage_today;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -26,7 +29,6 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Notify};
 use tower_usage_plans::gateway::{FilePlan, Gateway, GatewayConfig};
-use tower_usage_plans::jiff::{tz::TimeZone, Timestamp};
 use tower_usage_plans::{NewApiKey, NewUsagePlan, Quota, QuotaPeriod};
 
 const KEY: &str = "gateway-test-key-0123456789";
@@ -385,12 +387,7 @@ async fn used_today(gateway: &Gateway) -> [u64; 2] {
         .find(|p| p.name == "testing")
         .unwrap();
     let key = plans.api_key_by_value(KEY).unwrap();
-    let today = Timestamp::now().to_zoned(TimeZone::UTC).date();
-    let usage = plans
-        .usage(&plan.id, Some(&key.id), today, today)
-        .await
-        .unwrap();
-    usage.values[&key.id][0]
+    usage_today(plans, &plan.id, &key.id).await
 }
 
 #[tokio::test]

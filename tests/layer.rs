@@ -215,18 +215,9 @@ async fn refused_requests_cost_nothing() {
     plans.set_remaining(&plan.id, &key_id, 1).await.unwrap();
     assert_eq!(get(&layer, KEY).await.status(), StatusCode::OK);
 
-    let today = plans
-        .clock()
-        .now()
-        .to_zoned(tower_usage_plans::jiff::tz::TimeZone::UTC)
-        .date();
-    let usage = plans
-        .usage(&plan.id, Some(&key_id), today, today)
-        .await
-        .unwrap();
     assert_eq!(
-        usage.values[&key_id],
-        vec![[3, 0]],
+        support::usage::usage_today(&plans, &plan.id, &key_id).await,
+        [3, 0],
         "only admitted requests are used"
     );
 }
@@ -331,18 +322,9 @@ async fn unmetered_routes_pass_without_key_and_count_nothing() {
         StatusCode::OK,
         "the quota of 1 is untouched"
     );
-    let today = plans
-        .clock()
-        .now()
-        .to_zoned(tower_usage_plans::jiff::tz::TimeZone::UTC)
-        .date();
     assert_eq!(
-        plans
-            .usage(&plan.id, Some(&key_id), today, today)
-            .await
-            .unwrap()
-            .values[&key_id],
-        vec![[1, 0]]
+        support::usage::usage_today(&plans, &plan.id, &key_id).await,
+        [1, 0]
     );
 }
 

@@ -5,6 +5,9 @@
 
 #[path = "support/redis_server.rs"]
 mod redis_server;
+#[path = "support/usage.rs"]
+mod usage;
+use usage::usage_today;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,7 +19,6 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use redis_server::Redis;
 use tower_usage_plans::gateway::{FilePlan, Gateway, GatewayConfig};
-use tower_usage_plans::jiff::tz::TimeZone;
 use tower_usage_plans::{NewApiKey, NewUsagePlan, Quota, QuotaPeriod, StoreFailure};
 
 const KEY: &str = "replica-key-0123456789abcdef";
@@ -141,19 +143,11 @@ async fn leased_replicas_admit_exactly_the_quota_and_honour_update_usage() {
     // Given back on shutdown: the shared counter holds only what was admitted.
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
-    let today = tower_usage_plans::jiff::Timestamp::now()
-        .to_zoned(TimeZone::UTC)
-        .date();
     let c = Gateway::start(config(&redis.url(), 300, StoreFailure::FailOpen))
         .await
         .unwrap();
-    let usage = c
-        .plans()
-        .usage(&plan.id, Some(&key_id), today, today)
-        .await
-        .unwrap();
     assert_eq!(
-        usage.values[&key_id][0][0],
+        usage_today(c.plans(), &plan.id, &key_id).await[0],
         300 + 40 + u64::from(after),
         "used counts admitted requests only"
     );
@@ -189,13 +183,7 @@ async fn two_replicas_admit_exactly_the_quota_and_share_admin_changes() {
     assert_eq!(status(&client, b.data_addr()).await, 200);
     assert_eq!(status(&client, b.data_addr()).await, 200);
     assert_eq!(status(&client, b.data_addr()).await, 429);
-    let today = a.plans().clock().now().to_zoned(TimeZone::UTC).date();
-    let usage = b
-        .plans()
-        .usage(&plan.id, Some(&key_id), today, today)
-        .await
-        .unwrap();
-    assert_eq!(usage.values[&key_id], vec![[302, 0]]);
+    assert_eq!(usage_today(b.plans(), &plan.id, &key_id).await, [302, 0]);
 
     // A registry change on A reaches B within the sync interval.
     a.plans()
