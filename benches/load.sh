@@ -42,18 +42,25 @@ run_wrk() {
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
 declare -A RPS P50
+# measure MODE PID PORT HOT ROUND: load the server PID started on PORT, stop
+# it, fail on any non-2xx, record and print its req/s and p50.
+measure() {
+  local mode=$1 pid=$2 port=$3 hot=$4 round=$5 rps p50 bad
+  PIDS+=("$pid"); wait_port "$port"
+  read -r rps p50 bad < <(run_wrk "$port" "$hot")
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  [ "$bad" = 0 ] || { echo "$mode answered $bad non-2xx responses" >&2; exit 1; }
+  RPS[$mode]+="$rps "; P50[$mode]+="$p50 "
+  printf '  round %s %-12s %10.0f req/s  p50 %6.0f us\n' "$round" "$mode" "$rps" "$p50"
+}
+
 part1() {
   local hot=$1 label=$2 port=19100
   for round in $(seq "$ROUNDS"); do
     for mode in bare governor usage-plans; do
       port=$((port + 1))
-      taskset -c 0 "$BIN/bench_server" "$mode" "127.0.0.1:$port" > /dev/null & local pid=$!
-      PIDS+=("$pid"); wait_port "$port"
-      read -r rps p50 bad < <(run_wrk "$port" "$hot")
-      kill "$pid"; wait "$pid" 2>/dev/null || true
-      [ "$bad" = 0 ] || { echo "$mode answered $bad non-2xx responses" >&2; exit 1; }
-      RPS[$mode]+="$rps "; P50[$mode]+="$p50 "
-      printf '  round %s %-12s %10.0f req/s  p50 %6.0f us\n' "$round" "$mode" "$rps" "$p50"
+      taskset -c 0 "$BIN/bench_server" "$mode" "127.0.0.1:$port" > /dev/null &
+      measure "$mode" $! "$port" "$hot" "$round"
     done
   done
   local base; base=$(echo "${RPS[bare]}" | tr ' ' '\n' | grep . | median)
@@ -108,12 +115,7 @@ for round in $(seq "$ROUNDS"); do
       sed "s/PORT/$port/" "$WORK/nginx.conf" > "$WORK/nginx-$port.conf"
       taskset -c 0 nginx -c "$WORK/nginx-$port.conf" -p "$WORK" > /dev/null 2>&1 & pid=$!
     fi
-    PIDS+=("$pid"); wait_port "$port"
-    read -r rps p50 bad < <(run_wrk "$port" 0)
-    kill "$pid"; wait "$pid" 2>/dev/null || true
-    [ "$bad" = 0 ] || { echo "$mode answered $bad non-2xx responses" >&2; exit 1; }
-    RPS[$mode]+="$rps "; P50[$mode]+="$p50 "
-    printf '  round %s %-8s %10.0f req/s  p50 %6.0f us\n' "$round" "$mode" "$rps" "$p50"
+    measure "$mode" "$pid" "$port" 0 "$round"
   done
 done
 g=$(echo "${RPS[gateway]}" | tr ' ' '\n' | grep . | median); n=$(echo "${RPS[nginx]}" | tr ' ' '\n' | grep . | median)
