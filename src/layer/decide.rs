@@ -52,9 +52,11 @@ pub(crate) enum Next<B> {
 
 impl Config {
     pub(crate) fn is_unmetered(&self, head: &RequestHead<'_>) -> bool {
-        self.unmetered
-            .iter()
-            .any(|r| r.matches(head.method, &normalize(head.uri.path())))
+        if self.unmetered.is_empty() {
+            return false;
+        }
+        let path = normalize(head.uri.path());
+        self.unmetered.iter().any(|r| r.matches(head.method, &path))
     }
 
     /// Resolves key → plan → throttle and quota, and starts the decision.
