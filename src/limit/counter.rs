@@ -130,47 +130,48 @@ impl From<Counter> for CounterState {
 
 impl Counter {
     /// Decides one request; spends a token and a unit of quota only when
-    /// both allow it.
-    pub(crate) fn decide(&mut self, request: &DecisionRequest<'_>) -> Decision {
+    /// both allow it. This is what must happen under the counter's lock;
+    /// the headers' arithmetic is left to [`Counted::describe`], after the
+    /// lock is released.
+    #[inline]
+    pub(crate) fn count(&mut self, request: &DecisionRequest<'_>) -> Counted {
         let now_nanos = request.now.get();
         let now = now_nanos.div_euclid(NANOS_PER_SEC);
         if let Some(rule) = &request.quota {
             self.roll(rule, now);
         }
-        let quota_ok = request
-            .quota
-            .as_ref()
-            .is_none_or(|rule| self.remaining(rule) > 0);
+        let remaining = request.quota.as_ref().map(|rule| self.remaining(rule));
+        let quota_ok = remaining.is_none_or(|r| r > 0);
         let mut throttle_ok = true;
-        let throttle = request.throttle.map(|rule| {
+        let bucket = request.throttle.map(|rule| {
             let bucket = self.bucket_mut(rule.method, &rule.throttle, now_nanos);
             bucket.refill(&rule.throttle, now_nanos);
             throttle_ok = bucket.has_token();
             if throttle_ok && quota_ok {
                 bucket.take();
             }
-            bucket.state(&rule.throttle)
+            *bucket
         });
         let verdict = match (throttle_ok, quota_ok) {
             (false, _) => Verdict::Throttled,
             (true, false) => Verdict::QuotaExceeded,
             (true, true) => Verdict::Admitted,
         };
+        // Admitted implies a unit was left (or no quota applies).
+        let remaining = match remaining {
+            Some(r) if verdict == Verdict::Admitted => Some(r - 1),
+            r => r,
+        };
         if verdict == Verdict::Admitted {
             self.used += 1;
-            let remaining = request
-                .quota
-                .as_ref()
-                .map_or(0, |rule| self.remaining(rule));
-            self.record(now, 1, remaining);
+            self.record(now, 1, remaining.unwrap_or(0));
         }
-        Decision {
+        let period = self.period.map_or((now, now), |p| (p.start, p.end));
+        Counted {
             verdict,
-            throttle,
-            quota: request
-                .quota
-                .as_ref()
-                .map(|rule| self.quota_state(rule, now)),
+            bucket,
+            quota: remaining.map(|r| (r, period)),
+            now,
         }
     }
 
@@ -293,11 +294,6 @@ impl Counter {
         allowed.saturating_sub(self.used)
     }
 
-    fn quota_state(&self, rule: &QuotaRule, now: i64) -> QuotaState {
-        let bounds = self.period.map_or((now, now), |p| (p.start, p.end));
-        quota_state(rule, self.remaining(rule), bounds, now)
-    }
-
     /// A counter rebuilt from a store's fields: the current period
     /// (`kind, start, end`), its `used` and `allowance`, and the daily
     /// `(day, used, remaining)` records in any order. Buckets are not needed
@@ -369,6 +365,36 @@ impl Counter {
     }
 }
 
+/// A counted decision, copied out of the counter: the verdict, the bucket
+/// after it, and the quota left in the period `[start, end)`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Counted {
+    verdict: Verdict,
+    bucket: Option<Bucket>,
+    quota: Option<(u64, (i64, i64))>,
+    /// Unix seconds.
+    now: i64,
+}
+
+impl Counted {
+    /// The decision with the states the headers report.
+    #[inline]
+    pub(crate) fn describe(self, request: &DecisionRequest<'_>) -> Decision {
+        Decision {
+            verdict: self.verdict,
+            throttle: request
+                .throttle
+                .zip(self.bucket)
+                .map(|(rule, bucket)| bucket.state(&rule.throttle)),
+            quota: request
+                .quota
+                .as_ref()
+                .zip(self.quota)
+                .map(|(rule, (remaining, period))| quota_state(rule, remaining, period, self.now)),
+        }
+    }
+}
+
 /// The quota's header state with `remaining` left in the period
 /// `[start, end)` at `now` (Unix seconds).
 pub(crate) fn quota_state(
@@ -411,7 +437,7 @@ mod tests {
             }),
             now: crate::UnixNanos::new(at_nanos),
         };
-        counter.decide(&request).verdict
+        counter.count(&request).describe(&request).verdict
     }
 
     #[test]

@@ -176,7 +176,10 @@ impl MemoryStore {
 
 impl CounterStore for MemoryStore {
     fn decide(&self, request: &DecisionRequest<'_>) -> StoreFuture<Decision> {
-        StoreFuture::ready(Ok(self.with_counter(request.counter, |c| c.decide(request))))
+        // Counted under the cell's lock, described (the headers' arithmetic)
+        // after it is released.
+        let counted = self.with_counter(request.counter, |c| c.count(request));
+        StoreFuture::ready(Ok(counted.describe(request)))
     }
 
     fn set_remaining(
