@@ -153,9 +153,16 @@ fn layer(c: &mut Criterion) {
     let _ = Arc::new(());
 }
 
+/// The layer's clock alone: what every decision above pays before it counts.
+fn clock(c: &mut Criterion) {
+    c.bench_function("clock/system_now_nanos", |b| {
+        b.iter(|| black_box(SystemClock.now_nanos()))
+    });
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
-    targets = decisions, layer
+    targets = decisions, layer, clock
 }
 criterion_main!(benches);

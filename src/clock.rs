@@ -95,6 +95,9 @@ struct Anchor {
     counter: quanta::Clock,
     /// The counter's raw reading at start.
     start: u64,
+    /// Nanoseconds per counter tick, fixed-point with 32 fractional bits:
+    /// one multiplication and a constant shift per reading.
+    nanos_per_tick: u64,
     /// Wall-clock nanoseconds minus counter nanoseconds since `start`.
     offset: AtomicI64,
     /// Counter nanoseconds at the last offset reading.
@@ -109,9 +112,13 @@ impl Anchor {
 
     fn new(counter: quanta::Clock) -> Anchor {
         let start = counter.raw();
+        // The nanoseconds of 2^40 ticks (minutes at GHz rates) give the
+        // rate to better than one part in a billion.
+        let nanos_per_tick = counter.delta_as_nanos(0, 1 << 40) >> (40 - 32);
         let anchor = Anchor {
             counter,
             start,
+            nanos_per_tick,
             offset: AtomicI64::new(0),
             refreshed: AtomicI64::new(0),
         };
@@ -123,13 +130,17 @@ impl Anchor {
     /// (a virtual machine moved to another host, say).
     fn elapsed(&self) -> i64 {
         let raw = self.counter.raw();
-        let nanos =
-            |from, to| i64::try_from(self.counter.delta_as_nanos(from, to)).unwrap_or(i64::MAX);
         if raw >= self.start {
-            nanos(self.start, raw)
+            self.nanos_of(raw - self.start)
         } else {
-            -nanos(raw, self.start)
+            -self.nanos_of(self.start - raw)
         }
+    }
+
+    /// Nanoseconds of `ticks` of the counter.
+    fn nanos_of(&self, ticks: u64) -> i64 {
+        let nanos = (u128::from(ticks) * u128::from(self.nanos_per_tick)) >> 32;
+        i64::try_from(nanos).unwrap_or(i64::MAX)
     }
 
     fn wall_nanos(&self) -> i64 {
@@ -266,6 +277,23 @@ mod tests {
             (earliest - SLACK..=latest + SLACK).contains(&wall),
             "{wall} not within [{earliest}, {latest}]"
         );
+    }
+
+    #[test]
+    fn ticks_convert_as_the_counter_says() {
+        let counter = quanta::Clock::new();
+        let anchor = Anchor::new(counter.clone());
+        for ticks in [1_000_u64, 1_000_000_000, 1_000_000_000_000] {
+            let theirs = i64::try_from(counter.delta_as_nanos(0, ticks)).unwrap();
+            let ours = anchor.nanos_of(ticks);
+            // Within one part in a million (the fixed point holds ~1e-9).
+            assert!(
+                (ours - theirs).abs() <= theirs / 1_000_000 + 1,
+                "{ticks}: {ours} vs {theirs}"
+            );
+        }
+        let (mock, _) = quanta::Clock::mock();
+        assert_eq!(Anchor::new(mock).nanos_of(123_456_789), 123_456_789);
     }
 
     #[test]
