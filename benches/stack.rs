@@ -1,7 +1,8 @@
 //! One request through an in-process axum router (no sockets): bare, with
 //! `tower_governor` keyed by `x-api-key` (headers on), and with
 //! `UsagePlanLayer` (throttle + quota + RateLimit headers) — added with
-//! `Router::layer` and wrapped around the whole router. What each layer
+//! `Router::layer` and wrapped around the whole router, and via
+//! `Router::layer` without the `UsageContext` extension. What each layer
 //! *adds* to bare is the number to compare.
 //!
 //! `cargo bench --bench stack`
@@ -46,7 +47,9 @@ fn stack(c: &mut Criterion) {
     let mut bare = router();
     let mut with_governor = router().layer(governor);
     let mut with_ours = router().layer(ours.clone());
-    let mut wrapped = ours.layer(router());
+    let mut wrapped = ours.clone().layer(router());
+    // As a service that never reads the `UsageContext` would configure it.
+    let mut without_context = router().layer(ours.with_usage_context(false));
 
     let mut i = 0usize;
     let mut next = move || {
@@ -75,6 +78,12 @@ fn stack(c: &mut Criterion) {
     group.bench_function("usage_plans_around_router", |b| {
         b.iter(|| {
             let response = runtime.block_on(wrapped.call(next())).unwrap();
+            assert_eq!(response.status(), 200);
+        })
+    });
+    group.bench_function("usage_plans_router_layer_no_context", |b| {
+        b.iter(|| {
+            let response = runtime.block_on(without_context.call(next())).unwrap();
             assert_eq!(response.status(), 200);
         })
     });

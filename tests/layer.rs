@@ -359,6 +359,35 @@ async fn admitted_requests_carry_usage_context() {
 }
 
 #[tokio::test]
+async fn usage_context_can_be_left_out() {
+    let plans = tower_usage_plans::UsagePlans::new();
+    let (plan, key_id) = plan_with_key(&plans, NewUsagePlan::new("p"), KEY);
+    let service = tower::Layer::layer(
+        &UsagePlanLayer::new(plans.clone()).with_usage_context(false),
+        service_fn(|request: Request<Body>| async move {
+            let carried = request.extensions().get::<UsageContext>().is_some();
+            Ok::<_, std::convert::Infallible>(Response::new(Body::from(carried.to_string())))
+        }),
+    );
+    let response = service
+        .oneshot(
+            Request::get("/")
+                .header("x-api-key", KEY)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(body_string(response).await, "false");
+    // Still counted.
+    assert_eq!(
+        support::usage::usage_today(&plans, &plan.id, &key_id).await,
+        [1, 0]
+    );
+}
+
+#[tokio::test]
 async fn other_key_sources() {
     let plans = tower_usage_plans::UsagePlans::new();
     plan_with_key(&plans, NewUsagePlan::new("p"), KEY);

@@ -35,13 +35,15 @@ pub(crate) struct Config {
     pub(crate) key_source: KeySource,
     pub(crate) unmetered: Vec<MethodRoute>,
     pub(crate) legacy_headers: bool,
+    /// Whether admitted requests carry a [`UsageContext`].
+    pub(crate) usage_context: bool,
     pub(crate) store_failure: StoreFailure,
 }
 
 /// A metered request on its way to the store.
 pub(crate) struct Pending {
     pub(crate) decision: StoreFuture<Decision>,
-    pub(crate) context: UsageContext,
+    pub(crate) context: Option<UsageContext>,
 }
 
 /// What to do with a request once the store has answered.
@@ -80,7 +82,9 @@ impl Config {
             };
             Ok(Pending {
                 decision: self.plans.store().decide(&request),
-                context: UsageContext(binding.counter.clone()),
+                context: self
+                    .usage_context
+                    .then(|| UsageContext(binding.counter.clone())),
             })
         })
     }

@@ -71,7 +71,9 @@ where
                 return ResponseFuture::refused(self.config.refuse(&self.refusal, reason, None))
             }
         };
-        request.extensions_mut().insert(context);
+        if let Some(context) = context {
+            request.extensions_mut().insert(context);
+        }
         let Some(answer) = decision.take_ready() else {
             // The store answers later: the ready inner service goes with the
             // future, a fresh clone stays here.
