@@ -15,15 +15,38 @@ use crate::error::{Error, Result};
 /// );
 /// assert!(Throttle::new(f64::NAN, 1).is_err());
 /// ```
+///
+/// A throttle given with one field only (`{"rateLimit": 10}`) takes the
+/// other from it, as [`Throttle::completed`] says, rather than a zero that
+/// would refuse every request:
+///
+/// ```
+/// use tower_usage_plans::Throttle;
+///
+/// let rate_only: Throttle = serde_json::from_str(r#"{"rateLimit":2.5}"#).unwrap();
+/// assert_eq!(rate_only, Throttle::new(2.5, 3).unwrap());
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", from = "ThrottleFields")]
 pub struct Throttle {
     /// Bucket capacity: how many requests may arrive at once.
-    #[serde(default)]
     pub burst_limit: u32,
     /// Steady-state requests per second.
-    #[serde(default)]
     pub rate_limit: f64,
+}
+
+/// A throttle as written, either field possibly left out.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ThrottleFields {
+    burst_limit: Option<u32>,
+    rate_limit: Option<f64>,
+}
+
+impl From<ThrottleFields> for Throttle {
+    fn from(fields: ThrottleFields) -> Self {
+        Throttle::completed(fields.rate_limit, fields.burst_limit)
+    }
 }
 
 impl Throttle {
@@ -38,6 +61,39 @@ impl Throttle {
         };
         throttle.validate()?;
         Ok(throttle)
+    }
+
+    /// A throttle from the fields given: one missing is taken from the
+    /// other (burst = ⌈rate⌉, at least 1; rate = burst per second); both
+    /// missing is a throttle of zeros. Not validated.
+    ///
+    /// ```
+    /// use tower_usage_plans::Throttle;
+    ///
+    /// assert_eq!(Throttle::completed(Some(0.1), None).burst_limit, 1);
+    /// assert_eq!(Throttle::completed(None, Some(20)).rate_limit, 20.0);
+    /// assert_eq!(Throttle::completed(Some(5.0), Some(0)).burst_limit, 0);
+    /// ```
+    pub fn completed(rate_limit: Option<f64>, burst_limit: Option<u32>) -> Self {
+        match (rate_limit, burst_limit) {
+            (Some(rate_limit), Some(burst_limit)) => Self {
+                burst_limit,
+                rate_limit,
+            },
+            (Some(rate_limit), None) => Self {
+                // The cast saturates; NaN (refused by `validate`) gives 0.
+                burst_limit: (rate_limit.ceil() as u32).clamp(1, super::MAX_COUNT as u32),
+                rate_limit,
+            },
+            (None, Some(burst_limit)) => Self {
+                burst_limit,
+                rate_limit: f64::from(burst_limit),
+            },
+            (None, None) => Self {
+                burst_limit: 0,
+                rate_limit: 0.0,
+            },
+        }
     }
 
     pub(crate) fn validate(&self) -> Result<()> {
