@@ -133,14 +133,38 @@ pub(crate) fn apply_to_key(key: &mut ApiKey, operations: &[PatchOperation]) -> R
 }
 
 /// Applies UpdateUsagePlan operations to a draft plan.
+/// A quota that a patch sets up from nothing must get both its limit and
+/// its period there: a default for either (a limit of 0 refuses every
+/// request) would be a silent surprise.
 pub(crate) fn apply_to_plan(plan: &mut UsagePlan, operations: &[PatchOperation]) -> Result<()> {
+    let mut new_quota = None;
     for op in operations {
-        apply_plan_op(plan, op)?;
+        apply_plan_op(plan, op, &mut new_quota)?;
     }
-    Ok(())
+    match new_quota {
+        Some(NewQuota {
+            limit: true,
+            period: true,
+        })
+        | None => Ok(()),
+        Some(_) => Err(Error::bad_request(
+            "Invalid quota: a new quota needs both /quota/limit and /quota/period",
+        )),
+    }
 }
 
-fn apply_plan_op(plan: &mut UsagePlan, op: &PatchOperation) -> Result<()> {
+/// Which fields of a quota that the patch sets up from nothing it has set.
+#[derive(Default)]
+struct NewQuota {
+    limit: bool,
+    period: bool,
+}
+
+fn apply_plan_op(
+    plan: &mut UsagePlan,
+    op: &PatchOperation,
+    new_quota: &mut Option<NewQuota>,
+) -> Result<()> {
     let set = op.sets();
     match (op.op.as_str(), op.path.as_str()) {
         ("replace", "/name") => {
@@ -157,10 +181,23 @@ fn apply_plan_op(plan: &mut UsagePlan, op: &PatchOperation) -> Result<()> {
             set_throttle_field(&mut plan.throttle, "burstLimit", op)?
         }
         ("remove", "/throttle") => plan.throttle = None,
-        (_, "/quota/limit") if set => quota(plan).limit = op.integer()?,
-        (_, "/quota/offset") if set => quota(plan).offset = op.integer()?,
-        (_, "/quota/period") if set => quota(plan).period = op.value()?.parse()?,
-        ("remove", "/quota") => plan.quota = None,
+        (_, "/quota/limit") if set => {
+            quota(plan, new_quota).limit = op.integer()?;
+            if let Some(new) = new_quota {
+                new.limit = true;
+            }
+        }
+        (_, "/quota/offset") if set => quota(plan, new_quota).offset = op.integer()?,
+        (_, "/quota/period") if set => {
+            quota(plan, new_quota).period = op.value()?.parse()?;
+            if let Some(new) = new_quota {
+                new.period = true;
+            }
+        }
+        ("remove", "/quota") => {
+            plan.quota = None;
+            *new_quota = None;
+        }
         ("add", "/apiStages") => {
             let (api_id, stage) = stage_name(op.value()?)?;
             if plan.api_stages.iter().any(|s| s.is(&api_id, &stage)) {
@@ -245,27 +282,25 @@ fn apply_stage_op(plan: &mut UsagePlan, op: &PatchOperation, rest: &str) -> Resu
 /// least 1; rate = burst per second) rather than a zero that would refuse
 /// every request.
 fn set_throttle_field(slot: &mut Option<Throttle>, field: &str, op: &PatchOperation) -> Result<()> {
-    let fresh = slot.is_none();
-    let throttle = slot.get_or_insert(Throttle {
-        burst_limit: 0,
-        rate_limit: 0.0,
-    });
+    let (mut rate, mut burst) = match slot {
+        Some(t) => (Some(t.rate_limit), Some(t.burst_limit)),
+        None => (None, None),
+    };
     if field == "rateLimit" {
-        throttle.rate_limit = op.number()?;
-        if fresh {
-            throttle.burst_limit = (throttle.rate_limit.ceil() as u32).max(1);
-        }
+        rate = Some(op.number()?);
     } else {
-        throttle.burst_limit = op.integer()?;
-        if fresh {
-            throttle.rate_limit = f64::from(throttle.burst_limit);
-        }
+        burst = Some(op.integer()?);
     }
+    *slot = Some(Throttle::completed(rate, burst));
     Ok(())
 }
 
-fn quota(plan: &mut UsagePlan) -> &mut Quota {
-    plan.quota.get_or_insert(Quota::new(0, QuotaPeriod::Day))
+/// The plan's quota, set up (and noted as new) if it has none.
+fn quota<'a>(plan: &'a mut UsagePlan, new_quota: &mut Option<NewQuota>) -> &'a mut Quota {
+    plan.quota.get_or_insert_with(|| {
+        *new_quota = Some(NewQuota::default());
+        Quota::new(0, QuotaPeriod::Day)
+    })
 }
 
 fn stage_name(value: &str) -> Result<(String, String)> {
@@ -434,6 +469,38 @@ mod tests {
         );
         assert_eq!(p.quota, Some(Quota::new(100, QuotaPeriod::Week)));
         assert_eq!(p.api_stages, vec![ApiStage::new("api", "beta")]);
+        let mut quotaless = plan();
+        quotaless.quota = None;
+        for half in [
+            vec![op("replace", "/quota/limit", Some("100"))],
+            vec![op("add", "/quota/period", Some("WEEK"))],
+            vec![
+                op("replace", "/quota/offset", Some("1")),
+                op("replace", "/quota/period", Some("DAY")),
+            ],
+            vec![
+                op("replace", "/quota/limit", Some("100")),
+                op("remove", "/quota", None),
+                op("replace", "/quota/period", Some("DAY")),
+            ],
+        ] {
+            let error = apply_to_plan(&mut quotaless.clone(), &half).unwrap_err();
+            assert!(error.to_string().contains("both"), "{half:?}: {error}");
+        }
+        let mut whole = quotaless.clone();
+        apply_to_plan(
+            &mut whole,
+            &[
+                op("add", "/quota/period", Some("MONTH")),
+                op("add", "/quota/limit", Some("9")),
+            ],
+        )
+        .unwrap();
+        assert_eq!(whole.quota, Some(Quota::new(9, QuotaPeriod::Month)));
+        // A plan that has a quota takes its fields one at a time.
+        apply_to_plan(&mut whole, &[op("replace", "/quota/period", Some("DAY"))]).unwrap();
+        assert_eq!(whole.quota, Some(Quota::new(9, QuotaPeriod::Day)));
+
         for bad in [
             op("replace", "/throttle/rateLimit", Some("-1")),
             op("replace", "/throttle/rateLimit", Some("NaN")),

@@ -94,6 +94,40 @@ def test_create_usage_plan_quota_offset_and_month(apigw, uniq):
     assert apigw.get_usage_plan(usagePlanId=resp["id"])["quota"] == resp["quota"]
 
 
+def test_create_usage_plan_partial_throttle_takes_the_missing_half(apigw, uniq):
+    # A throttle of one field gets the other from it (README: "How this
+    # differs from AWS"), not a zero that would refuse every request.
+    rate_only = apigw.create_usage_plan(name=uniq("rate"), throttle={"rateLimit": 2.5})
+    assert rate_only["throttle"] == {"rateLimit": 2.5, "burstLimit": 3}
+    burst_only = apigw.create_usage_plan(
+        name=uniq("burst"), throttle={"burstLimit": 7},
+        apiStages=[{"apiId": "other", "stage": "s",
+                    "throttle": {"/pets/GET": {"rateLimit": 0.1}}}])
+    assert burst_only["throttle"] == {"rateLimit": 7.0, "burstLimit": 7}
+    stage_throttle = burst_only["apiStages"][0]["throttle"]["/pets/GET"]
+    assert stage_throttle == {"rateLimit": 0.1, "burstLimit": 1}
+    for plan in (rate_only, burst_only):
+        assert apigw.get_usage_plan(usagePlanId=plan["id"])["throttle"] == plan["throttle"]
+        apigw.delete_usage_plan(usagePlanId=plan["id"])
+
+
+def test_update_usage_plan_new_quota_needs_limit_and_period(apigw, make_plan, expect_error):
+    plan = make_plan()
+    for ops in (
+        [{"op": "add", "path": "/quota/period", "value": "WEEK"}],
+        [{"op": "replace", "path": "/quota/limit", "value": "100"}],
+        [{"op": "replace", "path": "/quota/offset", "value": "1"}],
+    ):
+        with expect_error("BadRequestException"):
+            apigw.update_usage_plan(usagePlanId=plan["id"], patchOperations=ops)
+        assert "quota" not in apigw.get_usage_plan(usagePlanId=plan["id"])
+    resp = apigw.update_usage_plan(usagePlanId=plan["id"], patchOperations=[
+        {"op": "add", "path": "/quota/limit", "value": "100"},
+        {"op": "add", "path": "/quota/period", "value": "WEEK"},
+    ])
+    assert resp["quota"] == {"limit": 100, "offset": 0, "period": "WEEK"}
+
+
 def test_get_usage_plan_unknown(apigw, expect_error):
     with expect_error("NotFoundException"):
         apigw.get_usage_plan(usagePlanId="nosuchplan" + uuid.uuid4().hex[:6])
