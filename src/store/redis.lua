@@ -39,8 +39,14 @@ if kind ~= "" then
     allow = tonumber(q[4])
     leased = tonumber(q[5]) or 0
   else
-    -- A new period (or a new period kind): start from the limit.
-    redis.call('HSET', k, 'pk', kind, 'ps', pstart, 'pe', pend, 'used', 0)
+    -- A period that ended leaves a new one empty; a new period kind counts
+    -- what was admitted on the new period's days so far (as counter.rs).
+    if q[1] and q[1] ~= kind then
+      for d = math.floor(tonumber(pstart) / 86400), tonumber(day) do
+        used = used + (tonumber(redis.call('HGET', k, 'd:' .. d .. ':u')) or 0)
+      end
+    end
+    redis.call('HSET', k, 'pk', kind, 'ps', pstart, 'pe', pend, 'used', used)
     redis.call('HDEL', k, 'allow', 'leased')
   end
   remaining = quota_left()

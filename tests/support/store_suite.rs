@@ -49,7 +49,43 @@ pub async fn run_all(store: Arc<dyn CounterStore>) {
     set_remaining_and_usage(&*store).await;
     forget_resets(&*store).await;
     history_keeps_a_hundred_days(&*store).await;
+    a_new_period_kind_counts_its_days(&*store).await;
     concurrent_decisions_are_exact(store).await;
+}
+
+/// A plan that moves from DAY to WEEK counts this week's admissions, and
+/// back to DAY, today's: the change never admits more than the new quota.
+async fn a_new_period_kind_counts_its_days(store: &dyn CounterStore) {
+    let counter = CounterKey::new("suite-plan", "period-change");
+    let rule = |period| QuotaRule {
+        quota: Quota::new(5, period),
+        plan_created: 0,
+    };
+    // Friday and Saturday (T0) of the week that began Monday 2026-11-23.
+    for at_time in ["2026-11-27T10:00:00Z", "2026-11-27T11:00:00Z", T0, T0] {
+        let d = decide(
+            store,
+            &counter,
+            None,
+            Some(rule(QuotaPeriod::Day)),
+            at(at_time),
+        )
+        .await;
+        assert_eq!(d.verdict, Verdict::Admitted);
+    }
+    let later = at("2026-11-28T13:00:00Z");
+    let week = decide(store, &counter, None, Some(rule(QuotaPeriod::Week)), later).await;
+    assert_eq!(week.verdict, Verdict::Admitted);
+    assert_eq!(
+        week.quota.unwrap().remaining,
+        0,
+        "4 of 5 were used this week"
+    );
+    let refused = decide(store, &counter, None, Some(rule(QuotaPeriod::Week)), later).await;
+    assert_eq!(refused.verdict, Verdict::QuotaExceeded);
+    let day = decide(store, &counter, None, Some(rule(QuotaPeriod::Day)), later).await;
+    assert_eq!(day.verdict, Verdict::Admitted);
+    assert_eq!(day.quota.unwrap().remaining, 1, "3 of 5 were used today");
 }
 
 async fn quota_is_exact(store: &dyn CounterStore) {
