@@ -215,7 +215,7 @@ impl Counter {
                 Some(rule) if day == today => self.remaining(rule),
                 Some(rule) => match record.or(earlier) {
                     Some(r) if same_period(rule.quota.period, r.day, day) => r.remaining,
-                    _ => rule.limit_for_period(period::bounds(rule.quota.period, day * DAY_SECS).0),
+                    _ => untouched_limit(rule, day),
                 },
             };
             if record.is_some() {
@@ -423,6 +423,17 @@ pub(crate) fn quota_state(
     }
 }
 
+/// What the period of `day` allows with nothing used: the limit, less the
+/// offset in the period the plan was created in (not in the ones before).
+fn untouched_limit(rule: &QuotaRule, day: i64) -> u64 {
+    let (start, end) = period::bounds(rule.quota.period, day * DAY_SECS);
+    if end <= rule.plan_created {
+        rule.quota.limit
+    } else {
+        rule.limit_for_period(start)
+    }
+}
+
 fn same_period(kind: QuotaPeriod, a: i64, b: i64) -> bool {
     period::bounds(kind, a * DAY_SECS).0 == period::bounds(kind, b * DAY_SECS).0
 }
@@ -483,6 +494,25 @@ mod tests {
 
         let restored: Counter = serde_json::from_value(saved.clone()).unwrap();
         assert_eq!(serde_json::to_value(&restored).unwrap(), saved);
+    }
+
+    #[test]
+    fn offset_only_in_the_period_the_plan_was_created_in() {
+        let created = "2026-11-28T12:00:00Z".parse::<jiff::Timestamp>().unwrap();
+        let rule = QuotaRule {
+            quota: Quota::new(10, QuotaPeriod::Month).with_offset(3).unwrap(),
+            plan_created: created.as_second(),
+        };
+        let date = |s: &str| s.parse::<Date>().unwrap();
+        let usage = Counter::default().usage(
+            Some(&rule),
+            crate::clock::to_nanos(created),
+            date("2026-10-31"),
+            date("2026-12-01"),
+        );
+        assert_eq!(usage[0], [0, 10], "October: before the plan existed");
+        assert_eq!(usage[1], [0, 7], "November: the plan's first period");
+        assert_eq!(usage[31], [0, 10], "December");
     }
 
     #[test]
