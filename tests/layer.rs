@@ -104,6 +104,41 @@ async fn quota_refusal_is_aws_shaped_with_headers() {
 }
 
 #[tokio::test]
+async fn limits_of_zero_never_admit_and_say_so() {
+    let clock = clock(NOW);
+    let plans = plans_with_clock(&clock);
+    plan_with_key(
+        &plans,
+        NewUsagePlan::new("q0").with_quota(Quota::new(0, QuotaPeriod::Day)),
+        KEY,
+    );
+    let layer = UsagePlanLayer::new(plans);
+    let refused = get(&layer, KEY).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    // The day ends in 12 hours, but tomorrow allows none either.
+    assert_eq!(header(&refused, "retry-after"), Some("86400"));
+    assert_eq!(
+        header(&refused, "ratelimit"),
+        Some(r#""quota";r=0;t=43200"#)
+    );
+
+    let plans = plans_with_clock(&clock);
+    plan_with_key(
+        &plans,
+        NewUsagePlan::new("b0").with_throttle(Throttle::new(10.0, 0).unwrap()),
+        KEY,
+    );
+    let refused = get(&UsagePlanLayer::new(plans), KEY).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(header(&refused, "retry-after"), Some("86400"));
+    // No token will ever come: not "t=0".
+    assert_eq!(
+        header(&refused, "ratelimit"),
+        Some(r#""throttle";r=0;t=86400"#)
+    );
+}
+
+#[tokio::test]
 async fn throttle_burst_then_refill_with_controlled_time() {
     let clock = clock(NOW);
     let plans = plans_with_clock(&clock);

@@ -8,7 +8,7 @@ use super::{Refusal, RefusalResponse, UsageContext};
 use crate::key::{KeySource, RequestHead};
 use crate::registry::{digest, Stage};
 use crate::route::{normalize, MethodRoute};
-use crate::store::{Decision, DecisionRequest, StoreFuture, Verdict};
+use crate::store::{Decision, DecisionRequest, QuotaState, StoreFuture, Verdict};
 use crate::{Result, UsagePlans};
 
 /// What the layer does when its counter store fails.
@@ -116,13 +116,14 @@ impl Config {
             Verdict::Throttled => (
                 Refusal::Throttled,
                 decision.throttle.map(|t| match decision.quota {
-                    Some(q) if q.remaining == 0 => t.retry_after_secs.max(q.reset_secs),
+                    Some(q) if q.remaining == 0 => t.retry_after_secs.max(quota_retry_secs(&q)),
                     _ => t.retry_after_secs,
                 }),
             ),
-            Verdict::QuotaExceeded => {
-                (Refusal::QuotaExceeded, decision.quota.map(|q| q.reset_secs))
-            }
+            Verdict::QuotaExceeded => (
+                Refusal::QuotaExceeded,
+                decision.quota.as_ref().map(quota_retry_secs),
+            ),
         };
         let headers = RateLimitHeaders::new(
             &decision,
@@ -145,5 +146,14 @@ impl Config {
         }
         response.extensions_mut().insert(reason);
         response
+    }
+}
+/// When a spent quota can admit again: when its period ends — or never
+/// (a day, as for a throttle that never refills) if its limit is 0.
+fn quota_retry_secs(quota: &QuotaState) -> u64 {
+    if quota.limit == 0 {
+        quota.reset_secs.max(crate::limit::NEVER_SECS)
+    } else {
+        quota.reset_secs
     }
 }

@@ -58,7 +58,10 @@ impl Bucket {
         ThrottleState {
             burst_limit: throttle.burst_limit,
             tokens,
-            next_token_secs: if self.tokens >= f64::from(throttle.burst_limit) {
+            // A bucket of no tokens is never refilled: no token comes.
+            next_token_secs: if throttle.burst_limit == 0 {
+                super::NEVER_SECS
+            } else if self.tokens >= f64::from(throttle.burst_limit) {
                 0
             } else {
                 secs_until(whole + 1.0 - self.tokens, throttle.rate_limit)
@@ -156,6 +159,18 @@ mod tests {
             assert_eq!(state.retry_after_secs, crate::limit::NEVER_SECS, "{rate}");
             assert_eq!(state.next_token_secs, crate::limit::NEVER_SECS, "{rate}");
         }
+    }
+
+    #[test]
+    fn zero_burst_says_no_token_ever_comes() {
+        let throttle = Throttle::new(10.0, 0).unwrap();
+        let mut bucket = Bucket::full(&throttle, 0);
+        bucket.refill(&throttle, SEC);
+        let state = bucket.state(&throttle);
+        assert!(!bucket.has_token());
+        assert_eq!(state.tokens, 0);
+        assert_eq!(state.next_token_secs, crate::limit::NEVER_SECS);
+        assert_eq!(state.retry_after_secs, crate::limit::NEVER_SECS);
     }
 
     #[test]

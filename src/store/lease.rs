@@ -119,7 +119,9 @@ impl Leases {
                     burst_limit: burst,
                     tokens,
                     next_token_secs: if tokens < burst && rule.throttle.rate_limit > 0.0 {
-                        (1.0 / rule.throttle.rate_limit).ceil() as u64
+                        // Capped like a bucket's (a tiny rate would overflow).
+                        ((1.0 / rule.throttle.rate_limit).ceil() as u64)
+                            .min(crate::limit::NEVER_SECS)
                     } else {
                         0
                     },
