@@ -26,6 +26,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Notify};
 use tower_usage_plans::gateway::{FilePlan, Gateway, GatewayConfig};
@@ -320,6 +321,38 @@ async fn echo_upstream_describes_the_request_without_the_key() {
     assert_eq!(headers["x-amzn-errortype"], "ForbiddenException");
     assert_eq!(json(&body), serde_json::json!({"message": "Forbidden"}));
 
+    gateway.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_client_that_stalls_in_its_headers_loses_the_connection() {
+    let mut config = config(100);
+    config.header_read_timeout = Duration::from_millis(300);
+    let gateway = Gateway::start(config).await.unwrap();
+    let mut stream = tokio::net::TcpStream::connect(gateway.data_addr())
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /slow HTTP/1.1\r\nhost: gateway\r\nx-api-key: ")
+        .await
+        .unwrap();
+    // The gateway closes it (after answering 408, or not): the read ends.
+    let mut answer = Vec::new();
+    within(
+        "the stalled connection to be closed",
+        stream.read_to_end(&mut answer),
+    )
+    .await
+    .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+    // The gateway still serves; only that request was counted.
+    let (status, _, _) = get(gateway.data_addr(), "/", Some(KEY)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(used_today(&gateway).await[0], 1);
     gateway.shutdown().await.unwrap();
 }
 

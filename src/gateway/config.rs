@@ -37,6 +37,10 @@ pub struct Cli {
     /// Seconds to wait for the upstream's response head before a 504 [default: 30].
     #[arg(long, value_name = "SECS")]
     pub upstream_timeout: Option<f64>,
+    /// Seconds a client may take to send a request's headers before its
+    /// connection is closed (slow clients hold connections) [default: 30].
+    #[arg(long, value_name = "SECS")]
+    pub header_read_timeout: Option<f64>,
     /// The stage this gateway serves [default: gateway:prod].
     #[arg(long, value_name = "API_ID:STAGE")]
     pub stage: Option<String>,
@@ -69,6 +73,7 @@ struct FileConfig {
     metrics_listen: Option<SocketAddr>,
     upstream: Option<String>,
     upstream_timeout_secs: Option<f64>,
+    header_read_timeout_secs: Option<f64>,
     stage: Option<String>,
     state_file: Option<PathBuf>,
     redis: Option<String>,
@@ -113,6 +118,8 @@ pub struct GatewayConfig {
     pub upstream: Option<http::Uri>,
     /// Upstream response-head timeout.
     pub upstream_timeout: Duration,
+    /// How long a client may take to send a request's headers.
+    pub header_read_timeout: Duration,
     /// `(api_id, stage)`.
     pub stage: (String, String),
     /// Admin API credentials.
@@ -141,6 +148,7 @@ impl Default for GatewayConfig {
             metrics_listen: None,
             upstream: None,
             upstream_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(30),
             stage: ("gateway".into(), "prod".into()),
             admin_credentials: AdminCredentials::new(),
             state_file: None,
@@ -191,13 +199,10 @@ impl GatewayConfig {
             None => None,
         };
         if let Some(secs) = cli.upstream_timeout.or(file.upstream_timeout_secs) {
-            if !(secs.is_finite() && secs > 0.0) {
-                return Err(format!(
-                    "upstream_timeout_secs: {secs} must be a positive number of seconds"
-                ));
-            }
-            config.upstream_timeout = Duration::try_from_secs_f64(secs)
-                .map_err(|e| format!("upstream_timeout_secs: {secs}: {e}"))?;
+            config.upstream_timeout = positive_secs("upstream_timeout_secs", secs)?;
+        }
+        if let Some(secs) = cli.header_read_timeout.or(file.header_read_timeout_secs) {
+            config.header_read_timeout = positive_secs("header_read_timeout_secs", secs)?;
         }
         if let Some(stage) = cli.stage.or(file.stage) {
             config.stage = match stage.split_once(':') {
@@ -255,6 +260,16 @@ impl GatewayConfig {
 }
 
 /// The file, with its `[[plans]]` read apart from their `keys`.
+/// A `name` setting of `secs` seconds, which must be positive.
+fn positive_secs(name: &str, secs: f64) -> Result<Duration, String> {
+    if !(secs.is_finite() && secs > 0.0) {
+        return Err(format!(
+            "{name}: {secs} must be a positive number of seconds"
+        ));
+    }
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("{name}: {secs}: {e}"))
+}
+
 fn read_file(path: &Path) -> Result<(FileConfig, Vec<FilePlan>), String> {
     let at = |e: String| format!("{}: {e}", path.display());
     let text = std::fs::read_to_string(path).map_err(|e| at(e.to_string()))?;

@@ -31,7 +31,7 @@ use bytes::Bytes;
 use http::{HeaderName, Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
@@ -127,10 +127,12 @@ impl Gateway {
             config.upstream_timeout,
         ));
         let key_header = HeaderName::from_static("x-api-key");
+        let header_read_timeout = config.header_read_timeout;
         servers.push(tokio::spawn(serve(
             data,
             stopped.clone(),
             graceful.clone(),
+            header_read_timeout,
             move |remote| metrics::Metered {
                 inner: layer.layer(proxy::Proxy::new(
                     upstream.clone(),
@@ -144,6 +146,7 @@ impl Gateway {
             admin,
             stopped.clone(),
             graceful.clone(),
+            header_read_timeout,
             move |_| admin_service.clone(),
         )));
         if let Some(listener) = metrics_listener {
@@ -152,6 +155,7 @@ impl Gateway {
                 listener,
                 stopped.clone(),
                 graceful.clone(),
+                header_read_timeout,
                 move |_| MetricsEndpoint(handle),
             )));
         }
@@ -374,10 +378,13 @@ async fn run(
 }
 
 /// Accepts connections until stopped; each is served by `make(remote)`.
+/// A client that takes longer than `header_read_timeout` to send a
+/// request's headers loses its connection (it would hold it, and shutdown).
 async fn serve<S, B>(
     listener: TcpListener,
     mut stopped: watch::Receiver<bool>,
     graceful: Arc<GracefulShutdown>,
+    header_read_timeout: Duration,
     make: impl Fn(SocketAddr) -> S,
 ) where
     S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
@@ -387,7 +394,11 @@ async fn serve<S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
     loop {
         let (stream, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
