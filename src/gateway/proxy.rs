@@ -155,7 +155,11 @@ impl Proxy {
     /// What every upstream sees: no hop-by-hop headers, no API key, the key
     /// id instead, and the client in `x-forwarded-for` / `forwarded`.
     fn prepare(&self, parts: &mut http::request::Parts) {
-        let original_host = parts.headers.get(header::HOST).cloned();
+        // HTTP/2 carries the host in the URI's authority, not in `Host`.
+        let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+            let authority = parts.uri.authority()?;
+            HeaderValue::from_str(authority.as_str()).ok()
+        });
         prepare_headers(
             &mut parts.headers,
             &self.key_header,
@@ -272,24 +276,31 @@ fn prepare_headers(
     strip_hop_by_hop(headers);
     headers.remove(key_header);
     headers.remove(&X_API_KEY_ID);
-    let forwarded_for = match headers.get(&X_FORWARDED_FOR).map(HeaderValue::to_str) {
-        Some(Ok(previous)) => {
+    let forwarded_for = match joined(headers, &X_FORWARDED_FOR) {
+        Some(previous) => {
             HeaderValue::from_str(&format!("{previous}, {}", client.forwarded_ip())).ok()
         }
-        _ => Some(client.ip.clone()),
+        None => Some(client.ip.clone()),
     };
     if let Some(value) = forwarded_for {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
     let mut element = String::with_capacity(client.forwarded.len() + 64);
-    if let Some(Ok(previous)) = headers.get(header::FORWARDED).map(HeaderValue::to_str) {
-        element.push_str(previous);
+    if let Some(previous) = joined(headers, &header::FORWARDED) {
+        element.push_str(&previous);
         element.push_str(", ");
     }
     element.push_str(&client.forwarded);
     if let Some(host) = host.as_ref().and_then(|h| h.to_str().ok()) {
+        // A quoted-string (RFC 7239 §4): the client's Host cannot close it
+        // and add parameters of its own.
         element.push_str(";host=\"");
-        element.push_str(host);
+        for c in host.chars() {
+            if c == '"' || c == '\\' {
+                element.push('\\');
+            }
+            element.push(c);
+        }
         element.push('"');
     }
     if let Ok(value) = HeaderValue::from_str(&element) {
@@ -298,6 +309,14 @@ fn prepare_headers(
     if let Some(host) = host {
         headers.insert(X_FORWARDED_HOST.clone(), host);
     }
+}
+
+/// Every field line of `name`, as one comma-separated list (RFC 9110 §5.3);
+/// `None` if there is none (lines that are not text are left out).
+fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let mut lines = headers.get_all(name).iter().filter_map(|v| v.to_str().ok());
+    let first = lines.next()?;
+    Some(lines.fold(first.to_owned(), |list, line| list + ", " + line))
 }
 
 impl ClientAddress {
@@ -422,5 +441,48 @@ mod tests {
             );
         }
         assert_eq!(http("http://up:80/api").host, "up:80");
+    }
+
+    fn prepared(lines: &[(&str, &str)], host: Option<&str>) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in lines {
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        let proxy = Proxy::new(
+            Arc::new(Upstream::Echo),
+            HeaderName::from_static("x-api-key"),
+            ([10, 0, 0, 7], 4321).into(),
+        );
+        let host = host.map(|h| HeaderValue::from_str(h).unwrap());
+        prepare_headers(&mut headers, &proxy.key_header, &proxy.client, host);
+        headers
+    }
+
+    #[test]
+    fn forwarding_headers_keep_every_earlier_line_and_quote_the_host() {
+        let headers = prepared(
+            &[
+                ("x-forwarded-for", "1.1.1.1"),
+                ("x-forwarded-for", "2.2.2.2"),
+                ("forwarded", "for=1.1.1.1"),
+                ("forwarded", "for=2.2.2.2"),
+            ],
+            Some(r#"a";for=6.6.6.6;x="\"#),
+        );
+        assert_eq!(headers["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.0.0.7");
+        assert_eq!(
+            headers["forwarded"],
+            r#"for=1.1.1.1, for=2.2.2.2, for=10.0.0.7;proto=http;host="a\";for=6.6.6.6;x=\"\\""#
+        );
+        let plain = prepared(&[], Some("example.com:8080"));
+        assert_eq!(plain["x-forwarded-for"], "10.0.0.7");
+        assert_eq!(
+            plain["forwarded"],
+            r#"for=10.0.0.7;proto=http;host="example.com:8080""#
+        );
+        assert_eq!(plain["x-forwarded-host"], "example.com:8080");
     }
 }
