@@ -154,6 +154,30 @@ async fn leased_replicas_admit_exactly_the_quota_and_honour_update_usage() {
     c.shutdown().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_replica_gives_its_expired_lease_back() {
+    let redis = Redis::start();
+    let a = Gateway::start(config_with(&redis.url(), 300, StoreFailure::FailOpen, true))
+        .await
+        .unwrap();
+    let plan = a.plans().usage_plans()[0].clone();
+    let key_id = a.plans().api_key_by_value(KEY).unwrap().id;
+    assert_eq!(status(&client(), a.data_addr()).await, 200);
+    let leased = usage_today(a.plans(), &plan.id, &key_id).await[0];
+    assert!(leased > 1, "the first request leased a slice ({leased})");
+    // No more requests: the lease expires (1 s) and the gateway gives it
+    // back on its own, so the shared count falls to the one admitted.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while usage_today(a.plans(), &plan.id, &key_id).await[0] != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the expired lease was never given back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    a.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_replicas_admit_exactly_the_quota_and_share_admin_changes() {
     let redis = Redis::start();

@@ -319,10 +319,18 @@ impl Backing {
                 .save(plans, store)
                 .await
                 .map_err(|e| format!("could not write the state file: {e}")),
-            Self::Redis(replica, _) => replica
-                .sync()
-                .await
-                .map_err(|e| format!("could not sync the registry through Redis: {e}")),
+            Self::Redis(replica, store) => {
+                // Leases this replica stopped spending: their units would
+                // count as used for every replica until given back.
+                store
+                    .give_back_expired_leases()
+                    .await
+                    .map_err(|e| format!("could not give expired leases back: {e}"))?;
+                replica
+                    .sync()
+                    .await
+                    .map_err(|e| format!("could not sync the registry through Redis: {e}"))
+            }
         }
     }
 

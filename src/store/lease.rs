@@ -164,15 +164,34 @@ impl Leases {
 
     /// Takes every lease that still holds something, to give it all back.
     pub(crate) fn drain(&self) -> Vec<(Slot, Lease)> {
-        self.slots
-            .iter()
-            .map(|slot| {
-                let mut lease = slot.lock();
-                let taken = *lease;
-                lease.unspent = Unspent::default();
-                (slot.key().clone(), taken)
-            })
-            .filter(|(_, lease)| lease.unspent.granted > 0 || lease.unspent.tokens > 0)
-            .collect()
+        let mut taken = Vec::new();
+        self.slots.retain(|slot, lease| {
+            taken.extend(take_held(slot, lease.get_mut()));
+            true
+        });
+        taken
     }
+
+    /// Takes the leases that expired by `now_us` and still hold something
+    /// (a replica that stops deciding for a key would otherwise keep its
+    /// units counted as used until the period ends), and forgets them.
+    pub(crate) fn drain_expired(&self, now_us: i64) -> Vec<(Slot, Lease)> {
+        let mut taken = Vec::new();
+        self.slots.retain(|slot, lease| {
+            let lease = lease.get_mut();
+            if now_us < lease.expires_us {
+                return true;
+            }
+            taken.extend(take_held(slot, lease));
+            false
+        });
+        taken
+    }
+}
+
+/// What `lease` holds, taken out of it; `None` if nothing.
+fn take_held(slot: &Slot, lease: &mut Lease) -> Option<(Slot, Lease)> {
+    let taken = *lease;
+    lease.unspent = Unspent::default();
+    (taken.unspent.granted > 0 || taken.unspent.tokens > 0).then(|| (slot.clone(), taken))
 }

@@ -109,10 +109,32 @@ impl RedisStore {
     /// `Store` if Redis cannot be reached; the units stay counted as used
     /// until their period ends.
     pub async fn give_back_leases(&self) -> Result<()> {
-        let Some(leases) = &self.leases else {
-            return Ok(());
-        };
-        for ((counter, bucket), lease) in leases.drain() {
+        match &self.leases {
+            Some(leases) => self.give_back(leases.drain()).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Gives back what expired leases still hold. Call it about as often
+    /// as leases expire (the gateway does, every 200 ms): a lease is
+    /// otherwise given back only by the next decision of its key on this
+    /// replica, and until then its units count as used for every replica.
+    ///
+    /// # Errors
+    /// `Store` if Redis cannot be reached; the units stay counted as used
+    /// until their period ends.
+    pub async fn give_back_expired_leases(&self) -> Result<()> {
+        match &self.leases {
+            Some(leases) => {
+                let now_us = jiff::Timestamp::now().as_microsecond();
+                self.give_back(leases.drain_expired(now_us)).await
+            }
+            None => Ok(()),
+        }
+    }
+
+    async fn give_back(&self, leases: Vec<(lease::Slot, Lease)>) -> Result<()> {
+        for ((counter, bucket), lease) in leases {
             let now = jiff::Timestamp::now();
             let mut args = Args::new(now.into(), lease.quota.as_ref());
             if let Some(throttle) = lease.throttle {
