@@ -284,6 +284,23 @@ async fn redis_down_fails_open_or_closed_and_enforcement_resumes() {
     closed.shutdown().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_while_redis_is_down_says_so_and_does_not_hang() {
+    let mut redis = Redis::start();
+    let gateway = Gateway::start(config_with(&redis.url(), 100, StoreFailure::FailOpen, true))
+        .await
+        .unwrap();
+    assert_eq!(status(&client(), gateway.data_addr()).await, 200);
+    redis.stop();
+    // The lease and the registry cannot be flushed: an error, promptly
+    // (the flush gives up after 3 s), not a hang or a silent success.
+    let stopped = tokio::time::timeout(Duration::from_secs(30), gateway.shutdown())
+        .await
+        .expect("shutdown hung on the unreachable Redis");
+    let error = stopped.unwrap_err();
+    assert!(error.contains("Redis"), "{error}");
+}
+
 /// `scripts/test.sh` starts a 3-node Redis Cluster and sets `REDIS_CLUSTER_URL`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_share_a_redis_cluster() {

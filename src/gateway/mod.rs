@@ -50,6 +50,9 @@ use crate::{AdminService, Error, ErrorKind, NewUsagePlan, UsagePlanLayer, UsageP
 /// How long in-flight requests may take to finish after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long the last flush to Redis may take on stop.
+const REDIS_FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// A running gateway.
 #[derive(Debug)]
 pub struct Gateway {
@@ -334,13 +337,28 @@ impl Backing {
         }
     }
 
-    /// Gives leased quota back (Redis with leases); nothing otherwise.
-    async fn release(&self) {
+    /// The last flush, on stop: the state file; or leased quota given back
+    /// and the registry synced — within [`REDIS_FLUSH_TIMEOUT`], so an
+    /// unreachable Redis does not hold the exit.
+    async fn flush(&mut self, plans: &UsagePlans) -> Result<(), String> {
         if let Self::Redis(_, store) = self {
-            if let Err(e) = store.give_back_leases().await {
-                tracing::warn!(error = %e, "could not give leased quota back");
-            }
+            let store = store.clone();
+            let last = async {
+                if let Err(e) = store.give_back_leases().await {
+                    tracing::warn!(error = %e, "could not give leased quota back");
+                }
+                self.persist(plans).await
+            };
+            return tokio::time::timeout(REDIS_FLUSH_TIMEOUT, last)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(format!(
+                        "Redis did not answer within {REDIS_FLUSH_TIMEOUT:?}: leased quota \
+                         and registry changes not flushed"
+                    ))
+                });
         }
+        self.persist(plans).await
     }
 }
 
@@ -378,8 +396,7 @@ async fn run(
     {
         tracing::warn!("in-flight requests did not finish within {DRAIN_TIMEOUT:?}");
     }
-    backing.release().await;
-    backing.persist(&plans).await?;
+    backing.flush(&plans).await?;
     tracing::info!("state flushed");
     tracing::info!("gateway stopped");
     Ok(())
