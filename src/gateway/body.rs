@@ -1,5 +1,6 @@
-//! The gateway's response body: a buffered one (refusals, echo, errors) or
-//! the upstream's, streamed through.
+//! The gateway's bodies: a buffered one (refusals, echo, errors, a replayed
+//! request's empty body) or a streamed one passed through (the upstream's
+//! response, the client's request).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -14,7 +15,7 @@ use pin_project_lite::pin_project;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pin_project! {
-    /// A buffered body or the upstream's streamed body.
+    /// A buffered body or a streamed one passed through.
     pub struct GatewayBody {
         #[pin]
         inner: Inner,
@@ -25,7 +26,7 @@ pin_project! {
     #[project = InnerProj]
     enum Inner {
         Full { #[pin] body: Full<Bytes> },
-        Upstream { #[pin] body: Incoming },
+        Streamed { #[pin] body: Incoming },
     }
 }
 
@@ -39,6 +40,22 @@ impl From<Bytes> for GatewayBody {
     }
 }
 
+impl std::fmt::Debug for GatewayBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.inner {
+            Inner::Full { .. } => "GatewayBody::Full",
+            Inner::Streamed { .. } => "GatewayBody::Streamed",
+        })
+    }
+}
+
+impl Default for GatewayBody {
+    /// Empty.
+    fn default() -> Self {
+        Bytes::new().into()
+    }
+}
+
 impl From<String> for GatewayBody {
     fn from(text: String) -> Self {
         Bytes::from(text).into()
@@ -48,7 +65,7 @@ impl From<String> for GatewayBody {
 impl From<Incoming> for GatewayBody {
     fn from(body: Incoming) -> Self {
         Self {
-            inner: Inner::Upstream { body },
+            inner: Inner::Streamed { body },
         }
     }
 }
@@ -63,21 +80,21 @@ impl Body for GatewayBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project().inner.project() {
             InnerProj::Full { body } => body.poll_frame(cx).map_err(|never| match never {}),
-            InnerProj::Upstream { body } => body.poll_frame(cx).map_err(Into::into),
+            InnerProj::Streamed { body } => body.poll_frame(cx).map_err(Into::into),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             Inner::Full { body } => body.is_end_stream(),
-            Inner::Upstream { body } => body.is_end_stream(),
+            Inner::Streamed { body } => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             Inner::Full { body } => body.size_hint(),
-            Inner::Upstream { body } => body.size_hint(),
+            Inner::Streamed { body } => body.size_hint(),
         }
     }
 }

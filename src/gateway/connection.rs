@@ -9,9 +9,16 @@
 //! upstream connection is kept among [`SpareConnections`] for the next
 //! client connection, so clients that do not keep their connections alive
 //! still reuse upstream ones.
+//!
+//! An upstream may close a keep-alive connection that sat idle just as a
+//! request goes out on it (Node.js closes after 5 s, say). A request
+//! without a body to an idempotent method that meets that fate on a
+//! connection idle for [`REPLAY_AFTER_IDLE`] or more goes again, once, on
+//! a new connection — nginx does the same — instead of a 502.
 
 use std::io;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use http::uri::Authority;
 use http::{Request, Response};
@@ -21,10 +28,12 @@ use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
 
+use super::body::GatewayBody;
+
 /// The state of a client connection's own upstream connection, sending
 /// request bodies of type `B`.
 #[derive(Debug)]
-pub(crate) struct OwnConnection<B = Incoming> {
+pub(crate) struct OwnConnection<B = GatewayBody> {
     state: Mutex<State<B>>,
     spares: Arc<SpareConnections<B>>,
 }
@@ -33,14 +42,21 @@ pub(crate) struct OwnConnection<B = Incoming> {
 enum State<B> {
     /// None yet, or the last one failed.
     Empty,
-    Idle(SendRequest<B>),
+    /// Since when it has been idle.
+    Idle(SendRequest<B>, Instant),
     /// A request is using it.
     Busy,
 }
 
+/// How long a connection must have sat idle before a request that finds
+/// it closed under it is replayed: below any upstream's idle timeout, and
+/// long enough that a connection in steady use never pays for the copy of
+/// the request's head that a replay needs.
+pub(crate) const REPLAY_AFTER_IDLE: Duration = Duration::from_millis(100);
+
 /// Why a request did not go over the own connection.
 #[derive(Debug)]
-pub(crate) enum OwnError<B = Incoming> {
+pub(crate) enum OwnError<B = GatewayBody> {
     /// It is in use: send through the pool (boxed: the rare case).
     Busy(Box<Request<B>>),
     /// The upstream could not be reached or failed the request.
@@ -49,7 +65,7 @@ pub(crate) enum OwnError<B = Incoming> {
 
 /// Upstream connections whose client connections ended, for new ones.
 #[derive(Debug)]
-pub(crate) struct SpareConnections<B = Incoming>(Mutex<Vec<SendRequest<B>>>);
+pub(crate) struct SpareConnections<B = GatewayBody>(Mutex<Vec<SendRequest<B>>>);
 
 impl<B> Default for SpareConnections<B> {
     fn default() -> Self {
@@ -91,7 +107,7 @@ impl<B> SpareConnections<B> {
     }
 }
 
-impl<B: UpstreamBody> OwnConnection<B> {
+impl<B: UpstreamBody + Default> OwnConnection<B> {
     pub(crate) fn new(spares: Arc<SpareConnections<B>>) -> Self {
         Self {
             state: Mutex::new(State::Empty),
@@ -112,25 +128,42 @@ impl<B: UpstreamBody> OwnConnection<B> {
             return Err(OwnError::Busy(Box::new(request)));
         };
         for attempt in 0..2 {
-            let reused = checkout.sender.take().or_else(|| self.spares.take());
-            let mut sender = match reused {
-                Some(sender) if !sender.is_closed() => sender,
-                _ => connect(authority)
-                    .await
-                    .map_err(|e| OwnError::Failed(e.to_string()))?,
+            let (reused, idle) = match checkout.sender.take() {
+                Some(sender) => (Some(sender), checkout.idle_since.elapsed()),
+                // A spare has sat idle since its client connection ended.
+                None if attempt == 0 => (self.spares.take(), REPLAY_AFTER_IDLE),
+                // The second attempt: a new connection, not another stale one.
+                None => (None, Duration::ZERO),
+            };
+            let (mut sender, long_idle) = match reused {
+                Some(sender) if !sender.is_closed() => (sender, idle >= REPLAY_AFTER_IDLE),
+                _ => (
+                    connect(authority)
+                        .await
+                        .map_err(|e| OwnError::Failed(e.to_string()))?,
+                    false,
+                ),
             };
             // HTTP/1: ready once the previous response's body is through.
             if sender.ready().await.is_err() {
                 continue;
             }
+            let replay = (long_idle && attempt == 0)
+                .then(|| Replay::of(&request))
+                .flatten();
             match sender.try_send_request(request).await {
                 Ok(response) => {
                     checkout.sender = Some(sender);
                     return Ok(response);
                 }
-                Err(mut e) => match e.take_message() {
+                Err(mut e) => match (e.take_message(), replay) {
                     // Never written: the connection had closed; try another.
-                    Some(unsent) if attempt == 0 => request = unsent,
+                    (Some(unsent), _) if attempt == 0 => request = unsent,
+                    // Written, but the idle connection closed before any
+                    // answer: the upstream cannot have acted on it.
+                    (None, Some(replay)) if e.error().is_incomplete_message() => {
+                        request = replay.request();
+                    }
                     _ => return Err(OwnError::Failed(e.into_error().to_string())),
                 },
             }
@@ -140,27 +173,58 @@ impl<B: UpstreamBody> OwnConnection<B> {
 
     fn checkout(&self) -> Option<Checkout<'_, B>> {
         let mut state = self.state.lock();
-        let sender = match std::mem::replace(&mut *state, State::Busy) {
+        let (sender, idle_since) = match std::mem::replace(&mut *state, State::Busy) {
             State::Busy => return None,
-            State::Empty => None,
+            State::Empty => (None, Instant::now()),
             // Still carrying an earlier response's body (HTTP/2 streams):
             // waiting for it could take as long as that body.
-            State::Idle(sender) if !sender.is_ready() && !sender.is_closed() => {
-                *state = State::Idle(sender);
+            State::Idle(sender, since) if !sender.is_ready() && !sender.is_closed() => {
+                *state = State::Idle(sender, since);
                 return None;
             }
-            State::Idle(sender) => Some(sender),
+            State::Idle(sender, since) => (Some(sender), since),
         };
         Some(Checkout {
             owner: self,
             sender,
+            idle_since,
         })
+    }
+}
+
+/// What it takes to send a request again: its head. Only for requests
+/// without a body to idempotent methods (RFC 9110 §9.2.2).
+struct Replay {
+    method: http::Method,
+    uri: http::Uri,
+    version: http::Version,
+    headers: http::HeaderMap,
+}
+
+impl Replay {
+    fn of<B: Body>(request: &Request<B>) -> Option<Self> {
+        let idempotent = request.method().is_idempotent();
+        (idempotent && request.body().is_end_stream()).then(|| Self {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            version: request.version(),
+            headers: request.headers().clone(),
+        })
+    }
+
+    fn request<B: Default>(self) -> Request<B> {
+        let mut request = Request::new(B::default());
+        *request.method_mut() = self.method;
+        *request.uri_mut() = self.uri;
+        *request.version_mut() = self.version;
+        *request.headers_mut() = self.headers;
+        request
     }
 }
 
 impl<B> Drop for OwnConnection<B> {
     fn drop(&mut self) {
-        if let State::Idle(sender) = std::mem::replace(self.state.get_mut(), State::Empty) {
+        if let State::Idle(sender, _) = std::mem::replace(self.state.get_mut(), State::Empty) {
             if !sender.is_closed() {
                 self.spares.put(sender);
             }
@@ -173,12 +237,14 @@ impl<B> Drop for OwnConnection<B> {
 struct Checkout<'a, B> {
     owner: &'a OwnConnection<B>,
     sender: Option<SendRequest<B>>,
+    /// When the checked-out connection last went idle.
+    idle_since: Instant,
 }
 
 impl<B> Drop for Checkout<'_, B> {
     fn drop(&mut self) {
         *self.owner.state.lock() = match self.sender.take() {
-            Some(sender) => State::Idle(sender),
+            Some(sender) => State::Idle(sender, Instant::now()),
             None => State::Empty,
         };
     }
@@ -280,6 +346,71 @@ mod tests {
         assert_eq!(get(&third, &authority).await, "1");
         drop((second, third));
         assert_eq!(spares.0.lock().len(), 2);
+    }
+
+    /// An upstream that answers the first request of each connection with
+    /// the connection's number, and closes the connection when the second
+    /// request has come in (its idle timeout firing as the request came).
+    async fn one_request_per_connection_upstream() -> SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut number = 0u32;
+            while let Ok((mut stream, _)) = listener.accept().await {
+                number += 1;
+                tokio::spawn(async move {
+                    let mut read = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    let heads = |read: &[u8]| read.windows(4).filter(|w| w == b"\r\n\r\n").count();
+                    while heads(&read) < 2 {
+                        let n = stream.read(&mut buf).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        read.extend_from_slice(&buf[..n]);
+                        if heads(&read) == 1 && !read.ends_with(b"answered") {
+                            let body = number.to_string();
+                            let head = format!(
+                                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
+                                body.len()
+                            );
+                            stream.write_all(head.as_bytes()).await.unwrap();
+                            stream.write_all(body.as_bytes()).await.unwrap();
+                            read.extend_from_slice(b"answered");
+                        }
+                    }
+                    // The second request: closed without an answer.
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_bodiless_idempotent_request_on_a_long_idle_connection_closed_under_it_goes_again() {
+        let authority: Authority = one_request_per_connection_upstream()
+            .await
+            .to_string()
+            .parse()
+            .unwrap();
+        let own = OwnConnection::new(Arc::default());
+        assert_eq!(get(&own, &authority).await, "1");
+        // The connection sits idle long enough to be worth a replay.
+        tokio::time::sleep(REPLAY_AFTER_IDLE + Duration::from_millis(20)).await;
+        assert_eq!(
+            get(&own, &authority).await,
+            "2",
+            "replayed on a new connection"
+        );
+
+        // The same for a POST: not idempotent, so not sent again.
+        tokio::time::sleep(REPLAY_AFTER_IDLE + Duration::from_millis(20)).await;
+        let post = Request::post("/").body(Empty::<Bytes>::new()).unwrap();
+        match own.send(&authority, post).await {
+            Err(OwnError::Failed(_)) => {}
+            other => panic!("a POST must not be replayed: {other:?}"),
+        }
     }
 
     #[tokio::test]

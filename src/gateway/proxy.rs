@@ -37,7 +37,7 @@ pub(crate) enum Upstream {
 /// A pooled client and what every forwarded request shares, computed once.
 #[derive(Clone, Debug)]
 pub(crate) struct HttpUpstream {
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, GatewayBody>,
     scheme: Scheme,
     authority: Authority,
     /// The base URL's path without its trailing `/` (often empty).
@@ -194,7 +194,7 @@ async fn forward(
     let timeout = upstream.timeout;
     let result = tokio::time::timeout(
         timeout,
-        upstream.send(own, Request::from_parts(parts, body)),
+        upstream.send(own, Request::from_parts(parts, GatewayBody::from(body))),
     )
     .await;
     if let Some(started) = started {
@@ -224,7 +224,7 @@ impl HttpUpstream {
     async fn send(
         &self,
         own: &OwnConnection,
-        request: Request<Incoming>,
+        request: Request<GatewayBody>,
     ) -> Result<Response<Incoming>, String> {
         match own.send(&self.authority, request).await {
             Ok(response) => Ok(response),
