@@ -327,7 +327,7 @@ async fn echo_upstream_describes_the_request_without_the_key() {
 #[tokio::test]
 async fn a_client_that_stalls_in_its_headers_loses_the_connection() {
     let mut config = config(100);
-    config.header_read_timeout = Duration::from_millis(300);
+    config.header_read_timeout = Some(Duration::from_millis(300));
     let gateway = Gateway::start(config).await.unwrap();
     let mut stream = tokio::net::TcpStream::connect(gateway.data_addr())
         .await

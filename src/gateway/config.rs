@@ -38,7 +38,8 @@ pub struct Cli {
     #[arg(long, value_name = "SECS")]
     pub upstream_timeout: Option<f64>,
     /// Seconds a client may take to send a request's headers before its
-    /// connection is closed (slow clients hold connections) [default: 30].
+    /// connection is closed (slow clients hold connections); 0: no limit
+    /// [default: 30].
     #[arg(long, value_name = "SECS")]
     pub header_read_timeout: Option<f64>,
     /// The stage this gateway serves [default: gateway:prod].
@@ -118,8 +119,9 @@ pub struct GatewayConfig {
     pub upstream: Option<http::Uri>,
     /// Upstream response-head timeout.
     pub upstream_timeout: Duration,
-    /// How long a client may take to send a request's headers.
-    pub header_read_timeout: Duration,
+    /// How long a client may take to send a request's headers (`None`: no
+    /// limit). It also closes keep-alive connections idle that long.
+    pub header_read_timeout: Option<Duration>,
     /// `(api_id, stage)`.
     pub stage: (String, String),
     /// Admin API credentials.
@@ -148,7 +150,7 @@ impl Default for GatewayConfig {
             metrics_listen: None,
             upstream: None,
             upstream_timeout: Duration::from_secs(30),
-            header_read_timeout: Duration::from_secs(30),
+            header_read_timeout: Some(Duration::from_secs(30)),
             stage: ("gateway".into(), "prod".into()),
             admin_credentials: AdminCredentials::new(),
             state_file: None,
@@ -201,8 +203,12 @@ impl GatewayConfig {
         if let Some(secs) = cli.upstream_timeout.or(file.upstream_timeout_secs) {
             config.upstream_timeout = positive_secs("upstream_timeout_secs", secs)?;
         }
-        if let Some(secs) = cli.header_read_timeout.or(file.header_read_timeout_secs) {
-            config.header_read_timeout = positive_secs("header_read_timeout_secs", secs)?;
+        match cli.header_read_timeout.or(file.header_read_timeout_secs) {
+            Some(0.0) => config.header_read_timeout = None,
+            Some(secs) => {
+                config.header_read_timeout = Some(positive_secs("header_read_timeout_secs", secs)?)
+            }
+            None => {}
         }
         if let Some(stage) = cli.stage.or(file.stage) {
             config.stage = match stage.split_once(':') {

@@ -404,12 +404,14 @@ async fn run(
 
 /// Accepts connections until stopped; each is served by `make(remote)`.
 /// A client that takes longer than `header_read_timeout` to send a
-/// request's headers loses its connection (it would hold it, and shutdown).
+/// request's headers loses its connection (it would hold it, and shutdown);
+/// so does one idle that long between requests. hyper arms a timer per
+/// request for it: about 4% of the gateway's throughput (BENCHMARKS.md).
 async fn serve<S, B>(
     listener: TcpListener,
     mut stopped: watch::Receiver<bool>,
     graceful: Arc<GracefulShutdown>,
-    header_read_timeout: Duration,
+    header_read_timeout: Option<Duration>,
     make: impl Fn(SocketAddr) -> S,
 ) where
     S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
