@@ -10,11 +10,19 @@ use http::{Request, Response, StatusCode};
 use support::*;
 use tower::{service_fn, ServiceExt};
 use tower_usage_plans::{
-    ApiStage, AuthorizerKey, KeySource, NewApiKey, NewUsagePlan, Quota, QuotaPeriod, Refusal,
-    Throttle, UsageContext, UsagePlanLayer,
+    ApiStage, AuthorizerKey, KeySource, ManualClock, NewApiKey, NewUsagePlan, Quota, QuotaPeriod,
+    Refusal, Throttle, UsageContext, UsagePlanLayer,
 };
 
 const NOW: &str = "2026-11-28T12:00:00Z";
+
+/// A layer over `plan` holding `KEY`, with time stopped at `NOW`.
+fn layer_over(plan: NewUsagePlan) -> (ManualClock, UsagePlanLayer) {
+    let clock = clock(NOW);
+    let plans = plans_with_clock(&clock);
+    plan_with_key(&plans, plan, KEY);
+    (clock, UsagePlanLayer::new(plans))
+}
 
 #[tokio::test]
 async fn forbidden_for_missing_unknown_disabled_and_planless_keys() {
@@ -61,14 +69,7 @@ async fn forbidden_for_missing_unknown_disabled_and_planless_keys() {
 
 #[tokio::test]
 async fn quota_refusal_is_aws_shaped_with_headers() {
-    let clock = clock(NOW);
-    let plans = plans_with_clock(&clock);
-    plan_with_key(
-        &plans,
-        NewUsagePlan::new("p").with_quota(Quota::new(2, QuotaPeriod::Day)),
-        KEY,
-    );
-    let layer = UsagePlanLayer::new(plans);
+    let (_, layer) = layer_over(NewUsagePlan::new("p").with_quota(Quota::new(2, QuotaPeriod::Day)));
 
     let first = get(&layer, KEY).await;
     assert_eq!(first.status(), StatusCode::OK);
@@ -105,14 +106,8 @@ async fn quota_refusal_is_aws_shaped_with_headers() {
 
 #[tokio::test]
 async fn limits_of_zero_never_admit_and_say_so() {
-    let clock = clock(NOW);
-    let plans = plans_with_clock(&clock);
-    plan_with_key(
-        &plans,
-        NewUsagePlan::new("q0").with_quota(Quota::new(0, QuotaPeriod::Day)),
-        KEY,
-    );
-    let layer = UsagePlanLayer::new(plans);
+    let (_, layer) =
+        layer_over(NewUsagePlan::new("q0").with_quota(Quota::new(0, QuotaPeriod::Day)));
     let refused = get(&layer, KEY).await;
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
     // The day ends in 12 hours, but tomorrow allows none either.
@@ -122,13 +117,9 @@ async fn limits_of_zero_never_admit_and_say_so() {
         Some(r#""quota";r=0;t=43200"#)
     );
 
-    let plans = plans_with_clock(&clock);
-    plan_with_key(
-        &plans,
-        NewUsagePlan::new("b0").with_throttle(Throttle::new(10.0, 0).unwrap()),
-        KEY,
-    );
-    let refused = get(&UsagePlanLayer::new(plans), KEY).await;
+    let (_, layer) =
+        layer_over(NewUsagePlan::new("b0").with_throttle(Throttle::new(10.0, 0).unwrap()));
+    let refused = get(&layer, KEY).await;
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(header(&refused, "retry-after"), Some("86400"));
     // No token will ever come: not "t=0".
@@ -140,14 +131,8 @@ async fn limits_of_zero_never_admit_and_say_so() {
 
 #[tokio::test]
 async fn throttle_burst_then_refill_with_controlled_time() {
-    let clock = clock(NOW);
-    let plans = plans_with_clock(&clock);
-    plan_with_key(
-        &plans,
-        NewUsagePlan::new("p").with_throttle(Throttle::new(0.5, 2).unwrap()),
-        KEY,
-    );
-    let layer = UsagePlanLayer::new(plans);
+    let (clock, layer) =
+        layer_over(NewUsagePlan::new("p").with_throttle(Throttle::new(0.5, 2).unwrap()));
 
     let first = get(&layer, KEY).await;
     assert_eq!(
@@ -364,61 +349,38 @@ async fn unmetered_routes_pass_without_key_and_count_nothing() {
 }
 
 #[tokio::test]
-async fn admitted_requests_carry_usage_context() {
+async fn admitted_requests_carry_usage_context_unless_left_out() {
     let plans = tower_usage_plans::UsagePlans::new();
     let (plan, key_id) = plan_with_key(&plans, NewUsagePlan::new("p"), KEY);
-    let service = tower::Layer::layer(
-        &UsagePlanLayer::new(plans),
-        service_fn(|request: Request<Body>| async move {
-            let usage = request.extensions().get::<UsageContext>().cloned().unwrap();
-            Ok::<_, std::convert::Infallible>(Response::new(Body::from(format!(
-                "{}/{}",
-                usage.plan_id(),
-                usage.key_id()
-            ))))
-        }),
-    );
-    let response = service
-        .oneshot(
-            Request::get("/")
-                .header("x-api-key", KEY)
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        body_string(response).await,
-        format!("{}/{}", plan.id, key_id)
-    );
-}
-
-#[tokio::test]
-async fn usage_context_can_be_left_out() {
-    let plans = tower_usage_plans::UsagePlans::new();
-    let (plan, key_id) = plan_with_key(&plans, NewUsagePlan::new("p"), KEY);
-    let service = tower::Layer::layer(
-        &UsagePlanLayer::new(plans.clone()).with_usage_context(false),
-        service_fn(|request: Request<Body>| async move {
-            let carried = request.extensions().get::<UsageContext>().is_some();
-            Ok::<_, std::convert::Infallible>(Response::new(Body::from(carried.to_string())))
-        }),
-    );
-    let response = service
-        .oneshot(
-            Request::get("/")
-                .header("x-api-key", KEY)
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(body_string(response).await, "false");
-    // Still counted.
+    for (carried, expected) in [
+        (true, format!("{}/{}", plan.id, key_id)),
+        (false, "none".into()),
+    ] {
+        let service = tower::Layer::layer(
+            &UsagePlanLayer::new(plans.clone()).with_usage_context(carried),
+            service_fn(|request: Request<Body>| async move {
+                let usage = request.extensions().get::<UsageContext>();
+                let text =
+                    usage.map_or("none".into(), |u| format!("{}/{}", u.plan_id(), u.key_id()));
+                Ok::<_, std::convert::Infallible>(Response::new(Body::from(text)))
+            }),
+        );
+        let response = service
+            .oneshot(
+                Request::get("/")
+                    .header("x-api-key", KEY)
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(body_string(response).await, expected);
+    }
+    // Counted either way.
     assert_eq!(
         support::usage::usage_today(&plans, &plan.id, &key_id).await,
-        [1, 0]
+        [2, 0]
     );
 }
 
