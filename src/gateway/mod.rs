@@ -405,8 +405,8 @@ async fn run(
 /// Accepts connections until stopped; each is served by `make(remote)`.
 /// A client that takes longer than `header_read_timeout` to send a
 /// request's headers loses its connection (it would hold it, and shutdown);
-/// so does one idle that long between requests. hyper arms a timer per
-/// request for it: about 4% of the gateway's throughput (BENCHMARKS.md).
+/// so does one idle that long between requests. hyper arms a tokio timer
+/// per request for it: within this machine's noise (BENCHMARKS.md).
 async fn serve<S, B>(
     listener: TcpListener,
     mut stopped: watch::Receiver<bool>,
