@@ -324,11 +324,11 @@ impl Backing {
                 .map_err(|e| format!("could not write the state file: {e}")),
             Self::Redis(replica, store) => {
                 // Leases this replica stopped spending: their units would
-                // count as used for every replica until given back.
-                store
-                    .give_back_expired_leases()
-                    .await
-                    .map_err(|e| format!("could not give expired leases back: {e}"))?;
+                // count as used for every replica until given back. What
+                // fails is kept for the next tick; the sync goes on.
+                if let Err(e) = store.give_back_expired_leases().await {
+                    tracing::warn!(error = %e, "could not give expired leases back");
+                }
                 replica
                     .sync()
                     .await
@@ -378,8 +378,15 @@ async fn run(
             _ = tick.tick() => {
                 ::metrics::gauge!("usage_plans_plans").set(plans.plan_count() as f64);
                 ::metrics::gauge!("usage_plans_keys").set(plans.key_count() as f64);
-                if let Err(e) = backing.persist(&plans).await {
-                    tracing::error!(error = %e, "could not persist");
+                // A stop does not wait for this round (an unreachable Redis
+                // can take many seconds); the last flush comes below.
+                tokio::select! {
+                    persisted = backing.persist(&plans) => {
+                        if let Err(e) = persisted {
+                            tracing::error!(error = %e, "could not persist");
+                        }
+                    }
+                    _ = stopped.changed() => break,
                 }
             }
             _ = stopped.changed() => break,

@@ -32,13 +32,20 @@ local used, allow, leased, remaining = 0, nil, 0, 0
 local function quota_left()
   return math.max((allow or plimit) - used, 0)
 end
+-- Whether the stored period is the one this call speaks of.
+local current = false
 if kind ~= "" then
   local q = redis.call('HMGET', k, 'pk', 'pe', 'used', 'allow', 'leased')
   if q[1] == kind and q[2] and now < tonumber(q[2]) then
     used = tonumber(q[3]) or 0
     allow = tonumber(q[4])
     leased = tonumber(q[5]) or 0
+    current = true
+  elseif op == 'return' then
+    -- A lease of a period that is over, or of the plan's former period
+    -- kind: nothing to give back to, and no period to start.
   else
+    current = true
     -- A period that ended leaves a new one empty; a new period kind counts
     -- what was admitted on the new period's days so far (as counter.rs).
     if q[1] and q[1] ~= kind then
@@ -81,7 +88,7 @@ if op == 'set' then
   return { tonumber(redis.call('HGET', k, 'd:' .. day .. ':u')), set_to }
 end
 
-if (op == 'lease' or op == 'return') and kind ~= "" and ret_pstart == pstart and ret_granted > 0 then
+if (op == 'lease' or op == 'return') and current and ret_pstart == pstart and ret_granted > 0 then
   used = math.max(used - ret_q, 0)
   leased = math.max(leased - ret_granted, 0)
   remaining = quota_left()

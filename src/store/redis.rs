@@ -110,7 +110,7 @@ impl RedisStore {
     /// until their period ends.
     pub async fn give_back_leases(&self) -> Result<()> {
         match &self.leases {
-            Some(leases) => self.give_back(leases.drain()).await,
+            Some(leases) => self.give_back(leases.drain()).await.map_err(|(e, _)| e),
             None => Ok(()),
         }
     }
@@ -121,20 +121,31 @@ impl RedisStore {
     /// replica, and until then its units count as used for every replica.
     ///
     /// # Errors
-    /// `Store` if Redis cannot be reached; the units stay counted as used
-    /// until their period ends.
+    /// `Store` if Redis cannot be reached; what was not given back is kept,
+    /// to go back with the next call or the key's next decision.
     pub async fn give_back_expired_leases(&self) -> Result<()> {
-        match &self.leases {
-            Some(leases) => {
-                let now_us = jiff::Timestamp::now().as_microsecond();
-                self.give_back(leases.drain_expired(now_us)).await
-            }
-            None => Ok(()),
-        }
+        let Some(leases) = &self.leases else {
+            return Ok(());
+        };
+        let now_us = jiff::Timestamp::now().as_microsecond();
+        self.give_back(leases.drain_expired(now_us))
+            .await
+            .map_err(|(e, kept)| {
+                for (slot, lease) in kept {
+                    leases.keep(slot, lease);
+                }
+                e
+            })
     }
 
-    async fn give_back(&self, leases: Vec<(lease::Slot, Lease)>) -> Result<()> {
-        for ((counter, bucket), lease) in leases {
+    /// Gives `leases` back one by one; at the first error, stops and
+    /// returns it with the leases not given back.
+    async fn give_back(
+        &self,
+        leases: Vec<(lease::Slot, Lease)>,
+    ) -> std::result::Result<(), (Error, Vec<(lease::Slot, Lease)>)> {
+        let mut leases = leases.into_iter();
+        while let Some(((counter, bucket), lease)) = leases.next() {
             let now = jiff::Timestamp::now();
             let mut args = Args::new(now.into(), lease.quota.as_ref());
             if let Some(throttle) = lease.throttle {
@@ -144,13 +155,18 @@ impl RedisStore {
             }
             args.unspent = lease.unspent;
             let (key, script) = (self.key(&counter), self.script.clone());
-            let _: (u8, String, u64, u64, u64) = self
+            let answer: Result<(u8, String, u64, u64, u64)> = self
                 .run(move |mut connection| async move {
                     connection
                         .invoke(args.invocation(&script, &key, "return"))
                         .await
                 })
-                .await?;
+                .await;
+            if let Err(e) = answer {
+                let mut kept = vec![((counter, bucket), lease)];
+                kept.extend(leases);
+                return Err((e, kept));
+            }
         }
         Ok(())
     }
