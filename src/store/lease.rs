@@ -118,12 +118,15 @@ impl Leases {
                 ThrottleState {
                     burst_limit: burst,
                     tokens,
-                    next_token_secs: if tokens < burst && rule.throttle.rate_limit > 0.0 {
+                    next_token_secs: if tokens >= burst {
+                        0
+                    } else if rule.throttle.rate_limit > 0.0 {
                         // Capped like a bucket's (a tiny rate would overflow).
                         ((1.0 / rule.throttle.rate_limit).ceil() as u64)
                             .min(crate::limit::NEVER_SECS)
                     } else {
-                        0
+                        // A rate of 0 never refills.
+                        crate::limit::NEVER_SECS
                     },
                     retry_after_secs: 0,
                 }
