@@ -378,15 +378,21 @@ async fn run(
             _ = tick.tick() => {
                 ::metrics::gauge!("usage_plans_plans").set(plans.plan_count() as f64);
                 ::metrics::gauge!("usage_plans_keys").set(plans.key_count() as f64);
-                // A stop does not wait for this round (an unreachable Redis
-                // can take many seconds); the last flush comes below.
-                tokio::select! {
-                    persisted = backing.persist(&plans) => {
-                        if let Err(e) = persisted {
-                            tracing::error!(error = %e, "could not persist");
-                        }
+                // A stop does not wait for a Redis round (an unreachable
+                // Redis can take many seconds); the last flush comes below.
+                // A state-file write is let finish: cancelled, its blocking
+                // write would race the last one for the temp file.
+                let cancellable = matches!(backing, Backing::Redis(..));
+                let persisted = if cancellable {
+                    tokio::select! {
+                        persisted = backing.persist(&plans) => persisted,
+                        _ = stopped.changed() => break,
                     }
-                    _ = stopped.changed() => break,
+                } else {
+                    backing.persist(&plans).await
+                };
+                if let Err(e) = persisted {
+                    tracing::error!(error = %e, "could not persist");
                 }
             }
             _ = stopped.changed() => break,
