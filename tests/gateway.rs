@@ -349,6 +349,18 @@ async fn a_client_that_stalls_in_its_headers_loses_the_connection() {
         answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
         "{answer}"
     );
+    // A connection that sends nothing at all is closed too.
+    let mut silent = tokio::net::TcpStream::connect(gateway.data_addr())
+        .await
+        .unwrap();
+    let mut nothing = Vec::new();
+    within(
+        "the silent connection to be closed",
+        silent.read_to_end(&mut nothing),
+    )
+    .await
+    .unwrap();
+    assert!(nothing.is_empty());
     // The gateway still serves; only that request was counted.
     let (status, _, _) = get(gateway.data_addr(), "/", Some(KEY)).await;
     assert_eq!(status, StatusCode::OK);

@@ -10,11 +10,11 @@
 //! client connection, so clients that do not keep their connections alive
 //! still reuse upstream ones.
 //!
-//! An upstream may close a keep-alive connection that sat idle just as a
-//! request goes out on it (Node.js closes after 5 s, say). A request
-//! without a body to an idempotent method that meets that fate on a
-//! connection idle for [`REPLAY_AFTER_IDLE`] or more goes again, once, on
-//! a new connection — nginx does the same — instead of a 502.
+//! An upstream may close (or reset) a keep-alive connection that sat idle
+//! just as a request goes out on it (Node.js closes after 5 s, say). A
+//! request without a body to an idempotent method that fails before any
+//! answer on a connection idle for [`REPLAY_AFTER_IDLE`] or more goes again,
+//! once, on a new connection — nginx does the same — instead of a 502.
 
 use std::io;
 use std::sync::Arc;
@@ -159,11 +159,10 @@ impl<B: UpstreamBody + Default> OwnConnection<B> {
                 Err(mut e) => match (e.take_message(), replay) {
                     // Never written: the connection had closed; try another.
                     (Some(unsent), _) if attempt == 0 => request = unsent,
-                    // Written, but the idle connection closed before any
-                    // answer: the upstream cannot have acted on it.
-                    (None, Some(replay)) if e.error().is_incomplete_message() => {
-                        request = replay.request();
-                    }
+                    // Written, but the idle connection closed (FIN) or was
+                    // reset (RST) before any answer: an idempotent request
+                    // may go again, as nginx sends it to the next upstream.
+                    (None, Some(replay)) => request = replay.request(),
                     _ => return Err(OwnError::Failed(e.into_error().to_string())),
                 },
             }
@@ -353,8 +352,9 @@ mod tests {
 
     /// An upstream that answers the first request of each connection with
     /// the connection's number, and closes the connection when the second
-    /// request has come in (its idle timeout firing as the request came).
-    async fn one_request_per_connection_upstream() -> SocketAddr {
+    /// request has come in (its idle timeout firing as the request came):
+    /// with a reset (RST) if `reset`, else a close (FIN).
+    async fn one_request_per_connection_upstream(reset: bool) -> SocketAddr {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -385,6 +385,9 @@ mod tests {
                         }
                     }
                     // The second request: closed without an answer.
+                    if reset {
+                        let _ = stream.set_zero_linger();
+                    }
                 });
             }
         });
@@ -393,27 +396,29 @@ mod tests {
 
     #[tokio::test]
     async fn a_bodiless_idempotent_request_on_a_long_idle_connection_closed_under_it_goes_again() {
-        let authority: Authority = one_request_per_connection_upstream()
-            .await
-            .to_string()
-            .parse()
-            .unwrap();
-        let own = OwnConnection::new(Arc::default());
-        assert_eq!(get(&own, &authority).await, "1");
-        // The connection sits idle long enough to be worth a replay.
-        tokio::time::sleep(REPLAY_AFTER_IDLE + Duration::from_millis(20)).await;
-        assert_eq!(
-            get(&own, &authority).await,
-            "2",
-            "replayed on a new connection"
-        );
+        for reset in [false, true] {
+            let authority: Authority = one_request_per_connection_upstream(reset)
+                .await
+                .to_string()
+                .parse()
+                .unwrap();
+            let own = OwnConnection::new(Arc::default());
+            assert_eq!(get(&own, &authority).await, "1");
+            // The connection sits idle long enough to be worth a replay.
+            tokio::time::sleep(REPLAY_AFTER_IDLE + Duration::from_millis(20)).await;
+            assert_eq!(
+                get(&own, &authority).await,
+                "2",
+                "replayed (reset: {reset})"
+            );
 
-        // The same for a POST: not idempotent, so not sent again.
-        tokio::time::sleep(REPLAY_AFTER_IDLE + Duration::from_millis(20)).await;
-        let post = Request::post("/").body(Empty::<Bytes>::new()).unwrap();
-        match own.send(&authority, post).await {
-            Err(OwnError::Failed(_)) => {}
-            other => panic!("a POST must not be replayed: {other:?}"),
+            // The same for a POST: not idempotent, so not sent again.
+            tokio::time::sleep(REPLAY_AFTER_IDLE + Duration::from_millis(20)).await;
+            let post = Request::post("/").body(Empty::<Bytes>::new()).unwrap();
+            match own.send(&authority, post).await {
+                Err(OwnError::Failed(_)) => {}
+                other => panic!("a POST must not be replayed (reset: {reset}): {other:?}"),
+            }
         }
     }
 

@@ -439,6 +439,7 @@ async fn serve<S, B>(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(header_read_timeout);
+    let builder = Arc::new(builder);
     loop {
         let (stream, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -453,12 +454,26 @@ async fn serve<S, B>(
             _ = stopped.changed() => return,
         };
         let _ = stream.set_nodelay(true);
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(make(remote)))
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let service = TowerToHyperService::new(make(remote));
+        let (builder, watcher, mut stop) = (builder.clone(), graceful.watcher(), stopped.clone());
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            // hyper's header timer starts once there are bytes to tell
+            // HTTP/1 from HTTP/2: a connection that sends none is closed here.
+            if let Some(limit) = header_read_timeout {
+                let mut first = [0u8; 1];
+                tokio::select! {
+                    peeked = tokio::time::timeout(limit, stream.peek(&mut first)) => {
+                        if !matches!(peeked, Ok(Ok(1))) {
+                            return;
+                        }
+                    }
+                    _ = stop.changed() => return,
+                }
+            }
+            let connection = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned();
+            if let Err(e) = watcher.watch(connection).await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });
