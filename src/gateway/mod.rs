@@ -50,8 +50,8 @@ use crate::{AdminService, Error, ErrorKind, NewUsagePlan, UsagePlanLayer, UsageP
 /// How long in-flight requests may take to finish after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long the last flush to Redis may take on stop.
-const REDIS_FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long one round with Redis (leases back, registry sync) may take.
+const REDIS_ROUND_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A running gateway.
 #[derive(Debug)]
@@ -311,8 +311,19 @@ impl Backing {
         }
     }
 
-    /// Writes the state file, or syncs the registry with the other replicas.
+    /// Writes the state file, or gives expired leases back and syncs the
+    /// registry with the other replicas.
     async fn persist(&mut self, plans: &UsagePlans) -> Result<(), String> {
+        self.save(plans, false).await
+    }
+
+    /// The last flush, on stop: as [`persist`](Self::persist), but every
+    /// lease goes back.
+    async fn flush(&mut self, plans: &UsagePlans) -> Result<(), String> {
+        self.save(plans, true).await
+    }
+
+    async fn save(&mut self, plans: &UsagePlans, every_lease: bool) -> Result<(), String> {
         match self {
             Self::Memory { writer: None, .. } => Ok(()),
             Self::Memory {
@@ -323,42 +334,35 @@ impl Backing {
                 .await
                 .map_err(|e| format!("could not write the state file: {e}")),
             Self::Redis(replica, store) => {
-                // Leases this replica stopped spending: their units would
-                // count as used for every replica until given back. What
-                // fails is kept for the next tick; the sync goes on.
-                if let Err(e) = store.give_back_expired_leases().await {
-                    tracing::warn!(error = %e, "could not give expired leases back");
-                }
-                replica
-                    .sync()
+                let round = async {
+                    // Leases this replica does not spend count as used for
+                    // every replica until given back. What fails is kept for
+                    // the next round; the sync goes on.
+                    let given = if every_lease {
+                        store.give_back_leases().await
+                    } else {
+                        store.give_back_expired_leases().await
+                    };
+                    if let Err(e) = given {
+                        tracing::warn!(error = %e, "could not give leased quota back");
+                    }
+                    replica
+                        .sync()
+                        .await
+                        .map_err(|e| format!("could not sync the registry through Redis: {e}"))
+                };
+                // An unreachable Redis can hold a call for many seconds: a
+                // round (and so a stop) waits this long at most.
+                tokio::time::timeout(REDIS_ROUND_TIMEOUT, round)
                     .await
-                    .map_err(|e| format!("could not sync the registry through Redis: {e}"))
+                    .unwrap_or_else(|_| {
+                        Err(format!(
+                            "Redis did not answer within {REDIS_ROUND_TIMEOUT:?}: leased quota \
+                             and registry changes not flushed"
+                        ))
+                    })
             }
         }
-    }
-
-    /// The last flush, on stop: the state file; or leased quota given back
-    /// and the registry synced — within [`REDIS_FLUSH_TIMEOUT`], so an
-    /// unreachable Redis does not hold the exit.
-    async fn flush(&mut self, plans: &UsagePlans) -> Result<(), String> {
-        if let Self::Redis(_, store) = self {
-            let store = store.clone();
-            let last = async {
-                if let Err(e) = store.give_back_leases().await {
-                    tracing::warn!(error = %e, "could not give leased quota back");
-                }
-                self.persist(plans).await
-            };
-            return tokio::time::timeout(REDIS_FLUSH_TIMEOUT, last)
-                .await
-                .unwrap_or_else(|_| {
-                    Err(format!(
-                        "Redis did not answer within {REDIS_FLUSH_TIMEOUT:?}: leased quota \
-                         and registry changes not flushed"
-                    ))
-                });
-        }
-        self.persist(plans).await
     }
 }
 
@@ -378,20 +382,7 @@ async fn run(
             _ = tick.tick() => {
                 ::metrics::gauge!("usage_plans_plans").set(plans.plan_count() as f64);
                 ::metrics::gauge!("usage_plans_keys").set(plans.key_count() as f64);
-                // A stop does not wait for a Redis round (an unreachable
-                // Redis can take many seconds); the last flush comes below.
-                // A state-file write is let finish: cancelled, its blocking
-                // write would race the last one for the temp file.
-                let cancellable = matches!(backing, Backing::Redis(..));
-                let persisted = if cancellable {
-                    tokio::select! {
-                        persisted = backing.persist(&plans) => persisted,
-                        _ = stopped.changed() => break,
-                    }
-                } else {
-                    backing.persist(&plans).await
-                };
-                if let Err(e) = persisted {
+                if let Err(e) = backing.persist(&plans).await {
                     tracing::error!(error = %e, "could not persist");
                 }
             }
