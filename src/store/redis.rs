@@ -106,11 +106,11 @@ impl RedisStore {
     /// shutdown).
     ///
     /// # Errors
-    /// `Store` if Redis cannot be reached; the units stay counted as used
-    /// until their period ends.
+    /// `Store` if Redis cannot be reached; what was not given back is kept,
+    /// to go back with the next call or the key's next decision.
     pub async fn give_back_leases(&self) -> Result<()> {
         match &self.leases {
-            Some(leases) => self.give_back(leases.drain()).await.map_err(|(e, _)| e),
+            Some(leases) => self.give_back(leases, leases.drain()).await,
             None => Ok(()),
         }
     }
@@ -124,28 +124,20 @@ impl RedisStore {
     /// `Store` if Redis cannot be reached; what was not given back is kept,
     /// to go back with the next call or the key's next decision.
     pub async fn give_back_expired_leases(&self) -> Result<()> {
-        let Some(leases) = &self.leases else {
-            return Ok(());
-        };
-        let now_us = jiff::Timestamp::now().as_microsecond();
-        self.give_back(leases.drain_expired(now_us))
-            .await
-            .map_err(|(e, kept)| {
-                for (slot, lease) in kept {
-                    leases.keep(slot, lease);
-                }
-                e
-            })
+        match &self.leases {
+            Some(leases) => {
+                let now_us = jiff::Timestamp::now().as_microsecond();
+                self.give_back(leases, leases.drain_expired(now_us)).await
+            }
+            None => Ok(()),
+        }
     }
 
-    /// Gives `leases` back one by one; at the first error, stops and
-    /// returns it with the leases not given back.
-    async fn give_back(
-        &self,
-        leases: Vec<(lease::Slot, Lease)>,
-    ) -> std::result::Result<(), (Error, Vec<(lease::Slot, Lease)>)> {
-        let mut leases = leases.into_iter();
-        while let Some(((counter, bucket), lease)) = leases.next() {
+    /// Gives `taken` (drained from `leases`) back one by one; at the first
+    /// error, what was not given back is kept in `leases` again.
+    async fn give_back(&self, leases: &Leases, taken: Vec<(lease::Slot, Lease)>) -> Result<()> {
+        let mut taken = taken.into_iter();
+        while let Some(((counter, bucket), lease)) = taken.next() {
             let now = jiff::Timestamp::now();
             let mut args = Args::new(now.into(), lease.quota.as_ref());
             if let Some(throttle) = lease.throttle {
@@ -163,9 +155,11 @@ impl RedisStore {
                 })
                 .await;
             if let Err(e) = answer {
-                let mut kept = vec![((counter, bucket), lease)];
-                kept.extend(leases);
-                return Err((e, kept));
+                leases.keep((counter, bucket), lease);
+                for (slot, lease) in taken {
+                    leases.keep(slot, lease);
+                }
+                return Err(e);
             }
         }
         Ok(())
