@@ -78,7 +78,7 @@ impl Bucket {
 
 /// Whole seconds (rounded up) until `missing` tokens have been earned; at
 /// least 1 when anything is missing. A rate of zero never refills: a day.
-fn secs_until(missing: f64, rate: f64) -> u64 {
+pub(crate) fn secs_until(missing: f64, rate: f64) -> u64 {
     if missing <= 0.0 {
         return 0;
     }

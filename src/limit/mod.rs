@@ -6,7 +6,7 @@ mod counter;
 pub(crate) mod period;
 
 #[cfg_attr(not(feature = "redis"), allow(unused_imports))]
-pub(crate) use bucket::Bucket;
+pub(crate) use bucket::{secs_until, Bucket};
 #[cfg_attr(not(feature = "redis"), allow(unused_imports))]
 pub(crate) use counter::quota_state;
 pub(crate) use counter::Counter;

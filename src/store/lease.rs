@@ -118,15 +118,11 @@ impl Leases {
                 ThrottleState {
                     burst_limit: burst,
                     tokens,
+                    // A whole token away at most (the lease holds no fractions).
                     next_token_secs: if tokens >= burst {
                         0
-                    } else if rule.throttle.rate_limit > 0.0 {
-                        // Capped like a bucket's (a tiny rate would overflow).
-                        ((1.0 / rule.throttle.rate_limit).ceil() as u64)
-                            .min(crate::limit::NEVER_SECS)
                     } else {
-                        // A rate of 0 never refills.
-                        crate::limit::NEVER_SECS
+                        crate::limit::secs_until(1.0, rule.throttle.rate_limit)
                     },
                     retry_after_secs: 0,
                 }
