@@ -22,28 +22,29 @@ fn unique_prefix() -> String {
     format!("test-{}-{nanos}:", std::process::id())
 }
 
-/// `scripts/test.sh` starts a Redis server and sets `REDIS_URL`.
+/// A store on the Redis that `scripts/test.sh` started (its URL in `var`),
+/// under a prefix of its own.
+#[cfg(feature = "redis")]
+async fn redis_store(var: &str, default: &str) -> tower_usage_plans::store::RedisStore {
+    let url = std::env::var(var).unwrap_or_else(|_| default.into());
+    tower_usage_plans::store::RedisStore::connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("no Redis at {url} (scripts/test.sh starts one): {e}"))
+        .with_prefix(unique_prefix())
+}
+
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_store_conforms() {
-    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let store = tower_usage_plans::store::RedisStore::connect(&url)
-        .await
-        .unwrap_or_else(|e| panic!("no Redis at {url} (scripts/test.sh starts one): {e}"))
-        .with_prefix(unique_prefix());
+    let store = redis_store("REDIS_URL", "redis://127.0.0.1:6379").await;
     store_suite::run_all(Arc::new(store)).await;
 }
 
-/// `scripts/test.sh` starts a 3-node Redis Cluster and sets `REDIS_CLUSTER_URL`.
+/// A 3-node Redis Cluster.
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_cluster_store_conforms() {
-    let url = std::env::var("REDIS_CLUSTER_URL")
-        .unwrap_or_else(|_| "redis+cluster://127.0.0.1:7000".into());
-    let store = tower_usage_plans::store::RedisStore::connect(&url)
-        .await
-        .unwrap_or_else(|e| panic!("no Redis Cluster at {url} (scripts/test.sh starts one): {e}"))
-        .with_prefix(unique_prefix());
+    let store = redis_store("REDIS_CLUSTER_URL", "redis+cluster://127.0.0.1:7000").await;
     store_suite::run_all(Arc::new(store)).await;
 }
 
@@ -52,45 +53,34 @@ async fn redis_cluster_store_conforms() {
 #[cfg(feature = "redis")]
 #[tokio::test]
 async fn a_lease_given_back_after_a_period_change_leaves_the_new_period_alone() {
-    use tower_usage_plans::store::{
-        CounterKey, CounterStore, DecisionRequest, LeaseConfig, QuotaRule, RedisStore, Verdict,
-    };
-    use tower_usage_plans::{Quota, QuotaPeriod};
+    use store_suite::{at, decide, rule, T0};
+    use tower_usage_plans::store::{CounterKey, CounterStore, LeaseConfig, Verdict};
+    use tower_usage_plans::QuotaPeriod::{Day, Week};
 
-    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let store = RedisStore::connect(&url)
+    let store = redis_store("REDIS_URL", "redis://127.0.0.1:6379")
         .await
-        .unwrap_or_else(|e| panic!("no Redis at {url} (scripts/test.sh starts one): {e}"))
-        .with_prefix(unique_prefix())
         .with_leases(LeaseConfig::default());
     let counter = CounterKey::new("plan", "key");
-    let rule = |period| QuotaRule {
-        quota: Quota::new(100, period),
-        plan_created: 0,
-    };
-    let now: tower_usage_plans::jiff::Timestamp = "2026-11-28T12:00:00Z".parse().unwrap();
-    let decide = |period| {
-        let request = DecisionRequest {
-            counter: &counter,
-            throttle: None,
-            quota: Some(rule(period)),
-            now: now.into(),
-        };
-        store.decide(&request)
-    };
-    // Under DAY: admitted, and a slice leased.
-    assert_eq!(
-        decide(QuotaPeriod::Day).await.unwrap().verdict,
-        Verdict::Admitted
-    );
+    let now = at(T0);
+    // Under DAY: admitted, and a slice leased (counted as used until back).
+    let day = decide(&store, &counter, None, Some(rule(100, Day)), now).await;
+    assert_eq!(day.verdict, Verdict::Admitted);
+    let today = now
+        .to_zoned(tower_usage_plans::jiff::tz::TimeZone::UTC)
+        .date();
+    let used = store
+        .usage(&counter, Some(&rule(100, Day)), now, today, today)
+        .await
+        .unwrap()[0][0];
+    assert!(used > 1, "a slice was leased ({used})");
     // The plan moves to WEEK; UpdateUsage leaves 50 this week.
     store
-        .set_remaining(&counter, &rule(QuotaPeriod::Week), now, 50)
+        .set_remaining(&counter, &rule(100, Week), now, 50)
         .await
         .unwrap();
     // The DAY lease goes back: it must not take the counter back to DAY.
     store.give_back_leases().await.unwrap();
-    let week = decide(QuotaPeriod::Week).await.unwrap();
+    let week = decide(&store, &counter, None, Some(rule(100, Week)), now).await;
     assert_eq!(week.verdict, Verdict::Admitted);
     assert_eq!(week.quota.unwrap().remaining, 49);
 }

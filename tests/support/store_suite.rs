@@ -10,20 +10,25 @@ use tower_usage_plans::store::{
 };
 use tower_usage_plans::{Quota, QuotaPeriod, Throttle};
 
-const T0: &str = "2026-11-28T12:00:00Z";
+pub const T0: &str = "2026-11-28T12:00:00Z";
 
-fn at(s: &str) -> Timestamp {
+pub fn at(s: &str) -> Timestamp {
     s.parse().unwrap()
 }
 
-fn quota(limit: u64) -> QuotaRule {
+/// A quota of `limit` per `period`, for a plan created long ago.
+pub fn rule(limit: u64, period: QuotaPeriod) -> QuotaRule {
     QuotaRule {
-        quota: Quota::new(limit, QuotaPeriod::Day),
+        quota: Quota::new(limit, period),
         plan_created: 0,
     }
 }
 
-async fn decide(
+fn quota(limit: u64) -> QuotaRule {
+    rule(limit, QuotaPeriod::Day)
+}
+
+pub async fn decide(
     store: &dyn CounterStore,
     counter: &CounterKey,
     throttle: Option<Throttle>,
@@ -57,33 +62,50 @@ pub async fn run_all(store: Arc<dyn CounterStore>) {
 /// back to DAY, today's: the change never admits more than the new quota.
 async fn a_new_period_kind_counts_its_days(store: &dyn CounterStore) {
     let counter = CounterKey::new("suite-plan", "period-change");
-    let rule = |period| QuotaRule {
-        quota: Quota::new(5, period),
-        plan_created: 0,
-    };
     // Friday and Saturday (T0) of the week that began Monday 2026-11-23.
     for at_time in ["2026-11-27T10:00:00Z", "2026-11-27T11:00:00Z", T0, T0] {
         let d = decide(
             store,
             &counter,
             None,
-            Some(rule(QuotaPeriod::Day)),
+            Some(rule(5, QuotaPeriod::Day)),
             at(at_time),
         )
         .await;
         assert_eq!(d.verdict, Verdict::Admitted);
     }
     let later = at("2026-11-28T13:00:00Z");
-    let week = decide(store, &counter, None, Some(rule(QuotaPeriod::Week)), later).await;
+    let week = decide(
+        store,
+        &counter,
+        None,
+        Some(rule(5, QuotaPeriod::Week)),
+        later,
+    )
+    .await;
     assert_eq!(week.verdict, Verdict::Admitted);
     assert_eq!(
         week.quota.unwrap().remaining,
         0,
         "4 of 5 were used this week"
     );
-    let refused = decide(store, &counter, None, Some(rule(QuotaPeriod::Week)), later).await;
+    let refused = decide(
+        store,
+        &counter,
+        None,
+        Some(rule(5, QuotaPeriod::Week)),
+        later,
+    )
+    .await;
     assert_eq!(refused.verdict, Verdict::QuotaExceeded);
-    let day = decide(store, &counter, None, Some(rule(QuotaPeriod::Day)), later).await;
+    let day = decide(
+        store,
+        &counter,
+        None,
+        Some(rule(5, QuotaPeriod::Day)),
+        later,
+    )
+    .await;
     assert_eq!(day.verdict, Verdict::Admitted);
     assert_eq!(day.quota.unwrap().remaining, 1, "3 of 5 were used today");
 }
