@@ -71,6 +71,20 @@ def test_cli_small_pages(aws_cli, make_key, uniq):
     assert sorted(k["id"] for k in out["items"]) == sorted(created)
 
 
+def test_cli_get_usage_of_more_than_a_page_of_keys(aws_cli, make_plan, make_key, attach, today):
+    # README: botocore cannot merge the `items` map across pages, so the
+    # CLI shows the first page (25 keys) only; `--page-size 500` shows all.
+    plan = make_plan()
+    keys = {make_key()["id"] for _ in range(26)}
+    for key_id in keys:
+        attach(plan["id"], key_id)
+    args = ("get-usage", "--usage-plan-id", plan["id"], "--start-date", today, "--end-date", today)
+    first_page = _ok(aws_cli(*args), "get-usage")
+    assert len(first_page["items"]) == 25
+    whole = _ok(aws_cli(*args, "--page-size", "500"), "get-usage --page-size 500")
+    assert set(whole["items"]) == keys
+
+
 def test_cli_error_exit_code(aws_cli):
     code, out, err = aws_cli("get-usage-plan", "--usage-plan-id", "nope")
     assert code == 255, (code, out, err)

@@ -94,13 +94,13 @@ def test_create_usage_plan_quota_offset_and_month(apigw, uniq):
     assert apigw.get_usage_plan(usagePlanId=resp["id"])["quota"] == resp["quota"]
 
 
-def test_create_usage_plan_partial_throttle_takes_the_missing_half(apigw, uniq):
+def test_create_usage_plan_partial_throttle_takes_the_missing_half(apigw, make_plan):
     # A throttle of one field gets the other from it (README: "How this
     # differs from AWS"), not a zero that would refuse every request.
-    rate_only = apigw.create_usage_plan(name=uniq("rate"), throttle={"rateLimit": 2.5})
+    rate_only = make_plan(throttle={"rateLimit": 2.5})
     assert rate_only["throttle"] == {"rateLimit": 2.5, "burstLimit": 3}
-    burst_only = apigw.create_usage_plan(
-        name=uniq("burst"), throttle={"burstLimit": 7},
+    burst_only = make_plan(
+        throttle={"burstLimit": 7},
         apiStages=[{"apiId": "other", "stage": "s",
                     "throttle": {"/pets/GET": {"rateLimit": 0.1}}}])
     assert burst_only["throttle"] == {"rateLimit": 7.0, "burstLimit": 7}
@@ -108,7 +108,6 @@ def test_create_usage_plan_partial_throttle_takes_the_missing_half(apigw, uniq):
     assert stage_throttle == {"rateLimit": 0.1, "burstLimit": 1}
     for plan in (rate_only, burst_only):
         assert apigw.get_usage_plan(usagePlanId=plan["id"])["throttle"] == plan["throttle"]
-        apigw.delete_usage_plan(usagePlanId=plan["id"])
 
 
 def test_update_usage_plan_new_quota_needs_limit_and_period(apigw, make_plan, expect_error):
