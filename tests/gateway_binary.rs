@@ -418,6 +418,11 @@ async fn a_bad_configuration_exits_non_zero_naming_the_field() {
             vec![],
             vec!["upstream_timeout_secs"],
         ),
+        (
+            listeners.to_owned(),
+            vec!["--header-read-timeout=-1"],
+            vec!["header_read_timeout_secs"],
+        ),
         ("listen = \"not an address\"\n".to_owned(), vec![], vec!["listen"]),
     ];
     for (i, (text, flags, names)) in cases.into_iter().enumerate() {

@@ -292,8 +292,8 @@ async fn stopping_while_redis_is_down_says_so_and_does_not_hang() {
         .unwrap();
     assert_eq!(status(&client(), gateway.data_addr()).await, 200);
     redis.stop();
-    // The lease and the registry cannot be flushed: an error, promptly
-    // (the flush gives up after 3 s), not a hang or a silent success.
+    // The registry cannot be synced: an error naming Redis, not a hang (a
+    // Redis round gives up after 3 s) or a silent success.
     let stopped = tokio::time::timeout(Duration::from_secs(30), gateway.shutdown())
         .await
         .expect("shutdown hung on the unreachable Redis");

@@ -327,3 +327,29 @@ fn parse_upstream(url: &str) -> Result<http::Uri, String> {
     }
     Ok(uri)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header_read_timeout(args: &[&str]) -> Result<Option<Duration>, String> {
+        let cli = Cli::try_parse_from(std::iter::once("gateway").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        GatewayConfig::from_cli(cli).map(|c| c.header_read_timeout)
+    }
+
+    #[test]
+    fn header_read_timeout_defaults_to_30_s_and_0_turns_it_off() {
+        assert_eq!(header_read_timeout(&[]), Ok(Some(Duration::from_secs(30))));
+        assert_eq!(
+            header_read_timeout(&["--header-read-timeout", "0.3"]),
+            Ok(Some(Duration::from_millis(300)))
+        );
+        assert_eq!(
+            header_read_timeout(&["--header-read-timeout", "0"]),
+            Ok(None)
+        );
+        let error = header_read_timeout(&["--header-read-timeout=-1"]).unwrap_err();
+        assert!(error.contains("header_read_timeout_secs"), "{error}");
+    }
+}
