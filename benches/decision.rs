@@ -150,7 +150,6 @@ fn layer(c: &mut Criterion) {
         })
     });
     group.finish();
-    let _ = Arc::new(());
 }
 
 /// The layer's clock alone: what every decision above pays before it counts.

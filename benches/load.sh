@@ -39,7 +39,8 @@ run_wrk() {
   echo "$rps $p50 $bad"
 }
 
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+# median "v1 v2 v3 ..." -> the median of the space-separated values
+median() { tr ' ' '\n' <<< "$1" | grep . | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
 declare -A RPS P50
 # measure MODE PID PORT HOT ROUND: load the server PID started on PORT, stop
@@ -63,10 +64,10 @@ part1() {
       measure "$mode" $! "$port" "$hot" "$round"
     done
   done
-  local base; base=$(echo "${RPS[bare]}" | tr ' ' '\n' | grep . | median)
+  local base; base=$(median "${RPS[bare]}")
   echo "$label (median of $ROUNDS rounds, ${SECS}s each, $CONNS connections):"
   for mode in bare governor usage-plans; do
-    local m p; m=$(echo "${RPS[$mode]}" | tr ' ' '\n' | grep . | median); p=$(echo "${P50[$mode]}" | tr ' ' '\n' | grep . | median)
+    local m p; m=$(median "${RPS[$mode]}"); p=$(median "${P50[$mode]}")
     printf '  %-12s %10.0f req/s  p50 %6.0f us  ratio to bare %.3f\n' "$mode" "$m" "$p" "$(echo "$m / $base" | bc -l)"
   done
   RPS=(); P50=()
@@ -118,5 +119,5 @@ for round in $(seq "$ROUNDS"); do
     measure "$mode" "$pid" "$port" 0 "$round"
   done
 done
-g=$(echo "${RPS[gateway]}" | tr ' ' '\n' | grep . | median); n=$(echo "${RPS[nginx]}" | tr ' ' '\n' | grep . | median)
+g=$(median "${RPS[gateway]}"); n=$(median "${RPS[nginx]}")
 printf 'gateway %.0f req/s, nginx %.0f req/s: gateway/nginx = %.3f\n' "$g" "$n" "$(echo "$g / $n" | bc -l)"
