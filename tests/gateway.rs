@@ -324,12 +324,18 @@ async fn echo_upstream_describes_the_request_without_the_key() {
     gateway.shutdown().await.unwrap();
 }
 
-/// `future`, well within the default header read timeout (30 s): so only
-/// the test's own short timeout can have ended it.
-async fn before_the_default<T>(what: &str, future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(10), future)
+/// Connects to `addr`, sends `sent`, and reads what comes back until the
+/// gateway closes the connection — well within the default header read
+/// timeout (30 s), so only the test's own short timeout can have closed it.
+async fn answer_before_close(addr: SocketAddr, sent: &[u8]) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(sent).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
         .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+        .unwrap_or_else(|_| panic!("the connection after {sent:?} was never closed"))
+        .unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
 }
 
 #[tokio::test]
@@ -337,38 +343,18 @@ async fn a_client_that_stalls_in_its_headers_loses_the_connection() {
     let mut config = config(100);
     config.header_read_timeout = Some(Duration::from_millis(300));
     let gateway = Gateway::start(config).await.unwrap();
-    let mut stream = tokio::net::TcpStream::connect(gateway.data_addr())
-        .await
-        .unwrap();
-    stream
-        .write_all(b"GET /slow HTTP/1.1\r\nhost: gateway\r\nx-api-key: ")
-        .await
-        .unwrap();
-    // The gateway closes it (after answering 408, or not): the read ends.
-    let mut answer = Vec::new();
-    before_the_default(
-        "the stalled connection to be closed",
-        stream.read_to_end(&mut answer),
+    // Closed (after answering 408, or not) mid-headers.
+    let stalled = answer_before_close(
+        gateway.data_addr(),
+        b"GET /slow HTTP/1.1\r\nhost: gateway\r\nx-api-key: ",
     )
-    .await
-    .unwrap();
-    let answer = String::from_utf8_lossy(&answer);
+    .await;
     assert!(
-        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
-        "{answer}"
+        stalled.is_empty() || stalled.starts_with("HTTP/1.1 408"),
+        "{stalled}"
     );
     // A connection that sends nothing at all is closed too.
-    let mut silent = tokio::net::TcpStream::connect(gateway.data_addr())
-        .await
-        .unwrap();
-    let mut nothing = Vec::new();
-    before_the_default(
-        "the silent connection to be closed",
-        silent.read_to_end(&mut nothing),
-    )
-    .await
-    .unwrap();
-    assert!(nothing.is_empty());
+    assert_eq!(answer_before_close(gateway.data_addr(), b"").await, "");
     // The gateway still serves; only that request was counted.
     let (status, _, _) = get(gateway.data_addr(), "/", Some(KEY)).await;
     assert_eq!(status, StatusCode::OK);

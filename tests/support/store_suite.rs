@@ -61,51 +61,24 @@ pub async fn run_all(store: Arc<dyn CounterStore>) {
 /// A plan that moves from DAY to WEEK counts this week's admissions, and
 /// back to DAY, today's: the change never admits more than the new quota.
 async fn a_new_period_kind_counts_its_days(store: &dyn CounterStore) {
+    use QuotaPeriod::{Day, Week};
     let counter = CounterKey::new("suite-plan", "period-change");
+    // Five a period, per `period`, at `when`.
+    let five_per = |period, when| decide(store, &counter, None, Some(rule(5, period)), at(when));
     // Friday and Saturday (T0) of the week that began Monday 2026-11-23.
-    for at_time in ["2026-11-27T10:00:00Z", "2026-11-27T11:00:00Z", T0, T0] {
-        let d = decide(
-            store,
-            &counter,
-            None,
-            Some(rule(5, QuotaPeriod::Day)),
-            at(at_time),
-        )
-        .await;
-        assert_eq!(d.verdict, Verdict::Admitted);
+    for when in ["2026-11-27T10:00:00Z", "2026-11-27T11:00:00Z", T0, T0] {
+        assert_eq!(five_per(Day, when).await.verdict, Verdict::Admitted);
     }
-    let later = at("2026-11-28T13:00:00Z");
-    let week = decide(
-        store,
-        &counter,
-        None,
-        Some(rule(5, QuotaPeriod::Week)),
-        later,
-    )
-    .await;
+    let later = "2026-11-28T13:00:00Z";
+    let week = five_per(Week, later).await;
     assert_eq!(week.verdict, Verdict::Admitted);
     assert_eq!(
         week.quota.unwrap().remaining,
         0,
         "4 of 5 were used this week"
     );
-    let refused = decide(
-        store,
-        &counter,
-        None,
-        Some(rule(5, QuotaPeriod::Week)),
-        later,
-    )
-    .await;
-    assert_eq!(refused.verdict, Verdict::QuotaExceeded);
-    let day = decide(
-        store,
-        &counter,
-        None,
-        Some(rule(5, QuotaPeriod::Day)),
-        later,
-    )
-    .await;
+    assert_eq!(five_per(Week, later).await.verdict, Verdict::QuotaExceeded);
+    let day = five_per(Day, later).await;
     assert_eq!(day.verdict, Verdict::Admitted);
     assert_eq!(day.quota.unwrap().remaining, 1, "3 of 5 were used today");
 }
