@@ -59,7 +59,9 @@ impl std::str::FromStr for QuotaPeriod {
 ///     serde_json::to_string(&quota).unwrap(),
 ///     r#"{"limit":1000,"offset":100,"period":"DAY"}"#
 /// );
-/// assert!(Quota::new(10, QuotaPeriod::Day).with_offset(11).is_err());
+/// // An offset may exceed the limit: the initial period then allows nothing.
+/// assert!(Quota::new(10, QuotaPeriod::Day).with_offset(11).is_ok());
+/// assert!(Quota::new(10, QuotaPeriod::Day).with_offset(1 << 31).is_err());
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Quota {
@@ -85,7 +87,9 @@ impl Quota {
     /// The same quota with `offset` requests taken off the initial period.
     ///
     /// # Errors
-    /// An offset larger than the limit is a bad request.
+    /// An offset larger than 2,147,483,647 is a bad request. An offset
+    /// larger than the limit is allowed (as AWS allows it): the initial
+    /// period's allowance is `max(0, limit - offset)`.
     pub fn with_offset(mut self, offset: u64) -> Result<Self> {
         self.offset = offset;
         self.validate()?;
@@ -100,10 +104,11 @@ impl Quota {
                 super::MAX_COUNT
             )));
         }
-        if self.offset > self.limit {
+        if self.offset > super::MAX_COUNT {
             return Err(Error::bad_request(format!(
-                "Invalid quota: offset {} is larger than limit {}",
-                self.offset, self.limit
+                "Invalid quota: offset {} is larger than {}",
+                self.offset,
+                super::MAX_COUNT
             )));
         }
         Ok(())

@@ -270,8 +270,8 @@ impl UsagePlans {
     /// Creates a plan.
     ///
     /// # Errors
-    /// `BadRequest` for an empty name, a negative or NaN rate, an offset
-    /// above the limit, or a malformed method-throttle key.
+    /// `BadRequest` for an empty name, a negative or NaN rate, a limit or
+    /// offset above 2,147,483,647, or a malformed method-throttle key.
     pub fn create_usage_plan(&self, input: NewUsagePlan) -> Result<UsagePlan> {
         let mut control = self.write();
         let id = unique_id(|id| control.plans.contains_key(id));
@@ -532,8 +532,9 @@ impl UsagePlans {
     /// already in this plan or in another plan covering a common stage.
     pub fn add_key_to_plan(&self, plan_id: &str, key_id: &str) -> Result<UsagePlanKey> {
         let mut control = self.write();
-        let plan = control.plan(plan_id)?;
+        // The key first, as AWS does: both unknown is "Invalid API Key".
         let key = control.key(key_id)?;
+        let plan = control.plan(plan_id)?;
         if plan.keys.contains(key_id) {
             return Err(Error::conflict(format!(
                 "API Key {key_id} is already in usage plan {plan_id}"

@@ -28,6 +28,20 @@ def test_create_usage_plan_key(apigw, make_plan, make_key, expect_error):
     assert [k["id"] for k in apigw.get_usage_plan_keys(usagePlanId=plan["id"])["items"]] == [key["id"]]
 
 
+def test_create_usage_plan_key_checks_the_key_first(apigw, make_plan, expect_error):
+    """Both ids unknown: AWS names the key, not the plan."""
+    with expect_error("NotFoundException") as error:
+        apigw.create_usage_plan_key(usagePlanId="nosuchplan" + uuid.uuid4().hex[:6],
+                                    keyId="nosuchkey" + uuid.uuid4().hex[:6], keyType="API_KEY")
+    assert error.value.response["Error"]["Message"] == "Invalid API Key identifier specified"
+    plan = make_plan()
+    with expect_error("NotFoundException") as error:
+        apigw.create_usage_plan_key(usagePlanId=plan["id"], keyId="nosuchkey" + uuid.uuid4().hex[:6],
+                                    keyType="API_KEY")
+    assert error.value.response["Error"]["Message"] == "Invalid API Key identifier specified"
+    assert apigw.get_usage_plan_keys(usagePlanId=plan["id"])["items"] == []
+
+
 def test_key_in_two_plans_covering_the_same_stage_conflicts(apigw, make_plan, make_key, attach,
                                                             expect_error):
     key = make_key()

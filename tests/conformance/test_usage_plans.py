@@ -127,6 +127,28 @@ def test_update_usage_plan_new_quota_needs_limit_and_period(apigw, make_plan, ex
     assert resp["quota"] == {"limit": 100, "offset": 0, "period": "WEEK"}
 
 
+def test_update_usage_plan_offset_above_the_limit(apigw, make_plan, make_key, attach, data_get,
+                                                  expect_error):
+    """AWS accepts any offset >= 0; the initial period then allows max(0, limit - offset)."""
+    plan, key = make_plan(), make_key()
+    resp = apigw.update_usage_plan(usagePlanId=plan["id"], patchOperations=[
+        {"op": "add", "path": "/quota/limit", "value": "1"},
+        {"op": "add", "path": "/quota/offset", "value": "2"},
+        {"op": "add", "path": "/quota/period", "value": "DAY"},
+    ])
+    assert resp["quota"] == {"limit": 1, "offset": 2, "period": "DAY"}
+    assert apigw.get_usage_plan(usagePlanId=plan["id"])["quota"] == resp["quota"]
+    attach(plan["id"], key["id"])
+    refused = data_get(key["value"])
+    assert refused.status == 429, refused
+    assert refused.body == b'{"message":"Limit Exceeded"}'
+    # beyond AWS's 32-bit Integer: refused, and nothing changes
+    with expect_error("BadRequestException"):
+        apigw.update_usage_plan(usagePlanId=plan["id"], patchOperations=[
+            {"op": "replace", "path": "/quota/offset", "value": str(2**31)}])
+    assert apigw.get_usage_plan(usagePlanId=plan["id"])["quota"] == resp["quota"]
+
+
 def test_get_usage_plan_unknown(apigw, expect_error):
     with expect_error("NotFoundException"):
         apigw.get_usage_plan(usagePlanId="nosuchplan" + uuid.uuid4().hex[:6])
