@@ -8,7 +8,7 @@
 use std::io::IsTerminal;
 
 use clap::Parser;
-use tower_usage_plans::gateway::{Cli, Gateway, GatewayConfig};
+use tower_usage_plans::gateway::{Cli, Gateway, GatewayConfig, GatewayError};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
@@ -51,20 +51,23 @@ async fn run() -> std::process::ExitCode {
     .await;
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("gateway: {message}");
+        Err(error) => {
+            eprintln!("gateway: {error}");
             std::process::ExitCode::FAILURE
         }
     }
 }
 
 /// Ctrl-C or SIGTERM; the handlers are installed at once.
-fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, String> {
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, GatewayError> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
         let install = |kind: SignalKind, name: &str| {
-            signal(kind).map_err(|e| format!("cannot install the {name} handler: {e}"))
+            signal(kind).map_err(|source| GatewayError::Io {
+                context: format!("cannot install the {name} handler"),
+                source,
+            })
         };
         let mut interrupt = install(SignalKind::interrupt(), "SIGINT")?;
         let mut terminate = install(SignalKind::terminate(), "SIGTERM")?;

@@ -614,3 +614,29 @@ async fn concurrent_http2_streams_of_one_connection_are_all_forwarded() {
 
     gateway.shutdown().await.unwrap();
 }
+
+/// A hand-built configuration is validated as the flags are: an error that
+/// names the field, never a panic, and nothing starts listening.
+#[tokio::test]
+async fn start_refuses_a_hand_built_config_it_cannot_honour() {
+    use tower_usage_plans::gateway::GatewayError;
+    let mut missing_key = config(10);
+    missing_key.plans[0].keys.push("nobody".into());
+    let mut state_and_redis = config(10);
+    state_and_redis.state_file = Some("state.json".into());
+    state_and_redis.redis = Some("redis://127.0.0.1:1".into());
+    let mut leases_alone = config(10);
+    leases_alone.redis_leases = true;
+    let mut empty_stage = config(10);
+    empty_stage.stage = ("gateway".into(), String::new());
+    for (config, field) in [
+        (missing_key, "plans.keys"),
+        (state_and_redis, "state_file"),
+        (leases_alone, "redis_leases"),
+        (empty_stage, "stage"),
+    ] {
+        let error = Gateway::start(config).await.unwrap_err();
+        assert!(matches!(error, GatewayError::Config(_)), "{error:?}");
+        assert!(error.to_string().starts_with(field), "{field}: {error}");
+    }
+}

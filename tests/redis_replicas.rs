@@ -298,7 +298,14 @@ async fn stopping_while_redis_is_down_says_so_and_does_not_hang() {
         .await
         .expect("shutdown hung on the unreachable Redis");
     let error = stopped.unwrap_err();
-    assert!(error.contains("Redis"), "{error}");
+    assert!(
+        matches!(
+            error,
+            tower_usage_plans::gateway::GatewayError::Redis { .. }
+        ),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("Redis"), "{error}");
 }
 
 /// `scripts/test.sh` starts a 3-node Redis Cluster and sets `REDIS_CLUSTER_URL`.

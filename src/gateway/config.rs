@@ -8,11 +8,12 @@ use std::time::Duration;
 use clap::Parser;
 use serde::Deserialize;
 
+use super::GatewayError;
 use crate::admin::AdminCredentials;
 use crate::model::{NewApiKey, NewUsagePlan};
 use crate::StoreFailure;
 
-/// Command-line flags (DESIGN.md §4). Every flag overrides the file.
+/// The gateway's command-line flags. Every flag overrides the file.
 #[derive(Debug, Default, Parser)]
 #[command(
     name = "gateway",
@@ -172,8 +173,84 @@ impl GatewayConfig {
     /// `USAGE_PLANS_ADMIN_CREDENTIALS`, and validates the result.
     ///
     /// # Errors
-    /// A message naming the file and field that is wrong.
-    pub fn from_cli(cli: Cli) -> Result<Self, String> {
+    /// [`GatewayError::Config`], naming the file and field that is wrong.
+    pub fn from_cli(cli: Cli) -> Result<Self, GatewayError> {
+        let config = Self::merge(cli).map_err(GatewayError::Config)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what a hand-built configuration could get wrong, as
+    /// [`from_cli`](Self::from_cli) does for the file and flags;
+    /// [`Gateway::start`](super::Gateway::start) calls it.
+    ///
+    /// ```
+    /// use tower_usage_plans::gateway::{FilePlan, GatewayConfig};
+    /// use tower_usage_plans::NewUsagePlan;
+    ///
+    /// let mut config = GatewayConfig::default();
+    /// assert!(config.validate().is_ok());
+    /// config.plans.push(FilePlan { plan: NewUsagePlan::new("basic"), keys: vec!["nobody".into()] });
+    /// let error = config.validate().unwrap_err().to_string();
+    /// assert!(error.contains("'nobody'"), "{error}");
+    /// ```
+    ///
+    /// # Errors
+    /// [`GatewayError::Config`] naming the field: an empty stage part, an
+    /// upstream that is not `http://host[:port]`, a zero timeout or flush
+    /// interval, both a state file and Redis, leases without Redis, or a
+    /// plan naming a key that `keys` does not have.
+    pub fn validate(&self) -> Result<(), GatewayError> {
+        let (api, stage) = &self.stage;
+        if api.is_empty() || stage.is_empty() || api.contains(':') {
+            return Err(GatewayError::config(
+                "stage",
+                format!("'{api}:{stage}' must be API_ID:STAGE"),
+            ));
+        }
+        if let Some(upstream) = &self.upstream {
+            check_upstream(upstream).map_err(GatewayError::Config)?;
+        }
+        for (field, duration) in [
+            ("upstream_timeout_secs", Some(self.upstream_timeout)),
+            ("header_read_timeout_secs", self.header_read_timeout),
+            ("flush_interval", Some(self.flush_interval)),
+        ] {
+            if duration == Some(Duration::ZERO) {
+                return Err(GatewayError::config(field, "must be more than zero"));
+            }
+        }
+        if self.state_file.is_some() && self.redis.is_some() {
+            return Err(GatewayError::config(
+                "state_file",
+                "not used with --redis (Redis keeps the state): give one or the other",
+            ));
+        }
+        if self.redis_leases && self.redis.is_none() {
+            return Err(GatewayError::config("redis_leases", "leases need --redis"));
+        }
+        for plan in &self.plans {
+            for key in &plan.keys {
+                if !self
+                    .keys
+                    .iter()
+                    .any(|k| k.name.as_deref() == Some(key.as_str()))
+                {
+                    return Err(GatewayError::config(
+                        "plans.keys",
+                        format!(
+                            "plan '{}' names key '{key}', which no [[keys]] entry has",
+                            plan.plan.name
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The file, then the flags and the environment over it.
+    fn merge(cli: Cli) -> Result<Self, String> {
         let (file, plans) = match &cli.config {
             Some(path) => read_file(path)?,
             None => (FileConfig::default(), Vec::new()),
@@ -242,23 +319,6 @@ impl GatewayConfig {
             config.admin_credentials.extend(parsed);
         }
         config.state_file = cli.state_file.or(file.state_file);
-        if config.state_file.is_some() && config.redis.is_some() {
-            return Err("state_file: not used with --redis (Redis keeps the state)".into());
-        }
-        for plan in &plans {
-            for key in &plan.keys {
-                if !file
-                    .keys
-                    .iter()
-                    .any(|k| k.name.as_deref() == Some(key.as_str()))
-                {
-                    return Err(format!(
-                        "plans.keys: plan '{}' names key '{key}', which no [[keys]] entry has",
-                        plan.plan.name
-                    ));
-                }
-            }
-        }
         config.keys = file.keys;
         config.plans = plans;
         Ok(config)
@@ -322,10 +382,15 @@ fn parse_upstream(url: &str) -> Result<http::Uri, String> {
     let uri: http::Uri = url
         .parse()
         .map_err(|e| format!("upstream: '{url}' is not a URL: {e}"))?;
-    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
-        return Err(format!("upstream: '{url}' must be an http://host:port URL"));
-    }
+    check_upstream(&uri)?;
     Ok(uri)
+}
+
+fn check_upstream(uri: &http::Uri) -> Result<(), String> {
+    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+        return Err(format!("upstream: '{uri}' must be an http://host:port URL"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -335,7 +400,9 @@ mod tests {
     fn header_read_timeout(args: &[&str]) -> Result<Option<Duration>, String> {
         let cli = Cli::try_parse_from(std::iter::once("gateway").chain(args.iter().copied()))
             .map_err(|e| e.to_string())?;
-        GatewayConfig::from_cli(cli).map(|c| c.header_read_timeout)
+        GatewayConfig::from_cli(cli)
+            .map(|c| c.header_read_timeout)
+            .map_err(|e| e.to_string())
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! ```no_run
 //! use tower_usage_plans::gateway::{Gateway, GatewayConfig};
 //!
-//! # async fn run() -> Result<(), String> {
+//! # async fn run() -> Result<(), tower_usage_plans::gateway::GatewayError> {
 //! let gateway = Gateway::start(GatewayConfig::default()).await?;
 //! println!("data plane on {}", gateway.data_addr());
 //! gateway.shutdown().await
@@ -16,6 +16,7 @@
 mod body;
 mod config;
 mod connection;
+mod error;
 mod metrics;
 mod proxy;
 mod replicas;
@@ -43,9 +44,10 @@ use tower_service::Service;
 
 pub use body::{BoxError, GatewayBody};
 pub use config::{Cli, FilePlan, GatewayConfig, CREDENTIALS_ENV};
+pub use error::GatewayError;
 
 use crate::store::{CounterStore, LeaseConfig, MemoryStore, RedisStore};
-use crate::{AdminService, Error, ErrorKind, NewUsagePlan, UsagePlanLayer, UsagePlans};
+use crate::{AdminService, ErrorKind, NewUsagePlan, UsagePlanLayer, UsagePlans};
 
 /// How long in-flight requests may take to finish after a shutdown signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -61,28 +63,36 @@ pub struct Gateway {
     metrics_addr: Option<SocketAddr>,
     plans: UsagePlans,
     stop: watch::Sender<bool>,
-    task: JoinHandle<Result<(), String>>,
+    task: JoinHandle<Result<(), GatewayError>>,
 }
 
 impl Gateway {
-    /// Restores the state file, creates the configured plans and keys,
+    /// Validates the configuration ([`GatewayConfig::validate`]),
+    /// restores the state file, creates the configured plans and keys,
     /// binds every listener and starts serving.
     ///
     /// # Errors
-    /// A clear message for a corrupt state file, a bad plan or key in the
-    /// configuration, or a listener that cannot bind.
-    pub async fn start(config: GatewayConfig) -> Result<Self, String> {
+    /// A [`GatewayError`] for an invalid configuration, a corrupt state
+    /// file, an unreachable Redis, or a listener that cannot bind.
+    pub async fn start(config: GatewayConfig) -> Result<Self, GatewayError> {
+        config.validate()?;
         let (plans, mut backing) = match &config.redis {
             Some(url) => {
                 let shown = replicas::redacted(url);
-                let mut store = RedisStore::connect(url)
-                    .await
-                    .map_err(|e| format!("--redis {shown}: {e}"))?;
+                let mut store =
+                    RedisStore::connect(url)
+                        .await
+                        .map_err(|e| GatewayError::Redis {
+                            message: format!("--redis {shown}: {e}"),
+                            source: Some(e),
+                        })?;
                 if config.redis_leases {
                     store = store.with_leases(LeaseConfig::default());
                 }
                 let plans = UsagePlans::builder().store(Arc::new(store.clone())).build();
-                let replica = replicas::Replica::join(url, plans.clone()).await?;
+                let replica = replicas::Replica::join(url, plans.clone())
+                    .await
+                    .map_err(GatewayError::redis)?;
                 tracing::info!(url = %shown, "sharing counters and the registry through Redis");
                 (plans, Backing::Redis(replica, store))
             }
@@ -92,7 +102,7 @@ impl Gateway {
                     .store(store.clone() as Arc<dyn CounterStore>)
                     .build();
                 if let Some(path) = &config.state_file {
-                    if state::load(path, &plans, &store)? {
+                    if state::load(path, &plans, &store).map_err(GatewayError::StateFile)? {
                         tracing::info!(path = %path.display(), "state restored");
                     }
                 }
@@ -103,10 +113,14 @@ impl Gateway {
         provision(&plans, &config)?;
         backing.persist(&plans).await?;
 
-        let bind = |addr: SocketAddr, what: &'static str| async move {
+        let bind = |addr: SocketAddr, listener: &'static str| async move {
             TcpListener::bind(addr)
                 .await
-                .map_err(|e| format!("{what} {addr}: {e}"))
+                .map_err(|source| GatewayError::Bind {
+                    listener,
+                    addr,
+                    source,
+                })
         };
         let data = bind(config.listen, "listen").await?;
         let admin = bind(config.admin_listen, "admin-listen").await?;
@@ -114,8 +128,14 @@ impl Gateway {
             Some(addr) => Some(bind(addr, "metrics-listen").await?),
             None => None,
         };
-        let data_addr = data.local_addr().map_err(|e| e.to_string())?;
-        let admin_addr = admin.local_addr().map_err(|e| e.to_string())?;
+        let local = |listener: &TcpListener| {
+            listener.local_addr().map_err(|source| GatewayError::Io {
+                context: "the bound address".into(),
+                source,
+            })
+        };
+        let data_addr = local(&data)?;
+        let admin_addr = local(&admin)?;
         let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
 
         let (stop, stopped) = watch::channel(false);
@@ -214,18 +234,18 @@ impl Gateway {
     ///
     /// # Errors
     /// If the final state write fails.
-    pub async fn shutdown(self) -> Result<(), String> {
+    pub async fn shutdown(self) -> Result<(), GatewayError> {
         let _ = self.stop.send(true);
         self.task
             .await
-            .map_err(|e| format!("gateway task failed: {e}"))?
+            .map_err(|e| GatewayError::Internal(format!("gateway task failed: {e}")))?
     }
 
     /// Serves until `signal` completes, then shuts down gracefully.
     ///
     /// # Errors
     /// As [`Gateway::shutdown`].
-    pub async fn run_until(self, signal: impl Future<Output = ()>) -> Result<(), String> {
+    pub async fn run_until(self, signal: impl Future<Output = ()>) -> Result<(), GatewayError> {
         let mut stopped = self.stop.subscribe();
         tokio::select! {
             () = signal => tracing::info!("shutdown signal received"),
@@ -237,7 +257,7 @@ impl Gateway {
 
 /// Creates the configured keys and plans that do not exist yet (keys
 /// matched by value, else name; plans by name) and their associations.
-fn provision(plans: &UsagePlans, config: &GatewayConfig) -> Result<(), String> {
+fn provision(plans: &UsagePlans, config: &GatewayConfig) -> Result<(), GatewayError> {
     let mut key_ids = std::collections::HashMap::new();
     for key in &config.keys {
         let existing = match &key.value {
@@ -249,7 +269,12 @@ fn provision(plans: &UsagePlans, config: &GatewayConfig) -> Result<(), String> {
             None => {
                 plans
                     .create_api_key(key.clone())
-                    .map_err(|e| format!("keys '{}': {e}", key.name.as_deref().unwrap_or("")))?
+                    .map_err(|e| {
+                        GatewayError::config(
+                            "keys",
+                            format!("'{}': {e}", key.name.as_deref().unwrap_or("")),
+                        )
+                    })?
                     .id
             }
         };
@@ -267,22 +292,31 @@ fn provision(plans: &UsagePlans, config: &GatewayConfig) -> Result<(), String> {
             None => {
                 plans
                     .create_usage_plan(NewUsagePlan::clone(&entry.plan))
-                    .map_err(|e| format!("plans '{}': {e}", entry.plan.name))?
+                    .map_err(|e| {
+                        GatewayError::config("plans", format!("'{}': {e}", entry.plan.name))
+                    })?
                     .id
             }
         };
         for key_name in &entry.keys {
-            let key_id = &key_ids[key_name];
+            let key_id = key_ids.get(key_name).ok_or_else(|| {
+                GatewayError::config(
+                    "plans.keys",
+                    format!(
+                        "plan '{}' names key '{key_name}', which no [[keys]] entry has",
+                        entry.plan.name
+                    ),
+                )
+            })?;
             match plans.add_key_to_plan(&plan_id, key_id) {
                 Ok(_) => {}
                 Err(e)
                     if e.kind() == ErrorKind::Conflict
                         && plans.usage_plan_key(&plan_id, key_id).is_ok() => {}
                 Err(e) => {
-                    return Err(format!(
-                        "plans '{}' keys '{key_name}': {}",
-                        entry.plan.name,
-                        Error::to_string(&e)
+                    return Err(GatewayError::config(
+                        "plans.keys",
+                        format!("plan '{}' key '{key_name}': {e}", entry.plan.name),
                     ))
                 }
             }
@@ -313,26 +347,25 @@ impl Backing {
 
     /// Writes the state file, or gives expired leases back and syncs the
     /// registry with the other replicas.
-    async fn persist(&mut self, plans: &UsagePlans) -> Result<(), String> {
+    async fn persist(&mut self, plans: &UsagePlans) -> Result<(), GatewayError> {
         self.save(plans, false).await
     }
 
     /// The last flush, on stop: as [`persist`](Self::persist), but every
     /// lease goes back.
-    async fn flush(&mut self, plans: &UsagePlans) -> Result<(), String> {
+    async fn flush(&mut self, plans: &UsagePlans) -> Result<(), GatewayError> {
         self.save(plans, true).await
     }
 
-    async fn save(&mut self, plans: &UsagePlans, every_lease: bool) -> Result<(), String> {
+    async fn save(&mut self, plans: &UsagePlans, every_lease: bool) -> Result<(), GatewayError> {
         match self {
             Self::Memory { writer: None, .. } => Ok(()),
             Self::Memory {
                 store,
                 writer: Some(writer),
-            } => writer
-                .save(plans, store)
-                .await
-                .map_err(|e| format!("could not write the state file: {e}")),
+            } => writer.save(plans, store).await.map_err(|e| {
+                GatewayError::StateFile(format!("could not write the state file: {e}"))
+            }),
             Self::Redis(replica, store) => {
                 let round = async {
                     // Leases this replica does not spend count as used for
@@ -346,20 +379,21 @@ impl Backing {
                     if let Err(e) = given {
                         tracing::warn!(error = %e, "could not give leased quota back");
                     }
-                    replica
-                        .sync()
-                        .await
-                        .map_err(|e| format!("could not sync the registry through Redis: {e}"))
+                    replica.sync().await.map_err(|e| {
+                        GatewayError::redis(format!(
+                            "could not sync the registry through Redis: {e}"
+                        ))
+                    })
                 };
                 // An unreachable Redis can hold a call for many seconds: a
                 // round (and so a stop) waits this long at most.
                 tokio::time::timeout(REDIS_ROUND_TIMEOUT, round)
                     .await
                     .unwrap_or_else(|_| {
-                        Err(format!(
+                        Err(GatewayError::redis(format!(
                             "Redis did not answer within {REDIS_ROUND_TIMEOUT:?}: leased quota \
                              and registry changes not flushed"
-                        ))
+                        )))
                     })
             }
         }
@@ -375,7 +409,7 @@ async fn run(
     mut stopped: watch::Receiver<bool>,
     graceful: Arc<GracefulShutdown>,
     servers: Vec<JoinHandle<()>>,
-) -> Result<(), String> {
+) -> Result<(), GatewayError> {
     let mut tick = tokio::time::interval(backing.interval(&config));
     loop {
         tokio::select! {
@@ -392,8 +426,8 @@ async fn run(
     for server in servers {
         let _ = server.await;
     }
-    let graceful =
-        Arc::try_unwrap(graceful).map_err(|_| "connections still referenced".to_owned())?;
+    let graceful = Arc::try_unwrap(graceful)
+        .map_err(|_| GatewayError::Internal("connections still referenced".into()))?;
     if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
         .await
         .is_err()
