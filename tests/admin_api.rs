@@ -327,7 +327,7 @@ async fn import_api_keys_from_csv() {
 async fn usage_plan_create_get_update_delete() {
     let env = env().await;
     let a = &env.admin;
-    // The body boto3 sends for create_usage_plan (aws-wire.md §9).
+    // The exact body boto3 sends for create_usage_plan (captured from a real call).
     let plan = a
         .create_plan(json!({"name": "p", "description": "d", "throttle": {"rateLimit": 10.5, "burstLimit": 20},
                             "quota": {"limit": 1000, "period": "DAY", "offset": 0},

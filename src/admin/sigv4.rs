@@ -732,6 +732,8 @@ mod tests {
     //   very same signatures; the others cover dot segments, repeated/bare query keys, whitespace
     //   and multi-valued headers, X-Amz-Content-SHA256, a non-ASCII header value and an
     //   UNSIGNED-PAYLOAD request (which this verifier refuses by design).
+    // The capturing machine's kernel release in User-Agent (`os/linux#...`) is replaced by
+    //   `os/linux#generic`; no vector signs User-Agent, so the signatures are unchanged.
     // ---------------------------------------------------------------------------------------
 
     const BOTO3_GET_USAGE_PLANS_QUERY: Vector = Vector {
@@ -741,7 +743,7 @@ mod tests {
         headers: &[
             ("Host", b"127.0.0.1:8081"),
             ("Accept-Encoding", b"identity"),
-            ("User-Agent", b"Boto3/1.43.11 md/Botocore#1.43.11 ua/2.1 os/linux#6.18.44-fc-v669 md/arch#x86_64 lang/python#3.11.7 md/pyimpl#CPython m/e,D,b,N,Z cfg/retry-mode#legacy Botocore/1.43.11"),
+            ("User-Agent", b"Boto3/1.43.11 md/Botocore#1.43.11 ua/2.1 os/linux#generic md/arch#x86_64 lang/python#3.11.7 md/pyimpl#CPython m/e,D,b,N,Z cfg/retry-mode#legacy Botocore/1.43.11"),
             ("Accept", b"application/json"),
             ("X-Amz-Date", b"20261128T151648Z"),
             ("Authorization", b"AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20261128/us-east-1/apigateway/aws4_request, SignedHeaders=accept;host;x-amz-date, Signature=51c8b05462e05bfce4f4ef0725b918d86786bfecc4ed877e5a2adf991e516a67"),
@@ -759,7 +761,7 @@ mod tests {
             ("Host", b"127.0.0.1:8081"),
             ("Accept-Encoding", b"identity"),
             ("Content-Type", b"application/json"),
-            ("User-Agent", b"Boto3/1.43.11 md/Botocore#1.43.11 ua/2.1 os/linux#6.18.44-fc-v669 md/arch#x86_64 lang/python#3.11.7 md/pyimpl#CPython m/e,D,b,N,Z cfg/retry-mode#legacy Botocore/1.43.11"),
+            ("User-Agent", b"Boto3/1.43.11 md/Botocore#1.43.11 ua/2.1 os/linux#generic md/arch#x86_64 lang/python#3.11.7 md/pyimpl#CPython m/e,D,b,N,Z cfg/retry-mode#legacy Botocore/1.43.11"),
             ("Accept", b"application/json"),
             ("X-Amz-Date", b"20261128T151648Z"),
             ("Authorization", b"AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20261128/us-east-1/apigateway/aws4_request, SignedHeaders=accept;content-type;host;x-amz-date, Signature=ade0496d66c689cfce7565455a63a3cbb039bceaff4bc16a677f2b7f1019e432"),
@@ -777,7 +779,7 @@ mod tests {
         headers: &[
             ("Host", b"127.0.0.1:8081"),
             ("Accept-Encoding", b"identity"),
-            ("User-Agent", b"Boto3/1.43.11 md/Botocore#1.43.11 ua/2.1 os/linux#6.18.44-fc-v669 md/arch#x86_64 lang/python#3.11.7 md/pyimpl#CPython m/e,D,b,N,Z cfg/retry-mode#legacy Botocore/1.43.11"),
+            ("User-Agent", b"Boto3/1.43.11 md/Botocore#1.43.11 ua/2.1 os/linux#generic md/arch#x86_64 lang/python#3.11.7 md/pyimpl#CPython m/e,D,b,N,Z cfg/retry-mode#legacy Botocore/1.43.11"),
             ("Accept", b"application/json"),
             ("X-Amz-Date", b"20261128T151648Z"),
             ("Authorization", b"AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20261128/us-east-1/apigateway/aws4_request, SignedHeaders=accept;host;x-amz-date, Signature=001b63ba7a86bb0e8994ace7f2dca3ccc821dcef22cdd24c381c8b7b834adae5"),
@@ -796,7 +798,7 @@ mod tests {
             ("Host", b"127.0.0.1:8081"),
             ("Accept-Encoding", b"identity"),
             ("Content-Type", b"application/json"),
-            ("User-Agent", b"Boto3/1.43.11 md/Botocore#1.43.11 ua/2.1 os/linux#6.18.44-fc-v669 md/arch#x86_64 lang/python#3.11.7 md/pyimpl#CPython m/e,D,b,N,Z cfg/retry-mode#legacy Botocore/1.43.11"),
+            ("User-Agent", b"Boto3/1.43.11 md/Botocore#1.43.11 ua/2.1 os/linux#generic md/arch#x86_64 lang/python#3.11.7 md/pyimpl#CPython m/e,D,b,N,Z cfg/retry-mode#legacy Botocore/1.43.11"),
             ("Accept", b"application/json"),
             ("X-Amz-Date", b"20261128T151648Z"),
             ("Authorization", b"AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20261128/us-east-1/apigateway/aws4_request, SignedHeaders=accept;content-type;host;x-amz-date, Signature=ed86fc285cf9f6326c3926095c0003336f1487cd689d17942fbb4aa349c40acb"),
@@ -814,7 +816,7 @@ mod tests {
         headers: &[
             ("Host", b"127.0.0.1:8081"),
             ("Accept-Encoding", b"identity"),
-            ("User-Agent", b"Boto3/1.43.11 md/Botocore#1.43.11 ua/2.1 os/linux#6.18.44-fc-v669 md/arch#x86_64 lang/python#3.11.7 md/pyimpl#CPython m/e,D,b,N,Z cfg/retry-mode#legacy Botocore/1.43.11"),
+            ("User-Agent", b"Boto3/1.43.11 md/Botocore#1.43.11 ua/2.1 os/linux#generic md/arch#x86_64 lang/python#3.11.7 md/pyimpl#CPython m/e,D,b,N,Z cfg/retry-mode#legacy Botocore/1.43.11"),
             ("Accept", b"application/json"),
             ("X-Amz-Date", b"20261128T151648Z"),
             ("Authorization", b"AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20261128/us-east-1/apigateway/aws4_request, SignedHeaders=accept;host;x-amz-date, Signature=500f8faa1dcd54491676331e8d3b2dc334c955d540681c6770d032adc1f8aa8a"),
@@ -832,7 +834,7 @@ mod tests {
         headers: &[
             ("Host", b"127.0.0.1:8081"),
             ("Accept-Encoding", b"identity"),
-            ("User-Agent", b"Boto3/1.43.11 md/Botocore#1.43.11 ua/2.1 os/linux#6.18.44-fc-v669 md/arch#x86_64 lang/python#3.11.7 md/pyimpl#CPython m/e,D,b,N,Z cfg/retry-mode#legacy Botocore/1.43.11"),
+            ("User-Agent", b"Boto3/1.43.11 md/Botocore#1.43.11 ua/2.1 os/linux#generic md/arch#x86_64 lang/python#3.11.7 md/pyimpl#CPython m/e,D,b,N,Z cfg/retry-mode#legacy Botocore/1.43.11"),
             ("Accept", b"application/json"),
             ("X-Amz-Date", b"20261128T151648Z"),
             ("X-Amz-Security-Token", b"FwoGZXIvYXdzEXAMPLE//session+token="),
@@ -850,7 +852,7 @@ mod tests {
         headers: &[
             ("Host", b"127.0.0.1:8081"),
             ("Accept-Encoding", b"identity"),
-            ("User-Agent", b"aws-cli/1.45.11 md/Botocore#1.43.11 ua/2.1 os/linux#6.18.44-fc-v669 md/arch#x86_64 lang/python#3.11.7 md/pyimpl#CPython m/g,C,Z,b,D,N cfg/retry-mode#legacy botocore/1.43.11"),
+            ("User-Agent", b"aws-cli/1.45.11 md/Botocore#1.43.11 ua/2.1 os/linux#generic md/arch#x86_64 lang/python#3.11.7 md/pyimpl#CPython m/g,C,Z,b,D,N cfg/retry-mode#legacy botocore/1.43.11"),
             ("Accept", b"application/json"),
             ("X-Amz-Date", b"20261128T161753Z"),
             ("Authorization", b"AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20261128/us-east-1/apigateway/aws4_request, SignedHeaders=accept;host;x-amz-date, Signature=c50d9e587e956a3b1bf3f42775a49a39fb03add31bd5b375bc40cddeb4374052"),
@@ -868,7 +870,7 @@ mod tests {
             ("Host", b"127.0.0.1:8081"),
             ("Accept-Encoding", b"identity"),
             ("Content-Type", b"application/json"),
-            ("User-Agent", b"aws-cli/1.45.11 md/Botocore#1.43.11 ua/2.1 os/linux#6.18.44-fc-v669 md/arch#x86_64 lang/python#3.11.7 md/pyimpl#CPython m/g,b,Z,D,N cfg/retry-mode#legacy botocore/1.43.11"),
+            ("User-Agent", b"aws-cli/1.45.11 md/Botocore#1.43.11 ua/2.1 os/linux#generic md/arch#x86_64 lang/python#3.11.7 md/pyimpl#CPython m/g,b,Z,D,N cfg/retry-mode#legacy botocore/1.43.11"),
             ("Accept", b"application/json"),
             ("X-Amz-Date", b"20261128T161753Z"),
             ("Authorization", b"AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20261128/eu-west-3/apigateway/aws4_request, SignedHeaders=accept;content-type;host;x-amz-date, Signature=1a7d64f58ba470ffcaaf1e08f2bd9817c2b0bde6fe93c93ca291fa07da4c1d5e"),

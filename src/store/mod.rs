@@ -3,9 +3,11 @@
 //! throttle and quota together — atomically, in memory or in one server
 //! round trip.
 //!
-//! Every store keeps the same rules (`aws-semantics.md` §3): a quota never
-//! admits more than its remaining count, a throttle never more than
-//! `burst + rate × elapsed`, and refused requests cost nothing.
+//! Every store keeps the same rules, however many requests race: a quota
+//! never admits more than its remaining count, a throttle never more than
+//! `burst + rate × elapsed`, and refused requests cost nothing (a request
+//! the throttle refuses spends no quota, one the quota refuses spends no
+//! token).
 
 mod future;
 #[cfg(feature = "redis")]

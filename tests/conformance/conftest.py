@@ -57,7 +57,8 @@ ANSI_RE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
 DATA_RE = re.compile(r"data plane listening on http://([^\s\"',;]+)")
 ADMIN_RE = re.compile(r"admin API listening on http://([^\s\"',;]+)")
 
-# Status codes AWS uses for each error code (aws-wire.md §7).
+# The HTTP status AWS sends with each error code (`x-amzn-ErrorType`); the 403 codes are
+# AWS's general SigV4 refusals, the rest the apigateway model's error shapes.
 ERROR_STATUS = {
     "BadRequestException": 400,
     "UnauthorizedException": 401,
