@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what the tests need when it is missing: Debian's redis-server,
+# and from PyPI pytest, boto3 and the AWS CLI v1. Called by scripts/test.sh
+# (the README's test command) and by .ci/run; does nothing when all is there.
+# apt-get runs as root, or through sudo when there is one.
+set -euo pipefail
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"
+  elif command -v sudo >/dev/null; then sudo "$@"
+  else echo "install-deps: need root (or sudo) to run: $*" >&2; return 1
+  fi
+}
+
+apt_packages=()
+command -v redis-server >/dev/null && command -v redis-cli >/dev/null || apt_packages+=(redis-server)
+command -v curl >/dev/null || apt_packages+=(curl)
+if [ ${#apt_packages[@]} -gt 0 ]; then
+  echo "install-deps: apt-get install ${apt_packages[*]}" >&2
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_packages[@]}" >/dev/null
+fi
+# Debian's package also starts a system redis on 6379; the tests use their
+# own servers on 6390-6393 (scripts/redis.sh).
+
+pip_packages=()
+python3 -c 'import pytest' 2>/dev/null || pip_packages+=(pytest)
+python3 -c 'import boto3, botocore' 2>/dev/null || pip_packages+=(boto3)
+command -v aws >/dev/null || pip_packages+=(awscli)
+if [ ${#pip_packages[@]} -gt 0 ]; then
+  echo "install-deps: pip install ${pip_packages[*]}" >&2
+  python3 -m pip install --quiet "${pip_packages[@]}"
+fi
