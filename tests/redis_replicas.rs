@@ -163,18 +163,36 @@ async fn an_idle_replica_gives_its_expired_lease_back() {
     let plan = a.plans().usage_plans()[0].clone();
     let key_id = a.plans().api_key_by_value(KEY).unwrap().id;
     assert_eq!(status(&client(), a.data_addr()).await, 200);
-    let leased = usage_today(a.plans(), &plan.id, &key_id).await[0];
-    assert!(leased > 1, "the first request leased a slice ({leased})");
+    // GetUsage counts the one admitted request, never the slice leased
+    // with it.
+    assert_eq!(usage_today(a.plans(), &plan.id, &key_id).await, [1, 299]);
+    let raw = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let hash = format!("tup:{{{}:{}}}", plan.id, key_id);
+    let leased = move || {
+        let command = redis::cmd("HGET").arg(&hash).arg("leased").clone();
+        let mut raw = raw.clone();
+        async move {
+            let value: Option<u64> = command.query_async(&mut raw).await.unwrap();
+            value.unwrap_or(0)
+        }
+    };
+    let first = leased().await;
+    assert!(first > 0, "the first request leased a slice ({first})");
     // No more requests: the lease expires (1 s) and the gateway gives it
-    // back on its own, so the shared count falls to the one admitted.
+    // back on its own, so the shared counter holds no reservation.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while usage_today(a.plans(), &plan.id, &key_id).await[0] != 1 {
+    while leased().await != 0 {
         assert!(
             std::time::Instant::now() < deadline,
             "the expired lease was never given back"
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    assert_eq!(usage_today(a.plans(), &plan.id, &key_id).await, [1, 299]);
     a.shutdown().await.unwrap();
 }
 
@@ -400,4 +418,92 @@ async fn concurrent_registry_changes_on_two_replicas_are_both_kept() {
     assert_eq!(b.plans().api_keys().len(), 3);
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
+}
+
+/// UpdateUsage to 0 while both replicas hold leases of the key: once the
+/// call has returned, neither replica admits one more request — with
+/// leases (they are revoked before the call returns) and without.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn update_usage_to_zero_stops_every_replica_at_once() {
+    for leases in [true, false] {
+        let redis = Redis::start();
+        let start = || {
+            Gateway::start(config_with(
+                &redis.url(),
+                1_000,
+                StoreFailure::FailOpen,
+                leases,
+            ))
+        };
+        let a = start().await.unwrap();
+        let b = start().await.unwrap();
+        let plan = a.plans().usage_plans()[0].clone();
+        let key_id = a.plans().api_key_by_value(KEY).unwrap().id;
+        let client = client();
+        for _ in 0..5 {
+            assert_eq!(status(&client, a.data_addr()).await, 200);
+            assert_eq!(status(&client, b.data_addr()).await, 200);
+        }
+        a.plans().set_remaining(&plan.id, &key_id, 0).await.unwrap();
+        for i in 0..40 {
+            let addr = [a.data_addr(), b.data_addr()][i % 2];
+            assert_eq!(
+                status(&client, addr).await,
+                429,
+                "request {i} admitted after UpdateUsage 0 (leases: {leases})"
+            );
+        }
+        // What the revoked leases spent reaches GetUsage with their give-back.
+        usage_becomes(&b, &plan.id, &key_id, [10, 0]).await;
+        a.shutdown().await.unwrap();
+        b.shutdown().await.unwrap();
+    }
+}
+
+/// GetUsage counts requests admitted, never units merely leased: after 10
+/// of 1,000 it reads [10, 990] on either replica (leases report what they
+/// spent every 200 ms).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn get_usage_counts_admitted_requests_not_leased_units() {
+    for leases in [true, false] {
+        let redis = Redis::start();
+        let start = || {
+            Gateway::start(config_with(
+                &redis.url(),
+                1_000,
+                StoreFailure::FailOpen,
+                leases,
+            ))
+        };
+        let a = start().await.unwrap();
+        let b = start().await.unwrap();
+        let plan = a.plans().usage_plans()[0].clone();
+        let key_id = a.plans().api_key_by_value(KEY).unwrap().id;
+        let client = client();
+        for _ in 0..5 {
+            assert_eq!(status(&client, a.data_addr()).await, 200);
+            assert_eq!(status(&client, b.data_addr()).await, 200);
+        }
+        usage_becomes(&b, &plan.id, &key_id, [10, 990]).await;
+        a.shutdown().await.unwrap();
+        b.shutdown().await.unwrap();
+    }
+}
+
+/// Polls GetUsage on `gateway` until today reads `want` (10 s at most);
+/// it must never count more than `want` admitted on the way.
+async fn usage_becomes(gateway: &Gateway, plan_id: &str, key_id: &str, want: [u64; 2]) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let seen = usage_today(gateway.plans(), plan_id, key_id).await;
+        assert!(seen[0] <= want[0], "more than admitted: {seen:?}");
+        if seen == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "GetUsage still reads {seen:?}, not {want:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }

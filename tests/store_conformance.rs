@@ -57,22 +57,40 @@ async fn a_lease_given_back_after_a_period_change_leaves_the_new_period_alone() 
     use tower_usage_plans::store::{CounterKey, CounterStore, LeaseConfig, Verdict};
     use tower_usage_plans::QuotaPeriod::{Day, Week};
 
-    let store = redis_store("REDIS_URL", "redis://127.0.0.1:6379")
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let prefix = unique_prefix();
+    let store = tower_usage_plans::store::RedisStore::connect(&url)
         .await
+        .unwrap()
+        .with_prefix(prefix.clone())
         .with_leases(LeaseConfig::default());
+    store.until_leasing().await;
     let counter = CounterKey::new("plan", "key");
     let now = at(T0);
-    // Under DAY: admitted, and a slice leased (counted as used until back).
+    // Under DAY: admitted, and a slice leased (the shared remaining count
+    // is lower than what the decision reports, which includes the slice).
     let day = decide(&store, &counter, None, Some(rule(100, Day)), now).await;
     assert_eq!(day.verdict, Verdict::Admitted);
     let today = now
         .to_zoned(tower_usage_plans::jiff::tz::TimeZone::UTC)
         .date();
-    let used = store
+    let usage = store
         .usage(&counter, Some(&rule(100, Day)), now, today, today)
         .await
-        .unwrap()[0][0];
-    assert!(used > 1, "a slice was leased ({used})");
+        .unwrap()[0];
+    assert_eq!(usage, [1, 99], "GetUsage counts the admitted request only");
+    let mut raw = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let leased: u64 = redis::cmd("HGET")
+        .arg(format!("{prefix}{{plan:key}}"))
+        .arg("leased")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!(leased > 0, "a slice was leased ({leased})");
     // The plan moves to WEEK; UpdateUsage leaves 50 this week.
     store
         .set_remaining(&counter, &rule(100, Week), now, 50)

@@ -94,7 +94,7 @@ impl Gateway {
                     .await
                     .map_err(GatewayError::redis)?;
                 tracing::info!(url = %shown, "sharing counters and the registry through Redis");
-                (plans, Backing::Redis(replica, store))
+                (plans, Backing::Redis(Box::new((replica, store))))
             }
             None => {
                 let store = Arc::new(MemoryStore::new());
@@ -333,7 +333,7 @@ enum Backing {
         writer: Option<state::StateWriter>,
     },
     /// Counters in Redis; the registry shared with the other replicas.
-    Redis(replicas::Replica, RedisStore),
+    Redis(Box<(replicas::Replica, RedisStore)>),
 }
 
 impl Backing {
@@ -366,7 +366,8 @@ impl Backing {
             } => writer.save(plans, store).await.map_err(|e| {
                 GatewayError::StateFile(format!("could not write the state file: {e}"))
             }),
-            Self::Redis(replica, store) => {
+            Self::Redis(redis) => {
+                let (replica, store) = &mut **redis;
                 let round = async {
                     // Leases this replica does not spend count as used for
                     // every replica until given back. What fails is kept for

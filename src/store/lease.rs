@@ -1,6 +1,7 @@
 //! The local side of leases: slices of quota and tokens that a replica took
 //! from Redis and spends without a round trip.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -44,9 +45,21 @@ impl Default for LeaseConfig {
 pub(crate) struct Unspent {
     pub(crate) units: u64,
     pub(crate) granted: u64,
+    /// Of the spent units (`granted - units`), how many were already
+    /// reported to Redis as admitted.
+    pub(crate) reported: u64,
     pub(crate) tokens: u64,
     /// The quota period the units belong to (Unix seconds).
     pub(crate) period_start: i64,
+    /// The counter's epoch when granted: a revocation starts a new one.
+    pub(crate) epoch: u64,
+}
+
+impl Unspent {
+    /// Units spent locally and not yet reported as admitted.
+    pub(crate) fn unreported(&self) -> u64 {
+        self.granted.saturating_sub(self.units + self.reported)
+    }
 }
 
 /// One lease, as granted.
@@ -67,6 +80,19 @@ pub(crate) struct Lease {
 pub(crate) struct Leases {
     pub(crate) config: LeaseConfig,
     slots: DashMap<(CounterKey, Box<str>), Mutex<Lease>>,
+    /// Per counter, the epoch below which leases are revoked: a lease of an
+    /// older epoch that arrives late (granted before the revocation, kept
+    /// after it) is never spent.
+    revoked_below: DashMap<CounterKey, u64>,
+    /// Leases taken out of use (revoked or replaced) whose unspent units,
+    /// tokens and unreported spending still go back to Redis.
+    dropped: Mutex<Vec<(Slot, Lease)>>,
+    /// Until when (Unix µs, wall clock) this replica is registered as a
+    /// lease holder, listening for revocations: past it, no lease is spent
+    /// or taken.
+    listening_until_us: AtomicI64,
+    /// Woken when the registration is renewed.
+    registered: tokio::sync::Notify,
 }
 
 /// A lease per counter and bucket (plan-wide or one method's).
@@ -81,7 +107,93 @@ impl Leases {
     pub(crate) fn new(config: LeaseConfig) -> Self {
         Self {
             config,
-            slots: DashMap::new(),
+            ..Self::default()
+        }
+    }
+
+    /// Whether leases may be taken and spent now: only while this replica
+    /// is registered as a holder and hears revocations. The wall clock, as
+    /// the registration's (a request's own clock may be a test's).
+    pub(crate) fn active(&self) -> bool {
+        jiff::Timestamp::now().as_microsecond() < self.listening_until_us.load(Ordering::Acquire)
+    }
+
+    /// Registered (and listening) until `until_us`; 0 stops all spending.
+    pub(crate) fn listen_until(&self, until_us: i64) {
+        self.listening_until_us.store(until_us, Ordering::Release);
+        if until_us > 0 {
+            self.registered.notify_waiters();
+        }
+    }
+
+    /// Returns once leases may be taken (the registration holds).
+    pub(crate) async fn until_active(&self) {
+        loop {
+            let renewed = self.registered.notified();
+            if self.active() {
+                return;
+            }
+            renewed.await;
+        }
+    }
+
+    /// Revokes every lease of `counter` older than `epoch`: none is spent
+    /// from now on, and what they hold waits in `dropped` to go back.
+    pub(crate) fn revoke(&self, counter: &CounterKey, epoch: u64) {
+        {
+            let mut below = self.revoked_below.entry(counter.clone()).or_default();
+            *below = (*below).max(epoch);
+        }
+        let mut taken = Vec::new();
+        for slot in self.slots.iter() {
+            if slot.key().0 == *counter {
+                let mut lease = slot.value().lock();
+                if lease.unspent.epoch < epoch {
+                    taken.extend(take_held(slot.key(), &mut lease));
+                }
+            }
+        }
+        self.dropped.lock().extend(taken);
+    }
+
+    /// Takes every lease out of use (after a gap in listening, when a
+    /// revocation may have been missed).
+    pub(crate) fn revoke_all(&self) {
+        let taken = self.drain();
+        self.dropped.lock().extend(taken);
+    }
+
+    /// The leases taken out of use, to give back.
+    pub(crate) fn take_dropped(&self) -> Vec<(Slot, Lease)> {
+        std::mem::take(&mut *self.dropped.lock())
+    }
+
+    /// Marks what live leases spent since the last report as reported,
+    /// and returns it, per slot: `(slot, lease as granted, units)`.
+    pub(crate) fn take_unreported(&self) -> Vec<(Slot, Lease, u64)> {
+        let mut out = Vec::new();
+        for slot in self.slots.iter() {
+            let mut lease = slot.value().lock();
+            let n = lease.unspent.unreported();
+            if n > 0 && lease.quota.is_some() {
+                lease.unspent.reported += n;
+                out.push((slot.key().clone(), *lease, n));
+            }
+        }
+        out
+    }
+
+    /// A report that did not reach Redis: counted as unreported again if
+    /// the lease is still the same one (else its give-back covers it).
+    pub(crate) fn unreport(&self, slot: &Slot, lease: &Lease, n: u64) {
+        if let Some(current) = self.slots.get(slot) {
+            let mut current = current.lock();
+            if current.unspent.epoch == lease.unspent.epoch
+                && current.unspent.period_start == lease.unspent.period_start
+                && current.unspent.granted >= lease.unspent.granted
+            {
+                current.unspent.reported = current.unspent.reported.saturating_sub(n);
+            }
         }
     }
 
@@ -92,6 +204,9 @@ impl Leases {
         now_us: i64,
         period: Option<(i64, i64)>,
     ) -> Option<Decision> {
+        if !self.active() {
+            return None;
+        }
         let slot = self.slots.get(&slot_key(request))?;
         let mut lease = slot.lock();
         let live = now_us < lease.expires_us
@@ -145,19 +260,41 @@ impl Leases {
             .unwrap_or_default()
     }
 
-    /// Keeps a new lease; one granted to a concurrent request is merged in.
-    pub(crate) fn keep(&self, slot: Slot, lease: Lease) {
-        let slot = self.slots.entry(slot).or_default();
-        let mut current = slot.lock();
-        if current.unspent.granted > 0 && current.unspent.period_start == lease.unspent.period_start
+    /// Keeps a new lease; one granted to a concurrent request in the same
+    /// period and epoch is merged in. A lease of a revoked epoch is never
+    /// kept, and one it replaces goes back.
+    pub(crate) fn keep(&self, key: Slot, lease: Lease) {
+        let mut out = Vec::new();
         {
-            current.unspent.units += lease.unspent.units;
-            current.unspent.granted += lease.unspent.granted;
-            current.unspent.tokens += lease.unspent.tokens;
-            current.expires_us = current.expires_us.min(lease.expires_us);
-            current.shared_remaining = lease.shared_remaining;
-        } else {
-            *current = lease;
+            let slot = self.slots.entry(key.clone()).or_default();
+            let mut current = slot.lock();
+            if current.unspent.granted > 0
+                && current.unspent.period_start == lease.unspent.period_start
+                && current.unspent.epoch == lease.unspent.epoch
+            {
+                current.unspent.units += lease.unspent.units;
+                current.unspent.granted += lease.unspent.granted;
+                current.unspent.tokens += lease.unspent.tokens;
+                current.expires_us = current.expires_us.min(lease.expires_us);
+                current.shared_remaining = lease.shared_remaining;
+            } else {
+                let replaced = std::mem::replace(&mut *current, lease);
+                if replaced.unspent.granted > 0 || replaced.unspent.tokens > 0 {
+                    out.push((key.clone(), replaced));
+                }
+            }
+            // Checked after the lease is in place, under its lock: a
+            // revocation either is seen here or finds the lease in `slots`.
+            let revoked = self
+                .revoked_below
+                .get(&key.0)
+                .is_some_and(|below| current.unspent.epoch < *below);
+            if revoked {
+                out.extend(take_held(&key, &mut current));
+            }
+        }
+        if !out.is_empty() {
+            self.dropped.lock().extend(out);
         }
     }
 
@@ -191,6 +328,9 @@ impl Leases {
 /// What `lease` holds, taken out of it; `None` if nothing.
 fn take_held(slot: &Slot, lease: &mut Lease) -> Option<(Slot, Lease)> {
     let taken = *lease;
-    lease.unspent = Unspent::default();
+    lease.unspent = Unspent {
+        epoch: taken.unspent.epoch,
+        ..Unspent::default()
+    };
     (taken.unspent.granted > 0 || taken.unspent.tokens > 0).then(|| (slot.clone(), taken))
 }

@@ -15,6 +15,8 @@ mod lease;
 mod memory;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
+#[cfg(feature = "redis")]
+mod revocation;
 
 use std::fmt;
 use std::hash::{Hash, Hasher};

@@ -5,18 +5,29 @@
 --
 -- "lease" also gives back what a replica's previous lease left unspent and
 -- grants a new slice (quota units and tokens) that the replica spends
--- locally. Leased units count as used until given back, and UpdateUsage
--- ("set") leaves room for them, so no replica can ever admit more than the
--- quota. Slices shrink with the remaining quota (an eighth of it), down to
--- none: near the limit every request is decided here.
+-- locally. Leased units count as used for enforcement until given back
+-- ('leased' holds the outstanding ones), and UpdateUsage ("set") leaves
+-- room for them, so no replica can ever admit more than the quota. Slices
+-- shrink with the remaining quota (an eighth of it), down to none: near the
+-- limit every request is decided here.
+--
+-- Leases carry the counter's epoch ('ep'). "revoke" starts a new epoch:
+-- the outstanding leased units are written off as used, and a lease of an
+-- older epoch given back later adds nothing back (only its spent units are
+-- recorded, for GetUsage). "report" records units a replica spent from a
+-- lease. The daily records ('d:<day>:u') count admitted requests only,
+-- never units merely reserved; 'd:<day>:r' is the remaining quota with
+-- the outstanding leased units counted as not used.
 --
 -- KEYS[1]  the counter hash ("<prefix>{<plan>:<key>}")
--- ARGV     1 op ("decide" | "lease" | "return" | "set"), 2 now_us, 3 now_secs, 4 day,
+-- ARGV     1 op ("decide" | "lease" | "return" | "report" | "revoke" | "set"), 2 now_us, 3 now_secs, 4 day,
 --          5 bucket field ("" = no throttle), 6 rate, 7 burst,
 --          8 period kind ("" = no quota), 9 period start, 10 period end,
 --          11 period limit, 12 remaining (for "set"), 13 ttl secs,
 --          14 returned units, 15 units of the returned lease, 16 returned tokens,
---          17 period start of the returned lease, 18 wanted units, 19 wanted tokens
+--          17 period start of the returned lease, 18 wanted units, 19 wanted tokens,
+--          20 epoch of the returned lease, 21 its units already reported spent,
+--          22 spent units to record (for "report")
 local k = KEYS[1]
 local op = ARGV[1]
 local now_us, now = tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -27,6 +38,9 @@ local set_to, ttl = tonumber(ARGV[12]), tonumber(ARGV[13])
 local ret_q, ret_granted, ret_t = tonumber(ARGV[14]) or 0, tonumber(ARGV[15]) or 0, tonumber(ARGV[16]) or 0
 local ret_pstart = ARGV[17] or ""
 local want_q, want_t = tonumber(ARGV[18]) or 0, tonumber(ARGV[19]) or 0
+local ret_epoch, ret_reported = tonumber(ARGV[20]) or 0, tonumber(ARGV[21]) or 0
+local report_n = tonumber(ARGV[22]) or 0
+local epoch = tonumber(redis.call('HGET', k, 'ep')) or 0
 
 local used, allow, leased, remaining = 0, nil, 0, 0
 local function quota_left()
@@ -41,7 +55,7 @@ if kind ~= "" then
     allow = tonumber(q[4])
     leased = tonumber(q[5]) or 0
     current = true
-  elseif op == 'return' then
+  elseif op == 'return' or op == 'report' or op == 'revoke' then
     -- A lease of a period that is over, or of the plan's former period
     -- kind: nothing to give back to, and no period to start.
   else
@@ -75,7 +89,28 @@ local function record(delta)
     end
     redis.call('HSET', k, 'dmin', math.max(dmin, oldest))
   end
-  redis.call('HSET', k, prefix .. ':r', remaining)
+  redis.call('HSET', k, prefix .. ':r', remaining + leased)
+end
+
+if op == 'revoke' then
+  -- Outstanding leases end here: their units stay used (nothing spends
+  -- them any more once every replica dropped them or they expired).
+  epoch = epoch + 1
+  redis.call('HSET', k, 'ep', epoch, 'leased', 0)
+  redis.call('EXPIRE', k, ttl)
+  return epoch
+end
+
+if op == 'report' then
+  if current and ret_pstart == pstart and report_n > 0 then
+    if ret_epoch == epoch then
+      leased = math.max(leased - report_n, 0)
+      redis.call('HSET', k, 'leased', leased)
+    end
+    record(report_n)
+    redis.call('EXPIRE', k, ttl)
+  end
+  return 0
 end
 
 if op == 'set' then
@@ -89,11 +124,15 @@ if op == 'set' then
 end
 
 if (op == 'lease' or op == 'return') and current and ret_pstart == pstart and ret_granted > 0 then
-  used = math.max(used - ret_q, 0)
-  leased = math.max(leased - ret_granted, 0)
-  remaining = quota_left()
-  redis.call('HSET', k, 'used', used, 'leased', leased)
-  record(-ret_q)
+  local spent = math.max(ret_granted - ret_reported - ret_q, 0)
+  if ret_epoch == epoch then
+    -- Unspent units come back; what is still outstanding of this lease ends.
+    used = math.max(used - ret_q, 0)
+    leased = math.max(leased - (ret_granted - ret_reported), 0)
+    remaining = quota_left()
+    redis.call('HSET', k, 'used', used, 'leased', leased)
+  end
+  record(spent)
 end
 
 -- The bucket, refilled up to now, with the returned tokens back in it.
@@ -116,7 +155,7 @@ if op == 'return' then
     redis.call('HSET', k, bf .. ':t', tostring(tokens), bf .. ':u', updated)
   end
   redis.call('EXPIRE', k, ttl)
-  return { 0, tostring(tokens), remaining, 0, 0 }
+  return { 0, tostring(tokens), remaining, 0, 0, epoch }
 end
 
 local verdict = 0 -- 0 admitted, 1 throttled, 2 quota exceeded
@@ -134,7 +173,7 @@ elseif kind ~= "" and remaining < 1 then
 end
 if verdict ~= 0 then
   redis.call('EXPIRE', k, ttl)
-  return { verdict, tostring(tokens), remaining, 0, 0 }
+  return { verdict, tostring(tokens), remaining, 0, 0, epoch }
 end
 
 used = used + 1
@@ -161,6 +200,6 @@ end
 if kind ~= "" then
   redis.call('HSET', k, 'used', used, 'leased', leased)
 end
-record(1 + q_take)
+record(1)
 redis.call('EXPIRE', k, ttl)
-return { 0, tostring(tokens), remaining, q_take, t_take }
+return { 0, tostring(tokens), remaining, q_take, t_take, epoch }

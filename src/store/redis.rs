@@ -14,6 +14,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{FromRedisValue, Script, ScriptInvocation};
 
 use super::lease::{self, Lease, LeaseConfig, Leases, Unspent};
+use super::revocation::{self, Revocations};
 use super::{
     CounterKey, CounterStore, DayUsage, Decision, DecisionRequest, QuotaRule, StoreFuture, Verdict,
 };
@@ -59,6 +60,8 @@ pub struct RedisStore {
     prefix: String,
     timeout: Duration,
     leases: Option<Arc<Leases>>,
+    revocations: Arc<Revocations>,
+    url: String,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -83,22 +86,48 @@ impl RedisStore {
     /// `Store` if the URL is invalid or the server cannot be reached.
     pub async fn connect(url: &str) -> Result<Self> {
         let connection = Connection::open(url).await?;
-        Ok(Self {
+        let mut store = Self {
             connection,
             script: Script::new(SCRIPT),
-            prefix: "tup:".to_owned(),
+            prefix: String::new(),
             timeout: Duration::from_millis(250),
             leases: None,
-        })
+            revocations: Arc::new(Revocations::new("")),
+            url: url.to_owned(),
+        };
+        store = store.with_prefix("tup:");
+        Ok(store)
+    }
+
+    /// A new revocation listener for the current prefix (and leases).
+    fn listen(&mut self) {
+        self.revocations = Arc::new(Revocations::new(&self.prefix));
+        if let Some(leases) = &self.leases {
+            self.revocations.hold(leases.clone());
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(revocation::listen(
+                revocation::subscribe_url(&self.url),
+                self.connection.clone(),
+                Arc::downgrade(&self.revocations),
+            ));
+        }
     }
 
     /// Spends leased slices of quota and tokens locally: a round trip only
-    /// when a lease runs out or expires. Still exact — leased units count as
-    /// used in Redis until given back, and slices shrink to nothing near
-    /// the limit — but GetUsage counts a lease's unspent units as used
-    /// until they are given back (on expiry, or [`give_back_leases`](Self::give_back_leases)).
+    /// when a lease runs out or expires. Still exact: leased units count as
+    /// used in Redis until given back, slices shrink to nothing near the
+    /// limit, and UpdateUsage revokes every replica's leases of the counter
+    /// before it returns (each replica listens for revocations on Redis
+    /// pub/sub and spends leases only while it does). GetUsage counts
+    /// requests admitted, not units leased: call
+    /// [`give_back_expired_leases`](Self::give_back_leases) every 200 ms or
+    /// so (the gateway does), which also reports what leases spent.
+    ///
+    /// Call it inside a Tokio runtime: it starts the revocation listener.
     pub fn with_leases(mut self, config: LeaseConfig) -> Self {
         self.leases = Some(Arc::new(Leases::new(config)));
+        self.listen();
         self
     }
 
@@ -110,7 +139,11 @@ impl RedisStore {
     /// to go back with the next call or the key's next decision.
     pub async fn give_back_leases(&self) -> Result<()> {
         match &self.leases {
-            Some(leases) => self.give_back(leases, leases.drain()).await,
+            Some(leases) => {
+                let mut taken = leases.take_dropped();
+                taken.extend(leases.drain());
+                self.give_back(leases, taken).await
+            }
             None => Ok(()),
         }
     }
@@ -127,10 +160,77 @@ impl RedisStore {
         match &self.leases {
             Some(leases) => {
                 let now_us = jiff::Timestamp::now().as_microsecond();
-                self.give_back(leases, leases.drain_expired(now_us)).await
+                let mut taken = leases.take_dropped();
+                taken.extend(leases.drain_expired(now_us));
+                self.give_back(leases, taken).await?;
+                self.report_spent(leases).await
             }
             None => Ok(()),
         }
+    }
+
+    /// Returns once this replica may take leases: it is registered as a
+    /// lease holder and listens for revocations, normally within
+    /// milliseconds of [`with_leases`](Self::with_leases). Until then (and
+    /// whenever Redis pub/sub is lost) each decision takes one round trip.
+    /// Returns at once without leases.
+    ///
+    /// ```no_run
+    /// # async fn run() -> tower_usage_plans::Result<()> {
+    /// use tower_usage_plans::store::{LeaseConfig, RedisStore};
+    ///
+    /// let store = RedisStore::connect("redis://127.0.0.1:6379")
+    ///     .await?
+    ///     .with_leases(LeaseConfig::default());
+    /// store.until_leasing().await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn until_leasing(&self) {
+        if let Some(leases) = &self.leases {
+            leases.until_active().await;
+        }
+    }
+
+    /// Tells Redis what live leases spent since the last report, so that
+    /// GetUsage counts it as admitted.
+    async fn report_spent(&self, leases: &Leases) -> Result<()> {
+        for (slot, lease, n) in leases.take_unreported() {
+            let mut args = Args::new(jiff::Timestamp::now().into(), lease.quota.as_ref());
+            args.unspent = lease.unspent;
+            args.report = n;
+            let (key, script) = (self.key(&slot.0), self.script.clone());
+            let reported: Result<i64> = self
+                .run(move |mut connection| async move {
+                    connection
+                        .invoke(args.invocation(&script, &key, "report"))
+                        .await
+                })
+                .await;
+            if let Err(e) = reported {
+                leases.unreport(&slot, &lease, n);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts a new epoch of `counter`'s leases: every replica's leases of
+    /// it are revoked when this returns (acknowledged, or expired).
+    async fn revoke(&self, counter: &CounterKey) -> Result<()> {
+        let args = Args::new(jiff::Timestamp::now().into(), None);
+        let (key, script) = (self.key(counter), self.script.clone());
+        let epoch: u64 = self
+            .run(move |mut connection| async move {
+                connection
+                    .invoke(args.invocation(&script, &key, "revoke"))
+                    .await
+            })
+            .await?;
+        let mut connection = self.connection.clone();
+        self.revocations
+            .revoke(&mut connection, counter, epoch)
+            .await
+            .map_err(|e| store_error("revoke", e))
     }
 
     /// Gives `taken` (drained from `leases`) back one by one; at the first
@@ -147,7 +247,7 @@ impl RedisStore {
             }
             args.unspent = lease.unspent;
             let (key, script) = (self.key(&counter), self.script.clone());
-            let answer: Result<(u8, String, u64, u64, u64)> = self
+            let answer: Result<(u8, String, u64, u64, u64, u64)> = self
                 .run(move |mut connection| async move {
                     connection
                         .invoke(args.invocation(&script, &key, "return"))
@@ -169,6 +269,7 @@ impl RedisStore {
     /// between deployments or tests.
     pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
+        self.listen();
         self
     }
 
@@ -282,6 +383,7 @@ struct Args {
     set_to: u64,
     unspent: Unspent,
     want: (u64, u64),
+    report: u64,
 }
 
 impl Args {
@@ -302,6 +404,7 @@ impl Args {
             set_to: 0,
             unspent: Unspent::default(),
             want: (0, 0),
+            report: 0,
         }
     }
 
@@ -330,7 +433,10 @@ impl Args {
             .arg(self.unspent.tokens)
             .arg(self.unspent.period_start)
             .arg(self.want.0)
-            .arg(self.want.1);
+            .arg(self.want.1)
+            .arg(self.unspent.epoch)
+            .arg(self.unspent.reported)
+            .arg(self.report);
         invocation
     }
 }
@@ -340,7 +446,7 @@ impl CounterStore for RedisStore {
         let mut args = Args::new(request.now, request.quota.as_ref());
         let mut op = "decide";
         let mut slot = None;
-        if let Some(leases) = &self.leases {
+        if let Some(leases) = self.leases.as_ref().filter(|l| l.active()) {
             let period = args.period.map(|(_, start, end, _)| (start, end));
             if let Some(decision) = leases.try_spend(request, args.now_us, period) {
                 return StoreFuture::ready(Ok(decision));
@@ -359,10 +465,16 @@ impl CounterStore for RedisStore {
         let (key, script) = (self.key(request.counter), self.script.clone());
         let (throttle, quota) = (request.throttle.map(|t| t.throttle), request.quota);
         self.run(move |mut connection| async move {
-            let (verdict, tokens, remaining, units, leased_tokens): (u8, String, u64, u64, u64) =
-                connection
-                    .invoke(args.invocation(&script, &key, op))
-                    .await?;
+            let (verdict, tokens, remaining, units, leased_tokens, epoch): (
+                u8,
+                String,
+                u64,
+                u64,
+                u64,
+                u64,
+            ) = connection
+                .invoke(args.invocation(&script, &key, op))
+                .await?;
             let tokens: f64 = tokens.parse().unwrap_or(0.0);
             if let (Some((leases, slot)), true) = (slot, units > 0 || leased_tokens > 0) {
                 let period = args
@@ -374,8 +486,10 @@ impl CounterStore for RedisStore {
                         unspent: Unspent {
                             units,
                             granted: units,
+                            reported: 0,
                             tokens: leased_tokens,
                             period_start: period.0,
+                            epoch,
                         },
                         period_end: period.1,
                         expires_us: args.now_us
@@ -414,11 +528,19 @@ impl CounterStore for RedisStore {
         let mut args = Args::new(now.into(), Some(quota));
         args.set_to = remaining;
         let (key, script) = (self.key(counter), self.script.clone());
-        self.run(move |mut connection| async move {
-            let (used, remaining): (u64, u64) = connection
-                .invoke(args.invocation(&script, &key, "set"))
-                .await?;
-            Ok([used, remaining])
+        let (store, counter) = (self.clone(), counter.clone());
+        StoreFuture::boxed(async move {
+            // No lease granted before this point is spent after it: the
+            // remaining count set here is exact on every replica.
+            store.revoke(&counter).await?;
+            store
+                .run(move |mut connection| async move {
+                    let (used, remaining): (u64, u64) = connection
+                        .invoke(args.invocation(&script, &key, "set"))
+                        .await?;
+                    Ok([used, remaining])
+                })
+                .await
         })
     }
 
@@ -474,9 +596,11 @@ fn restore(fields: &HashMap<String, String>) -> Counter {
             _ => {}
         }
     }
+    // Units leased out and not yet spent are not admitted requests.
+    let leased = number("leased").unwrap_or(0).max(0);
     Counter::restored(
         period,
-        number("used").map_or(0, |u| u.max(0) as u64),
+        number("used").map_or(0, |u| (u - leased).max(0) as u64),
         number("allow").map(|a| a.max(0) as u64),
         days.into_iter()
             .map(|(day, (used, remaining))| (day, used, remaining))
