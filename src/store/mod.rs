@@ -9,14 +9,14 @@
 //! the throttle refuses spends no quota, one the quota refuses spends no
 //! token).
 
+#[cfg(feature = "redis")]
+mod control;
 mod future;
 #[cfg(feature = "redis")]
 mod lease;
 mod memory;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
-#[cfg(feature = "redis")]
-mod revocation;
 
 use std::fmt;
 use std::hash::{Hash, Hasher};

@@ -13,8 +13,8 @@ use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 use redis::{FromRedisValue, Script, ScriptInvocation};
 
+use super::control::{self, Control, RegistryHandler};
 use super::lease::{self, Lease, LeaseConfig, Leases, Unspent};
-use super::revocation::{self, Revocations};
 use super::{
     CounterKey, CounterStore, DayUsage, Decision, DecisionRequest, QuotaRule, StoreFuture, Verdict,
 };
@@ -60,7 +60,7 @@ pub struct RedisStore {
     prefix: String,
     timeout: Duration,
     leases: Option<Arc<Leases>>,
-    revocations: Arc<Revocations>,
+    control: Arc<Control>,
     url: String,
 }
 
@@ -92,26 +92,53 @@ impl RedisStore {
             prefix: String::new(),
             timeout: Duration::from_millis(250),
             leases: None,
-            revocations: Arc::new(Revocations::new("")),
+            control: Arc::new(Control::new("")),
             url: url.to_owned(),
         };
         store = store.with_prefix("tup:");
         Ok(store)
     }
 
-    /// A new revocation listener for the current prefix (and leases).
+    /// A new control-channel listener for the current prefix (and leases).
     fn listen(&mut self) {
-        self.revocations = Arc::new(Revocations::new(&self.prefix));
+        self.control = Arc::new(Control::new(&self.prefix));
         if let Some(leases) = &self.leases {
-            self.revocations.hold(leases.clone());
+            self.control.hold(leases.clone());
         }
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(revocation::listen(
-                revocation::subscribe_url(&self.url),
+            runtime.spawn(control::listen(
+                control::subscribe_url(&self.url),
                 self.connection.clone(),
-                Arc::downgrade(&self.revocations),
+                Arc::downgrade(&self.control),
             ));
         }
+    }
+
+    /// Runs `handler` whenever another replica announces (with
+    /// [`registry_changed`](Self::registry_changed)) that the registry it
+    /// shares through Redis changed, and acknowledges once it resolved.
+    /// `None` removes it.
+    pub fn on_registry_change(
+        &self,
+        handler: Option<Arc<dyn Fn() -> StoreFuture<()> + Send + Sync>>,
+    ) {
+        let handler: Option<RegistryHandler> = handler;
+        self.control.on_registry(handler);
+    }
+
+    /// Tells every other replica on this Redis (and prefix) that the shared
+    /// registry changed; returns once each live replica's
+    /// [`on_registry_change`](Self::on_registry_change) handler resolved,
+    /// or after 1 s for one that does not answer (its registration lapsed).
+    ///
+    /// # Errors
+    /// `Store` if Redis cannot be reached.
+    pub async fn registry_changed(&self) -> Result<()> {
+        let mut connection = self.connection.clone();
+        self.control
+            .registry_changed(&mut connection)
+            .await
+            .map_err(|e| store_error("registry change", e))
     }
 
     /// Spends leased slices of quota and tokens locally: a round trip only
@@ -227,7 +254,7 @@ impl RedisStore {
             })
             .await?;
         let mut connection = self.connection.clone();
-        self.revocations
+        self.control
             .revoke(&mut connection, counter, epoch)
             .await
             .map_err(|e| store_error("revoke", e))

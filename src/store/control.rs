@@ -1,0 +1,411 @@
+//! The replicas' control channel on Redis pub/sub: revoking leases, and
+//! telling every replica that the shared registry changed — each a message
+//! that the sender waits on until every live replica has acknowledged it.
+//!
+//! Every 100 ms each replica registers in a sorted set, scored by when the
+//! registration lapses (1 s on), and publishes a beat with that time on
+//! the channel it listens to. It spends leases only until the lapse time
+//! of the last beat it *received*: messages arrive in the order Redis
+//! took them, so by then it has acted on every revocation published
+//! before that beat. A sender publishes, then reads who is registered,
+//! and waits for their acknowledgements, at most 1 s: a replica that has
+//! not acknowledged by then received no beat since the revocation, so its
+//! leases lapsed. What revoked leases still hold goes back with the
+//! store's next `give_back_expired_leases`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::Notify;
+
+use super::lease::Leases;
+use super::redis::Connection;
+use super::{CounterKey, StoreFuture};
+
+/// How long a replica's registration lasts unless renewed; also the
+/// longest a sender waits for one replica's acknowledgement.
+const REGISTRATION: Duration = Duration::from_secs(1);
+/// How often a listening replica renews its registration.
+const RENEW_EVERY: Duration = Duration::from_millis(100);
+
+/// Called when another replica changed the shared registry: resolves once
+/// this replica enforces the change.
+pub(crate) type RegistryHandler = Arc<dyn Fn() -> StoreFuture<()> + Send + Sync>;
+
+/// One store's side of the channel: its replica id, the leases it holds
+/// (if any), what it does on a registry change, and the messages it waits
+/// on.
+pub(crate) struct Control {
+    replica: String,
+    members_key: String,
+    channel: String,
+    leases: RwLock<Option<Arc<Leases>>>,
+    on_registry: RwLock<Option<RegistryHandler>>,
+    waiting: Mutex<HashMap<String, Waiting>>,
+    /// Subscribed: acknowledgements reach us.
+    listening: AtomicBool,
+}
+
+struct Waiting {
+    acked: HashSet<String>,
+    /// Who must acknowledge (known once the sender read the registrations).
+    pending: Option<HashSet<String>>,
+    done: Arc<Notify>,
+}
+
+impl Waiting {
+    fn complete(&self) -> bool {
+        self.pending
+            .as_ref()
+            .is_some_and(|pending| pending.is_subset(&self.acked))
+    }
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Control")
+            .field("replica", &self.replica)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_us() -> i64 {
+    jiff::Timestamp::now().as_microsecond()
+}
+
+impl Control {
+    pub(crate) fn new(prefix: &str) -> Self {
+        Self {
+            replica: format!("{:016x}", rand::random::<u64>()),
+            members_key: format!("{prefix}{{ctl}}:replicas"),
+            channel: format!("{prefix}{{ctl}}"),
+            leases: RwLock::new(None),
+            on_registry: RwLock::new(None),
+            waiting: Mutex::new(HashMap::new()),
+            listening: AtomicBool::new(false),
+        }
+    }
+
+    /// The leases this replica holds from now on.
+    pub(crate) fn hold(&self, leases: Arc<Leases>) {
+        *self.leases.write() = Some(leases);
+    }
+
+    /// What this replica does when another one changed the registry.
+    pub(crate) fn on_registry(&self, handler: Option<RegistryHandler>) {
+        *self.on_registry.write() = handler;
+    }
+
+    fn leases(&self) -> Option<Arc<Leases>> {
+        self.leases.read().clone()
+    }
+
+    /// Revokes the leases of `counter` older than `epoch` on every replica
+    /// (this one at once); returns once every live replica acknowledged.
+    pub(crate) async fn revoke(
+        &self,
+        connection: &mut Connection,
+        counter: &CounterKey,
+        epoch: u64,
+    ) -> redis::RedisResult<()> {
+        if let Some(leases) = self.leases() {
+            leases.revoke(counter, epoch);
+        }
+        self.broadcast(connection, |id| {
+            format!(
+                "revoke {id} {epoch} {} {}",
+                counter.plan_id(),
+                counter.key_id()
+            )
+        })
+        .await
+    }
+
+    /// Tells every other replica that the shared registry changed; returns
+    /// once every live replica enforces it.
+    pub(crate) async fn registry_changed(
+        &self,
+        connection: &mut Connection,
+    ) -> redis::RedisResult<()> {
+        self.broadcast(connection, |id| format!("registry {id}"))
+            .await
+    }
+
+    /// Publishes `message(id)`, then waits for the acknowledgements of the
+    /// replicas registered after it went out (at most `REGISTRATION`).
+    async fn broadcast(
+        &self,
+        connection: &mut Connection,
+        message: impl FnOnce(&str) -> String,
+    ) -> redis::RedisResult<()> {
+        // The id starts with ours: replicas never act on their own messages.
+        let id = format!("{}-{:016x}", self.replica, rand::random::<u64>());
+        let done = Arc::new(Notify::new());
+        self.waiting.lock().insert(
+            id.clone(),
+            Waiting {
+                acked: HashSet::new(),
+                pending: None,
+                done: done.clone(),
+            },
+        );
+        let result = async {
+            connection
+                .query::<i64>(redis::cmd("PUBLISH").arg(&self.channel).arg(message(&id)))
+                .await?;
+            // Read after publishing: a replica registered later received
+            // the message before any beat that lets it spend again.
+            let members: Vec<String> = connection
+                .query(
+                    redis::cmd("ZRANGEBYSCORE")
+                        .arg(&self.members_key)
+                        .arg(now_us() / 1_000)
+                        .arg("+inf"),
+                )
+                .await?;
+            let complete = {
+                let mut waiting = self.waiting.lock();
+                let entry = waiting.get_mut(&id).expect("removed only below");
+                entry.pending = Some(
+                    members
+                        .into_iter()
+                        .filter(|member| *member != self.replica)
+                        .collect(),
+                );
+                entry.complete()
+            };
+            if !complete {
+                if self.listening.load(Ordering::Acquire) {
+                    let _ = tokio::time::timeout(REGISTRATION, done.notified()).await;
+                } else {
+                    // No acknowledgement can reach us: wait out the beats.
+                    tokio::time::sleep(REGISTRATION).await;
+                }
+            }
+            Ok(())
+        }
+        .await;
+        self.waiting.lock().remove(&id);
+        result
+    }
+
+    fn acknowledged(&self, id: &str, replica: &str) {
+        let mut waiting = self.waiting.lock();
+        if let Some(entry) = waiting.get_mut(id) {
+            entry.acked.insert(replica.to_owned());
+            if entry.complete() {
+                entry.done.notify_one();
+            }
+        }
+    }
+
+    /// Acts on one message from another replica; `true` to acknowledge.
+    async fn handle(&self, message: Message<'_>) -> bool {
+        match message {
+            Message::Ack { id, replica } => {
+                self.acknowledged(id, replica);
+                false
+            }
+            Message::Beat { replica, until_ms } => {
+                // Only our own beat proves that we hear the channel.
+                if replica == self.replica {
+                    if let Some(leases) = self.leases() {
+                        if !leases.active() {
+                            // A gap: a revocation may have gone by unheard.
+                            leases.revoke_all();
+                        }
+                        leases.listen_until(until_ms.saturating_mul(1_000));
+                    }
+                }
+                false
+            }
+            Message::Revoke {
+                epoch, plan, key, ..
+            } => {
+                if let Some(leases) = self.leases() {
+                    leases.revoke(&CounterKey::new(plan, key), epoch);
+                }
+                true
+            }
+            Message::Registry { .. } => {
+                let handler = self.on_registry.read().clone();
+                if let Some(handler) = handler {
+                    if let Err(e) = handler().await {
+                        tracing::warn!(error = %e, "could not take in a registry change");
+                        return false;
+                    }
+                }
+                true
+            }
+        }
+    }
+
+    /// Renews this replica's registration and publishes its beat (the
+    /// registration first: a replica whose beat was heard is listed).
+    async fn renew(&self, connection: &mut Connection) {
+        let ttl_ms = i64::try_from(REGISTRATION.as_millis()).unwrap_or(i64::MAX);
+        let now_ms = now_us() / 1_000;
+        let until_ms = now_ms + ttl_ms;
+        let renewed = connection
+            .pipeline::<()>(
+                redis::pipe()
+                    .cmd("ZADD")
+                    .arg(&self.members_key)
+                    .arg(until_ms)
+                    .arg(&self.replica)
+                    .ignore()
+                    .cmd("ZREMRANGEBYSCORE")
+                    .arg(&self.members_key)
+                    .arg("-inf")
+                    .arg(now_ms)
+                    .ignore()
+                    .cmd("PUBLISH")
+                    .arg(&self.channel)
+                    .arg(format!("beat {} {until_ms}", self.replica))
+                    .ignore(),
+            )
+            .await;
+        if let Err(e) = renewed {
+            tracing::debug!(error = %e, "replica registration failed");
+        }
+    }
+
+    fn stopped_listening(&self) {
+        self.listening.store(false, Ordering::Release);
+        if let Some(leases) = self.leases() {
+            leases.listen_until(0);
+        }
+    }
+}
+
+/// One message on the channel.
+enum Message<'a> {
+    Ack {
+        id: &'a str,
+        replica: &'a str,
+    },
+    Beat {
+        replica: &'a str,
+        until_ms: i64,
+    },
+    Revoke {
+        id: &'a str,
+        epoch: u64,
+        plan: &'a str,
+        key: &'a str,
+    },
+    Registry {
+        id: &'a str,
+    },
+}
+
+impl<'a> Message<'a> {
+    fn parse(text: &'a str) -> Option<Self> {
+        let mut parts = text.split(' ');
+        Some(match parts.next()? {
+            "ack" => Self::Ack {
+                id: parts.next()?,
+                replica: parts.next()?,
+            },
+            "revoke" => Self::Revoke {
+                id: parts.next()?,
+                epoch: parts.next()?.parse().ok()?,
+                plan: parts.next()?,
+                key: parts.next()?,
+            },
+            "registry" => Self::Registry { id: parts.next()? },
+            "beat" => Self::Beat {
+                replica: parts.next()?,
+                until_ms: parts.next()?.parse().ok()?,
+            },
+            _ => return None,
+        })
+    }
+
+    /// The id of a message to act on and acknowledge; `None` for acks and
+    /// beats.
+    fn id(&self) -> Option<&'a str> {
+        match self {
+            Self::Revoke { id, .. } | Self::Registry { id } => Some(id),
+            Self::Ack { .. } | Self::Beat { .. } => None,
+        }
+    }
+}
+
+/// Where to subscribe: the server itself, or a cluster's first node (a
+/// cluster delivers every PUBLISH to every node's subscribers).
+pub(crate) fn subscribe_url(url: &str) -> String {
+    match url.strip_prefix("redis+cluster://") {
+        Some(nodes) => format!("redis://{}", nodes.split(',').next().unwrap_or("").trim()),
+        None => url.to_owned(),
+    }
+}
+
+/// Listens on the channel and keeps this replica registered while it
+/// does; resubscribes when the subscription is lost. Ends when the store
+/// is dropped.
+pub(crate) async fn listen(url: String, mut connection: Connection, control: Weak<Control>) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let Some(this) = control.upgrade() else {
+            return;
+        };
+        let subscribed = async {
+            let client = redis::Client::open(url.as_str())?;
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(this.channel.as_str()).await?;
+            redis::RedisResult::Ok(pubsub)
+        }
+        .await;
+        let pubsub = match subscribed {
+            Ok(pubsub) => pubsub,
+            Err(e) => {
+                tracing::warn!(error = %e, "replica control channel: cannot subscribe; retrying");
+                drop(this);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(50);
+        this.listening.store(true, Ordering::Release);
+        drop(this);
+        let mut messages = pubsub.into_on_message();
+        let mut renew = tokio::time::interval(RENEW_EVERY);
+        loop {
+            tokio::select! {
+                message = messages.next() => {
+                    let Some(message) = message else { break };
+                    let Some(this) = control.upgrade() else { return };
+                    let Ok(text) = message.get_payload::<String>() else { continue };
+                    let Some(parsed) = Message::parse(&text) else { continue };
+                    let id = parsed.id();
+                    if id.is_some_and(|id| id.starts_with(&this.replica)) {
+                        continue;
+                    }
+                    if let (true, Some(id)) = (this.handle(parsed).await, id) {
+                        let ack = format!("ack {id} {}", this.replica);
+                        if let Err(e) = connection
+                            .query::<i64>(redis::cmd("PUBLISH").arg(&this.channel).arg(ack))
+                            .await
+                        {
+                            tracing::warn!(error = %e, "replica control channel: cannot acknowledge");
+                        }
+                    }
+                }
+                _ = renew.tick() => {
+                    let Some(this) = control.upgrade() else { return };
+                    this.renew(&mut connection).await;
+                }
+            }
+        }
+        if let Some(this) = control.upgrade() {
+            this.stopped_listening();
+        }
+        tracing::warn!("replica control channel: subscription lost; resubscribing");
+    }
+}
