@@ -62,7 +62,8 @@ pub use model::{
     UsagePlanKey,
 };
 pub use registry::{
-    KeySnapshot, PlanSnapshot, RegistrySnapshot, UsagePlans, UsagePlansBuilder, MAX_USAGE_DAYS,
+    KeySnapshot, PlanSnapshot, RegistrySnapshot, Replicate, UsagePlans, UsagePlansBuilder,
+    MAX_USAGE_DAYS,
 };
 
 /// The README's examples, compiled as doc tests.

@@ -507,3 +507,65 @@ async fn usage_becomes(gateway: &Gateway, plan_id: &str, key_id: &str, want: [u6
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// A change made through one replica binds the other on its very next
+/// request once the call has returned: a lowered throttle, then a disabled
+/// key — with leases and without.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_change_through_one_replica_binds_the_other_on_its_next_request() {
+    for leases in [true, false] {
+        let redis = Redis::start();
+        let start = || {
+            Gateway::start(config_with(
+                &redis.url(),
+                1_000,
+                StoreFailure::FailOpen,
+                leases,
+            ))
+        };
+        let a = start().await.unwrap();
+        let b = start().await.unwrap();
+        let plan = a.plans().usage_plans()[0].clone();
+        let key_id = a.plans().api_key_by_value(KEY).unwrap().id;
+        let client = client();
+        for _ in 0..5 {
+            assert_eq!(status(&client, a.data_addr()).await, 200);
+            assert_eq!(status(&client, b.data_addr()).await, 200);
+        }
+
+        a.plans()
+            .update_usage_plan(&plan.id, |plan| {
+                plan.throttle = Some(tower_usage_plans::Throttle {
+                    burst_limit: 1,
+                    rate_limit: 0.001,
+                });
+                Ok(())
+            })
+            .unwrap();
+        a.plans().replicated().await.unwrap();
+        let mut admitted = 0;
+        for i in 0..10 {
+            let addr = [b.data_addr(), a.data_addr()][i % 2];
+            admitted += u32::from(status(&client, addr).await == 200);
+        }
+        assert!(
+            admitted <= 1,
+            "burst 1 admitted {admitted} of 10 (leases: {leases})"
+        );
+
+        a.plans()
+            .update_api_key(&key_id, |key| {
+                key.enabled = false;
+                Ok(())
+            })
+            .unwrap();
+        a.plans().replicated().await.unwrap();
+        assert_eq!(
+            status(&client, b.data_addr()).await,
+            403,
+            "B admitted a key A disabled (leases: {leases})"
+        );
+        a.shutdown().await.unwrap();
+        b.shutdown().await.unwrap();
+    }
+}

@@ -146,7 +146,21 @@ impl Inner {
             query: wire::Query::parse(parts.uri.query()),
             body: &body,
         };
-        ops::dispatch(&parts.method, &segments, call).await
+        let answer = ops::dispatch(&parts.method, &segments, call).await?;
+        if parts.method != http::Method::GET {
+            // A change is answered once every replica enforces it.
+            self.plans.replicated().await.map_err(|e| {
+                AwsError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "ServiceUnavailableException",
+                    format!(
+                        "The change holds on this replica, but the other replicas could not \
+                         be reached to confirm it: {e}"
+                    ),
+                )
+            })?;
+        }
+        Ok(answer)
     }
 }
 

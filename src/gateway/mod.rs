@@ -93,8 +93,9 @@ impl Gateway {
                 let replica = replicas::Replica::join(url, plans.clone())
                     .await
                     .map_err(GatewayError::redis)?;
+                let replica = replicas::share(replica, &plans, &store);
                 tracing::info!(url = %shown, "sharing counters and the registry through Redis");
-                (plans, Backing::Redis(Box::new((replica, store))))
+                (plans, Backing::Redis(replica, store))
             }
             None => {
                 let store = Arc::new(MemoryStore::new());
@@ -333,7 +334,7 @@ enum Backing {
         writer: Option<state::StateWriter>,
     },
     /// Counters in Redis; the registry shared with the other replicas.
-    Redis(Box<(replicas::Replica, RedisStore)>),
+    Redis(Arc<tokio::sync::Mutex<replicas::Replica>>, RedisStore),
 }
 
 impl Backing {
@@ -366,8 +367,7 @@ impl Backing {
             } => writer.save(plans, store).await.map_err(|e| {
                 GatewayError::StateFile(format!("could not write the state file: {e}"))
             }),
-            Self::Redis(redis) => {
-                let (replica, store) = &mut **redis;
+            Self::Redis(replica, store) => {
                 let round = async {
                     // Leases this replica does not spend count as used for
                     // every replica until given back. What fails is kept for
@@ -380,7 +380,7 @@ impl Backing {
                     if let Err(e) = given {
                         tracing::warn!(error = %e, "could not give leased quota back");
                     }
-                    replica.sync().await.map_err(|e| {
+                    replica.lock().await.sync().await.map_err(|e| {
                         GatewayError::redis(format!(
                             "could not sync the registry through Redis: {e}"
                         ))

@@ -4,11 +4,14 @@
 //! snapshot; a replica that sees a newer version restores it. Counters need
 //! none of this: they live in Redis already ([`RedisStore`](crate::store::RedisStore)).
 
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use crate::store::redis::Connection;
+use tokio::sync::Mutex;
 
-use crate::{RegistrySnapshot, UsagePlans};
+use crate::store::redis::Connection;
+use crate::store::{RedisStore, StoreFuture};
+use crate::{Error, ErrorKind, RegistrySnapshot, UsagePlans};
 
 // One hash tag: both keys live in one cluster slot, so they can change
 // together in one transaction.
@@ -39,6 +42,44 @@ return redis.call('INCR', KEYS[2])
 
 /// How many times a replica merges and retries when others keep publishing.
 const PUBLISH_ATTEMPTS: usize = 8;
+
+/// Shares `replica` between the periodic sync and the two pushes: a change
+/// made here is published at once and announced, and the admin call that
+/// made it waits until every live replica took it in
+/// ([`UsagePlans::replicated`]); an announcement from another replica is
+/// taken in at once. The 200 ms sync stays, for announcements lost.
+pub(crate) fn share(
+    replica: Replica,
+    plans: &UsagePlans,
+    store: &RedisStore,
+) -> Arc<Mutex<Replica>> {
+    let replica = Arc::new(Mutex::new(replica));
+    let sync = |replica: &Weak<Mutex<Replica>>| {
+        let replica = replica.clone();
+        async move {
+            match replica.upgrade() {
+                Some(replica) => replica
+                    .lock()
+                    .await
+                    .sync()
+                    .await
+                    .map_err(|e| Error::new(ErrorKind::Store, e)),
+                None => Ok(()),
+            }
+        }
+    };
+    let weak = Arc::downgrade(&replica);
+    store.on_registry_change(Some(Arc::new(move || StoreFuture::boxed(sync(&weak)))));
+    let (weak, announcer) = (Arc::downgrade(&replica), store.clone());
+    plans.set_replication(Some(Arc::new(move || {
+        let (synced, announcer) = (sync(&weak), announcer.clone());
+        StoreFuture::boxed(async move {
+            synced.await?;
+            announcer.registry_changed().await
+        })
+    })));
+    replica
+}
 
 /// One replica's view of the shared registry.
 pub(crate) struct Replica {

@@ -66,7 +66,13 @@ struct Inner {
     store: Arc<dyn CounterStore>,
     clock: Arc<dyn Clock>,
     hash_only: bool,
+    /// What makes changes reach the other replicas, if there are any.
+    replication: parking_lot::RwLock<Option<Replicate>>,
 }
+
+/// Makes the registry's changes reach every other replica; resolves once
+/// each live replica enforces them. See [`UsagePlans::set_replication`].
+pub type Replicate = Arc<dyn Fn() -> crate::store::StoreFuture<()> + Send + Sync>;
 
 #[derive(Default)]
 struct Control {
@@ -173,6 +179,7 @@ impl UsagePlansBuilder {
                 store: self.store,
                 clock: self.clock,
                 hash_only: self.hash_only,
+                replication: parking_lot::RwLock::new(None),
             }),
         }
     }
@@ -217,6 +224,40 @@ impl UsagePlans {
     /// share their registry.
     pub fn generation(&self) -> u64 {
         self.inner.generation.load(Ordering::Acquire)
+    }
+
+    /// Sets what makes changes reach other replicas (the gateway's Redis
+    /// sync sets it); `None` removes it. [`replicated`](Self::replicated)
+    /// runs it.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use tower_usage_plans::{store::StoreFuture, UsagePlans};
+    ///
+    /// let plans = UsagePlans::new();
+    /// plans.set_replication(Some(Arc::new(|| StoreFuture::ready(Ok(())))));
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// plans.replicated().await.unwrap();
+    /// # });
+    /// ```
+    pub fn set_replication(&self, replicate: Option<Replicate>) {
+        *self.inner.replication.write() = replicate;
+    }
+
+    /// Resolves once the changes made so far are enforced by every live
+    /// replica (at once without replication). The admin API awaits it
+    /// before it answers a change, so that once a key is disabled or
+    /// deleted through any replica, no replica admits it.
+    ///
+    /// # Errors
+    /// `Store` when the replicas cannot be reached (e.g. Redis is down):
+    /// the change holds on this replica and reaches the others later.
+    pub async fn replicated(&self) -> Result<()> {
+        let replicate = self.inner.replication.read().clone();
+        match replicate {
+            Some(replicate) => replicate().await,
+            None => Ok(()),
+        }
     }
 
     /// Takes the control state for writing; the generation moves on when

@@ -214,7 +214,11 @@ impl Leases {
                 lease.unspent.units > 0
                     && period.is_some_and(|(start, _)| start == lease.unspent.period_start)
             })
-            && request.throttle.is_none_or(|_| lease.unspent.tokens > 0);
+            && request.throttle.is_none_or(|_| lease.unspent.tokens > 0)
+            // Only under the rules it was granted for: a plan whose
+            // throttle or quota changed decides anew.
+            && lease.throttle == request.throttle.map(|rule| rule.throttle)
+            && lease.quota == request.quota;
         if !live {
             return None;
         }
@@ -271,6 +275,8 @@ impl Leases {
             if current.unspent.granted > 0
                 && current.unspent.period_start == lease.unspent.period_start
                 && current.unspent.epoch == lease.unspent.epoch
+                && current.throttle == lease.throttle
+                && current.quota == lease.quota
             {
                 current.unspent.units += lease.unspent.units;
                 current.unspent.granted += lease.unspent.granted;
