@@ -372,6 +372,11 @@ impl Backing {
                     // Leases this replica does not spend count as used for
                     // every replica until given back. What fails is kept for
                     // the next round; the sync goes on.
+                    // Redis came back empty: put back what this replica
+                    // saw before anything else.
+                    if let Err(e) = store.recover_if_emptied().await {
+                        tracing::warn!(error = %e, "could not check Redis for lost data");
+                    }
                     let given = if every_lease {
                         store.give_back_leases().await
                     } else {

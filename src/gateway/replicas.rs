@@ -33,9 +33,13 @@ pub(crate) fn redacted(url: &str) -> String {
 }
 
 /// Publishes `snapshot` as the next version if Redis still holds
-/// `expected` (0: none yet); -1 when another replica published first.
+/// `expected` (0: none yet); -1 when another replica published first. A
+/// first version starts at a random number (`ARGV[3]`), so that versions
+/// published after Redis lost its data never repeat one a replica holds.
 const PUBLISH: &str = r"
-if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[2] then return -1 end
+local current = redis.call('GET', KEYS[2])
+if (current or '0') ~= ARGV[2] then return -1 end
+if not current then redis.call('SET', KEYS[2], ARGV[3]) end
 redis.call('SET', KEYS[1], ARGV[1])
 return redis.call('INCR', KEYS[2])
 ";
@@ -154,7 +158,8 @@ impl Replica {
         invocation
             .key(VERSION_KEY)
             .arg(json)
-            .arg(self.version.to_string());
+            .arg(self.version.to_string())
+            .arg(rand::random::<u32>());
         let version: i64 = self
             .connection
             .invoke(invocation)

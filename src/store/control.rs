@@ -48,6 +48,9 @@ pub(crate) struct Control {
     waiting: Mutex<HashMap<String, Waiting>>,
     /// Subscribed: acknowledgements reach us.
     listening: AtomicBool,
+    /// The other replicas whose beats we heard, with their lapse time (ms):
+    /// waited on too, should Redis have lost the registrations.
+    heard: Mutex<HashMap<String, i64>>,
 }
 
 struct Waiting {
@@ -87,6 +90,7 @@ impl Control {
             on_registry: RwLock::new(None),
             waiting: Mutex::new(HashMap::new()),
             listening: AtomicBool::new(false),
+            heard: Mutex::new(HashMap::new()),
         }
     }
 
@@ -167,15 +171,20 @@ impl Control {
                         .arg("+inf"),
                 )
                 .await?;
+            let now_ms = now_us() / 1_000;
+            let mut pending: HashSet<String> = members.into_iter().collect();
+            pending.extend(
+                self.heard
+                    .lock()
+                    .iter()
+                    .filter(|(_, until_ms)| **until_ms > now_ms)
+                    .map(|(replica, _)| replica.clone()),
+            );
+            pending.remove(&self.replica);
             let complete = {
                 let mut waiting = self.waiting.lock();
                 let entry = waiting.get_mut(&id).expect("removed only below");
-                entry.pending = Some(
-                    members
-                        .into_iter()
-                        .filter(|member| *member != self.replica)
-                        .collect(),
-                );
+                entry.pending = Some(pending);
                 entry.complete()
             };
             if !complete {
@@ -211,8 +220,15 @@ impl Control {
                 false
             }
             Message::Beat { replica, until_ms } => {
+                if replica != self.replica {
+                    let mut heard = self.heard.lock();
+                    let now_ms = now_us() / 1_000;
+                    heard.retain(|_, until| *until > now_ms);
+                    heard.insert(replica.to_owned(), until_ms);
+                    return false;
+                }
                 // Only our own beat proves that we hear the channel.
-                if replica == self.replica {
+                {
                     if let Some(leases) = self.leases() {
                         if !leases.active() {
                             // A gap: a revocation may have gone by unheard.

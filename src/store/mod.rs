@@ -16,6 +16,8 @@ mod future;
 mod lease;
 mod memory;
 #[cfg(feature = "redis")]
+mod recovery;
+#[cfg(feature = "redis")]
 pub(crate) mod redis;
 
 use std::fmt;

@@ -20,14 +20,22 @@
 -- the outstanding leased units counted as not used.
 --
 -- KEYS[1]  the counter hash ("<prefix>{<plan>:<key>}")
--- ARGV     1 op ("decide" | "lease" | "return" | "report" | "revoke" | "set"), 2 now_us, 3 now_secs, 4 day,
+-- ARGV     1 op ("decide" | "lease" | "return" | "report" | "revoke" | "restore" | "set"), 2 now_us, 3 now_secs, 4 day,
 --          5 bucket field ("" = no throttle), 6 rate, 7 burst,
 --          8 period kind ("" = no quota), 9 period start, 10 period end,
 --          11 period limit, 12 remaining (for "set"), 13 ttl secs,
 --          14 returned units, 15 units of the returned lease, 16 returned tokens,
 --          17 period start of the returned lease, 18 wanted units, 19 wanted tokens,
 --          20 epoch of the returned lease, 21 its units already reported spent,
---          22 spent units to record (for "report")
+--          22 spent units to record (for "report"), 23 "1" when the replica saw this
+--          counter before (a missing hash then means Redis lost its data),
+--          24-26 for "restore": the used count, allowance (-1: none) and epoch
+--          the replica last saw in the current period
+--
+-- "restore" puts back what a replica saw of a counter after Redis lost its
+-- data: the used count goes up by what the replica saw beyond what earlier
+-- restores of this hash put back ('rb'), so admissions made since the loss
+-- are kept and a second replica's restore adds only what it saw more.
 local k = KEYS[1]
 local op = ARGV[1]
 local now_us, now = tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -40,6 +48,10 @@ local ret_pstart = ARGV[17] or ""
 local want_q, want_t = tonumber(ARGV[18]) or 0, tonumber(ARGV[19]) or 0
 local ret_epoch, ret_reported = tonumber(ARGV[20]) or 0, tonumber(ARGV[21]) or 0
 local report_n = tonumber(ARGV[22]) or 0
+if ARGV[23] == '1' and (op == 'decide' or op == 'lease') and redis.call('EXISTS', k) == 0 then
+  -- Seen before, gone now: the replica checks whether Redis lost its data.
+  return { 3, '0', 0, 0, 0, 0, 0, -1 }
+end
 local epoch = tonumber(redis.call('HGET', k, 'ep')) or 0
 
 local used, allow, leased, remaining = 0, nil, 0, 0
@@ -113,6 +125,24 @@ if op == 'report' then
   return 0
 end
 
+if op == 'restore' then
+  if current then
+    local seen_used, seen_allow = tonumber(ARGV[24]) or 0, tonumber(ARGV[25]) or -1
+    local base = tonumber(redis.call('HGET', k, 'rb')) or 0
+    if seen_used > base then
+      used = used + seen_used - base
+      redis.call('HSET', k, 'used', used, 'rb', seen_used)
+    end
+    if seen_allow >= 0 and not allow then
+      redis.call('HSET', k, 'allow', seen_allow)
+    end
+    epoch = math.max(epoch, (tonumber(ARGV[26]) or 0) + 1)
+    redis.call('HSET', k, 'ep', epoch)
+    redis.call('EXPIRE', k, ttl)
+  end
+  return 0
+end
+
 if op == 'set' then
   -- Leased units may still be spent: the new remaining includes them.
   allow = used - leased + set_to
@@ -120,7 +150,7 @@ if op == 'set' then
   redis.call('HSET', k, 'allow', allow)
   record(0)
   redis.call('EXPIRE', k, ttl)
-  return { tonumber(redis.call('HGET', k, 'd:' .. day .. ':u')), set_to }
+  return { tonumber(redis.call('HGET', k, 'd:' .. day .. ':u')), set_to, used, allow, epoch }
 end
 
 if (op == 'lease' or op == 'return') and current and ret_pstart == pstart and ret_granted > 0 then
@@ -155,7 +185,7 @@ if op == 'return' then
     redis.call('HSET', k, bf .. ':t', tostring(tokens), bf .. ':u', updated)
   end
   redis.call('EXPIRE', k, ttl)
-  return { 0, tostring(tokens), remaining, 0, 0, epoch }
+  return { 0, tostring(tokens), remaining, 0, 0, epoch, used, allow or -1 }
 end
 
 local verdict = 0 -- 0 admitted, 1 throttled, 2 quota exceeded
@@ -173,7 +203,7 @@ elseif kind ~= "" and remaining < 1 then
 end
 if verdict ~= 0 then
   redis.call('EXPIRE', k, ttl)
-  return { verdict, tostring(tokens), remaining, 0, 0, epoch }
+  return { verdict, tostring(tokens), remaining, 0, 0, epoch, used, allow or -1 }
 end
 
 used = used + 1
@@ -202,4 +232,4 @@ if kind ~= "" then
 end
 record(1)
 redis.call('EXPIRE', k, ttl)
-return { 0, tostring(tokens), remaining, q_take, t_take, epoch }
+return { 0, tostring(tokens), remaining, q_take, t_take, epoch, used, allow or -1 }

@@ -15,6 +15,7 @@ use redis::{FromRedisValue, Script, ScriptInvocation};
 
 use super::control::{self, Control, RegistryHandler};
 use super::lease::{self, Lease, LeaseConfig, Leases, Unspent};
+use super::recovery::{Recovery, Seen};
 use super::{
     CounterKey, CounterStore, DayUsage, Decision, DecisionRequest, QuotaRule, StoreFuture, Verdict,
 };
@@ -25,6 +26,9 @@ use crate::limit::{quota_state, Bucket, Counter};
 use crate::model::QuotaPeriod;
 
 const SCRIPT: &str = include_str!("redis.lua");
+/// The script's answer to a decision: verdict (3: the counter vanished),
+/// tokens, remaining, leased units and tokens, epoch, used, allowance.
+type Answer = (u8, String, u64, u64, u64, u64, u64, i64);
 /// History GetUsage may read, plus a margin: a counter untouched this long expires.
 const TTL_SECS: i64 = 101 * DAY_SECS;
 
@@ -61,6 +65,7 @@ pub struct RedisStore {
     timeout: Duration,
     leases: Option<Arc<Leases>>,
     control: Arc<Control>,
+    recovery: Arc<Recovery>,
     url: String,
 }
 
@@ -93,6 +98,7 @@ impl RedisStore {
             timeout: Duration::from_millis(250),
             leases: None,
             control: Arc::new(Control::new("")),
+            recovery: Arc::new(Recovery::new("")),
             url: url.to_owned(),
         };
         store = store.with_prefix("tup:");
@@ -101,6 +107,7 @@ impl RedisStore {
 
     /// A new control-channel listener for the current prefix (and leases).
     fn listen(&mut self) {
+        self.recovery = Arc::new(Recovery::new(&self.prefix));
         self.control = Arc::new(Control::new(&self.prefix));
         if let Some(leases) = &self.leases {
             self.control.hold(leases.clone());
@@ -196,6 +203,30 @@ impl RedisStore {
         }
     }
 
+    /// Detects a Redis that came back empty (a restart without
+    /// persistence, a failover to an empty node) and puts back the
+    /// counters this replica decided in their current period, so quotas do
+    /// not reset; `true` when it did. The gateway calls it every 200 ms; a
+    /// decision on a counter this replica saw detects it by itself.
+    ///
+    /// # Errors
+    /// `Store` if Redis cannot be reached.
+    pub async fn recover_if_emptied(&self) -> Result<bool> {
+        let (recovery, prefix, script) = (
+            self.recovery.clone(),
+            self.prefix.clone(),
+            self.script.clone(),
+        );
+        self.run_unbounded(move |mut connection| async move {
+            if !recovery.data_lost(&mut connection).await? {
+                return Ok(false);
+            }
+            restore_seen(&recovery, &mut connection, &script, &prefix).await?;
+            Ok(true)
+        })
+        .await
+    }
+
     /// Returns once this replica may take leases: it is registered as a
     /// lease holder and listens for revocations, normally within
     /// milliseconds of [`with_leases`](Self::with_leases). Until then (and
@@ -274,7 +305,7 @@ impl RedisStore {
             }
             args.unspent = lease.unspent;
             let (key, script) = (self.key(&counter), self.script.clone());
-            let answer: Result<(u8, String, u64, u64, u64, u64)> = self
+            let answer: Result<Answer> = self
                 .run(move |mut connection| async move {
                     connection
                         .invoke(args.invocation(&script, &key, "return"))
@@ -308,12 +339,23 @@ impl RedisStore {
     }
 
     fn key(&self, counter: &CounterKey) -> String {
-        format!(
-            "{}{{{}:{}}}",
-            self.prefix,
-            counter.plan_id(),
-            counter.key_id()
-        )
+        counter_key(&self.prefix, counter)
+    }
+
+    /// As [`run`](Self::run), without the timeout (a restore may take
+    /// longer than one decision).
+    fn run_unbounded<T, F, Fut>(&self, command: F) -> StoreFuture<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Connection) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = redis::RedisResult<T>> + Send + 'static,
+    {
+        let connection = self.connection.clone();
+        StoreFuture::boxed(async move {
+            command(connection)
+                .await
+                .map_err(|e| store_error("error", e))
+        })
     }
 
     /// Runs `command` with the store's timeout on a clone of the connection.
@@ -411,6 +453,10 @@ struct Args {
     unspent: Unspent,
     want: (u64, u64),
     report: u64,
+    /// This replica saw the counter before.
+    known: bool,
+    /// For "restore": what it saw.
+    seen: Option<Seen>,
 }
 
 impl Args {
@@ -432,6 +478,8 @@ impl Args {
             unspent: Unspent::default(),
             want: (0, 0),
             report: 0,
+            known: false,
+            seen: None,
         }
     }
 
@@ -463,7 +511,11 @@ impl Args {
             .arg(self.want.1)
             .arg(self.unspent.epoch)
             .arg(self.unspent.reported)
-            .arg(self.report);
+            .arg(self.report)
+            .arg(if self.known { "1" } else { "0" })
+            .arg(self.seen.map_or(0, |s| s.used))
+            .arg(self.seen.map_or(-1, |s| s.allow))
+            .arg(self.seen.map_or(0, |s| s.epoch));
         invocation
     }
 }
@@ -491,17 +543,41 @@ impl CounterStore for RedisStore {
         }
         let (key, script) = (self.key(request.counter), self.script.clone());
         let (throttle, quota) = (request.throttle.map(|t| t.throttle), request.quota);
+        args.known = quota.is_some() && self.recovery.seen.contains_key(request.counter);
+        let (recovery, counter) = (self.recovery.clone(), request.counter.clone());
+        let prefix = args.known.then(|| self.prefix.clone());
         self.run(move |mut connection| async move {
-            let (verdict, tokens, remaining, units, leased_tokens, epoch): (
-                u8,
-                String,
-                u64,
-                u64,
-                u64,
-                u64,
-            ) = connection
+            let mut answer: Answer = connection
                 .invoke(args.invocation(&script, &key, op))
                 .await?;
+            if answer.0 == 3 {
+                // A counter this replica saw is gone: Redis lost its data
+                // (restore, then decide), or the counter was dropped.
+                if recovery.data_lost(&mut connection).await? {
+                    let prefix = prefix.as_deref().unwrap_or_default();
+                    restore_seen(&recovery, &mut connection, &script, prefix).await?;
+                } else {
+                    recovery.seen.remove(&counter);
+                    args.known = false;
+                }
+                answer = connection
+                    .invoke(args.invocation(&script, &key, op))
+                    .await?;
+            }
+            let (verdict, tokens, remaining, units, leased_tokens, epoch, used, allow) = answer;
+            if let (Some(rule), Some((_, start, _, _)), false) = (quota, args.period, verdict == 3)
+            {
+                recovery.seen.insert(
+                    counter,
+                    Seen {
+                        rule,
+                        period_start: start,
+                        used,
+                        allow,
+                        epoch,
+                    },
+                );
+            }
             let tokens: f64 = tokens.parse().unwrap_or(0.0);
             if let (Some((leases, slot)), true) = (slot, units > 0 || leased_tokens > 0) {
                 let period = args
@@ -555,17 +631,30 @@ impl CounterStore for RedisStore {
         let mut args = Args::new(now.into(), Some(quota));
         args.set_to = remaining;
         let (key, script) = (self.key(counter), self.script.clone());
-        let (store, counter) = (self.clone(), counter.clone());
+        let (store, counter, rule) = (self.clone(), counter.clone(), *quota);
         StoreFuture::boxed(async move {
             // No lease granted before this point is spent after it: the
             // remaining count set here is exact on every replica.
             store.revoke(&counter).await?;
+            let recovery = store.recovery.clone();
+            let start = args.period.map_or(0, |(_, start, _, _)| start);
             store
                 .run(move |mut connection| async move {
-                    let (used, remaining): (u64, u64) = connection
-                        .invoke(args.invocation(&script, &key, "set"))
-                        .await?;
-                    Ok([used, remaining])
+                    let (today, remaining, used, allow, epoch): (u64, u64, u64, i64, u64) =
+                        connection
+                            .invoke(args.invocation(&script, &key, "set"))
+                            .await?;
+                    recovery.seen.insert(
+                        counter,
+                        Seen {
+                            rule,
+                            period_start: start,
+                            used,
+                            allow,
+                            epoch,
+                        },
+                    );
+                    Ok([today, remaining])
                 })
                 .await
         })
@@ -590,11 +679,52 @@ impl CounterStore for RedisStore {
     }
 
     fn forget(&self, counter: &CounterKey) -> StoreFuture<()> {
+        self.recovery.seen.remove(counter);
         let key = self.key(counter);
         self.run(move |mut connection| async move {
             connection.query(redis::cmd("DEL").arg(&key)).await
         })
     }
+}
+
+/// The hash of `counter` under `prefix`: hash-tagged per (plan, key).
+fn counter_key(prefix: &str, counter: &CounterKey) -> String {
+    format!("{prefix}{{{}:{}}}", counter.plan_id(), counter.key_id())
+}
+
+/// Puts back every counter `recovery` saw in its current period, then
+/// marks the recovery done.
+async fn restore_seen(
+    recovery: &Recovery,
+    connection: &mut Connection,
+    script: &Script,
+    prefix: &str,
+) -> redis::RedisResult<()> {
+    let now = jiff::Timestamp::now();
+    let seen: Vec<(CounterKey, Seen)> = recovery
+        .seen
+        .iter()
+        .map(|entry| (entry.key().clone(), *entry.value()))
+        .collect();
+    let mut restored = 0usize;
+    for (counter, seen) in seen {
+        let mut args = Args::new(now.into(), Some(&seen.rule));
+        if args.period.map(|(_, start, _, _)| start) != Some(seen.period_start) {
+            recovery.seen.remove(&counter);
+            continue;
+        }
+        args.seen = Some(seen);
+        let _: i64 = connection
+            .invoke(args.invocation(script, &counter_key(prefix, &counter), "restore"))
+            .await?;
+        restored += 1;
+    }
+    recovery.restored();
+    tracing::warn!(
+        counters = restored,
+        "Redis lost its data: restored the counters this replica saw"
+    );
+    Ok(())
 }
 
 /// The counter a hash describes (period, used, allowance, daily records).
