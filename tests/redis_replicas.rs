@@ -628,3 +628,44 @@ async fn redis_losing_its_data_resets_no_quota() {
         b.shutdown().await.unwrap();
     }
 }
+
+/// With leases, the RateLimit header reports the shared bucket and quota
+/// as of the last lease (with this replica's own unspent slice), not the
+/// replica's slice alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_headers_report_the_shared_bucket_and_quota() {
+    let redis = Redis::start();
+    let mut config = config_with(&redis.url(), 1_000, StoreFailure::FailOpen, true);
+    config.plans[0].plan =
+        config.plans[0]
+            .plan
+            .clone()
+            .with_throttle(tower_usage_plans::Throttle {
+                burst_limit: 100,
+                rate_limit: 0.001,
+            });
+    let a = Gateway::start(config).await.unwrap();
+    let client = client();
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let request = http::Request::get(format!("http://{}/x", a.data_addr()))
+            .header("x-api-key", KEY)
+            .body(Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let response = client.request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        seen.push(response.headers()["ratelimit"].to_str().unwrap().to_owned());
+    }
+    // Each request takes one token and one unit of the shared 100 and
+    // 1,000; the first took a lease (16 tokens, 64 units), the others spent
+    // from it.
+    let wanted = [
+        "\"throttle\";r=99;t=1000, \"quota\";r=999;t=",
+        "\"throttle\";r=98;t=1000, \"quota\";r=998;t=",
+        "\"throttle\";r=97;t=1000, \"quota\";r=997;t=",
+    ];
+    for (header, want) in seen.iter().zip(wanted) {
+        assert!(header.starts_with(want), "{header:?}, expected {want:?}…");
+    }
+    a.shutdown().await.unwrap();
+}

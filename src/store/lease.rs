@@ -70,6 +70,8 @@ pub(crate) struct Lease {
     pub(crate) expires_us: i64,
     /// The shared remaining quota when granted (for the headers).
     pub(crate) shared_remaining: u64,
+    /// The shared bucket's whole tokens when granted (for the headers).
+    pub(crate) shared_tokens: u64,
     /// The rules it was granted under, to give it back.
     pub(crate) throttle: Option<Throttle>,
     pub(crate) quota: Option<QuotaRule>,
@@ -233,7 +235,11 @@ impl Leases {
             verdict: Verdict::Admitted,
             throttle: request.throttle.map(|rule| {
                 let burst = rule.throttle.burst_limit;
-                let tokens = u32::try_from(lease.unspent.tokens).unwrap_or(u32::MAX);
+                // The shared bucket as of the last refresh, with this
+                // replica's unspent slice: never more than it holds.
+                let tokens = u32::try_from(lease.shared_tokens + lease.unspent.tokens)
+                    .unwrap_or(u32::MAX)
+                    .min(burst);
                 ThrottleState {
                     burst_limit: burst,
                     tokens,
@@ -283,6 +289,7 @@ impl Leases {
                 current.unspent.tokens += lease.unspent.tokens;
                 current.expires_us = current.expires_us.min(lease.expires_us);
                 current.shared_remaining = lease.shared_remaining;
+                current.shared_tokens = lease.shared_tokens;
             } else {
                 let replaced = std::mem::replace(&mut *current, lease);
                 if replaced.unspent.granted > 0 || replaced.unspent.tokens > 0 {

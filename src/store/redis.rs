@@ -598,6 +598,7 @@ impl CounterStore for RedisStore {
                         expires_us: args.now_us
                             + i64::try_from(leases.config.ttl.as_micros()).unwrap_or(i64::MAX),
                         shared_remaining: remaining,
+                        shared_tokens: tokens.max(0.0) as u64,
                         throttle,
                         quota,
                     },
@@ -609,8 +610,12 @@ impl CounterStore for RedisStore {
                     1 => Verdict::Throttled,
                     _ => Verdict::QuotaExceeded,
                 },
-                throttle: throttle
-                    .map(|t| Bucket::with_tokens(tokens, args.now_us * 1_000).state(&t)),
+                // The shared bucket and quota, with this replica's own new
+                // slice (it is spendable here), as the headers report them.
+                throttle: throttle.map(|t| {
+                    Bucket::with_tokens(tokens + leased_tokens as f64, args.now_us * 1_000)
+                        .state(&t)
+                }),
                 quota: quota
                     .as_ref()
                     .zip(args.period)
