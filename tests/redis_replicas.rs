@@ -669,3 +669,21 @@ async fn lease_headers_report_the_shared_bucket_and_quota() {
     }
     a.shutdown().await.unwrap();
 }
+
+/// Replicas sharing a Redis serve one stage: one started with another
+/// stage refuses to start, with a message naming both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_of_another_stage_refuses_to_start() {
+    let redis = Redis::start();
+    let a = Gateway::start(config(&redis.url(), 10, StoreFailure::FailOpen))
+        .await
+        .unwrap();
+    let mut other = config(&redis.url(), 10, StoreFailure::FailOpen);
+    other.stage = ("other".into(), "beta".into());
+    let error = Gateway::start(other).await.unwrap_err().to_string();
+    assert!(
+        error.contains("other:beta") && error.contains("gateway:prod"),
+        "{error}"
+    );
+    a.shutdown().await.unwrap();
+}

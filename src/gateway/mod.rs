@@ -90,7 +90,8 @@ impl Gateway {
                     store = store.with_leases(LeaseConfig::default());
                 }
                 let plans = UsagePlans::builder().store(Arc::new(store.clone())).build();
-                let replica = replicas::Replica::join(url, plans.clone())
+                let stage = format!("{}:{}", config.stage.0, config.stage.1);
+                let replica = replicas::Replica::join(url, plans.clone(), &stage)
                     .await
                     .map_err(GatewayError::redis)?;
                 let replica = replicas::share(replica, &plans, &store);

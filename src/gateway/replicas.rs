@@ -17,6 +17,11 @@ use crate::{Error, ErrorKind, RegistrySnapshot, UsagePlans};
 // together in one transaction.
 const SNAPSHOT_KEY: &str = "tup:{registry}";
 const VERSION_KEY: &str = "tup:{registry}:version";
+/// What every replica sharing the registry must agree on.
+const META_KEY: &str = "tup:{registry}:meta";
+/// The registry snapshot's format; a replica that shares another refuses
+/// to start.
+const FORMAT: &str = "1";
 
 /// How often a replica compares its registry with Redis's: changes reach
 /// every replica within about this long.
@@ -102,11 +107,48 @@ pub(crate) struct Replica {
 
 impl Replica {
     /// Connects; restores the shared registry if there is one.
-    pub(crate) async fn join(url: &str, plans: UsagePlans) -> Result<Self, String> {
+    pub(crate) async fn join(url: &str, plans: UsagePlans, stage: &str) -> Result<Self, String> {
         let url_shown = redacted(url);
-        let connection = Connection::open(url)
+        let mut connection = Connection::open(url)
             .await
             .map_err(|e| format!("--redis {url_shown}: {e}"))?;
+        // The first replica sets the stage and format; the others must match.
+        let (format, shared_stage): (Option<String>, Option<String>) = connection
+            .pipeline(
+                redis::pipe()
+                    .cmd("HSETNX")
+                    .arg(META_KEY)
+                    .arg("format")
+                    .arg(FORMAT)
+                    .ignore()
+                    .cmd("HSETNX")
+                    .arg(META_KEY)
+                    .arg("stage")
+                    .arg(stage)
+                    .ignore()
+                    .cmd("HGET")
+                    .arg(META_KEY)
+                    .arg("format")
+                    .cmd("HGET")
+                    .arg(META_KEY)
+                    .arg("stage"),
+            )
+            .await
+            .map_err(|e| format!("--redis {url_shown}: {e}"))?;
+        if format.as_deref() != Some(FORMAT) {
+            return Err(format!(
+                "--redis {url_shown}: the replicas there share their registry in format {}, \
+                 this version in format {FORMAT}: run one version per Redis (or prefix)",
+                format.unwrap_or_default()
+            ));
+        }
+        if shared_stage.as_deref() != Some(stage) {
+            return Err(format!(
+                "--stage {stage}: the replicas on --redis {url_shown} serve stage {}; \
+                 replicas sharing a Redis serve one stage",
+                shared_stage.unwrap_or_default()
+            ));
+        }
         let mut replica = Self {
             connection,
             generation: plans.generation(),
