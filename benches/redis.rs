@@ -68,15 +68,21 @@ fn stores(c: &mut Criterion) {
         Arc::new((0..KEYS).map(|i| format!("bench-key-{i:020}")).collect());
     let server = Redis::start();
     let url = server.url();
-    let plain = runtime
-        .block_on(RedisStore::connect(&url))
-        .unwrap()
-        .with_prefix("plain:");
-    let leased = runtime
-        .block_on(RedisStore::connect(&url))
-        .unwrap()
-        .with_prefix("leased:")
-        .with_leases(LeaseConfig::default());
+    // Built inside the runtime: the stores start their control listeners
+    // there, and leases are taken once the replica hears the channel.
+    let (plain, leased) = runtime.block_on(async {
+        let plain = RedisStore::connect(&url)
+            .await
+            .unwrap()
+            .with_prefix("plain:");
+        let leased = RedisStore::connect(&url)
+            .await
+            .unwrap()
+            .with_prefix("leased:")
+            .with_leases(LeaseConfig::default());
+        leased.until_leasing().await;
+        (plain, leased)
+    });
     let memory = UsagePlanLayer::new(plans(Arc::new(MemoryStore::new()), &values));
     let redis = UsagePlanLayer::new(plans(Arc::new(plain), &values));
     let redis_leased = UsagePlanLayer::new(plans(Arc::new(leased), &values));

@@ -112,12 +112,18 @@ impl RedisStore {
         if let Some(leases) = &self.leases {
             self.control.hold(leases.clone());
         }
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(control::listen(
-                control::subscribe_url(&self.url),
-                self.connection.clone(),
-                Arc::downgrade(&self.control),
-            ));
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(control::listen(
+                    control::subscribe_url(&self.url),
+                    self.connection.clone(),
+                    Arc::downgrade(&self.control),
+                ));
+            }
+            Err(_) => tracing::warn!(
+                "RedisStore configured outside a Tokio runtime: no control channel \
+                 (no leases, no revocations heard)"
+            ),
         }
     }
 
