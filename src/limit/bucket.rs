@@ -31,6 +31,40 @@ impl Bucket {
         Self { tokens, updated }
     }
 
+    /// Checks a restored bucket: a finite, non-negative number of tokens,
+    /// at most `burst` (the throttle's, when the bucket's throttle is
+    /// known), counted no later than `latest` (Unix nanoseconds). Names the
+    /// offending field (`tokens`, `updated`) in the error.
+    pub(crate) fn check(&self, burst: Option<u32>, latest: i64) -> Result<(), String> {
+        if !self.tokens.is_finite() || self.tokens < 0.0 {
+            return Err(format!(
+                "tokens {} is not a finite number of tokens >= 0",
+                shown(self.tokens)
+            ));
+        }
+        if let Some(burst) = burst {
+            if self.tokens > f64::from(burst) {
+                return Err(format!(
+                    "tokens {} is above the throttle's burstLimit {burst}",
+                    shown(self.tokens)
+                ));
+            }
+        }
+        if self.updated > latest {
+            return Err(format!(
+                "updated {} (Unix nanoseconds) is in the future",
+                self.updated
+            ));
+        }
+        Ok(())
+    }
+
+    /// Caps the tokens at `burst`, as the next refill would (a burst lowered
+    /// since the bucket was last used).
+    pub(crate) fn clamp(&mut self, burst: u32) {
+        self.tokens = self.tokens.min(f64::from(burst));
+    }
+
     pub(crate) fn refill(&mut self, throttle: &Throttle, now: i64) {
         let burst = f64::from(throttle.burst_limit);
         if now > self.updated {
@@ -73,6 +107,15 @@ impl Bucket {
                 secs_until(1.0 - self.tokens, throttle.rate_limit)
             },
         }
+    }
+}
+
+/// A number of tokens as a person would write it: `6`, `2.5`, `-1e308`.
+fn shown(tokens: f64) -> String {
+    if tokens != 0.0 && !(1e-4..1e15).contains(&tokens.abs()) {
+        format!("{tokens:e}")
+    } else {
+        format!("{tokens}")
     }
 }
 
