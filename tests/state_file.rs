@@ -144,6 +144,14 @@ async fn values_outside_the_model_refuse_the_start_naming_the_field() {
             }),
         ),
         (
+            "counters[0].state.days: day",
+            Box::new(|s| {
+                let days = s["counters"][0]["state"]["days"].as_array_mut().unwrap();
+                let copy = days[0].clone();
+                days.push(copy);
+            }),
+        ),
+        (
             "counters[0].state.days[0].remaining",
             Box::new(|s| s["counters"][0]["state"]["days"][0]["remaining"] = json!(u64::MAX)),
         ),

@@ -384,7 +384,12 @@ impl Counter {
             }
         }
         let today = latest_secs.div_euclid(DAY_SECS);
+        let mut previous = None;
         for (i, d) in self.days().enumerate() {
+            if previous == Some(d.day) {
+                return Err(format!("days: day {} appears twice", d.day));
+            }
+            previous = Some(d.day);
             if d.day > today {
                 return Err(format!("days[{i}].day {} is in the future", d.day));
             }
