@@ -83,7 +83,7 @@ impl AdminService {
     /// Accepts only signatures whose credential scope names one of
     /// `regions` (compared exactly: `us-east-1`, not `US-EAST-1`); any
     /// other gets 403 `InvalidSignatureException` "Credential should be
-    /// scoped to a valid region, not '<region>'.". Without regions (the
+    /// scoped to a valid region, not '`<region>`'.". Without regions (the
     /// default) any region is accepted.
     ///
     /// ```
