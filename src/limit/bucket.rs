@@ -154,6 +154,31 @@ mod tests {
 
     const SEC: i64 = 1_000_000_000;
 
+    /// A state file cannot spell NaN or infinity in JSON, but a bucket
+    /// restored any other way is checked the same.
+    #[test]
+    fn restored_tokens_must_be_finite_non_negative_and_within_the_burst() {
+        let at = |tokens| Bucket::with_tokens(tokens, 0).check(Some(5), 0);
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -1e308, -0.5] {
+            let error = at(bad).unwrap_err();
+            assert!(error.starts_with("tokens "), "{bad}: {error}");
+            assert!(error.contains("finite"), "{bad}: {error}");
+        }
+        assert!(at(5.5)
+            .unwrap_err()
+            .contains("above the throttle's burstLimit 5"));
+        for good in [0.0, 2.5, 5.0] {
+            assert_eq!(at(good), Ok(()), "{good}");
+        }
+        assert!(Bucket::with_tokens(1.0, 10)
+            .check(None, 9)
+            .unwrap_err()
+            .starts_with("updated"));
+        let mut high = Bucket::with_tokens(9.0, 0);
+        high.clamp(5);
+        assert_eq!(high.tokens, 5.0);
+    }
+
     #[test]
     fn burst_then_refill_at_rate() {
         let throttle = Throttle::new(2.0, 3).unwrap();
