@@ -35,6 +35,7 @@ impl Bucket {
     /// at most `burst` (the throttle's, when the bucket's throttle is
     /// known), counted no later than `latest` (Unix nanoseconds). Names the
     /// offending field (`tokens`, `updated`) in the error.
+    #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
     pub(crate) fn check(&self, burst: Option<u32>, latest: i64) -> Result<(), String> {
         if !self.tokens.is_finite() || self.tokens < 0.0 {
             return Err(format!(
@@ -61,6 +62,7 @@ impl Bucket {
 
     /// Caps the tokens at `burst`, as the next refill would (a burst lowered
     /// since the bucket was last used).
+    #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
     pub(crate) fn clamp(&mut self, burst: u32) {
         self.tokens = self.tokens.min(f64::from(burst));
     }
@@ -111,6 +113,7 @@ impl Bucket {
 }
 
 /// A number of tokens as a person would write it: `6`, `2.5`, `-1e308`.
+#[cfg_attr(not(feature = "gateway"), allow(dead_code))]
 fn shown(tokens: f64) -> String {
     if tokens != 0.0 && !(1e-4..1e15).contains(&tokens.abs()) {
         format!("{tokens:e}")

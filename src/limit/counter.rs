@@ -14,6 +14,7 @@ const HISTORY_DAYS: i64 = 100;
 const NANOS_PER_SEC: i64 = 1_000_000_000;
 /// More requests than any gateway admits in a period (or a day): 2^53, the
 /// largest count a JSON reader keeps exactly.
+#[cfg_attr(not(feature = "gateway"), allow(dead_code))]
 const MAX_USED: u64 = 1 << 53;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -349,6 +350,7 @@ impl Counter {
     /// [`Bucket::check`] accepts (`burst` gives the burst limit of the
     /// plan's bucket, `None`, or of a method's, when known). The error
     /// names the field, as the state file spells it.
+    #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
     pub(crate) fn check(
         &self,
         burst: impl Fn(Option<&str>) -> Option<u32>,
@@ -418,6 +420,7 @@ impl Counter {
 
     /// Caps every bucket at its throttle's current burst limit (`burst`, as
     /// for [`check`](Self::check)): what a refill does, done before saving.
+    #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
     pub(crate) fn clamp_buckets(&mut self, burst: impl Fn(Option<&str>) -> Option<u32>) {
         if let (Some(bucket), Some(limit)) = (self.bucket.as_mut(), burst(None)) {
             bucket.clamp(limit);

@@ -133,6 +133,7 @@ impl CounterSnapshot {
     /// the clock `latest` (Unix nanoseconds); `burst` gives the burst limit
     /// of the plan's bucket (`None`) or of a method's. The error names the
     /// field under `state`.
+    #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
     pub(crate) fn check(
         &self,
         burst: impl Fn(Option<&str>) -> Option<u32>,
@@ -142,6 +143,7 @@ impl CounterSnapshot {
     }
 
     /// Caps every bucket at its throttle's current burst limit.
+    #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
     pub(crate) fn clamp_buckets(&mut self, burst: impl Fn(Option<&str>) -> Option<u32>) {
         self.state.clamp_buckets(burst);
     }
