@@ -13,18 +13,89 @@ enum Segment {
     Param,
 }
 
-/// The path as routes see it: percent-encoded unreserved characters
-/// decoded, empty and `.` segments dropped, `..` resolved — so `/pets//1`,
-/// `/pets/./1`, `/x/../pets/1` and `/pet%73/1` all meet the throttle of
-/// `/pets/{id}`. Borrowed when there is nothing to do (the common case).
-pub(crate) fn normalize(path: &str) -> Cow<'_, str> {
-    if !path.contains("//") && !path.contains("/.") && !path.contains('%') {
-        return Cow::Borrowed(path);
+/// Why [`canonical`] refuses a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BadPath {
+    /// A control character, raw or percent-encoded (`%00`–`%1F`, `%7F`).
+    Control,
+    /// `;`, raw or `%3B`: a parameter delimiter to some servers (Java
+    /// servlet containers drop `;...` from a segment), data to others.
+    Semicolon,
+    /// `\`, raw or `%5C`: a separator to some servers, data to others.
+    Backslash,
+    /// A `%` not followed by two hex digits.
+    BadEscape,
+}
+
+/// The path the gateway matches and forwards, or why it refuses it.
+///
+/// - Refused: control characters, raw or percent-encoded (`%00`); `;` and
+///   `%3B`, `\\` and `%5C` (servers disagree on what they mean, so a
+///   variant could reach a resource under another name than the one that
+///   was metered); a `%` without two hex digits.
+/// - `%2F` is a `/` (as API Gateway reads it): it separates segments.
+/// - Escapes of unreserved characters are decoded (`%66oo` is `foo`), the
+///   others upper-cased (`%e2` is `%E2`).
+/// - Empty and `.` segments are dropped, `..` removes the segment before
+///   it; a trailing `/` is kept (upstreams that redirect `/dir` to `/dir/`
+///   must not loop), and matching ignores it.
+///
+/// Case is kept: resource paths are case-sensitive, as in API Gateway.
+/// Borrowed when there is nothing to do (the common case).
+pub(crate) fn canonical(path: &str) -> Result<Cow<'_, str>, BadPath> {
+    let plain = path
+        .bytes()
+        .all(|b| !(b < 0x20 || b == 0x7f || b == b'%' || b == b';' || b == b'\\'));
+    if plain && !path.contains("//") && !path.contains("/.") {
+        return Ok(Cow::Borrowed(path));
     }
-    let mut segments: Vec<String> = Vec::new();
-    for raw in path.split('/') {
-        let segment = decode_unreserved(raw);
-        match segment.as_str() {
+    // Decode what has one reading, refuse what has two.
+    let bytes = path.as_bytes();
+    let mut decoded = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            0..=0x1f | 0x7f => return Err(BadPath::Control),
+            b';' => return Err(BadPath::Semicolon),
+            b'\\' => return Err(BadPath::Backslash),
+            b'%' => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .filter(|h| h.bytes().all(|c| c.is_ascii_hexdigit()))
+                    .ok_or(BadPath::BadEscape)?;
+                let byte = u8::from_str_radix(hex, 16).map_err(|_| BadPath::BadEscape)?;
+                match byte {
+                    0..=0x1f | 0x7f => return Err(BadPath::Control),
+                    b';' => return Err(BadPath::Semicolon),
+                    b'\\' => return Err(BadPath::Backslash),
+                    b'/' => decoded.push('/'),
+                    b if b.is_ascii_alphanumeric() || b"-._~".contains(&b) => {
+                        decoded.push(char::from(b))
+                    }
+                    b => {
+                        decoded.push('%');
+                        decoded.push_str(&format!("{b:02X}"));
+                    }
+                }
+                i += 3;
+            }
+            _ => {
+                // Copy up to the next byte that needs a look (keeps
+                // multi-byte characters whole).
+                let next = bytes[i..]
+                    .iter()
+                    .position(|&c| c < 0x20 || c == 0x7f || c == b'%' || c == b';' || c == b'\\')
+                    .map_or(bytes.len(), |n| i + n);
+                decoded.push_str(&path[i..next]);
+                i = next;
+            }
+        }
+    }
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in decoded.split('/') {
+        match segment {
             "" | "." => {}
             ".." => {
                 segments.pop();
@@ -32,42 +103,35 @@ pub(crate) fn normalize(path: &str) -> Cow<'_, str> {
             _ => segments.push(segment),
         }
     }
-    let mut out = String::with_capacity(path.len());
+    let mut out = String::with_capacity(decoded.len());
     for segment in &segments {
         out.push('/');
         out.push_str(segment);
     }
-    if out.is_empty() {
+    if out.is_empty() || decoded.ends_with('/') {
         out.push('/');
     }
-    Cow::Owned(out)
+    Ok(if out == path {
+        Cow::Borrowed(path)
+    } else {
+        Cow::Owned(out)
+    })
 }
 
-/// Decodes `%XX` where it stands for an unreserved character (RFC 3986
-/// §2.3); other escapes, such as `%2F`, stay as they are.
-fn decode_unreserved(segment: &str) -> String {
-    let bytes = segment.as_bytes();
-    let mut out = String::with_capacity(segment.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let decoded = std::str::from_utf8(&bytes[i + 1..i + 3])
-                .ok()
-                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
-                .filter(|b| b.is_ascii_alphanumeric() || b"-._~".contains(b));
-            if let Some(b) = decoded {
-                out.push(char::from(b));
-                i += 3;
-                continue;
-            }
-        }
-        // Copy up to the next '%' as is (keeps multi-byte characters whole).
-        let from = if bytes[i] == b'%' { i + 1 } else { i };
-        let next = segment[from..].find('%').map_or(bytes.len(), |n| from + n);
-        out.push_str(&segment[i..next]);
-        i = next;
+/// The path as routes see it: [`canonical`], or the path itself when
+/// [`canonical`] refuses it (the layer refuses such requests before any
+/// route is consulted).
+pub(crate) fn normalize(path: &str) -> Cow<'_, str> {
+    canonical(path).unwrap_or(Cow::Borrowed(path))
+}
+
+/// A segment's text as an upstream reads it: its `%XX` escapes decoded.
+fn decoded_segment(segment: &str) -> Cow<'_, str> {
+    if segment.contains('%') {
+        percent_encoding::percent_decode_str(segment).decode_utf8_lossy()
+    } else {
+        Cow::Borrowed(segment)
     }
-    out
 }
 
 /// A resource path template: literal segments, `{param}` segments matching
@@ -114,7 +178,7 @@ impl PathTemplate {
                         "Invalid resource path '{template}': bad parameter segment '{part}'"
                     )))
                 }
-                None => segments.push(Segment::Literal((*part).into())),
+                None => segments.push(Segment::Literal(decoded_segment(part).into())),
             }
         }
         Ok(Self { segments, greedy })
@@ -127,7 +191,7 @@ impl PathTemplate {
         let mut parts = rest.split('/').filter(|_| !rest.is_empty());
         for segment in &self.segments {
             match (segment, parts.next()) {
-                (Segment::Literal(lit), Some(part)) if **lit == *part => {}
+                (Segment::Literal(lit), Some(part)) if **lit == *decoded_segment(part) => {}
                 (Segment::Param, Some(part)) if !part.is_empty() => {}
                 _ => return false,
             }
@@ -252,12 +316,68 @@ mod tests {
         ] {
             assert!(r.matches(&Method::GET, &normalize(path)), "{path}");
         }
-        assert_eq!(normalize("/a%2Fb"), "/a%2Fb", "an encoded slash stays");
         assert_eq!(normalize("/../.."), "/");
-        assert_eq!(normalize("/%e2%82%ac/%7E"), "/%e2%82%ac/~");
-        assert_eq!(normalize("/%"), "/%");
-        assert_eq!(normalize("/€%41/é%zz"), "/€A/é%zz");
+        assert_eq!(normalize("/%e2%82%ac/%7E"), "/%E2%82%AC/~");
+        assert_eq!(normalize("/€%41/é"), "/€A/é");
         assert!(matches!(normalize("/pets/1"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn canonical_is_what_is_matched_and_forwarded() {
+        for (path, expected) in [
+            ("/foo", "/foo"),
+            ("/foo/", "/foo/"),
+            ("//foo", "/foo"),
+            ("/./foo", "/foo"),
+            ("/%66oo", "/foo"),
+            ("/bar/../foo", "/foo"),
+            ("/foo%2F", "/foo/"),
+            ("/foo%2f..%2Fbar", "/bar"),
+            ("/a%2Fb", "/a/b"),
+            ("/foo/%2e%2E/bar", "/bar"),
+            ("/a%3ab/%40x", "/a%3Ab/%40x"),
+            ("/%e2%82%ac", "/%E2%82%AC"),
+            ("/a%25b", "/a%25b"),
+            ("/", "/"),
+            ("/..", "/"),
+            ("/.well-known/x", "/.well-known/x"),
+            ("/FOO", "/FOO"),
+        ] {
+            assert_eq!(canonical(path).as_deref(), Ok(expected), "{path}");
+        }
+        assert!(matches!(canonical("/pets/1?x"), Ok(Cow::Borrowed(_))));
+        assert!(matches!(canonical("/.well-known/x"), Ok(Cow::Borrowed(_))));
+        for (path, why) in [
+            ("/foo%00", BadPath::Control),
+            ("/foo%0a", BadPath::Control),
+            ("/foo%1F", BadPath::Control),
+            ("/foo%7f", BadPath::Control),
+            ("/foo\u{0}", BadPath::Control),
+            ("/foo\t", BadPath::Control),
+            ("/foo;x", BadPath::Semicolon),
+            ("/foo%3Bx", BadPath::Semicolon),
+            ("/foo%3bx", BadPath::Semicolon),
+            ("/foo\\x", BadPath::Backslash),
+            ("/foo%5c", BadPath::Backslash),
+            ("/foo%", BadPath::BadEscape),
+            ("/foo%4", BadPath::BadEscape),
+            ("/foo%zz", BadPath::BadEscape),
+        ] {
+            assert_eq!(canonical(path), Err(why), "{path}");
+        }
+    }
+
+    #[test]
+    fn literals_match_whatever_escapes_spell_them() {
+        let r = route("/foo:bar/GET");
+        assert!(r.matches(&Method::GET, &normalize("/foo%3Abar")));
+        assert!(r.matches(&Method::GET, &normalize("/foo:bar/")));
+        assert!(
+            !r.matches(&Method::GET, &normalize("/FOO:bar")),
+            "case-sensitive"
+        );
+        assert!(route("/foo/GET").matches(&Method::GET, &normalize("/foo%2F")));
+        assert!(!route("/foo/GET").matches(&Method::GET, &normalize("/Foo")));
     }
 
     #[test]

@@ -59,10 +59,12 @@ pub struct AdminService {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Inner {
     plans: UsagePlans,
     credentials: AdminCredentials,
+    /// The regions a credential scope may name; empty: any.
+    regions: Vec<String>,
 }
 
 impl AdminService {
@@ -70,8 +72,34 @@ impl AdminService {
     /// `credentials` (none: every request is refused).
     pub fn new(plans: UsagePlans, credentials: AdminCredentials) -> Self {
         Self {
-            inner: Arc::new(Inner { plans, credentials }),
+            inner: Arc::new(Inner {
+                plans,
+                credentials,
+                regions: Vec::new(),
+            }),
         }
+    }
+
+    /// Accepts only signatures whose credential scope names one of
+    /// `regions` (compared exactly: `us-east-1`, not `US-EAST-1`); any
+    /// other gets 403 `InvalidSignatureException` "Credential should be
+    /// scoped to a valid region, not '`<region>`'.". Without regions (the
+    /// default) any region is accepted.
+    ///
+    /// ```
+    /// use tower_usage_plans::{AdminCredentials, AdminService, UsagePlans};
+    ///
+    /// let admin = AdminService::new(UsagePlans::new(), AdminCredentials::new())
+    ///     .with_regions(["us-east-1", "eu-west-1"]);
+    /// # drop(admin);
+    /// ```
+    pub fn with_regions<I, R>(mut self, regions: I) -> Self
+    where
+        I: IntoIterator<Item = R>,
+        R: Into<String>,
+    {
+        Arc::make_mut(&mut self.inner).regions = regions.into_iter().map(Into::into).collect();
+        self
     }
 
     /// The handle this service changes.
@@ -138,8 +166,14 @@ impl Inner {
                 )))
             }
         };
-        sigv4::verify(&parts, &body, &self.credentials, SystemTime::now())
-            .map_err(|e| AwsError::new(StatusCode::FORBIDDEN, e.code(), e.message()))?;
+        sigv4::verify(
+            &parts,
+            &body,
+            &self.credentials,
+            &self.regions,
+            SystemTime::now(),
+        )
+        .map_err(|e| AwsError::new(StatusCode::FORBIDDEN, e.code(), e.message()))?;
         let segments = path_segments(parts.uri.path())?;
         let call = ops::Call {
             plans: &self.plans,

@@ -49,6 +49,10 @@ pub struct Cli {
     /// SigV4 credentials for the admin API (repeatable).
     #[arg(long = "admin-credentials", value_name = "AKID:SECRET")]
     pub admin_credentials: Vec<String>,
+    /// A region admin signatures may be scoped to (repeatable; also
+    /// `USAGE_PLANS_ADMIN_REGION=r1,r2`); without any, every region is accepted.
+    #[arg(long = "admin-region", value_name = "REGION")]
+    pub admin_regions: Vec<String>,
     /// Keep plans, keys and counters across restarts.
     #[arg(long, value_name = "PATH")]
     pub state_file: Option<PathBuf>,
@@ -84,6 +88,8 @@ struct FileConfig {
     redis_leases: bool,
     #[serde(default)]
     admin_credentials: Vec<FileCredential>,
+    #[serde(default)]
+    admin_regions: Vec<String>,
     #[serde(default)]
     keys: Vec<NewApiKey>,
     #[serde(default)]
@@ -127,6 +133,8 @@ pub struct GatewayConfig {
     pub stage: (String, String),
     /// Admin API credentials.
     pub admin_credentials: AdminCredentials,
+    /// The regions admin signatures may be scoped to; empty: any region.
+    pub admin_regions: Vec<String>,
     /// State file, if any.
     pub state_file: Option<PathBuf>,
     /// Redis URL: counters and the registry shared with other replicas.
@@ -154,6 +162,7 @@ impl Default for GatewayConfig {
             header_read_timeout: Some(Duration::from_secs(30)),
             stage: ("gateway".into(), "prod".into()),
             admin_credentials: AdminCredentials::new(),
+            admin_regions: Vec::new(),
             state_file: None,
             keys: Vec::new(),
             plans: Vec::new(),
@@ -167,6 +176,9 @@ impl Default for GatewayConfig {
 
 /// The environment variable with extra `AKID:SECRET,...` admin credentials.
 pub const CREDENTIALS_ENV: &str = "USAGE_PLANS_ADMIN_CREDENTIALS";
+
+/// The environment variable with extra admin regions, comma-separated.
+pub(crate) const REGION_ENV: &str = "USAGE_PLANS_ADMIN_REGION";
 
 impl GatewayConfig {
     /// Reads the file named by `--config` (if any), applies the flags and
@@ -198,8 +210,9 @@ impl GatewayConfig {
     /// # Errors
     /// [`GatewayError::Config`] naming the field: an empty stage part, an
     /// upstream that is not `http://host[:port]`, a zero timeout or flush
-    /// interval, both a state file and Redis, leases without Redis, or a
-    /// plan naming a key that `keys` does not have.
+    /// interval, an admin region that is not a region name, both a state
+    /// file and Redis, leases without Redis, or a plan naming a key that
+    /// `keys` does not have.
     pub fn validate(&self) -> Result<(), GatewayError> {
         let (api, stage) = &self.stage;
         if api.is_empty() || stage.is_empty() || api.contains(':') {
@@ -219,6 +232,9 @@ impl GatewayConfig {
             if duration == Some(Duration::ZERO) {
                 return Err(GatewayError::config(field, "must be more than zero"));
             }
+        }
+        for region in &self.admin_regions {
+            check_region(region).map_err(|e| GatewayError::config("admin_regions", e))?;
         }
         if self.state_file.is_some() && self.redis.is_some() {
             return Err(GatewayError::config(
@@ -318,6 +334,19 @@ impl GatewayConfig {
                 .map_err(|e| format!("--admin-credentials: {e}"))?;
             config.admin_credentials.extend(parsed);
         }
+        // Like the credentials: the file's, the environment's and the flags'.
+        config.admin_regions = file.admin_regions;
+        if let Ok(list) = std::env::var(REGION_ENV) {
+            config.admin_regions.extend(
+                list.split(',')
+                    .map(str::trim)
+                    .filter(|r| !r.is_empty())
+                    .map(String::from),
+            );
+        }
+        config.admin_regions.extend(cli.admin_regions);
+        config.admin_regions.sort();
+        config.admin_regions.dedup();
         config.state_file = cli.state_file.or(file.state_file);
         config.keys = file.keys;
         config.plans = plans;
@@ -326,6 +355,21 @@ impl GatewayConfig {
 }
 
 /// The file, with its `[[plans]]` read apart from their `keys`.
+/// A region name as AWS spells them: lower-case letters, digits and `-`
+/// (`us-east-1`); what a credential scope must then match exactly.
+fn check_region(region: &str) -> Result<(), String> {
+    if region.is_empty()
+        || !region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(format!(
+            "'{region}' is not a region name (lower-case letters, digits and '-', e.g. us-east-1)"
+        ));
+    }
+    Ok(())
+}
+
 /// A `name` setting of `secs` seconds, which must be positive.
 fn positive_secs(name: &str, secs: f64) -> Result<Duration, String> {
     if !(secs.is_finite() && secs > 0.0) {
@@ -418,5 +462,38 @@ mod tests {
         );
         let error = header_read_timeout(&["--header-read-timeout=-1"]).unwrap_err();
         assert!(error.contains("header_read_timeout_secs"), "{error}");
+    }
+
+    #[test]
+    fn admin_regions_come_from_the_file_and_the_flags_and_must_be_region_names() {
+        let dir = std::env::temp_dir().join(format!("admin-regions-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("gateway.toml");
+        std::fs::write(&file, "admin_regions = [\"eu-west-1\"]\n").unwrap();
+        let regions = |args: &[&str]| {
+            let cli = Cli::try_parse_from(std::iter::once("gateway").chain(args.iter().copied()))
+                .map_err(|e| e.to_string())?;
+            GatewayConfig::from_cli(cli)
+                .map(|c| c.admin_regions)
+                .map_err(|e| e.to_string())
+        };
+        // The environment may name more (USAGE_PLANS_ADMIN_REGION); none set here.
+        if std::env::var(REGION_ENV).is_err() {
+            assert_eq!(regions(&[]), Ok(vec![]));
+            let both = regions(&[
+                "--config",
+                file.to_str().unwrap(),
+                "--admin-region",
+                "us-east-1",
+                "--admin-region",
+                "eu-west-1",
+            ]);
+            assert_eq!(both, Ok(vec!["eu-west-1".into(), "us-east-1".into()]));
+        }
+        for bad in ["US-EAST-1", "us east", "us-east-1/x", ""] {
+            let error = regions(&["--admin-region", bad]).unwrap_err();
+            assert!(error.starts_with("admin_regions"), "{bad}: {error}");
+        }
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

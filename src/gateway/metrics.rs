@@ -48,6 +48,7 @@ fn outcome<B>(response: &Response<B>) -> &'static str {
         Some(Refusal::Throttled) => "throttled",
         Some(Refusal::QuotaExceeded) => "quota_exceeded",
         Some(Refusal::StoreUnavailable) => "store_unavailable",
+        Some(Refusal::BadPath) => "bad_path",
         Some(_) => "forbidden",
     }
 }

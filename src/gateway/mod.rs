@@ -166,7 +166,8 @@ impl Gateway {
                 )),
             },
         )));
-        let admin_service = AdminService::new(plans.clone(), config.admin_credentials.clone());
+        let admin_service = AdminService::new(plans.clone(), config.admin_credentials.clone())
+            .with_regions(config.admin_regions.clone());
         servers.push(tokio::spawn(serve(
             admin,
             stopped.clone(),

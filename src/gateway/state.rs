@@ -6,10 +6,15 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::UsagePlan;
 use crate::store::{CounterSnapshot, MemoryStore};
 use crate::{RegistrySnapshot, UsagePlans};
 
 const VERSION: u32 = 1;
+
+/// How far beyond the clock a saved time may lie (a clock stepped back a
+/// little since the file was written): 5 minutes.
+const CLOCK_TOLERANCE_NANOS: i64 = 300 * 1_000_000_000;
 
 #[derive(Serialize, Deserialize)]
 struct StateFile {
@@ -40,11 +45,102 @@ pub(crate) fn load(path: &Path, plans: &UsagePlans, store: &MemoryStore) -> Resu
             state.version
         ));
     }
+    let latest = plans
+        .clock()
+        .now_nanos()
+        .get()
+        .saturating_add(CLOCK_TOLERANCE_NANOS);
+    check(&state, latest).map_err(|e| {
+        format!(
+            "state file {}: {e}; fix or remove the value to start",
+            path.display()
+        )
+    })?;
     plans
         .restore(state.registry)
         .map_err(|e| format!("state file {}: inconsistent: {e}", path.display()))?;
     store.restore(state.counters);
     Ok(true)
+}
+
+/// Refuses values the model cannot produce — a state file edited by hand,
+/// or damaged — naming the field as the file spells it: a plan created in
+/// the future, a counter of a plan or key that does not exist (or of a key
+/// not in that plan: removing a key drops its counter), two counters for
+/// one (plan, key), and whatever [`CounterSnapshot::check`] refuses.
+/// `latest` is the clock plus its tolerance, in Unix nanoseconds.
+fn check(state: &StateFile, latest: i64) -> Result<(), String> {
+    let latest_secs = latest.div_euclid(1_000_000_000);
+    for (i, p) in state.registry.plans.iter().enumerate() {
+        if p.created > latest_secs {
+            return Err(format!(
+                "registry.plans[{i}].created {} (Unix seconds) is in the future",
+                p.created
+            ));
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, c) in state.counters.iter().enumerate() {
+        let plan = state
+            .registry
+            .plans
+            .iter()
+            .find(|p| p.plan.id == c.plan_id)
+            .ok_or_else(|| format!("counters[{i}].plan_id '{}' names no plan", c.plan_id))?;
+        if !state.registry.keys.iter().any(|k| k.key.id == c.key_id) {
+            return Err(format!("counters[{i}].key_id '{}' names no key", c.key_id));
+        }
+        if !plan.keys.contains(&c.key_id) {
+            return Err(format!(
+                "counters[{i}]: key '{}' is not in plan '{}'",
+                c.key_id, c.plan_id
+            ));
+        }
+        if !seen.insert((&c.plan_id, &c.key_id)) {
+            return Err(format!(
+                "counters[{i}]: a second counter for plan '{}' and key '{}'",
+                c.plan_id, c.key_id
+            ));
+        }
+        c.check(burst_of(&plan.plan), latest)
+            .map_err(|e| format!("counters[{i}].state.{e}"))?;
+    }
+    Ok(())
+}
+
+/// The burst limit of a plan's bucket (`None`) or of a method's bucket
+/// (the largest among the plan's stages that throttle that method).
+fn burst_of(plan: &UsagePlan) -> impl Fn(Option<&str>) -> Option<u32> + '_ {
+    move |method| match method {
+        None => plan.throttle.map(|t| t.burst_limit),
+        Some(method) => plan
+            .api_stages
+            .iter()
+            .filter_map(|s| s.throttle.get(method))
+            .map(|t| t.burst_limit)
+            .max(),
+    }
+}
+
+/// What [`load`] accepts, from what runs: counters of plans and keys that
+/// the registry snapshot holds (one taken a moment earlier may miss a key
+/// added since; its counter is saved next time), buckets capped at their
+/// current burst (lowered since the bucket was last used).
+fn consistent(
+    registry: &RegistrySnapshot,
+    mut counters: Vec<CounterSnapshot>,
+) -> Vec<CounterSnapshot> {
+    counters.retain_mut(|c| {
+        let Some(plan) = registry.plans.iter().find(|p| p.plan.id == c.plan_id) else {
+            return false;
+        };
+        if !plan.keys.contains(&c.key_id) {
+            return false;
+        }
+        c.clamp_buckets(burst_of(&plan.plan));
+        true
+    });
+    counters
 }
 
 /// Writes the state when it changed since the last write.
@@ -65,10 +161,12 @@ impl StateWriter {
         plans: &UsagePlans,
         store: &MemoryStore,
     ) -> std::io::Result<()> {
+        let registry = plans.snapshot();
+        let counters = consistent(&registry, store.snapshot());
         let state = StateFile {
             version: VERSION,
-            registry: plans.snapshot(),
-            counters: store.snapshot(),
+            registry,
+            counters,
         };
         let path = self.path.clone();
         let last = self.last.take();

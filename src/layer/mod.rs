@@ -11,6 +11,13 @@
 //! | no key, unknown or disabled key, no plan for the stage | 403 | `{"message":"Forbidden"}` |
 //! | throttled | 429 | `{"message":"Too Many Requests"}` |
 //! | quota exhausted | 429 | `{"message":"Limit Exceeded"}` + `x-amzn-ErrorType: LimitExceededException` |
+//! | path with `%00` or other control characters, `;`/`%3B`, `\`/`%5C`, a broken `%` escape | 400 | `{"message":"Bad Request"}` + `x-amzn-ErrorType: BadRequestException`, before any metering |
+//!
+//! The layer canonicalises the path once (dot segments and duplicate
+//! slashes resolved, `%2F` read as `/`, unreserved escapes decoded) and the
+//! inner service receives that path: the path that was matched by method
+//! throttles and unmetered routes is the path that is passed on. Resource
+//! paths are case-sensitive, as in API Gateway.
 //!
 //! Every metered response carries `RateLimit-Policy` and `RateLimit`
 //! headers; every 429 carries `Retry-After`. Admitted requests carry a

@@ -29,6 +29,11 @@ pub enum Refusal {
     QuotaExceeded,
     /// The counter store failed and the policy is fail-closed (503).
     StoreUnavailable,
+    /// The path has control characters (`%00`), `;` or `%3B`, `\` or
+    /// `%5C`, or a broken `%` escape: upstreams disagree on what it names,
+    /// so it is refused before any key or counter is looked at (400 "Bad
+    /// Request").
+    BadPath,
 }
 
 impl Refusal {
@@ -40,6 +45,7 @@ impl Refusal {
             }
             Self::Throttled | Self::QuotaExceeded => StatusCode::TOO_MANY_REQUESTS,
             Self::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::BadPath => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -50,6 +56,7 @@ impl Refusal {
             Self::Throttled => "Too Many Requests",
             Self::QuotaExceeded => "Limit Exceeded",
             Self::StoreUnavailable => "Service Unavailable",
+            Self::BadPath => "Bad Request",
         }
     }
 
@@ -62,6 +69,7 @@ impl Refusal {
             Self::Throttled => "TooManyRequestsException",
             Self::QuotaExceeded => "LimitExceededException",
             Self::StoreUnavailable => "ServiceUnavailableException",
+            Self::BadPath => "BadRequestException",
         }
     }
 }

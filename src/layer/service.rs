@@ -1,13 +1,16 @@
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::{Request, Response};
+use http::uri::PathAndQuery;
+use http::{Request, Response, Uri};
 use tower_service::Service;
 
 use super::decide::{Config, Next, Pending};
 use super::future::ResponseFuture;
-use super::RefusalResponse;
+use super::{Refusal, RefusalResponse};
 use crate::key::RequestHead;
+use crate::route::canonical;
 
 /// The middleware built by [`UsagePlanLayer`](super::UsagePlanLayer).
 /// Refusals are answered in `call`, without calling the inner service.
@@ -43,6 +46,28 @@ impl<S, R> UsagePlanService<S, R> {
     }
 }
 
+impl<S, R> UsagePlanService<S, R> {
+    fn refuse_bad_path<ReqBody, ResBody>(&self) -> ResponseFuture<S, ReqBody, R>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+        R: RefusalResponse<ResBody>,
+    {
+        ResponseFuture::refused(self.config.refuse(&self.refusal, Refusal::BadPath, None))
+    }
+}
+
+/// `uri` with its path replaced (scheme, authority and query kept).
+fn with_path(uri: &Uri, path: &str) -> Option<Uri> {
+    let path_and_query = match uri.query() {
+        Some(query) => PathAndQuery::try_from(format!("{path}?{query}")),
+        None => PathAndQuery::try_from(path),
+    }
+    .ok()?;
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(path_and_query);
+    Uri::from_parts(parts).ok()
+}
+
 impl<S, R, ReqBody, ResBody> Service<Request<ReqBody>> for UsagePlanService<S, R>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
@@ -58,6 +83,18 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        // The path that is matched is the path that is passed on.
+        let path = match canonical(request.uri().path()) {
+            Ok(Cow::Borrowed(_)) => None,
+            Ok(Cow::Owned(path)) => Some(path),
+            Err(_) => return self.refuse_bad_path(),
+        };
+        if let Some(path) = path {
+            match with_path(request.uri(), &path) {
+                Some(uri) => *request.uri_mut() = uri,
+                None => return self.refuse_bad_path(),
+            }
+        }
         let head = RequestHead::of(&request);
         if self.config.is_unmetered(&head) {
             return ResponseFuture::forward(self.inner.call(request), None);

@@ -31,6 +31,42 @@ impl Bucket {
         Self { tokens, updated }
     }
 
+    /// Checks a restored bucket: a finite, non-negative number of tokens,
+    /// at most `burst` (the throttle's, when the bucket's throttle is
+    /// known), counted no later than `latest` (Unix nanoseconds). Names the
+    /// offending field (`tokens`, `updated`) in the error.
+    #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
+    pub(crate) fn check(&self, burst: Option<u32>, latest: i64) -> Result<(), String> {
+        if !self.tokens.is_finite() || self.tokens < 0.0 {
+            return Err(format!(
+                "tokens {} is not a finite number of tokens >= 0",
+                shown(self.tokens)
+            ));
+        }
+        if let Some(burst) = burst {
+            if self.tokens > f64::from(burst) {
+                return Err(format!(
+                    "tokens {} is above the throttle's burstLimit {burst}",
+                    shown(self.tokens)
+                ));
+            }
+        }
+        if self.updated > latest {
+            return Err(format!(
+                "updated {} (Unix nanoseconds) is in the future",
+                self.updated
+            ));
+        }
+        Ok(())
+    }
+
+    /// Caps the tokens at `burst`, as the next refill would (a burst lowered
+    /// since the bucket was last used).
+    #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
+    pub(crate) fn clamp(&mut self, burst: u32) {
+        self.tokens = self.tokens.min(f64::from(burst));
+    }
+
     pub(crate) fn refill(&mut self, throttle: &Throttle, now: i64) {
         let burst = f64::from(throttle.burst_limit);
         if now > self.updated {
@@ -76,6 +112,16 @@ impl Bucket {
     }
 }
 
+/// A number of tokens as a person would write it: `6`, `2.5`, `-1e308`.
+#[cfg_attr(not(feature = "gateway"), allow(dead_code))]
+fn shown(tokens: f64) -> String {
+    if tokens != 0.0 && !(1e-4..1e15).contains(&tokens.abs()) {
+        format!("{tokens:e}")
+    } else {
+        format!("{tokens}")
+    }
+}
+
 /// Whole seconds (rounded up) until `missing` tokens have been earned; at
 /// least 1 when anything is missing. A rate of zero never refills: a day.
 pub(crate) fn secs_until(missing: f64, rate: f64) -> u64 {
@@ -110,6 +156,31 @@ mod tests {
     use super::*;
 
     const SEC: i64 = 1_000_000_000;
+
+    /// A state file cannot spell NaN or infinity in JSON, but a bucket
+    /// restored any other way is checked the same.
+    #[test]
+    fn restored_tokens_must_be_finite_non_negative_and_within_the_burst() {
+        let at = |tokens| Bucket::with_tokens(tokens, 0).check(Some(5), 0);
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -1e308, -0.5] {
+            let error = at(bad).unwrap_err();
+            assert!(error.starts_with("tokens "), "{bad}: {error}");
+            assert!(error.contains("finite"), "{bad}: {error}");
+        }
+        assert!(at(5.5)
+            .unwrap_err()
+            .contains("above the throttle's burstLimit 5"));
+        for good in [0.0, 2.5, 5.0] {
+            assert_eq!(at(good), Ok(()), "{good}");
+        }
+        assert!(Bucket::with_tokens(1.0, 10)
+            .check(None, 9)
+            .unwrap_err()
+            .starts_with("updated"));
+        let mut high = Bucket::with_tokens(9.0, 0);
+        high.clamp(5);
+        assert_eq!(high.tokens, 5.0);
+    }
 
     #[test]
     fn burst_then_refill_at_rate() {

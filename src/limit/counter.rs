@@ -6,12 +6,16 @@ use jiff::civil::Date;
 
 use super::bucket::Bucket;
 use super::period::{self, DAY_SECS};
-use crate::model::QuotaPeriod;
+use crate::model::{QuotaPeriod, MAX_COUNT};
 use crate::store::{DayUsage, Decision, DecisionRequest, QuotaRule, QuotaState, Verdict};
 
 /// Days of history kept for GetUsage (at least 90 are promised).
 const HISTORY_DAYS: i64 = 100;
 const NANOS_PER_SEC: i64 = 1_000_000_000;
+/// More requests than any gateway admits in a period (or a day): 2^53, the
+/// largest count a JSON reader keeps exactly.
+#[cfg_attr(not(feature = "gateway"), allow(dead_code))]
+const MAX_USED: u64 = 1 << 53;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Period {
@@ -336,6 +340,95 @@ impl Counter {
             latest,
             method_buckets: Box::default(),
             earlier,
+        }
+    }
+
+    /// Checks a restored counter against what the model can produce, up to
+    /// the clock `latest` (Unix nanoseconds): a calendar period that has
+    /// started, an UpdateUsage allowance within [`MAX_COUNT`] of `used`,
+    /// daily records no later than today, and buckets that
+    /// [`Bucket::check`] accepts (`burst` gives the burst limit of the
+    /// plan's bucket, `None`, or of a method's, when known). The error
+    /// names the field, as the state file spells it.
+    #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
+    pub(crate) fn check(
+        &self,
+        burst: impl Fn(Option<&str>) -> Option<u32>,
+        latest: i64,
+    ) -> Result<(), String> {
+        let latest_secs = latest.div_euclid(NANOS_PER_SEC);
+        if let Some(p) = self.period {
+            if p.start > latest_secs {
+                return Err(format!(
+                    "period.start {} (Unix seconds) is in the future",
+                    p.start
+                ));
+            }
+            if period::bounds(p.kind, p.start) != (p.start, p.end) {
+                return Err(format!(
+                    "period {{start {}, end {}}} is not a {} period of the UTC calendar",
+                    p.start,
+                    p.end,
+                    p.kind.as_str()
+                ));
+            }
+        }
+        if self.used > MAX_USED {
+            return Err(format!("used {} is above {MAX_USED}", self.used));
+        }
+        if let Some(allowance) = self.allowance() {
+            if allowance.saturating_sub(self.used) > MAX_COUNT {
+                return Err(format!(
+                    "allowance {allowance} leaves {} requests, more than UpdateUsage can set \
+                     ({MAX_COUNT})",
+                    allowance.saturating_sub(self.used)
+                ));
+            }
+        }
+        let today = latest_secs.div_euclid(DAY_SECS);
+        let mut previous = None;
+        for (i, d) in self.days().enumerate() {
+            if previous == Some(d.day) {
+                return Err(format!("days: day {} appears twice", d.day));
+            }
+            previous = Some(d.day);
+            if d.day > today {
+                return Err(format!("days[{i}].day {} is in the future", d.day));
+            }
+            if d.used > MAX_USED {
+                return Err(format!("days[{i}].used {} is above {MAX_USED}", d.used));
+            }
+            if d.remaining > MAX_COUNT {
+                return Err(format!(
+                    "days[{i}].remaining {} is above {MAX_COUNT}",
+                    d.remaining
+                ));
+            }
+        }
+        let buckets = self
+            .bucket
+            .iter()
+            .map(|b| (None, b))
+            .chain(self.method_buckets.iter().map(|(m, b)| (Some(&**m), b)));
+        for (i, (method, bucket)) in buckets.enumerate() {
+            bucket
+                .check(burst(method), latest)
+                .map_err(|e| format!("buckets[{i}]: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Caps every bucket at its throttle's current burst limit (`burst`, as
+    /// for [`check`](Self::check)): what a refill does, done before saving.
+    #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
+    pub(crate) fn clamp_buckets(&mut self, burst: impl Fn(Option<&str>) -> Option<u32>) {
+        if let (Some(bucket), Some(limit)) = (self.bucket.as_mut(), burst(None)) {
+            bucket.clamp(limit);
+        }
+        for (method, bucket) in self.method_buckets.iter_mut() {
+            if let Some(limit) = burst(Some(method)) {
+                bucket.clamp(limit);
+            }
         }
     }
 

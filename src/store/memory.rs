@@ -128,6 +128,27 @@ pub struct CounterSnapshot {
     state: Counter,
 }
 
+impl CounterSnapshot {
+    /// Checks the saved counter against what the model can produce up to
+    /// the clock `latest` (Unix nanoseconds); `burst` gives the burst limit
+    /// of the plan's bucket (`None`) or of a method's. The error names the
+    /// field under `state`.
+    #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
+    pub(crate) fn check(
+        &self,
+        burst: impl Fn(Option<&str>) -> Option<u32>,
+        latest: i64,
+    ) -> Result<(), String> {
+        self.state.check(burst, latest)
+    }
+
+    /// Caps every bucket at its throttle's current burst limit.
+    #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
+    pub(crate) fn clamp_buckets(&mut self, burst: impl Fn(Option<&str>) -> Option<u32>) {
+        self.state.clamp_buckets(burst);
+    }
+}
+
 impl MemoryStore {
     /// A copy of every counter.
     ///

@@ -81,8 +81,9 @@ ERROR_STATUS = {
 class GatewayProcess:
     """Runs the gateway binary, drains its merged stdout/stderr, finds its listen addresses."""
 
-    def __init__(self, binary: Path):
+    def __init__(self, binary: Path, extra_args: tuple[str, ...] = ()):
         self.binary = binary
+        self.extra_args = list(extra_args)
         self.proc: subprocess.Popen | None = None
         self._lines: list[str] = []
         self._lock = threading.Lock()
@@ -119,6 +120,7 @@ class GatewayProcess:
             "--admin-listen", "127.0.0.1:0",
             "--admin-credentials", f"{ACCESS_KEY}:{SECRET_KEY}",
             "--stage", f"{STAGE_API_ID}:{STAGE_NAME}",
+            *self.extra_args,
         ]
         self.proc = subprocess.Popen(
             cmd,
@@ -218,9 +220,7 @@ def pytest_runtest_makereport(item, call):
         rep.sections.append(("gateway log (last 150 lines)", _GATEWAY.log_tail(150)))
 
 
-@pytest.fixture(scope="session")
-def gateway():
-    global _GATEWAY
+def gateway_binary() -> Path:
     binary = Path(os.environ["GATEWAY_BIN"]) if os.environ.get("GATEWAY_BIN") else DEFAULT_BIN
     if not binary.is_file():
         pytest.fail(
@@ -230,8 +230,25 @@ def gateway():
         )
     if not os.access(binary, os.X_OK):
         pytest.fail(f"gateway binary {binary} is not executable", pytrace=False)
-    gw = GatewayProcess(binary)
+    return binary
+
+
+@pytest.fixture(scope="session")
+def gateway():
+    global _GATEWAY
+    gw = GatewayProcess(gateway_binary())
     _GATEWAY = gw
+    gw.start()
+    try:
+        yield gw
+    finally:
+        gw.stop()
+
+
+@pytest.fixture(scope="session")
+def regional_gateway():
+    """A second gateway that accepts admin signatures scoped to us-east-1 only."""
+    gw = GatewayProcess(gateway_binary(), ("--admin-region", REGION))
     gw.start()
     try:
         yield gw
