@@ -432,24 +432,14 @@ async fn concurrent_registry_changes_on_two_replicas_are_both_kept() {
 async fn update_usage_to_zero_stops_every_replica_at_once() {
     for leases in [true, false] {
         let redis = Redis::start();
-        let start = || {
-            Gateway::start(config_with(
-                &redis.url(),
-                1_000,
-                StoreFailure::FailOpen,
-                leases,
-            ))
-        };
-        let a = start().await.unwrap();
-        let b = start().await.unwrap();
-        let plan = a.plans().usage_plans()[0].clone();
-        let key_id = a.plans().api_key_by_value(KEY).unwrap().id;
-        let client = client();
-        for _ in 0..5 {
-            assert_eq!(status(&client, a.data_addr()).await, 200);
-            assert_eq!(status(&client, b.data_addr()).await, 200);
-        }
-        a.plans().set_remaining(&plan.id, &key_id, 0).await.unwrap();
+        let Pair {
+            a,
+            b,
+            plan_id,
+            key_id,
+            client,
+        } = warm_pair(&redis, 1_000, leases).await;
+        a.plans().set_remaining(&plan_id, &key_id, 0).await.unwrap();
         for i in 0..40 {
             let addr = [a.data_addr(), b.data_addr()][i % 2];
             assert_eq!(
@@ -459,7 +449,7 @@ async fn update_usage_to_zero_stops_every_replica_at_once() {
             );
         }
         // What the revoked leases spent reaches GetUsage with their give-back.
-        usage_becomes(&b, &plan.id, &key_id, [10, 0]).await;
+        usage_becomes(&b, &plan_id, &key_id, [10, 0]).await;
         a.shutdown().await.unwrap();
         b.shutdown().await.unwrap();
     }
@@ -472,24 +462,14 @@ async fn update_usage_to_zero_stops_every_replica_at_once() {
 async fn get_usage_counts_admitted_requests_not_leased_units() {
     for leases in [true, false] {
         let redis = Redis::start();
-        let start = || {
-            Gateway::start(config_with(
-                &redis.url(),
-                1_000,
-                StoreFailure::FailOpen,
-                leases,
-            ))
-        };
-        let a = start().await.unwrap();
-        let b = start().await.unwrap();
-        let plan = a.plans().usage_plans()[0].clone();
-        let key_id = a.plans().api_key_by_value(KEY).unwrap().id;
-        let client = client();
-        for _ in 0..5 {
-            assert_eq!(status(&client, a.data_addr()).await, 200);
-            assert_eq!(status(&client, b.data_addr()).await, 200);
-        }
-        usage_becomes(&b, &plan.id, &key_id, [10, 990]).await;
+        let Pair {
+            a,
+            b,
+            plan_id,
+            key_id,
+            ..
+        } = warm_pair(&redis, 1_000, leases).await;
+        usage_becomes(&b, &plan_id, &key_id, [10, 990]).await;
         a.shutdown().await.unwrap();
         b.shutdown().await.unwrap();
     }
@@ -520,26 +500,16 @@ async fn usage_becomes(gateway: &Gateway, plan_id: &str, key_id: &str, want: [u6
 async fn a_change_through_one_replica_binds_the_other_on_its_next_request() {
     for leases in [true, false] {
         let redis = Redis::start();
-        let start = || {
-            Gateway::start(config_with(
-                &redis.url(),
-                1_000,
-                StoreFailure::FailOpen,
-                leases,
-            ))
-        };
-        let a = start().await.unwrap();
-        let b = start().await.unwrap();
-        let plan = a.plans().usage_plans()[0].clone();
-        let key_id = a.plans().api_key_by_value(KEY).unwrap().id;
-        let client = client();
-        for _ in 0..5 {
-            assert_eq!(status(&client, a.data_addr()).await, 200);
-            assert_eq!(status(&client, b.data_addr()).await, 200);
-        }
+        let Pair {
+            a,
+            b,
+            plan_id,
+            key_id,
+            client,
+        } = warm_pair(&redis, 1_000, leases).await;
 
         a.plans()
-            .update_usage_plan(&plan.id, |plan| {
+            .update_usage_plan(&plan_id, |plan| {
                 plan.throttle = Some(tower_usage_plans::Throttle {
                     burst_limit: 1,
                     rate_limit: 0.001,
@@ -686,4 +656,42 @@ async fn a_replica_of_another_stage_refuses_to_start() {
         "{error}"
     );
     a.shutdown().await.unwrap();
+}
+
+/// Two gateway replicas on `redis`, sharing one key in one plan of a daily
+/// `quota`, each having admitted 5 requests (so each holds a lease, when
+/// `leases`).
+struct Pair {
+    a: Gateway,
+    b: Gateway,
+    plan_id: String,
+    key_id: String,
+    client: Client<hyper_util::client::legacy::connect::HttpConnector, Empty<bytes::Bytes>>,
+}
+
+async fn warm_pair(redis: &Redis, quota: u64, leases: bool) -> Pair {
+    let start = || {
+        Gateway::start(config_with(
+            &redis.url(),
+            quota,
+            StoreFailure::FailOpen,
+            leases,
+        ))
+    };
+    let a = start().await.unwrap();
+    let b = start().await.unwrap();
+    let plan_id = a.plans().usage_plans()[0].id.clone();
+    let key_id = a.plans().api_key_by_value(KEY).unwrap().id;
+    let client = client();
+    for _ in 0..5 {
+        assert_eq!(status(&client, a.data_addr()).await, 200);
+        assert_eq!(status(&client, b.data_addr()).await, 200);
+    }
+    Pair {
+        a,
+        b,
+        plan_id,
+        key_id,
+        client,
+    }
 }

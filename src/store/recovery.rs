@@ -70,6 +70,27 @@ impl Recovery {
         Ok(self.restoring.load(Ordering::Acquire))
     }
 
+    /// Remembers a counter's state as a decision (or UpdateUsage) left it:
+    /// `(used, allowance or -1, epoch)` in the period starting at `start`.
+    pub(crate) fn saw(
+        &self,
+        counter: CounterKey,
+        rule: QuotaRule,
+        start: i64,
+        (used, allow, epoch): (u64, i64, u64),
+    ) {
+        self.seen.insert(
+            counter,
+            Seen {
+                rule,
+                period_start: start,
+                used,
+                allow,
+                epoch,
+            },
+        );
+    }
+
     /// Everything this replica saw is back in Redis.
     pub(crate) fn restored(&self) {
         self.restoring.store(false, Ordering::Release);

@@ -262,14 +262,7 @@ impl RedisStore {
             let mut args = Args::new(jiff::Timestamp::now().into(), lease.quota.as_ref());
             args.unspent = lease.unspent;
             args.report = n;
-            let (key, script) = (self.key(&slot.0), self.script.clone());
-            let reported: Result<i64> = self
-                .run(move |mut connection| async move {
-                    connection
-                        .invoke(args.invocation(&script, &key, "report"))
-                        .await
-                })
-                .await;
+            let reported: Result<i64> = self.call(&slot.0, "report", args).await;
             if let Err(e) = reported {
                 leases.unreport(&slot, &lease, n);
                 return Err(e);
@@ -282,14 +275,7 @@ impl RedisStore {
     /// it are revoked when this returns (acknowledged, or expired).
     async fn revoke(&self, counter: &CounterKey) -> Result<()> {
         let args = Args::new(jiff::Timestamp::now().into(), None);
-        let (key, script) = (self.key(counter), self.script.clone());
-        let epoch: u64 = self
-            .run(move |mut connection| async move {
-                connection
-                    .invoke(args.invocation(&script, &key, "revoke"))
-                    .await
-            })
-            .await?;
+        let epoch: u64 = self.call(counter, "revoke", args).await?;
         let mut connection = self.connection.clone();
         self.control
             .revoke(&mut connection, counter, epoch)
@@ -310,14 +296,7 @@ impl RedisStore {
                 args.burst = throttle.burst_limit;
             }
             args.unspent = lease.unspent;
-            let (key, script) = (self.key(&counter), self.script.clone());
-            let answer: Result<Answer> = self
-                .run(move |mut connection| async move {
-                    connection
-                        .invoke(args.invocation(&script, &key, "return"))
-                        .await
-                })
-                .await;
+            let answer: Result<Answer> = self.call(&counter, "return", args).await;
             if let Err(e) = answer {
                 leases.keep((counter, bucket), lease);
                 for (slot, lease) in taken {
@@ -346,6 +325,17 @@ impl RedisStore {
 
     fn key(&self, counter: &CounterKey) -> String {
         counter_key(&self.prefix, counter)
+    }
+
+    /// Runs the script's `op` on `counter`'s hash (with the timeout).
+    fn call<T>(&self, counter: &CounterKey, op: &'static str, args: Args) -> StoreFuture<T>
+    where
+        T: FromRedisValue + Send + 'static,
+    {
+        let (key, script) = (self.key(counter), self.script.clone());
+        self.run(move |mut connection| async move {
+            connection.invoke(args.invocation(&script, &key, op)).await
+        })
     }
 
     /// As [`run`](Self::run), without the timeout (a restore may take
@@ -573,16 +563,7 @@ impl CounterStore for RedisStore {
             let (verdict, tokens, remaining, units, leased_tokens, epoch, used, allow) = answer;
             if let (Some(rule), Some((_, start, _, _)), false) = (quota, args.period, verdict == 3)
             {
-                recovery.seen.insert(
-                    counter,
-                    Seen {
-                        rule,
-                        period_start: start,
-                        used,
-                        allow,
-                        epoch,
-                    },
-                );
+                recovery.saw(counter, rule, start, (used, allow, epoch));
             }
             let tokens: f64 = tokens.parse().unwrap_or(0.0);
             if let (Some((leases, slot)), true) = (slot, units > 0 || leased_tokens > 0) {
@@ -655,16 +636,7 @@ impl CounterStore for RedisStore {
                         connection
                             .invoke(args.invocation(&script, &key, "set"))
                             .await?;
-                    recovery.seen.insert(
-                        counter,
-                        Seen {
-                            rule,
-                            period_start: start,
-                            used,
-                            allow,
-                            epoch,
-                        },
-                    );
+                    recovery.saw(counter, rule, start, (used, allow, epoch));
                     Ok([today, remaining])
                 })
                 .await
