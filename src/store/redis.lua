@@ -11,7 +11,7 @@
 -- none: near the limit every request is decided here.
 --
 -- KEYS[1]  the counter hash ("<prefix>{<plan>:<key>}")
--- ARGV     1 op ("decide" | "lease" | "return" | "set"), 2 now_us, 3 now_secs, 4 day,
+-- ARGV     1 op ("decide" | "lease" | "return" | "set" | "refund"), 2 now_us, 3 now_secs, 4 day,
 --          5 bucket field ("" = no throttle), 6 rate, 7 burst,
 --          8 period kind ("" = no quota), 9 period start, 10 period end,
 --          11 period limit, 12 remaining (for "set"), 13 ttl secs,
@@ -27,6 +27,48 @@ local set_to, ttl = tonumber(ARGV[12]), tonumber(ARGV[13])
 local ret_q, ret_granted, ret_t = tonumber(ARGV[14]) or 0, tonumber(ARGV[15]) or 0, tonumber(ARGV[16]) or 0
 local ret_pstart = ARGV[17] or ""
 local want_q, want_t = tonumber(ARGV[18]) or 0, tonumber(ARGV[19]) or 0
+
+-- ---------------------------------------------------------------------------
+-- "refund" (apart from the ops above and below, on purpose: it shares only
+-- the argument layout). Gives back what one admitted decision at now_us
+-- spent, for a request that never reached the upstream: its token (refilled
+-- up to now_us, plus one, up to the burst) and, while the decision's period
+-- (kind, start) is still the stored one, its unit of quota, also in that
+-- day's record. It never starts a period or a bucket. Mirrors
+-- Counter::refund in src/limit/counter.rs.
+if op == 'refund' then
+  if kind ~= "" then
+    local q = redis.call('HMGET', k, 'pk', 'ps', 'used')
+    local was = tonumber(q[3]) or 0
+    if q[1] == kind and q[2] == pstart and was > 0 then
+      redis.call('HSET', k, 'used', was - 1)
+      local du = 'd:' .. day .. ':u'
+      local on_day = tonumber(redis.call('HGET', k, du)) or 0
+      if on_day > 0 then
+        redis.call('HSET', k, du, on_day - 1)
+        local dr = 'd:' .. day .. ':r'
+        local left = tonumber(redis.call('HGET', k, dr))
+        if left then
+          redis.call('HSET', k, dr, left + 1)
+        end
+      end
+    end
+  end
+  if bf ~= "" then
+    local t = redis.call('HMGET', k, bf .. ':t', bf .. ':u')
+    local tokens, updated = tonumber(t[1]), tonumber(t[2])
+    if tokens ~= nil and updated ~= nil then
+      if now_us > updated then
+        tokens = tokens + (now_us - updated) / 1e6 * rate
+        updated = now_us
+      end
+      tokens = math.min(tokens + 1, burst)
+      redis.call('HSET', k, bf .. ':t', tostring(tokens), bf .. ':u', updated)
+    end
+  end
+  return 0
+end
+-- ---------------------------------------------------------------------------
 
 local used, allow, leased, remaining = 0, nil, 0, 0
 local function quota_left()
