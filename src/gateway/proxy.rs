@@ -22,6 +22,7 @@ use tower_service::Service;
 
 use super::body::GatewayBody;
 use super::connection::{OwnConnection, OwnError, SpareConnections};
+use super::edge::{self, EdgeBody};
 use crate::UsageContext;
 
 /// The largest request body the echo upstream reads back.
@@ -127,7 +128,7 @@ impl Proxy {
     }
 }
 
-impl Service<Request<Incoming>> for Proxy {
+impl Service<Request<EdgeBody>> for Proxy {
     type Response = Response<GatewayBody>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Response<GatewayBody>, Infallible>> + Send>>;
@@ -136,17 +137,36 @@ impl Service<Request<Incoming>> for Proxy {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, request: Request<EdgeBody>) -> Self::Future {
         let (mut parts, body) = request.into_parts();
         self.prepare(&mut parts);
+        // A body that can still fail: what the request was charged, to give
+        // back if the client's own framing keeps it from the upstream.
+        let watch = body.watch();
+        let charge = watch.as_ref().and_then(|_| {
+            parts
+                .extensions
+                .get_mut::<UsageContext>()
+                .and_then(UsageContext::take_charge)
+        });
         let request = Request::from_parts(parts, body);
         let upstream = self.upstream.clone();
         let own = self.own.clone();
         Box::pin(async move {
-            Ok(match &*upstream {
+            let response = match &*upstream {
                 Upstream::Echo => echo(request).await,
                 Upstream::Http(http) => forward(http, &own, request).await,
-            })
+            };
+            let Some(failure) = watch.as_ref().and_then(|w| w.failure()) else {
+                return Ok(response);
+            };
+            // The body failed: the upstream never got the request whole.
+            if let Some(charge) = charge {
+                if let Err(e) = charge.refund().await {
+                    tracing::warn!(error = %e, "could not refund a request the upstream never received");
+                }
+            }
+            Ok(edge::failed_body(failure))
         })
     }
 }
@@ -181,7 +201,7 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 async fn forward(
     upstream: &HttpUpstream,
     own: &OwnConnection,
-    request: Request<Incoming>,
+    request: Request<EdgeBody>,
 ) -> Response<GatewayBody> {
     let (mut parts, body) = request.into_parts();
     parts.uri = match upstream.path_and_query_for(&parts.uri) {
@@ -194,7 +214,7 @@ async fn forward(
     let timeout = upstream.timeout;
     let result = tokio::time::timeout(
         timeout,
-        upstream.send(own, Request::from_parts(parts, GatewayBody::from(body))),
+        upstream.send(own, Request::from_parts(parts, GatewayBody::client(body))),
     )
     .await;
     if let Some(started) = started {
@@ -365,25 +385,22 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 /// An AWS-style JSON error from the gateway itself.
 pub(crate) fn error(status: StatusCode, message: &str) -> Response<GatewayBody> {
-    let body = serde_json::json!({ "message": message }).to_string();
-    let mut response = Response::new(GatewayBody::from(body));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
+    edge::aws_error(status, message)
 }
 
 /// 200 with a JSON description of the request.
-async fn echo(request: Request<Incoming>) -> Response<GatewayBody> {
+async fn echo(request: Request<EdgeBody>) -> Response<GatewayBody> {
     let (parts, body) = request.into_parts();
     let body = match http_body_util::Limited::new(body, ECHO_MAX_BODY)
         .collect()
         .await
     {
         Ok(collected) => collected.to_bytes(),
-        Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "Request Too Long"),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return error(StatusCode::PAYLOAD_TOO_LARGE, "Request Too Long")
+        }
+        // The client's body failed: the caller answers.
+        Err(_) => return error(StatusCode::BAD_REQUEST, "Bad Request"),
     };
     let headers: serde_json::Map<String, serde_json::Value> = parts
         .headers
