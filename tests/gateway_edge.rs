@@ -7,6 +7,8 @@
 
 #[path = "support/net.rs"]
 mod net;
+#[path = "support/redis_server.rs"]
+mod redis_server;
 #[path = "support/usage.rs"]
 mod usage;
 use net::{get, within, TempDir};
@@ -212,6 +214,49 @@ async fn framing_errors_cost_nothing_and_get_400() {
             body.is_empty(),
             "a broken body reached the upstream: {body:?}"
         );
+    }
+}
+
+/// With the counters in Redis (leased or not), a broken body costs nothing
+/// either: the refund is exact there too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn framing_errors_cost_nothing_with_redis() {
+    for leases in [false, true] {
+        let redis = redis_server::Redis::start();
+        let mut config = config();
+        config.redis = Some(format!("redis://127.0.0.1:{}", redis.port));
+        config.redis_leases = leases;
+        let gateway = Gateway::start(config).await.unwrap();
+        let addr = gateway.data_addr();
+        let sent = format!(
+            "{}ZZ\r\nhello\r\n0\r\n\r\n",
+            post_head("transfer-encoding: chunked")
+        );
+        let answer = exchange(addr, sent.as_bytes(), false).await;
+        assert_aws(&answer, 400, "Bad Request", "BadRequestException");
+        let (status, _, _) = get(addr, "/", Some(KEY)).await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "the token is back (leases: {leases})"
+        );
+        let (status, _, _) = get(addr, "/", Some(KEY)).await;
+        assert_eq!(
+            status,
+            StatusCode::TOO_MANY_REQUESTS,
+            "only one (leases: {leases})"
+        );
+        gateway.shutdown().await.unwrap();
+        // After the stop, every lease given back: exactly one request used.
+        let fresh = Gateway::start({
+            let mut config = self::config();
+            config.redis = Some(format!("redis://127.0.0.1:{}", redis.port));
+            config
+        })
+        .await
+        .unwrap();
+        assert_eq!(used_today(&fresh).await[0], 1, "leases: {leases}");
+        fresh.shutdown().await.unwrap();
     }
 }
 
