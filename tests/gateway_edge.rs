@@ -498,6 +498,47 @@ async fn http2_requests_still_get_answers_after_the_header_timeout() {
     gateway.shutdown().await.unwrap();
 }
 
+#[tokio::test]
+async fn a_stalled_http2_request_body_gets_408_and_costs_nothing() {
+    let gateway = Gateway::start(config()).await.unwrap();
+    let stream = TcpStream::connect(gateway.data_addr()).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let (tx, rx) = mpsc::channel::<Bytes>(1);
+    tx.send(Bytes::from_static(b"a start")).await.unwrap();
+    let request = Request::post(format!("http://{}/upload", gateway.data_addr()))
+        .header("x-api-key", KEY)
+        .body(ChannelBody(rx))
+        .unwrap();
+    // The rest of the body never comes (`tx` is held, not dropped).
+    let response = within("the answer", sender.send_request(request))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+    assert_eq!(
+        response.headers()["x-amzn-errortype"],
+        "RequestTimeoutException"
+    );
+    let body = within("the body", response.into_body().collect())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(
+        json(&body),
+        serde_json::json!({"message": "Request Timeout"})
+    );
+    drop(tx);
+    let (status, _, _) = get(gateway.data_addr(), "/", Some(KEY)).await;
+    assert_eq!(status, StatusCode::OK, "the token is back");
+    assert_eq!(used_today(&gateway).await[0], 1);
+    gateway.shutdown().await.unwrap();
+}
+
 /// A body whose chunks come from a channel; it ends when the sender is
 /// dropped.
 struct ChannelBody(mpsc::Receiver<Bytes>);
