@@ -206,6 +206,25 @@ async fn framing_errors_cost_nothing_and_get_400() {
                 .await
                 .unwrap();
         }
+        // A client that resets its connection mid-body, once the request
+        // was counted: the count goes back (no other signal of either).
+        let sent = format!("{}hello", post_head("content-length: 100"));
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(sent.as_bytes()).await.unwrap();
+        within("the request to be counted", async {
+            while used_today(&gateway).await[0] != 1 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        stream.set_zero_linger().unwrap();
+        drop(stream);
+        within("the refund after the reset", async {
+            while used_today(&gateway).await[0] != 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
         gateway.shutdown().await.unwrap();
     }
     // The upstream got only the gateway's own GETs, whole.
@@ -536,6 +555,45 @@ async fn a_stalled_http2_request_body_gets_408_and_costs_nothing() {
     let (status, _, _) = get(gateway.data_addr(), "/", Some(KEY)).await;
     assert_eq!(status, StatusCode::OK, "the token is back");
     assert_eq!(used_today(&gateway).await[0], 1);
+    gateway.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_http2_stream_reset_mid_body_costs_nothing() {
+    let mut config = config();
+    config.body_read_timeout = None;
+    let gateway = Gateway::start(config).await.unwrap();
+    let stream = TcpStream::connect(gateway.data_addr()).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let (tx, rx) = mpsc::channel::<Bytes>(1);
+    tx.send(Bytes::from_static(b"a start")).await.unwrap();
+    let request = Request::post(format!("http://{}/upload", gateway.data_addr()))
+        .header("x-api-key", KEY)
+        .body(ChannelBody(rx))
+        .unwrap();
+    let pending = tokio::spawn(sender.send_request(request));
+    within("the request to be counted", async {
+        while used_today(&gateway).await[0] != 1 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    // Dropping the response future resets the stream (RST_STREAM): the
+    // gateway drops the request's future with it.
+    pending.abort();
+    within("the refund after the reset", async {
+        while used_today(&gateway).await[0] != 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    drop(tx);
     gateway.shutdown().await.unwrap();
 }
 

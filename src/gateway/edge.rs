@@ -97,22 +97,38 @@ pub(crate) enum BodyFailure {
 #[derive(Debug, Default)]
 pub(crate) struct BodyWatch(AtomicU8);
 
+/// [`BodyWatch`] states.
+const RUNNING: u8 = 0;
+const TIMED_OUT: u8 = 1;
+const CLIENT_FAILED: u8 = 2;
+const ENDED: u8 = 3;
+
 impl BodyWatch {
     fn fail(&self, failure: BodyFailure) {
         let code = match failure {
-            BodyFailure::Timeout => 1,
-            BodyFailure::Client => 2,
+            BodyFailure::Timeout => TIMED_OUT,
+            BodyFailure::Client => CLIENT_FAILED,
         };
+        self.settle(code);
+    }
+
+    /// The first outcome stays.
+    fn settle(&self, code: u8) {
         let _ = self
             .0
-            .compare_exchange(0, code, Ordering::Relaxed, Ordering::Relaxed);
+            .compare_exchange(RUNNING, code, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// Whether the body came whole.
+    pub(crate) fn ended(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == ENDED
     }
 
     /// How the body failed, if it did.
     pub(crate) fn failure(&self) -> Option<BodyFailure> {
         match self.0.load(Ordering::Relaxed) {
-            1 => Some(BodyFailure::Timeout),
-            2 => Some(BodyFailure::Client),
+            TIMED_OUT => Some(BodyFailure::Timeout),
+            CLIENT_FAILED => Some(BodyFailure::Client),
             _ => None,
         }
     }
@@ -212,16 +228,23 @@ impl Body for EdgeBody {
             let limit = watched.timeout.as_ref().map_or(Duration::ZERO, |t| t.0);
             return Poll::Ready(Some(Err(EdgeBodyError::Timeout(limit))));
         }
-        match this.inner.poll_frame(cx) {
+        let mut inner = this.inner;
+        match inner.as_mut().poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 watched.armed = false;
+                if inner.is_end_stream() {
+                    watched.watch.settle(ENDED);
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
                 watched.watch.fail(BodyFailure::Client);
                 Poll::Ready(Some(Err(EdgeBodyError::Client(e))))
             }
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                watched.watch.settle(ENDED);
+                Poll::Ready(None)
+            }
             Poll::Pending => {
                 let Some((limit, sleep)) = watched.timeout.as_mut() else {
                     return Poll::Pending;

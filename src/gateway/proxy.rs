@@ -22,8 +22,8 @@ use tower_service::Service;
 
 use super::body::GatewayBody;
 use super::connection::{OwnConnection, OwnError, SpareConnections};
-use super::edge::{self, EdgeBody};
-use crate::UsageContext;
+use super::edge::{self, BodyWatch, EdgeBody};
+use crate::{Charge, UsageContext};
 
 /// The largest request body the echo upstream reads back.
 const ECHO_MAX_BODY: usize = 1024 * 1024;
@@ -143,11 +143,13 @@ impl Service<Request<EdgeBody>> for Proxy {
         // A body that can still fail: what the request was charged, to give
         // back if the client's own framing keeps it from the upstream.
         let watch = body.watch();
-        let charge = watch.as_ref().and_then(|_| {
-            parts
+        let mut refund = watch.map(|watch| Refund {
+            charge: parts
                 .extensions
                 .get_mut::<UsageContext>()
-                .and_then(UsageContext::take_charge)
+                .and_then(UsageContext::take_charge),
+            watch,
+            answered: false,
         });
         let request = Request::from_parts(parts, body);
         let upstream = self.upstream.clone();
@@ -157,17 +159,48 @@ impl Service<Request<EdgeBody>> for Proxy {
                 Upstream::Echo => echo(request).await,
                 Upstream::Http(http) => forward(http, &own, request).await,
             };
-            let Some(failure) = watch.as_ref().and_then(|w| w.failure()) else {
+            let Some(refund) = refund.as_mut() else {
+                return Ok(response);
+            };
+            refund.answered = true;
+            let Some(failure) = refund.watch.failure() else {
                 return Ok(response);
             };
             // The body failed: the upstream never got the request whole.
-            if let Some(charge) = charge {
+            if let Some(charge) = refund.charge.take() {
                 if let Err(e) = charge.refund().await {
                     tracing::warn!(error = %e, "could not refund a request the upstream never received");
                 }
             }
             Ok(edge::failed_body(failure))
         })
+    }
+}
+
+/// What a request with a body was charged, and how its body fares: given
+/// back if the body fails — by the request's future, or, if the future is
+/// dropped first (the client's connection went away with it), on drop: then
+/// also if the body had not come whole (the upstream request, dropped with
+/// the future, never had it all).
+struct Refund {
+    charge: Option<Charge>,
+    watch: Arc<BodyWatch>,
+    /// Whether the future ran to its answer.
+    answered: bool,
+}
+
+impl Drop for Refund {
+    fn drop(&mut self) {
+        let undelivered = self.watch.failure().is_some() || !(self.answered || self.watch.ended());
+        if let (Some(charge), true) = (self.charge.take(), undelivered) {
+            // A store's refund starts when called (in memory: done).
+            let refunding = charge.refund();
+            tokio::spawn(async move {
+                if let Err(e) = refunding.await {
+                    tracing::warn!(error = %e, "could not refund a request the upstream never received");
+                }
+            });
+        }
     }
 }
 
