@@ -324,6 +324,22 @@ async fn a_stalled_body_gets_408_closes_the_connection_and_costs_nothing() {
         assert_eq!(status, StatusCode::OK, "the token is back ({base:?})");
         assert_eq!(used_today(&gateway).await[0], 1, "{base:?}");
 
+        // Stalled past the upstream timeout (before the body timeout): still
+        // the client's stall, and free.
+        if base.is_some() {
+            let mut config = self::config();
+            config.upstream = base.as_deref().map(|b| b.parse().unwrap());
+            config.body_read_timeout = None;
+            config.upstream_timeout = Duration::from_millis(300);
+            let stalled = Gateway::start(config).await.unwrap();
+            let sent = format!("{}0123456789", post_head("content-length: 1000"));
+            let answer = exchange(stalled.data_addr(), sent.as_bytes(), false).await;
+            assert_aws(&answer, 408, "Request Timeout", "RequestTimeoutException");
+            let (status, _, _) = get(stalled.data_addr(), "/", Some(KEY)).await;
+            assert_eq!(status, StatusCode::OK, "the token is back");
+            stalled.shutdown().await.unwrap();
+        }
+
         // The admin API too: a body that never comes.
         let sent = "POST /usageplans HTTP/1.1\r\nhost: admin\r\ncontent-type: application/json\r\ncontent-length: 50\r\n\r\n{";
         let answer = exchange(gateway.admin_addr(), sent.as_bytes(), false).await;

@@ -104,7 +104,8 @@ const CLIENT_FAILED: u8 = 2;
 const ENDED: u8 = 3;
 
 impl BodyWatch {
-    fn fail(&self, failure: BodyFailure) {
+    /// Records how the body failed (the first outcome stays).
+    pub(crate) fn fail(&self, failure: BodyFailure) {
         let code = match failure {
             BodyFailure::Timeout => TIMED_OUT,
             BodyFailure::Client => CLIENT_FAILED,

@@ -245,6 +245,7 @@ async fn forward(
     parts.version = http::Version::HTTP_11;
     let started = super::metrics::enabled().then(Instant::now);
     let timeout = upstream.timeout;
+    let watch = body.watch();
     let result = tokio::time::timeout(
         timeout,
         upstream.send(own, Request::from_parts(parts, GatewayBody::client(body))),
@@ -265,6 +266,12 @@ async fn forward(
             error(StatusCode::BAD_GATEWAY, "Bad Gateway")
         }
         Err(_) => {
+            // The body has not come whole in all that time: the client
+            // stalled (the upstream never had the request), not the upstream.
+            if let Some(watch) = watch.filter(|w| !w.ended()) {
+                watch.fail(edge::BodyFailure::Timeout);
+                return error(StatusCode::REQUEST_TIMEOUT, "Request Timeout");
+            }
             tracing::warn!(?timeout, "upstream timed out");
             error(StatusCode::GATEWAY_TIMEOUT, "Endpoint request timed out")
         }
