@@ -406,6 +406,53 @@ async fn upstream_failures_carry_the_aws_error_type() {
     assert_eq!(headers["x-amzn-errortype"], "BadGatewayException");
     assert_eq!(json(&body), serde_json::json!({"message": "Bad Gateway"}));
     gateway.shutdown().await.unwrap();
+
+    // An upstream that takes the request and never answers: 504.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let mut config = self::config();
+    config.upstream = Some(format!("http://{silent}").parse().unwrap());
+    config.upstream_timeout = Duration::from_millis(200);
+    let gateway = Gateway::start(config).await.unwrap();
+    let (status, headers, body) = get(gateway.data_addr(), "/", Some(KEY)).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(headers["x-amzn-errortype"], "GatewayTimeoutException");
+    assert_eq!(
+        json(&body),
+        serde_json::json!({"message": "Endpoint request timed out"})
+    );
+    gateway.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_body_too_large_for_the_echo_is_413_with_the_aws_shape() {
+    let gateway = Gateway::start(config()).await.unwrap();
+    let request = Request::post("/big")
+        .header("host", "gateway")
+        .header("x-api-key", KEY)
+        .body(Full::new(Bytes::from(vec![b'x'; 2 * 1024 * 1024])))
+        .unwrap();
+    let response = net::send(gateway.data_addr(), request).await;
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        response.headers()["x-amzn-errortype"],
+        "RequestEntityTooLargeException"
+    );
+    let body = within("the body", response.into_body().collect())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(
+        json(&body),
+        serde_json::json!({"message": "Request Too Long"})
+    );
+    gateway.shutdown().await.unwrap();
 }
 
 // ---- HTTP/2 -----------------------------------------------------------
