@@ -53,8 +53,9 @@ pub use refusal::{AwsRefusal, Refusal, RefusalResponse};
 pub use service::UsagePlanService;
 
 /// Who an admitted request was counted for: put into the request
-/// extensions for handlers. It also holds what the request was charged
-/// (see [`take_charge`](Self::take_charge)).
+/// extensions for handlers. The one in the extensions also holds what the
+/// request was charged (see [`take_charge`](Self::take_charge)); a clone
+/// does not, so a charge can be given back once at most.
 ///
 /// ```
 /// use axum::Extension;
@@ -65,10 +66,20 @@ pub use service::UsagePlanService;
 /// }
 /// # let _ = handler;
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct UsageContext {
     counter: CounterKey,
     charge: Option<ChargeRules>,
+}
+
+impl Clone for UsageContext {
+    /// The same key and plan, without the charge.
+    fn clone(&self) -> Self {
+        Self {
+            counter: self.counter.clone(),
+            charge: None,
+        }
+    }
 }
 
 impl PartialEq for UsageContext {
@@ -100,7 +111,7 @@ impl UsageContext {
     /// back once ([`Charge::refund`]) if the request never reached the
     /// service (its client's framing failed, say). `None` if nothing was
     /// charged (the store failed and the layer admitted the request
-    /// uncounted) or the charge was taken already.
+    /// uncounted), the charge was taken already, or this is a clone.
     ///
     /// ```
     /// use tower_usage_plans::UsageContext;
@@ -127,7 +138,6 @@ impl UsageContext {
 }
 
 /// What a decision applied: enough to give its spending back.
-#[derive(Clone)]
 pub(crate) struct ChargeRules {
     pub(crate) store: std::sync::Arc<dyn crate::store::CounterStore>,
     pub(crate) method: Option<Box<str>>,
