@@ -193,13 +193,16 @@ impl Drop for Refund {
     fn drop(&mut self) {
         let undelivered = self.watch.failure().is_some() || !(self.answered || self.watch.ended());
         if let (Some(charge), true) = (self.charge.take(), undelivered) {
-            // A store's refund starts when called (in memory: done).
+            // A store's refund starts when called (in memory: done); a
+            // networked one's needs a runtime to finish (none: at exit).
             let refunding = charge.refund();
-            tokio::spawn(async move {
-                if let Err(e) = refunding.await {
-                    tracing::warn!(error = %e, "could not refund a request the upstream never received");
-                }
-            });
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    if let Err(e) = refunding.await {
+                        tracing::warn!(error = %e, "could not refund a request the upstream never received");
+                    }
+                });
+            }
         }
     }
 }
