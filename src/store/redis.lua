@@ -11,7 +11,7 @@
 -- none: near the limit every request is decided here.
 --
 -- KEYS[1]  the counter hash ("<prefix>{<plan>:<key>}")
--- ARGV     1 op ("decide" | "lease" | "return" | "set" | "refund"), 2 now_us, 3 now_secs, 4 day,
+-- ARGV     1 op ("decide" | "lease" | "return" | "set"), 2 now_us, 3 now_secs, 4 day,
 --          5 bucket field ("" = no throttle), 6 rate, 7 burst,
 --          8 period kind ("" = no quota), 9 period start, 10 period end,
 --          11 period limit, 12 remaining (for "set"), 13 ttl secs,
@@ -29,13 +29,13 @@ local ret_pstart = ARGV[17] or ""
 local want_q, want_t = tonumber(ARGV[18]) or 0, tonumber(ARGV[19]) or 0
 
 -- ---------------------------------------------------------------------------
--- "refund" (apart from the ops above and below, on purpose: it shares only
--- the argument layout). Gives back what one admitted decision at now_us
--- spent, for a request that never reached the upstream: its token (refilled
--- up to now_us, plus one, up to the burst) and, while the decision's period
--- (kind, start) is still the stored one, its unit of quota, also in that
--- day's record. It never starts a period or a bucket. Mirrors
--- Counter::refund in src/limit/counter.rs.
+-- op "refund" (kept apart from the other ops on purpose: it shares only the
+-- argument layout). Gives back what one admitted decision at now_us spent,
+-- for a request that never reached the upstream: its token (refilled up to
+-- now_us, plus one, up to the burst) and, while the decision's period (kind,
+-- start) is still the stored one, its unit of quota, also in that day's
+-- record. It never starts a period or a bucket. Mirrors Counter::refund in
+-- src/limit/counter.rs.
 if op == 'refund' then
   if kind ~= "" then
     local q = redis.call('HMGET', k, 'pk', 'ps', 'used')
