@@ -33,8 +33,9 @@ use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-/// The longest request target (path and query) the gateway accepts: as
-/// API Gateway's 8 KiB; hyper's own limit is 64 KiB.
+/// The longest request target (path and query) the gateway accepts, 8 KiB
+/// (API Gateway takes about 10 KiB of request line and headers together);
+/// hyper's own limit is 64 KiB.
 pub(crate) const MAX_URI_BYTES: usize = 8 * 1024;
 /// The most header fields a request may have (hyper is told to take more).
 pub(crate) const MAX_HEADERS: usize = 100;
@@ -413,15 +414,13 @@ pin_project! {
             watch: Option<Arc<BodyWatch>>,
             http1: bool,
         },
+        // The edge's own answer; its body becomes the service's body type
+        // when returned.
         Answered {
-            response: Option<Response<Incomplete>>,
+            response: Option<Response<Bytes>>,
         },
     }
 }
-
-/// The body of an answer the edge made before the inner service's body
-/// type is known: converted when returned.
-type Incomplete = Bytes;
 
 impl<F, B, E> Future for EdgeFuture<F>
 where
