@@ -54,7 +54,7 @@ pub use clock::{Clock, ManualClock, SystemClock, UnixNanos};
 pub use error::{Error, ErrorKind, Result};
 pub use key::{AuthorizerKey, KeySource, RequestHead};
 pub use layer::{
-    AwsRefusal, Refusal, RefusalResponse, StoreFailure, UsageContext, UsagePlanLayer,
+    AwsRefusal, Charge, Refusal, RefusalResponse, StoreFailure, UsageContext, UsagePlanLayer,
     UsagePlanService,
 };
 pub use model::{

@@ -516,6 +516,46 @@ async fn sigterm_lets_the_in_flight_request_finish_then_exits_0() {
     assert_eq!(used_in_state_file(&state), Some(1));
 }
 
+/// SIGTERM with an idle keep-alive connection and a request whose head
+/// never ends: both closed at once, so the exit does not wait out the
+/// grace (300 s here, ten times the deadline of `exit`).
+#[tokio::test]
+async fn sigterm_closes_idle_connections_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = TempDir::new("sigterm-idle");
+    let state = dir.0.join("state.json");
+    let config = dir.write(
+        "gateway.toml",
+        &config_text(
+            100,
+            &format!(
+                "state_file = {:?}\nshutdown_grace_secs = 300\nheader_read_timeout_secs = 0",
+                state.to_str().unwrap()
+            ),
+        ),
+    );
+    let mut gateway = spawn(&["--config", config.to_str().unwrap()], &dir.0);
+    let (data, _) = gateway.ready().await;
+    let mut idle = tokio::net::TcpStream::connect(data).await.unwrap();
+    let request = format!("GET / HTTP/1.1\r\nhost: gateway\r\nx-api-key: {KEY}\r\n\r\n");
+    idle.write_all(request.as_bytes()).await.unwrap();
+    let mut status_line = [0u8; 12];
+    within("the first answer", idle.read_exact(&mut status_line))
+        .await
+        .unwrap();
+    assert_eq!(&status_line, b"HTTP/1.1 200");
+    let mut half = tokio::net::TcpStream::connect(data).await.unwrap();
+    half.write_all(b"GET / HTTP/1.1\r\nhost: gate")
+        .await
+        .unwrap();
+
+    gateway.signal("TERM");
+    let (status, stderr) = gateway.exit().await;
+    assert!(status.success(), "exit status {status}; stderr: {stderr}");
+    assert_eq!(used_in_state_file(&state), Some(1), "state flushed on exit");
+    drop((idle, half));
+}
+
 #[tokio::test]
 async fn sigterm_right_after_ready_is_graceful() {
     let dir = TempDir::new("sigterm-ready");

@@ -471,3 +471,41 @@ async fn admin_changes_apply_on_the_next_request() {
         Some(&Refusal::InvalidKey)
     );
 }
+
+#[tokio::test]
+async fn an_admitted_request_carries_its_charge_which_a_refund_gives_back() {
+    let clock = clock(NOW);
+    let plans = plans_with_clock(&clock);
+    let (plan, key_id) = plan_with_key(
+        &plans,
+        NewUsagePlan::new("p")
+            .with_quota(Quota::new(5, QuotaPeriod::Day))
+            .with_throttle(Throttle::new(0.001, 1).unwrap()),
+        KEY,
+    );
+    // A service that never delivers: it gives the charge back.
+    let service = tower::Layer::layer(
+        &UsagePlanLayer::new(plans.clone()),
+        service_fn(|mut request: Request<Body>| async move {
+            let usage = request.extensions_mut().get_mut::<UsageContext>().unwrap();
+            let charge = usage
+                .take_charge()
+                .expect("an admitted request was charged");
+            assert!(usage.take_charge().is_none(), "taken once");
+            charge.refund().await.unwrap();
+            Ok::<_, std::convert::Infallible>(Response::new(Body::empty()))
+        }),
+    );
+    for _ in 0..3 {
+        let request = Request::get("/")
+            .header("x-api-key", KEY)
+            .body(Body::empty())
+            .unwrap();
+        let response = service.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "burst 1, and refunded");
+    }
+    assert_eq!(
+        support::usage::usage_today(&plans, &plan.id, &key_id).await,
+        [0, 5]
+    );
+}

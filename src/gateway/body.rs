@@ -11,6 +11,8 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
+use super::edge::EdgeBody;
+
 /// Errors of a streamed body.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -27,6 +29,16 @@ pin_project! {
     enum Inner {
         Full { #[pin] body: Full<Bytes> },
         Streamed { #[pin] body: Incoming },
+        Client { #[pin] body: EdgeBody },
+    }
+}
+
+impl GatewayBody {
+    /// A client's request body, passed through to the upstream.
+    pub(crate) fn client(body: EdgeBody) -> Self {
+        Self {
+            inner: Inner::Client { body },
+        }
     }
 }
 
@@ -45,6 +57,7 @@ impl std::fmt::Debug for GatewayBody {
         f.write_str(match self.inner {
             Inner::Full { .. } => "GatewayBody::Full",
             Inner::Streamed { .. } => "GatewayBody::Streamed",
+            Inner::Client { .. } => "GatewayBody::Client",
         })
     }
 }
@@ -81,6 +94,7 @@ impl Body for GatewayBody {
         match self.project().inner.project() {
             InnerProj::Full { body } => body.poll_frame(cx).map_err(|never| match never {}),
             InnerProj::Streamed { body } => body.poll_frame(cx).map_err(Into::into),
+            InnerProj::Client { body } => body.poll_frame(cx).map_err(Into::into),
         }
     }
 
@@ -88,6 +102,7 @@ impl Body for GatewayBody {
         match &self.inner {
             Inner::Full { body } => body.is_end_stream(),
             Inner::Streamed { body } => body.is_end_stream(),
+            Inner::Client { body } => body.is_end_stream(),
         }
     }
 
@@ -95,6 +110,7 @@ impl Body for GatewayBody {
         match &self.inner {
             Inner::Full { body } => body.size_hint(),
             Inner::Streamed { body } => body.size_hint(),
+            Inner::Client { body } => body.size_hint(),
         }
     }
 }

@@ -43,6 +43,15 @@ pub struct Cli {
     /// [default: 30].
     #[arg(long, value_name = "SECS")]
     pub header_read_timeout: Option<f64>,
+    /// Seconds a request body may go without sending data before the
+    /// request is answered 408 and its connection closed; 0: no limit
+    /// [default: 30].
+    #[arg(long, value_name = "SECS")]
+    pub body_read_timeout: Option<f64>,
+    /// Seconds in-flight requests get to finish on SIGTERM / Ctrl-C before
+    /// their connections are dropped (idle ones close at once) [default: 10].
+    #[arg(long, value_name = "SECS")]
+    pub shutdown_grace: Option<f64>,
     /// The stage this gateway serves [default: gateway:prod].
     #[arg(long, value_name = "API_ID:STAGE")]
     pub stage: Option<String>,
@@ -80,6 +89,8 @@ struct FileConfig {
     upstream: Option<String>,
     upstream_timeout_secs: Option<f64>,
     header_read_timeout_secs: Option<f64>,
+    body_read_timeout_secs: Option<f64>,
+    shutdown_grace_secs: Option<f64>,
     stage: Option<String>,
     state_file: Option<PathBuf>,
     redis: Option<String>,
@@ -129,6 +140,11 @@ pub struct GatewayConfig {
     /// How long a client may take to send a request's headers (`None`: no
     /// limit). It also closes keep-alive connections idle that long.
     pub header_read_timeout: Option<Duration>,
+    /// How long a request body may go without data before the request is
+    /// answered 408 and its connection closed (`None`: no limit).
+    pub body_read_timeout: Option<Duration>,
+    /// How long in-flight requests may take to finish on shutdown.
+    pub shutdown_grace: Duration,
     /// `(api_id, stage)`.
     pub stage: (String, String),
     /// Admin API credentials.
@@ -160,6 +176,8 @@ impl Default for GatewayConfig {
             upstream: None,
             upstream_timeout: Duration::from_secs(30),
             header_read_timeout: Some(Duration::from_secs(30)),
+            body_read_timeout: Some(Duration::from_secs(30)),
+            shutdown_grace: Duration::from_secs(10),
             stage: ("gateway".into(), "prod".into()),
             admin_credentials: AdminCredentials::new(),
             admin_regions: Vec::new(),
@@ -227,6 +245,7 @@ impl GatewayConfig {
         for (field, duration) in [
             ("upstream_timeout_secs", Some(self.upstream_timeout)),
             ("header_read_timeout_secs", self.header_read_timeout),
+            ("body_read_timeout_secs", self.body_read_timeout),
             ("flush_interval", Some(self.flush_interval)),
         ] {
             if duration == Some(Duration::ZERO) {
@@ -302,6 +321,19 @@ impl GatewayConfig {
                 config.header_read_timeout = Some(positive_secs("header_read_timeout_secs", secs)?)
             }
             None => {}
+        }
+        match cli.body_read_timeout.or(file.body_read_timeout_secs) {
+            Some(0.0) => config.body_read_timeout = None,
+            Some(secs) => {
+                config.body_read_timeout = Some(positive_secs("body_read_timeout_secs", secs)?)
+            }
+            None => {}
+        }
+        if let Some(secs) = cli.shutdown_grace.or(file.shutdown_grace_secs) {
+            config.shutdown_grace = match secs {
+                0.0 => Duration::ZERO,
+                secs => positive_secs("shutdown_grace_secs", secs)?,
+            };
         }
         if let Some(stage) = cli.stage.or(file.stage) {
             config.stage = match stage.split_once(':') {
@@ -495,5 +527,28 @@ mod tests {
             assert!(error.starts_with("admin_regions"), "{bad}: {error}");
         }
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    fn parsed(args: &[&str]) -> Result<GatewayConfig, String> {
+        let cli = Cli::try_parse_from(std::iter::once("gateway").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        GatewayConfig::from_cli(cli).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn body_read_timeout_and_shutdown_grace_default_and_parse() {
+        let config = parsed(&[]).unwrap();
+        assert_eq!(config.body_read_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(config.shutdown_grace, Duration::from_secs(10));
+        let config = parsed(&["--body-read-timeout", "0.5", "--shutdown-grace", "2"]).unwrap();
+        assert_eq!(config.body_read_timeout, Some(Duration::from_millis(500)));
+        assert_eq!(config.shutdown_grace, Duration::from_secs(2));
+        let config = parsed(&["--body-read-timeout", "0", "--shutdown-grace", "0"]).unwrap();
+        assert_eq!(config.body_read_timeout, None);
+        assert_eq!(config.shutdown_grace, Duration::ZERO);
+        let error = parsed(&["--body-read-timeout=-1"]).unwrap_err();
+        assert!(error.contains("body_read_timeout_secs"), "{error}");
+        let error = parsed(&["--shutdown-grace=nan"]).unwrap_err();
+        assert!(error.contains("shutdown_grace_secs"), "{error}");
     }
 }

@@ -16,6 +16,7 @@
 mod body;
 mod config;
 mod connection;
+mod edge;
 mod error;
 mod metrics;
 mod proxy;
@@ -31,13 +32,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderName, Request, Response};
 use http_body_util::Full;
-use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -49,8 +48,13 @@ pub use error::GatewayError;
 use crate::store::{CounterStore, LeaseConfig, MemoryStore, RedisStore};
 use crate::{AdminService, ErrorKind, NewUsagePlan, UsagePlanLayer, UsagePlans};
 
-/// How long in-flight requests may take to finish after a shutdown signal.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection with nothing in flight has, once told to close,
+/// to flush what it has written (then it is dropped).
+const FLUSH_WINDOW: Duration = Duration::from_millis(100);
+
+/// How long a connection closed for idling may linger after its GOAWAY (a
+/// client acknowledges it within a round trip), then it is dropped.
+const GOAWAY_LINGER: Duration = Duration::from_millis(500);
 
 /// How long one round with Redis (leases back, registry sync) may take.
 const REDIS_ROUND_TIMEOUT: Duration = Duration::from_secs(3);
@@ -141,7 +145,12 @@ impl Gateway {
         let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
 
         let (stop, stopped) = watch::channel(false);
-        let graceful = Arc::new(GracefulShutdown::new());
+        let (phase, phases) = watch::channel(Phase::Serving);
+        let (alive, connections) = mpsc::channel::<()>(1);
+        let edge = EdgeConfig {
+            header_read_timeout: config.header_read_timeout,
+            body_read_timeout: config.body_read_timeout,
+        };
         let mut servers = Vec::new();
 
         let layer = UsagePlanLayer::new(plans.clone())
@@ -152,12 +161,11 @@ impl Gateway {
             config.upstream_timeout,
         ));
         let key_header = HeaderName::from_static("x-api-key");
-        let header_read_timeout = config.header_read_timeout;
         servers.push(tokio::spawn(serve(
             data,
-            stopped.clone(),
-            graceful.clone(),
-            header_read_timeout,
+            phases.clone(),
+            alive.clone(),
+            edge,
             move |remote| metrics::Metered {
                 inner: layer.layer(proxy::Proxy::new(
                     upstream.clone(),
@@ -170,18 +178,18 @@ impl Gateway {
             .with_regions(config.admin_regions.clone());
         servers.push(tokio::spawn(serve(
             admin,
-            stopped.clone(),
-            graceful.clone(),
-            header_read_timeout,
+            phases.clone(),
+            alive.clone(),
+            edge,
             move |_| admin_service.clone(),
         )));
         if let Some(listener) = metrics_listener {
             let handle = metrics::handle();
             servers.push(tokio::spawn(serve(
                 listener,
-                stopped.clone(),
-                graceful.clone(),
-                header_read_timeout,
+                phases.clone(),
+                alive.clone(),
+                edge,
                 move |_| MetricsEndpoint(handle),
             )));
         }
@@ -194,13 +202,17 @@ impl Gateway {
             tracing::info!("metrics listening on http://{addr}");
         }
 
+        drop((alive, phases));
         let task = tokio::spawn(run(
             plans.clone(),
             backing,
             config,
             stopped,
-            graceful,
-            servers,
+            Drain {
+                phase,
+                connections,
+                servers,
+            },
         ));
         Ok(Self {
             data_addr,
@@ -232,8 +244,10 @@ impl Gateway {
         &self.plans
     }
 
-    /// Stops accepting, lets in-flight requests finish (up to 10 s) and
-    /// writes the state file a last time.
+    /// Stops accepting, closes idle connections at once, lets in-flight
+    /// requests finish (up to [`GatewayConfig::shutdown_grace`], 10 s by
+    /// default) and writes the state file (or gives leases back) a last
+    /// time.
     ///
     /// # Errors
     /// If the final state write fails.
@@ -408,6 +422,25 @@ impl Backing {
     }
 }
 
+/// Where the listeners and their connections are in a shutdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Serving,
+    /// Stop accepting; close idle connections; let in-flight requests end.
+    Draining,
+    /// The grace is over: drop every connection.
+    Abort,
+}
+
+/// What `run` needs to stop the listeners and their connections.
+struct Drain {
+    phase: watch::Sender<Phase>,
+    /// Ends (`None`) when every connection task has ended: each holds a
+    /// sender.
+    connections: mpsc::Receiver<()>,
+    servers: Vec<JoinHandle<()>>,
+}
+
 /// Persists (state file or Redis) while serving; on stop drains and
 /// persists a last time.
 async fn run(
@@ -415,8 +448,7 @@ async fn run(
     mut backing: Backing,
     config: GatewayConfig,
     mut stopped: watch::Receiver<bool>,
-    graceful: Arc<GracefulShutdown>,
-    servers: Vec<JoinHandle<()>>,
+    mut drain: Drain,
 ) -> Result<(), GatewayError> {
     let mut tick = tokio::time::interval(backing.interval(&config));
     loop {
@@ -431,16 +463,19 @@ async fn run(
             _ = stopped.changed() => break,
         }
     }
-    for server in servers {
+    let _ = drain.phase.send(Phase::Draining);
+    for server in drain.servers {
         let _ = server.await;
     }
-    let graceful = Arc::try_unwrap(graceful)
-        .map_err(|_| GatewayError::Internal("connections still referenced".into()))?;
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+    let grace = config.shutdown_grace;
+    if tokio::time::timeout(grace, drain.connections.recv())
         .await
         .is_err()
     {
-        tracing::warn!("in-flight requests did not finish within {DRAIN_TIMEOUT:?}");
+        tracing::warn!("in-flight requests did not finish within {grace:?}");
+        let _ = drain.phase.send(Phase::Abort);
+        // Every connection task ends at the next poll.
+        let _ = drain.connections.recv().await;
     }
     backing.flush(&plans).await?;
     tracing::info!("state flushed");
@@ -448,22 +483,32 @@ async fn run(
     Ok(())
 }
 
-/// Accepts connections until stopped; each is served by `make(remote)`.
-/// A client that takes longer than `header_read_timeout` to send a
-/// request's headers loses its connection (it would hold it, and shutdown);
-/// so does one idle that long between requests. hyper arms a tokio timer
-/// per request for it: within this machine's noise (BENCHMARKS.md).
+/// The edge's limits, the same on every listener.
+#[derive(Debug, Clone, Copy)]
+struct EdgeConfig {
+    header_read_timeout: Option<Duration>,
+    body_read_timeout: Option<Duration>,
+}
+
+/// Accepts connections until told to drain; each is served by
+/// `make(remote)` behind the [`edge`](edge::Edge) and driven by
+/// [`drive`]. A client that takes longer than `header_read_timeout` to send
+/// a request's headers loses its connection (it would hold it, and
+/// shutdown); so does one idle that long between requests. hyper does it
+/// for HTTP/1 (a tokio timer per request: within this machine's noise,
+/// BENCHMARKS.md); `drive` for HTTP/2, and for connections that send
+/// nothing at all.
 async fn serve<S, B>(
     listener: TcpListener,
-    mut stopped: watch::Receiver<bool>,
-    graceful: Arc<GracefulShutdown>,
-    header_read_timeout: Option<Duration>,
+    mut phase: watch::Receiver<Phase>,
+    alive: mpsc::Sender<()>,
+    limits: EdgeConfig,
     make: impl Fn(SocketAddr) -> S,
 ) where
-    S: Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S: Service<Request<edge::EdgeBody>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: http_body::Body + Send + 'static,
+    B: http_body::Body + From<Bytes> + Send + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
@@ -471,7 +516,12 @@ async fn serve<S, B>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout);
+        .header_read_timeout(limits.header_read_timeout)
+        .max_headers(edge::HYPER_MAX_HEADERS);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(2 * edge::MAX_HEADER_BYTES as u32);
     let builder = Arc::new(builder);
     loop {
         let (stream, remote) = tokio::select! {
@@ -484,15 +534,21 @@ async fn serve<S, B>(
                     continue;
                 }
             },
-            _ = stopped.changed() => return,
+            _ = phase.changed() => return,
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(make(remote));
-        let (builder, watcher, mut stop) = (builder.clone(), graceful.watcher(), stopped.clone());
+        let state = Arc::new(edge::ConnectionState::default());
+        let service = TowerToHyperService::new(edge::Edge {
+            inner: make(remote),
+            connection: state.clone(),
+            body_read_timeout: limits.body_read_timeout,
+        });
+        let (builder, alive, mut phase) = (builder.clone(), alive.clone(), phase.clone());
         tokio::spawn(async move {
+            let _alive = alive;
             // hyper's header timer starts once there are bytes to tell
             // HTTP/1 from HTTP/2: a connection that sends none is closed here.
-            if let Some(limit) = header_read_timeout {
+            if let Some(limit) = limits.header_read_timeout {
                 let mut first = [0u8; 1];
                 tokio::select! {
                     peeked = tokio::time::timeout(limit, stream.peek(&mut first)) => {
@@ -500,16 +556,106 @@ async fn serve<S, B>(
                             return;
                         }
                     }
-                    _ = stop.changed() => return,
+                    _ = phase.changed() => return,
                 }
             }
-            let connection = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .into_owned();
-            if let Err(e) = watcher.watch(connection).await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
+            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            drive(
+                connection,
+                |c| c.graceful_shutdown(),
+                &state,
+                limits.header_read_timeout,
+                phase,
+            )
+            .await;
         });
+    }
+}
+
+/// Serves one connection until it ends, closing it early:
+/// - when it has had no request in flight for `idle_limit` (the header
+///   read timeout) — for HTTP/2, whose server has no header timer, this is
+///   what closes a connection that sent only its preface, an unfinished
+///   HEADERS frame or PINGs (a GOAWAY, then dropped if it lingers);
+/// - on shutdown: at once if nothing is in flight, else once its requests
+///   are answered (a GOAWAY, or no keep-alive), or dropped when the grace
+///   is over.
+async fn drive<C, E>(
+    connection: C,
+    graceful_shutdown: impl Fn(std::pin::Pin<&mut C>),
+    state: &edge::ConnectionState,
+    idle_limit: Option<Duration>,
+    mut phase: watch::Receiver<Phase>,
+) where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    tokio::pin!(connection);
+    // The idle timer: when it fires, a connection that had no request in
+    // flight and no new request since it was armed has idled the whole
+    // limit. Checked when it fires, so requests pay nothing for it.
+    let mut idle = idle_limit.map(|limit| (limit, Box::pin(tokio::time::sleep(limit))));
+    let mut seen = state.requests();
+    // Set once the connection was told to close: then dropped at it.
+    let mut closing: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    let mut shutdown_sent = false;
+    let mut phase_open = true;
+    loop {
+        let idle_fired = async {
+            match (&mut idle, &mut closing) {
+                (_, Some(close)) => {
+                    close.as_mut().await;
+                    true
+                }
+                (Some((_, sleep)), None) => {
+                    sleep.as_mut().await;
+                    false
+                }
+                (None, None) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            changed = phase.changed(), if phase_open => {
+                let now = if changed.is_ok() { *phase.borrow_and_update() } else { Phase::Abort };
+                phase_open = changed.is_ok();
+                match now {
+                    Phase::Serving => {}
+                    Phase::Abort => return,
+                    Phase::Draining => {
+                        if !shutdown_sent {
+                            graceful_shutdown(connection.as_mut());
+                            shutdown_sent = true;
+                        }
+                        if state.in_flight() == 0 {
+                            closing = Some(Box::pin(tokio::time::sleep(FLUSH_WINDOW)));
+                        }
+                    }
+                }
+            }
+            drop_now = idle_fired => {
+                if drop_now {
+                    return;
+                }
+                let Some((limit, sleep)) = idle.as_mut() else { continue };
+                let requests = state.requests();
+                if state.in_flight() > 0 || requests != seen {
+                    seen = requests;
+                    sleep.as_mut().reset(tokio::time::Instant::now() + *limit);
+                } else {
+                    if !shutdown_sent {
+                        graceful_shutdown(connection.as_mut());
+                        shutdown_sent = true;
+                    }
+                    closing = Some(Box::pin(tokio::time::sleep(GOAWAY_LINGER)));
+                }
+            }
+        }
     }
 }
 
@@ -517,7 +663,7 @@ async fn serve<S, B>(
 #[derive(Clone, Copy)]
 struct MetricsEndpoint(Option<&'static metrics_exporter_prometheus::PrometheusHandle>);
 
-impl Service<Request<Incoming>> for MetricsEndpoint {
+impl<B> Service<Request<B>> for MetricsEndpoint {
     type Response = Response<Full<Bytes>>;
     type Error = Infallible;
     type Future = std::future::Ready<Result<Self::Response, Infallible>>;
@@ -529,7 +675,7 @@ impl Service<Request<Incoming>> for MetricsEndpoint {
         std::task::Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, _request: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, _request: Request<B>) -> Self::Future {
         let text = self.0.map(|h| h.render()).unwrap_or_default();
         let mut response = Response::new(Full::new(Bytes::from(text)));
         response.headers_mut().insert(

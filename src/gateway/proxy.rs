@@ -22,7 +22,8 @@ use tower_service::Service;
 
 use super::body::GatewayBody;
 use super::connection::{OwnConnection, OwnError, SpareConnections};
-use crate::UsageContext;
+use super::edge::{self, BodyWatch, EdgeBody};
+use crate::{Charge, UsageContext};
 
 /// The largest request body the echo upstream reads back.
 const ECHO_MAX_BODY: usize = 1024 * 1024;
@@ -127,7 +128,7 @@ impl Proxy {
     }
 }
 
-impl Service<Request<Incoming>> for Proxy {
+impl Service<Request<EdgeBody>> for Proxy {
     type Response = Response<GatewayBody>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Response<GatewayBody>, Infallible>> + Send>>;
@@ -136,18 +137,73 @@ impl Service<Request<Incoming>> for Proxy {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, request: Request<EdgeBody>) -> Self::Future {
         let (mut parts, body) = request.into_parts();
         self.prepare(&mut parts);
+        // A body that can still fail: what the request was charged, to give
+        // back if the client's own framing keeps it from the upstream.
+        let watch = body.watch();
+        let mut refund = watch.map(|watch| Refund {
+            charge: parts
+                .extensions
+                .get_mut::<UsageContext>()
+                .and_then(UsageContext::take_charge),
+            watch,
+            answered: false,
+        });
         let request = Request::from_parts(parts, body);
         let upstream = self.upstream.clone();
         let own = self.own.clone();
         Box::pin(async move {
-            Ok(match &*upstream {
+            let response = match &*upstream {
                 Upstream::Echo => echo(request).await,
                 Upstream::Http(http) => forward(http, &own, request).await,
-            })
+            };
+            let Some(refund) = refund.as_mut() else {
+                return Ok(response);
+            };
+            refund.answered = true;
+            let Some(failure) = refund.watch.failure() else {
+                return Ok(response);
+            };
+            // The body failed: the upstream never got the request whole.
+            if let Some(charge) = refund.charge.take() {
+                if let Err(e) = charge.refund().await {
+                    tracing::warn!(error = %e, "could not refund a request the upstream never received");
+                }
+            }
+            Ok(edge::failed_body(failure))
         })
+    }
+}
+
+/// What a request with a body was charged, and how its body fares: given
+/// back if the body fails — by the request's future, or, if the future is
+/// dropped first (the client's connection went away with it), on drop: then
+/// also if the body had not come whole (the upstream request, dropped with
+/// the future, never had it all).
+struct Refund {
+    charge: Option<Charge>,
+    watch: Arc<BodyWatch>,
+    /// Whether the future ran to its answer.
+    answered: bool,
+}
+
+impl Drop for Refund {
+    fn drop(&mut self) {
+        let undelivered = self.watch.failure().is_some() || !(self.answered || self.watch.ended());
+        if let (Some(charge), true) = (self.charge.take(), undelivered) {
+            // A store's refund starts when called (in memory: done); a
+            // networked one's needs a runtime to finish (none: at exit).
+            let refunding = charge.refund();
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    if let Err(e) = refunding.await {
+                        tracing::warn!(error = %e, "could not refund a request the upstream never received");
+                    }
+                });
+            }
+        }
     }
 }
 
@@ -181,7 +237,7 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 async fn forward(
     upstream: &HttpUpstream,
     own: &OwnConnection,
-    request: Request<Incoming>,
+    request: Request<EdgeBody>,
 ) -> Response<GatewayBody> {
     let (mut parts, body) = request.into_parts();
     parts.uri = match upstream.path_and_query_for(&parts.uri) {
@@ -192,9 +248,10 @@ async fn forward(
     parts.version = http::Version::HTTP_11;
     let started = super::metrics::enabled().then(Instant::now);
     let timeout = upstream.timeout;
+    let watch = body.watch();
     let result = tokio::time::timeout(
         timeout,
-        upstream.send(own, Request::from_parts(parts, GatewayBody::from(body))),
+        upstream.send(own, Request::from_parts(parts, GatewayBody::client(body))),
     )
     .await;
     if let Some(started) = started {
@@ -212,6 +269,12 @@ async fn forward(
             error(StatusCode::BAD_GATEWAY, "Bad Gateway")
         }
         Err(_) => {
+            // The body has not come whole in all that time: the client
+            // stalled (the upstream never had the request), not the upstream.
+            if let Some(watch) = watch.filter(|w| !w.ended()) {
+                watch.fail(edge::BodyFailure::Timeout);
+                return error(StatusCode::REQUEST_TIMEOUT, "Request Timeout");
+            }
             tracing::warn!(?timeout, "upstream timed out");
             error(StatusCode::GATEWAY_TIMEOUT, "Endpoint request timed out")
         }
@@ -365,25 +428,22 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 /// An AWS-style JSON error from the gateway itself.
 pub(crate) fn error(status: StatusCode, message: &str) -> Response<GatewayBody> {
-    let body = serde_json::json!({ "message": message }).to_string();
-    let mut response = Response::new(GatewayBody::from(body));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    response
+    edge::aws_error(status, message)
 }
 
 /// 200 with a JSON description of the request.
-async fn echo(request: Request<Incoming>) -> Response<GatewayBody> {
+async fn echo(request: Request<EdgeBody>) -> Response<GatewayBody> {
     let (parts, body) = request.into_parts();
     let body = match http_body_util::Limited::new(body, ECHO_MAX_BODY)
         .collect()
         .await
     {
         Ok(collected) => collected.to_bytes(),
-        Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "Request Too Long"),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return error(StatusCode::PAYLOAD_TOO_LARGE, "Request Too Long")
+        }
+        // The client's body failed: the caller answers.
+        Err(_) => return error(StatusCode::BAD_REQUEST, "Bad Request"),
     };
     let headers: serde_json::Map<String, serde_json::Value> = parts
         .headers

@@ -4,7 +4,7 @@
 use http::Response;
 
 use super::headers::RateLimitHeaders;
-use super::{Refusal, RefusalResponse, UsageContext};
+use super::{ChargeRules, Refusal, RefusalResponse, UsageContext};
 use crate::key::{KeySource, RequestHead};
 use crate::registry::{digest, Stage};
 use crate::route::{normalize, MethodRoute};
@@ -48,7 +48,12 @@ pub(crate) struct Pending {
 
 /// What to do with a request once the store has answered.
 pub(crate) enum Next<B> {
-    Forward(Option<RateLimitHeaders>),
+    /// Forward, with these headers; `counted`: whether the store charged it
+    /// (not when it failed and the request goes through uncounted).
+    Forward {
+        headers: Option<RateLimitHeaders>,
+        counted: bool,
+    },
     Refuse(Response<B>),
 }
 
@@ -80,11 +85,19 @@ impl Config {
                 quota: binding.plan.quota(),
                 now,
             };
+            let store = self.plans.store();
             Ok(Pending {
-                decision: self.plans.store().decide(&request),
-                context: self
-                    .usage_context
-                    .then(|| UsageContext(binding.counter.clone())),
+                decision: store.decide(&request),
+                context: self.usage_context.then(|| {
+                    let charge = ChargeRules {
+                        store: store.clone(),
+                        method: request.throttle.and_then(|t| t.method).map(Box::from),
+                        throttle: request.throttle.map(|t| t.throttle),
+                        quota: request.quota,
+                        now,
+                    };
+                    UsageContext::new(binding.counter.clone(), Some(charge))
+                }),
             })
         })
     }
@@ -100,7 +113,10 @@ impl Config {
             Err(error) => {
                 tracing::warn!(%error, policy = ?self.store_failure, "counter store failed");
                 return match self.store_failure {
-                    StoreFailure::FailOpen => Next::Forward(None),
+                    StoreFailure::FailOpen => Next::Forward {
+                        headers: None,
+                        counted: false,
+                    },
                     StoreFailure::FailClosed => {
                         Next::Refuse(self.refuse(refusal, Refusal::StoreUnavailable, None))
                     }
@@ -109,7 +125,10 @@ impl Config {
         };
         let (verdict, retry_after) = match decision.verdict {
             Verdict::Admitted => {
-                return Next::Forward(RateLimitHeaders::new(&decision, None, self.legacy_headers))
+                return Next::Forward {
+                    headers: RateLimitHeaders::new(&decision, None, self.legacy_headers),
+                    counted: true,
+                }
             }
             // Throttled with the quota also spent: no retry succeeds before
             // the period ends, whatever the bucket says.

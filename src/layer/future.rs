@@ -105,17 +105,22 @@ where
                     let answer = ready!(Pin::new(decision).poll(cx));
                     let Waiting {
                         mut inner,
-                        request,
+                        mut request,
                         config,
                         refusal,
                     } = *waiting
                         .take()
                         .expect("ResponseFuture polled after completion");
                     let next = match config.finish(&refusal, answer) {
-                        Next::Forward(headers) => State::Forwarding {
-                            future: inner.call(request),
-                            headers,
-                        },
+                        Next::Forward { headers, counted } => {
+                            if !counted {
+                                super::service::uncharged(&mut request);
+                            }
+                            State::Forwarding {
+                                future: inner.call(request),
+                                headers,
+                            }
+                        }
                         Next::Refuse(response) => State::Refused {
                             response: Some(response),
                         },

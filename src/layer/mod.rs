@@ -60,7 +60,9 @@ pub use refusal::{AwsRefusal, Refusal, RefusalResponse};
 pub use service::UsagePlanService;
 
 /// Who an admitted request was counted for: put into the request
-/// extensions for handlers.
+/// extensions for handlers. The one in the extensions also holds what the
+/// request was charged (see [`take_charge`](Self::take_charge)); a clone
+/// does not, so a charge can be given back once at most.
 ///
 /// ```
 /// use axum::Extension;
@@ -71,17 +73,132 @@ pub use service::UsagePlanService;
 /// }
 /// # let _ = handler;
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UsageContext(CounterKey);
+#[derive(Debug)]
+pub struct UsageContext {
+    counter: CounterKey,
+    charge: Option<ChargeRules>,
+}
+
+impl Clone for UsageContext {
+    /// The same key and plan, without the charge.
+    fn clone(&self) -> Self {
+        Self {
+            counter: self.counter.clone(),
+            charge: None,
+        }
+    }
+}
+
+impl PartialEq for UsageContext {
+    /// Contexts of the same (plan, key) counter are equal.
+    fn eq(&self, other: &Self) -> bool {
+        self.counter == other.counter
+    }
+}
+
+impl Eq for UsageContext {}
 
 impl UsageContext {
+    pub(crate) fn new(counter: CounterKey, charge: Option<ChargeRules>) -> Self {
+        Self { counter, charge }
+    }
+
     /// The API key's id (never its value).
     pub fn key_id(&self) -> &str {
-        self.0.key_id()
+        self.counter.key_id()
     }
 
     /// The usage plan's id.
     pub fn plan_id(&self) -> &str {
-        self.0.plan_id()
+        self.counter.plan_id()
+    }
+
+    /// What this request was charged — a token of its throttle and a unit
+    /// of its quota — taken out of the context, so that it can be given
+    /// back once ([`Charge::refund`]) if the request never reached the
+    /// service (its client's framing failed, say). `None` if nothing was
+    /// charged (the store failed and the layer admitted the request
+    /// uncounted), the charge was taken already, or this is a clone.
+    ///
+    /// ```
+    /// use tower_usage_plans::UsageContext;
+    ///
+    /// async fn never_delivered(mut usage: UsageContext) {
+    ///     if let Some(charge) = usage.take_charge() {
+    ///         let _ = charge.refund().await;
+    ///     }
+    /// }
+    /// # let _ = never_delivered;
+    /// ```
+    pub fn take_charge(&mut self) -> Option<Charge> {
+        let rules = self.charge.take()?;
+        Some(Charge {
+            counter: self.counter.clone(),
+            rules,
+        })
+    }
+
+    /// Forgets the charge: the decision counted nothing.
+    pub(crate) fn uncharged(&mut self) {
+        self.charge = None;
+    }
+}
+
+/// What a decision applied: enough to give its spending back.
+pub(crate) struct ChargeRules {
+    pub(crate) store: std::sync::Arc<dyn crate::store::CounterStore>,
+    pub(crate) method: Option<Box<str>>,
+    pub(crate) throttle: Option<crate::Throttle>,
+    pub(crate) quota: Option<crate::store::QuotaRule>,
+    pub(crate) now: crate::UnixNanos,
+}
+
+impl std::fmt::Debug for ChargeRules {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChargeRules")
+            .field("method", &self.method)
+            .field("throttle", &self.throttle)
+            .field("quota", &self.quota)
+            .field("now", &self.now)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one admitted request was charged, from
+/// [`UsageContext::take_charge`]: give it back with [`refund`](Self::refund)
+/// when the request never reached the service.
+///
+/// ```
+/// use tower_usage_plans::Charge;
+///
+/// async fn give_back(charge: Charge) -> tower_usage_plans::Result<()> {
+///     charge.refund().await
+/// }
+/// # let _ = give_back;
+/// ```
+#[derive(Debug)]
+pub struct Charge {
+    counter: CounterKey,
+    rules: ChargeRules,
+}
+
+impl Charge {
+    /// Gives the token and the unit of quota back through the counter
+    /// store ([`CounterStore::refund`](crate::store::CounterStore::refund)).
+    ///
+    /// # Errors
+    /// The store's, if it cannot be reached: the charge then stays spent.
+    pub fn refund(self) -> crate::store::StoreFuture<()> {
+        let Charge { counter, rules } = self;
+        let request = crate::store::DecisionRequest {
+            counter: &counter,
+            throttle: rules.throttle.map(|throttle| crate::store::ThrottleRule {
+                method: rules.method.as_deref(),
+                throttle,
+            }),
+            quota: rules.quota,
+            now: rules.now,
+        };
+        rules.store.refund(&request)
     }
 }

@@ -8,7 +8,7 @@ use tower_service::Service;
 
 use super::decide::{Config, Next, Pending};
 use super::future::ResponseFuture;
-use super::{Refusal, RefusalResponse};
+use super::{Refusal, RefusalResponse, UsageContext};
 use crate::key::RequestHead;
 use crate::route::canonical;
 
@@ -125,8 +125,21 @@ where
             );
         };
         match self.config.finish(&self.refusal, answer) {
-            Next::Forward(headers) => ResponseFuture::forward(self.inner.call(request), headers),
+            Next::Forward { headers, counted } => {
+                if !counted {
+                    uncharged(&mut request);
+                }
+                ResponseFuture::forward(self.inner.call(request), headers)
+            }
             Next::Refuse(response) => ResponseFuture::refused(response),
         }
+    }
+}
+
+/// The request was not counted: its context has no charge to give back.
+#[cold]
+pub(crate) fn uncharged<B>(request: &mut Request<B>) {
+    if let Some(context) = request.extensions_mut().get_mut::<UsageContext>() {
+        context.uncharged();
     }
 }

@@ -85,6 +85,13 @@ impl Bucket {
         self.tokens -= 1.0;
     }
 
+    /// Gives back the token a decision at `now` took: refilled up to `now`
+    /// (if it is later than the last update), plus one, up to the burst.
+    pub(crate) fn give_back(&mut self, throttle: &Throttle, now: i64) {
+        self.refill(throttle, now);
+        self.tokens = (self.tokens + 1.0).min(f64::from(throttle.burst_limit));
+    }
+
     /// What the headers say about the bucket now.
     pub(crate) fn state(&self, throttle: &Throttle) -> ThrottleState {
         // Casts truncate (and saturate): `floor` for the non-negative, without

@@ -179,6 +179,48 @@ impl Counter {
         }
     }
 
+    /// Gives back what an admitted decision of `request` spent: its token
+    /// (up to the burst) and, while the decision's quota period is still
+    /// the current one, its unit of quota, also in that day's record. A
+    /// period that has ended since is left alone.
+    pub(crate) fn refund(&mut self, request: &DecisionRequest<'_>) {
+        let now_nanos = request.now.get();
+        let now = now_nanos.div_euclid(NANOS_PER_SEC);
+        if let (Some(rule), Some(p)) = (&request.quota, self.period) {
+            if p.kind == rule.quota.period && p.start <= now && now < p.end && self.used > 0 {
+                self.used -= 1;
+                let day = now.div_euclid(DAY_SECS);
+                let remaining = self.remaining(rule);
+                let is_latest = self.latest.is_some_and(|d| d.day == day);
+                let record = match &mut self.latest {
+                    Some(latest) if latest.day == day => Some(latest),
+                    _ => self.earlier.iter_mut().find(|d| d.day == day),
+                };
+                if let Some(record) = record {
+                    record.used = record.used.saturating_sub(1);
+                    record.remaining = if is_latest {
+                        remaining
+                    } else {
+                        record.remaining.saturating_add(1)
+                    };
+                }
+            }
+        }
+        if let Some(rule) = request.throttle {
+            let bucket = match rule.method {
+                None => self.bucket.as_mut(),
+                Some(method) => self
+                    .method_buckets
+                    .iter_mut()
+                    .find(|(m, _)| **m == *method)
+                    .map(|(_, b)| b),
+            };
+            if let Some(bucket) = bucket {
+                bucket.give_back(&rule.throttle, now_nanos);
+            }
+        }
+    }
+
     /// Sets the remaining quota of the current period.
     pub(crate) fn set_remaining(
         &mut self,

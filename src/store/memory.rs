@@ -203,6 +203,11 @@ impl CounterStore for MemoryStore {
         StoreFuture::ready(Ok(counted.describe(request)))
     }
 
+    fn refund(&self, request: &DecisionRequest<'_>) -> StoreFuture<()> {
+        self.with_counter(request.counter, |c| c.refund(request));
+        StoreFuture::ready(Ok(()))
+    }
+
     fn set_remaining(
         &self,
         counter: &CounterKey,

@@ -217,6 +217,15 @@ pub trait CounterStore: Send + Sync + 'static {
     /// spend a token and a unit of quota only if both allow it.
     fn decide(&self, request: &DecisionRequest<'_>) -> StoreFuture<Decision>;
 
+    /// Gives back what an admitted [`decide`](Self::decide) of the same
+    /// `request` (same counter, rules and `now`) spent: its throttle token
+    /// (up to the burst) and, if the decision's quota period is still the
+    /// current one, its unit of quota (today's usage counts it no more).
+    /// For a request that never reached the service — the client's own
+    /// framing failed, say — and so must cost nothing. Call it at most once
+    /// per admitted decision; it never starts a period.
+    fn refund(&self, request: &DecisionRequest<'_>) -> StoreFuture<()>;
+
     /// Sets the remaining quota of the current period (AWS UpdateUsage);
     /// returns today's `[used, remaining]`.
     fn set_remaining(

@@ -54,6 +54,48 @@ if ARGV[23] == '1' and (op == 'decide' or op == 'lease') and redis.call('EXISTS'
 end
 local epoch = tonumber(redis.call('HGET', k, 'ep')) or 0
 
+-- ---------------------------------------------------------------------------
+-- op "refund" (kept apart from the other ops on purpose: it shares only the
+-- argument layout). Gives back what one admitted decision at now_us spent,
+-- for a request that never reached the upstream: its token (refilled up to
+-- now_us, plus one, up to the burst) and, while the decision's period (kind,
+-- start) is still the stored one, its unit of quota, also in that day's
+-- record. It never starts a period or a bucket. Mirrors Counter::refund in
+-- src/limit/counter.rs.
+if op == 'refund' then
+  if kind ~= "" then
+    local q = redis.call('HMGET', k, 'pk', 'ps', 'used')
+    local was = tonumber(q[3]) or 0
+    if q[1] == kind and q[2] == pstart and was > 0 then
+      redis.call('HSET', k, 'used', was - 1)
+      local du = 'd:' .. day .. ':u'
+      local on_day = tonumber(redis.call('HGET', k, du)) or 0
+      if on_day > 0 then
+        redis.call('HSET', k, du, on_day - 1)
+        local dr = 'd:' .. day .. ':r'
+        local left = tonumber(redis.call('HGET', k, dr))
+        if left then
+          redis.call('HSET', k, dr, left + 1)
+        end
+      end
+    end
+  end
+  if bf ~= "" then
+    local t = redis.call('HMGET', k, bf .. ':t', bf .. ':u')
+    local tokens, updated = tonumber(t[1]), tonumber(t[2])
+    if tokens ~= nil and updated ~= nil then
+      if now_us > updated then
+        tokens = tokens + (now_us - updated) / 1e6 * rate
+        updated = now_us
+      end
+      tokens = math.min(tokens + 1, burst)
+      redis.call('HSET', k, bf .. ':t', tostring(tokens), bf .. ':u', updated)
+    end
+  end
+  return 0
+end
+-- ---------------------------------------------------------------------------
+
 local used, allow, leased, remaining = 0, nil, 0, 0
 local function quota_left()
   return math.max((allow or plimit) - used, 0)

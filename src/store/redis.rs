@@ -613,6 +613,22 @@ impl CounterStore for RedisStore {
         })
     }
 
+    fn refund(&self, request: &DecisionRequest<'_>) -> StoreFuture<()> {
+        let mut args = Args::new(request.now, request.quota.as_ref());
+        if let Some(rule) = &request.throttle {
+            args.bucket = format!("b:{}", rule.method.unwrap_or(""));
+            args.rate = rule.throttle.rate_limit;
+            args.burst = rule.throttle.burst_limit;
+        }
+        let (key, script) = (self.key(request.counter), self.script.clone());
+        self.run(move |mut connection| async move {
+            let _: i64 = connection
+                .invoke(args.invocation(&script, &key, "refund"))
+                .await?;
+            Ok(())
+        })
+    }
+
     fn set_remaining(
         &self,
         counter: &CounterKey,

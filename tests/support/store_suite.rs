@@ -51,6 +51,8 @@ pub async fn run_all(store: Arc<dyn CounterStore>) {
     quota_is_exact(&*store).await;
     throttle_refills(&*store).await;
     refusals_cost_nothing(&*store).await;
+    a_refund_gives_back_the_token_and_the_unit(&*store).await;
+    a_refund_after_the_period_leaves_the_new_one_alone(&*store).await;
     set_remaining_and_usage(&*store).await;
     forget_resets(&*store).await;
     history_keeps_a_hundred_days(&*store).await;
@@ -153,6 +155,105 @@ async fn refusals_cost_nothing(store: &dyn CounterStore) {
     assert_eq!(
         (exceeded.verdict, exceeded.throttle.unwrap().tokens),
         (Verdict::QuotaExceeded, 1)
+    );
+}
+
+/// The request of `decide`, with a method throttle when `method` is set.
+fn request<'a>(
+    counter: &'a CounterKey,
+    method: Option<&'a str>,
+    throttle: Throttle,
+    quota: QuotaRule,
+    now: Timestamp,
+) -> DecisionRequest<'a> {
+    DecisionRequest {
+        counter,
+        throttle: Some(ThrottleRule { method, throttle }),
+        quota: Some(quota),
+        now: now.into(),
+    }
+}
+
+/// A refunded admission costs nothing: the bucket has its token again,
+/// the quota its unit, and today's usage does not count it — for the
+/// plan's bucket and a method's alike.
+async fn a_refund_gives_back_the_token_and_the_unit(store: &dyn CounterStore) {
+    let day = |s: &str| s.parse::<Date>().unwrap();
+    // A throttle that never refills within the test: burst 1, a token a day.
+    let throttle = Throttle::new(1.0 / 86_400.0, 1).unwrap();
+    for (name, method) in [("refund-plan", None), ("refund-method", Some("/foo/GET"))] {
+        let counter = CounterKey::new("suite-plan", name);
+        let now = at(T0);
+        let admitted = request(&counter, method, throttle, quota(2), now);
+        let d = store.decide(&admitted).await.unwrap();
+        assert_eq!(d.verdict, Verdict::Admitted, "{name}");
+        let refused = store.decide(&admitted).await.unwrap();
+        assert_eq!(refused.verdict, Verdict::Throttled, "{name}");
+        store.refund(&admitted).await.unwrap();
+        let usage = store
+            .usage(
+                &counter,
+                Some(&quota(2)),
+                now,
+                day("2026-11-28"),
+                day("2026-11-28"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(usage, vec![[0, 2]], "{name}: nothing used after the refund");
+        // The token is back (and no more than the burst: one).
+        let again = request(
+            &counter,
+            method,
+            throttle,
+            quota(2),
+            at("2026-11-28T12:00:01Z"),
+        );
+        let d = store.decide(&again).await.unwrap();
+        assert_eq!(
+            (d.verdict, d.quota.unwrap().remaining),
+            (Verdict::Admitted, 1),
+            "{name}"
+        );
+        // Refunds never fill the bucket past its burst.
+        store.refund(&again).await.unwrap();
+        store.refund(&again).await.unwrap();
+        let d = store.decide(&again).await.unwrap();
+        assert_eq!(d.verdict, Verdict::Admitted, "{name}");
+        assert_eq!(d.throttle.unwrap().tokens, 0, "{name}: capped at the burst");
+        assert_eq!(
+            store.decide(&again).await.unwrap().verdict,
+            Verdict::Throttled,
+            "{name}: one token, the burst"
+        );
+    }
+}
+
+/// A refund of a decision made in a period that has ended since gives no
+/// unit to the new period.
+async fn a_refund_after_the_period_leaves_the_new_one_alone(store: &dyn CounterStore) {
+    let counter = CounterKey::new("suite-plan", "refund-late");
+    let throttle = Throttle::new(100.0, 100).unwrap();
+    let yesterday = request(
+        &counter,
+        None,
+        throttle,
+        quota(1),
+        at("2026-11-27T23:59:59Z"),
+    );
+    assert_eq!(
+        store.decide(&yesterday).await.unwrap().verdict,
+        Verdict::Admitted
+    );
+    let today = request(&counter, None, throttle, quota(1), at(T0));
+    assert_eq!(
+        store.decide(&today).await.unwrap().verdict,
+        Verdict::Admitted
+    );
+    store.refund(&yesterday).await.unwrap();
+    assert_eq!(
+        store.decide(&today).await.unwrap().verdict,
+        Verdict::QuotaExceeded
     );
 }
 

@@ -1,0 +1,498 @@
+//! The edge of every listener: what a client can do wrong before or while
+//! a request reaches the plane behind it, and what the gateway answers.
+//!
+//! - Methods a reverse proxy cannot forward (`CONNECT`) and request targets
+//!   that are not a path get 405 / 400 before any metering.
+//! - A URL longer than [`MAX_URI_BYTES`] gets 414, a head with more than
+//!   [`MAX_HEADERS`] fields or [`MAX_HEADER_BYTES`] bytes of them 431 —
+//!   below hyper's own limits, so the answer has the AWS shape.
+//! - The request body is an [`EdgeBody`]: a body that sends no frame for
+//!   the body read timeout fails, as does one the client framed wrongly or
+//!   left unfinished; the request is then answered 408 or 400 (the proxy
+//!   gives its charge back first) and the HTTP/1 connection closed.
+//! - Each connection counts its requests in flight ([`ConnectionState`]),
+//!   for its driver: idle connections close at once on shutdown, and an
+//!   HTTP/2 connection that brings no request within the header read
+//!   timeout is closed with GOAWAY.
+//!
+//! Every answer made here is AWS-shaped: `{"message": ...}` and
+//! `x-amzn-ErrorType` ([`aws_error`]).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+/// The longest request target (path and query) the gateway accepts, 8 KiB
+/// (API Gateway takes about 10 KiB of request line and headers together);
+/// hyper's own limit is 64 KiB.
+pub(crate) const MAX_URI_BYTES: usize = 8 * 1024;
+/// The most header fields a request may have (hyper is told to take more).
+pub(crate) const MAX_HEADERS: usize = 100;
+/// Header fields hyper parses at most: above [`MAX_HEADERS`], so that
+/// the gateway, not hyper, answers 431 between the two.
+pub(crate) const HYPER_MAX_HEADERS: usize = 256;
+/// The most bytes of header fields (names, values, 4 per line) a request
+/// may have. hyper's HTTP/1 read buffer (~400 KiB) bounds the whole head.
+pub(crate) const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// An AWS-shaped error: `status`, `{"message": message}`, and the
+/// `x-amzn-ErrorType` API Gateway uses for that status.
+pub(crate) fn aws_error<B: From<Bytes>>(status: StatusCode, message: &str) -> Response<B> {
+    let body = serde_json::json!({ "message": message }).to_string();
+    let mut response = Response::new(B::from(Bytes::from(body)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        "x-amzn-errortype",
+        HeaderValue::from_static(error_type(status)),
+    );
+    response
+}
+
+/// `x-amzn-ErrorType` for a status the gateway answers itself.
+pub(crate) fn error_type(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "BadRequestException",
+        403 => "ForbiddenException",
+        404 => "NotFoundException",
+        405 => "MethodNotAllowedException",
+        408 => "RequestTimeoutException",
+        413 => "RequestEntityTooLargeException",
+        414 => "RequestUriTooLongException",
+        429 => "TooManyRequestsException",
+        431 => "RequestHeaderFieldsTooLargeException",
+        502 => "BadGatewayException",
+        503 => "ServiceUnavailableException",
+        504 => "GatewayTimeoutException",
+        _ => "InternalServerErrorException",
+    }
+}
+
+/// What went wrong with a request body, as an [`EdgeBody`] saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BodyFailure {
+    /// No frame came within the body read timeout.
+    Timeout,
+    /// Malformed framing, fewer bytes than `Content-Length`, or the
+    /// client went away mid-body.
+    Client,
+}
+
+/// What a request's body did, shared between the body and those who must
+/// know after it is gone (the proxy, the edge).
+#[derive(Debug, Default)]
+pub(crate) struct BodyWatch(AtomicU8);
+
+/// [`BodyWatch`] states.
+const RUNNING: u8 = 0;
+const TIMED_OUT: u8 = 1;
+const CLIENT_FAILED: u8 = 2;
+const ENDED: u8 = 3;
+
+impl BodyWatch {
+    /// Records how the body failed (the first outcome stays).
+    pub(crate) fn fail(&self, failure: BodyFailure) {
+        let code = match failure {
+            BodyFailure::Timeout => TIMED_OUT,
+            BodyFailure::Client => CLIENT_FAILED,
+        };
+        self.settle(code);
+    }
+
+    /// The first outcome stays.
+    fn settle(&self, code: u8) {
+        let _ = self
+            .0
+            .compare_exchange(RUNNING, code, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// Whether the body came whole.
+    pub(crate) fn ended(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == ENDED
+    }
+
+    /// How the body failed, if it did.
+    pub(crate) fn failure(&self) -> Option<BodyFailure> {
+        match self.0.load(Ordering::Relaxed) {
+            TIMED_OUT => Some(BodyFailure::Timeout),
+            CLIENT_FAILED => Some(BodyFailure::Client),
+            _ => None,
+        }
+    }
+}
+
+/// The answer to a request whose body failed: 408 or 400.
+pub(crate) fn failed_body<B: From<Bytes>>(failure: BodyFailure) -> Response<B> {
+    match failure {
+        BodyFailure::Timeout => aws_error(StatusCode::REQUEST_TIMEOUT, "Request Timeout"),
+        BodyFailure::Client => aws_error(StatusCode::BAD_REQUEST, "Bad Request"),
+    }
+}
+
+/// Why an [`EdgeBody`] ended early.
+#[derive(Debug)]
+pub(crate) enum EdgeBodyError {
+    /// No frame within the body read timeout.
+    Timeout(Duration),
+    /// hyper's error reading the client's body.
+    Client(hyper::Error),
+}
+
+impl std::fmt::Display for EdgeBodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Timeout(limit) => write!(f, "no request body data within {limit:?}"),
+            Self::Client(e) => write!(f, "reading the request body: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for EdgeBodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Timeout(_) => None,
+            Self::Client(e) => Some(e),
+        }
+    }
+}
+
+pin_project! {
+    /// A client's request body: hyper's, with a timer between frames and a
+    /// [`BodyWatch`] that records how it failed. A body that is empty from
+    /// the start has neither (the hot path of bodiless requests).
+    pub(crate) struct EdgeBody {
+        #[pin]
+        inner: Incoming,
+        watched: Option<Box<Watched>>,
+    }
+}
+
+struct Watched {
+    watch: Arc<BodyWatch>,
+    timeout: Option<(Duration, Pin<Box<tokio::time::Sleep>>)>,
+    /// Whether the timer runs from the last frame (reset when one comes).
+    armed: bool,
+}
+
+impl EdgeBody {
+    pub(crate) fn new(inner: Incoming, timeout: Option<Duration>) -> Self {
+        let watched = (!inner.is_end_stream()).then(|| {
+            Box::new(Watched {
+                watch: Arc::default(),
+                timeout: timeout.map(|t| (t, Box::pin(tokio::time::sleep(t)))),
+                armed: false,
+            })
+        });
+        Self { inner, watched }
+    }
+
+    /// The body's watch, to learn after it is gone how it failed; `None`
+    /// for a body that was empty from the start.
+    pub(crate) fn watch(&self) -> Option<Arc<BodyWatch>> {
+        self.watched.as_ref().map(|w| w.watch.clone())
+    }
+}
+
+impl std::fmt::Debug for EdgeBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EdgeBody")
+    }
+}
+
+impl Body for EdgeBody {
+    type Data = Bytes;
+    type Error = EdgeBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, EdgeBodyError>>> {
+        let this = self.project();
+        let Some(watched) = this.watched.as_deref_mut() else {
+            return this.inner.poll_frame(cx).map_err(EdgeBodyError::Client);
+        };
+        if watched.watch.failure() == Some(BodyFailure::Timeout) {
+            let limit = watched.timeout.as_ref().map_or(Duration::ZERO, |t| t.0);
+            return Poll::Ready(Some(Err(EdgeBodyError::Timeout(limit))));
+        }
+        let mut inner = this.inner;
+        match inner.as_mut().poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                watched.armed = false;
+                if inner.is_end_stream() {
+                    watched.watch.settle(ENDED);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                watched.watch.fail(BodyFailure::Client);
+                Poll::Ready(Some(Err(EdgeBodyError::Client(e))))
+            }
+            Poll::Ready(None) => {
+                watched.watch.settle(ENDED);
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                let Some((limit, sleep)) = watched.timeout.as_mut() else {
+                    return Poll::Pending;
+                };
+                if !watched.armed {
+                    sleep.as_mut().reset(tokio::time::Instant::now() + *limit);
+                    watched.armed = true;
+                }
+                if sleep.as_mut().poll(cx).is_ready() {
+                    watched.watch.fail(BodyFailure::Timeout);
+                    return Poll::Ready(Some(Err(EdgeBodyError::Timeout(*limit))));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// One client connection, as its requests and its driver share it.
+#[derive(Debug, Default)]
+pub(crate) struct ConnectionState {
+    /// Requests whose response has not been sent whole.
+    in_flight: AtomicUsize,
+    /// Requests so far (a driver tells activity by it changing).
+    requests: AtomicU64,
+}
+
+impl ConnectionState {
+    /// Requests in flight.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Requests so far.
+    pub(crate) fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Acquire)
+    }
+
+    fn start(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.requests.fetch_add(1, Ordering::AcqRel);
+        InFlight(self.clone())
+    }
+}
+
+/// One request in flight: until its response body is sent (or dropped).
+#[derive(Debug)]
+struct InFlight(Arc<ConnectionState>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The edge around one connection's service.
+#[derive(Debug, Clone)]
+pub(crate) struct Edge<S> {
+    pub(crate) inner: S,
+    pub(crate) connection: Arc<ConnectionState>,
+    pub(crate) body_read_timeout: Option<Duration>,
+}
+
+/// Why the edge refuses a request's head, if it does.
+fn refuse_head<B>(request: &Request<B>) -> Option<(StatusCode, &'static str)> {
+    if request.method() == Method::CONNECT {
+        return Some((StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed"));
+    }
+    let target = request.uri().path_and_query().map_or("", |pq| pq.as_str());
+    if target.len() > MAX_URI_BYTES {
+        return Some((StatusCode::URI_TOO_LONG, "Request-URI Too Long"));
+    }
+    if !request.uri().path().starts_with('/') {
+        // `OPTIONS *` and the like: nothing a resource path can match.
+        return Some((StatusCode::BAD_REQUEST, "Bad Request"));
+    }
+    let headers = request.headers();
+    if headers.len() > MAX_HEADERS {
+        return Some((
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "Request Header Fields Too Large",
+        ));
+    }
+    let bytes: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if bytes > MAX_HEADER_BYTES {
+        return Some((
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "Request Header Fields Too Large",
+        ));
+    }
+    None
+}
+
+impl<S, B> Service<Request<Incoming>> for Edge<S>
+where
+    S: Service<Request<EdgeBody>, Response = Response<B>>,
+    B: Body + From<Bytes>,
+{
+    type Response = Response<Tracked<B>>;
+    type Error = S::Error;
+    type Future = EdgeFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+        let in_flight = self.connection.start();
+        let http1 = request.version() < http::Version::HTTP_2;
+        if let Some((status, message)) = refuse_head(&request) {
+            let mut response = aws_error(status, message);
+            if http1 && !request.body().is_end_stream() {
+                // Its body is never read: the connection cannot go on.
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            return EdgeFuture {
+                state: EdgeState::Answered {
+                    response: Some(response),
+                },
+                in_flight: Some(in_flight),
+            };
+        }
+        let (parts, body) = request.into_parts();
+        let body = EdgeBody::new(body, self.body_read_timeout);
+        let watch = body.watch();
+        EdgeFuture {
+            state: EdgeState::Inner {
+                future: self.inner.call(Request::from_parts(parts, body)),
+                watch,
+                http1,
+            },
+            in_flight: Some(in_flight),
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`Edge`].
+    pub(crate) struct EdgeFuture<F> {
+        #[pin]
+        state: EdgeState<F>,
+        in_flight: Option<InFlight>,
+    }
+}
+
+pin_project! {
+    #[project = EdgeStateProj]
+    enum EdgeState<F> {
+        Inner {
+            #[pin]
+            future: F,
+            watch: Option<Arc<BodyWatch>>,
+            http1: bool,
+        },
+        // The edge's own answer; its body becomes the service's body type
+        // when returned.
+        Answered {
+            response: Option<Response<Bytes>>,
+        },
+    }
+}
+
+impl<F, B, E> Future for EdgeFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: Body + From<Bytes>,
+{
+    type Output = Result<Response<Tracked<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = match this.state.project() {
+            EdgeStateProj::Answered { response } => response
+                .take()
+                .expect("EdgeFuture polled after completion")
+                .map(B::from),
+            EdgeStateProj::Inner {
+                future,
+                watch,
+                http1,
+            } => {
+                let response = std::task::ready!(future.poll(cx))?;
+                // The body failed before the answer: the request never got
+                // through whole; whatever the plane made of it, the client
+                // gets 408 or 400, and an HTTP/1 connection closes (the rest
+                // of the body, if any, is not read).
+                match watch.as_ref().and_then(|w| w.failure()) {
+                    Some(failure) => {
+                        let mut response = failed_body::<B>(failure);
+                        if *http1 {
+                            response
+                                .headers_mut()
+                                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                        }
+                        response
+                    }
+                    None => response,
+                }
+            }
+        };
+        let in_flight = this.in_flight.take();
+        Poll::Ready(Ok(response.map(|body| Tracked {
+            inner: body,
+            _in_flight: in_flight,
+        })))
+    }
+}
+
+pin_project! {
+    /// A response body that keeps its request in flight until it is sent.
+    pub(crate) struct Tracked<B> {
+        #[pin]
+        inner: B,
+        _in_flight: Option<InFlight>,
+    }
+}
+
+impl<B: Body> Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,772 @@
+#![cfg(feature = "gateway")]
+//! The gateway's edge over raw sockets: what hostile or broken clients get
+//! (AWS-shaped 4xx answers, closed connections), that they are charged
+//! nothing for requests the upstream never received, that they hold no
+//! connection past the configured limits, and that they hold no shutdown.
+//! Every wait has a deadline; none is a synchronisation.
+
+#[path = "support/net.rs"]
+mod net;
+#[path = "support/redis_server.rs"]
+mod redis_server;
+#[path = "support/usage.rs"]
+mod usage;
+use net::{get, within, TempDir};
+use usage::usage_today;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tower_usage_plans::gateway::{FilePlan, Gateway, GatewayConfig};
+use tower_usage_plans::{AdminCredentials, NewApiKey, NewUsagePlan, Quota, QuotaPeriod, Throttle};
+
+const KEY: &str = "edge-test-key-0123456789abc";
+
+/// One key in one plan with a daily quota of 100 and a throttle of burst 1
+/// that does not refill within a test; listeners on ephemeral ports; short
+/// header and body read timeouts; the echo upstream.
+fn config() -> GatewayConfig {
+    GatewayConfig {
+        listen: ([127, 0, 0, 1], 0).into(),
+        admin_listen: ([127, 0, 0, 1], 0).into(),
+        header_read_timeout: Some(Duration::from_millis(300)),
+        body_read_timeout: Some(Duration::from_millis(300)),
+        admin_credentials: AdminCredentials::new().with("AKIDEDGE", "edge-secret"),
+        keys: vec![NewApiKey::new("tester").with_value(KEY).enabled(true)],
+        plans: vec![FilePlan {
+            plan: NewUsagePlan::new("testing")
+                .with_quota(Quota::new(100, QuotaPeriod::Day))
+                .with_throttle(Throttle::new(0.0001, 1).unwrap()),
+            keys: vec!["tester".into()],
+        }],
+        ..GatewayConfig::default()
+    }
+}
+
+/// `[used, remaining]` of `KEY` today.
+async fn used_today(gateway: &Gateway) -> [u64; 2] {
+    let plans = gateway.plans();
+    let plan = plans.usage_plans().into_iter().next().unwrap();
+    let key = plans.api_key_by_value(KEY).unwrap();
+    usage_today(plans, &plan.id, &key.id).await
+}
+
+fn json(body: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(body)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
+}
+
+/// Sends `sent` on a new connection, then (if `then_close`) shuts the
+/// write half, and reads everything until the gateway closes.
+async fn exchange(addr: SocketAddr, sent: &[u8], then_close: bool) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(sent).await.unwrap();
+    if then_close {
+        stream.shutdown().await.unwrap();
+    }
+    let mut answer = Vec::new();
+    within(
+        "the gateway to close the connection",
+        stream.read_to_end(&mut answer),
+    )
+    .await
+    .unwrap_or_default();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// The status, lower-cased head and body of a raw HTTP/1.1 answer.
+fn parse(answer: &str) -> (u16, String, String) {
+    let (head, body) = answer
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no answer head: {answer:?}"));
+    let status = head[9..12].parse().unwrap();
+    (status, head.to_ascii_lowercase(), body.to_owned())
+}
+
+/// An AWS-shaped answer: `status`, the JSON message, the error type.
+#[track_caller]
+fn assert_aws(answer: &str, status: u16, message: &str, error_type: &str) {
+    let (got, head, body) = parse(answer);
+    assert_eq!(got, status, "{answer}");
+    assert!(
+        head.contains(&format!(
+            "x-amzn-errortype: {}",
+            error_type.to_ascii_lowercase()
+        )),
+        "{answer}"
+    );
+    assert!(head.contains("content-type: application/json"), "{answer}");
+    // A chunked or sized body: the JSON is in it.
+    let start = body
+        .find('{')
+        .unwrap_or_else(|| panic!("no JSON: {answer}"));
+    let end = body.rfind('}').unwrap() + 1;
+    assert_eq!(
+        json(&body.as_bytes()[start..end]),
+        serde_json::json!({ "message": message }),
+        "{answer}"
+    );
+}
+
+/// A hyper HTTP/1.1 upstream that reports each request whose body it read
+/// whole, and answers 200.
+async fn reporting_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<Bytes>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |request: Request<Incoming>| {
+                    let tx = tx.clone();
+                    async move {
+                        if let Ok(body) = request.into_body().collect().await {
+                            let _ = tx.send(body.to_bytes());
+                        }
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, rx)
+}
+
+fn post_head(length: &str) -> String {
+    format!("POST /things HTTP/1.1\r\nhost: gateway\r\nx-api-key: {KEY}\r\n{length}\r\n\r\n")
+}
+
+#[tokio::test]
+async fn framing_errors_cost_nothing_and_get_400() {
+    let (upstream, mut received) = reporting_upstream().await;
+    for base in [None, Some(format!("http://{upstream}"))] {
+        let mut config = config();
+        config.upstream = base.as_deref().map(|b| b.parse().unwrap());
+        // The body timer is not what ends these requests.
+        config.body_read_timeout = None;
+        let gateway = Gateway::start(config).await.unwrap();
+        let addr = gateway.data_addr();
+        let chunked = post_head("transfer-encoding: chunked");
+        let cases: [(&str, String, bool); 4] = [
+            (
+                "a chunk size that is not hex",
+                format!("{chunked}ZZ\r\nhello\r\n0\r\n\r\n"),
+                false,
+            ),
+            (
+                "an overflowing chunk size",
+                format!("{chunked}FFFFFFFFFFFFFFFFF\r\nhello\r\n"),
+                false,
+            ),
+            (
+                "a body shorter than its length",
+                format!("{}hello", post_head("content-length: 100")),
+                true,
+            ),
+            (
+                "a chunked body cut short",
+                format!("{chunked}a\r\nhello"),
+                true,
+            ),
+        ];
+        for (what, sent, then_close) in cases {
+            let answer = exchange(addr, sent.as_bytes(), then_close).await;
+            if !then_close {
+                assert_aws(&answer, 400, "Bad Request", "BadRequestException");
+            }
+            // The throttle (burst 1) has its token back, the quota its unit.
+            let (status, _, _) = get(addr, "/", Some(KEY)).await;
+            assert_eq!(status, StatusCode::OK, "after {what} ({base:?}): {answer}");
+            assert_eq!(
+                used_today(&gateway).await[0],
+                1,
+                "{what} ({base:?}) was charged"
+            );
+            gateway
+                .plans()
+                .store()
+                .forget(&tower_usage_plans::store::CounterKey::new(
+                    &gateway.plans().usage_plans()[0].id,
+                    &gateway.plans().api_key_by_value(KEY).unwrap().id,
+                ))
+                .await
+                .unwrap();
+        }
+        // A client that resets its connection mid-body, once the request
+        // was counted: the count goes back (no other signal of either).
+        let sent = format!("{}hello", post_head("content-length: 100"));
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(sent.as_bytes()).await.unwrap();
+        within("the request to be counted", async {
+            while used_today(&gateway).await[0] != 1 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        stream.set_zero_linger().unwrap();
+        drop(stream);
+        within("the refund after the reset", async {
+            while used_today(&gateway).await[0] != 0 {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        gateway.shutdown().await.unwrap();
+    }
+    // The upstream got only the gateway's own GETs, whole.
+    while let Ok(body) = received.try_recv() {
+        assert!(
+            body.is_empty(),
+            "a broken body reached the upstream: {body:?}"
+        );
+    }
+}
+
+/// With the counters in Redis (leased or not), a broken body costs nothing
+/// either: the refund is exact there too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn framing_errors_cost_nothing_with_redis() {
+    for leases in [false, true] {
+        let redis = redis_server::Redis::start();
+        let mut config = config();
+        config.redis = Some(format!("redis://127.0.0.1:{}", redis.port));
+        config.redis_leases = leases;
+        let gateway = Gateway::start(config).await.unwrap();
+        let addr = gateway.data_addr();
+        let sent = format!(
+            "{}ZZ\r\nhello\r\n0\r\n\r\n",
+            post_head("transfer-encoding: chunked")
+        );
+        let answer = exchange(addr, sent.as_bytes(), false).await;
+        assert_aws(&answer, 400, "Bad Request", "BadRequestException");
+        let (status, _, _) = get(addr, "/", Some(KEY)).await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "the token is back (leases: {leases})"
+        );
+        let (status, _, _) = get(addr, "/", Some(KEY)).await;
+        assert_eq!(
+            status,
+            StatusCode::TOO_MANY_REQUESTS,
+            "only one (leases: {leases})"
+        );
+        gateway.shutdown().await.unwrap();
+        // After the stop, every lease given back: exactly one request used.
+        let fresh = Gateway::start({
+            let mut config = self::config();
+            config.redis = Some(format!("redis://127.0.0.1:{}", redis.port));
+            config
+        })
+        .await
+        .unwrap();
+        assert_eq!(used_today(&fresh).await[0], 1, "leases: {leases}");
+        fresh.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn connect_and_asterisk_targets_are_refused_before_metering() {
+    let gateway = Gateway::start(config()).await.unwrap();
+    let connect = format!(
+        "CONNECT example.com:443 HTTP/1.1\r\nhost: example.com:443\r\nx-api-key: {KEY}\r\n\r\n"
+    );
+    let answer = exchange(gateway.data_addr(), connect.as_bytes(), true).await;
+    assert_aws(
+        &answer,
+        405,
+        "Method Not Allowed",
+        "MethodNotAllowedException",
+    );
+    let options = format!("OPTIONS * HTTP/1.1\r\nhost: gateway\r\nx-api-key: {KEY}\r\n\r\n");
+    let answer = exchange(gateway.data_addr(), options.as_bytes(), true).await;
+    assert_aws(&answer, 400, "Bad Request", "BadRequestException");
+    assert_eq!(used_today(&gateway).await[0], 0);
+    // The admin listener answers the same way.
+    let answer = exchange(gateway.admin_addr(), connect.as_bytes(), true).await;
+    assert_aws(
+        &answer,
+        405,
+        "Method Not Allowed",
+        "MethodNotAllowedException",
+    );
+    gateway.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_stalled_body_gets_408_closes_the_connection_and_costs_nothing() {
+    let (upstream, _received) = reporting_upstream().await;
+    for base in [None, Some(format!("http://{upstream}"))] {
+        let mut config = config();
+        config.upstream = base.as_deref().map(|b| b.parse().unwrap());
+        let gateway = Gateway::start(config).await.unwrap();
+        // Ten bytes of a thousand, then nothing: answered, and closed
+        // (`exchange` reads until the gateway closes).
+        let sent = format!("{}0123456789", post_head("content-length: 1000"));
+        let answer = exchange(gateway.data_addr(), sent.as_bytes(), false).await;
+        assert_aws(&answer, 408, "Request Timeout", "RequestTimeoutException");
+        assert!(parse(&answer).1.contains("connection: close"), "{answer}");
+        let (status, _, _) = get(gateway.data_addr(), "/", Some(KEY)).await;
+        assert_eq!(status, StatusCode::OK, "the token is back ({base:?})");
+        assert_eq!(used_today(&gateway).await[0], 1, "{base:?}");
+
+        // Stalled past the upstream timeout (before the body timeout): still
+        // the client's stall, and free.
+        if base.is_some() {
+            let mut config = self::config();
+            config.upstream = base.as_deref().map(|b| b.parse().unwrap());
+            config.body_read_timeout = None;
+            config.upstream_timeout = Duration::from_millis(300);
+            let stalled = Gateway::start(config).await.unwrap();
+            let sent = format!("{}0123456789", post_head("content-length: 1000"));
+            let answer = exchange(stalled.data_addr(), sent.as_bytes(), false).await;
+            assert_aws(&answer, 408, "Request Timeout", "RequestTimeoutException");
+            let (status, _, _) = get(stalled.data_addr(), "/", Some(KEY)).await;
+            assert_eq!(status, StatusCode::OK, "the token is back");
+            stalled.shutdown().await.unwrap();
+        }
+
+        // The admin API too: a body that never comes.
+        let sent = "POST /usageplans HTTP/1.1\r\nhost: admin\r\ncontent-type: application/json\r\ncontent-length: 50\r\n\r\n{";
+        let answer = exchange(gateway.admin_addr(), sent.as_bytes(), false).await;
+        assert_aws(&answer, 408, "Request Timeout", "RequestTimeoutException");
+        gateway.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn the_gateway_answers_too_long_urls_and_too_many_or_large_headers_itself() {
+    let gateway = Gateway::start(config()).await.unwrap();
+    for addr in [gateway.data_addr(), gateway.admin_addr()] {
+        let long = format!(
+            "GET /{} HTTP/1.1\r\nhost: gateway\r\nx-api-key: {KEY}\r\n\r\n",
+            "a".repeat(9 * 1024)
+        );
+        let answer = exchange(addr, long.as_bytes(), true).await;
+        assert_aws(
+            &answer,
+            414,
+            "Request-URI Too Long",
+            "RequestUriTooLongException",
+        );
+
+        let many: String = (0..150).map(|i| format!("x-h{i}: {i}\r\n")).collect();
+        let sent = format!("GET / HTTP/1.1\r\nhost: gateway\r\nx-api-key: {KEY}\r\n{many}\r\n");
+        let answer = exchange(addr, sent.as_bytes(), true).await;
+        assert_aws(
+            &answer,
+            431,
+            "Request Header Fields Too Large",
+            "RequestHeaderFieldsTooLargeException",
+        );
+
+        let big = format!(
+            "GET / HTTP/1.1\r\nhost: gateway\r\nx-api-key: {}\r\n\r\n",
+            "k".repeat(100 * 1024)
+        );
+        let answer = exchange(addr, big.as_bytes(), true).await;
+        assert_aws(
+            &answer,
+            431,
+            "Request Header Fields Too Large",
+            "RequestHeaderFieldsTooLargeException",
+        );
+    }
+    assert_eq!(used_today(&gateway).await[0], 0);
+    gateway.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn upstream_failures_carry_the_aws_error_type() {
+    // A port nothing listens on: bind it, note it, free it.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut config = config();
+    config.upstream = Some(format!("http://{closed}").parse().unwrap());
+    let gateway = Gateway::start(config).await.unwrap();
+    let (status, headers, body) = get(gateway.data_addr(), "/", Some(KEY)).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(headers["x-amzn-errortype"], "BadGatewayException");
+    assert_eq!(json(&body), serde_json::json!({"message": "Bad Gateway"}));
+    gateway.shutdown().await.unwrap();
+
+    // An upstream that takes the request and never answers: 504.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let mut config = self::config();
+    config.upstream = Some(format!("http://{silent}").parse().unwrap());
+    config.upstream_timeout = Duration::from_millis(200);
+    let gateway = Gateway::start(config).await.unwrap();
+    let (status, headers, body) = get(gateway.data_addr(), "/", Some(KEY)).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(headers["x-amzn-errortype"], "GatewayTimeoutException");
+    assert_eq!(
+        json(&body),
+        serde_json::json!({"message": "Endpoint request timed out"})
+    );
+    gateway.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_body_too_large_for_the_echo_is_413_with_the_aws_shape() {
+    let gateway = Gateway::start(config()).await.unwrap();
+    let request = Request::post("/big")
+        .header("host", "gateway")
+        .header("x-api-key", KEY)
+        .body(Full::new(Bytes::from(vec![b'x'; 2 * 1024 * 1024])))
+        .unwrap();
+    let response = net::send(gateway.data_addr(), request).await;
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        response.headers()["x-amzn-errortype"],
+        "RequestEntityTooLargeException"
+    );
+    let body = within("the body", response.into_body().collect())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(
+        json(&body),
+        serde_json::json!({"message": "Request Too Long"})
+    );
+    gateway.shutdown().await.unwrap();
+}
+
+// ---- HTTP/2 -----------------------------------------------------------
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// An HTTP/2 frame: `kind`, `flags`, `stream`, `payload`.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// The types of the frames in `bytes` (whole frames only).
+fn frame_types(bytes: &[u8]) -> Vec<u8> {
+    let mut types = Vec::new();
+    let mut at = 0;
+    while at + 9 <= bytes.len() {
+        let len = (usize::from(bytes[at]) << 16)
+            | (usize::from(bytes[at + 1]) << 8)
+            | usize::from(bytes[at + 2]);
+        types.push(bytes[at + 3]);
+        at += 9 + len;
+    }
+    types
+}
+
+const GOAWAY: u8 = 0x7;
+
+/// Opens an HTTP/2 connection that sends the preface and then `then`
+/// (PINGs, if `ping`, until it is closed); returns the frame types the
+/// gateway sent before it closed the connection.
+async fn h2_until_closed(addr: SocketAddr, then: &[u8], ping: bool) -> Vec<u8> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let mut hello = PREFACE.to_vec();
+    hello.extend(frame(0x4, 0, 0, &[])); // SETTINGS
+    hello.extend_from_slice(then);
+    write.write_all(&hello).await.unwrap();
+    // The write half stays open (dropping it would send a FIN) until the
+    // gateway has closed the connection.
+    let pinger = tokio::spawn(async move {
+        if !ping {
+            std::future::pending::<()>().await;
+        }
+        // Keeps the connection busy with PINGs only (the behaviour under
+        // test, not a synchronisation).
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        loop {
+            tick.tick().await;
+            if write.write_all(&frame(0x6, 0, 0, &[0; 8])).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut got = Vec::new();
+    within(
+        "the gateway to close the HTTP/2 connection",
+        read.read_to_end(&mut got),
+    )
+    .await
+    .unwrap_or_default();
+    pinger.abort();
+    frame_types(&got[..])
+}
+
+#[tokio::test]
+async fn http2_connections_without_a_request_are_closed_with_goaway() {
+    let mut config = config();
+    // Far below the 30 s deadline of `within`, far above a scheduler's noise.
+    config.header_read_timeout = Some(Duration::from_millis(500));
+    let gateway = Gateway::start(config).await.unwrap();
+    // HEADERS without END_HEADERS (and never a CONTINUATION): `:method GET`.
+    let unfinished = frame(0x1, 0x0, 1, &[0x82]);
+    for addr in [gateway.data_addr(), gateway.admin_addr()] {
+        for (what, then, ping) in [
+            ("the preface only", &[][..], false),
+            ("an unfinished HEADERS frame", &unfinished[..], false),
+            ("PINGs only", &[][..], true),
+        ] {
+            let frames = h2_until_closed(addr, then, ping).await;
+            assert!(
+                frames.contains(&GOAWAY),
+                "{what} on {addr}: frames {frames:?}"
+            );
+        }
+    }
+    gateway.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn http2_requests_still_get_answers_after_the_header_timeout() {
+    let mut config = config();
+    config.header_read_timeout = Some(Duration::from_millis(300));
+    let gateway = Gateway::start(config).await.unwrap();
+    let stream = TcpStream::connect(gateway.data_addr()).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    // A request that takes longer than the header timeout to answer (its
+    // body is slow) keeps its connection: it is in flight.
+    let (tx, rx) = mpsc::channel::<Bytes>(1);
+    let request = Request::post(format!("http://{}/slow", gateway.data_addr()))
+        .header("x-api-key", KEY)
+        .body(ChannelBody(rx))
+        .unwrap();
+    let response = sender.send_request(request);
+    let sending = tokio::spawn(async move {
+        for _ in 0..4 {
+            // Slower than the header timeout in all, each part well within
+            // the body timeout: the behaviour under test.
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            tx.send(Bytes::from_static(b"x")).await.unwrap();
+        }
+    });
+    let response = within("the answer", response).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    sending.await.unwrap();
+    gateway.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_stalled_http2_request_body_gets_408_and_costs_nothing() {
+    let gateway = Gateway::start(config()).await.unwrap();
+    let stream = TcpStream::connect(gateway.data_addr()).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let (tx, rx) = mpsc::channel::<Bytes>(1);
+    tx.send(Bytes::from_static(b"a start")).await.unwrap();
+    let request = Request::post(format!("http://{}/upload", gateway.data_addr()))
+        .header("x-api-key", KEY)
+        .body(ChannelBody(rx))
+        .unwrap();
+    // The rest of the body never comes (`tx` is held, not dropped).
+    let response = within("the answer", sender.send_request(request))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+    assert_eq!(
+        response.headers()["x-amzn-errortype"],
+        "RequestTimeoutException"
+    );
+    let body = within("the body", response.into_body().collect())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(
+        json(&body),
+        serde_json::json!({"message": "Request Timeout"})
+    );
+    drop(tx);
+    let (status, _, _) = get(gateway.data_addr(), "/", Some(KEY)).await;
+    assert_eq!(status, StatusCode::OK, "the token is back");
+    assert_eq!(used_today(&gateway).await[0], 1);
+    gateway.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_http2_stream_reset_mid_body_costs_nothing() {
+    let mut config = config();
+    config.body_read_timeout = None;
+    let gateway = Gateway::start(config).await.unwrap();
+    let stream = TcpStream::connect(gateway.data_addr()).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let (tx, rx) = mpsc::channel::<Bytes>(1);
+    tx.send(Bytes::from_static(b"a start")).await.unwrap();
+    let request = Request::post(format!("http://{}/upload", gateway.data_addr()))
+        .header("x-api-key", KEY)
+        .body(ChannelBody(rx))
+        .unwrap();
+    let pending = tokio::spawn(sender.send_request(request));
+    within("the request to be counted", async {
+        while used_today(&gateway).await[0] != 1 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    // Dropping the response future resets the stream (RST_STREAM): the
+    // gateway drops the request's future with it.
+    pending.abort();
+    within("the refund after the reset", async {
+        while used_today(&gateway).await[0] != 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    drop(tx);
+    gateway.shutdown().await.unwrap();
+}
+
+/// A body whose chunks come from a channel; it ends when the sender is
+/// dropped.
+struct ChannelBody(mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|c| Ok(hyper::body::Frame::data(c))))
+    }
+}
+
+// ---- shutdown ---------------------------------------------------------
+
+#[tokio::test]
+async fn shutdown_closes_idle_connections_at_once_and_flushes_every_count() {
+    let dir = TempDir::new("edge-shutdown");
+    let mut config = config();
+    // Neither limit may be what ends the connections below.
+    config.header_read_timeout = None;
+    config.body_read_timeout = None;
+    config.shutdown_grace = Duration::from_secs(300);
+    config.state_file = Some(dir.join("state.json"));
+    let gateway = Gateway::start(config).await.unwrap();
+    let addr = gateway.data_addr();
+
+    // An idle keep-alive connection, after one admitted request.
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET / HTTP/1.1\r\nhost: gateway\r\nx-api-key: {KEY}\r\n\r\n");
+    idle.write_all(request.as_bytes()).await.unwrap();
+    let mut first = [0u8; 12];
+    idle.read_exact(&mut first).await.unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+    // A request whose head never ends.
+    let mut half = TcpStream::connect(addr).await.unwrap();
+    half.write_all(b"GET / HTTP/1.1\r\nhost: gate")
+        .await
+        .unwrap();
+    // An HTTP/2 connection with nothing in flight.
+    let mut h2 = TcpStream::connect(addr).await.unwrap();
+    let mut hello = PREFACE.to_vec();
+    hello.extend(frame(0x4, 0, 0, &[]));
+    h2.write_all(&hello).await.unwrap();
+
+    within("the shutdown (the grace is 300 s)", gateway.shutdown())
+        .await
+        .unwrap();
+    for (what, mut stream) in [("idle", idle), ("half", half), ("h2", h2)] {
+        let mut rest = Vec::new();
+        within(what, stream.read_to_end(&mut rest))
+            .await
+            .unwrap_or_default();
+    }
+    // The count was flushed.
+    let saved = std::fs::read_to_string(dir.join("state.json")).unwrap();
+    assert!(saved.contains("\"used\":1"), "{saved}");
+}
+
+#[tokio::test]
+async fn shutdown_gives_in_flight_requests_the_grace_then_drops_them() {
+    // An upstream that takes requests and never answers.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let (arrived_tx, mut arrived) = mpsc::unbounded_channel::<()>();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let arrived_tx = arrived_tx.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |_request: Request<Incoming>| {
+                    let _ = arrived_tx.send(());
+                    async move {
+                        std::future::pending::<()>().await;
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    let dir = TempDir::new("edge-grace");
+    let mut config = config();
+    config.upstream = Some(format!("http://{upstream}").parse().unwrap());
+    config.upstream_timeout = Duration::from_secs(300);
+    config.shutdown_grace = Duration::from_millis(300);
+    config.state_file = Some(dir.join("state.json"));
+    let gateway = Gateway::start(config).await.unwrap();
+    let mut client = TcpStream::connect(gateway.data_addr()).await.unwrap();
+    let request = format!("GET /held HTTP/1.1\r\nhost: gateway\r\nx-api-key: {KEY}\r\n\r\n");
+    client.write_all(request.as_bytes()).await.unwrap();
+    within("the upstream to get the request", arrived.recv())
+        .await
+        .unwrap();
+    within("the shutdown after the grace", gateway.shutdown())
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    within("the dropped connection", client.read_to_end(&mut rest))
+        .await
+        .unwrap_or_default();
+    let saved = std::fs::read_to_string(dir.join("state.json")).unwrap();
+    assert!(saved.contains("\"used\":1"), "{saved}");
+}
