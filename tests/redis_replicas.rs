@@ -695,3 +695,104 @@ async fn warm_pair(redis: &Redis, quota: u64, leases: bool) -> Pair {
         client,
     }
 }
+
+/// UpdateUsage to 0 while clients keep both replicas busy (and leasing):
+/// no request that starts after the call returned is admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn update_usage_while_traffic_flows_binds_every_request_after_it() {
+    for leases in [true, false] {
+        let redis = Redis::start();
+        let Pair {
+            a,
+            b,
+            plan_id,
+            key_id,
+            client,
+        } = warm_pair(&redis, 1_000_000, leases).await;
+        let returned = Arc::new(std::sync::OnceLock::<Instant>::new());
+        let late = Arc::new(AtomicU64::new(0));
+        let workers: Vec<_> = (0..6)
+            .map(|w| {
+                let addr = [a.data_addr(), b.data_addr()][w % 2];
+                let (client, returned, late) = (client.clone(), returned.clone(), late.clone());
+                tokio::spawn(async move {
+                    // Until 200 requests after the call returned.
+                    let mut after = 0;
+                    while after < 200 {
+                        let started = Instant::now();
+                        let admitted = status(&client, addr).await == 200;
+                        if let Some(at) = returned.get() {
+                            if started > *at {
+                                after += 1;
+                                late.fetch_add(u64::from(admitted), Ordering::Relaxed);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        // Let the workers lease under load first.
+        usage_becomes_at_least(&a, &plan_id, &key_id, 200).await;
+        a.plans().set_remaining(&plan_id, &key_id, 0).await.unwrap();
+        returned.set(Instant::now()).unwrap();
+        for worker in workers {
+            worker.await.unwrap();
+        }
+        assert_eq!(
+            late.load(Ordering::Relaxed),
+            0,
+            "admitted after UpdateUsage 0 returned (leases: {leases})"
+        );
+        a.shutdown().await.unwrap();
+        b.shutdown().await.unwrap();
+    }
+}
+
+/// Polls GetUsage on `gateway` until today's used count reaches `at_least`.
+async fn usage_becomes_at_least(gateway: &Gateway, plan_id: &str, key_id: &str, at_least: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while usage_today(gateway.plans(), plan_id, key_id).await[0] < at_least {
+        assert!(
+            Instant::now() < deadline,
+            "traffic never reached {at_least}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Keys created at the same time through two replicas (each call waiting
+/// for the others to take it in) are all kept, on both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_creations_through_two_replicas_are_all_kept() {
+    let redis = Redis::start();
+    let Pair { a, b, .. } = warm_pair(&redis, 1_000, false).await;
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    let writers: Vec<_> = (0..6)
+        .map(|w| {
+            let gateway = [a.clone(), b.clone()][w % 2].clone();
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for i in 0..25 {
+                    let key = gateway
+                        .plans()
+                        .create_api_key(NewApiKey::new(format!("w{w}-{i}")))
+                        .unwrap();
+                    gateway.plans().replicated().await.unwrap();
+                    ids.push(key.id);
+                }
+                ids
+            })
+        })
+        .collect();
+    let mut created = Vec::new();
+    for writer in writers {
+        created.extend(writer.await.unwrap());
+    }
+    for (name, gateway) in [("A", &a), ("B", &b)] {
+        let missing: Vec<_> = created
+            .iter()
+            .filter(|id| gateway.plans().api_key(id).is_err())
+            .collect();
+        assert!(missing.is_empty(), "{name} lost {missing:?}");
+    }
+}

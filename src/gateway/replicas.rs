@@ -244,16 +244,25 @@ impl Replica {
         }
         let remote: RegistrySnapshot =
             serde_json::from_str(&json).map_err(|e| format!("shared registry is corrupt: {e}"))?;
-        let changed_here = self.changed();
-        let next = if changed_here {
-            merge(&self.base, &self.plans.snapshot(), &remote)
-        } else {
-            remote.clone()
+        // An admin write here while merging would be overwritten by the
+        // restore: then merge again, with it.
+        let (changed_here, generation) = loop {
+            let generation = self.plans.generation();
+            let changed_here = self.pending || generation != self.generation;
+            let next = if changed_here {
+                merge(&self.base, &self.plans.snapshot(), &remote)
+            } else {
+                remote.clone()
+            };
+            if let Some(after) = self
+                .plans
+                .restore_if_unchanged(next, generation)
+                .map_err(|e| format!("shared registry is inconsistent: {e}"))?
+            {
+                break (changed_here, after);
+            }
         };
-        self.plans
-            .restore(next)
-            .map_err(|e| format!("shared registry is inconsistent: {e}"))?;
-        self.generation = self.plans.generation();
+        self.generation = generation;
         self.pending = changed_here;
         self.version = version;
         self.base = remote;

@@ -83,6 +83,22 @@ impl UsagePlans {
     /// `BadRequest` for an inconsistent snapshot (invalid plan, bad digest,
     /// unknown member, duplicate value); nothing changes then.
     pub fn restore(&self, snapshot: RegistrySnapshot) -> Result<()> {
+        self.restore_at(snapshot, None).map(drop)
+    }
+
+    /// As [`restore`](Self::restore), but only if no write happened since
+    /// [`generation`](Self::generation) read `expected` (a write between
+    /// reading and restoring would be lost); returns the generation the
+    /// restore left, or `None` when something changed.
+    pub(crate) fn restore_if_unchanged(
+        &self,
+        snapshot: RegistrySnapshot,
+        expected: u64,
+    ) -> Result<Option<u64>> {
+        self.restore_at(snapshot, Some(expected))
+    }
+
+    fn restore_at(&self, snapshot: RegistrySnapshot, expected: Option<u64>) -> Result<Option<u64>> {
         let mut next = Control::default();
         for k in snapshot.keys {
             k.key.validate()?;
@@ -144,6 +160,9 @@ impl UsagePlans {
             }
         }
         let mut control = self.write();
+        if expected.is_some_and(|expected| self.generation() != expected) {
+            return Ok(None);
+        }
         *control = next;
         // Upsert every route, then drop the ones whose keys are gone: a key
         // that stays never misses its route (no 403 while restoring).
@@ -154,7 +173,8 @@ impl UsagePlans {
         self.inner
             .routes
             .retain(|digest, _| control.by_digest.contains_key(digest));
-        Ok(())
+        // The writer moves the generation on when it ends, still locked.
+        Ok(Some(self.generation() + 1))
     }
 }
 

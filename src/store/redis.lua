@@ -11,16 +11,16 @@
 -- shrink with the remaining quota (an eighth of it), down to none: near the
 -- limit every request is decided here.
 --
--- Leases carry the counter's epoch ('ep'). "revoke" starts a new epoch:
--- the outstanding leased units are written off as used, and a lease of an
--- older epoch given back later adds nothing back (only its spent units are
--- recorded, for GetUsage). "report" records units a replica spent from a
+-- Leases carry the counter's epoch ('ep'). UpdateUsage ("set") starts a
+-- new epoch: the outstanding leased units are written off as used, and a
+-- lease of an older epoch given back later adds nothing back (only its
+-- spent units are recorded, for GetUsage). "report" records units a replica spent from a
 -- lease. The daily records ('d:<day>:u') count admitted requests only,
 -- never units merely reserved; 'd:<day>:r' is the remaining quota with
 -- the outstanding leased units counted as not used.
 --
 -- KEYS[1]  the counter hash ("<prefix>{<plan>:<key>}")
--- ARGV     1 op ("decide" | "lease" | "return" | "report" | "revoke" | "restore" | "set"), 2 now_us, 3 now_secs, 4 day,
+-- ARGV     1 op ("decide" | "lease" | "return" | "report" | "restore" | "set"), 2 now_us, 3 now_secs, 4 day,
 --          5 bucket field ("" = no throttle), 6 rate, 7 burst,
 --          8 period kind ("" = no quota), 9 period start, 10 period end,
 --          11 period limit, 12 remaining (for "set"), 13 ttl secs,
@@ -109,7 +109,7 @@ if kind ~= "" then
     allow = tonumber(q[4])
     leased = tonumber(q[5]) or 0
     current = true
-  elseif op == 'return' or op == 'report' or op == 'revoke' then
+  elseif op == 'return' or op == 'report' then
     -- A lease of a period that is over, or of the plan's former period
     -- kind: nothing to give back to, and no period to start.
   else
@@ -146,15 +146,6 @@ local function record(delta)
   redis.call('HSET', k, prefix .. ':r', remaining + leased)
 end
 
-if op == 'revoke' then
-  -- Outstanding leases end here: their units stay used (nothing spends
-  -- them any more once every replica dropped them or they expired).
-  epoch = epoch + 1
-  redis.call('HSET', k, 'ep', epoch, 'leased', 0)
-  redis.call('EXPIRE', k, ttl)
-  return epoch
-end
-
 if op == 'report' then
   if current and ret_pstart == pstart and report_n > 0 then
     if ret_epoch == epoch then
@@ -186,10 +177,14 @@ if op == 'restore' then
 end
 
 if op == 'set' then
-  -- Leased units may still be spent: the new remaining includes them.
-  allow = used - leased + set_to
+  -- A new epoch: every outstanding lease ends here, its units used (the
+  -- caller then revokes them on every replica before it answers), and
+  -- exactly `set_to` remain for leases and decisions from now on.
+  epoch = epoch + 1
+  leased = 0
+  allow = used + set_to
   remaining = quota_left()
-  redis.call('HSET', k, 'allow', allow)
+  redis.call('HSET', k, 'allow', allow, 'ep', epoch, 'leased', 0)
   record(0)
   redis.call('EXPIRE', k, ttl)
   return { tonumber(redis.call('HGET', k, 'd:' .. day .. ':u')), set_to, used, allow, epoch }

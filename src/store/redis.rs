@@ -271,18 +271,6 @@ impl RedisStore {
         Ok(())
     }
 
-    /// Starts a new epoch of `counter`'s leases: every replica's leases of
-    /// it are revoked when this returns (acknowledged, or expired).
-    async fn revoke(&self, counter: &CounterKey) -> Result<()> {
-        let args = Args::new(jiff::Timestamp::now().into(), None);
-        let epoch: u64 = self.call(counter, "revoke", args).await?;
-        let mut connection = self.connection.clone();
-        self.control
-            .revoke(&mut connection, counter, epoch)
-            .await
-            .map_err(|e| store_error("revoke", e))
-    }
-
     /// Gives `taken` (drained from `leases`) back one by one; at the first
     /// error, what was not given back is kept in `leases` again.
     async fn give_back(&self, leases: &Leases, taken: Vec<(lease::Slot, Lease)>) -> Result<()> {
@@ -641,21 +629,29 @@ impl CounterStore for RedisStore {
         let (key, script) = (self.key(counter), self.script.clone());
         let (store, counter, rule) = (self.clone(), counter.clone(), *quota);
         StoreFuture::boxed(async move {
-            // No lease granted before this point is spent after it: the
-            // remaining count set here is exact on every replica.
-            store.revoke(&counter).await?;
             let recovery = store.recovery.clone();
             let start = args.period.map_or(0, |(_, start, _, _)| start);
-            store
+            let saw = counter.clone();
+            let (today, remaining, epoch) = store
                 .run(move |mut connection| async move {
                     let (today, remaining, used, allow, epoch): (u64, u64, u64, i64, u64) =
                         connection
                             .invoke(args.invocation(&script, &key, "set"))
                             .await?;
-                    recovery.saw(counter, rule, start, (used, allow, epoch));
-                    Ok([today, remaining])
+                    recovery.saw(saw, rule, start, (used, allow, epoch));
+                    Ok((today, remaining, epoch))
                 })
+                .await?;
+            // The set started a new epoch: once every replica dropped its
+            // older leases (acknowledged, or lapsed), only `remaining` is
+            // admitted from now on, on every replica.
+            let mut connection = store.connection.clone();
+            store
+                .control
+                .revoke(&mut connection, &counter, epoch)
                 .await
+                .map_err(|e| store_error("revoke", e))?;
+            Ok([today, remaining])
         })
     }
 
