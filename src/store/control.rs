@@ -45,6 +45,7 @@ pub(crate) struct Control {
     channel: String,
     leases: RwLock<Option<Arc<Leases>>>,
     on_registry: RwLock<Option<RegistryHandler>>,
+    on_lost: RwLock<Option<RegistryHandler>>,
     waiting: Mutex<HashMap<String, Waiting>>,
     /// Subscribed: acknowledgements reach us.
     listening: AtomicBool,
@@ -88,6 +89,7 @@ impl Control {
             channel: format!("{prefix}{{ctl}}"),
             leases: RwLock::new(None),
             on_registry: RwLock::new(None),
+            on_lost: RwLock::new(None),
             waiting: Mutex::new(HashMap::new()),
             listening: AtomicBool::new(false),
             heard: Mutex::new(HashMap::new()),
@@ -102,6 +104,17 @@ impl Control {
     /// What this replica does when another one changed the registry.
     pub(crate) fn on_registry(&self, handler: Option<RegistryHandler>) {
         *self.on_registry.write() = handler;
+    }
+
+    /// What this replica does when another found that Redis lost its data.
+    pub(crate) fn on_lost(&self, handler: Option<RegistryHandler>) {
+        *self.on_lost.write() = handler;
+    }
+
+    /// Has every other replica put back what it saw of the counters, after
+    /// Redis lost its data; returns once each live one did.
+    pub(crate) async fn lost(&self, connection: &mut Connection) -> redis::RedisResult<()> {
+        self.broadcast(connection, |id| format!("lost {id}")).await
     }
 
     fn leases(&self) -> Option<Arc<Leases>> {
@@ -247,11 +260,14 @@ impl Control {
                 }
                 true
             }
-            Message::Registry { .. } => {
-                let handler = self.on_registry.read().clone();
+            Message::Registry { .. } | Message::Lost { .. } => {
+                let handler = match message {
+                    Message::Registry { .. } => self.on_registry.read().clone(),
+                    _ => self.on_lost.read().clone(),
+                };
                 if let Some(handler) = handler {
                     if let Err(e) = handler().await {
-                        tracing::warn!(error = %e, "could not take in a registry change");
+                        tracing::warn!(error = %e, "could not act on a replica message");
                         return false;
                     }
                 }
@@ -317,6 +333,9 @@ enum Message<'a> {
     Registry {
         id: &'a str,
     },
+    Lost {
+        id: &'a str,
+    },
 }
 
 impl<'a> Message<'a> {
@@ -334,6 +353,7 @@ impl<'a> Message<'a> {
                 key: parts.next()?,
             },
             "registry" => Self::Registry { id: parts.next()? },
+            "lost" => Self::Lost { id: parts.next()? },
             "beat" => Self::Beat {
                 replica: parts.next()?,
                 until_ms: parts.next()?.parse().ok()?,
@@ -346,7 +366,7 @@ impl<'a> Message<'a> {
     /// beats.
     fn id(&self) -> Option<&'a str> {
         match self {
-            Self::Revoke { id, .. } | Self::Registry { id } => Some(id),
+            Self::Revoke { id, .. } | Self::Registry { id } | Self::Lost { id } => Some(id),
             Self::Ack { .. } | Self::Beat { .. } => None,
         }
     }

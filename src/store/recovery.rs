@@ -5,8 +5,6 @@
 //! that is gone, with the marker gone or changed, means Redis lost its
 //! data, and the replica puts back what it saw before it decides again.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use dashmap::DashMap;
 use parking_lot::Mutex;
 
@@ -28,27 +26,53 @@ pub(crate) struct Seen {
 #[derive(Debug)]
 pub(crate) struct Recovery {
     pub(crate) seen: DashMap<CounterKey, Seen>,
-    marker_key: String,
+    pub(crate) prefix: String,
+    pub(crate) marker_key: String,
     marker: Mutex<Option<String>>,
-    /// A loss was seen and what this replica saw is not all back yet.
-    restoring: AtomicBool,
+    /// One recovery at a time on this replica.
+    gate: tokio::sync::Mutex<()>,
+}
+
+/// What the marker says.
+pub(crate) enum Marker {
+    /// The one this replica knows (or the first it sees): nothing lost.
+    Known,
+    /// Gone: Redis lost its data and no replica finished putting it back.
+    Missing,
+    /// Another one: Redis lost its data and a replica put a new one.
+    Replaced(String),
 }
 
 impl Recovery {
     pub(crate) fn new(prefix: &str) -> Self {
         Self {
             seen: DashMap::new(),
+            prefix: prefix.to_owned(),
             marker_key: format!("{prefix}{{ctl}}:marker"),
             marker: Mutex::new(None),
-            restoring: AtomicBool::new(false),
+            gate: tokio::sync::Mutex::new(()),
         }
     }
 
-    /// Whether Redis lost the data this replica saw (the marker it knew is
-    /// gone, or another one replaced it) and it has not all been restored
-    /// yet. Sets a marker where there is none, and adopts the one Redis
-    /// holds.
-    pub(crate) async fn data_lost(&self, connection: &mut Connection) -> redis::RedisResult<bool> {
+    /// Reads the marker; a first one seen is adopted.
+    pub(crate) async fn marker(&self, connection: &mut Connection) -> redis::RedisResult<Marker> {
+        let current: Option<String> = connection
+            .query(redis::cmd("GET").arg(&self.marker_key))
+            .await?;
+        let mut known = self.marker.lock();
+        Ok(match (known.as_ref(), current) {
+            (_, None) => Marker::Missing,
+            (None, Some(current)) => {
+                *known = Some(current);
+                Marker::Known
+            }
+            (Some(known), Some(current)) if *known == current => Marker::Known,
+            (Some(_), Some(current)) => Marker::Replaced(current),
+        })
+    }
+
+    /// Sets a new marker where there is none, and adopts the one there.
+    pub(crate) async fn put_marker(&self, connection: &mut Connection) -> redis::RedisResult<()> {
         let fresh = format!("{:016x}", rand::random::<u64>());
         let (current,): (String,) = connection
             .pipeline(
@@ -62,12 +86,18 @@ impl Recovery {
                     .arg(&self.marker_key),
             )
             .await?;
-        let mut known = self.marker.lock();
-        if known.as_ref().is_some_and(|known| *known != current) {
-            self.restoring.store(true, Ordering::Release);
-        }
-        *known = Some(current);
-        Ok(self.restoring.load(Ordering::Acquire))
+        *self.marker.lock() = Some(current);
+        Ok(())
+    }
+
+    /// Adopts `marker`, set by the replica that finished a recovery.
+    pub(crate) fn adopt(&self, marker: String) {
+        *self.marker.lock() = Some(marker);
+    }
+
+    /// Holds other recoveries of this replica off.
+    pub(crate) async fn one_at_a_time(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.gate.lock().await
     }
 
     /// Remembers a counter's state as a decision (or UpdateUsage) left it:
@@ -89,10 +119,5 @@ impl Recovery {
                 epoch,
             },
         );
-    }
-
-    /// Everything this replica saw is back in Redis.
-    pub(crate) fn restored(&self) {
-        self.restoring.store(false, Ordering::Release);
     }
 }

@@ -19,7 +19,8 @@
 -- never units merely reserved; 'd:<day>:r' is the remaining quota with
 -- the outstanding leased units counted as not used.
 --
--- KEYS[1]  the counter hash ("<prefix>{<plan>:<key>}")
+-- KEYS[1]  the counter hash ("<prefix>{<plan>:<key>}"); KEYS[2], on one
+--          server only, the marker whose absence means Redis lost its data
 -- ARGV     1 op ("decide" | "lease" | "return" | "report" | "restore" | "set"), 2 now_us, 3 now_secs, 4 day,
 --          5 bucket field ("" = no throttle), 6 rate, 7 burst,
 --          8 period kind ("" = no quota), 9 period start, 10 period end,
@@ -48,6 +49,10 @@ local ret_pstart = ARGV[17] or ""
 local want_q, want_t = tonumber(ARGV[18]) or 0, tonumber(ARGV[19]) or 0
 local ret_epoch, ret_reported = tonumber(ARGV[20]) or 0, tonumber(ARGV[21]) or 0
 local report_n = tonumber(ARGV[22]) or 0
+if KEYS[2] and (op == 'decide' or op == 'lease') and redis.call('EXISTS', KEYS[2]) == 0 then
+  -- No marker: Redis lost its data; the replicas put back what they saw first.
+  return { 4, '0', 0, 0, 0, 0, 0, -1 }
+end
 if ARGV[23] == '1' and (op == 'decide' or op == 'lease') and redis.call('EXISTS', k) == 0 then
   -- Seen before, gone now: the replica checks whether Redis lost its data.
   return { 3, '0', 0, 0, 0, 0, 0, -1 }

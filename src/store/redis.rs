@@ -15,7 +15,7 @@ use redis::{FromRedisValue, Script, ScriptInvocation};
 
 use super::control::{self, Control, RegistryHandler};
 use super::lease::{self, Lease, LeaseConfig, Leases, Unspent};
-use super::recovery::{Recovery, Seen};
+use super::recovery::{Marker, Recovery, Seen};
 use super::{
     CounterKey, CounterStore, DayUsage, Decision, DecisionRequest, QuotaRule, StoreFuture, Verdict,
 };
@@ -109,6 +109,24 @@ impl RedisStore {
     fn listen(&mut self) {
         self.recovery = Arc::new(Recovery::new(&self.prefix));
         self.control = Arc::new(Control::new(&self.prefix));
+        // Another replica found Redis emptied: put back what this one saw.
+        let (recovery, connection, script) = (
+            Arc::downgrade(&self.recovery),
+            self.connection.clone(),
+            self.script.clone(),
+        );
+        self.control.on_lost(Some(Arc::new(move || {
+            let (recovery, mut connection, script) =
+                (recovery.clone(), connection.clone(), script.clone());
+            StoreFuture::boxed(async move {
+                if let Some(recovery) = recovery.upgrade() {
+                    restore_seen(&recovery, &mut connection, &script)
+                        .await
+                        .map_err(|e| store_error("restore", e))?;
+                }
+                Ok(())
+            })
+        })));
         if let Some(leases) = &self.leases {
             self.control.hold(leases.clone());
         }
@@ -218,17 +236,13 @@ impl RedisStore {
     /// # Errors
     /// `Store` if Redis cannot be reached.
     pub async fn recover_if_emptied(&self) -> Result<bool> {
-        let (recovery, prefix, script) = (
+        let (recovery, control, script) = (
             self.recovery.clone(),
-            self.prefix.clone(),
+            self.control.clone(),
             self.script.clone(),
         );
         self.run_unbounded(move |mut connection| async move {
-            if !recovery.data_lost(&mut connection).await? {
-                return Ok(false);
-            }
-            restore_seen(&recovery, &mut connection, &script, &prefix).await?;
-            Ok(true)
+            recover(&recovery, &control, &mut connection, &script).await
         })
         .await
     }
@@ -322,7 +336,9 @@ impl RedisStore {
     {
         let (key, script) = (self.key(counter), self.script.clone());
         self.run(move |mut connection| async move {
-            connection.invoke(args.invocation(&script, &key, op)).await
+            connection
+                .invoke(args.invocation(&script, &key, None, op))
+                .await
         })
     }
 
@@ -467,8 +483,20 @@ impl Args {
         }
     }
 
-    fn invocation<'a>(&self, script: &'a Script, key: &str, op: &str) -> ScriptInvocation<'a> {
+    /// The script call; `marker`, the marker key, makes a decision refuse
+    /// to decide (4) while Redis has none (one server only: a cluster
+    /// cannot take keys of two slots in one script).
+    fn invocation<'a>(
+        &self,
+        script: &'a Script,
+        key: &str,
+        marker: Option<&str>,
+        op: &str,
+    ) -> ScriptInvocation<'a> {
         let mut invocation = script.key(key);
+        if let Some(marker) = marker {
+            invocation.key(marker);
+        }
         let (kind, start, end, limit) = match self.period {
             Some((kind, start, end, limit)) => (kind.as_str(), start, end, limit),
             None => ("", 0, 0, 0),
@@ -528,24 +556,25 @@ impl CounterStore for RedisStore {
         let (key, script) = (self.key(request.counter), self.script.clone());
         let (throttle, quota) = (request.throttle.map(|t| t.throttle), request.quota);
         args.known = quota.is_some() && self.recovery.seen.contains_key(request.counter);
-        let (recovery, counter) = (self.recovery.clone(), request.counter.clone());
-        let prefix = args.known.then(|| self.prefix.clone());
+        let (recovery, control) = (self.recovery.clone(), self.control.clone());
+        let counter = request.counter.clone();
+        let single = matches!(self.connection, Connection::Single(_));
         self.run(move |mut connection| async move {
+            let marker = single.then_some(recovery.marker_key.as_str());
             let mut answer: Answer = connection
-                .invoke(args.invocation(&script, &key, op))
+                .invoke(args.invocation(&script, &key, marker, op))
                 .await?;
-            if answer.0 == 3 {
-                // A counter this replica saw is gone: Redis lost its data
-                // (restore, then decide), or the counter was dropped.
-                if recovery.data_lost(&mut connection).await? {
-                    let prefix = prefix.as_deref().unwrap_or_default();
-                    restore_seen(&recovery, &mut connection, &script, prefix).await?;
-                } else {
+            if answer.0 >= 3 {
+                // The marker is gone (4), or a counter this replica saw is
+                // (3): Redis lost its data — put back what every replica
+                // saw, then decide — or the counter was dropped.
+                let recovered = recover(&recovery, &control, &mut connection, &script).await?;
+                if answer.0 == 3 && !recovered {
                     recovery.seen.remove(&counter);
                     args.known = false;
                 }
                 answer = connection
-                    .invoke(args.invocation(&script, &key, op))
+                    .invoke(args.invocation(&script, &key, marker, op))
                     .await?;
             }
             let (verdict, tokens, remaining, units, leased_tokens, epoch, used, allow) = answer;
@@ -611,7 +640,7 @@ impl CounterStore for RedisStore {
         let (key, script) = (self.key(request.counter), self.script.clone());
         self.run(move |mut connection| async move {
             let _: i64 = connection
-                .invoke(args.invocation(&script, &key, "refund"))
+                .invoke(args.invocation(&script, &key, None, "refund"))
                 .await?;
             Ok(())
         })
@@ -636,7 +665,7 @@ impl CounterStore for RedisStore {
                 .run(move |mut connection| async move {
                     let (today, remaining, used, allow, epoch): (u64, u64, u64, i64, u64) =
                         connection
-                            .invoke(args.invocation(&script, &key, "set"))
+                            .invoke(args.invocation(&script, &key, None, "set"))
                             .await?;
                     recovery.saw(saw, rule, start, (used, allow, epoch));
                     Ok((today, remaining, epoch))
@@ -687,13 +716,38 @@ fn counter_key(prefix: &str, counter: &CounterKey) -> String {
     format!("{prefix}{{{}:{}}}", counter.plan_id(), counter.key_id())
 }
 
-/// Puts back every counter `recovery` saw in its current period, then
-/// marks the recovery done.
+/// After Redis lost its data: puts back what this replica saw and, when
+/// the marker is missing, has every other replica do the same before it
+/// sets a new one (decisions on one server wait for it); `true` when Redis
+/// had lost its data.
+async fn recover(
+    recovery: &Recovery,
+    control: &Control,
+    connection: &mut Connection,
+    script: &Script,
+) -> redis::RedisResult<bool> {
+    let _one = recovery.one_at_a_time().await;
+    match recovery.marker(connection).await? {
+        Marker::Known => Ok(false),
+        Marker::Replaced(marker) => {
+            restore_seen(recovery, connection, script).await?;
+            recovery.adopt(marker);
+            Ok(true)
+        }
+        Marker::Missing => {
+            restore_seen(recovery, connection, script).await?;
+            control.lost(connection).await?;
+            recovery.put_marker(connection).await?;
+            Ok(true)
+        }
+    }
+}
+
+/// Puts back every counter `recovery` saw in its current period.
 async fn restore_seen(
     recovery: &Recovery,
     connection: &mut Connection,
     script: &Script,
-    prefix: &str,
 ) -> redis::RedisResult<()> {
     let now = jiff::Timestamp::now();
     let seen: Vec<(CounterKey, Seen)> = recovery
@@ -710,11 +764,15 @@ async fn restore_seen(
         }
         args.seen = Some(seen);
         let _: i64 = connection
-            .invoke(args.invocation(script, &counter_key(prefix, &counter), "restore"))
+            .invoke(args.invocation(
+                script,
+                &counter_key(&recovery.prefix, &counter),
+                None,
+                "restore",
+            ))
             .await?;
         restored += 1;
     }
-    recovery.restored();
     tracing::warn!(
         counters = restored,
         "Redis lost its data: restored the counters this replica saw"
