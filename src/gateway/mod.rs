@@ -451,8 +451,13 @@ async fn run(
     mut drain: Drain,
 ) -> Result<(), GatewayError> {
     let mut tick = tokio::time::interval(backing.interval(&config));
+    // A slow round (Redis unreachable: up to 3 s) must not queue up missed
+    // ticks ahead of a stop.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            biased;
+            _ = stopped.changed() => break,
             _ = tick.tick() => {
                 ::metrics::gauge!("usage_plans_plans").set(plans.plan_count() as f64);
                 ::metrics::gauge!("usage_plans_keys").set(plans.key_count() as f64);
@@ -460,7 +465,6 @@ async fn run(
                     tracing::error!(error = %e, "could not persist");
                 }
             }
-            _ = stopped.changed() => break,
         }
     }
     let _ = drain.phase.send(Phase::Draining);
