@@ -49,6 +49,10 @@ redis.call('SET', KEYS[1], ARGV[1])
 return redis.call('INCR', KEYS[2])
 ";
 
+/// The longest an admin call waits for its change to reach the replicas
+/// (each live one answers within 1 s, or is taken as gone).
+const REPLICATE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// How many times a replica merges and retries when others keep publishing.
 const PUBLISH_ATTEMPTS: usize = 8;
 
@@ -83,8 +87,19 @@ pub(crate) fn share(
     plans.set_replication(Some(Arc::new(move || {
         let (synced, announcer) = (sync(&weak), announcer.clone());
         StoreFuture::boxed(async move {
-            synced.await?;
-            announcer.registry_changed().await
+            // An unreachable Redis must not hold an admin call for long.
+            let replicated = async {
+                synced.await?;
+                announcer.registry_changed().await
+            };
+            tokio::time::timeout(REPLICATE_TIMEOUT, replicated)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Error::new(
+                        ErrorKind::Store,
+                        format!("Redis did not answer within {REPLICATE_TIMEOUT:?}"),
+                    ))
+                })
         })
     })));
     replica
