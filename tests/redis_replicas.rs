@@ -656,13 +656,42 @@ async fn a_replica_of_another_stage_refuses_to_start() {
     let a = Gateway::start(config(&redis.url(), 10, StoreFailure::FailOpen))
         .await
         .unwrap();
-    let mut other = config(&redis.url(), 10, StoreFailure::FailOpen);
-    other.stage = ("other".into(), "beta".into());
-    let error = Gateway::start(other).await.unwrap_err().to_string();
+    let other = || {
+        let mut other = config(&redis.url(), 10, StoreFailure::FailOpen);
+        other.stage = ("other".into(), "beta".into());
+        other
+    };
+    let error = Gateway::start(other()).await.unwrap_err().to_string();
     assert!(
         error.contains("other:beta") && error.contains("gateway:prod"),
         "{error}"
     );
+    // Redis loses its data: the running replica claims its stage again.
+    let mut raw = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let () = redis::cmd("FLUSHALL").query_async(&mut raw).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stage: Option<String> = redis::cmd("HGET")
+            .arg("tup:{registry}:meta")
+            .arg("stage")
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        if stage.is_some() {
+            assert_eq!(stage.as_deref(), Some("gateway:prod"));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stage was never claimed again"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(Gateway::start(other()).await.is_err());
     a.shutdown().await.unwrap();
 }
 

@@ -118,6 +118,37 @@ pub(crate) struct Replica {
     version: i64,
     /// The registry as of `version`: the base of three-way merges.
     base: RegistrySnapshot,
+    /// The stage this replica serves (`api:stage`).
+    stage: String,
+}
+
+/// Sets the stage and registry format where Redis has none (a first
+/// replica, or Redis lost its data); returns what Redis holds.
+async fn claim_meta(
+    connection: &mut Connection,
+    stage: &str,
+) -> redis::RedisResult<(Option<String>, Option<String>)> {
+    connection
+        .pipeline(
+            redis::pipe()
+                .cmd("HSETNX")
+                .arg(META_KEY)
+                .arg("format")
+                .arg(FORMAT)
+                .ignore()
+                .cmd("HSETNX")
+                .arg(META_KEY)
+                .arg("stage")
+                .arg(stage)
+                .ignore()
+                .cmd("HGET")
+                .arg(META_KEY)
+                .arg("format")
+                .cmd("HGET")
+                .arg(META_KEY)
+                .arg("stage"),
+        )
+        .await
 }
 
 impl Replica {
@@ -128,26 +159,7 @@ impl Replica {
             .await
             .map_err(|e| format!("--redis {url_shown}: {e}"))?;
         // The first replica sets the stage and format; the others must match.
-        let (format, shared_stage): (Option<String>, Option<String>) = connection
-            .pipeline(
-                redis::pipe()
-                    .cmd("HSETNX")
-                    .arg(META_KEY)
-                    .arg("format")
-                    .arg(FORMAT)
-                    .ignore()
-                    .cmd("HSETNX")
-                    .arg(META_KEY)
-                    .arg("stage")
-                    .arg(stage)
-                    .ignore()
-                    .cmd("HGET")
-                    .arg(META_KEY)
-                    .arg("format")
-                    .cmd("HGET")
-                    .arg(META_KEY)
-                    .arg("stage"),
-            )
+        let (format, shared_stage) = claim_meta(&mut connection, stage)
             .await
             .map_err(|e| format!("--redis {url_shown}: {e}"))?;
         if format.as_deref() != Some(FORMAT) {
@@ -166,6 +178,7 @@ impl Replica {
         }
         let mut replica = Self {
             connection,
+            stage: stage.to_owned(),
             generation: plans.generation(),
             pending: false,
             base: plans.snapshot(),
@@ -246,7 +259,11 @@ impl Replica {
             .await
             .map_err(|e| e.to_string())?;
         let (Some(json), Some(version)) = (json, version) else {
-            // Nothing shared yet (or Redis lost it): what we have is new.
+            // Nothing shared yet (or Redis lost it): what we have is new,
+            // and so are the stage and format a replica must match.
+            claim_meta(&mut self.connection, &self.stage)
+                .await
+                .map_err(|e| e.to_string())?;
             if self.version != 0 {
                 self.version = 0;
                 self.base = RegistrySnapshot::default();
