@@ -379,6 +379,9 @@ async fn upstream_down_is_502_json() {
     assert_eq!(headers["content-type"], "application/json");
     let body = json(&body);
     assert!(body["message"].is_string(), "{body}");
+    // The upstream refused the connection: it never had the request, which
+    // costs nothing.
+    assert_eq!(used_today(&gateway).await, [0, 100]);
 
     gateway.shutdown().await.unwrap();
 }

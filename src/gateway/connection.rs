@@ -59,8 +59,10 @@ pub(crate) const REPLAY_AFTER_IDLE: Duration = Duration::from_millis(100);
 pub(crate) enum OwnError<B = GatewayBody> {
     /// It is in use: send through the pool (boxed: the rare case).
     Busy(Box<Request<B>>),
-    /// The upstream could not be reached or failed the request.
+    /// The upstream failed the request.
     Failed(String),
+    /// The upstream could not be reached: the request was never sent.
+    Unsent(String),
 }
 
 /// Upstream connections whose client connections ended, for new ones.
@@ -140,7 +142,7 @@ impl<B: UpstreamBody + Default> OwnConnection<B> {
                 _ => (
                     connect(authority)
                         .await
-                        .map_err(|e| OwnError::Failed(e.to_string()))?,
+                        .map_err(|e| OwnError::Unsent(e.to_string()))?,
                     false,
                 ),
             };

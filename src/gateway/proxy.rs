@@ -142,23 +142,42 @@ impl Service<Request<EdgeBody>> for Proxy {
         self.prepare(&mut parts);
         // A body that can still fail: what the request was charged, to give
         // back if the client's own framing keeps it from the upstream.
-        let watch = body.watch();
-        let mut refund = watch.map(|watch| Refund {
-            charge: parts
-                .extensions
-                .get_mut::<UsageContext>()
-                .and_then(UsageContext::take_charge),
-            watch,
-            answered: false,
-        });
+        let charge = parts
+            .extensions
+            .get_mut::<UsageContext>()
+            .and_then(UsageContext::take_charge);
+        let (mut refund, mut bodyless_charge) = match body.watch() {
+            Some(watch) => (
+                Some(Refund {
+                    charge,
+                    watch,
+                    answered: false,
+                }),
+                None,
+            ),
+            None => (None, charge),
+        };
         let request = Request::from_parts(parts, body);
         let upstream = self.upstream.clone();
         let own = self.own.clone();
         Box::pin(async move {
-            let response = match &*upstream {
-                Upstream::Echo => echo(request).await,
+            let (response, sent) = match &*upstream {
+                Upstream::Echo => (echo(request).await, true),
                 Upstream::Http(http) => forward(http, &own, request).await,
             };
+            if !sent {
+                // The upstream could not be reached: it never had the request.
+                let charge = match refund.as_mut() {
+                    Some(refund) => refund.charge.take(),
+                    None => bodyless_charge.take(),
+                };
+                if let Some(charge) = charge {
+                    if let Err(e) = charge.refund().await {
+                        tracing::warn!(error = %e, "could not refund a request the upstream never received");
+                    }
+                }
+                return Ok(response);
+            }
             let Some(refund) = refund.as_mut() else {
                 return Ok(response);
             };
@@ -234,15 +253,17 @@ static X_API_KEY_ID: HeaderName = HeaderName::from_static("x-api-key-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
+/// The upstream's answer, or the gateway's; `false` when the request was
+/// never sent (the upstream could not be reached), so it costs nothing.
 async fn forward(
     upstream: &HttpUpstream,
     own: &OwnConnection,
     request: Request<EdgeBody>,
-) -> Response<GatewayBody> {
+) -> (Response<GatewayBody>, bool) {
     let (mut parts, body) = request.into_parts();
     parts.uri = match upstream.path_and_query_for(&parts.uri) {
         Some(path_and_query) => Uri::from(path_and_query),
-        None => return error(StatusCode::BAD_GATEWAY, "Bad Gateway"),
+        None => return (error(StatusCode::BAD_GATEWAY, "Bad Gateway"), false),
     };
     parts.headers.insert(header::HOST, upstream.host.clone());
     parts.version = http::Version::HTTP_11;
@@ -262,21 +283,40 @@ async fn forward(
         Ok(Ok(response)) => {
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
-            Response::from_parts(parts, GatewayBody::from(body))
+            (Response::from_parts(parts, GatewayBody::from(body)), true)
         }
         Ok(Err(e)) => {
-            tracing::warn!(error = %e, "upstream request failed");
-            error(StatusCode::BAD_GATEWAY, "Bad Gateway")
+            tracing::warn!(error = %e.message, "upstream request failed");
+            (error(StatusCode::BAD_GATEWAY, "Bad Gateway"), e.sent)
         }
         Err(_) => {
             // The body has not come whole in all that time: the client
             // stalled (the upstream never had the request), not the upstream.
             if let Some(watch) = watch.filter(|w| !w.ended()) {
                 watch.fail(edge::BodyFailure::Timeout);
-                return error(StatusCode::REQUEST_TIMEOUT, "Request Timeout");
+                return (error(StatusCode::REQUEST_TIMEOUT, "Request Timeout"), true);
             }
             tracing::warn!(?timeout, "upstream timed out");
-            error(StatusCode::GATEWAY_TIMEOUT, "Endpoint request timed out")
+            (
+                error(StatusCode::GATEWAY_TIMEOUT, "Endpoint request timed out"),
+                true,
+            )
+        }
+    }
+}
+
+/// Why the upstream gave no answer.
+struct SendError {
+    message: String,
+    /// Whether the request may have reached it (else it costs nothing).
+    sent: bool,
+}
+
+impl SendError {
+    fn sent(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            sent: true,
         }
     }
 }
@@ -288,20 +328,25 @@ impl HttpUpstream {
         &self,
         own: &OwnConnection,
         request: Request<GatewayBody>,
-    ) -> Result<Response<Incoming>, String> {
+    ) -> Result<Response<Incoming>, SendError> {
         match own.send(&self.authority, request).await {
             Ok(response) => Ok(response),
-            Err(OwnError::Failed(e)) => Err(e),
+            Err(OwnError::Failed(e)) => Err(SendError::sent(e)),
+            Err(OwnError::Unsent(message)) => Err(SendError {
+                message,
+                sent: false,
+            }),
             Err(OwnError::Busy(mut request)) => {
                 // The pool wants the absolute form.
                 let path_and_query = request.uri().path_and_query().cloned();
-                *request.uri_mut() = self
-                    .absolute(path_and_query)
-                    .ok_or("no upstream URI for the request")?;
-                self.client
-                    .request(*request)
-                    .await
-                    .map_err(|e| e.to_string())
+                *request.uri_mut() = self.absolute(path_and_query).ok_or_else(|| SendError {
+                    message: "no upstream URI for the request".into(),
+                    sent: false,
+                })?;
+                self.client.request(*request).await.map_err(|e| SendError {
+                    sent: !e.is_connect(),
+                    message: e.to_string(),
+                })
             }
         }
     }
