@@ -295,6 +295,10 @@ async fn connect_and_asterisk_targets_are_refused_before_metering() {
     let options = format!("OPTIONS * HTTP/1.1\r\nhost: gateway\r\nx-api-key: {KEY}\r\n\r\n");
     let answer = exchange(gateway.data_addr(), options.as_bytes(), true).await;
     assert_aws(&answer, 400, "Bad Request", "BadRequestException");
+    let two_hosts =
+        format!("GET / HTTP/1.1\r\nhost: a.example\r\nhost: b.example\r\nx-api-key: {KEY}\r\n\r\n");
+    let answer = exchange(gateway.data_addr(), two_hosts.as_bytes(), true).await;
+    assert_aws(&answer, 400, "Bad Request", "BadRequestException");
     assert_eq!(used_today(&gateway).await[0], 0);
     // The admin listener answers the same way.
     let answer = exchange(gateway.admin_addr(), connect.as_bytes(), true).await;

@@ -332,6 +332,10 @@ fn refuse_head<B>(request: &Request<B>) -> Option<(StatusCode, &'static str)> {
         return Some((StatusCode::BAD_REQUEST, "Bad Request"));
     }
     let headers = request.headers();
+    if headers.get_all(header::HOST).iter().nth(1).is_some() {
+        // Which host is meant? (RFC 9112 §3.2: a 400.)
+        return Some((StatusCode::BAD_REQUEST, "Bad Request"));
+    }
     if headers.len() > MAX_HEADERS {
         return Some((
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
