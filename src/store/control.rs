@@ -32,9 +32,9 @@ const REGISTRATION: Duration = Duration::from_secs(1);
 /// How often a listening replica renews its registration.
 const RENEW_EVERY: Duration = Duration::from_millis(100);
 
-/// Called when another replica changed the shared registry: resolves once
-/// this replica enforces the change.
-pub(crate) type RegistryHandler = Arc<dyn Fn() -> StoreFuture<()> + Send + Sync>;
+/// What a replica does on another's message (the registry changed; Redis
+/// lost its data): resolves once done, and the message is acknowledged.
+pub(crate) type Handler = Arc<dyn Fn() -> StoreFuture<()> + Send + Sync>;
 
 /// One store's side of the channel: its replica id, the leases it holds
 /// (if any), what it does on a registry change, and the messages it waits
@@ -44,8 +44,8 @@ pub(crate) struct Control {
     members_key: String,
     channel: String,
     leases: RwLock<Option<Arc<Leases>>>,
-    on_registry: RwLock<Option<RegistryHandler>>,
-    on_lost: RwLock<Option<RegistryHandler>>,
+    on_registry: RwLock<Option<Handler>>,
+    on_lost: RwLock<Option<Handler>>,
     waiting: Mutex<HashMap<String, Waiting>>,
     /// Subscribed: acknowledgements reach us.
     listening: AtomicBool,
@@ -102,12 +102,12 @@ impl Control {
     }
 
     /// What this replica does when another one changed the registry.
-    pub(crate) fn on_registry(&self, handler: Option<RegistryHandler>) {
+    pub(crate) fn on_registry(&self, handler: Option<Handler>) {
         *self.on_registry.write() = handler;
     }
 
     /// What this replica does when another found that Redis lost its data.
-    pub(crate) fn on_lost(&self, handler: Option<RegistryHandler>) {
+    pub(crate) fn on_lost(&self, handler: Option<Handler>) {
         *self.on_lost.write() = handler;
     }
 

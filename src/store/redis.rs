@@ -13,7 +13,7 @@ use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 use redis::{FromRedisValue, Script, ScriptInvocation};
 
-use super::control::{self, Control, RegistryHandler};
+use super::control::{self, Control, Handler};
 use super::lease::{self, Lease, LeaseConfig, Leases, Unspent};
 use super::recovery::{Marker, Recovery, Seen};
 use super::{
@@ -153,7 +153,7 @@ impl RedisStore {
         &self,
         handler: Option<Arc<dyn Fn() -> StoreFuture<()> + Send + Sync>>,
     ) {
-        let handler: Option<RegistryHandler> = handler;
+        let handler: Option<Handler> = handler;
         self.control.on_registry(handler);
     }
 
