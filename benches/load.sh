@@ -20,7 +20,7 @@ need nginx nginx
 need taskset util-linux
 need bc bc
 
-cargo build --release --quiet --example bench_server --example gateway --features gateway
+cargo build --release --quiet --example bench_server --example gateway
 BIN=target/release/examples
 WORK=$(mktemp -d)
 PIDS=()

@@ -5,7 +5,7 @@
 //! endpoint, and the quick-start flow with the real AWS CLI.
 //!
 //! The binary is not built here: build it first with
-//! `cargo build --example gateway --features gateway` (or `cargo test
+//! `cargo build --example gateway` (or `cargo test
 //! --all-features`, which builds the examples). Addresses come from its log
 //! lines; every child process is killed when its guard drops, also when a
 //! test fails.
@@ -53,7 +53,7 @@ fn binary() -> PathBuf {
         .unwrap_or_else(|| {
             panic!(
                 "the example binary {} does not exist: build it first with \
-                 `cargo build --example gateway --features gateway`",
+                 `cargo build --example gateway`",
                 under_manifest.display()
             )
         });
@@ -67,7 +67,7 @@ fn binary() -> PathBuf {
     }) {
         panic!(
             "the example binary {} is older than {}: rebuild it with \
-             `cargo build --example gateway --features gateway`",
+             `cargo build --example gateway`",
             path.display(),
             newer.display()
         );

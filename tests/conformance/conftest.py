@@ -4,7 +4,7 @@ The suite starts the real `gateway` example once per session and drives its admi
 the real boto3 and the real AWS CLI v1, and its data plane with plain stdlib HTTP.
 
 Binary: env `GATEWAY_BIN`, else `<repo>/target/debug/examples/gateway`
-(build it with `cargo build --example gateway --features gateway`).
+(build it with `cargo build --example gateway`).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_BIN = REPO_ROOT / "target" / "debug" / "examples" / "gateway"
-BUILD_HINT = "cargo build --example gateway --features gateway"
+BUILD_HINT = "cargo build --example gateway"
 
 ACCESS_KEY = "AKIDCONFORMANCE"
 SECRET_KEY = "conformance-secret-key"
