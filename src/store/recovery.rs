@@ -37,6 +37,10 @@ pub(crate) struct Recovery {
 pub(crate) enum Marker {
     /// The one this replica knows (or the first it sees): nothing lost.
     Known,
+    /// None, and this replica never knew one: a first start, nothing to
+    /// put back (a replica that decided before setting one would only
+    /// count twice).
+    Unset,
     /// Gone: Redis lost its data and no replica finished putting it back.
     Missing,
     /// Another one: Redis lost its data and a replica put a new one.
@@ -61,7 +65,8 @@ impl Recovery {
             .await?;
         let mut known = self.marker.lock();
         Ok(match (known.as_ref(), current) {
-            (_, None) => Marker::Missing,
+            (None, None) => Marker::Unset,
+            (Some(_), None) => Marker::Missing,
             (None, Some(current)) => {
                 *known = Some(current);
                 Marker::Known

@@ -729,6 +729,10 @@ async fn recover(
     let _one = recovery.one_at_a_time().await;
     match recovery.marker(connection).await? {
         Marker::Known => Ok(false),
+        Marker::Unset => {
+            recovery.put_marker(connection).await?;
+            Ok(false)
+        }
         Marker::Replaced(marker) => {
             restore_seen(recovery, connection, script).await?;
             recovery.adopt(marker);
