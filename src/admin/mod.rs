@@ -25,6 +25,7 @@
 //!     --patch-operations op=replace,path=/remaining,value=10 --endpoint-url http://127.0.0.1:8081
 //! ```
 
+mod credentials;
 mod import;
 mod ops;
 mod patch;
@@ -43,7 +44,7 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use tower_service::Service;
 
-pub use sigv4::AdminCredentials;
+pub use credentials::AdminCredentials;
 use wire::AwsError;
 
 use crate::UsagePlans;

@@ -1,0 +1,144 @@
+//! The access keys that may call the admin API, and the `USAGE_PLANS_ADMIN_CREDENTIALS` format.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Access-key-id → secret pairs that may call the admin API.
+///
+/// The secrets are never printed: `Debug` shows the access key ids only.
+///
+/// ```
+/// use tower_usage_plans::AdminCredentials;
+///
+/// // The USAGE_PLANS_ADMIN_CREDENTIALS format: comma-separated ACCESS_KEY_ID:SECRET pairs.
+/// let creds = AdminCredentials::parse_list("AKIDEXAMPLE:wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY")
+///     .expect("valid list");
+/// assert!(!creds.is_empty());
+///
+/// // Or build them in code.
+/// let creds = creds.with("AKIDOTHER", "other-secret");
+/// let shown = format!("{creds:?}");
+/// assert!(shown.contains("AKIDOTHER"));
+/// assert!(!shown.contains("other-secret"));
+///
+/// // A bad entry is reported without echoing the secret.
+/// let err = AdminCredentials::parse_list("AKIDEXAMPLE:").unwrap_err();
+/// assert!(err.contains("AKIDEXAMPLE"));
+/// ```
+#[derive(Clone, Default)]
+pub struct AdminCredentials {
+    keys: BTreeMap<String, String>,
+}
+
+impl AdminCredentials {
+    /// An empty set of credentials (which authenticates nobody).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds (or replaces) one access key id and its secret, builder style.
+    pub fn with(mut self, access_key_id: impl Into<String>, secret: impl Into<String>) -> Self {
+        self.insert(access_key_id, secret);
+        self
+    }
+
+    /// Adds (or replaces) one access key id and its secret.
+    ///
+    /// An access key id containing `/` can never match a SigV4 credential scope.
+    pub fn insert(&mut self, access_key_id: impl Into<String>, secret: impl Into<String>) {
+        self.keys.insert(access_key_id.into(), secret.into());
+    }
+
+    /// Parses `"AKID:SECRET,AKID2:SECRET2"`, the format of the `USAGE_PLANS_ADMIN_CREDENTIALS`
+    /// environment variable.
+    ///
+    /// Whitespace around entries, ids and secrets is ignored, and so are empty entries (a trailing
+    /// comma). The secret is everything after the first `:`. An entry without `:`, with an empty
+    /// id or secret, with an id containing `/`, whitespace or non-ASCII characters, or repeating
+    /// an id is an error; the error names the entry by position (and by access key id when that is
+    /// valid) and never contains a secret.
+    pub fn parse_list(s: &str) -> Result<Self, String> {
+        let mut creds = Self::new();
+        for (index, entry) in s.split(',').enumerate() {
+            let n = index + 1;
+            let entry = entry.trim();
+            if entry.is_empty() {
+                continue;
+            }
+            let Some((id, secret)) = entry.split_once(':') else {
+                return Err(format!(
+                    "admin credential entry #{n} is not of the form ACCESS_KEY_ID:SECRET"
+                ));
+            };
+            let (id, secret) = (id.trim(), secret.trim());
+            if id.is_empty() {
+                return Err(format!(
+                    "admin credential entry #{n} has an empty access key id"
+                ));
+            }
+            if !id.bytes().all(|b| b.is_ascii_graphic() && b != b'/') {
+                return Err(format!(
+                    "admin credential entry #{n} has an invalid access key id \
+                     (it must be printable ASCII without '/' or whitespace)"
+                ));
+            }
+            if secret.is_empty() {
+                return Err(format!(
+                    "admin credential entry #{n} (access key id '{id}') has an empty secret"
+                ));
+            }
+            if creds.keys.contains_key(id) {
+                return Err(format!(
+                    "admin credential entry #{n} repeats access key id '{id}'"
+                ));
+            }
+            creds.insert(id, secret);
+        }
+        Ok(creds)
+    }
+
+    /// Adds (or replaces) every pair of `other`.
+    pub fn extend(&mut self, other: AdminCredentials) {
+        self.keys.extend(other.keys);
+    }
+
+    /// `true` when no access key is configured.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    pub(crate) fn secret_for(&self, access_key_id: &str) -> Option<&str> {
+        self.keys.get(access_key_id).map(String::as_str)
+    }
+}
+
+impl fmt::Debug for AdminCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminCredentials")
+            .field("access_key_ids", &self.keys.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_list_errors_never_contain_secrets() {
+        for (input, must_contain) in [
+            ("AKID1:s3cr3t-one,wJalrXUtnFEMIK7MDENGbPxRfiCY", "#2"),
+            ("AKID1:s3cr3t-one,:s3cr3t-two", "#2"),
+            ("AKID1:s3cr3t-one,AKID2:", "AKID2"),
+            ("AKID1:s3cr3t-one,AKID1:s3cr3t-two", "AKID1"),
+            ("s3cr3t/one:AKID1", "#1"),
+            ("AK ID:s3cr3t-one", "#1"),
+        ] {
+            let err = AdminCredentials::parse_list(input).unwrap_err();
+            assert!(err.contains(must_contain), "{input}: {err}");
+            for secret in ["s3cr3t", "wJalr"] {
+                assert!(!err.contains(secret), "{input}: {err}");
+            }
+        }
+    }
+}
