@@ -22,7 +22,6 @@
 //! AWS error type to send in `x-amzn-ErrorType` (AWS answers all of them with HTTP 403).
 //! Secrets are never logged, formatted or put in an error message.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 use super::credentials::AdminCredentials;
