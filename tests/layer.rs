@@ -509,3 +509,40 @@ async fn an_admitted_request_carries_its_charge_which_a_refund_gives_back() {
         [0, 5]
     );
 }
+
+#[tokio::test]
+async fn keys_kept_as_digests_are_found_by_value_and_never_by_digest() {
+    let clock = clock(NOW);
+    let hashed = tower_usage_plans::UsagePlans::builder()
+        .clock(clock.clone())
+        .hash_only(true)
+        .build();
+    let (_, key_id) = plan_with_key(&hashed, NewUsagePlan::new("p"), KEY);
+    assert_eq!(hashed.api_key(&key_id).unwrap().value, None);
+    let layer = UsagePlanLayer::new(hashed.clone());
+    for _ in 0..3 {
+        assert_eq!(get(&layer, KEY).await.status(), StatusCode::OK);
+    }
+    assert_eq!(
+        get(&layer, "unknown-key-0123456789abc").await.status(),
+        StatusCode::FORBIDDEN
+    );
+
+    // The snapshot holds the digest only; presenting it is no key.
+    let snapshot = hashed.snapshot();
+    let digest = snapshot.keys[0].digest.clone();
+    assert!(!serde_json::to_string(&snapshot).unwrap().contains(KEY));
+    assert_eq!(get(&layer, &digest).await.status(), StatusCode::FORBIDDEN);
+
+    // A registry that keeps values, restored from that snapshot, finds the
+    // value-less key by digest; a deleted key is gone at once.
+    let restored = plans_with_clock(&clock);
+    restored.restore(snapshot).unwrap();
+    let layer = UsagePlanLayer::new(restored.clone());
+    assert_eq!(get(&layer, KEY).await.status(), StatusCode::OK);
+    restored.delete_api_key(&key_id).unwrap();
+    assert_eq!(get(&layer, KEY).await.status(), StatusCode::FORBIDDEN);
+    hashed.delete_api_key(&key_id).unwrap();
+    let layer = UsagePlanLayer::new(hashed);
+    assert_eq!(get(&layer, KEY).await.status(), StatusCode::FORBIDDEN);
+}

@@ -6,7 +6,7 @@ use http::Response;
 use super::headers::RateLimitHeaders;
 use super::{ChargeRules, Refusal, RefusalResponse, UsageContext};
 use crate::key::{KeySource, RequestHead};
-use crate::registry::{digest, Stage};
+use crate::registry::Stage;
 use crate::route::{normalize, MethodRoute};
 use crate::store::{Decision, DecisionRequest, QuotaState, StoreFuture, Verdict};
 use crate::{Result, UsagePlans};
@@ -69,9 +69,8 @@ impl Config {
     /// Resolves key → plan → throttle and quota, and starts the decision.
     pub(crate) fn start(&self, head: &RequestHead<'_>) -> Result<Pending, Refusal> {
         let key = self.key_source.extract(head).ok_or(Refusal::MissingKey)?;
-        let digest = digest(&key);
         let now = self.plans.clock().now_nanos();
-        self.plans.with_route(&digest, |route| {
+        self.plans.with_route(&key, |route| {
             let route = route.ok_or(Refusal::InvalidKey)?;
             if !route.enabled {
                 return Err(Refusal::DisabledKey);

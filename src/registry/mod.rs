@@ -3,13 +3,13 @@
 //! through it; the layer reads its lookup view.
 
 mod lookup;
+mod routes;
 mod snapshot;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
-use dashmap::DashMap;
 use jiff::civil::Date;
 use parking_lot::{Mutex, MutexGuard};
 use rand::distr::{Alphanumeric, SampleString};
@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 pub(crate) use lookup::{digest, KeyDigest, KeyRoute, Stage};
 use lookup::{Binding, PlanRuntime};
+use routes::{RouteId, Routes};
 pub use snapshot::{KeySnapshot, PlanSnapshot, RegistrySnapshot};
 
 use crate::clock::{Clock, SystemClock};
@@ -61,8 +62,8 @@ struct Inner {
     control: Mutex<Control>,
     /// Bumped by every write to `control` (replicas sync on it).
     generation: AtomicU64,
-    /// The data plane's view, keyed by key digest.
-    routes: DashMap<KeyDigest, KeyRoute, crate::prehashed::Prehashed>,
+    /// The data plane's view, keyed by key value (or digest).
+    routes: Routes,
     store: Arc<dyn CounterStore>,
     clock: Arc<dyn Clock>,
     hash_only: bool,
@@ -92,6 +93,16 @@ struct KeyEntry {
     key: ApiKey,
     digest: KeyDigest,
     plans: PlanIds,
+}
+
+impl KeyEntry {
+    /// Where the data plane finds this key: by value when it is kept.
+    fn route_id(&self) -> RouteId {
+        match &self.key.value {
+            Some(value) => RouteId::of_value(value),
+            None => RouteId::of_digest(&self.digest),
+        }
+    }
 }
 
 /// The plans of one key: a sorted, exactly sized list. Keys are many and
@@ -175,7 +186,7 @@ impl UsagePlansBuilder {
             inner: Arc::new(Inner {
                 control: Mutex::new(Control::default()),
                 generation: AtomicU64::new(0),
-                routes: DashMap::default(),
+                routes: Routes::default(),
                 store: self.store,
                 clock: self.clock,
                 hash_only: self.hash_only,
@@ -294,16 +305,9 @@ impl UsagePlans {
         self.inner.clock.now().as_second()
     }
 
-    /// Runs `f` on the data plane's view of the key with this digest.
-    pub(crate) fn with_route<T>(
-        &self,
-        digest: &KeyDigest,
-        f: impl FnOnce(Option<&KeyRoute>) -> T,
-    ) -> T {
-        match self.inner.routes.get(digest) {
-            Some(route) => f(Some(&route)),
-            None => f(None),
-        }
+    /// Runs `f` on the data plane's view of the key presented as `value`.
+    pub(crate) fn with_route<T>(&self, value: &[u8], f: impl FnOnce(Option<&KeyRoute>) -> T) -> T {
+        self.inner.routes.with(value, f)
     }
 
     // ---- usage plans ----------------------------------------------------
@@ -554,7 +558,7 @@ impl UsagePlans {
             .remove(key_id)
             .ok_or_else(Error::key_not_found)?;
         control.by_digest.remove(&entry.digest);
-        self.inner.routes.remove(&entry.digest);
+        self.inner.routes.remove(&entry.route_id());
         for plan_id in &entry.plans {
             if let Some(plan) = control.plans.get_mut(plan_id) {
                 plan.keys.remove(key_id);
@@ -792,7 +796,7 @@ impl UsagePlans {
             })
             .collect();
         self.inner.routes.insert(
-            entry.digest,
+            entry.route_id(),
             KeyRoute {
                 enabled: entry.key.enabled,
                 bindings,

@@ -170,9 +170,9 @@ impl UsagePlans {
         for id in ids {
             self.refresh_route(&control, &id);
         }
-        self.inner
-            .routes
-            .retain(|digest, _| control.by_digest.contains_key(digest));
+        let live: std::collections::HashSet<_> =
+            control.keys.values().map(KeyEntry::route_id).collect();
+        self.inner.routes.retain(|id| live.contains(id));
         // The writer moves the generation on when it ends, still locked.
         Ok(Some(self.generation() + 1))
     }
