@@ -14,7 +14,7 @@ pub trait Clock: Send + Sync + 'static {
 
     /// The current time in nanoseconds, what every decision reads. Override
     /// it when the clock has nanoseconds at hand: a `Timestamp` costs a
-    /// division and range checks to build, ~10 ns on the hot path.
+    /// division and range checks to build, on the hot path.
     fn now_nanos(&self) -> UnixNanos {
         self.now().into()
     }
@@ -57,7 +57,7 @@ impl From<Timestamp> for UnixNanos {
 }
 
 /// The system's wall clock, read cheaply: the CPU's time-stamp counter
-/// (through `quanta`, ~10 ns) plus an offset to the system clock taken
+/// (through `quanta`) plus an offset to the system clock taken
 /// again every quarter of a second, so a stepped or slewed system clock is
 /// followed within that time. Where the counter is not reliable, `quanta`
 /// reads the OS clock instead.

@@ -99,8 +99,8 @@ impl<R> UsagePlanLayer<R> {
 
     /// Whether admitted requests carry a [`UsageContext`](crate::UsageContext)
     /// in their extensions (default: yes). A service that never reads it
-    /// saves the insertion (~40–70 ns a request, most of it the extension
-    /// map's allocation).
+    /// saves the insertion (most of its cost is the extension map's
+    /// allocation; BENCHMARKS.md has the figures).
     ///
     /// ```
     /// use tower_usage_plans::{UsagePlanLayer, UsagePlans};

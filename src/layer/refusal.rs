@@ -75,7 +75,7 @@ impl Refusal {
 }
 
 /// Builds the response for a refused request. Implemented by
-/// [`AwsRefusal`] and by closures `Fn(&Refusal) -> Response<B>`.
+/// [`AwsRefusal`] and by closures `Fn(Refusal) -> Response<B>`.
 pub trait RefusalResponse<B> {
     /// The response for `refusal`; the layer then adds the rate-limit
     /// headers and puts `refusal` in its extensions.
