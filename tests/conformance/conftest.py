@@ -525,9 +525,17 @@ def seconds_to_utc_midnight() -> float:
     return (midnight - now).total_seconds()
 
 
+# A test using `today` finishes well within this; one starting closer to midnight than this
+# waits for the new day, so the requests it counts and the date it asks about are the same day.
+DAY_MARGIN_SECONDS = 120
+
+
 @pytest.fixture
 def today() -> str:
-    """Today's date in UTC, `yyyy-mm-dd`."""
+    """Today's date in UTC, `yyyy-mm-dd`, with at least DAY_MARGIN_SECONDS of it left."""
+    left = seconds_to_utc_midnight()
+    if left < DAY_MARGIN_SECONDS:
+        time.sleep(left + 1)
     return utc_today()
 
 
