@@ -5,7 +5,7 @@
 //! very next request. Prints p50, p99 and the worst.
 //!
 //! ```text
-//! cargo run --release --example propagation -- redis://127.0.0.1:6379
+//! cargo run --release --example propagation -- redis://127.0.0.1:6390
 //! ```
 
 use std::time::{Duration, Instant};
@@ -23,7 +23,7 @@ const CHANGES: usize = 100;
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = std::env::args()
         .nth(1)
-        .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+        .unwrap_or_else(|| "redis://127.0.0.1:6390".into());
     let config = || GatewayConfig {
         listen: ([127, 0, 0, 1], 0).into(),
         admin_listen: ([127, 0, 0, 1], 0).into(),

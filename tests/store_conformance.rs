@@ -36,7 +36,7 @@ async fn redis_store(var: &str, default: &str) -> tower_usage_plans::store::Redi
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_store_conforms() {
-    let store = redis_store("REDIS_URL", "redis://127.0.0.1:6379").await;
+    let store = redis_store("REDIS_URL", "redis://127.0.0.1:6390").await;
     store_suite::run_all(Arc::new(store)).await;
 }
 
@@ -44,7 +44,11 @@ async fn redis_store_conforms() {
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_cluster_store_conforms() {
-    let store = redis_store("REDIS_CLUSTER_URL", "redis+cluster://127.0.0.1:7000").await;
+    let store = redis_store(
+        "REDIS_CLUSTER_URL",
+        "redis+cluster://127.0.0.1:6391,127.0.0.1:6392,127.0.0.1:6393",
+    )
+    .await;
     store_suite::run_all(Arc::new(store)).await;
 }
 
@@ -57,7 +61,7 @@ async fn a_lease_given_back_after_a_period_change_leaves_the_new_period_alone() 
     use tower_usage_plans::store::{CounterKey, CounterStore, LeaseConfig, Verdict};
     use tower_usage_plans::QuotaPeriod::{Day, Week};
 
-    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6390".into());
     let prefix = unique_prefix();
     let store = tower_usage_plans::store::RedisStore::connect(&url)
         .await
