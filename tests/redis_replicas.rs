@@ -3,8 +3,11 @@
 //! while Redis is down. Each test runs its own `redis-server`.
 #![cfg(all(feature = "gateway", feature = "redis"))]
 
+#[path = "support/eventually.rs"]
+mod eventually;
 #[path = "support/redis_server.rs"]
 mod redis_server;
+use eventually::eventually;
 #[path = "support/usage.rs"]
 mod usage;
 use usage::usage_today;
@@ -184,14 +187,10 @@ async fn an_idle_replica_gives_its_expired_lease_back() {
     assert!(first > 0, "the first request leased a slice ({first})");
     // No more requests: the lease expires (1 s) and the gateway gives it
     // back on its own, so the shared counter holds no reservation.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while leased().await != 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the expired lease was never given back"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    eventually("the expired lease to be given back", || async {
+        (leased().await == 0).then_some(())
+    })
+    .await;
     assert_eq!(usage_today(a.plans(), &plan.id, &key_id).await, [1, 299]);
     a.shutdown().await.unwrap();
 }
@@ -284,19 +283,10 @@ async fn redis_down_fails_open_or_closed_and_enforcement_resumes() {
     // A new, empty Redis on the same port (a restart without persistence):
     // the replicas put back what they saw, so the spent quota stays spent.
     let _redis = Redis::start_on(port);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let first = loop {
-        match status(&client, closed.data_addr()).await {
-            503 => {
-                assert!(
-                    Instant::now() < deadline,
-                    "fail-closed replica never reconnected"
-                );
-                tokio::task::yield_now().await;
-            }
-            other => break other,
-        }
-    };
+    let first = eventually("the fail-closed replica to reconnect", || async {
+        Some(status(&client, closed.data_addr()).await).filter(|&status| status != 503)
+    })
+    .await;
     assert_eq!(first, 429, "the spent quota survived the empty Redis");
     assert_eq!(
         status(&client, open.data_addr()).await,
@@ -478,19 +468,12 @@ async fn get_usage_counts_admitted_requests_not_leased_units() {
 /// Polls GetUsage on `gateway` until today reads `want` (10 s at most);
 /// it must never count more than `want` admitted on the way.
 async fn usage_becomes(gateway: &Gateway, plan_id: &str, key_id: &str, want: [u64; 2]) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
+    eventually(&format!("GetUsage to read {want:?}"), || async {
         let seen = usage_today(gateway.plans(), plan_id, key_id).await;
         assert!(seen[0] <= want[0], "more than admitted: {seen:?}");
-        if seen == want {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "GetUsage still reads {seen:?}, not {want:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+        (seen == want).then_some(())
+    })
+    .await;
 }
 
 /// A change made through one replica binds the other on its very next
@@ -787,14 +770,10 @@ async fn update_usage_while_traffic_flows_binds_every_request_after_it() {
 
 /// Polls GetUsage on `gateway` until today's used count reaches `at_least`.
 async fn usage_becomes_at_least(gateway: &Gateway, plan_id: &str, key_id: &str, at_least: u64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while usage_today(gateway.plans(), plan_id, key_id).await[0] < at_least {
-        assert!(
-            Instant::now() < deadline,
-            "traffic never reached {at_least}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(&format!("traffic to reach {at_least}"), || async {
+        (usage_today(gateway.plans(), plan_id, key_id).await[0] >= at_least).then_some(())
+    })
+    .await;
 }
 
 /// Keys created at the same time through two replicas (each call waiting
