@@ -15,7 +15,13 @@ use tower_usage_plans::{
     NewApiKey, NewUsagePlan, Quota, QuotaPeriod, Throttle, UsagePlanLayer, UsagePlans,
 };
 
+/// The resident set size, from Linux's `/proc`; elsewhere the example says
+/// it cannot measure and exits.
 fn resident_bytes() -> u64 {
+    if !cfg!(target_os = "linux") {
+        eprintln!("examples/memory reads /proc/self/statm: it measures on Linux only");
+        std::process::exit(2);
+    }
     let statm = std::fs::read_to_string("/proc/self/statm").expect("Linux /proc");
     let pages: u64 = statm
         .split_whitespace()

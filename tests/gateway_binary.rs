@@ -1,4 +1,5 @@
-#![cfg(feature = "gateway")]
+// Unix only: the tests send signals with kill(1) and kill -9 the gateway.
+#![cfg(all(feature = "gateway", unix))]
 //! The real example binary (`target/debug/examples/gateway`): crash safety
 //! of the state file (`kill -9`), refusal to start on a corrupt state file
 //! or a bad configuration, graceful shutdown on SIGTERM, the metrics
