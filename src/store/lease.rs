@@ -21,10 +21,13 @@ use crate::model::Throttle;
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LeaseConfig {
-    /// The most quota units one lease takes (it takes at most an eighth of
-    /// what remains, so slices shrink to nothing near the limit).
+    /// The most quota units one lease takes. A lease asks for what the
+    /// replica spent of the key's last lease in half a lifetime, at that
+    /// rate (one unit for an idle key), and Redis grants at most an eighth
+    /// of what remains, so slices shrink to nothing near the limit.
     pub max_units: u64,
-    /// The most throttle tokens one lease takes (at most half the bucket).
+    /// The most throttle tokens one lease takes, sized the same way; Redis
+    /// grants at most half the bucket.
     pub max_tokens: u64,
     /// How long a lease may be spent before it is given back.
     pub ttl: Duration,
@@ -33,8 +36,8 @@ pub struct LeaseConfig {
 impl Default for LeaseConfig {
     fn default() -> Self {
         Self {
-            max_units: 64,
-            max_tokens: 16,
+            max_units: 1 << 16,
+            max_tokens: 1 << 16,
             ttl: Duration::from_secs(1),
         }
     }
@@ -72,6 +75,8 @@ pub(crate) struct Lease {
     pub(crate) shared_remaining: u64,
     /// The shared bucket's whole tokens when granted (for the headers).
     pub(crate) shared_tokens: u64,
+    /// Tokens granted (`unspent.tokens` is what is left of them).
+    pub(crate) granted_tokens: u64,
     /// The rules it was granted under, to give it back.
     pub(crate) throttle: Option<Throttle>,
     pub(crate) quota: Option<QuotaRule>,
@@ -199,22 +204,17 @@ impl Leases {
         }
     }
 
-    /// Spends one unit and one token of a live lease, if it has them.
-    pub(crate) fn try_spend(
-        &self,
-        request: &DecisionRequest<'_>,
-        now_us: i64,
-        period: Option<(i64, i64)>,
-    ) -> Option<Decision> {
-        if !self.active() {
-            return None;
-        }
+    /// Spends one unit and one token of a live lease, if it has them. The
+    /// caller checked that leases are [`active`](Self::active).
+    pub(crate) fn try_spend(&self, request: &DecisionRequest<'_>, now_us: i64) -> Option<Decision> {
         let slot = self.slots.get(&slot_key(request))?;
         let mut lease = slot.lock();
+        let now = now_us.div_euclid(1_000_000);
         let live = now_us < lease.expires_us
             && request.quota.is_none_or(|_| {
+                // Units belong to the period they were granted in.
                 lease.unspent.units > 0
-                    && period.is_some_and(|(start, _)| start == lease.unspent.period_start)
+                    && (lease.unspent.period_start..lease.period_end).contains(&now)
             })
             && request.throttle.is_none_or(|_| lease.unspent.tokens > 0)
             // Only under the rules it was granted for: a plan whose
@@ -230,7 +230,6 @@ impl Leases {
         if request.throttle.is_some() {
             lease.unspent.tokens -= 1;
         }
-        let now = now_us.div_euclid(1_000_000);
         Some(Decision {
             verdict: Verdict::Admitted,
             throttle: request.throttle.map(|rule| {
@@ -262,11 +261,49 @@ impl Leases {
         })
     }
 
+    /// What the next lease of this slot asks for (units, tokens): what the
+    /// last one's spending rate spends in half a lease lifetime, at least
+    /// one and at most the configured most. A key's first lease asks for
+    /// one of each; a hot key's grow with every lease it spends out fast.
+    pub(crate) fn want(&self, slot: &Slot, now_us: i64) -> (u64, u64) {
+        let Some(last) = self.slots.get(slot).map(|lease| *lease.lock()) else {
+            return (1, 1);
+        };
+        let ttl_us = u64::try_from(self.config.ttl.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let granted_us = last.expires_us.saturating_sub_unsigned(ttl_us);
+        // From a millisecond up: a burst spent at once is no infinite rate.
+        let since_us = u64::try_from(now_us.saturating_sub(granted_us))
+            .unwrap_or(0)
+            .max(1_000);
+        let size = |spent: u64, most: u64| {
+            let at_rate = u128::from(spent) * u128::from(ttl_us / 2) / u128::from(since_us);
+            u64::try_from(at_rate)
+                .unwrap_or(u64::MAX)
+                .clamp(1, most.max(1))
+        };
+        (
+            size(
+                last.unspent.granted.saturating_sub(last.unspent.units),
+                self.config.max_units,
+            ),
+            size(
+                last.granted_tokens.saturating_sub(last.unspent.tokens),
+                self.config.max_tokens,
+            ),
+        )
+    }
+
     /// Takes what the lease of this slot still holds.
     pub(crate) fn take_unspent(&self, slot: &Slot) -> Unspent {
         self.slots
             .get(slot)
-            .map(|slot| std::mem::take(&mut slot.lock().unspent))
+            .map(|slot| {
+                let mut lease = slot.lock();
+                lease.granted_tokens = 0;
+                std::mem::take(&mut lease.unspent)
+            })
             .unwrap_or_default()
     }
 
@@ -287,6 +324,7 @@ impl Leases {
                 current.unspent.units += lease.unspent.units;
                 current.unspent.granted += lease.unspent.granted;
                 current.unspent.tokens += lease.unspent.tokens;
+                current.granted_tokens += lease.granted_tokens;
                 current.expires_us = current.expires_us.min(lease.expires_us);
                 current.shared_remaining = lease.shared_remaining;
                 current.shared_tokens = lease.shared_tokens;
@@ -345,5 +383,80 @@ fn take_held(slot: &Slot, lease: &mut Lease) -> Option<(Slot, Lease)> {
         epoch: taken.unspent.epoch,
         ..Unspent::default()
     };
+    lease.granted_tokens = 0;
     (taken.unspent.granted > 0 || taken.unspent.tokens > 0).then(|| (slot.clone(), taken))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TTL_US: i64 = 1_000_000;
+
+    fn slot() -> Slot {
+        (CounterKey::new("plan", "key"), "".into())
+    }
+
+    /// A lease of `units` and `tokens` granted at `granted_us`.
+    fn grant(leases: &Leases, granted_us: i64, units: u64, tokens: u64) {
+        leases.keep(
+            slot(),
+            Lease {
+                unspent: Unspent {
+                    units,
+                    granted: units,
+                    tokens,
+                    ..Unspent::default()
+                },
+                expires_us: granted_us + TTL_US,
+                granted_tokens: tokens,
+                ..Lease::default()
+            },
+        );
+    }
+
+    fn spend(leases: &Leases, units: u64, tokens: u64) {
+        let slot = leases.slots.get(&slot()).unwrap();
+        let mut lease = slot.lock();
+        lease.unspent.units -= units;
+        lease.unspent.tokens -= tokens;
+    }
+
+    #[test]
+    fn a_first_lease_asks_for_one_of_each() {
+        assert_eq!(Leases::new(LeaseConfig::default()).want(&slot(), 0), (1, 1));
+    }
+
+    #[test]
+    fn a_lease_spent_out_fast_asks_for_half_a_lifetime_at_that_rate() {
+        let leases = Leases::new(LeaseConfig::default());
+        grant(&leases, 0, 8, 8);
+        spend(&leases, 8, 8);
+        // 8 spent in 2 ms: 4,000/s, so 2,000 in half a second.
+        assert_eq!(leases.want(&slot(), 2_000), (2_000, 2_000));
+        // Spent at once: counted as over a millisecond, not an infinite rate.
+        assert_eq!(leases.want(&slot(), 0), (4_000, 4_000));
+    }
+
+    #[test]
+    fn an_idle_key_asks_for_one_and_no_lease_asks_for_more_than_the_most() {
+        let leases = Leases::new(LeaseConfig {
+            max_units: 100,
+            max_tokens: 10,
+            ttl: Duration::from_micros(TTL_US as u64),
+        });
+        grant(&leases, 0, 4, 4);
+        spend(&leases, 1, 1);
+        assert_eq!(leases.want(&slot(), 3 * TTL_US), (1, 1));
+        assert_eq!(leases.want(&slot(), 1_000), (100, 10));
+    }
+
+    #[test]
+    fn what_was_taken_back_no_longer_counts_as_spent() {
+        let leases = Leases::new(LeaseConfig::default());
+        grant(&leases, 0, 8, 8);
+        let unspent = leases.take_unspent(&slot());
+        assert_eq!((unspent.units, unspent.tokens), (8, 8));
+        assert_eq!(leases.want(&slot(), 2_000), (1, 1));
+    }
 }

@@ -534,17 +534,19 @@ impl Args {
 
 impl CounterStore for RedisStore {
     fn decide(&self, request: &DecisionRequest<'_>) -> StoreFuture<Decision> {
+        let leases = self.leases.as_ref().filter(|l| l.active());
+        if let Some(leases) = leases {
+            if let Some(decision) = leases.try_spend(request, request.now.get() / 1_000) {
+                return StoreFuture::ready(Ok(decision));
+            }
+        }
         let mut args = Args::new(request.now, request.quota.as_ref());
         let mut op = "decide";
         let mut slot = None;
-        if let Some(leases) = self.leases.as_ref().filter(|l| l.active()) {
-            let period = args.period.map(|(_, start, end, _)| (start, end));
-            if let Some(decision) = leases.try_spend(request, args.now_us, period) {
-                return StoreFuture::ready(Ok(decision));
-            }
+        if let Some(leases) = leases {
             let key = lease::slot_key(request);
+            args.want = leases.want(&key, args.now_us);
             args.unspent = leases.take_unspent(&key);
-            args.want = (leases.config.max_units, leases.config.max_tokens);
             slot = Some((leases.clone(), key));
             op = "lease";
         }
@@ -603,6 +605,7 @@ impl CounterStore for RedisStore {
                             + i64::try_from(leases.config.ttl.as_micros()).unwrap_or(i64::MAX),
                         shared_remaining: remaining,
                         shared_tokens: tokens.max(0.0) as u64,
+                        granted_tokens: leased_tokens,
                         throttle,
                         quota,
                     },
