@@ -3,6 +3,8 @@
 //! while Redis is down. Each test runs its own `redis-server`.
 #![cfg(all(feature = "gateway", feature = "redis"))]
 
+#[path = "support/aws.rs"]
+mod aws;
 #[path = "support/eventually.rs"]
 mod eventually;
 #[path = "support/redis_server.rs"]
@@ -811,4 +813,41 @@ async fn concurrent_creations_through_two_replicas_are_all_kept() {
             .collect();
         assert!(missing.is_empty(), "{name} lost {missing:?}");
     }
+}
+
+/// With Redis down, an admin change is refused with 503 and changes
+/// nothing, so an SDK's retry of it (botocore retries 503s) cannot create a
+/// plan twice; once Redis is back, the same call is made once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_change_refused_while_redis_is_down_changes_nothing() {
+    let mut redis = Redis::start();
+    let port = redis.port;
+    let gateway = Gateway::start(config(&redis.url(), 2, StoreFailure::FailOpen))
+        .await
+        .unwrap();
+    let env = aws::env_with(gateway.plans().clone()).await;
+    let plans_before = gateway.plans().usage_plans().len();
+    let create = || {
+        env.admin.signed(
+            "POST",
+            "/usageplans",
+            Some("application/json"),
+            br#"{"name":"made-while-down"}"#,
+        )
+    };
+
+    redis.stop();
+    let refused = env.admin.send(create()).await;
+    let message = aws::assert_error(&refused, 503, "ServiceUnavailableException");
+    assert!(message.contains("nothing was changed"), "{message}");
+    assert_eq!(gateway.plans().usage_plans().len(), plans_before);
+
+    let _redis = Redis::start_on(port);
+    let made = eventually("the admin API to reach Redis again", || async {
+        Some(env.admin.send(create()).await).filter(|(status, _, _)| status.as_u16() != 503)
+    })
+    .await;
+    assert_eq!(made.0.as_u16(), 201, "{}", made.2);
+    assert_eq!(gateway.plans().usage_plans().len(), plans_before + 1);
+    gateway.shutdown().await.unwrap();
 }

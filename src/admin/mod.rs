@@ -181,8 +181,21 @@ impl Inner {
             query: wire::Query::parse(parts.uri.query()),
             body: &body,
         };
+        let changes = parts.method != http::Method::GET;
+        if changes {
+            // With replicas, a change is made only while they can be
+            // reached: a 503 then changed nothing, so an SDK's retry of it
+            // (botocore retries 503s) cannot create a plan or key twice.
+            self.plans.replicated().await.map_err(|e| {
+                AwsError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "ServiceUnavailableException",
+                    format!("The other replicas could not be reached; nothing was changed: {e}"),
+                )
+            })?;
+        }
         let answer = ops::dispatch(&parts.method, &segments, call).await?;
-        if parts.method != http::Method::GET {
+        if changes {
             // A change is answered once every replica enforces it.
             self.plans.replicated().await.map_err(|e| {
                 AwsError::new(
