@@ -39,9 +39,7 @@ fn stack(c: &mut Criterion) {
         .use_headers()
         .finish()
         .unwrap();
-    let governor = GovernorLayer {
-        config: Arc::new(governor),
-    };
+    let governor = GovernorLayer::new(governor);
     let ours = UsagePlanLayer::new(plans(Arc::new(MemoryStore::new()), &values));
 
     let mut bare = router();

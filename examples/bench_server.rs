@@ -37,9 +37,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .use_headers()
                 .finish()
                 .ok_or("governor config")?;
-            app.layer(GovernorLayer {
-                config: Arc::new(config),
-            })
+            app.layer(GovernorLayer::new(config))
         }
         "usage-plans" => app.layer(UsagePlanLayer::new(support::plans(
             Arc::new(MemoryStore::new()),
