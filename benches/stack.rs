@@ -16,14 +16,12 @@ use axum::Router;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::Request;
 use tower::{Layer, Service};
-use tower_governor::governor::GovernorConfigBuilder;
-use tower_governor::GovernorLayer;
 use tower_usage_plans::store::MemoryStore;
 use tower_usage_plans::UsagePlanLayer;
 
 #[path = "support.rs"]
 mod support;
-use support::{keys, plans, ApiKeyHeader, KEYS};
+use support::{keys, plans, with_governor, KEYS};
 
 fn stack(c: &mut Criterion) {
     let values = keys();
@@ -32,18 +30,10 @@ fn stack(c: &mut Criterion) {
         .unwrap();
     let router = || Router::new().route("/", get(|| async { "hello" }));
 
-    let governor = GovernorConfigBuilder::default()
-        .per_nanosecond(1)
-        .burst_size(u32::MAX)
-        .key_extractor(ApiKeyHeader)
-        .use_headers()
-        .finish()
-        .unwrap();
-    let governor = GovernorLayer::new(governor);
     let ours = UsagePlanLayer::new(plans(Arc::new(MemoryStore::new()), &values));
 
     let mut bare = router();
-    let mut with_governor = router().layer(governor);
+    let mut with_governor = with_governor(router());
     let mut with_ours = router().layer(ours.clone());
     let mut wrapped = ours.clone().layer(router());
     // As a service that never reads the `UsageContext` would configure it.

@@ -5,8 +5,9 @@
 
 use std::sync::Arc;
 
+use tower_governor::governor::GovernorConfigBuilder;
 use tower_governor::key_extractor::KeyExtractor;
-use tower_governor::GovernorError;
+use tower_governor::{GovernorError, GovernorLayer};
 use tower_usage_plans::model::MAX_COUNT;
 use tower_usage_plans::store::CounterStore;
 use tower_usage_plans::{NewApiKey, NewUsagePlan, Quota, QuotaPeriod, Throttle, UsagePlans};
@@ -56,4 +57,17 @@ impl KeyExtractor for ApiKeyHeader {
             .map(str::to_owned)
             .ok_or(GovernorError::UnableToExtractKey)
     }
+}
+
+/// `router` behind `tower_governor` (with `Router::layer`), keyed on the
+/// API key as its user would key it, headers on, limits no bench reaches.
+pub fn with_governor(router: axum::Router) -> axum::Router {
+    let config = GovernorConfigBuilder::default()
+        .per_nanosecond(1)
+        .burst_size(u32::MAX)
+        .key_extractor(ApiKeyHeader)
+        .use_headers()
+        .finish()
+        .expect("valid governor config");
+    router.layer(GovernorLayer::new(config))
 }

@@ -13,14 +13,11 @@ use std::sync::Arc;
 
 use axum::routing::get;
 use axum::Router;
-use tower_governor::governor::GovernorConfigBuilder;
-use tower_governor::GovernorLayer;
 use tower_usage_plans::store::MemoryStore;
 use tower_usage_plans::UsagePlanLayer;
 
 #[path = "../benches/support.rs"]
 mod support;
-use support::ApiKeyHeader;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -29,16 +26,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let app = Router::new().route("/", get(|| async { "hello" }));
     let app = match mode.as_str() {
         "bare" | "upstream" => app,
-        "governor" => {
-            let config = GovernorConfigBuilder::default()
-                .per_nanosecond(1)
-                .burst_size(u32::MAX)
-                .key_extractor(ApiKeyHeader)
-                .use_headers()
-                .finish()
-                .ok_or("governor config")?;
-            app.layer(GovernorLayer::new(config))
-        }
+        "governor" => support::with_governor(app),
         "usage-plans" => app.layer(UsagePlanLayer::new(support::plans(
             Arc::new(MemoryStore::new()),
             &support::keys(),

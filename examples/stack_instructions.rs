@@ -1,0 +1,47 @@
+//! Requests through the stack bench's in-process routers, for
+//! `benches/instructions.sh`, which counts the instructions they take
+//! under valgrind: a measure that a busy machine does not move, where
+//! wall-clock timings do.
+//!
+//! ```text
+//! cargo run --release --example stack_instructions -- MODE REQUESTS
+//! MODE: bare | governor | usage-plans | usage-plans-no-context
+//! ```
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::routing::get;
+use axum::Router;
+use http::Request;
+use tower::Service;
+use tower_usage_plans::store::MemoryStore;
+use tower_usage_plans::UsagePlanLayer;
+
+#[path = "../benches/support.rs"]
+mod support;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let mode = args.next().unwrap_or_else(|| "bare".into());
+    let requests: usize = args.next().unwrap_or_else(|| "1000".into()).parse()?;
+    let values = support::keys();
+    let router = Router::new().route("/", get(|| async { "hello" }));
+    let ours = || UsagePlanLayer::new(support::plans(Arc::new(MemoryStore::new()), &values));
+    let mut app = match mode.as_str() {
+        "bare" => router,
+        "governor" => support::with_governor(router),
+        "usage-plans" => router.layer(ours()),
+        "usage-plans-no-context" => router.layer(ours().with_usage_context(false)),
+        other => return Err(format!("unknown mode {other}").into()),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+    for i in 0..requests {
+        let request = Request::get("/")
+            .header("x-api-key", &values[i % support::KEYS])
+            .body(Body::empty())?;
+        let response = runtime.block_on(app.call(request))?;
+        assert_eq!(response.status(), 200);
+    }
+    Ok(())
+}
