@@ -141,14 +141,12 @@ pub async fn concurrent_top_ups(store: Arc<dyn CounterStore>, key: &str) -> u64 
         admitted += task.await.unwrap();
     }
     // What the traffic left is still there, and not one more.
-    loop {
-        match decide(&*store, &counter, None, none(), at(T0))
-            .await
-            .verdict
-        {
-            Verdict::Admitted => admitted += 1,
-            _ => break,
-        }
+    while decide(&*store, &counter, None, none(), at(T0))
+        .await
+        .verdict
+        == Verdict::Admitted
+    {
+        admitted += 1;
     }
     admitted
 }
