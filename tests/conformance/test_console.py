@@ -51,6 +51,9 @@ CHROMIUM_FLAGS = (
     "--disable-component-update",
     "--disable-sync",
     "--window-size=1200,900",
+    # A name that is not localhost but reaches it: a page at http://console.test is not a
+    # secure context (no WebCrypto), as a plain-HTTP console on another address would be.
+    "--host-resolver-rules=MAP console.test 127.0.0.1",
 )
 XSS_NAME = "<img src=x onerror=window.__xss=1>"
 
@@ -71,7 +74,12 @@ def api(console_gateway):
 
 
 @pytest.fixture(scope="module")
-def browser(tmp_path_factory):
+def downloads(tmp_path_factory):
+    return tmp_path_factory.mktemp("downloads")
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory, downloads):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     driver_bin = shutil.which("chromedriver")
     if not chromium or not driver_bin:
@@ -81,6 +89,9 @@ def browser(tmp_path_factory):
     for flag in CHROMIUM_FLAGS:
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
+    options.add_experimental_option(
+        "prefs", {"download.default_directory": str(downloads), "download.prompt_for_download": False}
+    )
     driver = webdriver.Chrome(service=Service(driver_bin), options=options)
     try:
         yield driver
@@ -255,6 +266,31 @@ def test_add_remaining_uses_the_add_op(browser, console_gateway, api):
     wait(browser, lambda d: text_of(d, "[data-remaining]") == "510", "remaining 510 after adding 500")
     usage = api.get_usage(usagePlanId=plan["id"], keyId=key["id"], startDate=utc_today(), endDate=utc_today())
     assert usage["items"][key["id"]] == [[0, 510]]
+
+
+def test_export_csv_saves_the_shown_usage(browser, console_gateway, api, downloads):
+    plan, key = new_metered_key(api)
+    sign_in(browser, console_gateway)
+    select_key(browser, key)
+    r = http_request(console_gateway.data_url, "GET", "/anything", None, {"x-api-key": key["value"]})
+    assert r.status == 200
+    browser.find_element(By.ID, "refresh").click()
+    wait(browser, lambda d: text_of(d, "[data-remaining]") == "999", "remaining 999")
+    browser.find_element(By.ID, "export-csv").click()
+    name = f"usage-{key['id']}-{utc_today()}.csv"
+    saved = downloads / name
+    wait(browser, lambda d: saved.is_file() and saved.read_text().count("\n") == 31, f"the download {name}")
+    lines = saved.read_text().splitlines()
+    assert lines[0] == "date,usage_plan_id,key_id,used,remaining"
+    assert lines[-1] == f'{utc_today()},"{plan["id"]}","{key["id"]}",1,999'
+
+
+def test_plain_http_on_another_address_says_it_needs_https(browser, console_gateway):
+    port = urlsplit(console_gateway.admin_url).port
+    browser.get(f"http://console.test:{port}/console/")
+    wait(browser, lambda d: d.find_element(By.ID, "insecure").is_displayed(), "the secure-context message")
+    assert "HTTPS" in text_of(browser, "#insecure")
+    assert not browser.find_element(By.ID, "sign-in-view").is_displayed()
 
 
 def test_disable_and_create_keys_from_the_page(browser, console_gateway, api):
