@@ -33,6 +33,11 @@ const ASSETS: &[(&str, &str, &str)] = &[
         "text/css; charset=utf-8",
         include_str!("console/style.css"),
     ),
+    (
+        "favicon.svg",
+        "image/svg+xml",
+        include_str!("console/favicon.svg"),
+    ),
 ];
 
 /// Only this origin, nothing inline: no script, style, image, frame or
@@ -125,6 +130,7 @@ mod tests {
             ("/console/app.js", "text/javascript"),
             ("/console/sigv4.js", "text/javascript"),
             ("/console/style.css", "text/css"),
+            ("/console/favicon.svg", "image/svg+xml"),
             ("/console/settings.json", "application/json"),
         ] {
             let r = serve(&Method::GET, path, &[]).unwrap();

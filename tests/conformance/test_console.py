@@ -89,6 +89,7 @@ def browser(tmp_path_factory, downloads):
     for flag in CHROMIUM_FLAGS:
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     options.add_experimental_option(
         "prefs", {"download.default_directory": str(downloads), "download.prompt_for_download": False}
     )
@@ -327,6 +328,7 @@ def test_html_in_a_key_name_is_shown_as_text(browser, console_gateway, api):
 
 def test_nothing_loads_from_another_origin(browser, console_gateway, api):
     new_metered_key(api)
+    browser.get_log("browser")  # what earlier tests logged (their refusals) is not this test's
     sign_in(browser, console_gateway)
     wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "[data-key-id]"), "a key row")
     origin = browser.execute_script("return location.origin")
@@ -337,6 +339,13 @@ def test_nothing_loads_from_another_origin(browser, console_gateway, api):
     assert entries, "no performance entries"
     others = [e for e in entries if not e.startswith(origin + "/")]
     assert others == [], others
+    # The page itself keeps to its policy: nothing refused, no script error.
+    problems = [
+        entry["message"]
+        for entry in browser.get_log("browser")
+        if entry["level"] == "SEVERE" or "Content Security Policy" in entry["message"]
+    ]
+    assert problems == [], problems
 
 
 def test_first_render_with_10000_keys(browser, console_gateway, api):
