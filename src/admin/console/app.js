@@ -210,7 +210,8 @@ async function loadPlans() {
     );
     const count = el("td", "…");
     tr.append(count);
-    api("GET", ["usageplans", p.id, "keys"], { query: [["limit", "500"]] })
+    // A count up to 100 (a page); "100+" beyond, so a refresh stays cheap.
+    api("GET", ["usageplans", p.id, "keys"], { query: [["limit", "100"]] })
       .then((page) => (count.textContent = page.position ? `${page.item.length}+` : String(page.item.length)))
       .catch(() => (count.textContent = "?"));
     return tr;
