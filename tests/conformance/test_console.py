@@ -1,7 +1,8 @@
 """The console (DESIGN §7) in a real browser: Debian's Chromium, driven by selenium.
 
 The module starts its own gateway (the 10,000 keys of the last test stay out of the shared
-one) and one headless Chromium with a fresh profile. Everything goes through the page's
+one), a second one on a Redis of its own with leases, and one headless Chromium with a fresh
+profile. Everything goes through the page's
 stable hooks: `form#sign-in`, `[data-key-id]`, `form#set-remaining`, `[data-usage-chart]`,
 `[data-remaining]`. Nothing sleeps: every wait is for a condition in the page.
 
@@ -11,11 +12,11 @@ Output (screenshot, the 10,000-key timing) goes to `target/console-test/` or
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import shutil
-import time
+import socket
+import subprocess
 import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -347,6 +348,70 @@ def test_nothing_loads_from_another_origin(browser, console_gateway, api):
         if entry["level"] == "SEVERE" or "Content Security Policy" in entry["message"]
     ]
     assert problems == [], problems
+
+
+@pytest.fixture(scope="module")
+def redis_gateway(tmp_path_factory):
+    """A gateway on a Redis of its own (a free port), spending leased slices of the quota."""
+    if not shutil.which("redis-server"):
+        pytest.fail("redis-server is needed (bash scripts/install-deps.sh)", pytrace=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    redis = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(tmp_path_factory.mktemp("redis"))],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        # Until it answers (redis-server has no readiness signal but its answer).
+        while subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).stdout.strip() != b"PONG":
+            assert redis.poll() is None, "redis-server exited"
+        gw = GatewayProcess(gateway_binary(), ("--redis", f"redis://127.0.0.1:{port}", "--redis-leases"))
+        gw.start()
+        try:
+            yield gw
+        finally:
+            gw.stop()
+    finally:
+        redis.terminate()
+        redis.wait(timeout=10)
+
+
+def test_set_and_add_on_redis_with_leases(browser, redis_gateway):
+    """The same page over a Redis-backed gateway that leases: replace and add hold at once."""
+    api = make_client(redis_gateway.admin_url)
+    plan, key = new_metered_key(api, limit=1000, period="DAY")
+    sign_in(browser, redis_gateway)
+    select_key(browser, key)
+
+    def spend(n: int):
+        for i in range(n):
+            r = http_request(redis_gateway.data_url, "GET", "/anything", None, {"x-api-key": key["value"]})
+            assert r.status == 200, (i, r.status, r.body)
+        refused = http_request(redis_gateway.data_url, "GET", "/anything", None, {"x-api-key": key["value"]})
+        assert refused.status == 429 and b"Limit Exceeded" in refused.body, (refused.status, refused.body)
+
+    # Leases out first: a slice of the 1,000 is now held by the gateway.
+    spend_some = http_request(redis_gateway.data_url, "GET", "/anything", None, {"x-api-key": key["value"]})
+    assert spend_some.status == 200
+    submit_remaining(browser, "7")
+    wait(browser, lambda d: text_of(d, "[data-remaining]") == "7", "remaining 7 after the set")
+    spend(7)
+    form = browser.find_element(By.CSS_SELECTOR, "form#add-remaining")
+    form.find_element(By.NAME, "delta").send_keys("3")
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    wait(browser, lambda d: text_of(d, "[data-remaining]") == "3", "remaining 3 after adding 3")
+    spend(3)
+    browser.find_element(By.ID, "refresh").click()
+    today = utc_today()
+    wait(
+        browser,
+        lambda d: d.find_elements(By.CSS_SELECTOR, f'[data-usage-chart] rect[data-day="{today}"][data-used="11"]'),
+        "today's bar of 11",
+    )
+    assert text_of(browser, "[data-remaining]") == "0"
 
 
 def test_first_render_with_10000_keys(browser, console_gateway, api):
