@@ -18,6 +18,7 @@ const state = {
   timer: null,
   busy: false,
   again: null,
+  keysGeneration: 0,
 };
 
 // ---- the API -------------------------------------------------------------
@@ -229,7 +230,10 @@ async function loadKeys() {
   if (position) query.push(["position", position]);
   const name = $("search").value;
   if (name) query.push(["name", name]);
+  // A search typed meanwhile (or a newer refresh) wins over this answer.
+  const generation = ++state.keysGeneration;
   const page = await api("GET", ["apikeys"], { query });
+  if (generation !== state.keysGeneration) return;
   const keys = page.item || [];
   state.page.next = page.position || null;
   // Which plans each key of this page is in: one call per shown key, a
@@ -250,6 +254,7 @@ async function loadKeys() {
       /* the key left between the two calls */
     }
   });
+  if (generation !== state.keysGeneration) return;
   if (state.selected && state.keys.has(state.selected.key.id)) {
     state.selected.key = state.keys.get(state.selected.key.id);
     renderSelected();
