@@ -76,6 +76,11 @@ async function all(segments, query = []) {
 
 // ---- small helpers ---------------------------------------------------------
 
+// An API error as "status type: message"; any other as its message.
+function describe(e) {
+  return e instanceof ApiError ? e.describe() : e.message;
+}
+
 function el(tag, text, attrs = {}) {
   const node = document.createElement(tag);
   if (text !== undefined && text !== null) node.textContent = String(text);
@@ -96,7 +101,7 @@ async function act(what, action) {
     say(`${what}: ${typeof answer === "string" ? answer : JSON.stringify(answer)}`);
     return answer;
   } catch (e) {
-    say(`${what} failed: ${e instanceof ApiError ? e.describe() : e.message}`, true);
+    say(`${what} failed: ${describe(e)}`, true);
     return undefined;
   }
 }
@@ -141,7 +146,7 @@ async function signIn(event) {
     // The credentials are good when a signed call is accepted.
     await api("GET", ["usageplans"], { query: [["limit", "1"]], credentials });
   } catch (e) {
-    $("sign-in-error").textContent = e instanceof ApiError ? e.describe() : e.message;
+    $("sign-in-error").textContent = describe(e);
     return;
   }
   form.secretAccessKey.value = "";
@@ -188,7 +193,7 @@ async function refresh(quiet = false) {
     if (state.selected) await loadUsage();
     if (!quiet) say(`Refreshed at ${new Date().toISOString().slice(11, 19)} UTC`);
   } catch (e) {
-    say(`Refresh failed: ${e instanceof ApiError ? e.describe() : e.message}`, true);
+    say(`Refresh failed: ${describe(e)}`, true);
   } finally {
     state.busy = false;
   }
@@ -308,14 +313,14 @@ async function select(keyId) {
       plans = (await all(["usageplans"], [["keyId", keyId]])).map((p) => p.id);
       key.plans = plans;
     } catch (e) {
-      say(`Loading the key's plans failed: ${e instanceof ApiError ? e.describe() : e.message}`, true);
+      say(`Loading the key's plans failed: ${describe(e)}`, true);
       return;
     }
   }
   state.selected = { key, planId: plans[0] || null };
   for (const tr of $("keys").children) tr.classList.toggle("selected", tr.dataset.keyId === keyId);
   renderSelected();
-  await loadUsage();
+  await loadUsage().catch((e) => say(`Usage failed: ${describe(e)}`, true));
 }
 
 function renderSelected() {
@@ -497,12 +502,12 @@ async function boot() {
   $("key-plan").addEventListener("change", (e) => {
     state.selected.planId = e.target.value;
     renderSelected();
-    loadUsage().catch((err) => say(`Usage failed: ${err instanceof ApiError ? err.describe() : err.message}`, true));
+    loadUsage().catch((err) => say(`Usage failed: ${describe(err)}`, true));
   });
   let searchTimer = null;
   const reloadKeys = () => {
     state.page = { positions: [null], index: 0, next: null };
-    loadKeys().catch((e) => say(`Listing keys failed: ${e instanceof ApiError ? e.describe() : e.message}`, true));
+    loadKeys().catch((e) => say(`Listing keys failed: ${describe(e)}`, true));
   };
   $("search").addEventListener("input", () => {
     clearTimeout(searchTimer);
@@ -513,7 +518,7 @@ async function boot() {
     if (!state.page.next) return;
     state.page.positions[state.page.index + 1] = state.page.next;
     state.page.index += 1;
-    loadKeys().catch((e) => say(`Listing keys failed: ${e.message}`, true));
+    loadKeys().catch((e) => say(`Listing keys failed: ${describe(e)}`, true));
   });
   $("first-page").addEventListener("click", reloadKeys);
   const saved = loadCredentials();
