@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need when it is missing: Debian's redis-server,
-# and from PyPI pytest, boto3 and the AWS CLI v1. Called by scripts/test.sh
+# chromium and chromium-driver (the console's browser tests), and from PyPI
+# pytest, boto3, the AWS CLI v1 and selenium. Called by scripts/test.sh
 # (the README's test command) and by .ci/run; does nothing when all is there.
 # apt-get runs as root, or through sudo when there is one.
 set -euo pipefail
@@ -15,6 +16,8 @@ as_root() {
 apt_packages=()
 command -v redis-server >/dev/null && command -v redis-cli >/dev/null || apt_packages+=(redis-server)
 command -v curl >/dev/null || apt_packages+=(curl)
+command -v chromium >/dev/null || apt_packages+=(chromium)
+command -v chromedriver >/dev/null || apt_packages+=(chromium-driver)
 if [ ${#apt_packages[@]} -gt 0 ]; then
   echo "install-deps: apt-get install ${apt_packages[*]}" >&2
   as_root apt-get update -qq
@@ -27,6 +30,7 @@ pip_packages=()
 python3 -c 'import pytest' 2>/dev/null || pip_packages+=(pytest)
 python3 -c 'import boto3, botocore' 2>/dev/null || pip_packages+=(boto3)
 command -v aws >/dev/null || pip_packages+=(awscli)
+python3 -c 'import selenium' 2>/dev/null || pip_packages+=(selenium)
 if [ ${#pip_packages[@]} -gt 0 ]; then
   echo "install-deps: pip install ${pip_packages[*]}" >&2
   python3 -m pip install --quiet "${pip_packages[@]}"

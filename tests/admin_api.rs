@@ -568,7 +568,7 @@ async fn update_usage_seed_exchange() {
             "BadRequestException",
         );
     }
-    for op in ["add", "remove", "copy", "move", "test"] {
+    for op in ["remove", "copy", "move", "test"] {
         assert_error(
             &a.patch_ops(&path, &[(op, "/remaining", "5")]).await,
             400,
@@ -619,13 +619,59 @@ async fn update_usage_seed_exchange() {
     }
     assert_eq!(remaining().await, [[3, 10]]);
 
+    // The "add" extension: atomic, signed, floored at 0; bad values are
+    // refused with nothing changed.
+    for value in [
+        "1.5",
+        "+1",
+        "ten",
+        "",
+        "-",
+        "2147483648",
+        "-2147483648",
+        "99999999999999999999",
+    ] {
+        assert_error(
+            &a.patch_ops(&path, &[("add", "/remaining", value)]).await,
+            400,
+            "BadRequestException",
+        );
+    }
+    assert_eq!(remaining().await, [[3, 10]]);
+    let (status, _, usage) = a.patch_ops(&path, &[("add", "/remaining", "500")]).await;
+    assert_eq!(
+        (status, &usage["values"]),
+        (StatusCode::OK, &json!({kid: [[3, 510]]}))
+    );
+    let (status, _, usage) = a.patch_ops(&path, &[("add", "/remaining", "-10")]).await;
+    assert_eq!(
+        (status, &usage["values"]),
+        (StatusCode::OK, &json!({kid: [[3, 500]]}))
+    );
+    let (status, _, usage) = a
+        .patch_ops(&path, &[("add", "/remaining", "-100000")])
+        .await;
+    assert_eq!(
+        (status, &usage["values"]),
+        (StatusCode::OK, &json!({kid: [[3, 0]]}))
+    );
+    assert_eq!(env.data(Some(V1)).await.0, StatusCode::TOO_MANY_REQUESTS);
+    let (status, _, usage) = a.patch_ops(&path, &[("add", "/remaining", "1")]).await;
+    assert_eq!(
+        (status, &usage["values"]),
+        (StatusCode::OK, &json!({kid: [[3, 1]]}))
+    );
+    assert_eq!(env.data(Some(V1)).await.0, StatusCode::OK);
+    assert_eq!(remaining().await, [[4, 0]]);
+    a.patch_ops(&path, &[("replace", "/remaining", "10")]).await;
+
     // Above the plan's limit is allowed ("usage extension").
     let (status, _, usage) = a
         .patch_ops(&path, &[("replace", "/remaining", "5000")])
         .await;
     assert_eq!(
         (status, &usage["values"]),
-        (StatusCode::OK, &json!({kid: [[3, 5000]]}))
+        (StatusCode::OK, &json!({kid: [[4, 5000]]}))
     );
 }
 

@@ -82,3 +82,69 @@ async fn quota_is_exact_over_real_sockets() {
         "used == quota, remaining 0"
     );
 }
+
+/// 1,000 concurrent `add_remaining(+1)` top-ups (UpdateUsage `add`) on a
+/// key with no quota left, while clients race them over real sockets:
+/// exactly 1,000 requests are admitted in all, whatever the interleaving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_top_ups_while_traffic_flows_are_exact() {
+    const TOP_UPS: u64 = 1_000;
+    let plans = support::plans_with_clock(&support::clock("2026-11-28T12:00:00Z"));
+    let (plan, key_id) = support::plan_with_key(
+        &plans,
+        NewUsagePlan::new("top-ups").with_quota(Quota::new(0, QuotaPeriod::Day)),
+        KEY,
+    );
+    let app = Router::new()
+        .route("/", get(|| async { "ok" }))
+        .layer(UsagePlanLayer::new(plans.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
+    let get_one = move |client: Client<_, Empty<bytes::Bytes>>| async move {
+        let request = http::Request::get(format!("http://{addr}/"))
+            .header("x-api-key", KEY)
+            .body(Empty::new())
+            .unwrap();
+        let status = client.request(request).await.unwrap().status().as_u16();
+        assert!(status == 200 || status == 429, "unexpected status {status}");
+        status == 200
+    };
+
+    let traffic: Vec<_> = (0..16)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let mut admitted = 0u64;
+                for _ in 0..125 {
+                    admitted += u64::from(get_one(client.clone()).await);
+                }
+                admitted
+            })
+        })
+        .collect();
+    let top_ups: Vec<_> = (0..TOP_UPS)
+        .map(|_| {
+            let (plans, plan_id, key_id) = (plans.clone(), plan.id.clone(), key_id.clone());
+            tokio::spawn(async move { plans.add_remaining(&plan_id, &key_id, 1).await.unwrap() })
+        })
+        .collect();
+    for top_up in top_ups {
+        top_up.await.unwrap();
+    }
+    let mut admitted = 0;
+    for task in traffic {
+        admitted += task.await.unwrap();
+    }
+    // Whatever the traffic left is still there, and not one more.
+    while get_one(client.clone()).await {
+        admitted += 1;
+    }
+    server.abort();
+    assert_eq!(admitted, TOP_UPS);
+    assert_eq!(
+        support::usage::usage_today(&plans, &plan.id, &key_id).await,
+        [TOP_UPS, 0]
+    );
+}

@@ -31,6 +31,10 @@ async fn redis_store(var: &str, default: &str) -> tower_usage_plans::store::Redi
         .await
         .unwrap_or_else(|e| panic!("no Redis at {url} (scripts/test.sh starts one): {e}"))
         .with_prefix(unique_prefix())
+        // Thousands of commands race here on a loaded machine: a timeout
+        // (the gateway's 250 ms budget per call) would leave unknown whether
+        // a top-up landed, and exactness is what these tests check.
+        .with_timeout(std::time::Duration::from_secs(30))
 }
 
 #[cfg(feature = "redis")]
@@ -105,4 +109,34 @@ async fn a_lease_given_back_after_a_period_change_leaves_the_new_period_alone() 
     let week = decide(&store, &counter, None, Some(rule(100, Week)), now).await;
     assert_eq!(week.verdict, Verdict::Admitted);
     assert_eq!(week.quota.unwrap().remaining, 49);
+}
+
+/// Top-ups stay exact while a replica leases: 1,000 concurrent `+1`s racing
+/// 2,000 requests admit exactly 1,000, and once the leases are given back
+/// today's usage says so.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn top_ups_are_exact_while_leasing() {
+    use tower_usage_plans::store::{CounterKey, CounterStore, LeaseConfig};
+
+    let store = redis_store("REDIS_URL", "redis://127.0.0.1:6379")
+        .await
+        .with_leases(LeaseConfig::default());
+    store.until_leasing().await;
+    let store = Arc::new(store);
+    let admitted = store_suite::concurrent_top_ups(store.clone(), "leased-top-ups").await;
+    assert_eq!(admitted, 1_000);
+    store.give_back_leases().await.unwrap();
+    let day = "2026-11-28".parse().unwrap();
+    let usage = store
+        .usage(
+            &CounterKey::new("suite-plan", "leased-top-ups"),
+            Some(&store_suite::rule(0, tower_usage_plans::QuotaPeriod::Day)),
+            store_suite::at(store_suite::T0),
+            day,
+            day,
+        )
+        .await
+        .unwrap();
+    assert_eq!(usage, vec![[1_000, 0]]);
 }

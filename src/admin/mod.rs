@@ -3,7 +3,9 @@
 //! SDKs, over the same [`UsagePlans`] handle the layer reads.
 //!
 //! Every request must be signed with SigV4 (service `apigateway`, any
-//! region) by one of the configured [`AdminCredentials`].
+//! region) by one of the configured [`AdminCredentials`]. With the
+//! `console` feature it also serves a web console at `/console/`: static
+//! files, unsigned, whose page signs every API call itself in the browser.
 //!
 //! ```
 //! use tower_usage_plans::{AdminCredentials, AdminService, UsagePlans};
@@ -25,6 +27,8 @@
 //!     --patch-operations op=replace,path=/remaining,value=10 --endpoint-url http://127.0.0.1:8081
 //! ```
 
+#[cfg(feature = "console")]
+mod console;
 mod credentials;
 mod import;
 mod ops;
@@ -126,6 +130,10 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let inner = self.inner.clone();
+        #[cfg(feature = "console")]
+        if let Some(page) = console::serve(request.method(), request.uri().path(), &inner.regions) {
+            return Box::pin(std::future::ready(Ok(page)));
+        }
         Box::pin(async move {
             let request_id = uuid::Uuid::new_v4().to_string();
             let method = request.method().clone();

@@ -5,7 +5,7 @@ use http::{Method, StatusCode};
 use serde::Deserialize;
 
 use super::import;
-use super::patch::{self, PatchRequest};
+use super::patch::{self, PatchRequest, RemainingChange};
 use super::wire::{accepted, json, parse_json, AwsError, List, Query, WireResult};
 use crate::model::{ApiKey, NewApiKey, NewUsagePlan};
 use crate::UsagePlans;
@@ -243,9 +243,9 @@ async fn get_usage(call: Call<'_>, plan_id: &str) -> WireResult {
 
 async fn update_usage(call: Call<'_>, plan_id: &str, key_id: &str) -> WireResult {
     let patch: PatchRequest = parse_json(call.body)?;
-    let remaining = patch::remaining(&patch.operations)?;
-    json(
-        StatusCode::OK,
-        &call.plans.set_remaining(plan_id, key_id, remaining).await?,
-    )
+    let usage = match patch::remaining(&patch.operations)? {
+        RemainingChange::Set(n) => call.plans.set_remaining(plan_id, key_id, n).await?,
+        RemainingChange::Add(n) => call.plans.add_remaining(plan_id, key_id, n).await?,
+    };
+    json(StatusCode::OK, &usage)
 }

@@ -54,6 +54,22 @@ impl PatchOperation {
             })
     }
 
+    /// An optionally negative integer (`-20`, `500`).
+    fn signed(&self) -> Result<i64> {
+        let value = self.value()?;
+        let digits = value.strip_prefix('-').unwrap_or(value);
+        value
+            .parse::<i64>()
+            .ok()
+            .filter(|_| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+            .ok_or_else(|| {
+                Error::bad_request(format!(
+                    "Invalid value '{value}' for {}: expected an integer",
+                    self.path
+                ))
+            })
+    }
+
     fn number(&self) -> Result<f64> {
         let value = self.value()?;
         value
@@ -90,12 +106,26 @@ fn unescape(segment: &str) -> String {
     segment.replace("~1", "/").replace("~0", "~")
 }
 
-/// The new remaining quota of an UpdateUsage: `replace /remaining` only.
-pub(crate) fn remaining(operations: &[PatchOperation]) -> Result<u64> {
-    if operations.is_empty() {
-        return Err(Error::bad_request("Invalid patch: no patch operations"));
+/// What an UpdateUsage does to the remaining quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RemainingChange {
+    /// `replace /remaining`: AWS's meaning, remaining becomes the value.
+    Set(u64),
+    /// `add /remaining` (this crate's extension): remaining moves by the
+    /// signed value, atomically, floored at 0.
+    Add(i64),
+}
+
+/// The change of an UpdateUsage: `replace` or `add` on `/remaining`. Of
+/// several `replace`s the last one counts (AWS applies them in order); an
+/// `add` must be the only operation (one atomic step, not a sequence).
+pub(crate) fn remaining(operations: &[PatchOperation]) -> Result<RemainingChange> {
+    if operations.len() > 1 && operations.iter().any(|op| op.op == "add") {
+        return Err(Error::bad_request(
+            "Invalid patch: an add on /remaining must be the only patch operation",
+        ));
     }
-    let mut remaining = None;
+    let mut change = None;
     for op in operations {
         if op.path != "/remaining" {
             return Err(Error::bad_request(format!(
@@ -103,12 +133,13 @@ pub(crate) fn remaining(operations: &[PatchOperation]) -> Result<u64> {
                 op.path
             )));
         }
-        if op.op != "replace" {
-            return Err(op.unsupported());
-        }
-        remaining = Some(op.integer::<u64>()?);
+        change = Some(match op.op.as_str() {
+            "replace" => RemainingChange::Set(op.integer::<u64>()?),
+            "add" => RemainingChange::Add(op.signed()?),
+            _ => return Err(op.unsupported()),
+        });
     }
-    remaining.ok_or_else(|| Error::bad_request("Invalid patch: no patch operations"))
+    change.ok_or_else(|| Error::bad_request("Invalid patch: no patch operations"))
 }
 
 /// Applies UpdateApiKey operations to a draft key.
@@ -340,10 +371,18 @@ mod tests {
     }
 
     #[test]
-    fn remaining_accepts_only_replace_of_a_non_negative_integer() {
+    fn remaining_accepts_replace_of_a_count_and_add_of_an_integer() {
         assert_eq!(
             remaining(&[op("replace", "/remaining", Some("10"))]).unwrap(),
-            10
+            RemainingChange::Set(10)
+        );
+        assert_eq!(
+            remaining(&[op("add", "/remaining", Some("500"))]).unwrap(),
+            RemainingChange::Add(500)
+        );
+        assert_eq!(
+            remaining(&[op("add", "/remaining", Some("-20"))]).unwrap(),
+            RemainingChange::Add(-20)
         );
         for bad in [
             op("replace", "/remaining", Some("-1")),
@@ -351,7 +390,13 @@ mod tests {
             op("replace", "/remaining", Some("+1")),
             op("replace", "/remaining", Some("")),
             op("replace", "/remaining", None),
-            op("add", "/remaining", Some("1")),
+            op("add", "/remaining", Some("1.5")),
+            op("add", "/remaining", Some("+1")),
+            op("add", "/remaining", Some("-")),
+            op("add", "/remaining", Some("--1")),
+            op("add", "/remaining", Some("")),
+            op("add", "/remaining", Some("99999999999999999999")),
+            op("add", "/remaining", None),
             op("remove", "/remaining", None),
             op("copy", "/remaining", Some("1")),
             op("replace", "/used", Some("1")),
@@ -359,6 +404,11 @@ mod tests {
             assert!(remaining(std::slice::from_ref(&bad)).is_err(), "{bad:?}");
         }
         assert!(remaining(&[]).is_err());
+        let twice = [
+            op("replace", "/remaining", Some("5")),
+            op("add", "/remaining", Some("6")),
+        ];
+        assert!(remaining(&twice).is_err());
     }
 
     #[test]

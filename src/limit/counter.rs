@@ -132,6 +132,13 @@ impl From<Counter> for CounterState {
     }
 }
 
+/// `remaining + delta`, floored at 0 and capped at [`MAX_COUNT`] (what an
+/// UpdateUsage `add` leaves; the Redis script does the same).
+pub(crate) fn added(remaining: u64, delta: i64) -> u64 {
+    let sum = i128::from(remaining) + i128::from(delta);
+    u64::try_from(sum.clamp(0, i128::from(MAX_COUNT))).unwrap_or(0)
+}
+
 impl Counter {
     /// Decides one request; spends a token and a unit of quota only when
     /// both allow it. This is what must happen under the counter's lock;
@@ -235,6 +242,21 @@ impl Counter {
         self.record(now, 0, remaining);
         let today = self.latest.map_or(0, |d| d.used);
         [today, remaining]
+    }
+
+    /// Adds `delta` to the remaining quota of the current period (negative
+    /// subtracts), floored at 0 and capped at [`MAX_COUNT`]; one step under
+    /// the counter's lock, so no admission slips between the read and the
+    /// write.
+    pub(crate) fn add_remaining(
+        &mut self,
+        rule: &QuotaRule,
+        now_nanos: i64,
+        delta: i64,
+    ) -> DayUsage {
+        self.roll(rule, now_nanos.div_euclid(NANOS_PER_SEC));
+        let target = added(self.remaining(rule), delta);
+        self.set_remaining(rule, now_nanos, target)
     }
 
     /// `[used, remaining]` per day from `first` to `last`.

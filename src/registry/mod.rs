@@ -673,6 +673,68 @@ impl UsagePlans {
                 crate::model::MAX_COUNT
             )));
         }
+        self.change_remaining(plan_id, key_id, |store, counter, rule, now| {
+            store.set_remaining(counter, rule, now, remaining)
+        })
+        .await
+    }
+
+    /// Adds `delta` to a key's remaining quota for the current period in
+    /// one atomic step in the store — a negative `delta` subtracts, and the
+    /// result is floored at 0 (and capped at
+    /// [`MAX_COUNT`](crate::model::MAX_COUNT)). Unlike reading the usage
+    /// and then [`set_remaining`](Self::set_remaining), nothing that traffic
+    /// spends in between is lost: "500 more this month" is exactly 500
+    /// more. The next period starts from the limit again. This is the
+    /// UpdateUsage extension `{"op":"add","path":"/remaining","value":"500"}`.
+    ///
+    /// ```
+    /// use tower_usage_plans::{NewApiKey, NewUsagePlan, Quota, QuotaPeriod, UsagePlans};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let plans = UsagePlans::new();
+    /// let plan = plans
+    ///     .create_usage_plan(NewUsagePlan::new("gold").with_quota(Quota::new(100, QuotaPeriod::Month)))
+    ///     .unwrap();
+    /// let key = plans.create_api_key(NewApiKey::new("alice").enabled(true)).unwrap();
+    /// plans.add_key_to_plan(&plan.id, &key.id).unwrap();
+    /// let usage = plans.add_remaining(&plan.id, &key.id, 500).await.unwrap();
+    /// assert_eq!(usage.values[&key.id], vec![[0, 600]]);
+    /// let usage = plans.add_remaining(&plan.id, &key.id, -1_000).await.unwrap();
+    /// assert_eq!(usage.values[&key.id], vec![[0, 0]]);
+    /// # });
+    /// ```
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown plan or key or a key not in the plan;
+    /// `BadRequest` for a plan without a quota or a `delta` larger than
+    /// `MAX_COUNT` either way; `Store` if the store fails.
+    pub async fn add_remaining(&self, plan_id: &str, key_id: &str, delta: i64) -> Result<Usage> {
+        if delta.unsigned_abs() > crate::model::MAX_COUNT {
+            return Err(Error::bad_request(format!(
+                "Invalid remaining change {delta}: must be between -{max} and {max}",
+                max = crate::model::MAX_COUNT
+            )));
+        }
+        self.change_remaining(plan_id, key_id, |store, counter, rule, now| {
+            store.add_remaining(counter, rule, now, delta)
+        })
+        .await
+    }
+
+    /// UpdateUsage's shared part: checks the membership and the quota, runs
+    /// `change` on the store, and answers today's `[used, remaining]`.
+    async fn change_remaining(
+        &self,
+        plan_id: &str,
+        key_id: &str,
+        change: impl FnOnce(
+            &dyn CounterStore,
+            &CounterKey,
+            &crate::store::QuotaRule,
+            jiff::Timestamp,
+        ) -> crate::store::StoreFuture<crate::store::DayUsage>,
+    ) -> Result<Usage> {
         let (counter, rule) = {
             let control = self.inner.control.lock();
             let plan = control.membership(plan_id, key_id)?;
@@ -682,11 +744,7 @@ impl UsagePlans {
             (CounterKey::new(plan_id, key_id), rule)
         };
         let now = self.inner.clock.now();
-        let today = self
-            .inner
-            .store
-            .set_remaining(&counter, &rule, now, remaining)
-            .await?;
+        let today = change(&*self.inner.store, &counter, &rule, now).await?;
         // The key may have left the plan while the store answered: then
         // its counter must not outlive the membership.
         let still_member = self

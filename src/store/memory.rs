@@ -220,6 +220,18 @@ impl CounterStore for MemoryStore {
         })))
     }
 
+    fn add_remaining(
+        &self,
+        counter: &CounterKey,
+        quota: &QuotaRule,
+        now: Timestamp,
+        delta: i64,
+    ) -> StoreFuture<DayUsage> {
+        StoreFuture::ready(Ok(
+            self.with_counter(counter, |c| c.add_remaining(quota, to_nanos(now), delta))
+        ))
+    }
+
     fn usage(
         &self,
         counter: &CounterKey,

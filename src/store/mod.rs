@@ -236,6 +236,20 @@ pub trait CounterStore: Send + Sync + 'static {
         remaining: u64,
     ) -> StoreFuture<DayUsage>;
 
+    /// Adds `delta` to the remaining quota of the current period in one
+    /// atomic step (negative subtracts; the result is floored at 0 and
+    /// capped at [`MAX_COUNT`](crate::model::MAX_COUNT)); returns today's
+    /// `[used, remaining]`. Unlike a read followed by
+    /// [`set_remaining`](Self::set_remaining), no admission racing with it
+    /// is lost: 1,000 concurrent `+1`s leave exactly 1,000 more.
+    fn add_remaining(
+        &self,
+        counter: &CounterKey,
+        quota: &QuotaRule,
+        now: Timestamp,
+        delta: i64,
+    ) -> StoreFuture<DayUsage>;
+
     /// `[used, remaining]` per UTC day from `first` to `last` inclusive.
     /// `remaining` is 0 when no quota applies.
     fn usage(

@@ -21,10 +21,10 @@
 --
 -- KEYS[1]  the counter hash ("<prefix>{<plan>:<key>}"); KEYS[2], on one
 --          server only, the marker whose absence means Redis lost its data
--- ARGV     1 op ("decide" | "lease" | "return" | "report" | "restore" | "set"), 2 now_us, 3 now_secs, 4 day,
+-- ARGV     1 op ("decide" | "lease" | "return" | "report" | "restore" | "set" | "add"), 2 now_us, 3 now_secs, 4 day,
 --          5 bucket field ("" = no throttle), 6 rate, 7 burst,
 --          8 period kind ("" = no quota), 9 period start, 10 period end,
---          11 period limit, 12 remaining (for "set"), 13 ttl secs,
+--          11 period limit, 12 remaining (for "set") or signed delta (for "add"), 13 ttl secs,
 --          14 returned units, 15 units of the returned lease, 16 returned tokens,
 --          17 period start of the returned lease, 18 wanted units, 19 wanted tokens,
 --          20 epoch of the returned lease, 21 its units already reported spent,
@@ -192,7 +192,29 @@ if op == 'set' then
   redis.call('HSET', k, 'allow', allow, 'ep', epoch, 'leased', 0)
   record(0)
   redis.call('EXPIRE', k, ttl)
-  return { tonumber(redis.call('HGET', k, 'd:' .. day .. ':u')), set_to, used, allow, epoch }
+  return { tonumber(redis.call('HGET', k, 'd:' .. day .. ':u')), set_to, used, allow, epoch, 1 }
+end
+
+if op == 'add' then
+  -- UpdateUsage "add": the remaining quota moves by `set_to` (negative
+  -- subtracts), floored at 0, capped at model::MAX_COUNT, in this one step.
+  -- Outstanding leases stay valid while what is not leased out covers the
+  -- change (they are slices of quota already reserved: more room, or less
+  -- of the unreserved rest, never lets a replica admit too much), so adds
+  -- stay exact while replicas lease. A subtraction that reaches into the
+  -- leased units starts a new epoch as "set" does (the caller revokes):
+  -- nothing remains, and the leases' unspent units are lost, as with "set".
+  local target = math.min(quota_left() + set_to, 2147483647)
+  local revoke = 0
+  if target < 0 then
+    epoch, leased, target, revoke = epoch + 1, 0, 0, 1
+  end
+  allow = used + target
+  remaining = quota_left()
+  redis.call('HSET', k, 'allow', allow, 'ep', epoch, 'leased', leased)
+  record(0)
+  redis.call('EXPIRE', k, ttl)
+  return { tonumber(redis.call('HGET', k, 'd:' .. day .. ':u')), remaining + leased, used, allow, epoch, revoke }
 end
 
 if (op == 'lease' or op == 'return') and current and ret_pstart == pstart and ret_granted > 0 then

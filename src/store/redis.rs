@@ -449,7 +449,7 @@ struct Args {
     rate: f64,
     burst: u32,
     period: Option<(QuotaPeriod, i64, i64, u64)>,
-    set_to: u64,
+    set_to: i64,
     unspent: Unspent,
     want: (u64, u64),
     report: u64,
@@ -529,6 +529,59 @@ impl Args {
             .arg(self.seen.map_or(-1, |s| s.allow))
             .arg(self.seen.map_or(0, |s| s.epoch));
         invocation
+    }
+}
+
+impl RedisStore {
+    /// UpdateUsage in the script: `"set"` (`value` remaining) or `"add"`
+    /// (`value` more, or less); then, when the script started a new epoch,
+    /// every replica's older leases are revoked before the answer.
+    fn change_remaining(
+        &self,
+        counter: &CounterKey,
+        quota: &QuotaRule,
+        now: Timestamp,
+        op: &'static str,
+        value: i64,
+    ) -> StoreFuture<DayUsage> {
+        let mut args = Args::new(now.into(), Some(quota));
+        args.set_to = value;
+        let (key, script) = (self.key(counter), self.script.clone());
+        let (store, counter, rule) = (self.clone(), counter.clone(), *quota);
+        StoreFuture::boxed(async move {
+            let recovery = store.recovery.clone();
+            let start = args.period.map_or(0, |(_, start, _, _)| start);
+            let saw = counter.clone();
+            let (today, remaining, epoch, revoke) = store
+                .run(move |mut connection| async move {
+                    let (today, remaining, used, allow, epoch, revoke): (
+                        u64,
+                        u64,
+                        u64,
+                        i64,
+                        u64,
+                        u8,
+                    ) = connection
+                        .invoke(args.invocation(&script, &key, None, op))
+                        .await?;
+                    recovery.saw(saw, rule, start, (used, allow, epoch));
+                    // Whether the script started a new epoch ("set" always does).
+                    Ok((today, remaining, epoch, revoke == 1))
+                })
+                .await?;
+            // A new epoch: once every replica dropped its older leases
+            // (acknowledged, or lapsed), only `remaining` is admitted from
+            // now on, on every replica.
+            if revoke {
+                let mut connection = store.connection.clone();
+                store
+                    .control
+                    .revoke(&mut connection, &counter, epoch)
+                    .await
+                    .map_err(|e| store_error("revoke", e))?;
+            }
+            Ok([today, remaining])
+        })
     }
 }
 
@@ -656,35 +709,18 @@ impl CounterStore for RedisStore {
         now: Timestamp,
         remaining: u64,
     ) -> StoreFuture<DayUsage> {
-        let mut args = Args::new(now.into(), Some(quota));
-        args.set_to = remaining;
-        let (key, script) = (self.key(counter), self.script.clone());
-        let (store, counter, rule) = (self.clone(), counter.clone(), *quota);
-        StoreFuture::boxed(async move {
-            let recovery = store.recovery.clone();
-            let start = args.period.map_or(0, |(_, start, _, _)| start);
-            let saw = counter.clone();
-            let (today, remaining, epoch) = store
-                .run(move |mut connection| async move {
-                    let (today, remaining, used, allow, epoch): (u64, u64, u64, i64, u64) =
-                        connection
-                            .invoke(args.invocation(&script, &key, None, "set"))
-                            .await?;
-                    recovery.saw(saw, rule, start, (used, allow, epoch));
-                    Ok((today, remaining, epoch))
-                })
-                .await?;
-            // The set started a new epoch: once every replica dropped its
-            // older leases (acknowledged, or lapsed), only `remaining` is
-            // admitted from now on, on every replica.
-            let mut connection = store.connection.clone();
-            store
-                .control
-                .revoke(&mut connection, &counter, epoch)
-                .await
-                .map_err(|e| store_error("revoke", e))?;
-            Ok([today, remaining])
-        })
+        let remaining = i64::try_from(remaining).unwrap_or(i64::MAX);
+        self.change_remaining(counter, quota, now, "set", remaining)
+    }
+
+    fn add_remaining(
+        &self,
+        counter: &CounterKey,
+        quota: &QuotaRule,
+        now: Timestamp,
+        delta: i64,
+    ) -> StoreFuture<DayUsage> {
+        self.change_remaining(counter, quota, now, "add", delta)
     }
 
     fn usage(

@@ -91,7 +91,9 @@ def test_update_usage_sets_remaining(apigw, metered_key, data_get, today):
     [{"op": "replace", "path": "/remaining", "value": "1.5"}],
     [{"op": "replace", "path": "/remaining", "value": "ten"}],
     [{"op": "replace", "path": "/remaining", "value": ""}],
-    [{"op": "add", "path": "/remaining", "value": "10"}],
+    [{"op": "add", "path": "/remaining", "value": "1.5"}],
+    [{"op": "add", "path": "/remaining", "value": "+1"}],
+    [{"op": "add", "path": "/remaining", "value": "2147483648"}],
     [{"op": "remove", "path": "/remaining"}],
     [{"op": "copy", "path": "/remaining", "from": "/used"}],
     [{"op": "move", "path": "/remaining", "from": "/used"}],
@@ -99,8 +101,8 @@ def test_update_usage_sets_remaining(apigw, metered_key, data_get, today):
     [{"op": "replace", "path": "/nope", "value": "10"}],
     [{"op": "replace", "path": "/remaining", "value": "20"},
      {"op": "add", "path": "/remaining", "value": "30"}],
-], ids=["negative", "fraction", "word", "empty", "add", "remove", "copy", "move", "used-path",
-        "unknown-path", "valid-then-invalid"])
+], ids=["negative", "fraction", "word", "empty", "add-fraction", "add-plus", "add-too-large",
+        "remove", "copy", "move", "used-path", "unknown-path", "replace-then-add"])
 def test_update_usage_bad_patch_is_bad_request_and_changes_nothing(
         apigw, metered_key, data_get, today, expect_error, ops):
     plan, key = metered_key(quota={"limit": 100, "period": "DAY"})
@@ -110,6 +112,26 @@ def test_update_usage_bad_patch_is_bad_request_and_changes_nothing(
         apigw.update_usage(usagePlanId=plan["id"], keyId=key["id"], patchOperations=ops)
     got = apigw.get_usage(usagePlanId=plan["id"], keyId=key["id"], startDate=today, endDate=today)
     assert got["items"][key["id"]] == [[1, 10]]
+
+
+def test_update_usage_add_extension_tops_up_atomically(apigw, metered_key, data_get, today):
+    """`add /remaining` (this gateway's extension): signed, floored at 0, enforced at once."""
+    plan, key = metered_key(quota={"limit": 100, "period": "DAY"})
+    _admit(data_get, key["value"], 1)
+    apigw.update_usage(usagePlanId=plan["id"], keyId=key["id"], patchOperations=REMAINING_10)
+
+    def add(value: str):
+        return apigw.update_usage(usagePlanId=plan["id"], keyId=key["id"], patchOperations=[
+            {"op": "add", "path": "/remaining", "value": value}])["items"][key["id"]]
+
+    assert add("500") == [[1, 510]]
+    assert add("-10") == [[1, 500]]
+    assert add("-100000") == [[1, 0]]
+    assert data_get(key["value"]).status == 429
+    assert add("1") == [[1, 1]]
+    assert data_get(key["value"]).status == 200
+    got = apigw.get_usage(usagePlanId=plan["id"], keyId=key["id"], startDate=today, endDate=today)
+    assert got["items"][key["id"]] == [[2, 0]]
 
 
 def test_update_usage_not_found(apigw, metered_key, make_key, data_get, today, expect_error):

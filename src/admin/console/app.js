@@ -1,0 +1,529 @@
+// The console: signs every admin API call (sigv4.js), renders every
+// string the API returns as text (textContent, never HTML).
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const STORE = "usage-plans-console";
+const DAYS = 30;
+const AUTO_REFRESH_MS = 5000;
+
+const state = {
+  credentials: null,
+  region: "us-east-1",
+  plans: [],
+  page: { positions: [null], index: 0, next: null },
+  keys: new Map(), // id -> key shown on this page (with .plans)
+  selected: null, // { key, planId }
+  usage: [], // [{ day, used, remaining }]
+  timer: null,
+  busy: false,
+  again: null,
+  keysGeneration: 0,
+};
+
+// ---- the API -------------------------------------------------------------
+
+class ApiError extends Error {
+  constructor(status, type, message) {
+    super(message);
+    this.status = status;
+    this.type = type;
+  }
+  describe() {
+    return `${this.status} ${this.type}: ${this.message}`;
+  }
+}
+
+async function api(method, segments, { query = [], body, credentials = state.credentials } = {}) {
+  const text = body === undefined ? "" : JSON.stringify(body);
+  const signed = await SigV4.sign({ method, segments, query, body: text, credentials, host: location.host });
+  const headers = { ...signed.headers, Accept: "application/json" };
+  if (text) headers["Content-Type"] = "application/json";
+  let response;
+  try {
+    response = await fetch(signed.url, { method, headers, body: text || undefined, cache: "no-store", credentials: "omit" });
+  } catch (e) {
+    throw new ApiError(0, "NetworkError", `The admin API could not be reached: ${e.message}`);
+  }
+  const raw = await response.text();
+  let answer = null;
+  try {
+    answer = raw ? JSON.parse(raw) : null;
+  } catch (_) {
+    answer = null;
+  }
+  if (!response.ok) {
+    const type = (response.headers.get("x-amzn-ErrorType") || "").split(":")[0] || "Error";
+    const message = (answer && (answer.message || answer.Message)) || raw || response.statusText;
+    throw new ApiError(response.status, type, message);
+  }
+  return answer;
+}
+
+// Every page of a list operation.
+async function all(segments, query = []) {
+  const items = [];
+  let position = null;
+  do {
+    const q = [...query, ["limit", "500"]];
+    if (position) q.push(["position", position]);
+    const page = await api("GET", segments, { query: q });
+    items.push(...(page.item || []));
+    position = page.position || null;
+  } while (position);
+  return items;
+}
+
+// ---- small helpers ---------------------------------------------------------
+
+// An API error as "status type: message"; any other as its message.
+function describe(e) {
+  return e instanceof ApiError ? e.describe() : e.message;
+}
+
+function el(tag, text, attrs = {}) {
+  const node = document.createElement(tag);
+  if (text !== undefined && text !== null) node.textContent = String(text);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  return node;
+}
+
+function say(text, error = false) {
+  const node = $("answer");
+  node.textContent = text;
+  node.classList.toggle("error", error);
+}
+
+// Runs an action and reports the API's answer (or its error) in the page.
+async function act(what, action) {
+  try {
+    const answer = await action();
+    say(`${what}: ${typeof answer === "string" ? answer : JSON.stringify(answer)}`);
+    return answer;
+  } catch (e) {
+    say(`${what} failed: ${describe(e)}`, true);
+    return undefined;
+  }
+}
+
+function utcDay(offset) {
+  const d = new Date();
+  d.setUTCHours(0, 0, 0, 0);
+  d.setUTCDate(d.getUTCDate() + offset);
+  return d.toISOString().slice(0, 10);
+}
+
+function describeThrottle(t) {
+  return t ? `${t.rateLimit} / ${t.burstLimit}` : "none";
+}
+
+function describeQuota(q) {
+  return q ? `${q.limit} per ${String(q.period).toLowerCase()}${q.offset ? ` (offset ${q.offset})` : ""}` : "none";
+}
+
+// ---- sign in ---------------------------------------------------------------
+
+function loadCredentials() {
+  try {
+    const saved = JSON.parse(sessionStorage.getItem(STORE) || "null");
+    if (saved && saved.accessKeyId && saved.secretAccessKey && saved.region) return saved;
+  } catch (_) {
+    /* nothing usable saved */
+  }
+  return null;
+}
+
+async function signIn(event) {
+  event.preventDefault();
+  const form = event.target;
+  const credentials = {
+    accessKeyId: form.accessKeyId.value.trim(),
+    secretAccessKey: form.secretAccessKey.value,
+    region: form.region.value.trim() || state.region,
+  };
+  $("sign-in-error").textContent = "";
+  try {
+    // The credentials are good when a signed call is accepted.
+    await api("GET", ["usageplans"], { query: [["limit", "1"]], credentials });
+  } catch (e) {
+    $("sign-in-error").textContent = describe(e);
+    return;
+  }
+  form.secretAccessKey.value = "";
+  sessionStorage.setItem(STORE, JSON.stringify(credentials));
+  start(credentials);
+}
+
+function signOut() {
+  sessionStorage.removeItem(STORE);
+  state.credentials = null;
+  clearInterval(state.timer);
+  $("app").hidden = true;
+  $("session").hidden = true;
+  $("sign-in-view").hidden = false;
+}
+
+function start(credentials) {
+  state.credentials = credentials;
+  $("who").textContent = `${credentials.accessKeyId} (${credentials.region})`;
+  $("sign-in-view").hidden = true;
+  $("app").hidden = false;
+  $("session").hidden = false;
+  state.page = { positions: [null], index: 0, next: null };
+  refresh();
+  clearInterval(state.timer);
+  state.timer = setInterval(() => {
+    if ($("auto-refresh").checked && document.visibilityState === "visible") refresh(true);
+  }, AUTO_REFRESH_MS);
+}
+
+// ---- views -----------------------------------------------------------------
+
+// One refresh at a time; a refresh asked for meanwhile runs right after.
+async function refresh(quiet = false) {
+  if (!state.credentials) return;
+  if (state.busy) {
+    state.again = state.again || (quiet ? "quiet" : "loud");
+    return;
+  }
+  state.busy = true;
+  try {
+    await loadPlans();
+    await loadKeys();
+    if (state.selected) await loadUsage();
+    if (!quiet) say(`Refreshed at ${new Date().toISOString().slice(11, 19)} UTC`);
+  } catch (e) {
+    say(`Refresh failed: ${describe(e)}`, true);
+  } finally {
+    state.busy = false;
+  }
+  const again = state.again;
+  state.again = null;
+  if (again) await refresh(again === "quiet");
+}
+
+async function loadPlans() {
+  state.plans = await all(["usageplans"]);
+  const body = $("plans");
+  const rows = state.plans.map((p) => {
+    const tr = el("tr", undefined, { "data-plan-id": p.id });
+    tr.append(
+      el("td", p.name),
+      el("td", p.id, { class: "id" }),
+      el("td", describeThrottle(p.throttle)),
+      el("td", describeQuota(p.quota)),
+      el("td", (p.apiStages || []).map((s) => `${s.apiId}:${s.stage}`).join(", ") || "none")
+    );
+    const count = el("td", "…");
+    tr.append(count);
+    // A count up to 100 (a page); "100+" beyond, so a refresh stays cheap.
+    api("GET", ["usageplans", p.id, "keys"], { query: [["limit", "100"]] })
+      .then((page) => (count.textContent = page.position ? `${page.item.length}+` : String(page.item.length)))
+      .catch(() => (count.textContent = "?"));
+    return tr;
+  });
+  body.replaceChildren(...rows);
+  const select = $("create-plan");
+  const chosen = select.value;
+  select.replaceChildren(el("option", "(no plan)", { value: "" }), ...state.plans.map((p) => el("option", p.name, { value: p.id })));
+  if (chosen) select.value = chosen;
+}
+
+async function loadKeys() {
+  const query = [["limit", $("page-size").value]];
+  const position = state.page.positions[state.page.index];
+  if (position) query.push(["position", position]);
+  const name = $("search").value;
+  if (name) query.push(["name", name]);
+  // A search typed meanwhile (or a newer refresh) wins over this answer.
+  const generation = ++state.keysGeneration;
+  const page = await api("GET", ["apikeys"], { query });
+  if (generation !== state.keysGeneration) return;
+  const keys = page.item || [];
+  state.page.next = page.position || null;
+  // Which plans each key of this page is in: one call per shown key, a
+  // few at a time; the rows show first.
+  state.keys = new Map(keys.map((k) => [k.id, { ...k, plans: null }]));
+  renderKeys();
+  // For the browser test: when the first rows were on screen.
+  if (window.__keysRenderedAt === undefined && keys.length) window.__keysRenderedAt = performance.now();
+  await inBatches(keys, 8, async (k) => {
+    try {
+      const plans = await all(["usageplans"], [["keyId", k.id]]);
+      const shown = state.keys.get(k.id);
+      if (shown) {
+        shown.plans = plans.map((p) => p.id);
+        renderPlansOf(shown);
+      }
+    } catch (_) {
+      /* the key left between the two calls */
+    }
+  });
+  if (generation !== state.keysGeneration) return;
+  if (state.selected && state.keys.has(state.selected.key.id)) {
+    state.selected.key = state.keys.get(state.selected.key.id);
+    renderSelected();
+  }
+}
+
+async function inBatches(items, width, work) {
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) await work(items[next++]);
+  };
+  await Promise.all(Array.from({ length: Math.min(width, items.length) }, worker));
+}
+
+function planName(id) {
+  const plan = state.plans.find((p) => p.id === id);
+  return plan ? plan.name : id;
+}
+
+function renderKeys() {
+  const rows = [];
+  for (const key of state.keys.values()) {
+    const tr = el("tr", undefined, { "data-key-id": key.id, tabindex: "0" });
+    if (state.selected && state.selected.key.id === key.id) tr.classList.add("selected");
+    tr.append(el("td", key.name || "(no name)"), el("td", key.id, { class: "id" }), el("td", key.enabled ? "yes" : "no"), el("td", "…", { class: "plans" }));
+    tr.addEventListener("click", () => select(key.id));
+    tr.addEventListener("keydown", (e) => {
+      if (e.key === "Enter") select(key.id);
+    });
+    rows.push(tr);
+  }
+  $("keys").replaceChildren(...rows);
+  for (const key of state.keys.values()) if (key.plans) renderPlansOf(key);
+  const { index } = state.page;
+  $("page-info").textContent = `page ${index + 1}${rows.length ? "" : " (no keys)"}`;
+  $("next-page").disabled = !state.page.next;
+  $("first-page").disabled = index === 0;
+}
+
+function renderPlansOf(key) {
+  const row = $("keys").querySelector(`tr[data-key-id="${CSS.escape(key.id)}"] .plans`);
+  if (row) row.textContent = key.plans.length ? key.plans.map(planName).join(", ") : "none";
+}
+
+async function select(keyId) {
+  const key = state.keys.get(keyId);
+  if (!key) return;
+  let plans = key.plans;
+  if (plans === null) {
+    try {
+      plans = (await all(["usageplans"], [["keyId", keyId]])).map((p) => p.id);
+      key.plans = plans;
+    } catch (e) {
+      say(`Loading the key's plans failed: ${describe(e)}`, true);
+      return;
+    }
+  }
+  state.selected = { key, planId: plans[0] || null };
+  for (const tr of $("keys").children) tr.classList.toggle("selected", tr.dataset.keyId === keyId);
+  renderSelected();
+  await loadUsage().catch((e) => say(`Usage failed: ${describe(e)}`, true));
+}
+
+function renderSelected() {
+  const { key, planId } = state.selected;
+  $("no-key").hidden = true;
+  $("key-detail").hidden = false;
+  $("key-name").textContent = key.name || "(no name)";
+  $("key-id").textContent = key.id;
+  $("key-enabled").textContent = key.enabled ? "yes" : "no";
+  $("toggle-enabled").textContent = key.enabled ? "Disable key" : "Enable key";
+  const select = $("key-plan");
+  select.replaceChildren(...(key.plans || []).map((id) => el("option", planName(id), { value: id })));
+  if (planId) select.value = planId;
+  const plan = state.plans.find((p) => p.id === planId);
+  $("key-quota").textContent = planId ? describeQuota(plan && plan.quota) : "the key is in no plan";
+}
+
+async function loadUsage() {
+  const { key, planId } = state.selected;
+  if (!planId) {
+    state.usage = [];
+    renderUsage();
+    return;
+  }
+  const start = utcDay(-(DAYS - 1));
+  const end = utcDay(0);
+  const answer = await api("GET", ["usageplans", planId, "usage"], {
+    query: [["keyId", key.id], ["startDate", start], ["endDate", end]],
+  });
+  const values = (answer.values && answer.values[key.id]) || [];
+  state.usage = Array.from({ length: DAYS }, (_, i) => {
+    const [used, remaining] = values[i] || [0, 0];
+    return { day: utcDay(i - (DAYS - 1)), used, remaining };
+  });
+  renderUsage();
+}
+
+function renderUsage() {
+  const today = state.usage[state.usage.length - 1];
+  $("today-used").textContent = today ? String(today.used) : "–";
+  $("today-remaining").textContent = today ? String(today.remaining) : "–";
+  drawChart($("chart"), state.usage);
+}
+
+// Inline SVG: a bar per day for what was used, a line for what remained.
+function drawChart(svg, days) {
+  const NS = "http://www.w3.org/2000/svg";
+  const node = (tag, attrs, text) => {
+    const n = document.createElementNS(NS, tag);
+    for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, String(v));
+    if (text !== undefined) n.textContent = text;
+    return n;
+  };
+  const [W, H, left, top, bottom] = [640, 220, 48, 10, 24];
+  const plotH = H - top - bottom;
+  const max = Math.max(1, ...days.map((d) => Math.max(d.used, d.remaining)));
+  const step = (W - left - 8) / Math.max(days.length, 1);
+  const y = (v) => top + plotH - (v / max) * plotH;
+  const parts = [
+    node("line", { x1: left, y1: top + plotH, x2: W - 8, y2: top + plotH, class: "axis" }),
+    node("text", { x: left - 6, y: top + 10, class: "label", "text-anchor": "end" }, String(max)),
+    node("text", { x: left - 6, y: top + plotH, class: "label", "text-anchor": "end" }, "0"),
+  ];
+  const points = [];
+  days.forEach((d, i) => {
+    const x = left + i * step;
+    const h = top + plotH - y(d.used);
+    const bar = node("rect", {
+      x: x + 1,
+      y: y(d.used),
+      width: Math.max(step - 2, 1),
+      height: h,
+      class: "used",
+      "data-day": d.day,
+      "data-used": d.used,
+      "data-remaining": d.remaining,
+    });
+    bar.append(node("title", {}, `${d.day}: used ${d.used}, remaining ${d.remaining}`));
+    parts.push(bar);
+    points.push(`${x + step / 2},${y(d.remaining)}`);
+    if (i % 5 === 4 || i === days.length - 1) {
+      parts.push(node("text", { x: x + step / 2, y: H - 6, class: "label", "text-anchor": "middle" }, d.day.slice(5)));
+    }
+  });
+  if (points.length) parts.push(node("polyline", { points: points.join(" "), class: "remaining" }));
+  svg.replaceChildren(...parts);
+}
+
+// ---- actions ---------------------------------------------------------------
+
+function usagePatch(op, value) {
+  const { key, planId } = state.selected;
+  if (!planId) return Promise.reject(new Error("the key is in no usage plan"));
+  return api("PATCH", ["usageplans", planId, "keys", key.id, "usage"], {
+    body: { patchOperations: [{ op, path: "/remaining", value }] },
+  });
+}
+
+async function setRemaining(event) {
+  event.preventDefault();
+  const value = event.target.remaining.value.trim();
+  if (await act(`Set remaining to ${value}`, () => usagePatch("replace", value))) await loadUsage().catch(() => {});
+}
+
+async function addRemaining(event) {
+  event.preventDefault();
+  const value = event.target.delta.value.trim();
+  if (await act(`Add ${value} to remaining`, () => usagePatch("add", value))) await loadUsage().catch(() => {});
+}
+
+async function toggleEnabled() {
+  const { key } = state.selected;
+  const enabled = !key.enabled;
+  const answer = await act(`${enabled ? "Enable" : "Disable"} key ${key.id}`, () =>
+    api("PATCH", ["apikeys", key.id], { body: { patchOperations: [{ op: "replace", path: "/enabled", value: String(enabled) }] } })
+  );
+  if (answer) {
+    key.enabled = answer.enabled;
+    renderSelected();
+    renderKeys();
+  }
+}
+
+async function createKey(event) {
+  event.preventDefault();
+  const form = event.target;
+  const name = form.name.value;
+  const planId = form.plan.value;
+  $("created").textContent = "";
+  const key = await act(`Create key ${name}`, () => api("POST", ["apikeys"], { body: { name, enabled: true } }));
+  if (!key) return;
+  if (planId) {
+    const added = await act(`Create key ${name} and add it to ${planName(planId)}`, () =>
+      api("POST", ["usageplans", planId, "keys"], { body: { keyId: key.id, keyType: "API_KEY" } })
+    );
+    if (!added) return;
+  }
+  $("created").textContent = `Created ${key.id}; its value (shown once): ${key.value || "(not shown)"}`;
+  form.name.value = "";
+  await refresh(true);
+}
+
+function exportCsv() {
+  const { key, planId } = state.selected;
+  const quote = (s) => `"${String(s).replace(/"/g, '""')}"`;
+  const lines = ["date,usage_plan_id,key_id,used,remaining"];
+  for (const d of state.usage) lines.push([d.day, quote(planId || ""), quote(key.id), d.used, d.remaining].join(","));
+  const blob = new Blob([lines.join("\n") + "\n"], { type: "text/csv" });
+  const link = el("a", undefined, { href: URL.createObjectURL(blob), download: `usage-${key.id}-${utcDay(0)}.csv` });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 1000);
+  say(`Exported ${state.usage.length} days of ${key.id} as CSV`);
+}
+
+// ---- wiring ----------------------------------------------------------------
+
+async function boot() {
+  if (!window.isSecureContext || !window.crypto || !crypto.subtle) {
+    $("insecure").hidden = false;
+    return;
+  }
+  try {
+    const settings = await (await fetch("settings.json", { cache: "no-store" })).json();
+    if (settings.region) state.region = settings.region;
+  } catch (_) {
+    /* keep us-east-1 */
+  }
+  document.querySelector('#sign-in input[name="region"]').placeholder = state.region;
+  $("sign-in").addEventListener("submit", signIn);
+  $("sign-out").addEventListener("click", signOut);
+  $("refresh").addEventListener("click", () => refresh());
+  $("set-remaining").addEventListener("submit", setRemaining);
+  $("add-remaining").addEventListener("submit", addRemaining);
+  $("toggle-enabled").addEventListener("click", toggleEnabled);
+  $("create-key").addEventListener("submit", createKey);
+  $("export-csv").addEventListener("click", exportCsv);
+  $("key-plan").addEventListener("change", (e) => {
+    state.selected.planId = e.target.value;
+    renderSelected();
+    loadUsage().catch((err) => say(`Usage failed: ${describe(err)}`, true));
+  });
+  let searchTimer = null;
+  const reloadKeys = () => {
+    state.page = { positions: [null], index: 0, next: null };
+    loadKeys().catch((e) => say(`Listing keys failed: ${describe(e)}`, true));
+  };
+  $("search").addEventListener("input", () => {
+    clearTimeout(searchTimer);
+    searchTimer = setTimeout(reloadKeys, 250);
+  });
+  $("page-size").addEventListener("change", reloadKeys);
+  $("next-page").addEventListener("click", () => {
+    if (!state.page.next) return;
+    state.page.positions[state.page.index + 1] = state.page.next;
+    state.page.index += 1;
+    loadKeys().catch((e) => say(`Listing keys failed: ${describe(e)}`, true));
+  });
+  $("first-page").addEventListener("click", reloadKeys);
+  const saved = loadCredentials();
+  if (saved) start(saved);
+  else $("sign-in-view").hidden = false;
+}
+
+boot();
