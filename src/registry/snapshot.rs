@@ -90,6 +90,7 @@ impl UsagePlans {
     /// [`generation`](Self::generation) read `expected` (a write between
     /// reading and restoring would be lost); returns the generation the
     /// restore left, or `None` when something changed.
+    #[cfg(feature = "gateway")]
     pub(crate) fn restore_if_unchanged(
         &self,
         snapshot: RegistrySnapshot,
