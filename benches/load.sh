@@ -8,6 +8,11 @@
 #         rotating keys, then one hot key. Prints req/s, p50 and ratios to bare.
 # Part 2: the gateway example vs nginx (proxy_pass, upstream keepalive), both
 #         pinned to core 0 in front of the same upstream on core 1.
+# Part 3: scale-out: two gateway replicas sharing counters through Redis with
+#         leases (--redis --redis-leases, each driven by its own wrk with half
+#         the connections) vs one gateway counting in memory, all gateways on
+#         core 0, Redis with the upstream on core 1. ONLY=gateway skips part 1,
+#         ONLY=redis runs part 3 alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}
@@ -19,6 +24,7 @@ need wrk wrk
 need nginx nginx
 need taskset util-linux
 need bc bc
+need redis-server redis-server
 
 cargo build --release --quiet --example bench_server --example gateway
 BIN=target/release/examples
@@ -31,11 +37,11 @@ wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/n
 
 # run_wrk PORT HOT -> "req/s p50_us non2xx"
 run_wrk() {
-  HOT_KEY=$2 taskset -c 1 wrk -t1 -c"$CONNS" -d"${SECS}s" --latency -s benches/keys.lua "http://127.0.0.1:$1/" > "$WORK/wrk.txt"
+  HOT_KEY=$2 taskset -c 1 wrk -t1 -c"$CONNS" -d"${SECS}s" --latency -s benches/keys.lua "http://127.0.0.1:$1/" > "$WORK/wrk-$1.txt"
   local rps p50 bad
-  rps=$(awk '/Requests\/sec/ {print $2}' "$WORK/wrk.txt")
-  p50=$(awk '$1=="50%" {v=$2; if (v ~ /us$/) {sub("us","",v); print v} else if (v ~ /ms$/) {sub("ms","",v); print v*1000} else {sub("s","",v); print v*1000000}}' "$WORK/wrk.txt")
-  bad=$(awk '/Non-2xx/ {print $NF}' "$WORK/wrk.txt"); bad=${bad:-0}
+  rps=$(awk '/Requests\/sec/ {print $2}' "$WORK/wrk-$1.txt")
+  p50=$(awk '$1=="50%" {v=$2; if (v ~ /us$/) {sub("us","",v); print v} else if (v ~ /ms$/) {sub("ms","",v); print v*1000} else {sub("s","",v); print v*1000000}}' "$WORK/wrk-$1.txt")
+  bad=$(awk '/Non-2xx/ {print $NF}' "$WORK/wrk-$1.txt"); bad=${bad:-0}
   echo "$rps $p50 $bad"
 }
 
@@ -73,13 +79,12 @@ part1() {
   RPS=(); P50=()
 }
 
-if [ "${ONLY:-}" != gateway ]; then
+if [ -z "${ONLY:-}" ]; then
   echo "== Part 1: in-app middleware (server on core 0, wrk on core 1)"
   part1 0 "1,000 rotating keys"
   part1 1 "one hot key"
 fi
 
-echo "== Part 2: gateway vs nginx in front of the same upstream"
 UP=19200
 taskset -c 1 "$BIN/bench_server" upstream "127.0.0.1:$UP" > /dev/null & PIDS+=($!); wait_port $UP
 {
@@ -90,6 +95,17 @@ taskset -c 1 "$BIN/bench_server" upstream "127.0.0.1:$UP" > /dev/null & PIDS+=($
   echo 'quota = { limit = 2000000000, period = "MONTH" }'
   printf 'keys = ['; for i in $(seq 0 999); do printf '"k%d",' "$i"; done; echo ']'
 } > "$WORK/gateway.toml"
+
+# start_gateway PORT [FLAGS...] -> the PID of a gateway in front of the upstream
+start_gateway() {
+  local port=$1; shift
+  RUST_LOG=warn taskset -c 0 "$BIN/gateway" --config "$WORK/gateway.toml" --listen "127.0.0.1:$port" \
+    --admin-listen 127.0.0.1:0 --upstream "http://127.0.0.1:$UP" "$@" >> "$WORK/gateway.log" 2>&1 &
+  echo $!
+}
+
+if [ "${ONLY:-}" != redis ]; then
+echo "== Part 2: gateway vs nginx in front of the same upstream"
 cat > "$WORK/nginx.conf" <<NGINX
 worker_processes 1;
 daemon off;
@@ -110,8 +126,7 @@ for round in $(seq "$ROUNDS"); do
   for mode in gateway nginx; do
     port=$((port + 1))
     if [ "$mode" = gateway ]; then
-      RUST_LOG=warn taskset -c 0 "$BIN/gateway" --config "$WORK/gateway.toml" --listen "127.0.0.1:$port" \
-        --admin-listen 127.0.0.1:0 --upstream "http://127.0.0.1:$UP" > "$WORK/gateway.log" 2>&1 & pid=$!
+      pid=$(start_gateway "$port")
     else
       sed "s/PORT/$port/" "$WORK/nginx.conf" > "$WORK/nginx-$port.conf"
       taskset -c 0 nginx -c "$WORK/nginx-$port.conf" -p "$WORK" > /dev/null 2>&1 & pid=$!
@@ -121,3 +136,31 @@ for round in $(seq "$ROUNDS"); do
 done
 g=$(median "${RPS[gateway]}"); n=$(median "${RPS[nginx]}")
 printf 'gateway %.0f req/s, nginx %.0f req/s: gateway/nginx = %.3f\n' "$g" "$n" "$(echo "$g / $n" | bc -l)"
+RPS=(); P50=()
+fi
+
+echo "== Part 3: two gateway replicas on Redis with leases vs one gateway in memory"
+REDIS_PORT=19400
+taskset -c 1 redis-server --port $REDIS_PORT --bind 127.0.0.1 --save '' --appendonly no \
+  --dir "$WORK" > "$WORK/redis.log" 2>&1 & PIDS+=($!); wait_port $REDIS_PORT
+port=19500
+for round in $(seq "$ROUNDS"); do
+  port=$((port + 1))
+  measure memory "$(start_gateway "$port")" "$port" 0 "$round"
+  # A fresh prefix of keys per round: Redis keeps no counters from the last.
+  redis-cli -p $REDIS_PORT flushall > /dev/null
+  a=$((port + 100)); b=$((port + 200))
+  pa=$(start_gateway "$a" --redis "redis://127.0.0.1:$REDIS_PORT" --redis-leases); PIDS+=("$pa"); wait_port "$a"
+  pb=$(start_gateway "$b" --redis "redis://127.0.0.1:$REDIS_PORT" --redis-leases); PIDS+=("$pb"); wait_port "$b"
+  CONNS=$((CONNS / 2)) run_wrk "$a" 0 > "$WORK/a.out" & wa=$!
+  CONNS=$((CONNS / 2)) run_wrk "$b" 0 > "$WORK/b.out" & wb=$!
+  wait $wa $wb
+  kill "$pa" "$pb"; wait "$pa" "$pb" 2>/dev/null || true
+  read -r ra la bada < "$WORK/a.out"; read -r rb lb badb < "$WORK/b.out"
+  [ "$bada" = 0 ] && [ "$badb" = 0 ] || { echo "leased replicas answered $bada + $badb non-2xx responses" >&2; exit 1; }
+  rps=$(echo "$ra + $rb" | bc -l)
+  RPS[leased]+="$rps "
+  printf '  round %s %-12s %10.0f req/s  (%0.f + %0.f)\n' "$round" "2 x leased" "$rps" "$ra" "$rb"
+done
+m=$(median "${RPS[memory]}"); l=$(median "${RPS[leased]}")
+printf 'two leased replicas %.0f req/s, one in-memory gateway %.0f req/s: leased/memory = %.3f\n' "$l" "$m" "$(echo "$l / $m" | bc -l)"
