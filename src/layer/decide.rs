@@ -3,6 +3,7 @@
 
 use http::Response;
 
+use super::grpc::add_retry_info;
 use super::headers::RateLimitHeaders;
 use super::{ChargeRules, Refusal, RefusalResponse, UsageContext};
 use crate::key::{KeySource, RequestHead};
@@ -106,6 +107,7 @@ impl Config {
     pub(crate) fn finish<B, R: RefusalResponse<B>>(
         &self,
         refusal: &R,
+        grpc: bool,
         answer: Result<Decision>,
     ) -> Next<B> {
         let decision = match answer {
@@ -118,7 +120,7 @@ impl Config {
                         counted: false,
                     },
                     StoreFailure::FailClosed => {
-                        Next::Refuse(self.refuse(refusal, Refusal::StoreUnavailable, None))
+                        Next::Refuse(self.refuse(refusal, grpc, Refusal::StoreUnavailable, None))
                     }
                 };
             }
@@ -149,19 +151,28 @@ impl Config {
             Some(retry_after.unwrap_or(1).max(1)),
             self.legacy_headers,
         );
-        Next::Refuse(self.refuse(refusal, verdict, headers))
+        Next::Refuse(self.refuse(refusal, grpc, verdict, headers))
     }
 
-    /// The refusal response, with its headers and reason attached.
+    /// The refusal response, with its headers and reason attached; for a
+    /// gRPC call (`grpc`), the builder's gRPC answer.
     pub(crate) fn refuse<B, R: RefusalResponse<B>>(
         &self,
         refusal: &R,
+        grpc: bool,
         reason: Refusal,
         headers: Option<RateLimitHeaders>,
     ) -> Response<B> {
-        let mut response = refusal.response(reason);
+        let mut response = if grpc {
+            refusal.grpc_response(reason)
+        } else {
+            refusal.response(reason)
+        };
         if let Some(headers) = headers {
             headers.apply(response.headers_mut());
+            if let Some(retry_after) = headers.retry_after() {
+                add_retry_info(response.headers_mut(), reason, retry_after);
+            }
         }
         response.extensions_mut().insert(reason);
         response

@@ -111,7 +111,8 @@ where
                     } = *waiting
                         .take()
                         .expect("ResponseFuture polled after completion");
-                    let next = match config.finish(&refusal, answer) {
+                    let grpc = super::grpc::is_grpc(request.headers());
+                    let next = match config.finish(&refusal, grpc, answer) {
                         Next::Forward { headers, counted } => {
                             if !counted {
                                 super::service::uncharged(&mut request);

@@ -37,6 +37,11 @@ impl RateLimitHeaders {
         })
     }
 
+    /// The `Retry-After` seconds of a refusal.
+    pub(crate) fn retry_after(&self) -> Option<u64> {
+        self.retry_after
+    }
+
     pub(crate) fn apply(self, headers: &mut HeaderMap) {
         let Self {
             decision,

@@ -45,6 +45,7 @@
 
 mod decide;
 mod future;
+mod grpc;
 mod headers;
 #[allow(clippy::module_inception)]
 mod layer;
@@ -55,6 +56,7 @@ use crate::store::CounterKey;
 
 pub use decide::StoreFailure;
 pub use future::ResponseFuture;
+pub use grpc::GrpcRefusal;
 pub use layer::UsagePlanLayer;
 pub use refusal::{AwsRefusal, Refusal, RefusalResponse};
 pub use service::UsagePlanService;

@@ -8,6 +8,7 @@ use tower_service::Service;
 
 use super::decide::{Config, Next, Pending};
 use super::future::ResponseFuture;
+use super::grpc::is_grpc;
 use super::{Refusal, RefusalResponse, UsageContext};
 use crate::key::RequestHead;
 use crate::route::canonical;
@@ -47,12 +48,15 @@ impl<S, R> UsagePlanService<S, R> {
 }
 
 impl<S, R> UsagePlanService<S, R> {
-    fn refuse_bad_path<ReqBody, ResBody>(&self) -> ResponseFuture<S, ReqBody, R>
+    fn refuse_bad_path<ReqBody, ResBody>(&self, grpc: bool) -> ResponseFuture<S, ReqBody, R>
     where
         S: Service<Request<ReqBody>, Response = Response<ResBody>>,
         R: RefusalResponse<ResBody>,
     {
-        ResponseFuture::refused(self.config.refuse(&self.refusal, Refusal::BadPath, None))
+        ResponseFuture::refused(
+            self.config
+                .refuse(&self.refusal, grpc, Refusal::BadPath, None),
+        )
     }
 }
 
@@ -83,16 +87,17 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let grpc = is_grpc(request.headers());
         // The path that is matched is the path that is passed on.
         let path = match canonical(request.uri().path()) {
             Ok(Cow::Borrowed(_)) => None,
             Ok(Cow::Owned(path)) => Some(path),
-            Err(_) => return self.refuse_bad_path(),
+            Err(_) => return self.refuse_bad_path(grpc),
         };
         if let Some(path) = path {
             match with_path(request.uri(), &path) {
                 Some(uri) => *request.uri_mut() = uri,
-                None => return self.refuse_bad_path(),
+                None => return self.refuse_bad_path(grpc),
             }
         }
         let head = RequestHead::of(&request);
@@ -105,7 +110,12 @@ where
         } = match self.config.start(&head) {
             Ok(pending) => pending,
             Err(reason) => {
-                return ResponseFuture::refused(self.config.refuse(&self.refusal, reason, None))
+                return ResponseFuture::refused(self.config.refuse(
+                    &self.refusal,
+                    grpc,
+                    reason,
+                    None,
+                ))
             }
         };
         if let Some(context) = context {
@@ -124,7 +134,7 @@ where
                 self.refusal.clone(),
             );
         };
-        match self.config.finish(&self.refusal, answer) {
+        match self.config.finish(&self.refusal, grpc, answer) {
             Next::Forward { headers, counted } => {
                 if !counted {
                     uncharged(&mut request);
