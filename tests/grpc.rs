@@ -313,3 +313,139 @@ async fn a_store_down_with_fail_closed_is_unavailable() {
     assert_eq!(down.message(), "Service Unavailable");
     assert_eq!(server.calls(), 1);
 }
+
+/// A router serving gRPC next to plain HTTP routes, on HTTP/1.1 and h2c.
+async fn serve_mixed(plans: &UsagePlans) -> (SocketAddr, UsageServer) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::service::TowerToHyperService;
+
+    let server = UsageServer::default();
+    let router = axum::Router::new()
+        .route("/pets", axum::routing::get(|| async { "[]" }))
+        .route_service("/usage.v1.Usage/{method}", server.clone())
+        .layer(UsagePlanLayer::new(plans.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let service = TowerToHyperService::new(router.clone());
+            tokio::spawn(async move {
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let _ = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, server)
+}
+
+#[tokio::test]
+async fn the_default_refusal_answers_grpc_calls_as_grpc_and_http_requests_as_aws() {
+    let f = fixture(NewUsagePlan::new("mixed").with_quota(Quota::new(1, QuotaPeriod::Day)));
+    let (addr, server) = serve_mixed(&f.plans).await;
+    let mut grpc = client(addr).await;
+
+    let forbidden = grpc
+        .who_am_i(Request::new(WhoAmIRequest {}))
+        .await
+        .unwrap_err();
+    assert_eq!(forbidden.code(), Code::Unauthenticated);
+    assert_eq!(forbidden.message(), "Forbidden");
+    let reply = grpc.who_am_i(keyed(WhoAmIRequest {}, KEY)).await.unwrap();
+    assert_eq!(reply.into_inner().key_id, f.key_id);
+    let spent = grpc
+        .who_am_i(keyed(WhoAmIRequest {}, KEY))
+        .await
+        .unwrap_err();
+    assert_eq!(spent.code(), Code::ResourceExhausted);
+    assert_eq!(spent.message(), "Limit Exceeded");
+    assert_eq!(retry_delay(&spent), Duration::from_secs(43_200));
+    assert_eq!(server.calls(), 1);
+
+    // The same layer answers a plain HTTP request as AWS does.
+    let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let request = http::Request::get(format!("http://{addr}/pets"))
+        .header("x-api-key", KEY)
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let response = http.request(request).await.unwrap();
+    assert_eq!(response.status(), 429);
+    assert_eq!(response.headers()["content-type"], "application/json");
+    assert!(!response.headers().contains_key("grpc-status-details-bin"));
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(&body[..], br#"{"message":"Limit Exceeded"}"#);
+}
+
+/// `cargo run --example grpc_service`, called by a tonic client.
+#[tokio::test]
+async fn the_example_serves_and_refuses_as_documented() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let mut path = std::env::current_exe().unwrap();
+    path.pop();
+    if path.ends_with("deps") {
+        path.pop();
+    }
+    let path = path.join("examples").join("grpc_service");
+    let mut child = Command::new(&path)
+        .env("ADDR", "127.0.0.1:0")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e} (`cargo test` builds it)", path.display()));
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let _guard = Kill(child);
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    let addr: SocketAddr = first
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("unexpected: {first}"))
+        .parse()
+        .unwrap();
+    let mut client = client(addr).await;
+    let demo = "demo-key-0123456789abcdef";
+    let reply = client
+        .who_am_i(keyed(WhoAmIRequest {}, demo))
+        .await
+        .unwrap();
+    assert!(!reply.into_inner().key_id.is_empty());
+    let missing = client
+        .who_am_i(Request::new(WhoAmIRequest {}))
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::Unauthenticated);
+    // Burst 5: one spent above, four more pass, the next is throttled.
+    for _ in 0..4 {
+        client
+            .who_am_i(keyed(WhoAmIRequest {}, demo))
+            .await
+            .unwrap();
+    }
+    let throttled = loop {
+        // The bucket refills at 2/s on the example's real clock: a slow
+        // machine may earn a token between calls, so call until refused.
+        match client.who_am_i(keyed(WhoAmIRequest {}, demo)).await {
+            Ok(_) => continue,
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(throttled.code(), Code::ResourceExhausted);
+    assert_eq!(
+        retry_delay(&throttled),
+        Duration::from_secs(retry_after(&throttled))
+    );
+}
