@@ -6,6 +6,7 @@
 //! service Usage {
 //!   rpc WhoAmI(WhoAmIRequest) returns (WhoAmIReply);          // key and plan that paid
 //!   rpc Count(CountRequest) returns (stream CountReply);      // 1..=n; n = 0 fails
+//!   rpc Echo(stream CountReply) returns (stream CountReply);  // each as it comes
 //! }
 //! ```
 //! Shared by `examples/grpc_service.rs` and the tests (`#[path]`).
@@ -53,6 +54,7 @@ pub struct CountReply {
 
 pub const WHO_AM_I: &str = "/usage.v1.Usage/WhoAmI";
 pub const COUNT: &str = "/usage.v1.Usage/Count";
+pub const ECHO: &str = "/usage.v1.Usage/Echo";
 
 /// The server: answers both methods and counts the calls that reach it.
 #[derive(Clone, Default)]
@@ -95,6 +97,15 @@ async fn count(request: Request<CountRequest>) -> Result<Response<CountStream>, 
     Ok(Response::new(tokio_stream::iter(replies)))
 }
 
+type EchoStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<CountReply, Status>> + Send>>;
+
+async fn echo(
+    request: Request<tonic::Streaming<CountReply>>,
+) -> Result<Response<EchoStream>, Status> {
+    Ok(Response::new(Box::pin(request.into_inner())))
+}
+
 impl<B> tower::Service<http::Request<B>> for UsageServer
 where
     B: http_body::Body + Send + 'static,
@@ -118,6 +129,10 @@ where
             COUNT => Box::pin(async move {
                 let mut grpc = Grpc::new(ProstCodec::default());
                 Ok(grpc.server_streaming(service_fn(count), request).await)
+            }),
+            ECHO => Box::pin(async move {
+                let mut grpc = Grpc::new(ProstCodec::default());
+                Ok(grpc.streaming(service_fn(echo), request).await)
             }),
             _ => Box::pin(async { Ok(Status::unimplemented("no such method").into_http()) }),
         }
@@ -153,6 +168,19 @@ impl UsageClient {
         let path = http::uri::PathAndQuery::from_static(COUNT);
         self.grpc
             .server_streaming(request, path, ProstCodec::default())
+            .await
+    }
+}
+
+impl UsageClient {
+    pub async fn echo(
+        &mut self,
+        request: Request<impl tokio_stream::Stream<Item = CountReply> + Send + 'static>,
+    ) -> Result<Response<tonic::Streaming<CountReply>>, Status> {
+        self.grpc.ready().await.map_err(not_ready)?;
+        let path = http::uri::PathAndQuery::from_static(ECHO);
+        self.grpc
+            .streaming(request, path, ProstCodec::default())
             .await
     }
 }

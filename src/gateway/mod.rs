@@ -18,6 +18,7 @@ mod config;
 mod connection;
 mod edge;
 mod error;
+mod grpc;
 mod metrics;
 mod proxy;
 mod replicas;

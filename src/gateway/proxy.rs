@@ -23,6 +23,7 @@ use tower_service::Service;
 use super::body::GatewayBody;
 use super::connection::{OwnConnection, OwnError, SpareConnections};
 use super::edge::{self, BodyWatch, EdgeBody};
+use super::grpc;
 use crate::{Charge, UsageContext};
 
 /// The largest request body the echo upstream reads back.
@@ -48,6 +49,8 @@ pub(crate) struct HttpUpstream {
     timeout: Duration,
     /// Upstream connections of ended client connections.
     spares: Arc<SpareConnections>,
+    /// gRPC calls' client: HTTP/2.
+    h2: grpc::H2Client,
 }
 
 impl Upstream {
@@ -82,6 +85,7 @@ impl Upstream {
             host,
             timeout,
             spares: Arc::default(),
+            h2: grpc::H2Client::new(),
         }))
     }
 }
@@ -261,6 +265,13 @@ async fn forward(
     request: Request<EdgeBody>,
 ) -> (Response<GatewayBody>, bool) {
     let (mut parts, body) = request.into_parts();
+    // A gRPC call goes over HTTP/2 and hears the gateway's own failures as
+    // gRPC statuses.
+    let grpc = grpc::is_call(&parts.headers);
+    let error = |status, message: &str| match grpc {
+        true => grpc::error(status, message),
+        false => error(status, message),
+    };
     parts.uri = match upstream.path_and_query_for(&parts.uri) {
         Some(path_and_query) => Uri::from(path_and_query),
         None => return (error(StatusCode::BAD_GATEWAY, "Bad Gateway"), false),
@@ -270,11 +281,14 @@ async fn forward(
     let started = super::metrics::enabled().then(Instant::now);
     let timeout = upstream.timeout;
     let watch = body.watch();
-    let result = tokio::time::timeout(
-        timeout,
-        upstream.send(own, Request::from_parts(parts, GatewayBody::client(body))),
-    )
-    .await;
+    let request = Request::from_parts(parts, GatewayBody::client(body));
+    let sending = async {
+        match grpc {
+            true => upstream.send_h2(request).await,
+            false => upstream.send(own, request).await,
+        }
+    };
+    let result = tokio::time::timeout(timeout, sending).await;
     if let Some(started) = started {
         metrics::histogram!("usage_plans_upstream_duration_seconds")
             .record(started.elapsed().as_secs_f64());
@@ -349,6 +363,22 @@ impl HttpUpstream {
                 })
             }
         }
+    }
+
+    /// Sends a gRPC call (origin-form) over HTTP/2.
+    async fn send_h2(
+        &self,
+        mut request: Request<GatewayBody>,
+    ) -> Result<Response<Incoming>, SendError> {
+        let path_and_query = request.uri().path_and_query().cloned();
+        *request.uri_mut() = self.absolute(path_and_query).ok_or_else(|| SendError {
+            message: "no upstream URI for the request".into(),
+            sent: false,
+        })?;
+        self.h2.send(request).await.map_err(|e| SendError {
+            sent: !e.is_connect(),
+            message: e.to_string(),
+        })
     }
 
     /// The base URL's path + the request's path and query. Without a base

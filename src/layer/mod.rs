@@ -56,6 +56,8 @@ use crate::store::CounterKey;
 
 pub use decide::StoreFailure;
 pub use future::ResponseFuture;
+#[cfg(feature = "gateway")]
+pub(crate) use grpc::is_grpc;
 pub use grpc::GrpcRefusal;
 pub use layer::UsagePlanLayer;
 pub use refusal::{AwsRefusal, Refusal, RefusalResponse};
