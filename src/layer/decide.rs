@@ -39,6 +39,8 @@ pub(crate) struct Config {
     /// Whether admitted requests carry a [`UsageContext`].
     pub(crate) usage_context: bool,
     pub(crate) store_failure: StoreFailure,
+    /// Shadow mode: would-be refusals are admitted, uncounted, and marked.
+    pub(crate) shadow: bool,
 }
 
 /// A metered request on its way to the store.
@@ -49,13 +51,42 @@ pub(crate) struct Pending {
 
 /// What to do with a request once the store has answered.
 pub(crate) enum Next<B> {
-    /// Forward, with these headers; `counted`: whether the store charged it
-    /// (not when it failed and the request goes through uncounted).
-    Forward {
-        headers: Option<RateLimitHeaders>,
-        counted: bool,
-    },
+    Forward(Admission),
     Refuse(Response<B>),
+}
+
+/// How a request is forwarded.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Admission {
+    /// The rate-limit headers of its response.
+    pub(crate) headers: Option<RateLimitHeaders>,
+    /// Whether the store charged it (not when it failed and the request
+    /// goes through uncounted, nor when it is a would-be refusal).
+    pub(crate) counted: bool,
+    /// In shadow mode, the refusal it escaped.
+    pub(crate) shadow: Option<Refusal>,
+}
+
+impl Admission {
+    /// Admitted uncounted because the store failed (fail-open).
+    const UNCOUNTED: Self = Self {
+        headers: None,
+        counted: false,
+        shadow: None,
+    };
+
+    /// Admitted in shadow mode instead of refused for `reason`.
+    pub(crate) fn shadowed(reason: Refusal, headers: Option<RateLimitHeaders>) -> Self {
+        tracing::info!(
+            ?reason,
+            "shadow mode: admitting a request that would be refused"
+        );
+        Self {
+            headers,
+            counted: false,
+            shadow: Some(reason),
+        }
+    }
 }
 
 impl Config {
@@ -115,10 +146,10 @@ impl Config {
             Err(error) => {
                 tracing::warn!(%error, policy = ?self.store_failure, "counter store failed");
                 return match self.store_failure {
-                    StoreFailure::FailOpen => Next::Forward {
-                        headers: None,
-                        counted: false,
-                    },
+                    StoreFailure::FailOpen => Next::Forward(Admission::UNCOUNTED),
+                    StoreFailure::FailClosed if self.shadow => {
+                        Next::Forward(Admission::shadowed(Refusal::StoreUnavailable, None))
+                    }
                     StoreFailure::FailClosed => {
                         Next::Refuse(self.refuse(refusal, grpc, Refusal::StoreUnavailable, None))
                     }
@@ -127,10 +158,11 @@ impl Config {
         };
         let (verdict, retry_after) = match decision.verdict {
             Verdict::Admitted => {
-                return Next::Forward {
+                return Next::Forward(Admission {
                     headers: RateLimitHeaders::new(&decision, None, self.legacy_headers),
                     counted: true,
-                }
+                    shadow: None,
+                })
             }
             // Throttled with the quota also spent: no retry succeeds before
             // the period ends, whatever the bucket says.
@@ -146,6 +178,12 @@ impl Config {
                 decision.quota.as_ref().map(quota_retry_secs),
             ),
         };
+        if self.shadow {
+            // The headers as counted, without a `Retry-After` on a response
+            // that is no refusal.
+            let headers = RateLimitHeaders::new(&decision, None, self.legacy_headers);
+            return Next::Forward(Admission::shadowed(verdict, headers));
+        }
         let headers = RateLimitHeaders::new(
             &decision,
             Some(retry_after.unwrap_or(1).max(1)),

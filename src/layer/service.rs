@@ -6,10 +6,10 @@ use http::uri::PathAndQuery;
 use http::{Request, Response, Uri};
 use tower_service::Service;
 
-use super::decide::{Config, Next, Pending};
+use super::decide::{Admission, Config, Next, Pending};
 use super::future::ResponseFuture;
 use super::grpc::is_grpc;
-use super::{Refusal, RefusalResponse, UsageContext};
+use super::{Refusal, RefusalResponse};
 use crate::key::RequestHead;
 use crate::route::canonical;
 
@@ -102,13 +102,17 @@ where
         }
         let head = RequestHead::of(&request);
         if self.config.is_unmetered(&head) {
-            return ResponseFuture::forward(self.inner.call(request), None);
+            return ResponseFuture::forward(self.inner.call(request));
         }
         let Pending {
             mut decision,
             context,
         } = match self.config.start(&head) {
             Ok(pending) => pending,
+            Err(reason) if self.config.shadow => {
+                let admission = Admission::shadowed(reason, None);
+                return ResponseFuture::admitted(&mut self.inner, request, None, admission);
+            }
             Err(reason) => {
                 return ResponseFuture::refused(self.config.refuse(
                     &self.refusal,
@@ -118,9 +122,6 @@ where
                 ))
             }
         };
-        if let Some(context) = context {
-            request.extensions_mut().insert(context);
-        }
         let Some(answer) = decision.take_ready() else {
             // The store answers later: the ready inner service goes with the
             // future, a fresh clone stays here.
@@ -130,26 +131,16 @@ where
                 decision,
                 ready,
                 request,
+                context,
                 self.config.clone(),
                 self.refusal.clone(),
             );
         };
         match self.config.finish(&self.refusal, grpc, answer) {
-            Next::Forward { headers, counted } => {
-                if !counted {
-                    uncharged(&mut request);
-                }
-                ResponseFuture::forward(self.inner.call(request), headers)
+            Next::Forward(admission) => {
+                ResponseFuture::admitted(&mut self.inner, request, context, admission)
             }
             Next::Refuse(response) => ResponseFuture::refused(response),
         }
-    }
-}
-
-/// The request was not counted: its context has no charge to give back.
-#[cold]
-pub(crate) fn uncharged<B>(request: &mut Request<B>) {
-    if let Some(context) = request.extensions_mut().get_mut::<UsageContext>() {
-        context.uncharged();
     }
 }
