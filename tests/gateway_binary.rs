@@ -645,6 +645,54 @@ keys = ["throttle"]
     );
 }
 
+#[tokio::test]
+async fn shadow_mode_refuses_nothing_counts_exactly_and_reports_would_be_refusals() {
+    let dir = TempDir::new("shadow");
+    let config = dir.write(
+        "gateway.toml",
+        &config_text(1, r#"metrics_listen = "127.0.0.1:0""#),
+    );
+    let mut gateway = spawn(&["--config", config.to_str().unwrap(), "--shadow"], &dir.0);
+    let (data, _) = gateway.ready().await;
+    let metrics = gateway.address("metrics").await;
+
+    let (first, headers, _) = get(data, "/pets", Some(KEY)).await;
+    assert_eq!(first, StatusCode::OK);
+    assert!(headers["ratelimit"].to_str().unwrap().contains("r=0"));
+    // Over the quota of 1, and without a key: admitted all the same, with
+    // the rate-limit headers but no Retry-After.
+    let (second, headers, _) = get(data, "/pets", Some(KEY)).await;
+    assert_eq!(second, StatusCode::OK);
+    assert!(headers.contains_key("ratelimit"));
+    assert!(!headers.contains_key("retry-after"));
+    assert_eq!(status(data, None).await, StatusCode::OK);
+
+    let (_, _, body) = get(metrics, "/metrics", None).await;
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    for line in [
+        r#"usage_plans_shadow_refusals_total{reason="quota_exceeded"} 1"#,
+        r#"usage_plans_shadow_refusals_total{reason="forbidden"} 1"#,
+        r#"usage_plans_requests_total{outcome="admitted"} 3"#,
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "no line {line:?} in:\n{text}"
+        );
+    }
+    gateway.signal("TERM");
+    let (exit, stderr) = gateway.exit().await;
+    assert!(exit.success(), "{stderr}");
+    // The gateway's log, one line per would-be refusal, naming it.
+    let log = gateway.output();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("shadow mode: admitting a request that would be refused"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{log}");
+    assert!(lines[0].contains("QuotaExceeded"), "{log}");
+    assert!(lines[1].contains("MissingKey"), "{log}");
+}
+
 /// `aws apigateway <args>` against `admin` with the demo credentials;
 /// the parsed JSON output.
 async fn aws(admin: SocketAddr, home: &Path, args: &[&str]) -> serde_json::Value {
