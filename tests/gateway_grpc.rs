@@ -47,7 +47,11 @@ async fn upstream() -> (SocketAddr, UsageServer) {
 }
 
 async fn gateway(upstream: SocketAddr, limit: u64) -> Gateway {
-    let config = GatewayConfig {
+    Gateway::start(config(upstream, limit)).await.unwrap()
+}
+
+fn config(upstream: SocketAddr, limit: u64) -> GatewayConfig {
+    GatewayConfig {
         listen: ([127, 0, 0, 1], 0).into(),
         admin_listen: ([127, 0, 0, 1], 0).into(),
         upstream: Some(format!("http://{upstream}").parse().unwrap()),
@@ -57,8 +61,7 @@ async fn gateway(upstream: SocketAddr, limit: u64) -> Gateway {
             keys: vec!["tester".into()],
         }],
         ..GatewayConfig::default()
-    };
-    Gateway::start(config).await.unwrap()
+    }
 }
 
 async fn client(addr: SocketAddr) -> UsageClient {
@@ -276,5 +279,41 @@ async fn bad_input_gets_a_clear_answer_never_a_hang_or_a_5xx() {
     let response = within("an HTTP/1.1 call", net::send(addr, request)).await;
     assert_eq!(response.status(), 400);
     assert_eq!(used(&gateway).await, before, "refused before metering");
+    gateway.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_idle_request_stream_ends_at_the_body_read_timeout() {
+    let (up, _server) = upstream().await;
+    let gateway = Gateway::start(GatewayConfig {
+        body_read_timeout: Some(Duration::from_millis(300)),
+        ..config(up, 10)
+    })
+    .await
+    .unwrap();
+    let mut client = client(gateway.data_addr()).await;
+    let (send, receive) = tokio::sync::mpsc::channel(1);
+    send.send(CountReply { i: 1 }).await.unwrap();
+    let mut incoming = within(
+        "Echo",
+        client.echo(keyed(tokio_stream::wrappers::ReceiverStream::new(receive))),
+    )
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!(
+        within("an echo", incoming.next()).await.unwrap().unwrap().i,
+        1
+    );
+    // The client keeps its stream open and sends nothing: the call ends
+    // with a gRPC status, not a reset stream.
+    let ended = within("the stream's end", incoming.next()).await;
+    let status = ended.expect("a status ends the call").unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert_eq!(
+        status.message(),
+        "no data from the client within the body read timeout"
+    );
+    drop(send);
     gateway.shutdown().await.unwrap();
 }

@@ -170,9 +170,7 @@ impl UsageClient {
             .server_streaming(request, path, ProstCodec::default())
             .await
     }
-}
 
-impl UsageClient {
     pub async fn echo(
         &mut self,
         request: Request<impl tokio_stream::Stream<Item = CountReply> + Send + 'static>,

@@ -13,6 +13,7 @@ use hyper_util::client::legacy::{Client, Error};
 use hyper_util::rt::TokioExecutor;
 
 use super::body::GatewayBody;
+use super::edge::BodyFailure;
 use crate::layer::is_grpc;
 
 /// Whether a request is a gRPC call that needs HTTP/2 end to end: gRPC-Web
@@ -74,6 +75,24 @@ pub(crate) fn error(status: StatusCode, message: &str) -> Response<GatewayBody> 
         headers.insert("grpc-message", message);
     }
     response
+}
+
+/// The trailers that end a call whose answer broke off mid-stream: 4
+/// `DEADLINE_EXCEEDED` when its client sent nothing within the body read
+/// timeout, 1 `CANCELLED` when the client's own stream broke, else 14
+/// `UNAVAILABLE` (the upstream's stream broke).
+pub(crate) fn broken_off(request: Option<BodyFailure>) -> HeaderMap {
+    let (code, message) = match request {
+        Some(BodyFailure::Timeout) => {
+            (4u16, "no data from the client within the body read timeout")
+        }
+        Some(BodyFailure::Client) => (1, "the client's stream broke off"),
+        None => (14, "the upstream's stream broke off"),
+    };
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", code.into());
+    trailers.insert("grpc-message", HeaderValue::from_static(message));
+    trailers
 }
 
 #[cfg(test)]

@@ -281,6 +281,7 @@ async fn forward(
     let started = super::metrics::enabled().then(Instant::now);
     let timeout = upstream.timeout;
     let watch = body.watch();
+    let request_watch = grpc.then(|| watch.clone()).flatten();
     let request = Request::from_parts(parts, GatewayBody::client(body));
     let sending = async {
         match grpc {
@@ -297,7 +298,11 @@ async fn forward(
         Ok(Ok(response)) => {
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
-            (Response::from_parts(parts, GatewayBody::from(body)), true)
+            let body = match grpc {
+                true => GatewayBody::grpc(body, request_watch),
+                false => GatewayBody::from(body),
+            };
+            (Response::from_parts(parts, body), true)
         }
         Ok(Err(e)) => {
             tracing::warn!(error = %e.message, "upstream request failed");

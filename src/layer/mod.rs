@@ -19,6 +19,13 @@
 //! throttles and unmetered routes is the path that is passed on. Resource
 //! paths are case-sensitive, as in API Gateway.
 //!
+//! A gRPC call (`content-type: application/grpc…`) is refused as gRPC
+//! does instead: a trailers-only response with `grpc-status` 16
+//! `UNAUTHENTICATED` (no key, unknown key), 7 `PERMISSION_DENIED`
+//! (disabled key, no plan), 8 `RESOURCE_EXHAUSTED` (throttled, quota spent;
+//! with a `google.rpc.RetryInfo` in `grpc-status-details-bin`) or 14
+//! `UNAVAILABLE`; see [`Refusal::grpc_code`] and [`GrpcRefusal`].
+//!
 //! Every metered response carries `RateLimit-Policy` and `RateLimit`
 //! headers; every 429 carries `Retry-After`. Admitted requests carry a
 //! [`UsageContext`] in their extensions; refusals carry their [`Refusal`].
