@@ -91,7 +91,8 @@ pub trait RefusalResponse<B> {
     /// ```
     /// use tower_usage_plans::{AwsRefusal, Refusal, RefusalResponse};
     ///
-    /// let response: http::Response<String> = AwsRefusal.grpc_response(Refusal::MissingKey);
+    /// let response: http::Response<http_body_util::Full<bytes::Bytes>> =
+    ///     AwsRefusal.grpc_response(Refusal::MissingKey);
     /// assert_eq!(response.status(), 200);
     /// assert_eq!(response.headers()["grpc-status"], "16");
     /// ```
