@@ -4,6 +4,8 @@
 //! `grpc-status-details-bin`, which gRPC clients read instead of
 //! `Retry-After`.
 
+use std::cell::RefCell;
+
 use base64::Engine as _;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Response};
 
@@ -80,18 +82,36 @@ impl<B: Default> RefusalResponse<B> for GrpcRefusal {
 /// A trailers-only gRPC response: the status in the headers, no message.
 pub(crate) fn trailers_only<B>(refusal: Refusal, body: B) -> Response<B> {
     let mut response = Response::new(body);
+    // Room for these three, the rate-limit ones, `Retry-After` and the
+    // details without growing the map.
+    *response.headers_mut() = HeaderMap::with_capacity(8);
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/grpc"),
     );
-    headers.insert(GRPC_STATUS.clone(), refusal.grpc_code().into());
+    headers.insert(
+        GRPC_STATUS.clone(),
+        HeaderValue::from_static(code_text(refusal)),
+    );
     // Spaces and other printable ASCII but `%` need no percent-encoding.
     headers.insert(
         GRPC_MESSAGE.clone(),
         HeaderValue::from_static(refusal.message()),
     );
     response
+}
+
+/// [`Refusal::grpc_code`] as the text of `grpc-status`, without formatting
+/// or allocating it.
+fn code_text(refusal: Refusal) -> &'static str {
+    match refusal {
+        Refusal::MissingKey | Refusal::InvalidKey => "16",
+        Refusal::DisabledKey | Refusal::NoPlan => "7",
+        Refusal::Throttled | Refusal::QuotaExceeded => "8",
+        Refusal::StoreUnavailable => "14",
+        Refusal::BadPath => "3",
+    }
 }
 
 /// Adds the `google.rpc.RetryInfo` to a refusal answered with
@@ -108,10 +128,27 @@ pub(crate) fn add_retry_info(headers: &mut HeaderMap, refusal: Refusal, retry_af
     }
 }
 
+thread_local! {
+    /// The last details this thread built: the refusals of a flood, in the
+    /// same second, share one value (a clone) instead of encoding each.
+    static LAST_DETAILS: RefCell<Option<(Refusal, u64, HeaderValue)>> = const { RefCell::new(None) };
+}
+
 /// `grpc-status-details-bin`: a `google.rpc.Status` whose details hold one
 /// `google.rpc.RetryInfo`, base64 without padding (as gRPC writes binary
 /// metadata; readers accept either).
 fn status_details(refusal: Refusal, retry_after_secs: u64) -> HeaderValue {
+    LAST_DETAILS.with_borrow_mut(|last| match last {
+        Some((r, secs, value)) if *r == refusal && *secs == retry_after_secs => value.clone(),
+        _ => {
+            let value = encode_status_details(refusal, retry_after_secs);
+            *last = Some((refusal, retry_after_secs, value.clone()));
+            value
+        }
+    })
+}
+
+fn encode_status_details(refusal: Refusal, retry_after_secs: u64) -> HeaderValue {
     use prost::Message as _;
     let retry_info = proto::RetryInfo {
         retry_delay: Some(proto::Duration {
@@ -195,6 +232,17 @@ mod tests {
     }
 
     #[test]
+    fn a_repeated_refusal_shares_its_details_and_a_new_delay_gets_its_own() {
+        let first = status_details(Refusal::Throttled, 2);
+        assert_eq!(status_details(Refusal::Throttled, 2), first);
+        assert_ne!(status_details(Refusal::Throttled, 3), first);
+        assert_ne!(
+            status_details(Refusal::QuotaExceeded, 3),
+            status_details(Refusal::Throttled, 3)
+        );
+    }
+
+    #[test]
     fn only_resource_exhausted_gets_details() {
         let mut forbidden = trailers_only(Refusal::InvalidKey, ())
             .into_parts()
@@ -205,6 +253,22 @@ mod tests {
         let mut throttled = trailers_only(Refusal::Throttled, ()).into_parts().0.headers;
         add_retry_info(&mut throttled, Refusal::Throttled, 1);
         assert!(throttled.contains_key("grpc-status-details-bin"));
+    }
+
+    #[test]
+    fn code_texts_are_the_codes() {
+        for refusal in [
+            Refusal::MissingKey,
+            Refusal::InvalidKey,
+            Refusal::DisabledKey,
+            Refusal::NoPlan,
+            Refusal::Throttled,
+            Refusal::QuotaExceeded,
+            Refusal::StoreUnavailable,
+            Refusal::BadPath,
+        ] {
+            assert_eq!(code_text(refusal), refusal.grpc_code().to_string());
+        }
     }
 
     #[test]
