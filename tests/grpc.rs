@@ -29,7 +29,10 @@ use usage_grpc::{CountRequest, UsageClient, UsageServer, WhoAmIRequest};
 const KEY: &str = "grpc-key-0123456789abcdef";
 
 /// A tonic server wearing `layer` on a free port, and its call counter.
-async fn serve(layer: UsagePlanLayer<GrpcRefusal>) -> (SocketAddr, UsageServer) {
+async fn serve<R>(layer: UsagePlanLayer<R>) -> (SocketAddr, UsageServer)
+where
+    R: tower_usage_plans::RefusalResponse<tonic::body::Body> + Clone + Send + Sync + 'static,
+{
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = UsageServer::default();
@@ -447,5 +450,41 @@ async fn the_example_serves_and_refuses_as_documented() {
     assert_eq!(
         retry_delay(&throttled),
         Duration::from_secs(retry_after(&throttled))
+    );
+}
+
+#[tokio::test]
+async fn with_refusal_response_still_decides_the_answer() {
+    let f = fixture(NewUsagePlan::new("custom").with_quota(Quota::new(1, QuotaPeriod::Day)));
+    let custom = |refusal: tower_usage_plans::Refusal| {
+        let status = match refusal {
+            tower_usage_plans::Refusal::QuotaExceeded => {
+                Status::resource_exhausted("come back tomorrow")
+            }
+            _ => Status::failed_precondition(format!("custom: {}", refusal.message())),
+        };
+        status.into_http::<tonic::body::Body>()
+    };
+    let (addr, _server) =
+        serve(UsagePlanLayer::new(f.plans.clone()).with_refusal_response(custom)).await;
+    let mut client = client(addr).await;
+
+    let missing = client
+        .who_am_i(Request::new(WhoAmIRequest {}))
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::FailedPrecondition);
+    assert_eq!(missing.message(), "custom: Forbidden");
+    client.who_am_i(keyed(WhoAmIRequest {}, KEY)).await.unwrap();
+    let spent = client
+        .who_am_i(keyed(WhoAmIRequest {}, KEY))
+        .await
+        .unwrap_err();
+    assert_eq!(spent.code(), Code::ResourceExhausted);
+    assert_eq!(spent.message(), "come back tomorrow");
+    // A RESOURCE_EXHAUSTED of the user's own still gets the RetryInfo.
+    assert_eq!(
+        retry_delay(&spent),
+        Duration::from_secs(retry_after(&spent))
     );
 }
