@@ -317,3 +317,23 @@ async fn an_idle_request_stream_ends_at_the_body_read_timeout() {
     drop(send);
     gateway.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn without_an_upstream_a_call_is_unimplemented_not_json() {
+    let gateway = Gateway::start(GatewayConfig {
+        upstream: None,
+        ..config(([127, 0, 0, 1], 9).into(), 10)
+    })
+    .await
+    .unwrap();
+    let mut client = client(gateway.data_addr()).await;
+    let status = within("Count", client.count(keyed(CountRequest { n: 1 })))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+    assert_eq!(
+        status.message(),
+        "no upstream: the built-in echo answers HTTP only"
+    );
+    gateway.shutdown().await.unwrap();
+}

@@ -57,11 +57,13 @@ impl H2Client {
 
 /// The gateway's own failure (`status`: 502, 504, 408…) as a trailers-only
 /// gRPC status: `UNAVAILABLE` for 502/503, `DEADLINE_EXCEEDED` for
-/// timeouts, `INTERNAL` otherwise (gRPC's own HTTP-to-status mapping).
+/// timeouts, `UNIMPLEMENTED` for 501, `INTERNAL` otherwise (gRPC's own
+/// HTTP-to-status mapping).
 pub(crate) fn error(status: StatusCode, message: &str) -> Response<GatewayBody> {
     let code: u16 = match status {
         StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE => 14,
         StatusCode::GATEWAY_TIMEOUT | StatusCode::REQUEST_TIMEOUT => 4,
+        StatusCode::NOT_IMPLEMENTED => 12,
         _ => 13,
     };
     let mut response = Response::new(GatewayBody::from(Bytes::new()));

@@ -513,6 +513,13 @@ pub(crate) fn error(status: StatusCode, message: &str) -> Response<GatewayBody> 
 
 /// 200 with a JSON description of the request.
 async fn echo(request: Request<EdgeBody>) -> Response<GatewayBody> {
+    if grpc::is_call(request.headers()) {
+        // A JSON answer would only confuse a gRPC client.
+        return grpc::error(
+            StatusCode::NOT_IMPLEMENTED,
+            "no upstream: the built-in echo answers HTTP only",
+        );
+    }
     let (parts, body) = request.into_parts();
     let body = match http_body_util::Limited::new(body, ECHO_MAX_BODY)
         .collect()
