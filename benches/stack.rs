@@ -3,7 +3,10 @@
 //! `UsagePlanLayer` (throttle + quota + RateLimit headers) — added with
 //! `Router::layer` and wrapped around the whole router, and via
 //! `Router::layer` without the `UsageContext` extension. What each layer
-//! *adds* to bare is the number to compare.
+//! *adds* to bare is the number to compare. Then a refusal (quota spent),
+//! of a plain HTTP request (429, JSON) and of a gRPC call (trailers-only
+//! `RESOURCE_EXHAUSTED` with its `google.rpc.RetryInfo`): the two should
+//! cost about the same.
 //!
 //! `cargo bench --bench stack`
 
@@ -17,7 +20,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use http::Request;
 use tower::{Layer, Service};
 use tower_usage_plans::store::MemoryStore;
-use tower_usage_plans::UsagePlanLayer;
+use tower_usage_plans::{NewApiKey, NewUsagePlan, Quota, QuotaPeriod, UsagePlanLayer, UsagePlans};
 
 #[path = "support.rs"]
 mod support;
@@ -75,8 +78,41 @@ fn stack(c: &mut Criterion) {
             assert_eq!(response.status(), 200);
         })
     });
+    // A key whose quota is spent: every request is refused.
+    let spent = UsagePlans::new();
+    let plan = spent
+        .create_usage_plan(NewUsagePlan::new("spent").with_quota(Quota::new(0, QuotaPeriod::Day)))
+        .unwrap();
+    let key = spent
+        .create_api_key(NewApiKey::new("spent").with_value(SPENT_KEY).enabled(true))
+        .unwrap();
+    spent.add_key_to_plan(&plan.id, &key.id).unwrap();
+    let mut refusing = router().layer(UsagePlanLayer::new(spent));
+    let refused = |content_type: Option<&str>| {
+        let mut request = Request::post("/").header("x-api-key", SPENT_KEY);
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        request.body(Body::empty()).unwrap()
+    };
+    group.bench_function("refused_http", |b| {
+        b.iter(|| {
+            let response = runtime.block_on(refusing.call(refused(None))).unwrap();
+            assert_eq!(response.status(), 429);
+        })
+    });
+    group.bench_function("refused_grpc", |b| {
+        b.iter(|| {
+            let response = runtime
+                .block_on(refusing.call(refused(Some("application/grpc"))))
+                .unwrap();
+            assert_eq!(response.headers()["grpc-status"], "8");
+        })
+    });
     group.finish();
 }
+
+const SPENT_KEY: &str = "spent-key-0123456789abcdef";
 
 criterion_group! {
     name = benches;

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need when it is missing: Debian's redis-server,
 # chromium and chromium-driver (the console's browser tests), and from PyPI
-# pytest, boto3, the AWS CLI v1 and selenium. Called by scripts/test.sh
+# pytest, boto3, the AWS CLI v1, selenium and grpcio. Called by scripts/test.sh
 # (the README's test command) and by .ci/run; does nothing when all is there.
 # apt-get runs as root, or through sudo when there is one.
 set -euo pipefail
@@ -31,6 +31,10 @@ python3 -c 'import pytest' 2>/dev/null || pip_packages+=(pytest)
 python3 -c 'import boto3, botocore' 2>/dev/null || pip_packages+=(boto3)
 command -v aws >/dev/null || pip_packages+=(awscli)
 python3 -c 'import selenium' 2>/dev/null || pip_packages+=(selenium)
+# The gRPC conformance tests: grpcio's client and server, its health
+# service (generated code shipped, no protoc) and google.rpc.Status decoding.
+python3 -c 'import grpc, grpc_health.v1.health, grpc_status.rpc_status' 2>/dev/null \
+  || pip_packages+=(grpcio grpcio-health-checking grpcio-status)
 if [ ${#pip_packages[@]} -gt 0 ]; then
   echo "install-deps: pip install ${pip_packages[*]}" >&2
   python3 -m pip install --quiet "${pip_packages[@]}"

@@ -92,14 +92,23 @@ enum Source {
 }
 
 impl KeySource {
-    /// A request header.
+    /// A request header (for gRPC, a metadata entry).
     ///
     /// # Panics
-    /// If `name` is not a valid header name (a programming error).
+    /// If `name` is not a valid header name, or names binary gRPC metadata
+    /// (ends in `-bin`: base64 of arbitrary bytes, never an API key) — a
+    /// programming error.
+    ///
+    /// ```should_panic
+    /// tower_usage_plans::KeySource::header("x-api-key-bin");
+    /// ```
     pub fn header(name: &str) -> Self {
-        Self(Source::Header(
-            HeaderName::try_from(name).expect("KeySource::header: invalid header name"),
-        ))
+        let name = HeaderName::try_from(name).expect("KeySource::header: invalid header name");
+        assert!(
+            !name.as_str().ends_with("-bin"),
+            "KeySource::header({name:?}): binary gRPC metadata cannot hold an API key"
+        );
+        Self(Source::Header(name))
     }
 
     /// A query-string parameter (percent-decoded).

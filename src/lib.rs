@@ -54,8 +54,8 @@ pub use clock::{Clock, ManualClock, SystemClock, UnixNanos};
 pub use error::{Error, ErrorKind, Result};
 pub use key::{AuthorizerKey, KeySource, RequestHead};
 pub use layer::{
-    AwsRefusal, Charge, Refusal, RefusalResponse, StoreFailure, UsageContext, UsagePlanLayer,
-    UsagePlanService,
+    AwsRefusal, Charge, GrpcRefusal, Refusal, RefusalResponse, ShadowRefusal, StoreFailure,
+    UsageContext, UsagePlanLayer, UsagePlanService,
 };
 pub use model::{
     ApiKey, ApiStage, NewApiKey, NewUsagePlan, Quota, QuotaPeriod, Throttle, Usage, UsagePlan,

@@ -13,6 +13,8 @@
 
 #[path = "support/net.rs"]
 mod net;
+#[path = "../examples/support/usage_grpc.rs"]
+mod usage_grpc;
 use net::{get, within, TempDir, DEADLINE};
 
 use std::net::SocketAddr;
@@ -644,6 +646,128 @@ keys = ["throttle"]
         text.contains("usage_plans_decision_seconds_bucket"),
         "no decision latency histogram in:\n{text}"
     );
+}
+
+#[tokio::test]
+async fn shadow_mode_refuses_nothing_counts_exactly_and_reports_would_be_refusals() {
+    let dir = TempDir::new("shadow");
+    let config = dir.write(
+        "gateway.toml",
+        &config_text(1, r#"metrics_listen = "127.0.0.1:0""#),
+    );
+    let mut gateway = spawn(&["--config", config.to_str().unwrap(), "--shadow"], &dir.0);
+    let (data, _) = gateway.ready().await;
+    let metrics = gateway.address("metrics").await;
+
+    let (first, headers, _) = get(data, "/pets", Some(KEY)).await;
+    assert_eq!(first, StatusCode::OK);
+    assert!(headers["ratelimit"].to_str().unwrap().contains("r=0"));
+    // Over the quota of 1, and without a key: admitted all the same, with
+    // the rate-limit headers but no Retry-After.
+    let (second, headers, _) = get(data, "/pets", Some(KEY)).await;
+    assert_eq!(second, StatusCode::OK);
+    assert!(headers.contains_key("ratelimit"));
+    assert!(!headers.contains_key("retry-after"));
+    assert_eq!(status(data, None).await, StatusCode::OK);
+
+    let (_, _, body) = get(metrics, "/metrics", None).await;
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    for line in [
+        r#"usage_plans_shadow_refusals_total{reason="quota_exceeded"} 1"#,
+        r#"usage_plans_shadow_refusals_total{reason="forbidden"} 1"#,
+        r#"usage_plans_requests_total{outcome="admitted"} 3"#,
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "no line {line:?} in:\n{text}"
+        );
+    }
+    gateway.signal("TERM");
+    let (exit, stderr) = gateway.exit().await;
+    assert!(exit.success(), "{stderr}");
+    // The gateway's log, one line per would-be refusal, naming it.
+    let log = gateway.output();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("shadow mode: admitting a request that would be refused"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{log}");
+    assert!(lines[0].contains("QuotaExceeded"), "{log}");
+    assert!(lines[1].contains("MissingKey"), "{log}");
+}
+
+#[tokio::test]
+async fn a_tonic_client_through_the_binary_to_a_tonic_upstream() {
+    use tokio_stream::StreamExt;
+    use usage_grpc::{CountRequest, UsageClient, UsageServer};
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let server = UsageServer::default();
+    let service = server.clone();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let dir = TempDir::new("grpc");
+    let config = dir.write("gateway.toml", &config_text(2, ""));
+    let upstream_url = format!("http://{upstream}");
+    let mut gateway = spawn(
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--upstream",
+            &upstream_url,
+        ],
+        &dir.0,
+    );
+    let (data, _) = gateway.ready().await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{data}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = UsageClient::new(channel);
+    let keyed = |n| {
+        let mut request = tonic::Request::new(CountRequest { n });
+        request
+            .metadata_mut()
+            .insert("x-api-key", KEY.parse().unwrap());
+        request
+    };
+
+    let stream = within("Count", client.count(keyed(3))).await.unwrap();
+    let replies: Vec<u32> = within(
+        "its stream",
+        stream
+            .into_inner()
+            .map(|r| r.unwrap().i)
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    assert_eq!(replies, [1, 2, 3]);
+    let invalid = within("Count(0)", client.count(keyed(0)))
+        .await
+        .unwrap_err();
+    assert_eq!(invalid.code(), tonic::Code::InvalidArgument);
+    assert_eq!(invalid.message(), "n must be at least 1");
+    let spent = within("over quota", client.count(keyed(1)))
+        .await
+        .unwrap_err();
+    assert_eq!(spent.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(spent.message(), "Limit Exceeded");
+    let missing = within(
+        "no key",
+        client.count(tonic::Request::new(CountRequest { n: 1 })),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::Unauthenticated);
+    assert_eq!(server.calls(), 2);
+    gateway.signal("TERM");
+    let (exit, stderr) = gateway.exit().await;
+    assert!(exit.success(), "{stderr}");
 }
 
 /// `aws apigateway <args>` against `admin` with the demo credentials;

@@ -3,7 +3,8 @@
 //! response, the client's request).
 
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -11,7 +12,8 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
-use super::edge::EdgeBody;
+use super::edge::{BodyWatch, EdgeBody};
+use super::grpc;
 
 /// Errors of a streamed body.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -30,6 +32,13 @@ pin_project! {
         Full { #[pin] body: Full<Bytes> },
         Streamed { #[pin] body: Incoming },
         Client { #[pin] body: EdgeBody },
+        // A gRPC call's answer from the upstream: if its stream breaks off,
+        // the call ends with a gRPC status in trailers, not a reset.
+        Grpc {
+            #[pin] body: Incoming,
+            request: Option<Arc<BodyWatch>>,
+            ended: bool,
+        },
     }
 }
 
@@ -38,6 +47,20 @@ impl GatewayBody {
     pub(crate) fn client(body: EdgeBody) -> Self {
         Self {
             inner: Inner::Client { body },
+        }
+    }
+}
+
+impl GatewayBody {
+    /// The upstream's answer to a gRPC call; `request` watches the call's
+    /// request stream, to tell why the answer broke off.
+    pub(crate) fn grpc(body: Incoming, request: Option<Arc<BodyWatch>>) -> Self {
+        Self {
+            inner: Inner::Grpc {
+                body,
+                request,
+                ended: false,
+            },
         }
     }
 }
@@ -58,6 +81,7 @@ impl std::fmt::Debug for GatewayBody {
             Inner::Full { .. } => "GatewayBody::Full",
             Inner::Streamed { .. } => "GatewayBody::Streamed",
             Inner::Client { .. } => "GatewayBody::Client",
+            Inner::Grpc { .. } => "GatewayBody::Grpc",
         })
     }
 }
@@ -95,6 +119,24 @@ impl Body for GatewayBody {
             InnerProj::Full { body } => body.poll_frame(cx).map_err(|never| match never {}),
             InnerProj::Streamed { body } => body.poll_frame(cx).map_err(Into::into),
             InnerProj::Client { body } => body.poll_frame(cx).map_err(Into::into),
+            InnerProj::Grpc {
+                body,
+                request,
+                ended,
+            } => {
+                if *ended {
+                    return Poll::Ready(None);
+                }
+                match ready!(body.poll_frame(cx)) {
+                    Some(Err(error)) => {
+                        *ended = true;
+                        let failure = request.as_ref().and_then(|w| w.failure());
+                        tracing::debug!(%error, ?failure, "a gRPC call's stream broke off");
+                        Poll::Ready(Some(Ok(Frame::trailers(grpc::broken_off(failure)))))
+                    }
+                    frame => Poll::Ready(frame.map(|f| f.map_err(Into::into))),
+                }
+            }
         }
     }
 
@@ -103,6 +145,7 @@ impl Body for GatewayBody {
             Inner::Full { body } => body.is_end_stream(),
             Inner::Streamed { body } => body.is_end_stream(),
             Inner::Client { body } => body.is_end_stream(),
+            Inner::Grpc { body, ended, .. } => *ended || body.is_end_stream(),
         }
     }
 
@@ -111,6 +154,7 @@ impl Body for GatewayBody {
             Inner::Full { body } => body.size_hint(),
             Inner::Streamed { body } => body.size_hint(),
             Inner::Client { body } => body.size_hint(),
+            Inner::Grpc { body, .. } => body.size_hint(),
         }
     }
 }

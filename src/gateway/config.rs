@@ -76,6 +76,11 @@ pub struct Cli {
     /// (fewer round trips, still exact).
     #[arg(long)]
     pub redis_leases: bool,
+    /// Shadow mode: count and send the rate-limit headers, but refuse
+    /// nothing; would-be refusals are admitted uncounted, logged, and
+    /// counted in `usage_plans_shadow_refusals_total{reason}`.
+    #[arg(long)]
+    pub shadow: bool,
 }
 
 /// The TOML file. Field names are snake_case; plans and keys use the AWS
@@ -97,6 +102,8 @@ struct FileConfig {
     redis_failure: Option<String>,
     #[serde(default)]
     redis_leases: bool,
+    #[serde(default)]
+    shadow: bool,
     #[serde(default)]
     admin_credentials: Vec<FileCredential>,
     #[serde(default)]
@@ -159,6 +166,8 @@ pub struct GatewayConfig {
     pub store_failure: StoreFailure,
     /// Spend leased slices of the quota locally (with `redis`).
     pub redis_leases: bool,
+    /// Shadow mode: refuse nothing, mark and count would-be refusals.
+    pub shadow: bool,
     /// Keys to create at start (matched by value, else by name).
     pub keys: Vec<NewApiKey>,
     /// Plans to create at start (matched by name).
@@ -188,6 +197,7 @@ impl Default for GatewayConfig {
             redis: None,
             store_failure: StoreFailure::FailOpen,
             redis_leases: false,
+            shadow: false,
         }
     }
 }
@@ -293,6 +303,7 @@ impl GatewayConfig {
         let mut config = Self {
             redis: cli.redis.or(file.redis),
             redis_leases: cli.redis_leases || file.redis_leases,
+            shadow: cli.shadow || file.shadow,
             ..Self::default()
         };
         if let Some(policy) = cli.redis_failure.or(file.redis_failure) {

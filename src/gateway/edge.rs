@@ -332,6 +332,11 @@ fn refuse_head<B>(request: &Request<B>) -> Option<(StatusCode, &'static str)> {
         return Some((StatusCode::BAD_REQUEST, "Bad Request"));
     }
     let headers = request.headers();
+    if request.version() < http::Version::HTTP_2 && super::grpc::is_call(headers) {
+        // gRPC needs HTTP/2 (its status comes in trailers): refused before
+        // it is metered, so it costs nothing.
+        return Some((StatusCode::BAD_REQUEST, "gRPC calls need HTTP/2"));
+    }
     if headers.get_all(header::HOST).iter().nth(1).is_some() {
         // Which host is meant? (RFC 9112 §3.2: a 400.)
         return Some((StatusCode::BAD_REQUEST, "Bad Request"));

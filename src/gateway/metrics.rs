@@ -12,7 +12,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use crate::Refusal;
+use crate::{Refusal, ShadowRefusal};
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -43,13 +43,20 @@ pub(crate) fn enabled() -> bool {
 
 /// The label of a response's outcome.
 fn outcome<B>(response: &Response<B>) -> &'static str {
-    match response.extensions().get::<Refusal>() {
-        None => "admitted",
-        Some(Refusal::Throttled) => "throttled",
-        Some(Refusal::QuotaExceeded) => "quota_exceeded",
-        Some(Refusal::StoreUnavailable) => "store_unavailable",
-        Some(Refusal::BadPath) => "bad_path",
-        Some(_) => "forbidden",
+    response
+        .extensions()
+        .get::<Refusal>()
+        .map_or("admitted", |refusal| reason(*refusal))
+}
+
+/// The label of a refusal.
+fn reason(refusal: Refusal) -> &'static str {
+    match refusal {
+        Refusal::Throttled => "throttled",
+        Refusal::QuotaExceeded => "quota_exceeded",
+        Refusal::StoreUnavailable => "store_unavailable",
+        Refusal::BadPath => "bad_path",
+        _ => "forbidden",
     }
 }
 
@@ -109,6 +116,10 @@ where
         if let (true, Ok(response)) = (*this.enabled, &result) {
             metrics::counter!("usage_plans_requests_total", "outcome" => outcome(response))
                 .increment(1);
+            if let Some(shadow) = response.extensions().get::<ShadowRefusal>() {
+                metrics::counter!("usage_plans_shadow_refusals_total", "reason" => reason(shadow.refusal()))
+                    .increment(1);
+            }
         }
         Poll::Ready(result)
     }

@@ -18,6 +18,7 @@ mod config;
 mod connection;
 mod edge;
 mod error;
+mod grpc;
 mod metrics;
 mod proxy;
 mod replicas;
@@ -155,7 +156,8 @@ impl Gateway {
 
         let layer = UsagePlanLayer::new(plans.clone())
             .with_stage(&config.stage.0, &config.stage.1)
-            .with_store_failure(config.store_failure);
+            .with_store_failure(config.store_failure)
+            .shadow(config.shadow);
         let upstream = Arc::new(proxy::Upstream::new(
             config.upstream.clone(),
             config.upstream_timeout,

@@ -23,6 +23,7 @@ use tower_service::Service;
 use super::body::GatewayBody;
 use super::connection::{OwnConnection, OwnError, SpareConnections};
 use super::edge::{self, BodyWatch, EdgeBody};
+use super::grpc;
 use crate::{Charge, UsageContext};
 
 /// The largest request body the echo upstream reads back.
@@ -48,6 +49,8 @@ pub(crate) struct HttpUpstream {
     timeout: Duration,
     /// Upstream connections of ended client connections.
     spares: Arc<SpareConnections>,
+    /// gRPC calls' client: HTTP/2.
+    h2: grpc::H2Client,
 }
 
 impl Upstream {
@@ -82,6 +85,7 @@ impl Upstream {
             host,
             timeout,
             spares: Arc::default(),
+            h2: grpc::H2Client::new(),
         }))
     }
 }
@@ -261,6 +265,13 @@ async fn forward(
     request: Request<EdgeBody>,
 ) -> (Response<GatewayBody>, bool) {
     let (mut parts, body) = request.into_parts();
+    // A gRPC call goes over HTTP/2 and hears the gateway's own failures as
+    // gRPC statuses.
+    let grpc = grpc::is_call(&parts.headers);
+    let error = |status, message: &str| match grpc {
+        true => grpc::error(status, message),
+        false => error(status, message),
+    };
     parts.uri = match upstream.path_and_query_for(&parts.uri) {
         Some(path_and_query) => Uri::from(path_and_query),
         None => return (error(StatusCode::BAD_GATEWAY, "Bad Gateway"), false),
@@ -270,11 +281,15 @@ async fn forward(
     let started = super::metrics::enabled().then(Instant::now);
     let timeout = upstream.timeout;
     let watch = body.watch();
-    let result = tokio::time::timeout(
-        timeout,
-        upstream.send(own, Request::from_parts(parts, GatewayBody::client(body))),
-    )
-    .await;
+    let request_watch = grpc.then(|| watch.clone()).flatten();
+    let request = Request::from_parts(parts, GatewayBody::client(body));
+    let sending = async {
+        match grpc {
+            true => upstream.send_h2(request).await,
+            false => upstream.send(own, request).await,
+        }
+    };
+    let result = tokio::time::timeout(timeout, sending).await;
     if let Some(started) = started {
         metrics::histogram!("usage_plans_upstream_duration_seconds")
             .record(started.elapsed().as_secs_f64());
@@ -283,7 +298,11 @@ async fn forward(
         Ok(Ok(response)) => {
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
-            (Response::from_parts(parts, GatewayBody::from(body)), true)
+            let body = match grpc {
+                true => GatewayBody::grpc(body, request_watch),
+                false => GatewayBody::from(body),
+            };
+            (Response::from_parts(parts, body), true)
         }
         Ok(Err(e)) => {
             tracing::warn!(error = %e.message, "upstream request failed");
@@ -349,6 +368,22 @@ impl HttpUpstream {
                 })
             }
         }
+    }
+
+    /// Sends a gRPC call (origin-form) over HTTP/2.
+    async fn send_h2(
+        &self,
+        mut request: Request<GatewayBody>,
+    ) -> Result<Response<Incoming>, SendError> {
+        let path_and_query = request.uri().path_and_query().cloned();
+        *request.uri_mut() = self.absolute(path_and_query).ok_or_else(|| SendError {
+            message: "no upstream URI for the request".into(),
+            sent: false,
+        })?;
+        self.h2.send(request).await.map_err(|e| SendError {
+            sent: !e.is_connect(),
+            message: e.to_string(),
+        })
     }
 
     /// The base URL's path + the request's path and query. Without a base
@@ -478,6 +513,13 @@ pub(crate) fn error(status: StatusCode, message: &str) -> Response<GatewayBody> 
 
 /// 200 with a JSON description of the request.
 async fn echo(request: Request<EdgeBody>) -> Response<GatewayBody> {
+    if grpc::is_call(request.headers()) {
+        // A JSON answer would only confuse a gRPC client.
+        return grpc::error(
+            StatusCode::NOT_IMPLEMENTED,
+            "no upstream: the built-in echo answers HTTP only",
+        );
+    }
     let (parts, body) = request.into_parts();
     let body = match http_body_util::Limited::new(body, ECHO_MAX_BODY)
         .collect()

@@ -3,6 +3,7 @@
 
 use http::Response;
 
+use super::grpc::add_retry_info;
 use super::headers::RateLimitHeaders;
 use super::{ChargeRules, Refusal, RefusalResponse, UsageContext};
 use crate::key::{KeySource, RequestHead};
@@ -38,6 +39,8 @@ pub(crate) struct Config {
     /// Whether admitted requests carry a [`UsageContext`].
     pub(crate) usage_context: bool,
     pub(crate) store_failure: StoreFailure,
+    /// Shadow mode: would-be refusals are admitted, uncounted, and marked.
+    pub(crate) shadow: bool,
 }
 
 /// A metered request on its way to the store.
@@ -48,13 +51,42 @@ pub(crate) struct Pending {
 
 /// What to do with a request once the store has answered.
 pub(crate) enum Next<B> {
-    /// Forward, with these headers; `counted`: whether the store charged it
-    /// (not when it failed and the request goes through uncounted).
-    Forward {
-        headers: Option<RateLimitHeaders>,
-        counted: bool,
-    },
+    Forward(Admission),
     Refuse(Response<B>),
+}
+
+/// How a request is forwarded.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Admission {
+    /// The rate-limit headers of its response.
+    pub(crate) headers: Option<RateLimitHeaders>,
+    /// Whether the store charged it (not when it failed and the request
+    /// goes through uncounted, nor when it is a would-be refusal).
+    pub(crate) counted: bool,
+    /// In shadow mode, the refusal it escaped.
+    pub(crate) shadow: Option<Refusal>,
+}
+
+impl Admission {
+    /// Admitted uncounted because the store failed (fail-open).
+    const UNCOUNTED: Self = Self {
+        headers: None,
+        counted: false,
+        shadow: None,
+    };
+
+    /// Admitted in shadow mode instead of refused for `reason`.
+    pub(crate) fn shadowed(reason: Refusal, headers: Option<RateLimitHeaders>) -> Self {
+        tracing::info!(
+            ?reason,
+            "shadow mode: admitting a request that would be refused"
+        );
+        Self {
+            headers,
+            counted: false,
+            shadow: Some(reason),
+        }
+    }
 }
 
 impl Config {
@@ -105,6 +137,7 @@ impl Config {
     pub(crate) fn finish<B, R: RefusalResponse<B>>(
         &self,
         refusal: &R,
+        grpc: bool,
         answer: Result<Decision>,
     ) -> Next<B> {
         let decision = match answer {
@@ -112,22 +145,23 @@ impl Config {
             Err(error) => {
                 tracing::warn!(%error, policy = ?self.store_failure, "counter store failed");
                 return match self.store_failure {
-                    StoreFailure::FailOpen => Next::Forward {
-                        headers: None,
-                        counted: false,
-                    },
+                    StoreFailure::FailOpen => Next::Forward(Admission::UNCOUNTED),
+                    StoreFailure::FailClosed if self.shadow => {
+                        Next::Forward(Admission::shadowed(Refusal::StoreUnavailable, None))
+                    }
                     StoreFailure::FailClosed => {
-                        Next::Refuse(self.refuse(refusal, Refusal::StoreUnavailable, None))
+                        Next::Refuse(self.refuse(refusal, grpc, Refusal::StoreUnavailable, None))
                     }
                 };
             }
         };
         let (verdict, retry_after) = match decision.verdict {
             Verdict::Admitted => {
-                return Next::Forward {
+                return Next::Forward(Admission {
                     headers: RateLimitHeaders::new(&decision, None, self.legacy_headers),
                     counted: true,
-                }
+                    shadow: None,
+                })
             }
             // Throttled with the quota also spent: no retry succeeds before
             // the period ends, whatever the bucket says.
@@ -143,24 +177,39 @@ impl Config {
                 decision.quota.as_ref().map(quota_retry_secs),
             ),
         };
+        if self.shadow {
+            // The headers as counted, without a `Retry-After` on a response
+            // that is no refusal.
+            let headers = RateLimitHeaders::new(&decision, None, self.legacy_headers);
+            return Next::Forward(Admission::shadowed(verdict, headers));
+        }
         let headers = RateLimitHeaders::new(
             &decision,
             Some(retry_after.unwrap_or(1).max(1)),
             self.legacy_headers,
         );
-        Next::Refuse(self.refuse(refusal, verdict, headers))
+        Next::Refuse(self.refuse(refusal, grpc, verdict, headers))
     }
 
-    /// The refusal response, with its headers and reason attached.
+    /// The refusal response, with its headers and reason attached; for a
+    /// gRPC call (`grpc`), the builder's gRPC answer.
     pub(crate) fn refuse<B, R: RefusalResponse<B>>(
         &self,
         refusal: &R,
+        grpc: bool,
         reason: Refusal,
         headers: Option<RateLimitHeaders>,
     ) -> Response<B> {
-        let mut response = refusal.response(reason);
+        let mut response = if grpc {
+            refusal.grpc_response(reason)
+        } else {
+            refusal.response(reason)
+        };
         if let Some(headers) = headers {
             headers.apply(response.headers_mut());
+            if let Some(retry_after) = headers.retry_after() {
+                add_retry_info(response.headers_mut(), reason, retry_after);
+            }
         }
         response.extensions_mut().insert(reason);
         response

@@ -7,9 +7,9 @@ use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use super::decide::{Config, Next};
+use super::decide::{Admission, Config, Next};
 use super::headers::RateLimitHeaders;
-use super::RefusalResponse;
+use super::{Refusal, RefusalResponse, ShadowRefusal, UsageContext};
 use crate::store::{Decision, StoreFuture};
 
 pin_project! {
@@ -27,6 +27,7 @@ pin_project! {
 struct Waiting<S, ReqBody, R> {
     inner: S,
     request: Request<ReqBody>,
+    context: Option<UsageContext>,
     config: Arc<Config>,
     refusal: R,
 }
@@ -47,6 +48,7 @@ pin_project! {
             #[pin]
             future: S::Future,
             headers: Option<RateLimitHeaders>,
+            shadow: Option<Refusal>,
         },
         Refused {
             response: Option<S::Response>,
@@ -55,9 +57,27 @@ pin_project! {
 }
 
 impl<S: Service<Request<ReqBody>>, ReqBody, R> ResponseFuture<S, ReqBody, R> {
-    pub(crate) fn forward(future: S::Future, headers: Option<RateLimitHeaders>) -> Self {
+    /// An unmetered request.
+    pub(crate) fn forward(future: S::Future) -> Self {
         Self {
-            state: State::Forwarding { future, headers },
+            state: State::Forwarding {
+                future,
+                headers: None,
+                shadow: None,
+            },
+        }
+    }
+
+    /// A request the decision admitted: its context (if any) completed and
+    /// in its extensions, then on to `inner`.
+    pub(crate) fn admitted(
+        inner: &mut S,
+        request: Request<ReqBody>,
+        context: Option<UsageContext>,
+        admission: Admission,
+    ) -> Self {
+        Self {
+            state: admit(inner, request, context, admission),
         }
     }
 
@@ -73,6 +93,7 @@ impl<S: Service<Request<ReqBody>>, ReqBody, R> ResponseFuture<S, ReqBody, R> {
         decision: StoreFuture<Decision>,
         inner: S,
         request: Request<ReqBody>,
+        context: Option<UsageContext>,
         config: Arc<Config>,
         refusal: R,
     ) -> Self {
@@ -82,6 +103,7 @@ impl<S: Service<Request<ReqBody>>, ReqBody, R> ResponseFuture<S, ReqBody, R> {
                 waiting: Some(Box::new(Waiting {
                     inner,
                     request,
+                    context,
                     config,
                     refusal,
                 })),
@@ -105,32 +127,33 @@ where
                     let answer = ready!(Pin::new(decision).poll(cx));
                     let Waiting {
                         mut inner,
-                        mut request,
+                        request,
+                        context,
                         config,
                         refusal,
                     } = *waiting
                         .take()
                         .expect("ResponseFuture polled after completion");
-                    let next = match config.finish(&refusal, answer) {
-                        Next::Forward { headers, counted } => {
-                            if !counted {
-                                super::service::uncharged(&mut request);
-                            }
-                            State::Forwarding {
-                                future: inner.call(request),
-                                headers,
-                            }
-                        }
+                    let grpc = super::grpc::is_grpc(request.headers());
+                    let next = match config.finish(&refusal, grpc, answer) {
+                        Next::Forward(admission) => admit(&mut inner, request, context, admission),
                         Next::Refuse(response) => State::Refused {
                             response: Some(response),
                         },
                     };
                     this.state.set(next);
                 }
-                StateProj::Forwarding { future, headers } => {
+                StateProj::Forwarding {
+                    future,
+                    headers,
+                    shadow,
+                } => {
                     let mut response = ready!(future.poll(cx))?;
                     if let Some(headers) = headers.take() {
                         headers.apply(response.headers_mut());
+                    }
+                    if let Some(reason) = shadow.take() {
+                        response.extensions_mut().insert(ShadowRefusal(reason));
                     }
                     return Poll::Ready(Ok(response));
                 }
@@ -141,5 +164,31 @@ where
                 }
             }
         }
+    }
+}
+
+/// Completes the context (what the quota has left; no charge if nothing
+/// was counted; the escaped refusal in shadow mode), puts it and any
+/// shadow mark into the request, and calls `inner`.
+fn admit<S, ReqBody, R>(
+    inner: &mut S,
+    mut request: Request<ReqBody>,
+    context: Option<UsageContext>,
+    admission: Admission,
+) -> State<S, ReqBody, R>
+where
+    S: Service<Request<ReqBody>>,
+{
+    if let Some(mut context) = context {
+        context.admitted(&admission);
+        request.extensions_mut().insert(context);
+    }
+    if let Some(reason) = admission.shadow {
+        request.extensions_mut().insert(ShadowRefusal(reason));
+    }
+    State::Forwarding {
+        future: inner.call(request),
+        headers: admission.headers,
+        shadow: admission.shadow,
     }
 }

@@ -37,6 +37,16 @@ impl RateLimitHeaders {
         })
     }
 
+    /// What the quota has left after this decision, if there is one.
+    pub(crate) fn quota_remaining(&self) -> Option<u64> {
+        self.decision.quota.map(|q| q.remaining)
+    }
+
+    /// The `Retry-After` seconds of a refusal.
+    pub(crate) fn retry_after(&self) -> Option<u64> {
+        self.retry_after
+    }
+
     pub(crate) fn apply(self, headers: &mut HeaderMap) {
         let Self {
             decision,

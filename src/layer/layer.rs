@@ -49,6 +49,7 @@ impl UsagePlanLayer {
                 legacy_headers: false,
                 usage_context: true,
                 store_failure: StoreFailure::FailOpen,
+                shadow: false,
             }),
             refusal: AwsRefusal,
         }
@@ -117,6 +118,28 @@ impl<R> UsagePlanLayer<R> {
     /// behaviour) or answer 503.
     pub fn with_store_failure(mut self, policy: StoreFailure) -> Self {
         self.config_mut().store_failure = policy;
+        self
+    }
+
+    /// Shadow mode, for rolling out plans on a live service: requests are
+    /// counted and get their rate-limit headers as usual, but none is
+    /// refused. A request that would have been refused is admitted without
+    /// being counted (as a refusal costs nothing), marked with a
+    /// [`ShadowRefusal`](crate::ShadowRefusal) in its request and response
+    /// extensions (and in its [`UsageContext`](crate::UsageContext)), and
+    /// logged. Paths refused as ambiguous ([`Refusal::BadPath`]) are still
+    /// refused: that guards the upstream, not a plan.
+    ///
+    /// [`Refusal::BadPath`]: crate::Refusal::BadPath
+    ///
+    /// ```
+    /// use tower_usage_plans::{UsagePlanLayer, UsagePlans};
+    ///
+    /// let layer = UsagePlanLayer::new(UsagePlans::new()).shadow(true);
+    /// # drop(layer);
+    /// ```
+    pub fn shadow(mut self, enabled: bool) -> Self {
+        self.config_mut().shadow = enabled;
         self
     }
 

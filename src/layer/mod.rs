@@ -19,6 +19,13 @@
 //! throttles and unmetered routes is the path that is passed on. Resource
 //! paths are case-sensitive, as in API Gateway.
 //!
+//! A gRPC call (`content-type: application/grpc…`) is refused as gRPC
+//! does instead: a trailers-only response with `grpc-status` 16
+//! `UNAUTHENTICATED` (no key, unknown key), 7 `PERMISSION_DENIED`
+//! (disabled key, no plan), 8 `RESOURCE_EXHAUSTED` (throttled, quota spent;
+//! with a `google.rpc.RetryInfo` in `grpc-status-details-bin`) or 14
+//! `UNAVAILABLE`; see [`Refusal::grpc_code`] and [`GrpcRefusal`].
+//!
 //! Every metered response carries `RateLimit-Policy` and `RateLimit`
 //! headers; every 429 carries `Retry-After`. Admitted requests carry a
 //! [`UsageContext`] in their extensions; refusals carry their [`Refusal`].
@@ -44,7 +51,10 @@
 //! ```
 
 mod decide;
+#[cfg(feature = "axum")]
+mod extract;
 mod future;
+mod grpc;
 mod headers;
 #[allow(clippy::module_inception)]
 mod layer;
@@ -54,7 +64,12 @@ mod service;
 use crate::store::CounterKey;
 
 pub use decide::StoreFailure;
+#[cfg(feature = "axum")]
+pub use extract::MissingUsageContext;
 pub use future::ResponseFuture;
+#[cfg(feature = "gateway")]
+pub(crate) use grpc::is_grpc;
+pub use grpc::GrpcRefusal;
 pub use layer::UsagePlanLayer;
 pub use refusal::{AwsRefusal, Refusal, RefusalResponse};
 pub use service::UsagePlanService;
@@ -77,14 +92,18 @@ pub use service::UsagePlanService;
 pub struct UsageContext {
     counter: CounterKey,
     charge: Option<ChargeRules>,
+    quota_remaining: Option<u64>,
+    shadow: Option<Refusal>,
 }
 
 impl Clone for UsageContext {
-    /// The same key and plan, without the charge.
+    /// The same key, plan and decision, without the charge.
     fn clone(&self) -> Self {
         Self {
             counter: self.counter.clone(),
             charge: None,
+            quota_remaining: self.quota_remaining,
+            shadow: self.shadow,
         }
     }
 }
@@ -100,7 +119,12 @@ impl Eq for UsageContext {}
 
 impl UsageContext {
     pub(crate) fn new(counter: CounterKey, charge: Option<ChargeRules>) -> Self {
-        Self { counter, charge }
+        Self {
+            counter,
+            charge,
+            quota_remaining: None,
+            shadow: None,
+        }
     }
 
     /// The API key's id (never its value).
@@ -111,6 +135,46 @@ impl UsageContext {
     /// The usage plan's id.
     pub fn plan_id(&self) -> &str {
         self.counter.plan_id()
+    }
+
+    /// What the plan's quota has left in this period after this request;
+    /// `None` if the plan has no quota (or the store failed and the
+    /// request went through uncounted).
+    ///
+    /// ```
+    /// use axum::Extension;
+    /// use tower_usage_plans::UsageContext;
+    ///
+    /// async fn handler(Extension(usage): Extension<UsageContext>) -> String {
+    ///     match usage.quota_remaining() {
+    ///         Some(left) => format!("{left} calls left today"),
+    ///         None => "no quota".to_owned(),
+    ///     }
+    /// }
+    /// # let _ = handler;
+    /// ```
+    pub fn quota_remaining(&self) -> Option<u64> {
+        self.quota_remaining
+    }
+
+    /// In [shadow mode](crate::UsagePlanLayer::shadow), the refusal this
+    /// request escaped (it was admitted and not counted); `None` if it
+    /// would have been admitted anyway.
+    ///
+    /// ```
+    /// use axum::Extension;
+    /// use tower_usage_plans::UsageContext;
+    ///
+    /// async fn handler(Extension(usage): Extension<UsageContext>) -> &'static str {
+    ///     match usage.shadow_refusal() {
+    ///         Some(_) => "over the limit (not enforced yet)",
+    ///         None => "within the limits",
+    ///     }
+    /// }
+    /// # let _ = handler;
+    /// ```
+    pub fn shadow_refusal(&self) -> Option<Refusal> {
+        self.shadow
     }
 
     /// What this request was charged — a token of its throttle and a unit
@@ -138,9 +202,40 @@ impl UsageContext {
         })
     }
 
-    /// Forgets the charge: the decision counted nothing.
-    pub(crate) fn uncharged(&mut self) {
-        self.charge = None;
+    /// Records what the decision that admitted the request said.
+    pub(crate) fn admitted(&mut self, admission: &decide::Admission) {
+        self.quota_remaining = admission.headers.and_then(|h| h.quota_remaining());
+        self.shadow = admission.shadow;
+        if !admission.counted {
+            // Nothing was charged, so nothing can be given back.
+            self.charge = None;
+        }
+    }
+}
+
+/// In [shadow mode](crate::UsagePlanLayer::shadow), the mark of a request
+/// that would have been refused and was admitted, uncounted, instead: in
+/// the request's extensions (for handlers, also when there is no
+/// [`UsageContext`], as for a missing key) and in its response's (for outer
+/// layers, e.g. metrics).
+///
+/// ```
+/// use tower_usage_plans::{Refusal, ShadowRefusal};
+///
+/// fn log(response: &http::Response<()>) {
+///     if let Some(shadow) = response.extensions().get::<ShadowRefusal>() {
+///         eprintln!("would have refused: {:?}", shadow.refusal());
+///     }
+/// }
+/// # let _ = (log, Refusal::Throttled);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShadowRefusal(pub(crate) Refusal);
+
+impl ShadowRefusal {
+    /// The refusal the request escaped.
+    pub fn refusal(self) -> Refusal {
+        self.0
     }
 }
 

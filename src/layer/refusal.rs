@@ -80,6 +80,25 @@ pub trait RefusalResponse<B> {
     /// The response for `refusal`; the layer then adds the rate-limit
     /// headers and puts `refusal` in its extensions.
     fn response(&self, refusal: Refusal) -> Response<B>;
+
+    /// The response for `refusal` of a gRPC call (a request whose
+    /// `content-type` starts with `application/grpc`); by default the same
+    /// as [`response`](Self::response). If it answers with
+    /// `grpc-status: 8` (`RESOURCE_EXHAUSTED`) and no
+    /// `grpc-status-details-bin`, the layer adds one holding a
+    /// `google.rpc.RetryInfo`.
+    ///
+    /// ```
+    /// use tower_usage_plans::{AwsRefusal, Refusal, RefusalResponse};
+    ///
+    /// let response: http::Response<http_body_util::Full<bytes::Bytes>> =
+    ///     AwsRefusal.grpc_response(Refusal::MissingKey);
+    /// assert_eq!(response.status(), 200);
+    /// assert_eq!(response.headers()["grpc-status"], "16");
+    /// ```
+    fn grpc_response(&self, refusal: Refusal) -> Response<B> {
+        self.response(refusal)
+    }
 }
 
 impl<B, F> RefusalResponse<B> for F
@@ -93,7 +112,8 @@ where
 
 /// The default refusal: AWS's status, JSON body (`{"message":"Forbidden"}`,
 /// `{"message":"Too Many Requests"}`, `{"message":"Limit Exceeded"}`) and
-/// `x-amzn-ErrorType` header.
+/// `x-amzn-ErrorType` header; gRPC calls get a trailers-only gRPC status
+/// instead ([`Refusal::grpc_code`], `grpc-message` the same message).
 ///
 /// ```
 /// use tower_usage_plans::{AwsRefusal, Refusal, RefusalResponse};
@@ -121,5 +141,9 @@ impl<B: From<Bytes>> RefusalResponse<B> for AwsRefusal {
             HeaderValue::from_static(refusal.error_type()),
         );
         response
+    }
+
+    fn grpc_response(&self, refusal: Refusal) -> Response<B> {
+        super::grpc::trailers_only(refusal, B::from(Bytes::new()))
     }
 }

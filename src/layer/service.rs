@@ -6,9 +6,10 @@ use http::uri::PathAndQuery;
 use http::{Request, Response, Uri};
 use tower_service::Service;
 
-use super::decide::{Config, Next, Pending};
+use super::decide::{Admission, Config, Next, Pending};
 use super::future::ResponseFuture;
-use super::{Refusal, RefusalResponse, UsageContext};
+use super::grpc::is_grpc;
+use super::{Refusal, RefusalResponse};
 use crate::key::RequestHead;
 use crate::route::canonical;
 
@@ -47,12 +48,15 @@ impl<S, R> UsagePlanService<S, R> {
 }
 
 impl<S, R> UsagePlanService<S, R> {
-    fn refuse_bad_path<ReqBody, ResBody>(&self) -> ResponseFuture<S, ReqBody, R>
+    fn refuse_bad_path<ReqBody, ResBody>(&self, grpc: bool) -> ResponseFuture<S, ReqBody, R>
     where
         S: Service<Request<ReqBody>, Response = Response<ResBody>>,
         R: RefusalResponse<ResBody>,
     {
-        ResponseFuture::refused(self.config.refuse(&self.refusal, Refusal::BadPath, None))
+        ResponseFuture::refused(
+            self.config
+                .refuse(&self.refusal, grpc, Refusal::BadPath, None),
+        )
     }
 }
 
@@ -83,34 +87,41 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let grpc = is_grpc(request.headers());
         // The path that is matched is the path that is passed on.
         let path = match canonical(request.uri().path()) {
             Ok(Cow::Borrowed(_)) => None,
             Ok(Cow::Owned(path)) => Some(path),
-            Err(_) => return self.refuse_bad_path(),
+            Err(_) => return self.refuse_bad_path(grpc),
         };
         if let Some(path) = path {
             match with_path(request.uri(), &path) {
                 Some(uri) => *request.uri_mut() = uri,
-                None => return self.refuse_bad_path(),
+                None => return self.refuse_bad_path(grpc),
             }
         }
         let head = RequestHead::of(&request);
         if self.config.is_unmetered(&head) {
-            return ResponseFuture::forward(self.inner.call(request), None);
+            return ResponseFuture::forward(self.inner.call(request));
         }
         let Pending {
             mut decision,
             context,
         } = match self.config.start(&head) {
             Ok(pending) => pending,
+            Err(reason) if self.config.shadow => {
+                let admission = Admission::shadowed(reason, None);
+                return ResponseFuture::admitted(&mut self.inner, request, None, admission);
+            }
             Err(reason) => {
-                return ResponseFuture::refused(self.config.refuse(&self.refusal, reason, None))
+                return ResponseFuture::refused(self.config.refuse(
+                    &self.refusal,
+                    grpc,
+                    reason,
+                    None,
+                ))
             }
         };
-        if let Some(context) = context {
-            request.extensions_mut().insert(context);
-        }
         let Some(answer) = decision.take_ready() else {
             // The store answers later: the ready inner service goes with the
             // future, a fresh clone stays here.
@@ -120,26 +131,16 @@ where
                 decision,
                 ready,
                 request,
+                context,
                 self.config.clone(),
                 self.refusal.clone(),
             );
         };
-        match self.config.finish(&self.refusal, answer) {
-            Next::Forward { headers, counted } => {
-                if !counted {
-                    uncharged(&mut request);
-                }
-                ResponseFuture::forward(self.inner.call(request), headers)
+        match self.config.finish(&self.refusal, grpc, answer) {
+            Next::Forward(admission) => {
+                ResponseFuture::admitted(&mut self.inner, request, context, admission)
             }
             Next::Refuse(response) => ResponseFuture::refused(response),
         }
-    }
-}
-
-/// The request was not counted: its context has no charge to give back.
-#[cold]
-pub(crate) fn uncharged<B>(request: &mut Request<B>) {
-    if let Some(context) = request.extensions_mut().get_mut::<UsageContext>() {
-        context.uncharged();
     }
 }

@@ -1,0 +1,124 @@
+//! gRPC calls through the gateway: they go to the upstream over HTTP/2
+//! (prior knowledge for `http://`), on a pooled client of their own, and
+//! the gateway's own failures answer them as gRPC statuses.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::{Client, Error};
+use hyper_util::rt::TokioExecutor;
+
+use super::body::GatewayBody;
+use super::edge::BodyFailure;
+use crate::layer::is_grpc;
+
+/// Whether a request is a gRPC call that needs HTTP/2 end to end: gRPC-Web
+/// (`application/grpc-web…`) is meant for HTTP/1.1 and goes as any request.
+pub(crate) fn is_call(headers: &HeaderMap) -> bool {
+    is_grpc(headers)
+        && !headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc-web"))
+}
+
+/// A pooled HTTP/2-only client: every call to an upstream is a stream on
+/// one of its connections.
+#[derive(Clone, Debug)]
+pub(crate) struct H2Client(Client<HttpConnector, GatewayBody>);
+
+impl H2Client {
+    pub(crate) fn new() -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        Self(client)
+    }
+
+    /// Sends a call (absolute URI) as HTTP/2, with `te: trailers`, which
+    /// gRPC servers may require and the hop-by-hop filter took away.
+    pub(crate) async fn send(
+        &self,
+        mut request: Request<GatewayBody>,
+    ) -> Result<Response<Incoming>, Error> {
+        *request.version_mut() = http::Version::HTTP_2;
+        request
+            .headers_mut()
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+        self.0.request(request).await
+    }
+}
+
+/// The gateway's own failure (`status`: 502, 504, 408…) as a trailers-only
+/// gRPC status: `UNAVAILABLE` for 502/503, `DEADLINE_EXCEEDED` for
+/// timeouts, `UNIMPLEMENTED` for 501, `INTERNAL` otherwise (gRPC's own
+/// HTTP-to-status mapping).
+pub(crate) fn error(status: StatusCode, message: &str) -> Response<GatewayBody> {
+    let code: u16 = match status {
+        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE => 14,
+        StatusCode::GATEWAY_TIMEOUT | StatusCode::REQUEST_TIMEOUT => 4,
+        StatusCode::NOT_IMPLEMENTED => 12,
+        _ => 13,
+    };
+    let mut response = Response::new(GatewayBody::from(Bytes::new()));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("grpc-status", code.into());
+    if let Ok(message) = HeaderValue::from_str(message) {
+        headers.insert("grpc-message", message);
+    }
+    response
+}
+
+/// The trailers that end a call whose answer broke off mid-stream: 4
+/// `DEADLINE_EXCEEDED` when its client sent nothing within the body read
+/// timeout, 1 `CANCELLED` when the client's own stream broke, else 14
+/// `UNAVAILABLE` (the upstream's stream broke).
+pub(crate) fn broken_off(request: Option<BodyFailure>) -> HeaderMap {
+    let (code, message) = match request {
+        Some(BodyFailure::Timeout) => {
+            (4u16, "no data from the client within the body read timeout")
+        }
+        Some(BodyFailure::Client) => (1, "the client's stream broke off"),
+        None => (14, "the upstream's stream broke off"),
+    };
+    let mut trailers = HeaderMap::new();
+    trailers.insert("grpc-status", code.into());
+    trailers.insert("grpc-message", HeaderValue::from_static(message));
+    trailers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_web_is_not_an_http2_call() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, "application/grpc".parse().unwrap());
+        assert!(is_call(&headers));
+        headers.insert(
+            header::CONTENT_TYPE,
+            "application/grpc-web+proto".parse().unwrap(),
+        );
+        assert!(!is_call(&headers));
+    }
+
+    #[test]
+    fn gateway_failures_map_to_grpc_codes() {
+        let unavailable = error(StatusCode::BAD_GATEWAY, "Bad Gateway");
+        assert_eq!(unavailable.status(), 200);
+        assert_eq!(unavailable.headers()["grpc-status"], "14");
+        let deadline = error(StatusCode::GATEWAY_TIMEOUT, "Endpoint request timed out");
+        assert_eq!(deadline.headers()["grpc-status"], "4");
+    }
+}

@@ -1,0 +1,339 @@
+#![cfg(feature = "gateway")]
+//! gRPC through the gateway (in process, `Gateway::start`): a tonic client
+//! → the gateway → a tonic upstream (no layer of its own), over real
+//! sockets. Admitted calls, streaming both ways, the upstream's own error
+//! statuses passed through, refusals as gRPC statuses, and the bad input
+//! of the issue.
+
+#[path = "support/net.rs"]
+mod net;
+#[path = "support/usage.rs"]
+mod usage;
+#[path = "../examples/support/usage_grpc.rs"]
+mod usage_grpc;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use net::within;
+use tokio_stream::StreamExt;
+use tonic::transport::{Channel, Server};
+use tonic::{Code, Request};
+use tonic_types::StatusExt;
+use tower_usage_plans::gateway::{FilePlan, Gateway, GatewayConfig};
+use tower_usage_plans::{NewApiKey, NewUsagePlan, Quota, QuotaPeriod};
+use usage::usage_today;
+use usage_grpc::{CountReply, CountRequest, UsageClient, UsageServer, WhoAmIRequest};
+
+const KEY: &str = "gateway-grpc-key-0123456789";
+
+/// A tonic upstream on a free port, without a layer of its own.
+async fn upstream() -> (SocketAddr, UsageServer) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = UsageServer::default();
+    let service = server.clone();
+    tokio::spawn(async move {
+        Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+            .unwrap();
+    });
+    (addr, server)
+}
+
+async fn gateway(upstream: SocketAddr, limit: u64) -> Gateway {
+    Gateway::start(config(upstream, limit)).await.unwrap()
+}
+
+fn config(upstream: SocketAddr, limit: u64) -> GatewayConfig {
+    GatewayConfig {
+        listen: ([127, 0, 0, 1], 0).into(),
+        admin_listen: ([127, 0, 0, 1], 0).into(),
+        upstream: Some(format!("http://{upstream}").parse().unwrap()),
+        keys: vec![NewApiKey::new("tester").with_value(KEY).enabled(true)],
+        plans: vec![FilePlan {
+            plan: NewUsagePlan::new("testing").with_quota(Quota::new(limit, QuotaPeriod::Day)),
+            keys: vec!["tester".into()],
+        }],
+        ..GatewayConfig::default()
+    }
+}
+
+async fn client(addr: SocketAddr) -> UsageClient {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    UsageClient::new(channel)
+}
+
+fn keyed<T>(message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("x-api-key", KEY.parse().unwrap());
+    request
+}
+
+/// Today's `[used, remaining]` of the gateway's one key.
+async fn used(gateway: &Gateway) -> [u64; 2] {
+    let plans = gateway.plans();
+    let plan = &plans.usage_plans()[0];
+    let key = &plans.api_keys()[0];
+    usage_today(plans, &plan.id, &key.id).await
+}
+
+#[tokio::test]
+async fn admitted_calls_stream_both_ways_and_upstream_statuses_pass_through() {
+    let (up, server) = upstream().await;
+    let gateway = gateway(up, 10).await;
+    let mut client = client(gateway.data_addr()).await;
+
+    // Server streaming: five messages, one unit.
+    let response = within("Count", client.count(keyed(CountRequest { n: 5 })))
+        .await
+        .unwrap();
+    assert!(response.metadata().contains_key("ratelimit"));
+    let replies: Vec<u32> = within(
+        "Count's stream",
+        response
+            .into_inner()
+            .map(|r| r.unwrap().i)
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    assert_eq!(replies, [1, 2, 3, 4, 5]);
+    assert_eq!(used(&gateway).await, [1, 9]);
+
+    // Both ways, interleaved: each message comes back before the next is
+    // sent, so neither direction is buffered to its end.
+    let (send, receive) = tokio::sync::mpsc::channel(1);
+    let outgoing = tokio_stream::wrappers::ReceiverStream::new(receive);
+    send.send(CountReply { i: 1 }).await.unwrap();
+    let mut incoming = within("Echo", client.echo(keyed(outgoing)))
+        .await
+        .unwrap()
+        .into_inner();
+    for i in 1..=3 {
+        let echoed = within("an echo", incoming.next()).await.unwrap().unwrap();
+        assert_eq!(echoed.i, i);
+        if i < 3 {
+            send.send(CountReply { i: i + 1 }).await.unwrap();
+        }
+    }
+    drop(send);
+    assert!(within("the echo's end", incoming.next()).await.is_none());
+    assert_eq!(used(&gateway).await, [2, 8]);
+
+    // The upstream's own statuses (in its trailers, or trailers-only),
+    // unchanged: code and message.
+    let invalid = within("Count(0)", client.count(keyed(CountRequest { n: 0 })))
+        .await
+        .unwrap_err();
+    assert_eq!(invalid.code(), Code::InvalidArgument);
+    assert_eq!(invalid.message(), "n must be at least 1");
+    let precondition = within("WhoAmI", client.who_am_i(keyed(WhoAmIRequest {})))
+        .await
+        .unwrap_err();
+    assert_eq!(precondition.code(), Code::FailedPrecondition);
+    assert_eq!(precondition.message(), "not behind UsagePlanLayer");
+    assert_eq!(server.calls(), 4);
+    assert_eq!(used(&gateway).await, [4, 6]);
+    gateway.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn refusals_are_grpc_statuses_and_never_reach_the_upstream() {
+    let (up, server) = upstream().await;
+    let gateway = gateway(up, 1).await;
+    let mut client = client(gateway.data_addr()).await;
+
+    let missing = within("no key", client.count(Request::new(CountRequest { n: 1 })))
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::Unauthenticated);
+    assert_eq!(missing.message(), "Forbidden");
+    within("Count", client.count(keyed(CountRequest { n: 1 })))
+        .await
+        .unwrap();
+    let spent = within("spent", client.count(keyed(CountRequest { n: 1 })))
+        .await
+        .unwrap_err();
+    assert_eq!(spent.code(), Code::ResourceExhausted);
+    assert_eq!(spent.message(), "Limit Exceeded");
+    let retry_after: u64 = spent
+        .metadata()
+        .get("retry-after")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let details = spent.get_error_details();
+    let delay = details.retry_info().unwrap().retry_delay.unwrap();
+    assert_eq!(delay, Duration::from_secs(retry_after));
+    assert_eq!(server.calls(), 1);
+    assert_eq!(used(&gateway).await, [1, 0]);
+    gateway.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_unavailable_and_costs_nothing() {
+    // A port that was free a moment ago: nothing listens there.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let gateway = gateway(closed, 5).await;
+    let mut client = client(gateway.data_addr()).await;
+    let down = within("Count", client.count(keyed(CountRequest { n: 1 })))
+        .await
+        .unwrap_err();
+    assert_eq!(down.code(), Code::Unavailable, "{down:?}");
+    assert_eq!(down.message(), "Bad Gateway");
+    assert_eq!(used(&gateway).await, [0, 5]);
+    gateway.shutdown().await.unwrap();
+}
+
+/// One gRPC frame of `CountRequest { n }` (uncompressed).
+fn frame(n: u32) -> Bytes {
+    let message = prost::Message::encode_to_vec(&CountRequest { n });
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&message);
+    framed.into()
+}
+
+/// A raw HTTP/2 call with `headers`, answered with status, headers and
+/// trailers merged (trailers-only answers have no trailers).
+async fn raw_h2(addr: SocketAddr, headers: &[(&str, &str)]) -> (u16, http::HeaderMap) {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let mut request = http::Request::post(format!("http://{addr}{}", usage_grpc::COUNT));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(Full::new(frame(2))).unwrap();
+    let response = within("a raw call", sender.send_request(request))
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let (parts, body) = response.into_parts();
+    let collected = within("its body", body.collect()).await.unwrap();
+    let mut all = parts.headers;
+    if let Some(trailers) = collected.trailers() {
+        all.extend(trailers.clone());
+    }
+    (status, all)
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_answer_never_a_hang_or_a_5xx() {
+    let (up, _server) = upstream().await;
+    let gateway = gateway(up, 10).await;
+    let addr = gateway.data_addr();
+
+    // No `te: trailers`: the gateway sends it to the upstream itself.
+    let (status, headers) = raw_h2(
+        addr,
+        &[("content-type", "application/grpc"), ("x-api-key", KEY)],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["grpc-status"], "0");
+    assert_eq!(used(&gateway).await, [1, 9]);
+
+    // A malformed `grpc-timeout`: a gRPC status, whatever the upstream
+    // makes of it.
+    let (status, headers) = raw_h2(
+        addr,
+        &[
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+            ("grpc-timeout", "soon"),
+            ("x-api-key", KEY),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(headers.contains_key("grpc-status"), "{headers:?}");
+
+    // HTTP/1.1 claiming gRPC: a 400, before metering.
+    let before = used(&gateway).await;
+    let request = http::Request::post(usage_grpc::COUNT)
+        .header("host", addr.to_string())
+        .header("content-type", "application/grpc")
+        .header("x-api-key", KEY)
+        .body(Full::new(frame(1)))
+        .unwrap();
+    let response = within("an HTTP/1.1 call", net::send(addr, request)).await;
+    assert_eq!(response.status(), 400);
+    assert_eq!(used(&gateway).await, before, "refused before metering");
+    gateway.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_idle_request_stream_ends_at_the_body_read_timeout() {
+    let (up, _server) = upstream().await;
+    let gateway = Gateway::start(GatewayConfig {
+        body_read_timeout: Some(Duration::from_millis(300)),
+        ..config(up, 10)
+    })
+    .await
+    .unwrap();
+    let mut client = client(gateway.data_addr()).await;
+    let (send, receive) = tokio::sync::mpsc::channel(1);
+    send.send(CountReply { i: 1 }).await.unwrap();
+    let mut incoming = within(
+        "Echo",
+        client.echo(keyed(tokio_stream::wrappers::ReceiverStream::new(receive))),
+    )
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!(
+        within("an echo", incoming.next()).await.unwrap().unwrap().i,
+        1
+    );
+    // The client keeps its stream open and sends nothing: the call ends
+    // with a gRPC status, not a reset stream.
+    let ended = within("the stream's end", incoming.next()).await;
+    let status = ended.expect("a status ends the call").unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert_eq!(
+        status.message(),
+        "no data from the client within the body read timeout"
+    );
+    drop(send);
+    gateway.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn without_an_upstream_a_call_is_unimplemented_not_json() {
+    let gateway = Gateway::start(GatewayConfig {
+        upstream: None,
+        ..config(([127, 0, 0, 1], 9).into(), 10)
+    })
+    .await
+    .unwrap();
+    let mut client = client(gateway.data_addr()).await;
+    let status = within("Count", client.count(keyed(CountRequest { n: 1 })))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+    assert_eq!(
+        status.message(),
+        "no upstream: the built-in echo answers HTTP only"
+    );
+    gateway.shutdown().await.unwrap();
+}
