@@ -36,6 +36,7 @@
 #[cfg(feature = "admin")]
 pub mod admin;
 mod clock;
+mod decision;
 mod error;
 #[cfg(feature = "gateway")]
 pub mod gateway;

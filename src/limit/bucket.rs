@@ -1,7 +1,7 @@
 //! The token bucket behind every throttle.
 
+use crate::decision::ThrottleState;
 use crate::model::Throttle;
-use crate::store::ThrottleState;
 
 /// Multiplying by it, not dividing by 1e9: a division costs ~15 cycles on
 /// the hot path. `1e-9` rounds up, so a refill is never short of a token

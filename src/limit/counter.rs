@@ -6,8 +6,8 @@ use jiff::civil::Date;
 
 use super::bucket::Bucket;
 use super::period::{self, DAY_SECS};
+use crate::decision::{DayUsage, Decision, DecisionRequest, QuotaRule, QuotaState, Verdict};
 use crate::model::{QuotaPeriod, MAX_COUNT};
-use crate::store::{DayUsage, Decision, DecisionRequest, QuotaRule, QuotaState, Verdict};
 
 /// Days of history kept for GetUsage (at least 90 are promised).
 const HISTORY_DAYS: i64 = 100;
@@ -598,8 +598,8 @@ fn same_period(kind: QuotaPeriod, a: i64, b: i64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decision::{CounterKey, ThrottleRule};
     use crate::model::{Quota, Throttle};
-    use crate::store::{CounterKey, ThrottleRule};
 
     const DAY: i64 = DAY_SECS * NANOS_PER_SEC;
 

@@ -1,4 +1,3 @@
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -10,6 +9,7 @@ use super::{
     CounterKey, CounterStore, DayUsage, Decision, DecisionRequest, QuotaRule, StoreFuture,
 };
 use crate::clock::to_nanos;
+use crate::decision::{next_store_id, CachedCounter};
 use crate::limit::Counter;
 
 /// Counters in this process: a sharded map of per-(plan, key) counters,
@@ -56,18 +56,10 @@ struct Slot {
     forgotten: bool,
 }
 
-/// Where a [`CounterKey`] remembers its counter: which store, which cell.
-#[derive(Debug)]
-pub(crate) struct CachedCell {
-    store: u64,
-    cell: Arc<Cell>,
-}
-
 impl Default for MemoryStore {
     fn default() -> Self {
-        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         Self {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            id: next_store_id(),
             counters: DashMap::default(),
         }
     }
@@ -92,12 +84,11 @@ impl MemoryStore {
     /// Runs `f` on the key's counter, creating it if needed. The hot path
     /// is the cell the key remembers: no map lookup, one lock.
     fn with_counter<T>(&self, key: &CounterKey, f: impl FnOnce(&mut Counter) -> T) -> T {
-        if let Some(cached) = key.cell().get() {
-            if cached.store == self.id {
-                let mut slot = cached.cell.lock();
-                if !slot.forgotten {
-                    return f(&mut slot.counter);
-                }
+        let cached = key.cached().get().filter(|cached| cached.store == self.id);
+        if let Some(cell) = cached.and_then(|cached| cached.cell.downcast_ref::<Cell>()) {
+            let mut slot = cell.lock();
+            if !slot.forgotten {
+                return f(&mut slot.counter);
             }
         }
         loop {
@@ -105,7 +96,7 @@ impl MemoryStore {
                 Some(cell) => cell.clone(),
                 None => self.counters.entry(key.clone()).or_default().clone(),
             };
-            let _ = key.cell().set(CachedCell {
+            let _ = key.cached().set(CachedCounter {
                 store: self.id,
                 cell: cell.clone(),
             });
