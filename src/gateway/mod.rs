@@ -18,8 +18,10 @@ mod config;
 mod connection;
 mod edge;
 mod error;
+mod health;
 mod metrics;
 mod proxy;
+mod redis_link;
 mod replicas;
 mod state;
 
@@ -45,7 +47,7 @@ pub use body::{BoxError, GatewayBody};
 pub use config::{Cli, FilePlan, GatewayConfig, CREDENTIALS_ENV};
 pub use error::GatewayError;
 
-use crate::store::{CounterStore, LeaseConfig, MemoryStore, RedisStore};
+use crate::store::{CounterStore, MemoryStore, RedisStore};
 use crate::{AdminService, ErrorKind, NewUsagePlan, UsagePlanLayer, UsagePlans};
 
 /// How long a connection with nothing in flight has, once told to close,
@@ -80,27 +82,37 @@ impl Gateway {
     /// file, an unreachable Redis, or a listener that cannot bind.
     pub async fn start(config: GatewayConfig) -> Result<Self, GatewayError> {
         config.validate()?;
+        let readiness = health::Readiness::new();
         let (plans, mut backing) = match &config.redis {
             Some(url) => {
-                let shown = replicas::redacted(url);
-                let mut store =
-                    RedisStore::connect(url)
-                        .await
-                        .map_err(|e| GatewayError::Redis {
-                            message: format!("--redis {shown}: {e}"),
-                            source: Some(e),
-                        })?;
-                if config.redis_leases {
-                    store = store.with_leases(LeaseConfig::default());
+                let late = Arc::new(redis_link::LateStore::default());
+                let plans = UsagePlans::builder()
+                    .store(late.clone() as Arc<dyn CounterStore>)
+                    .build();
+                match redis_link::first_attempt(&config, &plans, &late, REDIS_ROUND_TIMEOUT)
+                    .await?
+                {
+                    Ok(link) => (plans, Backing::Redis(link.replica, link.store)),
+                    Err(message) => {
+                        // Serve what the configuration names meanwhile: its
+                        // keys get the failure policy, not a 403.
+                        provision(&plans, &config)?;
+                        tracing::warn!(
+                            error = %message,
+                            url = %replicas::redacted(url),
+                            "Redis not reachable: serving by the --redis-failure policy, \
+                             not ready, trying again with backoff"
+                        );
+                        let (link, task) = redis_link::retry(
+                            config.clone(),
+                            plans.clone(),
+                            late,
+                            REDIS_ROUND_TIMEOUT,
+                            message,
+                        );
+                        (plans, Backing::Connecting { link, task })
+                    }
                 }
-                let plans = UsagePlans::builder().store(Arc::new(store.clone())).build();
-                let stage = format!("{}:{}", config.stage.0, config.stage.1);
-                let replica = replicas::Replica::join(url, plans.clone(), &stage)
-                    .await
-                    .map_err(GatewayError::redis)?;
-                let replica = replicas::share(replica, &plans, &store);
-                tracing::info!(url = %shown, "sharing counters and the registry through Redis");
-                (plans, Backing::Redis(replica, store))
             }
             None => {
                 let store = Arc::new(MemoryStore::new());
@@ -112,12 +124,15 @@ impl Gateway {
                         tracing::info!(path = %path.display(), "state restored");
                     }
                 }
+                provision(&plans, &config)?;
                 let writer = config.state_file.clone().map(state::StateWriter::new);
                 (plans, Backing::Memory { store, writer })
             }
         };
-        provision(&plans, &config)?;
-        backing.persist(&plans).await?;
+        if !matches!(backing, Backing::Connecting { .. }) {
+            backing.persist(&plans).await?;
+            readiness.set_loaded();
+        }
 
         let bind = |addr: SocketAddr, listener: &'static str| async move {
             TcpListener::bind(addr)
@@ -174,8 +189,11 @@ impl Gateway {
                 )),
             },
         )));
-        let admin_service = AdminService::new(plans.clone(), config.admin_credentials.clone())
-            .with_regions(config.admin_regions.clone());
+        let admin_service = health::Health {
+            inner: AdminService::new(plans.clone(), config.admin_credentials.clone())
+                .with_regions(config.admin_regions.clone()),
+            readiness: readiness.clone(),
+        };
         servers.push(tokio::spawn(serve(
             admin,
             phases.clone(),
@@ -207,6 +225,7 @@ impl Gateway {
             plans.clone(),
             backing,
             config,
+            readiness,
             stopped,
             Drain {
                 phase,
@@ -351,6 +370,11 @@ enum Backing {
     },
     /// Counters in Redis; the registry shared with the other replicas.
     Redis(Arc<tokio::sync::Mutex<replicas::Replica>>, RedisStore),
+    /// Redis has not answered yet: a task tries again with backoff.
+    Connecting {
+        link: tokio::sync::oneshot::Receiver<redis_link::Link>,
+        task: JoinHandle<()>,
+    },
 }
 
 impl Backing {
@@ -358,7 +382,7 @@ impl Backing {
     fn interval(&self, config: &GatewayConfig) -> Duration {
         match self {
             Self::Memory { .. } => config.flush_interval,
-            Self::Redis(..) => replicas::SYNC_INTERVAL,
+            Self::Redis(..) | Self::Connecting { .. } => replicas::SYNC_INTERVAL,
         }
     }
 
@@ -376,7 +400,7 @@ impl Backing {
 
     async fn save(&mut self, plans: &UsagePlans, every_lease: bool) -> Result<(), GatewayError> {
         match self {
-            Self::Memory { writer: None, .. } => Ok(()),
+            Self::Memory { writer: None, .. } | Self::Connecting { .. } => Ok(()),
             Self::Memory {
                 store,
                 writer: Some(writer),
@@ -387,11 +411,13 @@ impl Backing {
                 let round = async {
                     // Leases this replica does not spend count as used for
                     // every replica until given back. What fails is kept for
-                    // the next round; the sync goes on.
+                    // the next round; the sync goes on. The round's failures
+                    // are reported together: the caller logs them once.
+                    let mut failures = Vec::new();
                     // Redis came back empty: put back what this replica
                     // saw before anything else.
                     if let Err(e) = store.recover_if_emptied().await {
-                        tracing::warn!(error = %e, "could not check Redis for lost data");
+                        failures.push(format!("could not check Redis for lost data: {e}"));
                     }
                     let given = if every_lease {
                         store.give_back_leases().await
@@ -399,13 +425,15 @@ impl Backing {
                         store.give_back_expired_leases().await
                     };
                     if let Err(e) = given {
-                        tracing::warn!(error = %e, "could not give leased quota back");
+                        failures.push(format!("could not give leased quota back: {e}"));
                     }
-                    replica.lock().await.sync().await.map_err(|e| {
-                        GatewayError::redis(format!(
-                            "could not sync the registry through Redis: {e}"
-                        ))
-                    })
+                    if let Err(e) = replica.lock().await.sync().await {
+                        failures.push(format!("could not sync the registry through Redis: {e}"));
+                    }
+                    match failures.is_empty() {
+                        true => Ok(()),
+                        false => Err(GatewayError::redis(failures.join("; "))),
+                    }
                 };
                 // An unreachable Redis can hold a call for many seconds: a
                 // round (and so a stop) waits this long at most.
@@ -441,12 +469,13 @@ struct Drain {
     servers: Vec<JoinHandle<()>>,
 }
 
-/// Persists (state file or Redis) while serving; on stop drains and
-/// persists a last time.
+/// Persists (state file or Redis) while serving — and connects to a Redis
+/// that did not answer at start; on stop drains and persists a last time.
 async fn run(
     plans: UsagePlans,
     mut backing: Backing,
     config: GatewayConfig,
+    readiness: Arc<health::Readiness>,
     mut stopped: watch::Receiver<bool>,
     mut drain: Drain,
 ) -> Result<(), GatewayError> {
@@ -454,18 +483,52 @@ async fn run(
     // A slow round (Redis unreachable: up to 3 s) must not queue up missed
     // ticks ahead of a stop.
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The last failure logged: a store that stays down is one line.
+    let mut failing: Option<String> = None;
     loop {
+        let connected = async {
+            match &mut backing {
+                Backing::Connecting { link, .. } => link.await.ok(),
+                _ => std::future::pending().await,
+            }
+        };
         tokio::select! {
             biased;
             _ = stopped.changed() => break,
-            _ = tick.tick() => {
-                ::metrics::gauge!("usage_plans_plans").set(plans.plan_count() as f64);
-                ::metrics::gauge!("usage_plans_keys").set(plans.key_count() as f64);
+            Some(link) = connected => {
+                backing = Backing::Redis(link.replica, link.store);
                 if let Err(e) = backing.persist(&plans).await {
                     tracing::error!(error = %e, "could not persist");
                 }
+                readiness.set_loaded();
+            }
+            _ = tick.tick() => {
+                ::metrics::gauge!("usage_plans_plans").set(plans.plan_count() as f64);
+                ::metrics::gauge!("usage_plans_keys").set(plans.key_count() as f64);
+                let result = backing.persist(&plans).await;
+                if matches!(backing, Backing::Redis(..)) {
+                    readiness.set_store_up(result.is_ok());
+                }
+                match result {
+                    Ok(()) => {
+                        if failing.take().is_some() {
+                            tracing::info!("persisting again");
+                        }
+                    }
+                    Err(e) => {
+                        let message = e.to_string();
+                        if failing.as_deref() != Some(message.as_str()) {
+                            tracing::error!(error = %message, "could not persist (logged once until it changes)");
+                            failing = Some(message);
+                        }
+                    }
+                }
             }
         }
+    }
+    readiness.set_stopping();
+    if let Backing::Connecting { task, .. } = &backing {
+        task.abort();
     }
     let _ = drain.phase.send(Phase::Draining);
     for server in drain.servers {
