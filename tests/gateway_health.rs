@@ -60,7 +60,10 @@ async fn ping_and_ready_answer_without_sigv4_and_say_nothing_else() {
     for path in ["/pingx", "/ready/x", "/usageplans", "/"] {
         let (status, headers, _) = get(admin, path, None).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
-        assert_eq!(headers["x-amzn-errortype"], "MissingAuthenticationTokenException");
+        assert_eq!(
+            headers["x-amzn-errortype"],
+            "MissingAuthenticationTokenException"
+        );
     }
     // Not on the data plane: there, /ping is an API path like any other.
     let (status, _, _) = get(gateway.data_addr(), "/ping", None).await;
@@ -81,7 +84,10 @@ async fn a_gateway_started_before_its_redis_serves_by_policy_and_follows_redis()
         let (status, _, _) = get(admin, "/ping", None).await;
         assert_eq!(status, StatusCode::OK);
         let (status, _, body) = get(admin, "/ready", None).await;
-        assert_eq!((status, &body[..]), (StatusCode::SERVICE_UNAVAILABLE, &b"not ready\n"[..]));
+        assert_eq!(
+            (status, &body[..]),
+            (StatusCode::SERVICE_UNAVAILABLE, &b"not ready\n"[..])
+        );
         // The configured key is known; its counter is not reachable.
         let while_down = match policy {
             StoreFailure::FailClosed => StatusCode::SERVICE_UNAVAILABLE,

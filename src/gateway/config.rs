@@ -13,47 +13,61 @@ use crate::admin::AdminCredentials;
 use crate::model::{NewApiKey, NewUsagePlan};
 use crate::StoreFailure;
 
-/// The gateway's command-line flags. Every flag overrides the file.
+/// The gateway's command-line flags. Every flag also reads the
+/// environment variable `USAGE_PLANS_<FLAG>` (`--listen`:
+/// `USAGE_PLANS_LISTEN`); a flag beats the environment, which beats the
+/// file. The admin credentials and regions add up instead: the file's, the
+/// environment's (`USAGE_PLANS_ADMIN_CREDENTIALS`,
+/// `USAGE_PLANS_ADMIN_REGION`, comma-separated) and the flags'.
+///
+/// ```
+/// use clap::Parser;
+/// use tower_usage_plans::gateway::Cli;
+///
+/// let cli = Cli::try_parse_from(["gateway", "--listen", "0.0.0.0:8080"]).unwrap();
+/// assert_eq!(cli.listen, Some("0.0.0.0:8080".parse().unwrap()));
+/// ```
 #[derive(Debug, Default, Parser)]
 #[command(
     name = "gateway",
+    version,
     about = "API usage plans (keys, throttles, quotas) in front of any HTTP upstream"
 )]
 pub struct Cli {
     /// TOML configuration: listeners, upstream, stage, admin credentials, plans and keys.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, env = "USAGE_PLANS_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Data-plane listener [default: 127.0.0.1:8080].
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, env = "USAGE_PLANS_LISTEN", value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
     /// Admin API listener [default: 127.0.0.1:8081].
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, env = "USAGE_PLANS_ADMIN_LISTEN", value_name = "ADDR")]
     pub admin_listen: Option<SocketAddr>,
     /// Prometheus metrics listener (off unless set).
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, env = "USAGE_PLANS_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
     /// Where admitted requests go; without it a built-in echo upstream answers.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, env = "USAGE_PLANS_UPSTREAM", value_name = "URL")]
     pub upstream: Option<String>,
     /// Seconds to wait for the upstream's response head before a 504 [default: 30].
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, env = "USAGE_PLANS_UPSTREAM_TIMEOUT", value_name = "SECS")]
     pub upstream_timeout: Option<f64>,
     /// Seconds a client may take to send a request's headers before its
     /// connection is closed (slow clients hold connections); 0: no limit
     /// [default: 30].
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, env = "USAGE_PLANS_HEADER_READ_TIMEOUT", value_name = "SECS")]
     pub header_read_timeout: Option<f64>,
     /// Seconds a request body may go without sending data before the
     /// request is answered 408 and its connection closed; 0: no limit
     /// [default: 30].
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, env = "USAGE_PLANS_BODY_READ_TIMEOUT", value_name = "SECS")]
     pub body_read_timeout: Option<f64>,
     /// Seconds in-flight requests get to finish on SIGTERM / Ctrl-C before
     /// their connections are dropped (idle ones close at once) [default: 10].
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, env = "USAGE_PLANS_SHUTDOWN_GRACE", value_name = "SECS")]
     pub shutdown_grace: Option<f64>,
     /// The stage this gateway serves [default: gateway:prod].
-    #[arg(long, value_name = "API_ID:STAGE")]
+    #[arg(long, env = "USAGE_PLANS_STAGE", value_name = "API_ID:STAGE")]
     pub stage: Option<String>,
     /// SigV4 credentials for the admin API (repeatable).
     #[arg(long = "admin-credentials", value_name = "AKID:SECRET")]
@@ -63,19 +77,54 @@ pub struct Cli {
     #[arg(long = "admin-region", value_name = "REGION")]
     pub admin_regions: Vec<String>,
     /// Keep plans, keys and counters across restarts.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, env = "USAGE_PLANS_STATE_FILE", value_name = "PATH")]
     pub state_file: Option<PathBuf>,
     /// Share plans, keys and counters with other replicas via Redis
     /// (`redis://host:port`, or `redis+cluster://host:port,host:port,...`).
-    #[arg(long, value_name = "URL")]
+    #[arg(long, env = "USAGE_PLANS_REDIS", value_name = "URL")]
     pub redis: Option<String>,
     /// When Redis fails: admit uncounted (open, the default) or answer 503 (closed).
-    #[arg(long, value_name = "open|closed")]
+    #[arg(long, env = "USAGE_PLANS_REDIS_FAILURE", value_name = "open|closed")]
     pub redis_failure: Option<String>,
     /// Lease slices of quota and tokens from Redis and spend them locally
     /// (fewer round trips, still exact).
-    #[arg(long)]
+    #[arg(long, env = "USAGE_PLANS_REDIS_LEASES")]
     pub redis_leases: bool,
+    /// The data plane's access log on stderr: one line per request
+    /// [default: text].
+    #[arg(long, env = "USAGE_PLANS_ACCESS_LOG", value_name = "off|text|json")]
+    pub access_log: Option<super::AccessLogFormat>,
+    /// The format of the gateway's own logs (on stdout) [default: text].
+    #[arg(long, env = "USAGE_PLANS_LOG_FORMAT", value_name = "text|json")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// The format of the gateway's own logs (`--log-format`).
+///
+/// ```
+/// use tower_usage_plans::gateway::LogFormat;
+///
+/// assert_eq!("json".parse::<LogFormat>(), Ok(LogFormat::Json));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            other => Err(format!("'{other}' must be text or json")),
+        }
+    }
 }
 
 /// The TOML file. Field names are snake_case; plans and keys use the AWS
@@ -97,6 +146,7 @@ struct FileConfig {
     redis_failure: Option<String>,
     #[serde(default)]
     redis_leases: bool,
+    access_log: Option<String>,
     #[serde(default)]
     admin_credentials: Vec<FileCredential>,
     #[serde(default)]
@@ -165,6 +215,8 @@ pub struct GatewayConfig {
     pub plans: Vec<FilePlan>,
     /// How often the state file is written.
     pub flush_interval: Duration,
+    /// The data plane's access log (default: text on stderr).
+    pub access_log: super::AccessLogFormat,
 }
 
 impl Default for GatewayConfig {
@@ -188,6 +240,7 @@ impl Default for GatewayConfig {
             redis: None,
             store_failure: StoreFailure::FailOpen,
             redis_leases: false,
+            access_log: super::AccessLogFormat::Text,
         }
     }
 }
@@ -380,6 +433,11 @@ impl GatewayConfig {
         config.admin_regions.sort();
         config.admin_regions.dedup();
         config.state_file = cli.state_file.or(file.state_file);
+        if let Some(format) = cli.access_log {
+            config.access_log = format;
+        } else if let Some(format) = file.access_log {
+            config.access_log = format.parse().map_err(|e| format!("access_log: {e}"))?;
+        }
         config.keys = file.keys;
         config.plans = plans;
         Ok(config)

@@ -201,13 +201,19 @@ mod tests {
     #[test]
     fn probes_answer_by_state_and_everything_else_goes_to_the_admin_api() {
         let readiness = Readiness::new();
-        assert_eq!(call(&readiness, Method::GET, "/ping"), (StatusCode::OK, false));
+        assert_eq!(
+            call(&readiness, Method::GET, "/ping"),
+            (StatusCode::OK, false)
+        );
         assert_eq!(
             call(&readiness, Method::GET, "/ready"),
             (StatusCode::SERVICE_UNAVAILABLE, false)
         );
         readiness.set_loaded();
-        assert_eq!(call(&readiness, Method::HEAD, "/ready?x=1"), (StatusCode::OK, false));
+        assert_eq!(
+            call(&readiness, Method::HEAD, "/ready?x=1"),
+            (StatusCode::OK, false)
+        );
         assert!(readiness.set_store_up(false));
         assert!(!readiness.set_store_up(false));
         assert_eq!(

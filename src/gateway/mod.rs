@@ -13,6 +13,7 @@
 //! # }
 //! ```
 
+mod access;
 mod body;
 mod config;
 mod connection;
@@ -43,8 +44,9 @@ use tokio::task::JoinHandle;
 use tower_layer::Layer;
 use tower_service::Service;
 
+pub use access::AccessLogFormat;
 pub use body::{BoxError, GatewayBody};
-pub use config::{Cli, FilePlan, GatewayConfig, CREDENTIALS_ENV};
+pub use config::{Cli, FilePlan, GatewayConfig, LogFormat, CREDENTIALS_ENV};
 pub use error::GatewayError;
 
 use crate::store::{CounterStore, MemoryStore, RedisStore};
@@ -89,8 +91,7 @@ impl Gateway {
                 let plans = UsagePlans::builder()
                     .store(late.clone() as Arc<dyn CounterStore>)
                     .build();
-                match redis_link::first_attempt(&config, &plans, &late, REDIS_ROUND_TIMEOUT)
-                    .await?
+                match redis_link::first_attempt(&config, &plans, &late, REDIS_ROUND_TIMEOUT).await?
                 {
                     Ok(link) => (plans, Backing::Redis(link.replica, link.store)),
                     Err(message) => {
@@ -165,6 +166,13 @@ impl Gateway {
         let edge = EdgeConfig {
             header_read_timeout: config.header_read_timeout,
             body_read_timeout: config.body_read_timeout,
+            request_ids: false,
+            access_log: None,
+        };
+        let data_edge = EdgeConfig {
+            request_ids: true,
+            access_log: access::AccessLog::start(config.access_log),
+            ..edge.clone()
         };
         let mut servers = Vec::new();
 
@@ -180,7 +188,7 @@ impl Gateway {
             data,
             phases.clone(),
             alive.clone(),
-            edge,
+            data_edge,
             move |remote| metrics::Metered {
                 inner: layer.layer(proxy::Proxy::new(
                     upstream.clone(),
@@ -198,7 +206,7 @@ impl Gateway {
             admin,
             phases.clone(),
             alive.clone(),
-            edge,
+            edge.clone(),
             move |_| admin_service.clone(),
         )));
         if let Some(listener) = metrics_listener {
@@ -550,11 +558,14 @@ async fn run(
     Ok(())
 }
 
-/// The edge's limits, the same on every listener.
-#[derive(Debug, Clone, Copy)]
+/// The edge's limits, the same on every listener, and whether the
+/// listener stamps request ids and logs its exchanges (the data plane).
+#[derive(Debug, Clone)]
 struct EdgeConfig {
     header_read_timeout: Option<Duration>,
     body_read_timeout: Option<Duration>,
+    request_ids: bool,
+    access_log: Option<access::AccessLog>,
 }
 
 /// Accepts connections until told to drain; each is served by
@@ -575,8 +586,7 @@ async fn serve<S, B>(
     S: Service<Request<edge::EdgeBody>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: http_body::Body + From<Bytes> + Send + 'static,
-    B::Data: Send,
+    B: http_body::Body<Data = Bytes> + From<Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -605,17 +615,23 @@ async fn serve<S, B>(
         };
         let _ = stream.set_nodelay(true);
         let state = Arc::new(edge::ConnectionState::default());
-        let service = TowerToHyperService::new(edge::Edge {
-            inner: make(remote),
-            connection: state.clone(),
-            body_read_timeout: limits.body_read_timeout,
+        let service = TowerToHyperService::new(access::Stamped {
+            inner: edge::Edge {
+                inner: make(remote),
+                connection: state.clone(),
+                body_read_timeout: limits.body_read_timeout,
+            },
+            log: limits.access_log.clone(),
+            client: remote,
+            enabled: limits.request_ids,
         });
         let (builder, alive, mut phase) = (builder.clone(), alive.clone(), phase.clone());
+        let header_read_timeout = limits.header_read_timeout;
         tokio::spawn(async move {
             let _alive = alive;
             // hyper's header timer starts once there are bytes to tell
             // HTTP/1 from HTTP/2: a connection that sends none is closed here.
-            if let Some(limit) = limits.header_read_timeout {
+            if let Some(limit) = header_read_timeout {
                 let mut first = [0u8; 1];
                 tokio::select! {
                     peeked = tokio::time::timeout(limit, stream.peek(&mut first)) => {
@@ -631,7 +647,7 @@ async fn serve<S, B>(
                 connection,
                 |c| c.graceful_shutdown(),
                 &state,
-                limits.header_read_timeout,
+                header_read_timeout,
                 phase,
             )
             .await;

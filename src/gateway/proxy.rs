@@ -20,6 +20,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tower_service::Service;
 
+use super::access::Exchange;
 use super::body::GatewayBody;
 use super::connection::{OwnConnection, OwnError, SpareConnections};
 use super::edge::{self, BodyWatch, EdgeBody};
@@ -157,6 +158,7 @@ impl Service<Request<EdgeBody>> for Proxy {
             ),
             None => (None, charge),
         };
+        let exchange = logged(&parts);
         let request = Request::from_parts(parts, body);
         let upstream = self.upstream.clone();
         let own = self.own.clone();
@@ -165,6 +167,9 @@ impl Service<Request<EdgeBody>> for Proxy {
                 Upstream::Echo => (echo(request).await, true),
                 Upstream::Http(http) => forward(http, &own, request).await,
             };
+            if let (Some(exchange), true) = (&exchange, sent && upstream_answered(&response)) {
+                exchange.upstream_answered(response.status());
+            }
             if !sent {
                 // The upstream could not be reached: it never had the request.
                 let charge = match refund.as_mut() {
@@ -248,6 +253,25 @@ impl Proxy {
         }
     }
 }
+
+/// The access log's record of this request, told who it was counted for.
+fn logged(parts: &http::request::Parts) -> Option<Arc<Exchange>> {
+    let exchange = parts.extensions.get::<Arc<Exchange>>()?;
+    if let Some(usage) = parts.extensions.get::<UsageContext>() {
+        exchange.counted_for(usage);
+    }
+    Some(exchange.clone())
+}
+
+/// Whether the upstream (or the echo) made `response`, not the gateway
+/// (whose own answers carry `x-amzn-ErrorType`).
+fn upstream_answered(response: &Response<GatewayBody>) -> bool {
+    response.extensions().get::<GatewayAnswer>().is_none()
+}
+
+/// Marks the proxy's own answers (502, 504, 408, 400, 413).
+#[derive(Clone, Copy)]
+struct GatewayAnswer;
 
 static X_API_KEY_ID: HeaderName = HeaderName::from_static("x-api-key-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -473,7 +497,9 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 /// An AWS-style JSON error from the gateway itself.
 pub(crate) fn error(status: StatusCode, message: &str) -> Response<GatewayBody> {
-    edge::aws_error(status, message)
+    let mut response = edge::aws_error(status, message);
+    response.extensions_mut().insert(GatewayAnswer);
+    response
 }
 
 /// 200 with a JSON description of the request.

@@ -158,20 +158,16 @@ pub(crate) fn retry(
         loop {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
-            let message = match tokio::time::timeout(
-                attempt_limit,
-                connect(&config, &plans, &late),
-            )
-            .await
-            {
-                Ok(Ok(link)) => {
-                    tracing::info!("Redis answers: ready");
-                    let _ = send.send(link);
-                    return;
-                }
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => format!("no answer within {attempt_limit:?}"),
-            };
+            let message =
+                match tokio::time::timeout(attempt_limit, connect(&config, &plans, &late)).await {
+                    Ok(Ok(link)) => {
+                        tracing::info!("Redis answers: ready");
+                        let _ = send.send(link);
+                        return;
+                    }
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => format!("no answer within {attempt_limit:?}"),
+                };
             if message != last_logged {
                 tracing::warn!(error = %message, "Redis not reachable yet; trying again with backoff (up to {MAX_BACKOFF:?})");
                 last_logged = message;

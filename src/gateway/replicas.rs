@@ -173,9 +173,8 @@ impl Replica {
     /// Connects; restores the shared registry if there is one.
     pub(crate) async fn join(url: &str, plans: UsagePlans, stage: &str) -> Result<Self, JoinError> {
         let url_shown = redacted(url);
-        let unreachable = |e: &dyn std::fmt::Display| {
-            JoinError::Unreachable(format!("--redis {url_shown}: {e}"))
-        };
+        let unreachable =
+            |e: &dyn std::fmt::Display| JoinError::Unreachable(format!("--redis {url_shown}: {e}"));
         let mut connection = Connection::open(url).await.map_err(|e| unreachable(&e))?;
         // The first replica sets the stage and format; the others must match.
         let (format, shared_stage) = claim_meta(&mut connection, stage)

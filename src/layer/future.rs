@@ -121,9 +121,12 @@ where
                                 headers,
                             }
                         }
-                        Next::Refuse(response) => State::Refused {
-                            response: Some(response),
-                        },
+                        Next::Refuse(mut response) => {
+                            super::service::name_the_key(&request, &mut response);
+                            State::Refused {
+                                response: Some(response),
+                            }
+                        }
                     };
                     this.state.set(next);
                 }

@@ -131,8 +131,21 @@ where
                 }
                 ResponseFuture::forward(self.inner.call(request), headers)
             }
-            Next::Refuse(response) => ResponseFuture::refused(response),
+            Next::Refuse(mut response) => {
+                name_the_key(&request, &mut response);
+                ResponseFuture::refused(response)
+            }
         }
+    }
+}
+
+/// A refusal for a known key (throttled, quota spent, store down) names
+/// it for outer layers — an access log, say — as admitted requests do: a
+/// [`UsageContext`] (without its charge) in the response extensions.
+#[cold]
+pub(crate) fn name_the_key<B, C>(request: &Request<B>, response: &mut Response<C>) {
+    if let Some(context) = request.extensions().get::<UsageContext>() {
+        response.extensions_mut().insert(context.clone());
     }
 }
 
