@@ -382,7 +382,10 @@ async fn every_data_plane_response_has_a_fresh_request_id_which_the_upstream_see
     let response = send(addr, request).await;
     assert_eq!(response.status(), StatusCode::OK);
     let admitted = request_id(response.headers());
-    assert_eq!(seen.lock().unwrap().as_slice(), [admitted.clone()]);
+    assert_eq!(
+        seen.lock().unwrap().as_slice(),
+        std::slice::from_ref(&admitted)
+    );
     ids.insert(admitted);
     // Refused by the layer (quota spent, no key) and by the edge (CONNECT).
     for (key, status) in [

@@ -122,17 +122,3 @@ async fn a_gateway_started_before_its_redis_serves_by_policy_and_follows_redis()
         gateway.shutdown().await.unwrap();
     }
 }
-
-#[tokio::test]
-async fn a_redis_that_serves_another_stage_still_stops_startup() {
-    let redis = redis_server::Redis::start();
-    let mut first = config();
-    first.redis = Some(redis.url());
-    let gateway = Gateway::start(first).await.unwrap();
-    let mut other = config();
-    other.redis = Some(redis.url());
-    other.stage = ("other".into(), "prod".into());
-    let error = Gateway::start(other).await.unwrap_err().to_string();
-    assert!(error.contains("serve stage gateway:prod"), "{error}");
-    gateway.shutdown().await.unwrap();
-}

@@ -407,11 +407,17 @@ where
         if let Some(id) = this.id.take() {
             response.headers_mut().insert(REQUEST_ID.clone(), id);
         }
-        let answered = this.pending.take().map(|pending| Answered {
-            status: response.status().as_u16(),
-            decision: decision(&response, &pending.exchange),
-            pending,
-            bytes_out: 0,
+        let answered = this.pending.take().map(|pending| {
+            // A refusal for a known key names it (the layer puts it there).
+            if let Some(usage) = response.extensions().get::<UsageContext>() {
+                pending.exchange.counted_for(usage);
+            }
+            Answered {
+                status: response.status().as_u16(),
+                decision: decision(&response, &pending.exchange),
+                pending,
+                bytes_out: 0,
+            }
         });
         Poll::Ready(Ok(response.map(|inner| Logged { inner, answered })))
     }

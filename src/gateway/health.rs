@@ -160,7 +160,7 @@ mod tests {
             .body(())
             .unwrap();
         let future = health.call(request);
-        let response = futures_now(future);
+        let response = futures_now(future).unwrap();
         let from_inner = response.headers().contains_key("x-inner");
         (response.status(), from_inner)
     }

@@ -70,6 +70,7 @@ pub struct Gateway {
     admin_addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
     plans: UsagePlans,
+    readiness: Arc<health::Readiness>,
     stop: watch::Sender<bool>,
     task: JoinHandle<Result<(), GatewayError>>,
 }
@@ -233,7 +234,7 @@ impl Gateway {
             plans.clone(),
             backing,
             config,
-            readiness,
+            readiness.clone(),
             stopped,
             Drain {
                 phase,
@@ -246,6 +247,7 @@ impl Gateway {
             admin_addr,
             metrics_addr,
             plans,
+            readiness,
             stop,
             task,
         })
@@ -269,6 +271,24 @@ impl Gateway {
     /// The plans, keys and counters this gateway enforces.
     pub fn plans(&self) -> &UsagePlans {
         &self.plans
+    }
+
+    /// What `GET /ready` on the admin listener answers: plans are loaded,
+    /// Redis (with [`GatewayConfig::redis`]) answered its last round, and
+    /// the gateway is not stopping. A gateway whose Redis did not answer at
+    /// start serves by its failure policy and is not ready until it does.
+    ///
+    /// ```no_run
+    /// use tower_usage_plans::gateway::{Gateway, GatewayConfig};
+    ///
+    /// # async fn run() -> Result<(), tower_usage_plans::gateway::GatewayError> {
+    /// let gateway = Gateway::start(GatewayConfig::default()).await?;
+    /// assert!(gateway.is_ready(), "in memory: ready once started");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn is_ready(&self) -> bool {
+        self.readiness.is_ready()
     }
 
     /// Stops accepting, closes idle connections at once, lets in-flight
