@@ -46,9 +46,27 @@ pub struct Cli {
     /// Prometheus metrics listener (off unless set).
     #[arg(long, env = "USAGE_PLANS_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
-    /// Where admitted requests go; without it a built-in echo upstream answers.
+    /// Where admitted requests go (`http://` or `https://`); without it a
+    /// built-in echo upstream answers.
     #[arg(long, env = "USAGE_PLANS_UPSTREAM", value_name = "URL")]
     pub upstream: Option<String>,
+    /// Trust only these PEM certificates for an `https://` upstream
+    /// [default: the webpki roots].
+    #[arg(long, env = "USAGE_PLANS_UPSTREAM_CA", value_name = "PEM")]
+    pub upstream_ca: Option<PathBuf>,
+    /// Serve the data plane over HTTPS with this PEM certificate chain
+    /// (with --tls-key; SIGHUP reloads both).
+    #[arg(long, env = "USAGE_PLANS_TLS_CERT", value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+    /// The data plane's PEM private key.
+    #[arg(long, env = "USAGE_PLANS_TLS_KEY", value_name = "PEM")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve the admin API over HTTPS with this PEM certificate chain.
+    #[arg(long, env = "USAGE_PLANS_ADMIN_TLS_CERT", value_name = "PEM")]
+    pub admin_tls_cert: Option<PathBuf>,
+    /// The admin API's PEM private key.
+    #[arg(long, env = "USAGE_PLANS_ADMIN_TLS_KEY", value_name = "PEM")]
+    pub admin_tls_key: Option<PathBuf>,
     /// Seconds to wait for the upstream's response head before a 504 [default: 30].
     #[arg(long, env = "USAGE_PLANS_UPSTREAM_TIMEOUT", value_name = "SECS")]
     pub upstream_timeout: Option<f64>,
@@ -136,6 +154,11 @@ struct FileConfig {
     admin_listen: Option<SocketAddr>,
     metrics_listen: Option<SocketAddr>,
     upstream: Option<String>,
+    upstream_ca: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    admin_tls_cert: Option<PathBuf>,
+    admin_tls_key: Option<PathBuf>,
     upstream_timeout_secs: Option<f64>,
     header_read_timeout_secs: Option<f64>,
     body_read_timeout_secs: Option<f64>,
@@ -174,6 +197,35 @@ pub struct FilePlan {
     pub keys: Vec<String>,
 }
 
+/// A listener's certificate chain and private key, PEM files.
+///
+/// ```
+/// use tower_usage_plans::gateway::TlsFiles;
+///
+/// let files = TlsFiles { cert: "cert.pem".into(), key: "key.pem".into() };
+/// # drop(files);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// Both files of a pair, or neither.
+fn tls_pair(
+    field: &str,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> Result<Option<TlsFiles>, String> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(TlsFiles { cert, key })),
+        (None, None) => Ok(None),
+        _ => Err(format!("{field}: give both the certificate and the key")),
+    }
+}
+
 /// Everything the gateway needs to start, validated.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
@@ -183,8 +235,15 @@ pub struct GatewayConfig {
     pub admin_listen: SocketAddr,
     /// Prometheus listener, if any.
     pub metrics_listen: Option<SocketAddr>,
-    /// Upstream base URL (`http://host:port[/prefix]`); `None`: echo.
+    /// Upstream base URL (`http(s)://host:port[/prefix]`); `None`: echo.
     pub upstream: Option<http::Uri>,
+    /// The only roots trusted for an `https://` upstream (PEM); `None`:
+    /// the webpki roots.
+    pub upstream_ca: Option<PathBuf>,
+    /// The data plane's certificate chain and key (PEM): HTTPS.
+    pub tls: Option<TlsFiles>,
+    /// The admin API's certificate chain and key (PEM): HTTPS.
+    pub admin_tls: Option<TlsFiles>,
     /// Upstream response-head timeout.
     pub upstream_timeout: Duration,
     /// How long a client may take to send a request's headers (`None`: no
@@ -226,6 +285,9 @@ impl Default for GatewayConfig {
             admin_listen: ([127, 0, 0, 1], 8081).into(),
             metrics_listen: None,
             upstream: None,
+            upstream_ca: None,
+            tls: None,
+            admin_tls: None,
             upstream_timeout: Duration::from_secs(30),
             header_read_timeout: Some(Duration::from_secs(30)),
             body_read_timeout: Some(Duration::from_secs(30)),
@@ -280,7 +342,8 @@ impl GatewayConfig {
     ///
     /// # Errors
     /// [`GatewayError::Config`] naming the field: an empty stage part, an
-    /// upstream that is not `http://host[:port]`, a zero timeout or flush
+    /// upstream that is not `http(s)://host[:port]`, an upstream CA without
+    /// an `https://` upstream, a zero timeout or flush
     /// interval, an admin region that is not a region name, both a state
     /// file and Redis, leases without Redis, or a plan naming a key that
     /// `keys` does not have.
@@ -294,6 +357,14 @@ impl GatewayConfig {
         }
         if let Some(upstream) = &self.upstream {
             check_upstream(upstream).map_err(GatewayError::Config)?;
+        }
+        if self.upstream_ca.is_some()
+            && self.upstream.as_ref().and_then(http::Uri::scheme_str) != Some("https")
+        {
+            return Err(GatewayError::config(
+                "upstream_ca",
+                "only used with an https:// upstream",
+            ));
         }
         for (field, duration) in [
             ("upstream_timeout_secs", Some(self.upstream_timeout)),
@@ -365,6 +436,17 @@ impl GatewayConfig {
             Some(url) => Some(parse_upstream(&url)?),
             None => None,
         };
+        config.upstream_ca = cli.upstream_ca.or(file.upstream_ca);
+        config.tls = tls_pair(
+            "tls_cert",
+            cli.tls_cert.or(file.tls_cert),
+            cli.tls_key.or(file.tls_key),
+        )?;
+        config.admin_tls = tls_pair(
+            "admin_tls_cert",
+            cli.admin_tls_cert.or(file.admin_tls_cert),
+            cli.admin_tls_key.or(file.admin_tls_key),
+        )?;
         if let Some(secs) = cli.upstream_timeout.or(file.upstream_timeout_secs) {
             config.upstream_timeout = positive_secs("upstream_timeout_secs", secs)?;
         }
@@ -521,8 +603,10 @@ fn parse_upstream(url: &str) -> Result<http::Uri, String> {
 }
 
 fn check_upstream(uri: &http::Uri) -> Result<(), String> {
-    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
-        return Err(format!("upstream: '{uri}' must be an http://host:port URL"));
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
+        return Err(format!(
+            "upstream: '{uri}' must be an http://host:port or https://host:port URL"
+        ));
     }
     Ok(())
 }

@@ -25,6 +25,7 @@ mod proxy;
 mod redis_link;
 mod replicas;
 mod state;
+mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -46,7 +47,7 @@ use tower_service::Service;
 
 pub use access::AccessLogFormat;
 pub use body::{BoxError, GatewayBody};
-pub use config::{Cli, FilePlan, GatewayConfig, LogFormat, CREDENTIALS_ENV};
+pub use config::{Cli, FilePlan, GatewayConfig, LogFormat, TlsFiles, CREDENTIALS_ENV};
 pub use error::GatewayError;
 
 use crate::store::{CounterStore, MemoryStore, RedisStore};
@@ -71,6 +72,7 @@ pub struct Gateway {
     metrics_addr: Option<SocketAddr>,
     plans: UsagePlans,
     readiness: Arc<health::Readiness>,
+    certs: Vec<Arc<tls::ServerCert>>,
     stop: watch::Sender<bool>,
     task: JoinHandle<Result<(), GatewayError>>,
 }
@@ -85,6 +87,22 @@ impl Gateway {
     /// file, an unreachable Redis, or a listener that cannot bind.
     pub async fn start(config: GatewayConfig) -> Result<Self, GatewayError> {
         config.validate()?;
+        tls::install_default_provider();
+        // Bad certificates stop the start before anything else happens.
+        let load = |files: &Option<TlsFiles>| {
+            files
+                .as_ref()
+                .map(|f| tls::ServerCert::load(&f.cert, &f.key))
+                .transpose()
+                .map_err(GatewayError::Tls)
+        };
+        let (data_cert, admin_cert) = (load(&config.tls)?, load(&config.admin_tls)?);
+        let upstream_tls = match &config.upstream {
+            Some(uri) if uri.scheme_str() == Some("https") => {
+                Some(tls::client_config(config.upstream_ca.as_deref()).map_err(GatewayError::Tls)?)
+            }
+            _ => None,
+        };
         let readiness = health::Readiness::new();
         let (plans, mut backing) = match &config.redis {
             Some(url) => {
@@ -169,10 +187,16 @@ impl Gateway {
             body_read_timeout: config.body_read_timeout,
             request_ids: false,
             access_log: None,
+            tls: None,
         };
         let data_edge = EdgeConfig {
             request_ids: true,
             access_log: access::AccessLog::start(config.access_log),
+            tls: data_cert.clone().map(tls::acceptor),
+            ..edge.clone()
+        };
+        let admin_edge = EdgeConfig {
+            tls: admin_cert.clone().map(tls::acceptor),
             ..edge.clone()
         };
         let mut servers = Vec::new();
@@ -183,6 +207,7 @@ impl Gateway {
         let upstream = Arc::new(proxy::Upstream::new(
             config.upstream.clone(),
             config.upstream_timeout,
+            upstream_tls,
         ));
         let key_header = HeaderName::from_static("x-api-key");
         servers.push(tokio::spawn(serve(
@@ -207,7 +232,7 @@ impl Gateway {
             admin,
             phases.clone(),
             alive.clone(),
-            edge.clone(),
+            admin_edge,
             move |_| admin_service.clone(),
         )));
         if let Some(listener) = metrics_listener {
@@ -223,8 +248,23 @@ impl Gateway {
         if config.upstream.is_none() {
             tracing::info!("no --upstream: admitted requests get the built-in echo");
         }
-        tracing::info!("data plane listening on http://{data_addr}");
-        tracing::info!("admin API listening on http://{admin_addr}");
+        let scheme = |cert: &Option<Arc<tls::ServerCert>>| match cert {
+            Some(_) => "https",
+            None => "http",
+        };
+        tracing::info!(
+            "data plane listening on {}://{data_addr}",
+            scheme(&data_cert)
+        );
+        tracing::info!(
+            "admin API listening on {}://{admin_addr}",
+            scheme(&admin_cert)
+        );
+        let certs: Vec<_> = data_cert.into_iter().chain(admin_cert).collect();
+        #[cfg(unix)]
+        if !certs.is_empty() {
+            reload_on_sighup(certs.clone(), stop.subscribe())?;
+        }
         if let Some(addr) = metrics_addr {
             tracing::info!("metrics listening on http://{addr}");
         }
@@ -248,6 +288,7 @@ impl Gateway {
             metrics_addr,
             plans,
             readiness,
+            certs,
             stop,
             task,
         })
@@ -291,6 +332,17 @@ impl Gateway {
         self.readiness.is_ready()
     }
 
+    /// Reads every listener's certificate and key files again (what
+    /// SIGHUP does): new connections get the new pair, open ones keep
+    /// theirs. A pair that cannot be read or does not match is not used:
+    /// the old one stays, and the error names the file.
+    ///
+    /// # Errors
+    /// [`GatewayError::Tls`] for the first pair that could not be loaded.
+    pub fn reload_tls(&self) -> Result<(), GatewayError> {
+        reload(&self.certs)
+    }
+
     /// Stops accepting, closes idle connections at once, lets in-flight
     /// requests finish (up to [`GatewayConfig::shutdown_grace`], 10 s by
     /// default) and writes the state file (or gives leases back) a last
@@ -317,6 +369,50 @@ impl Gateway {
         }
         self.shutdown().await
     }
+}
+
+/// Reloads every certificate, logging each outcome.
+fn reload(certs: &[Arc<tls::ServerCert>]) -> Result<(), GatewayError> {
+    let mut first_error = None;
+    for cert in certs {
+        match cert.reload() {
+            Ok(()) => {
+                tracing::info!(cert = %cert.cert_path().display(), "TLS certificate reloaded")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "TLS certificate not reloaded: the old one stays in use");
+                first_error.get_or_insert(GatewayError::Tls(e));
+            }
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// SIGHUP reloads the certificates, until the gateway stops.
+#[cfg(unix)]
+fn reload_on_sighup(
+    certs: Vec<Arc<tls::ServerCert>>,
+    mut stopped: watch::Receiver<bool>,
+) -> Result<(), GatewayError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = signal(SignalKind::hangup()).map_err(|source| GatewayError::Io {
+        context: "cannot install the SIGHUP handler".into(),
+        source,
+    })?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                received = hangup.recv() => {
+                    if received.is_none() {
+                        return;
+                    }
+                    let _ = reload(&certs);
+                }
+                _ = stopped.changed() => return,
+            }
+        }
+    });
+    Ok(())
 }
 
 /// Creates the configured keys and plans that do not exist yet (keys
@@ -580,12 +676,14 @@ async fn run(
 
 /// The edge's limits, the same on every listener, and whether the
 /// listener stamps request ids and logs its exchanges (the data plane).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct EdgeConfig {
     header_read_timeout: Option<Duration>,
     body_read_timeout: Option<Duration>,
     request_ids: bool,
     access_log: Option<access::AccessLog>,
+    /// HTTPS: the listener's TLS configuration.
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// Accepts connections until told to drain; each is served by
@@ -647,6 +745,7 @@ async fn serve<S, B>(
         });
         let (builder, alive, mut phase) = (builder.clone(), alive.clone(), phase.clone());
         let header_read_timeout = limits.header_read_timeout;
+        let tls = limits.tls.clone();
         tokio::spawn(async move {
             let _alive = alive;
             // hyper's header timer starts once there are bytes to tell
@@ -662,6 +761,38 @@ async fn serve<S, B>(
                     _ = phase.changed() => return,
                 }
             }
+            let Some(tls) = tls else {
+                let connection = builder.serve_connection(TokioIo::new(stream), service);
+                drive(
+                    connection,
+                    |c| c.graceful_shutdown(),
+                    &state,
+                    header_read_timeout,
+                    phase,
+                )
+                .await;
+                return;
+            };
+            // A handshake that never completes holds the connection like
+            // unfinished headers do: the same limit.
+            let handshake = async {
+                match header_read_timeout {
+                    Some(limit) => tokio::time::timeout(limit, tls.accept(stream))
+                        .await
+                        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())),
+                    None => tls.accept(stream).await,
+                }
+            };
+            let stream = tokio::select! {
+                accepted = handshake => match accepted {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        tracing::debug!(error = %e, %remote, "TLS handshake failed");
+                        return;
+                    }
+                },
+                _ = phase.changed() => return,
+            };
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             drive(
                 connection,

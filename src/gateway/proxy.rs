@@ -15,6 +15,7 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -39,7 +40,7 @@ pub(crate) enum Upstream {
 /// A pooled client and what every forwarded request shares, computed once.
 #[derive(Clone, Debug)]
 pub(crate) struct HttpUpstream {
-    client: Client<HttpConnector, GatewayBody>,
+    client: Client<HttpsConnector<HttpConnector>, GatewayBody>,
     scheme: Scheme,
     authority: Authority,
     /// The base URL's path without its trailing `/` (often empty).
@@ -52,17 +53,20 @@ pub(crate) struct HttpUpstream {
 }
 
 impl Upstream {
-    /// The echo without `base`; else `base` (an `http://host:port[/path]`
-    /// URL, as the configuration checks) with a pooled client.
-    pub(crate) fn new(base: Option<Uri>, timeout: Duration) -> Self {
+    /// The echo without `base`; else `base` (an `http(s)://host:port[/path]`
+    /// URL, as the configuration checks) with a pooled client; `tls` for
+    /// an `https://` base.
+    pub(crate) fn new(
+        base: Option<Uri>,
+        timeout: Duration,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Self {
         let Some(base) = base else {
             return Self::Echo;
         };
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
+            .build(super::tls::pool_connector(tls.clone()));
         let parts = base.into_parts();
         let scheme = parts.scheme.unwrap_or(Scheme::HTTP);
         let authority = parts
@@ -82,7 +86,7 @@ impl Upstream {
             prefix,
             host,
             timeout,
-            spares: Arc::default(),
+            spares: Arc::new(SpareConnections::with_tls(tls)),
         }))
     }
 }
@@ -548,7 +552,7 @@ mod tests {
     use super::*;
 
     fn http(base: &str) -> HttpUpstream {
-        match Upstream::new(Some(base.parse().unwrap()), Duration::from_secs(1)) {
+        match Upstream::new(Some(base.parse().unwrap()), Duration::from_secs(1), None) {
             Upstream::Http(http) => *http,
             Upstream::Echo => unreachable!(),
         }
