@@ -12,6 +12,8 @@
 
 #[path = "support/net.rs"]
 mod net;
+#[path = "support/tls.rs"]
+mod tls;
 use net::{get, within, TempDir, DEADLINE};
 
 use std::net::SocketAddr;
@@ -936,4 +938,86 @@ async fn version_and_json_logs() {
         .as_str()
         .unwrap()
         .contains("listening on http://"));
+}
+
+/// `rediss://`: Redis over TLS, its certificate checked against the
+/// system's roots — here a test CA given with `SSL_CERT_FILE`, as an
+/// operator would add a private CA.
+#[tokio::test]
+async fn redis_over_tls_with_a_private_ca() {
+    let ca = tls::TestCa::new("redis CA");
+    let dir = TempDir::new("rediss");
+    let leaf = ca.leaf("redis");
+    let (cert, key) = (
+        dir.write("redis.crt", &leaf.cert),
+        dir.write("redis.key", &leaf.key),
+    );
+    let ca_file = dir.write("ca.pem", &ca.pem());
+    let port = free_port();
+    let _redis = KillOnDrop(
+        std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .args(["--tls-cert-file", cert.to_str().unwrap()])
+            .args(["--tls-key-file", key.to_str().unwrap()])
+            .args(["--tls-ca-cert-file", ca_file.to_str().unwrap()])
+            .args([
+                "--tls-auth-clients",
+                "no",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server"),
+    );
+    let config = dir.write("gateway.toml", &config_text(5, ""));
+    let url = format!("rediss://localhost:{port}");
+    let args = ["--config", config.to_str().unwrap(), "--redis", &url];
+    let mut gateway = spawn_with_env(
+        &args,
+        &dir.0,
+        &[("SSL_CERT_FILE", ca_file.to_str().unwrap())],
+    );
+    let (data, admin) = gateway.ready().await;
+    within("Redis over TLS to answer", async {
+        while get(admin, "/ready", None).await.0 != StatusCode::OK {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let (status, headers, _) = get(data, "/pets", Some(KEY)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        headers.contains_key("ratelimit"),
+        "counted in Redis: {headers:?}"
+    );
+    // Without the CA, the certificate is refused: never ready.
+    let mut untrusted = spawn(&args, &dir.0);
+    let line = untrusted.wait_for("Redis not reachable").await;
+    assert!(line.contains("certificate"), "{line}");
+    let (_, admin) = untrusted.ready().await;
+    assert_eq!(
+        get(admin, "/ready", None).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+}
+
+/// A child process killed when the test ends, also when it fails.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
