@@ -87,6 +87,11 @@ impl<B> SpareConnections<B> {
             tls,
         }
     }
+
+    /// The TLS configuration of new connections, if the upstream is `https://`.
+    pub(crate) fn tls(&self) -> Option<&Arc<rustls::ClientConfig>> {
+        self.tls.as_ref()
+    }
 }
 
 /// What a request body must be to go upstream.

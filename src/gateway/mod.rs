@@ -26,6 +26,7 @@ mod redis_link;
 mod replicas;
 mod state;
 mod tls;
+mod websocket;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -762,7 +763,8 @@ async fn serve<S, B>(
                 }
             }
             let Some(tls) = tls else {
-                let connection = builder.serve_connection(TokioIo::new(stream), service);
+                let connection =
+                    builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                 drive(
                     connection,
                     |c| c.graceful_shutdown(),
@@ -793,7 +795,7 @@ async fn serve<S, B>(
                 },
                 _ = phase.changed() => return,
             };
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             drive(
                 connection,
                 |c| c.graceful_shutdown(),

@@ -25,6 +25,7 @@ use super::access::Exchange;
 use super::body::GatewayBody;
 use super::connection::{OwnConnection, OwnError, SpareConnections};
 use super::edge::{self, BodyWatch, EdgeBody};
+use super::websocket;
 use crate::{Charge, UsageContext};
 
 /// The largest request body the echo upstream reads back.
@@ -144,7 +145,39 @@ impl Service<Request<EdgeBody>> for Proxy {
 
     fn call(&mut self, request: Request<EdgeBody>) -> Self::Future {
         let (mut parts, body) = request.into_parts();
+        let websocket = websocket::is_upgrade(&parts);
         self.prepare(&mut parts);
+        if let (true, Upstream::Http(_)) = (websocket, &*self.upstream) {
+            websocket::keep_upgrade(&mut parts.headers);
+            let exchange = logged(&parts);
+            let charge = parts
+                .extensions
+                .get_mut::<UsageContext>()
+                .and_then(UsageContext::take_charge);
+            let upstream = self.upstream.clone();
+            return Box::pin(async move {
+                let Upstream::Http(http) = &*upstream else {
+                    unreachable!("checked above")
+                };
+                let (response, sent) = http.upgrade(Request::from_parts(parts, body)).await;
+                match (&exchange, sent) {
+                    (Some(exchange), true) if upstream_answered(&response) => {
+                        exchange.upstream_answered(response.status());
+                    }
+                    // Never reached the upstream: it costs nothing.
+                    (_, false) => {
+                        if let Some(Err(e)) = match charge {
+                            Some(charge) => Some(charge.refund().await),
+                            None => None,
+                        } {
+                            tracing::warn!(error = %e, "could not refund a request the upstream never received");
+                        }
+                    }
+                    _ => {}
+                }
+                Ok(response)
+            });
+        }
         // A body that can still fail: what the request was charged, to give
         // back if the client's own framing keeps it from the upstream.
         let charge = parts
@@ -350,6 +383,22 @@ impl SendError {
 }
 
 impl HttpUpstream {
+    /// A WebSocket upgrade: on a connection of its own, tunnelled on 101.
+    async fn upgrade(&self, request: Request<EdgeBody>) -> (Response<GatewayBody>, bool) {
+        let (mut parts, body) = request.into_parts();
+        parts.uri = match self.path_and_query_for(&parts.uri) {
+            Some(path_and_query) => Uri::from(path_and_query),
+            None => return (error(StatusCode::BAD_GATEWAY, "Bad Gateway"), false),
+        };
+        parts.headers.insert(header::HOST, self.host.clone());
+        let target = websocket::Target {
+            authority: &self.authority,
+            tls: self.spares.tls(),
+            timeout: self.timeout,
+        };
+        websocket::tunnel(target, Request::from_parts(parts, body)).await
+    }
+
     /// Sends `request` (origin-form) over the client connection's own
     /// upstream connection, or through the pool when that one is busy.
     async fn send(
