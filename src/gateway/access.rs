@@ -113,30 +113,31 @@ pub(crate) struct AccessLog {
 
 impl AccessLog {
     /// Starts the writer (on stderr), or `None` for [`AccessLogFormat::Off`].
-    pub(crate) fn start(format: AccessLogFormat) -> Option<Self> {
-        Self::start_on(format, Box::new(std::io::stderr()))
-    }
-
-    /// As [`start`](Self::start), writing to `out`.
-    pub(crate) fn start_on(
+    /// The receiver is told once every line is written: when every clone
+    /// of the log is gone (the listeners and connections have ended).
+    pub(crate) fn start(
         format: AccessLogFormat,
-        out: Box<dyn std::io::Write + Send>,
-    ) -> Option<Self> {
+    ) -> Option<(Self, tokio::sync::oneshot::Receiver<()>)> {
         if format == AccessLogFormat::Off {
             return None;
         }
         let (lines, receiver) = sync_channel(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
         let counted = dropped.clone();
+        let (written, all_written) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || write_lines(receiver, out, counted))
+            .spawn(move || {
+                write_lines(receiver, Box::new(std::io::stderr()), counted);
+                let _ = written.send(());
+            })
             .ok()?;
-        Some(Self {
+        let log = Self {
             lines,
             format,
             dropped,
-        })
+        };
+        Some((log, all_written))
     }
 
     fn send(&self, line: Line) {
@@ -168,23 +169,30 @@ struct Line {
     bytes_out: u64,
 }
 
+/// How often the writer looks for lines. It never blocks on the queue: a
+/// blocked receiver would have every request wake it (a context switch per
+/// request, on the request's core); polling batches them.
+const POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
 fn write_lines(
     receiver: Receiver<Line>,
     out: Box<dyn std::io::Write + Send>,
     dropped: Arc<AtomicU64>,
 ) {
-    let mut out = std::io::BufWriter::new(out);
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
     let mut text = String::with_capacity(512);
-    while let Ok(mut line) = receiver.recv() {
-        loop {
-            text.clear();
-            line.render(&mut text);
-            let _ = out.write_all(text.as_bytes());
+    loop {
+        let ended = loop {
             match receiver.try_recv() {
-                Ok(next) => line = next,
-                Err(_) => break,
+                Ok(line) => {
+                    text.clear();
+                    line.render(&mut text);
+                    let _ = out.write_all(text.as_bytes());
+                }
+                Err(std::sync::mpsc::TryRecvError::Empty) => break false,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => break true,
             }
-        }
+        };
         let lost = dropped.swap(0, Ordering::Relaxed);
         if lost > 0 {
             let _ = writeln!(
@@ -193,6 +201,10 @@ fn write_lines(
             );
         }
         let _ = out.flush();
+        if ended {
+            return;
+        }
+        std::thread::sleep(POLL);
     }
 }
 

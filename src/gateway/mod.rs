@@ -190,9 +190,10 @@ impl Gateway {
             access_log: None,
             tls: None,
         };
+        let (access_log, access_log_written) = access::AccessLog::start(config.access_log).unzip();
         let data_edge = EdgeConfig {
             request_ids: true,
-            access_log: access::AccessLog::start(config.access_log),
+            access_log,
             tls: data_cert.clone().map(tls::acceptor),
             ..edge.clone()
         };
@@ -281,6 +282,7 @@ impl Gateway {
                 phase,
                 connections,
                 servers,
+                access_log_written,
             },
         ));
         Ok(Self {
@@ -592,6 +594,8 @@ struct Drain {
     /// sender.
     connections: mpsc::Receiver<()>,
     servers: Vec<JoinHandle<()>>,
+    /// Told when the access log's last line is written.
+    access_log_written: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 /// Persists (state file or Redis) while serving — and connects to a Redis
@@ -668,6 +672,11 @@ async fn run(
         let _ = drain.phase.send(Phase::Abort);
         // Every connection task ends at the next poll.
         let _ = drain.connections.recv().await;
+    }
+    // Every connection has ended, and with them the access log's senders:
+    // its last lines go out before the process may exit.
+    if let Some(written) = drain.access_log_written {
+        let _ = tokio::time::timeout(Duration::from_secs(1), written).await;
     }
     backing.flush(&plans).await?;
     tracing::info!("state flushed");
