@@ -160,8 +160,8 @@ struct Line {
     method: Method,
     uri: Uri,
     status: u16,
-    key_id: Option<Box<str>>,
-    plan_id: Option<Box<str>>,
+    /// Who it was counted for (a shared handle: no copy of the ids).
+    usage: Option<UsageContext>,
     decision: &'static str,
     upstream_status: u16,
     latency_us: u64,
@@ -210,7 +210,8 @@ fn write_lines(
 
 impl Line {
     fn render(&self, out: &mut String) {
-        let dash = |v: &Option<Box<str>>| v.as_deref().unwrap_or("-").to_owned();
+        let key_id = self.usage.as_ref().map(UsageContext::key_id);
+        let plan_id = self.usage.as_ref().map(UsageContext::plan_id);
         let upstream = match self.upstream_status {
             0 => "-".to_owned(),
             s => s.to_string(),
@@ -224,8 +225,8 @@ impl Line {
                     "method": self.method.as_str(),
                     "path": self.uri.path(),
                     "status": self.status,
-                    "keyId": self.key_id.as_deref(),
-                    "usagePlanId": self.plan_id.as_deref(),
+                    "keyId": key_id,
+                    "usagePlanId": plan_id,
                     "decision": self.decision,
                     "upstreamStatus": (self.upstream_status != 0).then_some(self.upstream_status),
                     "latencyUs": self.latency_us,
@@ -246,8 +247,8 @@ impl Line {
                     self.method,
                     self.uri.path(),
                     self.status,
-                    dash(&self.key_id),
-                    dash(&self.plan_id),
+                    key_id.unwrap_or("-"),
+                    plan_id.unwrap_or("-"),
                     self.decision,
                     upstream,
                     self.latency_us,
@@ -377,7 +378,7 @@ impl Answered {
             method,
             uri,
         } = *self.pending;
-        let usage = exchange.usage.get();
+        let usage = exchange.usage.get().cloned();
         log.send(Line {
             format: log.format,
             time,
@@ -386,8 +387,7 @@ impl Answered {
             method,
             uri,
             status: self.status,
-            key_id: usage.map(|u| u.key_id().into()),
-            plan_id: usage.map(|u| u.plan_id().into()),
+            usage,
             decision: self.decision,
             upstream_status: exchange.upstream_status.load(Ordering::Relaxed),
             latency_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
@@ -489,6 +489,11 @@ impl<B: Body<Data = bytes::Bytes>> Body for Logged<B> {
 mod tests {
     use super::*;
 
+    /// A context for key k1 in plan p1, as the layer makes them.
+    fn usage() -> UsageContext {
+        UsageContext::new(crate::store::CounterKey::new("p1", "k1"), None)
+    }
+
     fn line(format: AccessLogFormat) -> String {
         let line = Line {
             format,
@@ -498,8 +503,7 @@ mod tests {
             method: Method::POST,
             uri: "/pets?api_key=secret".parse().unwrap(),
             status: 429,
-            key_id: Some("k1".into()),
-            plan_id: Some("p1".into()),
+            usage: Some(usage()),
             decision: "throttled",
             upstream_status: 0,
             latency_us: 12,
