@@ -7,12 +7,15 @@
 # Part 1: bare axum vs axum + tower_governor vs axum + UsagePlanLayer, 1,000
 #         rotating keys, then one hot key. Prints req/s, p50 and ratios to bare.
 # Part 2: the gateway example vs nginx (proxy_pass, upstream keepalive), both
-#         pinned to core 0 in front of the same upstream on core 1.
+#         pinned to core 0 in front of the same upstream on core 1; the
+#         gateway without and with its access log (text, to a file), so the
+#         log's cost shows; then both with TLS on the same certificate
+#         (made here with openssl), ratio gateway/nginx.
 # Part 3: scale-out: two gateway replicas sharing counters through Redis with
 #         leases (--redis --redis-leases, each driven by its own wrk with half
 #         the connections) vs one gateway counting in memory, all gateways on
-#         core 0, Redis with the upstream on core 1. ONLY=gateway skips part 1,
-#         ONLY=redis runs part 3 alone.
+#         core 0 (access log off), Redis with the upstream on core 1.
+#         ONLY=gateway skips part 1, ONLY=redis runs part 3 alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}
@@ -25,6 +28,7 @@ need nginx nginx
 need taskset util-linux
 need bc bc
 need redis-server redis-server
+need openssl openssl
 
 cargo build --release --quiet --example bench_server --example gateway
 BIN=target/release/examples
@@ -35,9 +39,9 @@ trap cleanup EXIT
 
 wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
 
-# run_wrk PORT HOT -> "req/s p50_us non2xx"
+# run_wrk PORT HOT [SCHEME] -> "req/s p50_us non2xx"
 run_wrk() {
-  HOT_KEY=$2 taskset -c 1 wrk -t1 -c"$CONNS" -d"${SECS}s" --latency -s benches/keys.lua "http://127.0.0.1:$1/" > "$WORK/wrk-$1.txt"
+  HOT_KEY=$2 taskset -c 1 wrk -t1 -c"$CONNS" -d"${SECS}s" --latency -s benches/keys.lua "${3:-http}://127.0.0.1:$1/" > "$WORK/wrk-$1.txt"
   local rps p50 bad
   rps=$(awk '/Requests\/sec/ {print $2}' "$WORK/wrk-$1.txt")
   p50=$(awk '$1=="50%" {v=$2; if (v ~ /us$/) {sub("us","",v); print v} else if (v ~ /ms$/) {sub("ms","",v); print v*1000} else {sub("s","",v); print v*1000000}}' "$WORK/wrk-$1.txt")
@@ -52,9 +56,9 @@ declare -A RPS P50
 # measure MODE PID PORT HOT ROUND: load the server PID started on PORT, stop
 # it, fail on any non-2xx, record and print its req/s and p50.
 measure() {
-  local mode=$1 pid=$2 port=$3 hot=$4 round=$5 rps p50 bad
+  local mode=$1 pid=$2 port=$3 hot=$4 round=$5 scheme=${6:-http} rps p50 bad
   PIDS+=("$pid"); wait_port "$port"
-  read -r rps p50 bad < <(run_wrk "$port" "$hot")
+  read -r rps p50 bad < <(run_wrk "$port" "$hot" "$scheme")
   kill "$pid"; wait "$pid" 2>/dev/null || true
   [ "$bad" = 0 ] || { echo "$mode answered $bad non-2xx responses" >&2; exit 1; }
   RPS[$mode]+="$rps "; P50[$mode]+="$p50 "
@@ -100,7 +104,7 @@ taskset -c 1 "$BIN/bench_server" upstream "127.0.0.1:$UP" > /dev/null & PIDS+=($
 start_gateway() {
   local port=$1; shift
   RUST_LOG=warn taskset -c 0 "$BIN/gateway" --config "$WORK/gateway.toml" --listen "127.0.0.1:$port" \
-    --admin-listen 127.0.0.1:0 --upstream "http://127.0.0.1:$UP" "$@" >> "$WORK/gateway.log" 2>&1 &
+    --admin-listen 127.0.0.1:0 --upstream "http://127.0.0.1:$UP" --access-log off "$@" >> "$WORK/gateway.log" 2>&1 &
   echo $!
 }
 
@@ -121,21 +125,36 @@ http {
   }
 }
 NGINX
+# A certificate of this run's own (no key is committed).
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 -subj /CN=localhost \
+  -addext "subjectAltName=IP:127.0.0.1" -keyout "$WORK/tls.key" -out "$WORK/tls.crt" 2>/dev/null
+sed -e "s|listen 127.0.0.1:PORT;|listen 127.0.0.1:PORT ssl; ssl_certificate $WORK/tls.crt; ssl_certificate_key $WORK/tls.key; ssl_protocols TLSv1.2 TLSv1.3;|" \
+  "$WORK/nginx.conf" > "$WORK/nginx-tls.conf"
 port=19300
+MODES=${MODES:-gateway gateway-log nginx gateway-tls nginx-tls}
 for round in $(seq "$ROUNDS"); do
-  for mode in gateway nginx; do
-    port=$((port + 1))
-    if [ "$mode" = gateway ]; then
-      pid=$(start_gateway "$port")
-    else
-      sed "s/PORT/$port/" "$WORK/nginx.conf" > "$WORK/nginx-$port.conf"
-      taskset -c 0 nginx -c "$WORK/nginx-$port.conf" -p "$WORK" > /dev/null 2>&1 & pid=$!
-    fi
-    measure "$mode" "$pid" "$port" 0 "$round"
+  for mode in $MODES; do
+    port=$((port + 1)) scheme=http
+    case $mode in
+      gateway|gateway-log|gateway-tls)
+        args=(--access-log off)
+        [ "$mode" = gateway-log ] && args=(--access-log text)
+        [ "$mode" = gateway-tls ] && { args+=(--tls-cert "$WORK/tls.crt" --tls-key "$WORK/tls.key"); scheme=https; }
+        RUST_LOG=warn taskset -c 0 "$BIN/gateway" --config "$WORK/gateway.toml" --listen "127.0.0.1:$port" \
+          --admin-listen 127.0.0.1:0 --upstream "http://127.0.0.1:$UP" "${args[@]}" > "$WORK/gateway.log" 2>"$WORK/access.log" & pid=$! ;;
+      nginx|nginx-tls)
+        conf=$WORK/nginx.conf; [ "$mode" = nginx-tls ] && { conf=$WORK/nginx-tls.conf; scheme=https; }
+        sed "s/PORT/$port/" "$conf" > "$WORK/nginx-$port.conf"
+        taskset -c 0 nginx -c "$WORK/nginx-$port.conf" -p "$WORK" > /dev/null 2>&1 & pid=$! ;;
+    esac
+    measure "$mode" "$pid" "$port" 0 "$round" "$scheme"
+    rm -f "$WORK/access.log"
   done
 done
-g=$(median "${RPS[gateway]}"); n=$(median "${RPS[nginx]}")
-printf 'gateway %.0f req/s, nginx %.0f req/s: gateway/nginx = %.3f\n' "$g" "$n" "$(echo "$g / $n" | bc -l)"
+ratio() { printf '%s %.0f req/s, %s %.0f req/s: %s/%s = %.3f\n' "$1" "$(median "${RPS[$1]}")" "$2" "$(median "${RPS[$2]}")" "$1" "$2" "$(echo "$(median "${RPS[$1]}") / $(median "${RPS[$2]}")" | bc -l)"; }
+if [ -n "${RPS[gateway-log]:-}" ] && [ -n "${RPS[gateway]:-}" ]; then ratio gateway-log gateway; fi
+if [ -n "${RPS[gateway-tls]:-}" ] && [ -n "${RPS[nginx-tls]:-}" ]; then ratio gateway-tls nginx-tls; fi
+if [ -n "${RPS[gateway]:-}" ] && [ -n "${RPS[nginx]:-}" ]; then ratio gateway nginx; fi
 RPS=(); P50=()
 fi
 

@@ -15,7 +15,7 @@ use std::io::IsTerminal;
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 use clap::Parser;
-use tower_usage_plans::gateway::{Cli, Gateway, GatewayConfig, GatewayError};
+use tower_usage_plans::gateway::{Cli, Gateway, GatewayConfig, GatewayError, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
@@ -41,14 +41,20 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_ansi(std::io::stdout().is_terminal())
-        .init();
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    match cli.log_format.unwrap_or_default() {
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init(),
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(std::io::stdout().is_terminal())
+            .init(),
+    }
     let result = async {
-        let config = GatewayConfig::from_cli(Cli::parse())?;
+        let config = GatewayConfig::from_cli(cli)?;
         // Before the "listening" lines: a SIGTERM right after them must
         // shut down gracefully, not kill the process.
         let signal = shutdown_signal()?;

@@ -324,6 +324,97 @@ async fn echo_upstream_describes_the_request_without_the_key() {
     gateway.shutdown().await.unwrap();
 }
 
+/// The `x-amzn-requestid` of a response: a v4 UUID.
+fn request_id(headers: &http::HeaderMap) -> String {
+    let id = headers
+        .get("x-amzn-requestid")
+        .unwrap_or_else(|| panic!("no x-amzn-RequestId in {headers:?}"))
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let bytes = id.as_bytes();
+    assert_eq!(bytes.len(), 36, "{id}");
+    assert_eq!(
+        (bytes[8], bytes[13], bytes[14], bytes[18]),
+        (b'-', b'-', b'4', b'-'),
+        "{id}"
+    );
+    assert!(
+        matches!(bytes[19], b'8' | b'9' | b'a' | b'b'),
+        "variant: {id}"
+    );
+    id
+}
+
+#[tokio::test]
+async fn every_data_plane_response_has_a_fresh_request_id_which_the_upstream_sees() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let recorded = seen.clone();
+    let upstream = upstream(move |request: Request<Incoming>| {
+        let recorded = recorded.clone();
+        async move {
+            let id = request.headers()["x-amzn-requestid"]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            recorded.lock().unwrap().push(id);
+            let mut response = Response::new(Full::new(Bytes::from_static(b"up")));
+            // The upstream's own id does not replace the gateway's.
+            response
+                .headers_mut()
+                .insert("x-amzn-requestid", "upstream-id".parse().unwrap());
+            response
+        }
+    })
+    .await;
+    let gateway = Gateway::start(with_upstream(config(1), &format!("http://{upstream}")))
+        .await
+        .unwrap();
+    let addr = gateway.data_addr();
+    let mut ids = std::collections::HashSet::new();
+    // Admitted: the client's own id is replaced, the upstream gets the new one.
+    let request = Request::get("/a")
+        .header("host", "gateway")
+        .header("x-api-key", KEY)
+        .header("x-amzn-requestid", "client-chosen")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let response = send(addr, request).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let admitted = request_id(response.headers());
+    assert_eq!(
+        seen.lock().unwrap().as_slice(),
+        std::slice::from_ref(&admitted)
+    );
+    ids.insert(admitted);
+    // Refused by the layer (quota spent, no key) and by the edge (CONNECT).
+    for (key, status) in [
+        (Some(KEY), StatusCode::TOO_MANY_REQUESTS),
+        (None, StatusCode::FORBIDDEN),
+    ] {
+        let (got, headers, _) = get(addr, "/a", key).await;
+        assert_eq!(got, status);
+        assert!(ids.insert(request_id(&headers)));
+    }
+    let answer = answer_before_close(
+        addr,
+        b"CONNECT gateway:443 HTTP/1.1\r\nhost: gateway:443\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+    let line = answer
+        .lines()
+        .find(|l| l.starts_with("x-amzn-requestid: "))
+        .unwrap_or_else(|| panic!("no request id in {answer}"));
+    assert!(ids.insert(line["x-amzn-requestid: ".len()..].to_owned()));
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "refusals never reach the upstream"
+    );
+    gateway.shutdown().await.unwrap();
+}
+
 /// Connects to `addr`, sends `sent`, and reads what comes back until the
 /// gateway closes the connection — well within the default header read
 /// timeout (30 s), so only the test's own short timeout can have closed it.

@@ -15,6 +15,8 @@
 mod net;
 #[path = "../examples/support/usage_grpc.rs"]
 mod usage_grpc;
+#[path = "support/tls.rs"]
+mod tls;
 use net::{get, within, TempDir, DEADLINE};
 
 use std::net::SocketAddr;
@@ -108,11 +110,17 @@ impl Drop for Proc {
 }
 
 fn spawn(args: &[&str], cwd: &Path) -> Proc {
+    spawn_with_env(args, cwd, &[])
+}
+
+/// As [`spawn`], with these `USAGE_PLANS_*` (or other) variables set.
+fn spawn_with_env(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Proc {
     let mut child = Command::new(binary())
         .args(args)
         .current_dir(cwd)
         .env("RUST_LOG", "info")
         .env_remove("USAGE_PLANS_ADMIN_CREDENTIALS")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -877,4 +885,264 @@ async fn quick_start_demo_config_and_the_aws_cli() {
     assert_eq!(updated["items"][&key][0][1], 10, "{updated}");
 
     assert_eq!(status(data, Some(DEMO_KEY)).await, StatusCode::OK);
+}
+
+// ---- running it for real: access log, environment, version ---------------
+
+/// The stderr line (the access log) containing `needle`, once written: the
+/// writer thread flushes on its own time, so its output is the signal.
+async fn stderr_line(gateway: &Proc, needle: &str) -> String {
+    within(&format!("an access log line with {needle}"), async {
+        loop {
+            let stderr = gateway.stderr.lock().unwrap().clone();
+            if let Some(line) = stderr.lines().find(|l| l.contains(needle)) {
+                return line.to_owned();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_access_log_has_one_line_per_request_without_key_values_or_queries() {
+    let dir = TempDir::new("access-log");
+    let config = dir.write("gateway.toml", &config_text(2, ""));
+    let mut gateway = spawn(
+        &["--config", config.to_str().unwrap(), "--access-log", "json"],
+        &dir.0,
+    );
+    let (data, admin) = gateway.ready().await;
+    let post = Request::post("/pets?api_key=query-secret")
+        .header("host", "gateway")
+        .header("x-api-key", KEY)
+        .body(Full::new(Bytes::from_static(b"hello")))
+        .unwrap();
+    let response = net::send(data, post).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut ids = vec![(
+        response.headers()["x-amzn-requestid"].clone(),
+        200,
+        "admitted",
+    )];
+    for (key, code, decision) in [
+        (Some(KEY), 200, "admitted"),
+        (Some(KEY), 429, "limit"),
+        (None, 403, "forbidden"),
+        (Some("not-a-key-of-anyone"), 403, "forbidden"),
+    ] {
+        let (status, headers, _) = get(data, "/pets", key).await;
+        assert_eq!(status.as_u16(), code);
+        ids.push((headers["x-amzn-requestid"].clone(), code, decision));
+    }
+    let key_id = {
+        let line = stderr_line(&gateway, ids[0].0.to_str().unwrap()).await;
+        let entry: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(entry["method"], "POST");
+        assert_eq!(entry["path"], "/pets");
+        assert_eq!(entry["bytesIn"], 5);
+        assert_eq!(entry["upstreamStatus"], 200);
+        assert!(entry["bytesOut"].as_u64().unwrap() > 0, "{entry}");
+        assert!(entry["latencyUs"].is_u64(), "{entry}");
+        assert!(entry["client"].as_str().unwrap().starts_with("127.0.0.1:"));
+        assert!(entry["usagePlanId"].is_string(), "{entry}");
+        entry["keyId"].as_str().unwrap().to_owned()
+    };
+    for (id, code, decision) in &ids {
+        let line = stderr_line(&gateway, id.to_str().unwrap()).await;
+        let entry: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(entry["status"], *code, "{entry}");
+        assert_eq!(entry["decision"], *decision, "{entry}");
+        // The key is named by id when known, even when refused.
+        let named = *code != 403;
+        assert_eq!(
+            entry["keyId"].as_str() == Some(key_id.as_str()),
+            named,
+            "{entry}"
+        );
+        assert_eq!(entry["upstreamStatus"].is_u64(), *code == 200, "{entry}");
+    }
+    // The admin listener has no access log; /ping is not logged.
+    let (status, _, _) = get(admin, "/ping", None).await;
+    assert_eq!(status, StatusCode::OK);
+    gateway.signal("TERM");
+    let (exit, stderr) = gateway.exit().await;
+    assert!(exit.success(), "{stderr}");
+    assert_eq!(
+        stderr.lines().filter(|l| l.contains("requestId")).count(),
+        5,
+        "{stderr}"
+    );
+    for secret in [KEY, "query-secret", "not-a-key-of-anyone"] {
+        assert!(!stderr.contains(secret), "{secret} in the log:\n{stderr}");
+        assert!(!gateway.output().contains(secret), "{secret} in the output");
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Arguments, environment, and the data port the gateway should listen on.
+type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], u16);
+
+#[tokio::test]
+async fn a_flag_beats_the_environment_which_beats_the_file() {
+    let dir = TempDir::new("env-precedence");
+    let [file_port, env_port, flag_port] = [free_port(), free_port(), free_port()];
+    let config = dir.write(
+        "gateway.toml",
+        &config_text(5, "").replace(
+            "listen = \"127.0.0.1:0\"\nadmin",
+            &format!("listen = \"127.0.0.1:{file_port}\"\nadmin"),
+        ),
+    );
+    let file = config.to_str().unwrap();
+    let env_listen = format!("127.0.0.1:{env_port}");
+    let flag_listen = format!("127.0.0.1:{flag_port}");
+    let cases: [Case; 4] = [
+        (&["--config", file], &[], file_port),
+        (
+            &["--config", file],
+            &[("USAGE_PLANS_LISTEN", &env_listen)],
+            env_port,
+        ),
+        (
+            &["--config", file, "--listen", &flag_listen],
+            &[("USAGE_PLANS_LISTEN", &env_listen)],
+            flag_port,
+        ),
+        // The file itself can come from the environment.
+        (&[], &[("USAGE_PLANS_CONFIG", file)], file_port),
+    ];
+    for (args, env, port) in cases {
+        let mut gateway = spawn_with_env(args, &dir.0, env);
+        let (data, _) = gateway.ready().await;
+        assert_eq!(data.port(), port, "{args:?} {env:?}");
+        gateway.signal("TERM");
+        let (exit, stderr) = gateway.exit().await;
+        assert!(exit.success(), "{stderr}");
+    }
+    // A bad value from the environment is named like a bad flag.
+    let mut gateway = spawn_with_env(
+        &["--config", file],
+        &dir.0,
+        &[("USAGE_PLANS_ACCESS_LOG", "loud")],
+    );
+    let (exit, stderr) = gateway.exit().await;
+    assert!(!exit.success());
+    assert!(
+        stderr.contains("--access-log") && stderr.contains("loud"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn version_and_json_logs() {
+    let dir = TempDir::new("version");
+    let mut gateway = spawn(&["--version"], &dir.0);
+    let (exit, _) = gateway.exit().await;
+    assert!(exit.success());
+    assert_eq!(
+        gateway.output().trim(),
+        format!("gateway {}", env!("CARGO_PKG_VERSION"))
+    );
+    let config = dir.write("gateway.toml", &config_text(5, ""));
+    let mut gateway = spawn(
+        &["--config", config.to_str().unwrap(), "--log-format", "json"],
+        &dir.0,
+    );
+    let line = gateway.wait_for("admin API listening on").await;
+    let entry: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(entry["level"], "INFO");
+    assert!(entry["fields"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("listening on http://"));
+}
+
+/// `rediss://`: Redis over TLS, its certificate checked against the
+/// system's roots — here a test CA given with `SSL_CERT_FILE`, as an
+/// operator would add a private CA.
+#[tokio::test]
+async fn redis_over_tls_with_a_private_ca() {
+    let ca = tls::TestCa::new("redis CA");
+    let dir = TempDir::new("rediss");
+    let leaf = ca.leaf("redis");
+    let (cert, key) = (
+        dir.write("redis.crt", &leaf.cert),
+        dir.write("redis.key", &leaf.key),
+    );
+    let ca_file = dir.write("ca.pem", &ca.pem());
+    let port = free_port();
+    let _redis = KillOnDrop(
+        std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
+            .args(["--tls-cert-file", cert.to_str().unwrap()])
+            .args(["--tls-key-file", key.to_str().unwrap()])
+            .args(["--tls-ca-cert-file", ca_file.to_str().unwrap()])
+            .args([
+                "--tls-auth-clients",
+                "no",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server"),
+    );
+    let config = dir.write("gateway.toml", &config_text(5, ""));
+    let url = format!("rediss://localhost:{port}");
+    let args = ["--config", config.to_str().unwrap(), "--redis", &url];
+    let mut gateway = spawn_with_env(
+        &args,
+        &dir.0,
+        &[("SSL_CERT_FILE", ca_file.to_str().unwrap())],
+    );
+    let (data, admin) = gateway.ready().await;
+    within("Redis over TLS to answer", async {
+        while get(admin, "/ready", None).await.0 != StatusCode::OK {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let (status, headers, _) = get(data, "/pets", Some(KEY)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        headers.contains_key("ratelimit"),
+        "counted in Redis: {headers:?}"
+    );
+    // Without the CA, the certificate is refused: never ready.
+    let mut untrusted = spawn(&args, &dir.0);
+    let line = untrusted.wait_for("Redis not reachable").await;
+    assert!(line.contains("certificate"), "{line}");
+    let (_, admin) = untrusted.ready().await;
+    assert_eq!(
+        get(admin, "/ready", None).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+}
+
+/// A child process killed when the test ends, also when it fails.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

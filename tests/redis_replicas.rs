@@ -351,6 +351,8 @@ async fn replicas_share_a_redis_cluster() {
     let a = Gateway::start(config())
         .await
         .unwrap_or_else(|e| panic!("no Redis Cluster at {url}: {e}"));
+    // A gateway starts without its Redis too, but is not ready then.
+    assert!(a.is_ready(), "no Redis Cluster at {url}");
     let b = Gateway::start(config()).await.unwrap();
     let plan_name = format!("cluster-{run}");
     assert_eq!(

@@ -13,47 +13,79 @@ use crate::admin::AdminCredentials;
 use crate::model::{NewApiKey, NewUsagePlan};
 use crate::StoreFailure;
 
-/// The gateway's command-line flags. Every flag overrides the file.
+/// The gateway's command-line flags. Every flag also reads the
+/// environment variable `USAGE_PLANS_<FLAG>` (`--listen`:
+/// `USAGE_PLANS_LISTEN`); a flag beats the environment, which beats the
+/// file. The admin credentials and regions add up instead: the file's, the
+/// environment's (`USAGE_PLANS_ADMIN_CREDENTIALS`,
+/// `USAGE_PLANS_ADMIN_REGION`, comma-separated) and the flags'.
+///
+/// ```
+/// use clap::Parser;
+/// use tower_usage_plans::gateway::Cli;
+///
+/// let cli = Cli::try_parse_from(["gateway", "--listen", "0.0.0.0:8080"]).unwrap();
+/// assert_eq!(cli.listen, Some("0.0.0.0:8080".parse().unwrap()));
+/// ```
 #[derive(Debug, Default, Parser)]
 #[command(
     name = "gateway",
+    version,
     about = "API usage plans (keys, throttles, quotas) in front of any HTTP upstream"
 )]
 pub struct Cli {
     /// TOML configuration: listeners, upstream, stage, admin credentials, plans and keys.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, env = "USAGE_PLANS_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Data-plane listener [default: 127.0.0.1:8080].
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, env = "USAGE_PLANS_LISTEN", value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
     /// Admin API listener [default: 127.0.0.1:8081].
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, env = "USAGE_PLANS_ADMIN_LISTEN", value_name = "ADDR")]
     pub admin_listen: Option<SocketAddr>,
     /// Prometheus metrics listener (off unless set).
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, env = "USAGE_PLANS_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
-    /// Where admitted requests go; without it a built-in echo upstream answers.
-    #[arg(long, value_name = "URL")]
+    /// Where admitted requests go (`http://` or `https://`); without it a
+    /// built-in echo upstream answers.
+    #[arg(long, env = "USAGE_PLANS_UPSTREAM", value_name = "URL")]
     pub upstream: Option<String>,
+    /// Trust only these PEM certificates for an `https://` upstream
+    /// [default: the webpki roots].
+    #[arg(long, env = "USAGE_PLANS_UPSTREAM_CA", value_name = "PEM")]
+    pub upstream_ca: Option<PathBuf>,
+    /// Serve the data plane over HTTPS with this PEM certificate chain
+    /// (with --tls-key; SIGHUP reloads both).
+    #[arg(long, env = "USAGE_PLANS_TLS_CERT", value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+    /// The data plane's PEM private key.
+    #[arg(long, env = "USAGE_PLANS_TLS_KEY", value_name = "PEM")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve the admin API over HTTPS with this PEM certificate chain.
+    #[arg(long, env = "USAGE_PLANS_ADMIN_TLS_CERT", value_name = "PEM")]
+    pub admin_tls_cert: Option<PathBuf>,
+    /// The admin API's PEM private key.
+    #[arg(long, env = "USAGE_PLANS_ADMIN_TLS_KEY", value_name = "PEM")]
+    pub admin_tls_key: Option<PathBuf>,
     /// Seconds to wait for the upstream's response head before a 504 [default: 30].
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, env = "USAGE_PLANS_UPSTREAM_TIMEOUT", value_name = "SECS")]
     pub upstream_timeout: Option<f64>,
     /// Seconds a client may take to send a request's headers before its
     /// connection is closed (slow clients hold connections); 0: no limit
     /// [default: 30].
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, env = "USAGE_PLANS_HEADER_READ_TIMEOUT", value_name = "SECS")]
     pub header_read_timeout: Option<f64>,
     /// Seconds a request body may go without sending data before the
     /// request is answered 408 and its connection closed; 0: no limit
     /// [default: 30].
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, env = "USAGE_PLANS_BODY_READ_TIMEOUT", value_name = "SECS")]
     pub body_read_timeout: Option<f64>,
     /// Seconds in-flight requests get to finish on SIGTERM / Ctrl-C before
     /// their connections are dropped (idle ones close at once) [default: 10].
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, env = "USAGE_PLANS_SHUTDOWN_GRACE", value_name = "SECS")]
     pub shutdown_grace: Option<f64>,
     /// The stage this gateway serves [default: gateway:prod].
-    #[arg(long, value_name = "API_ID:STAGE")]
+    #[arg(long, env = "USAGE_PLANS_STAGE", value_name = "API_ID:STAGE")]
     pub stage: Option<String>,
     /// SigV4 credentials for the admin API (repeatable).
     #[arg(long = "admin-credentials", value_name = "AKID:SECRET")]
@@ -63,24 +95,59 @@ pub struct Cli {
     #[arg(long = "admin-region", value_name = "REGION")]
     pub admin_regions: Vec<String>,
     /// Keep plans, keys and counters across restarts.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, env = "USAGE_PLANS_STATE_FILE", value_name = "PATH")]
     pub state_file: Option<PathBuf>,
     /// Share plans, keys and counters with other replicas via Redis
     /// (`redis://host:port`, or `redis+cluster://host:port,host:port,...`).
-    #[arg(long, value_name = "URL")]
+    #[arg(long, env = "USAGE_PLANS_REDIS", value_name = "URL")]
     pub redis: Option<String>,
     /// When Redis fails: admit uncounted (open, the default) or answer 503 (closed).
-    #[arg(long, value_name = "open|closed")]
+    #[arg(long, env = "USAGE_PLANS_REDIS_FAILURE", value_name = "open|closed")]
     pub redis_failure: Option<String>,
     /// Lease slices of quota and tokens from Redis and spend them locally
     /// (fewer round trips, still exact).
-    #[arg(long)]
+    #[arg(long, env = "USAGE_PLANS_REDIS_LEASES")]
     pub redis_leases: bool,
     /// Shadow mode: count and send the rate-limit headers, but refuse
     /// nothing; would-be refusals are admitted uncounted, logged, and
     /// counted in `usage_plans_shadow_refusals_total{reason}`.
-    #[arg(long)]
+    #[arg(long, env = "USAGE_PLANS_SHADOW")]
     pub shadow: bool,
+    /// The data plane's access log on stderr: one line per request
+    /// [default: text].
+    #[arg(long, env = "USAGE_PLANS_ACCESS_LOG", value_name = "off|text|json")]
+    pub access_log: Option<super::AccessLogFormat>,
+    /// The format of the gateway's own logs (on stdout) [default: text].
+    #[arg(long, env = "USAGE_PLANS_LOG_FORMAT", value_name = "text|json")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// The format of the gateway's own logs (`--log-format`).
+///
+/// ```
+/// use tower_usage_plans::gateway::LogFormat;
+///
+/// assert_eq!("json".parse::<LogFormat>(), Ok(LogFormat::Json));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            other => Err(format!("'{other}' must be text or json")),
+        }
+    }
 }
 
 /// The TOML file. Field names are snake_case; plans and keys use the AWS
@@ -92,6 +159,11 @@ struct FileConfig {
     admin_listen: Option<SocketAddr>,
     metrics_listen: Option<SocketAddr>,
     upstream: Option<String>,
+    upstream_ca: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    admin_tls_cert: Option<PathBuf>,
+    admin_tls_key: Option<PathBuf>,
     upstream_timeout_secs: Option<f64>,
     header_read_timeout_secs: Option<f64>,
     body_read_timeout_secs: Option<f64>,
@@ -102,6 +174,7 @@ struct FileConfig {
     redis_failure: Option<String>,
     #[serde(default)]
     redis_leases: bool,
+    access_log: Option<String>,
     #[serde(default)]
     shadow: bool,
     #[serde(default)]
@@ -131,6 +204,35 @@ pub struct FilePlan {
     pub keys: Vec<String>,
 }
 
+/// A listener's certificate chain and private key, PEM files.
+///
+/// ```
+/// use tower_usage_plans::gateway::TlsFiles;
+///
+/// let files = TlsFiles { cert: "cert.pem".into(), key: "key.pem".into() };
+/// # drop(files);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// Both files of a pair, or neither.
+fn tls_pair(
+    field: &str,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+) -> Result<Option<TlsFiles>, String> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(TlsFiles { cert, key })),
+        (None, None) => Ok(None),
+        _ => Err(format!("{field}: give both the certificate and the key")),
+    }
+}
+
 /// Everything the gateway needs to start, validated.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
@@ -140,8 +242,15 @@ pub struct GatewayConfig {
     pub admin_listen: SocketAddr,
     /// Prometheus listener, if any.
     pub metrics_listen: Option<SocketAddr>,
-    /// Upstream base URL (`http://host:port[/prefix]`); `None`: echo.
+    /// Upstream base URL (`http(s)://host:port[/prefix]`); `None`: echo.
     pub upstream: Option<http::Uri>,
+    /// The only roots trusted for an `https://` upstream (PEM); `None`:
+    /// the webpki roots.
+    pub upstream_ca: Option<PathBuf>,
+    /// The data plane's certificate chain and key (PEM): HTTPS.
+    pub tls: Option<TlsFiles>,
+    /// The admin API's certificate chain and key (PEM): HTTPS.
+    pub admin_tls: Option<TlsFiles>,
     /// Upstream response-head timeout.
     pub upstream_timeout: Duration,
     /// How long a client may take to send a request's headers (`None`: no
@@ -174,6 +283,8 @@ pub struct GatewayConfig {
     pub plans: Vec<FilePlan>,
     /// How often the state file is written.
     pub flush_interval: Duration,
+    /// The data plane's access log (default: text on stderr).
+    pub access_log: super::AccessLogFormat,
 }
 
 impl Default for GatewayConfig {
@@ -183,6 +294,9 @@ impl Default for GatewayConfig {
             admin_listen: ([127, 0, 0, 1], 8081).into(),
             metrics_listen: None,
             upstream: None,
+            upstream_ca: None,
+            tls: None,
+            admin_tls: None,
             upstream_timeout: Duration::from_secs(30),
             header_read_timeout: Some(Duration::from_secs(30)),
             body_read_timeout: Some(Duration::from_secs(30)),
@@ -198,6 +312,7 @@ impl Default for GatewayConfig {
             store_failure: StoreFailure::FailOpen,
             redis_leases: false,
             shadow: false,
+            access_log: super::AccessLogFormat::Text,
         }
     }
 }
@@ -237,7 +352,8 @@ impl GatewayConfig {
     ///
     /// # Errors
     /// [`GatewayError::Config`] naming the field: an empty stage part, an
-    /// upstream that is not `http://host[:port]`, a zero timeout or flush
+    /// upstream that is not `http(s)://host[:port]`, an upstream CA without
+    /// an `https://` upstream, a zero timeout or flush
     /// interval, an admin region that is not a region name, both a state
     /// file and Redis, leases without Redis, or a plan naming a key that
     /// `keys` does not have.
@@ -251,6 +367,14 @@ impl GatewayConfig {
         }
         if let Some(upstream) = &self.upstream {
             check_upstream(upstream).map_err(GatewayError::Config)?;
+        }
+        if self.upstream_ca.is_some()
+            && self.upstream.as_ref().and_then(http::Uri::scheme_str) != Some("https")
+        {
+            return Err(GatewayError::config(
+                "upstream_ca",
+                "only used with an https:// upstream",
+            ));
         }
         for (field, duration) in [
             ("upstream_timeout_secs", Some(self.upstream_timeout)),
@@ -323,6 +447,17 @@ impl GatewayConfig {
             Some(url) => Some(parse_upstream(&url)?),
             None => None,
         };
+        config.upstream_ca = cli.upstream_ca.or(file.upstream_ca);
+        config.tls = tls_pair(
+            "tls_cert",
+            cli.tls_cert.or(file.tls_cert),
+            cli.tls_key.or(file.tls_key),
+        )?;
+        config.admin_tls = tls_pair(
+            "admin_tls_cert",
+            cli.admin_tls_cert.or(file.admin_tls_cert),
+            cli.admin_tls_key.or(file.admin_tls_key),
+        )?;
         if let Some(secs) = cli.upstream_timeout.or(file.upstream_timeout_secs) {
             config.upstream_timeout = positive_secs("upstream_timeout_secs", secs)?;
         }
@@ -391,6 +526,11 @@ impl GatewayConfig {
         config.admin_regions.sort();
         config.admin_regions.dedup();
         config.state_file = cli.state_file.or(file.state_file);
+        if let Some(format) = cli.access_log {
+            config.access_log = format;
+        } else if let Some(format) = file.access_log {
+            config.access_log = format.parse().map_err(|e| format!("access_log: {e}"))?;
+        }
         config.keys = file.keys;
         config.plans = plans;
         Ok(config)
@@ -474,8 +614,10 @@ fn parse_upstream(url: &str) -> Result<http::Uri, String> {
 }
 
 fn check_upstream(uri: &http::Uri) -> Result<(), String> {
-    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
-        return Err(format!("upstream: '{uri}' must be an http://host:port URL"));
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
+        return Err(format!(
+            "upstream: '{uri}' must be an http://host:port or https://host:port URL"
+        ));
     }
     Ok(())
 }

@@ -65,13 +65,32 @@ pub(crate) enum OwnError<B = GatewayBody> {
     Unsent(String),
 }
 
-/// Upstream connections whose client connections ended, for new ones.
+/// Upstream connections whose client connections ended, for new ones —
+/// and how new ones are opened: TLS for an `https://` upstream.
 #[derive(Debug)]
-pub(crate) struct SpareConnections<B = GatewayBody>(Mutex<Vec<SendRequest<B>>>);
+pub(crate) struct SpareConnections<B = GatewayBody> {
+    spares: Mutex<Vec<SendRequest<B>>>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
 
 impl<B> Default for SpareConnections<B> {
     fn default() -> Self {
-        Self(Mutex::default())
+        Self::with_tls(None)
+    }
+}
+
+impl<B> SpareConnections<B> {
+    /// New connections open TLS with `tls` (an `https://` upstream).
+    pub(crate) fn with_tls(tls: Option<Arc<rustls::ClientConfig>>) -> Self {
+        Self {
+            spares: Mutex::default(),
+            tls,
+        }
+    }
+
+    /// The TLS configuration of new connections, if the upstream is `https://`.
+    pub(crate) fn tls(&self) -> Option<&Arc<rustls::ClientConfig>> {
+        self.tls.as_ref()
     }
 }
 
@@ -90,7 +109,7 @@ const MAX_SPARES: usize = 64;
 
 impl<B> SpareConnections<B> {
     fn put(&self, sender: SendRequest<B>) {
-        let mut spares = self.0.lock();
+        let mut spares = self.spares.lock();
         spares.retain(|s| !s.is_closed());
         if spares.len() < MAX_SPARES {
             spares.push(sender);
@@ -99,7 +118,7 @@ impl<B> SpareConnections<B> {
 
     /// A spare connection ready for a request, if any.
     fn take(&self) -> Option<SendRequest<B>> {
-        let mut spares = self.0.lock();
+        let mut spares = self.spares.lock();
         while let Some(sender) = spares.pop() {
             if sender.is_ready() {
                 return Some(sender);
@@ -140,7 +159,7 @@ impl<B: UpstreamBody + Default> OwnConnection<B> {
             let (mut sender, long_idle) = match reused {
                 Some(sender) if !sender.is_closed() => (sender, idle >= REPLAY_AFTER_IDLE),
                 _ => (
-                    connect(authority)
+                    connect(authority, self.spares.tls.as_ref())
                         .await
                         .map_err(|e| OwnError::Unsent(e.to_string()))?,
                     false,
@@ -254,15 +273,32 @@ impl<B> Drop for Checkout<'_, B> {
     }
 }
 
-async fn connect<B: UpstreamBody>(authority: &Authority) -> io::Result<SendRequest<B>> {
-    let port = authority.port_u16().unwrap_or(80);
+async fn connect<B: UpstreamBody>(
+    authority: &Authority,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> io::Result<SendRequest<B>> {
+    let port = authority
+        .port_u16()
+        .unwrap_or(if tls.is_some() { 443 } else { 80 });
     let host = authority
         .host()
         .trim_start_matches('[')
         .trim_end_matches(']');
     let stream = TcpStream::connect((host, port)).await?;
     stream.set_nodelay(true)?;
-    let (sender, connection) = http1::handshake(TokioIo::new(stream))
+    match tls {
+        // A certificate that fails verification fails here: never sent.
+        Some(config) => handshake(super::tls::connect(config, host, stream).await?).await,
+        None => handshake(stream).await,
+    }
+}
+
+async fn handshake<B, I>(io: I) -> io::Result<SendRequest<B>>
+where
+    B: UpstreamBody,
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (sender, connection) = http1::handshake(TokioIo::new(io))
         .await
         .map_err(io::Error::other)?;
     tokio::spawn(async move {
@@ -349,7 +385,7 @@ mod tests {
         let third = OwnConnection::new(spares.clone());
         assert_eq!(get(&third, &authority).await, "1");
         drop((second, third));
-        assert_eq!(spares.0.lock().len(), 2);
+        assert_eq!(spares.spares.lock().len(), 2);
     }
 
     /// An upstream that answers the first request of each connection with

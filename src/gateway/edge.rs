@@ -184,16 +184,23 @@ pin_project! {
 
 struct Watched {
     watch: Arc<BodyWatch>,
+    /// Where the access log counts bytes in, if it is on.
+    exchange: Option<Arc<super::access::Exchange>>,
     timeout: Option<(Duration, Pin<Box<tokio::time::Sleep>>)>,
     /// Whether the timer runs from the last frame (reset when one comes).
     armed: bool,
 }
 
 impl EdgeBody {
-    pub(crate) fn new(inner: Incoming, timeout: Option<Duration>) -> Self {
+    pub(crate) fn new(
+        inner: Incoming,
+        timeout: Option<Duration>,
+        exchange: Option<&Arc<super::access::Exchange>>,
+    ) -> Self {
         let watched = (!inner.is_end_stream()).then(|| {
             Box::new(Watched {
                 watch: Arc::default(),
+                exchange: exchange.cloned(),
                 timeout: timeout.map(|t| (t, Box::pin(tokio::time::sleep(t)))),
                 armed: false,
             })
@@ -234,6 +241,9 @@ impl Body for EdgeBody {
         match inner.as_mut().poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 watched.armed = false;
+                if let (Some(exchange), Some(data)) = (&watched.exchange, frame.data_ref()) {
+                    exchange.received(data.len());
+                }
                 if inner.is_end_stream() {
                     watched.watch.settle(ENDED);
                 }
@@ -392,7 +402,11 @@ where
             };
         }
         let (parts, body) = request.into_parts();
-        let body = EdgeBody::new(body, self.body_read_timeout);
+        let body = EdgeBody::new(
+            body,
+            self.body_read_timeout,
+            parts.extensions.get::<Arc<super::access::Exchange>>(),
+        );
         let watch = body.watch();
         EdgeFuture {
             state: EdgeState::Inner {

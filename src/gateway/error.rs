@@ -56,6 +56,10 @@ pub enum GatewayError {
         #[source]
         source: std::io::Error,
     },
+    /// A TLS certificate or key is missing, unreadable, not PEM, or the
+    /// two do not match; the message names the file.
+    #[error("{0}")]
+    Tls(String),
     /// The gateway's own serving task failed.
     #[error("{0}")]
     Internal(String),

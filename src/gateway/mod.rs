@@ -13,16 +13,21 @@
 //! # }
 //! ```
 
+mod access;
 mod body;
 mod config;
 mod connection;
 mod edge;
 mod error;
 mod grpc;
+mod health;
 mod metrics;
 mod proxy;
+mod redis_link;
 mod replicas;
 mod state;
+mod tls;
+mod websocket;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -42,11 +47,12 @@ use tokio::task::JoinHandle;
 use tower_layer::Layer;
 use tower_service::Service;
 
+pub use access::AccessLogFormat;
 pub use body::{BoxError, GatewayBody};
-pub use config::{Cli, FilePlan, GatewayConfig, CREDENTIALS_ENV};
+pub use config::{Cli, FilePlan, GatewayConfig, LogFormat, TlsFiles, CREDENTIALS_ENV};
 pub use error::GatewayError;
 
-use crate::store::{CounterStore, LeaseConfig, MemoryStore, RedisStore};
+use crate::store::{CounterStore, MemoryStore, RedisStore};
 use crate::{AdminService, ErrorKind, NewUsagePlan, UsagePlanLayer, UsagePlans};
 
 /// How long a connection with nothing in flight has, once told to close,
@@ -67,6 +73,8 @@ pub struct Gateway {
     admin_addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
     plans: UsagePlans,
+    readiness: Arc<health::Readiness>,
+    certs: Vec<Arc<tls::ServerCert>>,
     stop: watch::Sender<bool>,
     task: JoinHandle<Result<(), GatewayError>>,
 }
@@ -81,27 +89,52 @@ impl Gateway {
     /// file, an unreachable Redis, or a listener that cannot bind.
     pub async fn start(config: GatewayConfig) -> Result<Self, GatewayError> {
         config.validate()?;
+        tls::install_default_provider();
+        // Bad certificates stop the start before anything else happens.
+        let load = |files: &Option<TlsFiles>| {
+            files
+                .as_ref()
+                .map(|f| tls::ServerCert::load(&f.cert, &f.key))
+                .transpose()
+                .map_err(GatewayError::Tls)
+        };
+        let (data_cert, admin_cert) = (load(&config.tls)?, load(&config.admin_tls)?);
+        let upstream_tls = match &config.upstream {
+            Some(uri) if uri.scheme_str() == Some("https") => {
+                Some(tls::client_config(config.upstream_ca.as_deref()).map_err(GatewayError::Tls)?)
+            }
+            _ => None,
+        };
+        let readiness = health::Readiness::new();
         let (plans, mut backing) = match &config.redis {
             Some(url) => {
-                let shown = replicas::redacted(url);
-                let mut store =
-                    RedisStore::connect(url)
-                        .await
-                        .map_err(|e| GatewayError::Redis {
-                            message: format!("--redis {shown}: {e}"),
-                            source: Some(e),
-                        })?;
-                if config.redis_leases {
-                    store = store.with_leases(LeaseConfig::default());
+                let late = Arc::new(redis_link::LateStore::default());
+                let plans = UsagePlans::builder()
+                    .store(late.clone() as Arc<dyn CounterStore>)
+                    .build();
+                match redis_link::first_attempt(&config, &plans, &late, REDIS_ROUND_TIMEOUT).await?
+                {
+                    Ok(link) => (plans, Backing::Redis(link.replica, link.store)),
+                    Err(message) => {
+                        // Serve what the configuration names meanwhile: its
+                        // keys get the failure policy, not a 403.
+                        provision(&plans, &config)?;
+                        tracing::warn!(
+                            error = %message,
+                            url = %replicas::redacted(url),
+                            "Redis not reachable: serving by the --redis-failure policy, \
+                             not ready, trying again with backoff"
+                        );
+                        let (link, task) = redis_link::retry(
+                            config.clone(),
+                            plans.clone(),
+                            late,
+                            REDIS_ROUND_TIMEOUT,
+                            message,
+                        );
+                        (plans, Backing::Connecting { link, task })
+                    }
                 }
-                let plans = UsagePlans::builder().store(Arc::new(store.clone())).build();
-                let stage = format!("{}:{}", config.stage.0, config.stage.1);
-                let replica = replicas::Replica::join(url, plans.clone(), &stage)
-                    .await
-                    .map_err(GatewayError::redis)?;
-                let replica = replicas::share(replica, &plans, &store);
-                tracing::info!(url = %shown, "sharing counters and the registry through Redis");
-                (plans, Backing::Redis(replica, store))
             }
             None => {
                 let store = Arc::new(MemoryStore::new());
@@ -113,12 +146,15 @@ impl Gateway {
                         tracing::info!(path = %path.display(), "state restored");
                     }
                 }
+                provision(&plans, &config)?;
                 let writer = config.state_file.clone().map(state::StateWriter::new);
                 (plans, Backing::Memory { store, writer })
             }
         };
-        provision(&plans, &config)?;
-        backing.persist(&plans).await?;
+        if !matches!(backing, Backing::Connecting { .. }) {
+            backing.persist(&plans).await?;
+            readiness.set_loaded();
+        }
 
         let bind = |addr: SocketAddr, listener: &'static str| async move {
             TcpListener::bind(addr)
@@ -151,6 +187,20 @@ impl Gateway {
         let edge = EdgeConfig {
             header_read_timeout: config.header_read_timeout,
             body_read_timeout: config.body_read_timeout,
+            request_ids: false,
+            access_log: None,
+            tls: None,
+        };
+        let (access_log, access_log_written) = access::AccessLog::start(config.access_log).unzip();
+        let data_edge = EdgeConfig {
+            request_ids: true,
+            access_log,
+            tls: data_cert.clone().map(tls::acceptor),
+            ..edge.clone()
+        };
+        let admin_edge = EdgeConfig {
+            tls: admin_cert.clone().map(tls::acceptor),
+            ..edge.clone()
         };
         let mut servers = Vec::new();
 
@@ -161,13 +211,14 @@ impl Gateway {
         let upstream = Arc::new(proxy::Upstream::new(
             config.upstream.clone(),
             config.upstream_timeout,
+            upstream_tls,
         ));
         let key_header = HeaderName::from_static("x-api-key");
         servers.push(tokio::spawn(serve(
             data,
             phases.clone(),
             alive.clone(),
-            edge,
+            data_edge,
             move |remote| metrics::Metered {
                 inner: layer.layer(proxy::Proxy::new(
                     upstream.clone(),
@@ -176,13 +227,16 @@ impl Gateway {
                 )),
             },
         )));
-        let admin_service = AdminService::new(plans.clone(), config.admin_credentials.clone())
-            .with_regions(config.admin_regions.clone());
+        let admin_service = health::Health {
+            inner: AdminService::new(plans.clone(), config.admin_credentials.clone())
+                .with_regions(config.admin_regions.clone()),
+            readiness: readiness.clone(),
+        };
         servers.push(tokio::spawn(serve(
             admin,
             phases.clone(),
             alive.clone(),
-            edge,
+            admin_edge,
             move |_| admin_service.clone(),
         )));
         if let Some(listener) = metrics_listener {
@@ -198,8 +252,23 @@ impl Gateway {
         if config.upstream.is_none() {
             tracing::info!("no --upstream: admitted requests get the built-in echo");
         }
-        tracing::info!("data plane listening on http://{data_addr}");
-        tracing::info!("admin API listening on http://{admin_addr}");
+        let scheme = |cert: &Option<Arc<tls::ServerCert>>| match cert {
+            Some(_) => "https",
+            None => "http",
+        };
+        tracing::info!(
+            "data plane listening on {}://{data_addr}",
+            scheme(&data_cert)
+        );
+        tracing::info!(
+            "admin API listening on {}://{admin_addr}",
+            scheme(&admin_cert)
+        );
+        let certs: Vec<_> = data_cert.into_iter().chain(admin_cert).collect();
+        #[cfg(unix)]
+        if !certs.is_empty() {
+            reload_on_sighup(certs.clone(), stop.subscribe())?;
+        }
         if let Some(addr) = metrics_addr {
             tracing::info!("metrics listening on http://{addr}");
         }
@@ -209,11 +278,13 @@ impl Gateway {
             plans.clone(),
             backing,
             config,
+            readiness.clone(),
             stopped,
             Drain {
                 phase,
                 connections,
                 servers,
+                access_log_written,
             },
         ));
         Ok(Self {
@@ -221,6 +292,8 @@ impl Gateway {
             admin_addr,
             metrics_addr,
             plans,
+            readiness,
+            certs,
             stop,
             task,
         })
@@ -244,6 +317,35 @@ impl Gateway {
     /// The plans, keys and counters this gateway enforces.
     pub fn plans(&self) -> &UsagePlans {
         &self.plans
+    }
+
+    /// What `GET /ready` on the admin listener answers: plans are loaded,
+    /// Redis (with [`GatewayConfig::redis`]) answered its last round, and
+    /// the gateway is not stopping. A gateway whose Redis did not answer at
+    /// start serves by its failure policy and is not ready until it does.
+    ///
+    /// ```no_run
+    /// use tower_usage_plans::gateway::{Gateway, GatewayConfig};
+    ///
+    /// # async fn run() -> Result<(), tower_usage_plans::gateway::GatewayError> {
+    /// let gateway = Gateway::start(GatewayConfig::default()).await?;
+    /// assert!(gateway.is_ready(), "in memory: ready once started");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn is_ready(&self) -> bool {
+        self.readiness.is_ready()
+    }
+
+    /// Reads every listener's certificate and key files again (what
+    /// SIGHUP does): new connections get the new pair, open ones keep
+    /// theirs. A pair that cannot be read or does not match is not used:
+    /// the old one stays, and the error names the file.
+    ///
+    /// # Errors
+    /// [`GatewayError::Tls`] for the first pair that could not be loaded.
+    pub fn reload_tls(&self) -> Result<(), GatewayError> {
+        reload(&self.certs)
     }
 
     /// Stops accepting, closes idle connections at once, lets in-flight
@@ -272,6 +374,50 @@ impl Gateway {
         }
         self.shutdown().await
     }
+}
+
+/// Reloads every certificate, logging each outcome.
+fn reload(certs: &[Arc<tls::ServerCert>]) -> Result<(), GatewayError> {
+    let mut first_error = None;
+    for cert in certs {
+        match cert.reload() {
+            Ok(()) => {
+                tracing::info!(cert = %cert.cert_path().display(), "TLS certificate reloaded")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "TLS certificate not reloaded: the old one stays in use");
+                first_error.get_or_insert(GatewayError::Tls(e));
+            }
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// SIGHUP reloads the certificates, until the gateway stops.
+#[cfg(unix)]
+fn reload_on_sighup(
+    certs: Vec<Arc<tls::ServerCert>>,
+    mut stopped: watch::Receiver<bool>,
+) -> Result<(), GatewayError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = signal(SignalKind::hangup()).map_err(|source| GatewayError::Io {
+        context: "cannot install the SIGHUP handler".into(),
+        source,
+    })?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                received = hangup.recv() => {
+                    if received.is_none() {
+                        return;
+                    }
+                    let _ = reload(&certs);
+                }
+                _ = stopped.changed() => return,
+            }
+        }
+    });
+    Ok(())
 }
 
 /// Creates the configured keys and plans that do not exist yet (keys
@@ -353,6 +499,11 @@ enum Backing {
     },
     /// Counters in Redis; the registry shared with the other replicas.
     Redis(Arc<tokio::sync::Mutex<replicas::Replica>>, RedisStore),
+    /// Redis has not answered yet: a task tries again with backoff.
+    Connecting {
+        link: tokio::sync::oneshot::Receiver<redis_link::Link>,
+        task: JoinHandle<()>,
+    },
 }
 
 impl Backing {
@@ -360,7 +511,7 @@ impl Backing {
     fn interval(&self, config: &GatewayConfig) -> Duration {
         match self {
             Self::Memory { .. } => config.flush_interval,
-            Self::Redis(..) => replicas::SYNC_INTERVAL,
+            Self::Redis(..) | Self::Connecting { .. } => replicas::SYNC_INTERVAL,
         }
     }
 
@@ -378,7 +529,7 @@ impl Backing {
 
     async fn save(&mut self, plans: &UsagePlans, every_lease: bool) -> Result<(), GatewayError> {
         match self {
-            Self::Memory { writer: None, .. } => Ok(()),
+            Self::Memory { writer: None, .. } | Self::Connecting { .. } => Ok(()),
             Self::Memory {
                 store,
                 writer: Some(writer),
@@ -389,11 +540,13 @@ impl Backing {
                 let round = async {
                     // Leases this replica does not spend count as used for
                     // every replica until given back. What fails is kept for
-                    // the next round; the sync goes on.
+                    // the next round; the sync goes on. The round's failures
+                    // are reported together: the caller logs them once.
+                    let mut failures = Vec::new();
                     // Redis came back empty: put back what this replica
                     // saw before anything else.
                     if let Err(e) = store.recover_if_emptied().await {
-                        tracing::warn!(error = %e, "could not check Redis for lost data");
+                        failures.push(format!("could not check Redis for lost data: {e}"));
                     }
                     let given = if every_lease {
                         store.give_back_leases().await
@@ -401,13 +554,15 @@ impl Backing {
                         store.give_back_expired_leases().await
                     };
                     if let Err(e) = given {
-                        tracing::warn!(error = %e, "could not give leased quota back");
+                        failures.push(format!("could not give leased quota back: {e}"));
                     }
-                    replica.lock().await.sync().await.map_err(|e| {
-                        GatewayError::redis(format!(
-                            "could not sync the registry through Redis: {e}"
-                        ))
-                    })
+                    if let Err(e) = replica.lock().await.sync().await {
+                        failures.push(format!("could not sync the registry through Redis: {e}"));
+                    }
+                    match failures.is_empty() {
+                        true => Ok(()),
+                        false => Err(GatewayError::redis(failures.join("; "))),
+                    }
                 };
                 // An unreachable Redis can hold a call for many seconds: a
                 // round (and so a stop) waits this long at most.
@@ -441,14 +596,17 @@ struct Drain {
     /// sender.
     connections: mpsc::Receiver<()>,
     servers: Vec<JoinHandle<()>>,
+    /// Told when the access log's last line is written.
+    access_log_written: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
-/// Persists (state file or Redis) while serving; on stop drains and
-/// persists a last time.
+/// Persists (state file or Redis) while serving — and connects to a Redis
+/// that did not answer at start; on stop drains and persists a last time.
 async fn run(
     plans: UsagePlans,
     mut backing: Backing,
     config: GatewayConfig,
+    readiness: Arc<health::Readiness>,
     mut stopped: watch::Receiver<bool>,
     mut drain: Drain,
 ) -> Result<(), GatewayError> {
@@ -456,18 +614,52 @@ async fn run(
     // A slow round (Redis unreachable: up to 3 s) must not queue up missed
     // ticks ahead of a stop.
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The last failure logged: a store that stays down is one line.
+    let mut failing: Option<String> = None;
     loop {
+        let connected = async {
+            match &mut backing {
+                Backing::Connecting { link, .. } => link.await.ok(),
+                _ => std::future::pending().await,
+            }
+        };
         tokio::select! {
             biased;
             _ = stopped.changed() => break,
-            _ = tick.tick() => {
-                ::metrics::gauge!("usage_plans_plans").set(plans.plan_count() as f64);
-                ::metrics::gauge!("usage_plans_keys").set(plans.key_count() as f64);
+            Some(link) = connected => {
+                backing = Backing::Redis(link.replica, link.store);
                 if let Err(e) = backing.persist(&plans).await {
                     tracing::error!(error = %e, "could not persist");
                 }
+                readiness.set_loaded();
+            }
+            _ = tick.tick() => {
+                ::metrics::gauge!("usage_plans_plans").set(plans.plan_count() as f64);
+                ::metrics::gauge!("usage_plans_keys").set(plans.key_count() as f64);
+                let result = backing.persist(&plans).await;
+                if matches!(backing, Backing::Redis(..)) {
+                    readiness.set_store_up(result.is_ok());
+                }
+                match result {
+                    Ok(()) => {
+                        if failing.take().is_some() {
+                            tracing::info!("persisting again");
+                        }
+                    }
+                    Err(e) => {
+                        let message = e.to_string();
+                        if failing.as_deref() != Some(message.as_str()) {
+                            tracing::error!(error = %message, "could not persist (logged once until it changes)");
+                            failing = Some(message);
+                        }
+                    }
+                }
             }
         }
+    }
+    readiness.set_stopping();
+    if let Backing::Connecting { task, .. } = &backing {
+        task.abort();
     }
     let _ = drain.phase.send(Phase::Draining);
     for server in drain.servers {
@@ -483,17 +675,27 @@ async fn run(
         // Every connection task ends at the next poll.
         let _ = drain.connections.recv().await;
     }
+    // Every connection has ended, and with them the access log's senders:
+    // its last lines go out before the process may exit.
+    if let Some(written) = drain.access_log_written {
+        let _ = tokio::time::timeout(Duration::from_secs(1), written).await;
+    }
     backing.flush(&plans).await?;
     tracing::info!("state flushed");
     tracing::info!("gateway stopped");
     Ok(())
 }
 
-/// The edge's limits, the same on every listener.
-#[derive(Debug, Clone, Copy)]
+/// The edge's limits, the same on every listener, and whether the
+/// listener stamps request ids and logs its exchanges (the data plane).
+#[derive(Clone)]
 struct EdgeConfig {
     header_read_timeout: Option<Duration>,
     body_read_timeout: Option<Duration>,
+    request_ids: bool,
+    access_log: Option<access::AccessLog>,
+    /// HTTPS: the listener's TLS configuration.
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// Accepts connections until told to drain; each is served by
@@ -514,8 +716,7 @@ async fn serve<S, B>(
     S: Service<Request<edge::EdgeBody>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    B: http_body::Body + From<Bytes> + Send + 'static,
-    B::Data: Send,
+    B: http_body::Body<Data = Bytes> + From<Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -544,17 +745,24 @@ async fn serve<S, B>(
         };
         let _ = stream.set_nodelay(true);
         let state = Arc::new(edge::ConnectionState::default());
-        let service = TowerToHyperService::new(edge::Edge {
-            inner: make(remote),
-            connection: state.clone(),
-            body_read_timeout: limits.body_read_timeout,
+        let service = TowerToHyperService::new(access::Stamped {
+            inner: edge::Edge {
+                inner: make(remote),
+                connection: state.clone(),
+                body_read_timeout: limits.body_read_timeout,
+            },
+            log: limits.access_log.clone(),
+            client: remote,
+            enabled: limits.request_ids,
         });
         let (builder, alive, mut phase) = (builder.clone(), alive.clone(), phase.clone());
+        let header_read_timeout = limits.header_read_timeout;
+        let tls = limits.tls.clone();
         tokio::spawn(async move {
             let _alive = alive;
             // hyper's header timer starts once there are bytes to tell
             // HTTP/1 from HTTP/2: a connection that sends none is closed here.
-            if let Some(limit) = limits.header_read_timeout {
+            if let Some(limit) = header_read_timeout {
                 let mut first = [0u8; 1];
                 tokio::select! {
                     peeked = tokio::time::timeout(limit, stream.peek(&mut first)) => {
@@ -565,12 +773,45 @@ async fn serve<S, B>(
                     _ = phase.changed() => return,
                 }
             }
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            let Some(tls) = tls else {
+                let connection =
+                    builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                drive(
+                    connection,
+                    |c| c.graceful_shutdown(),
+                    &state,
+                    header_read_timeout,
+                    phase,
+                )
+                .await;
+                return;
+            };
+            // A handshake that never completes holds the connection like
+            // unfinished headers do: the same limit.
+            let handshake = async {
+                match header_read_timeout {
+                    Some(limit) => tokio::time::timeout(limit, tls.accept(stream))
+                        .await
+                        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())),
+                    None => tls.accept(stream).await,
+                }
+            };
+            let stream = tokio::select! {
+                accepted = handshake => match accepted {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        tracing::debug!(error = %e, %remote, "TLS handshake failed");
+                        return;
+                    }
+                },
+                _ = phase.changed() => return,
+            };
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             drive(
                 connection,
                 |c| c.graceful_shutdown(),
                 &state,
-                limits.header_read_timeout,
+                header_read_timeout,
                 phase,
             )
             .await;

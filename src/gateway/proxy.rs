@@ -15,15 +15,18 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tower_service::Service;
 
+use super::access::Exchange;
 use super::body::GatewayBody;
 use super::connection::{OwnConnection, OwnError, SpareConnections};
 use super::edge::{self, BodyWatch, EdgeBody};
 use super::grpc;
+use super::websocket;
 use crate::{Charge, UsageContext};
 
 /// The largest request body the echo upstream reads back.
@@ -39,7 +42,7 @@ pub(crate) enum Upstream {
 /// A pooled client and what every forwarded request shares, computed once.
 #[derive(Clone, Debug)]
 pub(crate) struct HttpUpstream {
-    client: Client<HttpConnector, GatewayBody>,
+    client: Client<HttpsConnector<HttpConnector>, GatewayBody>,
     scheme: Scheme,
     authority: Authority,
     /// The base URL's path without its trailing `/` (often empty).
@@ -54,17 +57,20 @@ pub(crate) struct HttpUpstream {
 }
 
 impl Upstream {
-    /// The echo without `base`; else `base` (an `http://host:port[/path]`
-    /// URL, as the configuration checks) with a pooled client.
-    pub(crate) fn new(base: Option<Uri>, timeout: Duration) -> Self {
+    /// The echo without `base`; else `base` (an `http(s)://host:port[/path]`
+    /// URL, as the configuration checks) with a pooled client; `tls` for
+    /// an `https://` base.
+    pub(crate) fn new(
+        base: Option<Uri>,
+        timeout: Duration,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Self {
         let Some(base) = base else {
             return Self::Echo;
         };
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
+            .build(super::tls::pool_connector(tls.clone()));
         let parts = base.into_parts();
         let scheme = parts.scheme.unwrap_or(Scheme::HTTP);
         let authority = parts
@@ -84,7 +90,7 @@ impl Upstream {
             prefix,
             host,
             timeout,
-            spares: Arc::default(),
+            spares: Arc::new(SpareConnections::with_tls(tls)),
             h2: grpc::H2Client::new(),
         }))
     }
@@ -143,7 +149,39 @@ impl Service<Request<EdgeBody>> for Proxy {
 
     fn call(&mut self, request: Request<EdgeBody>) -> Self::Future {
         let (mut parts, body) = request.into_parts();
+        let websocket = websocket::is_upgrade(&parts);
         self.prepare(&mut parts);
+        if let (true, Upstream::Http(_)) = (websocket, &*self.upstream) {
+            websocket::keep_upgrade(&mut parts.headers);
+            let exchange = logged(&parts);
+            let charge = parts
+                .extensions
+                .get_mut::<UsageContext>()
+                .and_then(UsageContext::take_charge);
+            let upstream = self.upstream.clone();
+            return Box::pin(async move {
+                let Upstream::Http(http) = &*upstream else {
+                    unreachable!("checked above")
+                };
+                let (response, sent) = http.upgrade(Request::from_parts(parts, body)).await;
+                match (&exchange, sent) {
+                    (Some(exchange), true) if upstream_answered(&response) => {
+                        exchange.upstream_answered(response.status());
+                    }
+                    // Never reached the upstream: it costs nothing.
+                    (_, false) => {
+                        if let Some(Err(e)) = match charge {
+                            Some(charge) => Some(charge.refund().await),
+                            None => None,
+                        } {
+                            tracing::warn!(error = %e, "could not refund a request the upstream never received");
+                        }
+                    }
+                    _ => {}
+                }
+                Ok(response)
+            });
+        }
         // A body that can still fail: what the request was charged, to give
         // back if the client's own framing keeps it from the upstream.
         let charge = parts
@@ -161,6 +199,7 @@ impl Service<Request<EdgeBody>> for Proxy {
             ),
             None => (None, charge),
         };
+        let exchange = logged(&parts);
         let request = Request::from_parts(parts, body);
         let upstream = self.upstream.clone();
         let own = self.own.clone();
@@ -169,6 +208,9 @@ impl Service<Request<EdgeBody>> for Proxy {
                 Upstream::Echo => (echo(request).await, true),
                 Upstream::Http(http) => forward(http, &own, request).await,
             };
+            if let (Some(exchange), true) = (&exchange, sent && upstream_answered(&response)) {
+                exchange.upstream_answered(response.status());
+            }
             if !sent {
                 // The upstream could not be reached: it never had the request.
                 let charge = match refund.as_mut() {
@@ -252,6 +294,25 @@ impl Proxy {
         }
     }
 }
+
+/// The access log's record of this request, told who it was counted for.
+fn logged(parts: &http::request::Parts) -> Option<Arc<Exchange>> {
+    let exchange = parts.extensions.get::<Arc<Exchange>>()?;
+    if let Some(usage) = parts.extensions.get::<UsageContext>() {
+        exchange.counted_for(usage);
+    }
+    Some(exchange.clone())
+}
+
+/// Whether the upstream (or the echo) made `response`, not the gateway
+/// (whose own answers carry `x-amzn-ErrorType`).
+fn upstream_answered(response: &Response<GatewayBody>) -> bool {
+    response.extensions().get::<GatewayAnswer>().is_none()
+}
+
+/// Marks the proxy's own answers (502, 504, 408, 400, 413).
+#[derive(Clone, Copy)]
+struct GatewayAnswer;
 
 static X_API_KEY_ID: HeaderName = HeaderName::from_static("x-api-key-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -341,6 +402,22 @@ impl SendError {
 }
 
 impl HttpUpstream {
+    /// A WebSocket upgrade: on a connection of its own, tunnelled on 101.
+    async fn upgrade(&self, request: Request<EdgeBody>) -> (Response<GatewayBody>, bool) {
+        let (mut parts, body) = request.into_parts();
+        parts.uri = match self.path_and_query_for(&parts.uri) {
+            Some(path_and_query) => Uri::from(path_and_query),
+            None => return (error(StatusCode::BAD_GATEWAY, "Bad Gateway"), false),
+        };
+        parts.headers.insert(header::HOST, self.host.clone());
+        let target = websocket::Target {
+            authority: &self.authority,
+            tls: self.spares.tls(),
+            timeout: self.timeout,
+        };
+        websocket::tunnel(target, Request::from_parts(parts, body)).await
+    }
+
     /// Sends `request` (origin-form) over the client connection's own
     /// upstream connection, or through the pool when that one is busy.
     async fn send(
@@ -508,7 +585,9 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 /// An AWS-style JSON error from the gateway itself.
 pub(crate) fn error(status: StatusCode, message: &str) -> Response<GatewayBody> {
-    edge::aws_error(status, message)
+    let mut response = edge::aws_error(status, message);
+    response.extensions_mut().insert(GatewayAnswer);
+    response
 }
 
 /// 200 with a JSON description of the request.
@@ -564,7 +643,7 @@ mod tests {
     use super::*;
 
     fn http(base: &str) -> HttpUpstream {
-        match Upstream::new(Some(base.parse().unwrap()), Duration::from_secs(1)) {
+        match Upstream::new(Some(base.parse().unwrap()), Duration::from_secs(1), None) {
             Upstream::Http(http) => *http,
             Upstream::Echo => unreachable!(),
         }

@@ -105,6 +105,24 @@ pub(crate) fn share(
     replica
 }
 
+/// Why a replica could not join.
+#[derive(Debug)]
+pub(crate) enum JoinError {
+    /// Redis did not answer (yet): worth trying again.
+    Unreachable(String),
+    /// The replicas there serve another stage or format: a configuration
+    /// error, which trying again does not fix.
+    Mismatch(String),
+}
+
+impl std::fmt::Display for JoinError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unreachable(m) | Self::Mismatch(m) => f.write_str(m),
+        }
+    }
+}
+
 /// One replica's view of the shared registry.
 pub(crate) struct Replica {
     connection: Connection,
@@ -153,28 +171,28 @@ async fn claim_meta(
 
 impl Replica {
     /// Connects; restores the shared registry if there is one.
-    pub(crate) async fn join(url: &str, plans: UsagePlans, stage: &str) -> Result<Self, String> {
+    pub(crate) async fn join(url: &str, plans: UsagePlans, stage: &str) -> Result<Self, JoinError> {
         let url_shown = redacted(url);
-        let mut connection = Connection::open(url)
-            .await
-            .map_err(|e| format!("--redis {url_shown}: {e}"))?;
+        let unreachable =
+            |e: &dyn std::fmt::Display| JoinError::Unreachable(format!("--redis {url_shown}: {e}"));
+        let mut connection = Connection::open(url).await.map_err(|e| unreachable(&e))?;
         // The first replica sets the stage and format; the others must match.
         let (format, shared_stage) = claim_meta(&mut connection, stage)
             .await
-            .map_err(|e| format!("--redis {url_shown}: {e}"))?;
+            .map_err(|e| unreachable(&e))?;
         if format.as_deref() != Some(FORMAT) {
-            return Err(format!(
+            return Err(JoinError::Mismatch(format!(
                 "--redis {url_shown}: the replicas there share their registry in format {}, \
                  this version in format {FORMAT}: run one version per Redis (or prefix)",
                 format.unwrap_or_default()
-            ));
+            )));
         }
         if shared_stage.as_deref() != Some(stage) {
-            return Err(format!(
+            return Err(JoinError::Mismatch(format!(
                 "--stage {stage}: the replicas on --redis {url_shown} serve stage {}; \
                  replicas sharing a Redis serve one stage",
                 shared_stage.unwrap_or_default()
-            ));
+            )));
         }
         let mut replica = Self {
             connection,
@@ -186,10 +204,7 @@ impl Replica {
             publish: redis::Script::new(PUBLISH),
             version: 0,
         };
-        replica
-            .sync()
-            .await
-            .map_err(|e| format!("--redis {url_shown}: {e}"))?;
+        replica.sync().await.map_err(|e| unreachable(&e))?;
         Ok(replica)
     }
 

@@ -137,9 +137,12 @@ where
                     let grpc = super::grpc::is_grpc(request.headers());
                     let next = match config.finish(&refusal, grpc, answer) {
                         Next::Forward(admission) => admit(&mut inner, request, context, admission),
-                        Next::Refuse(response) => State::Refused {
-                            response: Some(response),
-                        },
+                        Next::Refuse(mut response) => {
+                            super::service::name_the_key(context.as_ref(), &mut response);
+                            State::Refused {
+                                response: Some(response),
+                            }
+                        }
                     };
                     this.state.set(next);
                 }

@@ -75,7 +75,9 @@ pub use refusal::{AwsRefusal, Refusal, RefusalResponse};
 pub use service::UsagePlanService;
 
 /// Who an admitted request was counted for: put into the request
-/// extensions for handlers. The one in the extensions also holds what the
+/// extensions for handlers (and, without its charge, into the response
+/// extensions of a refusal for a known key: throttled, quota spent, store
+/// unavailable). The one in the extensions also holds what the
 /// request was charged (see [`take_charge`](Self::take_charge)); a clone
 /// does not, so a charge can be given back once at most.
 ///

@@ -9,7 +9,7 @@ use tower_service::Service;
 use super::decide::{Admission, Config, Next, Pending};
 use super::future::ResponseFuture;
 use super::grpc::is_grpc;
-use super::{Refusal, RefusalResponse};
+use super::{Refusal, RefusalResponse, UsageContext};
 use crate::key::RequestHead;
 use crate::route::canonical;
 
@@ -140,7 +140,21 @@ where
             Next::Forward(admission) => {
                 ResponseFuture::admitted(&mut self.inner, request, context, admission)
             }
-            Next::Refuse(response) => ResponseFuture::refused(response),
+            Next::Refuse(mut response) => {
+                name_the_key(context.as_ref(), &mut response);
+                ResponseFuture::refused(response)
+            }
         }
+    }
+}
+
+/// A refusal for a known key (throttled, quota spent, store down) names
+/// it for outer layers — an access log, say — as admitted requests do: a
+/// [`UsageContext`] without its charge (a clone holds none; nothing was
+/// charged) in the response extensions.
+#[cold]
+pub(crate) fn name_the_key<C>(context: Option<&UsageContext>, response: &mut Response<C>) {
+    if let Some(context) = context {
+        response.extensions_mut().insert(context.clone());
     }
 }

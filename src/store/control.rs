@@ -386,6 +386,8 @@ pub(crate) fn subscribe_url(url: &str) -> String {
 /// is dropped.
 pub(crate) async fn listen(url: String, mut connection: Connection, control: Weak<Control>) {
     let mut backoff = Duration::from_millis(50);
+    // A Redis that stays down is one line, not one per attempt.
+    let mut last_failure = String::new();
     loop {
         let Some(this) = control.upgrade() else {
             return;
@@ -400,7 +402,11 @@ pub(crate) async fn listen(url: String, mut connection: Connection, control: Wea
         let pubsub = match subscribed {
             Ok(pubsub) => pubsub,
             Err(e) => {
-                tracing::warn!(error = %e, "replica control channel: cannot subscribe; retrying");
+                let failure = e.to_string();
+                if failure != last_failure {
+                    tracing::warn!(error = %failure, "replica control channel: cannot subscribe; retrying");
+                    last_failure = failure;
+                }
                 drop(this);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -408,6 +414,9 @@ pub(crate) async fn listen(url: String, mut connection: Connection, control: Wea
             }
         };
         backoff = Duration::from_millis(50);
+        if !std::mem::take(&mut last_failure).is_empty() {
+            tracing::info!("replica control channel: subscribed again");
+        }
         this.listening.store(true, Ordering::Release);
         drop(this);
         let mut messages = pubsub.into_on_message();

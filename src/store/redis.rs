@@ -399,8 +399,16 @@ impl Connection {
             }
             None => {
                 let client = redis::Client::open(url).map_err(|e| store_error("URL", e))?;
+                // A refused connection fails within a second, not after the
+                // six retries' backoff (3 s and more): the caller decides
+                // when to try again (the gateway retries with its own
+                // backoff, and serves meanwhile). A command's failure still
+                // has the connection re-established for the next one.
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_number_of_retries(1)
+                    .set_connection_timeout(Some(Duration::from_secs(1)));
                 Self::Single(
-                    ConnectionManager::new(client)
+                    ConnectionManager::new_with_config(client, config)
                         .await
                         .map_err(|e| store_error("connect", e))?,
                 )

@@ -1,0 +1,191 @@
+//! Reaching Redis, now or later. Orchestrators start processes in any
+//! order: a gateway whose Redis does not answer yet still listens, serves
+//! by its `--redis-failure` policy (its counter store answers with an error
+//! until Redis is there), reports not ready, and tries again with backoff,
+//! logging each distinct failure once.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tokio::sync::{oneshot, Mutex};
+
+use super::replicas::{self, JoinError, Replica};
+use super::{GatewayConfig, GatewayError};
+use crate::store::{
+    CounterKey, CounterStore, DayUsage, Decision, DecisionRequest, LeaseConfig, QuotaRule,
+    RedisStore, StoreFuture,
+};
+use crate::{Error, ErrorKind, RegistrySnapshot, UsagePlans};
+
+/// The first wait between attempts; it doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// The longest wait between attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The counter store of a gateway with `--redis`: the Redis store once
+/// connected; until then every call fails as an unreachable store does,
+/// so the layer applies its failure policy.
+#[derive(Debug, Default)]
+pub(crate) struct LateStore(OnceLock<RedisStore>);
+
+impl LateStore {
+    fn get(&self) -> Result<&RedisStore, Error> {
+        self.0
+            .get()
+            .ok_or_else(|| Error::new(ErrorKind::Store, "Redis has not been reached yet"))
+    }
+}
+
+impl CounterStore for LateStore {
+    fn decide(&self, request: &DecisionRequest<'_>) -> StoreFuture<Decision> {
+        match self.get() {
+            Ok(store) => store.decide(request),
+            Err(e) => StoreFuture::ready(Err(e)),
+        }
+    }
+
+    fn refund(&self, request: &DecisionRequest<'_>) -> StoreFuture<()> {
+        match self.get() {
+            Ok(store) => store.refund(request),
+            Err(e) => StoreFuture::ready(Err(e)),
+        }
+    }
+
+    fn set_remaining(
+        &self,
+        counter: &CounterKey,
+        quota: &QuotaRule,
+        now: jiff::Timestamp,
+        remaining: u64,
+    ) -> StoreFuture<DayUsage> {
+        match self.get() {
+            Ok(store) => store.set_remaining(counter, quota, now, remaining),
+            Err(e) => StoreFuture::ready(Err(e)),
+        }
+    }
+
+    fn add_remaining(
+        &self,
+        counter: &CounterKey,
+        quota: &QuotaRule,
+        now: jiff::Timestamp,
+        delta: i64,
+    ) -> StoreFuture<DayUsage> {
+        match self.get() {
+            Ok(store) => store.add_remaining(counter, quota, now, delta),
+            Err(e) => StoreFuture::ready(Err(e)),
+        }
+    }
+
+    fn usage(
+        &self,
+        counter: &CounterKey,
+        quota: Option<&QuotaRule>,
+        now: jiff::Timestamp,
+        first: jiff::civil::Date,
+        last: jiff::civil::Date,
+    ) -> StoreFuture<Vec<DayUsage>> {
+        match self.get() {
+            Ok(store) => store.usage(counter, quota, now, first, last),
+            Err(e) => StoreFuture::ready(Err(e)),
+        }
+    }
+
+    fn forget(&self, counter: &CounterKey) -> StoreFuture<()> {
+        match self.get() {
+            Ok(store) => store.forget(counter),
+            Err(e) => StoreFuture::ready(Err(e)),
+        }
+    }
+}
+
+/// A gateway joined to Redis: its counters there, its registry shared.
+pub(crate) struct Link {
+    pub(crate) replica: Arc<Mutex<Replica>>,
+    pub(crate) store: RedisStore,
+}
+
+/// Connects, joins the replicas (the registry becomes Redis's), creates the
+/// configured plans and keys that are not there yet, and makes `late` the
+/// Redis store.
+pub(crate) async fn connect(
+    config: &GatewayConfig,
+    plans: &UsagePlans,
+    late: &LateStore,
+) -> Result<Link, JoinError> {
+    let url = config.redis.as_deref().unwrap_or_default();
+    let shown = replicas::redacted(url);
+    let mut store = RedisStore::connect(url)
+        .await
+        .map_err(|e| JoinError::Unreachable(format!("--redis {shown}: {e}")))?;
+    if config.redis_leases {
+        store = store.with_leases(LeaseConfig::default());
+    }
+    // What the configuration created while Redis was away is created again
+    // over what the replicas share (matched by value or name), not merged
+    // as if it were a change of this replica's.
+    plans
+        .restore(RegistrySnapshot::default())
+        .map_err(|e| JoinError::Mismatch(e.to_string()))?;
+    let stage = format!("{}:{}", config.stage.0, config.stage.1);
+    let replica = Replica::join(url, plans.clone(), &stage).await?;
+    let replica = replicas::share(replica, plans, &store);
+    super::provision(plans, config).map_err(|e| JoinError::Mismatch(e.to_string()))?;
+    let _ = late.0.set(store.clone());
+    tracing::info!(url = %shown, "sharing counters and the registry through Redis");
+    Ok(Link { replica, store })
+}
+
+/// The first attempt, bounded by `limit`: `Ok(None)` when Redis did not
+/// answer (the caller serves on and retries); an error for a mismatch.
+pub(crate) async fn first_attempt(
+    config: &GatewayConfig,
+    plans: &UsagePlans,
+    late: &LateStore,
+    limit: Duration,
+) -> Result<Result<Link, String>, GatewayError> {
+    match tokio::time::timeout(limit, connect(config, plans, late)).await {
+        Ok(Ok(link)) => Ok(Ok(link)),
+        Ok(Err(JoinError::Mismatch(message))) => Err(GatewayError::redis(message)),
+        Ok(Err(JoinError::Unreachable(message))) => Ok(Err(message)),
+        Err(_) => Ok(Err(format!(
+            "--redis {}: no answer within {limit:?}",
+            replicas::redacted(config.redis.as_deref().unwrap_or_default())
+        ))),
+    }
+}
+
+/// Tries again with backoff until connected; the link comes through the
+/// returned receiver. A failure is logged when it differs from the last one
+/// logged (one line for a Redis that stays down, not one per attempt).
+pub(crate) fn retry(
+    config: GatewayConfig,
+    plans: UsagePlans,
+    late: Arc<LateStore>,
+    attempt_limit: Duration,
+    mut last_logged: String,
+) -> (oneshot::Receiver<Link>, tokio::task::JoinHandle<()>) {
+    let (send, receive) = oneshot::channel();
+    let task = tokio::spawn(async move {
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            let message =
+                match tokio::time::timeout(attempt_limit, connect(&config, &plans, &late)).await {
+                    Ok(Ok(link)) => {
+                        tracing::info!("Redis answers: ready");
+                        let _ = send.send(link);
+                        return;
+                    }
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => format!("no answer within {attempt_limit:?}"),
+                };
+            if message != last_logged {
+                tracing::warn!(error = %message, "Redis not reachable yet; trying again with backoff (up to {MAX_BACKOFF:?})");
+                last_logged = message;
+            }
+        }
+    });
+    (receive, task)
+}

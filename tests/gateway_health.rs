@@ -1,0 +1,124 @@
+#![cfg(feature = "gateway")]
+//! `/ping` and `/ready` on the admin listener, and a gateway that starts
+//! before its Redis: it listens, reports not ready, answers by its failure
+//! policy, and becomes ready once a real `redis-server` comes up on the
+//! port; not ready again while that server is stopped, ready once it is
+//! back. Waits are polls of `/ready` (the signal) under a deadline.
+
+#[path = "support/net.rs"]
+mod net;
+#[path = "support/redis_server.rs"]
+mod redis_server;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::StatusCode;
+use net::{get, within};
+use tower_usage_plans::gateway::{FilePlan, Gateway, GatewayConfig};
+use tower_usage_plans::{NewApiKey, NewUsagePlan, Quota, QuotaPeriod, StoreFailure};
+
+const KEY: &str = "health-test-key-0123456789";
+
+fn config() -> GatewayConfig {
+    GatewayConfig {
+        listen: ([127, 0, 0, 1], 0).into(),
+        admin_listen: ([127, 0, 0, 1], 0).into(),
+        keys: vec![NewApiKey::new("tester").with_value(KEY).enabled(true)],
+        plans: vec![FilePlan {
+            plan: NewUsagePlan::new("testing").with_quota(Quota::new(100, QuotaPeriod::Day)),
+            keys: vec!["tester".into()],
+        }],
+        ..GatewayConfig::default()
+    }
+}
+
+/// `/ready`'s status once it is `want` (polled: the probe is the signal).
+async fn ready_becomes(admin: SocketAddr, want: StatusCode) {
+    within(&format!("/ready to answer {want}"), async {
+        loop {
+            let (status, _, _) = get(admin, "/ready", None).await;
+            if status == want {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn ping_and_ready_answer_without_sigv4_and_say_nothing_else() {
+    let gateway = Gateway::start(config()).await.unwrap();
+    let admin = gateway.admin_addr();
+    let (status, headers, body) = get(admin, "/ping", None).await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok\n"[..]));
+    assert_eq!(headers["cache-control"], "no-store");
+    let (status, _, body) = get(admin, "/ready", None).await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"ready\n"[..]));
+    // Nothing else is open: the admin API still wants SigV4.
+    for path in ["/pingx", "/ready/x", "/usageplans", "/"] {
+        let (status, headers, _) = get(admin, path, None).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
+        assert_eq!(
+            headers["x-amzn-errortype"],
+            "MissingAuthenticationTokenException"
+        );
+    }
+    // Not on the data plane: there, /ping is an API path like any other.
+    let (status, _, _) = get(gateway.data_addr(), "/ping", None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    gateway.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_started_before_its_redis_serves_by_policy_and_follows_redis() {
+    for policy in [StoreFailure::FailClosed, StoreFailure::FailOpen] {
+        let port = redis_server::free_port();
+        let mut config = config();
+        config.redis = Some(format!("redis://127.0.0.1:{port}"));
+        config.store_failure = policy;
+        // Nothing listens on the port: the gateway starts anyway.
+        let gateway = Gateway::start(config).await.unwrap();
+        let (admin, data) = (gateway.admin_addr(), gateway.data_addr());
+        let (status, _, _) = get(admin, "/ping", None).await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _, body) = get(admin, "/ready", None).await;
+        assert_eq!(
+            (status, &body[..]),
+            (StatusCode::SERVICE_UNAVAILABLE, &b"not ready\n"[..])
+        );
+        // The configured key is known; its counter is not reachable.
+        let while_down = match policy {
+            StoreFailure::FailClosed => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::OK,
+        };
+        let (status, _, _) = get(data, "/", Some(KEY)).await;
+        assert_eq!(status, while_down, "{policy:?}");
+        let (status, _, _) = get(data, "/", Some("nobody-has-this-key")).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{policy:?}");
+
+        // Redis comes up: ready, and requests are counted there.
+        let mut redis = redis_server::Redis::start_on(port);
+        ready_becomes(admin, StatusCode::OK).await;
+        let (status, headers, _) = get(data, "/", Some(KEY)).await;
+        assert_eq!(status, StatusCode::OK, "{policy:?}");
+        assert!(headers.contains_key("ratelimit"), "{headers:?}");
+        let key = gateway.plans().api_key_by_value(KEY).unwrap();
+        assert!(key.enabled);
+
+        // Redis goes away: not ready, and the policy answers again.
+        redis.stop();
+        ready_becomes(admin, StatusCode::SERVICE_UNAVAILABLE).await;
+        let (status, _, _) = get(data, "/", Some(KEY)).await;
+        assert_eq!(status, while_down, "{policy:?} with Redis stopped");
+
+        // And back (empty: `--save ''`): ready again, counting again.
+        let _redis = redis_server::Redis::start_on(port);
+        ready_becomes(admin, StatusCode::OK).await;
+        let (status, headers, _) = get(data, "/", Some(KEY)).await;
+        assert_eq!(status, StatusCode::OK, "{policy:?} after the restart");
+        assert!(headers.contains_key("ratelimit"), "{headers:?}");
+        gateway.shutdown().await.unwrap();
+    }
+}
