@@ -140,6 +140,8 @@ async fn both_listeners_serve_https_with_h2_and_http1_by_alpn() {
         let (status, body) = data.get("/pets", Some(KEY)).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         assert!(body.contains("\"path\":\"/pets\""), "{body}");
+        // The upstream learns the client came over HTTPS.
+        assert!(body.contains("proto=https"), "{body}");
         let mut admin = connect(gateway.admin_addr(), ca.client(&[alpn])).await;
         assert_eq!(
             admin.get("/ping", None).await,

@@ -214,6 +214,7 @@ impl Gateway {
             upstream_tls,
         ));
         let key_header = HeaderName::from_static("x-api-key");
+        let proto = if data_cert.is_some() { "https" } else { "http" };
         servers.push(tokio::spawn(serve(
             data,
             phases.clone(),
@@ -224,6 +225,7 @@ impl Gateway {
                     upstream.clone(),
                     key_header.clone(),
                     remote,
+                    proto,
                 )),
             },
         )));

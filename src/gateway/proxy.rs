@@ -109,12 +109,20 @@ pub(crate) struct Proxy {
 #[derive(Debug)]
 struct ClientAddress {
     ip: HeaderValue,
-    /// `for=…;proto=http`, a `forwarded` element without its host.
+    /// `for=…;proto=http` (or `https`), a `forwarded` element without its
+    /// host.
     forwarded: String,
 }
 
 impl Proxy {
-    pub(crate) fn new(upstream: Arc<Upstream>, key_header: HeaderName, remote: SocketAddr) -> Self {
+    /// The proxy of one client connection from `remote`, which came in over
+    /// `proto` (`"http"` or `"https"`).
+    pub(crate) fn new(
+        upstream: Arc<Upstream>,
+        key_header: HeaderName,
+        remote: SocketAddr,
+        proto: &'static str,
+    ) -> Self {
         let ip = remote.ip().to_string();
         let node = if remote.is_ipv6() {
             format!("\"[{ip}]\"")
@@ -123,7 +131,7 @@ impl Proxy {
         };
         let client = ClientAddress {
             ip: HeaderValue::from_str(&ip).expect("an IP address is a valid header value"),
-            forwarded: format!("for={node};proto=http"),
+            forwarded: format!("for={node};proto={proto}"),
         };
         let spares = match &*upstream {
             Upstream::Http(http) => http.spares.clone(),
@@ -681,6 +689,7 @@ mod tests {
             Arc::new(Upstream::Echo),
             HeaderName::from_static("x-api-key"),
             ([10, 0, 0, 7], 4321).into(),
+            "http",
         );
         let host = host.map(|h| HeaderValue::from_str(h).unwrap());
         prepare_headers(&mut headers, &proxy.key_header, &proxy.client, host);
