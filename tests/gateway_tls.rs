@@ -313,6 +313,88 @@ async fn https_upstream(leaf: &tls::Leaf) -> SocketAddr {
     addr
 }
 
+/// An HTTPS upstream that speaks HTTP/2 only (ALPN `h2`) and answers every
+/// call as a gRPC server would, trailers-only: `grpc-status: 0` when the
+/// call came over HTTP/2 with `te: trailers`, else 13 (INTERNAL).
+async fn https_grpc_upstream(leaf: &tls::Leaf) -> SocketAddr {
+    let chain = vec![der(&leaf.cert)];
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf.key.as_bytes()).unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(|request: Request<Incoming>| async move {
+                    let grpc = request.version() == http::Version::HTTP_2
+                        && request
+                            .headers()
+                            .get("te")
+                            .is_some_and(|te| te == "trailers");
+                    let response = Response::builder()
+                        .header("content-type", "application/grpc")
+                        .header("grpc-status", if grpc { "0" } else { "13" })
+                        .body(Empty::<Bytes>::new())
+                        .unwrap();
+                    Ok::<_, std::convert::Infallible>(response)
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// gRPC calls go to an `https://` upstream over TLS with ALPN `h2`.
+#[tokio::test]
+async fn grpc_calls_reach_an_https_upstream_over_h2_by_alpn() {
+    let ca = tls::TestCa::new("gRPC upstream CA");
+    let dir = TempDir::new("tls-grpc-upstream");
+    let upstream = https_grpc_upstream(&ca.leaf("upstream")).await;
+    let mut config = config();
+    config.upstream = Some(
+        format!("https://localhost:{}", upstream.port())
+            .parse()
+            .unwrap(),
+    );
+    config.upstream_ca = Some(dir.write("ca.pem", &ca.pem()));
+    let gateway = Gateway::start(config).await.unwrap();
+
+    let tcp = TcpStream::connect(gateway.data_addr()).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let call = Request::post(format!("http://{}/pkg.Service/Call", gateway.data_addr()))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("x-api-key", KEY)
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = within("the gRPC answer", sender.send_request(call))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["grpc-status"], "0", "{response:?}");
+    gateway.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn https_upstreams_are_verified_and_a_failed_verification_costs_nothing() {
     let ca = tls::TestCa::new("upstream CA");

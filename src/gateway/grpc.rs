@@ -2,12 +2,14 @@
 //! (prior knowledge for `http://`), on a pooled client of their own, and
 //! the gateway's own failures answer them as gRPC statuses.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::{Client, Error};
 use hyper_util::rt::TokioExecutor;
@@ -28,16 +30,16 @@ pub(crate) fn is_call(headers: &HeaderMap) -> bool {
 /// A pooled HTTP/2-only client: every call to an upstream is a stream on
 /// one of its connections.
 #[derive(Clone, Debug)]
-pub(crate) struct H2Client(Client<HttpConnector, GatewayBody>);
+pub(crate) struct H2Client(Client<HttpsConnector<HttpConnector>, GatewayBody>);
 
 impl H2Client {
-    pub(crate) fn new() -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
+    /// Cleartext HTTP/2 (prior knowledge) to an `http://` upstream; TLS
+    /// with ALPN `h2`, verified by `tls`, to an `https://` one.
+    pub(crate) fn new(tls: Option<Arc<rustls::ClientConfig>>) -> Self {
         let client = Client::builder(TokioExecutor::new())
             .http2_only(true)
             .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
+            .build(super::tls::h2_connector(tls));
         Self(client)
     }
 

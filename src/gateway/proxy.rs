@@ -90,8 +90,8 @@ impl Upstream {
             prefix,
             host,
             timeout,
-            spares: Arc::new(SpareConnections::with_tls(tls)),
-            h2: grpc::H2Client::new(),
+            spares: Arc::new(SpareConnections::with_tls(tls.clone())),
+            h2: grpc::H2Client::new(tls),
         }))
     }
 }

@@ -158,6 +158,25 @@ pub(crate) fn pool_connector(
         .wrap_connector(http)
 }
 
+/// The connector of the gRPC client: HTTP/2 only, with ALPN `h2` to an
+/// `https://` upstream (verified as [`pool_connector`]'s are) and prior
+/// knowledge over plain TCP to an `http://` one.
+pub(crate) fn h2_connector(
+    tls: Option<Arc<ClientConfig>>,
+) -> hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector> {
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.set_nodelay(true);
+    http.enforce_http(false);
+    let mut config = tls.map_or_else(no_roots, |c| (*c).clone());
+    // hyper-rustls sets ALPN itself (h2 here).
+    config.alpn_protocols.clear();
+    hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(config)
+        .https_or_http()
+        .enable_http2()
+        .wrap_connector(http)
+}
+
 /// For an `http://` upstream's pool, which never opens TLS: no roots.
 fn no_roots() -> ClientConfig {
     ClientConfig::builder_with_provider(provider())
