@@ -55,7 +55,9 @@ def main():
     server, client, expected = shells[0].strip(), shells[1], texts[0]
     print(f"readme-quickstart: $ {server}", flush=True)
     root = os.path.dirname(README)
-    log = open(os.path.join(root, "target", "readme-quickstart.log"), "w")
+    target = os.environ.get("CARGO_TARGET_DIR") or os.path.join(root, "target")
+    os.makedirs(target, exist_ok=True)
+    log = open(os.path.join(target, "readme-quickstart.log"), "w")
     gateway = subprocess.Popen(["bash", "-c", f"exec {server}"], cwd=root, start_new_session=True,
                                stdout=log, stderr=subprocess.STDOUT)
     try:
