@@ -36,7 +36,11 @@
 -- "restore" puts back what a replica saw of a counter after Redis lost its
 -- data: the used count goes up by what the replica saw beyond what earlier
 -- restores of this hash put back ('rb'), so admissions made since the loss
--- are kept and a second replica's restore adds only what it saw more.
+-- are kept and a second replica's restore adds only what it saw more. Of
+-- the allowances replicas saw (UpdateUsage's), the one of the latest epoch
+-- wins ('ae' keeps the epoch of a restored one; within an epoch, the
+-- smaller), whatever order the restores come in; one set or added after
+-- the loss (no 'ae') is never replaced by what replicas saw before it.
 local k = KEYS[1]
 local op = ARGV[1]
 local now_us, now = tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -127,7 +131,7 @@ if kind ~= "" then
       end
     end
     redis.call('HSET', k, 'pk', kind, 'ps', pstart, 'pe', pend, 'used', used)
-    redis.call('HDEL', k, 'allow', 'leased')
+    redis.call('HDEL', k, 'allow', 'ae', 'leased')
   end
   remaining = quota_left()
 end
@@ -171,10 +175,15 @@ if op == 'restore' then
       used = used + seen_used - base
       redis.call('HSET', k, 'used', used, 'rb', seen_used)
     end
-    if seen_allow >= 0 and not allow then
-      redis.call('HSET', k, 'allow', seen_allow)
+    local seen_epoch = tonumber(ARGV[26]) or 0
+    if seen_allow >= 0 then
+      local allow_epoch = tonumber(redis.call('HGET', k, 'ae'))
+      if not allow or (allow_epoch and (seen_epoch > allow_epoch
+          or (seen_epoch == allow_epoch and seen_allow < allow))) then
+        redis.call('HSET', k, 'allow', seen_allow, 'ae', seen_epoch)
+      end
     end
-    epoch = math.max(epoch, (tonumber(ARGV[26]) or 0) + 1)
+    epoch = math.max(epoch, seen_epoch + 1)
     redis.call('HSET', k, 'ep', epoch)
     redis.call('EXPIRE', k, ttl)
   end
@@ -190,6 +199,7 @@ if op == 'set' then
   allow = used + set_to
   remaining = quota_left()
   redis.call('HSET', k, 'allow', allow, 'ep', epoch, 'leased', 0)
+  redis.call('HDEL', k, 'ae')
   record(0)
   redis.call('EXPIRE', k, ttl)
   return { tonumber(redis.call('HGET', k, 'd:' .. day .. ':u')), set_to, used, allow, epoch, 1 }
@@ -212,6 +222,7 @@ if op == 'add' then
   allow = used + target
   remaining = quota_left()
   redis.call('HSET', k, 'allow', allow, 'ep', epoch, 'leased', leased)
+  redis.call('HDEL', k, 'ae')
   record(0)
   redis.call('EXPIRE', k, ttl)
   return { tonumber(redis.call('HGET', k, 'd:' .. day .. ':u')), remaining + leased, used, allow, epoch, revoke }
