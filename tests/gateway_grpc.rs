@@ -268,16 +268,19 @@ async fn bad_input_gets_a_clear_answer_never_a_hang_or_a_5xx() {
     assert_eq!(status, 200);
     assert!(headers.contains_key("grpc-status"), "{headers:?}");
 
-    // HTTP/1.1 claiming gRPC: a 400, before metering.
+    // HTTP/1.1 claiming gRPC, in any letter case (media types are
+    // case-insensitive): a 400, before metering.
     let before = used(&gateway).await;
-    let request = http::Request::post(usage_grpc::COUNT)
-        .header("host", addr.to_string())
-        .header("content-type", "application/grpc")
-        .header("x-api-key", KEY)
-        .body(Full::new(frame(1)))
-        .unwrap();
-    let response = within("an HTTP/1.1 call", net::send(addr, request)).await;
-    assert_eq!(response.status(), 400);
+    for content_type in ["application/grpc", "Application/GRPC+proto"] {
+        let request = http::Request::post(usage_grpc::COUNT)
+            .header("host", addr.to_string())
+            .header("content-type", content_type)
+            .header("x-api-key", KEY)
+            .body(Full::new(frame(1)))
+            .unwrap();
+        let response = within("an HTTP/1.1 call", net::send(addr, request)).await;
+        assert_eq!(response.status(), 400, "{content_type}");
+    }
     assert_eq!(used(&gateway).await, before, "refused before metering");
     gateway.shutdown().await.unwrap();
 }

@@ -24,7 +24,7 @@ pub(crate) fn is_call(headers: &HeaderMap) -> bool {
     is_grpc(headers)
         && !headers
             .get(header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc-web"))
+            .is_some_and(|v| crate::layer::has_media_prefix(v, b"application/grpc-web"))
 }
 
 /// A pooled HTTP/2-only client: every call to an upstream is a stream on
@@ -39,7 +39,10 @@ impl H2Client {
         let client = Client::builder(TokioExecutor::new())
             .http2_only(true)
             .pool_idle_timeout(Duration::from_secs(60))
-            .build(super::tls::h2_connector(tls));
+            .build(super::tls::upstream_connector(
+                tls,
+                super::tls::UpstreamHttp::Http2,
+            ));
         Self(client)
     }
 

@@ -70,7 +70,10 @@ impl Upstream {
         };
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
-            .build(super::tls::pool_connector(tls.clone()));
+            .build(super::tls::upstream_connector(
+                tls.clone(),
+                super::tls::UpstreamHttp::Http1,
+            ));
         let parts = base.into_parts();
         let scheme = parts.scheme.unwrap_or(Scheme::HTTP);
         let authority = parts

@@ -141,40 +141,33 @@ pub(crate) fn client_config(ca: Option<&Path>) -> Result<Arc<ClientConfig>, Stri
     Ok(Arc::new(config))
 }
 
-/// The pool's connector: `https://` with `tls` (if any), `http://` plain.
-pub(crate) fn pool_connector(
-    tls: Option<Arc<ClientConfig>>,
-) -> hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector> {
-    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
-    http.set_nodelay(true);
-    http.enforce_http(false);
-    let mut config = tls.map_or_else(no_roots, |c| (*c).clone());
-    // hyper-rustls sets ALPN itself (http/1.1 here).
-    config.alpn_protocols.clear();
-    hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(config)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http)
+/// Which HTTP an upstream connector speaks: the pool's HTTP/1.1, or the
+/// gRPC client's HTTP/2 (ALPN `h2` over TLS, prior knowledge in the clear).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum UpstreamHttp {
+    Http1,
+    Http2,
 }
 
-/// The connector of the gRPC client: HTTP/2 only, with ALPN `h2` to an
-/// `https://` upstream (verified as [`pool_connector`]'s are) and prior
-/// knowledge over plain TCP to an `http://` one.
-pub(crate) fn h2_connector(
+/// An upstream connector: `https://` verified with `tls` (if any), `http://`
+/// plain, speaking `http`.
+pub(crate) fn upstream_connector(
     tls: Option<Arc<ClientConfig>>,
+    http: UpstreamHttp,
 ) -> hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector> {
-    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
-    http.set_nodelay(true);
-    http.enforce_http(false);
+    let mut tcp = hyper_util::client::legacy::connect::HttpConnector::new();
+    tcp.set_nodelay(true);
+    tcp.enforce_http(false);
     let mut config = tls.map_or_else(no_roots, |c| (*c).clone());
-    // hyper-rustls sets ALPN itself (h2 here).
+    // hyper-rustls sets ALPN itself, from the protocol enabled below.
     config.alpn_protocols.clear();
-    hyper_rustls::HttpsConnectorBuilder::new()
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(config)
-        .https_or_http()
-        .enable_http2()
-        .wrap_connector(http)
+        .https_or_http();
+    match http {
+        UpstreamHttp::Http1 => builder.enable_http1().wrap_connector(tcp),
+        UpstreamHttp::Http2 => builder.enable_http2().wrap_connector(tcp),
+    }
 }
 
 /// For an `http://` upstream's pool, which never opens TLS: no roots.

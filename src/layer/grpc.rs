@@ -27,7 +27,16 @@ const UNAUTHENTICATED: i32 = 16;
 pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+        .is_some_and(|v| has_media_prefix(v, b"application/grpc"))
+}
+
+/// Whether a media type starts with `prefix` (lowercase); media types are
+/// case-insensitive (RFC 9110 §8.3.1), so `Application/GRPC` is gRPC too.
+pub(crate) fn has_media_prefix(value: &http::HeaderValue, prefix: &[u8]) -> bool {
+    value
+        .as_bytes()
+        .get(..prefix.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
 }
 
 impl Refusal {

@@ -67,9 +67,9 @@ pub use decide::StoreFailure;
 #[cfg(feature = "axum")]
 pub use extract::MissingUsageContext;
 pub use future::ResponseFuture;
-#[cfg(feature = "gateway")]
-pub(crate) use grpc::is_grpc;
 pub use grpc::GrpcRefusal;
+#[cfg(feature = "gateway")]
+pub(crate) use grpc::{has_media_prefix, is_grpc};
 pub use layer::UsagePlanLayer;
 pub use refusal::{AwsRefusal, Refusal, RefusalResponse};
 pub use service::UsagePlanService;
