@@ -302,6 +302,9 @@ def test_disable_and_create_keys_from_the_page(browser, console_gateway, api):
     browser.find_element(By.ID, "toggle-enabled").click()
     wait(browser, lambda d: text_of(d, "#key-enabled") == "no", "the key disabled")
     assert api.get_api_key(apiKey=key["id"])["enabled"] is False
+    # The answer line never shows the key's value (shown once, at creation).
+    answer = text_of(browser, "#answer")
+    assert "Disable key" in answer and key["value"] not in answer, answer
     r = http_request(console_gateway.data_url, "GET", "/anything", None, {"x-api-key": key["value"]})
     assert r.status == 403, r.status
 

@@ -98,7 +98,10 @@ function say(text, error = false) {
 async function act(what, action) {
   try {
     const answer = await action();
-    say(`${what}: ${typeof answer === "string" ? answer : JSON.stringify(answer)}`);
+    // A key's value is shown once, where a key is created, never in the
+    // answer line (an UpdateApiKey answer carries it too).
+    const shown = typeof answer === "string" ? answer : JSON.stringify(answer, (name, v) => (name === "value" ? undefined : v));
+    say(`${what}: ${shown}`);
     return answer;
   } catch (e) {
     say(`${what} failed: ${describe(e)}`, true);
