@@ -853,3 +853,47 @@ async fn an_admin_change_refused_while_redis_is_down_changes_nothing() {
     assert_eq!(gateway.plans().usage_plans().len(), plans_before + 1);
     gateway.shutdown().await.unwrap();
 }
+
+/// Redis loses its data after two UpdateUsage calls, the replica that
+/// restores first having seen only the older one: the newer allowance
+/// still wins (it is of a later epoch), so a remaining count set to 3
+/// admits 3 more, not the 500 the older call allowed — with leases and
+/// without.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_latest_update_usage_survives_redis_losing_its_data() {
+    for leases in [true, false] {
+        let redis = Redis::start();
+        let Pair {
+            a,
+            b,
+            plan_id,
+            key_id,
+            client,
+        } = warm_pair(&redis, 1_000, leases).await;
+        a.plans()
+            .set_remaining(&plan_id, &key_id, 500)
+            .await
+            .unwrap();
+        // B decides under the older allowance (and remembers it) ...
+        assert_eq!(status(&client, b.data_addr()).await, 200);
+        a.plans().set_remaining(&plan_id, &key_id, 3).await.unwrap();
+        // ... and A under the newer one.
+        assert_eq!(status(&client, a.data_addr()).await, 200);
+
+        let mut raw = redis::Client::open(redis.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let () = redis::cmd("FLUSHALL").query_async(&mut raw).await.unwrap();
+        // B notices first, so its older view is restored first.
+        let mut admitted = 0;
+        for i in 0..10 {
+            let addr = [b.data_addr(), a.data_addr()][i % 2];
+            admitted += u32::from(status(&client, addr).await == 200);
+        }
+        assert_eq!(admitted, 2, "2 of the 3 left (leases: {leases})");
+        a.shutdown().await.unwrap();
+        b.shutdown().await.unwrap();
+    }
+}
