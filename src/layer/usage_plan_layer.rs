@@ -194,3 +194,33 @@ impl<S, R: Clone> Layer<S> for UsagePlanLayer<R> {
         UsagePlanService::new(inner, self.config.clone(), self.refusal.clone())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The 0.1 builder names, kept deprecated for one release, still set
+    /// what their `with_*` replacements set.
+    #[test]
+    #[allow(deprecated)]
+    fn deprecated_builder_names_still_work() {
+        use crate::{Clock, ManualClock, NewApiKey, UsagePlanLayer, UsagePlans};
+
+        assert_eq!(
+            NewApiKey::new("k").enabled(true),
+            NewApiKey::new("k").with_enabled(true)
+        );
+
+        let clock = ManualClock::new("2026-01-01T00:00:00Z".parse().unwrap());
+        let plans = UsagePlans::builder()
+            .store(std::sync::Arc::new(crate::store::MemoryStore::new()))
+            .clock(clock.clone())
+            .hash_only(true)
+            .build();
+        assert_eq!(plans.clock().now(), clock.now());
+
+        let layer = UsagePlanLayer::new(plans)
+            .unmetered("GET", "/health")
+            .shadow(true);
+        assert!(layer.config.shadow);
+        assert_eq!(layer.config.unmetered.len(), 1);
+    }
+}
