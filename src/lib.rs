@@ -49,7 +49,7 @@
 //! # The layer
 //!
 //! For each request the layer reads the API key (header `x-api-key` by
-//! default, see [`KeySource`](crate::KeySource)), finds the key's usage plan
+//! default, see [`KeySource`]), finds the key's usage plan
 //! for the layer's stage, applies the plan's token-bucket throttle (or a
 //! per-method one) and its quota, then forwards the request or refuses it
 //! the way Amazon API Gateway does:
