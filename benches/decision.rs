@@ -12,10 +12,10 @@ use axum::body::Body;
 use criterion::{criterion_group, criterion_main, Criterion};
 use dashmap::DashMap;
 use tower::{service_fn, Layer, Service};
-use tower_usage_plans::model::MAX_COUNT;
 use tower_usage_plans::store::{
     CounterKey, CounterStore, DecisionRequest, MemoryStore, QuotaRule, ThrottleRule, Verdict,
 };
+use tower_usage_plans::MAX_COUNT;
 use tower_usage_plans::{Clock, Quota, QuotaPeriod, SystemClock, Throttle, UsagePlanLayer};
 
 #[path = "support.rs"]

@@ -88,7 +88,7 @@ fn main() {
             listen: ([127, 0, 0, 1], 0).into(),
             admin_listen: ([127, 0, 0, 1], 0).into(),
             upstream: Some(format!("http://{upstream}").parse().unwrap()),
-            keys: vec![NewApiKey::new("load").with_value(KEY).enabled(true)],
+            keys: vec![NewApiKey::new("load").with_value(KEY).with_enabled(true)],
             plans: vec![FilePlan {
                 plan: NewUsagePlan::new("load")
                     .with_quota(Quota::new(1_000_000_000, QuotaPeriod::Day)),

@@ -84,7 +84,11 @@ fn stack(c: &mut Criterion) {
         .create_usage_plan(NewUsagePlan::new("spent").with_quota(Quota::new(0, QuotaPeriod::Day)))
         .unwrap();
     let key = spent
-        .create_api_key(NewApiKey::new("spent").with_value(SPENT_KEY).enabled(true))
+        .create_api_key(
+            NewApiKey::new("spent")
+                .with_value(SPENT_KEY)
+                .with_enabled(true),
+        )
         .unwrap();
     spent.add_key_to_plan(&plan.id, &key.id).unwrap();
     let mut refusing = router().layer(UsagePlanLayer::new(spent));

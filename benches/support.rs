@@ -8,8 +8,8 @@ use std::sync::Arc;
 use tower_governor::governor::GovernorConfigBuilder;
 use tower_governor::key_extractor::KeyExtractor;
 use tower_governor::{GovernorError, GovernorLayer};
-use tower_usage_plans::model::MAX_COUNT;
 use tower_usage_plans::store::CounterStore;
+use tower_usage_plans::MAX_COUNT;
 use tower_usage_plans::{NewApiKey, NewUsagePlan, Quota, QuotaPeriod, Throttle, UsagePlans};
 
 pub const KEYS: usize = 1_000;
@@ -26,7 +26,7 @@ pub fn throttle() -> Throttle {
 
 /// One plan with every key in it, counted in `store`.
 pub fn plans(store: Arc<dyn CounterStore>, values: &[String]) -> UsagePlans {
-    let plans = UsagePlans::builder().store(store).build();
+    let plans = UsagePlans::builder().with_store(store).build();
     let plan = plans
         .create_usage_plan(
             NewUsagePlan::new("bench")
@@ -36,7 +36,7 @@ pub fn plans(store: Arc<dyn CounterStore>, values: &[String]) -> UsagePlans {
         .expect("valid plan");
     for value in values {
         let key = plans
-            .create_api_key(NewApiKey::new("k").with_value(value).enabled(true))
+            .create_api_key(NewApiKey::new("k").with_value(value).with_enabled(true))
             .expect("valid key");
         plans.add_key_to_plan(&plan.id, &key.id).expect("fresh key");
     }

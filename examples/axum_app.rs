@@ -24,13 +24,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .with_throttle(Throttle::new(2.0, 5)?)
             .with_quota(Quota::new(100, QuotaPeriod::Day)),
     )?;
-    let key = plans.create_api_key(NewApiKey::new("demo").with_value(DEMO_KEY).enabled(true))?;
+    let key = plans.create_api_key(
+        NewApiKey::new("demo")
+            .with_value(DEMO_KEY)
+            .with_enabled(true),
+    )?;
     plans.add_key_to_plan(&plan.id, &key.id)?;
 
     let app = Router::new()
         .route("/pets", get(pets))
         .route("/health", get(|| async { "ok" }))
-        .layer(UsagePlanLayer::new(plans).unmetered("GET", "/health"));
+        .layer(UsagePlanLayer::new(plans).with_unmetered("GET", "/health"));
 
     let addr = std::env::var("ADDR").unwrap_or_else(|_| "127.0.0.1:3000".to_owned());
     let listener = tokio::net::TcpListener::bind(&addr).await?;

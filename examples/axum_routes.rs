@@ -45,7 +45,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let plan = plans.create_usage_plan(
         NewUsagePlan::new("demo").with_quota(Quota::new(100, QuotaPeriod::Day)),
     )?;
-    let key = plans.create_api_key(NewApiKey::new("demo").with_value(DEMO_KEY).enabled(true))?;
+    let key = plans.create_api_key(
+        NewApiKey::new("demo")
+            .with_value(DEMO_KEY)
+            .with_enabled(true),
+    )?;
     plans.add_key_to_plan(&plan.id, &key.id)?;
 
     let addr = std::env::var("ADDR").unwrap_or_else(|_| "127.0.0.1:3000".to_owned());

@@ -29,7 +29,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .with_throttle(Throttle::new(2.0, 5)?)
             .with_quota(Quota::new(100, QuotaPeriod::Day)),
     )?;
-    let key = plans.create_api_key(NewApiKey::new("demo").with_value(DEMO_KEY).enabled(true))?;
+    let key = plans.create_api_key(
+        NewApiKey::new("demo")
+            .with_value(DEMO_KEY)
+            .with_enabled(true),
+    )?;
     plans.add_key_to_plan(&plan.id, &key.id)?;
 
     // tonic's body cannot be built from bytes: `GrpcRefusal` answers every

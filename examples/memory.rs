@@ -61,7 +61,7 @@ fn main() {
         let values: Vec<String> = (0..n).map(|i| format!("memory-key-{i:020}")).collect();
         for value in &values {
             let key = plans
-                .create_api_key(NewApiKey::new("k").with_value(value).enabled(true))
+                .create_api_key(NewApiKey::new("k").with_value(value).with_enabled(true))
                 .unwrap();
             plans.add_key_to_plan(&plan.id, &key.id).unwrap();
         }

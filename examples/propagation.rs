@@ -28,7 +28,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         listen: ([127, 0, 0, 1], 0).into(),
         admin_listen: ([127, 0, 0, 1], 0).into(),
         redis: Some(url.clone()),
-        keys: vec![NewApiKey::new("propagation").with_value(KEY).enabled(true)],
+        keys: vec![NewApiKey::new("propagation")
+            .with_value(KEY)
+            .with_enabled(true)],
         plans: vec![FilePlan {
             plan: NewUsagePlan::new("propagation")
                 .with_quota(Quota::new(1_000_000, QuotaPeriod::Day)),

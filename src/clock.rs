@@ -24,9 +24,9 @@ pub trait Clock: Send + Sync + 'static {
 /// what counters compute with.
 ///
 /// ```
-/// use tower_usage_plans::UnixNanos;
+/// use tower_usage_plans::{Timestamp, UnixNanos};
 ///
-/// let at: UnixNanos = "2026-11-28T00:00:01.5Z".parse::<jiff::Timestamp>().unwrap().into();
+/// let at: UnixNanos = "2026-11-28T00:00:01.5Z".parse::<Timestamp>().unwrap().into();
 /// assert_eq!(at.get() % 1_000_000_000, 500_000_000);
 /// assert_eq!(at.to_timestamp().to_string(), "2026-11-28T00:00:01.5Z");
 /// ```
@@ -63,11 +63,11 @@ impl From<Timestamp> for UnixNanos {
 /// reads the OS clock instead.
 ///
 /// ```
-/// use tower_usage_plans::{Clock, SystemClock};
+/// use tower_usage_plans::{Clock, SystemClock, Timestamp};
 ///
 /// let now = SystemClock.now();
 /// assert!(now.as_second() > 1_700_000_000);
-/// let system = jiff::Timestamp::now();
+/// let system = Timestamp::now();
 /// assert!((system.as_millisecond() - now.as_millisecond()).abs() < 1_000);
 /// ```
 #[derive(Debug, Clone, Copy, Default)]

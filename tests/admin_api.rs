@@ -679,7 +679,7 @@ async fn update_usage_seed_exchange() {
 async fn get_usage_per_day_and_paged_by_key() {
     // A controlled clock for the plans (SigV4 still checks the real time).
     let clock = ManualClock::new("2026-11-26T12:00:00Z".parse().unwrap());
-    let env = env_with(UsagePlans::builder().clock(clock.clone()).build()).await;
+    let env = env_with(UsagePlans::builder().with_clock(clock.clone()).build()).await;
     let a = &env.admin;
     let (plan, k1) = metered(
         &env,

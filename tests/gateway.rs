@@ -29,7 +29,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Notify};
-use tower_usage_plans::gateway::{FilePlan, Gateway, GatewayConfig};
+use tower_usage_plans::gateway::{FilePlan, Gateway, GatewayConfig, Stage};
 use tower_usage_plans::{NewApiKey, NewUsagePlan, Quota, QuotaPeriod};
 
 const KEY: &str = "gateway-test-key-0123456789";
@@ -42,7 +42,7 @@ fn config(limit: u64) -> GatewayConfig {
     GatewayConfig {
         listen: ([127, 0, 0, 1], 0).into(),
         admin_listen: ([127, 0, 0, 1], 0).into(),
-        keys: vec![NewApiKey::new("tester").with_value(KEY).enabled(true)],
+        keys: vec![NewApiKey::new("tester").with_value(KEY).with_enabled(true)],
         plans: vec![FilePlan {
             plan: NewUsagePlan::new("testing").with_quota(Quota::new(limit, QuotaPeriod::Day)),
             keys: vec!["tester".into()],
@@ -722,7 +722,7 @@ async fn start_refuses_a_hand_built_config_it_cannot_honour() {
     let mut leases_alone = config(10);
     leases_alone.redis_leases = true;
     let mut empty_stage = config(10);
-    empty_stage.stage = ("gateway".into(), String::new());
+    empty_stage.stage = Stage::new("gateway", "");
     for (config, field) in [
         (missing_key, "plans.keys"),
         (state_and_redis, "state_file"),

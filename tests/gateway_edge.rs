@@ -27,8 +27,9 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tower_usage_plans::admin::AdminCredentials;
 use tower_usage_plans::gateway::{FilePlan, Gateway, GatewayConfig};
-use tower_usage_plans::{AdminCredentials, NewApiKey, NewUsagePlan, Quota, QuotaPeriod, Throttle};
+use tower_usage_plans::{NewApiKey, NewUsagePlan, Quota, QuotaPeriod, Throttle};
 
 const KEY: &str = "edge-test-key-0123456789abc";
 
@@ -41,8 +42,8 @@ fn config() -> GatewayConfig {
         admin_listen: ([127, 0, 0, 1], 0).into(),
         header_read_timeout: Some(Duration::from_millis(300)),
         body_read_timeout: Some(Duration::from_millis(300)),
-        admin_credentials: AdminCredentials::new().with("AKIDEDGE", "edge-secret"),
-        keys: vec![NewApiKey::new("tester").with_value(KEY).enabled(true)],
+        admin_credentials: AdminCredentials::new().with_access_key("AKIDEDGE", "edge-secret"),
+        keys: vec![NewApiKey::new("tester").with_value(KEY).with_enabled(true)],
         plans: vec![FilePlan {
             plan: NewUsagePlan::new("testing")
                 .with_quota(Quota::new(100, QuotaPeriod::Day))

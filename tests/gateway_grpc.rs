@@ -55,7 +55,7 @@ fn config(upstream: SocketAddr, limit: u64) -> GatewayConfig {
         listen: ([127, 0, 0, 1], 0).into(),
         admin_listen: ([127, 0, 0, 1], 0).into(),
         upstream: Some(format!("http://{upstream}").parse().unwrap()),
-        keys: vec![NewApiKey::new("tester").with_value(KEY).enabled(true)],
+        keys: vec![NewApiKey::new("tester").with_value(KEY).with_enabled(true)],
         plans: vec![FilePlan {
             plan: NewUsagePlan::new("testing").with_quota(Quota::new(limit, QuotaPeriod::Day)),
             keys: vec!["tester".into()],

@@ -24,7 +24,7 @@ fn config() -> GatewayConfig {
     GatewayConfig {
         listen: ([127, 0, 0, 1], 0).into(),
         admin_listen: ([127, 0, 0, 1], 0).into(),
-        keys: vec![NewApiKey::new("tester").with_value(KEY).enabled(true)],
+        keys: vec![NewApiKey::new("tester").with_value(KEY).with_enabled(true)],
         plans: vec![FilePlan {
             plan: NewUsagePlan::new("testing").with_quota(Quota::new(100, QuotaPeriod::Day)),
             keys: vec!["tester".into()],
@@ -77,7 +77,7 @@ async fn a_gateway_started_before_its_redis_serves_by_policy_and_follows_redis()
         let port = redis_server::free_port();
         let mut config = config();
         config.redis = Some(format!("redis://127.0.0.1:{port}"));
-        config.store_failure = policy;
+        config.redis_failure = policy;
         // Nothing listens on the port: the gateway starts anyway.
         let gateway = Gateway::start(config).await.unwrap();
         let (admin, data) = (gateway.admin_addr(), gateway.data_addr());

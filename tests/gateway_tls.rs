@@ -35,7 +35,7 @@ fn config() -> GatewayConfig {
     GatewayConfig {
         listen: ([127, 0, 0, 1], 0).into(),
         admin_listen: ([127, 0, 0, 1], 0).into(),
-        keys: vec![NewApiKey::new("tester").with_value(KEY).enabled(true)],
+        keys: vec![NewApiKey::new("tester").with_value(KEY).with_enabled(true)],
         plans: vec![FilePlan {
             plan: NewUsagePlan::new("testing").with_quota(Quota::new(100, QuotaPeriod::Day)),
             keys: vec!["tester".into()],

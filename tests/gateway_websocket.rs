@@ -72,7 +72,7 @@ async fn an_admitted_upgrade_is_tunnelled_and_costs_one_unit_whatever_its_frames
         listen: ([127, 0, 0, 1], 0).into(),
         admin_listen: ([127, 0, 0, 1], 0).into(),
         upstream: Some(format!("http://{upstream}").parse().unwrap()),
-        keys: vec![NewApiKey::new("tester").with_value(KEY).enabled(true)],
+        keys: vec![NewApiKey::new("tester").with_value(KEY).with_enabled(true)],
         plans: vec![FilePlan {
             plan: NewUsagePlan::new("testing").with_quota(Quota::new(1, QuotaPeriod::Day)),
             keys: vec!["tester".into()],

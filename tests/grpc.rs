@@ -74,10 +74,10 @@ struct Fixture {
 /// A registry on a frozen clock with one plan (`plan`) and one key in it.
 fn fixture(plan: NewUsagePlan) -> Fixture {
     let clock = ManualClock::new("2026-03-07T12:00:00Z".parse().unwrap());
-    let plans = UsagePlans::builder().clock(clock).build();
+    let plans = UsagePlans::builder().with_clock(clock).build();
     let plan = plans.create_usage_plan(plan).unwrap();
     let key = plans
-        .create_api_key(NewApiKey::new("grpc").with_value(KEY).enabled(true))
+        .create_api_key(NewApiKey::new("grpc").with_value(KEY).with_enabled(true))
         .unwrap();
     plans.add_key_to_plan(&plan.id, &key.id).unwrap();
     Fixture {
@@ -166,7 +166,7 @@ async fn key_refusals_are_unauthenticated_or_permission_denied_and_never_reach_t
         .create_api_key(
             NewApiKey::new("off")
                 .with_value("disabled-key-0123456789abcdef")
-                .enabled(false),
+                .with_enabled(false),
         )
         .unwrap();
     f.plans.add_key_to_plan(&f.plan_id, &disabled.id).unwrap();
@@ -174,7 +174,7 @@ async fn key_refusals_are_unauthenticated_or_permission_denied_and_never_reach_t
         .create_api_key(
             NewApiKey::new("planless")
                 .with_value("planless-key-0123456789abcdef")
-                .enabled(true),
+                .with_enabled(true),
         )
         .unwrap();
     let (addr, server) = serve(layer(&f.plans)).await;
@@ -295,12 +295,12 @@ async fn a_store_down_with_fail_closed_is_unavailable() {
         .await
         .unwrap()
         .with_timeout(Duration::from_secs(1));
-    let plans = UsagePlans::builder().store(Arc::new(store)).build();
+    let plans = UsagePlans::builder().with_store(Arc::new(store)).build();
     let plan = plans
         .create_usage_plan(NewUsagePlan::new("r").with_quota(Quota::new(5, QuotaPeriod::Day)))
         .unwrap();
     let key = plans
-        .create_api_key(NewApiKey::new("r").with_value(KEY).enabled(true))
+        .create_api_key(NewApiKey::new("r").with_value(KEY).with_enabled(true))
         .unwrap();
     plans.add_key_to_plan(&plan.id, &key.id).unwrap();
     let (addr, server) = serve(layer(&plans).with_store_failure(StoreFailure::FailClosed)).await;

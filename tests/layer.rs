@@ -33,7 +33,7 @@ async fn forbidden_for_missing_unknown_disabled_and_planless_keys() {
         .create_api_key(
             NewApiKey::new("no plan")
                 .with_value("planless-key-0123456789")
-                .enabled(true),
+                .with_enabled(true),
         )
         .unwrap();
     let layer = UsagePlanLayer::new(plans.clone());
@@ -320,8 +320,8 @@ async fn unmetered_routes_pass_without_key_and_count_nothing() {
         KEY,
     );
     let layer = UsagePlanLayer::new(plans.clone())
-        .unmetered("GET", "/health")
-        .unmetered("*", "/public/{proxy+}");
+        .with_unmetered("GET", "/health")
+        .with_unmetered("*", "/public/{proxy+}");
 
     let health = send(&layer, "GET", "/health", None).await;
     assert_eq!(health.status(), StatusCode::OK);
@@ -514,8 +514,8 @@ async fn an_admitted_request_carries_its_charge_which_a_refund_gives_back() {
 async fn keys_kept_as_digests_are_found_by_value_and_never_by_digest() {
     let clock = clock(NOW);
     let hashed = tower_usage_plans::UsagePlans::builder()
-        .clock(clock.clone())
-        .hash_only(true)
+        .with_clock(clock.clone())
+        .with_hash_only(true)
         .build();
     let (_, key_id) = plan_with_key(&hashed, NewUsagePlan::new("p"), KEY);
     assert_eq!(hashed.api_key(&key_id).unwrap().value, None);

@@ -35,7 +35,7 @@ fn config() -> GatewayConfig {
     GatewayConfig {
         listen: ([127, 0, 0, 1], 0).into(),
         admin_listen: ([127, 0, 0, 1], 0).into(),
-        keys: vec![NewApiKey::new("tester").with_value(KEY).enabled(true)],
+        keys: vec![NewApiKey::new("tester").with_value(KEY).with_enabled(true)],
         plans: vec![FilePlan {
             plan: NewUsagePlan::new("paths")
                 .with_quota(Quota::new(1000, QuotaPeriod::Day))
@@ -198,10 +198,10 @@ async fn the_layer_passes_on_the_canonical_path() {
         .create_usage_plan(NewUsagePlan::new("p").with_quota(Quota::new(10, QuotaPeriod::Day)))
         .unwrap();
     let key = plans
-        .create_api_key(NewApiKey::new("k").with_value(KEY).enabled(true))
+        .create_api_key(NewApiKey::new("k").with_value(KEY).with_enabled(true))
         .unwrap();
     plans.add_key_to_plan(&plan.id, &key.id).unwrap();
-    let layer = UsagePlanLayer::new(plans.clone()).unmetered("GET", "/health");
+    let layer = UsagePlanLayer::new(plans.clone()).with_unmetered("GET", "/health");
     let inner = service_fn(|request: Request<()>| async move {
         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(
             request.uri().to_string(),

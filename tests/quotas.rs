@@ -6,9 +6,9 @@ mod support;
 use std::time::Duration;
 
 use http::StatusCode;
+use jiff::civil::Date;
+use jiff::Timestamp;
 use support::*;
-use tower_usage_plans::jiff::civil::Date;
-use tower_usage_plans::jiff::Timestamp;
 use tower_usage_plans::{
     ManualClock, NewUsagePlan, Quota, QuotaPeriod, UsagePlanLayer, UsagePlans,
 };
@@ -182,7 +182,7 @@ async fn update_usage_errors_change_nothing() {
         .create_api_key(
             tower_usage_plans::NewApiKey::new("k2")
                 .with_value("second-key-0123456789")
-                .enabled(true),
+                .with_enabled(true),
         )
         .unwrap();
     f.plans.add_key_to_plan(&no_quota.id, &second.id).unwrap();

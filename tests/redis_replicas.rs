@@ -23,7 +23,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use redis_server::Redis;
-use tower_usage_plans::gateway::{FilePlan, Gateway, GatewayConfig};
+use tower_usage_plans::gateway::{FilePlan, Gateway, GatewayConfig, Stage};
 use tower_usage_plans::{NewApiKey, NewUsagePlan, Quota, QuotaPeriod, StoreFailure};
 
 const KEY: &str = "replica-key-0123456789abcdef";
@@ -43,8 +43,8 @@ fn config_with(
         listen: ([127, 0, 0, 1], 0).into(),
         admin_listen: ([127, 0, 0, 1], 0).into(),
         redis: Some(redis.to_owned()),
-        store_failure: failure,
-        keys: vec![NewApiKey::new("replica").with_value(KEY).enabled(true)],
+        redis_failure: failure,
+        keys: vec![NewApiKey::new("replica").with_value(KEY).with_enabled(true)],
         plans: vec![FilePlan {
             plan: NewUsagePlan::new("shared").with_quota(Quota::new(quota, QuotaPeriod::Day)),
             keys: vec!["replica".into()],
@@ -340,7 +340,7 @@ async fn replicas_share_a_redis_cluster() {
         redis: Some(url.clone()),
         keys: vec![NewApiKey::new(format!("k{run}"))
             .with_value(&value)
-            .enabled(true)],
+            .with_enabled(true)],
         plans: vec![FilePlan {
             plan: NewUsagePlan::new(format!("cluster-{run}"))
                 .with_quota(Quota::new(20, QuotaPeriod::Day)),
@@ -497,10 +497,7 @@ async fn a_change_through_one_replica_binds_the_other_on_its_next_request() {
 
         a.plans()
             .update_usage_plan(&plan_id, |plan| {
-                plan.throttle = Some(tower_usage_plans::Throttle {
-                    burst_limit: 1,
-                    rate_limit: 0.001,
-                });
+                plan.throttle = Some(tower_usage_plans::Throttle::new(0.001, 1).unwrap());
                 Ok(())
             })
             .unwrap();
@@ -579,7 +576,11 @@ async fn redis_losing_its_data_resets_no_quota() {
         let value = format!("after-the-loss-{leases}-0123456789");
         let fresh = a
             .plans()
-            .create_api_key(NewApiKey::new("fresh").with_value(&value).enabled(true))
+            .create_api_key(
+                NewApiKey::new("fresh")
+                    .with_value(&value)
+                    .with_enabled(true),
+            )
             .unwrap();
         a.plans().add_key_to_plan(&plan.id, &fresh.id).unwrap();
         a.plans().replicated().await.unwrap();
@@ -601,14 +602,10 @@ async fn redis_losing_its_data_resets_no_quota() {
 async fn lease_headers_report_the_shared_bucket_and_quota() {
     let redis = Redis::start();
     let mut config = config_with(&redis.url(), 1_000, StoreFailure::FailOpen, true);
-    config.plans[0].plan =
-        config.plans[0]
-            .plan
-            .clone()
-            .with_throttle(tower_usage_plans::Throttle {
-                burst_limit: 100,
-                rate_limit: 0.001,
-            });
+    config.plans[0].plan = config.plans[0]
+        .plan
+        .clone()
+        .with_throttle(tower_usage_plans::Throttle::new(0.001, 100).unwrap());
     let a = Gateway::start(config).await.unwrap();
     let client = client();
     let mut seen = Vec::new();
@@ -645,7 +642,7 @@ async fn a_replica_of_another_stage_refuses_to_start() {
         .unwrap();
     let other = || {
         let mut other = config(&redis.url(), 10, StoreFailure::FailOpen);
-        other.stage = ("other".into(), "beta".into());
+        other.stage = Stage::new("other", "beta");
         other
     };
     let error = Gateway::start(other()).await.unwrap_err().to_string();

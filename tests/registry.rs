@@ -14,10 +14,7 @@ fn bad_plans_are_refused() {
     assert!(Throttle::new(f64::NAN, 1).is_err());
     assert!(Throttle::new(-1.0, 1).is_err());
     assert!(Throttle::new(f64::INFINITY, 1).is_err());
-    let nan = Throttle {
-        burst_limit: 1,
-        rate_limit: f64::NAN,
-    };
+    let nan = Throttle::completed(Some(f64::NAN), Some(1));
     assert_eq!(
         kind(plans.create_usage_plan(NewUsagePlan::new("p").with_throttle(nan))),
         ErrorKind::BadRequest
@@ -28,11 +25,8 @@ fn bad_plans_are_refused() {
     );
     // An offset above the limit is fine (AWS accepts it); above AWS's
     // 32-bit Integer it is not.
-    let offset = Quota {
-        limit: 1,
-        offset: 1 << 31,
-        period: QuotaPeriod::Day,
-    };
+    let mut offset = Quota::new(1, QuotaPeriod::Day);
+    offset.offset = 1 << 31;
     assert_eq!(
         kind(plans.create_usage_plan(NewUsagePlan::new("p").with_quota(offset))),
         ErrorKind::BadRequest
@@ -117,9 +111,9 @@ fn generated_values_and_ids_look_like_aws() {
 
 #[test]
 fn hash_only_shows_the_value_once() {
-    let plans = UsagePlans::builder().hash_only(true).build();
+    let plans = UsagePlans::builder().with_hash_only(true).build();
     let key = plans
-        .create_api_key(NewApiKey::new("k").enabled(true))
+        .create_api_key(NewApiKey::new("k").with_enabled(true))
         .unwrap();
     let value = key.value.clone().unwrap();
     assert_eq!(plans.api_key(&key.id).unwrap().value, None);
@@ -208,13 +202,11 @@ fn deleting_a_plan_releases_its_keys() {
 #[tokio::test]
 async fn counts_above_aws_integer_are_refused() {
     let plans = UsagePlans::new();
-    let too_big = tower_usage_plans::model::MAX_COUNT + 1;
+    let too_big = tower_usage_plans::MAX_COUNT + 1;
     let quota = NewUsagePlan::new("p").with_quota(Quota::new(too_big, QuotaPeriod::Day));
     assert_eq!(kind(plans.create_usage_plan(quota)), ErrorKind::BadRequest);
-    let burst = NewUsagePlan::new("p").with_throttle(Throttle {
-        burst_limit: u32::MAX,
-        rate_limit: 1.0,
-    });
+    let burst =
+        NewUsagePlan::new("p").with_throttle(Throttle::completed(Some(1.0), Some(u32::MAX)));
     assert_eq!(kind(plans.create_usage_plan(burst)), ErrorKind::BadRequest);
     let plan = plans
         .create_usage_plan(NewUsagePlan::new("p").with_quota(Quota::new(10, QuotaPeriod::Day)))

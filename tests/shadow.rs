@@ -46,7 +46,7 @@ async fn would_be_refusals_are_admitted_uncounted_and_marked() {
     );
     let app = Router::new()
         .route("/{*path}", get(seen))
-        .layer(UsagePlanLayer::new(plans.clone()).shadow(true));
+        .layer(UsagePlanLayer::new(plans.clone()).with_shadow(true));
     let call = |path: &str, key: Option<&str>| app.clone().oneshot(request(path, key));
 
     for _ in 0..2 {

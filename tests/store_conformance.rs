@@ -79,9 +79,7 @@ async fn a_lease_given_back_after_a_period_change_leaves_the_new_period_alone() 
     // is lower than what the decision reports, which includes the slice).
     let day = decide(&store, &counter, None, Some(rule(100, Day)), now).await;
     assert_eq!(day.verdict, Verdict::Admitted);
-    let today = now
-        .to_zoned(tower_usage_plans::jiff::tz::TimeZone::UTC)
-        .date();
+    let today = now.to_zoned(jiff::tz::TimeZone::UTC).date();
     let usage = store
         .usage(&counter, Some(&rule(100, Day)), now, today, today)
         .await

@@ -8,7 +8,7 @@ use std::fmt;
 /// The secrets are never printed: `Debug` shows the access key ids only.
 ///
 /// ```
-/// use tower_usage_plans::AdminCredentials;
+/// use tower_usage_plans::admin::AdminCredentials;
 ///
 /// // The USAGE_PLANS_ADMIN_CREDENTIALS format: comma-separated ACCESS_KEY_ID:SECRET pairs.
 /// let creds = AdminCredentials::parse_list("AKIDEXAMPLE:wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY")
@@ -16,7 +16,7 @@ use std::fmt;
 /// assert!(!creds.is_empty());
 ///
 /// // Or build them in code.
-/// let creds = creds.with("AKIDOTHER", "other-secret");
+/// let creds = creds.with_access_key("AKIDOTHER", "other-secret");
 /// let shown = format!("{creds:?}");
 /// assert!(shown.contains("AKIDOTHER"));
 /// assert!(!shown.contains("other-secret"));
@@ -37,9 +37,19 @@ impl AdminCredentials {
     }
 
     /// Adds (or replaces) one access key id and its secret, builder style.
-    pub fn with(mut self, access_key_id: impl Into<String>, secret: impl Into<String>) -> Self {
+    pub fn with_access_key(
+        mut self,
+        access_key_id: impl Into<String>,
+        secret: impl Into<String>,
+    ) -> Self {
         self.insert(access_key_id, secret);
         self
+    }
+
+    /// Renamed [`with_access_key`](Self::with_access_key).
+    #[deprecated(since = "0.2.0", note = "use with_access_key")]
+    pub fn with(self, access_key_id: impl Into<String>, secret: impl Into<String>) -> Self {
+        self.with_access_key(access_key_id, secret)
     }
 
     /// Adds (or replaces) one access key id and its secret.

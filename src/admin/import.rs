@@ -79,7 +79,7 @@ fn import_row(plans: &UsagePlans, row: Row) -> Result<String> {
         None => {
             let mut input = NewApiKey::new(row.name)
                 .with_value(row.value)
-                .enabled(row.enabled);
+                .with_enabled(row.enabled);
             input.description = row.description;
             plans.create_api_key(input)?.id
         }

@@ -8,10 +8,11 @@
 //! files, unsigned, whose page signs every API call itself in the browser.
 //!
 //! ```
-//! use tower_usage_plans::{AdminCredentials, AdminService, UsagePlans};
+//! use tower_usage_plans::admin::{AdminCredentials, AdminService};
+//! use tower_usage_plans::UsagePlans;
 //!
 //! let plans = UsagePlans::new();
-//! let admin = AdminService::new(plans.clone(), AdminCredentials::new().with("AKIDEXAMPLE", "local-secret"));
+//! let admin = AdminService::new(plans.clone(), AdminCredentials::new().with_access_key("AKIDEXAMPLE", "local-secret"));
 //! // Serve it on its own listener, or let an axum app hand it every route it
 //! // does not serve itself. (Mount it at the root: SigV4 signs the path the
 //! // client sent, so a prefix-stripping `nest_service` breaks signatures.)
@@ -92,7 +93,8 @@ impl AdminService {
     /// default) any region is accepted.
     ///
     /// ```
-    /// use tower_usage_plans::{AdminCredentials, AdminService, UsagePlans};
+    /// use tower_usage_plans::admin::{AdminCredentials, AdminService};
+    /// use tower_usage_plans::UsagePlans;
     ///
     /// let admin = AdminService::new(UsagePlans::new(), AdminCredentials::new())
     ///     .with_regions(["us-east-1", "eu-west-1"]);

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 use serde::Deserialize;
 
-use super::GatewayError;
+use super::{GatewayError, Stage};
 use crate::admin::AdminCredentials;
 use crate::model::{NewApiKey, NewUsagePlan};
 use crate::StoreFailure;
@@ -261,8 +261,8 @@ pub struct GatewayConfig {
     pub body_read_timeout: Option<Duration>,
     /// How long in-flight requests may take to finish on shutdown.
     pub shutdown_grace: Duration,
-    /// `(api_id, stage)`.
-    pub stage: (String, String),
+    /// The stage served (default: `gateway:prod`).
+    pub stage: Stage,
     /// Admin API credentials.
     pub admin_credentials: AdminCredentials,
     /// The regions admin signatures may be scoped to; empty: any region.
@@ -271,8 +271,8 @@ pub struct GatewayConfig {
     pub state_file: Option<PathBuf>,
     /// Redis URL: counters and the registry shared with other replicas.
     pub redis: Option<String>,
-    /// What the data plane does when Redis fails.
-    pub store_failure: StoreFailure,
+    /// What the data plane does when Redis fails (`--redis-failure`).
+    pub redis_failure: StoreFailure,
     /// Spend leased slices of the quota locally (with `redis`).
     pub redis_leases: bool,
     /// Shadow mode: refuse nothing, mark and count would-be refusals.
@@ -301,7 +301,7 @@ impl Default for GatewayConfig {
             header_read_timeout: Some(Duration::from_secs(30)),
             body_read_timeout: Some(Duration::from_secs(30)),
             shutdown_grace: Duration::from_secs(10),
-            stage: ("gateway".into(), "prod".into()),
+            stage: Stage::default(),
             admin_credentials: AdminCredentials::new(),
             admin_regions: Vec::new(),
             state_file: None,
@@ -309,7 +309,7 @@ impl Default for GatewayConfig {
             plans: Vec::new(),
             flush_interval: Duration::from_millis(500),
             redis: None,
-            store_failure: StoreFailure::FailOpen,
+            redis_failure: StoreFailure::FailOpen,
             redis_leases: false,
             shadow: false,
             access_log: super::AccessLogFormat::Text,
@@ -358,11 +358,10 @@ impl GatewayConfig {
     /// file and Redis, leases without Redis, or a plan naming a key that
     /// `keys` does not have.
     pub fn validate(&self) -> Result<(), GatewayError> {
-        let (api, stage) = &self.stage;
-        if api.is_empty() || stage.is_empty() || api.contains(':') {
+        if !self.stage.is_valid() {
             return Err(GatewayError::config(
                 "stage",
-                format!("'{api}:{stage}' must be API_ID:STAGE"),
+                format!("'{}' must be API_ID:STAGE", self.stage),
             ));
         }
         if let Some(upstream) = &self.upstream {
@@ -431,7 +430,7 @@ impl GatewayConfig {
             ..Self::default()
         };
         if let Some(policy) = cli.redis_failure.or(file.redis_failure) {
-            config.store_failure = match policy.as_str() {
+            config.redis_failure = match policy.as_str() {
                 "open" => StoreFailure::FailOpen,
                 "closed" => StoreFailure::FailClosed,
                 other => return Err(format!("redis_failure: '{other}' must be open or closed")),
@@ -482,12 +481,7 @@ impl GatewayConfig {
             };
         }
         if let Some(stage) = cli.stage.or(file.stage) {
-            config.stage = match stage.split_once(':') {
-                Some((api, name)) if !api.is_empty() && !name.is_empty() => {
-                    (api.into(), name.into())
-                }
-                _ => return Err(format!("stage: '{stage}' must be API_ID:STAGE")),
-            };
+            config.stage = stage.parse().map_err(|e: GatewayError| e.to_string())?;
         }
         for c in file.admin_credentials {
             if c.access_key_id.is_empty() || c.secret_access_key.is_empty() {

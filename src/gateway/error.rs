@@ -6,10 +6,10 @@ use std::net::SocketAddr;
 /// message names the field, file, address or service at fault.
 ///
 /// ```
-/// use tower_usage_plans::gateway::{GatewayConfig, GatewayError};
+/// use tower_usage_plans::gateway::{GatewayConfig, GatewayError, Stage};
 ///
 /// let mut config = GatewayConfig::default();
-/// config.stage = ("".into(), "prod".into());
+/// config.stage = Stage::new("", "prod");
 /// let error = config.validate().unwrap_err();
 /// assert!(matches!(error, GatewayError::Config(_)));
 /// assert!(error.to_string().starts_with("stage:"));

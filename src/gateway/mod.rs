@@ -25,6 +25,7 @@ mod metrics;
 mod proxy;
 mod redis_link;
 mod replicas;
+mod stage;
 mod state;
 mod tls;
 mod websocket;
@@ -51,9 +52,11 @@ pub use access::AccessLogFormat;
 pub use body::{BoxError, GatewayBody};
 pub use config::{Cli, FilePlan, GatewayConfig, LogFormat, TlsFiles, CREDENTIALS_ENV};
 pub use error::GatewayError;
+pub use stage::Stage;
 
+use crate::admin::AdminService;
 use crate::store::{CounterStore, MemoryStore, RedisStore};
-use crate::{AdminService, ErrorKind, NewUsagePlan, UsagePlanLayer, UsagePlans};
+use crate::{ErrorKind, NewUsagePlan, UsagePlanLayer, UsagePlans};
 
 /// How long a connection with nothing in flight has, once told to close,
 /// to flush what it has written (then it is dropped).
@@ -110,7 +113,7 @@ impl Gateway {
             Some(url) => {
                 let late = Arc::new(redis_link::LateStore::default());
                 let plans = UsagePlans::builder()
-                    .store(late.clone() as Arc<dyn CounterStore>)
+                    .with_store(late.clone() as Arc<dyn CounterStore>)
                     .build();
                 match redis_link::first_attempt(&config, &plans, &late, REDIS_ROUND_TIMEOUT).await?
                 {
@@ -139,7 +142,7 @@ impl Gateway {
             None => {
                 let store = Arc::new(MemoryStore::new());
                 let plans = UsagePlans::builder()
-                    .store(store.clone() as Arc<dyn CounterStore>)
+                    .with_store(store.clone() as Arc<dyn CounterStore>)
                     .build();
                 if let Some(path) = &config.state_file {
                     if state::load(path, &plans, &store).map_err(GatewayError::StateFile)? {
@@ -205,9 +208,9 @@ impl Gateway {
         let mut servers = Vec::new();
 
         let layer = UsagePlanLayer::new(plans.clone())
-            .with_stage(&config.stage.0, &config.stage.1)
-            .with_store_failure(config.store_failure)
-            .shadow(config.shadow);
+            .with_stage(&config.stage.api_id, &config.stage.stage)
+            .with_store_failure(config.redis_failure)
+            .with_shadow(config.shadow);
         let upstream = Arc::new(proxy::Upstream::new(
             config.upstream.clone(),
             config.upstream_timeout,

@@ -127,7 +127,7 @@ pub(crate) async fn connect(
     plans
         .restore(RegistrySnapshot::default())
         .map_err(|e| JoinError::Mismatch(e.to_string()))?;
-    let stage = format!("{}:{}", config.stage.0, config.stage.1);
+    let stage = config.stage.to_string();
     let replica = Replica::join(url, plans.clone(), &stage).await?;
     let replica = replicas::share(replica, plans, &store);
     super::provision(plans, config).map_err(|e| JoinError::Mismatch(e.to_string()))?;

@@ -462,7 +462,7 @@ mod tests {
         let plans = UsagePlans::new();
         let plan = plans.create_usage_plan(NewUsagePlan::new("p")).unwrap();
         let key = plans
-            .create_api_key(NewApiKey::new("k").enabled(true))
+            .create_api_key(NewApiKey::new("k").with_enabled(true))
             .unwrap();
         plans.add_key_to_plan(&plan.id, &key.id).unwrap();
         (plans, plan.id, key.id)

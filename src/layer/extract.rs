@@ -14,7 +14,7 @@ use super::UsageContext;
 ///
 /// ```
 /// use axum_core::response::IntoResponse;
-/// use tower_usage_plans::layer::MissingUsageContext;
+/// use tower_usage_plans::MissingUsageContext;
 ///
 /// let response = MissingUsageContext.into_response();
 /// assert_eq!(response.status(), 500);

@@ -1,54 +1,5 @@
-//! [`UsagePlanLayer`]: API keys, throttles and quotas for any tower service.
-//!
-//! For each request the layer reads the API key (header `x-api-key` by
-//! default, see [`KeySource`](crate::KeySource)), finds the key's usage plan
-//! for the layer's stage, applies the plan's token-bucket throttle (or a
-//! per-method one) and its quota, then forwards the request or refuses it
-//! the way Amazon API Gateway does:
-//!
-//! | refusal | status | body |
-//! |---|---|---|
-//! | no key, unknown or disabled key, no plan for the stage | 403 | `{"message":"Forbidden"}` |
-//! | throttled | 429 | `{"message":"Too Many Requests"}` |
-//! | quota exhausted | 429 | `{"message":"Limit Exceeded"}` + `x-amzn-ErrorType: LimitExceededException` |
-//! | path with `%00` or other control characters, `;`/`%3B`, `\`/`%5C`, a broken `%` escape | 400 | `{"message":"Bad Request"}` + `x-amzn-ErrorType: BadRequestException`, before any metering |
-//!
-//! The layer canonicalises the path once (dot segments and duplicate
-//! slashes resolved, `%2F` read as `/`, unreserved escapes decoded) and the
-//! inner service receives that path: the path that was matched by method
-//! throttles and unmetered routes is the path that is passed on. Resource
-//! paths are case-sensitive, as in API Gateway.
-//!
-//! A gRPC call (`content-type: application/grpc…`) is refused as gRPC
-//! does instead: a trailers-only response with `grpc-status` 16
-//! `UNAUTHENTICATED` (no key, unknown key), 7 `PERMISSION_DENIED`
-//! (disabled key, no plan), 8 `RESOURCE_EXHAUSTED` (throttled, quota spent;
-//! with a `google.rpc.RetryInfo` in `grpc-status-details-bin`) or 14
-//! `UNAVAILABLE`; see [`Refusal::grpc_code`] and [`GrpcRefusal`].
-//!
-//! Every metered response carries `RateLimit-Policy` and `RateLimit`
-//! headers; every 429 carries `Retry-After`. Admitted requests carry a
-//! [`UsageContext`] in their extensions; refusals carry their [`Refusal`].
-//!
-//! ```
-//! use axum::{routing::get, Router};
-//! use tower::ServiceExt;
-//! use tower_usage_plans::{NewApiKey, NewUsagePlan, Quota, QuotaPeriod, UsagePlanLayer, UsagePlans};
-//!
-//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-//! let plans = UsagePlans::new();
-//! let plan = plans.create_usage_plan(NewUsagePlan::new("demo").with_quota(Quota::new(1, QuotaPeriod::Day))).unwrap();
-//! let key = plans.create_api_key(NewApiKey::new("demo").with_value("demo-key-0123456789abcdef").enabled(true)).unwrap();
-//! plans.add_key_to_plan(&plan.id, &key.id).unwrap();
-//!
-//! let app = Router::new().route("/", get(|| async { "hello" })).layer(UsagePlanLayer::new(plans));
-//! let request = || http::Request::get("/").header("x-api-key", "demo-key-0123456789abcdef").body(axum::body::Body::empty()).unwrap();
-//! assert_eq!(app.clone().oneshot(request()).await.unwrap().status(), 200);
-//! let refused = app.oneshot(request()).await.unwrap();
-//! assert_eq!(refused.status(), 429);
-//! assert!(refused.headers().contains_key("retry-after"));
-//! # });
-//! ```
+//! The data plane: [`UsagePlanLayer`] and what it puts into requests and
+//! responses (the user-facing docs are the crate's).
 
 mod decide;
 #[cfg(feature = "axum")]
@@ -56,10 +7,9 @@ mod extract;
 mod future;
 mod grpc;
 mod headers;
-#[allow(clippy::module_inception)]
-mod layer;
 mod refusal;
 mod service;
+mod usage_plan_layer;
 
 use crate::store::CounterKey;
 
@@ -70,9 +20,9 @@ pub use future::ResponseFuture;
 pub use grpc::GrpcRefusal;
 #[cfg(feature = "gateway")]
 pub(crate) use grpc::{has_media_prefix, is_grpc};
-pub use layer::UsagePlanLayer;
 pub use refusal::{AwsRefusal, Refusal, RefusalResponse};
 pub use service::UsagePlanService;
+pub use usage_plan_layer::UsagePlanLayer;
 
 /// Who an admitted request was counted for: put into the request
 /// extensions for handlers (and, without its charge, into the response

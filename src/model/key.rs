@@ -17,13 +17,14 @@ const MAX_NAME_LEN: usize = 1024;
 ///
 /// let plans = UsagePlans::new();
 /// let key = plans
-///     .create_api_key(NewApiKey::new("alice").with_value("alice-key-0123456789abcdef").enabled(true))
+///     .create_api_key(NewApiKey::new("alice").with_value("alice-key-0123456789abcdef").with_enabled(true))
 ///     .unwrap();
 /// assert_eq!(key.value.as_deref(), Some("alice-key-0123456789abcdef"));
 /// assert!(key.enabled);
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct ApiKey {
     /// Server-generated identifier (10 lower-case alphanumerics).
     pub id: String,
@@ -95,6 +96,7 @@ pub(crate) fn validate_key_value(value: &str) -> Result<()> {
 /// A legacy stage binding in the CreateApiKey input. AWS `StageKey`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct StageKey {
     /// The API id.
     #[serde(default)]
@@ -102,6 +104,24 @@ pub struct StageKey {
     /// The stage name.
     #[serde(default)]
     pub stage_name: Option<String>,
+}
+
+impl StageKey {
+    /// The binding `rest_api_id/stage_name`.
+    ///
+    /// ```
+    /// use tower_usage_plans::{NewApiKey, StageKey};
+    ///
+    /// let mut input = NewApiKey::new("legacy");
+    /// input.stage_keys.push(StageKey::new("api", "prod"));
+    /// assert_eq!(input.stage_keys[0].stage_name.as_deref(), Some("prod"));
+    /// ```
+    pub fn new(rest_api_id: impl Into<String>, stage_name: impl Into<String>) -> Self {
+        Self {
+            rest_api_id: Some(rest_api_id.into()),
+            stage_name: Some(stage_name.into()),
+        }
+    }
 }
 
 /// The input of [`UsagePlans::create_api_key`](crate::UsagePlans::create_api_key).
@@ -117,6 +137,7 @@ pub struct StageKey {
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct NewApiKey {
     /// Display name.
     #[serde(default)]
@@ -160,9 +181,15 @@ impl NewApiKey {
     }
 
     /// Sets whether the key is enabled.
-    pub fn enabled(mut self, enabled: bool) -> Self {
+    pub fn with_enabled(mut self, enabled: bool) -> Self {
         self.enabled = enabled;
         self
+    }
+
+    /// Renamed [`with_enabled`](Self::with_enabled).
+    #[deprecated(since = "0.2.0", note = "use with_enabled")]
+    pub fn enabled(self, enabled: bool) -> Self {
+        self.with_enabled(enabled)
     }
 
     /// Sets the customer id.
@@ -185,6 +212,7 @@ impl NewApiKey {
 /// assert_eq!(member.id, key.id);
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct UsagePlanKey {
     /// The API key's id.
     pub id: String,

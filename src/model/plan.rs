@@ -19,6 +19,7 @@ use crate::route::MethodRoute;
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct ApiStage {
     /// The API's id (AWS `restApiId`).
     pub api_id: String,
@@ -93,6 +94,7 @@ impl ApiStage {
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct UsagePlan {
     /// Server-generated identifier.
     pub id: String,
@@ -175,6 +177,7 @@ impl UsagePlan {
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct NewUsagePlan {
     /// Display name (required, not empty).
     pub name: String,

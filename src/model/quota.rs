@@ -64,6 +64,7 @@ impl std::str::FromStr for QuotaPeriod {
 /// assert!(Quota::new(10, QuotaPeriod::Day).with_offset(1 << 31).is_err());
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Quota {
     /// Requests allowed per period.
     pub limit: u64,

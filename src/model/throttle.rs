@@ -28,6 +28,7 @@ use crate::error::{Error, Result};
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", from = "ThrottleFields")]
+#[non_exhaustive]
 pub struct Throttle {
     /// Bucket capacity: how many requests may arrive at once.
     pub burst_limit: u32,

@@ -44,7 +44,7 @@ pub const MAX_USAGE_DAYS: i64 = 366;
 /// let plan = plans
 ///     .create_usage_plan(NewUsagePlan::new("basic").with_quota(Quota::new(100, QuotaPeriod::Day)))
 ///     .unwrap();
-/// let key = plans.create_api_key(NewApiKey::new("alice").enabled(true)).unwrap();
+/// let key = plans.create_api_key(NewApiKey::new("alice").with_enabled(true)).unwrap();
 /// plans.add_key_to_plan(&plan.id, &key.id).unwrap();
 ///
 /// // AWS UpdateUsage: grant 500 more requests for the current period.
@@ -146,9 +146,9 @@ impl<'a> IntoIterator for &'a PlanIds {
 ///
 /// let clock = ManualClock::new("2026-01-01T00:00:00Z".parse().unwrap());
 /// let plans = UsagePlans::builder()
-///     .store(Arc::new(MemoryStore::new()))
-///     .clock(clock)
-///     .hash_only(true)
+///     .with_store(Arc::new(MemoryStore::new()))
+///     .with_clock(clock)
+///     .with_hash_only(true)
 ///     .build();
 /// # drop(plans);
 /// ```
@@ -161,23 +161,41 @@ pub struct UsagePlansBuilder {
 
 impl UsagePlansBuilder {
     /// Where counters live (default: a [`MemoryStore`]).
-    pub fn store(mut self, store: Arc<dyn CounterStore>) -> Self {
+    pub fn with_store(mut self, store: Arc<dyn CounterStore>) -> Self {
         self.store = store;
         self
     }
 
+    /// Renamed [`with_store`](Self::with_store).
+    #[deprecated(since = "0.2.0", note = "use with_store")]
+    pub fn store(self, store: Arc<dyn CounterStore>) -> Self {
+        self.with_store(store)
+    }
+
     /// Where time comes from (default: [`SystemClock`]).
-    pub fn clock(mut self, clock: impl Clock) -> Self {
+    pub fn with_clock(mut self, clock: impl Clock) -> Self {
         self.clock = Arc::new(clock);
         self
+    }
+
+    /// Renamed [`with_clock`](Self::with_clock).
+    #[deprecated(since = "0.2.0", note = "use with_clock")]
+    pub fn clock(self, clock: impl Clock) -> Self {
+        self.with_clock(clock)
     }
 
     /// Keep only the SHA-256 digest of key values: the value is shown once,
     /// when the key is created (default: `false`, values are kept so
     /// `includeValue=true` works as in AWS).
-    pub fn hash_only(mut self, hash_only: bool) -> Self {
+    pub fn with_hash_only(mut self, hash_only: bool) -> Self {
         self.hash_only = hash_only;
         self
+    }
+
+    /// Renamed [`with_hash_only`](Self::with_hash_only).
+    #[deprecated(since = "0.2.0", note = "use with_hash_only")]
+    pub fn hash_only(self, hash_only: bool) -> Self {
+        self.with_hash_only(hash_only)
     }
 
     /// The handle.
@@ -516,7 +534,7 @@ impl UsagePlans {
     /// use tower_usage_plans::{NewApiKey, UsagePlans};
     ///
     /// let plans = UsagePlans::new();
-    /// let key = plans.create_api_key(NewApiKey::new("k").enabled(true)).unwrap();
+    /// let key = plans.create_api_key(NewApiKey::new("k").with_enabled(true)).unwrap();
     /// let key = plans.update_api_key(&key.id, |k| { k.enabled = false; Ok(()) }).unwrap();
     /// assert!(!key.enabled);
     /// ```
@@ -682,7 +700,7 @@ impl UsagePlans {
     /// Adds `delta` to a key's remaining quota for the current period in
     /// one atomic step in the store — a negative `delta` subtracts, and the
     /// result is floored at 0 (and capped at
-    /// [`MAX_COUNT`](crate::model::MAX_COUNT)). Unlike reading the usage
+    /// [`MAX_COUNT`](crate::MAX_COUNT)). Unlike reading the usage
     /// and then [`set_remaining`](Self::set_remaining), nothing that traffic
     /// spends in between is lost: "500 more this month" is exactly 500
     /// more. The next period starts from the limit again. This is the
@@ -696,7 +714,7 @@ impl UsagePlans {
     /// let plan = plans
     ///     .create_usage_plan(NewUsagePlan::new("gold").with_quota(Quota::new(100, QuotaPeriod::Month)))
     ///     .unwrap();
-    /// let key = plans.create_api_key(NewApiKey::new("alice").enabled(true)).unwrap();
+    /// let key = plans.create_api_key(NewApiKey::new("alice").with_enabled(true)).unwrap();
     /// plans.add_key_to_plan(&plan.id, &key.id).unwrap();
     /// let usage = plans.add_remaining(&plan.id, &key.id, 500).await.unwrap();
     /// assert_eq!(usage.values[&key.id], vec![[0, 600]]);

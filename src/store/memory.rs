@@ -18,7 +18,7 @@ use crate::limit::Counter;
 ///
 /// ```
 /// use tower_usage_plans::store::{CounterKey, CounterStore, DecisionRequest, MemoryStore, QuotaRule, Verdict};
-/// use tower_usage_plans::{Quota, QuotaPeriod};
+/// use tower_usage_plans::{Quota, QuotaPeriod, Timestamp};
 ///
 /// let store = MemoryStore::new();
 /// let counter = CounterKey::new("plan", "key");
@@ -26,7 +26,7 @@ use crate::limit::Counter;
 ///     counter: &counter,
 ///     throttle: None,
 ///     quota: Some(QuotaRule { quota: Quota::new(1, QuotaPeriod::Day), plan_created: 0 }),
-///     now: jiff::Timestamp::now().into(),
+///     now: Timestamp::now().into(),
 /// };
 /// let first = futures_now(store.decide(&request));
 /// let second = futures_now(store.decide(&request));

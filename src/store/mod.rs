@@ -66,7 +66,7 @@ pub trait CounterStore: Send + Sync + 'static {
 
     /// Adds `delta` to the remaining quota of the current period in one
     /// atomic step (negative subtracts; the result is floored at 0 and
-    /// capped at [`MAX_COUNT`](crate::model::MAX_COUNT)); returns today's
+    /// capped at [`MAX_COUNT`](crate::MAX_COUNT)); returns today's
     /// `[used, remaining]`. Unlike a read followed by
     /// [`set_remaining`](Self::set_remaining), no admission racing with it
     /// is lost: 1,000 concurrent `+1`s leave exactly 1,000 more.

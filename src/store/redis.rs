@@ -54,7 +54,7 @@ pub(crate) enum Connection {
 ///
 /// # async fn run() -> tower_usage_plans::Result<()> {
 /// let store = RedisStore::connect("redis://127.0.0.1:6379").await?;
-/// let plans = UsagePlans::builder().store(Arc::new(store)).build();
+/// let plans = UsagePlans::builder().with_store(Arc::new(store)).build();
 /// # drop(plans); Ok(()) }
 /// ```
 #[derive(Clone)]

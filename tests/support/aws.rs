@@ -23,7 +23,8 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
-use tower_usage_plans::{AdminCredentials, AdminService, UsagePlanLayer, UsagePlans};
+use tower_usage_plans::admin::{AdminCredentials, AdminService};
+use tower_usage_plans::{UsagePlanLayer, UsagePlans};
 
 pub const AKID: &str = "AKIDTEST";
 pub const SECRET: &str = "test-secret";
@@ -45,7 +46,10 @@ pub async fn env() -> Env {
 }
 
 pub async fn env_with(plans: UsagePlans) -> Env {
-    let admin = AdminService::new(plans.clone(), AdminCredentials::new().with(AKID, SECRET));
+    let admin = AdminService::new(
+        plans.clone(),
+        AdminCredentials::new().with_access_key(AKID, SECRET),
+    );
     let admin_addr = serve(Router::new().fallback_service(admin)).await;
     let data = serve(
         Router::new()
@@ -365,8 +369,8 @@ pub fn now_secs() -> i64 {
 
 /// Today's UTC date, `yyyy-MM-dd`.
 pub fn today() -> String {
-    tower_usage_plans::jiff::Timestamp::now()
-        .to_zoned(tower_usage_plans::jiff::tz::TimeZone::UTC)
+    jiff::Timestamp::now()
+        .to_zoned(jiff::tz::TimeZone::UTC)
         .date()
         .to_string()
 }

@@ -21,14 +21,14 @@ pub fn clock(at: &str) -> ManualClock {
 }
 
 pub fn plans_with_clock(clock: &ManualClock) -> UsagePlans {
-    UsagePlans::builder().clock(clock.clone()).build()
+    UsagePlans::builder().with_clock(clock.clone()).build()
 }
 
 /// Creates `plan`, an enabled key with value `value`, and puts it in.
 pub fn plan_with_key(plans: &UsagePlans, plan: NewUsagePlan, value: &str) -> (UsagePlan, String) {
     let plan = plans.create_usage_plan(plan).unwrap();
     let key = plans
-        .create_api_key(NewApiKey::new("test").with_value(value).enabled(true))
+        .create_api_key(NewApiKey::new("test").with_value(value).with_enabled(true))
         .unwrap();
     plans.add_key_to_plan(&plan.id, &key.id).unwrap();
     (plan, key.id)

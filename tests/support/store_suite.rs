@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use tower_usage_plans::jiff::civil::Date;
-use tower_usage_plans::jiff::Timestamp;
+use jiff::civil::Date;
+use jiff::Timestamp;
 use tower_usage_plans::store::{
     CounterKey, CounterStore, DecisionRequest, QuotaRule, ThrottleRule, Verdict,
 };

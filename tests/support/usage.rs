@@ -1,6 +1,6 @@
 //! What GetUsage says of one key today.
 
-use tower_usage_plans::jiff::tz::TimeZone;
+use jiff::tz::TimeZone;
 use tower_usage_plans::UsagePlans;
 
 /// Today's `[used, remaining]` of `key_id` in `plan_id` (today by the

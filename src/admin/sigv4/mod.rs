@@ -1,7 +1,7 @@
 //! AWS Signature Version 4 verification for the admin API.
 //!
 //! boto3 and AWS CLI v1 sign every admin request with SigV4 (signing name `apigateway`, any
-//! region unless [`AdminService::with_regions`](crate::AdminService::with_regions) names them).
+//! region unless [`AdminService::with_regions`](crate::admin::AdminService::with_regions) names them).
 //! This module checks such a request the way AWS does:
 //!
 //! 1. parse `Authorization: AWS4-HMAC-SHA256 Credential=AK/yyyymmdd/region/apigateway/aws4_request,

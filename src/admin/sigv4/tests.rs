@@ -418,8 +418,8 @@ const GOOD: &[Vector] = &[
 
 fn creds() -> AdminCredentials {
     AdminCredentials::new()
-        .with("AKIDOTHER", "some-other-secret")
-        .with(AKID, SECRET)
+        .with_access_key("AKIDOTHER", "some-other-secret")
+        .with_access_key(AKID, SECRET)
 }
 
 /// A request head as a server would receive it.
@@ -905,7 +905,8 @@ fn wrong_secret_is_rejected() {
     for v in GOOD {
         let r = Req::from(v);
         let parts = r.parts().unwrap();
-        let creds = AdminCredentials::new().with(AKID, "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEZ");
+        let creds = AdminCredentials::new()
+            .with_access_key(AKID, "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEZ");
         assert_invalid_signature(verify(&parts, &r.body, &creds, &[], r.signed_at()), v.name);
     }
 }
@@ -914,7 +915,7 @@ fn wrong_secret_is_rejected() {
 fn unknown_access_key_is_unrecognized() {
     let r = Req::from(&BOTO3_UPDATE_USAGE_PATCH_JSON);
     let parts = r.parts().unwrap();
-    let creds = AdminCredentials::new().with("AKIDOTHER", SECRET);
+    let creds = AdminCredentials::new().with_access_key("AKIDOTHER", SECRET);
     let err = verify(&parts, &r.body, &creds, &[], r.signed_at()).unwrap_err();
     assert_eq!(err, AuthError::UnrecognizedClient);
     assert_eq!(err.code(), "UnrecognizedClientException");

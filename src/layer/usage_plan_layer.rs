@@ -19,7 +19,7 @@ use crate::UsagePlans;
 /// let layer = UsagePlanLayer::new(plans)
 ///     .with_stage("petstore", "prod")
 ///     .with_key_source(KeySource::header("x-api-key"))
-///     .unmetered("GET", "/health")
+///     .with_unmetered("GET", "/health")
 ///     .with_legacy_headers(true);
 /// let app: axum::Router = axum::Router::new()
 ///     .route("/", axum::routing::get(|| async { "hello" }))
@@ -83,11 +83,21 @@ impl<R> UsagePlanLayer<R> {
     ///
     /// # Panics
     /// If `method` or `path` is malformed (a programming error).
-    pub fn unmetered(mut self, method: &str, path: &str) -> Self {
-        let route = MethodRoute::new(method, path)
-            .unwrap_or_else(|e| panic!("UsagePlanLayer::unmetered({method:?}, {path:?}): {e}"));
+    pub fn with_unmetered(mut self, method: &str, path: &str) -> Self {
+        let route = MethodRoute::new(method, path).unwrap_or_else(|e| {
+            panic!("UsagePlanLayer::with_unmetered({method:?}, {path:?}): {e}")
+        });
         self.config_mut().unmetered.push(route);
         self
+    }
+
+    /// Renamed [`with_unmetered`](Self::with_unmetered).
+    ///
+    /// # Panics
+    /// As [`with_unmetered`](Self::with_unmetered).
+    #[deprecated(since = "0.2.0", note = "use with_unmetered")]
+    pub fn unmetered(self, method: &str, path: &str) -> Self {
+        self.with_unmetered(method, path)
     }
 
     /// Adds `X-RateLimit-Limit`, `X-RateLimit-Remaining` and
@@ -135,12 +145,18 @@ impl<R> UsagePlanLayer<R> {
     /// ```
     /// use tower_usage_plans::{UsagePlanLayer, UsagePlans};
     ///
-    /// let layer = UsagePlanLayer::new(UsagePlans::new()).shadow(true);
+    /// let layer = UsagePlanLayer::new(UsagePlans::new()).with_shadow(true);
     /// # drop(layer);
     /// ```
-    pub fn shadow(mut self, enabled: bool) -> Self {
+    pub fn with_shadow(mut self, enabled: bool) -> Self {
         self.config_mut().shadow = enabled;
         self
+    }
+
+    /// Renamed [`with_shadow`](Self::with_shadow).
+    #[deprecated(since = "0.2.0", note = "use with_shadow")]
+    pub fn shadow(self, enabled: bool) -> Self {
+        self.with_shadow(enabled)
     }
 
     /// Replaces the refusal responses, e.g. with a closure
@@ -176,5 +192,35 @@ impl<S, R: Clone> Layer<S> for UsagePlanLayer<R> {
 
     fn layer(&self, inner: S) -> Self::Service {
         UsagePlanService::new(inner, self.config.clone(), self.refusal.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The 0.1 builder names, kept deprecated for one release, still set
+    /// what their `with_*` replacements set.
+    #[test]
+    #[allow(deprecated)]
+    fn deprecated_builder_names_still_work() {
+        use crate::{Clock, ManualClock, NewApiKey, UsagePlanLayer, UsagePlans};
+
+        assert_eq!(
+            NewApiKey::new("k").enabled(true),
+            NewApiKey::new("k").with_enabled(true)
+        );
+
+        let clock = ManualClock::new("2026-01-01T00:00:00Z".parse().unwrap());
+        let plans = UsagePlans::builder()
+            .store(std::sync::Arc::new(crate::store::MemoryStore::new()))
+            .clock(clock.clone())
+            .hash_only(true)
+            .build();
+        assert_eq!(plans.clock().now(), clock.now());
+
+        let layer = UsagePlanLayer::new(plans)
+            .unmetered("GET", "/health")
+            .shadow(true);
+        assert!(layer.config.shadow);
+        assert_eq!(layer.config.unmetered.len(), 1);
     }
 }
