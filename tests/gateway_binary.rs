@@ -13,10 +13,10 @@
 
 #[path = "support/net.rs"]
 mod net;
-#[path = "../examples/support/usage_grpc.rs"]
-mod usage_grpc;
 #[path = "support/tls.rs"]
 mod tls;
+#[path = "../examples/support/usage_grpc.rs"]
+mod usage_grpc;
 use net::{get, within, TempDir, DEADLINE};
 
 use std::net::SocketAddr;

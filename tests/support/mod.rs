@@ -11,6 +11,8 @@ use tower_usage_plans::{
     ManualClock, NewApiKey, NewUsagePlan, UsagePlan, UsagePlanLayer, UsagePlans,
 };
 
+pub mod eventually;
+pub mod store_suite;
 pub mod usage;
 
 pub const KEY: &str = "test-key-0123456789abcdef";
