@@ -3,8 +3,8 @@
 //! and without the quota), time moving on, UpdateUsage (`set_remaining`),
 //! `add_remaining`, refunds and plan changes (the quota's limit, offset or
 //! period kind), run against [`MemoryStore`] and [`RedisStore`], which must
-//! give identical answers; a leasing `RedisStore` must give the same
-//! verdicts (its headers count its slice; its usage is only compared in
+//! give identical answers; a leasing `RedisStore` must never admit what they
+//! refuse (its headers count its slice; its usage is only compared in
 //! the replays of what the generator found, below: it gives leases back at
 //! the wall clock's time, which a generated case cannot move).
 //!
@@ -211,13 +211,13 @@ impl Stores {
                     let redis = self.redis.decide(&request).await.unwrap();
                     let leased = self.leased.decide(&request).await.unwrap();
                     prop_assert_eq!(memory, redis, "decision at step {}", step);
-                    // Tokens out on a revoked lease wait to go back, so a
-                    // leasing store may say Throttled where the others say
-                    // QuotaExceeded: whether it admits must match.
-                    prop_assert_eq!(
-                        admitted(&memory),
-                        admitted(&leased),
-                        "leased, step {}: {:?}",
+                    // Never admits what the others refuse. It may refuse
+                    // what they admit: tokens of a lease that UpdateUsage or
+                    // a rule change retired wait to go back (the gateway
+                    // gives them back every 200 ms).
+                    prop_assert!(
+                        admitted(&memory) || !admitted(&leased),
+                        "leased store admits at step {}: {:?}",
                         step,
                         leased
                     );
@@ -416,6 +416,31 @@ fn a_period_kind_change_bounds_a_leasing_store() {
             Op::Decide(Bucket::Plan),
             Op::ChangeQuota(Quota::new(1, QuotaPeriod::Day)),
             Op::Decide(Bucket::Plan),
+        ],
+    });
+}
+
+/// Found by the generator: UpdateUsage leaves 2 today; two requests
+/// admitted; the plan moves to WEEK and back to DAY (which clears the
+/// allowance: 0 left of a limit of 0); the second request is refunded.
+/// MemoryStore records today as `[1, 0]` (the live remaining), RedisStore
+/// as `[1, 1]` (redis.lua's "refund" adds 1 to the recorded remaining).
+#[test]
+#[ignore = "known: a refund after a period change records another remaining"]
+fn a_refund_after_a_period_change_records_alike() {
+    replay(Case {
+        start: 0,
+        quota: Quota::new(0, QuotaPeriod::Day),
+        metered: true,
+        throttled: false,
+        ops: vec![
+            Op::SetRemaining(2),
+            Op::Decide(Bucket::Plan),
+            Op::Decide(Bucket::Plan),
+            Op::ChangeQuota(Quota::new(0, QuotaPeriod::Week)),
+            Op::Decide(Bucket::Plan),
+            Op::ChangeQuota(Quota::new(0, QuotaPeriod::Day)),
+            Op::Refund,
         ],
     });
 }
