@@ -3,8 +3,8 @@
 //! them) to `AdminService` served by hyper, and a data plane wearing
 //! `UsagePlanLayer` on the same `UsagePlans`, on another socket.
 
-#[path = "support/aws.rs"]
-mod aws;
+mod support;
+use support::aws;
 
 use std::time::{Duration, SystemTime};
 

@@ -5,11 +5,9 @@
 //! state file. Synchronisation is by channels only; every wait has a
 //! deadline so a regression fails instead of hanging.
 
-#[path = "support/net.rs"]
-mod net;
-#[path = "support/usage.rs"]
-mod usage;
+mod support;
 use net::{get, send, within, TempDir};
+use support::{net, usage};
 use usage::usage_today;
 
 use std::convert::Infallible;

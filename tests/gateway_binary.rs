@@ -11,19 +11,15 @@
 //! lines; every child process is killed when its guard drops, also when a
 //! test fails.
 
-#[path = "support/net.rs"]
-mod net;
-#[path = "support/tls.rs"]
-mod tls;
-#[path = "../examples/support/usage_grpc.rs"]
-mod usage_grpc;
+mod support;
 use net::{get, within, TempDir, DEADLINE};
+use support::eventually::eventually;
+use support::{net, tls, usage_grpc};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -279,19 +275,11 @@ fn used_in_state_file(path: &Path) -> Option<u64> {
 /// Polls the state file (it is written on an interval) until it records
 /// `used` requests.
 async fn until_state_file_records(path: &Path, used: u64) {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let seen = used_in_state_file(path);
-        if seen == Some(used) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} never recorded {used} requests (last seen: {seen:?})",
-            path.display()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let what = format!("{} to record {used} requests", path.display());
+    eventually(&what, || async move {
+        (used_in_state_file(path) == Some(used)).then_some(())
+    })
+    .await;
 }
 
 // ---- HTTP ---------------------------------------------------------------
@@ -892,15 +880,16 @@ async fn quick_start_demo_config_and_the_aws_cli() {
 /// The stderr line (the access log) containing `needle`, once written: the
 /// writer thread flushes on its own time, so its output is the signal.
 async fn stderr_line(gateway: &Proc, needle: &str) -> String {
-    within(&format!("an access log line with {needle}"), async {
-        loop {
+    eventually(
+        &format!("an access log line with {needle}"),
+        || async move {
             let stderr = gateway.stderr.lock().unwrap().clone();
-            if let Some(line) = stderr.lines().find(|l| l.contains(needle)) {
-                return line.to_owned();
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
+            stderr
+                .lines()
+                .find(|l| l.contains(needle))
+                .map(str::to_owned)
+        },
+    )
     .await
 }
 
@@ -1114,10 +1103,8 @@ async fn redis_over_tls_with_a_private_ca() {
         &[("SSL_CERT_FILE", ca_file.to_str().unwrap())],
     );
     let (data, admin) = gateway.ready().await;
-    within("Redis over TLS to answer", async {
-        while get(admin, "/ready", None).await.0 != StatusCode::OK {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    eventually("Redis over TLS to answer", || async move {
+        (get(admin, "/ready", None).await.0 == StatusCode::OK).then_some(())
     })
     .await;
     let (status, headers, _) = get(data, "/pets", Some(KEY)).await;

@@ -5,13 +5,9 @@
 //! connection past the configured limits, and that they hold no shutdown.
 //! Every wait has a deadline; none is a synchronisation.
 
-#[path = "support/net.rs"]
-mod net;
-#[path = "support/redis_server.rs"]
-mod redis_server;
-#[path = "support/usage.rs"]
-mod usage;
+mod support;
 use net::{get, within, TempDir};
+use support::{net, redis_server, usage};
 use usage::usage_today;
 
 use std::convert::Infallible;

@@ -5,12 +5,8 @@
 //! statuses passed through, refusals as gRPC statuses, and the bad input
 //! of the issue.
 
-#[path = "support/net.rs"]
-mod net;
-#[path = "support/usage.rs"]
-mod usage;
-#[path = "../examples/support/usage_grpc.rs"]
-mod usage_grpc;
+mod support;
+use support::{net, usage, usage_grpc};
 
 use std::net::SocketAddr;
 use std::time::Duration;

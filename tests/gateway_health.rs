@@ -5,16 +5,14 @@
 //! port; not ready again while that server is stopped, ready once it is
 //! back. Waits are polls of `/ready` (the signal) under a deadline.
 
-#[path = "support/net.rs"]
-mod net;
-#[path = "support/redis_server.rs"]
-mod redis_server;
+mod support;
+use support::eventually::eventually;
+use support::{net, redis_server};
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use http::StatusCode;
-use net::{get, within};
+use net::get;
 use tower_usage_plans::gateway::{FilePlan, Gateway, GatewayConfig};
 use tower_usage_plans::{NewApiKey, NewUsagePlan, Quota, QuotaPeriod, StoreFailure};
 
@@ -35,14 +33,8 @@ fn config() -> GatewayConfig {
 
 /// `/ready`'s status once it is `want` (polled: the probe is the signal).
 async fn ready_becomes(admin: SocketAddr, want: StatusCode) {
-    within(&format!("/ready to answer {want}"), async {
-        loop {
-            let (status, _, _) = get(admin, "/ready", None).await;
-            if status == want {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    eventually(&format!("/ready to answer {want}"), || async move {
+        (get(admin, "/ready", None).await.0 == want).then_some(())
     })
     .await;
 }

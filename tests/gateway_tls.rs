@@ -5,12 +5,8 @@
 //! handshake that never completes, an upstream whose certificate fails
 //! verification (502, not charged), and curl as a real client.
 
-#[path = "support/net.rs"]
-mod net;
-#[path = "support/tls.rs"]
-mod tls;
-#[path = "support/usage.rs"]
-mod usage;
+mod support;
+use support::{net, tls, usage};
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -3,10 +3,8 @@
 //! real WebSocket upstream; the upgrade costs one unit, frames nothing;
 //! refused upgrades get the usual AWS refusals.
 
-#[path = "support/net.rs"]
-mod net;
-#[path = "support/usage.rs"]
-mod usage;
+mod support;
+use support::{net, usage};
 
 use std::net::SocketAddr;
 

@@ -3,12 +3,8 @@
 //! server-streaming calls, and every refusal as a gRPC status, with the
 //! `google.rpc.RetryInfo` gRPC clients read.
 
-#[path = "support/redis_server.rs"]
-mod redis_server;
-#[path = "support/usage.rs"]
-mod usage;
-#[path = "../examples/support/usage_grpc.rs"]
-mod usage_grpc;
+mod support;
+use support::{redis_server, usage, usage_grpc};
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -4,11 +4,9 @@
 //! method throttle on `/foo/GET`, or refused with 400 before it costs
 //! anything; what reaches the upstream is the canonical path.
 
-#[path = "support/net.rs"]
-mod net;
-#[path = "support/usage.rs"]
-mod usage;
+mod support;
 use net::{get, within};
+use support::{net, usage};
 use usage::usage_today;
 
 use std::convert::Infallible;

@@ -3,15 +3,9 @@
 //! while Redis is down. Each test runs its own `redis-server`.
 #![cfg(all(feature = "gateway", feature = "redis"))]
 
-#[path = "support/aws.rs"]
-mod aws;
-#[path = "support/eventually.rs"]
-mod eventually;
-#[path = "support/redis_server.rs"]
-mod redis_server;
+mod support;
 use eventually::eventually;
-#[path = "support/usage.rs"]
-mod usage;
+use support::{aws, eventually, redis_server, usage};
 use usage::usage_today;
 
 use std::net::SocketAddr;
@@ -657,24 +651,19 @@ async fn a_replica_of_another_stage_refuses_to_start() {
         .await
         .unwrap();
     let () = redis::cmd("FLUSHALL").query_async(&mut raw).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let stage: Option<String> = redis::cmd("HGET")
-            .arg("tup:{registry}:meta")
-            .arg("stage")
-            .query_async(&mut raw)
-            .await
-            .unwrap();
-        if stage.is_some() {
-            assert_eq!(stage.as_deref(), Some("gateway:prod"));
-            break;
+    let stage: String = eventually("the stage to be claimed again", || {
+        let mut raw = raw.clone();
+        async move {
+            redis::cmd("HGET")
+                .arg("tup:{registry}:meta")
+                .arg("stage")
+                .query_async::<Option<String>>(&mut raw)
+                .await
+                .unwrap()
         }
-        assert!(
-            Instant::now() < deadline,
-            "the stage was never claimed again"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
+    assert_eq!(stage, "gateway:prod");
     assert!(Gateway::start(other()).await.is_err());
     a.shutdown().await.unwrap();
 }

@@ -4,9 +4,9 @@
 //! as it was. Each case edits a real state file, written by a gateway that
 //! served requests, in one place.
 
-#[path = "support/net.rs"]
-mod net;
+mod support;
 use net::{get, TempDir};
+use support::net;
 
 use http::StatusCode;
 use serde_json::{json, Value};

@@ -1,7 +1,10 @@
 //! Every counter store passes the same suite.
 
-#[path = "support/store_suite.rs"]
-mod store_suite;
+mod support;
+
+use support::store_suite;
+#[cfg(feature = "redis")]
+use support::store_suite::{redis_store, unique_prefix};
 
 use std::sync::Arc;
 
@@ -10,31 +13,6 @@ use tower_usage_plans::store::MemoryStore;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn memory_store_conforms() {
     store_suite::run_all(Arc::new(MemoryStore::new())).await;
-}
-
-/// A prefix no other run uses, so runs never see each other's counters.
-#[cfg(feature = "redis")]
-fn unique_prefix() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("test-{}-{nanos}:", std::process::id())
-}
-
-/// A store on the Redis that `scripts/test.sh` started (its URL in `var`),
-/// under a prefix of its own.
-#[cfg(feature = "redis")]
-async fn redis_store(var: &str, default: &str) -> tower_usage_plans::store::RedisStore {
-    let url = std::env::var(var).unwrap_or_else(|_| default.into());
-    tower_usage_plans::store::RedisStore::connect(&url)
-        .await
-        .unwrap_or_else(|e| panic!("no Redis at {url} (scripts/test.sh starts one): {e}"))
-        .with_prefix(unique_prefix())
-        // Thousands of commands race here on a loaded machine: a timeout
-        // (the gateway's 250 ms budget per call) would leave unknown whether
-        // a top-up landed, and exactness is what these tests check.
-        .with_timeout(std::time::Duration::from_secs(30))
 }
 
 #[cfg(feature = "redis")]

@@ -1,5 +1,29 @@
 //! The counting rules every store applies: token buckets, calendar quota
 //! periods, and the per-(plan, key) counter that decides a request.
+//!
+//! # The rules
+//!
+//! This table is the one statement of the rules. [`Counter`] implements it
+//! for `MemoryStore`; `src/store/redis.lua` implements it again for
+//! `RedisStore`, in one script per call. The store conformance suite
+//! (`tests/store_conformance.rs`) and the generated cases
+//! (`tests/store_props.rs`) check that both give identical answers.
+//!
+//! | Call | Rule |
+//! |------|------|
+//! | decide | 1. With a quota: *roll* the period (below). 2. With a throttle: refill the bucket (the plan's, or the method's own) by `rate × elapsed`, up to the burst; a bucket seen for the first time is full. 3. No whole token: **Throttled**. 4. Else, with a quota and nothing remaining: **QuotaExceeded**. 5. Else **Admitted**: one token and one unit of quota spent, today's record counts one more used and the period's remaining. A refusal spends nothing. |
+//! | remaining | The period's allowance (set by UpdateUsage), or else the quota's limit, less the offset in the period the plan was created in; minus what the period used; never below 0. |
+//! | roll | A new period starts when the stored one has ended or its kind (DAY, WEEK, MONTH) differs from the quota's. It is empty, unless the kind changed: then it counts what today's and the period's earlier daily records say was admitted, so a change never admits more than the new quota. The allowance is cleared. A clock that steps back keeps the current period. |
+//! | set_remaining (UpdateUsage) | Roll, then the allowance becomes used + `remaining` (so exactly `remaining` are left this period; the next period starts from the limit again); today's record keeps the new remaining. |
+//! | add_remaining | Roll, then set_remaining to remaining + `delta`, floored at 0 and capped at `MAX_COUNT`, in one atomic step. |
+//! | refund | Gives back what an admitted decision at the same `now` spent: one token (after a refill, up to the burst), and, while the decision's period (kind and start) is still the stored one, one unit of quota, also in that day's record. Never starts a period or a bucket. |
+//! | usage | Per UTC day `[used, remaining]`: used is the admitted requests recorded that day (0 if none); remaining is today's live remaining, an earlier day's recorded remaining when it lies in the same period as the last record at or before it, else the untouched limit of that day's period; 0 without a quota. 100 days of records are kept. |
+//! | forget | Drops the counter: buckets full and quota untouched again. |
+//!
+//! A leasing `RedisStore` (`LeaseConfig`) grants a replica slices of quota
+//! and tokens to spend locally; leased units count as used until given
+//! back, so it admits exactly what the table allows, though it may refuse
+//! for another reason (tokens out on a lease) until the slices go back.
 
 mod bucket;
 mod counter;

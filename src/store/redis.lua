@@ -1,7 +1,9 @@
 -- One whole decision for one (plan, key) counter, atomically: refill the
 -- bucket, roll the quota period, check the throttle then the quota, and
--- spend a token and a unit of quota only if both allow it. Mirrors
--- src/limit/counter.rs; the caller computes calendar bounds.
+-- spend a token and a unit of quota only if both allow it. The rules it
+-- follows are the table in src/limit/mod.rs (the one statement of them;
+-- src/limit/counter.rs is MemoryStore's implementation); the caller
+-- computes calendar bounds. tests/store_props.rs checks that both agree.
 --
 -- "lease" also gives back what a replica's previous lease left unspent and
 -- grants a new slice (quota units and tokens) that the replica spends

@@ -6,8 +6,9 @@
 use std::future::Future;
 use std::time::Duration;
 
-/// How long a state may take before the test fails.
-pub const EVENTUALLY: Duration = Duration::from_secs(10);
+/// How long a state may take before the test fails: the deadline of every
+/// other wait in the tests.
+pub const EVENTUALLY: Duration = super::net::DEADLINE;
 
 /// Polls `probe` every few milliseconds until it returns `Some`, and
 /// returns that; panics naming `what` after [`EVENTUALLY`].

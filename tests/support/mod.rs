@@ -11,7 +11,16 @@ use tower_usage_plans::{
     ManualClock, NewApiKey, NewUsagePlan, UsagePlan, UsagePlanLayer, UsagePlans,
 };
 
+pub mod aws;
+pub mod eventually;
+pub mod net;
+pub mod redis_server;
+pub mod store_suite;
+pub mod tls;
 pub mod usage;
+/// The gRPC test service, shared with `examples/grpc_service.rs`.
+#[path = "../../examples/support/usage_grpc.rs"]
+pub mod usage_grpc;
 
 pub const KEY: &str = "test-key-0123456789abcdef";
 

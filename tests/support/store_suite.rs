@@ -28,6 +28,31 @@ fn quota(limit: u64) -> QuotaRule {
     rule(limit, QuotaPeriod::Day)
 }
 
+/// A prefix no other run uses, so runs never see each other's counters.
+#[cfg(feature = "redis")]
+pub fn unique_prefix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("test-{}-{nanos}:", std::process::id())
+}
+
+/// A store on the Redis that `scripts/test.sh` started (its URL in `var`),
+/// under a prefix of its own.
+#[cfg(feature = "redis")]
+pub async fn redis_store(var: &str, default: &str) -> tower_usage_plans::store::RedisStore {
+    let url = std::env::var(var).unwrap_or_else(|_| default.into());
+    tower_usage_plans::store::RedisStore::connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("no Redis at {url} (scripts/test.sh starts one): {e}"))
+        .with_prefix(unique_prefix())
+        // Thousands of commands race here on a loaded machine: a timeout
+        // (the gateway's 250 ms budget per call) would leave unknown whether
+        // a top-up landed, and exactness is what these tests check.
+        .with_timeout(std::time::Duration::from_secs(30))
+}
+
 pub async fn decide(
     store: &dyn CounterStore,
     counter: &CounterKey,
