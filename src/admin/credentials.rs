@@ -23,7 +23,7 @@ use std::fmt;
 ///
 /// // A bad entry is reported without echoing the secret.
 /// let err = AdminCredentials::parse_list("AKIDEXAMPLE:").unwrap_err();
-/// assert!(err.contains("AKIDEXAMPLE"));
+/// assert!(err.to_string().contains("AKIDEXAMPLE"));
 /// ```
 #[derive(Clone, Default)]
 pub struct AdminCredentials {
@@ -67,40 +67,35 @@ impl AdminCredentials {
     /// id or secret, with an id containing `/`, whitespace or non-ASCII characters, or repeating
     /// an id is an error; the error names the entry by position (and by access key id when that is
     /// valid) and never contains a secret.
-    pub fn parse_list(s: &str) -> Result<Self, String> {
+    pub fn parse_list(s: &str) -> Result<Self, CredentialsError> {
         let mut creds = Self::new();
         for (index, entry) in s.split(',').enumerate() {
-            let n = index + 1;
+            let entry_number = index + 1;
             let entry = entry.trim();
             if entry.is_empty() {
                 continue;
             }
             let Some((id, secret)) = entry.split_once(':') else {
-                return Err(format!(
-                    "admin credential entry #{n} is not of the form ACCESS_KEY_ID:SECRET"
-                ));
+                return Err(CredentialsError::NotAPair { entry_number });
             };
             let (id, secret) = (id.trim(), secret.trim());
             if id.is_empty() {
-                return Err(format!(
-                    "admin credential entry #{n} has an empty access key id"
-                ));
+                return Err(CredentialsError::EmptyAccessKeyId { entry_number });
             }
             if !id.bytes().all(|b| b.is_ascii_graphic() && b != b'/') {
-                return Err(format!(
-                    "admin credential entry #{n} has an invalid access key id \
-                     (it must be printable ASCII without '/' or whitespace)"
-                ));
+                return Err(CredentialsError::InvalidAccessKeyId { entry_number });
             }
             if secret.is_empty() {
-                return Err(format!(
-                    "admin credential entry #{n} (access key id '{id}') has an empty secret"
-                ));
+                return Err(CredentialsError::EmptySecret {
+                    entry_number,
+                    access_key_id: id.to_owned(),
+                });
             }
             if creds.keys.contains_key(id) {
-                return Err(format!(
-                    "admin credential entry #{n} repeats access key id '{id}'"
-                ));
+                return Err(CredentialsError::RepeatedAccessKeyId {
+                    entry_number,
+                    access_key_id: id.to_owned(),
+                });
             }
             creds.insert(id, secret);
         }
@@ -130,6 +125,91 @@ impl fmt::Debug for AdminCredentials {
     }
 }
 
+/// Why [`AdminCredentials::parse_list`] refused a list. Entries are
+/// numbered from 1; no variant holds (or prints) a secret.
+///
+/// ```
+/// use tower_usage_plans::admin::{AdminCredentials, CredentialsError};
+///
+/// let err = AdminCredentials::parse_list("AKID1:one,AKID1:two").unwrap_err();
+/// assert_eq!(
+///     err,
+///     CredentialsError::RepeatedAccessKeyId { entry_number: 2, access_key_id: "AKID1".into() }
+/// );
+/// assert_eq!(err.to_string(), "admin credential entry #2 repeats access key id 'AKID1'");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CredentialsError {
+    /// The entry has no `:` between access key id and secret.
+    NotAPair {
+        /// The entry's position in the list, from 1.
+        entry_number: usize,
+    },
+    /// The entry's access key id is empty.
+    EmptyAccessKeyId {
+        /// The entry's position in the list, from 1.
+        entry_number: usize,
+    },
+    /// The access key id holds `/`, whitespace or non-ASCII characters
+    /// (not echoed: it may be a secret pasted in the wrong place).
+    InvalidAccessKeyId {
+        /// The entry's position in the list, from 1.
+        entry_number: usize,
+    },
+    /// The entry's secret is empty.
+    EmptySecret {
+        /// The entry's position in the list, from 1.
+        entry_number: usize,
+        /// The entry's access key id.
+        access_key_id: String,
+    },
+    /// An earlier entry has the same access key id.
+    RepeatedAccessKeyId {
+        /// The entry's position in the list, from 1.
+        entry_number: usize,
+        /// The repeated access key id.
+        access_key_id: String,
+    },
+}
+
+impl fmt::Display for CredentialsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotAPair { entry_number } => write!(
+                f,
+                "admin credential entry #{entry_number} is not of the form ACCESS_KEY_ID:SECRET"
+            ),
+            Self::EmptyAccessKeyId { entry_number } => write!(
+                f,
+                "admin credential entry #{entry_number} has an empty access key id"
+            ),
+            Self::InvalidAccessKeyId { entry_number } => write!(
+                f,
+                "admin credential entry #{entry_number} has an invalid access key id \
+                 (it must be printable ASCII without '/' or whitespace)"
+            ),
+            Self::EmptySecret {
+                entry_number,
+                access_key_id,
+            } => write!(
+                f,
+                "admin credential entry #{entry_number} (access key id '{access_key_id}') \
+                 has an empty secret"
+            ),
+            Self::RepeatedAccessKeyId {
+                entry_number,
+                access_key_id,
+            } => write!(
+                f,
+                "admin credential entry #{entry_number} repeats access key id '{access_key_id}'"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for CredentialsError {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,7 +224,7 @@ mod tests {
             ("s3cr3t/one:AKID1", "#1"),
             ("AK ID:s3cr3t-one", "#1"),
         ] {
-            let err = AdminCredentials::parse_list(input).unwrap_err();
+            let err = AdminCredentials::parse_list(input).unwrap_err().to_string();
             assert!(err.contains(must_contain), "{input}: {err}");
             for secret in ["s3cr3t", "wJalr"] {
                 assert!(!err.contains(secret), "{input}: {err}");

@@ -49,7 +49,7 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use tower_service::Service;
 
-pub use credentials::AdminCredentials;
+pub use credentials::{AdminCredentials, CredentialsError};
 use wire::AwsError;
 
 use crate::UsagePlans;

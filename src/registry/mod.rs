@@ -3,6 +3,8 @@
 //! through it; the layer reads its lookup view.
 
 mod lookup;
+#[cfg(feature = "gateway")]
+mod merge;
 mod routes;
 mod snapshot;
 
