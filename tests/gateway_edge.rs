@@ -349,6 +349,61 @@ async fn a_stalled_body_gets_408_closes_the_connection_and_costs_nothing() {
     }
 }
 
+/// A body that trickles in (a byte every 100 ms: never idle for the 300 ms
+/// body read timeout) holds its connection only until the minimum rate is
+/// judged, 5 s into waiting for it: 408, closed, never reaching the
+/// upstream whole, and free.
+#[tokio::test]
+async fn a_trickling_body_gets_408_at_the_minimum_rate_and_costs_nothing() {
+    let (upstream, mut received) = reporting_upstream().await;
+    let mut config = config();
+    config.upstream = Some(format!("http://{upstream}").parse().unwrap());
+    assert_eq!(
+        config.body_min_rate.map(|r| r.get()),
+        Some(240),
+        "the default"
+    );
+    let gateway = Gateway::start(config).await.unwrap();
+
+    let mut stream = TcpStream::connect(gateway.data_addr()).await.unwrap();
+    stream
+        .write_all(post_head("content-length: 1000").as_bytes())
+        .await
+        .unwrap();
+    let (mut reader, mut writer) = stream.into_split();
+    let trickle = tokio::spawn(async move {
+        let mut sent = 0;
+        // Until the gateway closes (or far past the 5 s it should take).
+        while sent < 200 && writer.write_all(b"x").await.is_ok() {
+            sent += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        sent
+    });
+    // What was read stays in `answer` if the close ends in a reset (the
+    // trickle goes on writing to a closed socket).
+    let mut answer = Vec::new();
+    let _ = within(
+        "the gateway to close the connection",
+        reader.read_to_end(&mut answer),
+    )
+    .await;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert_aws(&answer, 408, "Request Timeout", "RequestTimeoutException");
+    assert!(parse(&answer).1.contains("connection: close"), "{answer}");
+    let sent = trickle.await.unwrap();
+    assert!(sent < 200, "the gateway waited for all {sent} bytes");
+    assert!(
+        received.try_recv().is_err(),
+        "the upstream got the body whole"
+    );
+
+    let (status, _, _) = get(gateway.data_addr(), "/", Some(KEY)).await;
+    assert_eq!(status, StatusCode::OK, "the token is back");
+    assert_eq!(used_today(&gateway).await[0], 1);
+    gateway.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn the_gateway_answers_too_long_urls_and_too_many_or_large_headers_itself() {
     let gateway = Gateway::start(config()).await.unwrap();

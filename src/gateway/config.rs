@@ -2,6 +2,7 @@
 //! flags (`clap`), validated into a [`GatewayConfig`].
 
 use std::net::SocketAddr;
+use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -80,6 +81,12 @@ pub struct Cli {
     /// [default: 30].
     #[arg(long, env = "USAGE_PLANS_BODY_READ_TIMEOUT", value_name = "SECS")]
     pub body_read_timeout: Option<f64>,
+    /// The slowest request body waited for, in bytes per second over the
+    /// time spent waiting for it, judged after 5 s of waiting (a body
+    /// trickling in holds its connection); slower: 408 and the connection
+    /// closed. gRPC request streams are exempt; 0: no limit [default: 240].
+    #[arg(long, env = "USAGE_PLANS_BODY_MIN_RATE", value_name = "BYTES_PER_SEC")]
+    pub body_min_rate: Option<u64>,
     /// Seconds in-flight requests get to finish on SIGTERM / Ctrl-C before
     /// their connections are dropped (idle ones close at once) [default: 10].
     #[arg(long, env = "USAGE_PLANS_SHUTDOWN_GRACE", value_name = "SECS")]
@@ -167,6 +174,7 @@ struct FileConfig {
     upstream_timeout_secs: Option<f64>,
     header_read_timeout_secs: Option<f64>,
     body_read_timeout_secs: Option<f64>,
+    body_min_rate: Option<u64>,
     shutdown_grace_secs: Option<f64>,
     stage: Option<String>,
     state_file: Option<PathBuf>,
@@ -259,6 +267,11 @@ pub struct GatewayConfig {
     /// How long a request body may go without data before the request is
     /// answered 408 and its connection closed (`None`: no limit).
     pub body_read_timeout: Option<Duration>,
+    /// The slowest request body waited for, in bytes per second of the time
+    /// spent waiting for the client, judged after 5 s of waiting: slower is
+    /// answered 408 and its connection closed (`None`: no limit). gRPC
+    /// request streams are exempt.
+    pub body_min_rate: Option<NonZeroU64>,
     /// How long in-flight requests may take to finish on shutdown.
     pub shutdown_grace: Duration,
     /// The stage served (default: `gateway:prod`).
@@ -300,6 +313,7 @@ impl Default for GatewayConfig {
             upstream_timeout: Duration::from_secs(30),
             header_read_timeout: Some(Duration::from_secs(30)),
             body_read_timeout: Some(Duration::from_secs(30)),
+            body_min_rate: NonZeroU64::new(DEFAULT_BODY_MIN_RATE),
             shutdown_grace: Duration::from_secs(10),
             stage: Stage::default(),
             admin_credentials: AdminCredentials::new(),
@@ -316,6 +330,10 @@ impl Default for GatewayConfig {
         }
     }
 }
+
+/// `--body-min-rate`'s default, bytes per second: a body of 1 MB may take
+/// over an hour, one byte every few seconds is cut off.
+const DEFAULT_BODY_MIN_RATE: u64 = 240;
 
 /// The environment variable with extra `AKID:SECRET,...` admin credentials.
 pub const CREDENTIALS_ENV: &str = "USAGE_PLANS_ADMIN_CREDENTIALS";
@@ -473,6 +491,9 @@ impl GatewayConfig {
                 config.body_read_timeout = Some(positive_secs("body_read_timeout_secs", secs)?)
             }
             None => {}
+        }
+        if let Some(rate) = cli.body_min_rate.or(file.body_min_rate) {
+            config.body_min_rate = NonZeroU64::new(rate);
         }
         if let Some(secs) = cli.shutdown_grace.or(file.shutdown_grace_secs) {
             config.shutdown_grace = match secs {
@@ -697,5 +718,15 @@ mod tests {
         assert!(error.contains("body_read_timeout_secs"), "{error}");
         let error = parsed(&["--shutdown-grace=nan"]).unwrap_err();
         assert!(error.contains("shutdown_grace_secs"), "{error}");
+    }
+
+    #[test]
+    fn body_min_rate_defaults_to_240_and_0_turns_it_off() {
+        let rate = |args: &[&str]| parsed(args).unwrap().body_min_rate.map(NonZeroU64::get);
+        assert_eq!(rate(&[]), Some(240));
+        assert_eq!(rate(&["--body-min-rate", "1000"]), Some(1000));
+        assert_eq!(rate(&["--body-min-rate", "0"]), None);
+        assert!(parsed(&["--body-min-rate=-1"]).is_err());
+        assert!(parsed(&["--body-min-rate=fast"]).is_err());
     }
 }

@@ -7,8 +7,9 @@
 //!   [`MAX_HEADERS`] fields or [`MAX_HEADER_BYTES`] bytes of them 431 —
 //!   below hyper's own limits, so the answer has the AWS shape.
 //! - The request body is an [`EdgeBody`]: a body that sends no frame for
-//!   the body read timeout fails, as does one the client framed wrongly or
-//!   left unfinished; the request is then answered 408 or 400 (the proxy
+//!   the body read timeout fails, as does one that trickles in slower than
+//!   the minimum rate (not a gRPC call's stream), and one the client framed
+//!   wrongly or left unfinished; the request is then answered 408 or 400 (the proxy
 //!   gives its charge back first) and the HTTP/1 connection closed.
 //! - Each connection counts its requests in flight ([`ConnectionState`]),
 //!   for its driver: idle connections close at once on shutdown, and an
@@ -86,7 +87,7 @@ pub(crate) fn error_type(status: StatusCode) -> &'static str {
 /// What went wrong with a request body, as an [`EdgeBody`] saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum BodyFailure {
-    /// No frame came within the body read timeout.
+    /// The client kept the body waiting too long ([`BodyLimits`]).
     Timeout,
     /// Malformed framing, fewer bytes than `Content-Length`, or the
     /// client went away mid-body.
@@ -144,11 +145,53 @@ pub(crate) fn failed_body<B: From<Bytes>>(failure: BodyFailure) -> Response<B> {
     }
 }
 
+/// How long a request body may keep the gateway waiting: no frame for
+/// `idle` (the body read timeout), or, once the client has kept it waiting
+/// longer than [`MinRate::grace`] in all, data slower than
+/// [`MinRate::bytes_per_sec`] over the time spent waiting for it (a body
+/// trickling one byte every few seconds never trips an idle timer).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct BodyLimits {
+    pub(crate) idle: Option<Duration>,
+    pub(crate) min_rate: Option<MinRate>,
+}
+
+/// Waiting time before a body's rate is judged (`--body-min-rate`).
+pub(crate) const MIN_RATE_GRACE: Duration = Duration::from_secs(5);
+
+/// The slowest request body the gateway waits for (`--body-min-rate`).
+/// Only time spent waiting for the client counts: while the upstream does
+/// not read, the client is not being slow.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MinRate {
+    pub(crate) bytes_per_sec: std::num::NonZeroU64,
+    /// Waiting time before the rate is judged (a body's first bytes may be
+    /// slow: a TCP slow start, a client computing what it sends).
+    pub(crate) grace: Duration,
+}
+
+impl MinRate {
+    /// Waiting time `received` bytes may have taken.
+    fn allowance(&self, received: u64) -> Duration {
+        let earned = Duration::from_secs_f64(received as f64 / self.bytes_per_sec.get() as f64);
+        earned.max(self.grace)
+    }
+}
+
+/// Why an [`EdgeBody`] stopped waiting for its client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stall {
+    /// No frame within the body read timeout.
+    Idle(Duration),
+    /// Data slower than the minimum rate, in bytes per second.
+    TooSlow(u64),
+}
+
 /// Why an [`EdgeBody`] ended early.
 #[derive(Debug)]
 pub(crate) enum EdgeBodyError {
-    /// No frame within the body read timeout.
-    Timeout(Duration),
+    /// The client kept the body waiting too long.
+    Stalled(Stall),
     /// hyper's error reading the client's body.
     Client(hyper::Error),
 }
@@ -156,7 +199,12 @@ pub(crate) enum EdgeBodyError {
 impl std::fmt::Display for EdgeBodyError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Timeout(limit) => write!(f, "no request body data within {limit:?}"),
+            Self::Stalled(Stall::Idle(limit)) => {
+                write!(f, "no request body data within {limit:?}")
+            }
+            Self::Stalled(Stall::TooSlow(rate)) => {
+                write!(f, "request body data slower than {rate} bytes/s")
+            }
             Self::Client(e) => write!(f, "reading the request body: {e}"),
         }
     }
@@ -165,14 +213,14 @@ impl std::fmt::Display for EdgeBodyError {
 impl std::error::Error for EdgeBodyError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Self::Timeout(_) => None,
+            Self::Stalled(_) => None,
             Self::Client(e) => Some(e),
         }
     }
 }
 
 pin_project! {
-    /// A client's request body: hyper's, with a timer between frames and a
+    /// A client's request body: hyper's, held to [`BodyLimits`], with a
     /// [`BodyWatch`] that records how it failed. A body that is empty from
     /// the start has neither (the hot path of bodiless requests).
     pub(crate) struct EdgeBody {
@@ -186,23 +234,78 @@ struct Watched {
     watch: Arc<BodyWatch>,
     /// Where the access log counts bytes in, if it is on.
     exchange: Option<Arc<super::access::Exchange>>,
-    timeout: Option<(Duration, Pin<Box<tokio::time::Sleep>>)>,
-    /// Whether the timer runs from the last frame (reset when one comes).
-    armed: bool,
+    limits: BodyLimits,
+    /// Data bytes received so far.
+    received: u64,
+    /// Time spent waiting for the client before `waiting_since`.
+    waited: Duration,
+    /// Since when the body waits for the client (`None`: not waiting).
+    waiting_since: Option<tokio::time::Instant>,
+    /// Fires at the earlier of the two limits' deadlines.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    stalled: Option<Stall>,
+}
+
+impl Watched {
+    /// The stall that ends the current wait first, and when.
+    fn next_stall(&self, since: tokio::time::Instant) -> Option<(tokio::time::Instant, Stall)> {
+        let idle = self
+            .limits
+            .idle
+            .map(|limit| (since + limit, Stall::Idle(limit)));
+        let slow = self.limits.min_rate.map(|rate| {
+            let left = rate.allowance(self.received).saturating_sub(self.waited);
+            (since + left, Stall::TooSlow(rate.bytes_per_sec.get()))
+        });
+        match (idle, slow) {
+            (Some(a), Some(b)) => Some(if b.0 < a.0 { b } else { a }),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn frame_came(&mut self, len: usize) {
+        self.received += len as u64;
+        if let Some(since) = self.waiting_since.take() {
+            self.waited += since.elapsed();
+        }
+    }
+
+    /// Waits for the client; `Some` once it kept the body waiting too long.
+    fn poll_wait(&mut self, cx: &mut Context<'_>) -> Option<Stall> {
+        let since = *self
+            .waiting_since
+            .get_or_insert_with(tokio::time::Instant::now);
+        let (deadline, stall) = self.next_stall(since)?;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
+        timer.as_mut().poll(cx).is_ready().then(|| {
+            self.watch.fail(BodyFailure::Timeout);
+            self.stalled = Some(stall);
+            stall
+        })
+    }
 }
 
 impl EdgeBody {
     pub(crate) fn new(
         inner: Incoming,
-        timeout: Option<Duration>,
+        limits: BodyLimits,
         exchange: Option<&Arc<super::access::Exchange>>,
     ) -> Self {
         let watched = (!inner.is_end_stream()).then(|| {
             Box::new(Watched {
                 watch: Arc::default(),
                 exchange: exchange.cloned(),
-                timeout: timeout.map(|t| (t, Box::pin(tokio::time::sleep(t)))),
-                armed: false,
+                limits,
+                received: 0,
+                waited: Duration::ZERO,
+                waiting_since: None,
+                timer: None,
+                stalled: None,
             })
         });
         Self { inner, watched }
@@ -233,14 +336,14 @@ impl Body for EdgeBody {
         let Some(watched) = this.watched.as_deref_mut() else {
             return this.inner.poll_frame(cx).map_err(EdgeBodyError::Client);
         };
-        if watched.watch.failure() == Some(BodyFailure::Timeout) {
-            let limit = watched.timeout.as_ref().map_or(Duration::ZERO, |t| t.0);
-            return Poll::Ready(Some(Err(EdgeBodyError::Timeout(limit))));
+        if let Some(stall) = watched.stalled {
+            return Poll::Ready(Some(Err(EdgeBodyError::Stalled(stall))));
         }
         let mut inner = this.inner;
         match inner.as_mut().poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                watched.armed = false;
+                let len = frame.data_ref().map_or(0, Bytes::len);
+                watched.frame_came(len);
                 if let (Some(exchange), Some(data)) = (&watched.exchange, frame.data_ref()) {
                     exchange.received(data.len());
                 }
@@ -257,20 +360,10 @@ impl Body for EdgeBody {
                 watched.watch.settle(ENDED);
                 Poll::Ready(None)
             }
-            Poll::Pending => {
-                let Some((limit, sleep)) = watched.timeout.as_mut() else {
-                    return Poll::Pending;
-                };
-                if !watched.armed {
-                    sleep.as_mut().reset(tokio::time::Instant::now() + *limit);
-                    watched.armed = true;
-                }
-                if sleep.as_mut().poll(cx).is_ready() {
-                    watched.watch.fail(BodyFailure::Timeout);
-                    return Poll::Ready(Some(Err(EdgeBodyError::Timeout(*limit))));
-                }
-                Poll::Pending
-            }
+            Poll::Pending => match watched.poll_wait(cx) {
+                Some(stall) => Poll::Ready(Some(Err(EdgeBodyError::Stalled(stall)))),
+                None => Poll::Pending,
+            },
         }
     }
 
@@ -325,7 +418,7 @@ impl Drop for InFlight {
 pub(crate) struct Edge<S> {
     pub(crate) inner: S,
     pub(crate) connection: Arc<ConnectionState>,
-    pub(crate) body_read_timeout: Option<Duration>,
+    pub(crate) body_limits: BodyLimits,
 }
 
 /// Why the edge refuses a request's head, if it does.
@@ -402,9 +495,15 @@ where
             };
         }
         let (parts, body) = request.into_parts();
+        let mut limits = self.body_limits;
+        if super::grpc::is_call(&parts.headers) {
+            // A call's request stream goes at its application's pace
+            // (one message a minute is a fine stream): only idle is judged.
+            limits.min_rate = None;
+        }
         let body = EdgeBody::new(
             body,
-            self.body_read_timeout,
+            limits,
             parts.extensions.get::<Arc<super::access::Exchange>>(),
         );
         let watch = body.watch();
@@ -517,5 +616,22 @@ impl<B: Body> Body for Tracked<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_earns_waiting_time_by_its_bytes_after_the_grace() {
+        let rate = MinRate {
+            bytes_per_sec: std::num::NonZeroU64::new(240).unwrap(),
+            grace: Duration::from_secs(5),
+        };
+        assert_eq!(rate.allowance(0), Duration::from_secs(5));
+        assert_eq!(rate.allowance(1_200), Duration::from_secs(5));
+        assert_eq!(rate.allowance(2_400), Duration::from_secs(10));
+        assert_eq!(rate.allowance(240_000), Duration::from_secs(1_000));
     }
 }

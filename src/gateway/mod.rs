@@ -189,7 +189,13 @@ impl Gateway {
         let (alive, connections) = mpsc::channel::<()>(1);
         let edge = EdgeConfig {
             header_read_timeout: config.header_read_timeout,
-            body_read_timeout: config.body_read_timeout,
+            body_limits: edge::BodyLimits {
+                idle: config.body_read_timeout,
+                min_rate: config.body_min_rate.map(|bytes_per_sec| edge::MinRate {
+                    bytes_per_sec,
+                    grace: edge::MIN_RATE_GRACE,
+                }),
+            },
             request_ids: false,
             access_log: None,
             tls: None,
@@ -696,7 +702,7 @@ async fn run(
 #[derive(Clone)]
 struct EdgeConfig {
     header_read_timeout: Option<Duration>,
-    body_read_timeout: Option<Duration>,
+    body_limits: edge::BodyLimits,
     request_ids: bool,
     access_log: Option<access::AccessLog>,
     /// HTTPS: the listener's TLS configuration.
@@ -754,7 +760,7 @@ async fn serve<S, B>(
             inner: edge::Edge {
                 inner: make(remote),
                 connection: state.clone(),
-                body_read_timeout: limits.body_read_timeout,
+                body_limits: limits.body_limits,
             },
             log: limits.access_log.clone(),
             client: remote,
