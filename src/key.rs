@@ -67,7 +67,8 @@ impl<'a> RequestHead<'a> {
 type Extract = dyn Fn(&RequestHead<'_>) -> Option<String> + Send + Sync;
 
 /// Where to read the API key from. The default is the `x-api-key` header,
-/// as in AWS.
+/// as in AWS. An empty key, or a header or query parameter given twice
+/// (ambiguous), is no key: the request gets 403.
 ///
 /// ```
 /// use tower_usage_plans::KeySource;
@@ -129,10 +130,20 @@ impl KeySource {
         Self(Source::Custom(Arc::new(extract)))
     }
 
-    /// The key of this request, borrowed where possible.
+    /// The key of this request, borrowed where possible. A header or query
+    /// parameter given twice names no key: which one would be meant (the
+    /// upstream may read the other) is ambiguous, so the request is refused
+    /// as one without a key.
     pub(crate) fn extract<'a>(&self, head: &RequestHead<'a>) -> Option<Cow<'a, [u8]>> {
         match &self.0 {
-            Source::Header(name) => head.headers.get(name).map(|v| Cow::Borrowed(v.as_bytes())),
+            Source::Header(name) => {
+                let mut values = head.headers.get_all(name).iter();
+                let value = values.next()?;
+                values
+                    .next()
+                    .is_none()
+                    .then(|| Cow::Borrowed(value.as_bytes()))
+            }
             Source::Query(name) => query_param(head.uri.query()?, name),
             Source::Authorizer => head
                 .extensions
@@ -161,11 +172,14 @@ impl fmt::Debug for KeySource {
     }
 }
 
+/// The parameter's value, if it is there exactly once.
 fn query_param<'a>(query: &'a str, name: &str) -> Option<Cow<'a, [u8]>> {
-    query.split('&').find_map(|pair| {
+    let mut values = query.split('&').filter_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         (percent_decode(k).as_ref() == name.as_bytes()).then(|| percent_decode(v))
-    })
+    });
+    let value = values.next()?;
+    values.next().is_none().then_some(value)
 }
 
 fn percent_decode(s: &str) -> Cow<'_, [u8]> {
@@ -208,6 +222,16 @@ mod tests {
         );
         let custom = KeySource::custom(|head| Some(head.uri.path().to_owned()));
         assert_eq!(extract(&custom, &p), Some(b"/x".to_vec()));
+    }
+
+    #[test]
+    fn a_key_given_twice_is_no_key() {
+        let mut twice = parts("/?api_key=a&api_key=b", Some("a"));
+        twice
+            .headers_mut()
+            .append("x-api-key", http::HeaderValue::from_static("b"));
+        assert_eq!(extract(&KeySource::default(), &twice), None);
+        assert_eq!(extract(&KeySource::query("api_key"), &twice), None);
     }
 
     #[test]
