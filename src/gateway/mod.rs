@@ -12,6 +12,8 @@
 //! gateway.shutdown().await
 //! # }
 //! ```
+//!
+#![doc = include_str!("../../docs/gateway.md")]
 
 mod access;
 mod body;
