@@ -495,3 +495,32 @@ fn a_quota_less_lease_before_update_usage_bounds_a_leasing_store() {
         ],
     });
 }
+
+/// Found by the generator once Op::Unmetered and refunds met a plan's
+/// throttle (burst 3, 2/s) with no quota: one request (a token leased
+/// beside it), a refund, then four requests half a second in. The others
+/// admit three of them; the leasing store admits all four. The shared
+/// bucket refills up to the burst while a token is out on a lease, so the
+/// bucket and the lease together hold more than the burst. A fix: the
+/// script caps the refill at the burst less the tokens out on leases of
+/// that bucket (kept in the hash, given back with them).
+#[test]
+#[ignore = "known: leased tokens are not counted against the burst while the bucket refills"]
+fn leased_tokens_count_against_the_burst() {
+    replay(Case {
+        start: 0,
+        quota: Quota::new(0, QuotaPeriod::Day),
+        metered: false,
+        throttled: true,
+        ops: vec![
+            Op::Unmetered(Bucket::Plan),
+            Op::Advance(Duration::from_millis(250)),
+            Op::Refund,
+            Op::Advance(Duration::from_millis(250)),
+            Op::Decide(Bucket::Plan),
+            Op::Decide(Bucket::Plan),
+            Op::Decide(Bucket::Plan),
+            Op::Decide(Bucket::Plan),
+        ],
+    });
+}

@@ -159,7 +159,8 @@ end
 -- UpdateUsage or before the period started: the replica cannot tell when
 -- it admitted them, so they count, which never admits too much). A lease
 -- of quota units of an older epoch changes nothing else: its units ended
--- with its epoch, as used, and leave 'stale' now (its day's recorded
+-- with its epoch, as used (unless a change of kind counted them: 'carry'),
+-- and leave 'stale' now (its day's recorded
 -- remaining counted them as not used, unless UpdateUsage wrote them off
 -- that day: 'd:<day>:w' counts the units it wrote off, which that day's
 -- record counts as used). Otherwise what it held
@@ -168,10 +169,16 @@ end
 -- another kind that counted it). What now counts as used also comes off
 -- the lease day's recorded remaining.
 local function give_back()
-  local p = redis.call('HMGET', k, 'ps', 'pe', 'used', 'leased', 'stale', 'd:' .. ret_day .. ':w')
+  local p = redis.call('HMGET', k, 'ps', 'pe', 'used', 'leased', 'stale', 'd:' .. ret_day .. ':w',
+    'carry')
   local t = ret_day * 86400
   local in_period = p[1] and tonumber(p[1]) <= t and t < tonumber(p[2])
   local was, counted = tonumber(p[3]) or 0, false
+  -- What it held and did not admit in the stored period.
+  local unused = ret_q
+  if not in_period then
+    unused = ret_q + ret_n
+  end
   if not ret_metered then
     if in_period then
       redis.call('HSET', k, 'used', was + ret_n)
@@ -179,16 +186,18 @@ local function give_back()
     end
   elseif ret_epoch ~= epoch then
     redis.call('HSET', k, 'stale', math.max((tonumber(p[5]) or 0) - ret_q - ret_n, 0))
+    -- Units a change of kind counted ('carry') are used no more.
+    local carry = tonumber(p[7]) or 0
+    if carry > 0 then
+      redis.call('HSET', k, 'used', math.max(was - math.min(unused, carry), 0),
+        'carry', math.max(carry - ret_q - ret_n, 0))
+    end
     local written_off = tonumber(p[6]) or 0
     counted = written_off < ret_q + ret_n
     if not counted then
       redis.call('HSET', k, 'd:' .. ret_day .. ':w', written_off - ret_q - ret_n)
     end
   else
-    local unused = ret_q
-    if not in_period then
-      unused = ret_q + ret_n
-    end
     redis.call('HSET', k, 'used', math.max(was - unused, 0),
       'leased', math.max((tonumber(p[4]) or 0) - ret_q - ret_n, 0))
     counted = true
@@ -232,8 +241,9 @@ if kind ~= "" then
     -- also counts what that period's leases may have admitted and not yet
     -- reported: their units stay counted until given back.
     local stale = tonumber(q[6]) or 0
+    local carry = 0
     if q[1] and q[1] ~= kind and tonumber(q[2]) > tonumber(pstart) then
-      used = leased + stale
+      used, carry = leased + stale, stale
     else
       used, stale, leased, epoch = 0, leased, 0, epoch + 1
     end
@@ -244,7 +254,7 @@ if kind ~= "" then
     end
     allow = nil
     redis.call('HSET', k, 'pk', kind, 'ps', pstart, 'pe', pend, 'used', used, 'leased', leased,
-      'stale', stale, 'ep', epoch)
+      'stale', stale, 'carry', carry, 'ep', epoch)
     redis.call('HDEL', k, 'allow', 'ae')
   end
   remaining = quota_left()
@@ -293,7 +303,7 @@ if op == 'set' then
   leased = 0
   allow = used + set_to
   remaining = quota_left()
-  redis.call('HSET', k, 'allow', allow, 'ep', epoch, 'leased', 0)
+  redis.call('HSET', k, 'allow', allow, 'ep', epoch, 'leased', 0, 'carry', 0)
   redis.call('HDEL', k, 'ae')
   record(0)
   redis.call('EXPIRE', k, ttl)
@@ -320,7 +330,7 @@ if op == 'add' then
   end
   allow = used + total - leased
   remaining = quota_left()
-  redis.call('HSET', k, 'allow', allow, 'ep', epoch, 'leased', leased)
+  redis.call('HSET', k, 'allow', allow, 'ep', epoch, 'leased', leased, 'carry', 0)
   redis.call('HDEL', k, 'ae')
   record(0)
   redis.call('EXPIRE', k, ttl)
