@@ -4,9 +4,9 @@
 //! `add_remaining`, refunds and plan changes (the quota's limit, offset or
 //! period kind), run against [`MemoryStore`] and [`RedisStore`], which must
 //! give identical answers; a leasing `RedisStore` must never admit what they
-//! refuse (its headers count its slice; its usage is only compared in
-//! the replays of what the generator found, below: it gives leases back at
-//! the wall clock's time, which a generated case cannot move).
+//! refuse (its headers count its slice), and once its leases are back its
+//! usage must match theirs whenever it decided as they did (it may refuse
+//! what they admit while tokens or units are out on a lease).
 //!
 //! Needs the Redis at `REDIS_URL` (`scripts/test.sh` starts one), like
 //! `tests/store_conformance.rs`.
@@ -61,8 +61,7 @@ enum Op {
     /// The plan's quota changes.
     ChangeQuota(Quota),
     /// Decide one request with no quota, whatever the case's plan has (a
-    /// quota removed and put back): never generated, see
-    /// `quota_less_admissions_count_alike`.
+    /// quota removed and put back).
     Unmetered(Bucket),
 }
 
@@ -100,6 +99,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (-6i64..6).prop_map(Op::AddRemaining),
         1 => Just(Op::Refund),
         1 => quota().prop_map(Op::ChangeQuota),
+        1 => bucket().prop_map(Op::Unmetered),
     ]
 }
 
@@ -116,9 +116,8 @@ struct Case {
     ops: Vec<Op>,
 }
 
-/// A plan has a quota for the whole case, or none: a quota that comes and
-/// goes within a period is where the stores disagree today (see
-/// `quota_less_admissions_count_alike`). Likewise its throttle: a leasing
+/// A plan has a quota for the whole case, or none, but for the odd request
+/// decided without it (`Op::Unmetered`). Its throttle stays: a leasing
 /// store that sees a plan's throttle change retires the lease, whose
 /// tokens go back to the shared bucket later, so it may throttle where the
 /// others admit until they do (conservative, and by design).
@@ -177,8 +176,14 @@ fn day(now: Timestamp) -> Date {
 }
 
 impl Stores {
-    /// Runs `case`; with `leased_usage`, the leasing store's usage must
-    /// match too once its leases are back.
+    /// Runs `case`. Once its leases are back, the leasing store's usage
+    /// must match too if it decided every request as the others did, or
+    /// with `leased_usage`, always. Only its used counts, though, when the
+    /// plan's quota comes and goes: a lease taken for a request decided
+    /// without the quota cannot tell whether it admitted its requests
+    /// before or after an UpdateUsage or the start of the period, so they
+    /// count in the period (never admitting too much), where MemoryStore
+    /// may not count them.
     async fn run(&self, case: Case, leased_usage: bool) -> Result<(), TestCaseError> {
         let Case {
             start,
@@ -196,8 +201,13 @@ impl Stores {
             plan_created: created.as_second(),
         };
         let first_day = day(now);
-        // What the last admitted decision asked: (bucket, quota, now).
+        // What the last admitted decision asked: (bucket, quota, now), and
+        // whether the leasing store admitted it too.
         let mut refundable = None;
+        // Whether the leasing store decided every request as the others
+        // did; and the requests each admitted, less those refunded.
+        let mut agreed = true;
+        let (mut memory_admitted, mut leased_admitted) = (0u64, 0u64);
         for (step, op) in ops.iter().enumerate() {
             match *op {
                 Op::Decide(bucket) | Op::Unmetered(bucket) => {
@@ -211,18 +221,25 @@ impl Stores {
                     let redis = self.redis.decide(&request).await.unwrap();
                     let leased = self.leased.decide(&request).await.unwrap();
                     prop_assert_eq!(memory, redis, "decision at step {}", step);
-                    // Never admits what the others refuse. It may refuse
-                    // what they admit: tokens of a lease that UpdateUsage or
-                    // a rule change retired wait to go back (the gateway
-                    // gives them back every 200 ms).
+                    // Never admits more than the others. It may refuse what
+                    // they admit: tokens of a lease that UpdateUsage or a
+                    // rule change retired wait to go back (the gateway
+                    // gives them back every 200 ms). While it has decided
+                    // as they did, it never admits what they refuse; once
+                    // it refused more, it has that much left to admit
+                    // later, where they refuse.
+                    memory_admitted += u64::from(admitted(&memory));
+                    leased_admitted += u64::from(admitted(&leased));
                     prop_assert!(
-                        admitted(&memory) || !admitted(&leased),
+                        leased_admitted <= memory_admitted
+                            && (admitted(&memory) || !admitted(&leased) || !agreed),
                         "leased store admits at step {}: {:?}",
                         step,
                         leased
                     );
+                    agreed &= memory.verdict == leased.verdict;
                     if admitted(&memory) {
-                        refundable = Some((bucket, quota, now));
+                        refundable = Some((bucket, quota, now, admitted(&leased)));
                     }
                 }
                 Op::Advance(by) => now += by,
@@ -249,11 +266,16 @@ impl Stores {
                     prop_assert_eq!(memory, redis, "add_remaining at step {}", step);
                 }
                 Op::Refund => {
-                    if let Some((bucket, quota, then)) = refundable.take() {
+                    if let Some((bucket, quota, then, leased)) = refundable.take() {
                         let request = request(&counter, bucket, quota, then);
                         self.memory.refund(&request).await.unwrap();
                         self.redis.refund(&request).await.unwrap();
-                        self.leased.refund(&request).await.unwrap();
+                        memory_admitted -= 1;
+                        // A refund is only for a decision the store admitted.
+                        if leased {
+                            self.leased.refund(&request).await.unwrap();
+                            leased_admitted -= 1;
+                        }
                     }
                 }
                 Op::ChangeQuota(quota) => rule.quota = quota,
@@ -268,9 +290,16 @@ impl Stores {
             .await
             .unwrap();
         prop_assert_eq!(&memory, &usage(&self.redis).await.unwrap(), "usage");
-        if leased_usage {
+        if leased_usage || agreed {
             self.leased.give_back_leases().await.unwrap();
-            prop_assert_eq!(&memory, &usage(&self.leased).await.unwrap(), "leased usage");
+            let leased = usage(&self.leased).await.unwrap();
+            let unmetered = ops.iter().any(|op| matches!(op, Op::Unmetered(_)));
+            if leased_usage || !unmetered {
+                prop_assert_eq!(&memory, &leased, "leased usage");
+            } else {
+                let used = |usage: &[[u64; 2]]| usage.iter().map(|day| day[0]).collect::<Vec<_>>();
+                prop_assert_eq!(used(&memory), used(&leased), "leased used counts");
+            }
         }
         Ok(())
     }
@@ -342,7 +371,6 @@ fn replay(case: Case) {
 /// the week's quota again. MemoryStore counts the two as spent from the
 /// week (`[[2, 0]]`); RedisStore does not (`[[2, 1]]`).
 #[test]
-#[ignore = "known disagreement between MemoryStore and RedisStore"]
 fn quota_less_admissions_count_alike() {
     replay(Case {
         start: 0,
@@ -362,7 +390,6 @@ fn quota_less_admissions_count_alike() {
 /// leases are back, GetUsage of the leasing RedisStore says 1 used, the
 /// others 2: a lease of tokens alone never reports what it admitted.
 #[test]
-#[ignore = "known: a leasing RedisStore undercounts throttle-only usage"]
 fn leased_token_admissions_count_in_usage() {
     replay(Case {
         start: 0,
@@ -380,7 +407,6 @@ fn leased_token_admissions_count_in_usage() {
 /// lease whose period has ended by then (as this test's has: T0 is in
 /// the past) records none of what it spent in the day's usage.
 #[test]
-#[ignore = "known: a lease given back after its period loses what it spent"]
 fn leased_units_given_back_late_count() {
     replay(Case {
         start: 0,
@@ -404,7 +430,6 @@ fn leased_units_given_back_late_count() {
 /// not its kind), so its unspent unit comes off a `used` that the kind
 /// change had recomputed without it.
 #[test]
-#[ignore = "known: a leasing RedisStore over-admits after a period kind change"]
 fn a_period_kind_change_bounds_a_leasing_store() {
     replay(Case {
         start: 216_000,
@@ -426,7 +451,6 @@ fn a_period_kind_change_bounds_a_leasing_store() {
 /// MemoryStore records today as `[1, 0]` (the live remaining), RedisStore
 /// as `[1, 1]` (redis.lua's "refund" adds 1 to the recorded remaining).
 #[test]
-#[ignore = "known: a refund after a period change records another remaining"]
 fn a_refund_after_a_period_change_records_alike() {
     replay(Case {
         start: 0,
@@ -440,7 +464,63 @@ fn a_refund_after_a_period_change_records_alike() {
             Op::ChangeQuota(Quota::new(0, QuotaPeriod::Week)),
             Op::Decide(Bucket::Plan),
             Op::ChangeQuota(Quota::new(0, QuotaPeriod::Day)),
+            Op::Decide(Bucket::Plan),
             Op::Refund,
+            Op::Advance(Duration::from_secs(86_400)),
+        ],
+    });
+}
+
+/// Found by the generator: a quota-less request leases a token; UpdateUsage
+/// leaves 2 today (and revokes the lease, whose token waits to go back);
+/// the others admit two requests and refuse a method's request, none
+/// left. The leasing store throttles the second request (its token is out)
+/// and admits the method's request instead: 2 in all, as the others. The
+/// check of each request alone took that for over-admission; it now holds
+/// only while the leasing store has decided as the others did, and its
+/// running total of admissions must never pass theirs.
+#[test]
+fn a_quota_less_lease_before_update_usage_bounds_a_leasing_store() {
+    replay(Case {
+        start: 216_000,
+        quota: Quota::new(0, QuotaPeriod::Day),
+        metered: true,
+        throttled: true,
+        ops: vec![
+            Op::Unmetered(Bucket::Plan),
+            Op::SetRemaining(2),
+            Op::Decide(Bucket::Plan),
+            Op::Decide(Bucket::Plan),
+            Op::Decide(Bucket::Method),
+        ],
+    });
+}
+
+/// Found by the generator once Op::Unmetered and refunds met a plan's
+/// throttle (burst 3, 2/s) with no quota: one request (a token leased
+/// beside it), a refund, then four requests half a second in. The others
+/// admit three of them; the leasing store admits all four. The shared
+/// bucket refills up to the burst while a token is out on a lease, so the
+/// bucket and the lease together hold more than the burst. A fix: the
+/// script caps the refill at the burst less the tokens out on leases of
+/// that bucket (kept in the hash, given back with them).
+#[test]
+#[ignore = "known: leased tokens are not counted against the burst while the bucket refills"]
+fn leased_tokens_count_against_the_burst() {
+    replay(Case {
+        start: 0,
+        quota: Quota::new(0, QuotaPeriod::Day),
+        metered: false,
+        throttled: true,
+        ops: vec![
+            Op::Unmetered(Bucket::Plan),
+            Op::Advance(Duration::from_millis(250)),
+            Op::Refund,
+            Op::Advance(Duration::from_millis(250)),
+            Op::Decide(Bucket::Plan),
+            Op::Decide(Bucket::Plan),
+            Op::Decide(Bucket::Plan),
+            Op::Decide(Bucket::Plan),
         ],
     });
 }

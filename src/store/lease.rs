@@ -48,20 +48,31 @@ impl Default for LeaseConfig {
 pub(crate) struct Unspent {
     pub(crate) units: u64,
     pub(crate) granted: u64,
-    /// Of the spent units (`granted - units`), how many were already
-    /// reported to Redis as admitted.
+    /// Requests admitted from the lease (each spent a unit when it holds
+    /// quota, a token when it holds a throttle's).
+    pub(crate) admitted: u64,
+    /// Of the admitted requests, how many were already reported to Redis.
     pub(crate) reported: u64,
     pub(crate) tokens: u64,
     /// The quota period the units belong to (Unix seconds).
     pub(crate) period_start: i64,
+    /// The UTC day it was granted on (days since the Unix epoch): its
+    /// admitted requests are recorded there.
+    pub(crate) day: i64,
     /// The counter's epoch when granted: a revocation starts a new one.
     pub(crate) epoch: u64,
 }
 
 impl Unspent {
-    /// Units spent locally and not yet reported as admitted.
+    /// Requests admitted locally and not yet reported.
     pub(crate) fn unreported(&self) -> u64 {
-        self.granted.saturating_sub(self.units + self.reported)
+        self.admitted.saturating_sub(self.reported)
+    }
+
+    /// Whether giving it back changes anything: units or tokens to return,
+    /// or admitted requests to report.
+    fn holds(&self) -> bool {
+        self.granted > 0 || self.tokens > 0 || self.unreported() > 0
     }
 }
 
@@ -70,6 +81,9 @@ impl Unspent {
 pub(crate) struct Lease {
     pub(crate) unspent: Unspent,
     pub(crate) period_end: i64,
+    /// When it was granted (Unix µs, the deciding request's clock): it is
+    /// given back and reported as of then.
+    pub(crate) granted_us: i64,
     pub(crate) expires_us: i64,
     /// The shared remaining quota when granted (for the headers).
     pub(crate) shared_remaining: u64,
@@ -80,6 +94,13 @@ pub(crate) struct Lease {
     /// The rules it was granted under, to give it back.
     pub(crate) throttle: Option<Throttle>,
     pub(crate) quota: Option<QuotaRule>,
+}
+
+impl Lease {
+    /// When it was granted.
+    pub(crate) fn granted_at(&self) -> crate::UnixNanos {
+        crate::UnixNanos::new(self.granted_us.saturating_mul(1_000))
+    }
 }
 
 /// The leases of one replica, per (counter, bucket).
@@ -182,7 +203,7 @@ impl Leases {
         for slot in self.slots.iter() {
             let mut lease = slot.value().lock();
             let n = lease.unspent.unreported();
-            if n > 0 && lease.quota.is_some() {
+            if n > 0 {
                 lease.unspent.reported += n;
                 out.push((slot.key().clone(), *lease, n));
             }
@@ -230,6 +251,7 @@ impl Leases {
         if request.throttle.is_some() {
             lease.unspent.tokens -= 1;
         }
+        lease.unspent.admitted += 1;
         Some(Decision {
             verdict: Verdict::Admitted,
             throttle: request.throttle.map(|rule| {
@@ -317,12 +339,14 @@ impl Leases {
             let mut current = slot.lock();
             if current.unspent.granted > 0
                 && current.unspent.period_start == lease.unspent.period_start
+                && current.unspent.day == lease.unspent.day
                 && current.unspent.epoch == lease.unspent.epoch
                 && current.throttle == lease.throttle
                 && current.quota == lease.quota
             {
                 current.unspent.units += lease.unspent.units;
                 current.unspent.granted += lease.unspent.granted;
+                current.unspent.admitted += lease.unspent.admitted;
                 current.unspent.tokens += lease.unspent.tokens;
                 current.granted_tokens += lease.granted_tokens;
                 current.expires_us = current.expires_us.min(lease.expires_us);
@@ -330,7 +354,7 @@ impl Leases {
                 current.shared_tokens = lease.shared_tokens;
             } else {
                 let replaced = std::mem::replace(&mut *current, lease);
-                if replaced.unspent.granted > 0 || replaced.unspent.tokens > 0 {
+                if replaced.unspent.holds() {
                     out.push((key.clone(), replaced));
                 }
             }
@@ -384,7 +408,7 @@ fn take_held(slot: &Slot, lease: &mut Lease) -> Option<(Slot, Lease)> {
         ..Unspent::default()
     };
     lease.granted_tokens = 0;
-    (taken.unspent.granted > 0 || taken.unspent.tokens > 0).then(|| (slot.clone(), taken))
+    taken.unspent.holds().then(|| (slot.clone(), taken))
 }
 
 #[cfg(test)]

@@ -13,36 +13,36 @@
 -- shrink with the remaining quota (an eighth of it), down to none: near the
 -- limit every request is decided here.
 --
--- Leases carry the counter's epoch ('ep'). UpdateUsage ("set") starts a
--- new epoch: the outstanding leased units are written off as used, and a
--- lease of an older epoch given back later adds nothing back (only its
--- spent units are recorded, for GetUsage). "report" records units a replica spent from a
--- lease. The daily records ('d:<day>:u') count admitted requests only,
--- never units merely reserved; 'd:<day>:r' is the remaining quota with
--- the outstanding leased units counted as not used.
+-- Leases carry the counter's epoch ('ep'), which names the leases that
+-- 'leased' counts. UpdateUsage ("set", or an "add" that reaches into
+-- leased units) starts a new epoch: the outstanding leased units are
+-- written off as used. A period that ends starts one too (its leases end
+-- with it). A lease of an older epoch given back later adds nothing back
+-- (only what it admitted is recorded, for GetUsage); until then 'stale'
+-- counts its units. A change of period kind keeps the epoch: the new
+-- period counts, as used, the leased and stale units of the one it
+-- replaces if the two overlap (what they admitted is not recorded yet),
+-- until given back. A lease is given back and reported against the day it
+-- was granted on, whatever the clock says by then. "report" records
+-- requests a replica admitted from a lease. The daily records
+-- ('d:<day>:u') count admitted requests only, never units merely
+-- reserved; 'd:<day>:r' is the remaining quota with the outstanding leased
+-- units counted as not used; 'dl' is the latest day recorded.
 --
 -- KEYS[1]  the counter hash ("<prefix>{<plan>:<key>}"); KEYS[2], on one
 --          server only, the marker whose absence means Redis lost its data
--- ARGV     1 op ("decide" | "lease" | "return" | "report" | "restore" | "set" | "add"), 2 now_us, 3 now_secs, 4 day,
+-- ARGV     1 op ("decide" | "lease" | "return" | "report" | "restore" | "set" | "add" | "refund"),
+--          2 now_us, 3 now_secs, 4 day,
 --          5 bucket field ("" = no throttle), 6 rate, 7 burst,
 --          8 period kind ("" = no quota), 9 period start, 10 period end,
 --          11 period limit, 12 remaining (for "set") or signed delta (for "add"), 13 ttl secs,
---          14 returned units, 15 units of the returned lease, 16 returned tokens,
---          17 period start of the returned lease, 18 wanted units, 19 wanted tokens,
---          20 epoch of the returned lease, 21 its units already reported spent,
---          22 spent units to record (for "report"), 23 "1" when the replica saw this
+--          14-17 a lease given back (by "lease", "return", "report"): its unspent units,
+--          the requests it admitted not yet reported, its unspent tokens, the day it was
+--          granted on; 18 wanted units, 19 wanted tokens, 20 the returned lease's epoch,
+--          21 "1" when it holds quota units, 22 "1" when the replica saw this
 --          counter before (a missing hash then means Redis lost its data),
---          24-26 for "restore": the used count, allowance (-1: none) and epoch
+--          23-25 for "restore": the used count, allowance (-1: none) and epoch
 --          the replica last saw in the current period
---
--- "restore" puts back what a replica saw of a counter after Redis lost its
--- data: the used count goes up by what the replica saw beyond what earlier
--- restores of this hash put back ('rb'), so admissions made since the loss
--- are kept and a second replica's restore adds only what it saw more. Of
--- the allowances replicas saw (UpdateUsage's), the one of the latest epoch
--- wins ('ae' keeps the epoch of a restored one; within an epoch, the
--- smaller), whatever order the restores come in; one set or added after
--- the loss (no 'ae') is never replaced by what replicas saw before it.
 local k = KEYS[1]
 local op = ARGV[1]
 local now_us, now = tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -50,20 +50,68 @@ local day = ARGV[4]
 local bf, rate, burst = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
 local kind, pstart, pend, plimit = ARGV[8], ARGV[9], tonumber(ARGV[10]), tonumber(ARGV[11])
 local set_to, ttl = tonumber(ARGV[12]), tonumber(ARGV[13])
-local ret_q, ret_granted, ret_t = tonumber(ARGV[14]) or 0, tonumber(ARGV[15]) or 0, tonumber(ARGV[16]) or 0
-local ret_pstart = ARGV[17] or ""
+local ret_q, ret_n, ret_t = tonumber(ARGV[14]) or 0, tonumber(ARGV[15]) or 0, tonumber(ARGV[16]) or 0
+local ret_day = tonumber(ARGV[17]) or 0
 local want_q, want_t = tonumber(ARGV[18]) or 0, tonumber(ARGV[19]) or 0
-local ret_epoch, ret_reported = tonumber(ARGV[20]) or 0, tonumber(ARGV[21]) or 0
-local report_n = tonumber(ARGV[22]) or 0
+local ret_epoch, ret_metered = tonumber(ARGV[20]) or 0, ARGV[21] == '1'
 if KEYS[2] and (op == 'decide' or op == 'lease') and redis.call('EXISTS', KEYS[2]) == 0 then
   -- No marker: Redis lost its data; the replicas put back what they saw first.
   return { 4, '0', 0, 0, 0, 0, 0, -1 }
 end
-if ARGV[23] == '1' and (op == 'decide' or op == 'lease') and redis.call('EXISTS', k) == 0 then
+if ARGV[22] == '1' and (op == 'decide' or op == 'lease') and redis.call('EXISTS', k) == 0 then
   -- Seen before, gone now: the replica checks whether Redis lost its data.
   return { 3, '0', 0, 0, 0, 0, 0, -1 }
 end
 local epoch = tonumber(redis.call('HGET', k, 'ep')) or 0
+local used, allow, leased, remaining = 0, nil, 0, 0
+local function quota_left()
+  return math.max((allow or plimit) - used, 0)
+end
+
+-- The bucket `bf` refilled up to now_us: its tokens and when they were
+-- counted; nil before its first decision (it is full then).
+local function refilled()
+  local t = redis.call('HMGET', k, bf .. ':t', bf .. ':u')
+  local tokens, updated = tonumber(t[1]), tonumber(t[2])
+  if tokens == nil or updated == nil then
+    return nil, nil
+  end
+  if now_us > updated then
+    tokens = tokens + (now_us - updated) / 1e6 * rate
+    updated = now_us
+  end
+  return tokens, updated
+end
+
+-- Starts the record of day `d` if it has none: a new latest day ('dl')
+-- drops every day before the 100 kept (as counter.rs does). False for a
+-- day older than the history kept.
+local function start_day(d)
+  if redis.call('HEXISTS', k, 'd:' .. d .. ':u') == 1 then
+    return true
+  end
+  local dmin = tonumber(redis.call('HGET', k, 'dmin')) or d
+  if d < dmin then
+    return false
+  end
+  if d >= (tonumber(redis.call('HGET', k, 'dl')) or d) then
+    local oldest = d - 99
+    for x = dmin, oldest - 1 do
+      redis.call('HDEL', k, 'd:' .. x .. ':u', 'd:' .. x .. ':r', 'd:' .. x .. ':w')
+    end
+    redis.call('HSET', k, 'dmin', math.max(dmin, oldest), 'dl', d)
+  end
+  redis.call('HSET', k, 'd:' .. d .. ':u', 0)
+  return true
+end
+
+-- Today's record counts `n` more admitted requests, and the remaining now.
+local function record(n)
+  if start_day(tonumber(day)) then
+    redis.call('HINCRBY', k, 'd:' .. day .. ':u', n)
+    redis.call('HSET', k, 'd:' .. day .. ':r', remaining + leased)
+  end
+end
 
 -- ---------------------------------------------------------------------------
 -- op "refund" (kept apart from the other ops on purpose: it shares only the
@@ -71,113 +119,156 @@ local epoch = tonumber(redis.call('HGET', k, 'ep')) or 0
 -- for a request that never reached the upstream: its token (refilled up to
 -- now_us, plus one, up to the burst) and, while the decision's period (kind,
 -- start) is still the stored one, its unit of quota, also in that day's
--- record. It never starts a period or a bucket. Mirrors Counter::refund in
--- src/limit/counter.rs.
+-- record: the latest day keeps the remaining now, an earlier one records
+-- one more. It never starts a period or a bucket. Mirrors Counter::refund
+-- in src/limit/counter.rs.
 if op == 'refund' then
   if kind ~= "" then
-    local q = redis.call('HMGET', k, 'pk', 'ps', 'used')
+    local q = redis.call('HMGET', k, 'pk', 'ps', 'used', 'allow', 'leased', 'dl')
     local was = tonumber(q[3]) or 0
     if q[1] == kind and q[2] == pstart and was > 0 then
-      redis.call('HSET', k, 'used', was - 1)
-      local du = 'd:' .. day .. ':u'
-      local on_day = tonumber(redis.call('HGET', k, du)) or 0
-      if on_day > 0 then
-        redis.call('HSET', k, du, on_day - 1)
-        local dr = 'd:' .. day .. ':r'
+      used, allow, leased = was - 1, tonumber(q[4]), tonumber(q[5]) or 0
+      redis.call('HSET', k, 'used', used)
+      local du, dr = 'd:' .. day .. ':u', 'd:' .. day .. ':r'
+      local on_day = tonumber(redis.call('HGET', k, du))
+      if on_day then
+        redis.call('HSET', k, du, math.max(on_day - 1, 0))
         local left = tonumber(redis.call('HGET', k, dr))
-        if left then
+        if tonumber(q[6]) == tonumber(day) then
+          redis.call('HSET', k, dr, quota_left() + leased)
+        elseif left then
           redis.call('HSET', k, dr, left + 1)
         end
       end
     end
   end
   if bf ~= "" then
-    local t = redis.call('HMGET', k, bf .. ':t', bf .. ':u')
-    local tokens, updated = tonumber(t[1]), tonumber(t[2])
-    if tokens ~= nil and updated ~= nil then
-      if now_us > updated then
-        tokens = tokens + (now_us - updated) / 1e6 * rate
-        updated = now_us
-      end
-      tokens = math.min(tokens + 1, burst)
-      redis.call('HSET', k, bf .. ':t', tostring(tokens), bf .. ':u', updated)
+    local tokens, updated = refilled()
+    if tokens ~= nil then
+      redis.call('HSET', k, bf .. ':t', tostring(math.min(tokens + 1, burst)), bf .. ':u', updated)
     end
   end
   return 0
 end
 -- ---------------------------------------------------------------------------
 
-local used, allow, leased, remaining = 0, nil, 0, 0
-local function quota_left()
-  return math.max((allow or plimit) - used, 0)
-end
--- Whether the stored period is the one this call speaks of.
-local current = false
-if kind ~= "" then
-  local q = redis.call('HMGET', k, 'pk', 'pe', 'used', 'allow', 'leased')
-  if q[1] == kind and q[2] and now < tonumber(q[2]) then
-    used = tonumber(q[3]) or 0
-    allow = tonumber(q[4])
-    leased = tonumber(q[5]) or 0
-    current = true
-  elseif op == 'return' or op == 'report' then
-    -- A lease of a period that is over, or of the plan's former period
-    -- kind: nothing to give back to, and no period to start.
+-- Takes back a lease (ops "lease", "return", "report"; a report gives back
+-- no units). The day it was granted on counts the requests it admitted.
+-- A quota-less lease's requests count in the stored period if their day
+-- lies in it, as a quota-less decision's do (also those admitted before an
+-- UpdateUsage or before the period started: the replica cannot tell when
+-- it admitted them, so they count, which never admits too much). A lease
+-- of quota units of an older epoch changes nothing else: its units ended
+-- with its epoch, as used (unless a change of kind counted them: 'carry'),
+-- and leave 'stale' now (its day's recorded
+-- remaining counted them as not used, unless UpdateUsage wrote them off
+-- that day: 'd:<day>:w' counts the units it wrote off, which that day's
+-- record counts as used). Otherwise what it held
+-- is no longer leased and its unspent units are no longer used; nor are
+-- its admitted requests if its day lies outside the stored period (one of
+-- another kind that counted it). What now counts as used also comes off
+-- the lease day's recorded remaining.
+local function give_back()
+  local p = redis.call('HMGET', k, 'ps', 'pe', 'used', 'leased', 'stale', 'd:' .. ret_day .. ':w',
+    'carry')
+  local t = ret_day * 86400
+  local in_period = p[1] and tonumber(p[1]) <= t and t < tonumber(p[2])
+  local was, counted = tonumber(p[3]) or 0, false
+  -- What it held and did not admit in the stored period.
+  local unused = ret_q
+  if not in_period then
+    unused = ret_q + ret_n
+  end
+  if not ret_metered then
+    if in_period then
+      redis.call('HSET', k, 'used', was + ret_n)
+      counted = true
+    end
+  elseif ret_epoch ~= epoch then
+    redis.call('HSET', k, 'stale', math.max((tonumber(p[5]) or 0) - ret_q - ret_n, 0))
+    -- Units a change of kind counted ('carry') are used no more.
+    local carry = tonumber(p[7]) or 0
+    if carry > 0 then
+      redis.call('HSET', k, 'used', math.max(was - math.min(unused, carry), 0),
+        'carry', math.max(carry - ret_q - ret_n, 0))
+    end
+    local written_off = tonumber(p[6]) or 0
+    counted = written_off < ret_q + ret_n
+    if not counted then
+      redis.call('HSET', k, 'd:' .. ret_day .. ':w', written_off - ret_q - ret_n)
+    end
   else
-    current = true
-    -- A period that ended leaves a new one empty; a new period kind counts
-    -- what was admitted on the new period's days so far (as counter.rs).
+    redis.call('HSET', k, 'used', math.max(was - unused, 0),
+      'leased', math.max((tonumber(p[4]) or 0) - ret_q - ret_n, 0))
+    counted = true
+  end
+  if ret_n > 0 and start_day(ret_day) then
+    redis.call('HINCRBY', k, 'd:' .. ret_day .. ':u', ret_n)
+    local left = tonumber(redis.call('HGET', k, 'd:' .. ret_day .. ':r'))
+    if counted and left then
+      redis.call('HSET', k, 'd:' .. ret_day .. ':r', math.max(left - ret_n, 0))
+    end
+  end
+end
+
+if op == 'return' or op == 'report' then
+  -- A counter that is gone (forgotten, or lost with Redis's data) takes
+  -- nothing back.
+  if redis.call('EXISTS', k) == 1 then
+    give_back()
+    if op == 'return' and bf ~= "" then
+      local tokens, updated = refilled()
+      if tokens ~= nil then
+        redis.call('HSET', k, bf .. ':t', tostring(math.min(tokens + ret_t, burst)), bf .. ':u', updated)
+      end
+    end
+    redis.call('EXPIRE', k, ttl)
+  end
+  return 0
+end
+if op == 'lease' then
+  give_back()
+end
+
+if kind ~= "" then
+  local q = redis.call('HMGET', k, 'pk', 'pe', 'used', 'allow', 'leased', 'stale')
+  used, allow, leased = tonumber(q[3]) or 0, tonumber(q[4]), tonumber(q[5]) or 0
+  if not (q[1] == kind and q[2] and now < tonumber(q[2])) then
+    -- A new period counts what was admitted on its days so far (as
+    -- counter.rs does): nothing after a period of the same kind, which
+    -- ends in a new epoch with its leases ('stale' keeps their units). A
+    -- new period kind that overlaps the stored period (of another kind)
+    -- also counts what that period's leases may have admitted and not yet
+    -- reported: their units stay counted until given back.
+    local stale = tonumber(q[6]) or 0
+    local carry = 0
+    if q[1] and q[1] ~= kind and tonumber(q[2]) > tonumber(pstart) then
+      used, carry = leased + stale, stale
+    else
+      used, stale, leased, epoch = 0, leased, 0, epoch + 1
+    end
     if q[1] and q[1] ~= kind then
       for d = math.floor(tonumber(pstart) / 86400), tonumber(day) do
         used = used + (tonumber(redis.call('HGET', k, 'd:' .. d .. ':u')) or 0)
       end
     end
-    redis.call('HSET', k, 'pk', kind, 'ps', pstart, 'pe', pend, 'used', used)
-    redis.call('HDEL', k, 'allow', 'ae', 'leased')
+    allow = nil
+    redis.call('HSET', k, 'pk', kind, 'ps', pstart, 'pe', pend, 'used', used, 'leased', leased,
+      'stale', stale, 'carry', carry, 'ep', epoch)
+    redis.call('HDEL', k, 'allow', 'ae')
   end
   remaining = quota_left()
 end
 
--- Adds `delta` (negative for units given back) to today's used count.
-local function record(delta)
-  local prefix = 'd:' .. day
-  local current = redis.call('HGET', k, prefix .. ':u')
-  if current then
-    redis.call('HSET', k, prefix .. ':u', math.max(tonumber(current) + delta, 0))
-  else
-    redis.call('HSET', k, prefix .. ':u', math.max(delta, 0))
-    -- A new day: drop every day before the 100 kept (as counter.rs does).
-    local oldest = tonumber(day) - 99
-    local dmin = tonumber(redis.call('HGET', k, 'dmin')) or tonumber(day)
-    for d = dmin, oldest - 1 do
-      redis.call('HDEL', k, 'd:' .. d .. ':u', 'd:' .. d .. ':r')
-    end
-    redis.call('HSET', k, 'dmin', math.max(dmin, oldest))
-  end
-  redis.call('HSET', k, prefix .. ':r', remaining + leased)
-end
-
-if op == 'report' then
-  if current and ret_pstart == pstart and report_n > 0 then
-    if ret_epoch == epoch then
-      leased = math.max(leased - report_n, 0)
-      redis.call('HSET', k, 'leased', leased)
-    end
-    record(report_n)
-    redis.call('EXPIRE', k, ttl)
-  end
-  return 0
-end
-
 if op == 'restore' then
-  if current then
-    local seen_used, seen_allow = tonumber(ARGV[24]) or 0, tonumber(ARGV[25]) or -1
+  if kind ~= "" then
+    local seen_used, seen_allow = tonumber(ARGV[23]) or 0, tonumber(ARGV[24]) or -1
     local base = tonumber(redis.call('HGET', k, 'rb')) or 0
     if seen_used > base then
       used = used + seen_used - base
       redis.call('HSET', k, 'used', used, 'rb', seen_used)
     end
-    local seen_epoch = tonumber(ARGV[26]) or 0
+    local seen_epoch = tonumber(ARGV[25]) or 0
     if seen_allow >= 0 then
       local allow_epoch = tonumber(redis.call('HGET', k, 'ae'))
       if not allow or (allow_epoch and (seen_epoch > allow_epoch
@@ -185,22 +276,34 @@ if op == 'restore' then
         redis.call('HSET', k, 'allow', seen_allow, 'ae', seen_epoch)
       end
     end
-    epoch = math.max(epoch, seen_epoch + 1)
-    redis.call('HSET', k, 'ep', epoch)
+    if seen_epoch >= epoch then
+      -- A new epoch: the leases of this one are stale.
+      redis.call('HINCRBY', k, 'stale', leased)
+      epoch, leased = seen_epoch + 1, 0
+    end
+    redis.call('HSET', k, 'ep', epoch, 'leased', leased)
     redis.call('EXPIRE', k, ttl)
   end
   return 0
+end
+
+-- UpdateUsage ends the epoch: the outstanding leased units become stale,
+-- and today's record (written next) counts them as used.
+local function write_off()
+  redis.call('HINCRBY', k, 'stale', leased)
+  redis.call('HINCRBY', k, 'd:' .. day .. ':w', leased)
 end
 
 if op == 'set' then
   -- A new epoch: every outstanding lease ends here, its units used (the
   -- caller then revokes them on every replica before it answers), and
   -- exactly `set_to` remain for leases and decisions from now on.
+  write_off()
   epoch = epoch + 1
   leased = 0
   allow = used + set_to
   remaining = quota_left()
-  redis.call('HSET', k, 'allow', allow, 'ep', epoch, 'leased', 0)
+  redis.call('HSET', k, 'allow', allow, 'ep', epoch, 'leased', 0, 'carry', 0)
   redis.call('HDEL', k, 'ae')
   record(0)
   redis.call('EXPIRE', k, ttl)
@@ -213,56 +316,35 @@ if op == 'add' then
   -- Outstanding leases stay valid while what is not leased out covers the
   -- change (they are slices of quota already reserved: more room, or less
   -- of the unreserved rest, never lets a replica admit too much), so adds
-  -- stay exact while replicas lease. A subtraction that reaches into the
-  -- leased units starts a new epoch as "set" does (the caller revokes):
-  -- nothing remains, and the leases' unspent units are lost, as with "set".
-  local target = math.min(quota_left() + set_to, 2147483647)
+  -- stay exact while replicas lease. The remaining it moves counts leased
+  -- units as remaining (as counter.rs, which leases nothing, does). A
+  -- subtraction that reaches into the leased units starts a new epoch as
+  -- "set" does (the caller revokes): the leases' unspent units are lost,
+  -- and exactly the new remaining is left.
+  local total = math.max((allow or plimit) - (used - leased), 0) + set_to
+  total = math.min(math.max(total, 0), 2147483647)
   local revoke = 0
-  if target < 0 then
-    epoch, leased, target, revoke = epoch + 1, 0, 0, 1
+  if total < leased then
+    write_off()
+    epoch, leased, revoke = epoch + 1, 0, 1
   end
-  allow = used + target
+  allow = used + total - leased
   remaining = quota_left()
-  redis.call('HSET', k, 'allow', allow, 'ep', epoch, 'leased', leased)
+  redis.call('HSET', k, 'allow', allow, 'ep', epoch, 'leased', leased, 'carry', 0)
   redis.call('HDEL', k, 'ae')
   record(0)
   redis.call('EXPIRE', k, ttl)
   return { tonumber(redis.call('HGET', k, 'd:' .. day .. ':u')), remaining + leased, used, allow, epoch, revoke }
 end
 
-if (op == 'lease' or op == 'return') and current and ret_pstart == pstart and ret_granted > 0 then
-  local spent = math.max(ret_granted - ret_reported - ret_q, 0)
-  if ret_epoch == epoch then
-    -- Unspent units come back; what is still outstanding of this lease ends.
-    used = math.max(used - ret_q, 0)
-    leased = math.max(leased - (ret_granted - ret_reported), 0)
-    remaining = quota_left()
-    redis.call('HSET', k, 'used', used, 'leased', leased)
-  end
-  record(spent)
-end
-
 -- The bucket, refilled up to now, with the returned tokens back in it.
 local tokens, updated = 0, now_us
 if bf ~= "" then
-  local t = redis.call('HMGET', k, bf .. ':t', bf .. ':u')
-  tokens, updated = tonumber(t[1]), tonumber(t[2])
+  tokens, updated = refilled()
   if tokens == nil then
     tokens, updated = burst, now_us
   end
-  if now_us > updated then
-    tokens = tokens + (now_us - updated) / 1e6 * rate
-    updated = now_us
-  end
   tokens = math.min(tokens + ret_t, burst)
-end
-
-if op == 'return' then
-  if bf ~= "" then
-    redis.call('HSET', k, bf .. ':t', tostring(tokens), bf .. ':u', updated)
-  end
-  redis.call('EXPIRE', k, ttl)
-  return { 0, tostring(tokens), remaining, 0, 0, epoch, used, allow or -1 }
 end
 
 local verdict = 0 -- 0 admitted, 1 throttled, 2 quota exceeded
@@ -291,6 +373,11 @@ if op == 'lease' then
   if kind ~= "" then
     q_take = math.min(want_q, math.floor(remaining / 8))
     grant = q_take > 0
+  elseif redis.call('HEXISTS', k, 'pk') == 1 then
+    -- Without the quota, on a counter that has a quota period: each request
+    -- counts in it when decided here (a lease could not say when its
+    -- requests were admitted, before or after the period or an UpdateUsage).
+    grant = false
   end
   if bf ~= "" then
     t_take = math.min(want_t, math.floor(tokens / 2))
@@ -306,6 +393,10 @@ if op == 'lease' then
 end
 if kind ~= "" then
   redis.call('HSET', k, 'used', used, 'leased', leased)
+elseif redis.call('HEXISTS', k, 'pk') == 1 then
+  -- No quota: the stored period counts the request all the same (as
+  -- counter.rs does), so a quota put back within it counts it.
+  redis.call('HINCRBY', k, 'used', 1)
 end
 record(1)
 redis.call('EXPIRE', k, ttl)

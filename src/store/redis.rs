@@ -273,9 +273,14 @@ impl RedisStore {
     /// GetUsage counts it as admitted.
     async fn report_spent(&self, leases: &Leases) -> Result<()> {
         for (slot, lease, n) in leases.take_unreported() {
-            let mut args = Args::new(jiff::Timestamp::now().into(), lease.quota.as_ref());
-            args.unspent = lease.unspent;
-            args.report = n;
+            let mut args = Args::new(lease.granted_at(), lease.quota.as_ref());
+            // The `n` admitted requests, and no units back.
+            args.unspent = Unspent {
+                units: 0,
+                admitted: n,
+                reported: 0,
+                ..lease.unspent
+            };
             let reported: Result<i64> = self.call(&slot.0, "report", args).await;
             if let Err(e) = reported {
                 leases.unreport(&slot, &lease, n);
@@ -290,15 +295,16 @@ impl RedisStore {
     async fn give_back(&self, leases: &Leases, taken: Vec<(lease::Slot, Lease)>) -> Result<()> {
         let mut taken = taken.into_iter();
         while let Some(((counter, bucket), lease)) = taken.next() {
-            let now = jiff::Timestamp::now();
-            let mut args = Args::new(now.into(), lease.quota.as_ref());
+            // As of when it was granted: its units belong to that period,
+            // what it admitted to that day, however late it comes back.
+            let mut args = Args::new(lease.granted_at(), lease.quota.as_ref());
             if let Some(throttle) = lease.throttle {
                 args.bucket = format!("b:{bucket}");
                 args.rate = throttle.rate_limit;
                 args.burst = throttle.burst_limit;
             }
             args.unspent = lease.unspent;
-            let answer: Result<Answer> = self.call(&counter, "return", args).await;
+            let answer: Result<i64> = self.call(&counter, "return", args).await;
             if let Err(e) = answer {
                 leases.keep((counter, bucket), lease);
                 for (slot, lease) in taken {
@@ -460,7 +466,6 @@ struct Args {
     set_to: i64,
     unspent: Unspent,
     want: (u64, u64),
-    report: u64,
     /// This replica saw the counter before.
     known: bool,
     /// For "restore": what it saw.
@@ -485,7 +490,6 @@ impl Args {
             set_to: 0,
             unspent: Unspent::default(),
             want: (0, 0),
-            report: 0,
             known: false,
             seen: None,
         }
@@ -524,14 +528,13 @@ impl Args {
             .arg(self.set_to)
             .arg(TTL_SECS)
             .arg(self.unspent.units)
-            .arg(self.unspent.granted)
+            .arg(self.unspent.unreported())
             .arg(self.unspent.tokens)
-            .arg(self.unspent.period_start)
+            .arg(self.unspent.day)
             .arg(self.want.0)
             .arg(self.want.1)
             .arg(self.unspent.epoch)
-            .arg(self.unspent.reported)
-            .arg(self.report)
+            .arg(if self.unspent.granted > 0 { "1" } else { "0" })
             .arg(if self.known { "1" } else { "0" })
             .arg(self.seen.map_or(0, |s| s.used))
             .arg(self.seen.map_or(-1, |s| s.allow))
@@ -656,12 +659,15 @@ impl CounterStore for RedisStore {
                         unspent: Unspent {
                             units,
                             granted: units,
+                            admitted: 0,
                             reported: 0,
                             tokens: leased_tokens,
                             period_start: period.0,
+                            day: args.day,
                             epoch,
                         },
                         period_end: period.1,
+                        granted_us: args.now_us,
                         expires_us: args.now_us
                             + i64::try_from(leases.config.ttl.as_micros()).unwrap_or(i64::MAX),
                         shared_remaining: remaining,
