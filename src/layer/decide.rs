@@ -108,11 +108,12 @@ impl Config {
                 return Err(Refusal::DisabledKey);
             }
             let binding = route.binding_for(&self.stage).ok_or(Refusal::NoPlan)?;
+            let throttle = binding
+                .plan
+                .throttle_for(&self.stage, head.method, head.uri.path());
             let request = DecisionRequest {
                 counter: &binding.counter,
-                throttle: binding
-                    .plan
-                    .throttle_for(&self.stage, head.method, head.uri.path()),
+                throttle: throttle.map(|(rule, _)| rule),
                 quota: binding.plan.quota(),
                 now,
             };
@@ -122,7 +123,7 @@ impl Config {
                 context: self.usage_context.then(|| {
                     let charge = ChargeRules {
                         store: store.clone(),
-                        method: request.throttle.and_then(|t| t.method).map(Box::from),
+                        method: throttle.and_then(|(_, key)| key.cloned()),
                         throttle: request.throttle.map(|t| t.throttle),
                         quota: request.quota,
                         now,

@@ -37,8 +37,10 @@ pub(crate) struct PlanRuntime {
 #[derive(Debug)]
 struct StageRuntime {
     stage: Stage,
-    /// Most specific first.
-    methods: Vec<(MethodRoute, (Box<str>, Throttle))>,
+    /// Most specific first. The keys are shared with the requests they
+    /// throttle (a [`UsageContext`](crate::UsageContext)'s charge names its
+    /// bucket without an allocation).
+    methods: Vec<(MethodRoute, (Arc<str>, Throttle))>,
 }
 
 impl PlanRuntime {
@@ -86,14 +88,15 @@ impl PlanRuntime {
     }
 
     /// The throttle for a request to `path` (as received): the most
-    /// specific method throttle of the stage, else the plan's. The path is
-    /// normalised only when the stage has method throttles.
+    /// specific method throttle of the stage (with its shared key), else
+    /// the plan's. The path is normalised only when the stage has method
+    /// throttles.
     pub(crate) fn throttle_for(
         &self,
         stage: &Stage,
         method: &Method,
         path: &str,
-    ) -> Option<ThrottleRule<'_>> {
+    ) -> Option<(ThrottleRule<'_>, Option<&Arc<str>>)> {
         let method_throttle = self
             .stages
             .iter()
@@ -105,13 +108,21 @@ impl PlanRuntime {
                     .find(|(route, _)| route.matches(method, &path))
             });
         match method_throttle {
-            Some((_, (key, throttle))) => Some(ThrottleRule {
-                method: Some(key),
-                throttle: *throttle,
-            }),
-            None => self.throttle.map(|throttle| ThrottleRule {
-                method: None,
-                throttle,
+            Some((_, (key, throttle))) => Some((
+                ThrottleRule {
+                    method: Some(key),
+                    throttle: *throttle,
+                },
+                Some(key),
+            )),
+            None => self.throttle.map(|throttle| {
+                (
+                    ThrottleRule {
+                        method: None,
+                        throttle,
+                    },
+                    None,
+                )
             }),
         }
     }
