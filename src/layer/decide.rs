@@ -108,12 +108,11 @@ impl Config {
                 return Err(Refusal::DisabledKey);
             }
             let binding = route.binding_for(&self.stage).ok_or(Refusal::NoPlan)?;
-            let throttle = binding
-                .plan
-                .throttle_for(&self.stage, head.method, head.uri.path());
             let request = DecisionRequest {
                 counter: &binding.counter,
-                throttle: throttle.map(|(rule, _)| rule),
+                throttle: binding
+                    .plan
+                    .throttle_for(&self.stage, head.method, head.uri.path()),
                 quota: binding.plan.quota(),
                 now,
             };
@@ -123,7 +122,10 @@ impl Config {
                 context: self.usage_context.then(|| {
                     let charge = ChargeRules {
                         store: store.clone(),
-                        method: throttle.and_then(|(_, key)| key.cloned()),
+                        method: request
+                            .throttle
+                            .and_then(|t| t.method)
+                            .map(|key| binding.plan.method_key(&self.stage, key)),
                         throttle: request.throttle.map(|t| t.throttle),
                         quota: request.quota,
                         now,

@@ -88,15 +88,14 @@ impl PlanRuntime {
     }
 
     /// The throttle for a request to `path` (as received): the most
-    /// specific method throttle of the stage (with its shared key), else
-    /// the plan's. The path is normalised only when the stage has method
-    /// throttles.
+    /// specific method throttle of the stage, else the plan's. The path is
+    /// normalised only when the stage has method throttles.
     pub(crate) fn throttle_for(
         &self,
         stage: &Stage,
         method: &Method,
         path: &str,
-    ) -> Option<(ThrottleRule<'_>, Option<&Arc<str>>)> {
+    ) -> Option<ThrottleRule<'_>> {
         let method_throttle = self
             .stages
             .iter()
@@ -108,23 +107,29 @@ impl PlanRuntime {
                     .find(|(route, _)| route.matches(method, &path))
             });
         match method_throttle {
-            Some((_, (key, throttle))) => Some((
-                ThrottleRule {
-                    method: Some(key),
-                    throttle: *throttle,
-                },
-                Some(key),
-            )),
-            None => self.throttle.map(|throttle| {
-                (
-                    ThrottleRule {
-                        method: None,
-                        throttle,
-                    },
-                    None,
-                )
+            Some((_, (key, throttle))) => Some(ThrottleRule {
+                method: Some(key),
+                throttle: *throttle,
+            }),
+            None => self.throttle.map(|throttle| ThrottleRule {
+                method: None,
+                throttle,
             }),
         }
+    }
+
+    /// The shared method-throttle key that [`throttle_for`](Self::throttle_for)
+    /// returned as `key` (found by address: no string comparison, no
+    /// allocation).
+    pub(crate) fn method_key(&self, stage: &Stage, key: &str) -> Arc<str> {
+        self.stages
+            .iter()
+            .filter(|s| s.stage == *stage)
+            .flat_map(|s| &s.methods)
+            .map(|(_, (shared, _))| shared)
+            .find(|shared| std::ptr::eq(shared.as_ptr(), key.as_ptr()))
+            .cloned()
+            .unwrap_or_else(|| key.into())
     }
 }
 
