@@ -511,6 +511,41 @@ async fn an_admitted_request_carries_its_charge_which_a_refund_gives_back() {
 }
 
 #[tokio::test]
+async fn a_refund_gives_back_to_the_method_throttle_that_charged() {
+    let clock = clock(NOW);
+    let plans = plans_with_clock(&clock);
+    let stage = ApiStage::new("petstore", "prod")
+        .with_method_throttle("/pets/{id}/GET", Throttle::new(0.001, 1).unwrap());
+    plan_with_key(
+        &plans,
+        NewUsagePlan::new("p")
+            .with_api_stage(stage)
+            .with_throttle(Throttle::new(0.001, 100).unwrap()),
+        KEY,
+    );
+    let service = tower::Layer::layer(
+        &UsagePlanLayer::new(plans).with_stage("petstore", "prod"),
+        service_fn(|mut request: Request<Body>| async move {
+            let usage = request.extensions_mut().get_mut::<UsageContext>().unwrap();
+            usage.take_charge().unwrap().refund().await.unwrap();
+            Ok::<_, std::convert::Infallible>(Response::new(Body::empty()))
+        }),
+    );
+    for _ in 0..3 {
+        let request = Request::get("/pets/7")
+            .header("x-api-key", KEY)
+            .body(Body::empty())
+            .unwrap();
+        let response = service.clone().oneshot(request).await.unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "the method's burst of 1, refunded each time"
+        );
+    }
+}
+
+#[tokio::test]
 async fn keys_kept_as_digests_are_found_by_value_and_never_by_digest() {
     let clock = clock(NOW);
     let hashed = tower_usage_plans::UsagePlans::builder()

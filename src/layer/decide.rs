@@ -122,7 +122,10 @@ impl Config {
                 context: self.usage_context.then(|| {
                     let charge = ChargeRules {
                         store: store.clone(),
-                        method: request.throttle.and_then(|t| t.method).map(Box::from),
+                        method: request
+                            .throttle
+                            .and_then(|t| t.method)
+                            .map(|key| binding.plan.method_key(&self.stage, key)),
                         throttle: request.throttle.map(|t| t.throttle),
                         quota: request.quota,
                         now,

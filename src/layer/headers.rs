@@ -162,6 +162,7 @@ impl Policy {
 
 /// A structured-field list of at most two items, written on the stack
 /// without `fmt` machinery.
+#[derive(Clone, Copy)]
 struct Field {
     buf: [u8; Field::CAPACITY],
     len: usize,
@@ -197,15 +198,24 @@ impl Field {
         self.push(digits.format(second).as_bytes());
     }
 
-    /// The list as a header value; `None` when empty (no policy, no header).
-    fn value(&self) -> Option<HeaderValue> {
-        HeaderValue::from_str(self.as_str()?).ok()
+    /// The list as a header value, copied once into its own buffer (one
+    /// allocation, no UTF-8 pass); `None` when empty (no policy, no header).
+    fn value(self) -> Option<HeaderValue> {
+        HeaderValue::from_maybe_shared(self)
+            .ok()
+            .filter(|value| !value.is_empty())
     }
 
     /// The list written so far; `None` when empty.
     fn as_str(&self) -> Option<&str> {
         let text = std::str::from_utf8(&self.buf[..self.len]).ok()?;
         (!text.is_empty()).then_some(text)
+    }
+}
+
+impl AsRef<[u8]> for Field {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
     }
 }
 

@@ -194,7 +194,8 @@ impl ShadowRefusal {
 /// What a decision applied: enough to give its spending back.
 pub(crate) struct ChargeRules {
     pub(crate) store: std::sync::Arc<dyn crate::store::CounterStore>,
-    pub(crate) method: Option<Box<str>>,
+    /// The method throttle's key, shared with the plan (no allocation).
+    pub(crate) method: Option<std::sync::Arc<str>>,
     pub(crate) throttle: Option<crate::Throttle>,
     pub(crate) quota: Option<crate::store::QuotaRule>,
     pub(crate) now: crate::UnixNanos,

@@ -37,8 +37,10 @@ pub(crate) struct PlanRuntime {
 #[derive(Debug)]
 struct StageRuntime {
     stage: Stage,
-    /// Most specific first.
-    methods: Vec<(MethodRoute, (Box<str>, Throttle))>,
+    /// Most specific first. The keys are shared with the requests they
+    /// throttle (a [`UsageContext`](crate::UsageContext)'s charge names its
+    /// bucket without an allocation).
+    methods: Vec<(MethodRoute, (Arc<str>, Throttle))>,
 }
 
 impl PlanRuntime {
@@ -114,6 +116,20 @@ impl PlanRuntime {
                 throttle,
             }),
         }
+    }
+
+    /// The shared method-throttle key that [`throttle_for`](Self::throttle_for)
+    /// returned as `key` (found by address: no string comparison, no
+    /// allocation).
+    pub(crate) fn method_key(&self, stage: &Stage, key: &str) -> Arc<str> {
+        self.stages
+            .iter()
+            .filter(|s| s.stage == *stage)
+            .flat_map(|s| &s.methods)
+            .map(|(_, (shared, _))| shared)
+            .find(|shared| std::ptr::eq(shared.as_ptr(), key.as_ptr()))
+            .cloned()
+            .unwrap_or_else(|| key.into())
     }
 }
 
