@@ -381,40 +381,40 @@ async fn a_trickling_body_gets_408_at_the_minimum_rate_and_costs_nothing() {
 #[tokio::test]
 async fn the_gateway_answers_too_long_urls_and_too_many_or_large_headers_itself() {
     let gateway = Gateway::start(config()).await.unwrap();
+    let too_large = (
+        431,
+        "Request Header Fields Too Large",
+        "RequestHeaderFieldsTooLargeException",
+    );
+    let many: String = (0..150).map(|i| format!("x-h{i}: {i}\r\n")).collect();
+    let cases = [
+        // A 9 KiB request target.
+        (
+            format!(
+                "GET /{} HTTP/1.1\r\nhost: gateway\r\nx-api-key: {KEY}\r\n\r\n",
+                "a".repeat(9 * 1024)
+            ),
+            (414, "Request-URI Too Long", "RequestUriTooLongException"),
+        ),
+        // 150 headers.
+        (
+            format!("GET / HTTP/1.1\r\nhost: gateway\r\nx-api-key: {KEY}\r\n{many}\r\n"),
+            too_large,
+        ),
+        // A 100 KiB header.
+        (
+            format!(
+                "GET / HTTP/1.1\r\nhost: gateway\r\nx-api-key: {}\r\n\r\n",
+                "k".repeat(100 * 1024)
+            ),
+            too_large,
+        ),
+    ];
     for addr in [gateway.data_addr(), gateway.admin_addr()] {
-        let long = format!(
-            "GET /{} HTTP/1.1\r\nhost: gateway\r\nx-api-key: {KEY}\r\n\r\n",
-            "a".repeat(9 * 1024)
-        );
-        let answer = exchange(addr, long.as_bytes(), true).await;
-        assert_aws(
-            &answer,
-            414,
-            "Request-URI Too Long",
-            "RequestUriTooLongException",
-        );
-
-        let many: String = (0..150).map(|i| format!("x-h{i}: {i}\r\n")).collect();
-        let sent = format!("GET / HTTP/1.1\r\nhost: gateway\r\nx-api-key: {KEY}\r\n{many}\r\n");
-        let answer = exchange(addr, sent.as_bytes(), true).await;
-        assert_aws(
-            &answer,
-            431,
-            "Request Header Fields Too Large",
-            "RequestHeaderFieldsTooLargeException",
-        );
-
-        let big = format!(
-            "GET / HTTP/1.1\r\nhost: gateway\r\nx-api-key: {}\r\n\r\n",
-            "k".repeat(100 * 1024)
-        );
-        let answer = exchange(addr, big.as_bytes(), true).await;
-        assert_aws(
-            &answer,
-            431,
-            "Request Header Fields Too Large",
-            "RequestHeaderFieldsTooLargeException",
-        );
+        for (sent, (status, message, error_type)) in &cases {
+            let answer = exchange(addr, sent.as_bytes(), true).await;
+            assert_aws(&answer, *status, message, error_type);
+        }
     }
     assert_eq!(used_today(&gateway).await[0], 0);
     gateway.shutdown().await.unwrap();
