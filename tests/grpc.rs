@@ -4,14 +4,13 @@
 //! `google.rpc.RetryInfo` gRPC clients read.
 
 mod support;
-use support::grpc::{client, incoming, keyed, retry_after, retry_delay};
+use support::grpc::{client, counted, incoming, keyed, retry_after, retry_delay};
 use support::{plan_with_key, redis_server, usage, usage_grpc};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_stream::StreamExt;
 use tonic::transport::Server;
 use tonic::{Code, Request, Status};
 use tonic_types::StatusExt;
@@ -103,12 +102,7 @@ async fn a_server_stream_costs_one_unit_however_many_messages() {
         .await
         .unwrap();
     assert!(response.metadata().contains_key("ratelimit"));
-    let replies: Vec<u32> = response
-        .into_inner()
-        .map(|reply| reply.unwrap().i)
-        .collect()
-        .await;
-    assert_eq!(replies, [1, 2, 3, 4, 5]);
+    assert_eq!(counted(response).await, [1, 2, 3, 4, 5]);
     assert_eq!(usage_today(&f.plans, &f.plan_id, &f.key_id).await, [1, 9]);
 }
 

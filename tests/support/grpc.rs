@@ -6,11 +6,14 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
+use tonic::codec::Streaming;
 use tonic::transport::Channel;
-use tonic::{Request, Status};
+use tonic::{Request, Response, Status};
 use tonic_types::StatusExt;
 
-use super::usage_grpc::{UsageClient, UsageServer};
+use super::net::within;
+use super::usage_grpc::{CountReply, UsageClient, UsageServer};
 
 /// A listener on an ephemeral port, as `serve_with_incoming` takes it.
 pub async fn incoming() -> (SocketAddr, TcpListenerStream) {
@@ -48,6 +51,13 @@ pub fn keyed<T>(message: T, key: &str) -> Request<T> {
         .metadata_mut()
         .insert("x-api-key", key.parse().unwrap());
     request
+}
+
+/// The numbers a `Count` call streamed, read to the stream's end (every
+/// message a success).
+pub async fn counted(response: Response<Streaming<CountReply>>) -> Vec<u32> {
+    let replies = response.into_inner().map(|reply| reply.unwrap().i);
+    within("the Count stream", replies.collect::<Vec<_>>()).await
 }
 
 /// The `RetryInfo` delay of a status, as tonic-types decodes it.
