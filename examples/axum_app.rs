@@ -10,26 +10,16 @@
 
 use axum::routing::get;
 use axum::{Extension, Router};
-use tower_usage_plans::{
-    NewApiKey, NewUsagePlan, Quota, QuotaPeriod, Throttle, UsageContext, UsagePlanLayer, UsagePlans,
-};
+#[path = "support/demo.rs"]
+mod demo;
 
-const DEMO_KEY: &str = "demo-key-0123456789abcdef";
+use demo::{demo_plans, DEMO_KEY};
+use tower_usage_plans::{UsageContext, UsagePlanLayer};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let plans = UsagePlans::new();
-    let plan = plans.create_usage_plan(
-        NewUsagePlan::new("demo")
-            .with_throttle(Throttle::new(2.0, 5)?)
-            .with_quota(Quota::new(100, QuotaPeriod::Day)),
-    )?;
-    let key = plans.create_api_key(
-        NewApiKey::new("demo")
-            .with_value(DEMO_KEY)
-            .with_enabled(true),
-    )?;
-    plans.add_key_to_plan(&plan.id, &key.id)?;
+    // The demo plan with the demo key in it (`support/demo.rs`).
+    let plans = demo_plans()?;
 
     let app = Router::new()
         .route("/pets", get(pets))

@@ -14,27 +14,17 @@
 #[path = "support/usage_grpc.rs"]
 mod usage_grpc;
 
-use tower_usage_plans::{
-    GrpcRefusal, NewApiKey, NewUsagePlan, Quota, QuotaPeriod, Throttle, UsagePlanLayer, UsagePlans,
-};
-use usage_grpc::UsageServer;
+#[path = "support/demo.rs"]
+mod demo;
 
-const DEMO_KEY: &str = "demo-key-0123456789abcdef";
+use demo::demo_plans;
+use tower_usage_plans::{GrpcRefusal, UsagePlanLayer};
+use usage_grpc::UsageServer;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let plans = UsagePlans::new();
-    let plan = plans.create_usage_plan(
-        NewUsagePlan::new("demo")
-            .with_throttle(Throttle::new(2.0, 5)?)
-            .with_quota(Quota::new(100, QuotaPeriod::Day)),
-    )?;
-    let key = plans.create_api_key(
-        NewApiKey::new("demo")
-            .with_value(DEMO_KEY)
-            .with_enabled(true),
-    )?;
-    plans.add_key_to_plan(&plan.id, &key.id)?;
+    // The demo plan with the demo key in it (`support/demo.rs`).
+    let plans = demo_plans()?;
 
     // tonic's body cannot be built from bytes: `GrpcRefusal` answers every
     // refusal as a gRPC status with an empty body.

@@ -16,6 +16,16 @@ use tower_usage_plans::{ManualClock, UsagePlans};
 const V1: &str = "value-one-0123456789abcdef";
 const V2: &str = "value-two-0123456789abcdef";
 
+/// The body of a plan named "p" with a daily quota of `limit`.
+fn daily_quota(limit: u64) -> Value {
+    json!({"name": "p", "quota": {"limit": limit, "period": "DAY"}})
+}
+
+/// The body of a plan named "p" throttled at `rate` requests/s, `burst` at once.
+fn throttled(rate: f64, burst: u64) -> Value {
+    json!({"name": "p", "throttle": {"rateLimit": rate, "burstLimit": burst}})
+}
+
 /// Creates the plan `plan` and an enabled key with `value`, and puts the key in it.
 async fn metered(env: &Env, plan: Value, value: &str) -> (Value, Value) {
     let plan = env.admin.create_plan(plan).await;
@@ -276,7 +286,7 @@ async fn import_api_keys_from_csv() {
             bad.as_bytes(),
         )
         .await;
-    assert_error(&resp, 400, "BadRequestException");
+    assert_bad_request(&resp);
     assert_eq!(env.plans.key_count(), 2);
     assert!(env
         .plans
@@ -308,7 +318,7 @@ async fn import_api_keys_from_csv() {
             again.as_bytes(),
         )
         .await;
-    assert_error(&resp, 400, "BadRequestException");
+    assert_bad_request(&resp);
     let resp = a
         .raw(
             "POST",
@@ -317,7 +327,7 @@ async fn import_api_keys_from_csv() {
             b"name,value\nx,y\n",
         )
         .await;
-    assert_error(&resp, 400, "BadRequestException");
+    assert_bad_request(&resp);
     assert_eq!(env.plans.key_count(), 2);
 }
 
@@ -521,12 +531,7 @@ async fn usage_plan_keys_create_get_list_delete() {
 async fn update_usage_seed_exchange() {
     let env = env().await;
     let a = &env.admin;
-    let (plan, key) = metered(
-        &env,
-        json!({"name": "p", "quota": {"limit": 1000, "period": "DAY"}}),
-        V1,
-    )
-    .await;
+    let (plan, key) = metered(&env, daily_quota(1000), V1).await;
     let (pid, kid) = (id(&plan), id(&key));
     let path = format!("/usageplans/{pid}/keys/{kid}/usage");
     let body = br#"{"patchOperations":[{"op":"replace","path":"/remaining","value":"10"}]}"#;
@@ -546,9 +551,16 @@ async fn update_usage_seed_exchange() {
     for _ in 0..3 {
         assert_eq!(env.data(Some(V1)).await.0, StatusCode::OK);
     }
-    let (status, _, usage) = a.patch_ops(&path, &[("replace", "/remaining", "10")]).await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(usage["values"], json!({kid: [[3, 10]]}));
+    // One operation on /remaining: 200, and the values it answers with.
+    let values_after = |op: &'static str, value: &'static str| {
+        let path = &path;
+        async move {
+            let (status, _, usage) = a.patch_ops(path, &[(op, "/remaining", value)]).await;
+            assert_eq!(status, StatusCode::OK, "{usage}");
+            usage["values"].clone()
+        }
+    };
+    assert_eq!(values_after("replace", "10").await, json!({kid: [[3, 10]]}));
     let remaining = || async {
         let u = env
             .plans
@@ -561,47 +573,29 @@ async fn update_usage_seed_exchange() {
 
     // Refusals, none of which changes the remaining quota.
     for value in ["-1", "1.5", "ten", ""] {
-        assert_error(
+        assert_bad_request(
             &a.patch_ops(&path, &[("replace", "/remaining", value)])
                 .await,
-            400,
-            "BadRequestException",
         );
     }
     for op in ["remove", "copy", "move", "test"] {
-        assert_error(
-            &a.patch_ops(&path, &[(op, "/remaining", "5")]).await,
-            400,
-            "BadRequestException",
-        );
+        assert_bad_request(&a.patch_ops(&path, &[(op, "/remaining", "5")]).await);
     }
-    assert_error(
-        &a.patch_ops(&path, &[("replace", "/used", "5")]).await,
-        400,
-        "BadRequestException",
-    );
-    assert_error(
-        &a.patch(&path, json!({"patchOperations": []})).await,
-        400,
-        "BadRequestException",
-    );
-    assert_error(
+    assert_bad_request(&a.patch_ops(&path, &[("replace", "/used", "5")]).await);
+    assert_bad_request(&a.patch(&path, json!({"patchOperations": []})).await);
+    assert_bad_request(
         &a.patch(
             &path,
             json!({"patchOperations": [{"op": "replace", "path": "/remaining", "value": 5}]}),
         )
         .await,
-        400,
-        "BadRequestException",
     );
-    assert_error(
+    assert_bad_request(
         &a.patch_ops(
             &path,
             &[("replace", "/remaining", "5"), ("add", "/remaining", "6")],
         )
         .await,
-        400,
-        "BadRequestException",
     );
     assert_eq!(remaining().await, [[3, 10]]);
 
@@ -611,11 +605,7 @@ async fn update_usage_seed_exchange() {
         format!("/usageplans/{pid}/keys/nosuchkey/usage"),
         format!("/usageplans/{pid}/keys/{}/usage", id(&other_key)),
     ] {
-        assert_error(
-            &a.patch_ops(&bad, &[("replace", "/remaining", "5")]).await,
-            404,
-            "NotFoundException",
-        );
+        assert_not_found(&a.patch_ops(&bad, &[("replace", "/remaining", "5")]).await);
     }
     assert_eq!(remaining().await, [[3, 10]]);
 
@@ -631,47 +621,22 @@ async fn update_usage_seed_exchange() {
         "-2147483648",
         "99999999999999999999",
     ] {
-        assert_error(
-            &a.patch_ops(&path, &[("add", "/remaining", value)]).await,
-            400,
-            "BadRequestException",
-        );
+        assert_bad_request(&a.patch_ops(&path, &[("add", "/remaining", value)]).await);
     }
     assert_eq!(remaining().await, [[3, 10]]);
-    let (status, _, usage) = a.patch_ops(&path, &[("add", "/remaining", "500")]).await;
-    assert_eq!(
-        (status, &usage["values"]),
-        (StatusCode::OK, &json!({kid: [[3, 510]]}))
-    );
-    let (status, _, usage) = a.patch_ops(&path, &[("add", "/remaining", "-10")]).await;
-    assert_eq!(
-        (status, &usage["values"]),
-        (StatusCode::OK, &json!({kid: [[3, 500]]}))
-    );
-    let (status, _, usage) = a
-        .patch_ops(&path, &[("add", "/remaining", "-100000")])
-        .await;
-    assert_eq!(
-        (status, &usage["values"]),
-        (StatusCode::OK, &json!({kid: [[3, 0]]}))
-    );
+    assert_eq!(values_after("add", "500").await, json!({kid: [[3, 510]]}));
+    assert_eq!(values_after("add", "-10").await, json!({kid: [[3, 500]]}));
+    assert_eq!(values_after("add", "-100000").await, json!({kid: [[3, 0]]}));
     assert_eq!(env.data(Some(V1)).await.0, StatusCode::TOO_MANY_REQUESTS);
-    let (status, _, usage) = a.patch_ops(&path, &[("add", "/remaining", "1")]).await;
-    assert_eq!(
-        (status, &usage["values"]),
-        (StatusCode::OK, &json!({kid: [[3, 1]]}))
-    );
+    assert_eq!(values_after("add", "1").await, json!({kid: [[3, 1]]}));
     assert_eq!(env.data(Some(V1)).await.0, StatusCode::OK);
     assert_eq!(remaining().await, [[4, 0]]);
-    a.patch_ops(&path, &[("replace", "/remaining", "10")]).await;
+    values_after("replace", "10").await;
 
     // Above the plan's limit is allowed ("usage extension").
-    let (status, _, usage) = a
-        .patch_ops(&path, &[("replace", "/remaining", "5000")])
-        .await;
     assert_eq!(
-        (status, &usage["values"]),
-        (StatusCode::OK, &json!({kid: [[4, 5000]]}))
+        values_after("replace", "5000").await,
+        json!({kid: [[4, 5000]]})
     );
 }
 
@@ -681,12 +646,7 @@ async fn get_usage_per_day_and_paged_by_key() {
     let clock = ManualClock::new("2026-11-26T12:00:00Z".parse().unwrap());
     let env = env_with(UsagePlans::builder().with_clock(clock.clone()).build()).await;
     let a = &env.admin;
-    let (plan, k1) = metered(
-        &env,
-        json!({"name": "p", "quota": {"limit": 100, "period": "DAY"}}),
-        V1,
-    )
-    .await;
+    let (plan, k1) = metered(&env, daily_quota(100), V1).await;
     let pid = id(&plan);
     let k2 = a.create_key("k2", V2).await;
     a.add_key(&plan, &k2).await;
@@ -748,23 +708,15 @@ async fn get_usage_per_day_and_paged_by_key() {
         format!("{range}&limit=501"),
         format!("{range}&position=zz"),
     ] {
-        assert_error(
-            &a.get(&format!("/usageplans/{pid}/usage?{bad}")).await,
-            400,
-            "BadRequestException",
-        );
+        assert_bad_request(&a.get(&format!("/usageplans/{pid}/usage?{bad}")).await);
     }
-    assert_error(
+    assert_not_found(
         &a.get(&format!("/usageplans/nosuchplan/usage?{range}"))
             .await,
-        404,
-        "NotFoundException",
     );
-    assert_error(
+    assert_not_found(
         &a.get(&format!("/usageplans/{pid}/usage?keyId=nosuchkey&{range}"))
             .await,
-        404,
-        "NotFoundException",
     );
 }
 
@@ -774,12 +726,7 @@ async fn get_usage_per_day_and_paged_by_key() {
 async fn bad_requests_change_nothing() {
     let env = env().await;
     let a = &env.admin;
-    let (plan, key) = metered(
-        &env,
-        json!({"name": "p", "throttle": {"rateLimit": 10.0, "burstLimit": 20}}),
-        V1,
-    )
-    .await;
+    let (plan, key) = metered(&env, throttled(10.0, 20), V1).await;
     let (pid, kid) = (id(&plan).to_owned(), id(&key).to_owned());
     let plan_path = format!("/usageplans/{pid}");
     let key_path = format!("/apikeys/{kid}");
@@ -800,7 +747,7 @@ async fn bad_requests_change_nothing() {
         let resp = a
             .raw(method, path, Some("application/json"), b"{\"name\": ")
             .await;
-        assert_error(&resp, 400, "BadRequestException");
+        assert_bad_request(&resp);
     }
     for (path, body) in [
         ("/usageplans", json!({"description": "no name"})),
@@ -819,22 +766,18 @@ async fn bad_requests_change_nothing() {
         ("/apikeys", json!({"name": "short", "value": "too-short"})),
         ("/apikeys", json!({"name": "typed", "enabled": "yes"})),
     ] {
-        assert_error(&a.post(path, body).await, 400, "BadRequestException");
+        assert_bad_request(&a.post(path, body).await);
     }
-    assert_error(
+    assert_bad_request(
         &a.post(
             &format!("{plan_path}/keys"),
             json!({"keyId": kid, "keyType": "OTHER"}),
         )
         .await,
-        400,
-        "BadRequestException",
     );
-    assert_error(
+    assert_bad_request(
         &a.post(&format!("{plan_path}/keys"), json!({"keyType": "API_KEY"}))
             .await,
-        400,
-        "BadRequestException",
     );
 
     // Unknown op or path, wrong value type; a valid op first is not applied either.
@@ -850,11 +793,7 @@ async fn bad_requests_change_nothing() {
             ("replace", "/throttle/burstLimit", "1.5"),
         ],
     ] {
-        assert_error(
-            &a.patch_ops(&plan_path, &ops).await,
-            400,
-            "BadRequestException",
-        );
+        assert_bad_request(&a.patch_ops(&plan_path, &ops).await);
     }
     for ops in [
         vec![("replace", "/enabled", "maybe")],
@@ -862,35 +801,19 @@ async fn bad_requests_change_nothing() {
         vec![("copy", "/name", "x")],
         vec![("replace", "/name", "renamed"), ("replace", "/nope", "x")],
     ] {
-        assert_error(
-            &a.patch_ops(&key_path, &ops).await,
-            400,
-            "BadRequestException",
-        );
+        assert_bad_request(&a.patch_ops(&key_path, &ops).await);
     }
     let non_string =
         json!({"patchOperations": [{"op": "replace", "path": "/throttle/burstLimit", "value": 5}]});
-    assert_error(
-        &a.patch(&plan_path, non_string).await,
-        400,
-        "BadRequestException",
-    );
+    assert_bad_request(&a.patch(&plan_path, non_string).await);
 
     // limit=0 (and other bad paging) on every list operation.
     for path in ["/apikeys", "/usageplans", &format!("{plan_path}/keys")] {
         for q in ["limit=0", "limit=-1", "limit=x", "position=zz"] {
-            assert_error(
-                &a.get(&format!("{path}?{q}")).await,
-                400,
-                "BadRequestException",
-            );
+            assert_bad_request(&a.get(&format!("{path}?{q}")).await);
         }
     }
-    assert_error(
-        &a.get(&format!("{key_path}?includeValue=maybe")).await,
-        400,
-        "BadRequestException",
-    );
+    assert_bad_request(&a.get(&format!("{key_path}?includeValue=maybe")).await);
 
     let (_, _, plan_after) = a.get(&plan_path).await;
     let (_, _, key_after) = a.get(&format!("{key_path}?includeValue=true")).await;
@@ -952,7 +875,7 @@ async fn not_found_errors() {
             Some(plan_msg),
         ),
     ] {
-        let got = assert_error(&resp, 404, "NotFoundException");
+        let got = assert_not_found(&resp);
         if let Some(message) = message {
             assert_eq!(got, message);
         }
@@ -1119,7 +1042,7 @@ async fn unknown_routes_and_oversized_bodies_answer_json() {
         "/usageplans/p/keys/k/usage/extra",
         "/apikeys/k/usage",
     ] {
-        assert_error(&a.get(path).await, 404, "NotFoundException");
+        assert_not_found(&a.get(path).await);
     }
     assert_error(
         &a.raw("PUT", "/apikeys", Some("application/json"), b"{}")
@@ -1173,12 +1096,7 @@ async fn unknown_routes_and_oversized_bodies_answer_json() {
 async fn update_usage_is_enforced_on_the_next_request() {
     let env = env().await;
     let a = &env.admin;
-    let (plan, key) = metered(
-        &env,
-        json!({"name": "p", "quota": {"limit": 1000, "period": "DAY"}}),
-        V1,
-    )
-    .await;
+    let (plan, key) = metered(&env, daily_quota(1000), V1).await;
     let path = format!("/usageplans/{}/keys/{}/usage", id(&plan), id(&key));
     assert_eq!(env.data(Some(V1)).await, (StatusCode::OK, "pets".into()));
     let (status, _, usage) = a.patch_ops(&path, &[("replace", "/remaining", "1")]).await;
@@ -1210,12 +1128,7 @@ async fn update_usage_is_enforced_on_the_next_request() {
 async fn update_usage_plan_throttle_is_enforced_on_the_next_request() {
     let env = env().await;
     let a = &env.admin;
-    let (plan, _) = metered(
-        &env,
-        json!({"name": "p", "throttle": {"rateLimit": 100.0, "burstLimit": 100}}),
-        V1,
-    )
-    .await;
+    let (plan, _) = metered(&env, throttled(100.0, 100), V1).await;
     let path = format!("/usageplans/{}", id(&plan));
     assert_eq!(env.data(Some(V1)).await.0, StatusCode::OK);
     let (status, _, updated) = a

@@ -6,80 +6,40 @@
 //! deadline so a regression fails instead of hanging.
 
 mod support;
-use net::{get, send, within, TempDir};
+use net::{
+    channel_body, closed_addr, get, h1_client, h2_client, http1_server, send, until_closed, within,
+    TempDir,
+};
+use support::gateway_config::{daily_quota, one_key};
 use support::{net, usage};
 use usage::usage_today;
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper::body::{Body, Frame, Incoming};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Notify};
-use tower_usage_plans::gateway::{FilePlan, Gateway, GatewayConfig, Stage};
-use tower_usage_plans::{NewApiKey, NewUsagePlan, Quota, QuotaPeriod};
+use tower_usage_plans::gateway::{Gateway, GatewayConfig, Stage};
 
 const KEY: &str = "gateway-test-key-0123456789";
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// One key (`KEY`, named "tester") in one plan ("testing") with a daily
 /// quota of `limit`; listeners on ephemeral ports; the echo upstream.
 fn config(limit: u64) -> GatewayConfig {
-    GatewayConfig {
-        listen: ([127, 0, 0, 1], 0).into(),
-        admin_listen: ([127, 0, 0, 1], 0).into(),
-        keys: vec![NewApiKey::new("tester").with_value(KEY).with_enabled(true)],
-        plans: vec![FilePlan {
-            plan: NewUsagePlan::new("testing").with_quota(Quota::new(limit, QuotaPeriod::Day)),
-            keys: vec!["tester".into()],
-        }],
-        ..GatewayConfig::default()
-    }
+    one_key(KEY, daily_quota(limit))
 }
 
 fn json(body: &[u8]) -> serde_json::Value {
     serde_json::from_slice(body)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
-}
-
-/// A hyper HTTP/1.1 server on an ephemeral port answering with `handler`.
-async fn upstream<F, Fut, B>(handler: F) -> SocketAddr
-where
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Response<B>> + Send + 'static,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let handler = handler.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |request| {
-                    let response = handler(request);
-                    async move { Ok::<_, Infallible>(response.await) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    addr
 }
 
 fn with_upstream(mut config: GatewayConfig, base: &str) -> GatewayConfig {
@@ -110,29 +70,6 @@ fn big_chunk() -> Bytes {
         .into()
 }
 
-/// A body whose chunks the test sends one by one; it ends when the sender
-/// is dropped.
-struct ChannelBody(mpsc::Receiver<Bytes>);
-
-fn channel_body() -> (mpsc::Sender<Bytes>, ChannelBody) {
-    let (tx, rx) = mpsc::channel(4);
-    (tx, ChannelBody(rx))
-}
-
-impl Body for ChannelBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.0
-            .poll_recv(cx)
-            .map(|chunk| chunk.map(|c| Ok(Frame::data(c))))
-    }
-}
-
 /// What the upstream reports to the test while it handles one request.
 enum Seen {
     Head(http::request::Parts),
@@ -144,7 +81,7 @@ enum Seen {
 #[tokio::test]
 async fn forwards_request_and_response_streaming_both_ways() {
     let (seen_tx, mut seen) = mpsc::unbounded_channel::<Seen>();
-    let upstream_addr = upstream(move |request: Request<Incoming>| {
+    let upstream_addr = http1_server(move |request: Request<Incoming>| {
         let seen_tx = seen_tx.clone();
         async move {
             let (parts, mut body) = request.into_parts();
@@ -157,7 +94,7 @@ async fn forwards_request_and_response_streaming_both_ways() {
             }
             seen_tx.send(Seen::End).unwrap();
             // Answer with a body the test feeds chunk by chunk.
-            let (sender, body) = channel_body();
+            let (sender, body) = channel_body(4);
             seen_tx.send(Seen::Responding(sender)).unwrap();
             Response::builder()
                 .status(StatusCode::CREATED)
@@ -178,7 +115,7 @@ async fn forwards_request_and_response_streaming_both_ways() {
     .unwrap();
     let key_id = gateway.plans().api_key_by_value(KEY).unwrap().id;
 
-    let (request_body, body) = channel_body();
+    let (request_body, body) = channel_body(4);
     let request = Request::put("/a/b%20c?x=1&y=two&y=3")
         .header("host", "gateway.test")
         .header("x-api-key", KEY)
@@ -348,7 +285,7 @@ fn request_id(headers: &http::HeaderMap) -> String {
 async fn every_data_plane_response_has_a_fresh_request_id_which_the_upstream_sees() {
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let recorded = seen.clone();
-    let upstream = upstream(move |request: Request<Incoming>| {
+    let upstream = http1_server(move |request: Request<Incoming>| {
         let recorded = recorded.clone();
         async move {
             let id = request.headers()["x-amzn-requestid"]
@@ -417,13 +354,8 @@ async fn every_data_plane_response_has_a_fresh_request_id_which_the_upstream_see
 /// gateway closes the connection — well within the default header read
 /// timeout (30 s), so only the test's own short timeout can have closed it.
 async fn answer_before_close(addr: SocketAddr, sent: &[u8]) -> String {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream.write_all(sent).await.unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
-        .await
-        .unwrap_or_else(|_| panic!("the connection after {sent:?} was never closed"))
-        .unwrap();
+    let (answer, read) = until_closed(addr, sent, false).await;
+    read.unwrap_or_else(|e| panic!("the connection after {sent:?} was reset: {e}"));
     String::from_utf8_lossy(&answer).into_owned()
 }
 
@@ -454,11 +386,7 @@ async fn a_client_that_stalls_in_its_headers_loses_the_connection() {
 #[tokio::test]
 async fn upstream_down_is_502_json() {
     // A port nothing listens on: bind it, note it, free it.
-    let closed = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed = closed_addr();
     let gateway = Gateway::start(with_upstream(config(100), &format!("http://{closed}")))
         .await
         .unwrap();
@@ -482,7 +410,7 @@ async fn slow_upstream_is_504_json() {
     // notification nobody sends.
     let hold = Arc::new(Notify::new());
     let held = hold.clone();
-    let upstream_addr = upstream(move |_request: Request<Incoming>| {
+    let upstream_addr = http1_server(move |_request: Request<Incoming>| {
         let arrived_tx = arrived_tx.clone();
         let held = held.clone();
         async move {
@@ -640,13 +568,7 @@ async fn a_client_connection_keeps_its_own_upstream_connection_and_replaces_it_w
     let mut config = with_upstream(config(100), &format!("http://{upstream_addr}"));
     config.upstream_timeout = Duration::from_millis(200);
     let gateway = Gateway::start(config).await.unwrap();
-    let stream = tokio::net::TcpStream::connect(gateway.data_addr())
-        .await
-        .unwrap();
-    let (mut client, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
-    tokio::spawn(connection);
+    let mut client = h1_client(gateway.data_addr()).await;
 
     // One upstream connection (the upstream numbers them) serves the client
     // connection's requests; when the upstream closes it after `/close`,
@@ -678,16 +600,7 @@ async fn concurrent_http2_streams_of_one_connection_are_all_forwarded() {
     ))
     .await
     .unwrap();
-    let stream = tokio::net::TcpStream::connect(gateway.data_addr())
-        .await
-        .unwrap();
-    let (client, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
+    let client = h2_client(gateway.data_addr()).await;
 
     // The upstream answers `/pair` only once both are in: the second must
     // not wait for the first's connection.

@@ -12,9 +12,10 @@
 //! test fails.
 
 mod support;
-use net::{get, within, TempDir, DEADLINE};
+use net::{get, http1_server, within, TempDir, DEADLINE};
 use support::eventually::eventually;
-use support::{net, tls, usage_grpc};
+use support::redis_server::free_port;
+use support::{grpc, net, tls, usage_grpc};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -25,10 +26,7 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -256,6 +254,18 @@ keys = ["tester"]
     )
 }
 
+/// Writes `gateway.toml` into `dir`: [`config_text`] with the state file
+/// `state.json` in `dir`, plus `extra`. The state file's path and the
+/// configuration's.
+fn config_with_state(dir: &TempDir, limit: u64, extra: &str) -> (PathBuf, PathBuf) {
+    let state = dir.join("state.json");
+    let extra = format!("state_file = {:?}\n{extra}", state.to_str().unwrap());
+    (
+        state,
+        dir.write("gateway.toml", &config_text(limit, &extra)),
+    )
+}
+
 /// The sum of every counter's `used` in a state file, `None` while the
 /// file is missing. (The file's counter layout is internal; this reads
 /// `counters[].state.used`, as written by `src/gateway/state.rs`.)
@@ -295,14 +305,7 @@ async fn kill_9_keeps_every_flushed_count_and_the_state_file_readable() {
     const LIMIT: u64 = 7;
     const N: u64 = 4;
     let dir = TempDir::new("kill9");
-    let state = dir.0.join("state.json");
-    let config = dir.write(
-        "gateway.toml",
-        &config_text(
-            LIMIT,
-            &format!("state_file = {:?}", state.to_str().unwrap()),
-        ),
-    );
+    let (state, config) = config_with_state(&dir, LIMIT, "");
     let args = ["--config", config.to_str().unwrap()];
 
     let mut gateway = spawn(&args, &dir.0);
@@ -453,48 +456,26 @@ async fn a_bad_configuration_exits_non_zero_naming_the_field() {
 /// An upstream that reports each request and answers it only when the
 /// test says so.
 async fn held_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<oneshot::Sender<()>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let (arrived_tx, arrived) = mpsc::unbounded_channel::<oneshot::Sender<()>>();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let arrived_tx = arrived_tx.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |_request: Request<Incoming>| {
-                    let arrived_tx = arrived_tx.clone();
-                    async move {
-                        let (release, released) = oneshot::channel();
-                        let _ = arrived_tx.send(release);
-                        let _ = released.await;
-                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(
-                            Bytes::from_static(b"finished"),
-                        )))
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
+    let addr = http1_server(move |_request: Request<Incoming>| {
+        let arrived_tx = arrived_tx.clone();
+        async move {
+            let (release, released) = oneshot::channel();
+            let _ = arrived_tx.send(release);
+            let _ = released.await;
+            Response::new(Full::new(Bytes::from_static(b"finished")))
         }
-    });
+    })
+    .await;
     (addr, arrived)
 }
 
 #[tokio::test]
 async fn sigterm_lets_the_in_flight_request_finish_then_exits_0() {
     let dir = TempDir::new("sigterm");
-    let state = dir.0.join("state.json");
     let (upstream, mut arrived) = held_upstream().await;
-    let config = dir.write(
-        "gateway.toml",
-        &config_text(
-            100,
-            &format!(
-                "upstream = \"http://{upstream}\"\nstate_file = {:?}",
-                state.to_str().unwrap()
-            ),
-        ),
-    );
+    let (state, config) =
+        config_with_state(&dir, 100, &format!("upstream = \"http://{upstream}\""));
     let mut gateway = spawn(&["--config", config.to_str().unwrap()], &dir.0);
     let (data, _) = gateway.ready().await;
 
@@ -522,16 +503,10 @@ async fn sigterm_lets_the_in_flight_request_finish_then_exits_0() {
 async fn sigterm_closes_idle_connections_at_once() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = TempDir::new("sigterm-idle");
-    let state = dir.0.join("state.json");
-    let config = dir.write(
-        "gateway.toml",
-        &config_text(
-            100,
-            &format!(
-                "state_file = {:?}\nshutdown_grace_secs = 300\nheader_read_timeout_secs = 0",
-                state.to_str().unwrap()
-            ),
-        ),
+    let (state, config) = config_with_state(
+        &dir,
+        100,
+        "shutdown_grace_secs = 300\nheader_read_timeout_secs = 0",
     );
     let mut gateway = spawn(&["--config", config.to_str().unwrap()], &dir.0);
     let (data, _) = gateway.ready().await;
@@ -558,11 +533,7 @@ async fn sigterm_closes_idle_connections_at_once() {
 #[tokio::test]
 async fn sigterm_right_after_ready_is_graceful() {
     let dir = TempDir::new("sigterm-ready");
-    let state = dir.0.join("state.json");
-    let config = dir.write(
-        "gateway.toml",
-        &config_text(100, &format!("state_file = {:?}", state.to_str().unwrap())),
-    );
+    let (state, config) = config_with_state(&dir, 100, "");
     let mut gateway = spawn(&["--config", config.to_str().unwrap()], &dir.0);
     gateway.ready().await;
     gateway.signal("TERM");
@@ -694,18 +665,9 @@ async fn shadow_mode_refuses_nothing_counts_exactly_and_reports_would_be_refusal
 
 #[tokio::test]
 async fn a_tonic_client_through_the_binary_to_a_tonic_upstream() {
-    use tokio_stream::StreamExt;
-    use usage_grpc::{CountRequest, UsageClient, UsageServer};
+    use usage_grpc::CountRequest;
 
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = listener.local_addr().unwrap();
-    let server = UsageServer::default();
-    let service = server.clone();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let (upstream, server) = grpc::plain_server().await;
     let dir = TempDir::new("grpc");
     let config = dir.write("gateway.toml", &config_text(2, ""));
     let upstream_url = format!("http://{upstream}");
@@ -719,30 +681,11 @@ async fn a_tonic_client_through_the_binary_to_a_tonic_upstream() {
         &dir.0,
     );
     let (data, _) = gateway.ready().await;
-    let channel = tonic::transport::Channel::from_shared(format!("http://{data}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = UsageClient::new(channel);
-    let keyed = |n| {
-        let mut request = tonic::Request::new(CountRequest { n });
-        request
-            .metadata_mut()
-            .insert("x-api-key", KEY.parse().unwrap());
-        request
-    };
+    let mut client = grpc::client(data).await;
+    let keyed = |n| grpc::keyed(CountRequest { n }, KEY);
 
     let stream = within("Count", client.count(keyed(3))).await.unwrap();
-    let replies: Vec<u32> = within(
-        "its stream",
-        stream
-            .into_inner()
-            .map(|r| r.unwrap().i)
-            .collect::<Vec<_>>(),
-    )
-    .await;
-    assert_eq!(replies, [1, 2, 3]);
+    assert_eq!(grpc::counted(stream).await, [1, 2, 3]);
     let invalid = within("Count(0)", client.count(keyed(0)))
         .await
         .unwrap_err();
@@ -966,14 +909,6 @@ async fn the_access_log_has_one_line_per_request_without_key_values_or_queries()
         assert!(!stderr.contains(secret), "{secret} in the log:\n{stderr}");
         assert!(!gateway.output().contains(secret), "{secret} in the output");
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Arguments, environment, and the data port the gateway should listen on.

@@ -6,11 +6,15 @@
 //! Every wait has a deadline; none is a synchronisation.
 
 mod support;
-use net::{get, within, TempDir};
+use net::{
+    assert_aws_answer, assert_aws_response, channel_body, closed_addr, get, h2_client,
+    http1_server, until_closed, within, ChannelBody, TempDir,
+};
+use support::eventually::eventually;
+use support::gateway_config::{daily_quota, one_key};
 use support::{net, redis_server, usage};
 use usage::usage_today;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -18,14 +22,12 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tower_usage_plans::admin::AdminCredentials;
-use tower_usage_plans::gateway::{FilePlan, Gateway, GatewayConfig};
-use tower_usage_plans::{NewApiKey, NewUsagePlan, Quota, QuotaPeriod, Throttle};
+use tower_usage_plans::gateway::{Gateway, GatewayConfig};
+use tower_usage_plans::Throttle;
 
 const KEY: &str = "edge-test-key-0123456789abc";
 
@@ -34,19 +36,13 @@ const KEY: &str = "edge-test-key-0123456789abc";
 /// header and body read timeouts; the echo upstream.
 fn config() -> GatewayConfig {
     GatewayConfig {
-        listen: ([127, 0, 0, 1], 0).into(),
-        admin_listen: ([127, 0, 0, 1], 0).into(),
         header_read_timeout: Some(Duration::from_millis(300)),
         body_read_timeout: Some(Duration::from_millis(300)),
         admin_credentials: AdminCredentials::new().with_access_key("AKIDEDGE", "edge-secret"),
-        keys: vec![NewApiKey::new("tester").with_value(KEY).with_enabled(true)],
-        plans: vec![FilePlan {
-            plan: NewUsagePlan::new("testing")
-                .with_quota(Quota::new(100, QuotaPeriod::Day))
-                .with_throttle(Throttle::new(0.0001, 1).unwrap()),
-            keys: vec!["tester".into()],
-        }],
-        ..GatewayConfig::default()
+        ..one_key(
+            KEY,
+            daily_quota(100).with_throttle(Throttle::new(0.0001, 1).unwrap()),
+        )
     }
 }
 
@@ -58,6 +54,15 @@ async fn used_today(gateway: &Gateway) -> [u64; 2] {
     usage_today(plans, &plan.id, &key.id).await
 }
 
+/// Waits until `KEY` has used `n` today: a count or a refund has no other
+/// signal to wait on.
+async fn until_used(gateway: &Gateway, n: u64, what: &str) {
+    eventually(what, || async {
+        (used_today(gateway).await[0] == n).then_some(())
+    })
+    .await;
+}
+
 fn json(body: &[u8]) -> serde_json::Value {
     serde_json::from_slice(body)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
@@ -66,18 +71,8 @@ fn json(body: &[u8]) -> serde_json::Value {
 /// Sends `sent` on a new connection, then (if `then_close`) shuts the
 /// write half, and reads everything until the gateway closes.
 async fn exchange(addr: SocketAddr, sent: &[u8], then_close: bool) -> String {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream.write_all(sent).await.unwrap();
-    if then_close {
-        stream.shutdown().await.unwrap();
-    }
-    let mut answer = Vec::new();
-    within(
-        "the gateway to close the connection",
-        stream.read_to_end(&mut answer),
-    )
-    .await
-    .unwrap_or_default();
+    // A reset after the answer is as good as a close here.
+    let (answer, _) = until_closed(addr, sent, then_close).await;
     String::from_utf8_lossy(&answer).into_owned()
 }
 
@@ -119,27 +114,16 @@ fn assert_aws(answer: &str, status: u16, message: &str, error_type: &str) {
 /// whole, and answers 200.
 async fn reporting_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<Bytes>) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |request: Request<Incoming>| {
-                    let tx = tx.clone();
-                    async move {
-                        if let Ok(body) = request.into_body().collect().await {
-                            let _ = tx.send(body.to_bytes());
-                        }
-                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
+    let addr = http1_server(move |request: Request<Incoming>| {
+        let tx = tx.clone();
+        async move {
+            if let Ok(body) = request.into_body().collect().await {
+                let _ = tx.send(body.to_bytes());
+            }
+            Response::new(Full::new(Bytes::from_static(b"ok")))
         }
-    });
+    })
+    .await;
     (addr, rx)
 }
 
@@ -208,20 +192,10 @@ async fn framing_errors_cost_nothing_and_get_400() {
         let sent = format!("{}hello", post_head("content-length: 100"));
         let mut stream = TcpStream::connect(addr).await.unwrap();
         stream.write_all(sent.as_bytes()).await.unwrap();
-        within("the request to be counted", async {
-            while used_today(&gateway).await[0] != 1 {
-                tokio::task::yield_now().await;
-            }
-        })
-        .await;
+        until_used(&gateway, 1, "the request to be counted").await;
         stream.set_zero_linger().unwrap();
         drop(stream);
-        within("the refund after the reset", async {
-            while used_today(&gateway).await[0] != 0 {
-                tokio::task::yield_now().await;
-            }
-        })
-        .await;
+        until_used(&gateway, 0, "the refund after the reset").await;
         gateway.shutdown().await.unwrap();
     }
     // The upstream got only the gateway's own GETs, whole.
@@ -407,40 +381,40 @@ async fn a_trickling_body_gets_408_at_the_minimum_rate_and_costs_nothing() {
 #[tokio::test]
 async fn the_gateway_answers_too_long_urls_and_too_many_or_large_headers_itself() {
     let gateway = Gateway::start(config()).await.unwrap();
+    let too_large = (
+        431,
+        "Request Header Fields Too Large",
+        "RequestHeaderFieldsTooLargeException",
+    );
+    let many: String = (0..150).map(|i| format!("x-h{i}: {i}\r\n")).collect();
+    let cases = [
+        // A 9 KiB request target.
+        (
+            format!(
+                "GET /{} HTTP/1.1\r\nhost: gateway\r\nx-api-key: {KEY}\r\n\r\n",
+                "a".repeat(9 * 1024)
+            ),
+            (414, "Request-URI Too Long", "RequestUriTooLongException"),
+        ),
+        // 150 headers.
+        (
+            format!("GET / HTTP/1.1\r\nhost: gateway\r\nx-api-key: {KEY}\r\n{many}\r\n"),
+            too_large,
+        ),
+        // A 100 KiB header.
+        (
+            format!(
+                "GET / HTTP/1.1\r\nhost: gateway\r\nx-api-key: {}\r\n\r\n",
+                "k".repeat(100 * 1024)
+            ),
+            too_large,
+        ),
+    ];
     for addr in [gateway.data_addr(), gateway.admin_addr()] {
-        let long = format!(
-            "GET /{} HTTP/1.1\r\nhost: gateway\r\nx-api-key: {KEY}\r\n\r\n",
-            "a".repeat(9 * 1024)
-        );
-        let answer = exchange(addr, long.as_bytes(), true).await;
-        assert_aws(
-            &answer,
-            414,
-            "Request-URI Too Long",
-            "RequestUriTooLongException",
-        );
-
-        let many: String = (0..150).map(|i| format!("x-h{i}: {i}\r\n")).collect();
-        let sent = format!("GET / HTTP/1.1\r\nhost: gateway\r\nx-api-key: {KEY}\r\n{many}\r\n");
-        let answer = exchange(addr, sent.as_bytes(), true).await;
-        assert_aws(
-            &answer,
-            431,
-            "Request Header Fields Too Large",
-            "RequestHeaderFieldsTooLargeException",
-        );
-
-        let big = format!(
-            "GET / HTTP/1.1\r\nhost: gateway\r\nx-api-key: {}\r\n\r\n",
-            "k".repeat(100 * 1024)
-        );
-        let answer = exchange(addr, big.as_bytes(), true).await;
-        assert_aws(
-            &answer,
-            431,
-            "Request Header Fields Too Large",
-            "RequestHeaderFieldsTooLargeException",
-        );
+        for (sent, (status, message, error_type)) in &cases {
+            let answer = exchange(addr, sent.as_bytes(), true).await;
+            assert_aws(&answer, *status, message, error_type);
+        }
     }
     assert_eq!(used_today(&gateway).await[0], 0);
     gateway.shutdown().await.unwrap();
@@ -449,18 +423,15 @@ async fn the_gateway_answers_too_long_urls_and_too_many_or_large_headers_itself(
 #[tokio::test]
 async fn upstream_failures_carry_the_aws_error_type() {
     // A port nothing listens on: bind it, note it, free it.
-    let closed = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed = closed_addr();
     let mut config = config();
     config.upstream = Some(format!("http://{closed}").parse().unwrap());
     let gateway = Gateway::start(config).await.unwrap();
-    let (status, headers, body) = get(gateway.data_addr(), "/", Some(KEY)).await;
-    assert_eq!(status, StatusCode::BAD_GATEWAY);
-    assert_eq!(headers["x-amzn-errortype"], "BadGatewayException");
-    assert_eq!(json(&body), serde_json::json!({"message": "Bad Gateway"}));
+    assert_aws_answer(
+        &get(gateway.data_addr(), "/", Some(KEY)).await,
+        (502, "Bad Gateway", "BadGatewayException"),
+        "a closed upstream",
+    );
     gateway.shutdown().await.unwrap();
 
     // An upstream that takes the request and never answers: 504.
@@ -476,12 +447,10 @@ async fn upstream_failures_carry_the_aws_error_type() {
     config.upstream = Some(format!("http://{silent}").parse().unwrap());
     config.upstream_timeout = Duration::from_millis(200);
     let gateway = Gateway::start(config).await.unwrap();
-    let (status, headers, body) = get(gateway.data_addr(), "/", Some(KEY)).await;
-    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
-    assert_eq!(headers["x-amzn-errortype"], "GatewayTimeoutException");
-    assert_eq!(
-        json(&body),
-        serde_json::json!({"message": "Endpoint request timed out"})
+    assert_aws_answer(
+        &get(gateway.data_addr(), "/", Some(KEY)).await,
+        (504, "Endpoint request timed out", "GatewayTimeoutException"),
+        "a silent upstream",
     );
     gateway.shutdown().await.unwrap();
 }
@@ -495,19 +464,12 @@ async fn a_body_too_large_for_the_echo_is_413_with_the_aws_shape() {
         .body(Full::new(Bytes::from(vec![b'x'; 2 * 1024 * 1024])))
         .unwrap();
     let response = net::send(gateway.data_addr(), request).await;
-    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
-    assert_eq!(
-        response.headers()["x-amzn-errortype"],
-        "RequestEntityTooLargeException"
-    );
-    let body = within("the body", response.into_body().collect())
-        .await
-        .unwrap()
-        .to_bytes();
-    assert_eq!(
-        json(&body),
-        serde_json::json!({"message": "Request Too Long"})
-    );
+    assert_aws_response(
+        response,
+        (413, "Request Too Long", "RequestEntityTooLargeException"),
+        "the answer",
+    )
+    .await;
     gateway.shutdown().await.unwrap();
 }
 
@@ -606,21 +568,10 @@ async fn http2_requests_still_get_answers_after_the_header_timeout() {
     let mut config = config();
     config.header_read_timeout = Some(Duration::from_millis(300));
     let gateway = Gateway::start(config).await.unwrap();
-    let stream = TcpStream::connect(gateway.data_addr()).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
+    let mut sender = h2_client(gateway.data_addr()).await;
     // A request that takes longer than the header timeout to answer (its
     // body is slow) keeps its connection: it is in flight.
-    let (tx, rx) = mpsc::channel::<Bytes>(1);
-    let request = Request::post(format!("http://{}/slow", gateway.data_addr()))
-        .header("x-api-key", KEY)
-        .body(ChannelBody(rx))
-        .unwrap();
+    let (tx, request) = channel_post(gateway.data_addr(), "/slow");
     let response = sender.send_request(request);
     let sending = tokio::spawn(async move {
         for _ in 0..4 {
@@ -639,37 +590,19 @@ async fn http2_requests_still_get_answers_after_the_header_timeout() {
 #[tokio::test]
 async fn a_stalled_http2_request_body_gets_408_and_costs_nothing() {
     let gateway = Gateway::start(config()).await.unwrap();
-    let stream = TcpStream::connect(gateway.data_addr()).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
-    let (tx, rx) = mpsc::channel::<Bytes>(1);
+    let mut sender = h2_client(gateway.data_addr()).await;
+    let (tx, request) = channel_post(gateway.data_addr(), "/upload");
     tx.send(Bytes::from_static(b"a start")).await.unwrap();
-    let request = Request::post(format!("http://{}/upload", gateway.data_addr()))
-        .header("x-api-key", KEY)
-        .body(ChannelBody(rx))
-        .unwrap();
     // The rest of the body never comes (`tx` is held, not dropped).
     let response = within("the answer", sender.send_request(request))
         .await
         .unwrap();
-    assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
-    assert_eq!(
-        response.headers()["x-amzn-errortype"],
-        "RequestTimeoutException"
-    );
-    let body = within("the body", response.into_body().collect())
-        .await
-        .unwrap()
-        .to_bytes();
-    assert_eq!(
-        json(&body),
-        serde_json::json!({"message": "Request Timeout"})
-    );
+    assert_aws_response(
+        response,
+        (408, "Request Timeout", "RequestTimeoutException"),
+        "the answer",
+    )
+    .await;
     drop(tx);
     let (status, _, _) = get(gateway.data_addr(), "/", Some(KEY)).await;
     assert_eq!(status, StatusCode::OK, "the token is back");
@@ -682,56 +615,28 @@ async fn an_http2_stream_reset_mid_body_costs_nothing() {
     let mut config = config();
     config.body_read_timeout = None;
     let gateway = Gateway::start(config).await.unwrap();
-    let stream = TcpStream::connect(gateway.data_addr()).await.unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
-    let (tx, rx) = mpsc::channel::<Bytes>(1);
+    let mut sender = h2_client(gateway.data_addr()).await;
+    let (tx, request) = channel_post(gateway.data_addr(), "/upload");
     tx.send(Bytes::from_static(b"a start")).await.unwrap();
-    let request = Request::post(format!("http://{}/upload", gateway.data_addr()))
-        .header("x-api-key", KEY)
-        .body(ChannelBody(rx))
-        .unwrap();
     let pending = tokio::spawn(sender.send_request(request));
-    within("the request to be counted", async {
-        while used_today(&gateway).await[0] != 1 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    until_used(&gateway, 1, "the request to be counted").await;
     // Dropping the response future resets the stream (RST_STREAM): the
     // gateway drops the request's future with it.
     pending.abort();
-    within("the refund after the reset", async {
-        while used_today(&gateway).await[0] != 0 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    until_used(&gateway, 0, "the refund after the reset").await;
     drop(tx);
     gateway.shutdown().await.unwrap();
 }
 
-/// A body whose chunks come from a channel; it ends when the sender is
-/// dropped.
-struct ChannelBody(mpsc::Receiver<Bytes>);
-
-impl hyper::body::Body for ChannelBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
-        self.0
-            .poll_recv(cx)
-            .map(|chunk| chunk.map(|c| Ok(hyper::body::Frame::data(c))))
-    }
+/// `POST path` to `addr` with `KEY`, its body the chunks sent on the
+/// returned sender (a channel of one: a send waits until the last was read).
+fn channel_post(addr: SocketAddr, path: &str) -> (mpsc::Sender<Bytes>, Request<ChannelBody>) {
+    let (tx, body) = channel_body(1);
+    let request = Request::post(format!("http://{addr}{path}"))
+        .header("x-api-key", KEY)
+        .body(body)
+        .unwrap();
+    (tx, request)
 }
 
 // ---- shutdown ---------------------------------------------------------
@@ -783,26 +688,12 @@ async fn shutdown_closes_idle_connections_at_once_and_flushes_every_count() {
 #[tokio::test]
 async fn shutdown_gives_in_flight_requests_the_grace_then_drops_them() {
     // An upstream that takes requests and never answers.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = listener.local_addr().unwrap();
     let (arrived_tx, mut arrived) = mpsc::unbounded_channel::<()>();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let arrived_tx = arrived_tx.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |_request: Request<Incoming>| {
-                    let _ = arrived_tx.send(());
-                    async move {
-                        std::future::pending::<()>().await;
-                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
+    let upstream = http1_server(move |_request: Request<Incoming>| {
+        let _ = arrived_tx.send(());
+        std::future::pending::<Response<Full<Bytes>>>()
+    })
+    .await;
     let dir = TempDir::new("edge-grace");
     let mut config = config();
     config.upstream = Some(format!("http://{upstream}").parse().unwrap());

@@ -6,6 +6,8 @@
 //! of the issue.
 
 mod support;
+use support::gateway_config::{daily_quota, one_key};
+use support::grpc::{self, client, plain_server};
 use support::{net, usage, usage_grpc};
 
 use std::net::SocketAddr;
@@ -13,34 +15,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use net::within;
+use net::{closed_addr, within};
 use tokio_stream::StreamExt;
-use tonic::transport::{Channel, Server};
 use tonic::{Code, Request};
-use tonic_types::StatusExt;
-use tower_usage_plans::gateway::{FilePlan, Gateway, GatewayConfig};
-use tower_usage_plans::{NewApiKey, NewUsagePlan, Quota, QuotaPeriod};
+use tower_usage_plans::gateway::{Gateway, GatewayConfig};
 use usage::usage_today;
-use usage_grpc::{CountReply, CountRequest, UsageClient, UsageServer, WhoAmIRequest};
+use usage_grpc::{CountReply, CountRequest, WhoAmIRequest};
 
 const KEY: &str = "gateway-grpc-key-0123456789";
-
-/// A tonic upstream on a free port, without a layer of its own.
-async fn upstream() -> (SocketAddr, UsageServer) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = UsageServer::default();
-    let service = server.clone();
-    tokio::spawn(async move {
-        Server::builder()
-            .add_service(service)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-            .await
-            .unwrap();
-    });
-    (addr, server)
-}
 
 async fn gateway(upstream: SocketAddr, limit: u64) -> Gateway {
     Gateway::start(config(upstream, limit)).await.unwrap()
@@ -48,33 +30,14 @@ async fn gateway(upstream: SocketAddr, limit: u64) -> Gateway {
 
 fn config(upstream: SocketAddr, limit: u64) -> GatewayConfig {
     GatewayConfig {
-        listen: ([127, 0, 0, 1], 0).into(),
-        admin_listen: ([127, 0, 0, 1], 0).into(),
         upstream: Some(format!("http://{upstream}").parse().unwrap()),
-        keys: vec![NewApiKey::new("tester").with_value(KEY).with_enabled(true)],
-        plans: vec![FilePlan {
-            plan: NewUsagePlan::new("testing").with_quota(Quota::new(limit, QuotaPeriod::Day)),
-            keys: vec!["tester".into()],
-        }],
-        ..GatewayConfig::default()
+        ..one_key(KEY, daily_quota(limit))
     }
 }
 
-async fn client(addr: SocketAddr) -> UsageClient {
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    UsageClient::new(channel)
-}
-
+/// A call carrying `KEY`.
 fn keyed<T>(message: T) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("x-api-key", KEY.parse().unwrap());
-    request
+    grpc::keyed(message, KEY)
 }
 
 /// Today's `[used, remaining]` of the gateway's one key.
@@ -87,7 +50,7 @@ async fn used(gateway: &Gateway) -> [u64; 2] {
 
 #[tokio::test]
 async fn admitted_calls_stream_both_ways_and_upstream_statuses_pass_through() {
-    let (up, server) = upstream().await;
+    let (up, server) = plain_server().await;
     let gateway = gateway(up, 10).await;
     let mut client = client(gateway.data_addr()).await;
 
@@ -96,15 +59,7 @@ async fn admitted_calls_stream_both_ways_and_upstream_statuses_pass_through() {
         .await
         .unwrap();
     assert!(response.metadata().contains_key("ratelimit"));
-    let replies: Vec<u32> = within(
-        "Count's stream",
-        response
-            .into_inner()
-            .map(|r| r.unwrap().i)
-            .collect::<Vec<_>>(),
-    )
-    .await;
-    assert_eq!(replies, [1, 2, 3, 4, 5]);
+    assert_eq!(grpc::counted(response).await, [1, 2, 3, 4, 5]);
     assert_eq!(used(&gateway).await, [1, 9]);
 
     // Both ways, interleaved: each message comes back before the next is
@@ -146,7 +101,7 @@ async fn admitted_calls_stream_both_ways_and_upstream_statuses_pass_through() {
 
 #[tokio::test]
 async fn refusals_are_grpc_statuses_and_never_reach_the_upstream() {
-    let (up, server) = upstream().await;
+    let (up, server) = plain_server().await;
     let gateway = gateway(up, 1).await;
     let mut client = client(gateway.data_addr()).await;
 
@@ -163,17 +118,10 @@ async fn refusals_are_grpc_statuses_and_never_reach_the_upstream() {
         .unwrap_err();
     assert_eq!(spent.code(), Code::ResourceExhausted);
     assert_eq!(spent.message(), "Limit Exceeded");
-    let retry_after: u64 = spent
-        .metadata()
-        .get("retry-after")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let details = spent.get_error_details();
-    let delay = details.retry_info().unwrap().retry_delay.unwrap();
-    assert_eq!(delay, Duration::from_secs(retry_after));
+    assert_eq!(
+        grpc::retry_delay(&spent),
+        Duration::from_secs(grpc::retry_after(&spent))
+    );
     assert_eq!(server.calls(), 1);
     assert_eq!(used(&gateway).await, [1, 0]);
     gateway.shutdown().await.unwrap();
@@ -181,12 +129,7 @@ async fn refusals_are_grpc_statuses_and_never_reach_the_upstream() {
 
 #[tokio::test]
 async fn an_unreachable_upstream_is_unavailable_and_costs_nothing() {
-    // A port that was free a moment ago: nothing listens there.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let gateway = gateway(closed, 5).await;
+    let gateway = gateway(closed_addr(), 5).await;
     let mut client = client(gateway.data_addr()).await;
     let down = within("Count", client.count(keyed(CountRequest { n: 1 })))
         .await
@@ -209,12 +152,7 @@ fn frame(n: u32) -> Bytes {
 /// A raw HTTP/2 call with `headers`, answered with status, headers and
 /// trailers merged (trailers-only answers have no trailers).
 async fn raw_h2(addr: SocketAddr, headers: &[(&str, &str)]) -> (u16, http::HeaderMap) {
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
-    tokio::spawn(connection);
+    let mut sender = net::h2_client(addr).await;
     let mut request = http::Request::post(format!("http://{addr}{}", usage_grpc::COUNT));
     for (name, value) in headers {
         request = request.header(*name, *value);
@@ -235,7 +173,7 @@ async fn raw_h2(addr: SocketAddr, headers: &[(&str, &str)]) -> (u16, http::Heade
 
 #[tokio::test]
 async fn bad_input_gets_a_clear_answer_never_a_hang_or_a_5xx() {
-    let (up, _server) = upstream().await;
+    let (up, _server) = plain_server().await;
     let gateway = gateway(up, 10).await;
     let addr = gateway.data_addr();
 
@@ -283,7 +221,7 @@ async fn bad_input_gets_a_clear_answer_never_a_hang_or_a_5xx() {
 
 #[tokio::test]
 async fn an_idle_request_stream_ends_at_the_body_read_timeout() {
-    let (up, _server) = upstream().await;
+    let (up, _server) = plain_server().await;
     let gateway = Gateway::start(GatewayConfig {
         body_read_timeout: Some(Duration::from_millis(300)),
         ..config(up, 10)

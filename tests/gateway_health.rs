@@ -7,28 +7,21 @@
 
 mod support;
 use support::eventually::eventually;
+use support::gateway_config::{daily_quota, one_key};
 use support::{net, redis_server};
 
 use std::net::SocketAddr;
 
 use http::StatusCode;
 use net::get;
-use tower_usage_plans::gateway::{FilePlan, Gateway, GatewayConfig};
-use tower_usage_plans::{NewApiKey, NewUsagePlan, Quota, QuotaPeriod, StoreFailure};
+use tower_usage_plans::gateway::{Gateway, GatewayConfig};
+use tower_usage_plans::StoreFailure;
 
 const KEY: &str = "health-test-key-0123456789";
 
+/// `KEY` in a plan with a daily quota of 100.
 fn config() -> GatewayConfig {
-    GatewayConfig {
-        listen: ([127, 0, 0, 1], 0).into(),
-        admin_listen: ([127, 0, 0, 1], 0).into(),
-        keys: vec![NewApiKey::new("tester").with_value(KEY).with_enabled(true)],
-        plans: vec![FilePlan {
-            plan: NewUsagePlan::new("testing").with_quota(Quota::new(100, QuotaPeriod::Day)),
-            keys: vec!["tester".into()],
-        }],
-        ..GatewayConfig::default()
-    }
+    one_key(KEY, daily_quota(100))
 }
 
 /// `/ready`'s status once it is `want` (polled: the probe is the signal).

@@ -6,8 +6,10 @@
 //! verification (502, not charged), and curl as a real client.
 
 mod support;
+use support::gateway_config::{daily_quota, one_key};
 use support::{net, tls, usage};
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,24 +22,15 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use net::{within, TempDir};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
-use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
-use tower_usage_plans::gateway::{FilePlan, Gateway, GatewayConfig, TlsFiles};
-use tower_usage_plans::{NewApiKey, NewUsagePlan, Quota, QuotaPeriod};
+use tokio_rustls::server::TlsStream;
+use tower_usage_plans::gateway::{Gateway, GatewayConfig, TlsFiles};
 
 const KEY: &str = "tls-test-key-0123456789";
 
+/// `KEY` in a plan with a daily quota of 100.
 fn config() -> GatewayConfig {
-    GatewayConfig {
-        listen: ([127, 0, 0, 1], 0).into(),
-        admin_listen: ([127, 0, 0, 1], 0).into(),
-        keys: vec![NewApiKey::new("tester").with_value(KEY).with_enabled(true)],
-        plans: vec![FilePlan {
-            plan: NewUsagePlan::new("testing").with_quota(Quota::new(100, QuotaPeriod::Day)),
-            keys: vec!["tester".into()],
-        }],
-        ..GatewayConfig::default()
-    }
+    one_key(KEY, daily_quota(100))
 }
 
 /// Writes `leaf` as `<name>.crt` / `<name>.key`.
@@ -145,17 +138,8 @@ async fn both_listeners_serve_https_with_h2_and_http1_by_alpn() {
         );
     }
     // Plain HTTP on a TLS listener is not answered as HTTP.
-    let mut plain = TcpStream::connect(gateway.data_addr()).await.unwrap();
-    tokio::io::AsyncWriteExt::write_all(&mut plain, b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = Vec::new();
-    within(
-        "the plain connection to close",
-        plain.read_to_end(&mut answer),
-    )
-    .await
-    .ok();
+    let plain = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n";
+    let (answer, _) = net::until_closed(gateway.data_addr(), plain, false).await;
     assert!(!answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
     gateway.shutdown().await.unwrap();
 }
@@ -255,64 +239,22 @@ async fn a_handshake_that_never_completes_is_closed_within_the_header_read_timeo
     config.header_read_timeout = Some(Duration::from_millis(300));
     let gateway = Gateway::start(config).await.unwrap();
     // The start of a ClientHello, then nothing.
-    let mut stalled = TcpStream::connect(gateway.data_addr()).await.unwrap();
-    tokio::io::AsyncWriteExt::write_all(&mut stalled, &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
-        .await
-        .unwrap();
-    let mut rest = Vec::new();
     // Closed by the gateway (the test's deadline is far longer).
-    within(
-        "the stalled handshake to be closed",
-        stalled.read_to_end(&mut rest),
-    )
-    .await
-    .ok();
+    let client_hello_start = [0x16, 0x03, 0x01, 0x02, 0x00, 0x01];
+    let _ = net::until_closed(gateway.data_addr(), &client_hello_start, false).await;
     // The gateway still serves.
     let mut client = connect(gateway.data_addr(), ca.client(&[b"h2"])).await;
     assert_eq!(client.get("/", Some(KEY)).await.0, StatusCode::OK);
     gateway.shutdown().await.unwrap();
 }
 
-/// An HTTPS upstream answering "secure upstream" with `leaf`.
-async fn https_upstream(leaf: &tls::Leaf) -> SocketAddr {
-    let chain = vec![der(&leaf.cert)];
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf.key.as_bytes()).unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(stream) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let service = hyper::service::service_fn(|_request| async {
-                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(
-                        b"secure upstream",
-                    ))))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    addr
-}
-
-/// An HTTPS upstream that speaks HTTP/2 only (ALPN `h2`) and answers every
-/// call as a gRPC server would, trailers-only: `grpc-status: 0` when the
-/// call came over HTTP/2 with `te: trailers`, else 13 (INTERNAL).
-async fn https_grpc_upstream(leaf: &tls::Leaf) -> SocketAddr {
+/// A TLS server on an ephemeral port presenting `leaf` and offering
+/// `alpn`; `serve` serves each connection once its handshake is done.
+async fn https_server<F, Fut>(leaf: &tls::Leaf, alpn: &[&[u8]], serve: F) -> SocketAddr
+where
+    F: Fn(TlsStream<TcpStream>) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let chain = vec![der(&leaf.cert)];
     let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf.key.as_bytes()).unwrap();
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
@@ -323,37 +265,61 @@ async fn https_grpc_upstream(leaf: &tls::Leaf) -> SocketAddr {
     .with_no_client_auth()
     .with_single_cert(chain, key)
     .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
+            let (acceptor, serve) = (acceptor.clone(), serve.clone());
             tokio::spawn(async move {
-                let Ok(stream) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let service = hyper::service::service_fn(|request: Request<Incoming>| async move {
-                    let grpc = request.version() == http::Version::HTTP_2
-                        && request
-                            .headers()
-                            .get("te")
-                            .is_some_and(|te| te == "trailers");
-                    let response = Response::builder()
-                        .header("content-type", "application/grpc")
-                        .header("grpc-status", if grpc { "0" } else { "13" })
-                        .body(Empty::<Bytes>::new())
-                        .unwrap();
-                    Ok::<_, std::convert::Infallible>(response)
-                });
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                if let Ok(stream) = acceptor.accept(tcp).await {
+                    serve(stream).await;
+                }
             });
         }
     });
     addr
+}
+
+/// An HTTPS upstream answering "secure upstream" with `leaf`.
+async fn https_upstream(leaf: &tls::Leaf) -> SocketAddr {
+    https_server(leaf, &[], |stream| async move {
+        let service = hyper::service::service_fn(|_request| async {
+            Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from_static(
+                b"secure upstream",
+            ))))
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service)
+            .await;
+    })
+    .await
+}
+
+/// An HTTPS upstream that speaks HTTP/2 only (ALPN `h2`) and answers every
+/// call as a gRPC server would, trailers-only: `grpc-status: 0` when the
+/// call came over HTTP/2 with `te: trailers`, else 13 (INTERNAL).
+async fn https_grpc_upstream(leaf: &tls::Leaf) -> SocketAddr {
+    https_server(leaf, &[b"h2"], |stream| async move {
+        let service = hyper::service::service_fn(|request: Request<Incoming>| async move {
+            let grpc = request.version() == http::Version::HTTP_2
+                && request
+                    .headers()
+                    .get("te")
+                    .is_some_and(|te| te == "trailers");
+            let response = Response::builder()
+                .header("content-type", "application/grpc")
+                .header("grpc-status", if grpc { "0" } else { "13" })
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            Ok::<_, std::convert::Infallible>(response)
+        });
+        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(stream), service)
+            .await;
+    })
+    .await
 }
 
 /// gRPC calls go to an `https://` upstream over TLS with ALPN `h2`.
@@ -371,12 +337,7 @@ async fn grpc_calls_reach_an_https_upstream_over_h2_by_alpn() {
     config.upstream_ca = Some(dir.write("ca.pem", &ca.pem()));
     let gateway = Gateway::start(config).await.unwrap();
 
-    let tcp = TcpStream::connect(gateway.data_addr()).await.unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(connection);
+    let mut sender = net::h2_client(gateway.data_addr()).await;
     let call = Request::post(format!("http://{}/pkg.Service/Call", gateway.data_addr()))
         .header("content-type", "application/grpc")
         .header("te", "trailers")

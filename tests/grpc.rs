@@ -4,14 +4,14 @@
 //! `google.rpc.RetryInfo` gRPC clients read.
 
 mod support;
-use support::{redis_server, usage, usage_grpc};
+use support::grpc::{client, counted, incoming, keyed, retry_after, retry_delay};
+use support::{plan_with_key, redis_server, usage, usage_grpc};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_stream::StreamExt;
-use tonic::transport::{Channel, Server};
+use tonic::transport::Server;
 use tonic::{Code, Request, Status};
 use tonic_types::StatusExt;
 use tower_usage_plans::store::RedisStore;
@@ -20,7 +20,7 @@ use tower_usage_plans::{
     UsagePlanLayer, UsagePlans,
 };
 use usage::usage_today;
-use usage_grpc::{CountRequest, UsageClient, UsageServer, WhoAmIRequest};
+use usage_grpc::{CountRequest, UsageServer, WhoAmIRequest};
 
 const KEY: &str = "grpc-key-0123456789abcdef";
 
@@ -29,36 +29,14 @@ async fn serve<R>(layer: UsagePlanLayer<R>) -> (SocketAddr, UsageServer)
 where
     R: tower_usage_plans::RefusalResponse<tonic::body::Body> + Clone + Send + Sync + 'static,
 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let (addr, incoming) = incoming().await;
     let server = UsageServer::default();
-    let service = server.clone();
-    tokio::spawn(async move {
-        Server::builder()
-            .layer(layer)
-            .add_service(service)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-            .await
-            .unwrap();
-    });
+    let serving = Server::builder()
+        .layer(layer)
+        .add_service(server.clone())
+        .serve_with_incoming(incoming);
+    tokio::spawn(async move { serving.await.unwrap() });
     (addr, server)
-}
-
-async fn client(addr: SocketAddr) -> UsageClient {
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    UsageClient::new(channel)
-}
-
-fn keyed<T>(message: T, key: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("x-api-key", key.parse().unwrap());
-    request
 }
 
 struct Fixture {
@@ -70,42 +48,21 @@ struct Fixture {
 /// A registry on a frozen clock with one plan (`plan`) and one key in it.
 fn fixture(plan: NewUsagePlan) -> Fixture {
     let clock = ManualClock::new("2026-03-07T12:00:00Z".parse().unwrap());
-    let plans = UsagePlans::builder().with_clock(clock).build();
-    let plan = plans.create_usage_plan(plan).unwrap();
-    let key = plans
-        .create_api_key(NewApiKey::new("grpc").with_value(KEY).with_enabled(true))
-        .unwrap();
-    plans.add_key_to_plan(&plan.id, &key.id).unwrap();
+    fixture_in(UsagePlans::builder().with_clock(clock).build(), plan)
+}
+
+/// `plans` with one plan (`plan`) and the key `KEY` in it.
+fn fixture_in(plans: UsagePlans, plan: NewUsagePlan) -> Fixture {
+    let (plan, key_id) = plan_with_key(&plans, plan, KEY);
     Fixture {
         plans,
         plan_id: plan.id,
-        key_id: key.id,
+        key_id,
     }
 }
 
 fn layer(plans: &UsagePlans) -> UsagePlanLayer<GrpcRefusal> {
     UsagePlanLayer::new(plans.clone()).with_refusal_response(GrpcRefusal)
-}
-
-/// The `RetryInfo` delay of a status, as tonic-types decodes it.
-fn retry_delay(status: &Status) -> Duration {
-    status
-        .get_error_details()
-        .retry_info()
-        .unwrap_or_else(|| panic!("no RetryInfo in {status:?}"))
-        .retry_delay
-        .expect("RetryInfo without a delay")
-}
-
-fn retry_after(status: &Status) -> u64 {
-    status
-        .metadata()
-        .get("retry-after")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap()
 }
 
 #[tokio::test]
@@ -145,12 +102,7 @@ async fn a_server_stream_costs_one_unit_however_many_messages() {
         .await
         .unwrap();
     assert!(response.metadata().contains_key("ratelimit"));
-    let replies: Vec<u32> = response
-        .into_inner()
-        .map(|reply| reply.unwrap().i)
-        .collect()
-        .await;
-    assert_eq!(replies, [1, 2, 3, 4, 5]);
+    assert_eq!(counted(response).await, [1, 2, 3, 4, 5]);
     assert_eq!(usage_today(&f.plans, &f.plan_id, &f.key_id).await, [1, 9]);
 }
 
@@ -291,15 +243,11 @@ async fn a_store_down_with_fail_closed_is_unavailable() {
         .await
         .unwrap()
         .with_timeout(Duration::from_secs(1));
-    let plans = UsagePlans::builder().with_store(Arc::new(store)).build();
-    let plan = plans
-        .create_usage_plan(NewUsagePlan::new("r").with_quota(Quota::new(5, QuotaPeriod::Day)))
-        .unwrap();
-    let key = plans
-        .create_api_key(NewApiKey::new("r").with_value(KEY).with_enabled(true))
-        .unwrap();
-    plans.add_key_to_plan(&plan.id, &key.id).unwrap();
-    let (addr, server) = serve(layer(&plans).with_store_failure(StoreFailure::FailClosed)).await;
+    let f = fixture_in(
+        UsagePlans::builder().with_store(Arc::new(store)).build(),
+        NewUsagePlan::new("r").with_quota(Quota::new(5, QuotaPeriod::Day)),
+    );
+    let (addr, server) = serve(layer(&f.plans).with_store_failure(StoreFailure::FailClosed)).await;
     let mut client = client(addr).await;
     client.who_am_i(keyed(WhoAmIRequest {}, KEY)).await.unwrap();
 

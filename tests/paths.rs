@@ -5,8 +5,9 @@
 //! anything; what reaches the upstream is the canonical path.
 
 mod support;
-use net::{get, within};
-use support::{net, usage};
+use net::{assert_aws_answer, get, http1_server, within};
+use support::gateway_config::one_key;
+use support::{body_string, net, plan_with_key, usage};
 use usage::usage_today;
 
 use std::convert::Infallible;
@@ -16,12 +17,9 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tower_usage_plans::gateway::{FilePlan, Gateway, GatewayConfig};
-use tower_usage_plans::{ApiStage, NewApiKey, NewUsagePlan, Quota, QuotaPeriod, Throttle};
+use tower_usage_plans::gateway::{Gateway, GatewayConfig};
+use tower_usage_plans::{ApiStage, NewUsagePlan, Quota, QuotaPeriod, Throttle};
 
 const KEY: &str = "paths-key-0123456789abcdef";
 
@@ -30,49 +28,27 @@ const KEY: &str = "paths-key-0123456789abcdef";
 fn config() -> GatewayConfig {
     let stage = ApiStage::new("gateway", "prod")
         .with_method_throttle("/foo/GET", Throttle::new(0.001, 1).unwrap());
-    GatewayConfig {
-        listen: ([127, 0, 0, 1], 0).into(),
-        admin_listen: ([127, 0, 0, 1], 0).into(),
-        keys: vec![NewApiKey::new("tester").with_value(KEY).with_enabled(true)],
-        plans: vec![FilePlan {
-            plan: NewUsagePlan::new("paths")
-                .with_quota(Quota::new(1000, QuotaPeriod::Day))
-                .with_api_stage(stage),
-            keys: vec!["tester".into()],
-        }],
-        ..GatewayConfig::default()
-    }
+    one_key(
+        KEY,
+        NewUsagePlan::new("paths")
+            .with_quota(Quota::new(1000, QuotaPeriod::Day))
+            .with_api_stage(stage),
+    )
 }
 
 /// An upstream that answers 200 and reports each request target it got.
 async fn recording_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<String>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let (seen, targets) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |request: Request<Incoming>| {
-                    let target = request
-                        .uri()
-                        .path_and_query()
-                        .map_or("/".to_owned(), |pq| pq.as_str().to_owned());
-                    let _ = seen.send(target);
-                    async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("ok")))) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
+    let addr = http1_server(move |request: Request<Incoming>| {
+        let target = request
+            .uri()
+            .path_and_query()
+            .map_or("/".to_owned(), |pq| pq.as_str().to_owned());
+        let _ = seen.send(target);
+        async { Response::new(Full::new(Bytes::from("ok"))) }
+    })
+    .await;
     (addr, targets)
-}
-
-fn json(body: &[u8]) -> serde_json::Value {
-    serde_json::from_slice(body)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(body)))
 }
 
 /// Finding 4 of the edge report: with `/foo` already throttled, none of
@@ -115,13 +91,11 @@ async fn no_variant_of_a_throttled_path_escapes_its_method_throttle() {
         "/x%2F..%2Ffoo",
         "/foo?x=1",
     ] {
-        let (status, headers, body) = get(addr, path, Some(KEY)).await;
-        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{path}");
-        assert_eq!(
-            headers["x-amzn-errortype"], "TooManyRequestsException",
-            "{path}"
+        assert_aws_answer(
+            &get(addr, path, Some(KEY)).await,
+            (429, "Too Many Requests", "TooManyRequestsException"),
+            path,
         );
-        assert_eq!(json(&body)["message"], "Too Many Requests", "{path}");
     }
     // Variants that some upstream would read as /foo and another as
     // something else: refused before metering, whoever asks.
@@ -130,16 +104,9 @@ async fn no_variant_of_a_throttled_path_escapes_its_method_throttle() {
         "/foo%7F", "/foo%5C", "/foo%", "/foo%2", "/foo%zz",
     ] {
         for key in [Some(KEY), None] {
-            let (status, headers, body) = get(addr, path, key).await;
-            assert_eq!(status, StatusCode::BAD_REQUEST, "{path}");
-            assert_eq!(headers["x-amzn-errortype"], "BadRequestException", "{path}");
-            assert_eq!(headers["content-type"], "application/json", "{path}");
-            assert_eq!(
-                json(&body),
-                serde_json::json!({"message": "Bad Request"}),
-                "{path}"
-            );
-            assert!(!headers.contains_key("ratelimit"), "{path}: not metered");
+            let answer = get(addr, path, key).await;
+            assert_aws_answer(&answer, (400, "Bad Request", "BadRequestException"), path);
+            assert!(!answer.1.contains_key("ratelimit"), "{path}: not metered");
         }
     }
     // Only the first /foo was admitted and counted; nothing else reached
@@ -192,18 +159,16 @@ async fn the_layer_passes_on_the_canonical_path() {
     use tower_usage_plans::{Refusal, UsagePlanLayer, UsagePlans};
 
     let plans = UsagePlans::new();
-    let plan = plans
-        .create_usage_plan(NewUsagePlan::new("p").with_quota(Quota::new(10, QuotaPeriod::Day)))
-        .unwrap();
-    let key = plans
-        .create_api_key(NewApiKey::new("k").with_value(KEY).with_enabled(true))
-        .unwrap();
-    plans.add_key_to_plan(&plan.id, &key.id).unwrap();
+    let (plan, key_id) = plan_with_key(
+        &plans,
+        NewUsagePlan::new("p").with_quota(Quota::new(10, QuotaPeriod::Day)),
+        KEY,
+    );
     let layer = UsagePlanLayer::new(plans.clone()).with_unmetered("GET", "/health");
     let inner = service_fn(|request: Request<()>| async move {
-        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(
+        Ok::<_, Infallible>(Response::new(axum::body::Body::from(
             request.uri().to_string(),
-        ))))
+        )))
     });
     let call = |path: &str| {
         let request = Request::get(path)
@@ -212,28 +177,19 @@ async fn the_layer_passes_on_the_canonical_path() {
             .unwrap();
         tower::Layer::layer(&layer, inner).oneshot(request)
     };
-    let body = |response: Response<Full<Bytes>>| async move {
-        use http_body_util::BodyExt;
-        String::from_utf8(
-            response
-                .into_body()
-                .collect()
-                .await
-                .unwrap()
-                .to_bytes()
-                .to_vec(),
-        )
-        .unwrap()
-    };
     let response = call("/a/./b//c%2Fd?x=%2F").await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(body(response).await, "/a/b/c/d?x=%2F");
+    assert_eq!(body_string(response).await, "/a/b/c/d?x=%2F");
     let response = call("//health/").await.unwrap();
-    assert_eq!(body(response).await, "/health/", "unmetered routes too");
+    assert_eq!(
+        body_string(response).await,
+        "/health/",
+        "unmetered routes too"
+    );
     for path in ["/a;b", "/health%00", "/a%3B"] {
         let response = call(path).await.unwrap();
         assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{path}");
         assert_eq!(response.extensions().get(), Some(&Refusal::BadPath));
     }
-    assert_eq!(usage_today(&plans, &plan.id, &key.id).await, [1, 9]);
+    assert_eq!(usage_today(&plans, &plan.id, &key_id).await, [1, 9]);
 }

@@ -6,12 +6,13 @@
 
 mod support;
 use net::{get, TempDir};
+use support::gateway_config::{daily_quota, one_key};
 use support::net;
 
 use http::StatusCode;
 use serde_json::{json, Value};
-use tower_usage_plans::gateway::{FilePlan, Gateway, GatewayConfig, GatewayError};
-use tower_usage_plans::{ApiStage, NewApiKey, NewUsagePlan, Quota, QuotaPeriod, Throttle};
+use tower_usage_plans::gateway::{Gateway, GatewayConfig, GatewayError};
+use tower_usage_plans::{ApiStage, Throttle};
 
 const KEY: &str = "state-key-0123456789abcdef";
 
@@ -21,18 +22,13 @@ fn config(state: &std::path::Path) -> GatewayConfig {
     let stage = ApiStage::new("gateway", "prod")
         .with_method_throttle("/foo/GET", Throttle::new(1.0, 2).unwrap());
     GatewayConfig {
-        listen: ([127, 0, 0, 1], 0).into(),
-        admin_listen: ([127, 0, 0, 1], 0).into(),
-        keys: vec![NewApiKey::new("tester").with_value(KEY).with_enabled(true)],
-        plans: vec![FilePlan {
-            plan: NewUsagePlan::new("testing")
-                .with_quota(Quota::new(100, QuotaPeriod::Day))
+        state_file: Some(state.to_owned()),
+        ..one_key(
+            KEY,
+            daily_quota(100)
                 .with_throttle(Throttle::new(1.0, 5).unwrap())
                 .with_api_stage(stage),
-            keys: vec!["tester".into()],
-        }],
-        state_file: Some(state.to_owned()),
-        ..GatewayConfig::default()
+        )
     }
 }
 

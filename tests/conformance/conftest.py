@@ -110,6 +110,14 @@ class GatewayProcess:
         self._startup_lines.put(None)  # EOF
 
     # -- lifecycle ---------------------------------------------------------------------------
+    def __enter__(self) -> "GatewayProcess":
+        """`with GatewayProcess(...) as gw:` starts it, and stops it (a clean exit) after."""
+        self.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.stop()
+
     def start(self) -> None:
         env = dict(os.environ)
         env["RUST_LOG"] = "info"
@@ -236,24 +244,16 @@ def gateway_binary() -> Path:
 @pytest.fixture(scope="session")
 def gateway():
     global _GATEWAY
-    gw = GatewayProcess(gateway_binary())
-    _GATEWAY = gw
-    gw.start()
-    try:
+    _GATEWAY = GatewayProcess(gateway_binary())  # the failure reports read its log
+    with _GATEWAY as gw:
         yield gw
-    finally:
-        gw.stop()
 
 
 @pytest.fixture(scope="session")
 def regional_gateway():
     """A second gateway that accepts admin signatures scoped to us-east-1 only."""
-    gw = GatewayProcess(gateway_binary(), ("--admin-region", REGION))
-    gw.start()
-    try:
+    with GatewayProcess(gateway_binary(), ("--admin-region", REGION)) as gw:
         yield gw
-    finally:
-        gw.stop()
 
 
 @pytest.fixture(autouse=True)
@@ -283,11 +283,12 @@ def data_url(gateway) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def make_client(admin_url: str, access_key: str = ACCESS_KEY, secret_key: str = SECRET_KEY):
+def make_client(admin_url: str, access_key: str = ACCESS_KEY, secret_key: str = SECRET_KEY, *,
+                region: str = REGION):
     return boto3.client(
         "apigateway",
         endpoint_url=admin_url,
-        region_name=REGION,
+        region_name=region,
         aws_access_key_id=access_key,
         aws_secret_access_key=secret_key,
         config=botocore.config.Config(retries={"max_attempts": 1}),
@@ -633,6 +634,27 @@ def expect_error():
     request id.
     """
     return _expect_error
+
+
+def patch_op(op: str, path: str, value: str) -> list[dict]:
+    """`patchOperations` of one operation."""
+    return [{"op": op, "path": path, "value": value}]
+
+
+@pytest.fixture(scope="session")
+def delete_then_gone():
+    """`delete_then_gone(apigw.delete_api_key, apigw.get_api_key, apiKey=key_id)`: the delete
+    answers 202; then a get and a second delete of the same ids are both NotFoundException."""
+
+    def check(delete, get, **ids):
+        resp = delete(**ids)
+        assert resp["ResponseMetadata"]["HTTPStatusCode"] == 202
+        with _expect_error("NotFoundException"):
+            get(**ids)
+        with _expect_error("NotFoundException"):
+            delete(**ids)
+
+    return check
 
 
 def error_type(resp: RawResponse) -> str:

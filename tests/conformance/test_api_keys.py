@@ -228,12 +228,7 @@ def test_update_api_key_invalid_changes_nothing(apigw, make_key, expect_error, u
             {"op": "replace", "path": "/name", "value": "x"}])
 
 
-def test_delete_api_key(apigw, make_key, expect_error):
+def test_delete_api_key(apigw, make_key, delete_then_gone):
     key = make_key()
-    resp = apigw.delete_api_key(apiKey=key["id"])
-    assert resp["ResponseMetadata"]["HTTPStatusCode"] == 202
-    with expect_error("NotFoundException"):
-        apigw.get_api_key(apiKey=key["id"])
-    with expect_error("NotFoundException"):
-        apigw.delete_api_key(apiKey=key["id"])
+    delete_then_gone(apigw.delete_api_key, apigw.get_api_key, apiKey=key["id"])
     assert apigw.get_api_keys(nameQuery=key["name"]).get("items", []) == []

@@ -61,12 +61,8 @@ XSS_NAME = "<img src=x onerror=window.__xss=1>"
 
 @pytest.fixture(scope="module")
 def console_gateway():
-    gw = GatewayProcess(gateway_binary())
-    gw.start()
-    try:
+    with GatewayProcess(gateway_binary()) as gw:
         yield gw
-    finally:
-        gw.stop()
 
 
 @pytest.fixture(scope="module")
@@ -371,12 +367,8 @@ def redis_gateway(tmp_path_factory):
         # Until it answers (redis-server has no readiness signal but its answer).
         while subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).stdout.strip() != b"PONG":
             assert redis.poll() is None, "redis-server exited"
-        gw = GatewayProcess(gateway_binary(), ("--redis", f"redis://127.0.0.1:{port}", "--redis-leases"))
-        gw.start()
-        try:
+        with GatewayProcess(gateway_binary(), ("--redis", f"redis://127.0.0.1:{port}", "--redis-leases")) as gw:
             yield gw
-        finally:
-            gw.stop()
     finally:
         redis.terminate()
         redis.wait(timeout=10)

@@ -3,6 +3,8 @@
 import concurrent.futures
 import json
 
+from conftest import patch_op
+
 FORBIDDEN = b'{"message":"Forbidden"}'
 TOO_MANY = b'{"message":"Too Many Requests"}'
 LIMIT_EXCEEDED = b'{"message":"Limit Exceeded"}'
@@ -73,8 +75,8 @@ def test_quota_exhaustion_and_update_usage(apigw, metered_key, data_get, today, 
     assert util.parse_structured_list(refused.header("RateLimit"))["quota"]["r"] == 0
     assert refused.header("RateLimit-Policy")
 
-    resp = apigw.update_usage(usagePlanId=plan["id"], keyId=key["id"], patchOperations=[
-        {"op": "replace", "path": "/remaining", "value": "2"}])
+    resp = apigw.update_usage(usagePlanId=plan["id"], keyId=key["id"],
+                              patchOperations=patch_op("replace", "/remaining", "2"))
     assert resp["items"] == {key["id"]: [[3, 2]]}
     assert_admitted(data_get(key["value"]), "1st after remaining=2")
     assert_admitted(data_get(key["value"]), "2nd after remaining=2")
@@ -87,11 +89,9 @@ def test_quota_exhaustion_and_update_usage(apigw, metered_key, data_get, today, 
 def test_disabling_a_key_forbids_it(apigw, metered_key, data_get):
     _, key = metered_key(quota={"limit": 100, "period": "DAY"})
     assert_admitted(data_get(key["value"]))
-    apigw.update_api_key(apiKey=key["id"], patchOperations=[
-        {"op": "replace", "path": "/enabled", "value": "false"}])
+    apigw.update_api_key(apiKey=key["id"], patchOperations=patch_op("replace", "/enabled", "false"))
     assert_forbidden(data_get(key["value"]), "disabled key")
-    apigw.update_api_key(apiKey=key["id"], patchOperations=[
-        {"op": "replace", "path": "/enabled", "value": "true"}])
+    apigw.update_api_key(apiKey=key["id"], patchOperations=patch_op("replace", "/enabled", "true"))
     assert_admitted(data_get(key["value"]), "re-enabled key")
 
 
@@ -124,11 +124,11 @@ def test_plan_stage_scoping(apigw, metered_key, data_get):
 
     plan, off_stage = metered_key(apiStages=[{"apiId": "gateway", "stage": "beta"}])
     assert_forbidden(data_get(off_stage["value"]), "plan lists only gateway:beta")
-    apigw.update_usage_plan(usagePlanId=plan["id"], patchOperations=[
-        {"op": "add", "path": "/apiStages", "value": "gateway:prod"}])
+    apigw.update_usage_plan(usagePlanId=plan["id"],
+                            patchOperations=patch_op("add", "/apiStages", "gateway:prod"))
     assert_admitted(data_get(off_stage["value"]), "after adding gateway:prod")
-    apigw.update_usage_plan(usagePlanId=plan["id"], patchOperations=[
-        {"op": "remove", "path": "/apiStages", "value": "gateway:prod"}])
+    apigw.update_usage_plan(usagePlanId=plan["id"],
+                            patchOperations=patch_op("remove", "/apiStages", "gateway:prod"))
     assert_forbidden(data_get(off_stage["value"]), "after removing gateway:prod again")
 
 
@@ -145,8 +145,8 @@ def test_throttle_patched_to_burst_one(apigw, metered_key, data_get, today, util
     assert state["quota"]["r"] == 99, state
     assert_admitted(data_get(key["value"]))
 
-    apigw.update_usage_plan(usagePlanId=plan["id"], patchOperations=[
-        {"op": "replace", "path": "/throttle/burstLimit", "value": "1"}])
+    apigw.update_usage_plan(usagePlanId=plan["id"],
+                            patchOperations=patch_op("replace", "/throttle/burstLimit", "1"))
     assert_admitted(data_get(key["value"]), "first request after burst=1")
     refused = data_get(key["value"])
     retry_after = assert_throttled(refused, "second immediate request after burst=1")

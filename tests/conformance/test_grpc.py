@@ -66,15 +66,11 @@ def upstream():
 def grpc_gateway(upstream, tmp_path_factory):
     config = tmp_path_factory.mktemp("grpc") / "gateway.toml"
     config.write_text(CONFIG)
-    gw = GatewayProcess(
+    with GatewayProcess(
         gateway_binary(),
         ("--config", str(config), "--upstream", f"http://127.0.0.1:{upstream}"),
-    )
-    gw.start()
-    try:
+    ) as gw:
         yield gw
-    finally:
-        gw.stop()
 
 
 @pytest.fixture

@@ -8,6 +8,26 @@ def _value() -> str:
     return "imp" + uuid.uuid4().hex + uuid.uuid4().hex[:5]
 
 
+# A header row naming every column ImportApiKeys reads (in any order and letter case).
+COLUMNS = "name,key,description,enabled,usageplanIds\n"
+
+
+def _good_and_short(prefix: str, good_value: str) -> str:
+    """A CSV of `{prefix}-good` (key `good_value`) and `{prefix}-bad`, whose key is too short."""
+    return (
+        COLUMNS
+        + f"{prefix}-good,{good_value},ok,true,\n"
+        + f"{prefix}-bad,short,too short a key,true,\n"
+    )
+
+
+def _imported(apigw, csv: str, **options) -> dict:
+    """ImportApiKeys of `csv`: 201, or the test fails; the response."""
+    resp = apigw.import_api_keys(body=csv.encode(), format="csv", **options)
+    assert resp["ResponseMetadata"]["HTTPStatusCode"] == 201
+    return resp
+
+
 def _by_name(apigw, prefix):
     return {k["name"]: k for k in apigw.get_api_keys(nameQuery=prefix, includeValues=True)
             .get("items", [])}
@@ -18,12 +38,11 @@ def test_import_api_keys_csv(apigw, make_plan, uniq, data_get):
     prefix = uniq("imp")
     v1, v2 = _value(), _value()
     csv = (
-        "name,key,description,enabled,usageplanIds\n"
-        f"{prefix}-1,{v1},first imported,TRUE,{plan['id']}\n"
-        f"{prefix}-2,{v2},second imported,false,{plan['id']}\n"
+        COLUMNS
+        + f"{prefix}-1,{v1},first imported,TRUE,{plan['id']}\n"
+        + f"{prefix}-2,{v2},second imported,false,{plan['id']}\n"
     )
-    resp = apigw.import_api_keys(body=csv.encode(), format="csv", failOnWarnings=True)
-    assert resp["ResponseMetadata"]["HTTPStatusCode"] == 201
+    resp = _imported(apigw, csv, failOnWarnings=True)
     ids = resp["ids"]
     assert len(ids) == 2 and len(set(ids)) == 2
     assert resp.get("warnings", []) == []
@@ -57,8 +76,7 @@ def test_import_api_keys_header_case_order_and_defaults(apigw, uniq):
         f"{v1},whatever,{prefix}-a\n"
         f"{v2},,{prefix}-b\n"
     )
-    resp = apigw.import_api_keys(body=csv.encode(), format="csv")
-    assert resp["ResponseMetadata"]["HTTPStatusCode"] == 201
+    resp = _imported(apigw, csv)
     assert len(resp["ids"]) == 2
     got = _by_name(apigw, prefix)
     assert {n: (k["value"], k["enabled"]) for n, k in got.items()} == {
@@ -68,11 +86,7 @@ def test_import_api_keys_header_case_order_and_defaults(apigw, uniq):
 
 def test_import_api_keys_fail_on_warnings_true_rolls_back(apigw, uniq, expect_error):
     prefix = uniq("impf")
-    csv = (
-        "name,key,description,enabled,usageplanIds\n"
-        f"{prefix}-good,{_value()},ok,true,\n"
-        f"{prefix}-bad,short,too short a key,true,\n"
-    )
+    csv = _good_and_short(prefix, _value())
     with expect_error("BadRequestException"):
         apigw.import_api_keys(body=csv.encode(), format="csv", failOnWarnings=True)
     assert _by_name(apigw, prefix) == {}, "failOnWarnings=true must import nothing"
@@ -81,13 +95,7 @@ def test_import_api_keys_fail_on_warnings_true_rolls_back(apigw, uniq, expect_er
 def test_import_api_keys_fail_on_warnings_false_imports_good_rows(apigw, uniq):
     prefix = uniq("impw")
     good = _value()
-    csv = (
-        "name,key,description,enabled,usageplanIds\n"
-        f"{prefix}-good,{good},ok,true,\n"
-        f"{prefix}-bad,short,too short a key,true,\n"
-    )
-    resp = apigw.import_api_keys(body=csv.encode(), format="csv", failOnWarnings=False)
-    assert resp["ResponseMetadata"]["HTTPStatusCode"] == 201
+    resp = _imported(apigw, _good_and_short(prefix, good), failOnWarnings=False)
     assert len(resp["ids"]) == 1
     assert resp.get("warnings"), "the refused row must be reported as a warning"
     got = _by_name(apigw, prefix)

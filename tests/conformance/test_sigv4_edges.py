@@ -1,25 +1,12 @@
 """SigV4 edges: dot-segment ids as boto3 sends them, raw reserved characters in a hand-built
 query, and the `--admin-region` check."""
 
-import boto3
-import botocore.config
 import botocore.exceptions
 import pytest
 
-from conftest import ACCESS_KEY, SECRET_KEY, http_request, sign_headers
+from conftest import http_request, make_client, sign_headers
 
 REGION_MESSAGE = "Credential should be scoped to a valid region, not '{}'."
-
-
-def _client(admin_url, region):
-    return boto3.client(
-        "apigateway",
-        endpoint_url=admin_url,
-        region_name=region,
-        aws_access_key_id=ACCESS_KEY,
-        aws_secret_access_key=SECRET_KEY,
-        config=botocore.config.Config(retries={"max_attempts": 1}),
-    )
 
 
 def _error(call):
@@ -56,14 +43,14 @@ def test_raw_reserved_query_characters_verify_however_signed(admin_url):
 
 def test_any_region_is_accepted_without_admin_region(admin_url):
     for region in ["eu-west-1", "ap-southeast-2"]:
-        assert "items" in _client(admin_url, region).get_usage_plans()
+        assert "items" in make_client(admin_url, region=region).get_usage_plans()
 
 
 def test_admin_region_refuses_other_scopes_and_changes_nothing(regional_gateway):
     url = regional_gateway.admin_url
-    home = _client(url, "us-east-1")
+    home = make_client(url, region="us-east-1")
     before = home.get_usage_plans()["items"]
-    away = _client(url, "eu-west-1")
+    away = make_client(url, region="eu-west-1")
     resp = _error(lambda: away.create_usage_plan(name="elsewhere"))
     assert resp["Error"]["Code"] == "InvalidSignatureException", resp
     assert resp["Error"]["Message"] == REGION_MESSAGE.format("eu-west-1")

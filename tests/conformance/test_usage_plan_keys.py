@@ -119,16 +119,12 @@ def test_get_usage_plan_keys_name_filter_and_pagination(apigw, make_plan, make_k
         apigw.get_usage_plan_keys(usagePlanId="nosuchplan" + uuid.uuid4().hex[:6])
 
 
-def test_delete_usage_plan_key(apigw, make_plan, make_key, attach, expect_error):
+def test_delete_usage_plan_key(apigw, make_plan, make_key, attach, delete_then_gone):
     plan, key, stays = make_plan(), make_key(), make_key()
     attach(plan["id"], key["id"])
     attach(plan["id"], stays["id"])
-    resp = apigw.delete_usage_plan_key(usagePlanId=plan["id"], keyId=key["id"])
-    assert resp["ResponseMetadata"]["HTTPStatusCode"] == 202
-    with expect_error("NotFoundException"):
-        apigw.get_usage_plan_key(usagePlanId=plan["id"], keyId=key["id"])
-    with expect_error("NotFoundException"):
-        apigw.delete_usage_plan_key(usagePlanId=plan["id"], keyId=key["id"])
+    delete_then_gone(apigw.delete_usage_plan_key, apigw.get_usage_plan_key,
+                     usagePlanId=plan["id"], keyId=key["id"])
     assert [k["id"] for k in apigw.get_usage_plan_keys(usagePlanId=plan["id"])["items"]] == [stays["id"]]
     # the API key itself survives
     assert apigw.get_api_key(apiKey=key["id"])["id"] == key["id"]

@@ -265,13 +265,8 @@ def test_update_usage_plan_invalid_changes_nothing(apigw, make_plan, uniq, expec
                                 patchOperations=[{"op": "replace", "path": "/name", "value": "x"}])
 
 
-def test_delete_usage_plan(apigw, make_plan, expect_error):
+def test_delete_usage_plan(apigw, make_plan, delete_then_gone):
     plan = make_plan()
-    resp = apigw.delete_usage_plan(usagePlanId=plan["id"])
-    assert resp["ResponseMetadata"]["HTTPStatusCode"] == 202
-    with expect_error("NotFoundException"):
-        apigw.get_usage_plan(usagePlanId=plan["id"])
-    with expect_error("NotFoundException"):
-        apigw.delete_usage_plan(usagePlanId=plan["id"])
+    delete_then_gone(apigw.delete_usage_plan, apigw.get_usage_plan, usagePlanId=plan["id"])
     ids = {p["id"] for p in _collect_pages(apigw.get_usage_plans, 100)}
     assert plan["id"] not in ids

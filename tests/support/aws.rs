@@ -2,22 +2,14 @@
 //! client, both over real sockets, plus the servers they talk to.
 #![allow(dead_code, unreachable_pub)]
 
-use std::collections::{HashSet, VecDeque};
-use std::convert::Infallible;
+use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Mutex;
-use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use aws_credential_types::Credentials;
-use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
-use aws_sigv4::sign::v4::SigningParams;
-use aws_smithy_runtime_api::client::identity::Identity;
 use axum::{routing::get, Router};
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
-use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
@@ -25,6 +17,9 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 use tower_usage_plans::admin::{AdminCredentials, AdminService};
 use tower_usage_plans::{UsagePlanLayer, UsagePlans};
+
+use super::net::{channel_body, ChannelBody};
+use super::sdk_signing::sign_as_sdk;
 
 pub const AKID: &str = "AKIDTEST";
 pub const SECRET: &str = "test-secret";
@@ -138,30 +133,19 @@ impl Admin {
         body: &[u8],
         time: SystemTime,
     ) -> Req {
-        let identity: Identity = Credentials::new(akid, secret, None, None, "test").into();
-        let params = SigningParams::builder()
-            .identity(&identity)
-            .region("us-east-1")
-            .name("apigateway")
-            .time(time)
-            .settings(SigningSettings::default())
-            .build()
-            .unwrap()
-            .into();
-        let headers: Vec<(String, String)> = request
+        let headers: Vec<(&str, &str)> = request
             .headers()
             .iter()
-            .map(|(n, v)| (n.as_str().to_owned(), v.to_str().unwrap().to_owned()))
+            .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
             .collect();
-        let uri = request.uri().to_string();
-        let signable = SignableRequest::new(
+        let instructions = sign_as_sdk(
+            (akid, secret),
+            time,
             request.method().as_str(),
-            &uri,
-            headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
-            SignableBody::Bytes(body),
-        )
-        .unwrap();
-        let (instructions, _) = sign(signable, &params).unwrap().into_parts();
+            &request.uri().to_string(),
+            &headers,
+            body,
+        );
         instructions.apply_to_request_http1x(&mut request);
         request
     }
@@ -180,10 +164,15 @@ impl Admin {
     /// Sends `request` with its body streamed as `chunks` (no
     /// Content-Length: `Transfer-Encoding: chunked`).
     pub async fn send_chunked(&self, request: Req, chunks: Vec<Bytes>) -> Resp {
-        let client: Client<HttpConnector, Chunked> =
+        let client: Client<HttpConnector, ChannelBody> =
             Client::builder(TokioExecutor::new()).build_http();
-        let request = request.map(|_| Chunked(chunks.into()));
-        self.read(client.request(request).await.unwrap()).await
+        let (sender, body) = channel_body(chunks.len().max(1));
+        for chunk in chunks {
+            sender.try_send(chunk).unwrap();
+        }
+        drop(sender);
+        self.read(client.request(request.map(|_| body)).await.unwrap())
+            .await
     }
 
     async fn read(&self, response: Response<Incoming>) -> Resp {
@@ -236,8 +225,8 @@ impl Admin {
             (StatusCode::ACCEPTED, Value::Null),
             "{path}"
         );
-        let message = assert_error(&self.get(path).await, 404, "NotFoundException");
-        assert_error(&self.delete(path).await, 404, "NotFoundException");
+        let message = assert_not_found(&self.get(path).await);
+        assert_not_found(&self.delete(path).await);
         message
     }
 
@@ -347,6 +336,18 @@ pub fn assert_error(resp: &Resp, status: u16, code: &str) -> String {
     message.to_owned()
 }
 
+/// `assert_error` for `400 BadRequestException`; the message.
+#[track_caller]
+pub fn assert_bad_request(resp: &Resp) -> String {
+    assert_error(resp, 400, "BadRequestException")
+}
+
+/// `assert_error` for `404 NotFoundException`; the message.
+#[track_caller]
+pub fn assert_not_found(resp: &Resp) -> String {
+    assert_error(resp, 404, "NotFoundException")
+}
+
 /// A JSON integer (not a string, not a float).
 #[track_caller]
 pub fn int(v: &Value) -> i64 {
@@ -373,23 +374,4 @@ pub fn today() -> String {
         .to_zoned(jiff::tz::TimeZone::UTC)
         .date()
         .to_string()
-}
-
-/// A request body of several frames and no known length.
-pub struct Chunked(VecDeque<Bytes>);
-
-impl Body for Chunked {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        SizeHint::default()
-    }
 }

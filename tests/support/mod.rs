@@ -13,8 +13,11 @@ use tower_usage_plans::{
 
 pub mod aws;
 pub mod eventually;
+pub mod gateway_config;
+pub mod grpc;
 pub mod net;
 pub mod redis_server;
+pub mod sdk_signing;
 pub mod store_suite;
 pub mod tls;
 pub mod usage;

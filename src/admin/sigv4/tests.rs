@@ -1,5 +1,10 @@
 use super::*;
 
+/// Signing as the AWS SDKs do, shared with the integration tests.
+#[path = "../../../tests/support/sdk_signing.rs"]
+mod sdk_signing;
+use sdk_signing::sign_as_sdk;
+
 const AKID: &str = "AKIDEXAMPLE";
 const SECRET: &str = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
 
@@ -660,31 +665,10 @@ fn canonical_paths_and_queries_are_botocores() {
 /// botocore's signature of it as sent (`SIGV4AUTH_RAW_RESERVED_QUERY`).
 #[test]
 fn raw_reserved_query_characters_signed_the_sigv4_way_verify() {
-    use aws_credential_types::Credentials;
-    use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
-    use aws_smithy_runtime_api::client::identity::Identity;
-
     let target = "/apikeys?name=a:b+c,d&customerId=x&flag";
     let time = parse_amz_date("20261128T151648Z").unwrap();
-    let identity: Identity = Credentials::new(AKID, SECRET, None, None, "test").into();
-    let params = v4::SigningParams::builder()
-        .identity(&identity)
-        .region("us-east-1")
-        .name("apigateway")
-        .time(time)
-        .settings(SigningSettings::default())
-        .build()
-        .unwrap()
-        .into();
     let headers = [("host", "127.0.0.1:8081"), ("accept", "application/json")];
-    let signable = SignableRequest::new(
-        "GET",
-        target,
-        headers.iter().copied(),
-        SignableBody::Bytes(b""),
-    )
-    .unwrap();
-    let (instructions, _) = sign(signable, &params).unwrap().into_parts();
+    let instructions = sign_as_sdk((AKID, SECRET), time, "GET", target, &headers, b"");
     let mut r = Req {
         method: "GET".into(),
         target: target.into(),
