@@ -628,6 +628,43 @@ async fn an_http2_stream_reset_mid_body_costs_nothing() {
     gateway.shutdown().await.unwrap();
 }
 
+/// hyper ends an HTTP/2 request body whose stream the client reset with
+/// NO_ERROR or CANCEL as if it had come whole. One that declared its
+/// length and came short is not whole: it never reaches the upstream (here
+/// the echo, which would answer it at once) as a complete request, and
+/// costs nothing.
+#[tokio::test]
+async fn an_http2_body_reset_short_of_its_content_length_costs_nothing() {
+    let mut config = config();
+    config.body_read_timeout = None;
+    let gateway = Gateway::start(config).await.unwrap();
+    let stream = TcpStream::connect(gateway.data_addr()).await.unwrap();
+    let (mut client, connection) = h2::client::handshake(stream).await.unwrap();
+    tokio::spawn(connection);
+    for reason in [h2::Reason::NO_ERROR, h2::Reason::CANCEL] {
+        let request = Request::post(format!("http://{}/upload", gateway.data_addr()))
+            .header("x-api-key", KEY)
+            .header("content-length", "100")
+            .body(())
+            .unwrap();
+        let (answer, mut body) = client.send_request(request, false).unwrap();
+        body.send_data(Bytes::from_static(b"abc"), false).unwrap();
+        until_used(&gateway, 1, "the request to be counted").await;
+        body.send_reset(reason);
+        until_used(
+            &gateway,
+            0,
+            &format!("the refund after a reset with {reason:?}"),
+        )
+        .await;
+        // If an answer comes, it is not the echo's 200.
+        if let Ok(Ok(response)) = tokio::time::timeout(Duration::from_millis(100), answer).await {
+            assert_ne!(response.status(), StatusCode::OK, "{reason:?}");
+        }
+    }
+    gateway.shutdown().await.unwrap();
+}
+
 /// `POST path` to `addr` with `KEY`, its body the chunks sent on the
 /// returned sender (a channel of one: a send waits until the last was read).
 fn channel_post(addr: SocketAddr, path: &str) -> (mpsc::Sender<Bytes>, Request<ChannelBody>) {

@@ -192,6 +192,14 @@ pub(crate) enum Stall {
 pub(crate) enum EdgeBodyError {
     /// The client kept the body waiting too long.
     Stalled(Stall),
+    /// The body ended short of its declared length (an HTTP/2 stream the
+    /// client reset).
+    Truncated {
+        /// `Content-Length`.
+        declared: u64,
+        /// Data bytes that came.
+        received: u64,
+    },
     /// hyper's error reading the client's body.
     Client(hyper::Error),
 }
@@ -205,6 +213,10 @@ impl std::fmt::Display for EdgeBodyError {
             Self::Stalled(Stall::TooSlow(rate)) => {
                 write!(f, "request body data slower than {rate} bytes/s")
             }
+            Self::Truncated { declared, received } => write!(
+                f,
+                "the request body ended after {received} of its {declared} bytes"
+            ),
             Self::Client(e) => write!(f, "reading the request body: {e}"),
         }
     }
@@ -213,7 +225,7 @@ impl std::fmt::Display for EdgeBodyError {
 impl std::error::Error for EdgeBodyError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Self::Stalled(_) => None,
+            Self::Stalled(_) | Self::Truncated { .. } => None,
             Self::Client(e) => Some(e),
         }
     }
@@ -235,6 +247,8 @@ struct Watched {
     /// Where the access log counts bytes in, if it is on.
     exchange: Option<Arc<super::access::Exchange>>,
     limits: BodyLimits,
+    /// The length the request declared (`Content-Length`), if it did.
+    declared: Option<u64>,
     /// Data bytes received so far.
     received: u64,
     /// Time spent waiting for the client before `waiting_since`.
@@ -301,6 +315,7 @@ impl EdgeBody {
                 watch: Arc::default(),
                 exchange: exchange.cloned(),
                 limits,
+                declared: inner.size_hint().exact(),
                 received: 0,
                 waited: Duration::ZERO,
                 waiting_since: None,
@@ -357,6 +372,19 @@ impl Body for EdgeBody {
                 Poll::Ready(Some(Err(EdgeBodyError::Client(e))))
             }
             Poll::Ready(None) => {
+                if watched
+                    .declared
+                    .is_some_and(|declared| declared != watched.received)
+                {
+                    // hyper ends an HTTP/2 body the client reset (CANCEL,
+                    // NO_ERROR) as if it were whole: short of its declared
+                    // length, it is not, and must not reach the upstream so.
+                    watched.watch.fail(BodyFailure::Client);
+                    return Poll::Ready(Some(Err(EdgeBodyError::Truncated {
+                        declared: watched.declared.unwrap_or_default(),
+                        received: watched.received,
+                    })));
+                }
                 watched.watch.settle(ENDED);
                 Poll::Ready(None)
             }
