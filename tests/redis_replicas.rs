@@ -883,3 +883,26 @@ async fn the_latest_update_usage_survives_redis_losing_its_data() {
         b.shutdown().await.unwrap();
     }
 }
+
+/// Replicas started at the same moment on an empty Redis each create the
+/// configured plan and key "if absent": they take turns, so the second
+/// finds what the first created (one key, one plan) instead of creating
+/// its own copy with another id, which made one of them exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_started_together_create_the_configured_plan_and_key_once() {
+    for _ in 0..4 {
+        let redis = Redis::start();
+        let config = || config(&redis.url(), 10, StoreFailure::FailOpen);
+        let (a, b) = tokio::join!(Gateway::start(config()), Gateway::start(config()));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        for (name, gateway) in [("A", &a), ("B", &b)] {
+            let plans = gateway.plans();
+            assert_eq!(plans.api_keys().len(), 1, "{name}: {:?}", plans.api_keys());
+            assert_eq!(plans.usage_plans().len(), 1, "{name}");
+            let plan = &plans.usage_plans()[0];
+            assert_eq!(plans.usage_plan_keys(&plan.id).unwrap().len(), 1, "{name}");
+        }
+        a.shutdown().await.unwrap();
+        b.shutdown().await.unwrap();
+    }
+}

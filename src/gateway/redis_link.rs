@@ -128,9 +128,19 @@ pub(crate) async fn connect(
         .restore(RegistrySnapshot::default())
         .map_err(|e| JoinError::Mismatch(e.to_string()))?;
     let stage = config.stage.to_string();
+    // Replica::join takes the join lock: replicas starting together create
+    // the configured plans and keys one after the other.
     let replica = Replica::join(url, plans.clone(), &stage).await?;
     let replica = replicas::share(replica, plans, &store);
     super::provision(plans, config).map_err(|e| JoinError::Mismatch(e.to_string()))?;
+    // Provisioning published what it created (each change is replicated
+    // before it returns); the next replica may join.
+    replica
+        .lock()
+        .await
+        .joined()
+        .await
+        .map_err(|e| JoinError::Unreachable(format!("--redis {shown}: {e}")))?;
     let _ = late.0.set(store.clone());
     tracing::info!(url = %shown, "sharing counters and the registry through Redis");
     Ok(Link { replica, store })

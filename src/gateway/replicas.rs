@@ -19,6 +19,12 @@ const SNAPSHOT_KEY: &str = "tup:{registry}";
 const VERSION_KEY: &str = "tup:{registry}:version";
 /// What every replica sharing the registry must agree on.
 const META_KEY: &str = "tup:{registry}:meta";
+/// Held by the replica that joins and creates its configured plans and keys,
+/// so that replicas starting together create them once (each matches what
+/// the one before it created) instead of twice with different ids.
+const JOINING_KEY: &str = "tup:{registry}:joining";
+/// How long the join lock lasts if its holder dies with it.
+const JOINING_LEASE: Duration = Duration::from_secs(10);
 /// The registry snapshot's format; a replica that shares another refuses
 /// to start.
 const FORMAT: &str = "1";
@@ -125,6 +131,8 @@ impl std::fmt::Display for JoinError {
 
 /// One replica's view of the shared registry.
 pub(crate) struct Replica {
+    /// The join lock's token while this replica holds it.
+    joining: Option<String>,
     connection: Connection,
     plans: UsagePlans,
     publish: redis::Script,
@@ -138,6 +146,24 @@ pub(crate) struct Replica {
     base: RegistrySnapshot,
     /// The stage this replica serves (`api:stage`).
     stage: String,
+}
+
+/// Takes the join lock, waiting while another replica holds it (at most
+/// [`JOINING_LEASE`], after which its lock lapses).
+async fn wait_for_join_lock(connection: &mut Connection, token: &str) -> redis::RedisResult<()> {
+    let mut set = redis::cmd("SET");
+    set.arg(JOINING_KEY)
+        .arg(token)
+        .arg("NX")
+        .arg("PX")
+        .arg(JOINING_LEASE.as_millis() as u64);
+    loop {
+        let taken: Option<String> = connection.query(&set).await?;
+        if taken.is_some() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Sets the stage and registry format where Redis has none (a first
@@ -194,7 +220,12 @@ impl Replica {
                 shared_stage.unwrap_or_default()
             )));
         }
+        let token = rand::random::<u64>().to_string();
+        wait_for_join_lock(&mut connection, &token)
+            .await
+            .map_err(|e| unreachable(&e))?;
         let mut replica = Self {
+            joining: Some(token),
             connection,
             stage: stage.to_owned(),
             generation: plans.generation(),
@@ -206,6 +237,31 @@ impl Replica {
         };
         replica.sync().await.map_err(|e| unreachable(&e))?;
         Ok(replica)
+    }
+
+    /// Publishes this replica's configured plans and keys, then lets the
+    /// next replica join. A lock that lapsed (held past [`JOINING_LEASE`]) is left
+    /// to its new holder.
+    pub(crate) async fn joined(&mut self) -> Result<(), String> {
+        if self.joining.is_none() {
+            return Ok(());
+        }
+        self.sync().await?;
+        let Some(token) = self.joining.take() else {
+            return Ok(());
+        };
+        let release = redis::Script::new(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+             return redis.call('DEL', KEYS[1]) end return 0",
+        );
+        let mut invocation = release.key(JOINING_KEY);
+        invocation.arg(token);
+        let _: i64 = self
+            .connection
+            .invoke(invocation)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(())
     }
 
     /// Restores what other replicas published and publishes local changes.
