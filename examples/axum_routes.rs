@@ -11,11 +11,14 @@
 
 use axum::routing::get;
 use axum::Router;
-use tower_usage_plans::{
-    NewApiKey, NewUsagePlan, Quota, QuotaPeriod, UsageContext, UsagePlanLayer, UsagePlans,
-};
+// Not every example uses all of it.
+#[allow(dead_code)]
+#[path = "support/demo.rs"]
+mod demo;
 
-const DEMO_KEY: &str = "demo-key-0123456789abcdef";
+use tower_usage_plans::{
+    NewUsagePlan, Quota, QuotaPeriod, UsageContext, UsagePlanLayer, UsagePlans,
+};
 
 /// `/pets` and `/pets/{id}` wear the layer; `/health`, added after
 /// `route_layer`, does not (and unknown paths are a plain 404, uncounted).
@@ -41,16 +44,9 @@ async fn pet(usage: UsageContext) -> String {
 #[allow(dead_code)]
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let plans = UsagePlans::new();
-    let plan = plans.create_usage_plan(
+    let plans = demo::with_demo_key(
         NewUsagePlan::new("demo").with_quota(Quota::new(100, QuotaPeriod::Day)),
     )?;
-    let key = plans.create_api_key(
-        NewApiKey::new("demo")
-            .with_value(DEMO_KEY)
-            .with_enabled(true),
-    )?;
-    plans.add_key_to_plan(&plan.id, &key.id)?;
 
     let addr = std::env::var("ADDR").unwrap_or_else(|_| "127.0.0.1:3000".to_owned());
     let listener = tokio::net::TcpListener::bind(&addr).await?;

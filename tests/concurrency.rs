@@ -17,6 +17,19 @@ const CLIENTS: u64 = 32;
 const REQUESTS: u64 = 1_500;
 const QUOTA: u64 = 500;
 
+/// `GET /` behind the layer over `plans`, served on a free port.
+async fn serve_layered(
+    plans: &tower_usage_plans::UsagePlans,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let app = Router::new()
+        .route("/", get(|| async { "ok" }))
+        .layer(UsagePlanLayer::new(plans.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (addr, server)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn quota_is_exact_over_real_sockets() {
     // A stopped clock: the test cannot straddle midnight.
@@ -29,12 +42,7 @@ async fn quota_is_exact_over_real_sockets() {
             .with_throttle(Throttle::new(1_000_000.0, 1_000_000).unwrap()),
         KEY,
     );
-    let app = Router::new()
-        .route("/", get(|| async { "ok" }))
-        .layer(UsagePlanLayer::new(plans.clone()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (addr, server) = serve_layered(&plans).await;
 
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
     let next = Arc::new(AtomicU64::new(0));
@@ -95,52 +103,29 @@ async fn concurrent_top_ups_while_traffic_flows_are_exact() {
         NewUsagePlan::new("top-ups").with_quota(Quota::new(0, QuotaPeriod::Day)),
         KEY,
     );
-    let app = Router::new()
-        .route("/", get(|| async { "ok" }))
-        .layer(UsagePlanLayer::new(plans.clone()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let (addr, server) = serve_layered(&plans).await;
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
-    let get_one = move |client: Client<_, Empty<bytes::Bytes>>| async move {
-        let request = http::Request::get(format!("http://{addr}/"))
-            .header("x-api-key", KEY)
-            .body(Empty::new())
-            .unwrap();
-        let status = client.request(request).await.unwrap().status().as_u16();
-        assert!(status == 200 || status == 429, "unexpected status {status}");
-        status == 200
+    let get_one = move || {
+        let client = client.clone();
+        async move {
+            let request = http::Request::get(format!("http://{addr}/"))
+                .header("x-api-key", KEY)
+                .body(Empty::new())
+                .unwrap();
+            let status = client.request(request).await.unwrap().status().as_u16();
+            assert!(status == 200 || status == 429, "unexpected status {status}");
+            status == 200
+        }
     };
-
-    let traffic: Vec<_> = (0..16)
-        .map(|_| {
-            let client = client.clone();
-            tokio::spawn(async move {
-                let mut admitted = 0u64;
-                for _ in 0..125 {
-                    admitted += u64::from(get_one(client.clone()).await);
-                }
-                admitted
-            })
-        })
-        .collect();
-    let top_ups: Vec<_> = (0..TOP_UPS)
-        .map(|_| {
-            let (plans, plan_id, key_id) = (plans.clone(), plan.id.clone(), key_id.clone());
-            tokio::spawn(async move { plans.add_remaining(&plan_id, &key_id, 1).await.unwrap() })
-        })
-        .collect();
-    for top_up in top_ups {
-        top_up.await.unwrap();
-    }
-    let mut admitted = 0;
-    for task in traffic {
-        admitted += task.await.unwrap();
-    }
-    // Whatever the traffic left is still there, and not one more.
-    while get_one(client.clone()).await {
-        admitted += 1;
-    }
+    let top_up = || {
+        let (plans, plan_id, key_id) = (plans.clone(), plan.id.clone(), key_id.clone());
+        async move {
+            plans.add_remaining(&plan_id, &key_id, 1).await.unwrap();
+        }
+    };
+    let admitted =
+        support::race::admitted_while_topping_up((16, 125), get_one, TOP_UPS as usize, top_up)
+            .await;
     server.abort();
     assert_eq!(admitted, TOP_UPS);
     assert_eq!(

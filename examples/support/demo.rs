@@ -1,7 +1,7 @@
 //! The demo plan and key of the examples, set up as every app wearing the
 //! layer does at start: create a plan, create a key, add the key to the
-//! plan. Shared by `examples/axum_app.rs` and `examples/grpc_service.rs`
-//! (`#[path]`).
+//! plan. Shared by `examples/axum_app.rs`, `examples/axum_routes.rs` and
+//! `examples/grpc_service.rs` (`#[path]`).
 
 use tower_usage_plans::{Error, NewApiKey, NewUsagePlan, Quota, QuotaPeriod, Throttle, UsagePlans};
 

@@ -51,18 +51,7 @@ pub(crate) const MAX_HEADER_BYTES: usize = 32 * 1024;
 /// `x-amzn-ErrorType` API Gateway uses for that status.
 pub(crate) fn aws_error<B: From<Bytes>>(status: StatusCode, message: &str) -> Response<B> {
     let body = serde_json::json!({ "message": message }).to_string();
-    let mut response = Response::new(B::from(Bytes::from(body)));
-    *response.status_mut() = status;
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    headers.insert(
-        "x-amzn-errortype",
-        HeaderValue::from_static(error_type(status)),
-    );
-    response
+    crate::layer::aws_json_response(status, body, error_type(status))
 }
 
 /// `x-amzn-ErrorType` for a status the gateway answers itself.

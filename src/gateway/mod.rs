@@ -786,23 +786,20 @@ async fn serve<S, B>(
                     _ = phase.changed() => return,
                 }
             }
+            let mut watched = Watched {
+                state,
+                idle_limit: header_read_timeout,
+                phase,
+            };
             let Some(tls) = tls else {
                 let connection =
                     builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                drive(
-                    connection,
-                    |c| c.graceful_shutdown(),
-                    &state,
-                    header_read_timeout,
-                    phase,
-                )
-                .await;
-                return;
+                return drive(connection, |c| c.graceful_shutdown(), watched).await;
             };
             // A handshake that never completes holds the connection like
             // unfinished headers do: the same limit.
             let handshake = async {
-                match header_read_timeout {
+                match watched.idle_limit {
                     Some(limit) => tokio::time::timeout(limit, tls.accept(stream))
                         .await
                         .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())),
@@ -817,19 +814,20 @@ async fn serve<S, B>(
                         return;
                     }
                 },
-                _ = phase.changed() => return,
+                _ = watched.phase.changed() => return,
             };
             let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            drive(
-                connection,
-                |c| c.graceful_shutdown(),
-                &state,
-                header_read_timeout,
-                phase,
-            )
-            .await;
+            drive(connection, |c| c.graceful_shutdown(), watched).await;
         });
     }
+}
+
+/// What [`drive`] watches a connection by: its requests, its idle limit
+/// (the header read timeout) and the gateway's phase.
+struct Watched {
+    state: Arc<edge::ConnectionState>,
+    idle_limit: Option<Duration>,
+    phase: watch::Receiver<Phase>,
 }
 
 /// Serves one connection until it ends, closing it early:
@@ -843,13 +841,16 @@ async fn serve<S, B>(
 async fn drive<C, E>(
     connection: C,
     graceful_shutdown: impl Fn(std::pin::Pin<&mut C>),
-    state: &edge::ConnectionState,
-    idle_limit: Option<Duration>,
-    mut phase: watch::Receiver<Phase>,
+    watched: Watched,
 ) where
     C: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
+    let Watched {
+        state,
+        idle_limit,
+        mut phase,
+    } = watched;
     tokio::pin!(connection);
     // The idle timer: when it fires, a connection that had no request in
     // flight and no new request since it was armed has idled the whole

@@ -102,7 +102,8 @@ fn check(state: &StateFile, latest: i64) -> Result<(), String> {
                 c.plan_id, c.key_id
             ));
         }
-        c.check(burst_of(&plan.plan), latest)
+        c.state
+            .check(burst_of(&plan.plan), latest)
             .map_err(|e| format!("counters[{i}].state.{e}"))?;
     }
     Ok(())

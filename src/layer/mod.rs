@@ -20,6 +20,8 @@ pub use future::ResponseFuture;
 pub use grpc::GrpcRefusal;
 #[cfg(feature = "gateway")]
 pub(crate) use grpc::{has_media_prefix, is_grpc};
+#[cfg(feature = "gateway")]
+pub(crate) use refusal::aws_json_response;
 pub use refusal::{AwsRefusal, Refusal, RefusalResponse};
 pub use service::UsagePlanService;
 pub use usage_plan_layer::UsagePlanLayer;

@@ -128,22 +128,31 @@ pub struct AwsRefusal;
 
 impl<B: From<Bytes>> RefusalResponse<B> for AwsRefusal {
     fn response(&self, refusal: Refusal) -> Response<B> {
+        // The fixed messages need no JSON escaping.
         let body = format!(r#"{{"message":"{}"}}"#, refusal.message());
-        let mut response = Response::new(B::from(Bytes::from(body)));
-        *response.status_mut() = refusal.status();
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        headers.insert(
-            "x-amzn-errortype",
-            HeaderValue::from_static(refusal.error_type()),
-        );
-        response
+        aws_json_response(refusal.status(), body, refusal.error_type())
     }
 
     fn grpc_response(&self, refusal: Refusal) -> Response<B> {
         super::grpc::trailers_only(refusal, B::from(Bytes::new()))
     }
+}
+
+/// An AWS-shaped answer: `status`, the JSON `body` (already encoded), and
+/// `x-amzn-ErrorType: error_type`. The layer's refusals and the gateway's
+/// own answers are both made here.
+pub(crate) fn aws_json_response<B: From<Bytes>>(
+    status: StatusCode,
+    body: String,
+    error_type: &'static str,
+) -> Response<B> {
+    let mut response = Response::new(B::from(Bytes::from(body)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert("x-amzn-errortype", HeaderValue::from_static(error_type));
+    response
 }

@@ -116,23 +116,12 @@ pub struct CounterSnapshot {
     pub plan_id: String,
     /// The key's id.
     pub key_id: String,
-    state: Counter,
+    /// The counter: checked against the model on a restore
+    /// ([`Counter::check`]).
+    pub(crate) state: Counter,
 }
 
 impl CounterSnapshot {
-    /// Checks the saved counter against what the model can produce up to
-    /// the clock `latest` (Unix nanoseconds); `burst` gives the burst limit
-    /// of the plan's bucket (`None`) or of a method's. The error names the
-    /// field under `state`.
-    #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
-    pub(crate) fn check(
-        &self,
-        burst: impl Fn(Option<&str>) -> Option<u32>,
-        latest: i64,
-    ) -> Result<(), String> {
-        self.state.check(burst, latest)
-    }
-
     /// Caps every bucket at its throttle's current burst limit.
     #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
     pub(crate) fn clamp_buckets(&mut self, burst: impl Fn(Option<&str>) -> Option<u32>) {

@@ -16,6 +16,7 @@ pub mod eventually;
 pub mod gateway_config;
 pub mod grpc;
 pub mod net;
+pub mod race;
 pub mod redis_server;
 pub mod sdk_signing;
 pub mod store_suite;

@@ -133,47 +133,26 @@ async fn concurrent_top_ups_are_exact(store: Arc<dyn CounterStore>) {
 #[allow(dead_code)]
 pub async fn concurrent_top_ups(store: Arc<dyn CounterStore>, key: &str) -> u64 {
     let counter = CounterKey::new("suite-plan", key);
-    let none = || Some(quota(0));
-    let traffic: Vec<_> = (0..8)
-        .map(|_| {
+    let request = {
+        let (store, counter) = (store.clone(), counter.clone());
+        move || {
             let (store, counter) = (store.clone(), counter.clone());
-            tokio::spawn(async move {
-                let mut admitted = 0u64;
-                for _ in 0..250 {
-                    let d = decide(&*store, &counter, None, none(), at(T0)).await;
-                    admitted += u64::from(d.verdict == Verdict::Admitted);
-                }
-                admitted
-            })
-        })
-        .collect();
-    let top_ups: Vec<_> = (0..1_000)
-        .map(|_| {
-            let (store, counter) = (store.clone(), counter.clone());
-            tokio::spawn(async move {
-                store
-                    .add_remaining(&counter, &quota(0), at(T0), 1)
-                    .await
-                    .unwrap()
-            })
-        })
-        .collect();
-    for top_up in top_ups {
-        top_up.await.unwrap();
-    }
-    let mut admitted = 0;
-    for task in traffic {
-        admitted += task.await.unwrap();
-    }
-    // What the traffic left is still there, and not one more.
-    while decide(&*store, &counter, None, none(), at(T0))
-        .await
-        .verdict
-        == Verdict::Admitted
-    {
-        admitted += 1;
-    }
-    admitted
+            async move {
+                let d = decide(&*store, &counter, None, Some(quota(0)), at(T0)).await;
+                d.verdict == Verdict::Admitted
+            }
+        }
+    };
+    let top_up = || {
+        let (store, counter) = (store.clone(), counter.clone());
+        async move {
+            store
+                .add_remaining(&counter, &quota(0), at(T0), 1)
+                .await
+                .unwrap();
+        }
+    };
+    super::race::admitted_while_topping_up((8, 250), request, 1_000, top_up).await
 }
 
 /// A plan that moves from DAY to WEEK counts this week's admissions, and
