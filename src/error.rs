@@ -1,6 +1,7 @@
 //! The error type of every [`UsagePlans`](crate::UsagePlans) operation.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// What went wrong, in the terms the admin API maps to AWS errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -26,11 +27,24 @@ pub enum ErrorKind {
 /// assert_eq!(err.kind(), ErrorKind::NotFound);
 /// assert_eq!(err.message(), "Invalid Usage Plan ID specified");
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// A store failure keeps what caused it as its
+/// [`source`](std::error::Error::source) (e.g. the `redis` crate's error).
+/// Two errors are equal when their kind and message are.
+#[derive(Debug, Clone)]
 pub struct Error {
     kind: ErrorKind,
     message: String,
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
 }
+
+impl PartialEq for Error {
+    fn eq(&self, other: &Self) -> bool {
+        self.kind == other.kind && self.message == other.message
+    }
+}
+
+impl Eq for Error {}
 
 impl Error {
     /// An error of `kind` with a human-readable `message`.
@@ -38,7 +52,24 @@ impl Error {
         Self {
             kind,
             message: message.into(),
+            source: None,
         }
+    }
+
+    /// The same error, caused by `source`.
+    ///
+    /// ```
+    /// use std::error::Error as _;
+    /// use tower_usage_plans::{Error, ErrorKind};
+    ///
+    /// let cause = std::io::Error::other("connection refused");
+    /// let err = Error::new(ErrorKind::Store, "Redis connect: connection refused")
+    ///     .with_source(cause);
+    /// assert_eq!(err.source().unwrap().to_string(), "connection refused");
+    /// ```
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Arc::new(source));
+        self
     }
 
     pub(crate) fn bad_request(message: impl Into<String>) -> Self {
@@ -74,7 +105,13 @@ impl fmt::Display for Error {
     }
 }
 
-impl std::error::Error for Error {}
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
 
 /// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

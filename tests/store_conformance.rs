@@ -116,3 +116,21 @@ async fn top_ups_are_exact_while_leasing() {
         .unwrap();
     assert_eq!(usage, vec![[1_000, 0]]);
 }
+
+/// A Redis failure keeps the `redis` crate's error as its source, so a
+/// caller can tell a refused connection from a timeout.
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn a_redis_failure_keeps_its_cause() {
+    use std::error::Error as _;
+    let url = format!("redis://{}", support::net::closed_addr());
+    let err = tower_usage_plans::store::RedisStore::connect(&url)
+        .await
+        .expect_err("nothing listens there");
+    assert_eq!(err.kind(), tower_usage_plans::ErrorKind::Store);
+    let source = err.source().expect("the cause is kept");
+    let cause = source
+        .downcast_ref::<redis::RedisError>()
+        .expect("a redis::RedisError");
+    assert!(cause.is_connection_refusal(), "{cause:?}");
+}

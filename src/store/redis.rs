@@ -78,8 +78,9 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
-fn store_error(what: &str, e: impl std::fmt::Display) -> Error {
-    Error::new(ErrorKind::Store, format!("Redis {what}: {e}"))
+/// A store error saying what failed, with `e` as its source.
+fn store_error(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::new(ErrorKind::Store, format!("Redis {what}: {e}")).with_source(e)
 }
 
 impl RedisStore {
@@ -376,10 +377,11 @@ impl RedisStore {
         StoreFuture::boxed(async move {
             match tokio::time::timeout(timeout, command(connection)).await {
                 Ok(result) => result.map_err(|e| store_error("error", e)),
-                Err(_) => Err(store_error(
-                    "timeout",
-                    format!("no answer within {timeout:?}"),
-                )),
+                Err(elapsed) => Err(Error::new(
+                    ErrorKind::Store,
+                    format!("Redis timeout: no answer within {timeout:?}"),
+                )
+                .with_source(elapsed)),
             }
         })
     }
