@@ -85,7 +85,8 @@ fn parse(answer: &str) -> (u16, String, String) {
     (status, head.to_ascii_lowercase(), body.to_owned())
 }
 
-/// An AWS-shaped answer: `status`, the JSON message, the error type.
+/// An AWS-shaped answer: `status`, the JSON message, the error type and a
+/// request id.
 #[track_caller]
 fn assert_aws(answer: &str, status: u16, message: &str, error_type: &str) {
     let (got, head, body) = parse(answer);
@@ -98,6 +99,8 @@ fn assert_aws(answer: &str, status: u16, message: &str, error_type: &str) {
         "{answer}"
     );
     assert!(head.contains("content-type: application/json"), "{answer}");
+    // On either listener, as every AWS answer does.
+    assert!(head.contains("\r\nx-amzn-requestid: "), "{answer}");
     // A chunked or sized body: the JSON is in it.
     let start = body
         .find('{')

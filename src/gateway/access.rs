@@ -280,16 +280,26 @@ fn decision<B>(response: &Response<B>, exchange: &Exchange) -> &'static str {
     }
 }
 
-/// Stamps a request id on every request and response of one data-plane
-/// connection, and logs each exchange.
+/// Stamps request ids on one connection's exchanges (every one on the data
+/// plane, answers without one on the admin listener), and logs them.
 #[derive(Debug, Clone)]
 pub(crate) struct Stamped<S> {
     pub(crate) inner: S,
     pub(crate) log: Option<AccessLog>,
     pub(crate) client: SocketAddr,
-    /// Off on the admin and metrics listeners (the admin API has ids of
-    /// its own).
-    pub(crate) enabled: bool,
+    /// Which answers get an id of the gateway's.
+    pub(crate) ids: RequestIds,
+}
+
+/// Where [`Stamped`] puts `x-amzn-RequestId`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RequestIds {
+    /// Every request and every response (the data plane): one id per
+    /// exchange, whatever the upstream said.
+    Every,
+    /// Responses that have none: the admin API stamps its own answers,
+    /// so only what the edge answers itself (a 405, a 408, ...) gets one.
+    Missing,
 }
 
 /// A fresh v4 UUID from the thread's generator (no system call).
@@ -316,15 +326,16 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        if !self.enabled {
+        let id = request_id();
+        let value = header_value(&id);
+        if self.ids == RequestIds::Missing {
             return StampedFuture {
                 future: self.inner.call(request),
-                id: None,
+                id: Some(value),
+                keep_existing: true,
                 pending: None,
             };
         }
-        let id = request_id();
-        let value = header_value(&id);
         request
             .headers_mut()
             .insert(REQUEST_ID.clone(), value.clone());
@@ -345,6 +356,7 @@ where
         StampedFuture {
             future: self.inner.call(request),
             id: Some(value),
+            keep_existing: false,
             pending,
         }
     }
@@ -407,6 +419,8 @@ pin_project! {
         #[pin]
         future: F,
         id: Option<HeaderValue>,
+        // An id the response already has stays (RequestIds::Missing).
+        keep_existing: bool,
         pending: Option<Box<Pending>>,
     }
 }
@@ -421,7 +435,9 @@ where
         let this = self.project();
         let mut response = std::task::ready!(this.future.poll(cx))?;
         if let Some(id) = this.id.take() {
-            response.headers_mut().insert(REQUEST_ID.clone(), id);
+            if !(*this.keep_existing && response.headers().contains_key(&REQUEST_ID)) {
+                response.headers_mut().insert(REQUEST_ID.clone(), id);
+            }
         }
         let answered = this.pending.take().map(|pending| {
             // A refusal for a known key names it (the layer puts it there).

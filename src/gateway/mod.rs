@@ -198,13 +198,13 @@ impl Gateway {
                     grace: edge::MIN_RATE_GRACE,
                 }),
             },
-            request_ids: false,
+            request_ids: access::RequestIds::Missing,
             access_log: None,
             tls: None,
         };
         let (access_log, access_log_written) = access::AccessLog::start(config.access_log).unzip();
         let data_edge = EdgeConfig {
-            request_ids: true,
+            request_ids: access::RequestIds::Every,
             access_log,
             tls: data_cert.clone().map(tls::acceptor),
             ..edge.clone()
@@ -705,7 +705,7 @@ async fn run(
 struct EdgeConfig {
     header_read_timeout: Option<Duration>,
     body_limits: edge::BodyLimits,
-    request_ids: bool,
+    request_ids: access::RequestIds,
     access_log: Option<access::AccessLog>,
     /// HTTPS: the listener's TLS configuration.
     tls: Option<tokio_rustls::TlsAcceptor>,
@@ -766,7 +766,7 @@ async fn serve<S, B>(
             },
             log: limits.access_log.clone(),
             client: remote,
-            enabled: limits.request_ids,
+            ids: limits.request_ids,
         });
         let (builder, alive, mut phase) = (builder.clone(), alive.clone(), phase.clone());
         let header_read_timeout = limits.header_read_timeout;
