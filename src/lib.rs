@@ -124,8 +124,8 @@ pub use key::{AuthorizerKey, KeySource, RequestHead};
 #[cfg(feature = "axum")]
 pub use layer::MissingUsageContext;
 pub use layer::{
-    AwsRefusal, Charge, GrpcRefusal, Refusal, RefusalResponse, ResponseFuture, ShadowRefusal,
-    StoreFailure, UsageContext, UsagePlanLayer, UsagePlanService,
+    AwsRefusal, Charge, GrpcRefusal, Refunded, Refusal, RefusalResponse, ResponseFuture,
+    ShadowRefusal, StoreFailure, UsageContext, UsagePlanLayer, UsagePlanService,
 };
 pub use model::{
     ApiKey, ApiStage, NewApiKey, NewUsagePlan, Quota, QuotaPeriod, StageKey, Throttle, Usage,

@@ -397,8 +397,10 @@ async fn upstream_down_is_502_json() {
     let body = json(&body);
     assert!(body["message"].is_string(), "{body}");
     // The upstream refused the connection: it never had the request, which
-    // costs nothing.
+    // costs nothing, and the RateLimit header says so.
     assert_eq!(used_today(&gateway).await, [0, 100]);
+    let state = headers["ratelimit"].to_str().unwrap();
+    assert!(state.starts_with("\"quota\";r=100;t="), "{state}");
 
     gateway.shutdown().await.unwrap();
 }

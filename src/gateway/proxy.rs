@@ -27,7 +27,7 @@ use super::connection::{OwnConnection, OwnError, SpareConnections};
 use super::edge::{self, BodyWatch, EdgeBody};
 use super::grpc;
 use super::websocket;
-use crate::{Charge, UsageContext};
+use crate::{Charge, Refunded, UsageContext};
 
 /// The largest request body the echo upstream reads back.
 const ECHO_MAX_BODY: usize = 1024 * 1024;
@@ -174,20 +174,13 @@ impl Service<Request<EdgeBody>> for Proxy {
                 let Upstream::Http(http) = &*upstream else {
                     unreachable!("checked above")
                 };
-                let (response, sent) = http.upgrade(Request::from_parts(parts, body)).await;
+                let (mut response, sent) = http.upgrade(Request::from_parts(parts, body)).await;
                 match (&exchange, sent) {
                     (Some(exchange), true) if upstream_answered(&response) => {
                         exchange.upstream_answered(response.status());
                     }
                     // Never reached the upstream: it costs nothing.
-                    (_, false) => {
-                        if let Some(Err(e)) = match charge {
-                            Some(charge) => Some(charge.refund().await),
-                            None => None,
-                        } {
-                            tracing::warn!(error = %e, "could not refund a request the upstream never received");
-                        }
-                    }
+                    (_, false) => give_back(charge, &mut response).await,
                     _ => {}
                 }
                 Ok(response)
@@ -215,7 +208,7 @@ impl Service<Request<EdgeBody>> for Proxy {
         let upstream = self.upstream.clone();
         let own = self.own.clone();
         Box::pin(async move {
-            let (response, sent) = match &*upstream {
+            let (mut response, sent) = match &*upstream {
                 Upstream::Echo => (echo(request).await, true),
                 Upstream::Http(http) => forward(http, &own, request).await,
             };
@@ -228,11 +221,7 @@ impl Service<Request<EdgeBody>> for Proxy {
                     Some(refund) => refund.charge.take(),
                     None => bodyless_charge.take(),
                 };
-                if let Some(charge) = charge {
-                    if let Err(e) = charge.refund().await {
-                        tracing::warn!(error = %e, "could not refund a request the upstream never received");
-                    }
-                }
+                give_back(charge, &mut response).await;
                 return Ok(response);
             }
             let Some(refund) = refund.as_mut() else {
@@ -243,13 +232,25 @@ impl Service<Request<EdgeBody>> for Proxy {
                 return Ok(response);
             };
             // The body failed: the upstream never got the request whole.
-            if let Some(charge) = refund.charge.take() {
-                if let Err(e) = charge.refund().await {
-                    tracing::warn!(error = %e, "could not refund a request the upstream never received");
-                }
-            }
-            Ok(edge::failed_body(failure))
+            let mut response = edge::failed_body(failure);
+            give_back(refund.charge.take(), &mut response).await;
+            Ok(response)
         })
+    }
+}
+
+/// Gives back what a request the upstream never received was charged, and
+/// marks its answer [`Refunded`] (its `RateLimit` headers then show the
+/// charge unspent) once the store has taken it back.
+async fn give_back<B>(charge: Option<Charge>, response: &mut Response<B>) {
+    let Some(charge) = charge else { return };
+    match charge.refund().await {
+        Ok(()) => {
+            response.extensions_mut().insert(Refunded);
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not refund a request the upstream never received");
+        }
     }
 }
 

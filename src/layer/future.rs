@@ -9,7 +9,7 @@ use tower_service::Service;
 
 use super::decide::{Admission, Config, Next};
 use super::headers::RateLimitHeaders;
-use super::{Refusal, RefusalResponse, ShadowRefusal, UsageContext};
+use super::{Refunded, Refusal, RefusalResponse, ShadowRefusal, UsageContext};
 use crate::store::{Decision, StoreFuture};
 
 pin_project! {
@@ -153,6 +153,12 @@ where
                 } => {
                     let mut response = ready!(future.poll(cx))?;
                     if let Some(headers) = headers.take() {
+                        let refunded = response.extensions().get::<Refunded>().is_some();
+                        let headers = if refunded {
+                            headers.refunded()
+                        } else {
+                            headers
+                        };
                         headers.apply(response.headers_mut());
                     }
                     if let Some(reason) = shadow.take() {

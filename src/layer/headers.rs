@@ -42,6 +42,20 @@ impl RateLimitHeaders {
         self.decision.quota.map(|q| q.remaining)
     }
 
+    /// The state as if the request had not been charged: its token and
+    /// unit of quota back (a [`Refunded`](super::Refunded) answer).
+    pub(crate) fn refunded(mut self) -> Self {
+        if let Some(t) = &mut self.decision.throttle {
+            if t.tokens < t.burst_limit {
+                t.tokens += 1;
+            }
+        }
+        if let Some(q) = &mut self.decision.quota {
+            q.remaining = q.remaining.saturating_add(1);
+        }
+        self
+    }
+
     /// The `Retry-After` seconds of a refusal.
     pub(crate) fn retry_after(&self) -> Option<u64> {
         self.retry_after

@@ -214,6 +214,30 @@ impl std::fmt::Debug for ChargeRules {
     }
 }
 
+/// The mark of an answer whose request was given its charge back
+/// ([`Charge::refund`]): put it into the response's extensions, and the
+/// layer's `RateLimit` headers show the token and the unit of quota as
+/// unspent. The gateway marks its free answers with it (an upstream it
+/// could not reach, a body the client never finished).
+///
+/// ```
+/// use tower_usage_plans::{Refunded, UsageContext};
+///
+/// async fn never_delivered(
+///     mut usage: UsageContext,
+///     response: &mut http::Response<String>,
+/// ) {
+///     if let Some(charge) = usage.take_charge() {
+///         if charge.refund().await.is_ok() {
+///             response.extensions_mut().insert(Refunded);
+///         }
+///     }
+/// }
+/// # let _ = never_delivered;
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Refunded;
+
 /// What one admitted request was charged, from
 /// [`UsageContext::take_charge`]: give it back with [`refund`](Self::refund)
 /// when the request never reached the service.
