@@ -836,6 +836,44 @@ async fn stderr_line(gateway: &Proc, needle: &str) -> String {
     .await
 }
 
+/// A client that resets its HTTP/2 stream before the answer leaves a line
+/// too: status 499 (no response was sent), the key it was counted for,
+/// and no upstream status.
+#[tokio::test]
+async fn an_exchange_the_client_abandons_is_logged_as_499() {
+    let dir = TempDir::new("access-log-reset");
+    let (upstream, mut arrived) = held_upstream().await;
+    let config = dir.write(
+        "gateway.toml",
+        &config_text(2, &format!("upstream = \"http://{upstream}\"")),
+    );
+    let mut gateway = spawn(
+        &["--config", config.to_str().unwrap(), "--access-log", "json"],
+        &dir.0,
+    );
+    let (data, _admin) = gateway.ready().await;
+    let mut sender = net::h2_client::<http_body_util::Empty<Bytes>>(data).await;
+    let request = Request::get(format!("http://{data}/slow"))
+        .header("x-api-key", KEY)
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let pending = tokio::spawn(sender.send_request(request));
+    let _release = within("the request to reach the upstream", arrived.recv())
+        .await
+        .unwrap();
+    // Dropping the response future resets the stream (RST_STREAM).
+    pending.abort();
+    let line = stderr_line(&gateway, "\"status\":499").await;
+    let entry: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(entry["method"], "GET", "{entry}");
+    assert_eq!(entry["path"], "/slow", "{entry}");
+    assert_eq!(entry["decision"], "admitted", "{entry}");
+    assert!(entry["keyId"].is_string(), "{entry}");
+    assert!(entry["upstreamStatus"].is_null(), "{entry}");
+    gateway.signal("TERM");
+    gateway.wait_for("shutdown signal received").await;
+}
+
 #[tokio::test]
 async fn the_access_log_has_one_line_per_request_without_key_values_or_queries() {
     let dir = TempDir::new("access-log");

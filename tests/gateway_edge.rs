@@ -7,8 +7,8 @@
 
 mod support;
 use net::{
-    assert_aws_answer, assert_aws_response, channel_body, closed_addr, get, h2_client,
-    http1_server, until_closed, within, ChannelBody, TempDir,
+    assert_aws_answer, assert_aws_response, channel_body, channel_post, closed_addr, get,
+    h2_client, http1_server, until_closed, within, ChannelBody, TempDir,
 };
 use support::eventually::eventually;
 use support::gateway_config::{daily_quota, one_key};
@@ -574,7 +574,7 @@ async fn http2_requests_still_get_answers_after_the_header_timeout() {
     let mut sender = h2_client(gateway.data_addr()).await;
     // A request that takes longer than the header timeout to answer (its
     // body is slow) keeps its connection: it is in flight.
-    let (tx, request) = channel_post(gateway.data_addr(), "/slow");
+    let (tx, request) = channel_post(gateway.data_addr(), "/slow", KEY);
     let response = sender.send_request(request);
     let sending = tokio::spawn(async move {
         for _ in 0..4 {
@@ -594,7 +594,7 @@ async fn http2_requests_still_get_answers_after_the_header_timeout() {
 async fn a_stalled_http2_request_body_gets_408_and_costs_nothing() {
     let gateway = Gateway::start(config()).await.unwrap();
     let mut sender = h2_client(gateway.data_addr()).await;
-    let (tx, request) = channel_post(gateway.data_addr(), "/upload");
+    let (tx, request) = channel_post(gateway.data_addr(), "/upload", KEY);
     tx.send(Bytes::from_static(b"a start")).await.unwrap();
     // The rest of the body never comes (`tx` is held, not dropped).
     let response = within("the answer", sender.send_request(request))
@@ -619,7 +619,7 @@ async fn an_http2_stream_reset_mid_body_costs_nothing() {
     config.body_read_timeout = None;
     let gateway = Gateway::start(config).await.unwrap();
     let mut sender = h2_client(gateway.data_addr()).await;
-    let (tx, request) = channel_post(gateway.data_addr(), "/upload");
+    let (tx, request) = channel_post(gateway.data_addr(), "/upload", KEY);
     tx.send(Bytes::from_static(b"a start")).await.unwrap();
     let pending = tokio::spawn(sender.send_request(request));
     until_used(&gateway, 1, "the request to be counted").await;
@@ -666,17 +666,6 @@ async fn an_http2_body_reset_short_of_its_content_length_costs_nothing() {
         }
     }
     gateway.shutdown().await.unwrap();
-}
-
-/// `POST path` to `addr` with `KEY`, its body the chunks sent on the
-/// returned sender (a channel of one: a send waits until the last was read).
-fn channel_post(addr: SocketAddr, path: &str) -> (mpsc::Sender<Bytes>, Request<ChannelBody>) {
-    let (tx, body) = channel_body(1);
-    let request = Request::post(format!("http://{addr}{path}"))
-        .header("x-api-key", KEY)
-        .body(body)
-        .unwrap();
-    (tx, request)
 }
 
 // ---- shutdown ---------------------------------------------------------

@@ -413,8 +413,14 @@ impl Answered {
     }
 }
 
+/// The status logged for an exchange whose client went away before it
+/// was answered (an HTTP/2 stream reset, a closed connection), as nginx
+/// logs it: no response was sent.
+const CLIENT_CLOSED: u16 = 499;
+
 pin_project! {
-    /// The future of [`Stamped`].
+    /// The future of [`Stamped`]; dropped before the answer (the client
+    /// went away), it still logs the exchange, as status 499.
     pub(crate) struct StampedFuture<F> {
         #[pin]
         future: F,
@@ -422,6 +428,25 @@ pin_project! {
         // An id the response already has stays (RequestIds::Missing).
         keep_existing: bool,
         pending: Option<Box<Pending>>,
+    }
+
+    impl<F> PinnedDrop for StampedFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(pending) = this.project().pending.take() {
+                let decision = if pending.exchange.usage.get().is_some() {
+                    "admitted"
+                } else {
+                    "rejected"
+                };
+                Answered {
+                    status: CLIENT_CLOSED,
+                    decision,
+                    pending,
+                    bytes_out: 0,
+                }
+                .send();
+            }
+        }
     }
 }
 

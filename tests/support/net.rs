@@ -203,6 +203,22 @@ pub fn channel_body(capacity: usize) -> (mpsc::Sender<Bytes>, ChannelBody) {
     (tx, ChannelBody(rx))
 }
 
+/// `POST path` to `addr` with the API key `key`, its body the chunks sent
+/// on the returned sender (a channel of one: a send waits until the last
+/// was read).
+pub fn channel_post(
+    addr: SocketAddr,
+    path: &str,
+    key: &str,
+) -> (mpsc::Sender<Bytes>, Request<ChannelBody>) {
+    let (tx, body) = channel_body(1);
+    let request = Request::post(format!("http://{addr}{path}"))
+        .header("x-api-key", key)
+        .body(body)
+        .unwrap();
+    (tx, request)
+}
+
 impl Body for ChannelBody {
     type Data = Bytes;
     type Error = Infallible;
