@@ -7,8 +7,8 @@
 
 mod support;
 use net::{
-    assert_aws_answer, assert_aws_response, channel_body, channel_post, closed_addr, get,
-    h2_client, http1_server, until_closed, within, ChannelBody, TempDir,
+    assert_aws_answer, assert_aws_response, channel_post, closed_addr, get, h2_client,
+    http1_server, until_closed, within, TempDir,
 };
 use support::eventually::eventually;
 use support::gateway_config::{daily_quota, one_key};
