@@ -1106,3 +1106,77 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+// ---- a replica paused while the registry changed ----------------------------
+
+/// A replica paused (SIGSTOP) while a key is disabled through another is
+/// waited for at most a second, so the admin call returns while it
+/// sleeps. Once resumed, its very first request for the key is refused: it
+/// holds requests until it has read what was announced meanwhile (its own
+/// beat comes after every earlier message). Before, it answered from its
+/// stale registry until it caught up (black-box: 4-8 admissions; here it
+/// admitted some of these 16 in 4 runs of 4).
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_replica_refuses_a_key_disabled_while_it_slept() {
+    use support::redis_server::Redis;
+    use tower_usage_plans::gateway::{FilePlan, Gateway, GatewayConfig};
+    use tower_usage_plans::{NewApiKey, NewUsagePlan, Quota, QuotaPeriod};
+
+    let redis = Redis::start();
+    let dir = TempDir::new("paused-replica");
+    let config = dir.write("gateway.toml", &config_text(1_000, ""));
+    let mut a = spawn(
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--redis",
+            &redis.url(),
+        ],
+        &dir.0,
+    );
+    let (a_data, a_admin) = a.ready().await;
+    eventually("replica A to reach Redis", || async move {
+        (get(a_admin, "/ready", None).await.0 == StatusCode::OK).then_some(())
+    })
+    .await;
+    let b = Gateway::start(GatewayConfig {
+        listen: ([127, 0, 0, 1], 0).into(),
+        admin_listen: ([127, 0, 0, 1], 0).into(),
+        redis: Some(redis.url()),
+        keys: vec![NewApiKey::new("tester").with_value(KEY).with_enabled(true)],
+        plans: vec![FilePlan {
+            plan: NewUsagePlan::new("testing").with_quota(Quota::new(1_000, QuotaPeriod::Day)),
+            keys: vec!["tester".into()],
+        }],
+        ..GatewayConfig::default()
+    })
+    .await
+    .unwrap();
+    let key_id = b.plans().api_key_by_value(KEY).unwrap().id;
+    assert_eq!(status(a_data, Some(KEY)).await, StatusCode::OK);
+
+    a.signal("STOP");
+    b.plans()
+        .update_api_key(&key_id, |key| {
+            key.enabled = false;
+            Ok(())
+        })
+        .unwrap();
+    // Waits for A at most a second, then takes it as gone.
+    b.plans().replicated().await.unwrap();
+    a.signal("CONT");
+    // Its first requests, all at once, as traffic waiting on a resumed
+    // process arrives.
+    let first: Vec<_> = (0..16)
+        .map(|_| tokio::spawn(status(a_data, Some(KEY))))
+        .collect();
+    for answer in first {
+        assert_eq!(
+            answer.await.unwrap(),
+            StatusCode::FORBIDDEN,
+            "the resumed replica admitted a key disabled while it slept"
+        );
+    }
+    b.shutdown().await.unwrap();
+}

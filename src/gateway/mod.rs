@@ -19,6 +19,7 @@ mod access;
 mod body;
 mod config;
 mod connection;
+mod current;
 mod edge;
 mod error;
 mod grpc;
@@ -111,9 +112,11 @@ impl Gateway {
             _ => None,
         };
         let readiness = health::Readiness::new();
+        let mut late_store = None;
         let (plans, mut backing) = match &config.redis {
             Some(url) => {
                 let late = Arc::new(redis_link::LateStore::default());
+                late_store = Some(late.clone());
                 let plans = UsagePlans::builder()
                     .with_store(late.clone() as Arc<dyn CounterStore>)
                     .build();
@@ -231,13 +234,16 @@ impl Gateway {
             phases.clone(),
             alive.clone(),
             data_edge,
-            move |remote| metrics::Metered {
-                inner: layer.layer(proxy::Proxy::new(
-                    upstream.clone(),
-                    key_header.clone(),
-                    remote,
-                    proto,
-                )),
+            move |remote| current::Current {
+                inner: metrics::Metered {
+                    inner: layer.layer(proxy::Proxy::new(
+                        upstream.clone(),
+                        key_header.clone(),
+                        remote,
+                        proto,
+                    )),
+                },
+                late: late_store.clone(),
             },
         )));
         let admin_service = health::Health {

@@ -29,6 +29,11 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 pub(crate) struct LateStore(OnceLock<RedisStore>);
 
 impl LateStore {
+    /// The Redis store, once reached.
+    pub(crate) fn store(&self) -> Option<&RedisStore> {
+        self.0.get()
+    }
+
     fn get(&self) -> Result<&RedisStore, Error> {
         self.0
             .get()

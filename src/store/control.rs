@@ -14,7 +14,7 @@
 //! store's next `give_back_expired_leases`.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -52,6 +52,15 @@ pub(crate) struct Control {
     /// The other replicas whose beats we heard, with their lapse time (ms):
     /// waited on too, should Redis have lost the registrations.
     heard: Mutex<HashMap<String, i64>>,
+    /// The lapse time (ms) of the last beat of our own we received: until
+    /// then we have acted on every message sent before it, so the registry
+    /// is current ([`is_current`](Self::is_current)).
+    own_until_ms: AtomicI64,
+    /// Woken by each beat of our own.
+    beat: Notify,
+    /// Since when (ms) this replica has had no subscription; 0 while it
+    /// has one.
+    deaf_since_ms: AtomicI64,
 }
 
 struct Waiting {
@@ -93,7 +102,41 @@ impl Control {
             waiting: Mutex::new(HashMap::new()),
             listening: AtomicBool::new(false),
             heard: Mutex::new(HashMap::new()),
+            own_until_ms: AtomicI64::new(0),
+            beat: Notify::new(),
+            deaf_since_ms: AtomicI64::new(now_us() / 1_000),
         }
+    }
+
+    /// Whether this replica knows it has taken in every change announced on
+    /// the channel: it received a beat of its own that has not lapsed. A
+    /// replica that was paused (SIGSTOP, a long stall) is not current until
+    /// it has read what was announced meanwhile. One that lost its
+    /// subscription is not current for a registration's length (a change
+    /// announced meanwhile waited that long for it), then is taken as
+    /// current: Redis is likely unreachable, and the failure policy
+    /// applies to what it decides.
+    pub(crate) fn is_current(&self) -> bool {
+        let now_ms = now_us() / 1_000;
+        match self.deaf_since_ms.load(Ordering::Acquire) {
+            0 => now_ms < self.own_until_ms.load(Ordering::Acquire),
+            deaf_since => now_ms - deaf_since > REGISTRATION.as_millis() as i64,
+        }
+    }
+
+    /// Returns once this replica [`is_current`](Self::is_current), or after
+    /// `limit`.
+    pub(crate) async fn until_current(&self, limit: Duration) {
+        let _ = tokio::time::timeout(limit, async {
+            loop {
+                let beat = self.beat.notified();
+                if self.is_current() {
+                    return;
+                }
+                beat.await;
+            }
+        })
+        .await;
     }
 
     /// The leases this replica holds from now on.
@@ -241,6 +284,12 @@ impl Control {
                     return false;
                 }
                 // Only our own beat proves that we hear the channel.
+                let lapsed = now_us() / 1_000 >= self.own_until_ms.load(Ordering::Acquire);
+                if lapsed && !self.caught_up().await {
+                    return false;
+                }
+                self.own_until_ms.store(until_ms, Ordering::Release);
+                self.beat.notify_waiters();
                 {
                     if let Some(leases) = self.leases() {
                         if !leases.active() {
@@ -306,8 +355,32 @@ impl Control {
         }
     }
 
+    /// After a gap in what this replica heard (a first beat, a pause, a
+    /// lost subscription), an announced registry change may have gone by
+    /// unheard: takes the registry in again. `false` if that failed.
+    async fn caught_up(&self) -> bool {
+        let handler = self.on_registry.read().clone();
+        match handler {
+            Some(handler) => match handler().await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not take the registry in after a gap");
+                    false
+                }
+            },
+            None => true,
+        }
+    }
+
     fn stopped_listening(&self) {
         self.listening.store(false, Ordering::Release);
+        let _ = self.deaf_since_ms.compare_exchange(
+            0,
+            now_us() / 1_000,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+        self.beat.notify_waiters();
         if let Some(leases) = self.leases() {
             leases.listen_until(0);
         }
@@ -418,6 +491,7 @@ pub(crate) async fn listen(url: String, mut connection: Connection, control: Wea
             tracing::info!("replica control channel: subscribed again");
         }
         this.listening.store(true, Ordering::Release);
+        this.deaf_since_ms.store(0, Ordering::Release);
         drop(this);
         let mut messages = pubsub.into_on_message();
         let mut renew = tokio::time::interval(RENEW_EVERY);

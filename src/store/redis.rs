@@ -190,6 +190,21 @@ impl RedisStore {
         self
     }
 
+    /// Whether this replica has taken in every registry change announced
+    /// to it (see `Control::is_current`): the gateway holds requests while
+    /// it has not, e.g. after a pause.
+    #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
+    pub(crate) fn registry_current(&self) -> bool {
+        self.control.is_current()
+    }
+
+    /// Returns once [`registry_current`](Self::registry_current), or after
+    /// `limit`.
+    #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
+    pub(crate) async fn until_registry_current(&self, limit: Duration) {
+        self.control.until_current(limit).await;
+    }
+
     /// Gives every lease's unspent units and tokens back (call it on
     /// shutdown).
     ///
