@@ -134,3 +134,36 @@ async fn a_redis_failure_keeps_its_cause() {
         .expect("a redis::RedisError");
     assert!(cause.is_connection_refusal(), "{cause:?}");
 }
+
+/// A store timeout longer than the `redis` crate's own response timeout
+/// (500 ms) holds: a call made while Redis is busy for a second (here
+/// `CLIENT PAUSE`) answers once Redis does, within its 2 s.
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn a_store_timeout_longer_than_half_a_second_holds() {
+    use support::store_suite::{at, decide, rule, T0};
+    use tower_usage_plans::store::{CounterKey, RedisStore, Verdict};
+    use tower_usage_plans::QuotaPeriod;
+
+    let redis = support::redis_server::Redis::start();
+    let store = RedisStore::connect(&redis.url())
+        .await
+        .unwrap()
+        .with_timeout(std::time::Duration::from_secs(2));
+    let counter = CounterKey::new("plan", "busy");
+    let mut admin = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(1_000)
+        .arg("ALL")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let five_a_day = Some(rule(5, QuotaPeriod::Day));
+    let decision = decide(&store, &counter, None, five_a_day, at(T0)).await;
+    assert_eq!(decision.verdict, Verdict::Admitted);
+}

@@ -78,6 +78,9 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
+/// The longest any one command waits for its answer on one server.
+const RESPONSE_CEILING: Duration = Duration::from_secs(3);
+
 /// A store error saying what failed, with `e` as its source.
 fn store_error(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> Error {
     Error::new(ErrorKind::Store, format!("Redis {what}: {e}")).with_source(e)
@@ -341,7 +344,8 @@ impl RedisStore {
     }
 
     /// How long a call may take before it counts as a store failure
-    /// (default 250 ms); the layer's `StoreFailure` policy then decides.
+    /// (default 250 ms, at most 3 s on one server); the layer's
+    /// `StoreFailure` policy then decides.
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -427,9 +431,13 @@ impl Connection {
                 // when to try again (the gateway retries with its own
                 // backoff, and serves meanwhile). A command's failure still
                 // has the connection re-established for the next one.
+                // Its own response timeout (redis-rs: 500 ms by default)
+                // is only a ceiling: a call's bound is the store's timeout
+                // (`with_timeout`), which may be longer than 500 ms.
                 let config = redis::aio::ConnectionManagerConfig::new()
                     .set_number_of_retries(1)
-                    .set_connection_timeout(Some(Duration::from_secs(1)));
+                    .set_connection_timeout(Some(Duration::from_secs(1)))
+                    .set_response_timeout(Some(RESPONSE_CEILING));
                 Self::Single(
                     ConnectionManager::new_with_config(client, config)
                         .await
