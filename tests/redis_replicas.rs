@@ -906,3 +906,103 @@ async fn replicas_started_together_create_the_configured_plan_and_key_once() {
         b.shutdown().await.unwrap();
     }
 }
+
+/// Stops `gateways` and starts as many new ones on `redis` (new processes
+/// as far as the store knows: nothing of the old ones' memory is left).
+async fn restart(redis: &Redis, gateways: Vec<Gateway>, quota: u64, leases: bool) -> Vec<Gateway> {
+    let count = gateways.len();
+    for gateway in gateways {
+        gateway.shutdown().await.unwrap();
+    }
+    let mut restarted = Vec::new();
+    for _ in 0..count {
+        let config = config_with(&redis.url(), quota, StoreFailure::FailOpen, leases);
+        restarted.push(Gateway::start(config).await.unwrap());
+    }
+    restarted
+}
+
+async fn flushall(redis: &Redis) {
+    let mut raw = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let () = redis::cmd("FLUSHALL").query_async(&mut raw).await.unwrap();
+}
+
+/// A key's quota spent, then every replica restarted (none of them decided
+/// the key since), then Redis loses its data: the key stays spent. The
+/// replicas read every counter when they start — two replicas or one,
+/// with leases and without.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_spent_quota_survives_every_replica_restarting_before_redis_loses_its_data() {
+    for (leases, replicas) in [(false, 2), (true, 2), (false, 1), (true, 1)] {
+        let case = format!("leases: {leases}, replicas: {replicas}");
+        let redis = Redis::start();
+        let mut gateways = Vec::new();
+        for _ in 0..replicas {
+            let config = config_with(&redis.url(), 3, StoreFailure::FailOpen, leases);
+            gateways.push(Gateway::start(config).await.unwrap());
+        }
+        let client = client();
+        let mut admitted = 0;
+        for i in 0..5 {
+            let addr = gateways[i % replicas].data_addr();
+            admitted += u32::from(status(&client, addr).await == 200);
+        }
+        assert_eq!(admitted, 3, "{case}");
+
+        let gateways = restart(&redis, gateways, 3, leases).await;
+        flushall(&redis).await;
+        for i in 0..4 {
+            let addr = gateways[i % replicas].data_addr();
+            assert_eq!(
+                status(&client, addr).await,
+                429,
+                "request {i} after the restart and FLUSHALL ({case})"
+            );
+        }
+        for gateway in gateways {
+            gateway.shutdown().await.unwrap();
+        }
+    }
+}
+
+/// UpdateUsage (`replace /remaining 2`) on a key, then both replicas
+/// restart, then Redis loses its data: GetUsage reads 2 remaining on both
+/// replicas, and the data plane admits exactly 2 more — with leases and
+/// without.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_update_usage_survives_every_replica_restarting_before_redis_loses_its_data() {
+    for leases in [true, false] {
+        let redis = Redis::start();
+        let Pair {
+            a,
+            b,
+            plan_id,
+            key_id,
+            client,
+        } = warm_pair(&redis, 1_000, leases).await;
+        a.plans().set_remaining(&plan_id, &key_id, 2).await.unwrap();
+        let mut gateways = restart(&redis, vec![a, b], 1_000, leases).await;
+        let (b, a) = (gateways.pop().unwrap(), gateways.pop().unwrap());
+        flushall(&redis).await;
+        // GetUsage, the very first call after the loss, finds the counter
+        // gone and has it put back as every replica read it: the
+        // allowance, not the plan's 1,000 (today's count of requests went
+        // with Redis's data).
+        for (name, gateway) in [("B", &b), ("A", &a)] {
+            let usage = usage_today(gateway.plans(), &plan_id, &key_id).await;
+            assert_eq!(usage[1], 2, "{name}: {usage:?} (leases: {leases})");
+        }
+        let mut admitted = 0;
+        for i in 0..10 {
+            let addr = [b.data_addr(), a.data_addr()][i % 2];
+            admitted += u32::from(status(&client, addr).await == 200);
+        }
+        assert_eq!(admitted, 2, "leases: {leases}");
+        a.shutdown().await.unwrap();
+        b.shutdown().await.unwrap();
+    }
+}

@@ -14,8 +14,9 @@ use redis::cluster_async::ClusterConnection;
 use redis::{FromRedisValue, Script, ScriptInvocation};
 
 use super::control::{self, Control, Handler};
+use super::learn;
 use super::lease::{self, Lease, LeaseConfig, Leases, Unspent};
-use super::recovery::{Marker, Recovery, Seen};
+use super::recovery::{Marker, Period, Recovery, Seen};
 use super::{
     CounterKey, CounterStore, DayUsage, Decision, DecisionRequest, QuotaRule, StoreFuture, Verdict,
 };
@@ -229,9 +230,14 @@ impl RedisStore {
 
     /// Detects a Redis that came back empty (a restart without
     /// persistence, a failover to an empty node) and puts back the
-    /// counters this replica decided in their current period, so quotas do
+    /// counters this replica saw in their current period, so quotas do
     /// not reset; `true` when it did. The gateway calls it every 200 ms; a
     /// decision on a counter this replica saw detects it by itself.
+    ///
+    /// A replica sees every counter it decides and, over its first calls
+    /// (20,000 counters a call), every counter Redis held when it started:
+    /// so a loss after every replica restarted resets nothing either. Until
+    /// then, only what it decided is put back.
     ///
     /// # Errors
     /// `Store` if Redis cannot be reached.
@@ -242,7 +248,12 @@ impl RedisStore {
             self.script.clone(),
         );
         self.run_unbounded(move |mut connection| async move {
-            recover(&recovery, &control, &mut connection, &script).await
+            let lost = recover(&recovery, &control, &mut connection, &script).await?;
+            // With the marker known: what this replica reads of the
+            // counters from now on is put back should Redis lose it.
+            let _one = recovery.one_at_a_time().await;
+            learn::some(&recovery, &mut connection).await?;
+            Ok(lost)
         })
         .await
     }
@@ -433,6 +444,61 @@ impl Connection {
         }
     }
 
+    /// `command` on one node: `None`, the one server; on a cluster, the
+    /// master at that address (a `SCAN` goes on where its cursor began).
+    pub(crate) async fn on_node<T: FromRedisValue>(
+        &mut self,
+        node: Option<&(String, u16)>,
+        command: &redis::Cmd,
+    ) -> redis::RedisResult<T> {
+        use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+        match (self, node) {
+            (Self::Cluster(c), Some((host, port))) => {
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                    host: host.clone(),
+                    port: *port,
+                });
+                Ok(redis::from_redis_value(
+                    c.route_command(command.clone(), routing).await?,
+                )?)
+            }
+            (connection, _) => connection.query(command).await,
+        }
+    }
+
+    /// The masters of a cluster (`CLUSTER SLOTS`: each slot range's first
+    /// node); none on one server.
+    pub(crate) async fn masters(&mut self) -> redis::RedisResult<Vec<(String, u16)>> {
+        if let Self::Single(_) = self {
+            return Ok(Vec::new());
+        }
+        let ranges: Vec<Vec<redis::Value>> =
+            self.query(&redis::cmd("CLUSTER").arg("SLOTS")).await?;
+        let mut masters = Vec::new();
+        for range in ranges {
+            let Some(node) = range.into_iter().nth(2) else {
+                continue;
+            };
+            let (host, port): (String, u16) =
+                match redis::from_redis_value::<Vec<redis::Value>>(node)?
+                    .into_iter()
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .as_slice()
+                {
+                    [host, port] => (
+                        redis::from_redis_value_ref(host)?,
+                        redis::from_redis_value_ref(port)?,
+                    ),
+                    _ => continue,
+                };
+            if !masters.contains(&(host.clone(), port)) {
+                masters.push((host, port));
+            }
+        }
+        Ok(masters)
+    }
+
     pub(crate) async fn invoke<T: FromRedisValue>(
         &mut self,
         invocation: ScriptInvocation<'_>,
@@ -493,6 +559,11 @@ impl Args {
             known: false,
             seen: None,
         }
+    }
+
+    /// The quota period as the script stores it (kind, start, end).
+    fn stored_period(&self) -> Option<Period> {
+        self.period.map(|(kind, start, end, _)| (kind, start, end))
     }
 
     /// The script call; `marker`, the marker key, makes a decision refuse
@@ -558,10 +629,10 @@ impl RedisStore {
         let mut args = Args::new(now.into(), Some(quota));
         args.set_to = value;
         let (key, script) = (self.key(counter), self.script.clone());
-        let (store, counter, rule) = (self.clone(), counter.clone(), *quota);
+        let (store, counter) = (self.clone(), counter.clone());
         StoreFuture::boxed(async move {
             let recovery = store.recovery.clone();
-            let start = args.period.map_or(0, |(_, start, _, _)| start);
+            let period = args.stored_period();
             let saw = counter.clone();
             let (today, remaining, epoch, revoke) = store
                 .run(move |mut connection| async move {
@@ -575,7 +646,9 @@ impl RedisStore {
                     ) = connection
                         .invoke(args.invocation(&script, &key, None, op))
                         .await?;
-                    recovery.saw(saw, rule, start, (used, allow, epoch));
+                    if let Some(period) = period {
+                        recovery.saw(saw, period, (used, allow, epoch));
+                    }
                     // Whether the script started a new epoch ("set" always does).
                     Ok((today, remaining, epoch, revoke == 1))
                 })
@@ -644,9 +717,10 @@ impl CounterStore for RedisStore {
                     .await?;
             }
             let (verdict, tokens, remaining, units, leased_tokens, epoch, used, allow) = answer;
-            if let (Some(rule), Some((_, start, _, _)), false) = (quota, args.period, verdict == 3)
+            if let (true, Some(period), false) =
+                (quota.is_some(), args.stored_period(), verdict == 3)
             {
-                recovery.saw(counter, rule, start, (used, allow, epoch));
+                recovery.saw(counter, period, (used, allow, epoch));
             }
             let tokens: f64 = tokens.parse().unwrap_or(0.0);
             if let (Some((leases, slot)), true) = (slot, units > 0 || leased_tokens > 0) {
@@ -747,9 +821,24 @@ impl CounterStore for RedisStore {
     ) -> StoreFuture<Vec<DayUsage>> {
         let key = self.key(counter);
         let quota = quota.copied();
+        let known = self.recovery.seen.contains_key(counter);
+        let (recovery, control, script) = (
+            self.recovery.clone(),
+            self.control.clone(),
+            self.script.clone(),
+        );
         self.run(move |mut connection| async move {
-            let fields: HashMap<String, String> =
-                connection.query(redis::cmd("HGETALL").arg(&key)).await?;
+            let read = redis::cmd("HGETALL").arg(&key).clone();
+            let mut fields: HashMap<String, String> = connection.query(&read).await?;
+            // A counter this replica saw that is gone: Redis may have lost
+            // its data, and GetUsage tells what was put back, as the next
+            // decision would.
+            if fields.is_empty()
+                && known
+                && recover(&recovery, &control, &mut connection, &script).await?
+            {
+                fields = connection.query(&read).await?;
+            }
             let mut counter = restore(&fields);
             Ok(counter.usage(quota.as_ref(), to_nanos(now), first, last))
         })
@@ -807,6 +896,7 @@ async fn restore_seen(
     script: &Script,
 ) -> redis::RedisResult<()> {
     let now = jiff::Timestamp::now();
+    let secs = now.as_second();
     let seen: Vec<(CounterKey, Seen)> = recovery
         .seen
         .iter()
@@ -814,11 +904,15 @@ async fn restore_seen(
         .collect();
     let mut restored = 0usize;
     for (counter, seen) in seen {
-        let mut args = Args::new(now.into(), Some(&seen.rule));
-        if args.period.map(|(_, start, _, _)| start) != Some(seen.period_start) {
+        let (kind, start, end) = seen.period;
+        if secs >= end {
+            // Its period is over: nothing of it carries into the next.
             recovery.seen.remove(&counter);
             continue;
         }
+        let mut args = Args::new(now.into(), None);
+        // The limit plays no part in a restore.
+        args.period = Some((kind, start, end, 0));
         args.seen = Some(seen);
         let _: i64 = connection
             .invoke(args.invocation(
