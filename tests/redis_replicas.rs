@@ -550,12 +550,7 @@ async fn redis_losing_its_data_resets_no_quota() {
         }
         assert_eq!(admitted, 100, "leases: {leases}");
 
-        let mut raw = redis::Client::open(redis.url())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
-        let () = redis::cmd("FLUSHALL").query_async(&mut raw).await.unwrap();
+        flushall(&redis).await;
         for i in 0..10 {
             let addr = [b.data_addr(), a.data_addr()][i % 2];
             assert_eq!(
@@ -866,12 +861,7 @@ async fn the_latest_update_usage_survives_redis_losing_its_data() {
         // ... and A under the newer one.
         assert_eq!(status(&client, a.data_addr()).await, 200);
 
-        let mut raw = redis::Client::open(redis.url())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
-        let () = redis::cmd("FLUSHALL").query_async(&mut raw).await.unwrap();
+        flushall(&redis).await;
         // B notices first, so its older view is restored first.
         let mut admitted = 0;
         for i in 0..10 {

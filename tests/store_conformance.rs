@@ -136,7 +136,7 @@ async fn a_new_replica_puts_back_counters_it_only_read(var: &str, default: &str)
             .with_prefix(prefix.clone())
             .with_timeout(std::time::Duration::from_secs(30))
     };
-    let quota = Some(rule(3, Day));
+    let quota = rule(3, Day);
     let now = jiff::Timestamp::now;
     let counters: Vec<CounterKey> = (0..30)
         .map(|i| CounterKey::new("plan", &format!("key{i}")))
@@ -145,13 +145,13 @@ async fn a_new_replica_puts_back_counters_it_only_read(var: &str, default: &str)
     before.recover_if_emptied().await.unwrap();
     for (i, counter) in counters.iter().enumerate() {
         for _ in 0..=i % 3 {
-            let decision = decide(&before, counter, None, quota, now()).await;
+            let decision = decide(&before, counter, None, Some(quota), now()).await;
             assert_eq!(decision.verdict, Verdict::Admitted);
         }
     }
     // UpdateUsage: 2 remaining on key0 (it used 1 of 3).
     before
-        .set_remaining(&counters[0], &quota.unwrap(), now(), 2)
+        .set_remaining(&counters[0], &quota, now(), 2)
         .await
         .unwrap();
     drop(before);
@@ -170,7 +170,7 @@ async fn a_new_replica_puts_back_counters_it_only_read(var: &str, default: &str)
     delete(&url, &keys).await;
     for (i, counter) in counters.iter().enumerate() {
         let left: u64 = if i == 0 { 2 } else { 2 - (i % 3) as u64 };
-        let decision = decide(&after, counter, None, quota, now()).await;
+        let decision = decide(&after, counter, None, Some(quota), now()).await;
         match left {
             0 => assert_eq!(decision.verdict, Verdict::QuotaExceeded, "key{i}"),
             _ => {

@@ -18,7 +18,7 @@ use super::CounterKey;
 use crate::model::QuotaPeriod;
 
 /// The most keys one call reads (a round of the gateway, every 200 ms).
-pub(crate) const KEYS_PER_ROUND: usize = 20_000;
+pub(crate) const KEYS_PER_ROUND: usize = 5_000;
 /// The `COUNT` hint of one `SCAN` step.
 const SCAN_COUNT: usize = 1_000;
 /// `HMGET`s in flight at once (one multiplexed connection).
@@ -93,6 +93,17 @@ pub(crate) async fn some(
     Ok(done)
 }
 
+/// A counter hash's period kind, start and end, used count, allowance and
+/// epoch.
+type Fields = (
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    Option<u64>,
+    Option<i64>,
+    Option<u64>,
+);
+
 /// Reads `keys` (counter hashes) and keeps a copy of each one that has
 /// something to put back in its current period.
 async fn copy(
@@ -108,14 +119,7 @@ async fn copy(
         .map(|(counter, key)| {
             let mut connection = connection.clone();
             async move {
-                let fields: (
-                    Option<String>,
-                    Option<i64>,
-                    Option<i64>,
-                    Option<u64>,
-                    Option<i64>,
-                    Option<u64>,
-                ) = connection
+                let fields: Fields = connection
                     .query(
                         redis::cmd("HMGET")
                             .arg(&key)

@@ -235,7 +235,7 @@ impl RedisStore {
     /// decision on a counter this replica saw detects it by itself.
     ///
     /// A replica sees every counter it decides and, over its first calls
-    /// (20,000 counters a call), every counter Redis held when it started:
+    /// (5,000 counters a call), every counter Redis held when it started:
     /// so a loss after every replica restarted resets nothing either. Until
     /// then, only what it decided is put back.
     ///
@@ -472,8 +472,7 @@ impl Connection {
         if let Self::Single(_) = self {
             return Ok(Vec::new());
         }
-        let ranges: Vec<Vec<redis::Value>> =
-            self.query(&redis::cmd("CLUSTER").arg("SLOTS")).await?;
+        let ranges: Vec<Vec<redis::Value>> = self.query(redis::cmd("CLUSTER").arg("SLOTS")).await?;
         let mut masters = Vec::new();
         for range in ranges {
             let Some(node) = range.into_iter().nth(2) else {
