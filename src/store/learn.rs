@@ -72,19 +72,32 @@ pub(crate) async fn some(
             .arg(SCAN_COUNT)
             .arg("TYPE")
             .arg("hash");
-        let (next, keys): (u64, Vec<String>) = connection.on_node(node.as_ref(), &step).await?;
+        let stepped: redis::RedisResult<(u64, Vec<String>)> =
+            connection.on_node(node.as_ref(), &step).await;
+        let (next, keys) = match stepped {
+            Ok(stepped) => stepped,
+            Err(e) => {
+                if node.is_some() {
+                    // The cluster may have changed (a failover): its
+                    // masters are read again next time, and scanned anew.
+                    *recovery.scan.lock() = Scan::Start;
+                }
+                return Err(e);
+            }
+        };
         read += keys.len();
         copy(recovery, connection, keys).await?;
-        // Moved on only once its keys are read: a round cut short reads
-        // them again.
+        // Moved on only once its keys are read, and kept at each step: a
+        // round cut short (its future dropped) reads only them again.
         *cursor = next;
         if next == 0 {
             nodes.pop();
         }
+        *recovery.scan.lock() = Scan::Nodes(nodes.clone());
     }
     let done = nodes.is_empty();
-    *recovery.scan.lock() = if done { Scan::Done } else { Scan::Nodes(nodes) };
     if done {
+        *recovery.scan.lock() = Scan::Done;
         tracing::info!(
             counters = recovery.seen.len(),
             "read Redis's counters: they survive Redis losing its data"
