@@ -9,6 +9,7 @@ use jiff::civil::Date;
 use jiff::Timestamp;
 
 use crate::UnixNanos;
+use futures_util::{StreamExt, TryStreamExt};
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 use redis::{FromRedisValue, Script, ScriptInvocation};
@@ -30,6 +31,12 @@ const SCRIPT: &str = include_str!("redis.lua");
 /// The script's answer to a decision: verdict (3: the counter vanished),
 /// tokens, remaining, leased units and tokens, epoch, used, allowance.
 type Answer = (u8, String, u64, u64, u64, u64, u64, i64);
+/// How much longer than the store's timeout a decision that finds Redis
+/// emptied waits for the counters to be put back (every live replica's
+/// restore, acknowledged within 1 s each).
+const RECOVERY_WAIT: Duration = Duration::from_secs(5);
+/// Restores one replica keeps in flight after Redis lost its data.
+const RESTORES_IN_FLIGHT: usize = 64;
 /// History GetUsage may read, plus a margin: a counter untouched this long expires.
 const TTL_SECS: i64 = 101 * DAY_SECS;
 
@@ -382,8 +389,17 @@ impl RedisStore {
         F: FnOnce(Connection) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = redis::RedisResult<T>> + Send,
     {
+        self.run_for(self.timeout, command)
+    }
+
+    /// Runs `command` within `timeout` on a clone of the connection.
+    fn run_for<T, F, Fut>(&self, timeout: Duration, command: F) -> StoreFuture<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Connection) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = redis::RedisResult<T>> + Send,
+    {
         let connection = self.connection.clone();
-        let timeout = self.timeout;
         StoreFuture::boxed(async move {
             match tokio::time::timeout(timeout, command(connection)).await {
                 Ok(result) => result.map_err(|e| store_error("error", e)),
@@ -697,11 +713,18 @@ impl CounterStore for RedisStore {
         let (recovery, control) = (self.recovery.clone(), self.control.clone());
         let counter = request.counter.clone();
         let single = matches!(self.connection, Connection::Single(_));
-        self.run(move |mut connection| async move {
+        let timeout = self.timeout;
+        // Each script call has the store's timeout; a decision that finds
+        // Redis emptied waits for the restore (up to RECOVERY_WAIT more)
+        // rather than fail by the failure policy (fail-open would admit
+        // on an empty Redis).
+        self.run_for(timeout + RECOVERY_WAIT, move |mut connection| async move {
             let marker = single.then_some(recovery.marker_key.as_str());
-            let mut answer: Answer = connection
-                .invoke(args.invocation(&script, &key, marker, op))
-                .await?;
+            let mut answer: Answer = within(
+                timeout,
+                connection.invoke(args.invocation(&script, &key, marker, op)),
+            )
+            .await?;
             if answer.0 >= 3 {
                 // The marker is gone (4), or a counter this replica saw is
                 // (3): Redis lost its data — put back what every replica
@@ -711,9 +734,11 @@ impl CounterStore for RedisStore {
                     recovery.seen.remove(&counter);
                     args.known = false;
                 }
-                answer = connection
-                    .invoke(args.invocation(&script, &key, marker, op))
-                    .await?;
+                answer = within(
+                    timeout,
+                    connection.invoke(args.invocation(&script, &key, marker, op)),
+                )
+                .await?;
             }
             let (verdict, tokens, remaining, units, leased_tokens, epoch, used, allow) = answer;
             if let (true, Some(period), false) =
@@ -826,9 +851,12 @@ impl CounterStore for RedisStore {
             self.control.clone(),
             self.script.clone(),
         );
-        self.run(move |mut connection| async move {
+        let timeout = self.timeout;
+        // As a decision, GetUsage waits for a restore it started.
+        self.run_for(timeout + RECOVERY_WAIT, move |mut connection| async move {
             let read = redis::cmd("HGETALL").arg(&key).clone();
-            let mut fields: HashMap<String, String> = connection.query(&read).await?;
+            let mut fields: HashMap<String, String> =
+                within(timeout, connection.query(&read)).await?;
             // A counter this replica saw that is gone: Redis may have lost
             // its data, and GetUsage tells what was put back, as the next
             // decision would.
@@ -836,7 +864,7 @@ impl CounterStore for RedisStore {
                 && known
                 && recover(&recovery, &control, &mut connection, &script).await?
             {
-                fields = connection.query(&read).await?;
+                fields = within(timeout, connection.query(&read)).await?;
             }
             let mut counter = restore(&fields);
             Ok(counter.usage(quota.as_ref(), to_nanos(now), first, last))
@@ -850,6 +878,20 @@ impl CounterStore for RedisStore {
             connection.query(redis::cmd("DEL").arg(&key)).await
         })
     }
+}
+
+/// `call` within `limit`; a timeout is an I/O error.
+async fn within<T>(
+    limit: Duration,
+    call: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> redis::RedisResult<T> {
+    tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer within {limit:?}"),
+        )
+        .into())
+    })
 }
 
 /// The hash of `counter` under `prefix`: hash-tagged per (plan, key).
@@ -901,28 +943,36 @@ async fn restore_seen(
         .iter()
         .map(|entry| (entry.key().clone(), *entry.value()))
         .collect();
-    let mut restored = 0usize;
+    let mut current = Vec::with_capacity(seen.len());
     for (counter, seen) in seen {
-        let (kind, start, end) = seen.period;
-        if secs >= end {
+        if secs >= seen.period.2 {
             // Its period is over: nothing of it carries into the next.
             recovery.seen.remove(&counter);
-            continue;
+        } else {
+            current.push((counter, seen));
         }
-        let mut args = Args::new(now.into(), None);
-        // The limit plays no part in a restore.
-        args.period = Some((kind, start, end, 0));
-        args.seen = Some(seen);
-        let _: i64 = connection
-            .invoke(args.invocation(
-                script,
-                &counter_key(&recovery.prefix, &counter),
-                None,
-                "restore",
-            ))
-            .await?;
-        restored += 1;
     }
+    let restored = current.len();
+    // Every counter of the current period (all of Redis's, for a replica
+    // that read them when it started): many restores in flight at once.
+    futures_util::stream::iter(current)
+        .map(|(counter, seen)| {
+            let mut connection = connection.clone();
+            let (kind, start, end) = seen.period;
+            let mut args = Args::new(now.into(), None);
+            // The limit plays no part in a restore.
+            args.period = Some((kind, start, end, 0));
+            args.seen = Some(seen);
+            let key = counter_key(&recovery.prefix, &counter);
+            async move {
+                connection
+                    .invoke::<i64>(args.invocation(script, &key, None, "restore"))
+                    .await
+            }
+        })
+        .buffer_unordered(RESTORES_IN_FLIGHT)
+        .try_collect::<Vec<_>>()
+        .await?;
     tracing::warn!(
         counters = restored,
         "Redis lost its data: restored the counters this replica saw"
