@@ -996,3 +996,50 @@ async fn an_update_usage_survives_every_replica_restarting_before_redis_loses_it
         b.shutdown().await.unwrap();
     }
 }
+
+/// A replica that stopped answering (paused: its last beat said it would
+/// be back) holds a recovery up for a second while the others wait for its
+/// acknowledgement. A decision that found Redis emptied waits for the
+/// restore rather than fail by the failure policy: fail-open admitted a
+/// spent key on the empty Redis — with leases and without.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_restore_admits_nothing_even_failing_open() {
+    for leases in [true, false] {
+        let redis = Redis::start();
+        let Pair {
+            a,
+            b,
+            plan_id,
+            key_id,
+            client,
+        } = warm_pair(&redis, 20, leases).await;
+        a.plans().set_remaining(&plan_id, &key_id, 0).await.unwrap();
+        let mut raw = redis::Client::open(redis.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        // The paused replica's last beat, heard by A and B ...
+        let until_ms = jiff::Timestamp::now().as_millisecond() + 60_000;
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg("tup:{ctl}")
+            .arg(format!("beat paused-replica {until_ms}"))
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        // ... before this change, which A acknowledges after it (in order).
+        b.plans()
+            .create_api_key(NewApiKey::new("after-the-beat"))
+            .unwrap();
+        b.plans().replicated().await.unwrap();
+
+        flushall(&redis).await;
+        assert_eq!(
+            status(&client, a.data_addr()).await,
+            429,
+            "leases: {leases}"
+        );
+        a.shutdown().await.unwrap();
+        b.shutdown().await.unwrap();
+    }
+}
