@@ -31,12 +31,6 @@ const SCRIPT: &str = include_str!("redis.lua");
 /// The script's answer to a decision: verdict (3: the counter vanished),
 /// tokens, remaining, leased units and tokens, epoch, used, allowance.
 type Answer = (u8, String, u64, u64, u64, u64, u64, i64);
-/// How much longer than the store's timeout a decision that finds Redis
-/// emptied waits for the counters to be put back (every live replica's
-/// restore, acknowledged within 1 s each).
-const RECOVERY_WAIT: Duration = Duration::from_secs(5);
-/// Restores one replica keeps in flight after Redis lost its data.
-const RESTORES_IN_FLIGHT: usize = 64;
 /// History GetUsage may read, plus a margin: a counter untouched this long expires.
 const TTL_SECS: i64 = 101 * DAY_SECS;
 
@@ -898,6 +892,13 @@ async fn within<T>(
 fn counter_key(prefix: &str, counter: &CounterKey) -> String {
     format!("{prefix}{{{}:{}}}", counter.plan_id(), counter.key_id())
 }
+
+/// How much longer than the store's timeout a decision that finds Redis
+/// emptied waits for the counters to be put back (every live replica's
+/// restore, acknowledged within 1 s each).
+const RECOVERY_WAIT: Duration = Duration::from_secs(5);
+/// Restores one replica keeps in flight after Redis lost its data.
+const RESTORES_IN_FLIGHT: usize = 64;
 
 /// After Redis lost its data: puts back what this replica saw and, when
 /// the marker is missing, has every other replica do the same before it
