@@ -1043,3 +1043,33 @@ async fn a_slow_restore_admits_nothing_even_failing_open() {
         b.shutdown().await.unwrap();
     }
 }
+
+/// UpdateUsage through B (`replace /remaining 0`), then B is gone, then
+/// Redis loses its data: A's copy followed the change (A decided the key
+/// only before it), so the key stays spent — with leases and without.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_update_usage_through_a_replica_now_gone_survives_redis_losing_its_data() {
+    for leases in [true, false] {
+        let redis = Redis::start();
+        let Pair {
+            a,
+            b,
+            plan_id,
+            key_id,
+            client,
+        } = warm_pair(&redis, 1_000, leases).await;
+        b.plans().set_remaining(&plan_id, &key_id, 0).await.unwrap();
+        b.shutdown().await.unwrap();
+        flushall(&redis).await;
+        let usage = usage_today(a.plans(), &plan_id, &key_id).await;
+        assert_eq!(usage[1], 0, "GetUsage: {usage:?} (leases: {leases})");
+        for i in 0..3 {
+            assert_eq!(
+                status(&client, a.data_addr()).await,
+                429,
+                "request {i} (leases: {leases})"
+            );
+        }
+        a.shutdown().await.unwrap();
+    }
+}

@@ -13,7 +13,7 @@
 use futures_util::{StreamExt, TryStreamExt};
 
 use super::recovery::{Recovery, Seen};
-use super::redis::Connection;
+use super::redis::{counter_key, Connection};
 use super::CounterKey;
 use crate::model::QuotaPeriod;
 
@@ -86,7 +86,7 @@ pub(crate) async fn some(
             }
         };
         read += keys.len();
-        copy(recovery, connection, keys).await?;
+        copy(recovery, connection, keys, false).await?;
         // Moved on only once its keys are read, and kept at each step: a
         // round cut short (its future dropped) reads only them again.
         *cursor = next;
@@ -117,12 +117,25 @@ type Fields = (
     Option<u64>,
 );
 
+/// Reads `counter` again into its copy (another replica changed it by
+/// UpdateUsage).
+pub(crate) async fn refresh(
+    recovery: &Recovery,
+    connection: &mut Connection,
+    counter: CounterKey,
+) -> redis::RedisResult<()> {
+    let key = counter_key(&recovery.prefix, &counter);
+    copy(recovery, connection, vec![key], true).await
+}
+
 /// Reads `keys` (counter hashes) and keeps a copy of each one that has
-/// something to put back in its current period.
+/// something to put back in its current period; `replace`: over the copy
+/// this replica has (else that one is kept).
 async fn copy(
     recovery: &Recovery,
     connection: &Connection,
     keys: Vec<String>,
+    replace: bool,
 ) -> redis::RedisResult<()> {
     let now = jiff::Timestamp::now().as_second();
     let counters = keys
@@ -155,12 +168,20 @@ async fn copy(
         if !(start <= now && now < end) || (used == 0 && allow < 0) {
             continue;
         }
-        recovery.seen.entry(counter).or_insert(Seen {
+        let seen = Seen {
             period: (kind, start, end),
             used,
             allow,
             epoch: epoch.unwrap_or(0),
-        });
+        };
+        match replace {
+            true => {
+                recovery.seen.insert(counter, seen);
+            }
+            false => {
+                recovery.seen.entry(counter).or_insert(seen);
+            }
+        }
     }
     Ok(())
 }

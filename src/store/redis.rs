@@ -129,6 +129,21 @@ impl RedisStore {
                 Ok(())
             })
         })));
+        // Another replica changed a counter by UpdateUsage: this replica's
+        // copy follows (so that a loss puts back the new allowance even
+        // if that replica is gone by then).
+        let (recovery, connection) = (Arc::downgrade(&self.recovery), self.connection.clone());
+        self.control.on_revoked(Some(Arc::new(move |counter| {
+            let (recovery, mut connection) = (recovery.clone(), connection.clone());
+            StoreFuture::boxed(async move {
+                if let Some(recovery) = recovery.upgrade() {
+                    learn::refresh(&recovery, &mut connection, counter)
+                        .await
+                        .map_err(|e| store_error("copy", e))?;
+                }
+                Ok(())
+            })
+        })));
         if let Some(leases) = &self.leases {
             self.control.hold(leases.clone());
         }
@@ -889,7 +904,7 @@ async fn within<T>(
 }
 
 /// The hash of `counter` under `prefix`: hash-tagged per (plan, key).
-fn counter_key(prefix: &str, counter: &CounterKey) -> String {
+pub(crate) fn counter_key(prefix: &str, counter: &CounterKey) -> String {
     format!("{prefix}{{{}:{}}}", counter.plan_id(), counter.key_id())
 }
 
