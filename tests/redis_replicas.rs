@@ -496,11 +496,7 @@ async fn a_change_through_one_replica_binds_the_other_on_its_next_request() {
             })
             .unwrap();
         a.plans().replicated().await.unwrap();
-        let mut admitted = 0;
-        for i in 0..10 {
-            let addr = [b.data_addr(), a.data_addr()][i % 2];
-            admitted += u32::from(status(&client, addr).await == 200);
-        }
+        let admitted = admitted_in_turn(&client, &[&b, &a], 10).await;
         assert!(
             admitted <= 1,
             "burst 1 admitted {admitted} of 10 (leases: {leases})"
@@ -863,11 +859,7 @@ async fn the_latest_update_usage_survives_redis_losing_its_data() {
 
         flushall(&redis).await;
         // B notices first, so its older view is restored first.
-        let mut admitted = 0;
-        for i in 0..10 {
-            let addr = [b.data_addr(), a.data_addr()][i % 2];
-            admitted += u32::from(status(&client, addr).await == 200);
-        }
+        let admitted = admitted_in_turn(&client, &[&b, &a], 10).await;
         assert_eq!(admitted, 2, "2 of the 3 left (leases: {leases})");
         a.shutdown().await.unwrap();
         b.shutdown().await.unwrap();
@@ -912,6 +904,21 @@ async fn restart(redis: &Redis, gateways: Vec<Gateway>, quota: u64, leases: bool
     restarted
 }
 
+/// How many of `requests` requests, sent to `gateways` in turn, were
+/// admitted.
+async fn admitted_in_turn(
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Empty<bytes::Bytes>>,
+    gateways: &[&Gateway],
+    requests: usize,
+) -> u32 {
+    let mut admitted = 0;
+    for i in 0..requests {
+        let addr = gateways[i % gateways.len()].data_addr();
+        admitted += u32::from(status(client, addr).await == 200);
+    }
+    admitted
+}
+
 async fn flushall(redis: &Redis) {
     let mut raw = redis::Client::open(redis.url())
         .unwrap()
@@ -936,12 +943,8 @@ async fn a_spent_quota_survives_every_replica_restarting_before_redis_loses_its_
             gateways.push(Gateway::start(config).await.unwrap());
         }
         let client = client();
-        let mut admitted = 0;
-        for i in 0..5 {
-            let addr = gateways[i % replicas].data_addr();
-            admitted += u32::from(status(&client, addr).await == 200);
-        }
-        assert_eq!(admitted, 3, "{case}");
+        let serving: Vec<&Gateway> = gateways.iter().collect();
+        assert_eq!(admitted_in_turn(&client, &serving, 5).await, 3, "{case}");
 
         let gateways = restart(&redis, gateways, 3, leases).await;
         flushall(&redis).await;
@@ -986,11 +989,7 @@ async fn an_update_usage_survives_every_replica_restarting_before_redis_loses_it
             let usage = usage_today(gateway.plans(), &plan_id, &key_id).await;
             assert_eq!(usage[1], 2, "{name}: {usage:?} (leases: {leases})");
         }
-        let mut admitted = 0;
-        for i in 0..10 {
-            let addr = [b.data_addr(), a.data_addr()][i % 2];
-            admitted += u32::from(status(&client, addr).await == 200);
-        }
+        let admitted = admitted_in_turn(&client, &[&b, &a], 10).await;
         assert_eq!(admitted, 2, "leases: {leases}");
         a.shutdown().await.unwrap();
         b.shutdown().await.unwrap();

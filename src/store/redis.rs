@@ -868,11 +868,10 @@ impl CounterStore for RedisStore {
                 within(timeout, connection.query(&read)).await?;
             // A counter this replica saw that is gone: Redis may have lost
             // its data, and GetUsage tells what was put back, as the next
-            // decision would.
-            if fields.is_empty()
-                && known
-                && recover(&recovery, &control, &mut connection, &script).await?
-            {
+            // decision would (read again even if another task of this
+            // replica did the restore meanwhile).
+            if fields.is_empty() && known {
+                recover(&recovery, &control, &mut connection, &script).await?;
                 fields = within(timeout, connection.query(&read)).await?;
             }
             let mut counter = restore(&fields);
