@@ -496,11 +496,7 @@ async fn a_change_through_one_replica_binds_the_other_on_its_next_request() {
             })
             .unwrap();
         a.plans().replicated().await.unwrap();
-        let mut admitted = 0;
-        for i in 0..10 {
-            let addr = [b.data_addr(), a.data_addr()][i % 2];
-            admitted += u32::from(status(&client, addr).await == 200);
-        }
+        let admitted = admitted_in_turn(&client, &[&b, &a], 10).await;
         assert!(
             admitted <= 1,
             "burst 1 admitted {admitted} of 10 (leases: {leases})"
@@ -550,12 +546,7 @@ async fn redis_losing_its_data_resets_no_quota() {
         }
         assert_eq!(admitted, 100, "leases: {leases}");
 
-        let mut raw = redis::Client::open(redis.url())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
-        let () = redis::cmd("FLUSHALL").query_async(&mut raw).await.unwrap();
+        flushall(&redis).await;
         for i in 0..10 {
             let addr = [b.data_addr(), a.data_addr()][i % 2];
             assert_eq!(
@@ -866,18 +857,9 @@ async fn the_latest_update_usage_survives_redis_losing_its_data() {
         // ... and A under the newer one.
         assert_eq!(status(&client, a.data_addr()).await, 200);
 
-        let mut raw = redis::Client::open(redis.url())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
-        let () = redis::cmd("FLUSHALL").query_async(&mut raw).await.unwrap();
+        flushall(&redis).await;
         // B notices first, so its older view is restored first.
-        let mut admitted = 0;
-        for i in 0..10 {
-            let addr = [b.data_addr(), a.data_addr()][i % 2];
-            admitted += u32::from(status(&client, addr).await == 200);
-        }
+        let admitted = admitted_in_turn(&client, &[&b, &a], 10).await;
         assert_eq!(admitted, 2, "2 of the 3 left (leases: {leases})");
         a.shutdown().await.unwrap();
         b.shutdown().await.unwrap();
@@ -904,5 +886,189 @@ async fn replicas_started_together_create_the_configured_plan_and_key_once() {
         }
         a.shutdown().await.unwrap();
         b.shutdown().await.unwrap();
+    }
+}
+
+/// Stops `gateways` and starts as many new ones on `redis` (new processes
+/// as far as the store knows: nothing of the old ones' memory is left).
+async fn restart(redis: &Redis, gateways: Vec<Gateway>, quota: u64, leases: bool) -> Vec<Gateway> {
+    let count = gateways.len();
+    for gateway in gateways {
+        gateway.shutdown().await.unwrap();
+    }
+    let mut restarted = Vec::new();
+    for _ in 0..count {
+        let config = config_with(&redis.url(), quota, StoreFailure::FailOpen, leases);
+        restarted.push(Gateway::start(config).await.unwrap());
+    }
+    restarted
+}
+
+/// How many of `requests` requests, sent to `gateways` in turn, were
+/// admitted.
+async fn admitted_in_turn(
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Empty<bytes::Bytes>>,
+    gateways: &[&Gateway],
+    requests: usize,
+) -> u32 {
+    let mut admitted = 0;
+    for i in 0..requests {
+        let addr = gateways[i % gateways.len()].data_addr();
+        admitted += u32::from(status(client, addr).await == 200);
+    }
+    admitted
+}
+
+async fn flushall(redis: &Redis) {
+    let mut raw = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let () = redis::cmd("FLUSHALL").query_async(&mut raw).await.unwrap();
+}
+
+/// A key's quota spent, then every replica restarted (none of them decided
+/// the key since), then Redis loses its data: the key stays spent. The
+/// replicas read every counter when they start — two replicas or one,
+/// with leases and without.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_spent_quota_survives_every_replica_restarting_before_redis_loses_its_data() {
+    for (leases, replicas) in [(false, 2), (true, 2), (false, 1), (true, 1)] {
+        let case = format!("leases: {leases}, replicas: {replicas}");
+        let redis = Redis::start();
+        let mut gateways = Vec::new();
+        for _ in 0..replicas {
+            let config = config_with(&redis.url(), 3, StoreFailure::FailOpen, leases);
+            gateways.push(Gateway::start(config).await.unwrap());
+        }
+        let client = client();
+        let serving: Vec<&Gateway> = gateways.iter().collect();
+        assert_eq!(admitted_in_turn(&client, &serving, 5).await, 3, "{case}");
+
+        let gateways = restart(&redis, gateways, 3, leases).await;
+        flushall(&redis).await;
+        for i in 0..4 {
+            let addr = gateways[i % replicas].data_addr();
+            assert_eq!(
+                status(&client, addr).await,
+                429,
+                "request {i} after the restart and FLUSHALL ({case})"
+            );
+        }
+        for gateway in gateways {
+            gateway.shutdown().await.unwrap();
+        }
+    }
+}
+
+/// UpdateUsage (`replace /remaining 2`) on a key, then both replicas
+/// restart, then Redis loses its data: GetUsage reads 2 remaining on both
+/// replicas, and the data plane admits exactly 2 more — with leases and
+/// without.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_update_usage_survives_every_replica_restarting_before_redis_loses_its_data() {
+    for leases in [true, false] {
+        let redis = Redis::start();
+        let Pair {
+            a,
+            b,
+            plan_id,
+            key_id,
+            client,
+        } = warm_pair(&redis, 1_000, leases).await;
+        a.plans().set_remaining(&plan_id, &key_id, 2).await.unwrap();
+        let mut gateways = restart(&redis, vec![a, b], 1_000, leases).await;
+        let (b, a) = (gateways.pop().unwrap(), gateways.pop().unwrap());
+        flushall(&redis).await;
+        // GetUsage, the very first call after the loss, finds the counter
+        // gone and has it put back as every replica read it: the
+        // allowance, not the plan's 1,000 (today's count of requests went
+        // with Redis's data).
+        for (name, gateway) in [("B", &b), ("A", &a)] {
+            let usage = usage_today(gateway.plans(), &plan_id, &key_id).await;
+            assert_eq!(usage[1], 2, "{name}: {usage:?} (leases: {leases})");
+        }
+        let admitted = admitted_in_turn(&client, &[&b, &a], 10).await;
+        assert_eq!(admitted, 2, "leases: {leases}");
+        a.shutdown().await.unwrap();
+        b.shutdown().await.unwrap();
+    }
+}
+
+/// A replica that stopped answering (paused: its last beat said it would
+/// be back) holds a recovery up for a second while the others wait for its
+/// acknowledgement. A decision that found Redis emptied waits for the
+/// restore rather than fail by the failure policy: fail-open admitted a
+/// spent key on the empty Redis — with leases and without.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_restore_admits_nothing_even_failing_open() {
+    for leases in [true, false] {
+        let redis = Redis::start();
+        let Pair {
+            a,
+            b,
+            plan_id,
+            key_id,
+            client,
+        } = warm_pair(&redis, 20, leases).await;
+        a.plans().set_remaining(&plan_id, &key_id, 0).await.unwrap();
+        let mut raw = redis::Client::open(redis.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        // The paused replica's last beat, heard by A and B ...
+        let until_ms = jiff::Timestamp::now().as_millisecond() + 60_000;
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg("tup:{ctl}")
+            .arg(format!("beat paused-replica {until_ms}"))
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        // ... before this change, which A acknowledges after it (in order).
+        b.plans()
+            .create_api_key(NewApiKey::new("after-the-beat"))
+            .unwrap();
+        b.plans().replicated().await.unwrap();
+
+        flushall(&redis).await;
+        assert_eq!(
+            status(&client, a.data_addr()).await,
+            429,
+            "leases: {leases}"
+        );
+        a.shutdown().await.unwrap();
+        b.shutdown().await.unwrap();
+    }
+}
+
+/// UpdateUsage through B (`replace /remaining 0`), then B is gone, then
+/// Redis loses its data: A's copy followed the change (A decided the key
+/// only before it), so the key stays spent — with leases and without.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_update_usage_through_a_replica_now_gone_survives_redis_losing_its_data() {
+    for leases in [true, false] {
+        let redis = Redis::start();
+        let Pair {
+            a,
+            b,
+            plan_id,
+            key_id,
+            client,
+        } = warm_pair(&redis, 1_000, leases).await;
+        b.plans().set_remaining(&plan_id, &key_id, 0).await.unwrap();
+        b.shutdown().await.unwrap();
+        flushall(&redis).await;
+        let usage = usage_today(a.plans(), &plan_id, &key_id).await;
+        assert_eq!(usage[1], 0, "GetUsage: {usage:?} (leases: {leases})");
+        for i in 0..3 {
+            assert_eq!(
+                status(&client, a.data_addr()).await,
+                429,
+                "request {i} (leases: {leases})"
+            );
+        }
+        a.shutdown().await.unwrap();
     }
 }

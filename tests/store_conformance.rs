@@ -167,3 +167,106 @@ async fn a_store_timeout_longer_than_half_a_second_holds() {
     let decision = decide(&store, &counter, None, five_a_day, at(T0)).await;
     assert_eq!(decision.verdict, Verdict::Admitted);
 }
+
+/// A replica that only read the counters when it started (the replicas
+/// that decided them are gone) puts them back once Redis lost them, on one
+/// server and on the cluster (read on each master): 30 counters spread
+/// over the slots, spent 1 to 3 of 3, one with an UpdateUsage allowance.
+#[cfg(feature = "redis")]
+async fn a_new_replica_puts_back_counters_it_only_read(var: &str, default: &str) {
+    use store_suite::{decide, rule};
+    use tower_usage_plans::store::{CounterKey, CounterStore, Verdict};
+    use tower_usage_plans::QuotaPeriod::Day;
+
+    let url = std::env::var(var).unwrap_or_else(|_| default.into());
+    let prefix = unique_prefix();
+    let connect = || async {
+        tower_usage_plans::store::RedisStore::connect(&url)
+            .await
+            .unwrap()
+            .with_prefix(prefix.clone())
+            .with_timeout(std::time::Duration::from_secs(30))
+    };
+    let quota = rule(3, Day);
+    let now = jiff::Timestamp::now;
+    let counters: Vec<CounterKey> = (0..30)
+        .map(|i| CounterKey::new("plan", &format!("key{i}")))
+        .collect();
+    let before = connect().await;
+    before.recover_if_emptied().await.unwrap();
+    for (i, counter) in counters.iter().enumerate() {
+        for _ in 0..=i % 3 {
+            let decision = decide(&before, counter, None, Some(quota), now()).await;
+            assert_eq!(decision.verdict, Verdict::Admitted);
+        }
+    }
+    // UpdateUsage: 2 remaining on key0 (it used 1 of 3).
+    before
+        .set_remaining(&counters[0], &quota, now(), 2)
+        .await
+        .unwrap();
+    drop(before);
+
+    let after = connect().await;
+    assert!(
+        !after.recover_if_emptied().await.unwrap(),
+        "nothing lost yet"
+    );
+    // Redis loses the prefix's data: every counter and the marker.
+    let mut keys: Vec<String> = counters
+        .iter()
+        .map(|c| format!("{prefix}{{{}:{}}}", c.plan_id(), c.key_id()))
+        .collect();
+    keys.push(format!("{prefix}{{ctl}}:marker"));
+    delete(&url, &keys).await;
+    for (i, counter) in counters.iter().enumerate() {
+        let left: u64 = if i == 0 { 2 } else { 2 - (i % 3) as u64 };
+        let decision = decide(&after, counter, None, Some(quota), now()).await;
+        match left {
+            0 => assert_eq!(decision.verdict, Verdict::QuotaExceeded, "key{i}"),
+            _ => {
+                assert_eq!(decision.verdict, Verdict::Admitted, "key{i}");
+                assert_eq!(decision.quota.unwrap().remaining, left - 1, "key{i}");
+            }
+        }
+    }
+}
+
+/// Deletes `keys` one by one (they lie in different cluster slots).
+#[cfg(feature = "redis")]
+async fn delete(url: &str, keys: &[String]) {
+    use redis::AsyncCommands;
+    match url.strip_prefix("redis+cluster://") {
+        Some(nodes) => {
+            let nodes: Vec<String> = nodes.split(',').map(|n| format!("redis://{n}")).collect();
+            let client = redis::cluster::ClusterClient::new(nodes).unwrap();
+            let mut connection = client.get_async_connection().await.unwrap();
+            for key in keys {
+                let _: i64 = connection.del(key).await.unwrap();
+            }
+        }
+        None => {
+            let client = redis::Client::open(url).unwrap();
+            let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+            for key in keys {
+                let _: i64 = connection.del(key).await.unwrap();
+            }
+        }
+    }
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_replica_puts_back_counters_it_only_read_on_one_server() {
+    a_new_replica_puts_back_counters_it_only_read("REDIS_URL", "redis://127.0.0.1:6390").await;
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_replica_puts_back_counters_it_only_read_on_the_cluster() {
+    a_new_replica_puts_back_counters_it_only_read(
+        "REDIS_CLUSTER_URL",
+        "redis+cluster://127.0.0.1:6391,127.0.0.1:6392,127.0.0.1:6393",
+    )
+    .await;
+}

@@ -36,6 +36,11 @@ const RENEW_EVERY: Duration = Duration::from_millis(100);
 /// lost its data): resolves once done, and the message is acknowledged.
 pub(crate) type Handler = Arc<dyn Fn() -> StoreFuture<()> + Send + Sync>;
 
+/// What a replica does when another changed a counter's allowance
+/// (UpdateUsage): resolves once done, before the revocation is
+/// acknowledged.
+pub(crate) type CounterHandler = Arc<dyn Fn(CounterKey) -> StoreFuture<()> + Send + Sync>;
+
 /// One store's side of the channel: its replica id, the leases it holds
 /// (if any), what it does on a registry change, and the messages it waits
 /// on.
@@ -46,6 +51,7 @@ pub(crate) struct Control {
     leases: RwLock<Option<Arc<Leases>>>,
     on_registry: RwLock<Option<Handler>>,
     on_lost: RwLock<Option<Handler>>,
+    on_revoked: RwLock<Option<CounterHandler>>,
     waiting: Mutex<HashMap<String, Waiting>>,
     /// Subscribed: acknowledgements reach us.
     listening: AtomicBool,
@@ -99,6 +105,7 @@ impl Control {
             leases: RwLock::new(None),
             on_registry: RwLock::new(None),
             on_lost: RwLock::new(None),
+            on_revoked: RwLock::new(None),
             waiting: Mutex::new(HashMap::new()),
             listening: AtomicBool::new(false),
             heard: Mutex::new(HashMap::new()),
@@ -152,6 +159,12 @@ impl Control {
     /// What this replica does when another found that Redis lost its data.
     pub(crate) fn on_lost(&self, handler: Option<Handler>) {
         *self.on_lost.write() = handler;
+    }
+
+    /// What this replica does when another changed a counter by
+    /// UpdateUsage (and revoked its leases).
+    pub(crate) fn on_revoked(&self, handler: Option<CounterHandler>) {
+        *self.on_revoked.write() = handler;
     }
 
     /// Has every other replica put back what it saw of the counters, after
@@ -304,8 +317,16 @@ impl Control {
             Message::Revoke {
                 epoch, plan, key, ..
             } => {
+                let counter = CounterKey::new(plan, key);
                 if let Some(leases) = self.leases() {
-                    leases.revoke(&CounterKey::new(plan, key), epoch);
+                    leases.revoke(&counter, epoch);
+                }
+                let handler = self.on_revoked.read().clone();
+                if let Some(handler) = handler {
+                    // Acknowledged all the same: the leases are revoked.
+                    if let Err(e) = handler(counter).await {
+                        tracing::warn!(error = %e, "could not update a counter's copy");
+                    }
                 }
                 true
             }

@@ -13,6 +13,8 @@
 mod control;
 mod future;
 #[cfg(feature = "redis")]
+mod learn;
+#[cfg(feature = "redis")]
 mod lease;
 mod memory;
 #[cfg(feature = "redis")]

@@ -1,21 +1,27 @@
 //! When Redis comes back empty (a restart without persistence, a failover
 //! to an empty node), quotas must not reset. Each replica remembers what it
-//! last saw of every counter it decided in the current period, and a marker
-//! key tells it whether Redis still holds the data it saw: a counter it saw
-//! that is gone, with the marker gone or changed, means Redis lost its
-//! data, and the replica puts back what it saw before it decides again.
+//! last saw of every counter in the current period: what it read of every
+//! counter when it started ([`learn`](super::learn)), and since then what
+//! its own decisions and UpdateUsage calls left. A marker key tells it
+//! whether Redis still holds the data it saw: a counter it saw that is
+//! gone, with the marker gone or changed, means Redis lost its data, and
+//! the replica puts back what it saw before it decides again.
 
 use dashmap::DashMap;
 use parking_lot::Mutex;
 
+use super::learn::Scan;
 use super::redis::Connection;
-use super::{CounterKey, QuotaRule};
+use super::CounterKey;
+use crate::model::QuotaPeriod;
+
+/// A quota period as Redis stores it: kind, start and end (Unix seconds).
+pub(crate) type Period = (QuotaPeriod, i64, i64);
 
 /// What a replica last saw of one counter.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Seen {
-    pub(crate) rule: QuotaRule,
-    pub(crate) period_start: i64,
+    pub(crate) period: Period,
     pub(crate) used: u64,
     /// The allowance UpdateUsage set (-1: none).
     pub(crate) allow: i64,
@@ -31,6 +37,8 @@ pub(crate) struct Recovery {
     marker: Mutex<Option<String>>,
     /// One recovery at a time on this replica.
     gate: tokio::sync::Mutex<()>,
+    /// How far this replica has read Redis's counters into `seen`.
+    pub(crate) scan: Mutex<Scan>,
 }
 
 /// What the marker says.
@@ -55,6 +63,7 @@ impl Recovery {
             marker_key: format!("{prefix}{{ctl}}:marker"),
             marker: Mutex::new(None),
             gate: tokio::sync::Mutex::new(()),
+            scan: Mutex::new(Scan::default()),
         }
     }
 
@@ -106,19 +115,17 @@ impl Recovery {
     }
 
     /// Remembers a counter's state as a decision (or UpdateUsage) left it:
-    /// `(used, allowance or -1, epoch)` in the period starting at `start`.
+    /// `(used, allowance or -1, epoch)` in `period`.
     pub(crate) fn saw(
         &self,
         counter: CounterKey,
-        rule: QuotaRule,
-        start: i64,
+        period: Period,
         (used, allow, epoch): (u64, i64, u64),
     ) {
         self.seen.insert(
             counter,
             Seen {
-                rule,
-                period_start: start,
+                period,
                 used,
                 allow,
                 epoch,

@@ -9,13 +9,15 @@ use jiff::civil::Date;
 use jiff::Timestamp;
 
 use crate::UnixNanos;
+use futures_util::{StreamExt, TryStreamExt};
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
 use redis::{FromRedisValue, Script, ScriptInvocation};
 
 use super::control::{self, Control, Handler};
+use super::learn;
 use super::lease::{self, Lease, LeaseConfig, Leases, Unspent};
-use super::recovery::{Marker, Recovery, Seen};
+use super::recovery::{Marker, Period, Recovery, Seen};
 use super::{
     CounterKey, CounterStore, DayUsage, Decision, DecisionRequest, QuotaRule, StoreFuture, Verdict,
 };
@@ -127,6 +129,21 @@ impl RedisStore {
                     restore_seen(&recovery, &mut connection, &script)
                         .await
                         .map_err(|e| store_error("restore", e))?;
+                }
+                Ok(())
+            })
+        })));
+        // Another replica changed a counter by UpdateUsage: this replica's
+        // copy follows (so that a loss puts back the new allowance even
+        // if that replica is gone by then).
+        let (recovery, connection) = (Arc::downgrade(&self.recovery), self.connection.clone());
+        self.control.on_revoked(Some(Arc::new(move |counter| {
+            let (recovery, mut connection) = (recovery.clone(), connection.clone());
+            StoreFuture::boxed(async move {
+                if let Some(recovery) = recovery.upgrade() {
+                    learn::refresh(&recovery, &mut connection, counter)
+                        .await
+                        .map_err(|e| store_error("copy", e))?;
                 }
                 Ok(())
             })
@@ -248,9 +265,14 @@ impl RedisStore {
 
     /// Detects a Redis that came back empty (a restart without
     /// persistence, a failover to an empty node) and puts back the
-    /// counters this replica decided in their current period, so quotas do
+    /// counters this replica saw in their current period, so quotas do
     /// not reset; `true` when it did. The gateway calls it every 200 ms; a
     /// decision on a counter this replica saw detects it by itself.
+    ///
+    /// A replica sees every counter it decides and, over its first calls
+    /// (5,000 counters a call), every counter Redis held when it started:
+    /// so a loss after every replica restarted resets nothing either. Until
+    /// then, only what it decided is put back.
     ///
     /// # Errors
     /// `Store` if Redis cannot be reached.
@@ -261,7 +283,12 @@ impl RedisStore {
             self.script.clone(),
         );
         self.run_unbounded(move |mut connection| async move {
-            recover(&recovery, &control, &mut connection, &script).await
+            let lost = recover(&recovery, &control, &mut connection, &script).await?;
+            // With the marker known: what this replica reads of the
+            // counters from now on is put back should Redis lose it.
+            let _one = recovery.one_at_a_time().await;
+            learn::some(&recovery, &mut connection).await?;
+            Ok(lost)
         })
         .await
     }
@@ -391,8 +418,17 @@ impl RedisStore {
         F: FnOnce(Connection) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = redis::RedisResult<T>> + Send,
     {
+        self.run_for(self.timeout, command)
+    }
+
+    /// Runs `command` within `timeout` on a clone of the connection.
+    fn run_for<T, F, Fut>(&self, timeout: Duration, command: F) -> StoreFuture<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Connection) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = redis::RedisResult<T>> + Send,
+    {
         let connection = self.connection.clone();
-        let timeout = self.timeout;
         StoreFuture::boxed(async move {
             match tokio::time::timeout(timeout, command(connection)).await {
                 Ok(result) => result.map_err(|e| store_error("error", e)),
@@ -458,6 +494,60 @@ impl Connection {
         }
     }
 
+    /// `command` on one node: `None`, the one server; on a cluster, the
+    /// master at that address (a `SCAN` goes on where its cursor began).
+    pub(crate) async fn on_node<T: FromRedisValue>(
+        &mut self,
+        node: Option<&(String, u16)>,
+        command: &redis::Cmd,
+    ) -> redis::RedisResult<T> {
+        use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+        match (self, node) {
+            (Self::Cluster(c), Some((host, port))) => {
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                    host: host.clone(),
+                    port: *port,
+                });
+                Ok(redis::from_redis_value(
+                    c.route_command(command.clone(), routing).await?,
+                )?)
+            }
+            (connection, _) => connection.query(command).await,
+        }
+    }
+
+    /// The masters of a cluster (`CLUSTER SLOTS`: each slot range's first
+    /// node); none on one server.
+    pub(crate) async fn masters(&mut self) -> redis::RedisResult<Vec<(String, u16)>> {
+        if let Self::Single(_) = self {
+            return Ok(Vec::new());
+        }
+        let ranges: Vec<Vec<redis::Value>> = self.query(redis::cmd("CLUSTER").arg("SLOTS")).await?;
+        let mut masters = Vec::new();
+        for range in ranges {
+            let Some(node) = range.into_iter().nth(2) else {
+                continue;
+            };
+            let (host, port): (String, u16) =
+                match redis::from_redis_value::<Vec<redis::Value>>(node)?
+                    .into_iter()
+                    .take(2)
+                    .collect::<Vec<_>>()
+                    .as_slice()
+                {
+                    [host, port] => (
+                        redis::from_redis_value_ref(host)?,
+                        redis::from_redis_value_ref(port)?,
+                    ),
+                    _ => continue,
+                };
+            if !masters.contains(&(host.clone(), port)) {
+                masters.push((host, port));
+            }
+        }
+        Ok(masters)
+    }
+
     pub(crate) async fn invoke<T: FromRedisValue>(
         &mut self,
         invocation: ScriptInvocation<'_>,
@@ -518,6 +608,11 @@ impl Args {
             known: false,
             seen: None,
         }
+    }
+
+    /// The quota period as the script stores it (kind, start, end).
+    fn stored_period(&self) -> Option<Period> {
+        self.period.map(|(kind, start, end, _)| (kind, start, end))
     }
 
     /// The script call; `marker`, the marker key, makes a decision refuse
@@ -583,10 +678,10 @@ impl RedisStore {
         let mut args = Args::new(now.into(), Some(quota));
         args.set_to = value;
         let (key, script) = (self.key(counter), self.script.clone());
-        let (store, counter, rule) = (self.clone(), counter.clone(), *quota);
+        let (store, counter) = (self.clone(), counter.clone());
         StoreFuture::boxed(async move {
             let recovery = store.recovery.clone();
-            let start = args.period.map_or(0, |(_, start, _, _)| start);
+            let period = args.stored_period();
             let saw = counter.clone();
             let (today, remaining, epoch, revoke) = store
                 .run(move |mut connection| async move {
@@ -600,7 +695,9 @@ impl RedisStore {
                     ) = connection
                         .invoke(args.invocation(&script, &key, None, op))
                         .await?;
-                    recovery.saw(saw, rule, start, (used, allow, epoch));
+                    if let Some(period) = period {
+                        recovery.saw(saw, period, (used, allow, epoch));
+                    }
                     // Whether the script started a new epoch ("set" always does).
                     Ok((today, remaining, epoch, revoke == 1))
                 })
@@ -650,11 +747,18 @@ impl CounterStore for RedisStore {
         let (recovery, control) = (self.recovery.clone(), self.control.clone());
         let counter = request.counter.clone();
         let single = matches!(self.connection, Connection::Single(_));
-        self.run(move |mut connection| async move {
+        let timeout = self.timeout;
+        // Each script call has the store's timeout; a decision that finds
+        // Redis emptied waits for the restore (up to RECOVERY_WAIT more)
+        // rather than fail by the failure policy (fail-open would admit
+        // on an empty Redis).
+        self.run_for(timeout + RECOVERY_WAIT, move |mut connection| async move {
             let marker = single.then_some(recovery.marker_key.as_str());
-            let mut answer: Answer = connection
-                .invoke(args.invocation(&script, &key, marker, op))
-                .await?;
+            let mut answer: Answer = within(
+                timeout,
+                connection.invoke(args.invocation(&script, &key, marker, op)),
+            )
+            .await?;
             if answer.0 >= 3 {
                 // The marker is gone (4), or a counter this replica saw is
                 // (3): Redis lost its data — put back what every replica
@@ -664,14 +768,17 @@ impl CounterStore for RedisStore {
                     recovery.seen.remove(&counter);
                     args.known = false;
                 }
-                answer = connection
-                    .invoke(args.invocation(&script, &key, marker, op))
-                    .await?;
+                answer = within(
+                    timeout,
+                    connection.invoke(args.invocation(&script, &key, marker, op)),
+                )
+                .await?;
             }
             let (verdict, tokens, remaining, units, leased_tokens, epoch, used, allow) = answer;
-            if let (Some(rule), Some((_, start, _, _)), false) = (quota, args.period, verdict == 3)
+            if let (true, Some(period), false) =
+                (quota.is_some(), args.stored_period(), verdict == 3)
             {
-                recovery.saw(counter, rule, start, (used, allow, epoch));
+                recovery.saw(counter, period, (used, allow, epoch));
             }
             let tokens: f64 = tokens.parse().unwrap_or(0.0);
             if let (Some((leases, slot)), true) = (slot, units > 0 || leased_tokens > 0) {
@@ -772,9 +879,26 @@ impl CounterStore for RedisStore {
     ) -> StoreFuture<Vec<DayUsage>> {
         let key = self.key(counter);
         let quota = quota.copied();
-        self.run(move |mut connection| async move {
-            let fields: HashMap<String, String> =
-                connection.query(redis::cmd("HGETALL").arg(&key)).await?;
+        let known = self.recovery.seen.contains_key(counter);
+        let (recovery, control, script) = (
+            self.recovery.clone(),
+            self.control.clone(),
+            self.script.clone(),
+        );
+        let timeout = self.timeout;
+        // As a decision, GetUsage waits for a restore it started.
+        self.run_for(timeout + RECOVERY_WAIT, move |mut connection| async move {
+            let read = redis::cmd("HGETALL").arg(&key).clone();
+            let mut fields: HashMap<String, String> =
+                within(timeout, connection.query(&read)).await?;
+            // A counter this replica saw that is gone: Redis may have lost
+            // its data, and GetUsage tells what was put back, as the next
+            // decision would (read again even if another task of this
+            // replica did the restore meanwhile).
+            if fields.is_empty() && known {
+                recover(&recovery, &control, &mut connection, &script).await?;
+                fields = within(timeout, connection.query(&read)).await?;
+            }
             let mut counter = restore(&fields);
             Ok(counter.usage(quota.as_ref(), to_nanos(now), first, last))
         })
@@ -789,10 +913,31 @@ impl CounterStore for RedisStore {
     }
 }
 
+/// `call` within `limit`; a timeout is an I/O error.
+async fn within<T>(
+    limit: Duration,
+    call: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> redis::RedisResult<T> {
+    tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer within {limit:?}"),
+        )
+        .into())
+    })
+}
+
 /// The hash of `counter` under `prefix`: hash-tagged per (plan, key).
-fn counter_key(prefix: &str, counter: &CounterKey) -> String {
+pub(crate) fn counter_key(prefix: &str, counter: &CounterKey) -> String {
     format!("{prefix}{{{}:{}}}", counter.plan_id(), counter.key_id())
 }
+
+/// How much longer than the store's timeout a decision that finds Redis
+/// emptied waits for the counters to be put back (every live replica's
+/// restore, acknowledged within 1 s each).
+const RECOVERY_WAIT: Duration = Duration::from_secs(5);
+/// Restores one replica keeps in flight after Redis lost its data.
+const RESTORES_IN_FLIGHT: usize = 64;
 
 /// After Redis lost its data: puts back what this replica saw and, when
 /// the marker is missing, has every other replica do the same before it
@@ -832,29 +977,42 @@ async fn restore_seen(
     script: &Script,
 ) -> redis::RedisResult<()> {
     let now = jiff::Timestamp::now();
+    let secs = now.as_second();
     let seen: Vec<(CounterKey, Seen)> = recovery
         .seen
         .iter()
         .map(|entry| (entry.key().clone(), *entry.value()))
         .collect();
-    let mut restored = 0usize;
+    let mut current = Vec::with_capacity(seen.len());
     for (counter, seen) in seen {
-        let mut args = Args::new(now.into(), Some(&seen.rule));
-        if args.period.map(|(_, start, _, _)| start) != Some(seen.period_start) {
+        if secs >= seen.period.2 {
+            // Its period is over: nothing of it carries into the next.
             recovery.seen.remove(&counter);
-            continue;
+        } else {
+            current.push((counter, seen));
         }
-        args.seen = Some(seen);
-        let _: i64 = connection
-            .invoke(args.invocation(
-                script,
-                &counter_key(&recovery.prefix, &counter),
-                None,
-                "restore",
-            ))
-            .await?;
-        restored += 1;
     }
+    let restored = current.len();
+    // Every counter of the current period (all of Redis's, for a replica
+    // that read them when it started): many restores in flight at once.
+    futures_util::stream::iter(current)
+        .map(|(counter, seen)| {
+            let mut connection = connection.clone();
+            let (kind, start, end) = seen.period;
+            let mut args = Args::new(now.into(), None);
+            // The limit plays no part in a restore.
+            args.period = Some((kind, start, end, 0));
+            args.seen = Some(seen);
+            let key = counter_key(&recovery.prefix, &counter);
+            async move {
+                connection
+                    .invoke::<i64>(args.invocation(script, &key, None, "restore"))
+                    .await
+            }
+        })
+        .buffer_unordered(RESTORES_IN_FLIGHT)
+        .try_collect::<Vec<_>>()
+        .await?;
     tracing::warn!(
         counters = restored,
         "Redis lost its data: restored the counters this replica saw"

@@ -1,0 +1,234 @@
+//! A replica that starts reads every counter of its prefix into its copies
+//! (`Recovery::seen`), so that what replicas before it decided survives
+//! Redis losing its data even when no running replica decided the counter
+//! since it started (all replicas restarted, then Redis restarted empty).
+//!
+//! The read is a `SCAN` of the prefix's counter hashes on the one server,
+//! or on each master of a Redis Cluster, then one `HMGET` per counter; it
+//! keeps only counters in their current period with something to put back
+//! (requests counted, or an UpdateUsage allowance). It goes at most
+//! [`KEYS_PER_ROUND`] keys a call and resumes where it stopped, so a large
+//! Redis is read over several rounds while the replica serves.
+
+use futures_util::{StreamExt, TryStreamExt};
+
+use super::recovery::{Recovery, Seen};
+use super::redis::{counter_key, Connection};
+use super::CounterKey;
+use crate::model::QuotaPeriod;
+
+/// The most keys one call reads (a round of the gateway, every 200 ms).
+pub(crate) const KEYS_PER_ROUND: usize = 5_000;
+/// The `COUNT` hint of one `SCAN` step.
+const SCAN_COUNT: usize = 1_000;
+/// `HMGET`s in flight at once (one multiplexed connection).
+const IN_FLIGHT: usize = 64;
+
+/// How far a replica has read Redis's counters.
+#[derive(Debug, Default, Clone)]
+pub(crate) enum Scan {
+    /// Not begun.
+    #[default]
+    Start,
+    /// The nodes left (`None`: the one server), each with its cursor.
+    Nodes(Vec<(Option<(String, u16)>, u64)>),
+    /// Every counter was read once.
+    Done,
+}
+
+/// Reads up to [`KEYS_PER_ROUND`] more counters into `recovery`'s copies
+/// (a copy a decision left already is kept); `true` once every counter
+/// was read. Call it with the marker known, so that a loss after the read
+/// began puts back what it read.
+pub(crate) async fn some(
+    recovery: &Recovery,
+    connection: &mut Connection,
+) -> redis::RedisResult<bool> {
+    let scan = recovery.scan.lock().clone();
+    let mut nodes = match scan {
+        Scan::Done => return Ok(true),
+        Scan::Nodes(nodes) => nodes,
+        Scan::Start => match connection {
+            Connection::Single(_) => vec![(None, 0)],
+            Connection::Cluster(_) => connection
+                .masters()
+                .await?
+                .into_iter()
+                .map(|node| (Some(node), 0))
+                .collect(),
+        },
+    };
+    let pattern = format!("{}{{*}}", escape_glob(&recovery.prefix));
+    let mut read = 0;
+    while let Some((node, cursor)) = nodes.last_mut() {
+        if read >= KEYS_PER_ROUND {
+            break;
+        }
+        let mut step = redis::cmd("SCAN");
+        step.arg(*cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(SCAN_COUNT)
+            .arg("TYPE")
+            .arg("hash");
+        let stepped: redis::RedisResult<(u64, Vec<String>)> =
+            connection.on_node(node.as_ref(), &step).await;
+        let (next, keys) = match stepped {
+            Ok(stepped) => stepped,
+            Err(e) => {
+                if node.is_some() {
+                    // The cluster may have changed (a failover): its
+                    // masters are read again next time, and scanned anew.
+                    *recovery.scan.lock() = Scan::Start;
+                }
+                return Err(e);
+            }
+        };
+        read += keys.len();
+        copy(recovery, connection, keys, false).await?;
+        // Moved on only once its keys are read, and kept at each step: a
+        // round cut short (its future dropped) reads only them again.
+        *cursor = next;
+        if next == 0 {
+            nodes.pop();
+        }
+        *recovery.scan.lock() = Scan::Nodes(nodes.clone());
+    }
+    let done = nodes.is_empty();
+    if done {
+        *recovery.scan.lock() = Scan::Done;
+        tracing::info!(
+            counters = recovery.seen.len(),
+            "read Redis's counters: they survive Redis losing its data"
+        );
+    }
+    Ok(done)
+}
+
+/// A counter hash's period kind, start and end, used count, allowance and
+/// epoch.
+type Fields = (
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    Option<u64>,
+    Option<i64>,
+    Option<u64>,
+);
+
+/// Reads `counter` again into its copy (another replica changed it by
+/// UpdateUsage).
+pub(crate) async fn refresh(
+    recovery: &Recovery,
+    connection: &mut Connection,
+    counter: CounterKey,
+) -> redis::RedisResult<()> {
+    let key = counter_key(&recovery.prefix, &counter);
+    copy(recovery, connection, vec![key], true).await
+}
+
+/// Reads `keys` (counter hashes) and keeps a copy of each one that has
+/// something to put back in its current period; `replace`: over the copy
+/// this replica has (else that one is kept).
+async fn copy(
+    recovery: &Recovery,
+    connection: &Connection,
+    keys: Vec<String>,
+    replace: bool,
+) -> redis::RedisResult<()> {
+    let now = jiff::Timestamp::now().as_second();
+    let counters = keys
+        .into_iter()
+        .filter_map(|key| Some((counter_of(&recovery.prefix, &key)?, key)));
+    let fields: Vec<_> = futures_util::stream::iter(counters)
+        .map(|(counter, key)| {
+            let mut connection = connection.clone();
+            async move {
+                let fields: Fields = connection
+                    .query(
+                        redis::cmd("HMGET")
+                            .arg(&key)
+                            .arg(&["pk", "ps", "pe", "used", "allow", "ep"][..]),
+                    )
+                    .await?;
+                Ok::<_, redis::RedisError>((counter, fields))
+            }
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .try_collect()
+        .await?;
+    for (counter, (kind, start, end, used, allow, epoch)) in fields {
+        let (Some(kind), Some(start), Some(end)) =
+            (kind.and_then(|k| k.parse::<QuotaPeriod>().ok()), start, end)
+        else {
+            continue;
+        };
+        let (used, allow) = (used.unwrap_or(0), allow.unwrap_or(-1));
+        if !(start <= now && now < end) || (used == 0 && allow < 0) {
+            continue;
+        }
+        let seen = Seen {
+            period: (kind, start, end),
+            used,
+            allow,
+            epoch: epoch.unwrap_or(0),
+        };
+        match replace {
+            true => {
+                recovery.seen.insert(counter, seen);
+            }
+            false => {
+                recovery.seen.entry(counter).or_insert(seen);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The counter a hash `<prefix>{<plan>:<key>}` holds; `None` for the
+/// prefix's other keys. Plan ids hold no `:`; whichever split, the counter
+/// names the same hash again.
+fn counter_of(prefix: &str, key: &str) -> Option<CounterKey> {
+    let inner = key.strip_prefix(prefix)?.strip_prefix('{')?;
+    let inner = inner.strip_suffix('}')?;
+    let (plan, key) = inner.split_once(':')?;
+    (!inner.contains(['{', '}'])).then(|| CounterKey::new(plan, key))
+}
+
+/// `text` matched literally by a `SCAN MATCH` pattern.
+fn escape_glob(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_counter_hashes_name_counters() {
+        let counter = counter_of("tup:", "tup:{abc:def}").unwrap();
+        assert_eq!((counter.plan_id(), counter.key_id()), ("abc", "def"));
+        for other in [
+            "tup:{registry}",
+            "tup:{registry}:version",
+            "tup:{ctl}:marker",
+            "other:{abc:def}",
+            "tup:{abc:def}:x",
+        ] {
+            assert!(counter_of("tup:", other).is_none(), "{other}");
+        }
+    }
+
+    #[test]
+    fn a_prefix_matches_itself_only() {
+        assert_eq!(escape_glob("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
+    }
+}
