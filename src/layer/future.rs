@@ -134,8 +134,7 @@ where
                     } = *waiting
                         .take()
                         .expect("ResponseFuture polled after completion");
-                    let grpc = super::grpc::is_grpc(request.headers());
-                    let next = match config.finish(&refusal, grpc, answer) {
+                    let next = match config.finish(&refusal, request.headers(), answer) {
                         Next::Forward(admission) => admit(&mut inner, request, context, admission),
                         Next::Refuse(mut response) => {
                             super::service::name_the_key(context.as_ref(), &mut response);
