@@ -116,21 +116,17 @@ impl Config {
                 quota: binding.plan.quota(),
                 now,
             };
-            let store = self.plans.store();
             Ok(Pending {
-                decision: store.decide(&request),
+                decision: binding.store.decide(&request),
                 context: self.usage_context.then(|| {
                     let charge = ChargeRules {
-                        store: store.clone(),
                         method: request
                             .throttle
                             .and_then(|t| t.method)
                             .map(|key| binding.plan.method_key(&self.stage, key)),
-                        throttle: request.throttle.map(|t| t.throttle),
-                        quota: request.quota,
                         now,
                     };
-                    UsageContext::new(binding.counter.clone(), Some(charge))
+                    UsageContext::new(binding.clone(), Some(charge))
                 }),
             })
         })
