@@ -512,17 +512,28 @@ async fn an_admitted_request_carries_its_charge_which_a_refund_gives_back() {
 
 #[tokio::test]
 async fn a_refund_gives_back_to_the_method_throttle_that_charged() {
+    refunds_to_the_method_throttle(Some(Throttle::new(0.001, 100).unwrap())).await;
+}
+
+/// A charge names its method throttle; its refund finds that throttle in
+/// the plan, also when the plan has none of its own to fall back on.
+#[tokio::test]
+async fn a_refund_finds_the_method_throttle_of_a_plan_without_its_own() {
+    refunds_to_the_method_throttle(None).await;
+}
+
+/// Three requests to a method throttled with a burst of 1 (and a plan
+/// throttle `plan_throttle`), each refunded by its handler: all admitted.
+async fn refunds_to_the_method_throttle(plan_throttle: Option<Throttle>) {
     let clock = clock(NOW);
     let plans = plans_with_clock(&clock);
     let stage = ApiStage::new("petstore", "prod")
         .with_method_throttle("/pets/{id}/GET", Throttle::new(0.001, 1).unwrap());
-    plan_with_key(
-        &plans,
-        NewUsagePlan::new("p")
-            .with_api_stage(stage)
-            .with_throttle(Throttle::new(0.001, 100).unwrap()),
-        KEY,
-    );
+    let mut plan = NewUsagePlan::new("p").with_api_stage(stage);
+    if let Some(throttle) = plan_throttle {
+        plan = plan.with_throttle(throttle);
+    }
+    plan_with_key(&plans, plan, KEY);
     let service = tower::Layer::layer(
         &UsagePlanLayer::new(plans).with_stage("petstore", "prod"),
         service_fn(|mut request: Request<Body>| async move {

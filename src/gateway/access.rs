@@ -536,7 +536,7 @@ mod tests {
 
     /// A context for key k1 in plan p1, as the layer makes them.
     fn usage() -> UsageContext {
-        UsageContext::new(crate::store::CounterKey::new("p1", "k1"), None)
+        UsageContext::new(crate::registry::Binding::unlimited("p1", "k1"), None)
     }
 
     fn line(format: AccessLogFormat) -> String {

@@ -1,9 +1,9 @@
 //! The per-request policy shared by the service and its future: resolve
 //! the key, ask the store, and turn the answer into "forward" or "refuse".
 
-use http::Response;
+use http::{HeaderMap, Response};
 
-use super::grpc::add_retry_info;
+use super::grpc::{add_retry_info, is_grpc};
 use super::headers::RateLimitHeaders;
 use super::{ChargeRules, Refusal, RefusalResponse, UsageContext};
 use crate::key::{KeySource, RequestHead};
@@ -116,31 +116,28 @@ impl Config {
                 quota: binding.plan.quota(),
                 now,
             };
-            let store = self.plans.store();
             Ok(Pending {
-                decision: store.decide(&request),
+                decision: binding.store.decide(&request),
                 context: self.usage_context.then(|| {
                     let charge = ChargeRules {
-                        store: store.clone(),
                         method: request
                             .throttle
                             .and_then(|t| t.method)
                             .map(|key| binding.plan.method_key(&self.stage, key)),
-                        throttle: request.throttle.map(|t| t.throttle),
-                        quota: request.quota,
                         now,
                     };
-                    UsageContext::new(binding.counter.clone(), Some(charge))
+                    UsageContext::new(binding.clone(), Some(charge))
                 }),
             })
         })
     }
 
-    /// Turns the store's answer into forward (with headers) or a refusal.
+    /// Turns the store's answer into forward (with headers) or a refusal
+    /// (in gRPC's shape if the request's headers say it is a gRPC call).
     pub(crate) fn finish<B, R: RefusalResponse<B>>(
         &self,
         refusal: &R,
-        grpc: bool,
+        request_headers: &HeaderMap,
         answer: Result<Decision>,
     ) -> Next<B> {
         let decision = match answer {
@@ -152,9 +149,12 @@ impl Config {
                     StoreFailure::FailClosed if self.shadow => {
                         Next::Forward(Admission::shadowed(Refusal::StoreUnavailable, None))
                     }
-                    StoreFailure::FailClosed => {
-                        Next::Refuse(self.refuse(refusal, grpc, Refusal::StoreUnavailable, None))
-                    }
+                    StoreFailure::FailClosed => Next::Refuse(self.refuse(
+                        refusal,
+                        request_headers,
+                        Refusal::StoreUnavailable,
+                        None,
+                    )),
                 };
             }
         };
@@ -191,19 +191,20 @@ impl Config {
             Some(retry_after.unwrap_or(1).max(1)),
             self.legacy_headers,
         );
-        Next::Refuse(self.refuse(refusal, grpc, verdict, headers))
+        Next::Refuse(self.refuse(refusal, request_headers, verdict, headers))
     }
 
     /// The refusal response, with its headers and reason attached; for a
-    /// gRPC call (`grpc`), the builder's gRPC answer.
+    /// gRPC call (told by `request_headers`, only when refusing: admitted
+    /// requests never look), the builder's gRPC answer.
     pub(crate) fn refuse<B, R: RefusalResponse<B>>(
         &self,
         refusal: &R,
-        grpc: bool,
+        request_headers: &HeaderMap,
         reason: Refusal,
         headers: Option<RateLimitHeaders>,
     ) -> Response<B> {
-        let mut response = if grpc {
+        let mut response = if is_grpc(request_headers) {
             refusal.grpc_response(reason)
         } else {
             refusal.response(reason)

@@ -69,7 +69,9 @@ impl<S: Service<Request<ReqBody>>, ReqBody, R> ResponseFuture<S, ReqBody, R> {
     }
 
     /// A request the decision admitted: its context (if any) completed and
-    /// in its extensions, then on to `inner`.
+    /// in its extensions, then on to `inner`. Inlined, with [`admit`], so
+    /// the request is moved once into `inner.call`, not through two frames.
+    #[inline(always)]
     pub(crate) fn admitted(
         inner: &mut S,
         request: Request<ReqBody>,
@@ -134,8 +136,7 @@ where
                     } = *waiting
                         .take()
                         .expect("ResponseFuture polled after completion");
-                    let grpc = super::grpc::is_grpc(request.headers());
-                    let next = match config.finish(&refusal, grpc, answer) {
+                    let next = match config.finish(&refusal, request.headers(), answer) {
                         Next::Forward(admission) => admit(&mut inner, request, context, admission),
                         Next::Refuse(mut response) => {
                             super::service::name_the_key(context.as_ref(), &mut response);
@@ -179,6 +180,7 @@ where
 /// Completes the context (what the quota has left; no charge if nothing
 /// was counted; the escaped refusal in shadow mode), puts it and any
 /// shadow mark into the request, and calls `inner`.
+#[inline(always)]
 fn admit<S, ReqBody, R>(
     inner: &mut S,
     mut request: Request<ReqBody>,

@@ -71,7 +71,11 @@ impl RateLimitHeaders {
             burst: decision.throttle.map(|t| t.burst_limit),
             quota: decision.quota.map(|q| (q.limit, q.period_secs)),
         };
+        // Written back to front: the quota's item, then the throttle's.
         let mut state = Field::default();
+        if let Some(q) = &decision.quota {
+            state.item(b"\"quota\";r=", q.remaining, b";t=", q.reset_secs);
+        }
         if let Some(t) = &decision.throttle {
             state.item(
                 b"\"throttle\";r=",
@@ -79,9 +83,6 @@ impl RateLimitHeaders {
                 b";t=",
                 t.next_token_secs,
             );
-        }
-        if let Some(q) = &decision.quota {
-            state.item(b"\"quota\";r=", q.remaining, b";t=", q.reset_secs);
         }
         if let (Some(policy), Some(state)) = (policy.value(), state.value()) {
             headers.insert(RATELIMIT_POLICY.clone(), policy);
@@ -163,73 +164,119 @@ impl Policy {
     }
 
     fn field(self) -> Field {
+        // Written back to front: the quota's item, then the throttle's.
         let mut field = Field::default();
-        if let Some(burst) = self.burst {
-            field.item(b"\"throttle\";q=", burst.into(), b";w=", 1);
-        }
         if let Some((limit, period_secs)) = self.quota {
             field.item(b"\"quota\";q=", limit, b";w=", period_secs);
+        }
+        if let Some(burst) = self.burst {
+            field.item(b"\"throttle\";q=", burst.into(), b";w=", 1);
         }
         field
     }
 }
 
 /// A structured-field list of at most two items, written on the stack
-/// without `fmt` machinery.
-#[derive(Clone, Copy)]
+/// without `fmt` machinery, back to front: each number's digits come out
+/// last first, so none is counted beforehand, and the names are copied as
+/// fixed-size blocks (no `memcpy` calls). Items are added last first.
 struct Field {
     buf: [u8; Field::CAPACITY],
-    len: usize,
+    /// Where the written bytes start; they run to the end of `buf`.
+    start: usize,
 }
 
 impl Default for Field {
     fn default() -> Self {
         Self {
             buf: [0; Field::CAPACITY],
-            len: 0,
+            start: Field::CAPACITY,
         }
     }
 }
+
+/// `"00"` to `"99"`, for writing two digits a step.
+const DIGIT_PAIRS: &[u8; 200] = b"\
+    0001020304050607080910111213141516171819\
+    2021222324252627282930313233343536373839\
+    4041424344454647484950515253545556575859\
+    6061626364656667686970717273747576777879\
+    8081828384858687888990919293949596979899";
 
 impl Field {
     /// Two items of two names (≤ 13 bytes) and two `u64`s (≤ 20 digits),
     /// with the separator.
     const CAPACITY: usize = 2 * (13 + 20 + 3 + 20) + 2;
 
-    fn push(&mut self, bytes: &[u8]) {
-        self.buf[self.len..self.len + bytes.len()].copy_from_slice(bytes);
-        self.len += bytes.len();
+    /// Writes a literal (its length known at compile time) before what is
+    /// written.
+    #[inline(always)]
+    fn literal<const N: usize>(&mut self, bytes: &[u8; N]) {
+        let Some(at) = self.start.checked_sub(N) else {
+            return;
+        };
+        self.buf[at..at + N].copy_from_slice(bytes);
+        self.start = at;
     }
 
-    fn item(&mut self, name: &[u8], first: u64, second_name: &[u8], second: u64) {
-        if self.len > 0 {
-            self.push(b", ");
+    /// Writes `n` in decimal before what is written.
+    #[inline(always)]
+    fn number(&mut self, mut n: u64) {
+        loop {
+            if n < 10 {
+                if let Some(at) = self.start.checked_sub(1) {
+                    self.buf[at] = b'0' + n as u8;
+                    self.start = at;
+                }
+                return;
+            }
+            let Some(at) = self.start.checked_sub(2) else {
+                return;
+            };
+            let pair = (n % 100) as usize * 2;
+            self.buf[at..at + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+            self.start = at;
+            n /= 100;
+            if n == 0 {
+                return;
+            }
         }
-        let mut digits = itoa::Buffer::new();
-        self.push(name);
-        self.push(digits.format(first).as_bytes());
-        self.push(second_name);
-        self.push(digits.format(second).as_bytes());
+    }
+
+    /// Adds `name` `first` `second_name` `second` before the items written
+    /// (items are added last first).
+    #[inline(always)]
+    fn item<const A: usize, const B: usize>(
+        &mut self,
+        name: &[u8; A],
+        first: u64,
+        second_name: &[u8; B],
+        second: u64,
+    ) {
+        if self.start < Self::CAPACITY {
+            self.literal(b", ");
+        }
+        self.number(second);
+        self.literal(second_name);
+        self.number(first);
+        self.literal(name);
+    }
+
+    fn written(&self) -> &[u8] {
+        &self.buf[self.start.min(Self::CAPACITY)..]
     }
 
     /// The list as a header value, copied once into its own buffer (one
-    /// allocation, no UTF-8 pass); `None` when empty (no policy, no header).
-    fn value(self) -> Option<HeaderValue> {
-        HeaderValue::from_maybe_shared(self)
-            .ok()
-            .filter(|value| !value.is_empty())
+    /// allocation); `None` when empty (no policy, no header).
+    fn value(&self) -> Option<HeaderValue> {
+        let written = Some(self.written()).filter(|w| !w.is_empty())?;
+        HeaderValue::from_bytes(written).ok()
     }
 
     /// The list written so far; `None` when empty.
     fn as_str(&self) -> Option<&str> {
-        let text = std::str::from_utf8(&self.buf[..self.len]).ok()?;
+        let text = std::str::from_utf8(self.written()).ok()?;
         (!text.is_empty()).then_some(text)
-    }
-}
-
-impl AsRef<[u8]> for Field {
-    fn as_ref(&self) -> &[u8] {
-        &self.buf[..self.len]
     }
 }
 
@@ -269,6 +316,36 @@ mod tests {
         );
         assert_eq!(headers["x-ratelimit-remaining"], "999");
         assert!(!headers.contains_key("retry-after"));
+    }
+
+    #[test]
+    fn numbers_are_written_in_full() {
+        for n in [
+            0,
+            7,
+            9,
+            10,
+            42,
+            99,
+            100,
+            101,
+            999,
+            1000,
+            86_400,
+            1 << 53,
+            u64::MAX,
+        ]
+        .into_iter()
+        .chain((0..20).map(|p| 10u64.pow(p) - 1))
+        .chain((0..20).map(|p| 10u64.pow(p)))
+        {
+            let mut field = Field::default();
+            field.item(b"\"quota\";r=", n, b";t=", u64::MAX - n);
+            assert_eq!(
+                field.as_str(),
+                Some(format!("\"quota\";r={n};t={}", u64::MAX - n).as_str())
+            );
+        }
     }
 
     #[test]

@@ -11,7 +11,10 @@ mod refusal;
 mod service;
 mod usage_plan_layer;
 
-use crate::store::CounterKey;
+use std::sync::Arc;
+
+use crate::registry::Binding;
+use crate::UnixNanos;
 
 pub use decide::StoreFailure;
 #[cfg(feature = "axum")]
@@ -42,9 +45,13 @@ pub use usage_plan_layer::UsagePlanLayer;
 /// }
 /// # let _ = handler;
 /// ```
+///
+/// Small: the key's binding to its plan (counter, plan, store) is one
+/// `Arc` shared by every request of the key; a context adds only what this
+/// request was charged and what the decision said.
 #[derive(Debug)]
 pub struct UsageContext {
-    counter: CounterKey,
+    binding: Arc<Binding>,
     charge: Option<ChargeRules>,
     quota_remaining: Option<u64>,
     shadow: Option<Refusal>,
@@ -54,7 +61,7 @@ impl Clone for UsageContext {
     /// The same key, plan and decision, without the charge.
     fn clone(&self) -> Self {
         Self {
-            counter: self.counter.clone(),
+            binding: self.binding.clone(),
             charge: None,
             quota_remaining: self.quota_remaining,
             shadow: self.shadow,
@@ -65,16 +72,16 @@ impl Clone for UsageContext {
 impl PartialEq for UsageContext {
     /// Contexts of the same (plan, key) counter are equal.
     fn eq(&self, other: &Self) -> bool {
-        self.counter == other.counter
+        self.binding.counter == other.binding.counter
     }
 }
 
 impl Eq for UsageContext {}
 
 impl UsageContext {
-    pub(crate) fn new(counter: CounterKey, charge: Option<ChargeRules>) -> Self {
+    pub(crate) fn new(binding: Arc<Binding>, charge: Option<ChargeRules>) -> Self {
         Self {
-            counter,
+            binding,
             charge,
             quota_remaining: None,
             shadow: None,
@@ -83,12 +90,12 @@ impl UsageContext {
 
     /// The API key's id (never its value).
     pub fn key_id(&self) -> &str {
-        self.counter.key_id()
+        self.binding.counter.key_id()
     }
 
     /// The usage plan's id.
     pub fn plan_id(&self) -> &str {
-        self.counter.plan_id()
+        self.binding.counter.plan_id()
     }
 
     /// What the plan's quota has left in this period after this request;
@@ -151,7 +158,7 @@ impl UsageContext {
     pub fn take_charge(&mut self) -> Option<Charge> {
         let rules = self.charge.take()?;
         Some(Charge {
-            counter: self.counter.clone(),
+            binding: self.binding.clone(),
             rules,
         })
     }
@@ -193,25 +200,13 @@ impl ShadowRefusal {
     }
 }
 
-/// What a decision applied: enough to give its spending back.
+/// What a decision applied, with the binding's plan: enough to give its
+/// spending back. The throttle is the method's (`method`, a key shared
+/// with the plan: no allocation) or else the plan's; the quota the plan's.
+#[derive(Debug)]
 pub(crate) struct ChargeRules {
-    pub(crate) store: std::sync::Arc<dyn crate::store::CounterStore>,
-    /// The method throttle's key, shared with the plan (no allocation).
-    pub(crate) method: Option<std::sync::Arc<str>>,
-    pub(crate) throttle: Option<crate::Throttle>,
-    pub(crate) quota: Option<crate::store::QuotaRule>,
-    pub(crate) now: crate::UnixNanos,
-}
-
-impl std::fmt::Debug for ChargeRules {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChargeRules")
-            .field("method", &self.method)
-            .field("throttle", &self.throttle)
-            .field("quota", &self.quota)
-            .field("now", &self.now)
-            .finish_non_exhaustive()
-    }
+    pub(crate) method: Option<Arc<str>>,
+    pub(crate) now: UnixNanos,
 }
 
 /// The mark of an answer whose request was given its charge back
@@ -252,7 +247,7 @@ pub struct Refunded;
 /// ```
 #[derive(Debug)]
 pub struct Charge {
-    counter: CounterKey,
+    binding: Arc<Binding>,
     rules: ChargeRules,
 }
 
@@ -263,16 +258,19 @@ impl Charge {
     /// # Errors
     /// The store's, if it cannot be reached: the charge then stays spent.
     pub fn refund(self) -> crate::store::StoreFuture<()> {
-        let Charge { counter, rules } = self;
+        let Charge { binding, rules } = self;
+        let plan = &binding.plan;
         let request = crate::store::DecisionRequest {
-            counter: &counter,
-            throttle: rules.throttle.map(|throttle| crate::store::ThrottleRule {
-                method: rules.method.as_deref(),
-                throttle,
-            }),
-            quota: rules.quota,
+            counter: &binding.counter,
+            throttle: plan
+                .charged_throttle(rules.method.as_ref())
+                .map(|throttle| crate::store::ThrottleRule {
+                    method: rules.method.as_deref(),
+                    throttle,
+                }),
+            quota: plan.quota(),
             now: rules.now,
         };
-        rules.store.refund(&request)
+        binding.store.refund(&request)
     }
 }

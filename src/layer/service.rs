@@ -3,12 +3,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::uri::PathAndQuery;
-use http::{Request, Response, Uri};
+use http::{HeaderMap, Request, Response, Uri};
 use tower_service::Service;
 
 use super::decide::{Admission, Config, Next, Pending};
 use super::future::ResponseFuture;
-use super::grpc::is_grpc;
 use super::{Refusal, RefusalResponse, UsageContext};
 use crate::key::RequestHead;
 use crate::route::canonical;
@@ -48,15 +47,20 @@ impl<S, R> UsagePlanService<S, R> {
 }
 
 impl<S, R> UsagePlanService<S, R> {
-    fn refuse_bad_path<ReqBody, ResBody>(&self, grpc: bool) -> ResponseFuture<S, ReqBody, R>
+    fn refuse_bad_path<ReqBody, ResBody>(
+        &self,
+        request_headers: &HeaderMap,
+    ) -> ResponseFuture<S, ReqBody, R>
     where
         S: Service<Request<ReqBody>, Response = Response<ResBody>>,
         R: RefusalResponse<ResBody>,
     {
-        ResponseFuture::refused(
-            self.config
-                .refuse(&self.refusal, grpc, Refusal::BadPath, None),
-        )
+        ResponseFuture::refused(self.config.refuse(
+            &self.refusal,
+            request_headers,
+            Refusal::BadPath,
+            None,
+        ))
     }
 }
 
@@ -87,17 +91,16 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        let grpc = is_grpc(request.headers());
         // The path that is matched is the path that is passed on.
         let path = match canonical(request.uri().path()) {
             Ok(Cow::Borrowed(_)) => None,
             Ok(Cow::Owned(path)) => Some(path),
-            Err(_) => return self.refuse_bad_path(grpc),
+            Err(_) => return self.refuse_bad_path(request.headers()),
         };
         if let Some(path) = path {
             match with_path(request.uri(), &path) {
                 Some(uri) => *request.uri_mut() = uri,
-                None => return self.refuse_bad_path(grpc),
+                None => return self.refuse_bad_path(request.headers()),
             }
         }
         let head = RequestHead::of(&request);
@@ -116,7 +119,7 @@ where
             Err(reason) => {
                 return ResponseFuture::refused(self.config.refuse(
                     &self.refusal,
-                    grpc,
+                    request.headers(),
                     reason,
                     None,
                 ))
@@ -136,7 +139,7 @@ where
                 self.refusal.clone(),
             );
         };
-        match self.config.finish(&self.refusal, grpc, answer) {
+        match self.config.finish(&self.refusal, request.headers(), answer) {
             Next::Forward(admission) => {
                 ResponseFuture::admitted(&mut self.inner, request, context, admission)
             }

@@ -19,12 +19,62 @@ pub(crate) fn bounds(period: QuotaPeriod, now: i64) -> (i64, i64) {
             (monday * DAY_SECS, (monday + 7) * DAY_SECS)
         }
         QuotaPeriod::Month => {
-            let date = date_of_day(day);
-            let first = date.first_of_month();
-            let next = first.checked_add(1.month()).unwrap_or(first);
-            (day_of_date(first) * DAY_SECS, day_of_date(next) * DAY_SECS)
+            let (first, next) = month_of_day(day);
+            (first * DAY_SECS, next * DAY_SECS)
         }
     }
+}
+
+/// Days (since 1970-01-01) this module computes with integer calendar
+/// arithmetic; outside them (years before 1 or after 9998) `jiff` does, with
+/// its limits.
+const FAST_DAYS: std::ops::RangeInclusive<i64> = -700_000..=2_900_000;
+
+/// The first day of the month containing `day` and of the month after,
+/// as day numbers.
+fn month_of_day(day: i64) -> (i64, i64) {
+    if FAST_DAYS.contains(&day) {
+        let (year, month) = year_month(day);
+        let (next_year, next_month) = if month == 12 {
+            (year + 1, 1)
+        } else {
+            (year, month + 1)
+        };
+        return (
+            first_of_month(year, month),
+            first_of_month(next_year, next_month),
+        );
+    }
+    let first = date_of_day(day).first_of_month();
+    let next = first.checked_add(1.month()).unwrap_or(first);
+    (day_of_date(first), day_of_date(next))
+}
+
+/// The proleptic Gregorian `(year, month)` of a day number (H. Hinnant's
+/// `civil_from_days`): a few multiplications where `jiff`'s date
+/// conversions cost ~400 instructions, paid by the first request of each
+/// key in each month.
+fn year_month(day: i64) -> (i64, i64) {
+    let z = day + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097; // [0, 146096]
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
+    let mp = (5 * doy + 2) / 153; // [0, 11], March first
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month)
+}
+
+/// The day number of the first of `month` (1-12) in `year` (Hinnant's
+/// `days_from_civil`).
+fn first_of_month(year: i64, month: i64) -> i64 {
+    let year = year - i64::from(month <= 2);
+    let era = year.div_euclid(400);
+    let yoe = year - era * 400; // [0, 399]
+    let doy = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5; // day 1
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
 }
 
 /// The UTC date of a day number (days since 1970-01-01).
@@ -105,6 +155,24 @@ mod tests {
             period(QuotaPeriod::Month, "2026-01-31T00:00:00Z"),
             ("2026-01-01T00:00:00Z".into(), "2026-02-01T00:00:00Z".into())
         );
+    }
+
+    #[test]
+    fn months_agree_with_the_calendar() {
+        // Every day of 1600-2500 and samples to the ends of the fast range,
+        // against jiff's dates.
+        let days = (-135_000..=194_000)
+            .chain((*FAST_DAYS.start()..=*FAST_DAYS.end()).step_by(997))
+            .chain([*FAST_DAYS.start(), *FAST_DAYS.end()]);
+        for day in days {
+            let first = date_of_day(day).first_of_month();
+            let next = first.checked_add(1.month()).unwrap();
+            assert_eq!(
+                month_of_day(day),
+                (day_of_date(first), day_of_date(next)),
+                "day {day}"
+            );
+        }
     }
 
     #[test]

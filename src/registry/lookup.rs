@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 
 use crate::model::{Throttle, UsagePlan};
 use crate::route::{normalize, MethodRoute};
-use crate::store::{CounterKey, QuotaRule, ThrottleRule};
+use crate::store::{CounterKey, CounterStore, QuotaRule, ThrottleRule};
 
 /// SHA-256 of a key value: the map key of every lookup.
 pub(crate) type KeyDigest = [u8; 32];
@@ -118,6 +118,20 @@ impl PlanRuntime {
         }
     }
 
+    /// The throttle of the method-throttle key `key` (one that
+    /// [`method_key`](Self::method_key) returned, found by address), or
+    /// the plan's when `key` is `None`: what a request was charged.
+    pub(crate) fn charged_throttle(&self, key: Option<&Arc<str>>) -> Option<Throttle> {
+        let Some(key) = key else {
+            return self.throttle;
+        };
+        self.stages
+            .iter()
+            .flat_map(|s| &s.methods)
+            .find(|(_, (shared, _))| Arc::ptr_eq(shared, key) || shared == key)
+            .map(|(_, (_, throttle))| *throttle)
+    }
+
     /// The shared method-throttle key that [`throttle_for`](Self::throttle_for)
     /// returned as `key` (found by address: no string comparison, no
     /// allocation).
@@ -133,24 +147,53 @@ impl PlanRuntime {
     }
 }
 
-/// A key's membership of one plan.
-#[derive(Debug)]
+/// A key's membership of one plan, and where its counter lives. Shared
+/// (one `Arc` per key route) with the [`UsageContext`](crate::UsageContext)
+/// of every request it admits: a context clones one pointer, not the
+/// counter key, the store and the charge's rules.
 pub(crate) struct Binding {
     pub(crate) plan: Arc<PlanRuntime>,
     pub(crate) counter: CounterKey,
+    pub(crate) store: Arc<dyn CounterStore>,
+}
+
+impl Binding {
+    /// A binding of `key_id` to a plan `plan_id` without limits, counted
+    /// in a fresh memory store: for tests of what reads a context.
+    #[cfg(test)]
+    pub(crate) fn unlimited(plan_id: &str, key_id: &str) -> Arc<Self> {
+        Arc::new(Self {
+            plan: Arc::new(PlanRuntime {
+                stages: Vec::new(),
+                throttle: None,
+                quota: None,
+            }),
+            counter: CounterKey::new(plan_id, key_id),
+            store: Arc::new(crate::store::MemoryStore::new()),
+        })
+    }
+}
+
+impl std::fmt::Debug for Binding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Binding")
+            .field("plan", &self.plan)
+            .field("counter", &self.counter)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What a key value resolves to.
 #[derive(Debug)]
 pub(crate) struct KeyRoute {
     pub(crate) enabled: bool,
-    pub(crate) bindings: Vec<Binding>,
+    pub(crate) bindings: Vec<Arc<Binding>>,
 }
 
 impl KeyRoute {
     /// The binding of the plan covering `stage` (at most one, by the
     /// association rules).
-    pub(crate) fn binding_for(&self, stage: &Stage) -> Option<&Binding> {
+    pub(crate) fn binding_for(&self, stage: &Stage) -> Option<&Arc<Binding>> {
         self.bindings.iter().find(|b| b.plan.covers(stage))
     }
 }

@@ -18,8 +18,8 @@ use rand::distr::{Alphanumeric, SampleString};
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub(crate) use lookup::{digest, KeyDigest, KeyRoute, Stage};
-use lookup::{Binding, PlanRuntime};
+use lookup::PlanRuntime;
+pub(crate) use lookup::{digest, Binding, KeyDigest, KeyRoute, Stage};
 use routes::{RouteId, Routes};
 pub use snapshot::{KeySnapshot, PlanSnapshot, RegistrySnapshot};
 
@@ -868,9 +868,12 @@ impl UsagePlans {
         let bindings = entry
             .plans
             .iter()
-            .map(|plan_id| Binding {
-                plan: control.plans[plan_id].runtime.clone(),
-                counter: CounterKey::new(plan_id, key_id),
+            .map(|plan_id| {
+                Arc::new(Binding {
+                    plan: control.plans[plan_id].runtime.clone(),
+                    counter: CounterKey::new(plan_id, key_id),
+                    store: self.inner.store.clone(),
+                })
             })
             .collect();
         self.inner.routes.insert(
