@@ -420,13 +420,7 @@ async fn concurrent_registry_changes_on_two_replicas_are_both_kept() {
 async fn update_usage_to_zero_stops_every_replica_at_once() {
     for leases in [true, false] {
         let redis = Redis::start();
-        let Pair {
-            a,
-            b,
-            plan_id,
-            key_id,
-            client,
-        } = warm_pair(&redis, 1_000, leases).await;
+        let (a, b, plan_id, key_id, client) = warm_pair(&redis, 1_000, leases).await;
         a.plans().set_remaining(&plan_id, &key_id, 0).await.unwrap();
         for i in 0..40 {
             let addr = [a.data_addr(), b.data_addr()][i % 2];
@@ -450,13 +444,7 @@ async fn update_usage_to_zero_stops_every_replica_at_once() {
 async fn get_usage_counts_admitted_requests_not_leased_units() {
     for leases in [true, false] {
         let redis = Redis::start();
-        let Pair {
-            a,
-            b,
-            plan_id,
-            key_id,
-            ..
-        } = warm_pair(&redis, 1_000, leases).await;
+        let (a, b, plan_id, key_id, _) = warm_pair(&redis, 1_000, leases).await;
         usage_becomes(&b, &plan_id, &key_id, [10, 990]).await;
         a.shutdown().await.unwrap();
         b.shutdown().await.unwrap();
@@ -481,13 +469,7 @@ async fn usage_becomes(gateway: &Gateway, plan_id: &str, key_id: &str, want: [u6
 async fn a_change_through_one_replica_binds_the_other_on_its_next_request() {
     for leases in [true, false] {
         let redis = Redis::start();
-        let Pair {
-            a,
-            b,
-            plan_id,
-            key_id,
-            client,
-        } = warm_pair(&redis, 1_000, leases).await;
+        let (a, b, plan_id, key_id, client) = warm_pair(&redis, 1_000, leases).await;
 
         a.plans()
             .update_usage_plan(&plan_id, |plan| {
@@ -662,13 +644,14 @@ async fn a_replica_of_another_stage_refuses_to_start() {
 /// Two gateway replicas on `redis`, sharing one key in one plan of a daily
 /// `quota`, each having admitted 5 requests (so each holds a lease, when
 /// `leases`).
-struct Pair {
-    a: Gateway,
-    b: Gateway,
-    plan_id: String,
-    key_id: String,
-    client: Client<hyper_util::client::legacy::connect::HttpConnector, Empty<bytes::Bytes>>,
-}
+/// Replicas A and B, the plan's and the key's ids, and an HTTP client.
+type Pair = (
+    Gateway,
+    Gateway,
+    String,
+    String,
+    Client<hyper_util::client::legacy::connect::HttpConnector, Empty<bytes::Bytes>>,
+);
 
 async fn warm_pair(redis: &Redis, quota: u64, leases: bool) -> Pair {
     let start = || {
@@ -688,13 +671,7 @@ async fn warm_pair(redis: &Redis, quota: u64, leases: bool) -> Pair {
         assert_eq!(status(&client, a.data_addr()).await, 200);
         assert_eq!(status(&client, b.data_addr()).await, 200);
     }
-    Pair {
-        a,
-        b,
-        plan_id,
-        key_id,
-        client,
-    }
+    (a, b, plan_id, key_id, client)
 }
 
 /// UpdateUsage to 0 while clients keep both replicas busy (and leasing):
@@ -703,13 +680,7 @@ async fn warm_pair(redis: &Redis, quota: u64, leases: bool) -> Pair {
 async fn update_usage_while_traffic_flows_binds_every_request_after_it() {
     for leases in [true, false] {
         let redis = Redis::start();
-        let Pair {
-            a,
-            b,
-            plan_id,
-            key_id,
-            client,
-        } = warm_pair(&redis, 1_000_000, leases).await;
+        let (a, b, plan_id, key_id, client) = warm_pair(&redis, 1_000_000, leases).await;
         let returned = Arc::new(std::sync::OnceLock::<Instant>::new());
         let late = Arc::new(AtomicU64::new(0));
         let workers: Vec<_> = (0..6)
@@ -762,7 +733,7 @@ async fn usage_becomes_at_least(gateway: &Gateway, plan_id: &str, key_id: &str, 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_creations_through_two_replicas_are_all_kept() {
     let redis = Redis::start();
-    let Pair { a, b, .. } = warm_pair(&redis, 1_000, false).await;
+    let (a, b, ..) = warm_pair(&redis, 1_000, false).await;
     let (a, b) = (Arc::new(a), Arc::new(b));
     let writers: Vec<_> = (0..6)
         .map(|w| {
@@ -840,13 +811,7 @@ async fn an_admin_change_refused_while_redis_is_down_changes_nothing() {
 async fn the_latest_update_usage_survives_redis_losing_its_data() {
     for leases in [true, false] {
         let redis = Redis::start();
-        let Pair {
-            a,
-            b,
-            plan_id,
-            key_id,
-            client,
-        } = warm_pair(&redis, 1_000, leases).await;
+        let (a, b, plan_id, key_id, client) = warm_pair(&redis, 1_000, leases).await;
         a.plans()
             .set_remaining(&plan_id, &key_id, 500)
             .await
@@ -970,13 +935,7 @@ async fn a_spent_quota_survives_every_replica_restarting_before_redis_loses_its_
 async fn an_update_usage_survives_every_replica_restarting_before_redis_loses_its_data() {
     for leases in [true, false] {
         let redis = Redis::start();
-        let Pair {
-            a,
-            b,
-            plan_id,
-            key_id,
-            client,
-        } = warm_pair(&redis, 1_000, leases).await;
+        let (a, b, plan_id, key_id, client) = warm_pair(&redis, 1_000, leases).await;
         a.plans().set_remaining(&plan_id, &key_id, 2).await.unwrap();
         let mut gateways = restart(&redis, vec![a, b], 1_000, leases).await;
         let (b, a) = (gateways.pop().unwrap(), gateways.pop().unwrap());
@@ -1005,13 +964,7 @@ async fn an_update_usage_survives_every_replica_restarting_before_redis_loses_it
 async fn a_slow_restore_admits_nothing_even_failing_open() {
     for leases in [true, false] {
         let redis = Redis::start();
-        let Pair {
-            a,
-            b,
-            plan_id,
-            key_id,
-            client,
-        } = warm_pair(&redis, 20, leases).await;
+        let (a, b, plan_id, key_id, client) = warm_pair(&redis, 20, leases).await;
         a.plans().set_remaining(&plan_id, &key_id, 0).await.unwrap();
         let mut raw = redis::Client::open(redis.url())
             .unwrap()
@@ -1050,13 +1003,7 @@ async fn a_slow_restore_admits_nothing_even_failing_open() {
 async fn an_update_usage_through_a_replica_now_gone_survives_redis_losing_its_data() {
     for leases in [true, false] {
         let redis = Redis::start();
-        let Pair {
-            a,
-            b,
-            plan_id,
-            key_id,
-            client,
-        } = warm_pair(&redis, 1_000, leases).await;
+        let (a, b, plan_id, key_id, client) = warm_pair(&redis, 1_000, leases).await;
         b.plans().set_remaining(&plan_id, &key_id, 0).await.unwrap();
         b.shutdown().await.unwrap();
         flushall(&redis).await;
