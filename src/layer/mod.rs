@@ -89,11 +89,67 @@ impl UsageContext {
     }
 
     /// The API key's id (never its value).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use tower::{service_fn, Layer, ServiceExt};
+    /// use tower_usage_plans::{NewApiKey, NewUsagePlan, UsageContext, UsagePlanLayer, UsagePlans};
+    ///
+    /// let plans = UsagePlans::new();
+    /// let plan = plans.create_usage_plan(NewUsagePlan::new("gold")).unwrap();
+    /// let key = NewApiKey::new("alice").with_value("alice-key-0123456789").with_enabled(true);
+    /// let key = plans.create_api_key(key).unwrap();
+    /// plans.add_key_to_plan(&plan.id, &key.id).unwrap();
+    /// let handler = service_fn(|request: http::Request<()>| async move {
+    ///     let usage = request.extensions().get::<UsageContext>().unwrap();
+    ///     Ok::<_, std::convert::Infallible>(http::Response::new(axum::body::Body::from(
+    ///         usage.key_id().to_owned(),
+    ///     )))
+    /// });
+    /// let request = http::Request::get("/").header("x-api-key", "alice-key-0123456789");
+    /// let response = UsagePlanLayer::new(plans.clone())
+    ///     .layer(handler)
+    ///     .oneshot(request.body(()).unwrap())
+    ///     .await
+    ///     .unwrap();
+    /// let body = axum::body::to_bytes(response.into_body(), 1024).await.unwrap();
+    /// assert_eq!(body, key.id);
+    /// # }
+    /// ```
     pub fn key_id(&self) -> &str {
         self.binding.counter.key_id()
     }
 
     /// The usage plan's id.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use tower::{service_fn, Layer, ServiceExt};
+    /// use tower_usage_plans::{NewApiKey, NewUsagePlan, UsageContext, UsagePlanLayer, UsagePlans};
+    ///
+    /// let plans = UsagePlans::new();
+    /// let plan = plans.create_usage_plan(NewUsagePlan::new("gold")).unwrap();
+    /// let key = NewApiKey::new("alice").with_value("alice-key-0123456789").with_enabled(true);
+    /// let key = plans.create_api_key(key).unwrap();
+    /// plans.add_key_to_plan(&plan.id, &key.id).unwrap();
+    /// let handler = service_fn(|request: http::Request<()>| async move {
+    ///     let usage = request.extensions().get::<UsageContext>().unwrap();
+    ///     Ok::<_, std::convert::Infallible>(http::Response::new(axum::body::Body::from(
+    ///         usage.plan_id().to_owned(),
+    ///     )))
+    /// });
+    /// let request = http::Request::get("/").header("x-api-key", "alice-key-0123456789");
+    /// let response = UsagePlanLayer::new(plans.clone())
+    ///     .layer(handler)
+    ///     .oneshot(request.body(()).unwrap())
+    ///     .await
+    ///     .unwrap();
+    /// let body = axum::body::to_bytes(response.into_body(), 1024).await.unwrap();
+    /// assert_eq!(body, plan.id);
+    /// # }
+    /// ```
     pub fn plan_id(&self) -> &str {
         self.binding.counter.plan_id()
     }

@@ -38,6 +38,13 @@ pub enum Refusal {
 
 impl Refusal {
     /// The HTTP status AWS answers with.
+    ///
+    /// ```
+    /// use tower_usage_plans::Refusal;
+    ///
+    /// assert_eq!(Refusal::Throttled.status(), 429);
+    /// assert_eq!(Refusal::NoPlan.status(), 403);
+    /// ```
     pub fn status(self) -> StatusCode {
         match self {
             Self::MissingKey | Self::InvalidKey | Self::DisabledKey | Self::NoPlan => {
@@ -50,6 +57,13 @@ impl Refusal {
     }
 
     /// The `message` of AWS's JSON body.
+    ///
+    /// ```
+    /// use tower_usage_plans::Refusal;
+    ///
+    /// assert_eq!(Refusal::Throttled.message(), "Too Many Requests");
+    /// assert_eq!(Refusal::InvalidKey.message(), "Forbidden");
+    /// ```
     pub fn message(self) -> &'static str {
         match self {
             Self::MissingKey | Self::InvalidKey | Self::DisabledKey | Self::NoPlan => "Forbidden",
@@ -61,6 +75,12 @@ impl Refusal {
     }
 
     /// AWS's error type, sent as `x-amzn-ErrorType`.
+    ///
+    /// ```
+    /// use tower_usage_plans::Refusal;
+    ///
+    /// assert_eq!(Refusal::QuotaExceeded.error_type(), "LimitExceededException");
+    /// ```
     pub fn error_type(self) -> &'static str {
         match self {
             Self::MissingKey | Self::InvalidKey | Self::DisabledKey | Self::NoPlan => {
@@ -76,9 +96,36 @@ impl Refusal {
 
 /// Builds the response for a refused request. Implemented by
 /// [`AwsRefusal`] and by closures `Fn(Refusal) -> Response<B>`.
+///
+/// ```
+/// use http::Response;
+/// use tower_usage_plans::{Refusal, RefusalResponse};
+///
+/// /// Plain-text refusals.
+/// struct Plain;
+///
+/// impl RefusalResponse<String> for Plain {
+///     fn response(&self, refusal: Refusal) -> Response<String> {
+///         let mut response = Response::new(refusal.message().to_owned());
+///         *response.status_mut() = refusal.status();
+///         response
+///     }
+/// }
+///
+/// let response = Plain.response(Refusal::QuotaExceeded);
+/// assert_eq!(response.status(), 429);
+/// assert_eq!(response.body(), "Limit Exceeded");
+/// ```
 pub trait RefusalResponse<B> {
     /// The response for `refusal`; the layer then adds the rate-limit
     /// headers and puts `refusal` in its extensions.
+    ///
+    /// ```
+    /// use tower_usage_plans::{AwsRefusal, Refusal, RefusalResponse};
+    ///
+    /// let response: http::Response<bytes::Bytes> = AwsRefusal.response(Refusal::Throttled);
+    /// assert_eq!(response.body(), r#"{"message":"Too Many Requests"}"#);
+    /// ```
     fn response(&self, refusal: Refusal) -> Response<B>;
 
     /// The response for `refusal` of a gRPC call (a request whose

@@ -14,6 +14,22 @@ use crate::route::canonical;
 
 /// The middleware built by [`UsagePlanLayer`](super::UsagePlanLayer).
 /// Refusals are answered in `call`, without calling the inner service.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use tower::{service_fn, Layer, ServiceExt};
+/// use tower_usage_plans::{UsagePlanLayer, UsagePlans};
+///
+/// let inner = service_fn(|_request: http::Request<()>| async {
+///     Ok::<_, std::convert::Infallible>(http::Response::new(axum::body::Body::from("hi")))
+/// });
+/// let service = UsagePlanLayer::new(UsagePlans::new()).layer(inner);
+/// // No key: refused in `call`, the inner service never runs.
+/// let response = service.oneshot(http::Request::new(())).await.unwrap();
+/// assert_eq!(response.status(), 403);
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 pub struct UsagePlanService<S, R> {
     inner: S,
@@ -31,16 +47,41 @@ impl<S, R> UsagePlanService<S, R> {
     }
 
     /// The wrapped service.
+    ///
+    /// ```
+    /// use tower::Layer;
+    /// use tower_usage_plans::{UsagePlanLayer, UsagePlans};
+    ///
+    /// let service = UsagePlanLayer::new(UsagePlans::new()).layer("inner");
+    /// assert_eq!(*service.get_ref(), "inner");
+    /// ```
     pub fn get_ref(&self) -> &S {
         &self.inner
     }
 
     /// The wrapped service, mutably.
+    ///
+    /// ```
+    /// use tower::Layer;
+    /// use tower_usage_plans::{UsagePlanLayer, UsagePlans};
+    ///
+    /// let mut service = UsagePlanLayer::new(UsagePlans::new()).layer(1);
+    /// *service.get_mut() += 1;
+    /// assert_eq!(*service.get_ref(), 2);
+    /// ```
     pub fn get_mut(&mut self) -> &mut S {
         &mut self.inner
     }
 
     /// Unwraps the inner service.
+    ///
+    /// ```
+    /// use tower::Layer;
+    /// use tower_usage_plans::{UsagePlanLayer, UsagePlans};
+    ///
+    /// let service = UsagePlanLayer::new(UsagePlans::new()).layer(String::from("inner"));
+    /// assert_eq!(service.into_inner(), "inner");
+    /// ```
     pub fn into_inner(self) -> S {
         self.inner
     }

@@ -36,6 +36,36 @@ pub struct UsagePlanLayer<R = AwsRefusal> {
 impl UsagePlanLayer {
     /// A layer for the stage `gateway:prod`, reading the key from the
     /// `x-api-key` header and answering refusals like AWS.
+    ///
+    /// ```
+    /// # use tower::ServiceExt;
+    /// # use tower_usage_plans::*;
+    /// # /// The status of `method path` (with `key`) through `layer`.
+    /// # async fn status(layer: UsagePlanLayer, method: &str, path: &str, key: Option<&str>) -> u16 {
+    /// #     let app = axum::Router::new().fallback(|| async { "ok" }).layer(layer);
+    /// #     let mut request = http::Request::builder().method(method).uri(path);
+    /// #     if let Some(key) = key {
+    /// #         request = request.header("x-api-key", key);
+    /// #     }
+    /// #     let request = request.body(axum::body::Body::empty()).unwrap();
+    /// #     app.oneshot(request).await.unwrap().status().as_u16()
+    /// # }
+    /// # /// Plans holding `plan` with the enabled key `alice-key-0123456789`.
+    /// # fn plans_with(plan: NewUsagePlan) -> UsagePlans {
+    /// #     let plans = UsagePlans::new();
+    /// #     let plan = plans.create_usage_plan(plan).unwrap();
+    /// #     let key = NewApiKey::new("alice").with_value("alice-key-0123456789").with_enabled(true);
+    /// #     let key = plans.create_api_key(key).unwrap();
+    /// #     plans.add_key_to_plan(&plan.id, &key.id).unwrap();
+    /// #     plans
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let layer = UsagePlanLayer::new(plans_with(NewUsagePlan::new("gold")));
+    /// assert_eq!(status(layer.clone(), "GET", "/", Some("alice-key-0123456789")).await, 200);
+    /// assert_eq!(status(layer, "GET", "/", None).await, 403);
+    /// # }
+    /// ```
     pub fn new(plans: UsagePlans) -> Self {
         Self {
             config: Arc::new(Config {
@@ -63,6 +93,38 @@ impl<R> UsagePlanLayer<R> {
 
     /// The stage `api_id:stage` this layer serves: plans listing it (or
     /// listing no stage) apply, and its per-method throttles.
+    ///
+    /// ```
+    /// # use tower::ServiceExt;
+    /// # use tower_usage_plans::*;
+    /// # /// The status of `method path` (with `key`) through `layer`.
+    /// # async fn status(layer: UsagePlanLayer, method: &str, path: &str, key: Option<&str>) -> u16 {
+    /// #     let app = axum::Router::new().fallback(|| async { "ok" }).layer(layer);
+    /// #     let mut request = http::Request::builder().method(method).uri(path);
+    /// #     if let Some(key) = key {
+    /// #         request = request.header("x-api-key", key);
+    /// #     }
+    /// #     let request = request.body(axum::body::Body::empty()).unwrap();
+    /// #     app.oneshot(request).await.unwrap().status().as_u16()
+    /// # }
+    /// # /// Plans holding `plan` with the enabled key `alice-key-0123456789`.
+    /// # fn plans_with(plan: NewUsagePlan) -> UsagePlans {
+    /// #     let plans = UsagePlans::new();
+    /// #     let plan = plans.create_usage_plan(plan).unwrap();
+    /// #     let key = NewApiKey::new("alice").with_value("alice-key-0123456789").with_enabled(true);
+    /// #     let key = plans.create_api_key(key).unwrap();
+    /// #     plans.add_key_to_plan(&plan.id, &key.id).unwrap();
+    /// #     plans
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let plans = plans_with(NewUsagePlan::new("gold").with_api_stage(ApiStage::new("petstore", "prod")));
+    /// let prod = UsagePlanLayer::new(plans.clone()).with_stage("petstore", "prod");
+    /// let beta = UsagePlanLayer::new(plans).with_stage("petstore", "beta");
+    /// assert_eq!(status(prod, "GET", "/", Some("alice-key-0123456789")).await, 200);
+    /// assert_eq!(status(beta, "GET", "/", Some("alice-key-0123456789")).await, 403);
+    /// # }
+    /// ```
     pub fn with_stage(mut self, api_id: &str, stage: &str) -> Self {
         self.config_mut().stage = Stage {
             api_id: api_id.into(),
@@ -72,6 +134,37 @@ impl<R> UsagePlanLayer<R> {
     }
 
     /// Where to read the API key (default: header `x-api-key`).
+    ///
+    /// ```
+    /// # use tower::ServiceExt;
+    /// # use tower_usage_plans::*;
+    /// # /// The status of `method path` (with `key`) through `layer`.
+    /// # async fn status(layer: UsagePlanLayer, method: &str, path: &str, key: Option<&str>) -> u16 {
+    /// #     let app = axum::Router::new().fallback(|| async { "ok" }).layer(layer);
+    /// #     let mut request = http::Request::builder().method(method).uri(path);
+    /// #     if let Some(key) = key {
+    /// #         request = request.header("x-api-key", key);
+    /// #     }
+    /// #     let request = request.body(axum::body::Body::empty()).unwrap();
+    /// #     app.oneshot(request).await.unwrap().status().as_u16()
+    /// # }
+    /// # /// Plans holding `plan` with the enabled key `alice-key-0123456789`.
+    /// # fn plans_with(plan: NewUsagePlan) -> UsagePlans {
+    /// #     let plans = UsagePlans::new();
+    /// #     let plan = plans.create_usage_plan(plan).unwrap();
+    /// #     let key = NewApiKey::new("alice").with_value("alice-key-0123456789").with_enabled(true);
+    /// #     let key = plans.create_api_key(key).unwrap();
+    /// #     plans.add_key_to_plan(&plan.id, &key.id).unwrap();
+    /// #     plans
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let layer = UsagePlanLayer::new(plans_with(NewUsagePlan::new("gold")))
+    ///     .with_key_source(KeySource::query("api_key"));
+    /// assert_eq!(status(layer.clone(), "GET", "/?api_key=alice-key-0123456789", None).await, 200);
+    /// assert_eq!(status(layer, "GET", "/", Some("alice-key-0123456789")).await, 403);
+    /// # }
+    /// ```
     pub fn with_key_source(mut self, key_source: KeySource) -> Self {
         self.config_mut().key_source = key_source;
         self
@@ -83,6 +176,36 @@ impl<R> UsagePlanLayer<R> {
     ///
     /// # Panics
     /// If `method` or `path` is malformed (a programming error).
+    ///
+    /// ```
+    /// # use tower::ServiceExt;
+    /// # use tower_usage_plans::*;
+    /// # /// The status of `method path` (with `key`) through `layer`.
+    /// # async fn status(layer: UsagePlanLayer, method: &str, path: &str, key: Option<&str>) -> u16 {
+    /// #     let app = axum::Router::new().fallback(|| async { "ok" }).layer(layer);
+    /// #     let mut request = http::Request::builder().method(method).uri(path);
+    /// #     if let Some(key) = key {
+    /// #         request = request.header("x-api-key", key);
+    /// #     }
+    /// #     let request = request.body(axum::body::Body::empty()).unwrap();
+    /// #     app.oneshot(request).await.unwrap().status().as_u16()
+    /// # }
+    /// # /// Plans holding `plan` with the enabled key `alice-key-0123456789`.
+    /// # fn plans_with(plan: NewUsagePlan) -> UsagePlans {
+    /// #     let plans = UsagePlans::new();
+    /// #     let plan = plans.create_usage_plan(plan).unwrap();
+    /// #     let key = NewApiKey::new("alice").with_value("alice-key-0123456789").with_enabled(true);
+    /// #     let key = plans.create_api_key(key).unwrap();
+    /// #     plans.add_key_to_plan(&plan.id, &key.id).unwrap();
+    /// #     plans
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let layer = UsagePlanLayer::new(UsagePlans::new()).with_unmetered("GET", "/health");
+    /// assert_eq!(status(layer.clone(), "GET", "/health", None).await, 200);
+    /// assert_eq!(status(layer, "GET", "/pets", None).await, 403);
+    /// # }
+    /// ```
     pub fn with_unmetered(mut self, method: &str, path: &str) -> Self {
         let route = MethodRoute::new(method, path).unwrap_or_else(|e| {
             panic!("UsagePlanLayer::with_unmetered({method:?}, {path:?}): {e}")
@@ -95,6 +218,15 @@ impl<R> UsagePlanLayer<R> {
     ///
     /// # Panics
     /// As [`with_unmetered`](Self::with_unmetered).
+    ///
+    /// ```
+    /// # #![allow(deprecated)]
+    /// use tower_usage_plans::{RequestHead, UsagePlanLayer, UsagePlans};
+    ///
+    /// let layer = UsagePlanLayer::new(UsagePlans::new()).unmetered("GET", "/health");
+    /// let request = http::Request::get("/health").body(()).unwrap();
+    /// assert!(layer.is_unmetered(&RequestHead::of(&request)));
+    /// ```
     #[deprecated(since = "0.2.0", note = "use with_unmetered")]
     pub fn unmetered(self, method: &str, path: &str) -> Self {
         self.with_unmetered(method, path)
@@ -103,6 +235,31 @@ impl<R> UsagePlanLayer<R> {
     /// Adds `X-RateLimit-Limit`, `X-RateLimit-Remaining` and
     /// `X-RateLimit-Reset` (the quota's, else the throttle's) next to the
     /// IETF `RateLimit` headers.
+    ///
+    /// ```
+    /// # use tower::ServiceExt;
+    /// # use tower_usage_plans::*;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let plans = UsagePlans::new();
+    /// let plan = plans
+    ///     .create_usage_plan(NewUsagePlan::new("gold").with_quota(Quota::new(100, QuotaPeriod::Day)))
+    ///     .unwrap();
+    /// let key = NewApiKey::new("alice").with_value("alice-key-0123456789").with_enabled(true);
+    /// let key = plans.create_api_key(key).unwrap();
+    /// plans.add_key_to_plan(&plan.id, &key.id).unwrap();
+    /// let app = axum::Router::new()
+    ///     .fallback(|| async { "ok" })
+    ///     .layer(UsagePlanLayer::new(plans).with_legacy_headers(true));
+    /// let request = http::Request::get("/")
+    ///     .header("x-api-key", "alice-key-0123456789")
+    ///     .body(axum::body::Body::empty())
+    ///     .unwrap();
+    /// let response = app.oneshot(request).await.unwrap();
+    /// assert_eq!(response.headers()["x-ratelimit-limit"], "100");
+    /// assert_eq!(response.headers()["x-ratelimit-remaining"], "99");
+    /// # }
+    /// ```
     pub fn with_legacy_headers(mut self, enabled: bool) -> Self {
         self.config_mut().legacy_headers = enabled;
         self
@@ -126,6 +283,14 @@ impl<R> UsagePlanLayer<R> {
 
     /// What to do when the counter store fails: admit (the default, AWS's
     /// behaviour) or answer 503.
+    ///
+    /// ```
+    /// use tower_usage_plans::{StoreFailure, UsagePlanLayer, UsagePlans};
+    ///
+    /// // Behind a shared store, refuse rather than admit uncounted.
+    /// let layer = UsagePlanLayer::new(UsagePlans::new()).with_store_failure(StoreFailure::FailClosed);
+    /// # drop(layer);
+    /// ```
     pub fn with_store_failure(mut self, policy: StoreFailure) -> Self {
         self.config_mut().store_failure = policy;
         self
@@ -154,6 +319,14 @@ impl<R> UsagePlanLayer<R> {
     }
 
     /// Renamed [`with_shadow`](Self::with_shadow).
+    ///
+    /// ```
+    /// # #![allow(deprecated)]
+    /// use tower_usage_plans::{UsagePlanLayer, UsagePlans};
+    ///
+    /// let layer = UsagePlanLayer::new(UsagePlans::new()).shadow(true);
+    /// # drop(layer);
+    /// ```
     #[deprecated(since = "0.2.0", note = "use with_shadow")]
     pub fn shadow(self, enabled: bool) -> Self {
         self.with_shadow(enabled)
@@ -182,6 +355,16 @@ impl<R> UsagePlanLayer<R> {
     }
 
     /// Whether a request is on an unmetered route.
+    ///
+    /// ```
+    /// use tower_usage_plans::{RequestHead, UsagePlanLayer, UsagePlans};
+    ///
+    /// let layer = UsagePlanLayer::new(UsagePlans::new()).with_unmetered("*", "/status/{proxy+}");
+    /// let request = http::Request::post("/status/db").body(()).unwrap();
+    /// assert!(layer.is_unmetered(&RequestHead::of(&request)));
+    /// let request = http::Request::get("/pets").body(()).unwrap();
+    /// assert!(!layer.is_unmetered(&RequestHead::of(&request)));
+    /// ```
     pub fn is_unmetered(&self, head: &RequestHead<'_>) -> bool {
         self.config.is_unmetered(head)
     }
