@@ -19,11 +19,23 @@ use jiff::Timestamp;
 /// ```
 pub trait Clock: Send + Sync + 'static {
     /// The current time.
+    ///
+    /// ```
+    /// # use tower_usage_plans::{Clock, ManualClock, Timestamp};
+    /// let at: Timestamp = "2026-11-28T12:00:00Z".parse().unwrap();
+    /// assert_eq!(ManualClock::new(at).now(), at);
+    /// ```
     fn now(&self) -> Timestamp;
 
     /// The current time in nanoseconds, what every decision reads. Override
     /// it when the clock has nanoseconds at hand: a `Timestamp` costs a
     /// division and range checks to build, on the hot path.
+    ///
+    /// ```
+    /// # use tower_usage_plans::{Clock, ManualClock};
+    /// let clock = ManualClock::new("1970-01-01T00:00:01Z".parse().unwrap());
+    /// assert_eq!(clock.now_nanos().get(), 1_000_000_000);
+    /// ```
     fn now_nanos(&self) -> UnixNanos {
         self.now().into()
     }
