@@ -8,13 +8,34 @@ use jiff::Timestamp;
 
 /// A source of the current UTC time. Quota periods and token refills read
 /// it; tests inject a [`ManualClock`].
+///
+/// ```
+/// use tower_usage_plans::{Clock, ManualClock, Timestamp, UnixNanos};
+///
+/// let at: Timestamp = "2026-11-28T12:00:00Z".parse().unwrap();
+/// let clock: &dyn Clock = &ManualClock::new(at);
+/// assert_eq!(clock.now(), at);
+/// assert_eq!(clock.now_nanos(), UnixNanos::from(at));
+/// ```
 pub trait Clock: Send + Sync + 'static {
     /// The current time.
+    ///
+    /// ```
+    /// # use tower_usage_plans::{Clock, ManualClock, Timestamp};
+    /// let at: Timestamp = "2026-11-28T12:00:00Z".parse().unwrap();
+    /// assert_eq!(ManualClock::new(at).now(), at);
+    /// ```
     fn now(&self) -> Timestamp;
 
     /// The current time in nanoseconds, what every decision reads. Override
     /// it when the clock has nanoseconds at hand: a `Timestamp` costs a
     /// division and range checks to build, on the hot path.
+    ///
+    /// ```
+    /// # use tower_usage_plans::{Clock, ManualClock};
+    /// let clock = ManualClock::new("1970-01-01T00:00:01Z".parse().unwrap());
+    /// assert_eq!(clock.now_nanos().get(), 1_000_000_000);
+    /// ```
     fn now_nanos(&self) -> UnixNanos {
         self.now().into()
     }
@@ -35,16 +56,31 @@ pub struct UnixNanos(i64);
 
 impl UnixNanos {
     /// `nanos` after the epoch.
+    ///
+    /// ```
+    /// # use tower_usage_plans::UnixNanos;
+    /// assert_eq!(UnixNanos::new(1_500_000_000).to_timestamp().to_string(), "1970-01-01T00:00:01.5Z");
+    /// ```
     pub fn new(nanos: i64) -> Self {
         Self(nanos)
     }
 
     /// Nanoseconds after the epoch.
+    ///
+    /// ```
+    /// # use tower_usage_plans::UnixNanos;
+    /// assert_eq!(UnixNanos::new(42).get(), 42);
+    /// ```
     pub fn get(self) -> i64 {
         self.0
     }
 
     /// The same time as a `Timestamp`.
+    ///
+    /// ```
+    /// # use tower_usage_plans::{Timestamp, UnixNanos};
+    /// assert_eq!(UnixNanos::new(0).to_timestamp(), Timestamp::UNIX_EPOCH);
+    /// ```
     pub fn to_timestamp(self) -> Timestamp {
         from_nanos(self.0)
     }
@@ -190,6 +226,12 @@ pub struct ManualClock {
 
 impl ManualClock {
     /// A clock stopped at `at`.
+    ///
+    /// ```
+    /// # use tower_usage_plans::{Clock, ManualClock, Timestamp};
+    /// let clock = ManualClock::new(Timestamp::UNIX_EPOCH);
+    /// assert_eq!(clock.now(), Timestamp::UNIX_EPOCH);
+    /// ```
     pub fn new(at: Timestamp) -> Self {
         Self {
             nanos: Arc::new(AtomicI64::new(to_nanos(at))),
@@ -197,11 +239,27 @@ impl ManualClock {
     }
 
     /// Moves the clock to `at`.
+    ///
+    /// ```
+    /// # use tower_usage_plans::{Clock, ManualClock, Timestamp};
+    /// let clock = ManualClock::new(Timestamp::UNIX_EPOCH);
+    /// let at: Timestamp = "2026-12-31T23:59:59Z".parse().unwrap();
+    /// clock.set(at);
+    /// assert_eq!(clock.now(), at);
+    /// ```
     pub fn set(&self, at: Timestamp) {
         self.nanos.store(to_nanos(at), Ordering::SeqCst);
     }
 
     /// Moves the clock forward by `by`.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use tower_usage_plans::{Clock, ManualClock, Timestamp};
+    /// let clock = ManualClock::new(Timestamp::UNIX_EPOCH);
+    /// clock.advance(Duration::from_millis(1_500));
+    /// assert_eq!(clock.now().to_string(), "1970-01-01T00:00:01.5Z");
+    /// ```
     pub fn advance(&self, by: Duration) {
         let by = i64::try_from(by.as_nanos()).unwrap_or(i64::MAX);
         self.nanos.fetch_add(by, Ordering::SeqCst);

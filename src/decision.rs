@@ -52,6 +52,11 @@ struct CounterIds {
 
 impl CounterKey {
     /// The counter of `key_id` in `plan_id`.
+    ///
+    /// ```
+    /// # use tower_usage_plans::store::CounterKey;
+    /// assert_ne!(CounterKey::new("plan", "a"), CounterKey::new("plan", "b"));
+    /// ```
     pub fn new(plan_id: &str, key_id: &str) -> Self {
         let mut hasher = std::hash::DefaultHasher::new();
         (plan_id, key_id).hash(&mut hasher);
@@ -70,11 +75,21 @@ impl CounterKey {
     }
 
     /// The usage plan's id.
+    ///
+    /// ```
+    /// # use tower_usage_plans::store::CounterKey;
+    /// assert_eq!(CounterKey::new("plan", "key").plan_id(), "plan");
+    /// ```
     pub fn plan_id(&self) -> &str {
         &self.0.plan_id
     }
 
     /// The API key's id.
+    ///
+    /// ```
+    /// # use tower_usage_plans::store::CounterKey;
+    /// assert_eq!(CounterKey::new("plan", "key").key_id(), "key");
+    /// ```
     pub fn key_id(&self) -> &str {
         &self.0.key_id
     }
@@ -104,6 +119,18 @@ impl fmt::Debug for CounterKey {
 }
 
 /// A throttle to apply: the plan's (`method: None`) or one method's bucket.
+///
+/// ```
+/// # use tower_usage_plans::store::{CounterKey, CounterStore, DecisionRequest, MemoryStore, QuotaRule, ThrottleRule, Verdict};
+/// # use tower_usage_plans::{Quota, QuotaPeriod, Throttle, Timestamp};
+/// # let block_on = |f| tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f);
+/// # let (store, counter) = (MemoryStore::new(), CounterKey::new("plan", "key"));
+/// # let now: Timestamp = "2026-11-28T12:00:00Z".parse().unwrap();
+/// let rule = ThrottleRule { method: None, throttle: Throttle::new(1.0, 1).unwrap() };
+/// let request = DecisionRequest { counter: &counter, throttle: Some(rule), quota: None, now: now.into() };
+/// assert_eq!(block_on(store.decide(&request)).unwrap().verdict, Verdict::Admitted);
+/// assert_eq!(block_on(store.decide(&request)).unwrap().verdict, Verdict::Throttled);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ThrottleRule<'a> {
     /// The method-throttle key (`"/pets/GET"`) whose bucket applies; `None`
@@ -115,6 +142,15 @@ pub struct ThrottleRule<'a> {
 
 /// A quota to apply, with the plan's creation time (its offset applies in
 /// the period that contains it).
+///
+/// ```
+/// use tower_usage_plans::store::QuotaRule;
+/// use tower_usage_plans::{Quota, QuotaPeriod};
+///
+/// let quota = Quota::new(100, QuotaPeriod::Day).with_offset(30).unwrap();
+/// let rule = QuotaRule { quota, plan_created: 1_000 };
+/// assert_eq!(rule.limit_for_period(0), 70);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QuotaRule {
     /// Limit, offset and period.
@@ -126,6 +162,14 @@ pub struct QuotaRule {
 impl QuotaRule {
     /// The requests allowed in the period starting at `period_start`
     /// (Unix seconds): the limit, less the offset in the initial period.
+    ///
+    /// ```
+    /// # use tower_usage_plans::store::QuotaRule;
+    /// # use tower_usage_plans::{Quota, QuotaPeriod};
+    /// let rule = QuotaRule { quota: Quota::new(100, QuotaPeriod::Day).with_offset(30).unwrap(), plan_created: 1_000 };
+    /// assert_eq!(rule.limit_for_period(0), 70); // the period the plan was created in
+    /// assert_eq!(rule.limit_for_period(86_400), 100); // every later one
+    /// ```
     pub fn limit_for_period(&self, period_start: i64) -> u64 {
         if period_start <= self.plan_created {
             self.quota.limit.saturating_sub(self.quota.offset)
@@ -136,6 +180,18 @@ impl QuotaRule {
 }
 
 /// One request to decide.
+///
+/// ```
+/// # use tower_usage_plans::store::{CounterKey, CounterStore, DecisionRequest, MemoryStore, QuotaRule, ThrottleRule, Verdict};
+/// # use tower_usage_plans::{Quota, QuotaPeriod, Throttle, Timestamp};
+/// # let block_on = |f| tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f);
+/// # let (store, counter) = (MemoryStore::new(), CounterKey::new("plan", "key"));
+/// # let now: Timestamp = "2026-11-28T12:00:00Z".parse().unwrap();
+/// let quota = QuotaRule { quota: Quota::new(2, QuotaPeriod::Day), plan_created: 0 };
+/// let request = DecisionRequest { counter: &counter, throttle: None, quota: Some(quota), now: now.into() };
+/// let decision = block_on(store.decide(&request)).unwrap();
+/// assert_eq!(decision.quota.unwrap().remaining, 1);
+/// ```
 #[derive(Debug, Clone, Copy)]
 pub struct DecisionRequest<'a> {
     /// Whose counter.
@@ -149,6 +205,17 @@ pub struct DecisionRequest<'a> {
 }
 
 /// The outcome of a decision.
+///
+/// ```
+/// # use tower_usage_plans::store::{CounterKey, CounterStore, DecisionRequest, MemoryStore, QuotaRule, ThrottleRule, Verdict};
+/// # use tower_usage_plans::{Quota, QuotaPeriod, Throttle, Timestamp};
+/// # let block_on = |f| tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f);
+/// # let (store, counter) = (MemoryStore::new(), CounterKey::new("plan", "key"));
+/// # let now: Timestamp = "2026-11-28T12:00:00Z".parse().unwrap();
+/// let quota = QuotaRule { quota: Quota::new(0, QuotaPeriod::Day), plan_created: 0 };
+/// let request = DecisionRequest { counter: &counter, throttle: None, quota: Some(quota), now: now.into() };
+/// assert_eq!(block_on(store.decide(&request)).unwrap().verdict, Verdict::QuotaExceeded);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     /// Counted: one token and one unit of quota spent.
@@ -160,6 +227,18 @@ pub enum Verdict {
 }
 
 /// A bucket's state after a decision, for the rate-limit headers.
+///
+/// ```
+/// # use tower_usage_plans::store::{CounterKey, CounterStore, DecisionRequest, MemoryStore, QuotaRule, ThrottleRule, Verdict};
+/// # use tower_usage_plans::{Quota, QuotaPeriod, Throttle, Timestamp};
+/// # let block_on = |f| tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f);
+/// # let (store, counter) = (MemoryStore::new(), CounterKey::new("plan", "key"));
+/// # let now: Timestamp = "2026-11-28T12:00:00Z".parse().unwrap();
+/// let rule = ThrottleRule { method: None, throttle: Throttle::new(1.0, 3).unwrap() };
+/// let request = DecisionRequest { counter: &counter, throttle: Some(rule), quota: None, now: now.into() };
+/// let bucket = block_on(store.decide(&request)).unwrap().throttle.unwrap();
+/// assert_eq!((bucket.burst_limit, bucket.tokens, bucket.retry_after_secs), (3, 2, 0));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ThrottleState {
     /// Bucket capacity.
@@ -173,6 +252,19 @@ pub struct ThrottleState {
 }
 
 /// A quota's state after a decision, for the rate-limit headers.
+///
+/// ```
+/// # use tower_usage_plans::store::{CounterKey, CounterStore, DecisionRequest, MemoryStore, QuotaRule, ThrottleRule, Verdict};
+/// # use tower_usage_plans::{Quota, QuotaPeriod, Throttle, Timestamp};
+/// # let block_on = |f| tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f);
+/// # let (store, counter) = (MemoryStore::new(), CounterKey::new("plan", "key"));
+/// # let now: Timestamp = "2026-11-28T12:00:00Z".parse().unwrap();
+/// let quota = QuotaRule { quota: Quota::new(10, QuotaPeriod::Day), plan_created: 0 };
+/// let request = DecisionRequest { counter: &counter, throttle: None, quota: Some(quota), now: now.into() };
+/// let state = block_on(store.decide(&request)).unwrap().quota.unwrap();
+/// assert_eq!((state.limit, state.remaining), (10, 9));
+/// assert_eq!((state.period_secs, state.reset_secs), (86_400, 43_200)); // it is noon UTC
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QuotaState {
     /// The plan's limit per period.
@@ -186,6 +278,18 @@ pub struct QuotaState {
 }
 
 /// A decision and the counters' state after it.
+///
+/// ```
+/// # use tower_usage_plans::store::{CounterKey, CounterStore, DecisionRequest, MemoryStore, QuotaRule, ThrottleRule, Verdict};
+/// # use tower_usage_plans::{Quota, QuotaPeriod, Throttle, Timestamp};
+/// # let block_on = |f| tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f);
+/// # let (store, counter) = (MemoryStore::new(), CounterKey::new("plan", "key"));
+/// # let now: Timestamp = "2026-11-28T12:00:00Z".parse().unwrap();
+/// let request = DecisionRequest { counter: &counter, throttle: None, quota: None, now: now.into() };
+/// let decision = block_on(store.decide(&request)).unwrap();
+/// assert_eq!(decision.verdict, Verdict::Admitted);
+/// assert!(decision.throttle.is_none() && decision.quota.is_none()); // no rule applied
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision {
     /// Admitted or why not.
@@ -197,4 +301,15 @@ pub struct Decision {
 }
 
 /// One day's `[used, remaining]`.
+///
+/// ```
+/// # use tower_usage_plans::store::{CounterKey, CounterStore, DecisionRequest, MemoryStore, QuotaRule, ThrottleRule, Verdict};
+/// # use tower_usage_plans::{Quota, QuotaPeriod, Throttle, Timestamp};
+/// # let block_on = |f| tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f);
+/// # let (store, counter) = (MemoryStore::new(), CounterKey::new("plan", "key"));
+/// # let now: Timestamp = "2026-11-28T12:00:00Z".parse().unwrap();
+/// let quota = QuotaRule { quota: Quota::new(10, QuotaPeriod::Day), plan_created: 0 };
+/// let [used, remaining] = block_on(store.set_remaining(&counter, &quota, now, 4)).unwrap();
+/// assert_eq!((used, remaining), (0, 4));
+/// ```
 pub type DayUsage = [u64; 2];

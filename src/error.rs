@@ -4,6 +4,17 @@ use std::fmt;
 use std::sync::Arc;
 
 /// What went wrong, in the terms the admin API maps to AWS errors.
+///
+/// ```
+/// use tower_usage_plans::{ErrorKind, NewApiKey, NewUsagePlan, UsagePlans};
+///
+/// let plans = UsagePlans::new();
+/// let plan = plans.create_usage_plan(NewUsagePlan::new("basic")).unwrap();
+/// let key = plans.create_api_key(NewApiKey::new("alice")).unwrap();
+/// plans.add_key_to_plan(&plan.id, &key.id).unwrap();
+/// let again = plans.add_key_to_plan(&plan.id, &key.id).unwrap_err();
+/// assert_eq!(again.kind(), ErrorKind::Conflict);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ErrorKind {
@@ -48,6 +59,12 @@ impl Eq for Error {}
 
 impl Error {
     /// An error of `kind` with a human-readable `message`.
+    ///
+    /// ```
+    /// # use tower_usage_plans::{Error, ErrorKind};
+    /// let err = Error::new(ErrorKind::BadRequest, "Invalid quota limit");
+    /// assert_eq!(err.to_string(), "Invalid quota limit");
+    /// ```
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         Self {
             kind,
@@ -89,11 +106,23 @@ impl Error {
     }
 
     /// The kind of failure.
+    ///
+    /// ```
+    /// # use tower_usage_plans::{ErrorKind, UsagePlans};
+    /// let err = UsagePlans::new().api_key("nope").unwrap_err();
+    /// assert_eq!(err.kind(), ErrorKind::NotFound);
+    /// ```
     pub fn kind(&self) -> ErrorKind {
         self.kind
     }
 
     /// The message, worded like AWS's where AWS has one.
+    ///
+    /// ```
+    /// # use tower_usage_plans::UsagePlans;
+    /// let err = UsagePlans::new().api_key("nope").unwrap_err();
+    /// assert_eq!(err.message(), "Invalid API Key identifier specified");
+    /// ```
     pub fn message(&self) -> &str {
         &self.message
     }
@@ -114,4 +143,13 @@ impl std::error::Error for Error {
 }
 
 /// `Result` with this crate's [`Error`].
+///
+/// ```
+/// use tower_usage_plans::{ErrorKind, Result, UsagePlan, UsagePlans};
+///
+/// fn find(plans: &UsagePlans, id: &str) -> Result<UsagePlan> {
+///     plans.usage_plan(id)
+/// }
+/// assert_eq!(find(&UsagePlans::new(), "nope").unwrap_err().kind(), ErrorKind::NotFound);
+/// ```
 pub type Result<T, E = Error> = std::result::Result<T, E>;

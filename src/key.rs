@@ -21,11 +21,22 @@ pub struct AuthorizerKey(String);
 
 impl AuthorizerKey {
     /// The key value an authorizer chose.
+    ///
+    /// ```
+    /// # use tower_usage_plans::AuthorizerKey;
+    /// assert_eq!(AuthorizerKey::new("k").value(), "k");
+    /// ```
     pub fn new(value: impl Into<String>) -> Self {
         Self(value.into())
     }
 
     /// The key value.
+    ///
+    /// ```
+    /// # use tower_usage_plans::AuthorizerKey;
+    /// let key = AuthorizerKey::new(String::from("alice-key-0123456789abcdef"));
+    /// assert_eq!(key.value(), "alice-key-0123456789abcdef");
+    /// ```
     pub fn value(&self) -> &str {
         &self.0
     }
@@ -54,6 +65,14 @@ pub struct RequestHead<'a> {
 
 impl<'a> RequestHead<'a> {
     /// Borrows the head of `request`.
+    ///
+    /// ```
+    /// # use tower_usage_plans::RequestHead;
+    /// let request = http::Request::post("/pets").header("x-api-key", "k").body(()).unwrap();
+    /// let head = RequestHead::of(&request);
+    /// assert_eq!(head.method, http::Method::POST);
+    /// assert_eq!(head.headers["x-api-key"], "k");
+    /// ```
     pub fn of<B>(request: &'a Request<B>) -> Self {
         Self {
             method: request.method(),
@@ -113,17 +132,70 @@ impl KeySource {
     }
 
     /// A query-string parameter (percent-decoded).
+    ///
+    /// ```
+    /// # use axum::{body::Body, routing::get, Router};
+    /// # use tower::ServiceExt;
+    /// # use tower_usage_plans::{AuthorizerKey, KeySource, NewApiKey, NewUsagePlan, UsagePlanLayer, UsagePlans};
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// # let plans = UsagePlans::new();
+    /// # let plan = plans.create_usage_plan(NewUsagePlan::new("p")).unwrap();
+    /// # let key = NewApiKey::new("k").with_value("key-0123456789abcdefghij").with_enabled(true);
+    /// # plans.add_key_to_plan(&plan.id, &plans.create_api_key(key).unwrap().id).unwrap();
+    /// # let app = |source| Router::new().route("/", get(|| async { "ok" })).layer(UsagePlanLayer::new(plans.clone()).with_key_source(source));
+    /// let request = http::Request::get("/?api_key=key-0123456789abcdefghij").body(Body::empty()).unwrap();
+    /// let response = app(KeySource::query("api_key")).oneshot(request).await.unwrap();
+    /// assert_eq!(response.status(), 200);
+    /// # });
+    /// ```
     pub fn query(name: &str) -> Self {
         Self(Source::Query(name.into()))
     }
 
     /// An [`AuthorizerKey`] placed in the request extensions by an earlier
     /// layer.
+    ///
+    /// ```
+    /// # use axum::{body::Body, routing::get, Router};
+    /// # use tower::ServiceExt;
+    /// # use tower_usage_plans::{AuthorizerKey, KeySource, NewApiKey, NewUsagePlan, UsagePlanLayer, UsagePlans};
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// # let plans = UsagePlans::new();
+    /// # let plan = plans.create_usage_plan(NewUsagePlan::new("p")).unwrap();
+    /// # let key = NewApiKey::new("k").with_value("key-0123456789abcdefghij").with_enabled(true);
+    /// # plans.add_key_to_plan(&plan.id, &plans.create_api_key(key).unwrap().id).unwrap();
+    /// # let app = |source| Router::new().route("/", get(|| async { "ok" })).layer(UsagePlanLayer::new(plans.clone()).with_key_source(source));
+    /// let mut request = http::Request::get("/").body(Body::empty()).unwrap();
+    /// request.extensions_mut().insert(AuthorizerKey::new("key-0123456789abcdefghij"));
+    /// let response = app(KeySource::authorizer()).oneshot(request).await.unwrap();
+    /// assert_eq!(response.status(), 200);
+    /// # });
+    /// ```
     pub fn authorizer() -> Self {
         Self(Source::Authorizer)
     }
 
     /// A closure over the request head.
+    ///
+    /// ```
+    /// # use axum::{body::Body, routing::get, Router};
+    /// # use tower::ServiceExt;
+    /// # use tower_usage_plans::{AuthorizerKey, KeySource, NewApiKey, NewUsagePlan, UsagePlanLayer, UsagePlans};
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// # let plans = UsagePlans::new();
+    /// # let plan = plans.create_usage_plan(NewUsagePlan::new("p")).unwrap();
+    /// # let key = NewApiKey::new("k").with_value("key-0123456789abcdefghij").with_enabled(true);
+    /// # plans.add_key_to_plan(&plan.id, &plans.create_api_key(key).unwrap().id).unwrap();
+    /// # let app = |source| Router::new().route("/", get(|| async { "ok" })).layer(UsagePlanLayer::new(plans.clone()).with_key_source(source));
+    /// let source = KeySource::custom(|head| {
+    ///     let auth = head.headers.get("authorization")?.to_str().ok()?;
+    ///     auth.strip_prefix("ApiKey ").map(str::to_owned)
+    /// });
+    /// let request = http::Request::get("/").header("authorization", "ApiKey key-0123456789abcdefghij");
+    /// let response = app(source).oneshot(request.body(Body::empty()).unwrap()).await.unwrap();
+    /// assert_eq!(response.status(), 200);
+    /// # });
+    /// ```
     pub fn custom(
         extract: impl Fn(&RequestHead<'_>) -> Option<String> + Send + Sync + 'static,
     ) -> Self {

@@ -32,11 +32,22 @@ pub struct AdminCredentials {
 
 impl AdminCredentials {
     /// An empty set of credentials (which authenticates nobody).
+    ///
+    /// ```
+    /// # use tower_usage_plans::admin::AdminCredentials;
+    /// assert!(AdminCredentials::new().is_empty());
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Adds (or replaces) one access key id and its secret, builder style.
+    ///
+    /// ```
+    /// # use tower_usage_plans::admin::AdminCredentials;
+    /// let creds = AdminCredentials::new().with_access_key("AKIDEXAMPLE", "secret");
+    /// assert!(format!("{creds:?}").contains("AKIDEXAMPLE"));
+    /// ```
     pub fn with_access_key(
         mut self,
         access_key_id: impl Into<String>,
@@ -48,6 +59,13 @@ impl AdminCredentials {
 
     /// Renamed [`with_access_key`](Self::with_access_key).
     #[deprecated(since = "0.2.0", note = "use with_access_key")]
+    ///
+    /// ```
+    /// # use tower_usage_plans::admin::AdminCredentials;
+    /// #[allow(deprecated)]
+    /// let creds = AdminCredentials::new().with("AKIDEXAMPLE", "secret");
+    /// assert!(!creds.is_empty());
+    /// ```
     pub fn with(self, access_key_id: impl Into<String>, secret: impl Into<String>) -> Self {
         self.with_access_key(access_key_id, secret)
     }
@@ -55,6 +73,13 @@ impl AdminCredentials {
     /// Adds (or replaces) one access key id and its secret.
     ///
     /// An access key id containing `/` can never match a SigV4 credential scope.
+    ///
+    /// ```
+    /// # use tower_usage_plans::admin::AdminCredentials;
+    /// let mut creds = AdminCredentials::new();
+    /// creds.insert("AKIDEXAMPLE", "secret");
+    /// assert!(!creds.is_empty());
+    /// ```
     pub fn insert(&mut self, access_key_id: impl Into<String>, secret: impl Into<String>) {
         self.keys.insert(access_key_id.into(), secret.into());
     }
@@ -67,6 +92,13 @@ impl AdminCredentials {
     /// id or secret, with an id containing `/`, whitespace or non-ASCII characters, or repeating
     /// an id is an error; the error names the entry by position (and by access key id when that is
     /// valid) and never contains a secret.
+    ///
+    /// ```
+    /// # use tower_usage_plans::admin::AdminCredentials;
+    /// let creds = AdminCredentials::parse_list(" AKID1:s1, AKID2:s2:with:colons ,").unwrap();
+    /// assert!(format!("{creds:?}").contains(r#"["AKID1", "AKID2"]"#));
+    /// assert!(AdminCredentials::parse_list("AKID1:s1,AKID1:s2").is_err()); // repeated id
+    /// ```
     pub fn parse_list(s: &str) -> Result<Self, CredentialsError> {
         let mut creds = Self::new();
         for (index, entry) in s.split(',').enumerate() {
@@ -103,11 +135,24 @@ impl AdminCredentials {
     }
 
     /// Adds (or replaces) every pair of `other`.
+    ///
+    /// ```
+    /// # use tower_usage_plans::admin::AdminCredentials;
+    /// let mut creds = AdminCredentials::new().with_access_key("AKID1", "s1");
+    /// creds.extend(AdminCredentials::new().with_access_key("AKID2", "s2"));
+    /// assert!(format!("{creds:?}").contains(r#"["AKID1", "AKID2"]"#));
+    /// ```
     pub fn extend(&mut self, other: AdminCredentials) {
         self.keys.extend(other.keys);
     }
 
     /// `true` when no access key is configured.
+    ///
+    /// ```
+    /// # use tower_usage_plans::admin::AdminCredentials;
+    /// assert!(AdminCredentials::parse_list(" , ").unwrap().is_empty());
+    /// assert!(!AdminCredentials::parse_list("AKID:secret").unwrap().is_empty());
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }

@@ -55,11 +55,38 @@ use wire::AwsError;
 use crate::UsagePlans;
 
 /// The largest request body the admin API reads (1 MiB).
+///
+/// ```
+/// use tower::ServiceExt;
+/// use tower_usage_plans::admin::{AdminCredentials, AdminService, MAX_BODY_BYTES};
+/// use tower_usage_plans::UsagePlans;
+///
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let admin = AdminService::new(UsagePlans::new(), AdminCredentials::new());
+/// let request = http::Request::post("/usageplans").header("content-length", MAX_BODY_BYTES + 1);
+/// let response = admin.oneshot(request.body(String::new()).unwrap()).await.unwrap();
+/// assert_eq!(response.status(), 413);
+/// # });
+/// ```
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// The admin API as a tower `Service`: parses AWS wire requests, calls
 /// [`UsagePlans`], renders AWS wire responses and errors. It keeps no state
 /// of its own; clones are cheap.
+///
+/// ```
+/// use tower::ServiceExt;
+/// use tower_usage_plans::admin::{AdminCredentials, AdminService};
+/// use tower_usage_plans::UsagePlans;
+///
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let credentials = AdminCredentials::new().with_access_key("AKIDEXAMPLE", "secret");
+/// let admin = AdminService::new(UsagePlans::new(), credentials);
+/// // An unsigned request is refused, as by AWS.
+/// let response = admin.oneshot(http::Request::get("/usageplans").body(String::new()).unwrap()).await.unwrap();
+/// assert_eq!(response.status(), 403);
+/// # });
+/// ```
 #[derive(Clone, Debug)]
 pub struct AdminService {
     inner: Arc<Inner>,
@@ -76,6 +103,17 @@ struct Inner {
 impl AdminService {
     /// The admin API over `plans`, accepting requests signed by
     /// `credentials` (none: every request is refused).
+    ///
+    /// ```
+    /// # use tower::ServiceExt;
+    /// # use tower_usage_plans::admin::{AdminCredentials, AdminService};
+    /// # use tower_usage_plans::UsagePlans;
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let admin = AdminService::new(UsagePlans::new(), AdminCredentials::new());
+    /// let response = admin.oneshot(http::Request::get("/apikeys").body(String::new()).unwrap()).await.unwrap();
+    /// assert_eq!(response.status(), 403); // no credentials: nobody gets in
+    /// # });
+    /// ```
     pub fn new(plans: UsagePlans, credentials: AdminCredentials) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -110,6 +148,15 @@ impl AdminService {
     }
 
     /// The handle this service changes.
+    ///
+    /// ```
+    /// # use tower_usage_plans::admin::{AdminCredentials, AdminService};
+    /// # use tower_usage_plans::{NewUsagePlan, UsagePlans};
+    /// let plans = UsagePlans::new();
+    /// let admin = AdminService::new(plans.clone(), AdminCredentials::new());
+    /// plans.create_usage_plan(NewUsagePlan::new("basic")).unwrap();
+    /// assert_eq!(admin.plans().plan_count(), 1); // the same registry
+    /// ```
     pub fn plans(&self) -> &UsagePlans {
         &self.inner.plans
     }

@@ -16,10 +16,27 @@ use super::edge::{BodyWatch, EdgeBody};
 use super::grpc;
 
 /// Errors of a streamed body.
+///
+/// ```
+/// use tower_usage_plans::gateway::BoxError;
+///
+/// let error: BoxError = "upstream reset".into();
+/// assert_eq!(error.to_string(), "upstream reset");
+/// ```
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pin_project! {
     /// A buffered body or a streamed one passed through.
+    ///
+    /// ```
+    /// use http_body_util::BodyExt;
+    /// use tower_usage_plans::gateway::GatewayBody;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let body = GatewayBody::from(String::from("hello"));
+    /// assert_eq!(body.collect().await.unwrap().to_bytes(), "hello");
+    /// # });
+    /// ```
     pub struct GatewayBody {
         #[pin]
         inner: Inner,

@@ -204,6 +204,16 @@ struct FileCredential {
 
 /// A plan to create at start, with the names of the keys to put in it.
 /// In the file: a `[[plans]]` table in CreateUsagePlan's shape plus `keys`.
+///
+/// ```
+/// use tower_usage_plans::gateway::{FilePlan, GatewayConfig};
+/// use tower_usage_plans::{NewApiKey, NewUsagePlan};
+///
+/// let mut config = GatewayConfig::default();
+/// config.keys.push(NewApiKey::new("alice"));
+/// config.plans.push(FilePlan { plan: NewUsagePlan::new("basic"), keys: vec!["alice".into()] });
+/// assert!(config.validate().is_ok());
+/// ```
 #[derive(Debug, Clone)]
 pub struct FilePlan {
     /// The plan, in CreateUsagePlan's shape.
@@ -242,6 +252,14 @@ fn tls_pair(
 }
 
 /// Everything the gateway needs to start, validated.
+///
+/// ```
+/// use tower_usage_plans::gateway::{GatewayConfig, Stage};
+///
+/// let config = GatewayConfig { stage: Stage::new("petstore", "prod"), ..GatewayConfig::default() };
+/// assert!(config.validate().is_ok());
+/// assert!(config.upstream.is_none()); // no upstream: the gateway echoes
+/// ```
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
     /// Data-plane listener.
@@ -336,6 +354,15 @@ impl Default for GatewayConfig {
 const DEFAULT_BODY_MIN_RATE: u64 = 240;
 
 /// The environment variable with extra `AKID:SECRET,...` admin credentials.
+///
+/// ```
+/// use clap::Parser;
+/// use tower_usage_plans::gateway::{Cli, GatewayConfig, CREDENTIALS_ENV};
+///
+/// std::env::set_var(CREDENTIALS_ENV, "AKIDEXAMPLE:wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY");
+/// let config = GatewayConfig::from_cli(Cli::try_parse_from(["gateway"]).unwrap()).unwrap();
+/// assert!(!config.admin_credentials.is_empty());
+/// ```
 pub const CREDENTIALS_ENV: &str = "USAGE_PLANS_ADMIN_CREDENTIALS";
 
 /// The environment variable with extra admin regions, comma-separated.
@@ -347,6 +374,15 @@ impl GatewayConfig {
     ///
     /// # Errors
     /// [`GatewayError::Config`], naming the file and field that is wrong.
+    ///
+    /// ```
+    /// # use clap::Parser;
+    /// # use tower_usage_plans::gateway::{Cli, GatewayConfig, Stage};
+    /// let cli = Cli::try_parse_from(["gateway", "--stage", "petstore:prod"]).unwrap();
+    /// assert_eq!(GatewayConfig::from_cli(cli).unwrap().stage, Stage::new("petstore", "prod"));
+    /// let cli = Cli::try_parse_from(["gateway", "--stage", ":prod"]).unwrap();
+    /// assert!(GatewayConfig::from_cli(cli).is_err());
+    /// ```
     pub fn from_cli(cli: Cli) -> Result<Self, GatewayError> {
         let config = Self::merge(cli).map_err(GatewayError::Config)?;
         config.validate()?;

@@ -73,6 +73,18 @@ const GOAWAY_LINGER: Duration = Duration::from_millis(500);
 const REDIS_ROUND_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A running gateway.
+///
+/// ```
+/// # use tower_usage_plans::gateway::{Gateway, GatewayConfig};
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// # let local = "127.0.0.1:0".parse().unwrap();
+/// # let config = GatewayConfig { listen: local, admin_listen: local, ..GatewayConfig::default() };
+/// // In memory, echoing requests, on ports the system picks.
+/// let gateway = Gateway::start(config).await.unwrap();
+/// assert_ne!(gateway.data_addr().port(), 0);
+/// gateway.shutdown().await.unwrap();
+/// # });
+/// ```
 #[derive(Debug)]
 pub struct Gateway {
     data_addr: SocketAddr,
@@ -93,6 +105,19 @@ impl Gateway {
     /// # Errors
     /// A [`GatewayError`] for an invalid configuration, a corrupt state
     /// file, an unreachable Redis, or a listener that cannot bind.
+    ///
+    /// ```
+    /// # use tower_usage_plans::gateway::{Gateway, GatewayConfig};
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// # let local = "127.0.0.1:0".parse().unwrap();
+    /// # let config = GatewayConfig { listen: local, admin_listen: local, ..GatewayConfig::default() };
+    /// let gateway = Gateway::start(config).await.unwrap();
+    /// assert!(gateway.is_ready());
+    /// # gateway.shutdown().await.unwrap();
+    /// let bad = GatewayConfig { redis_leases: true, ..GatewayConfig::default() }; // leases need Redis
+    /// assert!(Gateway::start(bad).await.is_err()); // invalid: nothing is bound
+    /// # });
+    /// ```
     pub async fn start(config: GatewayConfig) -> Result<Self, GatewayError> {
         config.validate()?;
         tls::install_default_provider();
@@ -319,21 +344,69 @@ impl Gateway {
     }
 
     /// The data plane's address.
+    ///
+    /// ```
+    /// # use tower_usage_plans::gateway::{Gateway, GatewayConfig};
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// # let local = "127.0.0.1:0".parse().unwrap();
+    /// # let config = GatewayConfig { listen: local, admin_listen: local, ..GatewayConfig::default() };
+    /// let gateway = Gateway::start(config).await.unwrap();
+    /// assert!(std::net::TcpStream::connect(gateway.data_addr()).is_ok());
+    /// # gateway.shutdown().await.unwrap();
+    /// # });
+    /// ```
     pub fn data_addr(&self) -> SocketAddr {
         self.data_addr
     }
 
     /// The admin API's address.
+    ///
+    /// ```
+    /// # use tower_usage_plans::gateway::{Gateway, GatewayConfig};
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// # let local = "127.0.0.1:0".parse().unwrap();
+    /// # let config = GatewayConfig { listen: local, admin_listen: local, ..GatewayConfig::default() };
+    /// let gateway = Gateway::start(config).await.unwrap();
+    /// assert_ne!(gateway.admin_addr(), gateway.data_addr());
+    /// assert!(std::net::TcpStream::connect(gateway.admin_addr()).is_ok());
+    /// # gateway.shutdown().await.unwrap();
+    /// # });
+    /// ```
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin_addr
     }
 
     /// The metrics endpoint's address, if enabled.
+    ///
+    /// ```
+    /// # use tower_usage_plans::gateway::{Gateway, GatewayConfig};
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// # let local = "127.0.0.1:0".parse().unwrap();
+    /// # let config = GatewayConfig { listen: local, admin_listen: local, metrics_listen: Some(local), ..GatewayConfig::default() };
+    /// let gateway = Gateway::start(config).await.unwrap();
+    /// assert!(gateway.metrics_addr().unwrap().port() != 0);
+    /// # gateway.shutdown().await.unwrap();
+    /// # });
+    /// ```
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
     }
 
     /// The plans, keys and counters this gateway enforces.
+    ///
+    /// ```
+    /// # use tower_usage_plans::gateway::{FilePlan, Gateway, GatewayConfig};
+    /// # use tower_usage_plans::NewUsagePlan;
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// # let local = "127.0.0.1:0".parse().unwrap();
+    /// # let mut config = GatewayConfig { listen: local, admin_listen: local, ..GatewayConfig::default() };
+    /// # config.plans.push(FilePlan { plan: NewUsagePlan::new("basic"), keys: vec![] });
+    /// // `config` lists one plan (a `[[plans]]` table in the file).
+    /// let gateway = Gateway::start(config).await.unwrap();
+    /// assert_eq!(gateway.plans().usage_plans()[0].name, "basic");
+    /// # gateway.shutdown().await.unwrap();
+    /// # });
+    /// ```
     pub fn plans(&self) -> &UsagePlans {
         &self.plans
     }
@@ -363,6 +436,17 @@ impl Gateway {
     ///
     /// # Errors
     /// [`GatewayError::Tls`] for the first pair that could not be loaded.
+    ///
+    /// ```
+    /// # use tower_usage_plans::gateway::{Gateway, GatewayConfig};
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// # let local = "127.0.0.1:0".parse().unwrap();
+    /// # let config = GatewayConfig { listen: local, admin_listen: local, ..GatewayConfig::default() };
+    /// let gateway = Gateway::start(config).await.unwrap();
+    /// assert!(gateway.reload_tls().is_ok()); // no TLS listener: nothing to reload
+    /// # gateway.shutdown().await.unwrap();
+    /// # });
+    /// ```
     pub fn reload_tls(&self) -> Result<(), GatewayError> {
         reload(&self.certs)
     }
@@ -374,6 +458,18 @@ impl Gateway {
     ///
     /// # Errors
     /// If the final state write fails.
+    ///
+    /// ```
+    /// # use tower_usage_plans::gateway::{Gateway, GatewayConfig};
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// # let local = "127.0.0.1:0".parse().unwrap();
+    /// # let config = GatewayConfig { listen: local, admin_listen: local, ..GatewayConfig::default() };
+    /// let gateway = Gateway::start(config).await.unwrap();
+    /// let addr = gateway.data_addr();
+    /// gateway.shutdown().await.unwrap();
+    /// assert!(std::net::TcpStream::connect(addr).is_err()); // no longer accepting
+    /// # });
+    /// ```
     pub async fn shutdown(self) -> Result<(), GatewayError> {
         let _ = self.stop.send(true);
         self.task
@@ -385,6 +481,19 @@ impl Gateway {
     ///
     /// # Errors
     /// As [`Gateway::shutdown`].
+    ///
+    /// ```
+    /// # use tower_usage_plans::gateway::{Gateway, GatewayConfig};
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// # let local = "127.0.0.1:0".parse().unwrap();
+    /// # let config = GatewayConfig { listen: local, admin_listen: local, ..GatewayConfig::default() };
+    /// let gateway = Gateway::start(config).await.unwrap();
+    /// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    /// let running = tokio::spawn(gateway.run_until(async { stopped.await.unwrap() }));
+    /// stop.send(()).unwrap();
+    /// assert!(running.await.unwrap().is_ok());
+    /// # });
+    /// ```
     pub async fn run_until(self, signal: impl Future<Output = ()>) -> Result<(), GatewayError> {
         let mut stopped = self.stop.subscribe();
         tokio::select! {

@@ -29,6 +29,13 @@ pub struct Stage {
 impl Stage {
     /// The stage `api_id:stage`, unchecked
     /// ([`GatewayConfig::validate`](super::GatewayConfig::validate) checks it).
+    ///
+    /// ```
+    /// # use tower_usage_plans::gateway::Stage;
+    /// let stage = Stage::new("petstore", "beta");
+    /// assert_eq!((stage.api_id.as_str(), stage.stage.as_str()), ("petstore", "beta"));
+    /// assert_eq!(stage.to_string(), "petstore:beta");
+    /// ```
     pub fn new(api_id: impl Into<String>, stage: impl Into<String>) -> Self {
         Self {
             api_id: api_id.into(),

@@ -5,8 +5,24 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 
 /// The shortest API key value AWS accepts.
+///
+/// ```
+/// use tower_usage_plans::{ErrorKind, NewApiKey, UsagePlans, MIN_KEY_VALUE_LEN};
+///
+/// let short = "k".repeat(MIN_KEY_VALUE_LEN - 1);
+/// let err = UsagePlans::new().create_api_key(NewApiKey::new("k").with_value(short)).unwrap_err();
+/// assert_eq!(err.kind(), ErrorKind::BadRequest);
+/// ```
 pub const MIN_KEY_VALUE_LEN: usize = 20;
 /// The longest API key value AWS accepts.
+///
+/// ```
+/// use tower_usage_plans::{NewApiKey, UsagePlans, MAX_KEY_VALUE_LEN};
+///
+/// let plans = UsagePlans::new();
+/// assert!(plans.create_api_key(NewApiKey::new("a").with_value("k".repeat(MAX_KEY_VALUE_LEN))).is_ok());
+/// assert!(plans.create_api_key(NewApiKey::new("b").with_value("k".repeat(MAX_KEY_VALUE_LEN + 1))).is_err());
+/// ```
 pub const MAX_KEY_VALUE_LEN: usize = 128;
 const MAX_NAME_LEN: usize = 1024;
 
@@ -67,6 +83,13 @@ impl ApiKey {
     }
 
     /// The key without its secret value, as AWS shows it unless asked.
+    ///
+    /// ```
+    /// # use tower_usage_plans::{NewApiKey, UsagePlans};
+    /// let key = UsagePlans::new().create_api_key(NewApiKey::new("alice")).unwrap();
+    /// assert!(key.value.is_some());
+    /// assert_eq!(key.without_value().value, None);
+    /// ```
     pub fn without_value(mut self) -> Self {
         self.value = None;
         self
@@ -94,6 +117,13 @@ pub(crate) fn validate_key_value(value: &str) -> Result<()> {
 }
 
 /// A legacy stage binding in the CreateApiKey input. AWS `StageKey`.
+///
+/// ```
+/// use tower_usage_plans::StageKey;
+///
+/// let binding: StageKey = serde_json::from_str(r#"{"restApiId":"api","stageName":"prod"}"#).unwrap();
+/// assert_eq!(binding, StageKey::new("api", "prod"));
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 #[non_exhaustive]
@@ -167,6 +197,13 @@ pub struct NewApiKey {
 
 impl NewApiKey {
     /// A key named `name`, disabled, with a generated value.
+    ///
+    /// ```
+    /// # use tower_usage_plans::NewApiKey;
+    /// let input = NewApiKey::new("alice");
+    /// assert_eq!(input.name.as_deref(), Some("alice"));
+    /// assert!(!input.enabled && input.value.is_none());
+    /// ```
     pub fn new(name: impl Into<String>) -> Self {
         Self {
             name: Some(name.into()),
@@ -175,24 +212,50 @@ impl NewApiKey {
     }
 
     /// Uses `value` as the secret instead of generating one.
+    ///
+    /// ```
+    /// # use tower_usage_plans::{NewApiKey, UsagePlans};
+    /// let input = NewApiKey::new("alice").with_value("alice-key-0123456789abcdef");
+    /// let key = UsagePlans::new().create_api_key(input).unwrap();
+    /// assert_eq!(key.value.as_deref(), Some("alice-key-0123456789abcdef"));
+    /// ```
     pub fn with_value(mut self, value: impl Into<String>) -> Self {
         self.value = Some(value.into());
         self
     }
 
     /// Sets whether the key is enabled.
+    ///
+    /// ```
+    /// # use tower_usage_plans::{NewApiKey, UsagePlans};
+    /// let key = UsagePlans::new().create_api_key(NewApiKey::new("alice").with_enabled(true)).unwrap();
+    /// assert!(key.enabled);
+    /// ```
     pub fn with_enabled(mut self, enabled: bool) -> Self {
         self.enabled = enabled;
         self
     }
 
     /// Renamed [`with_enabled`](Self::with_enabled).
+    ///
+    /// ```
+    /// # use tower_usage_plans::NewApiKey;
+    /// #[allow(deprecated)]
+    /// let input = NewApiKey::new("alice").enabled(true);
+    /// assert_eq!(input, NewApiKey::new("alice").with_enabled(true));
+    /// ```
     #[deprecated(since = "0.2.0", note = "use with_enabled")]
     pub fn enabled(self, enabled: bool) -> Self {
         self.with_enabled(enabled)
     }
 
     /// Sets the customer id.
+    ///
+    /// ```
+    /// # use tower_usage_plans::{NewApiKey, UsagePlans};
+    /// let key = UsagePlans::new().create_api_key(NewApiKey::new("alice").with_customer_id("cust-1")).unwrap();
+    /// assert_eq!(key.customer_id.as_deref(), Some("cust-1"));
+    /// ```
     pub fn with_customer_id(mut self, customer_id: impl Into<String>) -> Self {
         self.customer_id = Some(customer_id.into());
         self

@@ -15,4 +15,12 @@ pub use usage::Usage;
 
 /// The largest limit, offset, burst or remaining count: AWS's `Integer`
 /// (32-bit signed), which the Smithy SDKs read these fields as.
+///
+/// ```
+/// use tower_usage_plans::{NewUsagePlan, Quota, QuotaPeriod, UsagePlans, MAX_COUNT};
+///
+/// let plans = UsagePlans::new();
+/// assert!(plans.create_usage_plan(NewUsagePlan::new("a").with_quota(Quota::new(MAX_COUNT, QuotaPeriod::Day))).is_ok());
+/// assert!(Quota::new(1, QuotaPeriod::Day).with_offset(MAX_COUNT + 1).is_err());
+/// ```
 pub const MAX_COUNT: u64 = i32::MAX as u64;

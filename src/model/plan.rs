@@ -32,6 +32,13 @@ pub struct ApiStage {
 
 impl ApiStage {
     /// The stage `api_id:stage` without method throttles.
+    ///
+    /// ```
+    /// # use tower_usage_plans::ApiStage;
+    /// let stage = ApiStage::new("petstore", "prod");
+    /// assert_eq!((stage.api_id.as_str(), stage.stage.as_str()), ("petstore", "prod"));
+    /// assert!(stage.throttle.is_empty());
+    /// ```
     pub fn new(api_id: impl Into<String>, stage: impl Into<String>) -> Self {
         Self {
             api_id: api_id.into(),
@@ -41,6 +48,12 @@ impl ApiStage {
     }
 
     /// Adds a throttle for one method, keyed `"/resource/path/METHOD"`.
+    ///
+    /// ```
+    /// # use tower_usage_plans::{ApiStage, Throttle};
+    /// let stage = ApiStage::new("petstore", "prod").with_method_throttle("//GET", Throttle::new(1.0, 1).unwrap());
+    /// assert_eq!(stage.throttle["//GET"].burst_limit, 1);
+    /// ```
     pub fn with_method_throttle(
         mut self,
         method_path: impl Into<String>,
@@ -51,11 +64,23 @@ impl ApiStage {
     }
 
     /// `apiId:stage`, the form used in patch paths and by layers.
+    ///
+    /// ```
+    /// # use tower_usage_plans::ApiStage;
+    /// assert_eq!(ApiStage::new("abc123", "beta").name(), "abc123:beta");
+    /// ```
     pub fn name(&self) -> String {
         format!("{}:{}", self.api_id, self.stage)
     }
 
     /// Whether this is the stage `api_id:stage`.
+    ///
+    /// ```
+    /// # use tower_usage_plans::ApiStage;
+    /// let stage = ApiStage::new("petstore", "prod");
+    /// assert!(stage.is("petstore", "prod"));
+    /// assert!(!stage.is("petstore", "beta"));
+    /// ```
     pub fn is(&self, api_id: &str, stage: &str) -> bool {
         self.api_id == api_id && self.stage == stage
     }
@@ -123,12 +148,32 @@ pub struct UsagePlan {
 impl UsagePlan {
     /// Whether the plan applies to the stage `api_id:stage`: it lists it,
     /// or lists no stage at all.
+    ///
+    /// ```
+    /// # use tower_usage_plans::{ApiStage, NewUsagePlan, UsagePlans};
+    /// let plans = UsagePlans::new();
+    /// let everywhere = plans.create_usage_plan(NewUsagePlan::new("all")).unwrap();
+    /// let prod = plans.create_usage_plan(NewUsagePlan::new("prod").with_api_stage(ApiStage::new("api", "prod"))).unwrap();
+    /// assert!(everywhere.covers("api", "beta"));
+    /// assert!(prod.covers("api", "prod") && !prod.covers("api", "beta"));
+    /// ```
     pub fn covers(&self, api_id: &str, stage: &str) -> bool {
         self.api_stages.is_empty() || self.api_stages.iter().any(|s| s.is(api_id, stage))
     }
 
     /// Whether some stage is covered by both plans (then a key may not be
     /// in both).
+    ///
+    /// ```
+    /// # use tower_usage_plans::{ApiStage, NewUsagePlan, UsagePlans};
+    /// let plans = UsagePlans::new();
+    /// let stage = |name| NewUsagePlan::new(name).with_api_stage(ApiStage::new("api", name));
+    /// let prod = plans.create_usage_plan(stage("prod")).unwrap();
+    /// let beta = plans.create_usage_plan(stage("beta")).unwrap();
+    /// let all = plans.create_usage_plan(NewUsagePlan::new("all")).unwrap();
+    /// assert!(!prod.overlaps(&beta));
+    /// assert!(prod.overlaps(&all));
+    /// ```
     pub fn overlaps(&self, other: &UsagePlan) -> bool {
         self.api_stages.is_empty()
             || other.api_stages.is_empty()
@@ -200,6 +245,13 @@ pub struct NewUsagePlan {
 
 impl NewUsagePlan {
     /// A plan named `name` with no limits yet.
+    ///
+    /// ```
+    /// # use tower_usage_plans::NewUsagePlan;
+    /// let input = NewUsagePlan::new("basic");
+    /// assert_eq!(input.name, "basic");
+    /// assert!(input.throttle.is_none() && input.quota.is_none());
+    /// ```
     pub fn new(name: impl Into<String>) -> Self {
         Self {
             name: name.into(),
@@ -208,24 +260,50 @@ impl NewUsagePlan {
     }
 
     /// Sets the description.
+    ///
+    /// ```
+    /// # use tower_usage_plans::{NewUsagePlan, UsagePlans};
+    /// let plan = UsagePlans::new().create_usage_plan(NewUsagePlan::new("p").with_description("for tests")).unwrap();
+    /// assert_eq!(plan.description.as_deref(), Some("for tests"));
+    /// ```
     pub fn with_description(mut self, description: impl Into<String>) -> Self {
         self.description = Some(description.into());
         self
     }
 
     /// Sets the plan-wide throttle.
+    ///
+    /// ```
+    /// # use tower_usage_plans::{NewUsagePlan, Throttle, UsagePlans};
+    /// let input = NewUsagePlan::new("p").with_throttle(Throttle::new(5.0, 10).unwrap());
+    /// let plan = UsagePlans::new().create_usage_plan(input).unwrap();
+    /// assert_eq!(plan.throttle.unwrap().burst_limit, 10);
+    /// ```
     pub fn with_throttle(mut self, throttle: Throttle) -> Self {
         self.throttle = Some(throttle);
         self
     }
 
     /// Sets the quota.
+    ///
+    /// ```
+    /// # use tower_usage_plans::{NewUsagePlan, Quota, QuotaPeriod, UsagePlans};
+    /// let input = NewUsagePlan::new("p").with_quota(Quota::new(100, QuotaPeriod::Week));
+    /// let plan = UsagePlans::new().create_usage_plan(input).unwrap();
+    /// assert_eq!(plan.quota, Some(Quota::new(100, QuotaPeriod::Week)));
+    /// ```
     pub fn with_quota(mut self, quota: Quota) -> Self {
         self.quota = Some(quota);
         self
     }
 
     /// Adds a stage the plan covers.
+    ///
+    /// ```
+    /// # use tower_usage_plans::{ApiStage, NewUsagePlan};
+    /// let input = NewUsagePlan::new("p").with_api_stage(ApiStage::new("api", "prod")).with_api_stage(ApiStage::new("api", "beta"));
+    /// assert_eq!(input.api_stages.len(), 2);
+    /// ```
     pub fn with_api_stage(mut self, stage: ApiStage) -> Self {
         self.api_stages.push(stage);
         self

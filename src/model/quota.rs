@@ -23,6 +23,11 @@ pub enum QuotaPeriod {
 
 impl QuotaPeriod {
     /// The AWS wire name: `DAY`, `WEEK` or `MONTH`.
+    ///
+    /// ```
+    /// # use tower_usage_plans::QuotaPeriod;
+    /// assert_eq!(QuotaPeriod::Week.as_str(), "WEEK");
+    /// ```
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Day => "DAY",
@@ -77,6 +82,12 @@ pub struct Quota {
 
 impl Quota {
     /// A quota of `limit` requests per `period`, without offset.
+    ///
+    /// ```
+    /// # use tower_usage_plans::{Quota, QuotaPeriod};
+    /// let quota = Quota::new(1000, QuotaPeriod::Month);
+    /// assert_eq!((quota.limit, quota.offset, quota.period), (1000, 0, QuotaPeriod::Month));
+    /// ```
     pub fn new(limit: u64, period: QuotaPeriod) -> Self {
         Self {
             limit,
@@ -91,6 +102,12 @@ impl Quota {
     /// An offset larger than 2,147,483,647 is a bad request. An offset
     /// larger than the limit is allowed (as AWS allows it): the initial
     /// period's allowance is `max(0, limit - offset)`.
+    ///
+    /// ```
+    /// # use tower_usage_plans::{Quota, QuotaPeriod};
+    /// assert_eq!(Quota::new(1000, QuotaPeriod::Day).with_offset(100).unwrap().offset, 100);
+    /// assert!(Quota::new(1000, QuotaPeriod::Day).with_offset(u64::MAX).is_err());
+    /// ```
     pub fn with_offset(mut self, offset: u64) -> Result<Self> {
         self.offset = offset;
         self.validate()?;

@@ -55,6 +55,12 @@ impl Throttle {
     ///
     /// # Errors
     /// A rate that is negative, NaN or infinite is a bad request.
+    ///
+    /// ```
+    /// # use tower_usage_plans::{ErrorKind, Throttle};
+    /// assert_eq!(Throttle::new(0.1, 1).unwrap().rate_limit, 0.1);
+    /// assert_eq!(Throttle::new(-1.0, 1).unwrap_err().kind(), ErrorKind::BadRequest);
+    /// ```
     pub fn new(rate_limit: f64, burst_limit: u32) -> Result<Self> {
         let throttle = Self {
             burst_limit,

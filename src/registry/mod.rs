@@ -32,6 +32,20 @@ use crate::model::{
 use crate::store::{CounterKey, CounterStore, MemoryStore};
 
 /// The longest date range GetUsage answers in one call.
+///
+/// ```
+/// # use tower_usage_plans::{NewApiKey, NewUsagePlan, UsagePlans, Date, ErrorKind, MAX_USAGE_DAYS};
+/// # let plans = UsagePlans::new();
+/// # let plan = plans.create_usage_plan(NewUsagePlan::new("basic")).unwrap();
+/// # let key = plans.create_api_key(NewApiKey::new("alice").with_enabled(true)).unwrap();
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let start: Date = "2026-01-01".parse().unwrap();
+/// let too_long = start + jiff::Span::new().days(MAX_USAGE_DAYS);
+/// let err = plans.usage(&plan.id, None, start, too_long).await.unwrap_err();
+/// assert_eq!(err.kind(), ErrorKind::BadRequest);
+/// assert!(plans.usage(&plan.id, None, start, too_long - jiff::Span::new().days(1)).await.is_ok());
+/// # });
+/// ```
 pub const MAX_USAGE_DAYS: i64 = 366;
 
 /// The shared, cheaply cloneable handle on usage plans, API keys and their
@@ -75,6 +89,18 @@ struct Inner {
 
 /// Makes the registry's changes reach every other replica; resolves once
 /// each live replica enforces them. See [`UsagePlans::set_replication`].
+///
+/// ```
+/// use std::sync::Arc;
+/// use tower_usage_plans::{store::StoreFuture, Replicate, UsagePlans};
+///
+/// let replicate: Replicate = Arc::new(|| StoreFuture::ready(Ok(())));
+/// let plans = UsagePlans::new();
+/// plans.set_replication(Some(replicate));
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// assert!(plans.replicated().await.is_ok());
+/// # });
+/// ```
 pub type Replicate = Arc<dyn Fn() -> crate::store::StoreFuture<()> + Send + Sync>;
 
 #[derive(Default)]
@@ -163,24 +189,55 @@ pub struct UsagePlansBuilder {
 
 impl UsagePlansBuilder {
     /// Where counters live (default: a [`MemoryStore`]).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use tower_usage_plans::{store::{CounterStore, MemoryStore}, UsagePlans};
+    ///
+    /// let store = Arc::new(MemoryStore::new());
+    /// let plans = UsagePlans::builder().with_store(store.clone()).build();
+    /// assert!(Arc::ptr_eq(plans.store(), &(store as Arc<dyn CounterStore>)));
+    /// ```
     pub fn with_store(mut self, store: Arc<dyn CounterStore>) -> Self {
         self.store = store;
         self
     }
 
     /// Renamed [`with_store`](Self::with_store).
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use tower_usage_plans::{store::MemoryStore, UsagePlans};
+    /// #[allow(deprecated)]
+    /// let plans = UsagePlans::builder().store(Arc::new(MemoryStore::new())).build();
+    /// assert_eq!(plans.plan_count(), 0);
+    /// ```
     #[deprecated(since = "0.2.0", note = "use with_store")]
     pub fn store(self, store: Arc<dyn CounterStore>) -> Self {
         self.with_store(store)
     }
 
     /// Where time comes from (default: [`SystemClock`]).
+    ///
+    /// ```
+    /// # use tower_usage_plans::{ManualClock, Timestamp, UsagePlans};
+    /// let at: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+    /// let plans = UsagePlans::builder().with_clock(ManualClock::new(at)).build();
+    /// assert_eq!(plans.clock().now(), at);
+    /// ```
     pub fn with_clock(mut self, clock: impl Clock) -> Self {
         self.clock = Arc::new(clock);
         self
     }
 
     /// Renamed [`with_clock`](Self::with_clock).
+    ///
+    /// ```
+    /// # use tower_usage_plans::{ManualClock, Timestamp, UsagePlans};
+    /// #[allow(deprecated)]
+    /// let plans = UsagePlans::builder().clock(ManualClock::new(Timestamp::UNIX_EPOCH)).build();
+    /// assert_eq!(plans.clock().now(), Timestamp::UNIX_EPOCH);
+    /// ```
     #[deprecated(since = "0.2.0", note = "use with_clock")]
     pub fn clock(self, clock: impl Clock) -> Self {
         self.with_clock(clock)
@@ -189,18 +246,40 @@ impl UsagePlansBuilder {
     /// Keep only the SHA-256 digest of key values: the value is shown once,
     /// when the key is created (default: `false`, values are kept so
     /// `includeValue=true` works as in AWS).
+    ///
+    /// ```
+    /// # use tower_usage_plans::{NewApiKey, UsagePlans};
+    /// let plans = UsagePlans::builder().with_hash_only(true).build();
+    /// let key = plans.create_api_key(NewApiKey::new("alice")).unwrap();
+    /// assert!(key.value.is_some()); // shown once, at creation
+    /// assert_eq!(plans.api_key(&key.id).unwrap().value, None);
+    /// ```
     pub fn with_hash_only(mut self, hash_only: bool) -> Self {
         self.hash_only = hash_only;
         self
     }
 
     /// Renamed [`with_hash_only`](Self::with_hash_only).
+    ///
+    /// ```
+    /// # use tower_usage_plans::{NewApiKey, UsagePlans};
+    /// #[allow(deprecated)]
+    /// let plans = UsagePlans::builder().hash_only(true).build();
+    /// let key = plans.create_api_key(NewApiKey::new("alice")).unwrap();
+    /// assert_eq!(plans.api_key(&key.id).unwrap().value, None);
+    /// ```
     #[deprecated(since = "0.2.0", note = "use with_hash_only")]
     pub fn hash_only(self, hash_only: bool) -> Self {
         self.with_hash_only(hash_only)
     }
 
     /// The handle.
+    ///
+    /// ```
+    /// # use tower_usage_plans::UsagePlans;
+    /// let plans = UsagePlans::builder().build();
+    /// assert_eq!((plans.plan_count(), plans.key_count()), (0, 0));
+    /// ```
     pub fn build(self) -> UsagePlans {
         UsagePlans {
             inner: Arc::new(Inner {
@@ -234,11 +313,25 @@ impl fmt::Debug for UsagePlans {
 
 impl UsagePlans {
     /// In-memory counters, the system clock, key values kept.
+    ///
+    /// ```
+    /// # use tower_usage_plans::{NewApiKey, UsagePlans};
+    /// let plans = UsagePlans::new();
+    /// let key = plans.create_api_key(NewApiKey::new("alice")).unwrap();
+    /// assert_eq!(plans.api_key(&key.id).unwrap().value, key.value);
+    /// ```
     pub fn new() -> Self {
         Self::builder().build()
     }
 
     /// A builder to choose the store, the clock and key storage.
+    ///
+    /// ```
+    /// # use tower_usage_plans::{NewApiKey, UsagePlans};
+    /// let plans = UsagePlans::builder().with_hash_only(true).build();
+    /// let key = plans.create_api_key(NewApiKey::new("alice")).unwrap();
+    /// assert!(plans.api_key(&key.id).unwrap().value.is_none());
+    /// ```
     pub fn builder() -> UsagePlansBuilder {
         // The system clock calibrates its counter (~1 ms) on first use:
         // here, not in the first request.
@@ -253,6 +346,14 @@ impl UsagePlans {
     /// A number that changes whenever plans, keys or associations may have
     /// changed (counters aside): what replicas compare to know they must
     /// share their registry.
+    ///
+    /// ```
+    /// # use tower_usage_plans::{NewUsagePlan, UsagePlans};
+    /// let plans = UsagePlans::new();
+    /// let before = plans.generation();
+    /// plans.create_usage_plan(NewUsagePlan::new("p")).unwrap();
+    /// assert_ne!(plans.generation(), before);
+    /// ```
     pub fn generation(&self) -> u64 {
         self.inner.generation.load(Ordering::Acquire)
     }
@@ -283,6 +384,17 @@ impl UsagePlans {
     /// # Errors
     /// `Store` when the replicas cannot be reached (e.g. Redis is down):
     /// the change holds on this replica and reaches the others later.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use tower_usage_plans::{store::StoreFuture, Error, ErrorKind, UsagePlans};
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let plans = UsagePlans::new();
+    /// assert!(plans.replicated().await.is_ok()); // no replication: at once
+    /// plans.set_replication(Some(Arc::new(|| StoreFuture::ready(Err(Error::new(ErrorKind::Store, "down"))))));
+    /// assert_eq!(plans.replicated().await.unwrap_err().kind(), ErrorKind::Store);
+    /// # });
+    /// ```
     pub async fn replicated(&self) -> Result<()> {
         let replicate = self.inner.replication.read().clone();
         match replicate {
@@ -302,21 +414,58 @@ impl UsagePlans {
     }
 
     /// How many usage plans exist.
+    ///
+    /// ```
+    /// # use tower_usage_plans::{NewApiKey, NewUsagePlan, UsagePlans};
+    /// # let plans = UsagePlans::new();
+    /// # let plan = plans.create_usage_plan(NewUsagePlan::new("basic")).unwrap();
+    /// # let key = plans.create_api_key(NewApiKey::new("alice").with_enabled(true)).unwrap();
+    /// assert_eq!(plans.plan_count(), 1);
+    /// plans.delete_usage_plan(&plan.id).unwrap();
+    /// assert_eq!(plans.plan_count(), 0);
+    /// ```
     pub fn plan_count(&self) -> usize {
         self.inner.control.lock().plans.len()
     }
 
     /// How many API keys exist.
+    ///
+    /// ```
+    /// # use tower_usage_plans::{NewApiKey, NewUsagePlan, UsagePlans};
+    /// # let plans = UsagePlans::new();
+    /// # let plan = plans.create_usage_plan(NewUsagePlan::new("basic")).unwrap();
+    /// # let key = plans.create_api_key(NewApiKey::new("alice").with_enabled(true)).unwrap();
+    /// assert_eq!(plans.key_count(), 1);
+    /// plans.create_api_key(NewApiKey::new("bob")).unwrap();
+    /// assert_eq!(plans.key_count(), 2);
+    /// ```
     pub fn key_count(&self) -> usize {
         self.inner.control.lock().keys.len()
     }
 
     /// The counter store.
+    ///
+    /// ```
+    /// # use tower_usage_plans::UsagePlans;
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let plans = UsagePlans::new();
+    /// let counter = tower_usage_plans::store::CounterKey::new("plan", "key");
+    /// let today = plans.clock().now().to_zoned(jiff::tz::TimeZone::UTC).date();
+    /// let usage = plans.store().usage(&counter, None, plans.clock().now(), today, today).await.unwrap();
+    /// assert_eq!(usage, vec![[0, 0]]);
+    /// # });
+    /// ```
     pub fn store(&self) -> &Arc<dyn CounterStore> {
         &self.inner.store
     }
 
     /// The clock.
+    ///
+    /// ```
+    /// # use tower_usage_plans::{ManualClock, Timestamp, UsagePlans};
+    /// let plans = UsagePlans::builder().with_clock(ManualClock::new(Timestamp::UNIX_EPOCH)).build();
+    /// assert_eq!(plans.clock().now(), Timestamp::UNIX_EPOCH);
+    /// ```
     pub fn clock(&self) -> &dyn Clock {
         &*self.inner.clock
     }
@@ -337,6 +486,14 @@ impl UsagePlans {
     /// # Errors
     /// `BadRequest` for an empty name, a negative or NaN rate, a limit or
     /// offset above 2,147,483,647, or a malformed method-throttle key.
+    ///
+    /// ```
+    /// # use tower_usage_plans::{ErrorKind, NewUsagePlan, UsagePlans};
+    /// let plans = UsagePlans::new();
+    /// let plan = plans.create_usage_plan(NewUsagePlan::new("basic")).unwrap();
+    /// assert_eq!(plans.usage_plan(&plan.id).unwrap().name, "basic");
+    /// assert_eq!(plans.create_usage_plan(NewUsagePlan::new(" ")).unwrap_err().kind(), ErrorKind::BadRequest);
+    /// ```
     pub fn create_usage_plan(&self, input: NewUsagePlan) -> Result<UsagePlan> {
         let mut control = self.write();
         let id = unique_id(|id| control.plans.contains_key(id));
@@ -360,12 +517,33 @@ impl UsagePlans {
     ///
     /// # Errors
     /// `NotFound` for an unknown id.
+    ///
+    /// ```
+    /// # use tower_usage_plans::{NewApiKey, NewUsagePlan, UsagePlans};
+    /// # let plans = UsagePlans::new();
+    /// # let plan = plans.create_usage_plan(NewUsagePlan::new("basic")).unwrap();
+    /// # let key = plans.create_api_key(NewApiKey::new("alice").with_enabled(true)).unwrap();
+    /// assert_eq!(plans.usage_plan(&plan.id).unwrap(), plan);
+    /// assert!(plans.usage_plan("nope").is_err());
+    /// ```
     pub fn usage_plan(&self, plan_id: &str) -> Result<UsagePlan> {
         let control = self.inner.control.lock();
         control.plan(plan_id).map(|p| p.plan.clone())
     }
 
     /// Every plan, ordered by id.
+    ///
+    /// ```
+    /// # use tower_usage_plans::{NewApiKey, NewUsagePlan, UsagePlans};
+    /// # let plans = UsagePlans::new();
+    /// # let plan = plans.create_usage_plan(NewUsagePlan::new("basic")).unwrap();
+    /// # let key = plans.create_api_key(NewApiKey::new("alice").with_enabled(true)).unwrap();
+    /// let other = plans.create_usage_plan(NewUsagePlan::new("other")).unwrap();
+    /// let ids: Vec<String> = plans.usage_plans().into_iter().map(|p| p.id).collect();
+    /// let mut expected = vec![plan.id, other.id];
+    /// expected.sort();
+    /// assert_eq!(ids, expected);
+    /// ```
     pub fn usage_plans(&self) -> Vec<UsagePlan> {
         let control = self.inner.control.lock();
         control.plans.values().map(|p| p.plan.clone()).collect()
@@ -375,6 +553,16 @@ impl UsagePlans {
     ///
     /// # Errors
     /// `NotFound` for an unknown key.
+    ///
+    /// ```
+    /// # use tower_usage_plans::{NewApiKey, NewUsagePlan, UsagePlans};
+    /// # let plans = UsagePlans::new();
+    /// # let plan = plans.create_usage_plan(NewUsagePlan::new("basic")).unwrap();
+    /// # let key = plans.create_api_key(NewApiKey::new("alice").with_enabled(true)).unwrap();
+    /// assert!(plans.usage_plans_of_key(&key.id).unwrap().is_empty());
+    /// plans.add_key_to_plan(&plan.id, &key.id).unwrap();
+    /// assert_eq!(plans.usage_plans_of_key(&key.id).unwrap(), vec![plan]);
+    /// ```
     pub fn usage_plans_of_key(&self, key_id: &str) -> Result<Vec<UsagePlan>> {
         let control = self.inner.control.lock();
         let key = control.key(key_id)?;
@@ -436,6 +624,16 @@ impl UsagePlans {
     ///
     /// # Errors
     /// `NotFound` for an unknown id.
+    ///
+    /// ```
+    /// # use tower_usage_plans::{NewApiKey, NewUsagePlan, UsagePlans};
+    /// # let plans = UsagePlans::new();
+    /// # let plan = plans.create_usage_plan(NewUsagePlan::new("basic")).unwrap();
+    /// # let key = plans.create_api_key(NewApiKey::new("alice").with_enabled(true)).unwrap();
+    /// plans.delete_usage_plan(&plan.id).unwrap();
+    /// assert!(plans.usage_plan(&plan.id).is_err());
+    /// assert!(plans.delete_usage_plan(&plan.id).is_err());
+    /// ```
     pub fn delete_usage_plan(&self, plan_id: &str) -> Result<()> {
         let mut control = self.write();
         let entry = control
@@ -460,6 +658,17 @@ impl UsagePlans {
     /// # Errors
     /// `BadRequest` for a value under 20 or over 128 characters or a name
     /// over 1024; `Conflict` ("API Key already exists") for a value in use.
+    ///
+    /// ```
+    /// # use tower_usage_plans::{NewApiKey, NewUsagePlan, UsagePlans, ErrorKind};
+    /// # let plans = UsagePlans::new();
+    /// # let plan = plans.create_usage_plan(NewUsagePlan::new("basic")).unwrap();
+    /// # let key = plans.create_api_key(NewApiKey::new("alice").with_enabled(true)).unwrap();
+    /// let bob = plans.create_api_key(NewApiKey::new("bob").with_value("bob-key-0123456789abcdef")).unwrap();
+    /// assert!(!bob.enabled); // disabled unless asked, as in AWS
+    /// let again = plans.create_api_key(NewApiKey::new("eve").with_value("bob-key-0123456789abcdef"));
+    /// assert_eq!(again.unwrap_err().kind(), ErrorKind::Conflict);
+    /// ```
     pub fn create_api_key(&self, input: NewApiKey) -> Result<ApiKey> {
         let mut control = self.write();
         let value = match input.value {
@@ -511,12 +720,31 @@ impl UsagePlans {
     ///
     /// # Errors
     /// `NotFound` for an unknown id.
+    ///
+    /// ```
+    /// # use tower_usage_plans::{NewApiKey, NewUsagePlan, UsagePlans};
+    /// # let plans = UsagePlans::new();
+    /// # let plan = plans.create_usage_plan(NewUsagePlan::new("basic")).unwrap();
+    /// # let key = plans.create_api_key(NewApiKey::new("alice").with_enabled(true)).unwrap();
+    /// assert_eq!(plans.api_key(&key.id).unwrap().name.as_deref(), Some("alice"));
+    /// assert!(plans.api_key("nope").is_err());
+    /// ```
     pub fn api_key(&self, key_id: &str) -> Result<ApiKey> {
         let control = self.inner.control.lock();
         control.key(key_id).map(|k| k.key.clone())
     }
 
     /// The key whose value is `value`, if any.
+    ///
+    /// ```
+    /// # use tower_usage_plans::{NewApiKey, NewUsagePlan, UsagePlans};
+    /// # let plans = UsagePlans::new();
+    /// # let plan = plans.create_usage_plan(NewUsagePlan::new("basic")).unwrap();
+    /// # let key = plans.create_api_key(NewApiKey::new("alice").with_enabled(true)).unwrap();
+    /// let value = key.value.as_deref().unwrap();
+    /// assert_eq!(plans.api_key_by_value(value).unwrap().id, key.id);
+    /// assert!(plans.api_key_by_value("no-such-key-0123456789").is_none());
+    /// ```
     pub fn api_key_by_value(&self, value: &str) -> Option<ApiKey> {
         let control = self.inner.control.lock();
         let id = control.by_digest.get(&digest(value.as_bytes()))?;
@@ -524,6 +752,17 @@ impl UsagePlans {
     }
 
     /// Every key, ordered by id, with values where they are kept.
+    ///
+    /// ```
+    /// # use tower_usage_plans::{NewApiKey, NewUsagePlan, UsagePlans};
+    /// # let plans = UsagePlans::new();
+    /// # let plan = plans.create_usage_plan(NewUsagePlan::new("basic")).unwrap();
+    /// # let key = plans.create_api_key(NewApiKey::new("alice").with_enabled(true)).unwrap();
+    /// plans.create_api_key(NewApiKey::new("bob")).unwrap();
+    /// let keys = plans.api_keys();
+    /// assert_eq!(keys.len(), 2);
+    /// assert!(keys[0].id < keys[1].id);
+    /// ```
     pub fn api_keys(&self) -> Vec<ApiKey> {
         let control = self.inner.control.lock();
         control.keys.values().map(|k| k.key.clone()).collect()
@@ -571,6 +810,17 @@ impl UsagePlans {
     ///
     /// # Errors
     /// `NotFound` for an unknown id.
+    ///
+    /// ```
+    /// # use tower_usage_plans::{NewApiKey, NewUsagePlan, UsagePlans};
+    /// # let plans = UsagePlans::new();
+    /// # let plan = plans.create_usage_plan(NewUsagePlan::new("basic")).unwrap();
+    /// # let key = plans.create_api_key(NewApiKey::new("alice").with_enabled(true)).unwrap();
+    /// plans.add_key_to_plan(&plan.id, &key.id).unwrap();
+    /// plans.delete_api_key(&key.id).unwrap();
+    /// assert!(plans.api_key(&key.id).is_err());
+    /// assert!(plans.usage_plan_keys(&plan.id).unwrap().is_empty());
+    /// ```
     pub fn delete_api_key(&self, key_id: &str) -> Result<()> {
         let mut control = self.write();
         let entry = control
@@ -595,6 +845,16 @@ impl UsagePlans {
     /// # Errors
     /// `NotFound` for an unknown plan or key; `Conflict` when the key is
     /// already in this plan or in another plan covering a common stage.
+    ///
+    /// ```
+    /// # use tower_usage_plans::{NewApiKey, NewUsagePlan, UsagePlans, ErrorKind};
+    /// # let plans = UsagePlans::new();
+    /// # let plan = plans.create_usage_plan(NewUsagePlan::new("basic")).unwrap();
+    /// # let key = plans.create_api_key(NewApiKey::new("alice").with_enabled(true)).unwrap();
+    /// let member = plans.add_key_to_plan(&plan.id, &key.id).unwrap();
+    /// assert_eq!(member.id, key.id);
+    /// assert_eq!(plans.add_key_to_plan(&plan.id, &key.id).unwrap_err().kind(), ErrorKind::Conflict);
+    /// ```
     pub fn add_key_to_plan(&self, plan_id: &str, key_id: &str) -> Result<UsagePlanKey> {
         let mut control = self.write();
         // The key first, as AWS does: both unknown is "Invalid API Key".
@@ -628,6 +888,16 @@ impl UsagePlans {
     ///
     /// # Errors
     /// `NotFound` for an unknown plan or key, or a key not in the plan.
+    ///
+    /// ```
+    /// # use tower_usage_plans::{NewApiKey, NewUsagePlan, UsagePlans, ErrorKind};
+    /// # let plans = UsagePlans::new();
+    /// # let plan = plans.create_usage_plan(NewUsagePlan::new("basic")).unwrap();
+    /// # let key = plans.create_api_key(NewApiKey::new("alice").with_enabled(true)).unwrap();
+    /// plans.add_key_to_plan(&plan.id, &key.id).unwrap();
+    /// plans.remove_key_from_plan(&plan.id, &key.id).unwrap();
+    /// assert_eq!(plans.remove_key_from_plan(&plan.id, &key.id).unwrap_err().kind(), ErrorKind::NotFound);
+    /// ```
     pub fn remove_key_from_plan(&self, plan_id: &str, key_id: &str) -> Result<()> {
         let mut control = self.write();
         control.membership(plan_id, key_id)?;
@@ -652,6 +922,17 @@ impl UsagePlans {
     ///
     /// # Errors
     /// `NotFound` for an unknown plan.
+    ///
+    /// ```
+    /// # use tower_usage_plans::{NewApiKey, NewUsagePlan, UsagePlans};
+    /// # let plans = UsagePlans::new();
+    /// # let plan = plans.create_usage_plan(NewUsagePlan::new("basic")).unwrap();
+    /// # let key = plans.create_api_key(NewApiKey::new("alice").with_enabled(true)).unwrap();
+    /// plans.add_key_to_plan(&plan.id, &key.id).unwrap();
+    /// let members = plans.usage_plan_keys(&plan.id).unwrap();
+    /// assert_eq!(members.len(), 1);
+    /// assert_eq!(members[0].name.as_deref(), Some("alice"));
+    /// ```
     pub fn usage_plan_keys(&self, plan_id: &str) -> Result<Vec<UsagePlanKey>> {
         let control = self.inner.control.lock();
         let plan = control.plan(plan_id)?;
@@ -666,6 +947,16 @@ impl UsagePlans {
     ///
     /// # Errors
     /// `NotFound` for an unknown plan or key, or a key not in the plan.
+    ///
+    /// ```
+    /// # use tower_usage_plans::{NewApiKey, NewUsagePlan, UsagePlans};
+    /// # let plans = UsagePlans::new();
+    /// # let plan = plans.create_usage_plan(NewUsagePlan::new("basic")).unwrap();
+    /// # let key = plans.create_api_key(NewApiKey::new("alice").with_enabled(true)).unwrap();
+    /// assert!(plans.usage_plan_key(&plan.id, &key.id).is_err()); // not in the plan yet
+    /// plans.add_key_to_plan(&plan.id, &key.id).unwrap();
+    /// assert_eq!(plans.usage_plan_key(&plan.id, &key.id).unwrap().key_type, "API_KEY");
+    /// ```
     pub fn usage_plan_key(&self, plan_id: &str, key_id: &str) -> Result<UsagePlanKey> {
         let control = self.inner.control.lock();
         control.membership(plan_id, key_id)?;
@@ -681,6 +972,19 @@ impl UsagePlans {
     /// # Errors
     /// `NotFound` for an unknown plan or key or a key not in the plan;
     /// `BadRequest` for a plan without a quota; `Store` if the store fails.
+    ///
+    /// ```
+    /// # use tower_usage_plans::{NewApiKey, NewUsagePlan, UsagePlans, Quota, QuotaPeriod};
+    /// # let plans = UsagePlans::new();
+    /// # let plan = plans.create_usage_plan(NewUsagePlan::new("basic")).unwrap();
+    /// # let key = plans.create_api_key(NewApiKey::new("alice").with_enabled(true)).unwrap();
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let gold = plans.create_usage_plan(NewUsagePlan::new("gold").with_quota(Quota::new(100, QuotaPeriod::Month))).unwrap();
+    /// plans.add_key_to_plan(&gold.id, &key.id).unwrap();
+    /// let usage = plans.set_remaining(&gold.id, &key.id, 7).await.unwrap();
+    /// assert_eq!(usage.values[&key.id], vec![[0, 7]]);
+    /// # });
+    /// ```
     pub async fn set_remaining(
         &self,
         plan_id: &str,
@@ -794,6 +1098,20 @@ impl UsagePlans {
     /// `NotFound` for an unknown plan or key or a key not in the plan;
     /// `BadRequest` when `end` is before `start` or the range is longer
     /// than [`MAX_USAGE_DAYS`]; `Store` if the store fails.
+    ///
+    /// ```
+    /// # use tower_usage_plans::{NewApiKey, NewUsagePlan, UsagePlans, Quota, QuotaPeriod};
+    /// # let plans = UsagePlans::new();
+    /// # let plan = plans.create_usage_plan(NewUsagePlan::new("basic")).unwrap();
+    /// # let key = plans.create_api_key(NewApiKey::new("alice").with_enabled(true)).unwrap();
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let gold = plans.create_usage_plan(NewUsagePlan::new("gold").with_quota(Quota::new(100, QuotaPeriod::Day))).unwrap();
+    /// plans.add_key_to_plan(&gold.id, &key.id).unwrap();
+    /// let today = plans.clock().now().to_zoned(jiff::tz::TimeZone::UTC).date();
+    /// let usage = plans.usage(&gold.id, None, today, today).await.unwrap();
+    /// assert_eq!(usage.values[&key.id], vec![[0, 100]]);
+    /// # });
+    /// ```
     pub async fn usage(
         &self,
         plan_id: &str,

@@ -32,6 +32,18 @@ pub struct RegistrySnapshot {
 }
 
 /// One plan in a [`RegistrySnapshot`].
+///
+/// ```
+/// # use tower_usage_plans::{NewApiKey, NewUsagePlan, UsagePlans};
+/// # let plans = UsagePlans::new();
+/// # let plan = plans.create_usage_plan(NewUsagePlan::new("basic")).unwrap();
+/// # let key = plans.create_api_key(NewApiKey::new("alice").with_enabled(true)).unwrap();
+/// plans.add_key_to_plan(&plan.id, &key.id).unwrap();
+/// let snapshot = plans.snapshot();
+/// let saved = &snapshot.plans[0];
+/// assert_eq!(saved.plan, plan);
+/// assert_eq!(saved.keys, vec![key.id]);
+/// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlanSnapshot {
     /// The plan.
@@ -43,6 +55,17 @@ pub struct PlanSnapshot {
 }
 
 /// One key in a [`RegistrySnapshot`].
+///
+/// ```
+/// # use tower_usage_plans::{NewApiKey, NewUsagePlan, UsagePlans};
+/// # let plans = UsagePlans::new();
+/// # let plan = plans.create_usage_plan(NewUsagePlan::new("basic")).unwrap();
+/// # let key = plans.create_api_key(NewApiKey::new("alice").with_enabled(true)).unwrap();
+/// let snapshot = plans.snapshot();
+/// let saved = &snapshot.keys[0];
+/// assert_eq!(saved.key, key);
+/// assert_eq!(saved.digest.len(), 64); // hex SHA-256
+/// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KeySnapshot {
     /// The key (without value in hash-only mode).
@@ -53,6 +76,18 @@ pub struct KeySnapshot {
 
 impl UsagePlans {
     /// A copy of every plan, key and association.
+    ///
+    /// ```
+    /// # use tower_usage_plans::{NewApiKey, NewUsagePlan, UsagePlans};
+    /// # let plans = UsagePlans::new();
+    /// # let plan = plans.create_usage_plan(NewUsagePlan::new("basic")).unwrap();
+    /// # let key = plans.create_api_key(NewApiKey::new("alice").with_enabled(true)).unwrap();
+    /// let json = serde_json::to_string(&plans.snapshot()).unwrap();
+    /// let copy = UsagePlans::new();
+    /// copy.restore(serde_json::from_str(&json).unwrap()).unwrap();
+    /// assert_eq!(copy.api_key(&key.id).unwrap(), key);
+    /// assert_eq!(copy.usage_plans(), vec![plan]);
+    /// ```
     pub fn snapshot(&self) -> RegistrySnapshot {
         let control = self.inner.control.lock();
         RegistrySnapshot {
@@ -82,6 +117,20 @@ impl UsagePlans {
     /// # Errors
     /// `BadRequest` for an inconsistent snapshot (invalid plan, bad digest,
     /// unknown member, duplicate value); nothing changes then.
+    ///
+    /// ```
+    /// # use tower_usage_plans::{NewApiKey, NewUsagePlan, UsagePlans, ErrorKind};
+    /// # let plans = UsagePlans::new();
+    /// # let plan = plans.create_usage_plan(NewUsagePlan::new("basic")).unwrap();
+    /// # let key = plans.create_api_key(NewApiKey::new("alice").with_enabled(true)).unwrap();
+    /// let snapshot = plans.snapshot();
+    /// plans.delete_api_key(&key.id).unwrap();
+    /// plans.restore(snapshot.clone()).unwrap();
+    /// assert_eq!(plans.api_key(&key.id).unwrap(), key);
+    /// let mut broken = snapshot;
+    /// broken.keys[0].digest = "00".into();
+    /// assert_eq!(plans.restore(broken).unwrap_err().kind(), ErrorKind::BadRequest);
+    /// ```
     pub fn restore(&self, snapshot: RegistrySnapshot) -> Result<()> {
         self.restore_at(snapshot, None).map(drop)
     }

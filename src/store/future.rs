@@ -29,11 +29,26 @@ enum Inner<T> {
 
 impl<T> StoreFuture<T> {
     /// An answer known now.
+    ///
+    /// ```
+    /// # use tower_usage_plans::store::StoreFuture;
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// assert_eq!(StoreFuture::ready(Ok("now")).await.unwrap(), "now");
+    /// # });
+    /// ```
     pub fn ready(result: Result<T>) -> Self {
         Self(Inner::Ready(Some(result)))
     }
 
     /// An answer that has to be waited for.
+    ///
+    /// ```
+    /// # use tower_usage_plans::store::StoreFuture;
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let later = StoreFuture::boxed(async { tokio::task::yield_now().await; Ok(8) });
+    /// assert_eq!(later.await.unwrap(), 8);
+    /// # });
+    /// ```
     pub fn boxed(future: impl Future<Output = Result<T>> + Send + 'static) -> Self {
         Self(Inner::Boxed(Box::pin(future)))
     }

@@ -67,16 +67,44 @@ impl Default for MemoryStore {
 
 impl MemoryStore {
     /// An empty store.
+    ///
+    /// ```
+    /// # use tower_usage_plans::store::MemoryStore;
+    /// let store = MemoryStore::new();
+    /// assert_eq!(store.len(), 0);
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
 
     /// How many (plan, key) counters exist.
+    ///
+    /// ```
+    /// # use tower_usage_plans::store::{CounterKey, CounterStore, DecisionRequest, MemoryStore};
+    /// # fn block_on<T>(f: tower_usage_plans::store::StoreFuture<T>) -> tower_usage_plans::Result<T> { tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f) }
+    /// # let counter = CounterKey::new("plan", "key");
+    /// # let request = DecisionRequest { counter: &counter, throttle: None, quota: None, now: tower_usage_plans::Timestamp::now().into() };
+    /// let store = MemoryStore::new();
+    /// block_on(store.decide(&request)).unwrap();
+    /// assert_eq!(store.len(), 1);
+    /// ```
     pub fn len(&self) -> usize {
         self.counters.len()
     }
 
     /// Whether no counter exists.
+    ///
+    /// ```
+    /// # use tower_usage_plans::store::{CounterKey, CounterStore, DecisionRequest, MemoryStore};
+    /// # fn block_on<T>(f: tower_usage_plans::store::StoreFuture<T>) -> tower_usage_plans::Result<T> { tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f) }
+    /// # let counter = CounterKey::new("plan", "key");
+    /// # let request = DecisionRequest { counter: &counter, throttle: None, quota: None, now: tower_usage_plans::Timestamp::now().into() };
+    /// let store = MemoryStore::new();
+    /// assert!(store.is_empty());
+    /// block_on(store.decide(&request)).unwrap();
+    /// block_on(store.forget(&counter)).unwrap();
+    /// assert!(store.is_empty());
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.counters.is_empty()
     }
@@ -110,6 +138,17 @@ impl MemoryStore {
 }
 
 /// One counter's saved state (opaque), for persistence.
+///
+/// ```
+/// # use tower_usage_plans::store::{CounterKey, CounterStore, DecisionRequest, MemoryStore};
+/// # fn block_on<T>(f: tower_usage_plans::store::StoreFuture<T>) -> tower_usage_plans::Result<T> { tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f) }
+/// # let counter = CounterKey::new("plan", "key");
+/// # let request = DecisionRequest { counter: &counter, throttle: None, quota: None, now: tower_usage_plans::Timestamp::now().into() };
+/// let store = MemoryStore::new();
+/// block_on(store.decide(&request)).unwrap();
+/// let saved = store.snapshot();
+/// assert_eq!((saved[0].plan_id.as_str(), saved[0].key_id.as_str()), ("plan", "key"));
+/// ```
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct CounterSnapshot {
     /// The plan's id.
@@ -152,6 +191,20 @@ impl MemoryStore {
     }
 
     /// Replaces every counter with the snapshot's.
+    ///
+    /// ```
+    /// # use tower_usage_plans::store::{CounterKey, CounterStore, DecisionRequest, MemoryStore, QuotaRule};
+    /// # use tower_usage_plans::{Quota, QuotaPeriod, Timestamp};
+    /// # fn block_on<T>(f: tower_usage_plans::store::StoreFuture<T>) -> tower_usage_plans::Result<T> { tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f) }
+    /// # let counter = CounterKey::new("plan", "key");
+    /// let quota = QuotaRule { quota: Quota::new(10, QuotaPeriod::Day), plan_created: 0 };
+    /// let request = DecisionRequest { counter: &counter, throttle: None, quota: Some(quota), now: Timestamp::now().into() };
+    /// let store = MemoryStore::new();
+    /// block_on(store.decide(&request)).unwrap();
+    /// let copy = MemoryStore::new();
+    /// copy.restore(store.snapshot());
+    /// assert_eq!(block_on(copy.decide(&request)).unwrap().quota.unwrap().remaining, 8);
+    /// ```
     pub fn restore(&self, counters: Vec<CounterSnapshot>) {
         self.counters.retain(|_, cell| {
             cell.lock().forgotten = true;
