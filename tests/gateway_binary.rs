@@ -1068,3 +1068,135 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+// ---- a replica killed while it holds leases --------------------------------
+
+/// Requests with `KEY` sent to `addr` (8 at a time) until `n` were
+/// answered or one was refused; how many were admitted. Panics on
+/// anything but 200 and 429, and on a 200 after a 429 seen here.
+#[cfg(feature = "redis")]
+async fn admit_through(addr: SocketAddr, n: u64) -> u64 {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let (sent, admitted) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let refused = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..8)
+        .map(|_| {
+            let (sent, admitted, refused) = (sent.clone(), admitted.clone(), refused.clone());
+            tokio::spawn(async move {
+                while !refused.load(Ordering::Acquire) && sent.fetch_add(1, Ordering::AcqRel) < n {
+                    match status(addr, Some(KEY)).await {
+                        StatusCode::OK => {
+                            admitted.fetch_add(1, Ordering::AcqRel);
+                        }
+                        StatusCode::TOO_MANY_REQUESTS => refused.store(true, Ordering::Release),
+                        other => panic!("unexpected {other}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    admitted.load(std::sync::atomic::Ordering::Acquire)
+}
+
+/// Issue 12: kill -9 of a replica holding leases. Replica A (a process)
+/// takes leases of a quota of 1,000 under traffic and is killed with
+/// SIGKILL; what it held is `leased` in Redis. Replica B (in this process)
+/// then admits what A had leased and not spent, but for at most a quarter
+/// of it (the units A could have spent without reporting, which Redis
+/// cannot know), once A's leases expire: together they reach the quota
+/// less that, never more than the quota, and GetUsage shows nothing left
+/// that cannot be admitted. Without the reclaim, A's whole lease stays
+/// counted as used until the day ends.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_of_a_leasing_replica_gives_its_leases_back() {
+    use std::sync::atomic::Ordering;
+    use support::redis_server::Redis;
+    use tower_usage_plans::gateway::{FilePlan, Gateway, GatewayConfig};
+    use tower_usage_plans::{NewApiKey, NewUsagePlan, Quota, QuotaPeriod};
+
+    const QUOTA: u64 = 1_000;
+    let redis = Redis::start();
+    let dir = TempDir::new("kill9-lease");
+    let config = dir.write("gateway.toml", &config_text(QUOTA, "redis_leases = true"));
+    let mut a = spawn(
+        &["--config", config.to_str().unwrap(), "--redis", &redis.url()],
+        &dir.0,
+    );
+    let (a_data, a_admin) = a.ready().await;
+    eventually("replica A to reach Redis", || async move {
+        (get(a_admin, "/ready", None).await.0 == StatusCode::OK).then_some(())
+    })
+    .await;
+    let b = Gateway::start(GatewayConfig {
+        redis_leases: true,
+        listen: ([127, 0, 0, 1], 0).into(),
+        admin_listen: ([127, 0, 0, 1], 0).into(),
+        redis: Some(redis.url()),
+        keys: vec![NewApiKey::new("tester").with_value(KEY).with_enabled(true)],
+        plans: vec![FilePlan {
+            plan: NewUsagePlan::new("testing").with_quota(Quota::new(QUOTA, QuotaPeriod::Day)),
+            keys: vec!["tester".into()],
+        }],
+        ..GatewayConfig::default()
+    })
+    .await
+    .unwrap();
+    let plan = b.plans().usage_plans()[0].clone();
+    let key_id = b.plans().api_key_by_value(KEY).unwrap().id;
+
+    // Hot traffic through A: its leases grow with the rate.
+    let by_a = admit_through(a_data, 400).await;
+    assert_eq!(by_a, 400, "nowhere near the quota yet");
+    within("kill -9", a.child.kill()).await.unwrap();
+    let mut raw = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let hash = format!("tup:{{{}:{}}}", plan.id, key_id);
+    let leased: u64 = redis::cmd("HGET")
+        .arg(&hash)
+        .arg("leased")
+        .query_async::<Option<u64>>(&mut raw)
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert!(leased >= 8, "A was killed holding a lease ({leased} units)");
+
+    // Through B: the quota less at most a quarter of A's lease, never more.
+    let killed = std::time::Instant::now();
+    let by_b = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let data_b = b.data_addr();
+    eventually("B to admit what A had leased", || {
+        let by_b = by_b.clone();
+        async move {
+            let now = by_b.fetch_add(admit_through(data_b, 2 * QUOTA).await, Ordering::AcqRel);
+            let total = by_a + by_b.load(Ordering::Acquire);
+            assert!(total <= QUOTA, "{total} admitted (A {by_a}, B from {now})");
+            (total >= QUOTA - leased / 4).then_some(())
+        }
+    })
+    .await;
+    let by_b = by_b.load(Ordering::Acquire);
+    eprintln!(
+        "A admitted {by_a} and held {leased} units; B admitted {by_b}, \
+         within {:?} of the kill",
+        killed.elapsed()
+    );
+    // GetUsage: nothing left, and never more used than admitted (B's
+    // spending reaches it with B's next report).
+    let total = by_a + by_b;
+    let usage = eventually("GetUsage to count B's admissions", || async {
+        let usage = support::usage::usage_today(b.plans(), &plan.id, &key_id).await;
+        (usage[0] >= total - leased / 4).then_some(usage)
+    })
+    .await;
+    assert!(usage[0] <= total, "{usage:?}: more used than the {total} admitted");
+    assert_eq!(usage[1], 0, "{usage:?}: remaining that no replica can admit");
+    assert_eq!(admit_through(b.data_addr(), 10).await, 0, "the quota is spent");
+    b.shutdown().await.unwrap();
+}
