@@ -1123,7 +1123,12 @@ async fn kill_9_of_a_leasing_replica_gives_its_leases_back() {
     let dir = TempDir::new("kill9-lease");
     let config = dir.write("gateway.toml", &config_text(QUOTA, "redis_leases = true"));
     let mut a = spawn(
-        &["--config", config.to_str().unwrap(), "--redis", &redis.url()],
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--redis",
+            &redis.url(),
+        ],
         &dir.0,
     );
     let (a_data, a_admin) = a.ready().await;
@@ -1195,8 +1200,18 @@ async fn kill_9_of_a_leasing_replica_gives_its_leases_back() {
         (usage[0] >= total - leased / 4).then_some(usage)
     })
     .await;
-    assert!(usage[0] <= total, "{usage:?}: more used than the {total} admitted");
-    assert_eq!(usage[1], 0, "{usage:?}: remaining that no replica can admit");
-    assert_eq!(admit_through(b.data_addr(), 10).await, 0, "the quota is spent");
+    assert!(
+        usage[0] <= total,
+        "{usage:?}: more used than the {total} admitted"
+    );
+    assert_eq!(
+        usage[1], 0,
+        "{usage:?}: remaining that no replica can admit"
+    );
+    assert_eq!(
+        admit_through(b.data_addr(), 10).await,
+        0,
+        "the quota is spent"
+    );
     b.shutdown().await.unwrap();
 }

@@ -884,7 +884,12 @@ fn lost_units(fields: &HashMap<String, String>, now_us: i64) -> i64 {
         .map(|(_, record)| {
             // o, u, t, e, g, kept, pc, p, ep (see `rec_get` in redis.lua).
             let parts: Vec<&str> = record.split(',').collect();
-            let number = |i: usize| parts.get(i).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+            let number = |i: usize| {
+                parts
+                    .get(i)
+                    .and_then(|v| v.parse::<i64>().ok())
+                    .unwrap_or(0)
+            };
             if parts.get(8).copied() != Some(epoch) {
                 return 0;
             }
