@@ -140,7 +140,7 @@ async fn a_reclaimed_lease_given_back_late_adds_nothing_back() {
 #[cfg(feature = "redis")]
 async fn slow_replica_loses_its_lease(var: &str, default: &str) {
     use store_suite::{at, decide, rule, T0};
-    use tower_usage_plans::store::{CounterKey, CounterStore, LeaseConfig, Verdict};
+    use tower_usage_plans::store::{CounterKey, LeaseConfig, Verdict};
     use tower_usage_plans::QuotaPeriod::Day;
 
     const QUOTA: u64 = 100;
