@@ -553,6 +553,37 @@ mod tests {
     }
 
     #[test]
+    fn a_lease_has_at_most_its_cap_spent_unacknowledged() {
+        let leases = Leases::new(LeaseConfig::default());
+        // 8 units: at most 2 spent and not yet acknowledged.
+        grant(&leases, 0, 8, 0);
+        let counter = slot().0;
+        let rule = QuotaRule {
+            quota: crate::Quota::new(100, crate::QuotaPeriod::Day),
+            plan_created: 0,
+        };
+        let request = DecisionRequest {
+            counter: &counter,
+            throttle: None,
+            quota: Some(rule),
+            now: crate::UnixNanos::new(0),
+        };
+        {
+            let slot = leases.slots.get(&slot()).unwrap();
+            let mut lease = slot.lock();
+            lease.quota = Some(rule);
+            lease.period_end = 86_400;
+        }
+        let spend = || leases.try_spend(&request, 0).is_some();
+        assert!(spend() && spend());
+        assert!(!spend(), "a third waits for the report");
+        let (slot, lease, n) = leases.take_unreported().pop().unwrap();
+        assert!(!spend(), "sent is not acknowledged");
+        leases.landed(&slot, &lease, n);
+        assert!(spend() && spend() && !spend());
+    }
+
+    #[test]
     fn what_was_taken_back_no_longer_counts_as_spent() {
         let leases = Leases::new(LeaseConfig::default());
         grant(&leases, 0, 8, 8);
