@@ -278,7 +278,11 @@ impl Leases {
     /// spent no more, and goes back.
     pub(crate) fn reclaimed(&self, slot: &Slot, lease: &Lease) {
         let mut taken = None;
-        self.with_same(slot, lease, |current| taken = take_held(slot, current));
+        self.with_same(slot, lease, |current| {
+            // Redis counted the report: none is on its way.
+            current.unspent.landed = current.unspent.reported;
+            taken = take_held(slot, current);
+        });
         self.dropped.lock().extend(taken);
     }
 
@@ -395,11 +399,19 @@ impl Leases {
     }
 
     /// Takes what the lease of this slot still holds.
-    pub(crate) fn take_unspent(&self, slot: &Slot) -> Unspent {
-        self.slots
-            .get(slot)
-            .map(|slot| std::mem::take(&mut slot.lock().unspent))
-            .unwrap_or_default()
+    ///
+    /// `None` while a report of it is on its way: given back now, the
+    /// report would land after it and Redis could not tell that the units
+    /// it reports were the lease's (the periodic give-back, which reports
+    /// too, takes it back once the report landed).
+    pub(crate) fn take_unspent(&self, slot: &Slot) -> Option<Unspent> {
+        match self.slots.get(slot) {
+            Some(slot) => {
+                let mut lease = slot.lock();
+                (lease.unspent.pending() == 0).then(|| std::mem::take(&mut lease.unspent))
+            }
+            None => Some(Unspent::default()),
+        }
     }
 
     /// Keeps a new lease; one granted to a concurrent request in the same
@@ -587,7 +599,7 @@ mod tests {
     fn what_was_taken_back_no_longer_counts_as_spent() {
         let leases = Leases::new(LeaseConfig::default());
         grant(&leases, 0, 8, 8);
-        let unspent = leases.take_unspent(&slot());
+        let unspent = leases.take_unspent(&slot()).unwrap();
         assert_eq!((unspent.units, unspent.tokens), (8, 8));
         assert_eq!(leases.want(&slot(), 2_000), (1, 1));
     }

@@ -630,11 +630,15 @@ impl CounterStore for RedisStore {
         if let Some(leases) = leases {
             let key = lease::slot_key(request);
             args.want = leases.want(&key, args.now_us);
-            args.unspent = leases.take_unspent(&key);
-            args.record = leases.record(&key);
-            args.lease_us = micros(leases.config.ttl);
-            slot = Some((leases.clone(), key));
-            op = "lease";
+            // A lease with a report on its way is not given back here: this
+            // request is decided without one.
+            if let Some(unspent) = leases.take_unspent(&key) {
+                args.unspent = unspent;
+                args.record = leases.record(&key);
+                args.lease_us = micros(leases.config.ttl);
+                slot = Some((leases.clone(), key));
+                op = "lease";
+            }
         }
         if let Some(rule) = &request.throttle {
             args.bucket = format!("b:{}", rule.method.unwrap_or(""));
