@@ -45,12 +45,14 @@ pub(crate) const RECLAIM_GRACE: Duration = Duration::from_millis(250);
 /// (rounded up) spent and not yet acknowledged by Redis: past that the
 /// replica decides in Redis (and takes a new lease) until its report
 /// lands. Those are the units a replica that dies takes with it; the rest
-/// of its lease is reclaimed. A quarter keeps the loss to at most 1/32 of
-/// what remained per lease (a lease is at most an eighth of it) while a hot
-/// key, whose lease lasts about half a lifetime at its rate, still reaches
-/// Redis about every 125 ms (its 200 ms reports come close to that anyway).
-/// `redis.lua` grants with it (the script's `share`).
-pub(crate) const UNREPORTED_SHARE: u64 = 4;
+/// of its lease is reclaimed. Half: a lease is sized to last about half a
+/// lifetime (500 ms) at the key's rate, and the gateway reports every
+/// 200 ms, so at a steady rate a report lands before half is spent and the
+/// cap costs no round trip; a quarter would send a hot key to Redis every
+/// 125 ms, before its report. The loss stays at most 1/16 of what remained
+/// per lease (a lease is at most an eighth of it). `redis.lua` grants with
+/// it (the script's `share`).
+pub(crate) const UNREPORTED_SHARE: u64 = 2;
 
 impl Default for LeaseConfig {
     fn default() -> Self {
@@ -567,8 +569,8 @@ mod tests {
     #[test]
     fn a_lease_has_at_most_its_cap_spent_unacknowledged() {
         let leases = Leases::new(LeaseConfig::default());
-        // 8 units: at most 2 spent and not yet acknowledged.
-        grant(&leases, 0, 8, 0);
+        // 4 units: at most 2 spent and not yet acknowledged.
+        grant(&leases, 0, 4, 0);
         let counter = slot().0;
         let rule = QuotaRule {
             quota: crate::Quota::new(100, crate::QuotaPeriod::Day),

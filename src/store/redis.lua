@@ -60,7 +60,7 @@
 --          26 the holder's record ("" = none), 27-30 the lease given back: its
 --          generation, most unreported units, tokens granted, units reported and
 --          not yet acknowledged; 31 lease lifetime (µs), 32 grace before reclaiming (µs),
---          33 a lease's share that may be spent unacknowledged (4: a quarter)
+--          33 a lease's share that may be spent unacknowledged (2: a half)
 local k = KEYS[1]
 local op = ARGV[1]
 local now_us, now = tonumber(ARGV[2]), tonumber(ARGV[3])
