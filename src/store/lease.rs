@@ -293,7 +293,10 @@ impl Leases {
     fn with_same(&self, slot: &Slot, lease: &Lease, f: impl FnOnce(&mut Lease)) {
         if let Some(current) = self.slots.get(slot) {
             let mut current = current.lock();
-            if current.unspent.epoch == lease.unspent.epoch
+            // The same grant (merged ones keep the first's time): a lease
+            // taken out and replaced meanwhile is another.
+            if current.granted_us == lease.granted_us
+                && current.unspent.epoch == lease.unspent.epoch
                 && current.unspent.gen == lease.unspent.gen
                 && current.unspent.period_start == lease.unspent.period_start
                 && current.unspent.granted >= lease.unspent.granted
