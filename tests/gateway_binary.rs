@@ -1180,3 +1180,151 @@ async fn a_paused_replica_refuses_a_key_disabled_while_it_slept() {
     }
     b.shutdown().await.unwrap();
 }
+
+// ---- a replica killed while it holds leases --------------------------------
+
+/// Requests with `KEY` sent to `addr` (8 at a time) until `n` were
+/// answered or one was refused; how many were admitted. Panics on
+/// anything but 200 and 429, and on a 200 after a 429 seen here.
+#[cfg(feature = "redis")]
+async fn admit_through(addr: SocketAddr, n: u64) -> u64 {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let (sent, admitted) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let refused = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..8)
+        .map(|_| {
+            let (sent, admitted, refused) = (sent.clone(), admitted.clone(), refused.clone());
+            tokio::spawn(async move {
+                while !refused.load(Ordering::Acquire) && sent.fetch_add(1, Ordering::AcqRel) < n {
+                    match status(addr, Some(KEY)).await {
+                        StatusCode::OK => {
+                            admitted.fetch_add(1, Ordering::AcqRel);
+                        }
+                        StatusCode::TOO_MANY_REQUESTS => refused.store(true, Ordering::Release),
+                        other => panic!("unexpected {other}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    admitted.load(std::sync::atomic::Ordering::Acquire)
+}
+
+/// Issue 12: kill -9 of a replica holding leases. Replica A (a process)
+/// takes leases of a quota of 1,000 under traffic and is killed with
+/// SIGKILL; what it held is `leased` in Redis. Replica B (in this process)
+/// then admits what A had leased and not spent, but for half of each
+/// grant, rounded up (the units A could have spent without reporting,
+/// which Redis cannot know), once A's leases expire: together they reach the quota
+/// less that, never more than the quota, and GetUsage shows nothing left
+/// that cannot be admitted. Without the reclaim, A's whole lease stays
+/// counted as used until the day ends.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_of_a_leasing_replica_gives_its_leases_back() {
+    use std::sync::atomic::Ordering;
+    use support::redis_server::Redis;
+    use tower_usage_plans::gateway::{FilePlan, Gateway, GatewayConfig};
+    use tower_usage_plans::{NewApiKey, NewUsagePlan, Quota, QuotaPeriod};
+
+    const QUOTA: u64 = 1_000;
+    let redis = Redis::start();
+    let dir = TempDir::new("kill9-lease");
+    let config = dir.write("gateway.toml", &config_text(QUOTA, "redis_leases = true"));
+    let mut a = spawn(
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--redis",
+            &redis.url(),
+        ],
+        &dir.0,
+    );
+    let (a_data, a_admin) = a.ready().await;
+    eventually("replica A to reach Redis", || async move {
+        (get(a_admin, "/ready", None).await.0 == StatusCode::OK).then_some(())
+    })
+    .await;
+    let b = Gateway::start(GatewayConfig {
+        redis_leases: true,
+        listen: ([127, 0, 0, 1], 0).into(),
+        admin_listen: ([127, 0, 0, 1], 0).into(),
+        redis: Some(redis.url()),
+        keys: vec![NewApiKey::new("tester").with_value(KEY).with_enabled(true)],
+        plans: vec![FilePlan {
+            plan: NewUsagePlan::new("testing").with_quota(Quota::new(QUOTA, QuotaPeriod::Day)),
+            keys: vec!["tester".into()],
+        }],
+        ..GatewayConfig::default()
+    })
+    .await
+    .unwrap();
+    let plan = b.plans().usage_plans()[0].clone();
+    let key_id = b.plans().api_key_by_value(KEY).unwrap().id;
+
+    // Hot traffic through A: its leases grow with the rate.
+    let by_a = admit_through(a_data, 400).await;
+    assert_eq!(by_a, 400, "nowhere near the quota yet");
+    within("kill -9", a.child.kill()).await.unwrap();
+    let mut raw = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let hash = format!("tup:{{{}:{}}}", plan.id, key_id);
+    let leased: u64 = redis::cmd("HGET")
+        .arg(&hash)
+        .arg("leased")
+        .query_async::<Option<u64>>(&mut raw)
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert!(
+        leased >= 24,
+        "A was killed holding a lease ({leased} units)"
+    );
+    // Kept: half of each grant, rounded up; 8 clients, so at most 8
+    // grants at once in A's lease.
+    let kept = leased / 2 + 8;
+
+    // Through B: the quota less at most that, never more; then GetUsage
+    // shows nothing left (B may refuse while its own lease holds units
+    // and its report is on its way: GetUsage counts those as remaining,
+    // and B admits them once the report lands).
+    let killed = std::time::Instant::now();
+    let by_b = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let data_b = b.data_addr();
+    let (plans, plan_id) = (b.plans(), plan.id.as_str());
+    let (total, usage) = eventually("B to admit what A had leased", || {
+        let (by_b, key_id) = (by_b.clone(), key_id.as_str());
+        async move {
+            let now = by_b.fetch_add(admit_through(data_b, 2 * QUOTA).await, Ordering::AcqRel);
+            let total = by_a + by_b.load(Ordering::Acquire);
+            assert!(total <= QUOTA, "{total} admitted (A {by_a}, B from {now})");
+            let usage = support::usage::usage_today(plans, plan_id, key_id).await;
+            // B's spending reaches GetUsage with B's next report; what A
+            // admitted and had not reported (part of what it held) never.
+            (total >= QUOTA - kept && usage[1] == 0 && usage[0] >= total - leased)
+                .then_some((total, usage))
+        }
+    })
+    .await;
+    eprintln!(
+        "A admitted {by_a} and held {leased} units; {total} admitted in all \
+         within {:?} of the kill; GetUsage {usage:?}",
+        killed.elapsed()
+    );
+    assert!(
+        usage[0] <= total,
+        "{usage:?}: more used than the {total} admitted"
+    );
+    assert_eq!(
+        admit_through(b.data_addr(), 10).await,
+        0,
+        "the quota is spent"
+    );
+    b.shutdown().await.unwrap();
+}

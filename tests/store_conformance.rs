@@ -270,3 +270,75 @@ async fn a_new_replica_puts_back_counters_it_only_read_on_the_cluster() {
     )
     .await;
 }
+
+/// A replica that is only slow (paused, its requests' time taken before
+/// the pause) while Redis reclaims its lease: another replica admits the
+/// reclaimed units, the slow one spends at most the share of its lease it
+/// may spend unacknowledged, and its late give-back adds nothing back, so
+/// across both exactly the quota is admitted, never one more. On the
+/// server and on the cluster.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reclaimed_lease_given_back_late_adds_nothing_back() {
+    for (var, default) in [
+        ("REDIS_URL", "redis://127.0.0.1:6390"),
+        (
+            "REDIS_CLUSTER_URL",
+            "redis+cluster://127.0.0.1:6391,127.0.0.1:6392,127.0.0.1:6393",
+        ),
+    ] {
+        slow_replica_loses_its_lease(var, default).await;
+    }
+}
+
+#[cfg(feature = "redis")]
+async fn slow_replica_loses_its_lease(var: &str, default: &str) {
+    use store_suite::{at, decide, rule, T0};
+    use tower_usage_plans::store::{CounterKey, LeaseConfig, Verdict};
+    use tower_usage_plans::QuotaPeriod::Day;
+
+    const QUOTA: u64 = 100;
+    let url = std::env::var(var).unwrap_or_else(|_| default.into());
+    let prefix = unique_prefix();
+    let connect = || async {
+        tower_usage_plans::store::RedisStore::connect(&url)
+            .await
+            .unwrap()
+            .with_prefix(prefix.clone())
+    };
+    let slow = connect().await.with_leases(LeaseConfig::default());
+    slow.until_leasing().await;
+    let other = connect().await;
+    let counter = CounterKey::new("plan", "slow");
+    let quota = Some(rule(QUOTA, Day));
+    let admitted =
+        |d: &tower_usage_plans::store::Decision| u64::from(d.verdict == Verdict::Admitted);
+    // The slow replica's lease grows with its rate (all at one instant).
+    let then = at(T0);
+    let mut total = 0;
+    for _ in 0..13 {
+        total += admitted(&decide(&slow, &counter, None, quota, then).await);
+    }
+    assert_eq!(total, 13);
+    // Its lease expired a second ago by the other replica's clock: Redis
+    // reclaims it on the next decision, and the other replica admits all
+    // it can.
+    let later = then + jiff::SignedDuration::from_secs(2);
+    for _ in 0..QUOTA {
+        total += admitted(&decide(&other, &counter, None, quota, later).await);
+    }
+    // The slow replica resumes with requests timed before the pause: its
+    // lease is still live by that time.
+    for _ in 0..QUOTA {
+        total += admitted(&decide(&slow, &counter, None, quota, then).await);
+    }
+    assert!(
+        total <= QUOTA,
+        "{var}: {total} admitted, the quota is {QUOTA}"
+    );
+    slow.give_back_leases().await.unwrap();
+    for _ in 0..QUOTA {
+        total += admitted(&decide(&other, &counter, None, quota, later).await);
+    }
+    assert_eq!(total, QUOTA, "{var}: admitted across both replicas");
+}

@@ -24,8 +24,16 @@
 //! and tokens to spend locally; leased units count as used until given
 //! back, so it never admits more than the table allows, though it may
 //! refuse for another reason (tokens out on a lease) until the slices go
-//! back. A lease is given back and reported as of when it was granted (its
-//! period, its day). A new period kind also counts, as used, the units of
+//! back. Tokens out on leases count against the burst: the shared bucket
+//! refills (and takes back refunded or returned tokens) only up to the
+//! burst less them. A replica has at most half of a lease's units
+//! (rounded up) admitted and unacknowledged; a lease its replica neither
+//! gives back nor reports on is reclaimed a grace after it expires: its
+//! units but that half are no longer used (that half stays used,
+//! and GetUsage counts it as used), its tokens no longer count against the
+//! burst, and given back later it adds nothing back (what it admitted is
+//! counted against the half kept). A lease is given back and reported
+//! as of when it was granted (its period, its day). A new period kind also counts, as used, the units of
 //! leases of the period it replaces (if the two overlap) until they are
 //! given back: the requests they admitted are not recorded yet. A request
 //! decided without its quota on a counter that has a quota period takes no

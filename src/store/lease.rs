@@ -29,9 +29,30 @@ pub struct LeaseConfig {
     /// The most throttle tokens one lease takes, sized the same way; Redis
     /// grants at most half the bucket.
     pub max_tokens: u64,
-    /// How long a lease may be spent before it is given back.
+    /// How long a lease may be spent before it is given back. A lease
+    /// its replica neither gives back nor reports on (the replica died)
+    /// is reclaimed in Redis [`RECLAIM_GRACE`] later: all but the units it
+    /// may have spent without reporting them are admittable again.
     pub ttl: Duration,
 }
+
+/// How long after a lease expires Redis reclaims it from a replica that
+/// did not give it back (time for the replica's own give-back, every
+/// 200 ms, and for clocks a little apart).
+pub(crate) const RECLAIM_GRACE: Duration = Duration::from_millis(250);
+
+/// A lease of `granted` units may have at most `granted / UNREPORTED_SHARE`
+/// (rounded up) spent and not yet acknowledged by Redis: past that the
+/// replica decides in Redis (and takes a new lease) until its report
+/// lands. Those are the units a replica that dies takes with it; the rest
+/// of its lease is reclaimed. Half: a lease is sized to last about half a
+/// lifetime (500 ms) at the key's rate, and the gateway reports every
+/// 200 ms, so at a steady rate a report lands before half is spent and the
+/// cap costs no round trip; a quarter would send a hot key to Redis every
+/// 125 ms, before its report. The loss stays at most 1/16 of what remained
+/// per lease (a lease is at most an eighth of it). `redis.lua` grants with
+/// it (the script's `share`).
+pub(crate) const UNREPORTED_SHARE: u64 = 2;
 
 impl Default for LeaseConfig {
     fn default() -> Self {
@@ -53,7 +74,16 @@ pub(crate) struct Unspent {
     pub(crate) admitted: u64,
     /// Of the admitted requests, how many were already reported to Redis.
     pub(crate) reported: u64,
+    /// Of the reported, how many Redis acknowledged.
+    pub(crate) landed: u64,
+    /// The most admitted and not yet acknowledged at once (0 without units).
+    pub(crate) cap: u64,
     pub(crate) tokens: u64,
+    /// Tokens granted (`tokens` is what is left of them).
+    pub(crate) granted_tokens: u64,
+    /// The generation of this replica's leases in Redis it belongs to: a
+    /// lease Redis reclaimed belongs to an older one.
+    pub(crate) gen: u64,
     /// The quota period the units belong to (Unix seconds).
     pub(crate) period_start: i64,
     /// The UTC day it was granted on (days since the Unix epoch): its
@@ -69,10 +99,21 @@ impl Unspent {
         self.admitted.saturating_sub(self.reported)
     }
 
+    /// Requests reported and not yet acknowledged.
+    pub(crate) fn pending(&self) -> u64 {
+        self.reported.saturating_sub(self.landed)
+    }
+
+    /// Whether one more unit may be spent: fewer than `cap` are spent and
+    /// unacknowledged.
+    fn may_spend_unit(&self) -> bool {
+        self.units > 0 && self.admitted.saturating_sub(self.landed) < self.cap
+    }
+
     /// Whether giving it back changes anything: units or tokens to return,
     /// or admitted requests to report.
     fn holds(&self) -> bool {
-        self.granted > 0 || self.tokens > 0 || self.unreported() > 0
+        self.granted > 0 || self.granted_tokens > 0 || self.unreported() > 0
     }
 }
 
@@ -85,12 +126,13 @@ pub(crate) struct Lease {
     /// given back and reported as of then.
     pub(crate) granted_us: i64,
     pub(crate) expires_us: i64,
+    /// When it expires by the wall clock (Unix µs): a replica paused since
+    /// a request took its time spends it no later.
+    pub(crate) wall_expires_us: i64,
     /// The shared remaining quota when granted (for the headers).
     pub(crate) shared_remaining: u64,
     /// The shared bucket's whole tokens when granted (for the headers).
     pub(crate) shared_tokens: u64,
-    /// Tokens granted (`unspent.tokens` is what is left of them).
-    pub(crate) granted_tokens: u64,
     /// The rules it was granted under, to give it back.
     pub(crate) throttle: Option<Throttle>,
     pub(crate) quota: Option<QuotaRule>,
@@ -107,6 +149,8 @@ impl Lease {
 #[derive(Debug, Default)]
 pub(crate) struct Leases {
     pub(crate) config: LeaseConfig,
+    /// This replica's name in the holders' records in Redis.
+    holder: Box<str>,
     slots: DashMap<(CounterKey, Box<str>), Mutex<Lease>>,
     /// Per counter, the epoch below which leases are revoked: a lease of an
     /// older epoch that arrives late (granted before the revocation, kept
@@ -135,8 +179,15 @@ impl Leases {
     pub(crate) fn new(config: LeaseConfig) -> Self {
         Self {
             config,
+            holder: format!("{:016x}", rand::random::<u64>()).into(),
             ..Self::default()
         }
+    }
+
+    /// The field of the hash that records this replica's leases of `slot`
+    /// (see `redis.lua`).
+    pub(crate) fn record(&self, slot: &Slot) -> String {
+        format!("h:{}:{}", self.holder, slot.1)
     }
 
     /// Whether leases may be taken and spent now: only while this replica
@@ -214,13 +265,43 @@ impl Leases {
     /// A report that did not reach Redis: counted as unreported again if
     /// the lease is still the same one (else its give-back covers it).
     pub(crate) fn unreport(&self, slot: &Slot, lease: &Lease, n: u64) {
+        self.with_same(slot, lease, |current| {
+            current.unspent.reported = current.unspent.reported.saturating_sub(n);
+        });
+    }
+
+    /// A report Redis took: `n` more may be spent, if the lease is still
+    /// the same one.
+    pub(crate) fn landed(&self, slot: &Slot, lease: &Lease, n: u64) {
+        self.with_same(slot, lease, |current| current.unspent.landed += n);
+    }
+
+    /// A report Redis took for a lease it had reclaimed: the lease is
+    /// spent no more, and goes back.
+    pub(crate) fn reclaimed(&self, slot: &Slot, lease: &Lease) {
+        let mut taken = None;
+        self.with_same(slot, lease, |current| {
+            // Redis counted the report: none is on its way.
+            current.unspent.landed = current.unspent.reported;
+            taken = take_held(slot, current);
+        });
+        self.dropped.lock().extend(taken);
+    }
+
+    /// Runs `f` on the live lease of `slot` if it is (a later state of)
+    /// `lease`.
+    fn with_same(&self, slot: &Slot, lease: &Lease, f: impl FnOnce(&mut Lease)) {
         if let Some(current) = self.slots.get(slot) {
             let mut current = current.lock();
-            if current.unspent.epoch == lease.unspent.epoch
+            // The same grant (merged ones keep the first's time): a lease
+            // taken out and replaced meanwhile is another.
+            if current.granted_us == lease.granted_us
+                && current.unspent.epoch == lease.unspent.epoch
+                && current.unspent.gen == lease.unspent.gen
                 && current.unspent.period_start == lease.unspent.period_start
                 && current.unspent.granted >= lease.unspent.granted
             {
-                current.unspent.reported = current.unspent.reported.saturating_sub(n);
+                f(&mut current);
             }
         }
     }
@@ -234,14 +315,17 @@ impl Leases {
         let live = now_us < lease.expires_us
             && request.quota.is_none_or(|_| {
                 // Units belong to the period they were granted in.
-                lease.unspent.units > 0
+                lease.unspent.may_spend_unit()
                     && (lease.unspent.period_start..lease.period_end).contains(&now)
             })
             && request.throttle.is_none_or(|_| lease.unspent.tokens > 0)
             // Only under the rules it was granted for: a plan whose
             // throttle or quota changed decides anew.
             && lease.throttle == request.throttle.map(|rule| rule.throttle)
-            && lease.quota == request.quota;
+            && lease.quota == request.quota
+            // Redis reclaims it a grace after it expires: never spent then,
+            // whatever time the request took before a pause.
+            && jiff::Timestamp::now().as_microsecond() < lease.wall_expires_us;
         if !live {
             return None;
         }
@@ -311,22 +395,28 @@ impl Leases {
                 self.config.max_units,
             ),
             size(
-                last.granted_tokens.saturating_sub(last.unspent.tokens),
+                last.unspent
+                    .granted_tokens
+                    .saturating_sub(last.unspent.tokens),
                 self.config.max_tokens,
             ),
         )
     }
 
     /// Takes what the lease of this slot still holds.
-    pub(crate) fn take_unspent(&self, slot: &Slot) -> Unspent {
-        self.slots
-            .get(slot)
-            .map(|slot| {
+    ///
+    /// `None` while a report of it is on its way: given back now, the
+    /// report would land after it and Redis could not tell that the units
+    /// it reports were the lease's (the periodic give-back, which reports
+    /// too, takes it back once the report landed).
+    pub(crate) fn take_unspent(&self, slot: &Slot) -> Option<Unspent> {
+        match self.slots.get(slot) {
+            Some(slot) => {
                 let mut lease = slot.lock();
-                lease.granted_tokens = 0;
-                std::mem::take(&mut lease.unspent)
-            })
-            .unwrap_or_default()
+                (lease.unspent.pending() == 0).then(|| std::mem::take(&mut lease.unspent))
+            }
+            None => Some(Unspent::default()),
+        }
     }
 
     /// Keeps a new lease; one granted to a concurrent request in the same
@@ -341,6 +431,7 @@ impl Leases {
                 && current.unspent.period_start == lease.unspent.period_start
                 && current.unspent.day == lease.unspent.day
                 && current.unspent.epoch == lease.unspent.epoch
+                && current.unspent.gen == lease.unspent.gen
                 && current.throttle == lease.throttle
                 && current.quota == lease.quota
             {
@@ -348,8 +439,10 @@ impl Leases {
                 current.unspent.granted += lease.unspent.granted;
                 current.unspent.admitted += lease.unspent.admitted;
                 current.unspent.tokens += lease.unspent.tokens;
-                current.granted_tokens += lease.granted_tokens;
+                current.unspent.granted_tokens += lease.unspent.granted_tokens;
+                current.unspent.cap += lease.unspent.cap;
                 current.expires_us = current.expires_us.min(lease.expires_us);
+                current.wall_expires_us = current.wall_expires_us.min(lease.wall_expires_us);
                 current.shared_remaining = lease.shared_remaining;
                 current.shared_tokens = lease.shared_tokens;
             } else {
@@ -407,7 +500,6 @@ fn take_held(slot: &Slot, lease: &mut Lease) -> Option<(Slot, Lease)> {
         epoch: taken.unspent.epoch,
         ..Unspent::default()
     };
-    lease.granted_tokens = 0;
     taken.unspent.holds().then(|| (slot.clone(), taken))
 }
 
@@ -429,11 +521,13 @@ mod tests {
                 unspent: Unspent {
                     units,
                     granted: units,
+                    cap: units.div_ceil(UNREPORTED_SHARE),
                     tokens,
+                    granted_tokens: tokens,
                     ..Unspent::default()
                 },
                 expires_us: granted_us + TTL_US,
-                granted_tokens: tokens,
+                wall_expires_us: i64::MAX,
                 ..Lease::default()
             },
         );
@@ -476,10 +570,41 @@ mod tests {
     }
 
     #[test]
+    fn a_lease_has_at_most_its_cap_spent_unacknowledged() {
+        let leases = Leases::new(LeaseConfig::default());
+        // 4 units: at most 2 spent and not yet acknowledged.
+        grant(&leases, 0, 4, 0);
+        let counter = slot().0;
+        let rule = QuotaRule {
+            quota: crate::Quota::new(100, crate::QuotaPeriod::Day),
+            plan_created: 0,
+        };
+        let request = DecisionRequest {
+            counter: &counter,
+            throttle: None,
+            quota: Some(rule),
+            now: crate::UnixNanos::new(0),
+        };
+        {
+            let slot = leases.slots.get(&slot()).unwrap();
+            let mut lease = slot.lock();
+            lease.quota = Some(rule);
+            lease.period_end = 86_400;
+        }
+        let spend = || leases.try_spend(&request, 0).is_some();
+        assert!(spend() && spend());
+        assert!(!spend(), "a third waits for the report");
+        let (slot, lease, n) = leases.take_unreported().pop().unwrap();
+        assert!(!spend(), "sent is not acknowledged");
+        leases.landed(&slot, &lease, n);
+        assert!(spend() && spend() && !spend());
+    }
+
+    #[test]
     fn what_was_taken_back_no_longer_counts_as_spent() {
         let leases = Leases::new(LeaseConfig::default());
         grant(&leases, 0, 8, 8);
-        let unspent = leases.take_unspent(&slot());
+        let unspent = leases.take_unspent(&slot()).unwrap();
         assert_eq!((unspent.units, unspent.tokens), (8, 8));
         assert_eq!(leases.want(&slot(), 2_000), (1, 1));
     }

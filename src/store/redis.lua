@@ -29,6 +29,20 @@
 -- reserved; 'd:<day>:r' is the remaining quota with the outstanding leased
 -- units counted as not used; 'dl' is the latest day recorded.
 --
+-- Holders. Each replica's leases of one bucket are one record
+-- ('h:<replica>:<bucket>', see rec_get): the units and tokens they hold,
+-- the most units it may have spent without reporting (a share of each
+-- grant, rounded up: past that it reports or decides here first), when
+-- they expire, and a generation. A record whose leases expired
+-- (plus a grace for the holder's own give-back) is reclaimed when the
+-- counter is next touched ('hx' says when one may be): its units go back
+-- but for that most (which stay used: the holder may have spent them), its
+-- tokens stop counting against the burst, and it starts a new generation.
+-- A lease of an older generation given back later adds nothing back; what
+-- it admitted comes out of the units kept, and the rest of them goes back
+-- once every reclaimed lease of the record is back. Tokens out on leases
+-- ('<bucket>:l') cap the bucket's refill at the burst less them.
+--
 -- KEYS[1]  the counter hash ("<prefix>{<plan>:<key>}"); KEYS[2], on one
 --          server only, the marker whose absence means Redis lost its data
 -- ARGV     1 op ("decide" | "lease" | "return" | "report" | "restore" | "set" | "add" | "refund"),
@@ -42,7 +56,11 @@
 --          21 "1" when it holds quota units, 22 "1" when the replica saw this
 --          counter before (a missing hash then means Redis lost its data),
 --          23-25 for "restore": the used count, allowance (-1: none) and epoch
---          the replica last saw in the current period
+--          the replica last saw in the current period,
+--          26 the holder's record ("" = none), 27-30 the lease given back: its
+--          generation, most unreported units, tokens granted, units reported and
+--          not yet acknowledged; 31 lease lifetime (µs), 32 grace before reclaiming (µs),
+--          33 a lease's share that may be spent unacknowledged (2: a half)
 local k = KEYS[1]
 local op = ARGV[1]
 local now_us, now = tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -54,13 +72,18 @@ local ret_q, ret_n, ret_t = tonumber(ARGV[14]) or 0, tonumber(ARGV[15]) or 0, to
 local ret_day = tonumber(ARGV[17]) or 0
 local want_q, want_t = tonumber(ARGV[18]) or 0, tonumber(ARGV[19]) or 0
 local ret_epoch, ret_metered = tonumber(ARGV[20]) or 0, ARGV[21] == '1'
+local rec_name, ret_gen = ARGV[26] or '', tonumber(ARGV[27]) or 0
+local ret_cap, ret_gt, ret_pending = tonumber(ARGV[28]) or 0, tonumber(ARGV[29]) or 0,
+  tonumber(ARGV[30]) or 0
+local lease_us, grace_us = tonumber(ARGV[31]) or 0, tonumber(ARGV[32]) or 0
+local share = tonumber(ARGV[33]) or 4
 if KEYS[2] and (op == 'decide' or op == 'lease') and redis.call('EXISTS', KEYS[2]) == 0 then
   -- No marker: Redis lost its data; the replicas put back what they saw first.
-  return { 4, '0', 0, 0, 0, 0, 0, -1 }
+  return { 4, '0', 0, 0, 0, 0, 0, -1, 0, 0 }
 end
 if ARGV[22] == '1' and (op == 'decide' or op == 'lease') and redis.call('EXISTS', k) == 0 then
   -- Seen before, gone now: the replica checks whether Redis lost its data.
-  return { 3, '0', 0, 0, 0, 0, 0, -1 }
+  return { 3, '0', 0, 0, 0, 0, 0, -1, 0, 0 }
 end
 local epoch = tonumber(redis.call('HGET', k, 'ep')) or 0
 local used, allow, leased, remaining = 0, nil, 0, 0
@@ -68,19 +91,118 @@ local function quota_left()
   return math.max((allow or plimit) - used, 0)
 end
 
--- The bucket `bf` refilled up to now_us: its tokens and when they were
--- counted; nil before its first decision (it is full then).
-local function refilled()
-  local t = redis.call('HMGET', k, bf .. ':t', bf .. ':u')
+-- The most tokens bucket `b` may hold: its burst less the tokens out on
+-- leases of it.
+local function bucket_cap(b, most)
+  return math.max(most - (tonumber(redis.call('HGET', k, b .. ':l')) or 0), 0)
+end
+
+-- Bucket `b` (rate `r`, burst `most`) refilled up to now_us, never past
+-- its cap: its tokens and when they were counted; nil before its first
+-- decision (it is full then).
+local function refilled_bucket(b, r, most)
+  local t = redis.call('HMGET', k, b .. ':t', b .. ':u')
   local tokens, updated = tonumber(t[1]), tonumber(t[2])
   if tokens == nil or updated == nil then
     return nil, nil
   end
   if now_us > updated then
-    tokens = tokens + (now_us - updated) / 1e6 * rate
+    local cap = bucket_cap(b, most)
+    if tokens < cap then
+      tokens = math.min(tokens + (now_us - updated) / 1e6 * r, cap)
+    end
     updated = now_us
   end
   return tokens, updated
+end
+
+-- The call's bucket `bf`, refilled.
+local function refilled()
+  return refilled_bucket(bf, rate, burst)
+end
+
+-- Bucket `b` refilled up to now and stored: done before the tokens out on
+-- its leases change, which changes its cap from now on.
+local function settle_bucket(b, r, most)
+  local tokens, updated = refilled_bucket(b, r, most)
+  if tokens ~= nil then
+    redis.call('HSET', k, b .. ':t', tostring(tokens), b .. ':u', updated)
+  end
+end
+
+-- A holder's record: units it holds (o), most kept on reclaim (u), tokens
+-- (t), expiry (e, µs), generation (g), units kept from reclaimed leases (kk),
+-- what of their cap and tokens is still out (pc), units reported but
+-- unacknowledged when they came back (p), epoch (ep), the bucket's rate and
+-- burst (r, b). Units of another epoch ended with it.
+local function rec_get(f)
+  local x = {}
+  for n in string.gmatch(redis.call('HGET', k, f) or '', '[^,]+') do
+    x[#x + 1] = tonumber(n)
+  end
+  local r = { o = x[1] or 0, u = x[2] or 0, t = x[3] or 0, e = x[4] or 0, g = x[5] or 0,
+    kk = x[6] or 0, pc = x[7] or 0, p = x[8] or 0, ep = x[9] or epoch, r = x[10] or 0,
+    b = x[11] or 0 }
+  if r.ep ~= epoch then
+    r.o, r.u, r.kk, r.pc, r.p, r.ep = 0, 0, 0, 0, 0, epoch
+  end
+  return r
+end
+
+local function rec_put(f, r)
+  if r.o <= 0 and r.u <= 0 and r.t <= 0 and r.kk <= 0 and r.pc <= 0 then
+    redis.call('HDEL', k, f)
+    return
+  end
+  redis.call('HSET', k, f, string.format('%d,%d,%d,%d,%d,%d,%d,%d,%d,%s,%d', r.o, r.u, r.t, r.e,
+    r.g, r.kk, r.pc, r.p, r.ep, tostring(r.r), r.b))
+end
+
+-- `n` units held for leases are no longer used: given back.
+local function unlease(n)
+  if n > 0 then
+    local q = redis.call('HMGET', k, 'used', 'leased')
+    redis.call('HSET', k, 'used', math.max((tonumber(q[1]) or 0) - n, 0),
+      'leased', math.max((tonumber(q[2]) or 0) - n, 0))
+  end
+end
+
+-- Reclaims the leases whose holder neither gave them back nor can spend
+-- them any more (expired, plus the grace), once 'hx' says one may be due.
+local function reclaim()
+  local due = tonumber(redis.call('HGET', k, 'hx'))
+  if not due or now_us < due then
+    return
+  end
+  local next_due = nil
+  for _, f in ipairs(redis.call('HKEYS', k)) do
+    if string.sub(f, 1, 2) == 'h:' then
+      local r = rec_get(f)
+      if r.o > 0 or r.u > 0 or r.t > 0 then
+        if r.e + grace_us <= now_us then
+          local kept = math.min(r.o, r.u)
+          unlease(r.o - kept)
+          if r.t > 0 then
+            local b = 'b:' .. string.sub(f, 20)
+            settle_bucket(b, r.r, r.b)
+            redis.call('HSET', k, b .. ':l',
+              math.max((tonumber(redis.call('HGET', k, b .. ':l')) or 0) - r.t, 0))
+          end
+          r.kk, r.pc = r.kk + kept, r.pc + r.u + r.t
+          r.o, r.u, r.t = 0, 0, 0
+          r.g = redis.call('HINCRBY', k, 'hg', 1)
+          rec_put(f, r)
+        elseif not next_due or r.e + grace_us < next_due then
+          next_due = r.e + grace_us
+        end
+      end
+    end
+  end
+  if next_due then
+    redis.call('HSET', k, 'hx', next_due)
+  else
+    redis.call('HDEL', k, 'hx')
+  end
 end
 
 -- Starts the record of day `d` if it has none: a new latest day ('dl')
@@ -145,7 +267,8 @@ if op == 'refund' then
   if bf ~= "" then
     local tokens, updated = refilled()
     if tokens ~= nil then
-      redis.call('HSET', k, bf .. ':t', tostring(math.min(tokens + 1, burst)), bf .. ':u', updated)
+      redis.call('HSET', k, bf .. ':t', tostring(math.min(tokens + 1, bucket_cap(bf, burst))),
+        bf .. ':u', updated)
     end
   end
   return 0
@@ -174,6 +297,12 @@ local function give_back()
   local t = ret_day * 86400
   local in_period = p[1] and tonumber(p[1]) <= t and t < tonumber(p[2])
   local was, counted = tonumber(p[3]) or 0, false
+  -- The holder's record, and whether the lease was reclaimed from it.
+  local rec, reclaimed = nil, false
+  if rec_name ~= '' and ret_gen > 0 then
+    rec = rec_get(rec_name)
+    reclaimed = rec.g ~= ret_gen
+  end
   -- What it held and did not admit in the stored period.
   local unused = ret_q
   if not in_period then
@@ -197,9 +326,20 @@ local function give_back()
     if not counted then
       redis.call('HSET', k, 'd:' .. ret_day .. ':w', written_off - ret_q - ret_n)
     end
+  elseif reclaimed then
+    -- Its unspent units went back when it was reclaimed. What it admitted
+    -- was kept as used (any more is counted now: never admitted twice).
+    local covered = math.min(ret_n, rec.kk)
+    rec.kk, rec.p = rec.kk - covered, math.max(rec.p - covered, 0)
+    redis.call('HSET', k, 'used', was + ret_n - covered,
+      'leased', math.max((tonumber(p[4]) or 0) - covered, 0))
+    counted = true
   else
     redis.call('HSET', k, 'used', math.max(was - unused, 0),
       'leased', math.max((tonumber(p[4]) or 0) - ret_q - ret_n, 0))
+    if rec then
+      rec.o = math.max(rec.o - ret_q - ret_n, 0)
+    end
     counted = true
   end
   if ret_n > 0 and start_day(ret_day) then
@@ -209,25 +349,63 @@ local function give_back()
       redis.call('HSET', k, 'd:' .. ret_day .. ':r', math.max(left - ret_n, 0))
     end
   end
+  if rec and op ~= 'report' then
+    if reclaimed then
+      -- Once every reclaimed lease is back, the units kept for them go
+      -- back too, but for those reported and not yet acknowledged.
+      rec.pc, rec.p = rec.pc - ret_cap - ret_gt, rec.p + ret_pending
+      if rec.pc <= 0 then
+        unlease(rec.kk - rec.p)
+        rec.pc, rec.kk = 0, math.min(rec.kk, rec.p)
+      end
+    else
+      -- Units reported and not yet acknowledged stay keepable.
+      rec.u = math.max(rec.u - ret_cap + ret_pending, 0)
+      if ret_gt > 0 then
+        if bf ~= "" then
+          settle_bucket(bf, rate, burst)
+        end
+        local lf = 'b:' .. string.sub(rec_name, 20) .. ':l'
+        redis.call('HSET', k, lf, math.max((tonumber(redis.call('HGET', k, lf)) or 0) - ret_gt, 0))
+        rec.t = math.max(rec.t - ret_gt, 0)
+      end
+    end
+  end
+  if rec then
+    rec_put(rec_name, rec)
+  end
+  return reclaimed
 end
 
+-- A reclaimed lease's tokens come back with nothing: they expired.
+local ret_tokens = ret_t
 if op == 'return' or op == 'report' then
   -- A counter that is gone (forgotten, or lost with Redis's data) takes
-  -- nothing back.
+  -- nothing back. A report of a reclaimed lease answers 1: spend no more.
+  local answer = 0
   if redis.call('EXISTS', k) == 1 then
-    give_back()
+    if give_back() then
+      ret_tokens, answer = 0, 1
+    end
+    reclaim()
     if op == 'return' and bf ~= "" then
       local tokens, updated = refilled()
       if tokens ~= nil then
-        redis.call('HSET', k, bf .. ':t', tostring(math.min(tokens + ret_t, burst)), bf .. ':u', updated)
+        redis.call('HSET', k, bf .. ':t', tostring(math.min(tokens + ret_tokens, bucket_cap(bf, burst))),
+          bf .. ':u', updated)
       end
     end
     redis.call('EXPIRE', k, ttl)
   end
-  return 0
+  return answer
 end
 if op == 'lease' then
-  give_back()
+  if give_back() then
+    ret_tokens = 0
+  end
+end
+if op == 'decide' or op == 'lease' then
+  reclaim()
 end
 
 if kind ~= "" then
@@ -344,7 +522,7 @@ if bf ~= "" then
   if tokens == nil then
     tokens, updated = burst, now_us
   end
-  tokens = math.min(tokens + ret_t, burst)
+  tokens = math.min(tokens + ret_tokens, bucket_cap(bf, burst))
 end
 
 local verdict = 0 -- 0 admitted, 1 throttled, 2 quota exceeded
@@ -362,12 +540,12 @@ elseif kind ~= "" and remaining < 1 then
 end
 if verdict ~= 0 then
   redis.call('EXPIRE', k, ttl)
-  return { verdict, tostring(tokens), remaining, 0, 0, epoch, used, allow or -1 }
+  return { verdict, tostring(tokens), remaining, 0, 0, epoch, used, allow or -1, 0, 0 }
 end
 
 used = used + 1
 remaining = math.max(remaining - 1, 0)
-local q_take, t_take = 0, 0
+local q_take, t_take, gen, cap = 0, 0, 0, 0
 if op == 'lease' then
   local grant = true
   if kind ~= "" then
@@ -386,7 +564,25 @@ if op == 'lease' then
   if grant then
     used, leased, remaining = used + q_take, leased + q_take, remaining - q_take
     tokens = tokens - t_take
-    if bf ~= "" then redis.call('HSET', k, bf .. ':t', tostring(tokens)) end
+    if bf ~= "" then
+      redis.call('HSET', k, bf .. ':t', tostring(tokens))
+      redis.call('HINCRBY', k, bf .. ':l', t_take)
+    end
+    -- The holder's record (the caller names one): a new one starts a
+    -- generation.
+    local r = rec_get(rec_name)
+    if r.g == 0 then
+      r.g = redis.call('HINCRBY', k, 'hg', 1)
+    end
+    cap = math.ceil(q_take / share)
+    r.o, r.u, r.t = r.o + q_take, r.u + cap, r.t + t_take
+    r.e, r.r, r.b = math.max(r.e, now_us + lease_us), rate, burst
+    rec_put(rec_name, r)
+    gen = r.g
+    local due = tonumber(redis.call('HGET', k, 'hx'))
+    if not due or r.e + grace_us < due then
+      redis.call('HSET', k, 'hx', r.e + grace_us)
+    end
   else
     q_take, t_take = 0, 0
   end
@@ -400,4 +596,4 @@ elseif redis.call('HEXISTS', k, 'pk') == 1 then
 end
 record(1)
 redis.call('EXPIRE', k, ttl)
-return { 0, tostring(tokens), remaining, q_take, t_take, epoch, used, allow or -1 }
+return { 0, tostring(tokens), remaining, q_take, t_take, epoch, used, allow or -1, gen, cap }

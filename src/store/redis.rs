@@ -29,8 +29,9 @@ use crate::model::QuotaPeriod;
 
 const SCRIPT: &str = include_str!("redis.lua");
 /// The script's answer to a decision: verdict (3: the counter vanished),
-/// tokens, remaining, leased units and tokens, epoch, used, allowance.
-type Answer = (u8, String, u64, u64, u64, u64, u64, i64);
+/// tokens, remaining, leased units and tokens, epoch, used, allowance, the
+/// lease's generation and the most of its units spent unacknowledged.
+type Answer = (u8, String, u64, u64, u64, u64, u64, i64, u64, u64);
 /// History GetUsage may read, plus a margin: a counter untouched this long expires.
 const TTL_SECS: i64 = 101 * DAY_SECS;
 
@@ -327,10 +328,14 @@ impl RedisStore {
                 reported: 0,
                 ..lease.unspent
             };
-            let reported: Result<i64> = self.call(&slot.0, "report", args).await;
-            if let Err(e) = reported {
-                leases.unreport(&slot, &lease, n);
-                return Err(e);
+            args.record = leases.record(&slot);
+            match self.call::<i64>(&slot.0, "report", args).await {
+                Err(e) => {
+                    leases.unreport(&slot, &lease, n);
+                    return Err(e);
+                }
+                Ok(1) => leases.reclaimed(&slot, &lease),
+                Ok(_) => leases.landed(&slot, &lease, n),
             }
         }
         Ok(())
@@ -350,6 +355,7 @@ impl RedisStore {
                 args.burst = throttle.burst_limit;
             }
             args.unspent = lease.unspent;
+            args.record = leases.record(&(counter.clone(), bucket.clone()));
             let answer: Result<i64> = self.call(&counter, "return", args).await;
             if let Err(e) = answer {
                 leases.keep((counter, bucket), lease);
@@ -585,6 +591,10 @@ struct Args {
     known: bool,
     /// For "restore": what it saw.
     seen: Option<Seen>,
+    /// The holder's record of the lease given back or taken ("": none).
+    record: String,
+    /// A new lease's lifetime (µs).
+    lease_us: i64,
 }
 
 impl Args {
@@ -607,6 +617,8 @@ impl Args {
             want: (0, 0),
             known: false,
             seen: None,
+            record: String::new(),
+            lease_us: 0,
         }
     }
 
@@ -658,7 +670,15 @@ impl Args {
             .arg(if self.known { "1" } else { "0" })
             .arg(self.seen.map_or(0, |s| s.used))
             .arg(self.seen.map_or(-1, |s| s.allow))
-            .arg(self.seen.map_or(0, |s| s.epoch));
+            .arg(self.seen.map_or(0, |s| s.epoch))
+            .arg(&self.record)
+            .arg(self.unspent.gen)
+            .arg(self.unspent.cap)
+            .arg(self.unspent.granted_tokens)
+            .arg(self.unspent.pending())
+            .arg(self.lease_us)
+            .arg(micros(lease::RECLAIM_GRACE))
+            .arg(lease::UNREPORTED_SHARE);
         invocation
     }
 }
@@ -732,9 +752,15 @@ impl CounterStore for RedisStore {
         if let Some(leases) = leases {
             let key = lease::slot_key(request);
             args.want = leases.want(&key, args.now_us);
-            args.unspent = leases.take_unspent(&key);
-            slot = Some((leases.clone(), key));
-            op = "lease";
+            // A lease with a report on its way is not given back here: this
+            // request is decided without one.
+            if let Some(unspent) = leases.take_unspent(&key) {
+                args.unspent = unspent;
+                args.record = leases.record(&key);
+                args.lease_us = micros(leases.config.ttl);
+                slot = Some((leases.clone(), key));
+                op = "lease";
+            }
         }
         if let Some(rule) = &request.throttle {
             args.bucket = format!("b:{}", rule.method.unwrap_or(""));
@@ -774,7 +800,8 @@ impl CounterStore for RedisStore {
                 )
                 .await?;
             }
-            let (verdict, tokens, remaining, units, leased_tokens, epoch, used, allow) = answer;
+            let (verdict, tokens, remaining, units, leased_tokens, epoch, used, allow, gen, cap) =
+                answer;
             if let (true, Some(period), false) =
                 (quota.is_some(), args.stored_period(), verdict == 3)
             {
@@ -793,18 +820,23 @@ impl CounterStore for RedisStore {
                             granted: units,
                             admitted: 0,
                             reported: 0,
+                            landed: 0,
+                            cap,
                             tokens: leased_tokens,
+                            granted_tokens: leased_tokens,
+                            gen,
                             period_start: period.0,
                             day: args.day,
                             epoch,
                         },
                         period_end: period.1,
                         granted_us: args.now_us,
-                        expires_us: args.now_us
-                            + i64::try_from(leases.config.ttl.as_micros()).unwrap_or(i64::MAX),
+                        expires_us: args.now_us.saturating_add(args.lease_us),
+                        wall_expires_us: Timestamp::now()
+                            .as_microsecond()
+                            .saturating_add(args.lease_us),
                         shared_remaining: remaining,
                         shared_tokens: tokens.max(0.0) as u64,
-                        granted_tokens: leased_tokens,
                         throttle,
                         quota,
                     },
@@ -899,7 +931,7 @@ impl CounterStore for RedisStore {
                 recover(&recovery, &control, &mut connection, &script).await?;
                 fields = within(timeout, connection.query(&read)).await?;
             }
-            let mut counter = restore(&fields);
+            let mut counter = restore(&fields, now.as_microsecond());
             Ok(counter.usage(quota.as_ref(), to_nanos(now), first, last))
         })
     }
@@ -1020,8 +1052,43 @@ async fn restore_seen(
     Ok(())
 }
 
-/// The counter a hash describes (period, used, allowance, daily records).
-fn restore(fields: &HashMap<String, String>) -> Counter {
+/// A duration in whole microseconds, as the script takes them.
+fn micros(duration: Duration) -> i64 {
+    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// Of the leased units, those no replica can spend any more that may have
+/// been spent (not reported) by one that stopped reporting: kept by
+/// reclaimed leases, or to be kept by expired ones the script has not
+/// reclaimed yet (as it will when the counter is next touched). GetUsage
+/// counts them as used: no request can be admitted with them.
+fn lost_units(fields: &HashMap<String, String>, now_us: i64) -> i64 {
+    let epoch = fields.get("ep").map_or("0", String::as_str);
+    let grace = micros(lease::RECLAIM_GRACE);
+    fields
+        .iter()
+        .filter(|(name, _)| name.starts_with("h:"))
+        .map(|(_, record)| {
+            // o, u, t, e, g, kept, pc, p, ep (see `rec_get` in redis.lua).
+            let parts: Vec<&str> = record.split(',').collect();
+            let number = |i: usize| {
+                parts
+                    .get(i)
+                    .and_then(|v| v.parse::<i64>().ok())
+                    .unwrap_or(0)
+            };
+            if parts.get(8).copied() != Some(epoch) {
+                return 0;
+            }
+            let expired = number(3).saturating_add(grace) <= now_us;
+            number(5) + if expired { number(0).min(number(1)) } else { 0 }
+        })
+        .sum()
+}
+
+/// The counter a hash describes (period, used, allowance, daily records),
+/// as of `now_us`.
+fn restore(fields: &HashMap<String, String>, now_us: i64) -> Counter {
     let number = |name: &str| fields.get(name).and_then(|v| v.parse::<i64>().ok());
     let period = fields
         .get("pk")
@@ -1046,8 +1113,9 @@ fn restore(fields: &HashMap<String, String>) -> Counter {
             _ => {}
         }
     }
-    // Units leased out and not yet spent are not admitted requests.
-    let leased = number("leased").unwrap_or(0).max(0);
+    // Units leased out and not yet spent are not admitted requests; units
+    // a replica that stopped reporting may have spent count as used.
+    let leased = (number("leased").unwrap_or(0) - lost_units(fields, now_us)).max(0);
     Counter::restored(
         period,
         number("used").map_or(0, |u| (u - leased).max(0) as u64),
