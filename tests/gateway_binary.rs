@@ -1107,6 +1107,50 @@ impl Drop for KillOnDrop {
     }
 }
 
+// ---- two replicas on one Redis: A a process, B in this test ------------------
+
+/// Replica A, a gateway process on `redis` (ready, Redis reached), and
+/// replica B in this process, both serving [`config_text`]'s key with a
+/// quota of `quota` a day, with leases or without. `dir` holds A's files.
+#[cfg(feature = "redis")]
+async fn process_and_in_process_replicas(
+    redis: &support::redis_server::Redis,
+    dir: &TempDir,
+    quota: u64,
+    leases: bool,
+) -> (Proc, SocketAddr, tower_usage_plans::gateway::Gateway) {
+    use tower_usage_plans::gateway::{FilePlan, Gateway, GatewayConfig};
+    use tower_usage_plans::{NewApiKey, NewUsagePlan, Quota, QuotaPeriod};
+
+    let extra = if leases { "redis_leases = true" } else { "" };
+    let config = dir.write("gateway.toml", &config_text(quota, extra));
+    let url = redis.url();
+    let mut a = spawn(
+        &["--config", config.to_str().unwrap(), "--redis", &url],
+        &dir.0,
+    );
+    let (a_data, a_admin) = a.ready().await;
+    eventually("replica A to reach Redis", || async move {
+        (get(a_admin, "/ready", None).await.0 == StatusCode::OK).then_some(())
+    })
+    .await;
+    let b = Gateway::start(GatewayConfig {
+        redis_leases: leases,
+        listen: ([127, 0, 0, 1], 0).into(),
+        admin_listen: ([127, 0, 0, 1], 0).into(),
+        redis: Some(url),
+        keys: vec![NewApiKey::new("tester").with_value(KEY).with_enabled(true)],
+        plans: vec![FilePlan {
+            plan: NewUsagePlan::new("testing").with_quota(Quota::new(quota, QuotaPeriod::Day)),
+            keys: vec!["tester".into()],
+        }],
+        ..GatewayConfig::default()
+    })
+    .await
+    .unwrap();
+    (a, a_data, b)
+}
+
 // ---- a replica paused while the registry changed ----------------------------
 
 /// A replica paused (SIGSTOP) while a key is disabled through another is
@@ -1119,40 +1163,9 @@ impl Drop for KillOnDrop {
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_paused_replica_refuses_a_key_disabled_while_it_slept() {
-    use support::redis_server::Redis;
-    use tower_usage_plans::gateway::{FilePlan, Gateway, GatewayConfig};
-    use tower_usage_plans::{NewApiKey, NewUsagePlan, Quota, QuotaPeriod};
-
-    let redis = Redis::start();
+    let redis = support::redis_server::Redis::start();
     let dir = TempDir::new("paused-replica");
-    let config = dir.write("gateway.toml", &config_text(1_000, ""));
-    let mut a = spawn(
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--redis",
-            &redis.url(),
-        ],
-        &dir.0,
-    );
-    let (a_data, a_admin) = a.ready().await;
-    eventually("replica A to reach Redis", || async move {
-        (get(a_admin, "/ready", None).await.0 == StatusCode::OK).then_some(())
-    })
-    .await;
-    let b = Gateway::start(GatewayConfig {
-        listen: ([127, 0, 0, 1], 0).into(),
-        admin_listen: ([127, 0, 0, 1], 0).into(),
-        redis: Some(redis.url()),
-        keys: vec![NewApiKey::new("tester").with_value(KEY).with_enabled(true)],
-        plans: vec![FilePlan {
-            plan: NewUsagePlan::new("testing").with_quota(Quota::new(1_000, QuotaPeriod::Day)),
-            keys: vec!["tester".into()],
-        }],
-        ..GatewayConfig::default()
-    })
-    .await
-    .unwrap();
+    let (a, a_data, b) = process_and_in_process_replicas(&redis, &dir, 1_000, false).await;
     let key_id = b.plans().api_key_by_value(KEY).unwrap().id;
     assert_eq!(status(a_data, Some(KEY)).await, StatusCode::OK);
 
@@ -1227,41 +1240,10 @@ async fn admit_through(addr: SocketAddr, n: u64) -> u64 {
 async fn kill_9_of_a_leasing_replica_gives_its_leases_back() {
     use std::sync::atomic::Ordering;
     use support::redis_server::Redis;
-    use tower_usage_plans::gateway::{FilePlan, Gateway, GatewayConfig};
-    use tower_usage_plans::{NewApiKey, NewUsagePlan, Quota, QuotaPeriod};
-
     const QUOTA: u64 = 1_000;
     let redis = Redis::start();
     let dir = TempDir::new("kill9-lease");
-    let config = dir.write("gateway.toml", &config_text(QUOTA, "redis_leases = true"));
-    let mut a = spawn(
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "--redis",
-            &redis.url(),
-        ],
-        &dir.0,
-    );
-    let (a_data, a_admin) = a.ready().await;
-    eventually("replica A to reach Redis", || async move {
-        (get(a_admin, "/ready", None).await.0 == StatusCode::OK).then_some(())
-    })
-    .await;
-    let b = Gateway::start(GatewayConfig {
-        redis_leases: true,
-        listen: ([127, 0, 0, 1], 0).into(),
-        admin_listen: ([127, 0, 0, 1], 0).into(),
-        redis: Some(redis.url()),
-        keys: vec![NewApiKey::new("tester").with_value(KEY).with_enabled(true)],
-        plans: vec![FilePlan {
-            plan: NewUsagePlan::new("testing").with_quota(Quota::new(QUOTA, QuotaPeriod::Day)),
-            keys: vec!["tester".into()],
-        }],
-        ..GatewayConfig::default()
-    })
-    .await
-    .unwrap();
+    let (mut a, a_data, b) = process_and_in_process_replicas(&redis, &dir, QUOTA, true).await;
     let plan = b.plans().usage_plans()[0].clone();
     let key_id = b.plans().api_key_by_value(KEY).unwrap().id;
 

@@ -95,7 +95,7 @@ async fn a_lease_given_back_after_a_period_change_leaves_the_new_period_alone() 
 async fn top_ups_are_exact_while_leasing() {
     use tower_usage_plans::store::{CounterKey, CounterStore, LeaseConfig};
 
-    let store = redis_store("REDIS_URL", "redis://127.0.0.1:6379")
+    let store = redis_store("REDIS_URL", "redis://127.0.0.1:6390")
         .await
         .with_leases(LeaseConfig::default());
     store.until_leasing().await;
@@ -180,13 +180,7 @@ async fn a_new_replica_puts_back_counters_it_only_read(var: &str, default: &str)
 
     let url = std::env::var(var).unwrap_or_else(|_| default.into());
     let prefix = unique_prefix();
-    let connect = || async {
-        tower_usage_plans::store::RedisStore::connect(&url)
-            .await
-            .unwrap()
-            .with_prefix(prefix.clone())
-            .with_timeout(std::time::Duration::from_secs(30))
-    };
+    let connect = || store_suite::store_at(&url, &prefix);
     let quota = rule(3, Day);
     let now = jiff::Timestamp::now;
     let counters: Vec<CounterKey> = (0..30)
@@ -300,12 +294,7 @@ async fn slow_replica_loses_its_lease(var: &str, default: &str) {
     const QUOTA: u64 = 100;
     let url = std::env::var(var).unwrap_or_else(|_| default.into());
     let prefix = unique_prefix();
-    let connect = || async {
-        tower_usage_plans::store::RedisStore::connect(&url)
-            .await
-            .unwrap()
-            .with_prefix(prefix.clone())
-    };
+    let connect = || store_suite::store_at(&url, &prefix);
     let slow = connect().await.with_leases(LeaseConfig::default());
     slow.until_leasing().await;
     let other = connect().await;

@@ -53,6 +53,16 @@ pub async fn redis_store(var: &str, default: &str) -> tower_usage_plans::store::
         .with_timeout(std::time::Duration::from_secs(30))
 }
 
+/// A store on `url` under `prefix` (tests share the servers), with the
+/// suite's generous timeout.
+pub async fn store_at(url: &str, prefix: &str) -> tower_usage_plans::store::RedisStore {
+    tower_usage_plans::store::RedisStore::connect(url)
+        .await
+        .unwrap()
+        .with_prefix(prefix)
+        .with_timeout(std::time::Duration::from_secs(30))
+}
+
 pub async fn decide(
     store: &dyn CounterStore,
     counter: &CounterKey,
