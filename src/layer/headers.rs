@@ -49,6 +49,10 @@ impl RateLimitHeaders {
             if t.tokens < t.burst_limit {
                 t.tokens += 1;
             }
+            if t.tokens == t.burst_limit {
+                // A full bucket waits for no token.
+                t.next_token_secs = 0;
+            }
         }
         if let Some(q) = &mut self.decision.quota {
             q.remaining = q.remaining.saturating_add(1);
@@ -316,6 +320,36 @@ mod tests {
         );
         assert_eq!(headers["x-ratelimit-remaining"], "999");
         assert!(!headers.contains_key("retry-after"));
+    }
+
+    /// A refunded answer shows its token and unit unspent; a bucket that
+    /// is full again waits for no token (`t=0`).
+    #[test]
+    fn a_refund_shows_the_charge_unspent() {
+        let decision = Decision {
+            verdict: Verdict::Admitted,
+            throttle: Some(ThrottleState {
+                burst_limit: 3,
+                tokens: 2,
+                next_token_secs: 100,
+                retry_after_secs: 0,
+            }),
+            quota: Some(QuotaState {
+                limit: 3,
+                remaining: 2,
+                period_secs: 86_400,
+                reset_secs: 3600,
+            }),
+        };
+        let mut headers = HeaderMap::new();
+        RateLimitHeaders::new(&decision, None, false)
+            .unwrap()
+            .refunded()
+            .apply(&mut headers);
+        assert_eq!(
+            headers["ratelimit"],
+            r#""throttle";r=3;t=0, "quota";r=3;t=3600"#
+        );
     }
 
     #[test]
