@@ -319,26 +319,39 @@ impl RedisStore {
     /// Tells Redis what live leases spent since the last report, so that
     /// GetUsage counts it as admitted.
     async fn report_spent(&self, leases: &Leases) -> Result<()> {
-        for (slot, lease, n) in leases.take_unreported() {
-            let mut args = Args::new(lease.granted_at(), lease.quota.as_ref());
-            // The `n` admitted requests, and no units back.
-            args.unspent = Unspent {
-                units: 0,
-                admitted: n,
-                reported: 0,
-                ..lease.unspent
-            };
-            args.record = leases.record(&slot);
-            match self.call::<i64>(&slot.0, "report", args).await {
-                Err(e) => {
-                    leases.unreport(&slot, &lease, n);
-                    return Err(e);
+        // Many at once: a lease whose report is on its way cannot be
+        // renewed inline (its requests go to Redis meanwhile), so the
+        // reports of every key must land within a round trip or so, not
+        // one round trip after another.
+        let reports = futures_util::stream::iter(leases.take_unreported()).map(
+            |(slot, lease, n)| async move {
+                let mut args = Args::new(lease.granted_at(), lease.quota.as_ref());
+                // The `n` admitted requests, and no units back.
+                args.unspent = Unspent {
+                    units: 0,
+                    admitted: n,
+                    reported: 0,
+                    ..lease.unspent
+                };
+                args.record = leases.record(&slot);
+                match self.call::<i64>(&slot.0, "report", args).await {
+                    Err(e) => {
+                        leases.unreport(&slot, &lease, n);
+                        Err(e)
+                    }
+                    Ok(1) => {
+                        leases.reclaimed(&slot, &lease);
+                        Ok(())
+                    }
+                    Ok(_) => {
+                        leases.landed(&slot, &lease, n);
+                        Ok(())
+                    }
                 }
-                Ok(1) => leases.reclaimed(&slot, &lease),
-                Ok(_) => leases.landed(&slot, &lease, n),
-            }
-        }
-        Ok(())
+            },
+        );
+        let results: Vec<Result<()>> = reports.buffer_unordered(REPORTS_IN_FLIGHT).collect().await;
+        results.into_iter().collect()
     }
 
     /// Gives `taken` (drained from `leases`) back one by one; at the first
@@ -968,6 +981,8 @@ pub(crate) fn counter_key(prefix: &str, counter: &CounterKey) -> String {
 /// emptied waits for the counters to be put back (every live replica's
 /// restore, acknowledged within 1 s each).
 const RECOVERY_WAIT: Duration = Duration::from_secs(5);
+/// Lease reports one replica keeps in flight.
+const REPORTS_IN_FLIGHT: usize = 64;
 /// Restores one replica keeps in flight after Redis lost its data.
 const RESTORES_IN_FLIGHT: usize = 64;
 
