@@ -31,7 +31,7 @@ pub struct LeaseConfig {
     pub max_tokens: u64,
     /// How long a lease may be spent before it is given back. A lease
     /// its replica neither gives back nor reports on (the replica died)
-    /// is reclaimed in Redis [`RECLAIM_GRACE`] later: all but the units it
+    /// is reclaimed in Redis 250 ms later: all but the units it
     /// may have spent without reporting them are admittable again.
     pub ttl: Duration,
 }
