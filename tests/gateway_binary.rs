@@ -874,6 +874,69 @@ async fn an_exchange_the_client_abandons_is_logged_as_499() {
     gateway.wait_for("shutdown signal received").await;
 }
 
+/// A client that closes its connection (FIN or RST) before sending the
+/// whole `Content-Length` body abandons the exchange as one that resets
+/// its stream does: logged 499, not 400 (the answer the gateway makes is
+/// never read). The upstream never had the request: its charge is given
+/// back (the quota of 2 still admits two after them).
+#[tokio::test]
+async fn a_body_the_client_abandons_is_logged_as_499_and_costs_nothing() {
+    use tokio::io::AsyncWriteExt;
+
+    let dir = TempDir::new("access-log-abandoned-body");
+    let config = dir.write("gateway.toml", &config_text(2, ""));
+    let mut gateway = spawn(
+        &["--config", config.to_str().unwrap(), "--access-log", "json"],
+        &dir.0,
+    );
+    let (data, _admin) = gateway.ready().await;
+    for (path, reset) in [("/closed", false), ("/reset", true)] {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: gateway\r\nx-api-key: {KEY}\r\n\
+             content-length: 100\r\n\r\nhello"
+        );
+        let mut stream = within("connect", tokio::net::TcpStream::connect(data))
+            .await
+            .unwrap();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        if reset {
+            stream.set_zero_linger().unwrap();
+        }
+        drop(stream);
+        let line = stderr_line(&gateway, &format!("\"path\":\"{path}\"")).await;
+        let entry: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(entry["status"], 499, "{entry}");
+        assert_eq!(entry["method"], "POST", "{entry}");
+        assert_eq!(entry["decision"], "admitted", "{entry}");
+        assert!(entry["upstreamStatus"].is_null(), "{entry}");
+    }
+    // A body the client framed wrongly, but whose answer it reads, is
+    // still a 400 in the log as on the wire.
+    let (answer, _) = net::until_closed(
+        data,
+        format!(
+            "POST /malformed HTTP/1.1\r\nhost: gateway\r\nx-api-key: {KEY}\r\n\
+             transfer-encoding: chunked\r\n\r\nZZ\r\nhello\r\n0\r\n\r\n"
+        )
+        .as_bytes(),
+        false,
+    )
+    .await;
+    assert!(answer.starts_with(b"HTTP/1.1 400"), "{answer:?}");
+    let line = stderr_line(&gateway, "\"path\":\"/malformed\"").await;
+    let entry: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(entry["status"], 400, "{entry}");
+    // None of the three was charged.
+    for i in 1..=2 {
+        assert_eq!(status(data, Some(KEY)).await, StatusCode::OK, "request {i}");
+    }
+    assert_eq!(
+        status(data, Some(KEY)).await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "a quota of 2"
+    );
+}
+
 #[tokio::test]
 async fn the_access_log_has_one_line_per_request_without_key_values_or_queries() {
     let dir = TempDir::new("access-log");
