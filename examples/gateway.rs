@@ -42,7 +42,7 @@ fn main() -> std::process::ExitCode {
 
 async fn run() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = log_filter();
     match cli.log_format.unwrap_or_default() {
         LogFormat::Json => tracing_subscriber::fmt()
             .json()
@@ -68,6 +68,23 @@ async fn run() -> std::process::ExitCode {
             eprintln!("gateway: {error}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// The layer logs every decision its store fails, a line per request in a
+/// Redis outage; the gateway logs those failures itself, throttled (a line
+/// per 5 s at most), so the layer's are off unless `RUST_LOG` names them.
+const LAYER_DECISIONS: &str = "tower_usage_plans::layer::decide";
+
+/// `RUST_LOG` (default `info`), without the layer's line per failed decision.
+fn log_filter() -> EnvFilter {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    if std::env::var("RUST_LOG").is_ok_and(|spec| spec.contains(LAYER_DECISIONS)) {
+        return filter;
+    }
+    match format!("{LAYER_DECISIONS}=error").parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
     }
 }
 
