@@ -183,7 +183,8 @@ pub(crate) async fn connect(
     let shown = replicas::redacted(url);
     let mut store = RedisStore::connect(url)
         .await
-        .map_err(|e| JoinError::Unreachable(format!("--redis {shown}: {e}")))?;
+        .map_err(replicas::failed(format!("--redis {shown}")))
+        .map_err(JoinError::Unreachable)?;
     if config.redis_leases {
         store = store.with_leases(LeaseConfig::default());
     }
@@ -206,7 +207,8 @@ pub(crate) async fn connect(
         .await
         .joined()
         .await
-        .map_err(|e| JoinError::Unreachable(format!("--redis {shown}: {e}")))?;
+        .map_err(replicas::failed(format!("--redis {shown}")))
+        .map_err(JoinError::Unreachable)?;
     let _ = late.redis.set(store.clone());
     tracing::info!(url = %shown, "sharing counters and the registry through Redis");
     Ok(Link { replica, store })
@@ -223,7 +225,7 @@ pub(crate) async fn first_attempt(
     match tokio::time::timeout(limit, connect(config, plans, late)).await {
         Ok(Ok(link)) => Ok(Ok(link)),
         Ok(Err(JoinError::Mismatch(message))) => Err(GatewayError::redis(message)),
-        Ok(Err(JoinError::Unreachable(message))) => Ok(Err(message)),
+        Ok(Err(JoinError::Unreachable(error))) => Ok(Err(error.to_string())),
         Err(_) => Ok(Err(format!(
             "--redis {}: no answer within {limit:?}",
             replicas::redacted(config.redis.as_deref().unwrap_or_default())

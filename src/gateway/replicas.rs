@@ -108,7 +108,7 @@ pub(crate) fn share(
 
 /// Makes a failed step's error a store error that names the step and
 /// keeps its cause as its source.
-fn failed<E>(step: &'static str) -> impl FnOnce(E) -> Error
+pub(crate) fn failed<E>(step: impl std::fmt::Display) -> impl FnOnce(E) -> Error
 where
     E: std::error::Error + Send + Sync + 'static,
 {
@@ -119,7 +119,7 @@ where
 #[derive(Debug)]
 pub(crate) enum JoinError {
     /// Redis did not answer (yet): worth trying again.
-    Unreachable(String),
+    Unreachable(Error),
     /// The replicas there serve another stage or format: a configuration
     /// error, which trying again does not fix.
     Mismatch(String),
@@ -128,7 +128,17 @@ pub(crate) enum JoinError {
 impl std::fmt::Display for JoinError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Unreachable(m) | Self::Mismatch(m) => f.write_str(m),
+            Self::Unreachable(e) => e.fmt(f),
+            Self::Mismatch(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for JoinError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Unreachable(e) => e.source(),
+            Self::Mismatch(_) => None,
         }
     }
 }
@@ -203,13 +213,16 @@ impl Replica {
     /// Connects; restores the shared registry if there is one.
     pub(crate) async fn join(url: &str, plans: UsagePlans, stage: &str) -> Result<Self, JoinError> {
         let url_shown = redacted(url);
-        let unreachable =
-            |e: &dyn std::fmt::Display| JoinError::Unreachable(format!("--redis {url_shown}: {e}"));
-        let mut connection = Connection::open(url).await.map_err(|e| unreachable(&e))?;
+        let at = format!("--redis {url_shown}");
+        let mut connection = Connection::open(url)
+            .await
+            .map_err(failed(&at))
+            .map_err(JoinError::Unreachable)?;
         // The first replica sets the stage and format; the others must match.
         let (format, shared_stage) = claim_meta(&mut connection, stage)
             .await
-            .map_err(|e| unreachable(&e))?;
+            .map_err(failed(&at))
+            .map_err(JoinError::Unreachable)?;
         if format.as_deref() != Some(FORMAT) {
             return Err(JoinError::Mismatch(format!(
                 "--redis {url_shown}: the replicas there share their registry in format {}, \
@@ -227,7 +240,8 @@ impl Replica {
         let token = rand::random::<u64>().to_string();
         wait_for_join_lock(&mut connection, &token)
             .await
-            .map_err(|e| unreachable(&e))?;
+            .map_err(failed(&at))
+            .map_err(JoinError::Unreachable)?;
         let mut replica = Self {
             joining: Some(token),
             connection,
@@ -239,7 +253,11 @@ impl Replica {
             publish: redis::Script::new(PUBLISH),
             version: 0,
         };
-        replica.sync().await.map_err(|e| unreachable(&e))?;
+        replica
+            .sync()
+            .await
+            .map_err(failed(&at))
+            .map_err(JoinError::Unreachable)?;
         Ok(replica)
     }
 
