@@ -16,6 +16,9 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 use clap::Parser;
 use tower_usage_plans::gateway::{Cli, Gateway, GatewayConfig, GatewayError, LogFormat};
+use tracing::{Level, Metadata};
+use tracing_subscriber::filter::{filter_fn, FilterFn};
+use tracing_subscriber::prelude::*;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
@@ -47,10 +50,14 @@ async fn run() -> std::process::ExitCode {
         LogFormat::Json => tracing_subscriber::fmt()
             .json()
             .with_env_filter(filter)
+            .finish()
+            .with(no_line_per_failed_decision())
             .init(),
         LogFormat::Text => tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_ansi(std::io::stdout().is_terminal())
+            .finish()
+            .with(no_line_per_failed_decision())
             .init(),
     }
     let result = async {
@@ -69,6 +76,21 @@ async fn run() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Where the layer logs, at WARN, each decision its store failed: a line
+/// per request in a Redis outage. The gateway logs those failures itself,
+/// throttled (a line per 5 s at most), so the layer's are off unless
+/// `RUST_LOG` names this target. Its other lines (shadow mode's, at INFO)
+/// stay.
+const LAYER_DECISIONS: &str = "tower_usage_plans::layer::decide";
+
+/// Drops the layer's WARN lines per failed decision ([`LAYER_DECISIONS`]).
+fn no_line_per_failed_decision() -> FilterFn<impl Fn(&Metadata<'_>) -> bool> {
+    let wanted = std::env::var("RUST_LOG").is_ok_and(|spec| spec.contains(LAYER_DECISIONS));
+    filter_fn(move |meta| {
+        wanted || meta.target() != LAYER_DECISIONS || *meta.level() != Level::WARN
+    })
 }
 
 /// Ctrl-C or SIGTERM; the handlers are installed at once.

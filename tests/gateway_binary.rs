@@ -836,6 +836,19 @@ async fn stderr_line(gateway: &Proc, needle: &str) -> String {
     .await
 }
 
+/// A gateway on the echo upstream with [`config_text`]'s key (a quota of
+/// 2) and a JSON access log; its directory, process and addresses.
+async fn json_access_log(tag: &str) -> (TempDir, Proc, SocketAddr, SocketAddr) {
+    let dir = TempDir::new(tag);
+    let config = dir.write("gateway.toml", &config_text(2, ""));
+    let mut gateway = spawn(
+        &["--config", config.to_str().unwrap(), "--access-log", "json"],
+        &dir.0,
+    );
+    let (data, admin) = gateway.ready().await;
+    (dir, gateway, data, admin)
+}
+
 /// A client that resets its HTTP/2 stream before the answer leaves a line
 /// too: status 499 (no response was sent), the key it was counted for,
 /// and no upstream status.
@@ -874,15 +887,66 @@ async fn an_exchange_the_client_abandons_is_logged_as_499() {
     gateway.wait_for("shutdown signal received").await;
 }
 
+/// A client that closes its connection (FIN or RST) before sending the
+/// whole `Content-Length` body abandons the exchange as one that resets
+/// its stream does: logged 499, not 400 (the answer the gateway makes is
+/// never read). The upstream never had the request: its charge is given
+/// back (the quota of 2 still admits two after them).
+#[tokio::test]
+async fn a_body_the_client_abandons_is_logged_as_499_and_costs_nothing() {
+    use tokio::io::AsyncWriteExt;
+
+    let (_dir, gateway, data, _admin) = json_access_log("access-log-abandoned-body").await;
+    for (path, reset) in [("/closed", false), ("/reset", true)] {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: gateway\r\nx-api-key: {KEY}\r\n\
+             content-length: 100\r\n\r\nhello"
+        );
+        let mut stream = within("connect", tokio::net::TcpStream::connect(data))
+            .await
+            .unwrap();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        if reset {
+            stream.set_zero_linger().unwrap();
+        }
+        drop(stream);
+        let line = stderr_line(&gateway, &format!("\"path\":\"{path}\"")).await;
+        let entry: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(entry["status"], 499, "{entry}");
+        assert_eq!(entry["method"], "POST", "{entry}");
+        assert_eq!(entry["decision"], "admitted", "{entry}");
+        assert!(entry["upstreamStatus"].is_null(), "{entry}");
+    }
+    // A body the client framed wrongly, but whose answer it reads, is
+    // still a 400 in the log as on the wire.
+    let (answer, _) = net::until_closed(
+        data,
+        format!(
+            "POST /malformed HTTP/1.1\r\nhost: gateway\r\nx-api-key: {KEY}\r\n\
+             transfer-encoding: chunked\r\n\r\nZZ\r\nhello\r\n0\r\n\r\n"
+        )
+        .as_bytes(),
+        false,
+    )
+    .await;
+    assert!(answer.starts_with(b"HTTP/1.1 400"), "{answer:?}");
+    let line = stderr_line(&gateway, "\"path\":\"/malformed\"").await;
+    let entry: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(entry["status"], 400, "{entry}");
+    // None of the three was charged.
+    for i in 1..=2 {
+        assert_eq!(status(data, Some(KEY)).await, StatusCode::OK, "request {i}");
+    }
+    assert_eq!(
+        status(data, Some(KEY)).await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "a quota of 2"
+    );
+}
+
 #[tokio::test]
 async fn the_access_log_has_one_line_per_request_without_key_values_or_queries() {
-    let dir = TempDir::new("access-log");
-    let config = dir.write("gateway.toml", &config_text(2, ""));
-    let mut gateway = spawn(
-        &["--config", config.to_str().unwrap(), "--access-log", "json"],
-        &dir.0,
-    );
-    let (data, admin) = gateway.ready().await;
+    let (_dir, mut gateway, data, admin) = json_access_log("access-log").await;
     let post = Request::post("/pets?api_key=query-secret")
         .header("host", "gateway")
         .header("x-api-key", KEY)
@@ -1149,6 +1213,117 @@ async fn process_and_in_process_replicas(
     .await
     .unwrap();
     (a, a_data, b)
+}
+
+// ---- a Redis outage in the gateway's log ------------------------------------
+
+/// A Redis outage is a few lines in the gateway's log, not one per request:
+/// the first failed decision at once, later ones at most once per 5 s
+/// saying how many were not logged, and one line when Redis answers again
+/// that counts every decision that failed (each a 503 here, fail-closed).
+/// Before, each failed decision logged a WARN of its own.
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn a_redis_outage_is_a_few_log_lines_not_one_per_request() {
+    use support::redis_server::Redis;
+    const FAILING: u64 = 50;
+    /// At most one line per this long after the first.
+    const INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+    let mut redis = Redis::start();
+    let dir = TempDir::new("redis-outage-log");
+    let config = dir.write("gateway.toml", &config_text(1_000, ""));
+    let url = redis.url();
+    let args = [
+        "--config",
+        config.to_str().unwrap(),
+        "--redis",
+        &url,
+        "--redis-failure",
+        "closed",
+        "--access-log",
+        "off",
+    ];
+    let mut gateway = spawn(&args, &dir.0);
+    let (data, admin) = gateway.ready().await;
+    eventually("the gateway to reach Redis", || async move {
+        (get(admin, "/ready", None).await.0 == StatusCode::OK).then_some(())
+    })
+    .await;
+    assert_eq!(status(data, Some(KEY)).await, StatusCode::OK);
+
+    let outage = std::time::Instant::now();
+    redis.stop();
+    for i in 0..FAILING {
+        assert_eq!(
+            status(data, Some(KEY)).await,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "request {i} in the outage"
+        );
+    }
+    let _redis = Redis::start_on(redis.port);
+    // Requests until one is admitted: those refused meanwhile failed too.
+    let mut failed = FAILING;
+    within("Redis to answer the gateway again", async {
+        loop {
+            match status(data, Some(KEY)).await {
+                StatusCode::OK => break,
+                StatusCode::SERVICE_UNAVAILABLE => failed += 1,
+                other => panic!("unexpected {other}"),
+            }
+        }
+    })
+    .await;
+    let elapsed = outage.elapsed();
+    // Each failed decision was logged (or not) before its 503 went out.
+    let most = 1 + (elapsed.as_secs_f64() / INTERVAL.as_secs_f64()) as usize;
+    let store_warnings = |output: &str| -> Vec<String> {
+        let lines: Vec<String> = output
+            .lines()
+            .filter(|l| l.contains("WARN") && l.contains("counter store"))
+            .map(str::to_owned)
+            .collect();
+        assert!(
+            lines.len() <= most,
+            "{} store failure lines in {elapsed:?} ({failed} failures), at most {most}:\n{}",
+            lines.len(),
+            lines.join("\n")
+        );
+        lines
+    };
+    store_warnings(&gateway.output());
+
+    let output = &gateway.output;
+    let answered = eventually("the line saying Redis answers again", || async move {
+        let output = output.lock().unwrap().clone();
+        output
+            .lines()
+            .find(|l| l.contains("counter store answers again"))
+            .map(str::to_owned)
+    })
+    .await;
+    let count = |line: &str, field: &str| -> u64 {
+        let value = &line[line.find(&format!("{field}=")).unwrap() + field.len() + 1..];
+        let digits: String = value.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().unwrap()
+    };
+    assert_eq!(count(&answered, "failures"), failed, "{answered}");
+    let output = gateway.output();
+    let warnings = store_warnings(&output);
+    assert!(
+        warnings
+            .first()
+            .is_some_and(|l| l.contains("counter store failing")),
+        "the first failure is logged at once:\n{output}"
+    );
+    let not_logged: u64 = warnings
+        .iter()
+        .filter(|l| l.contains("failures_not_logged="))
+        .map(|l| count(l, "failures_not_logged"))
+        .sum();
+    assert!(
+        warnings.len() as u64 + not_logged <= failed,
+        "{not_logged} not logged"
+    );
 }
 
 // ---- a replica paused while the registry changed ----------------------------

@@ -418,6 +418,12 @@ impl Answered {
 /// logs it: no response was sent.
 const CLIENT_CLOSED: u16 = 499;
 
+/// Marks an answer made for a client that had gone away before it (its
+/// connection closed mid-body): nothing reads it, so its exchange is
+/// logged as one the client abandoned, 499, whatever its status.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Abandoned;
+
 pin_project! {
     /// The future of [`Stamped`]; dropped before the answer (the client
     /// went away), it still logs the exchange, as status 499.
@@ -469,8 +475,12 @@ where
             if let Some(usage) = response.extensions().get::<UsageContext>() {
                 pending.exchange.counted_for(usage);
             }
+            let status = match response.extensions().get::<Abandoned>() {
+                Some(Abandoned) => CLIENT_CLOSED,
+                None => response.status().as_u16(),
+            };
             Answered {
-                status: response.status().as_u16(),
+                status,
                 decision: decision(&response, &pending.exchange),
                 pending,
                 bytes_out: 0,

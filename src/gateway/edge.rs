@@ -10,7 +10,9 @@
 //!   the body read timeout fails, as does one that trickles in slower than
 //!   the minimum rate (not a gRPC call's stream), and one the client framed
 //!   wrongly or left unfinished; the request is then answered 408 or 400 (the proxy
-//!   gives its charge back first) and the HTTP/1 connection closed.
+//!   gives its charge back first) and the HTTP/1 connection closed. A client that
+//!   went away mid-body (its connection closed or reset) reads no answer: its
+//!   exchange is logged 499 ([`access::Abandoned`]).
 //! - Each connection counts its requests in flight ([`ConnectionState`]),
 //!   for its driver: idle connections close at once on shutdown, and an
 //!   HTTP/2 connection that brings no request within the header read
@@ -33,6 +35,8 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tower_service::Service;
+
+use super::access;
 
 /// The longest request target (path and query) the gateway accepts, 8 KiB
 /// (API Gateway takes about 10 KiB of request line and headers together);
@@ -78,9 +82,11 @@ pub(crate) fn error_type(status: StatusCode) -> &'static str {
 pub(crate) enum BodyFailure {
     /// The client kept the body waiting too long ([`BodyLimits`]).
     Timeout,
-    /// Malformed framing, fewer bytes than `Content-Length`, or the
-    /// client went away mid-body.
+    /// Malformed framing.
     Client,
+    /// The client went away mid-body: its connection closed or was reset
+    /// before the body came whole, or its HTTP/2 stream was reset.
+    Abandoned,
 }
 
 /// What a request's body did, shared between the body and those who must
@@ -93,6 +99,7 @@ const RUNNING: u8 = 0;
 const TIMED_OUT: u8 = 1;
 const CLIENT_FAILED: u8 = 2;
 const ENDED: u8 = 3;
+const ABANDONED: u8 = 4;
 
 impl BodyWatch {
     /// Records how the body failed (the first outcome stays).
@@ -100,6 +107,7 @@ impl BodyWatch {
         let code = match failure {
             BodyFailure::Timeout => TIMED_OUT,
             BodyFailure::Client => CLIENT_FAILED,
+            BodyFailure::Abandoned => ABANDONED,
         };
         self.settle(code);
     }
@@ -121,17 +129,44 @@ impl BodyWatch {
         match self.0.load(Ordering::Relaxed) {
             TIMED_OUT => Some(BodyFailure::Timeout),
             CLIENT_FAILED => Some(BodyFailure::Client),
+            ABANDONED => Some(BodyFailure::Abandoned),
             _ => None,
         }
     }
 }
 
-/// The answer to a request whose body failed: 408 or 400.
+/// The answer to a request whose body failed: 408 or 400; for a client
+/// that went away, a 400 no one reads, marked [`access::Abandoned`].
 pub(crate) fn failed_body<B: From<Bytes>>(failure: BodyFailure) -> Response<B> {
     match failure {
         BodyFailure::Timeout => aws_error(StatusCode::REQUEST_TIMEOUT, "Request Timeout"),
         BodyFailure::Client => aws_error(StatusCode::BAD_REQUEST, "Bad Request"),
+        BodyFailure::Abandoned => {
+            let mut response = aws_error(StatusCode::BAD_REQUEST, "Bad Request");
+            response.extensions_mut().insert(access::Abandoned);
+            response
+        }
     }
+}
+
+/// How a failed read of the client's body failed: hyper reports a
+/// connection closed (`UnexpectedEof`) or reset mid-body as an I/O error
+/// under its own; malformed framing is `InvalidData` / `InvalidInput`.
+fn read_failure(error: &hyper::Error) -> BodyFailure {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
+    let mut cause = std::error::Error::source(error);
+    while let Some(error) = cause {
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe
+            ) {
+                return BodyFailure::Abandoned;
+            }
+        }
+        cause = error.source();
+    }
+    BodyFailure::Client
 }
 
 /// How long a request body may keep the gateway waiting: no frame for
@@ -182,7 +217,7 @@ pub(crate) enum EdgeBodyError {
     /// The client kept the body waiting too long.
     Stalled(Stall),
     /// The body ended short of its declared length (an HTTP/2 stream the
-    /// client reset).
+    /// client reset: [`BodyFailure::Abandoned`]).
     Truncated {
         /// `Content-Length`.
         declared: u64,
@@ -357,7 +392,7 @@ impl Body for EdgeBody {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
-                watched.watch.fail(BodyFailure::Client);
+                watched.watch.fail(read_failure(&e));
                 Poll::Ready(Some(Err(EdgeBodyError::Client(e))))
             }
             Poll::Ready(None) => {
@@ -368,7 +403,7 @@ impl Body for EdgeBody {
                     // hyper ends an HTTP/2 body the client reset (CANCEL,
                     // NO_ERROR) as if it were whole: short of its declared
                     // length, it is not, and must not reach the upstream so.
-                    watched.watch.fail(BodyFailure::Client);
+                    watched.watch.fail(BodyFailure::Abandoned);
                     return Poll::Ready(Some(Err(EdgeBodyError::Truncated {
                         declared: watched.declared.unwrap_or_default(),
                         received: watched.received,

@@ -93,7 +93,7 @@ pub(crate) fn broken_off(request: Option<BodyFailure>) -> HeaderMap {
         Some(BodyFailure::Timeout) => {
             (4u16, "no data from the client within the body read timeout")
         }
-        Some(BodyFailure::Client) => (1, "the client's stream broke off"),
+        Some(BodyFailure::Client | BodyFailure::Abandoned) => (1, "the client's stream broke off"),
         None => (14, "the upstream's stream broke off"),
     };
     let mut trailers = HeaderMap::new();

@@ -2,13 +2,17 @@
 //! order: a gateway whose Redis does not answer yet still listens, serves
 //! by its `--redis-failure` policy (its counter store answers with an error
 //! until Redis is there), reports not ready, and tries again with backoff,
-//! logging each distinct failure once.
+//! logging each distinct failure once. Decisions Redis fails (at start, or
+//! in an outage later) are logged throttled ([`LogThrottle`]): the first at
+//! once, then one line per [`FAILURE_LOG_INTERVAL`] with how many were not
+//! logged, and one when Redis answers again.
 
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, Mutex};
 
+use super::log_throttle::{LogThrottle, Logged};
 use super::replicas::{self, JoinError, Replica};
 use super::{GatewayConfig, GatewayError};
 use crate::store::{
@@ -22,31 +26,88 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// The longest wait between attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// How often decisions that keep failing are logged again.
+pub(crate) const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(5);
+
 /// The counter store of a gateway with `--redis`: the Redis store once
 /// connected; until then every call fails as an unreachable store does,
-/// so the layer applies its failure policy.
-#[derive(Debug, Default)]
-pub(crate) struct LateStore(OnceLock<RedisStore>);
+/// so the layer applies its failure policy. It logs the decisions that
+/// fail, throttled.
+#[derive(Debug)]
+pub(crate) struct LateStore {
+    redis: OnceLock<RedisStore>,
+    failures: Arc<LogThrottle>,
+}
+
+impl Default for LateStore {
+    fn default() -> Self {
+        Self {
+            redis: OnceLock::new(),
+            failures: Arc::new(LogThrottle::new(FAILURE_LOG_INTERVAL)),
+        }
+    }
+}
 
 impl LateStore {
     /// The Redis store, once reached.
     pub(crate) fn store(&self) -> Option<&RedisStore> {
-        self.0.get()
+        self.redis.get()
     }
 
     fn get(&self) -> Result<&RedisStore, Error> {
-        self.0
+        self.redis
             .get()
             .ok_or_else(|| Error::new(ErrorKind::Store, "Redis has not been reached yet"))
     }
 }
 
+/// Logs a failed decision, if the throttle lets it through.
+fn decision_failed(failures: &LogThrottle, error: &Error) {
+    match failures.failed(Instant::now()) {
+        Logged::First => tracing::warn!(
+            %error,
+            "counter store failing: requests are served by the --redis-failure policy \
+             until Redis answers again (logged again every {FAILURE_LOG_INTERVAL:?} at most)"
+        ),
+        Logged::Again { held_back } => tracing::warn!(
+            %error,
+            failures_not_logged = held_back,
+            "counter store still failing"
+        ),
+        Logged::HeldBack => {}
+    }
+}
+
+/// Logs the end of a run of failed decisions, once.
+fn decision_answered(failures: &LogThrottle) {
+    if let Some(failures) = failures.succeeded() {
+        tracing::info!(failures, "counter store answers again");
+    }
+}
+
 impl CounterStore for LateStore {
     fn decide(&self, request: &DecisionRequest<'_>) -> StoreFuture<Decision> {
-        match self.get() {
+        let mut decision = match self.get() {
             Ok(store) => store.decide(request),
             Err(e) => StoreFuture::ready(Err(e)),
+        };
+        if let Some(answer) = decision.take_ready() {
+            // Answered without Redis (not reached; a leased decision): a
+            // success says nothing of whether Redis answers.
+            if let Err(e) = &answer {
+                decision_failed(&self.failures, e);
+            }
+            return StoreFuture::ready(answer);
         }
+        let failures = self.failures.clone();
+        StoreFuture::boxed(async move {
+            let answer = decision.await;
+            match &answer {
+                Ok(_) => decision_answered(&failures),
+                Err(e) => decision_failed(&failures, e),
+            }
+            answer
+        })
     }
 
     fn refund(&self, request: &DecisionRequest<'_>) -> StoreFuture<()> {
@@ -122,7 +183,8 @@ pub(crate) async fn connect(
     let shown = replicas::redacted(url);
     let mut store = RedisStore::connect(url)
         .await
-        .map_err(|e| JoinError::Unreachable(format!("--redis {shown}: {e}")))?;
+        .map_err(replicas::failed(format!("--redis {shown}")))
+        .map_err(JoinError::Unreachable)?;
     if config.redis_leases {
         store = store.with_leases(LeaseConfig::default());
     }
@@ -145,8 +207,9 @@ pub(crate) async fn connect(
         .await
         .joined()
         .await
-        .map_err(|e| JoinError::Unreachable(format!("--redis {shown}: {e}")))?;
-    let _ = late.0.set(store.clone());
+        .map_err(replicas::failed(format!("--redis {shown}")))
+        .map_err(JoinError::Unreachable)?;
+    let _ = late.redis.set(store.clone());
     tracing::info!(url = %shown, "sharing counters and the registry through Redis");
     Ok(Link { replica, store })
 }
@@ -162,7 +225,7 @@ pub(crate) async fn first_attempt(
     match tokio::time::timeout(limit, connect(config, plans, late)).await {
         Ok(Ok(link)) => Ok(Ok(link)),
         Ok(Err(JoinError::Mismatch(message))) => Err(GatewayError::redis(message)),
-        Ok(Err(JoinError::Unreachable(message))) => Ok(Err(message)),
+        Ok(Err(JoinError::Unreachable(error))) => Ok(Err(error.to_string())),
         Err(_) => Ok(Err(format!(
             "--redis {}: no answer within {limit:?}",
             replicas::redacted(config.redis.as_deref().unwrap_or_default())

@@ -77,12 +77,7 @@ pub(crate) fn share(
         let replica = replica.clone();
         async move {
             match replica.upgrade() {
-                Some(replica) => replica
-                    .lock()
-                    .await
-                    .sync()
-                    .await
-                    .map_err(|e| Error::new(ErrorKind::Store, e)),
+                Some(replica) => replica.lock().await.sync().await,
                 None => Ok(()),
             }
         }
@@ -111,11 +106,20 @@ pub(crate) fn share(
     replica
 }
 
+/// Makes a failed step's error a store error that names the step and
+/// keeps its cause as its source.
+pub(crate) fn failed<E>(step: impl std::fmt::Display) -> impl FnOnce(E) -> Error
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    move |e| Error::new(ErrorKind::Store, format!("{step}: {e}")).with_source(e)
+}
+
 /// Why a replica could not join.
 #[derive(Debug)]
 pub(crate) enum JoinError {
     /// Redis did not answer (yet): worth trying again.
-    Unreachable(String),
+    Unreachable(Error),
     /// The replicas there serve another stage or format: a configuration
     /// error, which trying again does not fix.
     Mismatch(String),
@@ -124,7 +128,17 @@ pub(crate) enum JoinError {
 impl std::fmt::Display for JoinError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Unreachable(m) | Self::Mismatch(m) => f.write_str(m),
+            Self::Unreachable(e) => e.fmt(f),
+            Self::Mismatch(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for JoinError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Unreachable(e) => e.source(),
+            Self::Mismatch(_) => None,
         }
     }
 }
@@ -199,13 +213,16 @@ impl Replica {
     /// Connects; restores the shared registry if there is one.
     pub(crate) async fn join(url: &str, plans: UsagePlans, stage: &str) -> Result<Self, JoinError> {
         let url_shown = redacted(url);
-        let unreachable =
-            |e: &dyn std::fmt::Display| JoinError::Unreachable(format!("--redis {url_shown}: {e}"));
-        let mut connection = Connection::open(url).await.map_err(|e| unreachable(&e))?;
+        let at = format!("--redis {url_shown}");
+        let mut connection = Connection::open(url)
+            .await
+            .map_err(failed(&at))
+            .map_err(JoinError::Unreachable)?;
         // The first replica sets the stage and format; the others must match.
         let (format, shared_stage) = claim_meta(&mut connection, stage)
             .await
-            .map_err(|e| unreachable(&e))?;
+            .map_err(failed(&at))
+            .map_err(JoinError::Unreachable)?;
         if format.as_deref() != Some(FORMAT) {
             return Err(JoinError::Mismatch(format!(
                 "--redis {url_shown}: the replicas there share their registry in format {}, \
@@ -223,7 +240,8 @@ impl Replica {
         let token = rand::random::<u64>().to_string();
         wait_for_join_lock(&mut connection, &token)
             .await
-            .map_err(|e| unreachable(&e))?;
+            .map_err(failed(&at))
+            .map_err(JoinError::Unreachable)?;
         let mut replica = Self {
             joining: Some(token),
             connection,
@@ -235,14 +253,18 @@ impl Replica {
             publish: redis::Script::new(PUBLISH),
             version: 0,
         };
-        replica.sync().await.map_err(|e| unreachable(&e))?;
+        replica
+            .sync()
+            .await
+            .map_err(failed(&at))
+            .map_err(JoinError::Unreachable)?;
         Ok(replica)
     }
 
     /// Publishes this replica's configured plans and keys, then lets the
     /// next replica join. A lock that lapsed (held past [`JOINING_LEASE`]) is left
     /// to its new holder.
-    pub(crate) async fn joined(&mut self) -> Result<(), String> {
+    pub(crate) async fn joined(&mut self) -> Result<(), Error> {
         if self.joining.is_none() {
             return Ok(());
         }
@@ -260,14 +282,14 @@ impl Replica {
             .connection
             .invoke(invocation)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(failed("releasing the join lock"))?;
         Ok(())
     }
 
     /// Restores what other replicas published and publishes local changes.
     /// Changes made on two replicas at once are merged (three-way, per plan
     /// and key; a plan's members set-wise), never lost.
-    pub(crate) async fn sync(&mut self) -> Result<(), String> {
+    pub(crate) async fn sync(&mut self) -> Result<(), Error> {
         // The connection reconnects after a failed command: one retry
         // covers a Redis that came back since the last sync.
         match self.sync_once().await {
@@ -276,7 +298,7 @@ impl Replica {
         }
     }
 
-    async fn sync_once(&mut self) -> Result<(), String> {
+    async fn sync_once(&mut self) -> Result<(), Error> {
         for _ in 0..PUBLISH_ATTEMPTS {
             self.pull().await?;
             if !self.changed() {
@@ -286,15 +308,18 @@ impl Replica {
                 return Ok(());
             }
         }
-        Err("the shared registry kept changing; will retry".into())
+        Err(Error::new(
+            ErrorKind::Store,
+            "the shared registry kept changing; will retry",
+        ))
     }
 
     /// Publishes the local registry unless another replica published
     /// since the last pull; `false` then.
-    async fn publish(&mut self) -> Result<bool, String> {
+    async fn publish(&mut self) -> Result<bool, Error> {
         let generation = self.plans.generation();
         let snapshot = self.plans.snapshot();
-        let json = serde_json::to_string(&snapshot).map_err(|e| e.to_string())?;
+        let json = serde_json::to_string(&snapshot).map_err(failed("encoding the registry"))?;
         let mut invocation = self.publish.key(SNAPSHOT_KEY);
         invocation
             .key(VERSION_KEY)
@@ -305,7 +330,7 @@ impl Replica {
             .connection
             .invoke(invocation)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(failed("publishing the registry"))?;
         if version < 0 {
             return Ok(false);
         }
@@ -323,18 +348,18 @@ impl Replica {
 
     /// Takes in what other replicas published since the last sync, merged
     /// with local changes not yet published.
-    async fn pull(&mut self) -> Result<(), String> {
+    async fn pull(&mut self) -> Result<(), Error> {
         let (json, version): (Option<String>, Option<i64>) = self
             .connection
             .pipeline(redis::pipe().atomic().get(SNAPSHOT_KEY).get(VERSION_KEY))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(failed("reading the shared registry"))?;
         let (Some(json), Some(version)) = (json, version) else {
             // Nothing shared yet (or Redis lost it): what we have is new,
             // and so are the stage and format a replica must match.
             claim_meta(&mut self.connection, &self.stage)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(failed("claiming the stage and format"))?;
             if self.version != 0 {
                 self.version = 0;
                 self.base = RegistrySnapshot::default();
@@ -346,7 +371,7 @@ impl Replica {
             return Ok(());
         }
         let remote: RegistrySnapshot =
-            serde_json::from_str(&json).map_err(|e| format!("shared registry is corrupt: {e}"))?;
+            serde_json::from_str(&json).map_err(failed("shared registry is corrupt"))?;
         // An admin write here while merging would be overwritten by the
         // restore: then merge again, with it.
         let (changed_here, generation) = loop {
@@ -360,7 +385,7 @@ impl Replica {
             if let Some(after) = self
                 .plans
                 .restore_if_unchanged(next, generation)
-                .map_err(|e| format!("shared registry is inconsistent: {e}"))?
+                .map_err(failed("shared registry is inconsistent"))?
             {
                 break (changed_here, after);
             }
@@ -375,5 +400,27 @@ impl Replica {
             "registry restored from Redis"
         );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_step_names_itself_and_keeps_its_cause() {
+        let cause =
+            redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        let error = failed("publishing the registry")(cause);
+        assert_eq!(error.kind(), ErrorKind::Store);
+        assert!(
+            error.message().starts_with("publishing the registry: "),
+            "{error}"
+        );
+        let source = std::error::Error::source(&error).expect("the cause is kept");
+        let redis = source
+            .downcast_ref::<redis::RedisError>()
+            .expect("the redis crate's error");
+        assert!(redis.is_connection_refusal(), "{redis}");
     }
 }
