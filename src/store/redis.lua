@@ -79,11 +79,11 @@ local lease_us, grace_us = tonumber(ARGV[31]) or 0, tonumber(ARGV[32]) or 0
 local share = tonumber(ARGV[33]) or 4
 if KEYS[2] and (op == 'decide' or op == 'lease') and redis.call('EXISTS', KEYS[2]) == 0 then
   -- No marker: Redis lost its data; the replicas put back what they saw first.
-  return { 4, '0', 0, 0, 0, 0, 0, -1, 0, 0 }
+  return { 4, '0', 0, 0, 0, 0, 0, -1, 0, 0, 0 }
 end
 if ARGV[22] == '1' and (op == 'decide' or op == 'lease') and redis.call('EXISTS', k) == 0 then
   -- Seen before, gone now: the replica checks whether Redis lost its data.
-  return { 3, '0', 0, 0, 0, 0, 0, -1, 0, 0 }
+  return { 3, '0', 0, 0, 0, 0, 0, -1, 0, 0, 0 }
 end
 local epoch = tonumber(redis.call('HGET', k, 'ep')) or 0
 local used, allow, leased, remaining = 0, nil, 0, 0
@@ -540,7 +540,7 @@ elseif kind ~= "" and remaining < 1 then
 end
 if verdict ~= 0 then
   redis.call('EXPIRE', k, ttl)
-  return { verdict, tostring(tokens), remaining, 0, 0, epoch, used, allow or -1, 0, 0 }
+  return { verdict, tostring(tokens), remaining, 0, 0, epoch, used, allow or -1, 0, 0, leased }
 end
 
 used = used + 1
@@ -596,4 +596,4 @@ elseif redis.call('HEXISTS', k, 'pk') == 1 then
 end
 record(1)
 redis.call('EXPIRE', k, ttl)
-return { 0, tostring(tokens), remaining, q_take, t_take, epoch, used, allow or -1, gen, cap }
+return { 0, tostring(tokens), remaining, q_take, t_take, epoch, used, allow or -1, gen, cap, leased }
