@@ -918,6 +918,9 @@ impl CounterStore for RedisStore {
     }
 
     fn refund(&self, request: &DecisionRequest<'_>) -> StoreFuture<()> {
+        if self.leases.as_ref().is_some_and(|l| l.try_refund(request)) {
+            return StoreFuture::ready(Ok(()));
+        }
         let mut args = Args::new(request.now, request.quota.as_ref());
         if let Some(rule) = &request.throttle {
             args.bucket = format!("b:{}", rule.method.unwrap_or(""));
