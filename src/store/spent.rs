@@ -22,7 +22,7 @@
 //!
 //! [`Control::is_current`]: super::control::Control::is_current
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -58,6 +58,9 @@ pub(crate) struct SpentKeys {
     /// How many times entries were forgotten: a refusal Redis made before
     /// a forget, and remembered after it, would outlive the change.
     forgets: AtomicU64,
+    /// Whether anything was remembered since everything was last
+    /// forgotten: the map is not looked up (its key hashed) until then.
+    any: AtomicBool,
 }
 
 impl SpentKeys {
@@ -74,6 +77,7 @@ impl SpentKeys {
         let entry = self.spent.entry(counter.clone());
         if self.generation() == generation {
             entry.insert(spent);
+            self.any.store(true, Ordering::Release);
         }
     }
 
@@ -83,6 +87,9 @@ impl SpentKeys {
     /// script does: the bucket refilled locally since the refusal.
     pub(crate) fn refusal(&self, request: &DecisionRequest<'_>) -> Option<Decision> {
         let rule = request.quota?;
+        if !self.any.load(Ordering::Acquire) {
+            return None;
+        }
         let now_us = request.now.get() / 1_000;
         let spent = self.spent.get(request.counter)?.clone();
         let now_secs = now_us.div_euclid(1_000_000);
@@ -124,6 +131,8 @@ impl SpentKeys {
     pub(crate) fn forget_all(&self) {
         self.forgets.fetch_add(1, Ordering::SeqCst);
         self.spent.clear();
+        // Nothing remembered before the new generation survives the clear.
+        self.any.store(false, Ordering::Release);
     }
 }
 
