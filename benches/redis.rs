@@ -1,7 +1,9 @@
 //! Throughput of the layer with `RedisStore` (plain and leased) as a ratio of the in-memory
 //! store, measured in the same run: 32 requests in flight on a 2-worker
 //! runtime, 1,000 keys, against a `redis-server` this bench starts on a free
-//! port (Debian's `redis-server` must be installed).
+//! port (Debian's `redis-server` must be installed). Then the same 1,000
+//! keys over their quota, refused: by the in-memory store, and by Redis
+//! once a second per key (the replica remembers a spent quota).
 //!
 //! `cargo bench --features redis --bench redis`
 
@@ -20,16 +22,18 @@ mod redis_server;
 #[path = "support.rs"]
 mod support;
 use redis_server::Redis;
-use support::{plans, KEYS};
+use support::{plans, plans_with_quota, KEYS};
 
 const IN_FLIGHT: u64 = 32;
 
-/// `iters` requests, `IN_FLIGHT` at a time; the wall time.
+/// `iters` requests, `IN_FLIGHT` at a time, each answered `status`; the
+/// wall time.
 fn run(
     runtime: &tokio::runtime::Runtime,
     layer: &UsagePlanLayer,
     values: &Arc<Vec<String>>,
     iters: u64,
+    status: u16,
 ) -> Duration {
     let service = layer.layer(service_fn(|_r: Request<()>| async {
         Ok::<_, Infallible>(Response::new(bytes::Bytes::new()))
@@ -46,7 +50,7 @@ fn run(
                             .body(())
                             .unwrap();
                         let response = service.clone().oneshot(request).await.unwrap();
-                        assert_eq!(response.status(), 200);
+                        assert_eq!(response.status(), status);
                     }
                 })
             })
@@ -70,7 +74,7 @@ fn stores(c: &mut Criterion) {
     let url = server.url();
     // Built inside the runtime: the stores start their control listeners
     // there, and leases are taken once the replica hears the channel.
-    let (plain, leased) = runtime.block_on(async {
+    let (plain, leased, spent) = runtime.block_on(async {
         let plain = RedisStore::connect(&url)
             .await
             .unwrap()
@@ -92,21 +96,37 @@ fn stores(c: &mut Criterion) {
                 let _ = reporter.give_back_expired_leases().await;
             }
         });
-        (plain, leased)
+        let spent = RedisStore::connect(&url)
+            .await
+            .unwrap()
+            .with_prefix("spent:");
+        (plain, leased, spent)
     });
     let memory = UsagePlanLayer::new(plans(Arc::new(MemoryStore::new()), &values));
     let redis = UsagePlanLayer::new(plans(Arc::new(plain), &values));
     let redis_leased = UsagePlanLayer::new(plans(Arc::new(leased), &values));
+    // Every key over its quota (of 0): refused.
+    let memory_spent =
+        UsagePlanLayer::new(plans_with_quota(Arc::new(MemoryStore::new()), &values, 0));
+    let redis_spent = UsagePlanLayer::new(plans_with_quota(Arc::new(spent), &values, 0));
 
     let mut group = c.benchmark_group("store");
     group.bench_function("memory", |b| {
-        b.iter_custom(|iters| run(&runtime, &memory, &values, iters))
+        b.iter_custom(|iters| run(&runtime, &memory, &values, iters, 200))
     });
     group.bench_function("redis", |b| {
-        b.iter_custom(|iters| run(&runtime, &redis, &values, iters))
+        b.iter_custom(|iters| run(&runtime, &redis, &values, iters, 200))
     });
     group.bench_function("redis_leased", |b| {
-        b.iter_custom(|iters| run(&runtime, &redis_leased, &values, iters))
+        b.iter_custom(|iters| run(&runtime, &redis_leased, &values, iters, 200))
+    });
+    // A spent quota: the memory store's refusal against Redis's refusal
+    // remembered by the replica (asked again once a second per key).
+    group.bench_function("memory_spent", |b| {
+        b.iter_custom(|iters| run(&runtime, &memory_spent, &values, iters, 429))
+    });
+    group.bench_function("redis_spent", |b| {
+        b.iter_custom(|iters| run(&runtime, &redis_spent, &values, iters, 429))
     });
     group.finish();
 }

@@ -26,12 +26,17 @@ pub fn throttle() -> Throttle {
 
 /// One plan with every key in it, counted in `store`.
 pub fn plans(store: Arc<dyn CounterStore>, values: &[String]) -> UsagePlans {
+    plans_with_quota(store, values, MAX_COUNT)
+}
+
+/// One plan with every key in it and a monthly quota of `limit`.
+pub fn plans_with_quota(store: Arc<dyn CounterStore>, values: &[String], limit: u64) -> UsagePlans {
     let plans = UsagePlans::builder().with_store(store).build();
     let plan = plans
         .create_usage_plan(
             NewUsagePlan::new("bench")
                 .with_throttle(throttle())
-                .with_quota(Quota::new(MAX_COUNT, QuotaPeriod::Month)),
+                .with_quota(Quota::new(limit, QuotaPeriod::Month)),
         )
         .expect("valid plan");
     for value in values {

@@ -524,3 +524,25 @@ fn leased_tokens_count_against_the_burst() {
         ],
     });
 }
+
+/// Found by the generator: UpdateUsage leaves 9 today, and two requests
+/// admitted (from the leasing store's slice) are refunded, their upstream
+/// never having seen them. Once the leases are back, GetUsage of the
+/// leasing RedisStore said `[1, 9]`, the others `[0, 9]`: the refund went
+/// to Redis while the lease still reported the request it admitted.
+#[test]
+fn refunds_of_leased_admissions_count_in_no_usage() {
+    replay(Case {
+        start: 0,
+        quota: Quota::new(0, QuotaPeriod::Day),
+        metered: true,
+        throttled: false,
+        ops: vec![
+            Op::SetRemaining(9),
+            Op::Decide(Bucket::Plan),
+            Op::Refund,
+            Op::Decide(Bucket::Plan),
+            Op::Refund,
+        ],
+    });
+}

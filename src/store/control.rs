@@ -24,6 +24,7 @@ use tokio::sync::Notify;
 
 use super::lease::Leases;
 use super::redis::Connection;
+use super::spent::SpentKeys;
 use super::{CounterKey, StoreFuture};
 
 /// How long a replica's registration lasts unless renewed; also the
@@ -67,6 +68,9 @@ pub(crate) struct Control {
     /// Since when (ms) this replica has had no subscription; 0 while it
     /// has one.
     deaf_since_ms: AtomicI64,
+    /// The quotas this replica knows are spent: forgotten on every
+    /// announcement that may have changed them.
+    pub(crate) spent: SpentKeys,
 }
 
 struct Waiting {
@@ -112,6 +116,7 @@ impl Control {
             own_until_ms: AtomicI64::new(0),
             beat: Notify::new(),
             deaf_since_ms: AtomicI64::new(now_us() / 1_000),
+            spent: SpentKeys::default(),
         }
     }
 
@@ -170,6 +175,7 @@ impl Control {
     /// Has every other replica put back what it saw of the counters, after
     /// Redis lost its data; returns once each live one did.
     pub(crate) async fn lost(&self, connection: &mut Connection) -> redis::RedisResult<()> {
+        self.spent.forget_all();
         self.broadcast(connection, |id| format!("lost {id}")).await
     }
 
@@ -188,6 +194,7 @@ impl Control {
         if let Some(leases) = self.leases() {
             leases.revoke(counter, epoch);
         }
+        self.spent.forget(counter);
         self.broadcast(connection, |id| {
             format!(
                 "revoke {id} {epoch} {} {}",
@@ -204,6 +211,7 @@ impl Control {
         &self,
         connection: &mut Connection,
     ) -> redis::RedisResult<()> {
+        self.spent.forget_all();
         self.broadcast(connection, |id| format!("registry {id}"))
             .await
     }
@@ -321,6 +329,7 @@ impl Control {
                 if let Some(leases) = self.leases() {
                     leases.revoke(&counter, epoch);
                 }
+                self.spent.forget(&counter);
                 let handler = self.on_revoked.read().clone();
                 if let Some(handler) = handler {
                     // Acknowledged all the same: the leases are revoked.
@@ -331,6 +340,7 @@ impl Control {
                 true
             }
             Message::Registry { .. } | Message::Lost { .. } => {
+                self.spent.forget_all();
                 let handler = match message {
                     Message::Registry { .. } => self.on_registry.read().clone(),
                     _ => self.on_lost.read().clone(),
@@ -405,6 +415,8 @@ impl Control {
         if let Some(leases) = self.leases() {
             leases.listen_until(0);
         }
+        // Announcements may go by unheard from now on.
+        self.spent.forget_all();
     }
 }
 

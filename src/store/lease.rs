@@ -369,6 +369,41 @@ impl Leases {
         })
     }
 
+    /// Takes back, into this replica's lease, the charge of a metered
+    /// request it admitted and the upstream never saw, while the lease
+    /// holds admissions not yet reported (of the request's day, under the
+    /// same rules): the request is then never reported, and its unit and
+    /// token go back with the lease. `false`: Redis takes the refund. Refunded
+    /// in Redis instead, the lease would report the request later, and
+    /// GetUsage count it.
+    pub(crate) fn try_refund(&self, request: &DecisionRequest<'_>) -> bool {
+        let Some(slot) = self.slots.get(&slot_key(request)) else {
+            return false;
+        };
+        let mut lease = slot.lock();
+        let then = request.now.get().div_euclid(1_000_000_000);
+        // A request without quota is counted all the same (its refund
+        // gives back only its token): Redis takes it.
+        let ours = request.quota.is_some()
+            && lease.unspent.unreported() > 0
+            && lease.unspent.day == then.div_euclid(crate::limit::period::DAY_SECS)
+            && (lease.unspent.period_start..lease.period_end).contains(&then)
+            && lease.throttle == request.throttle.map(|rule| rule.throttle)
+            && lease.quota == request.quota
+            && request
+                .throttle
+                .is_none_or(|_| lease.unspent.tokens < lease.unspent.granted_tokens);
+        if !ours {
+            return false;
+        }
+        lease.unspent.admitted -= 1;
+        lease.unspent.units += 1;
+        if request.throttle.is_some() {
+            lease.unspent.tokens += 1;
+        }
+        true
+    }
+
     /// What the next lease of this slot asks for (units, tokens): what the
     /// last one's spending rate spends in 1.5 lease lifetimes, at least
     /// one and at most the configured most. A key's first lease asks for

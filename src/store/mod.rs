@@ -21,6 +21,8 @@ mod memory;
 mod recovery;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
+#[cfg(feature = "redis")]
+mod spent;
 
 use jiff::civil::Date;
 use jiff::Timestamp;

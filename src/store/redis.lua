@@ -68,22 +68,30 @@ local day = ARGV[4]
 local bf, rate, burst = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
 local kind, pstart, pend, plimit = ARGV[8], ARGV[9], tonumber(ARGV[10]), tonumber(ARGV[11])
 local set_to, ttl = tonumber(ARGV[12]), tonumber(ARGV[13])
-local ret_q, ret_n, ret_t = tonumber(ARGV[14]) or 0, tonumber(ARGV[15]) or 0, tonumber(ARGV[16]) or 0
-local ret_day = tonumber(ARGV[17]) or 0
-local want_q, want_t = tonumber(ARGV[18]) or 0, tonumber(ARGV[19]) or 0
-local ret_epoch, ret_metered = tonumber(ARGV[20]) or 0, ARGV[21] == '1'
-local rec_name, ret_gen = ARGV[26] or '', tonumber(ARGV[27]) or 0
-local ret_cap, ret_gt, ret_pending = tonumber(ARGV[28]) or 0, tonumber(ARGV[29]) or 0,
-  tonumber(ARGV[30]) or 0
-local lease_us, grace_us = tonumber(ARGV[31]) or 0, tonumber(ARGV[32]) or 0
-local share = tonumber(ARGV[33]) or 4
+local ret_q, ret_n, ret_t, ret_day, want_q, want_t, ret_epoch = 0, 0, 0, 0, 0, 0, 0
+local ret_metered, rec_name, ret_gen, ret_cap, ret_gt, ret_pending = false, '', 0, 0, 0, 0
+local lease_us, share = 0, 4
+-- The grace before reclaiming, which a decision needs too.
+local grace_us = tonumber(ARGV[32]) or 0
+if op == 'lease' or op == 'return' or op == 'report' then
+  -- A lease's arguments (each tonumber costs about as much as a field read).
+  ret_q, ret_n, ret_t = tonumber(ARGV[14]) or 0, tonumber(ARGV[15]) or 0, tonumber(ARGV[16]) or 0
+  ret_day = tonumber(ARGV[17]) or 0
+  want_q, want_t = tonumber(ARGV[18]) or 0, tonumber(ARGV[19]) or 0
+  ret_epoch, ret_metered = tonumber(ARGV[20]) or 0, ARGV[21] == '1'
+  rec_name, ret_gen = ARGV[26] or '', tonumber(ARGV[27]) or 0
+  ret_cap, ret_gt, ret_pending = tonumber(ARGV[28]) or 0, tonumber(ARGV[29]) or 0,
+    tonumber(ARGV[30]) or 0
+  lease_us = tonumber(ARGV[31]) or 0
+  share = tonumber(ARGV[33]) or 4
+end
 if KEYS[2] and (op == 'decide' or op == 'lease') and redis.call('EXISTS', KEYS[2]) == 0 then
   -- No marker: Redis lost its data; the replicas put back what they saw first.
-  return { 4, '0', 0, 0, 0, 0, 0, -1, 0, 0 }
+  return { 4, '0', 0, 0, 0, 0, 0, -1, 0, 0, 0 }
 end
 if ARGV[22] == '1' and (op == 'decide' or op == 'lease') and redis.call('EXISTS', k) == 0 then
   -- Seen before, gone now: the replica checks whether Redis lost its data.
-  return { 3, '0', 0, 0, 0, 0, 0, -1, 0, 0 }
+  return { 3, '0', 0, 0, 0, 0, 0, -1, 0, 0, 0 }
 end
 local epoch = tonumber(redis.call('HGET', k, 'ep')) or 0
 local used, allow, leased, remaining = 0, nil, 0, 0
@@ -540,7 +548,7 @@ elseif kind ~= "" and remaining < 1 then
 end
 if verdict ~= 0 then
   redis.call('EXPIRE', k, ttl)
-  return { verdict, tostring(tokens), remaining, 0, 0, epoch, used, allow or -1, 0, 0 }
+  return { verdict, tostring(tokens), remaining, 0, 0, epoch, used, allow or -1, 0, 0, leased }
 end
 
 used = used + 1
@@ -596,4 +604,4 @@ elseif redis.call('HEXISTS', k, 'pk') == 1 then
 end
 record(1)
 redis.call('EXPIRE', k, ttl)
-return { 0, tostring(tokens), remaining, q_take, t_take, epoch, used, allow or -1, gen, cap }
+return { 0, tostring(tokens), remaining, q_take, t_take, epoch, used, allow or -1, gen, cap, leased }

@@ -18,6 +18,7 @@ use super::control::{self, Control, Handler};
 use super::learn;
 use super::lease::{self, Lease, LeaseConfig, Leases, Unspent};
 use super::recovery::{Marker, Period, Recovery, Seen};
+use super::spent::Spent;
 use super::{
     CounterKey, CounterStore, DayUsage, Decision, DecisionRequest, QuotaRule, StoreFuture, Verdict,
 };
@@ -30,8 +31,9 @@ use crate::model::QuotaPeriod;
 const SCRIPT: &str = include_str!("redis.lua");
 /// The script's answer to a decision: verdict (3: the counter vanished),
 /// tokens, remaining, leased units and tokens, epoch, used, allowance, the
-/// lease's generation and the most of its units spent unacknowledged.
-type Answer = (u8, String, u64, u64, u64, u64, u64, i64, u64, u64);
+/// lease's generation, the most of its units spent unacknowledged, and the
+/// units out on every replica's leases.
+type Answer = (u8, String, u64, u64, u64, u64, u64, i64, u64, u64, u64);
 /// History GetUsage may read, plus a margin: a counter untouched this long expires.
 const TTL_SECS: i64 = 101 * DAY_SECS;
 
@@ -716,9 +718,11 @@ impl RedisStore {
             let recovery = store.recovery.clone();
             let period = args.stored_period();
             let saw = counter.clone();
-            let (today, remaining, epoch, revoke) = store
+            let (today, remaining, epoch) = store
                 .run(move |mut connection| async move {
-                    let (today, remaining, used, allow, epoch, revoke): (
+                    // The last: whether the script started a new epoch
+                    // ("set" always does); every change is announced.
+                    let (today, remaining, used, allow, epoch, _new_epoch): (
                         u64,
                         u64,
                         u64,
@@ -731,21 +735,21 @@ impl RedisStore {
                     if let Some(period) = period {
                         recovery.saw(saw, period, (used, allow, epoch));
                     }
-                    // Whether the script started a new epoch ("set" always does).
-                    Ok((today, remaining, epoch, revoke == 1))
+                    Ok((today, remaining, epoch))
                 })
                 .await?;
             // A new epoch: once every replica dropped its older leases
             // (acknowledged, or lapsed), only `remaining` is admitted from
-            // now on, on every replica.
-            if revoke {
-                let mut connection = store.connection.clone();
-                store
-                    .control
-                    .revoke(&mut connection, &counter, epoch)
-                    .await
-                    .map_err(|e| store_error("revoke", e))?;
-            }
+            // now on, on every replica. An "add" that keeps the epoch is
+            // announced all the same (revoking nothing): every replica
+            // forgets the quota it remembered as spent, and its copy for
+            // a restore follows, before the call returns.
+            let mut connection = store.connection.clone();
+            store
+                .control
+                .revoke(&mut connection, &counter, epoch)
+                .await
+                .map_err(|e| store_error("revoke", e))?;
             Ok([today, remaining])
         })
     }
@@ -753,6 +757,16 @@ impl RedisStore {
 
 impl CounterStore for RedisStore {
     fn decide(&self, request: &DecisionRequest<'_>) -> StoreFuture<Decision> {
+        // A quota Redis refused as spent: refused here, until a change.
+        if let Some(refusal) = self.control.spent.refusal(request) {
+            if self.control.is_current() {
+                return StoreFuture::ready(Ok(refusal));
+            }
+        }
+        if request.quota.is_none() {
+            // Spends a token a remembered refusal would not know of.
+            self.control.spent.forget(request.counter);
+        }
         let leases = self.leases.as_ref().filter(|l| l.active());
         if let Some(leases) = leases {
             if let Some(decision) = leases.try_spend(request, request.now.get() / 1_000) {
@@ -787,6 +801,8 @@ impl CounterStore for RedisStore {
         let counter = request.counter.clone();
         let single = matches!(self.connection, Connection::Single(_));
         let timeout = self.timeout;
+        let generation = control.spent.generation();
+        let method = request.throttle.and_then(|t| t.method).map(str::to_owned);
         // Each script call has the store's timeout; a decision that finds
         // Redis emptied waits for the restore (up to RECOVERY_WAIT more)
         // rather than fail by the failure policy (fail-open would admit
@@ -813,14 +829,38 @@ impl CounterStore for RedisStore {
                 )
                 .await?;
             }
-            let (verdict, tokens, remaining, units, leased_tokens, epoch, used, allow, gen, cap) =
-                answer;
+            let (
+                verdict,
+                tokens,
+                remaining,
+                units,
+                leased_tokens,
+                epoch,
+                used,
+                allow,
+                gen,
+                cap,
+                leased_out,
+            ) = answer;
             if let (true, Some(period), false) =
                 (quota.is_some(), args.stored_period(), verdict == 3)
             {
-                recovery.saw(counter, period, (used, allow, epoch));
+                recovery.saw(counter.clone(), period, (used, allow, epoch));
             }
             let tokens: f64 = tokens.parse().unwrap_or(0.0);
+            // Spent, and no unit out on a lease that could come back.
+            if let (2, 0, Some(rule), Some((_, start, end, _))) =
+                (verdict, leased_out, quota, args.period)
+            {
+                let spent = Spent {
+                    rule,
+                    period: (start, end),
+                    at_us: args.now_us,
+                    method,
+                    tokens,
+                };
+                control.spent.remember(&counter, spent, generation);
+            }
             if let (Some((leases, slot)), true) = (slot, units > 0 || leased_tokens > 0) {
                 let period = args
                     .period
@@ -878,6 +918,9 @@ impl CounterStore for RedisStore {
     }
 
     fn refund(&self, request: &DecisionRequest<'_>) -> StoreFuture<()> {
+        if self.leases.as_ref().is_some_and(|l| l.try_refund(request)) {
+            return StoreFuture::ready(Ok(()));
+        }
         let mut args = Args::new(request.now, request.quota.as_ref());
         if let Some(rule) = &request.throttle {
             args.bucket = format!("b:{}", rule.method.unwrap_or(""));
@@ -885,10 +928,13 @@ impl CounterStore for RedisStore {
             args.burst = rule.throttle.burst_limit;
         }
         let (key, script) = (self.key(request.counter), self.script.clone());
+        let (control, counter) = (self.control.clone(), request.counter.clone());
         self.run(move |mut connection| async move {
             let _: i64 = connection
                 .invoke(args.invocation(&script, &key, None, "refund"))
                 .await?;
+            // A unit back: a spent quota may not be spent any more.
+            control.spent.forget(&counter);
             Ok(())
         })
     }
@@ -951,6 +997,7 @@ impl CounterStore for RedisStore {
 
     fn forget(&self, counter: &CounterKey) -> StoreFuture<()> {
         self.recovery.seen.remove(counter);
+        self.control.spent.forget(counter);
         let key = self.key(counter);
         self.run(move |mut connection| async move {
             connection.query(redis::cmd("DEL").arg(&key)).await
