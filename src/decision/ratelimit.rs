@@ -144,9 +144,22 @@ impl Field {
         self.start = at;
     }
 
-    /// Writes `n` in decimal before what is written.
+    /// Writes `n` in decimal before what is written: four digits a step
+    /// (one 64-bit division, the rest in 32 bits) while it has more, then
+    /// two.
     #[inline(always)]
     fn number(&mut self, mut n: u64) {
+        while n >= 10_000 {
+            let Some(at) = self.start.checked_sub(4) else {
+                return;
+            };
+            let four = (n % 10_000) as u32;
+            n /= 10_000;
+            let (high, low) = ((four / 100) as usize * 2, (four % 100) as usize * 2);
+            self.buf[at..at + 2].copy_from_slice(&DIGIT_PAIRS[high..high + 2]);
+            self.buf[at + 2..at + 4].copy_from_slice(&DIGIT_PAIRS[low..low + 2]);
+            self.start = at;
+        }
         loop {
             if n < 10 {
                 if let Some(at) = self.start.checked_sub(1) {
