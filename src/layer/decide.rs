@@ -93,6 +93,7 @@ impl Admission {
 }
 
 impl Config {
+    #[inline]
     pub(crate) fn is_unmetered(&self, head: &RequestHead<'_>) -> bool {
         if self.unmetered.is_empty() {
             return false;
@@ -143,6 +144,7 @@ impl Config {
     /// Turns the store's answer into forward (with headers) or a refusal
     /// (in gRPC's shape if the request's headers say it is a gRPC call);
     /// `policy` is [`Pending::policy`].
+    #[inline]
     pub(crate) fn finish<B, R: RefusalResponse<B>>(
         &self,
         refusal: &R,
