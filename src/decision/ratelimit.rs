@@ -36,8 +36,11 @@ const POLICIES_PER_THREAD: usize = 8;
 /// take, and a bound on what interning can hold (~64 KiB).
 const INTERNED_POLICIES: usize = 1024;
 
+/// The process's interned values.
+static INTERNED: OnceLock<Mutex<HashMap<Policy, &'static HeaderValue>>> = OnceLock::new();
+
 thread_local! {
-    static RECENT_POLICIES: RefCell<Vec<(Policy, &'static HeaderValue)>> =
+    static RECENT_POLICIES: RefCell<Vec<(Policy, HeaderValue)>> =
         RefCell::new(Vec::with_capacity(POLICIES_PER_THREAD));
 }
 
@@ -52,20 +55,22 @@ impl Policy {
     }
 
     /// The value, found in the thread's recent ones, else interned, else
-    /// (the process has interned its bound) built.
+    /// (the process has interned its bound) built; the thread remembers
+    /// it either way, so a full table costs no lock per request.
     pub(crate) fn value(self) -> Option<HeaderValue> {
         RECENT_POLICIES.with_borrow_mut(|recent| {
             if let Some((_, value)) = recent.iter().find(|(policy, _)| *policy == self) {
-                return Some((*value).clone());
+                return Some(value.clone());
             }
-            let Some(value) = self.interned() else {
-                return self.field().value();
+            let value = match self.interned() {
+                Some(value) => value.clone(),
+                None => self.field().value()?,
             };
             if recent.len() == POLICIES_PER_THREAD {
                 recent.remove(0);
             }
-            recent.push((self, value));
-            Some(value.clone())
+            recent.push((self, value.clone()));
+            Some(value)
         })
     }
 
@@ -74,7 +79,6 @@ impl Policy {
     /// Kept for the life of the process: a clone copies a pointer and a
     /// length (a static `Bytes`), without a reference count.
     pub(crate) fn interned(self) -> Option<&'static HeaderValue> {
-        static INTERNED: OnceLock<Mutex<HashMap<Policy, &'static HeaderValue>>> = OnceLock::new();
         let mut interned = INTERNED.get_or_init(Mutex::default).lock();
         if let Some(value) = interned.get(&self) {
             return Some(value);
@@ -218,19 +222,22 @@ impl Field {
     }
 }
 
-/// A plan's `RateLimit-Policy` values, built with the plan: one for each
-/// throttle it can apply (the plan's and its method throttles') and each
-/// length its quota's period can have (a month's four). Interned, so a
-/// value is a `&'static` one: cloning it per request copies a pointer and
-/// a length. Empty when the process has interned its bound.
+/// A plan's `RateLimit-Policy` values: a slot for each policy it can
+/// apply (each throttle, the plan's and its method throttles', with each
+/// length its quota's period can have: a month's four), filled with the
+/// interned value the first time a decision applies it. Filled on first
+/// use, not when the plan is built, so a plan interns only what it uses
+/// (as the per-thread path does) and the process's bound is not spent on
+/// months to come. A filled slot is a `&'static` value: cloning it per
+/// request copies a pointer and a length.
 #[derive(Debug, Default)]
-pub(crate) struct PolicyValues(Box<[(Policy, &'static HeaderValue)]>);
+pub(crate) struct PolicyValues(Box<[(Policy, OnceLock<Option<&'static HeaderValue>>)]>);
 
 /// Seconds in a day.
 const DAY: u64 = 86_400;
 
 impl PolicyValues {
-    /// The values of a plan whose throttles have `bursts` (`None`: no
+    /// The slots of a plan whose throttles have `bursts` (`None`: no
     /// throttle applies) and whose quota, if any, allows `limit` per
     /// `period`.
     pub(crate) fn new(
@@ -244,31 +251,43 @@ impl PolicyValues {
             Some(QuotaPeriod::Week) => &[7 * DAY],
             Some(QuotaPeriod::Month) => &[31 * DAY, 30 * DAY, 28 * DAY, 29 * DAY],
         };
-        let mut values = Vec::new();
+        let mut slots: Vec<(Policy, OnceLock<_>)> = Vec::new();
         for burst in bursts {
             for &length in lengths {
                 let policy = Policy {
                     burst,
                     quota: quota.map(|(limit, _)| (limit, length)),
                 };
-                if values.iter().any(|(p, _)| *p == policy) {
-                    continue;
-                }
-                if let Some(value) = policy.interned() {
-                    values.push((policy, value));
+                if !slots.iter().any(|(p, _)| *p == policy) {
+                    slots.push((policy, OnceLock::new()));
                 }
             }
         }
-        Self(values.into())
+        Self(slots.into())
     }
 
-    /// The value of the policy `decision` applied, if the plan has it
-    /// ready: byte for byte the value [`Policy::value`] gives.
+    /// The value of the policy `decision` applied, if the plan has a slot
+    /// for it and the process could intern it: byte for byte the value
+    /// [`Policy::value`] gives.
     #[inline]
     pub(crate) fn of(&self, decision: &Decision) -> Option<&'static HeaderValue> {
         let policy = Policy::of(decision);
-        self.0.iter().find(|(p, _)| *p == policy).map(|(_, v)| *v)
+        let (_, slot) = self.0.iter().find(|(p, _)| *p == policy)?;
+        match slot.get() {
+            Some(value) => *value,
+            None => fill(slot, policy),
+        }
     }
+}
+
+/// Fills a plan's slot for `policy` (once; its first decision).
+#[cold]
+#[inline(never)]
+fn fill(
+    slot: &OnceLock<Option<&'static HeaderValue>>,
+    policy: Policy,
+) -> Option<&'static HeaderValue> {
+    *slot.get_or_init(|| policy.interned())
 }
 
 #[cfg(test)]
@@ -323,6 +342,33 @@ mod tests {
                 reset_secs: 1,
             }),
         }
+    }
+
+    fn is_interned(policy: Policy) -> bool {
+        INTERNED
+            .get()
+            .is_some_and(|interned| interned.lock().contains_key(&policy))
+    }
+
+    /// A plan interns a policy when a decision first applies it, not when
+    /// it is built: a month-long quota does not spend the process's bound
+    /// on the lengths of months to come.
+    #[test]
+    fn a_plan_interns_only_what_it_applies() {
+        // Numbers no other test uses: the table is the process's.
+        let (burst, limit) = (7_777, 987_654_321);
+        let values = PolicyValues::new([Some(burst)], Some((limit, QuotaPeriod::Month)));
+        let policy = |days: u64| Policy {
+            burst: Some(burst),
+            quota: Some((limit, days * DAY)),
+        };
+        assert!((28..=31).all(|days| !is_interned(policy(days))));
+        let applied = decision(Some(burst), Some((limit, 30 * DAY)));
+        assert!(values.of(&applied).is_some());
+        assert!(is_interned(policy(30)));
+        assert!([28, 29, 31]
+            .into_iter()
+            .all(|days| !is_interned(policy(days))));
     }
 
     /// A plan's ready values are the values the layer would otherwise
