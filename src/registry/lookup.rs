@@ -35,7 +35,8 @@ pub(crate) struct PlanRuntime {
     stages: Vec<StageRuntime>,
     throttle: Option<Throttle>,
     quota: Option<QuotaRule>,
-    /// `RateLimit-Policy` values of what the plan can apply.
+    /// `RateLimit-Policy` values of what the plan can apply, each filled
+    /// the first time a decision applies it.
     policies: PolicyValues,
 }
 
@@ -95,8 +96,8 @@ impl PlanRuntime {
         }
     }
 
-    /// The `RateLimit-Policy` value of what `decision` applied, built with
-    /// the plan; `None` when the plan has none ready for it (the layer then
+    /// The `RateLimit-Policy` value of what `decision` applied, kept by
+    /// the plan; `None` when the plan has none for it (the layer then
     /// finds or builds the same bytes).
     #[inline]
     pub(crate) fn policy_value(&self, decision: &Decision) -> Option<&'static HeaderValue> {
