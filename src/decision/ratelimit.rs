@@ -231,7 +231,11 @@ impl Field {
 /// months to come. A filled slot is a `&'static` value: cloning it per
 /// request copies a pointer and a length.
 #[derive(Debug, Default)]
-pub(crate) struct PolicyValues(Box<[(Policy, OnceLock<Option<&'static HeaderValue>>)]>);
+pub(crate) struct PolicyValues(Box<[(Policy, PolicySlot)]>);
+
+/// A plan's value of one policy: unset until a decision applies it, then
+/// the interned value (`None` if the process's table was full).
+type PolicySlot = OnceLock<Option<&'static HeaderValue>>;
 
 /// Seconds in a day.
 const DAY: u64 = 86_400;
@@ -251,7 +255,7 @@ impl PolicyValues {
             Some(QuotaPeriod::Week) => &[7 * DAY],
             Some(QuotaPeriod::Month) => &[31 * DAY, 30 * DAY, 28 * DAY, 29 * DAY],
         };
-        let mut slots: Vec<(Policy, OnceLock<_>)> = Vec::new();
+        let mut slots: Vec<(Policy, PolicySlot)> = Vec::new();
         for burst in bursts {
             for &length in lengths {
                 let policy = Policy {
@@ -283,10 +287,7 @@ impl PolicyValues {
 /// Fills a plan's slot for `policy` (once; its first decision).
 #[cold]
 #[inline(never)]
-fn fill(
-    slot: &OnceLock<Option<&'static HeaderValue>>,
-    policy: Policy,
-) -> Option<&'static HeaderValue> {
+fn fill(slot: &PolicySlot, policy: Policy) -> Option<&'static HeaderValue> {
     *slot.get_or_init(|| policy.interned())
 }
 
