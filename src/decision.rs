@@ -9,6 +9,8 @@ use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
+pub(crate) mod ratelimit;
+
 use crate::clock::UnixNanos;
 use crate::model::{Quota, Throttle};
 

@@ -1,7 +1,7 @@
 //! The per-request policy shared by the service and its future: resolve
 //! the key, ask the store, and turn the answer into "forward" or "refuse".
 
-use http::{HeaderMap, Response};
+use http::{HeaderMap, HeaderValue, Response};
 
 use super::grpc::{add_retry_info, is_grpc};
 use super::headers::RateLimitHeaders;
@@ -46,6 +46,9 @@ pub(crate) struct Config {
 /// A metered request on its way to the store.
 pub(crate) struct Pending {
     pub(crate) decision: StoreFuture<Decision>,
+    /// The plan's ready `RateLimit-Policy` value for the decision, when
+    /// the store answered at once (the memory store) and the plan had it.
+    pub(crate) policy: Option<&'static HeaderValue>,
     pub(crate) context: Option<UsageContext>,
 }
 
@@ -90,6 +93,7 @@ impl Admission {
 }
 
 impl Config {
+    #[inline]
     pub(crate) fn is_unmetered(&self, head: &RequestHead<'_>) -> bool {
         if self.unmetered.is_empty() {
             return false;
@@ -116,8 +120,13 @@ impl Config {
                 quota: binding.plan.quota(),
                 now,
             };
+            let decision = binding.store.decide(&request);
+            let policy = decision
+                .peek_ready()
+                .and_then(|decision| binding.plan.policy_value(decision));
             Ok(Pending {
-                decision: binding.store.decide(&request),
+                decision,
+                policy,
                 context: self.usage_context.then(|| {
                     let charge = ChargeRules {
                         method: request
@@ -133,12 +142,15 @@ impl Config {
     }
 
     /// Turns the store's answer into forward (with headers) or a refusal
-    /// (in gRPC's shape if the request's headers say it is a gRPC call).
+    /// (in gRPC's shape if the request's headers say it is a gRPC call);
+    /// `policy` is [`Pending::policy`].
+    #[inline]
     pub(crate) fn finish<B, R: RefusalResponse<B>>(
         &self,
         refusal: &R,
         request_headers: &HeaderMap,
         answer: Result<Decision>,
+        policy: Option<&'static HeaderValue>,
     ) -> Next<B> {
         let decision = match answer {
             Ok(decision) => decision,
@@ -161,7 +173,7 @@ impl Config {
         let (verdict, retry_after) = match decision.verdict {
             Verdict::Admitted => {
                 return Next::Forward(Admission {
-                    headers: RateLimitHeaders::new(&decision, None, self.legacy_headers),
+                    headers: RateLimitHeaders::new(&decision, policy, None, self.legacy_headers),
                     counted: true,
                     shadow: None,
                 })
@@ -183,11 +195,12 @@ impl Config {
         if self.shadow {
             // The headers as counted, without a `Retry-After` on a response
             // that is no refusal.
-            let headers = RateLimitHeaders::new(&decision, None, self.legacy_headers);
+            let headers = RateLimitHeaders::new(&decision, policy, None, self.legacy_headers);
             return Next::Forward(Admission::shadowed(verdict, headers));
         }
         let headers = RateLimitHeaders::new(
             &decision,
+            policy,
             Some(retry_after.unwrap_or(1).max(1)),
             self.legacy_headers,
         );

@@ -136,7 +136,7 @@ where
                     } = *waiting
                         .take()
                         .expect("ResponseFuture polled after completion");
-                    let next = match config.finish(&refusal, request.headers(), answer) {
+                    let next = match config.finish(&refusal, request.headers(), answer, None) {
                         Next::Forward(admission) => admit(&mut inner, request, context, admission),
                         Next::Refuse(mut response) => {
                             super::service::name_the_key(context.as_ref(), &mut response);

@@ -150,6 +150,7 @@ where
         }
         let Pending {
             mut decision,
+            policy,
             context,
         } = match self.config.start(&head) {
             Ok(pending) => pending,
@@ -180,7 +181,10 @@ where
                 self.refusal.clone(),
             );
         };
-        match self.config.finish(&self.refusal, request.headers(), answer) {
+        match self
+            .config
+            .finish(&self.refusal, request.headers(), answer, policy)
+        {
             Next::Forward(admission) => {
                 ResponseFuture::admitted(&mut self.inner, request, context, admission)
             }

@@ -7,9 +7,12 @@ use std::sync::Arc;
 use http::Method;
 use sha2::{Digest, Sha256};
 
+use http::HeaderValue;
+
+use crate::decision::ratelimit::PolicyValues;
 use crate::model::{Throttle, UsagePlan};
 use crate::route::{normalize, MethodRoute};
-use crate::store::{CounterKey, CounterStore, QuotaRule, ThrottleRule};
+use crate::store::{CounterKey, CounterStore, Decision, QuotaRule, ThrottleRule};
 
 /// SHA-256 of a key value: the map key of every lookup.
 pub(crate) type KeyDigest = [u8; 32];
@@ -32,6 +35,9 @@ pub(crate) struct PlanRuntime {
     stages: Vec<StageRuntime>,
     throttle: Option<Throttle>,
     quota: Option<QuotaRule>,
+    /// `RateLimit-Policy` values of what the plan can apply, each filled
+    /// the first time a decision applies it.
+    policies: PolicyValues,
 }
 
 #[derive(Debug)]
@@ -68,7 +74,17 @@ impl PlanRuntime {
                     methods,
                 }
             })
-            .collect();
+            .collect::<Vec<StageRuntime>>();
+        let bursts = std::iter::once(plan.throttle).chain(
+            stages
+                .iter()
+                .flat_map(|s| &s.methods)
+                .map(|(_, (_, throttle))| Some(*throttle)),
+        );
+        let policies = PolicyValues::new(
+            bursts.map(|throttle| throttle.map(|t| t.burst_limit)),
+            plan.quota.map(|quota| (quota.limit, quota.period)),
+        );
         Self {
             stages,
             throttle: plan.throttle,
@@ -76,7 +92,16 @@ impl PlanRuntime {
                 quota,
                 plan_created: created,
             }),
+            policies,
         }
+    }
+
+    /// The `RateLimit-Policy` value of what `decision` applied, kept by
+    /// the plan; `None` when the plan has none for it (the layer then
+    /// finds or builds the same bytes).
+    #[inline]
+    pub(crate) fn policy_value(&self, decision: &Decision) -> Option<&'static HeaderValue> {
+        self.policies.of(decision)
     }
 
     pub(crate) fn covers(&self, stage: &Stage) -> bool {
@@ -167,6 +192,7 @@ impl Binding {
                 stages: Vec::new(),
                 throttle: None,
                 quota: None,
+                policies: PolicyValues::default(),
             }),
             counter: CounterKey::new(plan_id, key_id),
             store: Arc::new(crate::store::MemoryStore::new()),

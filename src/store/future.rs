@@ -53,6 +53,14 @@ impl<T> StoreFuture<T> {
         Self(Inner::Boxed(Box::pin(future)))
     }
 
+    /// The answer if it was known at once and is a success, left in place.
+    pub(crate) fn peek_ready(&self) -> Option<&T> {
+        match &self.0 {
+            Inner::Ready(Some(Ok(value))) => Some(value),
+            _ => None,
+        }
+    }
+
     /// Takes the answer if it was known at once.
     pub(crate) fn take_ready(&mut self) -> Option<Result<T>> {
         match &mut self.0 {
