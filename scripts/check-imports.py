@@ -14,7 +14,7 @@ import sys
 
 # Lowest first: a module may use only modules listed before it.
 LAYERS = [
-    "error", "clock", "prehashed", "route", "key", "model",
+    "error", "clock", "prehashed", "log_throttle", "route", "key", "model",
     "decision", "limit", "store", "registry", "layer", "admin", "gateway",
 ]
 

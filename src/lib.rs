@@ -112,6 +112,7 @@ pub mod gateway;
 mod key;
 mod layer;
 mod limit;
+mod log_throttle;
 mod model;
 mod prehashed;
 mod registry;

@@ -592,3 +592,106 @@ async fn keys_kept_as_digests_are_found_by_value_and_never_by_digest() {
     let layer = UsagePlanLayer::new(hashed);
     assert_eq!(get(&layer, KEY).await.status(), StatusCode::FORBIDDEN);
 }
+
+/// A counter store that is down: every call fails.
+struct DownStore;
+
+impl tower_usage_plans::store::CounterStore for DownStore {
+    fn decide(
+        &self,
+        _: &tower_usage_plans::store::DecisionRequest<'_>,
+    ) -> tower_usage_plans::store::StoreFuture<tower_usage_plans::store::Decision> {
+        down()
+    }
+    fn refund(
+        &self,
+        _: &tower_usage_plans::store::DecisionRequest<'_>,
+    ) -> tower_usage_plans::store::StoreFuture<()> {
+        down()
+    }
+    fn set_remaining(
+        &self,
+        _: &tower_usage_plans::store::CounterKey,
+        _: &tower_usage_plans::store::QuotaRule,
+        _: tower_usage_plans::Timestamp,
+        _: u64,
+    ) -> tower_usage_plans::store::StoreFuture<tower_usage_plans::store::DayUsage> {
+        down()
+    }
+    fn add_remaining(
+        &self,
+        _: &tower_usage_plans::store::CounterKey,
+        _: &tower_usage_plans::store::QuotaRule,
+        _: tower_usage_plans::Timestamp,
+        _: i64,
+    ) -> tower_usage_plans::store::StoreFuture<tower_usage_plans::store::DayUsage> {
+        down()
+    }
+    fn usage(
+        &self,
+        _: &tower_usage_plans::store::CounterKey,
+        _: Option<&tower_usage_plans::store::QuotaRule>,
+        _: tower_usage_plans::Timestamp,
+        _: jiff::civil::Date,
+        _: jiff::civil::Date,
+    ) -> tower_usage_plans::store::StoreFuture<Vec<tower_usage_plans::store::DayUsage>> {
+        down()
+    }
+    fn forget(
+        &self,
+        _: &tower_usage_plans::store::CounterKey,
+    ) -> tower_usage_plans::store::StoreFuture<()> {
+        down()
+    }
+}
+
+fn down<T: Send + 'static>() -> tower_usage_plans::store::StoreFuture<T> {
+    tower_usage_plans::store::StoreFuture::ready(Err(tower_usage_plans::Error::new(
+        tower_usage_plans::ErrorKind::Store,
+        "down",
+    )))
+}
+
+/// The log lines written while `f` runs (this thread's subscriber).
+#[derive(Clone, Default)]
+struct Lines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Lines {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A store that is down fails every request: the layer logs the first
+/// failure at once, then at most one line every 5 s, not one a request.
+#[tokio::test(flavor = "current_thread")]
+async fn a_store_that_is_down_is_logged_a_few_lines_not_one_per_request() {
+    let lines = Lines::default();
+    let writer = lines.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _logging = tracing::subscriber::set_default(subscriber);
+    let plans = tower_usage_plans::UsagePlans::builder()
+        .with_store(std::sync::Arc::new(DownStore))
+        .build();
+    plan_with_key(&plans, NewUsagePlan::new("p"), KEY);
+    let layer = UsagePlanLayer::new(plans);
+    let started = std::time::Instant::now();
+    for _ in 0..50 {
+        // Fail-open (the default): admitted, uncounted.
+        assert_eq!(get(&layer, KEY).await.status(), StatusCode::OK);
+    }
+    let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+    let logged = text.matches("counter store failed").count() as u64;
+    assert!(logged >= 1, "the first failure is logged: {text}");
+    assert!(
+        logged <= 1 + started.elapsed().as_secs() / 5,
+        "{logged} lines for 50 failed decisions"
+    );
+}

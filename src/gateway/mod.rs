@@ -24,7 +24,6 @@ mod edge;
 mod error;
 mod grpc;
 mod health;
-mod log_throttle;
 mod metrics;
 mod proxy;
 mod redis_link;

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, Mutex};
 
-use super::log_throttle::{LogThrottle, Logged};
 use super::replicas::{self, JoinError, Replica};
 use super::{GatewayConfig, GatewayError};
+use crate::log_throttle::{LogThrottle, Logged};
 use crate::store::{
     CounterKey, CounterStore, DayUsage, Decision, DecisionRequest, LeaseConfig, QuotaRule,
     RedisStore, StoreFuture,

@@ -1,12 +1,15 @@
 //! The per-request policy shared by the service and its future: resolve
 //! the key, ask the store, and turn the answer into "forward" or "refuse".
 
+use std::time::{Duration, Instant};
+
 use http::{HeaderMap, HeaderValue, Response};
 
 use super::grpc::{add_retry_info, is_grpc};
 use super::headers::RateLimitHeaders;
 use super::{ChargeRules, Refusal, RefusalResponse, UsageContext};
 use crate::key::{KeySource, RequestHead};
+use crate::log_throttle::{LogThrottle, Logged};
 use crate::registry::Stage;
 use crate::route::{normalize, MethodRoute};
 use crate::store::{Decision, DecisionRequest, QuotaState, StoreFuture, Verdict};
@@ -41,7 +44,13 @@ pub(crate) struct Config {
     pub(crate) store_failure: StoreFailure,
     /// Shadow mode: would-be refusals are admitted, uncounted, and marked.
     pub(crate) shadow: bool,
+    /// Which failed decisions get a log line: a store that is down fails
+    /// every request.
+    pub(crate) store_failures: LogThrottle,
 }
+
+/// The most often a failing store is logged, after its first failure.
+pub(crate) const STORE_FAILURE_LOG_EVERY: Duration = Duration::from_secs(5);
 
 /// A metered request on its way to the store.
 pub(crate) struct Pending {
@@ -155,7 +164,22 @@ impl Config {
         let decision = match answer {
             Ok(decision) => decision,
             Err(error) => {
-                tracing::warn!(%error, policy = ?self.store_failure, "counter store failed");
+                // No line when a decision goes through again: with leases
+                // some do while Redis is down, and each would start a run.
+                match self.store_failures.failed(Instant::now()) {
+                    Logged::First => tracing::warn!(
+                        %error,
+                        policy = ?self.store_failure,
+                        "counter store failed (logged again every {STORE_FAILURE_LOG_EVERY:?} at most while it fails)"
+                    ),
+                    Logged::Again { held_back } => tracing::warn!(
+                        %error,
+                        policy = ?self.store_failure,
+                        failures_not_logged = held_back,
+                        "counter store failed"
+                    ),
+                    Logged::HeldBack => {}
+                }
                 return match self.store_failure {
                     StoreFailure::FailOpen => Next::Forward(Admission::UNCOUNTED),
                     StoreFailure::FailClosed if self.shadow => {

@@ -2,9 +2,10 @@ use std::sync::Arc;
 
 use tower_layer::Layer;
 
-use super::decide::{Config, StoreFailure};
+use super::decide::{Config, StoreFailure, STORE_FAILURE_LOG_EVERY};
 use super::{AwsRefusal, UsagePlanService};
 use crate::key::{KeySource, RequestHead};
+use crate::log_throttle::LogThrottle;
 use crate::registry::Stage;
 use crate::route::MethodRoute;
 use crate::UsagePlans;
@@ -79,6 +80,7 @@ impl UsagePlanLayer {
                 legacy_headers: false,
                 usage_context: true,
                 store_failure: StoreFailure::FailOpen,
+                store_failures: LogThrottle::new(STORE_FAILURE_LOG_EVERY),
                 shadow: false,
             }),
             refusal: AwsRefusal,

@@ -42,6 +42,14 @@ pub(crate) enum Logged {
     HeldBack,
 }
 
+/// A new throttle with the same interval: a run of failures is its
+/// owner's own.
+impl Clone for LogThrottle {
+    fn clone(&self) -> Self {
+        Self::new(self.every)
+    }
+}
+
 impl LogThrottle {
     /// Lets a line through at most once per `every` while failures repeat.
     pub(crate) fn new(every: Duration) -> Self {
@@ -81,6 +89,7 @@ impl LogThrottle {
 
     /// A success: the run's failures if it ends one (log that it is over);
     /// `None` (one atomic load) when nothing was failing.
+    #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
     pub(crate) fn succeeded(&self) -> Option<u64> {
         if !self.failing.load(Ordering::Relaxed) {
             return None;
