@@ -356,31 +356,40 @@ impl RedisStore {
         results.into_iter().collect()
     }
 
-    /// Gives `taken` (drained from `leases`) back one by one; at the first
-    /// error, what was not given back is kept in `leases` again.
+    /// Gives `taken` (drained from `leases`) back, `REPORTS_IN_FLIGHT` at a
+    /// time (one after another, 1,000 expiring leases held the 200 ms
+    /// cycle's reports back by as many round trips). Once one fails, the
+    /// rest are not tried: what was not given back is kept in `leases`
+    /// again.
     async fn give_back(&self, leases: &Leases, taken: Vec<(lease::Slot, Lease)>) -> Result<()> {
-        let mut taken = taken.into_iter();
-        while let Some(((counter, bucket), lease)) = taken.next() {
-            // As of when it was granted: its units belong to that period,
-            // what it admitted to that day, however late it comes back.
-            let mut args = Args::new(lease.granted_at(), lease.quota.as_ref());
-            if let Some(throttle) = lease.throttle {
-                args.bucket = format!("b:{bucket}");
-                args.rate = throttle.rate_limit;
-                args.burst = throttle.burst_limit;
-            }
-            args.unspent = lease.unspent;
-            args.record = leases.record(&(counter.clone(), bucket.clone()));
-            let answer: Result<i64> = self.call(&counter, "return", args).await;
-            if let Err(e) = answer {
-                leases.keep((counter, bucket), lease);
-                for (slot, lease) in taken {
-                    leases.keep(slot, lease);
+        let failed = std::sync::atomic::AtomicBool::new(false);
+        let returns = futures_util::stream::iter(taken).map(|((counter, bucket), lease)| {
+            let failed = &failed;
+            async move {
+                if failed.load(std::sync::atomic::Ordering::Relaxed) {
+                    leases.keep((counter, bucket), lease);
+                    return Ok(());
                 }
-                return Err(e);
+                // As of when it was granted: its units belong to that
+                // period, what it admitted to that day, however late it
+                // comes back.
+                let mut args = Args::new(lease.granted_at(), lease.quota.as_ref());
+                if let Some(throttle) = lease.throttle {
+                    args.bucket = format!("b:{bucket}");
+                    args.rate = throttle.rate_limit;
+                    args.burst = throttle.burst_limit;
+                }
+                args.unspent = lease.unspent;
+                args.record = leases.record(&(counter.clone(), bucket.clone()));
+                let answer: Result<i64> = self.call(&counter, "return", args).await;
+                answer.map(drop).inspect_err(|_| {
+                    failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                    leases.keep((counter, bucket), lease);
+                })
             }
-        }
-        Ok(())
+        });
+        let results: Vec<Result<()>> = returns.buffer_unordered(REPORTS_IN_FLIGHT).collect().await;
+        results.into_iter().collect()
     }
 
     /// Prefixes every key (default `tup:`), e.g. to share one Redis
@@ -1028,7 +1037,7 @@ pub(crate) fn counter_key(prefix: &str, counter: &CounterKey) -> String {
 /// emptied waits for the counters to be put back (every live replica's
 /// restore, acknowledged within 1 s each).
 const RECOVERY_WAIT: Duration = Duration::from_secs(5);
-/// Lease reports one replica keeps in flight.
+/// Lease reports (and give-backs) one replica keeps in flight.
 const REPORTS_IN_FLIGHT: usize = 64;
 /// Restores one replica keeps in flight after Redis lost its data.
 const RESTORES_IN_FLIGHT: usize = 64;
