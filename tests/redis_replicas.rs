@@ -165,11 +165,7 @@ async fn an_idle_replica_gives_its_expired_lease_back() {
     // GetUsage counts the one admitted request, never the slice leased
     // with it.
     assert_eq!(usage_today(a.plans(), &plan.id, &key_id).await, [1, 299]);
-    let raw = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let raw = raw_connection(&redis).await;
     let hash = format!("tup:{{{}:{}}}", plan.id, key_id);
     let leased = move || {
         let command = redis::cmd("HGET").arg(&hash).arg("leased").clone();
@@ -619,11 +615,7 @@ async fn a_replica_of_another_stage_refuses_to_start() {
         "{error}"
     );
     // Redis loses its data: the running replica claims its stage again.
-    let mut raw = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut raw = raw_connection(&redis).await;
     let () = redis::cmd("FLUSHALL").query_async(&mut raw).await.unwrap();
     let stage: String = eventually("the stage to be claimed again", || {
         let mut raw = raw.clone();
@@ -886,11 +878,7 @@ async fn admitted_in_turn(
 }
 
 async fn flushall(redis: &Redis) {
-    let mut raw = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut raw = raw_connection(redis).await;
     let () = redis::cmd("FLUSHALL").query_async(&mut raw).await.unwrap();
 }
 
@@ -967,11 +955,7 @@ async fn a_slow_restore_admits_nothing_even_failing_open() {
         let redis = Redis::start();
         let (a, b, plan_id, key_id, client) = warm_pair(&redis, 20, leases).await;
         a.plans().set_remaining(&plan_id, &key_id, 0).await.unwrap();
-        let mut raw = redis::Client::open(redis.url())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
+        let mut raw = raw_connection(&redis).await;
         // The paused replica's last beat, heard by A and B ...
         let until_ms = jiff::Timestamp::now().as_millisecond() + 60_000;
         let _: i64 = redis::cmd("PUBLISH")
@@ -1023,11 +1007,7 @@ async fn an_update_usage_through_a_replica_now_gone_survives_redis_losing_its_da
 
 /// How many script calls (decisions, leases, reports) Redis has run.
 async fn script_calls(redis: &Redis) -> u64 {
-    let mut raw = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut raw = raw_connection(redis).await;
     let stats: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(&mut raw)
@@ -1096,4 +1076,13 @@ async fn a_spent_key_costs_redis_nothing_until_an_admin_change() {
         a.shutdown().await.unwrap();
         b.shutdown().await.unwrap();
     }
+}
+
+/// A plain connection to `redis`, for what the tests ask it directly.
+async fn raw_connection(redis: &Redis) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
 }
