@@ -167,6 +167,10 @@ pub(crate) struct Leases {
     listening_until_us: AtomicI64,
     /// Woken when the registration is renewed.
     registered: tokio::sync::Notify,
+    /// What the next lease of a slot whose lease expired and went back
+    /// asks for (see [`want`](Self::want)), and when that was (Unix µs):
+    /// without it the key's next lease asks for one unit again.
+    rates: DashMap<Slot, ((u64, u64), i64)>,
 }
 
 /// A lease per counter and bucket (plan-wide or one method's).
@@ -410,8 +414,23 @@ impl Leases {
     /// one of each; a hot key's grow with every lease it spends out fast.
     pub(crate) fn want(&self, slot: &Slot, now_us: i64) -> (u64, u64) {
         let Some(last) = self.slots.get(slot).map(|lease| *lease.lock()) else {
-            return (1, 1);
+            // The rate of a lease that expired lately, if any.
+            return self
+                .rates
+                .remove(slot)
+                .filter(|(_, (_, at))| now_us.saturating_sub(*at) < self.rate_kept_us())
+                .map_or((1, 1), |(_, (want, _))| want);
         };
+        self.size(&last, now_us)
+    }
+
+    /// How long the rate of an expired lease is kept: two lifetimes.
+    fn rate_kept_us(&self) -> i64 {
+        i64::try_from(self.config.ttl.as_micros() * 2).unwrap_or(i64::MAX)
+    }
+
+    /// What a lease asks for after `last`, at `now_us`.
+    fn size(&self, last: &Lease, now_us: i64) -> (u64, u64) {
         let ttl_us = u64::try_from(self.config.ttl.as_micros())
             .unwrap_or(u64::MAX)
             .max(1);
@@ -518,10 +537,17 @@ impl Leases {
     /// units counted as used until the period ends), and forgets them.
     pub(crate) fn drain_expired(&self, now_us: i64) -> Vec<(Slot, Lease)> {
         let mut taken = Vec::new();
+        let kept_us = self.rate_kept_us();
+        self.rates
+            .retain(|_, (_, at)| now_us.saturating_sub(*at) < kept_us);
         self.slots.retain(|slot, lease| {
             let lease = lease.get_mut();
             if now_us < lease.expires_us {
                 return true;
+            }
+            let want = self.size(lease, now_us);
+            if want != (1, 1) {
+                self.rates.insert(slot.clone(), (want, now_us));
             }
             taken.extend(take_held(slot, lease));
             false
@@ -591,6 +617,23 @@ mod tests {
         assert_eq!(leases.want(&slot(), 2_000), (6_000, 6_000));
         // Spent at once: counted as over a millisecond, not an infinite rate.
         assert_eq!(leases.want(&slot(), 0), (12_000, 12_000));
+    }
+
+    #[test]
+    fn a_lease_that_expired_and_went_back_leaves_its_rate() {
+        let leases = Leases::new(LeaseConfig::default());
+        grant(&leases, 0, 8_000, 8_000);
+        spend(&leases, 4_000, 4_000);
+        // Spent 4,000 over its second: 6,000 in 1.5 s.
+        assert_eq!(leases.drain_expired(TTL_US).len(), 1);
+        assert_eq!(leases.want(&slot(), TTL_US + 10), (6_000, 6_000));
+        // Once: then the next lease's own spending counts.
+        assert_eq!(leases.want(&slot(), TTL_US + 20), (1, 1));
+        // Not after two lifetimes.
+        grant(&leases, 0, 8_000, 8_000);
+        spend(&leases, 4_000, 4_000);
+        leases.drain_expired(TTL_US);
+        assert_eq!(leases.want(&slot(), 3 * TTL_US), (1, 1));
     }
 
     #[test]
