@@ -1086,3 +1086,31 @@ async fn raw_connection(redis: &Redis) -> redis::aio::MultiplexedConnection {
         .await
         .unwrap()
 }
+
+/// A key removed from its plan and added back starts from its full quota
+/// on every replica: the leases a replica held of its counter as it was
+/// are revoked before the removal returns, and never spent into the new
+/// one (the counter's epoch moves on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_removed_and_added_back_spends_no_old_lease() {
+    for leases in [true, false] {
+        let redis = Redis::start();
+        let (a, b, plan_id, key_id, client) = warm_pair(&redis, 100, leases).await;
+        // A leases more as it goes.
+        for _ in 0..40 {
+            assert_eq!(status(&client, a.data_addr()).await, 200);
+        }
+        b.plans().remove_key_from_plan(&plan_id, &key_id).unwrap();
+        b.plans().replicated().await.unwrap();
+        assert_eq!(status(&client, a.data_addr()).await, 403);
+        b.plans().add_key_to_plan(&plan_id, &key_id).unwrap();
+        b.plans().replicated().await.unwrap();
+        let mut admitted = 0;
+        for _ in 0..130 {
+            admitted += u32::from(status(&client, a.data_addr()).await == 200);
+        }
+        assert_eq!(admitted, 100, "leases: {leases}");
+        a.shutdown().await.unwrap();
+        b.shutdown().await.unwrap();
+    }
+}

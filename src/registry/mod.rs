@@ -85,6 +85,11 @@ struct Inner {
     hash_only: bool,
     /// What makes changes reach the other replicas, if there are any.
     replication: parking_lot::RwLock<Option<Replicate>>,
+    /// Counters a networked store is still dropping (in the background):
+    /// [`UsagePlans::replicated`] waits for them, so an admin call that
+    /// removed a key from a plan returns once its counter (and every
+    /// replica's lease of it) is gone.
+    forgetting: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// Makes the registry's changes reach every other replica; resolves once
@@ -290,6 +295,7 @@ impl UsagePlansBuilder {
                 clock: self.clock,
                 hash_only: self.hash_only,
                 replication: parking_lot::RwLock::new(None),
+                forgetting: parking_lot::Mutex::new(Vec::new()),
             }),
         }
     }
@@ -396,6 +402,10 @@ impl UsagePlans {
     /// # });
     /// ```
     pub async fn replicated(&self) -> Result<()> {
+        let forgetting = std::mem::take(&mut *self.inner.forgetting.lock());
+        for forget in forgetting {
+            let _ = forget.await;
+        }
         let replicate = self.inner.replication.read().clone();
         match replicate {
             Some(replicate) => replicate().await,
@@ -1212,11 +1222,14 @@ impl UsagePlans {
             // A networked store: finish in the background if a runtime runs.
             None => match tokio::runtime::Handle::try_current() {
                 Ok(handle) => {
-                    handle.spawn(async move {
+                    let task = handle.spawn(async move {
                         if let Err(e) = forget.await {
                             tracing::warn!(error = %e, "could not drop counter");
                         }
                     });
+                    let mut forgetting = self.inner.forgetting.lock();
+                    forgetting.retain(|task| !task.is_finished());
+                    forgetting.push(task);
                 }
                 Err(_) => tracing::warn!(plan_id, key_id, "no runtime to drop counter"),
             },

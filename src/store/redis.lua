@@ -45,7 +45,8 @@
 --
 -- KEYS[1]  the counter hash ("<prefix>{<plan>:<key>}"); KEYS[2], on one
 --          server only, the marker whose absence means Redis lost its data
--- ARGV     1 op ("decide" | "lease" | "return" | "report" | "restore" | "set" | "add" | "refund"),
+-- ARGV     1 op ("decide" | "lease" | "return" | "report" | "restore" | "set" | "add" | "refund"
+--          | "forget"),
 --          2 now_us, 3 now_secs, 4 day,
 --          5 bucket field ("" = no throttle), 6 rate, 7 burst,
 --          8 period kind ("" = no quota), 9 period start, 10 period end,
@@ -84,6 +85,16 @@ if op == 'lease' or op == 'return' or op == 'report' then
     tonumber(ARGV[30]) or 0
   lease_us = tonumber(ARGV[31]) or 0
   share = tonumber(ARGV[33]) or 4
+end
+if op == 'forget' then
+  -- The key left the plan: its counts and history go, but for the epoch,
+  -- which moves on so that no lease of the counter as it was (the caller
+  -- revokes them on every replica) is ever spent or given back into it.
+  local next_epoch = (tonumber(redis.call('HGET', k, 'ep')) or 0) + 1
+  redis.call('DEL', k)
+  redis.call('HSET', k, 'ep', next_epoch)
+  redis.call('EXPIRE', k, ttl)
+  return next_epoch
 end
 if KEYS[2] and (op == 'decide' or op == 'lease') and redis.call('EXISTS', KEYS[2]) == 0 then
   -- No marker: Redis lost its data; the replicas put back what they saw first.

@@ -1007,9 +1007,20 @@ impl CounterStore for RedisStore {
     fn forget(&self, counter: &CounterKey) -> StoreFuture<()> {
         self.recovery.seen.remove(counter);
         self.control.spent.forget(counter);
-        let key = self.key(counter);
-        self.run(move |mut connection| async move {
-            connection.query(redis::cmd("DEL").arg(&key)).await
+        let (store, counter) = (self.clone(), counter.clone());
+        StoreFuture::boxed(async move {
+            // A new epoch, and every replica's leases of the old ones
+            // revoked before this returns: a key added back to the plan
+            // starts from its full quota, with no old lease spent into it.
+            let epoch: u64 = store
+                .call(&counter, "forget", Args::new(UnixNanos::new(0), None))
+                .await?;
+            let mut connection = store.connection.clone();
+            store
+                .control
+                .revoke(&mut connection, &counter, epoch)
+                .await
+                .map_err(|e| store_error("revoke", e))
         })
     }
 }
