@@ -39,6 +39,10 @@ pub(crate) struct Recovery {
     gate: tokio::sync::Mutex<()>,
     /// How far this replica has read Redis's counters into `seen`.
     pub(crate) scan: Mutex<Scan>,
+    /// Held (shared) by each call whose answer updates `seen`, from before
+    /// it is sent until its answer is in `seen`; a restore holds it alone,
+    /// so it puts back what every answer Redis gave before the loss said.
+    pub(crate) in_flight: tokio::sync::RwLock<()>,
 }
 
 /// What the marker says.
@@ -64,6 +68,7 @@ impl Recovery {
             marker: Mutex::new(None),
             gate: tokio::sync::Mutex::new(()),
             scan: Mutex::new(Scan::default()),
+            in_flight: tokio::sync::RwLock::new(()),
         }
     }
 
@@ -115,21 +120,62 @@ impl Recovery {
     }
 
     /// Remembers a counter's state as a decision (or UpdateUsage) left it:
-    /// `(used, allowance or -1, epoch)` in `period`.
+    /// `(used, allowance or -1, epoch)` in `period`. Answers arrive out of
+    /// order: within one period and epoch the larger used count stands (a
+    /// refund's smaller one too, which only ever restores too much as
+    /// used); a later epoch or another period replaces it.
     pub(crate) fn saw(
         &self,
         counter: CounterKey,
         period: Period,
         (used, allow, epoch): (u64, i64, u64),
     ) {
-        self.seen.insert(
-            counter,
-            Seen {
-                period,
-                used,
-                allow,
-                epoch,
-            },
-        );
+        let seen = Seen {
+            period,
+            used,
+            allow,
+            epoch,
+        };
+        self.seen
+            .entry(counter)
+            .and_modify(|known| {
+                let later_period = period.1 > known.period.1
+                    || (period.1 == known.period.1 && period != known.period);
+                if known.period == period && known.epoch == epoch {
+                    known.used = known.used.max(used);
+                    known.allow = allow;
+                } else if later_period || (known.period == period && known.epoch < epoch) {
+                    *known = seen;
+                }
+            })
+            .or_insert(seen);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: Period = (QuotaPeriod::Day, 86_400, 172_800);
+
+    #[test]
+    fn answers_out_of_order_leave_the_largest_count_of_a_period_and_epoch() {
+        let recovery = Recovery::new("t:");
+        let counter = CounterKey::new("p", "k");
+        let used = |recovery: &Recovery| recovery.seen.get(&counter).map(|s| (s.used, s.epoch));
+        recovery.saw(counter.clone(), DAY, (7, -1, 1));
+        // An earlier decision's answer, handled later.
+        recovery.saw(counter.clone(), DAY, (6, -1, 1));
+        assert_eq!(used(&recovery), Some((7, 1)));
+        // UpdateUsage started a new epoch: its count stands, and an older
+        // epoch's late answer does not replace it.
+        recovery.saw(counter.clone(), DAY, (2, 9, 2));
+        recovery.saw(counter.clone(), DAY, (8, -1, 1));
+        assert_eq!(used(&recovery), Some((2, 2)));
+        // A new period replaces; a late answer of the one before does not.
+        let next = (QuotaPeriod::Day, 172_800, 259_200);
+        recovery.saw(counter.clone(), next, (1, -1, 3));
+        recovery.saw(counter.clone(), DAY, (3, 9, 2));
+        assert_eq!(used(&recovery), Some((1, 3)));
     }
 }

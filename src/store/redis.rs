@@ -731,6 +731,8 @@ impl RedisStore {
                 .run(move |mut connection| async move {
                     // The last: whether the script started a new epoch
                     // ("set" always does); every change is announced.
+                    // Until the answer is in the copy: a restore waits for it.
+                    let _in_flight = recovery.in_flight.read().await;
                     let (today, remaining, used, allow, epoch, _new_epoch): (
                         u64,
                         u64,
@@ -818,12 +820,15 @@ impl CounterStore for RedisStore {
         // on an empty Redis).
         self.run_for(timeout + RECOVERY_WAIT, move |mut connection| async move {
             let marker = single.then_some(recovery.marker_key.as_str());
+            // Until the answer is in the copy: a restore waits for it.
+            let mut in_flight = Some(recovery.in_flight.read().await);
             let mut answer: Answer = within(
                 timeout,
                 connection.invoke(args.invocation(&script, &key, marker, op)),
             )
             .await?;
             if answer.0 >= 3 {
+                drop(in_flight.take());
                 // The marker is gone (4), or a counter this replica saw is
                 // (3): Redis lost its data — put back what every replica
                 // saw, then decide — or the counter was dropped.
@@ -832,6 +837,7 @@ impl CounterStore for RedisStore {
                     recovery.seen.remove(&counter);
                     args.known = false;
                 }
+                in_flight = Some(recovery.in_flight.read().await);
                 answer = within(
                     timeout,
                     connection.invoke(args.invocation(&script, &key, marker, op)),
@@ -856,6 +862,7 @@ impl CounterStore for RedisStore {
             {
                 recovery.saw(counter.clone(), period, (used, allow, epoch));
             }
+            drop(in_flight);
             let tokens: f64 = tokens.parse().unwrap_or(0.0);
             // Spent, and no unit out on a lease that could come back.
             if let (2, 0, Some(rule), Some((_, start, end, _))) =
@@ -1090,6 +1097,8 @@ async fn restore_seen(
     connection: &mut Connection,
     script: &Script,
 ) -> redis::RedisResult<()> {
+    // Every answer Redis gave before the loss is in the copy first.
+    let _quiet = recovery.in_flight.write().await;
     let now = jiff::Timestamp::now();
     let secs = now.as_second();
     let seen: Vec<(CounterKey, Seen)> = recovery
