@@ -378,7 +378,15 @@ async fn forward(
             (Response::from_parts(parts, body), true)
         }
         Ok(Err(e)) => {
-            tracing::warn!(error = %e.message, "upstream request failed");
+            // A body the client broke off (its answer is the edge's 400 or
+            // 408, and the access log's line) is no upstream failure, and a
+            // client could otherwise write one WARN line a request.
+            match watch.as_ref().and_then(|w| w.failure()) {
+                Some(failure) => {
+                    tracing::debug!(error = %e.message, ?failure, "request body failed")
+                }
+                None => tracing::warn!(error = %e.message, "upstream request failed"),
+            }
             (error(StatusCode::BAD_GATEWAY, "Bad Gateway"), e.sent)
         }
         Err(_) => {
