@@ -504,7 +504,7 @@ if op == 'set' then
   redis.call('HDEL', k, 'ae')
   record(0)
   redis.call('EXPIRE', k, ttl)
-  return { tonumber(redis.call('HGET', k, 'd:' .. day .. ':u')), set_to, used, allow, epoch, 1 }
+  return { tonumber(redis.call('HGET', k, 'd:' .. day .. ':u')), set_to, used, allow, epoch }
 end
 
 if op == 'add' then
@@ -520,10 +520,9 @@ if op == 'add' then
   -- and exactly the new remaining is left.
   local total = math.max((allow or plimit) - (used - leased), 0) + set_to
   total = math.min(math.max(total, 0), 2147483647)
-  local revoke = 0
   if total < leased then
     write_off()
-    epoch, leased, revoke = epoch + 1, 0, 1
+    epoch, leased = epoch + 1, 0
   end
   allow = used + total - leased
   remaining = quota_left()
@@ -531,7 +530,7 @@ if op == 'add' then
   redis.call('HDEL', k, 'ae')
   record(0)
   redis.call('EXPIRE', k, ttl)
-  return { tonumber(redis.call('HGET', k, 'd:' .. day .. ':u')), remaining + leased, used, allow, epoch, revoke }
+  return { tonumber(redis.call('HGET', k, 'd:' .. day .. ':u')), remaining + leased, used, allow, epoch }
 end
 
 -- The bucket, refilled up to now, with the returned tokens back in it.

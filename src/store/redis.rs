@@ -392,6 +392,17 @@ impl RedisStore {
         results.into_iter().collect()
     }
 
+    /// Revokes `counter`'s leases older than `epoch` on every replica (and
+    /// has each forget what it knew of the counter); returns once every
+    /// live replica acknowledged.
+    async fn revoke_everywhere(&self, counter: &CounterKey, epoch: u64) -> Result<()> {
+        let mut connection = self.connection.clone();
+        self.control
+            .revoke(&mut connection, counter, epoch)
+            .await
+            .map_err(|e| store_error("revoke", e))
+    }
+
     /// Prefixes every key (default `tup:`), e.g. to share one Redis
     /// between deployments or tests.
     pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
@@ -729,38 +740,25 @@ impl RedisStore {
             let saw = counter.clone();
             let (today, remaining, epoch) = store
                 .run(move |mut connection| async move {
-                    // The last: whether the script started a new epoch
-                    // ("set" always does); every change is announced.
                     // Until the answer is in the copy: a restore waits for it.
                     let _in_flight = recovery.in_flight.read().await;
-                    let (today, remaining, used, allow, epoch, _new_epoch): (
-                        u64,
-                        u64,
-                        u64,
-                        i64,
-                        u64,
-                        u8,
-                    ) = connection
-                        .invoke(args.invocation(&script, &key, None, op))
-                        .await?;
+                    let (today, remaining, used, allow, epoch): (u64, u64, u64, i64, u64) =
+                        connection
+                            .invoke(args.invocation(&script, &key, None, op))
+                            .await?;
                     if let Some(period) = period {
                         recovery.saw(saw, period, (used, allow, epoch));
                     }
                     Ok((today, remaining, epoch))
                 })
                 .await?;
-            // A new epoch: once every replica dropped its older leases
-            // (acknowledged, or lapsed), only `remaining` is admitted from
-            // now on, on every replica. An "add" that keeps the epoch is
-            // announced all the same (revoking nothing): every replica
-            // forgets the quota it remembered as spent, and its copy for
-            // a restore follows, before the call returns.
-            let mut connection = store.connection.clone();
-            store
-                .control
-                .revoke(&mut connection, &counter, epoch)
-                .await
-                .map_err(|e| store_error("revoke", e))?;
+            // A new epoch ("set", or an "add" into leased units): once
+            // every replica dropped its older leases, only `remaining` is
+            // admitted from now on, on every replica. An "add" that keeps
+            // the epoch is announced all the same (revoking nothing): every
+            // replica forgets the quota it remembered as spent, and its
+            // copy for a restore follows, before the call returns.
+            store.revoke_everywhere(&counter, epoch).await?;
             Ok([today, remaining])
         })
     }
@@ -776,7 +774,7 @@ impl CounterStore for RedisStore {
         }
         if request.quota.is_none() {
             // Spends a token a remembered refusal would not know of.
-            self.control.spent.forget(request.counter);
+            self.control.spent.forget_if_remembered(request.counter);
         }
         let leases = self.leases.as_ref().filter(|l| l.active());
         if let Some(leases) = leases {
@@ -1022,12 +1020,7 @@ impl CounterStore for RedisStore {
             let epoch: u64 = store
                 .call(&counter, "forget", Args::new(UnixNanos::new(0), None))
                 .await?;
-            let mut connection = store.connection.clone();
-            store
-                .control
-                .revoke(&mut connection, &counter, epoch)
-                .await
-                .map_err(|e| store_error("revoke", e))
+            store.revoke_everywhere(&counter, epoch).await
         })
     }
 }

@@ -91,16 +91,19 @@ impl SpentKeys {
             return None;
         }
         let now_us = request.now.get() / 1_000;
-        let spent = self.spent.get(request.counter)?.clone();
+        let entry = self.spent.get(request.counter)?;
+        let spent = entry.value();
         let now_secs = now_us.div_euclid(1_000_000);
         let fresh = now_us.saturating_sub(spent.at_us) < REMEMBERED_FOR.as_micros() as i64
             && now_us >= spent.at_us;
-        let same_bucket = request.throttle.map(|t| t.method) == Some(spent.method.as_deref());
         if spent.rule != rule || now_secs >= spent.period.1 || !fresh {
+            let at_us = spent.at_us;
+            drop(entry);
             self.spent
-                .remove_if(request.counter, |_, now| now.at_us == spent.at_us);
+                .remove_if(request.counter, |_, now| now.at_us == at_us);
             return None;
         }
+        let same_bucket = request.throttle.map(|t| t.method) == Some(spent.method.as_deref());
         if request.throttle.is_some() && !same_bucket {
             return None;
         }
@@ -121,6 +124,15 @@ impl SpentKeys {
                 .map(|(t, bucket)| bucket.state(&t.throttle)),
             quota: Some(quota_state(&rule, 0, spent.period, now_secs)),
         })
+    }
+
+    /// Forgets `counter` if it is remembered: for what a decision of this
+    /// replica changes (a token spent without the quota). Nothing shared is
+    /// written while it is not, so it costs a decision one atomic load.
+    pub(crate) fn forget_if_remembered(&self, counter: &CounterKey) {
+        if self.any.load(Ordering::Acquire) && self.spent.contains_key(counter) {
+            self.forget(counter);
+        }
     }
 
     pub(crate) fn forget(&self, counter: &CounterKey) {
