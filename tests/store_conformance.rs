@@ -226,6 +226,69 @@ async fn a_new_replica_puts_back_counters_it_only_read(var: &str, default: &str)
     }
 }
 
+/// Redis loses its data; A finds it first and every replica puts back
+/// what it saw (A's restore, then B's on A's message). B then decides on
+/// the counter as Redis now holds it, and later checks the marker, finds
+/// it replaced and restores again: what B saw after the first restore is
+/// in Redis already and counts once, not twice (it did, and lost quota).
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_restore_counts_nothing_twice() {
+    use store_suite::{decide, rule};
+    use tower_usage_plans::store::{CounterKey, Verdict};
+    use tower_usage_plans::QuotaPeriod;
+
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6390".into());
+    let prefix = unique_prefix();
+    let (a, b) = (
+        store_suite::store_at(&url, &prefix).await,
+        store_suite::store_at(&url, &prefix).await,
+    );
+    a.recover_if_emptied().await.unwrap();
+    b.recover_if_emptied().await.unwrap();
+    let quota = Some(rule(100, QuotaPeriod::Day));
+    let counter = CounterKey::new("plan", "twice");
+    let now = jiff::Timestamp::now;
+    let remaining = |decision: tower_usage_plans::store::Decision| {
+        assert_eq!(decision.verdict, Verdict::Admitted);
+        decision.quota.unwrap().remaining
+    };
+    for store in [&a, &b] {
+        for _ in 0..5 {
+            remaining(decide(store, &counter, None, quota, now()).await);
+        }
+    }
+    delete(
+        &url,
+        &[
+            format!("{prefix}{{plan:twice}}"),
+            format!("{prefix}{{ctl}}:marker"),
+        ],
+    )
+    .await;
+    // Both restores (A's 5, B's 10): the 11th request leaves 89.
+    assert_eq!(
+        remaining(decide(&a, &counter, None, quota, now()).await),
+        89
+    );
+    for left in (79..89).rev() {
+        assert_eq!(
+            remaining(decide(&b, &counter, None, quota, now()).await),
+            left
+        );
+    }
+    // B finds the marker A put and restores what it saw (21 used).
+    b.recover_if_emptied().await.unwrap();
+    assert_eq!(
+        remaining(decide(&a, &counter, None, quota, now()).await),
+        78
+    );
+    assert_eq!(
+        remaining(decide(&b, &counter, None, quota, now()).await),
+        77
+    );
+}
+
 /// Deletes `keys` one by one (they lie in different cluster slots).
 #[cfg(feature = "redis")]
 async fn delete(url: &str, keys: &[String]) {

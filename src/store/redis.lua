@@ -460,12 +460,22 @@ end
 if op == 'restore' then
   if kind ~= "" then
     local seen_used, seen_allow = tonumber(ARGV[23]) or 0, tonumber(ARGV[24]) or -1
+    local seen_epoch = tonumber(ARGV[25]) or 0
+    -- 're': the first epoch after this counter was put back. Epochs seen
+    -- from it on were read from Redis as it is now: nothing to put back
+    -- (adding them would count twice what Redis admitted since).
+    local since = tonumber(redis.call('HGET', k, 're'))
+    if since and seen_epoch >= since then
+      return 0
+    end
+    -- Counts seen before the loss add what they saw beyond the largest
+    -- one put back ('rb'); decisions made on the emptied counter before
+    -- the first restore (none on one server) stay counted.
     local base = tonumber(redis.call('HGET', k, 'rb')) or 0
     if seen_used > base then
       used = used + seen_used - base
       redis.call('HSET', k, 'used', used, 'rb', seen_used)
     end
-    local seen_epoch = tonumber(ARGV[25]) or 0
     if seen_allow >= 0 then
       local allow_epoch = tonumber(redis.call('HGET', k, 'ae'))
       if not allow or (allow_epoch and (seen_epoch > allow_epoch
@@ -473,10 +483,13 @@ if op == 'restore' then
         redis.call('HSET', k, 'allow', seen_allow, 'ae', seen_epoch)
       end
     end
-    if seen_epoch >= epoch then
-      -- A new epoch: the leases of this one are stale.
+    if not since then
+      -- The first restore: a new era of epochs, past any a replica saw
+      -- before the loss (2^32 UpdateUsage calls apart), whose leases of
+      -- the emptied counter's epochs are stale.
       redis.call('HINCRBY', k, 'stale', leased)
-      epoch, leased = seen_epoch + 1, 0
+      epoch, leased = math.max(epoch, seen_epoch) + 4294967296, 0
+      redis.call('HSET', k, 're', epoch)
     end
     redis.call('HSET', k, 'ep', epoch, 'leased', leased)
     redis.call('EXPIRE', k, ttl)
