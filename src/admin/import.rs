@@ -125,6 +125,15 @@ fn check_plans(plans: &UsagePlans, value: &str, plan_ids: &[String]) -> Result<(
 type Parsed = (Vec<(usize, Row)>, Vec<String>);
 
 fn parse(body: &[u8], plans: &UsagePlans) -> Result<Parsed> {
+    // The csv reader takes an unclosed quote to run to the end of the
+    // file, which would swallow every row after it into one bad row: an
+    // odd number of double quotes (RFC 4180 doubles them inside quoted
+    // fields) refuses the file instead.
+    if body.iter().filter(|&&b| b == b'"').count() % 2 == 1 {
+        return Err(Error::bad_request(
+            "Invalid API key file: a quoted field is not closed (an odd number of double quotes)",
+        ));
+    }
     let mut reader = csv::ReaderBuilder::new()
         .flexible(true)
         .trim(csv::Trim::All)
@@ -218,5 +227,23 @@ mod tests {
         // Without failonwarnings the first row lands and the second warns.
         let imported = import(&plans, csv.as_bytes(), false).unwrap();
         assert_eq!((imported.ids.len(), imported.warnings.len()), (1, 1));
+    }
+
+    #[test]
+    fn an_unclosed_quote_refuses_the_file_and_imports_nothing() {
+        let plans = UsagePlans::new();
+        let (one, two) = ("a".repeat(30), "b".repeat(30));
+        let csv = format!("name,key\n\"first,{one}\nsecond,{two}\n");
+        for fail_on_warnings in [false, true] {
+            let err = import(&plans, csv.as_bytes(), fail_on_warnings).unwrap_err();
+            assert_eq!(err.kind(), crate::ErrorKind::BadRequest);
+            assert!(err.message().contains("not closed"), "{}", err.message());
+        }
+        assert!(plans.api_keys().is_empty(), "nothing imported");
+        // Quotes doubled inside a quoted field are fine.
+        let csv = format!("name,key\n\"say \"\"hi\"\"\",{one}\n");
+        let imported = import(&plans, csv.as_bytes(), true).unwrap();
+        assert_eq!(imported.ids.len(), 1);
+        assert_eq!(plans.api_keys()[0].name.as_deref(), Some("say \"hi\""));
     }
 }
