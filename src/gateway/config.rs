@@ -32,7 +32,13 @@ use crate::StoreFailure;
 #[command(
     name = "gateway",
     version,
-    about = "API usage plans (keys, throttles, quotas) in front of any HTTP upstream"
+    about = "API usage plans (keys, throttles, quotas) in front of any HTTP upstream",
+    // Not the doc comment: its example is code, not help.
+    long_about = "API usage plans (keys, throttles, quotas) in front of any HTTP upstream.\n\n\
+        Every flag also reads the environment variable USAGE_PLANS_<FLAG> (--listen: \
+        USAGE_PLANS_LISTEN); a flag beats the environment, which beats the file. The admin \
+        credentials and regions add up instead: the file's, the environment's \
+        (USAGE_PLANS_ADMIN_CREDENTIALS, USAGE_PLANS_ADMIN_REGION, comma-separated) and the flags'."
 )]
 pub struct Cli {
     /// TOML configuration: listeners, upstream, stage, admin credentials, plans and keys.
@@ -683,6 +689,14 @@ mod tests {
         GatewayConfig::from_cli(cli)
             .map(|c| c.header_read_timeout)
             .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn help_explains_the_environment_and_prints_no_code() {
+        use clap::CommandFactory;
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("USAGE_PLANS_LISTEN"), "{help}");
+        assert!(!help.contains("```") && !help.contains("use clap"), "{help}");
     }
 
     #[test]
