@@ -1006,20 +1006,6 @@ async fn an_update_usage_through_a_replica_now_gone_survives_redis_losing_its_da
 }
 
 /// How many script calls (decisions, leases, reports) Redis has run.
-async fn script_calls(redis: &Redis) -> u64 {
-    let mut raw = raw_connection(redis).await;
-    let stats: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut raw)
-        .await
-        .unwrap();
-    stats
-        .lines()
-        .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .map_or(0, |calls| calls.parse().unwrap())
-}
-
 /// A key over its quota costs Redis nothing per request: the replica
 /// remembers Redis's refusal (at most a second). UpdateUsage through the
 /// other replica ("add", "set") and a plan change each bind the very next
@@ -1031,14 +1017,14 @@ async fn a_spent_key_costs_redis_nothing_until_an_admin_change() {
         // 10 requests in all: the quota is spent.
         let (a, b, plan_id, key_id, client) = warm_pair(&redis, 10, leases).await;
         assert_eq!(status(&client, a.data_addr()).await, 429);
-        let (before, started) = (script_calls(&redis).await, Instant::now());
+        let (before, started) = (redis.script_calls().await, Instant::now());
         for _ in 0..100 {
             assert_eq!(status(&client, a.data_addr()).await, 429);
         }
         // A refusal is asked again once a second at most (and a leased
         // replica reports and gives back on its 200 ms beat).
         let most = (started.elapsed().as_millis() as u64 / 200 + 1) * 2;
-        let calls = script_calls(&redis).await - before;
+        let calls = redis.script_calls().await - before;
         assert!(
             calls <= most,
             "{calls} script calls for 100 refusals (leases: {leases})"

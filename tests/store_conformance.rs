@@ -289,6 +289,45 @@ async fn a_second_restore_counts_nothing_twice() {
     );
 }
 
+/// Requests of a key whose lease ran out while one of them renews it wait
+/// for the new lease and spend it: one script call in all, not one each
+/// (they each took a one-unit lease of their own, which each renewed).
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_waiting_for_a_renewal_spend_the_new_lease() {
+    use store_suite::{decide, rule};
+    use support::redis_server::Redis;
+    use tower_usage_plans::store::{CounterKey, LeaseConfig, Verdict};
+    use tower_usage_plans::QuotaPeriod;
+
+    let redis = Redis::start();
+    let store = store_suite::store_at(&redis.url(), &unique_prefix())
+        .await
+        .with_leases(LeaseConfig::default());
+    store.until_leasing().await;
+    let counter = CounterKey::new("plan", "renewed");
+    let quota = Some(rule(1_000_000, QuotaPeriod::Day));
+    let start = jiff::Timestamp::now();
+    // A first lease of one unit, spent: the next request renews, a
+    // millisecond later by the requests' clock, so the new lease is sized
+    // for that rate (1,500 units: 750 may be spent unacknowledged).
+    for _ in 0..2 {
+        let decision = decide(&store, &counter, None, quota, start).await;
+        assert_eq!(decision.verdict, Verdict::Admitted);
+    }
+    let later = start + jiff::SignedDuration::from_millis(1);
+    let before = redis.script_calls().await;
+    // Polled in turn: the first renews, the others find the renewal under
+    // way and wait for it.
+    let decisions: Vec<_> = (0..20)
+        .map(|_| decide(&store, &counter, None, quota, later))
+        .collect();
+    for decision in futures_util::future::join_all(decisions).await {
+        assert_eq!(decision.verdict, Verdict::Admitted);
+    }
+    assert_eq!(redis.script_calls().await - before, 1, "the renewal alone");
+}
+
 /// Deletes `keys` one by one (they lie in different cluster slots).
 #[cfg(feature = "redis")]
 async fn delete(url: &str, keys: &[String]) {

@@ -696,7 +696,10 @@ mod tests {
         use clap::CommandFactory;
         let help = Cli::command().render_long_help().to_string();
         assert!(help.contains("USAGE_PLANS_LISTEN"), "{help}");
-        assert!(!help.contains("```") && !help.contains("use clap"), "{help}");
+        assert!(
+            !help.contains("```") && !help.contains("use clap"),
+            "{help}"
+        );
     }
 
     #[test]

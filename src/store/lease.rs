@@ -2,6 +2,7 @@
 //! from Redis and spends without a round trip.
 
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -138,6 +139,11 @@ pub(crate) struct Lease {
     /// The rules it was granted under, to give it back.
     pub(crate) throttle: Option<Throttle>,
     pub(crate) quota: Option<QuotaRule>,
+    /// A request took it back to renew it in Redis: until the new lease
+    /// is kept, the slot's other requests are decided in Redis instead
+    /// of each asking for a one-unit lease of its own (each of which then
+    /// renewed again: six script calls a key a second, not one).
+    pub(crate) renewing: bool,
 }
 
 impl Lease {
@@ -171,6 +177,9 @@ pub(crate) struct Leases {
     /// asks for (see [`want`](Self::want)), and when that was (Unix µs):
     /// without it the key's next lease asks for one unit again.
     rates: DashMap<Slot, ((u64, u64), i64)>,
+    /// The slots being renewed, each with what wakes the requests waiting
+    /// for its new lease.
+    renewals: DashMap<Slot, Arc<tokio::sync::Notify>>,
 }
 
 /// A lease per counter and bucket (plan-wide or one method's).
@@ -465,14 +474,22 @@ impl Leases {
     /// report would land after it and Redis could not tell that the units
     /// it reports were the lease's (the periodic give-back, which reports
     /// too, takes it back once the report landed).
-    pub(crate) fn take_unspent(&self, slot: &Slot) -> Option<Unspent> {
-        match self.slots.get(slot) {
-            Some(slot) => {
-                let mut lease = slot.lock();
-                (lease.unspent.pending() == 0).then(|| std::mem::take(&mut lease.unspent))
-            }
-            None => Some(Unspent::default()),
+    ///
+    /// `None` too while another request renews it (see [`Renewal`]).
+    pub(crate) fn take_unspent(self: &Arc<Self>, slot: &Slot) -> Option<(Unspent, Renewal)> {
+        let entry = self.slots.entry(slot.clone()).or_default();
+        let mut lease = entry.lock();
+        if lease.renewing || lease.unspent.pending() > 0 {
+            return None;
         }
+        lease.renewing = true;
+        self.renewals
+            .insert(slot.clone(), Arc::new(tokio::sync::Notify::new()));
+        let renewal = Renewal {
+            leases: self.clone(),
+            slot: slot.clone(),
+        };
+        Some((std::mem::take(&mut lease.unspent), renewal))
     }
 
     /// Keeps a new lease; one granted to a concurrent request in the same
@@ -553,6 +570,59 @@ impl Leases {
             false
         });
         taken
+    }
+}
+
+/// A slot's lease taken back to be renewed: the slot counts as renewing
+/// until this is kept or dropped (the renewal failed, or granted nothing).
+#[derive(Debug)]
+pub(crate) struct Renewal {
+    leases: Arc<Leases>,
+    slot: Slot,
+}
+
+impl Renewal {
+    /// Keeps the new lease (see [`Leases::keep`]).
+    pub(crate) fn keep(self, lease: Lease) {
+        self.leases.keep(self.slot.clone(), lease);
+    }
+}
+
+impl Drop for Renewal {
+    fn drop(&mut self) {
+        if let Some(slot) = self.leases.slots.get(&self.slot) {
+            slot.lock().renewing = false;
+        }
+        if let Some((_, renewed)) = self.leases.renewals.remove(&self.slot) {
+            renewed.notify_waiters();
+        }
+    }
+}
+
+impl Leases {
+    /// Waits until the renewal of `slot` under way now, if any, is over
+    /// (its lease kept, or none granted): a request that found the slot
+    /// spent then spends the new lease instead of a script call of its
+    /// own. `None` if none is under way.
+    pub(crate) fn renewal_under_way(
+        self: &Arc<Self>,
+        slot: &Slot,
+    ) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+        let renewed = self.renewals.get(slot)?.clone();
+        let (leases, slot) = (self.clone(), slot.clone());
+        Some(async move {
+            let notified = renewed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            // Over before this waiter was registered: nothing to wait for.
+            let still = leases
+                .renewals
+                .get(&slot)
+                .is_some_and(|current| Arc::ptr_eq(&current, &renewed));
+            if still {
+                notified.await;
+            }
+        })
     }
 }
 
@@ -682,10 +752,36 @@ mod tests {
 
     #[test]
     fn what_was_taken_back_no_longer_counts_as_spent() {
-        let leases = Leases::new(LeaseConfig::default());
+        let leases = Arc::new(Leases::new(LeaseConfig::default()));
         grant(&leases, 0, 8, 8);
-        let unspent = leases.take_unspent(&slot()).unwrap();
+        let (unspent, _renewal) = leases.take_unspent(&slot()).unwrap();
         assert_eq!((unspent.units, unspent.tokens), (8, 8));
         assert_eq!(leases.want(&slot(), 2_000), (1, 1));
+    }
+
+    #[test]
+    fn one_request_at_a_time_renews_a_slot() {
+        let leases = Arc::new(Leases::new(LeaseConfig::default()));
+        // A key's first lease too.
+        let (_, first) = leases.take_unspent(&slot()).unwrap();
+        assert!(
+            leases.take_unspent(&slot()).is_none(),
+            "one renewal at a time"
+        );
+        drop(first);
+        let (_, renewal) = leases
+            .take_unspent(&slot())
+            .expect("the failed one is over");
+        renewal.keep(Lease {
+            unspent: Unspent {
+                units: 8,
+                granted: 8,
+                ..Unspent::default()
+            },
+            expires_us: TTL_US,
+            ..Lease::default()
+        });
+        let (unspent, _) = leases.take_unspent(&slot()).expect("kept: renewable again");
+        assert_eq!(unspent.units, 8);
     }
 }

@@ -20,7 +20,8 @@ use super::lease::{self, Lease, LeaseConfig, Leases, Unspent};
 use super::recovery::{Marker, Period, Recovery, Seen};
 use super::spent::Spent;
 use super::{
-    CounterKey, CounterStore, DayUsage, Decision, DecisionRequest, QuotaRule, StoreFuture, Verdict,
+    CounterKey, CounterStore, DayUsage, Decision, DecisionRequest, QuotaRule, StoreFuture,
+    ThrottleRule, Verdict,
 };
 use crate::clock::to_nanos;
 use crate::error::{Error, ErrorKind, Result};
@@ -764,8 +765,15 @@ impl RedisStore {
     }
 }
 
-impl CounterStore for RedisStore {
-    fn decide(&self, request: &DecisionRequest<'_>) -> StoreFuture<Decision> {
+impl RedisStore {
+    /// A decision; with `may_wait`, a request that finds its key's lease
+    /// spent while another request renews it waits for the new lease (once)
+    /// rather than call the script itself.
+    fn decide_or_wait(
+        &self,
+        request: &DecisionRequest<'_>,
+        may_wait: bool,
+    ) -> StoreFuture<Decision> {
         // A quota Redis refused as spent: refused here, until a change.
         if let Some(refusal) = self.control.spent.refusal(request) {
             if self.control.is_current() {
@@ -782,6 +790,29 @@ impl CounterStore for RedisStore {
                 return StoreFuture::ready(Ok(decision));
             }
         }
+        if let (Some(leases), true) = (leases, may_wait) {
+            if let Some(renewed) = leases.renewal_under_way(&lease::slot_key(request)) {
+                let store = self.clone();
+                let (counter, quota, now) = (request.counter.clone(), request.quota, request.now);
+                let throttle = request
+                    .throttle
+                    .map(|rule| (rule.method.map(str::to_owned), rule.throttle));
+                return StoreFuture::boxed(async move {
+                    // At most the store's timeout, as a script call.
+                    let _ = tokio::time::timeout(store.timeout, renewed).await;
+                    let request = DecisionRequest {
+                        counter: &counter,
+                        throttle: throttle.as_ref().map(|(method, throttle)| ThrottleRule {
+                            method: method.as_deref(),
+                            throttle: *throttle,
+                        }),
+                        quota,
+                        now,
+                    };
+                    store.decide_or_wait(&request, false).await
+                });
+            }
+        }
         let mut args = Args::new(request.now, request.quota.as_ref());
         let mut op = "decide";
         let mut slot = None;
@@ -790,11 +821,11 @@ impl CounterStore for RedisStore {
             args.want = leases.want(&key, args.now_us);
             // A lease with a report on its way is not given back here: this
             // request is decided without one.
-            if let Some(unspent) = leases.take_unspent(&key) {
+            if let Some((unspent, renewal)) = leases.take_unspent(&key) {
                 args.unspent = unspent;
                 args.record = leases.record(&key);
                 args.lease_us = micros(leases.config.ttl);
-                slot = Some((leases.clone(), key));
+                slot = Some(renewal);
                 op = "lease";
             }
         }
@@ -875,39 +906,37 @@ impl CounterStore for RedisStore {
                 };
                 control.spent.remember(&counter, spent, generation);
             }
-            if let (Some((leases, slot)), true) = (slot, units > 0 || leased_tokens > 0) {
+            if let (Some(renewal), true) = (slot, units > 0 || leased_tokens > 0) {
                 let period = args
                     .period
                     .map_or((0, 0), |(_, start, end, _)| (start, end));
-                leases.keep(
-                    slot,
-                    Lease {
-                        unspent: Unspent {
-                            units,
-                            granted: units,
-                            admitted: 0,
-                            reported: 0,
-                            landed: 0,
-                            cap,
-                            tokens: leased_tokens,
-                            granted_tokens: leased_tokens,
-                            gen,
-                            period_start: period.0,
-                            day: args.day,
-                            epoch,
-                        },
-                        period_end: period.1,
-                        granted_us: args.now_us,
-                        expires_us: args.now_us.saturating_add(args.lease_us),
-                        wall_expires_us: Timestamp::now()
-                            .as_microsecond()
-                            .saturating_add(args.lease_us),
-                        shared_remaining: remaining,
-                        shared_tokens: tokens.max(0.0) as u64,
-                        throttle,
-                        quota,
+                renewal.keep(Lease {
+                    unspent: Unspent {
+                        units,
+                        granted: units,
+                        admitted: 0,
+                        reported: 0,
+                        landed: 0,
+                        cap,
+                        tokens: leased_tokens,
+                        granted_tokens: leased_tokens,
+                        gen,
+                        period_start: period.0,
+                        day: args.day,
+                        epoch,
                     },
-                );
+                    period_end: period.1,
+                    granted_us: args.now_us,
+                    expires_us: args.now_us.saturating_add(args.lease_us),
+                    wall_expires_us: Timestamp::now()
+                        .as_microsecond()
+                        .saturating_add(args.lease_us),
+                    shared_remaining: remaining,
+                    shared_tokens: tokens.max(0.0) as u64,
+                    throttle,
+                    quota,
+                    renewing: false,
+                });
             }
             Ok(Decision {
                 verdict: match verdict {
@@ -929,6 +958,12 @@ impl CounterStore for RedisStore {
                     }),
             })
         })
+    }
+}
+
+impl CounterStore for RedisStore {
+    fn decide(&self, request: &DecisionRequest<'_>) -> StoreFuture<Decision> {
+        self.decide_or_wait(request, true)
     }
 
     fn refund(&self, request: &DecisionRequest<'_>) -> StoreFuture<()> {
