@@ -475,16 +475,26 @@ impl Leases {
     /// it reports were the lease's (the periodic give-back, which reports
     /// too, takes it back once the report landed).
     ///
-    /// `None` too while another request renews it (see [`Renewal`]).
-    pub(crate) fn take_unspent(self: &Arc<Self>, slot: &Slot) -> Option<(Unspent, Renewal)> {
+    /// `None` too while another request renews it (see [`Renewal`]). The
+    /// slot's other requests wait for a renewal that asks for `want` only
+    /// if it asks for more than one unit and token: a key's first lease, or
+    /// one near the end of the quota (Redis grants none), is not worth a
+    /// round trip's wait before their own.
+    pub(crate) fn take_unspent(
+        self: &Arc<Self>,
+        slot: &Slot,
+        want: (u64, u64),
+    ) -> Option<(Unspent, Renewal)> {
         let entry = self.slots.entry(slot.clone()).or_default();
         let mut lease = entry.lock();
         if lease.renewing || lease.unspent.pending() > 0 {
             return None;
         }
         lease.renewing = true;
-        self.renewals
-            .insert(slot.clone(), Arc::new(tokio::sync::Notify::new()));
+        if want != (1, 1) {
+            self.renewals
+                .insert(slot.clone(), Arc::new(tokio::sync::Notify::new()));
+        }
         let renewal = Renewal {
             leases: self.clone(),
             slot: slot.clone(),
@@ -754,7 +764,7 @@ mod tests {
     fn what_was_taken_back_no_longer_counts_as_spent() {
         let leases = Arc::new(Leases::new(LeaseConfig::default()));
         grant(&leases, 0, 8, 8);
-        let (unspent, _renewal) = leases.take_unspent(&slot()).unwrap();
+        let (unspent, _renewal) = leases.take_unspent(&slot(), (1, 1)).unwrap();
         assert_eq!((unspent.units, unspent.tokens), (8, 8));
         assert_eq!(leases.want(&slot(), 2_000), (1, 1));
     }
@@ -762,16 +772,21 @@ mod tests {
     #[test]
     fn one_request_at_a_time_renews_a_slot() {
         let leases = Arc::new(Leases::new(LeaseConfig::default()));
-        // A key's first lease too.
-        let (_, first) = leases.take_unspent(&slot()).unwrap();
+        // A key's first lease too (one unit: not waited for).
+        let (_, first) = leases.take_unspent(&slot(), (1, 1)).unwrap();
+        assert!(leases.renewal_under_way(&slot()).is_none());
         assert!(
-            leases.take_unspent(&slot()).is_none(),
+            leases.take_unspent(&slot(), (1, 1)).is_none(),
             "one renewal at a time"
         );
         drop(first);
         let (_, renewal) = leases
-            .take_unspent(&slot())
+            .take_unspent(&slot(), (8, 8))
             .expect("the failed one is over");
+        assert!(
+            leases.renewal_under_way(&slot()).is_some(),
+            "8 units: waited for"
+        );
         renewal.keep(Lease {
             unspent: Unspent {
                 units: 8,
@@ -781,7 +796,10 @@ mod tests {
             expires_us: TTL_US,
             ..Lease::default()
         });
-        let (unspent, _) = leases.take_unspent(&slot()).expect("kept: renewable again");
+        assert!(leases.renewal_under_way(&slot()).is_none(), "over");
+        let (unspent, _) = leases
+            .take_unspent(&slot(), (1, 1))
+            .expect("kept: renewable again");
         assert_eq!(unspent.units, 8);
     }
 }

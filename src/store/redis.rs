@@ -821,7 +821,7 @@ impl RedisStore {
             args.want = leases.want(&key, args.now_us);
             // A lease with a report on its way is not given back here: this
             // request is decided without one.
-            if let Some((unspent, renewal)) = leases.take_unspent(&key) {
+            if let Some((unspent, renewal)) = leases.take_unspent(&key, args.want) {
                 args.unspent = unspent;
                 args.record = leases.record(&key);
                 args.lease_us = micros(leases.config.ttl);
