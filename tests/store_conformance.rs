@@ -227,10 +227,12 @@ async fn a_new_replica_puts_back_counters_it_only_read(var: &str, default: &str)
 }
 
 /// Redis loses its data; A finds it first and every replica puts back
-/// what it saw (A's restore, then B's on A's message). B then decides on
-/// the counter as Redis now holds it, and later checks the marker, finds
-/// it replaced and restores again: what B saw after the first restore is
-/// in Redis already and counts once, not twice (it did, and lost quota).
+/// what it saw (A's restore, then B's on A's message, which names the
+/// marker A sets next: B does not restore again on finding it). B then
+/// decides on the counter as Redis now holds it; when B later finds the
+/// marker replaced all the same (a third replica's recovery raced A's)
+/// and restores again, what it saw since the first restore is in Redis
+/// already and counts once, not twice (it did, and lost quota).
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_restore_counts_nothing_twice() {
@@ -258,18 +260,16 @@ async fn a_second_restore_counts_nothing_twice() {
             remaining(decide(store, &counter, None, quota, now()).await);
         }
     }
-    delete(
-        &url,
-        &[
-            format!("{prefix}{{plan:twice}}"),
-            format!("{prefix}{{ctl}}:marker"),
-        ],
-    )
-    .await;
+    let marker = format!("{prefix}{{ctl}}:marker");
+    delete(&url, &[format!("{prefix}{{plan:twice}}"), marker.clone()]).await;
     // Both restores (A's 5, B's 10): the 11th request leaves 89.
     assert_eq!(
         remaining(decide(&a, &counter, None, quota, now()).await),
         89
+    );
+    assert!(
+        !b.recover_if_emptied().await.unwrap(),
+        "B knows the marker A set"
     );
     for left in (79..89).rev() {
         assert_eq!(
@@ -277,8 +277,19 @@ async fn a_second_restore_counts_nothing_twice() {
             left
         );
     }
-    // B finds the marker A put and restores what it saw (21 used).
-    b.recover_if_emptied().await.unwrap();
+    // Another replica's marker: B restores what it saw (21 used).
+    let mut raw = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let () = redis::cmd("SET")
+        .arg(&marker)
+        .arg("another-replicas")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!(b.recover_if_emptied().await.unwrap(), "B restored again");
     assert_eq!(
         remaining(decide(&a, &counter, None, quota, now()).await),
         78

@@ -37,6 +37,10 @@ const RENEW_EVERY: Duration = Duration::from_millis(100);
 /// lost its data): resolves once done, and the message is acknowledged.
 pub(crate) type Handler = Arc<dyn Fn() -> StoreFuture<()> + Send + Sync>;
 
+/// What a replica does when another found that Redis lost its data, with
+/// the marker that replica is about to set (none from older versions).
+pub(crate) type LostHandler = Arc<dyn Fn(Option<String>) -> StoreFuture<()> + Send + Sync>;
+
 /// What a replica does when another changed a counter's allowance
 /// (UpdateUsage): resolves once done, before the revocation is
 /// acknowledged.
@@ -51,7 +55,7 @@ pub(crate) struct Control {
     channel: String,
     leases: RwLock<Option<Arc<Leases>>>,
     on_registry: RwLock<Option<Handler>>,
-    on_lost: RwLock<Option<Handler>>,
+    on_lost: RwLock<Option<LostHandler>>,
     on_revoked: RwLock<Option<CounterHandler>>,
     waiting: Mutex<HashMap<String, Waiting>>,
     /// Subscribed: acknowledgements reach us.
@@ -162,7 +166,7 @@ impl Control {
     }
 
     /// What this replica does when another found that Redis lost its data.
-    pub(crate) fn on_lost(&self, handler: Option<Handler>) {
+    pub(crate) fn on_lost(&self, handler: Option<LostHandler>) {
         *self.on_lost.write() = handler;
     }
 
@@ -173,10 +177,17 @@ impl Control {
     }
 
     /// Has every other replica put back what it saw of the counters, after
-    /// Redis lost its data; returns once each live one did.
-    pub(crate) async fn lost(&self, connection: &mut Connection) -> redis::RedisResult<()> {
+    /// Redis lost its data, and adopt `marker`, which this one sets next
+    /// (so that none of them finds it new and restores again); returns
+    /// once each live one did.
+    pub(crate) async fn lost(
+        &self,
+        connection: &mut Connection,
+        marker: &str,
+    ) -> redis::RedisResult<()> {
         self.spent.forget_all();
-        self.broadcast(connection, |id| format!("lost {id}")).await
+        self.broadcast(connection, |id| format!("lost {id} {marker}"))
+            .await
     }
 
     fn leases(&self) -> Option<Arc<Leases>> {
@@ -341,15 +352,25 @@ impl Control {
             }
             Message::Registry { .. } | Message::Lost { .. } => {
                 self.spent.forget_all();
-                let handler = match message {
-                    Message::Registry { .. } => self.on_registry.read().clone(),
-                    _ => self.on_lost.read().clone(),
-                };
-                if let Some(handler) = handler {
-                    if let Err(e) = handler().await {
-                        tracing::warn!(error = %e, "could not act on a replica message");
-                        return false;
+                let done = match message {
+                    Message::Lost { marker, .. } => {
+                        let handler = self.on_lost.read().clone();
+                        match handler {
+                            Some(handler) => handler(marker.map(str::to_owned)).await,
+                            None => Ok(()),
+                        }
                     }
+                    _ => {
+                        let handler = self.on_registry.read().clone();
+                        match handler {
+                            Some(handler) => handler().await,
+                            None => Ok(()),
+                        }
+                    }
+                };
+                if let Err(e) = done {
+                    tracing::warn!(error = %e, "could not act on a replica message");
+                    return false;
                 }
                 true
             }
@@ -441,6 +462,8 @@ enum Message<'a> {
     },
     Lost {
         id: &'a str,
+        /// The marker the sender sets once every replica restored.
+        marker: Option<&'a str>,
     },
 }
 
@@ -459,7 +482,10 @@ impl<'a> Message<'a> {
                 key: parts.next()?,
             },
             "registry" => Self::Registry { id: parts.next()? },
-            "lost" => Self::Lost { id: parts.next()? },
+            "lost" => Self::Lost {
+                id: parts.next()?,
+                marker: parts.next(),
+            },
             "beat" => Self::Beat {
                 replica: parts.next()?,
                 until_ms: parts.next()?.parse().ok()?,
@@ -472,7 +498,7 @@ impl<'a> Message<'a> {
     /// beats.
     fn id(&self) -> Option<&'a str> {
         match self {
-            Self::Revoke { id, .. } | Self::Registry { id } | Self::Lost { id } => Some(id),
+            Self::Revoke { id, .. } | Self::Registry { id } | Self::Lost { id, .. } => Some(id),
             Self::Ack { .. } | Self::Beat { .. } => None,
         }
     }

@@ -90,15 +90,24 @@ impl Recovery {
         })
     }
 
-    /// Sets a new marker where there is none, and adopts the one there.
-    pub(crate) async fn put_marker(&self, connection: &mut Connection) -> redis::RedisResult<()> {
-        let fresh = format!("{:016x}", rand::random::<u64>());
+    /// A marker no replica used before.
+    pub(crate) fn fresh_marker() -> String {
+        format!("{:016x}", rand::random::<u64>())
+    }
+
+    /// Sets `fresh` as the marker where there is none, and adopts the one
+    /// there.
+    pub(crate) async fn put_marker(
+        &self,
+        connection: &mut Connection,
+        fresh: &str,
+    ) -> redis::RedisResult<()> {
         let (current,): (String,) = connection
             .pipeline(
                 redis::pipe()
                     .cmd("SET")
                     .arg(&self.marker_key)
-                    .arg(&fresh)
+                    .arg(fresh)
                     .arg("NX")
                     .ignore()
                     .cmd("GET")

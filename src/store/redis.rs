@@ -125,7 +125,7 @@ impl RedisStore {
             self.connection.clone(),
             self.script.clone(),
         );
-        self.control.on_lost(Some(Arc::new(move || {
+        self.control.on_lost(Some(Arc::new(move |marker| {
             let (recovery, mut connection, script) =
                 (recovery.clone(), connection.clone(), script.clone());
             StoreFuture::boxed(async move {
@@ -133,6 +133,10 @@ impl RedisStore {
                     restore_seen(&recovery, &mut connection, &script)
                         .await
                         .map_err(|e| store_error("restore", e))?;
+                    // The sender's next marker: not news when it is set.
+                    if let Some(marker) = marker {
+                        recovery.adopt(marker);
+                    }
                 }
                 Ok(())
             })
@@ -1102,7 +1106,9 @@ async fn recover(
     match recovery.marker(connection).await? {
         Marker::Known => Ok(false),
         Marker::Unset => {
-            recovery.put_marker(connection).await?;
+            recovery
+                .put_marker(connection, &Recovery::fresh_marker())
+                .await?;
             Ok(false)
         }
         Marker::Replaced(marker) => {
@@ -1112,8 +1118,9 @@ async fn recover(
         }
         Marker::Missing => {
             restore_seen(recovery, connection, script).await?;
-            control.lost(connection).await?;
-            recovery.put_marker(connection).await?;
+            let fresh = Recovery::fresh_marker();
+            control.lost(connection, &fresh).await?;
+            recovery.put_marker(connection, &fresh).await?;
             Ok(true)
         }
     }
