@@ -140,9 +140,10 @@ pub(crate) struct Lease {
     pub(crate) throttle: Option<Throttle>,
     pub(crate) quota: Option<QuotaRule>,
     /// A request took it back to renew it in Redis: until the new lease
-    /// is kept, the slot's other requests are decided in Redis instead
-    /// of each asking for a one-unit lease of its own (each of which then
-    /// renewed again: six script calls a key a second, not one).
+    /// is kept, the slot's other requests wait for it (or are decided in
+    /// Redis) instead of each asking for a one-unit lease of its own (each
+    /// of which then renewed again: six script calls a key a second, not
+    /// one).
     pub(crate) renewing: bool,
 }
 
