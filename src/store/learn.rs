@@ -106,14 +106,15 @@ pub(crate) async fn some(
     Ok(done)
 }
 
-/// A counter hash's period kind, start and end, used count, allowance and
-/// epoch.
+/// A counter hash's period kind, start and end, used count, allowance,
+/// epoch and units out on leases.
 type Fields = (
     Option<String>,
     Option<i64>,
     Option<i64>,
     Option<u64>,
     Option<i64>,
+    Option<u64>,
     Option<u64>,
 );
 
@@ -149,7 +150,7 @@ async fn copy(
                     .query(
                         redis::cmd("HMGET")
                             .arg(&key)
-                            .arg(&["pk", "ps", "pe", "used", "allow", "ep"][..]),
+                            .arg(&["pk", "ps", "pe", "used", "allow", "ep", "leased"][..]),
                     )
                     .await?;
                 Ok::<_, redis::RedisError>((counter, fields))
@@ -158,13 +159,15 @@ async fn copy(
         .buffer_unordered(IN_FLIGHT)
         .try_collect()
         .await?;
-    for (counter, (kind, start, end, used, allow, epoch)) in fields {
+    for (counter, (kind, start, end, used, allow, epoch, leased)) in fields {
         let (Some(kind), Some(start), Some(end)) =
             (kind.and_then(|k| k.parse::<QuotaPeriod>().ok()), start, end)
         else {
             continue;
         };
-        let (used, allow) = (used.unwrap_or(0), allow.unwrap_or(-1));
+        // Leased units are counted by their holders when they restore.
+        let used = used.unwrap_or(0).saturating_sub(leased.unwrap_or(0));
+        let allow = allow.unwrap_or(-1);
         if !(start <= now && now < end) || (used == 0 && allow < 0) {
             continue;
         }

@@ -1,6 +1,7 @@
 //! The local side of leases: slices of quota and tokens that a replica took
 //! from Redis and spends without a round trip.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -139,12 +140,12 @@ pub(crate) struct Lease {
     /// The rules it was granted under, to give it back.
     pub(crate) throttle: Option<Throttle>,
     pub(crate) quota: Option<QuotaRule>,
-    /// A request took it back to renew it in Redis: until the new lease
-    /// is kept, the slot's other requests wait for it (or are decided in
-    /// Redis) instead of each asking for a one-unit lease of its own (each
-    /// of which then renewed again: six script calls a key a second, not
-    /// one).
-    pub(crate) renewing: bool,
+    /// A request took it back to renew it in Redis (what it held, on its
+    /// way back): until the new lease is kept, the slot's other requests
+    /// wait for it (or are decided in Redis) instead of each asking for a
+    /// one-unit lease of its own (each of which then renewed again: six
+    /// script calls a key a second, not one).
+    pub(crate) renewing: Option<Unspent>,
 }
 
 impl Lease {
@@ -488,10 +489,11 @@ impl Leases {
     ) -> Option<(Unspent, Renewal)> {
         let entry = self.slots.entry(slot.clone()).or_default();
         let mut lease = entry.lock();
-        if lease.renewing || lease.unspent.pending() > 0 {
+        if lease.renewing.is_some() || lease.unspent.pending() > 0 {
             return None;
         }
-        lease.renewing = true;
+        let taken = std::mem::take(&mut lease.unspent);
+        lease.renewing = Some(taken);
         if want != (1, 1) {
             self.renewals
                 .insert(slot.clone(), Arc::new(tokio::sync::Notify::new()));
@@ -500,7 +502,7 @@ impl Leases {
             leases: self.clone(),
             slot: slot.clone(),
         };
-        Some((std::mem::take(&mut lease.unspent), renewal))
+        Some((taken, renewal))
     }
 
     /// Keeps a new lease; one granted to a concurrent request in the same
@@ -550,6 +552,36 @@ impl Leases {
         }
     }
 
+    /// A lease given back after its counter vanished: kept to go back
+    /// again (and to be counted by the restore that puts the counter back)
+    /// while it is recent; one older than 10 s (its counter expired, or
+    /// was never restored) is forgotten.
+    pub(crate) fn lost_with_counter(&self, slot: Slot, lease: Lease) {
+        let now_us = jiff::Timestamp::now().as_microsecond();
+        if lease.unspent.holds() && now_us < lease.wall_expires_us.saturating_add(10_000_000) {
+            self.dropped.lock().push((slot, lease));
+        }
+    }
+
+    /// The quota units of this replica's leases that Redis counts as
+    /// leased: held, or spent and not yet acknowledged (in live leases, in
+    /// those on their way back, and in those being renewed). A restore adds
+    /// them to what the copy says was admitted.
+    pub(crate) fn outstanding(&self) -> Outstanding {
+        let mut out = Outstanding::default();
+        for slot in self.slots.iter() {
+            let lease = slot.value().lock();
+            out.add(&slot.key().0, &lease, &lease.unspent);
+            if let Some(taken) = &lease.renewing {
+                out.add(&slot.key().0, &lease, taken);
+            }
+        }
+        for ((counter, _), lease) in self.dropped.lock().iter() {
+            out.add(counter, lease, &lease.unspent);
+        }
+        out
+    }
+
     /// Takes every lease that still holds something, to give it all back.
     pub(crate) fn drain(&self) -> Vec<(Slot, Lease)> {
         let mut taken = Vec::new();
@@ -584,6 +616,35 @@ impl Leases {
     }
 }
 
+/// Quota units out on a replica's leases, per counter, epoch and period
+/// start (see [`Leases::outstanding`]).
+#[derive(Debug, Default)]
+// A `CounterKey`'s cell (interior mutability) plays no part in its hash or
+// equality.
+#[allow(clippy::mutable_key_type)]
+pub(crate) struct Outstanding(HashMap<(CounterKey, u64, i64), u64>);
+
+impl Outstanding {
+    fn add(&mut self, counter: &CounterKey, lease: &Lease, unspent: &Unspent) {
+        if lease.quota.is_some() && unspent.granted > 0 {
+            let units = unspent.units + unspent.admitted.saturating_sub(unspent.landed);
+            *self
+                .0
+                .entry((counter.clone(), unspent.epoch, unspent.period_start))
+                .or_default() += units;
+        }
+    }
+
+    /// The units out on leases of `counter` in `epoch`, in the period
+    /// that starts at `start`.
+    pub(crate) fn of(&self, counter: &CounterKey, epoch: u64, start: i64) -> u64 {
+        self.0
+            .get(&(counter.clone(), epoch, start))
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
 /// A slot's lease taken back to be renewed: the slot counts as renewing
 /// until this is kept or dropped (the renewal failed, or granted nothing).
 #[derive(Debug)]
@@ -602,7 +663,7 @@ impl Renewal {
 impl Drop for Renewal {
     fn drop(&mut self) {
         if let Some(slot) = self.leases.slots.get(&self.slot) {
-            slot.lock().renewing = false;
+            slot.lock().renewing = None;
         }
         if let Some((_, renewed)) = self.leases.renewals.remove(&self.slot) {
             renewed.notify_waiters();

@@ -10,7 +10,10 @@
 use dashmap::DashMap;
 use parking_lot::Mutex;
 
+use std::sync::Arc;
+
 use super::learn::Scan;
+use super::lease::Leases;
 use super::redis::Connection;
 use super::CounterKey;
 use crate::model::QuotaPeriod;
@@ -22,6 +25,9 @@ pub(crate) type Period = (QuotaPeriod, i64, i64);
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Seen {
     pub(crate) period: Period,
+    /// Used, less the units out on leases (what was admitted, reported,
+    /// or written off): each replica adds its own leases' units when it
+    /// restores, so a lease given back is not counted as used.
     pub(crate) used: u64,
     /// The allowance UpdateUsage set (-1: none).
     pub(crate) allow: i64,
@@ -43,6 +49,8 @@ pub(crate) struct Recovery {
     /// it is sent until its answer is in `seen`; a restore holds it alone,
     /// so it puts back what every answer Redis gave before the loss said.
     pub(crate) in_flight: tokio::sync::RwLock<()>,
+    /// This replica's leases, whose units a restore adds to `seen`.
+    pub(crate) leases: Option<Arc<Leases>>,
 }
 
 /// What the marker says.
@@ -69,7 +77,14 @@ impl Recovery {
             gate: tokio::sync::Mutex::new(()),
             scan: Mutex::new(Scan::default()),
             in_flight: tokio::sync::RwLock::new(()),
+            leases: None,
         }
+    }
+
+    /// Restores count the units of `leases` too.
+    pub(crate) fn holding(mut self, leases: Option<Arc<Leases>>) -> Self {
+        self.leases = leases;
+        self
     }
 
     /// Reads the marker; a first one seen is adopted.
@@ -129,7 +144,7 @@ impl Recovery {
     }
 
     /// Remembers a counter's state as a decision (or UpdateUsage) left it:
-    /// `(used, allowance or -1, epoch)` in `period`. Answers arrive out of
+    /// `(used less leased, allowance or -1, epoch)` in `period`. Answers arrive out of
     /// order: within one period and epoch the larger used count stands (a
     /// refund's smaller one too, which only ever restores too much as
     /// used); a later epoch or another period replaces it.
@@ -158,6 +173,20 @@ impl Recovery {
                 }
             })
             .or_insert(seen);
+    }
+}
+
+impl Recovery {
+    /// Remembers what a lease's report or give-back left of a counter:
+    /// `used` (less leased) in `period` and `epoch`. It raises the count
+    /// of the period and epoch the copy knows, and changes nothing else
+    /// (the answer does not say the allowance).
+    pub(crate) fn saw_spent(&self, counter: &CounterKey, period: Period, epoch: u64, used: u64) {
+        if let Some(mut known) = self.seen.get_mut(counter) {
+            if known.period == period && known.epoch == epoch {
+                known.used = known.used.max(used);
+            }
+        }
     }
 }
 

@@ -61,7 +61,9 @@
 --          26 the holder's record ("" = none), 27-30 the lease given back: its
 --          generation, most unreported units, tokens granted, units reported and
 --          not yet acknowledged; 31 lease lifetime (µs), 32 grace before reclaiming (µs),
---          33 a lease's share that may be spent unacknowledged (2: a half)
+--          33 a lease's share that may be spent unacknowledged (2: a half),
+--          34 for "restore": the units of this replica's own leases of the
+--          epoch it saw, outstanding (held, or spent and not acknowledged)
 local k = KEYS[1]
 local op = ARGV[1]
 local now_us, now = tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -401,6 +403,8 @@ local ret_tokens = ret_t
 if op == 'return' or op == 'report' then
   -- A counter that is gone (forgotten, or lost with Redis's data) takes
   -- nothing back. A report of a reclaimed lease answers 1: spend no more.
+  -- With what the counter holds now (used, leased, epoch, period start),
+  -- for the replica's copy.
   local answer = 0
   if redis.call('EXISTS', k) == 1 then
     if give_back() then
@@ -415,8 +419,11 @@ if op == 'return' or op == 'report' then
       end
     end
     redis.call('EXPIRE', k, ttl)
+    local now_q = redis.call('HMGET', k, 'used', 'leased', 'ps')
+    return { answer, tonumber(now_q[1]) or 0, tonumber(now_q[2]) or 0, epoch,
+      tonumber(now_q[3]) or -1 }
   end
-  return answer
+  return { answer }
 end
 if op == 'lease' then
   if give_back() then
@@ -476,6 +483,14 @@ if op == 'restore' then
       used = used + seen_used - base
       redis.call('HSET', k, 'used', used, 'rb', seen_used)
     end
+    -- The copies count admissions, not leased units: each replica adds
+    -- the units of its own leases that were out (it may spend them yet,
+    -- or spent them unreported), so they add up across replicas.
+    local own = tonumber(ARGV[34]) or 0
+    if own > 0 then
+      used = used + own
+      redis.call('HSET', k, 'used', used)
+    end
     if seen_allow >= 0 then
       local allow_epoch = tonumber(redis.call('HGET', k, 'ae'))
       if not allow or (allow_epoch and (seen_epoch > allow_epoch
@@ -517,7 +532,7 @@ if op == 'set' then
   redis.call('HDEL', k, 'ae')
   record(0)
   redis.call('EXPIRE', k, ttl)
-  return { tonumber(redis.call('HGET', k, 'd:' .. day .. ':u')), set_to, used, allow, epoch }
+  return { tonumber(redis.call('HGET', k, 'd:' .. day .. ':u')), set_to, used, allow, epoch, 0 }
 end
 
 if op == 'add' then
@@ -543,7 +558,8 @@ if op == 'add' then
   redis.call('HDEL', k, 'ae')
   record(0)
   redis.call('EXPIRE', k, ttl)
-  return { tonumber(redis.call('HGET', k, 'd:' .. day .. ':u')), remaining + leased, used, allow, epoch }
+  return { tonumber(redis.call('HGET', k, 'd:' .. day .. ':u')), remaining + leased, used, allow, epoch,
+    leased }
 end
 
 -- The bucket, refilled up to now, with the returned tokens back in it.

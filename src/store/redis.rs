@@ -117,7 +117,7 @@ impl RedisStore {
 
     /// A new control-channel listener for the current prefix (and leases).
     fn listen(&mut self) {
-        self.recovery = Arc::new(Recovery::new(&self.prefix));
+        self.recovery = Arc::new(Recovery::new(&self.prefix).holding(self.leases.clone()));
         self.control = Arc::new(Control::new(&self.prefix));
         // Another replica found Redis emptied: put back what this one saw.
         let (recovery, connection, script) = (
@@ -341,17 +341,19 @@ impl RedisStore {
                     ..lease.unspent
                 };
                 args.record = leases.record(&slot);
-                match self.call::<i64>(&slot.0, "report", args).await {
+                // Until the answer is in the copy: a restore waits for it.
+                let _in_flight = self.recovery.in_flight.read().await;
+                match self.call::<Vec<i64>>(&slot.0, "report", args).await {
                     Err(e) => {
                         leases.unreport(&slot, &lease, n);
                         Err(e)
                     }
-                    Ok(1) => {
-                        leases.reclaimed(&slot, &lease);
-                        Ok(())
-                    }
-                    Ok(_) => {
-                        leases.landed(&slot, &lease, n);
+                    Ok(answer) => {
+                        self.saw_spent(&slot.0, &lease, &answer);
+                        match answer.first() {
+                            Some(1) => leases.reclaimed(&slot, &lease),
+                            _ => leases.landed(&slot, &lease, n),
+                        }
                         Ok(())
                     }
                 }
@@ -386,11 +388,26 @@ impl RedisStore {
                 }
                 args.unspent = lease.unspent;
                 args.record = leases.record(&(counter.clone(), bucket.clone()));
-                let answer: Result<i64> = self.call(&counter, "return", args).await;
-                answer.map(drop).inspect_err(|_| {
-                    failed.store(true, std::sync::atomic::Ordering::Relaxed);
-                    leases.keep((counter, bucket), lease);
-                })
+                // Until the answer is in the copy: a restore waits for it.
+                let _in_flight = self.recovery.in_flight.read().await;
+                let answer: Result<Vec<i64>> = self.call(&counter, "return", args).await;
+                match answer {
+                    Ok(answer) if answer.len() > 1 => {
+                        self.saw_spent(&counter, &lease, &answer);
+                        Ok(())
+                    }
+                    Ok(_) => {
+                        // The counter is gone: Redis lost its data (a
+                        // restore counts the lease's units), or it expired.
+                        leases.lost_with_counter((counter, bucket), lease);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                        leases.keep((counter, bucket), lease);
+                        Err(e)
+                    }
+                }
             }
         });
         let results: Vec<Result<()>> = returns.buffer_unordered(REPORTS_IN_FLIGHT).collect().await;
@@ -426,6 +443,26 @@ impl RedisStore {
 
     fn key(&self, counter: &CounterKey) -> String {
         counter_key(&self.prefix, counter)
+    }
+
+    /// The copy follows a report's or give-back's `answer` (the script's
+    /// `[answer, used, leased, epoch, period start]`) about `lease`'s
+    /// counter, in the lease's quota period.
+    fn saw_spent(&self, counter: &CounterKey, lease: &Lease, answer: &[i64]) {
+        let (Some(rule), [_, used, leased, epoch, start, ..]) = (lease.quota, answer) else {
+            return;
+        };
+        if *start != lease.unspent.period_start {
+            return;
+        }
+        let period = (
+            rule.quota.period,
+            lease.unspent.period_start,
+            lease.period_end,
+        );
+        let admitted = u64::try_from(used.saturating_sub(*leased)).unwrap_or(0);
+        let epoch = u64::try_from(*epoch).unwrap_or(0);
+        self.recovery.saw_spent(counter, period, epoch, admitted);
     }
 
     /// Runs the script's `op` on `counter`'s hash (with the timeout).
@@ -635,6 +672,8 @@ struct Args {
     record: String,
     /// A new lease's lifetime (µs).
     lease_us: i64,
+    /// For "restore": the units of this replica's own leases out.
+    own_leased: u64,
 }
 
 impl Args {
@@ -659,6 +698,7 @@ impl Args {
             seen: None,
             record: String::new(),
             lease_us: 0,
+            own_leased: 0,
         }
     }
 
@@ -718,7 +758,8 @@ impl Args {
             .arg(self.unspent.pending())
             .arg(self.lease_us)
             .arg(micros(lease::RECLAIM_GRACE))
-            .arg(lease::UNREPORTED_SHARE);
+            .arg(lease::UNREPORTED_SHARE)
+            .arg(self.own_leased);
         invocation
     }
 }
@@ -747,12 +788,19 @@ impl RedisStore {
                 .run(move |mut connection| async move {
                     // Until the answer is in the copy: a restore waits for it.
                     let _in_flight = recovery.in_flight.read().await;
-                    let (today, remaining, used, allow, epoch): (u64, u64, u64, i64, u64) =
-                        connection
-                            .invoke(args.invocation(&script, &key, None, op))
-                            .await?;
+                    let (today, remaining, used, allow, epoch, leased): (
+                        u64,
+                        u64,
+                        u64,
+                        i64,
+                        u64,
+                        u64,
+                    ) = connection
+                        .invoke(args.invocation(&script, &key, None, op))
+                        .await?;
                     if let Some(period) = period {
-                        recovery.saw(saw, period, (used, allow, epoch));
+                        let admitted = used.saturating_sub(leased);
+                        recovery.saw(saw, period, (admitted, allow, epoch));
                     }
                     Ok((today, remaining, epoch))
                 })
@@ -893,9 +941,10 @@ impl RedisStore {
             if let (true, Some(period), false) =
                 (quota.is_some(), args.stored_period(), verdict == 3)
             {
-                recovery.saw(counter.clone(), period, (used, allow, epoch));
+                // Leased units are counted by their holders when they restore.
+                let admitted = used.saturating_sub(leased_out);
+                recovery.saw(counter.clone(), period, (admitted, allow, epoch));
             }
-            drop(in_flight);
             let tokens: f64 = tokens.parse().unwrap_or(0.0);
             // Spent, and no unit out on a lease that could come back.
             if let (2, 0, Some(rule), Some((_, start, end, _))) =
@@ -939,9 +988,11 @@ impl RedisStore {
                     shared_tokens: tokens.max(0.0) as u64,
                     throttle,
                     quota,
-                    renewing: false,
+                    renewing: None,
                 });
             }
+            // A new lease is kept before a restore may run: it counts it.
+            drop(in_flight);
             Ok(Decision {
                 verdict: match verdict {
                     0 => Verdict::Admitted,
@@ -1151,6 +1202,11 @@ async fn restore_seen(
         }
     }
     let restored = current.len();
+    let outstanding = recovery
+        .leases
+        .as_ref()
+        .map(|leases| leases.outstanding())
+        .unwrap_or_default();
     // Every counter of the current period (all of Redis's, for a replica
     // that read them when it started): many restores in flight at once.
     futures_util::stream::iter(current)
@@ -1161,6 +1217,7 @@ async fn restore_seen(
             // The limit plays no part in a restore.
             args.period = Some((kind, start, end, 0));
             args.seen = Some(seen);
+            args.own_leased = outstanding.of(&counter, seen.epoch, start);
             let key = counter_key(&recovery.prefix, &counter);
             async move {
                 connection
