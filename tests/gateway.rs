@@ -647,3 +647,31 @@ async fn start_refuses_a_hand_built_config_it_cannot_honour() {
         assert!(error.to_string().starts_with(field), "{field}: {error}");
     }
 }
+
+/// Two gateways started apart from each other on the same configuration
+/// give its plan and key the same ids: a replica that creates them again
+/// (on a Redis that lost its data, before the others put the registry
+/// back) creates the same plan and key, with the same counters, not a
+/// key with a fresh quota beside the old one.
+#[tokio::test]
+async fn configured_plans_and_keys_have_the_same_ids_in_every_gateway() {
+    let ids = |gateway: &Gateway| {
+        let plan = gateway.plans().usage_plans()[0].id.clone();
+        let key = gateway.plans().api_key_by_value(KEY).unwrap().id;
+        (plan, key)
+    };
+    let one = Gateway::start(config(5)).await.unwrap();
+    let other = Gateway::start(config(5)).await.unwrap();
+    assert_eq!(ids(&one), ids(&other));
+    // An id created through the admin API is still random.
+    let created = |gateway: &Gateway| {
+        gateway
+            .plans()
+            .create_usage_plan(tower_usage_plans::NewUsagePlan::new("testing"))
+            .unwrap()
+            .id
+    };
+    assert_ne!(created(&one), created(&other));
+    one.shutdown().await.unwrap();
+    other.shutdown().await.unwrap();
+}

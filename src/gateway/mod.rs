@@ -550,6 +550,11 @@ fn reload_on_sighup(
 
 /// Creates the configured keys and plans that do not exist yet (keys
 /// matched by value, else name; plans by name) and their associations.
+/// Their ids derive from their names, so every replica creates them alike:
+/// one that starts on an emptied Redis before the others put the registry
+/// back re-creates the same plans and keys, whose counters they restore
+/// (with new ids, the keys' quotas started afresh and the other replicas'
+/// changes to them were lost).
 fn provision(plans: &UsagePlans, config: &GatewayConfig) -> Result<(), GatewayError> {
     let mut key_ids = std::collections::HashMap::new();
     for key in &config.keys {
@@ -560,8 +565,12 @@ fn provision(plans: &UsagePlans, config: &GatewayConfig) -> Result<(), GatewayEr
         let id = match existing {
             Some(existing) => existing.id,
             None => {
+                let id = key
+                    .name
+                    .as_ref()
+                    .map(|name| crate::registry::derived_id(&format!("config key {name}")));
                 plans
-                    .create_api_key(key.clone())
+                    .create_api_key_as(key.clone(), id.as_deref())
                     .map_err(|e| {
                         GatewayError::config(
                             "keys",
@@ -583,8 +592,9 @@ fn provision(plans: &UsagePlans, config: &GatewayConfig) -> Result<(), GatewayEr
         let plan_id = match existing {
             Some(plan) => plan.id,
             None => {
+                let id = crate::registry::derived_id(&format!("config plan {}", entry.plan.name));
                 plans
-                    .create_usage_plan(NewUsagePlan::clone(&entry.plan))
+                    .create_usage_plan_as(NewUsagePlan::clone(&entry.plan), Some(&id))
                     .map_err(|e| {
                         GatewayError::config("plans", format!("'{}': {e}", entry.plan.name))
                     })?

@@ -505,8 +505,23 @@ impl UsagePlans {
     /// assert_eq!(plans.create_usage_plan(NewUsagePlan::new(" ")).unwrap_err().kind(), ErrorKind::BadRequest);
     /// ```
     pub fn create_usage_plan(&self, input: NewUsagePlan) -> Result<UsagePlan> {
+        self.create_usage_plan_as(input, None)
+    }
+
+    /// [`create_usage_plan`](Self::create_usage_plan) with the id `id` if
+    /// no plan has it (the gateway's configured plans: every replica names
+    /// one the same, so one re-created on an emptied Redis is the same
+    /// plan, with the same counters).
+    pub(crate) fn create_usage_plan_as(
+        &self,
+        input: NewUsagePlan,
+        id: Option<&str>,
+    ) -> Result<UsagePlan> {
         let mut control = self.write();
-        let id = unique_id(|id| control.plans.contains_key(id));
+        let id = match id {
+            Some(id) if !control.plans.contains_key(id) => id.to_owned(),
+            _ => unique_id(|id| control.plans.contains_key(id)),
+        };
         let plan = input.into_plan(id.clone());
         plan.validate()?;
         let created = self.now_secs();
@@ -680,6 +695,12 @@ impl UsagePlans {
     /// assert_eq!(again.unwrap_err().kind(), ErrorKind::Conflict);
     /// ```
     pub fn create_api_key(&self, input: NewApiKey) -> Result<ApiKey> {
+        self.create_api_key_as(input, None)
+    }
+
+    /// [`create_api_key`](Self::create_api_key) with the id `id` if no key
+    /// has it (see [`create_usage_plan_as`](Self::create_usage_plan_as)).
+    pub(crate) fn create_api_key_as(&self, input: NewApiKey, id: Option<&str>) -> Result<ApiKey> {
         let mut control = self.write();
         let value = match input.value {
             Some(value) => value,
@@ -691,7 +712,10 @@ impl UsagePlans {
             return Err(Error::conflict("API Key already exists"));
         }
         let now = self.now_secs();
-        let id = unique_id(|id| control.keys.contains_key(id));
+        let id = match id {
+            Some(id) if !control.keys.contains_key(id) => id.to_owned(),
+            _ => unique_id(|id| control.keys.contains_key(id)),
+        };
         let key = ApiKey {
             id: id.clone(),
             value: Some(value),
@@ -1310,8 +1334,22 @@ impl Control {
 }
 
 /// A fresh 10-character lower-case alphanumeric id, like AWS's.
+/// The characters of an id, as AWS's.
+const ID_ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+
+/// An id derived from `name` (its SHA-256, 10 characters of
+/// [`ID_ALPHABET`]): the same in every process and version.
+pub(crate) fn derived_id(name: &str) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(name.as_bytes())
+        .iter()
+        .take(10)
+        .map(|byte| ID_ALPHABET[usize::from(*byte) % ID_ALPHABET.len()] as char)
+        .collect()
+}
+
 fn unique_id(taken: impl Fn(&str) -> bool) -> String {
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    const ALPHABET: &[u8] = ID_ALPHABET;
     loop {
         let id: String = (0..10)
             .map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char)
