@@ -847,6 +847,43 @@ async fn replicas_started_together_create_the_configured_plan_and_key_once() {
     }
 }
 
+/// Redis loses its data just as replica B restarts; A keeps running. The
+/// new B finds no registry and no marker while A (older) is alive: it
+/// waits for A to put them back rather than serve as if it were the first
+/// replica, so it re-creates no configured key with a fresh quota, and
+/// a spent key stays spent from B's very first request. With leases and
+/// without.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_restarted_as_redis_loses_its_data_waits_for_the_others() {
+    for leases in [false, true] {
+        let redis = Redis::start();
+        let config = || config_with(&redis.url(), 3, StoreFailure::FailOpen, leases);
+        let a = Gateway::start(config()).await.unwrap();
+        let b = Gateway::start(config()).await.unwrap();
+        let client = client();
+        let key_id = a.plans().api_key_by_value(KEY).unwrap().id;
+        assert_eq!(admitted_in_turn(&client, &[&a, &b], 5).await, 3);
+        b.shutdown().await.unwrap();
+        flushall(&redis).await;
+        let b = Gateway::start(config()).await.unwrap();
+        assert_eq!(
+            b.plans().api_key_by_value(KEY).unwrap().id,
+            key_id,
+            "the same key (leases: {leases})"
+        );
+        for i in 0..4 {
+            let addr = [b.data_addr(), a.data_addr()][i % 2];
+            assert_eq!(
+                status(&client, addr).await,
+                429,
+                "request {i} after the loss (leases: {leases})"
+            );
+        }
+        a.shutdown().await.unwrap();
+        b.shutdown().await.unwrap();
+    }
+}
+
 /// Stops `gateways` and starts as many new ones on `redis` (new processes
 /// as far as the store knows: nothing of the old ones' memory is left).
 async fn restart(redis: &Redis, gateways: Vec<Gateway>, quota: u64, leases: bool) -> Vec<Gateway> {

@@ -199,6 +199,7 @@ pub(crate) async fn connect(
     // the configured plans and keys one after the other.
     let replica = Replica::join(url, plans.clone(), &stage).await?;
     let replica = replicas::share(replica, plans, &store);
+    await_registry(plans, &replica, &store).await;
     super::provision(plans, config).map_err(|e| JoinError::Mismatch(e.to_string()))?;
     // Provisioning published what it created (each change is replicated
     // before it returns); the next replica may join.
@@ -212,6 +213,28 @@ pub(crate) async fn connect(
     let _ = late.redis.set(store.clone());
     tracing::info!(url = %shown, "sharing counters and the registry through Redis");
     Ok(Link { replica, store })
+}
+
+/// How long a joining replica waits for the others to publish the registry
+/// again when Redis holds none while they are alive.
+const REGISTRY_WAIT: Duration = Duration::from_millis(1_500);
+
+/// Redis holds no registry while replicas older than this one are alive:
+/// it lost its data since they started, and they publish theirs again
+/// within a beat or so. Waits for it (up to [`REGISTRY_WAIT`]): serving
+/// before would refuse every key but the configured ones, as if this
+/// replica were the first.
+async fn await_registry(plans: &UsagePlans, replica: &Arc<Mutex<Replica>>, store: &RedisStore) {
+    let empty = || plans.api_keys().is_empty() && plans.usage_plans().is_empty();
+    if !empty() || !store.older_alive().await {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + REGISTRY_WAIT;
+    while empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // A failed pull is tried again on the next round.
+        let _ = replica.lock().await.sync().await;
+    }
 }
 
 /// The first attempt, bounded by `limit`: `Ok(None)` when Redis did not

@@ -107,7 +107,9 @@ fn now_us() -> i64 {
 impl Control {
     pub(crate) fn new(prefix: &str) -> Self {
         Self {
-            replica: format!("{:016x}", rand::random::<u64>()),
+            // Ordered by when the replica started (hex milliseconds), then
+            // at random: the oldest replica alive is the least id.
+            replica: format!("{:012x}{:08x}", now_us() / 1_000, rand::random::<u32>()),
             members_key: format!("{prefix}{{ctl}}:replicas"),
             channel: format!("{prefix}{{ctl}}"),
             leases: RwLock::new(None),
@@ -188,6 +190,43 @@ impl Control {
         self.spent.forget_all();
         self.broadcast(connection, |id| format!("lost {id} {marker}"))
             .await
+    }
+
+    /// Whether a replica that started before this one is alive
+    /// (registered in Redis, or heard lately on the channel). Asked again
+    /// after a few beats when none is: Redis may just have lost the
+    /// registrations (a beat puts them back).
+    pub(crate) async fn older_alive(
+        &self,
+        connection: &mut Connection,
+    ) -> redis::RedisResult<bool> {
+        if self.older_alive_now(connection).await? {
+            return Ok(true);
+        }
+        tokio::time::sleep(RENEW_EVERY * 5 / 2).await;
+        self.older_alive_now(connection).await
+    }
+
+    async fn older_alive_now(&self, connection: &mut Connection) -> redis::RedisResult<bool> {
+        let now_ms = now_us() / 1_000;
+        let older = |replica: &str| replica < self.replica.as_str();
+        let heard = self
+            .heard
+            .lock()
+            .iter()
+            .any(|(replica, until_ms)| *until_ms > now_ms && older(replica));
+        if heard {
+            return Ok(true);
+        }
+        let members: Vec<String> = connection
+            .query(
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(&self.members_key)
+                    .arg(now_ms)
+                    .arg("+inf"),
+            )
+            .await?;
+        Ok(members.iter().any(|member| older(member)))
     }
 
     fn leases(&self) -> Option<Arc<Leases>> {

@@ -133,6 +133,29 @@ impl Recovery {
         Ok(())
     }
 
+    /// Waits up to `limit` for a marker to appear (another replica's, set
+    /// once it put back what it saw) and adopts it; `false` if none came.
+    pub(crate) async fn await_marker(
+        &self,
+        connection: &mut Connection,
+        limit: std::time::Duration,
+    ) -> redis::RedisResult<bool> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let current: Option<String> = connection
+                .query(redis::cmd("GET").arg(&self.marker_key))
+                .await?;
+            if let Some(current) = current {
+                self.adopt(current);
+                return Ok(true);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// Adopts `marker`, set by the replica that finished a recovery.
     pub(crate) fn adopt(&self, marker: String) {
         *self.marker.lock() = Some(marker);

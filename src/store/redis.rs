@@ -301,6 +301,17 @@ impl RedisStore {
         .await
     }
 
+    /// Whether a replica on this Redis that started before this one is
+    /// alive (registered, or heard on the channel lately).
+    #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
+    pub(crate) async fn older_alive(&self) -> bool {
+        let mut connection = self.connection.clone();
+        self.control
+            .older_alive(&mut connection)
+            .await
+            .unwrap_or(false)
+    }
+
     /// Returns once this replica may take leases: it is registered as a
     /// lease holder and listens for revocations, normally within
     /// milliseconds of [`with_leases`](Self::with_leases). Until then (and
@@ -1138,6 +1149,9 @@ pub(crate) fn counter_key(prefix: &str, counter: &CounterKey) -> String {
 /// emptied waits for the counters to be put back (every live replica's
 /// restore, acknowledged within 1 s each).
 const RECOVERY_WAIT: Duration = Duration::from_secs(5);
+/// How long a replica that knows no marker waits for the other replicas'
+/// when Redis has none (they restore, then set one) before it sets one.
+const UNSET_MARKER_WAIT: Duration = Duration::from_secs(3);
 /// Lease reports (and give-backs) one replica keeps in flight.
 const REPORTS_IN_FLIGHT: usize = 64;
 /// Restores one replica keeps in flight after Redis lost its data.
@@ -1157,6 +1171,20 @@ async fn recover(
     match recovery.marker(connection).await? {
         Marker::Known => Ok(false),
         Marker::Unset => {
+            // No marker, and a replica older than this one alive: Redis
+            // lost its data since that one started (it set a marker at its
+            // start); it puts back what it saw, then sets a new one.
+            // Deciding before that would count from an empty counter. (The
+            // oldest sets one at once: replicas started together on a new
+            // Redis wait for it, not for each other.)
+            if control.older_alive(connection).await? {
+                tracing::info!(
+                    "Redis holds no marker while older replicas are alive: waiting for theirs"
+                );
+                if recovery.await_marker(connection, UNSET_MARKER_WAIT).await? {
+                    return Ok(false);
+                }
+            }
             recovery
                 .put_marker(connection, &Recovery::fresh_marker())
                 .await?;
