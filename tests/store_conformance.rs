@@ -382,6 +382,46 @@ async fn leases_given_back_before_a_loss_are_not_restored_as_used() {
     );
 }
 
+/// Replica B spends a counter that replica A (started before it) never
+/// decides; A reads Redis's counters on (each `recover_if_emptied` reads a
+/// round), so when B is gone and Redis loses its data, A puts the count
+/// back: the key stays spent. (A read the counters only once, when it
+/// started, and B's count was lost with B.)
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_counter_another_replica_created_later_is_copied_too() {
+    use store_suite::{decide, rule};
+    use tower_usage_plans::store::{CounterKey, Verdict};
+    use tower_usage_plans::QuotaPeriod;
+
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6390".into());
+    let prefix = unique_prefix();
+    let a = store_suite::store_at(&url, &prefix).await;
+    a.recover_if_emptied().await.unwrap();
+    let counter = CounterKey::new("plan", "bs");
+    let quota = Some(rule(3, QuotaPeriod::Day));
+    let now = jiff::Timestamp::now;
+    {
+        let b = store_suite::store_at(&url, &prefix).await;
+        b.recover_if_emptied().await.unwrap();
+        for _ in 0..3 {
+            let decision = decide(&b, &counter, None, quota, now()).await;
+            assert_eq!(decision.verdict, Verdict::Admitted);
+        }
+    }
+    a.recover_if_emptied().await.unwrap();
+    delete(
+        &url,
+        &[
+            format!("{prefix}{{plan:bs}}"),
+            format!("{prefix}{{ctl}}:marker"),
+        ],
+    )
+    .await;
+    let decision = decide(&a, &counter, None, quota, now()).await;
+    assert_eq!(decision.verdict, Verdict::QuotaExceeded);
+}
+
 /// Requests of a key whose lease ran out while one of them renews it wait
 /// for the new lease and spend it: one script call in all, not one each
 /// (they each took a one-unit lease of their own, which each renewed).

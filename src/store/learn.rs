@@ -17,8 +17,14 @@ use super::redis::{counter_key, Connection};
 use super::CounterKey;
 use crate::model::QuotaPeriod;
 
-/// The most keys one call reads (a round of the gateway, every 200 ms).
+/// The most keys one call reads (a round of the gateway, every 200 ms)
+/// while a replica reads Redis's counters for the first time.
 pub(crate) const KEYS_PER_ROUND: usize = 5_000;
+/// The most keys one call reads again, once every counter was read: the
+/// reads go on, so that a counter another replica created since is copied
+/// here too (a replica that dies as Redis loses its data takes no count
+/// with it but what it decided since), and the copies follow Redis.
+const KEYS_PER_ROUND_AGAIN: usize = 1_000;
 /// The `COUNT` hint of one `SCAN` step.
 const SCAN_COUNT: usize = 1_000;
 /// `HMGET`s in flight at once (one multiplexed connection).
@@ -32,23 +38,28 @@ pub(crate) enum Scan {
     Start,
     /// The nodes left (`None`: the one server), each with its cursor.
     Nodes(Vec<(Option<(String, u16)>, u64)>),
-    /// Every counter was read once.
+    /// Every counter was read once; reading again starts over.
     Done,
 }
 
 /// Reads up to [`KEYS_PER_ROUND`] more counters into `recovery`'s copies
-/// (a copy a decision left already is kept); `true` once every counter
-/// was read. Call it with the marker known, so that a loss after the read
-/// began puts back what it read.
+/// (the larger count of a period and epoch stands); `true` once every
+/// counter was read once. Then each call reads on (up to
+/// [`KEYS_PER_ROUND_AGAIN`]), from the start again after the end. Call it
+/// with the marker known, so that a loss after the read began puts back
+/// what it read.
 pub(crate) async fn some(
     recovery: &Recovery,
     connection: &mut Connection,
 ) -> redis::RedisResult<bool> {
     let scan = recovery.scan.lock().clone();
+    let (first, limit) = match recovery.scanned_once() {
+        false => (true, KEYS_PER_ROUND),
+        true => (false, KEYS_PER_ROUND_AGAIN),
+    };
     let mut nodes = match scan {
-        Scan::Done => return Ok(true),
         Scan::Nodes(nodes) => nodes,
-        Scan::Start => match connection {
+        Scan::Start | Scan::Done => match connection {
             Connection::Single(_) => vec![(None, 0)],
             Connection::Cluster(_) => connection
                 .masters()
@@ -61,7 +72,7 @@ pub(crate) async fn some(
     let pattern = format!("{}{{*}}", escape_glob(&recovery.prefix));
     let mut read = 0;
     while let Some((node, cursor)) = nodes.last_mut() {
-        if read >= KEYS_PER_ROUND {
+        if read >= limit {
             break;
         }
         let mut step = redis::cmd("SCAN");
@@ -98,12 +109,15 @@ pub(crate) async fn some(
     let done = nodes.is_empty();
     if done {
         *recovery.scan.lock() = Scan::Done;
-        tracing::info!(
-            counters = recovery.seen.len(),
-            "read Redis's counters: they survive Redis losing its data"
-        );
+        if first {
+            recovery.mark_scanned_once();
+            tracing::info!(
+                counters = recovery.seen.len(),
+                "read Redis's counters: they survive Redis losing its data"
+            );
+        }
     }
-    Ok(done)
+    Ok(done || !first)
 }
 
 /// A counter hash's period kind, start and end, used count, allowance,
@@ -182,7 +196,7 @@ async fn copy(
                 recovery.seen.insert(counter, seen);
             }
             false => {
-                recovery.seen.entry(counter).or_insert(seen);
+                recovery.saw(counter, seen.period, (seen.used, seen.allow, seen.epoch));
             }
         }
     }

@@ -51,6 +51,8 @@ pub(crate) struct Recovery {
     pub(crate) in_flight: tokio::sync::RwLock<()>,
     /// This replica's leases, whose units a restore adds to `seen`.
     pub(crate) leases: Option<Arc<Leases>>,
+    /// Every counter Redis held was read once (see `learn::some`).
+    scanned_once: std::sync::atomic::AtomicBool,
 }
 
 /// What the marker says.
@@ -78,7 +80,18 @@ impl Recovery {
             scan: Mutex::new(Scan::default()),
             in_flight: tokio::sync::RwLock::new(()),
             leases: None,
+            scanned_once: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Whether every counter Redis held was read once.
+    pub(crate) fn scanned_once(&self) -> bool {
+        self.scanned_once.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub(crate) fn mark_scanned_once(&self) {
+        self.scanned_once
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// Restores count the units of `leases` too.
