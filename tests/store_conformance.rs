@@ -63,17 +63,7 @@ async fn a_lease_given_back_after_a_period_change_leaves_the_new_period_alone() 
         .await
         .unwrap()[0];
     assert_eq!(usage, [1, 99], "GetUsage counts the admitted request only");
-    let mut raw = redis::Client::open(url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let leased: u64 = redis::cmd("HGET")
-        .arg(format!("{prefix}{{plan:key}}"))
-        .arg("leased")
-        .query_async(&mut raw)
-        .await
-        .unwrap();
+    let leased = leased_units(&url, &format!("{prefix}{{plan:key}}")).await;
     assert!(leased > 0, "a slice was leased ({leased})");
     // The plan moves to WEEK; UpdateUsage leaves 50 this week.
     store
@@ -362,17 +352,7 @@ async fn leases_given_back_before_a_loss_are_not_restored_as_used() {
 
     // A holds a lease (and spent some of it) when Redis loses its data.
     assert_eq!(admitted(&a, 99).await, 99);
-    let mut raw = redis::Client::open(url.as_str())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let leased: u64 = redis::cmd("HGET")
-        .arg(format!("{prefix}{{plan:leased}}"))
-        .arg("leased")
-        .query_async(&mut raw)
-        .await
-        .unwrap();
+    let leased = leased_units(&url, &format!("{prefix}{{plan:leased}}")).await;
     assert!(leased > 0, "A holds a lease");
     lose_data().await;
     let after = admitted(&a, 1_000).await + admitted(&b, 10).await;
@@ -459,6 +439,22 @@ async fn requests_waiting_for_a_renewal_spend_the_new_lease() {
         assert_eq!(decision.verdict, Verdict::Admitted);
     }
     assert_eq!(redis.script_calls().await - before, 1, "the renewal alone");
+}
+
+/// The units out on leases of the counter hash `hash` (its `leased` field).
+#[cfg(feature = "redis")]
+async fn leased_units(url: &str, hash: &str) -> u64 {
+    let mut raw = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    redis::cmd("HGET")
+        .arg(hash)
+        .arg("leased")
+        .query_async(&mut raw)
+        .await
+        .unwrap()
 }
 
 /// Deletes `keys` one by one (they lie in different cluster slots).
