@@ -1339,6 +1339,7 @@ const ID_ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
 
 /// An id derived from `name` (its SHA-256, 10 characters of
 /// [`ID_ALPHABET`]): the same in every process and version.
+#[cfg(feature = "gateway")]
 pub(crate) fn derived_id(name: &str) -> String {
     use sha2::{Digest, Sha256};
     Sha256::digest(name.as_bytes())
