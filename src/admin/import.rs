@@ -155,6 +155,9 @@ fn parse(body: &[u8], plans: &UsagePlans) -> Result<Parsed> {
     );
     let mut rows = Vec::new();
     let mut warnings = Vec::new();
+    // Each value's line: a value twice in one file is a warning (its
+    // second row would update the key its first just made).
+    let mut lines_of: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for (i, record) in reader.records().enumerate() {
         let line = i + 2;
         let record = match record {
@@ -198,7 +201,15 @@ fn parse(body: &[u8], plans: &UsagePlans) -> Result<Parsed> {
             })
         })();
         match row {
-            Ok(row) => rows.push((line, row)),
+            Ok(row) => match lines_of.get(&row.value) {
+                Some(first) => {
+                    warnings.push(format!("line {line}: the same key value as line {first}"))
+                }
+                None => {
+                    lines_of.insert(row.value.clone(), line);
+                    rows.push((line, row));
+                }
+            },
             Err(why) => warnings.push(format!("line {line}: {why}")),
         }
     }
@@ -227,6 +238,21 @@ mod tests {
         // Without failonwarnings the first row lands and the second warns.
         let imported = import(&plans, csv.as_bytes(), false).unwrap();
         assert_eq!((imported.ids.len(), imported.warnings.len()), (1, 1));
+    }
+
+    #[test]
+    fn a_value_twice_in_one_file_is_imported_once_with_a_warning() {
+        let plans = UsagePlans::new();
+        let value = "v".repeat(30);
+        let csv = format!("name,key\nfirst,{value}\nsecond,{value}\n");
+        let err = import(&plans, csv.as_bytes(), true).unwrap_err();
+        assert!(err
+            .message()
+            .contains("line 3: the same key value as line 2"));
+        assert!(plans.api_keys().is_empty(), "nothing imported");
+        let imported = import(&plans, csv.as_bytes(), false).unwrap();
+        assert_eq!((imported.ids.len(), imported.warnings.len()), (1, 1));
+        assert_eq!(plans.api_keys()[0].name.as_deref(), Some("first"));
     }
 
     #[test]
