@@ -884,6 +884,75 @@ async fn a_replica_restarted_as_redis_loses_its_data_waits_for_the_others() {
     }
 }
 
+/// Redis loses its data and, before replica A notices, another replica
+/// publishes a registry without what A created through the admin API (one
+/// that started alone meanwhile, while A was paused). A merges the two
+/// rather than take Redis's as a later version of its own: the key it
+/// created survives, and is shared again (it was dropped everywhere).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_registry_published_over_a_loss_is_merged_not_adopted() {
+    let redis = Redis::start();
+    let a = Gateway::start(config(&redis.url(), 10, StoreFailure::FailOpen))
+        .await
+        .unwrap();
+    let mut raw = raw_connection(&redis).await;
+    // The registry of a replica that knows the configuration alone.
+    let (config_only, meta): (String, std::collections::HashMap<String, String>) = redis::pipe()
+        .cmd("GET")
+        .arg("tup:{registry}")
+        .cmd("HGETALL")
+        .arg("tup:{registry}:meta")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let plan_id = a.plans().usage_plans()[0].id.clone();
+    let created = a
+        .plans()
+        .create_api_key(
+            NewApiKey::new("created")
+                .with_value("created-through-the-admin-api-0123")
+                .with_enabled(true),
+        )
+        .unwrap();
+    a.plans().add_key_to_plan(&plan_id, &created.id).unwrap();
+    a.plans().replicated().await.unwrap();
+    // The loss and the other replica's publish, at once.
+    let () = redis::pipe()
+        .atomic()
+        .cmd("FLUSHALL")
+        .ignore()
+        .cmd("SET")
+        .arg("tup:{registry}")
+        .arg(&config_only)
+        .ignore()
+        .cmd("SET")
+        .arg("tup:{registry}:version")
+        .arg(7)
+        .ignore()
+        .cmd("HSET")
+        .arg("tup:{registry}:meta")
+        .arg(&meta)
+        .ignore()
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let id = created.id.clone();
+    eventually("A to share the key it created again", || {
+        let (mut raw, id) = (raw.clone(), id.clone());
+        async move {
+            let shared: Option<String> = redis::cmd("GET")
+                .arg("tup:{registry}")
+                .query_async(&mut raw)
+                .await
+                .unwrap();
+            shared.filter(|json| json.contains(&id)).map(drop)
+        }
+    })
+    .await;
+    assert!(a.plans().api_key(&created.id).is_ok(), "A kept the key");
+    a.shutdown().await.unwrap();
+}
+
 /// Stops `gateways` and starts as many new ones on `redis` (new processes
 /// as far as the store knows: nothing of the old ones' memory is left).
 async fn restart(redis: &Redis, gateways: Vec<Gateway>, quota: u64, leases: bool) -> Vec<Gateway> {

@@ -72,6 +72,10 @@ pub(crate) fn share(
     plans: &UsagePlans,
     store: &RedisStore,
 ) -> Arc<Mutex<Replica>> {
+    let mut replica = replica;
+    let counted = store.clone();
+    replica.losses_seen = counted.losses();
+    replica.losses = Some(Arc::new(move || counted.losses()));
     let replica = Arc::new(Mutex::new(replica));
     let sync = |replica: &Weak<Mutex<Replica>>| {
         let replica = replica.clone();
@@ -160,6 +164,10 @@ pub(crate) struct Replica {
     base: RegistrySnapshot,
     /// The stage this replica serves (`api:stage`).
     stage: String,
+    /// How many times the store found that Redis lost its data, and how
+    /// many of those this registry has taken in (see `pull`).
+    losses: Option<Arc<dyn Fn() -> u64 + Send + Sync>>,
+    losses_seen: u64,
 }
 
 /// Takes the join lock, waiting while another replica holds it (at most
@@ -252,6 +260,8 @@ impl Replica {
             plans,
             publish: redis::Script::new(PUBLISH),
             version: 0,
+            losses: None,
+            losses_seen: 0,
         };
         replica
             .sync()
@@ -349,6 +359,17 @@ impl Replica {
     /// Takes in what other replicas published since the last sync, merged
     /// with local changes not yet published.
     async fn pull(&mut self) -> Result<(), Error> {
+        // Redis lost its data since the last pull: what it holds now is
+        // not a later version of what this replica has (another replica
+        // may have published its configuration alone meanwhile), so the
+        // two are merged, both sides kept, as after finding none.
+        let losses = self.losses.as_ref().map_or(0, |losses| losses());
+        if losses > self.losses_seen {
+            self.losses_seen = losses;
+            self.version = 0;
+            self.base = RegistrySnapshot::default();
+            self.pending = true;
+        }
         let (json, version): (Option<String>, Option<i64>) = self
             .connection
             .pipeline(redis::pipe().atomic().get(SNAPSHOT_KEY).get(VERSION_KEY))

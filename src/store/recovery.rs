@@ -53,6 +53,9 @@ pub(crate) struct Recovery {
     pub(crate) leases: Option<Arc<Leases>>,
     /// Every counter Redis held was read once (see `learn::some`).
     scanned_once: std::sync::atomic::AtomicBool,
+    /// How many times this replica put counters back after Redis lost its
+    /// data (its own finding or another replica's message).
+    pub(crate) losses: std::sync::atomic::AtomicU64,
 }
 
 /// What the marker says.
@@ -81,6 +84,7 @@ impl Recovery {
             in_flight: tokio::sync::RwLock::new(()),
             leases: None,
             scanned_once: std::sync::atomic::AtomicBool::new(false),
+            losses: std::sync::atomic::AtomicU64::new(0),
         }
     }
 

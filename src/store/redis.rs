@@ -301,6 +301,15 @@ impl RedisStore {
         .await
     }
 
+    /// How many times this replica put counters back after Redis lost its
+    /// data.
+    #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
+    pub(crate) fn losses(&self) -> u64 {
+        self.recovery
+            .losses
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Whether a replica on this Redis that started before this one is
     /// alive (registered, or heard on the channel lately).
     #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
@@ -1256,6 +1265,9 @@ async fn restore_seen(
         .buffer_unordered(RESTORES_IN_FLIGHT)
         .try_collect::<Vec<_>>()
         .await?;
+    recovery
+        .losses
+        .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     tracing::warn!(
         counters = restored,
         "Redis lost its data: restored the counters this replica saw"
