@@ -562,3 +562,127 @@ async fn slow_replica_loses_its_lease(var: &str, default: &str) {
     }
     assert_eq!(total, QUOTA, "{var}: admitted across both replicas");
 }
+
+/// Redis stalls (SIGSTOP, three times 400 ms) while a replica leases a
+/// busy key. Lease calls, give-backs and reports time out on the replica
+/// (100 ms) and Redis applies them after it stopped waiting. Once every
+/// lease is back, Redis counts as used exactly what was admitted, give or
+/// take the requests that failed (each may have been charged its own
+/// unit): no grant the replica never received stays counted as spent, and
+/// nothing goes back twice.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_stall_while_leasing_loses_no_quota() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+    use std::time::Duration;
+    use store_suite::rule;
+    use support::redis_server::Redis;
+    use tower_usage_plans::store::{
+        CounterKey, CounterStore, DecisionRequest, LeaseConfig, RedisStore, Verdict,
+    };
+    use tower_usage_plans::QuotaPeriod;
+
+    const QUOTA: u64 = 10_000_000;
+    let redis = Redis::start();
+    let store = RedisStore::connect(&redis.url())
+        .await
+        .unwrap()
+        .with_prefix(unique_prefix())
+        .with_timeout(Duration::from_millis(100))
+        .with_leases(LeaseConfig {
+            ttl: Duration::from_millis(300),
+            ..LeaseConfig::default()
+        });
+    store.until_leasing().await;
+    let counter = CounterKey::new("plan", "stalled");
+    let quota = rule(QUOTA, QuotaPeriod::Day);
+    let (admitted, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..16)
+        .map(|_| {
+            let (store, counter) = (store.clone(), counter.clone());
+            let (admitted, failed, stop) = (admitted.clone(), failed.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(Relaxed) {
+                    let request = DecisionRequest {
+                        counter: &counter,
+                        throttle: None,
+                        quota: Some(quota),
+                        now: jiff::Timestamp::now().into(),
+                    };
+                    match store.decide(&request).await {
+                        Ok(decision) => {
+                            assert_eq!(decision.verdict, Verdict::Admitted);
+                            admitted.fetch_add(1, Relaxed);
+                        }
+                        Err(_) => {
+                            failed.fetch_add(1, Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    // What the gateway does every 200 ms: expired leases and reports go back.
+    let upkeep = {
+        let (store, stop) = (store.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(Relaxed) {
+                let _ = store.give_back_expired_leases().await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    for _ in 0..3 {
+        let target = admitted.load(Relaxed) + 20_000;
+        while admitted.load(Relaxed) < target {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        redis.pause();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        redis.resume();
+    }
+    let target = admitted.load(Relaxed) + 20_000;
+    while admitted.load(Relaxed) < target {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.store(true, Relaxed);
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    upkeep.await.unwrap();
+    store.give_back_leases().await.unwrap();
+    // Past every lease's lifetime and Redis's grace: a decision reclaims
+    // what no give-back came for (a grant that never reached the replica
+    // keeps half its units as possibly spent).
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let request = DecisionRequest {
+        counter: &counter,
+        throttle: None,
+        quota: Some(quota),
+        now: jiff::Timestamp::now().into(),
+    };
+    assert_eq!(
+        store.decide(&request).await.unwrap().verdict,
+        Verdict::Admitted
+    );
+    admitted.fetch_add(1, Relaxed);
+    store.give_back_leases().await.unwrap();
+    let (admitted, failed) = (admitted.load(Relaxed), failed.load(Relaxed));
+    let now = jiff::Timestamp::now();
+    let today = now.to_zoned(jiff::tz::TimeZone::UTC).date();
+    let [used, remaining] = store
+        .usage(&counter, Some(&quota), now, today, today)
+        .await
+        .unwrap()[0];
+    assert!(failed > 0, "the stalls failed some requests");
+    assert!(
+        (QUOTA - admitted - failed..=QUOTA - admitted).contains(&remaining),
+        "{remaining} remaining after {admitted} admitted and {failed} failed: {} lost",
+        (QUOTA - admitted).saturating_sub(remaining)
+    );
+    assert!(
+        (admitted..=admitted + failed).contains(&used),
+        "GetUsage says {used} used after {admitted} admitted and {failed} failed"
+    );
+}

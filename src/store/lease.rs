@@ -1,8 +1,8 @@
 //! The local side of leases: slices of quota and tokens that a replica took
 //! from Redis and spends without a round trip.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -116,7 +116,7 @@ impl Unspent {
 
     /// Whether giving it back changes anything: units or tokens to return,
     /// or admitted requests to report.
-    fn holds(&self) -> bool {
+    pub(crate) fn holds(&self) -> bool {
         self.granted > 0 || self.granted_tokens > 0 || self.unreported() > 0
     }
 }
@@ -182,6 +182,100 @@ pub(crate) struct Leases {
     /// The slots being renewed, each with what wakes the requests waiting
     /// for its new lease.
     renewals: DashMap<Slot, Arc<tokio::sync::Notify>>,
+    /// The last id given to a call on this replica's records in Redis.
+    calls: AtomicU64,
+    /// Calls on its records that this replica stopped waiting for, to send
+    /// again or settle (see [`Unsure`]).
+    unsure: Mutex<Vec<Unsure>>,
+    /// The ids of the calls sent and not yet answered (on their way, or
+    /// unsure): Redis keeps its record of the calls it applied from the
+    /// oldest of them on.
+    open_calls: Mutex<BTreeSet<u64>>,
+}
+
+/// How long a call this replica stopped waiting for is sent again (or
+/// settled): within the minute `redis.lua` keeps its record of the calls
+/// it applied. One given up on is left as it is: a lease's grant stays
+/// reclaimable (all but half its units come back), a give-back's units
+/// come back when Redis reclaims them.
+pub(crate) const UNSURE_FOR: Duration = Duration::from_secs(50);
+
+/// A call on this replica's lease record in Redis that it stopped waiting
+/// for (a timeout, or its request gone), so it cannot tell whether Redis
+/// applied it, or will (a stalled Redis runs what it was sent once it
+/// resumes). It is sent again with the same id, which Redis does not apply
+/// twice, or, for a lease, settled: see `redis.lua`, "Calls". Without
+/// this, a grant applied after the replica gave up stayed counted as spent
+/// (half of it, when reclaimed), and a give-back sent again went back twice.
+#[derive(Debug, Clone)]
+pub(crate) struct Unsure {
+    pub(crate) slot: Slot,
+    /// The lease it gave back (for a lease call, what the call gave back,
+    /// as of the deciding request's time and rules), or reported on.
+    pub(crate) lease: Lease,
+    pub(crate) call: u64,
+    pub(crate) kind: CallKind,
+    /// When it was first sent (Unix µs, wall clock).
+    pub(crate) since_us: i64,
+}
+
+/// What an [`Unsure`] call was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CallKind {
+    /// A decision that gave a lease back and asked for a new one.
+    Lease,
+    /// A lease given back.
+    Return,
+    /// A report of this many requests admitted from the lease.
+    Report(u64),
+}
+
+impl Unsure {
+    /// A call with a new id of `leases`, sent now.
+    pub(crate) fn new(leases: &Leases, slot: Slot, lease: Lease, kind: CallKind) -> Self {
+        let mut open = leases.open_calls.lock();
+        let call = leases.calls.fetch_add(1, Ordering::Relaxed) + 1;
+        open.insert(call);
+        Self {
+            slot,
+            lease,
+            call,
+            kind,
+            since_us: jiff::Timestamp::now().as_microsecond(),
+        }
+    }
+}
+
+/// A call on its way: unless [`answered`](Self::answered), it counts as
+/// [`Unsure`] once dropped (timed out, failed, or its request gone).
+#[derive(Debug)]
+pub(crate) struct PendingCall {
+    leases: Arc<Leases>,
+    call: Option<Unsure>,
+}
+
+impl PendingCall {
+    pub(crate) fn new(leases: &Arc<Leases>, call: Unsure) -> Self {
+        Self {
+            leases: leases.clone(),
+            call: Some(call),
+        }
+    }
+
+    /// Redis answered it.
+    pub(crate) fn answered(mut self) {
+        if let Some(call) = self.call.take() {
+            self.leases.closed(call.call);
+        }
+    }
+}
+
+impl Drop for PendingCall {
+    fn drop(&mut self) {
+        if let Some(call) = self.call.take() {
+            self.leases.unsure(call);
+        }
+    }
 }
 
 /// A lease per counter and bucket (plan-wide or one method's).
@@ -259,6 +353,30 @@ impl Leases {
         self.dropped.lock().extend(taken);
     }
 
+    /// A call this replica stopped waiting for (see [`Unsure`]).
+    pub(crate) fn unsure(&self, call: Unsure) {
+        self.unsure.lock().push(call);
+    }
+
+    /// The calls to send again or settle.
+    pub(crate) fn take_unsure(&self) -> Vec<Unsure> {
+        std::mem::take(&mut *self.unsure.lock())
+    }
+
+    /// Redis answered `call`, or it is given up on.
+    pub(crate) fn closed(&self, call: u64) {
+        self.open_calls.lock().remove(&call);
+    }
+
+    /// The oldest call sent and not yet answered (or the next one): Redis
+    /// may forget the calls it applied before it.
+    pub(crate) fn oldest_open_call(&self) -> u64 {
+        let open = self.open_calls.lock();
+        open.first()
+            .copied()
+            .unwrap_or_else(|| self.calls.load(Ordering::Relaxed) + 1)
+    }
+
     /// The leases taken out of use, to give back.
     pub(crate) fn take_dropped(&self) -> Vec<(Slot, Lease)> {
         std::mem::take(&mut *self.dropped.lock())
@@ -277,14 +395,6 @@ impl Leases {
             }
         }
         out
-    }
-
-    /// A report that did not reach Redis: counted as unreported again if
-    /// the lease is still the same one (else its give-back covers it).
-    pub(crate) fn unreport(&self, slot: &Slot, lease: &Lease, n: u64) {
-        self.with_same(slot, lease, |current| {
-            current.unspent.reported = current.unspent.reported.saturating_sub(n);
-        });
     }
 
     /// A report Redis took: `n` more may be spent, if the lease is still
@@ -578,6 +688,12 @@ impl Leases {
         }
         for ((counter, _), lease) in self.dropped.lock().iter() {
             out.add(counter, lease, &lease.unspent);
+        }
+        // A report's units are counted by its lease (live, or on its way back).
+        for call in self.unsure.lock().iter() {
+            if !matches!(call.kind, CallKind::Report(_)) {
+                out.add(&call.slot.0, &call.lease, &call.lease.unspent);
+            }
         }
         out
     }

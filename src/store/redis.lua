@@ -45,8 +45,8 @@
 --
 -- KEYS[1]  the counter hash ("<prefix>{<plan>:<key>}"); KEYS[2], on one
 --          server only, the marker whose absence means Redis lost its data
--- ARGV     1 op ("decide" | "lease" | "return" | "report" | "restore" | "set" | "add" | "refund"
---          | "forget"),
+-- ARGV     1 op ("decide" | "lease" | "return" | "report" | "settle" | "restore" | "set" | "add"
+--          | "refund" | "forget"),
 --          2 now_us, 3 now_secs, 4 day,
 --          5 bucket field ("" = no throttle), 6 rate, 7 burst,
 --          8 period kind ("" = no quota), 9 period start, 10 period end,
@@ -63,7 +63,20 @@
 --          not yet acknowledged; 31 lease lifetime (µs), 32 grace before reclaiming (µs),
 --          33 a lease's share that may be spent unacknowledged (2: a half),
 --          34 for "restore": the units of this replica's own leases of the
---          epoch it saw, outstanding (held, or spent and not acknowledged)
+--          epoch it saw, outstanding (held, or spent and not acknowledged),
+--          35 for "lease", "return", "report" and "settle": the call's id
+--          (unique to the holder, growing; 0 = none, see "Calls" below), 36 the
+--          holder's oldest call not yet answered (or given up on)
+--
+-- Calls. A replica that stopped waiting for a "lease", "return" or
+-- "report" (its timeout, or the request gone) cannot tell whether Redis
+-- applied it, or will: a stalled Redis runs what it was sent once it
+-- resumes. So each such call names an id, and the holder's calls applied
+-- are recorded ('hd:<holder>:<bucket>', beside its record): the replica
+-- sends a "return" or "report" again with the same id, which is then not
+-- applied twice, and settles a "lease" ("settle", the same arguments):
+-- applied, its grant goes back whole (the replica never got it); not
+-- applied (yet), it never will be, and what it gave back goes back now.
 local k = KEYS[1]
 local op = ARGV[1]
 local now_us, now = tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -74,9 +87,10 @@ local set_to, ttl = tonumber(ARGV[12]), tonumber(ARGV[13])
 local ret_q, ret_n, ret_t, ret_day, want_q, want_t, ret_epoch = 0, 0, 0, 0, 0, 0, 0
 local ret_metered, rec_name, ret_gen, ret_cap, ret_gt, ret_pending = false, '', 0, 0, 0, 0
 local lease_us, share = 0, 4
+local call, done_f, done_s = 0, '', nil
 -- The grace before reclaiming, which a decision needs too.
 local grace_us = tonumber(ARGV[32]) or 0
-if op == 'lease' or op == 'return' or op == 'report' then
+if op == 'lease' or op == 'return' or op == 'report' or op == 'settle' then
   -- A lease's arguments (each tonumber costs about as much as a field read).
   ret_q, ret_n, ret_t = tonumber(ARGV[14]) or 0, tonumber(ARGV[15]) or 0, tonumber(ARGV[16]) or 0
   ret_day = tonumber(ARGV[17]) or 0
@@ -87,6 +101,12 @@ if op == 'lease' or op == 'return' or op == 'report' then
     tonumber(ARGV[30]) or 0
   lease_us = tonumber(ARGV[31]) or 0
   share = tonumber(ARGV[33]) or 4
+  call = tonumber(ARGV[35]) or 0
+  if call > 0 and rec_name ~= '' then
+    done_f = 'hd' .. string.sub(rec_name, 2)
+  else
+    call = 0
+  end
 end
 if op == 'forget' then
   -- The key left the plan: its counts and history go, but for the epoch,
@@ -107,6 +127,60 @@ if ARGV[22] == '1' and (op == 'decide' or op == 'lease') and redis.call('EXISTS'
   return { 3, '0', 0, 0, 0, 0, 0, -1, 0, 0, 0 }
 end
 local epoch = tonumber(redis.call('HGET', k, 'ep')) or 0
+
+-- The holder's calls applied (see "Calls" above), each
+-- ",<id>:<units granted>:<tokens granted>:<generation>:<cap>:<epoch>:<answer>:<secs>",
+-- the newest last: the call `call` if it was applied, or nil.
+local function done_get()
+  done_s = redis.call('HGET', k, done_f) or ''
+  local q, t, g, c, ep, a = string.match(done_s,
+    ',' .. call .. ':(%d+):(%d+):(%d+):(%d+):(%d+):(%d+):')
+  if not q then
+    return nil
+  end
+  return { q = tonumber(q), t = tonumber(t), g = tonumber(g), c = tonumber(c),
+    ep = tonumber(ep), a = tonumber(a) }
+end
+
+-- Records the call `call` as applied (replacing what it recorded before).
+-- Kept: the calls from the holder's oldest still open on (those answered
+-- before it are not sent again), of the last minute (a replica sends a
+-- call again within seconds), 64 at most.
+local function done_put(q, t, g, c, ep, a)
+  if call == 0 then
+    return
+  end
+  local kept, oldest = {}, tonumber(ARGV[36]) or 0
+  for e in string.gmatch(done_s or redis.call('HGET', k, done_f) or '', ',[^,]+') do
+    local id, at = string.match(e, '^,(%d+):.*:(%d+)$')
+    id = tonumber(id)
+    if id ~= call and id >= oldest and tonumber(at) > now - 60 then
+      kept[#kept + 1] = e
+    end
+  end
+  while #kept > 63 do
+    table.remove(kept, 1)
+  end
+  kept[#kept + 1] = string.format(',%d:%d:%d:%d:%d:%d:%d:%d', call, q, t, g, c, ep, a, now)
+  done_s = table.concat(kept)
+  redis.call('HSET', k, done_f, done_s)
+end
+
+-- A call sent again that was applied: it is not applied twice (a "lease"
+-- settled first is void).
+local settled = nil
+if call > 0 then
+  local d = done_get()
+  if d and op == 'lease' then
+    return { 5, '0', 0, 0, 0, 0, 0, -1, 0, 0, 0 }
+  elseif d and op == 'settle' then
+    settled = d
+  elseif d then
+    local now_q = redis.call('HMGET', k, 'used', 'leased', 'ps')
+    return { d.a, tonumber(now_q[1]) or 0, tonumber(now_q[2]) or 0, epoch,
+      tonumber(now_q[3]) or -1 }
+  end
+end
 local used, allow, leased, remaining = 0, nil, 0, 0
 local function quota_left()
   return math.max((allow or plimit) - used, 0)
@@ -398,9 +472,25 @@ local function give_back()
   return reclaimed
 end
 
+if op == 'settle' then
+  -- A lease call the replica stopped waiting for. Applied: its grant goes
+  -- back whole, once. Not applied: it never will be, and the lease it
+  -- gave back (the arguments) goes back now.
+  if settled and settled.q == 0 and settled.t == 0 then
+    return { 0 }
+  elseif settled then
+    ret_q, ret_n, ret_t, ret_day, ret_epoch = settled.q, 0, settled.t, tonumber(day), settled.ep
+    ret_metered, ret_gen, ret_cap, ret_gt, ret_pending = kind ~= "", settled.g, settled.c,
+      settled.t, 0
+    done_put(0, 0, 0, 0, 0, settled.a)
+  elseif redis.call('EXISTS', k) == 1 then
+    done_put(0, 0, 0, 0, 0, 0)
+  end
+end
+
 -- A reclaimed lease's tokens come back with nothing: they expired.
 local ret_tokens = ret_t
-if op == 'return' or op == 'report' then
+if op == 'return' or op == 'report' or op == 'settle' then
   -- A counter that is gone (forgotten, or lost with Redis's data) takes
   -- nothing back. A report of a reclaimed lease answers 1: spend no more.
   -- With what the counter holds now (used, leased, epoch, period start),
@@ -410,8 +500,11 @@ if op == 'return' or op == 'report' then
     if give_back() then
       ret_tokens, answer = 0, 1
     end
+    if op ~= 'settle' then
+      done_put(0, 0, 0, 0, 0, answer)
+    end
     reclaim()
-    if op == 'return' and bf ~= "" then
+    if op ~= 'report' and bf ~= "" then
       local tokens, updated = refilled()
       if tokens ~= nil then
         redis.call('HSET', k, bf .. ':t', tostring(math.min(tokens + ret_tokens, bucket_cap(bf, burst))),
@@ -586,6 +679,9 @@ elseif kind ~= "" and remaining < 1 then
   verdict = 2
 end
 if verdict ~= 0 then
+  if op == 'lease' then
+    done_put(0, 0, 0, 0, epoch, verdict)
+  end
   redis.call('EXPIRE', k, ttl)
   return { verdict, tostring(tokens), remaining, 0, 0, epoch, used, allow or -1, 0, 0, leased }
 end
@@ -640,6 +736,9 @@ elseif redis.call('HEXISTS', k, 'pk') == 1 then
   -- No quota: the stored period counts the request all the same (as
   -- counter.rs does), so a quota put back within it counts it.
   redis.call('HINCRBY', k, 'used', 1)
+end
+if op == 'lease' then
+  done_put(q_take, t_take, gen, cap, epoch, 0)
 end
 record(1)
 redis.call('EXPIRE', k, ttl)

@@ -16,7 +16,7 @@ use redis::{FromRedisValue, Script, ScriptInvocation};
 
 use super::control::{self, Control, Handler};
 use super::learn;
-use super::lease::{self, Lease, LeaseConfig, Leases, Unspent};
+use super::lease::{self, CallKind, Lease, LeaseConfig, Leases, PendingCall, Unspent, Unsure};
 use super::recovery::{Marker, Period, Recovery, Seen};
 use super::spent::Spent;
 use super::{
@@ -242,6 +242,7 @@ impl RedisStore {
     pub async fn give_back_leases(&self) -> Result<()> {
         match &self.leases {
             Some(leases) => {
+                self.send_unsure_again(leases).await?;
                 let mut taken = leases.take_dropped();
                 taken.extend(leases.drain());
                 self.give_back(leases, taken).await
@@ -261,6 +262,7 @@ impl RedisStore {
     pub async fn give_back_expired_leases(&self) -> Result<()> {
         match &self.leases {
             Some(leases) => {
+                self.send_unsure_again(leases).await?;
                 let now_us = jiff::Timestamp::now().as_microsecond();
                 let mut taken = leases.take_dropped();
                 taken.extend(leases.drain_expired(now_us));
@@ -352,28 +354,20 @@ impl RedisStore {
         // one round trip after another.
         let reports = futures_util::stream::iter(leases.take_unreported()).map(
             |(slot, lease, n)| async move {
-                let mut args = Args::new(lease.granted_at(), lease.quota.as_ref());
-                // The `n` admitted requests, and no units back.
-                args.unspent = Unspent {
-                    units: 0,
-                    admitted: n,
-                    reported: 0,
-                    ..lease.unspent
-                };
-                args.record = leases.record(&slot);
+                let mut args = Args::of_report(leases, &slot, &lease, n);
+                let call = Unsure::new(leases, slot, lease, CallKind::Report(n));
+                (args.call, args.oldest_open_call) = (call.call, leases.oldest_open_call());
                 // Until the answer is in the copy: a restore waits for it.
                 let _in_flight = self.recovery.in_flight.read().await;
-                match self.call::<Vec<i64>>(&slot.0, "report", args).await {
+                match self.call::<Vec<i64>>(&call.slot.0, "report", args).await {
                     Err(e) => {
-                        leases.unreport(&slot, &lease, n);
+                        // Sent again as it was (Redis may have taken it):
+                        // its requests stay reported and unacknowledged.
+                        leases.unsure(call);
                         Err(e)
                     }
                     Ok(answer) => {
-                        self.saw_spent(&slot.0, &lease, &answer);
-                        match answer.first() {
-                            Some(1) => leases.reclaimed(&slot, &lease),
-                            _ => leases.landed(&slot, &lease, n),
-                        }
+                        self.answered(leases, call, &answer);
                         Ok(())
                     }
                 }
@@ -397,34 +391,22 @@ impl RedisStore {
                     leases.keep((counter, bucket), lease);
                     return Ok(());
                 }
-                // As of when it was granted: its units belong to that
-                // period, what it admitted to that day, however late it
-                // comes back.
-                let mut args = Args::new(lease.granted_at(), lease.quota.as_ref());
-                if let Some(throttle) = lease.throttle {
-                    args.bucket = format!("b:{bucket}");
-                    args.rate = throttle.rate_limit;
-                    args.burst = throttle.burst_limit;
-                }
-                args.unspent = lease.unspent;
-                args.record = leases.record(&(counter.clone(), bucket.clone()));
+                let slot = (counter, bucket);
+                let mut args = Args::of_lease(leases, &slot, &lease);
+                let call = Unsure::new(leases, slot, lease, CallKind::Return);
+                (args.call, args.oldest_open_call) = (call.call, leases.oldest_open_call());
                 // Until the answer is in the copy: a restore waits for it.
                 let _in_flight = self.recovery.in_flight.read().await;
-                let answer: Result<Vec<i64>> = self.call(&counter, "return", args).await;
+                let answer: Result<Vec<i64>> = self.call(&call.slot.0, "return", args).await;
                 match answer {
-                    Ok(answer) if answer.len() > 1 => {
-                        self.saw_spent(&counter, &lease, &answer);
-                        Ok(())
-                    }
-                    Ok(_) => {
-                        // The counter is gone: Redis lost its data (a
-                        // restore counts the lease's units), or it expired.
-                        leases.lost_with_counter((counter, bucket), lease);
+                    Ok(answer) => {
+                        self.answered(leases, call, &answer);
                         Ok(())
                     }
                     Err(e) => {
                         failed.store(true, std::sync::atomic::Ordering::Relaxed);
-                        leases.keep((counter, bucket), lease);
+                        // Sent again as it was: Redis may have taken it.
+                        leases.unsure(call);
                         Err(e)
                     }
                 }
@@ -463,6 +445,74 @@ impl RedisStore {
 
     fn key(&self, counter: &CounterKey) -> String {
         counter_key(&self.prefix, counter)
+    }
+
+    /// Sends again (or settles) the calls on this replica's records that
+    /// it stopped waiting for, `REPORTS_IN_FLIGHT` at a time; one that
+    /// fails again is kept, for [`UNSURE_FOR`](lease::UNSURE_FOR).
+    async fn send_unsure_again(&self, leases: &Leases) -> Result<()> {
+        let now_us = Timestamp::now().as_microsecond();
+        let calls = futures_util::stream::iter(leases.take_unsure()).map(|call| async move {
+            let (op, mut args) = match call.kind {
+                CallKind::Lease => ("settle", Args::of_lease(leases, &call.slot, &call.lease)),
+                CallKind::Return => ("return", Args::of_lease(leases, &call.slot, &call.lease)),
+                CallKind::Report(n) => (
+                    "report",
+                    Args::of_report(leases, &call.slot, &call.lease, n),
+                ),
+            };
+            args.call = call.call;
+            // Until the answer is in the copy: a restore waits for it.
+            let _in_flight = self.recovery.in_flight.read().await;
+            match self.call::<Vec<i64>>(&call.slot.0, op, args).await {
+                Ok(answer) => {
+                    self.answered(leases, call, &answer);
+                    Ok(())
+                }
+                Err(e) => {
+                    if now_us.saturating_sub(call.since_us) < micros(lease::UNSURE_FOR) {
+                        leases.unsure(call);
+                    } else {
+                        leases.closed(call.call);
+                        tracing::warn!(
+                            call = call.call,
+                            "a lease call Redis did not answer for {:?} is given up on",
+                            lease::UNSURE_FOR
+                        );
+                    }
+                    Err(e)
+                }
+            }
+        });
+        let results: Vec<Result<()>> = calls.buffer_unordered(REPORTS_IN_FLIGHT).collect().await;
+        results.into_iter().collect()
+    }
+
+    /// Follows Redis's `answer` to `call`: the copy, and the lease's
+    /// state. A give-back (or a settled lease call) that found its counter
+    /// gone is kept: Redis lost its data (a restore counts the lease's
+    /// units), or the counter expired.
+    fn answered(&self, leases: &Leases, call: Unsure, answer: &[i64]) {
+        leases.closed(call.call);
+        let Unsure {
+            slot, lease, kind, ..
+        } = call;
+        if kind != CallKind::Lease {
+            // (A settled call's lease knows no period end: the copy
+            // follows the counter's next decision instead.)
+            self.saw_spent(&slot.0, &lease, answer);
+        }
+        match kind {
+            CallKind::Report(n) => match answer.first() {
+                Some(1) => leases.reclaimed(&slot, &lease),
+                _ => leases.landed(&slot, &lease, n),
+            },
+            CallKind::Lease | CallKind::Return => {
+                if answer.len() <= 1 && lease.unspent.holds() {
+                    leases.lost_with_counter(slot, lease);
+                }
+            }
+        }
     }
 
     /// The copy follows a report's or give-back's `answer` (the script's
@@ -694,6 +744,10 @@ struct Args {
     lease_us: i64,
     /// For "restore": the units of this replica's own leases out.
     own_leased: u64,
+    /// The id of a call on the holder's record (0: none; see `Unsure`),
+    /// and the oldest of the holder's calls still open.
+    call: u64,
+    oldest_open_call: u64,
 }
 
 impl Args {
@@ -719,7 +773,39 @@ impl Args {
             record: String::new(),
             lease_us: 0,
             own_leased: 0,
+            call: 0,
+            oldest_open_call: 0,
         }
+    }
+
+    /// The arguments that give `lease` of `slot` back, report on it, or
+    /// settle the lease call that gave it back: as of when it was granted
+    /// (its units belong to that period, what it admitted to that day,
+    /// however late it comes back).
+    fn of_lease(leases: &Leases, slot: &lease::Slot, lease: &Lease) -> Self {
+        let mut args = Self::new(lease.granted_at(), lease.quota.as_ref());
+        if let Some(throttle) = lease.throttle {
+            args.bucket = format!("b:{}", slot.1);
+            args.rate = throttle.rate_limit;
+            args.burst = throttle.burst_limit;
+        }
+        args.unspent = lease.unspent;
+        args.record = leases.record(slot);
+        args.oldest_open_call = leases.oldest_open_call();
+        args
+    }
+
+    /// As [`of_lease`](Self::of_lease), for a report of the `n` requests
+    /// it admitted (and no units back).
+    fn of_report(leases: &Leases, slot: &lease::Slot, lease: &Lease, n: u64) -> Self {
+        let mut args = Self::of_lease(leases, slot, lease);
+        args.unspent = Unspent {
+            units: 0,
+            admitted: n,
+            reported: 0,
+            ..lease.unspent
+        };
+        args
     }
 
     /// The quota period as the script stores it (kind, start, end).
@@ -779,7 +865,9 @@ impl Args {
             .arg(self.lease_us)
             .arg(micros(lease::RECLAIM_GRACE))
             .arg(lease::UNREPORTED_SHARE)
-            .arg(self.own_leased);
+            .arg(self.own_leased)
+            .arg(self.call)
+            .arg(self.oldest_open_call);
         invocation
     }
 }
@@ -887,7 +975,7 @@ impl RedisStore {
         }
         let mut args = Args::new(request.now, request.quota.as_ref());
         let mut op = "decide";
-        let mut slot = None;
+        let (mut slot, mut pending) = (None, None);
         if let Some(leases) = leases {
             let key = lease::slot_key(request);
             args.want = leases.want(&key, args.now_us);
@@ -897,6 +985,19 @@ impl RedisStore {
                 args.unspent = unspent;
                 args.record = leases.record(&key);
                 args.lease_us = micros(leases.config.ttl);
+                // Settled if it goes unanswered: what it gave back, as of
+                // this request.
+                let gave_back = Lease {
+                    unspent,
+                    granted_us: args.now_us,
+                    throttle: request.throttle.map(|rule| rule.throttle),
+                    quota: request.quota,
+                    ..Lease::default()
+                };
+                let call = Unsure::new(leases, key, gave_back, CallKind::Lease);
+                args.call = call.call;
+                args.oldest_open_call = leases.oldest_open_call();
+                pending = Some(PendingCall::new(leases, call));
                 slot = Some(renewal);
                 op = "lease";
             }
@@ -944,6 +1045,16 @@ impl RedisStore {
                     connection.invoke(args.invocation(&script, &key, marker, op)),
                 )
                 .await?;
+            }
+            if answer.0 == 5 {
+                // Settled as unanswered already: it was not applied.
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::Client,
+                    "a lease call settled before it ran",
+                )));
+            }
+            if let Some(pending) = pending {
+                pending.answered();
             }
             let (
                 verdict,

@@ -67,6 +67,26 @@ impl Redis {
             .map_or(0, |calls| calls.parse().unwrap())
     }
 
+    /// Stops the server's process (SIGSTOP): it takes connections and
+    /// commands and answers none until [`resume`](Self::resume), as a
+    /// Redis stalled by a fork, a slow disk or a busy host does.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a [`pause`](Self::pause)d server run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal} redis-server");
+    }
+
     pub fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
