@@ -62,8 +62,8 @@
 --          generation, most unreported units, tokens granted, units reported and
 --          not yet acknowledged; 31 lease lifetime (µs), 32 grace before reclaiming (µs),
 --          33 a lease's share that may be spent unacknowledged (2: a half),
---          34 for "restore": the units of this replica's own leases of the
---          epoch it saw, outstanding (held, or spent and not acknowledged),
+--          34 for "restore": the units this replica's own leases of the epoch
+--          it saw spent and Redis did not acknowledge (it spends them no more),
 --          35 for "lease", "return", "report" and "settle": the call's id
 --          (unique to the holder, growing; 0 = none, see "Calls" below), 36 the
 --          holder's oldest call not yet answered (or given up on)
@@ -577,8 +577,9 @@ if op == 'restore' then
       redis.call('HSET', k, 'used', used, 'rb', seen_used)
     end
     -- The copies count admissions, not leased units: each replica adds
-    -- the units of its own leases that were out (it may spend them yet,
-    -- or spent them unreported), so they add up across replicas.
+    -- what its own leases admitted unacknowledged, so they add up across
+    -- replicas (it spends those leases no more: their unspent units are
+    -- admittable again).
     local own = tonumber(ARGV[34]) or 0
     if own > 0 then
       used = used + own

@@ -742,7 +742,7 @@ struct Args {
     record: String,
     /// A new lease's lifetime (µs).
     lease_us: i64,
-    /// For "restore": the units of this replica's own leases out.
+    /// For "restore": what this replica's leases admitted unacknowledged.
     own_leased: u64,
     /// The id of a call on the holder's record (0: none; see `Unsure`),
     /// and the oldest of the holder's calls still open.
@@ -1353,7 +1353,7 @@ async fn restore_seen(
     let outstanding = recovery
         .leases
         .as_ref()
-        .map(|leases| leases.outstanding())
+        .map(|leases| leases.spent_at_loss())
         .unwrap_or_default();
     // Every counter of the current period (all of Redis's, for a replica
     // that read them when it started): many restores in flight at once.
