@@ -63,6 +63,9 @@ pub(crate) struct Control {
     /// The other replicas whose beats we heard, with their lapse time (ms):
     /// waited on too, should Redis have lost the registrations.
     heard: Mutex<HashMap<String, i64>>,
+    /// When (ms) [`older_alive`](Self::older_alive) last found, asking
+    /// twice a few beats apart, that no older replica is alive.
+    none_older_ms: AtomicI64,
     /// The lapse time (ms) of the last beat of our own we received: until
     /// then we have acted on every message sent before it, so the registry
     /// is current ([`is_current`](Self::is_current)).
@@ -119,6 +122,7 @@ impl Control {
             waiting: Mutex::new(HashMap::new()),
             listening: AtomicBool::new(false),
             heard: Mutex::new(HashMap::new()),
+            none_older_ms: AtomicI64::new(i64::MIN / 2),
             own_until_ms: AtomicI64::new(0),
             beat: Notify::new(),
             deaf_since_ms: AtomicI64::new(now_us() / 1_000),
@@ -195,7 +199,10 @@ impl Control {
     /// Whether a replica that started before this one is alive
     /// (registered in Redis, or heard lately on the channel). Asked again
     /// after a few beats when none is: Redis may just have lost the
-    /// registrations (a beat puts them back).
+    /// registrations (a beat puts them back). Not asked again within a
+    /// second of an answer asked twice: a replica starting alone on a new
+    /// Redis asks once for the registry and once for the marker, and
+    /// waited for both.
     pub(crate) async fn older_alive(
         &self,
         connection: &mut Connection,
@@ -203,8 +210,17 @@ impl Control {
         if self.older_alive_now(connection).await? {
             return Ok(true);
         }
+        let asked_ms = self.none_older_ms.load(Ordering::Acquire);
+        if now_us() / 1_000 - asked_ms < 1_000 {
+            return Ok(false);
+        }
         tokio::time::sleep(RENEW_EVERY * 5 / 2).await;
-        self.older_alive_now(connection).await
+        let alive = self.older_alive_now(connection).await?;
+        if !alive {
+            self.none_older_ms
+                .store(now_us() / 1_000, Ordering::Release);
+        }
+        Ok(alive)
     }
 
     async fn older_alive_now(&self, connection: &mut Connection) -> redis::RedisResult<bool> {
