@@ -87,7 +87,7 @@ local set_to, ttl = tonumber(ARGV[12]), tonumber(ARGV[13])
 local ret_q, ret_n, ret_t, ret_day, want_q, want_t, ret_epoch = 0, 0, 0, 0, 0, 0, 0
 local ret_metered, rec_name, ret_gen, ret_cap, ret_gt, ret_pending = false, '', 0, 0, 0, 0
 local lease_us, share = 0, 4
-local call, done_f, done_s = 0, '', nil
+local call, done_f, done_s, oldest_open = 0, '', nil, tonumber(ARGV[36]) or 0
 -- The grace before reclaiming, which a decision needs too.
 local grace_us = tonumber(ARGV[32]) or 0
 if op == 'lease' or op == 'return' or op == 'report' or op == 'settle' then
@@ -102,12 +102,18 @@ if op == 'lease' or op == 'return' or op == 'report' or op == 'settle' then
   lease_us = tonumber(ARGV[31]) or 0
   share = tonumber(ARGV[33]) or 4
   call = tonumber(ARGV[35]) or 0
+end
+
+-- The field that records the holder's calls applied (see "Calls"): none
+-- without a record or an id.
+local function calls_of_record()
   if call > 0 and rec_name ~= '' then
     done_f = 'hd' .. string.sub(rec_name, 2)
   else
     call = 0
   end
 end
+calls_of_record()
 if op == 'forget' then
   -- The key left the plan: its counts and history go, but for the epoch,
   -- which moves on so that no lease of the counter as it was (the caller
@@ -150,7 +156,7 @@ local function done_put(q, t, g, c, ep, a)
   if call == 0 then
     return
   end
-  local kept, oldest = {}, tonumber(ARGV[36]) or 0
+  local kept, oldest = {}, oldest_open
   for e in string.gmatch(done_s or redis.call('HGET', k, done_f) or '', ',[^,]+') do
     local id, at = string.match(e, '^,(%d+):.*:(%d+)$')
     id = tonumber(id)
@@ -166,6 +172,14 @@ local function done_put(q, t, g, c, ep, a)
   redis.call('HSET', k, done_f, done_s)
 end
 
+-- The answer to a give-back or report: `answer`, with what the counter
+-- holds now (used, leased, epoch, period start), for the replica's copy.
+local function taken_back(answer)
+  local now_q = redis.call('HMGET', k, 'used', 'leased', 'ps')
+  return { answer, tonumber(now_q[1]) or 0, tonumber(now_q[2]) or 0, epoch,
+    tonumber(now_q[3]) or -1 }
+end
+
 -- A call sent again that was applied: it is not applied twice (a "lease"
 -- settled first is void).
 local settled = nil
@@ -176,9 +190,7 @@ if call > 0 then
   elseif d and op == 'settle' then
     settled = d
   elseif d then
-    local now_q = redis.call('HMGET', k, 'used', 'leased', 'ps')
-    return { d.a, tonumber(now_q[1]) or 0, tonumber(now_q[2]) or 0, epoch,
-      tonumber(now_q[3]) or -1 }
+    return taken_back(d.a)
   end
 end
 local used, allow, leased, remaining = 0, nil, 0, 0
@@ -490,11 +502,10 @@ end
 
 -- A reclaimed lease's tokens come back with nothing: they expired.
 local ret_tokens = ret_t
-if op == 'return' or op == 'report' or op == 'settle' then
-  -- A counter that is gone (forgotten, or lost with Redis's data) takes
-  -- nothing back. A report of a reclaimed lease answers 1: spend no more.
-  -- With what the counter holds now (used, leased, epoch, period start),
-  -- for the replica's copy.
+-- Ops "return", "report" and "settle". A counter that is gone (forgotten,
+-- or lost with Redis's data) takes nothing back. A report of a reclaimed
+-- lease answers 1: spend no more.
+local function take_back()
   local answer = 0
   if redis.call('EXISTS', k) == 1 then
     if give_back() then
@@ -512,11 +523,44 @@ if op == 'return' or op == 'report' or op == 'settle' then
       end
     end
     redis.call('EXPIRE', k, ttl)
-    local now_q = redis.call('HMGET', k, 'used', 'leased', 'ps')
-    return { answer, tonumber(now_q[1]) or 0, tonumber(now_q[2]) or 0, epoch,
-      tonumber(now_q[3]) or -1 }
+    return taken_back(answer)
   end
   return { answer }
+end
+if op == 'return' or op == 'report' or op == 'settle' then
+  return take_back()
+end
+if op == 'reports' then
+  -- Many "report"s in one call (one server only: the counters lie in
+  -- different slots of a cluster), each answered as a "report" is. ARGV:
+  -- 2 ttl secs, 3 grace before reclaiming (µs), 4 the holder's oldest call
+  -- open; then per counter (KEYS[i]) 11 values from 5 + 11 (i - 1): now_us
+  -- (when its lease was granted), the requests admitted, the day granted
+  -- on, its epoch, "1" when it holds quota units, the holder's record, its
+  -- generation, most unreported units, tokens granted, units reported and
+  -- not yet acknowledged, the call's id.
+  op, ttl, grace_us, oldest_open = 'report', tonumber(ARGV[2]), tonumber(ARGV[3]),
+    tonumber(ARGV[4])
+  local out = {}
+  for i = 1, #KEYS do
+    local a = 4 + 11 * (i - 1)
+    k, now_us = KEYS[i], tonumber(ARGV[a + 1])
+    now = math.floor(now_us / 1000000)
+    ret_q, ret_t, ret_n, ret_day = 0, 0, tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+    ret_epoch, ret_metered = tonumber(ARGV[a + 4]), ARGV[a + 5] == '1'
+    rec_name, ret_gen, ret_cap = ARGV[a + 6], tonumber(ARGV[a + 7]), tonumber(ARGV[a + 8])
+    ret_gt, ret_pending, call = tonumber(ARGV[a + 9]), tonumber(ARGV[a + 10]),
+      tonumber(ARGV[a + 11])
+    calls_of_record()
+    done_s, epoch = nil, tonumber(redis.call('HGET', k, 'ep')) or 0
+    local d = call > 0 and done_get()
+    if d then
+      out[i] = taken_back(d.a)
+    else
+      out[i] = take_back()
+    end
+  end
+  return out
 end
 if op == 'lease' then
   if give_back() then
