@@ -565,9 +565,10 @@ async fn slow_replica_loses_its_lease(var: &str, default: &str) {
     assert_eq!(total, QUOTA, "{var}: admitted across both replicas");
 }
 
-/// Redis stalls (SIGSTOP, three times 400 ms) while a replica leases a
-/// busy key. Lease calls, give-backs and reports time out on the replica
-/// (100 ms) and Redis applies them after it stopped waiting. Once every
+/// Redis stalls (SIGSTOP: 400 ms twice, then 1.5 s) while a replica leases
+/// a busy key. Lease calls, give-backs and reports time out on the replica
+/// (100 ms) and Redis applies them after it stopped waiting; rounds of
+/// give-backs are dropped unfinished; the long stall outlasts the leases. Once every
 /// lease is back, Redis counts as used exactly what was admitted, give or
 /// take the requests that failed (each may have been charged its own
 /// unit): no grant the replica never received stays counted as spent, and
@@ -625,23 +626,28 @@ async fn a_redis_stall_while_leasing_loses_no_quota() {
             })
         })
         .collect();
-    // What the gateway does every 200 ms: expired leases and reports go back.
+    // What the gateway does every 200 ms: expired leases and reports go
+    // back, within a time limit (the gateway's is 3 s): a round that Redis
+    // holds up is dropped.
     let upkeep = {
         let (store, stop) = (store.clone(), stop.clone());
         tokio::spawn(async move {
             while !stop.load(Relaxed) {
-                let _ = store.give_back_expired_leases().await;
+                let round = store.give_back_expired_leases();
+                let _ = tokio::time::timeout(Duration::from_millis(60), round).await;
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         })
     };
-    for _ in 0..3 {
+    // The last stall outlasts the leases and Redis's grace: Redis reclaims
+    // them as it resumes, before they come back.
+    for stall_ms in [400, 400, 1_500] {
         let target = admitted.load(Relaxed) + 20_000;
         while admitted.load(Relaxed) < target {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         redis.pause();
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        tokio::time::sleep(Duration::from_millis(stall_ms)).await;
         redis.resume();
     }
     let target = admitted.load(Relaxed) + 20_000;

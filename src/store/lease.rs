@@ -95,6 +95,10 @@ pub(crate) struct Unspent {
     pub(crate) day: i64,
     /// The counter's epoch when granted: a revocation starts a new one.
     pub(crate) epoch: u64,
+    /// The id of its report on its way (0: none; one at a time). A lease
+    /// given back while it is unanswered names it: Redis then knows
+    /// whether that report was applied (its units no longer pending).
+    pub(crate) report_call: u64,
 }
 
 impl Unspent {
@@ -268,6 +272,17 @@ impl PendingCall {
             self.leases.closed(call.call);
         }
     }
+
+    /// The call (`None` once taken out).
+    pub(crate) fn call(&self) -> Option<&Unsure> {
+        self.call.as_ref()
+    }
+
+    /// Redis answered it: the call, for the caller to follow the answer
+    /// (and close it).
+    pub(crate) fn into_call(mut self) -> Option<Unsure> {
+        self.call.take()
+    }
 }
 
 impl Drop for PendingCall {
@@ -383,15 +398,19 @@ impl Leases {
     }
 
     /// Marks what live leases spent since the last report as reported,
-    /// and returns it, per slot: `(slot, lease as granted, units)`.
-    pub(crate) fn take_unreported(&self) -> Vec<(Slot, Lease, u64)> {
+    /// and returns the reports to make, one per lease (none for a lease
+    /// whose last report is still on its way).
+    pub(crate) fn take_unreported(&self) -> Vec<Unsure> {
         let mut out = Vec::new();
         for slot in self.slots.iter() {
             let mut lease = slot.value().lock();
             let n = lease.unspent.unreported();
-            if n > 0 {
+            if n > 0 && lease.unspent.pending() == 0 {
                 lease.unspent.reported += n;
-                out.push((slot.key().clone(), *lease, n));
+                let mut report = Unsure::new(self, slot.key().clone(), *lease, CallKind::Report(n));
+                lease.unspent.report_call = report.call;
+                report.lease.unspent.report_call = report.call;
+                out.push(report);
             }
         }
         out
@@ -400,7 +419,10 @@ impl Leases {
     /// A report Redis took: `n` more may be spent, if the lease is still
     /// the same one.
     pub(crate) fn landed(&self, slot: &Slot, lease: &Lease, n: u64) {
-        self.with_same(slot, lease, |current| current.unspent.landed += n);
+        self.with_same(slot, lease, |current| {
+            current.unspent.landed += n;
+            current.unspent.report_call = 0;
+        });
     }
 
     /// A report Redis took for a lease it had reclaimed: the lease is
@@ -410,6 +432,7 @@ impl Leases {
         self.with_same(slot, lease, |current| {
             // Redis counted the report: none is on its way.
             current.unspent.landed = current.unspent.reported;
+            current.unspent.report_call = 0;
             taken = take_held(slot, current);
         });
         self.dropped.lock().extend(taken);
@@ -938,9 +961,10 @@ mod tests {
         let spend = || leases.try_spend(&request, 0).is_some();
         assert!(spend() && spend());
         assert!(!spend(), "a third waits for the report");
-        let (slot, lease, n) = leases.take_unreported().pop().unwrap();
+        let report = leases.take_unreported().pop().unwrap();
+        assert_eq!(report.kind, CallKind::Report(2));
         assert!(!spend(), "sent is not acknowledged");
-        leases.landed(&slot, &lease, n);
+        leases.landed(&report.slot, &report.lease, 2);
         assert!(spend() && spend() && !spend());
     }
 

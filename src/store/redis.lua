@@ -46,7 +46,7 @@
 -- KEYS[1]  the counter hash ("<prefix>{<plan>:<key>}"); KEYS[2], on one
 --          server only, the marker whose absence means Redis lost its data
 -- ARGV     1 op ("decide" | "lease" | "return" | "report" | "settle" | "restore" | "set" | "add"
---          | "refund" | "forget"),
+--          | "refund" | "forget"; "batch" takes arguments of its own, see there),
 --          2 now_us, 3 now_secs, 4 day,
 --          5 bucket field ("" = no throttle), 6 rate, 7 burst,
 --          8 period kind ("" = no quota), 9 period start, 10 period end,
@@ -66,7 +66,8 @@
 --          it saw spent and Redis did not acknowledge (it spends them no more),
 --          35 for "lease", "return", "report" and "settle": the call's id
 --          (unique to the holder, growing; 0 = none, see "Calls" below), 36 the
---          holder's oldest call not yet answered (or given up on)
+--          holder's oldest call not yet answered (or given up on), 37 the id of
+--          the lease given back's report on its way (0 = none)
 --
 -- Calls. A replica that stopped waiting for a "lease", "return" or
 -- "report" (its timeout, or the request gone) cannot tell whether Redis
@@ -86,6 +87,7 @@ local kind, pstart, pend, plimit = ARGV[8], ARGV[9], tonumber(ARGV[10]), tonumbe
 local set_to, ttl = tonumber(ARGV[12]), tonumber(ARGV[13])
 local ret_q, ret_n, ret_t, ret_day, want_q, want_t, ret_epoch = 0, 0, 0, 0, 0, 0, 0
 local ret_metered, rec_name, ret_gen, ret_cap, ret_gt, ret_pending = false, '', 0, 0, 0, 0
+local ret_report = 0
 local lease_us, share = 0, 4
 local call, done_f, done_s, oldest_open = 0, '', nil, tonumber(ARGV[36]) or 0
 -- The grace before reclaiming, which a decision needs too.
@@ -102,15 +104,16 @@ if op == 'lease' or op == 'return' or op == 'report' or op == 'settle' then
   lease_us = tonumber(ARGV[31]) or 0
   share = tonumber(ARGV[33]) or 4
   call = tonumber(ARGV[35]) or 0
+  ret_report = tonumber(ARGV[37]) or 0
 end
 
 -- The field that records the holder's calls applied (see "Calls"): none
 -- without a record or an id.
 local function calls_of_record()
-  if call > 0 and rec_name ~= '' then
+  if rec_name ~= '' then
     done_f = 'hd' .. string.sub(rec_name, 2)
   else
-    call = 0
+    call, ret_report = 0, 0
   end
 end
 calls_of_record()
@@ -137,10 +140,10 @@ local epoch = tonumber(redis.call('HGET', k, 'ep')) or 0
 -- The holder's calls applied (see "Calls" above), each
 -- ",<id>:<units granted>:<tokens granted>:<generation>:<cap>:<epoch>:<answer>:<secs>",
 -- the newest last: the call `call` if it was applied, or nil.
-local function done_get()
+local function done_get(id)
   done_s = redis.call('HGET', k, done_f) or ''
   local q, t, g, c, ep, a = string.match(done_s,
-    ',' .. call .. ':(%d+):(%d+):(%d+):(%d+):(%d+):(%d+):')
+    ',' .. (id or call) .. ':(%d+):(%d+):(%d+):(%d+):(%d+):(%d+):')
   if not q then
     return nil
   end
@@ -151,7 +154,10 @@ end
 -- Records the call `call` as applied (replacing what it recorded before).
 -- Kept: the calls from the holder's oldest still open on (those answered
 -- before it are not sent again), of the last minute (a replica sends a
--- call again within seconds), 64 at most.
+-- call again within seconds, and gives up on it after 50 s). No fewer: a
+-- stall leaves hundreds of a busy key's calls open, each of which would
+-- otherwise be settled as never applied, and what it gave back counted
+-- twice.
 local function done_put(q, t, g, c, ep, a)
   if call == 0 then
     return
@@ -163,9 +169,6 @@ local function done_put(q, t, g, c, ep, a)
     if id ~= call and id >= oldest and tonumber(at) > now - 60 then
       kept[#kept + 1] = e
     end
-  end
-  while #kept > 63 do
-    table.remove(kept, 1)
   end
   kept[#kept + 1] = string.format(',%d:%d:%d:%d:%d:%d:%d:%d', call, q, t, g, c, ep, a, now)
   done_s = table.concat(kept)
@@ -399,6 +402,11 @@ end
 -- another kind that counted it). What now counts as used also comes off
 -- the lease day's recorded remaining.
 local function give_back()
+  -- Its report on its way when it came back: applied since (sent again,
+  -- it is not applied twice), its units are pending no more.
+  if ret_pending > 0 and ret_report > 0 and done_get(ret_report) then
+    ret_pending = 0
+  end
   local p = redis.call('HMGET', k, 'ps', 'pe', 'used', 'leased', 'stale', 'd:' .. ret_day .. ':w',
     'carry')
   local t = ret_day * 86400
@@ -530,29 +538,35 @@ end
 if op == 'return' or op == 'report' or op == 'settle' then
   return take_back()
 end
-if op == 'reports' then
-  -- Many "report"s in one call (one server only: the counters lie in
-  -- different slots of a cluster), each answered as a "report" is. ARGV:
-  -- 2 ttl secs, 3 grace before reclaiming (µs), 4 the holder's oldest call
-  -- open; then per counter (KEYS[i]) 11 values from 5 + 11 (i - 1): now_us
-  -- (when its lease was granted), the requests admitted, the day granted
-  -- on, its epoch, "1" when it holds quota units, the holder's record, its
-  -- generation, most unreported units, tokens granted, units reported and
-  -- not yet acknowledged, the call's id.
-  op, ttl, grace_us, oldest_open = 'report', tonumber(ARGV[2]), tonumber(ARGV[3]),
-    tonumber(ARGV[4])
+if op == 'batch' then
+  -- Many "return"s and "report"s in one call (one server only: the
+  -- counters lie in different slots of a cluster), each answered as alone.
+  -- ARGV: 2 ttl secs, 3 grace before reclaiming (µs), 4 the holder's oldest
+  -- call open; then per counter (KEYS[i]) 18 values from 5 + 18 (i - 1):
+  -- the op, now_us (when its lease was granted), the bucket field, rate,
+  -- burst, and the lease given back (as ARGV 14-17, 20, 21, 26-30 and 35
+  -- of one call: unspent units, requests admitted not yet reported,
+  -- unspent tokens, the day granted on, its epoch, "1" when it holds quota
+  -- units, the holder's record, its generation, most unreported units,
+  -- tokens granted, units reported and not yet acknowledged, the call's id,
+  -- its report on its way).
+  ttl, grace_us, oldest_open = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
   local out = {}
   for i = 1, #KEYS do
-    local a = 4 + 11 * (i - 1)
-    k, now_us = KEYS[i], tonumber(ARGV[a + 1])
+    local a = 4 + 18 * (i - 1)
+    k, op, now_us = KEYS[i], ARGV[a + 1], tonumber(ARGV[a + 2])
     now = math.floor(now_us / 1000000)
-    ret_q, ret_t, ret_n, ret_day = 0, 0, tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-    ret_epoch, ret_metered = tonumber(ARGV[a + 4]), ARGV[a + 5] == '1'
-    rec_name, ret_gen, ret_cap = ARGV[a + 6], tonumber(ARGV[a + 7]), tonumber(ARGV[a + 8])
-    ret_gt, ret_pending, call = tonumber(ARGV[a + 9]), tonumber(ARGV[a + 10]),
-      tonumber(ARGV[a + 11])
+    bf, rate, burst = ARGV[a + 3], tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
+    ret_q, ret_n, ret_t = tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7]), tonumber(ARGV[a + 8])
+    ret_day, ret_epoch, ret_metered = tonumber(ARGV[a + 9]), tonumber(ARGV[a + 10]),
+      ARGV[a + 11] == '1'
+    rec_name, ret_gen, ret_cap = ARGV[a + 12], tonumber(ARGV[a + 13]), tonumber(ARGV[a + 14])
+    ret_gt, ret_pending, call = tonumber(ARGV[a + 15]), tonumber(ARGV[a + 16]),
+      tonumber(ARGV[a + 17])
+    ret_report = tonumber(ARGV[a + 18])
     calls_of_record()
-    done_s, epoch = nil, tonumber(redis.call('HGET', k, 'ep')) or 0
+    done_s, ret_tokens = nil, ret_t
+    epoch = tonumber(redis.call('HGET', k, 'ep')) or 0
     local d = call > 0 and done_get()
     if d then
       out[i] = taken_back(d.a)

@@ -347,152 +347,120 @@ impl RedisStore {
 
     /// Tells Redis what live leases spent since the last report, so that
     /// GetUsage counts it as admitted.
-    async fn report_spent(&self, leases: &Leases) -> Result<()> {
-        let reports = leases.take_unreported();
-        if matches!(self.connection, Connection::Single(_)) {
-            // Many in one call: on one server the call's cost (~40% of a
-            // report's in Redis) is paid once per batch.
-            let batches = reports
-                .chunks(REPORTS_PER_CALL)
-                .map(|batch| self.report_batch(leases, batch.to_vec()))
-                .collect::<Vec<_>>();
-            let results: Vec<Result<()>> = futures_util::stream::iter(batches)
-                .buffer_unordered(REPORTS_IN_FLIGHT)
-                .collect()
-                .await;
-            return results.into_iter().collect();
+    async fn report_spent(&self, leases: &Arc<Leases>) -> Result<()> {
+        let calls = leases.take_unreported();
+        self.take_back(leases, calls).await
+    }
+
+    /// Gives `taken` (drained from `leases`) back.
+    async fn give_back(
+        &self,
+        leases: &Arc<Leases>,
+        taken: Vec<(lease::Slot, Lease)>,
+    ) -> Result<()> {
+        let calls = taken
+            .into_iter()
+            .map(|(slot, lease)| Unsure::new(leases, slot, lease, CallKind::Return))
+            .collect();
+        self.take_back(leases, calls).await
+    }
+
+    /// Makes `calls` (give-backs and reports): many at once, and on one
+    /// server many in one script call (the call's own cost, ~40% of a
+    /// report's in Redis, is paid once per batch). A lease whose report is
+    /// on its way cannot be renewed inline (its requests go to Redis
+    /// meanwhile), so the reports of every key must land within a round
+    /// trip or so, not one round trip after another. Every call is
+    /// [`PendingCall`] from the start: one that fails, is not tried (once
+    /// one failed, the rest wait for the next round) or is dropped
+    /// unanswered (the gateway gives a round 3 s) is sent again later,
+    /// with its id. (Dropped, a round's leases were lost: their units
+    /// stayed counted, or uncounted after Redis lost its data.)
+    async fn take_back(&self, leases: &Arc<Leases>, calls: Vec<Unsure>) -> Result<()> {
+        let calls: Vec<PendingCall> = calls
+            .into_iter()
+            .map(|call| PendingCall::new(leases, call))
+            .collect();
+        let single = matches!(self.connection, Connection::Single(_));
+        let per_call = if single { REPORTS_PER_CALL } else { 1 };
+        let mut batches: Vec<Vec<PendingCall>> = Vec::new();
+        for call in calls {
+            match batches.last_mut() {
+                Some(batch) if batch.len() < per_call => batch.push(call),
+                _ => batches.push(vec![call]),
+            }
         }
-        // Many at once: a lease whose report is on its way cannot be
-        // renewed inline (its requests go to Redis meanwhile), so the
-        // reports of every key must land within a round trip or so, not
-        // one round trip after another.
-        let reports = futures_util::stream::iter(reports).map(|(slot, lease, n)| async move {
-            let mut args = Args::of_report(leases, &slot, &lease, n);
-            let call = Unsure::new(leases, slot, lease, CallKind::Report(n));
-            (args.call, args.oldest_open_call) = (call.call, leases.oldest_open_call());
-            // Until the answer is in the copy: a restore waits for it.
-            let _in_flight = self.recovery.in_flight.read().await;
-            match self.call::<Vec<i64>>(&call.slot.0, "report", args).await {
-                Err(e) => {
-                    // Sent again as it was (Redis may have taken it):
-                    // its requests stay reported and unacknowledged.
-                    leases.unsure(call);
-                    Err(e)
+        let failed = std::sync::atomic::AtomicBool::new(false);
+        let sent = futures_util::stream::iter(batches).map(|batch| {
+            let failed = &failed;
+            async move {
+                if failed.load(std::sync::atomic::Ordering::Relaxed) {
+                    // Dropped: sent again with the next round.
+                    return Ok(());
                 }
-                Ok(answer) => {
-                    self.answered(leases, call, &answer);
-                    Ok(())
+                let result = match single {
+                    true => self.send_batch(leases, batch).await,
+                    false => self.send_alone(leases, batch).await,
+                };
+                if result.is_err() {
+                    failed.store(true, std::sync::atomic::Ordering::Relaxed);
                 }
+                result
             }
         });
-        let results: Vec<Result<()>> = reports.buffer_unordered(REPORTS_IN_FLIGHT).collect().await;
+        let results: Vec<Result<()>> = sent.buffer_unordered(REPORTS_IN_FLIGHT).collect().await;
         results.into_iter().collect()
     }
 
-    /// Reports `batch` (of [`Leases::take_unreported`]) in one call of the
-    /// script's `reports` (one server only). Each report is a call of its
-    /// own all the same: unanswered, each is sent again alone.
-    async fn report_batch(
-        &self,
-        leases: &Leases,
-        batch: Vec<(lease::Slot, Lease, u64)>,
-    ) -> Result<()> {
-        let calls: Vec<Unsure> = batch
-            .into_iter()
-            .map(|(slot, lease, n)| Unsure::new(leases, slot, lease, CallKind::Report(n)))
-            .collect();
+    /// Sends `calls` one script call each, one after another.
+    async fn send_alone(&self, leases: &Arc<Leases>, calls: Vec<PendingCall>) -> Result<()> {
+        for pending in calls {
+            let Some((op, args, counter)) = pending.call().map(|call| {
+                let (op, args) = call_args(leases, call);
+                (op, args, call.slot.0.clone())
+            }) else {
+                continue;
+            };
+            // Until the answer is in the copy: a restore waits for it.
+            let _in_flight = self.recovery.in_flight.read().await;
+            let answer: Vec<i64> = self.call(&counter, op, args).await?;
+            if let Some(call) = pending.into_call() {
+                self.answered(leases, call, &answer);
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends give-backs and reports in one call of the script's `batch`
+    /// (one server only). Each is a call of its own all the same:
+    /// unanswered, each is sent again alone.
+    async fn send_batch(&self, leases: &Arc<Leases>, calls: Vec<PendingCall>) -> Result<()> {
         let mut invocation = self.script.prepare_invoke();
-        for call in &calls {
+        for call in calls.iter().filter_map(PendingCall::call) {
             invocation.key(self.key(&call.slot.0));
         }
         invocation
-            .arg("reports")
+            .arg("batch")
             .arg(TTL_SECS)
             .arg(micros(lease::RECLAIM_GRACE))
             .arg(leases.oldest_open_call());
-        for call in &calls {
-            let unspent = &call.lease.unspent;
-            let n = match call.kind {
-                CallKind::Report(n) => n,
-                CallKind::Lease | CallKind::Return => 0,
-            };
-            invocation
-                .arg(call.lease.granted_us)
-                .arg(n)
-                .arg(unspent.day)
-                .arg(unspent.epoch)
-                .arg(if unspent.granted > 0 { "1" } else { "0" })
-                .arg(leases.record(&call.slot))
-                .arg(unspent.gen)
-                .arg(unspent.cap)
-                .arg(unspent.granted_tokens)
-                .arg(0)
-                .arg(call.call);
+        for call in calls.iter().filter_map(PendingCall::call) {
+            let (op, args) = call_args(leases, call);
+            args.batch_item(&mut invocation, op);
         }
         // Until the answers are in the copy: a restore waits for them.
         let _in_flight = self.recovery.in_flight.read().await;
         let mut connection = self.connection.clone();
-        let answers: Result<Vec<Vec<i64>>> = within(self.timeout, connection.invoke(invocation))
+        let answers: Vec<Vec<i64>> = within(self.timeout, connection.invoke(invocation))
             .await
-            .map_err(|e| store_error("reports", e));
-        match answers {
-            Ok(answers) => {
-                for (i, call) in calls.into_iter().enumerate() {
-                    match answers.get(i) {
-                        Some(answer) => self.answered(leases, call, answer),
-                        // (The script answers every report.)
-                        None => leases.unsure(call),
-                    }
-                }
-                Ok(())
-            }
-            Err(e) => {
-                for call in calls {
-                    // Sent again alone, as it was.
-                    leases.unsure(call);
-                }
-                Err(e)
+            .map_err(|e| store_error("batch", e))?;
+        // (The script answers every one: one it did not is sent again.)
+        for (pending, answer) in calls.into_iter().zip(&answers) {
+            if let Some(call) = pending.into_call() {
+                self.answered(leases, call, answer);
             }
         }
-    }
-
-    /// Gives `taken` (drained from `leases`) back, `REPORTS_IN_FLIGHT` at a
-    /// time (one after another, 1,000 expiring leases held the 200 ms
-    /// cycle's reports back by as many round trips). Once one fails, the
-    /// rest are not tried: what was not given back is kept in `leases`
-    /// again.
-    async fn give_back(&self, leases: &Leases, taken: Vec<(lease::Slot, Lease)>) -> Result<()> {
-        let failed = std::sync::atomic::AtomicBool::new(false);
-        let returns = futures_util::stream::iter(taken).map(|((counter, bucket), lease)| {
-            let failed = &failed;
-            async move {
-                if failed.load(std::sync::atomic::Ordering::Relaxed) {
-                    leases.keep((counter, bucket), lease);
-                    return Ok(());
-                }
-                let slot = (counter, bucket);
-                let mut args = Args::of_lease(leases, &slot, &lease);
-                let call = Unsure::new(leases, slot, lease, CallKind::Return);
-                (args.call, args.oldest_open_call) = (call.call, leases.oldest_open_call());
-                // Until the answer is in the copy: a restore waits for it.
-                let _in_flight = self.recovery.in_flight.read().await;
-                let answer: Result<Vec<i64>> = self.call(&call.slot.0, "return", args).await;
-                match answer {
-                    Ok(answer) => {
-                        self.answered(leases, call, &answer);
-                        Ok(())
-                    }
-                    Err(e) => {
-                        failed.store(true, std::sync::atomic::Ordering::Relaxed);
-                        // Sent again as it was: Redis may have taken it.
-                        leases.unsure(call);
-                        Err(e)
-                    }
-                }
-            }
-        });
-        let results: Vec<Result<()>> = returns.buffer_unordered(REPORTS_IN_FLIGHT).collect().await;
-        results.into_iter().collect()
+        Ok(())
     }
 
     /// Revokes `counter`'s leases older than `epoch` on every replica (and
@@ -529,41 +497,24 @@ impl RedisStore {
     /// Sends again (or settles) the calls on this replica's records that
     /// it stopped waiting for, `REPORTS_IN_FLIGHT` at a time; one that
     /// fails again is kept, for [`UNSURE_FOR`](lease::UNSURE_FOR).
-    async fn send_unsure_again(&self, leases: &Leases) -> Result<()> {
+    async fn send_unsure_again(&self, leases: &Arc<Leases>) -> Result<()> {
         let now_us = Timestamp::now().as_microsecond();
-        let calls = futures_util::stream::iter(leases.take_unsure()).map(|call| async move {
-            let (op, mut args) = match call.kind {
-                CallKind::Lease => ("settle", Args::of_lease(leases, &call.slot, &call.lease)),
-                CallKind::Return => ("return", Args::of_lease(leases, &call.slot, &call.lease)),
-                CallKind::Report(n) => (
-                    "report",
-                    Args::of_report(leases, &call.slot, &call.lease, n),
-                ),
-            };
-            args.call = call.call;
-            // Until the answer is in the copy: a restore waits for it.
-            let _in_flight = self.recovery.in_flight.read().await;
-            match self.call::<Vec<i64>>(&call.slot.0, op, args).await {
-                Ok(answer) => {
-                    self.answered(leases, call, &answer);
-                    Ok(())
-                }
-                Err(e) => {
-                    if now_us.saturating_sub(call.since_us) < micros(lease::UNSURE_FOR) {
-                        leases.unsure(call);
-                    } else {
-                        leases.closed(call.call);
-                        tracing::warn!(
-                            call = call.call,
-                            "a lease call Redis did not answer for {:?} is given up on",
-                            lease::UNSURE_FOR
-                        );
-                    }
-                    Err(e)
-                }
+        let mut calls = Vec::new();
+        for call in leases.take_unsure() {
+            if now_us.saturating_sub(call.since_us) < micros(lease::UNSURE_FOR) {
+                calls.push(PendingCall::new(leases, call));
+            } else {
+                leases.closed(call.call);
+                tracing::warn!(
+                    call = call.call,
+                    "a lease call Redis did not answer for {:?} is given up on",
+                    lease::UNSURE_FOR
+                );
             }
-        });
-        let results: Vec<Result<()>> = calls.buffer_unordered(REPORTS_IN_FLIGHT).collect().await;
+        }
+        let sent = futures_util::stream::iter(calls)
+            .map(|call| async move { self.send_alone(leases, vec![call]).await });
+        let results: Vec<Result<()>> = sent.buffer_unordered(REPORTS_IN_FLIGHT).collect().await;
         results.into_iter().collect()
     }
 
@@ -892,6 +843,38 @@ impl Args {
         self.period.map(|(kind, start, end, _)| (kind, start, end))
     }
 
+    /// The 18 values of this give-back or report (`op`) in a `batch` call
+    /// of the script (see `redis.lua`).
+    fn batch_item(&self, invocation: &mut ScriptInvocation<'_>, op: &str) {
+        invocation
+            .arg(op)
+            .arg(self.now_us)
+            .arg(&self.bucket)
+            .arg(self.rate)
+            .arg(self.burst)
+            .arg(self.unspent.units)
+            .arg(self.unspent.unreported())
+            .arg(self.unspent.tokens)
+            .arg(self.unspent.day)
+            .arg(self.unspent.epoch)
+            .arg(if self.unspent.granted > 0 { "1" } else { "0" })
+            .arg(&self.record)
+            .arg(self.unspent.gen)
+            .arg(self.unspent.cap)
+            .arg(self.unspent.granted_tokens)
+            .arg(self.unspent.pending())
+            .arg(self.call)
+            .arg(self.report_on_its_way());
+    }
+
+    /// The id of the report on its way of the lease given back (0: none).
+    fn report_on_its_way(&self) -> u64 {
+        match self.unspent.pending() {
+            0 => 0,
+            _ => self.unspent.report_call,
+        }
+    }
+
     /// The script call; `marker`, the marker key, makes a decision refuse
     /// to decide (4) while Redis has none (one server only: a cluster
     /// cannot take keys of two slots in one script).
@@ -946,7 +929,8 @@ impl Args {
             .arg(lease::UNREPORTED_SHARE)
             .arg(self.own_leased)
             .arg(self.call)
-            .arg(self.oldest_open_call);
+            .arg(self.oldest_open_call)
+            .arg(self.report_on_its_way());
         invocation
     }
 }
@@ -1187,6 +1171,7 @@ impl RedisStore {
                         period_start: period.0,
                         day: args.day,
                         epoch,
+                        report_call: 0,
                     },
                     period_end: period.1,
                     granted_us: args.now_us,
@@ -1465,6 +1450,21 @@ async fn restore_seen(
         "Redis lost its data: restored the counters this replica saw"
     );
     Ok(())
+}
+
+/// The script's op and arguments for `call`, with its id: a lease call is
+/// settled, a give-back or report sent (again) as it was.
+fn call_args(leases: &Leases, call: &Unsure) -> (&'static str, Args) {
+    let (op, mut args) = match call.kind {
+        CallKind::Lease => ("settle", Args::of_lease(leases, &call.slot, &call.lease)),
+        CallKind::Return => ("return", Args::of_lease(leases, &call.slot, &call.lease)),
+        CallKind::Report(n) => (
+            "report",
+            Args::of_report(leases, &call.slot, &call.lease, n),
+        ),
+    };
+    args.call = call.call;
+    (op, args)
 }
 
 /// A duration in whole microseconds, as the script takes them.
