@@ -1,7 +1,7 @@
 //! The local side of leases: slices of quota and tokens that a replica took
 //! from Redis and spends without a round trip.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -718,10 +718,18 @@ impl Leases {
         for ((counter, _), lease) in self.dropped.lock().iter() {
             out.add(counter, lease, &lease.unspent);
         }
-        // A report's units are counted by its lease (live, or on its way back).
-        for call in self.unsure.lock().iter() {
+        let unsure = self.unsure.lock();
+        for call in unsure.iter() {
             if !matches!(call.kind, CallKind::Report(_)) {
                 out.add(&call.slot.0, &call.lease, &call.lease.unspent);
+            }
+        }
+        // A report left unanswered is counted by its lease while this
+        // replica has it (above); one whose lease went back before the
+        // loss (Redis counted its units as pending, not as admitted) alone.
+        for call in unsure.iter() {
+            if let CallKind::Report(n) = call.kind {
+                out.add_report(&call.slot.0, &call.lease, call.call, n);
             }
         }
         out
@@ -767,23 +775,42 @@ impl Leases {
 // A `CounterKey`'s cell (interior mutability) plays no part in its hash or
 // equality.
 #[allow(clippy::mutable_key_type)]
-pub(crate) struct Outstanding(HashMap<(CounterKey, u64, i64), u64>);
+pub(crate) struct Outstanding {
+    units: HashMap<(CounterKey, u64, i64), u64>,
+    /// The reports on their way that the leases added count.
+    reports: HashSet<u64>,
+}
 
 impl Outstanding {
     fn add(&mut self, counter: &CounterKey, lease: &Lease, unspent: &Unspent) {
         if lease.quota.is_some() && unspent.granted > 0 {
             let units = unspent.admitted.saturating_sub(unspent.landed);
             *self
-                .0
+                .units
                 .entry((counter.clone(), unspent.epoch, unspent.period_start))
                 .or_default() += units;
+            if unspent.pending() > 0 && unspent.report_call != 0 {
+                self.reports.insert(unspent.report_call);
+            }
+        }
+    }
+
+    /// The report `call` of `n` requests `lease` admitted, unless a lease
+    /// added counts it.
+    fn add_report(&mut self, counter: &CounterKey, lease: &Lease, call: u64, n: u64) {
+        if lease.quota.is_some() && !self.reports.contains(&call) {
+            let unspent = &lease.unspent;
+            *self
+                .units
+                .entry((counter.clone(), unspent.epoch, unspent.period_start))
+                .or_default() += n;
         }
     }
 
     /// The units out on leases of `counter` in `epoch`, in the period
     /// that starts at `start`.
     pub(crate) fn of(&self, counter: &CounterKey, epoch: u64, start: i64) -> u64 {
-        self.0
+        self.units
             .get(&(counter.clone(), epoch, start))
             .copied()
             .unwrap_or(0)
