@@ -694,3 +694,54 @@ async fn a_redis_stall_while_leasing_loses_no_quota() {
         "GetUsage says {used} used after {admitted} admitted and {failed} failed"
     );
 }
+
+/// A replica reports what its lease admitted just after Redis lost its
+/// data (before it noticed): the report finds its counter gone and counts
+/// nothing, so the requests stay unreported, and the restore that follows
+/// counts them. (Taken as counted, the restore left them out: admitted
+/// beyond the quota.)
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_that_finds_its_counter_gone_is_counted_by_the_restore() {
+    use store_suite::{decide, rule};
+    use support::redis_server::Redis;
+    use tower_usage_plans::store::{CounterKey, LeaseConfig, Verdict};
+    use tower_usage_plans::QuotaPeriod;
+
+    const QUOTA: u64 = 1_000;
+    let redis = Redis::start();
+    let prefix = unique_prefix();
+    let store = store_suite::store_at(&redis.url(), &prefix)
+        .await
+        .with_leases(LeaseConfig::default());
+    store.until_leasing().await;
+    store.recover_if_emptied().await.unwrap();
+    let counter = CounterKey::new("plan", "reported");
+    let quota = Some(rule(QUOTA, QuotaPeriod::Day));
+    let now = jiff::Timestamp::now;
+    let mut admitted = 0;
+    for _ in 0..50 {
+        let decision = decide(&store, &counter, None, quota, now()).await;
+        admitted += u64::from(decision.verdict == Verdict::Admitted);
+    }
+    assert_eq!(admitted, 50);
+    delete(
+        &redis.url(),
+        &[
+            format!("{prefix}{{plan:reported}}"),
+            format!("{prefix}{{ctl}}:marker"),
+        ],
+    )
+    .await;
+    // The round's report reaches the emptied Redis first.
+    store.give_back_expired_leases().await.unwrap();
+    assert!(
+        store.recover_if_emptied().await.unwrap(),
+        "the loss is found"
+    );
+    for _ in 0..2 * QUOTA {
+        let decision = decide(&store, &counter, None, quota, now()).await;
+        admitted += u64::from(decision.verdict == Verdict::Admitted);
+    }
+    assert_eq!(admitted, QUOTA, "admitted in all");
+}

@@ -416,6 +416,15 @@ impl Leases {
         out
     }
 
+    /// A report Redis did not count (its counter was gone): its `n`
+    /// requests are unreported again, if the lease is still the same one.
+    pub(crate) fn unreport(&self, slot: &Slot, lease: &Lease, n: u64) {
+        self.with_same(slot, lease, |current| {
+            current.unspent.reported = current.unspent.reported.saturating_sub(n);
+            current.unspent.report_call = 0;
+        });
+    }
+
     /// A report Redis took: `n` more may be spent, if the lease is still
     /// the same one.
     pub(crate) fn landed(&self, slot: &Slot, lease: &Lease, n: u64) {

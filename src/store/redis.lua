@@ -441,6 +441,16 @@ local function give_back()
     if not counted then
       redis.call('HSET', k, 'd:' .. ret_day .. ':w', written_off - ret_q - ret_n)
     end
+    -- A lease of the counter as it was before Redis lost its data, from a
+    -- replica that has not put its copy back yet (its restore counts only
+    -- what its leases admitted and Redis did not acknowledge, and this is
+    -- acknowledged now): what it admitted counts here.
+    local since = tonumber(redis.call('HGET', k, 're'))
+    local holder = string.match(rec_name, '^h:([^:]+):')
+    if since and ret_epoch < since and ret_n > 0 and holder
+        and redis.call('HEXISTS', k, 'hr:' .. holder) == 0 then
+      redis.call('HINCRBY', k, 'used', ret_n)
+    end
   elseif reclaimed then
     -- Its unspent units went back when it was reclaimed. What it admitted
     -- was kept as used (any more is counted now: never admitted twice).
@@ -642,6 +652,12 @@ if op == 'restore' then
     if own > 0 then
       used = used + own
       redis.call('HSET', k, 'used', used)
+    end
+    -- This replica's leases of the counter as it was are counted: what
+    -- they admitted and report or bring back from now on adds nothing.
+    local holder = string.match(ARGV[26] or '', '^h:([^:]+):')
+    if holder then
+      redis.call('HSET', k, 'hr:' .. holder, 1)
     end
     if seen_allow >= 0 then
       local allow_epoch = tonumber(redis.call('HGET', k, 'ae'))

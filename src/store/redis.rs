@@ -533,6 +533,10 @@ impl RedisStore {
             self.saw_spent(&slot.0, &lease, answer);
         }
         match kind {
+            // A report that found its counter gone (Redis lost its data,
+            // and no replica put it back yet) counted nothing: reported
+            // again (a restore before then counts its requests).
+            CallKind::Report(n) if answer.len() <= 1 => leases.unreport(&slot, &lease, n),
             CallKind::Report(n) => match answer.first() {
                 Some(1) => leases.reclaimed(&slot, &lease),
                 _ => leases.landed(&slot, &lease, n),
@@ -1432,6 +1436,11 @@ async fn restore_seen(
             args.period = Some((kind, start, end, 0));
             args.seen = Some(seen);
             args.own_leased = outstanding.of(&counter, seen.epoch, start);
+            // This replica as a lease holder: Redis then knows its leases
+            // of the counter as it was are counted.
+            if let Some(leases) = &recovery.leases {
+                args.record = leases.record(&(counter.clone(), "".into()));
+            }
             let key = counter_key(&recovery.prefix, &counter);
             async move {
                 connection
