@@ -745,3 +745,52 @@ async fn a_report_that_finds_its_counter_gone_is_counted_by_the_restore() {
     }
     assert_eq!(admitted, QUOTA, "admitted in all");
 }
+
+/// Redis records the lease calls each replica made of a counter, so that
+/// one sent again is not applied twice; a replica that is gone leaves its
+/// record behind, until the counter's next day clears records a minute
+/// old (a counter lives 101 days: one record per replica process that
+/// ever leased it would pile up).
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gone_replicas_record_of_calls_goes_with_the_next_day() {
+    use store_suite::{at, decide, rule, T0};
+    use support::redis_server::Redis;
+    use tower_usage_plans::store::{CounterKey, LeaseConfig, Verdict};
+    use tower_usage_plans::QuotaPeriod;
+
+    let redis = Redis::start();
+    let prefix = unique_prefix();
+    let counter = CounterKey::new("plan", "calls");
+    let quota = Some(rule(1_000_000, QuotaPeriod::Month));
+    let records = || async {
+        let mut raw = redis::Client::open(redis.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let fields: Vec<String> = redis::cmd("HKEYS")
+            .arg(format!("{prefix}{{plan:calls}}"))
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        fields.into_iter().filter(|f| f.starts_with("hd:")).count()
+    };
+    {
+        let gone = store_suite::store_at(&redis.url(), &prefix)
+            .await
+            .with_leases(LeaseConfig::default());
+        gone.until_leasing().await;
+        for _ in 0..10 {
+            let decision = decide(&gone, &counter, None, quota, at(T0)).await;
+            assert_eq!(decision.verdict, Verdict::Admitted);
+        }
+        gone.give_back_leases().await.unwrap();
+    }
+    assert_eq!(records().await, 1, "the gone replica's record");
+    let other = store_suite::store_at(&redis.url(), &prefix).await;
+    let next_day = at(T0) + jiff::SignedDuration::from_hours(24);
+    let decision = decide(&other, &counter, None, quota, next_day).await;
+    assert_eq!(decision.verdict, Verdict::Admitted);
+    assert_eq!(records().await, 0, "cleared on the next day");
+}

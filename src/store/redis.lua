@@ -332,6 +332,21 @@ local function start_day(d)
       redis.call('HDEL', k, 'd:' .. x .. ':u', 'd:' .. x .. ':r', 'd:' .. x .. ':w')
     end
     redis.call('HSET', k, 'dmin', math.max(dmin, oldest), 'dl', d)
+    -- A new day: the records of calls of replicas gone (or idle) for a
+    -- minute go, as do the marks of restores (a lease of the counter as
+    -- it was comes back within seconds of one): each replica that ever
+    -- leased the counter, or restored it, left one.
+    for _, f in ipairs(redis.call('HKEYS', k)) do
+      local prefix = string.sub(f, 1, 3)
+      if prefix == 'hd:' then
+        local at = tonumber(string.match(redis.call('HGET', k, f), ':(%d+)$'))
+        if not at or at <= now - 60 then
+          redis.call('HDEL', k, f)
+        end
+      elseif prefix == 'hr:' then
+        redis.call('HDEL', k, f)
+      end
+    end
   end
   redis.call('HSET', k, 'd:' .. d .. ':u', 0)
   return true
