@@ -320,7 +320,12 @@ impl Leases {
     /// is registered as a holder and hears revocations. The wall clock, as
     /// the registration's (a request's own clock may be a test's).
     pub(crate) fn active(&self) -> bool {
-        jiff::Timestamp::now().as_microsecond() < self.listening_until_us.load(Ordering::Acquire)
+        self.active_at(jiff::Timestamp::now().as_microsecond())
+    }
+
+    /// As [`active`](Self::active), at `wall_us` (the wall clock, Unix µs).
+    pub(crate) fn active_at(&self, wall_us: i64) -> bool {
+        wall_us < self.listening_until_us.load(Ordering::Acquire)
     }
 
     /// Registered (and listening) until `until_us`; 0 stops all spending.
@@ -466,8 +471,14 @@ impl Leases {
     }
 
     /// Spends one unit and one token of a live lease, if it has them. The
-    /// caller checked that leases are [`active`](Self::active).
-    pub(crate) fn try_spend(&self, request: &DecisionRequest<'_>, now_us: i64) -> Option<Decision> {
+    /// caller checked that leases are [`active_at`](Self::active_at)
+    /// `wall_us`, the wall clock now (Unix µs), read once per decision.
+    pub(crate) fn try_spend(
+        &self,
+        request: &DecisionRequest<'_>,
+        now_us: i64,
+        wall_us: i64,
+    ) -> Option<Decision> {
         let slot = self.slots.get(&slot_key(request))?;
         let mut lease = slot.lock();
         let now = now_us.div_euclid(1_000_000);
@@ -484,7 +495,7 @@ impl Leases {
             && lease.quota == request.quota
             // Redis reclaims it a grace after it expires: never spent then,
             // whatever time the request took before a pause.
-            && jiff::Timestamp::now().as_microsecond() < lease.wall_expires_us;
+            && wall_us < lease.wall_expires_us;
         if !live {
             return None;
         }
@@ -994,7 +1005,10 @@ mod tests {
             lease.quota = Some(rule);
             lease.period_end = 86_400;
         }
-        let spend = || leases.try_spend(&request, 0).is_some();
+        let spend = || {
+            let wall_us = jiff::Timestamp::now().as_microsecond();
+            leases.try_spend(&request, 0, wall_us).is_some()
+        };
         assert!(spend() && spend());
         assert!(!spend(), "a third waits for the report");
         let report = leases.take_unreported().pop().unwrap();

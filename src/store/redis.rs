@@ -1011,9 +1011,12 @@ impl RedisStore {
             // Spends a token a remembered refusal would not know of.
             self.control.spent.forget_if_remembered(request.counter);
         }
-        let leases = self.leases.as_ref().filter(|l| l.active());
+        // The wall clock, once: whether this replica hears revocations, and
+        // whether a lease outlived its time whatever the request's clock.
+        let wall_us = Timestamp::now().as_microsecond();
+        let leases = self.leases.as_ref().filter(|l| l.active_at(wall_us));
         if let Some(leases) = leases {
-            if let Some(decision) = leases.try_spend(request, request.now.get() / 1_000) {
+            if let Some(decision) = leases.try_spend(request, request.now.get() / 1_000, wall_us) {
                 return StoreFuture::ready(Ok(decision));
             }
         }
