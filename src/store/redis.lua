@@ -46,7 +46,7 @@
 -- KEYS[1]  the counter hash ("<prefix>{<plan>:<key>}"); KEYS[2], on one
 --          server only, the marker whose absence means Redis lost its data
 -- ARGV     1 op ("decide" | "lease" | "return" | "report" | "settle" | "restore" | "set" | "add"
---          | "refund" | "forget"; "batch" takes arguments of its own, see there),
+--          | "refund" | "forget"),
 --          2 now_us, 3 now_secs, 4 day,
 --          5 bucket field ("" = no throttle), 6 rate, 7 burst,
 --          8 period kind ("" = no quota), 9 period start, 10 period end,
@@ -562,44 +562,6 @@ local function take_back()
 end
 if op == 'return' or op == 'report' or op == 'settle' then
   return take_back()
-end
-if op == 'batch' then
-  -- Many "return"s and "report"s in one call (one server only: the
-  -- counters lie in different slots of a cluster), each answered as alone.
-  -- ARGV: 2 ttl secs, 3 grace before reclaiming (µs), 4 the holder's oldest
-  -- call open; then per counter (KEYS[i]) 18 values from 5 + 18 (i - 1):
-  -- the op, now_us (when its lease was granted), the bucket field, rate,
-  -- burst, and the lease given back (as ARGV 14-17, 20, 21, 26-30 and 35
-  -- of one call: unspent units, requests admitted not yet reported,
-  -- unspent tokens, the day granted on, its epoch, "1" when it holds quota
-  -- units, the holder's record, its generation, most unreported units,
-  -- tokens granted, units reported and not yet acknowledged, the call's id,
-  -- its report on its way).
-  ttl, grace_us, oldest_open = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-  local out = {}
-  for i = 1, #KEYS do
-    local a = 4 + 18 * (i - 1)
-    k, op, now_us = KEYS[i], ARGV[a + 1], tonumber(ARGV[a + 2])
-    now = math.floor(now_us / 1000000)
-    bf, rate, burst = ARGV[a + 3], tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
-    ret_q, ret_n, ret_t = tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7]), tonumber(ARGV[a + 8])
-    ret_day, ret_epoch, ret_metered = tonumber(ARGV[a + 9]), tonumber(ARGV[a + 10]),
-      ARGV[a + 11] == '1'
-    rec_name, ret_gen, ret_cap = ARGV[a + 12], tonumber(ARGV[a + 13]), tonumber(ARGV[a + 14])
-    ret_gt, ret_pending, call = tonumber(ARGV[a + 15]), tonumber(ARGV[a + 16]),
-      tonumber(ARGV[a + 17])
-    ret_report = tonumber(ARGV[a + 18])
-    calls_of_record()
-    done_s, ret_tokens = nil, ret_t
-    epoch = tonumber(redis.call('HGET', k, 'ep')) or 0
-    local d = call > 0 and done_get()
-    if d then
-      out[i] = taken_back(d.a)
-    else
-      out[i] = take_back()
-    end
-  end
-  return out
 end
 if op == 'lease' then
   if give_back() then

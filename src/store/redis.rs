@@ -365,43 +365,29 @@ impl RedisStore {
         self.take_back(leases, calls).await
     }
 
-    /// Makes `calls` (give-backs and reports): many at once, and on one
-    /// server many in one script call (the call's own cost, ~40% of a
-    /// report's in Redis, is paid once per batch). A lease whose report is
-    /// on its way cannot be renewed inline (its requests go to Redis
-    /// meanwhile), so the reports of every key must land within a round
-    /// trip or so, not one round trip after another. Every call is
-    /// [`PendingCall`] from the start: one that fails, is not tried (once
-    /// one failed, the rest wait for the next round) or is dropped
-    /// unanswered (the gateway gives a round 3 s) is sent again later,
-    /// with its id. (Dropped, a round's leases were lost: their units
-    /// stayed counted, or uncounted after Redis lost its data.)
+    /// Makes `calls` (give-backs and reports), `REPORTS_IN_FLIGHT` at a
+    /// time: a lease whose report is on its way cannot be renewed inline
+    /// (its requests go to Redis meanwhile), so the reports of every key
+    /// must land within a round trip or so, not one round trip after
+    /// another. Every call is a [`PendingCall`] from the start: one that
+    /// fails, is not tried (once one failed, the rest wait for the next
+    /// round) or is dropped unanswered (the gateway gives a round 3 s) is
+    /// sent again later, with its id. (Dropped, a round's leases were lost:
+    /// their units stayed counted, or uncounted after Redis lost its data.)
     async fn take_back(&self, leases: &Arc<Leases>, calls: Vec<Unsure>) -> Result<()> {
         let calls: Vec<PendingCall> = calls
             .into_iter()
             .map(|call| PendingCall::new(leases, call))
             .collect();
-        let single = matches!(self.connection, Connection::Single(_));
-        let per_call = if single { REPORTS_PER_CALL } else { 1 };
-        let mut batches: Vec<Vec<PendingCall>> = Vec::new();
-        for call in calls {
-            match batches.last_mut() {
-                Some(batch) if batch.len() < per_call => batch.push(call),
-                _ => batches.push(vec![call]),
-            }
-        }
         let failed = std::sync::atomic::AtomicBool::new(false);
-        let sent = futures_util::stream::iter(batches).map(|batch| {
+        let sent = futures_util::stream::iter(calls).map(|call| {
             let failed = &failed;
             async move {
                 if failed.load(std::sync::atomic::Ordering::Relaxed) {
                     // Dropped: sent again with the next round.
                     return Ok(());
                 }
-                let result = match single {
-                    true => self.send_batch(leases, batch).await,
-                    false => self.send_alone(leases, batch).await,
-                };
+                let result = self.send(leases, call).await;
                 if result.is_err() {
                     failed.store(true, std::sync::atomic::Ordering::Relaxed);
                 }
@@ -412,53 +398,19 @@ impl RedisStore {
         results.into_iter().collect()
     }
 
-    /// Sends `calls` one script call each, one after another.
-    async fn send_alone(&self, leases: &Arc<Leases>, calls: Vec<PendingCall>) -> Result<()> {
-        for pending in calls {
-            let Some((op, args, counter)) = pending.call().map(|call| {
-                let (op, args) = call_args(leases, call);
-                (op, args, call.slot.0.clone())
-            }) else {
-                continue;
-            };
-            // Until the answer is in the copy: a restore waits for it.
-            let _in_flight = self.recovery.in_flight.read().await;
-            let answer: Vec<i64> = self.call(&counter, op, args).await?;
-            if let Some(call) = pending.into_call() {
-                self.answered(leases, call, &answer);
-            }
-        }
-        Ok(())
-    }
-
-    /// Sends give-backs and reports in one call of the script's `batch`
-    /// (one server only). Each is a call of its own all the same:
-    /// unanswered, each is sent again alone.
-    async fn send_batch(&self, leases: &Arc<Leases>, calls: Vec<PendingCall>) -> Result<()> {
-        let mut invocation = self.script.prepare_invoke();
-        for call in calls.iter().filter_map(PendingCall::call) {
-            invocation.key(self.key(&call.slot.0));
-        }
-        invocation
-            .arg("batch")
-            .arg(TTL_SECS)
-            .arg(micros(lease::RECLAIM_GRACE))
-            .arg(leases.oldest_open_call());
-        for call in calls.iter().filter_map(PendingCall::call) {
+    /// Sends `pending` (its script call) and follows the answer.
+    async fn send(&self, leases: &Arc<Leases>, pending: PendingCall) -> Result<()> {
+        let Some((op, args, counter)) = pending.call().map(|call| {
             let (op, args) = call_args(leases, call);
-            args.batch_item(&mut invocation, op);
-        }
-        // Until the answers are in the copy: a restore waits for them.
+            (op, args, call.slot.0.clone())
+        }) else {
+            return Ok(());
+        };
+        // Until the answer is in the copy: a restore waits for it.
         let _in_flight = self.recovery.in_flight.read().await;
-        let mut connection = self.connection.clone();
-        let answers: Vec<Vec<i64>> = within(self.timeout, connection.invoke(invocation))
-            .await
-            .map_err(|e| store_error("batch", e))?;
-        // (The script answers every one: one it did not is sent again.)
-        for (pending, answer) in calls.into_iter().zip(&answers) {
-            if let Some(call) = pending.into_call() {
-                self.answered(leases, call, answer);
-            }
+        let answer: Vec<i64> = self.call(&counter, op, args).await?;
+        if let Some(call) = pending.into_call() {
+            self.answered(leases, call, &answer);
         }
         Ok(())
     }
@@ -513,7 +465,7 @@ impl RedisStore {
             }
         }
         let sent = futures_util::stream::iter(calls)
-            .map(|call| async move { self.send_alone(leases, vec![call]).await });
+            .map(|call| async move { self.send(leases, call).await });
         let results: Vec<Result<()>> = sent.buffer_unordered(REPORTS_IN_FLIGHT).collect().await;
         results.into_iter().collect()
     }
@@ -845,30 +797,6 @@ impl Args {
     /// The quota period as the script stores it (kind, start, end).
     fn stored_period(&self) -> Option<Period> {
         self.period.map(|(kind, start, end, _)| (kind, start, end))
-    }
-
-    /// The 18 values of this give-back or report (`op`) in a `batch` call
-    /// of the script (see `redis.lua`).
-    fn batch_item(&self, invocation: &mut ScriptInvocation<'_>, op: &str) {
-        invocation
-            .arg(op)
-            .arg(self.now_us)
-            .arg(&self.bucket)
-            .arg(self.rate)
-            .arg(self.burst)
-            .arg(self.unspent.units)
-            .arg(self.unspent.unreported())
-            .arg(self.unspent.tokens)
-            .arg(self.unspent.day)
-            .arg(self.unspent.epoch)
-            .arg(if self.unspent.granted > 0 { "1" } else { "0" })
-            .arg(&self.record)
-            .arg(self.unspent.gen)
-            .arg(self.unspent.cap)
-            .arg(self.unspent.granted_tokens)
-            .arg(self.unspent.pending())
-            .arg(self.call)
-            .arg(self.report_on_its_way());
     }
 
     /// The id of the report on its way of the lease given back (0: none).
@@ -1345,8 +1273,6 @@ const RECOVERY_WAIT: Duration = Duration::from_secs(5);
 const UNSET_MARKER_WAIT: Duration = Duration::from_secs(3);
 /// Lease reports (and give-backs) one replica keeps in flight.
 const REPORTS_IN_FLIGHT: usize = 64;
-/// The most lease reports one call carries (on one server).
-const REPORTS_PER_CALL: usize = 64;
 /// Restores one replica keeps in flight after Redis lost its data.
 const RESTORES_IN_FLIGHT: usize = 64;
 
