@@ -205,6 +205,15 @@ impl Recovery {
             .and_modify(|known| {
                 let later_period = period.1 > known.period.1
                     || (period.1 == known.period.1 && period != known.period);
+                if known.period == period && epoch >> 32 > known.epoch >> 32 {
+                    // Put back by another replica after Redis lost its
+                    // data (a new range of epochs): this replica's copy of
+                    // the counter as it was stays until it puts it back
+                    // too. (Replaced, the restore found a copy of the new
+                    // range and added nothing: what this replica saw
+                    // admitted last, beyond the other's copy, was lost.)
+                    return;
+                }
                 if known.period == period && known.epoch == epoch {
                     known.used = known.used.max(used);
                     known.allow = allow;

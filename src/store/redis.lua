@@ -611,7 +611,8 @@ if op == 'restore' then
     -- (adding them would count twice what Redis admitted since).
     local since = tonumber(redis.call('HGET', k, 're'))
     if since and seen_epoch >= since then
-      return 0
+      local now_q = redis.call('HMGET', k, 'used', 'leased')
+      return { epoch, tonumber(now_q[1]) or 0, tonumber(now_q[2]) or 0 }
     end
     -- Counts seen before the loss add what they saw beyond the largest
     -- one put back ('rb'); decisions made on the emptied counter before
@@ -653,8 +654,10 @@ if op == 'restore' then
     end
     redis.call('HSET', k, 'ep', epoch, 'leased', leased)
     redis.call('EXPIRE', k, ttl)
+    -- The counter as it is now, for the replica's copy.
+    return { epoch, used, leased }
   end
-  return 0
+  return { 0, 0, 0 }
 end
 
 -- UpdateUsage ends the epoch: the outstanding leased units become stale,

@@ -1372,9 +1372,19 @@ async fn restore_seen(
             }
             let key = counter_key(&recovery.prefix, &counter);
             async move {
-                connection
-                    .invoke::<i64>(args.invocation(script, &key, None, "restore"))
-                    .await
+                let answer: Vec<u64> = connection
+                    .invoke(args.invocation(script, &key, None, "restore"))
+                    .await?;
+                // The copy follows the counter as put back (its new range of
+                // epochs): answers of that range are this replica's again.
+                if let [epoch, used, leased] = answer[..] {
+                    if let Some(mut known) = recovery.seen.get_mut(&counter) {
+                        if known.period == seen.period && epoch > 0 {
+                            (known.epoch, known.used) = (epoch, used.saturating_sub(leased));
+                        }
+                    }
+                }
+                Ok::<_, redis::RedisError>(())
             }
         })
         .buffer_unordered(RESTORES_IN_FLIGHT)
