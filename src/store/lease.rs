@@ -804,11 +804,11 @@ pub(crate) struct Outstanding {
 impl Outstanding {
     fn add(&mut self, counter: &CounterKey, lease: &Lease, unspent: &Unspent) {
         if lease.quota.is_some() && unspent.granted > 0 {
-            let units = unspent.admitted.saturating_sub(unspent.landed);
-            *self
-                .units
-                .entry((counter.clone(), unspent.epoch, unspent.period_start))
-                .or_default() += units;
+            self.count(
+                counter,
+                unspent,
+                unspent.admitted.saturating_sub(unspent.landed),
+            );
             if unspent.pending() > 0 && unspent.report_call != 0 {
                 self.reports.insert(unspent.report_call);
             }
@@ -819,12 +819,16 @@ impl Outstanding {
     /// added counts it.
     fn add_report(&mut self, counter: &CounterKey, lease: &Lease, call: u64, n: u64) {
         if lease.quota.is_some() && !self.reports.contains(&call) {
-            let unspent = &lease.unspent;
-            *self
-                .units
-                .entry((counter.clone(), unspent.epoch, unspent.period_start))
-                .or_default() += n;
+            self.count(counter, &lease.unspent, n);
         }
+    }
+
+    /// `units` more of `counter` in the epoch and period of `unspent`.
+    fn count(&mut self, counter: &CounterKey, unspent: &Unspent, units: u64) {
+        *self
+            .units
+            .entry((counter.clone(), unspent.epoch, unspent.period_start))
+            .or_default() += units;
     }
 
     /// The units out on leases of `counter` in `epoch`, in the period

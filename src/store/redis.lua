@@ -89,7 +89,7 @@ local ret_q, ret_n, ret_t, ret_day, want_q, want_t, ret_epoch = 0, 0, 0, 0, 0, 0
 local ret_metered, rec_name, ret_gen, ret_cap, ret_gt, ret_pending = false, '', 0, 0, 0, 0
 local ret_report = 0
 local lease_us, share = 0, 4
-local call, done_f, done_s, oldest_open = 0, '', nil, tonumber(ARGV[36]) or 0
+local call, done_f, done_s = 0, '', nil
 -- The grace before reclaiming, which a decision needs too.
 local grace_us = tonumber(ARGV[32]) or 0
 if op == 'lease' or op == 'return' or op == 'report' or op == 'settle' then
@@ -106,17 +106,13 @@ if op == 'lease' or op == 'return' or op == 'report' or op == 'settle' then
   call = tonumber(ARGV[35]) or 0
   ret_report = tonumber(ARGV[37]) or 0
 end
-
 -- The field that records the holder's calls applied (see "Calls"): none
--- without a record or an id.
-local function calls_of_record()
-  if rec_name ~= '' then
-    done_f = 'hd' .. string.sub(rec_name, 2)
-  else
-    call, ret_report = 0, 0
-  end
+-- without a record.
+if rec_name ~= '' then
+  done_f = 'hd' .. string.sub(rec_name, 2)
+else
+  call, ret_report = 0, 0
 end
-calls_of_record()
 if op == 'forget' then
   -- The key left the plan: its counts and history go, but for the epoch,
   -- which moves on so that no lease of the counter as it was (the caller
@@ -136,6 +132,11 @@ if ARGV[22] == '1' and (op == 'decide' or op == 'lease') and redis.call('EXISTS'
   return { 3, '0', 0, 0, 0, 0, 0, -1, 0, 0, 0 }
 end
 local epoch = tonumber(redis.call('HGET', k, 'ep')) or 0
+
+-- The replica named in a holder's record ('h:<holder>:<bucket>'), or nil.
+local function holder_of(record)
+  return string.match(record, '^h:([^:]+):')
+end
 
 -- The holder's calls applied (see "Calls" above), each
 -- ",<id>:<units granted>:<tokens granted>:<generation>:<cap>:<epoch>:<answer>:<secs>",
@@ -162,7 +163,7 @@ local function done_put(q, t, g, c, ep, a)
   if call == 0 then
     return
   end
-  local kept, oldest = {}, oldest_open
+  local kept, oldest = {}, tonumber(ARGV[36]) or 0
   for e in string.gmatch(done_s or redis.call('HGET', k, done_f) or '', ',[^,]+') do
     local id, at = string.match(e, '^,(%d+):.*:(%d+)$')
     id = tonumber(id)
@@ -461,7 +462,7 @@ local function give_back()
     -- what its leases admitted and Redis did not acknowledge, and this is
     -- acknowledged now): what it admitted counts here.
     local since = tonumber(redis.call('HGET', k, 're'))
-    local holder = string.match(rec_name, '^h:([^:]+):')
+    local holder = holder_of(rec_name)
     if since and ret_epoch < since and ret_n > 0 and holder
         and redis.call('HEXISTS', k, 'hr:' .. holder) == 0 then
       redis.call('HINCRBY', k, 'used', ret_n)
@@ -535,10 +536,9 @@ end
 
 -- A reclaimed lease's tokens come back with nothing: they expired.
 local ret_tokens = ret_t
--- Ops "return", "report" and "settle". A counter that is gone (forgotten,
--- or lost with Redis's data) takes nothing back. A report of a reclaimed
--- lease answers 1: spend no more.
-local function take_back()
+if op == 'return' or op == 'report' or op == 'settle' then
+  -- A counter that is gone (forgotten, or lost with Redis's data) takes
+  -- nothing back. A report of a reclaimed lease answers 1: spend no more.
   local answer = 0
   if redis.call('EXISTS', k) == 1 then
     if give_back() then
@@ -559,9 +559,6 @@ local function take_back()
     return taken_back(answer)
   end
   return { answer }
-end
-if op == 'return' or op == 'report' or op == 'settle' then
-  return take_back()
 end
 if op == 'lease' then
   if give_back() then
@@ -633,7 +630,7 @@ if op == 'restore' then
     end
     -- This replica's leases of the counter as it was are counted: what
     -- they admitted and report or bring back from now on adds nothing.
-    local holder = string.match(ARGV[26] or '', '^h:([^:]+):')
+    local holder = holder_of(ARGV[26] or '')
     if holder then
       redis.call('HSET', k, 'hr:' .. holder, 1)
     end
