@@ -695,6 +695,121 @@ async fn a_redis_stall_while_leasing_loses_no_quota() {
     );
 }
 
+/// Redis loses its data (FLUSHALL, three times, 200,000 admissions apart)
+/// while two replicas lease one busy key, each lease at its unacknowledged
+/// cap much of the time. Each replica puts back what it saw and what its
+/// own leases admitted that Redis did not acknowledge; once every lease is
+/// back, Redis counts as used exactly what the two admitted: nothing twice
+/// (its restore mark wiped by the day's first record, a replica's leases
+/// of the counter as it was counted again: 32,768–170,000 short), nothing
+/// left out (a give-back waiting to be sent, or a renewal whose slot
+/// expired, at the restore: 32,768 over).
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leasing_replicas_lose_nothing_when_redis_loses_its_data() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+    use std::time::Duration;
+    use store_suite::rule;
+    use support::redis_server::Redis;
+    use tower_usage_plans::store::{
+        CounterKey, CounterStore, DecisionRequest, LeaseConfig, RedisStore, Verdict,
+    };
+    use tower_usage_plans::QuotaPeriod;
+
+    const QUOTA: u64 = 10_000_000;
+    let redis = Redis::start();
+    let prefix = unique_prefix();
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let store = RedisStore::connect(&redis.url())
+            .await
+            .unwrap()
+            .with_prefix(prefix.clone())
+            .with_timeout(Duration::from_secs(5))
+            .with_leases(LeaseConfig::default());
+        store.until_leasing().await;
+        store.recover_if_emptied().await.unwrap();
+        replicas.push(store);
+    }
+    let counter = CounterKey::new("plan", "flushed");
+    let quota = rule(QUOTA, QuotaPeriod::Day);
+    let (admitted, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for store in &replicas {
+        for _ in 0..8 {
+            let (store, counter) = (store.clone(), counter.clone());
+            let (admitted, failed, stop) = (admitted.clone(), failed.clone(), stop.clone());
+            tasks.push(tokio::spawn(async move {
+                while !stop.load(Relaxed) {
+                    let request = DecisionRequest {
+                        counter: &counter,
+                        throttle: None,
+                        quota: Some(quota),
+                        now: jiff::Timestamp::now().into(),
+                    };
+                    match store.decide(&request).await {
+                        Ok(decision) if decision.verdict == Verdict::Admitted => {
+                            admitted.fetch_add(1, Relaxed);
+                        }
+                        Ok(decision) => panic!("refused under a quota of {QUOTA}: {decision:?}"),
+                        Err(_) => {
+                            failed.fetch_add(1, Relaxed);
+                        }
+                    }
+                }
+            }));
+        }
+        // What the gateway does every 200 ms: reports and expired leases
+        // go back, and a loss is looked for.
+        let (store, stop) = (store.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Relaxed) {
+                let _ = store.give_back_expired_leases().await;
+                let _ = store.recover_if_emptied().await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }));
+    }
+    for _ in 0..3 {
+        let target = admitted.load(Relaxed) + 200_000;
+        while admitted.load(Relaxed) < target {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut raw = redis::Client::open(redis.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let () = redis::cmd("FLUSHALL").query_async(&mut raw).await.unwrap();
+    }
+    let target = admitted.load(Relaxed) + 200_000;
+    while admitted.load(Relaxed) < target {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.store(true, Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    for store in &replicas {
+        store.give_back_leases().await.unwrap();
+    }
+    let (admitted, failed) = (admitted.load(Relaxed), failed.load(Relaxed));
+    let now = jiff::Timestamp::now();
+    let today = now.to_zoned(jiff::tz::TimeZone::UTC).date();
+    let [_, remaining] = replicas[0]
+        .usage(&counter, Some(&quota), now, today, today)
+        .await
+        .unwrap()[0];
+    assert_eq!(failed, 0, "no request failed");
+    assert_eq!(
+        remaining,
+        QUOTA - admitted,
+        "{admitted} admitted: {} counted twice",
+        (QUOTA - admitted) as i64 - remaining as i64
+    );
+}
+
 /// A replica reports what its lease admitted just after Redis lost its
 /// data (before it noticed): the report finds its counter gone and counts
 /// nothing, so the requests stay unreported, and the restore that follows

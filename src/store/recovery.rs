@@ -21,6 +21,16 @@ use crate::model::QuotaPeriod;
 /// A quota period as Redis stores it: kind, start and end (Unix seconds).
 pub(crate) type Period = (QuotaPeriod, i64, i64);
 
+/// How long a restore's note (see [`Recovery::begin_restore`]) outlives
+/// a replica that died while putting counters back.
+const RESTORE_NOTE_SECS: u64 = 600;
+
+/// Sets the marker (`KEYS[2]`, to `ARGV[1]` where there is none) only
+/// while the restore's note (`KEYS[1]`) is there, and answers the marker;
+/// nil without the note. Both keys are in the `{ctl}` slot.
+const FINISH_RESTORE: &str = "if redis.call('DEL', KEYS[1]) == 0 then return false end \
+redis.call('SET', KEYS[2], ARGV[1], 'NX') return redis.call('GET', KEYS[2])";
+
 /// What a replica last saw of one counter.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Seen {
@@ -148,6 +158,54 @@ impl Recovery {
             .await?;
         *self.marker.lock() = Some(current);
         Ok(())
+    }
+
+    /// Notes in Redis that this replica is putting counters back: a key
+    /// that goes if Redis loses its data again meanwhile (see
+    /// [`finish_restore`](Self::finish_restore)). Returns its name.
+    pub(crate) async fn begin_restore(
+        &self,
+        connection: &mut Connection,
+    ) -> redis::RedisResult<String> {
+        let note = format!("{}{{ctl}}:restoring:{}", self.prefix, Self::fresh_marker());
+        let () = connection
+            .query(
+                redis::cmd("SET")
+                    .arg(&note)
+                    .arg(1)
+                    .arg("EX")
+                    .arg(RESTORE_NOTE_SECS),
+            )
+            .await?;
+        Ok(note)
+    }
+
+    /// As [`put_marker`](Self::put_marker), if Redis still holds `note`
+    /// (from [`begin_restore`](Self::begin_restore)), in one step; `false`
+    /// if Redis lost its data again since the restore began. (A marker set
+    /// then would vouch for an empty Redis: a counter missing under it is
+    /// taken as deleted, and starts over from a full quota.)
+    pub(crate) async fn finish_restore(
+        &self,
+        connection: &mut Connection,
+        note: &str,
+        fresh: &str,
+    ) -> redis::RedisResult<bool> {
+        let current: Option<String> = connection
+            .query(
+                redis::cmd("EVAL")
+                    .arg(FINISH_RESTORE)
+                    .arg(2)
+                    .arg(note)
+                    .arg(&self.marker_key)
+                    .arg(fresh),
+            )
+            .await?;
+        let finished = current.is_some();
+        if let Some(current) = current {
+            *self.marker.lock() = Some(current);
+        }
+        Ok(finished)
     }
 
     /// Waits up to `limit` for a marker to appear (another replica's, set

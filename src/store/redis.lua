@@ -327,16 +327,21 @@ local function start_day(d)
   if d < dmin then
     return false
   end
-  if d >= (tonumber(redis.call('HGET', k, 'dl')) or d) then
+  local latest = tonumber(redis.call('HGET', k, 'dl'))
+  if d >= (latest or d) then
     local oldest = d - 99
     for x = dmin, oldest - 1 do
       redis.call('HDEL', k, 'd:' .. x .. ':u', 'd:' .. x .. ':r', 'd:' .. x .. ':w')
     end
     redis.call('HSET', k, 'dmin', math.max(dmin, oldest), 'dl', d)
-    -- A new day: the records of calls of replicas gone (or idle) for a
-    -- minute go, as do the marks of restores (a lease of the counter as
-    -- it was comes back within seconds of one): each replica that ever
-    -- leased the counter, or restored it, left one.
+  end
+  -- A new day (not the first one recorded, as on a counter just put back
+  -- after Redis lost its data, whose restore marks must stay): the
+  -- records of calls of replicas gone (or idle) for a minute go, as do
+  -- the marks of restores (a lease of the counter as it was comes back
+  -- within seconds of one): each replica that ever leased the counter,
+  -- or restored it, left one.
+  if latest and d > latest then
     for _, f in ipairs(redis.call('HKEYS', k)) do
       local prefix = string.sub(f, 1, 3)
       if prefix == 'hd:' then

@@ -243,9 +243,14 @@ impl RedisStore {
         match &self.leases {
             Some(leases) => {
                 self.send_unsure_again(leases).await?;
-                let mut taken = leases.take_dropped();
-                taken.extend(leases.drain());
-                self.give_back(leases, taken).await
+                let calls = self
+                    .calls_to_send(|| {
+                        let mut taken = leases.take_dropped();
+                        taken.extend(leases.drain());
+                        give_backs(leases, taken)
+                    })
+                    .await;
+                self.take_back(leases, calls).await
             }
             None => Ok(()),
         }
@@ -263,10 +268,15 @@ impl RedisStore {
         match &self.leases {
             Some(leases) => {
                 self.send_unsure_again(leases).await?;
-                let now_us = jiff::Timestamp::now().as_microsecond();
-                let mut taken = leases.take_dropped();
-                taken.extend(leases.drain_expired(now_us));
-                self.give_back(leases, taken).await?;
+                let calls = self
+                    .calls_to_send(|| {
+                        let now_us = jiff::Timestamp::now().as_microsecond();
+                        let mut taken = leases.take_dropped();
+                        taken.extend(leases.drain_expired(now_us));
+                        give_backs(leases, taken)
+                    })
+                    .await;
+                self.take_back(leases, calls).await?;
                 self.report_spent(leases).await
             }
             None => Ok(()),
@@ -348,21 +358,22 @@ impl RedisStore {
     /// Tells Redis what live leases spent since the last report, so that
     /// GetUsage counts it as admitted.
     async fn report_spent(&self, leases: &Arc<Leases>) -> Result<()> {
-        let calls = leases.take_unreported();
+        let calls = self.calls_to_send(|| leases.take_unreported()).await;
         self.take_back(leases, calls).await
     }
 
-    /// Gives `taken` (drained from `leases`) back.
-    async fn give_back(
-        &self,
-        leases: &Arc<Leases>,
-        taken: Vec<(lease::Slot, Lease)>,
-    ) -> Result<()> {
-        let calls = taken
+    /// The calls `take` takes out of `leases`, each on its way from then
+    /// on: no restore runs in between (it would count neither what was
+    /// taken out nor, once it is sent, what Redis then takes as counted).
+    async fn calls_to_send(&self, take: impl FnOnce() -> Vec<Unsure>) -> Vec<PendingCall> {
+        let Some(leases) = &self.leases else {
+            return Vec::new();
+        };
+        let _no_restore = self.recovery.in_flight.read().await;
+        take()
             .into_iter()
-            .map(|(slot, lease)| Unsure::new(leases, slot, lease, CallKind::Return))
-            .collect();
-        self.take_back(leases, calls).await
+            .map(|call| PendingCall::new(leases, call))
+            .collect()
     }
 
     /// Makes `calls` (give-backs and reports), `REPORTS_IN_FLIGHT` at a
@@ -374,11 +385,7 @@ impl RedisStore {
     /// round) or is dropped unanswered (the gateway gives a round 3 s) is
     /// sent again later, with its id. (Dropped, a round's leases were lost:
     /// their units stayed counted, or uncounted after Redis lost its data.)
-    async fn take_back(&self, leases: &Arc<Leases>, calls: Vec<Unsure>) -> Result<()> {
-        let calls: Vec<PendingCall> = calls
-            .into_iter()
-            .map(|call| PendingCall::new(leases, call))
-            .collect();
+    async fn take_back(&self, leases: &Arc<Leases>, calls: Vec<PendingCall>) -> Result<()> {
         let failed = std::sync::atomic::AtomicBool::new(false);
         let sent = futures_util::stream::iter(calls).map(|call| {
             let failed = &failed;
@@ -451,19 +458,23 @@ impl RedisStore {
     /// fails again is kept, for [`UNSURE_FOR`](lease::UNSURE_FOR).
     async fn send_unsure_again(&self, leases: &Arc<Leases>) -> Result<()> {
         let now_us = Timestamp::now().as_microsecond();
-        let mut calls = Vec::new();
-        for call in leases.take_unsure() {
-            if now_us.saturating_sub(call.since_us) < micros(lease::UNSURE_FOR) {
-                calls.push(PendingCall::new(leases, call));
-            } else {
-                leases.closed(call.call);
-                tracing::warn!(
-                    call = call.call,
-                    "a lease call Redis did not answer for {:?} is given up on",
-                    lease::UNSURE_FOR
-                );
-            }
-        }
+        let calls = self
+            .calls_to_send(|| {
+                let (again, given_up): (Vec<_>, Vec<_>) =
+                    leases.take_unsure().into_iter().partition(|call| {
+                        now_us.saturating_sub(call.since_us) < micros(lease::UNSURE_FOR)
+                    });
+                for call in given_up {
+                    leases.closed(call.call);
+                    tracing::warn!(
+                        call = call.call,
+                        "a lease call Redis did not answer for {:?} is given up on",
+                        lease::UNSURE_FOR
+                    );
+                }
+                again
+            })
+            .await;
         let sent = futures_util::stream::iter(calls)
             .map(|call| async move { self.send(leases, call).await });
         let results: Vec<Result<()>> = sent.buffer_unordered(REPORTS_IN_FLIGHT).collect().await;
@@ -995,7 +1006,7 @@ impl RedisStore {
                 let call = Unsure::new(leases, key, gave_back, CallKind::Lease);
                 args.call = call.call;
                 args.oldest_open_call = leases.oldest_open_call();
-                pending = Some(PendingCall::new(leases, call));
+                pending = Some(PendingCall::renewal(leases, call));
                 slot = Some(renewal);
                 op = "lease";
             }
@@ -1027,11 +1038,15 @@ impl RedisStore {
                 connection.invoke(args.invocation(&script, &key, marker, op)),
             )
             .await?;
-            if answer.0 >= 3 {
+            // The marker is gone (4), or a counter this replica saw is (3):
+            // Redis lost its data — put back what every replica saw, then
+            // decide — or the counter was dropped. Lost again meanwhile (a
+            // second restart), it is put back again.
+            for _ in 0..RECOVERIES_PER_DECISION {
+                if answer.0 < 3 {
+                    break;
+                }
                 drop(in_flight.take());
-                // The marker is gone (4), or a counter this replica saw is
-                // (3): Redis lost its data — put back what every replica
-                // saw, then decide — or the counter was dropped.
                 let recovered = recover(&recovery, &control, &mut connection, &script).await?;
                 if answer.0 == 3 && !recovered {
                     recovery.seen.remove(&counter);
@@ -1043,6 +1058,12 @@ impl RedisStore {
                     connection.invoke(args.invocation(&script, &key, marker, op)),
                 )
                 .await?;
+            }
+            if answer.0 >= 3 {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::Client,
+                    "Redis kept losing its data while it was put back",
+                )));
             }
             if answer.0 == 5 {
                 // Settled as unanswered already: it was not applied.
@@ -1268,6 +1289,13 @@ pub(crate) fn counter_key(prefix: &str, counter: &CounterKey) -> String {
 /// emptied waits for the counters to be put back (every live replica's
 /// restore, acknowledged within 1 s each).
 const RECOVERY_WAIT: Duration = Duration::from_secs(5);
+/// How many times one decision puts counters back when Redis keeps losing
+/// its data; after that it fails (by the store's failure policy), rather
+/// than answer from an emptied counter.
+const RECOVERIES_PER_DECISION: usize = 3;
+/// How many times a replica puts counters back for one loss found when
+/// Redis loses its data again meanwhile.
+const RESTORES_PER_LOSS: usize = 5;
 /// How long a replica that knows no marker waits for the other replicas'
 /// when Redis has none (they restore, then set one) before it sets one.
 const UNSET_MARKER_WAIT: Duration = Duration::from_secs(3);
@@ -1315,11 +1343,22 @@ async fn recover(
             Ok(true)
         }
         Marker::Missing => {
-            restore_seen(recovery, connection, script).await?;
-            let fresh = Recovery::fresh_marker();
-            control.lost(connection, &fresh).await?;
-            recovery.put_marker(connection, &fresh).await?;
-            Ok(true)
+            // Should Redis lose its data again before the marker is set,
+            // what was put back is gone: put back again.
+            for _ in 0..RESTORES_PER_LOSS {
+                let note = recovery.begin_restore(connection).await?;
+                restore_seen(recovery, connection, script).await?;
+                let fresh = Recovery::fresh_marker();
+                control.lost(connection, &fresh).await?;
+                if recovery.finish_restore(connection, &note, &fresh).await? {
+                    return Ok(true);
+                }
+                tracing::warn!("Redis lost its data again while counters were put back");
+            }
+            Err(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "Redis kept losing its data while counters were put back",
+            )))
         }
     }
 }
@@ -1413,6 +1452,14 @@ fn call_args(leases: &Leases, call: &Unsure) -> (&'static str, Args) {
     };
     args.call = call.call;
     (op, args)
+}
+
+/// Give-backs of `taken` (drained from `leases`).
+fn give_backs(leases: &Leases, taken: Vec<(lease::Slot, Lease)>) -> Vec<Unsure> {
+    taken
+        .into_iter()
+        .map(|(slot, lease)| Unsure::new(leases, slot, lease, CallKind::Return))
+        .collect()
 }
 
 /// A duration in whole microseconds, as the script takes them.
