@@ -1,0 +1,42 @@
+"""Script calls for benches/script_instructions.sh, as Redis protocol.
+
+`setup`: a decision and a lease of 60,000 units on one counter (a quota of
+10,000,000 a day, no throttle). `N`: N reports of one request each from that
+lease, each its own call id (see "Calls" in src/store/redis.lua). NOW (Unix
+seconds) fixes the clock, so the lease never expires between runs.
+"""
+
+import os
+import sys
+import time
+
+SHA, WHAT = sys.argv[1], sys.argv[2]
+NOW = int(os.environ.get("NOW", time.time()))
+DAY = NOW // 86400
+KEY = "bench:{plan:key}"
+RECORD = "h:abcdef0123456789:"
+
+
+def command(*args):
+    out = [f"*{len(args)}\r\n".encode()]
+    for arg in args:
+        arg = str(arg).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
+    return b"".join(out)
+
+
+def call(op, unreported=0, epoch=0, metered="0", gen=0, cap=0, call_id=0, want=0, known="1"):
+    argv = [op, NOW * 1_000_000, NOW, DAY, "", 0, 0, "DAY", DAY * 86400, DAY * 86400 + 86400,
+            10_000_000, 0, 86400, 0, unreported, 0, DAY, want, 0, epoch, metered, known,
+            0, -1, 0, RECORD, gen, cap, 0, 0, 1_000_000, 250_000, 2, 0, call_id, call_id, 0]
+    return command("EVALSHA", SHA, 1, KEY, *argv)
+
+
+out = sys.stdout.buffer
+if WHAT == "setup":
+    out.write(call("decide", known="0"))
+    out.write(call("lease", want=60_000, call_id=1, known="0"))
+else:
+    for i in range(int(WHAT)):
+        out.write(call("report", unreported=1, epoch=1, metered="1", gen=1, cap=30_000,
+                       call_id=2 + i))
