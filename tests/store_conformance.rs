@@ -576,7 +576,7 @@ async fn slow_replica_loses_its_lease(var: &str, default: &str) {
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_redis_stall_while_leasing_loses_no_quota() {
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+    use std::sync::atomic::Ordering::Relaxed;
     use std::time::Duration;
     use store_suite::rule;
     use support::redis_server::Redis;
@@ -599,33 +599,9 @@ async fn a_redis_stall_while_leasing_loses_no_quota() {
     store.until_leasing().await;
     let counter = CounterKey::new("plan", "stalled");
     let quota = rule(QUOTA, QuotaPeriod::Day);
-    let (admitted, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let stop = Arc::new(AtomicBool::new(false));
-    let workers: Vec<_> = (0..16)
-        .map(|_| {
-            let (store, counter) = (store.clone(), counter.clone());
-            let (admitted, failed, stop) = (admitted.clone(), failed.clone(), stop.clone());
-            tokio::spawn(async move {
-                while !stop.load(Relaxed) {
-                    let request = DecisionRequest {
-                        counter: &counter,
-                        throttle: None,
-                        quota: Some(quota),
-                        now: jiff::Timestamp::now().into(),
-                    };
-                    match store.decide(&request).await {
-                        Ok(decision) => {
-                            assert_eq!(decision.verdict, Verdict::Admitted);
-                            admitted.fetch_add(1, Relaxed);
-                        }
-                        Err(_) => {
-                            failed.fetch_add(1, Relaxed);
-                        }
-                    }
-                }
-            })
-        })
-        .collect();
+    let mut deciders = Deciders::default();
+    deciders.spawn(&store, &counter, quota, 16);
+    let stop = deciders.stop.clone();
     // What the gateway does every 200 ms: expired leases and reports go
     // back, within a time limit (the gateway's is 3 s): a round that Redis
     // holds up is dropped.
@@ -642,22 +618,13 @@ async fn a_redis_stall_while_leasing_loses_no_quota() {
     // The last stall outlasts the leases and Redis's grace: Redis reclaims
     // them as it resumes, before they come back.
     for stall_ms in [400, 400, 1_500] {
-        let target = admitted.load(Relaxed) + 20_000;
-        while admitted.load(Relaxed) < target {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        deciders.until_admitted(20_000).await;
         redis.pause();
         tokio::time::sleep(Duration::from_millis(stall_ms)).await;
         redis.resume();
     }
-    let target = admitted.load(Relaxed) + 20_000;
-    while admitted.load(Relaxed) < target {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    stop.store(true, Relaxed);
-    for worker in workers {
-        worker.await.unwrap();
-    }
+    deciders.until_admitted(20_000).await;
+    let (mut admitted, failed) = deciders.stop().await;
     upkeep.await.unwrap();
     store.give_back_leases().await.unwrap();
     // Past every lease's lifetime and Redis's grace: a decision reclaims
@@ -674,9 +641,8 @@ async fn a_redis_stall_while_leasing_loses_no_quota() {
         store.decide(&request).await.unwrap().verdict,
         Verdict::Admitted
     );
-    admitted.fetch_add(1, Relaxed);
+    admitted += 1;
     store.give_back_leases().await.unwrap();
-    let (admitted, failed) = (admitted.load(Relaxed), failed.load(Relaxed));
     let now = jiff::Timestamp::now();
     let today = now.to_zoned(jiff::tz::TimeZone::UTC).date();
     let [used, remaining] = store
@@ -707,13 +673,11 @@ async fn a_redis_stall_while_leasing_loses_no_quota() {
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leasing_replicas_lose_nothing_when_redis_loses_its_data() {
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+    use std::sync::atomic::Ordering::Relaxed;
     use std::time::Duration;
     use store_suite::rule;
     use support::redis_server::Redis;
-    use tower_usage_plans::store::{
-        CounterKey, CounterStore, DecisionRequest, LeaseConfig, RedisStore, Verdict,
-    };
+    use tower_usage_plans::store::{CounterKey, CounterStore, LeaseConfig, RedisStore};
     use tower_usage_plans::QuotaPeriod;
 
     const QUOTA: u64 = 10_000_000;
@@ -733,37 +697,14 @@ async fn leasing_replicas_lose_nothing_when_redis_loses_its_data() {
     }
     let counter = CounterKey::new("plan", "flushed");
     let quota = rule(QUOTA, QuotaPeriod::Day);
-    let (admitted, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
+    let mut deciders = Deciders::default();
+    let mut upkeep = Vec::new();
     for store in &replicas {
-        for _ in 0..8 {
-            let (store, counter) = (store.clone(), counter.clone());
-            let (admitted, failed, stop) = (admitted.clone(), failed.clone(), stop.clone());
-            tasks.push(tokio::spawn(async move {
-                while !stop.load(Relaxed) {
-                    let request = DecisionRequest {
-                        counter: &counter,
-                        throttle: None,
-                        quota: Some(quota),
-                        now: jiff::Timestamp::now().into(),
-                    };
-                    match store.decide(&request).await {
-                        Ok(decision) if decision.verdict == Verdict::Admitted => {
-                            admitted.fetch_add(1, Relaxed);
-                        }
-                        Ok(decision) => panic!("refused under a quota of {QUOTA}: {decision:?}"),
-                        Err(_) => {
-                            failed.fetch_add(1, Relaxed);
-                        }
-                    }
-                }
-            }));
-        }
+        deciders.spawn(store, &counter, quota, 8);
         // What the gateway does every 200 ms: reports and expired leases
         // go back, and a loss is looked for.
-        let (store, stop) = (store.clone(), stop.clone());
-        tasks.push(tokio::spawn(async move {
+        let (store, stop) = (store.clone(), deciders.stop.clone());
+        upkeep.push(tokio::spawn(async move {
             while !stop.load(Relaxed) {
                 let _ = store.give_back_expired_leases().await;
                 let _ = store.recover_if_emptied().await;
@@ -772,10 +713,7 @@ async fn leasing_replicas_lose_nothing_when_redis_loses_its_data() {
         }));
     }
     for _ in 0..3 {
-        let target = admitted.load(Relaxed) + 200_000;
-        while admitted.load(Relaxed) < target {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        deciders.until_admitted(200_000).await;
         let mut raw = redis::Client::open(redis.url())
             .unwrap()
             .get_multiplexed_async_connection()
@@ -783,18 +721,14 @@ async fn leasing_replicas_lose_nothing_when_redis_loses_its_data() {
             .unwrap();
         let () = redis::cmd("FLUSHALL").query_async(&mut raw).await.unwrap();
     }
-    let target = admitted.load(Relaxed) + 200_000;
-    while admitted.load(Relaxed) < target {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    stop.store(true, Relaxed);
-    for task in tasks {
+    deciders.until_admitted(200_000).await;
+    let (admitted, failed) = deciders.stop().await;
+    for task in upkeep {
         task.await.unwrap();
     }
     for store in &replicas {
         store.give_back_leases().await.unwrap();
     }
-    let (admitted, failed) = (admitted.load(Relaxed), failed.load(Relaxed));
     let now = jiff::Timestamp::now();
     let today = now.to_zoned(jiff::tz::TimeZone::UTC).date();
     let [_, remaining] = replicas[0]
@@ -908,4 +842,74 @@ async fn a_gone_replicas_record_of_calls_goes_with_the_next_day() {
     let decision = decide(&other, &counter, None, quota, next_day).await;
     assert_eq!(decision.verdict, Verdict::Admitted);
     assert_eq!(records().await, 0, "cleared on the next day");
+}
+
+/// Tasks that decide one counter as fast as they can until stopped,
+/// counting the requests admitted and those that failed (a refusal fails
+/// the test: the quotas here are never reached).
+#[cfg(feature = "redis")]
+#[derive(Default)]
+struct Deciders {
+    admitted: Arc<std::sync::atomic::AtomicU64>,
+    failed: Arc<std::sync::atomic::AtomicU64>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+#[cfg(feature = "redis")]
+impl Deciders {
+    /// `tasks` more, deciding `counter` on `store` under `quota`.
+    fn spawn(
+        &mut self,
+        store: &tower_usage_plans::store::RedisStore,
+        counter: &tower_usage_plans::store::CounterKey,
+        quota: tower_usage_plans::store::QuotaRule,
+        tasks: usize,
+    ) {
+        use std::sync::atomic::Ordering::Relaxed;
+        use tower_usage_plans::store::{CounterStore, DecisionRequest, Verdict};
+        for _ in 0..tasks {
+            let (store, counter) = (store.clone(), counter.clone());
+            let (admitted, failed) = (self.admitted.clone(), self.failed.clone());
+            let stop = self.stop.clone();
+            self.tasks.push(tokio::spawn(async move {
+                while !stop.load(Relaxed) {
+                    let request = DecisionRequest {
+                        counter: &counter,
+                        throttle: None,
+                        quota: Some(quota),
+                        now: jiff::Timestamp::now().into(),
+                    };
+                    match store.decide(&request).await {
+                        Ok(decision) if decision.verdict == Verdict::Admitted => {
+                            admitted.fetch_add(1, Relaxed);
+                        }
+                        Ok(decision) => panic!("refused below the quota: {decision:?}"),
+                        Err(_) => {
+                            failed.fetch_add(1, Relaxed);
+                        }
+                    }
+                }
+            }));
+        }
+    }
+
+    /// Returns once `more` requests more than now were admitted.
+    async fn until_admitted(&self, more: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let target = self.admitted.load(Relaxed) + more;
+        while self.admitted.load(Relaxed) < target {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Stops every task: how many requests were admitted, and how many failed.
+    async fn stop(self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.stop.store(true, Relaxed);
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+        (self.admitted.load(Relaxed), self.failed.load(Relaxed))
+    }
 }
