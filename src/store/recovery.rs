@@ -61,6 +61,9 @@ pub(crate) struct Recovery {
     pub(crate) in_flight: tokio::sync::RwLock<()>,
     /// This replica's leases, whose units a restore adds to `seen`.
     pub(crate) leases: Option<Arc<Leases>>,
+    /// The latest epoch of each counter this replica's copy followed when
+    /// it put the counter back (see `put_back` in redis.rs).
+    pub(crate) restored: DashMap<CounterKey, u64>,
     /// Every counter Redis held was read once (see `learn::some`).
     scanned_once: std::sync::atomic::AtomicBool,
     /// How many times this replica put counters back after Redis lost its
@@ -93,6 +96,7 @@ impl Recovery {
             scan: Mutex::new(Scan::default()),
             in_flight: tokio::sync::RwLock::new(()),
             leases: None,
+            restored: DashMap::new(),
             scanned_once: std::sync::atomic::AtomicBool::new(false),
             losses: std::sync::atomic::AtomicU64::new(0),
         }

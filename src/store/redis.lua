@@ -67,7 +67,8 @@
 --          35 for "lease", "return", "report" and "settle": the call's id
 --          (unique to the holder, growing; 0 = none, see "Calls" below), 36 the
 --          holder's oldest call not yet answered (or given up on), 37 the id of
---          the lease given back's report on its way (0 = none)
+--          the lease given back's report on its way (0 = none), 38 for "restore":
+--          the latest epoch the replica's copy held
 --
 -- Calls. A replica that stopped waiting for a "lease", "return" or
 -- "report" (its timeout, or the request gone) cannot tell whether Redis
@@ -621,8 +622,13 @@ if op == 'restore' then
     -- 're': the first epoch after this counter was put back. Epochs seen
     -- from it on were read from Redis as it is now: nothing to put back
     -- (adding them would count twice what Redis admitted since).
+    -- Nor from a replica that put this counter back already (its restore
+    -- sent again, when Redis lost its data again before it could tell:
+    -- what it saw and what its leases admitted are in).
     local since = tonumber(redis.call('HGET', k, 're'))
-    if since and seen_epoch >= since then
+    local holder = holder_of(ARGV[26] or '')
+    if (since and seen_epoch >= since)
+        or (holder and redis.call('HEXISTS', k, 'hr:' .. holder) == 1) then
       local now_q = redis.call('HMGET', k, 'used', 'leased')
       return { epoch, tonumber(now_q[1]) or 0, tonumber(now_q[2]) or 0 }
     end
@@ -645,7 +651,6 @@ if op == 'restore' then
     end
     -- This replica's leases of the counter as it was are counted: what
     -- they admitted and report or bring back from now on adds nothing.
-    local holder = holder_of(ARGV[26] or '')
     if holder then
       redis.call('HSET', k, 'hr:' .. holder, 1)
     end
@@ -660,8 +665,11 @@ if op == 'restore' then
       -- The first restore: a new era of epochs, past any a replica saw
       -- before the loss (2^32 UpdateUsage calls apart), whose leases of
       -- the emptied counter's epochs are stale.
+      -- (Past the latest epoch the replica's copy held too: it may have
+      -- followed a counter put back and lost again, whose range of epochs
+      -- must not come back.)
       redis.call('HINCRBY', k, 'stale', leased)
-      epoch, leased = math.max(epoch, seen_epoch) + 4294967296, 0
+      epoch, leased = math.max(epoch, seen_epoch, tonumber(ARGV[38]) or 0) + 4294967296, 0
       redis.call('HSET', k, 're', epoch)
     end
     redis.call('HSET', k, 'ep', epoch, 'leased', leased)

@@ -741,6 +741,8 @@ struct Args {
     lease_us: i64,
     /// For "restore": what this replica's leases admitted unacknowledged.
     own_leased: u64,
+    /// For "restore": the latest epoch this replica's copy held.
+    epoch_floor: u64,
     /// The id of a call on the holder's record (0: none; see `Unsure`),
     /// and the oldest of the holder's calls still open.
     call: u64,
@@ -767,6 +769,7 @@ impl Args {
             want: (0, 0),
             known: false,
             seen: None,
+            epoch_floor: 0,
             record: String::new(),
             lease_us: 0,
             own_leased: 0,
@@ -873,7 +876,8 @@ impl Args {
             .arg(self.own_leased)
             .arg(self.call)
             .arg(self.oldest_open_call)
-            .arg(self.report_on_its_way());
+            .arg(self.report_on_its_way())
+            .arg(self.epoch_floor);
         invocation
     }
 }
@@ -1345,9 +1349,16 @@ async fn recover(
         Marker::Missing => {
             // Should Redis lose its data again before the marker is set,
             // what was put back is gone: put back again.
+            // Each attempt puts back what the first one did: the copy as it
+            // was and what the leases had admitted (the copy followed the
+            // counters put back, which are gone again, and the leases ended).
+            let mut taken = None;
             for _ in 0..RESTORES_PER_LOSS {
                 let note = recovery.begin_restore(connection).await?;
-                restore_seen(recovery, connection, script).await?;
+                let _quiet = recovery.in_flight.write().await;
+                let lost = taken.get_or_insert_with(|| Lost::take(recovery));
+                put_back(recovery, connection, script, lost).await?;
+                drop(_quiet);
                 let fresh = Recovery::fresh_marker();
                 control.lost(connection, &fresh).await?;
                 if recovery.finish_restore(connection, &note, &fresh).await? {
@@ -1371,31 +1382,63 @@ async fn restore_seen(
 ) -> redis::RedisResult<()> {
     // Every answer Redis gave before the loss is in the copy first.
     let _quiet = recovery.in_flight.write().await;
-    let now = jiff::Timestamp::now();
-    let secs = now.as_second();
-    let seen: Vec<(CounterKey, Seen)> = recovery
-        .seen
-        .iter()
-        .map(|entry| (entry.key().clone(), *entry.value()))
-        .collect();
-    let mut current = Vec::with_capacity(seen.len());
-    for (counter, seen) in seen {
-        if secs >= seen.period.2 {
-            // Its period is over: nothing of it carries into the next.
-            recovery.seen.remove(&counter);
-        } else {
-            current.push((counter, seen));
+    let lost = Lost::take(recovery);
+    put_back(recovery, connection, script, &lost).await
+}
+
+/// What a replica puts back after Redis lost its data: its copy of the
+/// counters of their current period, and what its leases (ended here)
+/// admitted that Redis did not acknowledge.
+struct Lost {
+    current: Vec<(CounterKey, Seen)>,
+    outstanding: lease::Outstanding,
+}
+
+impl Lost {
+    /// Takes it (with every answer of before the loss in the copy: the
+    /// caller holds `in_flight`).
+    fn take(recovery: &Recovery) -> Self {
+        let secs = jiff::Timestamp::now().as_second();
+        let seen: Vec<(CounterKey, Seen)> = recovery
+            .seen
+            .iter()
+            .map(|entry| (entry.key().clone(), *entry.value()))
+            .collect();
+        let mut current = Vec::with_capacity(seen.len());
+        for (counter, seen) in seen {
+            if secs >= seen.period.2 {
+                // Its period is over: nothing of it carries into the next.
+                recovery.seen.remove(&counter);
+                recovery.restored.remove(&counter);
+            } else {
+                current.push((counter, seen));
+            }
+        }
+        let outstanding = recovery
+            .leases
+            .as_ref()
+            .map(|leases| leases.spent_at_loss())
+            .unwrap_or_default();
+        Self {
+            current,
+            outstanding,
         }
     }
-    let restored = current.len();
-    let outstanding = recovery
-        .leases
-        .as_ref()
-        .map(|leases| leases.spent_at_loss())
-        .unwrap_or_default();
+}
+
+/// Puts `lost` back.
+async fn put_back(
+    recovery: &Recovery,
+    connection: &mut Connection,
+    script: &Script,
+    lost: &Lost,
+) -> redis::RedisResult<()> {
+    let now = jiff::Timestamp::now();
+    let restored = lost.current.len();
+    let outstanding = &lost.outstanding;
     // Every counter of the current period (all of Redis's, for a replica
     // that read them when it started): many restores in flight at once.
-    futures_util::stream::iter(current)
+    futures_util::stream::iter(lost.current.iter().cloned())
         .map(|(counter, seen)| {
             let mut connection = connection.clone();
             let (kind, start, end) = seen.period;
@@ -1404,6 +1447,15 @@ async fn restore_seen(
             args.period = Some((kind, start, end, 0));
             args.seen = Some(seen);
             args.own_leased = outstanding.of(&counter, seen.epoch, start);
+            // Past every epoch this replica's copy held: a counter it put
+            // back before, lost again, then put back by another replica
+            // from an older copy, starts a range of epochs past the one
+            // this copy followed (taken as read from Redis as it is now,
+            // the copy would add nothing).
+            args.epoch_floor = recovery
+                .restored
+                .get(&counter)
+                .map_or(seen.epoch, |followed| seen.epoch.max(*followed));
             // This replica as a lease holder: Redis then knows its leases
             // of the counter as it was are counted.
             if let Some(leases) = &recovery.leases {
@@ -1420,6 +1472,8 @@ async fn restore_seen(
                     if let Some(mut known) = recovery.seen.get_mut(&counter) {
                         if known.period == seen.period && epoch > 0 {
                             (known.epoch, known.used) = (epoch, used.saturating_sub(leased));
+                            let mut followed = recovery.restored.entry(counter).or_default();
+                            *followed = (*followed).max(epoch);
                         }
                     }
                 }
