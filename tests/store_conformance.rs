@@ -673,7 +673,18 @@ async fn a_redis_stall_while_leasing_loses_no_quota() {
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leasing_replicas_lose_nothing_when_redis_loses_its_data() {
-    lose_data_while_leasing(2, 3, 200_000).await;
+    lose_data_while_leasing(2, 3, 200_000, "FLUSHALL").await;
+}
+
+/// As above, Redis losing one counter alone (deleted, as eviction or an
+/// operator would; the marker stays): the replica that finds it gone puts
+/// it back and has the other do so too. (Taken as a counter dropped on
+/// purpose, it started over from a full quota: 5,000-6,000 of 20,000
+/// admitted too many in a black-box run.)
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leasing_replicas_lose_nothing_when_redis_loses_one_counter() {
+    lose_data_while_leasing(2, 3, 200_000, "DEL").await;
 }
 
 /// One replica leasing a busy key, Redis emptied eight times 20,000
@@ -685,14 +696,15 @@ async fn leasing_replicas_lose_nothing_when_redis_loses_its_data() {
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_puts_back_again_when_redis_loses_its_data_while_it_restores() {
-    lose_data_while_leasing(1, 8, 20_000).await;
+    lose_data_while_leasing(1, 8, 20_000, "FLUSHALL").await;
 }
 
 /// `replicas` replicas lease one busy key while Redis loses its data
-/// `losses` times, `apart` admissions apart; then every lease goes back
-/// and Redis must count exactly what was admitted.
+/// `losses` times, `apart` admissions apart (`how`: "FLUSHALL", or "DEL"
+/// of the counter alone); then every lease goes back and Redis must count
+/// exactly what was admitted.
 #[cfg(feature = "redis")]
-async fn lose_data_while_leasing(replicas: usize, losses: usize, apart: u64) {
+async fn lose_data_while_leasing(replicas: usize, losses: usize, apart: u64, how: &str) {
     use std::sync::atomic::Ordering::Relaxed;
     use std::time::Duration;
     use store_suite::rule;
@@ -739,7 +751,11 @@ async fn lose_data_while_leasing(replicas: usize, losses: usize, apart: u64) {
             .get_multiplexed_async_connection()
             .await
             .unwrap();
-        let () = redis::cmd("FLUSHALL").query_async(&mut raw).await.unwrap();
+        let mut loss = redis::cmd(how);
+        if how == "DEL" {
+            loss.arg(format!("{prefix}{{plan:flushed}}"));
+        }
+        let _: redis::Value = loss.query_async(&mut raw).await.unwrap();
     }
     deciders.until_admitted(apart).await;
     let (admitted, failed) = deciders.stop().await;

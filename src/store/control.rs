@@ -57,6 +57,7 @@ pub(crate) struct Control {
     on_registry: RwLock<Option<Handler>>,
     on_lost: RwLock<Option<LostHandler>>,
     on_revoked: RwLock<Option<CounterHandler>>,
+    on_counter_lost: RwLock<Option<CounterHandler>>,
     waiting: Mutex<HashMap<String, Waiting>>,
     /// Subscribed: acknowledgements reach us.
     listening: AtomicBool,
@@ -119,6 +120,7 @@ impl Control {
             on_registry: RwLock::new(None),
             on_lost: RwLock::new(None),
             on_revoked: RwLock::new(None),
+            on_counter_lost: RwLock::new(None),
             waiting: Mutex::new(HashMap::new()),
             listening: AtomicBool::new(false),
             heard: Mutex::new(HashMap::new()),
@@ -180,6 +182,31 @@ impl Control {
     /// UpdateUsage (and revoked its leases).
     pub(crate) fn on_revoked(&self, handler: Option<CounterHandler>) {
         *self.on_revoked.write() = handler;
+    }
+
+    /// What this replica does when another found that Redis lost one
+    /// counter (and put it back).
+    pub(crate) fn on_counter_lost(&self, handler: Option<CounterHandler>) {
+        *self.on_counter_lost.write() = handler;
+    }
+
+    /// Has every other replica put back what it saw of `counter`, which
+    /// Redis lost alone (deleted, evicted, or on a cluster node that lost
+    /// its data) and this one put back; returns once each live one did.
+    pub(crate) async fn counter_lost(
+        &self,
+        connection: &mut Connection,
+        counter: &CounterKey,
+    ) -> redis::RedisResult<()> {
+        self.spent.forget(counter);
+        self.broadcast(connection, |id| {
+            format!(
+                "counter-lost {id} {} {}",
+                counter.plan_id(),
+                counter.key_id()
+            )
+        })
+        .await
     }
 
     /// Has every other replica put back what it saw of the counters, after
@@ -405,6 +432,18 @@ impl Control {
                 }
                 true
             }
+            Message::CounterLost { plan, key, .. } => {
+                let counter = CounterKey::new(plan, key);
+                self.spent.forget(&counter);
+                let handler = self.on_counter_lost.read().clone();
+                if let Some(handler) = handler {
+                    if let Err(e) = handler(counter).await {
+                        tracing::warn!(error = %e, "could not put a lost counter back");
+                        return false;
+                    }
+                }
+                true
+            }
             Message::Registry { .. } | Message::Lost { .. } => {
                 self.spent.forget_all();
                 let done = match message {
@@ -520,6 +559,11 @@ enum Message<'a> {
         /// The marker the sender sets once every replica restored.
         marker: Option<&'a str>,
     },
+    CounterLost {
+        id: &'a str,
+        plan: &'a str,
+        key: &'a str,
+    },
 }
 
 impl<'a> Message<'a> {
@@ -537,6 +581,11 @@ impl<'a> Message<'a> {
                 key: parts.next()?,
             },
             "registry" => Self::Registry { id: parts.next()? },
+            "counter-lost" => Self::CounterLost {
+                id: parts.next()?,
+                plan: parts.next()?,
+                key: parts.next()?,
+            },
             "lost" => Self::Lost {
                 id: parts.next()?,
                 marker: parts.next(),
@@ -553,7 +602,10 @@ impl<'a> Message<'a> {
     /// beats.
     fn id(&self) -> Option<&'a str> {
         match self {
-            Self::Revoke { id, .. } | Self::Registry { id } | Self::Lost { id, .. } => Some(id),
+            Self::Revoke { id, .. }
+            | Self::Registry { id }
+            | Self::Lost { id, .. }
+            | Self::CounterLost { id, .. } => Some(id),
             Self::Ack { .. } | Self::Beat { .. } => None,
         }
     }

@@ -752,6 +752,26 @@ impl Leases {
     /// of 5,000 in a black-box run with a lease out at each loss.)
     pub(crate) fn spent_at_loss(&self) -> Outstanding {
         self.revoke_all();
+        self.outstanding()
+    }
+
+    /// As [`spent_at_loss`](Self::spent_at_loss), when Redis lost
+    /// `counter` alone (deleted, evicted, or on a cluster node that lost
+    /// its data): only its leases end.
+    pub(crate) fn spent_at_loss_of(&self, counter: &CounterKey) -> Outstanding {
+        let mut taken = Vec::new();
+        for slot in self.slots.iter() {
+            if slot.key().0 == *counter {
+                taken.extend(take_held(slot.key(), &mut slot.value().lock()));
+            }
+        }
+        self.dropped.lock().extend(taken);
+        self.outstanding()
+    }
+
+    /// What the leases taken out of use, on their way back, being renewed,
+    /// or in calls left unanswered admitted that Redis did not acknowledge.
+    fn outstanding(&self) -> Outstanding {
         let mut out = Outstanding::default();
         for slot in self.slots.iter() {
             let lease = slot.value().lock();

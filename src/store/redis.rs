@@ -156,6 +156,25 @@ impl RedisStore {
                 Ok(())
             })
         })));
+        // Another replica found that Redis lost one counter alone: put
+        // back what this one saw of it.
+        let (recovery, connection, script) = (
+            Arc::downgrade(&self.recovery),
+            self.connection.clone(),
+            self.script.clone(),
+        );
+        self.control.on_counter_lost(Some(Arc::new(move |counter| {
+            let (recovery, mut connection, script) =
+                (recovery.clone(), connection.clone(), script.clone());
+            StoreFuture::boxed(async move {
+                if let Some(recovery) = recovery.upgrade() {
+                    restore_counter(&recovery, &mut connection, &script, &counter)
+                        .await
+                        .map_err(|e| store_error("restore", e))?;
+                }
+                Ok(())
+            })
+        })));
         if let Some(leases) = &self.leases {
             self.control.hold(leases.clone());
         }
@@ -1052,9 +1071,17 @@ impl RedisStore {
                 }
                 drop(in_flight.take());
                 let recovered = recover(&recovery, &control, &mut connection, &script).await?;
+                // The marker is there: Redis lost this counter alone
+                // (deleted, evicted, or on a cluster node that lost its
+                // data), which this replica puts back; one it has no copy
+                // of (dropped since) starts anew.
                 if answer.0 == 3 && !recovered {
-                    recovery.seen.remove(&counter);
-                    args.known = false;
+                    if restore_counter(&recovery, &mut connection, &script, &counter).await? {
+                        control.counter_lost(&mut connection, &counter).await?;
+                    } else {
+                        recovery.seen.remove(&counter);
+                        args.known = false;
+                    }
                 }
                 in_flight = Some(recovery.in_flight.read().await);
                 answer = within(
@@ -1384,6 +1411,35 @@ async fn restore_seen(
     let _quiet = recovery.in_flight.write().await;
     let lost = Lost::take(recovery);
     put_back(recovery, connection, script, &lost).await
+}
+
+/// Puts back `counter` alone, from this replica's copy of it in its
+/// current period (`false`: none): Redis lost it, not its other data.
+async fn restore_counter(
+    recovery: &Recovery,
+    connection: &mut Connection,
+    script: &Script,
+    counter: &CounterKey,
+) -> redis::RedisResult<bool> {
+    let _quiet = recovery.in_flight.write().await;
+    let secs = jiff::Timestamp::now().as_second();
+    let Some(seen) = recovery.seen.get(counter).map(|seen| *seen) else {
+        return Ok(false);
+    };
+    if secs >= seen.period.2 {
+        return Ok(false);
+    }
+    let outstanding = recovery
+        .leases
+        .as_ref()
+        .map(|leases| leases.spent_at_loss_of(counter))
+        .unwrap_or_default();
+    let lost = Lost {
+        current: vec![(counter.clone(), seen)],
+        outstanding,
+    };
+    put_back(recovery, connection, script, &lost).await?;
+    Ok(true)
 }
 
 /// What a replica puts back after Redis lost its data: its copy of the
