@@ -100,7 +100,8 @@ impl RedisStore {
     /// # Errors
     /// `Store` if the URL is invalid or the server cannot be reached.
     pub async fn connect(url: &str) -> Result<Self> {
-        let connection = Connection::open(url).await?;
+        let mut connection = Connection::open(url).await?;
+        warn_if_evicting(&mut connection).await;
         let mut store = Self {
             connection,
             script: Script::new(SCRIPT),
@@ -1294,6 +1295,37 @@ impl CounterStore for RedisStore {
                 .await?;
             store.revoke_everywhere(&counter, epoch).await
         })
+    }
+}
+
+/// Warns when Redis may evict keys (a `maxmemory` with a policy other
+/// than `noeviction`): a counter evicted is put back from the replicas'
+/// copies, but what was admitted since they last saw it is lost, and quotas
+/// are exact only with `noeviction`. Best effort: a Redis that does not
+/// say (a cluster, `INFO` disabled) goes unchecked.
+async fn warn_if_evicting(connection: &mut Connection) {
+    let Ok(info) = connection
+        .query::<String>(redis::cmd("INFO").arg("memory"))
+        .await
+    else {
+        return;
+    };
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+    };
+    let limit = field("maxmemory").and_then(|v| v.parse::<u64>().ok());
+    let policy = field("maxmemory_policy");
+    if let (Some(limit), Some(policy)) = (limit, policy) {
+        if limit > 0 && policy != "noeviction" {
+            tracing::warn!(
+                maxmemory = limit,
+                policy,
+                "Redis may evict counters when full: quotas are exact only with \
+                 maxmemory-policy noeviction"
+            );
+        }
     }
 }
 
