@@ -187,8 +187,8 @@ impl Recovery {
     /// As [`put_marker`](Self::put_marker), if Redis still holds `note`
     /// (from [`begin_restore`](Self::begin_restore)), in one step; `false`
     /// if Redis lost its data again since the restore began. (A marker set
-    /// then would vouch for an empty Redis: a counter missing under it is
-    /// taken as deleted, and starts over from a full quota.)
+    /// then would vouch for an empty Redis: no replica would put back what
+    /// it saw, only counters a decision finds gone, one by one.)
     pub(crate) async fn finish_restore(
         &self,
         connection: &mut Connection,
@@ -207,7 +207,7 @@ impl Recovery {
             .await?;
         let finished = current.is_some();
         if let Some(current) = current {
-            *self.marker.lock() = Some(current);
+            self.adopt(current);
         }
         Ok(finished)
     }

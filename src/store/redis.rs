@@ -1407,15 +1407,15 @@ async fn recover(
         }
         Marker::Missing => {
             // Should Redis lose its data again before the marker is set,
-            // what was put back is gone: put back again.
-            // Each attempt puts back what the first one did: the copy as it
-            // was and what the leases had admitted (the copy followed the
-            // counters put back, which are gone again, and the leases ended).
+            // what was put back is gone: each attempt puts back what the
+            // first one took, the copy as it was and what the leases had
+            // admitted (the copy followed the counters put back, which are
+            // gone again, and the leases ended).
             let mut taken = None;
             for _ in 0..RESTORES_PER_LOSS {
                 let note = recovery.begin_restore(connection).await?;
                 let _quiet = recovery.in_flight.write().await;
-                let lost = taken.get_or_insert_with(|| Lost::take(recovery));
+                let lost = taken.get_or_insert_with(|| Lost::take(recovery, None));
                 put_back(recovery, connection, script, lost).await?;
                 drop(_quiet);
                 let fresh = Recovery::fresh_marker();
@@ -1441,7 +1441,7 @@ async fn restore_seen(
 ) -> redis::RedisResult<()> {
     // Every answer Redis gave before the loss is in the copy first.
     let _quiet = recovery.in_flight.write().await;
-    let lost = Lost::take(recovery);
+    let lost = Lost::take(recovery, None);
     put_back(recovery, connection, script, &lost).await
 }
 
@@ -1454,22 +1454,10 @@ async fn restore_counter(
     counter: &CounterKey,
 ) -> redis::RedisResult<bool> {
     let _quiet = recovery.in_flight.write().await;
-    let secs = jiff::Timestamp::now().as_second();
-    let Some(seen) = recovery.seen.get(counter).map(|seen| *seen) else {
-        return Ok(false);
-    };
-    if secs >= seen.period.2 {
+    let lost = Lost::take(recovery, Some(counter));
+    if lost.current.is_empty() {
         return Ok(false);
     }
-    let outstanding = recovery
-        .leases
-        .as_ref()
-        .map(|leases| leases.spent_at_loss_of(counter))
-        .unwrap_or_default();
-    let lost = Lost {
-        current: vec![(counter.clone(), seen)],
-        outstanding,
-    };
     put_back(recovery, connection, script, &lost).await?;
     Ok(true)
 }
@@ -1483,15 +1471,23 @@ struct Lost {
 }
 
 impl Lost {
-    /// Takes it (with every answer of before the loss in the copy: the
-    /// caller holds `in_flight`).
-    fn take(recovery: &Recovery) -> Self {
+    /// Takes it, of every counter or `only` one (with every answer of
+    /// before the loss in the copy: the caller holds `in_flight`).
+    fn take(recovery: &Recovery, only: Option<&CounterKey>) -> Self {
         let secs = jiff::Timestamp::now().as_second();
-        let seen: Vec<(CounterKey, Seen)> = recovery
-            .seen
-            .iter()
-            .map(|entry| (entry.key().clone(), *entry.value()))
-            .collect();
+        let seen: Vec<(CounterKey, Seen)> = match only {
+            Some(counter) => recovery
+                .seen
+                .get(counter)
+                .map(|seen| (counter.clone(), *seen))
+                .into_iter()
+                .collect(),
+            None => recovery
+                .seen
+                .iter()
+                .map(|entry| (entry.key().clone(), *entry.value()))
+                .collect(),
+        };
         let mut current = Vec::with_capacity(seen.len());
         for (counter, seen) in seen {
             if secs >= seen.period.2 {
@@ -1505,7 +1501,10 @@ impl Lost {
         let outstanding = recovery
             .leases
             .as_ref()
-            .map(|leases| leases.spent_at_loss())
+            .map(|leases| match only {
+                Some(counter) => leases.spent_at_loss_of(counter),
+                None => leases.spent_at_loss(),
+            })
             .unwrap_or_default();
         Self {
             current,
