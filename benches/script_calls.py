@@ -2,8 +2,10 @@
 
 `setup`: a decision and a lease of 60,000 units on one counter (a quota of
 10,000,000 a day, no throttle). `N`: N reports of one request each from that
-lease, each its own call id (see "Calls" in src/store/redis.lua). NOW (Unix
-seconds) fixes the clock, so the lease never expires between runs.
+lease, each its own call id (see "Calls" in src/store/redis.lua). Each call is
+watched for a rollback as on one server (the marker and the replica's count of
+calls applied: see "Rollback" there). NOW (Unix seconds) fixes the clock, so the
+lease never expires between runs.
 """
 
 import os
@@ -15,6 +17,7 @@ NOW = int(os.environ.get("NOW", time.time()))
 DAY = NOW // 86400
 KEY = "bench:{plan:key}"
 RECORD = "h:abcdef0123456789:"
+MARKER_KEY, WRITES_KEY, MARKER = "bench:{ctl}:marker", "bench:{ctl}:writes", "0123456789abcdef"
 
 
 def command(*args):
@@ -28,12 +31,14 @@ def command(*args):
 def call(op, unreported=0, epoch=0, metered="0", gen=0, cap=0, call_id=0, want=0, known="1"):
     argv = [op, NOW * 1_000_000, NOW, DAY, "", 0, 0, "DAY", DAY * 86400, DAY * 86400 + 86400,
             10_000_000, 0, 86400, 0, unreported, 0, DAY, want, 0, epoch, metered, known,
-            0, -1, 0, RECORD, gen, cap, 0, 0, 1_000_000, 250_000, 2, 0, call_id, call_id, 0]
-    return command("EVALSHA", SHA, 1, KEY, *argv)
+            0, -1, 0, RECORD, gen, cap, 0, 0, 1_000_000, 250_000, 2, 0, call_id, call_id, 0,
+            0, "abcdef0123456789:" + MARKER, 0]
+    return command("EVALSHA", SHA, 3, KEY, MARKER_KEY, WRITES_KEY, *argv)
 
 
 out = sys.stdout.buffer
 if WHAT == "setup":
+    out.write(command("SET", MARKER_KEY, MARKER))
     out.write(call("decide", known="0"))
     out.write(call("lease", want=60_000, call_id=1, known="0"))
 else:

@@ -6,6 +6,14 @@
 //! whether Redis still holds the data it saw: a counter it saw that is
 //! gone, with the marker gone or changed, means Redis lost its data, and
 //! the replica puts back what it saw before it decides again.
+//!
+//! Redis can also come back with older data (an AOF or RDB behind after a
+//! crash, a failover to a replica that lagged): the marker is the same,
+//! the counters are stale. On one server each replica counts the calls
+//! Redis answered it under the marker, and Redis counts those it applied
+//! (see "Rollback" in redis.lua): fewer applied than answered, and the
+//! replica drops the stale data ([`Recovery::wipe`]) and puts back what
+//! it saw, as after a loss.
 
 use dashmap::DashMap;
 use parking_lot::Mutex;
@@ -31,6 +39,16 @@ const RESTORE_NOTE_SECS: u64 = 600;
 const FINISH_RESTORE: &str = "if redis.call('DEL', KEYS[1]) == 0 then return false end \
 redis.call('SET', KEYS[2], ARGV[1], 'NX') return redis.call('GET', KEYS[2])";
 
+/// Deletes every key under the prefix (`ARGV[2]`, a `SCAN` pattern) while
+/// the marker (`KEYS[1]`) is still `ARGV[1]`, the one Redis rolled back
+/// under: once, whichever replicas found it. Answers how many it deleted
+/// (-1: the marker had changed, another replica did it).
+const WIPE: &str = "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end \
+local cursor, n = '0', 0 \
+repeat local page = redis.call('SCAN', cursor, 'MATCH', ARGV[2], 'COUNT', 1000) \
+cursor = page[1] for _, key in ipairs(page[2]) do redis.call('UNLINK', key) n = n + 1 end \
+until cursor == '0' return n";
+
 /// What a replica last saw of one counter.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Seen {
@@ -50,7 +68,12 @@ pub(crate) struct Recovery {
     pub(crate) seen: DashMap<CounterKey, Seen>,
     pub(crate) prefix: String,
     pub(crate) marker_key: String,
-    marker: Mutex<Option<String>>,
+    /// Redis's count of each replica's calls applied under each marker
+    /// (see [`Watch`]).
+    pub(crate) writes_key: String,
+    /// This replica's name there.
+    replica: String,
+    known: Mutex<Known>,
     /// One recovery at a time on this replica.
     gate: tokio::sync::Mutex<()>,
     /// How far this replica has read Redis's counters into `seen`.
@@ -71,6 +94,27 @@ pub(crate) struct Recovery {
     pub(crate) losses: std::sync::atomic::AtomicU64,
 }
 
+/// The marker this replica knows, and how many of its calls under it
+/// Redis answered.
+#[derive(Debug, Default)]
+struct Known {
+    marker: Option<Arc<str>>,
+    /// This replica's count under the marker in the writes hash
+    /// (`<replica>:<marker>`).
+    field: Arc<str>,
+    answered: u64,
+}
+
+/// What a call (on one server) tells Redis, so that Redis rolled back is
+/// found: the marker the replica knew when it sent the call, its count's
+/// field, and how many of its calls Redis had answered under it.
+#[derive(Debug, Clone)]
+pub(crate) struct Watch {
+    pub(crate) marker: Arc<str>,
+    pub(crate) field: Arc<str>,
+    pub(crate) answered: u64,
+}
+
 /// What the marker says.
 pub(crate) enum Marker {
     /// The one this replica knows (or the first it sees): nothing lost.
@@ -83,6 +127,9 @@ pub(crate) enum Marker {
     Missing,
     /// Another one: Redis lost its data and a replica put a new one.
     Replaced(String),
+    /// The one this replica knows, but Redis applied fewer of its calls
+    /// under it than it answered: Redis came back with older data.
+    RolledBack(String),
 }
 
 impl Recovery {
@@ -91,7 +138,9 @@ impl Recovery {
             seen: DashMap::new(),
             prefix: prefix.to_owned(),
             marker_key: format!("{prefix}{{ctl}}:marker"),
-            marker: Mutex::new(None),
+            writes_key: format!("{prefix}{{ctl}}:writes"),
+            replica: Self::fresh_marker(),
+            known: Mutex::new(Known::default()),
             gate: tokio::sync::Mutex::new(()),
             scan: Mutex::new(Scan::default()),
             in_flight: tokio::sync::RwLock::new(()),
@@ -118,22 +167,93 @@ impl Recovery {
         self
     }
 
-    /// Reads the marker; a first one seen is adopted.
+    /// Reads the marker, and how many of this replica's calls Redis
+    /// applied under it; a first one seen is adopted.
     pub(crate) async fn marker(&self, connection: &mut Connection) -> redis::RedisResult<Marker> {
-        let current: Option<String> = connection
-            .query(redis::cmd("GET").arg(&self.marker_key))
+        // Answered before the read: Redis applied at least as many.
+        let watch = self.watch();
+        let (current, applied): (Option<String>, Option<u64>) = connection
+            .pipeline(
+                redis::pipe()
+                    .cmd("GET")
+                    .arg(&self.marker_key)
+                    .cmd("HGET")
+                    .arg(&self.writes_key)
+                    .arg(&*watch.field),
+            )
             .await?;
-        let mut known = self.marker.lock();
-        Ok(match (known.as_ref(), current) {
+        let mut known = self.known.lock();
+        Ok(match (known.marker.as_deref(), current) {
             (None, None) => Marker::Unset,
             (Some(_), None) => Marker::Missing,
             (None, Some(current)) => {
-                *known = Some(current);
+                known.adopt(&self.replica, current);
                 Marker::Known
             }
-            (Some(known), Some(current)) if *known == current => Marker::Known,
+            (Some(marker), Some(current)) if marker == current => {
+                if *watch.marker == current && applied.unwrap_or(0) < watch.answered {
+                    Marker::RolledBack(current)
+                } else {
+                    Marker::Known
+                }
+            }
             (Some(_), Some(current)) => Marker::Replaced(current),
         })
+    }
+
+    /// What a call on `connection` tells Redis (see [`Watch`]): nothing
+    /// on a cluster (a script there takes keys of one slot only).
+    pub(crate) fn watch_on(&self, connection: &Connection) -> Option<Watch> {
+        matches!(connection, Connection::Single(_)).then(|| self.watch())
+    }
+
+    /// What a call on one server tells Redis (see [`Watch`]).
+    pub(crate) fn watch(&self) -> Watch {
+        let known = self.known.lock();
+        Watch {
+            marker: known.marker.clone().unwrap_or_else(|| Arc::from("")),
+            field: known.field.clone(),
+            answered: known.answered,
+        }
+    }
+
+    /// Redis answered a call sent with `watch`: counted, if the marker is
+    /// still the one it was sent under.
+    pub(crate) fn answered(&self, watch: &Watch) {
+        let mut known = self.known.lock();
+        if known.marker.as_deref() == Some(&*watch.marker) {
+            known.answered += 1;
+        }
+    }
+
+    /// Redis came back with older data under `marker`: deletes every key
+    /// under the prefix, once (while the marker is still `marker`), so
+    /// that the replicas put back what they saw onto an empty Redis, as
+    /// after a loss, rather than add it to the stale counts.
+    pub(crate) async fn wipe(
+        &self,
+        connection: &mut Connection,
+        marker: &str,
+    ) -> redis::RedisResult<()> {
+        let pattern = format!("{}*", glob_escaped(&self.prefix));
+        let deleted: i64 = connection
+            .query(
+                redis::cmd("EVAL")
+                    .arg(WIPE)
+                    .arg(1)
+                    .arg(&self.marker_key)
+                    .arg(marker)
+                    .arg(pattern),
+            )
+            .await?;
+        if deleted >= 0 {
+            tracing::warn!(
+                keys = deleted,
+                "Redis came back with older data (it applied fewer of this replica's calls than \
+                 it answered): dropped it; every replica puts back what it saw"
+            );
+        }
+        Ok(())
     }
 
     /// A marker no replica used before.
@@ -160,7 +280,7 @@ impl Recovery {
                     .arg(&self.marker_key),
             )
             .await?;
-        *self.marker.lock() = Some(current);
+        self.known.lock().adopt(&self.replica, current);
         Ok(())
     }
 
@@ -237,7 +357,7 @@ impl Recovery {
 
     /// Adopts `marker`, set by the replica that finished a recovery.
     pub(crate) fn adopt(&self, marker: String) {
-        *self.marker.lock() = Some(marker);
+        self.known.lock().adopt(&self.replica, marker);
     }
 
     /// Holds other recoveries of this replica off.
@@ -285,6 +405,30 @@ impl Recovery {
             })
             .or_insert(seen);
     }
+}
+
+impl Known {
+    /// Knows `marker` from now on: a new one counts answers anew, in a
+    /// field of its own (`replica`'s).
+    fn adopt(&mut self, replica: &str, marker: String) {
+        if self.marker.as_deref() != Some(marker.as_str()) {
+            self.field = format!("{replica}:{marker}").into();
+            self.marker = Some(marker.into());
+            self.answered = 0;
+        }
+    }
+}
+
+/// `text` matched literally in a `SCAN` pattern.
+fn glob_escaped(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
 }
 
 impl Recovery {

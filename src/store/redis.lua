@@ -44,7 +44,8 @@
 -- ('<bucket>:l') cap the bucket's refill at the burst less them.
 --
 -- KEYS[1]  the counter hash ("<prefix>{<plan>:<key>}"); KEYS[2], on one
---          server only, the marker whose absence means Redis lost its data
+--          server only, the marker whose absence means Redis lost its data,
+--          and KEYS[3] the count of each replica's calls applied
 -- ARGV     1 op ("decide" | "lease" | "return" | "report" | "settle" | "restore" | "set" | "add"
 --          | "refund" | "forget"),
 --          2 now_us, 3 now_secs, 4 day,
@@ -68,7 +69,10 @@
 --          (unique to the holder, growing; 0 = none, see "Calls" below), 36 the
 --          holder's oldest call not yet answered (or given up on), 37 the id of
 --          the lease given back's report on its way (0 = none), 38 for "restore":
---          the latest epoch the replica's copy held
+--          the latest epoch the replica's copy held,
+--          39-40 on one server (with KEYS[3]): the replica's count's field
+--          ("<replica>:<marker>", the marker it knows) and how many of its
+--          calls under that marker Redis answered (see "Rollback" below)
 --
 -- Calls. A replica that stopped waiting for a "lease", "return" or
 -- "report" (its timeout, or the request gone) cannot tell whether Redis
@@ -116,6 +120,27 @@ if rec_name ~= '' then
 else
   call, ret_report = 0, 0
 end
+-- Rollback. On one server Redis counts each replica's calls it applied
+-- under each marker (KEYS[3], field ARGV[39]: "<replica>:<marker>"), and
+-- the replica counts those Redis answered (ARGV[40]). Fewer applied than
+-- answered: Redis came back with older data (an AOF or RDB behind, a
+-- failover to a replica that lagged) and lost calls it had answered, or
+-- lost its data (the count went with it). The call is refused (6), not
+-- applied: the replica drops the stale data and every replica puts back
+-- what it saw, as after a loss. Without a marker Redis lost its data: a
+-- decision refuses (4), and the replicas put back what they saw first.
+if KEYS[3] then
+  local short = redis.call('HINCRBY', KEYS[3], ARGV[39], 1) - 1 < tonumber(ARGV[40])
+  if op == 'decide' or op == 'lease' then
+    if redis.call('EXISTS', KEYS[2]) == 0 then
+      return { 4, '0', 0, 0, 0, 0, 0, -1, 0, 0, 0 }
+    elseif short then
+      return { 6, '0', 0, 0, 0, 0, 0, -1, 0, 0, 0 }
+    end
+  elseif short and (op == 'return' or op == 'report' or op == 'settle') then
+    return { 6 }
+  end
+end
 if op == 'forget' then
   -- The key left the plan: its counts and history go, but for the epoch,
   -- which moves on so that no lease of the counter as it was (the caller
@@ -125,10 +150,6 @@ if op == 'forget' then
   redis.call('HSET', k, 'ep', next_epoch)
   redis.call('EXPIRE', k, ttl)
   return next_epoch
-end
-if KEYS[2] and (op == 'decide' or op == 'lease') and redis.call('EXISTS', KEYS[2]) == 0 then
-  -- No marker: Redis lost its data; the replicas put back what they saw first.
-  return { 4, '0', 0, 0, 0, 0, 0, -1, 0, 0, 0 }
 end
 if ARGV[22] == '1' and (op == 'decide' or op == 'lease') and redis.call('EXISTS', k) == 0 then
   -- Seen before, gone now: the replica checks whether Redis lost its data.

@@ -17,7 +17,7 @@ use redis::{FromRedisValue, Script, ScriptInvocation};
 use super::control::{self, Control, Handler};
 use super::learn;
 use super::lease::{self, CallKind, Lease, LeaseConfig, Leases, PendingCall, Unspent, Unsure};
-use super::recovery::{Marker, Period, Recovery, Seen};
+use super::recovery::{Marker, Period, Recovery, Seen, Watch};
 use super::spent::Spent;
 use super::{
     CounterKey, CounterStore, DayUsage, Decision, DecisionRequest, QuotaRule, StoreFuture,
@@ -323,7 +323,7 @@ impl RedisStore {
             self.script.clone(),
         );
         self.run_unbounded(move |mut connection| async move {
-            let lost = recover(&recovery, &control, &mut connection, &script).await?;
+            let lost = recover(&recovery, &control, &mut connection, &script, None).await?;
             // With the marker known: what this replica reads of the
             // counters from now on is put back should Redis lose it.
             let _one = recovery.one_at_a_time().await;
@@ -433,11 +433,40 @@ impl RedisStore {
         }) else {
             return Ok(());
         };
-        // Until the answer is in the copy: a restore waits for it.
-        let _in_flight = self.recovery.in_flight.read().await;
-        let answer: Vec<i64> = self.call(&counter, op, args).await?;
-        if let Some(call) = pending.into_call() {
-            self.answered(leases, call, &answer);
+        let (key, mut connection) = (self.key(&counter), self.connection.clone());
+        let watch = self.recovery.watch_on(&connection);
+        let answer: Vec<i64> = {
+            // Until the answer is in the copy: a restore waits for it.
+            let _in_flight = self.recovery.in_flight.read().await;
+            let call = connection.run_watched(
+                &self.recovery,
+                &self.script,
+                &key,
+                &args,
+                op,
+                watch.as_ref(),
+            );
+            let answer: Vec<i64> = within(self.timeout, call)
+                .await
+                .map_err(|e| store_error("error", e))?;
+            if let Some(call) = pending.into_call() {
+                self.answered(leases, call, &answer);
+            }
+            answer
+        };
+        if let (Some(watch), [ROLLED_BACK]) = (&watch, &answer[..]) {
+            // Redis went back to older data (or lost it): the call was
+            // not applied (kept, as for a counter gone), and what every
+            // replica saw goes back first.
+            recover(
+                &self.recovery,
+                &self.control,
+                &mut connection,
+                &self.script,
+                Some(&watch.marker),
+            )
+            .await
+            .map_err(|e| store_error("restore", e))?;
         }
         Ok(())
     }
@@ -558,9 +587,10 @@ impl RedisStore {
         T: FromRedisValue + Send + 'static,
     {
         let (key, script) = (self.key(counter), self.script.clone());
+        let recovery = self.recovery.clone();
         self.run(move |mut connection| async move {
             connection
-                .invoke(args.invocation(&script, &key, None, op))
+                .run_script(&recovery, &script, &key, &args, op)
                 .await
         })
     }
@@ -613,6 +643,42 @@ impl RedisStore {
 }
 
 impl Connection {
+    /// Runs the script's `op` with `args` on `key`, watched for a Redis
+    /// rolled back on one server (see [`Watch`]).
+    async fn run_script<T: FromRedisValue>(
+        &mut self,
+        recovery: &Recovery,
+        script: &Script,
+        key: &str,
+        args: &Args,
+        op: &str,
+    ) -> redis::RedisResult<T> {
+        let watch = recovery.watch_on(self);
+        self.run_watched(recovery, script, key, args, op, watch.as_ref())
+            .await
+    }
+
+    /// As [`run_script`](Self::run_script), with `watch` taken by the
+    /// caller (`None` on a cluster).
+    async fn run_watched<T: FromRedisValue>(
+        &mut self,
+        recovery: &Recovery,
+        script: &Script,
+        key: &str,
+        args: &Args,
+        op: &str,
+        watch: Option<&Watch>,
+    ) -> redis::RedisResult<T> {
+        let watched = watch.map(|watch| (recovery, watch));
+        let answer = self
+            .invoke(args.invocation(script, key, watched, op))
+            .await?;
+        if let Some(watch) = watch {
+            recovery.answered(watch);
+        }
+        Ok(answer)
+    }
+
     /// `redis://…` (one server) or `redis+cluster://host:port,host:port,…`.
     pub(crate) async fn open(url: &str) -> Result<Self> {
         Ok(match url.strip_prefix("redis+cluster://") {
@@ -841,19 +907,21 @@ impl Args {
         }
     }
 
-    /// The script call; `marker`, the marker key, makes a decision refuse
-    /// to decide (4) while Redis has none (one server only: a cluster
-    /// cannot take keys of two slots in one script).
+    /// The script call; `watched` (one server only: a cluster cannot take
+    /// keys of two slots in one script) makes a decision refuse to decide
+    /// while Redis has no marker (4) or rolled back (6).
     fn invocation<'a>(
         &self,
         script: &'a Script,
         key: &str,
-        marker: Option<&str>,
+        watched: Option<(&Recovery, &Watch)>,
         op: &str,
     ) -> ScriptInvocation<'a> {
         let mut invocation = script.key(key);
-        if let Some(marker) = marker {
-            invocation.key(marker);
+        if let Some((recovery, _)) = watched {
+            invocation
+                .key(&recovery.marker_key)
+                .key(&recovery.writes_key);
         }
         let (kind, start, end, limit) = match self.period {
             Some((kind, start, end, limit)) => (kind.as_str(), start, end, limit),
@@ -898,6 +966,9 @@ impl Args {
             .arg(self.oldest_open_call)
             .arg(self.report_on_its_way())
             .arg(self.epoch_floor);
+        if let Some((_, watch)) = watched {
+            invocation.arg(&*watch.field).arg(watch.answered);
+        }
         invocation
     }
 }
@@ -934,7 +1005,7 @@ impl RedisStore {
                         u64,
                         u64,
                     ) = connection
-                        .invoke(args.invocation(&script, &key, None, op))
+                        .run_script(&recovery, &script, &key, &args, op)
                         .await?;
                     if let Some(period) = period {
                         let admitted = used.saturating_sub(leased);
@@ -1045,7 +1116,6 @@ impl RedisStore {
         args.known = quota.is_some() && self.recovery.seen.contains_key(request.counter);
         let (recovery, control) = (self.recovery.clone(), self.control.clone());
         let counter = request.counter.clone();
-        let single = matches!(self.connection, Connection::Single(_));
         let timeout = self.timeout;
         let generation = control.spent.generation();
         let method = request.throttle.and_then(|t| t.method).map(str::to_owned);
@@ -1054,24 +1124,28 @@ impl RedisStore {
         // rather than fail by the failure policy (fail-open would admit
         // on an empty Redis).
         self.run_for(timeout + RECOVERY_WAIT, move |mut connection| async move {
-            let marker = single.then_some(recovery.marker_key.as_str());
             // Until the answer is in the copy: a restore waits for it.
             let mut in_flight = Some(recovery.in_flight.read().await);
+            let mut watch = recovery.watch_on(&connection);
             let mut answer: Answer = within(
                 timeout,
-                connection.invoke(args.invocation(&script, &key, marker, op)),
+                connection.run_watched(&recovery, &script, &key, &args, op, watch.as_ref()),
             )
             .await?;
             // The marker is gone (4), or a counter this replica saw is (3):
             // Redis lost its data — put back what every replica saw, then
             // decide — or the counter was dropped. Lost again meanwhile (a
-            // second restart), it is put back again.
+            // second restart), it is put back again. Redis came back with
+            // older data (6): it goes first, then as after a loss.
             for _ in 0..RECOVERIES_PER_DECISION {
                 if answer.0 < 3 {
                     break;
                 }
                 drop(in_flight.take());
-                let recovered = recover(&recovery, &control, &mut connection, &script).await?;
+                let stale = watch.as_ref().filter(|_| answer.0 == ROLLED_BACK as u8);
+                let stale = stale.map(|watch| &*watch.marker);
+                let recovered =
+                    recover(&recovery, &control, &mut connection, &script, stale).await?;
                 // The marker is there: Redis lost this counter alone
                 // (deleted, evicted, or on a cluster node that lost its
                 // data), which this replica puts back; one it has no copy
@@ -1085,9 +1159,10 @@ impl RedisStore {
                     }
                 }
                 in_flight = Some(recovery.in_flight.read().await);
+                watch = recovery.watch_on(&connection);
                 answer = within(
                     timeout,
-                    connection.invoke(args.invocation(&script, &key, marker, op)),
+                    connection.run_watched(&recovery, &script, &key, &args, op, watch.as_ref()),
                 )
                 .await?;
             }
@@ -1216,9 +1291,10 @@ impl CounterStore for RedisStore {
         }
         let (key, script) = (self.key(request.counter), self.script.clone());
         let (control, counter) = (self.control.clone(), request.counter.clone());
+        let recovery = self.recovery.clone();
         self.run(move |mut connection| async move {
             let _: i64 = connection
-                .invoke(args.invocation(&script, &key, None, "refund"))
+                .run_script(&recovery, &script, &key, &args, "refund")
                 .await?;
             // A unit back: a spent quota may not be spent any more.
             control.spent.forget(&counter);
@@ -1274,7 +1350,7 @@ impl CounterStore for RedisStore {
             // decision would (read again even if another task of this
             // replica did the restore meanwhile).
             if fields.is_empty() && known {
-                recover(&recovery, &control, &mut connection, &script).await?;
+                recover(&recovery, &control, &mut connection, &script, None).await?;
                 fields = within(timeout, connection.query(&read)).await?;
             }
             let mut counter = restore(&fields, now.as_microsecond());
@@ -1364,6 +1440,9 @@ const RESTORES_PER_LOSS: usize = 5;
 const UNSET_MARKER_WAIT: Duration = Duration::from_secs(3);
 /// Lease reports (and give-backs) one replica keeps in flight.
 const REPORTS_IN_FLIGHT: usize = 64;
+/// The script's answer to a call Redis refused because it applied fewer of
+/// this replica's calls than it answered (see "Rollback" in redis.lua).
+const ROLLED_BACK: i64 = 6;
 /// Restores one replica keeps in flight after Redis lost its data.
 const RESTORES_IN_FLIGHT: usize = 64;
 
@@ -1376,10 +1455,21 @@ async fn recover(
     control: &Control,
     connection: &mut Connection,
     script: &Script,
+    rolled_back: Option<&str>,
 ) -> redis::RedisResult<bool> {
     let _one = recovery.one_at_a_time().await;
-    match recovery.marker(connection).await? {
-        Marker::Known => Ok(false),
+    let mut marker = recovery.marker(connection).await?;
+    if let Marker::RolledBack(stale) = &marker {
+        recovery.wipe(connection, stale).await?;
+        marker = recovery.marker(connection).await?;
+    } else if let Some(stale) = rolled_back {
+        // A call found it (the count read just now may hide it: calls
+        // applied and not answered yet count there).
+        recovery.wipe(connection, stale).await?;
+        marker = recovery.marker(connection).await?;
+    }
+    match marker {
+        Marker::Known | Marker::RolledBack(_) => Ok(false),
         Marker::Unset => {
             // No marker, and a replica older than this one alive: Redis
             // lost its data since that one started (it set a marker at its
@@ -1551,7 +1641,7 @@ async fn put_back(
             let key = counter_key(&recovery.prefix, &counter);
             async move {
                 let answer: Vec<u64> = connection
-                    .invoke(args.invocation(script, &key, None, "restore"))
+                    .run_script(recovery, script, &key, &args, "restore")
                     .await?;
                 // The copy follows the counter as put back (its new range of
                 // epochs): answers of that range are this replica's again.

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 pub struct Redis {
     child: Child,
     pub port: u16,
+    /// Where its snapshots go (removed on drop).
+    dir: Option<std::path::PathBuf>,
 }
 
 impl Redis {
@@ -18,17 +20,45 @@ impl Redis {
     }
 
     pub fn start_on(port: u16) -> Self {
+        Self::start_with(port, &[])
+    }
+
+    /// A server that can be rolled back: [`snapshot`](Self::snapshot)
+    /// saves its data (in a directory of its own), and
+    /// [`roll_back`](Self::roll_back) makes it load that again, as a
+    /// Redis restarted from an RDB or AOF behind does (or a failover to a
+    /// replica that lagged).
+    pub fn start_rollbackable() -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("tup-redis-{port}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.to_str().unwrap().to_owned();
+        let mut args = vec!["--dir", path.as_str()];
+        // Redis 7 takes DEBUG only when enabled (6 always does, and knows
+        // no such option).
+        if major_version() >= 7 {
+            args.extend(["--enable-debug-command", "local"]);
+        }
+        let mut redis = Self::start_with(port, &args);
+        redis.dir = Some(dir);
+        redis
+    }
+
+    fn start_with(port: u16, extra: &[&str]) -> Self {
+        let port_arg = port.to_string();
+        let mut args = vec![
+            "--port",
+            port_arg.as_str(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ];
+        args.extend_from_slice(extra);
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(&args)
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server must be installed (apt-get install -y redis-server)");
@@ -40,7 +70,11 @@ impl Redis {
             );
             std::thread::yield_now();
         }
-        Self { child, port }
+        Self {
+            child,
+            port,
+            dir: None,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -79,6 +113,45 @@ impl Redis {
         self.signal("-CONT");
     }
 
+    /// Saves the data now (see [`start_rollbackable`](Self::start_rollbackable)).
+    #[cfg(feature = "redis")]
+    pub async fn snapshot(&self) {
+        self.command(&redis::cmd("SAVE")).await;
+    }
+
+    /// Loads the data of the last [`snapshot`](Self::snapshot), dropping
+    /// everything written since (clients stay connected; with `restart`,
+    /// every client's connection drops in the same step, as a restart
+    /// drops them: no call runs on the old data before, and a call in
+    /// flight is lost, its answer with it).
+    #[cfg(feature = "redis")]
+    pub async fn roll_back(&self, restart: bool) {
+        let mut step = redis::pipe();
+        step.atomic().cmd("DEBUG").arg("RELOAD").arg("NOSAVE");
+        if restart {
+            step.cmd("CLIENT").arg("KILL").arg("TYPE").arg("normal");
+        }
+        let _: redis::Value = step
+            .query_async(&mut self.connection().await)
+            .await
+            .unwrap();
+    }
+
+    #[cfg(feature = "redis")]
+    async fn command(&self, command: &redis::Cmd) {
+        let mut connection = self.connection().await;
+        let _: redis::Value = command.query_async(&mut connection).await.unwrap();
+    }
+
+    #[cfg(feature = "redis")]
+    async fn connection(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
     fn signal(&self, signal: &str) {
         let status = Command::new("kill")
             .args([signal, &self.child.id().to_string()])
@@ -96,7 +169,23 @@ impl Redis {
 impl Drop for Redis {
     fn drop(&mut self) {
         self.stop();
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
+}
+
+/// The installed `redis-server`'s major version.
+fn major_version() -> u32 {
+    let output = Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .expect("redis-server must be installed (apt-get install -y redis-server)");
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.split_whitespace()
+        .find_map(|word| word.strip_prefix("v="))
+        .and_then(|version| version.split('.').next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 pub fn free_port() -> u16 {
