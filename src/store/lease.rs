@@ -648,7 +648,8 @@ impl Leases {
         )
     }
 
-    /// Takes what the lease of this slot still holds.
+    /// Takes what the lease of this slot still holds (the lease as it
+    /// was, with what it holds).
     ///
     /// `None` while a report of it is on its way: given back now, the
     /// report would land after it and Redis could not tell that the units
@@ -664,14 +665,17 @@ impl Leases {
         self: &Arc<Self>,
         slot: &Slot,
         want: (u64, u64),
-    ) -> Option<(Unspent, Renewal)> {
+    ) -> Option<(Lease, Renewal)> {
         let entry = self.slots.entry(slot.clone()).or_default();
         let mut lease = entry.lock();
         if lease.renewing.is_some() || lease.unspent.pending() > 0 {
             return None;
         }
-        let taken = std::mem::take(&mut lease.unspent);
-        lease.renewing = Some(taken);
+        let taken = Lease {
+            unspent: std::mem::take(&mut lease.unspent),
+            ..*lease
+        };
+        lease.renewing = Some(taken.unspent);
         if want != (1, 1) {
             self.renewals
                 .insert(slot.clone(), Arc::new(tokio::sync::Notify::new()));
@@ -1078,8 +1082,8 @@ mod tests {
     fn what_was_taken_back_no_longer_counts_as_spent() {
         let leases = Arc::new(Leases::new(LeaseConfig::default()));
         grant(&leases, 0, 8, 8);
-        let (unspent, _renewal) = leases.take_unspent(&slot(), (1, 1)).unwrap();
-        assert_eq!((unspent.units, unspent.tokens), (8, 8));
+        let (taken, _renewal) = leases.take_unspent(&slot(), (1, 1)).unwrap();
+        assert_eq!((taken.unspent.units, taken.unspent.tokens), (8, 8));
         assert_eq!(leases.want(&slot(), 2_000), (1, 1));
     }
 
@@ -1111,9 +1115,9 @@ mod tests {
             ..Lease::default()
         });
         assert!(leases.renewal_under_way(&slot()).is_none(), "over");
-        let (unspent, _) = leases
+        let (taken, _) = leases
             .take_unspent(&slot(), (1, 1))
             .expect("kept: renewable again");
-        assert_eq!(unspent.units, 8);
+        assert_eq!(taken.unspent.units, 8);
     }
 }

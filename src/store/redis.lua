@@ -471,7 +471,11 @@ local function give_back()
   local in_period = p[1] and tonumber(p[1]) <= t and t < tonumber(p[2])
   local was, counted = tonumber(p[3]) or 0, false
   -- The holder's record, and whether the lease was reclaimed from it.
+  -- The record's units are of the current epoch: a lease of quota units of
+  -- another one (it ended with its epoch, as after Redis lost its data)
+  -- changes none of them, only its tokens.
   local rec, reclaimed = nil, false
+  local other_epoch = ret_metered and ret_epoch ~= epoch
   if rec_name ~= '' and ret_gen > 0 then
     rec = rec_get(rec_name)
     reclaimed = rec.g ~= ret_gen
@@ -536,14 +540,18 @@ local function give_back()
     if reclaimed then
       -- Once every reclaimed lease is back, the units kept for them go
       -- back too, but for those reported and not yet acknowledged.
-      rec.pc, rec.p = rec.pc - ret_cap - ret_gt, rec.p + ret_pending
-      if rec.pc <= 0 then
-        unlease(rec.kk - rec.p)
-        rec.pc, rec.kk = 0, math.min(rec.kk, rec.p)
+      if not other_epoch then
+        rec.pc, rec.p = rec.pc - ret_cap - ret_gt, rec.p + ret_pending
+        if rec.pc <= 0 then
+          unlease(rec.kk - rec.p)
+          rec.pc, rec.kk = 0, math.min(rec.kk, rec.p)
+        end
       end
     else
       -- Units reported and not yet acknowledged stay keepable.
-      rec.u = math.max(rec.u - ret_cap + ret_pending, 0)
+      if not other_epoch then
+        rec.u = math.max(rec.u - ret_cap + ret_pending, 0)
+      end
       if ret_gt > 0 then
         if bf ~= "" then
           settle_bucket(bf, rate, burst)
@@ -565,7 +573,10 @@ if op == 'settle' then
   -- back whole, once. Not applied: it never will be, and the lease it
   -- gave back (the arguments) goes back now.
   if settled and settled.q == 0 and settled.t == 0 then
-    return { 0 }
+    -- (With the counter as it is: a bare answer says the counter is gone,
+    -- and the replica then keeps the lease the call gave back, which it
+    -- did give back.)
+    return taken_back(0)
   elseif settled then
     ret_q, ret_n, ret_t, ret_day, ret_epoch = settled.q, 0, settled.t, tonumber(day), settled.ep
     ret_metered, ret_gen, ret_cap, ret_gt, ret_pending = kind ~= "", settled.g, settled.c,

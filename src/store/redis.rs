@@ -539,11 +539,11 @@ impl RedisStore {
         let Unsure {
             slot, lease, kind, ..
         } = call;
-        if kind != CallKind::Lease {
-            // (A settled call's lease knows no period end: the copy
-            // follows the counter's next decision instead.)
-            self.saw_spent(&slot.0, &lease, answer);
-        }
+        // A settle's answer too: what the lease it gave back admitted is
+        // counted in Redis from then on, and no longer this replica's to
+        // put back (followed only at the next decision, a loss in between
+        // lost it).
+        self.saw_spent(&slot.0, &lease, answer);
         match kind {
             // A report that found its counter gone (Redis lost its data,
             // and no replica put it back yet) counted nothing: reported
@@ -1085,14 +1085,22 @@ impl RedisStore {
             args.want = leases.want(&key, args.now_us);
             // A lease with a report on its way is not given back here: this
             // request is decided without one.
-            if let Some((unspent, renewal)) = leases.take_unspent(&key, args.want) {
+            if let Some((taken, renewal)) = leases.take_unspent(&key, args.want) {
+                let unspent = taken.unspent;
                 args.unspent = unspent;
                 args.record = leases.record(&key);
                 args.lease_us = micros(leases.config.ttl);
                 // Settled if it goes unanswered: what it gave back, as of
-                // this request.
+                // this request (the call's own throttle and quota, which a
+                // settle sends again), with the lease's period end (an
+                // answer to the settle is one the copy follows) and expiry
+                // (one refused because Redis lost its data keeps what it
+                // admitted for the restore to count).
                 let gave_back = Lease {
                     unspent,
+                    period_end: taken.period_end,
+                    expires_us: taken.expires_us,
+                    wall_expires_us: taken.wall_expires_us,
                     granted_us: args.now_us,
                     throttle: request.throttle.map(|rule| rule.throttle),
                     quota: request.quota,
@@ -1125,7 +1133,16 @@ impl RedisStore {
         // on an empty Redis).
         self.run_for(timeout + RECOVERY_WAIT, move |mut connection| async move {
             // Until the answer is in the copy: a restore waits for it.
-            let mut in_flight = Some(recovery.in_flight.read().await);
+            // Declared in this order, these go in the reverse one on every
+            // way out (an error, or this future dropped): the lease call
+            // becomes unsure before the slot stops counting the lease it
+            // gave back, and both before a restore may run (one between
+            // them would count that lease nowhere: Redis lost what it
+            // admitted).
+            let mut in_flight;
+            let slot = slot;
+            let pending = pending;
+            in_flight = Some(recovery.in_flight.read().await);
             let mut watch = recovery.watch_on(&connection);
             let mut answer: Answer = within(
                 timeout,
