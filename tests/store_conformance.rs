@@ -829,8 +829,8 @@ async fn leasing_replicas_lose_nothing_when_redis_rolls_back() {
 
 /// Redis restarts empty three times, 200,000 admissions apart, while two
 /// replicas lease: every connection drops with the data, so calls in
-/// flight go unanswered. (Before the replicas counted their calls Redis
-/// applied: about 1,000,000 over in every run.)
+/// flight go unanswered. (Before session 12's fixes: about 1,000,000 over
+/// in every run.)
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leasing_replicas_lose_nothing_when_redis_restarts_empty() {

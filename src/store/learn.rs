@@ -214,7 +214,7 @@ fn counter_of(prefix: &str, key: &str) -> Option<CounterKey> {
 }
 
 /// `text` matched literally by a `SCAN MATCH` pattern.
-fn escape_glob(text: &str) -> String {
+pub(crate) fn escape_glob(text: &str) -> String {
     let mut escaped = String::with_capacity(text.len());
     for c in text.chars() {
         if matches!(c, '*' | '?' | '[' | ']' | '\\') {

@@ -235,7 +235,7 @@ impl Recovery {
         connection: &mut Connection,
         marker: &str,
     ) -> redis::RedisResult<()> {
-        let pattern = format!("{}*", glob_escaped(&self.prefix));
+        let pattern = format!("{}*", super::learn::escape_glob(&self.prefix));
         let deleted: i64 = connection
             .query(
                 redis::cmd("EVAL")
@@ -419,18 +419,6 @@ impl Known {
     }
 }
 
-/// `text` matched literally in a `SCAN` pattern.
-fn glob_escaped(text: &str) -> String {
-    let mut escaped = String::with_capacity(text.len());
-    for c in text.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            escaped.push('\\');
-        }
-        escaped.push(c);
-    }
-    escaped
-}
-
 impl Recovery {
     /// Remembers what a lease's report or give-back left of a counter:
     /// `used` (less leased) in `period` and `epoch`. It raises the count
@@ -450,6 +438,30 @@ mod tests {
     use super::*;
 
     const DAY: Period = (QuotaPeriod::Day, 86_400, 172_800);
+
+    #[test]
+    fn a_new_marker_counts_answers_anew_under_a_field_of_its_own() {
+        let recovery = Recovery::new("t:");
+        recovery.adopt("m1".to_owned());
+        let first = recovery.watch();
+        assert_eq!(
+            (&*first.field, first.answered),
+            (&*format!("{}:m1", recovery.replica), 0)
+        );
+        recovery.answered(&first);
+        recovery.answered(&first);
+        assert_eq!(recovery.watch().answered, 2);
+        // The same marker again changes nothing.
+        recovery.adopt("m1".to_owned());
+        assert_eq!(recovery.watch().answered, 2);
+        recovery.adopt("m2".to_owned());
+        let second = recovery.watch();
+        assert_eq!(second.answered, 0);
+        assert!(second.field.ends_with(":m2"));
+        // An answer to a call sent under the old marker counts no more.
+        recovery.answered(&first);
+        assert_eq!(recovery.watch().answered, 0);
+    }
 
     #[test]
     fn answers_out_of_order_leave_the_largest_count_of_a_period_and_epoch() {
