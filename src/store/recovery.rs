@@ -201,6 +201,14 @@ impl Recovery {
         })
     }
 
+    /// This replica's copy of `counter` in `period`, if it has one: a
+    /// call on one server sends it, and Redis refuses the call when it
+    /// holds less (see "Rollback" in redis.lua).
+    pub(crate) fn copy_in(&self, counter: &CounterKey, period: Option<Period>) -> Option<Seen> {
+        let seen = *self.seen.get(counter)?;
+        (Some(seen.period) == period).then_some(seen)
+    }
+
     /// What a call on `connection` tells Redis (see [`Watch`]): nothing
     /// on a cluster (a script there takes keys of one slot only).
     pub(crate) fn watch_on(&self, connection: &Connection) -> Option<Watch> {

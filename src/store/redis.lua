@@ -72,7 +72,9 @@
 --          the latest epoch the replica's copy held,
 --          39-40 on one server (with KEYS[3]): the replica's count's field
 --          ("<replica>:<marker>", the marker it knows) and how many of its
---          calls under that marker Redis answered (see "Rollback" below)
+--          calls under that marker Redis answered (see "Rollback" below);
+--          there, 23 and 25 for other ops: the replica's copy of the counter
+--          in the period starting at ARGV[9] (epoch 0: none)
 --
 -- Calls. A replica that stopped waiting for a "lease", "return" or
 -- "report" (its timeout, or the request gone) cannot tell whether Redis
@@ -131,6 +133,18 @@ end
 -- decision refuses (4), and the replicas put back what they saw first.
 if KEYS[3] then
   local short = redis.call('HINCRBY', KEYS[3], ARGV[39], 1) - 1 < tonumber(ARGV[40])
+  -- A replica whose own calls were not lost finds it too when its copy of
+  -- this counter (ARGV[23], ARGV[25]: used less leased, and the epoch, in
+  -- the period starting at ARGV[9]) saw more than the counter holds: used
+  -- less leased, plus what refunds took off ('rf'), only grows within a
+  -- period and epoch.
+  local copy_epoch = tonumber(ARGV[25]) or 0
+  if not short and copy_epoch > 0 and op ~= 'restore' then
+    local q = redis.call('HMGET', k, 'used', 'leased', 'rf', 'ep', 'ps')
+    short = tonumber(q[4]) == copy_epoch and tonumber(q[5]) == tonumber(ARGV[9])
+      and (tonumber(q[1]) or 0) - (tonumber(q[2]) or 0) + (tonumber(q[3]) or 0)
+        < tonumber(ARGV[23])
+  end
   if op == 'decide' or op == 'lease' then
     if redis.call('EXISTS', KEYS[2]) == 0 then
       return { 4, '0', 0, 0, 0, 0, 0, -1, 0, 0, 0 }
@@ -416,6 +430,8 @@ if op == 'refund' then
     if q[1] == kind and q[2] == pstart and was > 0 then
       used, allow, leased = was - 1, tonumber(q[4]), tonumber(q[5]) or 0
       redis.call('HSET', k, 'used', used)
+      -- (What refunds took off: see "Rollback".)
+      redis.call('HINCRBY', k, 'rf', 1)
       local du, dr = 'd:' .. day .. ':u', 'd:' .. day .. ':r'
       local on_day = tonumber(redis.call('HGET', k, du))
       if on_day then
@@ -495,8 +511,9 @@ local function give_back()
     -- Units a change of kind counted ('carry') are used no more.
     local carry = tonumber(p[7]) or 0
     if carry > 0 then
-      redis.call('HSET', k, 'used', math.max(was - math.min(unused, carry), 0),
-        'carry', math.max(carry - ret_q - ret_n, 0))
+      local less = math.min(math.min(unused, carry), was)
+      redis.call('HSET', k, 'used', was - less, 'carry', math.max(carry - ret_q - ret_n, 0))
+      redis.call('HINCRBY', k, 'rf', less)
     end
     local written_off = tonumber(p[6]) or 0
     counted = written_off < ret_q + ret_n

@@ -427,12 +427,13 @@ impl RedisStore {
 
     /// Sends `pending` (its script call) and follows the answer.
     async fn send(&self, leases: &Arc<Leases>, pending: PendingCall) -> Result<()> {
-        let Some((op, args, counter)) = pending.call().map(|call| {
+        let Some((op, mut args, counter)) = pending.call().map(|call| {
             let (op, args) = call_args(leases, call);
             (op, args, call.slot.0.clone())
         }) else {
             return Ok(());
         };
+        args.seen = self.recovery.copy_in(&counter, args.stored_period());
         let (key, mut connection) = (self.key(&counter), self.connection.clone());
         let watch = self.recovery.watch_on(&connection);
         let answer: Vec<i64> = {
@@ -1122,6 +1123,7 @@ impl RedisStore {
         let (key, script) = (self.key(request.counter), self.script.clone());
         let (throttle, quota) = (request.throttle.map(|t| t.throttle), request.quota);
         args.known = quota.is_some() && self.recovery.seen.contains_key(request.counter);
+        args.seen = self.recovery.copy_in(request.counter, args.stored_period());
         let (recovery, control) = (self.recovery.clone(), self.control.clone());
         let counter = request.counter.clone();
         let timeout = self.timeout;
