@@ -4,7 +4,7 @@
 10,000,000 a day, no throttle). `N`: N reports of one request each from that
 lease, each its own call id (see "Calls" in src/store/redis.lua). Each call is
 watched for a rollback as on one server (the marker and the replica's count of
-calls applied: see "Rollback" there). NOW (Unix seconds) fixes the clock, so the
+calls applied, and its copy of the counter: see "Rollback" there). NOW (Unix seconds) fixes the clock, so the
 lease never expires between runs.
 """
 
@@ -28,10 +28,11 @@ def command(*args):
     return b"".join(out)
 
 
-def call(op, unreported=0, epoch=0, metered="0", gen=0, cap=0, call_id=0, want=0, known="1"):
+def call(op, unreported=0, epoch=0, metered="0", gen=0, cap=0, call_id=0, want=0, known="1",
+         copy=0):
     argv = [op, NOW * 1_000_000, NOW, DAY, "", 0, 0, "DAY", DAY * 86400, DAY * 86400 + 86400,
             10_000_000, 0, 86400, 0, unreported, 0, DAY, want, 0, epoch, metered, known,
-            0, -1, 0, RECORD, gen, cap, 0, 0, 1_000_000, 250_000, 2, 0, call_id, call_id, 0,
+            copy, -1, epoch, RECORD, gen, cap, 0, 0, 1_000_000, 250_000, 2, 0, call_id, call_id, 0,
             0, "abcdef0123456789:" + MARKER, 0]
     return command("EVALSHA", SHA, 3, KEY, MARKER_KEY, WRITES_KEY, *argv)
 
@@ -44,4 +45,4 @@ if WHAT == "setup":
 else:
     for i in range(int(WHAT)):
         out.write(call("report", unreported=1, epoch=1, metered="1", gen=1, cap=30_000,
-                       call_id=2 + i))
+                       call_id=2 + i, copy=1))

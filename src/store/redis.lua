@@ -122,6 +122,15 @@ if rec_name ~= '' then
 else
   call, ret_report = 0, 0
 end
+-- Whether the replica's copy of the counter (ARGV[23], ARGV[25]: used less
+-- leased, and the epoch, in the period starting at ARGV[9]) saw more than
+-- the counter holds, given its epoch, period start, used, leased and 'rf'
+-- as stored (see "Rollback").
+local function copy_ahead(ep, ps, u, l, rf)
+  return tonumber(ep) == tonumber(ARGV[25]) and tonumber(ps) == tonumber(ARGV[9])
+    and (tonumber(u) or 0) - (tonumber(l) or 0) + (tonumber(rf) or 0) < tonumber(ARGV[23])
+end
+
 -- Rollback. On one server Redis counts each replica's calls it applied
 -- under each marker (KEYS[3], field ARGV[39]: "<replica>:<marker>"), and
 -- the replica counts those Redis answered (ARGV[40]). Fewer applied than
@@ -138,12 +147,11 @@ if KEYS[3] then
   -- the period starting at ARGV[9]) saw more than the counter holds: used
   -- less leased, plus what refunds took off ('rf'), only grows within a
   -- period and epoch.
-  local copy_epoch = tonumber(ARGV[25]) or 0
-  if not short and copy_epoch > 0 and op ~= 'restore' then
+  -- (A give-back reads these fields anyway: it checks there, see
+  -- give_back.)
+  if not short and op == 'decide' and tonumber(ARGV[25] or 0) > 0 then
     local q = redis.call('HMGET', k, 'used', 'leased', 'rf', 'ep', 'ps')
-    short = tonumber(q[4]) == copy_epoch and tonumber(q[5]) == tonumber(ARGV[9])
-      and (tonumber(q[1]) or 0) - (tonumber(q[2]) or 0) + (tonumber(q[3]) or 0)
-        < tonumber(ARGV[23])
+    short = copy_ahead(q[4], q[5], q[1], q[2], q[3])
   end
   if op == 'decide' or op == 'lease' then
     if redis.call('EXISTS', KEYS[2]) == 0 then
@@ -471,7 +479,9 @@ end
 -- is no longer leased and its unspent units are no longer used; nor are
 -- its admitted requests if its day lies outside the stored period (one of
 -- another kind that counted it). What now counts as used also comes off
--- the lease day's recorded remaining.
+-- the lease day's recorded remaining. Answers whether the lease had been
+-- reclaimed, or 'behind' (taking nothing back) when the replica's copy saw
+-- more than the counter holds (see "Rollback").
 local function give_back()
   -- Its report on its way when it came back: applied since (sent again,
   -- it is not applied twice), its units are pending no more.
@@ -482,7 +492,12 @@ local function give_back()
   -- as much as a field read: once, not at each use).
   local rd = 'd:' .. ret_day .. ':'
   local p = redis.call('HMGET', k, 'ps', 'pe', 'used', 'leased', 'stale', rd .. 'w',
-    'carry')
+    'carry', 'rf')
+  -- The replica's copy saw more (see "Rollback"): nothing is taken back,
+  -- and the call is refused.
+  if KEYS[3] and tonumber(ARGV[25] or 0) > 0 and copy_ahead(epoch, p[1], p[3], p[4], p[8]) then
+    return 'behind'
+  end
   local t = ret_day * 86400
   local in_period = p[1] and tonumber(p[1]) <= t and t < tonumber(p[2])
   local was, counted = tonumber(p[3]) or 0, false
@@ -611,7 +626,10 @@ if op == 'return' or op == 'report' or op == 'settle' then
   -- nothing back. A report of a reclaimed lease answers 1: spend no more.
   local answer = 0
   if redis.call('EXISTS', k) == 1 then
-    if give_back() then
+    local reclaimed = give_back()
+    if reclaimed == 'behind' then
+      return { 6 }
+    elseif reclaimed then
       ret_tokens, answer = 0, 1
     end
     if op ~= 'settle' then
@@ -631,7 +649,10 @@ if op == 'return' or op == 'report' or op == 'settle' then
   return { answer }
 end
 if op == 'lease' then
-  if give_back() then
+  local reclaimed = give_back()
+  if reclaimed == 'behind' then
+    return { 6, '0', 0, 0, 0, 0, 0, -1, 0, 0, 0 }
+  elseif reclaimed then
     ret_tokens = 0
   end
 end
