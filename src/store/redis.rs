@@ -1478,13 +1478,14 @@ async fn recover(
 ) -> redis::RedisResult<bool> {
     let _one = recovery.one_at_a_time().await;
     let mut marker = recovery.marker(connection).await?;
-    if let Marker::RolledBack(stale) = &marker {
-        recovery.wipe(connection, stale).await?;
-        marker = recovery.marker(connection).await?;
-    } else if let Some(stale) = rolled_back {
-        // A call found it (the count read just now may hide it: calls
-        // applied and not answered yet count there).
-        recovery.wipe(connection, stale).await?;
+    // Found by the count read just now, or by a call (the count may hide
+    // it: calls applied and not answered yet count there).
+    let stale = match &marker {
+        Marker::RolledBack(stale) => Some(stale.clone()),
+        _ => rolled_back.map(str::to_owned),
+    };
+    if let Some(stale) = stale {
+        recovery.wipe(connection, &stale).await?;
         marker = recovery.marker(connection).await?;
     }
     match marker {
