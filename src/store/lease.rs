@@ -384,23 +384,24 @@ impl Leases {
             let mut below = self.revoked_below.entry(counter.clone()).or_default();
             *below = (*below).max(epoch);
         }
-        let mut taken = Vec::new();
+        // Moved under `dropped`'s lock (see `outstanding`).
+        let mut dropped = self.dropped.lock();
         for slot in self.slots.iter() {
             if slot.key().0 == *counter {
                 let mut lease = slot.value().lock();
                 if lease.unspent.epoch < epoch {
-                    taken.extend(take_held(slot.key(), &mut lease));
+                    dropped.extend(take_held(slot.key(), &mut lease));
                 }
             }
         }
-        self.dropped.lock().extend(taken);
     }
 
     /// Takes every lease out of use (after a gap in listening, when a
     /// revocation may have been missed).
     pub(crate) fn revoke_all(&self) {
-        let taken = self.drain();
-        self.dropped.lock().extend(taken);
+        // Moved under `dropped`'s lock (see `outstanding`).
+        let mut dropped = self.dropped.lock();
+        dropped.extend(self.drain());
     }
 
     /// The calls to send again or settle.
@@ -467,14 +468,14 @@ impl Leases {
     /// A report Redis took for a lease it had reclaimed: the lease is
     /// spent no more, and goes back.
     pub(crate) fn reclaimed(&self, slot: &Slot, lease: &Lease) {
-        let mut taken = None;
+        // Moved under `dropped`'s lock (see `outstanding`).
+        let mut dropped = self.dropped.lock();
         self.with_same(slot, lease, |current| {
             // Redis counted the report: none is on its way.
             current.unspent.landed = current.unspent.reported;
             current.unspent.report_call = 0;
-            taken = take_held(slot, current);
+            dropped.extend(take_held(slot, current));
         });
-        self.dropped.lock().extend(taken);
     }
 
     /// Runs `f` on the live lease of `slot` if it is (a later state of)
@@ -763,20 +764,31 @@ impl Leases {
     /// `counter` alone (deleted, evicted, or on a cluster node that lost
     /// its data): only its leases end.
     pub(crate) fn spent_at_loss_of(&self, counter: &CounterKey) -> Outstanding {
-        let mut taken = Vec::new();
-        for slot in self.slots.iter() {
-            if slot.key().0 == *counter {
-                taken.extend(take_held(slot.key(), &mut slot.value().lock()));
+        {
+            // Moved under `dropped`'s lock (see `outstanding`).
+            let mut dropped = self.dropped.lock();
+            for slot in self.slots.iter() {
+                if slot.key().0 == *counter {
+                    dropped.extend(take_held(slot.key(), &mut slot.value().lock()));
+                }
             }
         }
-        self.dropped.lock().extend(taken);
         self.outstanding()
     }
 
     /// What the leases taken out of use, on their way back, being renewed,
     /// or in calls left unanswered admitted that Redis did not acknowledge.
+    ///
+    /// `dropped` is locked first and held throughout: a lease taken out of
+    /// its slot into `dropped` (revoked by a message on the channel, or
+    /// reclaimed) moves under that lock, so this finds it in one place or
+    /// the other: a revocation between this scan's slots and `dropped`
+    /// (on the channel, not held up by a restore) would hide the lease
+    /// from both, and what it admitted would not be put back. Lock order:
+    /// `dropped`, then a slot.
     fn outstanding(&self) -> Outstanding {
         let mut out = Outstanding::default();
+        let dropped = self.dropped.lock();
         for slot in self.slots.iter() {
             let lease = slot.value().lock();
             out.add(&slot.key().0, &lease, &lease.unspent);
@@ -784,7 +796,7 @@ impl Leases {
                 out.add(&slot.key().0, &lease, taken);
             }
         }
-        for ((counter, _), lease) in self.dropped.lock().iter() {
+        for ((counter, _), lease) in dropped.iter() {
             out.add(counter, lease, &lease.unspent);
         }
         let unsure = self.unsure.lock();
