@@ -163,6 +163,80 @@ if KEYS[3] then
     return { 6 }
   end
 end
+-- The holder's calls applied (as done_get below reads them), with the
+-- call `call` recorded as applied (replacing what it recorded before),
+-- the newest last. Kept: the calls from the holder's oldest still
+-- open on (those answered before it are not sent again), of the last
+-- minute (a replica sends a call again within seconds, and gives up on it
+-- after 50 s). No fewer: a stall leaves hundreds of a busy key's calls
+-- open, each of which would otherwise be settled as never applied, and
+-- what it gave back counted twice.
+local function done_record(q, t, g, c, ep, a)
+  local kept, oldest = {}, tonumber(ARGV[36]) or 0
+  for e in string.gmatch(done_s or redis.call('HGET', k, done_f) or '', ',[^,]+') do
+    local id, at = string.match(e, '^,(%d+):.*:(%d+)$')
+    id = tonumber(id)
+    if id ~= call and id >= oldest and tonumber(at) > now - 60 then
+      kept[#kept + 1] = e
+    end
+  end
+  kept[#kept + 1] = string.format(',%d:%d:%d:%d:%d:%d:%d:%d', call, q, t, g, c, ep, a, now)
+  done_s = table.concat(kept)
+  return done_s
+end
+
+-- Records the call `call` as applied (see done_record).
+local function done_put(q, t, g, c, ep, a)
+  if call > 0 then
+    redis.call('HSET', k, done_f, done_record(q, t, g, c, ep, a))
+  end
+end
+
+-- A lease's report, the common case (of the counter's epoch and period,
+-- from a lease not reclaimed whose holder's record is of that epoch, its
+-- day recorded, no reclaim due, not sent before), with one read and one
+-- write of the counter's hash: it does exactly what the rest of the
+-- script does for it (give_back, done_put, reclaim, taken_back; see
+-- tests/store_conformance.rs, which runs both on the same calls), at
+-- about half the cost (BENCHMARKS.md). Reports are most of a leasing
+-- replica's calls. Any other call goes on below.
+-- fast report: begin
+if op == 'report' and call > 0 and ret_n > 0 and ret_q == 0 and ret_metered and ret_gen > 0 then
+  local rd = 'd:' .. ret_day .. ':'
+  local f = redis.call('HMGET', k, 'ep', 'ps', 'pe', 'used', 'leased', 'rf', 'hx', rec_name,
+    done_f, rd .. 'u', rd .. 'r')
+  local ep, ps, pe, t = tonumber(f[1]) or 0, tonumber(f[2]), tonumber(f[3]), ret_day * 86400
+  -- The holder's record (see rec_get): units held, and the rest of it as
+  -- stored; most kept, tokens, generation, kept units, cap out, epoch.
+  local o, rest, u, tk, g, kk, pc, rep = string.match(f[8] or '',
+    '^([^,]*)(,([^,]*),([^,]*),[^,]*,([^,]*),([^,]*),([^,]*),[^,]*,([^,]*),[^,]*,[^,]*)$')
+  if tonumber(o) and ps and pe and ps <= t and t < pe and f[4] and ret_epoch == ep
+      and tonumber(rep) == ep and tonumber(g) == ret_gen
+      and (not f[7] or now_us < tonumber(f[7])) and f[10]
+      and not string.find(f[9] or '', ',' .. call .. ':', 1, true) then
+    if KEYS[3] and tonumber(ARGV[25] or 0) > 0 and copy_ahead(ep, ps, f[4], f[5], f[6]) then
+      return { 6 }
+    end
+    o = math.max(tonumber(o) - ret_n, 0)
+    local leased = math.max((tonumber(f[5]) or 0) - ret_n, 0)
+    done_s = f[9] or ''
+    local writes = { 'leased', leased, done_f, done_record(0, 0, 0, 0, 0, 0) }
+    if f[11] then
+      writes[#writes + 1], writes[#writes + 2] = rd .. 'r', math.max(tonumber(f[11]) - ret_n, 0)
+    end
+    if o <= 0 and (tonumber(u) or 0) <= 0 and (tonumber(tk) or 0) <= 0
+        and (tonumber(kk) or 0) <= 0 and (tonumber(pc) or 0) <= 0 then
+      redis.call('HDEL', k, rec_name)
+    else
+      writes[#writes + 1], writes[#writes + 2] = rec_name, string.format('%d', o) .. rest
+    end
+    redis.call('HINCRBY', k, rd .. 'u', ret_n)
+    redis.call('HSET', k, unpack(writes))
+    redis.call('EXPIRE', k, ttl)
+    return { 0, tonumber(f[4]), leased, ep, ps }
+  end
+end
+-- fast report: end
 if op == 'forget' then
   -- The key left the plan: its counts and history go, but for the epoch,
   -- which moves on so that no lease of the counter as it was (the caller
@@ -198,29 +272,6 @@ local function done_get(id)
     ep = tonumber(ep), a = tonumber(a) }
 end
 
--- Records the call `call` as applied (replacing what it recorded before).
--- Kept: the calls from the holder's oldest still open on (those answered
--- before it are not sent again), of the last minute (a replica sends a
--- call again within seconds, and gives up on it after 50 s). No fewer: a
--- stall leaves hundreds of a busy key's calls open, each of which would
--- otherwise be settled as never applied, and what it gave back counted
--- twice.
-local function done_put(q, t, g, c, ep, a)
-  if call == 0 then
-    return
-  end
-  local kept, oldest = {}, tonumber(ARGV[36]) or 0
-  for e in string.gmatch(done_s or redis.call('HGET', k, done_f) or '', ',[^,]+') do
-    local id, at = string.match(e, '^,(%d+):.*:(%d+)$')
-    id = tonumber(id)
-    if id ~= call and id >= oldest and tonumber(at) > now - 60 then
-      kept[#kept + 1] = e
-    end
-  end
-  kept[#kept + 1] = string.format(',%d:%d:%d:%d:%d:%d:%d:%d', call, q, t, g, c, ep, a, now)
-  done_s = table.concat(kept)
-  redis.call('HSET', k, done_f, done_s)
-end
 
 -- The answer to a give-back or report: `answer`, with what the counter
 -- holds now (used, leased, epoch, period start), for the replica's copy.

@@ -1786,3 +1786,7 @@ fn restore(fields: &HashMap<String, String>, now_us: i64) -> Counter {
             .collect(),
     )
 }
+
+#[cfg(test)]
+#[path = "redis_script_tests.rs"]
+mod script_tests;
