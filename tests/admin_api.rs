@@ -765,6 +765,9 @@ async fn bad_requests_change_nothing() {
         ),
         ("/apikeys", json!({"name": "short", "value": "too-short"})),
         ("/apikeys", json!({"name": "typed", "enabled": "yes"})),
+        // An array is not an object (read in order, it made a plan).
+        ("/usageplans", json!(["arrayplan"])),
+        ("/apikeys", json!(["arraykey"])),
     ] {
         assert_bad_request(&a.post(path, body).await);
     }

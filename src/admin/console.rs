@@ -11,6 +11,8 @@ use http::header::{
 use http::{HeaderValue, Method, Response, StatusCode};
 use http_body_util::Full;
 
+use super::wire::AwsError;
+
 /// The page's files: path under `/console/`, content type, content.
 const ASSETS: &[(&str, &str, &str)] = &[
     (
@@ -58,17 +60,22 @@ pub(super) fn serve(
         None => return None,
     };
     if method != Method::GET && method != Method::HEAD {
-        return Some(plain(
+        return Some(error(AwsError::new(
             StatusCode::METHOD_NOT_ALLOWED,
-            "Method not allowed\n",
-        ));
+            "MethodNotAllowedException",
+            format!("Method {method} is not allowed on the console"),
+        )));
     }
     let (content_type, body): (&str, Bytes) = if rest == "settings.json" {
         ("application/json", Bytes::from(settings(regions)))
     } else {
         match ASSETS.iter().find(|(name, _, _)| *name == rest) {
             Some((_, content_type, body)) => (content_type, Bytes::from_static(body.as_bytes())),
-            None => return Some(plain(StatusCode::NOT_FOUND, "Not found\n")),
+            None => {
+                return Some(error(AwsError::not_found(format!(
+                    "The console has no /console/{rest}"
+                ))))
+            }
         }
     };
     let body = if method == Method::HEAD {
@@ -96,6 +103,13 @@ fn redirect() -> Response<Full<Bytes>> {
     response
         .headers_mut()
         .insert(LOCATION, HeaderValue::from_static("/console/"));
+    response
+}
+
+/// An error, AWS-shaped as the admin API's own (JSON, `x-amzn-ErrorType`).
+fn error(error: AwsError) -> Response<Full<Bytes>> {
+    let mut response = error.into_response();
+    secure(&mut response);
     response
 }
 
@@ -149,14 +163,27 @@ mod tests {
         let r = serve(&Method::GET, "/console", &[]).unwrap();
         assert_eq!(r.status(), StatusCode::MOVED_PERMANENTLY);
         assert_eq!(r.headers()[LOCATION], "/console/");
-        assert_eq!(
-            serve(&Method::GET, "/console/nope", &[]).unwrap().status(),
-            StatusCode::NOT_FOUND
-        );
-        assert_eq!(
-            serve(&Method::POST, "/console/", &[]).unwrap().status(),
-            StatusCode::METHOD_NOT_ALLOWED
-        );
+        // Errors are the admin API's, AWS-shaped.
+        for (method, path, status, kind) in [
+            (
+                Method::GET,
+                "/console/nope",
+                StatusCode::NOT_FOUND,
+                "NotFoundException",
+            ),
+            (
+                Method::POST,
+                "/console/",
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowedException",
+            ),
+        ] {
+            let r = serve(&method, path, &[]).unwrap();
+            assert_eq!(r.status(), status, "{path}");
+            assert_eq!(r.headers()["x-amzn-errortype"], kind, "{path}");
+            assert_eq!(r.headers()[CONTENT_TYPE], "application/json", "{path}");
+            assert_eq!(r.headers()[X_FRAME_OPTIONS], "DENY");
+        }
         assert!(serve(&Method::GET, "/consoles", &[]).is_none());
         assert!(serve(&Method::GET, "/apikeys", &[]).is_none());
     }

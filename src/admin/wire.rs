@@ -105,12 +105,17 @@ impl AwsError {
     }
 }
 
-/// Parses a JSON body into `T`; an empty body is `{}`.
+/// Parses a JSON body, an object, into `T`; an empty body is `{}`. (An
+/// array would otherwise be read as the object's fields in order.)
 pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, AwsError> {
-    let body = if body.iter().all(u8::is_ascii_whitespace) {
-        &b"{}"[..]
-    } else {
-        body
+    let body = match body.iter().find(|b| !b.is_ascii_whitespace()) {
+        None => &b"{}"[..],
+        Some(b'{') => body,
+        Some(_) => {
+            return Err(AwsError::bad_request(
+                "Invalid request body: expected a JSON object",
+            ))
+        }
     };
     serde_json::from_slice(body)
         .map_err(|e| AwsError::bad_request(format!("Invalid request body: {e}")))

@@ -415,8 +415,9 @@ impl GatewayConfig {
     /// upstream that is not `http(s)://host[:port]`, an upstream CA without
     /// an `https://` upstream, a zero timeout or flush
     /// interval, an admin region that is not a region name, both a state
-    /// file and Redis, leases without Redis, or a plan naming a key that
-    /// `keys` does not have.
+    /// file and Redis, leases without Redis, two plans or two keys of one
+    /// name, two keys of one value, or a plan naming a key that `keys`
+    /// does not have.
     pub fn validate(&self) -> Result<(), GatewayError> {
         if !self.stage.is_valid() {
             return Err(GatewayError::config(
@@ -456,6 +457,36 @@ impl GatewayConfig {
         }
         if self.redis_leases && self.redis.is_none() {
             return Err(GatewayError::config("redis_leases", "leases need --redis"));
+        }
+        // Plans and keys are created by name, and a key is found by its
+        // value: two of one name or value would leave one out, silently.
+        if let Some(name) = first_repeat(self.plans.iter().map(|p| p.plan.name.as_str())) {
+            return Err(GatewayError::config(
+                "plans.name",
+                format!("two [[plans]] entries are named '{name}'"),
+            ));
+        }
+        if let Some(name) = first_repeat(self.keys.iter().filter_map(|k| k.name.as_deref())) {
+            return Err(GatewayError::config(
+                "keys.name",
+                format!("two [[keys]] entries are named '{name}'"),
+            ));
+        }
+        if let Some(value) = first_repeat(self.keys.iter().filter_map(|k| k.value.as_deref())) {
+            // Named by the keys that share it: the value is a secret.
+            let names: Vec<&str> = self
+                .keys
+                .iter()
+                .filter(|k| k.value.as_deref() == Some(value))
+                .map(|k| k.name.as_deref().unwrap_or("(unnamed)"))
+                .collect();
+            return Err(GatewayError::config(
+                "keys.value",
+                format!(
+                    "[[keys]] entries {} have the same value",
+                    names.join(" and ")
+                ),
+            ));
         }
         for plan in &self.plans {
             for key in &plan.keys {
@@ -595,6 +626,12 @@ impl GatewayConfig {
 }
 
 /// The file, with its `[[plans]]` read apart from their `keys`.
+/// The first item that comes again, if any.
+fn first_repeat<'a>(items: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    let mut seen = std::collections::HashSet::new();
+    items.into_iter().find(|item| !seen.insert(*item))
+}
+
 /// A region name as AWS spells them: lower-case letters, digits and `-`
 /// (`us-east-1`); what a credential scope must then match exactly.
 fn check_region(region: &str) -> Result<(), String> {
@@ -689,6 +726,51 @@ mod tests {
         GatewayConfig::from_cli(cli)
             .map(|c| c.header_read_timeout)
             .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn two_plans_or_keys_of_one_name_or_two_keys_of_one_value_are_refused() {
+        let key = |name: &str, value: &str| NewApiKey::new(name).with_value(value);
+        let plan = |name: &str| FilePlan {
+            plan: NewUsagePlan::new(name),
+            keys: Vec::new(),
+        };
+        let error = |config: GatewayConfig| config.validate().unwrap_err().to_string();
+        let mut config = GatewayConfig::default();
+        config.plans = vec![plan("p"), plan("p")];
+        let message = error(config);
+        assert!(
+            message.contains("plans.name") && message.contains("'p'"),
+            "{message}"
+        );
+        let mut config = GatewayConfig::default();
+        config.keys = vec![
+            key("k", "aaaaaaaaaaaaaaaaaaaaaaaaa"),
+            key("k", "bbbbbbbbbbbbbbbbbbbbbbbbb"),
+        ];
+        let message = error(config);
+        assert!(
+            message.contains("keys.name") && message.contains("'k'"),
+            "{message}"
+        );
+        let mut config = GatewayConfig::default();
+        config.keys = vec![
+            key("k1", "aaaaaaaaaaaaaaaaaaaaaaaaa"),
+            key("k2", "aaaaaaaaaaaaaaaaaaaaaaaaa"),
+        ];
+        let message = error(config);
+        assert!(message.contains("k1 and k2"), "{message}");
+        assert!(
+            !message.contains("aaaa"),
+            "the value is a secret: {message}"
+        );
+        let mut config = GatewayConfig::default();
+        config.keys = vec![
+            key("k1", "aaaaaaaaaaaaaaaaaaaaaaaaa"),
+            key("k2", "bbbbbbbbbbbbbbbbbbbbbbbbb"),
+        ];
+        config.plans = vec![plan("p"), plan("q")];
+        assert!(config.validate().is_ok());
     }
 
     #[test]

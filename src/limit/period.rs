@@ -1,8 +1,7 @@
 //! Quota periods on the UTC calendar.
 
 use jiff::civil::Date;
-use jiff::tz::TimeZone;
-use jiff::{Timestamp, ToSpan};
+use jiff::ToSpan;
 
 use crate::model::QuotaPeriod;
 
@@ -77,28 +76,35 @@ fn first_of_month(year: i64, month: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// The UTC date of a day number (days since 1970-01-01).
+/// The UTC date of a day number (days since 1970-01-01); past the ends
+/// of `Date`, its first or last day.
 pub(crate) fn date_of_day(day: i64) -> Date {
-    Timestamp::from_second(day.saturating_mul(DAY_SECS))
-        .unwrap_or(if day < 0 {
-            Timestamp::MIN
-        } else {
-            Timestamp::MAX
-        })
-        .to_zoned(TimeZone::UTC)
-        .date()
+    let day = day.clamp(day_of_date(Date::MIN), day_of_date(Date::MAX));
+    let (year, month) = year_month(day);
+    let day_of_month = day - first_of_month(year, month) + 1;
+    match (
+        i16::try_from(year),
+        i8::try_from(month),
+        i8::try_from(day_of_month),
+    ) {
+        (Ok(year), Ok(month), Ok(day_of_month)) => Date::new(year, month, day_of_month).ok(),
+        _ => None,
+    }
+    .unwrap_or(if day < 0 { Date::MIN } else { Date::MAX })
 }
 
-/// The day number (days since 1970-01-01) of a date.
+/// The day number (days since 1970-01-01) of a date: calendar arithmetic,
+/// exact for every `Date` (a UTC timestamp of it is not: `Timestamp`
+/// ends on 9999-12-30, and 9999-12-31 had read as day 0).
 pub(crate) fn day_of_date(date: Date) -> i64 {
-    date.to_zoned(TimeZone::UTC)
-        .map(|z| z.timestamp().as_second().div_euclid(DAY_SECS))
-        .unwrap_or_default()
+    first_of_month(i64::from(date.year()), i64::from(date.month())) + i64::from(date.day()) - 1
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use jiff::tz::TimeZone;
+    use jiff::Timestamp;
 
     fn secs(s: &str) -> i64 {
         s.parse::<Timestamp>().unwrap().as_second()
@@ -179,5 +185,33 @@ mod tests {
     fn day_numbers_round_trip() {
         let d: Date = "2024-02-29".parse().unwrap();
         assert_eq!(date_of_day(day_of_date(d)), d);
+    }
+
+    #[test]
+    fn day_numbers_agree_with_the_calendar_to_its_ends() {
+        // Every day of 1600-2500 and samples to both ends, against jiff's
+        // timestamps where it has them.
+        let days = (-135_000..=194_000).chain((-3_652_059..=2_932_896).step_by(997));
+        for day in days {
+            let date = date_of_day(day);
+            assert_eq!(day_of_date(date), day, "{date}");
+            if let Ok(zoned) = date.to_zoned(TimeZone::UTC) {
+                assert_eq!(
+                    zoned.timestamp().as_second().div_euclid(DAY_SECS),
+                    day,
+                    "{date}"
+                );
+            }
+        }
+        for date in [Date::MIN, Date::MAX] {
+            assert_eq!(date_of_day(day_of_date(date)), date);
+        }
+        let last: Date = "9999-12-31".parse().unwrap();
+        assert_eq!(
+            day_of_date(last) - day_of_date(last.yesterday().unwrap()),
+            1
+        );
+        assert_eq!(date_of_day(i64::MAX), Date::MAX);
+        assert_eq!(date_of_day(i64::MIN), Date::MIN);
     }
 }
