@@ -735,42 +735,34 @@ mod tests {
             plan: NewUsagePlan::new(name),
             keys: Vec::new(),
         };
-        let error = |config: GatewayConfig| config.validate().unwrap_err().to_string();
-        let mut config = GatewayConfig::default();
-        config.plans = vec![plan("p"), plan("p")];
-        let message = error(config);
+        let validate = |keys: Vec<NewApiKey>, plans: Vec<FilePlan>| {
+            GatewayConfig {
+                keys,
+                plans,
+                ..GatewayConfig::default()
+            }
+            .validate()
+            .map_err(|e| e.to_string())
+        };
+        let (a, b) = ("aaaaaaaaaaaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbbbbbbbbbbb");
+        let message = validate(vec![], vec![plan("p"), plan("p")]).unwrap_err();
         assert!(
             message.contains("plans.name") && message.contains("'p'"),
             "{message}"
         );
-        let mut config = GatewayConfig::default();
-        config.keys = vec![
-            key("k", "aaaaaaaaaaaaaaaaaaaaaaaaa"),
-            key("k", "bbbbbbbbbbbbbbbbbbbbbbbbb"),
-        ];
-        let message = error(config);
+        let message = validate(vec![key("k", a), key("k", b)], vec![]).unwrap_err();
         assert!(
             message.contains("keys.name") && message.contains("'k'"),
             "{message}"
         );
-        let mut config = GatewayConfig::default();
-        config.keys = vec![
-            key("k1", "aaaaaaaaaaaaaaaaaaaaaaaaa"),
-            key("k2", "aaaaaaaaaaaaaaaaaaaaaaaaa"),
-        ];
-        let message = error(config);
+        let message = validate(vec![key("k1", a), key("k2", a)], vec![]).unwrap_err();
         assert!(message.contains("k1 and k2"), "{message}");
         assert!(
             !message.contains("aaaa"),
             "the value is a secret: {message}"
         );
-        let mut config = GatewayConfig::default();
-        config.keys = vec![
-            key("k1", "aaaaaaaaaaaaaaaaaaaaaaaaa"),
-            key("k2", "bbbbbbbbbbbbbbbbbbbbbbbbb"),
-        ];
-        config.plans = vec![plan("p"), plan("q")];
-        assert!(config.validate().is_ok());
+        let fine = validate(vec![key("k1", a), key("k2", b)], vec![plan("p"), plan("q")]);
+        assert_eq!(fine, Ok(()));
     }
 
     #[test]
