@@ -59,7 +59,7 @@ pub use stage::Stage;
 
 use crate::admin::AdminService;
 use crate::store::{CounterStore, MemoryStore, RedisStore};
-use crate::{ErrorKind, NewUsagePlan, UsagePlanLayer, UsagePlans};
+use crate::{ErrorKind, NewUsagePlan, UsagePlan, UsagePlanLayer, UsagePlans};
 
 /// How long a connection with nothing in flight has, once told to close,
 /// to flush what it has written (then it is dropped).
@@ -590,7 +590,10 @@ fn provision(plans: &UsagePlans, config: &GatewayConfig) -> Result<(), GatewayEr
             .into_iter()
             .find(|p| p.name == entry.plan.name);
         let plan_id = match existing {
-            Some(plan) => plan.id,
+            Some(plan) => {
+                warn_if_changed(&plan, &entry.plan);
+                plan.id
+            }
             None => {
                 let id = crate::registry::derived_id(&format!("config plan {}", entry.plan.name));
                 plans
@@ -626,6 +629,30 @@ fn provision(plans: &UsagePlans, config: &GatewayConfig) -> Result<(), GatewayEr
         }
     }
     Ok(())
+}
+
+/// A configured plan that exists already (in the state file, or shared by
+/// other replicas) is kept as it is, changes made through the admin API
+/// included: says so when the configuration now reads otherwise, so that
+/// no one takes the file for what is enforced.
+fn warn_if_changed(existing: &UsagePlan, configured: &NewUsagePlan) {
+    let differ: Vec<&str> = [
+        ("throttle", existing.throttle != configured.throttle),
+        ("quota", existing.quota != configured.quota),
+        ("apiStages", existing.api_stages != configured.api_stages),
+    ]
+    .into_iter()
+    .filter_map(|(field, differs)| differs.then_some(field))
+    .collect();
+    if !differ.is_empty() {
+        tracing::warn!(
+            plan = %existing.name,
+            id = %existing.id,
+            "the configuration's plan differs in {} from the plan that exists already, which is \
+             kept (change it through the admin API)",
+            differ.join(", ")
+        );
+    }
 }
 
 /// Where plans, keys and counters outlive the process.

@@ -241,7 +241,8 @@ impl Replica {
         if shared_stage.as_deref() != Some(stage) {
             return Err(JoinError::Mismatch(format!(
                 "--stage {stage}: the replicas on --redis {url_shown} serve stage {}; \
-                 replicas sharing a Redis serve one stage",
+                 replicas sharing a Redis serve one stage (to move it to another, stop \
+                 every replica, then HDEL {META_KEY} stage)",
                 shared_stage.unwrap_or_default()
             )));
         }
