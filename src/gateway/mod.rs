@@ -558,10 +558,34 @@ fn reload_on_sighup(
 fn provision(plans: &UsagePlans, config: &GatewayConfig) -> Result<(), GatewayError> {
     let mut key_ids = std::collections::HashMap::new();
     for key in &config.keys {
+        let by_name = || plans.api_keys().into_iter().find(|k| k.name == key.name);
         let existing = match &key.value {
-            Some(value) => plans.api_key_by_value(value),
-            None => plans.api_keys().into_iter().find(|k| k.name == key.name),
+            Some(value) => plans.api_key_by_value(value).or_else(|| {
+                // A key of that name with another value: kept (a key's
+                // value never changes), rather than a second key of the name.
+                let existing = by_name()?;
+                tracing::warn!(
+                    key = %key.name.as_deref().unwrap_or(""),
+                    id = %existing.id,
+                    "the configuration gives this key a value that no key has; the key of that \
+                     name that exists already is kept, and its value stays valid (to change a \
+                     key's value, create a key through the admin API and delete this one)"
+                );
+                Some(existing)
+            }),
+            None => by_name(),
         };
+        if let Some(existing) = &existing {
+            if existing.enabled != key.enabled {
+                tracing::warn!(
+                    key = %key.name.as_deref().unwrap_or(""),
+                    id = %existing.id,
+                    enabled = existing.enabled,
+                    "the configuration's key differs in enabled from the key that exists \
+                     already, which is kept (change it through the admin API)"
+                );
+            }
+        }
         let id = match existing {
             Some(existing) => existing.id,
             None => {
