@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 use http::header::{
-    CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, LOCATION, X_CONTENT_TYPE_OPTIONS,
+    ALLOW, CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, LOCATION, X_CONTENT_TYPE_OPTIONS,
     X_FRAME_OPTIONS,
 };
 use http::{HeaderValue, Method, Response, StatusCode};
@@ -60,11 +60,15 @@ pub(super) fn serve(
         None => return None,
     };
     if method != Method::GET && method != Method::HEAD {
-        return Some(error(AwsError::new(
+        let mut refused = error(AwsError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "MethodNotAllowedException",
             format!("Method {method} is not allowed on the console"),
-        )));
+        ));
+        refused
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return Some(refused);
     }
     let (content_type, body): (&str, Bytes) = if rest == "settings.json" {
         ("application/json", Bytes::from(settings(regions)))
@@ -184,6 +188,8 @@ mod tests {
             assert_eq!(r.headers()[CONTENT_TYPE], "application/json", "{path}");
             assert_eq!(r.headers()[X_FRAME_OPTIONS], "DENY");
         }
+        let refused = serve(&Method::POST, "/console/", &[]).unwrap();
+        assert_eq!(refused.headers()[ALLOW], "GET, HEAD");
         assert!(serve(&Method::GET, "/consoles", &[]).is_none());
         assert!(serve(&Method::GET, "/apikeys", &[]).is_none());
     }
