@@ -28,11 +28,15 @@ fn general_only() -> String {
     format!("{head}{tail}")
 }
 
-/// Both scripts, on a counter each.
+/// Both scripts, on a counter each, and the calls made on them.
 struct Twins {
     scripts: [Script; 2],
     keys: [String; 2],
     connection: redis::aio::MultiplexedConnection,
+    quota: QuotaRule,
+    start: Timestamp,
+    /// The last call id given.
+    calls: u64,
 }
 
 impl Twins {
@@ -61,22 +65,66 @@ impl Twins {
             other => vec![i64::from_redis_value(other).unwrap()],
         }
     }
-}
 
-/// A lease granted by a "lease" call's `answer` at `now`.
-fn granted(answer: &[i64], args: &Args) -> Unspent {
-    let (_, start, _, _) = args.period.unwrap();
-    Unspent {
-        units: answer[3] as u64,
-        granted: answer[3] as u64,
-        cap: answer[9] as u64,
-        gen: answer[8] as u64,
-        period_start: start,
-        day: args.day,
-        epoch: answer[5] as u64,
-        ..Unspent::default()
+    /// Arguments as of `ms` after the start.
+    fn args(&self, ms: i64) -> Args {
+        let at = self.start + jiff::SignedDuration::from_millis(ms);
+        Args::new(UnixNanos::from(at), Some(&self.quota))
+    }
+
+    /// A new lease at `ms` (nothing given back).
+    async fn lease(&mut self, ms: i64, step: &str) -> Unspent {
+        self.calls += 1;
+        let mut args = self.args(ms);
+        args.known = true;
+        args.want = (10_000, 0);
+        args.record = RECORD.into();
+        args.lease_us = 1_000_000;
+        (args.call, args.oldest_open_call) = (self.calls, self.calls);
+        let answer = self.call("lease", &args, step).await;
+        let (_, start, _, _) = args.period.unwrap();
+        let lease = Unspent {
+            units: answer[3] as u64,
+            granted: answer[3] as u64,
+            cap: answer[9] as u64,
+            gen: answer[8] as u64,
+            period_start: start,
+            day: args.day,
+            epoch: answer[5] as u64,
+            ..Unspent::default()
+        };
+        assert!(lease.units > 0, "{step}: a lease was granted: {lease:?}");
+        lease
+    }
+
+    /// A report at `ms` of `n` requests `lease` admitted, as call `call`
+    /// (a new one when `None`), with the holder's oldest open call `oldest`
+    /// (the call itself when `None`).
+    async fn report(
+        &mut self,
+        ms: i64,
+        lease: Unspent,
+        n: u64,
+        (call, oldest): (Option<u64>, Option<u64>),
+        step: &str,
+    ) -> Vec<i64> {
+        let call = call.unwrap_or_else(|| {
+            self.calls += 1;
+            self.calls
+        });
+        let mut args = self.args(ms);
+        args.record = RECORD.into();
+        args.unspent = Unspent {
+            units: 0,
+            admitted: n,
+            ..lease
+        };
+        (args.call, args.oldest_open_call) = (call, oldest.unwrap_or(call));
+        self.call("report", &args, step).await
     }
 }
+
+const NEW: (Option<u64>, Option<u64>) = (None, None);
 
 #[tokio::test]
 async fn a_report_on_the_fast_path_does_what_the_general_path_does() {
@@ -86,82 +134,34 @@ async fn a_report_on_the_fast_path_does_what_the_general_path_does() {
         scripts: [Script::new(SCRIPT), Script::new(&general_only())],
         keys: ["t:{fast}".into(), "t:{general}".into()],
         connection: client.get_multiplexed_async_connection().await.unwrap(),
+        quota: QuotaRule {
+            quota: Quota::new(1_000_000, QuotaPeriod::Day),
+            plan_created: 0,
+        },
+        start: Timestamp::now(),
+        calls: 0,
     };
     assert_ne!(SCRIPT, general_only(), "the fast path is cut out");
-    let quota = QuotaRule {
-        quota: Quota::new(1_000_000, QuotaPeriod::Day),
-        plan_created: 0,
-    };
-    let start = Timestamp::now();
-    let at = |ms: i64| UnixNanos::from(start + jiff::SignedDuration::from_millis(ms));
-    let mut calls = 0;
-    let mut next_call = || {
-        calls += 1;
-        calls
-    };
 
     // A counter, and a lease of it.
-    let mut decide = Args::new(at(0), Some(&quota));
+    let decide = twins.args(0);
     twins.call("decide", &decide, "decide").await;
-    decide.known = true;
-    let lease_at = |ms: i64, call: u64, given_back: Unspent| {
-        let mut args = Args::new(at(ms), Some(&quota));
-        args.known = true;
-        args.want = (10_000, 0);
-        args.record = RECORD.into();
-        args.lease_us = 1_000_000;
-        args.call = call;
-        args.oldest_open_call = call;
-        args.unspent = given_back;
-        args
-    };
-    let args = lease_at(1, next_call(), Unspent::default());
-    let lease = granted(&twins.call("lease", &args, "lease").await, &args);
-    assert!(lease.units > 0, "a lease was granted: {lease:?}");
+    let lease = twins.lease(1, "lease").await;
 
-    let report = |ms: i64, lease: Unspent, n: u64, call: u64, oldest: u64| {
-        let mut args = Args::new(at(ms), Some(&quota));
-        args.record = RECORD.into();
-        args.unspent = Unspent {
-            units: 0,
-            admitted: n,
-            ..lease
-        };
-        args.call = call;
-        args.oldest_open_call = oldest;
-        args
-    };
     // Reports the fast path takes: the record keeps older calls while one
-    // is open, then drops them.
-    let first = next_call();
+    // is open, then drops them. One sent again answers as the first time.
+    twins.report(10, lease, 3, NEW, "a report").await;
+    let first = twins.calls;
+    let open = (None, Some(first));
     twins
-        .call("report", &report(10, lease, 3, first, first), "a report")
+        .report(20, lease, 5, open, "a report, one open before it")
         .await;
-    let second = next_call();
-    twins
-        .call(
-            "report",
-            &report(20, lease, 5, second, first),
-            "a report, one open before it",
-        )
-        .await;
-    // Sent again: both answer what they answered the first time.
-    let again = twins
-        .call(
-            "report",
-            &report(30, lease, 5, second, first),
-            "a report sent again",
-        )
-        .await;
-    assert_eq!(again[0], 0, "{again:?}");
-    let third = next_call();
+    let again = (Some(twins.calls), Some(first));
     let answer = twins
-        .call(
-            "report",
-            &report(40, lease, 7, third, third),
-            "a third report",
-        )
+        .report(30, lease, 5, again, "a report sent again")
         .await;
+    assert_eq!(answer[0], 0, "{answer:?}");
+    let answer = twins.report(40, lease, 7, NEW, "a third report").await;
     assert_eq!(
         answer[2] as u64,
         lease.units - 15,
@@ -174,72 +174,32 @@ async fn a_report_on_the_fast_path_does_what_the_general_path_does() {
         gen: lease.gen + 1,
         ..lease
     };
-    let call = next_call();
     twins
-        .call(
-            "report",
-            &report(50, reclaimed, 2, call, call),
-            "a report of a reclaimed lease",
-        )
+        .report(50, reclaimed, 2, NEW, "a reclaimed lease's")
         .await;
     let other_day = Unspent {
         day: lease.day - 1,
         ..lease
     };
-    let call = next_call();
-    twins
-        .call(
-            "report",
-            &report(60, other_day, 2, call, call),
-            "a report of another day",
-        )
-        .await;
+    twins.report(60, other_day, 2, NEW, "another day's").await;
 
     // UpdateUsage starts a new epoch: a report of the lease before it is
     // handed on, one of a lease of the new epoch is not.
-    let mut set = Args::new(at(70), Some(&quota));
+    let mut set = twins.args(70);
     set.set_to = 500_000;
     twins.call("set", &set, "UpdateUsage").await;
-    let call = next_call();
-    twins
-        .call(
-            "report",
-            &report(80, lease, 4, call, call),
-            "a report of the epoch before",
-        )
-        .await;
-    let args = lease_at(90, next_call(), Unspent::default());
-    let renewed = granted(
-        &twins.call("lease", &args, "a lease of the new epoch").await,
-        &args,
-    );
+    twins.report(80, lease, 4, NEW, "the epoch before's").await;
+    let renewed = twins.lease(90, "a lease of the new epoch").await;
     assert!(renewed.epoch > lease.epoch, "{renewed:?} after {lease:?}");
-    let call = next_call();
-    twins
-        .call(
-            "report",
-            &report(100, renewed, 9, call, call),
-            "a report of the new epoch",
-        )
-        .await;
+    twins.report(100, renewed, 9, NEW, "the new epoch's").await;
 
     // Past the lease's lifetime and the grace: a reclaim is due, which the
-    // general path does.
+    // general path does; a report of the lease it reclaimed is handed on.
     let late = 1_000 + micros(lease::RECLAIM_GRACE) / 1_000 + 100;
-    let call = next_call();
     twins
-        .call(
-            "report",
-            &report(late, renewed, 1, call, call),
-            "a report with a reclaim due",
-        )
+        .report(late, renewed, 1, NEW, "with a reclaim due")
         .await;
-    let call = next_call();
     twins
-        .call(
-            "report",
-            &report(late + 10, renewed, 1, call, call),
-            "a report after the reclaim",
-        )
+        .report(late + 10, renewed, 1, NEW, "after the reclaim")
         .await;
 }
