@@ -590,6 +590,14 @@ async fn update_usage_seed_exchange() {
         )
         .await,
     );
+    // An operation as an array, read in order, had set the remaining.
+    assert_bad_request(
+        &a.patch(
+            &path,
+            json!({"patchOperations": [["replace", "/remaining", "7"]]}),
+        )
+        .await,
+    );
     assert_bad_request(
         &a.patch_ops(
             &path,
@@ -768,6 +776,8 @@ async fn bad_requests_change_nothing() {
         // An array is not an object (read in order, it made a plan).
         ("/usageplans", json!(["arrayplan"])),
         ("/apikeys", json!(["arraykey"])),
+        // Nor inside (it made a throttle of burst 5, rate 10).
+        ("/usageplans", json!({"name": "q", "throttle": [5, 10]})),
     ] {
         assert_bad_request(&a.post(path, body).await);
     }

@@ -32,6 +32,7 @@
 mod console;
 mod credentials;
 mod import;
+mod objects_only;
 mod ops;
 mod patch;
 pub(crate) mod sigv4;

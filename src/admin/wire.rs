@@ -106,7 +106,8 @@ impl AwsError {
 }
 
 /// Parses a JSON body, an object, into `T`; an empty body is `{}`. (An
-/// array would otherwise be read as the object's fields in order.)
+/// array would otherwise be read as the object's fields in order, at the
+/// top or inside: see `objects_only`.)
 pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, AwsError> {
     let body = match body.iter().find(|b| !b.is_ascii_whitespace()) {
         None => &b"{}"[..],
@@ -117,8 +118,14 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<
             ))
         }
     };
-    serde_json::from_slice(body)
-        .map_err(|e| AwsError::bad_request(format!("Invalid request body: {e}")))
+    let parsed = serde_json::from_slice(body)
+        .map_err(|e| AwsError::bad_request(format!("Invalid request body: {e}")))?;
+    // And objects wherever `T` has structs, not arrays read in order.
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| AwsError::bad_request(format!("Invalid request body: {e}")))?;
+    super::objects_only::check::<T>(&value)
+        .map_err(|e| AwsError::bad_request(format!("Invalid request body: {e}")))?;
+    Ok(parsed)
 }
 
 /// The decoded query string.
