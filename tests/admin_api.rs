@@ -1057,12 +1057,16 @@ async fn unknown_routes_and_oversized_bodies_answer_json() {
     ] {
         assert_not_found(&a.get(path).await);
     }
-    assert_error(
-        &a.raw("PUT", "/apikeys", Some("application/json"), b"{}")
-            .await,
-        405,
-        "MethodNotAllowedException",
-    );
+    // A 405 says what the resource takes.
+    for (method, path, allow) in [
+        ("PUT", "/apikeys", "GET, POST"),
+        ("POST", "/apikeys/k", "GET, PATCH, DELETE"),
+        ("GET", "/usageplans/p/keys/k/usage", "PATCH"),
+    ] {
+        let resp = a.raw(method, path, Some("application/json"), b"{}").await;
+        assert_error(&resp, 405, "MethodNotAllowedException");
+        assert_eq!(resp.1["allow"], allow, "{method} {path}");
+    }
 
     // 1 MiB of JSON plus one byte.
     let limit = tower_usage_plans::admin::MAX_BODY_BYTES;

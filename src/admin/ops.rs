@@ -39,25 +39,31 @@ pub(crate) async fn dispatch(method: &Method, segments: &[String], call: Call<'_
         (["usageplans", id, "keys", key], "DELETE") => delete_usage_plan_key(call, id, key),
         (["usageplans", id, "keys", key, "usage"], "PATCH") => update_usage(call, id, key).await,
         (["usageplans", id, "usage"], "GET") => get_usage(call, id).await,
-        (
-            ["apikeys"]
-            | ["apikeys", _]
-            | ["usageplans"]
-            | ["usageplans", _]
-            | ["usageplans", _, "keys"]
-            | ["usageplans", _, "keys", _]
-            | ["usageplans", _, "keys", _, "usage"]
-            | ["usageplans", _, "usage"],
-            _,
-        ) => Err(AwsError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "MethodNotAllowedException",
-            format!("Method {m} is not allowed on this resource"),
-        )),
+        (resource, _) if allowed_on(resource).is_some() => Err(AwsError {
+            allow: allowed_on(resource),
+            ..AwsError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "MethodNotAllowedException",
+                format!("Method {m} is not allowed on this resource"),
+            )
+        }),
         _ => Err(AwsError::not_found(format!(
             "Unknown operation: {m} /{}",
             segments.join("/")
         ))),
+    }
+}
+
+/// The methods a resource of the admin API takes (its `Allow` header);
+/// `None` for a path that is none of them.
+fn allowed_on(resource: &[&str]) -> Option<&'static str> {
+    match resource {
+        ["apikeys"] | ["usageplans"] | ["usageplans", _, "keys"] => Some("GET, POST"),
+        ["apikeys", _] | ["usageplans", _] => Some("GET, PATCH, DELETE"),
+        ["usageplans", _, "keys", _] => Some("GET, DELETE"),
+        ["usageplans", _, "keys", _, "usage"] => Some("PATCH"),
+        ["usageplans", _, "usage"] => Some("GET"),
+        _ => None,
     }
 }
 

@@ -21,6 +21,8 @@ pub(crate) struct AwsError {
     pub(crate) status: StatusCode,
     pub(crate) code: &'static str,
     pub(crate) message: String,
+    /// For a 405: the methods the resource takes (`Allow`).
+    pub(crate) allow: Option<&'static str>,
 }
 
 impl AwsError {
@@ -29,6 +31,7 @@ impl AwsError {
             status,
             code,
             message: message.into(),
+            allow: None,
         }
     }
 
@@ -101,6 +104,9 @@ impl AwsError {
             HeaderValue::from_static("application/json"),
         );
         headers.insert("x-amzn-errortype", HeaderValue::from_static(self.code));
+        if let Some(allow) = self.allow {
+            headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
         response
     }
 }
