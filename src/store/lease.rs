@@ -384,7 +384,12 @@ impl Leases {
             let mut below = self.revoked_below.entry(counter.clone()).or_default();
             *below = (*below).max(epoch);
         }
-        // Moved under `dropped`'s lock (see `outstanding`).
+        self.drop_leases_of(counter, epoch);
+    }
+
+    /// Takes `counter`'s leases older than `epoch` out of use, into
+    /// `dropped`, under its lock (see `outstanding`).
+    fn drop_leases_of(&self, counter: &CounterKey, epoch: u64) {
         let mut dropped = self.dropped.lock();
         for slot in self.slots.iter() {
             if slot.key().0 == *counter {
@@ -764,15 +769,9 @@ impl Leases {
     /// `counter` alone (deleted, evicted, or on a cluster node that lost
     /// its data): only its leases end.
     pub(crate) fn spent_at_loss_of(&self, counter: &CounterKey) -> Outstanding {
-        {
-            // Moved under `dropped`'s lock (see `outstanding`).
-            let mut dropped = self.dropped.lock();
-            for slot in self.slots.iter() {
-                if slot.key().0 == *counter {
-                    dropped.extend(take_held(slot.key(), &mut slot.value().lock()));
-                }
-            }
-        }
+        // Every epoch's, with no revocation recorded: leases of the
+        // counter put back are taken as before.
+        self.drop_leases_of(counter, u64::MAX);
         self.outstanding()
     }
 

@@ -196,10 +196,12 @@ end
 -- from a lease not reclaimed whose holder's record is of that epoch, its
 -- day recorded, no reclaim due, not sent before), with one read and one
 -- write of the counter's hash: it does exactly what the rest of the
--- script does for it (give_back, done_put, reclaim, taken_back; see
--- tests/store_conformance.rs, which runs both on the same calls), at
--- about half the cost (BENCHMARKS.md). Reports are most of a leasing
--- replica's calls. Any other call goes on below.
+-- script does for it (give_back, rec_get/rec_put, done_put, reclaim,
+-- taken_back; src/store/redis_script_tests.rs runs both on the same
+-- calls), for about two thirds of the instructions (BENCHMARKS.md): it
+-- parses only the holder record's fields it reads, and writes the rest
+-- back as stored. Reports are most of a leasing replica's calls. Any
+-- other call goes on below.
 -- fast report: begin
 if op == 'report' and call > 0 and ret_n > 0 and ret_q == 0 and ret_metered and ret_gen > 0 then
   local rd = 'd:' .. ret_day .. ':'
@@ -271,7 +273,6 @@ local function done_get(id)
   return { q = tonumber(q), t = tonumber(t), g = tonumber(g), c = tonumber(c),
     ep = tonumber(ep), a = tonumber(a) }
 end
-
 
 -- The answer to a give-back or report: `answer`, with what the counter
 -- holds now (used, leased, epoch, period start), for the replica's copy.
