@@ -861,18 +861,11 @@ async fn leasing_replicas_lose_nothing_when_redis_restarts_with_older_data() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_admit_no_more_than_the_quota_when_redis_rolls_back() {
     use store_suite::rule;
-    use support::redis_server::Redis;
     use tower_usage_plans::store::CounterKey;
     use tower_usage_plans::QuotaPeriod;
 
     const QUOTA: u64 = 1_000;
-    let redis = Redis::start_rollbackable();
-    let prefix = unique_prefix();
-    let first = store_suite::store_at(&redis.url(), &prefix).await;
-    let second = store_suite::store_at(&redis.url(), &prefix).await;
-    for store in [&first, &second] {
-        store.recover_if_emptied().await.unwrap();
-    }
+    let (redis, first, second) = two_replicas_on_a_rollbackable_redis().await;
     let counter = CounterKey::new("plan", "rolled-back");
     let quota = Some(rule(QUOTA, QuotaPeriod::Day));
     let admit = |store, n| admit_n(store, &counter, quota, n);
@@ -897,18 +890,11 @@ async fn replicas_admit_no_more_than_the_quota_when_redis_rolls_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_that_lost_nothing_finds_redis_rolled_back_by_its_copy() {
     use store_suite::rule;
-    use support::redis_server::Redis;
     use tower_usage_plans::store::CounterKey;
     use tower_usage_plans::QuotaPeriod;
 
     const QUOTA: u64 = 1_000;
-    let redis = Redis::start_rollbackable();
-    let prefix = unique_prefix();
-    let first = store_suite::store_at(&redis.url(), &prefix).await;
-    let second = store_suite::store_at(&redis.url(), &prefix).await;
-    for store in [&first, &second] {
-        store.recover_if_emptied().await.unwrap();
-    }
+    let (redis, first, second) = two_replicas_on_a_rollbackable_redis().await;
     let counter = CounterKey::new("plan", "rolled-back");
     let quota = Some(rule(QUOTA, QuotaPeriod::Day));
     let admit = |store, n| admit_n(store, &counter, quota, n);
@@ -921,6 +907,24 @@ async fn a_replica_that_lost_nothing_finds_redis_rolled_back_by_its_copy() {
     redis.roll_back(false).await;
     admitted += admit(&second, 2 * QUOTA).await + admit(&first, 2 * QUOTA).await;
     assert_eq!(admitted, QUOTA);
+}
+
+/// A Redis that can be rolled back, and two replicas on it (one prefix),
+/// each past its first check.
+#[cfg(feature = "redis")]
+async fn two_replicas_on_a_rollbackable_redis() -> (
+    support::redis_server::Redis,
+    tower_usage_plans::store::RedisStore,
+    tower_usage_plans::store::RedisStore,
+) {
+    let redis = support::redis_server::Redis::start_rollbackable();
+    let prefix = unique_prefix();
+    let first = store_suite::store_at(&redis.url(), &prefix).await;
+    let second = store_suite::store_at(&redis.url(), &prefix).await;
+    for store in [&first, &second] {
+        store.recover_if_emptied().await.unwrap();
+    }
+    (redis, first, second)
 }
 
 /// Decides `n` times on `store`; how many were admitted.
