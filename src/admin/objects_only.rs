@@ -49,14 +49,12 @@ impl<'de> de::Deserializer<'de> for ObjectsOnly<'_> {
 
     fn deserialize_struct<V: Visitor<'de>>(
         self,
-        name: &'static str,
+        _name: &'static str,
         _fields: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, Self::Error> {
         match self.0 {
-            Value::Array(_) => Err(de::Error::custom(format!(
-                "expected a JSON object for {name}, found an array"
-            ))),
+            Value::Array(_) => Err(de::Error::custom("expected a JSON object, found an array")),
             _ => self.deserialize_any(visitor),
         }
     }

@@ -111,26 +111,23 @@ impl AwsError {
     }
 }
 
-/// Parses a JSON body, an object, into `T`; an empty body is `{}`. (An
-/// array would otherwise be read as the object's fields in order, at the
-/// top or inside: see `objects_only`.)
+/// Parses a JSON body, an object, into `T`; an empty body is `{}`. An
+/// array where `T` has a struct, at the top or inside, is refused: serde
+/// alone would read it as the struct's fields in order (see
+/// `objects_only`).
 pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, AwsError> {
-    let body = match body.iter().find(|b| !b.is_ascii_whitespace()) {
-        None => &b"{}"[..],
-        Some(b'{') => body,
-        Some(_) => {
-            return Err(AwsError::bad_request(
-                "Invalid request body: expected a JSON object",
-            ))
-        }
+    let invalid =
+        |e: &dyn std::fmt::Display| AwsError::bad_request(format!("Invalid request body: {e}"));
+    let body = if body.iter().all(u8::is_ascii_whitespace) {
+        &b"{}"[..]
+    } else {
+        body
     };
-    let parsed = serde_json::from_slice(body)
-        .map_err(|e| AwsError::bad_request(format!("Invalid request body: {e}")))?;
-    // And objects wherever `T` has structs, not arrays read in order.
-    let value: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|e| AwsError::bad_request(format!("Invalid request body: {e}")))?;
-    super::objects_only::check::<T>(&value)
-        .map_err(|e| AwsError::bad_request(format!("Invalid request body: {e}")))?;
+    // Read from the bytes first, which refuses a member given twice (a
+    // `Value` keeps the last one); then the shape, from a `Value`.
+    let parsed = serde_json::from_slice(body).map_err(|e| invalid(&e))?;
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| invalid(&e))?;
+    super::objects_only::check::<T>(&value).map_err(|e| invalid(&e))?;
     Ok(parsed)
 }
 
