@@ -582,7 +582,13 @@ async fn update_usage_seed_exchange() {
         assert_bad_request(&a.patch_ops(&path, &[(op, "/remaining", "5")]).await);
     }
     assert_bad_request(&a.patch_ops(&path, &[("replace", "/used", "5")]).await);
-    assert_bad_request(&a.patch(&path, json!({"patchOperations": []})).await);
+    // An empty patch changes nothing, as for a plan or a key: 200 and the
+    // usage as it stands.
+    let (status, _, unchanged) = a.patch(&path, json!({"patchOperations": []})).await;
+    assert_eq!(
+        (status, &unchanged["values"]),
+        (StatusCode::OK, &json!({kid: [[3, 10]]}))
+    );
     assert_bad_request(
         &a.patch(
             &path,
@@ -778,6 +784,24 @@ async fn bad_requests_change_nothing() {
         ("/apikeys", json!(["arraykey"])),
         // Nor inside (it made a throttle of burst 5, rate 10).
         ("/usageplans", json!({"name": "q", "throttle": [5, 10]})),
+        // A stage no patch path could name (`a:b:c` read as `a` and
+        // `b:c`: the stage could not be removed), nor a stage key.
+        (
+            "/usageplans",
+            json!({"name": "q", "apiStages": [{"apiId": "a:b", "stage": "c"}]}),
+        ),
+        (
+            "/usageplans",
+            json!({"name": "q", "apiStages": [{"apiId": "a/b", "stage": "c"}]}),
+        ),
+        (
+            "/usageplans",
+            json!({"name": "q", "apiStages": [{"apiId": "a b", "stage": "c"}]}),
+        ),
+        (
+            "/usageplans",
+            json!({"name": "q", "apiStages": [{"apiId": "a", "stage": "c\u{0}"}]}),
+        ),
     ] {
         assert_bad_request(&a.post(path, body).await);
     }
@@ -887,6 +911,10 @@ async fn not_found_errors() {
             a.get("/usageplans/up%201%2Fx~y/keys/k%3A1").await,
             Some(plan_msg),
         ),
+        // An id left empty (boto3's `get_api_key(apiKey='')`) names no
+        // resource: it had read the list of keys.
+        (a.get("/apikeys/").await, None),
+        (a.delete(&format!("/usageplans//keys/{kid}")).await, None),
     ] {
         let got = assert_not_found(&resp);
         if let Some(message) = message {
@@ -1166,6 +1194,41 @@ async fn update_usage_plan_throttle_is_enforced_on_the_next_request() {
     assert_eq!(env.data(Some(V1)).await, throttled);
     a.patch_ops(&path, &[("remove", "/throttle", "")]).await;
     assert_eq!(env.data(Some(V1)).await.0, StatusCode::OK);
+}
+
+/// `"throttle": {}` (boto3's `throttle={}`, settings left empty) is no
+/// throttle, for the plan and for a method; read as zeros, the plan
+/// refused every request with 429.
+#[tokio::test]
+async fn an_empty_throttle_is_no_throttle() {
+    let env = env().await;
+    let a = &env.admin;
+    let (plan, _) = metered(&env, json!({"name": "p", "throttle": {}}), V1).await;
+    assert_eq!(plan.get("throttle"), None, "{plan}");
+    assert_eq!(env.data(Some(V1)).await.0, StatusCode::OK);
+    let staged = a
+        .create_plan(json!({"name": "s", "apiStages": [
+            {"apiId": "abc", "stage": "prod", "throttle": {"//GET": {}}}]}))
+        .await;
+    assert_eq!(
+        staged["apiStages"],
+        json!([{"apiId": "abc", "stage": "prod"}])
+    );
+    let (status, _, updated) = a
+        .patch_ops(
+            &format!("/usageplans/{}", id(&staged)),
+            &[(
+                "replace",
+                "/apiStages/abc:prod/throttle",
+                r#"{"//GET": {}, "/pets/GET": {"rateLimit": 2}}"#,
+            )],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{updated}");
+    assert_eq!(
+        updated["apiStages"][0]["throttle"],
+        json!({"/pets/GET": {"burstLimit": 2, "rateLimit": 2.0}})
+    );
 }
 
 #[tokio::test]

@@ -279,10 +279,17 @@ fn too_large() -> AwsError {
 }
 
 /// Splits the raw path on `/`, then percent-decodes each segment (a `%2F`
-/// inside an id stays part of the id).
+/// inside an id stays part of the id). An empty segment is an id left
+/// empty (`get_api_key(apiKey='')` asks for `/apikeys/`): no resource, not
+/// the one beside it.
 fn path_segments(path: &str) -> Result<Vec<String>, AwsError> {
+    let path = path.strip_prefix('/').unwrap_or(path);
+    if path.split('/').any(str::is_empty) {
+        return Err(AwsError::not_found(format!(
+            "Invalid path /{path}: an empty segment (an id left empty?)"
+        )));
+    }
     path.split('/')
-        .filter(|s| !s.is_empty())
         .map(|s| {
             percent_encoding::percent_decode_str(s)
                 .decode_utf8()

@@ -2,6 +2,8 @@
 //! plans, keys and usage. Each function applies a whole list to a draft;
 //! the registry commits the draft only if every operation succeeded.
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 
 use crate::model::{ApiKey, ApiStage, Quota, QuotaPeriod, Throttle, UsagePlan};
@@ -119,6 +121,8 @@ pub(crate) enum RemainingChange {
 /// The change of an UpdateUsage: `replace` or `add` on `/remaining`. Of
 /// several `replace`s the last one counts (AWS applies them in order); an
 /// `add` must be the only operation (one atomic step, not a sequence).
+/// None at all changes nothing (an `add` of 0), as an empty patch of a
+/// plan or key does: the answer is the usage as it stands.
 pub(crate) fn remaining(operations: &[PatchOperation]) -> Result<RemainingChange> {
     if operations.len() > 1 && operations.iter().any(|op| op.op == "add") {
         return Err(Error::bad_request(
@@ -139,7 +143,7 @@ pub(crate) fn remaining(operations: &[PatchOperation]) -> Result<RemainingChange
             _ => return Err(op.unsupported()),
         });
     }
-    change.ok_or_else(|| Error::bad_request("Invalid patch: no patch operations"))
+    Ok(change.unwrap_or(RemainingChange::Add(0)))
 }
 
 /// Applies UpdateApiKey operations to a draft key.
@@ -270,7 +274,7 @@ fn apply_stage_op(plan: &mut UsagePlan, op: &PatchOperation, rest: &str) -> Resu
                 Ok(())
             }
             "replace" | "add" => {
-                stage.throttle = serde_json::from_str(op.value()?).map_err(|e| {
+                stage.throttle = method_throttles(op.value()?).map_err(|e| {
                     Error::bad_request(format!(
                         "Invalid value for {}: expected a JSON map of method throttles: {e}",
                         op.path
@@ -345,6 +349,15 @@ fn stage_name(value: &str) -> Result<(String, String)> {
     }
 }
 
+/// A JSON map of method throttles, as a plan's stage reads it (`{}` for a
+/// method: none of its own).
+fn method_throttles(json: &str) -> serde_json::Result<BTreeMap<String, Throttle>> {
+    let mut json = serde_json::Deserializer::from_str(json);
+    let throttles = crate::model::throttle_by_method(&mut json)?;
+    json.end()?;
+    Ok(throttles)
+}
+
 fn stage_not_found(api_id: &str, stage: &str) -> Error {
     Error::new(
         ErrorKind::NotFound,
@@ -403,7 +416,8 @@ mod tests {
         ] {
             assert!(remaining(std::slice::from_ref(&bad)).is_err(), "{bad:?}");
         }
-        assert!(remaining(&[]).is_err());
+        // An empty patch changes nothing, as for a plan or a key.
+        assert_eq!(remaining(&[]).unwrap(), RemainingChange::Add(0));
         let twice = [
             op("replace", "/remaining", Some("5")),
             op("add", "/remaining", Some("6")),

@@ -25,8 +25,13 @@ pub struct ApiStage {
     pub api_id: String,
     /// The stage name.
     pub stage: String,
-    /// Per-method throttles that override the plan's throttle.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    /// Per-method throttles that override the plan's throttle (one given
+    /// as `{}` is left out).
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "super::throttle::by_method"
+    )]
     pub throttle: BTreeMap<String, Throttle>,
 }
 
@@ -90,6 +95,23 @@ impl ApiStage {
             return Err(Error::bad_request(
                 "Invalid API stage: apiId and stage must not be empty",
             ));
+        }
+        // `{apiId}:{stage}` names a stage in patch paths, and
+        // `{apiId}/{stage}` in stage keys: an apiId holding either
+        // separator names no stage there. Blanks and control characters
+        // name none anywhere.
+        let unnameable = |c: char| c.is_whitespace() || c.is_control();
+        if self.api_id.contains([':', '/']) || self.api_id.contains(unnameable) {
+            return Err(Error::bad_request(format!(
+                "Invalid apiId {:?}: it must not contain ':', '/', blanks or control characters",
+                self.api_id
+            )));
+        }
+        if self.stage.contains(unnameable) {
+            return Err(Error::bad_request(format!(
+                "Invalid stage {:?}: it must not contain blanks or control characters",
+                self.stage
+            )));
         }
         for (method_path, throttle) in &self.throttle {
             MethodRoute::parse(method_path)?;
@@ -232,8 +254,8 @@ pub struct NewUsagePlan {
     /// Stages the plan covers; empty means every stage.
     #[serde(default)]
     pub api_stages: Vec<ApiStage>,
-    /// The plan-wide throttle.
-    #[serde(default)]
+    /// The plan-wide throttle (`{}` is none).
+    #[serde(default, deserialize_with = "super::throttle::optional")]
     pub throttle: Option<Throttle>,
     /// The quota.
     #[serde(default)]

@@ -50,6 +50,39 @@ impl From<ThrottleFields> for Throttle {
     }
 }
 
+impl ThrottleFields {
+    /// The throttle, or none when neither field is given (`{}`): an SDK
+    /// sends that for throttle settings left empty, and a throttle of
+    /// zeros would refuse every request.
+    fn given(self) -> Option<Throttle> {
+        (self.rate_limit.is_some() || self.burst_limit.is_some()).then(|| self.into())
+    }
+}
+
+/// Reads an optional throttle (`#[serde(deserialize_with)]`): `{}` is none.
+pub(crate) fn optional<'de, D>(deserializer: D) -> std::result::Result<Option<Throttle>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let fields = Option::<ThrottleFields>::deserialize(deserializer)?;
+    Ok(fields.and_then(ThrottleFields::given))
+}
+
+/// Reads method throttles (`#[serde(deserialize_with)]`): a method whose
+/// throttle is `{}` has none of its own.
+pub(crate) fn by_method<'de, D>(
+    deserializer: D,
+) -> std::result::Result<std::collections::BTreeMap<String, Throttle>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let map = std::collections::BTreeMap::<String, ThrottleFields>::deserialize(deserializer)?;
+    Ok(map
+        .into_iter()
+        .filter_map(|(method, fields)| Some((method, fields.given()?)))
+        .collect())
+}
+
 impl Throttle {
     /// A validated throttle.
     ///
