@@ -542,6 +542,25 @@ async fn sigterm_right_after_ready_is_graceful() {
     assert_eq!(used_in_state_file(&state), Some(0), "state flushed on exit");
 }
 
+/// SIGHUP (systemd's `ExecReload`) without TLS has nothing to reload, and
+/// the gateway goes on serving. (It had ended the process, exit 129,
+/// losing what was admitted since the state file's last write.)
+#[tokio::test]
+async fn sighup_without_tls_changes_nothing() {
+    let dir = TempDir::new("sighup");
+    let (state, config) = config_with_state(&dir, 100, "");
+    let mut gateway = spawn(&["--config", config.to_str().unwrap()], &dir.0);
+    let (data, _) = gateway.ready().await;
+    assert_eq!(status(data, Some(KEY)).await, StatusCode::OK);
+    gateway.signal("HUP");
+    gateway.wait_for("SIGHUP received").await;
+    assert_eq!(status(data, Some(KEY)).await, StatusCode::OK);
+    gateway.signal("TERM");
+    let (exit, stderr) = gateway.exit().await;
+    assert!(exit.success(), "exit status {exit}; stderr: {stderr}");
+    assert_eq!(used_in_state_file(&state), Some(2));
+}
+
 #[tokio::test]
 async fn metrics_count_requests_by_outcome() {
     let dir = TempDir::new("metrics");

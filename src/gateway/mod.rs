@@ -309,10 +309,11 @@ impl Gateway {
             scheme(&admin_cert)
         );
         let certs: Vec<_> = data_cert.into_iter().chain(admin_cert).collect();
+        // Always: SIGHUP's default action ends the process (systemd's
+        // `ExecReload` sends it), losing what was admitted since the
+        // state file's last write.
         #[cfg(unix)]
-        if !certs.is_empty() {
-            reload_on_sighup(certs.clone(), stop.subscribe())?;
-        }
+        reload_on_sighup(certs.clone(), stop.subscribe())?;
         if let Some(addr) = metrics_addr {
             tracing::info!("metrics listening on http://{addr}");
         }
@@ -521,7 +522,8 @@ fn reload(certs: &[Arc<tls::ServerCert>]) -> Result<(), GatewayError> {
     first_error.map_or(Ok(()), Err)
 }
 
-/// SIGHUP reloads the certificates, until the gateway stops.
+/// SIGHUP reloads the certificates (with none, it does nothing), until the
+/// gateway stops.
 #[cfg(unix)]
 fn reload_on_sighup(
     certs: Vec<Arc<tls::ServerCert>>,
@@ -538,6 +540,9 @@ fn reload_on_sighup(
                 received = hangup.recv() => {
                     if received.is_none() {
                         return;
+                    }
+                    if certs.is_empty() {
+                        tracing::info!("SIGHUP received: no TLS certificate to reload");
                     }
                     let _ = reload(&certs);
                 }
