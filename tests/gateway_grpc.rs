@@ -10,11 +10,13 @@ use support::gateway_config::{daily_quota, one_key};
 use support::grpc::{self, client, plain_server};
 use support::{net, usage, usage_grpc};
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body::Frame;
+use http_body_util::{BodyExt, Full, StreamBody};
 use net::{closed_addr, within};
 use tokio_stream::StreamExt;
 use tonic::{Code, Request};
@@ -216,6 +218,57 @@ async fn bad_input_gets_a_clear_answer_never_a_hang_or_a_5xx() {
         assert_eq!(response.status(), 400, "{content_type}");
     }
     assert_eq!(used(&gateway).await, before, "refused before metering");
+
+    // More metadata than the edge takes: RESOURCE_EXHAUSTED, as gRPC
+    // refuses it (it was an HTTP 431 with a JSON body, which a gRPC client
+    // reads as UNKNOWN), before metering.
+    let many: Vec<(String, String)> = (0..101)
+        .map(|i| (format!("x-meta-{i}"), "v".to_owned()))
+        .chain([
+            ("content-type".to_owned(), "application/grpc".to_owned()),
+            ("x-api-key".to_owned(), KEY.to_owned()),
+        ])
+        .collect();
+    let many: Vec<(&str, &str)> = many.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    let (status, headers) = raw_h2(addr, &many).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-type"], "application/grpc");
+    assert_eq!(headers["grpc-status"], "8", "{headers:?}");
+    assert_eq!(used(&gateway).await, before, "refused before metering");
+    gateway.shutdown().await.unwrap();
+}
+
+/// A unary call whose request never ends: the upstream has not answered
+/// (it waits for the whole message), so the gateway does, with
+/// DEADLINE_EXCEEDED at the body read timeout (it was a 408 with a JSON
+/// body, read by gRPC clients as UNKNOWN), and the call costs nothing.
+#[tokio::test]
+async fn a_request_that_never_ends_is_deadline_exceeded_and_free() {
+    let (up, _server) = plain_server().await;
+    let gateway = Gateway::start(GatewayConfig {
+        body_read_timeout: Some(Duration::from_millis(300)),
+        ..config(up, 10)
+    })
+    .await
+    .unwrap();
+    let addr = gateway.data_addr();
+    let (feed, frames) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+    let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(frames));
+    let mut sender = net::h2_client(addr).await;
+    let request = http::Request::post(format!("http://{addr}{}", usage_grpc::COUNT))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("x-api-key", KEY)
+        .body(body)
+        .unwrap();
+    let response = within("the answer", sender.send_request(request))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "application/grpc");
+    assert_eq!(response.headers()["grpc-status"], "4", "{response:?}");
+    assert_eq!(used(&gateway).await, [0, 10]);
+    drop(feed);
     gateway.shutdown().await.unwrap();
 }
 

@@ -135,14 +135,33 @@ impl BodyWatch {
     }
 }
 
-/// The answer to a request whose body failed: 408 or 400; for a client
-/// that went away, a 400 no one reads, marked [`access::Abandoned`].
-pub(crate) fn failed_body<B: From<Bytes>>(failure: BodyFailure) -> Response<B> {
+/// The gateway's own refusal of a request: AWS-shaped JSON, or for a gRPC
+/// call (`grpc`) a trailers-only gRPC status, which is all its client
+/// reads.
+pub(crate) fn refusal<B: From<Bytes>>(
+    status: StatusCode,
+    message: &str,
+    grpc: bool,
+) -> Response<B> {
+    match grpc {
+        true => super::grpc::error(status, message),
+        false => aws_error(status, message),
+    }
+}
+
+/// The answer to a request whose body failed: 408 or 400 (for a gRPC call,
+/// `DEADLINE_EXCEEDED` or `INVALID_ARGUMENT`); for a client that went away,
+/// a 400 no one reads, marked [`access::Abandoned`].
+pub(crate) fn failed_body<B: From<Bytes>>(failure: BodyFailure, grpc: bool) -> Response<B> {
     match failure {
-        BodyFailure::Timeout => aws_error(StatusCode::REQUEST_TIMEOUT, "Request Timeout"),
-        BodyFailure::Client => aws_error(StatusCode::BAD_REQUEST, "Bad Request"),
+        BodyFailure::Timeout => refusal(
+            StatusCode::REQUEST_TIMEOUT,
+            "Request Timeout: no data from the client within the body read timeout",
+            grpc,
+        ),
+        BodyFailure::Client => refusal(StatusCode::BAD_REQUEST, "Bad Request", grpc),
         BodyFailure::Abandoned => {
-            let mut response = aws_error(StatusCode::BAD_REQUEST, "Bad Request");
+            let mut response = refusal::<B>(StatusCode::BAD_REQUEST, "Bad Request", grpc);
             response.extensions_mut().insert(access::Abandoned);
             response
         }
@@ -531,8 +550,9 @@ where
     fn call(&mut self, request: Request<Incoming>) -> Self::Future {
         let in_flight = self.connection.start();
         let http1 = request.version() < http::Version::HTTP_2;
+        let grpc = !http1 && super::grpc::is_call(request.headers());
         if let Some((status, message)) = refuse_head(&request) {
-            let mut response = aws_error(status, message);
+            let mut response = refusal(status, message, grpc);
             if http1 && !request.body().is_end_stream() {
                 // Its body is never read: the connection cannot go on.
                 response
@@ -548,7 +568,7 @@ where
         }
         let (parts, body) = request.into_parts();
         let mut limits = self.body_limits;
-        if super::grpc::is_call(&parts.headers) {
+        if grpc {
             // A call's request stream goes at its application's pace
             // (one message a minute is a fine stream): only idle is judged.
             limits.min_rate = None;
@@ -564,6 +584,7 @@ where
                 future: self.inner.call(Request::from_parts(parts, body)),
                 watch,
                 http1,
+                grpc,
             },
             in_flight: Some(in_flight),
         }
@@ -587,6 +608,8 @@ pin_project! {
             future: F,
             watch: Option<Arc<BodyWatch>>,
             http1: bool,
+            // A gRPC call: the edge's answers are gRPC statuses.
+            grpc: bool,
         },
         // The edge's own answer; its body becomes the service's body type
         // when returned.
@@ -614,6 +637,7 @@ where
                 future,
                 watch,
                 http1,
+                grpc,
             } => {
                 let response = std::task::ready!(future.poll(cx))?;
                 // The body failed before the answer: the request never got
@@ -622,7 +646,7 @@ where
                 // of the body, if any, is not read).
                 match watch.as_ref().and_then(|w| w.failure()) {
                     Some(failure) => {
-                        let mut response = failed_body::<B>(failure);
+                        let mut response = failed_body::<B>(failure, *grpc);
                         if *http1 {
                             response
                                 .headers_mut()

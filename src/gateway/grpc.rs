@@ -60,18 +60,23 @@ impl H2Client {
     }
 }
 
-/// The gateway's own failure (`status`: 502, 504, 408…) as a trailers-only
-/// gRPC status: `UNAVAILABLE` for 502/503, `DEADLINE_EXCEEDED` for
-/// timeouts, `UNIMPLEMENTED` for 501, `INTERNAL` otherwise (gRPC's own
-/// HTTP-to-status mapping).
-pub(crate) fn error(status: StatusCode, message: &str) -> Response<GatewayBody> {
+/// The gateway's own failure (`status`: 502, 504, 408, 431…) as a
+/// trailers-only gRPC status: `UNAVAILABLE` for 502/503,
+/// `DEADLINE_EXCEEDED` for timeouts, `UNIMPLEMENTED` for 501 and 405,
+/// `INVALID_ARGUMENT` for 400, `RESOURCE_EXHAUSTED` for a request too large
+/// (413, 414, 431), `INTERNAL` otherwise.
+pub(crate) fn error<B: From<Bytes>>(status: StatusCode, message: &str) -> Response<B> {
     let code: u16 = match status {
         StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE => 14,
         StatusCode::GATEWAY_TIMEOUT | StatusCode::REQUEST_TIMEOUT => 4,
-        StatusCode::NOT_IMPLEMENTED => 12,
+        StatusCode::NOT_IMPLEMENTED | StatusCode::METHOD_NOT_ALLOWED => 12,
+        StatusCode::BAD_REQUEST => 3,
+        StatusCode::PAYLOAD_TOO_LARGE
+        | StatusCode::URI_TOO_LONG
+        | StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => 8,
         _ => 13,
     };
-    let mut response = Response::new(GatewayBody::from(Bytes::new()));
+    let mut response = Response::new(B::from(Bytes::new()));
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
@@ -120,10 +125,19 @@ mod tests {
 
     #[test]
     fn gateway_failures_map_to_grpc_codes() {
-        let unavailable = error(StatusCode::BAD_GATEWAY, "Bad Gateway");
-        assert_eq!(unavailable.status(), 200);
-        assert_eq!(unavailable.headers()["grpc-status"], "14");
-        let deadline = error(StatusCode::GATEWAY_TIMEOUT, "Endpoint request timed out");
-        assert_eq!(deadline.headers()["grpc-status"], "4");
+        for (status, code) in [
+            (StatusCode::BAD_GATEWAY, "14"),
+            (StatusCode::GATEWAY_TIMEOUT, "4"),
+            (StatusCode::REQUEST_TIMEOUT, "4"),
+            (StatusCode::BAD_REQUEST, "3"),
+            (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "8"),
+            (StatusCode::URI_TOO_LONG, "8"),
+            (StatusCode::INTERNAL_SERVER_ERROR, "13"),
+        ] {
+            let answer: Response<GatewayBody> = error(status, "why");
+            assert_eq!(answer.status(), 200);
+            assert_eq!(answer.headers()["grpc-status"], code, "{status}");
+            assert_eq!(answer.headers()["grpc-message"], "why");
+        }
     }
 }

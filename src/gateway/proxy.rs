@@ -204,12 +204,14 @@ impl Service<Request<EdgeBody>> for Proxy {
             None => (None, charge),
         };
         let exchange = logged(&parts);
+        let grpc_call = grpc::is_call(&parts.headers);
         let request = Request::from_parts(parts, body);
         let upstream = self.upstream.clone();
         let own = self.own.clone();
         Box::pin(async move {
             let (mut response, sent) = match &*upstream {
-                Upstream::Echo => (echo(request).await, true),
+                // A gRPC call the echo cannot answer costs nothing.
+                Upstream::Echo => (echo(request).await, !grpc_call),
                 Upstream::Http(http) => forward(http, &own, request).await,
             };
             if let (Some(exchange), true) = (&exchange, sent && upstream_answered(&response)) {
@@ -232,7 +234,7 @@ impl Service<Request<EdgeBody>> for Proxy {
                 return Ok(response);
             };
             // The body failed: the upstream never got the request whole.
-            let mut response = edge::failed_body(failure);
+            let mut response = edge::failed_body(failure, grpc_call);
             give_back(refund.charge.take(), &mut response).await;
             Ok(response)
         })
@@ -342,7 +344,7 @@ async fn forward(
     // gRPC statuses.
     let grpc = grpc::is_call(&parts.headers);
     let error = |status, message: &str| match grpc {
-        true => grpc::error(status, message),
+        true => gateway_answer(grpc::error(status, message)),
         false => error(status, message),
     };
     parts.uri = match upstream.path_and_query_for(&parts.uri) {
@@ -605,7 +607,12 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 /// An AWS-style JSON error from the gateway itself.
 pub(crate) fn error(status: StatusCode, message: &str) -> Response<GatewayBody> {
-    let mut response = edge::aws_error(status, message);
+    gateway_answer(edge::aws_error(status, message))
+}
+
+/// `response`, marked as the gateway's own (no upstream answered it: the
+/// access log's upstream status is `-`).
+fn gateway_answer(mut response: Response<GatewayBody>) -> Response<GatewayBody> {
     response.extensions_mut().insert(GatewayAnswer);
     response
 }
@@ -614,10 +621,10 @@ pub(crate) fn error(status: StatusCode, message: &str) -> Response<GatewayBody> 
 async fn echo(request: Request<EdgeBody>) -> Response<GatewayBody> {
     if grpc::is_call(request.headers()) {
         // A JSON answer would only confuse a gRPC client.
-        return grpc::error(
+        return gateway_answer(grpc::error(
             StatusCode::NOT_IMPLEMENTED,
             "no upstream: the built-in echo answers HTTP only",
-        );
+        ));
     }
     let (parts, body) = request.into_parts();
     let body = match http_body_util::Limited::new(body, ECHO_MAX_BODY)
