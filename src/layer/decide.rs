@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderValue, Response};
 
-use super::grpc::{add_retry_info, is_grpc};
+use super::grpc::{add_retry_info, answer_grpc_web_as_asked, is_grpc};
 use super::headers::RateLimitHeaders;
 use super::{ChargeRules, Refusal, RefusalResponse, UsageContext};
 use crate::key::{KeySource, RequestHead};
@@ -242,7 +242,9 @@ impl Config {
         headers: Option<RateLimitHeaders>,
     ) -> Response<B> {
         let mut response = if is_grpc(request_headers) {
-            refusal.grpc_response(reason)
+            let mut response = refusal.grpc_response(reason);
+            answer_grpc_web_as_asked(request_headers, response.headers_mut());
+            response
         } else {
             refusal.response(reason)
         };

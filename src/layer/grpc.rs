@@ -111,6 +111,22 @@ pub(crate) fn trailers_only<B>(refusal: Refusal, body: B) -> Response<B> {
     response
 }
 
+/// A gRPC-Web call (`application/grpc-web…`) reads its answer as the media
+/// type it sent: a refusal built as `application/grpc` takes the
+/// request's. (The trailers-only answer has no body to encode, so
+/// `grpc-web-text` needs nothing more.)
+pub(crate) fn answer_grpc_web_as_asked(request: &HeaderMap, response: &mut HeaderMap) {
+    let Some(asked) = request.get(header::CONTENT_TYPE) else {
+        return;
+    };
+    let built_as_grpc = response
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes() == b"application/grpc");
+    if built_as_grpc && has_media_prefix(asked, b"application/grpc-web") {
+        response.insert(header::CONTENT_TYPE, asked.clone());
+    }
+}
+
 /// [`Refusal::grpc_code`] as the text of `grpc-status`, without formatting
 /// or allocating it.
 fn code_text(refusal: Refusal) -> &'static str {
@@ -291,5 +307,26 @@ mod tests {
         assert!(is_grpc(&headers));
         headers.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
         assert!(!is_grpc(&headers));
+    }
+
+    #[test]
+    fn a_grpc_web_refusal_answers_in_the_media_type_asked() {
+        let refused = |asked: &str| {
+            let mut request = HeaderMap::new();
+            request.insert(header::CONTENT_TYPE, asked.parse().unwrap());
+            let mut response = trailers_only(Refusal::Throttled, ()).into_parts().0.headers;
+            answer_grpc_web_as_asked(&request, &mut response);
+            response[header::CONTENT_TYPE].clone()
+        };
+        assert_eq!(refused("application/grpc"), "application/grpc");
+        assert_eq!(refused("application/grpc+proto"), "application/grpc");
+        assert_eq!(
+            refused("application/grpc-web+proto"),
+            "application/grpc-web+proto"
+        );
+        assert_eq!(
+            refused("application/grpc-web-text"),
+            "application/grpc-web-text"
+        );
     }
 }
