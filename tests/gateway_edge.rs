@@ -420,6 +420,17 @@ async fn the_gateway_answers_too_long_urls_and_too_many_or_large_headers_itself(
         }
     }
     assert_eq!(used_today(&gateway).await[0], 0);
+    // The limit is on the client's own fields: 100 pass (the request id
+    // the gateway stamps made them 101, refused), 101 do not.
+    for (fields, passes) in [(100, true), (101, false)] {
+        let more: String = (0..fields - 2)
+            .map(|i| format!("x-h{i}: {i}\r\n"))
+            .collect();
+        let sent = format!("GET / HTTP/1.1\r\nhost: gateway\r\nx-api-key: {KEY}\r\n{more}\r\n");
+        let answer = exchange(gateway.data_addr(), sent.as_bytes(), true).await;
+        let status = parse(&answer).0;
+        assert_eq!(status == 200, passes, "{fields} fields: {answer}");
+    }
     gateway.shutdown().await.unwrap();
 }
 

@@ -53,8 +53,9 @@ pub struct Cli {
     /// Prometheus metrics listener (off unless set).
     #[arg(long, env = "USAGE_PLANS_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
-    /// Where admitted requests go (`http://` or `https://`); without it a
-    /// built-in echo upstream answers.
+    /// Where admitted requests go (`http://` or `https://`, with an
+    /// optional base path put before every request's path; no query);
+    /// without it a built-in echo upstream answers.
     #[arg(long, env = "USAGE_PLANS_UPSTREAM", value_name = "URL")]
     pub upstream: Option<String>,
     /// Trust only these PEM certificates for an `https://` upstream
@@ -707,10 +708,19 @@ fn parse_upstream(url: &str) -> Result<http::Uri, String> {
     Ok(uri)
 }
 
+/// An upstream is `http(s)://host[:port]`, with an optional base path that
+/// every request's path goes under; a query would be dropped (each request
+/// brings its own), so it is refused rather than ignored.
 fn check_upstream(uri: &http::Uri) -> Result<(), String> {
     if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
         return Err(format!(
             "upstream: '{uri}' must be an http://host:port or https://host:port URL"
+        ));
+    }
+    if uri.query().is_some() {
+        return Err(format!(
+            "upstream: '{uri}' has a query, which no request would carry: give \
+             http(s)://host:port, with a base path if you need one"
         ));
     }
     Ok(())
@@ -774,6 +784,15 @@ mod tests {
             !help.contains("```") && !help.contains("use clap"),
             "{help}"
         );
+    }
+
+    #[test]
+    fn an_upstream_takes_a_base_path_but_no_query() {
+        assert!(parse_upstream("http://127.0.0.1:9000/base").is_ok());
+        assert!(parse_upstream("https://upstream.example").is_ok());
+        let error = parse_upstream("http://127.0.0.1:9000/base?q=1").unwrap_err();
+        assert!(error.contains("has a query"), "{error}");
+        assert!(parse_upstream("ftp://127.0.0.1").is_err());
     }
 
     #[test]
