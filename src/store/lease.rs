@@ -150,6 +150,8 @@ pub(crate) struct Lease {
     /// one-unit lease of its own (each of which then renewed again: six
     /// script calls a key a second, not one).
     pub(crate) renewing: Option<Unspent>,
+    /// The number of the renewal `renewing` belongs to (see [`Renewal`]).
+    pub(crate) renewal: u64,
 }
 
 impl Lease {
@@ -188,6 +190,8 @@ pub(crate) struct Leases {
     renewals: DashMap<Slot, Arc<tokio::sync::Notify>>,
     /// The last id given to a call on this replica's records in Redis.
     calls: AtomicU64,
+    /// The last number given to a renewal.
+    renewal_numbers: AtomicU64,
     /// Calls on its records that this replica stopped waiting for, to send
     /// again or settle (see [`Unsure`]).
     unsure: Mutex<Vec<Unsure>>,
@@ -681,14 +685,19 @@ impl Leases {
             unspent: std::mem::take(&mut lease.unspent),
             ..*lease
         };
+        let number = self.renewal_numbers.fetch_add(1, Ordering::Relaxed) + 1;
         lease.renewing = Some(taken.unspent);
-        if want != (1, 1) {
-            self.renewals
-                .insert(slot.clone(), Arc::new(tokio::sync::Notify::new()));
-        }
+        lease.renewal = number;
+        let waited_for = (want != (1, 1)).then(|| {
+            let renewed = Arc::new(tokio::sync::Notify::new());
+            self.renewals.insert(slot.clone(), renewed.clone());
+            renewed
+        });
         let renewal = Renewal {
             leases: self.clone(),
             slot: slot.clone(),
+            number,
+            waited_for,
         };
         Some((taken, renewal))
     }
@@ -914,6 +923,10 @@ impl Outstanding {
 pub(crate) struct Renewal {
     leases: Arc<Leases>,
     slot: Slot,
+    /// Its number in the slot ([`Lease::renewal`]).
+    number: u64,
+    /// What wakes the requests waiting for it, if they wait.
+    waited_for: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Renewal {
@@ -924,11 +937,22 @@ impl Renewal {
 }
 
 impl Drop for Renewal {
+    /// Ends this renewal, and only this one: a request may have started
+    /// the slot's next renewal once the new lease was kept (before this
+    /// drop). Ended too, that one's lease counted nowhere while its call
+    /// was out (a restore then left out what it admitted: 32,768 and
+    /// 14,877 over a quota in a test run), and a third renewal could start.
     fn drop(&mut self) {
         if let Some(slot) = self.leases.slots.get(&self.slot) {
-            slot.lock().renewing = None;
+            let mut lease = slot.lock();
+            if lease.renewal == self.number {
+                lease.renewing = None;
+            }
         }
-        if let Some((_, renewed)) = self.leases.renewals.remove(&self.slot) {
+        if let Some(renewed) = &self.waited_for {
+            self.leases
+                .renewals
+                .remove_if(&self.slot, |_, current| Arc::ptr_eq(current, renewed));
             renewed.notify_waiters();
         }
     }
@@ -1130,5 +1154,41 @@ mod tests {
             .take_unspent(&slot(), (1, 1))
             .expect("kept: renewable again");
         assert_eq!(taken.unspent.units, 8);
+    }
+
+    /// A renewal's new lease is kept, and before the renewal is dropped
+    /// (`Renewal::keep` keeps, then drops) another request starts the
+    /// next one: that one stays under way, and its lease stays counted.
+    #[test]
+    fn a_renewal_ends_only_itself() {
+        let leases = Arc::new(Leases::new(LeaseConfig::default()));
+        grant(&leases, 0, 8, 8);
+        let (_, first) = leases.take_unspent(&slot(), (8, 8)).unwrap();
+        grant(&leases, 0, 8, 8);
+        let quota = QuotaRule {
+            quota: crate::model::Quota::new(100, crate::model::QuotaPeriod::Day),
+            plan_created: 0,
+        };
+        {
+            let lease = leases.slots.get(&slot()).unwrap();
+            let mut lease = lease.lock();
+            lease.unspent.units -= 5;
+            lease.unspent.admitted = 5;
+            lease.quota = Some(quota);
+        }
+        let (taken, second) = leases
+            .take_unspent(&slot(), (8, 8))
+            .expect("the first lease is kept");
+        assert_eq!(taken.unspent.admitted, 5);
+        drop(first);
+        assert!(
+            leases.take_unspent(&slot(), (1, 1)).is_none(),
+            "the second renewal is still under way"
+        );
+        assert!(leases.renewal_under_way(&slot()).is_some());
+        let outstanding = leases.outstanding();
+        assert_eq!(outstanding.of(&slot().0, 0, 0), 5, "{outstanding:?}");
+        drop(second);
+        assert!(leases.take_unspent(&slot(), (1, 1)).is_some());
     }
 }

@@ -1266,6 +1266,7 @@ impl RedisStore {
                     throttle,
                     quota,
                     renewing: None,
+                    renewal: 0,
                 });
             }
             // A new lease is kept before a restore may run: it counts it.
