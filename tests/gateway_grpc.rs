@@ -142,6 +142,38 @@ async fn an_unreachable_upstream_is_unavailable_and_costs_nothing() {
     gateway.shutdown().await.unwrap();
 }
 
+/// An HTTP/2 upstream that refuses every stream with RST_STREAM
+/// REFUSED_STREAM, which RFC 9113 guarantees it did not process.
+async fn refusing_upstream() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut connection) = h2::server::handshake(stream).await else {
+                    return;
+                };
+                while let Some(Ok((_, mut respond))) = connection.accept().await {
+                    respond.send_reset(h2::Reason::REFUSED_STREAM);
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_stream_the_upstream_refused_unprocessed_costs_nothing() {
+    let gateway = gateway(refusing_upstream().await, 5).await;
+    let mut client = client(gateway.data_addr()).await;
+    let refused = within("Count", client.count(keyed(CountRequest { n: 1 })))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert_eq!(used(&gateway).await, [0, 5]);
+    gateway.shutdown().await.unwrap();
+}
+
 /// One gRPC frame of `CountRequest { n }` (uncompressed).
 fn frame(n: u32) -> Bytes {
     let message = prost::Message::encode_to_vec(&CountRequest { n });

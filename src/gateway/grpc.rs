@@ -60,6 +60,23 @@ impl H2Client {
     }
 }
 
+/// Whether the upstream refused the call's stream with `REFUSED_STREAM`,
+/// which RFC 9113 §8.7 guarantees it did not process: the call costs
+/// nothing, as for an upstream that could not be reached. (A `GOAWAY`
+/// says as much only of the streams above its last id, which `h2` reports
+/// with the same error as the streams below it that were cut off: those
+/// stay charged.)
+pub(crate) fn refused_unprocessed(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if let Some(h2) = error.downcast_ref::<h2::Error>() {
+            return h2.is_remote() && h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        cause = error.source();
+    }
+    false
+}
+
 /// The gateway's own failure (`status`: 502, 504, 408, 431…) as a
 /// trailers-only gRPC status: `UNAVAILABLE` for 502/503,
 /// `DEADLINE_EXCEEDED` for timeouts, `UNIMPLEMENTED` for 501 and 405,

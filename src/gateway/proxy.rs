@@ -480,7 +480,7 @@ impl HttpUpstream {
             sent: false,
         })?;
         self.h2.send(request).await.map_err(|e| SendError {
-            sent: !e.is_connect(),
+            sent: !e.is_connect() && !grpc::refused_unprocessed(&e),
             message: e.to_string(),
         })
     }
