@@ -802,6 +802,13 @@ async fn bad_requests_change_nothing() {
             "/usageplans",
             json!({"name": "q", "apiStages": [{"apiId": "a", "stage": "c\u{0}"}]}),
         ),
+        // AWS's tag limits, and a plan name as long as a key's may be.
+        ("/usageplans", json!({"name": "q", "tags": {"": "v"}})),
+        (
+            "/apikeys",
+            json!({"name": "t", "tags": {"aws:owner": "me"}}),
+        ),
+        ("/usageplans", json!({"name": "n".repeat(1025)})),
     ] {
         assert_bad_request(&a.post(path, body).await);
     }

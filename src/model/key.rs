@@ -24,7 +24,7 @@ pub const MIN_KEY_VALUE_LEN: usize = 20;
 /// assert!(plans.create_api_key(NewApiKey::new("b").with_value("k".repeat(MAX_KEY_VALUE_LEN + 1))).is_err());
 /// ```
 pub const MAX_KEY_VALUE_LEN: usize = 128;
-const MAX_NAME_LEN: usize = 1024;
+pub(crate) const MAX_NAME_LEN: usize = 1024;
 
 /// An API key. AWS `ApiKey`; timestamps are epoch seconds as on the wire.
 ///
@@ -79,7 +79,7 @@ impl ApiKey {
                 )));
             }
         }
-        Ok(())
+        super::tags::validate(&self.tags)
     }
 
     /// The key without its secret value, as AWS shows it unless asked.

@@ -3,6 +3,7 @@
 mod key;
 mod plan;
 mod quota;
+mod tags;
 mod throttle;
 mod usage;
 

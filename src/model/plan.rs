@@ -209,6 +209,13 @@ impl UsagePlan {
         if self.name.trim().is_empty() {
             return Err(Error::bad_request("Usage plan name must not be empty"));
         }
+        if self.name.chars().count() > super::key::MAX_NAME_LEN {
+            return Err(Error::bad_request(format!(
+                "Usage plan name must be at most {} characters",
+                super::key::MAX_NAME_LEN
+            )));
+        }
+        super::tags::validate(&self.tags)?;
         if let Some(throttle) = &self.throttle {
             throttle.validate()?;
         }
