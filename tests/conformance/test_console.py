@@ -314,6 +314,19 @@ def test_disable_and_create_keys_from_the_page(browser, console_gateway, api):
     assert api.get_usage_plan_key(usagePlanId=plan["id"], keyId=key_id)["name"] == name
 
 
+def test_a_key_deleted_elsewhere_is_let_go(browser, console_gateway, api):
+    # Deleted by another operator while selected: the next refresh drops its
+    # view (it stayed, with "Refresh failed: 404" every 5 s).
+    _, key = new_metered_key(api)
+    sign_in(browser, console_gateway)
+    select_key(browser, key)
+    api.delete_api_key(apiKey=key["id"])
+    browser.find_element(By.ID, "refresh").click()
+    wait(browser, lambda d: d.find_element(By.ID, "no-key").is_displayed(), "the key view closed")
+    assert not browser.find_element(By.ID, "key-detail").is_displayed()
+    assert f"Key {key['id']} is gone" in text_of(browser, "#answer")
+
+
 def test_html_in_a_key_name_is_shown_as_text(browser, console_gateway, api):
     plan, key = new_metered_key(api, name=XSS_NAME)
     sign_in(browser, console_gateway)

@@ -193,8 +193,8 @@ async function refresh(quiet = false) {
   try {
     await loadPlans();
     await loadKeys();
-    if (state.selected) await loadUsage();
-    if (!quiet) say(`Refreshed at ${new Date().toISOString().slice(11, 19)} UTC`);
+    const letGo = state.selected ? await loadSelectedUsage() : false;
+    if (!quiet && !letGo) say(`Refreshed at ${new Date().toISOString().slice(11, 19)} UTC`);
   } catch (e) {
     say(`Refresh failed: ${describe(e)}`, true);
   } finally {
@@ -211,11 +211,11 @@ async function loadPlans() {
   const rows = state.plans.map((p) => {
     const tr = el("tr", undefined, { "data-plan-id": p.id });
     tr.append(
-      el("td", p.name),
+      el("td", p.name, { class: "name" }),
       el("td", p.id, { class: "id" }),
       el("td", describeThrottle(p.throttle)),
       el("td", describeQuota(p.quota)),
-      el("td", (p.apiStages || []).map((s) => `${s.apiId}:${s.stage}`).join(", ") || "none")
+      el("td", (p.apiStages || []).map((s) => `${s.apiId}:${s.stage}`).join(", ") || "none", { class: "name" })
     );
     const count = el("td", "…");
     tr.append(count);
@@ -287,7 +287,7 @@ function renderKeys() {
   for (const key of state.keys.values()) {
     const tr = el("tr", undefined, { "data-key-id": key.id, tabindex: "0" });
     if (state.selected && state.selected.key.id === key.id) tr.classList.add("selected");
-    tr.append(el("td", key.name || "(no name)"), el("td", key.id, { class: "id" }), el("td", key.enabled ? "yes" : "no"), el("td", "…", { class: "plans" }));
+    tr.append(el("td", key.name || "(no name)", { class: "name" }), el("td", key.id, { class: "id" }), el("td", key.enabled ? "yes" : "no"), el("td", "…", { class: "plans name" }));
     tr.addEventListener("click", () => select(key.id));
     tr.addEventListener("keydown", (e) => {
       if (e.key === "Enter") select(key.id);
@@ -324,6 +324,25 @@ async function select(keyId) {
   for (const tr of $("keys").children) tr.classList.toggle("selected", tr.dataset.keyId === keyId);
   renderSelected();
   await loadUsage().catch((e) => say(`Usage failed: ${describe(e)}`, true));
+}
+
+// The selected key's usage; a key deleted meanwhile (elsewhere: another
+// operator, the CLI) is let go, not shown with a failure every refresh
+// (`true`: it was).
+async function loadSelectedUsage() {
+  try {
+    await loadUsage();
+    return false;
+  } catch (e) {
+    if (!(e instanceof ApiError && e.status === 404)) throw e;
+    const gone = state.selected.key.id;
+    state.selected = null;
+    $("key-detail").hidden = true;
+    $("no-key").hidden = false;
+    for (const tr of $("keys").children) tr.classList.remove("selected");
+    say(`Key ${gone} is gone (deleted, or taken out of its plan)`, true);
+    return true;
+  }
 }
 
 function renderSelected() {
@@ -461,7 +480,9 @@ async function createKey(event) {
     );
     if (!added) return;
   }
-  $("created").textContent = `Created ${key.id}; its value (shown once): ${key.value || "(not shown)"}`;
+  // Its value is shown here, not in the answer line; the API gives it again
+  // (includeValue) unless the gateway keeps only digests of key values.
+  $("created").textContent = `Created ${key.id}; its value: ${key.value || "(not shown)"}`;
   form.name.value = "";
   await refresh(true);
 }
