@@ -14,7 +14,6 @@ use std::io::IsTerminal;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-use clap::Parser;
 use tower_usage_plans::gateway::{Cli, Gateway, GatewayConfig, GatewayError, LogFormat};
 use tracing::{Level, Metadata};
 use tracing_subscriber::filter::{filter_fn, FilterFn};
@@ -44,7 +43,7 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_naming_env();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     match cli.log_format.unwrap_or_default() {
         LogFormat::Json => tracing_subscriber::fmt()

@@ -451,6 +451,22 @@ async fn a_bad_configuration_exits_non_zero_naming_the_field() {
     let (status, stderr) = gateway.exit().await;
     assert!(!status.success());
     assert!(stderr.contains(missing.to_str().unwrap()), "{stderr}");
+
+    // A bad value from the environment names its variable (clap names the
+    // flag, which a container's operator never typed).
+    let mut gateway = spawn_with_env(&[], &dir.0, &[("USAGE_PLANS_LISTEN", "garbage")]);
+    let (status, stderr) = gateway.exit().await;
+    assert!(!status.success());
+    assert!(stderr.contains("USAGE_PLANS_LISTEN"), "{stderr}");
+    // Not when the flag itself carries it.
+    let mut gateway = spawn_with_env(
+        &["--listen", "garbage"],
+        &dir.0,
+        &[("USAGE_PLANS_LISTEN", "127.0.0.1:0")],
+    );
+    let (status, stderr) = gateway.exit().await;
+    assert!(!status.success());
+    assert!(!stderr.contains("USAGE_PLANS_LISTEN"), "{stderr}");
 }
 
 /// An upstream that reports each request and answers it only when the

@@ -700,6 +700,52 @@ where
     }
 }
 
+impl Cli {
+    /// As [`Parser::parse`], but an invalid value taken from a
+    /// `USAGE_PLANS_*` variable is named as such: clap names only the flag
+    /// (`invalid value 'x' for '--listen <ADDR>'`), which a container's
+    /// operator never typed. Exits as `parse` does.
+    ///
+    /// ```no_run
+    /// let cli = tower_usage_plans::gateway::Cli::parse_naming_env();
+    /// ```
+    pub fn parse_naming_env() -> Self {
+        match Self::try_parse() {
+            Ok(cli) => cli,
+            Err(error) => {
+                let _ = error.print();
+                if let Some(variable) = variable_behind(&error) {
+                    eprintln!("(the value comes from the environment variable {variable})");
+                }
+                std::process::exit(error.exit_code())
+            }
+        }
+    }
+}
+
+/// The environment variable an invalid value came from: the flag clap
+/// names has one, it is set, and the command line does not give the flag.
+fn variable_behind(error: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue};
+    use clap::CommandFactory;
+    let Some(ContextValue::String(flag)) = error.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let long = flag.strip_prefix("--")?.split([' ', '=']).next()?;
+    let command = Cli::command();
+    let variable = command
+        .get_arguments()
+        .find(|arg| arg.get_long() == Some(long))?
+        .get_env()?
+        .to_str()?
+        .to_owned();
+    let on_command_line = std::env::args().any(|arg| {
+        arg.strip_prefix("--")
+            .is_some_and(|given| given.split('=').next() == Some(long))
+    });
+    (std::env::var_os(&variable).is_some() && !on_command_line).then_some(variable)
+}
+
 fn parse_upstream(url: &str) -> Result<http::Uri, String> {
     let uri: http::Uri = url
         .parse()
