@@ -11,6 +11,7 @@ pub(crate) use key::validate_key_value;
 pub use key::{ApiKey, NewApiKey, StageKey, UsagePlanKey, MAX_KEY_VALUE_LEN, MIN_KEY_VALUE_LEN};
 pub use plan::{ApiStage, NewUsagePlan, UsagePlan};
 pub use quota::{Quota, QuotaPeriod};
+#[cfg(feature = "admin")]
 pub(crate) use throttle::by_method as throttle_by_method;
 pub use throttle::Throttle;
 pub use usage::Usage;
