@@ -154,11 +154,14 @@ pub(crate) fn refusal<B: From<Bytes>>(
 /// a 400 no one reads, marked [`access::Abandoned`].
 pub(crate) fn failed_body<B: From<Bytes>>(failure: BodyFailure, grpc: bool) -> Response<B> {
     match failure {
-        BodyFailure::Timeout => refusal(
-            StatusCode::REQUEST_TIMEOUT,
-            "Request Timeout: no data from the client within the body read timeout",
-            grpc,
-        ),
+        BodyFailure::Timeout => match grpc {
+            // As a call whose answer had begun ends (`grpc::broken_off`).
+            true => super::grpc::error(
+                StatusCode::REQUEST_TIMEOUT,
+                "no data from the client within the body read timeout",
+            ),
+            false => aws_error(StatusCode::REQUEST_TIMEOUT, "Request Timeout"),
+        },
         BodyFailure::Client => refusal(StatusCode::BAD_REQUEST, "Bad Request", grpc),
         BodyFailure::Abandoned => {
             let mut response = refusal::<B>(StatusCode::BAD_REQUEST, "Bad Request", grpc);
