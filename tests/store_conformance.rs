@@ -1157,3 +1157,123 @@ impl Deciders {
         )
     }
 }
+
+/// UpdateUsage `add` of a negative amount that reaches into the units out
+/// on leases, while a replica spends them: the requests admitted before
+/// the call began and those begun after it returned add up to at most the
+/// quota less that amount (requests during the call may go either way).
+/// (The leased units counted as remaining, though the replica had spent
+/// some without telling Redis yet: 1,000-8,000 too many.)
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_negative_add_into_leased_units_admits_none_too_many() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::SeqCst};
+    use std::sync::Arc;
+    use std::time::Duration;
+    use store_suite::rule;
+    use support::redis_server::Redis;
+    use tower_usage_plans::store::{
+        CounterKey, CounterStore, DecisionRequest, LeaseConfig, RedisStore, Verdict,
+    };
+    use tower_usage_plans::QuotaPeriod;
+
+    const QUOTA: u64 = 40_000;
+    const LESS: i64 = 33_000;
+    // Before the call, during it, after it.
+    const BEFORE: u8 = 0;
+    const AFTER: u8 = 2;
+    let redis = Redis::start();
+    let store = RedisStore::connect(&redis.url())
+        .await
+        .unwrap()
+        .with_prefix(unique_prefix())
+        .with_leases(LeaseConfig::default());
+    store.until_leasing().await;
+    let counter = CounterKey::new("plan", "added");
+    let quota = rule(QUOTA, QuotaPeriod::Day);
+    let phase = Arc::new(AtomicU8::new(BEFORE));
+    let [admitted, before, after] = [(); 3].map(|()| Arc::new(AtomicU64::new(0)));
+    let spent = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (store, counter, phase, spent) =
+            (store.clone(), counter.clone(), phase.clone(), spent.clone());
+        let (admitted, before, after) = (admitted.clone(), before.clone(), after.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut refused = 0;
+            while refused < 200 {
+                let request = DecisionRequest {
+                    counter: &counter,
+                    throttle: None,
+                    quota: Some(quota),
+                    now: jiff::Timestamp::now().into(),
+                };
+                // A few thousand requests a second, as through a gateway:
+                // leases of thousands of units, reported every 50 ms.
+                tokio::time::sleep(Duration::from_micros(500)).await;
+                let began = phase.load(SeqCst);
+                let verdict = store.decide(&request).await.unwrap().verdict;
+                let ended = phase.load(SeqCst);
+                if verdict == Verdict::Admitted {
+                    admitted.fetch_add(1, SeqCst);
+                    if ended == BEFORE {
+                        before.fetch_add(1, SeqCst);
+                    } else if began == AFTER {
+                        after.fetch_add(1, SeqCst);
+                    }
+                } else {
+                    refused += 1;
+                    spent.store(true, SeqCst);
+                }
+            }
+        }));
+    }
+    // What the gateway does every 200 ms: reports and expired leases go back.
+    let upkeep = {
+        let (store, spent) = (store.clone(), spent.clone());
+        tokio::spawn(async move {
+            while !spent.load(SeqCst) {
+                let _ = store.give_back_expired_leases().await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    while admitted.load(SeqCst) < 5_000 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    phase.store(1, SeqCst);
+    let answer = store
+        .add_remaining(&counter, &quota, jiff::Timestamp::now(), -LESS)
+        .await
+        .unwrap();
+    phase.store(AFTER, SeqCst);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    upkeep.await.unwrap();
+    let (before, after) = (before.load(SeqCst), after.load(SeqCst));
+    // Every lease back: what they did not spend is remaining again, so
+    // that nothing is lost either.
+    store.give_back_leases().await.unwrap();
+    let admitted = admitted.load(SeqCst);
+    let now = jiff::Timestamp::now();
+    let today = now.to_zoned(jiff::tz::TimeZone::UTC).date();
+    let [used, remaining] = store
+        .usage(&counter, Some(&quota), now, today, today)
+        .await
+        .unwrap()[0];
+    assert!(
+        before < QUOTA - LESS as u64,
+        "{before} admitted before the call: the test would prove nothing"
+    );
+    assert!(
+        before + after <= QUOTA - LESS as u64,
+        "{before} admitted before the call and {after} after it, of {}: the add answered {answer:?}",
+        QUOTA - LESS as u64
+    );
+    assert_eq!(
+        (used, remaining),
+        (admitted, QUOTA - LESS as u64 - admitted),
+        "GetUsage after {admitted} admitted"
+    );
+}
