@@ -267,6 +267,20 @@ async fn bad_input_gets_a_clear_answer_never_a_hang_or_a_5xx() {
     assert_eq!(headers["content-type"], "application/grpc");
     assert_eq!(headers["grpc-status"], "8", "{headers:?}");
     assert_eq!(used(&gateway).await, before, "refused before metering");
+    // The limit is HTTP/1's: 100 fields pass, `:authority` counted as
+    // `Host` (it let 101 through); the client sends `content-length` too.
+    for (fields, code) in [(100, "0"), (101, "8")] {
+        let more: Vec<(String, String)> = (0..fields - 4)
+            .map(|i| (format!("x-meta-{i}"), "v".to_owned()))
+            .chain([
+                ("content-type".to_owned(), "application/grpc".to_owned()),
+                ("x-api-key".to_owned(), KEY.to_owned()),
+            ])
+            .collect();
+        let more: Vec<(&str, &str)> = more.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        let (_, headers) = raw_h2(addr, &more).await;
+        assert_eq!(headers["grpc-status"], code, "{fields} fields");
+    }
     gateway.shutdown().await.unwrap();
 }
 

@@ -519,9 +519,16 @@ fn refuse_head<B>(request: &Request<B>) -> Option<(StatusCode, &'static str)> {
         return Some((StatusCode::BAD_REQUEST, "Bad Request"));
     }
     // The client's fields: not the request id the gateway stamped (it
-    // replaces any the client sent), which made 100 fields 101.
+    // replaces any the client sent), which made 100 fields 101; and on
+    // HTTP/2, `:authority`, which hyper keeps in the URI (HTTP/1's `Host`
+    // counts), so that the limit is the same on both.
     let own_id = usize::from(headers.contains_key(&super::access::REQUEST_ID));
-    if headers.len() - own_id > MAX_HEADERS {
+    let authority = usize::from(
+        request.version() >= http::Version::HTTP_2
+            && request.uri().authority().is_some()
+            && !headers.contains_key(header::HOST),
+    );
+    if headers.len() + authority - own_id > MAX_HEADERS {
         return Some((
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "Request Header Fields Too Large",
