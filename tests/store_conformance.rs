@@ -1277,3 +1277,72 @@ async fn a_negative_add_into_leased_units_admits_none_too_many() {
         "GetUsage after {admitted} admitted"
     );
 }
+
+/// A replica killed while it holds a lease (as by `kill -9`: it never
+/// gives it back or reports it), then Redis losing its data: what the dead
+/// replica may have admitted (the units Redis kept when it reclaimed its
+/// lease) is put back with the other replica's copy, not admitted again.
+/// (Left out of the copy, it is: 59-313 over 50,000 in black-box runs,
+/// 1,018 of 1,000 here.) Not fixed yet: the replicas' copies count `used`
+/// less every leased unit, kept ones included, and the rollback check
+/// (`copy_ahead` in redis.lua) reads them so; counting kept units in the
+/// copy needs that check, and the restore's arguments, to carry them too.
+/// `cargo test --test store_conformance -- --ignored` runs it.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "known over-admission, not fixed yet (see the doc comment)"]
+async fn what_a_dead_replica_may_have_admitted_survives_a_loss() {
+    use std::time::Duration;
+    use store_suite::{decide, rule};
+    use support::redis_server::Redis;
+    use tower_usage_plans::store::{CounterKey, Decision, LeaseConfig, RedisStore, Verdict};
+    use tower_usage_plans::QuotaPeriod::Day;
+
+    const QUOTA: u64 = 1_000;
+    let redis = Redis::start();
+    let prefix = unique_prefix();
+    let connect = || async {
+        RedisStore::connect(&redis.url())
+            .await
+            .unwrap()
+            .with_prefix(prefix.clone())
+            .with_timeout(Duration::from_secs(5))
+            .with_leases(LeaseConfig::default())
+    };
+    let (live, dead) = (connect().await, connect().await);
+    for store in [&live, &dead] {
+        store.until_leasing().await;
+        store.recover_if_emptied().await.unwrap();
+    }
+    let counter = CounterKey::new("plan", "dead");
+    let quota = Some(rule(QUOTA, Day));
+    let admitted = |d: &Decision| u64::from(d.verdict == Verdict::Admitted);
+    // The dying replica's lease grows with its rate (all at one instant);
+    // what it admits from its last lease it never reports.
+    let now = jiff::Timestamp::now();
+    let mut total = 0;
+    for _ in 0..300 {
+        total += admitted(&decide(&dead, &counter, None, quota, now).await);
+    }
+    assert_eq!(total, 300);
+    drop(dead);
+    // Past its lease's expiry and grace by the live replica's requests:
+    // Redis reclaims it, keeping what it may have admitted.
+    let later = now + jiff::SignedDuration::from_secs(3);
+    total += admitted(&decide(&live, &counter, None, quota, later).await);
+    let mut raw = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: redis::Value = redis::cmd("FLUSHALL").query_async(&mut raw).await.unwrap();
+    assert!(
+        live.recover_if_emptied().await.unwrap(),
+        "the loss is found"
+    );
+    for _ in 0..2 * QUOTA {
+        total += admitted(&decide(&live, &counter, None, quota, later).await);
+    }
+    live.give_back_leases().await.unwrap();
+    assert!(total <= QUOTA, "{total} admitted of {QUOTA}");
+}
