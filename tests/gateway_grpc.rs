@@ -205,6 +205,33 @@ async fn raw_h2(addr: SocketAddr, headers: &[(&str, &str)]) -> (u16, http::Heade
     (status, all)
 }
 
+/// A raw keyed call with `extra` metadata entries besides its
+/// `content-type` and key.
+async fn raw_h2_with_metadata(addr: SocketAddr, extra: usize) -> (u16, http::HeaderMap) {
+    let headers: Vec<(String, String)> = (0..extra)
+        .map(|i| (format!("x-meta-{i}"), "v".to_owned()))
+        .chain([
+            ("content-type".to_owned(), "application/grpc".to_owned()),
+            ("x-api-key".to_owned(), KEY.to_owned()),
+        ])
+        .collect();
+    let headers: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .collect();
+    raw_h2(addr, &headers).await
+}
+
+/// A gateway in front of `up` whose body read timeout is 300 ms.
+async fn impatient_gateway(up: SocketAddr) -> Gateway {
+    Gateway::start(GatewayConfig {
+        body_read_timeout: Some(Duration::from_millis(300)),
+        ..config(up, 10)
+    })
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn bad_input_gets_a_clear_answer_never_a_hang_or_a_5xx() {
     let (up, _server) = plain_server().await;
@@ -254,15 +281,7 @@ async fn bad_input_gets_a_clear_answer_never_a_hang_or_a_5xx() {
     // More metadata than the edge takes: RESOURCE_EXHAUSTED, as gRPC
     // refuses it (it was an HTTP 431 with a JSON body, which a gRPC client
     // reads as UNKNOWN), before metering.
-    let many: Vec<(String, String)> = (0..101)
-        .map(|i| (format!("x-meta-{i}"), "v".to_owned()))
-        .chain([
-            ("content-type".to_owned(), "application/grpc".to_owned()),
-            ("x-api-key".to_owned(), KEY.to_owned()),
-        ])
-        .collect();
-    let many: Vec<(&str, &str)> = many.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
-    let (status, headers) = raw_h2(addr, &many).await;
+    let (status, headers) = raw_h2_with_metadata(addr, 101).await;
     assert_eq!(status, 200);
     assert_eq!(headers["content-type"], "application/grpc");
     assert_eq!(headers["grpc-status"], "8", "{headers:?}");
@@ -270,15 +289,7 @@ async fn bad_input_gets_a_clear_answer_never_a_hang_or_a_5xx() {
     // The limit is HTTP/1's: 100 fields pass, `:authority` counted as
     // `Host` (it let 101 through); the client sends `content-length` too.
     for (fields, code) in [(100, "0"), (101, "8")] {
-        let more: Vec<(String, String)> = (0..fields - 4)
-            .map(|i| (format!("x-meta-{i}"), "v".to_owned()))
-            .chain([
-                ("content-type".to_owned(), "application/grpc".to_owned()),
-                ("x-api-key".to_owned(), KEY.to_owned()),
-            ])
-            .collect();
-        let more: Vec<(&str, &str)> = more.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
-        let (_, headers) = raw_h2(addr, &more).await;
+        let (_, headers) = raw_h2_with_metadata(addr, fields - 4).await;
         assert_eq!(headers["grpc-status"], code, "{fields} fields");
     }
     gateway.shutdown().await.unwrap();
@@ -291,12 +302,7 @@ async fn bad_input_gets_a_clear_answer_never_a_hang_or_a_5xx() {
 #[tokio::test]
 async fn a_request_that_never_ends_is_deadline_exceeded_and_free() {
     let (up, _server) = plain_server().await;
-    let gateway = Gateway::start(GatewayConfig {
-        body_read_timeout: Some(Duration::from_millis(300)),
-        ..config(up, 10)
-    })
-    .await
-    .unwrap();
+    let gateway = impatient_gateway(up).await;
     let addr = gateway.data_addr();
     let (feed, frames) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
     let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(frames));
@@ -321,12 +327,7 @@ async fn a_request_that_never_ends_is_deadline_exceeded_and_free() {
 #[tokio::test]
 async fn an_idle_request_stream_ends_at_the_body_read_timeout() {
     let (up, _server) = plain_server().await;
-    let gateway = Gateway::start(GatewayConfig {
-        body_read_timeout: Some(Duration::from_millis(300)),
-        ..config(up, 10)
-    })
-    .await
-    .unwrap();
+    let gateway = impatient_gateway(up).await;
     let mut client = client(gateway.data_addr()).await;
     let (send, receive) = tokio::sync::mpsc::channel(1);
     send.send(CountReply { i: 1 }).await.unwrap();

@@ -643,12 +643,7 @@ async fn a_redis_stall_while_leasing_loses_no_quota() {
     );
     admitted += 1;
     store.give_back_leases().await.unwrap();
-    let now = jiff::Timestamp::now();
-    let today = now.to_zoned(jiff::tz::TimeZone::UTC).date();
-    let [used, remaining] = store
-        .usage(&counter, Some(&quota), now, today, today)
-        .await
-        .unwrap()[0];
+    let [used, remaining] = today_usage(&store, &counter, &quota).await;
     assert!(failed > 0, "the stalls failed some requests");
     assert!(
         (QUOTA - admitted - failed..=QUOTA - admitted).contains(&remaining),
@@ -709,7 +704,7 @@ async fn lose_data_while_leasing(replicas: usize, losses: usize, apart: u64, how
     use std::time::Duration;
     use store_suite::rule;
     use support::redis_server::Redis;
-    use tower_usage_plans::store::{CounterKey, CounterStore, LeaseConfig, RedisStore};
+    use tower_usage_plans::store::{CounterKey, LeaseConfig, RedisStore};
     use tower_usage_plans::QuotaPeriod;
 
     const QUOTA: u64 = 10_000_000;
@@ -791,12 +786,7 @@ async fn lose_data_while_leasing(replicas: usize, losses: usize, apart: u64, how
     for store in &stores {
         store.give_back_leases().await.unwrap();
     }
-    let now = jiff::Timestamp::now();
-    let today = now.to_zoned(jiff::tz::TimeZone::UTC).date();
-    let [_, remaining] = stores[0]
-        .usage(&counter, Some(&quota), now, today, today)
-        .await
-        .unwrap()[0];
+    let [_, remaining] = today_usage(&stores[0], &counter, &quota).await;
     if how.contains("RESTART") {
         // A decision in flight when its connection dropped failed, and
         // may have used its unit. And a lease's share spent unacknowledged
@@ -1172,9 +1162,7 @@ async fn a_negative_add_into_leased_units_admits_none_too_many() {
     use std::time::Duration;
     use store_suite::rule;
     use support::redis_server::Redis;
-    use tower_usage_plans::store::{
-        CounterKey, CounterStore, DecisionRequest, LeaseConfig, RedisStore, Verdict,
-    };
+    use tower_usage_plans::store::{CounterKey, CounterStore, DecisionRequest, Verdict};
     use tower_usage_plans::QuotaPeriod;
 
     const QUOTA: u64 = 40_000;
@@ -1183,12 +1171,7 @@ async fn a_negative_add_into_leased_units_admits_none_too_many() {
     const BEFORE: u8 = 0;
     const AFTER: u8 = 2;
     let redis = Redis::start();
-    let store = RedisStore::connect(&redis.url())
-        .await
-        .unwrap()
-        .with_prefix(unique_prefix())
-        .with_leases(LeaseConfig::default());
-    store.until_leasing().await;
+    let store = leasing_store(&redis.url(), &unique_prefix()).await;
     let counter = CounterKey::new("plan", "added");
     let quota = rule(QUOTA, QuotaPeriod::Day);
     let phase = Arc::new(AtomicU8::new(BEFORE));
@@ -1256,12 +1239,7 @@ async fn a_negative_add_into_leased_units_admits_none_too_many() {
     // that nothing is lost either.
     store.give_back_leases().await.unwrap();
     let admitted = admitted.load(SeqCst);
-    let now = jiff::Timestamp::now();
-    let today = now.to_zoned(jiff::tz::TimeZone::UTC).date();
-    let [used, remaining] = store
-        .usage(&counter, Some(&quota), now, today, today)
-        .await
-        .unwrap()[0];
+    let [used, remaining] = today_usage(&store, &counter, &quota).await;
     assert!(
         before < QUOTA - LESS as u64,
         "{before} admitted before the call: the test would prove nothing"
@@ -1292,26 +1270,19 @@ async fn a_negative_add_into_leased_units_admits_none_too_many() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "known over-admission, not fixed yet (see the doc comment)"]
 async fn what_a_dead_replica_may_have_admitted_survives_a_loss() {
-    use std::time::Duration;
     use store_suite::{decide, rule};
     use support::redis_server::Redis;
-    use tower_usage_plans::store::{CounterKey, Decision, LeaseConfig, RedisStore, Verdict};
+    use tower_usage_plans::store::{CounterKey, Decision, Verdict};
     use tower_usage_plans::QuotaPeriod::Day;
 
     const QUOTA: u64 = 1_000;
     let redis = Redis::start();
     let prefix = unique_prefix();
-    let connect = || async {
-        RedisStore::connect(&redis.url())
-            .await
-            .unwrap()
-            .with_prefix(prefix.clone())
-            .with_timeout(Duration::from_secs(5))
-            .with_leases(LeaseConfig::default())
-    };
-    let (live, dead) = (connect().await, connect().await);
+    let (live, dead) = (
+        leasing_store(&redis.url(), &prefix).await,
+        leasing_store(&redis.url(), &prefix).await,
+    );
     for store in [&live, &dead] {
-        store.until_leasing().await;
         store.recover_if_emptied().await.unwrap();
     }
     let counter = CounterKey::new("plan", "dead");
@@ -1345,4 +1316,34 @@ async fn what_a_dead_replica_may_have_admitted_survives_a_loss() {
     }
     live.give_back_leases().await.unwrap();
     assert!(total <= QUOTA, "{total} admitted of {QUOTA}");
+}
+
+/// A replica's store on `url` under `prefix`, leasing (5 s a call).
+#[cfg(feature = "redis")]
+async fn leasing_store(url: &str, prefix: &str) -> tower_usage_plans::store::RedisStore {
+    use tower_usage_plans::store::{LeaseConfig, RedisStore};
+    let store = RedisStore::connect(url)
+        .await
+        .unwrap()
+        .with_prefix(prefix.to_owned())
+        .with_timeout(std::time::Duration::from_secs(5))
+        .with_leases(LeaseConfig::default());
+    store.until_leasing().await;
+    store
+}
+
+/// `[used, remaining]` of `counter` today, as GetUsage reads it.
+#[cfg(feature = "redis")]
+async fn today_usage(
+    store: &tower_usage_plans::store::RedisStore,
+    counter: &tower_usage_plans::store::CounterKey,
+    quota: &tower_usage_plans::store::QuotaRule,
+) -> [u64; 2] {
+    use tower_usage_plans::store::CounterStore;
+    let now = jiff::Timestamp::now();
+    let today = now.to_zoned(jiff::tz::TimeZone::UTC).date();
+    store
+        .usage(counter, Some(quota), now, today, today)
+        .await
+        .unwrap()[0]
 }
