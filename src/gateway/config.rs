@@ -54,7 +54,8 @@ pub struct Cli {
     #[arg(long, env = "USAGE_PLANS_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
     /// Where admitted requests go (`http://` or `https://`, with an
-    /// optional base path put before every request's path; no query);
+    /// optional base path put before every request's path; no query,
+    /// fragment or credentials);
     /// without it a built-in echo upstream answers.
     #[arg(long, env = "USAGE_PLANS_UPSTREAM", value_name = "URL")]
     pub upstream: Option<String>,
@@ -747,6 +748,12 @@ fn variable_behind(error: &clap::Error) -> Option<String> {
 }
 
 fn parse_upstream(url: &str) -> Result<http::Uri, String> {
+    if url.contains('#') {
+        // `http::Uri` drops a fragment as it parses: refused, not ignored.
+        return Err(format!(
+            "upstream: '{url}' has a fragment (#...), which no request would carry"
+        ));
+    }
     let uri: http::Uri = url
         .parse()
         .map_err(|e| format!("upstream: '{url}' is not a URL: {e}"))?;
@@ -762,6 +769,14 @@ fn check_upstream(uri: &http::Uri) -> Result<(), String> {
         return Err(format!(
             "upstream: '{uri}' must be an http://host:port or https://host:port URL"
         ));
+    }
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        // Not echoed: the message would print the password.
+        return Err(
+            "upstream: the URL has credentials (user@), which the gateway does not send: \
+             give http(s)://host:port"
+                .to_owned(),
+        );
     }
     if uri.query().is_some() {
         return Err(format!(
@@ -833,11 +848,18 @@ mod tests {
     }
 
     #[test]
-    fn an_upstream_takes_a_base_path_but_no_query() {
+    fn an_upstream_takes_a_base_path_but_no_query_fragment_or_credentials() {
         assert!(parse_upstream("http://127.0.0.1:9000/base").is_ok());
         assert!(parse_upstream("https://upstream.example").is_ok());
         let error = parse_upstream("http://127.0.0.1:9000/base?q=1").unwrap_err();
         assert!(error.contains("has a query"), "{error}");
+        let error = parse_upstream("http://127.0.0.1:9000/base#part").unwrap_err();
+        assert!(error.contains("fragment"), "{error}");
+        let error = parse_upstream("http://user:secret@127.0.0.1:9000").unwrap_err();
+        assert!(
+            error.contains("credentials") && !error.contains("secret"),
+            "{error}"
+        );
         assert!(parse_upstream("ftp://127.0.0.1").is_err());
     }
 
