@@ -26,9 +26,20 @@ case "$cmd" in
     echo "export REDIS_CLUSTER_URL=redis+cluster://127.0.0.1:6391,127.0.0.1:6392,127.0.0.1:6393"
     ;;
   stop)
+    # A server writes its files (the cluster's nodes file, its log) as it
+    # shuts down: wait until each has exited before removing the directory,
+    # or the removal races with those writes and fails.
+    pids=()
     for p in 6390 6391 6392 6393; do
-      [ -f "$dir/$p.pid" ] && kill "$(cat "$dir/$p.pid")" 2>/dev/null || true
+      if [ -f "$dir/$p.pid" ]; then
+        pid=$(cat "$dir/$p.pid")
+        kill "$pid" 2>/dev/null && pids+=("$pid")
+      fi
     done
-    rm -rf "$dir"
+    for pid in "${pids[@]}"; do
+      for _ in $(seq 200); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+      kill -9 "$pid" 2>/dev/null || true
+    done
+    rm -rf "$dir" 2>/dev/null || { sleep 0.2; rm -rf "$dir"; }
     ;;
 esac
