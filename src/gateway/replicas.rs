@@ -73,9 +73,8 @@ pub(crate) fn share(
     store: &RedisStore,
 ) -> Arc<Mutex<Replica>> {
     let mut replica = replica;
-    let counted = store.clone();
-    replica.losses_seen = counted.losses();
-    replica.losses = Some(Arc::new(move || counted.losses()));
+    replica.losses_seen = store.losses();
+    replica.store = Some(store.clone());
     let replica = Arc::new(Mutex::new(replica));
     let sync = |replica: &Weak<Mutex<Replica>>| {
         let replica = replica.clone();
@@ -164,10 +163,13 @@ pub(crate) struct Replica {
     base: RegistrySnapshot,
     /// The stage this replica serves (`api:stage`).
     stage: String,
-    /// How many times the store found that Redis lost its data, and how
-    /// many of those this registry has taken in (see `pull`).
-    losses: Option<Arc<dyn Fn() -> u64 + Send + Sync>>,
+    /// The counters' store: how many times it found that Redis lost its
+    /// data, and the marker it knows Redis by (see `pull`).
+    store: Option<RedisStore>,
+    /// How many of the store's losses this registry has taken in.
     losses_seen: u64,
+    /// The marker last found moved (see `pull`), taken in once.
+    marker_moved_to: Option<Option<String>>,
 }
 
 /// Takes the join lock, waiting while another replica holds it (at most
@@ -261,8 +263,9 @@ impl Replica {
             plans,
             publish: redis::Script::new(PUBLISH),
             version: 0,
-            losses: None,
+            store: None,
             losses_seen: 0,
+            marker_moved_to: None,
         };
         replica
             .sync()
@@ -352,6 +355,37 @@ impl Replica {
         Ok(true)
     }
 
+    /// The shared registry and its version, as Redis holds them now.
+    async fn read_shared(&mut self) -> Result<(Option<String>, Option<i64>), Error> {
+        self.connection
+            .pipeline(redis::pipe().atomic().get(SNAPSHOT_KEY).get(VERSION_KEY))
+            .await
+            .map_err(failed("reading the shared registry"))
+    }
+
+    /// Whether Redis's marker moved away from the one the store knows, to
+    /// a value this registry has not taken in yet.
+    async fn marker_newly_moved(&mut self) -> Result<bool, Error> {
+        let Some(store) = &self.store else {
+            return Ok(false);
+        };
+        let moved = store
+            .marker_moved()
+            .await
+            .map_err(failed("reading the marker"))?;
+        let new = moved.is_some() && moved != self.marker_moved_to;
+        self.marker_moved_to = moved;
+        Ok(new)
+    }
+
+    /// What Redis holds is not a later version of what this replica has:
+    /// the next pull merges both, keeping each side's plans and keys.
+    fn forget_base(&mut self) {
+        self.version = 0;
+        self.base = RegistrySnapshot::default();
+        self.pending = true;
+    }
+
     /// Whether this replica holds changes the others have not seen.
     fn changed(&self) -> bool {
         self.pending || self.plans.generation() != self.generation
@@ -364,18 +398,24 @@ impl Replica {
         // not a later version of what this replica has (another replica
         // may have published its configuration alone meanwhile), so the
         // two are merged, both sides kept, as after finding none.
-        let losses = self.losses.as_ref().map_or(0, |losses| losses());
+        let losses = self.store.as_ref().map_or(0, RedisStore::losses);
         if losses > self.losses_seen {
             self.losses_seen = losses;
-            self.version = 0;
-            self.base = RegistrySnapshot::default();
-            self.pending = true;
+            self.forget_base();
         }
-        let (json, version): (Option<String>, Option<i64>) = self
-            .connection
-            .pipeline(redis::pipe().atomic().get(SNAPSHOT_KEY).get(VERSION_KEY))
-            .await
-            .map_err(failed("reading the shared registry"))?;
+        let mut shared = self.read_shared().await?;
+        // The store finds a loss only when it next calls Redis. The marker,
+        // read after the registry, tells now whether Redis lost its data
+        // (or another replica put it back): then what was just read may come
+        // from before the loss or after it, and is read again, to be merged
+        // with what this replica has, both sides kept. Once for each marker
+        // found.
+        if self.marker_newly_moved().await? {
+            tracing::info!("Redis's marker moved: the shared registry is merged with this one");
+            self.forget_base();
+            shared = self.read_shared().await?;
+        }
+        let (json, version) = shared;
         let (Some(json), Some(version)) = (json, version) else {
             // Nothing shared yet (or Redis lost it): what we have is new,
             // and so are the stage and format a replica must match.
@@ -383,9 +423,7 @@ impl Replica {
                 .await
                 .map_err(failed("claiming the stage and format"))?;
             if self.version != 0 {
-                self.version = 0;
-                self.base = RegistrySnapshot::default();
-                self.pending = true;
+                self.forget_base();
             }
             return Ok(());
         };

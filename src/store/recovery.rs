@@ -167,6 +167,11 @@ impl Recovery {
         self
     }
 
+    /// The marker this replica knows Redis by (none before the first).
+    pub(crate) fn known_marker(&self) -> Option<Arc<str>> {
+        self.known.lock().marker.clone()
+    }
+
     /// Reads the marker, and how many of this replica's calls Redis
     /// applied under it; a first one seen is adopted.
     pub(crate) async fn marker(&self, connection: &mut Connection) -> redis::RedisResult<Marker> {

@@ -342,6 +342,22 @@ impl RedisStore {
             .load(std::sync::atomic::Ordering::Acquire)
     }
 
+    /// The marker Redis holds now, when it is not the one this replica
+    /// knows: Redis lost its data (or another replica put it back) and
+    /// this replica may not have found it yet. `None` while they agree, or
+    /// before this replica knows one.
+    #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
+    pub(crate) async fn marker_moved(&self) -> redis::RedisResult<Option<Option<String>>> {
+        let Some(known) = self.recovery.known_marker() else {
+            return Ok(None);
+        };
+        let mut connection = self.connection.clone();
+        let current: Option<String> = connection
+            .query(redis::cmd("GET").arg(&self.recovery.marker_key))
+            .await?;
+        Ok((current.as_deref() != Some(&*known)).then_some(current))
+    }
+
     /// Whether a replica on this Redis that started before this one is
     /// alive (registered, or heard on the channel lately).
     #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
