@@ -1260,15 +1260,10 @@ async fn a_negative_add_into_leased_units_admits_none_too_many() {
 /// gives it back or reports it), then Redis losing its data: what the dead
 /// replica may have admitted (the units Redis kept when it reclaimed its
 /// lease) is put back with the other replica's copy, not admitted again.
-/// (Left out of the copy, it is: 59-313 over 50,000 in black-box runs,
-/// 1,018 of 1,000 here.) Not fixed yet: the replicas' copies count `used`
-/// less every leased unit, kept ones included, and the rollback check
-/// (`copy_ahead` in redis.lua) reads them so; counting kept units in the
-/// copy needs that check, and the restore's arguments, to carry them too.
-/// `cargo test --test store_conformance -- --ignored` runs it.
+/// (The copies counted `used` less every leased unit, kept ones included:
+/// 59-313 over 50,000 in black-box runs, 1,018 of 1,000 here.)
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "known over-admission, not fixed yet (see the doc comment)"]
 async fn what_a_dead_replica_may_have_admitted_survives_a_loss() {
     use store_suite::{decide, rule};
     use support::redis_server::Redis;

@@ -13,7 +13,7 @@
 use futures_util::{StreamExt, TryStreamExt};
 
 use super::recovery::{Recovery, Seen};
-use super::redis::{counter_key, Connection};
+use super::redis::{copied, counter_key, Connection};
 use super::CounterKey;
 use crate::model::QuotaPeriod;
 
@@ -121,13 +121,15 @@ pub(crate) async fn some(
 }
 
 /// A counter hash's period kind, start and end, used count, allowance,
-/// epoch and units out on leases.
+/// epoch, units out on leases, and of those the ones kept from reclaimed
+/// leases.
 type Fields = (
     Option<String>,
     Option<i64>,
     Option<i64>,
     Option<u64>,
     Option<i64>,
+    Option<u64>,
     Option<u64>,
     Option<u64>,
 );
@@ -164,7 +166,7 @@ async fn copy(
                     .query(
                         redis::cmd("HMGET")
                             .arg(&key)
-                            .arg(&["pk", "ps", "pe", "used", "allow", "ep", "leased"][..]),
+                            .arg(&["pk", "ps", "pe", "used", "allow", "ep", "leased", "kt"][..]),
                     )
                     .await?;
                 Ok::<_, redis::RedisError>((counter, fields))
@@ -173,14 +175,14 @@ async fn copy(
         .buffer_unordered(IN_FLIGHT)
         .try_collect()
         .await?;
-    for (counter, (kind, start, end, used, allow, epoch, leased)) in fields {
+    for (counter, (kind, start, end, used, allow, epoch, leased, kept)) in fields {
         let (Some(kind), Some(start), Some(end)) =
             (kind.and_then(|k| k.parse::<QuotaPeriod>().ok()), start, end)
         else {
             continue;
         };
         // Leased units are counted by their holders when they restore.
-        let used = used.unwrap_or(0).saturating_sub(leased.unwrap_or(0));
+        let used = copied(used.unwrap_or(0), leased.unwrap_or(0), kept.unwrap_or(0));
         let allow = allow.unwrap_or(-1);
         if !(start <= now && now < end) || (used == 0 && allow < 0) {
             continue;

@@ -123,12 +123,13 @@ else
   call, ret_report = 0, 0
 end
 -- Whether the replica's copy of the counter (ARGV[23], ARGV[25]: used less
--- leased, and the epoch, in the period starting at ARGV[9]) saw more than
--- the counter holds, given its epoch, period start, used, leased and 'rf'
--- as stored (see "Rollback").
-local function copy_ahead(ep, ps, u, l, rf)
+-- leased, plus kept, and the epoch, in the period starting at ARGV[9]) saw
+-- more than the counter holds, given its epoch, period start, used, leased,
+-- 'rf' and 'kt' as stored (see "Rollback").
+local function copy_ahead(ep, ps, u, l, rf, kt)
   return tonumber(ep) == tonumber(ARGV[25]) and tonumber(ps) == tonumber(ARGV[9])
-    and (tonumber(u) or 0) - (tonumber(l) or 0) + (tonumber(rf) or 0) < tonumber(ARGV[23])
+    and (tonumber(u) or 0) - (tonumber(l) or 0) + (tonumber(kt) or 0) + (tonumber(rf) or 0)
+      < tonumber(ARGV[23])
 end
 
 -- Rollback. On one server Redis counts each replica's calls it applied
@@ -143,21 +144,22 @@ end
 if KEYS[3] then
   local short = redis.call('HINCRBY', KEYS[3], ARGV[39], 1) - 1 < tonumber(ARGV[40])
   -- A replica whose own calls were not lost finds it too when its copy of
-  -- this counter (ARGV[23], ARGV[25]: used less leased, and the epoch, in
-  -- the period starting at ARGV[9]) saw more than the counter holds: used
-  -- less leased, plus what refunds took off ('rf'), only grows within a
-  -- period and epoch.
+  -- this counter (ARGV[23], ARGV[25]: used less leased plus kept, and the
+  -- epoch, in the period starting at ARGV[9]) saw more than the counter
+  -- holds: used less leased, plus the units kept from reclaimed leases
+  -- ('kt') and what refunds and kept units going back took off ('rf'),
+  -- only grows within a period and epoch.
   -- (A give-back reads these fields anyway: it checks there, see
   -- give_back.)
   if not short and op == 'decide' and tonumber(ARGV[25] or 0) > 0 then
-    local q = redis.call('HMGET', k, 'used', 'leased', 'rf', 'ep', 'ps')
-    short = copy_ahead(q[4], q[5], q[1], q[2], q[3])
+    local q = redis.call('HMGET', k, 'used', 'leased', 'rf', 'ep', 'ps', 'kt')
+    short = copy_ahead(q[4], q[5], q[1], q[2], q[3], q[6])
   end
   if op == 'decide' or op == 'lease' then
     if redis.call('EXISTS', KEYS[2]) == 0 then
-      return { 4, '0', 0, 0, 0, 0, 0, -1, 0, 0, 0 }
+      return { 4, '0', 0, 0, 0, 0, 0, -1, 0, 0, 0, 0 }
     elseif short then
-      return { 6, '0', 0, 0, 0, 0, 0, -1, 0, 0, 0 }
+      return { 6, '0', 0, 0, 0, 0, 0, -1, 0, 0, 0, 0 }
     end
   elseif short and (op == 'return' or op == 'report' or op == 'settle') then
     return { 6 }
@@ -206,7 +208,7 @@ end
 if op == 'report' and call > 0 and ret_n > 0 and ret_q == 0 and ret_metered and ret_gen > 0 then
   local rd = 'd:' .. ret_day .. ':'
   local f = redis.call('HMGET', k, 'ep', 'ps', 'pe', 'used', 'leased', 'rf', 'hx', rec_name,
-    done_f, rd .. 'u', rd .. 'r')
+    done_f, rd .. 'u', rd .. 'r', 'kt')
   local ep, ps, pe, t = tonumber(f[1]) or 0, tonumber(f[2]), tonumber(f[3]), ret_day * 86400
   -- The holder's record (see rec_get): units held, and the rest of it as
   -- stored; most kept, tokens, generation, kept units, cap out, epoch.
@@ -216,7 +218,7 @@ if op == 'report' and call > 0 and ret_n > 0 and ret_q == 0 and ret_metered and 
       and tonumber(rep) == ep and tonumber(g) == ret_gen
       and (not f[7] or now_us < tonumber(f[7])) and f[10]
       and not string.find(f[9] or '', ',' .. call .. ':', 1, true) then
-    if KEYS[3] and tonumber(ARGV[25] or 0) > 0 and copy_ahead(ep, ps, f[4], f[5], f[6]) then
+    if KEYS[3] and tonumber(ARGV[25] or 0) > 0 and copy_ahead(ep, ps, f[4], f[5], f[6], f[12]) then
       return { 6 }
     end
     o = math.max(tonumber(o) - ret_n, 0)
@@ -235,7 +237,7 @@ if op == 'report' and call > 0 and ret_n > 0 and ret_q == 0 and ret_metered and 
     redis.call('HINCRBY', k, rd .. 'u', ret_n)
     redis.call('HSET', k, unpack(writes))
     redis.call('EXPIRE', k, ttl)
-    return { 0, tonumber(f[4]), leased, ep, ps }
+    return { 0, tonumber(f[4]), leased, ep, ps, tonumber(f[12]) or 0 }
   end
 end
 -- fast report: end
@@ -251,7 +253,7 @@ if op == 'forget' then
 end
 if ARGV[22] == '1' and (op == 'decide' or op == 'lease') and redis.call('EXISTS', k) == 0 then
   -- Seen before, gone now: the replica checks whether Redis lost its data.
-  return { 3, '0', 0, 0, 0, 0, 0, -1, 0, 0, 0 }
+  return { 3, '0', 0, 0, 0, 0, 0, -1, 0, 0, 0, 0 }
 end
 local epoch = tonumber(redis.call('HGET', k, 'ep')) or 0
 
@@ -275,11 +277,12 @@ local function done_get(id)
 end
 
 -- The answer to a give-back or report: `answer`, with what the counter
--- holds now (used, leased, epoch, period start), for the replica's copy.
+-- holds now (used, leased, epoch, period start, kept), for the replica's
+-- copy.
 local function taken_back(answer)
-  local now_q = redis.call('HMGET', k, 'used', 'leased', 'ps')
+  local now_q = redis.call('HMGET', k, 'used', 'leased', 'ps', 'kt')
   return { answer, tonumber(now_q[1]) or 0, tonumber(now_q[2]) or 0, epoch,
-    tonumber(now_q[3]) or -1 }
+    tonumber(now_q[3]) or -1, tonumber(now_q[4]) or 0 }
 end
 
 -- A call sent again that was applied: it is not applied twice (a "lease"
@@ -288,14 +291,16 @@ local settled = nil
 if call > 0 then
   local d = done_get()
   if d and op == 'lease' then
-    return { 5, '0', 0, 0, 0, 0, 0, -1, 0, 0, 0 }
+    return { 5, '0', 0, 0, 0, 0, 0, -1, 0, 0, 0, 0 }
   elseif d and op == 'settle' then
     settled = d
   elseif d then
     return taken_back(d.a)
   end
 end
-local used, allow, leased, remaining = 0, nil, 0, 0
+-- 'kt': of the leased units, those kept from reclaimed leases (their
+-- holders may have admitted them: they count as admitted in the copies).
+local used, allow, leased, remaining, kept_total = 0, nil, 0, 0, 0
 local function quota_left()
   return math.max((allow or plimit) - used, 0)
 end
@@ -401,6 +406,9 @@ local function reclaim()
         if r.e + grace_us <= now_us then
           local kept = math.min(r.o, r.u)
           unlease(r.o - kept)
+          if kept > 0 then
+            redis.call('HINCRBY', k, 'kt', kept)
+          end
           if r.t > 0 then
             local b = 'b:' .. string.sub(f, 20)
             settle_bucket(b, r.r, r.b)
@@ -544,10 +552,10 @@ local function give_back()
   -- as much as a field read: once, not at each use).
   local rd = 'd:' .. ret_day .. ':'
   local p = redis.call('HMGET', k, 'ps', 'pe', 'used', 'leased', 'stale', rd .. 'w',
-    'carry', 'rf')
+    'carry', 'rf', 'kt')
   -- The replica's copy saw more (see "Rollback"): nothing is taken back,
   -- and the call is refused.
-  if KEYS[3] and tonumber(ARGV[25] or 0) > 0 and copy_ahead(epoch, p[1], p[3], p[4], p[8]) then
+  if KEYS[3] and tonumber(ARGV[25] or 0) > 0 and copy_ahead(epoch, p[1], p[3], p[4], p[8], p[9]) then
     return 'behind'
   end
   local t = ret_day * 86400
@@ -624,7 +632,8 @@ local function give_back()
     local covered = math.min(ret_n, rec.kk)
     rec.kk, rec.p = rec.kk - covered, math.max(rec.p - covered, 0)
     redis.call('HSET', k, 'used', was + ret_n - covered,
-      'leased', math.max((tonumber(p[4]) or 0) - covered, 0))
+      'leased', math.max((tonumber(p[4]) or 0) - covered, 0),
+      'kt', math.max((tonumber(p[9]) or 0) - covered, 0))
     counted = true
   else
     redis.call('HSET', k, 'used', math.max(was - unused, 0),
@@ -648,7 +657,15 @@ local function give_back()
       if not other_epoch then
         rec.pc, rec.p = rec.pc - ret_cap - ret_gt, rec.p + ret_pending
         if rec.pc <= 0 then
-          unlease(rec.kk - rec.p)
+          -- (No longer kept: what the copies counted of them comes off
+          -- as refunds do, see "Rollback".)
+          local back = math.max(rec.kk - rec.p, 0)
+          if back > 0 then
+            unlease(back)
+            local kt = tonumber(redis.call('HGET', k, 'kt')) or 0
+            redis.call('HSET', k, 'kt', math.max(kt - back, 0))
+            redis.call('HINCRBY', k, 'rf', back)
+          end
           rec.pc, rec.kk = 0, math.min(rec.kk, rec.p)
         end
       end
@@ -724,7 +741,7 @@ end
 if op == 'lease' then
   local reclaimed = give_back()
   if reclaimed == 'behind' then
-    return { 6, '0', 0, 0, 0, 0, 0, -1, 0, 0, 0 }
+    return { 6, '0', 0, 0, 0, 0, 0, -1, 0, 0, 0, 0 }
   elseif reclaimed then
     ret_tokens = 0
   end
@@ -734,8 +751,9 @@ if op == 'decide' or op == 'lease' then
 end
 
 if kind ~= "" then
-  local q = redis.call('HMGET', k, 'pk', 'pe', 'used', 'allow', 'leased', 'stale')
+  local q = redis.call('HMGET', k, 'pk', 'pe', 'used', 'allow', 'leased', 'stale', 'kt')
   used, allow, leased = tonumber(q[3]) or 0, tonumber(q[4]), tonumber(q[5]) or 0
+  kept_total = tonumber(q[7]) or 0
   if not (q[1] == kind and q[2] and now < tonumber(q[2])) then
     -- A new period counts what was admitted on its days so far (as
     -- counter.rs does): nothing after a period of the same kind, which
@@ -748,7 +766,7 @@ if kind ~= "" then
     if q[1] and q[1] ~= kind and tonumber(q[2]) > tonumber(pstart) then
       used, carry = leased + stale, stale
     else
-      used, stale, leased, epoch = 0, leased, 0, epoch + 1
+      used, stale, leased, epoch, kept_total = 0, leased, 0, epoch + 1, 0
     end
     if q[1] and q[1] ~= kind then
       for d = math.floor(tonumber(pstart) / 86400), tonumber(day) do
@@ -757,7 +775,7 @@ if kind ~= "" then
     end
     allow = nil
     redis.call('HSET', k, 'pk', kind, 'ps', pstart, 'pe', pend, 'used', used, 'leased', leased,
-      'stale', stale, 'carry', carry, 'ep', epoch)
+      'stale', stale, 'carry', carry, 'ep', epoch, 'kt', kept_total)
     redis.call('HDEL', k, 'allow', 'ae')
   end
   remaining = quota_left()
@@ -777,8 +795,8 @@ if op == 'restore' then
     local holder = holder_of(ARGV[26] or '')
     if (since and seen_epoch >= since)
         or (holder and redis.call('HEXISTS', k, 'hr:' .. holder) == 1) then
-      local now_q = redis.call('HMGET', k, 'used', 'leased')
-      return { epoch, tonumber(now_q[1]) or 0, tonumber(now_q[2]) or 0 }
+      local now_q = redis.call('HMGET', k, 'used', 'leased', 'kt')
+      return { epoch, tonumber(now_q[1]) or 0, tonumber(now_q[2]) or 0, tonumber(now_q[3]) or 0 }
     end
     -- Counts seen before the loss add what they saw beyond the largest
     -- one put back ('rb'); decisions made on the emptied counter before
@@ -818,14 +836,15 @@ if op == 'restore' then
       -- must not come back.)
       redis.call('HINCRBY', k, 'stale', leased)
       epoch, leased = math.max(epoch, seen_epoch, tonumber(ARGV[38]) or 0) + 4294967296, 0
+      kept_total = 0
       redis.call('HSET', k, 're', epoch)
     end
-    redis.call('HSET', k, 'ep', epoch, 'leased', leased)
+    redis.call('HSET', k, 'ep', epoch, 'leased', leased, 'kt', kept_total)
     redis.call('EXPIRE', k, ttl)
     -- The counter as it is now, for the replica's copy.
-    return { epoch, used, leased }
+    return { epoch, used, leased, kept_total }
   end
-  return { 0, 0, 0 }
+  return { 0, 0, 0, 0 }
 end
 
 -- UpdateUsage ends the epoch: the outstanding leased units become stale,
@@ -844,11 +863,11 @@ if op == 'set' then
   leased = 0
   allow = used + set_to
   remaining = quota_left()
-  redis.call('HSET', k, 'allow', allow, 'ep', epoch, 'leased', 0, 'carry', 0)
+  redis.call('HSET', k, 'allow', allow, 'ep', epoch, 'leased', 0, 'carry', 0, 'kt', 0)
   redis.call('HDEL', k, 'ae')
   record(0)
   redis.call('EXPIRE', k, ttl)
-  return { tonumber(redis.call('HGET', k, 'd:' .. day .. ':u')), set_to, used, allow, epoch, 0 }
+  return { tonumber(redis.call('HGET', k, 'd:' .. day .. ':u')), set_to, used, allow, epoch, 0, 0 }
 end
 
 if op == 'add' then
@@ -874,16 +893,17 @@ if op == 'add' then
     redis.call('HSET', k, 'ce', epoch, 'cd', leased - total)
     total = 0
     write_off()
-    epoch, leased = epoch + 1, 0
+    epoch, leased, kept_total = epoch + 1, 0, 0
   end
   allow = used + total - leased
   remaining = quota_left()
-  redis.call('HSET', k, 'allow', allow, 'ep', epoch, 'leased', leased, 'carry', 0)
+  redis.call('HSET', k, 'allow', allow, 'ep', epoch, 'leased', leased, 'carry', 0,
+    'kt', kept_total)
   redis.call('HDEL', k, 'ae')
   record(0)
   redis.call('EXPIRE', k, ttl)
   return { tonumber(redis.call('HGET', k, 'd:' .. day .. ':u')), remaining + leased, used, allow, epoch,
-    leased }
+    leased, kept_total }
 end
 
 -- The bucket, refilled up to now, with the returned tokens back in it.
@@ -914,7 +934,8 @@ if verdict ~= 0 then
     done_put(0, 0, 0, 0, epoch, verdict)
   end
   redis.call('EXPIRE', k, ttl)
-  return { verdict, tostring(tokens), remaining, 0, 0, epoch, used, allow or -1, 0, 0, leased }
+  return { verdict, tostring(tokens), remaining, 0, 0, epoch, used, allow or -1, 0, 0, leased,
+    kept_total }
 end
 
 used = used + 1
@@ -973,4 +994,5 @@ if op == 'lease' then
 end
 record(1)
 redis.call('EXPIRE', k, ttl)
-return { 0, tostring(tokens), remaining, q_take, t_take, epoch, used, allow or -1, gen, cap, leased }
+return { 0, tostring(tokens), remaining, q_take, t_take, epoch, used, allow or -1, gen, cap, leased,
+  kept_total }

@@ -32,9 +32,10 @@ use crate::model::QuotaPeriod;
 const SCRIPT: &str = include_str!("redis.lua");
 /// The script's answer to a decision: verdict (3: the counter vanished),
 /// tokens, remaining, leased units and tokens, epoch, used, allowance, the
-/// lease's generation, the most of its units spent unacknowledged, and the
-/// units out on every replica's leases.
-type Answer = (u8, String, u64, u64, u64, u64, u64, i64, u64, u64, u64);
+/// lease's generation, the most of its units spent unacknowledged, the
+/// units out on every replica's leases, and of those the ones kept from
+/// reclaimed leases (their holders may have admitted them).
+type Answer = (u8, String, u64, u64, u64, u64, u64, i64, u64, u64, u64, u64);
 /// History GetUsage may read, plus a margin: a counter untouched this long expires.
 const TTL_SECS: i64 = 101 * DAY_SECS;
 
@@ -579,12 +580,14 @@ impl RedisStore {
     }
 
     /// The copy follows a report's or give-back's `answer` (the script's
-    /// `[answer, used, leased, epoch, period start]`) about `lease`'s
+    /// `[answer, used, leased, epoch, period start, kept]`) about `lease`'s
     /// counter, in the lease's quota period.
     fn saw_spent(&self, counter: &CounterKey, lease: &Lease, answer: &[i64]) {
-        let (Some(rule), [_, used, leased, epoch, start, ..]) = (lease.quota, answer) else {
+        let (Some(rule), [_, used, leased, epoch, start, rest @ ..]) = (lease.quota, answer) else {
             return;
         };
+        let count = |n: i64| u64::try_from(n).unwrap_or(0);
+        let kept = count(rest.first().copied().unwrap_or(0));
         if *start != lease.unspent.period_start {
             return;
         }
@@ -593,7 +596,7 @@ impl RedisStore {
             lease.unspent.period_start,
             lease.period_end,
         );
-        let admitted = u64::try_from(used.saturating_sub(*leased)).unwrap_or(0);
+        let admitted = copied(count(*used), count(*leased), kept);
         let epoch = u64::try_from(*epoch).unwrap_or(0);
         self.recovery.saw_spent(counter, period, epoch, admitted);
     }
@@ -1014,18 +1017,19 @@ impl RedisStore {
                 .run(move |mut connection| async move {
                     // Until the answer is in the copy: a restore waits for it.
                     let _in_flight = recovery.in_flight.read().await;
-                    let (today, remaining, used, allow, epoch, leased): (
+                    let (today, remaining, used, allow, epoch, leased, kept): (
                         u64,
                         u64,
                         u64,
                         i64,
                         u64,
                         u64,
+                        u64,
                     ) = connection
                         .run_script(&recovery, &script, &key, &args, op)
                         .await?;
                     if let Some(period) = period {
-                        let admitted = used.saturating_sub(leased);
+                        let admitted = copied(used, leased, kept);
                         recovery.saw(saw, period, (admitted, allow, epoch));
                     }
                     Ok((today, remaining, epoch))
@@ -1229,12 +1233,13 @@ impl RedisStore {
                 gen,
                 cap,
                 leased_out,
+                kept,
             ) = answer;
             if let (true, Some(period), false) =
                 (quota.is_some(), args.stored_period(), verdict == 3)
             {
                 // Leased units are counted by their holders when they restore.
-                let admitted = used.saturating_sub(leased_out);
+                let admitted = copied(used, leased_out, kept);
                 recovery.saw(counter.clone(), period, (admitted, allow, epoch));
             }
             let tokens: f64 = tokens.parse().unwrap_or(0.0);
@@ -1682,10 +1687,10 @@ async fn put_back(
                     .await?;
                 // The copy follows the counter as put back (its new range of
                 // epochs): answers of that range are this replica's again.
-                if let [epoch, used, leased] = answer[..] {
+                if let [epoch, used, leased, kept] = answer[..] {
                     if let Some(mut known) = recovery.seen.get_mut(&counter) {
                         if known.period == seen.period && epoch > 0 {
-                            (known.epoch, known.used) = (epoch, used.saturating_sub(leased));
+                            (known.epoch, known.used) = (epoch, copied(used, leased, kept));
                             let mut followed = recovery.restored.entry(counter).or_default();
                             *followed = (*followed).max(epoch);
                         }
@@ -1733,6 +1738,15 @@ fn give_backs(leases: &Leases, taken: Vec<(lease::Slot, Lease)>) -> Vec<Unsure> 
 /// A duration in whole microseconds, as the script takes them.
 fn micros(duration: Duration) -> i64 {
     i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// What a replica's copy counts of a counter that holds `used` units,
+/// `leased` of them out on leases, `kept` of those kept from reclaimed
+/// leases: what was admitted, reported or written off, and what the holders
+/// of reclaimed leases may have admitted (each replica adds its own live
+/// leases' units when it restores; a dead replica's would be lost).
+pub(crate) fn copied(used: u64, leased: u64, kept: u64) -> u64 {
+    used.saturating_sub(leased.saturating_sub(kept))
 }
 
 /// Of the leased units, those no replica can spend any more that may have
