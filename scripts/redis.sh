@@ -36,8 +36,10 @@ case "$cmd" in
         kill "$pid" 2>/dev/null && pids+=("$pid")
       fi
     done
+    # (Killed only if still there after 10 s: a pid that exited may name
+    # another process by then.)
     for pid in "${pids[@]}"; do
-      for _ in $(seq 200); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+      for _ in $(seq 200); do kill -0 "$pid" 2>/dev/null || continue 2; sleep 0.05; done
       kill -9 "$pid" 2>/dev/null || true
     done
     rm -rf "$dir" 2>/dev/null || { sleep 0.2; rm -rf "$dir"; }
