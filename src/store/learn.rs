@@ -192,6 +192,8 @@ async fn copy(
             used,
             allow,
             epoch: epoch.unwrap_or(0),
+            // (Not known here: whose the leased units are.)
+            others: 0,
         };
         match replace {
             true => {

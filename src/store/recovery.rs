@@ -60,6 +60,10 @@ pub(crate) struct Seen {
     /// The allowance UpdateUsage set (-1: none).
     pub(crate) allow: i64,
     pub(crate) epoch: u64,
+    /// The units out on the other holders' leases, as the latest answer
+    /// that said them had it: put back first, this replica counts them
+    /// as used (a holder that died with them may have admitted them).
+    pub(crate) others: u64,
 }
 
 /// The counters a replica saw, and the marker it knows Redis by.
@@ -394,6 +398,7 @@ impl Recovery {
             used,
             allow,
             epoch,
+            others: 0,
         };
         self.seen
             .entry(counter)
@@ -441,6 +446,19 @@ impl Recovery {
         if let Some(mut known) = self.seen.get_mut(counter) {
             if known.period == period && known.epoch == epoch {
                 known.used = known.used.max(used);
+            }
+        }
+    }
+}
+
+impl Recovery {
+    /// Remembers the units out on the other holders' leases of a counter
+    /// as an answer in `period` and `epoch` had them (the latest answer
+    /// stands: they go up and down).
+    pub(crate) fn saw_others(&self, counter: &CounterKey, period: Period, epoch: u64, others: u64) {
+        if let Some(mut known) = self.seen.get_mut(counter) {
+            if known.period == period && known.epoch == epoch {
+                known.others = others;
             }
         }
     }

@@ -43,6 +43,17 @@
 -- once every reclaimed lease of the record is back. Tokens out on leases
 -- ('<bucket>:l') cap the bucket's refill at the burst less them.
 --
+-- A dead holder's leases. Redis losing its data before a dead holder's
+-- leases were reclaimed loses what they admitted unreported: the copies
+-- count no leased unit (each live holder adds its own when it puts the
+-- counter back). So the answers to a lease, a give-back or a report tell
+-- the replica the units out on the other holders' leases, and the first
+-- holder to put the counter back counts them as used and leased ('su',
+-- 'sq' names that holder): to the copies they are leased units, none
+-- admitted. Any other holder that puts the counter back is alive, and
+-- they go again, once. With two replicas one of which died, they stay:
+-- what it may have admitted is never admitted again.
+--
 -- KEYS[1]  the counter hash ("<prefix>{<plan>:<key>}"); KEYS[2], on one
 --          server only, the marker whose absence means Redis lost its data,
 --          and KEYS[3] the count of each replica's calls applied
@@ -54,7 +65,8 @@
 --          11 period limit, 12 remaining (for "set") or signed delta (for "add"), 13 ttl secs,
 --          14-17 a lease given back (by "lease", "return", "report"): its unspent units,
 --          the requests it admitted not yet reported, its unspent tokens, the day it was
---          granted on; 18 wanted units, 19 wanted tokens, 20 the returned lease's epoch,
+--          granted on; 18 wanted units (for "restore": the units out on the other
+--          holders' leases, as the replica's copy last heard), 19 wanted tokens, 20 the returned lease's epoch,
 --          21 "1" when it holds quota units, 22 "1" when the replica saw this
 --          counter before (a missing hash then means Redis lost its data),
 --          23-25 for "restore": the used count, allowance (-1: none) and epoch
@@ -157,9 +169,9 @@ if KEYS[3] then
   end
   if op == 'decide' or op == 'lease' then
     if redis.call('EXISTS', KEYS[2]) == 0 then
-      return { 4, '0', 0, 0, 0, 0, 0, -1, 0, 0, 0, 0 }
+      return { 4, '0', 0, 0, 0, 0, 0, -1, 0, 0, 0, { 0, -1 } }
     elseif short then
-      return { 6, '0', 0, 0, 0, 0, 0, -1, 0, 0, 0, 0 }
+      return { 6, '0', 0, 0, 0, 0, 0, -1, 0, 0, 0, { 0, -1 } }
     end
   elseif short and (op == 'return' or op == 'report' or op == 'settle') then
     return { 6 }
@@ -237,7 +249,8 @@ if op == 'report' and call > 0 and ret_n > 0 and ret_q == 0 and ret_metered and 
     redis.call('HINCRBY', k, rd .. 'u', ret_n)
     redis.call('HSET', k, unpack(writes))
     redis.call('EXPIRE', k, ttl)
-    return { 0, tonumber(f[4]), leased, ep, ps, tonumber(f[12]) or 0 }
+    local kt = tonumber(f[12]) or 0
+    return { 0, tonumber(f[4]), leased, ep, ps, kt, math.max(leased - kt - o, 0) }
   end
 end
 -- fast report: end
@@ -253,7 +266,7 @@ if op == 'forget' then
 end
 if ARGV[22] == '1' and (op == 'decide' or op == 'lease') and redis.call('EXISTS', k) == 0 then
   -- Seen before, gone now: the replica checks whether Redis lost its data.
-  return { 3, '0', 0, 0, 0, 0, 0, -1, 0, 0, 0, 0 }
+  return { 3, '0', 0, 0, 0, 0, 0, -1, 0, 0, 0, { 0, -1 } }
 end
 local epoch = tonumber(redis.call('HGET', k, 'ep')) or 0
 
@@ -276,13 +289,27 @@ local function done_get(id)
     ep = tonumber(ep), a = tonumber(a) }
 end
 
+-- The units this holder's record (as stored, `s`) holds of the counter's
+-- epoch (see rec_get).
+local function units_held(s)
+  local o, ep = string.match(s or '', '^([^,]*),[^,]*,[^,]*,[^,]*,[^,]*,[^,]*,[^,]*,[^,]*,([^,]*)')
+  if tonumber(ep) ~= epoch then
+    return 0
+  end
+  return tonumber(o) or 0
+end
+
 -- The answer to a give-back or report: `answer`, with what the counter
--- holds now (used, leased, epoch, period start, kept), for the replica's
--- copy.
+-- holds now (used, leased, epoch, period start, kept, and the units out
+-- on the other holders' leases), for the replica's copy.
 local function taken_back(answer)
-  local now_q = redis.call('HMGET', k, 'used', 'leased', 'ps', 'kt')
-  return { answer, tonumber(now_q[1]) or 0, tonumber(now_q[2]) or 0, epoch,
-    tonumber(now_q[3]) or -1, tonumber(now_q[4]) or 0 }
+  local now_q = redis.call('HMGET', k, 'used', 'leased', 'ps', 'kt', rec_name ~= '' and rec_name or 'ep')
+  local leased, kept = tonumber(now_q[2]) or 0, tonumber(now_q[4]) or 0
+  local others = -1
+  if rec_name ~= '' then
+    others = math.max(leased - kept - units_held(now_q[5]), 0)
+  end
+  return { answer, tonumber(now_q[1]) or 0, leased, epoch, tonumber(now_q[3]) or -1, kept, others }
 end
 
 -- A call sent again that was applied: it is not applied twice (a "lease"
@@ -291,7 +318,7 @@ local settled = nil
 if call > 0 then
   local d = done_get()
   if d and op == 'lease' then
-    return { 5, '0', 0, 0, 0, 0, 0, -1, 0, 0, 0, 0 }
+    return { 5, '0', 0, 0, 0, 0, 0, -1, 0, 0, 0, { 0, -1 } }
   elseif d and op == 'settle' then
     settled = d
   elseif d then
@@ -741,7 +768,7 @@ end
 if op == 'lease' then
   local reclaimed = give_back()
   if reclaimed == 'behind' then
-    return { 6, '0', 0, 0, 0, 0, 0, -1, 0, 0, 0, 0 }
+    return { 6, '0', 0, 0, 0, 0, 0, -1, 0, 0, 0, { 0, -1 } }
   elseif reclaimed then
     ret_tokens = 0
   end
@@ -776,7 +803,9 @@ if kind ~= "" then
     allow = nil
     redis.call('HSET', k, 'pk', kind, 'ps', pstart, 'pe', pend, 'used', used, 'leased', leased,
       'stale', stale, 'carry', carry, 'ep', epoch, 'kt', kept_total)
-    redis.call('HDEL', k, 'allow', 'ae')
+    -- (Units counted for other holders' leases, 'su', are leased units:
+    -- none are left in a new epoch.)
+    redis.call('HDEL', k, 'allow', 'ae', leased == 0 and 'su' or 'ae')
   end
   remaining = quota_left()
 end
@@ -793,6 +822,20 @@ if op == 'restore' then
     -- what it saw and what its leases admitted are in).
     local since = tonumber(redis.call('HGET', k, 're'))
     local holder = holder_of(ARGV[26] or '')
+    -- A holder putting the counter back is alive: what the first holder
+    -- to put it back counted for the others' leases ('su', see "A dead
+    -- holder's leases") goes, once.
+    local first = holder and redis.call('HGET', k, 'sq')
+    if first and first ~= holder then
+      local su = tonumber(redis.call('HGET', k, 'su')) or 0
+      if su > 0 then
+        used, leased = math.max(used - su, 0), math.max(leased - su, 0)
+        redis.call('HSET', k, 'used', used, 'leased', leased, 'su', 0)
+      end
+      if first ~= '-' then
+        redis.call('HSET', k, 'sq', '-')
+      end
+    end
     if (since and seen_epoch >= since)
         or (holder and redis.call('HEXISTS', k, 'hr:' .. holder) == 1) then
       local now_q = redis.call('HMGET', k, 'used', 'leased', 'kt')
@@ -839,6 +882,17 @@ if op == 'restore' then
       kept_total = 0
       redis.call('HSET', k, 're', epoch)
     end
+    -- The first holder to put the counter back counts what the other
+    -- holders' leases held as used (ARGV[18], as its copy last heard):
+    -- the dead may have admitted it unreported.
+    if holder and not first then
+      local suspect = tonumber(ARGV[18]) or 0
+      if suspect > 0 then
+        used, leased = used + suspect, leased + suspect
+        redis.call('HSET', k, 'used', used, 'su', suspect)
+      end
+      redis.call('HSET', k, 'sq', holder)
+    end
     redis.call('HSET', k, 'ep', epoch, 'leased', leased, 'kt', kept_total)
     redis.call('EXPIRE', k, ttl)
     -- The counter as it is now, for the replica's copy.
@@ -863,7 +917,7 @@ if op == 'set' then
   leased = 0
   allow = used + set_to
   remaining = quota_left()
-  redis.call('HSET', k, 'allow', allow, 'ep', epoch, 'leased', 0, 'carry', 0, 'kt', 0)
+  redis.call('HSET', k, 'allow', allow, 'ep', epoch, 'leased', 0, 'carry', 0, 'kt', 0, 'su', 0)
   redis.call('HDEL', k, 'ae')
   record(0)
   redis.call('EXPIRE', k, ttl)
@@ -894,6 +948,7 @@ if op == 'add' then
     total = 0
     write_off()
     epoch, leased, kept_total = epoch + 1, 0, 0
+    redis.call('HSET', k, 'su', 0)
   end
   allow = used + total - leased
   remaining = quota_left()
@@ -935,12 +990,12 @@ if verdict ~= 0 then
   end
   redis.call('EXPIRE', k, ttl)
   return { verdict, tostring(tokens), remaining, 0, 0, epoch, used, allow or -1, 0, 0, leased,
-    kept_total }
+    { kept_total, -1 } }
 end
 
 used = used + 1
 remaining = math.max(remaining - 1, 0)
-local q_take, t_take, gen, cap = 0, 0, 0, 0
+local q_take, t_take, gen, cap, held = 0, 0, 0, 0, nil
 if op == 'lease' then
   local grant = true
   if kind ~= "" then
@@ -973,7 +1028,7 @@ if op == 'lease' then
     r.o, r.u, r.t = r.o + q_take, r.u + cap, r.t + t_take
     r.e, r.r, r.b = math.max(r.e, now_us + lease_us), rate, burst
     rec_put(rec_name, r)
-    gen = r.g
+    gen, held = r.g, r.o
     local due = tonumber(redis.call('HGET', k, 'hx'))
     if not due or r.e + grace_us < due then
       redis.call('HSET', k, 'hx', r.e + grace_us)
@@ -994,5 +1049,11 @@ if op == 'lease' then
 end
 record(1)
 redis.call('EXPIRE', k, ttl)
+-- For a lease, the units out on the other holders' leases (the replica's
+-- copy keeps them: see "A dead holder's leases"); -1: not said.
+local others = -1
+if op == 'lease' then
+  others = math.max(leased - kept_total - (held or units_held(redis.call('HGET', k, rec_name))), 0)
+end
 return { 0, tostring(tokens), remaining, q_take, t_take, epoch, used, allow or -1, gen, cap, leased,
-  kept_total }
+  { kept_total, others } }

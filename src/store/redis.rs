@@ -34,8 +34,22 @@ const SCRIPT: &str = include_str!("redis.lua");
 /// tokens, remaining, leased units and tokens, epoch, used, allowance, the
 /// lease's generation, the most of its units spent unacknowledged, the
 /// units out on every replica's leases, and of those the ones kept from
-/// reclaimed leases (their holders may have admitted them).
-type Answer = (u8, String, u64, u64, u64, u64, u64, i64, u64, u64, u64, u64);
+/// reclaimed leases (their holders may have admitted them) with, for a
+/// lease, the units out on the other holders' leases (-1: not said).
+type Answer = (
+    u8,
+    String,
+    u64,
+    u64,
+    u64,
+    u64,
+    u64,
+    i64,
+    u64,
+    u64,
+    u64,
+    (u64, i64),
+);
 /// History GetUsage may read, plus a margin: a counter untouched this long expires.
 const TTL_SECS: i64 = 101 * DAY_SECS;
 
@@ -580,14 +594,15 @@ impl RedisStore {
     }
 
     /// The copy follows a report's or give-back's `answer` (the script's
-    /// `[answer, used, leased, epoch, period start, kept]`) about `lease`'s
-    /// counter, in the lease's quota period.
+    /// `[answer, used, leased, epoch, period start, kept, others' units]`)
+    /// about `lease`'s counter, in the lease's quota period.
     fn saw_spent(&self, counter: &CounterKey, lease: &Lease, answer: &[i64]) {
         let (Some(rule), [_, used, leased, epoch, start, rest @ ..]) = (lease.quota, answer) else {
             return;
         };
         let count = |n: i64| u64::try_from(n).unwrap_or(0);
         let kept = count(rest.first().copied().unwrap_or(0));
+        let others = rest.get(1).and_then(|n| u64::try_from(*n).ok());
         if *start != lease.unspent.period_start {
             return;
         }
@@ -599,6 +614,9 @@ impl RedisStore {
         let admitted = copied(count(*used), count(*leased), kept);
         let epoch = u64::try_from(*epoch).unwrap_or(0);
         self.recovery.saw_spent(counter, period, epoch, admitted);
+        if let Some(others) = others {
+            self.recovery.saw_others(counter, period, epoch, others);
+        }
     }
 
     /// Runs the script's `op` on `counter`'s hash (with the timeout).
@@ -1233,7 +1251,7 @@ impl RedisStore {
                 gen,
                 cap,
                 leased_out,
-                kept,
+                (kept, others),
             ) = answer;
             if let (true, Some(period), false) =
                 (quota.is_some(), args.stored_period(), verdict == 3)
@@ -1241,6 +1259,9 @@ impl RedisStore {
                 // Leased units are counted by their holders when they restore.
                 let admitted = copied(used, leased_out, kept);
                 recovery.saw(counter.clone(), period, (admitted, allow, epoch));
+                if let Ok(others) = u64::try_from(others) {
+                    recovery.saw_others(&counter, period, epoch, others);
+                }
             }
             let tokens: f64 = tokens.parse().unwrap_or(0.0);
             // Spent, and no unit out on a lease that could come back.
@@ -1676,9 +1697,11 @@ async fn put_back(
                 .get(&counter)
                 .map_or(seen.epoch, |followed| seen.epoch.max(*followed));
             // This replica as a lease holder: Redis then knows its leases
-            // of the counter as it was are counted.
+            // of the counter as it was are counted, and, put back first, it
+            // counts the other holders' (one may have died with them).
             if let Some(leases) = &recovery.leases {
                 args.record = leases.record(&(counter.clone(), "".into()));
+                args.want.0 = seen.others;
             }
             let key = counter_key(&recovery.prefix, &counter);
             async move {
@@ -1752,30 +1775,38 @@ pub(crate) fn copied(used: u64, leased: u64, kept: u64) -> u64 {
 /// Of the leased units, those no replica can spend any more that may have
 /// been spent (not reported) by one that stopped reporting: kept by
 /// reclaimed leases, or to be kept by expired ones the script has not
-/// reclaimed yet (as it will when the counter is next touched). GetUsage
-/// counts them as used: no request can be admitted with them.
+/// reclaimed yet (as it will when the counter is next touched), or
+/// counted for a holder that may have died with them. GetUsage counts them
+/// as used: no request can be admitted with them.
 fn lost_units(fields: &HashMap<String, String>, now_us: i64) -> i64 {
     let epoch = fields.get("ep").map_or("0", String::as_str);
     let grace = micros(lease::RECLAIM_GRACE);
-    fields
-        .iter()
-        .filter(|(name, _)| name.starts_with("h:"))
-        .map(|(_, record)| {
-            // o, u, t, e, g, kept, pc, p, ep (see `rec_get` in redis.lua).
-            let parts: Vec<&str> = record.split(',').collect();
-            let number = |i: usize| {
-                parts
-                    .get(i)
-                    .and_then(|v| v.parse::<i64>().ok())
-                    .unwrap_or(0)
-            };
-            if parts.get(8).copied() != Some(epoch) {
-                return 0;
-            }
-            let expired = number(3).saturating_add(grace) <= now_us;
-            number(5) + if expired { number(0).min(number(1)) } else { 0 }
-        })
-        .sum()
+    // Units counted for the leases of holders that may have died with them
+    // when Redis lost its data ('su' in redis.lua).
+    let suspected = fields
+        .get("su")
+        .and_then(|v| v.parse::<i64>().ok())
+        .unwrap_or(0);
+    suspected
+        + fields
+            .iter()
+            .filter(|(name, _)| name.starts_with("h:"))
+            .map(|(_, record)| {
+                // o, u, t, e, g, kept, pc, p, ep (see `rec_get` in redis.lua).
+                let parts: Vec<&str> = record.split(',').collect();
+                let number = |i: usize| {
+                    parts
+                        .get(i)
+                        .and_then(|v| v.parse::<i64>().ok())
+                        .unwrap_or(0)
+                };
+                if parts.get(8).copied() != Some(epoch) {
+                    return 0;
+                }
+                let expired = number(3).saturating_add(grace) <= now_us;
+                number(5) + if expired { number(0).min(number(1)) } else { 0 }
+            })
+            .sum::<i64>()
 }
 
 /// The counter a hash describes (period, used, allowance, daily records),
