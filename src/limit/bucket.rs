@@ -129,8 +129,13 @@ fn shown(tokens: f64) -> String {
     }
 }
 
+/// The longest wait a header states (~136 years): a token that takes
+/// longer at a tiny rate says this.
+const MOST_SECS: u64 = u32::MAX as u64;
+
 /// Whole seconds (rounded up) until `missing` tokens have been earned; at
-/// least 1 when anything is missing. A rate of zero never refills: a day.
+/// least 1 when anything is missing, at most [`MOST_SECS`]. A rate of zero
+/// never refills: a day, as documented.
 pub(crate) fn secs_until(missing: f64, rate: f64) -> u64 {
     if missing <= 0.0 {
         return 0;
@@ -146,8 +151,8 @@ pub(crate) fn secs_until(missing: f64, rate: f64) -> u64 {
     }
     let secs = missing / rate;
     // A tiny rate: beyond the cap (and beyond what a u64 holds).
-    if secs >= super::NEVER_SECS as f64 {
-        return super::NEVER_SECS;
+    if secs >= MOST_SECS as f64 {
+        return MOST_SECS;
     }
     let whole = secs as u64;
     let up = if (whole as f64) < secs {
@@ -155,7 +160,7 @@ pub(crate) fn secs_until(missing: f64, rate: f64) -> u64 {
     } else {
         whole
     };
-    up.clamp(1, super::NEVER_SECS)
+    up.clamp(1, MOST_SECS)
 }
 
 #[cfg(test)]
@@ -234,8 +239,22 @@ mod tests {
             let mut bucket = Bucket::full(&throttle, 0);
             bucket.take();
             let state = bucket.state(&throttle);
-            assert_eq!(state.retry_after_secs, crate::limit::NEVER_SECS, "{rate}");
-            assert_eq!(state.next_token_secs, crate::limit::NEVER_SECS, "{rate}");
+            assert_eq!(state.retry_after_secs, MOST_SECS, "{rate}");
+            assert_eq!(state.next_token_secs, MOST_SECS, "{rate}");
+        }
+    }
+
+    /// A token more than a day away is waited for in full: a retry after
+    /// a shorter wait would be refused again. (Before: a day at most.)
+    #[test]
+    fn slow_rates_wait_until_the_token_comes() {
+        for (rate, secs) in [(1e-5, 100_000), (1e-7, 10_000_000), (1e-4, 10_000)] {
+            let throttle = Throttle::new(rate, 1).unwrap();
+            let mut bucket = Bucket::full(&throttle, 0);
+            bucket.take();
+            let state = bucket.state(&throttle);
+            assert_eq!(state.retry_after_secs, secs, "{rate}");
+            assert_eq!(state.next_token_secs, secs, "{rate}");
         }
     }
 
