@@ -235,7 +235,8 @@ impl MethodRoute {
                 "Invalid method throttle key '{key}': expected '/resource/path/METHOD'"
             ))
         })?;
-        let path = if path.is_empty() { "/" } else { path };
+        // The root's key is "//GET": a key without its resource path
+        // ("/GET") is refused, not read as the root's.
         Self::new(method, path).map_err(|e| {
             Error::bad_request(format!(
                 "Invalid method throttle key '{key}': {}",
@@ -395,6 +396,8 @@ mod tests {
             "/{}/GET",
             "GET",
             "",
+            // The root's is "//GET".
+            "/GET",
         ] {
             assert!(MethodRoute::parse(key).is_err(), "{key} should be rejected");
         }
