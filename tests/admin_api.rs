@@ -1286,3 +1286,29 @@ async fn disabling_or_removing_a_key_is_enforced_on_the_next_request() {
     assert!(env.plans.usage_plan_keys(id(&plan2)).unwrap().is_empty());
     assert_eq!(env.data(None).await, forbidden);
 }
+
+/// An UpdateApiKey that changes nothing (no operation, or each sets what
+/// is there) leaves the key's lastUpdatedDate as it was; one that changes
+/// something moves it. (Before: an empty PATCH moved it.)
+#[tokio::test]
+async fn an_update_that_changes_nothing_keeps_last_updated_date() {
+    let clock = ManualClock::new("2026-11-26T12:00:00Z".parse().unwrap());
+    let env = env_with(UsagePlans::builder().with_clock(clock.clone()).build()).await;
+    let a = &env.admin;
+    let key = a.create_key("same", V1).await;
+    let path = format!("/apikeys/{}", id(&key));
+    let (_, _, before) = a.get(&path).await;
+    clock.advance(Duration::from_secs(60));
+    for body in [json!({}), json!({"patchOperations": []})] {
+        let (status, _, after) = a.patch(&path, body).await;
+        assert_eq!(status, StatusCode::OK, "{after}");
+        assert_eq!(after["lastUpdatedDate"], before["lastUpdatedDate"]);
+    }
+    let (_, _, after) = a.patch_ops(&path, &[("replace", "/name", "same")]).await;
+    assert_eq!(after["lastUpdatedDate"], before["lastUpdatedDate"]);
+    let (_, _, after) = a.patch_ops(&path, &[("replace", "/name", "other")]).await;
+    assert_eq!(
+        int(&after["lastUpdatedDate"]),
+        int(&before["lastUpdatedDate"]) + 60
+    );
+}

@@ -834,6 +834,11 @@ impl UsagePlans {
             ));
         }
         key.validate()?;
+        if key == entry.key {
+            // Nothing changed (no operation, or each set what was there):
+            // nor does its lastUpdatedDate.
+            return Ok(key);
+        }
         key.last_updated_date = self.now_secs();
         control.keys.get_mut(key_id).expect("checked above").key = key.clone();
         self.refresh_route(&control, key_id);
