@@ -343,12 +343,13 @@ impl Counter {
 
     /// Once a period: kept out of the decision's straight line. A period
     /// that ended leaves a new one empty; a plan whose period changed
-    /// (DAY to WEEK, say) counts what was admitted on the new period's days
-    /// so far, so the change never admits more than the new quota allows.
+    /// (DAY to WEEK, say), or that has its first quota, counts what was
+    /// admitted on the new period's days so far, so the change never admits
+    /// more than the new quota allows.
     #[cold]
     fn start_period(&mut self, rule: &QuotaRule, now: i64) {
         let (start, end) = period::bounds(rule.quota.period, now);
-        let changed_kind = self.period.is_some_and(|p| p.kind != rule.quota.period);
+        let changed_kind = self.period.is_none_or(|p| p.kind != rule.quota.period);
         let (first, today) = (start.div_euclid(DAY_SECS), now.div_euclid(DAY_SECS));
         self.used = if changed_kind {
             self.days()

@@ -783,7 +783,7 @@ if kind ~= "" then
   kept_total = tonumber(q[7]) or 0
   if not (q[1] == kind and q[2] and now < tonumber(q[2])) then
     -- A new period counts what was admitted on its days so far (as
-    -- counter.rs does): nothing after a period of the same kind, which
+    -- counter.rs does; a first quota too): nothing after a period of the same kind, which
     -- ends in a new epoch with its leases ('stale' keeps their units). A
     -- new period kind that overlaps the stored period (of another kind)
     -- also counts what that period's leases may have admitted and not yet
@@ -795,7 +795,7 @@ if kind ~= "" then
     else
       used, stale, leased, epoch, kept_total = 0, leased, 0, epoch + 1, 0
     end
-    if q[1] and q[1] ~= kind then
+    if q[1] ~= kind then
       for d = math.floor(tonumber(pstart) / 86400), tonumber(day) do
         used = used + (tonumber(redis.call('HGET', k, 'd:' .. d .. ':u')) or 0)
       end

@@ -92,6 +92,7 @@ pub async fn run_all(store: Arc<dyn CounterStore>) {
     forget_resets(&*store).await;
     history_keeps_a_hundred_days(&*store).await;
     a_new_period_kind_counts_its_days(&*store).await;
+    a_first_quota_counts_its_days(&*store).await;
     add_remaining_floors_at_zero(&*store).await;
     concurrent_decisions_are_exact(store.clone()).await;
     concurrent_top_ups_are_exact(store).await;
@@ -188,6 +189,31 @@ async fn a_new_period_kind_counts_its_days(store: &dyn CounterStore) {
     let day = five_per(Day, later).await;
     assert_eq!(day.verdict, Verdict::Admitted);
     assert_eq!(day.quota.unwrap().remaining, 1, "3 of 5 were used today");
+}
+
+/// A plan's first quota counts what its key was admitted on the period's
+/// days so far, without a quota: a DAY quota of 5 added after 3 requests
+/// today admits 2 more. (Before: 5 more, 8 in the day.)
+async fn a_first_quota_counts_its_days(store: &dyn CounterStore) {
+    let counter = CounterKey::new("suite-plan", "first-quota");
+    for _ in 0..3 {
+        let unmetered = decide(store, &counter, None, None, at(T0)).await;
+        assert_eq!(unmetered.verdict, Verdict::Admitted);
+    }
+    let five_a_day = || {
+        decide(
+            store,
+            &counter,
+            None,
+            Some(rule(5, QuotaPeriod::Day)),
+            at(T0),
+        )
+    };
+    let first = five_a_day().await;
+    assert_eq!(first.verdict, Verdict::Admitted);
+    assert_eq!(first.quota.unwrap().remaining, 1, "3 of 5 were used today");
+    assert_eq!(five_a_day().await.verdict, Verdict::Admitted);
+    assert_eq!(five_a_day().await.verdict, Verdict::QuotaExceeded);
 }
 
 async fn quota_is_exact(store: &dyn CounterStore) {
