@@ -679,6 +679,153 @@ async fn an_http2_body_reset_short_of_its_content_length_costs_nothing() {
     gateway.shutdown().await.unwrap();
 }
 
+// ---- clients that leave ----------------------------------------------
+
+/// One key in one daily plan of 100, no throttle, in front of `upstream`.
+fn config_for(upstream: SocketAddr) -> GatewayConfig {
+    GatewayConfig {
+        upstream: Some(format!("http://{upstream}").parse().unwrap()),
+        ..one_key(KEY, daily_quota(100))
+    }
+}
+
+/// A client that sends a whole request and shuts its writing side (`nc
+/// -N`) gets its answer, and the upstream has the request it was charged
+/// for. (Before: no answer, and charged for a request never sent.)
+#[tokio::test]
+async fn a_half_closed_http1_client_gets_its_answer_and_is_charged_once() {
+    let (upstream, mut seen) = reporting_upstream().await;
+    let gateway = Gateway::start(config_for(upstream)).await.unwrap();
+    for n in 1..=3 {
+        let request = format!("GET /things HTTP/1.1\r\nhost: gateway\r\nx-api-key: {KEY}\r\n\r\n");
+        let answer = exchange(gateway.data_addr(), request.as_bytes(), true).await;
+        let (status, _, body) = parse(&answer);
+        assert_eq!((status, body.as_str()), (200, "ok"), "{answer}");
+        within("the upstream to have it", seen.recv())
+            .await
+            .unwrap();
+        assert_eq!(used_today(&gateway).await[0], n);
+    }
+    gateway.shutdown().await.unwrap();
+}
+
+/// HTTP/2 streams the client resets right after their request (HEADERS
+/// with END_STREAM, then RST_STREAM): each admitted request still goes to
+/// the upstream, so every unit charged is one the upstream had. (Before:
+/// the request's future was dropped with the stream, after the charge and
+/// before the upstream had it: 10 charged, 0 seen.)
+#[tokio::test]
+async fn an_http2_request_reset_after_it_was_sent_is_charged_only_as_the_upstream_had_it() {
+    let (upstream, mut seen) = reporting_upstream().await;
+    let gateway = Gateway::start(config_for(upstream)).await.unwrap();
+    let stream = TcpStream::connect(gateway.data_addr()).await.unwrap();
+    let (mut client, connection) = h2::client::handshake(stream).await.unwrap();
+    tokio::spawn(connection);
+    const RESETS: u64 = 10;
+    for _ in 0..RESETS {
+        let request = Request::get(format!("http://{}/things", gateway.data_addr()))
+            .header("x-api-key", KEY)
+            .body(())
+            .unwrap();
+        client = client.ready().await.unwrap();
+        let (answer, _) = client.send_request(request, true).unwrap();
+        // Dropping the answer's future resets the stream (CANCEL).
+        drop(answer);
+    }
+    for n in 1..=RESETS {
+        within(&format!("request {n} at the upstream"), seen.recv())
+            .await
+            .unwrap();
+    }
+    until_used(&gateway, RESETS, "every request charged").await;
+    gateway.shutdown().await.unwrap();
+}
+
+/// An HTTP/2 upstream that reports when a request's first data frame
+/// arrives, and when its body breaks off; it answers only at the body's
+/// end (a client-streaming gRPC call's server).
+async fn streaming_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<&'static str>) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let (tx, rx) = mpsc::unbounded_channel();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                    let tx = tx.clone();
+                    async move {
+                        let mut body = request.into_body();
+                        let mut first = true;
+                        loop {
+                            match body.frame().await {
+                                Some(Ok(frame)) if frame.is_data() && first => {
+                                    first = false;
+                                    let _ = tx.send("message");
+                                }
+                                Some(Ok(_)) => {}
+                                Some(Err(_)) => {
+                                    let _ = tx.send("broke off");
+                                    break;
+                                }
+                                None => break,
+                            }
+                        }
+                        Ok::<_, std::convert::Infallible>(
+                            Response::builder()
+                                .header("content-type", "application/grpc")
+                                .header("grpc-status", "0")
+                                .body(Full::new(Bytes::new()))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// A client-streaming gRPC call the client cancels after its first
+/// message reached the upstream stays charged: the upstream handles each
+/// message as it comes. (Before: given back, so a client could stream and
+/// cancel without end, for free.)
+#[tokio::test]
+async fn a_grpc_stream_cancelled_after_a_message_reached_the_upstream_stays_charged() {
+    let (upstream, mut events) = streaming_upstream().await;
+    let gateway = Gateway::start(config_for(upstream)).await.unwrap();
+    let stream = TcpStream::connect(gateway.data_addr()).await.unwrap();
+    let (mut client, connection) = h2::client::handshake(stream).await.unwrap();
+    tokio::spawn(connection);
+    let request = Request::post(format!("http://{}/t.T/Stream", gateway.data_addr()))
+        .header("x-api-key", KEY)
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (_answer, mut body) = client.send_request(request, false).unwrap();
+    // One gRPC message: uncompressed, 3 bytes.
+    body.send_data(Bytes::from_static(b"\0\0\0\0\x03abc"), false)
+        .unwrap();
+    assert_eq!(
+        within("the message at the upstream", events.recv()).await,
+        Some("message")
+    );
+    body.send_reset(h2::Reason::CANCEL);
+    // A refund would have come before the upstream heard of the reset
+    // (the gateway hears it first).
+    assert_eq!(
+        within("the reset at the upstream", events.recv()).await,
+        Some("broke off")
+    );
+    assert_eq!(used_today(&gateway).await[0], 1);
+    gateway.shutdown().await.unwrap();
+}
+
 // ---- shutdown ---------------------------------------------------------
 
 #[tokio::test]

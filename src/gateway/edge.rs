@@ -23,7 +23,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -92,7 +92,12 @@ pub(crate) enum BodyFailure {
 /// What a request's body did, shared between the body and those who must
 /// know after it is gone (the proxy, the edge).
 #[derive(Debug, Default)]
-pub(crate) struct BodyWatch(AtomicU8);
+pub(crate) struct BodyWatch {
+    state: AtomicU8,
+    /// Whether any of its data went on (to the upstream): a gRPC call's
+    /// messages are each of use to the upstream as they come.
+    passed_on: AtomicBool,
+}
 
 /// [`BodyWatch`] states.
 const RUNNING: u8 = 0;
@@ -115,18 +120,23 @@ impl BodyWatch {
     /// The first outcome stays.
     fn settle(&self, code: u8) {
         let _ = self
-            .0
+            .state
             .compare_exchange(RUNNING, code, Ordering::Relaxed, Ordering::Relaxed);
     }
 
     /// Whether the body came whole.
     pub(crate) fn ended(&self) -> bool {
-        self.0.load(Ordering::Relaxed) == ENDED
+        self.state.load(Ordering::Relaxed) == ENDED
+    }
+
+    /// Whether any of its data was passed on (read from it).
+    pub(crate) fn passed_on(&self) -> bool {
+        self.passed_on.load(Ordering::Relaxed)
     }
 
     /// How the body failed, if it did.
     pub(crate) fn failure(&self) -> Option<BodyFailure> {
-        match self.0.load(Ordering::Relaxed) {
+        match self.state.load(Ordering::Relaxed) {
             TIMED_OUT => Some(BodyFailure::Timeout),
             CLIENT_FAILED => Some(BodyFailure::Client),
             ABANDONED => Some(BodyFailure::Abandoned),
@@ -405,6 +415,9 @@ impl Body for EdgeBody {
             Poll::Ready(Some(Ok(frame))) => {
                 let len = frame.data_ref().map_or(0, Bytes::len);
                 watched.frame_came(len);
+                if len > 0 {
+                    watched.watch.passed_on.store(true, Ordering::Relaxed);
+                }
                 if let (Some(exchange), Some(data)) = (&watched.exchange, frame.data_ref()) {
                     exchange.received(data.len());
                 }

@@ -917,6 +917,11 @@ async fn serve<S, B>(
     builder
         .http1()
         .timer(TokioTimer::new())
+        // A client that sends its request and shuts its writing side
+        // (`nc -N`, some HTTP/1.0 clients) still gets its answer: without
+        // this, hyper closes the connection at the end of what it reads,
+        // and the request goes unanswered.
+        .half_close(true)
         .header_read_timeout(limits.header_read_timeout)
         .max_headers(edge::HYPER_MAX_HEADERS);
     builder

@@ -149,10 +149,42 @@ impl Proxy {
     }
 }
 
+type Answer = Pin<Box<dyn Future<Output = Result<Response<GatewayBody>, Infallible>> + Send>>;
+
+/// The proxy's work on one request. Dropped before it is done — the client
+/// reset its HTTP/2 stream, or closed its connection — it goes on by
+/// itself: an admitted request is delivered to the upstream as if the
+/// client had stayed, so it is charged exactly when the upstream had it
+/// (one the upstream cannot be reached for, or whose body fails, is given
+/// back as ever). Cut off instead, a request could be charged and never
+/// written (hyper drops a cancelled request before writing it), or have
+/// reached the upstream unknown to the gateway.
+pub(crate) struct Forwarding(Option<Answer>);
+
+impl Future for Forwarding {
+    type Output = Result<Response<GatewayBody>, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let answer = self.0.as_mut().expect("Forwarding polled after completion");
+        let output = std::task::ready!(answer.as_mut().poll(cx));
+        self.0 = None;
+        Poll::Ready(output)
+    }
+}
+
+impl Drop for Forwarding {
+    fn drop(&mut self) {
+        if let (Some(answer), Ok(runtime)) = (self.0.take(), tokio::runtime::Handle::try_current())
+        {
+            runtime.spawn(answer);
+        }
+    }
+}
+
 impl Service<Request<EdgeBody>> for Proxy {
     type Response = Response<GatewayBody>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<GatewayBody>, Infallible>> + Send>>;
+    type Future = Forwarding;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
@@ -170,7 +202,7 @@ impl Service<Request<EdgeBody>> for Proxy {
                 .get_mut::<UsageContext>()
                 .and_then(UsageContext::take_charge);
             let upstream = self.upstream.clone();
-            return Box::pin(async move {
+            return Forwarding(Some(Box::pin(async move {
                 let Upstream::Http(http) = &*upstream else {
                     unreachable!("checked above")
                 };
@@ -184,7 +216,7 @@ impl Service<Request<EdgeBody>> for Proxy {
                     _ => {}
                 }
                 Ok(response)
-            });
+            })));
         }
         // A body that can still fail: what the request was charged, to give
         // back if the client's own framing keeps it from the upstream.
@@ -192,23 +224,24 @@ impl Service<Request<EdgeBody>> for Proxy {
             .extensions
             .get_mut::<UsageContext>()
             .and_then(UsageContext::take_charge);
+        let grpc_call = grpc::is_call(&parts.headers);
         let (mut refund, mut bodyless_charge) = match body.watch() {
             Some(watch) => (
                 Some(Refund {
                     charge,
                     watch,
                     answered: false,
+                    grpc: grpc_call,
                 }),
                 None,
             ),
             None => (None, charge),
         };
         let exchange = logged(&parts);
-        let grpc_call = grpc::is_call(&parts.headers);
         let request = Request::from_parts(parts, body);
         let upstream = self.upstream.clone();
         let own = self.own.clone();
-        Box::pin(async move {
+        Forwarding(Some(Box::pin(async move {
             let (mut response, sent) = match &*upstream {
                 // A gRPC call the echo cannot answer costs nothing.
                 Upstream::Echo => (echo(request).await, !grpc_call),
@@ -233,11 +266,13 @@ impl Service<Request<EdgeBody>> for Proxy {
             let Some(failure) = refund.watch.failure() else {
                 return Ok(response);
             };
-            // The body failed: the upstream never got the request whole.
             let mut response = edge::failed_body(failure, grpc_call);
-            give_back(refund.charge.take(), &mut response).await;
+            if !refund.had_use() {
+                // The body failed: the upstream never got the request whole.
+                give_back(refund.charge.take(), &mut response).await;
+            }
             Ok(response)
-        })
+        })))
     }
 }
 
@@ -266,11 +301,25 @@ struct Refund {
     watch: Arc<BodyWatch>,
     /// Whether the future ran to its answer.
     answered: bool,
+    /// A gRPC call: see [`had_use`](Self::had_use).
+    grpc: bool,
+}
+
+impl Refund {
+    /// Whether the upstream had use of the request although its body
+    /// failed: a gRPC call whose first message went on (a streaming call's
+    /// messages are each handled as they come; refunded, a client could
+    /// stream and cancel for free).
+    fn had_use(&self) -> bool {
+        self.grpc && self.watch.passed_on()
+    }
 }
 
 impl Drop for Refund {
     fn drop(&mut self) {
-        let undelivered = self.watch.failure().is_some() || !(self.answered || self.watch.ended());
+        let undelivered = (self.watch.failure().is_some()
+            || !(self.answered || self.watch.ended()))
+            && !self.had_use();
         if let (Some(charge), true) = (self.charge.take(), undelivered) {
             // A store's refund starts when called (in memory: done); a
             // networked one's needs a runtime to finish (none: at exit).
