@@ -679,6 +679,52 @@ async fn an_http2_body_reset_short_of_its_content_length_costs_nothing() {
     gateway.shutdown().await.unwrap();
 }
 
+/// An admin request whose body is over the 1 MiB limit, sent whole by a
+/// client that reads only after it has written (as SDKs do): it reads the
+/// 413, and the connection closes after it. (Before: the gateway answered
+/// and closed mid-body, the client's writes failed with EPIPE and it never
+/// read the 413; or, read, the connection looked reusable and the next
+/// request failed.)
+#[tokio::test]
+async fn an_admin_body_too_large_is_read_to_its_end_answered_413_and_closed() {
+    let gateway = Gateway::start(config()).await.unwrap();
+    for (length, chunked) in [(3 << 20, false), (3 << 20, true), ((1 << 20) + 1, false)] {
+        let mut sent = format!(
+            "POST /usageplans HTTP/1.1\r\nhost: admin\r\ncontent-type: application/json\r\n{}\r\n\r\n",
+            match chunked {
+                true => "transfer-encoding: chunked".to_owned(),
+                false => format!("content-length: {length}"),
+            }
+        )
+        .into_bytes();
+        let body = vec![b'x'; length];
+        if chunked {
+            for chunk in body.chunks(64 << 10) {
+                sent.extend(format!("{:x}\r\n", chunk.len()).bytes());
+                sent.extend(chunk);
+                sent.extend(b"\r\n");
+            }
+            sent.extend(b"0\r\n\r\n");
+        } else {
+            sent.extend(&body);
+        }
+        let (answer, read) = until_closed(gateway.admin_addr(), &sent, false).await;
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        assert!(read.is_ok(), "closed by a reset: {read:?}, {answer}");
+        assert_aws(
+            &answer,
+            413,
+            "Request body is larger than 1048576 bytes",
+            "RequestEntityTooLargeException",
+        );
+        assert!(
+            parse(&answer).1.contains("\r\nconnection: close"),
+            "{answer}"
+        );
+    }
+    gateway.shutdown().await.unwrap();
+}
+
 // ---- clients that leave ----------------------------------------------
 
 /// One key in one daily plan of 100, no throttle, in front of `upstream`.

@@ -45,9 +45,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::SystemTime;
 
-use bytes::Bytes;
+use bytes::{Buf, BufMut, Bytes};
 use http::{HeaderValue, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use tower_service::Service;
 
 pub use credentials::{AdminCredentials, CredentialsError};
@@ -213,18 +213,24 @@ impl Inner {
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
+        let http1 = parts.version <= http::Version::HTTP_11;
         if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-            return Err(too_large());
+            return Err(too_large(body, http1).await);
         }
-        let body = match Limited::new(body, MAX_BODY_BYTES).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
-            Err(e) => {
-                return Err(AwsError::bad_request(format!(
-                    "Could not read the request body: {e}"
-                )))
+        let mut body = std::pin::pin!(body);
+        let mut read = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                AwsError::bad_request(format!("Could not read the request body: {e}"))
+            })?;
+            if let Ok(data) = frame.into_data() {
+                if read.len() + data.remaining() > MAX_BODY_BYTES {
+                    return Err(too_large(body, http1).await);
+                }
+                read.put(data);
             }
-        };
+        }
+        let body = Bytes::from(read);
         sigv4::verify(
             &parts,
             &body,
@@ -270,12 +276,36 @@ impl Inner {
     }
 }
 
-fn too_large() -> AwsError {
-    AwsError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "RequestEntityTooLargeException",
-        format!("Request body is larger than {MAX_BODY_BYTES} bytes"),
-    )
+/// The most of a body too large that is read (and dropped) before the 413.
+const DRAINED_AT_MOST: u64 = 16 * MAX_BODY_BYTES as u64;
+
+/// The 413 for a body over [`MAX_BODY_BYTES`]. On HTTP/1 the rest of the
+/// body is read first, and dropped (up to [`DRAINED_AT_MOST`]), and the
+/// connection then closes: closed on a client still sending, the socket's
+/// reset can destroy the 413 before the client reads it (an SDK saw
+/// `EPIPE` on bodies of 2 MB and more), and a connection left open would
+/// fail the client's next request.
+async fn too_large<B: http_body::Body>(body: B, http1: bool) -> AwsError {
+    if http1 {
+        let mut body = std::pin::pin!(body);
+        let mut drained = 0u64;
+        while drained <= DRAINED_AT_MOST {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    drained += frame.data_ref().map_or(0, |d| d.remaining() as u64);
+                }
+                _ => break,
+            }
+        }
+    }
+    AwsError {
+        close: http1,
+        ..AwsError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestEntityTooLargeException",
+            format!("Request body is larger than {MAX_BODY_BYTES} bytes"),
+        )
+    }
 }
 
 /// Splits the raw path on `/`, then percent-decodes each segment (a `%2F`

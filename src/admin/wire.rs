@@ -23,6 +23,9 @@ pub(crate) struct AwsError {
     pub(crate) message: String,
     /// For a 405: the methods the resource takes (`Allow`).
     pub(crate) allow: Option<&'static str>,
+    /// The connection closes after this answer (`Connection: close`, on
+    /// HTTP/1): a body left unread makes it unusable.
+    pub(crate) close: bool,
 }
 
 impl AwsError {
@@ -32,6 +35,7 @@ impl AwsError {
             code,
             message: message.into(),
             allow: None,
+            close: false,
         }
     }
 
@@ -106,6 +110,9 @@ impl AwsError {
         headers.insert("x-amzn-errortype", HeaderValue::from_static(self.code));
         if let Some(allow) = self.allow {
             headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        if self.close {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }
