@@ -350,6 +350,12 @@ impl Leases {
         format!("h:{}:{}", self.holder, slot.1)
     }
 
+    /// The field of a counter put back after a loss that says this replica
+    /// put it back too (`hr:<replica>`, see "restore" in `redis.lua`).
+    pub(crate) fn restored_mark(&self) -> String {
+        format!("hr:{}", self.holder)
+    }
+
     /// Whether leases may be taken and spent now: only while this replica
     /// is registered as a holder and hears revocations. The wall clock, as
     /// the registration's (a request's own clock may be a test's).

@@ -80,6 +80,11 @@ pub(crate) struct Recovery {
     known: Mutex<Known>,
     /// One recovery at a time on this replica.
     gate: tokio::sync::Mutex<()>,
+    /// One counter put back alone at a time on this replica (see
+    /// `restore_counter` in redis.rs): apart from `gate`, which a recovery
+    /// holds while it waits for the other replicas, whose messages may ask
+    /// this one to put a counter back.
+    counter_gate: tokio::sync::Mutex<()>,
     /// How far this replica has read Redis's counters into `seen`.
     pub(crate) scan: Mutex<Scan>,
     /// Held (shared) by each call whose answer updates `seen`, from before
@@ -146,6 +151,7 @@ impl Recovery {
             replica: Self::fresh_marker(),
             known: Mutex::new(Known::default()),
             gate: tokio::sync::Mutex::new(()),
+            counter_gate: tokio::sync::Mutex::new(()),
             scan: Mutex::new(Scan::default()),
             in_flight: tokio::sync::RwLock::new(()),
             leases: None,
@@ -380,6 +386,11 @@ impl Recovery {
     /// Holds other recoveries of this replica off.
     pub(crate) async fn one_at_a_time(&self) -> tokio::sync::MutexGuard<'_, ()> {
         self.gate.lock().await
+    }
+
+    /// Held while this replica puts one counter back alone.
+    pub(crate) async fn one_counter_at_a_time(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.counter_gate.lock().await
     }
 
     /// Remembers a counter's state as a decision (or UpdateUsage) left it:
