@@ -208,9 +208,31 @@ fn write_lines(
     }
 }
 
+/// The most of a path a line shows: a 414's target (up to 8 KiB) would
+/// otherwise let anyone, without a key, write kilobytes a request.
+const PATH_SHOWN: usize = 1024;
+
+/// `path` as a line shows it: at most [`PATH_SHOWN`] bytes (cut on a
+/// character boundary, then `...`), and `-` for none (`CONNECT`'s target),
+/// so that the text line's fields stay in place.
+fn shown_path(path: &str) -> std::borrow::Cow<'_, str> {
+    if path.is_empty() {
+        return "-".into();
+    }
+    if path.len() <= PATH_SHOWN {
+        return path.into();
+    }
+    let mut end = PATH_SHOWN;
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &path[..end]).into()
+}
+
 impl Line {
     fn render(&self, out: &mut String) {
         let key_id = self.usage.as_ref().map(UsageContext::key_id);
+        let path = shown_path(self.uri.path());
         let plan_id = self.usage.as_ref().map(UsageContext::plan_id);
         let upstream = match self.upstream_status {
             0 => "-".to_owned(),
@@ -219,11 +241,11 @@ impl Line {
         match self.format {
             AccessLogFormat::Json => {
                 let value = serde_json::json!({
-                    "time": self.time.to_string(),
+                    "time": format!("{:.6}", self.time),
                     "requestId": self.id.to_string(),
                     "client": self.client.to_string(),
                     "method": self.method.as_str(),
-                    "path": self.uri.path(),
+                    "path": path,
                     "status": self.status,
                     "keyId": key_id,
                     "usagePlanId": plan_id,
@@ -240,12 +262,12 @@ impl Line {
                 // but spaces and quotes cannot appear in it (a URI has none).
                 let _ = writeln!(
                     out,
-                    "{} {} {} {} {} {} key={} plan={} decision={} upstream={} latency_us={} in={} out={}",
+                    "{:.6} {} {} {} {} {} key={} plan={} decision={} upstream={} latency_us={} in={} out={}",
                     self.time,
                     self.id,
                     self.client,
                     self.method,
-                    self.uri.path(),
+                    path,
                     self.status,
                     key_id.unwrap_or("-"),
                     plan_id.unwrap_or("-"),
@@ -574,7 +596,7 @@ mod tests {
     fn lines_name_everything_but_the_query_and_the_key_value() {
         assert_eq!(
             line(AccessLogFormat::Text),
-            "2026-12-04T10:02:00Z 00000000-0000-0000-0000-000000000000 10.0.0.7:4321 POST /pets \
+            "2026-12-04T10:02:00.000000Z 00000000-0000-0000-0000-000000000000 10.0.0.7:4321 POST /pets \
              429 key=k1 plan=p1 decision=throttled upstream=- latency_us=12 in=3 out=4\n"
         );
         let json: serde_json::Value = serde_json::from_str(&line(AccessLogFormat::Json)).unwrap();
@@ -583,6 +605,22 @@ mod tests {
         assert_eq!(json["upstreamStatus"], serde_json::Value::Null);
         assert_eq!(json["decision"], "throttled");
         assert!(!line(AccessLogFormat::Json).contains("secret"));
+    }
+
+    /// Fields stay in place (`-` for CONNECT's empty path), a long path is
+    /// cut, and the time always has six fractional digits.
+    #[test]
+    fn paths_are_shown_in_one_field_of_bounded_length() {
+        assert_eq!(shown_path(""), "-");
+        assert_eq!(shown_path("/pets"), "/pets");
+        let long = format!("/{}", "é".repeat(3000));
+        let shown = shown_path(&long);
+        assert!(
+            shown.len() <= PATH_SHOWN + 3 && shown.ends_with("..."),
+            "{shown}"
+        );
+        let time: jiff::Timestamp = "2026-12-04T10:02:00.00013Z".parse().unwrap();
+        assert_eq!(format!("{time:.6}"), "2026-12-04T10:02:00.000130Z");
     }
 
     #[test]
