@@ -1288,20 +1288,11 @@ async fn what_a_dead_replica_admitted_before_its_leases_were_reclaimed_survives_
 #[cfg(feature = "redis")]
 async fn a_replica_dies_then_redis_loses_its_data(reclaimed: bool) {
     use store_suite::{decide, rule};
-    use support::redis_server::Redis;
     use tower_usage_plans::store::{CounterKey, Decision, Verdict};
     use tower_usage_plans::QuotaPeriod::Day;
 
     const QUOTA: u64 = 1_000;
-    let redis = Redis::start();
-    let prefix = unique_prefix();
-    let (live, dead) = (
-        leasing_store(&redis.url(), &prefix).await,
-        leasing_store(&redis.url(), &prefix).await,
-    );
-    for store in [&live, &dead] {
-        store.recover_if_emptied().await.unwrap();
-    }
+    let (redis, live, dead) = two_leasing_replicas().await;
     let counter = CounterKey::new("plan", "dead");
     let quota = Some(rule(QUOTA, Day));
     let admitted = |d: &Decision| u64::from(d.verdict == Verdict::Admitted);
@@ -1322,12 +1313,7 @@ async fn a_replica_dies_then_redis_loses_its_data(reclaimed: bool) {
         false => now,
     };
     total += admitted(&decide(&live, &counter, None, quota, later).await);
-    let mut raw = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let _: redis::Value = redis::cmd("FLUSHALL").query_async(&mut raw).await.unwrap();
+    flushall(&redis).await;
     assert!(
         live.recover_if_emptied().await.unwrap(),
         "the loss is found"
@@ -1348,31 +1334,17 @@ async fn a_replica_dies_then_redis_loses_its_data(reclaimed: bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_live_holder_putting_a_counter_back_takes_off_what_was_counted_for_it() {
     use store_suite::rule;
-    use support::redis_server::Redis;
     use tower_usage_plans::store::CounterKey;
     use tower_usage_plans::QuotaPeriod::Day;
 
     const QUOTA: u64 = 1_000;
-    let redis = Redis::start();
-    let prefix = unique_prefix();
-    let (first, second) = (
-        leasing_store(&redis.url(), &prefix).await,
-        leasing_store(&redis.url(), &prefix).await,
-    );
-    for store in [&first, &second] {
-        store.recover_if_emptied().await.unwrap();
-    }
+    let (redis, first, second) = two_leasing_replicas().await;
     let counter = CounterKey::new("plan", "both-alive");
     let quota = Some(rule(QUOTA, Day));
     // Both hold leases; the second's answers say what the first's hold.
     let mut admitted = admit_n(&first, &counter, quota, 100).await;
     admitted += admit_n(&second, &counter, quota, 100).await;
-    let mut raw = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let _: redis::Value = redis::cmd("FLUSHALL").query_async(&mut raw).await.unwrap();
+    flushall(&redis).await;
     // The second puts it back first (the first may then be told on the
     // channel, or find it at its next call).
     assert!(
@@ -1383,6 +1355,36 @@ async fn a_live_holder_putting_a_counter_back_takes_off_what_was_counted_for_it(
     admitted += admit_n(&first, &counter, quota, 2 * QUOTA).await;
     admitted += admit_n(&second, &counter, quota, 2 * QUOTA).await;
     assert_eq!(admitted, QUOTA);
+}
+
+/// Two leasing replicas on a Redis of their own, each knowing its marker.
+#[cfg(feature = "redis")]
+async fn two_leasing_replicas() -> (
+    support::redis_server::Redis,
+    tower_usage_plans::store::RedisStore,
+    tower_usage_plans::store::RedisStore,
+) {
+    let redis = support::redis_server::Redis::start();
+    let prefix = unique_prefix();
+    let (first, second) = (
+        leasing_store(&redis.url(), &prefix).await,
+        leasing_store(&redis.url(), &prefix).await,
+    );
+    for store in [&first, &second] {
+        store.recover_if_emptied().await.unwrap();
+    }
+    (redis, first, second)
+}
+
+/// Redis loses all its data.
+#[cfg(feature = "redis")]
+async fn flushall(redis: &support::redis_server::Redis) {
+    let mut raw = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: redis::Value = redis::cmd("FLUSHALL").query_async(&mut raw).await.unwrap();
 }
 
 /// A replica's store on `url` under `prefix`, leasing (5 s a call).
