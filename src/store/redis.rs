@@ -1208,11 +1208,13 @@ impl RedisStore {
                 // data), which this replica puts back; one it has no copy
                 // of (dropped since) starts anew.
                 if answer.0 == 3 && !recovered {
-                    if restore_counter(&recovery, &mut connection, &script, &counter).await? {
-                        control.counter_lost(&mut connection, &counter).await?;
-                    } else {
-                        recovery.seen.remove(&counter);
-                        args.known = false;
+                    match restore_counter(&recovery, &mut connection, &script, &counter).await? {
+                        PutBack::Now => control.counter_lost(&mut connection, &counter).await?,
+                        PutBack::Already => {}
+                        PutBack::NoCopy => {
+                            recovery.seen.remove(&counter);
+                            args.known = false;
+                        }
                     }
                 }
                 in_flight = Some(recovery.in_flight.read().await);
@@ -1598,8 +1600,18 @@ async fn restore_seen(
     put_back(recovery, connection, script, &lost).await
 }
 
+/// What [`restore_counter`] did.
+enum PutBack {
+    /// Put the counter back (the other replicas are to do so too).
+    Now,
+    /// Nothing: this replica put it back since it was lost.
+    Already,
+    /// Nothing: this replica has no copy of it in its current period.
+    NoCopy,
+}
+
 /// Puts back `counter` alone, from this replica's copy of it in its
-/// current period (`false`: none): Redis lost it, not its other data.
+/// current period: Redis lost it, not its other data.
 ///
 /// Once a loss: every decision that found the counter gone comes here, and
 /// so does the other replicas' message. Put back again, its leases of the
@@ -1611,7 +1623,7 @@ async fn restore_counter(
     connection: &mut Connection,
     script: &Script,
     counter: &CounterKey,
-) -> redis::RedisResult<bool> {
+) -> redis::RedisResult<PutBack> {
     let _one = recovery.one_counter_at_a_time().await;
     if let Some(leases) = &recovery.leases {
         let put_back_already: bool = connection
@@ -1622,16 +1634,16 @@ async fn restore_counter(
             )
             .await?;
         if put_back_already {
-            return Ok(true);
+            return Ok(PutBack::Already);
         }
     }
     let _quiet = recovery.in_flight.write().await;
     let lost = Lost::take(recovery, Some(counter));
     if lost.current.is_empty() {
-        return Ok(false);
+        return Ok(PutBack::NoCopy);
     }
     put_back(recovery, connection, script, &lost).await?;
-    Ok(true)
+    Ok(PutBack::Now)
 }
 
 /// What a replica puts back after Redis lost its data: its copy of the
