@@ -839,7 +839,8 @@ async fn streaming_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<&'static s
 /// A client-streaming gRPC call the client cancels after its first
 /// message reached the upstream stays charged: the upstream handles each
 /// message as it comes. (Before: given back, so a client could stream and
-/// cancel without end, for free.)
+/// cancel without end, for free.) One cancelled before its first message
+/// went on whole is given back.
 #[tokio::test]
 async fn a_grpc_stream_cancelled_after_a_message_reached_the_upstream_stays_charged() {
     let (upstream, mut events) = streaming_upstream().await;
@@ -869,6 +870,20 @@ async fn a_grpc_stream_cancelled_after_a_message_reached_the_upstream_stays_char
         Some("broke off")
     );
     assert_eq!(used_today(&gateway).await[0], 1);
+    // A call cancelled before its first message went on whole costs
+    // nothing (3 of its 8 bytes sent).
+    let request = Request::post(format!("http://{}/t.T/Stream", gateway.data_addr()))
+        .header("x-api-key", KEY)
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (_answer, mut body) = client.send_request(request, false).unwrap();
+    body.send_data(Bytes::from_static(b"\0\0\0"), false)
+        .unwrap();
+    until_used(&gateway, 2, "the second call to be counted").await;
+    body.send_reset(h2::Reason::CANCEL);
+    until_used(&gateway, 1, "the refund of the second call").await;
     gateway.shutdown().await.unwrap();
 }
 

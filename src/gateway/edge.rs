@@ -94,9 +94,9 @@ pub(crate) enum BodyFailure {
 #[derive(Debug, Default)]
 pub(crate) struct BodyWatch {
     state: AtomicU8,
-    /// Whether any of its data went on (to the upstream): a gRPC call's
-    /// messages are each of use to the upstream as they come.
-    passed_on: AtomicBool,
+    /// Whether a whole first gRPC message went on (to the upstream): a
+    /// call's messages are each of use to the upstream as they come.
+    message_passed_on: AtomicBool,
 }
 
 /// [`BodyWatch`] states.
@@ -129,9 +129,10 @@ impl BodyWatch {
         self.state.load(Ordering::Relaxed) == ENDED
     }
 
-    /// Whether any of its data was passed on (read from it).
-    pub(crate) fn passed_on(&self) -> bool {
-        self.passed_on.load(Ordering::Relaxed)
+    /// Whether the body, read as a gRPC call's, passed a whole first
+    /// message on (read from it).
+    pub(crate) fn message_passed_on(&self) -> bool {
+        self.message_passed_on.load(Ordering::Relaxed)
     }
 
     /// How the body failed, if it did.
@@ -314,6 +315,30 @@ struct Watched {
     /// Fires at the earlier of the two limits' deadlines.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     stalled: Option<Stall>,
+    first_message: FirstMessage,
+}
+
+/// How much of a gRPC call's first message has passed: its 5-byte prefix
+/// (a compression flag, then the message's length, big-endian), then that
+/// many bytes. Any body is read so; only a gRPC call's reading counts.
+#[derive(Debug, Default)]
+struct FirstMessage {
+    prefix: [u8; 5],
+    /// Bytes passed so far.
+    seen: u64,
+}
+
+impl FirstMessage {
+    /// Takes `data`, passed on next; `true` once the whole first message has
+    /// passed.
+    fn passed(&mut self, data: &[u8]) -> bool {
+        let filled = self.seen.min(5) as usize;
+        let take = (5 - filled).min(data.len());
+        self.prefix[filled..filled + take].copy_from_slice(&data[..take]);
+        self.seen = self.seen.saturating_add(data.len() as u64);
+        let [_, length @ ..] = self.prefix;
+        self.seen >= 5 && self.seen - 5 >= u64::from(u32::from_be_bytes(length))
+    }
 }
 
 impl Watched {
@@ -377,6 +402,7 @@ impl EdgeBody {
                 waiting_since: None,
                 timer: None,
                 stalled: None,
+                first_message: FirstMessage::default(),
             })
         });
         Self { inner, watched }
@@ -415,8 +441,13 @@ impl Body for EdgeBody {
             Poll::Ready(Some(Ok(frame))) => {
                 let len = frame.data_ref().map_or(0, Bytes::len);
                 watched.frame_came(len);
-                if len > 0 {
-                    watched.watch.passed_on.store(true, Ordering::Relaxed);
+                if let Some(data) = frame.data_ref() {
+                    if watched.first_message.passed(data) {
+                        watched
+                            .watch
+                            .message_passed_on
+                            .store(true, Ordering::Relaxed);
+                    }
                 }
                 if let (Some(exchange), Some(data)) = (&watched.exchange, frame.data_ref()) {
                     exchange.received(data.len());
@@ -736,5 +767,23 @@ mod tests {
         assert_eq!(rate.allowance(1_200), Duration::from_secs(5));
         assert_eq!(rate.allowance(2_400), Duration::from_secs(10));
         assert_eq!(rate.allowance(240_000), Duration::from_secs(1_000));
+    }
+
+    /// A first gRPC message passes once its prefix and all the bytes it
+    /// says have, however the frames cut them; an empty one with its prefix.
+    #[test]
+    fn a_first_message_passes_whole_or_not_at_all() {
+        let message = b"\0\0\0\0\x03abc";
+        for cut in 0..message.len() {
+            let mut first = FirstMessage::default();
+            let (a, b) = message.split_at(cut);
+            assert!(!first.passed(a), "cut at {cut}");
+            assert!(first.passed(b), "cut at {cut}");
+        }
+        let mut first = FirstMessage::default();
+        assert!(!first.passed(b"\0\0\0\0"));
+        assert!(first.passed(b"\0"));
+        let mut first = FirstMessage::default();
+        assert!(!first.passed(b"\0\0\0\x01\0abc"), "256 bytes said, 3 came");
     }
 }

@@ -307,11 +307,11 @@ struct Refund {
 
 impl Refund {
     /// Whether the upstream had use of the request although its body
-    /// failed: a gRPC call whose first message went on (a streaming call's
-    /// messages are each handled as they come; refunded, a client could
-    /// stream and cancel for free).
+    /// failed: a gRPC call whose first message went on whole (a streaming
+    /// call's messages are each handled as they come; refunded, a client
+    /// could stream and cancel for free).
     fn had_use(&self) -> bool {
-        self.grpc && self.watch.passed_on()
+        self.grpc && self.watch.message_passed_on()
     }
 }
 
