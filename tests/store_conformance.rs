@@ -1357,6 +1357,48 @@ async fn a_live_holder_putting_a_counter_back_takes_off_what_was_counted_for_it(
     assert_eq!(admitted, QUOTA);
 }
 
+/// GetUsage after Redis lost its data: today's used count is put back from
+/// the replicas' copies with the counter, so used and remaining still add
+/// up to the quota. (Before: used read only what was admitted since,
+/// [[5, 395]] after 600 of 1,000 and 5 more.)
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn todays_used_count_survives_redis_losing_its_data() {
+    use store_suite::rule;
+    use tower_usage_plans::store::CounterKey;
+    use tower_usage_plans::QuotaPeriod::Day;
+
+    const QUOTA: u64 = 1_000;
+    let (redis, first, second) = two_leasing_replicas().await;
+    let counter = CounterKey::new("plan", "used-today");
+    let quota = Some(rule(QUOTA, Day));
+    let mut admitted = 0;
+    for _ in 0..3 {
+        admitted += admit_n(&first, &counter, quota, 100).await;
+        admitted += admit_n(&second, &counter, quota, 100).await;
+        // The gateway's 200 ms round: what leases spent is reported.
+        for store in [&first, &second] {
+            store.give_back_expired_leases().await.unwrap();
+        }
+    }
+    assert_eq!(admitted, 600);
+    flushall(&redis).await;
+    assert!(
+        second.recover_if_emptied().await.unwrap(),
+        "the loss is found"
+    );
+    first.recover_if_emptied().await.unwrap();
+    admitted += admit_n(&first, &counter, quota, 5).await;
+    for store in [&first, &second] {
+        store.give_back_leases().await.unwrap();
+    }
+    let rule = quota.unwrap();
+    assert_eq!(
+        today_usage(&first, &counter, &rule).await,
+        [admitted, QUOTA - admitted]
+    );
+}
+
 /// Two leasing replicas on a Redis of their own, each knowing its marker.
 #[cfg(feature = "redis")]
 async fn two_leasing_replicas() -> (

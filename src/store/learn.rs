@@ -194,6 +194,7 @@ async fn copy(
             epoch: epoch.unwrap_or(0),
             // (Not known here: whose the leased units are.)
             others: 0,
+            today: (0, 0),
         };
         match replace {
             true => {

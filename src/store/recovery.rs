@@ -64,6 +64,9 @@ pub(crate) struct Seen {
     /// that said them had it: put back first, this replica counts them
     /// as used (a holder that died with them may have admitted them).
     pub(crate) others: u64,
+    /// A day's record of admitted requests (GetUsage's used count), as the
+    /// latest answer that said it had it: (day since the epoch, count).
+    pub(crate) today: (i64, u64),
 }
 
 /// The counters a replica saw, and the marker it knows Redis by.
@@ -410,6 +413,7 @@ impl Recovery {
             allow,
             epoch,
             others: 0,
+            today: (0, 0),
         };
         self.seen
             .entry(counter)
@@ -429,7 +433,10 @@ impl Recovery {
                     known.used = known.used.max(used);
                     known.allow = allow;
                 } else if later_period || (known.period == period && known.epoch < epoch) {
-                    *known = seen;
+                    *known = Seen {
+                        today: known.today,
+                        ..seen
+                    };
                 }
             })
             .or_insert(seen);
@@ -463,6 +470,18 @@ impl Recovery {
 }
 
 impl Recovery {
+    /// Remembers `day`'s record of admitted requests of a counter as an
+    /// answer had it: the larger count of a day stands, a later day
+    /// replaces it.
+    pub(crate) fn saw_today(&self, counter: &CounterKey, day: i64, count: u64) {
+        if let Some(mut known) = self.seen.get_mut(counter) {
+            let (known_day, known_count) = known.today;
+            if day > known_day || (day == known_day && count > known_count) {
+                known.today = (day, count);
+            }
+        }
+    }
+
     /// Remembers the units out on the other holders' leases of a counter
     /// as an answer in `period` and `epoch` had them (the latest answer
     /// stands: they go up and down).

@@ -65,8 +65,10 @@
 --          11 period limit, 12 remaining (for "set") or signed delta (for "add"), 13 ttl secs,
 --          14-17 a lease given back (by "lease", "return", "report"): its unspent units,
 --          the requests it admitted not yet reported, its unspent tokens, the day it was
---          granted on; 18 wanted units (for "restore": the units out on the other
---          holders' leases, as the replica's copy last heard), 19 wanted tokens, 20 the returned lease's epoch,
+--          granted on (for "restore": the day of the copy's count of admitted
+--          requests in 19); 18 wanted units (for "restore": the units out on the other
+--          holders' leases, as the replica's copy last heard), 19 wanted tokens (for
+--          "restore": that count), 20 the returned lease's epoch,
 --          21 "1" when it holds quota units, 22 "1" when the replica saw this
 --          counter before (a missing hash then means Redis lost its data),
 --          23-25 for "restore": the used count, allowance (-1: none) and epoch
@@ -169,9 +171,9 @@ if KEYS[3] then
   end
   if op == 'decide' or op == 'lease' then
     if redis.call('EXISTS', KEYS[2]) == 0 then
-      return { 4, '0', 0, 0, 0, 0, 0, -1, 0, 0, 0, { 0, -1 } }
+      return { 4, '0', 0, 0, 0, 0, 0, -1, 0, 0, 0, { 0, -1, -1 } }
     elseif short then
-      return { 6, '0', 0, 0, 0, 0, 0, -1, 0, 0, 0, { 0, -1 } }
+      return { 6, '0', 0, 0, 0, 0, 0, -1, 0, 0, 0, { 0, -1, -1 } }
     end
   elseif short and (op == 'return' or op == 'report' or op == 'settle') then
     return { 6 }
@@ -246,11 +248,11 @@ if op == 'report' and call > 0 and ret_n > 0 and ret_q == 0 and ret_metered and 
     else
       writes[#writes + 1], writes[#writes + 2] = rec_name, string.format('%d', o) .. rest
     end
-    redis.call('HINCRBY', k, rd .. 'u', ret_n)
+    local on_day = redis.call('HINCRBY', k, rd .. 'u', ret_n)
     redis.call('HSET', k, unpack(writes))
     redis.call('EXPIRE', k, ttl)
     local kt = tonumber(f[12]) or 0
-    return { 0, tonumber(f[4]), leased, ep, ps, kt, math.max(leased - kt - o, 0) }
+    return { 0, tonumber(f[4]), leased, ep, ps, kt, math.max(leased - kt - o, 0), on_day }
   end
 end
 -- fast report: end
@@ -266,7 +268,7 @@ if op == 'forget' then
 end
 if ARGV[22] == '1' and (op == 'decide' or op == 'lease') and redis.call('EXISTS', k) == 0 then
   -- Seen before, gone now: the replica checks whether Redis lost its data.
-  return { 3, '0', 0, 0, 0, 0, 0, -1, 0, 0, 0, { 0, -1 } }
+  return { 3, '0', 0, 0, 0, 0, 0, -1, 0, 0, 0, { 0, -1, -1 } }
 end
 local epoch = tonumber(redis.call('HGET', k, 'ep')) or 0
 
@@ -300,16 +302,19 @@ local function units_held(s)
 end
 
 -- The answer to a give-back or report: `answer`, with what the counter
--- holds now (used, leased, epoch, period start, kept, and the units out
--- on the other holders' leases), for the replica's copy.
+-- holds now (used, leased, epoch, period start, kept, the units out on
+-- the other holders' leases, and the admitted requests recorded on the
+-- call's day, -1 for none), for the replica's copy.
 local function taken_back(answer)
-  local now_q = redis.call('HMGET', k, 'used', 'leased', 'ps', 'kt', rec_name ~= '' and rec_name or 'ep')
+  local now_q = redis.call('HMGET', k, 'used', 'leased', 'ps', 'kt',
+    rec_name ~= '' and rec_name or 'ep', 'd:' .. day .. ':u')
   local leased, kept = tonumber(now_q[2]) or 0, tonumber(now_q[4]) or 0
   local others = -1
   if rec_name ~= '' then
     others = math.max(leased - kept - units_held(now_q[5]), 0)
   end
-  return { answer, tonumber(now_q[1]) or 0, leased, epoch, tonumber(now_q[3]) or -1, kept, others }
+  return { answer, tonumber(now_q[1]) or 0, leased, epoch, tonumber(now_q[3]) or -1, kept, others,
+    tonumber(now_q[6]) or -1 }
 end
 
 -- A call sent again that was applied: it is not applied twice (a "lease"
@@ -318,7 +323,7 @@ local settled = nil
 if call > 0 then
   local d = done_get()
   if d and op == 'lease' then
-    return { 5, '0', 0, 0, 0, 0, 0, -1, 0, 0, 0, { 0, -1 } }
+    return { 5, '0', 0, 0, 0, 0, 0, -1, 0, 0, 0, { 0, -1, -1 } }
   elseif d and op == 'settle' then
     settled = d
   elseif d then
@@ -501,10 +506,12 @@ local function start_day(d)
   return true
 end
 
--- Today's record counts `n` more admitted requests, and the remaining now.
+-- Today's record counts `n` more admitted requests, and the remaining now
+-- ('today_used': its count, for the answer; -1: not recorded).
+local today_used = -1
 local function record(n)
   if start_day(tonumber(day)) then
-    redis.call('HINCRBY', k, 'd:' .. day .. ':u', n)
+    today_used = redis.call('HINCRBY', k, 'd:' .. day .. ':u', n)
     redis.call('HSET', k, 'd:' .. day .. ':r', remaining + leased)
   end
 end
@@ -768,7 +775,7 @@ end
 if op == 'lease' then
   local reclaimed = give_back()
   if reclaimed == 'behind' then
-    return { 6, '0', 0, 0, 0, 0, 0, -1, 0, 0, 0, { 0, -1 } }
+    return { 6, '0', 0, 0, 0, 0, 0, -1, 0, 0, 0, { 0, -1, -1 } }
   elseif reclaimed then
     ret_tokens = 0
   end
@@ -848,6 +855,18 @@ if op == 'restore' then
     if seen_used > base then
       used = used + seen_used - base
       redis.call('HSET', k, 'used', used, 'rb', seen_used)
+    end
+    -- Today's record of admitted requests (GetUsage's used count) as the
+    -- copy last heard it (ARGV[17] its day, ARGV[19] its count), beyond
+    -- the largest one put back ('rt', "<day>:<count>"), as for 'rb'.
+    local seen_day, seen_today = tonumber(ARGV[17]) or 0, tonumber(ARGV[19]) or 0
+    if seen_day == tonumber(day) and seen_today > 0 then
+      local rt_day, rt = string.match(redis.call('HGET', k, 'rt') or '', '^(%d+):(%d+)$')
+      local put = tonumber(rt_day) == seen_day and tonumber(rt) or 0
+      if seen_today > put and start_day(seen_day) then
+        redis.call('HINCRBY', k, 'd:' .. day .. ':u', seen_today - put)
+        redis.call('HSET', k, 'rt', seen_day .. ':' .. seen_today)
+      end
     end
     -- The copies count admissions, not leased units: each replica adds
     -- what its own leases admitted unacknowledged, so they add up across
@@ -990,7 +1009,7 @@ if verdict ~= 0 then
   end
   redis.call('EXPIRE', k, ttl)
   return { verdict, tostring(tokens), remaining, 0, 0, epoch, used, allow or -1, 0, 0, leased,
-    { kept_total, -1 } }
+    { kept_total, -1, -1 } }
 end
 
 used = used + 1
@@ -1056,4 +1075,4 @@ if op == 'lease' then
   others = math.max(leased - kept_total - (held or units_held(redis.call('HGET', k, rec_name))), 0)
 end
 return { 0, tostring(tokens), remaining, q_take, t_take, epoch, used, allow or -1, gen, cap, leased,
-  { kept_total, others } }
+  { kept_total, others, today_used } }

@@ -35,7 +35,8 @@ const SCRIPT: &str = include_str!("redis.lua");
 /// lease's generation, the most of its units spent unacknowledged, the
 /// units out on every replica's leases, and of those the ones kept from
 /// reclaimed leases (their holders may have admitted them) with, for a
-/// lease, the units out on the other holders' leases (-1: not said).
+/// lease, the units out on the other holders' leases (-1: not said), and
+/// the admitted requests today's record holds (-1: not said).
 type Answer = (
     u8,
     String,
@@ -48,7 +49,7 @@ type Answer = (
     u64,
     u64,
     u64,
-    (u64, i64),
+    (u64, i64, i64),
 );
 /// History GetUsage may read, plus a margin: a counter untouched this long expires.
 const TTL_SECS: i64 = 101 * DAY_SECS;
@@ -594,8 +595,9 @@ impl RedisStore {
     }
 
     /// The copy follows a report's or give-back's `answer` (the script's
-    /// `[answer, used, leased, epoch, period start, kept, others' units]`)
-    /// about `lease`'s counter, in the lease's quota period.
+    /// `[answer, used, leased, epoch, period start, kept, others' units,
+    /// admitted on the lease's day]`) about `lease`'s counter, in the
+    /// lease's quota period.
     fn saw_spent(&self, counter: &CounterKey, lease: &Lease, answer: &[i64]) {
         let (Some(rule), [_, used, leased, epoch, start, rest @ ..]) = (lease.quota, answer) else {
             return;
@@ -603,6 +605,9 @@ impl RedisStore {
         let count = |n: i64| u64::try_from(n).unwrap_or(0);
         let kept = count(rest.first().copied().unwrap_or(0));
         let others = rest.get(1).and_then(|n| u64::try_from(*n).ok());
+        if let Some(on_day) = rest.get(2).and_then(|n| u64::try_from(*n).ok()) {
+            self.recovery.saw_today(counter, lease.unspent.day, on_day);
+        }
         if *start != lease.unspent.period_start {
             return;
         }
@@ -1253,7 +1258,7 @@ impl RedisStore {
                 gen,
                 cap,
                 leased_out,
-                (kept, others),
+                (kept, others, today),
             ) = answer;
             if let (true, Some(period), false) =
                 (quota.is_some(), args.stored_period(), verdict == 3)
@@ -1264,6 +1269,9 @@ impl RedisStore {
                 if let Ok(others) = u64::try_from(others) {
                     recovery.saw_others(&counter, period, epoch, others);
                 }
+            }
+            if let Ok(today) = u64::try_from(today) {
+                recovery.saw_today(&counter, args.day, today);
             }
             let tokens: f64 = tokens.parse().unwrap_or(0.0);
             // Spent, and no unit out on a lease that could come back.
@@ -1734,6 +1742,8 @@ async fn put_back(
                 args.record = leases.record(&(counter.clone(), "".into()));
                 args.want.0 = seen.others;
             }
+            // Today's record of admitted requests, as the copy last heard it.
+            (args.unspent.day, args.want.1) = seen.today;
             let key = counter_key(&recovery.prefix, &counter);
             async move {
                 let answer: Vec<u64> = connection
