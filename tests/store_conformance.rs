@@ -1371,7 +1371,8 @@ async fn todays_used_count_survives_redis_losing_its_data() {
     const QUOTA: u64 = 1_000;
     let (redis, first, second) = two_leasing_replicas().await;
     let counter = CounterKey::new("plan", "used-today");
-    let quota = Some(rule(QUOTA, Day));
+    let rule = rule(QUOTA, Day);
+    let quota = Some(rule);
     let mut admitted = 0;
     for _ in 0..3 {
         admitted += admit_n(&first, &counter, quota, 100).await;
@@ -1392,7 +1393,6 @@ async fn todays_used_count_survives_redis_losing_its_data() {
     for store in [&first, &second] {
         store.give_back_leases().await.unwrap();
     }
-    let rule = quota.unwrap();
     assert_eq!(
         today_usage(&first, &counter, &rule).await,
         [admitted, QUOTA - admitted]
