@@ -836,6 +836,21 @@ async fn streaming_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<&'static s
     (addr, rx)
 }
 
+/// Opens a client-streaming gRPC call on `client` with `KEY`: its answer,
+/// and the stream to send its messages on.
+fn open_grpc_call(
+    client: &mut h2::client::SendRequest<Bytes>,
+    gateway: SocketAddr,
+) -> (h2::client::ResponseFuture, h2::SendStream<Bytes>) {
+    let request = Request::post(format!("http://{gateway}/t.T/Stream"))
+        .header("x-api-key", KEY)
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    client.send_request(request, false).unwrap()
+}
+
 /// A client-streaming gRPC call the client cancels after its first
 /// message reached the upstream stays charged: the upstream handles each
 /// message as it comes. (Before: given back, so a client could stream and
@@ -848,13 +863,7 @@ async fn a_grpc_stream_cancelled_after_a_message_reached_the_upstream_stays_char
     let stream = TcpStream::connect(gateway.data_addr()).await.unwrap();
     let (mut client, connection) = h2::client::handshake(stream).await.unwrap();
     tokio::spawn(connection);
-    let request = Request::post(format!("http://{}/t.T/Stream", gateway.data_addr()))
-        .header("x-api-key", KEY)
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .unwrap();
-    let (_answer, mut body) = client.send_request(request, false).unwrap();
+    let (_answer, mut body) = open_grpc_call(&mut client, gateway.data_addr());
     // One gRPC message: uncompressed, 3 bytes.
     body.send_data(Bytes::from_static(b"\0\0\0\0\x03abc"), false)
         .unwrap();
@@ -872,13 +881,7 @@ async fn a_grpc_stream_cancelled_after_a_message_reached_the_upstream_stays_char
     assert_eq!(used_today(&gateway).await[0], 1);
     // A call cancelled before its first message went on whole costs
     // nothing (3 of its 8 bytes sent).
-    let request = Request::post(format!("http://{}/t.T/Stream", gateway.data_addr()))
-        .header("x-api-key", KEY)
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .unwrap();
-    let (_answer, mut body) = client.send_request(request, false).unwrap();
+    let (_answer, mut body) = open_grpc_call(&mut client, gateway.data_addr());
     body.send_data(Bytes::from_static(b"\0\0\0"), false)
         .unwrap();
     until_used(&gateway, 2, "the second call to be counted").await;
