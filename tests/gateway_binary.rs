@@ -952,6 +952,29 @@ async fn a_body_the_client_abandons_is_logged_as_499_and_costs_nothing() {
         assert_eq!(entry["decision"], "admitted", "{entry}");
         assert!(entry["upstreamStatus"].is_null(), "{entry}");
     }
+    // The same over HTTP/2: the connection closed mid-body.
+    let stream = within("connect", tokio::net::TcpStream::connect(data))
+        .await
+        .unwrap();
+    let (mut client, mut connection) = h2::client::handshake(stream).await.unwrap();
+    let mut ping_pong = connection.ping_pong().unwrap();
+    let connection = tokio::spawn(connection);
+    let request = Request::post(format!("http://{data}/h2-closed"))
+        .header("x-api-key", KEY)
+        .header("content-length", "100")
+        .body(())
+        .unwrap();
+    let (_answer, mut body) = client.send_request(request, false).unwrap();
+    body.send_data(Bytes::from_static(b"hello"), false).unwrap();
+    // The gateway has read the request and its first bytes once it
+    // answers a ping sent after them.
+    within("a pong", ping_pong.ping(h2::Ping::opaque()))
+        .await
+        .unwrap();
+    connection.abort();
+    let line = stderr_line(&gateway, "\"path\":\"/h2-closed\"").await;
+    let entry: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(entry["status"], 499, "{entry}");
     // A body the client framed wrongly, but whose answer it reads, is
     // still a 400 in the log as on the wire.
     let (answer, _) = net::until_closed(

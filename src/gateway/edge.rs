@@ -189,6 +189,13 @@ fn read_failure(error: &hyper::Error) -> BodyFailure {
     use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
     let mut cause = std::error::Error::source(error);
     while let Some(error) = cause {
+        // An HTTP/2 connection that closed, or that the client ended
+        // (GOAWAY), under a stream still sending its body.
+        if let Some(h2) = error.downcast_ref::<h2::Error>() {
+            if h2.is_io() || h2.is_go_away() {
+                return BodyFailure::Abandoned;
+            }
+        }
         if let Some(io) = error.downcast_ref::<std::io::Error>() {
             if matches!(
                 io.kind(),
