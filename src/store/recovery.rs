@@ -456,20 +456,32 @@ impl Known {
 }
 
 impl Recovery {
-    /// Remembers what a lease's report or give-back left of a counter:
-    /// `used` (less leased) in `period` and `epoch`. It raises the count
-    /// of the period and epoch the copy knows, and changes nothing else
-    /// (the answer does not say the allowance).
-    pub(crate) fn saw_spent(&self, counter: &CounterKey, period: Period, epoch: u64, used: u64) {
+    /// Remembers what an answer in `period` and `epoch` (a lease's report
+    /// or give-back, or a decision already in the copy by [`saw`]) left of
+    /// a counter: `used` (less leased) raises the count of the period and
+    /// epoch the copy knows; the units out on the other holders' leases,
+    /// when the answer says them, replace the copy's (they go up and
+    /// down). Nothing else changes (the answer does not say the allowance).
+    ///
+    /// [`saw`]: Self::saw
+    pub(crate) fn saw_spent(
+        &self,
+        counter: &CounterKey,
+        period: Period,
+        epoch: u64,
+        used: u64,
+        others: Option<u64>,
+    ) {
         if let Some(mut known) = self.seen.get_mut(counter) {
             if known.period == period && known.epoch == epoch {
                 known.used = known.used.max(used);
+                if let Some(others) = others {
+                    known.others = others;
+                }
             }
         }
     }
-}
 
-impl Recovery {
     /// Remembers `day`'s record of admitted requests of a counter as an
     /// answer had it: the larger count of a day stands, a later day
     /// replaces it.
@@ -478,17 +490,6 @@ impl Recovery {
             let (known_day, known_count) = known.today;
             if day > known_day || (day == known_day && count > known_count) {
                 known.today = (day, count);
-            }
-        }
-    }
-
-    /// Remembers the units out on the other holders' leases of a counter
-    /// as an answer in `period` and `epoch` had them (the latest answer
-    /// stands: they go up and down).
-    pub(crate) fn saw_others(&self, counter: &CounterKey, period: Period, epoch: u64, others: u64) {
-        if let Some(mut known) = self.seen.get_mut(counter) {
-            if known.period == period && known.epoch == epoch {
-                known.others = others;
             }
         }
     }

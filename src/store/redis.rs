@@ -618,10 +618,8 @@ impl RedisStore {
         );
         let admitted = copied(count(*used), count(*leased), kept);
         let epoch = u64::try_from(*epoch).unwrap_or(0);
-        self.recovery.saw_spent(counter, period, epoch, admitted);
-        if let Some(others) = others {
-            self.recovery.saw_others(counter, period, epoch, others);
-        }
+        self.recovery
+            .saw_spent(counter, period, epoch, admitted, others);
     }
 
     /// Runs the script's `op` on `counter`'s hash (with the timeout).
@@ -1267,7 +1265,7 @@ impl RedisStore {
                 let admitted = copied(used, leased_out, kept);
                 recovery.saw(counter.clone(), period, (admitted, allow, epoch));
                 if let Ok(others) = u64::try_from(others) {
-                    recovery.saw_others(&counter, period, epoch, others);
+                    recovery.saw_spent(&counter, period, epoch, admitted, Some(others));
                 }
             }
             if let Ok(today) = u64::try_from(today) {
