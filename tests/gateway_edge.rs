@@ -652,9 +652,7 @@ async fn an_http2_body_reset_short_of_its_content_length_costs_nothing() {
     let mut config = config();
     config.body_read_timeout = None;
     let gateway = Gateway::start(config).await.unwrap();
-    let stream = TcpStream::connect(gateway.data_addr()).await.unwrap();
-    let (mut client, connection) = h2::client::handshake(stream).await.unwrap();
-    tokio::spawn(connection);
+    let mut client = raw_h2_client(gateway.data_addr()).await;
     for reason in [h2::Reason::NO_ERROR, h2::Reason::CANCEL] {
         let request = Request::post(format!("http://{}/upload", gateway.data_addr()))
             .header("x-api-key", KEY)
@@ -764,9 +762,7 @@ async fn a_half_closed_http1_client_gets_its_answer_and_is_charged_once() {
 async fn an_http2_request_reset_after_it_was_sent_is_charged_only_as_the_upstream_had_it() {
     let (upstream, mut seen) = reporting_upstream().await;
     let gateway = Gateway::start(config_for(upstream)).await.unwrap();
-    let stream = TcpStream::connect(gateway.data_addr()).await.unwrap();
-    let (mut client, connection) = h2::client::handshake(stream).await.unwrap();
-    tokio::spawn(connection);
+    let mut client = raw_h2_client(gateway.data_addr()).await;
     const RESETS: u64 = 10;
     for _ in 0..RESETS {
         let request = Request::get(format!("http://{}/things", gateway.data_addr()))
@@ -860,9 +856,7 @@ fn open_grpc_call(
 async fn a_grpc_stream_cancelled_after_a_message_reached_the_upstream_stays_charged() {
     let (upstream, mut events) = streaming_upstream().await;
     let gateway = Gateway::start(config_for(upstream)).await.unwrap();
-    let stream = TcpStream::connect(gateway.data_addr()).await.unwrap();
-    let (mut client, connection) = h2::client::handshake(stream).await.unwrap();
-    tokio::spawn(connection);
+    let mut client = raw_h2_client(gateway.data_addr()).await;
     let (_answer, mut body) = open_grpc_call(&mut client, gateway.data_addr());
     // One gRPC message: uncompressed, 3 bytes.
     body.send_data(Bytes::from_static(b"\0\0\0\0\x03abc"), false)
@@ -888,6 +882,15 @@ async fn a_grpc_stream_cancelled_after_a_message_reached_the_upstream_stays_char
     body.send_reset(h2::Reason::CANCEL);
     until_used(&gateway, 1, "the refund of the second call").await;
     gateway.shutdown().await.unwrap();
+}
+
+/// An HTTP/2 connection to `addr` with h2's own client, which can reset a
+/// stream or send a body frame by frame (its connection driven by a task).
+async fn raw_h2_client(addr: SocketAddr) -> h2::client::SendRequest<Bytes> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(stream).await.unwrap();
+    tokio::spawn(connection);
+    client
 }
 
 // ---- shutdown ---------------------------------------------------------
