@@ -208,14 +208,7 @@ impl KeySource {
     /// as one without a key.
     pub(crate) fn extract<'a>(&self, head: &RequestHead<'a>) -> Option<Cow<'a, [u8]>> {
         match &self.0 {
-            Source::Header(name) => {
-                let mut values = head.headers.get_all(name).iter();
-                let value = values.next()?;
-                values
-                    .next()
-                    .is_none()
-                    .then(|| Cow::Borrowed(value.as_bytes()))
-            }
+            Source::Header(name) => the_only_value(head.headers, name).map(Cow::Borrowed),
             Source::Query(name) => query_param(head.uri.query()?, name),
             Source::Authorizer => head
                 .extensions
@@ -241,6 +234,30 @@ impl fmt::Debug for KeySource {
             Source::Authorizer => f.write_str("KeySource::authorizer()"),
             Source::Custom(_) => f.write_str("KeySource::custom(..)"),
         }
+    }
+}
+
+/// Headers up to which a name is found by comparing names in order, not
+/// by hashing it: an API client's request has a handful of headers, and
+/// comparing a few names (most differ in length, or are standard ones) is
+/// cheaper than hashing the name and probing (~230 instructions, see
+/// BENCHMARKS.md).
+const SCANNED_HEADERS: usize = 8;
+
+/// The value of header `name`, if it is there exactly once.
+#[inline]
+fn the_only_value<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a [u8]> {
+    if headers.keys_len() > SCANNED_HEADERS {
+        let mut values = headers.get_all(name).iter();
+        let value = values.next()?;
+        return values.next().is_none().then(|| value.as_bytes());
+    }
+    // A map holds each name once, its values one after the other.
+    let mut pairs = headers.iter().skip_while(|(n, _)| *n != name);
+    let (_, value) = pairs.next()?;
+    match pairs.next() {
+        Some((next, _)) if next == name => None,
+        _ => Some(value.as_bytes()),
     }
 }
 
@@ -304,6 +321,40 @@ mod tests {
             .append("x-api-key", http::HeaderValue::from_static("b"));
         assert_eq!(extract(&KeySource::default(), &twice), None);
         assert_eq!(extract(&KeySource::query("api_key"), &twice), None);
+    }
+
+    /// Few headers are scanned, many are looked up: either way a key
+    /// there once is found, one there twice or not at all is not.
+    #[test]
+    fn a_key_among_few_or_many_headers() {
+        for others in [0, 1, SCANNED_HEADERS - 1, SCANNED_HEADERS, 40] {
+            for (position, twice) in [(0, false), (others, false), (0, true), (others, true)] {
+                let mut request = Request::get("/").body(()).unwrap();
+                let headers = request.headers_mut();
+                for i in 0..=others {
+                    if i == position {
+                        headers.append("x-api-key", "alice".parse().unwrap());
+                        if twice {
+                            headers.append("x-api-key", "bob".parse().unwrap());
+                        }
+                    }
+                    if i < others {
+                        // Same length as the key's name, and a standard one.
+                        let name = HeaderName::try_from(format!("x-other-{i:02}")).unwrap();
+                        headers.append(name, "v".parse().unwrap());
+                        headers.append(http::header::ACCEPT, "*/*".parse().unwrap());
+                    }
+                }
+                let expected = (!twice).then(|| b"alice".to_vec());
+                assert_eq!(
+                    extract(&KeySource::default(), &request),
+                    expected,
+                    "{others} {position} {twice}"
+                );
+                request.headers_mut().remove("x-api-key");
+                assert_eq!(extract(&KeySource::default(), &request), None);
+            }
+        }
     }
 
     #[test]
