@@ -167,7 +167,12 @@ fn parse(body: &[u8], plans: &UsagePlans) -> Result<Parsed> {
                 continue;
             }
         };
-        let field = |col: Option<usize>| col.and_then(|c| record.get(c)).filter(|v| !v.is_empty());
+        let record = with_single_quoted_plans(&record, plans_col);
+        let field = |col: Option<usize>| {
+            col.and_then(|c| record.get(c))
+                .map(String::as_str)
+                .filter(|v| !v.is_empty())
+        };
         let row = (|| {
             let value = field(Some(key_col)).ok_or("missing Key")?.to_owned();
             if value.chars().count() < MIN_IMPORTED_VALUE_LEN {
@@ -184,6 +189,8 @@ fn parse(body: &[u8], plans: &UsagePlans) -> Result<Parsed> {
             };
             let plan_ids: Vec<String> = field(plans_col)
                 .map(|v| {
+                    let v = v.strip_prefix('\'').unwrap_or(v);
+                    let v = v.strip_suffix('\'').unwrap_or(v);
                     v.split(',')
                         .map(str::trim)
                         .filter(|s| !s.is_empty())
@@ -216,10 +223,30 @@ fn parse(body: &[u8], plans: &UsagePlans) -> Result<Parsed> {
     Ok((rows, warnings))
 }
 
+/// The record's fields, with a list of plan ids in single quotes (the API
+/// key file format allows double or single quotes around it) as one
+/// field: CSV quotes only with double quotes, so `'a,b'` arrives as the two
+/// fields `'a` and `b'`. Fields after the list keep their columns.
+fn with_single_quoted_plans(record: &csv::StringRecord, plans_col: Option<usize>) -> Vec<String> {
+    let mut fields: Vec<String> = record.iter().map(str::to_owned).collect();
+    let Some(col) = plans_col else {
+        return fields;
+    };
+    let opens = |f: &str| f.starts_with('\'') && (f.len() == 1 || !f.ends_with('\''));
+    if !fields.get(col).is_some_and(|f| opens(f)) {
+        return fields;
+    }
+    if let Some(last) = (col + 1..fields.len()).find(|&i| fields[i].ends_with('\'')) {
+        let joined = fields[col..=last].join(",");
+        fields.splice(col..=last, [joined]);
+    }
+    fields
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::NewUsagePlan;
+    use crate::{ApiStage, NewUsagePlan};
 
     #[test]
     fn a_refused_file_changes_nothing_even_when_rows_clash() {
@@ -253,6 +280,35 @@ mod tests {
         let imported = import(&plans, csv.as_bytes(), false).unwrap();
         assert_eq!((imported.ids.len(), imported.warnings.len()), (1, 1));
         assert_eq!(plans.api_keys()[0].name.as_deref(), Some("first"));
+    }
+
+    /// `'a,b'` and `"a,b"` both name two plans; columns after the list
+    /// keep theirs.
+    #[test]
+    fn plan_ids_in_single_or_double_quotes() {
+        let plans = UsagePlans::new();
+        let stage = |name| NewUsagePlan::new(name).with_api_stage(ApiStage::new("api", name));
+        let a = plans.create_usage_plan(stage("a")).unwrap().id;
+        let b = plans.create_usage_plan(stage("b")).unwrap().id;
+        let rows = [
+            format!("k1,{},'{a},{b}',first", "1".repeat(30)),
+            format!("k2,{},\"{a},{b}\",second", "2".repeat(30)),
+            format!("k3,{},'{a}',third", "3".repeat(30)),
+            format!("k4,{},' {a} , {b} ',fourth", "4".repeat(30)),
+        ];
+        let csv = format!("Name,Key,UsagePlanIds,Description\n{}\n", rows.join("\n"));
+        let imported = import(&plans, csv.as_bytes(), true).unwrap();
+        assert_eq!(imported.ids.len(), 4, "{:?}", imported.warnings);
+        let in_a = plans.usage_plan_keys(&a).unwrap().len();
+        let in_b = plans.usage_plan_keys(&b).unwrap().len();
+        assert_eq!((in_a, in_b), (4, 3));
+        let mut descriptions: Vec<_> = plans
+            .api_keys()
+            .into_iter()
+            .filter_map(|k| k.description)
+            .collect();
+        descriptions.sort();
+        assert_eq!(descriptions, ["first", "fourth", "second", "third"]);
     }
 
     #[test]

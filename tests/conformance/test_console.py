@@ -362,6 +362,147 @@ def test_nothing_loads_from_another_origin(browser, console_gateway, api):
     assert problems == [], problems
 
 
+# Holds back the page's GetUsage answers for one key until the test lets them go, so an
+# answer can arrive after the user has moved on. `window.__letGo()` releases them; once the
+# page has taken a released answer in (its continuation runs in the microtasks that follow),
+# a task sets `window.__taken`.
+HOLD_USAGE_OF = """
+const held = arguments[0];
+const realFetch = window.fetch;
+let release;
+const gate = new Promise((resolve) => (release = resolve));
+window.__letGo = () => release();
+window.__taken = false;
+window.fetch = async (url, options) => {
+  const response = await realFetch(url, options);
+  if (!(String(url).includes('/usage?') && String(url).includes(encodeURIComponent(held)))) return response;
+  await gate;
+  const text = await response.text();
+  return {
+    ok: response.ok, status: response.status, statusText: response.statusText, headers: response.headers,
+    text: async () => { setTimeout(() => (window.__taken = true), 0); return text; },
+  };
+};
+"""
+
+
+def sign_in_again(driver, secret: str = SECRET_KEY):
+    """Signs in through the form of a page that was signed out, without reloading it."""
+    wait(driver, lambda d: d.find_element(By.ID, "sign-in-view").is_displayed(), "the sign-in form")
+    form = driver.find_element(By.CSS_SELECTOR, "form#sign-in")
+    box = form.find_element(By.NAME, "accessKeyId")
+    box.clear()
+    box.send_keys(ACCESS_KEY)
+    form.find_element(By.NAME, "secretAccessKey").send_keys(secret)
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    wait(driver, lambda d: d.find_element(By.ID, "app").is_displayed(), "the page signed in again")
+
+
+def test_a_slow_answer_never_shows_under_another_key(browser, console_gateway, api):
+    # A's usage answer arrives after B was chosen: the panel keeps B's figures (it showed A's
+    # under B's name, and "Export CSV" wrote them under B's id).
+    prefix = f"slow-{uuid.uuid4().hex[:6]}"
+    plan_a, key_a = new_metered_key(api, name=f"{prefix}-a", limit=5, period="DAY")
+    plan_b, key_b = new_metered_key(api, name=f"{prefix}-b", limit=10, period="MONTH")
+    for plan, key, remaining in ((plan_a, key_a, "4"), (plan_b, key_b, "777")):
+        api.update_usage(
+            usagePlanId=plan["id"],
+            keyId=key["id"],
+            patchOperations=[{"op": "replace", "path": "/remaining", "value": remaining}],
+        )
+    sign_in(browser, console_gateway)
+    search(browser, prefix)
+    row_a, row_b = key_row(browser, key_a["id"]), key_row(browser, key_b["id"])
+    browser.execute_script(HOLD_USAGE_OF, key_a["id"])
+    row_a.click()
+    row_b.click()
+    wait(browser, lambda d: text_of(d, "[data-remaining]") == "777", "B's remaining")
+    browser.execute_script("window.__letGo()")
+    wait(browser, lambda d: d.execute_script("return window.__taken"), "A's late answer taken in")
+    assert text_of(browser, "#key-id") == key_b["id"]
+    assert text_of(browser, "[data-remaining]") == "777"
+    assert text_of(browser, "#today-used") == "0"
+
+
+def test_a_toggle_is_not_undone_by_a_list_asked_for_before_it(browser, console_gateway, api):
+    _, key = new_metered_key(api)
+    sign_in(browser, console_gateway)
+    select_key(browser, key)
+    # A list answer held back past the disable: it shows the key as it was before.
+    browser.execute_script(
+        """
+        const realFetch = window.fetch;
+        let release;
+        const gate = new Promise((resolve) => (release = resolve));
+        window.__letGo = () => release();
+        window.fetch = async (url, options) => {
+          const response = await realFetch(url, options);
+          if (!(String(url).includes('/apikeys?') && (options || {}).method === 'GET')) return response;
+          window.__holding = true;
+          await gate;
+          const text = await response.text();
+          return {
+            ok: response.ok, status: response.status, statusText: response.statusText, headers: response.headers,
+            text: async () => text,
+          };
+        };
+        """
+    )
+    browser.find_element(By.ID, "refresh").click()
+    wait(browser, lambda d: d.execute_script("return window.__holding === true"), "a list held back")
+    browser.find_element(By.ID, "toggle-enabled").click()
+    wait(browser, lambda d: text_of(d, "#key-enabled") == "no", "the key disabled")
+    assert "Disable key" in text_of(browser, "#answer")
+    browser.execute_script("window.__letGo()")
+    # The held refresh goes on to the keys' plans and the usage, then says it is done.
+    wait(browser, lambda d: text_of(d, "#answer").startswith("Refreshed at"), "the held refresh done")
+    assert text_of(browser, "#key-enabled") == "no"
+    assert text_of(browser, "#toggle-enabled") == "Enable key"
+    assert api.get_api_key(apiKey=key["id"])["enabled"] is False
+
+
+def test_a_key_made_but_not_added_is_shown_with_its_value(browser, console_gateway, api):
+    # The plan chosen in the form is deleted (by another operator) before "Create": the key
+    # is made, the add fails. The page says so and shows the value (it said only "failed").
+    plan = api.create_usage_plan(name=f"doomed-{uuid.uuid4().hex[:8]}")
+    sign_in(browser, console_gateway)
+    form = browser.find_element(By.CSS_SELECTOR, "form#create-key")
+    option = f'select[name=plan] option[value="{plan["id"]}"]'
+    wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, option), "the plan in the form")[0].click()
+    auto = browser.find_element(By.ID, "auto-refresh")
+    if auto.is_selected():
+        auto.click()  # no refresh takes the deleted plan out of the form meanwhile
+    api.delete_usage_plan(usagePlanId=plan["id"])
+    name = f"console-orphan-{uuid.uuid4().hex[:8]}"
+    form.find_element(By.NAME, "name").send_keys(name)
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    created = wait(browser, lambda d: text_of(d, "#created"), "the created key")
+    made = api.get_api_keys(nameQuery=name, includeValues=True)["items"]
+    assert len(made) == 1
+    assert "in no plan" in created and made[0]["value"] in created, created
+    assert "404" in text_of(browser, "#answer")
+    assert browser.find_element(By.CSS_SELECTOR, "form#create-key input[name=name]").get_attribute("value") == ""
+
+
+def test_signing_out_leaves_nothing_of_the_session_in_the_page(browser, console_gateway, api):
+    plan, key = new_metered_key(api)
+    sign_in(browser, console_gateway)
+    select_key(browser, key)
+    name = f"console-secret-{uuid.uuid4().hex[:8]}"
+    form = browser.find_element(By.CSS_SELECTOR, "form#create-key")
+    form.find_element(By.NAME, "name").send_keys(name)
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    created = wait(browser, lambda d: text_of(d, "#created"), "the created key")
+    value = api.get_api_keys(nameQuery=name, includeValues=True)["items"][0]["value"]
+    assert value in created
+    browser.find_element(By.ID, "sign-out").click()
+    sign_in_again(browser)
+    page = browser.execute_script("return document.body.textContent")
+    assert value not in page
+    assert text_of(browser, "#created") == ""
+    assert not browser.find_element(By.ID, "key-detail").is_displayed()
+
+
 @pytest.fixture(scope="module")
 def redis_gateway(tmp_path_factory):
     """A gateway on a Redis of its own (a free port), spending leased slices of the quota."""

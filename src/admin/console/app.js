@@ -15,10 +15,16 @@ const state = {
   keys: new Map(), // id -> key shown on this page (with .plans)
   selected: null, // { key, planId }
   usage: [], // [{ day, used, remaining }]
+  usageOf: null, // the { keyId, planId } that `usage` is of
   timer: null,
   busy: false,
   again: null,
+  // Answers that arrive after a newer request, a change or a sign-out
+  // are dropped: each counter names the latest of its kind.
   keysGeneration: 0,
+  usageGeneration: 0,
+  selectGeneration: 0,
+  session: 0,
 };
 
 // ---- the API -------------------------------------------------------------
@@ -161,9 +167,29 @@ function signOut() {
   sessionStorage.removeItem(STORE);
   state.credentials = null;
   clearInterval(state.timer);
+  forgetPage();
   $("app").hidden = true;
   $("session").hidden = true;
   $("sign-in-view").hidden = false;
+}
+
+// Nothing of a session stays in the page after it (a created key's value
+// least of all), and no answer still on its way is drawn.
+function forgetPage() {
+  state.session += 1;
+  state.keysGeneration += 1;
+  state.usageGeneration += 1;
+  state.selectGeneration += 1;
+  state.plans = [];
+  state.keys = new Map();
+  state.selected = null;
+  state.usage = [];
+  state.usageOf = null;
+  for (const id of ["plans", "keys"]) $(id).replaceChildren();
+  for (const id of ["created", "answer", "who"]) $(id).textContent = "";
+  renderUsage();
+  $("key-detail").hidden = true;
+  $("no-key").hidden = false;
 }
 
 function start(credentials) {
@@ -190,13 +216,14 @@ async function refresh(quiet = false) {
     return;
   }
   state.busy = true;
+  const session = state.session;
   try {
     await loadPlans();
     await loadKeys();
     const letGo = state.selected ? await loadSelectedUsage() : false;
-    if (!quiet && !letGo) say(`Refreshed at ${new Date().toISOString().slice(11, 19)} UTC`);
+    if (!quiet && !letGo && session === state.session) say(`Refreshed at ${new Date().toISOString().slice(11, 19)} UTC`);
   } catch (e) {
-    say(`Refresh failed: ${describe(e)}`, true);
+    if (session === state.session) say(`Refresh failed: ${describe(e)}`, true);
   } finally {
     state.busy = false;
   }
@@ -206,7 +233,10 @@ async function refresh(quiet = false) {
 }
 
 async function loadPlans() {
-  state.plans = await all(["usageplans"]);
+  const session = state.session;
+  const plans = await all(["usageplans"]);
+  if (session !== state.session) return;
+  state.plans = plans;
   const body = $("plans");
   const rows = state.plans.map((p) => {
     const tr = el("tr", undefined, { "data-plan-id": p.id });
@@ -310,17 +340,24 @@ function renderPlansOf(key) {
 async function select(keyId) {
   const key = state.keys.get(keyId);
   if (!key) return;
+  // A later click wins over this one.
+  const generation = ++state.selectGeneration;
   let plans = key.plans;
   if (plans === null) {
     try {
       plans = (await all(["usageplans"], [["keyId", keyId]])).map((p) => p.id);
       key.plans = plans;
     } catch (e) {
-      say(`Loading the key's plans failed: ${describe(e)}`, true);
+      if (generation === state.selectGeneration) say(`Loading the key's plans failed: ${describe(e)}`, true);
       return;
     }
+    if (generation !== state.selectGeneration) return;
   }
   state.selected = { key, planId: plans[0] || null };
+  // No figures of the key chosen before while this one's load.
+  state.usage = [];
+  state.usageOf = null;
+  renderUsage();
   for (const tr of $("keys").children) tr.classList.toggle("selected", tr.dataset.keyId === keyId);
   renderSelected();
   await loadUsage().catch((e) => say(`Usage failed: ${describe(e)}`, true));
@@ -335,6 +372,7 @@ async function loadSelectedUsage() {
     return false;
   } catch (e) {
     if (!(e instanceof ApiError && e.status === 404)) throw e;
+    if (!state.selected || state.selected.key.id !== e.keyId) return false;
     const gone = state.selected.key.id;
     state.selected = null;
     $("key-detail").hidden = true;
@@ -360,23 +398,38 @@ function renderSelected() {
   $("key-quota").textContent = planId ? describeQuota(plan && plan.quota) : "the key is in no plan";
 }
 
+// The selected key's last 30 days. Only the latest call's answer is drawn,
+// and only while its key and plan are still the ones chosen: an answer
+// that was slow on the way never shows under another key.
 async function loadUsage() {
   const { key, planId } = state.selected;
+  const generation = ++state.usageGeneration;
   if (!planId) {
     state.usage = [];
+    state.usageOf = null;
     renderUsage();
     return;
   }
   const start = utcDay(-(DAYS - 1));
   const end = utcDay(0);
-  const answer = await api("GET", ["usageplans", planId, "usage"], {
-    query: [["keyId", key.id], ["startDate", start], ["endDate", end]],
-  });
+  let answer;
+  try {
+    answer = await api("GET", ["usageplans", planId, "usage"], {
+      query: [["keyId", key.id], ["startDate", start], ["endDate", end]],
+    });
+  } catch (e) {
+    if (generation !== state.usageGeneration) return;
+    e.keyId = key.id;
+    throw e;
+  }
+  const current = state.selected;
+  if (generation !== state.usageGeneration || !current || current.key.id !== key.id || current.planId !== planId) return;
   const values = (answer.values && answer.values[key.id]) || [];
   state.usage = Array.from({ length: DAYS }, (_, i) => {
     const [used, remaining] = values[i] || [0, 0];
     return { day: utcDay(i - (DAYS - 1)), used, remaining };
   });
+  state.usageOf = { keyId: key.id, planId };
   renderUsage();
 }
 
@@ -460,8 +513,10 @@ async function toggleEnabled() {
     api("PATCH", ["apikeys", key.id], { body: { patchOperations: [{ op: "replace", path: "/enabled", value: String(enabled) }] } })
   );
   if (answer) {
+    // A list asked for before the change would show the key as it was.
+    state.keysGeneration += 1;
     key.enabled = answer.enabled;
-    renderSelected();
+    if (state.selected && state.selected.key.id === key.id) renderSelected();
     renderKeys();
   }
 }
@@ -474,21 +529,29 @@ async function createKey(event) {
   $("created").textContent = "";
   const key = await act(`Create key ${name}`, () => api("POST", ["apikeys"], { body: { name, enabled: true } }));
   if (!key) return;
+  let inPlan = "";
   if (planId) {
     const added = await act(`Create key ${name} and add it to ${planName(planId)}`, () =>
       api("POST", ["usageplans", planId, "keys"], { body: { keyId: key.id, keyType: "API_KEY" } })
     );
-    if (!added) return;
+    // The key exists either way: say so, with its value, rather than
+    // leave the form as if nothing happened (a retry would make another).
+    inPlan = added ? "" : ` (created, but in no plan: adding it to ${planName(planId)} failed, see above)`;
   }
   // Its value is shown here, not in the answer line; the API gives it again
   // (includeValue) unless the gateway keeps only digests of key values.
-  $("created").textContent = `Created ${key.id}; its value: ${key.value || "(not shown)"}`;
+  $("created").textContent = `Created ${key.id}${inPlan}; its value: ${key.value || "(not shown)"}`;
   form.name.value = "";
   await refresh(true);
 }
 
 function exportCsv() {
   const { key, planId } = state.selected;
+  const of = state.usageOf;
+  if (!of || of.keyId !== key.id || of.planId !== planId) {
+    say(`The usage of ${key.id} is still loading: export it once it shows`, true);
+    return;
+  }
   const quote = (s) => `"${String(s).replace(/"/g, '""')}"`;
   const lines = ["date,usage_plan_id,key_id,used,remaining"];
   for (const d of state.usage) lines.push([d.day, quote(planId || ""), quote(key.id), d.used, d.remaining].join(","));
@@ -525,7 +588,10 @@ async function boot() {
   $("export-csv").addEventListener("click", exportCsv);
   $("key-plan").addEventListener("change", (e) => {
     state.selected.planId = e.target.value;
+    state.usage = [];
+    state.usageOf = null;
     renderSelected();
+    renderUsage();
     loadUsage().catch((err) => say(`Usage failed: ${describe(err)}`, true));
   });
   let searchTimer = null;
