@@ -15,7 +15,8 @@
 #         leases (--redis --redis-leases, each driven by its own wrk with half
 #         the connections) vs one gateway counting in memory, all gateways on
 #         core 0 (access log off), Redis with the upstream on core 1.
-#         ONLY=gateway skips part 1, ONLY=redis runs part 3 alone.
+#         ONLY=gateway skips part 1, ONLY=redis runs part 3 alone, ONLY=app
+#         runs part 1 alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}
@@ -92,11 +93,12 @@ part1() {
   RPS=(); P50=()
 }
 
-if [ -z "${ONLY:-}" ]; then
+if [ -z "${ONLY:-}" ] || [ "${ONLY:-}" = app ]; then
   echo "== Part 1: in-app middleware (server on core 0, wrk on core 1)"
   part1 0 "1,000 rotating keys"
   part1 1 "one hot key"
 fi
+[ "${ONLY:-}" != app ] || exit 0
 
 UP=19200
 taskset -c 1 "$BIN/bench_server" upstream "127.0.0.1:$UP" > /dev/null & PIDS+=($!); wait_port $UP
