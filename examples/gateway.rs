@@ -45,16 +45,26 @@ fn main() -> std::process::ExitCode {
 async fn run() -> std::process::ExitCode {
     let cli = Cli::parse_naming_env();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Lines go to stdout from a thread of their own, through a bounded
+    // queue: a stdout that is not read (a full pipe) costs lines, never a
+    // request that logs one (each admin request does). The guard writes
+    // what is queued when the gateway stops.
+    let (stdout, _flush_on_exit) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .thread_name("gateway-log")
+        .finish(std::io::stdout());
     match cli.log_format.unwrap_or_default() {
         LogFormat::Json => tracing_subscriber::fmt()
             .json()
             .with_env_filter(filter)
+            .with_writer(stdout)
             .finish()
             .with(no_line_per_failed_decision())
             .init(),
         LogFormat::Text => tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_ansi(std::io::stdout().is_terminal())
+            .with_writer(stdout)
             .finish()
             .with(no_line_per_failed_decision())
             .init(),

@@ -372,6 +372,57 @@ async fn a_corrupt_or_unreadable_state_file_stops_the_start_naming_the_file() {
     }
 }
 
+/// The address the gateway logs as `<what> listening on http://ADDR`.
+async fn logged_address(
+    lines: &mut tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    what: &str,
+) -> SocketAddr {
+    let needle = format!("{what} listening on http://");
+    loop {
+        let line = within("the gateway's addresses", lines.next_line())
+            .await
+            .unwrap()
+            .expect("the gateway ended before its addresses");
+        if let Some(at) = line.find(&needle) {
+            let rest = &line[at + needle.len()..];
+            return rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    }
+}
+
+/// A stdout that nobody reads (a full pipe) costs log lines, never
+/// requests: every admin request logs a line, and about 400 unsigned ones
+/// filled the pipe and stopped the whole gateway, data plane included.
+#[tokio::test]
+async fn a_stdout_nobody_reads_holds_up_no_request() {
+    let dir = TempDir::new("unread-stdout");
+    let (_, config) = config_with_state(&dir, 1_000_000, "");
+    let mut child = Command::new(binary())
+        .args(["--config", config.to_str().unwrap()])
+        .current_dir(&dir.0)
+        .env("RUST_LOG", "info")
+        .env_remove("USAGE_PLANS_ADMIN_CREDENTIALS")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the example binary");
+    // Read up to the two addresses, then never again (the pipe stays open).
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let data = logged_address(&mut stdout, "data plane").await;
+    let admin = logged_address(&mut stdout, "admin API").await;
+    // ~200 bytes a line: 2,000 lines are six times what a pipe holds.
+    for _ in 0..2_000 {
+        assert_eq!(
+            get(admin, "/usageplans", None).await.0,
+            StatusCode::FORBIDDEN
+        );
+    }
+    assert_eq!(status(data, Some(KEY)).await, StatusCode::OK);
+    drop(stdout);
+}
+
 #[tokio::test]
 async fn a_bad_configuration_exits_non_zero_naming_the_field() {
     let dir = TempDir::new("badconfig");
