@@ -477,6 +477,15 @@ async fn a_bad_configuration_exits_non_zero_naming_the_field() {
             vec!["header_read_timeout_secs"],
         ),
         ("listen = \"not an address\"\n".to_owned(), vec![], vec!["listen"]),
+        // A stage no plan could name (the admin API refuses blanks in one).
+        (listeners.to_owned(), vec!["--stage", "a:b c"], vec!["stage", "a:b c"]),
+        // A Redis URL that cannot parse is refused at once (it was tried
+        // forever, every request admitted uncounted), its password hidden.
+        (
+            listeners.to_owned(),
+            vec!["--redis", "redis//:s3cretpw@127.0.0.1:1"],
+            vec!["redis", "***@127.0.0.1:1"],
+        ),
     ];
     for (i, (text, flags, names)) in cases.into_iter().enumerate() {
         let config = dir.write(&format!("case{i}.toml"), &text);
@@ -494,6 +503,25 @@ async fn a_bad_configuration_exits_non_zero_naming_the_field() {
                 "the message does not name {name:?}:\n{stderr}\nconfig:\n{text}"
             );
         }
+        assert!(!stderr.contains("s3cretpw"), "{stderr}");
+    }
+
+    // An empty entry among the environment's regions or credentials is a
+    // mistake, not "any region" or nothing.
+    for (variable, value) in [
+        ("USAGE_PLANS_ADMIN_REGION", ","),
+        ("USAGE_PLANS_ADMIN_REGION", "us-east-1,,eu-west-1"),
+        ("USAGE_PLANS_ADMIN_CREDENTIALS", "A:a,,C:c"),
+    ] {
+        let config = dir.write("plain.toml", listeners);
+        let mut gateway = spawn_with_env(
+            &["--config", config.to_str().unwrap()],
+            &dir.0,
+            &[(variable, value)],
+        );
+        let (status, stderr) = gateway.exit().await;
+        assert!(!status.success(), "started with {variable}={value}");
+        assert!(stderr.contains(variable), "{stderr}");
     }
 
     // A missing configuration file is named too.

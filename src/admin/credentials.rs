@@ -87,8 +87,9 @@ impl AdminCredentials {
     /// Parses `"AKID:SECRET,AKID2:SECRET2"`, the format of the `USAGE_PLANS_ADMIN_CREDENTIALS`
     /// environment variable.
     ///
-    /// Whitespace around entries, ids and secrets is ignored, and so are empty entries (a trailing
-    /// comma). The secret is everything after the first `:`. An entry without `:`, with an empty
+    /// Whitespace around entries, ids and secrets is ignored, and so are blank entries after the
+    /// last one (a trailing comma); a blank entry before another (`A:a,,B:b`: a variable left
+    /// unset in a template, say) is an error. The secret is everything after the first `:`. An entry without `:`, with an empty
     /// id or secret, with an id containing `/`, whitespace or non-ASCII characters, or repeating
     /// an id is an error; the error names the entry by position (and by access key id when that is
     /// valid) and never contains a secret.
@@ -98,12 +99,23 @@ impl AdminCredentials {
     /// let creds = AdminCredentials::parse_list(" AKID1:s1, AKID2:s2:with:colons ,").unwrap();
     /// assert!(format!("{creds:?}").contains(r#"["AKID1", "AKID2"]"#));
     /// assert!(AdminCredentials::parse_list("AKID1:s1,AKID1:s2").is_err()); // repeated id
+    /// assert!(AdminCredentials::parse_list("AKID1:s1,,AKID2:s2").is_err()); // an empty entry
     /// ```
     pub fn parse_list(s: &str) -> Result<Self, CredentialsError> {
         let mut creds = Self::new();
+        // The last entry that is not blank: a blank one before it is an error.
+        let last = s
+            .split(',')
+            .enumerate()
+            .filter(|(_, entry)| !entry.trim().is_empty())
+            .map(|(index, _)| index)
+            .last();
         for (index, entry) in s.split(',').enumerate() {
             let entry_number = index + 1;
             let entry = entry.trim();
+            if entry.is_empty() && last.is_some_and(|last| index < last) {
+                return Err(CredentialsError::NotAPair { entry_number });
+            }
             if entry.is_empty() {
                 continue;
             }

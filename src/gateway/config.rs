@@ -421,11 +421,22 @@ impl GatewayConfig {
     /// name, two keys of one value, or a plan naming a key that `keys`
     /// does not have.
     pub fn validate(&self) -> Result<(), GatewayError> {
-        if !self.stage.is_valid() {
+        if let Err(why) = self.stage.check() {
             return Err(GatewayError::config(
                 "stage",
-                format!("'{}' must be API_ID:STAGE", self.stage),
+                format!("'{}' must be API_ID:STAGE: {why}", self.stage),
             ));
+        }
+        if let Some(url) = &self.redis {
+            crate::store::RedisStore::check_url(url).map_err(|why| {
+                GatewayError::config(
+                    "redis",
+                    format!(
+                        "'{}' is not a Redis URL: {why}",
+                        super::replicas::redacted(url)
+                    ),
+                )
+            })?;
         }
         if let Some(upstream) = &self.upstream {
             check_upstream(upstream).map_err(GatewayError::Config)?;
@@ -605,12 +616,16 @@ impl GatewayConfig {
         // Like the credentials: the file's, the environment's and the flags'.
         config.admin_regions = file.admin_regions;
         if let Ok(list) = std::env::var(REGION_ENV) {
-            config.admin_regions.extend(
-                list.split(',')
-                    .map(str::trim)
-                    .filter(|r| !r.is_empty())
-                    .map(String::from),
-            );
+            // Blank is unset; an empty entry among others is a mistake
+            // (`us-east-1,,eu-west-1`, or `,` alone), not "any region".
+            if !list.trim().is_empty() {
+                for region in list.split(',').map(str::trim) {
+                    if region.is_empty() {
+                        return Err(format!("{REGION_ENV}: '{list}' has an empty entry"));
+                    }
+                    config.admin_regions.push(region.to_owned());
+                }
+            }
         }
         config.admin_regions.extend(cli.admin_regions);
         config.admin_regions.sort();

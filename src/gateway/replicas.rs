@@ -39,6 +39,9 @@ pub(crate) fn redacted(url: &str) -> String {
         (Some(scheme), Some(at)) if at > scheme => {
             format!("{}://***@{}", &url[..scheme], &url[at + 1..])
         }
+        // Not a URL (a mistyped one, say): whatever comes before an `@`
+        // may still be a password.
+        (_, Some(at)) => format!("***@{}", &url[at + 1..]),
         _ => url.to_owned(),
     }
 }
@@ -466,6 +469,14 @@ impl Replica {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_password_is_hidden_in_a_url_and_in_what_only_looks_like_one() {
+        assert_eq!(redacted("redis://:pw@h:1/0"), "redis://***@h:1/0");
+        assert_eq!(redacted("rediss://user:pw@h:1"), "rediss://***@h:1");
+        assert_eq!(redacted("redis//:pw@h:1"), "***@h:1");
+        assert_eq!(redacted("redis://h:1"), "redis://h:1");
+    }
 
     #[test]
     fn a_failed_step_names_itself_and_keeps_its_cause() {

@@ -20,9 +20,9 @@ use super::GatewayError;
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Stage {
-    /// The API id (`restApiId`): not empty, no `:`.
+    /// The API id (`restApiId`): not empty; no `:`, `/` or blanks.
     pub api_id: String,
-    /// The stage name: not empty.
+    /// The stage name: not empty, no blanks.
     pub stage: String,
 }
 
@@ -43,9 +43,14 @@ impl Stage {
         }
     }
 
-    /// Whether both parts are set and the API id has no `:`.
-    pub(crate) fn is_valid(&self) -> bool {
-        !self.api_id.is_empty() && !self.stage.is_empty() && !self.api_id.contains(':')
+    /// Why no plan could name this stage, if none could: the admin API's
+    /// own rules for a plan's `apiStages` (both parts set; no `:`, `/`,
+    /// blanks or control characters in the API id; no blanks or control
+    /// characters in the stage).
+    pub(crate) fn check(&self) -> Result<(), String> {
+        crate::model::ApiStage::new(self.api_id.as_str(), self.stage.as_str())
+            .validate()
+            .map_err(|e| e.message().to_owned())
     }
 }
 

@@ -90,7 +90,7 @@ impl ApiStage {
         self.api_id == api_id && self.stage == stage
     }
 
-    fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         if self.api_id.is_empty() || self.stage.is_empty() {
             return Err(Error::bad_request(
                 "Invalid API stage: apiId and stage must not be empty",

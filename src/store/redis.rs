@@ -108,7 +108,43 @@ fn store_error(what: &str, e: impl std::error::Error + Send + Sync + 'static) ->
     Error::new(ErrorKind::Store, format!("Redis {what}: {e}")).with_source(e)
 }
 
+/// The nodes of a `redis+cluster://host:port,host:port,…` URL, each as
+/// `redis://host:port`; `None` for a URL of one server.
+fn cluster_nodes(url: &str) -> Option<Vec<String>> {
+    let nodes = url.strip_prefix("redis+cluster://")?;
+    Some(
+        nodes
+            .split(',')
+            .map(|n| format!("redis://{}", n.trim()))
+            .collect(),
+    )
+}
+
 impl RedisStore {
+    /// Whether [`connect`](Self::connect) can take `url`, checked without
+    /// connecting: a start can refuse a mistyped URL at once, rather than
+    /// try it forever. The reason never repeats the URL (it may hold a
+    /// password).
+    ///
+    /// ```
+    /// use tower_usage_plans::store::RedisStore;
+    ///
+    /// assert!(RedisStore::check_url("redis://:secret@127.0.0.1:6379/0").is_ok());
+    /// assert!(RedisStore::check_url("redis+cluster://10.0.0.1:7000,10.0.0.2:7000").is_ok());
+    /// assert!(RedisStore::check_url("redis//127.0.0.1:6379").is_err());
+    /// assert!(RedisStore::check_url("redis+cluster://10.0.0.1:7000,").is_err());
+    /// ```
+    ///
+    /// # Errors
+    /// Why the URL is not one (Redis's words).
+    pub fn check_url(url: &str) -> std::result::Result<(), String> {
+        let urls = cluster_nodes(url).unwrap_or_else(|| vec![url.to_owned()]);
+        for url in &urls {
+            redis::Client::open(url.as_str()).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
     /// Connects to `redis://host:port[/db]`, or to a cluster with
     /// `redis+cluster://host1:port1,host2:port2,...`. Reconnects on its own
     /// after a connection is lost.
@@ -722,12 +758,8 @@ impl Connection {
 
     /// `redis://…` (one server) or `redis+cluster://host:port,host:port,…`.
     pub(crate) async fn open(url: &str) -> Result<Self> {
-        Ok(match url.strip_prefix("redis+cluster://") {
+        Ok(match cluster_nodes(url) {
             Some(nodes) => {
-                let nodes: Vec<String> = nodes
-                    .split(',')
-                    .map(|n| format!("redis://{}", n.trim()))
-                    .collect();
                 let client = redis::cluster::ClusterClient::new(nodes)
                     .map_err(|e| store_error("cluster URL", e))?;
                 Self::Cluster(
