@@ -174,6 +174,51 @@ async fn a_stream_the_upstream_refused_unprocessed_costs_nothing() {
     gateway.shutdown().await.unwrap();
 }
 
+/// An upstream that speaks only HTTP/1: whatever comes, it answers
+/// `400 Bad Request` (as an HTTP/1 server answers HTTP/2's preface) and
+/// closes. It never processes a call.
+async fn http1_only_upstream() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut first = [0u8; 24];
+                let _ = stream.read(&mut first).await;
+                let answer =
+                    b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+                let _ = stream.write_all(answer).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Calls to an upstream that does not speak HTTP/2 (an HTTP/1-only server
+/// given as the upstream, say) are `UNAVAILABLE` and cost nothing: its
+/// first bytes are no SETTINGS frame, so it processed no stream. Several
+/// at once: the first to fail takes the cause, the others see the
+/// connection close under them, and those are free too.
+#[tokio::test]
+async fn calls_to_an_upstream_that_is_not_http2_cost_nothing() {
+    let gateway = gateway(http1_only_upstream().await, 50).await;
+    let calls = (0..8).map(|_| {
+        let addr = gateway.data_addr();
+        async move {
+            let mut client = client(addr).await;
+            within("Count", client.count(keyed(CountRequest { n: 1 })))
+                .await
+                .unwrap_err()
+        }
+    });
+    for failed in futures_util::future::join_all(calls).await {
+        assert_eq!(failed.code(), Code::Unavailable, "{failed:?}");
+    }
+    assert_eq!(used(&gateway).await, [0, 50]);
+    gateway.shutdown().await.unwrap();
+}
+
 /// One gRPC frame of `CountRequest { n }` (uncompressed).
 fn frame(n: u32) -> Bytes {
     let message = prost::Message::encode_to_vec(&CountRequest { n });

@@ -184,7 +184,7 @@ impl<B: UpstreamBody + Default> OwnConnection<B> {
                     // reset (RST) before any answer: an idempotent request
                     // may go again, as nginx sends it to the next upstream.
                     (None, Some(replay)) => request = replay.request(),
-                    _ => return Err(OwnError::Failed(e.into_error().to_string())),
+                    _ => return Err(OwnError::Failed(super::error::with_causes(&e.into_error()))),
                 },
             }
         }

@@ -79,3 +79,16 @@ impl GatewayError {
         }
     }
 }
+
+/// `error` and its causes, `outer: inner: ...` (hyper's own message, e.g.
+/// "client error (SendRequest)", names no cause).
+pub(crate) fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = error.to_string();
+    let mut cause = error.source();
+    while let Some(error) = cause {
+        message.push_str(": ");
+        message.push_str(&error.to_string());
+        cause = error.source();
+    }
+    message
+}

@@ -2,6 +2,7 @@
 //! (prior knowledge for `http://`), on a pooled client of their own, and
 //! the gateway's own failures answer them as gRPC statuses.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use hyper_util::rt::TokioExecutor;
 
 use super::body::GatewayBody;
 use super::edge::BodyFailure;
+use super::first_frame::{is_not_http2, CheckFirstFrame};
 use crate::layer::is_grpc;
 
 /// Whether a request is a gRPC call that needs HTTP/2 end to end: gRPC-Web
@@ -30,20 +32,36 @@ pub(crate) fn is_call(headers: &HeaderMap) -> bool {
 /// A pooled HTTP/2-only client: every call to an upstream is a stream on
 /// one of its connections.
 #[derive(Clone, Debug)]
-pub(crate) struct H2Client(Client<HttpsConnector<HttpConnector>, GatewayBody>);
+pub(crate) struct H2Client {
+    client: Client<CheckFirstFrame<HttpsConnector<HttpConnector>>, GatewayBody>,
+    /// [`CheckFirstFrame::verdict`].
+    not_http2: Arc<AtomicBool>,
+}
 
 impl H2Client {
     /// Cleartext HTTP/2 (prior knowledge) to an `http://` upstream; TLS
     /// with ALPN `h2`, verified by `tls`, to an `https://` one.
     pub(crate) fn new(tls: Option<Arc<rustls::ClientConfig>>) -> Self {
+        let connector = CheckFirstFrame::new(super::tls::upstream_connector(
+            tls,
+            super::tls::UpstreamHttp::Http2,
+        ));
+        let not_http2 = connector.verdict();
         let client = Client::builder(TokioExecutor::new())
             .http2_only(true)
             .pool_idle_timeout(Duration::from_secs(60))
-            .build(super::tls::upstream_connector(
-                tls,
-                super::tls::UpstreamHttp::Http2,
-            ));
-        Self(client)
+            .build(connector);
+        Self { client, not_http2 }
+    }
+
+    /// Whether the call that failed with `error` never reached an
+    /// upstream handler, so that it costs nothing: the upstream could not
+    /// be reached, refused its stream, or does not speak HTTP/2 (its call
+    /// failed on that, or on the connection that failed on it).
+    pub(crate) fn never_processed(&self, error: &Error) -> bool {
+        error.is_connect()
+            || refused_unprocessed(error)
+            || (self.not_http2.load(Ordering::Acquire) && closed_under_the_call(error))
     }
 
     /// Sends a call (absolute URI) as HTTP/2, with `te: trailers`, which
@@ -56,21 +74,53 @@ impl H2Client {
         request
             .headers_mut()
             .insert(header::TE, HeaderValue::from_static("trailers"));
-        self.0.request(request).await
+        self.client.request(request).await
     }
 }
 
 /// Whether the upstream refused the call's stream with `REFUSED_STREAM`,
-/// which RFC 9113 §8.7 guarantees it did not process: the call costs
-/// nothing, as for an upstream that could not be reached. (A `GOAWAY`
-/// says as much only of the streams above its last id, which `h2` reports
-/// with the same error as the streams below it that were cut off: those
-/// stay charged.)
-pub(crate) fn refused_unprocessed(error: &(dyn std::error::Error + 'static)) -> bool {
+/// which RFC 9113 §8.7 guarantees it did not process, or never spoke
+/// HTTP/2 on its connection (its first frame was not SETTINGS: see
+/// [`first_frame`](super::first_frame)): the call costs nothing, as for an
+/// upstream that could not be reached. (A `GOAWAY` says as much only of
+/// the streams above its last id, which `h2` reports with the same error
+/// as the streams below it that were cut off: those stay charged.)
+fn refused_unprocessed(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut cause = Some(error);
     while let Some(error) = cause {
+        // hyper hands on an I/O error of `h2`'s as an I/O error.
+        if error
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(is_not_http2)
+        {
+            return true;
+        }
         if let Some(h2) = error.downcast_ref::<h2::Error>() {
+            if h2.get_io().is_some_and(is_not_http2) {
+                return true;
+            }
             return h2.is_remote() && h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        cause = error.source();
+    }
+    false
+}
+
+/// Whether the call failed because its connection ended before it had an
+/// answer: hyper cancelled it, or `h2` closed its stream with a generic
+/// I/O error (the connection's own error, which says why, goes to neither).
+fn closed_under_the_call(error: &(dyn std::error::Error + 'static)) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionReset, UnexpectedEof};
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        let cancelled = error
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_canceled);
+        let cut = error
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| matches!(io.kind(), BrokenPipe | ConnectionReset | UnexpectedEof));
+        if cancelled || cut {
+            return true;
         }
         cause = error.source();
     }

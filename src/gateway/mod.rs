@@ -22,6 +22,7 @@ mod connection;
 mod current;
 mod edge;
 mod error;
+mod first_frame;
 mod grpc;
 mod health;
 mod metrics;

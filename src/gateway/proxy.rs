@@ -512,7 +512,7 @@ impl HttpUpstream {
                 })?;
                 self.client.request(*request).await.map_err(|e| SendError {
                     sent: !e.is_connect(),
-                    message: e.to_string(),
+                    message: super::error::with_causes(&e),
                 })
             }
         }
@@ -529,8 +529,8 @@ impl HttpUpstream {
             sent: false,
         })?;
         self.h2.send(request).await.map_err(|e| SendError {
-            sent: !e.is_connect() && !grpc::refused_unprocessed(&e),
-            message: e.to_string(),
+            sent: !self.h2.never_processed(&e),
+            message: super::error::with_causes(&e),
         })
     }
 
