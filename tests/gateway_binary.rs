@@ -729,6 +729,50 @@ keys = ["throttle"]
     );
 }
 
+/// A request counted (charged, forwarded) is counted as admitted also when
+/// its HTTP/2 client resets the stream before the answer: the count was
+/// taken when the answer came, and the reset dropped it.
+#[tokio::test]
+async fn metrics_count_a_request_whose_client_left_before_the_answer() {
+    let dir = TempDir::new("metrics-left");
+    let (upstream, mut arrived) = held_upstream().await;
+    let config = dir.write(
+        "gateway.toml",
+        &config_text(
+            10,
+            &format!("metrics_listen = \"127.0.0.1:0\"\nupstream = \"http://{upstream}\""),
+        ),
+    );
+    let mut gateway = spawn(&["--config", config.to_str().unwrap()], &dir.0);
+    let (data, _) = gateway.ready().await;
+    let metrics = gateway.address("metrics").await;
+
+    let stream = within("connect", tokio::net::TcpStream::connect(data))
+        .await
+        .unwrap();
+    let (mut client, connection) = h2::client::handshake(stream).await.unwrap();
+    tokio::spawn(connection);
+    let request = Request::get(format!("http://{data}/slow"))
+        .header("x-api-key", KEY)
+        .body(())
+        .unwrap();
+    let (answer, mut stream) = client.send_request(request, true).unwrap();
+    // Held upstream until the end: no answer ever completes the exchange.
+    let _held = within("the request upstream", arrived.recv())
+        .await
+        .unwrap();
+    stream.send_reset(h2::Reason::CANCEL);
+    drop(answer);
+
+    let (_, _, body) = get(metrics, "/metrics", None).await;
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    let line = "usage_plans_requests_total{outcome=\"admitted\"} 1";
+    assert!(
+        text.lines().any(|l| l == line),
+        "no line {line:?} in:\n{text}"
+    );
+}
+
 #[tokio::test]
 async fn shadow_mode_refuses_nothing_counts_exactly_and_reports_would_be_refusals() {
     let dir = TempDir::new("shadow");

@@ -41,14 +41,6 @@ pub(crate) fn enabled() -> bool {
     HANDLE.get().is_some_and(Option::is_some)
 }
 
-/// The label of a response's outcome.
-fn outcome<B>(response: &Response<B>) -> &'static str {
-    response
-        .extensions()
-        .get::<Refusal>()
-        .map_or("admitted", |refusal| reason(*refusal))
-}
-
 /// The label of a refusal.
 fn reason(refusal: Refusal) -> &'static str {
     match refusal {
@@ -104,6 +96,10 @@ pin_project! {
     }
 }
 
+/// Counts a refusal when it is answered. Admitted requests are counted by
+/// [`admitted`] as they are forwarded: a client that leaves before the
+/// answer (an HTTP/2 stream reset) drops this future, and its request,
+/// charged and on its way upstream, would go uncounted.
 impl<F, B, E> Future for MeteredFuture<F>
 where
     F: Future<Output = Result<Response<B>, E>>,
@@ -114,13 +110,25 @@ where
         let this = self.project();
         let result = std::task::ready!(this.future.poll(cx));
         if let (true, Ok(response)) = (*this.enabled, &result) {
-            metrics::counter!("usage_plans_requests_total", "outcome" => outcome(response))
-                .increment(1);
-            if let Some(shadow) = response.extensions().get::<ShadowRefusal>() {
-                metrics::counter!("usage_plans_shadow_refusals_total", "reason" => reason(shadow.refusal()))
+            if let Some(refusal) = response.extensions().get::<Refusal>() {
+                metrics::counter!("usage_plans_requests_total", "outcome" => reason(*refusal))
                     .increment(1);
             }
         }
         Poll::Ready(result)
+    }
+}
+
+/// Counts a request the layer let through (admitted, unmetered, or let
+/// through by fail-open or shadow mode), with the refusal it escaped in
+/// shadow mode, when it is forwarded.
+pub(crate) fn admitted(shadow: Option<&ShadowRefusal>) {
+    if !enabled() {
+        return;
+    }
+    metrics::counter!("usage_plans_requests_total", "outcome" => "admitted").increment(1);
+    if let Some(shadow) = shadow {
+        metrics::counter!("usage_plans_shadow_refusals_total", "reason" => reason(shadow.refusal()))
+            .increment(1);
     }
 }

@@ -192,6 +192,7 @@ impl Service<Request<EdgeBody>> for Proxy {
 
     fn call(&mut self, request: Request<EdgeBody>) -> Self::Future {
         let (mut parts, body) = request.into_parts();
+        super::metrics::admitted(parts.extensions.get::<crate::ShadowRefusal>());
         let websocket = websocket::is_upgrade(&parts);
         self.prepare(&mut parts);
         if let (true, Upstream::Http(_)) = (websocket, &*self.upstream) {
