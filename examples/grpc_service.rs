@@ -10,6 +10,16 @@
 //! ```
 //! The demo plan allows 2 calls per second (burst 5) and 100 per day; a
 //! server-streaming call costs one unit, however many messages it streams.
+//!
+//! With `--plain` it serves the same service without the layer: an
+//! upstream for the gateway, which meters the calls and takes the key off
+//! them (`WhoAmI` then answers with the `x-api-key-id` the gateway sets):
+//!
+//! ```text
+//! ADDR=127.0.0.1:50051 cargo run --example grpc_service -- --plain
+//! cargo run --release --example gateway -- --config examples/gateway.toml \
+//!     --upstream http://127.0.0.1:50051
+//! ```
 
 #[path = "support/usage_grpc.rs"]
 mod usage_grpc;
@@ -33,10 +43,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let addr = std::env::var("ADDR").unwrap_or_else(|_| "127.0.0.1:50051".to_owned());
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!("listening on http://{}", listener.local_addr()?);
-    tonic::transport::Server::builder()
-        .layer(layer)
-        .add_service(UsageServer::default())
-        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-        .await?;
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    if std::env::args().any(|arg| arg == "--plain") {
+        tonic::transport::Server::builder()
+            .add_service(UsageServer::default())
+            .serve_with_incoming(incoming)
+            .await?;
+    } else {
+        tonic::transport::Server::builder()
+            .layer(layer)
+            .add_service(UsageServer::default())
+            .serve_with_incoming(incoming)
+            .await?;
+    }
     Ok(())
 }

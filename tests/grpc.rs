@@ -329,9 +329,19 @@ async fn the_default_refusal_answers_grpc_calls_as_grpc_and_http_requests_as_aws
     assert_eq!(&body[..], br#"{"message":"Limit Exceeded"}"#);
 }
 
-/// `cargo run --example grpc_service`, called by a tonic client.
-#[tokio::test]
-async fn the_example_serves_and_refuses_as_documented() {
+/// The `grpc_service` example with `args`, killed when dropped.
+struct Example(std::process::Child);
+
+impl Drop for Example {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `cargo run --example grpc_service -- args` on a free port: the
+/// process and its address.
+fn grpc_example(args: &[&str]) -> (Example, SocketAddr) {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
 
@@ -342,19 +352,13 @@ async fn the_example_serves_and_refuses_as_documented() {
     }
     let path = path.join("examples").join("grpc_service");
     let mut child = Command::new(&path)
+        .args(args)
         .env("ADDR", "127.0.0.1:0")
         .stdout(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("{}: {e} (`cargo test` builds it)", path.display()));
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let _guard = Kill(child);
+    let example = Example(child);
     let mut first = String::new();
     stdout.read_line(&mut first).unwrap();
     let addr: SocketAddr = first
@@ -363,6 +367,41 @@ async fn the_example_serves_and_refuses_as_documented() {
         .unwrap_or_else(|| panic!("unexpected: {first}"))
         .parse()
         .unwrap();
+    (example, addr)
+}
+
+/// `cargo run --example grpc_service -- --plain` behind the gateway: the
+/// gateway meters the call, the service names the key the gateway names.
+#[tokio::test]
+async fn the_plain_example_serves_behind_the_gateway() {
+    use support::gateway_config::{daily_quota, one_key};
+    use tower_usage_plans::gateway::{Gateway, GatewayConfig};
+
+    let (_example, upstream) = grpc_example(&["--plain"]);
+    let key = "grpc-plain-example-key-0123456789";
+    let gateway = Gateway::start(GatewayConfig {
+        upstream: Some(format!("http://{upstream}").parse().unwrap()),
+        ..one_key(key, daily_quota(5))
+    })
+    .await
+    .unwrap();
+    let mut client = client(gateway.data_addr()).await;
+    let reply = client
+        .who_am_i(keyed(WhoAmIRequest {}, key))
+        .await
+        .unwrap()
+        .into_inner();
+    let plans = gateway.plans();
+    assert_eq!(reply.key_id, plans.api_keys()[0].id);
+    let plan = &plans.usage_plans()[0];
+    assert_eq!(usage_today(plans, &plan.id, &reply.key_id).await, [1, 4]);
+    gateway.shutdown().await.unwrap();
+}
+
+/// `cargo run --example grpc_service`, called by a tonic client.
+#[tokio::test]
+async fn the_example_serves_and_refuses_as_documented() {
+    let (_example, addr) = grpc_example(&[]);
     let mut client = client(addr).await;
     let demo = "demo-key-0123456789abcdef";
     let reply = client

@@ -75,14 +75,24 @@ impl NamedService for UsageServer {
 
 async fn who_am_i(request: Request<WhoAmIRequest>) -> Result<Response<WhoAmIReply>, Status> {
     // The layer put the context into the request's extensions; tonic keeps
-    // them. Without the layer there is none.
-    let usage = request
-        .extensions()
-        .get::<UsageContext>()
-        .ok_or_else(|| Status::failed_precondition("not behind UsagePlanLayer"))?;
+    // them. Behind the gateway (no layer here) the key's id comes as the
+    // `x-api-key-id` metadata entry, which the gateway sets.
+    if let Some(usage) = request.extensions().get::<UsageContext>() {
+        return Ok(Response::new(WhoAmIReply {
+            key_id: usage.key_id().to_owned(),
+            plan_id: usage.plan_id().to_owned(),
+        }));
+    }
+    let key_id = request
+        .metadata()
+        .get("x-api-key-id")
+        .and_then(|id| id.to_str().ok())
+        .ok_or_else(|| {
+            Status::failed_precondition("neither behind UsagePlanLayer nor the gateway")
+        })?;
     Ok(Response::new(WhoAmIReply {
-        key_id: usage.key_id().to_owned(),
-        plan_id: usage.plan_id().to_owned(),
+        key_id: key_id.to_owned(),
+        plan_id: String::new(),
     }))
 }
 
