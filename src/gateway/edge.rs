@@ -521,7 +521,7 @@ impl ConnectionState {
         self.requests.load(Ordering::Acquire)
     }
 
-    fn start(self: &Arc<Self>) -> InFlight {
+    pub(crate) fn start(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.requests.fetch_add(1, Ordering::AcqRel);
         InFlight(self.clone())
@@ -530,7 +530,7 @@ impl ConnectionState {
 
 /// One request in flight: until its response body is sent (or dropped).
 #[derive(Debug)]
-struct InFlight(Arc<ConnectionState>);
+pub(crate) struct InFlight(Arc<ConnectionState>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {

@@ -1025,6 +1025,9 @@ struct Watched {
 /// - on shutdown: at once if nothing is in flight, else once its requests
 ///   are answered (a GOAWAY, or no keep-alive), or dropped when the grace
 ///   is over.
+///
+/// Either way a request that arrived after the connection was told to
+/// close is answered before it is dropped.
 async fn drive<C, E>(
     connection: C,
     graceful_shutdown: impl Fn(std::pin::Pin<&mut C>),
@@ -1088,7 +1091,15 @@ async fn drive<C, E>(
             }
             drop_now = idle_fired => {
                 if drop_now {
-                    return;
+                    if state.in_flight() == 0 {
+                        return;
+                    }
+                    // A request that came after all (a client's HTTP/2
+                    // stream that crossed our GOAWAY, which RFC 9113 lets
+                    // it finish) is answered first: look again in a while.
+                    // The shutdown's grace still ends it on a shutdown.
+                    closing = Some(Box::pin(tokio::time::sleep(GOAWAY_LINGER)));
+                    continue;
                 }
                 let Some((limit, sleep)) = idle.as_mut() else { continue };
                 let requests = state.requests();
@@ -1131,5 +1142,44 @@ impl<B> Service<Request<B>> for MetricsEndpoint {
             http::HeaderValue::from_static("text/plain; version=0.0.4"),
         );
         std::future::ready(Ok(response))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// Idle, the connection is told to close (hyper sends its GOAWAY); a
+    /// client's stream that crossed that GOAWAY is answered before the
+    /// connection is dropped (it was dropped 0.5 s after the GOAWAY, its
+    /// request cut off and charged), and the connection goes once it is.
+    #[tokio::test(start_paused = true)]
+    async fn a_request_that_crossed_the_goaway_is_answered_before_the_close() {
+        let state = Arc::new(edge::ConnectionState::default());
+        let (_phase, phase_rx) = watch::channel(Phase::Serving);
+        let told_to_close = Arc::new(AtomicBool::new(false));
+        let told = told_to_close.clone();
+        // hyper's connection after a GOAWAY: it ends once its last stream
+        // is answered; here, never on its own.
+        let connection = std::future::pending::<Result<(), std::io::Error>>();
+        let idle_limit = Duration::from_secs(2);
+        let driving = tokio::spawn(drive(
+            connection,
+            move |_| told.store(true, Ordering::SeqCst),
+            Watched {
+                state: state.clone(),
+                idle_limit: Some(idle_limit),
+                phase: phase_rx,
+            },
+        ));
+        tokio::time::sleep(idle_limit + Duration::from_millis(1)).await;
+        assert!(told_to_close.load(Ordering::SeqCst), "idle: told to close");
+        let crossed = state.start();
+        tokio::time::sleep(GOAWAY_LINGER * 4).await;
+        assert!(!driving.is_finished(), "dropped under its request");
+        drop(crossed);
+        tokio::time::sleep(GOAWAY_LINGER + Duration::from_millis(1)).await;
+        assert!(driving.is_finished(), "kept once its request was answered");
     }
 }
