@@ -865,6 +865,14 @@ async fn a_tonic_client_through_the_binary_to_a_tonic_upstream() {
     gateway.signal("TERM");
     let (exit, stderr) = gateway.exit().await;
     assert!(exit.success(), "{stderr}");
+    // Each call's line ends with its grpc-status: the upstream's, from
+    // its trailers or a trailers-only head, and the gateway's own refusals'.
+    let codes: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.contains(" /usage.v1.Usage/Count "))
+        .map(|line| line.rsplit(' ').next().unwrap())
+        .collect();
+    assert_eq!(codes, ["grpc=0", "grpc=3", "grpc=8", "grpc=16"], "{stderr}");
 }
 
 /// `aws apigateway <args>` against `admin` with the demo credentials;

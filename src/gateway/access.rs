@@ -167,6 +167,9 @@ struct Line {
     latency_us: u64,
     bytes_in: u64,
     bytes_out: u64,
+    /// A gRPC call's `grpc-status` (trailers-only answers carry it in
+    /// their head, others in their trailers); `None` for other requests.
+    grpc_status: Option<u16>,
 }
 
 /// How often the writer looks for lines. It never blocks on the queue: a
@@ -254,13 +257,14 @@ impl Line {
                     "latencyUs": self.latency_us,
                     "bytesIn": self.bytes_in,
                     "bytesOut": self.bytes_out,
+                    "grpcStatus": self.grpc_status,
                 });
                 let _ = writeln!(out, "{value}");
             }
             _ => {
                 // The path is printed with `{:?}`-style escaping of nothing
                 // but spaces and quotes cannot appear in it (a URI has none).
-                let _ = writeln!(
+                let _ = write!(
                     out,
                     "{:.6} {} {} {} {} {} key={} plan={} decision={} upstream={} latency_us={} in={} out={}",
                     self.time,
@@ -277,9 +281,20 @@ impl Line {
                     self.bytes_in,
                     self.bytes_out,
                 );
+                // Only a gRPC call's line has it: other lines keep their
+                // shape.
+                if let Some(code) = self.grpc_status {
+                    let _ = write!(out, " grpc={code}");
+                }
+                out.push('\n');
             }
         }
     }
+}
+
+/// The `grpc-status` in `headers` (a head or trailers), if any.
+fn grpc_status(headers: &http::HeaderMap) -> Option<u16> {
+    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
 }
 
 /// What the layer (or the edge) decided, for the log.
@@ -402,6 +417,7 @@ struct Answered {
     status: u16,
     decision: &'static str,
     bytes_out: u64,
+    grpc_status: Option<u16>,
 }
 
 impl Answered {
@@ -431,6 +447,7 @@ impl Answered {
             latency_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
             bytes_in: exchange.bytes_in.load(Ordering::Relaxed),
             bytes_out: self.bytes_out,
+            grpc_status: self.grpc_status,
         });
     }
 }
@@ -471,6 +488,7 @@ pin_project! {
                     decision,
                     pending,
                     bytes_out: 0,
+                    grpc_status: None,
                 }
                 .send();
             }
@@ -506,6 +524,7 @@ where
                 decision: decision(&response, &pending.exchange),
                 pending,
                 bytes_out: 0,
+                grpc_status: grpc_status(response.headers()),
             }
         });
         Poll::Ready(Ok(response.map(|inner| Logged { inner, answered })))
@@ -540,9 +559,12 @@ impl<B: Body<Data = bytes::Bytes>> Body for Logged<B> {
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
         let this = self.project();
         let frame = std::task::ready!(this.inner.poll_frame(cx));
-        if let Some(answered) = this.answered.as_mut() {
-            if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref)) {
-                answered.bytes_out += data.map_or(0, |d| d.len() as u64);
+        if let (Some(answered), Some(Ok(frame))) = (this.answered.as_mut(), frame.as_ref()) {
+            if let Some(data) = frame.data_ref() {
+                answered.bytes_out += data.len() as u64;
+            }
+            if let Some(trailers) = frame.trailers_ref() {
+                answered.grpc_status = grpc_status(trailers).or(answered.grpc_status);
             }
         }
         if frame.is_none() {
@@ -586,6 +608,7 @@ mod tests {
             latency_us: 12,
             bytes_in: 3,
             bytes_out: 4,
+            grpc_status: None,
         };
         let mut out = String::new();
         line.render(&mut out);
@@ -604,7 +627,43 @@ mod tests {
         assert_eq!(json["keyId"], "k1");
         assert_eq!(json["upstreamStatus"], serde_json::Value::Null);
         assert_eq!(json["decision"], "throttled");
+        assert_eq!(json["grpcStatus"], serde_json::Value::Null);
         assert!(!line(AccessLogFormat::Json).contains("secret"));
+    }
+
+    /// A gRPC call's line ends with its status, and its JSON names it.
+    #[test]
+    fn a_grpc_calls_line_has_its_grpc_status() {
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(grpc_status(&headers), None);
+        headers.insert("grpc-status", "14".parse().unwrap());
+        assert_eq!(grpc_status(&headers), Some(14));
+        headers.insert("grpc-status", "x".parse().unwrap());
+        assert_eq!(grpc_status(&headers), None);
+        let render = |format| {
+            let mut out = String::new();
+            Line {
+                format,
+                time: "2026-12-04T10:02:00Z".parse().unwrap(),
+                id: uuid::Uuid::nil(),
+                client: ([10, 0, 0, 7], 4321).into(),
+                method: Method::POST,
+                uri: "/pkg.Svc/Call".parse().unwrap(),
+                status: 200,
+                usage: Some(usage()),
+                decision: "admitted",
+                upstream_status: 0,
+                latency_us: 12,
+                bytes_in: 3,
+                bytes_out: 0,
+                grpc_status: Some(14),
+            }
+            .render(&mut out);
+            out
+        };
+        assert!(render(AccessLogFormat::Text).ends_with(" out=0 grpc=14\n"));
+        let json: serde_json::Value = serde_json::from_str(&render(AccessLogFormat::Json)).unwrap();
+        assert_eq!(json["grpcStatus"], 14);
     }
 
     /// Fields stay in place (`-` for CONNECT's empty path), a long path is
