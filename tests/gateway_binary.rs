@@ -103,22 +103,30 @@ impl Drop for Proc {
     }
 }
 
+/// The gateway binary with `args` in `cwd`, its stdout piped, logging at
+/// INFO, without the environment's admin credentials.
+fn command(args: &[&str], cwd: &Path) -> Command {
+    let mut command = Command::new(binary());
+    command
+        .args(args)
+        .current_dir(cwd)
+        .env("RUST_LOG", "info")
+        .env_remove("USAGE_PLANS_ADMIN_CREDENTIALS")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
 fn spawn(args: &[&str], cwd: &Path) -> Proc {
     spawn_with_env(args, cwd, &[])
 }
 
 /// As [`spawn`], with these `USAGE_PLANS_*` (or other) variables set.
 fn spawn_with_env(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Proc {
-    let mut child = Command::new(binary())
-        .args(args)
-        .current_dir(cwd)
-        .env("RUST_LOG", "info")
-        .env_remove("USAGE_PLANS_ADMIN_CREDENTIALS")
+    let mut child = command(args, cwd)
         .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .expect("start the example binary");
     let output = Arc::new(Mutex::new(String::new()));
@@ -397,15 +405,8 @@ async fn logged_address(
 async fn a_stdout_nobody_reads_holds_up_no_request() {
     let dir = TempDir::new("unread-stdout");
     let (_, config) = config_with_state(&dir, 1_000_000, "");
-    let mut child = Command::new(binary())
-        .args(["--config", config.to_str().unwrap()])
-        .current_dir(&dir.0)
-        .env("RUST_LOG", "info")
-        .env_remove("USAGE_PLANS_ADMIN_CREDENTIALS")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
+    let mut child = command(&["--config", config.to_str().unwrap()], &dir.0)
         .stderr(Stdio::null())
-        .kill_on_drop(true)
         .spawn()
         .expect("start the example binary");
     // Read up to the two addresses, then never again (the pipe stays open).

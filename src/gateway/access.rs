@@ -593,8 +593,9 @@ mod tests {
         UsageContext::new(crate::registry::Binding::unlimited("p1", "k1"), None)
     }
 
-    fn line(format: AccessLogFormat) -> String {
-        let line = Line {
+    /// A throttled `POST /pets?api_key=secret` of k1's.
+    fn sample(format: AccessLogFormat) -> Line {
+        Line {
             format,
             time: "2026-12-04T10:02:00Z".parse().unwrap(),
             id: uuid::Uuid::nil(),
@@ -609,10 +610,17 @@ mod tests {
             bytes_in: 3,
             bytes_out: 4,
             grpc_status: None,
-        };
+        }
+    }
+
+    fn rendered(line: &Line) -> String {
         let mut out = String::new();
         line.render(&mut out);
         out
+    }
+
+    fn line(format: AccessLogFormat) -> String {
+        rendered(&sample(format))
     }
 
     #[test]
@@ -641,27 +649,13 @@ mod tests {
         headers.insert("grpc-status", "x".parse().unwrap());
         assert_eq!(grpc_status(&headers), None);
         let render = |format| {
-            let mut out = String::new();
-            Line {
-                format,
-                time: "2026-12-04T10:02:00Z".parse().unwrap(),
-                id: uuid::Uuid::nil(),
-                client: ([10, 0, 0, 7], 4321).into(),
-                method: Method::POST,
+            rendered(&Line {
                 uri: "/pkg.Svc/Call".parse().unwrap(),
-                status: 200,
-                usage: Some(usage()),
-                decision: "admitted",
-                upstream_status: 0,
-                latency_us: 12,
-                bytes_in: 3,
-                bytes_out: 0,
                 grpc_status: Some(14),
-            }
-            .render(&mut out);
-            out
+                ..sample(format)
+            })
         };
-        assert!(render(AccessLogFormat::Text).ends_with(" out=0 grpc=14\n"));
+        assert!(render(AccessLogFormat::Text).ends_with(" out=4 grpc=14\n"));
         let json: serde_json::Value = serde_json::from_str(&render(AccessLogFormat::Json)).unwrap();
         assert_eq!(json["grpcStatus"], 14);
     }
