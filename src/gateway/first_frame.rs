@@ -11,7 +11,7 @@ use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
@@ -41,29 +41,56 @@ pub(crate) fn is_not_http2(error: &io::Error) -> bool {
             .is_some_and(|e| e.to_string().starts_with(NOT_HTTP2))
 }
 
-/// A connector whose connections check the upstream's first frame, and
-/// what the latest checked connection found.
+/// What an upstream's connections have shown: whether it ever spoke
+/// HTTP/2 (sent its SETTINGS), and if not, whether one failed before.
+#[derive(Debug, Default)]
+pub(crate) struct Http2Seen(AtomicU8);
+
+const UNKNOWN: u8 = 0;
+const SPOKE: u8 = 1;
+const NEVER_SPOKE: u8 = 2;
+
+impl Http2Seen {
+    /// Whether no connection ever spoke HTTP/2 and one failed before its
+    /// first frame: an upstream that does not speak it (an HTTP/1 server,
+    /// say). A call whose connection closed under it there (hyper: a
+    /// cancel; h2: a generic broken pipe, as it gives the connection's
+    /// cause to none of its streams) was never processed. Once any
+    /// connection spoke HTTP/2 this stays false: a broken connection then
+    /// may have had its calls processed, and they stay charged.
+    pub(crate) fn never_spoke(&self) -> bool {
+        self.0.load(Ordering::Acquire) == NEVER_SPOKE
+    }
+
+    fn spoke(&self) {
+        self.0.store(SPOKE, Ordering::Release);
+    }
+
+    fn failed_before_its_first_frame(&self) {
+        let _ = self
+            .0
+            .compare_exchange(UNKNOWN, NEVER_SPOKE, Ordering::AcqRel, Ordering::Acquire);
+    }
+}
+
+/// A connector whose connections check the upstream's first frame.
 #[derive(Debug, Clone)]
 pub(crate) struct CheckFirstFrame<C> {
     connector: C,
-    not_http2: Arc<AtomicBool>,
+    seen: Arc<Http2Seen>,
 }
 
 impl<C> CheckFirstFrame<C> {
     pub(crate) fn new(connector: C) -> Self {
         Self {
             connector,
-            not_http2: Arc::default(),
+            seen: Arc::default(),
         }
     }
 
-    /// Whether the latest connection whose first frame came found it not
-    /// HTTP/2. A call whose connection failed before it had an answer
-    /// (hyper: "canceled, connection closed") and this says so was never
-    /// processed: the error that closed the connection went to another
-    /// call waiting on it.
-    pub(crate) fn verdict(&self) -> Arc<AtomicBool> {
-        self.not_http2.clone()
+    /// What its connections have shown.
+    pub(crate) fn seen(&self) -> Arc<Http2Seen> {
+        self.seen.clone()
     }
 }
 
@@ -82,12 +109,12 @@ where
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let connecting = self.connector.call(uri);
-        let not_http2 = self.not_http2.clone();
+        let upstream = self.seen.clone();
         Box::pin(async move {
             Ok(FirstFrame {
                 io: connecting.await?,
                 seen: 0,
-                not_http2,
+                upstream,
             })
         })
     }
@@ -100,8 +127,8 @@ pub(crate) struct FirstFrame<T> {
     io: T,
     /// How many of the first `TYPE_AT + 1` bytes have been read.
     seen: usize,
-    /// Set to what the type byte says, when it comes.
-    not_http2: Arc<AtomicBool>,
+    /// Told what this connection shows.
+    upstream: Arc<Http2Seen>,
 }
 
 impl<T: Read + Unpin> Read for FirstFrame<T> {
@@ -128,7 +155,7 @@ impl<T: Read + Unpin> Read for FirstFrame<T> {
             if kind != SETTINGS {
                 return Poll::Ready(Err(self.not_http2("its first bytes are no frame of it")));
             }
-            self.not_http2.store(false, Ordering::Release);
+            self.upstream.spoke();
         }
         self.seen += read.len();
         buf.put_slice(read);
@@ -137,9 +164,9 @@ impl<T: Read + Unpin> Read for FirstFrame<T> {
 }
 
 impl<T> FirstFrame<T> {
-    /// The verdict, kept for the connector, and the read's error.
+    /// The verdict, told to the connector, and the read's error.
     fn not_http2(&self, why: &str) -> io::Error {
-        self.not_http2.store(true, Ordering::Release);
+        self.upstream.failed_before_its_first_frame();
         io::Error::new(io::ErrorKind::InvalidData, format!("{NOT_HTTP2} ({why})"))
     }
 
@@ -203,16 +230,12 @@ mod tests {
     /// Reads all of `sent` through the check, `chunk` bytes a write; and
     /// what the check found.
     async fn read_through(sent: &[u8], chunk: usize) -> (io::Result<Vec<u8>>, bool) {
-        let not_http2 = Arc::new(AtomicBool::new(false));
-        let read = read_all(sent, chunk, not_http2.clone()).await;
-        (read, not_http2.load(Ordering::Relaxed))
+        let upstream = Arc::new(Http2Seen::default());
+        let read = read_all(sent, chunk, upstream.clone()).await;
+        (read, upstream.never_spoke())
     }
 
-    async fn read_all(
-        sent: &[u8],
-        chunk: usize,
-        not_http2: Arc<AtomicBool>,
-    ) -> io::Result<Vec<u8>> {
+    async fn read_all(sent: &[u8], chunk: usize, upstream: Arc<Http2Seen>) -> io::Result<Vec<u8>> {
         let (client, mut server) = tokio::io::duplex(64);
         let sent = sent.to_vec();
         tokio::spawn(async move {
@@ -224,7 +247,7 @@ mod tests {
         let mut io = TokioIo::new(FirstFrame {
             io: TokioIo::new(client),
             seen: 0,
-            not_http2,
+            upstream,
         });
         let mut got = Vec::new();
         let mut buf = [0u8; 32];
@@ -253,6 +276,19 @@ mod tests {
             let (read, not_http2) = read_through(sent, 1).await;
             assert!(is_not_http2(&read.unwrap_err()) && not_http2);
         }
+    }
+
+    /// Once a connection spoke HTTP/2, a later one that fails before its
+    /// first frame (an upstream restarting, say) makes no call free.
+    #[test]
+    fn an_upstream_that_spoke_http2_once_stays_one() {
+        let upstream = Http2Seen::default();
+        assert!(!upstream.never_spoke());
+        upstream.failed_before_its_first_frame();
+        assert!(upstream.never_spoke());
+        upstream.spoke();
+        upstream.failed_before_its_first_frame();
+        assert!(!upstream.never_spoke());
     }
 
     #[test]

@@ -2,7 +2,6 @@
 //! (prior knowledge for `http://`), on a pooled client of their own, and
 //! the gateway's own failures answer them as gRPC statuses.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +16,7 @@ use hyper_util::rt::TokioExecutor;
 
 use super::body::GatewayBody;
 use super::edge::BodyFailure;
-use super::first_frame::{is_not_http2, CheckFirstFrame};
+use super::first_frame::{is_not_http2, CheckFirstFrame, Http2Seen};
 use crate::layer::is_grpc;
 
 /// Whether a request is a gRPC call that needs HTTP/2 end to end: gRPC-Web
@@ -34,8 +33,8 @@ pub(crate) fn is_call(headers: &HeaderMap) -> bool {
 #[derive(Clone, Debug)]
 pub(crate) struct H2Client {
     client: Client<CheckFirstFrame<HttpsConnector<HttpConnector>>, GatewayBody>,
-    /// [`CheckFirstFrame::verdict`].
-    not_http2: Arc<AtomicBool>,
+    /// What its connections have shown.
+    upstream: Arc<Http2Seen>,
 }
 
 impl H2Client {
@@ -46,12 +45,12 @@ impl H2Client {
             tls,
             super::tls::UpstreamHttp::Http2,
         ));
-        let not_http2 = connector.verdict();
+        let upstream = connector.seen();
         let client = Client::builder(TokioExecutor::new())
             .http2_only(true)
             .pool_idle_timeout(Duration::from_secs(60))
             .build(connector);
-        Self { client, not_http2 }
+        Self { client, upstream }
     }
 
     /// Whether the call that failed with `error` never reached an
@@ -61,7 +60,7 @@ impl H2Client {
     pub(crate) fn never_processed(&self, error: &Error) -> bool {
         error.is_connect()
             || refused_unprocessed(error)
-            || (self.not_http2.load(Ordering::Acquire) && closed_under_the_call(error))
+            || (self.upstream.never_spoke() && closed_under_the_call(error))
     }
 
     /// Sends a call (absolute URI) as HTTP/2, with `te: trailers`, which
