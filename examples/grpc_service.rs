@@ -33,6 +33,10 @@ use usage_grpc::UsageServer;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    if std::env::args().any(|arg| arg == "--help" || arg == "-h") {
+        println!("usage: [ADDR=HOST:PORT] grpc_service [--plain]  (default 127.0.0.1:50051)");
+        return Ok(());
+    }
     // The demo plan with the demo key in it (`support/demo.rs`).
     let plans = demo_plans()?;
 

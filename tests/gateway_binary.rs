@@ -485,7 +485,7 @@ async fn a_bad_configuration_exits_non_zero_naming_the_field() {
         (
             listeners.to_owned(),
             vec!["--redis", "redis//:s3cretpw@127.0.0.1:1"],
-            vec!["redis", "***@127.0.0.1:1"],
+            vec!["redis", "not a Redis URL"],
         ),
     ];
     for (i, (text, flags, names)) in cases.into_iter().enumerate() {
@@ -511,6 +511,7 @@ async fn a_bad_configuration_exits_non_zero_naming_the_field() {
     // mistake, not "any region" or nothing.
     for (variable, value) in [
         ("USAGE_PLANS_ADMIN_REGION", ","),
+        ("USAGE_PLANS_ADMIN_REGION", " "),
         ("USAGE_PLANS_ADMIN_REGION", "us-east-1,,eu-west-1"),
         ("USAGE_PLANS_ADMIN_CREDENTIALS", "A:a,,C:c"),
     ] {
@@ -524,6 +525,17 @@ async fn a_bad_configuration_exits_non_zero_naming_the_field() {
         assert!(!status.success(), "started with {variable}={value}");
         assert!(stderr.contains(variable), "{stderr}");
     }
+    // A trailing comma is no mistake, in either list.
+    let config = dir.write("plain.toml", listeners);
+    let mut gateway = spawn_with_env(
+        &["--config", config.to_str().unwrap()],
+        &dir.0,
+        &[
+            ("USAGE_PLANS_ADMIN_REGION", "us-east-1,"),
+            ("USAGE_PLANS_ADMIN_CREDENTIALS", "A:a,"),
+        ],
+    );
+    gateway.ready().await;
 
     // A missing configuration file is named too.
     let missing = dir.0.join("missing.toml");

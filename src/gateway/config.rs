@@ -428,12 +428,14 @@ impl GatewayConfig {
             ));
         }
         if let Some(url) = &self.redis {
+            // The value is not repeated: it may be a password put in the
+            // wrong place.
             crate::store::RedisStore::check_url(url).map_err(|why| {
                 GatewayError::config(
                     "redis",
                     format!(
-                        "'{}' is not a Redis URL: {why}",
-                        super::replicas::redacted(url)
+                        "not a Redis URL (redis://[:PASSWORD@]HOST[:PORT][/DB], rediss://..., \
+                         or redis+cluster://HOST:PORT,HOST:PORT,...): {why}"
                     ),
                 )
             })?;
@@ -616,16 +618,7 @@ impl GatewayConfig {
         // Like the credentials: the file's, the environment's and the flags'.
         config.admin_regions = file.admin_regions;
         if let Ok(list) = std::env::var(REGION_ENV) {
-            // Blank is unset; an empty entry among others is a mistake
-            // (`us-east-1,,eu-west-1`, or `,` alone), not "any region".
-            if !list.trim().is_empty() {
-                for region in list.split(',').map(str::trim) {
-                    if region.is_empty() {
-                        return Err(format!("{REGION_ENV}: '{list}' has an empty entry"));
-                    }
-                    config.admin_regions.push(region.to_owned());
-                }
-            }
+            config.admin_regions.extend(region_list(&list)?);
         }
         config.admin_regions.extend(cli.admin_regions);
         config.admin_regions.sort();
@@ -651,6 +644,22 @@ fn first_repeat<'a>(items: impl Iterator<Item = &'a str>) -> Option<&'a str> {
 
 /// A region name as AWS spells them: lower-case letters, digits and `-`
 /// (`us-east-1`); what a credential scope must then match exactly.
+/// The regions of [`REGION_ENV`]: set, it names at least one (blank, it
+/// would silently accept every region); an empty entry before another
+/// (`r1,,r2`) is a mistake; a trailing comma is fine.
+fn region_list(list: &str) -> Result<Vec<String>, String> {
+    let regions: Vec<&str> = list.split(',').map(str::trim).collect();
+    let Some(last) = regions.iter().rposition(|r| !r.is_empty()) else {
+        return Err(format!(
+            "{REGION_ENV} is set but names no region (unset it to accept any region)"
+        ));
+    };
+    if regions[..last].iter().any(|r| r.is_empty()) {
+        return Err(format!("{REGION_ENV}: '{list}' has an empty entry"));
+    }
+    Ok(regions[..=last].iter().map(|r| (*r).to_owned()).collect())
+}
+
 fn check_region(region: &str) -> Result<(), String> {
     if region.is_empty()
         || !region

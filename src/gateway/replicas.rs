@@ -35,7 +35,11 @@ pub(crate) const SYNC_INTERVAL: Duration = Duration::from_millis(200);
 
 /// The URL without its password, for logs and errors.
 pub(crate) fn redacted(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
+    let (url, query) = match url.split_once('?') {
+        Some((url, query)) => (url, Some(query)),
+        None => (url, None),
+    };
+    let mut shown = match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             format!("{}://***@{}", &url[..scheme], &url[at + 1..])
         }
@@ -43,7 +47,25 @@ pub(crate) fn redacted(url: &str) -> String {
         // may still be a password.
         (_, Some(at)) => format!("***@{}", &url[at + 1..]),
         _ => url.to_owned(),
+    };
+    // A password may also come as a parameter (`redis+unix://...?pass=`).
+    if let Some(query) = query {
+        let is_secret = |name: &str| {
+            ["pass", "password"]
+                .iter()
+                .any(|s| name.eq_ignore_ascii_case(s))
+        };
+        let params: Vec<String> = query
+            .split('&')
+            .map(|param| match param.split_once('=') {
+                Some((name, _)) if is_secret(name) => format!("{name}=***"),
+                _ => param.to_owned(),
+            })
+            .collect();
+        shown.push('?');
+        shown.push_str(&params.join("&"));
     }
+    shown
 }
 
 /// Publishes `snapshot` as the next version if Redis still holds
@@ -476,6 +498,14 @@ mod tests {
         assert_eq!(redacted("rediss://user:pw@h:1"), "rediss://***@h:1");
         assert_eq!(redacted("redis//:pw@h:1"), "***@h:1");
         assert_eq!(redacted("redis://h:1"), "redis://h:1");
+        assert_eq!(
+            redacted("redis+unix:///tmp/r.sock?db=1&pass=pw"),
+            "redis+unix:///tmp/r.sock?db=1&pass=***"
+        );
+        assert_eq!(
+            redacted("redis://h:1/0?Password=pw"),
+            "redis://h:1/0?Password=***"
+        );
     }
 
     #[test]

@@ -501,6 +501,9 @@ def test_signing_out_leaves_nothing_of_the_session_in_the_page(browser, console_
     assert value not in page
     assert text_of(browser, "#created") == ""
     assert not browser.find_element(By.ID, "key-detail").is_displayed()
+    # Nor which key was chosen, nor the search that found it.
+    assert browser.find_element(By.ID, "search").get_attribute("value") == ""
+    assert browser.execute_script("return document.getElementById('key-id').textContent") == ""
 
 
 @pytest.fixture(scope="module")

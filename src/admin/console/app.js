@@ -185,8 +185,10 @@ function forgetPage() {
   state.selected = null;
   state.usage = [];
   state.usageOf = null;
-  for (const id of ["plans", "keys"]) $(id).replaceChildren();
-  for (const id of ["created", "answer", "who"]) $(id).textContent = "";
+  state.page = { positions: [null], index: 0, next: null };
+  for (const id of ["plans", "keys", "key-plan"]) $(id).replaceChildren();
+  for (const id of ["created", "answer", "who", "key-name", "key-id", "key-enabled", "key-quota"]) $(id).textContent = "";
+  $("search").value = "";
   renderUsage();
   $("key-detail").hidden = true;
   $("no-key").hidden = false;
@@ -384,6 +386,7 @@ async function loadSelectedUsage() {
 }
 
 function renderSelected() {
+  if (!state.selected) return;
   const { key, planId } = state.selected;
   $("no-key").hidden = true;
   $("key-detail").hidden = false;
