@@ -187,26 +187,25 @@ pub(crate) fn failed_body<B: From<Bytes>>(failure: BodyFailure, grpc: bool) -> R
 /// under its own; malformed framing is `InvalidData` / `InvalidInput`.
 fn read_failure(error: &hyper::Error) -> BodyFailure {
     use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
-    let mut cause = std::error::Error::source(error);
-    while let Some(error) = cause {
+    let abandoned = super::error::chain(error).any(|error| {
         // An HTTP/2 connection that closed, or that the client ended
         // (GOAWAY), under a stream still sending its body.
-        if let Some(h2) = error.downcast_ref::<h2::Error>() {
-            if h2.is_io() || h2.is_go_away() {
-                return BodyFailure::Abandoned;
-            }
-        }
-        if let Some(io) = error.downcast_ref::<std::io::Error>() {
-            if matches!(
+        let h2_gone = error
+            .downcast_ref::<h2::Error>()
+            .is_some_and(|h2| h2.is_io() || h2.is_go_away());
+        let io_gone = error.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(
                 io.kind(),
                 UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe
-            ) {
-                return BodyFailure::Abandoned;
-            }
-        }
-        cause = error.source();
+            )
+        });
+        h2_gone || io_gone
+    });
+    if abandoned {
+        BodyFailure::Abandoned
+    } else {
+        BodyFailure::Client
     }
-    BodyFailure::Client
 }
 
 /// How long a request body may keep the gateway waiting: no frame for

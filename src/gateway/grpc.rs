@@ -16,6 +16,7 @@ use hyper_util::rt::TokioExecutor;
 
 use super::body::GatewayBody;
 use super::edge::BodyFailure;
+use super::error::chain;
 use super::first_frame::{is_not_http2, CheckFirstFrame, Http2Seen};
 use crate::layer::is_grpc;
 
@@ -85,24 +86,16 @@ impl H2Client {
 /// the streams above its last id, which `h2` reports with the same error
 /// as the streams below it that were cut off: those stay charged.)
 fn refused_unprocessed(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = Some(error);
-    while let Some(error) = cause {
+    chain(error).any(|error| {
         // hyper hands on an I/O error of `h2`'s as an I/O error.
-        if error
+        let io = error
             .downcast_ref::<std::io::Error>()
-            .is_some_and(is_not_http2)
-        {
-            return true;
-        }
-        if let Some(h2) = error.downcast_ref::<h2::Error>() {
-            if h2.get_io().is_some_and(is_not_http2) {
-                return true;
-            }
-            return h2.is_remote() && h2.reason() == Some(h2::Reason::REFUSED_STREAM);
-        }
-        cause = error.source();
-    }
-    false
+            .or_else(|| error.downcast_ref::<h2::Error>()?.get_io());
+        let refused = error
+            .downcast_ref::<h2::Error>()
+            .is_some_and(|h2| h2.is_remote() && h2.reason() == Some(h2::Reason::REFUSED_STREAM));
+        refused || io.is_some_and(is_not_http2)
+    })
 }
 
 /// Whether the call failed because its connection ended before it had an
@@ -110,20 +103,15 @@ fn refused_unprocessed(error: &(dyn std::error::Error + 'static)) -> bool {
 /// I/O error (the connection's own error, which says why, goes to neither).
 fn closed_under_the_call(error: &(dyn std::error::Error + 'static)) -> bool {
     use std::io::ErrorKind::{BrokenPipe, ConnectionReset, UnexpectedEof};
-    let mut cause = Some(error);
-    while let Some(error) = cause {
+    chain(error).any(|error| {
         let cancelled = error
             .downcast_ref::<hyper::Error>()
             .is_some_and(hyper::Error::is_canceled);
         let cut = error
             .downcast_ref::<std::io::Error>()
             .is_some_and(|io| matches!(io.kind(), BrokenPipe | ConnectionReset | UnexpectedEof));
-        if cancelled || cut {
-            return true;
-        }
-        cause = error.source();
-    }
-    false
+        cancelled || cut
+    })
 }
 
 /// The gateway's own failure (`status`: 502, 504, 408, 431…) as a
