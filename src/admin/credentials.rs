@@ -103,22 +103,10 @@ impl AdminCredentials {
     /// ```
     pub fn parse_list(s: &str) -> Result<Self, CredentialsError> {
         let mut creds = Self::new();
-        // The last entry that is not blank: a blank one before it is an error.
-        let last = s
-            .split(',')
-            .enumerate()
-            .filter(|(_, entry)| !entry.trim().is_empty())
-            .map(|(index, _)| index)
-            .last();
-        for (index, entry) in s.split(',').enumerate() {
+        let entries =
+            comma_list(s).map_err(|entry_number| CredentialsError::NotAPair { entry_number })?;
+        for (index, entry) in entries.into_iter().enumerate() {
             let entry_number = index + 1;
-            let entry = entry.trim();
-            if entry.is_empty() && last.is_some_and(|last| index < last) {
-                return Err(CredentialsError::NotAPair { entry_number });
-            }
-            if entry.is_empty() {
-                continue;
-            }
             let Some((id, secret)) = entry.split_once(':') else {
                 return Err(CredentialsError::NotAPair { entry_number });
             };
@@ -230,6 +218,21 @@ pub enum CredentialsError {
     },
 }
 
+/// The entries of a comma-separated list, as the `USAGE_PLANS_*` lists
+/// are written: each trimmed; blank ones after the last named are dropped
+/// (a trailing comma); a blank one before another is a mistake (`a,,b`: a
+/// variable left unset in a template, say), and its number, from 1, is
+/// the error.
+pub(crate) fn comma_list(list: &str) -> Result<Vec<&str>, usize> {
+    let mut entries: Vec<&str> = list.split(',').map(str::trim).collect();
+    let named = entries.iter().rposition(|entry| !entry.is_empty());
+    entries.truncate(named.map_or(0, |last| last + 1));
+    match entries.iter().position(|entry| entry.is_empty()) {
+        Some(blank) => Err(blank + 1),
+        None => Ok(entries),
+    }
+}
+
 impl fmt::Display for CredentialsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -270,6 +273,14 @@ impl std::error::Error for CredentialsError {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_comma_list_drops_trailing_blanks_and_refuses_inner_ones() {
+        assert_eq!(comma_list(" a , b ,"), Ok(vec!["a", "b"]));
+        assert_eq!(comma_list(" , "), Ok(vec![]));
+        assert_eq!(comma_list("a,,b"), Err(2));
+        assert_eq!(comma_list(",a"), Err(1));
+    }
 
     #[test]
     fn parse_list_errors_never_contain_secrets() {

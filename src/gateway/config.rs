@@ -648,16 +648,13 @@ fn first_repeat<'a>(items: impl Iterator<Item = &'a str>) -> Option<&'a str> {
 /// would silently accept every region); an empty entry before another
 /// (`r1,,r2`) is a mistake; a trailing comma is fine.
 fn region_list(list: &str) -> Result<Vec<String>, String> {
-    let regions: Vec<&str> = list.split(',').map(str::trim).collect();
-    let Some(last) = regions.iter().rposition(|r| !r.is_empty()) else {
-        return Err(format!(
+    match crate::admin::comma_list(list) {
+        Err(entry) => Err(format!("{REGION_ENV}: entry #{entry} of '{list}' is empty")),
+        Ok(regions) if regions.is_empty() => Err(format!(
             "{REGION_ENV} is set but names no region (unset it to accept any region)"
-        ));
-    };
-    if regions[..last].iter().any(|r| r.is_empty()) {
-        return Err(format!("{REGION_ENV}: '{list}' has an empty entry"));
+        )),
+        Ok(regions) => Ok(regions.into_iter().map(str::to_owned).collect()),
     }
-    Ok(regions[..=last].iter().map(|r| (*r).to_owned()).collect())
 }
 
 fn check_region(region: &str) -> Result<(), String> {
