@@ -294,7 +294,12 @@ impl Line {
 
 /// The `grpc-status` in `headers` (a head or trailers), if any.
 fn grpc_status(headers: &http::HeaderMap) -> Option<u16> {
-    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+    headers
+        .get(&crate::layer::GRPC_STATUS)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// What the layer (or the edge) decided, for the log.

@@ -136,7 +136,7 @@ pub(crate) fn error<B: From<Bytes>>(status: StatusCode, message: &str) -> Respon
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/grpc"),
     );
-    headers.insert("grpc-status", code.into());
+    headers.insert(crate::layer::GRPC_STATUS.clone(), code.into());
     if let Ok(message) = HeaderValue::from_str(message) {
         headers.insert("grpc-message", message);
     }
@@ -156,7 +156,7 @@ pub(crate) fn broken_off(request: Option<BodyFailure>) -> HeaderMap {
         None => (14, "the upstream's stream broke off"),
     };
     let mut trailers = HeaderMap::new();
-    trailers.insert("grpc-status", code.into());
+    trailers.insert(crate::layer::GRPC_STATUS.clone(), code.into());
     trailers.insert("grpc-message", HeaderValue::from_static(message));
     trailers
 }

@@ -11,7 +11,7 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, Response};
 
 use super::{Refusal, RefusalResponse};
 
-static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+pub(crate) static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 static GRPC_STATUS_DETAILS: HeaderName = HeaderName::from_static("grpc-status-details-bin");
 

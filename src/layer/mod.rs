@@ -22,7 +22,7 @@ pub use extract::MissingUsageContext;
 pub use future::ResponseFuture;
 pub use grpc::GrpcRefusal;
 #[cfg(feature = "gateway")]
-pub(crate) use grpc::{has_media_prefix, is_grpc};
+pub(crate) use grpc::{has_media_prefix, is_grpc, GRPC_STATUS};
 #[cfg(feature = "gateway")]
 pub(crate) use refusal::aws_json_response;
 pub use refusal::{AwsRefusal, Refusal, RefusalResponse};
