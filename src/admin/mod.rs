@@ -50,6 +50,7 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tower_service::Service;
 
+#[cfg(feature = "gateway")]
 pub(crate) use credentials::comma_list;
 pub use credentials::{AdminCredentials, CredentialsError};
 use wire::AwsError;
