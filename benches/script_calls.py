@@ -2,7 +2,9 @@
 
 `setup`: a decision and a lease of 60,000 units on one counter (a quota of
 10,000,000 a day, no throttle). `N`: N reports of one request each from that
-lease, each its own call id (see "Calls" in src/store/redis.lua). Each call is
+lease, each its own call id (see "Calls" in src/store/redis.lua). `renew N`
+(after `setup`): N renewals, each giving back the lease before it with 10
+requests admitted and asking for another 60,000 units. Each call is
 watched for a rollback as on one server (the marker and the replica's count of
 calls applied, and its copy of the counter: see "Rollback" there). NOW (Unix seconds) fixes the clock, so the
 lease never expires between runs.
@@ -29,9 +31,9 @@ def command(*args):
 
 
 def call(op, unreported=0, epoch=0, metered="0", gen=0, cap=0, call_id=0, want=0, known="1",
-         copy=0):
+         copy=0, units=0):
     argv = [op, NOW * 1_000_000, NOW, DAY, "", 0, 0, "DAY", DAY * 86400, DAY * 86400 + 86400,
-            10_000_000, 0, 86400, 0, unreported, 0, DAY, want, 0, epoch, metered, known,
+            10_000_000, 0, 86400, units, unreported, 0, DAY, want, 0, epoch, metered, known,
             copy, -1, epoch, RECORD, gen, cap, 0, 0, 1_000_000, 250_000, 2, 0, call_id, call_id, 0,
             0, "abcdef0123456789:" + MARKER, 0]
     return command("EVALSHA", SHA, 3, KEY, MARKER_KEY, WRITES_KEY, *argv)
@@ -42,6 +44,12 @@ if WHAT == "setup":
     out.write(command("SET", MARKER_KEY, MARKER))
     out.write(call("decide", known="0"))
     out.write(call("lease", want=60_000, call_id=1, known="0"))
+elif WHAT == "renew":
+    # The setup's lease is generation 1; each renewal empties the holder's
+    # record, so the next lease starts generation 2, 3, ...
+    for i in range(int(sys.argv[3])):
+        out.write(call("lease", units=60_000 - 10, unreported=10, epoch=1, metered="1", gen=1 + i,
+                       cap=30_000, call_id=2 + i, want=60_000, copy=1))
 else:
     for i in range(int(WHAT)):
         out.write(call("report", unreported=1, epoch=1, metered="1", gen=1, cap=30_000,

@@ -256,6 +256,127 @@ if op == 'report' and call > 0 and ret_n > 0 and ret_q == 0 and ret_metered and 
   end
 end
 -- fast report: end
+-- A lease renewed, the common case: the lease given back is of the
+-- counter's epoch and period and of today, with nothing of it reported and
+-- unacknowledged, from the holder's record of that epoch and generation,
+-- no reclaim due, the call not applied before, and the request admitted
+-- with a new slice granted. One read and one write of the counter's hash
+-- do exactly what the rest of the script does for it (give_back, reclaim,
+-- the decision, the grant, done_put, record; src/store/redis_script_tests.rs
+-- runs both on the same calls). Renewals cost a leasing replica's Redis
+-- about as much as its reports (BENCHMARKS.md). Anything else (a refusal,
+-- no grant, another day, a new period) goes on below, as nothing was
+-- written.
+-- fast lease: begin
+if op == 'lease' and call > 0 and ret_metered and ret_gen > 0 and ret_pending == 0
+    and kind ~= '' and ret_day == tonumber(day) and want_q > 0
+    and (bf ~= '' or ret_gt == 0) then
+  local du, lf = 'd:' .. day .. ':u', 'b:' .. string.sub(rec_name, 20) .. ':l'
+  local f = redis.call('HMGET', k, 'ep', 'pk', 'ps', 'pe', 'used', 'leased', 'allow', 'kt', 'rf',
+    'hx', rec_name, done_f, du, bf .. ':t', bf .. ':u', lf)
+  local ep, ps, pe = tonumber(f[1]), tonumber(f[3]), tonumber(f[4])
+  local x = { string.match(f[11] or '',
+    '^([^,]*),([^,]*),([^,]*),([^,]*),([^,]*),([^,]*),([^,]*),([^,]*),([^,]*),[^,]*,[^,]*$') }
+  local whole = true
+  for i = 1, 9 do
+    x[i] = tonumber(x[i])
+    whole = whole and x[i] ~= nil
+  end
+  local day_start = ret_day * 86400
+  if ep and ep == ret_epoch and f[2] == kind and ps and pe and ps <= day_start
+      and day_start < pe and now < pe and whole and x[9] == ep and x[5] == ret_gen
+      and (not f[10] or now_us < tonumber(f[10])) and f[13] and f[5]
+      and (bf == '' or lf == bf .. ':l')
+      and not string.find(f[12] or '', ',' .. call .. ':', 1, true) then
+    if KEYS[3] and tonumber(ARGV[25] or 0) > 0 and copy_ahead(ep, ps, f[5], f[6], f[9], f[8]) then
+      return { 6, '0', 0, 0, 0, 0, 0, -1, 0, 0, 0, { 0, -1, -1 } }
+    end
+    -- The lease comes back (give_back).
+    local used = math.max(tonumber(f[5]) - ret_q, 0)
+    local leased = math.max((tonumber(f[6]) or 0) - ret_q - ret_n, 0)
+    local allow, kept_total = tonumber(f[7]), tonumber(f[8]) or 0
+    local o, u, t = math.max(x[1] - ret_q - ret_n, 0), math.max(x[2] - ret_cap, 0), x[3]
+    -- Its bucket (refilled and stored, as settle_bucket does, before the
+    -- tokens out on leases change), with its tokens back.
+    local tokens, updated, out = 0, now_us, tonumber(f[16]) or 0
+    if bf ~= '' then
+      tokens = burst
+      local stored, at = tonumber(f[14]), tonumber(f[15])
+      if ret_gt > 0 then
+        if stored and at and now_us > at then
+          local most = math.max(burst - out, 0)
+          if stored < most then
+            stored = math.min(stored + (now_us - at) / 1e6 * rate, most)
+          end
+          at = now_us
+        end
+        if stored and at then
+          stored = tonumber(tostring(stored))
+        end
+        out, t = math.max(out - ret_gt, 0), math.max(t - ret_gt, 0)
+      end
+      if stored and at then
+        tokens, updated = stored, at
+        if now_us > at then
+          local most = math.max(burst - out, 0)
+          if tokens < most then
+            tokens = math.min(tokens + (now_us - at) / 1e6 * rate, most)
+          end
+          updated = now_us
+        end
+      end
+      tokens = math.min(tokens + ret_t, math.max(burst - out, 0))
+    end
+    -- The request, and the new slice.
+    local remaining = math.max((allow or plimit) - used, 0)
+    local q_take = math.min(want_q, math.floor((remaining - 1) / 8))
+    local t_take = 0
+    if bf ~= '' then
+      t_take = math.min(want_t, math.floor((tokens - 1) / 2))
+    end
+    if remaining >= 1 and q_take > 0 and (bf == '' or (tokens >= 1 and t_take > 0)) then
+      used, remaining = used + 1 + q_take, remaining - 1 - q_take
+      leased = leased + q_take
+      if bf ~= '' then
+        tokens = tokens - 1 - t_take
+      end
+      local writes = {}
+      local g, e, kk, pc, p = x[5], x[4], x[6], x[7], x[8]
+      if o <= 0 and u <= 0 and t <= 0 and kk <= 0 and pc <= 0 then
+        -- Emptied: a new record, of a new generation.
+        g, e, kk, pc, p = redis.call('HINCRBY', k, 'hg', 1), 0, 0, 0, 0
+      end
+      local cap = math.ceil(q_take / share)
+      o, u, t, e = o + q_take, u + cap, t + t_take, math.max(e, now_us + lease_us)
+      local n = 0
+      local function put(field, value)
+        writes[n + 1], writes[n + 2], n = field, value, n + 2
+      end
+      put(rec_name, string.format('%d,%d,%d,%d,%d,%d,%d,%d,%d,%s,%d', o, u, t, e, g, kk, pc, p,
+        ep, tostring(rate), burst))
+      local due = tonumber(f[10])
+      if not due or e + grace_us < due then
+        put('hx', e + grace_us)
+      end
+      if bf ~= '' then
+        put(bf .. ':t', tostring(tokens))
+        put(bf .. ':u', updated)
+        put(lf, out + t_take)
+      end
+      put('used', used)
+      put('leased', leased)
+      done_s = f[12] or ''
+      put(done_f, done_record(q_take, t_take, g, cap, ep, 0))
+      put('d:' .. day .. ':r', remaining + leased)
+      local today_used = redis.call('HINCRBY', k, du, ret_n + 1)
+      redis.call('HSET', k, unpack(writes))
+      redis.call('EXPIRE', k, ttl)
+      return { 0, tostring(tokens), remaining, q_take, t_take, ep, used, allow or -1, g, cap,
+        leased, { kept_total, math.max(leased - kept_total - o, 0), today_used } }
+    end
+  end
+end
+-- fast lease: end
 if op == 'forget' then
   -- The key left the plan: its counts and history go, but for the epoch,
   -- which moves on so that no lease of the counter as it was (the caller

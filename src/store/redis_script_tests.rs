@@ -1,8 +1,8 @@
-//! `redis.lua`'s fast path for a lease's report does what the rest of the
-//! script does for it: the same calls, made by the script as shipped and
-//! by the script with that path cut out, each on a counter of its own,
-//! must answer alike and leave the two counters alike, field for field,
-//! whether the fast path takes the call or hands it on.
+//! `redis.lua`'s fast paths (a lease's report, a lease renewed) do what the
+//! rest of the script does for them: the same calls, made by the script as
+//! shipped and by the script with those paths cut out, each on a counter of
+//! its own, must answer alike and leave the two counters alike, field for
+//! field, whether a fast path takes the call or hands it on.
 
 use std::collections::HashMap;
 
@@ -19,13 +19,27 @@ mod redis_server;
 /// The holder's record of the leases (`h:<16 characters>:<bucket>`).
 const RECORD: &str = "h:0123456789abcdef:";
 
-/// The script without its fast path for reports.
+/// The script without its fast paths.
 fn general_only() -> String {
-    let (head, rest) = SCRIPT
-        .split_once("-- fast report: begin")
-        .expect("the fast path's start");
-    let (_, tail) = rest.split_once("-- fast report: end").expect("its end");
-    format!("{head}{tail}")
+    ["report", "lease"]
+        .iter()
+        .fold(SCRIPT.to_owned(), |script, path| {
+            let (head, rest) = script
+                .split_once(&format!("-- fast {path}: begin"))
+                .expect("the fast path's start");
+            let (_, tail) = rest
+                .split_once(&format!("-- fast {path}: end"))
+                .expect("its end");
+            format!("{head}{tail}")
+        })
+}
+
+/// The bucket the renewal tests lease tokens of: 7 every 3 seconds (its
+/// refills are fractions no decimal writes exactly), a burst of 1,000.
+fn throttled(args: &mut Args) {
+    args.bucket = "b:".into();
+    args.rate = 7.0 / 3.0;
+    args.burst = 1_000;
 }
 
 /// Both scripts, on a counter each, and the calls made on them.
@@ -37,6 +51,9 @@ struct Twins {
     start: Timestamp,
     /// The last call id given.
     calls: u64,
+    /// Whether the last call took a fast path: the shipped script read no
+    /// single field (`HGET`), which every general path does.
+    fast: bool,
 }
 
 impl Twins {
@@ -45,11 +62,26 @@ impl Twins {
     async fn call(&mut self, op: &str, args: &Args, step: &str) -> Vec<i64> {
         let mut answers = Vec::new();
         for (script, key) in self.scripts.iter().zip(&self.keys) {
+            if answers.is_empty() {
+                let () = redis::cmd("CONFIG")
+                    .arg("RESETSTAT")
+                    .query_async(&mut self.connection)
+                    .await
+                    .unwrap();
+            }
             let answer: redis::Value = args
                 .invocation(script, key, None, op)
                 .invoke_async(&mut self.connection)
                 .await
                 .unwrap();
+            if answers.is_empty() {
+                let stats: String = redis::cmd("INFO")
+                    .arg("commandstats")
+                    .query_async(&mut self.connection)
+                    .await
+                    .unwrap();
+                self.fast = !stats.contains("cmdstat_hget:");
+            }
             answers.push(answer);
         }
         assert_eq!(answers[0], answers[1], "{step}: the answers differ");
@@ -126,21 +158,269 @@ impl Twins {
 
 const NEW: (Option<u64>, Option<u64>) = (None, None);
 
+impl Twins {
+    /// Two scripts, on counters of their own (named after `name`), with a
+    /// daily quota of `limit`.
+    async fn start(server: &redis_server::Redis, name: &str, limit: u64) -> Self {
+        let client = redis::Client::open(server.url()).unwrap();
+        Twins {
+            scripts: [Script::new(SCRIPT), Script::new(&general_only())],
+            keys: [
+                format!("t:{{fast-{name}}}"),
+                format!("t:{{general-{name}}}"),
+            ],
+            connection: client.get_multiplexed_async_connection().await.unwrap(),
+            quota: QuotaRule {
+                quota: Quota::new(limit, QuotaPeriod::Day),
+                plan_created: 0,
+            },
+            start: Timestamp::now(),
+            calls: 0,
+            fast: false,
+        }
+    }
+
+    /// A lease taken at `ms` (with the bucket's tokens when `bucket`),
+    /// asking for `want`, giving back `back` of which `spent` requests
+    /// were admitted (as many units and tokens spent): the answer, and the
+    /// new lease (default when none was granted). `call`: the call id to
+    /// send again.
+    async fn renew(
+        &mut self,
+        ms: i64,
+        (back, spent): (Unspent, u64),
+        (want, bucket): ((u64, u64), bool),
+        call: Option<u64>,
+        step: &str,
+    ) -> (Vec<i64>, Unspent) {
+        let call = call.unwrap_or_else(|| {
+            self.calls += 1;
+            self.calls
+        });
+        let mut args = self.args(ms);
+        if bucket {
+            throttled(&mut args);
+        }
+        args.known = true;
+        args.want = want;
+        args.record = RECORD.into();
+        args.lease_us = 1_000_000;
+        args.unspent = Unspent {
+            units: back.units.saturating_sub(spent),
+            tokens: back.tokens.saturating_sub(spent),
+            admitted: spent,
+            ..back
+        };
+        (args.call, args.oldest_open_call) = (call, call);
+        let answer = self.call("lease", &args, step).await;
+        let (_, start, _, _) = args.period.unwrap();
+        let granted = answer.get(3).is_some_and(|units| *units > 0);
+        let lease = match granted {
+            true => Unspent {
+                units: answer[3] as u64,
+                granted: answer[3] as u64,
+                tokens: answer[4] as u64,
+                granted_tokens: answer[4] as u64,
+                cap: answer[9] as u64,
+                gen: answer[8] as u64,
+                period_start: start,
+                day: args.day,
+                epoch: answer[5] as u64,
+                ..Unspent::default()
+            },
+            false => Unspent::default(),
+        };
+        (answer, lease)
+    }
+}
+
+#[tokio::test]
+async fn a_renewal_on_the_fast_path_does_what_the_general_path_does() {
+    let server = redis_server::Redis::start();
+    let mut twins = Twins::start(&server, "renewals", 1_000_000).await;
+    let none = (Unspent::default(), 0);
+    let decide = {
+        let mut args = twins.args(0);
+        throttled(&mut args);
+        args
+    };
+    twins.call("decide", &decide, "decide").await;
+    let (_, first) = twins
+        .renew(1, none, ((10_000, 400), true), None, "a first lease")
+        .await;
+    assert!(first.units > 0 && first.tokens > 0, "{first:?}");
+    assert!(!twins.fast, "nothing given back: the general path");
+
+    // Renewals the fast path takes: spent in part, spent out, none spent;
+    // one whose record keeps another lease of the holder's (not emptied);
+    // one with the clock a little behind the bucket's.
+    let (_, second) = twins
+        .renew(
+            500,
+            (first, 50),
+            ((10_000, 400), true),
+            None,
+            "spent in part",
+        )
+        .await;
+    assert!(twins.fast, "spent in part: the fast path");
+    let (answer, third) = twins
+        .renew(
+            900,
+            (second, 200),
+            ((20_000, 300), true),
+            None,
+            "spent more",
+        )
+        .await;
+    assert_eq!(answer[0], 0, "admitted: {answer:?}");
+    assert!(twins.fast, "spent more: the fast path");
+    let (_, extra) = twins
+        .renew(910, none, ((5, 5), true), None, "another lease beside it")
+        .await;
+    let (_, fourth) = twins
+        .renew(
+            950,
+            (third, 0),
+            ((10_000, 100), true),
+            None,
+            "none spent, one kept",
+        )
+        .await;
+    assert!(twins.fast, "none spent: the fast path");
+    let (_, fifth) = twins
+        .renew(
+            940,
+            (fourth, 3),
+            ((10_000, 100), true),
+            None,
+            "the clock behind",
+        )
+        .await;
+    assert!(twins.fast, "the clock behind: the fast path");
+    twins
+        .renew(
+            960,
+            (extra, 5),
+            ((10_000, 100), true),
+            None,
+            "the other one back",
+        )
+        .await;
+    assert!(twins.fast, "the other lease: the fast path");
+
+    // Sent again: not applied twice.
+    let again = Some(twins.calls);
+    let (answer, _) = twins
+        .renew(970, (extra, 5), ((10_000, 100), true), again, "sent again")
+        .await;
+    assert_eq!(answer[0], 5, "settled as applied: {answer:?}");
+
+    // Handed on: no token wanted (none granted), a generation Redis does
+    // not know (reclaimed), a lease near the end of the quota.
+    twins
+        .renew(
+            980,
+            (fifth, 1),
+            ((10_000, 0), true),
+            None,
+            "no token wanted",
+        )
+        .await;
+    assert!(!twins.fast, "no grant: handed on");
+    let (_, sixth) = twins
+        .renew(985, none, ((10_000, 100), true), None, "a new lease")
+        .await;
+    let reclaimed = Unspent {
+        gen: sixth.gen + 7,
+        ..sixth
+    };
+    twins
+        .renew(
+            990,
+            (reclaimed, 1),
+            ((10_000, 100), true),
+            None,
+            "an unknown generation",
+        )
+        .await;
+    assert!(!twins.fast, "reclaimed: handed on");
+    let (_, unthrottled) = twins
+        .renew(
+            995,
+            none,
+            ((100, 0), false),
+            None,
+            "a lease without the bucket",
+        )
+        .await;
+    let (_, plain) = twins
+        .renew(
+            1_000,
+            (unthrottled, 2),
+            ((100, 0), false),
+            None,
+            "renewed without it",
+        )
+        .await;
+    assert!(twins.fast, "without a bucket: the fast path");
+
+    // UpdateUsage starts a new epoch: the lease before it is handed on.
+    let mut set = twins.args(1_010);
+    set.set_to = 9;
+    twins.call("set", &set, "UpdateUsage").await;
+    let (_, small) = twins
+        .renew(
+            1_020,
+            (plain, 1),
+            ((100, 0), false),
+            None,
+            "the epoch before's",
+        )
+        .await;
+    assert!(!twins.fast, "another epoch: handed on");
+    assert_eq!(small.units, 1, "an eighth of what remains: {small:?}");
+    twins
+        .renew(1_030, (small, 0), ((100, 0), false), None, "near the limit")
+        .await;
+    assert!(!twins.fast, "no slice left to grant: handed on");
+
+    // Past the lifetime and the grace: a reclaim is due.
+    let late = 3_000 + micros(lease::RECLAIM_GRACE) / 1_000;
+    twins
+        .renew(
+            late,
+            (sixth, 1),
+            ((10_000, 50), true),
+            None,
+            "with a reclaim due",
+        )
+        .await;
+    assert!(!twins.fast, "a reclaim due: handed on");
+
+    // A counter of its own: a renewal with the clock behind the lease it
+    // gives back expires first, so Redis may reclaim it sooner ('hx').
+    let mut twins = Twins::start(&server, "behind", 1_000_000).await;
+    twins.call("decide", &decide, "decide").await;
+    let (_, lease) = twins
+        .renew(100, none, ((1_000, 10), true), None, "a lease")
+        .await;
+    twins
+        .renew(
+            50,
+            (lease, 1),
+            ((1_000, 10), true),
+            None,
+            "renewed, the clock behind",
+        )
+        .await;
+    assert!(twins.fast, "the clock behind: the fast path");
+}
+
 #[tokio::test]
 async fn a_report_on_the_fast_path_does_what_the_general_path_does() {
     let server = redis_server::Redis::start();
-    let client = redis::Client::open(server.url()).unwrap();
-    let mut twins = Twins {
-        scripts: [Script::new(SCRIPT), Script::new(&general_only())],
-        keys: ["t:{fast}".into(), "t:{general}".into()],
-        connection: client.get_multiplexed_async_connection().await.unwrap(),
-        quota: QuotaRule {
-            quota: Quota::new(1_000_000, QuotaPeriod::Day),
-            plan_created: 0,
-        },
-        start: Timestamp::now(),
-        calls: 0,
-    };
+    let mut twins = Twins::start(&server, "reports", 1_000_000).await;
     assert_ne!(SCRIPT, general_only(), "the fast path is cut out");
 
     // A counter, and a lease of it.
@@ -151,6 +431,7 @@ async fn a_report_on_the_fast_path_does_what_the_general_path_does() {
     // Reports the fast path takes: the record keeps older calls while one
     // is open, then drops them. One sent again answers as the first time.
     twins.report(10, lease, 3, NEW, "a report").await;
+    assert!(twins.fast, "a report: the fast path");
     let first = twins.calls;
     let open = (None, Some(first));
     twins
