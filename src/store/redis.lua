@@ -146,6 +146,18 @@ local function copy_ahead(ep, ps, u, l, rf, kt)
       < tonumber(ARGV[23])
 end
 
+-- `tokens` counted at `at` (µs), refilled at rate `r` up to now_us, never
+-- past `cap`: the tokens, and when they were counted.
+local function refill(tokens, at, r, cap)
+  if now_us > at then
+    if tokens < cap then
+      tokens = math.min(tokens + (now_us - at) / 1e6 * r, cap)
+    end
+    at = now_us
+  end
+  return tokens, at
+end
+
 -- Rollback. On one server Redis counts each replica's calls it applied
 -- under each marker (KEYS[3], field ARGV[39]: "<replica>:<marker>"), and
 -- the replica counts those Redis answered (ARGV[40]). Fewer applied than
@@ -303,27 +315,14 @@ if op == 'lease' and call > 0 and ret_metered and ret_gen > 0 and ret_pending ==
       tokens = burst
       local stored, at = tonumber(f[14]), tonumber(f[15])
       if ret_gt > 0 then
-        if stored and at and now_us > at then
-          local most = math.max(burst - out, 0)
-          if stored < most then
-            stored = math.min(stored + (now_us - at) / 1e6 * rate, most)
-          end
-          at = now_us
-        end
         if stored and at then
+          stored, at = refill(stored, at, rate, math.max(burst - out, 0))
           stored = tonumber(tostring(stored))
         end
         out, t = math.max(out - ret_gt, 0), math.max(t - ret_gt, 0)
       end
       if stored and at then
-        tokens, updated = stored, at
-        if now_us > at then
-          local most = math.max(burst - out, 0)
-          if tokens < most then
-            tokens = math.min(tokens + (now_us - at) / 1e6 * rate, most)
-          end
-          updated = now_us
-        end
+        tokens, updated = refill(stored, at, rate, math.max(burst - out, 0))
       end
       tokens = math.min(tokens + ret_t, math.max(burst - out, 0))
     end
@@ -474,11 +473,7 @@ local function refilled_bucket(b, r, most)
     return nil, nil
   end
   if now_us > updated then
-    local cap = bucket_cap(b, most)
-    if tokens < cap then
-      tokens = math.min(tokens + (now_us - updated) / 1e6 * r, cap)
-    end
-    updated = now_us
+    tokens, updated = refill(tokens, updated, r, bucket_cap(b, most))
   end
   return tokens, updated
 end

@@ -104,27 +104,12 @@ impl Twins {
         Args::new(UnixNanos::from(at), Some(&self.quota))
     }
 
-    /// A new lease at `ms` (nothing given back).
+    /// A new lease at `ms` (nothing given back, no bucket).
     async fn lease(&mut self, ms: i64, step: &str) -> Unspent {
-        self.calls += 1;
-        let mut args = self.args(ms);
-        args.known = true;
-        args.want = (10_000, 0);
-        args.record = RECORD.into();
-        args.lease_us = 1_000_000;
-        (args.call, args.oldest_open_call) = (self.calls, self.calls);
-        let answer = self.call("lease", &args, step).await;
-        let (_, start, _, _) = args.period.unwrap();
-        let lease = Unspent {
-            units: answer[3] as u64,
-            granted: answer[3] as u64,
-            cap: answer[9] as u64,
-            gen: answer[8] as u64,
-            period_start: start,
-            day: args.day,
-            epoch: answer[5] as u64,
-            ..Unspent::default()
-        };
+        let nothing = (Unspent::default(), 0);
+        let (_, lease) = self
+            .renew(ms, nothing, ((10_000, 0), false), None, step)
+            .await;
         assert!(lease.units > 0, "{step}: a lease was granted: {lease:?}");
         lease
     }
@@ -245,9 +230,11 @@ async fn a_renewal_on_the_fast_path_does_what_the_general_path_does() {
         args
     };
     twins.call("decide", &decide, "decide").await;
-    let (_, first) = twins
-        .renew(1, none, ((10_000, 400), true), None, "a first lease")
-        .await;
+    // What the leases ask for: units and tokens, with the bucket.
+    let (hot, warm) = (((10_000, 400), true), ((10_000, 100), true));
+    let (more, bare) = (((20_000, 300), true), ((100, 0), false));
+    let small_ask = ((1_000, 10), true);
+    let (_, first) = twins.renew(1, none, hot, None, "a first lease").await;
     assert!(first.units > 0 && first.tokens > 0, "{first:?}");
     assert!(!twins.fast, "nothing given back: the general path");
 
@@ -255,23 +242,11 @@ async fn a_renewal_on_the_fast_path_does_what_the_general_path_does() {
     // one whose record keeps another lease of the holder's (not emptied);
     // one with the clock a little behind the bucket's.
     let (_, second) = twins
-        .renew(
-            500,
-            (first, 50),
-            ((10_000, 400), true),
-            None,
-            "spent in part",
-        )
+        .renew(500, (first, 50), hot, None, "spent in part")
         .await;
     assert!(twins.fast, "spent in part: the fast path");
     let (answer, third) = twins
-        .renew(
-            900,
-            (second, 200),
-            ((20_000, 300), true),
-            None,
-            "spent more",
-        )
+        .renew(900, (second, 200), more, None, "spent more")
         .await;
     assert_eq!(answer[0], 0, "admitted: {answer:?}");
     assert!(twins.fast, "spent more: the fast path");
@@ -279,40 +254,22 @@ async fn a_renewal_on_the_fast_path_does_what_the_general_path_does() {
         .renew(910, none, ((5, 5), true), None, "another lease beside it")
         .await;
     let (_, fourth) = twins
-        .renew(
-            950,
-            (third, 0),
-            ((10_000, 100), true),
-            None,
-            "none spent, one kept",
-        )
+        .renew(950, (third, 0), warm, None, "none spent, one kept")
         .await;
     assert!(twins.fast, "none spent: the fast path");
     let (_, fifth) = twins
-        .renew(
-            940,
-            (fourth, 3),
-            ((10_000, 100), true),
-            None,
-            "the clock behind",
-        )
+        .renew(940, (fourth, 3), warm, None, "the clock behind")
         .await;
     assert!(twins.fast, "the clock behind: the fast path");
     twins
-        .renew(
-            960,
-            (extra, 5),
-            ((10_000, 100), true),
-            None,
-            "the other one back",
-        )
+        .renew(960, (extra, 5), warm, None, "the other one back")
         .await;
     assert!(twins.fast, "the other lease: the fast path");
 
     // Sent again: not applied twice.
     let again = Some(twins.calls);
     let (answer, _) = twins
-        .renew(970, (extra, 5), ((10_000, 100), true), again, "sent again")
+        .renew(970, (extra, 5), warm, again, "sent again")
         .await;
     assert_eq!(answer[0], 5, "settled as applied: {answer:?}");
 
@@ -328,40 +285,20 @@ async fn a_renewal_on_the_fast_path_does_what_the_general_path_does() {
         )
         .await;
     assert!(!twins.fast, "no grant: handed on");
-    let (_, sixth) = twins
-        .renew(985, none, ((10_000, 100), true), None, "a new lease")
-        .await;
+    let (_, sixth) = twins.renew(985, none, warm, None, "a new lease").await;
     let reclaimed = Unspent {
         gen: sixth.gen + 7,
         ..sixth
     };
     twins
-        .renew(
-            990,
-            (reclaimed, 1),
-            ((10_000, 100), true),
-            None,
-            "an unknown generation",
-        )
+        .renew(990, (reclaimed, 1), warm, None, "an unknown generation")
         .await;
     assert!(!twins.fast, "reclaimed: handed on");
     let (_, unthrottled) = twins
-        .renew(
-            995,
-            none,
-            ((100, 0), false),
-            None,
-            "a lease without the bucket",
-        )
+        .renew(995, none, bare, None, "a lease without the bucket")
         .await;
     let (_, plain) = twins
-        .renew(
-            1_000,
-            (unthrottled, 2),
-            ((100, 0), false),
-            None,
-            "renewed without it",
-        )
+        .renew(1_000, (unthrottled, 2), bare, None, "renewed without it")
         .await;
     assert!(twins.fast, "without a bucket: the fast path");
 
@@ -370,18 +307,12 @@ async fn a_renewal_on_the_fast_path_does_what_the_general_path_does() {
     set.set_to = 9;
     twins.call("set", &set, "UpdateUsage").await;
     let (_, small) = twins
-        .renew(
-            1_020,
-            (plain, 1),
-            ((100, 0), false),
-            None,
-            "the epoch before's",
-        )
+        .renew(1_020, (plain, 1), bare, None, "the epoch before's")
         .await;
     assert!(!twins.fast, "another epoch: handed on");
     assert_eq!(small.units, 1, "an eighth of what remains: {small:?}");
     twins
-        .renew(1_030, (small, 0), ((100, 0), false), None, "near the limit")
+        .renew(1_030, (small, 0), bare, None, "near the limit")
         .await;
     assert!(!twins.fast, "no slice left to grant: handed on");
 
@@ -402,17 +333,9 @@ async fn a_renewal_on_the_fast_path_does_what_the_general_path_does() {
     // gives back expires first, so Redis may reclaim it sooner ('hx').
     let mut twins = Twins::start(&server, "behind", 1_000_000).await;
     twins.call("decide", &decide, "decide").await;
-    let (_, lease) = twins
-        .renew(100, none, ((1_000, 10), true), None, "a lease")
-        .await;
+    let (_, lease) = twins.renew(100, none, small_ask, None, "a lease").await;
     twins
-        .renew(
-            50,
-            (lease, 1),
-            ((1_000, 10), true),
-            None,
-            "renewed, the clock behind",
-        )
+        .renew(50, (lease, 1), small_ask, None, "renewed, the clock behind")
         .await;
     assert!(twins.fast, "the clock behind: the fast path");
 }
