@@ -188,6 +188,9 @@ pub(crate) struct Leases {
     /// The slots being renewed, each with what wakes the requests waiting
     /// for its new lease.
     renewals: DashMap<Slot, Arc<tokio::sync::Notify>>,
+    /// The slots whose lease's report is on its way with requests waiting
+    /// for it, each with what wakes them once it is answered (or unsure).
+    reports: DashMap<Slot, Arc<tokio::sync::Notify>>,
     /// The last id given to a call on this replica's records in Redis.
     calls: AtomicU64,
     /// The last number given to a renewal.
@@ -322,7 +325,13 @@ impl Drop for PendingCall {
             // the two would not count it.
             let mut unsure = self.leases.unsure.lock();
             self.leases.sending.lock().remove(&call.call);
+            let report = matches!(call.kind, CallKind::Report(_)).then(|| call.slot.clone());
             unsure.push(call);
+            drop(unsure);
+            // Its requests waited long enough: they decide in Redis.
+            if let Some(slot) = report {
+                self.leases.report_over(&slot);
+            }
         }
     }
 }
@@ -469,6 +478,7 @@ impl Leases {
             current.unspent.reported = current.unspent.reported.saturating_sub(n);
             current.unspent.report_call = 0;
         });
+        self.report_over(slot);
     }
 
     /// A report Redis took: `n` more may be spent, if the lease is still
@@ -478,6 +488,48 @@ impl Leases {
             current.unspent.landed += n;
             current.unspent.report_call = 0;
         });
+        self.report_over(slot);
+    }
+
+    /// Waits until the report on its way of `slot`'s lease, if any, is
+    /// answered (or unsure): a request that found the lease spent (as far
+    /// as it may be spent unacknowledged) or expired then spends or renews
+    /// it, instead of a script call of its own while the report is out
+    /// (the lease cannot be renewed then, see
+    /// [`take_unspent`](Self::take_unspent)). `None` if none is on its way.
+    pub(crate) fn report_under_way(
+        self: &Arc<Self>,
+        slot: &Slot,
+    ) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+        if !self.report_pending(slot) {
+            return None;
+        }
+        let answered = self.reports.entry(slot.clone()).or_default().clone();
+        let (leases, slot) = (self.clone(), slot.clone());
+        Some(async move {
+            let notified = answered.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            // Answered before this waiter was registered: nothing to wait
+            // for (the answer is followed before the waiters are woken).
+            if leases.report_pending(&slot) {
+                notified.await;
+            }
+        })
+    }
+
+    /// Whether `slot`'s lease has a report on its way.
+    fn report_pending(&self, slot: &Slot) -> bool {
+        self.slots
+            .get(slot)
+            .is_some_and(|lease| lease.lock().unspent.pending() > 0)
+    }
+
+    /// Wakes the requests waiting for the report of `slot`'s lease.
+    fn report_over(&self, slot: &Slot) {
+        if let Some((_, answered)) = self.reports.remove(slot) {
+            answered.notify_waiters();
+        }
     }
 
     /// A report Redis took for a lease it had reclaimed: the lease is
@@ -491,6 +543,8 @@ impl Leases {
             current.unspent.report_call = 0;
             dropped.extend(take_held(slot, current));
         });
+        drop(dropped);
+        self.report_over(slot);
     }
 
     /// Runs `f` on the live lease of `slot` if it is (a later state of)

@@ -1100,14 +1100,25 @@ impl RedisStore {
     }
 }
 
+/// What a decision whose key's lease is spent (or expired) may still wait
+/// for before it calls the script itself: the lease's report on its way to
+/// land (after which the lease may be spent again, or renewed), then the
+/// lease's renewal by another request; each once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MayWait {
+    ForReportOrRenewal,
+    ForRenewal,
+    No,
+}
+
 impl RedisStore {
-    /// A decision; with `may_wait`, a request that finds its key's lease
-    /// spent while another request renews it waits for the new lease (once)
-    /// rather than call the script itself.
+    /// A decision; a request that finds its key's lease spent waits, as
+    /// `may_wait` allows, for the lease's report to land or for another
+    /// request's renewal, rather than call the script itself.
     fn decide_or_wait(
         &self,
         request: &DecisionRequest<'_>,
-        may_wait: bool,
+        may_wait: MayWait,
     ) -> StoreFuture<Decision> {
         // A quota Redis refused as spent: refused here, until a change.
         if let Some(refusal) = self.control.spent.refusal(request) {
@@ -1128,27 +1139,15 @@ impl RedisStore {
                 return StoreFuture::ready(Ok(decision));
             }
         }
-        if let (Some(leases), true) = (leases, may_wait) {
-            if let Some(renewed) = leases.renewal_under_way(&lease::slot_key(request)) {
-                let store = self.clone();
-                let (counter, quota, now) = (request.counter.clone(), request.quota, request.now);
-                let throttle = request
-                    .throttle
-                    .map(|rule| (rule.method.map(str::to_owned), rule.throttle));
-                return StoreFuture::boxed(async move {
-                    // At most the store's timeout, as a script call.
-                    let _ = tokio::time::timeout(store.timeout, renewed).await;
-                    let request = DecisionRequest {
-                        counter: &counter,
-                        throttle: throttle.as_ref().map(|(method, throttle)| ThrottleRule {
-                            method: method.as_deref(),
-                            throttle: *throttle,
-                        }),
-                        quota,
-                        now,
-                    };
-                    store.decide_or_wait(&request, false).await
-                });
+        if let (Some(leases), false) = (leases, may_wait == MayWait::No) {
+            let slot = lease::slot_key(request);
+            if let Some(renewed) = leases.renewal_under_way(&slot) {
+                return self.decide_after(request, renewed, MayWait::No);
+            }
+            if may_wait == MayWait::ForReportOrRenewal {
+                if let Some(answered) = leases.report_under_way(&slot) {
+                    return self.decide_after(request, answered, MayWait::ForRenewal);
+                }
             }
         }
         let mut args = Args::new(request.now, request.quota.as_ref());
@@ -1376,9 +1375,39 @@ impl RedisStore {
     }
 }
 
+impl RedisStore {
+    /// `request` decided once `waited` is over (at most the store's
+    /// timeout, as a script call), waiting then as `may_wait` allows.
+    fn decide_after(
+        &self,
+        request: &DecisionRequest<'_>,
+        waited: impl std::future::Future<Output = ()> + Send + 'static,
+        may_wait: MayWait,
+    ) -> StoreFuture<Decision> {
+        let store = self.clone();
+        let (counter, quota, now) = (request.counter.clone(), request.quota, request.now);
+        let throttle = request
+            .throttle
+            .map(|rule| (rule.method.map(str::to_owned), rule.throttle));
+        StoreFuture::boxed(async move {
+            let _ = tokio::time::timeout(store.timeout, waited).await;
+            let request = DecisionRequest {
+                counter: &counter,
+                throttle: throttle.as_ref().map(|(method, throttle)| ThrottleRule {
+                    method: method.as_deref(),
+                    throttle: *throttle,
+                }),
+                quota,
+                now,
+            };
+            store.decide_or_wait(&request, may_wait).await
+        })
+    }
+}
+
 impl CounterStore for RedisStore {
     fn decide(&self, request: &DecisionRequest<'_>) -> StoreFuture<Decision> {
-        self.decide_or_wait(request, true)
+        self.decide_or_wait(request, MayWait::ForReportOrRenewal)
     }
 
     fn refund(&self, request: &DecisionRequest<'_>) -> StoreFuture<()> {
