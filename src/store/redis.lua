@@ -295,13 +295,44 @@ if op == 'lease' and call > 0 and ret_metered and ret_gen > 0 and ret_pending ==
     whole = whole and x[i] ~= nil
   end
   local day_start = ret_day * 86400
+  local hx = tonumber(f[10])
+  local reclaim_due = hx and now_us >= hx
   if ep and ep == ret_epoch and f[2] == kind and ps and pe and ps <= day_start
       and day_start < pe and now < pe and whole and x[9] == ep and x[5] == ret_gen
-      and (not f[10] or now_us < tonumber(f[10])) and f[13] and f[5]
+      and f[13] and f[5]
       and (bf == '' or lf == bf .. ':l')
       and not string.find(f[12] or '', ',' .. call .. ':', 1, true) then
     if KEYS[3] and tonumber(ARGV[25] or 0) > 0 and copy_ahead(ep, ps, f[5], f[6], f[9], f[8]) then
       return { 6, '0', 0, 0, 0, 0, 0, -1, 0, 0, 0, { 0, -1, -1 } }
+    end
+    -- A reclaim due ('hx'): the general path reclaims any other record
+    -- that holds something and expired (plus the grace); if none did,
+    -- 'hx' becomes what reclaim() makes it, the earliest such expiry.
+    local clear, next_due = true, nil
+    if reclaim_due then
+      local names = {}
+      for _, name in ipairs(redis.call('HKEYS', k)) do
+        if string.sub(name, 1, 2) == 'h:' and name ~= rec_name then
+          names[#names + 1] = name
+        end
+      end
+      local records = #names > 0 and redis.call('HMGET', k, unpack(names)) or {}
+      for _, record in ipairs(records) do
+        local ro, ru, rt, re, rec_ep = string.match(record or '',
+          '^([^,]*),([^,]*),([^,]*),([^,]*),[^,]*,[^,]*,[^,]*,[^,]*,([^,]*),[^,]*,[^,]*$')
+        ro, ru, rt, re = tonumber(ro), tonumber(ru), tonumber(rt), tonumber(re)
+        if not (ro and ru and rt and re) then
+          clear = false
+        else
+          if tonumber(rec_ep) ~= ep then
+            ro, ru = 0, 0
+          end
+          if ro > 0 or ru > 0 or rt > 0 then
+            clear = clear and now_us < re + grace_us
+            next_due = math.min(next_due or re + grace_us, re + grace_us)
+          end
+        end
+      end
     end
     -- The lease comes back (give_back).
     local used = math.max(tonumber(f[5]) - ret_q, 0)
@@ -333,7 +364,13 @@ if op == 'lease' and call > 0 and ret_metered and ret_gen > 0 and ret_pending ==
     if bf ~= '' then
       t_take = math.min(want_t, math.floor((tokens - 1) / 2))
     end
-    if remaining >= 1 and q_take > 0 and (bf == '' or (tokens >= 1 and t_take > 0)) then
+    -- The holder's own record, if it still holds a lease after the
+    -- give-back, is one a reclaim looks at too.
+    if reclaim_due and (o > 0 or u > 0 or t > 0) then
+      clear = clear and now_us < x[4] + grace_us
+      next_due = math.min(next_due or x[4] + grace_us, x[4] + grace_us)
+    end
+    if clear and remaining >= 1 and q_take > 0 and (bf == '' or (tokens >= 1 and t_take > 0)) then
       used, remaining = used + 1 + q_take, remaining - 1 - q_take
       leased = leased + q_take
       if bf ~= '' then
@@ -353,8 +390,9 @@ if op == 'lease' and call > 0 and ret_metered and ret_gen > 0 and ret_pending ==
       end
       put(rec_name, string.format('%d,%d,%d,%d,%d,%d,%d,%d,%d,%s,%d', o, u, t, e, g, kk, pc, p,
         ep, tostring(rate), burst))
-      local due = tonumber(f[10])
-      if not due or e + grace_us < due then
+      if reclaim_due then
+        put('hx', math.min(next_due or e + grace_us, e + grace_us))
+      elseif not hx or e + grace_us < hx then
         put('hx', e + grace_us)
       end
       if bf ~= '' then

@@ -51,6 +51,8 @@ struct Twins {
     start: Timestamp,
     /// The last call id given.
     calls: u64,
+    /// The holder's record the calls name.
+    record: &'static str,
     /// Whether the last call took a fast path: the shipped script read no
     /// single field (`HGET`), which every general path does.
     fast: bool,
@@ -130,7 +132,7 @@ impl Twins {
             self.calls
         });
         let mut args = self.args(ms);
-        args.record = RECORD.into();
+        args.record = self.record.into();
         args.unspent = Unspent {
             units: 0,
             admitted: n,
@@ -161,6 +163,7 @@ impl Twins {
             },
             start: Timestamp::now(),
             calls: 0,
+            record: RECORD,
             fast: false,
         }
     }
@@ -188,7 +191,7 @@ impl Twins {
         }
         args.known = true;
         args.want = want;
-        args.record = RECORD.into();
+        args.record = self.record.into();
         args.lease_us = 1_000_000;
         args.unspent = Unspent {
             units: back.units.saturating_sub(spent),
@@ -338,6 +341,56 @@ async fn a_renewal_on_the_fast_path_does_what_the_general_path_does() {
         .renew(50, (lease, 1), small_ask, None, "renewed, the clock behind")
         .await;
     assert!(twins.fast, "the clock behind: the fast path");
+}
+
+#[tokio::test]
+async fn a_renewal_with_a_reclaim_due_takes_the_fast_path_unless_one_is_reclaimable() {
+    let server = redis_server::Redis::start();
+    let mut twins = Twins::start(&server, "due", 1_000_000).await;
+    let none = (Unspent::default(), 0);
+    let ask = ((10_000, 100), true);
+    let decide = {
+        let mut args = twins.args(0);
+        throttled(&mut args);
+        args
+    };
+    twins.call("decide", &decide, "decide").await;
+    // A reclaim is due from 1,350 ms (the first lease's expiry and grace).
+    let (_, first) = twins.renew(100, none, ask, None, "a lease").await;
+    let (_, second) = twins.renew(500, (first, 5), ask, None, "renewed").await;
+    assert!(twins.fast, "renewed: the fast path");
+    // Another holder's lease, live until 1,950 ms; another of this
+    // holder's, which keeps its record live until 1,860 ms.
+    const OTHER: &str = "h:fedcba9876543210:";
+    twins.record = OTHER;
+    let (_, theirs) = twins.renew(700, none, ask, None, "another holder's").await;
+    twins.record = RECORD;
+    let (_, beside) = twins.renew(610, none, ask, None, "one beside it").await;
+    twins
+        .renew(1_400, (second, 5), ask, None, "a reclaim due, none to make")
+        .await;
+    assert!(twins.fast, "nothing to reclaim: the fast path");
+    // The other holder renews (live until 3,050 ms); this holder's record
+    // (the lease renewed at 1,400 ms) expires at 2,400 ms.
+    twins.record = OTHER;
+    twins
+        .renew(1_800, (theirs, 1), ask, None, "theirs renewed")
+        .await;
+    twins.record = RECORD;
+    let (_, again) = twins
+        .renew(2_700, (beside, 1), ask, None, "its own record to reclaim")
+        .await;
+    assert!(!twins.fast, "its own record to reclaim: handed on");
+    twins
+        .renew(
+            3_200,
+            (again, 1),
+            ask,
+            None,
+            "the other holder's to reclaim",
+        )
+        .await;
+    assert!(!twins.fast, "a record to reclaim: handed on");
 }
 
 #[tokio::test]
