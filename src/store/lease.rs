@@ -1216,6 +1216,47 @@ mod tests {
         assert_eq!(taken.unspent.units, 8);
     }
 
+    /// Requests admitted from the slot's lease, `n` more.
+    fn admit(leases: &Leases, n: u64) {
+        leases.slots.get(&slot()).unwrap().lock().unspent.admitted += n;
+    }
+
+    /// A request that finds the lease spent while its report is on its
+    /// way (the lease cannot be renewed then) waits for the report's
+    /// answer, or for the report to become unsure, instead of a script
+    /// call of its own.
+    #[tokio::test]
+    async fn a_request_waits_for_the_report_on_its_way() {
+        let guard = Duration::from_secs(30);
+        let leases = Arc::new(Leases::new(LeaseConfig::default()));
+        grant(&leases, 0, 8, 8);
+        assert!(leases.report_under_way(&slot()).is_none(), "none out");
+        admit(&leases, 4);
+        let report = leases.take_unreported().pop().expect("a report");
+        assert!(leases.take_unspent(&slot(), (8, 8)).is_none(), "out");
+        let waiter = tokio::spawn(leases.report_under_way(&slot()).expect("out"));
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "waits while the report is out");
+        leases.landed(&report.slot, &report.lease, 4);
+        tokio::time::timeout(guard, waiter)
+            .await
+            .expect("woken once it landed")
+            .unwrap();
+        assert!(leases.report_under_way(&slot()).is_none(), "none out");
+
+        // One that fails (unsure from then on) wakes them too.
+        admit(&leases, 2);
+        let report = leases.take_unreported().pop().expect("a report");
+        let on_its_way = PendingCall::new(&leases, report);
+        let waiter = tokio::spawn(leases.report_under_way(&slot()).expect("out"));
+        tokio::task::yield_now().await;
+        drop(on_its_way);
+        tokio::time::timeout(guard, waiter)
+            .await
+            .expect("woken once unsure")
+            .unwrap();
+    }
+
     /// A renewal's new lease is kept, and before the renewal is dropped
     /// (`Renewal::keep` keeps, then drops) another request starts the
     /// next one: that one stays under way, and its lease stays counted.
