@@ -417,10 +417,12 @@ end
 if op == 'forget' then
   -- The key left the plan: its counts and history go, but for the epoch,
   -- which moves on so that no lease of the counter as it was (the caller
-  -- revokes them on every replica) is ever spent or given back into it.
+  -- revokes them on every replica) is ever spent or given back into it
+  -- ('fe': a lease of an older epoch given back later counts nothing, see
+  -- give_back).
   local next_epoch = (tonumber(redis.call('HGET', k, 'ep')) or 0) + 1
   redis.call('DEL', k)
-  redis.call('HSET', k, 'ep', next_epoch)
+  redis.call('HSET', k, 'ep', next_epoch, 'fe', next_epoch)
   redis.call('EXPIRE', k, ttl)
   return next_epoch
 end
@@ -740,11 +742,19 @@ local function give_back()
   -- as much as a field read: once, not at each use).
   local rd = 'd:' .. ret_day .. ':'
   local p = redis.call('HMGET', k, 'ps', 'pe', 'used', 'leased', 'stale', rd .. 'w',
-    'carry', 'rf', 'kt')
+    'carry', 'rf', 'kt', 'fe')
   -- The replica's copy saw more (see "Rollback"): nothing is taken back,
   -- and the call is refused.
   if KEYS[3] and tonumber(ARGV[25] or 0) > 0 and copy_ahead(epoch, p[1], p[3], p[4], p[8], p[9]) then
     return 'behind'
+  end
+  -- A lease of the counter as it was before its key left the plan: what
+  -- it held and admitted went with that counter's counts and history.
+  -- (Recorded on today's record, its admissions were counted again by the
+  -- new counter's first period: 97 of a quota of 100 admitted after the
+  -- key was added back, in a test run under load.)
+  if ret_epoch < (tonumber(p[10]) or 0) then
+    return false
   end
   local t = ret_day * 86400
   local in_period = p[1] and tonumber(p[1]) <= t and t < tonumber(p[2])
