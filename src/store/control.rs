@@ -76,6 +76,11 @@ pub(crate) struct Control {
     /// Since when (ms) this replica has had no subscription; 0 while it
     /// has one.
     deaf_since_ms: AtomicI64,
+    /// When (ms) a request last waited [`until_current`](Self::until_current)'s
+    /// whole limit in vain, or went on without waiting since (see
+    /// [`waited_out_lately`](Self::waited_out_lately)); 0 once a beat of its
+    /// own came back.
+    waited_out_ms: AtomicI64,
     /// The quotas this replica knows are spent: forgotten on every
     /// announcement that may have changed them.
     pub(crate) spent: SpentKeys,
@@ -128,6 +133,7 @@ impl Control {
             own_until_ms: AtomicI64::new(0),
             beat: Notify::new(),
             deaf_since_ms: AtomicI64::new(now_us() / 1_000),
+            waited_out_ms: AtomicI64::new(0),
             spent: SpentKeys::default(),
         }
     }
@@ -151,7 +157,7 @@ impl Control {
     /// Returns once this replica [`is_current`](Self::is_current), or after
     /// `limit`.
     pub(crate) async fn until_current(&self, limit: Duration) {
-        let _ = tokio::time::timeout(limit, async {
+        let waited = tokio::time::timeout(limit, async {
             loop {
                 let beat = self.beat.notified();
                 if self.is_current() {
@@ -161,6 +167,32 @@ impl Control {
             }
         })
         .await;
+        if waited.is_err() && !self.is_current() {
+            self.waited_out_ms
+                .store(now_us() / 1_000, Ordering::Release);
+        }
+    }
+
+    /// Whether a request of this replica waited for it to be current in
+    /// vain less than a registration's length ago (or went on without
+    /// waiting since, which keeps it so): Redis is frozen or unreachable,
+    /// and the replica, running all along, has been deciding by its failure
+    /// policy. The next request need not wait a whole limit again. A
+    /// replica that was paused itself finds the last one too old and waits
+    /// (a beat of its own comes back within 100 ms when Redis is fine).
+    pub(crate) fn waited_out_lately(&self) -> bool {
+        let now_ms = now_us() / 1_000;
+        let at = self.waited_out_ms.load(Ordering::Acquire);
+        let lately = at != 0 && (0..REGISTRATION.as_millis() as i64).contains(&(now_ms - at));
+        if lately {
+            let _ = self.waited_out_ms.compare_exchange(
+                at,
+                now_ms,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+        }
+        lately
     }
 
     /// The leases this replica holds from now on.
@@ -403,6 +435,7 @@ impl Control {
                     return false;
                 }
                 self.own_until_ms.store(until_ms, Ordering::Release);
+                self.waited_out_ms.store(0, Ordering::Release);
                 self.beat.notify_waiters();
                 {
                     if let Some(leases) = self.leases() {

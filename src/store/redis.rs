@@ -305,6 +305,14 @@ impl RedisStore {
         self.control.until_current(limit).await;
     }
 
+    /// Whether a wait [`until_registry_current`](Self::until_registry_current)
+    /// ran out less than a second ago, with the replica running since: the
+    /// next request need not wait again.
+    #[cfg_attr(not(feature = "gateway"), allow(dead_code))]
+    pub(crate) fn waited_out_lately(&self) -> bool {
+        self.control.waited_out_lately()
+    }
+
     /// Gives every lease's unspent units and tokens back (call it on
     /// shutdown).
     ///
@@ -1949,6 +1957,16 @@ fn restore(fields: &HashMap<String, String>, now_us: i64) -> Counter {
     )
 }
 
+// A test support file, written for the integration tests.
+#[cfg(test)]
+#[allow(unreachable_pub)]
+#[path = "../../tests/support/redis_server.rs"]
+mod redis_server;
+
 #[cfg(test)]
 #[path = "redis_script_tests.rs"]
 mod script_tests;
+
+#[cfg(test)]
+#[path = "redis_control_tests.rs"]
+mod control_tests;

@@ -11,10 +11,7 @@ use redis::AsyncCommands;
 use super::*;
 use crate::model::Quota;
 
-// A test support file, written for the integration tests.
-#[allow(unreachable_pub)]
-#[path = "../../tests/support/redis_server.rs"]
-mod redis_server;
+use super::redis_server;
 
 /// The holder's record of the leases (`h:<16 characters>:<bucket>`).
 const RECORD: &str = "h:0123456789abcdef:";
