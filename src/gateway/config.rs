@@ -635,15 +635,12 @@ impl GatewayConfig {
     }
 }
 
-/// The file, with its `[[plans]]` read apart from their `keys`.
 /// The first item that comes again, if any.
 fn first_repeat<'a>(items: impl Iterator<Item = &'a str>) -> Option<&'a str> {
     let mut seen = std::collections::HashSet::new();
     items.into_iter().find(|item| !seen.insert(*item))
 }
 
-/// A region name as AWS spells them: lower-case letters, digits and `-`
-/// (`us-east-1`); what a credential scope must then match exactly.
 /// The regions of [`REGION_ENV`]: set, it names at least one (blank, it
 /// would silently accept every region); an empty entry before another
 /// (`r1,,r2`) is a mistake; a trailing comma is fine.
@@ -657,6 +654,8 @@ fn region_list(list: &str) -> Result<Vec<String>, String> {
     }
 }
 
+/// A region name as AWS spells them: lower-case letters, digits and `-`
+/// (`us-east-1`); what a credential scope must then match exactly.
 fn check_region(region: &str) -> Result<(), String> {
     if region.is_empty()
         || !region
