@@ -158,6 +158,21 @@ local function refill(tokens, at, r, cap)
   return tokens, at
 end
 
+-- A holder's record as stored (see rec_get): its first nine numbers (units
+-- held, most kept, tokens, expiry, generation, kept units, cap out,
+-- reported, epoch), or nil unless it has all eleven fields.
+local function record_numbers(s)
+  local x = { string.match(s or '',
+    '^([^,]*),([^,]*),([^,]*),([^,]*),([^,]*),([^,]*),([^,]*),([^,]*),([^,]*),[^,]*,[^,]*$') }
+  for i = 1, 9 do
+    x[i] = tonumber(x[i])
+    if x[i] == nil then
+      return nil
+    end
+  end
+  return x
+end
+
 -- Rollback. On one server Redis counts each replica's calls it applied
 -- under each marker (KEYS[3], field ARGV[39]: "<replica>:<marker>"), and
 -- the replica counts those Redis answered (ARGV[40]). Fewer applied than
@@ -271,8 +286,9 @@ end
 -- A lease renewed, the common case: the lease given back is of the
 -- counter's epoch and period and of today, with nothing of it reported and
 -- unacknowledged, from the holder's record of that epoch and generation,
--- no reclaim due, the call not applied before, and the request admitted
--- with a new slice granted. One read and one write of the counter's hash
+-- no record to reclaim (a reclaim due with none to make only moves 'hx'),
+-- the call not applied before, and the request admitted with a new slice
+-- granted. One read and one write of the counter's hash
 -- do exactly what the rest of the script does for it (give_back, reclaim,
 -- the decision, the grant, done_put, record; src/store/redis_script_tests.rs
 -- runs both on the same calls). Renewals cost a leasing replica's Redis
@@ -287,18 +303,12 @@ if op == 'lease' and call > 0 and ret_metered and ret_gen > 0 and ret_pending ==
   local f = redis.call('HMGET', k, 'ep', 'pk', 'ps', 'pe', 'used', 'leased', 'allow', 'kt', 'rf',
     'hx', rec_name, done_f, du, bf .. ':t', bf .. ':u', lf)
   local ep, ps, pe = tonumber(f[1]), tonumber(f[3]), tonumber(f[4])
-  local x = { string.match(f[11] or '',
-    '^([^,]*),([^,]*),([^,]*),([^,]*),([^,]*),([^,]*),([^,]*),([^,]*),([^,]*),[^,]*,[^,]*$') }
-  local whole = true
-  for i = 1, 9 do
-    x[i] = tonumber(x[i])
-    whole = whole and x[i] ~= nil
-  end
+  local x = record_numbers(f[11])
   local day_start = ret_day * 86400
   local hx = tonumber(f[10])
   local reclaim_due = hx and now_us >= hx
   if ep and ep == ret_epoch and f[2] == kind and ps and pe and ps <= day_start
-      and day_start < pe and now < pe and whole and x[9] == ep and x[5] == ret_gen
+      and day_start < pe and now < pe and x and x[9] == ep and x[5] == ret_gen
       and f[13] and f[5]
       and (bf == '' or lf == bf .. ':l')
       and not string.find(f[12] or '', ',' .. call .. ':', 1, true) then
@@ -318,18 +328,15 @@ if op == 'lease' and call > 0 and ret_metered and ret_gen > 0 and ret_pending ==
       end
       local records = #names > 0 and redis.call('HMGET', k, unpack(names)) or {}
       for _, record in ipairs(records) do
-        local ro, ru, rt, re, rec_ep = string.match(record or '',
-          '^([^,]*),([^,]*),([^,]*),([^,]*),[^,]*,[^,]*,[^,]*,[^,]*,([^,]*),[^,]*,[^,]*$')
-        ro, ru, rt, re = tonumber(ro), tonumber(ru), tonumber(rt), tonumber(re)
-        if not (ro and ru and rt and re) then
+        local r = record_numbers(record)
+        if not r then
           clear = false
         else
-          if tonumber(rec_ep) ~= ep then
-            ro, ru = 0, 0
-          end
-          if ro > 0 or ru > 0 or rt > 0 then
-            clear = clear and now_us < re + grace_us
-            next_due = math.min(next_due or re + grace_us, re + grace_us)
+          -- Units of another epoch ended with it (tokens did not).
+          local held = r[3] > 0 or (r[9] == ep and (r[1] > 0 or r[2] > 0))
+          if held then
+            clear = clear and now_us < r[4] + grace_us
+            next_due = math.min(next_due or r[4] + grace_us, r[4] + grace_us)
           end
         end
       end

@@ -1147,13 +1147,14 @@ impl RedisStore {
                 return StoreFuture::ready(Ok(decision));
             }
         }
-        if let (Some(leases), false) = (leases, may_wait == MayWait::No) {
-            let slot = lease::slot_key(request);
-            if let Some(renewed) = leases.renewal_under_way(&slot) {
+        // The lease's slot, once: this request goes on without a lease.
+        let leased = leases.map(|leases| (leases, lease::slot_key(request)));
+        if let (Some((leases, key)), false) = (&leased, may_wait == MayWait::No) {
+            if let Some(renewed) = leases.renewal_under_way(key) {
                 return self.decide_after(request, renewed, MayWait::No);
             }
             if may_wait == MayWait::ForReportOrRenewal {
-                if let Some(answered) = leases.report_under_way(&slot) {
+                if let Some(answered) = leases.report_under_way(key) {
                     return self.decide_after(request, answered, MayWait::ForRenewal);
                 }
             }
@@ -1161,8 +1162,7 @@ impl RedisStore {
         let mut args = Args::new(request.now, request.quota.as_ref());
         let mut op = "decide";
         let (mut slot, mut pending) = (None, None);
-        if let Some(leases) = leases {
-            let key = lease::slot_key(request);
+        if let Some((leases, key)) = leased {
             args.want = leases.want(&key, args.now_us);
             // A lease with a report on its way is not given back here: this
             // request is decided without one.

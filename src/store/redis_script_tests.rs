@@ -165,6 +165,13 @@ impl Twins {
         }
     }
 
+    /// The counter's first decision, at the start, with the bucket.
+    async fn first_decision(&mut self) {
+        let mut args = self.args(0);
+        throttled(&mut args);
+        self.call("decide", &args, "decide").await;
+    }
+
     /// A lease taken at `ms` (with the bucket's tokens when `bucket`),
     /// asking for `want`, giving back `back` of which `spent` requests
     /// were admitted (as many units and tokens spent): the answer, and the
@@ -224,12 +231,7 @@ async fn a_renewal_on_the_fast_path_does_what_the_general_path_does() {
     let server = redis_server::Redis::start();
     let mut twins = Twins::start(&server, "renewals", 1_000_000).await;
     let none = (Unspent::default(), 0);
-    let decide = {
-        let mut args = twins.args(0);
-        throttled(&mut args);
-        args
-    };
-    twins.call("decide", &decide, "decide").await;
+    twins.first_decision().await;
     // What the leases ask for: units and tokens, with the bucket.
     let (hot, warm) = (((10_000, 400), true), ((10_000, 100), true));
     let (more, bare) = (((20_000, 300), true), ((100, 0), false));
@@ -332,7 +334,7 @@ async fn a_renewal_on_the_fast_path_does_what_the_general_path_does() {
     // A counter of its own: a renewal with the clock behind the lease it
     // gives back expires first, so Redis may reclaim it sooner ('hx').
     let mut twins = Twins::start(&server, "behind", 1_000_000).await;
-    twins.call("decide", &decide, "decide").await;
+    twins.first_decision().await;
     let (_, lease) = twins.renew(100, none, small_ask, None, "a lease").await;
     twins
         .renew(50, (lease, 1), small_ask, None, "renewed, the clock behind")
@@ -346,12 +348,7 @@ async fn a_renewal_with_a_reclaim_due_takes_the_fast_path_unless_one_is_reclaima
     let mut twins = Twins::start(&server, "due", 1_000_000).await;
     let none = (Unspent::default(), 0);
     let ask = ((10_000, 100), true);
-    let decide = {
-        let mut args = twins.args(0);
-        throttled(&mut args);
-        args
-    };
-    twins.call("decide", &decide, "decide").await;
+    twins.first_decision().await;
     // A reclaim is due from 1,350 ms (the first lease's expiry and grace).
     let (_, first) = twins.renew(100, none, ask, None, "a lease").await;
     let (_, second) = twins.renew(500, (first, 5), ask, None, "renewed").await;
