@@ -1458,3 +1458,73 @@ async fn today_usage(
         .await
         .unwrap()[0]
 }
+
+/// A round's reports go to Redis together on one server: one script call
+/// carries up to 32 keys' reports (a report alone cost Redis a whole
+/// call), and GetUsage then counts every request each key admitted.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rounds_reports_go_to_redis_together() {
+    use std::time::Duration;
+    use store_suite::{decide, rule};
+    use support::redis_server::Redis;
+    use tower_usage_plans::store::{CounterKey, CounterStore, LeaseConfig, Verdict};
+    use tower_usage_plans::QuotaPeriod;
+
+    const KEYS: usize = 40;
+    const REQUESTS: u64 = 20;
+    const QUOTA: u64 = 1_000_000;
+    let redis = Redis::start();
+    let prefix = unique_prefix();
+    // Leases that outlive the test: the round reports, it gives nothing back.
+    let config = LeaseConfig {
+        ttl: Duration::from_secs(60),
+        ..LeaseConfig::default()
+    };
+    let store = store_suite::store_at(&redis.url(), &prefix)
+        .await
+        .with_leases(config);
+    store.until_leasing().await;
+    store.recover_if_emptied().await.unwrap();
+    let quota = rule(QUOTA, QuotaPeriod::Day);
+    let now = jiff::Timestamp::now;
+    let counters: Vec<CounterKey> = (0..KEYS)
+        .map(|i| CounterKey::new("plan", &format!("key-{i}")))
+        .collect();
+    for counter in &counters {
+        for _ in 0..REQUESTS {
+            let decision = decide(&store, counter, None, Some(quota), now()).await;
+            assert_eq!(decision.verdict, Verdict::Admitted);
+        }
+    }
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    store.give_back_expired_leases().await.unwrap();
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let calls: usize = stats
+        .split("cmdstat_evalsha:calls=")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap());
+    assert!(
+        (1..=KEYS.div_ceil(32)).contains(&calls),
+        "{KEYS} keys' reports in {calls} script calls"
+    );
+    let today = now().to_zoned(jiff::tz::TimeZone::UTC).date();
+    for counter in &counters {
+        let days = store
+            .usage(counter, Some(&quota), now(), today, today)
+            .await
+            .unwrap();
+        assert_eq!(days, vec![[REQUESTS, QUOTA - REQUESTS]], "{counter:?}");
+    }
+}

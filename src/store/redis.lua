@@ -140,10 +140,11 @@ end
 -- leased, plus kept, and the epoch, in the period starting at ARGV[9]) saw
 -- more than the counter holds, given its epoch, period start, used, leased,
 -- 'rf' and 'kt' as stored (see "Rollback").
+local copy_used, copy_epoch, copy_start = ARGV[23], ARGV[25], ARGV[9]
 local function copy_ahead(ep, ps, u, l, rf, kt)
-  return tonumber(ep) == tonumber(ARGV[25]) and tonumber(ps) == tonumber(ARGV[9])
+  return tonumber(ep) == tonumber(copy_epoch) and tonumber(ps) == tonumber(copy_start)
     and (tonumber(u) or 0) - (tonumber(l) or 0) + (tonumber(kt) or 0) + (tonumber(rf) or 0)
-      < tonumber(ARGV[23])
+      < tonumber(copy_used)
 end
 
 -- `tokens` counted at `at` (µs), refilled at rate `r` up to now_us, never
@@ -204,6 +205,12 @@ if KEYS[3] then
     end
   elseif short and (op == 'return' or op == 'report' or op == 'settle') then
     return { 6 }
+  elseif short and op == 'reports' then
+    local refused = {}
+    for i = 1, (#ARGV - 40) / 10 do
+      refused[i] = { 6 }
+    end
+    return refused
   end
 end
 -- The holder's calls applied (as done_get below reads them), with the
@@ -246,7 +253,9 @@ end
 -- back as stored. Reports are most of a leasing replica's calls. Any
 -- other call goes on below.
 -- fast report: begin
-if op == 'report' and call > 0 and ret_n > 0 and ret_q == 0 and ret_metered and ret_gen > 0 then
+-- The common report (k, call, ret_n, ret_epoch, ret_gen, ret_day, rec_name,
+-- done_f as set): its answer, or nil (nothing written) when it is not.
+local function fast_report()
   local rd = 'd:' .. ret_day .. ':'
   local f = redis.call('HMGET', k, 'ep', 'ps', 'pe', 'used', 'leased', 'rf', 'hx', rec_name,
     done_f, rd .. 'u', rd .. 'r', 'kt')
@@ -259,7 +268,7 @@ if op == 'report' and call > 0 and ret_n > 0 and ret_q == 0 and ret_metered and 
       and tonumber(rep) == ep and tonumber(g) == ret_gen
       and (not f[7] or now_us < tonumber(f[7])) and f[10]
       and not string.find(f[9] or '', ',' .. call .. ':', 1, true) then
-    if KEYS[3] and tonumber(ARGV[25] or 0) > 0 and copy_ahead(ep, ps, f[4], f[5], f[6], f[12]) then
+    if KEYS[3] and tonumber(copy_epoch or 0) > 0 and copy_ahead(ep, ps, f[4], f[5], f[6], f[12]) then
       return { 6 }
     end
     o = math.max(tonumber(o) - ret_n, 0)
@@ -281,6 +290,42 @@ if op == 'report' and call > 0 and ret_n > 0 and ret_q == 0 and ret_metered and 
     local kt = tonumber(f[12]) or 0
     return { 0, tonumber(f[4]), leased, ep, ps, kt, math.max(leased - kt - o, 0), on_day }
   end
+end
+if op == 'report' and call > 0 and ret_n > 0 and ret_q == 0 and ret_metered and ret_gen > 0 then
+  local answer = fast_report()
+  if answer then
+    return answer
+  end
+end
+-- "reports": a replica's reports of many leases in one call, on one server.
+-- KEYS[1] and KEYS[4], KEYS[5], ... the counters (KEYS[2] and KEYS[3] as
+-- for any call), ARGV 1-40 as for any call, then ten per report: the
+-- call's id, the requests it reports, the lease's epoch, generation, the
+-- day it was granted on, the holder's record, its grant time (µs), and the
+-- replica's copy of the counter (ARGV[23], ARGV[25], ARGV[9]). Each
+-- answer is a report's, or empty: not the common report, nothing written,
+-- for the replica to send alone. One whose copy is ahead (6) stops the
+-- rest, answered empty.
+if op == 'reports' then
+  local answers, stop = {}, false
+  for i = 1, (#ARGV - 40) / 10 do
+    local a = 40 + (i - 1) * 10
+    local answer
+    call, ret_n = tonumber(ARGV[a + 1]) or 0, tonumber(ARGV[a + 2]) or 0
+    ret_epoch, ret_gen = tonumber(ARGV[a + 3]) or 0, tonumber(ARGV[a + 4]) or 0
+    if not stop and call > 0 and ret_n > 0 and ret_gen > 0 then
+      k = KEYS[i == 1 and 1 or i + 2]
+      ret_day, rec_name = tonumber(ARGV[a + 5]) or 0, ARGV[a + 6]
+      done_f, done_s = 'hd' .. string.sub(rec_name, 2), nil
+      now_us = tonumber(ARGV[a + 7])
+      now = math.floor(now_us / 1e6)
+      copy_used, copy_epoch, copy_start = ARGV[a + 8], ARGV[a + 9], ARGV[a + 10]
+      answer = fast_report()
+    end
+    answers[i] = answer or {}
+    stop = stop or (answer ~= nil and answer[1] == 6)
+  end
+  return answers
 end
 -- fast report: end
 -- A lease renewed, the common case: the lease given back is of the

@@ -29,6 +29,9 @@ use crate::limit::period::{self, DAY_SECS};
 use crate::limit::{quota_state, Bucket, Counter};
 use crate::model::QuotaPeriod;
 
+#[path = "redis_reports.rs"]
+mod reports;
+
 const SCRIPT: &str = include_str!("redis.lua");
 /// The script's answer to a decision: verdict (3: the counter vanished),
 /// tokens, remaining, leased units and tokens, epoch, used, allowance, the
@@ -483,14 +486,17 @@ impl RedisStore {
     /// their units stayed counted, or uncounted after Redis lost its data.)
     async fn take_back(&self, leases: &Arc<Leases>, calls: Vec<PendingCall>) -> Result<()> {
         let failed = std::sync::atomic::AtomicBool::new(false);
-        let sent = futures_util::stream::iter(calls).map(|call| {
+        let sent = futures_util::stream::iter(self.batched(calls)).map(|calls| {
             let failed = &failed;
             async move {
                 if failed.load(std::sync::atomic::Ordering::Relaxed) {
                     // Dropped: sent again with the next round.
                     return Ok(());
                 }
-                let result = self.send(leases, call).await;
+                let result = match calls {
+                    Batched::Alone(call) => self.send(leases, *call).await,
+                    Batched::Reports(batch) => self.send_reports(leases, batch).await,
+                };
                 if result.is_err() {
                     failed.store(true, std::sync::atomic::Ordering::Relaxed);
                 }
@@ -499,6 +505,26 @@ impl RedisStore {
         });
         let results: Vec<Result<()>> = sent.buffer_unordered(REPORTS_IN_FLIGHT).collect().await;
         results.into_iter().collect()
+    }
+
+    /// `calls` as they go to Redis: on one server the reports
+    /// [`batchable`](reports::batchable) go [`REPORTS_PER_CALL`](reports::REPORTS_PER_CALL)
+    /// to a script call, the rest alone.
+    fn batched(&self, calls: Vec<PendingCall>) -> Vec<Batched> {
+        let batches = reports::batches_on(&self.connection);
+        let (reports, alone): (Vec<_>, Vec<_>) = calls
+            .into_iter()
+            .partition(|call| batches && call.call().is_some_and(reports::batchable));
+        let mut out: Vec<Batched> = alone
+            .into_iter()
+            .map(|call| Batched::Alone(Box::new(call)))
+            .collect();
+        let mut reports = reports.into_iter().peekable();
+        while reports.peek().is_some() {
+            let batch: Vec<_> = reports.by_ref().take(reports::REPORTS_PER_CALL).collect();
+            out.push(Batched::Reports(batch));
+        }
+        out
     }
 
     /// Sends `pending` (its script call) and follows the answer.
@@ -887,6 +913,7 @@ impl Connection {
 }
 
 /// The script's arguments after the operation name.
+#[derive(Clone)]
 struct Args {
     now_us: i64,
     now: i64,
@@ -1577,6 +1604,12 @@ const RESTORES_PER_LOSS: usize = 5;
 /// How long a replica that knows no marker waits for the other replicas'
 /// when Redis has none (they restore, then set one) before it sets one.
 const UNSET_MARKER_WAIT: Duration = Duration::from_secs(3);
+/// A give-back or report sent alone, or reports sent together.
+enum Batched {
+    Alone(Box<PendingCall>),
+    Reports(Vec<PendingCall>),
+}
+
 /// Lease reports (and give-backs) one replica keeps in flight.
 const REPORTS_IN_FLIGHT: usize = 64;
 /// The script's answer to a call Redis refused because it applied fewer of

@@ -121,9 +121,21 @@ impl Twins {
         ms: i64,
         lease: Unspent,
         n: u64,
-        (call, oldest): (Option<u64>, Option<u64>),
+        calls: (Option<u64>, Option<u64>),
         step: &str,
     ) -> Vec<i64> {
+        let args = self.report_args(ms, lease, n, calls);
+        self.call("report", &args, step).await
+    }
+
+    /// The arguments of [`report`](Self::report).
+    fn report_args(
+        &mut self,
+        ms: i64,
+        lease: Unspent,
+        n: u64,
+        (call, oldest): (Option<u64>, Option<u64>),
+    ) -> Args {
         let call = call.unwrap_or_else(|| {
             self.calls += 1;
             self.calls
@@ -136,7 +148,23 @@ impl Twins {
             ..lease
         };
         (args.call, args.oldest_open_call) = (call, oldest.unwrap_or(call));
-        self.call("report", &args, step).await
+        args
+    }
+
+    /// `op` with `args` by one script (0: as shipped, 1: the general
+    /// path) on its counter, unwatched: the answer's numbers.
+    async fn alone(&mut self, script: usize, op: &str, args: &Args) -> Vec<i64> {
+        args.invocation(&self.scripts[script], &self.keys[script], None, op)
+            .invoke_async(&mut self.connection)
+            .await
+            .unwrap()
+    }
+
+    /// Both counters, field for field.
+    async fn counters(&mut self) -> [HashMap<String, String>; 2] {
+        let fast = self.connection.hgetall(&self.keys[0]).await.unwrap();
+        let general = self.connection.hgetall(&self.keys[1]).await.unwrap();
+        [fast, general]
     }
 }
 
@@ -453,4 +481,115 @@ async fn a_report_on_the_fast_path_does_what_the_general_path_does() {
     twins
         .report(late + 10, renewed, 1, NEW, "after the reclaim")
         .await;
+}
+
+/// Reports of `reports` (each a counter's twins and a report's arguments)
+/// sent together by the shipped script, then alone those it hands back, and
+/// each alone by the general path: the answers (the first call's as
+/// well) and the counters must be alike. Which went together.
+async fn reports_together(reports: &mut [(&mut Twins, Args)], step: &str) -> Vec<bool> {
+    let answers = sent_together(reports).await;
+    assert_eq!(answers.len(), reports.len(), "{step}: an answer each");
+    let mut together = Vec::new();
+    for ((twins, args), answer) in reports.iter_mut().zip(answers) {
+        together.push(!answer.is_empty());
+        let answer = match answer.is_empty() {
+            true => twins.alone(0, "report", args).await,
+            false => answer,
+        };
+        let general = twins.alone(1, "report", args).await;
+        assert_eq!(answer, general, "{step}: the answers differ");
+        let [fast, general] = twins.counters().await;
+        assert_eq!(fast, general, "{step}: the counters differ");
+    }
+    together
+}
+
+/// The shipped script's answers to a `"reports"` call of `reports`,
+/// watched as on one server (Redis applied none of the replica's calls it
+/// did not answer).
+async fn sent_together(reports: &mut [(&mut Twins, Args)]) -> Vec<Vec<i64>> {
+    let recovery = Recovery::new("t:");
+    let watch = Watch {
+        marker: Arc::from("m"),
+        field: Arc::from("replica:m"),
+        answered: 0,
+    };
+    let batch: Vec<reports::Report> = reports
+        .iter()
+        .map(|(twins, args)| reports::Report {
+            key: twins.keys[0].clone(),
+            args: args.clone(),
+        })
+        .collect();
+    let mut connection = reports[0].0.connection.clone();
+    reports::invocation(&reports[0].0.scripts[0], &batch, &recovery, &watch)
+        .invoke_async(&mut connection)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn reports_sent_together_do_what_each_does_alone() {
+    let server = redis_server::Redis::start();
+    let mut counters = Vec::new();
+    for name in ["one", "two", "three"] {
+        let mut twins = Twins::start(&server, &format!("together-{name}"), 1_000_000).await;
+        let decide = twins.args(0);
+        twins.call("decide", &decide, "decide").await;
+        let lease = twins.lease(1, "lease").await;
+        counters.push((twins, lease));
+    }
+    let [(one, lease_one), (two, lease_two), (three, lease_three)] = &mut counters[..] else {
+        unreachable!()
+    };
+
+    // The common reports, one of each counter's lease (each its call 2,
+    // as a replica sends them: the holder's oldest open call shared).
+    let oldest = (None, Some(2));
+    let reports = [
+        one.report_args(10, *lease_one, 3, oldest),
+        two.report_args(11, *lease_two, 1, oldest),
+        // More than a second after the first: a clock of its own.
+        three.report_args(1_200, *lease_three, 7, oldest),
+    ];
+    let sent_again = reports[0].clone();
+    let [a, b, c] = reports;
+    let together = reports_together(&mut [(one, a), (two, b), (three, c)], "three reports").await;
+    assert_eq!(together, [true, true, true]);
+
+    // Handed back, to go alone: one sent again (applied once), one of a
+    // lease Redis reclaimed; the common one after them still goes.
+    let reclaimed = Unspent {
+        gen: lease_two.gen + 1,
+        ..*lease_two
+    };
+    let b = two.report_args(20, reclaimed, 2, oldest);
+    let c = three.report_args(1_210, *lease_three, 4, oldest);
+    let together = reports_together(
+        &mut [(one, sent_again), (two, b), (three, c)],
+        "one sent again, one reclaimed",
+    )
+    .await;
+    assert_eq!(together, [false, false, true]);
+
+    // A replica's copy ahead of the counter (Redis went back to older
+    // data): that report is refused (6) and the ones after it handed
+    // back, nothing written.
+    let before = [one.counters().await, three.counters().await];
+    let first = two.report_args(1_220, *lease_two, 1, oldest);
+    let mut ahead = one.report_args(1_230, *lease_one, 1, oldest);
+    ahead.seen = Some(Seen {
+        period: ahead.stored_period().unwrap(),
+        used: 1_000_000,
+        allow: -1,
+        epoch: lease_one.epoch,
+        others: 0,
+        today: (0, 0),
+    });
+    let next = three.report_args(1_240, *lease_three, 1, oldest);
+    let answers = sent_together(&mut [(two, first), (one, ahead), (three, next)]).await;
+    assert_eq!(answers[0][0], 0, "the first applied: {answers:?}");
+    assert_eq!(answers[1..], [vec![ROLLED_BACK], vec![]]);
+    assert_eq!(before, [one.counters().await, three.counters().await]);
 }
