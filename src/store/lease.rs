@@ -11,6 +11,7 @@ use parking_lot::Mutex;
 
 use super::{CounterKey, Decision, DecisionRequest, QuotaRule, QuotaState, ThrottleState, Verdict};
 use crate::model::Throttle;
+use crate::prehashed::{Prehashed, SlotHashed};
 
 /// How big and how long-lived leases are.
 ///
@@ -167,11 +168,11 @@ pub(crate) struct Leases {
     pub(crate) config: LeaseConfig,
     /// This replica's name in the holders' records in Redis.
     holder: Box<str>,
-    slots: DashMap<(CounterKey, Box<str>), Mutex<Lease>>,
+    slots: DashMap<Slot, Mutex<Lease>, SlotHashed>,
     /// Per counter, the epoch below which leases are revoked: a lease of an
     /// older epoch that arrives late (granted before the revocation, kept
     /// after it) is never spent.
-    revoked_below: DashMap<CounterKey, u64>,
+    revoked_below: DashMap<CounterKey, u64, Prehashed>,
     /// Leases taken out of use (revoked or replaced) whose unspent units,
     /// tokens and unreported spending still go back to Redis.
     dropped: Mutex<Vec<(Slot, Lease)>>,
@@ -184,13 +185,13 @@ pub(crate) struct Leases {
     /// What the next lease of a slot whose lease expired and went back
     /// asks for (see [`want`](Self::want)), and when that was (Unix µs):
     /// without it the key's next lease asks for one unit again.
-    rates: DashMap<Slot, ((u64, u64), i64)>,
+    rates: DashMap<Slot, ((u64, u64), i64), SlotHashed>,
     /// The slots being renewed, each with what wakes the requests waiting
     /// for its new lease.
-    renewals: DashMap<Slot, Arc<tokio::sync::Notify>>,
+    renewals: DashMap<Slot, Arc<tokio::sync::Notify>, SlotHashed>,
     /// The slots whose lease's report is on its way with requests waiting
     /// for it, each with what wakes them once it is answered (or unsure).
-    reports: DashMap<Slot, Arc<tokio::sync::Notify>>,
+    reports: DashMap<Slot, Arc<tokio::sync::Notify>, SlotHashed>,
     /// The last id given to a call on this replica's records in Redis.
     calls: AtomicU64,
     /// The last number given to a renewal.

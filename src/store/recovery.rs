@@ -25,6 +25,7 @@ use super::lease::Leases;
 use super::redis::Connection;
 use super::CounterKey;
 use crate::model::QuotaPeriod;
+use crate::prehashed::Prehashed;
 
 /// A quota period as Redis stores it: kind, start and end (Unix seconds).
 pub(crate) type Period = (QuotaPeriod, i64, i64);
@@ -72,7 +73,7 @@ pub(crate) struct Seen {
 /// The counters a replica saw, and the marker it knows Redis by.
 #[derive(Debug)]
 pub(crate) struct Recovery {
-    pub(crate) seen: DashMap<CounterKey, Seen>,
+    pub(crate) seen: DashMap<CounterKey, Seen, Prehashed>,
     pub(crate) prefix: String,
     pub(crate) marker_key: String,
     /// Redis's count of each replica's calls applied under each marker
@@ -98,7 +99,7 @@ pub(crate) struct Recovery {
     pub(crate) leases: Option<Arc<Leases>>,
     /// The latest epoch of each counter this replica's copy followed when
     /// it put the counter back (see `put_back` in redis.rs).
-    pub(crate) restored: DashMap<CounterKey, u64>,
+    pub(crate) restored: DashMap<CounterKey, u64, Prehashed>,
     /// Every counter Redis held was read once (see `learn::some`).
     scanned_once: std::sync::atomic::AtomicBool,
     /// How many times this replica put counters back after Redis lost its
@@ -147,7 +148,7 @@ pub(crate) enum Marker {
 impl Recovery {
     pub(crate) fn new(prefix: &str) -> Self {
         Self {
-            seen: DashMap::new(),
+            seen: DashMap::default(),
             prefix: prefix.to_owned(),
             marker_key: format!("{prefix}{{ctl}}:marker"),
             writes_key: format!("{prefix}{{ctl}}:writes"),
@@ -158,7 +159,7 @@ impl Recovery {
             scan: Mutex::new(Scan::default()),
             in_flight: tokio::sync::RwLock::new(()),
             leases: None,
-            restored: DashMap::new(),
+            restored: DashMap::default(),
             scanned_once: std::sync::atomic::AtomicBool::new(false),
             losses: std::sync::atomic::AtomicU64::new(0),
         }

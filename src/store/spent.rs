@@ -29,6 +29,7 @@ use dashmap::DashMap;
 
 use super::{CounterKey, Decision, DecisionRequest, QuotaRule, Verdict};
 use crate::limit::{quota_state, Bucket};
+use crate::prehashed::Prehashed;
 
 /// The longest a remembered refusal stands without asking Redis again.
 pub(crate) const REMEMBERED_FOR: Duration = Duration::from_secs(1);
@@ -54,7 +55,7 @@ pub(crate) struct Spent {
 /// The spent quotas one replica remembers.
 #[derive(Debug, Default)]
 pub(crate) struct SpentKeys {
-    spent: DashMap<CounterKey, Spent>,
+    spent: DashMap<CounterKey, Spent, Prehashed>,
     /// How many times entries were forgotten: a refusal Redis made before
     /// a forget, and remembered after it, would outlive the change.
     forgets: AtomicU64,
