@@ -23,7 +23,7 @@ use super::{
     CounterKey, CounterStore, DayUsage, Decision, DecisionRequest, QuotaRule, StoreFuture,
     ThrottleRule, Verdict,
 };
-use crate::clock::to_nanos;
+use crate::clock::{to_nanos, Clock, SystemClock};
 use crate::error::{Error, ErrorKind, Result};
 use crate::limit::period::{self, DAY_SECS};
 use crate::limit::{quota_state, Bucket, Counter};
@@ -1167,7 +1167,9 @@ impl RedisStore {
         }
         // The wall clock, once: whether this replica hears revocations, and
         // whether a lease outlived its time whatever the request's clock.
-        let wall_us = Timestamp::now().as_microsecond();
+        // The layer's own wall clock (the CPU's counter, set by the system
+        // clock every 250 ms), not a system call's worth per request.
+        let wall_us = SystemClock.now_nanos().get() / 1_000;
         let leases = self.leases.as_ref().filter(|l| l.active_at(wall_us));
         if let Some(leases) = leases {
             if let Some(decision) = leases.try_spend(request, request.now.get() / 1_000, wall_us) {
