@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Instructions Redis spends on one "report" call of src/store/redis.lua (a
 # lease's report of one admitted request, on a counter with a quota and a
-# live lease), and on one renewal (a "lease" call giving back a live lease
+# live lease), on one report in a "reports" call (32 counters' reports in
+# one call, as a replica sends a round's reports on one server), and on one
+# renewal (a "lease" call giving back a live lease
 # and taking the next), counted by valgrind's callgrind around redis-server: unlike
 # wall-clock timings, a busy machine does not move them. Run it before and
 # after a change to the script.
@@ -30,9 +32,14 @@ callgrind_control -d $server >/dev/null
 callgrind_control -z $server >/dev/null
 python3 benches/script_calls.py "$sha" renew "$calls" | redis-cli -p $port --pipe >/dev/null
 callgrind_control -d $server >/dev/null
+callgrind_control -z $server >/dev/null
+python3 benches/script_calls.py "$sha" reports $((calls / 32 + 1)) | redis-cli -p $port --pipe >/dev/null
+callgrind_control -d $server >/dev/null
 redis-cli -p $port shutdown nosave >/dev/null 2>&1 || true
 wait $server || true
 reports=$(grep -h '^summary:' "$work"/cg.*.1 | awk '{print $2}')
 renewals=$(grep -h '^summary:' "$work"/cg.*.2 | awk '{print $2}')
+together=$(grep -h '^summary:' "$work"/cg.*.3 | awk '{print $2}')
 echo "instructions a report call: $((reports / calls))"
+echo "instructions a report in a \"reports\" call: $((together / ((calls / 32 + 1) * 32)))"
 echo "instructions a renewal call: $((renewals / calls))"

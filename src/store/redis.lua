@@ -142,9 +142,9 @@ end
 -- 'rf' and 'kt' as stored (see "Rollback").
 local copy_used, copy_epoch, copy_start = ARGV[23], ARGV[25], ARGV[9]
 local function copy_ahead(ep, ps, u, l, rf, kt)
-  return tonumber(ep) == tonumber(copy_epoch) and tonumber(ps) == tonumber(copy_start)
+  return tonumber(ep) == copy_epoch + 0 and tonumber(ps) == copy_start + 0
     and (tonumber(u) or 0) - (tonumber(l) or 0) + (tonumber(kt) or 0) + (tonumber(rf) or 0)
-      < tonumber(copy_used)
+      < copy_used + 0
 end
 
 -- `tokens` counted at `at` (µs), refilled at rate `r` up to now_us, never
@@ -213,6 +213,8 @@ if KEYS[3] then
     return refused
   end
 end
+-- The holder's oldest call still open.
+local oldest_open = tonumber(ARGV[36]) or 0
 -- The holder's calls applied (as done_get below reads them), with the
 -- call `call` recorded as applied (replacing what it recorded before),
 -- the newest last. Kept: the calls from the holder's oldest still
@@ -222,11 +224,11 @@ end
 -- open, each of which would otherwise be settled as never applied, and
 -- what it gave back counted twice.
 local function done_record(q, t, g, c, ep, a)
-  local kept, oldest = {}, tonumber(ARGV[36]) or 0
+  local kept = {}
   for e in string.gmatch(done_s or redis.call('HGET', k, done_f) or '', ',[^,]+') do
     local id, at = string.match(e, '^,(%d+):.*:(%d+)$')
     id = tonumber(id)
-    if id ~= call and id >= oldest and tonumber(at) > now - 60 then
+    if id ~= call and id >= oldest_open and tonumber(at) > now - 60 then
       kept[#kept + 1] = e
     end
   end
@@ -259,36 +261,49 @@ local function fast_report()
   local rd = 'd:' .. ret_day .. ':'
   local f = redis.call('HMGET', k, 'ep', 'ps', 'pe', 'used', 'leased', 'rf', 'hx', rec_name,
     done_f, rd .. 'u', rd .. 'r', 'kt')
-  local ep, ps, pe, t = tonumber(f[1]) or 0, tonumber(f[2]), tonumber(f[3]), ret_day * 86400
+  -- Numbers read once each ('x + 0': one conversion, where tonumber
+  -- makes two), the fields the common report needs being there.
+  if not (f[2] and f[3] and f[4] and f[10]) then
+    return nil
+  end
+  local ep, ps, pe, t = f[1] and f[1] + 0 or 0, f[2] + 0, f[3] + 0, ret_day * 86400
   -- The holder's record (see rec_get): units held, and the rest of it as
-  -- stored; most kept, tokens, generation, kept units, cap out, epoch.
-  local o, rest, u, tk, g, kk, pc, rep = string.match(f[8] or '',
-    '^([^,]*)(,([^,]*),([^,]*),[^,]*,([^,]*),([^,]*),([^,]*),[^,]*,([^,]*),[^,]*,[^,]*)$')
-  if tonumber(o) and ps and pe and ps <= t and t < pe and f[4] and ret_epoch == ep
+  -- stored; generation and epoch (the other fields only to tell whether
+  -- it empties).
+  local o, rest, g, rep = string.match(f[8] or '',
+    '^([^,]*)(,[^,]*,[^,]*,[^,]*,([^,]*),[^,]*,[^,]*,[^,]*,([^,]*),[^,]*,[^,]*)$')
+  o = tonumber(o)
+  if o and ps <= t and t < pe and ret_epoch == ep
       and tonumber(rep) == ep and tonumber(g) == ret_gen
-      and (not f[7] or now_us < tonumber(f[7])) and f[10]
+      and (not f[7] or now_us < f[7] + 0)
       and not string.find(f[9] or '', ',' .. call .. ':', 1, true) then
-    if KEYS[3] and tonumber(copy_epoch or 0) > 0 and copy_ahead(ep, ps, f[4], f[5], f[6], f[12]) then
+    local used, leased, kt = f[4] + 0, f[5] and f[5] + 0 or 0, tonumber(f[12]) or 0
+    if KEYS[3] and tonumber(copy_epoch or 0) > 0 and copy_ahead(ep, ps, used, leased, f[6], kt) then
       return { 6 }
     end
-    o = math.max(tonumber(o) - ret_n, 0)
-    local leased = math.max((tonumber(f[5]) or 0) - ret_n, 0)
+    o = math.max(o - ret_n, 0)
+    leased = math.max(leased - ret_n, 0)
     done_s = f[9] or ''
-    local writes = { 'leased', leased, done_f, done_record(0, 0, 0, 0, 0, 0) }
+    local on_day = f[10] + ret_n
+    local writes = { 'leased', leased, done_f, done_record(0, 0, 0, 0, 0, 0), rd .. 'u', on_day }
     if f[11] then
-      writes[#writes + 1], writes[#writes + 2] = rd .. 'r', math.max(tonumber(f[11]) - ret_n, 0)
+      writes[#writes + 1], writes[#writes + 2] = rd .. 'r', math.max(f[11] - ret_n, 0)
     end
-    if o <= 0 and (tonumber(u) or 0) <= 0 and (tonumber(tk) or 0) <= 0
-        and (tonumber(kk) or 0) <= 0 and (tonumber(pc) or 0) <= 0 then
+    -- Emptied: nothing held, kept, out or still to reclaim on it either.
+    local empty = o <= 0
+    if empty then
+      local u, tk, _, _, kk, pc = string.match(rest, '^,([^,]*),([^,]*),([^,]*),([^,]*),([^,]*),([^,]*)')
+      empty = (tonumber(u) or 0) <= 0 and (tonumber(tk) or 0) <= 0
+        and (tonumber(kk) or 0) <= 0 and (tonumber(pc) or 0) <= 0
+    end
+    if empty then
       redis.call('HDEL', k, rec_name)
     else
       writes[#writes + 1], writes[#writes + 2] = rec_name, string.format('%d', o) .. rest
     end
-    local on_day = redis.call('HINCRBY', k, rd .. 'u', ret_n)
     redis.call('HSET', k, unpack(writes))
     redis.call('EXPIRE', k, ttl)
-    local kt = tonumber(f[12]) or 0
-    return { 0, tonumber(f[4]), leased, ep, ps, kt, math.max(leased - kt - o, 0), on_day }
+    return { 0, used, leased, ep, ps, kt, math.max(leased - kt - o, 0), on_day }
   end
 end
 if op == 'report' and call > 0 and ret_n > 0 and ret_q == 0 and ret_metered and ret_gen > 0 then
@@ -311,13 +326,14 @@ if op == 'reports' then
   for i = 1, (#ARGV - 40) / 10 do
     local a = 40 + (i - 1) * 10
     local answer
-    call, ret_n = tonumber(ARGV[a + 1]) or 0, tonumber(ARGV[a + 2]) or 0
-    ret_epoch, ret_gen = tonumber(ARGV[a + 3]) or 0, tonumber(ARGV[a + 4]) or 0
+    -- (The replica sends numbers: 'x + 0' converts once, tonumber twice.)
+    call, ret_n = ARGV[a + 1] + 0, ARGV[a + 2] + 0
+    ret_epoch, ret_gen = ARGV[a + 3] + 0, ARGV[a + 4] + 0
     if not stop and call > 0 and ret_n > 0 and ret_gen > 0 then
       k = KEYS[i == 1 and 1 or i + 2]
-      ret_day, rec_name = tonumber(ARGV[a + 5]) or 0, ARGV[a + 6]
+      ret_day, rec_name = ARGV[a + 5] + 0, ARGV[a + 6]
       done_f, done_s = 'hd' .. string.sub(rec_name, 2), nil
-      now_us = tonumber(ARGV[a + 7])
+      now_us = ARGV[a + 7] + 0
       now = math.floor(now_us / 1e6)
       copy_used, copy_epoch, copy_start = ARGV[a + 8], ARGV[a + 9], ARGV[a + 10]
       answer = fast_report()
