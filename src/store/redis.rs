@@ -559,18 +559,24 @@ impl RedisStore {
         };
         if let (Some(watch), [ROLLED_BACK]) = (&watch, &answer[..]) {
             // Redis went back to older data (or lost it): the call was
-            // not applied (kept, as for a counter gone), and what every
-            // replica saw goes back first.
-            recover(
-                &self.recovery,
-                &self.control,
-                &mut connection,
-                &self.script,
-                Some(&watch.marker),
-            )
-            .await
-            .map_err(|e| store_error("restore", e))?;
+            // not applied (kept, as for a counter gone).
+            self.rolled_back(&mut connection, watch).await?;
         }
+        Ok(())
+    }
+
+    /// A give-back or report found Redis gone back to older data under
+    /// `watch`'s marker: what every replica saw goes back first.
+    async fn rolled_back(&self, connection: &mut Connection, watch: &Watch) -> Result<()> {
+        recover(
+            &self.recovery,
+            &self.control,
+            connection,
+            &self.script,
+            Some(&watch.marker),
+        )
+        .await
+        .map_err(|e| store_error("restore", e))?;
         Ok(())
     }
 
@@ -627,10 +633,7 @@ impl RedisStore {
                 again
             })
             .await;
-        let sent = futures_util::stream::iter(calls)
-            .map(|call| async move { self.send(leases, call).await });
-        let results: Vec<Result<()>> = sent.buffer_unordered(REPORTS_IN_FLIGHT).collect().await;
-        results.into_iter().collect()
+        self.send_each(leases, calls).await
     }
 
     /// Follows Redis's `answer` to `call`: the copy, and the lease's

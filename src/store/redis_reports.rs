@@ -13,8 +13,8 @@ use futures_util::StreamExt;
 use redis::{Script, ScriptInvocation};
 
 use super::{
-    call_args, recover, store_error, within, Args, CallKind, Connection, Leases, PendingCall,
-    RedisStore, Unsure, REPORTS_IN_FLIGHT, ROLLED_BACK,
+    call_args, store_error, within, Args, CallKind, Connection, Leases, PendingCall, RedisStore,
+    Unsure, REPORTS_IN_FLIGHT, ROLLED_BACK,
 };
 use crate::error::Result;
 use crate::store::recovery::{Recovery, Watch};
@@ -130,23 +130,17 @@ impl RedisStore {
             }
         }
         if rolled_back {
-            // As for a report alone (see `send`): Redis went back to older
-            // data, and what every replica saw goes back first.
-            recover(
-                &self.recovery,
-                &self.control,
-                &mut connection,
-                &self.script,
-                Some(&watch.marker),
-            )
-            .await
-            .map_err(|e| store_error("restore", e))?;
+            self.rolled_back(&mut connection, &watch).await?;
         }
         self.send_each(leases, alone).await
     }
 
     /// Sends each of `calls` alone, `REPORTS_IN_FLIGHT` at a time.
-    async fn send_each(&self, leases: &Arc<Leases>, calls: Vec<PendingCall>) -> Result<()> {
+    pub(super) async fn send_each(
+        &self,
+        leases: &Arc<Leases>,
+        calls: Vec<PendingCall>,
+    ) -> Result<()> {
         let sent = futures_util::stream::iter(calls).map(|call| self.send(leases, call));
         let results: Vec<Result<()>> = sent.buffer_unordered(REPORTS_IN_FLIGHT).collect().await;
         results.into_iter().collect()
