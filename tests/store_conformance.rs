@@ -1399,6 +1399,37 @@ async fn todays_used_count_survives_redis_losing_its_data() {
     );
 }
 
+/// GetUsage after a replica is gone and Redis lost its data: today's used
+/// count keeps what the gone replica admitted and reported, which the
+/// other replica read in its rounds (it never decided the key). (Before:
+/// [[0, 0]] after 10 of 10 admitted through the replica now gone; found by
+/// a black-box pass.)
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn todays_used_count_of_a_gone_replica_survives_redis_losing_its_data() {
+    use store_suite::rule;
+    use tower_usage_plans::store::CounterKey;
+    use tower_usage_plans::QuotaPeriod::Day;
+
+    const QUOTA: u64 = 10;
+    let (redis, first, second) = two_leasing_replicas().await;
+    let counter = CounterKey::new("plan", "gone-today");
+    let rule = rule(QUOTA, Day);
+    assert_eq!(admit_n(&first, &counter, Some(rule), QUOTA).await, QUOTA);
+    // Stopped as the gateway stops: everything reported and given back.
+    first.give_back_leases().await.unwrap();
+    drop(first);
+    // The other replica's round (the gateway's, every 200 ms) reads the
+    // counter.
+    second.recover_if_emptied().await.unwrap();
+    flushall(&redis).await;
+    assert!(
+        second.recover_if_emptied().await.unwrap(),
+        "the loss is found"
+    );
+    assert_eq!(today_usage(&second, &counter, &rule).await, [QUOTA, 0]);
+}
+
 /// Two leasing replicas on a Redis of their own, each knowing its marker.
 #[cfg(feature = "redis")]
 async fn two_leasing_replicas() -> (

@@ -15,6 +15,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use super::recovery::{Recovery, Seen};
 use super::redis::{copied, counter_key, Connection};
 use super::CounterKey;
+use crate::limit::period::DAY_SECS;
 use crate::model::QuotaPeriod;
 
 /// The most keys one call reads (a round of the gateway, every 200 ms)
@@ -132,6 +133,7 @@ type Fields = (
     Option<u64>,
     Option<u64>,
     Option<u64>,
+    Option<u64>,
 );
 
 /// Reads `counter` again into its copy (another replica changed it by
@@ -155,18 +157,26 @@ async fn copy(
     replace: bool,
 ) -> redis::RedisResult<()> {
     let now = jiff::Timestamp::now().as_second();
+    // Today's record of admitted requests (GetUsage's used count), which
+    // a restore puts back with the counter: read too, or what another
+    // replica admitted today (and reported) goes from it once that
+    // replica is gone and Redis loses its data.
+    let today = now.div_euclid(DAY_SECS);
+    let today_field = format!("d:{today}:u");
     let counters = keys
         .into_iter()
         .filter_map(|key| Some((counter_of(&recovery.prefix, &key)?, key)));
     let fields: Vec<_> = futures_util::stream::iter(counters)
         .map(|(counter, key)| {
             let mut connection = connection.clone();
+            let today_field = &today_field;
             async move {
                 let fields: Fields = connection
                     .query(
                         redis::cmd("HMGET")
                             .arg(&key)
-                            .arg(&["pk", "ps", "pe", "used", "allow", "ep", "leased", "kt"][..]),
+                            .arg(&["pk", "ps", "pe", "used", "allow", "ep", "leased", "kt"][..])
+                            .arg(today_field),
                     )
                     .await?;
                 Ok::<_, redis::RedisError>((counter, fields))
@@ -175,7 +185,7 @@ async fn copy(
         .buffer_unordered(IN_FLIGHT)
         .try_collect()
         .await?;
-    for (counter, (kind, start, end, used, allow, epoch, leased, kept)) in fields {
+    for (counter, (kind, start, end, used, allow, epoch, leased, kept, on_day)) in fields {
         let (Some(kind), Some(start), Some(end)) =
             (kind.and_then(|k| k.parse::<QuotaPeriod>().ok()), start, end)
         else {
@@ -194,14 +204,19 @@ async fn copy(
             epoch: epoch.unwrap_or(0),
             // (Not known here: whose the leased units are.)
             others: 0,
-            today: (0, 0),
+            today: (today, on_day.unwrap_or(0)),
         };
         match replace {
             true => {
                 recovery.seen.insert(counter, seen);
             }
             false => {
-                recovery.saw(counter, seen.period, (seen.used, seen.allow, seen.epoch));
+                recovery.saw(
+                    counter.clone(),
+                    seen.period,
+                    (seen.used, seen.allow, seen.epoch),
+                );
+                recovery.saw_today(&counter, today, seen.today.1);
             }
         }
     }
