@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 
 use super::{CounterKey, Decision, DecisionRequest, QuotaRule, QuotaState, ThrottleState, Verdict};
 use crate::model::Throttle;
-use crate::prehashed::{Prehashed, SlotHashed};
+use crate::prehashed::Prehashed;
 
 /// How big and how long-lived leases are.
 ///
@@ -339,6 +339,32 @@ impl Drop for PendingCall {
 
 /// A lease per counter and bucket (plan-wide or one method's).
 pub(crate) type Slot = (CounterKey, Box<str>);
+
+/// Hashes a [`Slot`]: the counter key's own hash (written with
+/// `write_u64`) with the bucket name's bytes mixed in (FNV-1a; names come
+/// from the plan's configuration, not from clients), the plan-wide
+/// bucket's empty name in one step. No SipHash on a leased request.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct SlotHasher(u64);
+
+impl std::hash::Hasher for SlotHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = (self.0 ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn write_u64(&mut self, hash: u64) {
+        self.0 ^= hash;
+    }
+}
+
+/// Maps keyed by [`Slot`].
+pub(crate) type SlotHashed = std::hash::BuildHasherDefault<SlotHasher>;
 
 pub(crate) fn slot_key(request: &DecisionRequest<'_>) -> Slot {
     let bucket = request.throttle.and_then(|t| t.method).unwrap_or("");
@@ -1064,6 +1090,20 @@ mod tests {
 
     fn slot() -> Slot {
         (CounterKey::new("plan", "key"), "".into())
+    }
+
+    #[test]
+    fn a_slot_hash_tells_counters_and_buckets_apart() {
+        use std::hash::BuildHasher;
+        let hash = |counter: &CounterKey, bucket: &str| {
+            SlotHashed::default().hash_one((counter.clone(), Box::<str>::from(bucket)))
+        };
+        let (a, b) = (CounterKey::new("plan", "a"), CounterKey::new("plan", "b"));
+        assert_eq!(hash(&a, ""), hash(&CounterKey::new("plan", "a"), ""));
+        assert_ne!(hash(&a, ""), hash(&b, ""));
+        assert_ne!(hash(&a, ""), hash(&a, "/pets/GET"));
+        assert_ne!(hash(&a, "/pets/GET"), hash(&a, "/pets/PUT"));
+        assert_ne!(hash(&a, "/pets/GET"), hash(&b, "/pets/GET"));
     }
 
     /// A lease of `units` and `tokens` granted at `granted_us`.
