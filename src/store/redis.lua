@@ -216,7 +216,7 @@ if KEYS[3] then
   end
 end
 -- The holder's oldest call still open.
-local oldest_open = tonumber(ARGV[36]) or 0
+local oldest_open = ARGV[36] + 0
 -- The holder's calls applied (as done_get below reads them), with the
 -- call `call` recorded as applied (replacing what it recorded before),
 -- the newest last. Kept: the calls from the holder's oldest still
@@ -263,8 +263,7 @@ local function fast_report()
   local rd = 'd:' .. ret_day .. ':'
   local f = redis.call('HMGET', k, 'ep', 'ps', 'pe', 'used', 'leased', 'rf', 'hx', rec_name,
     done_f, rd .. 'u', rd .. 'r', 'kt')
-  -- Numbers read once each ('x + 0': one conversion, where tonumber
-  -- makes two), the fields the common report needs being there.
+  -- The fields the common report needs, each number read once.
   if not (f[2] and f[3] and f[4] and f[10]) then
     return nil
   end
@@ -328,13 +327,12 @@ if op == 'reports' then
   for i = 1, (#ARGV - 40) / 10 do
     local a = 40 + (i - 1) * 10
     local answer
-    -- (The replica sends numbers: 'x + 0' converts once, tonumber twice.)
     call, ret_n = ARGV[a + 1] + 0, ARGV[a + 2] + 0
     ret_epoch, ret_gen = ARGV[a + 3] + 0, ARGV[a + 4] + 0
     if not stop and call > 0 and ret_n > 0 and ret_gen > 0 then
       k = KEYS[i == 1 and 1 or i + 2]
       ret_day, rec_name = ARGV[a + 5] + 0, ARGV[a + 6]
-      done_f, done_s = 'hd' .. string.sub(rec_name, 2), nil
+      done_f = 'hd' .. string.sub(rec_name, 2)
       now_us = ARGV[a + 7] + 0
       now = math.floor(now_us / 1e6)
       copy_used, copy_epoch, copy_start = ARGV[a + 8], ARGV[a + 9], ARGV[a + 10]

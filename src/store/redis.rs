@@ -494,8 +494,8 @@ impl RedisStore {
                     return Ok(());
                 }
                 let result = match calls {
-                    Batched::Alone(call) => self.send(leases, *call).await,
-                    Batched::Reports(batch) => self.send_reports(leases, batch).await,
+                    reports::Batched::Alone(call) => self.send(leases, *call).await,
+                    reports::Batched::Reports(batch) => self.send_reports(leases, batch).await,
                 };
                 if result.is_err() {
                     failed.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -505,26 +505,6 @@ impl RedisStore {
         });
         let results: Vec<Result<()>> = sent.buffer_unordered(REPORTS_IN_FLIGHT).collect().await;
         results.into_iter().collect()
-    }
-
-    /// `calls` as they go to Redis: on one server the reports
-    /// [`batchable`](reports::batchable) go [`REPORTS_PER_CALL`](reports::REPORTS_PER_CALL)
-    /// to a script call, the rest alone.
-    fn batched(&self, calls: Vec<PendingCall>) -> Vec<Batched> {
-        let batches = reports::batches_on(&self.connection);
-        let (reports, alone): (Vec<_>, Vec<_>) = calls
-            .into_iter()
-            .partition(|call| batches && call.call().is_some_and(reports::batchable));
-        let mut out: Vec<Batched> = alone
-            .into_iter()
-            .map(|call| Batched::Alone(Box::new(call)))
-            .collect();
-        let mut reports = reports.into_iter().peekable();
-        while reports.peek().is_some() {
-            let batch: Vec<_> = reports.by_ref().take(reports::REPORTS_PER_CALL).collect();
-            out.push(Batched::Reports(batch));
-        }
-        out
     }
 
     /// Sends `pending` (its script call) and follows the answer.
@@ -576,8 +556,8 @@ impl RedisStore {
             Some(&watch.marker),
         )
         .await
-        .map_err(|e| store_error("restore", e))?;
-        Ok(())
+        .map(drop)
+        .map_err(|e| store_error("restore", e))
     }
 
     /// Revokes `counter`'s leases older than `epoch` on every replica (and
@@ -1609,12 +1589,6 @@ const RESTORES_PER_LOSS: usize = 5;
 /// How long a replica that knows no marker waits for the other replicas'
 /// when Redis has none (they restore, then set one) before it sets one.
 const UNSET_MARKER_WAIT: Duration = Duration::from_secs(3);
-/// A give-back or report sent alone, or reports sent together.
-enum Batched {
-    Alone(Box<PendingCall>),
-    Reports(Vec<PendingCall>),
-}
-
 /// Lease reports (and give-backs) one replica keeps in flight.
 const REPORTS_IN_FLIGHT: usize = 64;
 /// The script's answer to a call Redis refused because it applied fewer of

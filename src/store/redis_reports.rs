@@ -21,12 +21,18 @@ use crate::store::recovery::{Recovery, Watch};
 
 /// The most reports one script call carries: a call holds Redis for
 /// about 35 µs a report, and every other call waits meanwhile.
-pub(super) const REPORTS_PER_CALL: usize = 32;
+const REPORTS_PER_CALL: usize = 32;
+
+/// A give-back or report sent alone, or reports sent together.
+pub(super) enum Batched {
+    Alone(Box<PendingCall>),
+    Reports(Vec<PendingCall>),
+}
 
 /// Whether `call` may go in a `"reports"` call: a report of requests
 /// admitted from a lease that holds quota units (the script's common
 /// report; anything else goes alone).
-pub(super) fn batchable(call: &Unsure) -> bool {
+fn batchable(call: &Unsure) -> bool {
     matches!(call.kind, CallKind::Report(n) if n > 0)
         && call.lease.quota.is_some()
         && call.lease.unspent.granted > 0
@@ -80,6 +86,27 @@ impl Report {
 }
 
 impl RedisStore {
+    /// `calls` as they go to Redis: on one server the reports
+    /// [`batchable`] go [`REPORTS_PER_CALL`] to a script call, the rest
+    /// alone.
+    pub(super) fn batched(&self, calls: Vec<PendingCall>) -> Vec<Batched> {
+        let one_server = matches!(self.connection, Connection::Single(_));
+        let (reports, alone): (Vec<_>, Vec<_>) = calls
+            .into_iter()
+            .partition(|call| one_server && call.call().is_some_and(batchable));
+        let mut out: Vec<Batched> = alone
+            .into_iter()
+            .map(|call| Batched::Alone(Box::new(call)))
+            .collect();
+        let mut reports = reports.into_iter().peekable();
+        while reports.peek().is_some() {
+            out.push(Batched::Reports(
+                reports.by_ref().take(REPORTS_PER_CALL).collect(),
+            ));
+        }
+        out
+    }
+
     /// Sends `batch` (reports [`batchable`], at most
     /// [`REPORTS_PER_CALL`]) in one script call on one server, then alone
     /// the reports the script handed back. A batch that fails is sent
@@ -145,9 +172,4 @@ impl RedisStore {
         let results: Vec<Result<()>> = sent.buffer_unordered(REPORTS_IN_FLIGHT).collect().await;
         results.into_iter().collect()
     }
-}
-
-/// Whether `connection` takes `"reports"` calls (one server).
-pub(super) fn batches_on(connection: &Connection) -> bool {
-    matches!(connection, Connection::Single(_))
 }
