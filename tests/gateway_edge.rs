@@ -971,3 +971,130 @@ async fn shutdown_gives_in_flight_requests_the_grace_then_drops_them() {
     let saved = std::fs::read_to_string(dir.join("state.json")).unwrap();
     assert!(saved.contains("\"used\":1"), "{saved}");
 }
+
+// ---- clients that take no answer ----------------------------------------
+
+/// An upstream whose answers never end: 64 KiB chunks, as fast as they are
+/// taken. It reports when an answer is dropped under it (the gateway let
+/// go of the exchange).
+async fn endless_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<()>) {
+    use http_body_util::StreamBody;
+    let (dropped_tx, dropped) = mpsc::unbounded_channel();
+    let addr = http1_server(move |_request: Request<Incoming>| {
+        let dropped_tx = dropped_tx.clone();
+        async move {
+            let (chunks, taken) =
+                mpsc::channel::<Result<http_body::Frame<Bytes>, std::io::Error>>(1);
+            tokio::spawn(async move {
+                let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+                while chunks
+                    .send(Ok(http_body::Frame::data(chunk.clone())))
+                    .await
+                    .is_ok()
+                {}
+                let _ = dropped_tx.send(());
+            });
+            Response::new(StreamBody::new(
+                tokio_stream::wrappers::ReceiverStream::new(taken),
+            ))
+        }
+    })
+    .await;
+    (addr, dropped)
+}
+
+/// Config for `upstream` with a short response write timeout.
+fn impatient_config(upstream: SocketAddr) -> GatewayConfig {
+    GatewayConfig {
+        response_write_timeout: Some(Duration::from_millis(300)),
+        ..config_for(upstream)
+    }
+}
+
+/// An HTTP/1 client that sends its request and reads nothing of the
+/// answer held its connection, and the upstream's answer, for as long as
+/// it liked. Now the connection is dropped once the answer has waited the
+/// response write timeout, and the upstream's answer with it; the request
+/// reached the upstream, so it stays charged.
+#[tokio::test]
+async fn an_http1_client_that_reads_nothing_loses_its_connection() {
+    let (upstream, mut dropped) = endless_upstream().await;
+    let gateway = Gateway::start(impatient_config(upstream)).await.unwrap();
+    let mut client = TcpStream::connect(gateway.data_addr()).await.unwrap();
+    let request = format!("GET /big HTTP/1.1\r\nhost: gateway\r\nx-api-key: {KEY}\r\n\r\n");
+    client.write_all(request.as_bytes()).await.unwrap();
+    assert_eq!(
+        within("the upstream's answer let go", dropped.recv()).await,
+        Some(())
+    );
+    // What was sent before the drop is there to read, then the end.
+    let mut answer = Vec::new();
+    let _ = within("the connection's end", client.read_to_end(&mut answer)).await;
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        &answer[..answer.len().min(64)]
+    );
+    assert_eq!(used_today(&gateway).await, [1, 99]);
+    gateway.shutdown().await.unwrap();
+}
+
+/// The same for an HTTP/2 client that opens no window for its stream: it
+/// gets the answer's head, and no data can be sent to it.
+#[tokio::test]
+async fn an_http2_client_that_opens_no_window_loses_its_connection() {
+    let (upstream, mut dropped) = endless_upstream().await;
+    let gateway = Gateway::start(impatient_config(upstream)).await.unwrap();
+    let stream = TcpStream::connect(gateway.data_addr()).await.unwrap();
+    let (mut client, connection) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, Bytes>(stream)
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
+    let request = Request::get(format!("http://{}/big", gateway.data_addr()))
+        .header("x-api-key", KEY)
+        .body(())
+        .unwrap();
+    let (answer, _) = client.send_request(request, true).unwrap();
+    let answer = within("the answer's head", answer).await.unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert_eq!(
+        within("the upstream's answer let go", dropped.recv()).await,
+        Some(())
+    );
+    let _ = within("the connection's end", connection).await;
+    assert_eq!(used_today(&gateway).await, [1, 99]);
+    drop(answer);
+    gateway.shutdown().await.unwrap();
+}
+
+/// An answer larger than the pieces the gateway hands over (16 KiB) comes
+/// whole and unchanged to a client that reads it, over HTTP/1 and HTTP/2.
+#[tokio::test]
+async fn a_large_answer_comes_whole_in_pieces() {
+    let body: Bytes = (0..1_000_003u32).map(|i| (i % 251) as u8).collect();
+    let sent = body.clone();
+    let upstream = http1_server(move |_request: Request<Incoming>| {
+        let body = sent.clone();
+        async move { Response::new(Full::new(body)) }
+    })
+    .await;
+    let gateway = Gateway::start(config_for(upstream)).await.unwrap();
+    let (status, _, got) = get(gateway.data_addr(), "/big", Some(KEY)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(got, body);
+    let request = || {
+        Request::get(format!("http://{}/big", gateway.data_addr()))
+            .header("x-api-key", KEY)
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let mut h2 = h2_client(gateway.data_addr()).await;
+    let answer = within("the HTTP/2 answer", h2.send_request(request()))
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert_eq!(answer.into_body().collect().await.unwrap().to_bytes(), body);
+    gateway.shutdown().await.unwrap();
+}

@@ -89,6 +89,12 @@ pub struct Cli {
     /// [default: 30].
     #[arg(long, env = "USAGE_PLANS_BODY_READ_TIMEOUT", value_name = "SECS")]
     pub body_read_timeout: Option<f64>,
+    /// Seconds a response may wait for its client to take the data it was
+    /// handed (16 KiB at most at a time) before the connection is dropped
+    /// (a client that does not read, or opens no HTTP/2 window, holds its
+    /// connection and upstream request); 0: no limit [default: 60].
+    #[arg(long, env = "USAGE_PLANS_RESPONSE_WRITE_TIMEOUT", value_name = "SECS")]
+    pub response_write_timeout: Option<f64>,
     /// The slowest request body waited for, in bytes per second over the
     /// time spent waiting for it, judged after 5 s of waiting (a body
     /// trickling in holds its connection); slower: 408 and the connection
@@ -182,6 +188,7 @@ struct FileConfig {
     upstream_timeout_secs: Option<f64>,
     header_read_timeout_secs: Option<f64>,
     body_read_timeout_secs: Option<f64>,
+    response_write_timeout_secs: Option<f64>,
     body_min_rate: Option<u64>,
     shutdown_grace_secs: Option<f64>,
     stage: Option<String>,
@@ -293,6 +300,10 @@ pub struct GatewayConfig {
     /// How long a request body may go without data before the request is
     /// answered 408 and its connection closed (`None`: no limit).
     pub body_read_timeout: Option<Duration>,
+    /// How long a response may wait for its client to take the data it
+    /// was handed (16 KiB at most at a time) before the connection is
+    /// dropped, judged by two such periods at most (`None`: no limit).
+    pub response_write_timeout: Option<Duration>,
     /// The slowest request body waited for, in bytes per second of the time
     /// spent waiting for the client, judged after 5 s of waiting: slower is
     /// answered 408 and its connection closed (`None`: no limit). gRPC
@@ -339,6 +350,7 @@ impl Default for GatewayConfig {
             upstream_timeout: Duration::from_secs(30),
             header_read_timeout: Some(Duration::from_secs(30)),
             body_read_timeout: Some(Duration::from_secs(30)),
+            response_write_timeout: Some(Duration::from_secs(60)),
             body_min_rate: NonZeroU64::new(DEFAULT_BODY_MIN_RATE),
             shutdown_grace: Duration::from_secs(10),
             stage: Stage::default(),
@@ -455,6 +467,7 @@ impl GatewayConfig {
             ("upstream_timeout_secs", Some(self.upstream_timeout)),
             ("header_read_timeout_secs", self.header_read_timeout),
             ("body_read_timeout_secs", self.body_read_timeout),
+            ("response_write_timeout_secs", self.response_write_timeout),
             ("flush_interval", Some(self.flush_interval)),
         ] {
             if duration == Some(Duration::ZERO) {
@@ -566,19 +579,30 @@ impl GatewayConfig {
         if let Some(secs) = cli.upstream_timeout.or(file.upstream_timeout_secs) {
             config.upstream_timeout = positive_secs("upstream_timeout_secs", secs)?;
         }
-        match cli.header_read_timeout.or(file.header_read_timeout_secs) {
-            Some(0.0) => config.header_read_timeout = None,
-            Some(secs) => {
-                config.header_read_timeout = Some(positive_secs("header_read_timeout_secs", secs)?)
+        for (name, secs, limit) in [
+            (
+                "header_read_timeout_secs",
+                cli.header_read_timeout.or(file.header_read_timeout_secs),
+                &mut config.header_read_timeout,
+            ),
+            (
+                "body_read_timeout_secs",
+                cli.body_read_timeout.or(file.body_read_timeout_secs),
+                &mut config.body_read_timeout,
+            ),
+            (
+                "response_write_timeout_secs",
+                cli.response_write_timeout
+                    .or(file.response_write_timeout_secs),
+                &mut config.response_write_timeout,
+            ),
+        ] {
+            match secs {
+                // 0 turns the limit off.
+                Some(0.0) => *limit = None,
+                Some(secs) => *limit = Some(positive_secs(name, secs)?),
+                None => {}
             }
-            None => {}
-        }
-        match cli.body_read_timeout.or(file.body_read_timeout_secs) {
-            Some(0.0) => config.body_read_timeout = None,
-            Some(secs) => {
-                config.body_read_timeout = Some(positive_secs("body_read_timeout_secs", secs)?)
-            }
-            None => {}
         }
         if let Some(rate) = cli.body_min_rate.or(file.body_min_rate) {
             config.body_min_rate = NonZeroU64::new(rate);
@@ -952,6 +976,19 @@ mod tests {
         assert!(error.contains("body_read_timeout_secs"), "{error}");
         let error = parsed(&["--shutdown-grace=nan"]).unwrap_err();
         assert!(error.contains("shutdown_grace_secs"), "{error}");
+    }
+
+    #[test]
+    fn response_write_timeout_defaults_to_60_s_and_0_turns_it_off() {
+        let limit = |args: &[&str]| parsed(args).map(|c| c.response_write_timeout);
+        assert_eq!(limit(&[]), Ok(Some(Duration::from_secs(60))));
+        assert_eq!(
+            limit(&["--response-write-timeout", "0.25"]),
+            Ok(Some(Duration::from_millis(250)))
+        );
+        assert_eq!(limit(&["--response-write-timeout", "0"]), Ok(None));
+        let error = limit(&["--response-write-timeout=-3"]).unwrap_err();
+        assert!(error.contains("response_write_timeout_secs"), "{error}");
     }
 
     #[test]

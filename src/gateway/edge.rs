@@ -507,6 +507,12 @@ pub(crate) struct ConnectionState {
     in_flight: AtomicUsize,
     /// Requests so far (a driver tells activity by it changing).
     requests: AtomicU64,
+    /// The response write timeout's clock: the number of the current
+    /// period, which the driver ends every timeout.
+    write_period: AtomicU64,
+    /// Responses waiting for the client to take what they handed it, by
+    /// the parity of the period in which they began to wait.
+    waiting: [AtomicUsize; 2],
 }
 
 impl ConnectionState {
@@ -523,17 +529,74 @@ impl ConnectionState {
     pub(crate) fn start(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.requests.fetch_add(1, Ordering::AcqRel);
-        InFlight(self.clone())
+        InFlight {
+            connection: self.clone(),
+            waiting_in: None,
+        }
+    }
+
+    /// Ends a period of the response write timeout (the driver calls it
+    /// every timeout): `false` if a response has waited for the client
+    /// since before this period began, a whole period or more, so the
+    /// client took nothing of it for that long; the connection should
+    /// close. Else the next period begins. A response that begins to wait
+    /// is judged at the end of the period after its own: it is never
+    /// found stalled before one timeout, always by two.
+    pub(crate) fn end_write_period(&self) -> bool {
+        let period = self.write_period.load(Ordering::Acquire);
+        let previous = (period.wrapping_add(1) & 1) as usize;
+        if self.waiting[previous].load(Ordering::Acquire) > 0 {
+            return false;
+        }
+        self.write_period
+            .store(period.wrapping_add(1), Ordering::Release);
+        true
     }
 }
 
+/// The most bytes of a response handed to the connection at once: a
+/// larger frame goes in pieces, so that the time a response waits for its
+/// client to take a piece is bounded by the client's pace, not by how
+/// much the upstream sent in one read (the response write timeout judges
+/// that wait). HTTP/2's default frame size.
+pub(crate) const MAX_RESPONSE_PIECE: usize = 16 * 1024;
+
 /// One request in flight: until its response body is sent (or dropped).
+/// It also marks when its response waits for the client: from when
+/// the connection is handed the response's head or a piece of its body
+/// until the connection asks for the next one.
 #[derive(Debug)]
-pub(crate) struct InFlight(Arc<ConnectionState>);
+pub(crate) struct InFlight {
+    connection: Arc<ConnectionState>,
+    /// The parity of the write period in which the response began to wait
+    /// for the client, while it does.
+    waiting_in: Option<usize>,
+}
+
+impl InFlight {
+    /// The connection has what the response gave it so far: the client's
+    /// turn to take it.
+    pub(crate) fn wait_for_client(&mut self) {
+        if self.waiting_in.is_none() {
+            let period = self.connection.write_period.load(Ordering::Acquire);
+            let parity = (period & 1) as usize;
+            self.connection.waiting[parity].fetch_add(1, Ordering::AcqRel);
+            self.waiting_in = Some(parity);
+        }
+    }
+
+    /// The connection asks for more: the client took what it had.
+    pub(crate) fn client_took_it(&mut self) {
+        if let Some(parity) = self.waiting_in.take() {
+            self.connection.waiting[parity].fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.client_took_it();
+        self.connection.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -722,40 +785,84 @@ where
                 }
             }
         };
-        let in_flight = this.in_flight.take();
+        let mut in_flight = this.in_flight.take();
+        if let Some(in_flight) = &mut in_flight {
+            in_flight.wait_for_client();
+        }
         Poll::Ready(Ok(response.map(|body| Tracked {
             inner: body,
-            _in_flight: in_flight,
+            rest: Bytes::new(),
+            in_flight,
         })))
     }
 }
 
 pin_project! {
-    /// A response body that keeps its request in flight until it is sent.
+    /// A response body that keeps its request in flight until it is sent,
+    /// hands the connection at most [`MAX_RESPONSE_PIECE`] bytes at a time,
+    /// and marks when it waits for the client.
     pub(crate) struct Tracked<B> {
         #[pin]
         inner: B,
-        _in_flight: Option<InFlight>,
+        // What is left of a frame larger than a piece.
+        rest: Bytes,
+        in_flight: Option<InFlight>,
     }
 }
 
-impl<B: Body> Body for Tracked<B> {
-    type Data = B::Data;
+impl<B> Tracked<B> {
+    /// The next piece of `data`, the rest kept for the next poll.
+    fn piece(rest: &mut Bytes, mut data: Bytes) -> Bytes {
+        if data.len() > MAX_RESPONSE_PIECE {
+            *rest = data.split_off(MAX_RESPONSE_PIECE);
+        }
+        data
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for Tracked<B> {
+    type Data = Bytes;
     type Error = B::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        self.project().inner.poll_frame(cx)
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        if let Some(in_flight) = this.in_flight.as_mut() {
+            in_flight.client_took_it();
+        }
+        let polled = if this.rest.is_empty() {
+            match this.inner.poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => Poll::Ready(Some(Ok(Frame::data(Self::piece(this.rest, data))))),
+                    Err(frame) => Poll::Ready(Some(Ok(frame))),
+                },
+                other => other,
+            }
+        } else {
+            let rest = std::mem::take(this.rest);
+            Poll::Ready(Some(Ok(Frame::data(Self::piece(this.rest, rest)))))
+        };
+        if let (Poll::Ready(Some(Ok(_))), Some(in_flight)) = (&polled, this.in_flight.as_mut()) {
+            in_flight.wait_for_client();
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.rest.is_empty() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let inner = self.inner.size_hint();
+        let rest = self.rest.len() as u64;
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower() + rest);
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + rest);
+        }
+        hint
     }
 }
 

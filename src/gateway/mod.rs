@@ -220,6 +220,7 @@ impl Gateway {
         let (alive, connections) = mpsc::channel::<()>(1);
         let edge = EdgeConfig {
             header_read_timeout: config.header_read_timeout,
+            response_write_timeout: config.response_write_timeout,
             body_limits: edge::BodyLimits {
                 idle: config.body_read_timeout,
                 min_rate: config.body_min_rate.map(|bytes_per_sec| edge::MinRate {
@@ -886,6 +887,7 @@ async fn run(
 #[derive(Clone)]
 struct EdgeConfig {
     header_read_timeout: Option<Duration>,
+    response_write_timeout: Option<Duration>,
     body_limits: edge::BodyLimits,
     request_ids: access::RequestIds,
     access_log: Option<access::AccessLog>,
@@ -957,6 +959,7 @@ async fn serve<S, B>(
         });
         let (builder, alive, mut phase) = (builder.clone(), alive.clone(), phase.clone());
         let header_read_timeout = limits.header_read_timeout;
+        let write_limit = limits.response_write_timeout;
         let tls = limits.tls.clone();
         tokio::spawn(async move {
             let _alive = alive;
@@ -976,6 +979,7 @@ async fn serve<S, B>(
             let mut watched = Watched {
                 state,
                 idle_limit: header_read_timeout,
+                write_limit,
                 phase,
             };
             let Some(tls) = tls else {
@@ -1010,10 +1014,12 @@ async fn serve<S, B>(
 }
 
 /// What [`drive`] watches a connection by: its requests, its idle limit
-/// (the header read timeout) and the gateway's phase.
+/// (the header read timeout), its write limit (the response write
+/// timeout) and the gateway's phase.
 struct Watched {
     state: Arc<edge::ConnectionState>,
     idle_limit: Option<Duration>,
+    write_limit: Option<Duration>,
     phase: watch::Receiver<Phase>,
 }
 
@@ -1022,6 +1028,10 @@ struct Watched {
 ///   read timeout) — for HTTP/2, whose server has no header timer, this is
 ///   what closes a connection that sent only its preface, an unfinished
 ///   HEADERS frame or PINGs (a GOAWAY, then dropped if it lingers);
+/// - when a response has waited `write_limit` or more (at most twice
+///   that) for its client to take what it was handed — a client that
+///   does not read, or (HTTP/2) opens no window — dropped at once, as
+///   nginx's `send_timeout` does: a GOAWAY would wait on that client too;
 /// - on shutdown: at once if nothing is in flight, else once its requests
 ///   are answered (a GOAWAY, or no keep-alive), or dropped when the grace
 ///   is over.
@@ -1039,6 +1049,7 @@ async fn drive<C, E>(
     let Watched {
         state,
         idle_limit,
+        write_limit,
         mut phase,
     } = watched;
     tokio::pin!(connection);
@@ -1046,6 +1057,8 @@ async fn drive<C, E>(
     // flight and no new request since it was armed has idled the whole
     // limit. Checked when it fires, so requests pay nothing for it.
     let mut idle = idle_limit.map(|limit| (limit, Box::pin(tokio::time::sleep(limit))));
+    // The write timer ends a write period every `write_limit`.
+    let mut write = write_limit.map(|limit| (limit, Box::pin(tokio::time::sleep(limit))));
     let mut seen = state.requests();
     // Set once the connection was told to close: then dropped at it.
     let mut closing: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
@@ -1065,12 +1078,27 @@ async fn drive<C, E>(
                 (None, None) => std::future::pending().await,
             }
         };
+        let write_period_over = async {
+            match &mut write {
+                Some((_, sleep)) => sleep.as_mut().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             result = connection.as_mut() => {
                 if let Err(e) = result {
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
                 return;
+            }
+            () = write_period_over => {
+                if !state.end_write_period() {
+                    tracing::debug!("closed a connection whose client took no response data within the response write timeout");
+                    return;
+                }
+                if let Some((limit, sleep)) = write.as_mut() {
+                    sleep.as_mut().reset(tokio::time::Instant::now() + *limit);
+                }
             }
             changed = phase.changed(), if phase_open => {
                 let now = if changed.is_ok() { *phase.borrow_and_update() } else { Phase::Abort };
@@ -1170,6 +1198,7 @@ mod tests {
             Watched {
                 state: state.clone(),
                 idle_limit: Some(idle_limit),
+                write_limit: None,
                 phase: phase_rx,
             },
         ));
@@ -1181,5 +1210,48 @@ mod tests {
         drop(crossed);
         tokio::time::sleep(GOAWAY_LINGER + Duration::from_millis(1)).await;
         assert!(driving.is_finished(), "kept once its request was answered");
+    }
+
+    /// A response that waits a whole response write timeout for its
+    /// client to take what it was handed (a client that does not read,
+    /// or opens no HTTP/2 window) drops the connection, by two timeouts;
+    /// one that waits on its upstream however long, or whose client
+    /// keeps taking it, holds nothing up.
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_takes_no_response_data_loses_its_connection() {
+        let state = Arc::new(edge::ConnectionState::default());
+        let (_phase, phase_rx) = watch::channel(Phase::Serving);
+        let connection = std::future::pending::<Result<(), std::io::Error>>();
+        let limit = Duration::from_secs(10);
+        let driving = tokio::spawn(drive(
+            connection,
+            |_| {},
+            Watched {
+                state: state.clone(),
+                idle_limit: None,
+                write_limit: Some(limit),
+                phase: phase_rx,
+            },
+        ));
+        let mut response = state.start();
+        // The upstream's turn (the body polled, pending): five timeouts.
+        tokio::time::sleep(limit * 5 + Duration::from_millis(1)).await;
+        assert!(
+            !driving.is_finished(),
+            "dropped while the upstream was slow"
+        );
+        // A slow client: each piece taken half a timeout after it was handed.
+        for _ in 0..10 {
+            response.wait_for_client();
+            tokio::time::sleep(limit / 2).await;
+            response.client_took_it();
+        }
+        assert!(!driving.is_finished(), "dropped while the client read");
+        // Then it takes nothing: kept for one timeout, dropped by two.
+        response.wait_for_client();
+        tokio::time::sleep(limit - Duration::from_millis(2)).await;
+        assert!(!driving.is_finished(), "dropped before one timeout");
+        tokio::time::sleep(limit + Duration::from_millis(2)).await;
+        assert!(driving.is_finished(), "kept after two timeouts");
     }
 }
