@@ -89,9 +89,9 @@ pub struct Cli {
     /// [default: 30].
     #[arg(long, env = "USAGE_PLANS_BODY_READ_TIMEOUT", value_name = "SECS")]
     pub body_read_timeout: Option<f64>,
-    /// Seconds a response may wait for its client to take the data it was
-    /// handed (16 KiB at most at a time) before the connection is dropped
-    /// (a client that does not read, or opens no HTTP/2 window, holds its
+    /// Seconds a client's socket may take none of its answer (as nginx's
+    /// send_timeout), or an HTTP/2 stream wait for a window, before the
+    /// connection is dropped (a client that does not read holds its
     /// connection and upstream request); 0: no limit [default: 60].
     #[arg(long, env = "USAGE_PLANS_RESPONSE_WRITE_TIMEOUT", value_name = "SECS")]
     pub response_write_timeout: Option<f64>,
@@ -300,9 +300,9 @@ pub struct GatewayConfig {
     /// How long a request body may go without data before the request is
     /// answered 408 and its connection closed (`None`: no limit).
     pub body_read_timeout: Option<Duration>,
-    /// How long a response may wait for its client to take the data it
-    /// was handed (16 KiB at most at a time) before the connection is
-    /// dropped, judged by two such periods at most (`None`: no limit).
+    /// How long a client's socket may take none of its answer, or an
+    /// HTTP/2 stream wait for a window, before the connection is dropped,
+    /// judged by two such periods at most (`None`: no limit).
     pub response_write_timeout: Option<Duration>,
     /// The slowest request body waited for, in bytes per second of the time
     /// spent waiting for the client, judged after 5 s of waiting: slower is

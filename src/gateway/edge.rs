@@ -526,12 +526,15 @@ impl ConnectionState {
         self.requests.load(Ordering::Acquire)
     }
 
-    pub(crate) fn start(self: &Arc<Self>) -> InFlight {
+    /// A request begins; `http2`: its response's waits for the client are
+    /// judged (an HTTP/1 response's are its socket's, see
+    /// [`write_watch`](super::write_watch): hyper buffers what it writes).
+    pub(crate) fn start(self: &Arc<Self>, http2: bool) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         self.requests.fetch_add(1, Ordering::AcqRel);
         InFlight {
-            connection: self.clone(),
-            waiting_in: None,
+            waiting: Waiting::new(self.clone()),
+            judged: http2,
         }
     }
 
@@ -561,42 +564,81 @@ impl ConnectionState {
 /// that wait). HTTP/2's default frame size.
 pub(crate) const MAX_RESPONSE_PIECE: usize = 16 * 1024;
 
+/// Whether something of a connection (a response, its socket) waits for
+/// the client to take what it was handed, and since which write period;
+/// the wait ends when dropped.
+#[derive(Debug)]
+pub(crate) struct Waiting {
+    connection: Arc<ConnectionState>,
+    /// The parity of the write period in which the wait began.
+    since: Option<usize>,
+}
+
+impl Waiting {
+    pub(crate) fn new(connection: Arc<ConnectionState>) -> Self {
+        Self {
+            connection,
+            since: None,
+        }
+    }
+
+    /// The client's turn to take what it was handed.
+    pub(crate) fn wait_for_client(&mut self) {
+        if self.since.is_none() {
+            let period = self.connection.write_period.load(Ordering::Acquire);
+            let parity = (period & 1) as usize;
+            self.connection.waiting[parity].fetch_add(1, Ordering::AcqRel);
+            self.since = Some(parity);
+        }
+    }
+
+    /// The client took it (or it is no longer waited on).
+    pub(crate) fn client_took_it(&mut self) {
+        if let Some(parity) = self.since.take() {
+            self.connection.waiting[parity].fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.client_took_it();
+    }
+}
+
 /// One request in flight: until its response body is sent (or dropped).
-/// It also marks when its response waits for the client: from when
-/// the connection is handed the response's head or a piece of its body
-/// until the connection asks for the next one.
+/// On HTTP/2 it also marks when its response waits for the client: from
+/// when the connection is handed the response's head or a piece of its
+/// body until the connection asks for the next one (a stream the client
+/// opens no window for).
 #[derive(Debug)]
 pub(crate) struct InFlight {
-    connection: Arc<ConnectionState>,
-    /// The parity of the write period in which the response began to wait
-    /// for the client, while it does.
-    waiting_in: Option<usize>,
+    waiting: Waiting,
+    /// Whether the response's waits are judged (HTTP/2).
+    judged: bool,
 }
 
 impl InFlight {
     /// The connection has what the response gave it so far: the client's
     /// turn to take it.
     pub(crate) fn wait_for_client(&mut self) {
-        if self.waiting_in.is_none() {
-            let period = self.connection.write_period.load(Ordering::Acquire);
-            let parity = (period & 1) as usize;
-            self.connection.waiting[parity].fetch_add(1, Ordering::AcqRel);
-            self.waiting_in = Some(parity);
+        if self.judged {
+            self.waiting.wait_for_client();
         }
     }
 
     /// The connection asks for more: the client took what it had.
     pub(crate) fn client_took_it(&mut self) {
-        if let Some(parity) = self.waiting_in.take() {
-            self.connection.waiting[parity].fetch_sub(1, Ordering::AcqRel);
-        }
+        self.waiting.client_took_it();
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.client_took_it();
-        self.connection.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.waiting
+            .connection
+            .in_flight
+            .fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -675,8 +717,8 @@ where
     }
 
     fn call(&mut self, request: Request<Incoming>) -> Self::Future {
-        let in_flight = self.connection.start();
         let http1 = request.version() < http::Version::HTTP_2;
+        let in_flight = self.connection.start(!http1);
         let grpc = !http1 && super::grpc::is_call(request.headers());
         if let Some((status, message)) = refuse_head(&request) {
             let mut response = refusal(status, message, grpc);

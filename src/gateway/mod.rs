@@ -33,6 +33,7 @@ mod stage;
 mod state;
 mod tls;
 mod websocket;
+mod write_watch;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -946,6 +947,9 @@ async fn serve<S, B>(
             _ = phase.changed() => return,
         };
         let _ = stream.set_nodelay(true);
+        if limits.response_write_timeout.is_some() {
+            write_watch::bound_unsent(&stream);
+        }
         let state = Arc::new(edge::ConnectionState::default());
         let service = TowerToHyperService::new(access::Stamped {
             inner: edge::Edge {
@@ -976,6 +980,9 @@ async fn serve<S, B>(
                     _ = phase.changed() => return,
                 }
             }
+            // Its writes the client does not take wait for it (judged by
+            // `drive` with the write limit).
+            let stream = write_watch::WriteWatched::new(stream, state.clone());
             let mut watched = Watched {
                 state,
                 idle_limit: header_read_timeout,
@@ -1028,10 +1035,11 @@ struct Watched {
 ///   read timeout) — for HTTP/2, whose server has no header timer, this is
 ///   what closes a connection that sent only its preface, an unfinished
 ///   HEADERS frame or PINGs (a GOAWAY, then dropped if it lingers);
-/// - when a response has waited `write_limit` or more (at most twice
-///   that) for its client to take what it was handed — a client that
-///   does not read, or (HTTP/2) opens no window — dropped at once, as
-///   nginx's `send_timeout` does: a GOAWAY would wait on that client too;
+/// - when its socket took none of what was written, or an HTTP/2
+///   response waited for its stream's window, for `write_limit` or more
+///   (at most twice that) — a client that does not read — dropped at
+///   once, as nginx's `send_timeout` does: a GOAWAY would wait on that
+///   client too;
 /// - on shutdown: at once if nothing is in flight, else once its requests
 ///   are answered (a GOAWAY, or no keep-alive), or dropped when the grace
 ///   is over.
@@ -1204,7 +1212,7 @@ mod tests {
         ));
         tokio::time::sleep(idle_limit + Duration::from_millis(1)).await;
         assert!(told_to_close.load(Ordering::SeqCst), "idle: told to close");
-        let crossed = state.start();
+        let crossed = state.start(true);
         tokio::time::sleep(GOAWAY_LINGER * 4).await;
         assert!(!driving.is_finished(), "dropped under its request");
         drop(crossed);
@@ -1233,7 +1241,7 @@ mod tests {
                 phase: phase_rx,
             },
         ));
-        let mut response = state.start();
+        let mut response = state.start(true);
         // The upstream's turn (the body polled, pending): five timeouts.
         tokio::time::sleep(limit * 5 + Duration::from_millis(1)).await;
         assert!(
