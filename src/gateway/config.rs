@@ -90,9 +90,10 @@ pub struct Cli {
     #[arg(long, env = "USAGE_PLANS_BODY_READ_TIMEOUT", value_name = "SECS")]
     pub body_read_timeout: Option<f64>,
     /// Seconds a client's socket may take none of its answer (as nginx's
-    /// send_timeout), or an HTTP/2 stream wait for a window, before the
-    /// connection is dropped (a client that does not read holds its
-    /// connection and upstream request); 0: no limit [default: 60].
+    /// send_timeout), or an HTTP/2 client take less than 16 KiB of a
+    /// response, before the connection is dropped (a client that does not
+    /// read holds its connection and upstream request); 0: no limit
+    /// [default: 60].
     #[arg(long, env = "USAGE_PLANS_RESPONSE_WRITE_TIMEOUT", value_name = "SECS")]
     pub response_write_timeout: Option<f64>,
     /// The slowest request body waited for, in bytes per second over the
@@ -301,8 +302,9 @@ pub struct GatewayConfig {
     /// answered 408 and its connection closed (`None`: no limit).
     pub body_read_timeout: Option<Duration>,
     /// How long a client's socket may take none of its answer, or an
-    /// HTTP/2 stream wait for a window, before the connection is dropped,
-    /// judged by two such periods at most (`None`: no limit).
+    /// HTTP/2 client take less than 16 KiB of a response, before the
+    /// connection is dropped, judged by two such periods at most (`None`:
+    /// no limit).
     pub response_write_timeout: Option<Duration>,
     /// The slowest request body waited for, in bytes per second of the time
     /// spent waiting for the client, judged after 5 s of waiting: slower is

@@ -1035,8 +1035,8 @@ struct Watched {
 ///   read timeout) — for HTTP/2, whose server has no header timer, this is
 ///   what closes a connection that sent only its preface, an unfinished
 ///   HEADERS frame or PINGs (a GOAWAY, then dropped if it lingers);
-/// - when its socket took none of what was written, or an HTTP/2
-///   response waited for its stream's window, for `write_limit` or more
+/// - when its socket took none of what was written, or an HTTP/2 client
+///   took less than a piece of a response, for `write_limit` or more
 ///   (at most twice that) — a client that does not read — dropped at
 ///   once, as nginx's `send_timeout` does: a GOAWAY would wait on that
 ///   client too;
