@@ -742,6 +742,63 @@ keys = ["throttle"]
     );
 }
 
+/// A client that reads none of an endless answer loses its connection at
+/// the response write timeout, and the drop is counted.
+#[tokio::test]
+async fn a_client_that_reads_nothing_is_dropped_and_counted() {
+    let dir = TempDir::new("write-timeout");
+    let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+    let upstream = http1_server(move |_request: Request<Incoming>| {
+        let chunk = chunk.clone();
+        async move {
+            let (chunks, taken) =
+                mpsc::channel::<Result<http_body::Frame<Bytes>, std::io::Error>>(1);
+            tokio::spawn(async move {
+                while chunks
+                    .send(Ok(http_body::Frame::data(chunk.clone())))
+                    .await
+                    .is_ok()
+                {}
+            });
+            Response::new(http_body_util::StreamBody::new(
+                tokio_stream::wrappers::ReceiverStream::new(taken),
+            ))
+        }
+    })
+    .await;
+    let config = dir.write(
+        "gateway.toml",
+        &config_text(
+            10,
+            &format!(
+                "metrics_listen = \"127.0.0.1:0\"\nupstream = \"http://{upstream}\"\nresponse_write_timeout_secs = 0.3"
+            ),
+        ),
+    );
+    let mut gateway = spawn(&["--config", config.to_str().unwrap()], &dir.0);
+    let (data, _) = gateway.ready().await;
+    let metrics = gateway.address("metrics").await;
+    let mut client = tokio::net::TcpStream::connect(data).await.unwrap();
+    let request = format!("GET /endless HTTP/1.1\r\nhost: gateway\r\nx-api-key: {KEY}\r\n\r\n");
+    tokio::io::AsyncWriteExt::write_all(&mut client, request.as_bytes())
+        .await
+        .unwrap();
+    let line = "usage_plans_connections_dropped_total{reason=\"response_write_timeout\"} 1";
+    eventually("the drop counted", || async move {
+        let (_, _, body) = get(metrics, "/metrics", None).await;
+        String::from_utf8_lossy(&body).contains(line).then_some(())
+    })
+    .await;
+    // What was sent before the drop, then the end.
+    let mut answer = Vec::new();
+    let _ = within(
+        "the connection's end",
+        tokio::io::AsyncReadExt::read_to_end(&mut client, &mut answer),
+    )
+    .await;
+    assert!(answer.starts_with(b"HTTP/1.1 200"));
+}
+
 /// A request counted (charged, forwarded) is counted as admitted also when
 /// its HTTP/2 client resets the stream before the answer: the count was
 /// taken when the answer came, and the reset dropped it.

@@ -1102,6 +1102,7 @@ async fn drive<C, E>(
             () = write_period_over => {
                 if !state.end_write_period() {
                     tracing::debug!("closed a connection whose client took no response data within the response write timeout");
+                    ::metrics::counter!("usage_plans_connections_dropped_total", "reason" => "response_write_timeout").increment(1);
                     return;
                 }
                 if let Some((limit, sleep)) = write.as_mut() {
