@@ -510,8 +510,9 @@ pub(crate) struct ConnectionState {
     /// The response write timeout's clock: the number of the current
     /// period, which the driver ends every timeout.
     write_period: AtomicU64,
-    /// Responses waiting for the client to take what they handed it, by
-    /// the parity of the period in which they began to wait.
+    /// What waits for the client to take what it was handed (HTTP/2
+    /// responses, the socket's refused writes), by the parity of the
+    /// period in which the wait began.
     waiting: [AtomicUsize; 2],
 }
 
