@@ -747,25 +747,7 @@ keys = ["throttle"]
 #[tokio::test]
 async fn a_client_that_reads_nothing_is_dropped_and_counted() {
     let dir = TempDir::new("write-timeout");
-    let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
-    let upstream = http1_server(move |_request: Request<Incoming>| {
-        let chunk = chunk.clone();
-        async move {
-            let (chunks, taken) =
-                mpsc::channel::<Result<http_body::Frame<Bytes>, std::io::Error>>(1);
-            tokio::spawn(async move {
-                while chunks
-                    .send(Ok(http_body::Frame::data(chunk.clone())))
-                    .await
-                    .is_ok()
-                {}
-            });
-            Response::new(http_body_util::StreamBody::new(
-                tokio_stream::wrappers::ReceiverStream::new(taken),
-            ))
-        }
-    })
-    .await;
+    let (upstream, _dropped) = net::endless_upstream().await;
     let config = dir.write(
         "gateway.toml",
         &config_text(

@@ -7,8 +7,8 @@
 
 mod support;
 use net::{
-    assert_aws_answer, assert_aws_response, channel_post, closed_addr, get, h2_client,
-    http1_server, until_closed, within, TempDir,
+    assert_aws_answer, assert_aws_response, channel_post, closed_addr, endless_upstream, get,
+    h2_client, http1_server, until_closed, within, TempDir,
 };
 use support::eventually::eventually;
 use support::gateway_config::{daily_quota, one_key};
@@ -973,35 +973,6 @@ async fn shutdown_gives_in_flight_requests_the_grace_then_drops_them() {
 }
 
 // ---- clients that take no answer ----------------------------------------
-
-/// An upstream whose answers never end: 64 KiB chunks, as fast as they are
-/// taken. It reports when an answer is dropped under it (the gateway let
-/// go of the exchange).
-async fn endless_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<()>) {
-    use http_body_util::StreamBody;
-    let (dropped_tx, dropped) = mpsc::unbounded_channel();
-    let addr = http1_server(move |_request: Request<Incoming>| {
-        let dropped_tx = dropped_tx.clone();
-        async move {
-            let (chunks, taken) =
-                mpsc::channel::<Result<http_body::Frame<Bytes>, std::io::Error>>(1);
-            tokio::spawn(async move {
-                let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
-                while chunks
-                    .send(Ok(http_body::Frame::data(chunk.clone())))
-                    .await
-                    .is_ok()
-                {}
-                let _ = dropped_tx.send(());
-            });
-            Response::new(StreamBody::new(
-                tokio_stream::wrappers::ReceiverStream::new(taken),
-            ))
-        }
-    })
-    .await;
-    (addr, dropped)
-}
 
 /// Config for `upstream` with a short response write timeout.
 fn impatient_config(upstream: SocketAddr) -> GatewayConfig {

@@ -261,3 +261,27 @@ where
     });
     addr
 }
+
+/// An upstream whose answers never end: 64 KiB chunks, as fast as they are
+/// taken. It reports when an answer is dropped under it (the gateway let
+/// go of the exchange).
+pub async fn endless_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<()>) {
+    use http_body_util::StreamBody;
+    let (dropped_tx, dropped) = mpsc::unbounded_channel();
+    let addr = http1_server(move |_request: Request<Incoming>| {
+        let dropped_tx = dropped_tx.clone();
+        async move {
+            let (chunks, taken) = mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(1);
+            tokio::spawn(async move {
+                let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+                while chunks.send(Ok(Frame::data(chunk.clone()))).await.is_ok() {}
+                let _ = dropped_tx.send(());
+            });
+            Response::new(StreamBody::new(
+                tokio_stream::wrappers::ReceiverStream::new(taken),
+            ))
+        }
+    })
+    .await;
+    (addr, dropped)
+}
