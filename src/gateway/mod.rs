@@ -1065,8 +1065,13 @@ async fn drive<C, E>(
     // flight and no new request since it was armed has idled the whole
     // limit. Checked when it fires, so requests pay nothing for it.
     let mut idle = idle_limit.map(|limit| (limit, Box::pin(tokio::time::sleep(limit))));
-    // The write timer ends a write period every `write_limit`.
-    let mut write = write_limit.map(|limit| (limit, Box::pin(tokio::time::sleep(limit))));
+    // The write timer ends a write period every `write_limit` (never
+    // sooner after a late tick: a period is a whole timeout).
+    let mut write = write_limit.map(|limit| {
+        let mut every = tokio::time::interval_at(tokio::time::Instant::now() + limit, limit);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        every
+    });
     let mut seen = state.requests();
     // Set once the connection was told to close: then dropped at it.
     let mut closing: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
@@ -1088,7 +1093,7 @@ async fn drive<C, E>(
         };
         let write_period_over = async {
             match &mut write {
-                Some((_, sleep)) => sleep.as_mut().await,
+                Some(every) => drop(every.tick().await),
                 None => std::future::pending().await,
             }
         };
@@ -1104,9 +1109,6 @@ async fn drive<C, E>(
                     tracing::debug!("closed a connection whose client took no response data within the response write timeout");
                     ::metrics::counter!("usage_plans_connections_dropped_total", "reason" => "response_write_timeout").increment(1);
                     return;
-                }
-                if let Some((limit, sleep)) = write.as_mut() {
-                    sleep.as_mut().reset(tokio::time::Instant::now() + *limit);
                 }
             }
             changed = phase.changed(), if phase_open => {
