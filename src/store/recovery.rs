@@ -100,11 +100,30 @@ pub(crate) struct Recovery {
     /// The latest epoch of each counter this replica's copy followed when
     /// it put the counter back (see `put_back` in redis.rs).
     pub(crate) restored: DashMap<CounterKey, u64, Prehashed>,
+    /// Each counter as this replica last put it back itself (not only
+    /// read it back), see [`RestoredByThis`].
+    pub(crate) put_back: DashMap<CounterKey, RestoredByThis, Prehashed>,
     /// Every counter Redis held was read once (see `learn::some`).
     scanned_once: std::sync::atomic::AtomicBool,
     /// How many times this replica put counters back after Redis lost its
     /// data (its own finding or another replica's message).
     pub(crate) losses: std::sync::atomic::AtomicU64,
+}
+
+/// A counter as a replica put it back itself: Redis may lose it in turn,
+/// before every replica saw it, and a replica that had not seen that range
+/// of epochs put it back first next time with the same numbers (see
+/// `own_range_tag`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RestoredByThis {
+    pub(crate) period: Period,
+    /// Its epoch when put back: the copy followed it.
+    pub(crate) epoch: u64,
+    /// Its tag (`ri` in redis.lua), which tells the two apart.
+    pub(crate) tag: u64,
+    /// What this replica's leases had admitted that the restore added as
+    /// its own: the copy counts it since, the other replica's does not.
+    pub(crate) own: u64,
 }
 
 /// The marker this replica knows, and how many of its calls under it
@@ -160,6 +179,7 @@ impl Recovery {
             in_flight: tokio::sync::RwLock::new(()),
             leases: None,
             restored: DashMap::default(),
+            put_back: DashMap::default(),
             scanned_once: std::sync::atomic::AtomicBool::new(false),
             losses: std::sync::atomic::AtomicU64::new(0),
         }
@@ -281,6 +301,21 @@ impl Recovery {
             );
         }
         Ok(())
+    }
+
+    /// A tag for a counter put back (see `ri` in redis.lua): never 0,
+    /// below 2^53 (Lua's numbers are exact there).
+    pub(crate) fn fresh_tag() -> u64 {
+        rand::random::<u64>() >> 12 | 1
+    }
+
+    /// `counter` as this replica last put it back itself, when its copy
+    /// `seen` holds epochs of that range.
+    pub(crate) fn own_range(&self, counter: &CounterKey, seen: &Seen) -> Option<RestoredByThis> {
+        self.put_back
+            .get(counter)
+            .filter(|put| put.period == seen.period && put.epoch >> 32 == seen.epoch >> 32)
+            .map(|put| *put)
     }
 
     /// A marker no replica used before.

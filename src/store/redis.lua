@@ -75,7 +75,11 @@
 --          the replica last saw in the current period,
 --          26 the holder's record ("" = none), 27-30 the lease given back: its
 --          generation, most unreported units, tokens granted, units reported and
---          not yet acknowledged; 31 lease lifetime (µs), 32 grace before reclaiming (µs),
+--          not yet acknowledged (for "restore": 27 the tag of the counter as this
+--          replica last put it back itself, when the epoch in 25 is of that range
+--          ("0": none), 28 a fresh tag for a first restore, see 'ri', and 29
+--          what its leases had admitted that that restore added);
+--          31 lease lifetime (µs), 32 grace before reclaiming (µs),
 --          33 a lease's share that may be spent unacknowledged (2: a half),
 --          34 for "restore": the units this replica's own leases of the epoch
 --          it saw spent and Redis did not acknowledge (it spends them no more),
@@ -1060,6 +1064,23 @@ if op == 'restore' then
     -- sent again, when Redis lost its data again before it could tell:
     -- what it saw and what its leases admitted are in).
     local since = tonumber(redis.call('HGET', k, 're'))
+    -- Unless the copy's range of epochs is one this replica put back
+    -- itself under another tag ('ri', drawn by each first restore): that
+    -- counter was lost in turn, and the replica that put it back first
+    -- since (which had not seen that range) took the same numbers. The
+    -- copy then holds what was admitted before that loss, and is put back.
+    -- (Skipped, a replica's share was lost: 32,773 over a quota when Redis
+    -- lost its data twice within 75 ms in a test run.)
+    local tag = redis.call('HGET', k, 'ri')
+    local lost_range = ARGV[27] ~= '0' and ARGV[27] ~= tag
+    -- What that replica's leases had admitted, which its restore of that
+    -- range added (ARGV[29]): in its copy, not in the other replica's
+    -- (which had not seen the range), it is added as its own below.
+    local own = tonumber(ARGV[34]) or 0
+    if lost_range and since and seen_epoch >= since then
+      local in_copy = math.min(tonumber(ARGV[29]) or 0, seen_used)
+      seen_used, own = seen_used - in_copy, own + in_copy
+    end
     local holder = holder_of(ARGV[26] or '')
     -- A holder putting the counter back is alive: what the first holder
     -- to put it back counted for the others' leases ('su', see "A dead
@@ -1075,10 +1096,11 @@ if op == 'restore' then
         redis.call('HSET', k, 'sq', '-')
       end
     end
-    if (since and seen_epoch >= since)
+    if (since and seen_epoch >= since and not lost_range)
         or (holder and redis.call('HEXISTS', k, 'hr:' .. holder) == 1) then
       local now_q = redis.call('HMGET', k, 'used', 'leased', 'kt')
-      return { epoch, tonumber(now_q[1]) or 0, tonumber(now_q[2]) or 0, tonumber(now_q[3]) or 0 }
+      return { epoch, tonumber(now_q[1]) or 0, tonumber(now_q[2]) or 0, tonumber(now_q[3]) or 0,
+        tag or 0, 0, 0 }
     end
     -- Counts seen before the loss add what they saw beyond the largest
     -- one put back ('rb'); decisions made on the emptied counter before
@@ -1104,7 +1126,6 @@ if op == 'restore' then
     -- what its own leases admitted unacknowledged, so they add up across
     -- replicas (it spends those leases no more: their unspent units are
     -- admittable again).
-    local own = tonumber(ARGV[34]) or 0
     if own > 0 then
       used = used + own
       redis.call('HSET', k, 'used', used)
@@ -1131,7 +1152,8 @@ if op == 'restore' then
       redis.call('HINCRBY', k, 'stale', leased)
       epoch, leased = math.max(epoch, seen_epoch, tonumber(ARGV[38]) or 0) + 4294967296, 0
       kept_total = 0
-      redis.call('HSET', k, 're', epoch)
+      tag = ARGV[28]
+      redis.call('HSET', k, 're', epoch, 'ri', tag)
     end
     -- The first holder to put the counter back counts what the other
     -- holders' leases held as used (ARGV[18], as its copy last heard):
@@ -1146,10 +1168,11 @@ if op == 'restore' then
     end
     redis.call('HSET', k, 'ep', epoch, 'leased', leased, 'kt', kept_total)
     redis.call('EXPIRE', k, ttl)
-    -- The counter as it is now, for the replica's copy.
-    return { epoch, used, leased, kept_total }
+    -- The counter as it is now, for the replica's copy, its tag, 1: this
+    -- replica put it back, and what it added as its leases' own.
+    return { epoch, used, leased, kept_total, tag or 0, 1, own }
   end
-  return { 0, 0, 0, 0 }
+  return { 0, 0, 0, 0, 0, 0, 0 }
 end
 
 -- UpdateUsage ends the epoch: the outstanding leased units become stale,

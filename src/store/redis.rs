@@ -17,7 +17,7 @@ use redis::{FromRedisValue, Script, ScriptInvocation};
 use super::control::{self, Control, Handler};
 use super::learn;
 use super::lease::{self, CallKind, Lease, LeaseConfig, Leases, PendingCall, Unspent, Unsure};
-use super::recovery::{Marker, Period, Recovery, Seen, Watch};
+use super::recovery::{Marker, Period, Recovery, RestoredByThis, Seen, Watch};
 use super::spent::Spent;
 use super::{
     CounterKey, CounterStore, DayUsage, Decision, DecisionRequest, QuotaRule, StoreFuture,
@@ -920,6 +920,11 @@ struct Args {
     own_leased: u64,
     /// For "restore": the latest epoch this replica's copy held.
     epoch_floor: u64,
+    /// For "restore": the tag of the counter as this replica last put it
+    /// back itself, when the copy's epochs are of that range (0: none), a
+    /// fresh tag should this restore be the first, and what that restore
+    /// added as the leases' own (see `redis.lua`).
+    tags: (u64, u64, u64),
     /// The id of a call on the holder's record (0: none; see `Unsure`),
     /// and the oldest of the holder's calls still open.
     call: u64,
@@ -947,6 +952,7 @@ impl Args {
             known: false,
             seen: None,
             epoch_floor: 0,
+            tags: (0, 0, 0),
             record: String::new(),
             lease_us: 0,
             own_leased: 0,
@@ -1018,6 +1024,15 @@ impl Args {
             Some((kind, start, end, limit)) => (kind.as_str(), start, end, limit),
             None => ("", 0, 0, 0),
         };
+        // A restore gives no lease back: 27 to 29 carry its tags.
+        let (gen, cap, granted_tokens) = match op {
+            "restore" => self.tags,
+            _ => (
+                self.unspent.gen,
+                self.unspent.cap,
+                self.unspent.granted_tokens,
+            ),
+        };
         invocation
             .arg(op)
             .arg(self.now_us)
@@ -1045,9 +1060,9 @@ impl Args {
             .arg(self.seen.map_or(-1, |s| s.allow))
             .arg(self.seen.map_or(0, |s| s.epoch))
             .arg(&self.record)
-            .arg(self.unspent.gen)
-            .arg(self.unspent.cap)
-            .arg(self.unspent.granted_tokens)
+            .arg(gen)
+            .arg(cap)
+            .arg(granted_tokens)
             .arg(self.unspent.pending())
             .arg(self.lease_us)
             .arg(micros(lease::RECLAIM_GRACE))
@@ -1765,6 +1780,7 @@ impl Lost {
                 // Its period is over: nothing of it carries into the next.
                 recovery.seen.remove(&counter);
                 recovery.restored.remove(&counter);
+                recovery.put_back.remove(&counter);
             } else {
                 current.push((counter, seen));
             }
@@ -1814,6 +1830,12 @@ async fn put_back(
                 .restored
                 .get(&counter)
                 .map_or(seen.epoch, |followed| seen.epoch.max(*followed));
+            let own_range = recovery.own_range(&counter, &seen);
+            args.tags = (
+                own_range.map_or(0, |put| put.tag),
+                Recovery::fresh_tag(),
+                own_range.map_or(0, |put| put.own),
+            );
             // This replica as a lease holder: Redis then knows its leases
             // of the counter as it was are counted, and, put back first, it
             // counts the other holders' (one may have died with them).
@@ -1830,10 +1852,19 @@ async fn put_back(
                     .await?;
                 // The copy follows the counter as put back (its new range of
                 // epochs): answers of that range are this replica's again.
-                if let [epoch, used, leased, kept] = answer[..] {
+                if let [epoch, used, leased, kept, tag, put, own] = answer[..] {
                     if let Some(mut known) = recovery.seen.get_mut(&counter) {
                         if known.period == seen.period && epoch > 0 {
                             (known.epoch, known.used) = (epoch, copied(used, leased, kept));
+                            if put == 1 {
+                                let put = RestoredByThis {
+                                    period: seen.period,
+                                    epoch,
+                                    tag,
+                                    own,
+                                };
+                                recovery.put_back.insert(counter.clone(), put);
+                            }
                             let mut followed = recovery.restored.entry(counter).or_default();
                             *followed = (*followed).max(epoch);
                         }
@@ -1982,3 +2013,7 @@ mod script_tests;
 #[cfg(test)]
 #[path = "redis_control_tests.rs"]
 mod control_tests;
+
+#[cfg(test)]
+#[path = "redis_restore_tests.rs"]
+mod restore_tests;

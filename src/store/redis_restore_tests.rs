@@ -1,0 +1,152 @@
+//! Redis losing its data twice in quick succession: a replica that put a
+//! counter back first loses it again before another replica saw it, and
+//! that one, put back first the second time from an older copy, draws the
+//! same epochs. The first replica's copy still holds what was admitted
+//! before: it is put back, once.
+
+use super::*;
+use crate::model::Quota;
+
+use super::redis_server;
+
+/// A daily quota period that holds now.
+fn today() -> Period {
+    let now = Timestamp::now().as_second();
+    let start = now - now.rem_euclid(DAY_SECS);
+    (QuotaPeriod::Day, start, start + DAY_SECS)
+}
+
+/// A replica's recovery (no leases) whose copy of `counter` saw `used`
+/// admitted in epoch 1.
+fn replica_that_saw(counter: &CounterKey, used: u64) -> Recovery {
+    let recovery = Recovery::new("t:");
+    recovery.seen.insert(
+        counter.clone(),
+        Seen {
+            period: today(),
+            used,
+            allow: -1,
+            epoch: 1,
+            others: 0,
+            today: (0, 0),
+        },
+    );
+    recovery
+}
+
+/// As [`replica_that_saw`], for a replica whose lease of the counter
+/// (epoch 1) admitted `admitted` requests Redis did not hear of yet.
+fn leasing_replica_that_saw(counter: &CounterKey, used: u64, admitted: u64) -> Recovery {
+    let leases = Arc::new(Leases::new(LeaseConfig::default()));
+    let (_, start, end) = today();
+    let lease = Lease {
+        unspent: Unspent {
+            units: 1_000 - admitted,
+            granted: 1_000,
+            admitted,
+            cap: 500,
+            gen: 1,
+            period_start: start,
+            day: start.div_euclid(DAY_SECS),
+            epoch: 1,
+            ..Unspent::default()
+        },
+        period_end: end,
+        quota: Some(QuotaRule {
+            quota: Quota::new(1_000_000, QuotaPeriod::Day),
+            plan_created: 0,
+        }),
+        ..Lease::default()
+    };
+    leases.keep((counter.clone(), "".into()), lease);
+    let recovery = replica_that_saw(counter, used);
+    recovery.holding(Some(leases))
+}
+
+/// The counter's used count as Redis holds it now.
+async fn used_in_redis(connection: &mut Connection, counter: &CounterKey) -> u64 {
+    let used: Option<u64> = connection
+        .query(
+            redis::cmd("HGET")
+                .arg(counter_key("t:", counter))
+                .arg("used"),
+        )
+        .await
+        .unwrap();
+    used.unwrap_or(0)
+}
+
+/// Puts back what `recovery` saw, as a restore does.
+async fn restore(recovery: &Recovery, connection: &mut Connection) {
+    let script = Script::new(SCRIPT);
+    let lost = Lost::take(recovery, None);
+    put_back(recovery, connection, &script, &lost)
+        .await
+        .unwrap();
+}
+
+/// Empties Redis, as a restart without persistence does.
+async fn flush(connection: &mut Connection) {
+    let () = connection.query(&redis::cmd("FLUSHALL")).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_copy_put_back_and_lost_again_is_put_back_over_a_later_first_restore() {
+    let server = redis_server::Redis::start();
+    let mut connection = Connection::open(&server.url()).await.unwrap();
+    let counter = CounterKey::new("plan", "twice-lost");
+    // The first replica saw 300 admitted, the second only 100 (its last
+    // answer came earlier).
+    let (first, second) = (
+        replica_that_saw(&counter, 300),
+        replica_that_saw(&counter, 100),
+    );
+
+    // Redis comes back empty; the first replica puts the counter back.
+    restore(&first, &mut connection).await;
+    assert_eq!(used_in_redis(&mut connection, &counter).await, 300);
+
+    // Empty again before the second replica heard of it: it puts back
+    // first now, from its older copy, with the same epochs.
+    flush(&mut connection).await;
+    restore(&second, &mut connection).await;
+    assert_eq!(used_in_redis(&mut connection, &counter).await, 100);
+    let epochs = |recovery: &Recovery| recovery.seen.get(&counter).unwrap().epoch;
+    assert_eq!(
+        epochs(&first),
+        epochs(&second),
+        "the same epochs, drawn twice"
+    );
+
+    // The first replica's copy is of a counter Redis lost since: what it
+    // saw beyond the second's goes back. (Before: nothing did, 100 of 300.)
+    restore(&first, &mut connection).await;
+    assert_eq!(used_in_redis(&mut connection, &counter).await, 300);
+
+    // Put back again, by either, it adds nothing more.
+    restore(&first, &mut connection).await;
+    restore(&second, &mut connection).await;
+    assert_eq!(used_in_redis(&mut connection, &counter).await, 300);
+}
+
+#[tokio::test]
+async fn what_a_lease_admitted_counts_once_when_the_copy_that_held_it_was_lost() {
+    let server = redis_server::Redis::start();
+    let mut connection = Connection::open(&server.url()).await.unwrap();
+    let counter = CounterKey::new("plan", "twice-lost-leased");
+    // The first replica saw 100 admitted, and its lease admitted 40 more;
+    // the second saw 130 (its last answer came later).
+    let first = leasing_replica_that_saw(&counter, 100, 40);
+    let second = replica_that_saw(&counter, 130);
+
+    restore(&first, &mut connection).await;
+    assert_eq!(used_in_redis(&mut connection, &counter).await, 140);
+
+    // Lost again; the second puts back first, with the same epochs; then
+    // the first: 130 seen, and the 40 its lease admitted. (Its copy's 140
+    // taken as seen, 30 of them were lost.)
+    flush(&mut connection).await;
+    restore(&second, &mut connection).await;
+    restore(&first, &mut connection).await;
+    assert_eq!(used_in_redis(&mut connection, &counter).await, 170);
+}
