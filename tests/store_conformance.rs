@@ -1559,3 +1559,68 @@ async fn a_rounds_reports_go_to_redis_together() {
         assert_eq!(days, vec![[REQUESTS, QUOTA - REQUESTS]], "{counter:?}");
     }
 }
+
+/// Another replica's message to put the counters back arrives as Redis
+/// drops every connection with its data (a restart): this replica's first
+/// call, on its dropped connection, fails. It tries again on a new one,
+/// and its share is back by the time the sender goes on. (It did not
+/// acknowledge: the sender waited its whole second, then set the marker
+/// without that share, and decided on a count that lacked it.)
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_to_put_counters_back_that_comes_with_a_restart_is_acted_on() {
+    use store_suite::{decide, rule};
+    use support::redis_server::Redis;
+    use tower_usage_plans::store::{CounterKey, Verdict};
+    use tower_usage_plans::QuotaPeriod;
+
+    let redis = Redis::start();
+    let prefix = unique_prefix();
+    let (a, b) = (
+        store_suite::store_at(&redis.url(), &prefix).await,
+        store_suite::store_at(&redis.url(), &prefix).await,
+    );
+    for store in [&a, &b] {
+        store.recover_if_emptied().await.unwrap();
+    }
+    let counter = CounterKey::new("plan", "restarted");
+    let quota = Some(rule(100, QuotaPeriod::Day));
+    for _ in 0..5 {
+        let decision = decide(&b, &counter, None, quota, jiff::Timestamp::now()).await;
+        assert_eq!(decision.verdict, Verdict::Admitted);
+    }
+    let mut raw = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: redis::Value = redis::pipe()
+        .atomic()
+        .cmd("FLUSHALL")
+        .cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let mut raw = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    // A finds the loss (its own first call may fail on its dropped
+    // connection, as the gateway's next check would find it again).
+    let mut tries = 0;
+    while !a.recover_if_emptied().await.unwrap_or(false) {
+        tries += 1;
+        assert!(tries < 3, "A never found the loss");
+    }
+    let used: Option<u64> = redis::cmd("HGET")
+        .arg(format!("{prefix}{{plan:restarted}}"))
+        .arg("used")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(used, Some(5), "B's five are back once A went on");
+}

@@ -182,13 +182,17 @@ impl RedisStore {
             self.script.clone(),
         );
         self.control.on_lost(Some(Arc::new(move |marker| {
-            let (recovery, mut connection, script) =
+            let (recovery, connection, script) =
                 (recovery.clone(), connection.clone(), script.clone());
             StoreFuture::boxed(async move {
                 if let Some(recovery) = recovery.upgrade() {
-                    restore_seen(&recovery, &mut connection, &script)
-                        .await
-                        .map_err(|e| store_error("restore", e))?;
+                    retried(|| {
+                        let (recovery, mut connection, script) =
+                            (recovery.clone(), connection.clone(), script.clone());
+                        async move { restore_seen(&recovery, &mut connection, &script).await }
+                    })
+                    .await
+                    .map_err(|e| store_error("restore", e))?;
                     // The sender's next marker: not news when it is set.
                     if let Some(marker) = marker {
                         recovery.adopt(marker);
@@ -220,13 +224,20 @@ impl RedisStore {
             self.script.clone(),
         );
         self.control.on_counter_lost(Some(Arc::new(move |counter| {
-            let (recovery, mut connection, script) =
+            let (recovery, connection, script) =
                 (recovery.clone(), connection.clone(), script.clone());
             StoreFuture::boxed(async move {
                 if let Some(recovery) = recovery.upgrade() {
-                    restore_counter(&recovery, &mut connection, &script, &counter)
-                        .await
-                        .map_err(|e| store_error("restore", e))?;
+                    retried(|| {
+                        let (recovery, mut connection, script) =
+                            (recovery.clone(), connection.clone(), script.clone());
+                        let counter = counter.clone();
+                        async move {
+                            restore_counter(&recovery, &mut connection, &script, &counter).await
+                        }
+                    })
+                    .await
+                    .map_err(|e| store_error("restore", e))?;
                 }
                 Ok(())
             })
@@ -1686,6 +1697,29 @@ async fn recover(
                 redis::ErrorKind::Client,
                 "Redis kept losing its data while counters were put back",
             )))
+        }
+    }
+}
+
+/// `attempt`, made again (twice at most, 50 ms apart) while it fails: a
+/// replica's message to put counters back often arrives as Redis drops
+/// every connection (a restart), and the first call on the dropped one
+/// fails while the next, on a new one, goes through. Not done, it was not
+/// acknowledged: the sender waited its whole second for it, then went on
+/// as if it had been, with this replica's share not put back.
+async fn retried<T, Fut>(mut attempt: impl FnMut() -> Fut) -> redis::RedisResult<T>
+where
+    Fut: std::future::Future<Output = redis::RedisResult<T>>,
+{
+    let mut tries = 0;
+    loop {
+        match attempt().await {
+            Err(e) if tries < 2 => {
+                tracing::debug!(error = %e, "putting counters back failed; once more");
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            done => return done,
         }
     }
 }
