@@ -758,18 +758,7 @@ async fn lose_data_while_leasing(replicas: usize, losses: usize, apart: u64, how
             .await
             .unwrap();
         if how == "RESTART" {
-            // Emptied, and every connection dropped in the same step, as
-            // a restart without persistence does.
-            let _: redis::Value = redis::pipe()
-                .atomic()
-                .cmd("FLUSHALL")
-                .cmd("CLIENT")
-                .arg("KILL")
-                .arg("TYPE")
-                .arg("normal")
-                .query_async(&mut raw)
-                .await
-                .unwrap();
+            restart_empty(&mut raw).await;
             continue;
         }
         let mut loss = redis::cmd(how);
@@ -1594,21 +1583,7 @@ async fn a_message_to_put_counters_back_that_comes_with_a_restart_is_acted_on() 
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let _: redis::Value = redis::pipe()
-        .atomic()
-        .cmd("FLUSHALL")
-        .cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("normal")
-        .query_async(&mut raw)
-        .await
-        .unwrap();
-    let mut raw = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    restart_empty(&mut raw).await;
     // A finds the loss (its own first call may fail on its dropped
     // connection, as the gateway's next check would find it again).
     let mut tries = 0;
@@ -1623,4 +1598,21 @@ async fn a_message_to_put_counters_back_that_comes_with_a_restart_is_acted_on() 
         .await
         .unwrap();
     assert_eq!(used, Some(5), "B's five are back once A went on");
+}
+
+/// Empties Redis and drops every connection (but `raw`'s own and the
+/// replicas' subscriptions) in the same step, as a restart without
+/// persistence does.
+#[cfg(feature = "redis")]
+async fn restart_empty(raw: &mut redis::aio::MultiplexedConnection) {
+    let _: redis::Value = redis::pipe()
+        .atomic()
+        .cmd("FLUSHALL")
+        .cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .query_async(raw)
+        .await
+        .unwrap();
 }
