@@ -1073,14 +1073,7 @@ if op == 'restore' then
     -- lost its data twice within 75 ms in a test run.)
     local tag = redis.call('HGET', k, 'ri')
     local lost_range = ARGV[27] ~= '0' and ARGV[27] ~= tag
-    -- What that replica's leases had admitted, which its restore of that
-    -- range added (ARGV[29]): in its copy, not in the other replica's
-    -- (which had not seen the range), it is added as its own below.
     local own = tonumber(ARGV[34]) or 0
-    if lost_range and since and seen_epoch >= since then
-      local in_copy = math.min(tonumber(ARGV[29]) or 0, seen_used)
-      seen_used, own = seen_used - in_copy, own + in_copy
-    end
     local holder = holder_of(ARGV[26] or '')
     -- A holder putting the counter back is alive: what the first holder
     -- to put it back counted for the others' leases ('su', see "A dead
@@ -1104,11 +1097,27 @@ if op == 'restore' then
     end
     -- Counts seen before the loss add what they saw beyond the largest
     -- one put back ('rb'); decisions made on the emptied counter before
-    -- the first restore (none on one server) stay counted.
-    local base = tonumber(redis.call('HGET', k, 'rb')) or 0
-    if seen_used > base then
-      used = used + seen_used - base
-      redis.call('HSET', k, 'used', used, 'rb', seen_used)
+    -- the first restore (none on one server) stay counted. A copy of a
+    -- range its replica put back itself holds what that replica's leases
+    -- had admitted (ARGV[29]), which a copy of an older range cannot
+    -- hold: such a copy is measured against the largest less that part
+    -- ('rbo', of the range 'rbe'); a copy of a later range than the
+    -- largest's adds that part as its own. (Taken as seen, it swallowed
+    -- what the other copy saw beyond the first one's: a lease's share
+    -- over a quota when Redis lost its data twice within 90 ms.)
+    local r = redis.call('HMGET', k, 'rb', 'rbe', 'rbo')
+    local base, base_era = tonumber(r[1]) or 0, tonumber(r[2])
+    local era = math.floor(seen_epoch / 4294967296)
+    local in_copy = math.min(tonumber(ARGV[29]) or 0, seen_used)
+    local mine = seen_used
+    if base_era and era < base_era then
+      base = math.max(base - (tonumber(r[3]) or 0), 0)
+    elseif base_era and era > base_era then
+      mine, own = seen_used - in_copy, own + in_copy
+    end
+    if mine > base then
+      used = used + mine - base
+      redis.call('HSET', k, 'used', used, 'rb', seen_used, 'rbe', era, 'rbo', in_copy)
     end
     -- Today's record of admitted requests (GetUsage's used count) as the
     -- copy last heard it (ARGV[17] its day, ARGV[19] its count), beyond

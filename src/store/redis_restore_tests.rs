@@ -150,3 +150,44 @@ async fn what_a_lease_admitted_counts_once_when_the_copy_that_held_it_was_lost()
     restore(&first, &mut connection).await;
     assert_eq!(used_in_redis(&mut connection, &counter).await, 170);
 }
+
+#[tokio::test]
+async fn a_replica_that_puts_back_first_twice_counts_what_its_leases_admitted_once() {
+    let server = redis_server::Redis::start();
+    let mut connection = Connection::open(&server.url()).await.unwrap();
+    let counter = CounterKey::new("plan", "first-twice");
+    let first = leasing_replica_that_saw(&counter, 100, 40);
+    let second = replica_that_saw(&counter, 130);
+    restore(&first, &mut connection).await;
+    assert_eq!(used_in_redis(&mut connection, &counter).await, 140);
+
+    // Lost again before the second put it back; the first puts back
+    // first again (its copy now holds its lease's 40), then the second:
+    // 130 seen, and the 40. (Before: the second's 130 added nothing to
+    // the first's 140, and 30 were lost.)
+    flush(&mut connection).await;
+    restore(&first, &mut connection).await;
+    restore(&second, &mut connection).await;
+    assert_eq!(used_in_redis(&mut connection, &counter).await, 170);
+}
+
+#[tokio::test]
+async fn copies_of_the_same_range_put_back_again_count_nothing_twice() {
+    let server = redis_server::Redis::start();
+    let mut connection = Connection::open(&server.url()).await.unwrap();
+    let counter = CounterKey::new("plan", "both-put-back");
+    let first = leasing_replica_that_saw(&counter, 100, 40);
+    let second = replica_that_saw(&counter, 130);
+    // Both put it back (170: 130 seen, and the lease's 40); the second's
+    // copy follows, and counts the first's 40 too.
+    restore(&first, &mut connection).await;
+    restore(&second, &mut connection).await;
+    assert_eq!(used_in_redis(&mut connection, &counter).await, 170);
+
+    // Lost again: both copies are of the range put back, and the larger
+    // (170) holds the 40 already.
+    flush(&mut connection).await;
+    restore(&first, &mut connection).await;
+    restore(&second, &mut connection).await;
+    assert_eq!(used_in_redis(&mut connection, &counter).await, 170);
+}
