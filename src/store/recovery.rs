@@ -113,7 +113,7 @@ pub(crate) struct Recovery {
 /// A counter as a replica put it back itself: Redis may lose it in turn,
 /// before every replica saw it, and a replica that had not seen that range
 /// of epochs put it back first next time with the same numbers (see
-/// `own_range_tag`).
+/// [`Recovery::own_range`]).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RestoredByThis {
     pub(crate) period: Period,
