@@ -795,6 +795,52 @@ async fn an_admin_change_refused_while_redis_is_down_changes_nothing() {
     gateway.shutdown().await.unwrap();
 }
 
+/// A gateway started before its Redis refuses admin changes with 503 and
+/// makes none until it has joined the replicas: joining, its registry
+/// becomes theirs, so a plan it made alone was acknowledged (201), then
+/// lost on every replica. Once Redis is there, the same call is made, and
+/// kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_change_before_redis_is_first_reached_changes_nothing() {
+    let port = redis_server::free_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    // Nothing listens on the port: the gateway starts anyway, not ready.
+    let gateway = Gateway::start(config(&url, 2, StoreFailure::FailOpen))
+        .await
+        .unwrap();
+    let env = aws::env_with(gateway.plans().clone()).await;
+    let create = || {
+        env.admin.signed(
+            "POST",
+            "/usageplans",
+            Some("application/json"),
+            br#"{"name":"made-before-redis"}"#,
+        )
+    };
+    let named = || {
+        gateway
+            .plans()
+            .usage_plans()
+            .into_iter()
+            .filter(|plan| plan.name == "made-before-redis")
+            .count()
+    };
+
+    let refused = env.admin.send(create()).await;
+    let message = aws::assert_error(&refused, 503, "ServiceUnavailableException");
+    assert!(message.contains("nothing was changed"), "{message}");
+    assert_eq!(named(), 0);
+
+    let _redis = Redis::start_on(port);
+    let made = eventually("the gateway to reach Redis", || async {
+        Some(env.admin.send(create()).await).filter(|(status, _, _)| status.as_u16() != 503)
+    })
+    .await;
+    assert_eq!(made.0.as_u16(), 201, "{}", made.2);
+    assert_eq!(named(), 1, "made once, and kept");
+    gateway.shutdown().await.unwrap();
+}
+
 /// Redis loses its data after two UpdateUsage calls, the replica that
 /// restores first having seen only the older one: the newer allowance
 /// still wins (it is of a later epoch), so a remaining count set to 3

@@ -154,6 +154,11 @@ impl Gateway {
                         // Serve what the configuration names meanwhile: its
                         // keys get the failure policy, not a 403.
                         provision(&plans, &config)?;
+                        // An admin change answers 503 and changes nothing
+                        // until Redis is reached (joining, the registry
+                        // becomes the replicas': a change made here alone
+                        // was acknowledged, then lost).
+                        plans.set_replication(Some(Arc::new(redis_link::not_reached_yet)));
                         tracing::warn!(
                             error = %message,
                             url = %replicas::redacted(url),

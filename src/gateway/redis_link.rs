@@ -26,6 +26,9 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// The longest wait between attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// What a gateway that has not reached Redis yet answers in its stead.
+const NOT_REACHED: &str = "Redis has not been reached yet";
+
 /// How often decisions that keep failing are logged again.
 pub(crate) const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -57,8 +60,15 @@ impl LateStore {
     fn get(&self) -> Result<&RedisStore, Error> {
         self.redis
             .get()
-            .ok_or_else(|| Error::new(ErrorKind::Store, "Redis has not been reached yet"))
+            .ok_or_else(|| Error::new(ErrorKind::Store, NOT_REACHED))
     }
+}
+
+/// The replication of a gateway that has not reached Redis yet: every
+/// admin change is refused before it is made (see
+/// [`UsagePlans::replicated`]), until joining the replicas sets theirs.
+pub(crate) fn not_reached_yet() -> StoreFuture<()> {
+    StoreFuture::ready(Err(Error::new(ErrorKind::Store, NOT_REACHED)))
 }
 
 /// Logs a failed decision, if the throttle lets it through.
