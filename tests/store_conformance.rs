@@ -404,12 +404,15 @@ async fn a_counter_another_replica_created_later_is_copied_too() {
     assert_eq!(decision.verdict, Verdict::QuotaExceeded);
 }
 
-/// Requests of a key whose lease ran out while one of them renews it wait
-/// for the new lease and spend it: one script call in all, not one each
-/// (they each took a one-unit lease of their own, which each renewed).
+/// A lease near its end takes the next one ahead, in the background, and
+/// the key's requests that find the lease spent before it lands wait for it
+/// and spend it: one script call for the next lease in all, not one each
+/// (they each took a one-unit lease of their own, which each renewed). The
+/// call taken ahead decides no request of its own: GetUsage counts each
+/// admitted request once.
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_waiting_for_a_renewal_spend_the_new_lease() {
+async fn requests_of_a_spent_lease_spend_the_one_taken_ahead_and_count_once() {
     use store_suite::{decide, rule};
     use support::redis_server::Redis;
     use tower_usage_plans::store::{CounterKey, LeaseConfig, Verdict};
@@ -421,26 +424,66 @@ async fn requests_waiting_for_a_renewal_spend_the_new_lease() {
         .with_leases(LeaseConfig::default());
     store.until_leasing().await;
     let counter = CounterKey::new("plan", "renewed");
-    let quota = Some(rule(1_000_000, QuotaPeriod::Day));
+    let rule = rule(1_000_000, QuotaPeriod::Day);
     let start = jiff::Timestamp::now();
-    // A first lease of one unit, spent: the next request renews, a
-    // millisecond later by the requests' clock, so the new lease is sized
-    // for that rate (1,500 units: 750 may be spent unacknowledged).
-    for _ in 0..2 {
-        let decision = decide(&store, &counter, None, quota, start).await;
+    // A first lease of one unit (the first request's call), spent by the
+    // second, which takes the next ahead: sized for the rate of one unit
+    // in a millisecond (at least), 1,500 units.
+    let (store, counter) = (&store, &counter);
+    let admitted = |now| async move {
+        let decision = decide(store, counter, None, Some(rule), now).await;
         assert_eq!(decision.verdict, Verdict::Admitted);
-    }
-    let later = start + jiff::SignedDuration::from_millis(1);
+    };
+    admitted(start).await;
     let before = redis.script_calls().await;
-    // Polled in turn: the first renews, the others find the renewal under
-    // way and wait for it.
-    let decisions: Vec<_> = (0..20)
-        .map(|_| decide(&store, &counter, None, quota, later))
-        .collect();
-    for decision in futures_util::future::join_all(decisions).await {
+    admitted(start).await;
+    // Polled in turn, before or after the lease taken ahead lands: each
+    // spends it, waiting for it if it has not landed yet.
+    let later = start + jiff::SignedDuration::from_millis(1);
+    futures_util::future::join_all((0..20).map(|_| admitted(later))).await;
+    assert_eq!(
+        redis.script_calls().await - before,
+        1,
+        "the lease taken ahead alone"
+    );
+    store.give_back_leases().await.unwrap();
+    assert_eq!(
+        today_usage(store, counter, &rule).await,
+        [22, 999_978],
+        "every admitted request once, and none for the lease taken ahead"
+    );
+}
+
+/// Leases given back on shutdown include one taken ahead and still on its
+/// way: landed after the others went back, it stayed out until Redis
+/// reclaimed it, and half of it counted as spent.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_taken_ahead_goes_back_with_the_others() {
+    use store_suite::{decide, rule};
+    use support::redis_server::Redis;
+    use tower_usage_plans::store::{CounterKey, LeaseConfig, Verdict};
+    use tower_usage_plans::QuotaPeriod;
+
+    let redis = Redis::start();
+    let prefix = unique_prefix();
+    let store = store_suite::store_at(&redis.url(), &prefix)
+        .await
+        .with_leases(LeaseConfig::default());
+    store.until_leasing().await;
+    let counter = CounterKey::new("plan", "ahead");
+    let rule = rule(1_000_000, QuotaPeriod::Day);
+    let now = jiff::Timestamp::now();
+    // The second request spends the first lease's one unit and takes the
+    // next ahead; the leases go back at once.
+    for _ in 0..2 {
+        let decision = decide(&store, &counter, None, Some(rule), now).await;
         assert_eq!(decision.verdict, Verdict::Admitted);
     }
-    assert_eq!(redis.script_calls().await - before, 1, "the renewal alone");
+    store.give_back_leases().await.unwrap();
+    let hash = format!("{prefix}{{plan:ahead}}");
+    assert_eq!(leased_units(&redis.url(), &hash).await, 0, "none left out");
+    assert_eq!(today_usage(&store, &counter, &rule).await, [2, 999_998]);
 }
 
 /// The units out on leases of the counter hash `hash` (its `leased` field).

@@ -62,7 +62,9 @@
 --          2 now_us, 3 now_secs, 4 day,
 --          5 bucket field ("" = no throttle), 6 rate, 7 burst,
 --          8 period kind ("" = no quota), 9 period start, 10 period end,
---          11 period limit, 12 remaining (for "set") or signed delta (for "add"), 13 ttl secs,
+--          11 period limit, 12 remaining (for "set") or signed delta (for "add"); for
+--          "lease", 1 asks for a lease ahead: no request is decided, only a
+--          slice granted (the replica still spends its lease meanwhile), 13 ttl secs,
 --          14-17 a lease given back (by "lease", "return", "report"): its unspent units,
 --          the requests it admitted not yet reported, its unspent tokens, the day it was
 --          granted on (for "restore": the day of the copy's count of admitted
@@ -114,6 +116,8 @@ local kind, pstart, pend, plimit = ARGV[8], ARGV[9], ARGV[10] + 0, ARGV[11] + 0
 -- The ttl as sent: a Lua number passed to redis.call is written into a
 -- string again (~2,300 instructions).
 local set_to, ttl = ARGV[12] + 0, ARGV[13]
+-- A lease ahead (see ARGV[12]): the call decides no request of its own.
+local ahead = op == 'lease' and set_to == 1
 local ret_q, ret_n, ret_t, ret_day, want_q, want_t, ret_epoch = 0, 0, 0, 0, 0, 0, 0
 local ret_metered, rec_name, ret_gen, ret_cap, ret_gt, ret_pending = false, '', 0, 0, 0, 0
 local ret_report = 0
@@ -361,7 +365,7 @@ end
 -- no grant, another day, a new period) goes on below, as nothing was
 -- written.
 -- fast lease: begin
-if op == 'lease' and call > 0 and ret_metered and ret_gen > 0 and ret_pending == 0
+if op == 'lease' and not ahead and call > 0 and ret_metered and ret_gen > 0 and ret_pending == 0
     and kind ~= '' and ret_day == tonumber(day) and want_q > 0
     and (bf ~= '' or ret_gt == 0) then
   local du, lf = 'd:' .. day .. ':u', 'b:' .. string.sub(rec_name, 20) .. ':l'
@@ -1260,7 +1264,7 @@ if bf ~= "" then
     verdict = 1
   elseif kind ~= "" and remaining < 1 then
     verdict = 2
-  else
+  elseif not ahead then
     tokens = tokens - 1
   end
   redis.call('HSET', k, bf .. ':t', tostring(tokens), bf .. ':u', updated)
@@ -1276,8 +1280,10 @@ if verdict ~= 0 then
     { kept_total, -1, -1 } }
 end
 
-used = used + 1
-remaining = math.max(remaining - 1, 0)
+if not ahead then
+  used = used + 1
+  remaining = math.max(remaining - 1, 0)
+end
 local q_take, t_take, gen, cap, held = 0, 0, 0, 0, nil
 if op == 'lease' then
   local grant = true
@@ -1322,7 +1328,7 @@ if op == 'lease' then
 end
 if kind ~= "" then
   redis.call('HSET', k, 'used', used, 'leased', leased)
-elseif redis.call('HEXISTS', k, 'pk') == 1 then
+elseif not ahead and redis.call('HEXISTS', k, 'pk') == 1 then
   -- No quota: the stored period counts the request all the same (as
   -- counter.rs does), so a quota put back within it counts it.
   redis.call('HINCRBY', k, 'used', 1)
@@ -1330,7 +1336,7 @@ end
 if op == 'lease' then
   done_put(q_take, t_take, gen, cap, epoch, 0)
 end
-record(1)
+record(ahead and 0 or 1)
 redis.call('EXPIRE', k, ttl)
 -- For a lease, the units out on the other holders' leases (the replica's
 -- copy keeps them: see "A dead holder's leases"); -1: not said.

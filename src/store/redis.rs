@@ -16,7 +16,9 @@ use redis::{FromRedisValue, Script, ScriptInvocation};
 
 use super::control::{self, Control, Handler};
 use super::learn;
-use super::lease::{self, CallKind, Lease, LeaseConfig, Leases, PendingCall, Unspent, Unsure};
+use super::lease::{
+    self, CallKind, Lease, LeaseConfig, Leases, PendingCall, Renewal, Unspent, Unsure,
+};
 use super::recovery::{Marker, Period, Recovery, RestoredByThis, Seen, Watch};
 use super::spent::Spent;
 use super::{
@@ -336,6 +338,8 @@ impl RedisStore {
     pub async fn give_back_leases(&self) -> Result<()> {
         match &self.leases {
             Some(leases) => {
+                // Leases taken ahead, on their way, go back too.
+                let _ = tokio::time::timeout(self.timeout, leases.renewals_over()).await;
                 self.send_unsure_again(leases).await?;
                 let calls = self
                     .calls_to_send(|| {
@@ -906,6 +910,17 @@ impl Connection {
     }
 }
 
+/// A lease call to make with a decision: the slot's lease given back
+/// (`taken`) and the next one asked for (`want`), or, with a renewal taken
+/// ahead, only the next one.
+struct LeaseCall<'a> {
+    leases: &'a Arc<Leases>,
+    key: lease::Slot,
+    want: (u64, u64),
+    taken: Lease,
+    renewal: Renewal,
+}
+
 /// The script's arguments after the operation name.
 #[derive(Clone)]
 struct Args {
@@ -1181,7 +1196,12 @@ impl RedisStore {
         let wall_us = SystemClock.now_nanos().get() / 1_000;
         let leases = self.leases.as_ref().filter(|l| l.active_at(wall_us));
         if let Some(leases) = leases {
-            if let Some(decision) = leases.try_spend(request, request.now.get() / 1_000, wall_us) {
+            if let Some((decision, ahead)) =
+                leases.try_spend(request, request.now.get() / 1_000, wall_us)
+            {
+                if let Some(renewal) = ahead {
+                    self.lease_ahead(request, leases, renewal);
+                }
                 return StoreFuture::ready(Ok(decision));
             }
         }
@@ -1197,14 +1217,74 @@ impl RedisStore {
                 }
             }
         }
+        // A lease with a report on its way is not given back here: this
+        // request is decided without one.
+        let renewal = leased.and_then(|(leases, key)| {
+            let want = leases.want(&key, request.now.get() / 1_000);
+            let (taken, renewal) = leases.take_unspent(&key, want)?;
+            Some(LeaseCall {
+                leases,
+                key,
+                want,
+                taken,
+                renewal,
+            })
+        });
+        self.script_decision(request, renewal)
+    }
+
+    /// Takes the next lease of the slot whose `renewal` (ahead) started,
+    /// in the background: the slot's lease is still spent meanwhile, and
+    /// the call gives nothing back and decides no request (`redis.lua`,
+    /// ARGV[12]). Without a runtime to run it on, it is not taken.
+    fn lease_ahead(&self, request: &DecisionRequest<'_>, leases: &Arc<Leases>, renewal: Renewal) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let key = lease::slot_key(request);
+        let want = leases.want(&key, request.now.get() / 1_000);
+        let period_end = request.quota.as_ref().map_or(0, |rule| {
+            let now = request.now.get().div_euclid(1_000_000_000);
+            period::bounds(rule.quota.period, now).1
+        });
+        let taken = Lease {
+            period_end,
+            ..Lease::default()
+        };
+        let call = LeaseCall {
+            leases,
+            key,
+            want,
+            taken,
+            renewal,
+        };
+        runtime.spawn(self.script_decision(request, Some(call)));
+    }
+
+    /// `request` decided by the script: with `lease` (the slot's lease
+    /// given back, or taken ahead), a lease call that also takes the next
+    /// lease; without, one decision.
+    fn script_decision(
+        &self,
+        request: &DecisionRequest<'_>,
+        lease: Option<LeaseCall<'_>>,
+    ) -> StoreFuture<Decision> {
         let mut args = Args::new(request.now, request.quota.as_ref());
         let mut op = "decide";
         let (mut slot, mut pending) = (None, None);
-        if let Some((leases, key)) = leased {
-            args.want = leases.want(&key, args.now_us);
-            // A lease with a report on its way is not given back here: this
-            // request is decided without one.
-            if let Some((taken, renewal)) = leases.take_unspent(&key, args.want) {
+        if let Some(call) = lease {
+            let LeaseCall {
+                leases,
+                key,
+                want,
+                taken,
+                renewal,
+            } = call;
+            args.want = want;
+            {
+                if renewal.ahead() {
+                    args.set_to = 1;
+                }
                 let unspent = taken.unspent;
                 args.unspent = unspent;
                 args.record = leases.record(&key);
@@ -1394,6 +1474,7 @@ impl RedisStore {
                     quota,
                     renewing: None,
                     renewal: 0,
+                    spent_before: (0, 0),
                 });
             }
             // A new lease is kept before a restore may run: it counts it.

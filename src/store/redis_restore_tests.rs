@@ -58,7 +58,7 @@ fn leasing_replica_that_saw(counter: &CounterKey, used: u64, admitted: u64) -> R
         }),
         ..Lease::default()
     };
-    leases.keep((counter.clone(), "".into()), lease);
+    leases.keep((counter.clone(), "".into()), lease, false);
     let recovery = replica_that_saw(counter, used);
     recovery.holding(Some(leases))
 }
