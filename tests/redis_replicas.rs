@@ -758,6 +758,17 @@ async fn concurrent_creations_through_two_replicas_are_all_kept() {
     }
 }
 
+/// A signed CreateUsagePlan of a plan named `name`.
+fn create_plan(admin: &aws::Admin, name: &str) -> aws::Req {
+    let body = format!(r#"{{"name":"{name}"}}"#);
+    admin.signed(
+        "POST",
+        "/usageplans",
+        Some("application/json"),
+        body.as_bytes(),
+    )
+}
+
 /// With Redis down, an admin change is refused with 503 and changes
 /// nothing, so an SDK's retry of it (botocore retries 503s) cannot create a
 /// plan twice; once Redis is back, the same call is made once.
@@ -770,14 +781,7 @@ async fn an_admin_change_refused_while_redis_is_down_changes_nothing() {
         .unwrap();
     let env = aws::env_with(gateway.plans().clone()).await;
     let plans_before = gateway.plans().usage_plans().len();
-    let create = || {
-        env.admin.signed(
-            "POST",
-            "/usageplans",
-            Some("application/json"),
-            br#"{"name":"made-while-down"}"#,
-        )
-    };
+    let create = || create_plan(&env.admin, "made-while-down");
 
     redis.stop();
     let refused = env.admin.send(create()).await;
@@ -809,14 +813,7 @@ async fn an_admin_change_before_redis_is_first_reached_changes_nothing() {
         .await
         .unwrap();
     let env = aws::env_with(gateway.plans().clone()).await;
-    let create = || {
-        env.admin.signed(
-            "POST",
-            "/usageplans",
-            Some("application/json"),
-            br#"{"name":"made-before-redis"}"#,
-        )
-    };
+    let create = || create_plan(&env.admin, "made-before-redis");
     let named = || {
         gateway
             .plans()

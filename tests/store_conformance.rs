@@ -415,14 +415,11 @@ async fn a_counter_another_replica_created_later_is_copied_too() {
 async fn requests_of_a_spent_lease_spend_the_one_taken_ahead_and_count_once() {
     use store_suite::{decide, rule};
     use support::redis_server::Redis;
-    use tower_usage_plans::store::{CounterKey, LeaseConfig, Verdict};
+    use tower_usage_plans::store::{CounterKey, Verdict};
     use tower_usage_plans::QuotaPeriod;
 
     let redis = Redis::start();
-    let store = store_suite::store_at(&redis.url(), &unique_prefix())
-        .await
-        .with_leases(LeaseConfig::default());
-    store.until_leasing().await;
+    let store = leasing_store(&redis.url(), &unique_prefix()).await;
     let counter = CounterKey::new("plan", "renewed");
     let rule = rule(1_000_000, QuotaPeriod::Day);
     let start = jiff::Timestamp::now();
@@ -462,15 +459,12 @@ async fn requests_of_a_spent_lease_spend_the_one_taken_ahead_and_count_once() {
 async fn a_lease_taken_ahead_goes_back_with_the_others() {
     use store_suite::{decide, rule};
     use support::redis_server::Redis;
-    use tower_usage_plans::store::{CounterKey, LeaseConfig, Verdict};
+    use tower_usage_plans::store::{CounterKey, Verdict};
     use tower_usage_plans::QuotaPeriod;
 
     let redis = Redis::start();
     let prefix = unique_prefix();
-    let store = store_suite::store_at(&redis.url(), &prefix)
-        .await
-        .with_leases(LeaseConfig::default());
-    store.until_leasing().await;
+    let store = leasing_store(&redis.url(), &prefix).await;
     let counter = CounterKey::new("plan", "ahead");
     let rule = rule(1_000_000, QuotaPeriod::Day);
     let now = jiff::Timestamp::now();
