@@ -480,6 +480,71 @@ async fn a_lease_taken_ahead_goes_back_with_the_others() {
     assert_eq!(today_usage(&store, &counter, &rule).await, [2, 999_998]);
 }
 
+/// A slice taken ahead joins the lease still being spent: what the replica
+/// may have spent and not reported, which Redis keeps as spent should the
+/// replica die, is the larger of the two halves, not their sum. (Summed, a
+/// replica killed with `kill -9` cost twice a lease's share.)
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slice_taken_ahead_keeps_one_share_for_a_replica_that_dies() {
+    use store_suite::{decide, rule};
+    use support::redis_server::Redis;
+    use tower_usage_plans::store::{CounterKey, Verdict};
+    use tower_usage_plans::QuotaPeriod;
+
+    let redis = Redis::start();
+    let prefix = unique_prefix();
+    let store = leasing_store(&redis.url(), &prefix).await;
+    let counter = CounterKey::new("plan", "share");
+    let rule = rule(10_000_000, QuotaPeriod::Day);
+    let start = jiff::Timestamp::now();
+    let (store, counter) = (&store, &counter);
+    let admitted = |now| async move {
+        let decision = decide(store, counter, None, Some(rule), now).await;
+        assert_eq!(decision.verdict, Verdict::Admitted);
+    };
+    // A one-unit lease, spent: the next, taken ahead, is 1,500 units (one
+    // unit a millisecond, for 1.5 s), of which 750 may go unreported.
+    admitted(start).await;
+    admitted(start).await;
+    for _ in 0..700 {
+        admitted(start + jiff::SignedDuration::from_millis(1)).await;
+    }
+    // A fifth of its lifetime left: the next is taken ahead, sized for 701
+    // in 0.8 s (1,314 units, 657 of which may go unreported).
+    admitted(start + jiff::SignedDuration::from_millis(800)).await;
+    let hash = format!("{prefix}{{plan:share}}");
+    let record = |held: u64| {
+        let url = redis.url();
+        let hash = hash.clone();
+        async move {
+            let fields: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+                .arg(&hash)
+                .query_async(
+                    &mut redis::Client::open(url)
+                        .unwrap()
+                        .get_multiplexed_async_connection()
+                        .await
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            let numbers: Vec<u64> = fields
+                .iter()
+                .find(|(name, _)| name.starts_with("h:"))
+                .map(|(_, record)| record.split(',').map(|n| n.parse().unwrap_or(0)).collect())
+                .unwrap_or_default();
+            (numbers.first().copied().unwrap_or(0) >= held).then(|| numbers[1])
+        }
+    };
+    // Units held, then the most kept should the replica die.
+    let kept = support::eventually::eventually("the slice taken ahead to land", || {
+        record(1 + 1_500 + 1_314)
+    })
+    .await;
+    assert_eq!(kept, 750, "the larger share, not 750 + 657");
+}
+
 /// The units out on leases of the counter hash `hash` (its `leased` field).
 #[cfg(feature = "redis")]
 async fn leased_units(url: &str, hash: &str) -> u64 {

@@ -661,7 +661,8 @@ impl Leases {
         lease.unspent.admitted += 1;
         let ahead = self.due_ahead(&lease, now_us).then(|| {
             lease.renewing = Some(Unspent::default());
-            self.renewal_of(&mut lease, slot.key(), true, true)
+            let joins = lease.unspent.cap;
+            self.renewal_of(&mut lease, slot.key(), true, Some(joins))
         });
         let decision = Decision {
             verdict: Verdict::Admitted,
@@ -716,7 +717,7 @@ impl Leases {
         lease: &mut Lease,
         slot: &Slot,
         waited_for: bool,
-        ahead: bool,
+        ahead: Option<u64>,
     ) -> Renewal {
         let number = self.renewal_numbers.fetch_add(1, Ordering::Relaxed) + 1;
         lease.renewal = number;
@@ -842,7 +843,7 @@ impl Leases {
         };
         lease.renewing = Some(taken.unspent);
         lease.spent_before = (0, 0);
-        let renewal = self.renewal_of(&mut lease, slot, want != (1, 1), false);
+        let renewal = self.renewal_of(&mut lease, slot, want != (1, 1), None);
         Some((taken, renewal))
     }
 
@@ -1082,19 +1083,21 @@ pub(crate) struct Renewal {
     number: u64,
     /// What wakes the requests waiting for it, if they wait.
     waited_for: Option<Arc<tokio::sync::Notify>>,
-    /// Taken ahead: the slot's lease is still spent meanwhile, and gave
-    /// nothing back.
-    ahead: bool,
+    /// Taken ahead, joining the slot's lease whose cap this is: that
+    /// lease is still spent meanwhile, and gave nothing back.
+    ahead: Option<u64>,
 }
 
 impl Renewal {
     /// Keeps the new lease (see [`Leases::keep`]).
     pub(crate) fn keep(self, lease: Lease) {
-        self.leases.keep(self.slot.clone(), lease, self.ahead);
+        self.leases
+            .keep(self.slot.clone(), lease, self.ahead.is_some());
     }
 
-    /// Whether it is taken ahead (see [`Leases::try_spend`]).
-    pub(crate) fn ahead(&self) -> bool {
+    /// Taken ahead (see [`Leases::try_spend`]): the cap of the lease the
+    /// new slice joins.
+    pub(crate) fn ahead(&self) -> Option<u64> {
         self.ahead
     }
 }

@@ -1282,11 +1282,14 @@ impl RedisStore {
             } = call;
             args.want = want;
             {
-                if renewal.ahead() {
-                    args.set_to = 1;
-                }
                 let unspent = taken.unspent;
                 args.unspent = unspent;
+                if let Some(held_cap) = renewal.ahead() {
+                    // Nothing goes back: ARGV[28] carries the cap of the
+                    // lease the new slice joins (see redis.lua).
+                    args.set_to = 1;
+                    args.unspent.cap = held_cap;
+                }
                 args.record = leases.record(&key);
                 args.lease_us = micros(leases.config.ttl);
                 // Settled if it goes unanswered: what it gave back, as of
