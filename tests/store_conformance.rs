@@ -413,9 +413,9 @@ async fn a_counter_another_replica_created_later_is_copied_too() {
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_of_a_spent_lease_spend_the_one_taken_ahead_and_count_once() {
-    use store_suite::{decide, rule};
+    use store_suite::rule;
     use support::redis_server::Redis;
-    use tower_usage_plans::store::{CounterKey, Verdict};
+    use tower_usage_plans::store::CounterKey;
     use tower_usage_plans::QuotaPeriod;
 
     let redis = Redis::start();
@@ -427,10 +427,7 @@ async fn requests_of_a_spent_lease_spend_the_one_taken_ahead_and_count_once() {
     // second, which takes the next ahead: sized for the rate of one unit
     // in a millisecond (at least), 1,500 units.
     let (store, counter) = (&store, &counter);
-    let admitted = |now| async move {
-        let decision = decide(store, counter, None, Some(rule), now).await;
-        assert_eq!(decision.verdict, Verdict::Admitted);
-    };
+    let admitted = |now| admitted_at(store, counter, rule, now);
     admitted(start).await;
     let before = redis.script_calls().await;
     admitted(start).await;
@@ -457,9 +454,9 @@ async fn requests_of_a_spent_lease_spend_the_one_taken_ahead_and_count_once() {
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_taken_ahead_goes_back_with_the_others() {
-    use store_suite::{decide, rule};
+    use store_suite::rule;
     use support::redis_server::Redis;
-    use tower_usage_plans::store::{CounterKey, Verdict};
+    use tower_usage_plans::store::CounterKey;
     use tower_usage_plans::QuotaPeriod;
 
     let redis = Redis::start();
@@ -471,8 +468,7 @@ async fn a_lease_taken_ahead_goes_back_with_the_others() {
     // The second request spends the first lease's one unit and takes the
     // next ahead; the leases go back at once.
     for _ in 0..2 {
-        let decision = decide(&store, &counter, None, Some(rule), now).await;
-        assert_eq!(decision.verdict, Verdict::Admitted);
+        admitted_at(&store, &counter, rule, now).await;
     }
     store.give_back_leases().await.unwrap();
     let hash = format!("{prefix}{{plan:ahead}}");
@@ -487,9 +483,9 @@ async fn a_lease_taken_ahead_goes_back_with_the_others() {
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slice_taken_ahead_keeps_one_share_for_a_replica_that_dies() {
-    use store_suite::{decide, rule};
+    use store_suite::rule;
     use support::redis_server::Redis;
-    use tower_usage_plans::store::{CounterKey, Verdict};
+    use tower_usage_plans::store::CounterKey;
     use tower_usage_plans::QuotaPeriod;
 
     let redis = Redis::start();
@@ -499,10 +495,7 @@ async fn a_slice_taken_ahead_keeps_one_share_for_a_replica_that_dies() {
     let rule = rule(10_000_000, QuotaPeriod::Day);
     let start = jiff::Timestamp::now();
     let (store, counter) = (&store, &counter);
-    let admitted = |now| async move {
-        let decision = decide(store, counter, None, Some(rule), now).await;
-        assert_eq!(decision.verdict, Verdict::Admitted);
-    };
+    let admitted = |now| admitted_at(store, counter, rule, now);
     // A one-unit lease, spent: the next, taken ahead, is 1,500 units (one
     // unit a millisecond, for 1.5 s), of which 750 may go unreported.
     admitted(start).await;
@@ -513,36 +506,51 @@ async fn a_slice_taken_ahead_keeps_one_share_for_a_replica_that_dies() {
     // A fifth of its lifetime left: the next is taken ahead, sized for 701
     // in 0.8 s (1,314 units, 657 of which may go unreported).
     admitted(start + jiff::SignedDuration::from_millis(800)).await;
-    let hash = format!("{prefix}{{plan:share}}");
-    let record = |held: u64| {
-        let url = redis.url();
-        let hash = hash.clone();
-        async move {
-            let fields: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
-                .arg(&hash)
-                .query_async(
-                    &mut redis::Client::open(url)
-                        .unwrap()
-                        .get_multiplexed_async_connection()
-                        .await
-                        .unwrap(),
-                )
-                .await
-                .unwrap();
-            let numbers: Vec<u64> = fields
-                .iter()
-                .find(|(name, _)| name.starts_with("h:"))
-                .map(|(_, record)| record.split(',').map(|n| n.parse().unwrap_or(0)).collect())
-                .unwrap_or_default();
-            (numbers.first().copied().unwrap_or(0) >= held).then(|| numbers[1])
-        }
-    };
+    let (url, hash) = (redis.url(), format!("{prefix}{{plan:share}}"));
     // Units held, then the most kept should the replica die.
-    let kept = support::eventually::eventually("the slice taken ahead to land", || {
-        record(1 + 1_500 + 1_314)
+    let kept = support::eventually::eventually("the slice taken ahead to land", || async {
+        let record = holder_record(&url, &hash).await;
+        (record.first().copied().unwrap_or(0) >= 1 + 1_500 + 1_314).then(|| record[1])
     })
     .await;
     assert_eq!(kept, 750, "the larger share, not 750 + 657");
+}
+
+/// `store` admits a request of `counter` under `rule` at `now`.
+#[cfg(feature = "redis")]
+async fn admitted_at(
+    store: &tower_usage_plans::store::RedisStore,
+    counter: &tower_usage_plans::store::CounterKey,
+    rule: tower_usage_plans::store::QuotaRule,
+    now: jiff::Timestamp,
+) {
+    let decision = store_suite::decide(store, counter, None, Some(rule), now).await;
+    assert_eq!(
+        decision.verdict,
+        tower_usage_plans::store::Verdict::Admitted
+    );
+}
+
+/// The numbers of the (one) lease holder's record in the counter hash
+/// `hash`: units held, the most kept should the holder die, and on (see
+/// `rec_get` in redis.lua); none without one.
+#[cfg(feature = "redis")]
+async fn holder_record(url: &str, hash: &str) -> Vec<u64> {
+    let mut raw = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let fields: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(hash)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    fields
+        .iter()
+        .find(|(name, _)| name.starts_with("h:"))
+        .map(|(_, record)| record.split(',').map(|n| n.parse().unwrap_or(0)).collect())
+        .unwrap_or_default()
 }
 
 /// The units out on leases of the counter hash `hash` (its `leased` field).

@@ -1095,6 +1095,11 @@ impl Renewal {
             .keep(self.slot.clone(), lease, self.ahead.is_some());
     }
 
+    /// The slot it renews.
+    pub(crate) fn slot(&self) -> &Slot {
+        &self.slot
+    }
+
     /// Taken ahead (see [`Leases::try_spend`]): the cap of the lease the
     /// new slice joins.
     pub(crate) fn ahead(&self) -> Option<u64> {
@@ -1149,9 +1154,7 @@ impl Leases {
             }
         })
     }
-}
 
-impl Leases {
     /// Waits until the renewals that requests may wait for, under way now,
     /// are over: every lease taken ahead among them (see
     /// [`try_spend`](Self::try_spend)). One that lands after the leases

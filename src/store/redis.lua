@@ -119,6 +119,8 @@ local kind, pstart, pend, plimit = ARGV[8], ARGV[9], ARGV[10] + 0, ARGV[11] + 0
 local set_to, ttl = ARGV[12] + 0, ARGV[13]
 -- A lease ahead (see ARGV[12]): the call decides no request of its own.
 local ahead = op == 'lease' and set_to == 1
+-- The requests the call decides: one, or none for a lease ahead.
+local decided = ahead and 0 or 1
 local ret_q, ret_n, ret_t, ret_day, want_q, want_t, ret_epoch = 0, 0, 0, 0, 0, 0, 0
 local ret_metered, rec_name, ret_gen, ret_cap, ret_gt, ret_pending = false, '', 0, 0, 0, 0
 local ret_report = 0
@@ -1265,8 +1267,8 @@ if bf ~= "" then
     verdict = 1
   elseif kind ~= "" and remaining < 1 then
     verdict = 2
-  elseif not ahead then
-    tokens = tokens - 1
+  else
+    tokens = tokens - decided
   end
   redis.call('HSET', k, bf .. ':t', tostring(tokens), bf .. ':u', updated)
 elseif kind ~= "" and remaining < 1 then
@@ -1281,10 +1283,8 @@ if verdict ~= 0 then
     { kept_total, -1, -1 } }
 end
 
-if not ahead then
-  used = used + 1
-  remaining = math.max(remaining - 1, 0)
-end
+used = used + decided
+remaining = math.max(remaining - decided, 0)
 local q_take, t_take, gen, cap, held = 0, 0, 0, 0, nil
 if op == 'lease' then
   local grant = true
@@ -1337,15 +1337,15 @@ if op == 'lease' then
 end
 if kind ~= "" then
   redis.call('HSET', k, 'used', used, 'leased', leased)
-elseif not ahead and redis.call('HEXISTS', k, 'pk') == 1 then
+elseif decided > 0 and redis.call('HEXISTS', k, 'pk') == 1 then
   -- No quota: the stored period counts the request all the same (as
   -- counter.rs does), so a quota put back within it counts it.
-  redis.call('HINCRBY', k, 'used', 1)
+  redis.call('HINCRBY', k, 'used', decided)
 end
 if op == 'lease' then
   done_put(q_take, t_take, gen, cap, epoch, 0)
 end
-record(ahead and 0 or 1)
+record(decided)
 redis.call('EXPIRE', k, ttl)
 -- For a lease, the units out on the other holders' leases (the replica's
 -- copy keeps them: see "A dead holder's leases"); -1: not said.

@@ -1241,21 +1241,15 @@ impl RedisStore {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let key = lease::slot_key(request);
+        let key = renewal.slot().clone();
         let want = leases.want(&key, request.now.get() / 1_000);
-        let period_end = request.quota.as_ref().map_or(0, |rule| {
-            let now = request.now.get().div_euclid(1_000_000_000);
-            period::bounds(rule.quota.period, now).1
-        });
-        let taken = Lease {
-            period_end,
-            ..Lease::default()
-        };
+        // Nothing is given back: a settle of the call, should it go
+        // unanswered, gives back nothing either.
         let call = LeaseCall {
             leases,
             key,
             want,
-            taken,
+            taken: Lease::default(),
             renewal,
         };
         runtime.spawn(self.script_decision(request, Some(call)));
@@ -1281,40 +1275,38 @@ impl RedisStore {
                 renewal,
             } = call;
             args.want = want;
-            {
-                let unspent = taken.unspent;
-                args.unspent = unspent;
-                if let Some(held_cap) = renewal.ahead() {
-                    // Nothing goes back: ARGV[28] carries the cap of the
-                    // lease the new slice joins (see redis.lua).
-                    args.set_to = 1;
-                    args.unspent.cap = held_cap;
-                }
-                args.record = leases.record(&key);
-                args.lease_us = micros(leases.config.ttl);
-                // Settled if it goes unanswered: what it gave back, as of
-                // this request (the call's own throttle and quota, which a
-                // settle sends again), with the lease's period end (an
-                // answer to the settle is one the copy follows) and expiry
-                // (one refused because Redis lost its data keeps what it
-                // admitted for the restore to count).
-                let gave_back = Lease {
-                    unspent,
-                    period_end: taken.period_end,
-                    expires_us: taken.expires_us,
-                    wall_expires_us: taken.wall_expires_us,
-                    granted_us: args.now_us,
-                    throttle: request.throttle.map(|rule| rule.throttle),
-                    quota: request.quota,
-                    ..Lease::default()
-                };
-                let call = Unsure::new(leases, key, gave_back, CallKind::Lease);
-                args.call = call.call;
-                args.oldest_open_call = leases.oldest_open_call();
-                pending = Some(PendingCall::renewal(leases, call));
-                slot = Some(renewal);
-                op = "lease";
+            let unspent = taken.unspent;
+            args.unspent = unspent;
+            if let Some(held_cap) = renewal.ahead() {
+                // Nothing goes back: ARGV[28] carries the cap of the
+                // lease the new slice joins (see redis.lua).
+                args.set_to = 1;
+                args.unspent.cap = held_cap;
             }
+            args.record = leases.record(&key);
+            args.lease_us = micros(leases.config.ttl);
+            // Settled if it goes unanswered: what it gave back, as of
+            // this request (the call's own throttle and quota, which a
+            // settle sends again), with the lease's period end (an
+            // answer to the settle is one the copy follows) and expiry
+            // (one refused because Redis lost its data keeps what it
+            // admitted for the restore to count).
+            let gave_back = Lease {
+                unspent,
+                period_end: taken.period_end,
+                expires_us: taken.expires_us,
+                wall_expires_us: taken.wall_expires_us,
+                granted_us: args.now_us,
+                throttle: request.throttle.map(|rule| rule.throttle),
+                quota: request.quota,
+                ..Lease::default()
+            };
+            let call = Unsure::new(leases, key, gave_back, CallKind::Lease);
+            args.call = call.call;
+            args.oldest_open_call = leases.oldest_open_call();
+            pending = Some(PendingCall::renewal(leases, call));
+            slot = Some(renewal);
+            op = "lease";
         }
         if let Some(rule) = &request.throttle {
             args.bucket = format!("b:{}", rule.method.unwrap_or(""));
