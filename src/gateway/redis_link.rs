@@ -191,13 +191,22 @@ pub(crate) async fn connect(
 ) -> Result<Link, JoinError> {
     let url = config.redis.as_deref().unwrap_or_default();
     let shown = replicas::redacted(url);
-    let mut store = RedisStore::connect(url)
-        .await
-        .map_err(replicas::failed(format!("--redis {shown}")))
-        .map_err(JoinError::Unreachable)?;
-    if config.redis_leases {
-        store = store.with_leases(LeaseConfig::default());
-    }
+    // An attempt that timed out after the store was set goes on with it:
+    // the layer already decides through it (and its leases).
+    let store = match late.store() {
+        Some(store) => store.clone(),
+        None => {
+            let store = RedisStore::connect(url)
+                .await
+                .map_err(replicas::failed(format!("--redis {shown}")))
+                .map_err(JoinError::Unreachable)?;
+            if config.redis_leases {
+                store.with_leases(LeaseConfig::default())
+            } else {
+                store
+            }
+        }
+    };
     // What the configuration created while Redis was away is created again
     // over what the replicas share (matched by value or name), not merged
     // as if it were a change of this replica's.
@@ -209,6 +218,10 @@ pub(crate) async fn connect(
     // the configured plans and keys one after the other.
     let replica = Replica::join(url, plans.clone(), &stage).await?;
     let replica = replicas::share(replica, plans, &store);
+    // The registry is the replicas' now: its keys are counted in Redis from
+    // the next request on, never admitted uncounted by the failure policy
+    // while this replica finishes joining.
+    let _ = late.redis.set(store.clone());
     await_registry(plans, &replica, &store).await;
     super::provision(plans, config).map_err(|e| JoinError::Mismatch(e.to_string()))?;
     // Provisioning published what it created (each change is replicated
@@ -220,7 +233,6 @@ pub(crate) async fn connect(
         .await
         .map_err(replicas::failed(format!("--redis {shown}")))
         .map_err(JoinError::Unreachable)?;
-    let _ = late.redis.set(store.clone());
     tracing::info!(url = %shown, "sharing counters and the registry through Redis");
     Ok(Link { replica, store })
 }
