@@ -244,6 +244,36 @@ async fn claim_meta(
         .await
 }
 
+/// Releases the join lock if `token` still holds it (one that lapsed is
+/// its new holder's).
+async fn release_join_lock(connection: &mut Connection, token: String) -> redis::RedisResult<()> {
+    let release = redis::Script::new(
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+         return redis.call('DEL', KEYS[1]) end return 0",
+    );
+    let mut invocation = release.key(JOINING_KEY);
+    invocation.arg(token);
+    let _: i64 = connection.invoke(invocation).await?;
+    Ok(())
+}
+
+/// A join given up before it finished (its attempt timed out) lets the
+/// next replica join at once, not after [`JOINING_LEASE`]: replicas
+/// started together waited 10 s for a lock its holder had dropped.
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let Some(token) = self.joining.take() else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let mut connection = self.connection.clone();
+            runtime.spawn(async move {
+                let _ = release_join_lock(&mut connection, token).await;
+            });
+        }
+    }
+}
+
 impl Replica {
     /// Connects; restores the shared registry if there is one.
     pub(crate) async fn join(url: &str, plans: UsagePlans, stage: &str) -> Result<Self, JoinError> {
@@ -311,18 +341,9 @@ impl Replica {
         let Some(token) = self.joining.take() else {
             return Ok(());
         };
-        let release = redis::Script::new(
-            "if redis.call('GET', KEYS[1]) == ARGV[1] then \
-             return redis.call('DEL', KEYS[1]) end return 0",
-        );
-        let mut invocation = release.key(JOINING_KEY);
-        invocation.arg(token);
-        let _: i64 = self
-            .connection
-            .invoke(invocation)
+        release_join_lock(&mut self.connection, token)
             .await
-            .map_err(failed("releasing the join lock"))?;
-        Ok(())
+            .map_err(failed("releasing the join lock"))
     }
 
     /// Restores what other replicas published and publishes local changes.
@@ -491,6 +512,29 @@ impl Replica {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::redis::redis_server::Redis;
+
+    #[tokio::test]
+    async fn a_join_given_up_lets_the_next_replica_join_at_once() {
+        let redis = Redis::start();
+        let plans = UsagePlans::builder().build();
+        let first = Replica::join(&redis.url(), plans.clone(), "gateway:prod")
+            .await
+            .unwrap();
+        assert!(first.joining.is_some(), "the first holds the join lock");
+        // Its attempt timed out: dropped, not joined.
+        drop(first);
+        // The lock it took lapses only after JOINING_LEASE: the next replica
+        // joins well before, so it was released.
+        let second = tokio::time::timeout(
+            JOINING_LEASE / 2,
+            Replica::join(&redis.url(), plans, "gateway:prod"),
+        )
+        .await
+        .expect("joined before the dropped lock could lapse")
+        .unwrap();
+        assert!(second.joining.is_some());
+    }
 
     #[test]
     fn a_password_is_hidden_in_a_url_and_in_what_only_looks_like_one() {

@@ -2114,7 +2114,7 @@ fn restore(fields: &HashMap<String, String>, now_us: i64) -> Counter {
 #[cfg(test)]
 #[allow(unreachable_pub)]
 #[path = "../../tests/support/redis_server.rs"]
-mod redis_server;
+pub(crate) mod redis_server;
 
 #[cfg(test)]
 #[path = "redis_script_tests.rs"]
