@@ -70,6 +70,17 @@ pub(crate) struct Seen {
     pub(crate) today: (i64, u64),
 }
 
+impl Seen {
+    /// Follows `day`'s record of admitted requests as an answer had it:
+    /// the larger count of a day stands, a later day replaces it.
+    pub(crate) fn saw_today(&mut self, day: i64, count: u64) {
+        let (known_day, known_count) = self.today;
+        if day > known_day || (day == known_day && count > known_count) {
+            self.today = (day, count);
+        }
+    }
+}
+
 /// The counters a replica saw, and the marker it knows Redis by.
 #[derive(Debug)]
 pub(crate) struct Recovery {
@@ -523,10 +534,7 @@ impl Recovery {
     /// replaces it.
     pub(crate) fn saw_today(&self, counter: &CounterKey, day: i64, count: u64) {
         if let Some(mut known) = self.seen.get_mut(counter) {
-            let (known_day, known_count) = known.today;
-            if day > known_day || (day == known_day && count > known_count) {
-                known.today = (day, count);
-            }
+            known.saw_today(day, count);
         }
     }
 }

@@ -1927,6 +1927,7 @@ async fn put_back(
             let mut connection = connection.clone();
             let (kind, start, end) = seen.period;
             let mut args = Args::new(now.into(), None);
+            let day = args.day;
             // The limit plays no part in a restore.
             args.period = Some((kind, start, end, 0));
             args.seen = Some(seen);
@@ -1962,10 +1963,11 @@ async fn put_back(
                     .await?;
                 // The copy follows the counter as put back (its new range of
                 // epochs): answers of that range are this replica's again.
-                if let [epoch, used, leased, kept, tag, put, own] = answer[..] {
+                if let [epoch, used, leased, kept, tag, put, own, today] = answer[..] {
                     if let Some(mut known) = recovery.seen.get_mut(&counter) {
                         if known.period == seen.period && epoch > 0 {
                             (known.epoch, known.used) = (epoch, copied(used, leased, kept));
+                            known.saw_today(day, today);
                             if put == 1 {
                                 let put = RestoredByThis {
                                     period: seen.period,

@@ -191,3 +191,51 @@ async fn copies_of_the_same_range_put_back_again_count_nothing_twice() {
     restore(&second, &mut connection).await;
     assert_eq!(used_in_redis(&mut connection, &counter).await, 170);
 }
+
+/// A replica's copy of `counter` that saw `used` admitted, all of them
+/// today as today's record counted them.
+fn replica_that_saw_today(counter: &CounterKey, used: u64) -> Recovery {
+    let recovery = replica_that_saw(counter, used);
+    let day = today().1.div_euclid(DAY_SECS);
+    recovery.saw_today(counter, day, used);
+    recovery
+}
+
+/// Today's record of admitted requests (GetUsage's used count) as Redis
+/// holds it now.
+async fn today_in_redis(connection: &mut Connection, counter: &CounterKey) -> u64 {
+    let day = today().1.div_euclid(DAY_SECS);
+    let used: Option<u64> = connection
+        .query(
+            redis::cmd("HGET")
+                .arg(counter_key("t:", counter))
+                .arg(format!("d:{day}:u")),
+        )
+        .await
+        .unwrap();
+    used.unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_copy_follows_todays_record_as_put_back_not_only_the_used_count() {
+    let server = redis_server::Redis::start();
+    let mut connection = Connection::open(&server.url()).await.unwrap();
+    let counter = CounterKey::new("plan", "record-followed");
+    // The second replica heard of 300 admitted today, the first of 100.
+    let (first, second) = (
+        replica_that_saw_today(&counter, 100),
+        replica_that_saw_today(&counter, 300),
+    );
+    restore(&second, &mut connection).await;
+    // The first puts back after it: its copy follows the counter as it is
+    // now, 300 used, and 300 on today's record.
+    restore(&first, &mut connection).await;
+    assert_eq!(used_in_redis(&mut connection, &counter).await, 300);
+    assert_eq!(today_in_redis(&mut connection, &counter).await, 300);
+    // Redis loses its data again, and only the first replica is left to
+    // put it back. (Before: used 300, today's record 100.)
+    flush(&mut connection).await;
+    restore(&first, &mut connection).await;
+    assert_eq!(used_in_redis(&mut connection, &counter).await, 300);
+    assert_eq!(today_in_redis(&mut connection, &counter).await, 300);
+}
