@@ -65,15 +65,20 @@ fn leasing_replica_that_saw(counter: &CounterKey, used: u64, admitted: u64) -> R
 
 /// The counter's used count as Redis holds it now.
 async fn used_in_redis(connection: &mut Connection, counter: &CounterKey) -> u64 {
-    let used: Option<u64> = connection
+    field_in_redis(connection, counter, "used").await
+}
+
+/// A number field of the counter's hash as Redis holds it now (0: none).
+async fn field_in_redis(connection: &mut Connection, counter: &CounterKey, field: &str) -> u64 {
+    let value: Option<u64> = connection
         .query(
             redis::cmd("HGET")
                 .arg(counter_key("t:", counter))
-                .arg("used"),
+                .arg(field),
         )
         .await
         .unwrap();
-    used.unwrap_or(0)
+    value.unwrap_or(0)
 }
 
 /// Puts back what `recovery` saw, as a restore does.
@@ -205,15 +210,7 @@ fn replica_that_saw_today(counter: &CounterKey, used: u64) -> Recovery {
 /// holds it now.
 async fn today_in_redis(connection: &mut Connection, counter: &CounterKey) -> u64 {
     let day = today().1.div_euclid(DAY_SECS);
-    let used: Option<u64> = connection
-        .query(
-            redis::cmd("HGET")
-                .arg(counter_key("t:", counter))
-                .arg(format!("d:{day}:u")),
-        )
-        .await
-        .unwrap();
-    used.unwrap_or(0)
+    field_in_redis(connection, counter, &format!("d:{day}:u")).await
 }
 
 #[tokio::test]
