@@ -1249,3 +1249,62 @@ async fn a_key_removed_and_added_back_spends_no_old_lease() {
         b.shutdown().await.unwrap();
     }
 }
+
+/// A gateway that reaches Redis while another replica holds the join lock
+/// waits for it, and meanwhile serves its configured key by the failure
+/// policy (here: 503), never 403 as an unknown key: its configuration is
+/// set aside only once it holds the lock. (Set aside before, the key was
+/// refused with 403 for as long as the replicas ahead of it took to join.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_waiting_to_join_serves_its_configured_key_by_the_failure_policy() {
+    let redis = Redis::start();
+    let mut raw = raw_connection(&redis).await;
+    // Another replica is joining: it holds the lock (for a minute).
+    let () = redis::cmd("SET")
+        .arg("tup:{registry}:joining")
+        .arg("another-replica")
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    // Its first attempt gives up after 3 s; it serves, and tries again.
+    let gateway = Gateway::start(config(&redis.url(), 5, StoreFailure::FailClosed))
+        .await
+        .unwrap();
+    let client = client();
+    assert!(!gateway.is_ready());
+    // Its next attempt is under way once it asks for the lock again.
+    let () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    eventually("the gateway to ask for the join lock again", || {
+        let mut raw = raw.clone();
+        async move {
+            let stats: String = redis::cmd("INFO")
+                .arg("commandstats")
+                .query_async(&mut raw)
+                .await
+                .unwrap();
+            stats.contains("cmdstat_set:").then_some(())
+        }
+    })
+    .await;
+    for _ in 0..5 {
+        assert_eq!(status(&client, gateway.data_addr()).await, 503);
+    }
+    // The other replica is done: this one joins, and counts in Redis.
+    let () = redis::cmd("DEL")
+        .arg("tup:{registry}:joining")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    eventually("the gateway to join", || async {
+        gateway.is_ready().then_some(())
+    })
+    .await;
+    assert_eq!(status(&client, gateway.data_addr()).await, 200);
+    gateway.shutdown().await.unwrap();
+}
