@@ -523,12 +523,22 @@ impl Leases {
 
     /// A report Redis did not count (its counter was gone): its `n`
     /// requests are unreported again, if the lease is still the same one.
-    pub(crate) fn unreport(&self, slot: &Slot, lease: &Lease, n: u64) {
+    /// Whether it was (else the report must go out again: nothing else
+    /// carries its requests).
+    pub(crate) fn unreport(&self, slot: &Slot, lease: &Lease, n: u64) -> bool {
+        let mut same = false;
         self.with_same(slot, lease, |current| {
             current.unspent.reported = current.unspent.reported.saturating_sub(n);
             current.unspent.report_call = 0;
+            same = true;
         });
         self.report_over(slot);
+        same
+    }
+
+    /// `call` goes out again with the calls left unanswered.
+    pub(crate) fn send_again(&self, call: Unsure) {
+        self.unsure.lock().push(call);
     }
 
     /// A report Redis took: `n` more may be spent, if the lease is still

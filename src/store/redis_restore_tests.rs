@@ -236,3 +236,39 @@ async fn a_copy_follows_todays_record_as_put_back_not_only_the_used_count() {
     assert_eq!(used_in_redis(&mut connection, &counter).await, 300);
     assert_eq!(today_in_redis(&mut connection, &counter).await, 300);
 }
+
+/// A report answered "counter gone" (Redis lost its data) whose lease this
+/// replica already gave back when it put the counter back: nothing else
+/// carries its requests, so it goes out again (the restore counted them as
+/// used; landing, they are recorded on today's record). Of a counter this
+/// replica never put back (forgotten: its key left the plan), it does not.
+#[tokio::test]
+async fn a_report_that_found_its_counter_gone_after_its_lease_went_back_is_sent_again() {
+    let server = redis_server::Redis::start();
+    let store = RedisStore::connect(&server.url())
+        .await
+        .unwrap()
+        .with_leases(LeaseConfig::default());
+    let leases = store.leases.clone().unwrap();
+    let report = |counter: &CounterKey| {
+        let slot = (counter.clone(), "".into());
+        Unsure::new(&leases, slot, Lease::default(), CallKind::Report(21))
+    };
+
+    let put_back = CounterKey::new("plan", "put-back");
+    store.recovery.restored.insert(put_back.clone(), 1);
+    let call = report(&put_back);
+    let id = call.call;
+    store.answered(&leases, call, &[0]);
+    let again = leases.take_unsure();
+    assert_eq!(again.len(), 1, "sent again");
+    assert_eq!((again[0].call, again[0].kind), (id, CallKind::Report(21)));
+    assert!(
+        leases.oldest_open_call() <= id,
+        "still open: Redis keeps its record of it"
+    );
+
+    let forgotten = CounterKey::new("plan", "forgotten");
+    store.answered(&leases, report(&forgotten), &[0]);
+    assert!(leases.take_unsure().is_empty(), "not sent again");
+}
