@@ -50,6 +50,8 @@ struct CounterIds {
     hash: u64,
     /// Where a store found this key's counter last time.
     cached: OnceLock<CachedCounter>,
+    /// Where a leasing store keeps this key's plan-wide lease.
+    lease: OnceLock<CachedCounter>,
 }
 
 impl CounterKey {
@@ -67,6 +69,7 @@ impl CounterKey {
             key_id: key_id.into(),
             hash: hasher.finish(),
             cached: OnceLock::new(),
+            lease: OnceLock::new(),
         }))
     }
 
@@ -74,6 +77,13 @@ impl CounterKey {
     /// decide for the key keeps the slot).
     pub(crate) fn cached(&self) -> &OnceLock<CachedCounter> {
         &self.0.cached
+    }
+
+    /// Where a leasing store keeps this key's plan-wide lease (the first
+    /// such store to lease for the key keeps the slot).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn cached_lease(&self) -> &OnceLock<CachedCounter> {
+        &self.0.lease
     }
 
     /// The usage plan's id.
