@@ -1441,22 +1441,29 @@ mod tests {
         assert_eq!(leases.want(&slot(), 600_000).0, 450);
     }
 
+    /// A request of `counter` under a quota of 100 a day, at time 0, and
+    /// its rule.
+    fn quota_request(counter: &CounterKey) -> (QuotaRule, DecisionRequest<'_>) {
+        let rule = QuotaRule {
+            quota: crate::Quota::new(100, crate::QuotaPeriod::Day),
+            plan_created: 0,
+        };
+        let request = DecisionRequest {
+            counter,
+            throttle: None,
+            quota: Some(rule),
+            now: crate::UnixNanos::new(0),
+        };
+        (rule, request)
+    }
+
     #[test]
     fn a_lease_has_at_most_its_cap_spent_unacknowledged() {
         let leases = Arc::new(Leases::new(LeaseConfig::default()));
         // 4 units: at most 2 spent and not yet acknowledged.
         grant(&leases, 0, 4, 0);
         let counter = slot().0;
-        let rule = QuotaRule {
-            quota: crate::Quota::new(100, crate::QuotaPeriod::Day),
-            plan_created: 0,
-        };
-        let request = DecisionRequest {
-            counter: &counter,
-            throttle: None,
-            quota: Some(rule),
-            now: crate::UnixNanos::new(0),
-        };
+        let (rule, request) = quota_request(&counter);
         {
             let slot = leases.slots.get(&slot()).unwrap();
             let mut lease = slot.lock();
@@ -1484,16 +1491,7 @@ mod tests {
         let leases = Arc::new(Leases::new(LeaseConfig::default()));
         let slot: Slot = (CounterKey::new("plan", "key"), "".into());
         let counter = slot.0.clone();
-        let rule = QuotaRule {
-            quota: crate::Quota::new(100, crate::QuotaPeriod::Day),
-            plan_created: 0,
-        };
-        let request = DecisionRequest {
-            counter: &counter,
-            throttle: None,
-            quota: Some(rule),
-            now: crate::UnixNanos::new(0),
-        };
+        let (rule, request) = quota_request(&counter);
         let lease = |units| Lease {
             unspent: Unspent {
                 units,
