@@ -1100,6 +1100,15 @@ impl Leases {
         out
     }
 
+    /// The requests live leases admitted that were not reported yet.
+    #[cfg(test)]
+    pub(crate) fn unreported(&self) -> u64 {
+        self.slots
+            .iter()
+            .map(|slot| slot.value().lock().unspent.unreported())
+            .sum()
+    }
+
     /// Takes every lease that still holds something, to give it all back.
     pub(crate) fn drain(&self) -> Vec<(Slot, Lease)> {
         let mut taken = Vec::new();

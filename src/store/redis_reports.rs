@@ -135,8 +135,7 @@ impl RedisStore {
         if reports.is_empty() || reports.len() != batch.len() {
             return self.send_each(leases, batch).await;
         }
-        let mut alone = Vec::new();
-        let mut rolled_back = false;
+        let (mut alone, mut rolled_back) = (Vec::new(), Vec::new());
         {
             // Until the answers are in the copy: a restore waits for them.
             let _in_flight = self.recovery.in_flight.read().await;
@@ -150,14 +149,16 @@ impl RedisStore {
                     alone.push(pending);
                     continue;
                 }
-                rolled_back |= answer == [ROLLED_BACK];
-                if let Some(call) = pending.into_call() {
+                if answer == [ROLLED_BACK] {
+                    rolled_back.push(pending);
+                } else if let Some(call) = pending.into_call() {
                     self.answered(leases, call, &answer);
                 }
             }
         }
-        if rolled_back {
+        if !rolled_back.is_empty() {
             self.rolled_back(&mut connection, &watch).await?;
+            self.rolled_back_calls(leases, rolled_back);
         }
         self.send_each(leases, alone).await
     }

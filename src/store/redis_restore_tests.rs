@@ -272,3 +272,65 @@ async fn a_report_that_found_its_counter_gone_after_its_lease_went_back_is_sent_
     store.answered(&leases, report(&forgotten), &[0]);
     assert!(leases.take_unsure().is_empty(), "not sent again");
 }
+
+/// A lease's report that Redis refused as rolled back (it came back with
+/// older data: fewer of this replica's calls applied than answered) is
+/// followed once this replica put the counters back: its lease, gone back
+/// while the report was on its way, did not carry its requests, so the
+/// report goes out again, and today's record counts them. (Followed before
+/// the restore, the counter was not put back yet and the report was
+/// dropped: today's record stayed short of the used count by what it
+/// carried.)
+#[tokio::test]
+async fn a_report_refused_as_rolled_back_is_sent_again_once_the_counter_is_put_back() {
+    let server = redis_server::Redis::start();
+    let store = RedisStore::connect(&server.url())
+        .await
+        .unwrap()
+        .with_prefix("t:")
+        .with_leases(LeaseConfig::default());
+    store.until_leasing().await;
+    let counter = CounterKey::new("plan", "rolled-back-report");
+    let request = || DecisionRequest {
+        counter: &counter,
+        throttle: None,
+        quota: Some(QuotaRule {
+            quota: Quota::new(1_000_000, QuotaPeriod::Day),
+            plan_created: 0,
+        }),
+        now: Timestamp::now().into(),
+    };
+    // Leases grow as they are spent: admit until one holds requests
+    // Redis has not heard of.
+    let leases = store.leases.clone().unwrap();
+    let mut admitted = 0;
+    while leases.unreported() == 0 && admitted < 100_000 {
+        let decision = store.decide(&request()).await.unwrap();
+        assert_eq!(decision.verdict, Verdict::Admitted);
+        admitted += 1;
+    }
+    // Redis "comes back with older data": its count of this replica's
+    // applied calls is gone, the marker is not.
+    let mut connection = Connection::open(&server.url()).await.unwrap();
+    let () = connection
+        .query(redis::cmd("DEL").arg(&store.recovery.writes_key))
+        .await
+        .unwrap();
+    // The lease's report goes out, and the lease expires and goes back
+    // while the report is on its way (its requests are in the report).
+    let reports = store.calls_to_send(|| leases.take_unreported()).await;
+    assert_eq!(reports.len(), 1);
+    for (slot, lease) in leases.drain_expired(i64::MAX) {
+        leases.lost_with_counter(slot, lease);
+    }
+    // The report is refused as rolled back, the counters are put back,
+    // and the report goes out again with the next round.
+    let _ = store.take_back(&leases, reports).await;
+    store.give_back_expired_leases().await.unwrap();
+    assert_eq!(used_in_redis(&mut connection, &counter).await, admitted);
+    assert_eq!(
+        today_in_redis(&mut connection, &counter).await,
+        admitted,
+        "today's record counts every admitted request"
+    );
+}
