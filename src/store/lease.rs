@@ -10,6 +10,7 @@ use dashmap::DashMap;
 use parking_lot::Mutex;
 
 use super::{CounterKey, Decision, DecisionRequest, QuotaRule, QuotaState, ThrottleState, Verdict};
+use crate::decision::CachedCounter;
 use crate::model::Throttle;
 use crate::prehashed::Prehashed;
 
@@ -677,14 +678,14 @@ impl Leases {
         }
     }
 
-    /// The cell of `counter`'s plan-wide lease, if the key remembers one of
-    /// this store's: in `slots`, or taken out of it (then empty, and not
-    /// live).
-    fn remembered<'k>(&self, counter: &'k CounterKey) -> Option<&'k Mutex<Lease>> {
-        let cached = counter.cached_lease().get()?;
-        (cached.store == self.id)
-            .then(|| cached.cell.downcast_ref::<Mutex<Lease>>())
-            .flatten()
+    /// Where `counter` remembers its plan-wide lease's cell, if that is this
+    /// store's: the cell is in `slots`, or was taken out of it (then empty,
+    /// and not live).
+    fn remembered<'k>(&self, counter: &'k CounterKey) -> Option<&'k CachedCounter> {
+        counter
+            .cached_lease()
+            .get()
+            .filter(|cached| cached.store == self.id)
     }
 
     /// Remembers `cell`, the plan-wide slot's cell in `slots`, in its key
@@ -692,7 +693,7 @@ impl Leases {
     fn remember(&self, counter: &CounterKey, cell: &LeaseCell) {
         let cached = counter.cached_lease();
         if cached.get().is_none() {
-            let _ = cached.set(crate::decision::CachedCounter {
+            let _ = cached.set(CachedCounter {
                 store: self.id,
                 cell: cell.clone(),
             });
@@ -700,21 +701,17 @@ impl Leases {
     }
 
     /// The slot's entry, created if missing: a plan-wide slot's with the
-    /// cell its key remembers (emptied when it was taken out), so that the
-    /// key's cell is always the one in `slots`.
+    /// cell its key remembers (emptied when it was taken out, and nothing
+    /// spends or fills a cell out of `slots`), so that the key's cell is
+    /// always the one in `slots`.
     fn slot_entry(&self, slot: &Slot) -> dashmap::mapref::one::RefMut<'_, Slot, LeaseCell> {
         self.slots.entry(slot.clone()).or_insert_with(|| {
-            let cached = slot.1.is_plan_wide().then(|| slot.0.cached_lease().get());
-            match cached.flatten().filter(|cached| cached.store == self.id) {
-                Some(cached) => match cached.cell.clone().downcast::<Mutex<Lease>>() {
-                    Ok(cell) => {
-                        *cell.lock() = Lease::default();
-                        cell
-                    }
-                    Err(_) => LeaseCell::default(),
-                },
-                None => LeaseCell::default(),
-            }
+            slot.1
+                .is_plan_wide()
+                .then(|| self.remembered(&slot.0))
+                .flatten()
+                .and_then(|cached| cached.cell.clone().downcast::<Mutex<Lease>>().ok())
+                .unwrap_or_default()
         })
     }
 
@@ -738,7 +735,8 @@ impl Leases {
         let plan_wide = request.throttle.and_then(|t| t.method).is_none();
         let remembered = plan_wide
             .then(|| self.remembered(request.counter))
-            .flatten();
+            .flatten()
+            .and_then(|cached| cached.cell.downcast_ref::<Mutex<Lease>>());
         let found;
         let cell = match remembered {
             Some(cell) => cell,
@@ -1518,7 +1516,10 @@ mod tests {
         assert!(!spend(0), "no lease yet");
         leases.keep(slot.clone(), lease(8), false);
         assert!(spend(0), "found in slots");
-        let cell = leases.remembered(&counter).expect("remembered");
+        let cell = leases
+            .remembered(&counter)
+            .and_then(|cached| cached.cell.downcast_ref::<Mutex<Lease>>())
+            .expect("remembered");
         assert_eq!(cell.lock().unspent.units, 7);
         assert!(spend(0), "found through the key");
         assert_eq!(cell.lock().unspent.units, 6);
