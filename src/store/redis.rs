@@ -559,18 +559,31 @@ impl RedisStore {
         };
         if let Some((watch, pending)) = rolled_back {
             // Redis went back to older data (or lost it): the call was
-            // not applied (kept, as for a counter gone), and is followed
-            // once this replica put the counters back (see
-            // `rolled_back_calls`).
-            self.rolled_back(&mut connection, watch).await?;
-            self.rolled_back_calls(leases, [pending]);
+            // not applied (kept, as for a counter gone).
+            self.rolled_back(&mut connection, watch, leases, [pending])
+                .await?;
         }
         Ok(())
     }
 
-    /// A give-back or report found Redis gone back to older data under
-    /// `watch`'s marker: what every replica saw goes back first.
-    async fn rolled_back(&self, connection: &mut Connection, watch: &Watch) -> Result<()> {
+    /// Give-backs or reports (`calls`) found Redis gone back to older
+    /// data under `watch`'s marker, which refused them (`ROLLED_BACK`):
+    /// what every replica saw goes back first, then the calls are
+    /// followed. A report among them whose lease went back in the restore
+    /// is then sent again (see [`answered`](Self::answered)). Followed
+    /// before the restore, such a report was of a counter this replica had
+    /// not put back yet, and was dropped: the restore counted its requests
+    /// as used, and none reached today's record (GetUsage's used 103-600
+    /// low in 5 of 38 runs of a black-box test restarting Redis under three
+    /// leasing replicas). A restore that fails leaves them unanswered, to
+    /// be sent again.
+    async fn rolled_back(
+        &self,
+        connection: &mut Connection,
+        watch: &Watch,
+        leases: &Leases,
+        calls: impl IntoIterator<Item = PendingCall>,
+    ) -> Result<()> {
         recover(
             &self.recovery,
             &self.control,
@@ -579,8 +592,11 @@ impl RedisStore {
             Some(&watch.marker),
         )
         .await
-        .map(drop)
-        .map_err(|e| store_error("restore", e))
+        .map_err(|e| store_error("restore", e))?;
+        for call in calls.into_iter().filter_map(PendingCall::into_call) {
+            self.answered(leases, call, &[ROLLED_BACK]);
+        }
+        Ok(())
     }
 
     /// Revokes `counter`'s leases older than `epoch` on every replica (and
@@ -637,20 +653,6 @@ impl RedisStore {
             })
             .await;
         self.send_each(leases, calls).await
-    }
-
-    /// Follows the calls Redis refused as rolled back (`ROLLED_BACK`),
-    /// once this replica put the counters back: a report among them whose
-    /// lease went back in the restore is then sent again (see
-    /// [`answered`](Self::answered)). Followed before, such a report was
-    /// of a counter this replica had not put back yet, and was dropped:
-    /// the restore counted its requests as used, and none reached today's
-    /// record (GetUsage's used 103-600 low in 5 of 38 runs of a black-box
-    /// test restarting Redis under three leasing replicas).
-    fn rolled_back_calls(&self, leases: &Leases, calls: impl IntoIterator<Item = PendingCall>) {
-        for call in calls.into_iter().filter_map(PendingCall::into_call) {
-            self.answered(leases, call, &[ROLLED_BACK]);
-        }
     }
 
     /// Follows Redis's `answer` to `call`: the copy, and the lease's

@@ -157,8 +157,8 @@ impl RedisStore {
             }
         }
         if !rolled_back.is_empty() {
-            self.rolled_back(&mut connection, &watch).await?;
-            self.rolled_back_calls(leases, rolled_back);
+            self.rolled_back(&mut connection, &watch, leases, rolled_back)
+                .await?;
         }
         self.send_each(leases, alone).await
     }
