@@ -1726,3 +1726,50 @@ async fn restart_empty(raw: &mut redis::aio::MultiplexedConnection) {
         .await
         .unwrap();
 }
+
+/// Decisions of many keys made at once go to Redis together (a few script
+/// calls, each deciding many), and stay exact: each key's quota of 3 admits
+/// 3 of its 5 requests (its bucket of 4 tokens would take a fourth), and
+/// GetUsage counts what was admitted.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_made_at_once_go_together_and_stay_exact() {
+    use store_suite::rule;
+    use support::redis_server::Redis;
+    use tower_usage_plans::store::{CounterKey, Verdict};
+    use tower_usage_plans::{QuotaPeriod, Throttle};
+
+    let redis = Redis::start();
+    let store = store_suite::store_at(&redis.url(), &unique_prefix()).await;
+    let rule = rule(3, QuotaPeriod::Day);
+    let throttle = Some(Throttle::new(0.001, 4).unwrap());
+    let counters: Vec<_> = (0..40)
+        .map(|i| CounterKey::new("plan", &format!("together-{i}")))
+        .collect();
+    let now = jiff::Timestamp::now();
+    // Each counter's first decision alone: it starts the counter (a new
+    // period and day, which the script's common decision leaves to the
+    // call alone).
+    for counter in &counters {
+        let decision = store_suite::decide(&store, counter, throttle, Some(rule), now).await;
+        assert_eq!(decision.verdict, Verdict::Admitted);
+    }
+    let before = redis.script_calls().await;
+    let verdicts = futures_util::future::join_all(
+        (0..4)
+            .flat_map(|_| &counters)
+            .map(|counter| store_suite::decide(&store, counter, throttle, Some(rule), now)),
+    )
+    .await;
+    let calls = redis.script_calls().await - before;
+    assert!(calls < 40, "160 decisions in {calls} script calls");
+    for counter in &counters {
+        assert_eq!(today_usage(&store, counter, &rule).await, [3, 0]);
+    }
+    let count = |verdict| verdicts.iter().filter(|d| d.verdict == verdict).count();
+    assert_eq!(
+        (count(Verdict::Admitted), count(Verdict::QuotaExceeded)),
+        (80, 80),
+        "per key: 2 more admitted, then the quota spent"
+    );
+}

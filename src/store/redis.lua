@@ -216,6 +216,16 @@ if KEYS[3] then
     elseif short then
       return { 6, '0', 0, 0, 0, 0, 0, -1, 0, 0, 0, { 0, -1, -1 } }
     end
+  elseif op == 'decides' then
+    -- Every decision of the call refused alike.
+    local code = redis.call('EXISTS', KEYS[2]) == 0 and 4 or (short and 6)
+    if code then
+      local refused = {}
+      for i = 1, (#ARGV - 40) / 12 do
+        refused[i] = { code, '0', 0, 0, 0, 0, 0, -1, 0, 0, 0, { 0, -1, -1 } }
+      end
+      return refused
+    end
   elseif short and (op == 'return' or op == 'report' or op == 'settle') then
     return { 6 }
   elseif short and op == 'reports' then
@@ -355,6 +365,120 @@ if op == 'reports' then
   return answers
 end
 -- fast report: end
+-- A decision, the common case: the counter's quota period is the stored
+-- one, today's record started, no reclaim due. One read and one write of
+-- the counter's hash do exactly what the rest of the script does for it
+-- (the checks, refill, verdict and record; src/store/redis_script_tests.rs
+-- runs both on the same calls), but the EXPIRE: the call that started
+-- today's record set the hash's lifetime, as every call that writes one
+-- does, so it outlives today by the history kept. Anything else goes on
+-- below, alone, as nothing was written.
+-- fast decide: begin
+-- The common decision (k, now_us, now, day, bf, rate, burst, kind, pend,
+-- plimit and the copy's copy_used, copy_epoch, copy_start as set): its
+-- answer, or nil (nothing written) when it is not.
+-- Numbers as read (arguments, fields), each string converted once per
+-- call: most repeat from one decision to the next (a plan's limits, the
+-- period, the second, small counts), and a conversion costs thousands of
+-- instructions (glibc's strtod), as does writing one (printf).
+local numbers = {}
+local function num(s)
+  if not s then
+    return nil
+  end
+  local n = numbers[s]
+  if n == nil then
+    n = s + 0
+    numbers[s] = n
+  end
+  return n
+end
+local now_us_s
+local function fast_decide()
+  local du, dr = 'd:' .. day .. ':u', 'd:' .. day .. ':r'
+  local f = redis.call('HMGET', k, 'pk', 'pe', 'used', 'allow', 'leased', 'kt', 'hx', 'ep', 'ps',
+    'rf', du, bf .. ':t', bf .. ':u', bf .. ':l')
+  if kind == '' or f[1] ~= kind or not (f[2] and now < num(f[2]) and f[11])
+      or (f[7] and now_us >= num(f[7])) then
+    return nil
+  end
+  local epoch, used, allow = num(f[8]) or 0, num(f[3]) or 0, num(f[4])
+  local leased, kept_total = num(f[5]) or 0, num(f[6]) or 0
+  if copy_epoch ~= '0' and epoch == num(copy_epoch) and num(f[9]) == num(copy_start)
+      and used - leased + kept_total + (num(f[10]) or 0) < num(copy_used) then
+    -- The copy is ahead (see copy_ahead).
+    return { 6, '0', 0, 0, 0, 0, 0, -1, 0, 0, 0, { 0, -1, -1 } }
+  end
+  local remaining = math.max((allow or plimit) - used, 0)
+  local tokens, updated, writes = 0, now_us_s, {}
+  local verdict = 0
+  if bf ~= '' then
+    local cap = math.max(burst - (num(f[14]) or 0), 0)
+    tokens = num(f[12])
+    local at = num(f[13])
+    if tokens == nil or at == nil then
+      tokens = burst
+    elseif now_us > at then
+      tokens = refill(tokens, at, rate, cap)
+    else
+      updated = f[13]
+    end
+    tokens = math.min(tokens, cap)
+    if tokens < 1 then
+      verdict = 1
+    elseif remaining < 1 then
+      verdict = 2
+    else
+      tokens = tokens - 1
+    end
+    writes = { bf .. ':t', tostring(tokens), bf .. ':u', updated }
+  elseif remaining < 1 then
+    verdict = 2
+  end
+  local shown = bf ~= '' and writes[2] or '0'
+  if verdict ~= 0 then
+    if bf ~= '' then
+      redis.call('HSET', k, unpack(writes))
+    end
+    return { verdict, shown, remaining, 0, 0, epoch, used, allow or -1, 0, 0, leased,
+      { kept_total, -1, -1 } }
+  end
+  used, remaining = used + 1, math.max(remaining - 1, 0)
+  local today_used = num(f[11]) + 1
+  local n = #writes
+  writes[n + 1], writes[n + 2] = 'used', used
+  writes[n + 3], writes[n + 4] = du, today_used
+  writes[n + 5], writes[n + 6] = dr, remaining + leased
+  if not f[5] then
+    -- (The general path writes it: 0.)
+    writes[n + 7], writes[n + 8] = 'leased', 0
+  end
+  redis.call('HSET', k, unpack(writes))
+  return { 0, shown, remaining, 0, 0, epoch, used, allow or -1, 0, 0, leased,
+    { kept_total, -1, today_used } }
+end
+-- "decides": a replica's decisions of many counters in one call, on one
+-- server. KEYS[1] and KEYS[4], KEYS[5], ... the counters (KEYS[2] and
+-- KEYS[3] as for any call), ARGV 1-40 as for any call, then twelve per
+-- decision: now_us, now, day, bucket field, rate, burst, period kind,
+-- start, end, limit, and the replica's copy of the counter (ARGV[23],
+-- ARGV[25]). Each answer is a decision's (as "decide" answers), or empty:
+-- not the common decision, nothing written, for the replica to send alone.
+if op == 'decides' then
+  local answers = {}
+  for i = 1, (#ARGV - 40) / 12 do
+    local a = 40 + (i - 1) * 12
+    k = KEYS[i == 1 and 1 or i + 2]
+    now_us_s = ARGV[a + 1]
+    now_us, now, day = num(now_us_s), num(ARGV[a + 2]), ARGV[a + 3]
+    bf, rate, burst = ARGV[a + 4], num(ARGV[a + 5]), num(ARGV[a + 6])
+    kind, pend, plimit = ARGV[a + 7], num(ARGV[a + 9]), num(ARGV[a + 10])
+    copy_used, copy_epoch, copy_start = ARGV[a + 11], ARGV[a + 12], ARGV[a + 8]
+    answers[i] = fast_decide() or {}
+  end
+  return answers
+end
+-- fast decide: end
 -- A lease renewed, the common case: the lease given back is of the
 -- counter's epoch and period and of today, with nothing of it reported and
 -- unacknowledged, from the holder's record of that epoch and generation,

@@ -31,6 +31,8 @@ use crate::limit::period::{self, DAY_SECS};
 use crate::limit::{quota_state, Bucket, Counter};
 use crate::model::QuotaPeriod;
 
+#[path = "redis_decides.rs"]
+mod decides;
 #[path = "redis_reports.rs"]
 mod reports;
 
@@ -94,6 +96,8 @@ pub struct RedisStore {
     control: Arc<Control>,
     recovery: Arc<Recovery>,
     url: String,
+    /// Decisions waiting to go together (see [`decides`]).
+    decides: Arc<decides::Decides>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -168,6 +172,7 @@ impl RedisStore {
             control: Arc::new(Control::new("")),
             recovery: Arc::new(Recovery::new("")),
             url: url.to_owned(),
+            decides: Arc::default(),
         };
         store = store.with_prefix("tup:");
         Ok(store)
@@ -1362,6 +1367,13 @@ impl RedisStore {
         let timeout = self.timeout;
         let generation = control.spent.generation();
         let method = request.throttle.and_then(|t| t.method).map(str::to_owned);
+        let decides = self.decides.clone();
+        let sender = decides::Sender {
+            connection: self.connection.clone(),
+            script: self.script.clone(),
+            recovery: self.recovery.clone(),
+            timeout,
+        };
         // Each script call has the store's timeout; a decision that finds
         // Redis emptied waits for the restore (up to RECOVERY_WAIT more)
         // rather than fail by the failure policy (fail-open would admit
@@ -1381,7 +1393,15 @@ impl RedisStore {
             let mut watch = recovery.watch_on(&connection);
             let mut answer: Answer = within(
                 timeout,
-                connection.run_watched(&recovery, &script, &key, &args, op, watch.as_ref()),
+                decide_call(
+                    &decides,
+                    &sender,
+                    &mut connection,
+                    &key,
+                    &args,
+                    op,
+                    &mut watch,
+                ),
             )
             .await?;
             // The marker is gone (4), or a counter this replica saw is (3):
@@ -1416,7 +1436,15 @@ impl RedisStore {
                 watch = recovery.watch_on(&connection);
                 answer = within(
                     timeout,
-                    connection.run_watched(&recovery, &script, &key, &args, op, watch.as_ref()),
+                    decide_call(
+                        &decides,
+                        &sender,
+                        &mut connection,
+                        &key,
+                        &args,
+                        op,
+                        &mut watch,
+                    ),
                 )
                 .await?;
             }
@@ -1696,6 +1724,35 @@ async fn warn_if_evicting(connection: &mut Connection) {
             );
         }
     }
+}
+
+/// The script call of `op` with `args` on `key`: a `"decide"` goes in a
+/// `"decides"` call on one server, or alone when the script hands it back
+/// (not the common decision); `watch` becomes the one the answer came
+/// under.
+async fn decide_call(
+    decides: &Arc<decides::Decides>,
+    sender: &decides::Sender,
+    connection: &mut Connection,
+    key: &str,
+    args: &Args,
+    op: &str,
+    watch: &mut Option<Watch>,
+) -> redis::RedisResult<Answer> {
+    let recovery = &sender.recovery;
+    if let ("decide", Some(_)) = (op, watch.as_ref()) {
+        if let Some((answer, sent_under)) = decides
+            .decide(|| sender.clone(), key.to_owned(), args.clone())
+            .await?
+        {
+            *watch = Some(sent_under);
+            return Ok(answer);
+        }
+        *watch = recovery.watch_on(connection);
+    }
+    connection
+        .run_watched(recovery, &sender.script, key, args, op, watch.as_ref())
+        .await
 }
 
 /// `call` within `limit`; a timeout is an I/O error.

@@ -1,4 +1,5 @@
-//! `redis.lua`'s fast paths (a lease's report, a lease renewed) do what the
+//! `redis.lua`'s fast paths (a lease's report, a lease renewed, a decision
+//! among many) do what the
 //! rest of the script does for them: the same calls, made by the script as
 //! shipped and by the script with those paths cut out, each on a counter of
 //! its own, must answer alike and leave the two counters alike, field for
@@ -18,7 +19,7 @@ const RECORD: &str = "h:0123456789abcdef:";
 
 /// The script without its fast paths.
 fn general_only() -> String {
-    ["report", "lease"]
+    ["report", "lease", "decide"]
         .iter()
         .fold(SCRIPT.to_owned(), |script, path| {
             let (head, rest) = script
@@ -592,4 +593,143 @@ async fn reports_sent_together_do_what_each_does_alone() {
     assert_eq!(answers[0][0], 0, "the first applied: {answers:?}");
     assert_eq!(answers[1..], [vec![ROLLED_BACK], vec![]]);
     assert_eq!(before, [one.counters().await, three.counters().await]);
+}
+
+/// Decisions of `decisions` (each a counter's twins and a decision's
+/// arguments) made together by the shipped script, then alone those it
+/// hands back, and each alone by the general path: the answers and the
+/// counters must be alike. Which went together, and each verdict.
+async fn decisions_together(decisions: &mut [(&mut Twins, Args)], step: &str) -> Vec<(bool, i64)> {
+    let answers = decided_together(decisions).await;
+    assert_eq!(answers.len(), decisions.len(), "{step}: an answer each");
+    let mut together = Vec::new();
+    for ((twins, args), answer) in decisions.iter_mut().zip(answers) {
+        let went = answer != redis::Value::Array(vec![]);
+        let answer = match went {
+            false => args
+                .invocation(&twins.scripts[0], &twins.keys[0], None, "decide")
+                .invoke_async(&mut twins.connection)
+                .await
+                .unwrap(),
+            true => answer,
+        };
+        together.push((went, verdict(&answer)));
+        let general: redis::Value = args
+            .invocation(&twins.scripts[1], &twins.keys[1], None, "decide")
+            .invoke_async(&mut twins.connection)
+            .await
+            .unwrap();
+        assert_eq!(answer, general, "{step}: the answers differ");
+        let [fast, general] = twins.counters().await;
+        assert_eq!(fast, general, "{step}: the counters differ");
+    }
+    together
+}
+
+/// The shipped script's answers to a `"decides"` call of `decisions`,
+/// watched as on one server, its marker there.
+async fn decided_together(decisions: &mut [(&mut Twins, Args)]) -> Vec<redis::Value> {
+    let recovery = Recovery::new("t:");
+    let watch = Watch {
+        marker: Arc::from("m"),
+        field: Arc::from("replica:m"),
+        answered: 0,
+    };
+    let mut connection = decisions[0].0.connection.clone();
+    let () = connection.set(&recovery.marker_key, "m").await.unwrap();
+    let batch: Vec<(&str, &Args)> = decisions
+        .iter()
+        .map(|(twins, args)| (twins.keys[0].as_str(), args))
+        .collect();
+    decides::invocation(&decisions[0].0.scripts[0], &batch, &recovery, &watch)
+        .invoke_async(&mut connection)
+        .await
+        .unwrap()
+}
+
+/// A decision's verdict (its answer's first number).
+fn verdict(answer: &redis::Value) -> i64 {
+    match answer {
+        redis::Value::Array(items) => i64::from_redis_value_ref(&items[0]).unwrap(),
+        other => panic!("not a decision's answer: {other:?}"),
+    }
+}
+
+/// A decision at `ms` of `twins`' counter, with the bucket.
+fn decision(twins: &Twins, ms: i64) -> Args {
+    let mut args = twins.args(ms);
+    throttled(&mut args);
+    args.known = true;
+    args
+}
+
+#[tokio::test]
+async fn decisions_made_together_do_what_each_does_alone() {
+    let server = redis_server::Redis::start();
+    let mut counters = Vec::new();
+    for (name, limit) in [("one", 1_000_000), ("two", 2), ("three", 1_000_000)] {
+        let mut twins = Twins::start(&server, &format!("decided-{name}"), limit).await;
+        twins.first_decision().await;
+        counters.push(twins);
+    }
+    let [one, two, three] = &mut counters[..] else {
+        unreachable!()
+    };
+
+    // The common decisions: admitted, each refilling its bucket, one a
+    // second later with a clock of its own; then the second counter's
+    // quota (2) runs out: refused (2), its bucket still written.
+    let (a, b, c) = (decision(one, 10), decision(two, 11), decision(three, 1_200));
+    let together =
+        decisions_together(&mut [(one, a), (two, b), (three, c)], "three admitted").await;
+    assert_eq!(together, [(true, 0), (true, 0), (true, 0)]);
+    let (a, b) = (decision(one, 20), decision(two, 21));
+    let together = decisions_together(&mut [(one, a), (two, b)], "quota spent").await;
+    assert_eq!(together, [(true, 0), (true, 2)]);
+
+    // Throttled (1): a bucket emptied.
+    let mut empty = decision(three, 1_300);
+    empty.burst = 1;
+    empty.rate = 0.001;
+    let mut next = empty.clone();
+    (next.now_us, next.now) = (empty.now_us + 1, empty.now);
+    let a = decision(one, 30);
+    let together = decisions_together(&mut [(three, empty), (one, a)], "bucket of one").await;
+    assert_eq!(together, [(true, 0), (true, 0)]);
+    let together = decisions_together(&mut [(three, next)], "bucket emptied").await;
+    assert_eq!(together, [(true, 1)]);
+
+    // Handed back, nothing written: a counter never decided, and one on a
+    // new day (a new period); the common one after them still goes.
+    let mut fresh = Twins::start(&server, "decided-fresh", 1_000_000).await;
+    let new_day = decision(one, 86_400_000);
+    let (mut f, c) = (decision(&fresh, 40), decision(three, 2_000));
+    f.known = false;
+    let together = decisions_together(
+        &mut [(&mut fresh, f), (one, new_day), (three, c)],
+        "fresh and a new day",
+    )
+    .await;
+    assert_eq!(together, [(false, 0), (false, 0), (true, 0)]);
+    let fresh_then = decision(&fresh, 60);
+    let together = decisions_together(&mut [(&mut fresh, fresh_then)], "then common").await;
+    assert_eq!(together, [(true, 0)]);
+
+    // A replica's copy ahead of the counter (Redis went back to older
+    // data): refused (6), nothing written; the others still go.
+    let before = three.counters().await;
+    let mut ahead = decision(three, 2_100);
+    ahead.seen = Some(Seen {
+        period: ahead.stored_period().unwrap(),
+        used: 1_000_000,
+        allow: -1,
+        epoch: 1,
+        others: 0,
+        today: (0, 0),
+    });
+    let f = decision(&fresh, 50);
+    let answers = decided_together(&mut [(three, ahead), (&mut fresh, f)]).await;
+    assert_eq!(verdict(&answers[0]), ROLLED_BACK, "{answers:?}");
+    assert_ne!(answers[1], redis::Value::Array(vec![]), "the next went");
+    assert_eq!(before, three.counters().await);
 }

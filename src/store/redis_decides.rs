@@ -1,0 +1,215 @@
+//! Decisions of many counters in one script call (`"decides"` in
+//! `redis.lua`), on one server. A decision alone costs Redis a whole
+//! script call (its 40 arguments parsed, the script entered, the replica's
+//! count of calls bumped, the marker checked) and some fifteen commands;
+//! the common decision in a `"decides"` call costs two (one read and one
+//! write of the counter's hash).
+//!
+//! Decisions wait in a queue while [`CALLS_IN_FLIGHT`] calls are on their
+//! way; each call takes up to [`DECISIONS_PER_CALL`] of them, so a busy
+//! replica sends bigger calls and an idle one sends each decision at once.
+//! One the script hands back (not the common decision) is sent alone, as
+//! before. A cluster cannot take the counters of many slots in one script:
+//! there each decision goes alone.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use redis::{FromRedisValue, Script, ScriptInvocation, Value};
+use tokio::sync::oneshot;
+
+use super::{within, Answer, Args, Connection};
+use crate::store::recovery::{Recovery, Watch};
+
+/// The most decisions one script call carries.
+const DECISIONS_PER_CALL: usize = 32;
+
+/// The script calls of decisions on their way at once: while one is in
+/// Redis, the next one's decisions gather.
+const CALLS_IN_FLIGHT: usize = 2;
+
+/// A decision's answer from a `"decides"` call, with the watch it was sent
+/// under; `None`: not the common decision, nothing written (to be sent
+/// alone).
+pub(super) type Decided = redis::RedisResult<Option<(Answer, Watch)>>;
+
+/// The decisions waiting for a `"decides"` call (see the module).
+#[derive(Default)]
+pub(super) struct Decides {
+    queue: Mutex<Queue>,
+}
+
+#[derive(Default)]
+struct Queue {
+    waiting: Vec<Waiting>,
+    /// The calls on their way (at most [`CALLS_IN_FLIGHT`]).
+    sending: usize,
+}
+
+/// A decision waiting for its call: the counter's key and the arguments it
+/// would be sent alone with.
+struct Waiting {
+    key: String,
+    args: Args,
+    answer: oneshot::Sender<Decided>,
+}
+
+/// What a call needs of the store.
+#[derive(Clone)]
+pub(super) struct Sender {
+    pub(super) connection: Connection,
+    pub(super) script: Script,
+    pub(super) recovery: Arc<Recovery>,
+    pub(super) timeout: Duration,
+}
+
+impl Decides {
+    /// `args` (a `"decide"` on `key`) decided in a `"decides"` call: sent
+    /// now if fewer than [`CALLS_IN_FLIGHT`] calls are on their way, else
+    /// with the next call. Must run on a Tokio runtime.
+    pub(super) async fn decide(
+        self: &Arc<Self>,
+        sender: impl FnOnce() -> Sender,
+        key: String,
+        args: Args,
+    ) -> Decided {
+        let (answer, answered) = oneshot::channel();
+        let batch = {
+            let mut queue = self.queue.lock();
+            queue.waiting.push(Waiting { key, args, answer });
+            (queue.sending < CALLS_IN_FLIGHT).then(|| {
+                queue.sending += 1;
+                queue.next_batch()
+            })
+        };
+        if let Some(batch) = batch {
+            tokio::spawn(self.clone().send(sender(), batch));
+        }
+        answered.await.unwrap_or_else(|_| {
+            Err(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "a call of decisions ended unanswered",
+            )))
+        })
+    }
+
+    /// Sends `batch`, then the decisions that gathered meanwhile, until
+    /// none waits. (Should a call panic, the next decision starts a call
+    /// in its place.)
+    async fn send(self: Arc<Self>, mut sender: Sender, mut batch: Vec<Waiting>) {
+        let mut sending = Sending(Some(&self));
+        loop {
+            if !batch.is_empty() {
+                sender.call(batch).await;
+            }
+            let mut queue = self.queue.lock();
+            batch = queue.next_batch();
+            if batch.is_empty() {
+                // Under the lock that a new decision takes to see whether
+                // a call will take it.
+                queue.sending -= 1;
+                sending.0 = None;
+                return;
+            }
+        }
+    }
+}
+
+/// A call's turn among the [`CALLS_IN_FLIGHT`], given up if its task ends
+/// without giving it up itself.
+struct Sending<'a>(Option<&'a Decides>);
+
+impl Drop for Sending<'_> {
+    fn drop(&mut self) {
+        if let Some(decides) = self.0 {
+            decides.queue.lock().sending -= 1;
+        }
+    }
+}
+
+impl Queue {
+    /// The decisions the next call takes, oldest first.
+    /// (One whose request stopped waiting is not sent.)
+    fn next_batch(&mut self) -> Vec<Waiting> {
+        self.waiting.retain(|waiting| !waiting.answer.is_closed());
+        let n = self.waiting.len().min(DECISIONS_PER_CALL);
+        self.waiting.drain(..n).collect()
+    }
+}
+
+/// The `"decides"` call of `decisions` (each a counter's key and the
+/// arguments of its `"decide"`; at least one), watched with `watch`.
+pub(super) fn invocation<'a>(
+    script: &'a Script,
+    decisions: &[(&str, &Args)],
+    recovery: &Recovery,
+    watch: &Watch,
+) -> ScriptInvocation<'a> {
+    let (first_key, first) = decisions[0];
+    let mut invocation = first.invocation(script, first_key, Some((recovery, watch)), "decides");
+    for (key, _) in &decisions[1..] {
+        invocation.key(*key);
+    }
+    for (_, args) in decisions {
+        let (kind, start, end, limit) = match args.period {
+            Some((kind, start, end, limit)) => (kind.as_str(), start, end, limit),
+            None => ("", 0, 0, 0),
+        };
+        invocation
+            .arg(args.now_us)
+            .arg(args.now)
+            .arg(args.day)
+            .arg(&args.bucket)
+            .arg(args.rate)
+            .arg(args.burst)
+            .arg(kind)
+            .arg(start)
+            .arg(end)
+            .arg(limit)
+            .arg(args.seen.map_or(0, |s| s.used))
+            .arg(args.seen.map_or(0, |s| s.epoch));
+    }
+    invocation
+}
+
+impl Sender {
+    /// One `"decides"` call of `batch`; each decision gets its answer (an
+    /// error: the call's).
+    async fn call(&mut self, batch: Vec<Waiting>) {
+        let Some(watch) = self.recovery.watch_on(&self.connection) else {
+            // A cluster: each goes alone.
+            for waiting in batch {
+                let _ = waiting.answer.send(Ok(None));
+            }
+            return;
+        };
+        let decisions: Vec<_> = batch.iter().map(|w| (w.key.as_str(), &w.args)).collect();
+        let invocation = invocation(&self.script, &decisions, &self.recovery, &watch);
+        let answers: redis::RedisResult<Vec<Value>> =
+            within(self.timeout, self.connection.invoke(invocation)).await;
+        match answers {
+            Ok(answers) => {
+                self.recovery.answered(&watch);
+                for (waiting, answer) in batch.into_iter().zip(answers) {
+                    let decided = match answer {
+                        Value::Array(items) if items.is_empty() => Ok(None),
+                        answer => Answer::from_redis_value(answer)
+                            .map(|a| Some((a, watch.clone())))
+                            .map_err(redis::RedisError::from),
+                    };
+                    let _ = waiting.answer.send(decided);
+                }
+            }
+            Err(e) => {
+                for waiting in batch {
+                    let _ = waiting.answer.send(Err(redis::RedisError::from((
+                        e.kind(),
+                        "a call of decisions failed",
+                        e.to_string(),
+                    ))));
+                }
+            }
+        }
+    }
+}
