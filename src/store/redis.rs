@@ -69,10 +69,13 @@ pub(crate) enum Connection {
 }
 
 /// Counters in Redis: a whole decision — throttle and quota, refused
-/// requests free — is one `EVALSHA` round trip, atomic on the server, so
-/// any number of replicas stay exact. Keys are hash-tagged per (plan, key)
-/// (`tup:{plan:key}`), so they work on Redis Cluster, and expire 101 days
-/// after their last use (the usage history GetUsage reads).
+/// requests free — is made by one server-side script, atomic on the
+/// server, so any number of replicas stay exact. On one server, decisions
+/// made at the same moment go to Redis together, in one script call.
+/// Keys are hash-tagged per (plan, key) (`tup:{plan:key}`), so they work on
+/// Redis Cluster, and expire 100 to 101 days after their last use (the
+/// usage history GetUsage reads: the lifetime is set by the first call of
+/// each day).
 ///
 /// Replicas pass their own clock to the script: keep them in sync (NTP).
 ///
@@ -89,7 +92,7 @@ pub(crate) enum Connection {
 #[derive(Clone)]
 pub struct RedisStore {
     connection: Connection,
-    script: Script,
+    script: Arc<Script>,
     prefix: String,
     timeout: Duration,
     leases: Option<Arc<Leases>>,
@@ -165,7 +168,7 @@ impl RedisStore {
         warn_if_evicting(&mut connection).await;
         let mut store = Self {
             connection,
-            script: Script::new(SCRIPT),
+            script: Arc::new(Script::new(SCRIPT)),
             prefix: String::new(),
             timeout: Duration::from_millis(250),
             leases: None,

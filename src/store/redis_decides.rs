@@ -59,7 +59,7 @@ struct Waiting {
 #[derive(Clone)]
 pub(super) struct Sender {
     pub(super) connection: Connection,
-    pub(super) script: Script,
+    pub(super) script: Arc<Script>,
     pub(super) recovery: Arc<Recovery>,
     pub(super) timeout: Duration,
 }

@@ -732,4 +732,9 @@ async fn decisions_made_together_do_what_each_does_alone() {
     assert_eq!(verdict(&answers[0]), ROLLED_BACK, "{answers:?}");
     assert_ne!(answers[1], redis::Value::Array(vec![]), "the next went");
     assert_eq!(before, three.counters().await);
+
+    // No expiry set by the common decision: the call that started today's
+    // record set the counter's, which outlives the history kept.
+    let ttl: i64 = three.connection.ttl(&three.keys[0]).await.unwrap();
+    assert!(ttl > 100 * DAY_SECS, "{ttl} s");
 }
