@@ -1729,10 +1729,10 @@ async fn warn_if_evicting(connection: &mut Connection) {
     }
 }
 
-/// The script call of `op` with `args` on `key`: a `"decide"` goes in a
-/// `"decides"` call on one server, or alone when the script hands it back
-/// (not the common decision); `watch` becomes the one the answer came
-/// under.
+/// The script call of `op` with `args` on `key`: a `"decide"` with a quota
+/// goes in a `"decides"` call on one server, or alone when the script
+/// hands it back (not the common decision, which has a quota); `watch`
+/// becomes the one the answer came under.
 async fn decide_call(
     decides: &Arc<decides::Decides>,
     sender: &decides::Sender,
@@ -1743,7 +1743,7 @@ async fn decide_call(
     watch: &mut Option<Watch>,
 ) -> redis::RedisResult<Answer> {
     let recovery = &sender.recovery;
-    if let ("decide", Some(_)) = (op, watch.as_ref()) {
+    if let ("decide", Some(_), Some(_)) = (op, watch.as_ref(), args.period) {
         if let Some((answer, sent_under)) = decides
             .decide(|| sender.clone(), key.to_owned(), args.clone())
             .await?
