@@ -1393,20 +1393,15 @@ impl RedisStore {
             let slot = slot;
             let pending = pending;
             in_flight = Some(recovery.in_flight.read().await);
-            let mut watch = recovery.watch_on(&connection);
-            let mut answer: Answer = within(
+            let call = DecideCall {
+                decides: &decides,
+                sender: &sender,
+                key: &key,
+                op,
                 timeout,
-                decide_call(
-                    &decides,
-                    &sender,
-                    &mut connection,
-                    &key,
-                    &args,
-                    op,
-                    &mut watch,
-                ),
-            )
-            .await?;
+            };
+            let mut watch = None;
+            let mut answer = call.run(&mut connection, &args, &mut watch).await?;
             // The marker is gone (4), or a counter this replica saw is (3):
             // Redis lost its data — put back what every replica saw, then
             // decide — or the counter was dropped. Lost again meanwhile (a
@@ -1436,20 +1431,7 @@ impl RedisStore {
                     }
                 }
                 in_flight = Some(recovery.in_flight.read().await);
-                watch = recovery.watch_on(&connection);
-                answer = within(
-                    timeout,
-                    decide_call(
-                        &decides,
-                        &sender,
-                        &mut connection,
-                        &key,
-                        &args,
-                        op,
-                        &mut watch,
-                    ),
-                )
-                .await?;
+                answer = call.run(&mut connection, &args, &mut watch).await?;
             }
             if answer.0 >= 3 {
                 return Err(redis::RedisError::from((
@@ -1729,33 +1711,47 @@ async fn warn_if_evicting(connection: &mut Connection) {
     }
 }
 
-/// The script call of `op` with `args` on `key`: a `"decide"` with a quota
-/// goes in a `"decides"` call on one server, or alone when the script
-/// hands it back (not the common decision, which has a quota); `watch`
-/// becomes the one the answer came under.
-async fn decide_call(
-    decides: &Arc<decides::Decides>,
-    sender: &decides::Sender,
-    connection: &mut Connection,
-    key: &str,
-    args: &Args,
-    op: &str,
-    watch: &mut Option<Watch>,
-) -> redis::RedisResult<Answer> {
-    let recovery = &sender.recovery;
-    if let ("decide", Some(_), Some(_)) = (op, watch.as_ref(), args.period) {
-        if let Some((answer, sent_under)) = decides
-            .decide(|| sender.clone(), key.to_owned(), args.clone())
-            .await?
-        {
-            *watch = Some(sent_under);
-            return Ok(answer);
-        }
+/// A decision's script call: `op` on `key`, within `timeout`.
+struct DecideCall<'a> {
+    decides: &'a Arc<decides::Decides>,
+    sender: &'a decides::Sender,
+    key: &'a str,
+    op: &'a str,
+    timeout: Duration,
+}
+
+impl DecideCall<'_> {
+    /// The call with `args`: a `"decide"` with a quota goes in a
+    /// `"decides"` call on one server, or alone when the script hands it
+    /// back (not the common decision, which has a quota); `watch` becomes
+    /// the one the answer came under (`None` on a cluster).
+    async fn run(
+        &self,
+        connection: &mut Connection,
+        args: &Args,
+        watch: &mut Option<Watch>,
+    ) -> redis::RedisResult<Answer> {
+        let (recovery, key, op) = (&self.sender.recovery, self.key, self.op);
         *watch = recovery.watch_on(connection);
-    }
-    connection
-        .run_watched(recovery, &sender.script, key, args, op, watch.as_ref())
+        within(self.timeout, async {
+            if let ("decide", Some(_), Some(_)) = (op, watch.as_ref(), args.period) {
+                let sender = || self.sender.clone();
+                if let Some((answer, sent_under)) = self
+                    .decides
+                    .decide(sender, key.to_owned(), args.clone())
+                    .await?
+                {
+                    *watch = Some(sent_under);
+                    return Ok(answer);
+                }
+                *watch = recovery.watch_on(connection);
+            }
+            connection
+                .run_watched(recovery, &self.sender.script, key, args, op, watch.as_ref())
+                .await
+        })
         .await
+    }
 }
 
 /// `call` within `limit`; a timeout is an I/O error.
