@@ -153,11 +153,28 @@ end
 -- leased, plus kept, and the epoch, in the period starting at ARGV[9]) saw
 -- more than the counter holds, given its epoch, period start, used, leased,
 -- 'rf' and 'kt' as stored (see "Rollback").
+-- Numbers as read (arguments, fields; nil for none), each string
+-- converted once per call: in a call of many decisions most repeat from
+-- one to the next (a plan's limits, the period, the second, small counts),
+-- and a conversion costs thousands of instructions (glibc's strtod), as
+-- does writing one (printf).
+local numbers = {}
+local function num(s)
+  if not s then
+    return nil
+  end
+  local n = numbers[s]
+  if n == nil then
+    n = s + 0
+    numbers[s] = n
+  end
+  return n
+end
+
 local copy_used, copy_epoch, copy_start = ARGV[23], ARGV[25], ARGV[9]
 local function copy_ahead(ep, ps, u, l, rf, kt)
-  return tonumber(ep) == copy_epoch + 0 and tonumber(ps) == copy_start + 0
-    and (tonumber(u) or 0) - (tonumber(l) or 0) + (tonumber(kt) or 0) + (tonumber(rf) or 0)
-      < copy_used + 0
+  return num(ep) == num(copy_epoch) and num(ps) == num(copy_start)
+    and (num(u) or 0) - (num(l) or 0) + (num(kt) or 0) + (num(rf) or 0) < num(copy_used)
 end
 
 -- `tokens` counted at `at` (µs), refilled at rate `r` up to now_us, never
@@ -374,25 +391,9 @@ end
 -- does, so it outlives today by the history kept. Anything else goes on
 -- below, alone, as nothing was written.
 -- fast decide: begin
--- The common decision (k, now_us, now, day, bf, rate, burst, kind, pend,
--- plimit and the copy's copy_used, copy_epoch, copy_start as set): its
--- answer, or nil (nothing written) when it is not.
--- Numbers as read (arguments, fields), each string converted once per
--- call: most repeat from one decision to the next (a plan's limits, the
--- period, the second, small counts), and a conversion costs thousands of
--- instructions (glibc's strtod), as does writing one (printf).
-local numbers = {}
-local function num(s)
-  if not s then
-    return nil
-  end
-  local n = numbers[s]
-  if n == nil then
-    n = s + 0
-    numbers[s] = n
-  end
-  return n
-end
+-- The common decision (k, now_us and now_us_s as sent, now, day, bf, rate,
+-- burst, kind, pend, plimit and the copy's copy_used, copy_epoch,
+-- copy_start as set): its answer, or nil (nothing written) when it is not.
 local now_us_s
 local function fast_decide()
   local du, dr = 'd:' .. day .. ':u', 'd:' .. day .. ':r'
@@ -404,9 +405,7 @@ local function fast_decide()
   end
   local epoch, used, allow = num(f[8]) or 0, num(f[3]) or 0, num(f[4])
   local leased, kept_total = num(f[5]) or 0, num(f[6]) or 0
-  if copy_epoch ~= '0' and epoch == num(copy_epoch) and num(f[9]) == num(copy_start)
-      and used - leased + kept_total + (num(f[10]) or 0) < num(copy_used) then
-    -- The copy is ahead (see copy_ahead).
+  if (num(copy_epoch) or 0) > 0 and copy_ahead(f[8], f[9], f[3], f[5], f[10], f[6]) then
     return { 6, '0', 0, 0, 0, 0, 0, -1, 0, 0, 0, { 0, -1, -1 } }
   end
   local remaining = math.max((allow or plimit) - used, 0)

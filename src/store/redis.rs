@@ -1065,6 +1065,15 @@ impl Args {
         args
     }
 
+    /// The quota period as the script takes it: kind ("": no quota),
+    /// start, end, limit.
+    fn period_args(&self) -> (&'static str, i64, i64, u64) {
+        match self.period {
+            Some((kind, start, end, limit)) => (kind.as_str(), start, end, limit),
+            None => ("", 0, 0, 0),
+        }
+    }
+
     /// The quota period as the script stores it (kind, start, end).
     fn stored_period(&self) -> Option<Period> {
         self.period.map(|(kind, start, end, _)| (kind, start, end))
@@ -1094,10 +1103,7 @@ impl Args {
                 .key(&recovery.marker_key)
                 .key(&recovery.writes_key);
         }
-        let (kind, start, end, limit) = match self.period {
-            Some((kind, start, end, limit)) => (kind.as_str(), start, end, limit),
-            None => ("", 0, 0, 0),
-        };
+        let (kind, start, end, limit) = self.period_args();
         // A restore gives no lease back: 27 to 29 carry its tags.
         let (gen, cap, granted_tokens) = match op {
             "restore" => self.tags,
@@ -1371,12 +1377,6 @@ impl RedisStore {
         let generation = control.spent.generation();
         let method = request.throttle.and_then(|t| t.method).map(str::to_owned);
         let decides = self.decides.clone();
-        let sender = decides::Sender {
-            connection: self.connection.clone(),
-            script: self.script.clone(),
-            recovery: self.recovery.clone(),
-            timeout,
-        };
         // Each script call has the store's timeout; a decision that finds
         // Redis emptied waits for the restore (up to RECOVERY_WAIT more)
         // rather than fail by the failure policy (fail-open would admit
@@ -1395,7 +1395,8 @@ impl RedisStore {
             in_flight = Some(recovery.in_flight.read().await);
             let call = DecideCall {
                 decides: &decides,
-                sender: &sender,
+                script: &script,
+                recovery: &recovery,
                 key: &key,
                 op,
                 timeout,
@@ -1714,7 +1715,8 @@ async fn warn_if_evicting(connection: &mut Connection) {
 /// A decision's script call: `op` on `key`, within `timeout`.
 struct DecideCall<'a> {
     decides: &'a Arc<decides::Decides>,
-    sender: &'a decides::Sender,
+    script: &'a Arc<Script>,
+    recovery: &'a Arc<Recovery>,
     key: &'a str,
     op: &'a str,
     timeout: Duration,
@@ -1731,23 +1733,28 @@ impl DecideCall<'_> {
         args: &Args,
         watch: &mut Option<Watch>,
     ) -> redis::RedisResult<Answer> {
-        let (recovery, key, op) = (&self.sender.recovery, self.key, self.op);
-        *watch = recovery.watch_on(connection);
+        let (recovery, key, op) = (self.recovery, self.key, self.op);
+        let together =
+            op == "decide" && args.period.is_some() && matches!(connection, Connection::Single(_));
         within(self.timeout, async {
-            if let ("decide", Some(_), Some(_)) = (op, watch.as_ref(), args.period) {
-                let sender = || self.sender.clone();
-                if let Some((answer, sent_under)) = self
-                    .decides
-                    .decide(sender, key.to_owned(), args.clone())
-                    .await?
-                {
+            if together {
+                // What the call that takes it needs, should this decision
+                // start one.
+                let sender = || decides::Sender {
+                    connection: connection.clone(),
+                    script: self.script.clone(),
+                    recovery: recovery.clone(),
+                    timeout: self.timeout,
+                };
+                let decided = self.decides.decide(sender, key.to_owned(), args.clone());
+                if let Some((answer, sent_under)) = decided.await? {
                     *watch = Some(sent_under);
                     return Ok(answer);
                 }
-                *watch = recovery.watch_on(connection);
             }
+            *watch = recovery.watch_on(connection);
             connection
-                .run_watched(recovery, &self.sender.script, key, args, op, watch.as_ref())
+                .run_watched(recovery, self.script, key, args, op, watch.as_ref())
                 .await
         })
         .await

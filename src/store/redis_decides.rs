@@ -152,10 +152,7 @@ pub(super) fn invocation<'a>(
         invocation.key(*key);
     }
     for (_, args) in decisions {
-        let (kind, start, end, limit) = match args.period {
-            Some((kind, start, end, limit)) => (kind.as_str(), start, end, limit),
-            None => ("", 0, 0, 0),
-        };
+        let (kind, start, end, limit) = args.period_args();
         invocation
             .arg(args.now_us)
             .arg(args.now)
