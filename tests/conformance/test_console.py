@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -142,6 +143,20 @@ def key_row(driver, key_id: str):
     )[0]
 
 
+def click_key_row(driver, key_id: str):
+    """Clicks the row of key `key_id`; a row the list drew anew between finding and clicking
+    (its search answered, a refresh) is found again."""
+
+    def clicked(d):
+        try:
+            key_row(d, key_id).click()
+            return True
+        except StaleElementReferenceException:
+            return False
+
+    wait(driver, clicked, f"a click on the row of key {key_id}")
+
+
 def text_of(driver, selector: str) -> str:
     return driver.find_element(By.CSS_SELECTOR, selector).text
 
@@ -160,7 +175,7 @@ def new_metered_key(api, name: str | None = None, limit: int = 1000, period: str
 
 def select_key(driver, key):
     search(driver, key["name"])
-    key_row(driver, key["id"]).click()
+    click_key_row(driver, key["id"])
     wait(driver, lambda d: text_of(d, "[data-remaining]") not in ("", "–"), "today's remaining")
 
 
@@ -412,10 +427,10 @@ def test_a_slow_answer_never_shows_under_another_key(browser, console_gateway, a
         )
     sign_in(browser, console_gateway)
     search(browser, prefix)
-    row_a, row_b = key_row(browser, key_a["id"]), key_row(browser, key_b["id"])
+    key_row(browser, key_a["id"]), key_row(browser, key_b["id"])
     browser.execute_script(HOLD_USAGE_OF, key_a["id"])
-    row_a.click()
-    row_b.click()
+    click_key_row(browser, key_a["id"])
+    click_key_row(browser, key_b["id"])
     wait(browser, lambda d: text_of(d, "[data-remaining]") == "777", "B's remaining")
     browser.execute_script("window.__letGo()")
     wait(browser, lambda d: d.execute_script("return window.__taken"), "A's late answer taken in")
