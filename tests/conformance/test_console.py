@@ -103,9 +103,12 @@ def console_url(gw) -> str:
 
 
 def wait(driver, condition, what: str):
-    """Waits for `condition(driver)` to be truthy; the failure names `what` and the page's answer."""
+    """Waits for `condition(driver)` to be truthy, trying again when an element it read was
+    drawn anew meanwhile; the failure names `what` and the page's answer."""
     try:
-        return WebDriverWait(driver, WAIT_S).until(lambda d: condition(d))
+        return WebDriverWait(
+            driver, WAIT_S, ignored_exceptions=[StaleElementReferenceException]
+        ).until(lambda d: condition(d))
     except Exception as e:  # noqa: BLE001 - re-raised with the page's state
         answer = driver.execute_script(
             "const a = document.getElementById('answer'), s = document.getElementById('sign-in-error');"
@@ -147,14 +150,7 @@ def click_key_row(driver, key_id: str):
     """Clicks the row of key `key_id`; a row the list drew anew between finding and clicking
     (its search answered, a refresh) is found again."""
 
-    def clicked(d):
-        try:
-            key_row(d, key_id).click()
-            return True
-        except StaleElementReferenceException:
-            return False
-
-    wait(driver, clicked, f"a click on the row of key {key_id}")
+    wait(driver, lambda d: key_row(d, key_id).click() or True, f"a click on the row of key {key_id}")
 
 
 def text_of(driver, selector: str) -> str:
@@ -347,9 +343,13 @@ def test_html_in_a_key_name_is_shown_as_text(browser, console_gateway, api):
     sign_in(browser, console_gateway)
     # The whole name as the search prefix: spaces, `<`, `=` and `>` in a signed query.
     search(browser, XSS_NAME)
-    row = key_row(browser, key["id"])
-    assert row.find_element(By.CSS_SELECTOR, "td").text == XSS_NAME
-    row.click()
+    name = wait(
+        browser,
+        lambda d: key_row(d, key["id"]).find_element(By.CSS_SELECTOR, "td").text,
+        "the row's name",
+    )
+    assert name == XSS_NAME
+    click_key_row(browser, key["id"])
     wait(browser, lambda d: text_of(d, "#key-name") == XSS_NAME, "the name in the key view")
     assert browser.execute_script("return window.__xss") is None
     assert browser.find_elements(By.CSS_SELECTOR, "main img") == []
