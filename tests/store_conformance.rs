@@ -766,6 +766,119 @@ async fn a_redis_stall_while_leasing_loses_no_quota() {
     );
 }
 
+/// Redis stalls (SIGSTOP) while requests wait for their decisions: each
+/// fails at the store's timeout (100 ms), so the layer answers it by the
+/// failure policy, uncounted (503, or admitted uncounted). The decisions
+/// sent before the stall are applied once Redis resumes: each admitted
+/// one is given back, so GetUsage counts what was admitted, and the quota
+/// left is the one before the stall (the black-box finding: 300 used where
+/// 288-299 were served). So is a decision sent alone (a throttle's), its
+/// token back.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_redis_admits_after_its_request_gave_up_is_given_back() {
+    use std::time::Duration;
+    use store_suite::{decide, rule};
+    use support::eventually::eventually;
+    use support::redis_server::Redis;
+    use tower_usage_plans::store::{
+        CounterKey, CounterStore, DecisionRequest, RedisStore, ThrottleRule, Verdict,
+    };
+    use tower_usage_plans::{QuotaPeriod, Throttle};
+
+    let redis = Redis::start();
+    let prefix = unique_prefix();
+    let store = RedisStore::connect(&redis.url())
+        .await
+        .unwrap()
+        .with_prefix(prefix.clone())
+        .with_timeout(Duration::from_millis(100));
+    let counter = CounterKey::new("plan", "stalled");
+    let quota_rule = rule(100, QuotaPeriod::Day);
+    let quota = Some(quota_rule);
+    // The counter's first decision goes alone; the second is the common
+    // one, which decisions made together take.
+    for _ in 0..2 {
+        let decision = decide(&store, &counter, None, quota, jiff::Timestamp::now()).await;
+        assert_eq!(decision.verdict, Verdict::Admitted);
+    }
+    // A throttle alone is decided alone: a token of 3 (one a day).
+    let throttled = CounterKey::new("plan", "throttled");
+    let throttle = Throttle::new(1.0 / 86_400.0, 3).unwrap();
+    decide(
+        &store,
+        &throttled,
+        Some(throttle),
+        None,
+        jiff::Timestamp::now(),
+    )
+    .await;
+    redis.pause();
+    let waiting: Vec<_> = (0..9)
+        .map(|i| {
+            let (store, counter) = (store.clone(), counter.clone());
+            let throttled = throttled.clone();
+            tokio::spawn(async move {
+                let (counter, throttle, quota) = match i {
+                    0 => (
+                        &throttled,
+                        Some(ThrottleRule {
+                            method: None,
+                            throttle,
+                        }),
+                        None,
+                    ),
+                    _ => (&counter, None, quota),
+                };
+                let request = DecisionRequest {
+                    counter,
+                    throttle,
+                    quota,
+                    now: jiff::Timestamp::now().into(),
+                };
+                store.decide(&request).await.is_err()
+            })
+        })
+        .collect();
+    for request in waiting {
+        assert!(
+            request.await.unwrap(),
+            "a decision while Redis stalls fails"
+        );
+    }
+    redis.resume();
+    // GetUsage goes after the stalled calls on the same connection: it sees
+    // the late admissions (8 more used without their refunds), or their
+    // refunds too.
+    eventually("the late admissions given back", || async {
+        let usage = today_usage(&store, &counter, &quota_rule).await;
+        (usage == [2, 98]).then_some(())
+    })
+    .await;
+    // Read after that GetUsage: the late decision of the throttle was
+    // applied (a token spent, 1 left).
+    let tokens = || async {
+        let mut raw = redis::Client::open(redis.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let tokens: String = redis::cmd("HGET")
+            .arg(format!("{prefix}{{plan:throttled}}"))
+            .arg("b::t")
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        tokens.parse::<f64>().unwrap().floor()
+    };
+    eventually("the late token given back", || async {
+        (tokens().await == 2.0).then_some(())
+    })
+    .await;
+    let decision = decide(&store, &counter, None, quota, jiff::Timestamp::now()).await;
+    assert_eq!(decision.quota.unwrap().remaining, 97);
+}
+
 /// Redis loses its data (FLUSHALL, three times, 200,000 admissions apart)
 /// while two replicas lease one busy key, each lease at its unacknowledged
 /// cap much of the time. Each replica puts back what it saw and what its

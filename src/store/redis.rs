@@ -1397,6 +1397,8 @@ impl RedisStore {
                 decides: &decides,
                 script: &script,
                 recovery: &recovery,
+                control: &control,
+                counter: &counter,
                 key: &key,
                 op,
                 timeout,
@@ -1596,16 +1598,14 @@ impl CounterStore for RedisStore {
             args.rate = rule.throttle.rate_limit;
             args.burst = rule.throttle.burst_limit;
         }
-        let (key, script) = (self.key(request.counter), self.script.clone());
-        let (control, counter) = (self.control.clone(), request.counter.clone());
-        let recovery = self.recovery.clone();
+        let parts = StoreParts {
+            script: self.script.clone(),
+            recovery: self.recovery.clone(),
+            control: self.control.clone(),
+        };
+        let (key, counter) = (self.key(request.counter), request.counter.clone());
         self.run(move |mut connection| async move {
-            let _: i64 = connection
-                .run_script(&recovery, &script, &key, &args, "refund")
-                .await?;
-            // A unit back: a spent quota may not be spent any more.
-            control.spent.forget(&counter);
-            Ok(())
+            parts.refund(&mut connection, &key, &counter, &args).await
         })
     }
 
@@ -1712,11 +1712,47 @@ async fn warn_if_evicting(connection: &mut Connection) {
     }
 }
 
+/// What a call that runs in a task of its own needs of the store.
+#[derive(Clone)]
+struct StoreParts {
+    script: Arc<Script>,
+    recovery: Arc<Recovery>,
+    control: Arc<Control>,
+}
+
+impl StoreParts {
+    /// Gives a charged request's token and unit of quota back: the
+    /// script's `"refund"` of `counter` (its hash `key`) with the arguments
+    /// of the request's decision ([`CounterStore::refund`], and a decision
+    /// Redis admitted after its request stopped waiting).
+    async fn refund(
+        &self,
+        connection: &mut Connection,
+        key: &str,
+        counter: &CounterKey,
+        decided: &Args,
+    ) -> redis::RedisResult<()> {
+        let args = Args {
+            known: false,
+            seen: None,
+            ..decided.clone()
+        };
+        let _: i64 = connection
+            .run_script(&self.recovery, &self.script, key, &args, "refund")
+            .await?;
+        // A unit back: a spent quota may not be spent any more.
+        self.control.spent.forget(counter);
+        Ok(())
+    }
+}
+
 /// A decision's script call: `op` on `key`, within `timeout`.
 struct DecideCall<'a> {
     decides: &'a Arc<decides::Decides>,
     script: &'a Arc<Script>,
     recovery: &'a Arc<Recovery>,
+    control: &'a Arc<Control>,
+    counter: &'a CounterKey,
     key: &'a str,
     op: &'a str,
     timeout: Duration,
@@ -1734,25 +1770,37 @@ impl DecideCall<'_> {
         watch: &mut Option<Watch>,
     ) -> redis::RedisResult<Answer> {
         let (recovery, key, op) = (self.recovery, self.key, self.op);
+        // What a call in a task of its own needs.
+        let sender = |connection: &Connection| decides::Sender {
+            connection: connection.clone(),
+            parts: StoreParts {
+                script: self.script.clone(),
+                recovery: recovery.clone(),
+                control: self.control.clone(),
+            },
+            timeout: self.timeout,
+        };
         let together =
             op == "decide" && args.period.is_some() && matches!(connection, Connection::Single(_));
         within(self.timeout, async {
             if together {
-                // What the call that takes it needs, should this decision
-                // start one.
-                let sender = || decides::Sender {
-                    connection: connection.clone(),
-                    script: self.script.clone(),
-                    recovery: recovery.clone(),
-                    timeout: self.timeout,
-                };
-                let decided = self.decides.decide(sender, key.to_owned(), args.clone());
+                let decided = self.decides.decide(
+                    || sender(connection),
+                    key.to_owned(),
+                    self.counter.clone(),
+                    args.clone(),
+                );
                 if let Some((answer, sent_under)) = decided.await? {
                     *watch = Some(sent_under);
                     return Ok(answer);
                 }
             }
             *watch = recovery.watch_on(connection);
+            if op == "decide" {
+                let (key, counter) = (key.to_owned(), self.counter.clone());
+                let alone = sender(connection).decide_alone(key, counter, args.clone(), watch);
+                return alone.await;
+            }
             connection
                 .run_watched(recovery, self.script, key, args, op, watch.as_ref())
                 .await

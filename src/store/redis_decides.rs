@@ -11,6 +11,12 @@
 //! One the script hands back (not the common decision) is sent alone, as
 //! before. A cluster cannot take the counters of many slots in one script:
 //! there each decision goes alone.
+//!
+//! A call outlives the requests it decides: one that stopped waiting (its
+//! store timeout passed while Redis stalled, or the request was dropped)
+//! was answered by the failure policy, uncounted, so a decision Redis
+//! admitted after that is given back (`"refund"`). A call waits for its
+//! answer up to [`RESPONSE_CEILING`], however short the store's timeout.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,8 +25,9 @@ use parking_lot::Mutex;
 use redis::{FromRedisValue, Script, ScriptInvocation, Value};
 use tokio::sync::oneshot;
 
-use super::{within, Answer, Args, Connection};
+use super::{within, Answer, Args, Connection, StoreParts, RESPONSE_CEILING};
 use crate::store::recovery::{Recovery, Watch};
+use crate::store::CounterKey;
 
 /// The most decisions one script call carries.
 const DECISIONS_PER_CALL: usize = 32;
@@ -47,10 +54,11 @@ struct Queue {
     sending: usize,
 }
 
-/// A decision waiting for its call: the counter's key and the arguments it
-/// would be sent alone with.
+/// A decision waiting for its call: the counter, its hash's key and the
+/// arguments it would be sent alone with.
 struct Waiting {
     key: String,
+    counter: CounterKey,
     args: Args,
     answer: oneshot::Sender<Decided>,
 }
@@ -59,25 +67,32 @@ struct Waiting {
 #[derive(Clone)]
 pub(super) struct Sender {
     pub(super) connection: Connection,
-    pub(super) script: Arc<Script>,
-    pub(super) recovery: Arc<Recovery>,
+    pub(super) parts: StoreParts,
+    /// The store's timeout (a call waits longer: see the module).
     pub(super) timeout: Duration,
 }
 
 impl Decides {
-    /// `args` (a `"decide"` on `key`) decided in a `"decides"` call: sent
-    /// now if fewer than [`CALLS_IN_FLIGHT`] calls are on their way, else
-    /// with the next call. Must run on a Tokio runtime.
+    /// `args` (a `"decide"` of `counter`, whose hash is `key`) decided in
+    /// a `"decides"` call: sent now if fewer than [`CALLS_IN_FLIGHT`] calls
+    /// are on their way, else with the next call. Must run on a Tokio
+    /// runtime.
     pub(super) async fn decide(
         self: &Arc<Self>,
         sender: impl FnOnce() -> Sender,
         key: String,
+        counter: CounterKey,
         args: Args,
     ) -> Decided {
         let (answer, answered) = oneshot::channel();
         let batch = {
             let mut queue = self.queue.lock();
-            queue.waiting.push(Waiting { key, args, answer });
+            queue.waiting.push(Waiting {
+                key,
+                counter,
+                args,
+                answer,
+            });
             (queue.sending < CALLS_IN_FLIGHT).then(|| {
                 queue.sending += 1;
                 queue.next_batch()
@@ -86,12 +101,7 @@ impl Decides {
         if let Some(batch) = batch {
             tokio::spawn(self.clone().send(sender(), batch));
         }
-        answered.await.unwrap_or_else(|_| {
-            Err(redis::RedisError::from((
-                redis::ErrorKind::Client,
-                "a call of decisions ended unanswered",
-            )))
-        })
+        answered.await.unwrap_or_else(|_| Err(unanswered()))
     }
 
     /// Sends `batch`, then the decisions that gathered meanwhile, until
@@ -171,10 +181,48 @@ pub(super) fn invocation<'a>(
 }
 
 impl Sender {
+    /// `args` (a `"decide"` of `counter`, whose hash is `key`) sent alone
+    /// under `watch`, in a task of its own that gives the decision back
+    /// should Redis admit it after the request stopped waiting. Must run on
+    /// a Tokio runtime.
+    pub(super) async fn decide_alone(
+        self,
+        key: String,
+        counter: CounterKey,
+        args: Args,
+        watch: &Option<Watch>,
+    ) -> redis::RedisResult<Answer> {
+        let (answer, answered) = oneshot::channel();
+        let watch = watch.clone();
+        tokio::spawn(async move {
+            let Self {
+                mut connection,
+                parts,
+                timeout,
+            } = self;
+            let (recovery, script) = (&parts.recovery, &parts.script);
+            let call = connection.run_watched::<Answer>(
+                recovery,
+                script,
+                &key,
+                &args,
+                "decide",
+                watch.as_ref(),
+            );
+            let decided = within(timeout.max(RESPONSE_CEILING), call).await;
+            if let Err(Ok((ADMITTED, ..))) = answer.send(decided) {
+                give_back(connection, parts, vec![(key, counter, args)]).await;
+            }
+        });
+        answered.await.unwrap_or_else(|_| Err(unanswered()))
+    }
+
     /// One `"decides"` call of `batch`; each decision gets its answer (an
-    /// error: the call's).
+    /// error: the call's), and one admitted after its request stopped
+    /// waiting is given back.
     async fn call(&mut self, batch: Vec<Waiting>) {
-        let Some(watch) = self.recovery.watch_on(&self.connection) else {
+        let recovery = &self.parts.recovery;
+        let Some(watch) = recovery.watch_on(&self.connection) else {
             // A cluster: each goes alone.
             for waiting in batch {
                 let _ = waiting.answer.send(Ok(None));
@@ -182,12 +230,16 @@ impl Sender {
             return;
         };
         let decisions: Vec<_> = batch.iter().map(|w| (w.key.as_str(), &w.args)).collect();
-        let invocation = invocation(&self.script, &decisions, &self.recovery, &watch);
-        let answers: redis::RedisResult<Vec<Value>> =
-            within(self.timeout, self.connection.invoke(invocation)).await;
+        let invocation = invocation(&self.parts.script, &decisions, recovery, &watch);
+        let answers: redis::RedisResult<Vec<Value>> = within(
+            self.timeout.max(RESPONSE_CEILING),
+            self.connection.invoke(invocation),
+        )
+        .await;
         match answers {
             Ok(answers) => {
-                self.recovery.answered(&watch);
+                recovery.answered(&watch);
+                let mut late = Vec::new();
                 for (waiting, answer) in batch.into_iter().zip(answers) {
                     let decided = match answer {
                         Value::Array(items) if items.is_empty() => Ok(None),
@@ -195,7 +247,18 @@ impl Sender {
                             .map(|a| Some((a, watch.clone())))
                             .map_err(redis::RedisError::from),
                     };
-                    let _ = waiting.answer.send(decided);
+                    let Waiting {
+                        key,
+                        counter,
+                        args,
+                        answer,
+                    } = waiting;
+                    if let Err(Ok(Some(((ADMITTED, ..), _)))) = answer.send(decided) {
+                        late.push((key, counter, args));
+                    }
+                }
+                if !late.is_empty() {
+                    tokio::spawn(give_back(self.connection.clone(), self.parts.clone(), late));
                 }
             }
             Err(e) => {
@@ -207,6 +270,37 @@ impl Sender {
                     ))));
                 }
             }
+        }
+    }
+}
+
+/// The error of a decision whose call ended without answering it (its
+/// task panicked, or the runtime shut down).
+fn unanswered() -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::Client,
+        "a call of decisions ended unanswered",
+    ))
+}
+
+/// The verdict of an admitted decision in the script's answer.
+const ADMITTED: u8 = 0;
+
+/// Gives back the decisions Redis admitted after their requests stopped
+/// waiting (each a counter's hash key, the counter and its decision's
+/// arguments), one after the other. One that fails stays charged (logged).
+async fn give_back(
+    mut connection: Connection,
+    parts: StoreParts,
+    late: Vec<(String, CounterKey, Args)>,
+) {
+    for (key, counter, args) in late {
+        let refund = parts.refund(&mut connection, &key, &counter, &args);
+        if let Err(error) = within(RESPONSE_CEILING, refund).await {
+            tracing::warn!(
+                %error,
+                "a request Redis admitted after it stopped waiting stays charged"
+            );
         }
     }
 }
