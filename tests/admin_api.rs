@@ -527,9 +527,27 @@ async fn usage_plan_keys_create_get_list_delete() {
 
 // ---- usage ----------------------------------------------------------------------
 
+/// As AWS, UpdateUsage takes `replace /remaining` only: `add` is 400
+/// `BadRequestException`, the remaining quota unchanged, unless the
+/// service takes top-ups (`with_top_ups`, below).
+#[tokio::test]
+async fn update_usage_refuses_add_without_top_ups() {
+    let env = env().await;
+    let a = &env.admin;
+    let (plan, key) = metered(&env, daily_quota(1000), V1).await;
+    let (pid, kid) = (id(&plan), id(&key));
+    let path = format!("/usageplans/{pid}/keys/{kid}/usage");
+    assert_eq!(env.data(Some(V1)).await.0, StatusCode::OK);
+    let message = assert_bad_request(&a.patch_ops(&path, &[("add", "/remaining", "500")]).await);
+    assert!(message.contains("op 'add' is not supported"), "{message}");
+    let (status, _, usage) = a.patch_ops(&path, &[]).await;
+    assert_eq!(status, StatusCode::OK, "{usage}");
+    assert_eq!(usage["values"], json!({kid: [[1, 999]]}));
+}
+
 #[tokio::test]
 async fn update_usage_seed_exchange() {
-    let env = env().await;
+    let env = env_with_top_ups().await;
     let a = &env.admin;
     let (plan, key) = metered(&env, daily_quota(1000), V1).await;
     let (pid, kid) = (id(&plan), id(&key));

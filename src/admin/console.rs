@@ -53,6 +53,7 @@ pub(super) fn serve(
     method: &Method,
     path: &str,
     regions: &[String],
+    top_ups: bool,
 ) -> Option<Response<Full<Bytes>>> {
     let rest = match path.strip_prefix("/console") {
         Some("") => return Some(redirect()),
@@ -71,7 +72,7 @@ pub(super) fn serve(
         return Some(refused);
     }
     let (content_type, body): (&str, Bytes) = if rest == "settings.json" {
-        ("application/json", Bytes::from(settings(regions)))
+        ("application/json", Bytes::from(settings(regions, top_ups)))
     } else {
         match ASSETS.iter().find(|(name, _, _)| *name == rest) {
             Some((_, content_type, body)) => (content_type, Bytes::from_static(body.as_bytes())),
@@ -97,9 +98,9 @@ pub(super) fn serve(
 
 /// What the page needs to know before signing in: the region to sign for
 /// (the first one the listener accepts; `us-east-1` when it accepts any).
-fn settings(regions: &[String]) -> String {
+fn settings(regions: &[String], top_ups: bool) -> String {
     let region = regions.first().map_or("us-east-1", String::as_str);
-    serde_json::json!({ "region": region }).to_string()
+    serde_json::json!({ "region": region, "topUps": top_ups }).to_string()
 }
 
 fn redirect() -> Response<Full<Bytes>> {
@@ -151,7 +152,7 @@ mod tests {
             ("/console/favicon.svg", "image/svg+xml"),
             ("/console/settings.json", "application/json"),
         ] {
-            let r = serve(&Method::GET, path, &[]).unwrap();
+            let r = serve(&Method::GET, path, &[], false).unwrap();
             assert_eq!(r.status(), StatusCode::OK, "{path}");
             let h = r.headers();
             assert!(
@@ -164,7 +165,7 @@ mod tests {
                 .starts_with("default-src 'self'"));
             assert_eq!(h[X_FRAME_OPTIONS], "DENY");
         }
-        let r = serve(&Method::GET, "/console", &[]).unwrap();
+        let r = serve(&Method::GET, "/console", &[], false).unwrap();
         assert_eq!(r.status(), StatusCode::MOVED_PERMANENTLY);
         assert_eq!(r.headers()[LOCATION], "/console/");
         // Errors are the admin API's, AWS-shaped.
@@ -182,22 +183,28 @@ mod tests {
                 "MethodNotAllowedException",
             ),
         ] {
-            let r = serve(&method, path, &[]).unwrap();
+            let r = serve(&method, path, &[], false).unwrap();
             assert_eq!(r.status(), status, "{path}");
             assert_eq!(r.headers()["x-amzn-errortype"], kind, "{path}");
             assert_eq!(r.headers()[CONTENT_TYPE], "application/json", "{path}");
             assert_eq!(r.headers()[X_FRAME_OPTIONS], "DENY");
         }
-        let refused = serve(&Method::POST, "/console/", &[]).unwrap();
+        let refused = serve(&Method::POST, "/console/", &[], false).unwrap();
         assert_eq!(refused.headers()[ALLOW], "GET, HEAD");
-        assert!(serve(&Method::GET, "/consoles", &[]).is_none());
-        assert!(serve(&Method::GET, "/apikeys", &[]).is_none());
+        assert!(serve(&Method::GET, "/consoles", &[], false).is_none());
+        assert!(serve(&Method::GET, "/apikeys", &[], false).is_none());
     }
 
     #[test]
     fn settings_name_the_first_accepted_region() {
-        assert_eq!(settings(&[]), r#"{"region":"us-east-1"}"#);
-        assert_eq!(settings(&["eu-west-1".into()]), r#"{"region":"eu-west-1"}"#);
+        assert_eq!(
+            settings(&[], false),
+            r#"{"region":"us-east-1","topUps":false}"#
+        );
+        assert_eq!(
+            settings(&["eu-west-1".into()], true),
+            r#"{"region":"eu-west-1","topUps":true}"#
+        );
     }
 
     #[test]

@@ -101,6 +101,8 @@ struct Inner {
     credentials: AdminCredentials,
     /// The regions a credential scope may name; empty: any.
     regions: Vec<String>,
+    /// UpdateUsage takes `add /remaining` (see [`AdminService::with_top_ups`]).
+    top_ups: bool,
 }
 
 impl AdminService {
@@ -123,6 +125,7 @@ impl AdminService {
                 plans,
                 credentials,
                 regions: Vec::new(),
+                top_ups: false,
             }),
         }
     }
@@ -147,6 +150,27 @@ impl AdminService {
         R: Into<String>,
     {
         Arc::make_mut(&mut self.inner).regions = regions.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Takes `add /remaining` in UpdateUsage (`PATCH
+    /// /usageplans/{id}/keys/{keyId}/usage`), this crate's extension: the
+    /// key's remaining quota moves by the signed value in one atomic step
+    /// ([`UsagePlans::add_remaining`]), floored at 0, and `add` must be the
+    /// only operation. Off by default: as AWS, UpdateUsage then takes
+    /// `replace /remaining` only, and any other op is 400
+    /// `BadRequestException`. The console offers its "Add to remaining"
+    /// form only when this is on.
+    ///
+    /// ```
+    /// use tower_usage_plans::admin::{AdminCredentials, AdminService};
+    /// use tower_usage_plans::UsagePlans;
+    ///
+    /// let admin = AdminService::new(UsagePlans::new(), AdminCredentials::new()).with_top_ups(true);
+    /// # drop(admin);
+    /// ```
+    pub fn with_top_ups(mut self, enabled: bool) -> Self {
+        Arc::make_mut(&mut self.inner).top_ups = enabled;
         self
     }
 
@@ -183,7 +207,12 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let inner = self.inner.clone();
         #[cfg(feature = "console")]
-        if let Some(page) = console::serve(request.method(), request.uri().path(), &inner.regions) {
+        if let Some(page) = console::serve(
+            request.method(),
+            request.uri().path(),
+            &inner.regions,
+            inner.top_ups,
+        ) {
             return Box::pin(std::future::ready(Ok(page)));
         }
         Box::pin(async move {
@@ -244,6 +273,7 @@ impl Inner {
         let segments = path_segments(parts.uri.path())?;
         let call = ops::Call {
             plans: &self.plans,
+            top_ups: self.top_ups,
             query: wire::Query::parse(parts.uri.query()),
             body: &body,
         };

@@ -13,6 +13,8 @@ use crate::UsagePlans;
 /// A request routed to an operation.
 pub(crate) struct Call<'a> {
     pub(crate) plans: &'a UsagePlans,
+    /// UpdateUsage takes `add /remaining` (`AdminService::with_top_ups`).
+    pub(crate) top_ups: bool,
     pub(crate) query: Query,
     pub(crate) body: &'a [u8],
 }
@@ -249,7 +251,7 @@ async fn get_usage(call: Call<'_>, plan_id: &str) -> WireResult {
 
 async fn update_usage(call: Call<'_>, plan_id: &str, key_id: &str) -> WireResult {
     let patch: PatchRequest = parse_json(call.body)?;
-    let usage = match patch::remaining(&patch.operations)? {
+    let usage = match patch::remaining(&patch.operations, call.top_ups)? {
         RemainingChange::Set(n) => call.plans.set_remaining(plan_id, key_id, n).await?,
         RemainingChange::Add(n) => call.plans.add_remaining(plan_id, key_id, n).await?,
     };

@@ -118,13 +118,14 @@ pub(crate) enum RemainingChange {
     Add(i64),
 }
 
-/// The change of an UpdateUsage: `replace` or `add` on `/remaining`. Of
-/// several `replace`s the last one counts (AWS applies them in order); an
-/// `add` must be the only operation (one atomic step, not a sequence).
-/// None at all changes nothing (an `add` of 0), as an empty patch of a
-/// plan or key does: the answer is the usage as it stands.
-pub(crate) fn remaining(operations: &[PatchOperation]) -> Result<RemainingChange> {
-    if operations.len() > 1 && operations.iter().any(|op| op.op == "add") {
+/// The change of an UpdateUsage: `replace` on `/remaining`, or `add` when
+/// `top_ups` allows it (else, as by AWS, any op but `replace` is a bad
+/// request). Of several `replace`s the last one counts (AWS applies them in
+/// order); an `add` must be the only operation (one atomic step, not a
+/// sequence). None at all changes nothing (an `add` of 0), as an empty
+/// patch of a plan or key does: the answer is the usage as it stands.
+pub(crate) fn remaining(operations: &[PatchOperation], top_ups: bool) -> Result<RemainingChange> {
+    if top_ups && operations.len() > 1 && operations.iter().any(|op| op.op == "add") {
         return Err(Error::bad_request(
             "Invalid patch: an add on /remaining must be the only patch operation",
         ));
@@ -139,7 +140,7 @@ pub(crate) fn remaining(operations: &[PatchOperation]) -> Result<RemainingChange
         }
         change = Some(match op.op.as_str() {
             "replace" => RemainingChange::Set(op.integer::<u64>()?),
-            "add" => RemainingChange::Add(op.signed()?),
+            "add" if top_ups => RemainingChange::Add(op.signed()?),
             _ => return Err(op.unsupported()),
         });
     }
@@ -384,18 +385,26 @@ mod tests {
     }
 
     #[test]
-    fn remaining_accepts_replace_of_a_count_and_add_of_an_integer() {
+    fn remaining_accepts_replace_of_a_count_and_add_of_an_integer_with_top_ups() {
+        for top_ups in [false, true] {
+            assert_eq!(
+                remaining(&[op("replace", "/remaining", Some("10"))], top_ups).unwrap(),
+                RemainingChange::Set(10)
+            );
+        }
         assert_eq!(
-            remaining(&[op("replace", "/remaining", Some("10"))]).unwrap(),
-            RemainingChange::Set(10)
-        );
-        assert_eq!(
-            remaining(&[op("add", "/remaining", Some("500"))]).unwrap(),
+            remaining(&[op("add", "/remaining", Some("500"))], true).unwrap(),
             RemainingChange::Add(500)
         );
         assert_eq!(
-            remaining(&[op("add", "/remaining", Some("-20"))]).unwrap(),
+            remaining(&[op("add", "/remaining", Some("-20"))], true).unwrap(),
             RemainingChange::Add(-20)
+        );
+        // Without top-ups, as AWS: replace only.
+        let error = remaining(&[op("add", "/remaining", Some("500"))], false).unwrap_err();
+        assert!(
+            error.to_string().contains("op 'add' is not supported"),
+            "{error}"
         );
         for bad in [
             op("replace", "/remaining", Some("-1")),
@@ -414,15 +423,19 @@ mod tests {
             op("copy", "/remaining", Some("1")),
             op("replace", "/used", Some("1")),
         ] {
-            assert!(remaining(std::slice::from_ref(&bad)).is_err(), "{bad:?}");
+            for top_ups in [false, true] {
+                let refused = remaining(std::slice::from_ref(&bad), top_ups);
+                assert!(refused.is_err(), "{bad:?}");
+            }
         }
         // An empty patch changes nothing, as for a plan or a key.
-        assert_eq!(remaining(&[]).unwrap(), RemainingChange::Add(0));
+        assert_eq!(remaining(&[], false).unwrap(), RemainingChange::Add(0));
         let twice = [
             op("replace", "/remaining", Some("5")),
             op("add", "/remaining", Some("6")),
         ];
-        assert!(remaining(&twice).is_err());
+        assert!(remaining(&twice, true).is_err());
+        assert!(remaining(&twice, false).is_err());
     }
 
     #[test]

@@ -116,6 +116,10 @@ pub struct Cli {
     /// `USAGE_PLANS_ADMIN_REGION=r1,r2`); without any, every region is accepted.
     #[arg(long = "admin-region", value_name = "REGION")]
     pub admin_regions: Vec<String>,
+    /// UpdateUsage also takes `add /remaining` (this gateway's extension:
+    /// an atomic top-up); without it, as AWS, `replace` only.
+    #[arg(long, env = "USAGE_PLANS_ADMIN_TOP_UPS")]
+    pub admin_top_ups: bool,
     /// Keep plans, keys and counters across restarts.
     #[arg(long, env = "USAGE_PLANS_STATE_FILE", value_name = "PATH")]
     pub state_file: Option<PathBuf>,
@@ -205,6 +209,8 @@ struct FileConfig {
     admin_credentials: Vec<FileCredential>,
     #[serde(default)]
     admin_regions: Vec<String>,
+    #[serde(default)]
+    admin_top_ups: bool,
     #[serde(default)]
     keys: Vec<NewApiKey>,
     #[serde(default)]
@@ -319,6 +325,8 @@ pub struct GatewayConfig {
     pub admin_credentials: AdminCredentials,
     /// The regions admin signatures may be scoped to; empty: any region.
     pub admin_regions: Vec<String>,
+    /// UpdateUsage takes `add /remaining` (`--admin-top-ups`).
+    pub admin_top_ups: bool,
     /// State file, if any.
     pub state_file: Option<PathBuf>,
     /// Redis URL: counters and the registry shared with other replicas.
@@ -358,6 +366,7 @@ impl Default for GatewayConfig {
             stage: Stage::default(),
             admin_credentials: AdminCredentials::new(),
             admin_regions: Vec::new(),
+            admin_top_ups: false,
             state_file: None,
             keys: Vec::new(),
             plans: Vec::new(),
@@ -548,6 +557,7 @@ impl GatewayConfig {
             redis: cli.redis.or(file.redis),
             redis_leases: cli.redis_leases || file.redis_leases,
             shadow: cli.shadow || file.shadow,
+            admin_top_ups: cli.admin_top_ups || file.admin_top_ups,
             ..Self::default()
         };
         if let Some(policy) = cli.redis_failure.or(file.redis_failure) {

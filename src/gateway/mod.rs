@@ -281,7 +281,8 @@ impl Gateway {
         )));
         let admin_service = health::Health {
             inner: AdminService::new(plans.clone(), config.admin_credentials.clone())
-                .with_regions(config.admin_regions.clone()),
+                .with_regions(config.admin_regions.clone())
+                .with_top_ups(config.admin_top_ups),
             readiness: readiness.clone(),
         };
         servers.push(tokio::spawn(serve(

@@ -256,6 +256,13 @@ def regional_gateway():
         yield gw
 
 
+@pytest.fixture(scope="session")
+def top_ups_gateway():
+    """A second gateway whose UpdateUsage also takes `add /remaining` (its extension)."""
+    with GatewayProcess(gateway_binary(), ("--admin-top-ups",)) as gw:
+        yield gw
+
+
 @pytest.fixture(autouse=True)
 def _gateway_alive(gateway):
     """Fail fast, with the log, if an earlier test killed the server."""

@@ -62,7 +62,8 @@ XSS_NAME = "<img src=x onerror=window.__xss=1>"
 
 @pytest.fixture(scope="module")
 def console_gateway():
-    with GatewayProcess(gateway_binary()) as gw:
+    # With top-ups: the page offers "Add to remaining" (`add /remaining`).
+    with GatewayProcess(gateway_binary(), ("--admin-top-ups",)) as gw:
         yield gw
 
 
@@ -275,6 +276,19 @@ def test_add_remaining_uses_the_add_op(browser, console_gateway, api):
     wait(browser, lambda d: text_of(d, "[data-remaining]") == "510", "remaining 510 after adding 500")
     usage = api.get_usage(usagePlanId=plan["id"], keyId=key["id"], startDate=utc_today(), endDate=utc_today())
     assert usage["items"][key["id"]] == [[0, 510]]
+
+
+def test_add_remaining_is_offered_only_with_top_ups(browser, gateway, console_gateway):
+    """Without --admin-top-ups UpdateUsage takes `replace` only, as AWS: no add form."""
+    def add_form_hidden(d):
+        return d.find_element(By.CSS_SELECTOR, "form#add-remaining").get_attribute("hidden") is not None
+
+    sign_in(browser, console_gateway)
+    wait(browser, lambda d: not add_form_hidden(d), "the add form offered with top-ups")
+    # The settings are read before the sign-in form works: signed in, they are applied.
+    sign_in(browser, gateway)
+    wait(browser, lambda d: d.find_element(By.ID, "sign-out").is_displayed(), "signed in")
+    assert add_form_hidden(browser)
 
 
 def test_export_csv_saves_the_shown_usage(browser, console_gateway, api, downloads):
@@ -539,7 +553,8 @@ def redis_gateway(tmp_path_factory):
         # Until it answers (redis-server has no readiness signal but its answer).
         while subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).stdout.strip() != b"PONG":
             assert redis.poll() is None, "redis-server exited"
-        with GatewayProcess(gateway_binary(), ("--redis", f"redis://127.0.0.1:{port}", "--redis-leases")) as gw:
+        args = ("--redis", f"redis://127.0.0.1:{port}", "--redis-leases", "--admin-top-ups")
+        with GatewayProcess(gateway_binary(), args) as gw:
             yield gw
     finally:
         redis.terminate()

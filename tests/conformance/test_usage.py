@@ -4,6 +4,8 @@ import uuid
 
 import pytest
 
+from conftest import http_request, make_client
+
 REMAINING_10 = [{"op": "replace", "path": "/remaining", "value": "10"}]
 
 
@@ -101,8 +103,10 @@ def test_update_usage_sets_remaining(apigw, metered_key, data_get, today):
     [{"op": "replace", "path": "/nope", "value": "10"}],
     [{"op": "replace", "path": "/remaining", "value": "20"},
      {"op": "add", "path": "/remaining", "value": "30"}],
+    [{"op": "add", "path": "/remaining", "value": "30"}],
 ], ids=["negative", "fraction", "word", "empty", "add-fraction", "add-plus", "add-too-large",
-        "remove", "copy", "move", "used-path", "unknown-path", "replace-then-add"])
+        "remove", "copy", "move", "used-path", "unknown-path", "replace-then-add",
+        "add-without-top-ups"])
 def test_update_usage_bad_patch_is_bad_request_and_changes_nothing(
         apigw, metered_key, data_get, today, expect_error, ops):
     plan, key = metered_key(quota={"limit": 100, "period": "DAY"})
@@ -114,9 +118,18 @@ def test_update_usage_bad_patch_is_bad_request_and_changes_nothing(
     assert got["items"][key["id"]] == [[1, 10]]
 
 
-def test_update_usage_add_extension_tops_up_atomically(apigw, metered_key, data_get, today):
-    """`add /remaining` (this gateway's extension): signed, floored at 0, enforced at once."""
-    plan, key = metered_key(quota={"limit": 100, "period": "DAY"})
+def test_update_usage_add_extension_tops_up_atomically(top_ups_gateway, uniq, new_key_value,
+                                                       today):
+    """`add /remaining` (this gateway's extension, `--admin-top-ups`): signed, floored at 0,
+    enforced at once."""
+    apigw = make_client(top_ups_gateway.admin_url)
+    plan = apigw.create_usage_plan(name=uniq("plan"), quota={"limit": 100, "period": "DAY"})
+    key = apigw.create_api_key(name=uniq("key"), value=new_key_value(), enabled=True)
+    apigw.create_usage_plan_key(usagePlanId=plan["id"], keyId=key["id"], keyType="API_KEY")
+
+    def data_get(value):
+        return http_request(top_ups_gateway.data_url, "GET", "/anything", None, {"x-api-key": value})
+
     _admit(data_get, key["value"], 1)
     apigw.update_usage(usagePlanId=plan["id"], keyId=key["id"], patchOperations=REMAINING_10)
 

@@ -41,10 +41,20 @@ pub async fn env() -> Env {
 }
 
 pub async fn env_with(plans: UsagePlans) -> Env {
+    env_of(plans, false).await
+}
+
+/// As [`env`], the admin API taking `add /remaining` (`with_top_ups`).
+pub async fn env_with_top_ups() -> Env {
+    env_of(UsagePlans::new(), true).await
+}
+
+async fn env_of(plans: UsagePlans, top_ups: bool) -> Env {
     let admin = AdminService::new(
         plans.clone(),
         AdminCredentials::new().with_access_key(AKID, SECRET),
-    );
+    )
+    .with_top_ups(top_ups);
     let admin_addr = serve(Router::new().fallback_service(admin)).await;
     let data = serve(
         Router::new()

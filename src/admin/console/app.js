@@ -577,6 +577,8 @@ async function boot() {
   try {
     const settings = await (await fetch("settings.json", { cache: "no-store" })).json();
     if (settings.region) state.region = settings.region;
+    // `add /remaining` is this gateway's extension, on with --admin-top-ups.
+    $("add-remaining").hidden = settings.topUps !== true;
   } catch (_) {
     /* keep us-east-1 */
   }
