@@ -56,6 +56,43 @@ async fn ping_and_ready_answer_without_sigv4_and_say_nothing_else() {
     gateway.shutdown().await.unwrap();
 }
 
+/// An answer to `HEAD` over HTTP/2 ends with its headers, whoever made it:
+/// `/ping` and `/ready`, the admin API's refusal, the data plane's 403 and
+/// the built-in echo's 200. (A DATA frame after it is a protocol error to
+/// curl: `curl --http2-prior-knowledge -I` failed on every one of them.)
+#[tokio::test]
+async fn head_over_http2_is_answered_without_a_body() {
+    let gateway = Gateway::start(config()).await.unwrap();
+    let (admin, data) = (gateway.admin_addr(), gateway.data_addr());
+    for (addr, path, key, want) in [
+        (admin, "/ping", None, StatusCode::OK),
+        (admin, "/ready", None, StatusCode::OK),
+        (admin, "/usageplans", None, StatusCode::FORBIDDEN),
+        (data, "/pets", None, StatusCode::FORBIDDEN),
+        (data, "/pets", Some(KEY), StatusCode::OK),
+    ] {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut client, connection) = h2::client::handshake(stream).await.unwrap();
+        tokio::spawn(connection);
+        let mut request = http::Request::head(format!("http://{addr}{path}"));
+        if let Some(key) = key {
+            request = request.header("x-api-key", key);
+        }
+        let (answer, _) = client
+            .send_request(request.body(()).unwrap(), true)
+            .unwrap();
+        let response = answer.await.unwrap();
+        assert_eq!(response.status(), want, "HEAD {path}");
+        let mut body = response.into_body();
+        assert!(
+            body.is_end_stream(),
+            "HEAD {path}: the headers end the stream"
+        );
+        assert!(body.data().await.is_none(), "HEAD {path}: no data");
+    }
+    gateway.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_started_before_its_redis_serves_by_policy_and_follows_redis() {
     for policy in [StoreFailure::FailClosed, StoreFailure::FailOpen] {

@@ -719,6 +719,8 @@ where
 
     fn call(&mut self, request: Request<Incoming>) -> Self::Future {
         let http1 = request.version() < http::Version::HTTP_2;
+        // hyper leaves out the body of an answer to HEAD on HTTP/1 only.
+        let bodiless = !http1 && request.method() == Method::HEAD;
         let in_flight = self.connection.start(!http1);
         let grpc = !http1 && super::grpc::is_call(request.headers());
         if let Some((status, message)) = refuse_head(&request) {
@@ -734,6 +736,7 @@ where
                     response: Some(response),
                 },
                 in_flight: Some(in_flight),
+                bodiless,
             };
         }
         let (parts, body) = request.into_parts();
@@ -757,6 +760,7 @@ where
                 grpc,
             },
             in_flight: Some(in_flight),
+            bodiless,
         }
     }
 }
@@ -767,6 +771,10 @@ pin_project! {
         #[pin]
         state: EdgeState<F>,
         in_flight: Option<InFlight>,
+        // An answer to HEAD on HTTP/2: sent without its body (RFC 9113
+        // 8.1.1; a DATA frame after it is a protocol error to the client),
+        // whoever made it (the edge, the plane, the admin API, the echo).
+        bodiless: bool,
     }
 }
 
@@ -827,6 +835,10 @@ where
                     None => response,
                 }
             }
+        };
+        let response = match *this.bodiless {
+            true => response.map(|_| B::from(Bytes::new())),
+            false => response,
         };
         let mut in_flight = this.in_flight.take();
         if let Some(in_flight) = &mut in_flight {
