@@ -658,8 +658,11 @@ pub(crate) fn subscribe_url(url: &str) -> String {
 /// is dropped.
 pub(crate) async fn listen(url: String, mut connection: Connection, control: Weak<Control>) {
     let mut backoff = Duration::from_millis(50);
-    // A Redis that stays down is one line, not one per attempt.
+    // A Redis that stays down is one line, not one per attempt; none for a
+    // first attempt alone (a store that failed to start, which its caller
+    // reports and makes anew: one line per retry, as with a wrong password).
     let mut last_failure = String::new();
+    let mut attempts_failed = 0u32;
     loop {
         let Some(this) = control.upgrade() else {
             return;
@@ -675,7 +678,10 @@ pub(crate) async fn listen(url: String, mut connection: Connection, control: Wea
             Ok(pubsub) => pubsub,
             Err(e) => {
                 let failure = e.to_string();
-                if failure != last_failure {
+                attempts_failed += 1;
+                if attempts_failed == 1 {
+                    tracing::debug!(error = %failure, "replica control channel: cannot subscribe; retrying");
+                } else if failure != last_failure {
                     tracing::warn!(error = %failure, "replica control channel: cannot subscribe; retrying");
                     last_failure = failure;
                 }
@@ -686,6 +692,7 @@ pub(crate) async fn listen(url: String, mut connection: Connection, control: Wea
             }
         };
         backoff = Duration::from_millis(50);
+        attempts_failed = 0;
         if !std::mem::take(&mut last_failure).is_empty() {
             tracing::info!("replica control channel: subscribed again");
         }
