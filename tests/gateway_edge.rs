@@ -326,6 +326,60 @@ async fn a_stalled_body_gets_408_closes_the_connection_and_costs_nothing() {
     }
 }
 
+/// An upstream that read the request's head and stopped taking its body
+/// (busy, or pushing back) had the request: past `--upstream-timeout` the
+/// client, who sent all of it, gets 504 and is charged, not 408 "your
+/// body stalled" for free (as before, when an unfinished body was always
+/// the client's stall).
+#[tokio::test]
+async fn an_upstream_that_stops_reading_the_body_times_out_with_504_and_is_charged() {
+    let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_addr = upstream.local_addr().unwrap();
+    let (head_read, mut head_came) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let (mut socket, _) = upstream.accept().await.unwrap();
+        let mut head = [0u8; 1024];
+        let _ = socket.read(&mut head).await;
+        let _ = head_read.send(());
+        // Reads no more, answers nothing; holds the socket.
+        std::future::pending::<()>().await;
+        drop(socket);
+    });
+    let mut config = config();
+    config.upstream = Some(format!("http://{upstream_addr}").parse().unwrap());
+    config.body_read_timeout = None;
+    config.body_min_rate = None;
+    config.upstream_timeout = Duration::from_millis(300);
+    let gateway = Gateway::start(config).await.unwrap();
+    // All of a body larger than every buffer between the client and the
+    // upstream: the client is never the one that stalls.
+    const LENGTH: usize = 32 << 20;
+    let stream = TcpStream::connect(gateway.data_addr()).await.unwrap();
+    let (mut reading, mut writing) = stream.into_split();
+    let sender = tokio::spawn(async move {
+        let head = post_head(&format!("content-length: {LENGTH}"));
+        writing.write_all(head.as_bytes()).await?;
+        writing.write_all(&vec![b'x'; LENGTH]).await
+    });
+    within("the head upstream", head_came.recv()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = within("the answer", reading.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    assert_aws(
+        &answer,
+        504,
+        "Endpoint request timed out",
+        "GatewayTimeoutException",
+    );
+    sender.abort();
+    assert_eq!(
+        used_today(&gateway).await[0],
+        1,
+        "charged: the upstream had it"
+    );
+    gateway.shutdown().await.unwrap();
+}
+
 /// A body that trickles in (a byte every 100 ms: never idle for the 300 ms
 /// body read timeout) holds its connection only until the minimum rate is
 /// judged, 5 s into waiting for it: 408, closed, never reaching the

@@ -176,6 +176,75 @@ async fn a_stream_the_upstream_refused_unprocessed_costs_nothing() {
     gateway.shutdown().await.unwrap();
 }
 
+/// An HTTP/2 upstream that takes one stream at a time
+/// (`max_concurrent_streams` 1), answers each with a response head and
+/// nothing more, holds it open, and says when one came.
+async fn one_stream_upstream() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (came, streams) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let came = came.clone();
+            tokio::spawn(async move {
+                let mut builder = h2::server::Builder::new();
+                builder.max_concurrent_streams(1);
+                let Ok(mut connection) = builder.handshake::<_, Bytes>(stream).await else {
+                    return;
+                };
+                let mut held = Vec::new();
+                while let Some(Ok((_, mut respond))) = connection.accept().await {
+                    let head = http::Response::builder()
+                        .header("content-type", "application/grpc")
+                        .body(())
+                        .unwrap();
+                    held.push(respond.send_response(head, false));
+                    let _ = came.send(());
+                }
+            });
+        }
+    });
+    (addr, streams)
+}
+
+/// A second call while the upstream, which takes one stream at a time,
+/// holds the first open: past `--upstream-timeout` it is
+/// `DEADLINE_EXCEEDED`, and, having waited for a stream and never left,
+/// costs nothing (it was charged, or called the client's stall); the
+/// first reached the upstream and is charged.
+#[tokio::test]
+async fn a_call_that_waited_for_a_stream_of_the_upstream_costs_nothing() {
+    let (up, mut streams) = one_stream_upstream().await;
+    let gateway = Gateway::start(GatewayConfig {
+        upstream_timeout: Duration::from_millis(500),
+        body_read_timeout: None,
+        ..config(up, 10)
+    })
+    .await
+    .unwrap();
+    let (mut one, mut two) = (
+        client(gateway.data_addr()).await,
+        client(gateway.data_addr()).await,
+    );
+    let first = tokio::spawn(async move { one.count(keyed(CountRequest { n: 1 })).await });
+    within("the first call upstream", streams.recv())
+        .await
+        .unwrap();
+    let second = within("the second call", two.count(keyed(CountRequest { n: 2 }))).await;
+    let status = second.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert_eq!(status.message(), "Endpoint request timed out");
+    assert!(
+        streams.try_recv().is_err(),
+        "the second never reached the upstream"
+    );
+    assert_eq!(used(&gateway).await, [1, 9]);
+    // The first call's client goes: its stream with it.
+    first.abort();
+    let _ = first.await;
+    gateway.shutdown().await.unwrap();
+}
+
 /// An upstream that speaks only HTTP/1: whatever comes, it answers
 /// `400 Bad Request` (as an HTTP/1 server answers HTTP/2's preface) and
 /// closes. It never processes a call.

@@ -97,6 +97,12 @@ pub(crate) struct BodyWatch {
     /// Whether a whole first gRPC message went on (to the upstream): a
     /// call's messages are each of use to the upstream as they come.
     message_passed_on: AtomicBool,
+    /// Whether whoever reads the body (the upstream's connection) asked for
+    /// any of it yet.
+    asked: AtomicBool,
+    /// Whether it waits for the client: its last ask found nothing yet.
+    /// (Not: it has what it asked for, and the upstream takes no more.)
+    waiting_on_client: AtomicBool,
 }
 
 /// [`BodyWatch`] states.
@@ -133,6 +139,18 @@ impl BodyWatch {
     /// message on (read from it).
     pub(crate) fn message_passed_on(&self) -> bool {
         self.message_passed_on.load(Ordering::Relaxed)
+    }
+
+    /// Whether the body was asked for at all (an HTTP/2 upstream asks as
+    /// soon as the call's stream is open).
+    pub(crate) fn asked(&self) -> bool {
+        self.asked.load(Ordering::Relaxed)
+    }
+
+    /// Whether the body waits for the client, not for the upstream to take
+    /// what came (see [`BodyWatch`]).
+    pub(crate) fn waiting_on_client(&self) -> bool {
+        self.waiting_on_client.load(Ordering::Relaxed)
     }
 
     /// How the body failed, if it did.
@@ -443,7 +461,13 @@ impl Body for EdgeBody {
             return Poll::Ready(Some(Err(EdgeBodyError::Stalled(stall))));
         }
         let mut inner = this.inner;
-        match inner.as_mut().poll_frame(cx) {
+        let polled = inner.as_mut().poll_frame(cx);
+        let watch = &watched.watch;
+        watch.asked.store(true, Ordering::Relaxed);
+        watch
+            .waiting_on_client
+            .store(polled.is_pending(), Ordering::Relaxed);
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 let len = frame.data_ref().map_or(0, Bytes::len);
                 watched.frame_came(len);

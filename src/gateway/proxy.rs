@@ -442,16 +442,24 @@ async fn forward(
             (error(StatusCode::BAD_GATEWAY, "Bad Gateway"), e.sent)
         }
         Err(_) => {
-            // The body has not come whole in all that time: the client
-            // stalled (the upstream never had the request), not the upstream.
-            if let Some(watch) = watch.filter(|w| !w.ended()) {
+            let unfinished = watch.filter(|w| !w.ended());
+            // The body has not come whole in all that time, and waits for
+            // the client: the client stalled (the upstream never had the
+            // request whole), not the upstream.
+            if let Some(watch) = unfinished.as_ref().filter(|w| w.waiting_on_client()) {
                 watch.fail(edge::BodyFailure::Timeout);
                 return (error(StatusCode::REQUEST_TIMEOUT, "Request Timeout"), true);
             }
             tracing::warn!(?timeout, "upstream timed out");
+            // A call whose body the upstream never asked for waited for a
+            // stream of the upstream's (all of its concurrent streams
+            // taken): it never left, and costs nothing. Any other request
+            // reached the upstream, which took too long (or stopped
+            // reading its body).
+            let never_left = grpc && unfinished.is_some_and(|w| !w.asked());
             (
                 error(StatusCode::GATEWAY_TIMEOUT, "Endpoint request timed out"),
-                true,
+                !never_left,
             )
         }
     }
