@@ -278,6 +278,31 @@ def test_add_remaining_uses_the_add_op(browser, console_gateway, api):
     assert usage["items"][key["id"]] == [[0, 510]]
 
 
+def test_the_chosen_key_is_shown_as_it_is_when_off_the_listed_page(browser, console_gateway, api):
+    """A key chosen, then a search that lists other keys: a change made elsewhere (the CLI)
+    still reaches the key's pane on the next refresh."""
+    plan, key = new_metered_key(api, limit=10)
+    sign_in(browser, console_gateway)
+    select_key(browser, key)
+    search(browser, f"nothing-{uuid.uuid4().hex[:8]}")
+    wait(browser, lambda d: not d.find_elements(By.CSS_SELECTOR, f'[data-key-id="{key["id"]}"]'),
+         "the chosen key off the list")
+    renamed = f"renamed-{uuid.uuid4().hex[:8]}"
+    api.update_api_key(apiKey=key["id"], patchOperations=[
+        {"op": "replace", "path": "/enabled", "value": "false"},
+        {"op": "replace", "path": "/name", "value": renamed},
+    ])
+    browser.find_element(By.ID, "refresh").click()
+    wait(browser, lambda d: text_of(d, "#key-enabled") == "no", "the pane says disabled")
+    assert text_of(browser, "#key-name") == renamed
+    assert text_of(browser, "#toggle-enabled") == "Enable key"
+    # Deleted elsewhere: let go, not shown as it was.
+    api.delete_api_key(apiKey=key["id"])
+    browser.find_element(By.ID, "refresh").click()
+    wait(browser, lambda d: d.find_element(By.ID, "no-key").is_displayed(), "the key let go")
+    assert f"Key {key['id']} is gone" in text_of(browser, "#answer")
+
+
 def test_add_remaining_is_offered_only_with_top_ups(browser, gateway, console_gateway):
     """Without --admin-top-ups UpdateUsage takes `replace` only, as AWS: no add form."""
     def add_form_hidden(d):

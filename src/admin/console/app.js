@@ -221,9 +221,9 @@ async function refresh(quiet = false) {
   const session = state.session;
   try {
     await loadPlans();
-    await loadKeys();
-    const letGo = state.selected ? await loadSelectedUsage() : false;
-    if (!quiet && !letGo && session === state.session) say(`Refreshed at ${new Date().toISOString().slice(11, 19)} UTC`);
+    let gone = await loadKeys(quiet);
+    if (state.selected) gone = await loadSelectedUsage();
+    if (!quiet && !gone && session === state.session) say(`Refreshed at ${new Date().toISOString().slice(11, 19)} UTC`);
   } catch (e) {
     if (session === state.session) say(`Refresh failed: ${describe(e)}`, true);
   } finally {
@@ -264,7 +264,12 @@ async function loadPlans() {
   if (chosen) select.value = chosen;
 }
 
-async function loadKeys() {
+// The shown page of keys. A quiet refresh (the 5-second one) asks again
+// only for the plans of keys new to the page and of the chosen key: the
+// rows keep what they showed (a page of 500 keys asked for 500 keys' plans
+// every 5 seconds, and each row showed "…" meanwhile); any other load asks
+// for all. `true`: the chosen key is gone, and was let go.
+async function loadKeys(quiet = false) {
   const query = [["limit", $("page-size").value]];
   const position = state.page.positions[state.page.index];
   if (position) query.push(["position", position]);
@@ -273,16 +278,24 @@ async function loadKeys() {
   // A search typed meanwhile (or a newer refresh) wins over this answer.
   const generation = ++state.keysGeneration;
   const page = await api("GET", ["apikeys"], { query });
-  if (generation !== state.keysGeneration) return;
+  if (generation !== state.keysGeneration) return false;
   const keys = page.item || [];
   state.page.next = page.position || null;
   // Which plans each key of this page is in: one call per shown key, a
   // few at a time; the rows show first.
-  state.keys = new Map(keys.map((k) => [k.id, { ...k, plans: null }]));
+  const before = state.keys;
+  const chosen = state.selected ? state.selected.key.id : null;
+  state.keys = new Map(
+    keys.map((k) => {
+      const known = quiet && k.id !== chosen ? before.get(k.id) : undefined;
+      return [k.id, { ...k, plans: known ? known.plans : null }];
+    })
+  );
   renderKeys();
   // For the browser test: when the first rows were on screen.
   if (window.__keysRenderedAt === undefined && keys.length) window.__keysRenderedAt = performance.now();
-  await inBatches(keys, 8, async (k) => {
+  const unknown = keys.filter((k) => state.keys.get(k.id).plans === null);
+  await inBatches(unknown, 8, async (k) => {
     try {
       const plans = await all(["usageplans"], [["keyId", k.id]]);
       const shown = state.keys.get(k.id);
@@ -294,11 +307,42 @@ async function loadKeys() {
       /* the key left between the two calls */
     }
   });
-  if (generation !== state.keysGeneration) return;
-  if (state.selected && state.keys.has(state.selected.key.id)) {
-    state.selected.key = state.keys.get(state.selected.key.id);
-    renderSelected();
+  if (generation !== state.keysGeneration || !state.selected) return false;
+  if (!state.keys.has(state.selected.key.id)) return loadSelectedKey();
+  state.selected.key = state.keys.get(state.selected.key.id);
+  renderSelected();
+  return false;
+}
+
+// The chosen key when the shown page does not have it (another page or
+// search): read on its own, so what the pane shows is the key as it is.
+// `true`: it is gone, and was let go.
+async function loadSelectedKey() {
+  const id = state.selected.key.id;
+  let key;
+  try {
+    const [read, plans] = await Promise.all([api("GET", ["apikeys", id]), all(["usageplans"], [["keyId", id]])]);
+    key = { ...read, plans: plans.map((p) => p.id) };
+  } catch (e) {
+    if (!(e instanceof ApiError && e.status === 404)) throw e;
+    if (!state.selected || state.selected.key.id !== id) return false;
+    letGo(id);
+    return true;
   }
+  if (!state.selected || state.selected.key.id !== id) return false;
+  state.selected.key = key;
+  renderSelected();
+  return false;
+}
+
+// The chosen key is gone (deleted, or out of its plan, elsewhere): the pane
+// lets it go.
+function letGo(gone) {
+  state.selected = null;
+  $("key-detail").hidden = true;
+  $("no-key").hidden = false;
+  for (const tr of $("keys").children) tr.classList.remove("selected");
+  say(`Key ${gone} is gone (deleted, or taken out of its plan)`, true);
 }
 
 async function inBatches(items, width, work) {
@@ -375,12 +419,7 @@ async function loadSelectedUsage() {
   } catch (e) {
     if (!(e instanceof ApiError && e.status === 404)) throw e;
     if (!state.selected || state.selected.key.id !== e.keyId) return false;
-    const gone = state.selected.key.id;
-    state.selected = null;
-    $("key-detail").hidden = true;
-    $("no-key").hidden = false;
-    for (const tr of $("keys").children) tr.classList.remove("selected");
-    say(`Key ${gone} is gone (deleted, or taken out of its plan)`, true);
+    letGo(state.selected.key.id);
     return true;
   }
 }
