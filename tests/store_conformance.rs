@@ -858,11 +858,7 @@ async fn a_decision_redis_admits_after_its_request_gave_up_is_given_back() {
     // Read after that GetUsage: the late decision of the throttle was
     // applied (a token spent, 1 left).
     let tokens = || async {
-        let mut raw = redis::Client::open(redis.url())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
+        let mut raw = redis.connection().await;
         let tokens: String = redis::cmd("HGET")
             .arg(format!("{prefix}{{plan:throttled}}"))
             .arg("b::t")

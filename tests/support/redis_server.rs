@@ -84,11 +84,7 @@ impl Redis {
     /// How many `EVALSHA` calls (the store's script) the server ran.
     #[cfg(feature = "redis")]
     pub async fn script_calls(&self) -> u64 {
-        let mut connection = redis::Client::open(self.url())
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
+        let mut connection = self.connection().await;
         let stats: String = redis::cmd("INFO")
             .arg("commandstats")
             .query_async(&mut connection)
@@ -143,8 +139,9 @@ impl Redis {
         let _: redis::Value = command.query_async(&mut connection).await.unwrap();
     }
 
+    /// A connection of its own to the server.
     #[cfg(feature = "redis")]
-    async fn connection(&self) -> redis::aio::MultiplexedConnection {
+    pub async fn connection(&self) -> redis::aio::MultiplexedConnection {
         redis::Client::open(self.url())
             .unwrap()
             .get_multiplexed_async_connection()
