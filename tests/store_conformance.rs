@@ -875,6 +875,54 @@ async fn a_decision_redis_admits_after_its_request_gave_up_is_given_back() {
     assert_eq!(decision.quota.unwrap().remaining, 97);
 }
 
+/// As above, with leases: a request decided by a lease call (the lease
+/// given back and a new one asked for) that Redis ran after the request
+/// stopped waiting. The call's settle finds it applied, and its request
+/// admitted: that request is given back too (it stayed counted: GetUsage
+/// 4 to 9 above the requests served after a 1 s stall, black-box).
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_call_redis_applies_after_its_request_gave_up_gives_its_request_back() {
+    use std::time::Duration;
+    use store_suite::{decide, rule};
+    use support::eventually::eventually;
+    use support::redis_server::Redis;
+    use tower_usage_plans::store::{
+        CounterKey, CounterStore, DecisionRequest, LeaseConfig, RedisStore, Verdict,
+    };
+    use tower_usage_plans::QuotaPeriod;
+
+    let redis = Redis::start();
+    let store = RedisStore::connect(&redis.url())
+        .await
+        .unwrap()
+        .with_prefix(unique_prefix())
+        .with_timeout(Duration::from_millis(100))
+        .with_leases(LeaseConfig::default());
+    store.until_leasing().await;
+    let counter = CounterKey::new("plan", "stalled");
+    let quota = rule(1_000, QuotaPeriod::Day);
+    let admitted = decide(&store, &counter, None, Some(quota), jiff::Timestamp::now()).await;
+    assert_eq!(admitted.verdict, Verdict::Admitted);
+    store.give_back_leases().await.unwrap();
+    // No lease held: the next decision is a lease call.
+    redis.pause();
+    let request = DecisionRequest {
+        counter: &counter,
+        throttle: None,
+        quota: Some(quota),
+        now: jiff::Timestamp::now().into(),
+    };
+    assert!(store.decide(&request).await.is_err(), "Redis stalls");
+    redis.resume();
+    // The call goes unanswered: settled with the next give-back round.
+    eventually("the late request given back", || async {
+        store.give_back_leases().await.ok()?;
+        (today_usage(&store, &counter, &quota).await == [1, 999]).then_some(())
+    })
+    .await;
+}
+
 /// Redis loses its data (FLUSHALL, three times, 200,000 admissions apart)
 /// while two replicas lease one busy key, each lease at its unacknowledged
 /// cap much of the time. Each replica puts back what it saw and what its

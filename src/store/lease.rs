@@ -269,8 +269,12 @@ pub(crate) struct Unsure {
 /// What an [`Unsure`] call was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum CallKind {
-    /// A decision that gave a lease back and asked for a new one.
-    Lease,
+    /// A decision that gave a lease back and asked for a new one; or,
+    /// taken ahead (`decides` false), a new slice alone.
+    Lease {
+        /// Whether it decided a request (not taken ahead).
+        decides: bool,
+    },
     /// A lease given back.
     Return,
     /// A report of this many requests admitted from the lease.

@@ -666,8 +666,10 @@ end
 -- The answer to a give-back or report: `answer`, with what the counter
 -- holds now (used, leased, epoch, period start, kept, the units out on
 -- the other holders' leases, and the admitted requests recorded on the
--- call's day, -1 for none), for the replica's copy.
-local function taken_back(answer)
+-- call's day, -1 for none), for the replica's copy; for a settle, then the
+-- verdict of the lease call it settled if that call was applied (0: its
+-- request admitted), -1 if not.
+local function taken_back(answer, applied)
   local now_q = redis.call('HMGET', k, 'used', 'leased', 'ps', 'kt',
     rec_name ~= '' and rec_name or 'ep', 'd:' .. day .. ':u')
   local leased, kept = tonumber(now_q[2]) or 0, tonumber(now_q[4]) or 0
@@ -676,8 +678,13 @@ local function taken_back(answer)
     others = math.max(leased - kept - units_held(now_q[5]), 0)
   end
   return { answer, tonumber(now_q[1]) or 0, leased, epoch, tonumber(now_q[3]) or -1, kept, others,
-    tonumber(now_q[6]) or -1 }
+    tonumber(now_q[6]) or -1, applied }
 end
+
+-- A lease call a settle found not applied is recorded as done with this
+-- verdict: void, should it come after (and a settle sent again tells it
+-- from one applied).
+local VOID = 9
 
 -- A call sent again that was applied: it is not applied twice (a "lease"
 -- settled first is void).
@@ -1098,14 +1105,14 @@ if op == 'settle' then
     -- (With the counter as it is: a bare answer says the counter is gone,
     -- and the replica then keeps the lease the call gave back, which it
     -- did give back.)
-    return taken_back(0)
+    return taken_back(0, settled.a == VOID and -1 or settled.a)
   elseif settled then
     ret_q, ret_n, ret_t, ret_day, ret_epoch = settled.q, 0, settled.t, tonumber(day), settled.ep
     ret_metered, ret_gen, ret_cap, ret_gt, ret_pending = kind ~= "", settled.g, settled.c,
       settled.t, 0
     done_put(0, 0, 0, 0, 0, settled.a)
   elseif redis.call('EXISTS', k) == 1 then
-    done_put(0, 0, 0, 0, 0, 0)
+    done_put(0, 0, 0, 0, 0, VOID)
   end
 end
 
@@ -1134,6 +1141,9 @@ if op == 'return' or op == 'report' or op == 'settle' then
       end
     end
     redis.call('EXPIRE', k, ttl)
+    if op == 'settle' then
+      return taken_back(answer, settled and settled.a or -1)
+    end
     return taken_back(answer)
   end
   return { answer }

@@ -29,7 +29,7 @@ use crate::clock::{to_nanos, Clock, SystemClock};
 use crate::error::{Error, ErrorKind, Result};
 use crate::limit::period::{self, DAY_SECS};
 use crate::limit::{quota_state, Bucket, Counter};
-use crate::model::QuotaPeriod;
+use crate::model::{QuotaPeriod, Throttle};
 
 #[path = "redis_decides.rs"]
 mod decides;
@@ -702,12 +702,43 @@ impl RedisStore {
                 Some(1) => leases.reclaimed(&slot, &lease),
                 _ => leases.landed(&slot, &lease, n),
             },
-            CallKind::Lease | CallKind::Return => {
+            CallKind::Lease { decides } => {
+                if answer.len() <= 1 && lease.unspent.holds() {
+                    leases.lost_with_counter(slot, lease);
+                } else if decides && answer.get(8) == Some(&0) {
+                    self.refund_late(&slot, &lease);
+                }
+            }
+            CallKind::Return => {
                 if answer.len() <= 1 && lease.unspent.holds() {
                     leases.lost_with_counter(slot, lease);
                 }
             }
         }
+    }
+
+    /// The request a lease call decided, admitted by Redis after the
+    /// request stopped waiting (the call went unanswered and its settle
+    /// found it applied): its token and unit of quota given back, as for a
+    /// decision alone (see `redis_decides.rs`). `lease` is what the call
+    /// gave back, as of the request.
+    fn refund_late(&self, slot: &lease::Slot, lease: &Lease) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let now = UnixNanos::new(lease.granted_us.saturating_mul(1_000));
+        let mut args = Args::new(now, lease.quota.as_ref());
+        if let Some(throttle) = lease.throttle {
+            args.set_bucket(&slot.1, throttle);
+        }
+        let parts = StoreParts {
+            script: self.script.clone(),
+            recovery: self.recovery.clone(),
+            control: self.control.clone(),
+        };
+        let (key, counter) = (self.key(&slot.0), slot.0.clone());
+        let late = vec![(key, counter, args)];
+        runtime.spawn(decides::give_back(self.connection.clone(), parts, late));
     }
 
     /// The copy follows a report's or give-back's `answer` (the script's
@@ -1042,9 +1073,7 @@ impl Args {
     fn of_lease(leases: &Leases, slot: &lease::Slot, lease: &Lease) -> Self {
         let mut args = Self::new(lease.granted_at(), lease.quota.as_ref());
         if let Some(throttle) = lease.throttle {
-            args.bucket = format!("b:{}", slot.1);
-            args.rate = throttle.rate_limit;
-            args.burst = throttle.burst_limit;
+            args.set_bucket(&slot.1, throttle);
         }
         args.unspent = lease.unspent;
         args.record = leases.record(slot);
@@ -1063,6 +1092,13 @@ impl Args {
             ..lease.unspent
         };
         args
+    }
+
+    /// The bucket of `throttle` for requests of `method` ("": the plan's).
+    fn set_bucket(&mut self, method: impl std::fmt::Display, throttle: Throttle) {
+        self.bucket = format!("b:{method}");
+        self.rate = throttle.rate_limit;
+        self.burst = throttle.burst_limit;
     }
 
     /// The quota period as the script takes it: kind ("": no quota),
@@ -1355,7 +1391,8 @@ impl RedisStore {
                 quota: request.quota,
                 ..Lease::default()
             };
-            let call = Unsure::new(leases, key, gave_back, CallKind::Lease);
+            let decides = renewal.ahead().is_none();
+            let call = Unsure::new(leases, key, gave_back, CallKind::Lease { decides });
             args.call = call.call;
             args.oldest_open_call = leases.oldest_open_call();
             pending = Some(PendingCall::renewal(leases, call));
@@ -1363,9 +1400,7 @@ impl RedisStore {
             op = "lease";
         }
         if let Some(rule) = &request.throttle {
-            args.bucket = format!("b:{}", rule.method.unwrap_or(""));
-            args.rate = rule.throttle.rate_limit;
-            args.burst = rule.throttle.burst_limit;
+            args.set_bucket(rule.method.unwrap_or(""), rule.throttle);
         }
         let (key, script) = (self.key(request.counter), self.script.clone());
         let (throttle, quota) = (request.throttle.map(|t| t.throttle), request.quota);
@@ -1594,9 +1629,7 @@ impl CounterStore for RedisStore {
         }
         let mut args = Args::new(request.now, request.quota.as_ref());
         if let Some(rule) = &request.throttle {
-            args.bucket = format!("b:{}", rule.method.unwrap_or(""));
-            args.rate = rule.throttle.rate_limit;
-            args.burst = rule.throttle.burst_limit;
+            args.set_bucket(rule.method.unwrap_or(""), rule.throttle);
         }
         let parts = StoreParts {
             script: self.script.clone(),
@@ -2153,7 +2186,7 @@ async fn put_back(
 /// settled, a give-back or report sent (again) as it was.
 fn call_args(leases: &Leases, call: &Unsure) -> (&'static str, Args) {
     let (op, mut args) = match call.kind {
-        CallKind::Lease => ("settle", Args::of_lease(leases, &call.slot, &call.lease)),
+        CallKind::Lease { .. } => ("settle", Args::of_lease(leases, &call.slot, &call.lease)),
         CallKind::Return => ("return", Args::of_lease(leases, &call.slot, &call.lease)),
         CallKind::Report(n) => (
             "report",

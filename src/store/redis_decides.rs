@@ -289,7 +289,7 @@ const ADMITTED: u8 = 0;
 /// Gives back the decisions Redis admitted after their requests stopped
 /// waiting (each a counter's hash key, the counter and its decision's
 /// arguments), one after the other. One that fails stays charged (logged).
-async fn give_back(
+pub(super) async fn give_back(
     mut connection: Connection,
     parts: StoreParts,
     late: Vec<(String, CounterKey, Args)>,
