@@ -210,8 +210,10 @@ function start(credentials) {
 
 // ---- views -----------------------------------------------------------------
 
-// One refresh at a time; a refresh asked for meanwhile runs right after.
-async function refresh(quiet = false) {
+// One refresh at a time; a refresh asked for meanwhile runs right after
+// (and leaves the news of a key let go by the one before on screen: it
+// said "Refreshed at" over it).
+async function refresh(quiet = false, keepNews = false) {
   if (!state.credentials) return;
   if (state.busy) {
     state.again = state.again || (quiet ? "quiet" : "loud");
@@ -219,11 +221,12 @@ async function refresh(quiet = false) {
   }
   state.busy = true;
   const session = state.session;
+  let gone = false;
   try {
     await loadPlans();
-    let gone = await loadKeys(quiet);
+    gone = await loadKeys(quiet);
     if (state.selected) gone = await loadSelectedUsage();
-    if (!quiet && !gone && session === state.session) say(`Refreshed at ${new Date().toISOString().slice(11, 19)} UTC`);
+    if (!quiet && !gone && !keepNews && session === state.session) say(`Refreshed at ${new Date().toISOString().slice(11, 19)} UTC`);
   } catch (e) {
     if (session === state.session) say(`Refresh failed: ${describe(e)}`, true);
   } finally {
@@ -231,7 +234,7 @@ async function refresh(quiet = false) {
   }
   const again = state.again;
   state.again = null;
-  if (again) await refresh(again === "quiet");
+  if (again) await refresh(again === "quiet", gone || keepNews);
 }
 
 async function loadPlans() {
