@@ -691,17 +691,14 @@ async fn a_redis_stall_while_leasing_loses_no_quota() {
     use store_suite::rule;
     use support::redis_server::Redis;
     use tower_usage_plans::store::{
-        CounterKey, CounterStore, DecisionRequest, LeaseConfig, RedisStore, Verdict,
+        CounterKey, CounterStore, DecisionRequest, LeaseConfig, Verdict,
     };
     use tower_usage_plans::QuotaPeriod;
 
     const QUOTA: u64 = 10_000_000;
     let redis = Redis::start();
-    let store = RedisStore::connect(&redis.url())
+    let store = impatient_store(&redis, &unique_prefix())
         .await
-        .unwrap()
-        .with_prefix(unique_prefix())
-        .with_timeout(Duration::from_millis(100))
         .with_leases(LeaseConfig {
             ttl: Duration::from_millis(300),
             ..LeaseConfig::default()
@@ -777,22 +774,17 @@ async fn a_redis_stall_while_leasing_loses_no_quota() {
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_decision_redis_admits_after_its_request_gave_up_is_given_back() {
-    use std::time::Duration;
     use store_suite::{decide, rule};
     use support::eventually::eventually;
     use support::redis_server::Redis;
     use tower_usage_plans::store::{
-        CounterKey, CounterStore, DecisionRequest, RedisStore, ThrottleRule, Verdict,
+        CounterKey, CounterStore, DecisionRequest, ThrottleRule, Verdict,
     };
     use tower_usage_plans::{QuotaPeriod, Throttle};
 
     let redis = Redis::start();
     let prefix = unique_prefix();
-    let store = RedisStore::connect(&redis.url())
-        .await
-        .unwrap()
-        .with_prefix(prefix.clone())
-        .with_timeout(Duration::from_millis(100));
+    let store = impatient_store(&redis, &prefix).await;
     let counter = CounterKey::new("plan", "stalled");
     let quota_rule = rule(100, QuotaPeriod::Day);
     let quota = Some(quota_rule);
@@ -883,21 +875,17 @@ async fn a_decision_redis_admits_after_its_request_gave_up_is_given_back() {
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_call_redis_applies_after_its_request_gave_up_gives_its_request_back() {
-    use std::time::Duration;
     use store_suite::{decide, rule};
     use support::eventually::eventually;
     use support::redis_server::Redis;
     use tower_usage_plans::store::{
-        CounterKey, CounterStore, DecisionRequest, LeaseConfig, RedisStore, Verdict,
+        CounterKey, CounterStore, DecisionRequest, LeaseConfig, Verdict,
     };
     use tower_usage_plans::QuotaPeriod;
 
     let redis = Redis::start();
-    let store = RedisStore::connect(&redis.url())
+    let store = impatient_store(&redis, &unique_prefix())
         .await
-        .unwrap()
-        .with_prefix(unique_prefix())
-        .with_timeout(Duration::from_millis(100))
         .with_leases(LeaseConfig::default());
     store.until_leasing().await;
     let counter = CounterKey::new("plan", "stalled");
@@ -1728,6 +1716,20 @@ async fn leasing_store(url: &str, prefix: &str) -> tower_usage_plans::store::Red
         .with_leases(LeaseConfig::default());
     store.until_leasing().await;
     store
+}
+
+/// A store on `redis` under `prefix` that waits 100 ms for Redis (the
+/// stall tests pause Redis longer).
+#[cfg(feature = "redis")]
+async fn impatient_store(
+    redis: &support::redis_server::Redis,
+    prefix: &str,
+) -> tower_usage_plans::store::RedisStore {
+    tower_usage_plans::store::RedisStore::connect(&redis.url())
+        .await
+        .unwrap()
+        .with_prefix(prefix)
+        .with_timeout(std::time::Duration::from_millis(100))
 }
 
 /// `[used, remaining]` of `counter` today, as GetUsage reads it.

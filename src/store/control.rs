@@ -662,7 +662,7 @@ pub(crate) async fn listen(url: String, mut connection: Connection, control: Wea
     // first attempt alone (a store that failed to start, which its caller
     // reports and makes anew: one line per retry, as with a wrong password).
     let mut last_failure = String::new();
-    let mut attempts_failed = 0u32;
+    let mut failed_before = false;
     loop {
         let Some(this) = control.upgrade() else {
             return;
@@ -678,8 +678,7 @@ pub(crate) async fn listen(url: String, mut connection: Connection, control: Wea
             Ok(pubsub) => pubsub,
             Err(e) => {
                 let failure = e.to_string();
-                attempts_failed += 1;
-                if attempts_failed == 1 {
+                if !std::mem::replace(&mut failed_before, true) {
                     tracing::debug!(error = %failure, "replica control channel: cannot subscribe; retrying");
                 } else if failure != last_failure {
                     tracing::warn!(error = %failure, "replica control channel: cannot subscribe; retrying");
@@ -692,7 +691,7 @@ pub(crate) async fn listen(url: String, mut connection: Connection, control: Wea
             }
         };
         backoff = Duration::from_millis(50);
-        attempts_failed = 0;
+        failed_before = false;
         if !std::mem::take(&mut last_failure).is_empty() {
             tracing::info!("replica control channel: subscribed again");
         }

@@ -687,14 +687,18 @@ end
 local VOID = 9
 
 -- A call sent again that was applied: it is not applied twice (a "lease"
--- settled first is void).
-local settled = nil
+-- settled first is void). For a settle, the lease call it settles if that
+-- was applied, and its verdict (-1: not applied).
+local settled, settled_verdict = nil, -1
 if call > 0 then
   local d = done_get()
   if d and op == 'lease' then
     return { 5, '0', 0, 0, 0, 0, 0, -1, 0, 0, 0, { 0, -1, -1 } }
   elseif d and op == 'settle' then
     settled = d
+    if d.a ~= VOID then
+      settled_verdict = d.a
+    end
   elseif d then
     return taken_back(d.a)
   end
@@ -1105,7 +1109,7 @@ if op == 'settle' then
     -- (With the counter as it is: a bare answer says the counter is gone,
     -- and the replica then keeps the lease the call gave back, which it
     -- did give back.)
-    return taken_back(0, settled.a == VOID and -1 or settled.a)
+    return taken_back(0, settled_verdict)
   elseif settled then
     ret_q, ret_n, ret_t, ret_day, ret_epoch = settled.q, 0, settled.t, tonumber(day), settled.ep
     ret_metered, ret_gen, ret_cap, ret_gt, ret_pending = kind ~= "", settled.g, settled.c,
@@ -1141,10 +1145,7 @@ if op == 'return' or op == 'report' or op == 'settle' then
       end
     end
     redis.call('EXPIRE', k, ttl)
-    if op == 'settle' then
-      return taken_back(answer, settled and settled.a or -1)
-    end
-    return taken_back(answer)
+    return taken_back(answer, op == 'settle' and settled_verdict or nil)
   end
   return { answer }
 end

@@ -702,18 +702,24 @@ impl RedisStore {
                 Some(1) => leases.reclaimed(&slot, &lease),
                 _ => leases.landed(&slot, &lease, n),
             },
-            CallKind::Lease { decides } => {
+            CallKind::Lease { .. } | CallKind::Return => {
                 if answer.len() <= 1 && lease.unspent.holds() {
                     leases.lost_with_counter(slot, lease);
-                } else if decides && answer.get(8) == Some(&0) {
+                } else if kind == (CallKind::Lease { decides: true }) && answer.get(8) == Some(&0) {
+                    // A settle that found its call applied, and the
+                    // request that call decided admitted.
                     self.refund_late(&slot, &lease);
                 }
             }
-            CallKind::Return => {
-                if answer.len() <= 1 && lease.unspent.holds() {
-                    leases.lost_with_counter(slot, lease);
-                }
-            }
+        }
+    }
+
+    /// What a call that runs in a task of its own needs of the store.
+    fn parts(&self) -> StoreParts {
+        StoreParts {
+            script: self.script.clone(),
+            recovery: self.recovery.clone(),
+            control: self.control.clone(),
         }
     }
 
@@ -726,19 +732,16 @@ impl RedisStore {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let now = UnixNanos::new(lease.granted_us.saturating_mul(1_000));
-        let mut args = Args::new(now, lease.quota.as_ref());
-        if let Some(throttle) = lease.throttle {
-            args.set_bucket(&slot.1, throttle);
-        }
-        let parts = StoreParts {
-            script: self.script.clone(),
-            recovery: self.recovery.clone(),
-            control: self.control.clone(),
-        };
-        let (key, counter) = (self.key(&slot.0), slot.0.clone());
-        let late = vec![(key, counter, args)];
-        runtime.spawn(decides::give_back(self.connection.clone(), parts, late));
+        let late = vec![(
+            self.key(&slot.0),
+            slot.0.clone(),
+            Args::as_granted(slot, lease),
+        )];
+        runtime.spawn(decides::give_back(
+            self.connection.clone(),
+            self.parts(),
+            late,
+        ));
     }
 
     /// The copy follows a report's or give-back's `answer` (the script's
@@ -1071,10 +1074,7 @@ impl Args {
     /// (its units belong to that period, what it admitted to that day,
     /// however late it comes back).
     fn of_lease(leases: &Leases, slot: &lease::Slot, lease: &Lease) -> Self {
-        let mut args = Self::new(lease.granted_at(), lease.quota.as_ref());
-        if let Some(throttle) = lease.throttle {
-            args.set_bucket(&slot.1, throttle);
-        }
+        let mut args = Self::as_granted(slot, lease);
         args.unspent = lease.unspent;
         args.record = leases.record(slot);
         args.oldest_open_call = leases.oldest_open_call();
@@ -1091,6 +1091,16 @@ impl Args {
             reported: 0,
             ..lease.unspent
         };
+        args
+    }
+
+    /// The time, quota and bucket of `lease` of `slot` when it was granted
+    /// (a lease call's: those of the request it decided).
+    fn as_granted(slot: &lease::Slot, lease: &Lease) -> Self {
+        let mut args = Self::new(lease.granted_at(), lease.quota.as_ref());
+        if let Some(throttle) = lease.throttle {
+            args.set_bucket(&slot.1, throttle);
+        }
         args
     }
 
@@ -1631,11 +1641,7 @@ impl CounterStore for RedisStore {
         if let Some(rule) = &request.throttle {
             args.set_bucket(rule.method.unwrap_or(""), rule.throttle);
         }
-        let parts = StoreParts {
-            script: self.script.clone(),
-            recovery: self.recovery.clone(),
-            control: self.control.clone(),
-        };
+        let parts = self.parts();
         let (key, counter) = (self.key(request.counter), request.counter.clone());
         self.run(move |mut connection| async move {
             parts.refund(&mut connection, &key, &counter, &args).await
