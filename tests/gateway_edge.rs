@@ -8,7 +8,7 @@
 mod support;
 use net::{
     assert_aws_answer, assert_aws_response, channel_post, closed_addr, endless_upstream, get,
-    h2_client, http1_server, until_closed, within, TempDir,
+    h2_client, http1_server, until_closed, within, TempDir, DEADLINE,
 };
 use support::eventually::eventually;
 use support::gateway_config::{daily_quota, one_key};
@@ -350,6 +350,8 @@ async fn an_upstream_that_stops_reading_the_body_times_out_with_504_and_is_charg
     config.body_read_timeout = None;
     config.body_min_rate = None;
     config.upstream_timeout = Duration::from_millis(300);
+    // Not what ends the connection here.
+    config.header_read_timeout = Some(DEADLINE * 2);
     let gateway = Gateway::start(config).await.unwrap();
     // All of a body larger than every buffer between the client and the
     // upstream: the client is never the one that stalls.
@@ -371,7 +373,45 @@ async fn an_upstream_that_stops_reading_the_body_times_out_with_504_and_is_charg
         "Endpoint request timed out",
         "GatewayTimeoutException",
     );
-    sender.abort();
+    // The connection ends rather than holding the rest of the body (and
+    // the client) while the upstream neither reads nor answers.
+    let sent = within("the connection to end", sender).await.unwrap();
+    assert!(sent.is_err(), "the whole body was taken: {sent:?}");
+    assert_eq!(
+        used_today(&gateway).await[0],
+        1,
+        "charged: the upstream had it"
+    );
+    gateway.shutdown().await.unwrap();
+}
+
+/// An upstream that answers a plain request `101 Switching Protocols`
+/// (no upgrade was asked for) gets its client a 502, not a connection
+/// switched to a protocol the client never asked for; the upstream had
+/// the request, so it is charged.
+#[tokio::test]
+async fn an_unasked_switch_of_protocols_is_a_bad_gateway() {
+    let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_addr = upstream.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut socket, _) = upstream.accept().await.unwrap();
+        let mut head = [0u8; 1024];
+        let _ = socket.read(&mut head).await;
+        let switch =
+            "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: other\r\n\r\n";
+        socket.write_all(switch.as_bytes()).await.unwrap();
+        std::future::pending::<()>().await;
+        drop(socket);
+    });
+    let mut config = config();
+    config.upstream = Some(format!("http://{upstream_addr}").parse().unwrap());
+    let gateway = Gateway::start(config).await.unwrap();
+    let answer = get(gateway.data_addr(), "/things", Some(KEY)).await;
+    assert_aws_answer(
+        &answer,
+        (502, "Bad Gateway", "BadGatewayException"),
+        "an unasked 101",
+    );
     assert_eq!(
         used_today(&gateway).await[0],
         1,

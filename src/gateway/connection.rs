@@ -27,6 +27,7 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
+use tokio::task::AbortHandle;
 
 use super::body::GatewayBody;
 
@@ -43,7 +44,7 @@ enum State<B> {
     /// None yet, or the last one failed.
     Empty,
     /// Since when it has been idle.
-    Idle(SendRequest<B>, Instant),
+    Idle(Link<B>, Instant),
     /// A request is using it.
     Busy,
 }
@@ -69,8 +70,19 @@ pub(crate) enum OwnError<B = GatewayBody> {
 /// and how new ones are opened: TLS for an `https://` upstream.
 #[derive(Debug)]
 pub(crate) struct SpareConnections<B = GatewayBody> {
-    spares: Mutex<Vec<SendRequest<B>>>,
+    spares: Mutex<Vec<Link<B>>>,
     tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// An upstream connection: what sends on it, and the task that drives it.
+/// A request given up before its answer (the upstream timeout) ends the
+/// connection: HTTP/1 cannot reuse it, and its task would otherwise go on
+/// holding the request's body, and with it the client's connection, as
+/// long as the upstream neither reads nor answers.
+#[derive(Debug)]
+struct Link<B> {
+    sender: SendRequest<B>,
+    task: AbortHandle,
 }
 
 impl<B> Default for SpareConnections<B> {
@@ -108,20 +120,20 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 const MAX_SPARES: usize = 64;
 
 impl<B> SpareConnections<B> {
-    fn put(&self, sender: SendRequest<B>) {
+    fn put(&self, link: Link<B>) {
         let mut spares = self.spares.lock();
-        spares.retain(|s| !s.is_closed());
+        spares.retain(|s| !s.sender.is_closed());
         if spares.len() < MAX_SPARES {
-            spares.push(sender);
+            spares.push(link);
         }
     }
 
     /// A spare connection ready for a request, if any.
-    fn take(&self) -> Option<SendRequest<B>> {
+    fn take(&self) -> Option<Link<B>> {
         let mut spares = self.spares.lock();
-        while let Some(sender) = spares.pop() {
-            if sender.is_ready() {
-                return Some(sender);
+        while let Some(link) = spares.pop() {
+            if link.sender.is_ready() {
+                return Some(link);
             }
         }
         None
@@ -149,15 +161,15 @@ impl<B: UpstreamBody + Default> OwnConnection<B> {
             return Err(OwnError::Busy(Box::new(request)));
         };
         for attempt in 0..2 {
-            let (reused, idle) = match checkout.sender.take() {
-                Some(sender) => (Some(sender), checkout.idle_since.elapsed()),
+            let (reused, idle) = match checkout.link.take() {
+                Some(link) => (Some(link), checkout.idle_since.elapsed()),
                 // A spare has sat idle since its client connection ended.
                 None if attempt == 0 => (self.spares.take(), REPLAY_AFTER_IDLE),
                 // The second attempt: a new connection, not another stale one.
                 None => (None, Duration::ZERO),
             };
-            let (mut sender, long_idle) = match reused {
-                Some(sender) if !sender.is_closed() => (sender, idle >= REPLAY_AFTER_IDLE),
+            let (mut link, long_idle) = match reused {
+                Some(link) if !link.sender.is_closed() => (link, idle >= REPLAY_AFTER_IDLE),
                 _ => (
                     connect(authority, self.spares.tls.as_ref())
                         .await
@@ -166,15 +178,18 @@ impl<B: UpstreamBody + Default> OwnConnection<B> {
                 ),
             };
             // HTTP/1: ready once the previous response's body is through.
-            if sender.ready().await.is_err() {
+            if link.sender.ready().await.is_err() {
                 continue;
             }
             let replay = (long_idle && attempt == 0)
                 .then(|| Replay::of(&request))
                 .flatten();
-            match sender.try_send_request(request).await {
+            checkout.sending = Some(link.task.clone());
+            let sent = link.sender.try_send_request(request).await;
+            checkout.sending = None;
+            match sent {
                 Ok(response) => {
-                    checkout.sender = Some(sender);
+                    checkout.link = Some(link);
                     return Ok(response);
                 }
                 Err(mut e) => match (e.take_message(), replay) {
@@ -193,21 +208,22 @@ impl<B: UpstreamBody + Default> OwnConnection<B> {
 
     fn checkout(&self) -> Option<Checkout<'_, B>> {
         let mut state = self.state.lock();
-        let (sender, idle_since) = match std::mem::replace(&mut *state, State::Busy) {
+        let (link, idle_since) = match std::mem::replace(&mut *state, State::Busy) {
             State::Busy => return None,
             State::Empty => (None, Instant::now()),
             // Still carrying an earlier response's body (HTTP/2 streams):
             // waiting for it could take as long as that body.
-            State::Idle(sender, since) if !sender.is_ready() && !sender.is_closed() => {
-                *state = State::Idle(sender, since);
+            State::Idle(link, since) if !link.sender.is_ready() && !link.sender.is_closed() => {
+                *state = State::Idle(link, since);
                 return None;
             }
-            State::Idle(sender, since) => (Some(sender), since),
+            State::Idle(link, since) => (Some(link), since),
         };
         Some(Checkout {
             owner: self,
-            sender,
+            link,
             idle_since,
+            sending: None,
         })
     }
 }
@@ -244,9 +260,9 @@ impl Replay {
 
 impl<B> Drop for OwnConnection<B> {
     fn drop(&mut self) {
-        if let State::Idle(sender, _) = std::mem::replace(self.state.get_mut(), State::Empty) {
-            if !sender.is_closed() {
-                self.spares.put(sender);
+        if let State::Idle(link, _) = std::mem::replace(self.state.get_mut(), State::Empty) {
+            if !link.sender.is_closed() {
+                self.spares.put(link);
             }
         }
     }
@@ -256,18 +272,24 @@ impl<B> Drop for OwnConnection<B> {
 /// ends, even if it ends by being dropped (a timeout).
 struct Checkout<'a, B> {
     owner: &'a OwnConnection<B>,
-    sender: Option<SendRequest<B>>,
+    link: Option<Link<B>>,
     /// When the checked-out connection last went idle — roughly: it is
     /// stamped when a response's head arrives, so a long response body
     /// counts as idle time too (a head copied for nothing, never a wrong
     /// replay: a replay needs a close before any answer).
     idle_since: Instant,
+    /// The task of the connection a request is out on, until its answer
+    /// comes: ended if the request is dropped before ([`Link`]).
+    sending: Option<AbortHandle>,
 }
 
 impl<B> Drop for Checkout<'_, B> {
     fn drop(&mut self) {
-        *self.owner.state.lock() = match self.sender.take() {
-            Some(sender) => State::Idle(sender, Instant::now()),
+        if let Some(task) = self.sending.take() {
+            task.abort();
+        }
+        *self.owner.state.lock() = match self.link.take() {
+            Some(link) => State::Idle(link, Instant::now()),
             None => State::Empty,
         };
     }
@@ -276,7 +298,7 @@ impl<B> Drop for Checkout<'_, B> {
 async fn connect<B: UpstreamBody>(
     authority: &Authority,
     tls: Option<&Arc<rustls::ClientConfig>>,
-) -> io::Result<SendRequest<B>> {
+) -> io::Result<Link<B>> {
     let port = authority
         .port_u16()
         .unwrap_or(if tls.is_some() { 443 } else { 80 });
@@ -293,7 +315,7 @@ async fn connect<B: UpstreamBody>(
     }
 }
 
-async fn handshake<B, I>(io: I) -> io::Result<SendRequest<B>>
+async fn handshake<B, I>(io: I) -> io::Result<Link<B>>
 where
     B: UpstreamBody,
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
@@ -301,12 +323,15 @@ where
     let (sender, connection) = http1::handshake(TokioIo::new(io))
         .await
         .map_err(io::Error::other)?;
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "upstream connection ended with an error");
         }
     });
-    Ok(sender)
+    Ok(Link {
+        sender,
+        task: task.abort_handle(),
+    })
 }
 
 #[cfg(test)]

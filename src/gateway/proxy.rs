@@ -420,6 +420,15 @@ async fn forward(
             .record(started.elapsed().as_secs_f64());
     }
     match result {
+        // Only an upgrade (a WebSocket's, sent on its own path) may switch
+        // protocols: passed on, it would leave the client's connection in
+        // a protocol it never asked for.
+        Ok(Ok(response)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            tracing::warn!(
+                "the upstream switched protocols on a request that asked for no upgrade"
+            );
+            (error(StatusCode::BAD_GATEWAY, "Bad Gateway"), true)
+        }
         Ok(Ok(response)) => {
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
