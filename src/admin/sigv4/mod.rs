@@ -11,7 +11,8 @@
 //!    reject an `X-Amz-Date` more than [`MAX_SKEW`] away from the server clock;
 //! 3. recompute the signature from the same inputs the client signed, canonicalised as SigV4
 //!    specifies for non-S3 services and as botocore does: the received path with its dot and
-//!    empty segments removed, then percent-encoded once more; the query's pairs sorted — as
+//!    empty segments removed (or, for a last dot segment, the `/` before it kept: the RFC 3986
+//!    reading of the Rust SDK), then percent-encoded once more; the query's pairs sorted — as
 //!    sent (botocore) or decoded and encoded again (the SigV4 rule; both are accepted, so raw
 //!    `:`, `+` or `,` verify); only the headers named in `SignedHeaders`; the body's hash. The
 //!    HMAC chain is the `aws-sigv4` crate's. The signatures are compared in constant time.
@@ -256,7 +257,8 @@ struct Signing<'a> {
 }
 
 /// The hex signatures a client may have computed for the request: one per
-/// reading of its query string ([`canonical_queries`]).
+/// reading of its path ([`canonical_uris`]) and query string
+/// ([`canonical_queries`]).
 fn expected_signatures(secret: &str, time: SystemTime, s: &Signing<'_>) -> Vec<String> {
     let key = v4::generate_signing_key(secret, time, s.region, s.service);
     let scope = format!(
@@ -265,10 +267,11 @@ fn expected_signatures(secret: &str, time: SystemTime, s: &Signing<'_>) -> Vec<S
         s.region,
         s.service
     );
-    let uri = canonical_uri(s.path);
-    canonical_queries(s.query)
-        .into_iter()
-        .map(|query| {
+    let uris = canonical_uris(s.path);
+    let queries = canonical_queries(s.query);
+    uris.iter()
+        .flat_map(|uri| queries.iter().map(move |query| (uri, query)))
+        .map(|(uri, query)| {
             let request = format!(
                 "{}\n{uri}\n{query}\n{}\n{}\n{}",
                 s.method, s.canonical_headers, s.signed_headers, s.payload_hash
@@ -296,6 +299,27 @@ fn string_to_sign(amz_date: &str, scope: &str, canonical_request: &str) -> Strin
 /// `/apikeys/.` is `/apikeys`, `//example//` is `/example/`, `/a%20b` is
 /// `/a%2520b` and `/example space` is `/example%20space`.
 fn canonical_uri(path: &str) -> String {
+    canonical_uri_reading(path, false)
+}
+
+/// The canonical URIs a signer may have used for `path`: botocore's
+/// ([`canonical_uri`]), and — for a path that ends in a dot segment — the
+/// RFC 3986 reading that the `aws-sigv4` crate (the AWS SDK for Rust)
+/// signs, which keeps the `/` before it: `/apikeys/.` is `/apikeys/`.
+fn canonical_uris(path: &str) -> Vec<String> {
+    let mut uris = vec![canonical_uri(path)];
+    if path.ends_with("/.") || path.ends_with("/..") {
+        let rfc = canonical_uri_reading(path, true);
+        if rfc != uris[0] {
+            uris.push(rfc);
+        }
+    }
+    uris
+}
+
+/// [`canonical_uri`], keeping the `/` before a last dot segment if
+/// `slash_before_last_dots`.
+fn canonical_uri_reading(path: &str, slash_before_last_dots: bool) -> String {
     if path.is_empty() {
         return "/".to_owned();
     }
@@ -314,7 +338,8 @@ fn canonical_uri(path: &str) -> String {
         normalized.push('/');
     }
     normalized.push_str(&kept.join("/"));
-    if path.ends_with('/') && !kept.is_empty() {
+    let last_dots = path.ends_with("/.") || path.ends_with("/..");
+    if (path.ends_with('/') || (slash_before_last_dots && last_dots)) && !kept.is_empty() {
         normalized.push('/');
     }
     uri_encode(&normalized, true)

@@ -667,7 +667,37 @@ fn canonical_paths_and_queries_are_botocores() {
 /// botocore's signature of it as sent (`SIGV4AUTH_RAW_RESERVED_QUERY`).
 #[test]
 fn raw_reserved_query_characters_signed_the_sigv4_way_verify() {
-    let target = "/apikeys?name=a:b+c,d&customerId=x&flag";
+    let mut r = signed_by_the_aws_sigv4_crate("/apikeys?name=a:b+c,d&customerId=x&flag");
+    assert_eq!(r.verify().map(|c| c.access_key_id), Ok(AKID.to_owned()));
+    // Still bound to the bytes: another value does not verify.
+    r.target = r.target.replace("a:b", "a:c");
+    assert_invalid_signature(r.verify(), "changed query");
+}
+
+/// A path ending in a dot segment, signed the RFC 3986 way (the `aws-sigv4`
+/// crate, the Rust SDK's signer, keeps the `/` before it: `/apikeys/`),
+/// verifies — as botocore's reading (`/apikeys`) does.
+#[test]
+fn last_dot_segments_signed_the_sigv4_way_verify() {
+    for target in [
+        "/apikeys/.",
+        "/usageplans/p1/keys/..",
+        "/usageplans/p1/keys/k1/.",
+    ] {
+        let mut r = signed_by_the_aws_sigv4_crate(target);
+        assert_eq!(
+            r.verify().map(|c| c.access_key_id),
+            Ok(AKID.to_owned()),
+            "{target}"
+        );
+        // Still bound to the path.
+        r.target = r.target.replacen('/', "/x", 2);
+        assert_invalid_signature(r.verify(), target);
+    }
+}
+
+/// A `GET target` signed by the `aws-sigv4` crate as the Rust SDK signs it.
+fn signed_by_the_aws_sigv4_crate(target: &str) -> Req {
     let time = parse_amz_date("20261128T151648Z").unwrap();
     let headers = [("host", "127.0.0.1:8081"), ("accept", "application/json")];
     let instructions = sign_as_sdk((AKID, SECRET), time, "GET", target, &headers, b"");
@@ -684,10 +714,7 @@ fn raw_reserved_query_characters_signed_the_sigv4_way_verify() {
     for (name, value) in instructions.headers() {
         r.headers.push((name.to_owned(), value.as_bytes().to_vec()));
     }
-    assert_eq!(r.verify().map(|c| c.access_key_id), Ok(AKID.to_owned()));
-    // Still bound to the bytes: another value does not verify.
-    r.target = r.target.replace("a:b", "a:c");
-    assert_invalid_signature(r.verify(), "changed query");
+    r
 }
 
 #[test]
