@@ -115,8 +115,11 @@ async fn a_gateway_started_before_its_redis_serves_by_policy_and_follows_redis()
             StoreFailure::FailClosed => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::OK,
         };
-        let (status, _, _) = get(data, "/", Some(KEY)).await;
+        let (status, headers, _) = get(data, "/", Some(KEY)).await;
         assert_eq!(status, while_down, "{policy:?}");
+        if while_down == StatusCode::SERVICE_UNAVAILABLE {
+            assert_eq!(headers["retry-after"], "1", "{headers:?}");
+        }
         let (status, _, _) = get(data, "/", Some("nobody-has-this-key")).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{policy:?}");
 

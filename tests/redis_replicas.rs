@@ -787,6 +787,10 @@ async fn an_admin_change_refused_while_redis_is_down_changes_nothing() {
     let refused = env.admin.send(create()).await;
     let message = aws::assert_error(&refused, 503, "ServiceUnavailableException");
     assert!(message.contains("nothing was changed"), "{message}");
+    assert_eq!(
+        refused.1["retry-after"], "1",
+        "the SDKs' retry may come a second later"
+    );
     assert_eq!(gateway.plans().usage_plans().len(), plans_before);
 
     let _redis = Redis::start_on(port);

@@ -114,6 +114,11 @@ impl AwsError {
         if self.close {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            // The store or the other replicas were out of reach: the SDKs
+            // retry 503s, and may do so a second later.
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         response
     }
 }

@@ -185,12 +185,16 @@ impl Config {
                     StoreFailure::FailClosed if self.shadow => {
                         Next::Forward(Admission::shadowed(Refusal::StoreUnavailable, None))
                     }
-                    StoreFailure::FailClosed => Next::Refuse(self.refuse(
-                        refusal,
-                        request_headers,
-                        Refusal::StoreUnavailable,
-                        None,
-                    )),
+                    StoreFailure::FailClosed => {
+                        let mut response =
+                            self.refuse(refusal, request_headers, Refusal::StoreUnavailable, None);
+                        // A store comes back on its own: a retry a second
+                        // later may be counted.
+                        response
+                            .headers_mut()
+                            .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+                        Next::Refuse(response)
+                    }
                 };
             }
         };
