@@ -79,8 +79,12 @@ async fn api_key_create_get_update_delete() {
     let mut without = key.clone();
     without.as_object_mut().unwrap().remove("value");
     assert_eq!(shown, without);
-    let (_, _, shown) = a.get(&format!("/apikeys/{kid}?includeValue=true")).await;
+    let (_, headers, shown) = a.get(&format!("/apikeys/{kid}?includeValue=true")).await;
     assert_eq!(shown, key);
+    assert_eq!(
+        headers["cache-control"], "no-store",
+        "a key's value is kept by no cache"
+    );
     let (_, _, shown) = a.get(&format!("/apikeys/{kid}?includeValue=false")).await;
     assert_eq!(shown, without);
 

@@ -76,10 +76,13 @@ pub(crate) fn json(status: StatusCode, value: &impl Serialize) -> WireResult {
     })?;
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
-    response.headers_mut().insert(
+    let headers = response.headers_mut();
+    headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    // Answers may carry key values (`includeValue`): no cache keeps them.
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
 }
 

@@ -560,6 +560,21 @@ def test_signing_out_leaves_nothing_of_the_session_in_the_page(browser, console_
     assert browser.execute_script("return document.getElementById('key-id').textContent") == ""
 
 
+def test_credentials_the_api_no_longer_takes_end_the_session(browser, console_gateway, api):
+    # Credentials changed on the gateway after the sign-in: the page signs out and says why,
+    # instead of polling a 403 every 5 seconds under the key list.
+    sign_in(browser, console_gateway)
+    wait(browser, lambda d: d.find_element(By.ID, "app").is_displayed(), "the page signed in")
+    browser.execute_script("state.credentials.secretAccessKey = 'no-longer-the-secret'")
+    browser.find_element(By.ID, "refresh").click()
+    wait(browser, lambda d: d.find_element(By.ID, "sign-in-view").is_displayed(), "the sign-in form")
+    said = text_of(browser, "#sign-in-error")
+    assert "403 InvalidSignatureException" in said, said
+    assert not browser.find_element(By.ID, "app").is_displayed()
+    assert browser.execute_script("return sessionStorage.getItem('usage-plans-console')") is None
+    sign_in_again(browser)
+
+
 @pytest.fixture(scope="module")
 def redis_gateway(tmp_path_factory):
     """A gateway on a Redis of its own (a free port), spending leased slices of the quota."""

@@ -61,7 +61,11 @@ async function api(method, segments, { query = [], body, credentials = state.cre
   if (!response.ok) {
     const type = (response.headers.get("x-amzn-ErrorType") || "").split(":")[0] || "Error";
     const message = (answer && (answer.message || answer.Message)) || raw || response.statusText;
-    throw new ApiError(response.status, type, message);
+    const error = new ApiError(response.status, type, message);
+    // Credentials the API no longer takes (changed or removed since the
+    // sign-in): the session ends, instead of failing every 5 seconds.
+    if (response.status === 403 && credentials === state.credentials) signedOutBy(error);
+    throw error;
   }
   return answer;
 }
@@ -171,6 +175,13 @@ function signOut() {
   $("app").hidden = true;
   $("session").hidden = true;
   $("sign-in-view").hidden = false;
+}
+
+// Signs out because the API refused the session's credentials, and says so
+// where they are entered again.
+function signedOutBy(error) {
+  signOut();
+  $("sign-in-error").textContent = `Signed out: the admin API refused these credentials (${error.describe()})`;
 }
 
 // Nothing of a session stays in the page after it (a created key's value
