@@ -875,11 +875,11 @@ async fn shadow_mode_refuses_nothing_counts_exactly_and_reports_would_be_refusal
 
 #[tokio::test]
 async fn a_tonic_client_through_the_binary_to_a_tonic_upstream() {
-    use usage_grpc::CountRequest;
+    use usage_grpc::{CountReply, CountRequest};
 
     let (upstream, server) = grpc::plain_server().await;
     let dir = TempDir::new("grpc");
-    let config = dir.write("gateway.toml", &config_text(2, ""));
+    let config = dir.write("gateway.toml", &config_text(3, ""));
     let upstream_url = format!("http://{upstream}");
     let mut gateway = spawn(
         &[
@@ -901,6 +901,18 @@ async fn a_tonic_client_through_the_binary_to_a_tonic_upstream() {
         .unwrap_err();
     assert_eq!(invalid.code(), tonic::Code::InvalidArgument);
     assert_eq!(invalid.message(), "n must be at least 1");
+    // A call the client cancels mid-stream (its request stream still
+    // open, so the upstream's answer cannot have ended).
+    let (sending, requests) = mpsc::channel(1);
+    sending.send(CountReply { i: 7 }).await.unwrap();
+    let requests = tokio_stream::wrappers::ReceiverStream::new(requests);
+    let mut echoed = within("Echo", client.echo(grpc::keyed(requests, KEY)))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = within("the echo", echoed.message()).await.unwrap();
+    assert_eq!(first.map(|reply| reply.i), Some(7));
+    drop(echoed);
     let spent = within("over quota", client.count(keyed(1)))
         .await
         .unwrap_err();
@@ -913,7 +925,8 @@ async fn a_tonic_client_through_the_binary_to_a_tonic_upstream() {
     .await
     .unwrap_err();
     assert_eq!(missing.code(), tonic::Code::Unauthenticated);
-    assert_eq!(server.calls(), 2);
+    assert_eq!(server.calls(), 3);
+    drop(sending);
     gateway.signal("TERM");
     let (exit, stderr) = gateway.exit().await;
     assert!(exit.success(), "{stderr}");
@@ -925,6 +938,12 @@ async fn a_tonic_client_through_the_binary_to_a_tonic_upstream() {
         .map(|line| line.rsplit(' ').next().unwrap())
         .collect();
     assert_eq!(codes, ["grpc=0", "grpc=3", "grpc=8", "grpc=16"], "{stderr}");
+    // The cancelled call's line says so (CANCELLED), as a gRPC server's would.
+    let cancelled = stderr
+        .lines()
+        .find(|line| line.contains(" /usage.v1.Usage/Echo "))
+        .unwrap_or_else(|| panic!("no line for the Echo call: {stderr}"));
+    assert!(cancelled.ends_with(" grpc=1"), "{cancelled}");
 }
 
 /// `aws apigateway <args>` against `admin` with the demo credentials;

@@ -292,6 +292,10 @@ impl Line {
     }
 }
 
+/// gRPC's `CANCELLED`, logged for a call whose answer ended before its
+/// status did.
+const GRPC_CANCELLED: u16 = 1;
+
 /// The `grpc-status` in `headers` (a head or trailers), if any.
 fn grpc_status(headers: &http::HeaderMap) -> Option<u16> {
     headers
@@ -423,6 +427,8 @@ struct Answered {
     decision: &'static str,
     bytes_out: u64,
     grpc_status: Option<u16>,
+    /// A gRPC call's answer: its status comes in trailers.
+    grpc: bool,
 }
 
 impl Answered {
@@ -494,6 +500,7 @@ pin_project! {
                     pending,
                     bytes_out: 0,
                     grpc_status: None,
+                    grpc: false,
                 }
                 .send();
             }
@@ -530,6 +537,7 @@ where
                 pending,
                 bytes_out: 0,
                 grpc_status: grpc_status(response.headers()),
+                grpc: crate::layer::is_grpc(response.headers()),
             }
         });
         Poll::Ready(Ok(response.map(|inner| Logged { inner, answered })))
@@ -547,7 +555,12 @@ pin_project! {
 
     impl<B> PinnedDrop for Logged<B> {
         fn drop(this: Pin<&mut Self>) {
-            if let Some(answered) = this.project().answered.take() {
+            if let Some(mut answered) = this.project().answered.take() {
+                // Dropped before its end: a gRPC call the client cancelled
+                // (its stream reset) before the status trailers.
+                if answered.grpc && answered.grpc_status.is_none() {
+                    answered.grpc_status = Some(GRPC_CANCELLED);
+                }
                 answered.send();
             }
         }
