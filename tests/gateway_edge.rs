@@ -1163,3 +1163,162 @@ async fn a_large_answer_comes_whole_in_pieces() {
     assert_eq!(answer.into_body().collect().await.unwrap().to_bytes(), body);
     gateway.shutdown().await.unwrap();
 }
+
+/// A burst of concurrent requests (an HTTP/2 client's streams) opens as
+/// many upstream connections; once they are idle the gateway keeps at most
+/// 64 of them (and its client connection's own), not all of them for a
+/// minute: a client could otherwise make it hold thousands of sockets.
+#[tokio::test]
+async fn a_burst_leaves_at_most_64_idle_upstream_connections() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    const BURST: usize = 100;
+    let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_addr = upstream.local_addr().unwrap();
+    let (open, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    // Every request waits for all of the burst: each has a connection.
+    let all_in = Arc::new(tokio::sync::Barrier::new(BURST));
+    let (counted, peaked) = (open.clone(), peak.clone());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = upstream.accept().await {
+            let (open, all_in) = (counted.clone(), all_in.clone());
+            peaked.fetch_max(open.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_request| {
+                    let all_in = all_in.clone();
+                    async move {
+                        all_in.wait().await;
+                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::new())))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+                open.fetch_sub(1, Ordering::SeqCst);
+            });
+        }
+    });
+    let mut config = one_key(KEY, daily_quota(1_000));
+    config.upstream = Some(format!("http://{upstream_addr}").parse().unwrap());
+    let gateway = Gateway::start(config).await.unwrap();
+    let data = gateway.data_addr();
+    let client = h2_client::<Full<Bytes>>(data).await;
+    let requests = (0..BURST).map(|_| {
+        let mut client = client.clone();
+        async move {
+            let request = Request::get(format!("http://{data}/burst"))
+                .header("x-api-key", KEY)
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            client.send_request(request).await.unwrap().status()
+        }
+    });
+    let statuses = within("the burst", futures_util::future::join_all(requests)).await;
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "{statuses:?}"
+    );
+    assert_eq!(
+        peak.load(Ordering::SeqCst),
+        BURST,
+        "one connection a request"
+    );
+    eventually("the idle connections beyond 64 to close", || async {
+        (open.load(Ordering::SeqCst) <= 64 + 1).then_some(())
+    })
+    .await;
+    gateway.shutdown().await.unwrap();
+}
+
+/// A head that never ends holds at most the 80 KiB hyper is told to buffer:
+/// past them the client gets hyper's `431` and the connection closes at
+/// once, not at the header read timeout (with hyper's default ~400 KiB
+/// buffer, 1,500 such connections held 800 MB).
+#[tokio::test]
+async fn a_head_that_never_ends_is_cut_at_80_kib() {
+    let mut config = config();
+    // Not what ends the connection here.
+    config.header_read_timeout = Some(DEADLINE * 2);
+    let gateway = Gateway::start(config).await.unwrap();
+    let mut head = format!("GET / HTTP/1.1\r\nhost: gateway\r\nx-api-key: {KEY}\r\n");
+    while head.len() < 100 * 1024 {
+        head.push_str(&format!(
+            "x-filler-{}: {}\r\n",
+            head.len(),
+            "f".repeat(1000)
+        ));
+    }
+    let (answer, _) = until_closed(gateway.data_addr(), head.as_bytes(), false).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
+    gateway.shutdown().await.unwrap();
+}
+
+/// "MadeYouReset": streams whose client makes the gateway reset them (a
+/// stream WINDOW_UPDATE past 2^31-1) free their slot under the stream
+/// limit while their requests go on upstream. A connection that causes
+/// 100 such resets is closed (GOAWAY `ENHANCE_YOUR_CALM`), not after
+/// hyper's default 1,024.
+#[tokio::test]
+async fn a_connection_that_makes_the_gateway_reset_100_streams_is_closed() {
+    const STREAMS: u32 = 400;
+    let (upstream, _dropped) = endless_upstream().await;
+    let mut config = one_key(KEY, daily_quota(10_000));
+    config.upstream = Some(format!("http://{upstream}").parse().unwrap());
+    let gateway = Gateway::start(config).await.unwrap();
+    let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
+        let mut frame = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+        frame.extend([kind, flags]);
+        frame.extend(stream.to_be_bytes());
+        frame.extend(payload);
+        frame
+    };
+    // HPACK literals without indexing, lengths below 127.
+    let mut block = Vec::new();
+    for (name, value) in [
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":path", "/reset"),
+        (":authority", "gateway"),
+        ("x-api-key", KEY),
+    ] {
+        block.push(0);
+        block.push(name.len() as u8);
+        block.extend(name.as_bytes());
+        block.push(value.len() as u8);
+        block.extend(value.as_bytes());
+    }
+    let mut sent = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    sent.extend(frame(0x4, 0, 0, &[]));
+    for stream in (1..).step_by(2).take(STREAMS as usize) {
+        // HEADERS (END_STREAM, END_HEADERS), then an overflowing window.
+        sent.extend(frame(0x1, 0x5, stream, &block));
+        sent.extend(frame(0x8, 0, stream, &0x7fff_ffffu32.to_be_bytes()));
+    }
+    let stream = TcpStream::connect(gateway.data_addr()).await.unwrap();
+    let (mut reading, mut writing) = stream.into_split();
+    tokio::spawn(async move {
+        let _ = writing.write_all(&sent).await;
+        // Held open: only the gateway ends the connection.
+        std::future::pending::<()>().await;
+        drop(writing);
+    });
+    let mut goaway = None;
+    let mut head = [0u8; 9];
+    while goaway.is_none() {
+        within("the next frame", reading.read_exact(&mut head))
+            .await
+            .unwrap();
+        let length = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+        let mut payload = vec![0; length];
+        within("the frame's payload", reading.read_exact(&mut payload))
+            .await
+            .unwrap();
+        if head[3] == 0x7 {
+            goaway = Some(u32::from_be_bytes(payload[4..8].try_into().unwrap()));
+        }
+    }
+    // Before 400 such streams (hyper's default limit closes after 1,024).
+    assert_eq!(goaway, Some(0xb), "ENHANCE_YOUR_CALM");
+    gateway.shutdown().await.unwrap();
+}

@@ -116,8 +116,9 @@ impl<B: Body<Data: Send, Error: Into<BoxError>> + Send + 'static> UpstreamBody f
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Spare connections kept at most (as nginx's `keepalive 64`).
-const MAX_SPARES: usize = 64;
+/// Spare connections kept at most (as nginx's `keepalive 64`); the pool
+/// keeps as many idle ones.
+pub(crate) const MAX_SPARES: usize = 64;
 
 impl<B> SpareConnections<B> {
     fn put(&self, link: Link<B>) {

@@ -48,8 +48,14 @@ pub(crate) const MAX_HEADERS: usize = 100;
 /// the gateway, not hyper, answers 431 between the two.
 pub(crate) const HYPER_MAX_HEADERS: usize = 256;
 /// The most bytes of header fields (names, values, 4 per line) a request
-/// may have. hyper's HTTP/1 read buffer (~400 KiB) bounds the whole head.
+/// may have.
 pub(crate) const MAX_HEADER_BYTES: usize = 32 * 1024;
+/// hyper's HTTP/1 read buffer, which bounds a whole head: room for the
+/// longest target and header fields the edge answers itself (414, 431).
+pub(crate) const HYPER_MAX_HEAD_BYTES: usize = 2 * (MAX_URI_BYTES + MAX_HEADER_BYTES);
+/// Streams of one HTTP/2 connection the gateway may reset for the
+/// client's errors before it closes the connection.
+pub(crate) const MAX_ERROR_RESETS: usize = 100;
 
 /// An AWS-shaped error: `status`, `{"message": message}`, and the
 /// `x-amzn-ErrorType` API Gateway uses for that status.

@@ -12,7 +12,7 @@ use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::{Client, Error};
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::body::GatewayBody;
 use super::edge::BodyFailure;
@@ -49,7 +49,9 @@ impl H2Client {
         let upstream = connector.seen();
         let client = Client::builder(TokioExecutor::new())
             .http2_only(true)
+            // The idle timeout is kept only with a timer.
             .pool_idle_timeout(Duration::from_secs(60))
+            .pool_timer(TokioTimer::new())
             .build(connector);
         Self { client, upstream }
     }

@@ -933,11 +933,20 @@ async fn serve<S, B>(
         // and the request goes unanswered.
         .half_close(true)
         .header_read_timeout(limits.header_read_timeout)
-        .max_headers(edge::HYPER_MAX_HEADERS);
+        .max_headers(edge::HYPER_MAX_HEADERS)
+        // A head that never ends holds this much until the header read
+        // timeout (hyper's default, ~400 KiB, let 1,500 such connections
+        // take 800 MB); the edge's own limits fit well within it.
+        .max_buf_size(edge::HYPER_MAX_HEAD_BYTES);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(2 * edge::MAX_HEADER_BYTES as u32);
+        .max_header_list_size(2 * edge::MAX_HEADER_BYTES as u32)
+        // Streams the gateway had to reset for the client's errors (a
+        // stream WINDOW_UPDATE overflowing, "MadeYouReset"): their
+        // requests go on upstream past the stream limit, so a connection
+        // that causes many is closed early (hyper's default is 1,024).
+        .max_local_error_reset_streams(edge::MAX_ERROR_RESETS);
     let builder = Arc::new(builder);
     loop {
         let (stream, remote) = tokio::select! {

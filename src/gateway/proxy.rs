@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower_service::Service;
 
 use super::access::Exchange;
@@ -68,8 +68,14 @@ impl Upstream {
         let Some(base) = base else {
             return Self::Echo;
         };
+        // A burst of concurrent requests opens as many connections; once
+        // idle, all but `MAX_SPARES` close (a client could otherwise leave
+        // the gateway holding thousands, and its file descriptors).
         let client = Client::builder(TokioExecutor::new())
+            // The idle timeout is kept only with a timer.
             .pool_idle_timeout(Duration::from_secs(60))
+            .pool_timer(TokioTimer::new())
+            .pool_max_idle_per_host(super::connection::MAX_SPARES)
             .build(super::tls::upstream_connector(
                 tls.clone(),
                 super::tls::UpstreamHttp::Http1,
