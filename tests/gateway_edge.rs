@@ -333,18 +333,8 @@ async fn a_stalled_body_gets_408_closes_the_connection_and_costs_nothing() {
 /// the client's stall).
 #[tokio::test]
 async fn an_upstream_that_stops_reading_the_body_times_out_with_504_and_is_charged() {
-    let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream_addr = upstream.local_addr().unwrap();
-    let (head_read, mut head_came) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let (mut socket, _) = upstream.accept().await.unwrap();
-        let mut head = [0u8; 1024];
-        let _ = socket.read(&mut head).await;
-        let _ = head_read.send(());
-        // Reads no more, answers nothing; holds the socket.
-        std::future::pending::<()>().await;
-        drop(socket);
-    });
+    // Reads no more, answers nothing.
+    let (upstream_addr, mut head_came) = head_taking_upstream("").await;
     let mut config = config();
     config.upstream = Some(format!("http://{upstream_addr}").parse().unwrap());
     config.body_read_timeout = None;
@@ -391,18 +381,9 @@ async fn an_upstream_that_stops_reading_the_body_times_out_with_504_and_is_charg
 /// the request, so it is charged.
 #[tokio::test]
 async fn an_unasked_switch_of_protocols_is_a_bad_gateway() {
-    let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream_addr = upstream.local_addr().unwrap();
-    tokio::spawn(async move {
-        let (mut socket, _) = upstream.accept().await.unwrap();
-        let mut head = [0u8; 1024];
-        let _ = socket.read(&mut head).await;
-        let switch =
-            "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: other\r\n\r\n";
-        socket.write_all(switch.as_bytes()).await.unwrap();
-        std::future::pending::<()>().await;
-        drop(socket);
-    });
+    let switch =
+        "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: other\r\n\r\n";
+    let (upstream_addr, _) = head_taking_upstream(switch).await;
     let mut config = config();
     config.upstream = Some(format!("http://{upstream_addr}").parse().unwrap());
     let gateway = Gateway::start(config).await.unwrap();
@@ -418,6 +399,25 @@ async fn an_unasked_switch_of_protocols_is_a_bad_gateway() {
         "charged: the upstream had it"
     );
     gateway.shutdown().await.unwrap();
+}
+
+/// An upstream that takes one connection, reads (up to 1 KiB of) the
+/// request's head, reports it, writes `reply`, and holds the socket,
+/// reading no more.
+async fn head_taking_upstream(reply: &'static str) -> (SocketAddr, mpsc::UnboundedReceiver<()>) {
+    let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = upstream.local_addr().unwrap();
+    let (head_read, head_came) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let (mut socket, _) = upstream.accept().await.unwrap();
+        let mut head = [0u8; 1024];
+        let _ = socket.read(&mut head).await;
+        let _ = head_read.send(());
+        socket.write_all(reply.as_bytes()).await.unwrap();
+        std::future::pending::<()>().await;
+        drop(socket);
+    });
+    (addr, head_came)
 }
 
 /// A body that trickles in (a byte every 100 ms: never idle for the 300 ms
