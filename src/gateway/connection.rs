@@ -185,23 +185,25 @@ impl<B: UpstreamBody + Default> OwnConnection<B> {
             let replay = (long_idle && attempt == 0)
                 .then(|| Replay::of(&request))
                 .flatten();
-            checkout.sending = Some(link.task.clone());
+            // Out on it until the answer comes: a drop meanwhile ends it.
+            let link = checkout.link.insert(link);
+            checkout.in_flight = true;
             let sent = link.sender.try_send_request(request).await;
-            checkout.sending = None;
-            match sent {
-                Ok(response) => {
-                    checkout.link = Some(link);
-                    return Ok(response);
-                }
-                Err(mut e) => match (e.take_message(), replay) {
-                    // Never written: the connection had closed; try another.
-                    (Some(unsent), _) if attempt == 0 => request = unsent,
-                    // Written, but the idle connection closed (FIN) or was
-                    // reset (RST) before any answer: an idempotent request
-                    // may go again, as nginx sends it to the next upstream.
-                    (None, Some(replay)) => request = replay.request(),
-                    _ => return Err(OwnError::Failed(super::error::with_causes(&e.into_error()))),
-                },
+            checkout.in_flight = false;
+            let mut e = match sent {
+                Ok(response) => return Ok(response),
+                Err(e) => e,
+            };
+            // The connection failed the request: it is not used again.
+            checkout.link = None;
+            match (e.take_message(), replay) {
+                // Never written: the connection had closed; try another.
+                (Some(unsent), _) if attempt == 0 => request = unsent,
+                // Written, but the idle connection closed (FIN) or was
+                // reset (RST) before any answer: an idempotent request
+                // may go again, as nginx sends it to the next upstream.
+                (None, Some(replay)) => request = replay.request(),
+                _ => return Err(OwnError::Failed(super::error::with_causes(&e.into_error()))),
             }
         }
         Err(OwnError::Failed("upstream connection closed".to_owned()))
@@ -224,7 +226,7 @@ impl<B: UpstreamBody + Default> OwnConnection<B> {
             owner: self,
             link,
             idle_since,
-            sending: None,
+            in_flight: false,
         })
     }
 }
@@ -279,15 +281,17 @@ struct Checkout<'a, B> {
     /// counts as idle time too (a head copied for nothing, never a wrong
     /// replay: a replay needs a close before any answer).
     idle_since: Instant,
-    /// The task of the connection a request is out on, until its answer
-    /// comes: ended if the request is dropped before ([`Link`]).
-    sending: Option<AbortHandle>,
+    /// Whether a request is out on `link`, its answer not yet come: a
+    /// drop then ends the connection ([`Link`]).
+    in_flight: bool,
 }
 
 impl<B> Drop for Checkout<'_, B> {
     fn drop(&mut self) {
-        if let Some(task) = self.sending.take() {
-            task.abort();
+        if self.in_flight {
+            if let Some(link) = self.link.take() {
+                link.task.abort();
+            }
         }
         *self.owner.state.lock() = match self.link.take() {
             Some(link) => State::Idle(link, Instant::now()),
