@@ -931,6 +931,66 @@ async fn a_replica_restarted_as_redis_loses_its_data_waits_for_the_others() {
     }
 }
 
+/// What Redis shares of the registry: the registry and its meta.
+async fn shared_registry(
+    raw: &mut redis::aio::MultiplexedConnection,
+) -> (String, std::collections::HashMap<String, String>) {
+    redis::pipe()
+        .cmd("GET")
+        .arg("tup:{registry}")
+        .cmd("HGETALL")
+        .arg("tup:{registry}:meta")
+        .query_async(raw)
+        .await
+        .unwrap()
+}
+
+/// Redis loses its data and, at once, another replica publishes
+/// `registry` (as version 7) over the loss.
+async fn lose_data_under(
+    raw: &mut redis::aio::MultiplexedConnection,
+    (registry, meta): &(String, std::collections::HashMap<String, String>),
+) {
+    let () = redis::pipe()
+        .atomic()
+        .cmd("FLUSHALL")
+        .ignore()
+        .cmd("SET")
+        .arg("tup:{registry}")
+        .arg(registry)
+        .ignore()
+        .cmd("SET")
+        .arg("tup:{registry}:version")
+        .arg(7)
+        .ignore()
+        .cmd("HSET")
+        .arg("tup:{registry}:meta")
+        .arg(meta)
+        .ignore()
+        .query_async(raw)
+        .await
+        .unwrap();
+}
+
+/// The registry Redis holds once a replica published over version 7.
+async fn republished(raw: &redis::aio::MultiplexedConnection) -> String {
+    eventually("a replica to publish over the registry put there", || {
+        let mut raw = raw.clone();
+        async move {
+            let (registry, version): (Option<String>, Option<i64>) = redis::pipe()
+                .cmd("GET")
+                .arg("tup:{registry}")
+                .cmd("GET")
+                .arg("tup:{registry}:version")
+                .query_async(&mut raw)
+                .await
+                .unwrap();
+            registry.filter(|_| version.is_some_and(|v| v != 7))
+        }
+    })
+    .await
+}
+
 /// Redis loses its data and, before replica A notices, another replica
 /// publishes a registry without what A created through the admin API (one
 /// that started alone meanwhile, while A was paused). A merges the two
@@ -944,14 +1004,7 @@ async fn a_registry_published_over_a_loss_is_merged_not_adopted() {
         .unwrap();
     let mut raw = raw_connection(&redis).await;
     // The registry of a replica that knows the configuration alone.
-    let (config_only, meta): (String, std::collections::HashMap<String, String>) = redis::pipe()
-        .cmd("GET")
-        .arg("tup:{registry}")
-        .cmd("HGETALL")
-        .arg("tup:{registry}:meta")
-        .query_async(&mut raw)
-        .await
-        .unwrap();
+    let config_only = shared_registry(&mut raw).await;
     let plan_id = a.plans().usage_plans()[0].id.clone();
     let created = a
         .plans()
@@ -963,41 +1016,112 @@ async fn a_registry_published_over_a_loss_is_merged_not_adopted() {
         .unwrap();
     a.plans().add_key_to_plan(&plan_id, &created.id).unwrap();
     a.plans().replicated().await.unwrap();
-    // The loss and the other replica's publish, at once.
-    let () = redis::pipe()
-        .atomic()
-        .cmd("FLUSHALL")
-        .ignore()
-        .cmd("SET")
-        .arg("tup:{registry}")
-        .arg(&config_only)
-        .ignore()
-        .cmd("SET")
-        .arg("tup:{registry}:version")
-        .arg(7)
-        .ignore()
-        .cmd("HSET")
-        .arg("tup:{registry}:meta")
-        .arg(&meta)
-        .ignore()
-        .query_async(&mut raw)
-        .await
-        .unwrap();
-    let id = created.id.clone();
-    eventually("A to share the key it created again", || {
-        let (mut raw, id) = (raw.clone(), id.clone());
-        async move {
-            let shared: Option<String> = redis::cmd("GET")
-                .arg("tup:{registry}")
-                .query_async(&mut raw)
-                .await
-                .unwrap();
-            shared.filter(|json| json.contains(&id)).map(drop)
-        }
-    })
-    .await;
+    lose_data_under(&mut raw, &config_only).await;
+    let shared = republished(&raw).await;
+    assert!(shared.contains(&created.id), "shared again: {shared}");
     assert!(a.plans().api_key(&created.id).is_ok(), "A kept the key");
     a.shutdown().await.unwrap();
+}
+
+/// An admin change through A races a loss: another replica that had not
+/// taken the change in yet publishes its registry from before the change
+/// over the loss. The change stays made, on A and in what A shares again:
+/// a deleted key stays deleted, a key taken out of its plan stays out, a
+/// disabled key stays disabled (merged as if nothing came before the loss,
+/// each came back from the other's older copy, and was admitted again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_admin_change_raced_by_a_loss_stays_made() {
+    type Change = fn(&tower_usage_plans::UsagePlans, &str, &str);
+    let changes: [(&str, Change); 3] = [
+        ("delete the key", |plans, _, key| {
+            plans.delete_api_key(key).unwrap();
+        }),
+        ("take it out of its plan", |plans, plan, key| {
+            plans.remove_key_from_plan(plan, key).unwrap();
+        }),
+        ("disable it", |plans, _, key| {
+            plans
+                .update_api_key(key, |k| {
+                    k.enabled = false;
+                    Ok(())
+                })
+                .unwrap();
+        }),
+    ];
+    let client = client();
+    for (change, make) in changes {
+        let redis = Redis::start();
+        let a = Gateway::start(config(&redis.url(), 100, StoreFailure::FailOpen))
+            .await
+            .unwrap();
+        assert_eq!(status(&client, a.data_addr()).await, 200, "{change}");
+        let mut raw = raw_connection(&redis).await;
+        let before = shared_registry(&mut raw).await;
+        let plan_id = a.plans().usage_plans()[0].id.clone();
+        let key_id = a.plans().api_keys()[0].id.clone();
+        make(a.plans(), &plan_id, &key_id);
+        a.plans().replicated().await.unwrap();
+        assert_eq!(status(&client, a.data_addr()).await, 403, "{change}");
+
+        lose_data_under(&mut raw, &before).await;
+        let shared: serde_json::Value = serde_json::from_str(&republished(&raw).await).unwrap();
+        let admitted = |registry: &serde_json::Value| {
+            let keys = registry["keys"].as_array().unwrap();
+            let enabled = keys
+                .iter()
+                .any(|k| k["key"]["id"] == key_id.as_str() && k["key"]["enabled"] == true);
+            let plans = registry["plans"].as_array().unwrap();
+            let member = plans.iter().any(|p| {
+                p["keys"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|k| k == key_id.as_str())
+            });
+            enabled && member
+        };
+        assert!(!admitted(&shared), "{change}: undone in Redis: {shared}");
+        assert_eq!(
+            status(&client, a.data_addr()).await,
+            403,
+            "{change}: undone on A"
+        );
+        a.shutdown().await.unwrap();
+    }
+}
+
+/// The other side of the race above: replica A deleted a key, Redis lost
+/// its data, and A published again (its registry built on one this replica
+/// never took in) before this replica, B, found the loss. B takes the
+/// deletion in: merged as if nothing came before the loss, B kept the key
+/// and shared it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deletion_published_over_a_loss_by_another_replica_is_taken_in() {
+    let redis = Redis::start();
+    let b = Gateway::start(config(&redis.url(), 100, StoreFailure::FailOpen))
+        .await
+        .unwrap();
+    let client = client();
+    assert_eq!(status(&client, b.data_addr()).await, 200);
+    let mut raw = raw_connection(&redis).await;
+    let (registry, meta) = shared_registry(&mut raw).await;
+    let key_id = b.plans().api_keys()[0].id.clone();
+    // A's registry after the deletion, published twice since what B holds.
+    let mut deleted: serde_json::Value = serde_json::from_str(&registry).unwrap();
+    deleted["keys"] = serde_json::json!([]);
+    deleted["plans"][0]["keys"] = serde_json::json!([]);
+    let mut lineage = vec![serde_json::json!(1u64), serde_json::json!(2u64)];
+    lineage.extend(deleted["lineage"].as_array().unwrap().iter().cloned());
+    deleted["lineage"] = lineage.into();
+    lose_data_under(&mut raw, &(deleted.to_string(), meta)).await;
+    let shared = republished(&raw).await;
+    assert!(!shared.contains(&key_id), "the key came back: {shared}");
+    assert!(
+        b.plans().api_key(&key_id).is_err(),
+        "B took the deletion in"
+    );
+    assert_eq!(status(&client, b.data_addr()).await, 403);
+    b.shutdown().await.unwrap();
 }
 
 /// Stops `gateways` and starts as many new ones on `redis` (new processes

@@ -25,6 +25,7 @@ mod error;
 mod first_frame;
 mod grpc;
 mod health;
+mod lineage;
 mod metrics;
 mod proxy;
 mod redis_link;

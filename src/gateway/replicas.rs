@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::Mutex;
 
+use super::lineage::{Known, Shared};
 use crate::store::redis::Connection;
 use crate::store::{RedisStore, StoreFuture};
 use crate::{Error, ErrorKind, RegistrySnapshot, UsagePlans};
@@ -185,7 +186,14 @@ pub(crate) struct Replica {
     /// The Redis version last published or restored.
     version: i64,
     /// The registry as of `version`: the base of three-way merges.
-    base: RegistrySnapshot,
+    base: Shared,
+    /// The registries this replica held lately: after Redis lost its data,
+    /// the base of a merge with what Redis holds is the latest of them
+    /// that registry comes from.
+    known: Known,
+    /// Redis lost its data since this replica last published or took in a
+    /// registry: what it holds now is not a later version of `base`.
+    lost: bool,
     /// The stage this replica serves (`api:stage`).
     stage: String,
     /// The counters' store: how many times it found that Redis lost its
@@ -325,7 +333,12 @@ impl Replica {
             stage: stage.to_owned(),
             generation: plans.generation(),
             pending: false,
-            base: plans.snapshot(),
+            base: Shared {
+                registry: plans.snapshot(),
+                lineage: Vec::new(),
+            },
+            known: Known::default(),
+            lost: false,
             plans,
             publish: redis::Script::new(PUBLISH),
             version: 0,
@@ -389,8 +402,8 @@ impl Replica {
     /// since the last pull; `false` then.
     async fn publish(&mut self) -> Result<bool, Error> {
         let generation = self.plans.generation();
-        let snapshot = self.plans.snapshot();
-        let json = serde_json::to_string(&snapshot).map_err(failed("encoding the registry"))?;
+        let shared = Shared::built_on(&self.base, self.plans.snapshot());
+        let json = serde_json::to_string(&shared).map_err(failed("encoding the registry"))?;
         let mut invocation = self.publish.key(SNAPSHOT_KEY);
         invocation
             .key(VERSION_KEY)
@@ -408,7 +421,7 @@ impl Replica {
         self.generation = generation;
         self.pending = false;
         self.version = version;
-        self.base = snapshot;
+        self.took_in(shared);
         Ok(true)
     }
 
@@ -436,11 +449,20 @@ impl Replica {
     }
 
     /// What Redis holds is not a later version of what this replica has:
-    /// the next pull merges both, keeping each side's plans and keys.
+    /// the next pull merges both against the latest registry both come
+    /// from (against none, keeping each side's plans and keys, if there is
+    /// none this replica knows), and this replica publishes the result.
     fn forget_base(&mut self) {
         self.version = 0;
-        self.base = RegistrySnapshot::default();
+        self.lost = true;
         self.pending = true;
+    }
+
+    /// `shared` is what Redis holds now, and the base of the next merge.
+    fn took_in(&mut self, shared: Shared) {
+        self.known.held(&shared);
+        self.base = shared;
+        self.lost = false;
     }
 
     /// Whether this replica holds changes the others have not seen.
@@ -487,17 +509,25 @@ impl Replica {
         if version == self.version {
             return Ok(());
         }
-        let remote: RegistrySnapshot =
+        let remote: Shared =
             serde_json::from_str(&json).map_err(failed("shared registry is corrupt"))?;
+        let empty = RegistrySnapshot::default();
+        let base = if self.lost {
+            self.known
+                .common_ancestor(&remote.lineage)
+                .unwrap_or(&empty)
+        } else {
+            &self.base.registry
+        };
         // An admin write here while merging would be overwritten by the
         // restore: then merge again, with it.
         let (changed_here, generation) = loop {
             let generation = self.plans.generation();
             let changed_here = self.pending || generation != self.generation;
             let next = if changed_here {
-                RegistrySnapshot::merge(&self.base, &self.plans.snapshot(), &remote)
+                RegistrySnapshot::merge(base, &self.plans.snapshot(), &remote.registry)
             } else {
-                remote.clone()
+                remote.registry.clone()
             };
             if let Some(after) = self
                 .plans
@@ -510,7 +540,7 @@ impl Replica {
         self.generation = generation;
         self.pending = changed_here;
         self.version = version;
-        self.base = remote;
+        self.took_in(remote);
         tracing::info!(
             version,
             merged = changed_here,

@@ -1,0 +1,142 @@
+//! Where a shared registry comes from. Every registry a replica publishes
+//! names the published registries it was built on, newest first; every
+//! replica remembers the registries it held lately. After Redis lost its
+//! data, a registry found there is merged with the local one against the
+//! latest registry both come from: merged against nothing, a key one side
+//! had deleted (or a membership it had removed, or an update it had made)
+//! came back from the other side's older copy.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::RegistrySnapshot;
+
+/// How many ancestors a shared registry names (its own id first).
+const LINEAGE: usize = 16;
+/// How many registries a replica remembers, at most.
+const KEPT: usize = 8;
+/// How long a replica remembers a registry it no longer holds: a loss is
+/// found within a sync or two, well within this.
+const KEPT_FOR: Duration = Duration::from_secs(60);
+
+/// A registry as replicas share it in Redis: the registry's own fields,
+/// and `lineage` beside them (a registry published by a version without it
+/// reads as one of unknown origin).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct Shared {
+    #[serde(flatten)]
+    pub(crate) registry: RegistrySnapshot,
+    /// The ids of this registry and of the published registries it was
+    /// built on, newest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) lineage: Vec<u64>,
+}
+
+impl Shared {
+    /// `registry`, to be published over `base`: a new id, then `base`'s
+    /// lineage.
+    pub(crate) fn built_on(base: &Shared, registry: RegistrySnapshot) -> Self {
+        let id = rand::random::<u64>();
+        let lineage = std::iter::once(id)
+            .chain(base.lineage.iter().copied())
+            .take(LINEAGE)
+            .collect();
+        Self { registry, lineage }
+    }
+}
+
+/// The registries a replica held lately (published or taken in), by id.
+#[derive(Debug, Default)]
+pub(crate) struct Known {
+    held: VecDeque<(u64, Instant, RegistrySnapshot)>,
+}
+
+impl Known {
+    /// Remembers `shared` (one without an id cannot be named, and is not).
+    pub(crate) fn held(&mut self, shared: &Shared) {
+        let Some(&id) = shared.lineage.first() else {
+            return;
+        };
+        let now = Instant::now();
+        self.held
+            .retain(|(_, at, _)| now.duration_since(*at) < KEPT_FOR);
+        self.held.truncate(KEPT - 1);
+        self.held.push_front((id, now, shared.registry.clone()));
+    }
+
+    /// The latest registry `lineage` comes from that this replica held:
+    /// everything this replica holds now comes from it too.
+    pub(crate) fn common_ancestor(&self, lineage: &[u64]) -> Option<&RegistrySnapshot> {
+        lineage.iter().find_map(|id| {
+            self.held
+                .iter()
+                .find(|(held, _, _)| held == id)
+                .map(|(_, _, registry)| registry)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{NewApiKey, UsagePlans};
+
+    fn registry_with(names: &[&str]) -> RegistrySnapshot {
+        let plans = UsagePlans::new();
+        for name in names {
+            plans.create_api_key(NewApiKey::new(*name)).unwrap();
+        }
+        plans.snapshot()
+    }
+
+    #[test]
+    fn the_latest_ancestor_held_is_found_through_registries_never_seen() {
+        let mut known = Known::default();
+        let first = Shared::built_on(&Shared::default(), registry_with(&["a"]));
+        known.held(&first);
+        // Two publishes by others this replica never took in.
+        let unseen = Shared::built_on(&first, registry_with(&["a", "b"]));
+        let found = Shared::built_on(&unseen, registry_with(&["a", "b", "c"]));
+        assert_eq!(found.lineage.len(), 3);
+        assert_eq!(known.common_ancestor(&found.lineage), Some(&first.registry));
+        // A registry of unknown origin (another lineage, or none) has none.
+        let other = Shared::built_on(&Shared::default(), registry_with(&["a"]));
+        assert_eq!(known.common_ancestor(&other.lineage), None);
+        assert_eq!(known.common_ancestor(&[]), None);
+    }
+
+    #[test]
+    fn lineage_and_memory_are_bounded() {
+        let mut known = Known::default();
+        let mut shared = Shared::default();
+        let mut ids = Vec::new();
+        for _ in 0..(LINEAGE + 4) {
+            shared = Shared::built_on(&shared, RegistrySnapshot::default());
+            ids.push(shared.lineage[0]);
+            known.held(&shared);
+        }
+        assert_eq!(shared.lineage.len(), LINEAGE);
+        assert_eq!(known.held.len(), KEPT);
+        // The newest are the ones kept.
+        let newest = *ids.last().unwrap();
+        assert!(known.common_ancestor(&[newest]).is_some());
+        assert!(known.common_ancestor(&[ids[0]]).is_none());
+    }
+
+    #[test]
+    fn a_shared_registry_reads_with_or_without_a_lineage() {
+        let registry = registry_with(&["a"]);
+        let plain = serde_json::to_string(&registry).unwrap();
+        let read: Shared = serde_json::from_str(&plain).unwrap();
+        assert_eq!((read.registry, read.lineage), (registry.clone(), vec![]));
+        let shared = Shared::built_on(&Shared::default(), registry.clone());
+        let json = serde_json::to_string(&shared).unwrap();
+        // A version without lineages reads it as a plain registry.
+        let as_plain: RegistrySnapshot = serde_json::from_str(&json).unwrap();
+        assert_eq!(as_plain, registry);
+        let read: Shared = serde_json::from_str(&json).unwrap();
+        assert_eq!(read.lineage, shared.lineage);
+    }
+}
