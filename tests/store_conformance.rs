@@ -867,6 +867,56 @@ async fn a_decision_redis_admits_after_its_request_gave_up_is_given_back() {
     assert_eq!(decision.quota.unwrap().remaining, 97);
 }
 
+/// A decision whose call Redis applied but whose answer was lost (its
+/// connection died on the way back) was answered by the failure policy,
+/// uncounted, yet stayed counted: 1-5 a key of 1,000 in a black-box run
+/// that killed the replicas' connections every 0.2 s. The replica settles
+/// the unanswered call: Redis says which decisions it admitted, and they
+/// are given back.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_whose_answer_was_lost_is_given_back() {
+    use store_suite::{decide, rule};
+    use support::eventually::eventually;
+    use support::redis_server::{AnswerCutter, Redis};
+    use tower_usage_plans::store::{CounterKey, CounterStore, DecisionRequest, Verdict};
+    use tower_usage_plans::QuotaPeriod;
+
+    let redis = Redis::start();
+    let cutter = AnswerCutter::start(&redis).await;
+    let store = tower_usage_plans::store::RedisStore::connect(&cutter.url())
+        .await
+        .unwrap()
+        .with_prefix(unique_prefix());
+    let counter = CounterKey::new("plan", "cut");
+    let quota_rule = rule(100, QuotaPeriod::Day);
+    let quota = Some(quota_rule);
+    // The counter's first decision goes alone; the second is the common
+    // one, which decisions made together take.
+    for _ in 0..2 {
+        let decision = decide(&store, &counter, None, quota, jiff::Timestamp::now()).await;
+        assert_eq!(decision.verdict, Verdict::Admitted);
+    }
+    cutter.cut_next_answer();
+    let request = DecisionRequest {
+        counter: &counter,
+        throttle: None,
+        quota,
+        now: jiff::Timestamp::now().into(),
+    };
+    assert!(
+        store.decide(&request).await.is_err(),
+        "a decision whose answer was lost fails"
+    );
+    eventually("the decision Redis admitted given back", || async {
+        let usage = today_usage(&store, &counter, &quota_rule).await;
+        (usage == [2, 98]).then_some(())
+    })
+    .await;
+    let decision = decide(&store, &counter, None, quota, jiff::Timestamp::now()).await;
+    assert_eq!(decision.quota.unwrap().remaining, 97);
+}
+
 /// As above, with leases: a request decided by a lease call (the lease
 /// given back and a new one asked for) that Redis ran after the request
 /// stopped waiting. The call's settle finds it applied, and its request

@@ -87,7 +87,8 @@
 --          34 for "restore": the units this replica's own leases of the epoch
 --          it saw spent and Redis did not acknowledge (it spends them no more),
 --          35 for "lease", "return", "report" and "settle": the call's id
---          (unique to the holder, growing; 0 = none, see "Calls" below), 36 the
+--          (unique to the holder, growing; 0 = none, see "Calls" below;
+--          for "decides", the replica's, see "decides"), 36 the
 --          holder's oldest call not yet answered (or given up on), 37 the id of
 --          the lease given back's report on its way (0 = none), 38 for "restore":
 --          the latest epoch the replica's copy held,
@@ -463,8 +464,26 @@ end
 -- start, end, limit, and the replica's copy of the counter (ARGV[23],
 -- ARGV[25]). Each answer is a decision's (as "decide" answers), or empty:
 -- not the common decision, nothing written, for the replica to send alone.
+--
+-- A call names an id too (ARGV[35], growing; 0: none) and the replica's
+-- oldest call still open (ARGV[36]): Redis records which of its decisions
+-- it admitted (field ARGV[39] .. ':d' of KEYS[3], ',<id>:<i>.<i>...:<now>'
+-- per call, kept while open and for a minute at most). A replica whose
+-- call went unanswered (its connection died, or it stopped waiting) asks
+-- for that record ("settle" in redis_decides.rs) and gives back what the
+-- call admitted: its requests were answered by the failure policy,
+-- uncounted. A call that finds itself settled before it ran (recorded
+-- with 'v') decides nothing.
 if op == 'decides' then
-  local answers = {}
+  local id, oldest = ARGV[35] + 0, ARGV[36] + 0
+  local calls_f, calls = ARGV[39] .. ':d', nil
+  if id > 0 then
+    calls = redis.call('HGET', KEYS[3], calls_f) or ''
+    if string.find(calls, ',' .. id .. ':', 1, true) then
+      return {}
+    end
+  end
+  local answers, admitted = {}, {}
   for i = 1, (#ARGV - 40) / 12 do
     local a = 40 + (i - 1) * 12
     k = KEYS[i == 1 and 1 or i + 2]
@@ -474,6 +493,22 @@ if op == 'decides' then
     kind, pend, plimit = ARGV[a + 7], num(ARGV[a + 9]), num(ARGV[a + 10])
     copy_used, copy_epoch, copy_start = ARGV[a + 11], ARGV[a + 12], ARGV[a + 8]
     answers[i] = fast_decide() or {}
+    if answers[i][1] == 0 then
+      admitted[#admitted + 1] = i
+    end
+  end
+  if calls then
+    local kept, since = {}, ARGV[3] - 60
+    for e in string.gmatch(calls, ',[^,]+') do
+      -- A call settled before it ran stays void for the minute (it may
+      -- still come, on a connection the replica gave up).
+      local other, what, at = string.match(e, '^,(%d+):([^:]*):(%d+)$')
+      if (tonumber(other) >= oldest or what == 'v') and tonumber(at) > since then
+        kept[#kept + 1] = e
+      end
+    end
+    kept[#kept + 1] = ',' .. id .. ':' .. table.concat(admitted, '.') .. ':' .. ARGV[3]
+    redis.call('HSET', KEYS[3], calls_f, table.concat(kept))
   end
   return answers
 end

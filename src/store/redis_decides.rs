@@ -17,7 +17,14 @@
 //! was answered by the failure policy, uncounted, so a decision Redis
 //! admitted after that is given back (`"refund"`). A call waits for its
 //! answer up to [`RESPONSE_CEILING`], however short the store's timeout.
+//!
+//! A call whose answer never comes (its connection died, or it outlived
+//! the ceiling) may still have been applied: Redis records which
+//! decisions each call admitted, under the call's id, and the replica
+//! settles such a call ([`SETTLE`]): it gives back what the call admitted,
+//! or makes sure it decides nothing should it run later.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -52,6 +59,11 @@ struct Queue {
     waiting: Vec<Waiting>,
     /// The calls on their way (at most [`CALLS_IN_FLIGHT`]).
     sending: usize,
+    /// The last call id given (ids grow from 1).
+    last_call: u64,
+    /// The calls sent and neither answered nor settled yet: Redis keeps
+    /// its record of those (see "decides" in `redis.lua`).
+    open: BTreeSet<u64>,
 }
 
 /// A decision waiting for its call: the counter, its hash's key and the
@@ -111,7 +123,7 @@ impl Decides {
         let mut sending = Sending(Some(&self));
         loop {
             if !batch.is_empty() {
-                sender.call(batch).await;
+                sender.call(&self, batch).await;
             }
             let mut queue = self.queue.lock();
             batch = queue.next_batch();
@@ -135,6 +147,22 @@ impl Drop for Sending<'_> {
         if let Some(decides) = self.0 {
             decides.queue.lock().sending -= 1;
         }
+    }
+}
+
+impl Decides {
+    /// A new call's id, and the oldest call still open (itself if none).
+    fn open_call(&self) -> (u64, u64) {
+        let mut queue = self.queue.lock();
+        queue.last_call += 1;
+        let id = queue.last_call;
+        queue.open.insert(id);
+        (id, queue.open.first().copied().unwrap_or(id))
+    }
+
+    /// Call `id` was answered or settled: Redis may forget its record.
+    fn close_call(&self, id: u64) {
+        self.queue.lock().open.remove(&id);
     }
 }
 
@@ -219,8 +247,9 @@ impl Sender {
 
     /// One `"decides"` call of `batch`; each decision gets its answer (an
     /// error: the call's), and one admitted after its request stopped
-    /// waiting is given back.
-    async fn call(&mut self, batch: Vec<Waiting>) {
+    /// waiting is given back (so is one a call that went unanswered
+    /// admitted: see [`settle`]).
+    async fn call(&mut self, decides: &Arc<Decides>, batch: Vec<Waiting>) {
         let recovery = &self.parts.recovery;
         let Some(watch) = recovery.watch_on(&self.connection) else {
             // A cluster: each goes alone.
@@ -229,7 +258,15 @@ impl Sender {
             }
             return;
         };
-        let decisions: Vec<_> = batch.iter().map(|w| (w.key.as_str(), &w.args)).collect();
+        let (id, oldest_open) = decides.open_call();
+        let first = Args {
+            call: id,
+            oldest_open_call: oldest_open,
+            ..batch[0].args.clone()
+        };
+        let decisions: Vec<_> = std::iter::once((batch[0].key.as_str(), &first))
+            .chain(batch[1..].iter().map(|w| (w.key.as_str(), &w.args)))
+            .collect();
         let invocation = invocation(&self.parts.script, &decisions, recovery, &watch);
         let answers: redis::RedisResult<Vec<Value>> = within(
             self.timeout.max(RESPONSE_CEILING),
@@ -238,6 +275,7 @@ impl Sender {
         .await;
         match answers {
             Ok(answers) => {
+                decides.close_call(id);
                 recovery.answered(&watch);
                 let mut late = Vec::new();
                 for (waiting, answer) in batch.into_iter().zip(answers) {
@@ -262,16 +300,110 @@ impl Sender {
                 }
             }
             Err(e) => {
+                let mut sent = Vec::with_capacity(batch.len());
                 for waiting in batch {
                     let _ = waiting.answer.send(Err(redis::RedisError::from((
                         e.kind(),
                         "a call of decisions failed",
                         e.to_string(),
                     ))));
+                    sent.push((waiting.key, waiting.counter, waiting.args));
+                }
+                let unanswered = Unanswered {
+                    id,
+                    field: format!("{}:d", watch.field),
+                    sent,
+                };
+                if answer_lost(&e) {
+                    let settled = settle(self.connection.clone(), self.parts.clone(), unanswered);
+                    let decides = decides.clone();
+                    tokio::spawn(async move {
+                        settled.await;
+                        decides.close_call(id);
+                    });
+                } else {
+                    decides.close_call(id);
                 }
             }
         }
     }
+}
+
+/// Whether a failed call may have been applied all the same: its
+/// connection failed, or it was not answered in time (Redis answered
+/// anything else: an error it answers applied nothing).
+fn answer_lost(error: &redis::RedisError) -> bool {
+    error.is_io_error() || error.is_timeout() || error.is_connection_dropped()
+}
+
+/// A `"decides"` call that went unanswered: its id, the field of Redis's
+/// record of it, and its decisions (each a counter's hash key, the counter
+/// and its decision's arguments), in order.
+struct Unanswered {
+    id: u64,
+    field: String,
+    sent: Vec<(String, CounterKey, Args)>,
+}
+
+/// The indices (from 1) of the decisions an unanswered call admitted
+/// (`KEYS[1]`, field `ARGV[1]`: see "decides" in `redis.lua`), joined by
+/// `.`; or, when Redis has no record of call `ARGV[2]` (it did not run, or
+/// Redis lost its data), `v`, recorded so that the call decides nothing
+/// should it run later. Answers the same when sent again.
+pub(super) const SETTLE: &str = r"
+local calls = redis.call('HGET', KEYS[1], ARGV[1]) or ''
+local admitted = string.match(calls, ',' .. ARGV[2] .. ':([^:]*):')
+if admitted then
+  return admitted
+end
+redis.call('HSET', KEYS[1], ARGV[1], calls .. ',' .. ARGV[2] .. ':v:' .. ARGV[3])
+return 'v'
+";
+
+/// How long a replica tries to settle an unanswered call (Redis keeps its
+/// record of a call for a minute).
+const SETTLE_FOR: Duration = Duration::from_secs(50);
+
+/// Settles `call` (see [`SETTLE`]): asks Redis, until it answers (within
+/// [`SETTLE_FOR`]), which of its decisions it admitted, and gives them
+/// back: their requests were answered by the failure policy, uncounted.
+async fn settle(mut connection: Connection, parts: StoreParts, call: Unanswered) {
+    let script = Script::new(SETTLE);
+    let given_up = tokio::time::Instant::now() + SETTLE_FOR;
+    let mut pause = Duration::from_millis(20);
+    let admitted = loop {
+        let mut invocation = script.key(&parts.recovery.writes_key);
+        invocation
+            .arg(&call.field)
+            .arg(call.id)
+            .arg(jiff::Timestamp::now().as_second());
+        match within(RESPONSE_CEILING, connection.invoke::<String>(invocation)).await {
+            Ok(admitted) => break admitted,
+            Err(error) if tokio::time::Instant::now() >= given_up => {
+                tracing::warn!(
+                    %error,
+                    "what a call of decisions Redis did not answer admitted stays charged"
+                );
+                return;
+            }
+            Err(_) => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+        }
+    };
+    let admitted: BTreeSet<usize> = admitted
+        .split('.')
+        .filter_map(|i| i.parse::<usize>().ok())
+        .collect();
+    let late = call
+        .sent
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| admitted.contains(&(i + 1)))
+        .map(|(_, decision)| decision)
+        .collect();
+    give_back(connection, parts, late).await;
 }
 
 /// The error of a decision whose call ended without answering it (its

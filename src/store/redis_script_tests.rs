@@ -738,3 +738,55 @@ async fn decisions_made_together_do_what_each_does_alone() {
     let ttl: i64 = three.connection.ttl(&three.keys[0]).await.unwrap();
     assert!(ttl > 100 * DAY_SECS, "{ttl} s");
 }
+
+/// Redis's answer to the settle of call `id` (watched as `decided_together`).
+async fn settled(connection: &mut redis::aio::MultiplexedConnection, id: u64) -> String {
+    let recovery = Recovery::new("t:");
+    let script = Script::new(decides::SETTLE);
+    let mut settle = script.key(&recovery.writes_key);
+    settle
+        .arg("replica:m:d")
+        .arg(id)
+        .arg(Timestamp::now().as_second());
+    settle.invoke_async(connection).await.unwrap()
+}
+
+#[tokio::test]
+async fn an_unanswered_call_of_decisions_settles_to_what_it_admitted_or_to_nothing() {
+    let server = redis_server::Redis::start();
+    let mut one = Twins::start(&server, "settled-one", 1_000_000).await;
+    let mut two = Twins::start(&server, "settled-two", 1).await;
+    one.first_decision().await;
+    two.first_decision().await;
+    let mut connection = one.connection.clone();
+
+    // Call 5 admits the first decision; the second finds its quota spent.
+    let (mut a, b) = (decision(&one, 10), decision(&two, 11));
+    (a.call, a.oldest_open_call) = (5, 5);
+    let answers = decided_together(&mut [(&mut one, a), (&mut two, b)]).await;
+    assert_eq!((verdict(&answers[0]), verdict(&answers[1])), (0, 2));
+    assert_eq!(settled(&mut connection, 5).await, "1");
+    assert_eq!(settled(&mut connection, 5).await, "1", "asked again");
+
+    // Call 6 settled before it runs: void, and it decides nothing then.
+    assert_eq!(settled(&mut connection, 6).await, "v");
+    let before = [one.counters().await, two.counters().await];
+    let mut late = decision(&one, 20);
+    (late.call, late.oldest_open_call) = (6, 6);
+    let answers = decided_together(&mut [(&mut one, late)]).await;
+    assert!(answers.is_empty(), "{answers:?}");
+    assert_eq!(before, [one.counters().await, two.counters().await]);
+    assert_eq!(settled(&mut connection, 6).await, "v", "asked again");
+
+    // Calls answered (older than the oldest open) are forgotten; a void
+    // one is kept (it may still come).
+    let mut next = decision(&one, 30);
+    (next.call, next.oldest_open_call) = (7, 7);
+    decided_together(&mut [(&mut one, next)]).await;
+    let calls: String = connection
+        .hget(Recovery::new("t:").writes_key, "replica:m:d")
+        .await
+        .unwrap();
+    assert!(!calls.contains(",5:") && calls.contains(",6:v:"), "{calls}");
+    assert!(calls.contains(",7:1:"), "{calls}");
+}

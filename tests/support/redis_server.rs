@@ -192,3 +192,65 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// A relay between a client and a Redis that, when told, passes the next
+/// command on and drops the client's connection instead of its answer: a
+/// call Redis applied whose answer the client never got (its connection
+/// died on the way back).
+#[cfg(feature = "redis")]
+pub struct AnswerCutter {
+    addr: std::net::SocketAddr,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[cfg(feature = "redis")]
+impl AnswerCutter {
+    /// A relay to `redis`, relaying every connection made to it.
+    pub async fn start(redis: &Redis) -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = Arc::new(AtomicBool::new(false));
+        let (port, cutting) = (redis.port, cut.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+                    continue;
+                };
+                let (mut client_in, mut client_out) = client.into_split();
+                let (mut server_in, mut server_out) = server.into_split();
+                let commands = tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut client_in, &mut server_out).await;
+                });
+                let cut = cutting.clone();
+                tokio::spawn(async move {
+                    let mut buffer = vec![0; 64 * 1024];
+                    while let Ok(n @ 1..) = server_in.read(&mut buffer).await {
+                        if cut.swap(false, Ordering::SeqCst) {
+                            break;
+                        }
+                        if client_out.write_all(&buffer[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                    // Both directions end: the client's connection closes.
+                    commands.abort();
+                });
+            }
+        });
+        Self { addr, cut }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+
+    /// The next answer Redis sends (on any connection) is dropped, with
+    /// its connection.
+    pub fn cut_next_answer(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
