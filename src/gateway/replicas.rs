@@ -85,6 +85,10 @@ return redis.call('INCR', KEYS[2])
 /// (each live one answers within 1 s, or is taken as gone).
 const REPLICATE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// How many times an admin call publishes and announces its change when
+/// Redis lost its data meanwhile (see [`share`]).
+const REPLICATE_ROUNDS: usize = 3;
+
 /// How many times a replica merges and retries when others keep publishing.
 const PUBLISH_ATTEMPTS: usize = 8;
 
@@ -115,12 +119,27 @@ pub(crate) fn share(
     store.on_registry_change(Some(Arc::new(move || StoreFuture::boxed(sync(&weak)))));
     let (weak, announcer) = (Arc::downgrade(&replica), store.clone());
     plans.set_replication(Some(Arc::new(move || {
-        let (synced, announcer) = (sync(&weak), announcer.clone());
+        let (weak, announcer) = (weak.clone(), announcer.clone());
         StoreFuture::boxed(async move {
             // An unreachable Redis must not hold an admin call for long.
             let replicated = async {
-                synced.await?;
-                announcer.registry_changed().await
+                // Redis may lose its data between the publish and the
+                // acknowledgements: another replica then publishes what
+                // it had, and acknowledges without this change. Published
+                // and announced again (merged: it holds), until what Redis
+                // holds comes from it.
+                for round in 1.. {
+                    sync(&weak).await?;
+                    announcer.registry_changed().await?;
+                    let Some(replica) = weak.upgrade() else {
+                        return Ok(());
+                    };
+                    let held = replica.lock().await.held_by_redis().await?;
+                    if held || round == REPLICATE_ROUNDS {
+                        return Ok(());
+                    }
+                }
+                Ok(())
             };
             tokio::time::timeout(REPLICATE_TIMEOUT, replicated)
                 .await
@@ -465,6 +484,22 @@ impl Replica {
         self.lost = false;
     }
 
+    /// Whether the registry Redis holds is the one this replica last
+    /// published or took in, or comes from it (one without a lineage, from
+    /// a version without them, cannot tell: it is taken as held).
+    async fn held_by_redis(&mut self) -> Result<bool, Error> {
+        let Some(&last) = self.base.lineage.first() else {
+            return Ok(true);
+        };
+        let (json, _) = self.read_shared().await?;
+        let Some(json) = json else {
+            return Ok(false);
+        };
+        let shared: Shared =
+            serde_json::from_str(&json).map_err(failed("shared registry is corrupt"))?;
+        Ok(shared.lineage.is_empty() || shared.lineage.contains(&last))
+    }
+
     /// Whether this replica holds changes the others have not seen.
     fn changed(&self) -> bool {
         self.pending || self.plans.generation() != self.generation
@@ -575,6 +610,60 @@ mod tests {
         .expect("joined before the dropped lock could lapse")
         .unwrap();
         assert!(second.joining.is_some());
+    }
+
+    /// Redis loses its data after replica A published a change, and
+    /// another replica publishes what it had before the change: what Redis
+    /// holds no longer comes from A's change (the admin call publishes and
+    /// announces it again), until A, finding the loss, merges and
+    /// publishes again, the change kept.
+    #[tokio::test]
+    async fn a_change_lost_under_an_older_registry_is_not_held_until_published_again() {
+        let redis = Redis::start();
+        let plans = UsagePlans::builder().build();
+        let mut a = Replica::join(&redis.url(), plans.clone(), "gateway:prod")
+            .await
+            .unwrap();
+        a.joined().await.unwrap();
+        let key = plans.create_api_key(crate::NewApiKey::new("k")).unwrap();
+        a.sync().await.unwrap();
+        let mut raw = redis.connection().await;
+        let before: String = redis::cmd("GET")
+            .arg(SNAPSHOT_KEY)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        plans.delete_api_key(&key.id).unwrap();
+        a.sync().await.unwrap();
+        assert!(a.held_by_redis().await.unwrap());
+
+        let () = redis::pipe()
+            .atomic()
+            .cmd("FLUSHALL")
+            .ignore()
+            .cmd("SET")
+            .arg(SNAPSHOT_KEY)
+            .arg(&before)
+            .ignore()
+            .cmd("SET")
+            .arg(VERSION_KEY)
+            .arg(7)
+            .ignore()
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        assert!(!a.held_by_redis().await.unwrap(), "the change is not held");
+        // A finds the loss (the store's marker, which this test has not).
+        a.forget_base();
+        a.sync().await.unwrap();
+        assert!(a.held_by_redis().await.unwrap());
+        let shared: String = redis::cmd("GET")
+            .arg(SNAPSHOT_KEY)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        assert!(!shared.contains(&key.id), "the deletion holds: {shared}");
+        assert!(plans.api_key(&key.id).is_err());
     }
 
     #[test]
