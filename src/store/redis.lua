@@ -214,8 +214,18 @@ end
 -- applied: the replica drops the stale data and every replica puts back
 -- what it saw, as after a loss. Without a marker Redis lost its data: a
 -- decision refuses (4), and the replicas put back what they saw first.
+-- A "decides" call reads the count with its record of the replica's calls
+-- (see "decides"), and writes both back once (one command fewer than an
+-- HINCRBY, a read and a write).
+local applied, decides_calls = 0, nil
 if KEYS[3] then
-  local short = redis.call('HINCRBY', KEYS[3], ARGV[39], 1) - 1 < tonumber(ARGV[40])
+  if op == 'decides' then
+    local f = redis.call('HMGET', KEYS[3], ARGV[39], ARGV[39] .. ':d')
+    applied, decides_calls = tonumber(f[1]) or 0, f[2] or ''
+  else
+    applied = redis.call('HINCRBY', KEYS[3], ARGV[39], 1) - 1
+  end
+  local short = applied < tonumber(ARGV[40])
   -- A replica whose own calls were not lost finds it too when its copy of
   -- this counter (ARGV[23], ARGV[25]: used less leased plus kept, and the
   -- epoch, in the period starting at ARGV[9]) saw more than the counter
@@ -238,6 +248,7 @@ if KEYS[3] then
     -- Every decision of the call refused alike.
     local code = redis.call('EXISTS', KEYS[2]) == 0 and 4 or (short and 6)
     if code then
+      redis.call('HSET', KEYS[3], ARGV[39], string.format('%d', applied + 1))
       local refused = {}
       for i = 1, (#ARGV - 40) / 12 do
         refused[i] = { code, '0', 0, 0, 0, 0, 0, -1, 0, 0, 0, { 0, -1, -1 } }
@@ -476,12 +487,10 @@ end
 -- with 'v') decides nothing.
 if op == 'decides' then
   local id, oldest = ARGV[35] + 0, ARGV[36] + 0
-  local calls_f, calls = ARGV[39] .. ':d', nil
-  if id > 0 then
-    calls = redis.call('HGET', KEYS[3], calls_f) or ''
-    if string.find(calls, ',' .. id .. ':', 1, true) then
-      return {}
-    end
+  local count, calls = string.format('%d', applied + 1), decides_calls
+  if id > 0 and string.find(calls, ',' .. id .. ':', 1, true) then
+    redis.call('HSET', KEYS[3], ARGV[39], count)
+    return {}
   end
   local answers, admitted = {}, {}
   for i = 1, (#ARGV - 40) / 12 do
@@ -497,7 +506,7 @@ if op == 'decides' then
       admitted[#admitted + 1] = i
     end
   end
-  if calls then
+  if id > 0 then
     local kept, since = {}, ARGV[3] - 60
     for e in string.gmatch(calls, ',[^,]+') do
       -- A call settled before it ran stays void for the minute (it may
@@ -508,8 +517,9 @@ if op == 'decides' then
       end
     end
     kept[#kept + 1] = ',' .. id .. ':' .. table.concat(admitted, '.') .. ':' .. ARGV[3]
-    redis.call('HSET', KEYS[3], calls_f, table.concat(kept))
+    calls = table.concat(kept)
   end
+  redis.call('HSET', KEYS[3], ARGV[39], count, ARGV[39] .. ':d', calls)
   return answers
 end
 -- fast decide: end
