@@ -897,7 +897,7 @@ async fn a_decision_whose_answer_was_lost_is_given_back() {
         let decision = decide(&store, &counter, None, quota, jiff::Timestamp::now()).await;
         assert_eq!(decision.verdict, Verdict::Admitted);
     }
-    cutter.cut_next_answer();
+    cutter.cut_the_answer_to("decides");
     let request = DecisionRequest {
         counter: &counter,
         throttle: None,

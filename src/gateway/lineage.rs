@@ -7,7 +7,6 @@
 //! came back from the other side's older copy.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -15,11 +14,13 @@ use crate::RegistrySnapshot;
 
 /// How many ancestors a shared registry names (its own id first).
 const LINEAGE: usize = 16;
-/// How many registries a replica remembers, at most.
+/// How many registries a replica remembers: the last ones it held, however
+/// long ago (admin changes may be hours apart, and a loss must find the
+/// registry held before the last change).
 const KEPT: usize = 8;
-/// How long a replica remembers a registry it no longer holds: a loss is
-/// found within a sync or two, well within this.
-const KEPT_FOR: Duration = Duration::from_secs(60);
+/// How many of a merge's side ids a registry published after it names,
+/// from each side.
+const MERGED: usize = LINEAGE / 2;
 
 /// A registry as replicas share it in Redis: the registry's own fields,
 /// and `lineage` beside them (a registry published by a version without it
@@ -34,7 +35,28 @@ pub(crate) struct Shared {
     pub(crate) lineage: Vec<u64>,
 }
 
+/// The lineage alone of a shared registry (the rest is skipped).
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct LineageOnly {
+    #[serde(default)]
+    pub(crate) lineage: Vec<u64>,
+}
+
 impl Shared {
+    /// The base of what a replica publishes after merging its registry
+    /// (built on `local`) with `self`: this registry, named as built on
+    /// both sides (each side's newest ids first).
+    pub(crate) fn merged_with(mut self, local: &Shared) -> Self {
+        let mut lineage: Vec<u64> = self.lineage.iter().copied().take(MERGED).collect();
+        for id in local.lineage.iter().take(MERGED) {
+            if !lineage.contains(id) {
+                lineage.push(*id);
+            }
+        }
+        self.lineage = lineage;
+        self
+    }
+
     /// `registry`, to be published over `base`: a new id, then `base`'s
     /// lineage.
     pub(crate) fn built_on(base: &Shared, registry: RegistrySnapshot) -> Self {
@@ -50,20 +72,21 @@ impl Shared {
 /// The registries a replica held lately (published or taken in), by id.
 #[derive(Debug, Default)]
 pub(crate) struct Known {
-    held: VecDeque<(u64, Instant, RegistrySnapshot)>,
+    held: VecDeque<(u64, RegistrySnapshot)>,
 }
 
 impl Known {
-    /// Remembers `shared` (one without an id cannot be named, and is not).
+    /// Remembers `shared` (one without an id cannot be named, and is not;
+    /// one held already is not twice).
     pub(crate) fn held(&mut self, shared: &Shared) {
         let Some(&id) = shared.lineage.first() else {
             return;
         };
-        let now = Instant::now();
-        self.held
-            .retain(|(_, at, _)| now.duration_since(*at) < KEPT_FOR);
+        if self.held.iter().any(|(held, _)| *held == id) {
+            return;
+        }
         self.held.truncate(KEPT - 1);
-        self.held.push_front((id, now, shared.registry.clone()));
+        self.held.push_front((id, shared.registry.clone()));
     }
 
     /// The latest registry `lineage` comes from that this replica held:
@@ -72,8 +95,8 @@ impl Known {
         lineage.iter().find_map(|id| {
             self.held
                 .iter()
-                .find(|(held, _, _)| held == id)
-                .map(|(_, _, registry)| registry)
+                .find(|(held, _)| held == id)
+                .map(|(_, registry)| registry)
         })
     }
 }
@@ -105,6 +128,26 @@ mod tests {
         let other = Shared::built_on(&Shared::default(), registry_with(&["a"]));
         assert_eq!(known.common_ancestor(&other.lineage), None);
         assert_eq!(known.common_ancestor(&[]), None);
+    }
+
+    #[test]
+    fn a_registry_published_after_a_merge_names_both_sides() {
+        let mut known = Known::default();
+        let old = Shared::built_on(&Shared::default(), registry_with(&["a"]));
+        let local = Shared::built_on(&old, registry_with(&["a", "b"]));
+        known.held(&local);
+        let remote = Shared::built_on(&old, registry_with(&["c"]));
+        let merged = Shared::built_on(&remote.clone().merged_with(&local), registry_with(&[]));
+        // Both sides' ids, and their common ancestor once.
+        assert_eq!(
+            merged.lineage[1..],
+            [remote.lineage[0], old.lineage[0], local.lineage[0]]
+        );
+        // A replica that held only the local side finds it.
+        assert_eq!(
+            known.common_ancestor(&merged.lineage),
+            Some(&local.registry)
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::Mutex;
 
-use super::lineage::{Known, Shared};
+use super::lineage::{Known, LineageOnly, Shared};
 use crate::store::redis::Connection;
 use crate::store::{RedisStore, StoreFuture};
 use crate::{Error, ErrorKind, RegistrySnapshot, UsagePlans};
@@ -128,18 +128,26 @@ pub(crate) fn share(
                 // it had, and acknowledges without this change. Published
                 // and announced again (merged: it holds), until what Redis
                 // holds comes from it.
-                for round in 1.. {
+                let mut change = None;
+                for _ in 0..REPLICATE_ROUNDS {
                     sync(&weak).await?;
                     announcer.registry_changed().await?;
                     let Some(replica) = weak.upgrade() else {
                         return Ok(());
                     };
-                    let held = replica.lock().await.held_by_redis().await?;
-                    if held || round == REPLICATE_ROUNDS {
+                    let mut replica = replica.lock().await;
+                    // The registry that carries the change: published by
+                    // the first round (or taken in, without a change); a
+                    // later round's merge names it.
+                    let change = *change.get_or_insert(replica.base.lineage.first().copied());
+                    if replica.held_by_redis(change).await? {
                         return Ok(());
                     }
                 }
-                Ok(())
+                Err(Error::new(
+                    ErrorKind::Store,
+                    "Redis kept losing the change before every replica took it in",
+                ))
             };
             tokio::time::timeout(REPLICATE_TIMEOUT, replicated)
                 .await
@@ -484,20 +492,21 @@ impl Replica {
         self.lost = false;
     }
 
-    /// Whether the registry Redis holds is the one this replica last
-    /// published or took in, or comes from it (one without a lineage, from
-    /// a version without them, cannot tell: it is taken as held).
-    async fn held_by_redis(&mut self) -> Result<bool, Error> {
-        let Some(&last) = self.base.lineage.first() else {
+    /// Whether the registry Redis holds is `change` (a registry this
+    /// replica published or took in), or comes from it. Without an id (a
+    /// registry from a version without lineages) it cannot tell: taken as
+    /// held.
+    async fn held_by_redis(&mut self, change: Option<u64>) -> Result<bool, Error> {
+        let Some(change) = change else {
             return Ok(true);
         };
         let (json, _) = self.read_shared().await?;
         let Some(json) = json else {
             return Ok(false);
         };
-        let shared: Shared =
+        let shared: LineageOnly =
             serde_json::from_str(&json).map_err(failed("shared registry is corrupt"))?;
-        Ok(shared.lineage.is_empty() || shared.lineage.contains(&last))
+        Ok(shared.lineage.is_empty() || shared.lineage.contains(&change))
     }
 
     /// Whether this replica holds changes the others have not seen.
@@ -575,6 +584,11 @@ impl Replica {
         self.generation = generation;
         self.pending = changed_here;
         self.version = version;
+        // Merged, what is published next comes from both sides.
+        let remote = match changed_here {
+            true => remote.merged_with(&self.base),
+            false => remote,
+        };
         self.took_in(remote);
         tracing::info!(
             version,
@@ -635,7 +649,8 @@ mod tests {
             .unwrap();
         plans.delete_api_key(&key.id).unwrap();
         a.sync().await.unwrap();
-        assert!(a.held_by_redis().await.unwrap());
+        let change = a.base.lineage.first().copied();
+        assert!(a.held_by_redis(change).await.unwrap());
 
         let () = redis::pipe()
             .atomic()
@@ -652,11 +667,14 @@ mod tests {
             .query_async(&mut raw)
             .await
             .unwrap();
-        assert!(!a.held_by_redis().await.unwrap(), "the change is not held");
+        assert!(
+            !a.held_by_redis(change).await.unwrap(),
+            "the change is not held"
+        );
         // A finds the loss (the store's marker, which this test has not).
         a.forget_base();
         a.sync().await.unwrap();
-        assert!(a.held_by_redis().await.unwrap());
+        assert!(a.held_by_redis(change).await.unwrap(), "published again");
         let shared: String = redis::cmd("GET")
             .arg(SNAPSHOT_KEY)
             .query_async(&mut raw)

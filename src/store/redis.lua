@@ -512,7 +512,7 @@ if op == 'decides' then
       -- A call settled before it ran stays void for the minute (it may
       -- still come, on a connection the replica gave up).
       local other, what, at = string.match(e, '^,(%d+):([^:]*):(%d+)$')
-      if (tonumber(other) >= oldest or what == 'v') and tonumber(at) > since then
+      if other and (tonumber(other) >= oldest or what == 'v') and tonumber(at) > since then
         kept[#kept + 1] = e
       end
     end

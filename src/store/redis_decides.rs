@@ -258,7 +258,12 @@ impl Sender {
             }
             return;
         };
-        let (id, oldest_open) = decides.open_call();
+        // No record before the replica knows Redis's marker: its field
+        // ("<replica>:<marker>") would be every such replica's.
+        let (id, oldest_open) = match watch.marker.is_empty() {
+            true => (0, 0),
+            false => decides.open_call(),
+        };
         let first = Args {
             call: id,
             oldest_open_call: oldest_open,
@@ -314,7 +319,7 @@ impl Sender {
                     field: format!("{}:d", watch.field),
                     sent,
                 };
-                if answer_lost(&e) {
+                if id > 0 && answer_lost(&e) {
                     let settled = settle(self.connection.clone(), self.parts.clone(), unanswered);
                     let decides = decides.clone();
                     tokio::spawn(async move {
@@ -330,10 +335,12 @@ impl Sender {
 }
 
 /// Whether a failed call may have been applied all the same: its
-/// connection failed, or it was not answered in time (Redis answered
-/// anything else: an error it answers applied nothing).
+/// connection failed after it was sent, or it was not answered in time (a
+/// refused connection sent nothing; an error Redis answers applied
+/// nothing).
 fn answer_lost(error: &redis::RedisError) -> bool {
-    error.is_io_error() || error.is_timeout() || error.is_connection_dropped()
+    (error.is_io_error() || error.is_timeout() || error.is_connection_dropped())
+        && !error.is_connection_refusal()
 }
 
 /// A `"decides"` call that went unanswered: its id, the field of Redis's

@@ -193,14 +193,15 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A relay between a client and a Redis that, when told, passes the next
-/// command on and drops the client's connection instead of its answer: a
-/// call Redis applied whose answer the client never got (its connection
-/// died on the way back).
+/// A relay between a client and a Redis that, when told, passes a command
+/// on and drops the client's connection instead of its answer: a call
+/// Redis applied whose answer the client never got (its connection died on
+/// the way back).
 #[cfg(feature = "redis")]
 pub struct AnswerCutter {
     addr: std::net::SocketAddr,
-    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// The command whose answer to cut: the next one holding these bytes.
+    cut: std::sync::Arc<std::sync::Mutex<Option<Vec<u8>>>>,
 }
 
 #[cfg(feature = "redis")]
@@ -208,12 +209,12 @@ impl AnswerCutter {
     /// A relay to `redis`, relaying every connection made to it.
     pub async fn start(redis: &Redis) -> Self {
         use std::sync::atomic::{AtomicBool, Ordering};
-        use std::sync::Arc;
+        use std::sync::{Arc, Mutex};
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let cut = Arc::new(AtomicBool::new(false));
+        let cut: Arc<Mutex<Option<Vec<u8>>>> = Arc::default();
         let (port, cutting) = (redis.port, cut.clone());
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
@@ -222,14 +223,34 @@ impl AnswerCutter {
                 };
                 let (mut client_in, mut client_out) = client.into_split();
                 let (mut server_in, mut server_out) = server.into_split();
+                // This connection's next answer is to be cut.
+                let cut_here = Arc::new(AtomicBool::new(false));
+                let (cutting, marked) = (cutting.clone(), cut_here.clone());
                 let commands = tokio::spawn(async move {
-                    let _ = tokio::io::copy(&mut client_in, &mut server_out).await;
+                    let mut buffer = vec![0; 64 * 1024];
+                    while let Ok(n @ 1..) = client_in.read(&mut buffer).await {
+                        let command = &buffer[..n];
+                        {
+                            let mut cut = cutting.lock().unwrap();
+                            let holds = |needle: &Vec<u8>| {
+                                command
+                                    .windows(needle.len())
+                                    .any(|w| w == needle.as_slice())
+                            };
+                            if cut.as_ref().is_some_and(holds) {
+                                *cut = None;
+                                marked.store(true, Ordering::SeqCst);
+                            }
+                        }
+                        if server_out.write_all(command).await.is_err() {
+                            break;
+                        }
+                    }
                 });
-                let cut = cutting.clone();
                 tokio::spawn(async move {
                     let mut buffer = vec![0; 64 * 1024];
                     while let Ok(n @ 1..) = server_in.read(&mut buffer).await {
-                        if cut.swap(false, Ordering::SeqCst) {
+                        if cut_here.swap(false, Ordering::SeqCst) {
                             break;
                         }
                         if client_out.write_all(&buffer[..n]).await.is_err() {
@@ -248,9 +269,9 @@ impl AnswerCutter {
         format!("redis://{}", self.addr)
     }
 
-    /// The next answer Redis sends (on any connection) is dropped, with
-    /// its connection.
-    pub fn cut_next_answer(&self) {
-        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+    /// The answer to the next command holding `bytes` (on any connection)
+    /// is dropped, with its connection.
+    pub fn cut_the_answer_to(&self, bytes: &str) {
+        *self.cut.lock().unwrap() = Some(bytes.as_bytes().to_vec());
     }
 }
