@@ -1090,38 +1090,50 @@ async fn an_admin_change_raced_by_a_loss_stays_made() {
     }
 }
 
-/// The other side of the race above: replica A deleted a key, Redis lost
-/// its data, and A published again (its registry built on one this replica
-/// never took in) before this replica, B, found the loss. B takes the
-/// deletion in: merged as if nothing came before the loss, B kept the key
-/// and shared it again.
+/// The other side of the race above: replica A deleted (or disabled) a
+/// key, Redis lost its data, and A published again (its registry built on
+/// one this replica never took in) before this replica, B, found the loss.
+/// B takes the change in: merged as if nothing came before the loss, B
+/// kept its own copy and shared it again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_deletion_published_over_a_loss_by_another_replica_is_taken_in() {
-    let redis = Redis::start();
-    let b = Gateway::start(config(&redis.url(), 100, StoreFailure::FailOpen))
-        .await
-        .unwrap();
+async fn a_change_published_over_a_loss_by_another_replica_is_taken_in() {
+    type Change = fn(&mut serde_json::Value);
+    let changes: [(&str, Change); 2] = [
+        ("deleted", |registry| {
+            registry["keys"] = serde_json::json!([]);
+            registry["plans"][0]["keys"] = serde_json::json!([]);
+        }),
+        ("disabled", |registry| {
+            registry["keys"][0]["key"]["enabled"] = false.into();
+        }),
+    ];
     let client = client();
-    assert_eq!(status(&client, b.data_addr()).await, 200);
-    let mut raw = raw_connection(&redis).await;
-    let (registry, meta) = shared_registry(&mut raw).await;
-    let key_id = b.plans().api_keys()[0].id.clone();
-    // A's registry after the deletion, published twice since what B holds.
-    let mut deleted: serde_json::Value = serde_json::from_str(&registry).unwrap();
-    deleted["keys"] = serde_json::json!([]);
-    deleted["plans"][0]["keys"] = serde_json::json!([]);
-    let mut lineage = vec![serde_json::json!(1u64), serde_json::json!(2u64)];
-    lineage.extend(deleted["lineage"].as_array().unwrap().iter().cloned());
-    deleted["lineage"] = lineage.into();
-    lose_data_under(&mut raw, &(deleted.to_string(), meta)).await;
-    let shared = republished(&raw).await;
-    assert!(!shared.contains(&key_id), "the key came back: {shared}");
-    assert!(
-        b.plans().api_key(&key_id).is_err(),
-        "B took the deletion in"
-    );
-    assert_eq!(status(&client, b.data_addr()).await, 403);
-    b.shutdown().await.unwrap();
+    for (change, make) in changes {
+        let redis = Redis::start();
+        let b = Gateway::start(config(&redis.url(), 100, StoreFailure::FailOpen))
+            .await
+            .unwrap();
+        assert_eq!(status(&client, b.data_addr()).await, 200);
+        let mut raw = raw_connection(&redis).await;
+        let (registry, meta) = shared_registry(&mut raw).await;
+        let key_id = b.plans().api_keys()[0].id.clone();
+        // A's registry after the change, published twice since what B holds.
+        let mut changed: serde_json::Value = serde_json::from_str(&registry).unwrap();
+        make(&mut changed);
+        let mut lineage = vec![serde_json::json!(1u64), serde_json::json!(2u64)];
+        lineage.extend(changed["lineage"].as_array().unwrap().iter().cloned());
+        changed["lineage"] = lineage.into();
+        lose_data_under(&mut raw, &(changed.to_string(), meta)).await;
+        let shared = republished(&raw).await;
+        let usable = b.plans().api_key(&key_id).is_ok_and(|k| k.enabled);
+        assert!(!usable, "{change}: B did not take the change in: {shared}");
+        assert!(
+            !shared.contains(r#""enabled":true"#),
+            "{change}: shared again as before: {shared}"
+        );
+        assert_eq!(status(&client, b.data_addr()).await, 403, "{change}");
+        b.shutdown().await.unwrap();
+    }
 }
 
 /// Stops `gateways` and starts as many new ones on `redis` (new processes
