@@ -564,9 +564,18 @@ def test_credentials_the_api_no_longer_takes_end_the_session(browser, console_ga
     # Credentials changed on the gateway after the sign-in: the page signs out and says why,
     # instead of polling a 403 every 5 seconds under the key list.
     sign_in(browser, console_gateway)
-    wait(browser, lambda d: d.find_element(By.ID, "app").is_displayed(), "the page signed in")
-    browser.execute_script("state.credentials.secretAccessKey = 'no-longer-the-secret'")
-    browser.find_element(By.ID, "refresh").click()
+    # The first listing done: a call of it signed with the changed secret would sign out
+    # before the click (the button then hidden).
+    wait(
+        browser,
+        lambda d: "Refreshed at" in text_of(d, "#answer") and d.execute_script("return state.busy === false"),
+        "the first listing",
+    )
+    # Changed and clicked in one step: an auto-refresh between the two would sign out first.
+    browser.execute_script(
+        "state.credentials.secretAccessKey = 'no-longer-the-secret';"
+        "document.getElementById('refresh').click()"
+    )
     wait(browser, lambda d: d.find_element(By.ID, "sign-in-view").is_displayed(), "the sign-in form")
     said = text_of(browser, "#sign-in-error")
     assert "403 InvalidSignatureException" in said, said
