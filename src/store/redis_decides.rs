@@ -160,9 +160,12 @@ impl Decides {
         (id, queue.open.first().copied().unwrap_or(id))
     }
 
-    /// Call `id` was answered or settled: Redis may forget its record.
+    /// Call `id` was answered or settled: Redis may forget its record
+    /// (0: a call without one).
     fn close_call(&self, id: u64) {
-        self.queue.lock().open.remove(&id);
+        if id > 0 {
+            self.queue.lock().open.remove(&id);
+        }
     }
 }
 
@@ -249,7 +252,7 @@ impl Sender {
     /// error: the call's), and one admitted after its request stopped
     /// waiting is given back (so is one a call that went unanswered
     /// admitted: see [`settle`]).
-    async fn call(&mut self, decides: &Arc<Decides>, batch: Vec<Waiting>) {
+    async fn call(&mut self, decides: &Arc<Decides>, mut batch: Vec<Waiting>) {
         let recovery = &self.parts.recovery;
         let Some(watch) = recovery.watch_on(&self.connection) else {
             // A cluster: each goes alone.
@@ -264,14 +267,9 @@ impl Sender {
             true => (0, 0),
             false => decides.open_call(),
         };
-        let first = Args {
-            call: id,
-            oldest_open_call: oldest_open,
-            ..batch[0].args.clone()
-        };
-        let decisions: Vec<_> = std::iter::once((batch[0].key.as_str(), &first))
-            .chain(batch[1..].iter().map(|w| (w.key.as_str(), &w.args)))
-            .collect();
+        // The call's arguments are the first decision's (ARGV 1-40).
+        (batch[0].args.call, batch[0].args.oldest_open_call) = (id, oldest_open);
+        let decisions: Vec<_> = batch.iter().map(|w| (w.key.as_str(), &w.args)).collect();
         let invocation = invocation(&self.parts.script, &decisions, recovery, &watch);
         let answers: redis::RedisResult<Vec<Value>> = within(
             self.timeout.max(RESPONSE_CEILING),
@@ -314,12 +312,12 @@ impl Sender {
                     ))));
                     sent.push((waiting.key, waiting.counter, waiting.args));
                 }
-                let unanswered = Unanswered {
-                    id,
-                    field: format!("{}:d", watch.field),
-                    sent,
-                };
                 if id > 0 && answer_lost(&e) {
+                    let unanswered = Unanswered {
+                        id,
+                        field: format!("{}:d", watch.field),
+                        sent,
+                    };
                     let settled = settle(self.connection.clone(), self.parts.clone(), unanswered);
                     let decides = decides.clone();
                     tokio::spawn(async move {
