@@ -1651,6 +1651,55 @@ async fn a_live_holder_putting_a_counter_back_takes_off_what_was_counted_for_it(
     assert_eq!(admitted, QUOTA);
 }
 
+/// UpdateUsage (`replace /remaining`) made after Redis lost its data and
+/// before any replica put back what it saw: it is made on what is put
+/// back, and exactly the remaining it set is admitted, on every replica.
+/// (Made on the emptied counter, it answered `[0, 10]`, and GetUsage read
+/// `[110, 0]` after 210 admitted: the copies put back after it were merged
+/// into a counter that had started anew.)
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_update_usage_made_before_a_loss_is_put_back_sets_what_it_says() {
+    use store_suite::rule;
+    use tower_usage_plans::store::{CounterKey, CounterStore, RedisStore};
+    use tower_usage_plans::QuotaPeriod::Day;
+
+    let redis = support::redis_server::Redis::start();
+    let prefix = unique_prefix();
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let store = RedisStore::connect(&redis.url())
+            .await
+            .unwrap()
+            .with_prefix(prefix.clone())
+            .with_timeout(std::time::Duration::from_secs(5));
+        store.recover_if_emptied().await.unwrap();
+        replicas.push(store);
+    }
+    let [first, second] = &replicas[..] else {
+        unreachable!()
+    };
+    let counter = CounterKey::new("plan", "updated-while-lost");
+    let quota = rule(1_000, Day);
+    admit_n(first, &counter, Some(quota), 100).await;
+    admit_n(second, &counter, Some(quota), 100).await;
+    flushall(&redis).await;
+    let answer = first
+        .set_remaining(&counter, &quota, jiff::Timestamp::now(), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        answer,
+        [200, 10],
+        "UpdateUsage's answer: today's used count put back"
+    );
+    let mut admitted = admit_n(second, &counter, Some(quota), 5).await;
+    admitted += admit_n(first, &counter, Some(quota), 100).await;
+    admitted += admit_n(second, &counter, Some(quota), 100).await;
+    assert_eq!(admitted, 10);
+    assert_eq!(today_usage(second, &counter, &quota).await, [210, 0]);
+}
+
 /// GetUsage after Redis lost its data: today's used count is put back from
 /// the replicas' copies with the counter, so used and remaining still add
 /// up to the quota. (Before: used read only what was admitted since,

@@ -146,6 +146,14 @@ struct Known {
     /// (`<replica>:<marker>`).
     field: Arc<str>,
     answered: u64,
+    /// The markers of the latest restores this replica put back for (its
+    /// own and those other replicas announced): of two replicas that found
+    /// the same loss at once, one sets its marker, and the other replica,
+    /// which took part, adopts it without putting back again. (Put back
+    /// again, the counters made since the loss came back as put back
+    /// first, in a new range of epochs the other replica's copy does not
+    /// follow: a later UpdateUsage raced by a loss admitted 40 of 58.)
+    put_back_under: std::collections::VecDeque<Arc<str>>,
 }
 
 /// What a call (on one server) tells Redis, so that Redis rolled back is
@@ -246,6 +254,10 @@ impl Recovery {
                 } else {
                     Marker::Known
                 }
+            }
+            (Some(_), Some(current)) if known.put_back_under.iter().any(|m| **m == *current) => {
+                known.adopt(&self.replica, current);
+                Marker::Known
             }
             (Some(_), Some(current)) => Marker::Replaced(current),
         })
@@ -431,6 +443,17 @@ impl Recovery {
     /// Adopts `marker`, set by the replica that finished a recovery.
     pub(crate) fn adopt(&self, marker: String) {
         self.known.lock().adopt(&self.replica, marker);
+    }
+
+    /// This replica put back what it saw for the restore that sets
+    /// `marker` (unless another restore of the same loss sets its own).
+    pub(crate) fn put_back_under(&self, marker: &str) {
+        const KEPT: usize = 4;
+        let mut known = self.known.lock();
+        if known.put_back_under.len() == KEPT {
+            known.put_back_under.pop_front();
+        }
+        known.put_back_under.push_back(marker.into());
     }
 
     /// Holds other recoveries of this replica off.

@@ -205,6 +205,7 @@ impl RedisStore {
                     .map_err(|e| store_error("restore", e))?;
                     // The sender's next marker: not news when it is set.
                     if let Some(marker) = marker {
+                        recovery.put_back_under(&marker);
                         recovery.adopt(marker);
                     }
                 }
@@ -1219,32 +1220,59 @@ impl RedisStore {
     ) -> StoreFuture<DayUsage> {
         let mut args = Args::new(now.into(), Some(quota));
         args.set_to = value;
+        args.known = self.recovery.seen.contains_key(counter);
         let (key, script) = (self.key(counter), self.script.clone());
         let (store, counter) = (self.clone(), counter.clone());
         StoreFuture::boxed(async move {
-            let recovery = store.recovery.clone();
+            let (recovery, control) = (store.recovery.clone(), store.control.clone());
             let period = args.stored_period();
             let saw = counter.clone();
+            // As a decision, it waits for a restore it found needed.
+            let timeout = store.timeout + RECOVERY_WAIT;
             let (today, remaining, epoch) = store
-                .run(move |mut connection| async move {
-                    // Until the answer is in the copy: a restore waits for it.
-                    let _in_flight = recovery.in_flight.read().await;
-                    let (today, remaining, used, allow, epoch, leased, kept): (
-                        u64,
-                        u64,
-                        u64,
-                        i64,
-                        u64,
-                        u64,
-                        u64,
-                    ) = connection
-                        .run_script(&recovery, &script, &key, &args, op)
-                        .await?;
-                    if let Some(period) = period {
-                        let admitted = copied(used, leased, kept);
-                        recovery.saw(saw, period, (admitted, allow, epoch));
+                .run_for(timeout, move |mut connection| async move {
+                    for _ in 0..=RECOVERIES_PER_DECISION {
+                        // Until the answer is in the copy: a restore waits for it.
+                        let in_flight = recovery.in_flight.read().await;
+                        let watch = recovery.watch_on(&connection);
+                        let answer: Vec<i64> = connection
+                            .run_watched(&recovery, &script, &key, &args, op, watch.as_ref())
+                            .await?;
+                        let number = |i: usize| u64::try_from(answer[i]).unwrap_or(0);
+                        if let [code] = answer[..] {
+                            // Redis lost its data (or went back to older
+                            // data): put back first, then made on what
+                            // was put back.
+                            drop(in_flight);
+                            let code = u8::try_from(code).unwrap_or(0);
+                            let found = Found {
+                                code,
+                                watch: watch.as_ref(),
+                                counter: &saw,
+                            };
+                            let control = &control;
+                            args.known =
+                                put_back_for(&recovery, control, &mut connection, &script, found)
+                                    .await?;
+                            continue;
+                        }
+                        if answer.len() != 7 {
+                            return Err(redis::RedisError::from((
+                                redis::ErrorKind::Client,
+                                "UpdateUsage: an answer of an unknown shape",
+                            )));
+                        }
+                        let (used, allow, epoch) = (number(2), answer[3], number(4));
+                        if let Some(period) = period {
+                            let admitted = copied(used, number(5), number(6));
+                            recovery.saw(saw, period, (admitted, allow, epoch));
+                        }
+                        return Ok((number(0), number(1), epoch));
                     }
-                    Ok((today, remaining, epoch))
+                    Err(redis::RedisError::from((
+                        redis::ErrorKind::Client,
+                        "Redis kept losing its data while it was put back",
+                    )))
                 })
                 .await?;
             // A new epoch ("set", or an "add" into leased units): once
@@ -1460,23 +1488,13 @@ impl RedisStore {
                     break;
                 }
                 drop(in_flight.take());
-                let stale = watch.as_ref().filter(|_| answer.0 == ROLLED_BACK as u8);
-                let stale = stale.map(|watch| &*watch.marker);
-                let recovered =
-                    recover(&recovery, &control, &mut connection, &script, stale).await?;
-                // The marker is there: Redis lost this counter alone
-                // (deleted, evicted, or on a cluster node that lost its
-                // data), which this replica puts back; one it has no copy
-                // of (dropped since) starts anew.
-                if answer.0 == 3 && !recovered {
-                    match restore_counter(&recovery, &mut connection, &script, &counter).await? {
-                        PutBack::Now => control.counter_lost(&mut connection, &counter).await?,
-                        PutBack::Already => {}
-                        PutBack::NoCopy => {
-                            recovery.seen.remove(&counter);
-                            args.known = false;
-                        }
-                    }
+                let found = Found {
+                    code: answer.0,
+                    watch: watch.as_ref(),
+                    counter: &counter,
+                };
+                if !put_back_for(&recovery, &control, &mut connection, &script, found).await? {
+                    args.known = false;
                 }
                 in_flight = Some(recovery.in_flight.read().await);
                 answer = call.run(&mut connection, &args, &mut watch).await?;
@@ -1953,6 +1971,7 @@ async fn recover(
                 put_back(recovery, connection, script, lost).await?;
                 drop(_quiet);
                 let fresh = Recovery::fresh_marker();
+                recovery.put_back_under(&fresh);
                 control.lost(connection, &fresh).await?;
                 if recovery.finish_restore(connection, &note, &fresh).await? {
                     return Ok(true);
@@ -2000,6 +2019,43 @@ async fn restore_seen(
     let _quiet = recovery.in_flight.write().await;
     let lost = Lost::take(recovery, None);
     put_back(recovery, connection, script, &lost).await
+}
+
+/// What a call found that it could not be applied to: Redis lost its data
+/// (`code` 4: the marker is gone; 3: the counter the call was for is),
+/// or came back with older data (6, found by `watch`).
+struct Found<'a> {
+    code: u8,
+    watch: Option<&'a Watch>,
+    counter: &'a CounterKey,
+}
+
+/// Puts back what was lost, as `found` says, before the call is sent
+/// again: every replica's copies after a loss, the counter alone when only
+/// it went (deleted, evicted, or on a cluster node that lost its data).
+/// `false` when this replica has no copy of the counter (dropped since):
+/// it starts anew.
+async fn put_back_for(
+    recovery: &Recovery,
+    control: &Control,
+    connection: &mut Connection,
+    script: &Script,
+    found: Found<'_>,
+) -> redis::RedisResult<bool> {
+    let stale = found.watch.filter(|_| found.code == ROLLED_BACK as u8);
+    let stale = stale.map(|watch| &*watch.marker);
+    let recovered = recover(recovery, control, connection, script, stale).await?;
+    if found.code == 3 && !recovered {
+        match restore_counter(recovery, connection, script, found.counter).await? {
+            PutBack::Now => control.counter_lost(connection, found.counter).await?,
+            PutBack::Already => {}
+            PutBack::NoCopy => {
+                recovery.seen.remove(found.counter);
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
 }
 
 /// What [`restore_counter`] did.

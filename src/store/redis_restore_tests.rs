@@ -334,3 +334,80 @@ async fn a_report_refused_as_rolled_back_is_sent_again_once_the_counter_is_put_b
         "today's record counts every admitted request"
     );
 }
+
+/// A replica whose copy of `counter` followed an UpdateUsage (epoch 2)
+/// that wrote off every lease out before it as used: `used` counts them
+/// whole, `allow` is what the call allowed.
+fn replica_that_saw_an_update(counter: &CounterKey, used: u64, allow: i64) -> Recovery {
+    let recovery = replica_that_saw(counter, used);
+    if let Some(mut seen) = recovery.seen.get_mut(counter) {
+        (seen.allow, seen.epoch) = (allow, 2);
+    }
+    recovery
+}
+
+#[tokio::test]
+async fn what_a_lease_admitted_before_an_update_usage_counts_once() {
+    let server = redis_server::Redis::start();
+    let mut connection = Connection::open(&server.url()).await.unwrap();
+    let counter = CounterKey::new("plan", "updated-then-lost");
+    for update_first in [true, false] {
+        flush(&mut connection).await;
+        // One replica's lease (epoch 1, 1,000 units) admitted 30 requests
+        // Redis did not hear of; UpdateUsage through the other (epoch 2)
+        // then wrote the whole lease off as used and allowed 50 more.
+        // Redis lost its data before the lease went back.
+        let leasing = leasing_replica_that_saw(&counter, 100, 30);
+        let updating = replica_that_saw_an_update(&counter, 1_100, 1_150);
+        let order = match update_first {
+            true => [&updating, &leasing],
+            false => [&leasing, &updating],
+        };
+        for replica in order {
+            restore(replica, &mut connection).await;
+        }
+        // The lease's 30 are in the 1,100 already. (Added again, the 50
+        // the call allowed were 20: up to all of them in a test where
+        // the leases were larger.)
+        assert_eq!(
+            (
+                used_in_redis(&mut connection, &counter).await,
+                field_in_redis(&mut connection, &counter, "allow").await
+            ),
+            (1_100, 1_150),
+            "UpdateUsage's copy put back {}",
+            if update_first { "first" } else { "second" }
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_replica_that_put_back_for_a_restore_takes_its_marker_as_known() {
+    let server = redis_server::Redis::start();
+    let mut connection = Connection::open(&server.url()).await.unwrap();
+    let recovery = Recovery::new("t:");
+    // Two replicas found the same loss at once and each announced its next
+    // marker; this one put back for both, adopted its own, then the
+    // other's (its message came last). Its own was set.
+    for announced in ["mine", "theirs"] {
+        recovery.put_back_under(announced);
+        recovery.adopt(announced.to_owned());
+    }
+    let set = |marker: &str| redis::cmd("SET").arg("t:{ctl}:marker").arg(marker).clone();
+    let () = connection.query(&set("mine")).await.unwrap();
+    assert!(
+        matches!(
+            recovery.marker(&mut connection).await.unwrap(),
+            Marker::Known
+        ),
+        "a restore it took part in (put back again, the counters made since \
+         came back in a new range of epochs)"
+    );
+    assert_eq!(recovery.known_marker().as_deref(), Some("mine"));
+    // A marker set by a restore it had no part in: it puts back.
+    let () = connection.query(&set("another")).await.unwrap();
+    assert!(matches!(
+        recovery.marker(&mut connection).await.unwrap(),
+        Marker::Replaced(_)
+    ));
+}
