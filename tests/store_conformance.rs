@@ -1661,24 +1661,11 @@ async fn a_live_holder_putting_a_counter_back_takes_off_what_was_counted_for_it(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_update_usage_made_before_a_loss_is_put_back_sets_what_it_says() {
     use store_suite::rule;
-    use tower_usage_plans::store::{CounterKey, CounterStore, RedisStore};
+    use tower_usage_plans::store::{CounterKey, CounterStore};
     use tower_usage_plans::QuotaPeriod::Day;
 
-    let redis = support::redis_server::Redis::start();
-    let prefix = unique_prefix();
-    let mut replicas = Vec::new();
-    for _ in 0..2 {
-        let store = RedisStore::connect(&redis.url())
-            .await
-            .unwrap()
-            .with_prefix(prefix.clone())
-            .with_timeout(std::time::Duration::from_secs(5));
-        store.recover_if_emptied().await.unwrap();
-        replicas.push(store);
-    }
-    let [first, second] = &replicas[..] else {
-        unreachable!()
-    };
+    let (redis, first, second) = two_replicas().await;
+    let (first, second) = (&first, &second);
     let counter = CounterKey::new("plan", "updated-while-lost");
     let quota = rule(1_000, Day);
     admit_n(first, &counter, Some(quota), 100).await;
@@ -1698,6 +1685,52 @@ async fn an_update_usage_made_before_a_loss_is_put_back_sets_what_it_says() {
     admitted += admit_n(second, &counter, Some(quota), 100).await;
     assert_eq!(admitted, 10);
     assert_eq!(today_usage(second, &counter, &quota).await, [210, 0]);
+}
+
+/// A key taken out of its plan after Redis lost its data and before any
+/// replica put back what it saw: its count goes with what is put back, and
+/// added back, the key starts from its full quota. (Made on the emptied
+/// counter, the other replica's copy put back after it brought the old
+/// count back: `[201, 799]` after one more.)
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_out_of_its_plan_before_a_loss_is_put_back_starts_anew() {
+    use store_suite::rule;
+    use tower_usage_plans::store::{CounterKey, CounterStore};
+    use tower_usage_plans::QuotaPeriod::Day;
+
+    let (redis, first, second) = two_replicas().await;
+    let counter = CounterKey::new("plan", "unplanned-while-lost");
+    let quota = rule(1_000, Day);
+    admit_n(&first, &counter, Some(quota), 100).await;
+    admit_n(&second, &counter, Some(quota), 100).await;
+    flushall(&redis).await;
+    first.forget(&counter).await.unwrap();
+    admit_n(&second, &counter, Some(quota), 1).await;
+    assert_eq!(today_usage(&first, &counter, &quota).await, [1, 999]);
+}
+
+/// Two replicas on one new Redis under one prefix, without leases.
+#[cfg(feature = "redis")]
+async fn two_replicas() -> (
+    support::redis_server::Redis,
+    tower_usage_plans::store::RedisStore,
+    tower_usage_plans::store::RedisStore,
+) {
+    let redis = support::redis_server::Redis::start();
+    let prefix = unique_prefix();
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let store = tower_usage_plans::store::RedisStore::connect(&redis.url())
+            .await
+            .unwrap()
+            .with_prefix(prefix.clone())
+            .with_timeout(std::time::Duration::from_secs(5));
+        store.recover_if_emptied().await.unwrap();
+        replicas.push(store);
+    }
+    let second = replicas.pop().unwrap();
+    (redis, replicas.pop().unwrap(), second)
 }
 
 /// GetUsage after Redis lost its data: today's used count is put back from

@@ -255,11 +255,11 @@ if KEYS[3] then
       end
       return refused
     end
-  elseif op == 'set' or op == 'add' then
-    -- UpdateUsage changes the counter as the replicas put it back: made on
-    -- an emptied counter, it was lost under what they put back after it
-    -- (its allowance gone: a key admitted without end in a test). The
-    -- replica puts back first, then sends it again.
+  elseif op == 'set' or op == 'add' or op == 'forget' then
+    -- UpdateUsage (and a key leaving its plan) changes the counter as the
+    -- replicas put it back: made on an emptied counter, it was lost under
+    -- what they put back after it. The replica puts back first, then
+    -- sends it again.
     if redis.call('EXISTS', KEYS[2]) == 0 then
       return { 4 }
     elseif short then

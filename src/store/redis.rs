@@ -773,20 +773,6 @@ impl RedisStore {
             .saw_spent(counter, period, epoch, admitted, others);
     }
 
-    /// Runs the script's `op` on `counter`'s hash (with the timeout).
-    fn call<T>(&self, counter: &CounterKey, op: &'static str, args: Args) -> StoreFuture<T>
-    where
-        T: FromRedisValue + Send + 'static,
-    {
-        let (key, script) = (self.key(counter), self.script.clone());
-        let recovery = self.recovery.clone();
-        self.run(move |mut connection| async move {
-            connection
-                .run_script(&recovery, &script, &key, &args, op)
-                .await
-        })
-    }
-
     /// As [`run`](Self::run), without the timeout (a restore may take
     /// longer than one decision).
     fn run_unbounded<T, F, Fut>(&self, command: F) -> StoreFuture<T>
@@ -1231,48 +1217,27 @@ impl RedisStore {
             let timeout = store.timeout + RECOVERY_WAIT;
             let (today, remaining, epoch) = store
                 .run_for(timeout, move |mut connection| async move {
-                    for _ in 0..=RECOVERIES_PER_DECISION {
-                        // Until the answer is in the copy: a restore waits for it.
-                        let in_flight = recovery.in_flight.read().await;
-                        let watch = recovery.watch_on(&connection);
-                        let answer: Vec<i64> = connection
-                            .run_watched(&recovery, &script, &key, &args, op, watch.as_ref())
-                            .await?;
-                        let number = |i: usize| u64::try_from(answer[i]).unwrap_or(0);
-                        if let [code] = answer[..] {
-                            // Redis lost its data (or went back to older
-                            // data): put back first, then made on what
-                            // was put back.
-                            drop(in_flight);
-                            let code = u8::try_from(code).unwrap_or(0);
-                            let found = Found {
-                                code,
-                                watch: watch.as_ref(),
-                                counter: &saw,
-                            };
-                            let control = &control;
-                            args.known =
-                                put_back_for(&recovery, control, &mut connection, &script, found)
-                                    .await?;
-                            continue;
-                        }
-                        if answer.len() != 7 {
-                            return Err(redis::RedisError::from((
-                                redis::ErrorKind::Client,
-                                "UpdateUsage: an answer of an unknown shape",
-                            )));
-                        }
-                        let (used, allow, epoch) = (number(2), answer[3], number(4));
-                        if let Some(period) = period {
-                            let admitted = copied(used, number(5), number(6));
-                            recovery.saw(saw, period, (admitted, allow, epoch));
-                        }
-                        return Ok((number(0), number(1), epoch));
+                    let change = Change {
+                        recovery: &recovery,
+                        control: &control,
+                        script: &script,
+                        key: &key,
+                        counter: &saw,
+                    };
+                    let (answer, _in_flight) = change.made(&mut connection, &mut args, op).await?;
+                    let answer: Vec<i64> = redis::from_redis_value(answer)?;
+                    let [today, remaining, used, allow, epoch, leased, kept] = answer[..] else {
+                        return Err(redis::RedisError::from((
+                            redis::ErrorKind::Client,
+                            "UpdateUsage: an answer of an unknown shape",
+                        )));
+                    };
+                    let number = |n: i64| u64::try_from(n).unwrap_or(0);
+                    if let Some(period) = period {
+                        let admitted = copied(number(used), number(leased), number(kept));
+                        recovery.saw(saw.clone(), period, (admitted, allow, number(epoch)));
                     }
-                    Err(redis::RedisError::from((
-                        redis::ErrorKind::Client,
-                        "Redis kept losing its data while it was put back",
-                    )))
+                    Ok((number(today), number(remaining), number(epoch)))
                 })
                 .await?;
             // A new epoch ("set", or an "add" into leased units): once
@@ -1730,8 +1695,25 @@ impl CounterStore for RedisStore {
             // A new epoch, and every replica's leases of the old ones
             // revoked before this returns: a key added back to the plan
             // starts from its full quota, with no old lease spent into it.
+            let (recovery, control) = (store.recovery.clone(), store.control.clone());
+            let (script, key) = (store.script.clone(), store.key(&counter));
+            let forgotten = counter.clone();
             let epoch: u64 = store
-                .call(&counter, "forget", Args::new(UnixNanos::new(0), None))
+                .run_for(
+                    store.timeout + RECOVERY_WAIT,
+                    move |mut connection| async move {
+                        let change = Change {
+                            recovery: &recovery,
+                            control: &control,
+                            script: &script,
+                            key: &key,
+                            counter: &forgotten,
+                        };
+                        let mut args = Args::new(UnixNanos::new(0), None);
+                        let (answer, _) = change.made(&mut connection, &mut args, "forget").await?;
+                        Ok(redis::from_redis_value(answer)?)
+                    },
+                )
                 .await?;
             store.revoke_everywhere(&counter, epoch).await
         })
@@ -2019,6 +2001,68 @@ async fn restore_seen(
     let _quiet = recovery.in_flight.write().await;
     let lost = Lost::take(recovery, None);
     put_back(recovery, connection, script, &lost).await
+}
+
+/// A change of a counter by the control plane (UpdateUsage, a key leaving
+/// its plan), made on the counter as the replicas put it back: Redis
+/// refuses it on an emptied (or rolled back) Redis, as it refuses a
+/// decision. (Made on the emptied counter, it was lost under what the
+/// replicas put back after it.)
+struct Change<'a> {
+    recovery: &'a Recovery,
+    control: &'a Control,
+    script: &'a Script,
+    key: &'a str,
+    counter: &'a CounterKey,
+}
+
+impl Change<'_> {
+    /// Sends `op`; when Redis refuses it (a one-number answer, see
+    /// [`Found`]), puts back what was lost and sends it again. The answer,
+    /// and the hold that keeps a restore off until the caller has it in
+    /// the copy.
+    async fn made(
+        &self,
+        connection: &mut Connection,
+        args: &mut Args,
+        op: &str,
+    ) -> redis::RedisResult<(redis::Value, tokio::sync::RwLockReadGuard<'_, ()>)> {
+        for _ in 0..=RECOVERIES_PER_DECISION {
+            let in_flight = self.recovery.in_flight.read().await;
+            let watch = self.recovery.watch_on(connection);
+            let answer: redis::Value = connection
+                .run_watched(
+                    self.recovery,
+                    self.script,
+                    self.key,
+                    args,
+                    op,
+                    watch.as_ref(),
+                )
+                .await?;
+            let refused = match &answer {
+                redis::Value::Array(items) if items.len() == 1 => {
+                    redis::from_redis_value_ref::<u8>(&items[0]).ok()
+                }
+                _ => None,
+            };
+            let Some(code) = refused else {
+                return Ok((answer, in_flight));
+            };
+            drop(in_flight);
+            let found = Found {
+                code,
+                watch: watch.as_ref(),
+                counter: self.counter,
+            };
+            args.known =
+                put_back_for(self.recovery, self.control, connection, self.script, found).await?;
+        }
+        Err(redis::RedisError::from((
+            redis::ErrorKind::Client,
+            "Redis kept losing its data while it was put back",
+        )))
+    }
 }
 
 /// What a call found that it could not be applied to: Redis lost its data
