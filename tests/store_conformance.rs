@@ -1204,7 +1204,19 @@ async fn two_replicas_on_a_rollbackable_redis() -> (
     tower_usage_plans::store::RedisStore,
     tower_usage_plans::store::RedisStore,
 ) {
-    let redis = support::redis_server::Redis::start_rollbackable();
+    two_replicas_on(support::redis_server::Redis::start_rollbackable()).await
+}
+
+/// Two replicas on `redis` (one prefix, no leases), each past its first
+/// check.
+#[cfg(feature = "redis")]
+async fn two_replicas_on(
+    redis: support::redis_server::Redis,
+) -> (
+    support::redis_server::Redis,
+    tower_usage_plans::store::RedisStore,
+    tower_usage_plans::store::RedisStore,
+) {
     let prefix = unique_prefix();
     let first = store_suite::store_at(&redis.url(), &prefix).await;
     let second = store_suite::store_at(&redis.url(), &prefix).await;
@@ -1664,7 +1676,7 @@ async fn an_update_usage_made_before_a_loss_is_put_back_sets_what_it_says() {
     use tower_usage_plans::store::{CounterKey, CounterStore};
     use tower_usage_plans::QuotaPeriod::Day;
 
-    let (redis, first, second) = two_replicas().await;
+    let (redis, first, second) = two_replicas_on(support::redis_server::Redis::start()).await;
     let (first, second) = (&first, &second);
     let counter = CounterKey::new("plan", "updated-while-lost");
     let quota = rule(1_000, Day);
@@ -1699,7 +1711,7 @@ async fn a_key_out_of_its_plan_before_a_loss_is_put_back_starts_anew() {
     use tower_usage_plans::store::{CounterKey, CounterStore};
     use tower_usage_plans::QuotaPeriod::Day;
 
-    let (redis, first, second) = two_replicas().await;
+    let (redis, first, second) = two_replicas_on(support::redis_server::Redis::start()).await;
     let counter = CounterKey::new("plan", "unplanned-while-lost");
     let quota = rule(1_000, Day);
     admit_n(&first, &counter, Some(quota), 100).await;
@@ -1708,29 +1720,6 @@ async fn a_key_out_of_its_plan_before_a_loss_is_put_back_starts_anew() {
     first.forget(&counter).await.unwrap();
     admit_n(&second, &counter, Some(quota), 1).await;
     assert_eq!(today_usage(&first, &counter, &quota).await, [1, 999]);
-}
-
-/// Two replicas on one new Redis under one prefix, without leases.
-#[cfg(feature = "redis")]
-async fn two_replicas() -> (
-    support::redis_server::Redis,
-    tower_usage_plans::store::RedisStore,
-    tower_usage_plans::store::RedisStore,
-) {
-    let redis = support::redis_server::Redis::start();
-    let prefix = unique_prefix();
-    let mut replicas = Vec::new();
-    for _ in 0..2 {
-        let store = tower_usage_plans::store::RedisStore::connect(&redis.url())
-            .await
-            .unwrap()
-            .with_prefix(prefix.clone())
-            .with_timeout(std::time::Duration::from_secs(5));
-        store.recover_if_emptied().await.unwrap();
-        replicas.push(store);
-    }
-    let second = replicas.pop().unwrap();
-    (redis, replicas.pop().unwrap(), second)
 }
 
 /// GetUsage after Redis lost its data: today's used count is put back from
