@@ -1334,3 +1334,66 @@ async fn an_update_that_changes_nothing_keeps_last_updated_date() {
         int(&before["lastUpdatedDate"]) + 60
     );
 }
+
+/// A change the other replicas could not be reached to confirm (503, "The
+/// change holds on this replica"), then an SDK's retry of it refused before
+/// it changed anything: the retry's answer, the one the caller sees, says
+/// that an earlier request's change holds here, not only that nothing was
+/// changed. Once changes are shared again, it no longer says so.
+#[tokio::test]
+async fn a_refused_retry_says_an_earlier_unconfirmed_change_holds() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tower_usage_plans::store::StoreFuture;
+    use tower_usage_plans::{Error, ErrorKind};
+
+    let plans = UsagePlans::new();
+    // The replicas can be reached for the first check only (the one
+    // before the change), until `checks` is set back to 0.
+    let checks = Arc::new(AtomicUsize::new(0));
+    let replicate = {
+        let checks = checks.clone();
+        move || {
+            StoreFuture::ready(match checks.fetch_add(1, Ordering::SeqCst) {
+                0 => Ok(()),
+                _ => Err(Error::new(ErrorKind::Store, "Redis is down")),
+            })
+        }
+    };
+    plans.set_replication(Some(Arc::new(replicate)));
+    let env = env_with(plans.clone()).await;
+    let create = || {
+        let body = br#"{"name":"retried"}"#;
+        env.admin
+            .signed("POST", "/usageplans", Some("application/json"), body)
+    };
+
+    let first = env.admin.send(create()).await;
+    let message = assert_error(&first, 503, "ServiceUnavailableException");
+    assert!(message.contains("holds on this replica"), "{message}");
+    let retry = env.admin.send(create()).await;
+    let message = assert_error(&retry, 503, "ServiceUnavailableException");
+    assert!(
+        message.contains("nothing was changed by this request")
+            && message.contains("a change an earlier request made holds on this replica"),
+        "{message}"
+    );
+    assert_eq!(
+        plans.usage_plans().len(),
+        1,
+        "the first attempt's plan holds"
+    );
+
+    // Shared again (a change whose check passes: a deletion of a plan
+    // that does not exist), then refused again: nothing unconfirmed is
+    // left to mention.
+    checks.store(0, Ordering::SeqCst);
+    let missing = env
+        .admin
+        .send(env.admin.signed("DELETE", "/usageplans/none", None, b""))
+        .await;
+    assert_eq!(missing.0, StatusCode::NOT_FOUND);
+    let refused = env.admin.send(create()).await;
+    let message = assert_error(&refused, 503, "ServiceUnavailableException");
+    assert!(!message.contains("earlier"), "{message}");
+}

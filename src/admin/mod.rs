@@ -41,6 +41,7 @@ mod wire;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::SystemTime;
@@ -103,6 +104,9 @@ struct Inner {
     regions: Vec<String>,
     /// UpdateUsage takes `add /remaining` (see [`AdminService::with_top_ups`]).
     top_ups: bool,
+    /// A change made here that the other replicas could not be reached to
+    /// confirm, not shared since: the next refusal says so.
+    unconfirmed: Arc<AtomicBool>,
 }
 
 impl AdminService {
@@ -126,6 +130,7 @@ impl AdminService {
                 credentials,
                 regions: Vec::new(),
                 top_ups: false,
+                unconfirmed: Arc::default(),
             }),
         }
     }
@@ -282,18 +287,32 @@ impl Inner {
             // With replicas, a change is made only while they can be
             // reached: a 503 then changed nothing, so an SDK's retry of it
             // (botocore retries 503s) cannot create a plan or key twice.
+            // That retry's answer is the one the caller sees: it says
+            // whether an earlier attempt's change holds here unconfirmed.
             self.plans.replicated().await.map_err(|e| {
+                let earlier = match self.unconfirmed.load(Ordering::Acquire) {
+                    true => {
+                        "; a change an earlier request made holds on this replica, not yet \
+                         confirmed by the others"
+                    }
+                    false => "",
+                };
                 AwsError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "ServiceUnavailableException",
-                    format!("The other replicas could not be reached; nothing was changed: {e}"),
+                    format!(
+                        "The other replicas could not be reached; nothing was changed by this \
+                         request{earlier}: {e}"
+                    ),
                 )
             })?;
+            self.unconfirmed.store(false, Ordering::Release);
         }
         let answer = ops::dispatch(&parts.method, &segments, call).await?;
         if changes {
             // A change is answered once every replica enforces it.
             self.plans.replicated().await.map_err(|e| {
+                self.unconfirmed.store(true, Ordering::Release);
                 AwsError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "ServiceUnavailableException",
