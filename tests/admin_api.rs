@@ -1375,7 +1375,7 @@ async fn a_refused_retry_says_an_earlier_unconfirmed_change_holds() {
     let message = assert_error(&retry, 503, "ServiceUnavailableException");
     assert!(
         message.contains("nothing was changed by this request")
-            && message.contains("a change an earlier request made holds on this replica"),
+            && message.contains("holds on this replica, not yet confirmed"),
         "{message}"
     );
     assert_eq!(

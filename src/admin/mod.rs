@@ -292,8 +292,9 @@ impl Inner {
             self.plans.replicated().await.map_err(|e| {
                 let earlier = match self.unconfirmed.load(Ordering::Acquire) {
                     true => {
-                        "; a change an earlier request made holds on this replica, not yet \
-                         confirmed by the others"
+                        "; a change an earlier request made (this one's first attempt, or \
+                         another caller's) holds on this replica, not yet confirmed by the \
+                         others"
                     }
                     false => "",
                 };
@@ -308,7 +309,14 @@ impl Inner {
             })?;
             self.unconfirmed.store(false, Ordering::Release);
         }
-        let answer = ops::dispatch(&parts.method, &segments, call).await?;
+        let answer = ops::dispatch(&parts.method, &segments, call)
+            .await
+            .inspect_err(|e| {
+                // A change that failed on the way (a 5xx) may hold in part.
+                if changes && e.status.is_server_error() {
+                    self.unconfirmed.store(true, Ordering::Release);
+                }
+            })?;
         if changes {
             // A change is answered once every replica enforces it.
             self.plans.replicated().await.map_err(|e| {

@@ -30,6 +30,11 @@ use crate::prehashed::Prehashed;
 /// A quota period as Redis stores it: kind, start and end (Unix seconds).
 pub(crate) type Period = (QuotaPeriod, i64, i64);
 
+/// How long after putting back for a restore a replica takes that
+/// restore's marker as known (see [`Recovery::put_back_under`]): the
+/// restores of one loss end within seconds of each other.
+const PUT_BACK_LATELY: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// How long a restore's note (see [`Recovery::begin_restore`]) outlives
 /// a replica that died while putting counters back.
 const RESTORE_NOTE_SECS: u64 = 600;
@@ -153,7 +158,7 @@ struct Known {
     /// again, the counters made since the loss came back as put back
     /// first, in a new range of epochs the other replica's copy does not
     /// follow: a later UpdateUsage raced by a loss admitted 40 of 58.)
-    put_back_under: std::collections::VecDeque<Arc<str>>,
+    put_back_under: std::collections::VecDeque<(Arc<str>, std::time::Instant)>,
 }
 
 /// What a call (on one server) tells Redis, so that Redis rolled back is
@@ -255,7 +260,7 @@ impl Recovery {
                     Marker::Known
                 }
             }
-            (Some(_), Some(current)) if known.put_back_under.iter().any(|m| **m == *current) => {
+            (Some(_), Some(current)) if known.put_back_lately(&current) => {
                 known.adopt(&self.replica, current);
                 Marker::Known
             }
@@ -448,12 +453,12 @@ impl Recovery {
     /// This replica put back what it saw for the restore that sets
     /// `marker` (unless another restore of the same loss sets its own).
     pub(crate) fn put_back_under(&self, marker: &str) {
-        const KEPT: usize = 4;
         let mut known = self.known.lock();
-        if known.put_back_under.len() == KEPT {
-            known.put_back_under.pop_front();
-        }
-        known.put_back_under.push_back(marker.into());
+        let now = std::time::Instant::now();
+        known
+            .put_back_under
+            .retain(|(_, at)| now.duration_since(*at) < PUT_BACK_LATELY);
+        known.put_back_under.push_back((marker.into(), now));
     }
 
     /// Holds other recoveries of this replica off.
@@ -514,6 +519,15 @@ impl Recovery {
 }
 
 impl Known {
+    /// Whether this replica put back for a restore that sets `marker`,
+    /// lately: one of the same loss. (Any earlier one: Redis back with
+    /// older data under an old marker would be taken for known.)
+    fn put_back_lately(&self, marker: &str) -> bool {
+        self.put_back_under
+            .iter()
+            .any(|(put, at)| **put == *marker && at.elapsed() < PUT_BACK_LATELY)
+    }
+
     /// Knows `marker` from now on: a new one counts answers anew, in a
     /// field of its own (`replica`'s).
     fn adopt(&mut self, replica: &str, marker: String) {

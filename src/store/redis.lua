@@ -214,6 +214,9 @@ end
 -- applied: the replica drops the stale data and every replica puts back
 -- what it saw, as after a loss. Without a marker Redis lost its data: a
 -- decision refuses (4), and the replicas put back what they saw first.
+-- UpdateUsage ("set", "add") and "forget" are refused alike, answering
+-- the code alone ({4}, {6}; {3} for "set" and "add" on a counter the
+-- replica saw that is gone), and sent again once it is put back.
 -- A "decides" call reads the count with its record of the replica's calls
 -- (see "decides"), and writes both back once (one command fewer than an
 -- HINCRBY, a read and a write).
@@ -1309,11 +1312,11 @@ if op == 'restore' then
     local base, base_era = tonumber(r[1]) or 0, tonumber(r[2])
     local era = math.floor(seen_epoch / 4294967296)
     local in_copy = math.min(tonumber(ARGV[29]) or 0, seen_used)
-    local mine = seen_used
+    local mine, own_in_copy = seen_used, 0
     if base_era and era < base_era then
       base = math.max(base - (tonumber(r[3]) or 0), 0)
     elseif base_era and era > base_era then
-      mine, own = seen_used - in_copy, own + in_copy
+      mine, own_in_copy = seen_used - in_copy, in_copy
     end
     local raised = 0
     if mine > base then
@@ -1325,26 +1328,27 @@ if op == 'restore' then
     -- the leases out before it as used: a copy of a later epoch counts the
     -- older leases whole, and what their holders say they admitted with
     -- them is in it already ('oe': the latest epoch whose holders' own
-    -- units were added, 'oo': how many). (Added all the same, an
-    -- UpdateUsage raced by a loss kept up to all it set from being
-    -- admitted: 0 of 21 in a test.)
+    -- units were added, 'oo': how many, beyond what 'rb' holds). (Added
+    -- all the same, an UpdateUsage raced by a loss kept up to all it set
+    -- from being admitted: 0 of 21 in a test.) The part of a copy its
+    -- own earlier restore added is not a lease's: it stays as above.
     local o = redis.call('HMGET', k, 'oe', 'oo')
     local own_epoch, own_added = tonumber(o[1]), tonumber(o[2]) or 0
     if own_epoch and math.floor(own_epoch / 4294967296) == era then
       if seen_epoch < own_epoch then
         own = 0
-      elseif seen_epoch > own_epoch then
-        local counted = math.min(own_added, raised)
-        used = used - counted
-        own_epoch, own_added = seen_epoch, 0
-        redis.call('HSET', k, 'used', used)
-      end
-      if own > 0 then
-        redis.call('HSET', k, 'oe', own_epoch, 'oo', own_added + own)
+      else
+        if seen_epoch > own_epoch then
+          used = used - math.min(own_added, raised)
+          own_added = 0
+          redis.call('HSET', k, 'used', used)
+        end
+        redis.call('HSET', k, 'oe', seen_epoch, 'oo', own_added + own)
       end
     elseif not own_epoch or era > math.floor(own_epoch / 4294967296) then
       redis.call('HSET', k, 'oe', seen_epoch, 'oo', own)
     end
+    own = own + own_in_copy
     -- Today's record of admitted requests (GetUsage's used count) as the
     -- copy last heard it (ARGV[17] its day, ARGV[19] its count), beyond
     -- the largest one put back ('rt', "<day>:<count>"), as for 'rb'.

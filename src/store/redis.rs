@@ -2027,7 +2027,7 @@ impl Change<'_> {
         args: &mut Args,
         op: &str,
     ) -> redis::RedisResult<(redis::Value, tokio::sync::RwLockReadGuard<'_, ()>)> {
-        for _ in 0..=RECOVERIES_PER_DECISION {
+        for attempt in 0..=RECOVERIES_PER_DECISION {
             let in_flight = self.recovery.in_flight.read().await;
             let watch = self.recovery.watch_on(connection);
             let answer: redis::Value = connection
@@ -2046,17 +2046,30 @@ impl Change<'_> {
                 }
                 _ => None,
             };
-            let Some(code) = refused else {
-                return Ok((answer, in_flight));
+            let code = match refused {
+                None => return Ok((answer, in_flight)),
+                Some(code @ (3 | 4)) => code,
+                Some(code) if code == ROLLED_BACK as u8 => code,
+                Some(code) => {
+                    return Err(redis::RedisError::from((
+                        redis::ErrorKind::Client,
+                        "an answer of an unknown shape",
+                        format!("{op}: {code}"),
+                    )))
+                }
             };
             drop(in_flight);
+            if attempt == RECOVERIES_PER_DECISION {
+                break;
+            }
             let found = Found {
                 code,
                 watch: watch.as_ref(),
                 counter: self.counter,
             };
-            args.known =
-                put_back_for(self.recovery, self.control, connection, self.script, found).await?;
+            if !put_back_for(self.recovery, self.control, connection, self.script, found).await? {
+                args.known = false;
+            }
         }
         Err(redis::RedisError::from((
             redis::ErrorKind::Client,

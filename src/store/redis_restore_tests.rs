@@ -379,6 +379,17 @@ async fn what_a_lease_admitted_before_an_update_usage_counts_once() {
             if update_first { "first" } else { "second" }
         );
     }
+    // A third copy of the later epoch that saw 20 more, put back last: the
+    // lease's 30 are taken off once, not again from its 20. (They were,
+    // with the first fix: 1,100.)
+    flush(&mut connection).await;
+    let leasing = leasing_replica_that_saw(&counter, 100, 30);
+    let updating = replica_that_saw_an_update(&counter, 1_100, 1_150);
+    let later = replica_that_saw_an_update(&counter, 1_120, 1_150);
+    for replica in [&leasing, &updating, &later] {
+        restore(replica, &mut connection).await;
+    }
+    assert_eq!(used_in_redis(&mut connection, &counter).await, 1_120);
 }
 
 #[tokio::test]
