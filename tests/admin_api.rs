@@ -1397,3 +1397,74 @@ async fn a_refused_retry_says_an_earlier_unconfirmed_change_holds() {
     let message = assert_error(&refused, 503, "ServiceUnavailableException");
     assert!(!message.contains("earlier"), "{message}");
 }
+
+/// While the other replicas cannot be reached, bad input is still told as
+/// such (400, 404), not as a 503 that a retry cannot mend; a good change
+/// gets the 503 and is not made. (Validation ran only after the check: a
+/// `/remaining` of `abc` was a 503 after 1-2 s with Redis down.)
+#[tokio::test]
+async fn bad_input_is_told_as_such_while_the_replicas_cannot_be_reached() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use tower_usage_plans::store::StoreFuture;
+    use tower_usage_plans::{Error, ErrorKind};
+
+    let plans = UsagePlans::new();
+    let reachable = Arc::new(AtomicBool::new(true));
+    let replicate = {
+        let reachable = reachable.clone();
+        move || {
+            StoreFuture::ready(match reachable.load(Ordering::SeqCst) {
+                true => Ok(()),
+                false => Err(Error::new(ErrorKind::Store, "Redis is down")),
+            })
+        }
+    };
+    plans.set_replication(Some(Arc::new(replicate)));
+    let env = env_with(plans.clone()).await;
+    let (plan, key) = metered(&env, daily_quota(100), V1).await;
+    reachable.store(false, Ordering::SeqCst);
+    let update = |key_id: &str, value: &str| {
+        let body = json!({"patchOperations": [
+            {"op": "replace", "path": "/remaining", "value": value}
+        ]});
+        env.admin.signed(
+            "PATCH",
+            &format!("/usageplans/{}/keys/{key_id}/usage", id(&plan)),
+            Some("application/json"),
+            body.to_string().as_bytes(),
+        )
+    };
+
+    let bad = env.admin.send(update(id(&key), "abc")).await;
+    assert_error(&bad, 400, "BadRequestException");
+    let unknown = env.admin.send(update("nokey", "5")).await;
+    assert_error(&unknown, 404, "NotFoundException");
+    let broken = env
+        .admin
+        .send(
+            env.admin
+                .signed("POST", "/usageplans", Some("application/json"), b"{"),
+        )
+        .await;
+    assert_error(&broken, 400, "BadRequestException");
+    let good = env.admin.send(update(id(&key), "5")).await;
+    assert_error(&good, 503, "ServiceUnavailableException");
+    // Not made: the key still has its whole quota.
+    reachable.store(true, Ordering::SeqCst);
+    let today = jiff::Timestamp::now()
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .date();
+    let path = format!(
+        "/usageplans/{}/usage?keyId={}&startDate={today}&endDate={today}",
+        id(&plan),
+        id(&key)
+    );
+    let usage = env
+        .admin
+        .send(env.admin.signed("GET", &path, None, b""))
+        .await;
+    assert_eq!(usage.0, StatusCode::OK, "{}", usage.2);
+    assert_eq!(usage.2["values"][id(&key)], json!([[0, 100]]));
+    assert_eq!(plans.usage_plans().len(), 1);
+}

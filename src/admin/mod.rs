@@ -289,7 +289,17 @@ impl Inner {
             // (botocore retries 503s) cannot create a plan or key twice.
             // That retry's answer is the one the caller sees: it says
             // whether an earlier attempt's change holds here unconfirmed.
-            self.plans.replicated().await.map_err(|e| {
+            if let Err(e) = self.plans.replicated().await {
+                // Bad input is told as such all the same (not as a 503 that
+                // a retry cannot mend): the call is tried on a copy of the
+                // registry, and a 4xx it gets is the answer.
+                let query = wire::Query::parse(parts.uri.query());
+                if let Some(refused) = self
+                    .refusal_of(&parts.method, &segments, query, &body)
+                    .await
+                {
+                    return Err(refused);
+                }
                 let earlier = match self.unconfirmed.load(Ordering::Acquire) {
                     true => {
                         "; a change an earlier request made (this one's first attempt, or \
@@ -298,15 +308,15 @@ impl Inner {
                     }
                     false => "",
                 };
-                AwsError::new(
+                return Err(AwsError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "ServiceUnavailableException",
                     format!(
                         "The other replicas could not be reached; nothing was changed by this \
                          request{earlier}: {e}"
                     ),
-                )
-            })?;
+                ));
+            }
             self.unconfirmed.store(false, Ordering::Release);
         }
         let answer = ops::dispatch(&parts.method, &segments, call)
@@ -332,6 +342,29 @@ impl Inner {
             })?;
         }
         Ok(answer)
+    }
+
+    /// The 4xx a change would get (bad input, an unknown id, a conflict),
+    /// found by making it on a copy of the registry, which is then
+    /// dropped; `None` if it would be made.
+    async fn refusal_of(
+        &self,
+        method: &http::Method,
+        segments: &[String],
+        query: wire::Query,
+        body: &[u8],
+    ) -> Option<AwsError> {
+        let copy = self.plans.detached_copy().ok()?;
+        let call = ops::Call {
+            plans: &copy,
+            top_ups: self.top_ups,
+            query,
+            body,
+        };
+        match ops::dispatch(method, segments, call).await {
+            Err(refused) if refused.status.is_client_error() => Some(refused),
+            _ => None,
+        }
     }
 }
 

@@ -75,6 +75,17 @@ pub struct KeySnapshot {
 }
 
 impl UsagePlans {
+    /// A copy of the registry on its own (same clock and key storage,
+    /// counters in memory, no replication) to try a change on: the admin
+    /// API tells bad input this way while the replicas cannot be reached.
+    pub(crate) fn detached_copy(&self) -> Result<UsagePlans> {
+        let mut builder = UsagePlans::builder().with_hash_only(self.inner.hash_only);
+        builder.clock = self.inner.clock.clone();
+        let copy = builder.build();
+        copy.restore(self.snapshot())?;
+        Ok(copy)
+    }
+
     /// A copy of every plan, key and association.
     ///
     /// ```
