@@ -78,6 +78,7 @@ impl UsagePlans {
     /// A copy of the registry on its own (same clock and key storage,
     /// counters in memory, no replication) to try a change on: the admin
     /// API tells bad input this way while the replicas cannot be reached.
+    #[cfg(feature = "admin")]
     pub(crate) fn detached_copy(&self) -> Result<UsagePlans> {
         let mut builder = UsagePlans::builder().with_hash_only(self.inner.hash_only);
         builder.clock = self.inner.clock.clone();
