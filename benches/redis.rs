@@ -3,7 +3,8 @@
 //! runtime, 1,000 keys, against a `redis-server` this bench starts on a free
 //! port (Debian's `redis-server` must be installed). Then the same 1,000
 //! keys over their quota, refused: by the in-memory store, and by Redis
-//! once a second per key (the replica remembers a spent quota).
+//! once a second per key (the replica remembers a spent quota). Then a
+//! plan with a throttle and no quota, both stores.
 //!
 //! `cargo bench --features redis --bench redis`
 
@@ -22,7 +23,7 @@ mod redis_server;
 #[path = "support.rs"]
 mod support;
 use redis_server::Redis;
-use support::{plans, plans_with_quota, KEYS};
+use support::{plans, plans_throttle_only, plans_with_quota, KEYS};
 
 const IN_FLIGHT: u64 = 32;
 
@@ -74,7 +75,7 @@ fn stores(c: &mut Criterion) {
     let url = server.url();
     // Built inside the runtime: the stores start their control listeners
     // there, and leases are taken once the replica hears the channel.
-    let (plain, leased, spent) = runtime.block_on(async {
+    let (plain, leased, spent, throttle_only) = runtime.block_on(async {
         let plain = RedisStore::connect(&url)
             .await
             .unwrap()
@@ -100,7 +101,11 @@ fn stores(c: &mut Criterion) {
             .await
             .unwrap()
             .with_prefix("spent:");
-        (plain, leased, spent)
+        let throttle_only = RedisStore::connect(&url)
+            .await
+            .unwrap()
+            .with_prefix("throttle:");
+        (plain, leased, spent, throttle_only)
     });
     let memory = UsagePlanLayer::new(plans(Arc::new(MemoryStore::new()), &values));
     let redis = UsagePlanLayer::new(plans(Arc::new(plain), &values));
@@ -109,6 +114,9 @@ fn stores(c: &mut Criterion) {
     let memory_spent =
         UsagePlanLayer::new(plans_with_quota(Arc::new(MemoryStore::new()), &values, 0));
     let redis_spent = UsagePlanLayer::new(plans_with_quota(Arc::new(spent), &values, 0));
+    let memory_throttle =
+        UsagePlanLayer::new(plans_throttle_only(Arc::new(MemoryStore::new()), &values));
+    let redis_throttle = UsagePlanLayer::new(plans_throttle_only(Arc::new(throttle_only), &values));
 
     let mut group = c.benchmark_group("store");
     group.bench_function("memory", |b| {
@@ -127,6 +135,13 @@ fn stores(c: &mut Criterion) {
     });
     group.bench_function("redis_spent", |b| {
         b.iter_custom(|iters| run(&runtime, &redis_spent, &values, iters, 429))
+    });
+    // A throttle without a quota: every request decided in Redis.
+    group.bench_function("memory_throttle", |b| {
+        b.iter_custom(|iters| run(&runtime, &memory_throttle, &values, iters, 200))
+    });
+    group.bench_function("redis_throttle", |b| {
+        b.iter_custom(|iters| run(&runtime, &redis_throttle, &values, iters, 200))
     });
     group.finish();
 }

@@ -31,14 +31,25 @@ pub fn plans(store: Arc<dyn CounterStore>, values: &[String]) -> UsagePlans {
 
 /// One plan with every key in it and a monthly quota of `limit`.
 pub fn plans_with_quota(store: Arc<dyn CounterStore>, values: &[String], limit: u64) -> UsagePlans {
+    let plan = NewUsagePlan::new("bench")
+        .with_throttle(throttle())
+        .with_quota(Quota::new(limit, QuotaPeriod::Month));
+    plans_of(store, values, plan)
+}
+
+/// One plan with every key in it, a throttle and no quota.
+pub fn plans_throttle_only(store: Arc<dyn CounterStore>, values: &[String]) -> UsagePlans {
+    plans_of(
+        store,
+        values,
+        NewUsagePlan::new("bench").with_throttle(throttle()),
+    )
+}
+
+/// `plan`, with every key in it, counted in `store`.
+fn plans_of(store: Arc<dyn CounterStore>, values: &[String], plan: NewUsagePlan) -> UsagePlans {
     let plans = UsagePlans::builder().with_store(store).build();
-    let plan = plans
-        .create_usage_plan(
-            NewUsagePlan::new("bench")
-                .with_throttle(throttle())
-                .with_quota(Quota::new(limit, QuotaPeriod::Month)),
-        )
-        .expect("valid plan");
+    let plan = plans.create_usage_plan(plan).expect("valid plan");
     for value in values {
         let key = plans
             .create_api_key(NewApiKey::new("k").with_value(value).with_enabled(true))

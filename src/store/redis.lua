@@ -408,7 +408,8 @@ if op == 'reports' then
 end
 -- fast report: end
 -- A decision, the common case: the counter's quota period is the stored
--- one, today's record started, no reclaim due. One read and one write of
+-- one (or, for a throttle without a quota, the counter has no period),
+-- today's record started, no reclaim due. One read and one write of
 -- the counter's hash do exactly what the rest of the script does for it
 -- (the checks, refill, verdict and record; src/store/redis_script_tests.rs
 -- runs both on the same calls), but the EXPIRE: the call that started
@@ -424,16 +425,24 @@ local function fast_decide()
   local du, dr = 'd:' .. day .. ':u', 'd:' .. day .. ':r'
   local f = redis.call('HMGET', k, 'pk', 'pe', 'used', 'allow', 'leased', 'kt', 'hx', 'ep', 'ps',
     'rf', du, bf .. ':t', bf .. ':u', bf .. ':l')
-  if kind == '' or f[1] ~= kind or not (f[2] and now < num(f[2]) and f[11])
-      or (f[7] and now_us >= num(f[7])) then
+  -- A throttle without a quota: none of the quota's fields count (the
+  -- general path reads none), and a counter with a period counts its
+  -- requests in it there.
+  local metered = kind ~= ''
+  if not f[11] or (f[7] and now_us >= num(f[7]))
+      or (metered and (f[1] ~= kind or not (f[2] and now < num(f[2]))))
+      or (not metered and (bf == '' or f[1])) then
     return nil
   end
-  local epoch, used, allow = num(f[8]) or 0, num(f[3]) or 0, num(f[4])
-  local leased, kept_total = num(f[5]) or 0, num(f[6]) or 0
+  local epoch, used, allow, leased, kept_total = num(f[8]) or 0, 0, nil, 0, 0
+  if metered then
+    used, allow = num(f[3]) or 0, num(f[4])
+    leased, kept_total = num(f[5]) or 0, num(f[6]) or 0
+  end
   if (num(copy_epoch) or 0) > 0 and copy_ahead(f[8], f[9], f[3], f[5], f[10], f[6]) then
     return { 6, '0', 0, 0, 0, 0, 0, -1, 0, 0, 0, { 0, -1, -1 } }
   end
-  local remaining = math.max((allow or plimit) - used, 0)
+  local remaining = metered and math.max((allow or plimit) - used, 0) or 0
   local tokens, updated, writes = 0, now_us_s, {}
   local verdict = 0
   if bf ~= '' then
@@ -450,7 +459,7 @@ local function fast_decide()
     tokens = math.min(tokens, cap)
     if tokens < 1 then
       verdict = 1
-    elseif remaining < 1 then
+    elseif metered and remaining < 1 then
       verdict = 2
     else
       tokens = tokens - 1
@@ -470,13 +479,15 @@ local function fast_decide()
   used, remaining = used + 1, math.max(remaining - 1, 0)
   local today_used = num(f[11]) + 1
   local n = #writes
-  writes[n + 1], writes[n + 2] = 'used', used
-  writes[n + 3], writes[n + 4] = du, today_used
-  writes[n + 5], writes[n + 6] = dr, remaining + leased
-  if not f[5] then
-    -- (The general path writes it: 0.)
-    writes[n + 7], writes[n + 8] = 'leased', 0
+  writes[n + 1], writes[n + 2] = du, today_used
+  if metered then
+    writes[n + 3], writes[n + 4] = 'used', used
+    if not f[5] then
+      -- (The general path writes it: 0.)
+      writes[n + 5], writes[n + 6] = 'leased', 0
+    end
   end
+  writes[#writes + 1], writes[#writes + 2] = dr, remaining + leased
   redis.call('HSET', k, unpack(writes))
   return { 0, shown, remaining, 0, 0, epoch, used, allow or -1, 0, 0, leased,
     { kept_total, -1, today_used } }

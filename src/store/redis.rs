@@ -1798,9 +1798,9 @@ struct DecideCall<'a> {
 }
 
 impl DecideCall<'_> {
-    /// The call with `args`: a `"decide"` with a quota goes in a
-    /// `"decides"` call on one server, or alone when the script hands it
-    /// back (not the common decision, which has a quota); `watch` becomes
+    /// The call with `args`: a `"decide"` (of a quota, a throttle or both)
+    /// goes in a `"decides"` call on one server, or alone when the script
+    /// hands it back (not the common decision); `watch` becomes
     /// the one the answer came under (`None` on a cluster).
     async fn run(
         &self,
@@ -1819,8 +1819,8 @@ impl DecideCall<'_> {
             },
             timeout: self.timeout,
         };
-        let together =
-            op == "decide" && args.period.is_some() && matches!(connection, Connection::Single(_));
+        let limited = args.period.is_some() || !args.bucket.is_empty();
+        let together = op == "decide" && limited && matches!(connection, Connection::Single(_));
         within(self.timeout, async {
             if together {
                 let decided = self.decides.decide(

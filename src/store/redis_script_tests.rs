@@ -1,5 +1,5 @@
 //! `redis.lua`'s fast paths (a lease's report, a lease renewed, a decision
-//! among many) do what the
+//! among many, with a quota or a throttle alone) do what the
 //! rest of the script does for them: the same calls, made by the script as
 //! shipped and by the script with those paths cut out, each on a counter of
 //! its own, must answer alike and leave the two counters alike, field for
@@ -737,6 +737,63 @@ async fn decisions_made_together_do_what_each_does_alone() {
     // record set the counter's, which outlives the history kept.
     let ttl: i64 = three.connection.ttl(&three.keys[0]).await.unwrap();
     assert!(ttl > 100 * DAY_SECS, "{ttl} s");
+}
+
+/// A decision at `ms` of `twins`' counter by a plan with the bucket and no
+/// quota; `known`: the replica saw the counter before.
+fn throttle_only(twins: &Twins, ms: i64, known: bool) -> Args {
+    let at = twins.start + jiff::SignedDuration::from_millis(ms);
+    let mut args = Args::new(UnixNanos::from(at), None);
+    throttled(&mut args);
+    args.known = known;
+    args
+}
+
+#[tokio::test]
+async fn a_throttle_without_a_quota_decided_together_does_what_it_does_alone() {
+    let server = redis_server::Redis::start();
+    let mut one = Twins::start(&server, "throttle-one", 1).await;
+    let mut two = Twins::start(&server, "throttle-two", 1).await;
+    let mut metered = Twins::start(&server, "throttle-metered", 1_000_000).await;
+
+    // A counter never decided goes alone (it starts today's record).
+    let (a, b) = (throttle_only(&one, 0, false), throttle_only(&two, 1, false));
+    let together = decisions_together(&mut [(&mut one, a), (&mut two, b)], "first").await;
+    assert_eq!(together, [(false, 0), (false, 0)]);
+
+    // Then together, beside a decision with a quota: admitted, whatever
+    // the twins' quota (1) says, as it is not the plan's.
+    metered.first_decision().await;
+    for round in 0..3 {
+        let ms = 10 + round * 10;
+        let (a, b, c) = (
+            throttle_only(&one, ms, true),
+            throttle_only(&two, ms + 1, true),
+            decision(&metered, ms + 2),
+        );
+        let together = decisions_together(
+            &mut [(&mut one, a), (&mut metered, c), (&mut two, b)],
+            &format!("round {round}"),
+        )
+        .await;
+        assert_eq!(together, [(true, 0), (true, 0), (true, 0)], "round {round}");
+    }
+
+    // Throttled (1): a bucket of one emptied.
+    let mut empty = throttle_only(&one, 100, true);
+    (empty.burst, empty.rate) = (1, 0.001);
+    let mut next = empty.clone();
+    next.now_us += 1;
+    let together = decisions_together(&mut [(&mut one, empty)], "bucket of one").await;
+    assert_eq!(together, [(true, 0)]);
+    let together = decisions_together(&mut [(&mut one, next)], "bucket emptied").await;
+    assert_eq!(together, [(true, 1)]);
+
+    // A counter with a quota period (its plan had a quota) counts each
+    // request in it: handed back, nothing written.
+    let unmetered = throttle_only(&metered, 200, true);
+    let together = decisions_together(&mut [(&mut metered, unmetered)], "had a quota").await;
+    assert_eq!(together, [(false, 0)]);
 }
 
 /// Redis's answer to the settle of call `id` (watched as `decided_together`).
