@@ -7,9 +7,11 @@
 //! came back from the other side's older copy.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::registry::MergeBase;
 use crate::RegistrySnapshot;
 
 /// How many ancestors a shared registry names (its own id first).
@@ -42,11 +44,31 @@ pub(crate) struct LineageOnly {
     pub(crate) lineage: Vec<u64>,
 }
 
+/// A registry a replica published or took in, as it keeps it: its
+/// lineage, and what a merge against it needs (not the registry itself).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Base {
+    /// The lineage of the registry (its own id first).
+    pub(crate) lineage: Vec<u64>,
+    /// The registry as the base of a three-way merge.
+    pub(crate) merge: Arc<MergeBase>,
+}
+
+impl Base {
+    /// `shared`, kept as a base.
+    pub(crate) fn of(shared: &Shared) -> Self {
+        Self {
+            lineage: shared.lineage.clone(),
+            merge: Arc::new(MergeBase::of(&shared.registry)),
+        }
+    }
+}
+
 impl Shared {
     /// The base of what a replica publishes after merging its registry
     /// (built on `local`) with `self`: this registry, named as built on
     /// both sides (each side's newest ids first).
-    pub(crate) fn merged_with(mut self, local: &Shared) -> Self {
+    pub(crate) fn merged_with(mut self, local: &Base) -> Self {
         let mut lineage: Vec<u64> = self.lineage.iter().copied().take(MERGED).collect();
         for id in local.lineage.iter().take(MERGED) {
             if !lineage.contains(id) {
@@ -59,7 +81,7 @@ impl Shared {
 
     /// `registry`, to be published over `base`: a new id, then `base`'s
     /// lineage.
-    pub(crate) fn built_on(base: &Shared, registry: RegistrySnapshot) -> Self {
+    pub(crate) fn built_on(base: &Base, registry: RegistrySnapshot) -> Self {
         let id = rand::random::<u64>();
         let lineage = std::iter::once(id)
             .chain(base.lineage.iter().copied())
@@ -69,34 +91,35 @@ impl Shared {
     }
 }
 
-/// The registries a replica held lately (published or taken in), by id.
+/// The registries a replica held lately (published or taken in), by id,
+/// each as a merge's base.
 #[derive(Debug, Default)]
 pub(crate) struct Known {
-    held: VecDeque<(u64, RegistrySnapshot)>,
+    held: VecDeque<(u64, Arc<MergeBase>)>,
 }
 
 impl Known {
-    /// Remembers `shared` (one without an id cannot be named, and is not;
+    /// Remembers `base` (one without an id cannot be named, and is not;
     /// one held already is not twice).
-    pub(crate) fn held(&mut self, shared: &Shared) {
-        let Some(&id) = shared.lineage.first() else {
+    pub(crate) fn held(&mut self, base: &Base) {
+        let Some(&id) = base.lineage.first() else {
             return;
         };
         if self.held.iter().any(|(held, _)| *held == id) {
             return;
         }
         self.held.truncate(KEPT - 1);
-        self.held.push_front((id, shared.registry.clone()));
+        self.held.push_front((id, base.merge.clone()));
     }
 
     /// The latest registry `lineage` comes from that this replica held:
     /// everything this replica holds now comes from it too.
-    pub(crate) fn common_ancestor(&self, lineage: &[u64]) -> Option<&RegistrySnapshot> {
+    pub(crate) fn common_ancestor(&self, lineage: &[u64]) -> Option<&MergeBase> {
         lineage.iter().find_map(|id| {
             self.held
                 .iter()
                 .find(|(held, _)| held == id)
-                .map(|(_, registry)| registry)
+                .map(|(_, base)| base.as_ref())
         })
     }
 }
@@ -117,15 +140,18 @@ mod tests {
     #[test]
     fn the_latest_ancestor_held_is_found_through_registries_never_seen() {
         let mut known = Known::default();
-        let first = Shared::built_on(&Shared::default(), registry_with(&["a"]));
-        known.held(&first);
+        let first = Shared::built_on(&Base::of(&Shared::default()), registry_with(&["a"]));
+        known.held(&Base::of(&first));
         // Two publishes by others this replica never took in.
-        let unseen = Shared::built_on(&first, registry_with(&["a", "b"]));
-        let found = Shared::built_on(&unseen, registry_with(&["a", "b", "c"]));
+        let unseen = Shared::built_on(&Base::of(&first), registry_with(&["a", "b"]));
+        let found = Shared::built_on(&Base::of(&unseen), registry_with(&["a", "b", "c"]));
         assert_eq!(found.lineage.len(), 3);
-        assert_eq!(known.common_ancestor(&found.lineage), Some(&first.registry));
+        assert_eq!(
+            known.common_ancestor(&found.lineage),
+            Some(&MergeBase::of(&first.registry))
+        );
         // A registry of unknown origin (another lineage, or none) has none.
-        let other = Shared::built_on(&Shared::default(), registry_with(&["a"]));
+        let other = Shared::built_on(&Base::of(&Shared::default()), registry_with(&["a"]));
         assert_eq!(known.common_ancestor(&other.lineage), None);
         assert_eq!(known.common_ancestor(&[]), None);
     }
@@ -133,11 +159,12 @@ mod tests {
     #[test]
     fn a_registry_published_after_a_merge_names_both_sides() {
         let mut known = Known::default();
-        let old = Shared::built_on(&Shared::default(), registry_with(&["a"]));
-        let local = Shared::built_on(&old, registry_with(&["a", "b"]));
-        known.held(&local);
-        let remote = Shared::built_on(&old, registry_with(&["c"]));
-        let merged = Shared::built_on(&remote.clone().merged_with(&local), registry_with(&[]));
+        let old = Shared::built_on(&Base::of(&Shared::default()), registry_with(&["a"]));
+        let local = Shared::built_on(&Base::of(&old), registry_with(&["a", "b"]));
+        known.held(&Base::of(&local));
+        let remote = Shared::built_on(&Base::of(&old), registry_with(&["c"]));
+        let merged_base = Base::of(&remote.clone().merged_with(&Base::of(&local)));
+        let merged = Shared::built_on(&merged_base, registry_with(&[]));
         // Both sides' ids, and their common ancestor once.
         assert_eq!(
             merged.lineage[1..],
@@ -146,7 +173,7 @@ mod tests {
         // A replica that held only the local side finds it.
         assert_eq!(
             known.common_ancestor(&merged.lineage),
-            Some(&local.registry)
+            Some(&MergeBase::of(&local.registry))
         );
     }
 
@@ -156,9 +183,9 @@ mod tests {
         let mut shared = Shared::default();
         let mut ids = Vec::new();
         for _ in 0..(LINEAGE + 4) {
-            shared = Shared::built_on(&shared, RegistrySnapshot::default());
+            shared = Shared::built_on(&Base::of(&shared), RegistrySnapshot::default());
             ids.push(shared.lineage[0]);
-            known.held(&shared);
+            known.held(&Base::of(&shared));
         }
         assert_eq!(shared.lineage.len(), LINEAGE);
         assert_eq!(known.held.len(), KEPT);
@@ -174,7 +201,7 @@ mod tests {
         let plain = serde_json::to_string(&registry).unwrap();
         let read: Shared = serde_json::from_str(&plain).unwrap();
         assert_eq!((read.registry, read.lineage), (registry.clone(), vec![]));
-        let shared = Shared::built_on(&Shared::default(), registry.clone());
+        let shared = Shared::built_on(&Base::of(&Shared::default()), registry.clone());
         let json = serde_json::to_string(&shared).unwrap();
         // A version without lineages reads it as a plain registry.
         let as_plain: RegistrySnapshot = serde_json::from_str(&json).unwrap();

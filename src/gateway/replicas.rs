@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use tokio::sync::Mutex;
 
-use super::lineage::{Known, LineageOnly, Shared};
+use super::lineage::{Base, Known, LineageOnly, Shared};
+use crate::registry::MergeBase;
 use crate::store::redis::Connection;
 use crate::store::{RedisStore, StoreFuture};
 use crate::{Error, ErrorKind, RegistrySnapshot, UsagePlans};
@@ -213,7 +214,7 @@ pub(crate) struct Replica {
     /// The Redis version last published or restored.
     version: i64,
     /// The registry as of `version`: the base of three-way merges.
-    base: Shared,
+    base: Base,
     /// The registries this replica held lately: after Redis lost its data,
     /// the base of a merge with what Redis holds is the latest of them
     /// that registry comes from.
@@ -360,10 +361,10 @@ impl Replica {
             stage: stage.to_owned(),
             generation: plans.generation(),
             pending: false,
-            base: Shared {
+            base: Base::of(&Shared {
                 registry: plans.snapshot(),
                 lineage: Vec::new(),
-            },
+            }),
             known: Known::default(),
             lost: false,
             plans,
@@ -448,7 +449,7 @@ impl Replica {
         self.generation = generation;
         self.pending = false;
         self.version = version;
-        self.took_in(shared);
+        self.took_in(&shared);
         Ok(true)
     }
 
@@ -486,9 +487,9 @@ impl Replica {
     }
 
     /// `shared` is what Redis holds now, and the base of the next merge.
-    fn took_in(&mut self, shared: Shared) {
-        self.known.held(&shared);
-        self.base = shared;
+    fn took_in(&mut self, shared: &Shared) {
+        self.base = Base::of(shared);
+        self.known.held(&self.base);
         self.lost = false;
     }
 
@@ -555,13 +556,13 @@ impl Replica {
         }
         let remote: Shared =
             serde_json::from_str(&json).map_err(failed("shared registry is corrupt"))?;
-        let empty = RegistrySnapshot::default();
+        let empty = MergeBase::default();
         let base = if self.lost {
             self.known
                 .common_ancestor(&remote.lineage)
                 .unwrap_or(&empty)
         } else {
-            &self.base.registry
+            &self.base.merge
         };
         // An admin write here while merging would be overwritten by the
         // restore: then merge again, with it.
@@ -589,7 +590,7 @@ impl Replica {
             true => remote.merged_with(&self.base),
             false => remote,
         };
-        self.took_in(remote);
+        self.took_in(&remote);
         tracing::info!(
             version,
             merged = changed_here,

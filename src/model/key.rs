@@ -38,7 +38,7 @@ pub(crate) const MAX_NAME_LEN: usize = 1024;
 /// assert_eq!(key.value.as_deref(), Some("alice-key-0123456789abcdef"));
 /// assert!(key.enabled);
 /// ```
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 #[non_exhaustive]
 pub struct ApiKey {

@@ -2,79 +2,136 @@
 //! gateway's replica sync: a replica that changed something locally while
 //! another published keeps both sides' changes).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+
+use serde::Serialize;
 
 use super::{PlanSnapshot, RegistrySnapshot};
 use crate::model::UsagePlan;
+
+/// What a three-way merge needs of its base, a fraction of the registry's
+/// size (a replica remembers several bases): by id, a fingerprint of each
+/// key and of each plan's settings, and each plan's members. (Ids and
+/// records are hashed: 64 bits each, so two that differ read as alike
+/// about once in 2^64.)
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(crate) struct MergeBase {
+    keys: HashMap<u64, u64>,
+    plans: HashMap<u64, (u64, HashSet<u64>)>,
+}
+
+impl MergeBase {
+    /// The base of a merge against `registry`.
+    pub(crate) fn of(registry: &RegistrySnapshot) -> Self {
+        let keys = registry
+            .keys
+            .iter()
+            .map(|k| (hash_of(&k.key.id), hash_of(k)))
+            .collect();
+        let plans = registry
+            .plans
+            .iter()
+            .map(|p| {
+                let members = p.keys.iter().map(|id| hash_of(id.as_str())).collect();
+                (hash_of(&p.plan.id), (fingerprint(&body(p)), members))
+            })
+            .collect();
+        Self { keys, plans }
+    }
+}
 
 impl RegistrySnapshot {
     /// Three-way merge of registries: per plan and per key, a side that
     /// changed it since `base` wins, local first; a plan's members merge
     /// set-wise (both sides' additions kept, both sides' removals applied);
     /// members that no longer exist are dropped.
-    pub(crate) fn merge(base: &Self, local: &Self, remote: &Self) -> Self {
+    pub(crate) fn merge(base: &MergeBase, local: &Self, remote: &Self) -> Self {
         three_way(base, local, remote)
     }
 }
 
 /// A plan's settings, without its members.
-fn body(plan: Option<&PlanSnapshot>) -> Option<(&UsagePlan, i64)> {
-    plan.map(|p| (&p.plan, p.created))
+fn body(plan: &PlanSnapshot) -> (&UsagePlan, i64) {
+    (&plan.plan, plan.created)
 }
 
-/// [`RegistrySnapshot::merge`].
+/// A hash of `value` (64 bits: see [`MergeBase`]).
+fn hash_of(value: &(impl Hash + ?Sized)) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    value.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// A hash of `record` as serialized (a plan's settings hold numbers that
+/// are not `Hash`).
+fn fingerprint(record: &impl Serialize) -> u64 {
+    /// Bytes written into a hasher.
+    struct Hashing(DefaultHasher);
+    impl std::io::Write for Hashing {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.write(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut hashing = Hashing(DefaultHasher::new());
+    serde_json::to_writer(&mut hashing, record).expect("a registry record serializes");
+    hashing.0.finish()
+}
+
+/// [`RegistrySnapshot::merge`]. (An id only the base has was deleted on
+/// both sides: it is in no result, so only the sides' ids are walked.)
 fn three_way(
-    base: &RegistrySnapshot,
+    base: &MergeBase,
     local: &RegistrySnapshot,
     remote: &RegistrySnapshot,
 ) -> RegistrySnapshot {
-    fn pick<'a, T: PartialEq>(
-        base: Option<&'a T>,
-        local: Option<&'a T>,
-        remote: Option<&'a T>,
-    ) -> Option<&'a T> {
-        if local != base {
-            local
-        } else {
-            remote
-        }
-    }
     fn by_id<T>(items: &[T], id: impl Fn(&T) -> &str) -> BTreeMap<&str, &T> {
         items.iter().map(|item| (id(item), item)).collect()
     }
-    /// Every id any of the three sides has.
-    fn all_ids<'a, T>(sides: [&BTreeMap<&'a str, T>; 3]) -> BTreeSet<&'a str> {
+    /// A side's members of a plan.
+    fn members(plan: Option<&PlanSnapshot>) -> BTreeSet<&str> {
+        plan.map(|p| p.keys.iter().map(String::as_str).collect())
+            .unwrap_or_default()
+    }
+    /// Every id either side has.
+    fn both_ids<'a, T>(sides: [&BTreeMap<&'a str, T>; 2]) -> BTreeSet<&'a str> {
         sides.iter().flat_map(|side| side.keys().copied()).collect()
     }
 
-    let (bk, lk, rk) = (
-        by_id(&base.keys, |k| &k.key.id),
+    let (lk, rk) = (
         by_id(&local.keys, |k| &k.key.id),
         by_id(&remote.keys, |k| &k.key.id),
     );
-    let keys: Vec<_> = all_ids([&bk, &lk, &rk])
+    let keys: Vec<_> = both_ids([&lk, &rk])
         .iter()
         .filter_map(|id| {
-            pick(
-                bk.get(id).copied(),
-                lk.get(id).copied(),
-                rk.get(id).copied(),
-            )
+            // The local side if it changed the key since the base, else
+            // the remote side.
+            let local = lk.get(id).copied();
+            let base = base.keys.get(&hash_of(id)).copied();
+            match local.map(hash_of) != base {
+                true => local,
+                false => rk.get(id).copied(),
+            }
             .cloned()
         })
         .collect();
     let live: BTreeSet<&str> = keys.iter().map(|k| k.key.id.as_str()).collect();
 
-    let (bp, lp, rp) = (
-        by_id(&base.plans, |p| &p.plan.id),
+    let (lp, rp) = (
         by_id(&local.plans, |p| &p.plan.id),
         by_id(&remote.plans, |p| &p.plan.id),
     );
-    let plans = all_ids([&bp, &lp, &rp])
+    let plans = both_ids([&lp, &rp])
         .iter()
         .filter_map(|id| {
             let (b, l, r) = (
-                bp.get(id).copied(),
+                base.plans.get(&hash_of(id)),
                 lp.get(id).copied(),
                 rp.get(id).copied(),
             );
@@ -89,31 +146,22 @@ fn three_way(
             }
             // Its settings: the side that changed them, local first; its
             // members: below, set-wise.
+            let base_body = b.map(|(body, _)| *body);
             let mut plan = match (l, r) {
-                (Some(l), _) if body(Some(l)) != body(b) => l.clone(),
+                (Some(l), _) if Some(fingerprint(&body(l))) != base_body => l.clone(),
                 (_, Some(r)) => r.clone(),
                 (Some(l), None) => l.clone(),
                 (None, None) => return None,
             };
-            let members = |p: Option<&PlanSnapshot>| -> BTreeSet<String> {
-                p.map(|p| p.keys.iter().cloned().collect())
-                    .unwrap_or_default()
-            };
-            let (bm, lm, rm) = (members(b), members(l), members(r));
-            let added: BTreeSet<String> = lm
-                .difference(&bm)
-                .chain(rm.difference(&bm))
-                .cloned()
-                .collect();
-            let removed: BTreeSet<String> = bm
-                .difference(&lm)
-                .chain(bm.difference(&rm))
-                .cloned()
-                .collect();
-            plan.keys = bm
-                .union(&added)
-                .filter(|k| !removed.contains(*k) && live.contains(k.as_str()))
-                .cloned()
+            // A member of the base stays if both sides kept it; one either
+            // side added stays; either way, only if the key still exists.
+            let (lm, rm) = (members(l), members(r));
+            let in_base = |id: &str| b.is_some_and(|(_, members)| members.contains(&hash_of(id)));
+            plan.keys = lm
+                .union(&rm)
+                .filter(|id| !in_base(id) || (lm.contains(*id) && rm.contains(*id)))
+                .filter(|id| live.contains(*id))
+                .map(|id| id.to_string())
                 .collect();
             Some(plan)
         })
@@ -163,7 +211,7 @@ mod tests {
         let result = UsagePlans::new();
         result
             .restore(RegistrySnapshot::merge(
-                &origin.snapshot(),
+                &MergeBase::of(&origin.snapshot()),
                 &local.snapshot(),
                 &remote.snapshot(),
             ))

@@ -20,6 +20,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use lookup::PlanRuntime;
 pub(crate) use lookup::{digest, Binding, KeyDigest, KeyRoute, Stage};
+#[cfg(feature = "gateway")]
+pub(crate) use merge::MergeBase;
 use routes::{RouteId, Routes};
 pub use snapshot::{KeySnapshot, PlanSnapshot, RegistrySnapshot};
 

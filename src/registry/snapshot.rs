@@ -66,7 +66,7 @@ pub struct PlanSnapshot {
 /// assert_eq!(saved.key, key);
 /// assert_eq!(saved.digest.len(), 64); // hex SHA-256
 /// ```
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct KeySnapshot {
     /// The key (without value in hash-only mode).
     pub key: ApiKey,
