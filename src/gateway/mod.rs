@@ -23,7 +23,6 @@ mod current;
 mod edge;
 mod error;
 mod first_frame;
-mod frame_budget;
 mod grpc;
 mod health;
 mod lineage;
@@ -1006,10 +1005,7 @@ async fn serve<S, B>(
                 write_limit,
                 phase,
             };
-            // An HTTP/2 client's frames that carry no request are counted
-            // (inside TLS, where they are).
             let Some(tls) = tls else {
-                let stream = frame_budget::FrameBudget::new(stream);
                 let connection =
                     builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                 return drive(connection, |c| c.graceful_shutdown(), watched).await;
@@ -1034,7 +1030,6 @@ async fn serve<S, B>(
                 },
                 _ = watched.phase.changed() => return,
             };
-            let stream = frame_budget::FrameBudget::new(stream);
             let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             drive(connection, |c| c.graceful_shutdown(), watched).await;
         });
