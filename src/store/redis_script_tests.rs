@@ -432,10 +432,8 @@ async fn a_reclaimed_lease_given_back_late_returns_its_unspent_tokens() {
         .renew(100, none, ((10_000, 400), true), None, "a lease")
         .await;
     assert_eq!(lease.tokens, 400, "{lease:?}");
-    let mut decision = twins.args(2_000);
-    throttled(&mut decision);
-    decision.known = true;
-    twins.call("decide", &decision, "reclaims").await;
+    let reclaiming = decision(&twins, 2_000);
+    twins.call("decide", &reclaiming, "reclaims").await;
     let bucket = |fields: &HashMap<String, String>| -> f64 { fields["b::t"].parse().unwrap() };
     let [after_reclaim, _] = twins.counters().await;
     assert!(bucket(&after_reclaim) < 700.0, "{after_reclaim:?}");
@@ -774,11 +772,11 @@ async fn decisions_made_together_do_what_each_does_alone() {
 /// A decision at `ms` of `twins`' counter by a plan with the bucket and no
 /// quota; `known`: the replica saw the counter before.
 fn throttle_only(twins: &Twins, ms: i64, known: bool) -> Args {
-    let at = twins.start + jiff::SignedDuration::from_millis(ms);
-    let mut args = Args::new(UnixNanos::from(at), None);
-    throttled(&mut args);
-    args.known = known;
-    args
+    Args {
+        period: None,
+        known,
+        ..decision(twins, ms)
+    }
 }
 
 #[tokio::test]
