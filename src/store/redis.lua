@@ -1193,12 +1193,7 @@ if op == 'settle' then
   end
 end
 
--- The unspent tokens of the lease given back go back in the bucket, up
--- to its cap. Of a reclaimed lease too: its holder was alive (a stalled
--- Redis, a slow replica) and spent none past the lease's expiry, and the
--- reclaim only stopped counting them against the burst; kept out, a
--- stall of Redis longer than a lease cost a throttle-only key up to half
--- its bucket, refused as Too Many Requests until it refilled.
+-- A reclaimed lease's tokens come back with nothing: they expired.
 local ret_tokens = ret_t
 if op == 'return' or op == 'report' or op == 'settle' then
   -- A counter that is gone (forgotten, or lost with Redis's data) takes
@@ -1209,7 +1204,7 @@ if op == 'return' or op == 'report' or op == 'settle' then
     if reclaimed == 'behind' then
       return { 6 }
     elseif reclaimed then
-      answer = 1
+      ret_tokens, answer = 0, 1
     end
     if op ~= 'settle' then
       done_put(0, 0, 0, 0, 0, answer)
@@ -1228,8 +1223,11 @@ if op == 'return' or op == 'report' or op == 'settle' then
   return { answer }
 end
 if op == 'lease' then
-  if give_back() == 'behind' then
+  local reclaimed = give_back()
+  if reclaimed == 'behind' then
     return { 6, '0', 0, 0, 0, 0, 0, -1, 0, 0, 0, { 0, -1, -1 } }
+  elseif reclaimed then
+    ret_tokens = 0
   end
 end
 if op == 'decide' or op == 'lease' then

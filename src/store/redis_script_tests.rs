@@ -416,36 +416,6 @@ async fn a_renewal_with_a_reclaim_due_takes_the_fast_path_unless_one_is_reclaima
     assert!(!twins.fast, "a record to reclaim: handed on");
 }
 
-/// A lease whose holder was alive but late (Redis stalled past the lease's
-/// expiry and grace, and a decision reclaimed it first) gives its unspent
-/// tokens back to the bucket: they were never spent, and kept out, a
-/// throttle-only key was refused for minutes after a stall.
-#[tokio::test]
-async fn a_reclaimed_lease_given_back_late_returns_its_unspent_tokens() {
-    let server = redis_server::Redis::start();
-    let mut twins = Twins::start(&server, "late", 1_000_000).await;
-    let none = (Unspent::default(), 0);
-    twins.first_decision().await;
-    // A lease of 400 of the bucket's ~1,000 tokens, expired at 1,100 ms,
-    // reclaimable from 1,350 ms.
-    let (_, lease) = twins
-        .renew(100, none, ((10_000, 400), true), None, "a lease")
-        .await;
-    assert_eq!(lease.tokens, 400, "{lease:?}");
-    let reclaiming = decision(&twins, 2_000);
-    twins.call("decide", &reclaiming, "reclaims").await;
-    let bucket = |fields: &HashMap<String, String>| -> f64 { fields["b::t"].parse().unwrap() };
-    let [after_reclaim, _] = twins.counters().await;
-    assert!(bucket(&after_reclaim) < 700.0, "{after_reclaim:?}");
-    // Given back whole, none spent (no new slice asked): the request takes
-    // one, and the bucket is full again.
-    twins
-        .renew(2_100, (lease, 0), ((0, 0), true), None, "given back late")
-        .await;
-    let [given_back, _] = twins.counters().await;
-    assert!(bucket(&given_back) >= 998.0, "{given_back:?}");
-}
-
 #[tokio::test]
 async fn a_report_on_the_fast_path_does_what_the_general_path_does() {
     let server = redis_server::Redis::start();
