@@ -426,12 +426,12 @@ local function fast_decide()
   local f = redis.call('HMGET', k, 'pk', 'pe', 'used', 'allow', 'leased', 'kt', 'hx', 'ep', 'ps',
     'rf', du, bf .. ':t', bf .. ':u', bf .. ':l')
   -- A throttle without a quota: none of the quota's fields count (the
-  -- general path reads none), and a counter with a period counts its
-  -- requests in it there.
+  -- general path reads none), but for a counter with a period (its plan
+  -- had a quota), which counts the request in it.
   local metered = kind ~= ''
   if not f[11] or (f[7] and now_us >= num(f[7]))
       or (metered and (f[1] ~= kind or not (f[2] and now < num(f[2]))))
-      or (not metered and (bf == '' or f[1])) then
+      or (not metered and bf == '') then
     return nil
   end
   local epoch, used, allow, leased, kept_total = num(f[8]) or 0, 0, nil, 0, 0
@@ -486,6 +486,8 @@ local function fast_decide()
       -- (The general path writes it: 0.)
       writes[n + 5], writes[n + 6] = 'leased', 0
     end
+  elseif f[1] then
+    writes[n + 3], writes[n + 4] = 'used', (num(f[3]) or 0) + 1
   end
   writes[#writes + 1], writes[#writes + 2] = dr, remaining + leased
   redis.call('HSET', k, unpack(writes))

@@ -790,10 +790,13 @@ async fn a_throttle_without_a_quota_decided_together_does_what_it_does_alone() {
     assert_eq!(together, [(true, 1)]);
 
     // A counter with a quota period (its plan had a quota) counts each
-    // request in it: handed back, nothing written.
+    // request in it, together too.
+    let before = metered.counters().await[0]["used"].clone();
     let unmetered = throttle_only(&metered, 200, true);
     let together = decisions_together(&mut [(&mut metered, unmetered)], "had a quota").await;
-    assert_eq!(together, [(false, 0)]);
+    assert_eq!(together, [(true, 0)]);
+    let after = &metered.counters().await[0]["used"];
+    assert_eq!(after.parse::<u64>(), before.parse::<u64>().map(|n| n + 1));
 }
 
 /// Redis's answer to the settle of call `id` (watched as `decided_together`).
