@@ -867,6 +867,36 @@ local function unlease(n)
   end
 end
 
+-- Now by Redis's clock (µs): what a reclaim and a late give-back measure
+-- between them.
+local function redis_now_us()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+
+-- The tokens a lease given back after its reclaim puts back in the
+-- bucket: of its unspent ones (ret_t), what the bucket has not refilled
+-- since the reclaim (at the call's rate) of the room they held; none but
+-- after the reclaim of its own generation (not after Redis lost its
+-- data). Its holder was alive (a stalled Redis): whole, they were lost,
+-- and the key refused for minutes; given back whole, they would count
+-- twice with the refill, past the burst.
+local function late_tokens()
+  if ret_t <= 0 or rec_name == '' or bf == '' then
+    return 0
+  end
+  local field = 'hz' .. string.sub(rec_name, 2)
+  local g, left, at = string.match(redis.call('HGET', k, field) or '', '^(%d+):(%d+):(%d+)$')
+  if tonumber(g) ~= ret_gen then
+    return 0
+  end
+  local refilled = rate * (redis_now_us() - tonumber(at)) / 1e6
+  local back = math.floor(math.max(math.min(ret_t, tonumber(left)) - refilled, 0))
+  -- (Another lease of that generation shares what is left.)
+  redis.call('HSET', k, field, string.format('%s:%d:%s', g, tonumber(left) - back, at))
+  return back
+end
+
 -- Reclaims the leases whose holder neither gave them back nor can spend
 -- them any more (expired, plus the grace), once 'hx' says one may be due.
 local function reclaim()
@@ -890,6 +920,10 @@ local function reclaim()
             settle_bucket(b, r.r, r.b)
             redis.call('HSET', k, b .. ':l',
               math.max((tonumber(redis.call('HGET', k, b .. ':l')) or 0) - r.t, 0))
+            -- For a late give-back (see late_tokens): the generation, its
+            -- tokens and when, by Redis's clock.
+            redis.call('HSET', k, 'hz' .. string.sub(f, 2),
+              string.format('%d:%d:%d', r.g, r.t, redis_now_us()))
           end
           r.kk, r.pc = r.kk + kept, r.pc + r.u + r.t
           r.o, r.u, r.t = 0, 0, 0
@@ -941,7 +975,7 @@ local function start_day(d)
         if not at or at <= now - 60 then
           redis.call('HDEL', k, f)
         end
-      elseif prefix == 'hr:' then
+      elseif prefix == 'hr:' or prefix == 'hz:' then
         redis.call('HDEL', k, f)
       end
     end
@@ -1195,7 +1229,7 @@ if op == 'settle' then
   end
 end
 
--- A reclaimed lease's tokens come back with nothing: they expired.
+-- A reclaimed lease's tokens come back as late_tokens says.
 local ret_tokens = ret_t
 if op == 'return' or op == 'report' or op == 'settle' then
   -- A counter that is gone (forgotten, or lost with Redis's data) takes
@@ -1206,7 +1240,7 @@ if op == 'return' or op == 'report' or op == 'settle' then
     if reclaimed == 'behind' then
       return { 6 }
     elseif reclaimed then
-      ret_tokens, answer = 0, 1
+      ret_tokens, answer = late_tokens(), 1
     end
     if op ~= 'settle' then
       done_put(0, 0, 0, 0, 0, answer)
@@ -1229,7 +1263,7 @@ if op == 'lease' then
   if reclaimed == 'behind' then
     return { 6, '0', 0, 0, 0, 0, 0, -1, 0, 0, 0, { 0, -1, -1 } }
   elseif reclaimed then
-    ret_tokens = 0
+    ret_tokens = late_tokens()
   end
 end
 if op == 'decide' or op == 'lease' then

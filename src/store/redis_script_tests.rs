@@ -85,9 +85,7 @@ impl Twins {
             answers.push(answer);
         }
         assert_eq!(answers[0], answers[1], "{step}: the answers differ");
-        let fast: HashMap<String, String> = self.connection.hgetall(&self.keys[0]).await.unwrap();
-        let general: HashMap<String, String> =
-            self.connection.hgetall(&self.keys[1]).await.unwrap();
+        let [fast, general] = self.counters().await;
         assert_eq!(fast, general, "{step}: the counters differ");
         match answers.swap_remove(0) {
             redis::Value::Array(items) => items
@@ -161,11 +159,19 @@ impl Twins {
             .unwrap()
     }
 
-    /// Both counters, field for field.
+    /// Both counters, field for field (but when a reclaim was, by Redis's
+    /// clock, which differs from one call to the next).
     async fn counters(&mut self) -> [HashMap<String, String>; 2] {
-        let fast = self.connection.hgetall(&self.keys[0]).await.unwrap();
-        let general = self.connection.hgetall(&self.keys[1]).await.unwrap();
-        [fast, general]
+        let mut counters: [HashMap<String, String>; 2] = Default::default();
+        for (counter, key) in counters.iter_mut().zip(&self.keys) {
+            *counter = self.connection.hgetall(key).await.unwrap();
+            for (field, value) in counter.iter_mut() {
+                if field.starts_with("hz:") {
+                    value.truncate(value.rfind(':').unwrap_or(0));
+                }
+            }
+        }
+        counters
     }
 }
 
@@ -414,6 +420,60 @@ async fn a_renewal_with_a_reclaim_due_takes_the_fast_path_unless_one_is_reclaima
         )
         .await;
     assert!(!twins.fast, "a record to reclaim: handed on");
+}
+
+/// A lease whose holder was alive but late (Redis stalled past the lease's
+/// expiry and grace, and a decision reclaimed it first) gives back what
+/// the bucket has not refilled of its unspent tokens since the reclaim:
+/// right after it, nearly all (whole, they were lost, and a throttle-only
+/// key refused for minutes after a stall); long after, none (the refill
+/// holds them already: given back, they would pass the burst).
+#[tokio::test]
+async fn a_reclaimed_lease_given_back_late_returns_what_the_bucket_has_not_refilled() {
+    let server = redis_server::Redis::start();
+    let bucket = |fields: &HashMap<String, String>| -> f64 { fields["b::t"].parse().unwrap() };
+    for (ago_secs, full) in [(0, true), (1_000, false)] {
+        let mut twins = Twins::start(&server, &format!("late-{full}"), 1_000_000).await;
+        let none = (Unspent::default(), 0);
+        twins.first_decision().await;
+        // A lease of 400 of the bucket's ~1,000 tokens, expired at
+        // 1,100 ms, reclaimable from 1,350 ms.
+        let (_, lease) = twins
+            .renew(100, none, ((10_000, 400), true), None, "a lease")
+            .await;
+        assert_eq!(lease.tokens, 400, "{lease:?}");
+        twins
+            .call("decide", &decision(&twins, 2_000), "reclaims")
+            .await;
+        let [reclaimed, _] = twins.counters().await;
+        assert!(bucket(&reclaimed) < 700.0, "{reclaimed:?}");
+        // The reclaim as of `ago_secs` before, by Redis's clock (the
+        // bucket refills 7 tokens every 3 s: 2,333 in 1,000 s).
+        for key in &twins.keys {
+            let fields: HashMap<String, String> = twins.connection.hgetall(key).await.unwrap();
+            let (field, value) = fields
+                .iter()
+                .find(|(field, _)| field.starts_with("hz:"))
+                .expect("the reclaim's mark");
+            let (head, at) = value.rsplit_once(':').unwrap();
+            let at = at.parse::<i64>().unwrap() - ago_secs * 1_000_000;
+            let () = twins
+                .connection
+                .hset(key, field, format!("{head}:{at}"))
+                .await
+                .unwrap();
+        }
+        // Given back whole, none spent (no new slice asked): the request
+        // takes one token.
+        twins
+            .renew(2_100, (lease, 0), ((0, 0), true), None, "given back late")
+            .await;
+        let [given_back, _] = twins.counters().await;
+        match full {
+            true => assert!(bucket(&given_back) >= 997.0, "{given_back:?}"),
+            false => assert!(bucket(&given_back) < 700.0, "{given_back:?}"),
+        }
+    }
 }
 
 #[tokio::test]
