@@ -867,33 +867,32 @@ local function unlease(n)
   end
 end
 
--- Now by Redis's clock (µs): what a reclaim and a late give-back measure
--- between them.
-local function redis_now_us()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
-
 -- The tokens a lease given back after its reclaim puts back in the
 -- bucket: of its unspent ones (ret_t), what the bucket has not refilled
--- since the reclaim (at the call's rate) of the room they held; none but
--- after the reclaim of its own generation (not after Redis lost its
--- data). Its holder was alive (a stalled Redis): whole, they were lost,
--- and the key refused for minutes; given back whole, they would count
--- twice with the refill, past the burst.
+-- of the room they held since the reclaim. Measured in the bucket's own
+-- clock (its count's time, 'b:u', only moves on; refills are credited up
+-- to it, at the rate of the calls then): from the reclaim's to now's, at
+-- the rate it was reclaimed under; none if the rate is another (the
+-- refill's pace in between is not known), none but after the reclaim of
+-- the lease's own generation (not after Redis lost its data). Its holder
+-- was alive (a stalled Redis): written off, the tokens cost a throttled
+-- key minutes of refusals; given back whole, they would count twice with
+-- the refill, past the burst.
 local function late_tokens()
   if ret_t <= 0 or rec_name == '' or bf == '' then
     return 0
   end
   local field = 'hz' .. string.sub(rec_name, 2)
-  local g, left, at = string.match(redis.call('HGET', k, field) or '', '^(%d+):(%d+):(%d+)$')
-  if tonumber(g) ~= ret_gen then
+  local z = redis.call('HMGET', k, field, bf .. ':u')
+  local g, left, at, r = string.match(z[1] or '', '^(%d+):(%d+):([^:]+):(.+)$')
+  if tonumber(g) ~= ret_gen or r ~= tostring(rate) or not tonumber(z[2]) then
     return 0
   end
-  local refilled = rate * (redis_now_us() - tonumber(at)) / 1e6
-  local back = math.floor(math.max(math.min(ret_t, tonumber(left)) - refilled, 0))
+  local refilled = rate * math.max(tonumber(z[2]) - tonumber(at), 0) / 1e6
+  left = tonumber(left)
+  local back = math.floor(math.max(math.min(ret_t, left) - refilled, 0))
   -- (Another lease of that generation shares what is left.)
-  redis.call('HSET', k, field, string.format('%s:%d:%s', g, tonumber(left) - back, at))
+  redis.call('HSET', k, field, string.format('%s:%d:%s:%s', g, left - back, at, r))
   return back
 end
 
@@ -921,9 +920,12 @@ local function reclaim()
             redis.call('HSET', k, b .. ':l',
               math.max((tonumber(redis.call('HGET', k, b .. ':l')) or 0) - r.t, 0))
             -- For a late give-back (see late_tokens): the generation, its
-            -- tokens and when, by Redis's clock.
-            redis.call('HSET', k, 'hz' .. string.sub(f, 2),
-              string.format('%d:%d:%d', r.g, r.t, redis_now_us()))
+            -- tokens, the bucket's clock and rate.
+            local at = redis.call('HGET', k, b .. ':u')
+            if at then
+              redis.call('HSET', k, 'hz' .. string.sub(f, 2),
+                string.format('%d:%d:%s:%s', r.g, r.t, at, tostring(r.r)))
+            end
           end
           r.kk, r.pc = r.kk + kept, r.pc + r.u + r.t
           r.o, r.u, r.t = 0, 0, 0
@@ -1240,7 +1242,8 @@ if op == 'return' or op == 'report' or op == 'settle' then
     if reclaimed == 'behind' then
       return { 6 }
     elseif reclaimed then
-      ret_tokens, answer = late_tokens(), 1
+      -- (A report gives no tokens back: its lease's return does.)
+      ret_tokens, answer = op ~= 'report' and late_tokens() or 0, 1
     end
     if op ~= 'settle' then
       done_put(0, 0, 0, 0, 0, answer)

@@ -159,19 +159,11 @@ impl Twins {
             .unwrap()
     }
 
-    /// Both counters, field for field (but when a reclaim was, by Redis's
-    /// clock, which differs from one call to the next).
+    /// Both counters, field for field.
     async fn counters(&mut self) -> [HashMap<String, String>; 2] {
-        let mut counters: [HashMap<String, String>; 2] = Default::default();
-        for (counter, key) in counters.iter_mut().zip(&self.keys) {
-            *counter = self.connection.hgetall(key).await.unwrap();
-            for (field, value) in counter.iter_mut() {
-                if field.starts_with("hz:") {
-                    value.truncate(value.rfind(':').unwrap_or(0));
-                }
-            }
-        }
-        counters
+        let fast = self.connection.hgetall(&self.keys[0]).await.unwrap();
+        let general = self.connection.hgetall(&self.keys[1]).await.unwrap();
+        [fast, general]
     }
 }
 
@@ -424,16 +416,20 @@ async fn a_renewal_with_a_reclaim_due_takes_the_fast_path_unless_one_is_reclaima
 
 /// A lease whose holder was alive but late (Redis stalled past the lease's
 /// expiry and grace, and a decision reclaimed it first) gives back what
-/// the bucket has not refilled of its unspent tokens since the reclaim:
-/// right after it, nearly all (whole, they were lost, and a throttle-only
-/// key refused for minutes after a stall); long after, none (the refill
-/// holds them already: given back, they would pass the burst).
+/// the bucket has not refilled of its unspent tokens since the reclaim, by
+/// the bucket's own clock: right after it, all (written off, they cost a
+/// throttle-only key minutes of refusals after a stall); later, less the
+/// refill (given back whole, they would pass the burst); after a report
+/// (which gives none back) still, with the return.
 #[tokio::test]
 async fn a_reclaimed_lease_given_back_late_returns_what_the_bucket_has_not_refilled() {
     let server = redis_server::Redis::start();
     let bucket = |fields: &HashMap<String, String>| -> f64 { fields["b::t"].parse().unwrap() };
-    for (ago_secs, full) in [(0, true), (1_000, false)] {
-        let mut twins = Twins::start(&server, &format!("late-{full}"), 1_000_000).await;
+    // (When the bucket's clock is moved on before the give-back, a report
+    // first or not, and the tokens expected back.)
+    for (moved_to_ms, report_first, back) in [(None, false, 400.0), (Some(2_300), true, 399.0)] {
+        let name = format!("late-{moved_to_ms:?}");
+        let mut twins = Twins::start(&server, &name, 1_000_000).await;
         let none = (Unspent::default(), 0);
         twins.first_decision().await;
         // A lease of 400 of the bucket's ~1,000 tokens, expired at
@@ -445,34 +441,39 @@ async fn a_reclaimed_lease_given_back_late_returns_what_the_bucket_has_not_refil
         twins
             .call("decide", &decision(&twins, 2_000), "reclaims")
             .await;
-        let [reclaimed, _] = twins.counters().await;
-        assert!(bucket(&reclaimed) < 700.0, "{reclaimed:?}");
-        // The reclaim as of `ago_secs` before, by Redis's clock (the
-        // bucket refills 7 tokens every 3 s: 2,333 in 1,000 s).
-        for key in &twins.keys {
-            let fields: HashMap<String, String> = twins.connection.hgetall(key).await.unwrap();
-            let (field, value) = fields
-                .iter()
-                .find(|(field, _)| field.starts_with("hz:"))
-                .expect("the reclaim's mark");
-            let (head, at) = value.rsplit_once(':').unwrap();
-            let at = at.parse::<i64>().unwrap() - ago_secs * 1_000_000;
-            let () = twins
-                .connection
-                .hset(key, field, format!("{head}:{at}"))
-                .await
-                .unwrap();
+        let before = bucket(&twins.counters().await[0]);
+        assert!(before < 700.0, "{before}");
+        // Another request moves the bucket's clock on: 0.3 s refill at
+        // 7/3 a second, 0.7 tokens, are not given back.
+        let mut taken = 0.0;
+        if let Some(ms) = moved_to_ms {
+            twins
+                .call("decide", &decision(&twins, ms), "a refill")
+                .await;
+            taken = 1.0;
         }
-        // Given back whole, none spent (no new slice asked): the request
-        // takes one token.
-        twins
-            .renew(2_100, (lease, 0), ((0, 0), true), None, "given back late")
-            .await;
-        let [given_back, _] = twins.counters().await;
-        match full {
-            true => assert!(bucket(&given_back) >= 997.0, "{given_back:?}"),
-            false => assert!(bucket(&given_back) < 700.0, "{given_back:?}"),
+        let refilled = bucket(&twins.counters().await[0]) + taken - before;
+        if report_first {
+            let mut args = twins.report_args(2_350, lease, 0, NEW);
+            throttled(&mut args);
+            twins.call("report", &args, "a report of it").await;
         }
+        // Given back whole, none spent (no new slice asked, the request
+        // takes one token), as of its grant.
+        let mut args = twins.args(100);
+        throttled(&mut args);
+        args.known = true;
+        args.record = twins.record.into();
+        args.unspent = lease;
+        twins.calls += 1;
+        (args.call, args.oldest_open_call) = (twins.calls, twins.calls);
+        let before_return = bucket(&twins.counters().await[0]);
+        twins.call("return", &args, "given back late").await;
+        let returned = bucket(&twins.counters().await[0]) - before_return;
+        assert!(
+            (returned - back).abs() < 0.01,
+            "{name}: {returned} back, {refilled} refilled"
+        );
     }
 }
 
