@@ -968,7 +968,8 @@ local function start_day(d)
   -- records of calls of replicas gone (or idle) for a minute go, as do
   -- the marks of restores (a lease of the counter as it was comes back
   -- within seconds of one): each replica that ever leased the counter,
-  -- or restored it, left one.
+  -- or restored it, left one. So do the marks of reclaims whose tokens the
+  -- bucket has refilled since (late_tokens would give none back).
   if latest and d > latest then
     for _, f in ipairs(redis.call('HKEYS', k)) do
       local prefix = string.sub(f, 1, 3)
@@ -977,8 +978,15 @@ local function start_day(d)
         if not at or at <= now - 60 then
           redis.call('HDEL', k, f)
         end
-      elseif prefix == 'hr:' or prefix == 'hz:' then
+      elseif prefix == 'hr:' then
         redis.call('HDEL', k, f)
+      elseif prefix == 'hz:' then
+        local left, at, r = string.match(redis.call('HGET', k, f), '^%d+:(%d+):([^:]+):(.+)$')
+        local counted = tonumber(redis.call('HGET', k, 'b:' .. string.sub(f, 21) .. ':u'))
+        if not (left and counted and tonumber(r))
+            or tonumber(r) * (counted - tonumber(at)) / 1e6 >= tonumber(left) then
+          redis.call('HDEL', k, f)
+        end
       end
     end
   end
