@@ -361,10 +361,10 @@ impl Replica {
             stage: stage.to_owned(),
             generation: plans.generation(),
             pending: false,
-            base: Base::of(&Shared {
-                registry: plans.snapshot(),
+            base: Base {
                 lineage: Vec::new(),
-            }),
+                merge: MergeBase::of(&plans.snapshot()).into(),
+            },
             known: Known::default(),
             lost: false,
             plans,

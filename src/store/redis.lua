@@ -867,6 +867,19 @@ local function unlease(n)
   end
 end
 
+-- A reclaim's mark (see reclaim and late_tokens): its generation, the
+-- tokens left to give back, the bucket's count time then and its rate (as
+-- written), and what the bucket has refilled since, to its count time
+-- `counted`; nil when either is not there.
+local function reclaim_mark(mark, counted)
+  local g, left, at, r = string.match(mark or '', '^(%d+):(%d+):([^:]+):(.+)$')
+  if not (g and tonumber(counted) and tonumber(r)) then
+    return nil
+  end
+  local refilled = tonumber(r) * math.max(tonumber(counted) - tonumber(at), 0) / 1e6
+  return tonumber(g), tonumber(left), at, r, refilled
+end
+
 -- The tokens a lease given back after its reclaim puts back in the
 -- bucket: of its unspent ones (ret_t), what the bucket has not refilled
 -- of the room they held since the reclaim. Measured in the bucket's own
@@ -884,12 +897,10 @@ local function late_tokens()
   end
   local field = 'hz' .. string.sub(rec_name, 2)
   local z = redis.call('HMGET', k, field, bf .. ':u')
-  local g, left, at, r = string.match(z[1] or '', '^(%d+):(%d+):([^:]+):(.+)$')
-  if tonumber(g) ~= ret_gen or r ~= tostring(rate) or not tonumber(z[2]) then
+  local g, left, at, r, refilled = reclaim_mark(z[1], z[2])
+  if g ~= ret_gen or r ~= tostring(rate) then
     return 0
   end
-  local refilled = rate * math.max(tonumber(z[2]) - tonumber(at), 0) / 1e6
-  left = tonumber(left)
   local back = math.floor(math.max(math.min(ret_t, left) - refilled, 0))
   -- (Another lease of that generation shares what is left.)
   redis.call('HSET', k, field, string.format('%s:%d:%s:%s', g, left - back, at, r))
@@ -981,10 +992,9 @@ local function start_day(d)
       elseif prefix == 'hr:' then
         redis.call('HDEL', k, f)
       elseif prefix == 'hz:' then
-        local left, at, r = string.match(redis.call('HGET', k, f), '^%d+:(%d+):([^:]+):(.+)$')
-        local counted = tonumber(redis.call('HGET', k, 'b:' .. string.sub(f, 21) .. ':u'))
-        if not (left and counted and tonumber(r))
-            or tonumber(r) * (counted - tonumber(at)) / 1e6 >= tonumber(left) then
+        local mark = redis.call('HMGET', k, f, 'b:' .. string.sub(f, 21) .. ':u')
+        local _, left, _, _, refilled = reclaim_mark(mark[1], mark[2])
+        if not left or refilled >= left then
           redis.call('HDEL', k, f)
         end
       end

@@ -472,6 +472,17 @@ async fn a_reclaimed_lease_given_back_late_returns_what_the_bucket_has_not_refil
             (back - 1.0..=back).contains(&returned),
             "{name}: {returned} back"
         );
+        // The next day, the bucket has refilled their room many times
+        // over: the reclaim's mark goes.
+        let mark = |fields: &HashMap<String, String>| fields.keys().any(|f| f.starts_with("hz:"));
+        assert!(mark(&twins.counters().await[0]), "{name}: marked");
+        twins
+            .call("decide", &decision(&twins, 86_400_000), "the next day")
+            .await;
+        assert!(
+            !mark(&twins.counters().await[0]),
+            "{name}: the mark is gone"
+        );
     }
 }
 
