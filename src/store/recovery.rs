@@ -159,7 +159,22 @@ struct Known {
     /// first, in a new range of epochs the other replica's copy does not
     /// follow: a later UpdateUsage raced by a loss admitted 40 of 58.)
     put_back_under: std::collections::VecDeque<(Arc<str>, std::time::Instant)>,
+    /// The marker this replica last read in Redis as the current one.
+    read: Option<Arc<str>>,
+    /// The markers it read there before that one, the latest
+    /// [`RETIRED_MARKERS`]: one of them back in Redis means Redis went back
+    /// to data older than a restore (an RDB saved before it, loaded again
+    /// by a second restart), never a new restore. (Taken for a restore this
+    /// replica had put back for, the stale counters stood: 660,000 to
+    /// 1,060,000 admitted too many in a test.) Only markers read there: the
+    /// next marker another replica announces may never be set (two restores
+    /// of one loss, the other's marker set first).
+    retired: std::collections::VecDeque<Arc<str>>,
 }
+
+/// How many of its former markers a replica remembers (see
+/// [`Known::retired`]): one a loss, and losses are rare.
+const RETIRED_MARKERS: usize = 64;
 
 /// What a call (on one server) tells Redis, so that Redis rolled back is
 /// found: the marker the replica knew when it sent the call, its count's
@@ -184,7 +199,8 @@ pub(crate) enum Marker {
     /// Another one: Redis lost its data and a replica put a new one.
     Replaced(String),
     /// The one this replica knows, but Redis applied fewer of its calls
-    /// under it than it answered: Redis came back with older data.
+    /// under it than it answered; or one this replica knew before its
+    /// current one: Redis came back with older data.
     RolledBack(String),
 }
 
@@ -250,18 +266,20 @@ impl Recovery {
             (None, None) => Marker::Unset,
             (Some(_), None) => Marker::Missing,
             (None, Some(current)) => {
-                known.adopt(&self.replica, current);
+                known.adopt_read(&self.replica, current);
                 Marker::Known
             }
             (Some(marker), Some(current)) if marker == current => {
                 if *watch.marker == current && applied.unwrap_or(0) < watch.answered {
                     Marker::RolledBack(current)
                 } else {
+                    known.adopt_read(&self.replica, current);
                     Marker::Known
                 }
             }
+            (Some(_), Some(current)) if known.retired(&current) => Marker::RolledBack(current),
             (Some(_), Some(current)) if known.put_back_lately(&current) => {
-                known.adopt(&self.replica, current);
+                known.adopt_read(&self.replica, current);
                 Marker::Known
             }
             (Some(_), Some(current)) => Marker::Replaced(current),
@@ -370,7 +388,7 @@ impl Recovery {
                     .arg(&self.marker_key),
             )
             .await?;
-        self.known.lock().adopt(&self.replica, current);
+        self.known.lock().adopt_read(&self.replica, current);
         Ok(())
     }
 
@@ -417,7 +435,7 @@ impl Recovery {
             .await?;
         let finished = current.is_some();
         if let Some(current) = current {
-            self.adopt(current);
+            self.adopt_read(current);
         }
         Ok(finished)
     }
@@ -435,7 +453,7 @@ impl Recovery {
                 .query(redis::cmd("GET").arg(&self.marker_key))
                 .await?;
             if let Some(current) = current {
-                self.adopt(current);
+                self.adopt_read(current);
                 return Ok(true);
             }
             if tokio::time::Instant::now() >= deadline {
@@ -445,9 +463,15 @@ impl Recovery {
         }
     }
 
-    /// Adopts `marker`, set by the replica that finished a recovery.
+    /// Adopts `marker`, the one another replica announced it sets once
+    /// it finished a recovery.
     pub(crate) fn adopt(&self, marker: String) {
         self.known.lock().adopt(&self.replica, marker);
+    }
+
+    /// Adopts `marker`, read in Redis as the current one.
+    pub(crate) fn adopt_read(&self, marker: String) {
+        self.known.lock().adopt_read(&self.replica, marker);
     }
 
     /// This replica put back what it saw for the restore that sets
@@ -528,13 +552,39 @@ impl Known {
             .any(|(put, at)| **put == *marker && at.elapsed() < PUT_BACK_LATELY)
     }
 
+    /// Whether this replica read `marker` in Redis before the one it read
+    /// there last.
+    fn retired(&self, marker: &str) -> bool {
+        self.retired.iter().any(|retired| **retired == *marker)
+    }
+
     /// Knows `marker` from now on: a new one counts answers anew, in a
-    /// field of its own (`replica`'s).
+    /// field of its own (`replica`'s). A retired marker is not taken
+    /// again: Redis holding it went back to older data, which the next
+    /// call finds (see [`Recovery::marker`]).
     fn adopt(&mut self, replica: &str, marker: String) {
-        if self.marker.as_deref() != Some(marker.as_str()) {
-            self.field = format!("{replica}:{marker}").into();
-            self.marker = Some(marker.into());
-            self.answered = 0;
+        if self.marker.as_deref() == Some(marker.as_str()) || self.retired(&marker) {
+            return;
+        }
+        self.field = format!("{replica}:{marker}").into();
+        self.marker = Some(marker.into());
+        self.answered = 0;
+    }
+
+    /// As [`adopt`](Self::adopt), `marker` read in Redis as the current
+    /// one: the one read there before retires.
+    fn adopt_read(&mut self, replica: &str, marker: String) {
+        self.adopt(replica, marker);
+        let Some(current) = self.marker.clone() else {
+            return;
+        };
+        if let Some(former) = self.read.replace(current.clone()) {
+            if former != current {
+                if self.retired.len() == RETIRED_MARKERS {
+                    self.retired.pop_front();
+                }
+                self.retired.push_back(former);
+            }
         }
     }
 }
@@ -604,6 +654,17 @@ mod tests {
         // An answer to a call sent under the old marker counts no more.
         recovery.answered(&first);
         assert_eq!(recovery.watch().answered, 0);
+        // A marker read in Redis, then another: the first is not taken
+        // again (Redis holding it went back to older data).
+        recovery.adopt_read("m3".to_owned());
+        recovery.adopt_read("m4".to_owned());
+        recovery.adopt("m3".to_owned());
+        assert_eq!(recovery.known_marker().as_deref(), Some("m4"));
+        // An announced one was not read there: it does not retire.
+        recovery.adopt("m5".to_owned());
+        recovery.adopt_read("m6".to_owned());
+        recovery.adopt("m5".to_owned());
+        assert_eq!(recovery.known_marker().as_deref(), Some("m5"));
     }
 
     #[test]

@@ -228,7 +228,14 @@ if KEYS[3] then
   else
     applied = redis.call('HINCRBY', KEYS[3], ARGV[39], 1) - 1
   end
-  local short = applied < tonumber(ARGV[40])
+  -- The marker Redis holds (false: none), and the one the replica knows
+  -- (its field's end; '' before its first): another one there means
+  -- Redis went back to data older than the replica's latest restore (an
+  -- RDB saved before it), or a replica put it back since: refused alike,
+  -- the replica tells them apart.
+  local marker = redis.call('GET', KEYS[2])
+  local known = string.match(ARGV[39], ':(.*)$')
+  local short = applied < tonumber(ARGV[40]) or (marker and known ~= '' and marker ~= known)
   -- A replica whose own calls were not lost finds it too when its copy of
   -- this counter (ARGV[23], ARGV[25]: used less leased plus kept, and the
   -- epoch, in the period starting at ARGV[9]) saw more than the counter
@@ -242,14 +249,14 @@ if KEYS[3] then
     short = copy_ahead(q[4], q[5], q[1], q[2], q[3], q[6])
   end
   if op == 'decide' or op == 'lease' then
-    if redis.call('EXISTS', KEYS[2]) == 0 then
+    if not marker then
       return { 4, '0', 0, 0, 0, 0, 0, -1, 0, 0, 0, { 0, -1, -1 } }
     elseif short then
       return { 6, '0', 0, 0, 0, 0, 0, -1, 0, 0, 0, { 0, -1, -1 } }
     end
   elseif op == 'decides' then
     -- Every decision of the call refused alike.
-    local code = redis.call('EXISTS', KEYS[2]) == 0 and 4 or (short and 6)
+    local code = not marker and 4 or (short and 6)
     if code then
       redis.call('HSET', KEYS[3], ARGV[39], string.format('%d', applied + 1))
       local refused = {}
@@ -263,7 +270,7 @@ if KEYS[3] then
     -- replicas put it back: made on an emptied counter, it was lost under
     -- what they put back after it. The replica puts back first, then
     -- sends it again.
-    if redis.call('EXISTS', KEYS[2]) == 0 then
+    if not marker then
       return { 4 }
     elseif short then
       return { 6 }

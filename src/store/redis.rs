@@ -1936,7 +1936,7 @@ async fn recover(
         }
         Marker::Replaced(marker) => {
             restore_seen(recovery, connection, script).await?;
-            recovery.adopt(marker);
+            recovery.adopt_read(marker);
             Ok(true)
         }
         Marker::Missing => {
