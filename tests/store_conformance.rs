@@ -1098,7 +1098,9 @@ async fn lose_data_while_leasing(replicas: usize, losses: usize, apart: u64, how
         // restart (1 run in 10 or so): under-admission, not yet found.
         // Never one admission too many.
         const SHARE: u64 = 32_768;
-        let least = QUOTA - admitted - failed - SHARE * losses as u64;
+        // Three losses each time round, going back past a restore.
+        let per_round = if how == "BACK-PAST-A-RESTORE" { 3 } else { 1 };
+        let least = QUOTA - admitted - failed - SHARE * per_round * losses as u64;
         assert!(
             (least..=QUOTA - admitted).contains(&remaining),
             "{admitted} admitted, {failed} failed: {} counted twice",
@@ -1154,7 +1156,8 @@ async fn leasing_replicas_lose_nothing_when_redis_restarts_with_older_data() {
 /// loses its data and is put back again, then loads the save (three
 /// times): its marker is one the replicas moved on from, never a new
 /// restore's. (Taken for the latest restore they had put back for, the
-/// stale counters stood: 200,000-400,000 admitted too many.)
+/// stale counters stood: 870,000-1,060,000 admitted too many in 4 of 4
+/// runs.)
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leasing_replicas_lose_nothing_when_redis_goes_back_past_a_restore() {
@@ -1162,34 +1165,32 @@ async fn leasing_replicas_lose_nothing_when_redis_goes_back_past_a_restore() {
 }
 
 /// Empties Redis and returns the marker the replicas set once they put
-/// back what they saw (another than `before`).
+/// back what they saw (another than `before`, or than the one Redis held).
 #[cfg(feature = "redis")]
 async fn put_back_after_a_loss(
     raw: &mut redis::aio::MultiplexedConnection,
     prefix: &str,
     before: Option<String>,
 ) -> String {
-    let marker_key = format!("{prefix}{{ctl}}:marker");
+    let mut read = redis::cmd("GET");
+    read.arg(format!("{prefix}{{ctl}}:marker"));
     let before = match before {
-        Some(before) => before,
-        None => redis::cmd("GET")
-            .arg(&marker_key)
-            .query_async(raw)
-            .await
-            .unwrap(),
+        Some(before) => Some(before),
+        None => read.query_async(raw).await.unwrap(),
     };
     let _: redis::Value = redis::cmd("FLUSHALL").query_async(raw).await.unwrap();
-    loop {
-        let marker: Option<String> = redis::cmd("GET")
-            .arg(&marker_key)
-            .query_async(raw)
-            .await
-            .unwrap();
-        match marker {
-            Some(marker) if marker != before => return marker,
-            _ => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
+    let put_back = async {
+        loop {
+            let marker: Option<String> = read.query_async(raw).await.unwrap();
+            match marker {
+                Some(marker) if Some(&marker) != before.as_ref() => return marker,
+                _ => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
+            }
         }
-    }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), put_back)
+        .await
+        .expect("the replicas put back what they saw and set a new marker")
 }
 
 /// Without leases: one replica's decisions are lost in a rollback, the

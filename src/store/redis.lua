@@ -229,13 +229,13 @@ if KEYS[3] then
     applied = redis.call('HINCRBY', KEYS[3], ARGV[39], 1) - 1
   end
   -- The marker Redis holds (false: none), and the one the replica knows
-  -- (its field's end; '' before its first): another one there means
+  -- (its field's end; none before its first): another one there means
   -- Redis went back to data older than the replica's latest restore (an
   -- RDB saved before it), or a replica put it back since: refused alike,
   -- the replica tells them apart.
   local marker = redis.call('GET', KEYS[2])
-  local known = string.match(ARGV[39], ':(.*)$')
-  local short = applied < tonumber(ARGV[40]) or (marker and known ~= '' and marker ~= known)
+  local known = string.match(ARGV[39], ':(.+)$')
+  local short = applied < tonumber(ARGV[40]) or (marker and known and marker ~= known)
   -- A replica whose own calls were not lost finds it too when its copy of
   -- this counter (ARGV[23], ARGV[25]: used less leased plus kept, and the
   -- epoch, in the period starting at ARGV[9]) saw more than the counter
