@@ -165,8 +165,8 @@ struct Known {
     /// [`RETIRED_MARKERS`]: one of them back in Redis means Redis went back
     /// to data older than a restore (an RDB saved before it, loaded again
     /// by a second restart), never a new restore. (Taken for a restore this
-    /// replica had put back for, the stale counters stood: 660,000 to
-    /// 1,060,000 admitted too many in a test.) Only markers read there: the
+    /// replica had put back for, the stale counters stood: 870,000 to
+    /// 1,060,000 admitted too many in 4 of 4 runs of a test.) Only markers read there: the
     /// next marker another replica announces may never be set (two restores
     /// of one loss, the other's marker set first).
     retired: std::collections::VecDeque<Arc<str>>,
@@ -199,8 +199,9 @@ pub(crate) enum Marker {
     /// Another one: Redis lost its data and a replica put a new one.
     Replaced(String),
     /// The one this replica knows, but Redis applied fewer of its calls
-    /// under it than it answered; or one this replica knew before its
-    /// current one: Redis came back with older data.
+    /// under it than it answered; or one this replica read there before
+    /// the one it read last (see `Known::retired`): Redis came back with
+    /// older data.
     RolledBack(String),
 }
 
