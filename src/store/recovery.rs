@@ -151,6 +151,11 @@ struct Known {
     /// (`<replica>:<marker>`).
     field: Arc<str>,
     answered: u64,
+    /// The largest count of every replica's calls applied under the
+    /// marker this replica read in Redis (field `*:<marker>` of the writes
+    /// hash): fewer there means Redis went back, though it lost none of
+    /// this replica's own calls (see "Rollback" in redis.lua).
+    all: u64,
     /// The markers of the latest restores this replica put back for (its
     /// own and those other replicas announced): of two replicas that found
     /// the same loss at once, one sets its marker, and the other replica,
@@ -178,12 +183,28 @@ const RETIRED_MARKERS: usize = 64;
 
 /// What a call (on one server) tells Redis, so that Redis rolled back is
 /// found: the marker the replica knew when it sent the call, its count's
-/// field, and how many of its calls Redis had answered under it.
+/// field, how many of its calls Redis had answered under it, and how many
+/// of every replica's calls it had read applied there.
 #[derive(Debug, Clone)]
 pub(crate) struct Watch {
     pub(crate) marker: Arc<str>,
     pub(crate) field: Arc<str>,
     pub(crate) answered: u64,
+    /// Every replica's calls Redis had applied under the marker when this
+    /// replica last read their count.
+    pub(crate) all: u64,
+}
+
+impl Watch {
+    /// The field of the count of every replica's calls under the marker.
+    pub(crate) fn all_field(&self) -> String {
+        format!("*:{}", self.marker)
+    }
+
+    /// The call's `ARGV[40]`: `<answered>:<all>`.
+    pub(crate) fn counts(&self) -> String {
+        format!("{}:{}", self.answered, self.all)
+    }
 }
 
 /// What the marker says.
@@ -253,14 +274,17 @@ impl Recovery {
     pub(crate) async fn marker(&self, connection: &mut Connection) -> redis::RedisResult<Marker> {
         // Answered before the read: Redis applied at least as many.
         let watch = self.watch();
-        let (current, applied): (Option<String>, Option<u64>) = connection
+        let (current, applied, all): (Option<String>, Option<u64>, Option<u64>) = connection
             .pipeline(
                 redis::pipe()
                     .cmd("GET")
                     .arg(&self.marker_key)
                     .cmd("HGET")
                     .arg(&self.writes_key)
-                    .arg(&*watch.field),
+                    .arg(&*watch.field)
+                    .cmd("HGET")
+                    .arg(&self.writes_key)
+                    .arg(watch.all_field()),
             )
             .await?;
         let mut known = self.known.lock();
@@ -272,9 +296,15 @@ impl Recovery {
                 Marker::Known
             }
             (Some(marker), Some(current)) if marker == current => {
-                if *watch.marker == current && applied.unwrap_or(0) < watch.answered {
+                let all = all.unwrap_or(0);
+                if *watch.marker == current
+                    && (applied.unwrap_or(0) < watch.answered || all < watch.all)
+                {
                     Marker::RolledBack(current)
                 } else {
+                    if *watch.marker == current {
+                        known.all = known.all.max(all);
+                    }
                     known.adopt_read(&self.replica, current);
                     Marker::Known
                 }
@@ -316,6 +346,7 @@ impl Recovery {
             marker: known.marker.clone().unwrap_or_else(|| Arc::from("")),
             field: known.field.clone(),
             answered: known.answered,
+            all: known.all,
         }
     }
 
@@ -605,6 +636,7 @@ impl Known {
         self.field = format!("{replica}:{marker}").into();
         self.marker = Some(marker.into());
         self.answered = 0;
+        self.all = 0;
     }
 
     /// As [`adopt`](Self::adopt), `marker` read in Redis as the current

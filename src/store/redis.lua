@@ -94,7 +94,9 @@
 --          the latest epoch the replica's copy held,
 --          39-40 on one server (with KEYS[3]): the replica's count's field
 --          ("<replica>:<marker>", the marker it knows) and how many of its
---          calls under that marker Redis answered (see "Rollback" below);
+--          calls under that marker Redis answered, with how many of every
+--          replica's it last read applied ("<answered>:<all>", see
+--          "Rollback" below);
 --          there, 23 and 25 for other ops: the replica's copy of the counter
 --          in the period starting at ARGV[9] (epoch 0: none)
 --
@@ -217,25 +219,36 @@ end
 -- UpdateUsage ("set", "add") and "forget" are refused alike, answering
 -- the code alone ({4}, {6}; {3} for "set" and "add" on a counter the
 -- replica saw that is gone), and sent again once it is put back.
--- A "decides" call reads the count with its record of the replica's calls
--- (see "decides"), and writes both back once (one command fewer than an
+-- Redis counts every replica's calls under a marker too (field
+-- '*:<marker>'), and a replica reads that count on its rounds (ARGV[40]
+-- is "<answered>:<all read>"): fewer there finds Redis gone back though
+-- it lost none of this replica's calls. (Found only by the replicas whose
+-- calls were lost, one whose leases had made no call since the older
+-- data's time had its reports counted there, and lost to the put back:
+-- up to a lease's report over per rollback.)
+-- A "decides" call reads the counts with its record of the replica's calls
+-- (see "decides"), and writes them back once (one command fewer than an
 -- HINCRBY, a read and a write).
-local applied, decides_calls = 0, nil
+local applied, decides_calls, all, all_f = 0, nil, 0, nil
 if KEYS[3] then
+  -- The marker the replica knows: its field's end (none before its first).
+  local known = string.match(ARGV[39], ':(.+)$')
+  all_f = '*:' .. (known or '')
   if op == 'decides' then
-    local f = redis.call('HMGET', KEYS[3], ARGV[39], ARGV[39] .. ':d')
-    applied, decides_calls = tonumber(f[1]) or 0, f[2] or ''
+    local f = redis.call('HMGET', KEYS[3], ARGV[39], ARGV[39] .. ':d', all_f)
+    applied, decides_calls, all = tonumber(f[1]) or 0, f[2] or '', tonumber(f[3]) or 0
   else
     applied = redis.call('HINCRBY', KEYS[3], ARGV[39], 1) - 1
+    all = redis.call('HINCRBY', KEYS[3], all_f, 1) - 1
   end
-  -- The marker Redis holds (false: none), and the one the replica knows
-  -- (its field's end; none before its first): another one there means
-  -- Redis went back to data older than the replica's latest restore (an
-  -- RDB saved before it), or a replica put it back since: refused alike,
-  -- the replica tells them apart.
+  -- The marker Redis holds (false: none): another one than the replica
+  -- knows means Redis went back to data older than the replica's latest
+  -- restore (an RDB saved before it), or a replica put it back since:
+  -- refused alike, the replica tells them apart.
   local marker = redis.call('GET', KEYS[2])
-  local known = string.match(ARGV[39], ':(.+)$')
-  local short = applied < tonumber(ARGV[40]) or (marker and known and marker ~= known)
+  local answered, all_read = string.match(ARGV[40], '^(%d+):?(%d*)$')
+  local short = applied < tonumber(answered) or all < (tonumber(all_read) or 0)
+    or (marker and known and marker ~= known)
   -- A replica whose own calls were not lost finds it too when its copy of
   -- this counter (ARGV[23], ARGV[25]: used less leased plus kept, and the
   -- epoch, in the period starting at ARGV[9]) saw more than the counter
@@ -258,7 +271,8 @@ if KEYS[3] then
     -- Every decision of the call refused alike.
     local code = not marker and 4 or (short and 6)
     if code then
-      redis.call('HSET', KEYS[3], ARGV[39], string.format('%d', applied + 1))
+      redis.call('HSET', KEYS[3], ARGV[39], string.format('%d', applied + 1),
+        all_f, string.format('%d', all + 1))
       local refused = {}
       for i = 1, (#ARGV - 40) / 12 do
         refused[i] = { code, '0', 0, 0, 0, 0, 0, -1, 0, 0, 0, { 0, -1, -1 } }
@@ -521,8 +535,9 @@ end
 if op == 'decides' then
   local id, oldest = ARGV[35] + 0, ARGV[36] + 0
   local count, calls = string.format('%d', applied + 1), decides_calls
+  local all_count = string.format('%d', all + 1)
   if id > 0 and string.find(calls, ',' .. id .. ':', 1, true) then
-    redis.call('HSET', KEYS[3], ARGV[39], count)
+    redis.call('HSET', KEYS[3], ARGV[39], count, all_f, all_count)
     return {}
   end
   local answers, admitted = {}, {}
@@ -552,7 +567,7 @@ if op == 'decides' then
     kept[#kept + 1] = ',' .. id .. ':' .. table.concat(admitted, '.') .. ':' .. ARGV[3]
     calls = table.concat(kept)
   end
-  redis.call('HSET', KEYS[3], ARGV[39], count, ARGV[39] .. ':d', calls)
+  redis.call('HSET', KEYS[3], ARGV[39], count, ARGV[39] .. ':d', calls, all_f, all_count)
   return answers
 end
 -- fast decide: end

@@ -1186,7 +1186,7 @@ impl Args {
             .arg(self.report_on_its_way())
             .arg(self.epoch_floor);
         if let Some((_, watch)) = watched {
-            invocation.arg(&*watch.field).arg(watch.answered);
+            invocation.arg(&*watch.field).arg(watch.counts());
         }
         invocation
     }

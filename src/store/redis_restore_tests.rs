@@ -459,3 +459,38 @@ async fn a_marker_of_an_earlier_loss_is_redis_gone_back_even_if_the_later_was_on
     ));
     assert!(recovery.next_marker().starts_with("3-"));
 }
+
+#[tokio::test]
+async fn a_round_finds_redis_gone_back_by_every_replicas_count() {
+    let server = redis_server::Redis::start();
+    let mut connection = Connection::open(&server.url()).await.unwrap();
+    let recovery = Recovery::new("t:");
+    let set = |field: &str, value: &str| {
+        redis::cmd("HSET")
+            .arg("t:{ctl}:writes")
+            .arg(field)
+            .arg(value)
+            .clone()
+    };
+    let () = connection
+        .query(redis::cmd("SET").arg("t:{ctl}:marker").arg("1-a"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        recovery.marker(&mut connection).await.unwrap(),
+        Marker::Known
+    ));
+    // The replicas' calls under the marker: this one remembers the count.
+    let _: i64 = connection.query(&set("*:1-a", "10")).await.unwrap();
+    assert!(matches!(
+        recovery.marker(&mut connection).await.unwrap(),
+        Marker::Known
+    ));
+    assert_eq!(recovery.watch().all, 10);
+    // Fewer there, none of this replica's own calls lost: Redis went back.
+    let _: i64 = connection.query(&set("*:1-a", "4")).await.unwrap();
+    assert!(matches!(
+        recovery.marker(&mut connection).await.unwrap(),
+        Marker::RolledBack(marker) if marker == "1-a"
+    ));
+}

@@ -585,6 +585,7 @@ async fn sent_together(reports: &mut [(&mut Twins, Args)]) -> Vec<Vec<i64>> {
         marker: Arc::from("m"),
         field: Arc::from("replica:m"),
         answered: 0,
+        all: 0,
     };
     let batch: Vec<reports::Report> = reports
         .iter()
@@ -704,6 +705,7 @@ async fn decided_together(decisions: &mut [(&mut Twins, Args)]) -> Vec<redis::Va
         marker: Arc::from("m"),
         field: Arc::from("replica:m"),
         answered: 0,
+        all: 0,
     };
     let mut connection = decisions[0].0.connection.clone();
     let () = connection.set(&recovery.marker_key, "m").await.unwrap();
@@ -919,4 +921,56 @@ async fn an_unanswered_call_of_decisions_settles_to_what_it_admitted_or_to_nothi
         .unwrap();
     assert!(!calls.contains(",5:") && calls.contains(",6:v:"), "{calls}");
     assert!(calls.contains(",7:1:"), "{calls}");
+}
+
+/// A call names how many of every replica's calls under the marker its
+/// replica last read applied (`Watch::all`): Redis holding fewer went
+/// back, though it lost none of this replica's calls (the replicas whose
+/// calls it lost find it on their next call; meanwhile this one's reports
+/// were counted on the older data, and lost to the put back). Refused
+/// (6), as by a replica's own count.
+#[tokio::test]
+async fn a_call_finds_redis_gone_back_by_every_replicas_count() {
+    let server = redis_server::Redis::start();
+    let mut one = Twins::start(&server, "all-calls", 1_000_000).await;
+    one.first_decision().await;
+    let recovery = Recovery::new("t:");
+    let mut connection = one.connection.clone();
+    let () = connection.set(&recovery.marker_key, "m").await.unwrap();
+    // Other replicas' calls: Redis applied 10 under the marker.
+    let () = connection
+        .hset(&recovery.writes_key, "*:m", 10)
+        .await
+        .unwrap();
+    let mut decide = |ms: i64, all: u64| {
+        let args = decision(&one, ms);
+        let key = one.keys[0].clone();
+        let script = one.scripts[0].clone();
+        let (recovery, mut connection) = (&recovery, one.connection.clone());
+        async move {
+            let watch = Watch {
+                marker: Arc::from("m"),
+                field: Arc::from("replica:m"),
+                answered: 0,
+                all,
+            };
+            let answers: Vec<redis::Value> =
+                decides::invocation(&script, &[(key.as_str(), &args)], recovery, &watch)
+                    .invoke_async(&mut connection)
+                    .await
+                    .unwrap();
+            verdict(&answers[0])
+        }
+    };
+    let all = |mut connection: redis::aio::MultiplexedConnection| async move {
+        let all: u64 = connection.hget("t:{ctl}:writes", "*:m").await.unwrap();
+        all
+    };
+    // Read 10 applied, 10 there: decided, and counted (11).
+    assert_eq!(decide(10, 10).await, 0);
+    assert_eq!(all(one.connection.clone()).await, 11);
+    // Read 12 applied, 11 there: Redis went back past other replicas'
+    // calls. (Decided, it was counted on the older data.)
+    assert_eq!(decide(20, 12).await, 6);
+    assert_eq!(all(one.connection.clone()).await, 12);
 }
