@@ -942,7 +942,7 @@ async fn a_call_finds_redis_gone_back_by_every_replicas_count() {
         .hset(&recovery.writes_key, "*:m", 10)
         .await
         .unwrap();
-    let mut decide = |ms: i64, all: u64| {
+    let decide = |ms: i64, all: u64| {
         let args = decision(&one, ms);
         let key = one.keys[0].clone();
         let script = one.scripts[0].clone();
