@@ -551,6 +551,20 @@ impl Replica {
             }
             return Ok(());
         };
+        if version < self.version {
+            // Versions only grow while Redis keeps its data: a smaller one
+            // is Redis gone back to an older registry (an RDB or AOF
+            // behind), which may lack changes every replica took in. Merged
+            // as after a loss, against the registry both come from, the
+            // changes stay. (Taken in, a key disabled through any replica
+            // was enabled again on all.)
+            tracing::warn!(
+                version,
+                held = self.version,
+                "Redis holds an older registry than this replica: merged with this one"
+            );
+            self.forget_base();
+        }
         if version == self.version {
             return Ok(());
         }
@@ -683,6 +697,55 @@ mod tests {
             .unwrap();
         assert!(!shared.contains(&key.id), "the deletion holds: {shared}");
         assert!(plans.api_key(&key.id).is_err());
+    }
+
+    /// Redis goes back to a registry older than one every replica took in
+    /// (an RDB saved before a key was deleted, loaded by a restart), under
+    /// the same marker: the version went down, and the replica merges
+    /// rather than takes the older registry in. (Taken in, a key disabled
+    /// or deleted came back on every replica, and one created since was
+    /// gone.)
+    #[tokio::test]
+    async fn an_older_registry_back_in_redis_takes_no_change_away() {
+        let redis = Redis::start();
+        let plans = UsagePlans::builder().build();
+        let mut a = Replica::join(&redis.url(), plans.clone(), "gateway:prod")
+            .await
+            .unwrap();
+        a.joined().await.unwrap();
+        let deleted = plans.create_api_key(crate::NewApiKey::new("k")).unwrap();
+        a.sync().await.unwrap();
+        let mut raw = redis.connection().await;
+        let (before, version): (String, i64) = redis::pipe()
+            .get(SNAPSHOT_KEY)
+            .get(VERSION_KEY)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        plans.delete_api_key(&deleted.id).unwrap();
+        let created = plans.create_api_key(crate::NewApiKey::new("new")).unwrap();
+        a.sync().await.unwrap();
+
+        let () = redis::pipe()
+            .set(SNAPSHOT_KEY, &before)
+            .ignore()
+            .set(VERSION_KEY, version)
+            .ignore()
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        a.sync().await.unwrap();
+        assert!(plans.api_key(&deleted.id).is_err(), "the deletion holds");
+        assert!(plans.api_key(&created.id).is_ok(), "the new key stays");
+        let shared: String = redis::cmd("GET")
+            .arg(SNAPSHOT_KEY)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        assert!(
+            !shared.contains(&deleted.id) && shared.contains(&created.id),
+            "published again: {shared}"
+        );
     }
 
     #[test]
