@@ -250,3 +250,78 @@ fn inconsistent_snapshots_are_refused_and_change_nothing() {
     );
     assert_eq!(plans.snapshot(), good, "unchanged");
 }
+
+/// With replicas, a key's counter is dropped once the change that removed
+/// it from its plan reached every replica, not before: dropped first,
+/// another replica that still had the key decided on an emptied counter
+/// and admitted a spent key anew (2 to 7 requests in 9 of 10 black-box
+/// runs deleting a key under traffic).
+#[tokio::test]
+async fn a_removed_keys_counter_is_dropped_once_every_replica_has_the_change() {
+    use std::sync::{Arc, Mutex};
+    use tower_usage_plans::store::{CounterKey, CounterStore, MemoryStore, QuotaRule, StoreFuture};
+
+    for remove in [
+        "delete the key",
+        "remove it from the plan",
+        "delete the plan",
+    ] {
+        let store = Arc::new(MemoryStore::new());
+        let plans = UsagePlans::builder().with_store(store.clone()).build();
+        let quota = Quota::new(100, QuotaPeriod::Day);
+        let plan = plans
+            .create_usage_plan(NewUsagePlan::new("p").with_quota(quota))
+            .unwrap();
+        let key = plans
+            .create_api_key(NewApiKey::new("k").with_enabled(true))
+            .unwrap();
+        plans.add_key_to_plan(&plan.id, &key.id).unwrap();
+        plans.set_remaining(&plan.id, &key.id, 40).await.unwrap();
+
+        // What the counter holds when the replicas take the change in.
+        let counter = CounterKey::new(&plan.id, &key.id);
+        let rule = QuotaRule {
+            quota,
+            plan_created: 0,
+        };
+        let remaining = {
+            let (store, counter) = (store.clone(), counter.clone());
+            move || {
+                let (store, counter) = (store.clone(), counter.clone());
+                let now = jiff::Timestamp::now();
+                let today = now.to_zoned(jiff::tz::TimeZone::UTC).date();
+                async move {
+                    let usage = store.usage(&counter, Some(&rule), now, today, today).await;
+                    usage.map(|days| days[0][1])
+                }
+            }
+        };
+        let while_replicating = Arc::new(Mutex::new(Vec::new()));
+        let (seen, read) = (while_replicating.clone(), remaining.clone());
+        plans.set_replication(Some(Arc::new(move || {
+            let (seen, read) = (seen.clone(), read.clone());
+            StoreFuture::boxed(async move {
+                let remaining = read().await?;
+                seen.lock().unwrap().push(remaining);
+                Ok(())
+            })
+        })));
+
+        match remove {
+            "delete the key" => plans.delete_api_key(&key.id).unwrap(),
+            "remove it from the plan" => plans.remove_key_from_plan(&plan.id, &key.id).unwrap(),
+            _ => plans.delete_usage_plan(&plan.id).unwrap(),
+        }
+        plans.replicated().await.unwrap();
+        assert_eq!(
+            *while_replicating.lock().unwrap(),
+            [40],
+            "{remove}: the counter stays while the change replicates"
+        );
+        assert_eq!(
+            remaining().await.unwrap(),
+            100,
+            "{remove}: then it is dropped"
+        );
+    }
+}
