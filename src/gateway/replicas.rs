@@ -641,6 +641,20 @@ mod tests {
         assert!(second.joining.is_some());
     }
 
+    /// A replica joined on a new Redis, and the key it created and
+    /// published.
+    async fn a_replica_that_published_a_key() -> (Redis, UsagePlans, Replica, crate::ApiKey) {
+        let redis = Redis::start();
+        let plans = UsagePlans::builder().build();
+        let mut replica = Replica::join(&redis.url(), plans.clone(), "gateway:prod")
+            .await
+            .unwrap();
+        replica.joined().await.unwrap();
+        let key = plans.create_api_key(crate::NewApiKey::new("k")).unwrap();
+        replica.sync().await.unwrap();
+        (redis, plans, replica, key)
+    }
+
     /// Redis loses its data after replica A published a change, and
     /// another replica publishes what it had before the change: what Redis
     /// holds no longer comes from A's change (the admin call publishes and
@@ -648,14 +662,7 @@ mod tests {
     /// publishes again, the change kept.
     #[tokio::test]
     async fn a_change_lost_under_an_older_registry_is_not_held_until_published_again() {
-        let redis = Redis::start();
-        let plans = UsagePlans::builder().build();
-        let mut a = Replica::join(&redis.url(), plans.clone(), "gateway:prod")
-            .await
-            .unwrap();
-        a.joined().await.unwrap();
-        let key = plans.create_api_key(crate::NewApiKey::new("k")).unwrap();
-        a.sync().await.unwrap();
+        let (redis, plans, mut a, key) = a_replica_that_published_a_key().await;
         let mut raw = redis.connection().await;
         let before: String = redis::cmd("GET")
             .arg(SNAPSHOT_KEY)
@@ -707,14 +714,7 @@ mod tests {
     /// gone.)
     #[tokio::test]
     async fn an_older_registry_back_in_redis_takes_no_change_away() {
-        let redis = Redis::start();
-        let plans = UsagePlans::builder().build();
-        let mut a = Replica::join(&redis.url(), plans.clone(), "gateway:prod")
-            .await
-            .unwrap();
-        a.joined().await.unwrap();
-        let deleted = plans.create_api_key(crate::NewApiKey::new("k")).unwrap();
-        a.sync().await.unwrap();
+        let (redis, plans, mut a, deleted) = a_replica_that_published_a_key().await;
         let mut raw = redis.connection().await;
         let (before, version): (String, i64) = redis::pipe()
             .get(SNAPSHOT_KEY)
