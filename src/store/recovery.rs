@@ -221,8 +221,7 @@ pub(crate) enum Marker {
     Replaced(String),
     /// The one this replica knows, but Redis applied fewer of its calls
     /// under it than it answered; or one this replica read there before
-    /// the one it read last (see `Known::retired`), or of an earlier loss
-    /// than the one it knows (see [`generation`]): Redis came back with
+    /// the one it read last (see `Known::retired`): Redis came back with
     /// older data.
     RolledBack(String),
 }
@@ -310,13 +309,6 @@ impl Recovery {
                 }
             }
             (Some(_), Some(current)) if known.retired(&current) => Marker::RolledBack(current),
-            (Some(marker), Some(current))
-                if generation(&current) < generation(marker)
-                    && (known.read.as_deref() == Some(current.as_str())
-                        || known.put_back_lately(&current)) =>
-            {
-                Marker::RolledBack(current)
-            }
             (Some(_), Some(current)) if known.put_back_lately(&current) => {
                 known.adopt_read(&self.replica, current);
                 Marker::Known
@@ -404,22 +396,9 @@ impl Recovery {
             .map(|put| *put)
     }
 
-    /// A random name no replica used before (a replica's, a note's).
+    /// A marker no replica used before.
     pub(crate) fn fresh_marker() -> String {
         format!("{:016x}", rand::random::<u64>())
-    }
-
-    /// A marker no replica used before, of the loss after the latest this
-    /// replica knows: `<loss>-<random>` (see [`generation`]).
-    pub(crate) fn next_marker(&self) -> String {
-        let known = self.known.lock();
-        let latest = [known.marker.as_deref(), known.read.as_deref()]
-            .into_iter()
-            .flatten()
-            .map(generation)
-            .max()
-            .unwrap_or(0);
-        format!("{}-{}", latest + 1, Self::fresh_marker())
     }
 
     /// Sets `fresh` as the marker where there is none, and adopts the one
@@ -593,20 +572,6 @@ impl Recovery {
             })
             .or_insert(seen);
     }
-}
-
-/// The loss a marker was set after (its `<loss>-` prefix; 0 for a marker
-/// without one, as set before this numbering). Two replicas that put
-/// back for the same loss set markers of the same number; one of a
-/// smaller number than the marker a replica knows is older. (Known only
-/// by another replica's announcement, a marker does not retire: Redis
-/// back at the one read before it, in the 200 ms before the replica
-/// reads the new one, was taken as a restore it had put back for.)
-fn generation(marker: &str) -> u64 {
-    marker
-        .split_once('-')
-        .and_then(|(loss, _)| loss.parse().ok())
-        .unwrap_or(0)
 }
 
 impl Known {

@@ -1930,7 +1930,7 @@ async fn recover(
                 }
             }
             recovery
-                .put_marker(connection, &recovery.next_marker())
+                .put_marker(connection, &Recovery::fresh_marker())
                 .await?;
             Ok(false)
         }
@@ -1952,7 +1952,7 @@ async fn recover(
                 let lost = taken.get_or_insert_with(|| Lost::take(recovery, None));
                 put_back(recovery, connection, script, lost).await?;
                 drop(_quiet);
-                let fresh = recovery.next_marker();
+                let fresh = Recovery::fresh_marker();
                 recovery.put_back_under(&fresh);
                 control.lost(connection, &fresh).await?;
                 if recovery.finish_restore(connection, &note, &fresh).await? {

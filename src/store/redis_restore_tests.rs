@@ -424,43 +424,6 @@ async fn a_replica_that_put_back_for_a_restore_takes_its_marker_as_known() {
 }
 
 #[tokio::test]
-async fn a_marker_of_an_earlier_loss_is_redis_gone_back_even_if_the_later_was_only_announced() {
-    let server = redis_server::Redis::start();
-    let mut connection = Connection::open(&server.url()).await.unwrap();
-    let recovery = Recovery::new("t:");
-    let set = |marker: &str| redis::cmd("SET").arg("t:{ctl}:marker").arg(marker).clone();
-    // This replica put back for loss 1 and read its marker in Redis.
-    recovery.put_back_under("1-a");
-    let () = connection.query(&set("1-a")).await.unwrap();
-    assert!(matches!(
-        recovery.marker(&mut connection).await.unwrap(),
-        Marker::Known
-    ));
-    assert!(recovery.next_marker().starts_with("2-"));
-    // Another replica put back for loss 2 and announced its marker; this
-    // one put back too, and Redis loaded a save holding loss 1's marker
-    // before this replica read the new one.
-    recovery.put_back_under("2-b");
-    recovery.adopt("2-b".to_owned());
-    assert!(
-        matches!(
-            recovery.marker(&mut connection).await.unwrap(),
-            Marker::RolledBack(marker) if marker == "1-a"
-        ),
-        "Redis went back past a restore (taken for the restore of loss 1 this \
-         replica put back for, the counters of before loss 2 stood)"
-    );
-    // A marker of an earlier number it never knew: a replica started after
-    // a loss, with no marker to count from. Its own restore puts back.
-    let () = connection.query(&set("1-c")).await.unwrap();
-    assert!(matches!(
-        recovery.marker(&mut connection).await.unwrap(),
-        Marker::Replaced(marker) if marker == "1-c"
-    ));
-    assert!(recovery.next_marker().starts_with("3-"));
-}
-
-#[tokio::test]
 async fn a_round_finds_redis_gone_back_by_every_replicas_count() {
     let server = redis_server::Redis::start();
     let mut connection = Connection::open(&server.url()).await.unwrap();
