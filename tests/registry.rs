@@ -325,3 +325,55 @@ async fn a_removed_keys_counter_is_dropped_once_every_replica_has_the_change() {
         );
     }
 }
+
+/// A key removed while another admin call's change is on its way to the
+/// replicas is not in what that call shares: its counter waits for the
+/// replication of its own change. (Dropped by the other call's, another
+/// replica that still had the key could admit it anew.)
+#[tokio::test]
+async fn a_key_removed_during_another_replication_keeps_its_counter_until_its_own() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use tower_usage_plans::store::{CounterKey, CounterStore, MemoryStore, QuotaRule, StoreFuture};
+
+    let store = Arc::new(MemoryStore::new());
+    let plans = UsagePlans::builder().with_store(store.clone()).build();
+    let quota = Quota::new(100, QuotaPeriod::Day);
+    let plan = plans
+        .create_usage_plan(NewUsagePlan::new("p").with_quota(quota))
+        .unwrap();
+    let key = plans
+        .create_api_key(NewApiKey::new("k").with_enabled(true))
+        .unwrap();
+    plans.add_key_to_plan(&plan.id, &key.id).unwrap();
+    plans.set_remaining(&plan.id, &key.id, 40).await.unwrap();
+    let remaining = || {
+        let (store, counter) = (store.clone(), CounterKey::new(&plan.id, &key.id));
+        let rule = QuotaRule {
+            quota,
+            plan_created: 0,
+        };
+        async move {
+            let now = jiff::Timestamp::now();
+            let today = now.to_zoned(jiff::tz::TimeZone::UTC).date();
+            store
+                .usage(&counter, Some(&rule), now, today, today)
+                .await
+                .unwrap()[0][1]
+        }
+    };
+
+    // The first replication round runs while the key is deleted.
+    let first_round = Arc::new(AtomicBool::new(true));
+    let (deleting, key_id) = (plans.clone(), key.id.clone());
+    plans.set_replication(Some(Arc::new(move || {
+        if first_round.swap(false, Ordering::AcqRel) {
+            deleting.delete_api_key(&key_id).unwrap();
+        }
+        StoreFuture::ready(Ok(()))
+    })));
+    plans.replicated().await.unwrap();
+    assert_eq!(remaining().await, 40, "kept while its change replicates");
+    plans.replicated().await.unwrap();
+    assert_eq!(remaining().await, 100, "dropped after");
+}

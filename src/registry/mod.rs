@@ -396,7 +396,9 @@ impl UsagePlans {
     /// before it answers a change, so that once a key is disabled or
     /// deleted through any replica, no replica admits it. With
     /// replication, the counters of keys that left their plans are
-    /// dropped then, once no replica decides on them.
+    /// dropped then, once no replica decides on them (kept until a call
+    /// succeeds: a library that sets replication calls this after its
+    /// changes).
     ///
     /// # Errors
     /// `Store` when the replicas cannot be reached (e.g. Redis is down):
@@ -421,29 +423,42 @@ impl UsagePlans {
         let Some(replicate) = replicate else {
             return Ok(());
         };
-        replicate().await?;
-        // No replica decides on them any more.
-        let counters = std::mem::take(&mut *self.inner.to_forget.lock());
-        for counter in counters {
+        // Taken before: a key removed by then is removed in what the
+        // replication shares (the removal queued its counter under the
+        // registry's lock). One removed meanwhile waits for its own call.
+        let removed = std::mem::take(&mut *self.inner.to_forget.lock());
+        if let Err(e) = replicate().await {
+            self.inner.to_forget.lock().extend(removed);
+            return Err(e);
+        }
+        // No replica decides on them any more: dropped together.
+        let dropping: Vec<_> = removed
+            .into_iter()
             // Back in the plan since (another admin call): its counter
             // counts again.
-            let member = self
-                .inner
-                .control
-                .lock()
-                .membership(counter.plan_id(), counter.key_id())
-                .is_ok();
-            if member {
-                continue;
-            }
-            if let Err(e) = self.inner.store.forget(&counter).await {
-                tracing::warn!(
-                    plan_id = counter.plan_id(),
-                    key_id = counter.key_id(),
-                    error = %e,
-                    "could not drop counter"
-                );
-            }
+            .filter(|counter| {
+                self.inner
+                    .control
+                    .lock()
+                    .membership(counter.plan_id(), counter.key_id())
+                    .is_err()
+            })
+            .map(|counter| {
+                let store = self.inner.store.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = store.forget(&counter).await {
+                        tracing::warn!(
+                            plan_id = counter.plan_id(),
+                            key_id = counter.key_id(),
+                            error = %e,
+                            "could not drop counter"
+                        );
+                    }
+                })
+            })
+            .collect();
+        for dropped in dropping {
+            let _ = dropped.await;
         }
         Ok(())
     }
