@@ -25,6 +25,11 @@ const state = {
   usageGeneration: 0,
   selectGeneration: 0,
   session: 0,
+  // A key let go (see letGo) whose news the next refresh asked for keeps
+  // on screen: a refresh that let it go just before (the 5-second one, or
+  // one already running) left nothing for that one to find, and its
+  // "Refreshed at" hid why the key's pane closed.
+  goneNews: false,
 };
 
 // ---- the API -------------------------------------------------------------
@@ -99,6 +104,7 @@ function el(tag, text, attrs = {}) {
 }
 
 function say(text, error = false) {
+  state.goneNews = false;
   const node = $("answer");
   node.textContent = text;
   node.classList.toggle("error", error);
@@ -237,7 +243,10 @@ async function refresh(quiet = false, keepNews = false) {
     await loadPlans();
     gone = await loadKeys(quiet);
     if (state.selected) gone = await loadSelectedUsage();
-    if (!quiet && !gone && !keepNews && session === state.session) say(`Refreshed at ${new Date().toISOString().slice(11, 19)} UTC`);
+    if (!quiet && !gone && !keepNews && session === state.session) {
+      if (state.goneNews) state.goneNews = false;
+      else say(`Refreshed at ${new Date().toISOString().slice(11, 19)} UTC`);
+    }
   } catch (e) {
     if (session === state.session) say(`Refresh failed: ${describe(e)}`, true);
   } finally {
@@ -357,6 +366,7 @@ function letGo(gone) {
   $("no-key").hidden = false;
   for (const tr of $("keys").children) tr.classList.remove("selected");
   say(`Key ${gone} is gone (deleted, or taken out of its plan)`, true);
+  state.goneNews = true;
 }
 
 async function inBatches(items, width, work) {
