@@ -251,6 +251,48 @@ fn inconsistent_snapshots_are_refused_and_change_nothing() {
     assert_eq!(plans.snapshot(), good, "unchanged");
 }
 
+/// A plan of 100 a day and a key in it with 40 left, on an in-memory
+/// store: `(plans, store, plan id, key id)`.
+async fn a_key_with_40_left() -> (
+    UsagePlans,
+    std::sync::Arc<tower_usage_plans::store::MemoryStore>,
+    String,
+    String,
+) {
+    let store = std::sync::Arc::new(tower_usage_plans::store::MemoryStore::new());
+    let plans = UsagePlans::builder().with_store(store.clone()).build();
+    let plan = plans
+        .create_usage_plan(NewUsagePlan::new("p").with_quota(Quota::new(100, QuotaPeriod::Day)))
+        .unwrap();
+    let key = plans
+        .create_api_key(NewApiKey::new("k").with_enabled(true))
+        .unwrap();
+    plans.add_key_to_plan(&plan.id, &key.id).unwrap();
+    plans.set_remaining(&plan.id, &key.id, 40).await.unwrap();
+    (plans, store, plan.id, key.id)
+}
+
+/// What `store` holds as the key's remaining today (100 once its counter
+/// is dropped).
+async fn remaining_today(
+    store: &tower_usage_plans::store::MemoryStore,
+    plan_id: &str,
+    key_id: &str,
+) -> tower_usage_plans::Result<u64> {
+    use tower_usage_plans::store::{CounterKey, CounterStore, QuotaRule};
+    let rule = QuotaRule {
+        quota: Quota::new(100, QuotaPeriod::Day),
+        plan_created: 0,
+    };
+    let now = jiff::Timestamp::now();
+    let today = now.to_zoned(jiff::tz::TimeZone::UTC).date();
+    let counter = CounterKey::new(plan_id, key_id);
+    let days = store
+        .usage(&counter, Some(&rule), now, today, today)
+        .await?;
+    Ok(days[0][1])
+}
+
 /// With replicas, a key's counter is dropped once the change that removed
 /// it from its plan reached every replica, not before: dropped first,
 /// another replica that still had the key decided on an emptied counter
@@ -259,58 +301,31 @@ fn inconsistent_snapshots_are_refused_and_change_nothing() {
 #[tokio::test]
 async fn a_removed_keys_counter_is_dropped_once_every_replica_has_the_change() {
     use std::sync::{Arc, Mutex};
-    use tower_usage_plans::store::{CounterKey, CounterStore, MemoryStore, QuotaRule, StoreFuture};
+    use tower_usage_plans::store::StoreFuture;
 
     for remove in [
         "delete the key",
         "remove it from the plan",
         "delete the plan",
     ] {
-        let store = Arc::new(MemoryStore::new());
-        let plans = UsagePlans::builder().with_store(store.clone()).build();
-        let quota = Quota::new(100, QuotaPeriod::Day);
-        let plan = plans
-            .create_usage_plan(NewUsagePlan::new("p").with_quota(quota))
-            .unwrap();
-        let key = plans
-            .create_api_key(NewApiKey::new("k").with_enabled(true))
-            .unwrap();
-        plans.add_key_to_plan(&plan.id, &key.id).unwrap();
-        plans.set_remaining(&plan.id, &key.id, 40).await.unwrap();
-
+        let (plans, store, plan_id, key_id) = a_key_with_40_left().await;
         // What the counter holds when the replicas take the change in.
-        let counter = CounterKey::new(&plan.id, &key.id);
-        let rule = QuotaRule {
-            quota,
-            plan_created: 0,
-        };
-        let remaining = {
-            let (store, counter) = (store.clone(), counter.clone());
-            move || {
-                let (store, counter) = (store.clone(), counter.clone());
-                let now = jiff::Timestamp::now();
-                let today = now.to_zoned(jiff::tz::TimeZone::UTC).date();
-                async move {
-                    let usage = store.usage(&counter, Some(&rule), now, today, today).await;
-                    usage.map(|days| days[0][1])
-                }
-            }
-        };
         let while_replicating = Arc::new(Mutex::new(Vec::new()));
-        let (seen, read) = (while_replicating.clone(), remaining.clone());
+        let (seen, ids) = (while_replicating.clone(), (plan_id.clone(), key_id.clone()));
+        let reading = store.clone();
         plans.set_replication(Some(Arc::new(move || {
-            let (seen, read) = (seen.clone(), read.clone());
+            let (seen, store, (plan_id, key_id)) = (seen.clone(), reading.clone(), ids.clone());
             StoreFuture::boxed(async move {
-                let remaining = read().await?;
+                let remaining = remaining_today(&store, &plan_id, &key_id).await?;
                 seen.lock().unwrap().push(remaining);
                 Ok(())
             })
         })));
 
         match remove {
-            "delete the key" => plans.delete_api_key(&key.id).unwrap(),
-            "remove it from the plan" => plans.remove_key_from_plan(&plan.id, &key.id).unwrap(),
-            _ => plans.delete_usage_plan(&plan.id).unwrap(),
+            "delete the key" => plans.delete_api_key(&key_id).unwrap(),
+            "remove it from the plan" => plans.remove_key_from_plan(&plan_id, &key_id).unwrap(),
+            _ => plans.delete_usage_plan(&plan_id).unwrap(),
         }
         plans.replicated().await.unwrap();
         assert_eq!(
@@ -318,11 +333,8 @@ async fn a_removed_keys_counter_is_dropped_once_every_replica_has_the_change() {
             [40],
             "{remove}: the counter stays while the change replicates"
         );
-        assert_eq!(
-            remaining().await.unwrap(),
-            100,
-            "{remove}: then it is dropped"
-        );
+        let after = remaining_today(&store, &plan_id, &key_id).await.unwrap();
+        assert_eq!(after, 100, "{remove}: then it is dropped");
     }
 }
 
@@ -334,46 +346,22 @@ async fn a_removed_keys_counter_is_dropped_once_every_replica_has_the_change() {
 async fn a_key_removed_during_another_replication_keeps_its_counter_until_its_own() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
-    use tower_usage_plans::store::{CounterKey, CounterStore, MemoryStore, QuotaRule, StoreFuture};
+    use tower_usage_plans::store::StoreFuture;
 
-    let store = Arc::new(MemoryStore::new());
-    let plans = UsagePlans::builder().with_store(store.clone()).build();
-    let quota = Quota::new(100, QuotaPeriod::Day);
-    let plan = plans
-        .create_usage_plan(NewUsagePlan::new("p").with_quota(quota))
-        .unwrap();
-    let key = plans
-        .create_api_key(NewApiKey::new("k").with_enabled(true))
-        .unwrap();
-    plans.add_key_to_plan(&plan.id, &key.id).unwrap();
-    plans.set_remaining(&plan.id, &key.id, 40).await.unwrap();
-    let remaining = || {
-        let (store, counter) = (store.clone(), CounterKey::new(&plan.id, &key.id));
-        let rule = QuotaRule {
-            quota,
-            plan_created: 0,
-        };
-        async move {
-            let now = jiff::Timestamp::now();
-            let today = now.to_zoned(jiff::tz::TimeZone::UTC).date();
-            store
-                .usage(&counter, Some(&rule), now, today, today)
-                .await
-                .unwrap()[0][1]
-        }
-    };
-
+    let (plans, store, plan_id, key_id) = a_key_with_40_left().await;
     // The first replication round runs while the key is deleted.
     let first_round = Arc::new(AtomicBool::new(true));
-    let (deleting, key_id) = (plans.clone(), key.id.clone());
+    let (deleting, deleted) = (plans.clone(), key_id.clone());
     plans.set_replication(Some(Arc::new(move || {
         if first_round.swap(false, Ordering::AcqRel) {
-            deleting.delete_api_key(&key_id).unwrap();
+            deleting.delete_api_key(&deleted).unwrap();
         }
         StoreFuture::ready(Ok(()))
     })));
     plans.replicated().await.unwrap();
-    assert_eq!(remaining().await, 40, "kept while its change replicates");
+    let kept = remaining_today(&store, &plan_id, &key_id).await.unwrap();
+    assert_eq!(kept, 40, "kept while its change replicates");
     plans.replicated().await.unwrap();
-    assert_eq!(remaining().await, 100, "dropped after");
+    let dropped = remaining_today(&store, &plan_id, &key_id).await.unwrap();
+    assert_eq!(dropped, 100, "dropped after");
 }
