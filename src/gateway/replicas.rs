@@ -79,8 +79,16 @@ local current = redis.call('GET', KEYS[2])
 if (current or '0') ~= ARGV[2] then return -1 end
 if not current then redis.call('SET', KEYS[2], ARGV[3]) end
 redis.call('SET', KEYS[1], ARGV[1])
-return redis.call('INCR', KEYS[2])
+return redis.call('INCRBY', KEYS[2], ARGV[4])
 ";
+
+/// How much a publish moves the registry's version on: at random, so that
+/// two registries published on the same one (Redis went back between
+/// them) almost never share a version, which a replica takes for "nothing
+/// new".
+fn version_step() -> u32 {
+    rand::random_range(1..=1_000_000)
+}
 
 /// The longest an admin call waits for its change to reach the replicas
 /// (each live one answers within 1 s, or is taken as gone).
@@ -437,7 +445,8 @@ impl Replica {
             .key(VERSION_KEY)
             .arg(json)
             .arg(self.version.to_string())
-            .arg(rand::random::<u32>());
+            .arg(rand::random::<u32>())
+            .arg(version_step());
         let version: i64 = self
             .connection
             .invoke(invocation)
@@ -484,6 +493,17 @@ impl Replica {
         self.version = 0;
         self.lost = true;
         self.pending = true;
+    }
+
+    /// Whether `remote` does not come from the registry this replica holds,
+    /// though it comes from one this replica held before it.
+    fn published_on_an_older_one(&self, remote: &Shared) -> bool {
+        let Some(held) = self.base.lineage.first() else {
+            return false;
+        };
+        !remote.lineage.is_empty()
+            && !remote.lineage.contains(held)
+            && self.known.common_ancestor(&remote.lineage).is_some()
     }
 
     /// `shared` is what Redis holds now, and the base of the next merge.
@@ -570,6 +590,17 @@ impl Replica {
         }
         let remote: Shared =
             serde_json::from_str(&json).map_err(failed("shared registry is corrupt"))?;
+        if !self.lost && self.published_on_an_older_one(&remote) {
+            // Redis went back, and another replica published on the older
+            // registry (a larger version, or another equal one): taken in,
+            // the changes this replica had shared since were gone.
+            tracing::warn!(
+                version,
+                "Redis holds a registry published on an older one than this replica's: merged"
+            );
+            self.lost = true;
+            self.pending = true;
+        }
         let empty = MergeBase::default();
         let base = if self.lost {
             self.known
@@ -706,6 +737,31 @@ mod tests {
         assert!(plans.api_key(&key.id).is_err());
     }
 
+    /// The shared registry and its version as Redis holds them now.
+    async fn saved_registry(raw: &mut redis::aio::MultiplexedConnection) -> (String, i64) {
+        redis::pipe()
+            .get(SNAPSHOT_KEY)
+            .get(VERSION_KEY)
+            .query_async(raw)
+            .await
+            .unwrap()
+    }
+
+    /// Redis back at `saved` (as after a restart from a save).
+    async fn put_back_registry(
+        raw: &mut redis::aio::MultiplexedConnection,
+        (registry, version): &(String, i64),
+    ) {
+        let () = redis::pipe()
+            .set(SNAPSHOT_KEY, registry)
+            .ignore()
+            .set(VERSION_KEY, version)
+            .ignore()
+            .query_async(raw)
+            .await
+            .unwrap();
+    }
+
     /// Redis goes back to a registry older than one every replica took in
     /// (an RDB saved before a key was deleted, loaded by a restart), under
     /// the same marker: the version went down, and the replica merges
@@ -716,24 +772,12 @@ mod tests {
     async fn an_older_registry_back_in_redis_takes_no_change_away() {
         let (redis, plans, mut a, deleted) = a_replica_that_published_a_key().await;
         let mut raw = redis.connection().await;
-        let (before, version): (String, i64) = redis::pipe()
-            .get(SNAPSHOT_KEY)
-            .get(VERSION_KEY)
-            .query_async(&mut raw)
-            .await
-            .unwrap();
+        let saved = saved_registry(&mut raw).await;
         plans.delete_api_key(&deleted.id).unwrap();
         let created = plans.create_api_key(crate::NewApiKey::new("new")).unwrap();
         a.sync().await.unwrap();
 
-        let () = redis::pipe()
-            .set(SNAPSHOT_KEY, &before)
-            .ignore()
-            .set(VERSION_KEY, version)
-            .ignore()
-            .query_async(&mut raw)
-            .await
-            .unwrap();
+        put_back_registry(&mut raw, &saved).await;
         a.sync().await.unwrap();
         assert!(plans.api_key(&deleted.id).is_err(), "the deletion holds");
         assert!(plans.api_key(&created.id).is_ok(), "the new key stays");
@@ -746,6 +790,36 @@ mod tests {
             !shared.contains(&deleted.id) && shared.contains(&created.id),
             "published again: {shared}"
         );
+    }
+
+    /// Redis goes back to the registry before A's change, and B, which
+    /// had not taken the change in, publishes its own on the older one:
+    /// A merges both (its change was gone from Redis, and with versions
+    /// moved on by one, B's took A's version and A saw nothing new).
+    #[tokio::test]
+    async fn a_registry_published_on_an_older_one_is_merged_with_this_one() {
+        let (redis, plans, mut a, deleted) = a_replica_that_published_a_key().await;
+        let other = UsagePlans::builder().build();
+        let mut b = Replica::join(&redis.url(), other.clone(), "gateway:prod")
+            .await
+            .unwrap();
+        b.joined().await.unwrap();
+        b.sync().await.unwrap();
+        assert!(other.api_key(&deleted.id).is_ok());
+        let mut raw = redis.connection().await;
+        let saved = saved_registry(&mut raw).await;
+        plans.delete_api_key(&deleted.id).unwrap();
+        a.sync().await.unwrap();
+
+        put_back_registry(&mut raw, &saved).await;
+        let created = other.create_api_key(crate::NewApiKey::new("b's")).unwrap();
+        b.sync().await.unwrap();
+        a.sync().await.unwrap();
+        assert!(plans.api_key(&deleted.id).is_err(), "A's deletion holds");
+        assert!(plans.api_key(&created.id).is_ok(), "B's key is taken in");
+        b.sync().await.unwrap();
+        assert!(other.api_key(&deleted.id).is_err(), "B takes the merge in");
+        assert!(other.api_key(&created.id).is_ok());
     }
 
     #[test]
