@@ -222,10 +222,10 @@ end
 -- Redis counts every replica's calls under a marker too (field
 -- '*:<marker>'), and a replica reads that count on its rounds (ARGV[40]
 -- is "<answered>:<all read>"): fewer there finds Redis gone back though
--- it lost none of this replica's calls. (Found only by the replicas whose
--- calls were lost, one whose leases had made no call since the older
--- data's time had its reports counted there, and lost to the put back:
--- up to a lease's report over per rollback.)
+-- it lost none of this replica's calls. (Before this count, only the
+-- replicas whose calls were lost found it: a replica whose leases had
+-- made no call since the older data's time had its reports counted
+-- there, lost to the put back: up to a lease's report over per rollback.)
 -- A "decides" call reads the counts with its record of the replica's calls
 -- (see "decides"), and writes them back once (one command fewer than an
 -- HINCRBY, a read and a write).
