@@ -1817,6 +1817,37 @@ async fn todays_used_count_survives_redis_losing_its_data() {
     );
 }
 
+/// UpdateUsage's answer while both replicas hold leases: today's used
+/// count includes what their leases admitted and had not reported yet
+/// (each replica gives its revoked leases back, with their reports, before
+/// it acknowledges the revocation). (Before: `[0, 10]` after 600 admitted
+/// from leases; GetUsage read 600 only after the next 200 ms round.)
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn update_usage_answers_what_leases_admitted() {
+    use store_suite::rule;
+    use tower_usage_plans::store::{CounterKey, CounterStore};
+    use tower_usage_plans::QuotaPeriod::Day;
+
+    let (_redis, first, second) = two_leasing_replicas().await;
+    let counter = CounterKey::new("plan", "updated-under-leases");
+    let quota = rule(1_000, Day);
+    let mut admitted = admit_n(&first, &counter, Some(quota), 300).await;
+    admitted += admit_n(&second, &counter, Some(quota), 300).await;
+    assert_eq!(admitted, 600);
+    let answer = first
+        .set_remaining(&counter, &quota, jiff::Timestamp::now(), 10)
+        .await
+        .unwrap();
+    assert_eq!(answer, [600, 10], "UpdateUsage's answer");
+    assert_eq!(today_usage(&second, &counter, &quota).await, [600, 10]);
+    let answer = second
+        .add_remaining(&counter, &quota, jiff::Timestamp::now(), 5)
+        .await
+        .unwrap();
+    assert_eq!(answer, [600, 15], "an add's answer");
+}
+
 /// GetUsage after a replica is gone and Redis lost its data: today's used
 /// count keeps what the gone replica admitted and reported, which the
 /// other replica read in its rounds (it never decided the key). (Before:

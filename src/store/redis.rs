@@ -103,6 +103,37 @@ pub struct RedisStore {
     decides: Arc<decides::Decides>,
 }
 
+/// A [`RedisStore`] that does not keep its control listener alive (see
+/// [`RedisStore::downgrade`]).
+struct WeakStore {
+    connection: Connection,
+    script: Arc<Script>,
+    prefix: String,
+    timeout: Duration,
+    leases: Option<Arc<Leases>>,
+    control: std::sync::Weak<Control>,
+    recovery: std::sync::Weak<Recovery>,
+    url: String,
+    decides: Arc<decides::Decides>,
+}
+
+impl WeakStore {
+    /// The store, while it is in use.
+    fn upgrade(&self) -> Option<RedisStore> {
+        Some(RedisStore {
+            connection: self.connection.clone(),
+            script: self.script.clone(),
+            prefix: self.prefix.clone(),
+            timeout: self.timeout,
+            leases: self.leases.clone(),
+            control: self.control.upgrade()?,
+            recovery: self.recovery.upgrade()?,
+            url: self.url.clone(),
+            decides: self.decides.clone(),
+        })
+    }
+}
+
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
@@ -215,12 +246,16 @@ impl RedisStore {
         // Another replica changed a counter by UpdateUsage: this replica's
         // copy follows (so that a loss puts back the new allowance even
         // if that replica is gone by then).
-        let (recovery, connection) = (Arc::downgrade(&self.recovery), self.connection.clone());
+        // Its revoked leases go back first, with what they admitted: the
+        // UpdateUsage that revoked them answers today's used count with it.
+        let store = self.downgrade();
         self.control.on_revoked(Some(Arc::new(move |counter| {
-            let (recovery, mut connection) = (recovery.clone(), connection.clone());
+            let store = store.upgrade();
             StoreFuture::boxed(async move {
-                if let Some(recovery) = recovery.upgrade() {
-                    learn::refresh(&recovery, &mut connection, counter)
+                if let Some(store) = store {
+                    store.give_back_revoked().await;
+                    let mut connection = store.connection.clone();
+                    learn::refresh(&store.recovery, &mut connection, counter)
                         .await
                         .map_err(|e| store_error("copy", e))?;
                 }
@@ -632,7 +667,42 @@ impl RedisStore {
     /// `StoreFailure` policy then decides.
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        // The listener's handlers hold the store with its timeout.
+        self.listen();
         self
+    }
+
+    /// This store, held by its control listener's handlers: they must not
+    /// keep it (and so the listener) alive.
+    fn downgrade(&self) -> WeakStore {
+        WeakStore {
+            connection: self.connection.clone(),
+            script: self.script.clone(),
+            prefix: self.prefix.clone(),
+            timeout: self.timeout,
+            leases: self.leases.clone(),
+            control: Arc::downgrade(&self.control),
+            recovery: Arc::downgrade(&self.recovery),
+            url: self.url.clone(),
+            decides: self.decides.clone(),
+        }
+    }
+
+    /// Gives back the leases taken out of use (revoked), with what they
+    /// admitted, within the store's timeout; what does not go back now goes
+    /// with the next round.
+    async fn give_back_revoked(&self) {
+        let Some(leases) = &self.leases else {
+            return;
+        };
+        let calls = self
+            .calls_to_send(|| give_backs(leases, leases.take_dropped()))
+            .await;
+        match tokio::time::timeout(self.timeout, self.take_back(leases, calls)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "revoked leases go back with the next round"),
+            Err(_) => tracing::debug!("revoked leases go back with the next round (timed out)"),
+        }
     }
 
     fn key(&self, counter: &CounterKey) -> String {
@@ -1195,7 +1265,8 @@ impl Args {
 impl RedisStore {
     /// UpdateUsage in the script: `"set"` (`value` remaining) or `"add"`
     /// (`value` more, or less); then, when the script started a new epoch,
-    /// every replica's older leases are revoked before the answer.
+    /// every replica's older leases are revoked (and given back, with what
+    /// they admitted) before the answer, today's usage read after.
     fn change_remaining(
         &self,
         counter: &CounterKey,
@@ -1208,7 +1279,7 @@ impl RedisStore {
         args.set_to = value;
         args.known = self.recovery.seen.contains_key(counter);
         let (key, script) = (self.key(counter), self.script.clone());
-        let (store, counter) = (self.clone(), counter.clone());
+        let (store, counter, quota) = (self.clone(), counter.clone(), *quota);
         StoreFuture::boxed(async move {
             let (recovery, control) = (store.recovery.clone(), store.control.clone());
             let period = args.stored_period();
@@ -1247,7 +1318,15 @@ impl RedisStore {
             // replica forgets the quota it remembered as spent, and its
             // copy for a restore follows, before the call returns.
             store.revoke_everywhere(&counter, epoch).await?;
-            Ok([today, remaining])
+            // Every replica gave its revoked leases back with what they
+            // admitted (this one now): today's used count has all of it.
+            store.give_back_revoked().await;
+            let day = period::date_of_day(now.as_second().div_euclid(DAY_SECS));
+            match store.usage(&counter, Some(&quota), now, day, day).await {
+                Ok(read) if !read.is_empty() => Ok(read[0]),
+                // Made all the same: answered as the change found it.
+                _ => Ok([today, remaining]),
+            }
         })
     }
 }
