@@ -4,6 +4,7 @@
 //! snapshot; a replica that sees a newer version restores it. Counters need
 //! none of this: they live in Redis already ([`RedisStore`](crate::store::RedisStore)).
 
+use std::borrow::Cow;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -495,15 +496,46 @@ impl Replica {
         self.pending = true;
     }
 
-    /// Whether `remote` does not come from the registry this replica holds,
-    /// though it comes from one this replica held before it.
-    fn published_on_an_older_one(&self, remote: &Shared) -> bool {
-        let Some(held) = self.base.lineage.first() else {
+    /// Whether `remote` (at `version`) is the registry this replica holds
+    /// or comes from it, as a later publish does. Not when its version is
+    /// smaller (versions only grow while Redis keeps its data), nor when it
+    /// comes from a registry this replica held before the one it holds, or
+    /// that its own registry comes from (a publish on an older registry
+    /// Redis went back to). A lineage that names none of them is taken as
+    /// coming from the held registry by way of more publishes than a
+    /// lineage names; one without lineage (an older version's) too.
+    fn descends_from_held(&self, remote: &Shared, version: i64) -> bool {
+        if version < self.version {
             return false;
+        }
+        let Some(held) = self.base.lineage.first() else {
+            return true;
         };
-        !remote.lineage.is_empty()
-            && !remote.lineage.contains(held)
-            && self.known.common_ancestor(&remote.lineage).is_some()
+        let ancestry_known = self.known.common_ancestor(&remote.lineage).is_some()
+            || remote
+                .lineage
+                .iter()
+                .any(|id| self.base.lineage.contains(id));
+        remote.lineage.is_empty() || remote.lineage.contains(held) || !ancestry_known
+    }
+
+    /// What `remote` and this replica's registry are merged against once
+    /// Redis lost its data or went back: `remote` itself when this
+    /// replica's registry comes from it (its lineage names it, however
+    /// long ago it was held), else the latest registry both come from that
+    /// this replica keeps, else nothing (both sides kept whole).
+    fn base_after_loss(&self, remote: &Shared) -> Cow<'_, MergeBase> {
+        let ours = remote
+            .lineage
+            .first()
+            .is_some_and(|id| self.base.lineage.contains(id));
+        if ours {
+            return Cow::Owned(MergeBase::of(&remote.registry));
+        }
+        match self.known.common_ancestor(&remote.lineage) {
+            Some(base) => Cow::Borrowed(base),
+            None => Cow::Owned(MergeBase::default()),
+        }
     }
 
     /// `shared` is what Redis holds now, and the base of the next merge.
@@ -571,44 +603,30 @@ impl Replica {
             }
             return Ok(());
         };
-        if version < self.version {
-            // Versions only grow while Redis keeps its data: a smaller one
-            // is Redis gone back to an older registry (an RDB or AOF
-            // behind), which may lack changes every replica took in. Merged
-            // as after a loss, against the registry both come from, the
-            // changes stay. (Taken in, a key disabled through any replica
-            // was enabled again on all.)
-            tracing::warn!(
-                version,
-                held = self.version,
-                "Redis holds an older registry than this replica: merged with this one"
-            );
-            self.forget_base();
-        }
         if version == self.version {
             return Ok(());
         }
         let remote: Shared =
             serde_json::from_str(&json).map_err(failed("shared registry is corrupt"))?;
-        if !self.lost && self.published_on_an_older_one(&remote) {
-            // Redis went back, and another replica published on the older
-            // registry (a larger version, or another equal one): taken in,
-            // the changes this replica had shared since were gone.
+        if !self.lost && !self.descends_from_held(&remote, version) {
+            // Redis went back to an older registry (an RDB or AOF behind),
+            // perhaps with another replica's changes published on it since:
+            // taken in, changes every replica took in were gone (a key
+            // disabled through any replica was enabled again on all).
+            // Merged against the registry both come from, they stay.
             tracing::warn!(
                 version,
-                "Redis holds a registry published on an older one than this replica's: merged"
+                held = self.version,
+                "Redis holds a registry that does not come from this replica's: merged"
             );
             self.lost = true;
             self.pending = true;
         }
-        let empty = MergeBase::default();
-        let base = if self.lost {
-            self.known
-                .common_ancestor(&remote.lineage)
-                .unwrap_or(&empty)
-        } else {
-            &self.base.merge
+        let base = match self.lost {
+            true => self.base_after_loss(&remote),
+            false => Cow::Borrowed(&*self.base.merge),
         };
+        let base = &*base;
         // An admin write here while merging would be overwritten by the
         // restore: then merge again, with it.
         let (changed_here, generation) = loop {
@@ -790,6 +808,81 @@ mod tests {
             !shared.contains(&deleted.id) && shared.contains(&created.id),
             "published again: {shared}"
         );
+    }
+
+    /// A replica that deleted `deleted` and then created eight keys (nine
+    /// admin changes, each published) since `saved`: it keeps no merge
+    /// base of `saved` (nor of any registry before the deletion).
+    async fn nine_changes_since(
+        plans: &UsagePlans,
+        a: &mut Replica,
+        deleted: &crate::ApiKey,
+    ) -> Vec<crate::ApiKey> {
+        plans.delete_api_key(&deleted.id).unwrap();
+        a.sync().await.unwrap();
+        let mut created = Vec::new();
+        for n in 0..8 {
+            let name = format!("later {n}");
+            created.push(plans.create_api_key(crate::NewApiKey::new(name)).unwrap());
+            a.sync().await.unwrap();
+        }
+        created
+    }
+
+    /// Redis goes back to a registry older than every one this replica
+    /// still keeps as a merge's base, though its own registry's lineage
+    /// names it: everything Redis holds is in this replica's registry,
+    /// which is kept whole. (Merged against nothing, the deleted key came
+    /// back from the older registry.)
+    #[tokio::test]
+    async fn a_registry_older_than_the_bases_kept_takes_no_change_away() {
+        let (redis, plans, mut a, deleted) = a_replica_that_published_a_key().await;
+        let mut raw = redis.connection().await;
+        let saved = saved_registry(&mut raw).await;
+        let created = nine_changes_since(&plans, &mut a, &deleted).await;
+
+        put_back_registry(&mut raw, &saved).await;
+        a.sync().await.unwrap();
+        assert!(plans.api_key(&deleted.id).is_err(), "the deletion holds");
+        for key in &created {
+            assert!(plans.api_key(&key.id).is_ok(), "the later keys stay");
+        }
+        let shared: String = redis::cmd("GET")
+            .arg(SNAPSHOT_KEY)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        assert!(!shared.contains(&deleted.id), "published again: {shared}");
+    }
+
+    /// As above, and B, which held only the older registry, publishes on
+    /// it under a larger version than A's: A merges, both sides kept
+    /// (taken in as a later registry, its nine changes were gone). With no
+    /// base of the registry both come from, A's deletion is undone by B's
+    /// older copy of the key: a merge against nothing.
+    #[tokio::test]
+    async fn a_registry_published_on_one_older_than_the_bases_kept_is_merged() {
+        let (redis, plans, mut a, deleted) = a_replica_that_published_a_key().await;
+        let other = UsagePlans::builder().build();
+        let mut b = Replica::join(&redis.url(), other.clone(), "gateway:prod")
+            .await
+            .unwrap();
+        b.joined().await.unwrap();
+        b.sync().await.unwrap();
+        let mut raw = redis.connection().await;
+        let saved = saved_registry(&mut raw).await;
+        let created = nine_changes_since(&plans, &mut a, &deleted).await;
+
+        put_back_registry(&mut raw, &saved).await;
+        let bs = other.create_api_key(crate::NewApiKey::new("b's")).unwrap();
+        b.sync().await.unwrap();
+        let (registry, _) = saved_registry(&mut raw).await;
+        put_back_registry(&mut raw, &(registry, a.version + 1)).await;
+        a.sync().await.unwrap();
+        assert!(plans.api_key(&bs.id).is_ok(), "B's key is taken in");
+        for key in &created {
+            assert!(plans.api_key(&key.id).is_ok(), "A's later keys stay");
+        }
     }
 
     /// Redis goes back to the registry before A's change, and B, which
