@@ -365,3 +365,101 @@ async fn a_key_removed_during_another_replication_keeps_its_counter_until_its_ow
     let dropped = remaining_today(&store, &plan_id, &key_id).await.unwrap();
     assert_eq!(dropped, 100, "dropped after");
 }
+
+/// A store whose UpdateUsage first has the key taken out of its plan (as
+/// another admin call would, while the store answers), that change shared.
+struct RemovedMidCall {
+    inner: std::sync::Arc<tower_usage_plans::store::MemoryStore>,
+    plans: std::sync::OnceLock<UsagePlans>,
+}
+
+impl tower_usage_plans::store::CounterStore for RemovedMidCall {
+    fn decide(
+        &self,
+        request: &tower_usage_plans::store::DecisionRequest<'_>,
+    ) -> tower_usage_plans::store::StoreFuture<tower_usage_plans::store::Decision> {
+        self.inner.decide(request)
+    }
+
+    fn refund(
+        &self,
+        request: &tower_usage_plans::store::DecisionRequest<'_>,
+    ) -> tower_usage_plans::store::StoreFuture<()> {
+        self.inner.refund(request)
+    }
+
+    fn set_remaining(
+        &self,
+        counter: &tower_usage_plans::store::CounterKey,
+        quota: &tower_usage_plans::store::QuotaRule,
+        now: jiff::Timestamp,
+        remaining: u64,
+    ) -> tower_usage_plans::store::StoreFuture<tower_usage_plans::store::DayUsage> {
+        let plans = self.plans.get().unwrap().clone();
+        let (inner, counter, quota) = (self.inner.clone(), counter.clone(), *quota);
+        tower_usage_plans::store::StoreFuture::boxed(async move {
+            plans.remove_key_from_plan(counter.plan_id(), counter.key_id())?;
+            plans.replicated().await?;
+            inner.set_remaining(&counter, &quota, now, remaining).await
+        })
+    }
+
+    fn add_remaining(
+        &self,
+        counter: &tower_usage_plans::store::CounterKey,
+        quota: &tower_usage_plans::store::QuotaRule,
+        now: jiff::Timestamp,
+        delta: i64,
+    ) -> tower_usage_plans::store::StoreFuture<tower_usage_plans::store::DayUsage> {
+        self.inner.add_remaining(counter, quota, now, delta)
+    }
+
+    fn usage(
+        &self,
+        counter: &tower_usage_plans::store::CounterKey,
+        quota: Option<&tower_usage_plans::store::QuotaRule>,
+        now: jiff::Timestamp,
+        first: jiff::civil::Date,
+        last: jiff::civil::Date,
+    ) -> tower_usage_plans::store::StoreFuture<Vec<tower_usage_plans::store::DayUsage>> {
+        self.inner.usage(counter, quota, now, first, last)
+    }
+
+    fn forget(
+        &self,
+        counter: &tower_usage_plans::store::CounterKey,
+    ) -> tower_usage_plans::store::StoreFuture<()> {
+        self.inner.forget(counter)
+    }
+}
+
+/// With replicas, an UpdateUsage that finds its key taken out of the plan
+/// while the store answered (the store made the counter anew) drops that
+/// counter before it answers, as the removal's own call did. (Before: it
+/// waited for the next admin change, the key's counter back meanwhile.)
+#[tokio::test]
+async fn an_update_usage_that_finds_its_key_gone_drops_the_counter_it_made() {
+    use std::sync::Arc;
+    use tower_usage_plans::store::StoreFuture;
+
+    let inner = Arc::new(tower_usage_plans::store::MemoryStore::new());
+    let store = Arc::new(RemovedMidCall {
+        inner: inner.clone(),
+        plans: std::sync::OnceLock::new(),
+    });
+    let plans = UsagePlans::builder().with_store(store.clone()).build();
+    store.plans.set(plans.clone()).unwrap();
+    plans.set_replication(Some(Arc::new(|| StoreFuture::ready(Ok(())))));
+    let plan = plans
+        .create_usage_plan(NewUsagePlan::new("p").with_quota(Quota::new(100, QuotaPeriod::Day)))
+        .unwrap();
+    let key = plans
+        .create_api_key(NewApiKey::new("k").with_enabled(true))
+        .unwrap();
+    plans.add_key_to_plan(&plan.id, &key.id).unwrap();
+
+    let answer = plans.set_remaining(&plan.id, &key.id, 10).await;
+    assert_eq!(kind(answer), ErrorKind::NotFound);
+    let remaining = remaining_today(&inner, &plan.id, &key.id).await.unwrap();
+    assert_eq!(remaining, 100, "the counter it made is dropped");
+}

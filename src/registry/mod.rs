@@ -1168,6 +1168,12 @@ impl UsagePlans {
             .is_ok();
         if !still_member {
             self.forget_counter(plan_id, key_id);
+            // With replicas, the counter is queued: the removal was shared
+            // by its own call, so this one drops it now (before: at the
+            // next admin change, the key's counter back meanwhile).
+            if let Err(e) = self.replicated().await {
+                tracing::warn!(plan_id, key_id, error = %e, "could not drop counter");
+            }
             return Err(Error::key_not_found());
         }
         let date = period::date_of_day(now.as_second().div_euclid(period::DAY_SECS)).to_string();
