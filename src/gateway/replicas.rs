@@ -694,14 +694,21 @@ mod tests {
     /// published.
     async fn a_replica_that_published_a_key() -> (Redis, UsagePlans, Replica, crate::ApiKey) {
         let redis = Redis::start();
+        let (plans, mut replica) = a_replica_on(&redis).await;
+        let key = plans.create_api_key(crate::NewApiKey::new("k")).unwrap();
+        replica.sync().await.unwrap();
+        (redis, plans, replica, key)
+    }
+
+    /// A replica on `redis`, holding what Redis holds.
+    async fn a_replica_on(redis: &Redis) -> (UsagePlans, Replica) {
         let plans = UsagePlans::builder().build();
         let mut replica = Replica::join(&redis.url(), plans.clone(), "gateway:prod")
             .await
             .unwrap();
         replica.joined().await.unwrap();
-        let key = plans.create_api_key(crate::NewApiKey::new("k")).unwrap();
         replica.sync().await.unwrap();
-        (redis, plans, replica, key)
+        (plans, replica)
     }
 
     /// Redis loses its data after replica A published a change, and
@@ -863,12 +870,7 @@ mod tests {
     #[tokio::test]
     async fn a_registry_published_on_one_older_than_the_bases_kept_is_merged() {
         let (redis, plans, mut a, deleted) = a_replica_that_published_a_key().await;
-        let other = UsagePlans::builder().build();
-        let mut b = Replica::join(&redis.url(), other.clone(), "gateway:prod")
-            .await
-            .unwrap();
-        b.joined().await.unwrap();
-        b.sync().await.unwrap();
+        let (other, mut b) = a_replica_on(&redis).await;
         let mut raw = redis.connection().await;
         let saved = saved_registry(&mut raw).await;
         let created = nine_changes_since(&plans, &mut a, &deleted).await;
@@ -892,12 +894,7 @@ mod tests {
     #[tokio::test]
     async fn a_registry_published_on_an_older_one_is_merged_with_this_one() {
         let (redis, plans, mut a, deleted) = a_replica_that_published_a_key().await;
-        let other = UsagePlans::builder().build();
-        let mut b = Replica::join(&redis.url(), other.clone(), "gateway:prod")
-            .await
-            .unwrap();
-        b.joined().await.unwrap();
-        b.sync().await.unwrap();
+        let (other, mut b) = a_replica_on(&redis).await;
         assert!(other.api_key(&deleted.id).is_ok());
         let mut raw = redis.connection().await;
         let saved = saved_registry(&mut raw).await;
