@@ -134,7 +134,14 @@ def sign_in(driver, gw, secret: str = SECRET_KEY):
 
 
 def search(driver, prefix: str):
-    box = driver.find_element(By.ID, "search")
+    """Searches for `prefix`, once the search box is shown (signing in draws it once the
+    console's first call answered)."""
+
+    def shown(d):
+        box = d.find_element(By.ID, "search")
+        return box.is_displayed() and box.is_enabled() and box
+
+    box = wait(driver, shown, "the search box")
     box.clear()
     box.send_keys(prefix)
 
