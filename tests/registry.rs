@@ -260,7 +260,16 @@ async fn a_key_with_40_left() -> (
     String,
 ) {
     let store = std::sync::Arc::new(tower_usage_plans::store::MemoryStore::new());
-    let plans = UsagePlans::builder().with_store(store.clone()).build();
+    let (plans, plan_id, key_id) = a_key_with_40_left_on(store.clone()).await;
+    (plans, store, plan_id, key_id)
+}
+
+/// A key in a plan with 40 left today, on `store`: `(plans, plan id, key
+/// id)`.
+async fn a_key_with_40_left_on(
+    store: std::sync::Arc<dyn tower_usage_plans::store::CounterStore>,
+) -> (UsagePlans, String, String) {
+    let plans = UsagePlans::builder().with_store(store).build();
     let plan = plans
         .create_usage_plan(NewUsagePlan::new("p").with_quota(Quota::new(100, QuotaPeriod::Day)))
         .unwrap();
@@ -269,7 +278,7 @@ async fn a_key_with_40_left() -> (
         .unwrap();
     plans.add_key_to_plan(&plan.id, &key.id).unwrap();
     plans.set_remaining(&plan.id, &key.id, 40).await.unwrap();
-    (plans, store, plan.id, key.id)
+    (plans, plan.id, key.id)
 }
 
 /// What `store` holds as the key's remaining today (100 once its counter
@@ -366,14 +375,18 @@ async fn a_key_removed_during_another_replication_keeps_its_counter_until_its_ow
     assert_eq!(dropped, 100, "dropped after");
 }
 
-/// A store whose UpdateUsage first has the key taken out of its plan (as
-/// another admin call would, while the store answers), that change shared.
-struct RemovedMidCall {
+/// A memory store that misbehaves on cue: with `plans` set, its
+/// UpdateUsage first has the key taken out of its plan (as another admin
+/// call would, while the store answers), that change shared; and its next
+/// `failing_forgets` forgets fail.
+#[derive(Default)]
+struct OnCue {
     inner: std::sync::Arc<tower_usage_plans::store::MemoryStore>,
     plans: std::sync::OnceLock<UsagePlans>,
+    failing_forgets: std::sync::atomic::AtomicU32,
 }
 
-impl tower_usage_plans::store::CounterStore for RemovedMidCall {
+impl tower_usage_plans::store::CounterStore for OnCue {
     fn decide(
         &self,
         request: &tower_usage_plans::store::DecisionRequest<'_>,
@@ -395,11 +408,13 @@ impl tower_usage_plans::store::CounterStore for RemovedMidCall {
         now: jiff::Timestamp,
         remaining: u64,
     ) -> tower_usage_plans::store::StoreFuture<tower_usage_plans::store::DayUsage> {
-        let plans = self.plans.get().unwrap().clone();
+        let plans = self.plans.get().cloned();
         let (inner, counter, quota) = (self.inner.clone(), counter.clone(), *quota);
         tower_usage_plans::store::StoreFuture::boxed(async move {
-            plans.remove_key_from_plan(counter.plan_id(), counter.key_id())?;
-            plans.replicated().await?;
+            if let Some(plans) = plans {
+                plans.remove_key_from_plan(counter.plan_id(), counter.key_id())?;
+                plans.replicated().await?;
+            }
             inner.set_remaining(&counter, &quota, now, remaining).await
         })
     }
@@ -429,6 +444,15 @@ impl tower_usage_plans::store::CounterStore for RemovedMidCall {
         &self,
         counter: &tower_usage_plans::store::CounterKey,
     ) -> tower_usage_plans::store::StoreFuture<()> {
+        use std::sync::atomic::Ordering;
+        let fail = self
+            .failing_forgets
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok();
+        if fail {
+            let down = tower_usage_plans::Error::new(ErrorKind::Store, "down");
+            return tower_usage_plans::store::StoreFuture::ready(Err(down));
+        }
         self.inner.forget(counter)
     }
 }
@@ -439,27 +463,39 @@ impl tower_usage_plans::store::CounterStore for RemovedMidCall {
 /// waited for the next admin change, the key's counter back meanwhile.)
 #[tokio::test]
 async fn an_update_usage_that_finds_its_key_gone_drops_the_counter_it_made() {
-    use std::sync::Arc;
-    use tower_usage_plans::store::StoreFuture;
-
-    let inner = Arc::new(tower_usage_plans::store::MemoryStore::new());
-    let store = Arc::new(RemovedMidCall {
-        inner: inner.clone(),
-        plans: std::sync::OnceLock::new(),
-    });
-    let plans = UsagePlans::builder().with_store(store.clone()).build();
+    let (plans, store, plan_id, key_id) = a_replicated_key_on_cue().await;
     store.plans.set(plans.clone()).unwrap();
-    plans.set_replication(Some(Arc::new(|| StoreFuture::ready(Ok(())))));
-    let plan = plans
-        .create_usage_plan(NewUsagePlan::new("p").with_quota(Quota::new(100, QuotaPeriod::Day)))
-        .unwrap();
-    let key = plans
-        .create_api_key(NewApiKey::new("k").with_enabled(true))
-        .unwrap();
-    plans.add_key_to_plan(&plan.id, &key.id).unwrap();
-
-    let answer = plans.set_remaining(&plan.id, &key.id, 10).await;
+    let answer = plans.set_remaining(&plan_id, &key_id, 10).await;
     assert_eq!(kind(answer), ErrorKind::NotFound);
-    let remaining = remaining_today(&inner, &plan.id, &key.id).await.unwrap();
-    assert_eq!(remaining, 100, "the counter it made is dropped");
+    let remaining = remaining_today(&store.inner, &plan_id, &key_id).await;
+    assert_eq!(remaining.unwrap(), 100, "the counter it made is dropped");
+}
+
+/// A key in a plan (40 left today) of `UsagePlans` on an [`OnCue`] store,
+/// with replication (that always succeeds).
+async fn a_replicated_key_on_cue() -> (UsagePlans, std::sync::Arc<OnCue>, String, String) {
+    let store = std::sync::Arc::new(OnCue::default());
+    let (plans, plan_id, key_id) = a_key_with_40_left_on(store.clone()).await;
+    plans.set_replication(Some(std::sync::Arc::new(|| {
+        tower_usage_plans::store::StoreFuture::ready(Ok(()))
+    })));
+    (plans, store, plan_id, key_id)
+}
+
+/// A removed key's counter that the store failed to drop is dropped by
+/// the next replication. (Before: it was kept, and the key, added back to
+/// its plan later, started from its old count.)
+#[tokio::test]
+async fn a_removed_keys_counter_the_store_failed_to_drop_is_dropped_later() {
+    let (plans, store, plan_id, key_id) = a_replicated_key_on_cue().await;
+    store
+        .failing_forgets
+        .store(1, std::sync::atomic::Ordering::Release);
+    plans.remove_key_from_plan(&plan_id, &key_id).unwrap();
+    plans.replicated().await.unwrap();
+    let remaining = remaining_today(&store.inner, &plan_id, &key_id).await;
+    assert_eq!(remaining.unwrap(), 40, "the store failed");
+    plans.replicated().await.unwrap();
+    let remaining = remaining_today(&store.inner, &plan_id, &key_id).await;
+    assert_eq!(remaining.unwrap(), 100, "dropped the next time");
 }

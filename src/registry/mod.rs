@@ -398,7 +398,7 @@ impl UsagePlans {
     /// replication, the counters of keys that left their plans are
     /// dropped then, once no replica decides on them (kept until a call
     /// succeeds: a library that sets replication calls this after its
-    /// changes).
+    /// changes; one the store failed to drop waits for the next call).
     ///
     /// # Errors
     /// `Store` when the replicas cannot be reached (e.g. Redis is down):
@@ -446,19 +446,25 @@ impl UsagePlans {
             .map(|counter| {
                 let store = self.inner.store.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = store.forget(&counter).await {
-                        tracing::warn!(
-                            plan_id = counter.plan_id(),
-                            key_id = counter.key_id(),
-                            error = %e,
-                            "could not drop counter"
-                        );
-                    }
+                    let Err(e) = store.forget(&counter).await else {
+                        return None;
+                    };
+                    tracing::warn!(
+                        plan_id = counter.plan_id(),
+                        key_id = counter.key_id(),
+                        error = %e,
+                        "could not drop counter; tried again with the next change"
+                    );
+                    Some(counter)
                 })
             })
             .collect();
         for dropped in dropping {
-            let _ = dropped.await;
+            // Not dropped (the store failed): queued again, for the next
+            // call (kept, a key added back later started from its old count).
+            if let Ok(Some(counter)) = dropped.await {
+                self.inner.to_forget.lock().push(counter);
+            }
         }
         Ok(())
     }
