@@ -1819,9 +1819,11 @@ async fn todays_used_count_survives_redis_losing_its_data() {
 
 /// UpdateUsage's answer while both replicas hold leases: today's used
 /// count includes what their leases admitted and had not reported yet
-/// (each replica gives its revoked leases back, with their reports, before
-/// it acknowledges the revocation). (Before: `[0, 10]` after 600 admitted
-/// from leases; GetUsage read 600 only after the next 200 ms round.)
+/// (each replica gives its revoked leases back, and reports what its live
+/// ones spent, before it acknowledges). (Before: `[565, 10]` after 600
+/// admitted from leases, and an `add`, which revokes nothing, answered
+/// what the last 200 ms round had reported; GetUsage read it right only
+/// after the next round.)
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn update_usage_answers_what_leases_admitted() {
@@ -1835,17 +1837,20 @@ async fn update_usage_answers_what_leases_admitted() {
     let mut admitted = admit_n(&first, &counter, Some(quota), 300).await;
     admitted += admit_n(&second, &counter, Some(quota), 300).await;
     assert_eq!(admitted, 600);
-    let answer = first
-        .set_remaining(&counter, &quota, jiff::Timestamp::now(), 10)
-        .await
-        .unwrap();
-    assert_eq!(answer, [600, 10], "UpdateUsage's answer");
-    assert_eq!(today_usage(&second, &counter, &quota).await, [600, 10]);
     let answer = second
         .add_remaining(&counter, &quota, jiff::Timestamp::now(), 5)
         .await
         .unwrap();
-    assert_eq!(answer, [600, 15], "an add's answer");
+    assert_eq!(answer, [600, 405], "an add's answer");
+    admitted += admit_n(&first, &counter, Some(quota), 100).await;
+    admitted += admit_n(&second, &counter, Some(quota), 100).await;
+    assert_eq!(admitted, 800);
+    let answer = first
+        .set_remaining(&counter, &quota, jiff::Timestamp::now(), 10)
+        .await
+        .unwrap();
+    assert_eq!(answer, [800, 10], "a replace's answer");
+    assert_eq!(today_usage(&second, &counter, &quota).await, [800, 10]);
 }
 
 /// GetUsage after a replica is gone and Redis lost its data: today's used

@@ -246,14 +246,15 @@ impl RedisStore {
         // Another replica changed a counter by UpdateUsage: this replica's
         // copy follows (so that a loss puts back the new allowance even
         // if that replica is gone by then).
-        // Its revoked leases go back first, with what they admitted: the
-        // UpdateUsage that revoked them answers today's used count with it.
+        // Its revoked leases go back first, with what they admitted, and
+        // its live ones report: the UpdateUsage that announced it answers
+        // today's used count with all of it.
         let store = self.downgrade();
         self.control.on_revoked(Some(Arc::new(move |counter| {
             let store = store.upgrade();
             StoreFuture::boxed(async move {
                 if let Some(store) = store {
-                    store.give_back_revoked().await;
+                    store.report_for_update().await;
                     let mut connection = store.connection.clone();
                     learn::refresh(&store.recovery, &mut connection, counter)
                         .await
@@ -689,19 +690,24 @@ impl RedisStore {
     }
 
     /// Gives back the leases taken out of use (revoked), with what they
-    /// admitted, within the store's timeout; what does not go back now goes
-    /// with the next round.
-    async fn give_back_revoked(&self) {
+    /// admitted, and reports what the live ones spent, within the store's
+    /// timeout (for UpdateUsage's answer); what does not go now goes with
+    /// the next round.
+    async fn report_for_update(&self) {
         let Some(leases) = &self.leases else {
             return;
         };
         let calls = self
-            .calls_to_send(|| give_backs(leases, leases.take_dropped()))
+            .calls_to_send(|| {
+                let mut calls = give_backs(leases, leases.take_dropped());
+                calls.extend(leases.take_unreported());
+                calls
+            })
             .await;
         match tokio::time::timeout(self.timeout, self.take_back(leases, calls)).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::debug!(error = %e, "revoked leases go back with the next round"),
-            Err(_) => tracing::debug!("revoked leases go back with the next round (timed out)"),
+            Ok(Err(e)) => tracing::debug!(error = %e, "leases report with the next round"),
+            Err(_) => tracing::debug!("leases report with the next round (timed out)"),
         }
     }
 
@@ -1266,7 +1272,8 @@ impl RedisStore {
     /// UpdateUsage in the script: `"set"` (`value` remaining) or `"add"`
     /// (`value` more, or less); then, when the script started a new epoch,
     /// every replica's older leases are revoked (and given back, with what
-    /// they admitted) before the answer, today's usage read after.
+    /// they admitted; the live ones report) before the answer, today's
+    /// usage read after.
     fn change_remaining(
         &self,
         counter: &CounterKey,
@@ -1319,8 +1326,9 @@ impl RedisStore {
             // copy for a restore follows, before the call returns.
             store.revoke_everywhere(&counter, epoch).await?;
             // Every replica gave its revoked leases back with what they
-            // admitted (this one now): today's used count has all of it.
-            store.give_back_revoked().await;
+            // admitted, and reported what its live ones spent (this one
+            // now): today's used count has all of it.
+            store.report_for_update().await;
             let day = period::date_of_day(now.as_second().div_euclid(DAY_SECS));
             match store.usage(&counter, Some(&quota), now, day, day).await {
                 Ok(read) if !read.is_empty() => Ok(read[0]),
