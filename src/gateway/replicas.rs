@@ -817,18 +817,19 @@ mod tests {
         );
     }
 
-    /// A replica that deleted `deleted` and then created eight keys (nine
-    /// admin changes, each published) since `saved`: it keeps no merge
-    /// base of `saved` (nor of any registry before the deletion).
-    async fn nine_changes_since(
+    /// `a` deletes `deleted` and then creates `creates` keys, each change
+    /// published: past 7, it keeps no merge base of the registry before
+    /// the deletion.
+    async fn changes_since(
         plans: &UsagePlans,
         a: &mut Replica,
         deleted: &crate::ApiKey,
+        creates: usize,
     ) -> Vec<crate::ApiKey> {
         plans.delete_api_key(&deleted.id).unwrap();
         a.sync().await.unwrap();
         let mut created = Vec::new();
-        for n in 0..8 {
+        for n in 0..creates {
             let name = format!("later {n}");
             created.push(plans.create_api_key(crate::NewApiKey::new(name)).unwrap());
             a.sync().await.unwrap();
@@ -837,16 +838,17 @@ mod tests {
     }
 
     /// Redis goes back to a registry older than every one this replica
-    /// still keeps as a merge's base, though its own registry's lineage
-    /// names it: everything Redis holds is in this replica's registry,
-    /// which is kept whole. (Merged against nothing, the deleted key came
-    /// back from the older registry.)
+    /// still keeps as a merge's base (21 changes ago), though its own
+    /// registry's lineage names it: everything Redis holds is in this
+    /// replica's registry, which is kept whole. (Merged against nothing,
+    /// the deleted key came back from the older registry; also with 16
+    /// changes or more and lineages of 16.)
     #[tokio::test]
     async fn a_registry_older_than_the_bases_kept_takes_no_change_away() {
         let (redis, plans, mut a, deleted) = a_replica_that_published_a_key().await;
         let mut raw = redis.connection().await;
         let saved = saved_registry(&mut raw).await;
-        let created = nine_changes_since(&plans, &mut a, &deleted).await;
+        let created = changes_since(&plans, &mut a, &deleted, 20).await;
 
         put_back_registry(&mut raw, &saved).await;
         a.sync().await.unwrap();
@@ -873,7 +875,7 @@ mod tests {
         let (other, mut b) = a_replica_on(&redis).await;
         let mut raw = redis.connection().await;
         let saved = saved_registry(&mut raw).await;
-        let created = nine_changes_since(&plans, &mut a, &deleted).await;
+        let created = changes_since(&plans, &mut a, &deleted, 8).await;
 
         put_back_registry(&mut raw, &saved).await;
         let bs = other.create_api_key(crate::NewApiKey::new("b's")).unwrap();
