@@ -6,7 +6,7 @@
 //! had deleted (or a membership it had removed, or an update it had made)
 //! came back from the other side's older copy.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -24,6 +24,8 @@ const LINEAGE: usize = 64;
 /// long ago (admin changes may be hours apart, and a loss must find the
 /// registry held before the last change).
 const KEPT: usize = 8;
+/// How many removals a shared registry names (8 bytes each, hashed).
+const REMOVED: usize = 1_024;
 /// How many of a merge's side ids a registry published after it names,
 /// from each side.
 const MERGED: usize = LINEAGE / 2;
@@ -39,6 +41,11 @@ pub(crate) struct Shared {
     /// built on, newest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) lineage: Vec<u64>,
+    /// The hashed ids of keys, plans and memberships removed lately (see
+    /// `MergeBase::removed_in`), newest first: a merge against a base that
+    /// lacks them keeps them removed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) removed: Vec<u64>,
 }
 
 /// The lineage alone of a shared registry (the rest is skipped).
@@ -56,6 +63,8 @@ pub(crate) struct Base {
     pub(crate) lineage: Vec<u64>,
     /// The registry as the base of a three-way merge.
     pub(crate) merge: Arc<MergeBase>,
+    /// What the registry names as removed lately.
+    pub(crate) removed: Vec<u64>,
 }
 
 impl Base {
@@ -64,7 +73,23 @@ impl Base {
         Self {
             lineage: shared.lineage.clone(),
             merge: Arc::new(MergeBase::of(&shared.registry)),
+            removed: shared.removed.clone(),
         }
+    }
+
+    /// What `registry`, built on this base, names as removed lately: what
+    /// the base names, and what it held that `registry` does not (newest
+    /// first), but for what `registry` holds again; at most `REMOVED`.
+    pub(crate) fn removed_by(&self, registry: &RegistrySnapshot) -> Vec<u64> {
+        let mut removed = self.merge.removed_in(registry);
+        let present: HashSet<u64> = MergeBase::of(registry).ids().collect();
+        for id in &self.removed {
+            if !present.contains(id) && !removed.contains(id) {
+                removed.push(*id);
+            }
+        }
+        removed.truncate(REMOVED);
+        removed
     }
 }
 
@@ -80,6 +105,12 @@ impl Shared {
             }
         }
         self.lineage = lineage;
+        for id in &local.removed {
+            if !self.removed.contains(id) {
+                self.removed.push(*id);
+            }
+        }
+        self.removed.truncate(REMOVED);
         self
     }
 
@@ -91,7 +122,12 @@ impl Shared {
             .chain(base.lineage.iter().copied())
             .take(LINEAGE)
             .collect();
-        Self { registry, lineage }
+        let removed = base.removed_by(&registry);
+        Self {
+            registry,
+            lineage,
+            removed,
+        }
     }
 }
 
@@ -179,6 +215,26 @@ mod tests {
             known.common_ancestor(&merged.lineage),
             Some(&MergeBase::of(&local.registry))
         );
+    }
+
+    #[test]
+    fn a_registry_names_what_was_removed_until_it_is_back() {
+        let plans = UsagePlans::new();
+        let a = plans.create_api_key(NewApiKey::new("a")).unwrap();
+        let first = Shared::built_on(&Base::of(&Shared::default()), plans.snapshot());
+        assert_eq!(first.removed, Vec::<u64>::new());
+        let held = plans.snapshot();
+        plans.delete_api_key(&a.id).unwrap();
+        let second = Shared::built_on(&Base::of(&first), plans.snapshot());
+        assert_eq!(second.removed.len(), 1, "the key");
+        // Named on, through publishes that remove nothing.
+        let third = Shared::built_on(&Base::of(&second), plans.snapshot());
+        assert_eq!(third.removed, second.removed);
+        // Back (a restore of the older registry, say): named no more.
+        let back = Shared::built_on(&Base::of(&third), held);
+        assert_eq!(back.removed, Vec::<u64>::new());
+        let json = serde_json::to_string(&back).unwrap();
+        assert!(!json.contains("removed"), "{json}");
     }
 
     #[test]

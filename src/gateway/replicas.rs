@@ -5,6 +5,7 @@
 //! none of this: they live in Redis already ([`RedisStore`](crate::store::RedisStore)).
 
 use std::borrow::Cow;
+use std::collections::HashSet;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -373,6 +374,7 @@ impl Replica {
             base: Base {
                 lineage: Vec::new(),
                 merge: MergeBase::of(&plans.snapshot()).into(),
+                removed: Vec::new(),
             },
             known: Known::default(),
             lost: false,
@@ -627,13 +629,26 @@ impl Replica {
             false => Cow::Borrowed(&*self.base.merge),
         };
         let base = &*base;
+        // What this replica removed since, or knows removed, stays so
+        // (merged against a base that lacks it, it came back from the
+        // other side).
+        let removed: HashSet<u64> = match self.lost {
+            true => self
+                .base
+                .removed_by(&self.plans.snapshot())
+                .into_iter()
+                .collect(),
+            false => HashSet::new(),
+        };
         // An admin write here while merging would be overwritten by the
         // restore: then merge again, with it.
         let (changed_here, generation) = loop {
             let generation = self.plans.generation();
             let changed_here = self.pending || generation != self.generation;
             let next = if changed_here {
-                RegistrySnapshot::merge(base, &self.plans.snapshot(), &remote.registry)
+                let local = self.plans.snapshot();
+                let base = base.with_removed(&removed, &local, &remote.registry);
+                RegistrySnapshot::merge(&base, &local, &remote.registry)
             } else {
                 remote.registry.clone()
             };
@@ -866,9 +881,10 @@ mod tests {
 
     /// As above, and B, which held only the older registry, publishes on
     /// it under a larger version than A's: A merges, both sides kept
-    /// (taken in as a later registry, its nine changes were gone). With no
-    /// base of the registry both come from, A's deletion is undone by B's
-    /// older copy of the key: a merge against nothing.
+    /// (taken in as a later registry, its nine changes were gone), and
+    /// A's deletion stands though A keeps no base of the registry both
+    /// come from: A's registry names it removed. (Merged against nothing,
+    /// B's older copy of the key brought it back.)
     #[tokio::test]
     async fn a_registry_published_on_one_older_than_the_bases_kept_is_merged() {
         let (redis, plans, mut a, deleted) = a_replica_that_published_a_key().await;
@@ -887,6 +903,9 @@ mod tests {
         for key in &created {
             assert!(plans.api_key(&key.id).is_ok(), "A's later keys stay");
         }
+        assert!(plans.api_key(&deleted.id).is_err(), "A's deletion holds");
+        b.sync().await.unwrap();
+        assert!(other.api_key(&deleted.id).is_err(), "on B too");
     }
 
     /// Redis goes back to the registry before A's change, and B, which

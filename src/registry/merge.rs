@@ -42,6 +42,77 @@ impl MergeBase {
     }
 }
 
+impl MergeBase {
+    /// The hashed ids of what this base holds and `now` does not: keys and
+    /// plans deleted since, and memberships (plan and key) ended since.
+    pub(crate) fn removed_in(&self, now: &RegistrySnapshot) -> Vec<u64> {
+        let present = present_in(now);
+        self.ids().filter(|id| !present.contains(id)).collect()
+    }
+
+    /// The hashed ids of what this base holds: keys, plans and
+    /// memberships.
+    pub(crate) fn ids(&self) -> impl Iterator<Item = u64> + '_ {
+        let plans = self.plans.iter().flat_map(|(plan, (_, members))| {
+            let memberships = members.iter().map(|key| membership(*plan, *key));
+            std::iter::once(*plan).chain(memberships)
+        });
+        self.keys.keys().copied().chain(plans)
+    }
+
+    /// This base, with what `removed` names (a replica's removals, see
+    /// [`removed_in`](Self::removed_in)) that `remote` holds and `local`
+    /// does not, as `remote` holds it: merged against it, `local`'s removal
+    /// stands. (Merged against a base that lacks it, as after Redis went
+    /// back past every base a replica keeps, the removed key, plan or
+    /// membership came back from the other side.)
+    pub(crate) fn with_removed(
+        &self,
+        removed: &HashSet<u64>,
+        local: &RegistrySnapshot,
+        remote: &RegistrySnapshot,
+    ) -> Self {
+        let mut base = self.clone();
+        let here = present_in(local);
+        let gone = |id: u64| removed.contains(&id) && !here.contains(&id);
+        for key in &remote.keys {
+            let id = hash_of(&key.key.id);
+            if gone(id) {
+                base.keys.entry(id).or_insert_with(|| hash_of(key));
+            }
+        }
+        for plan in &remote.plans {
+            let id = hash_of(&plan.plan.id);
+            let ended: Vec<u64> = plan
+                .keys
+                .iter()
+                .map(|key| hash_of(key.as_str()))
+                .filter(|key| gone(membership(id, *key)))
+                .collect();
+            if !gone(id) && ended.is_empty() {
+                continue;
+            }
+            let (_, members) = base
+                .plans
+                .entry(id)
+                .or_insert_with(|| (fingerprint(&body(plan)), HashSet::new()));
+            members.extend(ended);
+        }
+        base
+    }
+}
+
+/// The hashed ids of what `registry` holds: keys, plans and memberships.
+fn present_in(registry: &RegistrySnapshot) -> HashSet<u64> {
+    MergeBase::of(registry).ids().collect()
+}
+
+/// The hashed id of the membership of key `key` in plan `plan` (both
+/// hashed ids).
+fn membership(plan: u64, key: u64) -> u64 {
+    hash_of(&(plan, key))
+}
+
 impl RegistrySnapshot {
     /// Three-way merge of registries: per plan and per key, a side that
     /// changed it since `base` wins, local first; a plan's members merge
@@ -229,6 +300,49 @@ mod tests {
         let copy = UsagePlans::new();
         copy.restore(of.snapshot()).unwrap();
         copy
+    }
+
+    /// Merged against nothing (as after Redis went back past every base
+    /// a replica keeps), what the local side names as removed stays
+    /// removed: a key, a plan, a membership; what it does not name, and
+    /// what it holds again, come from the other side as before.
+    #[test]
+    fn what_the_local_side_removed_stays_removed_without_a_base() {
+        let (origin, plan_id, key_id) = base();
+        let other_plan = origin.create_usage_plan(NewUsagePlan::new("q")).unwrap();
+        let member = origin.create_api_key(NewApiKey::new("m")).unwrap();
+        origin.add_key_to_plan(&plan_id, &member.id).unwrap();
+        let unnamed = origin.create_api_key(NewApiKey::new("u")).unwrap();
+        let (local, remote) = (copy(&origin), copy(&origin));
+        local.delete_api_key(&key_id).unwrap();
+        local.delete_usage_plan(&other_plan.id).unwrap();
+        local.remove_key_from_plan(&plan_id, &member.id).unwrap();
+        local.delete_api_key(&unnamed.id).unwrap();
+        let mut removed: HashSet<u64> = MergeBase::of(&origin.snapshot())
+            .removed_in(&local.snapshot())
+            .into_iter()
+            .collect();
+        assert!(removed.remove(&hash_of(unnamed.id.as_str())));
+
+        let (mine, theirs) = (local.snapshot(), remote.snapshot());
+        let base = MergeBase::default().with_removed(&removed, &mine, &theirs);
+        let result = UsagePlans::new();
+        result
+            .restore(RegistrySnapshot::merge(&base, &mine, &theirs))
+            .unwrap();
+        assert!(result.api_key(&key_id).is_err(), "the key stays deleted");
+        assert!(result.usage_plan(&other_plan.id).is_err(), "the plan too");
+        assert_eq!(member_ids(&result, &plan_id), Vec::<String>::new());
+        assert!(result.api_key(&member.id).is_ok(), "the member's key stays");
+        assert!(result.api_key(&unnamed.id).is_ok(), "not named: back");
+
+        // Added back locally, a membership named removed stays.
+        local.add_key_to_plan(&plan_id, &member.id).unwrap();
+        let mine = local.snapshot();
+        let base = MergeBase::default().with_removed(&removed, &mine, &theirs);
+        let result = RegistrySnapshot::merge(&base, &mine, &theirs);
+        let plan = result.plans.iter().find(|p| p.plan.id == plan_id).unwrap();
+        assert_eq!(plan.keys, vec![member.id.clone()]);
     }
 
     #[test]
