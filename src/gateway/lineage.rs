@@ -82,13 +82,14 @@ impl Base {
     /// first), but for what `registry` holds again; at most `REMOVED`.
     pub(crate) fn removed_by(&self, registry: &RegistrySnapshot) -> Vec<u64> {
         let mut removed = self.merge.removed_in(registry);
-        let present: HashSet<u64> = MergeBase::of(registry).ids().collect();
-        for id in &self.removed {
-            if !present.contains(id) && !removed.contains(id) {
-                removed.push(*id);
-            }
-        }
         removed.truncate(REMOVED);
+        if removed.len() < REMOVED && !self.removed.is_empty() {
+            let present: HashSet<u64> = MergeBase::of(registry).ids().collect();
+            let mut named: HashSet<u64> = removed.iter().copied().collect();
+            let earlier = self.removed.iter().copied();
+            removed.extend(earlier.filter(|id| !present.contains(id) && named.insert(*id)));
+            removed.truncate(REMOVED);
+        }
         removed
     }
 }
@@ -105,11 +106,9 @@ impl Shared {
             }
         }
         self.lineage = lineage;
-        for id in &local.removed {
-            if !self.removed.contains(id) {
-                self.removed.push(*id);
-            }
-        }
+        let mut named: HashSet<u64> = self.removed.iter().copied().collect();
+        let theirs = local.removed.iter().copied();
+        self.removed.extend(theirs.filter(|id| named.insert(*id)));
         self.removed.truncate(REMOVED);
         self
     }

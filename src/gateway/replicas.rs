@@ -525,19 +525,18 @@ impl Replica {
     /// Redis lost its data or went back: `remote` itself when this
     /// replica's registry comes from it (its lineage names it, however
     /// long ago it was held), else the latest registry both come from that
-    /// this replica keeps, else nothing (both sides kept whole).
-    fn base_after_loss(&self, remote: &Shared) -> Cow<'_, MergeBase> {
+    /// this replica keeps; `None` when it knows neither.
+    fn base_after_loss(&self, remote: &Shared) -> Option<Cow<'_, MergeBase>> {
         let ours = remote
             .lineage
             .first()
             .is_some_and(|id| self.base.lineage.contains(id));
         if ours {
-            return Cow::Owned(MergeBase::of(&remote.registry));
+            return Some(Cow::Owned(MergeBase::of(&remote.registry)));
         }
-        match self.known.common_ancestor(&remote.lineage) {
-            Some(base) => Cow::Borrowed(base),
-            None => Cow::Owned(MergeBase::default()),
-        }
+        self.known
+            .common_ancestor(&remote.lineage)
+            .map(Cow::Borrowed)
     }
 
     /// `shared` is what Redis holds now, and the base of the next merge.
@@ -624,21 +623,24 @@ impl Replica {
             self.lost = true;
             self.pending = true;
         }
-        let base = match self.lost {
-            true => self.base_after_loss(&remote),
-            false => Cow::Borrowed(&*self.base.merge),
+        let (base, from_nothing) = match self.lost {
+            false => (Cow::Borrowed(&*self.base.merge), false),
+            true => match self.base_after_loss(&remote) {
+                Some(base) => (base, false),
+                None => (Cow::Owned(MergeBase::default()), true),
+            },
         };
-        let base = &*base;
-        // What this replica removed since, or knows removed, stays so
-        // (merged against a base that lacks it, it came back from the
-        // other side).
-        let removed: HashSet<u64> = match self.lost {
-            true => self
-                .base
-                .removed_by(&self.plans.snapshot())
-                .into_iter()
-                .collect(),
-            false => HashSet::new(),
+        // Merged against nothing, what either side names as removed lately
+        // stays removed (else it came back from the other side's copy).
+        // Not against a real base: there an item the other side holds that
+        // the base lacks was added (back) since, and stays.
+        let removed: [HashSet<u64>; 2] = match from_nothing {
+            true => [
+                self.base.removed_by(&self.plans.snapshot()),
+                remote.removed.clone(),
+            ]
+            .map(|ids| ids.into_iter().collect()),
+            false => Default::default(),
         };
         // An admin write here while merging would be overwritten by the
         // restore: then merge again, with it.
@@ -647,8 +649,16 @@ impl Replica {
             let changed_here = self.pending || generation != self.generation;
             let next = if changed_here {
                 let local = self.plans.snapshot();
-                let base = base.with_removed(&removed, &local, &remote.registry);
-                RegistrySnapshot::merge(&base, &local, &remote.registry)
+                let [here, there] = &removed;
+                match from_nothing {
+                    true => {
+                        let base = base
+                            .with_removed(here, &local, &remote.registry)
+                            .with_removed(there, &remote.registry, &local);
+                        RegistrySnapshot::merge(&base, &local, &remote.registry)
+                    }
+                    false => RegistrySnapshot::merge(&base, &local, &remote.registry),
+                }
             } else {
                 remote.registry.clone()
             };
@@ -906,6 +916,32 @@ mod tests {
         assert!(plans.api_key(&deleted.id).is_err(), "A's deletion holds");
         b.sync().await.unwrap();
         assert!(other.api_key(&deleted.id).is_err(), "on B too");
+    }
+
+    /// After a loss, merged against a registry both come from, a key the
+    /// other replica added back to its plan since stays in it, though this
+    /// replica's registry names the membership removed (that applies only
+    /// to a merge against nothing).
+    #[tokio::test]
+    async fn a_membership_added_back_elsewhere_stays_after_a_loss() {
+        let (redis, plans, mut a, key) = a_replica_that_published_a_key().await;
+        let plan = plans
+            .create_usage_plan(crate::NewUsagePlan::new("p"))
+            .unwrap();
+        plans.add_key_to_plan(&plan.id, &key.id).unwrap();
+        a.sync().await.unwrap();
+        let (other, mut b) = a_replica_on(&redis).await;
+        plans.remove_key_from_plan(&plan.id, &key.id).unwrap();
+        a.sync().await.unwrap();
+        b.sync().await.unwrap();
+        other.add_key_to_plan(&plan.id, &key.id).unwrap();
+        b.sync().await.unwrap();
+
+        // A finds a loss (the store's marker, which this test has not).
+        a.forget_base();
+        a.sync().await.unwrap();
+        let members = plans.usage_plan_keys(&plan.id).unwrap();
+        assert_eq!(members.len(), 1, "B's add stays");
     }
 
     /// Redis goes back to the registry before A's change, and B, which

@@ -44,10 +44,21 @@ impl MergeBase {
 
 impl MergeBase {
     /// The hashed ids of what this base holds and `now` does not: keys and
-    /// plans deleted since, and memberships (plan and key) ended since.
+    /// plans deleted since (first), and memberships ended since whose key
+    /// and plan remain (deleting either ends them already).
     pub(crate) fn removed_in(&self, now: &RegistrySnapshot) -> Vec<u64> {
-        let present = present_in(now);
-        self.ids().filter(|id| !present.contains(id)).collect()
+        let now = MergeBase::of(now);
+        let gone_keys = self.keys.keys().filter(|id| !now.keys.contains_key(id));
+        let gone_plans = self.plans.keys().filter(|id| !now.plans.contains_key(id));
+        let ended = self.plans.iter().flat_map(|(plan, (_, members))| {
+            let kept = now.plans.get(plan).map(|(_, kept)| kept);
+            members
+                .iter()
+                .filter(move |key| kept.is_some_and(|kept| !kept.contains(key)))
+                .filter(|key| now.keys.contains_key(key))
+                .map(|key| membership(*plan, *key))
+        });
+        gone_keys.chain(gone_plans).copied().chain(ended).collect()
     }
 
     /// The hashed ids of what this base holds: keys, plans and
@@ -60,36 +71,42 @@ impl MergeBase {
         self.keys.keys().copied().chain(plans)
     }
 
-    /// This base, with what `removed` names (a replica's removals, see
-    /// [`removed_in`](Self::removed_in)) that `remote` holds and `local`
-    /// does not, as `remote` holds it: merged against it, `local`'s removal
-    /// stands. (Merged against a base that lacks it, as after Redis went
-    /// back past every base a replica keeps, the removed key, plan or
-    /// membership came back from the other side.)
+    /// This base, with what `removed` names (a side's removals, see
+    /// [`removed_in`](Self::removed_in)) that `holding` holds and
+    /// `without` does not, as `holding` holds it: merged against it, the
+    /// removal stands. (Merged against a base that lacks it, as after Redis
+    /// went back past every base a replica keeps, the removed key, plan or
+    /// membership came back from the side still holding it.)
     pub(crate) fn with_removed(
         &self,
         removed: &HashSet<u64>,
-        local: &RegistrySnapshot,
-        remote: &RegistrySnapshot,
+        without: &RegistrySnapshot,
+        holding: &RegistrySnapshot,
     ) -> Self {
         let mut base = self.clone();
-        let here = present_in(local);
-        let gone = |id: u64| removed.contains(&id) && !here.contains(&id);
-        for key in &remote.keys {
+        if removed.is_empty() {
+            return base;
+        }
+        let here = MergeBase::of(without);
+        let gone = |id: u64| removed.contains(&id);
+        for key in &holding.keys {
             let id = hash_of(&key.key.id);
-            if gone(id) {
+            if gone(id) && !here.keys.contains_key(&id) {
                 base.keys.entry(id).or_insert_with(|| hash_of(key));
             }
         }
-        for plan in &remote.plans {
+        for plan in &holding.plans {
             let id = hash_of(&plan.plan.id);
+            let here_members = here.plans.get(&id).map(|(_, members)| members);
             let ended: Vec<u64> = plan
                 .keys
                 .iter()
                 .map(|key| hash_of(key.as_str()))
                 .filter(|key| gone(membership(id, *key)))
+                .filter(|key| here_members.is_some_and(|members| !members.contains(key)))
                 .collect();
-            if !gone(id) && ended.is_empty() {
+            let plan_gone = gone(id) && here_members.is_none();
+            if !plan_gone && ended.is_empty() {
                 continue;
             }
             let (_, members) = base
@@ -100,11 +117,6 @@ impl MergeBase {
         }
         base
     }
-}
-
-/// The hashed ids of what `registry` holds: keys, plans and memberships.
-fn present_in(registry: &RegistrySnapshot) -> HashSet<u64> {
-    MergeBase::of(registry).ids().collect()
 }
 
 /// The hashed id of the membership of key `key` in plan `plan` (both
@@ -343,6 +355,26 @@ mod tests {
         let result = RegistrySnapshot::merge(&base, &mine, &theirs);
         let plan = result.plans.iter().find(|p| p.plan.id == plan_id).unwrap();
         assert_eq!(plan.keys, vec![member.id.clone()]);
+    }
+
+    /// The same for what the other side names as removed: merged against
+    /// nothing, a key it deleted that this side still holds goes.
+    #[test]
+    fn what_the_other_side_removed_stays_removed_without_a_base() {
+        let (origin, _, key_id) = base();
+        let (local, remote) = (copy(&origin), copy(&origin));
+        remote.delete_api_key(&key_id).unwrap();
+        let removed: HashSet<u64> = MergeBase::of(&origin.snapshot())
+            .removed_in(&remote.snapshot())
+            .into_iter()
+            .collect();
+        let (mine, theirs) = (local.snapshot(), remote.snapshot());
+        let against_nothing = RegistrySnapshot::merge(&MergeBase::default(), &mine, &theirs);
+        assert_eq!(against_nothing.keys.len(), 1, "without the names: back");
+        let base = MergeBase::default().with_removed(&removed, &theirs, &mine);
+        let result = RegistrySnapshot::merge(&base, &mine, &theirs);
+        assert_eq!(result.keys.len(), 0, "the key stays deleted");
+        assert!(result.plans[0].keys.is_empty());
     }
 
     #[test]

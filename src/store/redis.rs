@@ -104,7 +104,8 @@ pub struct RedisStore {
 }
 
 /// A [`RedisStore`] that does not keep its control listener alive (see
-/// [`RedisStore::downgrade`]).
+/// [`RedisStore::downgrade`]), with the timeout the store had when its
+/// listener started (what the listener's own calls wait for).
 struct WeakStore {
     connection: Connection,
     script: Arc<Script>,
@@ -668,8 +669,6 @@ impl RedisStore {
     /// `StoreFailure` policy then decides.
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
-        // The listener's handlers hold the store with its timeout.
-        self.listen();
         self
     }
 
@@ -690,24 +689,31 @@ impl RedisStore {
     }
 
     /// Gives back the leases taken out of use (revoked), with what they
-    /// admitted, and reports what the live ones spent, within the store's
-    /// timeout (for UpdateUsage's answer); what does not go now goes with
-    /// the next round.
+    /// admitted, and reports what the live ones spent (for UpdateUsage's
+    /// answer); waits for it at most the store's timeout. The work runs
+    /// in a task of its own, never cancelled midway (a restore a call of
+    /// it finds needed finishes), and what does not go now goes with the
+    /// next round.
     async fn report_for_update(&self) {
-        let Some(leases) = &self.leases else {
+        let Some(leases) = self.leases.clone() else {
             return;
         };
-        let calls = self
-            .calls_to_send(|| {
-                let mut calls = give_backs(leases, leases.take_dropped());
-                calls.extend(leases.take_unreported());
-                calls
-            })
-            .await;
-        match tokio::time::timeout(self.timeout, self.take_back(leases, calls)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::debug!(error = %e, "leases report with the next round"),
-            Err(_) => tracing::debug!("leases report with the next round (timed out)"),
+        let store = self.clone();
+        let reporting = tokio::spawn(async move {
+            let calls = store
+                .calls_to_send(|| {
+                    let mut calls = give_backs(&leases, leases.take_dropped());
+                    calls.extend(leases.take_unreported());
+                    calls
+                })
+                .await;
+            store.take_back(&leases, calls).await
+        });
+        match tokio::time::timeout(self.timeout, reporting).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::debug!(error = %e, "leases report with the next round"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "a lease report task failed"),
+            Err(_) => tracing::debug!("leases report with the next round (waited out)"),
         }
     }
 
