@@ -24,7 +24,8 @@ const LINEAGE: usize = 64;
 /// long ago (admin changes may be hours apart, and a loss must find the
 /// registry held before the last change).
 const KEPT: usize = 8;
-/// How many removals a shared registry names (8 bytes each, hashed).
+/// How many removals a shared registry names (hashed ids, about 20 bytes
+/// each in its JSON).
 const REMOVED: usize = 1_024;
 /// How many of a merge's side ids a registry published after it names,
 /// from each side.
@@ -81,10 +82,11 @@ impl Base {
     /// the base names, and what it held that `registry` does not (newest
     /// first), but for what `registry` holds again; at most `REMOVED`.
     pub(crate) fn removed_by(&self, registry: &RegistrySnapshot) -> Vec<u64> {
-        let mut removed = self.merge.removed_in(registry);
+        let now = MergeBase::of(registry);
+        let mut removed = self.merge.removed_in(&now);
         removed.truncate(REMOVED);
         if removed.len() < REMOVED && !self.removed.is_empty() {
-            let present: HashSet<u64> = MergeBase::of(registry).ids().collect();
+            let present: HashSet<u64> = now.ids().collect();
             let mut named: HashSet<u64> = removed.iter().copied().collect();
             let earlier = self.removed.iter().copied();
             removed.extend(earlier.filter(|id| !present.contains(id) && named.insert(*id)));

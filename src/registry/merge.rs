@@ -40,14 +40,12 @@ impl MergeBase {
             .collect();
         Self { keys, plans }
     }
-}
 
-impl MergeBase {
-    /// The hashed ids of what this base holds and `now` does not: keys and
-    /// plans deleted since (first), and memberships ended since whose key
-    /// and plan remain (deleting either ends them already).
-    pub(crate) fn removed_in(&self, now: &RegistrySnapshot) -> Vec<u64> {
-        let now = MergeBase::of(now);
+    /// The hashed ids of what this base holds and `now` (the base of a
+    /// later registry) does not: keys and plans deleted since (first), and
+    /// memberships ended since whose key and plan remain (deleting either
+    /// ends them already).
+    pub(crate) fn removed_in(&self, now: &MergeBase) -> Vec<u64> {
         let gone_keys = self.keys.keys().filter(|id| !now.keys.contains_key(id));
         let gone_plans = self.plans.keys().filter(|id| !now.plans.contains_key(id));
         let ended = self.plans.iter().flat_map(|(plan, (_, members))| {
@@ -331,7 +329,7 @@ mod tests {
         local.remove_key_from_plan(&plan_id, &member.id).unwrap();
         local.delete_api_key(&unnamed.id).unwrap();
         let mut removed: HashSet<u64> = MergeBase::of(&origin.snapshot())
-            .removed_in(&local.snapshot())
+            .removed_in(&MergeBase::of(&local.snapshot()))
             .into_iter()
             .collect();
         assert!(removed.remove(&hash_of(unnamed.id.as_str())));
@@ -365,7 +363,7 @@ mod tests {
         let (local, remote) = (copy(&origin), copy(&origin));
         remote.delete_api_key(&key_id).unwrap();
         let removed: HashSet<u64> = MergeBase::of(&origin.snapshot())
-            .removed_in(&remote.snapshot())
+            .removed_in(&MergeBase::of(&remote.snapshot()))
             .into_iter()
             .collect();
         let (mine, theirs) = (local.snapshot(), remote.snapshot());
