@@ -42,11 +42,51 @@ pub(crate) struct Shared {
     /// built on, newest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) lineage: Vec<u64>,
-    /// The hashed ids of keys, plans and memberships removed lately (see
+    /// Keys, plans and memberships removed lately (see
     /// `MergeBase::removed_in`), newest first: a merge against a base that
-    /// lacks them keeps them removed.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub(crate) removed: Vec<u64>,
+    /// lacks them keeps them removed. (Named `removals`: the versions
+    /// before named them `removed`, untagged and hashed another way.)
+    #[serde(default, rename = "removals", skip_serializing_if = "Vec::is_empty")]
+    pub(crate) removed: Vec<Removal>,
+}
+
+/// A removal a shared registry names: the hashed id of the key, plan or
+/// membership removed, and the id of the registry that first named it.
+/// A side that descends from that registry and holds the item again added
+/// it back since: there the removal does not apply. (In JSON, `[id, by]`.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "(u64, u64)", into = "(u64, u64)")]
+pub(crate) struct Removal {
+    /// The hashed id of what was removed.
+    pub(crate) id: u64,
+    /// The registry that first named it.
+    pub(crate) by: u64,
+}
+
+impl From<(u64, u64)> for Removal {
+    fn from((id, by): (u64, u64)) -> Self {
+        Self { id, by }
+    }
+}
+
+impl From<Removal> for (u64, u64) {
+    fn from(removal: Removal) -> Self {
+        (removal.id, removal.by)
+    }
+}
+
+impl Removal {
+    /// The ids of `removals` that a side with `lineage` has not seen made
+    /// (it does not descend from the registry that named them): held
+    /// there, they are older copies, and merged against nothing the
+    /// removal stands.
+    pub(crate) fn unseen_by(removals: &[Removal], lineage: &[u64]) -> HashSet<u64> {
+        removals
+            .iter()
+            .filter(|removal| !lineage.contains(&removal.by))
+            .map(|removal| removal.id)
+            .collect()
+    }
 }
 
 /// The lineage alone of a shared registry (the rest is skipped).
@@ -65,7 +105,7 @@ pub(crate) struct Base {
     /// The registry as the base of a three-way merge.
     pub(crate) merge: Arc<MergeBase>,
     /// What the registry names as removed lately.
-    pub(crate) removed: Vec<u64>,
+    pub(crate) removed: Vec<Removal>,
 }
 
 impl Base {
@@ -80,16 +120,25 @@ impl Base {
 
     /// What `registry`, built on this base, names as removed lately: what
     /// the base names, and what it held that `registry` does not (newest
-    /// first), but for what `registry` holds again; at most `REMOVED`.
-    pub(crate) fn removed_by(&self, registry: &RegistrySnapshot) -> Vec<u64> {
+    /// first, named `by` the id `registry` is published under), but for
+    /// what `registry` holds again; at most `REMOVED`.
+    pub(crate) fn removed_by(&self, registry: &RegistrySnapshot, by: u64) -> Vec<Removal> {
         let now = MergeBase::of(registry);
-        let mut removed = self.merge.removed_in(&now);
+        let mut removed: Vec<Removal> = self
+            .merge
+            .removed_in(&now)
+            .into_iter()
+            .map(|id| Removal { id, by })
+            .collect();
         removed.truncate(REMOVED);
         if removed.len() < REMOVED && !self.removed.is_empty() {
             let present: HashSet<u64> = now.ids().collect();
-            let mut named: HashSet<u64> = removed.iter().copied().collect();
+            let mut named: HashSet<u64> = removed.iter().map(|removal| removal.id).collect();
             let earlier = self.removed.iter().copied();
-            removed.extend(earlier.filter(|id| !present.contains(id) && named.insert(*id)));
+            removed.extend(
+                earlier
+                    .filter(|removal| !present.contains(&removal.id) && named.insert(removal.id)),
+            );
             removed.truncate(REMOVED);
         }
         removed
@@ -108,9 +157,10 @@ impl Shared {
             }
         }
         self.lineage = lineage;
-        let mut named: HashSet<u64> = self.removed.iter().copied().collect();
+        let mut named: HashSet<u64> = self.removed.iter().map(|removal| removal.id).collect();
         let theirs = local.removed.iter().copied();
-        self.removed.extend(theirs.filter(|id| named.insert(*id)));
+        self.removed
+            .extend(theirs.filter(|removal| named.insert(removal.id)));
         self.removed.truncate(REMOVED);
         self
     }
@@ -123,7 +173,7 @@ impl Shared {
             .chain(base.lineage.iter().copied())
             .take(LINEAGE)
             .collect();
-        let removed = base.removed_by(&registry);
+        let removed = base.removed_by(&registry, id);
         Self {
             registry,
             lineage,
@@ -223,19 +273,29 @@ mod tests {
         let plans = UsagePlans::new();
         let a = plans.create_api_key(NewApiKey::new("a")).unwrap();
         let first = Shared::built_on(&Base::of(&Shared::default()), plans.snapshot());
-        assert_eq!(first.removed, Vec::<u64>::new());
+        assert_eq!(first.removed, vec![]);
         let held = plans.snapshot();
         plans.delete_api_key(&a.id).unwrap();
         let second = Shared::built_on(&Base::of(&first), plans.snapshot());
         assert_eq!(second.removed.len(), 1, "the key");
+        assert_eq!(second.removed[0].by, second.lineage[0], "named by it");
         // Named on, through publishes that remove nothing.
         let third = Shared::built_on(&Base::of(&second), plans.snapshot());
-        assert_eq!(third.removed, second.removed);
+        assert_eq!(
+            third.removed, second.removed,
+            "by the registry that first named it"
+        );
+        let json = serde_json::to_string(&third).unwrap();
+        let named = format!(
+            r#""removals":[[{},{}]]"#,
+            second.removed[0].id, second.lineage[0]
+        );
+        assert!(json.contains(&named), "{json}");
         // Back (a restore of the older registry, say): named no more.
         let back = Shared::built_on(&Base::of(&third), held);
-        assert_eq!(back.removed, Vec::<u64>::new());
+        assert_eq!(back.removed, vec![]);
         let json = serde_json::to_string(&back).unwrap();
-        assert!(!json.contains("removed"), "{json}");
+        assert!(!json.contains("removals"), "{json}");
     }
 
     #[test]

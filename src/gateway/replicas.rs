@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::Mutex;
 
-use super::lineage::{Base, Known, LineageOnly, Shared};
+use super::lineage::{Base, Known, LineageOnly, Removal, Shared};
 use crate::registry::MergeBase;
 use crate::store::redis::Connection;
 use crate::store::{RedisStore, StoreFuture};
@@ -631,15 +631,21 @@ impl Replica {
             },
         };
         // Merged against nothing, what either side names as removed lately
-        // stays removed (else it came back from the other side's copy).
-        // Not against a real base: there an item the other side holds that
-        // the base lacks was added (back) since, and stays.
+        // stays removed (else it came back from the other side's copy),
+        // unless the side holding it had the removal and added it back
+        // since. Not against a real base: there an item the other side
+        // holds that the base lacks was added (back) since, and stays.
         let removed: [HashSet<u64>; 2] = match from_nothing {
-            true => [
-                self.base.removed_by(&self.plans.snapshot()),
-                remote.removed.clone(),
-            ]
-            .map(|ids| ids.into_iter().collect()),
+            true => {
+                // Removals not published yet: named by a registry no one
+                // descends from.
+                let unpublished = rand::random::<u64>();
+                let here = self.base.removed_by(&self.plans.snapshot(), unpublished);
+                [
+                    Removal::unseen_by(&here, &remote.lineage),
+                    Removal::unseen_by(&remote.removed, &self.base.lineage),
+                ]
+            }
             false => Default::default(),
         };
         // An admin write here while merging would be overwritten by the
@@ -943,6 +949,51 @@ mod tests {
         let members = plans.usage_plan_keys(&plan.id).unwrap();
         assert_eq!(members.len(), 1, "B's add stays");
     }
+
+    /// A takes a key out of its plan; B takes that in and puts the key
+    /// back; Redis goes back to the registry of the removal, past every
+    /// base A keeps, and B publishes its add on it. A merges against
+    /// nothing: its registry names the membership removed, but B's comes
+    /// from the registry that named it, so B's add was made after the
+    /// removal, and stays. (Untagged, the removal won.)
+    #[tokio::test]
+    async fn a_named_removal_gives_way_to_an_add_made_after_it() {
+        let (redis, plans, mut a, key) = a_replica_that_published_a_key().await;
+        let plan = plans
+            .create_usage_plan(crate::NewUsagePlan::new("p"))
+            .unwrap();
+        plans.add_key_to_plan(&plan.id, &key.id).unwrap();
+        a.sync().await.unwrap();
+        let (other, mut b) = a_replica_on(&redis).await;
+        plans.remove_key_from_plan(&plan.id, &key.id).unwrap();
+        a.sync().await.unwrap();
+        b.sync().await.unwrap();
+        let mut raw = redis.connection().await;
+        let removal = saved_registry(&mut raw).await;
+        let mut created = Vec::new();
+        for n in 0..KEPT_BY_A {
+            let name = format!("later {n}");
+            created.push(plans.create_api_key(crate::NewApiKey::new(name)).unwrap());
+            a.sync().await.unwrap();
+        }
+
+        put_back_registry(&mut raw, &removal).await;
+        other.add_key_to_plan(&plan.id, &key.id).unwrap();
+        b.sync().await.unwrap();
+        let (registry, _) = saved_registry(&mut raw).await;
+        put_back_registry(&mut raw, &(registry, a.version + 1)).await;
+        a.sync().await.unwrap();
+        let members = plans.usage_plan_keys(&plan.id).unwrap();
+        assert_eq!(members.len(), 1, "B's add stays");
+        for key in &created {
+            assert!(plans.api_key(&key.id).is_ok(), "A's later keys stay");
+        }
+        b.sync().await.unwrap();
+        assert_eq!(other.usage_plan_keys(&plan.id).unwrap().len(), 1);
+    }
+
+    /// How many changes take a replica past every merge base it keeps.
+    const KEPT_BY_A: usize = 9;
 
     /// Redis goes back to the registry before A's change, and B, which
     /// had not taken the change in, publishes its own on the older one:

@@ -6,6 +6,8 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 
+use xxhash_rust::xxh3::xxh3_64_with_seed;
+
 use serde::Serialize;
 
 use super::{PlanSnapshot, RegistrySnapshot};
@@ -15,7 +17,10 @@ use crate::model::UsagePlan;
 /// size (a replica remembers several bases): by id, a fingerprint of each
 /// key and of each plan's settings, and each plan's members. (Ids and
 /// records are hashed: 64 bits each, so two that differ read as alike
-/// about once in 2^64.)
+/// about once in 2^64. Ids are hashed by a specified function, XXH3, one
+/// seed per kind: replicas share them in the registry's named removals,
+/// whatever Rust built each one. Records are compared only within a
+/// process.)
 #[derive(Debug, Default, Clone, PartialEq)]
 pub(crate) struct MergeBase {
     keys: HashMap<u64, u64>,
@@ -28,14 +33,14 @@ impl MergeBase {
         let keys = registry
             .keys
             .iter()
-            .map(|k| (hash_of(&k.key.id), hash_of(k)))
+            .map(|k| (key_id(&k.key.id), hash_of(k)))
             .collect();
         let plans = registry
             .plans
             .iter()
             .map(|p| {
-                let members = p.keys.iter().map(|id| hash_of(id.as_str())).collect();
-                (hash_of(&p.plan.id), (fingerprint(&body(p)), members))
+                let members = p.keys.iter().map(|id| key_id(id)).collect();
+                (plan_id(&p.plan.id), (fingerprint(&body(p)), members))
             })
             .collect();
         Self { keys, plans }
@@ -88,18 +93,18 @@ impl MergeBase {
         let here = MergeBase::of(without);
         let gone = |id: u64| removed.contains(&id);
         for key in &holding.keys {
-            let id = hash_of(&key.key.id);
+            let id = key_id(&key.key.id);
             if gone(id) && !here.keys.contains_key(&id) {
                 base.keys.entry(id).or_insert_with(|| hash_of(key));
             }
         }
         for plan in &holding.plans {
-            let id = hash_of(&plan.plan.id);
+            let id = plan_id(&plan.plan.id);
             let here_members = here.plans.get(&id).map(|(_, members)| members);
             let ended: Vec<u64> = plan
                 .keys
                 .iter()
-                .map(|key| hash_of(key.as_str()))
+                .map(|key| key_id(key))
                 .filter(|key| gone(membership(id, *key)))
                 .filter(|key| here_members.is_some_and(|members| !members.contains(key)))
                 .collect();
@@ -117,10 +122,30 @@ impl MergeBase {
     }
 }
 
+/// The seeds of [`key_id`], [`plan_id`] and [`membership`]: one per kind,
+/// so that a key and a plan of one id, or a membership, never share a
+/// hashed id.
+const KEY_SEED: u64 = 0x6b65_7973; // "keys"
+const PLAN_SEED: u64 = 0x706c_616e; // "plan"
+const MEMBERSHIP_SEED: u64 = 0x6d65_6d62; // "memb"
+
+/// The hashed id of API key `id` (see [`MergeBase`]).
+fn key_id(id: &str) -> u64 {
+    xxh3_64_with_seed(id.as_bytes(), KEY_SEED)
+}
+
+/// The hashed id of usage plan `id` (see [`MergeBase`]).
+fn plan_id(id: &str) -> u64 {
+    xxh3_64_with_seed(id.as_bytes(), PLAN_SEED)
+}
+
 /// The hashed id of the membership of key `key` in plan `plan` (both
 /// hashed ids).
 fn membership(plan: u64, key: u64) -> u64 {
-    hash_of(&(plan, key))
+    let mut both = [0; 16];
+    both[..8].copy_from_slice(&plan.to_le_bytes());
+    both[8..].copy_from_slice(&key.to_le_bytes());
+    xxh3_64_with_seed(&both, MEMBERSHIP_SEED)
 }
 
 impl RegistrySnapshot {
@@ -138,7 +163,8 @@ fn body(plan: &PlanSnapshot) -> (&UsagePlan, i64) {
     (&plan.plan, plan.created)
 }
 
-/// A hash of `value` (64 bits: see [`MergeBase`]).
+/// A hash of a record (64 bits: see [`MergeBase`]), for comparison within
+/// this process only.
 fn hash_of(value: &(impl Hash + ?Sized)) -> u64 {
     let mut hasher = DefaultHasher::new();
     value.hash(&mut hasher);
@@ -194,7 +220,7 @@ fn three_way(
             // The local side if it changed the key since the base, else
             // the remote side.
             let local = lk.get(id).copied();
-            let base = base.keys.get(&hash_of(id)).copied();
+            let base = base.keys.get(&key_id(id)).copied();
             match local.map(hash_of) != base {
                 true => local,
                 false => rk.get(id).copied(),
@@ -212,7 +238,7 @@ fn three_way(
         .iter()
         .filter_map(|id| {
             let (b, l, r) = (
-                base.plans.get(&hash_of(id)),
+                base.plans.get(&plan_id(id)),
                 lp.get(id).copied(),
                 rp.get(id).copied(),
             );
@@ -237,7 +263,7 @@ fn three_way(
             // A member of the base stays if both sides kept it; one either
             // side added stays; either way, only if the key still exists.
             let (lm, rm) = (members(l), members(r));
-            let in_base = |id: &str| b.is_some_and(|(_, members)| members.contains(&hash_of(id)));
+            let in_base = |id: &str| b.is_some_and(|(_, members)| members.contains(&key_id(id)));
             plan.keys = lm
                 .union(&rm)
                 .filter(|id| !in_base(id) || (lm.contains(*id) && rm.contains(*id)))
@@ -332,7 +358,7 @@ mod tests {
             .removed_in(&MergeBase::of(&local.snapshot()))
             .into_iter()
             .collect();
-        assert!(removed.remove(&hash_of(unnamed.id.as_str())));
+        assert!(removed.remove(&super::key_id(&unnamed.id)));
 
         let (mine, theirs) = (local.snapshot(), remote.snapshot());
         let base = MergeBase::default().with_removed(&removed, &mine, &theirs);
@@ -445,5 +471,16 @@ mod tests {
         );
         assert!(result.api_key(&key_id).is_err(), "remote deletion applied");
         assert!(result.api_key(&b.id).is_ok());
+    }
+
+    /// Replicas share hashed ids (named removals) whatever Rust built
+    /// each: these are XXH3-64 as its reference implementation computes
+    /// them (Python's `xxhash` read the same), one seed per kind.
+    #[test]
+    fn hashed_ids_are_the_same_in_every_build() {
+        let (key, plan) = (super::key_id("k"), plan_id("k"));
+        assert_eq!(key, 0x089c_14ce_3f99_8c5e);
+        assert_eq!(plan, 0x2326_c12b_06cc_4849);
+        assert_eq!(membership(plan, key), 0xde4c_a7fe_0864_61b1);
     }
 }
