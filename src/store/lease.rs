@@ -563,8 +563,20 @@ impl Leases {
     /// and returns the reports to make, one per lease (none for a lease
     /// whose last report is still on its way).
     pub(crate) fn take_unreported(&self) -> Vec<Unsure> {
+        self.take_unreported_where(|_| true)
+    }
+
+    /// [`take_unreported`](Self::take_unreported) for `counter`'s leases
+    /// only (its plan-wide bucket's and its methods').
+    pub(crate) fn take_unreported_of(&self, counter: &CounterKey) -> Vec<Unsure> {
+        self.take_unreported_where(|(of, _)| of == counter)
+    }
+
+    /// [`take_unreported`](Self::take_unreported) for the slots `which`
+    /// picks.
+    fn take_unreported_where(&self, which: impl Fn(&Slot) -> bool) -> Vec<Unsure> {
         let mut out = Vec::new();
-        for slot in self.slots.iter() {
+        for slot in self.slots.iter().filter(|slot| which(slot.key())) {
             let mut lease = slot.value().lock();
             let n = lease.unspent.unreported();
             if n > 0 && lease.unspent.pending() == 0 {
@@ -1356,8 +1368,12 @@ mod tests {
 
     /// A lease of `units` and `tokens` granted at `granted_us`.
     fn grant(leases: &Leases, granted_us: i64, units: u64, tokens: u64) {
+        grant_to(slot(), leases, granted_us, units, tokens);
+    }
+
+    fn grant_to(slot: Slot, leases: &Leases, granted_us: i64, units: u64, tokens: u64) {
         leases.keep(
-            slot(),
+            slot,
             Lease {
                 unspent: Unspent {
                     units,
@@ -1530,6 +1546,31 @@ mod tests {
         assert!(!spend(), "sent is not acknowledged");
         leases.landed(&report.slot, &report.lease, 2);
         assert!(spend() && spend() && !spend());
+    }
+
+    /// UpdateUsage on one counter has each replica report that counter's
+    /// leases at once; the others' report with the next round.
+    #[test]
+    fn one_counters_leases_report_alone() {
+        let leases = Arc::new(Leases::new(LeaseConfig::default()));
+        let other: Slot = (CounterKey::new("plan", "other"), "".into());
+        let method: Slot = (slot().0, "/pets/GET".into());
+        for to in [slot(), other.clone(), method] {
+            grant_to(to.clone(), &leases, 0, 10, 0);
+            leases.slots.get(&to).unwrap().lock().unspent.admitted = 3;
+        }
+        let reported = leases.take_unreported_of(&slot().0);
+        let mut of: Vec<_> = reported
+            .iter()
+            .map(|r| (r.slot.1.to_string(), r.kind))
+            .collect();
+        of.sort_by(|a, b| a.0.cmp(&b.0));
+        let bucket = |name: &str, n| (name.to_string(), CallKind::Report(n));
+        assert_eq!(of, [bucket("", 3), bucket("/pets/GET", 3)]);
+        assert!(reported.iter().all(|r| r.slot.0 == slot().0));
+        let rest = leases.take_unreported();
+        assert_eq!(rest.len(), 1, "the other counter's, left for the round");
+        assert_eq!((&rest[0].slot, rest[0].kind), (&other, CallKind::Report(3)));
     }
 
     /// A key remembers its plan-wide lease's cell: an expired lease taken

@@ -248,14 +248,14 @@ impl RedisStore {
         // copy follows (so that a loss puts back the new allowance even
         // if that replica is gone by then).
         // Its revoked leases go back first, with what they admitted, and
-        // its live ones report: the UpdateUsage that announced it answers
-        // today's used count with all of it.
+        // the counter's live ones report: the UpdateUsage that announced it
+        // answers today's used count with all of it.
         let store = self.downgrade();
         self.control.on_revoked(Some(Arc::new(move |counter| {
             let store = store.upgrade();
             StoreFuture::boxed(async move {
                 if let Some(store) = store {
-                    store.report_for_update().await;
+                    store.report_for_update(counter.clone()).await;
                     let mut connection = store.connection.clone();
                     learn::refresh(&store.recovery, &mut connection, counter)
                         .await
@@ -689,12 +689,12 @@ impl RedisStore {
     }
 
     /// Gives back the leases taken out of use (revoked), with what they
-    /// admitted, and reports what the live ones spent (for UpdateUsage's
-    /// answer); waits for it at most the store's timeout. The work runs
-    /// in a task of its own, never cancelled midway (a restore a call of
-    /// it finds needed finishes), and what does not go now goes with the
-    /// next round.
-    async fn report_for_update(&self) {
+    /// admitted, and reports what `counter`'s live ones spent (for
+    /// UpdateUsage's answer; other counters' report with the next round);
+    /// waits for it at most the store's timeout. The work runs in a task
+    /// of its own, never cancelled midway (a restore a call of it finds
+    /// needed finishes), and what does not go now goes with the next round.
+    async fn report_for_update(&self, counter: CounterKey) {
         let Some(leases) = self.leases.clone() else {
             return;
         };
@@ -703,7 +703,7 @@ impl RedisStore {
             let calls = store
                 .calls_to_send(|| {
                     let mut calls = give_backs(&leases, leases.take_dropped());
-                    calls.extend(leases.take_unreported());
+                    calls.extend(leases.take_unreported_of(&counter));
                     calls
                 })
                 .await;
@@ -1334,7 +1334,7 @@ impl RedisStore {
             // Every replica gave its revoked leases back with what they
             // admitted, and reported what its live ones spent (this one
             // now): today's used count has all of it.
-            store.report_for_update().await;
+            store.report_for_update(counter.clone()).await;
             let day = period::date_of_day(now.as_second().div_euclid(DAY_SECS));
             match store.usage(&counter, Some(&quota), now, day, day).await {
                 Ok(read) if !read.is_empty() => Ok(read[0]),
