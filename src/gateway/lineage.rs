@@ -118,12 +118,12 @@ impl Base {
         }
     }
 
-    /// What `registry`, built on this base, names as removed lately: what
-    /// the base names, and what it held that `registry` does not (newest
-    /// first, named `by` the id `registry` is published under), but for
-    /// what `registry` holds again; at most `REMOVED`.
-    pub(crate) fn removed_by(&self, registry: &RegistrySnapshot, by: u64) -> Vec<Removal> {
-        let now = MergeBase::of(registry);
+    /// What a registry built on this base (`now`, as a merge's base)
+    /// names as removed lately: what the base names, and what it held
+    /// that the registry does not (newest first, named `by` the id the
+    /// registry is published under), but for what the registry holds
+    /// again; at most `REMOVED`.
+    pub(crate) fn removed_by(&self, now: &MergeBase, by: u64) -> Vec<Removal> {
         let mut removed: Vec<Removal> = self
             .merge
             .removed_in(&now)
@@ -167,18 +167,32 @@ impl Shared {
 
     /// `registry`, to be published over `base`: a new id, then `base`'s
     /// lineage.
+    #[cfg(test)]
     pub(crate) fn built_on(base: &Base, registry: RegistrySnapshot) -> Self {
+        Self::published_on(base, registry).0
+    }
+
+    /// [`built_on`](Self::built_on), and the registry as the base it is
+    /// once published (built once for both).
+    pub(crate) fn published_on(base: &Base, registry: RegistrySnapshot) -> (Self, Base) {
         let id = rand::random::<u64>();
-        let lineage = std::iter::once(id)
+        let lineage: Vec<u64> = std::iter::once(id)
             .chain(base.lineage.iter().copied())
             .take(LINEAGE)
             .collect();
-        let removed = base.removed_by(&registry, id);
-        Self {
+        let merge = MergeBase::of(&registry);
+        let removed = base.removed_by(&merge, id);
+        let next = Base {
+            lineage: lineage.clone(),
+            merge: Arc::new(merge),
+            removed: removed.clone(),
+        };
+        let shared = Self {
             registry,
             lineage,
             removed,
-        }
+        };
+        (shared, next)
     }
 }
 
@@ -296,6 +310,21 @@ mod tests {
         assert_eq!(back.removed, vec![]);
         let json = serde_json::to_string(&back).unwrap();
         assert!(!json.contains("removals"), "{json}");
+    }
+
+    #[test]
+    fn a_published_registry_is_the_base_it_reads_back_as() {
+        let plans = UsagePlans::new();
+        let a = plans.create_api_key(NewApiKey::new("a")).unwrap();
+        let first = Base::of(&Shared::built_on(&Base::default(), plans.snapshot()));
+        plans.delete_api_key(&a.id).unwrap();
+        let (shared, base) = Shared::published_on(&first, plans.snapshot());
+        let read: Shared = serde_json::from_str(&serde_json::to_string(&shared).unwrap()).unwrap();
+        let read_back = Base::of(&read);
+        assert_eq!(base.lineage, read_back.lineage);
+        assert_eq!(base.merge, read_back.merge);
+        assert_eq!(base.removed, read_back.removed);
+        assert_eq!(base.removed.len(), 1);
     }
 
     #[test]

@@ -441,7 +441,7 @@ impl Replica {
     /// since the last pull; `false` then.
     async fn publish(&mut self) -> Result<bool, Error> {
         let generation = self.plans.generation();
-        let shared = Shared::built_on(&self.base, self.plans.snapshot());
+        let (shared, published) = Shared::published_on(&self.base, self.plans.snapshot());
         let json = serde_json::to_string(&shared).map_err(failed("encoding the registry"))?;
         let mut invocation = self.publish.key(SNAPSHOT_KEY);
         invocation
@@ -461,7 +461,7 @@ impl Replica {
         self.generation = generation;
         self.pending = false;
         self.version = version;
-        self.took_in(&shared);
+        self.took_in_base(published);
         Ok(true)
     }
 
@@ -541,7 +541,12 @@ impl Replica {
 
     /// `shared` is what Redis holds now, and the base of the next merge.
     fn took_in(&mut self, shared: &Shared) {
-        self.base = Base::of(shared);
+        self.took_in_base(Base::of(shared));
+    }
+
+    /// [`took_in`](Self::took_in), the registry already made a base.
+    fn took_in_base(&mut self, base: Base) {
+        self.base = base;
         self.known.held(&self.base);
         self.lost = false;
     }
@@ -640,7 +645,8 @@ impl Replica {
                 // Removals not published yet: named by a registry no one
                 // descends from.
                 let unpublished = rand::random::<u64>();
-                let here = self.base.removed_by(&self.plans.snapshot(), unpublished);
+                let local = MergeBase::of(&self.plans.snapshot());
+                let here = self.base.removed_by(&local, unpublished);
                 [
                     Removal::unseen_by(&here, &remote.lineage),
                     Removal::unseen_by(&remote.removed, &self.base.lineage),
