@@ -126,7 +126,7 @@ impl Base {
     pub(crate) fn removed_by(&self, now: &MergeBase, by: u64) -> Vec<Removal> {
         let mut removed: Vec<Removal> = self
             .merge
-            .removed_in(&now)
+            .removed_in(now)
             .into_iter()
             .map(|id| Removal { id, by })
             .collect();
