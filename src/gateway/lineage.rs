@@ -30,6 +30,8 @@ const REMOVED: usize = 1_024;
 /// How many of a merge's side ids a registry published after it names,
 /// from each side.
 const MERGED: usize = LINEAGE / 2;
+/// How many anchors a shared registry names (see [`Shared::anchors`]).
+const ANCHORS: usize = 16;
 
 /// A registry as replicas share it in Redis: the registry's own fields,
 /// and `lineage` beside them (a registry published by a version without it
@@ -48,6 +50,14 @@ pub(crate) struct Shared {
     /// before named them `removed`, untagged and hashed another way.)
     #[serde(default, rename = "removals", skip_serializing_if = "Vec::is_empty")]
     pub(crate) removed: Vec<Removal>,
+    /// Registries this one comes from, however many publishes ago: each
+    /// the one a replica held when it found Redis had lost its data (or
+    /// gone back), then published or merged on. Newest first, at most
+    /// `ANCHORS`. A replica that held one of them (paused through the
+    /// loss and the changes since, more than a lineage names) merges
+    /// against it: the changes made since win.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) anchors: Vec<u64>,
 }
 
 /// A removal a shared registry names: the hashed id of the key, plan or
@@ -106,6 +116,8 @@ pub(crate) struct Base {
     pub(crate) merge: Arc<MergeBase>,
     /// What the registry names as removed lately.
     pub(crate) removed: Vec<Removal>,
+    /// The registry's anchors (see [`Shared::anchors`]).
+    pub(crate) anchors: Vec<u64>,
 }
 
 impl Base {
@@ -115,6 +127,7 @@ impl Base {
             lineage: shared.lineage.clone(),
             merge: Arc::new(MergeBase::of(&shared.registry)),
             removed: shared.removed.clone(),
+            anchors: shared.anchors.clone(),
         }
     }
 
@@ -148,8 +161,11 @@ impl Base {
 impl Shared {
     /// The base of what a replica publishes after merging its registry
     /// (built on `local`) with `self`: this registry, named as built on
-    /// both sides (each side's newest ids first).
-    pub(crate) fn merged_with(mut self, local: &Base) -> Self {
+    /// both sides (each side's newest ids first), `local`'s own id an
+    /// anchor when the merge followed a loss (`after_loss`).
+    pub(crate) fn merged_with(mut self, local: &Base, after_loss: bool) -> Self {
+        let held = local.lineage.first().filter(|_| after_loss);
+        self.anchors = anchored(held.copied(), [&self.anchors, &local.anchors]);
         let mut lineage: Vec<u64> = self.lineage.iter().copied().take(MERGED).collect();
         for id in local.lineage.iter().take(MERGED) {
             if !lineage.contains(id) {
@@ -169,12 +185,18 @@ impl Shared {
     /// lineage.
     #[cfg(test)]
     pub(crate) fn built_on(base: &Base, registry: RegistrySnapshot) -> Self {
-        Self::published_on(base, registry).0
+        Self::published_on(base, registry, None).0
     }
 
-    /// [`built_on`](Self::built_on), and the registry as the base it is
-    /// once published (built once for both).
-    pub(crate) fn published_on(base: &Base, registry: RegistrySnapshot) -> (Self, Base) {
+    /// [`built_on`](Self::built_on), with `anchor` first among `base`'s
+    /// anchors (the registry held when a loss was found, published on
+    /// now), and the registry as the base it is once published (built
+    /// once for both).
+    pub(crate) fn published_on(
+        base: &Base,
+        registry: RegistrySnapshot,
+        anchor: Option<u64>,
+    ) -> (Self, Base) {
         let id = rand::random::<u64>();
         let lineage: Vec<u64> = std::iter::once(id)
             .chain(base.lineage.iter().copied())
@@ -182,18 +204,34 @@ impl Shared {
             .collect();
         let merge = MergeBase::of(&registry);
         let removed = base.removed_by(&merge, id);
+        let anchors = anchored(anchor, [&base.anchors, &Vec::new()]);
         let next = Base {
             lineage: lineage.clone(),
             merge: Arc::new(merge),
             removed: removed.clone(),
+            anchors: anchors.clone(),
         };
         let shared = Self {
             registry,
             lineage,
             removed,
+            anchors,
         };
         (shared, next)
     }
+}
+
+/// `first`, then the anchors of `both` (the first's first), once each;
+/// at most `ANCHORS`.
+fn anchored(first: Option<u64>, both: [&Vec<u64>; 2]) -> Vec<u64> {
+    let mut anchors: Vec<u64> = first.into_iter().collect();
+    for id in both.into_iter().flatten() {
+        if !anchors.contains(id) {
+            anchors.push(*id);
+        }
+    }
+    anchors.truncate(ANCHORS);
+    anchors
 }
 
 /// The registries a replica held lately (published or taken in), by id,
@@ -268,7 +306,7 @@ mod tests {
         let local = Shared::built_on(&Base::of(&old), registry_with(&["a", "b"]));
         known.held(&Base::of(&local));
         let remote = Shared::built_on(&Base::of(&old), registry_with(&["c"]));
-        let merged_base = Base::of(&remote.clone().merged_with(&Base::of(&local)));
+        let merged_base = Base::of(&remote.clone().merged_with(&Base::of(&local), false));
         let merged = Shared::built_on(&merged_base, registry_with(&[]));
         // Both sides' ids, and their common ancestor once.
         assert_eq!(
@@ -318,13 +356,40 @@ mod tests {
         let a = plans.create_api_key(NewApiKey::new("a")).unwrap();
         let first = Base::of(&Shared::built_on(&Base::default(), plans.snapshot()));
         plans.delete_api_key(&a.id).unwrap();
-        let (shared, base) = Shared::published_on(&first, plans.snapshot());
+        let (shared, base) = Shared::published_on(&first, plans.snapshot(), None);
         let read: Shared = serde_json::from_str(&serde_json::to_string(&shared).unwrap()).unwrap();
         let read_back = Base::of(&read);
         assert_eq!(base.lineage, read_back.lineage);
         assert_eq!(base.merge, read_back.merge);
         assert_eq!(base.removed, read_back.removed);
         assert_eq!(base.removed.len(), 1);
+    }
+
+    #[test]
+    fn anchors_outlive_the_lineage_and_are_bounded() {
+        let held = Base::of(&Shared::built_on(&Base::default(), registry_with(&["a"])));
+        let id = held.lineage[0];
+        // Published after a loss on the registry held: anchored.
+        let (_, mut base) = Shared::published_on(&held, registry_with(&["a"]), Some(id));
+        for _ in 0..LINEAGE {
+            base = Base::of(&Shared::built_on(&base, registry_with(&["a"])));
+        }
+        assert!(!base.lineage.contains(&id), "past the lineage");
+        assert_eq!(base.anchors, [id], "still named");
+        // A merge after a loss anchors the local side; one without does not.
+        let local = Base::of(&Shared::built_on(&Base::default(), registry_with(&["b"])));
+        let remote = Shared::built_on(&base, registry_with(&["a"]));
+        let merged = remote.clone().merged_with(&local, true);
+        assert_eq!(merged.anchors, [local.lineage[0], id]);
+        assert_eq!(remote.merged_with(&local, false).anchors, [id]);
+        // Bounded, newest first.
+        let mut base = held;
+        for _ in 0..ANCHORS + 3 {
+            let anchor = base.lineage[0];
+            base = Shared::published_on(&base, registry_with(&[]), Some(anchor)).1;
+            assert_eq!(base.anchors[0], anchor);
+        }
+        assert_eq!(base.anchors.len(), ANCHORS);
     }
 
     #[test]

@@ -375,6 +375,7 @@ impl Replica {
                 lineage: Vec::new(),
                 merge: MergeBase::of(&plans.snapshot()).into(),
                 removed: Vec::new(),
+                anchors: Vec::new(),
             },
             known: Known::default(),
             lost: false,
@@ -441,7 +442,12 @@ impl Replica {
     /// since the last pull; `false` then.
     async fn publish(&mut self) -> Result<bool, Error> {
         let generation = self.plans.generation();
-        let (shared, published) = Shared::published_on(&self.base, self.plans.snapshot());
+        // Published after a loss on the registry held before it: that one
+        // is an anchor (a replica still holding it takes what comes from
+        // it, however many publishes later).
+        let anchor = self.base.lineage.first().filter(|_| self.lost);
+        let (shared, published) =
+            Shared::published_on(&self.base, self.plans.snapshot(), anchor.copied());
         let json = serde_json::to_string(&shared).map_err(failed("encoding the registry"))?;
         let mut invocation = self.publish.key(SNAPSHOT_KEY);
         invocation
@@ -518,7 +524,10 @@ impl Replica {
                 .lineage
                 .iter()
                 .any(|id| self.base.lineage.contains(id));
-        remote.lineage.is_empty() || remote.lineage.contains(held) || !ancestry_known
+        remote.lineage.is_empty()
+            || remote.lineage.contains(held)
+            || remote.anchors.contains(held)
+            || !ancestry_known
     }
 
     /// What `remote` and this replica's registry are merged against once
@@ -533,6 +542,11 @@ impl Replica {
             .is_some_and(|id| self.base.lineage.contains(id));
         if ours {
             return Some(Cow::Owned(MergeBase::of(&remote.registry)));
+        }
+        // It comes from the registry this one holds, however long ago.
+        let held = self.base.lineage.first();
+        if held.is_some_and(|held| remote.anchors.contains(held)) {
+            return Some(Cow::Borrowed(&self.base.merge));
         }
         self.known
             .common_ancestor(&remote.lineage)
@@ -687,7 +701,7 @@ impl Replica {
         self.version = version;
         // Merged, what is published next comes from both sides.
         let remote = match changed_here {
-            true => remote.merged_with(&self.base),
+            true => remote.merged_with(&self.base, self.lost),
             false => remote,
         };
         self.took_in(&remote);
@@ -997,6 +1011,47 @@ mod tests {
         b.sync().await.unwrap();
         assert_eq!(other.usage_plan_keys(&plan.id).unwrap().len(), 1);
     }
+
+    /// B is paused while Redis loses its data; A puts its registry back,
+    /// then enables a key (created disabled, as AWS does) and makes more
+    /// changes than a lineage names. B, resuming, finds the loss: A's
+    /// registry comes from the one B holds (A held it when it found the
+    /// loss), so A's changes win the merge. (Merged against nothing, B's
+    /// older copy won: a key disabled through A was enabled again on both,
+    /// for good, in a black-box run.)
+    #[tokio::test]
+    async fn a_replica_paused_across_a_loss_takes_the_changes_made_since() {
+        let (redis, plans, mut a, key) = a_replica_that_published_a_key().await;
+        let (other, mut b) = a_replica_on(&redis).await;
+        assert!(!other.api_key(&key.id).unwrap().enabled);
+        let mut raw = redis.connection().await;
+        let () = redis::cmd("FLUSHALL").query_async(&mut raw).await.unwrap();
+        // A finds the loss (the store's marker, which this test has not).
+        a.forget_base();
+        a.sync().await.unwrap();
+        plans
+            .update_api_key(&key.id, |k| {
+                k.enabled = true;
+                Ok(())
+            })
+            .unwrap();
+        a.sync().await.unwrap();
+        for n in 0..PAST_A_LINEAGE {
+            let name = format!("later {n}");
+            plans.create_api_key(crate::NewApiKey::new(name)).unwrap();
+            a.sync().await.unwrap();
+        }
+
+        b.forget_base();
+        b.sync().await.unwrap();
+        assert!(other.api_key(&key.id).unwrap().enabled, "enabled on B");
+        assert_eq!(other.api_keys().len(), plans.api_keys().len());
+        a.sync().await.unwrap();
+        assert!(plans.api_key(&key.id).unwrap().enabled, "and on A");
+    }
+
+    /// More admin changes than a registry's lineage names.
+    const PAST_A_LINEAGE: usize = 70;
 
     /// How many changes take a replica past every merge base it keeps.
     const KEPT_BY_A: usize = 9;
