@@ -58,13 +58,19 @@ pub(crate) struct Shared {
     /// against it: the changes made since win.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) anchors: Vec<u64>,
+    /// Removals an ancestor named that this registry undid since (the
+    /// item added back), however many publishes ago: merged against
+    /// nothing, such a removal does not take the item from it. Newest
+    /// first, at most `REMOVED`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) undone: Vec<Removal>,
 }
 
 /// A removal a shared registry names: the hashed id of the key, plan or
 /// membership removed, and the id of the registry that first named it.
 /// A side that descends from that registry and holds the item again added
 /// it back since: there the removal does not apply. (In JSON, `[id, by]`.)
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(from = "(u64, u64)", into = "(u64, u64)")]
 pub(crate) struct Removal {
     /// The hashed id of what was removed.
@@ -86,17 +92,31 @@ impl From<Removal> for (u64, u64) {
 }
 
 impl Removal {
-    /// The ids of `removals` that a side with `lineage` has not seen made
-    /// (it does not descend from the registry that named them): held
-    /// there, they are older copies, and merged against nothing the
-    /// removal stands.
-    pub(crate) fn unseen_by(removals: &[Removal], lineage: &[u64]) -> HashSet<u64> {
+    /// The ids of `removals` that a side with `lineage`, which undid
+    /// `undone`, has not seen made (it does not descend from the registry
+    /// that named them, nor undid them): held there, they are older
+    /// copies, and merged against nothing the removal stands.
+    pub(crate) fn unseen_by(
+        removals: &[Removal],
+        lineage: &[u64],
+        undone: &[Removal],
+    ) -> HashSet<u64> {
+        let undone: HashSet<&Removal> = undone.iter().collect();
         removals
             .iter()
-            .filter(|removal| !lineage.contains(&removal.by))
+            .filter(|removal| !lineage.contains(&removal.by) && !undone.contains(removal))
             .map(|removal| removal.id)
             .collect()
     }
+}
+
+/// What a registry names: removals made lately, and removals undone.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Named {
+    /// See [`Shared::removed`].
+    pub(crate) removed: Vec<Removal>,
+    /// See [`Shared::undone`].
+    pub(crate) undone: Vec<Removal>,
 }
 
 /// The lineage alone of a shared registry (the rest is skipped).
@@ -118,6 +138,8 @@ pub(crate) struct Base {
     pub(crate) removed: Vec<Removal>,
     /// The registry's anchors (see [`Shared::anchors`]).
     pub(crate) anchors: Vec<u64>,
+    /// The removals the registry undid (see [`Shared::undone`]).
+    pub(crate) undone: Vec<Removal>,
 }
 
 impl Base {
@@ -128,15 +150,17 @@ impl Base {
             merge: Arc::new(MergeBase::of(&shared.registry)),
             removed: shared.removed.clone(),
             anchors: shared.anchors.clone(),
+            undone: shared.undone.clone(),
         }
     }
 
     /// What a registry built on this base (`now`, as a merge's base)
-    /// names as removed lately: what the base names, and what it held
+    /// names: as removed lately, what the base names, and what it held
     /// that the registry does not (newest first, named `by` the id the
     /// registry is published under), but for what the registry holds
-    /// again; at most `REMOVED`.
-    pub(crate) fn removed_by(&self, now: &MergeBase, by: u64) -> Vec<Removal> {
+    /// again: those are undone, with what the base names undone. At most
+    /// `REMOVED` of each.
+    pub(crate) fn named_by(&self, now: &MergeBase, by: u64) -> Named {
         let mut removed: Vec<Removal> = self
             .merge
             .removed_in(now)
@@ -144,18 +168,32 @@ impl Base {
             .map(|id| Removal { id, by })
             .collect();
         removed.truncate(REMOVED);
-        if removed.len() < REMOVED && !self.removed.is_empty() {
+        let mut undone = Vec::new();
+        if !self.removed.is_empty() {
             let present: HashSet<u64> = now.ids().collect();
             let mut named: HashSet<u64> = removed.iter().map(|removal| removal.id).collect();
-            let earlier = self.removed.iter().copied();
-            removed.extend(
-                earlier
-                    .filter(|removal| !present.contains(&removal.id) && named.insert(removal.id)),
-            );
-            removed.truncate(REMOVED);
+            for removal in &self.removed {
+                if present.contains(&removal.id) {
+                    undone.push(*removal);
+                } else if removed.len() < REMOVED && named.insert(removal.id) {
+                    removed.push(*removal);
+                }
+            }
         }
-        removed
+        let undone = at_most_once(undone, [&self.undone, &Vec::new()]);
+        Named { removed, undone }
     }
+}
+
+/// `first`, then the removals of `both` not in it, each once; at most
+/// `REMOVED`.
+fn at_most_once(first: Vec<Removal>, both: [&Vec<Removal>; 2]) -> Vec<Removal> {
+    let mut named: HashSet<Removal> = first.iter().copied().collect();
+    let mut all = first;
+    let more = both.into_iter().flatten().copied();
+    all.extend(more.filter(|removal| named.insert(*removal)));
+    all.truncate(REMOVED);
+    all
 }
 
 impl Shared {
@@ -178,6 +216,7 @@ impl Shared {
         self.removed
             .extend(theirs.filter(|removal| named.insert(removal.id)));
         self.removed.truncate(REMOVED);
+        self.undone = at_most_once(Vec::new(), [&self.undone, &local.undone]);
         self
     }
 
@@ -203,19 +242,21 @@ impl Shared {
             .take(LINEAGE)
             .collect();
         let merge = MergeBase::of(&registry);
-        let removed = base.removed_by(&merge, id);
+        let Named { removed, undone } = base.named_by(&merge, id);
         let anchors = anchored(anchor, [&base.anchors, &Vec::new()]);
         let next = Base {
             lineage: lineage.clone(),
             merge: Arc::new(merge),
             removed: removed.clone(),
             anchors: anchors.clone(),
+            undone: undone.clone(),
         };
         let shared = Self {
             registry,
             lineage,
             removed,
             anchors,
+            undone,
         };
         (shared, next)
     }
@@ -346,8 +387,12 @@ mod tests {
         // Back (a restore of the older registry, say): named no more.
         let back = Shared::built_on(&Base::of(&third), held);
         assert_eq!(back.removed, vec![]);
+        assert_eq!(back.undone, second.removed, "named undone");
         let json = serde_json::to_string(&back).unwrap();
         assert!(!json.contains("removals"), "{json}");
+        // Named undone on, through publishes that change nothing.
+        let later = Shared::built_on(&Base::of(&back), plans.snapshot());
+        assert_eq!(later.undone, second.removed);
     }
 
     #[test]
