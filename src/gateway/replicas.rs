@@ -945,12 +945,19 @@ mod tests {
         assert!(other.api_key(&deleted.id).is_err(), "on B too");
     }
 
-    /// After a loss, merged against a registry both come from, a key the
-    /// other replica added back to its plan since stays in it, though this
-    /// replica's registry names the membership removed (that applies only
-    /// to a merge against nothing).
-    #[tokio::test]
-    async fn a_membership_added_back_elsewhere_stays_after_a_loss() {
+    /// Two replicas; a key put in a plan through A, both holding it, then
+    /// taken out through A, both holding that.
+    struct TakenOut {
+        redis: Redis,
+        plans: UsagePlans,
+        a: Replica,
+        other: UsagePlans,
+        b: Replica,
+        key: crate::ApiKey,
+        plan: crate::UsagePlan,
+    }
+
+    async fn a_key_taken_out_of_its_plan() -> TakenOut {
         let (redis, plans, mut a, key) = a_replica_that_published_a_key().await;
         let plan = plans
             .create_usage_plan(crate::NewUsagePlan::new("p"))
@@ -961,6 +968,32 @@ mod tests {
         plans.remove_key_from_plan(&plan.id, &key.id).unwrap();
         a.sync().await.unwrap();
         b.sync().await.unwrap();
+        TakenOut {
+            redis,
+            plans,
+            a,
+            other,
+            b,
+            key,
+            plan,
+        }
+    }
+
+    /// After a loss, merged against a registry both come from, a key the
+    /// other replica added back to its plan since stays in it, though this
+    /// replica's registry names the membership removed (that applies only
+    /// to a merge against nothing).
+    #[tokio::test]
+    async fn a_membership_added_back_elsewhere_stays_after_a_loss() {
+        let TakenOut {
+            redis: _redis,
+            plans,
+            mut a,
+            other,
+            mut b,
+            key,
+            plan,
+        } = a_key_taken_out_of_its_plan().await;
         other.add_key_to_plan(&plan.id, &key.id).unwrap();
         b.sync().await.unwrap();
 
@@ -979,16 +1012,15 @@ mod tests {
     /// removal, and stays. (Untagged, the removal won.)
     #[tokio::test]
     async fn a_named_removal_gives_way_to_an_add_made_after_it() {
-        let (redis, plans, mut a, key) = a_replica_that_published_a_key().await;
-        let plan = plans
-            .create_usage_plan(crate::NewUsagePlan::new("p"))
-            .unwrap();
-        plans.add_key_to_plan(&plan.id, &key.id).unwrap();
-        a.sync().await.unwrap();
-        let (other, mut b) = a_replica_on(&redis).await;
-        plans.remove_key_from_plan(&plan.id, &key.id).unwrap();
-        a.sync().await.unwrap();
-        b.sync().await.unwrap();
+        let TakenOut {
+            redis,
+            plans,
+            mut a,
+            other,
+            mut b,
+            key,
+            plan,
+        } = a_key_taken_out_of_its_plan().await;
         let mut raw = redis.connection().await;
         let removal = saved_registry(&mut raw).await;
         let mut created = Vec::new();
@@ -1061,15 +1093,15 @@ mod tests {
     /// removal won: 7 of 9 black-box runs with 70 changes.)
     #[tokio::test]
     async fn an_add_made_after_a_removal_stays_past_the_lineage() {
-        let (redis, plans, mut a, key) = a_replica_that_published_a_key().await;
-        let plan = plans
-            .create_usage_plan(crate::NewUsagePlan::new("p"))
-            .unwrap();
-        plans.add_key_to_plan(&plan.id, &key.id).unwrap();
-        a.sync().await.unwrap();
-        let (other, mut b) = a_replica_on(&redis).await;
-        plans.remove_key_from_plan(&plan.id, &key.id).unwrap();
-        a.sync().await.unwrap();
+        let TakenOut {
+            redis,
+            plans,
+            mut a,
+            other,
+            mut b,
+            key,
+            plan,
+        } = a_key_taken_out_of_its_plan().await;
         let creates = |on: &UsagePlans, side: &'static str| {
             let on = on.clone();
             move |n: usize| {
