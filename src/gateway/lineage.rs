@@ -30,8 +30,9 @@ const REMOVED: usize = 1_024;
 /// How many of a merge's side ids a registry published after it names,
 /// from each side.
 const MERGED: usize = LINEAGE / 2;
-/// How many anchors a shared registry names (see [`Shared::anchors`]).
-const ANCHORS: usize = 16;
+/// How many anchors a shared registry names (see [`Shared::anchors`]):
+/// three losses' lineages, about 4 KB of its JSON.
+const ANCHORS: usize = 3 * LINEAGE;
 
 /// A registry as replicas share it in Redis: the registry's own fields,
 /// and `lineage` beside them (a registry published by a version without it
@@ -50,12 +51,12 @@ pub(crate) struct Shared {
     /// before named them `removed`, untagged and hashed another way.)
     #[serde(default, rename = "removals", skip_serializing_if = "Vec::is_empty")]
     pub(crate) removed: Vec<Removal>,
-    /// Registries this one comes from, however many publishes ago: each
-    /// the one a replica held when it found Redis had lost its data (or
-    /// gone back), then published or merged on. Newest first, at most
-    /// `ANCHORS`. A replica that held one of them (paused through the
-    /// loss and the changes since, more than a lineage names) merges
-    /// against it: the changes made since win.
+    /// Registries this one comes from, however many publishes ago: the
+    /// lineage of each registry a replica published right after it found
+    /// Redis had lost its data (or gone back), and of the one it merged
+    /// with then. Newest first, at most `ANCHORS`. A replica that holds
+    /// one of them (paused through the loss and more changes since than a
+    /// lineage names) merges against it: the changes made since win.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) anchors: Vec<u64>,
     /// Removals an ancestor named that this registry undid since (the
@@ -199,11 +200,14 @@ fn at_most_once(first: Vec<Removal>, both: [&Vec<Removal>; 2]) -> Vec<Removal> {
 impl Shared {
     /// The base of what a replica publishes after merging its registry
     /// (built on `local`) with `self`: this registry, named as built on
-    /// both sides (each side's newest ids first), `local`'s own id an
-    /// anchor when the merge followed a loss (`after_loss`).
+    /// both sides (each side's newest ids first), both sides' lineages
+    /// anchors when the merge followed a loss (`after_loss`).
     pub(crate) fn merged_with(mut self, local: &Base, after_loss: bool) -> Self {
-        let held = local.lineage.first().filter(|_| after_loss);
-        self.anchors = anchored(held.copied(), [&self.anchors, &local.anchors]);
+        let (theirs, ours) = match after_loss {
+            true => (&self.lineage[..], &local.lineage[..]),
+            false => (&[][..], &[][..]),
+        };
+        self.anchors = anchored([theirs, ours, &self.anchors, &local.anchors]);
         let mut lineage: Vec<u64> = self.lineage.iter().copied().take(MERGED).collect();
         for id in local.lineage.iter().take(MERGED) {
             if !lineage.contains(id) {
@@ -224,17 +228,17 @@ impl Shared {
     /// lineage.
     #[cfg(test)]
     pub(crate) fn built_on(base: &Base, registry: RegistrySnapshot) -> Self {
-        Self::published_on(base, registry, None).0
+        Self::published_on(base, registry, false).0
     }
 
-    /// [`built_on`](Self::built_on), with `anchor` first among `base`'s
-    /// anchors (the registry held when a loss was found, published on
-    /// now), and the registry as the base it is once published (built
-    /// once for both).
+    /// [`built_on`](Self::built_on), its lineage first among `base`'s
+    /// anchors when it is published right after a loss (`after_loss`),
+    /// and the registry as the base it is once published (built once for
+    /// both).
     pub(crate) fn published_on(
         base: &Base,
         registry: RegistrySnapshot,
-        anchor: Option<u64>,
+        after_loss: bool,
     ) -> (Self, Base) {
         let id = rand::random::<u64>();
         let lineage: Vec<u64> = std::iter::once(id)
@@ -243,7 +247,8 @@ impl Shared {
             .collect();
         let merge = MergeBase::of(&registry);
         let Named { removed, undone } = base.named_by(&merge, id);
-        let anchors = anchored(anchor, [&base.anchors, &Vec::new()]);
+        let anchored_now = if after_loss { &lineage[..] } else { &[] };
+        let anchors = anchored([anchored_now, &base.anchors, &[], &[]]);
         let next = Base {
             lineage: lineage.clone(),
             merge: Arc::new(merge),
@@ -262,16 +267,17 @@ impl Shared {
     }
 }
 
-/// `first`, then the anchors of `both` (the first's first), once each;
-/// at most `ANCHORS`.
-fn anchored(first: Option<u64>, both: [&Vec<u64>; 2]) -> Vec<u64> {
-    let mut anchors: Vec<u64> = first.into_iter().collect();
-    for id in both.into_iter().flatten() {
+/// The ids of `lists`, in order, each once; at most `ANCHORS`.
+fn anchored(lists: [&[u64]; 4]) -> Vec<u64> {
+    let mut anchors: Vec<u64> = Vec::new();
+    for id in lists.into_iter().flatten() {
+        if anchors.len() == ANCHORS {
+            break;
+        }
         if !anchors.contains(id) {
             anchors.push(*id);
         }
     }
-    anchors.truncate(ANCHORS);
     anchors
 }
 
@@ -401,7 +407,7 @@ mod tests {
         let a = plans.create_api_key(NewApiKey::new("a")).unwrap();
         let first = Base::of(&Shared::built_on(&Base::default(), plans.snapshot()));
         plans.delete_api_key(&a.id).unwrap();
-        let (shared, base) = Shared::published_on(&first, plans.snapshot(), None);
+        let (shared, base) = Shared::published_on(&first, plans.snapshot(), false);
         let read: Shared = serde_json::from_str(&serde_json::to_string(&shared).unwrap()).unwrap();
         let read_back = Base::of(&read);
         assert_eq!(base.lineage, read_back.lineage);
@@ -414,25 +420,28 @@ mod tests {
     fn anchors_outlive_the_lineage_and_are_bounded() {
         let held = Base::of(&Shared::built_on(&Base::default(), registry_with(&["a"])));
         let id = held.lineage[0];
-        // Published after a loss on the registry held: anchored.
-        let (_, mut base) = Shared::published_on(&held, registry_with(&["a"]), Some(id));
+        // Published right after a loss: its lineage anchored.
+        let (_, mut base) = Shared::published_on(&held, registry_with(&["a"]), true);
+        let anchored = base.lineage.clone();
+        assert_eq!(anchored[1], id);
         for _ in 0..LINEAGE {
             base = Base::of(&Shared::built_on(&base, registry_with(&["a"])));
         }
         assert!(!base.lineage.contains(&id), "past the lineage");
-        assert_eq!(base.anchors, [id], "still named");
-        // A merge after a loss anchors the local side; one without does not.
+        assert_eq!(base.anchors, anchored, "still named");
+        // A merge after a loss anchors both sides; one without, neither.
         let local = Base::of(&Shared::built_on(&Base::default(), registry_with(&["b"])));
         let remote = Shared::built_on(&base, registry_with(&["a"]));
         let merged = remote.clone().merged_with(&local, true);
-        assert_eq!(merged.anchors, [local.lineage[0], id]);
-        assert_eq!(remote.merged_with(&local, false).anchors, [id]);
+        assert_eq!(merged.anchors[0], remote.lineage[0]);
+        assert!(merged.anchors.contains(&local.lineage[0]));
+        assert!(merged.anchors.contains(&id));
+        assert_eq!(remote.merged_with(&local, false).anchors, anchored);
         // Bounded, newest first.
         let mut base = held;
-        for _ in 0..ANCHORS + 3 {
-            let anchor = base.lineage[0];
-            base = Shared::published_on(&base, registry_with(&[]), Some(anchor)).1;
-            assert_eq!(base.anchors[0], anchor);
+        for _ in 0..4 * LINEAGE {
+            base = Shared::published_on(&base, registry_with(&[]), true).1;
+            assert_eq!(base.anchors[0], base.lineage[0]);
         }
         assert_eq!(base.anchors.len(), ANCHORS);
     }

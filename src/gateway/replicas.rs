@@ -443,12 +443,11 @@ impl Replica {
     /// since the last pull; `false` then.
     async fn publish(&mut self) -> Result<bool, Error> {
         let generation = self.plans.generation();
-        // Published after a loss on the registry held before it: that one
-        // is an anchor (a replica still holding it takes what comes from
-        // it, however many publishes later).
-        let anchor = self.base.lineage.first().filter(|_| self.lost);
+        // Published right after a loss: its lineage is anchored (a replica
+        // holding one of those registries takes what comes from it,
+        // however many publishes later).
         let (shared, published) =
-            Shared::published_on(&self.base, self.plans.snapshot(), anchor.copied());
+            Shared::published_on(&self.base, self.plans.snapshot(), self.lost);
         let json = serde_json::to_string(&shared).map_err(failed("encoding the registry"))?;
         let mut invocation = self.publish.key(SNAPSHOT_KEY);
         invocation
@@ -1045,23 +1044,52 @@ mod tests {
         assert_eq!(other.usage_plan_keys(&plan.id).unwrap().len(), 1);
     }
 
-    /// B is paused while Redis loses its data; A puts its registry back,
-    /// then enables a key (created disabled, as AWS does) and makes more
-    /// changes than a lineage names. B, resuming, finds the loss: A's
-    /// registry comes from the one B holds (A held it when it found the
-    /// loss), so A's changes win the merge. (Merged against nothing, B's
-    /// older copy won: a key disabled through A was enabled again on both,
-    /// for good, in a black-box run.)
-    #[tokio::test]
-    async fn a_replica_paused_across_a_loss_takes_the_changes_made_since() {
+    /// How Redis loses A's change (a key enabled) while B is paused.
+    #[derive(PartialEq)]
+    enum Loss {
+        /// Emptied before the change (A puts its registry back first).
+        FlushBefore,
+        /// Emptied after the change and 5 more (B behind A at the loss).
+        FlushAfter,
+        /// Back at B's registry after the change and more than a lineage
+        /// names (A merges against nothing, and publishes).
+        Rollback,
+    }
+
+    /// `count` keys created through `a`, each change published.
+    async fn published_changes(plans: &UsagePlans, a: &mut Replica, label: &str, count: usize) {
+        for n in 0..count {
+            let name = format!("{label} {n}");
+            plans.create_api_key(crate::NewApiKey::new(name)).unwrap();
+            a.sync().await.unwrap();
+        }
+    }
+
+    /// Redis emptied, and `a` finds it (the store's marker, which these
+    /// tests have not) and puts its registry back.
+    async fn flushed(raw: &mut redis::aio::MultiplexedConnection, a: &mut Replica) {
+        let () = redis::cmd("FLUSHALL").query_async(raw).await.unwrap();
+        a.forget_base();
+        a.sync().await.unwrap();
+    }
+
+    /// B is paused while A enables a key (created disabled, as AWS does),
+    /// Redis loses data as `loss` says, and A makes more changes than a
+    /// lineage names. B, resuming, finds the loss: A's registry comes from
+    /// the one B holds (it was in A's lineage, or was the registry A
+    /// merged with, when A published after the loss: an anchor), so A's
+    /// changes win the merge. (Merged against nothing, B's older copy won:
+    /// a key disabled through A was enabled again on both, for good, in
+    /// black-box runs; a quota lowered came back.)
+    async fn a_replica_paused_through(loss: Loss) {
         let (redis, plans, mut a, key) = a_replica_that_published_a_key().await;
         let (other, mut b) = a_replica_on(&redis).await;
         assert!(!other.api_key(&key.id).unwrap().enabled);
         let mut raw = redis.connection().await;
-        let () = redis::cmd("FLUSHALL").query_async(&mut raw).await.unwrap();
-        // A finds the loss (the store's marker, which this test has not).
-        a.forget_base();
-        a.sync().await.unwrap();
+        let saved = saved_registry(&mut raw).await;
+        if loss == Loss::FlushBefore {
+            flushed(&mut raw, &mut a).await;
+        }
         plans
             .update_api_key(&key.id, |k| {
                 k.enabled = true;
@@ -1069,11 +1097,20 @@ mod tests {
             })
             .unwrap();
         a.sync().await.unwrap();
-        for n in 0..PAST_A_LINEAGE {
-            let name = format!("later {n}");
-            plans.create_api_key(crate::NewApiKey::new(name)).unwrap();
-            a.sync().await.unwrap();
+        match loss {
+            Loss::FlushBefore => {}
+            Loss::FlushAfter => {
+                published_changes(&plans, &mut a, "before", 5).await;
+                flushed(&mut raw, &mut a).await;
+            }
+            Loss::Rollback => {
+                published_changes(&plans, &mut a, "before", PAST_A_LINEAGE).await;
+                put_back_registry(&mut raw, &saved).await;
+                a.sync().await.unwrap();
+                assert!(plans.api_key(&key.id).unwrap().enabled, "A merged");
+            }
         }
+        published_changes(&plans, &mut a, "after", PAST_A_LINEAGE).await;
 
         b.forget_base();
         b.sync().await.unwrap();
@@ -1081,6 +1118,21 @@ mod tests {
         assert_eq!(other.api_keys().len(), plans.api_keys().len());
         a.sync().await.unwrap();
         assert!(plans.api_key(&key.id).unwrap().enabled, "and on A");
+    }
+
+    #[tokio::test]
+    async fn a_replica_paused_across_a_loss_takes_the_changes_made_since() {
+        a_replica_paused_through(Loss::FlushBefore).await;
+    }
+
+    #[tokio::test]
+    async fn a_replica_paused_behind_at_a_loss_takes_the_changes_it_missed() {
+        a_replica_paused_through(Loss::FlushAfter).await;
+    }
+
+    #[tokio::test]
+    async fn a_replica_paused_across_a_rollback_merged_elsewhere_takes_the_merge() {
+        a_replica_paused_through(Loss::Rollback).await;
     }
 
     /// More admin changes than a registry's lineage names.
