@@ -65,6 +65,12 @@ pub(crate) struct Shared {
     /// first, at most `REMOVED`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) undone: Vec<Removal>,
+    /// How many publishes the registry's longest history holds (a merge
+    /// has the larger of its sides'): merged against nothing, the side
+    /// that has seen more wins what both changed. (0 from a version
+    /// without it.)
+    #[serde(default)]
+    pub(crate) depth: u64,
 }
 
 /// A removal a shared registry names: the hashed id of the key, plan or
@@ -141,6 +147,8 @@ pub(crate) struct Base {
     pub(crate) anchors: Vec<u64>,
     /// The removals the registry undid (see [`Shared::undone`]).
     pub(crate) undone: Vec<Removal>,
+    /// The registry's depth (see [`Shared::depth`]).
+    pub(crate) depth: u64,
 }
 
 impl Base {
@@ -152,6 +160,7 @@ impl Base {
             removed: shared.removed.clone(),
             anchors: shared.anchors.clone(),
             undone: shared.undone.clone(),
+            depth: shared.depth,
         }
     }
 
@@ -221,6 +230,7 @@ impl Shared {
             .extend(theirs.filter(|removal| named.insert(removal.id)));
         self.removed.truncate(REMOVED);
         self.undone = at_most_once(Vec::new(), [&self.undone, &local.undone]);
+        self.depth = self.depth.max(local.depth);
         self
     }
 
@@ -255,6 +265,7 @@ impl Shared {
             removed: removed.clone(),
             anchors: anchors.clone(),
             undone: undone.clone(),
+            depth: base.depth + 1,
         };
         let shared = Self {
             registry,
@@ -262,6 +273,7 @@ impl Shared {
             removed,
             anchors,
             undone,
+            depth: base.depth + 1,
         };
         (shared, next)
     }
@@ -444,6 +456,17 @@ mod tests {
             assert_eq!(base.anchors[0], base.lineage[0]);
         }
         assert_eq!(base.anchors.len(), ANCHORS);
+    }
+
+    #[test]
+    fn depth_counts_the_longest_history() {
+        let first = Base::of(&Shared::built_on(&Base::default(), registry_with(&["a"])));
+        let second = Base::of(&Shared::built_on(&first, registry_with(&["a"])));
+        assert_eq!((first.depth, second.depth), (1, 2));
+        let other = Shared::built_on(&Base::default(), registry_with(&["b"]));
+        assert_eq!(other.clone().merged_with(&second, false).depth, 2);
+        let merged = Base::of(&other.merged_with(&second, true));
+        assert_eq!(Shared::built_on(&merged, registry_with(&[])).depth, 3);
     }
 
     #[test]

@@ -377,6 +377,7 @@ impl Replica {
                 removed: Vec::new(),
                 anchors: Vec::new(),
                 undone: Vec::new(),
+                depth: 0,
             },
             known: Known::default(),
             lost: false,
@@ -681,7 +682,13 @@ impl Replica {
                         let base = base
                             .with_removed(here, &local, &remote.registry)
                             .with_removed(there, &remote.registry, &local);
-                        RegistrySnapshot::merge(&base, &local, &remote.registry)
+                        // What both sides changed: the side that has seen
+                        // more publishes wins (a replica paused through
+                        // many changes and a loss holds older copies).
+                        match remote.depth > self.base.depth {
+                            true => RegistrySnapshot::merge(&base, &remote.registry, &local),
+                            false => RegistrySnapshot::merge(&base, &local, &remote.registry),
+                        }
                     }
                     false => RegistrySnapshot::merge(&base, &local, &remote.registry),
                 }
@@ -1051,6 +1058,9 @@ mod tests {
         FlushBefore,
         /// Emptied after the change and 5 more (B behind A at the loss).
         FlushAfter,
+        /// Emptied after the change and more than a lineage names: A's
+        /// registry names nothing B holds, but has seen more publishes.
+        FlushLongAfter,
         /// Back at B's registry after the change and more than a lineage
         /// names (A merges against nothing, and publishes).
         Rollback,
@@ -1103,6 +1113,10 @@ mod tests {
                 published_changes(&plans, &mut a, "before", 5).await;
                 flushed(&mut raw, &mut a).await;
             }
+            Loss::FlushLongAfter => {
+                published_changes(&plans, &mut a, "before", PAST_A_LINEAGE).await;
+                flushed(&mut raw, &mut a).await;
+            }
             Loss::Rollback => {
                 published_changes(&plans, &mut a, "before", PAST_A_LINEAGE).await;
                 put_back_registry(&mut raw, &saved).await;
@@ -1128,6 +1142,11 @@ mod tests {
     #[tokio::test]
     async fn a_replica_paused_behind_at_a_loss_takes_the_changes_it_missed() {
         a_replica_paused_through(Loss::FlushAfter).await;
+    }
+
+    #[tokio::test]
+    async fn a_replica_paused_far_behind_at_a_loss_takes_the_changes_it_missed() {
+        a_replica_paused_through(Loss::FlushLongAfter).await;
     }
 
     #[tokio::test]
