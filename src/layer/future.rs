@@ -7,9 +7,10 @@ use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use super::decide::{Admission, Config, Next};
+use super::decide::{Admission, Config, Next, Recheck};
 use super::headers::RateLimitHeaders;
 use super::{Refunded, Refusal, RefusalResponse, ShadowRefusal, UsageContext};
+use crate::key::RequestHead;
 use crate::store::{Decision, StoreFuture};
 
 pin_project! {
@@ -30,6 +31,7 @@ struct Waiting<S, ReqBody, R> {
     context: Option<UsageContext>,
     config: Arc<Config>,
     refusal: R,
+    recheck: Option<Recheck>,
 }
 
 pin_project! {
@@ -98,6 +100,7 @@ impl<S: Service<Request<ReqBody>>, ReqBody, R> ResponseFuture<S, ReqBody, R> {
         context: Option<UsageContext>,
         config: Arc<Config>,
         refusal: R,
+        recheck: Option<Recheck>,
     ) -> Self {
         Self {
             state: State::Deciding {
@@ -108,6 +111,7 @@ impl<S: Service<Request<ReqBody>>, ReqBody, R> ResponseFuture<S, ReqBody, R> {
                     context,
                     config,
                     refusal,
+                    recheck,
                 })),
             },
         }
@@ -133,10 +137,21 @@ where
                         context,
                         config,
                         refusal,
+                        recheck,
                     } = *waiting
                         .take()
                         .expect("ResponseFuture polled after completion");
-                    let next = match config.finish(&refusal, request.headers(), answer, None) {
+                    let mut next = config.finish(&refusal, request.headers(), answer, None);
+                    if let (Next::Forward(admission), Some(recheck)) = (&next, recheck) {
+                        if admission.counted {
+                            let head = RequestHead::of(&request);
+                            if let Err(reason) = config.recheck(&head, recheck) {
+                                let headers = request.headers();
+                                next = Next::Refuse(config.refuse(&refusal, headers, reason, None));
+                            }
+                        }
+                    }
+                    let next = match next {
                         Next::Forward(admission) => admit(&mut inner, request, context, admission),
                         Next::Refuse(mut response) => {
                             super::service::name_the_key(context.as_ref(), &mut response);

@@ -308,6 +308,11 @@ pub struct Charge {
 }
 
 impl Charge {
+    /// What a decision through `binding` charged under `rules`.
+    pub(crate) fn new(binding: Arc<Binding>, rules: ChargeRules) -> Self {
+        Self { binding, rules }
+    }
+
     /// Gives the token and the unit of quota back through the counter
     /// store ([`CounterStore::refund`](crate::store::CounterStore::refund)).
     ///

@@ -152,6 +152,7 @@ where
             mut decision,
             policy,
             context,
+            recheck,
         } = match self.config.start(&head) {
             Ok(pending) => pending,
             Err(reason) if self.config.shadow => {
@@ -179,6 +180,7 @@ where
                 context,
                 self.config.clone(),
                 self.refusal.clone(),
+                recheck,
             );
         };
         match self
