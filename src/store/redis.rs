@@ -228,15 +228,22 @@ impl RedisStore {
                 (recovery.clone(), connection.clone(), script.clone());
             StoreFuture::boxed(async move {
                 if let Some(recovery) = recovery.upgrade() {
-                    retried(|| {
+                    let restored = retried(|| {
                         let (recovery, mut connection, script) =
                             (recovery.clone(), connection.clone(), script.clone());
-                        async move { restore_seen(&recovery, &mut connection, &script).await }
+                        async move {
+                            if recovery.holds_known_marker(&mut connection).await? {
+                                return Ok(false);
+                            }
+                            restore_seen(&recovery, &mut connection, &script).await?;
+                            Ok(true)
+                        }
                     })
                     .await
                     .map_err(|e| store_error("restore", e))?;
                     // The sender's next marker: not news when it is set.
-                    if let Some(marker) = marker {
+                    // (A late sender's is never set: Redis holds one.)
+                    if let Some(marker) = marker.filter(|_| restored) {
                         recovery.put_back_under(&marker);
                         recovery.adopt(marker);
                     }
