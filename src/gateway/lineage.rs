@@ -154,9 +154,14 @@ pub(crate) struct Base {
 impl Base {
     /// `shared`, kept as a base.
     pub(crate) fn of(shared: &Shared) -> Self {
+        Self::with_merge(shared, MergeBase::of(&shared.registry))
+    }
+
+    /// `shared`, kept as a base, with `merge` built of its registry.
+    fn with_merge(shared: &Shared, merge: MergeBase) -> Self {
         Self {
             lineage: shared.lineage.clone(),
-            merge: Arc::new(MergeBase::of(&shared.registry)),
+            merge: Arc::new(merge),
             removed: shared.removed.clone(),
             anchors: shared.anchors.clone(),
             undone: shared.undone.clone(),
@@ -190,17 +195,17 @@ impl Base {
                 }
             }
         }
-        let undone = at_most_once(undone, [&self.undone, &Vec::new()]);
+        let undone = at_most_once(undone, &[&self.undone]);
         Named { removed, undone }
     }
 }
 
-/// `first`, then the removals of `both` not in it, each once; at most
+/// `first`, then the removals of `more` not in it, each once; at most
 /// `REMOVED`.
-fn at_most_once(first: Vec<Removal>, both: [&Vec<Removal>; 2]) -> Vec<Removal> {
+fn at_most_once(first: Vec<Removal>, more: &[&[Removal]]) -> Vec<Removal> {
     let mut named: HashSet<Removal> = first.iter().copied().collect();
     let mut all = first;
-    let more = both.into_iter().flatten().copied();
+    let more = more.iter().copied().flatten().copied();
     all.extend(more.filter(|removal| named.insert(*removal)));
     all.truncate(REMOVED);
     all
@@ -216,7 +221,7 @@ impl Shared {
             true => (&self.lineage[..], &local.lineage[..]),
             false => (&[][..], &[][..]),
         };
-        self.anchors = anchored([theirs, ours, &self.anchors, &local.anchors]);
+        self.anchors = anchored(&[theirs, ours, &self.anchors, &local.anchors]);
         let mut lineage: Vec<u64> = self.lineage.iter().copied().take(MERGED).collect();
         for id in local.lineage.iter().take(MERGED) {
             if !lineage.contains(id) {
@@ -229,7 +234,7 @@ impl Shared {
         self.removed
             .extend(theirs.filter(|removal| named.insert(removal.id)));
         self.removed.truncate(REMOVED);
-        self.undone = at_most_once(Vec::new(), [&self.undone, &local.undone]);
+        self.undone = at_most_once(Vec::new(), &[&self.undone, &local.undone]);
         self.depth = self.depth.max(local.depth);
         self
     }
@@ -258,15 +263,7 @@ impl Shared {
         let merge = MergeBase::of(&registry);
         let Named { removed, undone } = base.named_by(&merge, id);
         let anchored_now = if after_loss { &lineage[..] } else { &[] };
-        let anchors = anchored([anchored_now, &base.anchors, &[], &[]]);
-        let next = Base {
-            lineage: lineage.clone(),
-            merge: Arc::new(merge),
-            removed: removed.clone(),
-            anchors: anchors.clone(),
-            undone: undone.clone(),
-            depth: base.depth + 1,
-        };
+        let anchors = anchored(&[anchored_now, &base.anchors]);
         let shared = Self {
             registry,
             lineage,
@@ -275,14 +272,15 @@ impl Shared {
             undone,
             depth: base.depth + 1,
         };
+        let next = Base::with_merge(&shared, merge);
         (shared, next)
     }
 }
 
 /// The ids of `lists`, in order, each once; at most `ANCHORS`.
-fn anchored(lists: [&[u64]; 4]) -> Vec<u64> {
+fn anchored(lists: &[&[u64]]) -> Vec<u64> {
     let mut anchors: Vec<u64> = Vec::new();
-    for id in lists.into_iter().flatten() {
+    for id in lists.iter().copied().flatten() {
         if anchors.len() == ANCHORS {
             break;
         }

@@ -1,6 +1,7 @@
 //! The per-request policy shared by the service and its future: resolve
 //! the key, ask the store, and turn the answer into "forward" or "refuse".
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderValue, Response};
@@ -10,7 +11,7 @@ use super::headers::RateLimitHeaders;
 use super::{Charge, ChargeRules, Refusal, RefusalResponse, UsageContext};
 use crate::key::{KeySource, RequestHead};
 use crate::log_throttle::{LogThrottle, Logged};
-use crate::registry::Stage;
+use crate::registry::{Binding, KeyRoute, Stage};
 use crate::route::{normalize, MethodRoute};
 use crate::store::{Decision, DecisionRequest, QuotaState, StoreFuture, Verdict};
 use crate::{Result, UsagePlans};
@@ -117,6 +118,17 @@ impl Admission {
     }
 }
 
+/// The binding a request with the key of `route` on `stage` is decided
+/// under; or why it is refused: an unknown key (no route), a disabled one,
+/// or one in no plan covering `stage`.
+fn admitting<'r>(route: Option<&'r KeyRoute>, stage: &Stage) -> Result<&'r Arc<Binding>, Refusal> {
+    let route = route.ok_or(Refusal::InvalidKey)?;
+    if !route.enabled {
+        return Err(Refusal::DisabledKey);
+    }
+    route.binding_for(stage).ok_or(Refusal::NoPlan)
+}
+
 impl Config {
     #[inline]
     pub(crate) fn is_unmetered(&self, head: &RequestHead<'_>) -> bool {
@@ -134,11 +146,7 @@ impl Config {
         // Before the lookup: a change after it moves the generation on.
         let generation = self.plans.generation();
         self.plans.with_route(&key, |route| {
-            let route = route.ok_or(Refusal::InvalidKey)?;
-            if !route.enabled {
-                return Err(Refusal::DisabledKey);
-            }
-            let binding = route.binding_for(&self.stage).ok_or(Refusal::NoPlan)?;
+            let binding = admitting(route, &self.stage)?;
             let request = DecisionRequest {
                 counter: &binding.counter,
                 throttle: binding
@@ -180,14 +188,9 @@ impl Config {
             return Ok(());
         }
         let key = self.key_source.extract(head).ok_or(Refusal::MissingKey)?;
-        let passes = self.plans.with_route(&key, |route| {
-            let route = route.ok_or(Refusal::InvalidKey)?;
-            if !route.enabled {
-                return Err(Refusal::DisabledKey);
-            }
-            route.binding_for(&self.stage).ok_or(Refusal::NoPlan)?;
-            Ok(())
-        });
+        let passes = self
+            .plans
+            .with_route(&key, |route| admitting(route, &self.stage).map(|_| ()));
         if passes.is_err() {
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 let refund = recheck.charge.refund();
