@@ -83,6 +83,12 @@ where
         .collect())
 }
 
+/// `rate` with a negative zero made positive: `-0` is a rate of zero, and
+/// is written back as `0.0`, not `-0.0`.
+fn unsigned_zero(rate: f64) -> f64 {
+    rate + 0.0
+}
+
 impl Throttle {
     /// A validated throttle.
     ///
@@ -97,7 +103,7 @@ impl Throttle {
     pub fn new(rate_limit: f64, burst_limit: u32) -> Result<Self> {
         let throttle = Self {
             burst_limit,
-            rate_limit,
+            rate_limit: unsigned_zero(rate_limit),
         };
         throttle.validate()?;
         Ok(throttle)
@@ -113,9 +119,10 @@ impl Throttle {
     /// assert_eq!(Throttle::completed(Some(0.1), None).burst_limit, 1);
     /// assert_eq!(Throttle::completed(None, Some(20)).rate_limit, 20.0);
     /// assert_eq!(Throttle::completed(Some(5.0), Some(0)).burst_limit, 0);
+    /// assert!(Throttle::completed(Some(-0.0), Some(1)).rate_limit.is_sign_positive());
     /// ```
     pub fn completed(rate_limit: Option<f64>, burst_limit: Option<u32>) -> Self {
-        match (rate_limit, burst_limit) {
+        match (rate_limit.map(unsigned_zero), burst_limit) {
             (Some(rate_limit), Some(burst_limit)) => Self {
                 burst_limit,
                 rate_limit,
