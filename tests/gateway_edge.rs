@@ -326,6 +326,46 @@ async fn a_stalled_body_gets_408_closes_the_connection_and_costs_nothing() {
     }
 }
 
+/// An upload that keeps coming, over a longer time than
+/// `--upstream-timeout`, reaches the upstream whole and gets its answer:
+/// the timeout counts from the body's last part, not from the request's
+/// start. (Before: 408 at the timeout, however steadily the body came.)
+#[tokio::test]
+async fn an_upload_that_keeps_coming_outlasts_the_upstream_timeout() {
+    let (upstream, mut received) = reporting_upstream().await;
+    let mut config = config();
+    config.upstream = Some(format!("http://{upstream}").parse().unwrap());
+    config.body_read_timeout = None;
+    config.body_min_rate = None;
+    config.upstream_timeout = Duration::from_millis(500);
+    let gateway = Gateway::start(config).await.unwrap();
+    // 30 parts 50 ms apart: three times the upstream timeout in all.
+    const PARTS: usize = 30;
+    let part = b"0123456789";
+    let length = format!(
+        "connection: close\r\ncontent-length: {}",
+        PARTS * part.len()
+    );
+    let head = post_head(&length);
+    let mut stream = TcpStream::connect(gateway.data_addr()).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    for _ in 0..PARTS {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        stream.write_all(part).await.unwrap();
+    }
+    let mut answer = Vec::new();
+    within("the answer", stream.read_to_end(&mut answer))
+        .await
+        .unwrap();
+    let (status, _, body) = parse(&String::from_utf8_lossy(&answer));
+    assert_eq!((status, body.as_str()), (200, "ok"));
+    let body = within("the upstream's body", received.recv())
+        .await
+        .unwrap();
+    assert_eq!(body.len(), PARTS * part.len(), "the whole body went on");
+    gateway.shutdown().await.unwrap();
+}
+
 /// An upstream that read the request's head and stopped taking its body
 /// (busy, or pushing back) had the request: past `--upstream-timeout` the
 /// client, who sent all of it, gets 504 and is charged, not 408 "your
@@ -367,6 +407,34 @@ async fn an_upstream_that_stops_reading_the_body_times_out_with_504_and_is_charg
     // the client) while the upstream neither reads nor answers.
     let sent = within("the connection to end", sender).await.unwrap();
     assert!(sent.is_err(), "the whole body was taken: {sent:?}");
+    assert_eq!(
+        used_today(&gateway).await[0],
+        1,
+        "charged: the upstream had it"
+    );
+    gateway.shutdown().await.unwrap();
+}
+
+/// An upstream whose response head is larger than the gateway takes
+/// (64 KiB) gets its client a 502, not a header line no client is bound to
+/// read (before: a 200,000-byte header passed on); the upstream had the
+/// request, so it is charged.
+#[tokio::test]
+async fn an_upstream_response_head_too_large_is_a_bad_gateway() {
+    let huge = format!(
+        "HTTP/1.1 200 OK\r\nx-huge: {}\r\ncontent-length: 0\r\n\r\n",
+        "h".repeat(100_000)
+    );
+    let (upstream_addr, _) = head_taking_upstream(Box::leak(huge.into_boxed_str())).await;
+    let mut config = config();
+    config.upstream = Some(format!("http://{upstream_addr}").parse().unwrap());
+    let gateway = Gateway::start(config).await.unwrap();
+    let answer = get(gateway.data_addr(), "/things", Some(KEY)).await;
+    assert_aws_answer(
+        &answer,
+        (502, "Bad Gateway", "BadGatewayException"),
+        "a 100 KB response head",
+    );
     assert_eq!(
         used_today(&gateway).await[0],
         1,

@@ -76,7 +76,9 @@ pub struct Cli {
     /// The admin API's PEM private key.
     #[arg(long, env = "USAGE_PLANS_ADMIN_TLS_KEY", value_name = "PEM")]
     pub admin_tls_key: Option<PathBuf>,
-    /// Seconds to wait for the upstream's response head before a 504 [default: 30].
+    /// Seconds to wait for the upstream's response head before a 504,
+    /// counted from the last part of the request's body handed on (an
+    /// upload that keeps coming is not cut) [default: 30].
     #[arg(long, env = "USAGE_PLANS_UPSTREAM_TIMEOUT", value_name = "SECS")]
     pub upstream_timeout: Option<f64>,
     /// Seconds a client may take to send a request's headers before its

@@ -97,9 +97,14 @@ pub(crate) enum BodyFailure {
 
 /// What a request's body did, shared between the body and those who must
 /// know after it is gone (the proxy, the edge).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct BodyWatch {
     state: AtomicU8,
+    /// When the watch began: [`passed`](Self::passed) counts from it.
+    born: tokio::time::Instant,
+    /// When a part of the body was last handed on (to the upstream's
+    /// connection), in microseconds after `born`, plus one (0: never).
+    passed: AtomicU64,
     /// Whether a whole first gRPC message went on (to the upstream): a
     /// call's messages are each of use to the upstream as they come.
     message_passed_on: AtomicBool,
@@ -109,6 +114,19 @@ pub(crate) struct BodyWatch {
     /// Whether it waits for the client: its last ask found nothing yet.
     /// (Not: it has what it asked for, and the upstream takes no more.)
     waiting_on_client: AtomicBool,
+}
+
+impl Default for BodyWatch {
+    fn default() -> Self {
+        Self {
+            state: AtomicU8::new(RUNNING),
+            born: tokio::time::Instant::now(),
+            passed: AtomicU64::new(0),
+            message_passed_on: AtomicBool::default(),
+            asked: AtomicBool::default(),
+            waiting_on_client: AtomicBool::default(),
+        }
+    }
 }
 
 /// [`BodyWatch`] states.
@@ -145,6 +163,18 @@ impl BodyWatch {
     /// message on (read from it).
     pub(crate) fn message_passed_on(&self) -> bool {
         self.message_passed_on.load(Ordering::Relaxed)
+    }
+
+    /// When a part of the body was last handed on to whoever reads it
+    /// (the upstream's connection), if one was.
+    pub(crate) fn passed(&self) -> Option<tokio::time::Instant> {
+        let micros = self.passed.load(Ordering::Relaxed).checked_sub(1)?;
+        Some(self.born + Duration::from_micros(micros))
+    }
+
+    fn pass(&self) {
+        let micros = u64::try_from(self.born.elapsed().as_micros()).unwrap_or(u64::MAX - 1);
+        self.passed.store(micros + 1, Ordering::Relaxed);
     }
 
     /// Whether the body was asked for at all (an HTTP/2 upstream asks as
@@ -477,6 +507,7 @@ impl Body for EdgeBody {
             Poll::Ready(Some(Ok(frame))) => {
                 let len = frame.data_ref().map_or(0, Bytes::len);
                 watched.frame_came(len);
+                watched.watch.pass();
                 if let Some(data) = frame.data_ref() {
                     if watched.first_message.passed(data) {
                         watched

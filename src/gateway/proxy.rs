@@ -420,7 +420,7 @@ async fn forward(
             false => upstream.send(own, request).await,
         }
     };
-    let result = tokio::time::timeout(timeout, sending).await;
+    let result = given_up_when_idle(timeout, watch.as_deref(), sending).await;
     if let Some(started) = started {
         metrics::histogram!("usage_plans_upstream_duration_seconds")
             .record(started.elapsed().as_secs_f64());
@@ -432,6 +432,13 @@ async fn forward(
         Ok(Ok(response)) if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
             tracing::warn!(
                 "the upstream switched protocols on a request that asked for no upgrade"
+            );
+            (error(StatusCode::BAD_GATEWAY, "Bad Gateway"), true)
+        }
+        Ok(Ok(response)) if head_size(&response) > UPSTREAM_HEAD_LIMIT => {
+            tracing::warn!(
+                limit = UPSTREAM_HEAD_LIMIT,
+                "the upstream's response head is too large"
             );
             (error(StatusCode::BAD_GATEWAY, "Bad Gateway"), true)
         }
@@ -476,6 +483,46 @@ async fn forward(
                 error(StatusCode::GATEWAY_TIMEOUT, "Endpoint request timed out"),
                 !never_left,
             )
+        }
+    }
+}
+
+/// The most an upstream's response head may take (its headers, as HTTP/1
+/// writes them): one larger is a 502, not passed on to a client that may
+/// not take it (Python's `http.client` gives up past 64 KiB a line, and
+/// nginx refuses "too big a header" from an upstream).
+const UPSTREAM_HEAD_LIMIT: usize = 64 << 10;
+
+/// The size of `response`'s headers, as HTTP/1 writes them.
+fn head_size<B>(response: &Response<B>) -> usize {
+    let headers = response.headers().iter();
+    headers
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum()
+}
+
+/// `sending`, or `Err` once `timeout` went by with no part of the request's
+/// body handed on to the upstream (`watch`; none: a request without one):
+/// an upload that keeps coming is not cut however long it takes (the body
+/// timeouts bound a slow client), and the upstream has `timeout` from the
+/// body's last part to answer. (Counted from the request's start, every
+/// upload longer than `--upstream-timeout` got a 408 at its 30th second,
+/// however fast it came.)
+async fn given_up_when_idle<T>(
+    timeout: Duration,
+    watch: Option<&BodyWatch>,
+    sending: impl std::future::Future<Output = T>,
+) -> Result<T, ()> {
+    let mut sending = std::pin::pin!(sending);
+    let mut deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Ok(answer) = tokio::time::timeout_at(deadline, sending.as_mut()).await {
+            return Ok(answer);
+        }
+        let since_passed = watch.and_then(BodyWatch::passed).map(|at| at + timeout);
+        match since_passed.filter(|next| *next > deadline) {
+            Some(next) => deadline = next,
+            None => return Err(()),
         }
     }
 }
