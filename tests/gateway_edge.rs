@@ -425,22 +425,8 @@ async fn an_upstream_response_head_too_large_is_a_bad_gateway() {
         "HTTP/1.1 200 OK\r\nx-huge: {}\r\ncontent-length: 0\r\n\r\n",
         "h".repeat(100_000)
     );
-    let (upstream_addr, _) = head_taking_upstream(Box::leak(huge.into_boxed_str())).await;
-    let mut config = config();
-    config.upstream = Some(format!("http://{upstream_addr}").parse().unwrap());
-    let gateway = Gateway::start(config).await.unwrap();
-    let answer = get(gateway.data_addr(), "/things", Some(KEY)).await;
-    assert_aws_answer(
-        &answer,
-        (502, "Bad Gateway", "BadGatewayException"),
-        "a 100 KB response head",
-    );
-    assert_eq!(
-        used_today(&gateway).await[0],
-        1,
-        "charged: the upstream had it"
-    );
-    gateway.shutdown().await.unwrap();
+    let reply = Box::leak(huge.into_boxed_str());
+    is_a_charged_bad_gateway(reply, "a 100 KB response head").await;
 }
 
 /// An upstream that answers a plain request `101 Switching Protocols`
@@ -451,16 +437,18 @@ async fn an_upstream_response_head_too_large_is_a_bad_gateway() {
 async fn an_unasked_switch_of_protocols_is_a_bad_gateway() {
     let switch =
         "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: other\r\n\r\n";
-    let (upstream_addr, _) = head_taking_upstream(switch).await;
+    is_a_charged_bad_gateway(switch, "an unasked 101").await;
+}
+
+/// A GET to an upstream that answers `reply` gets its client a 502 (AWS
+/// shaped), and is charged: the upstream had the request.
+async fn is_a_charged_bad_gateway(reply: &'static str, what: &str) {
+    let (upstream_addr, _) = head_taking_upstream(reply).await;
     let mut config = config();
     config.upstream = Some(format!("http://{upstream_addr}").parse().unwrap());
     let gateway = Gateway::start(config).await.unwrap();
     let answer = get(gateway.data_addr(), "/things", Some(KEY)).await;
-    assert_aws_answer(
-        &answer,
-        (502, "Bad Gateway", "BadGatewayException"),
-        "an unasked 101",
-    );
+    assert_aws_answer(&answer, (502, "Bad Gateway", "BadGatewayException"), what);
     assert_eq!(
         used_today(&gateway).await[0],
         1,
