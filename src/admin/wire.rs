@@ -131,8 +131,12 @@ impl AwsError {
 /// alone would read it as the struct's fields in order (see
 /// `objects_only`).
 pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, AwsError> {
-    let invalid =
-        |e: &dyn std::fmt::Display| AwsError::bad_request(format!("Invalid request body: {e}"));
+    let invalid = |e: &dyn std::fmt::Display| {
+        AwsError::bad_request(format!(
+            "Invalid request body: {}",
+            in_json_terms(&e.to_string())
+        ))
+    };
     let body = if body.iter().all(u8::is_ascii_whitespace) {
         &b"{}"[..]
     } else {
@@ -144,6 +148,42 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<
     let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| invalid(&e))?;
     super::objects_only::check::<T>(&value).map_err(|e| invalid(&e))?;
     Ok(parsed)
+}
+
+/// A parse error's `message` in JSON's terms, not Rust's: serde names
+/// what it expected by the Rust type (`u64`, `struct NewUsagePlan`).
+fn in_json_terms(message: &str) -> String {
+    const TERMS: [(&str, &str); 4] = [
+        ("expected u", "expected a non-negative integer"),
+        ("expected i", "expected an integer"),
+        ("expected f", "expected a number"),
+        ("expected struct ", "expected an object"),
+    ];
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    'scan: while let Some(at) = rest.find("expected ") {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at..];
+        for (rust, json) in TERMS {
+            let Some(after) = tail.strip_prefix(rust) else {
+                continue;
+            };
+            // The type's name: `u64`, `i32`, `f64`, or a struct's.
+            let name = after
+                .find(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+                .unwrap_or(after.len());
+            let numeric = after[..name].bytes().all(|b| b.is_ascii_digit());
+            if name > 0 && (rust.ends_with(' ') || numeric) {
+                out.push_str(json);
+                rest = &after[name..];
+                continue 'scan;
+            }
+        }
+        out.push_str("expected ");
+        rest = &tail["expected ".len()..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The decoded query string.
@@ -273,6 +313,32 @@ mod tests {
         for q in ["limit=0", "limit=501", "limit=x", "position=zz"] {
             assert!(Query::parse(Some(q)).page().is_err(), "{q}");
         }
+    }
+
+    #[test]
+    fn parse_errors_name_json_types_not_rust_ones() {
+        let message = |body: &str| {
+            let error = serde_json::from_str::<crate::model::Quota>(body).unwrap_err();
+            in_json_terms(&error.to_string())
+        };
+        let negative = message(r#"{"limit": -5, "period": "DAY"}"#);
+        assert!(
+            negative.contains("expected a non-negative integer"),
+            "{negative}"
+        );
+        let array = message(r#"{"limit": [1], "period": "DAY"}"#);
+        assert!(!array.contains("u64") && !array.contains("u32"), "{array}");
+        let top = message("7");
+        assert!(!top.contains("struct") && top.contains("expected"), "{top}");
+        // Other wording is left as serde writes it.
+        assert_eq!(
+            in_json_terms("invalid type: integer `1`, expected a string at line 1"),
+            "invalid type: integer `1`, expected a string at line 1"
+        );
+        assert_eq!(
+            in_json_terms("expected struct Quota, expected u32 or expected unit"),
+            "expected an object, expected a non-negative integer or expected unit"
+        );
     }
 
     #[test]
