@@ -522,6 +522,47 @@ def test_a_toggle_is_not_undone_by_a_list_asked_for_before_it(browser, console_g
     assert api.get_api_key(apiKey=key["id"])["enabled"] is False
 
 
+def test_a_double_submit_creates_one_key(browser, console_gateway, api):
+    # Two submits before the first answer (a double click, Enter pressed twice) made two
+    # keys, both added to the plan, and the page showed one of them.
+    plan = api.create_usage_plan(name=f"double-{uuid.uuid4().hex[:8]}")
+    sign_in(browser, console_gateway)
+    form = browser.find_element(By.CSS_SELECTOR, "form#create-key")
+    option = f'select[name=plan] option[value="{plan["id"]}"]'
+    wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, option), "the plan in the form")[0].click()
+    name = f"console-double-{uuid.uuid4().hex[:8]}"
+    form.find_element(By.NAME, "name").send_keys(name)
+    browser.execute_script("const f = document.getElementById('create-key'); f.requestSubmit(); f.requestSubmit();")
+    created = wait(browser, lambda d: text_of(d, "#created"), "the created key")
+    made = api.get_api_keys(nameQuery=name)["items"]
+    assert [k["id"] for k in made] == [created.split()[1].rstrip(";")], (made, created)
+    members = api.get_usage_plan_keys(usagePlanId=plan["id"])["items"]
+    assert [k["id"] for k in members] == [made[0]["id"]], members
+
+
+FAIL_FETCHES = """
+const realFetch = window.fetch;
+window.__down = true;
+window.fetch = (url, options) =>
+  window.__down ? Promise.reject(new TypeError('Failed to fetch')) : realFetch(url, options);
+"""
+
+
+def test_a_refresh_that_succeeds_clears_a_refresh_failure(browser, console_gateway, api):
+    # The admin API was out of reach, then back: the 5-second refreshes went through again
+    # but "Refresh failed" stayed on screen until a click on Refresh.
+    sign_in(browser, console_gateway)
+    wait(browser, lambda d: d.find_element(By.ID, "app").is_displayed(), "the page signed in")
+    auto = browser.find_element(By.ID, "auto-refresh")
+    if not auto.is_selected():
+        auto.click()
+    browser.execute_script(FAIL_FETCHES)
+    browser.find_element(By.ID, "refresh").click()
+    wait(browser, lambda d: "Refresh failed" in text_of(d, "#answer"), "the refresh failure shown")
+    browser.execute_script("window.__down = false")
+    wait(browser, lambda d: "Refreshed at" in text_of(d, "#answer"), "the next refresh's success shown")
+
+
 def test_a_key_made_but_not_added_is_shown_with_its_value(browser, console_gateway, api):
     # The plan chosen in the form is deleted (by another operator) before "Create": the key
     # is made, the add fails. The page says so and shows the value (it said only "failed").

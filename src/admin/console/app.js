@@ -30,6 +30,8 @@ const state = {
   // one already running) left nothing for that one to find, and its
   // "Refreshed at" hid why the key's pane closed.
   goneNews: false,
+  // The last refresh failed, and said so: the next that succeeds says so.
+  refreshFailed: false,
 };
 
 // ---- the API -------------------------------------------------------------
@@ -105,6 +107,7 @@ function el(tag, text, attrs = {}) {
 
 function say(text, error = false) {
   state.goneNews = false;
+  state.refreshFailed = false;
   const node = $("answer");
   node.textContent = text;
   node.classList.toggle("error", error);
@@ -161,6 +164,13 @@ async function signIn(event) {
     region: form.region.value.trim() || state.region,
   };
   $("sign-in-error").textContent = "";
+  // An access key id or region goes in a header, which takes ASCII only:
+  // the browser refuses to send it, and said so as a network failure.
+  const unsendable = [credentials.accessKeyId, credentials.region].some((v) => /[^\x20-\x7e]/.test(v));
+  if (unsendable) {
+    $("sign-in-error").textContent = "The access key id and region must be ASCII letters, digits or punctuation";
+    return;
+  }
   try {
     // The credentials are good when a signed call is accepted.
     await api("GET", ["usageplans"], { query: [["limit", "1"]], credentials });
@@ -243,12 +253,18 @@ async function refresh(quiet = false, keepNews = false) {
     await loadPlans();
     gone = await loadKeys(quiet);
     if (state.selected) gone = await loadSelectedUsage();
-    if (!quiet && !gone && !keepNews && session === state.session) {
+    // A quiet refresh leaves an action's answer on screen, but not the
+    // failure of a refresh before it: the API is back.
+    const loud = !quiet || state.refreshFailed;
+    if (loud && !gone && !keepNews && session === state.session) {
       if (state.goneNews) state.goneNews = false;
       else say(`Refreshed at ${new Date().toISOString().slice(11, 19)} UTC`);
     }
   } catch (e) {
-    if (session === state.session) say(`Refresh failed: ${describe(e)}`, true);
+    if (session === state.session) {
+      say(`Refresh failed: ${describe(e)}`, true);
+      state.refreshFailed = true;
+    }
   } finally {
     state.busy = false;
   }
@@ -590,6 +606,19 @@ async function toggleEnabled() {
 async function createKey(event) {
   event.preventDefault();
   const form = event.target;
+  // One at a time: a second click or Enter while the first is on its way
+  // made a second key (and added it to the plan) whose value was never shown.
+  const submit = form.querySelector("button[type=submit]");
+  if (submit.disabled) return;
+  submit.disabled = true;
+  try {
+    await createKeyFrom(form);
+  } finally {
+    submit.disabled = false;
+  }
+}
+
+async function createKeyFrom(form) {
   const name = form.name.value;
   const planId = form.plan.value;
   $("created").textContent = "";
@@ -613,6 +642,10 @@ async function createKey(event) {
 
 function exportCsv() {
   const { key, planId } = state.selected;
+  if (!planId) {
+    say(`${key.id} is in no plan: it has no usage to export`, true);
+    return;
+  }
   const of = state.usageOf;
   if (!of || of.keyId !== key.id || of.planId !== planId) {
     say(`The usage of ${key.id} is still loading: export it once it shows`, true);
