@@ -540,6 +540,47 @@ def test_a_double_submit_creates_one_key(browser, console_gateway, api):
     assert [k["id"] for k in members] == [made[0]["id"]], members
 
 
+def test_a_key_in_a_plan_without_a_quota_shows_no_quota_left_to_count(browser, console_gateway, api):
+    # GetUsage answers [used, 0] for a plan without a quota: the page showed "Today
+    # remaining 0" for a key that nothing limits.
+    plan = api.create_usage_plan(name=f"unmetered-{uuid.uuid4().hex[:8]}")
+    key = api.create_api_key(name=f"console-free-{uuid.uuid4().hex[:8]}", enabled=True)
+    api.create_usage_plan_key(usagePlanId=plan["id"], keyId=key["id"], keyType="API_KEY")
+    sign_in(browser, console_gateway)
+    select_key(browser, key)
+    assert text_of(browser, "[data-remaining]") == "no quota"
+
+
+def test_a_long_plan_name_keeps_a_narrow_page_within_its_window(browser, console_gateway, api):
+    # A 1,024-character plan name made the create form's plan selector (and the keys
+    # table with it) 7,448 px wide in an 800 px window.
+    plan = api.create_usage_plan(name="P" * 1024)
+    size = browser.get_window_size()
+    browser.set_window_size(800, size["height"])
+    try:
+        sign_in(browser, console_gateway)
+        option = f'form#create-key select[name=plan] option[value="{plan["id"]}"]'
+        wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, option), "the plan in the form")
+        wide, window = browser.execute_script(
+            "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+        )
+        assert wide <= window, (wide, window)
+    finally:
+        browser.set_window_size(size["width"], size["height"])
+        api.delete_usage_plan(usagePlanId=plan["id"])
+
+
+def test_names_show_the_controls_that_would_reorder_them(browser, console_gateway, api):
+    # A name with U+202E (right-to-left override) read backwards: "\u202eevil" showed as
+    # "live", in the keys table, the plans table and the selectors.
+    prefix = f"bidi-{uuid.uuid4().hex[:8]}"
+    key = api.create_api_key(name=f"{prefix} \u202eevil\u202c", enabled=True)
+    sign_in(browser, console_gateway)
+    search(browser, prefix)
+    row = key_row(browser, key["id"])
+    assert "<U+202E>evil<U+202C>" in row.text, row.text
+
+
 FAIL_FETCHES = """
 const realFetch = window.fetch;
 window.__down = true;

@@ -105,6 +105,13 @@ function el(tag, text, attrs = {}) {
   return node;
 }
 
+// A name as it is: the Unicode controls that reorder text (U+202A-202E,
+// U+2066-2069) are shown as their code points, not obeyed ("\u202Eevil"
+// read "live").
+function shown(name) {
+  return String(name).replace(/[\u202a-\u202e\u2066-\u2069]/g, (c) => `<U+${c.charCodeAt(0).toString(16).toUpperCase()}>`);
+}
+
 function say(text, error = false) {
   state.goneNews = false;
   state.refreshFailed = false;
@@ -282,7 +289,7 @@ async function loadPlans() {
   const rows = state.plans.map((p) => {
     const tr = el("tr", undefined, { "data-plan-id": p.id });
     tr.append(
-      el("td", p.name, { class: "name" }),
+      el("td", shown(p.name), { class: "name" }),
       el("td", p.id, { class: "id" }),
       el("td", describeThrottle(p.throttle)),
       el("td", describeQuota(p.quota)),
@@ -299,7 +306,7 @@ async function loadPlans() {
   body.replaceChildren(...rows);
   const select = $("create-plan");
   const chosen = select.value;
-  select.replaceChildren(el("option", "(no plan)", { value: "" }), ...state.plans.map((p) => el("option", p.name, { value: p.id })));
+  select.replaceChildren(el("option", "(no plan)", { value: "" }), ...state.plans.map((p) => el("option", shown(p.name), { value: p.id })));
   if (chosen) select.value = chosen;
 }
 
@@ -395,7 +402,7 @@ async function inBatches(items, width, work) {
 
 function planName(id) {
   const plan = state.plans.find((p) => p.id === id);
-  return plan ? plan.name : id;
+  return plan ? shown(plan.name) : id;
 }
 
 function renderKeys() {
@@ -403,7 +410,7 @@ function renderKeys() {
   for (const key of state.keys.values()) {
     const tr = el("tr", undefined, { "data-key-id": key.id, tabindex: "0" });
     if (state.selected && state.selected.key.id === key.id) tr.classList.add("selected");
-    tr.append(el("td", key.name || "(no name)", { class: "name" }), el("td", key.id, { class: "id" }), el("td", key.enabled ? "yes" : "no"), el("td", "…", { class: "plans name" }));
+    tr.append(el("td", key.name ? shown(key.name) : "(no name)", { class: "name" }), el("td", key.id, { class: "id" }), el("td", key.enabled ? "yes" : "no"), el("td", "…", { class: "plans name" }));
     tr.addEventListener("click", () => select(key.id));
     tr.addEventListener("keydown", (e) => {
       if (e.key === "Enter") select(key.id);
@@ -469,7 +476,7 @@ function renderSelected() {
   const { key, planId } = state.selected;
   $("no-key").hidden = true;
   $("key-detail").hidden = false;
-  $("key-name").textContent = key.name || "(no name)";
+  $("key-name").textContent = key.name ? shown(key.name) : "(no name)";
   $("key-id").textContent = key.id;
   $("key-enabled").textContent = key.enabled ? "yes" : "no";
   $("toggle-enabled").textContent = key.enabled ? "Disable key" : "Enable key";
@@ -517,8 +524,12 @@ async function loadUsage() {
 
 function renderUsage() {
   const today = state.usage[state.usage.length - 1];
+  // A plan without a quota limits nothing: GetUsage's remaining 0 is no
+  // count of what is left.
+  const of = state.usageOf && state.plans.find((p) => p.id === state.usageOf.planId);
+  const unlimited = of && !of.quota;
   $("today-used").textContent = today ? String(today.used) : "–";
-  $("today-remaining").textContent = today ? String(today.remaining) : "–";
+  $("today-remaining").textContent = unlimited ? "no quota" : today ? String(today.remaining) : "–";
   drawChart($("chart"), state.usage);
 }
 
