@@ -581,6 +581,20 @@ def test_names_show_the_controls_that_would_reorder_them(browser, console_gatewa
     assert "<U+202E>evil<U+202C>" in row.text, row.text
 
 
+def test_the_keyboard_starts_at_the_search_and_the_chosen_row_is_announced(browser, console_gateway, api):
+    # Signed in by keyboard, focus was left on the page's body; the chosen key's row was
+    # marked by a CSS class only.
+    plan, key = new_metered_key(api)
+    sign_in(browser, console_gateway)
+    wait(browser, lambda d: d.execute_script("return document.activeElement.id") == "search", "focus on the search")
+    select_key(browser, key)
+    # Read afresh each time: a refresh draws the rows anew.
+    def marked(d):
+        return [r.get_attribute("data-key-id") for r in d.find_elements(By.CSS_SELECTOR, "#keys tr[aria-current=true]")]
+
+    wait(browser, lambda d: marked(d) == [key["id"]], "the chosen row marked, and it alone")
+
+
 FAIL_FETCHES = """
 const realFetch = window.fetch;
 window.__down = true;

@@ -235,7 +235,11 @@ function start(credentials) {
   $("app").hidden = false;
   $("session").hidden = false;
   state.page = { positions: [null], index: 0, next: null };
-  refresh();
+  // Signed in, the keyboard starts at the key search (the form it came
+  // from is hidden), once the first refresh drew it.
+  refresh().then(() => {
+    if (document.activeElement === document.body || !document.activeElement) $("search").focus();
+  });
   clearInterval(state.timer);
   state.timer = setInterval(() => {
     if ($("auto-refresh").checked && document.visibilityState === "visible") refresh(true);
@@ -383,11 +387,19 @@ async function loadSelectedKey() {
 
 // The chosen key is gone (deleted, or out of its plan, elsewhere): the pane
 // lets it go.
+// Marks `tr` as the chosen key's row, for the eye and for assistive
+// technology (aria-current), or not.
+function markChosen(tr, chosen) {
+  tr.classList.toggle("selected", chosen);
+  if (chosen) tr.setAttribute("aria-current", "true");
+  else tr.removeAttribute("aria-current");
+}
+
 function letGo(gone) {
   state.selected = null;
   $("key-detail").hidden = true;
   $("no-key").hidden = false;
-  for (const tr of $("keys").children) tr.classList.remove("selected");
+  for (const tr of $("keys").children) markChosen(tr, false);
   say(`Key ${gone} is gone (deleted, or taken out of its plan)`, true);
   state.goneNews = true;
 }
@@ -409,7 +421,7 @@ function renderKeys() {
   const rows = [];
   for (const key of state.keys.values()) {
     const tr = el("tr", undefined, { "data-key-id": key.id, tabindex: "0" });
-    if (state.selected && state.selected.key.id === key.id) tr.classList.add("selected");
+    markChosen(tr, Boolean(state.selected && state.selected.key.id === key.id));
     tr.append(el("td", key.name ? shown(key.name) : "(no name)", { class: "name" }), el("td", key.id, { class: "id" }), el("td", key.enabled ? "yes" : "no"), el("td", "…", { class: "plans name" }));
     tr.addEventListener("click", () => select(key.id));
     tr.addEventListener("keydown", (e) => {
@@ -451,7 +463,7 @@ async function select(keyId) {
   state.usage = [];
   state.usageOf = null;
   renderUsage();
-  for (const tr of $("keys").children) tr.classList.toggle("selected", tr.dataset.keyId === keyId);
+  for (const tr of $("keys").children) markChosen(tr, tr.dataset.keyId === keyId);
   renderSelected();
   await loadUsage().catch((e) => say(`Usage failed: ${describe(e)}`, true));
 }
