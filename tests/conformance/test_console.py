@@ -522,14 +522,20 @@ def test_a_toggle_is_not_undone_by_a_list_asked_for_before_it(browser, console_g
     assert api.get_api_key(apiKey=key["id"])["enabled"] is False
 
 
+def create_form_on_a_new_plan(driver, gw, api, prefix: str):
+    """Signs in, and picks a new plan (named after `prefix`) in the "Create a key" form."""
+    plan = api.create_usage_plan(name=f"{prefix}-{uuid.uuid4().hex[:8]}")
+    sign_in(driver, gw)
+    form = driver.find_element(By.CSS_SELECTOR, "form#create-key")
+    option = f'select[name=plan] option[value="{plan["id"]}"]'
+    wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, option), "the plan in the form")[0].click()
+    return plan, form
+
+
 def test_a_double_submit_creates_one_key(browser, console_gateway, api):
     # Two submits before the first answer (a double click, Enter pressed twice) made two
     # keys, both added to the plan, and the page showed one of them.
-    plan = api.create_usage_plan(name=f"double-{uuid.uuid4().hex[:8]}")
-    sign_in(browser, console_gateway)
-    form = browser.find_element(By.CSS_SELECTOR, "form#create-key")
-    option = f'select[name=plan] option[value="{plan["id"]}"]'
-    wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, option), "the plan in the form")[0].click()
+    plan, form = create_form_on_a_new_plan(browser, console_gateway, api, "double")
     name = f"console-double-{uuid.uuid4().hex[:8]}"
     form.find_element(By.NAME, "name").send_keys(name)
     browser.execute_script("const f = document.getElementById('create-key'); f.requestSubmit(); f.requestSubmit();")
@@ -621,11 +627,7 @@ def test_a_refresh_that_succeeds_clears_a_refresh_failure(browser, console_gatew
 def test_a_key_made_but_not_added_is_shown_with_its_value(browser, console_gateway, api):
     # The plan chosen in the form is deleted (by another operator) before "Create": the key
     # is made, the add fails. The page says so and shows the value (it said only "failed").
-    plan = api.create_usage_plan(name=f"doomed-{uuid.uuid4().hex[:8]}")
-    sign_in(browser, console_gateway)
-    form = browser.find_element(By.CSS_SELECTOR, "form#create-key")
-    option = f'select[name=plan] option[value="{plan["id"]}"]'
-    wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, option), "the plan in the form")[0].click()
+    plan, form = create_form_on_a_new_plan(browser, console_gateway, api, "doomed")
     auto = browser.find_element(By.ID, "auto-refresh")
     if auto.is_selected():
         auto.click()  # no refresh takes the deleted plan out of the form meanwhile
