@@ -185,8 +185,8 @@ pub(crate) fn verify(
     // normalized the way botocore does, several lines of one name joined with ','.
     let mut headers: Vec<(String, String)> = Vec::with_capacity(auth.signed_headers.len());
     for &name in &auth.signed_headers {
-        if name == "host" {
-            headers.push(("host".to_owned(), host_value(parts)?));
+        if name == "host" || name == AUTHORITY {
+            headers.push((name.to_owned(), host_value(parts, name)?));
             continue;
         }
         let mut values = parts.headers.get_all(name).iter().peekable();
@@ -520,11 +520,14 @@ fn parse_authorization(value: &str) -> Result<ParsedAuthorization<'_>, AuthError
     }
 
     let signed_headers: Vec<&str> = signed_headers_raw.split(';').collect();
-    let well_formed = signed_headers.iter().all(|name| {
-        !name.is_empty()
-            && name.bytes().all(|b| {
-                b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b)
-            })
+    // HTTP/2 clients sign the `:authority` pseudo-header instead of `host`
+    // (the AWS SDK for JavaScript v3 over HTTP/2); no other pseudo-header.
+    let well_formed = signed_headers.iter().all(|&name| {
+        name == AUTHORITY
+            || !name.is_empty()
+                && name.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$%&'*+-.^_`|~".contains(&b)
+                })
     });
     if !well_formed || signed_headers.windows(2).any(|w| w[0] >= w[1]) {
         return Err(incomplete(
@@ -532,7 +535,7 @@ fn parse_authorization(value: &str) -> Result<ParsedAuthorization<'_>, AuthError
              without duplicates.",
         ));
     }
-    if !signed_headers.contains(&"host") {
+    if !signed_headers.contains(&"host") && !signed_headers.contains(&AUTHORITY) {
         return Err(incomplete(
             "'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization.",
         ));
@@ -674,23 +677,30 @@ fn payload_hash(headers: &http::HeaderMap, body: &[u8]) -> Result<Option<String>
     }
 }
 
-/// The Host the client signed: the `Host` header(s), else the URI authority (HTTP/2 `:authority`).
-fn host_value(parts: &http::request::Parts) -> Result<String, AuthError> {
+/// The HTTP/2 pseudo-header a client may sign in place of `host`.
+const AUTHORITY: &str = ":authority";
+
+/// The value of the signed header `name` (`host` or `:authority`): for `host`, the `Host`
+/// header(s), else the URI authority (HTTP/2's `:authority`); for `:authority`, the other way
+/// round.
+fn host_value(parts: &http::request::Parts, name: &str) -> Result<String, AuthError> {
     let hosts: Vec<String> = parts
         .headers
         .get_all(http::header::HOST)
         .iter()
         .map(|v| normalize_header_value(&header_text(Some(v.as_bytes()))))
         .collect();
-    if !hosts.is_empty() {
-        return Ok(hosts.join(","));
-    }
-    match parts.uri.authority() {
-        Some(authority) => Ok(authority.as_str().to_owned()),
-        None => Err(invalid(
-            "The request has no Host header although 'host' is a signed header.".to_owned(),
-        )),
-    }
+    let host = (!hosts.is_empty()).then(|| hosts.join(","));
+    let authority = parts.uri.authority().map(|a| a.as_str().to_owned());
+    let value = match name {
+        AUTHORITY => authority.or(host),
+        _ => host.or(authority),
+    };
+    value.ok_or_else(|| {
+        invalid(format!(
+            "The request has no Host header although '{name}' is a signed header."
+        ))
+    })
 }
 
 /// A header value as text: UTF-8 when it is valid UTF-8, else Latin-1 (what Python's

@@ -396,8 +396,53 @@ const SIGV4AUTH_RAW_RESERVED_QUERY: Vector = Vector {
     body: b"",
 };
 
+/// The User-Agent of the JavaScript SDK vectors (kernel release replaced).
+const JS_SDK_USER_AGENT: &[u8] = b"aws-sdk-js/3.1141.0 ua/2.1 os/linux#generic lang/js md/nodejs#20.20.2 api/api-gateway#3.1141.0 m/N,E,e";
+
+/// The AWS SDK for JavaScript v3 (`@aws-sdk/client-api-gateway` 3.1141.0, Node 20) over
+/// HTTP/2 (`NodeHttp2Handler`): it signs `:authority`, and sends no `Host`. The target is
+/// the absolute form hyper gives an HTTP/2 request (`:scheme`, `:authority`, `:path`).
+const JS_SDK_H2_GET_USAGE_PLANS: Vector = Vector {
+    name: "js_sdk_h2_get_usage_plans",
+    method: "GET",
+    target: "http://127.0.0.1:18090/usageplans?keyId=k1",
+    headers: &[
+        ("accept", b"application/json"),
+        ("x-amz-user-agent", b"aws-sdk-js/3.1141.0"),
+        ("user-agent", JS_SDK_USER_AGENT),
+        ("amz-sdk-invocation-id", b"e7b06876-3d07-4fe5-b02c-60130e695b9d"),
+        ("amz-sdk-request", b"attempt=1; max=1"),
+        ("x-amz-date", b"20261207T211605Z"),
+        ("x-amz-content-sha256", b"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"),
+        ("authorization", b"AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20261207/us-east-1/apigateway/aws4_request, SignedHeaders=:authority;accept;amz-sdk-invocation-id;amz-sdk-request;x-amz-content-sha256;x-amz-date;x-amz-user-agent, Signature=89e0f2607681940486ce07e606c76bd32ffb5d23002a0fefe3ccad032ba80c82"),
+    ],
+    body: b"",
+};
+
+/// As [`JS_SDK_H2_GET_USAGE_PLANS`]: UpdateUsage, a body signed.
+const JS_SDK_H2_UPDATE_USAGE: Vector = Vector {
+    name: "js_sdk_h2_update_usage",
+    method: "PATCH",
+    target: "http://127.0.0.1:18090/usageplans/p1/keys/k1/usage",
+    headers: &[
+        ("content-type", b"application/json"),
+        ("content-length", b"71"),
+        ("accept", b"application/json"),
+        ("x-amz-user-agent", b"aws-sdk-js/3.1141.0"),
+        ("user-agent", JS_SDK_USER_AGENT),
+        ("amz-sdk-invocation-id", b"809ea9d8-0ab3-4433-8939-5098e6011f81"),
+        ("amz-sdk-request", b"attempt=1; max=1"),
+        ("x-amz-date", b"20261207T211605Z"),
+        ("x-amz-content-sha256", b"f8aad6ef694ce7e2f8b422cfc0c92d98cb21dd0631b935bf8e8a8bd81f5df23c"),
+        ("authorization", b"AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20261207/us-east-1/apigateway/aws4_request, SignedHeaders=:authority;accept;amz-sdk-invocation-id;amz-sdk-request;content-length;content-type;x-amz-content-sha256;x-amz-date;x-amz-user-agent, Signature=db456f45ecd3cfc5b89c92e2453f41ceef3c0ab06ad09eb3be220026f1b56548"),
+    ],
+    body: br#"{"patchOperations":[{"op":"replace","path":"/remaining","value":"10"}]}"#,
+};
+
 /// Every vector that must verify.
 const GOOD: &[Vector] = &[
+    JS_SDK_H2_GET_USAGE_PLANS,
+    JS_SDK_H2_UPDATE_USAGE,
     BOTO3_GET_USAGE_PLANS_QUERY,
     BOTO3_UPDATE_USAGE_PATCH_JSON,
     BOTO3_DELETE_API_KEY_CONTENT_LENGTH_0,
@@ -869,6 +914,8 @@ fn tampered_signed_header_is_rejected() {
             let mut r = Req::from(v);
             if name == "host" {
                 *r.header_mut("host") = b"127.0.0.1:9999".to_vec();
+            } else if name == ":authority" {
+                r.target = r.target.replace("127.0.0.1:", "127.0.0.1:9");
             } else {
                 r.header_mut(name).push(b'x');
             }
@@ -1315,6 +1362,35 @@ fn http2_authority_stands_in_for_host() {
     let mut r = Req::from(&CLI_GET_USAGE_PLANS);
     r.remove_header("host");
     assert!(matches!(r.verify(), Err(AuthError::InvalidSignature(_))));
+}
+
+/// A client that signs `:authority` signs the request's authority: another one, or none,
+/// does not verify; no other pseudo-header may be signed.
+#[test]
+fn a_signed_authority_is_the_requests() {
+    let mut r = Req::from(&JS_SDK_H2_GET_USAGE_PLANS);
+    r.target = r.target.replace(":18090", ":18091");
+    assert_invalid_signature(r.verify(), "other authority");
+    // An HTTP/1.1 request (origin-form target) has its Host stand in.
+    let mut r = Req::from(&JS_SDK_H2_GET_USAGE_PLANS);
+    r.target = r.target.replace("http://127.0.0.1:18090", "");
+    assert!(matches!(r.verify(), Err(AuthError::InvalidSignature(_))));
+    r.headers
+        .push(("Host".to_owned(), b"127.0.0.1:18090".to_vec()));
+    assert!(r.verify().is_ok(), "Host for :authority");
+    let mut r = Req::from(&JS_SDK_H2_GET_USAGE_PLANS);
+    let auth = r.header_mut("authorization");
+    *auth = String::from_utf8(auth.clone())
+        .unwrap()
+        .replace(
+            "SignedHeaders=:authority;",
+            "SignedHeaders=:authority;:method;",
+        )
+        .into_bytes();
+    assert!(
+        matches!(r.verify(), Err(AuthError::Incomplete(_))),
+        ":method"
+    );
 }
 
 #[test]
