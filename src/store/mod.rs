@@ -13,6 +13,8 @@
 mod control;
 mod future;
 #[cfg(feature = "redis")]
+mod in_flight;
+#[cfg(feature = "redis")]
 mod learn;
 #[cfg(feature = "redis")]
 mod lease;

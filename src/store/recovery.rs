@@ -20,6 +20,7 @@ use parking_lot::Mutex;
 
 use std::sync::Arc;
 
+use super::in_flight::InFlight;
 use super::learn::Scan;
 use super::lease::Leases;
 use super::redis::Connection;
@@ -110,7 +111,7 @@ pub(crate) struct Recovery {
     /// Held (shared) by each call whose answer updates `seen`, from before
     /// it is sent until its answer is in `seen`; a restore holds it alone,
     /// so it puts back what every answer Redis gave before the loss said.
-    pub(crate) in_flight: tokio::sync::RwLock<()>,
+    pub(crate) in_flight: InFlight,
     /// This replica's leases, whose units a restore adds to `seen`.
     pub(crate) leases: Option<Arc<Leases>>,
     /// The latest epoch of each counter this replica's copy followed when
@@ -238,7 +239,7 @@ impl Recovery {
             gate: tokio::sync::Mutex::new(()),
             counter_gate: tokio::sync::Mutex::new(()),
             scan: Mutex::new(Scan::default()),
-            in_flight: tokio::sync::RwLock::new(()),
+            in_flight: InFlight::default(),
             leases: None,
             restored: DashMap::default(),
             put_back: DashMap::default(),

@@ -597,6 +597,7 @@ impl RedisStore {
                 op,
                 watch.as_ref(),
             );
+            let call = self.recovery.in_flight.unless_restoring(call);
             let answer: Vec<i64> = within(self.timeout, call)
                 .await
                 .map_err(|e| store_error("error", e))?;

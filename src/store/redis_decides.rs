@@ -240,6 +240,7 @@ impl Sender {
                 "decide",
                 watch.as_ref(),
             );
+            let call = recovery.in_flight.unless_restoring(call);
             let decided = within(timeout.max(RESPONSE_CEILING), call).await;
             if let Err(Ok((ADMITTED, ..))) = answer.send(decided) {
                 give_back(connection, parts, vec![(key, counter, args)]).await;
@@ -271,9 +272,10 @@ impl Sender {
         (batch[0].args.call, batch[0].args.oldest_open_call) = (id, oldest_open);
         let decisions: Vec<_> = batch.iter().map(|w| (w.key.as_str(), &w.args)).collect();
         let invocation = invocation(&self.parts.script, &decisions, recovery, &watch);
+        let call = self.connection.invoke(invocation);
         let answers: redis::RedisResult<Vec<Value>> = within(
             self.timeout.max(RESPONSE_CEILING),
-            self.connection.invoke(invocation),
+            recovery.in_flight.unless_restoring(call),
         )
         .await;
         match answers {

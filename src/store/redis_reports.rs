@@ -140,7 +140,9 @@ impl RedisStore {
             // Until the answers are in the copy: a restore waits for them.
             let _in_flight = self.recovery.in_flight.read().await;
             let invocation = invocation(&self.script, &reports, &self.recovery, &watch);
-            let answers: Vec<Vec<i64>> = within(self.timeout, connection.invoke(invocation))
+            let call = connection.invoke(invocation);
+            let call = self.recovery.in_flight.unless_restoring(call);
+            let answers: Vec<Vec<i64>> = within(self.timeout, call)
                 .await
                 .map_err(|e| store_error("error", e))?;
             self.recovery.answered(&watch);
