@@ -11,6 +11,9 @@ use serde::de::{self, DeserializeOwned, IntoDeserializer, Visitor};
 use serde::forward_to_deserialize_any;
 use serde_json::Value;
 
+/// The refusal of an array where an object belongs.
+pub(super) const AN_ARRAY: &str = "expected a JSON object, found an array";
+
 /// `Ok` when `value` read as `T` has an object wherever `T` has a struct;
 /// otherwise what went wrong, for a 400.
 pub(super) fn check<T: DeserializeOwned>(value: &Value) -> Result<(), String> {
@@ -54,7 +57,7 @@ impl<'de> de::Deserializer<'de> for ObjectsOnly<'_> {
         visitor: V,
     ) -> Result<V::Value, Self::Error> {
         match self.0 {
-            Value::Array(_) => Err(de::Error::custom("expected a JSON object, found an array")),
+            Value::Array(_) => Err(de::Error::custom(AN_ARRAY)),
             _ => self.deserialize_any(visitor),
         }
     }

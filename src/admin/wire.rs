@@ -142,11 +142,18 @@ pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<
     } else {
         body
     };
-    // Read from the bytes first, which refuses a member given twice (a
-    // `Value` keeps the last one); then the shape, from a `Value`.
-    let parsed = serde_json::from_slice(body).map_err(|e| invalid(&e))?;
+    // Read from the bytes, which refuses a member given twice (a `Value`
+    // keeps the last one) and says where it went wrong; the shape from a
+    // `Value`. An array where an object belongs is named as such, not as
+    // what serde made of it ("invalid length 0, expected ... with 6
+    // elements").
     let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| invalid(&e))?;
-    super::objects_only::check::<T>(&value).map_err(|e| invalid(&e))?;
+    let shape = super::objects_only::check::<T>(&value);
+    let parsed = serde_json::from_slice(body).map_err(|e| match &shape {
+        Err(array) if array.contains(super::objects_only::AN_ARRAY) => invalid(array),
+        _ => invalid(&e),
+    })?;
+    shape.map_err(|e| invalid(&e))?;
     Ok(parsed)
 }
 
@@ -339,6 +346,21 @@ mod tests {
             in_json_terms("expected struct Quota, expected u32 or expected unit"),
             "expected an object, expected a non-negative integer or expected unit"
         );
+    }
+
+    /// An array for an object, at the top or inside, is named as such
+    /// (helper 81: `[]` for a plan was "expected an object with 6
+    /// elements").
+    #[test]
+    fn an_array_for_an_object_is_named_so() {
+        for body in ["[]", r#"[5, "DAY"]"#, r#"[5]"#] {
+            let error = parse_json::<crate::model::Quota>(body.as_bytes()).unwrap_err();
+            assert!(
+                error.message.contains(super::super::objects_only::AN_ARRAY),
+                "{body}: {}",
+                error.message
+            );
+        }
     }
 
     #[test]
