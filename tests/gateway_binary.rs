@@ -308,6 +308,43 @@ async fn status(addr: SocketAddr, key: Option<&str>) -> StatusCode {
 
 // ---- tests ----------------------------------------------------------------
 
+/// A state file that cannot be written (its folder gone) is counted in
+/// the metrics, round after round, and written again once it can be, with
+/// what was admitted meanwhile.
+#[tokio::test]
+async fn a_state_file_that_cannot_be_written_is_counted_then_written_again() {
+    let dir = TempDir::new("persist-fails");
+    let folder = dir.join("state");
+    std::fs::create_dir(&folder).unwrap();
+    let state = folder.join("state.json");
+    let extra = format!(
+        "state_file = {:?}\nmetrics_listen = \"127.0.0.1:0\"",
+        state.to_str().unwrap()
+    );
+    let config = dir.write("gateway.toml", &config_text(7, &extra));
+    let mut gateway = spawn(&["--config", config.to_str().unwrap()], &dir.0);
+    let (data, _) = gateway.ready().await;
+    let metrics = gateway.address("metrics").await;
+    until_state_file_records(&state, 0).await;
+
+    std::fs::remove_dir_all(&folder).unwrap();
+    assert_eq!(status(data, Some(KEY)).await, StatusCode::OK);
+    eventually("a failed round in the metrics", || async move {
+        let (_, _, body) = get(metrics, "/metrics", None).await;
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        let failures: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("usage_plans_persist_failures_total "))?
+            .parse()
+            .unwrap();
+        (failures >= 2).then_some(())
+    })
+    .await;
+
+    std::fs::create_dir(&folder).unwrap();
+    until_state_file_records(&state, 1).await;
+}
+
 #[tokio::test]
 async fn kill_9_keeps_every_flushed_count_and_the_state_file_readable() {
     const LIMIT: u64 = 7;

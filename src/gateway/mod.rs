@@ -833,6 +833,7 @@ async fn run(
             Some(link) = connected => {
                 backing = Backing::Redis(link.replica, link.store);
                 if let Err(e) = backing.persist(&plans).await {
+                    ::metrics::counter!("usage_plans_persist_failures_total").increment(1);
                     tracing::error!(error = %e, "could not persist");
                 }
                 readiness.set_loaded();
@@ -851,6 +852,9 @@ async fn run(
                         }
                     }
                     Err(e) => {
+                        // Each round that failed: the admin calls answered
+                        // meanwhile are not on disk (or in Redis) yet.
+                        ::metrics::counter!("usage_plans_persist_failures_total").increment(1);
                         let message = e.to_string();
                         if failing.as_deref() != Some(message.as_str()) {
                             tracing::error!(error = %message, "could not persist (logged once until it changes)");
