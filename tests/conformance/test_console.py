@@ -601,6 +601,41 @@ def test_the_keyboard_starts_at_the_search_and_the_chosen_row_is_announced(brows
     wait(browser, lambda d: marked(d) == [key["id"]], "the chosen row marked, and it alone")
 
 
+def test_the_key_list_is_one_tab_stop_walked_with_the_arrow_keys(browser, console_gateway, api):
+    # Every key row was a tab stop: 50 Tab presses to get past a page of 50 keys.
+    from selenium.webdriver.common.keys import Keys
+
+    prefix = f"rove-{uuid.uuid4().hex[:8]}"
+    ids = [api.create_api_key(name=f"{prefix}-{i}", enabled=True)["id"] for i in range(4)]
+    sign_in(browser, console_gateway)
+    search(browser, prefix)
+    wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#keys tr")) == 4, "the four keys listed")
+    listed = [r.get_attribute("data-key-id") for r in browser.find_elements(By.CSS_SELECTOR, "#keys tr")]
+    assert sorted(listed) == sorted(ids)
+
+    def focused(d):
+        return d.execute_script("return document.activeElement.dataset.keyId || document.activeElement.id")
+
+    stops = browser.execute_script("return [...document.querySelectorAll('#keys tr')].map(r => r.tabIndex)")
+    assert stops.count(0) == 1 and stops.count(-1) == 3, stops
+    browser.find_element(By.CSS_SELECTOR, f'#keys tr[data-key-id="{listed[0]}"]').send_keys(Keys.ARROW_DOWN)
+    wait(browser, lambda d: focused(d) == listed[1], "the second row focused")
+    browser.switch_to.active_element.send_keys(Keys.END)
+    wait(browser, lambda d: focused(d) == listed[3], "the last row focused")
+    browser.switch_to.active_element.send_keys(Keys.ENTER)
+    wait(
+        browser,
+        lambda d: [r.get_attribute("data-key-id") for r in d.find_elements(By.CSS_SELECTOR, "#keys tr[aria-current=true]")]
+        == [listed[3]],
+        "the last key chosen by Enter",
+    )
+    # One Tab leaves the list, whichever row has focus; Shift+Tab comes back to that row.
+    browser.switch_to.active_element.send_keys(Keys.TAB)
+    wait(browser, lambda d: focused(d) not in listed, "focus past the list")
+    browser.switch_to.active_element.send_keys(Keys.SHIFT, Keys.TAB)
+    wait(browser, lambda d: focused(d) == listed[3], "back on the row that had focus")
+
+
 FAIL_FETCHES = """
 const realFetch = window.fetch;
 window.__down = true;

@@ -385,8 +385,6 @@ async function loadSelectedKey() {
   return false;
 }
 
-// The chosen key is gone (deleted, or out of its plan, elsewhere): the pane
-// lets it go.
 // Marks `tr` as the chosen key's row, for the eye and for assistive
 // technology (aria-current), or not.
 function markChosen(tr, chosen) {
@@ -395,6 +393,28 @@ function markChosen(tr, chosen) {
   else tr.removeAttribute("aria-current");
 }
 
+// The key rows are one tab stop (`tr`, or the first row), not one each:
+// Tab goes past the list, the arrow keys, Home and End move within it.
+function rove(tr) {
+  for (const row of $("keys").children) row.tabIndex = row === tr ? 0 : -1;
+}
+
+function moveWithin(e) {
+  const row = e.currentTarget;
+  const to = {
+    ArrowDown: row.nextElementSibling,
+    ArrowUp: row.previousElementSibling,
+    Home: $("keys").firstElementChild,
+    End: $("keys").lastElementChild,
+  }[e.key];
+  if (to === undefined) return false;
+  e.preventDefault();
+  if (to) to.focus();
+  return true;
+}
+
+// The chosen key is gone (deleted, or out of its plan, elsewhere): the pane
+// lets it go.
 function letGo(gone) {
   state.selected = null;
   $("key-detail").hidden = true;
@@ -420,16 +440,28 @@ function planName(id) {
 function renderKeys() {
   const rows = [];
   for (const key of state.keys.values()) {
-    const tr = el("tr", undefined, { "data-key-id": key.id, tabindex: "0" });
+    const tr = el("tr", undefined, { "data-key-id": key.id, tabindex: "-1" });
     markChosen(tr, Boolean(state.selected && state.selected.key.id === key.id));
     tr.append(el("td", key.name ? shown(key.name) : "(no name)", { class: "name" }), el("td", key.id, { class: "id" }), el("td", key.enabled ? "yes" : "no"), el("td", "…", { class: "plans name" }));
     tr.addEventListener("click", () => select(key.id));
+    tr.addEventListener("focus", () => rove(tr));
     tr.addEventListener("keydown", (e) => {
-      if (e.key === "Enter") select(key.id);
+      if (moveWithin(e)) return;
+      if (e.key === "Enter" || e.key === " ") {
+        e.preventDefault();
+        select(key.id);
+      }
     });
     rows.push(tr);
   }
+  // A list drawn anew keeps the row that had focus as the list's stop.
+  const focused = document.activeElement && document.activeElement.dataset && document.activeElement.dataset.keyId;
   $("keys").replaceChildren(...rows);
+  const stop = rows.find((tr) => tr.dataset.keyId === focused) || rows.find((tr) => tr.hasAttribute("aria-current")) || rows[0];
+  if (stop) {
+    rove(stop);
+    if (focused && stop.dataset.keyId === focused) stop.focus();
+  }
   for (const key of state.keys.values()) if (key.plans) renderPlansOf(key);
   const { index } = state.page;
   $("page-info").textContent = `page ${index + 1}${rows.length ? "" : " (no keys)"}`;
