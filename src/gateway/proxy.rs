@@ -283,6 +283,9 @@ impl Service<Request<EdgeBody>> for Proxy {
     }
 }
 
+/// The log line of a charge the store did not take back.
+const NOT_REFUNDED: &str = "could not refund a request the upstream never received";
+
 /// Gives back what a request the upstream never received was charged, and
 /// marks its answer [`Refunded`] (its `RateLimit` headers then show the
 /// charge unspent) once the store has taken it back.
@@ -292,9 +295,7 @@ async fn give_back<B>(charge: Option<Charge>, response: &mut Response<B>) {
         Ok(()) => {
             response.extensions_mut().insert(Refunded);
         }
-        Err(e) => {
-            tracing::warn!(error = %e, "could not refund a request the upstream never received");
-        }
+        Err(error) => tracing::warn!(%error, "{NOT_REFUNDED}"),
     }
 }
 
@@ -328,16 +329,7 @@ impl Drop for Refund {
             || !(self.answered || self.watch.ended()))
             && !self.had_use();
         if let (Some(charge), true) = (self.charge.take(), undelivered) {
-            // A store's refund starts when called (in memory: done); a
-            // networked one's needs a runtime to finish (none: at exit).
-            let refunding = charge.refund();
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(async move {
-                    if let Err(e) = refunding.await {
-                        tracing::warn!(error = %e, "could not refund a request the upstream never received");
-                    }
-                });
-            }
+            charge.refund_in_background(NOT_REFUNDED);
         }
     }
 }

@@ -192,14 +192,9 @@ impl Config {
             .plans
             .with_route(&key, |route| admitting(route, &self.stage).map(|_| ()));
         if passes.is_err() {
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                let refund = recheck.charge.refund();
-                runtime.spawn(async move {
-                    if let Err(error) = refund.await {
-                        tracing::warn!(%error, "a charge for a key changed meanwhile stays spent");
-                    }
-                });
-            }
+            recheck
+                .charge
+                .refund_in_background("a charge for a key changed meanwhile stays spent");
         }
         passes
     }

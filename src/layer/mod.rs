@@ -334,4 +334,19 @@ impl Charge {
         };
         binding.store.refund(&request)
     }
+
+    /// [`Charge::refund`] without waiting for it: a store's refund starts
+    /// when called (in memory: done), a networked one's finishes on the
+    /// current Tokio runtime (without one, it is not finished). A failure
+    /// is logged as `failed`.
+    pub(crate) fn refund_in_background(self, failed: &'static str) {
+        let refunding = self.refund();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(error) = refunding.await {
+                    tracing::warn!(%error, "{failed}");
+                }
+            });
+        }
+    }
 }
