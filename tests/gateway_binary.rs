@@ -983,6 +983,57 @@ async fn a_tonic_client_through_the_binary_to_a_tonic_upstream() {
     assert!(cancelled.ends_with(" grpc=1"), "{cancelled}");
 }
 
+/// A gRPC call its client cancels before the upstream answered (a
+/// deadline, a cancel) is logged as one: 499 and `grpc=1` (CANCELLED), as
+/// when it is cancelled later (helper 82: no grpc status at all).
+#[tokio::test]
+async fn a_grpc_call_cancelled_before_its_answer_is_logged_cancelled() {
+    use tokio::io::AsyncReadExt;
+    use usage_grpc::CountRequest;
+
+    // An upstream that reads and never answers; it says when the call's
+    // first bytes came.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = silent.local_addr().unwrap();
+    let (reached, is_reached) = oneshot::channel();
+    tokio::spawn(async move {
+        let (mut socket, _) = silent.accept().await.unwrap();
+        let mut buffer = [0u8; 4096];
+        let _ = socket.read(&mut buffer).await;
+        let _ = reached.send(());
+        while socket.read(&mut buffer).await.is_ok_and(|n| n > 0) {}
+    });
+    let dir = TempDir::new("grpc-cancelled");
+    let config = dir.write("gateway.toml", &config_text(3, ""));
+    let upstream_url = format!("http://{upstream}");
+    let args = [
+        "--config",
+        config.to_str().unwrap(),
+        "--upstream",
+        &upstream_url,
+    ];
+    let mut gateway = spawn(&args, &dir.0);
+    let (data, _) = gateway.ready().await;
+    let mut client = grpc::client(data).await;
+    let call =
+        tokio::spawn(async move { client.count(grpc::keyed(CountRequest { n: 1 }, KEY)).await });
+    within("the call at the upstream", is_reached)
+        .await
+        .unwrap();
+    // Dropped: the client resets its stream.
+    call.abort();
+    let _ = call.await;
+    gateway.signal("TERM");
+    let (exit, stderr) = gateway.exit().await;
+    assert!(exit.success(), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|line| line.contains(" /usage.v1.Usage/Count "))
+        .unwrap_or_else(|| panic!("no line for the call: {stderr}"));
+    assert!(line.contains(" 499 "), "{line}");
+    assert!(line.ends_with(" grpc=1"), "{line}");
+}
+
 /// `aws apigateway <args>` against `admin` with the demo credentials;
 /// the parsed JSON output.
 async fn aws(admin: SocketAddr, home: &Path, args: &[&str]) -> serde_json::Value {

@@ -397,6 +397,7 @@ where
                 client: self.client,
                 method: request.method().clone(),
                 uri: request.uri().clone(),
+                grpc: crate::layer::is_grpc(request.headers()),
             })
         });
         StampedFuture {
@@ -418,6 +419,9 @@ struct Pending {
     client: SocketAddr,
     method: Method,
     uri: Uri,
+    /// A gRPC call (by its request): one its client cancels before the
+    /// answer's head is logged with `CANCELLED`.
+    grpc: bool,
 }
 
 /// The line, once the response head is known; sent when its body ends.
@@ -442,6 +446,7 @@ impl Answered {
             client,
             method,
             uri,
+            grpc: _,
         } = *self.pending;
         let usage = exchange.usage.get().cloned();
         log.send(Line {
@@ -494,13 +499,16 @@ pin_project! {
                 } else {
                     "rejected"
                 };
+                // A gRPC call the client cancelled (its stream reset, or its
+                // deadline passed) before the answer's head.
+                let grpc = pending.grpc;
                 Answered {
                     status: CLIENT_CLOSED,
                     decision,
                     pending,
                     bytes_out: 0,
-                    grpc_status: None,
-                    grpc: false,
+                    grpc_status: grpc.then_some(GRPC_CANCELLED),
+                    grpc,
                 }
                 .send();
             }
