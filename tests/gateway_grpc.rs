@@ -176,6 +176,58 @@ async fn a_stream_the_upstream_refused_unprocessed_costs_nothing() {
     gateway.shutdown().await.unwrap();
 }
 
+/// An HTTP/2 upstream that answers every call with a head carrying an
+/// `x-big` header of `size` bytes, then `grpc-status: 0` in trailers.
+async fn big_head_upstream(size: usize) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut connection) = h2::server::handshake(stream).await else {
+                    return;
+                };
+                while let Some(Ok((_, mut respond))) = connection.accept().await {
+                    let head = http::Response::builder()
+                        .header("content-type", "application/grpc")
+                        .header("x-big", "b".repeat(size))
+                        .body(())
+                        .unwrap();
+                    let Ok(mut body) = respond.send_response(head, false) else {
+                        continue;
+                    };
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("grpc-status", "0".parse().unwrap());
+                    let _ = body.send_trailers(trailers);
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// An upstream's answer with a head over HTTP/2's default bound (16 KiB)
+/// and within the gateway's (64 KiB, as for HTTP/1) passes; one past the
+/// gateway's is a charged `UNAVAILABLE` (a 502). (Before: every head over
+/// 16 KiB broke off, helper 82.)
+#[tokio::test]
+async fn an_upstream_head_up_to_64_kib_passes() {
+    let passing = gateway(big_head_upstream(30_000).await, 5).await;
+    let (status, headers) = raw_h2_with_metadata(passing.data_addr(), 0).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["x-big"].len(), 30_000);
+    assert_eq!(headers["grpc-status"], "0");
+    assert_eq!(used(&passing).await, [1, 4]);
+    passing.shutdown().await.unwrap();
+
+    let too_big = gateway(big_head_upstream(100_000).await, 5).await;
+    let (_, headers) = raw_h2_with_metadata(too_big.data_addr(), 0).await;
+    assert!(!headers.contains_key("x-big"));
+    assert_eq!(headers["grpc-status"], "14", "{headers:?}");
+    assert_eq!(used(&too_big).await, [1, 4], "charged: the upstream had it");
+    too_big.shutdown().await.unwrap();
+}
+
 /// An HTTP/2 upstream that takes one stream at a time
 /// (`max_concurrent_streams` 1), answers each with a response head and
 /// nothing more, holds it open, and says when one came.

@@ -49,6 +49,11 @@ impl H2Client {
         let upstream = connector.seen();
         let client = Client::builder(TokioExecutor::new())
             .http2_only(true)
+            // The head's bound is the proxy's (64 KiB, as for HTTP/1, a
+            // 502 past it): the HTTP/2 default (16 KiB) broke off every
+            // answer with a larger head (helper 82: a 16,300-byte header).
+            // Twice that bound, as HTTP/2 counts 32 bytes more a field.
+            .http2_max_header_list_size(2 * super::proxy::UPSTREAM_HEAD_LIMIT as u32)
             // The idle timeout is kept only with a timer.
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_timer(TokioTimer::new())

@@ -483,7 +483,7 @@ async fn forward(
 /// writes them): one larger is a 502, not passed on to a client that may
 /// not take it (Python's `http.client` gives up past 64 KiB a line, and
 /// nginx refuses "too big a header" from an upstream).
-const UPSTREAM_HEAD_LIMIT: usize = 64 << 10;
+pub(super) const UPSTREAM_HEAD_LIMIT: usize = 64 << 10;
 
 /// The size of `response`'s headers, as HTTP/1 writes them.
 fn head_size<B>(response: &Response<B>) -> usize {

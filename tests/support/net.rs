@@ -116,7 +116,8 @@ where
 }
 
 /// A fresh HTTP/2 (prior knowledge) connection to `addr` (driven by a task
-/// of its own).
+/// of its own). It takes answers' heads up to 256 KiB, as Chromium does
+/// (hyper's default, 16 KiB, would refuse heads the gateway passes on).
 pub async fn h2_client<B>(addr: SocketAddr) -> http2::SendRequest<B>
 where
     B: Body + Unpin + Send + 'static,
@@ -124,7 +125,9 @@ where
     B::Error: Into<BoxError>,
 {
     let stream = within("connect", TcpStream::connect(addr)).await.unwrap();
-    let (sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+    let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+        .max_header_list_size(256 << 10)
+        .handshake(TokioIo::new(stream))
         .await
         .unwrap();
     tokio::spawn(connection);
