@@ -147,16 +147,25 @@ async fn an_unreachable_upstream_is_unavailable_and_costs_nothing() {
 /// An HTTP/2 upstream that refuses every stream with RST_STREAM
 /// REFUSED_STREAM, which RFC 9113 guarantees it did not process.
 async fn refusing_upstream() -> SocketAddr {
+    h2_upstream(|mut respond| respond.send_reset(h2::Reason::REFUSED_STREAM)).await
+}
+
+/// An HTTP/2 upstream (the `h2` crate's server) that hands every stream's
+/// `respond` to `answer`.
+async fn h2_upstream(
+    answer: impl Fn(h2::server::SendResponse<Bytes>) + Clone + Send + 'static,
+) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
+            let answer = answer.clone();
             tokio::spawn(async move {
                 let Ok(mut connection) = h2::server::handshake(stream).await else {
                     return;
                 };
-                while let Some(Ok((_, mut respond))) = connection.accept().await {
-                    respond.send_reset(h2::Reason::REFUSED_STREAM);
+                while let Some(Ok((_, respond))) = connection.accept().await {
+                    answer(respond);
                 }
             });
         }
@@ -179,31 +188,19 @@ async fn a_stream_the_upstream_refused_unprocessed_costs_nothing() {
 /// An HTTP/2 upstream that answers every call with a head carrying an
 /// `x-big` header of `size` bytes, then `grpc-status: 0` in trailers.
 async fn big_head_upstream(size: usize) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let Ok(mut connection) = h2::server::handshake(stream).await else {
-                    return;
-                };
-                while let Some(Ok((_, mut respond))) = connection.accept().await {
-                    let head = http::Response::builder()
-                        .header("content-type", "application/grpc")
-                        .header("x-big", "b".repeat(size))
-                        .body(())
-                        .unwrap();
-                    let Ok(mut body) = respond.send_response(head, false) else {
-                        continue;
-                    };
-                    let mut trailers = http::HeaderMap::new();
-                    trailers.insert("grpc-status", "0".parse().unwrap());
-                    let _ = body.send_trailers(trailers);
-                }
-            });
+    h2_upstream(move |mut respond| {
+        let head = http::Response::builder()
+            .header("content-type", "application/grpc")
+            .header("x-big", "b".repeat(size))
+            .body(())
+            .unwrap();
+        if let Ok(mut body) = respond.send_response(head, false) {
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("grpc-status", "0".parse().unwrap());
+            let _ = body.send_trailers(trailers);
         }
-    });
-    addr
+    })
+    .await
 }
 
 /// An upstream's answer with a head over HTTP/2's default bound (16 KiB)

@@ -1561,19 +1561,26 @@ mod tests {
         (rule, request)
     }
 
+    /// Leases with one lease of `units` under [`quota_request`]'s quota.
+    fn quota_leased(units: u64) -> Arc<Leases> {
+        let leases = Arc::new(Leases::new(LeaseConfig::default()));
+        grant(&leases, 0, units, 0);
+        let (rule, _) = quota_request(&slot().0);
+        let slot = leases.slots.get(&slot()).unwrap();
+        let mut lease = slot.lock();
+        lease.quota = Some(rule);
+        lease.period_end = 86_400;
+        drop(lease);
+        drop(slot);
+        leases
+    }
+
     #[test]
     fn a_lease_has_at_most_its_cap_spent_unacknowledged() {
-        let leases = Arc::new(Leases::new(LeaseConfig::default()));
         // 4 units: at most 2 spent and not yet acknowledged.
-        grant(&leases, 0, 4, 0);
+        let leases = quota_leased(4);
         let counter = slot().0;
-        let (rule, request) = quota_request(&counter);
-        {
-            let slot = leases.slots.get(&slot()).unwrap();
-            let mut lease = slot.lock();
-            lease.quota = Some(rule);
-            lease.period_end = 86_400;
-        }
+        let (_, request) = quota_request(&counter);
         let spend = || {
             let wall_us = jiff::Timestamp::now().as_microsecond();
             leases.try_spend(&request, 0, wall_us).is_some()
@@ -1593,16 +1600,9 @@ mod tests {
     /// answer). Without: the report's requests counted twice.
     #[test]
     fn a_report_that_lands_after_its_lease_was_dropped_is_not_counted_again() {
-        let leases = Arc::new(Leases::new(LeaseConfig::default()));
-        grant(&leases, 0, 10, 0);
+        let leases = quota_leased(10);
         let counter = slot().0;
-        let (rule, request) = quota_request(&counter);
-        {
-            let slot = leases.slots.get(&slot()).unwrap();
-            let mut lease = slot.lock();
-            lease.quota = Some(rule);
-            lease.period_end = 86_400;
-        }
+        let (_, request) = quota_request(&counter);
         let wall_us = jiff::Timestamp::now().as_microsecond();
         for _ in 0..3 {
             assert!(leases.try_spend(&request, 0, wall_us).is_some());
