@@ -26,6 +26,7 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import WebDriverWait
 
 from conftest import (
@@ -163,6 +164,19 @@ def click_key_row(driver, key_id: str):
 
 def text_of(driver, selector: str) -> str:
     return driver.find_element(By.CSS_SELECTOR, selector).text
+
+
+def press(driver, *keys):
+    """Presses `keys` where the focus is, as a keyboard does (no element targeted: ChromeDriver
+    may call a focused table row "not interactable"); a leading SHIFT is held for the rest."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    chain = ActionChains(driver)
+    if keys[0] == Keys.SHIFT:
+        chain.key_down(Keys.SHIFT).send_keys(*keys[1:]).key_up(Keys.SHIFT)
+    else:
+        chain.send_keys(*keys)
+    chain.perform()
 
 
 def new_metered_key(api, name: str | None = None, limit: int = 1000, period: str = "MONTH"):
@@ -603,8 +617,6 @@ def test_the_keyboard_starts_at_the_search_and_the_chosen_row_is_announced(brows
 
 def test_the_key_list_is_one_tab_stop_walked_with_the_arrow_keys(browser, console_gateway, api):
     # Every key row was a tab stop: 50 Tab presses to get past a page of 50 keys.
-    from selenium.webdriver.common.keys import Keys
-
     prefix = f"rove-{uuid.uuid4().hex[:8]}"
     ids = [api.create_api_key(name=f"{prefix}-{i}", enabled=True)["id"] for i in range(4)]
     sign_in(browser, console_gateway)
@@ -620,9 +632,9 @@ def test_the_key_list_is_one_tab_stop_walked_with_the_arrow_keys(browser, consol
     assert stops.count(0) == 1 and stops.count(-1) == 3, stops
     browser.find_element(By.CSS_SELECTOR, f'#keys tr[data-key-id="{listed[0]}"]').send_keys(Keys.ARROW_DOWN)
     wait(browser, lambda d: focused(d) == listed[1], "the second row focused")
-    browser.switch_to.active_element.send_keys(Keys.END)
+    press(browser, Keys.END)
     wait(browser, lambda d: focused(d) == listed[3], "the last row focused")
-    browser.switch_to.active_element.send_keys(Keys.ENTER)
+    press(browser, Keys.ENTER)
     wait(
         browser,
         lambda d: [r.get_attribute("data-key-id") for r in d.find_elements(By.CSS_SELECTOR, "#keys tr[aria-current=true]")]
@@ -630,10 +642,44 @@ def test_the_key_list_is_one_tab_stop_walked_with_the_arrow_keys(browser, consol
         "the last key chosen by Enter",
     )
     # One Tab leaves the list, whichever row has focus; Shift+Tab comes back to that row.
-    browser.switch_to.active_element.send_keys(Keys.TAB)
+    press(browser, Keys.TAB)
     wait(browser, lambda d: focused(d) not in listed, "focus past the list")
-    browser.switch_to.active_element.send_keys(Keys.SHIFT, Keys.TAB)
+    press(browser, Keys.SHIFT, Keys.TAB)
     wait(browser, lambda d: focused(d) == listed[3], "back on the row that had focus")
+
+
+def test_the_key_list_keeps_its_stop_and_focus_when_rows_go(browser, console_gateway, api):
+    # A refresh that removed the focused row left focus on the page's body; one that ran
+    # while focus was elsewhere forgot which row was the list's stop.
+    prefix = f"stop-{uuid.uuid4().hex[:8]}"
+    ids = [api.create_api_key(name=f"{prefix}-{i}", enabled=True)["id"] for i in range(5)]
+    sign_in(browser, console_gateway)
+    search(browser, prefix)
+    wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#keys tr")) == 5, "the five keys listed")
+    listed = [r.get_attribute("data-key-id") for r in browser.find_elements(By.CSS_SELECTOR, "#keys tr")]
+    assert sorted(listed) == sorted(ids)
+
+    def focused(d):
+        return d.execute_script("return document.activeElement.dataset.keyId || document.activeElement.id || document.activeElement.tagName")
+
+    def shown(d):
+        return [r.get_attribute("data-key-id") for r in d.find_elements(By.CSS_SELECTOR, "#keys tr")]
+
+    browser.find_element(By.CSS_SELECTOR, f'#keys tr[data-key-id="{listed[0]}"]').send_keys(Keys.ARROW_DOWN)
+    wait(browser, lambda d: focused(d) == listed[1], "the second row focused")
+    # Its key deleted elsewhere: focus goes to the row now in its place.
+    api.delete_api_key(apiKey=listed[1])
+    wait(browser, lambda d: listed[1] not in shown(d), "the deleted key's row gone")
+    wait(browser, lambda d: focused(d) == listed[2], "focus on the row now in its place")
+    # Focus elsewhere while the list is drawn anew: Shift+Tab comes back to the same row.
+    press(browser, Keys.ARROW_DOWN)
+    wait(browser, lambda d: focused(d) == listed[3], "the next row focused")
+    press(browser, Keys.TAB)
+    wait(browser, lambda d: focused(d) not in listed, "focus past the list")
+    api.delete_api_key(apiKey=listed[0])
+    wait(browser, lambda d: listed[0] not in shown(d), "another key's row gone")
+    press(browser, Keys.SHIFT, Keys.TAB)
+    wait(browser, lambda d: focused(d) == listed[3], "back on the row that was the stop")
 
 
 FAIL_FETCHES = """

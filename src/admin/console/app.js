@@ -21,6 +21,9 @@ const state = {
   again: null,
   // Answers that arrive after a newer request, a change or a sign-out
   // are dropped: each counter names the latest of its kind.
+  // The key row that last had focus: the list's one tab stop, across
+  // redraws (see renderKeys).
+  keyStop: null,
   keysGeneration: 0,
   usageGeneration: 0,
   selectGeneration: 0,
@@ -219,6 +222,7 @@ function forgetPage() {
   state.selected = null;
   state.usage = [];
   state.usageOf = null;
+  state.keyStop = null;
   state.page = { positions: [null], index: 0, next: null };
   for (const id of ["plans", "keys", "key-plan"]) $(id).replaceChildren();
   for (const id of ["created", "answer", "who", "key-name", "key-id", "key-enabled", "key-quota"]) $(id).textContent = "";
@@ -397,6 +401,7 @@ function markChosen(tr, chosen) {
 // Tab goes past the list, the arrow keys, Home and End move within it.
 function rove(tr) {
   for (const row of $("keys").children) row.tabIndex = row === tr ? 0 : -1;
+  state.keyStop = tr.dataset.keyId;
 }
 
 function moveWithin(e) {
@@ -454,19 +459,31 @@ function renderKeys() {
     });
     rows.push(tr);
   }
-  // A list drawn anew keeps the row that had focus as the list's stop.
-  const focused = document.activeElement && document.activeElement.dataset && document.activeElement.dataset.keyId;
+  // A list drawn anew keeps its stop: the row that last had focus, else
+  // the chosen key's, else the first. Focus in the list stays there, on
+  // the same key or, gone (deleted, off the page, searched away), on the
+  // row now where it was; the page does not scroll to it.
+  const old = [...$("keys").children];
+  const focusedAt = old.indexOf(document.activeElement);
   $("keys").replaceChildren(...rows);
-  const stop = rows.find((tr) => tr.dataset.keyId === focused) || rows.find((tr) => tr.hasAttribute("aria-current")) || rows[0];
-  if (stop) {
-    rove(stop);
-    if (focused && stop.dataset.keyId === focused) stop.focus();
-  }
+  const stop =
+    rows.find((tr) => tr.dataset.keyId === state.keyStop) ||
+    (focusedAt >= 0 && rows[Math.min(focusedAt, rows.length - 1)]) ||
+    rows.find((tr) => tr.hasAttribute("aria-current")) ||
+    rows[0];
+  if (stop) rove(stop);
+  if (focusedAt >= 0) (stop || $("search")).focus({ preventScroll: true });
   for (const key of state.keys.values()) if (key.plans) renderPlansOf(key);
   const { index } = state.page;
   $("page-info").textContent = `page ${index + 1}${rows.length ? "" : " (no keys)"}`;
+  // A pager button that had focus and goes disabled hands it on.
+  const pager = document.activeElement;
   $("next-page").disabled = !state.page.next;
   $("first-page").disabled = index === 0;
+  if (pager && pager.disabled && pager.closest(".pager")) {
+    const other = [$("first-page"), $("next-page")].find((b) => !b.disabled);
+    (other || stop || $("search")).focus({ preventScroll: true });
+  }
 }
 
 function renderPlansOf(key) {
