@@ -609,24 +609,41 @@ def test_the_keyboard_starts_at_the_search_and_the_chosen_row_is_announced(brows
     wait(browser, lambda d: d.execute_script("return document.activeElement.id") == "search", "focus on the search")
     select_key(browser, key)
     # Read afresh each time: a refresh draws the rows anew.
-    def marked(d):
-        return [r.get_attribute("data-key-id") for r in d.find_elements(By.CSS_SELECTOR, "#keys tr[aria-current=true]")]
+    wait(browser, lambda d: chosen_keys(d) == [key["id"]], "the chosen row marked, and it alone")
 
-    wait(browser, lambda d: marked(d) == [key["id"]], "the chosen row marked, and it alone")
+
+def keys_listed(driver, gw, api, tag: str, n: int) -> list[str]:
+    """Creates `n` keys named alike, signs in and searches for them: their ids in the list's
+    order."""
+    prefix = f"{tag}-{uuid.uuid4().hex[:8]}"
+    ids = [api.create_api_key(name=f"{prefix}-{i}", enabled=True)["id"] for i in range(n)]
+    sign_in(driver, gw)
+    search(driver, prefix)
+    wait(driver, lambda d: len(shown_keys(d)) == n, f"the {n} keys listed")
+    listed = shown_keys(driver)
+    assert sorted(listed) == sorted(ids)
+    return listed
+
+
+def shown_keys(driver) -> list[str]:
+    return [r.get_attribute("data-key-id") for r in driver.find_elements(By.CSS_SELECTOR, "#keys tr")]
+
+
+def chosen_keys(driver) -> list[str]:
+    """The ids of the rows marked as the chosen key's (aria-current)."""
+    return [r.get_attribute("data-key-id") for r in driver.find_elements(By.CSS_SELECTOR, "#keys tr[aria-current=true]")]
+
+
+def focused(driver) -> str:
+    """The focused key row's key id, else the focused element's id, else its tag."""
+    return driver.execute_script(
+        "const e = document.activeElement; return e.dataset.keyId || e.id || e.tagName"
+    )
 
 
 def test_the_key_list_is_one_tab_stop_walked_with_the_arrow_keys(browser, console_gateway, api):
     # Every key row was a tab stop: 50 Tab presses to get past a page of 50 keys.
-    prefix = f"rove-{uuid.uuid4().hex[:8]}"
-    ids = [api.create_api_key(name=f"{prefix}-{i}", enabled=True)["id"] for i in range(4)]
-    sign_in(browser, console_gateway)
-    search(browser, prefix)
-    wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#keys tr")) == 4, "the four keys listed")
-    listed = [r.get_attribute("data-key-id") for r in browser.find_elements(By.CSS_SELECTOR, "#keys tr")]
-    assert sorted(listed) == sorted(ids)
-
-    def focused(d):
-        return d.execute_script("return document.activeElement.dataset.keyId || document.activeElement.id")
+    listed = keys_listed(browser, console_gateway, api, "rove", 4)
 
     stops = browser.execute_script("return [...document.querySelectorAll('#keys tr')].map(r => r.tabIndex)")
     assert stops.count(0) == 1 and stops.count(-1) == 3, stops
@@ -635,12 +652,7 @@ def test_the_key_list_is_one_tab_stop_walked_with_the_arrow_keys(browser, consol
     press(browser, Keys.END)
     wait(browser, lambda d: focused(d) == listed[3], "the last row focused")
     press(browser, Keys.ENTER)
-    wait(
-        browser,
-        lambda d: [r.get_attribute("data-key-id") for r in d.find_elements(By.CSS_SELECTOR, "#keys tr[aria-current=true]")]
-        == [listed[3]],
-        "the last key chosen by Enter",
-    )
+    wait(browser, lambda d: chosen_keys(d) == [listed[3]], "the last key chosen by Enter")
     # One Tab leaves the list, whichever row has focus; Shift+Tab comes back to that row.
     press(browser, Keys.TAB)
     wait(browser, lambda d: focused(d) not in listed, "focus past the list")
@@ -651,25 +663,13 @@ def test_the_key_list_is_one_tab_stop_walked_with_the_arrow_keys(browser, consol
 def test_the_key_list_keeps_its_stop_and_focus_when_rows_go(browser, console_gateway, api):
     # A refresh that removed the focused row left focus on the page's body; one that ran
     # while focus was elsewhere forgot which row was the list's stop.
-    prefix = f"stop-{uuid.uuid4().hex[:8]}"
-    ids = [api.create_api_key(name=f"{prefix}-{i}", enabled=True)["id"] for i in range(5)]
-    sign_in(browser, console_gateway)
-    search(browser, prefix)
-    wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#keys tr")) == 5, "the five keys listed")
-    listed = [r.get_attribute("data-key-id") for r in browser.find_elements(By.CSS_SELECTOR, "#keys tr")]
-    assert sorted(listed) == sorted(ids)
-
-    def focused(d):
-        return d.execute_script("return document.activeElement.dataset.keyId || document.activeElement.id || document.activeElement.tagName")
-
-    def shown(d):
-        return [r.get_attribute("data-key-id") for r in d.find_elements(By.CSS_SELECTOR, "#keys tr")]
+    listed = keys_listed(browser, console_gateway, api, "stop", 5)
 
     browser.find_element(By.CSS_SELECTOR, f'#keys tr[data-key-id="{listed[0]}"]').send_keys(Keys.ARROW_DOWN)
     wait(browser, lambda d: focused(d) == listed[1], "the second row focused")
     # Its key deleted elsewhere: focus goes to the row now in its place.
     api.delete_api_key(apiKey=listed[1])
-    wait(browser, lambda d: listed[1] not in shown(d), "the deleted key's row gone")
+    wait(browser, lambda d: listed[1] not in shown_keys(d), "the deleted key's row gone")
     wait(browser, lambda d: focused(d) == listed[2], "focus on the row now in its place")
     # Focus elsewhere while the list is drawn anew: Shift+Tab comes back to the same row.
     press(browser, Keys.ARROW_DOWN)
@@ -677,7 +677,7 @@ def test_the_key_list_keeps_its_stop_and_focus_when_rows_go(browser, console_gat
     press(browser, Keys.TAB)
     wait(browser, lambda d: focused(d) not in listed, "focus past the list")
     api.delete_api_key(apiKey=listed[0])
-    wait(browser, lambda d: listed[0] not in shown(d), "another key's row gone")
+    wait(browser, lambda d: listed[0] not in shown_keys(d), "another key's row gone")
     press(browser, Keys.SHIFT, Keys.TAB)
     wait(browser, lambda d: focused(d) == listed[3], "back on the row that was the stop")
 
