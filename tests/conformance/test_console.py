@@ -682,6 +682,25 @@ def test_the_key_list_keeps_its_stop_and_focus_when_rows_go(browser, console_gat
     wait(browser, lambda d: focused(d) == listed[3], "back on the row that was the stop")
 
 
+def test_a_refresh_leaves_the_focused_row_be(browser, console_gateway, api):
+    # Every refresh drew the rows anew: the focused row was removed and focused again
+    # (a focusout and a focusin every 5 seconds), and a screen reader announced it again.
+    listed = keys_listed(browser, console_gateway, api, "still", 3)
+    browser.find_element(By.CSS_SELECTOR, f'#keys tr[data-key-id="{listed[0]}"]').send_keys(Keys.ARROW_DOWN)
+    wait(browser, lambda d: focused(d) == listed[1], "the second row focused")
+    browser.execute_script(
+        "window.__row = document.activeElement; window.__focusMoves = 0;"
+        "document.addEventListener('focusout', () => window.__focusMoves++, true);"
+    )
+    # Another key changed elsewhere: seen by a refresh, in that key's row alone.
+    api.update_api_key(apiKey=listed[2], patchOperations=[{"op": "replace", "path": "/enabled", "value": "false"}])
+    enabled = f'#keys tr[data-key-id="{listed[2]}"] td:nth-child(3)'
+    wait(browser, lambda d: text_of(d, enabled) == "no", "the change elsewhere shown by a refresh")
+    assert browser.execute_script("return document.activeElement === window.__row"), "the same row keeps focus"
+    assert browser.execute_script("return window.__focusMoves") == 0, "focus never left the row"
+    assert shown_keys(browser) == listed
+
+
 FAIL_FETCHES = """
 const realFetch = window.fetch;
 window.__down = true;

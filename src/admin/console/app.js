@@ -442,38 +442,68 @@ function planName(id) {
   return plan ? shown(plan.name) : id;
 }
 
+// A new row for `key`: its cells (filled by `fillKeyRow`) and what the
+// pointer and the keyboard do on it.
+function keyRow(key) {
+  const tr = el("tr", undefined, { "data-key-id": key.id, tabindex: "-1" });
+  tr.append(el("td", undefined, { class: "name" }), el("td", key.id, { class: "id" }), el("td"), el("td", "…", { class: "plans name" }));
+  tr.addEventListener("click", () => select(key.id));
+  tr.addEventListener("focus", () => rove(tr));
+  tr.addEventListener("keydown", (e) => {
+    if (moveWithin(e)) return;
+    if (e.key === "Enter" || e.key === " ") {
+      e.preventDefault();
+      select(key.id);
+    }
+  });
+  return tr;
+}
+
+// Shows `key` as it is now in its row, changing only what changed (the
+// plans cell keeps what it showed until they are known again).
+function fillKeyRow(tr, key) {
+  const [name, , enabled] = tr.children;
+  const texts = [
+    [name, key.name ? shown(key.name) : "(no name)"],
+    [enabled, key.enabled ? "yes" : "no"],
+  ];
+  for (const [cell, text] of texts) if (cell.textContent !== text) cell.textContent = text;
+  markChosen(tr, Boolean(state.selected && state.selected.key.id === key.id));
+  if (key.plans) renderPlansOf(key, tr);
+}
+
+// The key list, drawn from `state.keys` by keeping the rows of keys still
+// shown (each changed only where its key did) and putting them in order:
+// a row that stays is not removed and added again, so the focused one keeps
+// focus without being announced anew at every refresh.
 function renderKeys() {
+  const list = $("keys");
+  const old = [...list.children];
+  const focusedAt = old.indexOf(document.activeElement);
+  const kept = new Map(old.map((tr) => [tr.dataset.keyId, tr]));
   const rows = [];
   for (const key of state.keys.values()) {
-    const tr = el("tr", undefined, { "data-key-id": key.id, tabindex: "-1" });
-    markChosen(tr, Boolean(state.selected && state.selected.key.id === key.id));
-    tr.append(el("td", key.name ? shown(key.name) : "(no name)", { class: "name" }), el("td", key.id, { class: "id" }), el("td", key.enabled ? "yes" : "no"), el("td", "…", { class: "plans name" }));
-    tr.addEventListener("click", () => select(key.id));
-    tr.addEventListener("focus", () => rove(tr));
-    tr.addEventListener("keydown", (e) => {
-      if (moveWithin(e)) return;
-      if (e.key === "Enter" || e.key === " ") {
-        e.preventDefault();
-        select(key.id);
-      }
-    });
+    const tr = kept.get(key.id) || keyRow(key);
+    kept.delete(key.id);
+    fillKeyRow(tr, key);
     rows.push(tr);
   }
+  for (const gone of kept.values()) gone.remove();
+  if (!list.children.length) list.replaceChildren(...rows);
+  rows.forEach((tr, i) => {
+    if (list.children[i] !== tr) list.insertBefore(tr, list.children[i] || null);
+  });
   // A list drawn anew keeps its stop: the row that last had focus, else
   // the chosen key's, else the first. Focus in the list stays there, on
   // the same key or, gone (deleted, off the page, searched away), on the
   // row now where it was; the page does not scroll to it.
-  const old = [...$("keys").children];
-  const focusedAt = old.indexOf(document.activeElement);
-  $("keys").replaceChildren(...rows);
   const stop =
     rows.find((tr) => tr.dataset.keyId === state.keyStop) ||
     (focusedAt >= 0 && rows[Math.min(focusedAt, rows.length - 1)]) ||
     rows.find((tr) => tr.hasAttribute("aria-current")) ||
     rows[0];
   if (stop) rove(stop);
-  if (focusedAt >= 0) (stop || $("search")).focus({ preventScroll: true });
-  for (const key of state.keys.values()) if (key.plans) renderPlansOf(key);
+  if (focusedAt >= 0 && document.activeElement !== stop) (stop || $("search")).focus({ preventScroll: true });
   const { index } = state.page;
   $("page-info").textContent = `page ${index + 1}${rows.length ? "" : " (no keys)"}`;
   // A pager button that had focus and goes disabled hands it on.
@@ -486,9 +516,10 @@ function renderKeys() {
   }
 }
 
-function renderPlansOf(key) {
-  const row = $("keys").querySelector(`tr[data-key-id="${CSS.escape(key.id)}"] .plans`);
-  if (row) row.textContent = key.plans.length ? key.plans.map(planName).join(", ") : "none";
+function renderPlansOf(key, tr = $("keys").querySelector(`tr[data-key-id="${CSS.escape(key.id)}"]`)) {
+  const cell = tr && tr.querySelector(".plans");
+  const text = key.plans.length ? key.plans.map(planName).join(", ") : "none";
+  if (cell && cell.textContent !== text) cell.textContent = text;
 }
 
 async function select(keyId) {
