@@ -27,6 +27,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.select import Select
 from selenium.webdriver.support.ui import WebDriverWait
 
 from conftest import (
@@ -699,6 +700,23 @@ def test_a_refresh_leaves_the_focused_row_be(browser, console_gateway, api):
     assert browser.execute_script("return document.activeElement === window.__row"), "the same row keeps focus"
     assert browser.execute_script("return window.__focusMoves") == 0, "focus never left the row"
     assert shown_keys(browser) == listed
+
+
+def test_a_pager_button_that_goes_disabled_hands_focus_on(browser, console_gateway, api):
+    # Next pressed onto the last page went disabled with focus on it: focus fell to the page's
+    # body, and a keyboard user started again from the top.
+    listed = keys_listed(browser, console_gateway, api, "pager", 26)
+    Select(browser.find_element(By.ID, "page-size")).select_by_visible_text("25")
+    wait(browser, lambda d: len(shown_keys(d)) == 25, "a page of 25")
+    browser.execute_script("document.getElementById('next-page').focus()")
+    press(browser, Keys.ENTER)
+    wait(browser, lambda d: len(shown_keys(d)) == 1, "the last page, of one key")
+    assert browser.find_element(By.ID, "next-page").get_attribute("disabled")
+    wait(browser, lambda d: focused(d) == "first-page", "focus handed to First")
+    press(browser, Keys.ENTER)
+    wait(browser, lambda d: len(shown_keys(d)) == 25, "the first page again")
+    wait(browser, lambda d: focused(d) == "next-page", "focus handed back to Next")
+    assert set(shown_keys(browser)) < set(listed)
 
 
 FAIL_FETCHES = """
