@@ -1761,6 +1761,7 @@ async fn admit_through(addr: SocketAddr, n: u64) -> u64 {
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_of_a_leasing_replica_gives_its_leases_back() {
+    support::day::clear_of_midnight();
     use std::sync::atomic::Ordering;
     use support::redis_server::Redis;
     const QUOTA: u64 = 1_000;

@@ -189,6 +189,7 @@ async fn an_idle_replica_gives_its_expired_lease_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_replicas_admit_exactly_the_quota_and_share_admin_changes() {
+    support::day::clear_of_midnight();
     let redis = Redis::start();
     let a = Gateway::start(config(&redis.url(), 300, StoreFailure::FailOpen))
         .await
@@ -902,6 +903,7 @@ async fn replicas_started_together_create_the_configured_plan_and_key_once() {
 /// without.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_restarted_as_redis_loses_its_data_waits_for_the_others() {
+    support::day::clear_of_midnight();
     for leases in [false, true] {
         let redis = Redis::start();
         let config = || config_with(&redis.url(), 3, StoreFailure::FailOpen, leases);
@@ -1275,6 +1277,7 @@ async fn a_slow_restore_admits_nothing_even_failing_open() {
 /// only before it), so the key stays spent — with leases and without.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_update_usage_through_a_replica_now_gone_survives_redis_losing_its_data() {
+    support::day::clear_of_midnight();
     for leases in [true, false] {
         let redis = Redis::start();
         let (a, b, plan_id, key_id, client) = warm_pair(&redis, 1_000, leases).await;

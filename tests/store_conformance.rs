@@ -164,6 +164,7 @@ async fn a_store_timeout_longer_than_half_a_second_holds() {
 /// over the slots, spent 1 to 3 of 3, one with an UpdateUsage allowance.
 #[cfg(feature = "redis")]
 async fn a_new_replica_puts_back_counters_it_only_read(var: &str, default: &str) {
+    support::day::clear_of_midnight();
     use store_suite::{decide, rule};
     use tower_usage_plans::store::{CounterKey, CounterStore, Verdict};
     use tower_usage_plans::QuotaPeriod::Day;
@@ -686,6 +687,7 @@ async fn slow_replica_loses_its_lease(var: &str, default: &str) {
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_redis_stall_while_leasing_loses_no_quota() {
+    support::day::clear_of_midnight();
     use std::sync::atomic::Ordering::Relaxed;
     use std::time::Duration;
     use store_suite::rule;
@@ -1006,6 +1008,7 @@ async fn a_replica_puts_back_again_when_redis_loses_its_data_while_it_restores()
 /// goes back and Redis must count exactly what was admitted.
 #[cfg(feature = "redis")]
 async fn lose_data_while_leasing(replicas: usize, losses: usize, apart: u64, how: &str) {
+    support::day::clear_of_midnight();
     use std::sync::atomic::Ordering::Relaxed;
     use std::time::Duration;
     use store_suite::rule;
@@ -1229,6 +1232,7 @@ async fn replicas_admit_no_more_than_the_quota_when_redis_rolls_back() {
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_that_lost_nothing_finds_redis_rolled_back_by_its_copy() {
+    support::day::clear_of_midnight();
     use store_suite::rule;
     use tower_usage_plans::store::CounterKey;
     use tower_usage_plans::QuotaPeriod;
@@ -1516,6 +1520,7 @@ impl Deciders {
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_negative_add_into_leased_units_admits_none_too_many() {
+    support::day::clear_of_midnight();
     use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering::SeqCst};
     use std::sync::Arc;
     use std::time::Duration;
@@ -1646,6 +1651,7 @@ async fn what_a_dead_replica_admitted_before_its_leases_were_reclaimed_survives_
 /// back and decides on: no more than the quota is admitted in all.
 #[cfg(feature = "redis")]
 async fn a_replica_dies_then_redis_loses_its_data(reclaimed: bool) {
+    support::day::clear_of_midnight();
     use store_suite::{decide, rule};
     use tower_usage_plans::store::{CounterKey, Decision, Verdict};
     use tower_usage_plans::QuotaPeriod::Day;
@@ -1657,12 +1663,7 @@ async fn a_replica_dies_then_redis_loses_its_data(reclaimed: bool) {
     let admitted = |d: &Decision| u64::from(d.verdict == Verdict::Admitted);
     // The dying replica's lease grows with its rate (all at one instant);
     // what it admits from its last lease it never reports.
-    // Past its lease's expiry and grace by the live replica's requests:
-    // Redis reclaims it, keeping what it may have admitted. Both instants
-    // in one UTC day: run across midnight, the new day's quota is admitted
-    // too (1,301 of 1,000, at 23:59:57).
-    let after = jiff::SignedDuration::from_secs(if reclaimed { 3 } else { 0 });
-    let (now, later) = same_day(jiff::Timestamp::now(), after);
+    let now = jiff::Timestamp::now();
     let mut total = 0;
     for _ in 0..300 {
         total += admitted(&decide(&dead, &counter, None, quota, now).await);
@@ -1670,6 +1671,12 @@ async fn a_replica_dies_then_redis_loses_its_data(reclaimed: bool) {
     assert_eq!(total, 300);
     total += admitted(&decide(&live, &counter, None, quota, now).await);
     drop(dead);
+    // Past its lease's expiry and grace by the live replica's requests:
+    // Redis reclaims it, keeping what it may have admitted.
+    let later = match reclaimed {
+        true => now + jiff::SignedDuration::from_secs(3),
+        false => now,
+    };
     total += admitted(&decide(&live, &counter, None, quota, later).await);
     flushall(&redis).await;
     // The loss is found here, or first by the report of the live
@@ -1860,6 +1867,7 @@ async fn update_usage_answers_what_leases_admitted() {
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn todays_used_count_of_a_gone_replica_survives_redis_losing_its_data() {
+    support::day::clear_of_midnight();
     use store_suite::rule;
     use tower_usage_plans::store::CounterKey;
     use tower_usage_plans::QuotaPeriod::Day;
@@ -1900,21 +1908,6 @@ async fn two_leasing_replicas() -> (
         store.recover_if_emptied().await.unwrap();
     }
     (redis, first, second)
-}
-
-/// `now` and `after` past it, both in one UTC day: `now` moved back by
-/// `after` when the day ends in between (a day's quota counts anew at
-/// midnight).
-#[cfg(feature = "redis")]
-fn same_day(
-    now: jiff::Timestamp,
-    after: jiff::SignedDuration,
-) -> (jiff::Timestamp, jiff::Timestamp) {
-    let day = |t: jiff::Timestamp| t.to_zoned(jiff::tz::TimeZone::UTC).date();
-    match day(now) == day(now + after) {
-        true => (now, now + after),
-        false => (now - after, now),
-    }
 }
 
 /// Redis loses all its data.

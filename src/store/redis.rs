@@ -2522,6 +2522,12 @@ fn restore(fields: &HashMap<String, String>, now_us: i64) -> Counter {
 #[path = "../../tests/support/redis_server.rs"]
 pub(crate) mod redis_server;
 
+// A test support file, written for the integration tests.
+#[cfg(test)]
+#[allow(unreachable_pub)]
+#[path = "../../tests/support/day.rs"]
+pub(crate) mod day;
+
 #[cfg(test)]
 #[path = "redis_script_tests.rs"]
 mod script_tests;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use super::*;
 use crate::model::Quota;
 
-use super::redis_server;
+use super::{day, redis_server};
 
 /// Longer than any wait these steps need on a quiet machine: a wait that
 /// returns sooner returns on the event it waits for.
@@ -52,6 +52,7 @@ async fn a_replica_waits_out_a_frozen_redis_once_until_its_beat_is_back() {
 /// In a test run of two leasing replicas, GetUsage read 5 low.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_message_that_redis_lost_its_data_changes_nothing() {
+    day::clear_of_midnight();
     let server = redis_server::Redis::start();
     let connect = || async {
         let store = RedisStore::connect(&server.url())

@@ -12,7 +12,7 @@ use redis::AsyncCommands;
 use super::*;
 use crate::model::Quota;
 
-use super::redis_server;
+use super::{day, redis_server};
 
 /// The holder's record of the leases (`h:<16 characters>:<bucket>`).
 const RECORD: &str = "h:0123456789abcdef:";
@@ -371,6 +371,7 @@ async fn a_renewal_on_the_fast_path_does_what_the_general_path_does() {
 
 #[tokio::test]
 async fn a_renewal_with_a_reclaim_due_takes_the_fast_path_unless_one_is_reclaimable() {
+    day::clear_of_midnight();
     let server = redis_server::Redis::start();
     let mut twins = Twins::start(&server, "due", 1_000_000).await;
     let none = (Unspent::default(), 0);
@@ -423,6 +424,7 @@ async fn a_renewal_with_a_reclaim_due_takes_the_fast_path_unless_one_is_reclaima
 /// (which gives none back) still, with the return.
 #[tokio::test]
 async fn a_reclaimed_lease_given_back_late_returns_what_the_bucket_has_not_refilled() {
+    day::clear_of_midnight();
     let server = redis_server::Redis::start();
     let bucket = |fields: &HashMap<String, String>| -> f64 { fields["b::t"].parse().unwrap() };
     // (When the bucket's clock is moved on before the give-back, a report
@@ -737,6 +739,7 @@ fn decision(twins: &Twins, ms: i64) -> Args {
 
 #[tokio::test]
 async fn decisions_made_together_do_what_each_does_alone() {
+    day::clear_of_midnight();
     let server = redis_server::Redis::start();
     let mut counters = Vec::new();
     for (name, limit) in [("one", 1_000_000), ("two", 2), ("three", 1_000_000)] {

@@ -12,6 +12,7 @@ use tower_usage_plans::{
 };
 
 pub mod aws;
+pub mod day;
 pub mod eventually;
 pub mod gateway_config;
 pub mod grpc;
