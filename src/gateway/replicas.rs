@@ -14,6 +14,7 @@ use tokio::sync::Mutex;
 use super::lineage::{Base, Known, LineageOnly, Removal, Shared};
 use crate::registry::MergeBase;
 use crate::store::redis::Connection;
+use crate::store::retry;
 use crate::store::{RedisStore, StoreFuture};
 use crate::{Error, ErrorKind, RegistrySnapshot, UsagePlans};
 
@@ -141,7 +142,9 @@ pub(crate) fn share(
                 // holds comes from it.
                 let mut change = None;
                 for _ in 0..REPLICATE_ROUNDS {
-                    sync(&weak).await?;
+                    // The change is made here: shared again while Redis
+                    // restarts.
+                    retry::retried("sharing the registry", retry::ANNOUNCE, || sync(&weak)).await?;
                     announcer.registry_changed().await?;
                     let Some(replica) = weak.upgrade() else {
                         return Ok(());

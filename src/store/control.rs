@@ -24,6 +24,7 @@ use tokio::sync::Notify;
 
 use super::lease::Leases;
 use super::redis::Connection;
+use super::retry;
 use super::spent::SpentKeys;
 use super::{CounterKey, StoreFuture};
 
@@ -359,20 +360,30 @@ impl Control {
                 done: done.clone(),
             },
         );
+        let message = message(&id);
         let result = async {
-            connection
-                .query::<i64>(redis::cmd("PUBLISH").arg(&self.channel).arg(message(&id)))
-                .await?;
-            // Read after publishing: a replica registered later received
-            // the message before any beat that lets it spend again.
-            let members: Vec<String> = connection
-                .query(
-                    redis::cmd("ZRANGEBYSCORE")
-                        .arg(&self.members_key)
-                        .arg(now_us() / 1_000)
-                        .arg("+inf"),
-                )
-                .await?;
+            // Published again (the same id) while Redis restarts: the
+            // change it follows is made.
+            let members: Vec<String> = retry::retried("an announcement", retry::ANNOUNCE, || {
+                let (mut connection, message) = (connection.clone(), message.as_str());
+                async move {
+                    connection
+                        .query::<i64>(redis::cmd("PUBLISH").arg(&self.channel).arg(message))
+                        .await?;
+                    // Read after publishing: a replica registered later
+                    // received the message before any beat that lets it
+                    // spend again.
+                    connection
+                        .query(
+                            redis::cmd("ZRANGEBYSCORE")
+                                .arg(&self.members_key)
+                                .arg(now_us() / 1_000)
+                                .arg("+inf"),
+                        )
+                        .await
+                }
+            })
+            .await?;
             let now_ms = now_us() / 1_000;
             let mut pending: HashSet<String> = members.into_iter().collect();
             pending.extend(

@@ -24,6 +24,8 @@ mod recovery;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
 #[cfg(feature = "redis")]
+pub(crate) mod retry;
+#[cfg(feature = "redis")]
 mod spent;
 
 use jiff::civil::Date;

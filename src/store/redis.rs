@@ -20,6 +20,7 @@ use super::lease::{
     self, CallKind, Lease, LeaseConfig, Leases, PendingCall, Renewal, Unspent, Unsure,
 };
 use super::recovery::{Marker, Period, Recovery, RestoredByThis, Seen, Watch};
+use super::retry::{self, retried};
 use super::spent::Spent;
 use super::{
     CounterKey, CounterStore, DayUsage, Decision, DecisionRequest, QuotaRule, StoreFuture,
@@ -228,7 +229,7 @@ impl RedisStore {
                 (recovery.clone(), connection.clone(), script.clone());
             StoreFuture::boxed(async move {
                 if let Some(recovery) = recovery.upgrade() {
-                    let restored = retried(|| {
+                    let restored = retried("putting counters back", retry::RESTORE, || {
                         let (recovery, mut connection, script) =
                             (recovery.clone(), connection.clone(), script.clone());
                         async move {
@@ -236,7 +237,7 @@ impl RedisStore {
                                 return Ok(false);
                             }
                             restore_seen(&recovery, &mut connection, &script).await?;
-                            Ok(true)
+                            redis::RedisResult::Ok(true)
                         }
                     })
                     .await
@@ -283,7 +284,7 @@ impl RedisStore {
                 (recovery.clone(), connection.clone(), script.clone());
             StoreFuture::boxed(async move {
                 if let Some(recovery) = recovery.upgrade() {
-                    retried(|| {
+                    retried("putting counters back", retry::RESTORE, || {
                         let (recovery, mut connection, script) =
                             (recovery.clone(), connection.clone(), script.clone());
                         let counter = counter.clone();
@@ -1338,7 +1339,21 @@ impl RedisStore {
             // the epoch is announced all the same (revoking nothing): every
             // replica forgets the quota it remembered as spent, and its
             // copy for a restore follows, before the call returns.
-            store.revoke_everywhere(&counter, epoch).await?;
+            // Failed, the change holds (here, and in this replica's copy
+            // should Redis have lost it): the error says so.
+            store
+                .revoke_everywhere(&counter, epoch)
+                .await
+                .map_err(|e| {
+                    Error::new(
+                        ErrorKind::Store,
+                        format!(
+                            "The change was made, but the other replicas could not be told to \
+                         enforce it: {e}"
+                        ),
+                    )
+                    .with_source(e)
+                })?;
             // Every replica gave its revoked leases back with what they
             // admitted, and reported what its live ones spent (this one
             // now): today's used count has all of it.
@@ -2065,29 +2080,6 @@ async fn recover(
                 redis::ErrorKind::Client,
                 "Redis kept losing its data while counters were put back",
             )))
-        }
-    }
-}
-
-/// `attempt`, made again (twice at most, 50 ms apart) while it fails: a
-/// replica's message to put counters back often arrives as Redis drops
-/// every connection (a restart), and the first call on the dropped one
-/// fails while the next, on a new one, goes through. Not done, it was not
-/// acknowledged: the sender waited its whole second for it, then went on
-/// as if it had been, with this replica's share not put back.
-async fn retried<T, Fut>(mut attempt: impl FnMut() -> Fut) -> redis::RedisResult<T>
-where
-    Fut: std::future::Future<Output = redis::RedisResult<T>>,
-{
-    let mut tries = 0;
-    loop {
-        match attempt().await {
-            Err(e) if tries < 2 => {
-                tracing::debug!(error = %e, "putting counters back failed; once more");
-                tries += 1;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            done => return done,
         }
     }
 }

@@ -120,3 +120,31 @@ async fn a_late_message_that_redis_lost_its_data_changes_nothing() {
         "each admitted request counted once"
     );
 }
+
+/// UpdateUsage's revocation (as any announcement that follows a change)
+/// sent while Redis restarts goes out once Redis is back: the call that
+/// made the change does not fail after making it. (Before: "Redis revoke:
+/// broken pipe", a 503 for a change made; the SDK sent the call again and
+/// made it twice, 13-20 admitted of 10, in a black-box run restarting Redis
+/// under UpdateUsage.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_announcement_sent_while_redis_restarts_goes_out_once_it_is_back() {
+    let port = redis_server::free_port();
+    let mut server = redis_server::Redis::start_on(port);
+    let store = RedisStore::connect(&server.url())
+        .await
+        .unwrap()
+        .with_leases(LeaseConfig::default());
+    store.until_leasing().await;
+    server.stop();
+    let revoking = tokio::spawn({
+        let store = store.clone();
+        async move {
+            let counter = CounterKey::new("plan", "key");
+            store.revoke_everywhere(&counter, 1).await
+        }
+    });
+    let _back = redis_server::Redis::start_on(port);
+    let announced = tokio::time::timeout(LONG, revoking).await.expect("ends");
+    announced.unwrap().expect("announced once Redis is back");
+}
