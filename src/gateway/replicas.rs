@@ -142,21 +142,17 @@ pub(crate) fn share(
                 // holds comes from it.
                 let mut change = None;
                 for _ in 0..REPLICATE_ROUNDS {
-                    // The change is made here: shared again while Redis
-                    // restarts.
-                    retry::retried("sharing the registry", retry::ANNOUNCE, || sync(&weak)).await?;
-                    announcer.registry_changed().await?;
-                    let Some(replica) = weak.upgrade() else {
-                        return Ok(());
-                    };
-                    let mut replica = replica.lock().await;
-                    // The registry that carries the change: published by
-                    // the first round (or taken in, without a change); a
-                    // later round's merge names it.
-                    let change = *change.get_or_insert(replica.base.lineage.first().copied());
-                    if replica.held_by_redis(change).await? {
+                    // The change is made here: a round that fails (Redis
+                    // restarting) is made again.
+                    let (held, carried) =
+                        retry::retried("sharing the registry", retry::ANNOUNCE, || {
+                            share_round(weak.clone(), announcer.clone(), change)
+                        })
+                        .await?;
+                    if held {
                         return Ok(());
                     }
+                    change = carried;
                 }
                 Err(Error::new(
                     ErrorKind::Store,
@@ -174,6 +170,29 @@ pub(crate) fn share(
         })
     })));
     replica
+}
+
+/// One round of sharing a change made here: published (merged with what
+/// Redis holds), announced, then whether what Redis holds now carries it;
+/// with the registry that carries it (`change`, found by the first round
+/// and named by later ones' merges).
+async fn share_round(
+    weak: Weak<Mutex<Replica>>,
+    announcer: RedisStore,
+    change: Option<Option<u64>>,
+) -> Result<(bool, Option<Option<u64>>), Error> {
+    if let Some(replica) = weak.upgrade() {
+        replica.lock().await.sync().await?;
+    }
+    announcer.registry_changed().await?;
+    let Some(replica) = weak.upgrade() else {
+        return Ok((true, change));
+    };
+    let mut replica = replica.lock().await;
+    // The registry that carries the change: published by the first round
+    // (or taken in, without a change); a later round's merge names it.
+    let change = change.unwrap_or_else(|| replica.base.lineage.first().copied());
+    Ok((replica.held_by_redis(change).await?, Some(change)))
 }
 
 /// Makes a failed step's error a store error that names the step and
