@@ -118,17 +118,10 @@ pub(crate) fn share(
     replica.losses_seen = store.losses();
     replica.store = Some(store.clone());
     let replica = Arc::new(Mutex::new(replica));
-    let sync = |replica: &Weak<Mutex<Replica>>| {
-        let replica = replica.clone();
-        async move {
-            match replica.upgrade() {
-                Some(replica) => replica.lock().await.sync().await,
-                None => Ok(()),
-            }
-        }
-    };
     let weak = Arc::downgrade(&replica);
-    store.on_registry_change(Some(Arc::new(move || StoreFuture::boxed(sync(&weak)))));
+    store.on_registry_change(Some(Arc::new(move || {
+        StoreFuture::boxed(sync(weak.clone()))
+    })));
     let (weak, announcer) = (Arc::downgrade(&replica), store.clone());
     plans.set_replication(Some(Arc::new(move || {
         let (weak, announcer) = (weak.clone(), announcer.clone());
@@ -172,6 +165,15 @@ pub(crate) fn share(
     replica
 }
 
+/// Takes in what the others published, and publishes what this replica
+/// changed (see [`Replica::sync`]); nothing once the replica is gone.
+async fn sync(replica: Weak<Mutex<Replica>>) -> Result<(), Error> {
+    match replica.upgrade() {
+        Some(replica) => replica.lock().await.sync().await,
+        None => Ok(()),
+    }
+}
+
 /// One round of sharing a change made here: published (merged with what
 /// Redis holds), announced, then whether what Redis holds now carries it;
 /// with the registry that carries it (`change`, found by the first round
@@ -181,9 +183,7 @@ async fn share_round(
     announcer: RedisStore,
     change: Option<Option<u64>>,
 ) -> Result<(bool, Option<Option<u64>>), Error> {
-    if let Some(replica) = weak.upgrade() {
-        replica.lock().await.sync().await?;
-    }
+    sync(weak.clone()).await?;
     announcer.registry_changed().await?;
     let Some(replica) = weak.upgrade() else {
         return Ok((true, change));

@@ -635,6 +635,12 @@ def chosen_keys(driver) -> list[str]:
     return [r.get_attribute("data-key-id") for r in driver.find_elements(By.CSS_SELECTOR, "#keys tr[aria-current=true]")]
 
 
+def focus_second_row(driver, listed: list[str]):
+    """Moves from the first listed row to the second with the Down arrow."""
+    driver.find_element(By.CSS_SELECTOR, f'#keys tr[data-key-id="{listed[0]}"]').send_keys(Keys.ARROW_DOWN)
+    wait(driver, lambda d: focused(d) == listed[1], "the second row focused")
+
+
 def focused(driver) -> str:
     """The focused key row's key id, else the focused element's id, else its tag."""
     return driver.execute_script(
@@ -648,8 +654,7 @@ def test_the_key_list_is_one_tab_stop_walked_with_the_arrow_keys(browser, consol
 
     stops = browser.execute_script("return [...document.querySelectorAll('#keys tr')].map(r => r.tabIndex)")
     assert stops.count(0) == 1 and stops.count(-1) == 3, stops
-    browser.find_element(By.CSS_SELECTOR, f'#keys tr[data-key-id="{listed[0]}"]').send_keys(Keys.ARROW_DOWN)
-    wait(browser, lambda d: focused(d) == listed[1], "the second row focused")
+    focus_second_row(browser, listed)
     press(browser, Keys.END)
     wait(browser, lambda d: focused(d) == listed[3], "the last row focused")
     press(browser, Keys.ENTER)
@@ -666,8 +671,7 @@ def test_the_key_list_keeps_its_stop_and_focus_when_rows_go(browser, console_gat
     # while focus was elsewhere forgot which row was the list's stop.
     listed = keys_listed(browser, console_gateway, api, "stop", 5)
 
-    browser.find_element(By.CSS_SELECTOR, f'#keys tr[data-key-id="{listed[0]}"]').send_keys(Keys.ARROW_DOWN)
-    wait(browser, lambda d: focused(d) == listed[1], "the second row focused")
+    focus_second_row(browser, listed)
     # Its key deleted elsewhere: focus goes to the row now in its place.
     api.delete_api_key(apiKey=listed[1])
     wait(browser, lambda d: listed[1] not in shown_keys(d), "the deleted key's row gone")
@@ -687,8 +691,7 @@ def test_a_refresh_leaves_the_focused_row_be(browser, console_gateway, api):
     # Every refresh drew the rows anew: the focused row was removed and focused again
     # (a focusout and a focusin every 5 seconds), and a screen reader announced it again.
     listed = keys_listed(browser, console_gateway, api, "still", 3)
-    browser.find_element(By.CSS_SELECTOR, f'#keys tr[data-key-id="{listed[0]}"]').send_keys(Keys.ARROW_DOWN)
-    wait(browser, lambda d: focused(d) == listed[1], "the second row focused")
+    focus_second_row(browser, listed)
     browser.execute_script(
         "window.__row = document.activeElement; window.__focusMoves = 0;"
         "document.addEventListener('focusout', () => window.__focusMoves++, true);"
